@@ -1,0 +1,1 @@
+"""Analyzers: each finds something out about a model and returns a Result."""

@@ -1,0 +1,1 @@
+"""The ``netlens`` command line (typer + rich). Heavy imports happen inside commands only."""

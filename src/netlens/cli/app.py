@@ -1,0 +1,45 @@
+"""The root ``netlens`` app: assembles one command per module; nothing heavy at import."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import layers_cmd, plugins_cmd, run_cmd
+
+app = typer.Typer(
+    name="netlens",
+    help="Open up trained PyTorch image models: where they look, what they learned, what "
+    "matters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+
+app.command("layers")(layers_cmd.layers)
+app.command("plugins")(plugins_cmd.plugins)
+app.command("run")(run_cmd.run)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"netlens {version('netlens')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """netlens: CAMs, kernels, feature maps and layer ablation for PyTorch image models."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,227 @@
+"""Read, validate and preprocess images.
+
+Images are read with OpenCV (jpg/png/bmp/webp/tiff; grayscale, RGBA and 16-bit included) into
+H×W×3 (or H×W×1) uint8 RGB arrays, then resized, centre-cropped and normalised per a
+:class:`Preprocess` spec. Wherever netlens takes ``images`` it accepts paths, a folder, numpy
+arrays, PIL images or an already preprocessed N×C×H×W tensor (used as is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import ImageError
+
+__all__ = ["IMAGE_SUFFIXES", "Batch", "Preprocess", "list_images", "load_batch", "read_image"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
+           "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input: size, channels, resize/crop and normalisation.
+
+    Images are resized so the shorter side is ``size / crop_pct`` and centre-cropped to ``size``
+    (``crop_pct=1`` resizes straight to ``size``), then scaled to [0, 1] and normalised.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    channels: int = 3
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+                 if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """One H×W×C uint8 RGB array → a normalised C×H×W float tensor."""
+        img = to_channels(image, self.channels)
+        h, w = self.size
+        interp = _INTERP.get(self.interpolation, cv2.INTER_LINEAR)
+        if self.crop_pct >= 1.0:
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        else:
+            scale = max(h, w) / self.crop_pct / min(img.shape[:2])
+            nh, nw = max(h, round(img.shape[0] * scale)), max(w, round(img.shape[1] * scale))
+            img = cv2.resize(img, (nw, nh), interpolation=interp)
+            top, left = (nh - h) // 2, (nw - w) // 2
+            img = img[top : top + h, left : left + w]
+        img = img.reshape(h, w, self.channels).astype(np.float32) / 255.0
+        mean = np.asarray(self.mean[: self.channels], dtype=np.float32)
+        std = np.asarray(self.std[: self.channels], dtype=np.float32)
+        return torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
+
+    def denormalize(self, x: torch.Tensor) -> np.ndarray:
+        """A preprocessed C×H×W tensor back to an H×W×3 uint8 RGB array (for overlays)."""
+        arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
+        c = arr.shape[2]
+        arr = arr * np.asarray(self.std[:c], np.float32) + np.asarray(self.mean[:c], np.float32)
+        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return to_channels(arr, 3)
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """Convert an H×W[×C] uint8 RGB array to ``channels`` (1 or 3) channels."""
+    if img.ndim == 2:
+        img = img[:, :, None]
+    have = img.shape[2]
+    if have == channels:
+        return img
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
+    if have == 1:
+        return np.repeat(img, 3, axis=2)
+    return img[:, :, :3]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into an H×W×3 uint8 RGB array (H×W×1 stays grayscale).
+
+    RGBA is composited on white, 16-bit images are scaled to 8 bits. Missing, empty, corrupt or
+    unsupported files raise :class:`ImageError` with a one-line message.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"image not found: {p} (check the path)")
+    if p.is_dir():
+        raise ImageError(f"{p} is a folder; pass image files, or the folder where a folder is OK")
+    if p.stat().st_size == 0:
+        raise ImageError(f"image file is empty: {p}")
+    data = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(
+            f"cannot decode {p}: not an image or corrupt (supported: {', '.join(IMAGE_SUFFIXES)})"
+        )
+    return _normalise_decoded(img)
+
+
+def _normalise_decoded(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        f = img.astype(np.float32)
+        lo, hi = float(f.min()), float(f.max())
+        img = ((f - lo) / (hi - lo + 1e-12) * 255 + 0.5).astype(np.uint8)
+    if img.ndim == 2:
+        return img[:, :, None]
+    if img.shape[2] == 4:
+        rgb, alpha = img[:, :, :3].astype(np.float32), img[:, :, 3:].astype(np.float32) / 255
+        img = (rgb * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
+    return cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` and below, sorted."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _as_array(obj: Any) -> np.ndarray:
+    arr = np.asarray(obj)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # C×H×W given
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float32)
+        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+        arr = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise ImageError(f"an image array must be H×W or H×W×C, got shape {arr.shape}")
+    return arr[:, :, :3] if arr.shape[2] == 4 else arr
+
+
+@dataclass
+class Batch:
+    """Preprocessed images with their originals, names, and files that could not be read."""
+
+    tensor: torch.Tensor
+    originals: list[np.ndarray | None] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+
+def _expand(images: Any) -> list[Any]:
+    if isinstance(images, (str, Path)):
+        p = Path(images)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise ImageError(f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES)})")
+            return list(found)
+        return [p]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, np.ndarray) or _is_pil(images):
+        return [images]
+    if isinstance(images, Iterable):
+        out: list[Any] = []
+        for item in images:
+            out += _expand(item) if isinstance(item, (str, Path)) else [item]
+        return out
+    raise ImageError(f"cannot read images from a {type(images).__name__}; pass paths or arrays")
+
+
+def _is_pil(obj: Any) -> bool:
+    return type(obj).__module__.startswith("PIL.")
+
+
+def load_batch(images: Any, preprocess: Preprocess, *, strict: bool = False) -> Batch:
+    """Turn ``images`` (paths, folder, arrays, PIL, or a preprocessed tensor) into a Batch.
+
+    Unreadable files are skipped and reported in ``Batch.errors`` (one line each); with
+    ``strict=True``, or when nothing at all could be read, the first error is raised.
+    """
+    if isinstance(images, torch.Tensor):
+        t = images if images.dim() == 4 else images.unsqueeze(0)
+        return Batch(t, [None] * len(t), [f"image{i}" for i in range(len(t))])
+    tensors, originals, names, errors = [], [], [], []
+    for i, item in enumerate(_expand(images)):
+        try:
+            if isinstance(item, (str, Path)):
+                arr, name = read_image(item), Path(item).stem
+            else:
+                arr, name = _as_array(item), f"image{i}"
+        except ImageError as exc:
+            if strict:
+                raise
+            errors.append(str(exc))
+            continue
+        tensors.append(preprocess(arr))
+        originals.append(to_channels(arr, 3))
+        names.append(_unique(name, names))
+    if not tensors:
+        raise ImageError(errors[0] if errors else "no images given")
+    return Batch(torch.stack(tensors), originals, names, errors)
+
+
+def _unique(name: str, taken: Sequence[str]) -> str:
+    if name not in taken:
+        return name
+    k = 2
+    while f"{name}_{k}" in taken:
+        k += 1
+    return f"{name}_{k}"

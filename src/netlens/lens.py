@@ -1,0 +1,180 @@
+"""Lens: a model with its preprocessing and class names; the notebook-facing object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .errors import NetlensError, TargetError
+from .images import Batch, Preprocess, load_batch
+from .layers import LayerInfo, eval_mode, layer_table
+
+if TYPE_CHECKING:
+    from .analyzers.base import Result
+    from .plugins.manager import PluginHost
+
+__all__ = ["Lens"]
+
+
+class Lens:
+    """A model plus what netlens needs to analyse it.
+
+    Every analysis runs the model in eval mode and restores each module's own train/eval flag
+    afterwards; weights, ``.grad`` and ``requires_grad`` are never changed.
+
+    Args:
+        model: the ``nn.Module``; used as is (not copied).
+        preprocess: input spec; guessed from the model when not given.
+        classes: class names, index-aligned with the model's outputs.
+        host: plugin host to find analyzers in (a new one by default).
+        card: model card / training record, if any.
+        samples: sample images for commands called without images.
+
+    Example:
+        >>> lens = netlens.load("zoo:shapes-allconv")
+        >>> lens.cam(lens.samples).heatmaps.shape
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess | None = None,
+        classes: list[str] | None = None,
+        *,
+        name: str = "model",
+        host: PluginHost | None = None,
+        card: dict[str, Any] | None = None,
+        samples: list[Path] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
+        if preprocess is None:
+            from .models.load import default_preprocess
+
+            preprocess = default_preprocess(model)
+        self.model = model
+        self.transform = preprocess
+        self.classes = list(classes) if classes is not None else None
+        self.name = name
+        self.card = dict(card or {})
+        self.samples = list(samples or [])
+        self._host = host
+
+    def __repr__(self) -> str:
+        n = len(self.classes) if self.classes else "?"
+        return f"Lens({self.name}: {type(self.model).__name__}, {n} classes, {self.transform})"
+
+    @property
+    def host(self) -> PluginHost:
+        """The plugin host (made on first use, so creating a Lens stays cheap)."""
+        if self._host is None:
+            from .plugins.manager import PluginHost
+
+            self._host = PluginHost()
+        return self._host
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device | None) -> Lens:
+        """Move the model (``None``: CUDA when available, else CPU)."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(device)
+        return self
+
+    # -- inputs ----------------------------------------------------------------------------
+    def batch(self, images: Any = None, *, strict: bool = False) -> Batch:
+        """Read and preprocess ``images`` (the sample images when None) into a Batch."""
+        if images is None:
+            if not self.samples:
+                raise NetlensError("no images given and this model has no sample images")
+            images = self.samples
+        batch = load_batch(images, self.transform, strict=strict)
+        batch.tensor = batch.tensor.to(self.device)
+        return batch
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Images (paths, folder, arrays, tensor) → the N×C×H×W tensor the model takes."""
+        return self.batch(images, strict=True).tensor
+
+    def predict(self, images: Any) -> torch.Tensor:
+        """Class probabilities (N×K softmax of the logits)."""
+        x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        with torch.no_grad(), eval_mode(self.model):
+            return torch.softmax(self.logits(x.to(self.device)), dim=1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model and check it returns N×K logits."""
+        out = self.model(x)
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            out = out[0]
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise NetlensError(
+                f"the model returned {shape}; netlens expects classification logits of shape "
+                "N×classes (wrap the model so forward returns them)"
+            )
+        return out
+
+    # -- classes ---------------------------------------------------------------------------
+    def class_name(self, index: int) -> str:
+        if self.classes and 0 <= index < len(self.classes):
+            return self.classes[index]
+        return str(index)
+
+    def class_index(self, target: int | str, num_classes: int) -> int:
+        """A class index from an int or a class name; out of range fails with one line."""
+        if isinstance(target, str) and not target.lstrip("-").isdigit():
+            names = self.classes or []
+            if target not in names:
+                from .errors import hint
+
+                raise TargetError(f"unknown class '{target}'{hint(target, names)}")
+            return names.index(target)
+        idx = int(target)
+        if not 0 <= idx < num_classes:
+            raise TargetError(
+                f"class index {idx} is out of range: the model has {num_classes} classes "
+                f"(0..{num_classes - 1})"
+            )
+        return idx
+
+    # -- analyses --------------------------------------------------------------------------
+    def layers(self) -> list[LayerInfo]:
+        """The layer table: name, type, output shape, parameters."""
+        x = torch.zeros(1, self.transform.channels, *self.transform.size, device=self.device)
+        return layer_table(self.model, x)
+
+    def example(self, batch: int = 1) -> torch.Tensor:
+        """A zero input batch of the size this model takes."""
+        return torch.zeros(batch, self.transform.channels, *self.transform.size,
+                           device=self.device)
+
+    def run(self, analyzer: str, *args: Any, **options: Any) -> Result:
+        """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``."""
+        return self.host.analyzers.get(analyzer).run(self, *args, **options)
+
+    def cam(self, images: Any = None, method: str = "gradcam", layer: Any = "auto",
+            target: Any = None, **options: Any) -> Result:
+        """Class activation maps; see ``netlens cam --help``."""
+        return self.run("cam", images, method=method, layer=layer, target=target, **options)
+
+    def kernels(self, layer: Any = None, **options: Any) -> Result:
+        """Weights of a conv/linear layer as an image grid."""
+        return self.run("kernels", layer=layer, **options)
+
+    def features(self, images: Any = None, layer: Any = "auto", top: int = 16,
+                 **options: Any) -> Result:
+        """Feature maps of a layer for an image."""
+        return self.run("features", images, layer=layer, top=top, **options)
+
+    def ablate(self, data: Any = None, layers: Any = None, mode: str = "identity",
+               metric: str = "accuracy", **options: Any) -> Result:
+        """A layer-ablation study: what each block is worth."""
+        return self.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)

@@ -1,0 +1,1 @@
+"""Model loading, architectures, checkpoints and the bundled zoo."""

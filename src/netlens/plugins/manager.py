@@ -1,0 +1,182 @@
+"""The plugin host: one pluggy manager per session, never a global one.
+
+Plugins come from the ``netlens`` entry point group (netlens' own built-ins included, exactly as
+a third-party package ships them) and from objects passed in. A plugin that fails to import or to
+register is reported in ``problems`` and skipped; ``NETLENS_DISABLE_PLUGINS=a,b`` blocks by name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import PROJECT, hookspecs
+from .registry import Registry
+
+__all__ = ["PluginHost", "PluginInfo"]
+
+BUILTIN_PACKAGE = "netlens"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A plugin as ``netlens plugins`` lists it."""
+
+    name: str
+    package: str
+    version: str
+    builtin: bool
+    error: str = ""
+
+
+def disabled_from_env() -> set[str]:
+    """Plugin names blocked by ``NETLENS_DISABLE_PLUGINS`` (comma-separated)."""
+    raw = os.environ.get("NETLENS_DISABLE_PLUGINS", "")
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+class PluginHost:
+    """Owns a pluggy manager and the registries its plugins fill.
+
+    Args:
+        plugins: extra plugin objects (modules or instances) to register, e.g. in tests.
+        entry_points: load the ``netlens`` entry point group (built-ins live there too).
+        disable: plugin names to block; defaults to ``NETLENS_DISABLE_PLUGINS``.
+
+    Example:
+        >>> host = PluginHost()
+        >>> host.analyzers.names()
+        ['cam', 'kernels', ...]
+    """
+
+    def __init__(
+        self,
+        plugins: Iterable[Any] = (),
+        *,
+        entry_points: bool = True,
+        disable: Iterable[str] | None = None,
+    ) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.disabled = set(disable) if disable is not None else disabled_from_env()
+        self.plugins: dict[str, PluginInfo] = {}
+        self.problems: list[str] = []
+        self._registries: dict[str, Registry] = {}
+        if entry_points:
+            self._load_entry_points()
+        for obj in plugins:
+            self.register(obj)
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        eps = sorted(
+            md.entry_points(group=PROJECT),
+            key=lambda ep: (_dist_name(ep) != BUILTIN_PACKAGE, ep.name),
+        )
+        for ep in eps:
+            package, version = _dist_name(ep), _dist_version(ep)
+            if ep.name in self.disabled or package in self.disabled:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must never be fatal
+                self._problem(ep.name, package, version, f"failed to import: {_short(exc)}")
+                continue
+            self.register(obj, name=ep.name, package=package, version=version)
+
+    def register(
+        self, plugin: Any, *, name: str | None = None, package: str = "", version: str = ""
+    ) -> None:
+        """Register a plugin object (module or instance) with this host."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if name in self.disabled:
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001
+            self._problem(name, package, version, f"failed to register: {_short(exc)}")
+            return
+        self.plugins[name] = PluginInfo(name, package, version, package == BUILTIN_PACKAGE)
+        self._registries.clear()
+
+    def _problem(self, name: str, package: str, version: str, what: str) -> None:
+        self.plugins[name] = PluginInfo(name, package, version, False, error=what)
+        self.problems.append(f"plugin '{name}' ({package or 'unknown package'}): {what}")
+
+    # -- registries ------------------------------------------------------------------------
+    def _fill(self, hook_name: str, kind: str) -> Registry:
+        registry: Registry = Registry(kind)
+        hook = getattr(self.pm.hook, hook_name)
+        impls = sorted(hook.get_hookimpls(), key=lambda i: not self._is_builtin(i.plugin_name))
+        for impl in impls:
+            info = self.plugins.get(impl.plugin_name)
+            registry._source = {
+                "plugin": impl.plugin_name,
+                "package": info.package if info else "",
+                "version": info.version if info else "",
+                "builtin": bool(info and info.builtin),
+            }
+            try:
+                impl.function(registry)
+            except Exception as exc:  # noqa: BLE001
+                registry.problems.append(
+                    f"plugin '{impl.plugin_name}' failed in {hook_name}: {_short(exc)}; skipped"
+                )
+        registry._source = {}
+        self.problems.extend(p for p in registry.problems if p not in self.problems)
+        return registry
+
+    def _is_builtin(self, plugin_name: str) -> bool:
+        info = self.plugins.get(plugin_name)
+        return bool(info and info.builtin)
+
+    def _get(self, hook_name: str, kind: str) -> Registry:
+        regs = self._registries
+        if hook_name not in regs:
+            regs[hook_name] = self._fill(hook_name, kind)
+        return regs[hook_name]
+
+    @property
+    def analyzers(self) -> Registry:
+        return self._get("netlens_register_analyzers", "analyzer")
+
+    @property
+    def cam_methods(self) -> Registry:
+        return self._get("netlens_register_cam_methods", "CAM method")
+
+    @property
+    def archs(self) -> Registry:
+        return self._get("netlens_register_archs", "architecture")
+
+    @property
+    def datasets(self) -> Registry:
+        return self._get("netlens_register_datasets", "dataset")
+
+    @property
+    def metrics(self) -> Registry:
+        return self._get("netlens_register_metrics", "metric")
+
+    @property
+    def loaders(self) -> list[Any]:
+        """Model loaders, third-party ones first and netlens' own last."""
+        reg = self._get("netlens_register_model_loaders", "model loader")
+        entries = sorted(reg.entries.values(), key=lambda e: e.builtin)
+        return [e.item for e in entries]
+
+
+def _dist_name(ep: md.EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else ""
+
+
+def _dist_version(ep: md.EntryPoint) -> str:
+    return ep.dist.version if ep.dist is not None else ""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]

@@ -1,0 +1,1 @@
+"""Pure rendering functions: arrays in, images and matplotlib figures out (object API only)."""
