@@ -1,0 +1,129 @@
+"""Localisation metrics over ground-truth masks: the pointing game and energy inside the mask.
+
+Pointing game (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): a hit
+when the heatmap's maximum lies inside the object mask, or within ``tolerance`` pixels of it
+(the paper uses 15 px at 224 px input). Energy in the mask: the share of the heatmap's total
+mass that falls inside the mask (the "energy-based pointing game" of Score-CAM).
+
+The chance level of both is the mean fraction of the image the mask covers: a uniformly random
+point lands inside with that probability, and a flat heatmap puts that share of its energy there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+__all__ = ["EnergyInMask", "PointingGame", "energy_in_mask", "mask_fraction", "pointing_game"]
+
+
+def _as_numpy(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().float().cpu().numpy()
+    return np.asarray(a)
+
+
+def _check(heatmaps: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    if masks is None:
+        raise DataError(
+            "this metric needs ground-truth masks; use data that carries them "
+            "(e.g. --data shapes, or a dataset with .mask(i))"
+        )
+    masks = _as_numpy(masks).astype(bool)
+    if masks.shape != heatmaps.shape:
+        raise DataError(f"masks {masks.shape} and heatmaps {heatmaps.shape} differ in shape")
+    return masks
+
+
+def mask_fraction(masks: Any) -> np.ndarray:
+    """Per image, the fraction of pixels inside the mask (the chance level of both metrics)."""
+    m = _as_numpy(masks).astype(bool)
+    return m.reshape(len(m), -1).mean(axis=1)
+
+
+def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> np.ndarray:
+    """Per image, 1.0 when the heatmap's maximum is within ``tolerance`` px of the mask, else 0.
+
+    Ties for the maximum count as a hit when any of the tied pixels is a hit (a flat map is
+    therefore not penalised; it is also not informative, see ``energy_in_mask``).
+
+    Example:
+        >>> pointing_game(h[None], m[None], tolerance=15)
+        array([1.])
+    """
+    h = _as_numpy(heatmaps).astype(np.float32)
+    m = _check(h, masks)
+    hits = np.zeros(len(h))
+    for i in range(len(h)):
+        region = m[i].astype(np.uint8)
+        if tolerance > 0:
+            size = 2 * int(tolerance) + 1
+            disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+            region = cv2.dilate(region, disk)
+        peak = h[i] >= h[i].max()
+        hits[i] = float(np.any(peak & region.astype(bool)))
+    return hits
+
+
+def energy_in_mask(heatmaps: Any, masks: Any) -> np.ndarray:
+    """Per image, sum of the heatmap inside the mask over its total sum (NaN for an all-zero map).
+
+    Heatmaps are used as given (netlens' CAMs are already non-negative and in [0, 1]);
+    negative values are clipped to zero.
+    """
+    h = np.clip(_as_numpy(heatmaps).astype(np.float64), 0, None)
+    m = _check(h, masks)
+    total = h.reshape(len(h), -1).sum(axis=1)
+    inside = (h * m).reshape(len(h), -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
+
+
+@dataclass(frozen=True)
+class PointingGame:
+    """Pointing-game hit rate; option ``tolerance`` (pixels, default 0)."""
+
+    name: ClassVar[str] = "pointing"
+    needs_masks: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool] = True
+
+    def cost(self, n_images: int, **opts: Any) -> int:
+        """Model forward passes this metric adds (none: it only reads heatmaps)."""
+        return 0
+
+    def __call__(
+        self,
+        model: Any,
+        x: Any,
+        heatmaps: Any,
+        targets: Any,
+        masks: Any = None,
+        tolerance: int = 0,
+        **opts: Any,
+    ) -> dict[str, np.ndarray]:
+        score = pointing_game(heatmaps, masks, tolerance=int(tolerance))
+        return {"score": score, "baseline": mask_fraction(masks)}
+
+
+@dataclass(frozen=True)
+class EnergyInMask:
+    """Share of heatmap energy inside the ground-truth mask."""
+
+    name: ClassVar[str] = "energy"
+    needs_masks: ClassVar[bool] = True
+    higher_is_better: ClassVar[bool] = True
+
+    def cost(self, n_images: int, **opts: Any) -> int:
+        """Model forward passes this metric adds (none)."""
+        return 0
+
+    def __call__(
+        self, model: Any, x: Any, heatmaps: Any, targets: Any, masks: Any = None, **opts: Any
+    ) -> dict[str, np.ndarray]:
+        return {"score": energy_in_mask(heatmaps, masks), "baseline": mask_fraction(masks)}

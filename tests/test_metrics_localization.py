@@ -1,0 +1,62 @@
+"""Pointing game, energy in mask and their chance level, on hand-made maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from netlens.errors import DataError
+from netlens.metrics.localization import (
+    EnergyInMask,
+    PointingGame,
+    energy_in_mask,
+    mask_fraction,
+    pointing_game,
+)
+
+
+def _square_mask(size: int = 20, lo: int = 5, hi: int = 10) -> np.ndarray:
+    m = np.zeros((1, size, size), bool)
+    m[0, lo:hi, lo:hi] = True
+    return m
+
+
+def test_pointing_hit_miss_and_tolerance() -> None:
+    m = _square_mask()
+    h = np.zeros((1, 20, 20), np.float32)
+    h[0, 7, 7] = 1.0  # inside
+    assert pointing_game(h, m).tolist() == [1.0]
+    h = np.zeros((1, 20, 20), np.float32)
+    h[0, 7, 12] = 1.0  # two columns right of the mask's last column (9)
+    assert pointing_game(h, m).tolist() == [0.0]
+    assert pointing_game(h, m, tolerance=1).tolist() == [0.0]
+    assert pointing_game(h, m, tolerance=3).tolist() == [1.0]
+
+
+def test_energy_is_the_share_inside() -> None:
+    m = _square_mask()
+    h = np.zeros((1, 20, 20), np.float32)
+    h[0, 6, 6] = 3.0  # inside
+    h[0, 15, 15] = 1.0  # outside
+    assert energy_in_mask(h, m) == pytest.approx([0.75])
+    assert np.isnan(energy_in_mask(np.zeros_like(h), m)[0])
+
+
+def test_chance_level_matches_random_maps() -> None:
+    rng = np.random.default_rng(0)
+    masks = np.repeat(_square_mask(20, 0, 10), 3000, axis=0)  # a quarter of the image
+    assert mask_fraction(masks) == pytest.approx(np.full(3000, 0.25))
+    maps = rng.random((3000, 20, 20)).astype(np.float32)
+    assert pointing_game(maps, masks).mean() == pytest.approx(0.25, abs=0.03)
+    assert energy_in_mask(maps, masks).mean() == pytest.approx(0.25, abs=0.01)
+
+
+def test_metric_objects_return_score_and_chance() -> None:
+    m = _square_mask()
+    h = m.astype(np.float32)
+    out = PointingGame()(None, None, h, [0], masks=m, tolerance=0)
+    assert out["score"].tolist() == [1.0]
+    assert out["baseline"] == pytest.approx([25 / 400])
+    assert EnergyInMask()(None, None, h, [0], masks=m)["score"] == pytest.approx([1.0])
+    with pytest.raises(DataError):
+        PointingGame()(None, None, h, [0], masks=None)

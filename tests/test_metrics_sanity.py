@@ -1,0 +1,121 @@
+"""Spearman and SSIM against hand-checked values; cascade grouping and the edge-map flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netlens.metrics.sanity import (
+    cascade_blocks,
+    cascading_randomization,
+    gaussian_window,
+    spearman,
+    ssim,
+)
+
+
+def test_spearman_hand_cases() -> None:
+    a = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    b = np.array([[[1.0, 2.0], [4.0, 3.0]]])
+    # 1 - 6·Σd² / (n(n²-1)) with d = (0, 0, 1, 1), n = 4
+    assert spearman(a, b) == pytest.approx([1 - 6 * 2 / (4 * 15)])
+    assert spearman(a, -a) == pytest.approx([-1.0])
+    # ties take average ranks: [1, 2.5, 2.5, 4] vs [1, 2, 3, 4]
+    t = np.array([[[1.0, 2.0], [2.0, 5.0]]])
+    r = np.array([1, 2.5, 2.5, 4]) - 2.5
+    assert spearman(t, a) == pytest.approx(
+        [(r * (np.arange(4) - 1.5)).sum() / np.sqrt((r**2).sum() * 5)]
+    )
+    assert spearman(np.zeros((1, 2, 2)), a).tolist() == [0.0]
+
+
+def _ssim_loop(a: np.ndarray, b: np.ndarray, size: int = 11) -> float:
+    """SSIM by explicit window loops (independent of the conv implementation)."""
+    w = gaussian_window(size, 1.5).numpy()
+    c1, c2 = 0.01**2, 0.03**2
+    vals = []
+    for y in range(a.shape[0] - size + 1):
+        for x in range(a.shape[1] - size + 1):
+            pa, pb = a[y : y + size, x : x + size], b[y : y + size, x : x + size]
+            ma, mb = (w * pa).sum(), (w * pb).sum()
+            va, vb = (w * (pa - ma) ** 2).sum(), (w * (pb - mb) ** 2).sum()
+            cov = (w * (pa - ma) * (pb - mb)).sum()
+            num = (2 * ma * mb + c1) * (2 * cov + c2)
+            vals.append(num / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_hand_checked() -> None:
+    a, b = np.full((1, 16, 16), 0.2), np.full((1, 16, 16), 0.6)
+    c1 = 0.01**2
+    # constant maps: the structure term is 1 and SSIM is the luminance term
+    assert ssim(a, b) == pytest.approx([(2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1)])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 16)), rng.random((16, 16))
+    assert ssim(x[None], x[None]) == pytest.approx([1.0])
+    assert ssim(x[None], y[None]) == pytest.approx([_ssim_loop(x, y)], abs=1e-9)
+
+
+def test_cascade_goes_from_the_top_and_deeper_when_needed() -> None:
+    flat = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.Flatten(), nn.LazyLinear(2)
+    )
+    assert [b for b, _ in cascade_blocks(flat)] == ["4", "2", "0"]
+    nested = nn.Sequential()
+    nested.add_module(
+        "features", nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 3))
+    )
+    nested.add_module("head", nn.Linear(2, 2))
+    assert [b for b, _ in cascade_blocks(nested)] == [
+        "head",
+        "features.2",
+        "features.1",
+        "features.0",
+    ]
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.conv2(F.relu(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    xg = x.clone().requires_grad_(True)
+    score = model(xg).gather(1, targets[:, None]).sum()
+    (g,) = torch.autograd.grad(score, xg)
+    return g.abs().sum(dim=1)
+
+
+def edge_map(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """An "explanation" that ignores the model: Sobel edge magnitude of the input."""
+    k = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]]).view(1, 1, 3, 3)
+    g = x.mean(dim=1, keepdim=True)
+    gx, gy = F.conv2d(g, k, padding=1), F.conv2d(g, k.transpose(2, 3), padding=1)
+    mag = torch.sqrt(gx**2 + gy**2)
+    return (mag / mag.amax(dim=(2, 3), keepdim=True))[:, 0]
+
+
+def test_edge_detector_is_flagged_and_the_model_untouched() -> None:
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(3, 1, 16, 16)
+    t = torch.tensor([0, 1, 0])
+    edges = cascading_randomization(model, x, t, edge_map)
+    assert edges.steps == ["fc", "conv2", "conv1"]
+    assert edges.maps.shape == (4, 3, 16, 16)
+    assert edges.spearman == pytest.approx(np.ones((3, 3)))
+    assert not edges.passes
+    grads = cascading_randomization(model, x, t, input_gradient)
+    assert grads.final_spearman < edges.final_spearman
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training
