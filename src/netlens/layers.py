@@ -195,11 +195,15 @@ def _is_spatial(out: Any) -> bool:
 def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
     """The last layer with a spatial (N×C×H×W, H·W > 1) output: the usual CAM layer.
 
+    Pooling layers themselves are skipped (AlexNet's ``avgpool`` keeps 6×6 but is no feature
+    layer), so on AlexNet/VGG the ``features`` stack is chosen.
+
     Among modules that produce the very same tensor (a block and its last ReLU), the outermost
     is chosen, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet.
     """
     traced = trace_outputs(model, example)
-    spatial = [(n, out) for n, _, out in traced if _is_spatial(out)]
+    spatial = [(n, out) for n, m, out in traced
+               if _is_spatial(out) and "Pool" not in type(m).__name__]
     if not spatial:
         raise NetlensError(
             f"{type(model).__name__} has no layer with a spatial (N×C×H×W) output; "

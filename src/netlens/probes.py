@@ -7,8 +7,9 @@ removed on exit, also on errors and KeyboardInterrupt, and the model's weights, 
 
 Why a dispatch mode: a captured activation can be overwritten later in the same forward by an
 in-place op (``nn.ReLU(inplace=True)``, ``x += shortcut``). Copying every capture would cost a copy
-per layer; instead, while the probe is active, a ``TorchDispatchMode`` watches the (rare) ops that
-write into their inputs and copies a captured tensor only just before such an op overwrites it.
+per layer; instead, from the first capture until the probe exits, a ``TorchDispatchMode`` watches
+the (rare) ops that write into their inputs and copies a captured tensor only just before such
+an op overwrites it.
 """
 
 from __future__ import annotations
@@ -139,8 +140,6 @@ class Probe:
             for name in self.names:
                 hook = self._make_hook(self.captures[name])
                 self._handles.append(modules[name].register_forward_hook(hook))
-            self._mode = _CopyOnWrite(self)
-            self._mode.__enter__()
         except BaseException:
             self.remove()
             raise
@@ -183,9 +182,17 @@ class Probe:
             kept = kept.to(self.to)
         else:
             self._watch.setdefault(_storage_key(kept), []).append((cap, len(cap.outputs)))
+            self._start_watching()
         cap.outputs.append(kept)
         cap.grads.append(None)
         return None
+
+    def _start_watching(self) -> None:
+        # Entered at the first capture, not in __enter__: ops before it cannot touch a capture,
+        # so probing only late layers costs (almost) nothing.
+        if self._mode is None and self._handles:
+            self._mode = _CopyOnWrite(self)
+            self._mode.__enter__()
 
     def _before_write(self, target: torch.Tensor) -> None:
         entries = self._watch.pop(_storage_key(target), None)

@@ -61,12 +61,30 @@ class LoadRequest:
         try:
             return torch.load(self.source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            return exc
+            if _is_pickle(self.source):
+                return exc  # a real pickle beyond plain tensors: only with trust
+            return ModelLoadError(f"cannot read {self.source}: not a PyTorch file or corrupt")
         except Exception as exc:  # noqa: BLE001 - corrupt or not a torch file
             return ModelLoadError(
                 f"cannot read {self.source} as a PyTorch file ({type(exc).__name__}); "
                 "is it a model file?"
             )
+
+
+def _is_pickle(path: Path) -> bool:
+    """True for a torch zip archive or a well-formed pickle stream (parsed, never executed)."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    try:
+        with path.open("rb") as fh:
+            for _ in pickletools.genops(fh):
+                pass
+    except Exception:  # noqa: BLE001 - anything unparsable is simply not a pickle
+        return False
+    return True
 
 
 def default_preprocess(model: nn.Module, arch: str | None = None) -> Preprocess:

@@ -1,0 +1,166 @@
+"""Probes: in-place safety, repeated calls, hook removal, model left untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import netlens
+from netlens.errors import LayerNotFoundError, NetlensError
+
+
+def snapshot(model: nn.Module) -> dict:
+    """Everything a probe must leave as it was."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "req": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+    }
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["req"] == b["req"] and a["training"] == b["training"] and a["hooks"] == b["hooks"]
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    for ga, gb in zip(a["grad"], b["grad"], strict=True):
+        assert (ga is None and gb is None) or torch.equal(ga, gb)
+
+
+def test_inplace_relu_does_not_clobber_capture(resnet18):
+    """timm resnet18: bn1 is followed by an in-place ReLU; the capture keeps its negatives."""
+    x = torch.randn(2, 3, 64, 64)
+    with netlens.probe(resnet18, ["bn1", "layer4.1.bn2"]) as p:
+        resnet18(x)
+    ref = resnet18.bn1(resnet18.conv1(x))
+    assert ref.min() < 0
+    assert torch.equal(p["bn1"].output, ref)
+    # bn2 output is modified in place by `x += shortcut` and the ReLU after it
+    blk = resnet18.layer4[1]
+    with netlens.probe(resnet18, ["layer4.0"]) as q:
+        resnet18(x)
+    ref2 = blk.bn2(blk.conv2(blk.act1(blk.bn1(blk.conv1(q["layer4.0"].output)))))
+    assert torch.allclose(p["layer4.1.bn2"].output, ref2, atol=1e-6)
+    assert p["layer4.1.bn2"].output.min() < 0
+
+
+def test_plain_detach_would_be_wrong(resnet18):
+    """The failure the probe avoids: a detached reference sees the in-place ReLU."""
+    store = {}
+    h = resnet18.bn1.register_forward_hook(lambda m, i, o: store.setdefault("o", o.detach()))
+    try:
+        resnet18(torch.randn(1, 3, 64, 64))
+    finally:
+        h.remove()
+    assert store["o"].min() >= 0
+
+
+def test_to_cpu_and_outputs_stay_separate(tiny):
+    x = torch.randn(2, 3, 32, 32)
+    with netlens.probe(tiny, "bn1", to="cpu") as p:
+        tiny(x)
+        tiny(x + 1)
+    outs = p["bn1"].outputs
+    assert len(outs) == 2 and not torch.equal(outs[0], outs[1])
+    assert outs[0].min() < 0  # the in-place ReLU after bn1 did not reach the capture
+    with pytest.raises(NetlensError, match="ran 2 times"):
+        _ = p["bn1"].output
+
+
+def test_module_called_twice_keeps_every_call():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    x = torch.randn(3, 4)
+    with netlens.probe(model, "0") as p:
+        y = model(x)
+    first, second = p["0"].outputs
+    assert torch.equal(second, y)
+    assert torch.equal(first, shared(x))
+    with pytest.raises(NetlensError, match=r"outputs\[i\]"):
+        _ = p["0"].output
+
+
+def test_grads_match_manual_autograd_and_leave_params(resnet18):
+    x = torch.randn(2, 3, 64, 64)
+    before = snapshot(resnet18)
+    with netlens.probe(resnet18, ["layer3", "layer4"], grads=True) as p:
+        logits = resnet18(x)
+        p.compute_grads(logits[:, 3].sum())
+    assert_same(before, snapshot(resnet18))
+    # reference: split the network at layer4 by hand
+    with torch.no_grad():
+        feats = resnet18.layer3(resnet18.layer2(resnet18.layer1(resnet18.maxpool(
+            resnet18.act1(resnet18.bn1(resnet18.conv1(x)))))))
+    a = feats.clone().requires_grad_(True)
+    out = resnet18.forward_head(resnet18.layer4(a))
+    (g,) = torch.autograd.grad(out[:, 3].sum(), a)
+    assert torch.allclose(p["layer3"].grad, g, atol=1e-5)
+    assert p["layer4"].grad.shape == p["layer4"].output.shape
+
+
+def test_grads_work_with_frozen_params(tiny):
+    for q in tiny.parameters():
+        q.requires_grad_(False)
+    with netlens.probe(tiny, "conv2", grads=True) as p:
+        out = tiny(torch.randn(1, 3, 32, 32))
+        p.compute_grads(out[:, 0].sum())
+    assert p["conv2"].grad is not None
+    assert all(not q.requires_grad and q.grad is None for q in tiny.parameters())
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [Boom, KeyboardInterrupt])
+def test_hooks_removed_when_forward_raises(tiny, exc):
+    def explode(m, i, o):
+        raise exc()
+
+    before = snapshot(tiny)
+    handle = tiny.conv2.register_forward_hook(explode)  # a user hook that raises
+    with pytest.raises(exc), netlens.probe(tiny, ["conv1", "bn1", "conv2"], grads=True):
+        tiny(torch.randn(1, 3, 32, 32))
+    handle.remove()
+    assert_same(before, snapshot(tiny))
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    assert _get_current_dispatch_mode() is None
+
+
+def test_existing_user_hooks_and_modes_kept(tiny):
+    calls = []
+    h = tiny.conv1.register_forward_hook(lambda m, i, o: calls.append(1))
+    tiny.train()
+    tiny.bn1.eval()
+    before = snapshot(tiny)
+    with netlens.probe(tiny, "type:Conv2d") as p:
+        tiny(torch.randn(2, 3, 32, 32))
+    p.remove()
+    p.remove()  # safe twice
+    assert_same(before, snapshot(tiny))
+    assert calls == [1]
+    h.remove()
+
+
+def test_probe_every_module_and_unknown_layer(resnet18):
+    with netlens.probe(resnet18, "*") as p:
+        resnet18(torch.randn(1, 3, 32, 32))
+    assert len(p) == len(dict(resnet18.named_modules())) - 1
+    assert p["layer1.0.conv1"].output.shape == (1, 64, 8, 8)
+    with pytest.raises(LayerNotFoundError, match="layer4.1.conv2"):
+        netlens.probe(resnet18, "layer4.1.cnv2")
+    with pytest.raises(LayerNotFoundError, match="was not probed"):
+        _ = p["nope"]
+
+
+def test_grads_without_grad_flag_is_an_error(tiny):
+    with netlens.probe(tiny, "conv1") as p:
+        tiny(torch.randn(1, 3, 32, 32))
+    with pytest.raises(NetlensError, match="grads=True"):
+        p.compute_grads(torch.tensor(0.0))
