@@ -29,6 +29,9 @@ _LAZY = {
     "Result": "netlens.analyzers.base",
     "Analyzer": "netlens.analyzers.base",
     "NetlensError": "netlens.errors",
+    "cam": "netlens.analyzers.cam",
+    "CamResult": "netlens.analyzers.cam_result",
+    "CamMethod": "netlens.analyzers.cam_base",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

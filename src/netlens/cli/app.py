@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import layers_cmd, plugins_cmd, run_cmd
+from . import cam_cmd, layers_cmd, plugins_cmd, run_cmd
 
 app = typer.Typer(
     name="netlens",
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.command("cam")(cam_cmd.cam)
 app.command("layers")(layers_cmd.layers)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("run")(run_cmd.run)

@@ -1,0 +1,219 @@
+"""The CAM template: check → capture → weights → combine → ReLU → upsample → normalise.
+
+A CAM method is a :class:`CamMethod` subclass that supplies channel weights (N×C, or N×C×h×w
+for element-wise methods such as Layer-CAM); everything else is done here once::
+
+    class MyCam(CamMethod):
+        \"\"\"Gradients squared, averaged per channel.\"\"\"
+
+        def weights(self, ctx):
+            return (ctx.grads**2).mean(dim=(2, 3))
+
+and registered from a ``netlens_register_cam_methods`` hook: ``registry.add("mycam", MyCam)``.
+
+Activations and gradients are captured with :func:`netlens.probe` and
+``torch.autograd.grad`` (never into ``param.grad``) and brought to N×C×h×w by
+:func:`netlens.activations.to_spatial`, so ViT tokens and Swin's NHWC stages need no reshape code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..activations import to_spatial
+from ..errors import AnalyzerError
+from ..layers import auto_layer, trace_outputs
+from ..probes import probe
+
+__all__ = [
+    "CamContext",
+    "CamMethod",
+    "Capture",
+    "cam_layer",
+    "capture",
+    "normalize_maps",
+    "upsample",
+]
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class CamContext:
+    """What a method sees for one layer and one set of targets.
+
+    Attributes:
+        model: the model (in eval mode while the method runs).
+        x: the N×C×H×W input batch.
+        layer: the layer's dotted name.
+        acts: the layer's activations, N×C×h×w, detached.
+        grads: d(score)/d(acts), N×C×h×w (None for gradient-free methods).
+        targets: N class indices, one per image.
+        logits: the model's N×K logits for ``x``.
+        forward: runs the model on a batch and returns N×K logits (for masked passes).
+        batch_size: how many masked inputs to run at once.
+        raw: the layer's output in its own layout (tokens, NHWC), detached.
+        cache: per-layer storage shared across targets (masks, masked-pass scores).
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    layer: str
+    acts: torch.Tensor
+    grads: torch.Tensor | None
+    targets: torch.Tensor
+    logits: torch.Tensor
+    forward: Logits
+    batch_size: int = 32
+    raw: torch.Tensor | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+class CamMethod:
+    """Base class of CAM methods: subclasses supply :meth:`weights`.
+
+    ``needs_grads = False`` skips the backward pass (Eigen-CAM, Score-CAM, Ablation-CAM, CAM).
+    Override :meth:`check` to refuse layers the method cannot explain, and :meth:`combine` for
+    maps that are not a weighted sum of the activations.
+    """
+
+    name: ClassVar[str] = ""
+    needs_grads: ClassVar[bool] = True
+
+    def check(self, ctx: CamContext) -> None:
+        """Raise :class:`~netlens.errors.AnalyzerError` when the method cannot run here."""
+
+    def weights(self, ctx: CamContext) -> torch.Tensor:
+        """Channel weights: N×C (one per channel) or N×C×h×w (one per element)."""
+        raise NotImplementedError(f"{type(self).__name__} must define weights()")
+
+    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
+        """The low-resolution N×h×w map: the weighted sum of the activation channels."""
+        w = weights if weights.dim() == 4 else weights[:, :, None, None]
+        return (w * ctx.acts).sum(dim=1)
+
+    def __call__(self, ctx: CamContext) -> torch.Tensor:
+        """The N×H×W map at input resolution, in [0, 1]."""
+        self.check(ctx)
+        with torch.no_grad():
+            low = self.combine(ctx, self.weights(ctx)).float()
+            return normalize_maps(upsample(torch.relu(low), tuple(ctx.x.shape[-2:])))
+
+
+# -- small helpers ---------------------------------------------------------------------------
+def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """N×h×w (or N×C×h×w) maps resized bilinearly to ``size`` (as captum's ``interpolate``)."""
+    squeeze = maps.dim() == 3
+    out = F.interpolate(
+        maps[:, None] if squeeze else maps, size=size, mode="bilinear", align_corners=False
+    )
+    return out[:, 0] if squeeze else out
+
+
+def normalize_maps(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Min-max normalise each map (over its last two dims) to [0, 1]; a constant map gives 0."""
+    flat = maps.flatten(-2)
+    lo = flat.min(dim=-1, keepdim=True).values
+    span = flat.max(dim=-1, keepdim=True).values - lo
+    out = torch.where(span > eps, (flat - lo) / span.clamp_min(eps), torch.zeros_like(flat))
+    return torch.nan_to_num(out, nan=0.0).reshape(maps.shape)
+
+
+def spatial_channel_view(raw: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor:
+    """``to_spatial`` of ``raw`` that must share its memory (so writes reach ``raw``)."""
+    view = to_spatial(raw, model, layer)
+    if view.untyped_storage().data_ptr() != raw.untyped_storage().data_ptr():
+        raise AnalyzerError(
+            f"layer '{layer}': the reshape to N×C×H×W copies data, so channels cannot be "
+            "ablated in place; pick a convolutional layer or a transformer block"
+        )
+    return view
+
+
+# -- layers ----------------------------------------------------------------------------------
+def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
+    """The layer ``auto`` means for CAMs.
+
+    CNNs and NHWC stages (Swin): the last layer with a spatial output before pooling
+    (:func:`netlens.layers.auto_layer`). Token models (timm ViT): the last transformer block
+    whose tokens form a patch grid; with class-token pooling its ``norm1``, since the block's
+    own output reaches the logits only through the class token and so has no gradient on the
+    patch tokens.
+    """
+    traced = trace_outputs(model, example)
+    tokens = [n for n, _, out in traced if _is_token_grid(out, model)]
+    blocks = [n for n in tokens if n.rsplit(".", 1)[-1].isdigit()]
+    if not blocks:
+        return auto_layer(model, example)
+    last = blocks[-1]
+    names = dict(model.named_modules())
+    pool = str(getattr(model, "global_pool", ""))
+    if pool == "token" and f"{last}.norm1" in names:
+        return f"{last}.norm1"
+    return last
+
+
+def _is_token_grid(out: Any, model: nn.Module) -> bool:
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        return False
+    try:
+        s = to_spatial(out, model)
+    except AnalyzerError:
+        return False
+    return s.shape[-1] * s.shape[-2] > 1
+
+
+# -- capture ---------------------------------------------------------------------------------
+@dataclass
+class Capture:
+    """One forward (and a backward per target set) through the probed layers."""
+
+    logits: torch.Tensor
+    acts: dict[str, torch.Tensor]
+    raw: dict[str, torch.Tensor]
+    grads: list[dict[str, torch.Tensor]]
+
+
+def capture(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[str],
+    forward: Logits,
+    choose_targets: Callable[[torch.Tensor], list[torch.Tensor]],
+    *,
+    grads: bool = True,
+) -> tuple[Capture, list[torch.Tensor]]:
+    """Run ``forward`` once with ``layers`` probed; one gradient pass per target set.
+
+    ``choose_targets(logits)`` returns target sets (each N class indices, one per image); for
+    each, the score ``sum_i logits[i, target_i]`` is differentiated w.r.t. the activations with
+    ``torch.autograd.grad`` (the model's ``.grad`` stays untouched).
+    """
+    with probe(model, list(layers), grads=grads) as p, torch.set_grad_enabled(grads):
+        logits = forward(x)
+        sets = choose_targets(logits.detach())
+        outs = {n: p[n].output for n in layers}
+        grad_sets: list[dict[str, torch.Tensor]] = []
+        if grads:
+            rows = torch.arange(len(x), device=logits.device)
+            for k, t in enumerate(sets):
+                score = logits[rows, t.to(logits.device)].sum()
+                p.compute_grads(score, retain_graph=k < len(sets) - 1)
+                grad_sets.append({n: _spatial_grad(p[n].grad, outs[n], model, n) for n in layers})
+    acts = {n: to_spatial(outs[n].detach(), model, n) for n in layers}
+    raw = {n: outs[n].detach() for n in layers}
+    return Capture(logits.detach(), acts, raw, grad_sets), sets
+
+
+def _spatial_grad(
+    g: torch.Tensor | None, out: torch.Tensor, model: nn.Module, layer: str
+) -> torch.Tensor:
+    if g is None:  # the score does not depend on this layer
+        g = torch.zeros_like(out)
+    return to_spatial(g.detach(), model, layer)

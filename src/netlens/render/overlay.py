@@ -1,0 +1,96 @@
+"""Heatmap overlays: a colormap blended over the original image at its original size.
+
+Pure numpy/OpenCV functions: arrays in, arrays (or PNG files) out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["colorize", "crop_box", "overlay", "write_png"]
+
+_CMAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "magma": cv2.COLORMAP_MAGMA,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "hot": cv2.COLORMAP_HOT,
+}
+
+
+def colorize(heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """An H×W map in [0, 1] as an H×W×3 uint8 RGB picture."""
+    if cmap not in _CMAPS:
+        raise ValueError(f"unknown colormap '{cmap}' (known: {', '.join(_CMAPS)})")
+    u8 = (np.clip(np.nan_to_num(heat), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(u8, _CMAPS[cmap]), cv2.COLOR_BGR2RGB)
+
+
+def crop_box(
+    image_hw: tuple[int, int], size: tuple[int, int], crop_pct: float
+) -> tuple[int, int, int, int]:
+    """Where the model's input lies in the original image: (top, bottom, left, right).
+
+    Mirrors :class:`netlens.images.Preprocess`: a straight resize when ``crop_pct >= 1``, else
+    a resize of the shorter side to ``size / crop_pct`` and a centre crop of ``size``.
+    """
+    h0, w0 = image_hw
+    h, w = size
+    if crop_pct >= 1.0:
+        return 0, h0, 0, w0
+    scale = max(h, w) / crop_pct / min(h0, w0)
+    nh, nw = max(h, round(h0 * scale)), max(w, round(w0 * scale))
+    sy, sx = nh / h0, nw / w0
+    top, left = (nh - h) // 2, (nw - w) // 2
+    return (
+        round(top / sy),
+        min(h0, round((top + h) / sy)),
+        round(left / sx),
+        min(w0, round((left + w) / sx)),
+    )
+
+
+def overlay(
+    image: np.ndarray,
+    heat: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    box: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """Blend ``heat`` (any size, values in [0, 1]) over ``image`` (H×W×3 uint8).
+
+    The map is resized to ``box`` (the part of the image the model saw; the whole image by
+    default); outside the box the image is dimmed, as the model never saw it.
+    """
+    img = (
+        image
+        if image.ndim == 3 and image.shape[2] == 3
+        else np.repeat(image.reshape(*image.shape[:2], 1)[:, :, :1], 3, axis=2)
+    )
+    h0, w0 = img.shape[:2]
+    top, bottom, left, right = box or (0, h0, 0, w0)
+    out = (img.astype(np.float32) * 0.35).astype(np.uint8)
+    region = img[top:bottom, left:right]
+    hmap = cv2.resize(
+        heat.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_LINEAR
+    )
+    color = colorize(hmap, cmap).astype(np.float32)
+    blend = (1.0 - alpha) * region.astype(np.float32) + alpha * color
+    out[top:bottom, left:right] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an H×W×3 RGB uint8 array as a PNG file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path.name} as PNG")
+    path.write_bytes(buf.tobytes())
+    return path
