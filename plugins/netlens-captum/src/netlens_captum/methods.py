@@ -1,0 +1,178 @@
+"""The captum methods this plugin offers, each as a small function over a logits module.
+
+Every method function takes the model wrapped as a logits module (``LogitsModule``), the
+preprocessed batch, one target class per image and the method's options, and returns the
+attributions (N×C×H×W, same shape as the input) plus extra metadata for the Result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from netlens.lens import Lens
+
+__all__ = ["METHODS", "LogitsModule", "Method"]
+
+Attribution = tuple[torch.Tensor, dict[str, Any]]
+
+
+class LogitsModule(nn.Module):
+    """The lens' model as an ``nn.Module`` that returns N×K logits (what captum needs).
+
+    Wrapping does not change the user's model: it is only referenced as a child.
+    """
+
+    def __init__(self, lens: Lens) -> None:
+        super().__init__()
+        self.model = lens.model
+        self._lens = lens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._lens.logits(x)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One captum method as a netlens analyzer: its name, title, options and function."""
+
+    name: str
+    title: str
+    description: str
+    compute: Callable[[LogitsModule, torch.Tensor, list[int], Lens, dict[str, Any]], Attribution]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _baseline(lens: Lens, x: torch.Tensor, kind: Any) -> torch.Tensor:
+    """``zero`` (the normalised mean image), ``black`` (pixel value 0) or a number."""
+    if kind in ("zero", "zeros", None):
+        return torch.zeros_like(x)
+    if kind == "black":
+        c = x.shape[1]
+        mean = torch.tensor(lens.transform.mean[:c], dtype=x.dtype, device=x.device)
+        std = torch.tensor(lens.transform.std[:c], dtype=x.dtype, device=x.device)
+        return (-mean / std).view(1, c, 1, 1).expand_as(x).contiguous()
+    try:
+        return torch.full_like(x, float(kind))
+    except (TypeError, ValueError):
+        from netlens.errors import AnalyzerError
+
+        raise AnalyzerError(
+            f"baseline '{kind}' not understood; use zero, black or a number"
+        ) from None
+
+
+def integrated_gradients(
+    net: LogitsModule, x: torch.Tensor, targets: list[int], lens: Lens, opts: dict[str, Any]
+) -> Attribution:
+    from captum.attr import IntegratedGradients
+
+    base = _baseline(lens, x, opts["baseline"])
+    attr, delta = IntegratedGradients(net).attribute(
+        x,
+        baselines=base,
+        target=targets,
+        n_steps=int(opts["steps"]),
+        method=str(opts["integration"]),
+        internal_batch_size=int(opts["batch_size"]),
+        return_convergence_delta=True,
+    )
+    return attr, {
+        "completeness_delta": delta.detach().abs().cpu().tolist(),
+        "baseline": str(opts["baseline"]),
+    }
+
+
+def saliency(
+    net: LogitsModule, x: torch.Tensor, targets: list[int], lens: Lens, opts: dict[str, Any]
+) -> Attribution:
+    from captum.attr import Saliency
+
+    return Saliency(net).attribute(x, target=targets, abs=bool(opts["abs"])), {}
+
+
+def occlusion(
+    net: LogitsModule, x: torch.Tensor, targets: list[int], lens: Lens, opts: dict[str, Any]
+) -> Attribution:
+    from captum.attr import Occlusion
+
+    c, h, w = x.shape[1:]
+    win = int(opts["window"] or max(2, min(h, w) // 8))
+    stride = int(opts["stride"] or max(1, win // 2))
+    attr = Occlusion(net).attribute(
+        x,
+        sliding_window_shapes=(c, win, win),
+        strides=(c, stride, stride),
+        target=targets,
+        baselines=float(opts["baseline"]),
+        perturbations_per_eval=int(opts["batch_size"]),
+    )
+    return attr, {"window": win, "stride": stride}
+
+
+def guided_backprop(
+    net: LogitsModule, x: torch.Tensor, targets: list[int], lens: Lens, opts: dict[str, Any]
+) -> Attribution:
+    from captum.attr import GuidedBackprop
+
+    return GuidedBackprop(net).attribute(x, target=targets), {}
+
+
+def guided_gradcam(
+    net: LogitsModule, x: torch.Tensor, targets: list[int], lens: Lens, opts: dict[str, Any]
+) -> Attribution:
+    from captum.attr import GuidedGradCam
+
+    from netlens.layers import resolve_layers
+
+    name = resolve_layers(lens.model, opts["layer"], example=lens.example())[0]
+    layer = dict(lens.model.named_modules())[name]
+    attr = GuidedGradCam(net, layer).attribute(x, target=targets)
+    return attr, {"layer": name}
+
+
+_BATCH = {"batch_size": 32}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method(
+            "integrated-gradients",
+            "Integrated Gradients",
+            "Captum Integrated Gradients: path integral of gradients from a baseline",
+            integrated_gradients,
+            {"steps": 32, "baseline": "zero", "integration": "gausslegendre", **_BATCH},
+        ),
+        Method(
+            "saliency",
+            "Saliency",
+            "Captum Saliency: input gradient of the target logit",
+            saliency,
+            {"abs": True},
+        ),
+        Method(
+            "occlusion",
+            "Occlusion",
+            "Captum Occlusion: drop in the target logit when a patch is blanked",
+            occlusion,
+            {"window": None, "stride": None, "baseline": 0.0, **_BATCH},
+        ),
+        Method(
+            "guided-backprop",
+            "Guided Backprop",
+            "Captum Guided Backprop: gradients through ReLUs that pass only positive ones",
+            guided_backprop,
+        ),
+        Method(
+            "guided-gradcam",
+            "Guided Grad-CAM",
+            "Captum Guided Grad-CAM: Guided Backprop times the layer's Grad-CAM",
+            guided_gradcam,
+            {"layer": "auto"},
+        ),
+    ]
+}

@@ -1,0 +1,111 @@
+"""Every captum analyzer through netlens: registration, shapes, targets, no side effects."""
+
+from __future__ import annotations
+
+import json
+
+import netlens_captum
+import numpy as np
+import pytest
+import torch
+
+from netlens.errors import NetlensError, TargetError
+from netlens.lens import Lens
+from netlens.testing import TINY_CLASSES, assert_model_unchanged, assert_no_hooks
+
+NAMES = ["integrated-gradients", "saliency", "occlusion", "guided-backprop", "guided-gradcam"]
+FAST = {"integrated-gradients": {"steps": 8}}
+
+
+def test_registered_through_entry_point(plugin_host):
+    host = plugin_host()
+    assert set(NAMES) <= set(host.analyzers.names())
+    entry = host.analyzers.entries["integrated-gradients"]
+    assert (entry.package, entry.version, entry.builtin) == ("netlens-captum", "0.1.0", False)
+    assert host.plugins["captum"].package == "netlens-captum"
+
+
+def test_registered_as_plain_module(plugin_host):
+    host = plugin_host(netlens_captum, entry_points=False)
+    assert host.analyzers.names() == NAMES
+    assert not host.problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_maps_targets_and_no_side_effects(name, tiny_lens, sample_images, tmp_path):
+    model = tiny_lens.model
+    model.train()  # the analyzer must run in eval mode and leave this flag as it was
+    model.conv1.weight.grad = torch.ones_like(model.conv1.weight)
+    with assert_model_unchanged(model):
+        result = tiny_lens.run(name, sample_images, **FAST.get(name, {}))
+    assert_no_hooks(model)
+    assert model.training and model.bn1.training
+    n = len(sample_images)
+    assert result.arrays["attributions"].shape == (n, 3, 32, 32)
+    assert result.maps.shape == (n, 32, 32)
+    np.testing.assert_allclose(result.maps, result.arrays["attributions"].sum(axis=1), rtol=1e-5)
+    assert np.isfinite(result.maps).all() and np.abs(result.maps).max() > 0
+    with torch.no_grad():
+        model.eval()
+        predicted = model(tiny_lens.preprocess(sample_images)).argmax(1).tolist()
+    assert result.targets == predicted
+    files = result.save(tmp_path)
+    assert {f.suffix for f in files} == {".png", ".npy", ".csv", ".json"}
+    summary = json.loads((tmp_path / f"{name}.json").read_text())
+    assert summary["analyzer"] == name and summary["targets"] == predicted
+
+
+def test_target_by_name_index_and_per_image(tiny_lens, sample_images):
+    by_name = tiny_lens.run("saliency", sample_images, target="square")
+    assert by_name.targets == [1, 1, 1]
+    assert by_name.meta["classes"] == ["square"] * 3
+    per_image = tiny_lens.run("saliency", sample_images, target=[0, "cross", 2])
+    assert per_image.targets == [0, 3, 2]
+    from_cli = tiny_lens.run("saliency", sample_images, target="0,cross,2")
+    np.testing.assert_array_equal(from_cli.maps, per_image.maps)
+    assert not np.allclose(per_image.maps[0], by_name.maps[0])
+
+
+@pytest.mark.parametrize("target", ["sqare", 7, [0, 1]])
+def test_bad_targets_fail_with_one_line(target, tiny_lens, sample_images):
+    with pytest.raises(TargetError) as err:
+        tiny_lens.run("saliency", sample_images, target=target)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_option_names_the_options(tiny_lens, sample_images):
+    with pytest.raises(NetlensError, match="has no option stpes .*steps"):
+        tiny_lens.run("integrated-gradients", sample_images, stpes=4)
+
+
+def test_guided_gradcam_layer_auto_and_named(tiny_lens, sample_images):
+    auto = tiny_lens.run("guided-gradcam", sample_images)
+    assert auto.meta["layer"] == "act2"
+    named = tiny_lens.run("guided-gradcam", sample_images, layer="conv1")
+    assert named.meta["layer"] == "conv1"
+    assert not np.allclose(auto.maps, named.maps)
+    with pytest.raises(NetlensError, match="conv3"):
+        tiny_lens.run("guided-gradcam", sample_images, layer="conv3")
+
+
+class _FailsOnSecondCall(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("boom")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", ["guided-backprop", "guided-gradcam"])
+def test_no_hooks_left_when_the_model_raises(name, tiny_model, sample_images):
+    model = _FailsOnSecondCall(tiny_model)
+    lens = Lens(model, classes=TINY_CLASSES)
+    if name == "guided-gradcam":  # resolving the auto layer runs the model too: name it
+        model.calls = -1
+    with assert_model_unchanged(tiny_model), pytest.raises(RuntimeError, match="boom"):
+        lens.run(name, sample_images, **({"layer": "inner.act2"} if "cam" in name else {}))
+    assert_no_hooks(model)
