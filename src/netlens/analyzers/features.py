@@ -1,0 +1,195 @@
+"""The ``features`` analyzer: a layer's feature maps (its output channels) for some images.
+
+Conv layers give N×C×H×W maps; ViT token layers are reshaped to the patch grid (prefix tokens
+dropped) by :func:`netlens.activations.to_spatial`; a layer without spatial extent (a pooled
+vector, logits) is refused with one line. By default the ``top`` channels with the largest mean
+activation are shown for each image; ``channels=[...]`` picks them explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..activations import to_spatial
+from ..errors import AnalyzerError
+from ..layers import eval_mode, resolve_layers
+from ..probes import probe
+from .base import Analyzer, Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..lens import Lens
+
+__all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_figure", "pick_channels"]
+
+
+def _key(layer: str, what: str) -> str:
+    return f"{layer}:{what}"
+
+
+@dataclass(frozen=True)
+class FeaturesResult(Result):
+    """Feature maps. ``arrays`` per layer L: ``L:maps`` (N×K×H×W, raw), ``L:channels`` (N×K, the
+    channel of each map), ``L:means`` (N×C, every channel's mean activation); ``images``
+    (N×H×W×3 uint8, the inputs as the model saw them)."""
+
+    def figures(self) -> dict[str, Figure]:
+        figs = {}
+        for layer in self.meta["layers"]:
+            for i, image in enumerate(self.meta["images"]):
+                stem = f"features-{layer.replace('.', '_')}-{image}"
+                figs[stem] = feature_figure(self, layer, i)
+        return figs
+
+
+def feature_figure(result: Result, layer: str, index: int) -> Figure:
+    """The grid of one layer's selected maps for image ``index`` of a features result."""
+    from ..render.grids import grid_figure, normalize_tiles, overlay_tiles
+
+    meta = result.meta
+    maps = result.arrays[_key(layer, "maps")][index]
+    chans = result.arrays[_key(layer, "channels")][index]
+    means = result.arrays[_key(layer, "means")][index]
+    mode = "tile" if meta["normalize"] == "channel" else "joint"
+    shown, span = normalize_tiles(maps, mode=mode)
+    if meta["overlay"]:
+        shown, span = overlay_tiles(shown, result.arrays["images"][index], alpha=0.5), None
+    labels = [f"{int(c)}: {means[int(c)]:.2g}" for c in chans]
+    h, w = meta["shapes"][layer][-2:]
+    how = (
+        "chosen channels"
+        if meta["channels"] is not None
+        else (f"top {len(chans)} of {meta['shapes'][layer][1]} channels by mean activation")
+    )
+    scale = "per-channel scale" if mode == "tile" else "one scale"
+    scale += ", over the input" if meta["overlay"] else ""
+    title = (
+        f"{layer} on {meta['images'][index]}: {how} ({h}×{w} maps, {scale})\n"
+        "labels = channel: mean activation"
+    )
+    fig, _ = grid_figure(
+        shown,
+        labels,
+        title=title,
+        cmap="viridis",
+        colorbar=span,
+        colorbar_label="activation",
+        tile_inches=1.3,
+    )
+    return fig
+
+
+def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
+    """N×K channel indices: the ``top`` largest means per image, or ``channels`` for every image.
+
+    Args:
+        means: N×C mean activation of each channel.
+        top: how many channels when ``channels`` is None.
+        channels: explicit channel indices (a list or a comma-separated string).
+    """
+    n, c = means.shape
+    if channels is None:
+        k = max(1, min(int(top), c))
+        return torch.topk(means, k, dim=1).indices
+    if isinstance(channels, str):
+        channels = [int(s) for s in channels.split(",") if s.strip()]
+    idx = [int(ch) for ch in (channels if isinstance(channels, (list, tuple)) else [channels])]
+    bad = [ch for ch in idx if not 0 <= ch < c]
+    if bad or not idx:
+        raise AnalyzerError(
+            f"channel {bad[0] if bad else '(none)'} is out of range: the layer "
+            f"has {c} channels (0..{c - 1})"
+        )
+    return torch.tensor(idx).expand(n, -1)
+
+
+class FeaturesAnalyzer(Analyzer):
+    """Feature maps of one or more layers for some images."""
+
+    name = "features"
+    description = "Feature maps of a layer for an image (top channels by mean activation)."
+
+    def run(
+        self,
+        lens: Lens,
+        inputs: Any = None,
+        *,
+        layer: Any = "auto",
+        top: int = 16,
+        channels: Any = None,
+        normalize: str = "channel",
+        overlay: bool = False,
+        **options: Any,
+    ) -> FeaturesResult:
+        """Args:
+        inputs: images (None: the model's sample images).
+        layer: one or more layer selectors (several → one figure each).
+        top: how many channels to show (largest mean activation first).
+        channels: explicit channel indices instead of the top ones.
+        normalize: ``channel`` (each map on its own scale) or ``joint`` (one scale, colour bar).
+        overlay: draw each map over the input image.
+        """
+        if options:
+            raise AnalyzerError(f"features got unknown options: {', '.join(sorted(options))}")
+        if normalize not in ("channel", "joint"):
+            raise AnalyzerError(f"normalize must be 'channel' or 'joint', not {normalize!r}")
+        batch = lens.batch(inputs)
+        model, x = lens.model, batch.tensor
+        names = resolve_layers(model, layer, example=x[:1])
+        with torch.no_grad(), eval_mode(model), probe(model, names, to="cpu") as p:
+            model(x)
+        arrays: dict[str, np.ndarray] = {}
+        shapes = {}
+        for name in names:
+            out = p[name].output
+            if not isinstance(out, torch.Tensor):
+                raise AnalyzerError(
+                    f"layer '{name}' returns a {type(out).__name__}, not a tensor; "
+                    "pick another layer"
+                )
+            maps = to_spatial(out.float(), model, name)
+            if maps.shape[-1] * maps.shape[-2] <= 1:
+                raise AnalyzerError(
+                    f"layer '{name}' has no spatial extent (output shape {tuple(out.shape)}): "
+                    "its maps are single numbers; pick an earlier conv or block layer"
+                )
+            means = maps.mean(dim=(2, 3))
+            picked = pick_channels(means, top, channels)
+            gathered = torch.gather(
+                maps, 1, picked[:, :, None, None].expand(-1, -1, *maps.shape[-2:])
+            )
+            arrays[_key(name, "maps")] = gathered.numpy()
+            arrays[_key(name, "channels")] = picked.numpy().astype(np.int64)
+            arrays[_key(name, "means")] = means.numpy()
+            shapes[name] = list(maps.shape)
+        arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])
+        meta = {
+            "layers": names,
+            "images": batch.names,
+            "top": top,
+            "normalize": normalize,
+            "channels": None
+            if channels is None
+            else arrays[_key(names[0], "channels")][0].tolist(),
+            "overlay": bool(overlay),
+            "shapes": shapes,
+            "skipped": batch.errors,
+        }
+        table = [
+            {
+                "layer": n,
+                "image": img,
+                "rank": r,
+                "channel": int(c),
+                "mean": float(arrays[_key(n, "means")][i, int(c)]),
+            }
+            for n in names
+            for i, img in enumerate(batch.names)
+            for r, c in enumerate(arrays[_key(n, "channels")][i])
+        ]
+        return FeaturesResult("features", arrays, table, meta)

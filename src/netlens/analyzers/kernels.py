@@ -1,0 +1,238 @@
+"""The ``kernels`` analyzer: a conv or linear layer's weights as pictures, plus filter statistics.
+
+Views, chosen from the layer:
+
+- ``rgb``: a conv with 3 input channels (a first layer): one RGB tile per filter.
+- reduced tiles: deeper convs, one tile per filter after reducing over its input channels
+  (``reduce="mean"``, ``"l2"`` or ``"channel:K"``); depthwise convs have a single input per filter
+  (``reduce="none"``); grouped convs reduce over their group's inputs.
+- ``matrix``: 1×1 convs and dense layers whose inputs are not an image: an out×in heatmap.
+- linear layers fed by a flattened image or feature map (LeNet, an MLP on 28×28 digits) are
+  reshaped to that image and shown as tiles.
+
+The table has one row per filter (output unit): its L2 norm, mean, std, largest magnitude and
+whether it is *near zero*: norm ≤ ``dead_tol`` × the largest filter norm of the layer (an
+all-zero filter is near zero for any tolerance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import AnalyzerError, NetlensError
+from ..layers import named_layers, resolve_layers, trace_outputs
+from .base import Analyzer, Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..lens import Lens
+
+__all__ = ["KernelsAnalyzer", "KernelsResult", "default_kernel_layer", "filter_stats"]
+
+
+@dataclass(frozen=True)
+class KernelsResult(Result):
+    """Weights of one layer. ``arrays``: ``weight`` (as stored), ``tiles`` (raw values, one per
+    shown filter, in display order), ``order`` (the filter index of each tile), ``matrix`` (matrix
+    view), ``norm``/``mean`` (per filter)."""
+
+    def figures(self) -> dict[str, Figure]:
+        from ..render.kernel_figures import kernels_figure
+
+        stem = f"kernels-{self.meta['layer'].replace('.', '_')}"
+        return {stem: kernels_figure(self.arrays, self.meta)[0]}
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["arrays"] = {k: list(v.shape) for k, v in self.arrays.items()}
+        return out
+
+
+def default_kernel_layer(model: nn.Module) -> str:
+    """The first Conv2d of the model (the first Linear when it has no conv)."""
+    layers = named_layers(model)
+    for kind in (nn.Conv2d, nn.Linear):
+        for name, mod in layers.items():
+            if isinstance(mod, kind):
+                return name
+    raise AnalyzerError(f"{type(model).__name__} has no Conv2d or Linear layer to show")
+
+
+def filter_stats(weight: np.ndarray, dead_tol: float = 1e-3) -> list[dict[str, Any]]:
+    """One row per output unit (first axis) of a weight array: norm, mean, std, max |w|."""
+    flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    norms = np.sqrt((flat**2).sum(axis=1))
+    limit = dead_tol * float(norms.max(initial=0.0))
+    return [
+        {
+            "filter": i,
+            "norm": float(norms[i]),
+            "mean": float(row.mean()),
+            "std": float(row.std()),
+            "abs_max": float(np.abs(row).max(initial=0.0)),
+            "near_zero": bool(norms[i] <= limit),
+        }
+        for i, row in enumerate(flat)
+    ]
+
+
+def _parse_reduce(reduce: str | int) -> tuple[str, int | None]:
+    if isinstance(reduce, int) or str(reduce).isdigit():
+        return "channel", int(reduce)
+    text = str(reduce)
+    if text.startswith("channel:") and text[8:].isdigit():
+        return "channel", int(text[8:])
+    if text in ("mean", "l2"):
+        return text, None
+    raise AnalyzerError(f"reduce must be mean, l2 or channel:K (an input channel), not {text!r}")
+
+
+def _reduce(w: np.ndarray, how: str, channel: int | None) -> np.ndarray:
+    """N×C×h×w → N×h×w over the input-channel axis."""
+    if how == "mean":
+        return w.mean(axis=1)
+    if how == "l2":
+        return np.sqrt((w.astype(np.float64) ** 2).sum(axis=1)).astype(w.dtype)
+    if channel is None or not 0 <= channel < w.shape[1]:
+        raise AnalyzerError(
+            f"input channel {channel} is out of range: each filter has "
+            f"{w.shape[1]} input channels (0..{w.shape[1] - 1})"
+        )
+    return w[:, channel]
+
+
+def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
+    """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map."""
+    c, (h, w) = lens.transform.channels, lens.transform.size
+    if c * h * w == features:
+        return (c, h, w)
+    try:
+        traced = trace_outputs(lens.model, lens.example())
+    except NetlensError:
+        return None
+    names = [n for n, _, _ in traced]
+    if name not in names:
+        return None
+    before = traced[: names.index(name)]
+    for _, _, out in reversed(before):
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and prod(out.shape[1:]) == features:
+            return tuple(int(s) for s in out.shape[1:])
+    return None
+
+
+class KernelsAnalyzer(Analyzer):
+    """Weights of a conv/linear layer as an image grid, with per-filter statistics."""
+
+    name = "kernels"
+    description = "Weights of a conv/linear layer as a tile grid (+ per-filter statistics)."
+
+    def run(
+        self,
+        lens: Lens,
+        inputs: Any = None,
+        *,
+        layer: Any = None,
+        reduce: str | int = "mean",
+        normalize: str = "filter",
+        sort: bool = False,
+        max_filters: int = 64,
+        dead_tol: float = 1e-3,
+        **options: Any,
+    ) -> KernelsResult:
+        """Args:
+        layer: selector or module; default the first Conv2d.
+        reduce: for convs with more than 3 inputs: ``mean``, ``l2`` or ``channel:K``.
+        normalize: ``filter`` (each tile on its own scale) or ``joint`` (one scale, colour bar).
+        sort: order tiles by filter norm, largest first.
+        max_filters: show at most this many tiles (statistics cover every filter).
+        dead_tol: near-zero threshold, relative to the largest filter norm.
+        """
+        if options:
+            raise AnalyzerError(f"kernels got unknown options: {', '.join(sorted(options))}")
+        if normalize not in ("filter", "joint"):
+            raise AnalyzerError(f"normalize must be 'filter' or 'joint', not {normalize!r}")
+        model = lens.model
+        name = (
+            default_kernel_layer(model)
+            if layer in (None, "", "auto")
+            else resolve_layers(model, layer)[0]
+        )
+        mod = dict(model.named_modules())[name]
+        weight = getattr(mod, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+            raise AnalyzerError(
+                f"layer '{name}' ({type(mod).__name__}) has no 2-D conv or linear weight to show; "
+                "pick a Conv2d or Linear layer (see `netlens layers MODEL`)"
+            )
+        w = weight.detach().float().cpu().numpy().copy()
+        if isinstance(mod, nn.ConvTranspose2d):
+            g = mod.groups
+            w = (
+                w.reshape(g, w.shape[0] // g, *w.shape[1:])
+                .swapaxes(1, 2)
+                .reshape(-1, w.shape[0] // g, *w.shape[2:])
+            )
+        meta: dict[str, Any] = {
+            "layer": name,
+            "type": type(mod).__name__,
+            "weight_shape": list(weight.shape),
+            "normalize": normalize,
+            "sorted": bool(sort),
+            "dead_tol": dead_tol,
+            "groups": int(getattr(mod, "groups", 1)),
+        }
+        meta["depthwise"] = w.ndim == 4 and w.shape[1] == 1 and meta["groups"] > 1
+        arrays = self._view(lens, name, w, reduce, meta)
+        table = filter_stats(w, dead_tol)
+        norms = np.array([r["norm"] for r in table])
+        order = np.argsort(-norms, kind="stable") if sort else np.arange(len(norms))
+        if "tiles" in arrays:
+            order = order[: max(1, int(max_filters))]
+            arrays["tiles"] = arrays["tiles"][order]
+        arrays["order"] = order.astype(np.int64)
+        meta["shown"], meta["total"] = len(order), len(norms)
+        meta["near_zero"] = [r["filter"] for r in table if r["near_zero"]]
+        arrays.update(
+            weight=w,
+            norm=norms.astype(np.float32),
+            mean=np.array([r["mean"] for r in table], np.float32),
+        )
+        return KernelsResult("kernels", arrays, table, meta)
+
+    def _view(
+        self, lens: Lens, name: str, w: np.ndarray, reduce: str | int, meta: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        """Pick the view and make its arrays (``tiles`` or ``matrix``); fills ``meta``."""
+        if w.ndim == 2:
+            shape = _linear_image_shape(lens, name, w.shape[1])
+            if shape is None:
+                meta.update(
+                    view="matrix", reduce="none", matrix_x="input feature", matrix_y="output unit"
+                )
+                return {"matrix": w}
+            w = w.reshape(w.shape[0], *shape)
+            meta["reshaped_to"] = list(shape)
+        if w.shape[2] * w.shape[3] == 1 and "reshaped_to" not in meta:
+            meta.update(
+                view="matrix",
+                reduce="none",
+                matrix_y="output channel (filter)",
+                matrix_x="input channel" + (" within group" if meta["groups"] > 1 else ""),
+            )
+            return {"matrix": w[:, :, 0, 0]}
+        if w.shape[1] == 3 and meta["groups"] == 1:
+            meta.update(view="rgb", reduce="rgb")
+            return {"tiles": w.transpose(0, 2, 3, 1)}
+        if w.shape[1] == 1:
+            meta.update(view="tiles", reduce="none")
+            return {"tiles": w[:, 0]}
+        how, channel = _parse_reduce(reduce)
+        meta.update(view="tiles", reduce=how, channel=channel)
+        return {"tiles": _reduce(w, how, channel)}

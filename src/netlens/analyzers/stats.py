@@ -1,0 +1,294 @@
+"""The ``stats`` analyzer: per-layer activation statistics over a dataset, in one streaming pass.
+
+Like fastai's ``ActivationStats``, but over a dataset and without keeping activations: each batch
+updates, per layer,
+
+- the count, mean and M2 (sum of squared deviations), float64, merged with Chan et al.'s update,
+  so ``std`` is the population standard deviation of every activation value seen;
+- min, max and the number of values ≤ ``eps`` (``near_zero``: fraction of all values);
+- the running maximum of every *unit*. A unit is one element of a layer's output for one input:
+  a (channel, y, x) position of a conv map, a (token, feature) of a ViT block, a feature of a
+  vector. A unit is *dead* when it is ≤ ``eps`` for every input of the dataset; a channel is dead
+  when all its units are (channel axis: 1 for N×C×H×W and N×C, the last for N×L×D tokens);
+- a histogram with fixed bins: ``bins`` equal bins over ``hist_range`` when given, else over the
+  first batch's min..max widened by 10% on each side. Later values outside it are counted in
+  ``underflow``/``overflow`` (so nothing is silently dropped).
+
+Default layers: the activation-function modules (ReLU, GELU, SiLU, ...), where "dead" means
+something; else every Conv2d and Linear. A module called several times in one forward (a shared
+ReLU) gets one row per call, ``name[i]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import AnalyzerError
+from ..layers import eval_mode, named_layers, resolve_layers
+from ..probes import probe
+from .base import Analyzer, Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..lens import Lens
+
+__all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers", "progress_bar"]
+
+_NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
+
+
+def default_stats_layers(model: nn.Module) -> list[str]:
+    """Activation-function modules when the model has any, else its Conv2d and Linear layers."""
+    layers = named_layers(model)
+    acts = [
+        n
+        for n, m in layers.items()
+        if type(m).__module__ == "torch.nn.modules.activation"
+        and not isinstance(m, _NOT_ACTIVATIONS)
+    ]
+    if acts:
+        return acts
+    weights = [n for n, m in layers.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not weights:
+        raise AnalyzerError("no activation, Conv2d or Linear layer found; name layers with --layer")
+    return weights
+
+
+def channel_axis(ndim: int) -> int:
+    """The channel axis of one input's activation (batch axis removed)."""
+    return ndim - 1 if ndim == 2 else 0
+
+
+@dataclass
+class LayerStats:
+    """Streaming statistics of one layer's activations (see the module doc)."""
+
+    eps: float = 0.0
+    bins: int = 50
+    hist_range: tuple[float, float] | None = None
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    low: float = float("inf")
+    high: float = float("-inf")
+    near_zero: int = 0
+    underflow: int = 0
+    overflow: int = 0
+    unit_max: torch.Tensor | None = None
+    hist: np.ndarray | None = None
+    edges: np.ndarray | None = field(default=None, repr=False)
+
+    def update(self, act: torch.Tensor) -> None:
+        """Add a batch of activations (N×...)."""
+        t = act.detach().to("cpu", torch.float32)
+        n_b = t.numel()
+        if n_b == 0:
+            return
+        var_b, mean_b = torch.var_mean(t.double(), correction=0)
+        mean_b, m2_b = float(mean_b), float(var_b) * n_b
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.count * n_b / n
+        self.count = n
+        self.low, self.high = min(self.low, float(t.min())), max(self.high, float(t.max()))
+        self.near_zero += int((t <= self.eps).sum())
+        batch_max = t.amax(dim=0)
+        if self.unit_max is None:
+            self.unit_max = batch_max
+        elif self.unit_max.shape != batch_max.shape:
+            raise AnalyzerError(
+                f"activation shape changed between batches "
+                f"({tuple(self.unit_max.shape)} vs {tuple(batch_max.shape)}); "
+                "use inputs of one size"
+            )
+        else:
+            self.unit_max = torch.maximum(self.unit_max, batch_max)
+        self._histogram(t.numpy().ravel())
+
+    def _histogram(self, values: np.ndarray) -> None:
+        if self.edges is None:
+            lo, hi = self.hist_range or (float(values.min()), float(values.max()))
+            if not self.hist_range:
+                pad = 0.1 * (hi - lo) if hi > lo else 0.5
+                lo, hi = lo - pad, hi + pad
+            self.edges = np.linspace(lo, hi, self.bins + 1)
+            self.hist = np.zeros(self.bins, dtype=np.int64)
+        lo, hi = float(self.edges[0]), float(self.edges[-1])
+        counts, _ = np.histogram(values, bins=self.bins, range=(lo, hi))
+        self.hist += counts
+        self.underflow += int((values < lo).sum())
+        self.overflow += int((values > hi).sum())
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of all values seen."""
+        return float(np.sqrt(self.m2 / self.count)) if self.count else float("nan")
+
+    def row(self, layer: str) -> dict[str, Any]:
+        """The table row for this layer."""
+        um = self.unit_max if self.unit_max is not None else torch.zeros(0)
+        dead_units = um <= self.eps
+        ax = channel_axis(um.dim())
+        per_channel = (
+            dead_units.movedim(ax, 0).reshape(um.shape[ax], -1).all(dim=1)
+            if um.dim()
+            else dead_units.reshape(1)
+        )
+        return {
+            "layer": layer,
+            "shape": list(um.shape),
+            "values": self.count,
+            "mean": self.mean,
+            "std": self.std,
+            "min": self.low,
+            "max": self.high,
+            "near_zero": self.near_zero / self.count if self.count else float("nan"),
+            "dead_units": float(dead_units.double().mean()) if um.numel() else float("nan"),
+            "dead_channels": float(per_channel.double().mean()),
+            "channels": int(len(per_channel)),
+            "underflow": self.underflow,
+            "overflow": self.overflow,
+        }
+
+
+@dataclass(frozen=True)
+class StatsResult(Result):
+    """Per-layer statistics: ``table`` rows; ``arrays``: ``L:hist``, ``L:edges``, ``L:unit_max``."""
+
+    def figures(self) -> dict[str, Figure]:
+        from ..render.kernel_figures import dead_fraction_figure, histograms_figure
+
+        rows = self.table
+        hists = [
+            (
+                r["layer"],
+                self.arrays[f"{r['layer']}:hist"],
+                self.arrays[f"{r['layer']}:edges"],
+                r["mean"],
+                r["std"],
+            )
+            for r in rows
+        ]
+        return {
+            "stats-dead": dead_fraction_figure(rows, self.meta),
+            "stats-histograms": histograms_figure(hists, self.meta),
+        }
+
+
+class StatsAnalyzer(Analyzer):
+    """Per-layer mean, std, near-zero/dead fractions and histograms over a dataset."""
+
+    name = "stats"
+    description = "Activation statistics over a dataset (mean, std, dead units, histograms)."
+
+    def run(
+        self,
+        lens: Lens,
+        inputs: Any = None,
+        *,
+        layers: Any = None,
+        eps: float = 0.0,
+        bins: int = 50,
+        hist_range: tuple[float, float] | None = None,
+        limit: int | None = 512,
+        batch_size: int = 32,
+        quiet: bool = False,
+        **options: Any,
+    ) -> StatsResult:
+        """Args:
+        inputs: data (folder, dataset name, Dataset, DataLoader, (images, labels)).
+        layers: layer selectors; default the activation-function modules.
+        eps: a value ≤ eps counts as near zero; a unit ≤ eps on every input is dead.
+        bins, hist_range: histogram bins and their fixed range (default: from the first batch).
+        limit: use at most this many samples (None: all).
+        """
+        from ..data import as_loader
+
+        if options:
+            raise AnalyzerError(f"stats got unknown options: {', '.join(sorted(options))}")
+        if inputs is None:
+            raise AnalyzerError(
+                "stats needs data: a folder, a dataset name, a Dataset or (images, labels) (--data)"
+            )
+        model = lens.model
+        names = (
+            default_stats_layers(model)
+            if layers in (None, "", "auto")
+            else resolve_layers(model, layers)
+        )
+        loader = as_loader(
+            inputs, lens.transform, host=lens.host, batch_size=batch_size, limit=limit
+        )
+        rng = tuple(float(v) for v in hist_range) if hist_range is not None else None
+        stats: dict[str, LayerStats] = {}
+        seen = 0
+        with (
+            torch.no_grad(),
+            eval_mode(model),
+            probe(model, names, to="cpu") as p,
+            progress_bar(quiet, _length(loader), "activation stats") as advance,
+        ):
+            for batch in loader:
+                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                model(x.to(lens.device))
+                for name in names:
+                    outs = p[name].outputs
+                    for i, out in enumerate(outs):
+                        if isinstance(out, torch.Tensor):
+                            key = name if len(outs) == 1 else f"{name}[{i}]"
+                            stats.setdefault(key, LayerStats(eps, int(bins), rng)).update(out)
+                p.clear()
+                seen += len(x)
+                advance(len(x))
+        if not stats:
+            raise AnalyzerError("no data passed through the model (the dataset is empty?)")
+        table = [s.row(k) for k, s in stats.items()]
+        arrays: dict[str, np.ndarray] = {}
+        for k, s in stats.items():
+            arrays[f"{k}:hist"] = s.hist
+            arrays[f"{k}:edges"] = s.edges
+            arrays[f"{k}:unit_max"] = s.unit_max.float().numpy()
+        meta = {
+            "layers": list(stats),
+            "samples": seen,
+            "eps": eps,
+            "bins": int(bins),
+            "hist_range": rng,
+            "unit": "one element of a layer's output for one input "
+            "(conv: channel×y×x); dead = ≤ eps for every input",
+        }
+        return StatsResult("stats", arrays, table, meta)
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+
+
+class progress_bar:
+    """A rich progress bar over samples (silent with ``quiet``); yields ``advance(n)``."""
+
+    def __init__(self, quiet: bool, total: int | None, what: str) -> None:
+        from rich.progress import Progress
+
+        from ..cli.common import console
+
+        self.bar = Progress(console=console, transient=True, disable=quiet)
+        self.total, self.what = total, what
+
+    def __enter__(self) -> Any:
+        self.bar.__enter__()
+        task = self.bar.add_task(self.what, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)

@@ -1,0 +1,248 @@
+"""The ``top-activations`` analyzer: the inputs (and the patch in them) that excite a channel most.
+
+One streaming pass over a dataset keeps, for every channel of the layer, the ``k`` inputs with
+the highest peak activation (the maximum over the channel's map) and where the peak is. Then, for
+the channels shown, the *patch* of each input is the effective receptive field of the peak unit
+on that input: the box around the pixels where the gradient of that unit's activation with respect
+to the input is at least 1% of its largest magnitude (one batched ``torch.autograd.grad`` per
+channel; no parameter's ``.grad`` is touched). ``cells`` gives the coarser alternative: the region
+of the input that the unit's map position covers (its ViT patch, for token layers).
+
+Shown channels: ``channels=[...]``, else the ``max_channels`` with the largest mean peak
+activation over the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..activations import to_spatial
+from ..errors import AnalyzerError
+from ..layers import eval_mode, resolve_layers
+from ..probes import probe
+from .base import Analyzer, Result
+from .stats import progress_bar
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..lens import Lens
+
+__all__ = ["TopActivationsAnalyzer", "TopActivationsResult", "gradient_box", "merge_top"]
+
+
+@dataclass(frozen=True)
+class TopActivationsResult(Result):
+    """``arrays``: for every channel ``scores``/``indices`` (C×k) and ``positions`` (C×k×2, y and x
+    on the map); for the shown channels ``channels`` (S), ``images`` (S×k×H×W×3 uint8), ``boxes``
+    and ``cells`` (S×k×4: y0, x0, y1, x1 in input pixels, end-exclusive)."""
+
+    def figures(self) -> dict[str, Figure]:
+        from ..render.grids import grid_figure, mark_patches
+
+        a, meta = self.arrays, self.meta
+        s, k = a["images"].shape[:2]
+        tiles = mark_patches(
+            a["images"].reshape(s * k, *a["images"].shape[2:]), a["boxes"].reshape(s * k, 4)
+        )
+        shown = {int(c): i for i, c in enumerate(a["channels"])}
+        labels = [f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in shown for r in range(k)]
+        title = (
+            f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
+            "label = channel, rank: peak activation\nbright box = receptive field of the "
+            "peak unit (gradient support)"
+        )
+        fig, _ = grid_figure(tiles, labels, title=title, cols=k, tile_inches=1.3)
+        return {f"top-{meta['layer'].replace('.', '_')}": fig}
+
+
+def merge_top(
+    best: torch.Tensor, best_ids: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``k`` largest scores per row of (C×k kept) ∪ (C×N new); ties keep the earlier."""
+    allv = torch.cat([best, scores], dim=1)
+    alli = torch.cat([best_ids, ids], dim=1)
+    order = torch.sort(allv, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.gather(allv, 1, order), torch.gather(alli, 1, order)
+
+
+def gradient_box(grad: torch.Tensor, rel: float = 0.01) -> tuple[int, int, int, int]:
+    """Bounding box (y0, x0, y1, x1) of the pixels where |grad| (C×H×W) ≥ rel × its max."""
+    mag = grad.abs().sum(dim=0)
+    hit = mag >= rel * float(mag.max()) if float(mag.max()) > 0 else torch.ones_like(mag, bool)
+    ys, xs = torch.nonzero(hit, as_tuple=True)
+    return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+
+
+def _cell(pos: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]) -> list[int]:
+    (y, x), (gh, gw), (h, w) = pos, grid, size
+    return [
+        y * h // gh,
+        x * w // gw,
+        max((y + 1) * h // gh, y * h // gh + 1),
+        max((x + 1) * w // gw, x * w // gw + 1),
+    ]
+
+
+class TopActivationsAnalyzer(Analyzer):
+    """The dataset inputs that excite each channel of a layer most, with their patches."""
+
+    name = "top-activations"
+    description = "Top-activating inputs (and patches) per channel of a layer over a dataset."
+
+    def run(
+        self,
+        lens: Lens,
+        inputs: Any = None,
+        *,
+        layer: Any = "auto",
+        channels: Any = None,
+        k: int = 8,
+        max_channels: int = 16,
+        limit: int | None = 512,
+        batch_size: int = 32,
+        quiet: bool = False,
+        **options: Any,
+    ) -> TopActivationsResult:
+        """Args:
+        inputs: data (folder, dataset name, Dataset, DataLoader, (images, labels)).
+        layer: one layer selector (default: the last spatial layer).
+        channels: channel indices to show (list or "3,7"); default the most active ones.
+        k: inputs per channel. max_channels: channels shown by default.
+        limit: use at most this many samples (None: all).
+        """
+        from ..data import as_loader
+        from .features import pick_channels
+
+        if options:
+            raise AnalyzerError(f"top-activations got unknown options: {', '.join(options)}")
+        if inputs is None:
+            raise AnalyzerError(
+                "top-activations needs data: a folder, a dataset name, a Dataset "
+                "or (images, labels) (--data)"
+            )
+        model = lens.model
+        names = resolve_layers(model, layer, example=lens.example())
+        if len(names) > 1:
+            raise AnalyzerError(
+                f"top-activations looks at one layer; the selector matched "
+                f"{len(names)} ({', '.join(names[:4])}...)"
+            )
+        name = names[0]
+        loader = as_loader(
+            inputs, lens.transform, host=lens.host, batch_size=batch_size, limit=limit
+        )
+        k = max(1, int(k))
+        best = best_ids = peak_sum = None
+        seen = 0
+        with (
+            torch.no_grad(),
+            eval_mode(model),
+            probe(model, name, to="cpu") as p,
+            progress_bar(quiet, _length(loader), f"top activations of {name}") as advance,
+        ):
+            for batch in loader:
+                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                model(x.to(lens.device))
+                act = _spatial(p[name].output, model, name)
+                p.clear()
+                n, c, gh, gw = act.shape
+                peak, where = act.reshape(n, c, -1).max(dim=2)
+                ids = torch.arange(seen, seen + n).expand(c, -1)
+                code = ids * (gh * gw) + where.T  # sample and position in one integer
+                if best is None:
+                    best = torch.full((c, 0), float("-inf"))
+                    best_ids, peak_sum = torch.zeros((c, 0), dtype=torch.long), torch.zeros(c)
+                best, best_ids = merge_top(best, best_ids, peak.T.float(), code, k)
+                peak_sum += peak.sum(dim=0).float()
+                seen += n
+                advance(n)
+        if best is None:
+            raise AnalyzerError("no data passed through the model (the dataset is empty?)")
+        grid = (gh, gw)
+        indices, flat = best_ids // (gh * gw), best_ids % (gh * gw)
+        best_pos = torch.stack([flat // gw, flat % gw], dim=-1)
+        shown = pick_channels((peak_sum / seen)[None], max_channels, channels)[0]
+        arrays = {
+            "scores": best.numpy(),
+            "indices": indices.numpy(),
+            "positions": best_pos.numpy(),
+            "channels": shown.numpy(),
+        }
+        arrays.update(self._patches(lens, loader.dataset, name, shown, indices, best_pos, grid))
+        table = [
+            {
+                "channel": int(ch),
+                "rank": r + 1,
+                "sample": int(indices[ch, r]),
+                "score": float(best[ch, r]),
+                "y": int(best_pos[ch, r, 0]),
+                "x": int(best_pos[ch, r, 1]),
+                "box": arrays["boxes"][i, r].tolist(),
+            }
+            for i, ch in enumerate(shown.tolist())
+            for r in range(best.shape[1])
+        ]
+        meta = {
+            "layer": name,
+            "samples": seen,
+            "k": int(best.shape[1]),
+            "map_size": list(grid),
+            "channels": shown.tolist(),
+            "total_channels": int(best.shape[0]),
+        }
+        return TopActivationsResult("top-activations", arrays, table, meta)
+
+    def _patches(
+        self,
+        lens: Lens,
+        dataset: Any,
+        name: str,
+        shown: torch.Tensor,
+        indices: torch.Tensor,
+        pos: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> dict[str, np.ndarray]:
+        """Images, gradient boxes and map cells of the top inputs of the shown channels."""
+        model = lens.model
+        images, boxes, cells = [], [], []
+        for ch in shown.tolist():
+            x = torch.stack([_sample(dataset, int(i)) for i in indices[ch]]).to(lens.device)
+            x.requires_grad_(True)
+            with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
+                model(x)
+                act = _spatial(p[name].output, model, name)
+                rows = torch.arange(len(x))
+                target = act[rows, ch, pos[ch, :, 0], pos[ch, :, 1]].sum()
+                (grad,) = torch.autograd.grad(target, x)
+            size = tuple(x.shape[-2:])
+            boxes.append([gradient_box(g) for g in grad.cpu()])
+            cells.append([_cell(tuple(q.tolist()), grid, size) for q in pos[ch]])
+            images.append(np.stack([lens.transform.denormalize(t) for t in x.detach().cpu()]))
+        return {
+            "images": np.stack(images),
+            "boxes": np.array(boxes, dtype=np.int64),
+            "cells": np.array(cells, dtype=np.int64),
+        }
+
+
+def _spatial(out: Any, model: Any, name: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise AnalyzerError(f"layer '{name}' returns a {type(out).__name__}, not a tensor")
+    return to_spatial(out.float(), model, name)
+
+
+def _sample(dataset: Any, i: int) -> torch.Tensor:
+    item = dataset[i]
+    return item[0] if isinstance(item, (list, tuple)) else item
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
