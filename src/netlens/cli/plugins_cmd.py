@@ -8,6 +8,7 @@ from .common import JsonOpt, cli_errors, emit_json
 @cli_errors
 def plugins(json: JsonOpt = False) -> None:
     """List plugins, their analyzers, CAM methods, loaders and archs, and load problems."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..plugins.manager import PluginHost
@@ -27,6 +28,13 @@ def plugins(json: JsonOpt = False) -> None:
     if json:
         emit_json({"plugins": plugins_, "registered": rows, "problems": host.problems})
         return
+    loaded = Table(title="plugins")
+    for col in ("plugin", "package", "version", "status"):
+        loaded.add_column(col)
+    for p in host.plugins.values():
+        status = "[red]failed[/red]" if p.error else "built-in" if p.builtin else "ok"
+        loaded.add_row(p.name, p.package, p.version, status)
+    console.print(loaded)
     table = Table(title="netlens plugins")
     for col in ("kind", "name", "package", "version", "description"):
         table.add_column(col)
@@ -34,4 +42,4 @@ def plugins(json: JsonOpt = False) -> None:
         table.add_row(r["kind"], r["name"], r["package"], r["version"], r["description"][:60])
     console.print(table)
     for p in host.problems:
-        console.print(f"[yellow]skipped:[/yellow] {p}")
+        console.print(f"[yellow]skipped:[/yellow] {escape(p)}", soft_wrap=True)

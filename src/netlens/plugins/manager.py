@@ -15,6 +15,7 @@ from typing import Any
 
 import pluggy
 
+from ..errors import hint
 from . import PROJECT, hookspecs
 from .registry import Registry
 
@@ -76,7 +77,7 @@ class PluginHost:
     def _load_entry_points(self) -> None:
         eps = sorted(
             md.entry_points(group=PROJECT),
-            key=lambda ep: (_dist_name(ep) != BUILTIN_PACKAGE, ep.name),
+            key=lambda ep: (_dist_name(ep) != BUILTIN_PACKAGE, ep.name, _dist_name(ep)),
         )
         for ep in eps:
             package, version = _dist_name(ep), _dist_version(ep)
@@ -103,9 +104,17 @@ class PluginHost:
             return
         self.plugins[name] = PluginInfo(name, package, version, package == BUILTIN_PACKAGE)
         self._registries.clear()
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.spec is None:  # a misspelt hook would otherwise be ignored silently
+                known = [n for n in dir(hookspecs) if n.startswith(PROJECT)]
+                self.problems.append(
+                    f"plugin '{name}' ({package or 'unknown package'}): unknown hook "
+                    f"{caller.name}{hint(caller.name, known, 'hook')}; it is never called"
+                )
 
     def _problem(self, name: str, package: str, version: str, what: str) -> None:
-        self.plugins[name] = PluginInfo(name, package, version, False, error=what)
+        key = name if name not in self.plugins else f"{name} ({package or 'unknown package'})"
+        self.plugins[key] = PluginInfo(name, package, version, False, error=what)
         self.problems.append(f"plugin '{name}' ({package or 'unknown package'}): {what}")
 
     # -- registries ------------------------------------------------------------------------
