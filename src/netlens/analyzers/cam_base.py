@@ -116,12 +116,18 @@ def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return out[:, 0] if squeeze else out
 
 
-def normalize_maps(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Min-max normalise each map (over its last two dims) to [0, 1]; a constant map gives 0."""
+def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:
+    """Min-max normalise each map (over its last two dims) to [0, 1].
+
+    A map whose range is below ``rel_eps`` of its magnitude is constant up to float rounding
+    and gives 0 everywhere (never NaN, never amplified noise).
+    """
     flat = maps.flatten(-2)
     lo = flat.min(dim=-1, keepdim=True).values
-    span = flat.max(dim=-1, keepdim=True).values - lo
-    out = torch.where(span > eps, (flat - lo) / span.clamp_min(eps), torch.zeros_like(flat))
+    hi = flat.max(dim=-1, keepdim=True).values
+    span = hi - lo
+    live = span > rel_eps * torch.maximum(hi.abs(), lo.abs()) + 1e-12
+    out = torch.where(live, (flat - lo) / span.clamp_min(1e-30), torch.zeros_like(flat))
     return torch.nan_to_num(out, nan=0.0).reshape(maps.shape)
 
 

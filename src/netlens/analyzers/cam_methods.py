@@ -45,10 +45,11 @@ class GradCamPP(CamMethod):
     name = "gradcam++"
 
     def weights(self, ctx: CamContext) -> torch.Tensor:
+        # alpha = g² / (2g² + ΣA·g³) = 1 / (2 + ΣA·g) where g ≠ 0: exact, no eps to tune.
         g = ctx.grads
-        g2, g3 = g.pow(2), g.pow(3)
-        denom = 2 * g2 + ctx.acts.sum(dim=(2, 3), keepdim=True) * g3
-        alpha = torch.where(g != 0, g2 / (denom + _EPS), torch.zeros_like(g))
+        denom = 2 + ctx.acts.sum(dim=(2, 3), keepdim=True) * g
+        ok = (g != 0) & (denom != 0)
+        alpha = torch.where(ok, 1 / torch.where(ok, denom, 1), 0)
         return (alpha * torch.relu(g)).sum(dim=(2, 3))
 
 
@@ -94,39 +95,45 @@ class EigenCam(CamMethod):
 
 
 class ScoreCam(CamMethod):
-    """Score-CAM: channels weighted by the class score of the input masked by each channel."""
+    """Score-CAM: channels weighted by the class score of the input masked by each channel.
+
+    As in the paper (Algorithm 1) and its reference implementations, the weights are the softmax
+    over channels of the target logit of each masked input.
+    """
 
     name = "scorecam"
     needs_grads = False
 
     def weights(self, ctx: CamContext) -> torch.Tensor:
-        probs = ctx.cache.get("scorecam")
-        if probs is None:
-            probs = ctx.cache["scorecam"] = _masked_probs(ctx)
-        rows = torch.arange(len(ctx.x), device=probs.device)
-        scores = probs[rows, :, ctx.targets.to(probs.device)]  # N × C
-        return torch.softmax(scores, dim=1).to(ctx.acts.dtype)
+        logits = ctx.cache.get("scorecam")
+        if logits is None:
+            logits = ctx.cache["scorecam"] = _masked_logits(ctx)
+        rows = torch.arange(len(ctx.x), device=logits.device)
+        scores = logits[rows, :, ctx.targets.to(logits.device)]  # N × C
+        return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
 
 
-def _masked_probs(ctx: CamContext) -> torch.Tensor:
-    """N×C×K softmax outputs of the input masked by each normalised, upsampled channel.
+def _masked_logits(ctx: CamContext) -> torch.Tensor:
+    """N×C×K logits of the input masked by each channel, upsampled and min-max normalised.
 
-    Channels with a constant map all give the same (empty) mask, so it is run only once.
+    Masks are made per batch of ``batch_size`` passes, so memory stays bounded; the logits of
+    all classes are kept, so other targets (``top=K``) need no further passes. Channels with a
+    constant map all give the same (empty) mask, which is run once.
     """
     n, c = ctx.acts.shape[:2]
     size = tuple(ctx.x.shape[-2:])
     flat = ctx.acts.float().flatten(2)
     live = (flat.amax(dim=2) - flat.amin(dim=2)) > _EPS  # N × C
-    probs = torch.empty(n, c, ctx.logits.shape[1], device=ctx.x.device)
-    blank = torch.softmax(ctx.forward(torch.zeros_like(ctx.x[:1])), dim=1)[0]
-    probs[~live] = blank
+    out = torch.empty(n, c, ctx.logits.shape[1], device=ctx.x.device)
+    if not bool(live.all()):
+        out[~live] = ctx.forward(torch.zeros_like(ctx.x[:1]))[0].float()
     todo = live.nonzero()
     for start in range(0, len(todo), ctx.batch_size):
         idx = todo[start : start + ctx.batch_size]
         masks = normalize_maps(upsample(ctx.acts[idx[:, 0], idx[:, 1]].float(), size))
         batch = ctx.x[idx[:, 0]] * masks[:, None].to(ctx.x.dtype)
-        probs[idx[:, 0], idx[:, 1]] = torch.softmax(ctx.forward(_fast_layout(batch)), dim=1)
-    return probs
+        out[idx[:, 0], idx[:, 1]] = ctx.forward(_fast_layout(batch)).float()
+    return out
 
 
 def _fast_layout(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,166 @@
+"""CAM methods on models whose answer is known analytically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import netlens
+from netlens.analyzers.cam_methods import METHODS
+from netlens.errors import AnalyzerError
+
+ALL = sorted(METHODS)
+
+
+class Quadrant(nn.Module):
+    """Keeps the top-left quadrant of a feature map and zeroes the rest."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros_like(x)
+        mask[..., : x.shape[-2] // 2, : x.shape[-1] // 2] = 1
+        return x * mask
+
+
+def quadrant_net() -> nn.Module:
+    """conv → ReLU → quadrant mask → GAP → linear: class 0 only sees the top-left quadrant."""
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv2d(3, 6, 3, padding=1))
+    net.add_module("relu", nn.ReLU())
+    net.add_module("mask", Quadrant())
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    net.add_module("fc", nn.Linear(6, 2))
+    with torch.no_grad():
+        net.conv.weight.uniform_(0.0, 0.2)
+        net.conv.bias.fill_(0.05)
+        net.fc.weight.copy_(torch.tensor([[1.0, 0.5, 2.0, 1.0, 0.3, 1.5], [-1.0] * 6]))
+        net.fc.bias.zero_()
+    return net.eval()
+
+
+def _inside_share(heat: np.ndarray) -> float:
+    h, w = heat.shape[-2:]
+    return float(heat[..., : h // 2, : w // 2].sum() / max(heat.sum(), 1e-12))
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_each_method_highlights_the_only_quadrant_the_class_sees(method: str) -> None:
+    net = quadrant_net()
+    x = torch.rand(2, 3, 16, 16) + 0.1
+    r = netlens.cam(net, x, method=method, layer="mask", target=0, batch_size=4)
+    heat = r.heatmaps
+    assert heat.shape == (2, 16, 16) and heat.dtype == np.float32
+    assert heat.max() == pytest.approx(1.0)
+    assert heat[:, :8, :8].max(axis=(1, 2)).min() == pytest.approx(1.0)
+    assert _inside_share(heat) > 0.999, method
+    assert list(r.targets) == [0, 0]
+
+
+@pytest.mark.parametrize("method", ["layercam", "hirescam"])
+def test_elementwise_methods_see_the_mask_behind_the_layer(method: str) -> None:
+    # Before the mask the activations cover the whole image, but only the quadrant has gradient.
+    r = netlens.cam(
+        quadrant_net(), torch.rand(1, 3, 16, 16) + 0.1, method=method, layer="relu", target=0
+    )
+    assert _inside_share(r.heatmaps) > 0.999
+
+
+def small_cnn(all_conv: bool = False) -> nn.Module:
+    torch.manual_seed(1)
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1, stride=2),
+        nn.ReLU(),
+    ]
+    if all_conv:  # fast.ai style: a 1×1 conv to the classes, then global pooling
+        layers += [nn.Conv2d(12, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    else:
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(12, 4)]
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("all_conv", [False, True])
+def test_cam_equals_gradcam_on_gap_linear_heads(all_conv: bool) -> None:
+    net = small_cnn(all_conv)
+    x = torch.randn(3, 3, 20, 20)
+    cam = netlens.cam(net, x, method="cam", layer="3", target=[0, 1, 3])
+    grad = netlens.cam(net, x, method="gradcam", layer="3", target=[0, 1, 3])
+    assert cam.heatmaps.std() > 0.05
+    np.testing.assert_allclose(cam.heatmaps, grad.heatmaps, atol=1e-5)
+
+
+def test_cam_on_the_class_map_layer_of_an_all_conv_net_is_the_class_channel() -> None:
+    net = small_cnn(all_conv=True)
+    with torch.no_grad():
+        net[4].bias[2] += 1.0  # so the class map is not all negative (ReLU would blank it)
+    x = torch.randn(2, 3, 20, 20)
+    r = netlens.cam(net, x, method="cam", layer="4", target=2)
+    with torch.no_grad():
+        raw = torch.relu(net[:5](x)[:, 2])
+    ref = torch.nn.functional.interpolate(raw[:, None], size=(20, 20), mode="bilinear")[:, 0]
+    ref = (ref - ref.amin((1, 2), keepdim=True)) / (
+        ref.amax((1, 2), keepdim=True) - ref.amin((1, 2), keepdim=True)
+    )
+    np.testing.assert_allclose(r.heatmaps, ref.numpy(), atol=1e-5)
+
+
+def test_cam_refuses_a_layer_that_does_not_feed_global_pooling() -> None:
+    with pytest.raises(AnalyzerError, match="gradcam"):
+        netlens.cam(small_cnn(), torch.randn(1, 3, 20, 20), method="cam", layer="1")
+
+
+def test_per_image_targets_match_single_image_runs() -> None:
+    net = small_cnn()
+    x = torch.randn(3, 3, 20, 20)
+    batch = netlens.cam(net, x, method="gradcam++", layer="3", target=[2, 0, 1])
+    for i, t in enumerate([2, 0, 1]):
+        one = netlens.cam(net, x[i : i + 1], method="gradcam++", layer="3", target=t)
+        np.testing.assert_allclose(batch.heatmaps[i], one.heatmaps[0], atol=1e-6)
+    assert list(batch.targets) == [2, 0, 1]
+
+
+def test_top_k_gives_one_map_per_class_in_probability_order() -> None:
+    net = small_cnn()
+    x = torch.randn(2, 3, 20, 20)
+    r = netlens.cam(net, x, method="scorecam", layer="3", top=3, batch_size=5)
+    assert r.heatmaps.shape == (2, 3, 20, 20) and r.targets.shape == (2, 3)
+    order = np.argsort(-r.probs, axis=1)[:, :3]
+    np.testing.assert_array_equal(r.targets, order)
+    second = netlens.cam(net, x, method="scorecam", layer="3", target=list(order[:, 1]))
+    np.testing.assert_allclose(r.heatmaps[:, 1], second.heatmaps, atol=1e-6)
+
+
+def test_default_target_is_the_prediction_and_probs_are_softmax() -> None:
+    net = small_cnn()
+    x = torch.randn(4, 3, 20, 20)
+    r = netlens.cam(net, x, method="gradcam", layer="3")
+    with torch.no_grad():
+        p = torch.softmax(net(x), dim=1).numpy()
+    np.testing.assert_allclose(r.probs, p, atol=1e-6)
+    np.testing.assert_array_equal(r.targets, p.argmax(1))
+
+
+def test_a_constant_map_stays_zero_never_nan() -> None:
+    net = small_cnn()
+    with torch.no_grad():
+        net[2].weight.zero_()
+        net[2].bias.fill_(0.3)
+    for method in ALL:
+        r = netlens.cam(net, torch.randn(2, 3, 20, 20), method=method, layer="3")
+        assert np.isfinite(r.heatmaps).all() and (r.heatmaps == 0).all(), method
+
+
+def test_several_layers_are_fused() -> None:
+    net = small_cnn()
+    x = torch.randn(2, 3, 20, 20)
+    a = netlens.cam(net, x, method="layercam", layer="1", target=1).heatmaps
+    b = netlens.cam(net, x, method="layercam", layer="3", target=1).heatmaps
+    both = netlens.cam(net, x, method="layercam", layer="1,3", target=1, fuse="max")
+    assert both.layer == "1,3"
+    ref = np.maximum(a, b)
+    lo, hi = ref.min(axis=(1, 2), keepdims=True), ref.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(both.heatmaps, (ref - lo) / (hi - lo), atol=1e-5)
