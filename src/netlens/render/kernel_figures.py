@@ -148,7 +148,7 @@ def histograms_figure(
     *,
     max_layers: int = 36,
 ) -> Figure:
-    """Small multiples: each layer's activation histogram (log counts), mean ± std marked.
+    """Small multiples: each layer's activation histogram (log10 counts), mean ± std marked.
 
     Args:
         hists: (layer, counts, bin edges, mean, std) per layer.
@@ -158,11 +158,27 @@ def histograms_figure(
     shown = list(hists)[:max_layers]
     cols = min(4, len(shown))
     rows = int(np.ceil(len(shown) / cols))
-    fig = new_figure(3.0 * cols, 2.1 * rows + 0.5)
-    axes = fig.subplots(rows, cols, squeeze=False)
+    height = 2.1 * rows + 0.6
+    fig = new_figure(3.0 * cols, height)
+    fig.set_layout_engine(None)  # fixed margins: constrained layout is slow for many axes
+    top = 1 - 0.55 / height
+    axes = fig.subplots(
+        rows,
+        cols,
+        squeeze=False,
+        gridspec_kw={
+            "left": 0.06,
+            "right": 0.98,
+            "bottom": 0.3 / height,
+            "top": top,
+            "hspace": 0.5,
+            "wspace": 0.28,
+        },
+    )
     for ax, (name, counts, edges, mean, std) in zip(axes.ravel(), shown, strict=False):
-        ax.stairs(np.maximum(counts, 0.5), edges, fill=True, color="#4c72b0", baseline=0.5)
-        ax.set_yscale("log")
+        ax.stairs(
+            np.log10(np.asarray(counts, dtype=np.float64) + 1), edges, fill=True, color="#4c72b0"
+        )
         ax.axvline(mean, color="#d62728", lw=1)
         ax.axvspan(mean - std, mean + std, color="#d62728", alpha=0.1)
         ax.set_title(name, fontsize=8)
@@ -172,7 +188,8 @@ def histograms_figure(
     more = f" (first {len(shown)} of {len(hists)} layers)" if len(hists) > len(shown) else ""
     fig.suptitle(
         f"Activation histograms over {meta['samples']} inputs{more}; x = activation, "
-        "y = count (log); red = mean ± std",
+        "y = log10(count + 1); red = mean ± std",
+        y=1 - 0.12 / height,
         fontsize=10,
     )
     return fig

@@ -1,0 +1,158 @@
+"""Stats analyzer: streaming statistics equal those of the stacked activations; CLI."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import netlens
+from netlens.analyzers.stats import LayerStats, default_stats_layers
+from netlens.cli.app import app
+from netlens.errors import AnalyzerError
+from netlens.images import Preprocess
+from netlens.lens import Lens
+
+
+class SmallNet(nn.Module):
+    """Two conv+ReLU stages (one shared ReLU module, called twice), a GELU head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 4, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+        self.gelu = nn.GELU()
+        self.out = nn.Linear(5, 3)
+        with torch.no_grad():
+            self.conv2.bias[1] = -50.0  # channel 1 of the second stage never fires
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.out(self.gelu(self.fc(x.flatten(1))))
+
+
+@pytest.fixture
+def net() -> Lens:
+    torch.manual_seed(0)
+    return Lens(SmallNet().eval(), Preprocess(size=(12, 12)))
+
+
+def _stacked(model: nn.Module, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Every call's output of every ReLU/GELU module over the whole set, in one forward."""
+    seen: dict[str, list[torch.Tensor]] = {"relu": [], "gelu": []}
+    hooks = [
+        getattr(model, n).register_forward_hook(
+            lambda m, i, o, n=n: seen[n].append(o.detach().clone())
+        )
+        for n in seen
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_streaming_equals_statistics_of_the_stacked_activations(net):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(23, 3, 12, 12, generator=g), torch.zeros(23, dtype=torch.long)
+    r = net.run("stats", (x, y), batch_size=5, bins=20)  # 5+5+5+5+3: uneven batches
+    assert [row["layer"] for row in r.table] == ["relu[0]", "relu[1]", "gelu"]
+    full = _stacked(net.model, x)
+    refs = {"relu[0]": full["relu"][0], "relu[1]": full["relu"][1], "gelu": full["gelu"][0]}
+    for row in r.table:
+        a = refs[row["layer"]].double()
+        v = a.numpy().ravel()
+        assert row["values"] == v.size
+        np.testing.assert_allclose(row["mean"], v.mean(), rtol=1e-9)
+        np.testing.assert_allclose(row["std"], v.std(), rtol=1e-9)
+        assert row["min"] == pytest.approx(v.min()) and row["max"] == pytest.approx(v.max())
+        assert row["near_zero"] == pytest.approx((v <= 0).mean())
+        dead = (a <= 0).all(dim=0)  # a unit: one element of one input's output
+        assert row["dead_units"] == pytest.approx(dead.double().mean().item())
+        first = a[:5].numpy().ravel()  # bins: the first batch's range, widened by 10%
+        lo, hi = first.min(), first.max()
+        pad = 0.1 * (hi - lo)
+        counts, edges = np.histogram(v, bins=20, range=(lo - pad, hi + pad))
+        np.testing.assert_array_equal(r.arrays[f"{row['layer']}:hist"], counts)
+        np.testing.assert_allclose(r.arrays[f"{row['layer']}:edges"], edges)
+        assert row["underflow"] == (v < edges[0]).sum() and row["overflow"] == (v > edges[-1]).sum()
+        assert counts.sum() + row["underflow"] + row["overflow"] == v.size
+    second = next(row for row in r.table if row["layer"] == "relu[1]")
+    assert second["dead_channels"] == pytest.approx(0.25)  # channel 1 of 4
+    gelu = next(row for row in r.table if row["layer"] == "gelu")
+    assert gelu["shape"] == [5] and gelu["channels"] == 5
+
+
+def test_layer_stats_merge_matches_one_pass_and_fixed_range():
+    g = torch.Generator().manual_seed(3)
+    chunks = [torch.randn(n, 2, 3, generator=g) * 3 + 1 for n in (1, 4, 7)]
+    s = LayerStats(eps=0.5, bins=8, hist_range=(-2.0, 2.0))
+    for c in chunks:
+        s.update(c)
+    v = torch.cat(chunks).double().numpy()
+    assert s.mean == pytest.approx(v.mean(), rel=1e-12)
+    assert s.std == pytest.approx(v.std(), rel=1e-12)
+    counts, _ = np.histogram(v.ravel(), bins=8, range=(-2, 2))
+    np.testing.assert_array_equal(s.hist, counts)
+    assert s.underflow == (v < -2).sum() and s.overflow == (v > 2).sum()
+    row = s.row("x")
+    assert row["near_zero"] == pytest.approx((v <= 0.5).mean())
+    assert row["dead_units"] == pytest.approx((v <= 0.5).all(axis=0).mean())
+
+
+def test_default_layers_figures_and_model_untouched(net):
+    assert default_stats_layers(net.model) == ["relu", "gelu"]
+    assert default_stats_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())) == ["0"]
+    before = {k: v.clone() for k, v in net.model.state_dict().items()}
+    x = torch.randn(4, 3, 12, 12)
+    r = net.run("stats", (x, torch.zeros(4, dtype=torch.long)), layers="conv1,fc")
+    assert [row["layer"] for row in r.table] == ["conv1", "fc"]
+    assert set(r.figures()) == {"stats-dead", "stats-histograms"}
+    assert all(torch.equal(before[k], v) for k, v in net.model.state_dict().items())
+    assert all(not m._forward_hooks for m in net.model.modules())
+    with pytest.raises(AnalyzerError, match="needs data"):
+        net.run("stats")
+
+
+def test_cli_stats_on_a_folder(tmp_path, resnet18):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / "data" / cls / f"{i}.png"), img)
+    ck = netlens.save(
+        Lens(resnet18, Preprocess(size=(32, 32))), tmp_path / "r18.pt", arch="resnet18"
+    )
+    runner = CliRunner()
+    out = tmp_path / "o"
+    res = runner.invoke(
+        app,
+        [
+            "stats",
+            str(ck),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--json",
+            "--batch-size",
+            "4",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["samples"] == 6 and len(doc["table"]) == 17  # timm resnet18: 17 ReLU modules
+    assert {"stats-dead.png", "stats-histograms.png", "stats.csv", "stats.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    res = runner.invoke(app, ["stats", str(ck), "--out", str(out)])
+    assert res.exit_code == 1 and "--data" in res.output
