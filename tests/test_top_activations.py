@@ -1,0 +1,143 @@
+"""Top-activating inputs: the right inputs, positions and patches; brute-force check; CLI."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import netlens
+from netlens.analyzers.top_activations import gradient_box, merge_top
+from netlens.cli.app import app
+from netlens.errors import AnalyzerError
+from netlens.images import Preprocess
+from netlens.lens import Lens
+
+
+class SpotNet(nn.Module):
+    """conv (channel 0: a spot detector, centre 1, ring 0.1; channel 1: its negative) → relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+        with torch.no_grad():
+            k = torch.full((3, 3), 0.1)
+            k[1, 1] = 1.0
+            self.conv.weight.copy_(torch.stack([k.expand(3, 3, 3), -k.expand(3, 3, 3)]))
+            self.conv.bias.copy_(torch.tensor([0.5, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+def spots(n: int = 10, size: int = 12) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Image i: black with one bright pixel of value i+1 at a known place."""
+    x = torch.zeros(n, 3, size, size)
+    places = [((3 * i) % (size - 2) + 1, (5 * i) % (size - 2) + 1) for i in range(n)]
+    for i, (y, xx) in enumerate(places):
+        x[i, :, y, xx] = i + 1.0
+    return x, torch.zeros(n, dtype=torch.long), places
+
+
+@pytest.fixture
+def spot() -> Lens:
+    return Lens(SpotNet().eval(), Preprocess(size=(12, 12)))
+
+
+def test_finds_the_brightest_spots_where_they_are(spot):
+    x, y, places = spots()
+    r = spot.run("top-activations", (x, y), layer="conv", k=3, channels=[0], batch_size=4)
+    np.testing.assert_array_equal(r.arrays["indices"][0], [9, 8, 7])
+    np.testing.assert_allclose(r.arrays["scores"][0], [3 * 10 + 0.5, 3 * 9 + 0.5, 3 * 8 + 0.5])
+    for rank, i in enumerate([9, 8, 7]):
+        yy, xx = places[i]
+        assert tuple(r.arrays["positions"][0, rank]) == (yy, xx)
+        # the receptive field of a 3×3 conv unit: the 3×3 neighbourhood of the spot
+        assert tuple(r.arrays["boxes"][0, rank]) == (yy - 1, xx - 1, yy + 2, xx + 2)
+        assert tuple(r.arrays["cells"][0, rank]) == (yy, xx, yy + 1, xx + 1)
+    assert r.arrays["images"].shape == (1, 3, 12, 12, 3)
+    assert [row["sample"] for row in r.table] == [9, 8, 7]
+
+
+def test_scores_equal_a_brute_force_over_stacked_activations(spot):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(21, 3, 12, 12, generator=g), torch.zeros(21, dtype=torch.long)
+    r = spot.run("top-activations", (x, y), layer="act", k=4, batch_size=8)
+    with torch.no_grad():
+        acts = spot.model.act(spot.model.conv(x))
+    peaks = acts.flatten(2).max(dim=2).values.T  # channel × sample
+    ref = torch.sort(peaks, dim=1, descending=True, stable=True)
+    np.testing.assert_allclose(r.arrays["scores"], ref.values[:, :4].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(r.arrays["indices"], ref.indices[:, :4].numpy())
+    # default channels: most active first (largest mean peak)
+    assert r.meta["channels"] == torch.argsort(peaks.mean(dim=1), descending=True).tolist()
+
+
+def test_merge_top_and_gradient_box():
+    best, ids = torch.tensor([[5.0, 1.0]]), torch.tensor([[0, 1]])
+    v, i = merge_top(best, ids, torch.tensor([[3.0, 7.0, 1.0]]), torch.tensor([[2, 3, 4]]), 3)
+    assert v.tolist() == [[7.0, 5.0, 3.0]] and i.tolist() == [[3, 0, 2]]
+    grad = torch.zeros(3, 10, 10)
+    grad[1, 2:5, 6:9] = 1.0
+    grad[0, 0, 0] = 0.001  # below 1% of the largest magnitude
+    assert gradient_box(grad) == (2, 6, 5, 9)
+
+
+def test_model_grads_hooks_and_flags_untouched_and_errors(spot):
+    spot.model.train()
+    x, y, _ = spots(4)
+    before = {k: v.clone() for k, v in spot.model.state_dict().items()}
+    r = spot.run("top-activations", (x, y), layer="conv", k=2)
+    assert set(r.figures()) == {"top-conv"}
+    assert spot.model.training
+    assert all(p.grad is None for p in spot.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in spot.model.state_dict().items())
+    assert all(not m._forward_hooks for m in spot.model.modules())
+    with pytest.raises(AnalyzerError, match="one layer"):
+        spot.run("top-activations", (x, y), layer="conv,act")
+    with pytest.raises(AnalyzerError, match="no spatial extent"):
+        spot.run("top-activations", (x, y), layer="head.2")
+    with pytest.raises(AnalyzerError, match="needs data"):
+        spot.run("top-activations")
+
+
+def test_cli_top_on_resnet18_folder(tmp_path, resnet18):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / "data" / cls / f"{i}.png"), img)
+    ck = netlens.save(
+        Lens(resnet18, Preprocess(size=(32, 32))), tmp_path / "r18.pt", arch="resnet18"
+    )
+    out = tmp_path / "o"
+    res = CliRunner().invoke(
+        app,
+        [
+            "top",
+            str(ck),
+            "--data",
+            str(tmp_path / "data"),
+            "--layer",
+            "layer2",
+            "--channels",
+            "0,3",
+            "--k",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["channels"] == [0, 3] and doc["samples"] == 6 and len(doc["table"]) == 4
+    assert (out / "top-layer2.png").exists() and (out / "top-activations.csv").exists()
