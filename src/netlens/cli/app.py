@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import cam_cmd, layers_cmd, plugins_cmd, run_cmd
+from . import features_cmd, kernels_cmd, stats_cmd, top_cmd
 
 app = typer.Typer(
     name="netlens",
@@ -22,6 +23,10 @@ app.command("cam")(cam_cmd.cam)
 app.command("layers")(layers_cmd.layers)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("run")(run_cmd.run)
+app.command("kernels")(kernels_cmd.kernels)
+app.command("features")(features_cmd.features)
+app.command("stats")(stats_cmd.stats)
+app.command("top")(top_cmd.top)
 
 
 def _version(value: bool) -> None:
