@@ -29,6 +29,7 @@ _LAZY = {
     "Result": "netlens.analyzers.base",
     "Analyzer": "netlens.analyzers.base",
     "NetlensError": "netlens.errors",
+    "train": "netlens.train",
     "cam": "netlens.analyzers.cam",
     "CamResult": "netlens.analyzers.cam_result",
     "CamMethod": "netlens.analyzers.cam_base",

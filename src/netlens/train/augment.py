@@ -1,0 +1,36 @@
+"""Batch augmentation on tensors: random horizontal flips and padded random crops.
+
+Done on whole batches on the training device (no per-image Python), so in-memory datasets
+train at full speed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["augment_batch"]
+
+
+def augment_batch(
+    x: torch.Tensor, *, flip: bool = False, crop: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Flip each image left-right with p=0.5 and shift it by up to ``crop`` pixels each way.
+
+    The crop pads by ``crop`` pixels (zeros: the dataset mean after normalisation) and cuts a
+    window of the original size at a random offset per image.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    if flip:
+        mask = torch.rand(n, generator=generator).lt(0.5).to(dev)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if crop > 0:
+        padded = F.pad(x, (crop, crop, crop, crop))
+        dy = torch.randint(0, 2 * crop + 1, (n,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * crop + 1, (n,), generator=generator).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]  # n×h×1
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]  # n×1×w
+        batch = torch.arange(n, device=dev)[:, None, None]
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    return x.contiguous()

@@ -1,0 +1,58 @@
+"""What a training run is: every setting, JSON-able, stored in the checkpoint's record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import NetlensError
+
+__all__ = ["TrainConfig"]
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one ``netlens train`` run (see ``netlens train --help``)."""
+
+    arch: str
+    data: str
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    flip: bool = False
+    crop: int = 0
+    seed: int = 0
+    device: str | None = None
+    out: str = "model.pt"
+    workers: int = 2
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    freeze: str | None = None
+    resume: bool = False
+    max_batches: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise NetlensError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise NetlensError(f"--schedule must be one of {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise NetlensError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise NetlensError("--label-smoothing must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,50 @@
+"""Where training runs: CUDA, then Apple MPS, then CPU; and a readable name for the card."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from ..errors import NetlensError
+
+__all__ = ["device_name", "pick_device"]
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``None``/``auto``: CUDA when available, then MPS, then CPU; else the device named."""
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise NetlensError(f"unknown device '{name}' (use cpu, cuda, cuda:1 or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NetlensError(
+            "--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu"
+        )
+    return dev
+
+
+def _cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text(errors="ignore").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_name(dev: torch.device) -> str:
+    """E.g. ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: AMD EPYC 7B13 (2 threads)``."""
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    if dev.type == "cpu":
+        return f"cpu: {_cpu_model()} ({torch.get_num_threads()} threads)"
+    return dev.type

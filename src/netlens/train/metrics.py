@@ -1,0 +1,81 @@
+"""Classification metrics: confusion matrix, accuracy, macro precision / recall / F1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["confusion_matrix", "evaluate", "scores"]
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """K×K counts; row = true class, column = predicted class."""
+    idx = np.asarray(labels, np.int64) * num_classes + np.asarray(preds, np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def scores(cm: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-averaged precision, recall and F1 from a confusion matrix.
+
+    A class never predicted has precision 0 (and never present, recall 0), as in scikit-learn's
+    ``zero_division=0``.
+    """
+    tp = np.diag(cm).astype(np.float64)
+    predicted, actual = cm.sum(0), cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    total = cm.sum()
+    return {
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    *,
+    device: torch.device | str = "cpu",
+    criterion: nn.Module | None = None,
+    max_batches: int | None = None,
+    autocast: bool = False,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Run ``model`` over ``loader`` in eval mode: loss, scores and the confusion matrix.
+
+    The caller is responsible for the model's mode (the trainer owns its model).
+    """
+    labels, preds, losses, n = [], [], 0.0, 0
+    dev = torch.device(device)
+    for b, (x, y) in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        out = out.float()
+        if criterion is not None:
+            losses += float(criterion(out, y)) * len(y)
+        n += len(y)
+        labels.append(y.cpu().numpy())
+        preds.append(out.argmax(1).cpu().numpy())
+    y_true = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    result: dict[str, Any] = scores(cm)
+    result["loss"] = losses / n if n and criterion is not None else None
+    result["n"] = n
+    result["confusion"] = cm.tolist()
+    return result

@@ -1,0 +1,92 @@
+"""Transfer learning: start from another checkpoint (``--init``) and freeze layers (``--freeze``).
+
+``--freeze backbone`` trains only the head (the last module that has parameters);
+``--freeze up-to LAYER`` freezes every module up to and including ``LAYER`` (in definition
+order). Frozen modules also stay in eval mode during training, so their BatchNorm statistics
+are kept too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..errors import NetlensError, hint
+
+if TYPE_CHECKING:
+    from ..plugins.manager import PluginHost
+
+__all__ = ["count_params", "freeze", "head_name", "init_from"]
+
+
+def head_name(model: nn.Module) -> str:
+    """The last module (in definition order) that owns parameters directly: the classifier."""
+    owners = [
+        n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))
+    ]
+    if not owners:
+        raise NetlensError(f"{type(model).__name__} has no parameters to train")
+    return owners[-1]
+
+
+def freeze(model: nn.Module, spec: str | None) -> list[str]:
+    """Set ``requires_grad=False`` per ``spec`` (``backbone`` or ``up-to:LAYER``); frozen names.
+
+    Only the trainer's own fresh model is changed, never a user's.
+    """
+    if not spec:
+        return []
+    names = [n for n, _ in model.named_modules() if n]
+    if spec == "backbone":
+        head = head_name(model)
+        frozen = [
+            n
+            for n in names
+            if n != head and not n.startswith(head + ".") and not head.startswith(n + ".")
+        ]
+    elif spec.startswith(("up-to:", "up-to ", "upto:")):
+        layer = spec.split(":", 1)[-1].split(" ", 1)[-1].strip()
+        if layer not in names:
+            raise NetlensError(f"--freeze up-to: no layer '{layer}'{hint(layer, names)}")
+        stop = names.index(layer)
+        frozen = [n for n in names[: stop + 1] if not layer.startswith(n + ".")]
+        frozen += [n for n in names if n.startswith(layer + ".")]
+    else:
+        raise NetlensError(f"--freeze takes 'backbone' or 'up-to:LAYER', not '{spec}'")
+    modules = dict(model.named_modules())
+    for n in frozen:
+        for p in modules[n].parameters(recurse=False):
+            p.requires_grad_(False)
+    return frozen
+
+
+def set_frozen_eval(model: nn.Module, frozen: list[str]) -> None:
+    """Put frozen modules in eval mode (call after ``model.train()``)."""
+    modules = dict(model.named_modules())
+    for n in frozen:
+        modules[n].eval()
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def init_from(model: nn.Module, source: str | Path, host: PluginHost) -> tuple[int, list[str]]:
+    """Copy every tensor whose name and shape match from a checkpoint (or ``zoo:NAME``).
+
+    Returns the number of tensors copied and the names skipped (typically the head, when the
+    class count differs).
+    """
+    from ..models.load import load
+
+    other = load(str(source), host=host, device="cpu").model.state_dict()
+    own = model.state_dict()
+    fit = {k: v for k, v in other.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not fit:
+        raise NetlensError(f"--init {source}: no weight matches this architecture by name/shape")
+    model.load_state_dict(fit, strict=False)
+    return len(fit), sorted(set(own) - set(fit))
