@@ -165,6 +165,11 @@ class Lens:
         """Class activation maps; see ``netlens cam --help``."""
         return self.run("cam", images, method=method, layer=layer, target=target, **options)
 
+    def evaluate(self, data: Any = None, methods: Any = "gradcam", metrics: Any = None,
+                 **options: Any) -> Result:
+        """Score heatmaps (pointing game, deletion/insertion, ROAD); see ``netlens evaluate``."""
+        return self.run("evaluate", data, methods=methods, metrics=metrics, **options)
+
     def kernels(self, layer: Any = None, **options: Any) -> Result:
         """Weights of a conv/linear layer as an image grid."""
         return self.run("kernels", layer=layer, **options)

@@ -8,6 +8,7 @@ import typer
 
 from . import cam_cmd, layers_cmd, plugins_cmd, run_cmd
 from . import features_cmd, kernels_cmd, stats_cmd, top_cmd
+from . import evaluate_cmd, sanity_cmd
 from . import train_cmd, zoo_cmd
 
 app = typer.Typer(
@@ -28,6 +29,8 @@ app.command("kernels")(kernels_cmd.kernels)
 app.command("features")(features_cmd.features)
 app.command("stats")(stats_cmd.stats)
 app.command("top")(top_cmd.top)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("sanity")(sanity_cmd.sanity)
 app.command("train")(train_cmd.train)
 app.add_typer(zoo_cmd.app, name="zoo")
 

@@ -32,10 +32,16 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of each pixel's in-image neighbours, for an N×C×H×W tensor."""
-    n, c, h, w = v.shape
-    k = NEIGHBOUR_WEIGHTS.to(v.device, v.dtype).view(1, 1, 3, 3)
-    return F.conv2d(v.reshape(n * c, 1, h, w), k, padding=1).view(n, c, h, w)
+    """Weighted sum of each pixel's in-image neighbours, for an N×C×H×W tensor.
+
+    Eight shifted slices of a zero-padded copy: much cheaper than a one-channel conv on CPU.
+    """
+    h, w = v.shape[-2:]
+    pad = F.pad(v, (1, 1, 1, 1))
+    edge = pad[..., 0:h, 1 : w + 1] + pad[..., 2:, 1 : w + 1] + pad[..., 1 : h + 1, 0:w]
+    edge = edge + pad[..., 1 : h + 1, 2:]
+    corner = pad[..., 0:h, 0:w] + pad[..., 0:h, 2:] + pad[..., 2:, 0:w] + pad[..., 2:, 2:]
+    return edge / 6 + corner / 12
 
 
 def impute_linear(
@@ -44,13 +50,15 @@ def impute_linear(
     *,
     noise: float = 0.01,
     seed: int = 0,
-    tol: float = 1e-6,
+    tol: float = 1e-5,
     max_iter: int | None = None,
 ) -> torch.Tensor:
     """Fill ``removed`` pixels of ``x`` by noisy linear imputation.
 
     Solves ``deg_i·v_i − Σ_{j removed} w_ij·v_j = Σ_{j kept} w_ij·x_j`` for every removed pixel
-    ``i`` (``deg_i``: the summed weights of its in-image neighbours) by conjugate gradient.
+    ``i`` (``deg_i``: the summed weights of its in-image neighbours) by conjugate gradient,
+    started from the solution at half resolution (coarse to fine), so that large holes need few
+    iterations.
 
     Args:
         x: N×C×H×W (or C×H×W) images.
@@ -63,22 +71,45 @@ def impute_linear(
     single = x.dim() == 3
     xb = x.unsqueeze(0) if single else x
     m = (removed.unsqueeze(0) if removed.dim() == 2 else removed).unsqueeze(1).to(xb.dtype)
-    m = m.expand_as(xb)
-    deg = _neighbour_sum(torch.ones_like(xb[:1, :1]))
+    v = _solve(xb, m.expand_as(xb).contiguous(), tol, max_iter)
+    if noise > 0:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        v = v + m * noise * torch.randn(v.shape, generator=gen).to(v.device, v.dtype)
+    return v[0] if single else v
+
+
+def _coarse_guess(x: torch.Tensor, m: torch.Tensor, tol: float) -> torch.Tensor:
+    """Initial values for the removed pixels: the problem solved at half resolution."""
+    known = 1 - m
+    xs = F.avg_pool2d(x * known, 2, ceil_mode=True)
+    ks = F.avg_pool2d(known, 2, ceil_mode=True)
+    coarse_m = (ks == 0).to(x.dtype)
+    coarse = _solve(torch.where(ks > 0, xs / ks.clamp_min(1e-12), xs), coarse_m, tol, None)
+    up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
+    return up[..., : x.shape[-2], : x.shape[-1]]
+
+
+def _solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int | None) -> torch.Tensor:
+    """``x`` with its ``m``-masked pixels replaced by the linear system's solution (PCG)."""
+    if not bool(m.any()):
+        return x.clone()
+    deg = _neighbour_sum(torch.ones_like(x[:1, :1]))
     inv_deg = m / deg
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         return m * (deg * v - _neighbour_sum(m * v))
 
-    b = m * _neighbour_sum(xb * (1 - m))
-    v = torch.zeros_like(xb)
-    r = b.clone()
+    b = m * _neighbour_sum(x * (1 - m))
+    v = torch.zeros_like(x)
+    if min(x.shape[-2:]) >= 8 and float(m.mean()) > 0.05:
+        v = m * _coarse_guess(x, m, tol)
+    r = b - apply(v)
     z = r * inv_deg
     p = z.clone()
     rz = (r * z).sum(dim=(2, 3), keepdim=True)
-    b_norm = b.flatten(2).norm(dim=2).clamp_min(1e-12)
-    for _ in range(max_iter or xb.shape[-1] * xb.shape[-2]):
-        if bool((r.flatten(2).norm(dim=2) <= tol * b_norm).all()):
+    limit = (tol * b.flatten(2).norm(dim=2)).clamp_min(1e-12)
+    for it in range(max_iter or x.shape[-1] * x.shape[-2]):
+        if it % 8 == 0 and bool((r.flatten(2).norm(dim=2) <= limit).all()):
             break
         ap = apply(p)
         pap = (p * ap).sum(dim=(2, 3), keepdim=True)
@@ -89,11 +120,7 @@ def impute_linear(
         rz_new = (r * z).sum(dim=(2, 3), keepdim=True)
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
         p, rz = z + beta * p, rz_new
-    if noise > 0:
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        v = v + noise * torch.randn(v.shape, generator=gen).to(v.device, v.dtype)
-    out = xb * (1 - m) + m * v
-    return out[0] if single else out
+    return x * (1 - m) + m * v
 
 
 def road_curves(

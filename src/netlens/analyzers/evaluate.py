@@ -1,0 +1,309 @@
+"""``evaluate``: measure how good heatmaps are (localisation, deletion/insertion, ROAD).
+
+For every batch of images, each CAM method explains the images' classes (the labels by default)
+and every metric scores the heatmaps; per-image scores are summarised as mean ± 95 % bootstrap
+CI, next to each metric's baseline (chance level or random pixel order) on the same images.
+
+Masks for the localisation metrics come from the dataset: any dataset with ``mask(i)`` returning
+an H×W bool array (``netlens.data.ArrayDataset(..., masks=...)``, the generated ``shapes``) or
+an ``(images, labels, masks)`` triple of preprocessed tensors. Masks are resized and cropped
+exactly like the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import DataError, NetlensError
+from ..metrics.stats import mean_ci
+from .base import Analyzer, Result
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..lens import Lens
+
+__all__ = ["EvaluateAnalyzer", "EvaluateResult", "Plan", "names"]
+
+
+def names(value: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [s.strip() for s in items if s.strip()]
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and counts the images it forward-passes (the user's model is not hooked)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> Any:
+        self.images += int(x.shape[0])
+        return self.inner(x)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will cost: images, methods, and forward-passed images per metric."""
+
+    n_images: int
+    methods: list[str]
+    metrics: list[str]
+    passes: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.passes.values()) * len(self.methods)
+
+    def describe(self) -> str:
+        per = ", ".join(f"{k} {v:,}" for k, v in self.passes.items() if v)
+        return (
+            f"evaluate: {self.n_images} images × {len(self.methods)} method(s) "
+            f"({', '.join(self.methods)}); metrics will forward-pass {self.total:,} images"
+            f"{f' ({per} per method)' if per else ''} plus one CAM per image and method"
+        )
+
+
+class _TripleDataset(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, m: Any) -> None:
+        self.x, self.y, self.m = x, torch.as_tensor(y).long(), np.asarray(m).astype(bool)
+        self.classes = [str(i) for i in range(int(self.y.max()) + 1)]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+    def mask(self, i: int) -> np.ndarray:
+        return self.m[i]
+
+
+def open_dataset(lens: Lens, data: Any) -> Dataset:
+    """The dataset to evaluate on (``data`` as ``as_dataset`` takes it, or a masks triple)."""
+    from ..data import as_dataset
+
+    if data is None:
+        data = lens.card.get("dataset") or lens.card.get("data")
+        if not data:
+            raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
+    if isinstance(data, tuple) and len(data) == 3:
+        return _TripleDataset(*data)
+    return as_dataset(data, lens.transform, host=lens.host)
+
+
+def mask_at_input(ds: Dataset, i: int, lens: Lens) -> np.ndarray | None:
+    """Dataset ``ds``'s mask ``i`` brought to the model's input geometry (None: no masks)."""
+    get = getattr(ds, "mask", None)
+    if get is None or getattr(ds, "masks", True) is None:
+        return None
+    m = np.asarray(get(i)).astype(bool)
+    size = tuple(lens.transform.size)
+    if m.shape == size:
+        return m
+    pre = getattr(ds, "preprocess", None) or lens.transform
+    geo = dataclasses.replace(pre, channels=1, mean=(0.0,), std=(1.0,), interpolation="nearest")
+    return geo(m.astype(np.uint8)[..., None] * 255)[0].numpy() > 0.5
+
+
+def plan_cost(
+    lens: Lens,
+    data: Any = None,
+    methods: Any = "gradcam",
+    metrics: Any = None,
+    limit: int | None = 64,
+    **opts: Any,
+) -> Plan:
+    """The cost of ``evaluate`` with these arguments, without running it."""
+    ds = open_dataset(lens, data)
+    n = len(ds) if limit is None else min(int(limit), len(ds))
+    chosen = _metrics(lens, metrics, has_masks=mask_at_input(ds, 0, lens) is not None)
+    passes = {m: lens.host.metrics.get(m).cost(n, **opts) for m in chosen}
+    return Plan(n, names(methods), chosen, passes)
+
+
+def _metrics(lens: Lens, metrics: Any, *, has_masks: bool) -> list[str]:
+    reg = lens.host.metrics
+    if metrics is None or metrics == "all":
+        return [m for m in reg.names() if has_masks or not reg.get(m).needs_masks]
+    chosen = names(metrics)
+    for m in chosen:
+        if reg.get(m).needs_masks and not has_masks:
+            raise DataError(
+                f"metric '{m}' needs ground-truth masks and this data has none "
+                "(use --data shapes or a dataset with .mask(i))"
+            )
+    return chosen
+
+
+class EvaluateAnalyzer(Analyzer):
+    """Explanation quality: pointing game, energy, deletion/insertion, ROAD; mean ± CI."""
+
+    name = "evaluate"
+    description = "Score heatmaps: pointing game, energy in mask, deletion/insertion, ROAD."
+
+    def run(
+        self,
+        lens: Lens,
+        inputs: Any = None,
+        *,
+        methods: Any = "gradcam",
+        metrics: Any = None,
+        layer: Any = "auto",
+        target: str = "label",
+        limit: int | None = 64,
+        chunk: int = 16,
+        quiet: bool = True,
+        **opts: Any,
+    ) -> EvaluateResult:
+        """Score ``methods``' heatmaps on ``inputs`` (data: a dataset name, folder, Dataset...).
+
+        Args:
+            methods: CAM method names, comma-separated or a list.
+            metrics: metric names (default: all that the data allows).
+            layer: the CAM layer selector.
+            target: ``"label"`` (explain the true class) or ``"pred"`` (the predicted one).
+            limit: evaluate the first ``limit`` images (None: all).
+            chunk: images per CAM call and metric call.
+            quiet: no plan line and no progress bar.
+            **opts: metric options: ``steps``, ``batch_size``, ``tolerance``, ``fractions``,
+                ``random_baseline``, ``fill``, ``noise``, ``seed``.
+        """
+        if target not in ("label", "pred"):
+            raise NetlensError(f"target must be 'label' or 'pred', not '{target}'")
+        method_list = names(methods) or ["gradcam"]
+        for m in method_list:
+            lens.host.cam_methods.get(m)
+        plan = plan_cost(lens, inputs, method_list, metrics, limit, **opts)
+        ds = open_dataset(lens, inputs)
+        from ..metrics.progress import progress_bar
+
+        acc: dict[str, list[np.ndarray]] = {}
+        seconds = {m: 0.0 for m in plan.metrics}
+        counter = CountingModel(lens.model)
+        fwd = {m: 0 for m in plan.metrics}
+        with progress_bar("evaluate", plan.n_images, quiet=quiet, note=plan.describe()) as step:
+            for start in range(0, plan.n_images, chunk):
+                idx = list(range(start, min(start + chunk, plan.n_images)))
+                x, y, masks = _load(ds, idx, lens)
+                if target == "pred":
+                    y = lens.predict(x).argmax(dim=1).cpu()
+                for method in method_list:
+                    heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
+                    for name in plan.metrics:
+                        t0, n0 = time.perf_counter(), counter.images
+                        out = lens.host.metrics.get(name)(counter, x, heat, y, masks=masks, **opts)
+                        seconds[name] += time.perf_counter() - t0
+                        fwd[name] += counter.images - n0
+                        for key, arr in out.items():
+                            acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
+                step(len(idx))
+        arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
+        table = summary_rows(lens, arrays, method_list, plan.metrics)
+        per_image = {
+            m: {
+                "forward_passes": fwd[m] / plan.n_images / len(method_list),
+                "seconds": seconds[m] / plan.n_images / len(method_list),
+            }
+            for m in plan.metrics
+        }
+        meta = {
+            "methods": method_list,
+            "metrics": plan.metrics,
+            "images": plan.n_images,
+            "target": target,
+            "layer": str(layer),
+            "planned_forward_passes": plan.total,
+            "forward_passes": sum(fwd.values()),
+            "cost_per_image": per_image,
+            "options": opts,
+        }
+        return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
+
+
+def _load(ds: Dataset, idx: list[int], lens: Lens) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    items = [ds[i] for i in idx]
+    x = torch.stack([it[0] for it in items]).to(lens.device)
+    y = torch.tensor([int(it[1]) for it in items])
+    masks = [mask_at_input(ds, i, lens) for i in idx]
+    return x, y, (np.stack(masks) if masks[0] is not None else None)
+
+
+def summary_rows(
+    lens: Lens, arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
+) -> list[dict[str, Any]]:
+    """One table row per method and metric: mean ± CI, and the baseline's mean ± CI."""
+    rows = []
+    for method in methods:
+        for name in metrics:
+            metric = lens.host.metrics.get(name)
+            mean, lo, hi, n = mean_ci(arrays[f"{method}/{name}/score"])
+            row: dict[str, Any] = {
+                "method": method,
+                "metric": name,
+                "mean": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": n,
+                "better": "higher" if metric.higher_is_better else "lower",
+            }
+            base = arrays.get(f"{method}/{name}/baseline")
+            if base is not None:
+                b, blo, bhi, _ = mean_ci(base)
+                kind = "chance" if getattr(metric, "needs_masks", False) else "random order"
+                row |= {
+                    "baseline": b,
+                    "baseline_low": blo,
+                    "baseline_high": bhi,
+                    "baseline_kind": kind,
+                }
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True)
+class EvaluateResult(Result):
+    """Per-image scores (``arrays["METHOD/METRIC/score"]``), curves and a summary table."""
+
+    def figures(self) -> dict[str, Figure]:
+        from ..metrics.plots import curves_figure, scores_figure
+
+        figs: dict[str, Figure] = {}
+        if self.table:
+            figs["evaluate-scores"] = scores_figure(self.table)
+        curves: dict[str, dict[str, np.ndarray]] = {}
+        xs: dict[str, np.ndarray] = {}
+        base: dict[str, np.ndarray] = {}
+        for key, arr in self.arrays.items():
+            method, metric, what = key.split("/")
+            if what == "curve":
+                curves.setdefault(metric, {})[method] = arr
+                xs[metric] = self.arrays.get(
+                    f"{method}/{metric}/curve_x", np.linspace(0, 1, arr.shape[1])
+                )
+            elif what == "curve_baseline" and metric not in base:
+                base[metric] = arr
+        if curves:
+            figs["evaluate-curves"] = curves_figure(curves, xs, base)
+        return figs
+
+    def score(self, method: str, metric: str) -> float:
+        """The mean score of one method on one metric."""
+        for row in self.table:
+            if row["method"] == method and row["metric"] == metric:
+                return float(row["mean"])
+        raise NetlensError(f"no row for method '{method}' and metric '{metric}'")
