@@ -73,6 +73,12 @@ def test_bad_targets_fail_with_one_line(target, tiny_lens, sample_images):
     assert "\n" not in str(err.value)
 
 
+def test_sample_images_are_used_when_no_images_are_given(tiny_model, sample_images):
+    lens = Lens(tiny_model, classes=TINY_CLASSES, samples=sample_images)
+    result = lens.run("guided-backprop")
+    assert result.meta["images"] == ["sample0", "sample1", "sample2"]
+
+
 def test_unknown_option_names_the_options(tiny_lens, sample_images):
     with pytest.raises(NetlensError, match="has no option stpes .*steps"):
         tiny_lens.run("integrated-gradients", sample_images, stpes=4)

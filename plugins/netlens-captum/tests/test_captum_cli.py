@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -108,3 +112,32 @@ def test_uninstalling_removes_the_analyzers(
         ],
     )
     assert res.exit_code == 1 and "unknown analyzer 'integrated-gradients'" in res.output
+
+
+def test_installed_console_script_runs_the_plugin(tiny_model_file, sample_images, tmp_path):
+    """The real ``netlens`` executable of this environment finds the installed plugin."""
+    exe = Path(sys.executable).with_name("netlens")
+    assert exe.exists(), "netlens is not installed in this environment"
+    out = tmp_path / "out"
+    env = {**os.environ, "NETLENS_DISABLE_PLUGINS": "", "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [
+            str(exe),
+            "run",
+            "integrated-gradients",
+            str(tiny_model_file),
+            str(sample_images[0]),
+            "--opt",
+            "steps=4",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["method"] == "Integrated Gradients"
+    assert (out / "integrated-gradients-sample0.png").stat().st_size > 5000
