@@ -33,6 +33,7 @@ _LAZY = {
     "cam": "netlens.analyzers.cam",
     "CamResult": "netlens.analyzers.cam_result",
     "CamMethod": "netlens.analyzers.cam_base",
+    "ablate": "netlens.analyzers.ablation",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

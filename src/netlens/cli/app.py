@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import cam_cmd, layers_cmd, plugins_cmd, run_cmd
+from . import ablate_cmd
 from . import features_cmd, kernels_cmd, stats_cmd, top_cmd
 from . import evaluate_cmd, sanity_cmd
 from . import train_cmd, zoo_cmd
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.command("ablate")(ablate_cmd.ablate)
 app.command("cam")(cam_cmd.cam)
 app.command("layers")(layers_cmd.layers)
 app.command("plugins")(plugins_cmd.plugins)

@@ -1,0 +1,445 @@
+"""Layer-ablation studies: switch parts of a trained model off and measure what each is worth.
+
+``netlens.ablate(model, data)`` / ``lens.ablate(data)`` / ``netlens ablate MODEL --data DIR``.
+By default every residual block is skipped in turn (Veit et al., 2016); ``channels=True`` sweeps
+the channels of one layer (Morcos et al., 2018). Ablations reuse a cached prefix of the network
+(see :mod:`.engine`), so they are fast and give the same logits, bit for bit, as re-running the
+whole model with the unit switched off.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import AnalyzerError
+from ...plugins import hookimpl
+from ..base import Analyzer
+from . import channels as ch
+from .engine import Ablation, Engine, hooked, run_ablations
+from .metrics import (
+    Outcomes,
+    bootstrap,
+    check_metric,
+    class_accuracy,
+    hurt_classes,
+    resample_indices,
+)
+from .modes import UnitStats, check_mode, shape_message, unit_replacement
+from .result import COLUMNS, AblationResult, PartialCsv, curve_arrays
+from .units import Unit, select_units
+
+if TYPE_CHECKING:
+    from ...lens import Lens
+    from ...plugins.registry import Registry
+
+__all__ = ["AblateAnalyzer", "AblationResult", "ablate"]
+
+
+def _as_lens(model_or_lens: Any) -> Lens:
+    from ...lens import Lens
+
+    return model_or_lens if isinstance(model_or_lens, Lens) else Lens(model_or_lens)
+
+
+def _shapes(model: nn.Module, units: list[Unit], x: torch.Tensor) -> dict[str, tuple]:
+    """(input shape, output shape) of each unit from one forward on one image."""
+    shapes: dict[str, tuple] = {}
+    with ExitStack() as stack:
+        for u in units:
+
+            def hook(m: nn.Module, i: tuple, o: Any, name: str = u.name) -> None:
+                if isinstance(o, torch.Tensor) and isinstance(i[0], torch.Tensor):
+                    shapes.setdefault(name, (tuple(i[0].shape), tuple(o.shape)))
+
+            stack.enter_context(hooked(model.get_submodule(u.name), hook))
+        model(x[:1])
+    missing = [u.name for u in units if u.name not in shapes]
+    if missing:
+        raise AnalyzerError(f"unit(s) {', '.join(missing)} did not run or returned no tensor")
+    return shapes
+
+
+def _stats(
+    model: nn.Module, units: list[Unit], loader: Any, device: torch.device, advance: Any
+) -> dict[str, UnitStats]:
+    """Per-element mean and std of each unit's output over the data (the first pass)."""
+    stats = {u.name: UnitStats() for u in units}
+    with ExitStack() as stack:
+        for u in units:
+            stack.enter_context(
+                hooked(model.get_submodule(u.name), lambda m, i, o, s=stats[u.name]: s.add(o))
+            )
+        for x, _ in loader:
+            model(x.to(device))
+            advance(1)
+    return stats
+
+
+def _check_identity(
+    units: list[Unit], shapes: dict[str, tuple], explicit: bool
+) -> tuple[list[Unit], list[str]]:
+    keep, skipped = [], []
+    for u in units:
+        shape_in, shape_out = shapes[u.name]
+        if u.residual or shape_in == shape_out:
+            keep.append(u)
+        elif explicit:
+            raise AnalyzerError(shape_message(u.name, shape_in, shape_out))
+        else:
+            skipped.append(u.name)
+    if not keep:
+        raise AnalyzerError(
+            f"identity cannot skip any default unit (all change shape: "
+            f"{', '.join(skipped[:4])}...); use --mode zero or --mode mean"
+        )
+    return keep, skipped
+
+
+class _Study:
+    """Rows of a study as ablations finish: bootstrap CIs, hurt classes, the partial CSV."""
+
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        classes: list[str] | None,
+        units: dict[str, Unit],
+        engine: Engine,
+        csv: PartialCsv | None,
+        resamples: int,
+        seed: int,
+    ) -> None:
+        self.metric, self.mode, self.classes, self.units = metric, mode, classes, units
+        self.engine, self.csv, self.resamples, self.seed = engine, csv, resamples, seed
+        self.baseline = Outcomes()
+        self.rows: dict[str, dict[str, Any]] = dict(csv.rows) if csv else {}
+        self._base: dict[str, np.ndarray] | None = None
+        self.resumed = len(self.rows)
+
+    def base(self) -> dict[str, np.ndarray]:
+        if self._base is None:
+            self._base = self.baseline.arrays()
+            self.k = self.baseline.num_classes
+            self.idx = resample_indices(len(self._base["label"]), self.resamples, self.seed)
+            row = {
+                "key": "baseline",
+                "unit": "(none)",
+                "kind": "baseline",
+                "mode": "",
+                "metric": self.metric,
+                "path": "",
+                **bootstrap(self.metric, self._base, None, self.idx, self.k),
+            }
+            row |= {"drop": 0.0, "drop_lo": 0.0, "drop_hi": 0.0}
+            self._add(row)
+        return self._base
+
+    def _add(self, row: dict[str, Any]) -> None:
+        row = {k: row.get(k) for k in COLUMNS}
+        if self.csv is not None and row["key"] not in self.csv:
+            self.csv.add(row)
+        self.rows[row["key"]] = row
+
+    def done(self, key: str, out: Outcomes) -> None:
+        base, arr = self.base(), out.arrays()
+        unit_name = key.split("#")[0].split("@")[0]
+        unit = self.units[unit_name]
+        row: dict[str, Any] = {
+            "key": key,
+            "unit": unit_name,
+            "kind": unit.kind,
+            "mode": self.mode,
+            "metric": self.metric,
+            "downsample": unit.downsample,
+            "path": "cached" if self.engine.is_fast(unit_name) else "naive",
+        }
+        if "#c" in key:
+            row |= {"kind": "channel", "channel": int(key.split("#c")[1])}
+        elif "@" in key:
+            order, k = key.split("@")[1].split(":")
+            row |= {
+                "kind": f"curve-{order}",
+                "k": int(k),
+                "class_acc": np.round(class_accuracy(arr, self.k), 6).tolist(),
+            }
+        row |= bootstrap(self.metric, arr, base, self.idx, self.k)
+        row["hurt_classes"] = [list(h) for h in hurt_classes(base, arr, self.k, self.classes)]
+        self._add(row)
+
+
+def ablate(
+    model: Any,
+    data: Any,
+    layers: Any = None,
+    mode: str | None = None,
+    metric: str = "accuracy",
+    *,
+    channels: bool = False,
+    out: str | Path | None = None,
+    resume: bool = False,
+    batch_size: int = 64,
+    limit: int | None = None,
+    seed: int = 0,
+    resamples: int = 1000,
+    points: int = 17,
+    fast: bool = True,
+    quiet: bool = True,
+    cache_mb: int = 1024,
+) -> AblationResult:
+    """Run a layer-ablation study on a Lens or a bare ``nn.Module``.
+
+    Args:
+        model: a :class:`netlens.Lens` or an ``nn.Module``.
+        data: folder with class subfolders, dataset name, Dataset, DataLoader or (images, labels).
+        layers: unit selector (names, globs, ``type:X``); None: every residual block, else each
+            top-level child of the feature stack.
+        mode: ``identity`` (default for blocks), ``zero`` (default for channels), ``mean``,
+            ``noise``.
+        metric: ``accuracy``, ``loss``, ``f1`` (macro) or ``top5``.
+        channels: ablate each channel of the single selected layer, plus cumulative curves.
+        out: folder for the row-by-row ``ablation.csv`` (needed for ``resume``).
+        resume: keep rows already in ``out/ablation.csv`` made with the same settings.
+        fast: use the cached-prefix path (False: re-run the whole model per ablation).
+
+    Example:
+        >>> res = netlens.ablate(model, (images, labels))
+        >>> res.baseline["value"], [(r["unit"], r["drop"]) for r in res.rows]
+    """
+    from ...data import as_loader
+    from ...layers import eval_mode
+
+    lens = _as_lens(model)
+    net = lens.model
+    mode = check_mode(mode or ("zero" if channels else "identity"))
+    mode = "zero" if channels and mode == "identity" else mode
+    metric = check_metric(metric)
+    units, explicit = select_units(net, layers)
+    if channels and len(units) != 1:
+        raise AnalyzerError("channel ablation needs exactly one layer: pass --layers NAME")
+    loader = as_loader(data, lens.transform, host=lens.host, batch_size=batch_size, limit=limit)
+    classes = lens.classes or getattr(loader.dataset, "classes", None)
+    started = time.perf_counter()
+    with torch.no_grad(), eval_mode(net), ExitStack() as stack:
+        x0, _ = next(iter(loader))
+        shapes = _shapes(net, units, x0.to(lens.device))
+        skipped: list[str] = []
+        if mode == "identity":
+            units, skipped = _check_identity(units, shapes, explicit)
+        config = {
+            "model": lens.name,
+            "units": [u.name for u in units],
+            "mode": mode,
+            "metric": metric,
+            "channels": channels,
+            "seed": seed,
+            "limit": limit,
+            "images": len(loader.dataset),
+            "resamples": resamples,
+            "points": points,
+        }
+        csv = PartialCsv(out, config, resume) if out is not None else None
+        engine = Engine(net, [u.name for u in units], fast=fast)
+        study = _Study(
+            metric, mode, classes, {u.name: u for u in units}, engine, csv, resamples, seed
+        )
+        progress = stack.enter_context(_progress(quiet))
+        stats = None
+        if mode in ("mean", "noise"):
+            task = progress.add_task("statistics", total=len(loader))
+            stats = _stats(net, units, loader, lens.device, lambda k: progress.advance(task, k))
+        budget = cache_mb << 20
+        run = _channel_study if channels else _block_study
+        run(
+            engine,
+            loader,
+            units,
+            study,
+            shapes,
+            stats,
+            mode,
+            seed,
+            points,
+            progress,
+            lens.device,
+            budget,
+        )
+    return _result(lens, study, units, mode, metric, channels, skipped, engine, started, csv)
+
+
+def _progress(quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=True,
+    )
+
+
+def _run(
+    engine: Engine,
+    loader: Any,
+    ablations: list[Ablation],
+    study: _Study,
+    progress: Any,
+    label: str,
+    device: torch.device,
+    budget: int,
+) -> None:
+    total = sum(len(a.keys) for a in ablations) * len(loader)
+    task = progress.add_task(f"{label} (ablations × batches)", total=total)
+    run_ablations(
+        engine,
+        loader,
+        ablations,
+        study.done,
+        study.baseline,
+        device=device,
+        advance=lambda k: progress.advance(task, k),
+        budget=budget,
+    )
+    study.base()
+
+
+def _block_study(
+    engine: Engine,
+    loader: Any,
+    units: list[Unit],
+    study: _Study,
+    shapes: dict,
+    stats: dict | None,
+    mode: str,
+    seed: int,
+    points: int,
+    progress: Any,
+    device: torch.device,
+    budget: int,
+) -> None:
+    net = engine.model
+    abls = [
+        Ablation(
+            [u.name],
+            u.name,
+            unit_replacement(
+                u,
+                net.get_submodule(u.name),
+                mode,
+                stats[u.name] if stats else None,
+                seed=seed,
+                key=i,
+            ),
+        )
+        for i, u in enumerate(units)
+        if u.name not in study.rows
+    ]
+    _run(engine, loader, abls, study, progress, "blocks", device, budget)
+
+
+def _channel_study(
+    engine: Engine,
+    loader: Any,
+    units: list[Unit],
+    study: _Study,
+    shapes: dict,
+    stats: dict | None,
+    mode: str,
+    seed: int,
+    points: int,
+    progress: Any,
+    device: torch.device,
+    budget: int,
+) -> None:
+    unit = units[0].name
+    out_shape = shapes[unit][1]
+    if len(out_shape) < 2:
+        raise AnalyzerError(f"'{unit}' has no channel dimension (output {out_shape})")
+    n_ch, per = out_shape[1], int(np.prod(out_shape[1:]))
+    group = ch.group_size(per, loader.batch_size or 1) if engine.is_fast(unit) else 1
+    st = stats[unit] if stats else None
+    done = set(study.rows)
+    singles = ch.channel_ablations(unit, n_ch, mode, st, seed=seed, group=group, skip=done)
+    _run(engine, loader, singles, study, progress, f"channels of {unit}", device, budget)
+    drops = np.array([study.rows[ch.channel_key(unit, c)]["drop"] for c in range(n_ch)])
+    curves = ch.curve_ablations(
+        unit,
+        n_ch,
+        ch.orders(drops, seed),
+        mode,
+        st,
+        seed=seed,
+        group=group,
+        points=points,
+        skip=done,
+    )
+    _run(engine, loader, curves, study, progress, "cumulative curves", device, budget)
+
+
+def _result(
+    lens: Lens,
+    study: _Study,
+    units: list[Unit],
+    mode: str,
+    metric: str,
+    channels: bool,
+    skipped: list[str],
+    engine: Engine,
+    started: float,
+    csv: PartialCsv | None,
+) -> AblationResult:
+    rows = list(study.rows.values())
+    rows.sort(key=lambda r: (r["kind"] != "baseline", r["kind"].startswith("curve")))
+    base = study.rows["baseline"]
+    meta = {
+        "model": lens.name,
+        "mode": mode,
+        "metric": metric,
+        "channels": channels,
+        "units": [u.name for u in units],
+        "skipped": skipped,
+        "classes": study.classes,
+        "baseline": {
+            "value": base["value"],
+            "value_lo": base["value_lo"],
+            "value_hi": base["value_hi"],
+            "n": len(study.base()["label"]),
+        },
+        "paths": {u.name: "cached" if engine.is_fast(u.name) else "naive" for u in units},
+        "trace_error": engine.trace_error,
+        "seconds": round(time.perf_counter() - started, 3),
+        "resumed": study.resumed,
+    }
+    arrays = curve_arrays(rows)
+    arrays["drop"] = np.array(
+        [r["drop"] for r in rows if r["kind"] in ("residual", "layer", "channel")]
+    )
+    return AblationResult(name="ablation", arrays=arrays, table=rows, meta=meta)
+
+
+class AblateAnalyzer(Analyzer):
+    """Layer-ablation study: switch blocks (or channels) off and measure the metric drop."""
+
+    name = "ablate"
+    description = "switch blocks or channels off and measure what each is worth"
+
+    def run(self, lens: Lens, inputs: Any = None, **options: Any) -> AblationResult:
+        data = options.pop("data", None) if inputs is None else inputs
+        if data is None:
+            raise AnalyzerError("an ablation study needs labelled data: pass --data DIR or NAME")
+        return ablate(lens, data, **options)
+
+
+@hookimpl
+def netlens_register_analyzers(registry: Registry) -> None:
+    registry.add("ablate", AblateAnalyzer(), description=AblateAnalyzer.__doc__ or "")

@@ -1,0 +1,300 @@
+"""Run ablations: the fast cached-prefix path (torch.fx) and the naive full re-run.
+
+Naive: a forward hook on the unit *returns* the replacement output (captum's way) and the whole
+model runs again. Fast: the model is traced once with ``torch.fx`` (the units as leaf modules);
+per batch one full run of the traced graph gives the baseline logits and caches, at each unit's
+call, its input, its output and the values later nodes still need (a clone each, so in-place ops
+cannot change them). An ablation then runs only the nodes after its unit, from the replacement
+output on. The nodes are the same calls on the same values with the same batch, so the logits are
+bit-for-bit those of the naive run. When the model does not trace (data-dependent control flow),
+or a unit is not a single node of the graph (called twice, nested in another unit), that unit
+falls back to the naive path, which is always correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ...errors import AnalyzerError, NetlensError
+from .metrics import Outcomes
+from .modes import Replacement
+
+__all__ = ["Ablation", "BatchCache", "Engine", "first_tensor", "hooked", "run_ablations"]
+
+
+def first_tensor(out: Any) -> torch.Tensor:
+    """The logits in a model's output (the first tensor of a tuple/list)."""
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise NetlensError("the model must return N×classes logits for an ablation study")
+    return out
+
+
+def _clone(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+@dataclass
+class BatchCache:
+    """What the prefix run of one batch leaves for the ablations of that batch."""
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    frontier: dict[str, dict[fx.Node, Any]] = field(default_factory=dict)
+
+    def nbytes(self) -> int:
+        tensors = [self.x, *self.inputs.values(), *self.outputs.values()]
+        tensors += [
+            v for f in self.frontier.values() for v in f.values() if isinstance(v, torch.Tensor)
+        ]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class _UnitTracer(fx.Tracer):
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+class Engine:
+    """Baseline and ablated logits for a model and a set of units.
+
+    Args:
+        model: the module (used as is; never modified; callers put it in eval mode).
+        units: dotted names of the units to ablate.
+        fast: use the traced cached-prefix path where possible (False: always naive).
+    """
+
+    def __init__(self, model: nn.Module, units: list[str], *, fast: bool = True) -> None:
+        self.model = model
+        self.units = list(units)
+        self.modules = {n: model.get_submodule(n) for n in self.units}
+        self.graph: fx.GraphModule | None = None
+        self.nodes: list[fx.Node] = []
+        self.unit_index: dict[str, int] = {}
+        self.trace_error: str | None = None
+        if fast:
+            self._trace()
+
+    # -- tracing ---------------------------------------------------------------------------
+    def _trace(self) -> None:
+        try:
+            graph = _UnitTracer(set(self.units)).trace(self.model)
+            gm = fx.GraphModule(self.model, graph)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the naive path"
+            self.trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            return
+        nodes = list(gm.graph.nodes)
+        if sum(n.op == "placeholder" for n in nodes) != 1:
+            self.trace_error = "the model's forward takes more than one input"
+            return
+        calls: dict[str, list[int]] = {}
+        for i, n in enumerate(nodes):
+            if n.op == "call_module" and n.target in self.modules:
+                calls.setdefault(str(n.target), []).append(i)
+        self.unit_index = {u: idx[0] for u, idx in calls.items() if len(idx) == 1}
+        self.graph, self.nodes = gm, nodes
+        self._interp = fx.Interpreter(gm, garbage_collect_values=False)
+        self._frees = self._last_uses(nodes)
+        self._frontier = {u: self._frontier_of(i) for u, i in self.unit_index.items()}
+
+    @staticmethod
+    def _last_uses(nodes: list[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
+        last: dict[fx.Node, fx.Node] = {}
+        for n in nodes:
+            for arg in n.all_input_nodes:
+                last[arg] = n
+        frees: dict[fx.Node, list[fx.Node]] = {}
+        for value, user in last.items():
+            frees.setdefault(user, []).append(value)
+        return frees
+
+    def _frontier_of(self, index: int) -> list[fx.Node]:
+        """Nodes before ``index`` whose values nodes after ``index`` still read."""
+        before = set(self.nodes[:index])
+        needed = {a for n in self.nodes[index + 1 :] for a in n.all_input_nodes}
+        return [n for n in self.nodes[:index] if n in needed and n in before]
+
+    def is_fast(self, unit: str) -> bool:
+        """Whether ablations of ``unit`` run only the suffix."""
+        return unit in self.unit_index
+
+    # -- graph execution -------------------------------------------------------------------
+    def _run_nodes(
+        self, env: dict[fx.Node, Any], start: int, cache: BatchCache | None = None
+    ) -> torch.Tensor:
+        interp = self._interp
+        interp.env = env
+        for index in range(start, len(self.nodes)):
+            node = self.nodes[index]
+            if node.op == "output":
+                return first_tensor(fx.node.map_arg(node.args[0], lambda n: env[n]))
+            unit = str(node.target) if node.op == "call_module" else ""
+            snapshot = cache is not None and self.unit_index.get(unit) == index
+            if snapshot:
+                cache.inputs[unit] = _clone(env[node.all_input_nodes[0]])
+                cache.frontier[unit] = {f: _clone(env[f]) for f in self._frontier[unit]}
+            env[node] = interp.run_node(node)
+            if snapshot:
+                cache.outputs[unit] = _clone(env[node])
+            for dead in self._frees.get(node, ()):
+                env.pop(dead, None)
+        raise NetlensError("the traced model has no output")
+
+    # -- public API ------------------------------------------------------------------------
+    def prefix(self, x: torch.Tensor) -> BatchCache:
+        """One full run: the baseline logits, plus each unit's cached input/output."""
+        if self.graph is None:
+            return BatchCache(x=x, logits=first_tensor(self.model(x)))
+        cache = BatchCache(x=x, logits=torch.empty(0))
+        cache.logits = self._run_nodes({self.nodes[0]: x}, 1, cache)
+        return cache
+
+    def ablated(
+        self, cache: BatchCache, unit: str, replace: Replacement, batch: int, copies: int = 1
+    ) -> torch.Tensor:
+        """Logits with ``unit``'s output replaced (``copies`` ablations stacked on the batch)."""
+        if not self.is_fast(unit) or unit not in cache.outputs:
+            return self.naive(cache.x, unit, replace, batch, copies)
+        index = self.unit_index[unit]
+        env: dict[fx.Node, Any] = {}
+        for node, value in cache.frontier[unit].items():
+            env[node] = _repeat(_clone(value), copies, cache.x.shape[0])
+        env[self.nodes[index]] = replace(cache.inputs[unit], cache.outputs[unit], batch)
+        return self._run_nodes(env, index + 1)
+
+    def naive(
+        self, x: torch.Tensor, unit: str, replace: Replacement, batch: int, copies: int = 1
+    ) -> torch.Tensor:
+        """Ablate with a forward hook and run the whole model (the reference path).
+
+        With ``copies`` > 1 (stacked ablations), each copy gets a run of its own.
+        """
+        n = x.shape[0]
+        logits = []
+        calls: list[int] = []
+        for g in range(copies):
+            calls.clear()
+
+            def hook(
+                module: nn.Module, inputs: tuple, output: torch.Tensor, g: int = g
+            ) -> torch.Tensor:
+                calls.append(1)
+                new = replace(inputs[0].clone(), output, batch)
+                return new if copies == 1 else new[g * n : (g + 1) * n].clone()
+
+            with hooked(self.modules[unit], hook):
+                logits.append(first_tensor(self.model(x)))
+            if not calls:
+                raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
+        return logits[0] if copies == 1 else torch.cat(logits, 0)
+
+
+def _repeat(value: Any, copies: int, n: int) -> Any:
+    if copies == 1 or not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() == 0 or value.shape[0] != n:
+        raise AnalyzerError("cannot stack ablations: a cached value has no batch dimension")
+    return value.repeat(copies, *([1] * (value.dim() - 1)))
+
+
+@contextmanager
+def hooked(module: nn.Module, hook: Any) -> Iterator[None]:
+    """A forward hook for the duration of the block (removed on errors and Ctrl-C too)."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@dataclass
+class Ablation:
+    """One pass of the study: ``len(keys)`` ablations of ``unit`` stacked on the batch dim."""
+
+    keys: list[str]
+    unit: str
+    replace: Replacement
+
+
+def run_ablations(
+    engine: Engine,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    ablations: list[Ablation],
+    on_done: Callable[[str, Outcomes], None],
+    baseline: Outcomes,
+    *,
+    device: torch.device | None = None,
+    advance: Callable[[int], None] | None = None,
+    budget: int = 1 << 30,
+    group: int = 8,
+) -> Outcomes:
+    """Run every ablation over the data; returns the baseline outcomes.
+
+    ``baseline`` is filled with the intact model's outcomes before ``on_done`` is first called.
+    Each batch's prefix is computed once and kept while the caches of all batches fit in
+    ``budget`` bytes: then ablations run one after the other and ``on_done`` sees each as soon as
+    it is complete (so a partial CSV can grow row by row). Otherwise ablations run in groups of
+    ``group``, recomputing the prefix once per group and batch.
+    """
+    advance = advance or (lambda k: None)
+    batches = iter(loader)
+    first = next(batches, None)
+    if first is None:
+        raise AnalyzerError("the data is empty")
+    x0, y0 = first
+    cache0 = engine.prefix(x0.to(device))
+    keep = cache0.nbytes() * max(1, len(loader)) <= budget  # type: ignore[arg-type]
+    if keep:
+        stored = [(cache0, y0)]
+        stored += [(engine.prefix(x.to(device)), y) for x, y in batches]
+        for cache, y in stored:
+            baseline.add(cache.logits, y)
+        for abl in ablations:
+            _run_group(engine, [abl], stored, on_done, advance)
+        return baseline
+    groups = [ablations[i : i + group] for i in range(0, len(ablations), group)] or [[]]
+    for gi, chunk in enumerate(groups):
+
+        def feed(gi: int = gi) -> Iterator[tuple[BatchCache, torch.Tensor]]:
+            for b, (x, y) in enumerate(loader):
+                cache = cache0 if (gi == 0 and b == 0) else engine.prefix(x.to(device))
+                if gi == 0:
+                    baseline.add(cache.logits, y)
+                yield cache, y
+
+        _run_group(engine, chunk, feed(), on_done, advance)
+    return baseline
+
+
+def _run_group(
+    engine: Engine,
+    chunk: list[Ablation],
+    feed: Iterable[tuple[BatchCache, torch.Tensor]],
+    on_done: Callable[[str, Outcomes], None],
+    advance: Callable[[int], None],
+) -> None:
+    outs = {k: Outcomes() for abl in chunk for k in abl.keys}
+    for b, (cache, y) in enumerate(feed):
+        n = cache.x.shape[0]
+        for abl in chunk:
+            copies = len(abl.keys)
+            logits = engine.ablated(cache, abl.unit, abl.replace, b, copies)
+            for g, key in enumerate(abl.keys):
+                outs[key].add(logits[g * n : (g + 1) * n], y)
+            advance(copies)
+    for key, out in outs.items():
+        on_done(key, out)

@@ -1,0 +1,158 @@
+"""Ablation modes: what a switched-off unit (or channel) outputs instead of its real output.
+
+- ``identity``: the unit is skipped. A residual block keeps its shortcut (``act(shortcut(x))``,
+  see :mod:`.units`); a same-shape layer passes its input through.
+- ``zero``: the output is replaced by zeros.
+- ``mean``: the output is replaced by its per-element mean over the dataset (first pass).
+- ``noise``: mean + std-matched Gaussian noise, seeded per ablation and batch, so a study is
+  repeatable and the fast and naive paths draw the very same noise.
+
+A replacement is a function ``(unit_input, unit_output, batch_index) -> tensor`` that never
+returns (a view of) its arguments, so in-place ops downstream cannot touch cached values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...errors import AnalyzerError
+from .units import Unit, identity_output
+
+__all__ = ["MODES", "Replacement", "UnitStats", "channel_replacement", "unit_replacement"]
+
+MODES = ("identity", "zero", "mean", "noise")
+
+Replacement = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class UnitStats:
+    """Running per-element mean and std of a unit's output over the dataset (float64 sums)."""
+
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+    count: int = 0
+
+    def add(self, out: torch.Tensor) -> None:
+        flat = out.detach().to(torch.float64)
+        s, q = flat.sum(0), (flat * flat).sum(0)
+        self.total = s if self.total is None else self.total + s
+        self.squares = q if self.squares is None else self.squares + q
+        self.count += out.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise AnalyzerError("no statistics collected: the unit did not run on the data")
+        return self.total / self.count
+
+    @property
+    def std(self) -> torch.Tensor:
+        var = self.squares / self.count - self.mean**2  # type: ignore[operator]
+        return var.clamp_min(0).sqrt()
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise AnalyzerError(f"unknown ablation mode '{mode}'; use one of {', '.join(MODES)}")
+    return mode
+
+
+def _noise_seed(seed: int, key: int, batch: int) -> int:
+    return (seed * 1_000_003 + key * 10_007 + batch) % (2**63)
+
+
+def _fill(
+    mode: str, out: torch.Tensor, stats: UnitStats | None, seed: int, key: int, batch: int
+) -> torch.Tensor:
+    """The values that replace ``out`` (same shape, fresh memory)."""
+    if mode == "zero":
+        return torch.zeros_like(out)
+    if stats is None:
+        raise AnalyzerError(f"mode '{mode}' needs dataset statistics (a first pass)")
+    mean = stats.mean.to(out.device, out.dtype)
+    if mode == "mean":
+        return mean.expand_as(out).clone()
+    gen = torch.Generator().manual_seed(_noise_seed(seed, key, batch))
+    eps = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+    return mean + stats.std.to(out.device, out.dtype) * eps
+
+
+def unit_replacement(
+    unit: Unit,
+    module: nn.Module,
+    mode: str,
+    stats: UnitStats | None = None,
+    *,
+    seed: int = 0,
+    key: int = 0,
+) -> Replacement:
+    """The replacement for switching off a whole unit."""
+    check_mode(mode)
+    if mode != "identity":
+        return lambda x, out, batch: _fill(mode, out, stats, seed, key, batch)
+    if unit.residual:
+        return lambda x, out, batch: identity_output(module, x.clone())
+
+    def passthrough(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
+        if x.shape != out.shape:
+            raise AnalyzerError(shape_message(unit.name, x.shape, out.shape))
+        return x.clone()
+
+    return passthrough
+
+
+def shape_message(name: str, shape_in: tuple, shape_out: tuple) -> str:
+    a, b = "×".join(map(str, shape_in[1:])), "×".join(map(str, shape_out[1:]))
+    return (
+        f"identity cannot skip '{name}': it maps {a} to {b}; use --mode zero or --mode mean "
+        "for it, or pick same-shape layers with --layers"
+    )
+
+
+def channel_mask(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A (C,) or (G, C) bool mask shaped to broadcast over ``out``'s batch and spatial dims."""
+    extra = out.dim() - 2
+    return mask.view(*mask.shape, *([1] * extra)).to(out.device)
+
+
+def channel_replacement(
+    mode: str, stats: UnitStats | None, mask: torch.Tensor, *, seed: int = 0, key: int = 0
+) -> Replacement:
+    """Replace the channels where ``mask`` (C,) is True; the others keep their values."""
+    fill_mode = "zero" if mode == "identity" else check_mode(mode)
+
+    def replace(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
+        fill = _fill(fill_mode, out, stats, seed, key, batch)
+        return torch.where(channel_mask(out, mask), fill, out)
+
+    return replace
+
+
+def channel_group_replacement(
+    mode: str, stats: UnitStats | None, masks: torch.Tensor, keys: list[int], *, seed: int = 0
+) -> Replacement:
+    """G channel ablations at once: returns the G copies of the output stacked on the batch dim.
+
+    Each copy is computed exactly as :func:`channel_replacement` would compute it alone.
+    """
+    fill_mode = "zero" if mode == "identity" else check_mode(mode)
+
+    def replace(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
+        g, n = len(keys), out.shape[0]
+        if fill_mode == "noise":  # a fresh draw per copy, as each ablation alone would draw
+            fill = torch.cat([_fill(fill_mode, out, stats, seed, k, batch) for k in keys], 0)
+            fill = fill.view(g, *out.shape)
+        elif fill_mode == "mean":
+            fill = _fill("mean", out[:1], stats, seed, 0, batch)  # 1×C×… broadcast below
+        else:
+            fill = torch.zeros((), dtype=out.dtype, device=out.device)
+        # one allocation for all G copies: the same elementwise where as channel_replacement
+        stacked = torch.where(channel_mask(out, masks)[:, None], fill, out[None])
+        return stacked.view(g * n, *out.shape[1:])
+
+    return replace

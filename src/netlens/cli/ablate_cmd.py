@@ -1,0 +1,144 @@
+"""``netlens ablate [MODEL] --data DIR|NAME``: a layer-ablation study as one command."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from .common import (
+    DEFAULT_OUT,
+    ArchOpt,
+    JsonOpt,
+    ModelArg,
+    OutOpt,
+    QuietOpt,
+    TrustOpt,
+    cli_errors,
+    emit_json,
+)
+
+
+@cli_errors
+def ablate(
+    model: ModelArg = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Labelled data: a folder with class "
+            "subfolders or a dataset name (e.g. fashion-mnist).",
+        ),
+    ] = "",
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Units to ablate (names, globs, "
+            "type:X); default: every residual block, else each feature-stack child.",
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="identity (default; skip the unit), zero, mean or noise (zero for --channels).",
+        ),
+    ] = None,
+    metric: Annotated[
+        str, typer.Option("--metric", help="accuracy, loss, f1 or top5.")
+    ] = "accuracy",
+    channels: Annotated[
+        bool,
+        typer.Option(
+            "--channels",
+            help="Ablate each channel of the one --layers layer, with cumulative curves.",
+        ),
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use only the first N images.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 64,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for noise, bootstrap, random order.")
+    ] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep rows already in OUT/ablation.csv (same settings) and run only the rest.",
+        ),
+    ] = False,
+    naive: Annotated[
+        bool,
+        typer.Option(
+            "--naive", help="Re-run the whole model per ablation (the slow reference path)."
+        ),
+    ] = False,
+    arch: ArchOpt = None,
+    trust: TrustOpt = False,
+    out: OutOpt = DEFAULT_OUT,
+    json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Switch blocks (or channels) off one at a time and measure what each is worth."""
+    from ..errors import DataError
+    from .common import console, open_lens
+
+    if not data:
+        raise DataError("an ablation study needs labelled data: pass --data DIR or --data NAME")
+    lens = open_lens(model, arch=arch, trust=trust)
+    result = lens.ablate(
+        data,
+        layers=layers,
+        mode=mode,
+        metric=metric,
+        channels=channels,
+        out=out,
+        resume=resume,
+        limit=limit,
+        batch_size=batch_size,
+        seed=seed,
+        fast=not naive,
+        quiet=quiet or json,
+    )
+    files = result.save(out)
+    if json:
+        emit_json({**result.summary(), "files": [str(f) for f in files]})
+        return
+    console.print(_table(result))
+    console.print(f"ablate: wrote {len(files)} files to {out}/")
+
+
+def _table(result: Any) -> Any:
+    from rich.table import Table
+
+    meta, base = result.meta, result.baseline
+    table = Table(title=f"{meta['model']}: ablation ({meta['mode']}, {meta['metric']})")
+    for col in ("unit", "value [95% CI]", "drop [95% CI]", "most-hurt classes", "path"):
+        table.add_column(col, justify="left" if col in ("unit", "most-hurt classes") else "right")
+    table.add_row(
+        "baseline",
+        f"{base['value']:.4f} [{base['value_lo']:.3f}, {base['value_hi']:.3f}]",
+        "",
+        "",
+        "",
+        style="bold",
+    )
+    rows = sorted(result.rows, key=lambda r: -r["drop"]) if meta["channels"] else result.rows
+    for r in rows[:20]:
+        name = f"{r['unit']} #{r['channel']}" if r["kind"] == "channel" else r["unit"]
+        name += " ↓" if r.get("downsample") else ""
+        hurt = ", ".join(f"{c} -{d:.2f}" for c, d in (r.get("hurt_classes") or []))
+        table.add_row(
+            name,
+            f"{r['value']:.4f} [{r['value_lo']:.3f}, {r['value_hi']:.3f}]",
+            f"{r['drop']:+.4f} [{r['drop_lo']:+.3f}, {r['drop_hi']:+.3f}]",
+            hurt,
+            r.get("path") or "",
+        )
+    if len(rows) > 20:
+        table.caption = f"{len(rows) - 20} more rows in ablation.csv (↓ = downsampling block)"
+    elif any(r.get("downsample") for r in rows):
+        table.caption = "↓ = downsampling block"
+    return table

@@ -1,0 +1,185 @@
+"""The cached-prefix path gives the naive path's logits bit for bit, on many graph shapes."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from netlens.analyzers.ablation import channels as ch
+from netlens.analyzers.ablation.engine import Engine
+from netlens.analyzers.ablation.modes import (
+    UnitStats,
+    channel_replacement,
+    unit_replacement,
+)
+from netlens.analyzers.ablation.units import Unit, default_units, identity_output
+from netlens.models.archs import resnet, vgg
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN scales/shifts and stats so no block is a no-op (timm zero-inits the last BN)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.1
+            m.running_mean = torch.randn(m.running_mean.shape, generator=gen) * 0.1
+            m.running_var = torch.rand(m.running_var.shape, generator=gen) + 0.5
+    return model.eval()
+
+
+class SkipNet(nn.Module):
+    """A general graph: a long skip from the stem past two units, in-place ops, a functional."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True))
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu_(self.stem(x))
+        y = self.b(self.a(s))
+        y = y + s * 0.5
+        y.mul_(2.0)
+        return self.head(y.mean((2, 3)))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so the naive fallback runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if y.sum() > -1e9:
+            y = self.b(y)
+        return self.fc(y.mean((2, 3)))
+
+
+def _stats(model: nn.Module, units: list[Unit], x: torch.Tensor) -> dict[str, UnitStats]:
+    stats = {u.name: UnitStats() for u in units}
+    handles = [
+        model.get_submodule(u.name).register_forward_hook(lambda m, i, o, s=stats[u.name]: s.add(o))
+        for u in units
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return stats
+
+
+def _check_all_modes(model: nn.Module, units: list[Unit], x: torch.Tensor, expect_fast: bool):
+    engine = Engine(model, [u.name for u in units])
+    stats = _stats(model, units, x)
+    with torch.no_grad():
+        cache = engine.prefix(x)
+        assert torch.equal(cache.logits, model(x))
+        changed = 0
+        for i, u in enumerate(units):
+            assert engine.is_fast(u.name) is expect_fast
+            module = model.get_submodule(u.name)
+            for mode in ("identity", "zero", "mean", "noise"):
+                rep = unit_replacement(u, module, mode, stats[u.name], seed=3, key=i)
+                fast = engine.ablated(cache, u.name, rep, batch=2)
+                slow = engine.naive(x, u.name, rep, batch=2)
+                assert torch.equal(fast, slow), (u.name, mode)
+                changed += not torch.equal(fast, cache.logits)
+        assert changed >= len(units) * 3  # the ablations really change the output
+        # the cache is never written into: a second round gives the very same logits
+        rep = unit_replacement(units[0], model.get_submodule(units[0].name), "zero")
+        a = engine.ablated(cache, units[0].name, rep, 0)
+        assert torch.equal(a, engine.ablated(cache, units[0].name, rep, 0))
+
+
+def test_timm_resnet18_blocks_bit_identical() -> None:
+    model = _randomise_bn(timm.create_model("resnet18", pretrained=False, num_classes=7))
+    units = default_units(model)
+    assert [u.name for u in units] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    assert [u.downsample for u in units] == [False, False] + [True, False] * 3
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    _check_all_modes(model, units[::3], x, expect_fast=True)
+
+
+def test_netlens_resnet_and_vgg_bit_identical() -> None:
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = _randomise_bn(resnet(num_classes=4, in_chans=1, img_size=16))
+    units = default_units(model)
+    assert all(u.residual for u in units) and len(units) == 6
+    _check_all_modes(model, units, x, expect_fast=True)
+    plain = _randomise_bn(vgg(num_classes=4, in_chans=1, img_size=16))
+    units = [u for u in default_units(plain) if u.name in ("features.1", "features.4")]
+    _check_all_modes(plain, units, x, expect_fast=True)
+
+
+def test_general_graph_with_long_skip_and_inplace_ops() -> None:
+    torch.manual_seed(0)
+    model = SkipNet().eval()
+    units = [Unit("a", "layer"), Unit("b", "layer")]
+    engine = Engine(model, ["a", "b"])
+    assert engine.is_fast("a") and engine._frontier["a"]  # the stem output is carried past
+    _check_all_modes(model, units, torch.randn(2, 3, 8, 8), expect_fast=True)
+
+
+def test_untraceable_model_falls_back_to_naive() -> None:
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    engine = Engine(model, ["a", "b"])
+    assert engine.trace_error and not engine.is_fast("b")
+    units = [Unit("b", "layer")]
+    _check_all_modes(model, units, torch.randn(2, 3, 8, 8), expect_fast=False)
+
+
+def test_residual_identity_keeps_the_shortcut() -> None:
+    model = _randomise_bn(timm.create_model("resnet18", pretrained=False, num_classes=3))
+    x = torch.randn(2, 128, 8, 8)
+    block = model.layer3[0]  # downsampling: shortcut is a 1×1 conv + BN
+    expected = torch.relu(block.downsample(x))
+    with torch.no_grad():
+        assert torch.equal(identity_output(block, x), expected)
+        plain_block = model.layer3[1]
+        y = torch.randn(2, 256, 4, 4)
+        assert torch.equal(identity_output(plain_block, y), torch.relu(y))
+
+
+def test_channel_groups_match_single_naive_runs() -> None:
+    model = _randomise_bn(timm.create_model("resnet18", pretrained=False, num_classes=5))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    engine = Engine(model, ["layer3"])
+    with torch.no_grad():
+        cache = engine.prefix(x)
+        stats = UnitStats()
+        stats.add(cache.outputs["layer3"])
+        for mode in ("zero", "mean", "noise"):
+            abls = ch.channel_ablations("layer3", 256, mode, stats, seed=1, group=100)
+            assert [len(a.keys) for a in abls] == [100, 100, 56]
+            out = engine.ablated(cache, "layer3", abls[1].replace, 0, copies=100)
+            for g in (0, 37, 99):
+                c = 100 + g
+                mask = torch.zeros(256, dtype=torch.bool)
+                mask[c] = True
+                ref = engine.naive(
+                    x, "layer3", channel_replacement(mode, stats, mask, seed=1, key=c), 0
+                )
+                assert torch.equal(out[g * 3 : (g + 1) * 3], ref), (mode, c)
+                assert not torch.equal(ref, cache.logits)
+
+
+@pytest.mark.parametrize("order", ["importance", "random"])
+def test_curve_points_and_orders(order: str) -> None:
+    drops = torch.tensor([0.1, 0.5, 0.0, 0.3]).numpy()
+    orders = ch.orders(drops, seed=0)
+    assert list(orders["importance"]) == [1, 3, 0, 2]
+    assert sorted(orders["random"]) == [0, 1, 2, 3]
+    assert ch.curve_points(4, 17) == [0, 1, 2, 3, 4]
+    assert ch.curve_points(512, 5) == [0, 128, 256, 384, 512]
+    abls = ch.curve_ablations("u", 4, {order: orders[order]}, "zero", None, group=8)
+    assert abls[0].keys == [f"u@{order}:{k}" for k in range(5)]

@@ -1,0 +1,268 @@
+"""netlens.ablate end to end: metric values against independent references, CIs, resume,
+restoring the model after errors and Ctrl-C, channel studies, figures and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import netlens
+from netlens.analyzers.ablation.metrics import hurt_classes, metric_value
+from netlens.errors import AnalyzerError
+from netlens.models.archs import resnet
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = resnet(num_classes=5, in_chans=1, img_size=16, widths=(8, 16), blocks=(2, 2))
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
+            m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.3
+    model.eval()
+    with torch.no_grad():  # a head on standardised features, so predictions vary by image
+        feats = model.flatten(
+            model.pool(model.forward_features(torch.randn(64, 1, 16, 16, generator=gen)))
+        )
+        weight = torch.randn(5, feats.shape[1], generator=gen) / (feats.std(0) + 1e-3)
+        model.fc.weight.copy_(weight)
+        model.fc.bias.copy_(-weight @ feats.mean(0))
+    return model
+
+
+def _data(n: int = 60, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 16, 16, generator=gen)
+    with torch.no_grad():  # labels that agree with the model most of the time
+        y = _model()(x).argmax(1)
+    flip = torch.rand(n, generator=gen) < 0.3
+    return x, torch.where(flip, torch.randint(0, 5, (n,), generator=gen), y)
+
+
+class Skip(nn.Module):
+    """A residual block with its branch removed, written out independently of netlens."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        return b.act2(b.downsample(x) if b.downsample is not None else x)
+
+
+def _reference_logits(model: nn.Module, unit: str, x: torch.Tensor) -> torch.Tensor:
+    ref = copy.deepcopy(model)
+    stage, idx = unit.split(".")
+    getattr(ref, stage)[int(idx)] = Skip(getattr(ref, stage)[int(idx)])
+    with torch.no_grad():
+        return ref(x)
+
+
+def _macro_f1(pred: np.ndarray, label: np.ndarray) -> float:
+    scores = []
+    for c in np.unique(label):
+        tp = np.sum((pred == c) & (label == c))
+        prec = tp / max(1, np.sum(pred == c))
+        rec = tp / np.sum(label == c)
+        scores.append(0.0 if tp == 0 else 2 * prec * rec / (prec + rec))
+    return float(np.mean(scores))
+
+
+def test_block_study_against_independent_references() -> None:
+    model, (x, y) = _model(), _data()
+    with torch.no_grad():
+        base_logits = model(x)
+    results = {
+        m: netlens.ablate(model, (x, y), metric=m, batch_size=16, resamples=300)
+        for m in ("accuracy", "loss", "f1", "top5")
+    }
+    res = results["accuracy"]
+    assert [r["unit"] for r in res.rows] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
+    assert [r["downsample"] for r in res.rows] == [False, False, True, False]
+    assert res.table[0]["kind"] == "baseline" and res.baseline["n"] == 60
+    assert res.baseline["value"] == pytest.approx((base_logits.argmax(1) == y).float().mean())
+    for i, row in enumerate(res.rows):
+        logits = _reference_logits(model, row["unit"], x)
+        pred = logits.argmax(1)
+        refs = {
+            "accuracy": (pred == y).float().mean().item(),
+            "loss": F.cross_entropy(logits, y).item(),
+            "f1": _macro_f1(pred.numpy(), y.numpy()),
+            "top5": (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item(),
+        }
+        for metric, ref in refs.items():
+            r = results[metric].rows[i]
+            assert r["value"] == pytest.approx(ref, abs=1e-5), (metric, row["unit"])
+            assert r["value_lo"] <= r["value"] + 1e-9 and r["value"] <= r["value_hi"] + 1e-9
+            assert r["drop_lo"] <= r["drop"] + 1e-9 <= r["drop_hi"] + 2e-9
+            base = results[metric].baseline["value"]
+            expected = r["value"] - base if metric == "loss" else base - r["value"]
+            assert r["drop"] == pytest.approx(expected, abs=1e-9)
+    assert any(r["drop"] != 0 for r in res.rows)
+    # seeded bootstrap: the same numbers again
+    again = netlens.ablate(model, (x, y), batch_size=16, resamples=300)
+    assert again.rows == res.rows
+
+
+def test_hurt_classes_and_metric_helpers() -> None:
+    label = np.array([0, 0, 1, 1, 2, 2])
+    base = {"pred": label.copy(), "label": label}
+    out = {"pred": np.array([0, 0, 0, 0, 2, 0]), "label": label}
+    assert hurt_classes(base, out, 3, ["cat", "dog", "fox"]) == [("dog", 1.0), ("fox", 0.5)]
+    assert metric_value("accuracy", out)[0] == pytest.approx(0.5)
+    idx = np.array([[0, 1, 2, 3, 4, 5], [2, 2, 2, 3, 3, 3]])
+    assert metric_value("accuracy", out, idx).tolist() == [0.5, 0.0]
+
+
+def test_model_restored_after_interrupt_and_resume(tmp_path) -> None:
+    model, (x, y) = _model(), _data()
+    model.train()
+    model.layer1[1].eval()  # mixed flags must come back exactly
+    flags = {n: m.training for n, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    calls = []
+
+    def bomb(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        calls.append(1)
+        if len(calls) == 1 + 4 * 2 + 1:  # baseline passes of 4 batches, two ablations, then...
+            raise KeyboardInterrupt
+
+    handle = model.fc.register_forward_hook(bomb)
+    hooks_before = {n: len(m._forward_hooks) for n, m in model.named_modules()}
+    with pytest.raises(KeyboardInterrupt):
+        netlens.ablate(model, (x, y), batch_size=16, out=tmp_path, resamples=100)
+    handle.remove()
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    assert all(
+        len(m._forward_hooks) == hooks_before[n] - (n == "fc") for n, m in model.named_modules()
+    )
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with (tmp_path / "ablation.csv").open() as fh:
+        partial = [r["key"] for r in csv.DictReader(fh)]
+    assert partial == ["baseline", "layer1.0"]
+
+    resumed = netlens.ablate(model, (x, y), batch_size=16, out=tmp_path, resume=True, resamples=100)
+    assert resumed.meta["resumed"] == 2
+    fresh = netlens.ablate(model, (x, y), batch_size=16, resamples=100)
+    assert resumed.rows == fresh.rows
+    with pytest.raises(AnalyzerError, match="other settings"):
+        netlens.ablate(model, (x, y), batch_size=16, out=tmp_path, resume=True, mode="zero")
+
+
+def test_errors_are_one_line_and_actionable() -> None:
+    model, data = _model(), _data(8)
+    with pytest.raises(AnalyzerError, match="identity cannot skip 'stem'.*--mode zero"):
+        netlens.ablate(model, data, layers="stem")
+    with pytest.raises(AnalyzerError, match="unknown ablation mode"):
+        netlens.ablate(model, data, mode="drop")
+    with pytest.raises(AnalyzerError, match="unknown metric"):
+        netlens.ablate(model, data, metric="auc")
+    with pytest.raises(AnalyzerError, match="exactly one layer"):
+        netlens.ablate(model, data, layers="layer1,layer2", channels=True)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_channel_study_curves_and_figures(tmp_path) -> None:
+    model, (x, y) = _model(), _data()
+    lens = netlens.Lens(model, classes=list("abcde"))
+    res = lens.ablate(
+        (x, y), layers="layer2", channels=True, batch_size=32, points=5, resamples=100
+    )
+    assert res.meta["mode"] == "zero" and res.meta["paths"] == {"layer2": "cached"}
+    assert [r["channel"] for r in res.rows] == list(range(16))
+    assert res.arrays["curve_k"].tolist() == [0, 4, 8, 12, 16]
+    imp, rnd = res.arrays["curve_importance"], res.arrays["curve_random"]
+    assert imp[0] == rnd[0] == pytest.approx(res.baseline["value"])
+    assert imp[-1] == pytest.approx(rnd[-1])  # all channels gone either way
+    # removing the most important channels first hurts at least as much early on
+    assert imp[1] <= rnd[1] + 1e-9
+    assert res.arrays["curve_importance_classes"].shape == (5, 5)
+    # the single-channel values agree with the naive path
+    naive = lens.ablate(
+        (x, y), layers="layer2", channels=True, batch_size=32, points=5, resamples=100, fast=False
+    )
+    assert naive.meta["paths"] == {"layer2": "naive"}
+    assert [r["value"] for r in naive.rows] == [r["value"] for r in res.rows]
+    files = res.save(tmp_path)
+    assert (tmp_path / "ablation-channels.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "ablation.json").read_text())["channels"] is True
+    assert len(files) == 3
+
+
+def _image_folder(root, x: torch.Tensor, y: torch.Tensor) -> None:
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        d = root / f"class{int(label)}"
+        d.mkdir(parents=True, exist_ok=True)
+        arr = ((img[0].clamp(-2, 2) + 2) / 4 * 255).to(torch.uint8).numpy()
+        cv2.imwrite(str(d / f"{i}.png"), arr)
+
+
+def test_cli_ablate(tmp_path) -> None:
+    from netlens.cli.app import app
+
+    model, (x, y) = _model(), _data(20)
+    path = netlens.save(
+        model,
+        tmp_path / "model.pt",
+        arch="resnet",
+        arch_kwargs={
+            "num_classes": 5,
+            "in_chans": 1,
+            "img_size": 16,
+            "widths": [8, 16],
+            "blocks": [2, 2],
+        },
+    )
+    _image_folder(tmp_path / "data", x, y)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "ablate",
+            str(path),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--json",
+            "--mode",
+            "zero",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["mode"] == "zero" and len(summary["table"]) == 5
+    assert (out / "ablation.png").exists() and (out / "ablation.csv").exists()
+    res = runner.invoke(
+        app,
+        [
+            "ablate",
+            str(path),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--resume",
+            "--mode",
+            "zero",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "layer2.0" in res.output and "baseline" in res.output
+    res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
