@@ -141,3 +141,22 @@ def test_cli_top_on_resnet18_folder(tmp_path, resnet18):
     doc = json.loads(res.stdout)
     assert doc["channels"] == [0, 3] and doc["samples"] == 6 and len(doc["table"]) == 4
     assert (out / "top-layer2.png").exists() and (out / "top-activations.csv").exists()
+
+
+def test_all_four_views_leave_a_timm_resnet18_as_it_was(resnet18):
+    lens = Lens(resnet18, Preprocess(size=(32, 32)))
+    flags = [m.training for m in resnet18.modules()]
+    state = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    data = (x, torch.zeros(4, dtype=torch.long))
+    lens.kernels("layer1.0.conv1", sort=True)
+    lens.features(x[:1], layer="layer2", top=4)
+    lens.run("stats", data, batch_size=3)
+    lens.run("top-activations", data, layer="layer3", k=2, max_channels=2)
+    assert [m.training for m in resnet18.modules()] == flags
+    assert all(torch.equal(state[k], v) for k, v in resnet18.state_dict().items())
+    assert all(p.grad is None for p in resnet18.parameters())
+    assert all(
+        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+        for m in resnet18.modules()
+    )

@@ -66,5 +66,6 @@ def features(
         console.print(f"[yellow]skipped:[/yellow] {err}")
     console.print(
         f"features of {', '.join(result.meta['layers'])} for "
-        f"{len(result.meta['images'])} image(s): wrote {len(files)} files to {out}/"
+        f"{len(result.meta['images'])} image(s): wrote {len(files)} files to {out}/",
+        soft_wrap=True,
     )

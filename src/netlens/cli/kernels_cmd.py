@@ -62,5 +62,6 @@ def kernels(
     meta = result.meta
     console.print(
         f"kernels of {meta['layer']} ({meta['type']}, {meta['total']} filters, "
-        f"{len(meta['near_zero'])} near zero): wrote {len(files)} files to {out}/"
+        f"{len(meta['near_zero'])} near zero): wrote {len(files)} files to {out}/",
+        soft_wrap=True,
     )

@@ -78,5 +78,6 @@ def stats(
     console.print(
         f"stats of {len(result.table)} layers over {result.meta['samples']} samples; "
         f"most dead units: {worst['layer']} ({worst['dead_units']:.1%}); "
-        f"wrote {len(files)} files to {out}/"
+        f"wrote {len(files)} files to {out}/",
+        soft_wrap=True,
     )

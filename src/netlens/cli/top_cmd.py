@@ -72,5 +72,6 @@ def top(
     console.print(
         f"top {result.meta['k']} of {result.meta['samples']} inputs for "
         f"{len(result.meta['channels'])} channels of {result.meta['layer']}: wrote "
-        f"{len(files)} files to {out}/"
+        f"{len(files)} files to {out}/",
+        soft_wrap=True,
     )

@@ -79,6 +79,8 @@ def _title(meta: Mapping[str, Any]) -> str:
         "channel": f"input channel {meta.get('channel')}",
         "none": "single-input filters" + (" (depthwise)" if meta.get("depthwise") else ""),
     }[meta["reduce"]]
+    if meta.get("reshaped_to"):
+        what = f"unit weights as {'×'.join(map(str, meta['reshaped_to']))} inputs, {what}"
     scale = "per-filter scale" if meta["normalize"] == "filter" else "one scale"
     order = ", sorted by norm" if meta.get("sorted") else ""
     shown = f", first {meta['shown']} of {meta['total']}" if meta["shown"] < meta["total"] else ""
