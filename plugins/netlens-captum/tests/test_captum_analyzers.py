@@ -94,24 +94,26 @@ def test_guided_gradcam_layer_auto_and_named(tiny_lens, sample_images):
         tiny_lens.run("guided-gradcam", sample_images, layer="conv3")
 
 
-class _FailsOnSecondCall(torch.nn.Module):
-    def __init__(self, inner: torch.nn.Module) -> None:
+class _FailsOnCall(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, fail_at: int) -> None:
         super().__init__()
-        self.inner, self.calls = inner, 0
+        self.inner, self.calls, self.fail_at = inner, 0, fail_at
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.calls > 1:
+        if self.calls == self.fail_at:
             raise RuntimeError("boom")
         return self.inner(x)
 
 
-@pytest.mark.parametrize("name", ["guided-backprop", "guided-gradcam"])
-def test_no_hooks_left_when_the_model_raises(name, tiny_model, sample_images):
-    model = _FailsOnSecondCall(tiny_model)
+# call 1 computes the prediction; call 2 is captum's first forward; Guided Grad-CAM's call 3
+# is its guided-backprop pass (ReLU hooks registered), after the Grad-CAM pass (layer hook)
+@pytest.mark.parametrize(("name", "fail_at"), [*((n, 2) for n in NAMES), ("guided-gradcam", 3)])
+def test_no_hooks_left_when_the_model_raises(name, fail_at, tiny_model, sample_images):
+    model = _FailsOnCall(tiny_model, fail_at).train()  # train mode must survive the error
     lens = Lens(model, classes=TINY_CLASSES)
-    if name == "guided-gradcam":  # resolving the auto layer runs the model too: name it
-        model.calls = -1
+    options = {"layer": "inner.act2"} if name == "guided-gradcam" else {}
     with assert_model_unchanged(tiny_model), pytest.raises(RuntimeError, match="boom"):
-        lens.run(name, sample_images, **({"layer": "inner.act2"} if "cam" in name else {}))
+        lens.run(name, sample_images, **options)
     assert_no_hooks(model)
+    assert model.calls == fail_at
