@@ -98,7 +98,7 @@ def open_dataset(lens: Lens, data: Any) -> Dataset:
     from ..data import as_dataset
 
     if data is None:
-        data = lens.card.get("dataset") or lens.card.get("data")
+        data = lens.card.get("data") or (lens.card.get("record") or {}).get("data")
         if not data:
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
     if isinstance(data, tuple) and len(data) == 3:

@@ -1,0 +1,172 @@
+"""evaluate end to end: Grad-CAM on a small model trained here, Python API and CLI."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+import netlens
+from netlens.data import ArrayDataset
+from netlens.errors import DataError
+
+SIZE, PATCH = 32, 8
+COLOURS = ((230, 40, 40), (40, 230, 40), (40, 40, 230))
+
+
+def toy_data(n: int, seed: int) -> ArrayDataset:
+    """Noisy grey images with one coloured square; the colour is the class."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(120, 25, (n, SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
+    labels = np.arange(n) % len(COLOURS)
+    masks = np.zeros((n, SIZE, SIZE), bool)
+    for i in range(n):
+        y, x = rng.integers(0, SIZE - PATCH, 2)
+        images[i, y : y + PATCH, x : x + PATCH] = COLOURS[labels[i]]
+        masks[i, y : y + PATCH, x : x + PATCH] = True
+    return ArrayDataset(images, labels, ["red", "green", "blue"], masks=masks)
+
+
+class GapNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        )
+        self.fc = nn.Linear(16, 3)
+        self.input_size = (3, SIZE, SIZE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+@lru_cache(maxsize=1)
+def train_toy(seed: int = 0) -> GapNet:
+    """A few seconds of Adam on 300 images: enough to learn the colours (shared by modules)."""
+    torch.manual_seed(seed)
+    ds = toy_data(300, seed=100 + seed)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.as_tensor(ds.labels)
+    model = GapNet()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(4):
+        for b in torch.randperm(len(x)).split(30):
+            loss = F.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained() -> GapNet:
+    return train_toy()
+
+
+def test_gradcam_points_at_the_object_far_above_chance(trained: GapNet) -> None:
+    lens = netlens.load(trained)
+    data = toy_data(24, seed=7)
+    result = lens.evaluate(
+        data, methods="gradcam", metrics="pointing,energy,deletion", steps=8, limit=24
+    )
+    rows = {r["metric"]: r for r in result.table}
+    chance = rows["pointing"]["baseline"]
+    assert chance == pytest.approx(PATCH**2 / SIZE**2)
+    assert rows["pointing"]["mean"] >= 0.6  # chance is 0.06
+    assert rows["energy"]["mean"] > 3 * rows["energy"]["baseline"]
+    assert rows["deletion"]["mean"] < rows["deletion"]["baseline"]  # beats the random order
+    assert rows["pointing"]["ci_low"] <= rows["pointing"]["mean"] <= rows["pointing"]["ci_high"]
+    assert result.arrays["gradcam/deletion/curve"].shape == (24, 9)
+    assert result.meta["forward_passes"] == result.meta["planned_forward_passes"] == 24 * 9 * 2
+
+
+def test_saves_table_json_and_curves(trained: GapNet, tmp_path) -> None:
+    lens = netlens.load(trained)
+    result = lens.evaluate(
+        toy_data(4, seed=3),
+        methods="gradcam,eigencam",
+        metrics="pointing,insertion,road-lerf",
+        steps=4,
+        fractions=(0.3, 0.6),
+    )
+    files = {p.name for p in result.save(tmp_path)}
+    assert {"evaluate.csv", "evaluate.json", "evaluate-scores.png", "evaluate-curves.png"} <= files
+    summary = json.loads((tmp_path / "evaluate.json").read_text())
+    assert [(r["method"], r["metric"]) for r in summary["table"]][:3] == [
+        ("gradcam", "pointing"),
+        ("gradcam", "insertion"),
+        ("gradcam", "road-lerf"),
+    ]
+    assert result.arrays["eigencam/road-lerf/curve"].shape == (4, 2)
+
+
+def test_masks_are_needed_for_localisation(trained: GapNet) -> None:
+    lens = netlens.load(trained)
+    ds = toy_data(4, seed=3)
+    plain = ArrayDataset(ds.images, ds.labels, ds.classes)
+    with pytest.raises(DataError, match="masks"):
+        lens.evaluate(plain, metrics="pointing")
+    result = lens.evaluate(plain, steps=2, fractions=(0.5,), limit=2)  # the metrics it allows
+    assert {r["metric"] for r in result.table} == {
+        "deletion",
+        "insertion",
+        "road-morf",
+        "road-lerf",
+    }
+
+
+def test_user_model_left_as_it_was(trained: GapNet) -> None:
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    trained.train()
+    try:
+        netlens.load(trained).evaluate(toy_data(2, seed=1), metrics="deletion", steps=2)
+        assert trained.training
+        assert all(p.grad is None for p in trained.parameters())
+        assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
+        assert not trained._forward_hooks and not trained._forward_pre_hooks
+    finally:
+        trained.eval()
+
+
+def test_cli_prints_the_cost_and_writes_json(trained: GapNet, tmp_path) -> None:
+    from netlens.cli.app import app
+
+    model_path = tmp_path / "toy.pt"
+    torch.save(trained, model_path)
+    ds = toy_data(6, seed=5)
+    for i in range(len(ds)):
+        folder = tmp_path / "data" / ds.classes[ds.labels[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i}.png"), ds.images[i][..., ::-1])
+    args = [
+        "evaluate",
+        str(model_path),
+        "--trust",
+        "--data",
+        str(tmp_path / "data"),
+        "--metric",
+        "deletion",
+        "--steps",
+        "4",
+        "--limit",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "forward-pass 30 images" in res.output  # 3 images × 5 steps × 2 orders
+    res = CliRunner().invoke(app, [*args, "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["table"][0]["metric"] == "deletion" and payload["images"] == 3
+    bad = CliRunner().invoke(app, [*args[:-2], "--metric", "pointing", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and "needs ground-truth masks" in bad.output
