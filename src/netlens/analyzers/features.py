@@ -80,6 +80,8 @@ def feature_figure(result: Result, layer: str, index: int) -> Figure:
         colorbar=span,
         colorbar_label="activation",
         tile_inches=1.3,
+        reference=None if meta["overlay"] else result.arrays["images"][index],
+        reference_label="input (as the model sees it)",
     )
     return fig
 

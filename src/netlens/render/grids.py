@@ -106,6 +106,8 @@ def grid_figure(
     colorbar: tuple[float, float] | None = None,
     colorbar_label: str = "",
     tile_inches: float = 0.9,
+    reference: np.ndarray | None = None,
+    reference_label: str = "input",
 ) -> tuple[Figure, Grid]:
     """A labelled grid of tiles already scaled to [0, 1].
 
@@ -118,6 +120,8 @@ def grid_figure(
         colorbar: (low, high) raw values that 0 and 1 stand for; a colour bar is drawn only then.
         colorbar_label: what the colour bar measures.
         tile_inches: size of one tile on the page.
+        reference: an H×W×3 uint8 image drawn left of the grid (e.g. the input).
+        reference_label: its title.
 
     Returns:
         The figure and the :class:`Grid` drawn in it (what a test can check pixel by pixel).
@@ -135,8 +139,18 @@ def grid_figure(
     longest = max((len(line) for line in title.splitlines()), default=0)
     width = max(3.0, gw * scale + (1.0 if colorbar else 0.2), 0.075 * longest + 0.3)
     height = max(1.5, gh * scale + 0.6)
+    ref_inches = min(2.5, max(1.2, 2 * tile_inches), height - 0.6)
+    if reference is not None:
+        width += ref_inches + 0.2
     fig = new_figure(width, height, dpi=100)
-    ax = fig.add_subplot()
+    if reference is None:
+        ax = fig.add_subplot()
+    else:
+        spec = fig.add_gridspec(1, 2, width_ratios=[ref_inches, width - ref_inches])
+        rax, ax = fig.add_subplot(spec[0]), fig.add_subplot(spec[1])
+        rax.imshow(reference, interpolation="nearest")
+        rax.set_title(reference_label, fontsize=9)
+        rax.set_axis_off()
     ax.set_facecolor("#f0f0f0")
     shown = np.ma.masked_invalid(grid)
     if t.ndim == 4:
@@ -150,8 +164,10 @@ def grid_figure(
     size = max(5.0, min(9.0, 72 * tile_inches * 0.22))
     for (r, c), label in zip(tile_origins(n, (h, w), cols, pad), labels, strict=False):
         ax.text(c + w / 2 - 0.5, r - 0.6, label, ha="center", va="bottom", fontsize=size)
-    if title:
+    if title and reference is None:
         ax.set_title(title, fontsize=10)
+    elif title:
+        fig.suptitle(title, fontsize=10)
     if colorbar is not None and t.ndim == 3:
         lo, hi = colorbar
         cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, shrink=min(1.0, 3.0 / rows + 0.4))
