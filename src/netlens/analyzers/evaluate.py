@@ -4,10 +4,12 @@ For every batch of images, each CAM method explains the images' classes (the lab
 and every metric scores the heatmaps; per-image scores are summarised as mean ± 95 % bootstrap
 CI, next to each metric's baseline (chance level or random pixel order) on the same images.
 
-Masks for the localisation metrics come from the dataset: any dataset with ``mask(i)`` returning
-an H×W bool array (``netlens.data.ArrayDataset(..., masks=...)``, the generated ``shapes``) or
-an ``(images, labels, masks)`` triple of preprocessed tensors. Masks are resized and cropped
-exactly like the images.
+Masks for the localisation metrics come from the data: any dataset with ``mask(i)`` returning
+an H×W bool array (``netlens.data.ArrayDataset(..., masks=...)``, the generated ``shapes``); an
+``(images, labels, masks)`` triple of preprocessed tensors; or, for an image folder
+``root/<class>/<name>.<ext>``, mask PNGs (non-zero = object) at ``masks/<class>/<name>.png``,
+where ``masks`` is the ``masks=`` option or the sibling folder ``<root>_masks`` (the layout
+``netlens.data.shapes.write_folder`` writes). Masks are resized and cropped like the images.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,9 +96,35 @@ class _TripleDataset(Dataset):
         return self.m[i]
 
 
-def open_dataset(lens: Lens, data: Any) -> Dataset:
+class _FolderMasks(Dataset):
+    """An image-folder dataset with masks read from a parallel folder of PNGs."""
+
+    def __init__(self, ds: Any, masks: Path) -> None:
+        self.ds, self.masks_root = ds, masks
+        self.classes, self.preprocess = ds.classes, ds.preprocess
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.ds[i]
+
+    def mask(self, i: int) -> np.ndarray:
+        import cv2
+
+        rel = self.ds.items[i][0].relative_to(self.ds.root).with_suffix(".png")
+        m = cv2.imread(str(self.masks_root / rel), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            raise DataError(
+                f"no mask {self.masks_root / rel} for image {rel}; give every image "
+                "a mask PNG at the same relative path"
+            )
+        return m > 0
+
+
+def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Dataset:
     """The dataset to evaluate on (``data`` as ``as_dataset`` takes it, or a masks triple)."""
-    from ..data import as_dataset
+    from ..data import ImageFolderDataset, as_dataset
 
     if data is None:
         data = lens.card.get("data") or (lens.card.get("record") or {}).get("data")
@@ -103,7 +132,14 @@ def open_dataset(lens: Lens, data: Any) -> Dataset:
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
     if isinstance(data, tuple) and len(data) == 3:
         return _TripleDataset(*data)
-    return as_dataset(data, lens.transform, host=lens.host)
+    ds = as_dataset(data, lens.transform, host=lens.host)
+    if isinstance(ds, ImageFolderDataset):
+        folder = Path(masks) if masks else ds.root.with_name(ds.root.name + "_masks")
+        if masks and not folder.is_dir():
+            raise DataError(f"mask folder not found: {folder}")
+        if folder.is_dir():
+            return _FolderMasks(ds, folder)
+    return ds
 
 
 def mask_at_input(ds: Dataset, i: int, lens: Lens) -> np.ndarray | None:
@@ -126,10 +162,11 @@ def plan_cost(
     methods: Any = "gradcam",
     metrics: Any = None,
     limit: int | None = 64,
+    masks: str | Path | None = None,
     **opts: Any,
 ) -> Plan:
     """The cost of ``evaluate`` with these arguments, without running it."""
-    ds = open_dataset(lens, data)
+    ds = open_dataset(lens, data, masks)
     n = len(ds) if limit is None else min(int(limit), len(ds))
     chosen = _metrics(lens, metrics, has_masks=mask_at_input(ds, 0, lens) is not None)
     passes = {m: lens.host.metrics.get(m).cost(n, **opts) for m in chosen}
@@ -167,6 +204,7 @@ class EvaluateAnalyzer(Analyzer):
         target: str = "label",
         limit: int | None = 64,
         chunk: int = 16,
+        masks: str | Path | None = None,
         quiet: bool = True,
         **opts: Any,
     ) -> EvaluateResult:
@@ -179,6 +217,7 @@ class EvaluateAnalyzer(Analyzer):
             target: ``"label"`` (explain the true class) or ``"pred"`` (the predicted one).
             limit: evaluate the first ``limit`` images (None: all).
             chunk: images per CAM call and metric call.
+            masks: folder of mask PNGs for an image-folder ``inputs`` (see the module doc).
             quiet: no plan line and no progress bar.
             **opts: metric options: ``steps``, ``batch_size``, ``tolerance``, ``fractions``,
                 ``random_baseline``, ``fill``, ``noise``, ``seed``.
@@ -188,8 +227,8 @@ class EvaluateAnalyzer(Analyzer):
         method_list = names(methods) or ["gradcam"]
         for m in method_list:
             lens.host.cam_methods.get(m)
-        plan = plan_cost(lens, inputs, method_list, metrics, limit, **opts)
-        ds = open_dataset(lens, inputs)
+        plan = plan_cost(lens, inputs, method_list, metrics, limit, masks, **opts)
+        ds = open_dataset(lens, inputs, masks)
         from ..metrics.progress import progress_bar
 
         acc: dict[str, list[np.ndarray]] = {}

@@ -35,6 +35,14 @@ def evaluate(
     method: Annotated[
         str, typer.Option("--method", "-m", help="CAM method(s), comma-separated.")
     ] = "gradcam",
+    masks: Annotated[
+        str | None,
+        typer.Option(
+            "--masks",
+            help="Mask PNGs for a --data folder: DIR/<class>/<name>.png (default: "
+            "<data>_masks when it exists).",
+        ),
+    ] = None,
     metric: Annotated[
         str | None,
         typer.Option(
@@ -89,6 +97,7 @@ def evaluate(
         target=target,
         layer=layer,
         batch_size=batch_size,
+        masks=masks,
         quiet=quiet,
         **parse_options(opt),
     )
