@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import AnalyzerError
 from ..layers import eval_mode, named_layers, resolve_layers
+from ..metrics.progress import progress_bar
 from ..probes import probe
 from .base import Analyzer, Result
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
     from ..lens import Lens
 
-__all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers", "progress_bar"]
+__all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers"]
 
 _NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
 
@@ -233,7 +234,7 @@ class StatsAnalyzer(Analyzer):
             torch.no_grad(),
             eval_mode(model),
             probe(model, names, to="cpu") as p,
-            progress_bar(quiet, _length(loader), "activation stats") as advance,
+            progress_bar("activation stats", _length(loader), quiet=quiet) as advance,
         ):
             for batch in loader:
                 x = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -272,23 +273,3 @@ def _length(loader: Any) -> int | None:
         return len(loader.dataset)
     except (AttributeError, TypeError):
         return None
-
-
-class progress_bar:
-    """A rich progress bar over samples (silent with ``quiet``); yields ``advance(n)``."""
-
-    def __init__(self, quiet: bool, total: int | None, what: str) -> None:
-        from rich.progress import Progress
-
-        from ..cli.common import console
-
-        self.bar = Progress(console=console, transient=True, disable=quiet)
-        self.total, self.what = total, what
-
-    def __enter__(self) -> Any:
-        self.bar.__enter__()
-        task = self.bar.add_task(self.what, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)

@@ -23,9 +23,9 @@ import torch
 from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import eval_mode, resolve_layers
+from ..metrics.progress import progress_bar
 from ..probes import probe
 from .base import Analyzer, Result
-from .stats import progress_bar
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -143,7 +143,7 @@ class TopActivationsAnalyzer(Analyzer):
             torch.no_grad(),
             eval_mode(model),
             probe(model, name, to="cpu") as p,
-            progress_bar(quiet, _length(loader), f"top activations of {name}") as advance,
+            progress_bar(f"top activations of {name}", _length(loader), quiet=quiet) as advance,
         ):
             for batch in loader:
                 x = batch[0] if isinstance(batch, (list, tuple)) else batch
