@@ -142,6 +142,8 @@ def test_errors_and_model_untouched(lens):
     before = {k: v.clone() for k, v in lens.model.state_dict().items()}
     with pytest.raises(AnalyzerError, match="no 2-D conv or linear weight"):
         lens.kernels("act")
+    with pytest.raises(AnalyzerError, match="matched 5"):
+        lens.kernels("type:Conv2d")
     with pytest.raises(AnalyzerError, match="reduce must be"):
         lens.kernels("deep", reduce="max")
     with pytest.raises(AnalyzerError, match="out of range"):

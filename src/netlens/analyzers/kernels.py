@@ -108,6 +108,16 @@ def _reduce(w: np.ndarray, how: str, channel: int | None) -> np.ndarray:
     return w[:, channel]
 
 
+def _one(model: nn.Module, layer: Any) -> str:
+    names = resolve_layers(model, layer)
+    if len(names) > 1:
+        raise AnalyzerError(
+            f"kernels shows one layer at a time; the selector matched {len(names)} "
+            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); pick one"
+        )
+    return names[0]
+
+
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
     """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map."""
     c, (h, w) = lens.transform.channels, lens.transform.size
@@ -159,11 +169,7 @@ class KernelsAnalyzer(Analyzer):
         if normalize not in ("filter", "joint"):
             raise AnalyzerError(f"normalize must be 'filter' or 'joint', not {normalize!r}")
         model = lens.model
-        name = (
-            default_kernel_layer(model)
-            if layer in (None, "", "auto")
-            else resolve_layers(model, layer)[0]
-        )
+        name = default_kernel_layer(model) if layer in (None, "", "auto") else _one(model, layer)
         mod = dict(model.named_modules())[name]
         weight = getattr(mod, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
