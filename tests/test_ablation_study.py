@@ -173,6 +173,9 @@ def test_errors_are_one_line_and_actionable() -> None:
         netlens.ablate(model, data, metric="auc")
     with pytest.raises(AnalyzerError, match="exactly one layer"):
         netlens.ablate(model, data, layers="layer1,layer2", channels=True)
+    loader = torch.utils.data.DataLoader(list(zip(*data, strict=True)), shuffle=True)
+    with pytest.raises(AnalyzerError, match="shuffle=False"):
+        netlens.ablate(model, loader)
     assert all(not m._forward_hooks for m in model.modules())
 
 

@@ -73,7 +73,6 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 3) -
 
 
 def test_residual_blocks_matter_less_than_plain_layers() -> None:
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     gen = torch.Generator().manual_seed(0)
     x_train, y_train = stripes(768, gen)
     x_test, y_test = stripes(256, gen)

@@ -114,31 +114,31 @@ def _table(result: Any) -> Any:
     from rich.table import Table
 
     meta, base = result.meta, result.baseline
-    table = Table(title=f"{meta['model']}: ablation ({meta['mode']}, {meta['metric']})")
-    for col in ("unit", "value [95% CI]", "drop [95% CI]", "most-hurt classes", "path"):
-        table.add_column(col, justify="left" if col in ("unit", "most-hurt classes") else "right")
-    table.add_row(
-        "baseline",
-        f"{base['value']:.4f} [{base['value_lo']:.3f}, {base['value_hi']:.3f}]",
-        "",
-        "",
-        "",
-        style="bold",
-    )
+    what = f"channels of {meta['units'][0]}" if meta["channels"] else "blocks"
+    table = Table(title=f"{meta['model']}: ablating {what} ({meta['mode']}, {meta['metric']})")
+    naive = any(r.get("path") == "naive" for r in result.rows)
+    cols = ["unit", meta["metric"], "95% CI", "drop", "95% CI", "most-hurt classes"]
+    for col in cols + (["path"] if naive else []):
+        left = col in ("unit", "most-hurt classes")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col != cols[-1])
+    ci = f"{base['value_lo']:.2f}–{base['value_hi']:.2f}"
+    table.add_row("baseline", f"{base['value']:.3f}", ci, "", "", "", style="bold")
     rows = sorted(result.rows, key=lambda r: -r["drop"]) if meta["channels"] else result.rows
     for r in rows[:20]:
-        name = f"{r['unit']} #{r['channel']}" if r["kind"] == "channel" else r["unit"]
+        name = f"#{r['channel']}" if r["kind"] == "channel" else r["unit"]
         name += " ↓" if r.get("downsample") else ""
         hurt = ", ".join(f"{c} -{d:.2f}" for c, d in (r.get("hurt_classes") or []))
-        table.add_row(
+        cells = [
             name,
-            f"{r['value']:.4f} [{r['value_lo']:.3f}, {r['value_hi']:.3f}]",
-            f"{r['drop']:+.4f} [{r['drop_lo']:+.3f}, {r['drop_hi']:+.3f}]",
+            f"{r['value']:.3f}",
+            f"{r['value_lo']:.2f}–{r['value_hi']:.2f}",
+            f"{r['drop']:+.3f}",
+            f"{r['drop_lo']:.2f}–{r['drop_hi']:.2f}",
             hurt,
-            r.get("path") or "",
-        )
-    if len(rows) > 20:
-        table.caption = f"{len(rows) - 20} more rows in ablation.csv (↓ = downsampling block)"
-    elif any(r.get("downsample") for r in rows):
-        table.caption = "↓ = downsampling block"
+        ]
+        table.add_row(*cells, *([r.get("path") or ""] if naive else []))
+    notes = [f"{len(rows) - 20} more rows in ablation.csv"] if len(rows) > 20 else []
+    if any(r.get("downsample") for r in rows):
+        notes.append("↓ = downsampling block")
+    table.caption = "; ".join(notes) or None
     return table

@@ -23,16 +23,9 @@ from ...plugins import hookimpl
 from ..base import Analyzer
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
-from .metrics import (
-    Outcomes,
-    bootstrap,
-    check_metric,
-    class_accuracy,
-    hurt_classes,
-    resample_indices,
-)
+from .metrics import check_metric
 from .modes import UnitStats, check_mode, shape_message, unit_replacement
-from .result import COLUMNS, AblationResult, PartialCsv, curve_arrays
+from .result import AblationResult, PartialCsv, StudyRows, curve_arrays
 from .units import Unit, select_units
 
 if TYPE_CHECKING:
@@ -102,78 +95,6 @@ def _check_identity(
     return keep, skipped
 
 
-class _Study:
-    """Rows of a study as ablations finish: bootstrap CIs, hurt classes, the partial CSV."""
-
-    def __init__(
-        self,
-        metric: str,
-        mode: str,
-        classes: list[str] | None,
-        units: dict[str, Unit],
-        engine: Engine,
-        csv: PartialCsv | None,
-        resamples: int,
-        seed: int,
-    ) -> None:
-        self.metric, self.mode, self.classes, self.units = metric, mode, classes, units
-        self.engine, self.csv, self.resamples, self.seed = engine, csv, resamples, seed
-        self.baseline = Outcomes()
-        self.rows: dict[str, dict[str, Any]] = dict(csv.rows) if csv else {}
-        self._base: dict[str, np.ndarray] | None = None
-        self.resumed = len(self.rows)
-
-    def base(self) -> dict[str, np.ndarray]:
-        if self._base is None:
-            self._base = self.baseline.arrays()
-            self.k = self.baseline.num_classes
-            self.idx = resample_indices(len(self._base["label"]), self.resamples, self.seed)
-            row = {
-                "key": "baseline",
-                "unit": "(none)",
-                "kind": "baseline",
-                "mode": "",
-                "metric": self.metric,
-                "path": "",
-                **bootstrap(self.metric, self._base, None, self.idx, self.k),
-            }
-            row |= {"drop": 0.0, "drop_lo": 0.0, "drop_hi": 0.0}
-            self._add(row)
-        return self._base
-
-    def _add(self, row: dict[str, Any]) -> None:
-        row = {k: row.get(k) for k in COLUMNS}
-        if self.csv is not None and row["key"] not in self.csv:
-            self.csv.add(row)
-        self.rows[row["key"]] = row
-
-    def done(self, key: str, out: Outcomes) -> None:
-        base, arr = self.base(), out.arrays()
-        unit_name = key.split("#")[0].split("@")[0]
-        unit = self.units[unit_name]
-        row: dict[str, Any] = {
-            "key": key,
-            "unit": unit_name,
-            "kind": unit.kind,
-            "mode": self.mode,
-            "metric": self.metric,
-            "downsample": unit.downsample,
-            "path": "cached" if self.engine.is_fast(unit_name) else "naive",
-        }
-        if "#c" in key:
-            row |= {"kind": "channel", "channel": int(key.split("#c")[1])}
-        elif "@" in key:
-            order, k = key.split("@")[1].split(":")
-            row |= {
-                "kind": f"curve-{order}",
-                "k": int(k),
-                "class_acc": np.round(class_accuracy(arr, self.k), 6).tolist(),
-            }
-        row |= bootstrap(self.metric, arr, base, self.idx, self.k)
-        row["hurt_classes"] = [list(h) for h in hurt_classes(base, arr, self.k, self.classes)]
-        self._add(row)
-
-
 def ablate(
     model: Any,
     data: Any,
@@ -224,6 +145,11 @@ def ablate(
     if channels and len(units) != 1:
         raise AnalyzerError("channel ablation needs exactly one layer: pass --layers NAME")
     loader = as_loader(data, lens.transform, host=lens.host, batch_size=batch_size, limit=limit)
+    if isinstance(loader.sampler, torch.utils.data.RandomSampler):
+        raise AnalyzerError(
+            "the DataLoader shuffles; pass one with shuffle=False so every "
+            "ablation sees the same images in the same batches"
+        )
     classes = lens.classes or getattr(loader.dataset, "classes", None)
     started = time.perf_counter()
     with torch.no_grad(), eval_mode(net), ExitStack() as stack:
@@ -246,8 +172,15 @@ def ablate(
         }
         csv = PartialCsv(out, config, resume) if out is not None else None
         engine = Engine(net, [u.name for u in units], fast=fast)
-        study = _Study(
-            metric, mode, classes, {u.name: u for u in units}, engine, csv, resamples, seed
+        study = StudyRows(
+            metric,
+            mode,
+            classes,
+            {u.name: u for u in units},
+            lambda u: "cached" if engine.is_fast(u) else "naive",
+            csv,
+            resamples,
+            seed,
         )
         progress = stack.enter_context(_progress(quiet))
         stats = None
@@ -292,7 +225,7 @@ def _run(
     engine: Engine,
     loader: Any,
     ablations: list[Ablation],
-    study: _Study,
+    study: StudyRows,
     progress: Any,
     label: str,
     device: torch.device,
@@ -317,7 +250,7 @@ def _block_study(
     engine: Engine,
     loader: Any,
     units: list[Unit],
-    study: _Study,
+    study: StudyRows,
     shapes: dict,
     stats: dict | None,
     mode: str,
@@ -351,7 +284,7 @@ def _channel_study(
     engine: Engine,
     loader: Any,
     units: list[Unit],
-    study: _Study,
+    study: StudyRows,
     shapes: dict,
     stats: dict | None,
     mode: str,
@@ -388,7 +321,7 @@ def _channel_study(
 
 def _result(
     lens: Lens,
-    study: _Study,
+    study: StudyRows,
     units: list[Unit],
     mode: str,
     metric: str,

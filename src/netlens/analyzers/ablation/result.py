@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,11 +13,13 @@ import numpy as np
 
 from ...errors import AnalyzerError
 from ..base import Result, to_jsonable
+from .metrics import Outcomes, bootstrap, class_accuracy, hurt_classes, resample_indices
+from .units import Unit
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["COLUMNS", "AblationResult", "PartialCsv"]
+__all__ = ["COLUMNS", "AblationResult", "PartialCsv", "StudyRows"]
 
 COLUMNS = [
     "key",
@@ -71,6 +74,78 @@ class AblationResult(Result):
         if self.meta.get("channels"):
             return {"ablation-channels": channel_figure(self)}
         return {"ablation": drops_figure(self)}
+
+
+class StudyRows:
+    """Rows of a study as ablations finish: bootstrap CIs, hurt classes, the partial CSV."""
+
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        classes: list[str] | None,
+        units: dict[str, Unit],
+        path_of: Callable[[str], str],
+        csv: PartialCsv | None,
+        resamples: int,
+        seed: int,
+    ) -> None:
+        self.metric, self.mode, self.classes, self.units = metric, mode, classes, units
+        self.path_of, self.csv, self.resamples, self.seed = path_of, csv, resamples, seed
+        self.baseline = Outcomes()
+        self.rows: dict[str, dict[str, Any]] = dict(csv.rows) if csv else {}
+        self._base: dict[str, np.ndarray] | None = None
+        self.resumed = len(self.rows)
+
+    def base(self) -> dict[str, np.ndarray]:
+        if self._base is None:
+            self._base = self.baseline.arrays()
+            self.k = self.baseline.num_classes
+            self.idx = resample_indices(len(self._base["label"]), self.resamples, self.seed)
+            row = {
+                "key": "baseline",
+                "unit": "(none)",
+                "kind": "baseline",
+                "mode": "",
+                "metric": self.metric,
+                "path": "",
+                **bootstrap(self.metric, self._base, None, self.idx, self.k),
+            }
+            row |= {"drop": 0.0, "drop_lo": 0.0, "drop_hi": 0.0}
+            self._add(row)
+        return self._base
+
+    def _add(self, row: dict[str, Any]) -> None:
+        row = {k: row.get(k) for k in COLUMNS}
+        if self.csv is not None and row["key"] not in self.csv:
+            self.csv.add(row)
+        self.rows[row["key"]] = row
+
+    def done(self, key: str, out: Outcomes) -> None:
+        base, arr = self.base(), out.arrays()
+        unit_name = key.split("#")[0].split("@")[0]
+        unit = self.units[unit_name]
+        row: dict[str, Any] = {
+            "key": key,
+            "unit": unit_name,
+            "kind": unit.kind,
+            "mode": self.mode,
+            "metric": self.metric,
+            "downsample": unit.downsample,
+            "path": self.path_of(unit_name),
+        }
+        if "#c" in key:
+            row |= {"kind": "channel", "channel": int(key.split("#c")[1])}
+        elif "@" in key:
+            order, k = key.split("@")[1].split(":")
+            row |= {
+                "kind": f"curve-{order}",
+                "k": int(k),
+                "class_acc": np.round(class_accuracy(arr, self.k), 6).tolist(),
+            }
+        row |= bootstrap(self.metric, arr, base, self.idx, self.k)
+        row["hurt_classes"] = [list(h) for h in hurt_classes(base, arr, self.k, self.classes)]
+        self._add(row)
 
 
 def _parse(key: str, text: str) -> Any:
