@@ -180,3 +180,27 @@ def test_cli_prints_the_cost_and_writes_json(trained: GapNet, tmp_path) -> None:
     assert good.exit_code == 0, good.output
     row = json.loads(good.stdout)["table"][0]
     assert row["metric"] == "pointing" and row["baseline"] == pytest.approx(PATCH**2 / SIZE**2)
+
+
+class FailsOnBigBatches(nn.Module):
+    """Explains fine (small batches), then raises inside a batched metric's forward."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.input_size = inner.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > 4:
+            raise RuntimeError("boom")
+        return self.inner(x)
+
+
+def test_no_hook_or_flag_left_when_the_model_raises(trained: GapNet) -> None:
+    model = FailsOnBigBatches(trained).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        netlens.load(model).evaluate(toy_data(2, seed=1), metrics="deletion", steps=8, chunk=2)
+    assert all(m.training for m in model.modules())
+    for m in model.modules():
+        assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+    trained.eval()

@@ -101,3 +101,13 @@ def test_cli_verdict_and_json(trained: GapNet, tmp_path) -> None:
     assert json.loads(res.stdout)["verdicts"]["gradcam"]["passes"] is True
     bad = CliRunner().invoke(app, [*args, "--method", "nocam"])
     assert bad.exit_code == 1 and "unknown CAM method" in bad.output
+
+
+def test_randomization_metric_in_evaluate(trained: GapNet) -> None:
+    lens = netlens.load(trained, host=PluginHost([EdgePlugin()]))
+    result = lens.evaluate(toy_data(4, seed=9), methods="gradcam,edges", metrics="randomization")
+    assert result.score("gradcam", "randomization") < 0.5
+    assert result.score("edges", "randomization") == pytest.approx(1.0)
+    assert "randomization" not in {
+        r["metric"] for r in lens.evaluate(toy_data(2, seed=9), steps=2, fractions=(0.5,)).table
+    }  # not a default metric

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ..lens import Lens
 
-__all__ = ["EvaluateAnalyzer", "EvaluateResult", "Plan", "names"]
+__all__ = ["EvaluateAnalyzer", "EvaluateResult", "Plan", "cam_explainer", "names"]
 
 
 def names(value: str | Sequence[str] | None) -> list[str]:
@@ -57,6 +57,22 @@ class CountingModel(nn.Module):
     def forward(self, x: torch.Tensor) -> Any:
         self.images += int(x.shape[0])
         return self.inner(x)
+
+
+def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
+    """``explain(model, x, targets) -> N×H×W`` heatmaps of ``method`` through ``lens.cam``.
+
+    ``model`` may be another module of the same architecture (a randomised copy).
+    """
+    from ..lens import Lens
+
+    def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+        if isinstance(model, CountingModel):  # what metrics are handed; explain the model
+            model = model.inner
+        view = Lens(model, lens.transform, lens.classes, host=lens.host)
+        return view.cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
+
+    return explain
 
 
 @dataclass(frozen=True)
@@ -176,7 +192,11 @@ def plan_cost(
 def _metrics(lens: Lens, metrics: Any, *, has_masks: bool) -> list[str]:
     reg = lens.host.metrics
     if metrics is None or metrics == "all":
-        return [m for m in reg.names() if has_masks or not reg.get(m).needs_masks]
+        return [
+            m
+            for m in reg.names()
+            if getattr(reg.get(m), "default", True) and (has_masks or not reg.get(m).needs_masks)
+        ]
     chosen = names(metrics)
     for m in chosen:
         if reg.get(m).needs_masks and not has_masks:
@@ -243,9 +263,11 @@ class EvaluateAnalyzer(Analyzer):
                     y = lens.predict(x).argmax(dim=1).cpu()
                 for method in method_list:
                     heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
+                    explain = cam_explainer(lens, method, layer)
                     for name in plan.metrics:
                         t0, n0 = time.perf_counter(), counter.images
-                        out = lens.host.metrics.get(name)(counter, x, heat, y, masks=masks, **opts)
+                        metric = lens.host.metrics.get(name)
+                        out = metric(counter, x, heat, y, masks=masks, explain=explain, **opts)
                         seconds[name] += time.perf_counter() - t0
                         fwd[name] += counter.images - n0
                         for key, arr in out.items():

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..metrics.sanity import DEFAULT_THRESHOLD, cascade_blocks, cascading_randomization
 from ..metrics.stats import mean_ci
 from .base import Analyzer, Result
-from .evaluate import names
+from .evaluate import cam_explainer, names
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,17 +26,6 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 __all__ = ["SanityAnalyzer", "SanityResult", "cam_explainer"]
-
-
-def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
-    """``explain(model, x, targets) -> N×H×W`` heatmaps of ``method`` through ``lens.cam``."""
-    from ..lens import Lens
-
-    def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-        view = Lens(model, lens.transform, lens.classes, host=lens.host)
-        return view.cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
-
-    return explain
 
 
 def verdict_text(passes: bool, final: float, threshold: float) -> str:

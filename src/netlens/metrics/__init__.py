@@ -2,7 +2,8 @@
 
 A metric is an object with
 
-- ``name`` (str), ``needs_masks`` (bool), ``higher_is_better`` (bool);
+- ``name`` (str), ``needs_masks`` (bool), ``higher_is_better`` (bool), optionally ``default``
+  (bool, True when absent: whether ``evaluate`` runs it when no metrics are named);
 - ``cost(n_images, **opts) -> int``: images it will forward-pass (printed before a run);
 - ``__call__(model, x, heatmaps, targets, masks=None, **opts) -> dict[str, np.ndarray]``:
   per-image arrays. ``"score"`` (N) is required; ``"baseline"`` (N) is the chance level or the
@@ -10,7 +11,9 @@ A metric is an object with
   curves, sampled at ``"curve_x"`` (K) or evenly on [0, 1].
 
 ``x`` is the preprocessed N×C×H×W batch, ``heatmaps`` N×H×W at input resolution, ``targets`` the
-N explained classes and ``masks`` N×H×W bool ground truth (for metrics with ``needs_masks``).
+N explained classes and ``masks`` N×H×W bool ground truth (for metrics with ``needs_masks``);
+``opts`` carry the run's options and ``explain(model, x, targets) -> N×H×W``, the method being
+evaluated (for metrics that re-explain, such as ``randomization``).
 A plugin adds its own from a ``netlens_register_metrics(registry)`` hook:
 ``registry.add("my-metric", MyMetric())``.
 """
@@ -26,8 +29,18 @@ def netlens_register_metrics(registry: Registry) -> None:
     from .deletion import Deletion, Insertion
     from .localization import EnergyInMask, PointingGame
     from .road import RoadLerf, RoadMorf
+    from .sanity import Randomization
 
-    for metric in (PointingGame(), EnergyInMask(), Deletion(), Insertion(), RoadMorf(), RoadLerf()):
+    builtins = (
+        PointingGame(),
+        EnergyInMask(),
+        Deletion(),
+        Insertion(),
+        RoadMorf(),
+        RoadLerf(),
+        Randomization(),
+    )
+    for metric in builtins:
         registry.add(metric.name, metric, description=type(metric).__doc__ or "")
 
 

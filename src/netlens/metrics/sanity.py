@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +24,14 @@ from torch import nn
 
 from ..errors import NetlensError
 
-__all__ = ["CascadeResult", "cascade_blocks", "cascading_randomization", "spearman", "ssim"]
+__all__ = [
+    "CascadeResult",
+    "Randomization",
+    "cascade_blocks",
+    "cascading_randomization",
+    "spearman",
+    "ssim",
+]
 
 Explainer = Callable[[nn.Module, torch.Tensor, torch.Tensor], Any]
 DEFAULT_THRESHOLD = 0.5
@@ -199,3 +206,43 @@ def cascading_randomization(
         if on_step is not None:
             on_step(block)
     return CascadeResult(names, np.stack(maps), np.stack(rho), np.stack(sim), threshold)
+
+
+@dataclass(frozen=True)
+class Randomization:
+    """Rank correlation with the maps of a fully randomised model copy; lower is better.
+
+    The end point of the cascading test as a per-image score for ``evaluate`` (which passes the
+    method as ``explain``); not in the default metric set, since it costs one explanation of
+    every image on a randomised copy. ``"ssim"`` is returned too.
+    """
+
+    name: ClassVar[str] = "randomization"
+    needs_masks: ClassVar[bool] = False
+    higher_is_better: ClassVar[bool] = False
+    default: ClassVar[bool] = False
+
+    def cost(self, n_images: int, **opts: Any) -> int:
+        """No plain forward passes: one more explanation (CAM) per image, on the random copy."""
+        return 0
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        heatmaps: Any,
+        targets: Any,
+        masks: Any = None,
+        explain: Explainer | None = None,
+        seed: int = 0,
+        **opts: Any,
+    ) -> dict[str, np.ndarray]:
+        if explain is None:
+            raise NetlensError("the randomization metric needs explain(model, x, targets)")
+        work = copy.deepcopy(getattr(model, "inner", model))  # evaluate's counting wrapper
+        for k, (_, members) in enumerate(cascade_blocks(work)):
+            randomize_modules(work, members, int(seed) + k)
+        t = torch.as_tensor(np.asarray(targets)).long().to(x.device)
+        random_maps = _explain(explain, work, x, t)
+        h = np.asarray(heatmaps, np.float32)
+        return {"score": spearman(h, random_maps), "ssim": ssim(h, random_maps)}
