@@ -15,7 +15,7 @@ from typing import Any
 
 import pluggy
 
-from ..errors import hint
+from ..errors import close_names
 from . import PROJECT, hookspecs
 from .registry import Registry
 
@@ -105,11 +105,14 @@ class PluginHost:
         self.plugins[name] = PluginInfo(name, package, version, package == BUILTIN_PACKAGE)
         self._registries.clear()
         for caller in self.pm.get_hookcallers(plugin) or []:
-            if caller.spec is None:  # a misspelt hook would otherwise be ignored silently
-                known = [n for n in dir(hookspecs) if n.startswith(PROJECT)]
+            optional = any(i.optionalhook for i in caller.get_hookimpls() if i.plugin is plugin)
+            if caller.spec is None and not optional:  # a misspelt hook is otherwise never called
+                specs = [n for n in dir(hookspecs) if n.startswith(f"{PROJECT}_")]
+                close = close_names(caller.name, specs, n=1)
+                guess = f" (did you mean {close[0]}?)" if close else ""
                 self.problems.append(
                     f"plugin '{name}' ({package or 'unknown package'}): unknown hook "
-                    f"{caller.name}{hint(caller.name, known, 'hook')}; it is never called"
+                    f"{caller.name}{guess}; it is never called"
                 )
 
     def _problem(self, name: str, package: str, version: str, what: str) -> None:
