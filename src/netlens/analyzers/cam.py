@@ -19,7 +19,14 @@ from ..errors import AnalyzerError, NetlensError
 from ..layers import eval_mode, resolve_layers
 from ..plugins import hookimpl
 from .base import Analyzer
-from .cam_base import CamContext, CamMethod, cam_layer, capture, normalize_maps
+from .cam_base import (
+    CamContext,
+    CamMethod,
+    InferenceForward,
+    cam_layer,
+    capture,
+    normalize_maps,
+)
 from .cam_methods import METHODS
 from .cam_result import CamResult
 
@@ -173,12 +180,13 @@ def _run_chunks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     heats, probs, targets = [], [], []
     per_image = _per_image_targets(target, len(x))
+    many = InferenceForward(lens.model, _no_grad(lens.logits))  # one fused copy per run
     if progress is not None:
         progress(0, len(x))
     for start in range(0, len(x), chunk):
         xs = x[start : start + chunk]
         ts = per_image[start : start + chunk] if per_image is not None else None
-        h, p, t = _cam_batch(lens, impl, xs, layers, ts, top, batch_size, fuse)
+        h, p, t = _cam_batch(lens, impl, xs, layers, ts, top, batch_size, fuse, many)
         heats.append(h)
         probs.append(p)
         targets.append(t)
@@ -213,6 +221,7 @@ def _cam_batch(
     top: int | None,
     batch_size: int,
     fuse: str,
+    many: InferenceForward,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Heatmaps N×K×H×W, probabilities N×classes and targets N×K for one chunk of images."""
     model = lens.model
@@ -250,6 +259,7 @@ def _cam_batch(
                 batch_size=batch_size,
                 raw=cap.raw[name],
                 cache=caches[name],
+                masked_forward=many,
             )
             per_layer.append(impl(ctx))
         fused = (

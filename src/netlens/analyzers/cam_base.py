@@ -56,10 +56,12 @@ class CamContext:
         grads: d(score)/d(acts), N×C×h×w (None for gradient-free methods).
         targets: N class indices, one per image.
         logits: the model's N×K logits for ``x``.
-        forward: runs the model on a batch and returns N×K logits (for masked passes).
+        forward: runs the model on a batch (no grad) and returns N×K logits.
         batch_size: how many masked inputs to run at once.
         raw: the layer's output in its own layout (tokens, NHWC), detached.
-        cache: per-layer storage shared across targets (masks, masked-pass scores).
+        cache: per-layer storage shared across targets (masked-pass scores, head weights).
+        masked_forward: a faster forward for many passes that need no hooks (see
+            :class:`InferenceForward`); None means ``forward``.
     """
 
     model: nn.Module
@@ -73,6 +75,16 @@ class CamContext:
     batch_size: int = 32
     raw: torch.Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    masked_forward: Logits | None = None
+
+    def many(self, passes: int) -> Logits:
+        """The forward for ``passes`` no-grad passes that need no hooks (masked inputs)."""
+        fwd = self.masked_forward
+        if fwd is None:
+            return self.forward
+        if isinstance(fwd, InferenceForward):
+            fwd.prepare(passes, self.x[:2])
+        return fwd
 
 
 class CamMethod:
@@ -129,6 +141,55 @@ def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:
     live = span > rel_eps * torch.maximum(hi.abs(), lo.abs()) + 1e-12
     out = torch.where(live, (flat - lo) / span.clamp_min(1e-30), torch.zeros_like(flat))
     return torch.nan_to_num(out, nan=0.0).reshape(maps.shape)
+
+
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last images: oneDNN's faster convolutions on CPU; the values do not change."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+class InferenceForward:
+    """Many no-grad forward passes: on a copy of the model with conv+BN folded, channels-last.
+
+    ``prepare(passes, example)`` makes the copy (``torch.fx.experimental.optimization.fuse``;
+    the user's model is not touched) when at least ``min_passes`` inputs will be run, as
+    tracing costs about as much as a few passes. A model fx cannot trace, or whose copy gives
+    other logits, is run as is.
+    """
+
+    def __init__(self, model: nn.Module, forward: Logits, min_passes: int = 128) -> None:
+        self.model, self.forward, self.min_passes = model, forward, min_passes
+        self._fast: nn.Module | None = None
+        self._tried = False
+
+    def prepare(self, passes: int, example: torch.Tensor) -> None:
+        if not self._tried and passes >= self.min_passes:
+            self._tried = True
+            self._fast = _fused_copy(self.model, example, self.forward)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self._fast is None:
+                return self.forward(fast_layout(x))
+            return _first(self._fast(fast_layout(x)))
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _fused_copy(model: nn.Module, x: torch.Tensor, forward: Logits) -> nn.Module | None:
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fast = fuse(model)  # a traced deep copy; the model itself is left alone
+        with torch.no_grad():
+            ref, got = forward(x), _first(fast(fast_layout(x)))
+    except Exception:  # noqa: BLE001 - not traceable: run the model as is
+        return None
+    tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
+    same = got.shape == ref.shape and bool((got - ref).abs().max() <= tol)
+    return fast if same else None
 
 
 def spatial_channel_view(raw: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor:
@@ -202,7 +263,7 @@ def capture(
     ``torch.autograd.grad`` (the model's ``.grad`` stays untouched).
     """
     with probe(model, list(layers), grads=grads) as p, torch.set_grad_enabled(grads):
-        logits = forward(x)
+        logits = forward(fast_layout(x))
         sets = choose_targets(logits.detach())
         outs = {n: p[n].output for n in layers}
         grad_sets: list[dict[str, torch.Tensor]] = []

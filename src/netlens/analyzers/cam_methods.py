@@ -125,20 +125,16 @@ def _masked_logits(ctx: CamContext) -> torch.Tensor:
     flat = ctx.acts.float().flatten(2)
     live = (flat.amax(dim=2) - flat.amin(dim=2)) > _EPS  # N × C
     out = torch.empty(n, c, ctx.logits.shape[1], device=ctx.x.device)
-    if not bool(live.all()):
-        out[~live] = ctx.forward(torch.zeros_like(ctx.x[:1]))[0].float()
     todo = live.nonzero()
+    forward = ctx.many(len(todo))
+    if not bool(live.all()):
+        out[~live] = forward(torch.zeros_like(ctx.x[:1]))[0].float()
     for start in range(0, len(todo), ctx.batch_size):
         idx = todo[start : start + ctx.batch_size]
         masks = normalize_maps(upsample(ctx.acts[idx[:, 0], idx[:, 1]].float(), size))
         batch = ctx.x[idx[:, 0]] * masks[:, None].to(ctx.x.dtype)
-        out[idx[:, 0], idx[:, 1]] = ctx.forward(_fast_layout(batch)).float()
+        out[idx[:, 0], idx[:, 1]] = forward(batch).float()
     return out
-
-
-def _fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """Channels-last input: oneDNN's faster convolution path; the values do not change."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 class AblationCam(CamMethod):
