@@ -17,6 +17,7 @@ from netlens.cli.app import app
 from netlens.errors import AnalyzerError
 from netlens.images import Preprocess
 from netlens.lens import Lens
+from netlens.render.grids import crop_patches, mark_patches
 
 
 class SpotNet(nn.Module):
@@ -90,12 +91,26 @@ def test_merge_top_and_gradient_box():
     assert gradient_box(grad) == (2, 6, 5, 9)
 
 
+def test_patches_are_marked_and_cropped_at_true_size():
+    imgs = np.arange(2 * 6 * 6 * 3, dtype=np.uint8).reshape(2, 6, 6, 3)
+    boxes = np.array([[0, 0, 4, 4], [1, 2, 3, 4]])  # 4×4 and 2×2
+    crops = crop_patches(imgs, boxes)
+    assert crops.shape == (2, 4, 4, 3)
+    np.testing.assert_allclose(crops[0], imgs[0, :4, :4] / 255.0)
+    np.testing.assert_allclose(crops[1, 1:3, 1:3], imgs[1, 1:3, 2:4] / 255.0)
+    assert np.isnan(crops[1, 0]).all() and np.isnan(crops[1, :, 3]).all()
+    marked = mark_patches(imgs, boxes)
+    np.testing.assert_allclose(marked[0, 1, 2], imgs[0, 1, 2] / 255.0, rtol=1e-6)  # inside
+    np.testing.assert_allclose(marked[0, 5, 5], 0.45 * imgs[0, 5, 5] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(marked[0, 0, 1], [1.0, 0.9, 0.0])  # the outline
+
+
 def test_model_grads_hooks_and_flags_untouched_and_errors(spot):
     spot.model.train()
     x, y, _ = spots(4)
     before = {k: v.clone() for k, v in spot.model.state_dict().items()}
     r = spot.run("top-activations", (x, y), layer="conv", k=2)
-    assert set(r.figures()) == {"top-conv"}
+    assert set(r.figures()) == {"top-conv", "top-conv-patches"}
     assert spot.model.training
     assert all(p.grad is None for p in spot.model.parameters())
     assert all(torch.equal(before[k], v) for k, v in spot.model.state_dict().items())

@@ -42,22 +42,34 @@ class TopActivationsResult(Result):
     and ``cells`` (S×k×4: y0, x0, y1, x1 in input pixels, end-exclusive)."""
 
     def figures(self) -> dict[str, Figure]:
-        from ..render.grids import grid_figure, mark_patches
+        from ..render.grids import crop_patches, grid_figure, mark_patches
 
         a, meta = self.arrays, self.meta
         s, k = a["images"].shape[:2]
-        tiles = mark_patches(
-            a["images"].reshape(s * k, *a["images"].shape[2:]), a["boxes"].reshape(s * k, 4)
+        images = a["images"].reshape(s * k, *a["images"].shape[2:])
+        boxes = a["boxes"].reshape(s * k, 4)
+        labels = [
+            f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in a["channels"] for r in range(k)
+        ]
+        head = f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
+        stem = f"top-{meta['layer'].replace('.', '_')}"
+        full, _ = grid_figure(
+            mark_patches(images, boxes),
+            labels,
+            title=f"{head}label = channel, rank: peak activation\nbright box = receptive field "
+            "of the peak unit (gradient support)",
+            cols=k,
+            tile_inches=1.3,
         )
-        shown = {int(c): i for i, c in enumerate(a["channels"])}
-        labels = [f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in shown for r in range(k)]
-        title = (
-            f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
-            "label = channel, rank: peak activation\nbright box = receptive field of the "
-            "peak unit (gradient support)"
+        crops, _ = grid_figure(
+            crop_patches(images, boxes),
+            labels,
+            title=f"{head}the receptive-field patches only\n(true size, centred; label = "
+            "channel, rank: peak activation)",
+            cols=k,
+            tile_inches=1.0,
         )
-        fig, _ = grid_figure(tiles, labels, title=title, cols=k, tile_inches=1.3)
-        return {f"top-{meta['layer'].replace('.', '_')}": fig}
+        return {stem: full, f"{stem}-patches": crops}
 
 
 def merge_top(

@@ -17,6 +17,7 @@ from .figures import grid_shape, new_figure
 
 __all__ = [
     "Grid",
+    "crop_patches",
     "grid_figure",
     "mark_patches",
     "mosaic",
@@ -210,4 +211,18 @@ def mark_patches(images: np.ndarray, boxes: np.ndarray, *, dim: float = 0.45) ->
         edge = np.array([1.0, 0.9, 0.0], dtype=np.float32)
         img[y0, x0:x1] = img[y1 - 1, x0:x1] = edge
         img[y0:y1, x0] = img[y0:y1, x1 - 1] = edge
+    return out
+
+
+def crop_patches(images: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Cut each image's box (M×4: y0, x0, y1, x1) out at its true size, centred on a canvas of
+    the largest box size (no resizing, so shapes keep their aspect): M×h×w×3 floats in [0, 1],
+    NaN where a crop does not reach (drawn as the background)."""
+    b = np.asarray(boxes, dtype=int)
+    h = int((b[:, 2] - b[:, 0]).max())
+    w = int((b[:, 3] - b[:, 1]).max())
+    out = np.full((len(b), h, w, 3), np.nan, dtype=np.float32)
+    for i, (img, (y0, x0, y1, x1)) in enumerate(zip(images, b, strict=True)):
+        top, left = (h - (y1 - y0)) // 2, (w - (x1 - x0)) // 2
+        out[i, top : top + y1 - y0, left : left + x1 - x0] = img[y0:y1, x0:x1] / 255.0
     return out
