@@ -18,6 +18,7 @@ from netlens.errors import AnalyzerError
 from netlens.images import Preprocess
 from netlens.lens import Lens
 from netlens.render.grids import crop_patches, mark_patches
+from netlens.testing import assert_model_unchanged, assert_no_hooks
 
 
 class SpotNet(nn.Module):
@@ -160,18 +161,35 @@ def test_cli_top_on_resnet18_folder(tmp_path, resnet18):
 
 def test_all_four_views_leave_a_timm_resnet18_as_it_was(resnet18):
     lens = Lens(resnet18, Preprocess(size=(32, 32)))
-    flags = [m.training for m in resnet18.modules()]
-    state = {k: v.clone() for k, v in resnet18.state_dict().items()}
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     data = (x, torch.zeros(4, dtype=torch.long))
-    lens.kernels("layer1.0.conv1", sort=True)
-    lens.features(x[:1], layer="layer2", top=4)
-    lens.run("stats", data, batch_size=3)
-    lens.run("top-activations", data, layer="layer3", k=2, max_channels=2)
-    assert [m.training for m in resnet18.modules()] == flags
-    assert all(torch.equal(state[k], v) for k, v in resnet18.state_dict().items())
-    assert all(p.grad is None for p in resnet18.parameters())
-    assert all(
-        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-        for m in resnet18.modules()
-    )
+    with assert_model_unchanged(resnet18):
+        lens.kernels("layer1.0.conv1", sort=True)
+        lens.features(x[:1], layer="layer2", top=4)
+        lens.run("stats", data, batch_size=3)
+        lens.run("top-activations", data, layer="layer3", k=2, max_channels=2)
+    assert_no_hooks(resnet18)
+
+
+class Broken(nn.Module):
+    """Raises in the middle of its forward (after the probed conv ran)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conv(x)
+        raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("analyzer", ["features", "stats", "top-activations"])
+def test_no_hook_survives_a_model_that_raises(analyzer):
+    model = Broken().eval()
+    lens = Lens(model, Preprocess(size=(8, 8)))
+    x = torch.zeros(2, 3, 8, 8)
+    inputs = x if analyzer == "features" else (x, torch.zeros(2, dtype=torch.long))
+    opts = {"layers": "conv"} if analyzer == "stats" else {"layer": "conv"}
+    with assert_model_unchanged(model), pytest.raises(RuntimeError, match="boom"):
+        lens.run(analyzer, inputs, **opts)
+    assert_no_hooks(model)
