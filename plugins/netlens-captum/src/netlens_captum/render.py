@@ -43,7 +43,7 @@ def attribution_figure(
     axes[0].set_title("input", fontsize=9)
     shown = axes[1].imshow(amap, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     axes[1].set_title("attribution" + (" (signed)" if signed else ""), fontsize=9)
-    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04, format="%.2g")
     bar.ax.tick_params(labelsize=7)
     grey = image.astype(np.float32).mean(axis=2)
     axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
