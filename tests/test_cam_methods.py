@@ -164,3 +164,51 @@ def test_several_layers_are_fused() -> None:
     ref = np.maximum(a, b)
     lo, hi = ref.min(axis=(1, 2), keepdims=True), ref.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(both.heatmaps, (ref - lo) / (hi - lo), atol=1e-5)
+
+
+class Skip(nn.Module):
+    """conv1 → conv2 (the layer) → cat or add with conv1's output → GAP → linear."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.mode = mode
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8 if mode == "cat" else 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv1(x))
+        b = torch.relu(self.conv2(a))
+        y = torch.cat([a, b], 1) if self.mode == "cat" else a + b
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("mode", ["cat", "add"])
+def test_ablationcam_is_the_definition_also_with_skips_across_the_layer(mode: str) -> None:
+    net = Skip(mode).eval()
+    x = torch.randn(2, 3, 10, 10)
+    r = netlens.cam(net, x, method="ablationcam", layer="conv2", target=[0, 2], batch_size=3)
+    acts = {}
+    h = net.conv2.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    with torch.no_grad():
+        y = net(x)
+    h.remove()
+    a = acts["a"]
+    t = torch.tensor([0, 2])
+    w = torch.zeros(2, 4)
+    for k in range(4):  # zero channel k for the whole batch: Ablation-CAM's definition
+
+        def zero(m, i, o, k=k):  # noqa: ANN001, ANN202
+            o = o.clone()
+            o[:, k] = 0
+            return o
+
+        h = net.conv2.register_forward_hook(zero)
+        with torch.no_grad():
+            yk = net(x)
+        h.remove()
+        w[:, k] = (y[[0, 1], t] - yk[[0, 1], t]) / y[[0, 1], t].abs()
+    ref = torch.relu((w[:, :, None, None] * a).sum(1)).numpy()
+    lo, hi = ref.min(axis=(1, 2), keepdims=True), ref.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(r.heatmaps, (ref - lo) / (hi - lo), atol=1e-5)

@@ -173,29 +173,42 @@ def _run_ablated(ctx: CamContext, module: nn.Module, i: int, chans: torch.Tensor
     """Logits of image ``i`` with one channel of ``chans`` zeroed per copy.
 
     The hook swaps the layer's output for the ablated copies, so the layers before it run on one
-    image only; models whose later layers reuse earlier tensors of the batch fall back to running
-    the whole model on repeated inputs.
+    image only. Whether that is sound (no later layer reuses an earlier tensor of the batch) is
+    checked once per layer by swapping in the unablated output and comparing the logits; when it
+    is not, the whole model runs on repeated inputs.
     """
     raw = ctx.raw[i : i + 1]
     copies = raw.repeat(len(chans), *([1] * (raw.dim() - 1)))
     view = spatial_channel_view(copies, ctx.model, ctx.layer)
     view[torch.arange(len(chans)), chans.to(view.device)] = 0
+    if "ablation_tail" not in ctx.cache:
+        ctx.cache["ablation_tail"] = _tail_only_ok(ctx, module, i)
+    x1 = ctx.x[i : i + 1]
+    x = x1 if ctx.cache["ablation_tail"] else x1.repeat(len(chans), *([1] * (x1.dim() - 1)))
+    return _with_output(ctx, module, copies, x)
 
-    def swap(m: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
-        return copies
 
-    handle = module.register_forward_hook(swap)
+def _with_output(
+    ctx: CamContext, module: nn.Module, output: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """Logits of ``x`` with ``module``'s output replaced by ``output``."""
+    handle = module.register_forward_hook(lambda m, i, o: output)
     try:
-        try:
-            logits = ctx.forward(ctx.x[i : i + 1])
-            ok = logits.shape[0] == len(chans)
-        except Exception:  # noqa: BLE001 - a later layer needed the full batch; retry below
-            ok = False
-        if not ok:
-            logits = ctx.forward(ctx.x[i : i + 1].repeat(len(chans), 1, 1, 1))
+        return ctx.forward(x)
     finally:
         handle.remove()
-    return logits
+
+
+def _tail_only_ok(ctx: CamContext, module: nn.Module, i: int) -> bool:
+    """Does swapping in 2 copies of the layer's output give 2 copies of the image's logits?"""
+    raw = ctx.raw[i : i + 1]
+    try:
+        got = _with_output(ctx, module, raw.repeat(2, *([1] * (raw.dim() - 1))), ctx.x[i : i + 1])
+    except Exception:  # noqa: BLE001 - a later layer needs the whole batch
+        return False
+    ref = ctx.logits[i : i + 1]
+    tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
+    return got.shape == (2, ref.shape[1]) and bool((got - ref).abs().max() <= tol)
 
 
 class Cam(CamMethod):
