@@ -87,7 +87,7 @@ def energy_in_mask(heatmaps: Any, masks: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PointingGame:
-    """Pointing-game hit rate; option ``tolerance`` (pixels, default 0)."""
+    """Pointing-game hit rate (option tolerance: pixels of slack around the mask)."""
 
     name: ClassVar[str] = "pointing"
     needs_masks: ClassVar[bool] = True

@@ -50,7 +50,7 @@ def impute_linear(
     *,
     noise: float = 0.01,
     seed: int = 0,
-    tol: float = 1e-5,
+    tol: float = 1e-4,
     max_iter: int | None = None,
 ) -> torch.Tensor:
     """Fill ``removed`` pixels of ``x`` by noisy linear imputation.
@@ -65,7 +65,8 @@ def impute_linear(
         removed: N×H×W (or H×W) bool mask of pixels to impute, shared by the channels.
         noise: std of the Gaussian noise added to imputed pixels (0 for the plain solution).
         seed: seed of that noise.
-        tol: relative residual at which the solver stops.
+        tol: relative residual at which the solver stops (the default leaves errors well
+            below the 0.01 noise: ~2e-4 at 64², ~4e-3 at 224² for a hole of 80 % of the image).
         max_iter: iteration cap (default: H·W, where CG is exact in exact arithmetic).
     """
     single = x.dim() == 3
