@@ -156,3 +156,31 @@ def test_cli_stats_on_a_folder(tmp_path, resnet18):
     }
     res = runner.invoke(app, ["stats", str(ck), "--out", str(out)])
     assert res.exit_code == 1 and "--data" in res.output
+
+
+def test_vit_token_layers():
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3, depth=2
+    ).eval()
+    lens = Lens(vit, Preprocess(size=(32, 32)))
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    r = lens.run("stats", (x, torch.zeros(5, dtype=torch.long)), batch_size=2)
+    assert [row["layer"] for row in r.table] == ["blocks.0.mlp.act", "blocks.1.mlp.act"]
+    row = r.table[0]
+    assert row["shape"] == [17, 768] and row["channels"] == 768  # tokens × hidden features
+    assert row["values"] == 5 * 17 * 768
+    top = lens.run(
+        "top-activations",
+        (x, torch.zeros(5, dtype=torch.long)),
+        layer="blocks.1",
+        k=2,
+        channels=[0, 7],
+    )
+    assert top.meta["map_size"] == [4, 4]
+    cells = top.arrays["cells"]
+    assert ((cells[..., 2] - cells[..., 0]) == 8).all()  # a token is an 8×8 patch
+    boxes = top.arrays["boxes"]
+    assert (boxes[..., :2] >= 0).all() and (boxes[..., 2:] <= 32).all()
