@@ -110,6 +110,27 @@ def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
     return torch.tensor(idx).expand(n, -1)
 
 
+_CHUNK = 32  # images per forward
+
+
+def _selected(out: Any, model: Any, name: str, top: int, channels: Any) -> tuple[torch.Tensor, ...]:
+    """One batch's selected maps (N×K×H×W), their channels (N×K) and all channel means (N×C)."""
+    if not isinstance(out, torch.Tensor):
+        raise AnalyzerError(
+            f"layer '{name}' returns a {type(out).__name__}, not a tensor; pick another layer"
+        )
+    maps = to_spatial(out.float(), model, name)
+    if maps.shape[-1] * maps.shape[-2] <= 1:
+        raise AnalyzerError(
+            f"layer '{name}' has no spatial extent (output shape {tuple(out.shape)}): "
+            "its maps are single numbers; pick an earlier conv or block layer"
+        )
+    means = maps.mean(dim=(2, 3))
+    picked = pick_channels(means, top, channels)
+    index = picked[:, :, None, None].expand(-1, -1, *maps.shape[-2:])
+    return torch.gather(maps, 1, index), picked, means
+
+
 class FeaturesAnalyzer(Analyzer):
     """Feature maps of one or more layers for some images."""
 
@@ -143,32 +164,21 @@ class FeaturesAnalyzer(Analyzer):
         batch = lens.batch(inputs)
         model, x = lens.model, batch.tensor
         names = resolve_layers(model, layer, example=x[:1])
-        with torch.no_grad(), eval_mode(model), probe(model, names, to="cpu") as p:
-            model(x)
         arrays: dict[str, np.ndarray] = {}
         shapes = {}
+        parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
+        with torch.no_grad(), eval_mode(model), probe(model, names, to="cpu") as p:
+            for chunk in x.split(_CHUNK):
+                model(chunk)
+                for name in names:
+                    parts[name].append(_selected(p[name].output, model, name, top, channels))
+                p.clear()
         for name in names:
-            out = p[name].output
-            if not isinstance(out, torch.Tensor):
-                raise AnalyzerError(
-                    f"layer '{name}' returns a {type(out).__name__}, not a tensor; "
-                    "pick another layer"
-                )
-            maps = to_spatial(out.float(), model, name)
-            if maps.shape[-1] * maps.shape[-2] <= 1:
-                raise AnalyzerError(
-                    f"layer '{name}' has no spatial extent (output shape {tuple(out.shape)}): "
-                    "its maps are single numbers; pick an earlier conv or block layer"
-                )
-            means = maps.mean(dim=(2, 3))
-            picked = pick_channels(means, top, channels)
-            gathered = torch.gather(
-                maps, 1, picked[:, :, None, None].expand(-1, -1, *maps.shape[-2:])
-            )
+            gathered, picked, means = (torch.cat(t) for t in zip(*parts[name], strict=True))
+            shapes[name] = [len(x), means.shape[1], *gathered.shape[-2:]]
             arrays[_key(name, "maps")] = gathered.numpy()
             arrays[_key(name, "channels")] = picked.numpy().astype(np.int64)
             arrays[_key(name, "means")] = means.numpy()
-            shapes[name] = list(maps.shape)
         arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])
         meta = {
             "layers": names,
