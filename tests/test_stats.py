@@ -120,6 +120,8 @@ def test_default_layers_figures_and_model_untouched(net):
     assert all(not m._forward_hooks for m in net.model.modules())
     with pytest.raises(AnalyzerError, match="needs data"):
         net.run("stats")
+    with pytest.raises(AnalyzerError, match="hist_range"):
+        net.run("stats", (x, torch.zeros(4, dtype=torch.long)), hist_range="3,1")
 
 
 def test_cli_stats_on_a_folder(tmp_path, resnet18):
@@ -146,11 +148,13 @@ def test_cli_stats_on_a_folder(tmp_path, resnet18):
             "--json",
             "--batch-size",
             "4",
+            "--hist-range=-1,5",
         ],
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["samples"] == 6 and len(doc["table"]) == 17  # timm resnet18: 17 ReLU modules
+    assert doc["hist_range"] == [-1.0, 5.0] and doc["table"][0]["underflow"] == 0
     assert {"stats-dead.png", "stats-histograms.png", "stats.csv", "stats.json"} <= {
         p.name for p in out.iterdir()
     }

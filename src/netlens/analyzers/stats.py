@@ -115,7 +115,9 @@ class LayerStats:
 
     def _histogram(self, values: np.ndarray) -> None:
         if self.edges is None:
-            lo, hi = self.hist_range or (float(values.min()), float(values.max()))
+            finite = values[np.isfinite(values)]
+            seen = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+            lo, hi = self.hist_range or seen
             if not self.hist_range:
                 pad = 0.1 * (hi - lo) if hi > lo else 0.5
                 lo, hi = lo - pad, hi + pad
@@ -227,7 +229,7 @@ class StatsAnalyzer(Analyzer):
         loader = as_loader(
             inputs, lens.transform, host=lens.host, batch_size=batch_size, limit=limit
         )
-        rng = tuple(float(v) for v in hist_range) if hist_range is not None else None
+        rng = _range(hist_range)
         stats: dict[str, LayerStats] = {}
         seen = 0
         with (
@@ -266,6 +268,20 @@ class StatsAnalyzer(Analyzer):
             "(conv: channel×y×x); dead = ≤ eps for every input",
         }
         return StatsResult("stats", arrays, table, meta)
+
+
+def _range(value: Any) -> tuple[float, float] | None:
+    """``hist_range`` as (low, high): a pair, or a "low,high" string (from the CLI)."""
+    if value is None or value == "":
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        lo, hi = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise AnalyzerError(f"hist_range must be two numbers low,high; got {value!r}") from None
+    if not lo < hi:
+        raise AnalyzerError(f"hist_range low must be below high; got {lo:g},{hi:g}")
+    return lo, hi
 
 
 def _length(loader: Any) -> int | None:

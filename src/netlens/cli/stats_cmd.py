@@ -43,6 +43,13 @@ def stats(
         float, typer.Option("--eps", help="Values ≤ eps count as near zero/dead.")
     ] = 0.0,
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 50,
+    hist_range: Annotated[
+        str | None,
+        typer.Option(
+            "--hist-range",
+            help="Fixed histogram range LOW,HIGH (default: from the first batch, widened by 10%).",
+        ),
+    ] = None,
     limit: LimitOpt = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward.")] = 32,
     arch: ArchOpt = None,
@@ -66,6 +73,7 @@ def stats(
         layers=layers,
         eps=eps,
         bins=bins,
+        hist_range=hist_range,
         limit=limit or None,
         batch_size=batch_size,
         quiet=quiet or json,
