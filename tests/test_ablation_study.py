@@ -136,7 +136,8 @@ def test_model_restored_after_interrupt_and_resume(tmp_path) -> None:
 
     def bomb(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         calls.append(1)
-        if len(calls) == 1 + 4 * 2 + 1:  # baseline passes of 4 batches, two ablations, then...
+        # shape probe 1 + graph check 2 + baseline 4 batches + first ablation 4, then...
+        if len(calls) == 1 + 2 + 4 + 4 + 1:
             raise KeyboardInterrupt
 
     handle = model.fc.register_forward_hook(bomb)
@@ -183,7 +184,7 @@ def test_channel_study_curves_and_figures(tmp_path) -> None:
     model, (x, y) = _model(), _data()
     lens = netlens.Lens(model, classes=list("abcde"))
     res = lens.ablate(
-        (x, y), layers="layer2", channels=True, batch_size=32, points=5, resamples=100
+        (x, y), layers="layer2", channels=True, batch_size=60, points=5, resamples=100
     )
     assert res.meta["mode"] == "zero" and res.meta["paths"] == {"layer2": "cached"}
     assert [r["channel"] for r in res.rows] == list(range(16))
@@ -196,7 +197,7 @@ def test_channel_study_curves_and_figures(tmp_path) -> None:
     assert res.arrays["curve_importance_classes"].shape == (5, 5)
     # the single-channel values agree with the naive path
     naive = lens.ablate(
-        (x, y), layers="layer2", channels=True, batch_size=32, points=5, resamples=100, fast=False
+        (x, y), layers="layer2", channels=True, batch_size=60, points=5, resamples=100, fast=False
     )
     assert naive.meta["paths"] == {"layer2": "naive"}
     assert [r["value"] for r in naive.rows] == [r["value"] for r in res.rows]
@@ -204,6 +205,20 @@ def test_channel_study_curves_and_figures(tmp_path) -> None:
     assert (tmp_path / "ablation-channels.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "ablation.json").read_text())["channels"] is True
     assert len(files) == 3
+
+
+def test_channels_of_a_linear_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 1, 4, 4, generator=gen), torch.randint(0, 4, (24,), generator=gen)
+    kw = {"layers": "1", "channels": True, "points": 3, "resamples": 50, "batch_size": 12}
+    fast = netlens.ablate(model, (x, y), mode="mean", **kw)
+    naive = netlens.ablate(model, (x, y), mode="mean", fast=False, **kw)
+    assert len(fast.rows) == 8 and fast.arrays["curve_k"].tolist() == [0, 4, 8]
+    assert [r["value"] for r in fast.rows] == [r["value"] for r in naive.rows]
+    assert fast.arrays["curve_random"].tolist() == naive.arrays["curve_random"].tolist()
+    assert any(r["drop"] != 0 for r in fast.rows)
 
 
 def _image_folder(root, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -172,6 +172,7 @@ def ablate(
         }
         csv = PartialCsv(out, config, resume) if out is not None else None
         engine = Engine(net, [u.name for u in units], fast=fast)
+        engine.check(x0[:8].to(lens.device))
         study = StudyRows(
             metric,
             mode,

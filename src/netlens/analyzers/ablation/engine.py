@@ -98,9 +98,11 @@ class Engine:
             self.trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             return
         nodes = list(gm.graph.nodes)
-        if sum(n.op == "placeholder" for n in nodes) != 1:
+        inputs = [n for n in nodes if n.op == "placeholder"]
+        if any(len(n.args) != 1 for n in inputs[1:]):
             self.trace_error = "the model's forward takes more than one input"
             return
+        self._start = {n: n.args[0] for n in inputs[1:]}  # optional arguments: their defaults
         calls: dict[str, list[int]] = {}
         for i, n in enumerate(nodes):
             if n.op == "call_module" and n.target in self.modules:
@@ -160,8 +162,18 @@ class Engine:
         if self.graph is None:
             return BatchCache(x=x, logits=first_tensor(self.model(x)))
         cache = BatchCache(x=x, logits=torch.empty(0))
-        cache.logits = self._run_nodes({self.nodes[0]: x}, 1, cache)
+        env = {self.nodes[0]: x, **self._start}
+        cache.logits = self._run_nodes(env, 1 + len(self._start), cache)
         return cache
+
+    def check(self, x: torch.Tensor) -> bool:
+        """Use the traced graph only if it gives the model's own logits bit for bit on ``x``."""
+        if self.graph is not None and not torch.equal(
+            self.prefix(x).logits, first_tensor(self.model(x))
+        ):
+            self.graph, self.unit_index = None, {}
+            self.trace_error = "the traced graph does not reproduce the model's logits exactly"
+        return self.graph is not None
 
     def ablated(
         self, cache: BatchCache, unit: str, replace: Replacement, batch: int, copies: int = 1

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...errors import AnalyzerError
 
@@ -37,16 +36,17 @@ class Outcomes:
     num_classes: int = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add the logits of a batch (N×K) or of G stacked copies of it (G·N×K)."""
-        logits = logits.detach().float().cpu()
-        labels = labels.cpu().long()
-        self.num_classes = logits.shape[1]
-        k = min(5, logits.shape[1])
-        self.preds.append(logits.argmax(1).numpy())
-        top = logits.topk(k, dim=1).indices
-        self.top5.append((top == labels[:, None]).any(1).numpy())
-        self.losses.append(F.cross_entropy(logits, labels, reduction="none").numpy())
-        self.labels.append(labels.numpy())
+        """Add the logits of a batch (N×K); computed in numpy (no thread pool for tiny ops)."""
+        z = logits.detach().double().cpu().numpy()
+        y = labels.detach().cpu().numpy().astype(np.int64)
+        self.num_classes = z.shape[1]
+        own = z[np.arange(len(y)), y]
+        self.preds.append(z.argmax(1))
+        self.top5.append((z > own[:, None]).sum(1) < 5)  # label among the 5 largest logits
+        top = z.max(1)
+        lse = top + np.log(np.exp(z - top[:, None]).sum(1))
+        self.losses.append(lse - own)
+        self.labels.append(y)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {

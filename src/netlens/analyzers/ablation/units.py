@@ -136,8 +136,18 @@ def _feature_stack(model: nn.Module) -> tuple[str, nn.Module]:
     return "", model
 
 
+def _expand_repeats(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A stack of repeated blocks (a ViT's ``blocks``, a ConvNeXt stage) → its blocks."""
+    kids = list(module.named_children())
+    if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(kids) >= 2:
+        if len({type(m) for _, m in kids}) == 1 and all(_has_params(m) for _, m in kids):
+            return [(f"{name}.{n}", m) for n, m in kids]
+    return [(name, module)]
+
+
 def default_units(model: nn.Module) -> list[Unit]:
-    """Every residual block (outermost), else each parameterised child of the feature stack."""
+    """Every residual block (outermost), else each parameterised child of the feature stack
+    (a stack of repeated blocks, like a ViT's ``blocks``, counts as its blocks)."""
     blocks: list[str] = []
     for name, module in model.named_modules():
         if name and is_residual_block(module) and not any(name.startswith(b + ".") for b in blocks):
@@ -150,6 +160,7 @@ def default_units(model: nn.Module) -> list[Unit]:
         children = [(n, m) for n, m in children if n not in _HEAD_NAMES]
         if children and isinstance(children[-1][1], nn.Linear):
             children = children[:-1]  # the classifier: removing it leaves no logits
+    children = [item for n, m in children for item in _expand_repeats(n, m)]
     if not children:
         raise AnalyzerError(
             f"found no blocks to ablate in {type(model).__name__}; pick layers with --layers"
