@@ -87,6 +87,7 @@ def export(recipe: Recipe, ckpt_path: Path, host: PluginHost) -> Path:
     weights = folder / "model.safetensors"
     state = {k: v.contiguous() for k, v in ckpt["state_dict"].items()}
     save_file(state, str(weights), metadata={"format": "pt", "arch": ckpt["arch"]})
+    weights.chmod(0o644)
     sample_names = write_samples(folder / "samples", recipe, host)
     card = {
         "name": recipe.name,

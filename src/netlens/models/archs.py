@@ -183,7 +183,8 @@ class AllConvNet(nn.Module):
 
     The fast.ai lesson's CAM-ready head: ``classifier`` (a 1×1 conv) outputs one spatial map per
     class, ``pool`` averages each to a logit, so ``classifier``'s output *is* the class
-    activation map. Stages of 3×3 conv-BN-ReLU are separated by 2×2 max-pooling.
+    activation map. Stages of 3×3 conv-BN-ReLU are separated by 2×2 max-pooling;
+    ``stem_stride=2`` makes the very first conv strided (a cheaper net for larger inputs).
     """
 
     def __init__(
@@ -193,6 +194,7 @@ class AllConvNet(nn.Module):
         img_size: int = 64,
         widths: Sequence[int] = (16, 32, 64),
         depths: Sequence[int] = (1, 2, 3),
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -200,8 +202,8 @@ class AllConvNet(nn.Module):
         for i, (w, n) in enumerate(zip(widths, depths, strict=True)):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
-            for _ in range(n):
-                layers.append(_conv_bn(cin, w))
+            for j in range(n):
+                layers.append(_conv_bn(cin, w, stem_stride if i == j == 0 else 1))
                 cin = w
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Conv2d(cin, num_classes, 1)

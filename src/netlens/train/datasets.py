@@ -117,7 +117,7 @@ def to_tensors(ds: ArrayDataset) -> TensorDataset:
     pre = ds.preprocess
     imgs = ds.images
     if tuple(imgs.shape[1:3]) == tuple(pre.size) and imgs.shape[3] == pre.channels:
-        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
+        x = torch.from_numpy(imgs.copy()).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(pre.mean[: pre.channels]).view(1, -1, 1, 1)
         std = torch.tensor(pre.std[: pre.channels]).view(1, -1, 1, 1)
         x = x.sub_(mean).div_(std)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..errors import NetlensError
 from ..models.checkpoint import make_checkpoint, write_checkpoint
@@ -31,13 +32,15 @@ from .config import TrainConfig
 from .datasets import Splits, make_loader, resolve_splits
 from .device import device_name, pick_device
 from .metrics import evaluate
+from .optim import make_optimizer
 from .report import epoch_progress, epoch_table, format_row
+from .resume import last_path, load_state, save_state
 from .transfer import count_params, freeze, init_from, set_frozen_eval
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
-__all__ = ["TrainResult", "run", "train"]
+__all__ = ["Session", "TrainResult", "run", "setup", "train"]
 
 
 @dataclass
@@ -59,67 +62,129 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def last_path(out: Path) -> Path:
-    """Where the resumable state of ``out`` lives (``model.pt`` → ``model.last.pt``)."""
-    return out.with_name(out.stem + ".last.pt")
+@dataclass
+class Session:
+    """Everything one run works with (built by :func:`setup`)."""
+
+    cfg: TrainConfig
+    host: PluginHost
+    splits: Splits
+    model: nn.Module
+    device: torch.device
+    train_loader: DataLoader
+    val_loader: DataLoader
+    opt: torch.optim.Optimizer
+    sched: Any
+    criterion: nn.Module
+    frozen: list[str]
+    params: tuple[int, int]
+    notes: list[str]
+    out: Path
+    channels_last: bool
+    gen: torch.Generator
+
+    @property
+    def autocast(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.classes)
 
 
 def build_model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> nn.Module:
-    kwargs = dict(cfg.arch_kwargs)
-    kwargs.pop("num_classes", None)
+    """A fresh model of ``cfg.arch`` for the data's classes, channels and image size."""
+    kwargs = arch_kwargs(cfg, splits, host)
+    return create_arch(cfg.arch, kwargs.pop("num_classes"), host, **kwargs)
+
+
+def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str, Any]:
+    """The architecture's keyword arguments, as stored in the checkpoint."""
+    kwargs = {**cfg.arch_kwargs, "num_classes": len(splits.classes)}
     if cfg.arch in host.archs:
         kwargs.setdefault("in_chans", splits.preprocess.channels)
         kwargs.setdefault("img_size", splits.preprocess.size[0])
     elif not cfg.arch.startswith("tv:"):
         kwargs.setdefault("in_chans", splits.preprocess.channels)
-    return create_arch(cfg.arch, len(splits.classes), host, **kwargs)
+    return kwargs
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module, steps: int) -> tuple[Any, Any]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise NetlensError("every parameter is frozen; nothing to train (check --freeze)")
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "onecycle":
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
-        )
-    elif cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
+def setup(cfg: TrainConfig, host: PluginHost) -> Session:
+    """Seed, pick the device, resolve the data, build model, loaders and optimizer."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    dev = pick_device(cfg.device)
+    splits = resolve_splits(cfg.data, host, seed=cfg.seed)
+    model = build_model(cfg, splits, host)
+    notes = []
+    if cfg.init:
+        copied, skipped = init_from(model, cfg.init, host)
+        notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
+    frozen = freeze(model, cfg.freeze)
+    params = count_params(model)
+    notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = conv and dev.type in ("cuda", "cpu")
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    pin = dev.type == "cuda"
+    train_loader = make_loader(
+        splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
+    )
+    val_loader = make_loader(
+        splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin
+    )
+    per_epoch = min(len(train_loader), cfg.max_batches or len(train_loader))
+    opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    return Session(
+        cfg,
+        host,
+        splits,
+        model,
+        dev,
+        train_loader,
+        val_loader,
+        opt,
+        sched,
+        criterion,
+        frozen,
+        params,
+        notes,
+        out,
+        channels_last,
+        gen,
+    )
 
 
-def _train_epoch(ctx: dict[str, Any], epoch: int, progress: Any) -> dict[str, float]:
-    cfg, model, dev = ctx["cfg"], ctx["model"], ctx["device"]
-    loader, opt, sched, crit = ctx["train_loader"], ctx["opt"], ctx["sched"], ctx["criterion"]
+def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
+    cfg, model = s.cfg, s.model
     model.train()
-    set_frozen_eval(model, ctx["frozen"])
-    total = len(loader) if cfg.max_batches is None else min(len(loader), cfg.max_batches)
+    set_frozen_eval(model, s.frozen)
+    total = min(len(s.train_loader), cfg.max_batches or len(s.train_loader))
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, loss=float("nan"))
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    for b, (x, y) in enumerate(loader):
+    for b, (x, y) in enumerate(s.train_loader):
         if b >= total:
             break
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=ctx["gen"])
-        if ctx["channels_last"]:
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=s.gen)
+        if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=ctx["autocast"]):
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
             out = model(x)
-        loss = crit(out.float(), y)
+        loss = s.criterion(out.float(), y)
         if not torch.isfinite(loss):
             raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
-        opt.zero_grad(set_to_none=True)
+        s.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sched.step()
+        s.opt.step()
+        s.sched.step()
         loss_sum += float(loss.detach()) * len(y)
         correct += int((out.argmax(1) == y).sum())
         seen += len(y)
@@ -135,57 +200,90 @@ def _train_epoch(ctx: dict[str, Any], epoch: int, progress: Any) -> dict[str, fl
     }
 
 
-def _validate(ctx: dict[str, Any], loader: Any) -> dict[str, Any]:
-    model = ctx["model"]
-    model.eval()
+def _validate(s: Session, loader: DataLoader) -> dict[str, Any]:
+    s.model.eval()
     return evaluate(
-        model,
+        s.model,
         loader,
-        ctx["num_classes"],
-        device=ctx["device"],
-        criterion=ctx["criterion"],
-        max_batches=ctx["cfg"].max_batches,
-        autocast=ctx["autocast"],
-        channels_last=ctx["channels_last"],
+        s.num_classes,
+        device=s.device,
+        criterion=s.criterion,
+        max_batches=s.cfg.max_batches,
+        autocast=s.autocast,
+        channels_last=s.channels_last,
     )
 
 
-def _save_last(ctx: dict[str, Any], state: dict[str, Any]) -> None:
-    payload = {
-        "config": ctx["cfg"].to_dict(),
-        "model": ctx["model"].state_dict(),
-        "optimizer": ctx["opt"].state_dict(),
-        "scheduler": ctx["sched"].state_dict(),
-        "rng": {
-            "loader": ctx["train_loader"].generator.get_state(),
-            "augment": ctx["gen"].get_state(),
-            "torch": torch.get_rng_state(),
-        },
-        **state,
+def _record(s: Session, state: dict[str, Any], test: Any, command: str | None) -> dict[str, Any]:
+    """The training record stored in the checkpoint (plain JSON types only)."""
+    images = sum(r["images"] for r in state["history"])
+    train_secs = sum(r["seconds"] for r in state["history"])
+    cfg = s.cfg.to_dict()
+    record = {
+        "command": command
+        or "netlens.train(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items() if v) + ")",
+        "data": str(s.cfg.data),
+        "epochs": s.cfg.epochs,
+        "config": cfg,
+        "history": state["history"],
+        "best_epoch": state["best"]["epoch"],
+        "val": state["best"],
+        "test": test,
+        "complete": test is not None or not s.splits.test,
+        "device": device_name(s.device),
+        "wall_time_s": round(state["elapsed"], 2),
+        "images_per_s": round(images / train_secs, 1) if train_secs else None,
+        "params": s.params[0],
+        "trainable_params": s.params[1],
+        "frozen": s.frozen,
+        "torch": str(torch.__version__),
+        "python": sys.version.split()[0],
     }
-    tmp = ctx["last"].with_name(ctx["last"].name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(ctx["last"])
+    return json.loads(json.dumps(record))  # weights_only-loadable
 
 
-def _resume(ctx: dict[str, Any]) -> dict[str, Any]:
-    path = ctx["last"]
-    if not path.is_file():
-        raise NetlensError(f"--resume: no saved state at {path}; train without --resume first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("arch", "data", "epochs", "batch_size"):
-        if saved["config"][key] != getattr(ctx["cfg"], key):
-            raise NetlensError(
-                f"--resume: {path} is from a run with {key}={saved['config'][key]!r}, not "
-                f"{getattr(ctx['cfg'], key)!r}; resume with the same settings"
-            )
-    ctx["model"].load_state_dict(saved["model"])
-    ctx["opt"].load_state_dict(saved["optimizer"])
-    ctx["sched"].load_state_dict(saved["scheduler"])
-    ctx["train_loader"].generator.set_state(saved["rng"]["loader"])
-    ctx["gen"].set_state(saved["rng"]["augment"])
-    torch.set_rng_state(saved["rng"]["torch"])
-    return {k: saved[k] for k in ("epoch", "history", "best", "best_state", "elapsed")}
+def _write(s: Session, state_dict: dict[str, torch.Tensor], record: dict[str, Any]) -> Path:
+    """Write the best weights so far as a netlens checkpoint (atomically)."""
+    cpu = {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format)
+        if v.dim() == 4
+        else v.detach().cpu()
+        for k, v in state_dict.items()
+    }
+    ckpt = make_checkpoint(
+        nn.Module(),
+        arch=s.cfg.arch,
+        arch_kwargs=arch_kwargs(s.cfg, s.splits, s.host),
+        classes=s.splits.classes,
+        preprocess=s.splits.preprocess.to_dict(),
+        record=record,
+    )
+    ckpt["state_dict"] = {k: v.contiguous().clone() for k, v in cpu.items()}
+    return write_checkpoint(ckpt, s.out)
+
+
+def _fit(
+    s: Session, state: dict[str, Any], console: Console, quiet: bool, command: str | None
+) -> None:
+    with epoch_progress(console, quiet) as progress:
+        for epoch in range(state["epoch"] + 1, s.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch, **_train_epoch(s, epoch, progress)}
+            val = _validate(s, s.val_loader)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
+            row["lr"] = s.opt.param_groups[0]["lr"]
+            state["elapsed"] += time.perf_counter() - t0
+            state["history"].append(row)
+            state["epoch"] = epoch
+            if state["best"] is None or val["accuracy"] > state["best"]["accuracy"]:
+                state["best"] = {"epoch": epoch, **val}
+                state["best_state"] = {
+                    k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()
+                }
+                _write(s, state["best_state"], _record(s, state, None, command))
+            save_state(s, state)
+            if not quiet:
+                console.print(format_row(row))
 
 
 def run(
@@ -196,57 +294,11 @@ def run(
     command: str | None = None,
     console: Console | None = None,
 ) -> TrainResult:
-    """Train per ``cfg`` and write the checkpoint to ``cfg.out``; see the module doc."""
+    """Train per ``cfg`` and write the best epoch's checkpoint to ``cfg.out`` (module doc)."""
     from ..plugins.manager import PluginHost
 
-    host = host or PluginHost()
     console = console or Console(stderr=True, highlight=False)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    dev = pick_device(cfg.device)
-    splits = resolve_splits(cfg.data, host, seed=cfg.seed)
-    model = build_model(cfg, splits, host)
-    notes: list[str] = []
-    if cfg.init:
-        copied, skipped = init_from(model, cfg.init, host)
-        notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
-    frozen = freeze(model, cfg.freeze)
-    total_params, trainable = count_params(model)
-    notes.append(f"parameters: {total_params:,} total, {trainable:,} trainable")
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = conv and dev.type in ("cuda", "cpu")
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    pin = dev.type == "cuda"
-    train_loader = make_loader(
-        splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
-    )
-    val_loader = make_loader(
-        splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin
-    )
-    per_epoch = (
-        len(train_loader) if cfg.max_batches is None else min(len(train_loader), cfg.max_batches)
-    )
-    opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ctx = {
-        "cfg": cfg,
-        "model": model,
-        "device": dev,
-        "opt": opt,
-        "sched": sched,
-        "train_loader": train_loader,
-        "frozen": frozen,
-        "num_classes": len(splits.classes),
-        "criterion": nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        "autocast": dev.type == "cuda",
-        "channels_last": channels_last,
-        "last": last_path(out),
-        "gen": torch.Generator().manual_seed(cfg.seed + 1),
-    }
+    s = setup(cfg, host or PluginHost())
     state: dict[str, Any] = {
         "epoch": 0,
         "history": [],
@@ -255,36 +307,22 @@ def run(
         "elapsed": 0.0,
     }
     if cfg.resume:
-        state = _resume(ctx)
-        notes.append(f"resumed after epoch {state['epoch']}")
+        state = load_state(s)
     if not quiet:
-        for note in notes:
+        for note in s.notes:
             console.print(note)
-    with epoch_progress(console, quiet) as progress:
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch, **_train_epoch(ctx, epoch, progress)}
-            val = _validate(ctx, val_loader)
-            row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
-            row["lr"] = opt.param_groups[0]["lr"]
-            state["elapsed"] += time.perf_counter() - t0
-            state["history"].append(row)
-            if state["best"] is None or val["accuracy"] > state["best"]["accuracy"]:
-                state["best"] = {"epoch": epoch, **val}
-                state["best_state"] = {
-                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-                }
-            state["epoch"] = epoch
-            _save_last(ctx, state)
-            if not quiet:
-                console.print(format_row(row))
-    model.load_state_dict(state["best_state"])
+    _fit(s, state, console, quiet, command)
+    s.model.load_state_dict(state["best_state"])
     test = None
-    if splits.test is not None:
-        test_loader = make_loader(
-            splits.test, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin
+    if s.splits.test is not None:
+        loader = make_loader(
+            s.splits.test,
+            cfg.batch_size * 2,
+            shuffle=False,
+            workers=cfg.workers,
+            pin=s.device.type == "cuda",
         )
-        test = _validate(ctx, test_loader)
+        test = _validate(s, loader)
     if not quiet:
         console.print(epoch_table(state["history"], state["best"]["epoch"]))
         if test is not None:
@@ -292,48 +330,11 @@ def run(
                 f"test accuracy {test['accuracy']:.2%}  macro F1 {test['f1']:.3f} "
                 f"({test['n']} images)"
             )
-    images = sum(r["images"] for r in state["history"])
-    train_secs = sum(r["seconds"] for r in state["history"])
-    record = {
-        "command": command
-        or "netlens.train(" + ", ".join(f"{k}={v!r}" for k, v in cfg.to_dict().items() if v) + ")",
-        "data": str(cfg.data),
-        "epochs": cfg.epochs,
-        "config": cfg.to_dict(),
-        "history": state["history"],
-        "best_epoch": state["best"]["epoch"],
-        "val": state["best"],
-        "test": test,
-        "device": device_name(dev),
-        "wall_time_s": round(state["elapsed"], 2),
-        "images_per_s": round(images / train_secs, 1) if train_secs else None,
-        "params": total_params,
-        "trainable_params": trainable,
-        "frozen": frozen,
-        "torch": str(torch.__version__),
-        "python": sys.version.split()[0],
-    }
-    record = json.loads(json.dumps(record))  # plain JSON types only: weights_only-loadable
-    model.to("cpu").to(memory_format=torch.contiguous_format)
-    model.eval()
-    arch_kwargs = {
-        **{k: v for k, v in cfg.arch_kwargs.items() if k != "num_classes"},
-        "num_classes": len(splits.classes),
-    }
-    if cfg.arch in host.archs:
-        arch_kwargs.setdefault("in_chans", splits.preprocess.channels)
-        arch_kwargs.setdefault("img_size", splits.preprocess.size[0])
-    ckpt = make_checkpoint(
-        model,
-        arch=cfg.arch,
-        arch_kwargs=arch_kwargs,
-        classes=splits.classes,
-        preprocess=splits.preprocess.to_dict(),
-        record=record,
-    )
-    path = write_checkpoint(ckpt, out)
-    ctx["last"].unlink(missing_ok=True)  # the run is complete: nothing left to resume
-    return TrainResult(path, record, model)
+    record = _record(s, state, test, command)
+    path = _write(s, state["best_state"], record)
+    last_path(s.out).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    s.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(path, record, s.model)
 
 
 def train(
