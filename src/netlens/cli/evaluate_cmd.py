@@ -110,14 +110,22 @@ def evaluate(
 
 
 def scores_table(rows: list[dict]):  # noqa: ANN201 - a rich Table, imported lazily
-    """The summary as a rich table: one row per method and metric."""
+    """The summary as a rich table: one row per method and metric (↑/↓: which way is better)."""
     from rich.table import Table
 
-    table = Table(title="explanation quality (mean ± 95% CI over images)")
-    for col in ("method", "metric", "score", "baseline", "better", "n"):
+    table = Table(title="explanation quality: mean [95% CI] over images")
+    for col in ("method", "metric", "score", "baseline", "n"):
         table.add_column(col, justify="left" if col in ("method", "metric") else "right")
     for r in rows:
-        score = f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        base = "" if r.get("baseline") is None else f"{r['baseline']:.3f} ({r['baseline_kind']})"
-        table.add_row(r["method"], r["metric"], score, base, r["better"], str(r["n"]))
+        arrow = "↑" if r["better"] == "higher" else "↓"
+        score = f"{r['mean']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        base = r.get("baseline")
+        kind = "chance" if r.get("baseline_kind") == "chance" else "random"
+        table.add_row(
+            r["method"],
+            f"{r['metric']} {arrow}",
+            score,
+            "" if base is None else f"{base:.3f} {kind}",
+            str(r["n"]),
+        )
     return table
