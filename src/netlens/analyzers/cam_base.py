@@ -261,9 +261,21 @@ def capture(
     ``choose_targets(logits)`` returns target sets (each N class indices, one per image); for
     each, the score ``sum_i logits[i, target_i]`` is differentiated w.r.t. the activations with
     ``torch.autograd.grad`` (the model's ``.grad`` stays untouched).
+
+    The layers before the first probed one run without autograd (less memory and time): a hook
+    on each probed layer turns gradients on from its output onwards; leaving ``no_grad``
+    restores the mode.
     """
-    with probe(model, list(layers), grads=grads) as p, torch.set_grad_enabled(grads):
-        logits = forward(fast_layout(x))
+    modules = dict(model.named_modules())
+    with probe(model, list(layers), grads=grads) as p, torch.no_grad():
+        handles = [
+            modules[n].register_forward_hook(_grads_on, prepend=True) for n in layers if grads
+        ]
+        try:
+            logits = forward(fast_layout(x))
+        finally:
+            for h in handles:
+                h.remove()
         sets = choose_targets(logits.detach())
         outs = {n: p[n].output for n in layers}
         grad_sets: list[dict[str, torch.Tensor]] = []
@@ -271,11 +283,16 @@ def capture(
             rows = torch.arange(len(x), device=logits.device)
             for k, t in enumerate(sets):
                 score = logits[rows, t.to(logits.device)].sum()
-                p.compute_grads(score, retain_graph=k < len(sets) - 1)
+                if score.requires_grad:
+                    p.compute_grads(score, retain_graph=k < len(sets) - 1)
                 grad_sets.append({n: _spatial_grad(p[n].grad, outs[n], model, n) for n in layers})
     acts = {n: to_spatial(outs[n].detach(), model, n) for n in layers}
     raw = {n: outs[n].detach() for n in layers}
     return Capture(logits.detach(), acts, raw, grad_sets), sets
+
+
+def _grads_on(module: nn.Module, inputs: Any, output: Any) -> None:
+    torch.set_grad_enabled(True)
 
 
 def _spatial_grad(
