@@ -72,6 +72,9 @@ class TopActivationsResult(Result):
         return {stem: full, f"{stem}-patches": crops}
 
 
+_PATCH_BATCH = 32  # images per forward/backward when finding patches
+
+
 def merge_top(
     best: torch.Tensor, best_ids: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,26 +222,34 @@ class TopActivationsAnalyzer(Analyzer):
         pos: torch.Tensor,
         grid: tuple[int, int],
     ) -> dict[str, np.ndarray]:
-        """Images, gradient boxes and map cells of the top inputs of the shown channels."""
+        """Images, gradient boxes and map cells of the top inputs of the shown channels.
+
+        All (channel, rank) pairs go through in batches: each image's gradient depends only on
+        its own target unit (eval mode: images do not interact), so one backward serves many.
+        """
         model = lens.model
-        images, boxes, cells = [], [], []
-        for ch in shown.tolist():
-            x = torch.stack([_sample(dataset, int(i)) for i in indices[ch]]).to(lens.device)
+        s, k = len(shown), indices.shape[1]
+        chans = shown.repeat_interleave(k)
+        flat_idx, flat_pos = indices[shown].reshape(-1), pos[shown].reshape(-1, 2)
+        images, boxes = [], []
+        for start in range(0, s * k, _PATCH_BATCH):
+            sl = slice(start, start + _PATCH_BATCH)
+            x = torch.stack([_sample(dataset, int(i)) for i in flat_idx[sl]]).to(lens.device)
             x.requires_grad_(True)
             with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
                 model(x)
                 act = _spatial(p[name].output, model, name)
                 rows = torch.arange(len(x))
-                target = act[rows, ch, pos[ch, :, 0], pos[ch, :, 1]].sum()
+                target = act[rows, chans[sl], flat_pos[sl, 0], flat_pos[sl, 1]].sum()
                 (grad,) = torch.autograd.grad(target, x)
-            size = tuple(x.shape[-2:])
-            boxes.append([gradient_box(g) for g in grad.cpu()])
-            cells.append([_cell(tuple(q.tolist()), grid, size) for q in pos[ch]])
-            images.append(np.stack([lens.transform.denormalize(t) for t in x.detach().cpu()]))
+            boxes += [gradient_box(g) for g in grad.cpu()]
+            images += [lens.transform.denormalize(t) for t in x.detach().cpu()]
+        size = tuple(images[0].shape[:2])
+        cells = [_cell(tuple(q.tolist()), grid, size) for q in flat_pos]
         return {
-            "images": np.stack(images),
-            "boxes": np.array(boxes, dtype=np.int64),
-            "cells": np.array(cells, dtype=np.int64),
+            "images": np.stack(images).reshape(s, k, *images[0].shape),
+            "boxes": np.array(boxes, dtype=np.int64).reshape(s, k, 4),
+            "cells": np.array(cells, dtype=np.int64).reshape(s, k, 4),
         }
 
 
