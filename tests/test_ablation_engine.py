@@ -229,3 +229,28 @@ def test_other_families_trace_and_match(make, expected) -> None:
             assert torch.equal(
                 engine.ablated(cache, u.name, rep, 0), engine.naive(x, u.name, rep, 0)
             ), u.name
+
+
+class Stateful(nn.Module):
+    """Python state in forward: a trace bakes in one call's value, so the graph is wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.fc = nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fc(self.a(x.flatten(1))) * self.calls
+
+
+def test_graph_that_does_not_reproduce_the_model_is_not_used() -> None:
+    torch.manual_seed(0)
+    model = Stateful().eval()
+    engine = Engine(model, ["a"])
+    assert engine.is_fast("a")
+    x = torch.randn(3, 1, 2, 2)
+    with torch.no_grad():
+        assert not engine.check(x)
+    assert not engine.is_fast("a") and "does not reproduce" in engine.trace_error
