@@ -149,11 +149,14 @@ def test_cli_stats_on_a_folder(tmp_path, resnet18):
             "--batch-size",
             "4",
             "--hist-range=-1,5",
+            "--layers",
+            "act1,layer4.1.act2",
         ],
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert doc["samples"] == 6 and len(doc["table"]) == 17  # timm resnet18: 17 ReLU modules
+    assert doc["samples"] == 6 and [r["layer"] for r in doc["table"]] == ["act1", "layer4.1.act2"]
+    assert len(default_stats_layers(resnet18)) == 17  # timm resnet18: 17 ReLU modules
     assert doc["hist_range"] == [-1.0, 5.0] and doc["table"][0]["underflow"] == 0
     assert {"stats-dead.png", "stats-histograms.png", "stats.csv", "stats.json"} <= {
         p.name for p in out.iterdir()
