@@ -128,6 +128,17 @@ def test_linear_on_the_flattened_image_and_plain_matrix():
     assert last.meta["view"] == "matrix" and last.arrays["matrix"].shape == (3, 7)
 
 
+def test_transposed_conv_filters_are_output_channels():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2), nn.Conv2d(6, 2, 1))
+    lens = Lens(net, Preprocess(size=(5, 5), channels=4, mean=(0.5,) * 4, std=(0.5,) * 4))
+    r = lens.kernels("0")
+    w = net[0].weight.detach()  # in × out/groups × k × k = 4 × 3 × 3 × 3
+    per_out = torch.cat([w[:2].transpose(0, 1), w[2:].transpose(0, 1)])  # 6 × 2 × 3 × 3
+    np.testing.assert_allclose(r.arrays["tiles"], per_out.mean(dim=1).numpy(), rtol=1e-6)
+    assert r.meta["total"] == 6
+
+
 def test_filter_statistics_and_near_zero(lens):
     r = lens.kernels("deep")
     w = lens.model.deep.weight.detach().numpy()
