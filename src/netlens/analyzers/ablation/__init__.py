@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -188,9 +189,7 @@ def ablate(
         if mode in ("mean", "noise"):
             task = progress.add_task("statistics", total=len(loader))
             stats = _stats(net, units, loader, lens.device, lambda k: progress.advance(task, k))
-        budget = cache_mb << 20
-        run = _channel_study if channels else _block_study
-        run(
+        plan = _Plan(
             engine,
             loader,
             units,
@@ -202,8 +201,9 @@ def ablate(
             points,
             progress,
             lens.device,
-            budget,
+            cache_mb << 20,
         )
+        _channel_study(plan) if channels else _block_study(plan)
     return _result(lens, study, units, mode, metric, channels, skipped, engine, started, csv)
 
 
@@ -222,46 +222,45 @@ def _progress(quiet: bool) -> Any:
     )
 
 
-def _run(
-    engine: Engine,
-    loader: Any,
-    ablations: list[Ablation],
-    study: StudyRows,
-    progress: Any,
-    label: str,
-    device: torch.device,
-    budget: int,
-) -> None:
-    total = sum(len(a.keys) for a in ablations) * len(loader)
-    task = progress.add_task(f"{label} (ablations × batches)", total=total)
-    run_ablations(
-        engine,
-        loader,
-        ablations,
-        study.done,
-        study.baseline,
-        device=device,
-        advance=lambda k: progress.advance(task, k),
-        budget=budget,
-    )
-    study.base()
+@dataclass
+class _Plan:
+    """Everything a block or channel study runs with."""
+
+    engine: Engine
+    loader: Any
+    units: list[Unit]
+    study: StudyRows
+    shapes: dict[str, tuple]
+    stats: dict[str, UnitStats] | None
+    mode: str
+    seed: int
+    points: int
+    progress: Any
+    device: torch.device
+    budget: int
+
+    def run(self, ablations: list[Ablation], label: str) -> None:
+        total = sum(len(a.keys) for a in ablations) * len(self.loader)
+        task = self.progress.add_task(f"{label} (ablations × batches)", total=total)
+        first = self.study.baseline if self.study.needs_baseline else None
+        run_ablations(
+            self.engine,
+            self.loader,
+            ablations,
+            self.study.done,
+            first,
+            device=self.device,
+            advance=lambda k: self.progress.advance(task, k),
+            budget=self.budget,
+        )
+        self.study.base()
+
+    def unit_stats(self, unit: str) -> UnitStats | None:
+        return self.stats[unit] if self.stats else None
 
 
-def _block_study(
-    engine: Engine,
-    loader: Any,
-    units: list[Unit],
-    study: StudyRows,
-    shapes: dict,
-    stats: dict | None,
-    mode: str,
-    seed: int,
-    points: int,
-    progress: Any,
-    device: torch.device,
-    budget: int,
-) -> None:
-    net = engine.model
+def _block_study(plan: _Plan) -> None:
+    net = plan.engine.model
     abls = [
         Ablation(
             [u.name],
@@ -269,55 +268,33 @@ def _block_study(
             unit_replacement(
                 u,
                 net.get_submodule(u.name),
-                mode,
-                stats[u.name] if stats else None,
-                seed=seed,
+                plan.mode,
+                plan.unit_stats(u.name),
+                seed=plan.seed,
                 key=i,
             ),
         )
-        for i, u in enumerate(units)
-        if u.name not in study.rows
+        for i, u in enumerate(plan.units)
+        if u.name not in plan.study.rows
     ]
-    _run(engine, loader, abls, study, progress, "blocks", device, budget)
+    plan.run(abls, "blocks")
 
 
-def _channel_study(
-    engine: Engine,
-    loader: Any,
-    units: list[Unit],
-    study: StudyRows,
-    shapes: dict,
-    stats: dict | None,
-    mode: str,
-    seed: int,
-    points: int,
-    progress: Any,
-    device: torch.device,
-    budget: int,
-) -> None:
-    unit = units[0].name
-    out_shape = shapes[unit][1]
+def _channel_study(plan: _Plan) -> None:
+    unit = plan.units[0].name
+    out_shape = plan.shapes[unit][1]
     if len(out_shape) < 2:
         raise AnalyzerError(f"'{unit}' has no channel dimension (output {out_shape})")
     n_ch, per = out_shape[1], int(np.prod(out_shape[1:]))
-    group = ch.group_size(per, loader.batch_size or 1) if engine.is_fast(unit) else 1
-    st = stats[unit] if stats else None
-    done = set(study.rows)
-    singles = ch.channel_ablations(unit, n_ch, mode, st, seed=seed, group=group, skip=done)
-    _run(engine, loader, singles, study, progress, f"channels of {unit}", device, budget)
-    drops = np.array([study.rows[ch.channel_key(unit, c)]["drop"] for c in range(n_ch)])
-    curves = ch.curve_ablations(
-        unit,
-        n_ch,
-        ch.orders(drops, seed),
-        mode,
-        st,
-        seed=seed,
-        group=group,
-        points=points,
-        skip=done,
-    )
-    _run(engine, loader, curves, study, progress, "cumulative curves", device, budget)
+    fast = plan.engine.is_fast(unit)
+    group = ch.group_size(per, plan.loader.batch_size or 1) if fast else 1
+    kw = {"seed": plan.seed, "group": group, "skip": set(plan.study.rows)}
+    st = plan.unit_stats(unit)
+    plan.run(ch.channel_ablations(unit, n_ch, plan.mode, st, **kw), f"channels of {unit}")
+    drops = np.array([plan.study.rows[ch.channel_key(unit, c)]["drop"] for c in range(n_ch)])
+    order = ch.orders(drops, plan.seed)
+    curves = ch.curve_ablations(unit, n_ch, order, plan.mode, st, points=plan.points, **kw)
+    plan.run(curves, "cumulative curves")
 
 
 def _result(

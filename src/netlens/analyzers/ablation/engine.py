@@ -255,22 +255,25 @@ def run_ablations(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     ablations: list[Ablation],
     on_done: Callable[[str, Outcomes], None],
-    baseline: Outcomes,
+    baseline: Outcomes | None,
     *,
     device: torch.device | None = None,
     advance: Callable[[int], None] | None = None,
     budget: int = 1 << 30,
     group: int = 8,
-) -> Outcomes:
-    """Run every ablation over the data; returns the baseline outcomes.
+) -> None:
+    """Run every ablation over the data.
 
-    ``baseline`` is filled with the intact model's outcomes before ``on_done`` is first called.
+    ``baseline`` (when given) is filled with the intact model's outcomes before ``on_done`` is
+    first called.
     Each batch's prefix is computed once and kept while the caches of all batches fit in
     ``budget`` bytes: then ablations run one after the other and ``on_done`` sees each as soon as
     it is complete (so a partial CSV can grow row by row). Otherwise ablations run in groups of
     ``group``, recomputing the prefix once per group and batch.
     """
     advance = advance or (lambda k: None)
+    if not ablations and baseline is None:
+        return
     batches = iter(loader)
     first = next(batches, None)
     if first is None:
@@ -282,17 +285,18 @@ def run_ablations(
         stored = [(cache0, y0)]
         stored += [(engine.prefix(x.to(device)), y) for x, y in batches]
         for cache, y in stored:
-            baseline.add(cache.logits, y)
+            if baseline is not None:
+                baseline.add(cache.logits, y)
         for abl in ablations:
             _run_group(engine, [abl], stored, on_done, advance)
-        return baseline
+        return
     groups = [ablations[i : i + group] for i in range(0, len(ablations), group)] or [[]]
     for gi, chunk in enumerate(groups):
 
         def feed(gi: int = gi) -> Iterator[tuple[BatchCache, torch.Tensor]]:
             for b, (x, y) in enumerate(loader):
                 cache = cache0 if (gi == 0 and b == 0) else engine.prefix(x.to(device))
-                if gi == 0:
+                if gi == 0 and baseline is not None:
                     baseline.add(cache.logits, y)
                 yield cache, y
 

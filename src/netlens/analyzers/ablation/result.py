@@ -97,6 +97,10 @@ class StudyRows:
         self._base: dict[str, np.ndarray] | None = None
         self.resumed = len(self.rows)
 
+    @property
+    def needs_baseline(self) -> bool:
+        return self._base is None
+
     def base(self) -> dict[str, np.ndarray]:
         if self._base is None:
             self._base = self.baseline.arrays()
