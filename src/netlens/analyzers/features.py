@@ -196,7 +196,7 @@ class FeaturesAnalyzer(Analyzer):
             {
                 "layer": n,
                 "image": img,
-                "rank": r,
+                "rank": r + 1,
                 "channel": int(c),
                 "mean": float(arrays[_key(n, "means")][i, int(c)]),
             }
