@@ -229,7 +229,7 @@ def _image_folder(root, x: torch.Tensor, y: torch.Tensor) -> None:
         cv2.imwrite(str(d / f"{i}.png"), arr)
 
 
-def test_cli_ablate(tmp_path) -> None:
+def test_cli_ablate(tmp_path, monkeypatch) -> None:
     from netlens.cli.app import app
 
     model, (x, y) = _model(), _data(20)
@@ -284,3 +284,10 @@ def test_cli_ablate(tmp_path) -> None:
     assert "layer2.0" in res.output and "baseline" in res.output
     res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "Traceback" not in res.output
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(netlens.Lens, "ablate", interrupted)
+    res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "data")])
+    assert res.exit_code == 130 and "--resume" in res.output

@@ -88,20 +88,27 @@ def ablate(
     if not data:
         raise DataError("an ablation study needs labelled data: pass --data DIR or --data NAME")
     lens = open_lens(model, arch=arch, trust=trust)
-    result = lens.ablate(
-        data,
-        layers=layers,
-        mode=mode,
-        metric=metric,
-        channels=channels,
-        out=out,
-        resume=resume,
-        limit=limit,
-        batch_size=batch_size,
-        seed=seed,
-        fast=not naive,
-        quiet=quiet or json,
-    )
+    try:
+        result = lens.ablate(
+            data,
+            layers=layers,
+            mode=mode,
+            metric=metric,
+            channels=channels,
+            out=out,
+            resume=resume,
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            fast=not naive,
+            quiet=quiet or json,
+        )
+    except KeyboardInterrupt:
+        console.print(
+            f"[red]interrupted[/red]: finished rows are in {out}/ablation.csv; "
+            "run the same command with --resume to go on"
+        )
+        raise typer.Exit(130) from None
     files = result.save(out)
     if json:
         emit_json({**result.summary(), "files": [str(f) for f in files]})
