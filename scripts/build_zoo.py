@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,16 @@ def write_samples(folder: Path, recipe: Recipe, host: PluginHost) -> list[str]:
     return names
 
 
+def dump_card(card: dict) -> str:
+    """Indented JSON with lists of numbers or short strings kept on one line (readable cards)."""
+    text = json.dumps(card, indent=1)
+    flat = re.compile(
+        r"\[\s*((?:-?[\d.e+-]+|\"[^\"\n]{0,24}\"|null)(?:,\s*(?:-?[\d.e+-]+|"
+        r"\"[^\"\n]{0,24}\"|null))*)\s*\]"
+    )
+    return flat.sub(lambda m: "[" + " ".join(m.group(1).split()) + "]", text) + "\n"
+
+
 def export(recipe: Recipe, ckpt_path: Path, host: PluginHost) -> Path:
     """Write ``zoo/<name>/`` from a trained checkpoint."""
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -118,8 +129,37 @@ def export(recipe: Recipe, ckpt_path: Path, host: PluginHost) -> Path:
     }
     if not rec["device"].startswith("cpu"):
         card["hardware_note"] = f"trained on {rec['device']}"
-    (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (folder / "card.json").write_text(dump_card(card))
     return folder
+
+
+def finish_interrupted(recipe: Recipe, host: PluginHost) -> Path:
+    """Turn an interrupted run's ``build/zoo/NAME.last.pt`` into a checkpoint, honestly labelled.
+
+    The best epoch so far is evaluated on the test split; the record says how many of the
+    planned epochs ran.
+    """
+    from netlens.train import TrainConfig
+    from netlens.train.datasets import make_loader
+    from netlens.train.resume import last_path, load_state
+    from netlens.train.trainer import _record, _validate, _write, setup
+
+    out = BUILD / f"{recipe.name}.pt"
+    saved = torch.load(last_path(out), map_location="cpu", weights_only=True)
+    cfg = TrainConfig.from_dict({**saved["config"], "resume": True})
+    session = setup(cfg, host)
+    state = load_state(session)
+    session.model.load_state_dict(state["best_state"])
+    loader = make_loader(session.splits.test, 256, shuffle=False, workers=0, pin=False)
+    test = _validate(session, loader)
+    command = (
+        f"netlens train --recipe {recipe.name} --threads {cfg.threads} --out {out} "
+        f"(stopped after {state['epoch']} of {cfg.epochs} epochs for lack of CPU time; "
+        "best epoch finished with scripts/build_zoo.py --finish-interrupted)"
+    )
+    record = _record(session, state, test, command)
+    record["epochs_planned"], record["epochs"] = cfg.epochs, state["epoch"]
+    return _write(session, state["best_state"], record)
 
 
 def main() -> int:
@@ -128,6 +168,11 @@ def main() -> int:
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--export-only", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--finish-interrupted",
+        action="store_true",
+        help="export the best epoch of an interrupted run (build/zoo/NAME.last.pt)",
+    )
     args = parser.parse_args()
     host = PluginHost()
     todo = args.names or list(RECIPES)
@@ -138,7 +183,9 @@ def main() -> int:
     for name in todo:
         recipe = RECIPES[name]
         ckpt = BUILD / f"{name}.pt"
-        if not args.export_only and (args.retrain or not ckpt.is_file()):
+        if args.finish_interrupted:
+            ckpt = finish_interrupted(recipe, host)
+        elif not args.export_only and (args.retrain or not ckpt.is_file()):
             ckpt = train_recipe(recipe, args.threads)
         if not ckpt.is_file():
             print(f"{name}: no checkpoint at {ckpt}; train it first")

@@ -195,3 +195,41 @@ def test_each_recipe_runs_a_few_batches(name: str, tmp_path: Path, monkeypatch) 
     assert result.record["config"]["arch"] == RECIPES[name].config["arch"]
     assert result.record["history"][0]["images"] == 32
     assert netlens.load(tmp_path / "m.pt").card["arch"] == RECIPES[name].config["arch"]
+
+
+def test_cli_train_on_an_image_folder(tmp_path: Path) -> None:
+    from netlens.data.shapes import CLASSES, write_folder
+
+    root, _ = write_folder(tmp_path / "shapes", n=40, size=40, seed=3)
+    out = tmp_path / "folder.pt"
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--arch",
+            "allconv",
+            "--data",
+            str(root),
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--arch-opt",
+            "widths=[8,16]",
+            "--arch-opt",
+            "depths=[1,1]",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["test"] is None and doc["val"]["n"] == 4  # a seeded 10 % hold-out
+    lens = netlens.load(out)
+    assert lens.classes == sorted(CLASSES) and lens.transform.size == (32, 32)
+    assert lens.card["arch_kwargs"]["widths"] == [8, 16]

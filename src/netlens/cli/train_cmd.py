@@ -50,6 +50,13 @@ def train(
         int | None, typer.Option("--crop", help="Random shifts of up to N pixels (padded crops).")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    img_size: Annotated[
+        int | None,
+        typer.Option(
+            "--img-size",
+            help="Resize images to N×N (default: the dataset's size; 224 for folders).",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     init: Annotated[
         str | None,
@@ -92,6 +99,7 @@ def train(
         "flip": flip,
         "crop": crop,
         "seed": seed,
+        "img_size": img_size,
         "device": device,
         "init": init,
         "freeze": freeze,

@@ -38,6 +38,7 @@ class TrainConfig:
     resume: bool = False
     max_batches: int | None = None
     threads: int | None = None
+    img_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["epoch_progress", "epoch_table", "format_row"]
+__all__ = ["confusion_table", "epoch_progress", "epoch_table", "format_row"]
 
 COLUMNS = [
     ("epoch", "epoch", "{:d}"),
@@ -56,4 +56,18 @@ def epoch_table(history: list[dict[str, Any]], best_epoch: int | None = None) ->
         if row["epoch"] == best_epoch:
             cells[0] += "*"
         table.add_row(*cells)
+    return table
+
+
+def confusion_table(cm: list[list[int]], classes: list[str]) -> Table:
+    """The test confusion matrix (rows: true class, columns: predicted; diagonal in bold)."""
+    table = Table(title="test confusion (rows: true, columns: predicted)", show_edge=False)
+    table.add_column("")
+    for c in classes:
+        table.add_column(c[:8], justify="right")
+    for i, row in enumerate(cm):
+        cells = [
+            f"[bold]{v}[/bold]" if i == j else (str(v) if v else ".") for j, v in enumerate(row)
+        ]
+        table.add_row(classes[i], *cells)
     return table

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import NetlensError
+from ..images import Preprocess
 from ..models.checkpoint import make_checkpoint, write_checkpoint
 from ..models.factory import create_arch
 from .augment import augment_batch
@@ -33,7 +34,7 @@ from .datasets import Splits, make_loader, resolve_splits
 from .device import device_name, pick_device
 from .metrics import evaluate
 from .optim import make_optimizer
-from .report import epoch_progress, epoch_table, format_row
+from .report import confusion_table, epoch_progress, epoch_table, format_row
 from .resume import last_path, load_state, save_state
 from .transfer import count_params, freeze, init_from, set_frozen_eval
 
@@ -115,7 +116,8 @@ def setup(cfg: TrainConfig, host: PluginHost) -> Session:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     dev = pick_device(cfg.device)
-    splits = resolve_splits(cfg.data, host, seed=cfg.seed)
+    pre = Preprocess(size=(cfg.img_size, cfg.img_size)) if cfg.img_size else None
+    splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
     model = build_model(cfg, splits, host)
     notes = []
     if cfg.init:
@@ -326,6 +328,7 @@ def run(
     if not quiet:
         console.print(epoch_table(state["history"], state["best"]["epoch"]))
         if test is not None:
+            console.print(confusion_table(test["confusion"], s.splits.classes))
             console.print(
                 f"test accuracy {test['accuracy']:.2%}  macro F1 {test['f1']:.3f} "
                 f"({test['n']} images)"
