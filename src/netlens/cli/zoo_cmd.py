@@ -35,24 +35,15 @@ def list_cmd(json: JsonOpt = False) -> None:
     if not rows:
         console.print("no zoo models installed")
         return
-    table = Table(title="netlens zoo (use as zoo:NAME)")
-    for col in ("name", "arch", "data", "classes", "input", "test acc", "target", "MB"):
-        table.add_column(
-            col, justify="right" if col in ("classes", "test acc", "target", "MB") else "left"
-        )
+    table = Table(title="netlens zoo (use as zoo:NAME)", caption="* the default model")
+    for col in ("name", "arch", "data", "classes", "test acc", "MB"):
+        right = col in ("classes", "test acc", "MB")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
     for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
-        size = "×".join(str(v) for v in r["input"] if v is not None)
-        table.add_row(
-            name,
-            r["arch"],
-            r["data"],
-            str(r["classes"]),
-            size,
-            _pct(r["test_accuracy"]),
-            _pct(r["target_accuracy"]),
-            f"{r['size_mb']:.2f}",
-        )
+        name = r["name"] + ("*" if r["default"] else "")
+        acc = _pct(r["test_accuracy"])
+        size = f"{r['size_mb']:.2f}"
+        table.add_row(name, r["arch"], r["data"], str(r["classes"]), acc, size)
     console.print(table)
 
 
