@@ -134,7 +134,7 @@ def _table(result: Any) -> Any:
     for r in rows[:20]:
         name = f"#{r['channel']}" if r["kind"] == "channel" else r["unit"]
         name += " ↓" if r.get("downsample") else ""
-        hurt = ", ".join(f"{c} -{d:.2f}" for c, d in (r.get("hurt_classes") or []))
+        hurt = ", ".join(f"{c} -{d:.2f}" for c, d in (r.get("hurt_classes") or [])[:2])
         cells = [
             name,
             f"{r['value']:.3f}",

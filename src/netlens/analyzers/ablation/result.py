@@ -234,8 +234,8 @@ def curve_arrays(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 def _title(result: AblationResult) -> str:
     b, m = result.baseline, result.meta
     return (
-        f"{m.get('model', 'model')}: {m['metric']} {b['value']:.3f} intact "
-        f"(95% CI {b['value_lo']:.3f}–{b['value_hi']:.3f}, n={b['n']}), mode {m['mode']}"
+        f"{m.get('model', 'model')}: ablation mode '{m['mode']}'\n{m['metric']} of the intact "
+        f"model {b['value']:.3f} (95% CI {b['value_lo']:.3f}–{b['value_hi']:.3f}, n={b['n']})"
     )
 
 
@@ -311,6 +311,6 @@ def channel_figure(result: AblationResult) -> Figure:
             ax3.set_ylabel("class accuracy")
             ax3.set_title("per class", fontsize=9)
             if per_class.shape[1] <= 12:
-                ax3.legend(fontsize=7, ncol=2)
+                ax3.legend(fontsize=7, ncol=2, loc="lower left", framealpha=0.6)
     fig.suptitle(_title(result), fontsize=9)
     return fig
