@@ -291,3 +291,38 @@ def test_cli_ablate(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(netlens.Lens, "ablate", interrupted)
     res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "data")])
     assert res.exit_code == 130 and "--resume" in res.output
+
+
+class Constant(nn.Module):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.value.expand(x.shape[0], *self.value.shape).clone()
+
+
+def test_mean_mode_and_small_cache_budget_against_reference() -> None:
+    model, (x, y) = _model(), _data()
+    with torch.no_grad():  # the dataset mean of layer2.0's output, computed independently
+        h = model.layer1(model.stem(x))
+        mean = model.layer2[0](h).double().mean(0).float()
+        ref = copy.deepcopy(model)
+        ref.layer2[0] = Constant(mean)
+        ref_acc = (ref(x).argmax(1) == y).float().mean().item()
+    res = netlens.ablate(
+        model, (x, y), layers="layer2.0,layer1.1", mode="mean", batch_size=16, resamples=100
+    )
+    assert res.rows[0]["unit"] == "layer2.0"
+    assert res.rows[0]["value"] == pytest.approx(ref_acc, abs=1e-9)
+    # with no room to keep the batches' caches, ablations run in groups: the same rows
+    tight = netlens.ablate(
+        model,
+        (x, y),
+        layers="layer2.0,layer1.1",
+        mode="mean",
+        batch_size=16,
+        resamples=100,
+        cache_mb=0,
+    )
+    assert tight.rows == res.rows
