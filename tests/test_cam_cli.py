@@ -148,3 +148,23 @@ def test_only_non_images_fails_with_one_line(files: Path, tmp_path: Path) -> Non
         app, ["cam", str(files / "tiny.pt"), str(files / "notes.jpg"), "--out", str(tmp_path)]
     )
     assert res.exit_code == 1 and "cannot decode" in res.output
+
+
+def test_default_zoo_model_and_its_samples(tmp_path: Path) -> None:
+    from netlens.models import zoo
+
+    if zoo.DEFAULT not in zoo.names():
+        pytest.skip("the default zoo model is not bundled in this checkout")
+    res = runner.invoke(app, ["cam", "--method", "cam", "--out", str(tmp_path / "cam")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["cam", "--out", str(tmp_path / "grad"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["images"]
+    assert len(rows) >= 1
+    hits = 0
+    for row in rows:
+        cam = np.load(tmp_path / "cam" / f"{row['image']}_cam.npy")
+        grad = np.load(tmp_path / "grad" / f"{row['image']}_gradcam.npy")
+        np.testing.assert_allclose(cam, grad, atol=1e-5)  # GAP head: CAM = Grad-CAM
+        hits += row["target"] == row["prediction"]
+    assert hits == len(rows)
