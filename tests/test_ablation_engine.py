@@ -18,6 +18,15 @@ from netlens.analyzers.ablation.units import Unit, default_units, identity_outpu
 from netlens.models.archs import resnet, vgg
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and does not stall on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random BN scales/shifts and stats so no block is a no-op (timm zero-inits the last BN)."""
     gen = torch.Generator().manual_seed(seed)

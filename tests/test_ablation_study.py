@@ -21,6 +21,15 @@ from netlens.errors import AnalyzerError
 from netlens.models.archs import resnet
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast and does not stall on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = resnet(num_classes=5, in_chans=1, img_size=16, widths=(8, 16), blocks=(2, 2))
