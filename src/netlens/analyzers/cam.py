@@ -98,7 +98,7 @@ class CamAnalyzer(Analyzer):
             raise NetlensError("give either a target or top=K, not both")
         if top is not None and int(top) < 1:
             raise NetlensError(f"top must be at least 1, got {top}")
-        impl = _method(lens, method)
+        impl, method_label = _method(lens, method)
         batch = lens.batch(inputs)
         x = batch.tensor
         model = lens.model
@@ -120,7 +120,7 @@ class CamAnalyzer(Analyzer):
             name="cam",
             arrays={"heatmaps": heat, "probs": probs, "targets": targets},
             meta={
-                "method": impl.name or type(impl).__name__,
+                "method": method_label,
                 "layers": layers,
                 "layer_auto": auto,
                 "images": list(batch.names),
@@ -139,17 +139,18 @@ class CamAnalyzer(Analyzer):
         )
 
 
-def _method(lens: Lens, method: str | CamMethod | type[CamMethod]) -> CamMethod:
+def _method(lens: Lens, method: str | CamMethod | type[CamMethod]) -> tuple[CamMethod, str]:
+    """The method instance and the name it goes by (its registry name when given by name)."""
     if isinstance(method, CamMethod):
-        return method
+        return method, method.name or type(method).__name__
     if isinstance(method, type) and issubclass(method, CamMethod):
-        return method()
+        return method(), method.name or method.__name__
     if not isinstance(method, str):
         raise NetlensError(f"method must be a name or CamMethod, not {type(method).__name__}")
     registry = lens.host.cam_methods
     key = method_name(method)
     name = key if key in registry else method
-    return registry.get(name)()
+    return registry.get(name)(), name
 
 
 def _layers(model: nn.Module, layer: Any, example: torch.Tensor) -> tuple[list[str], bool]:
