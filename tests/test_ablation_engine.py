@@ -263,3 +263,33 @@ def test_graph_that_does_not_reproduce_the_model_is_not_used() -> None:
     with torch.no_grad():
         assert not engine.check(x)
     assert not engine.is_fast("a") and "does not reproduce" in engine.trace_error
+
+
+class BatchMixer(nn.Module):
+    """The head centres features over the batch: stacking ablations would change the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean((2, 3))
+        return self.fc(h - h.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize(("make", "unit"), [(BatchMixer, "conv"), (SkipNet, "a")])
+def test_channel_stacks_fall_back_to_one_by_one_when_unsafe(make, unit) -> None:
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    engine = Engine(model, [unit])
+    n_ch = model.get_submodule(unit if unit == "conv" else "a.0").out_channels
+    with torch.no_grad():
+        cache = engine.prefix(x)
+        (abl,) = ch.channel_ablations(unit, n_ch, "zero", None, group=n_ch)
+        out = engine.ablated(cache, unit, abl.replace, 0, copies=n_ch)
+        eye = torch.eye(n_ch, dtype=torch.bool)
+        for c in range(n_ch):
+            ref = engine.naive(x, unit, channel_replacement("zero", None, eye[c]), 0)
+            assert torch.equal(out[c * 4 : (c + 1) * 4], ref), c

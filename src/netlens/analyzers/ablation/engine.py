@@ -86,6 +86,8 @@ class Engine:
         self.nodes: list[fx.Node] = []
         self.unit_index: dict[str, int] = {}
         self.trace_error: str | None = None
+        self._stack_checked: set[str] = set()
+        self._no_stack: set[str] = set()
         if fast:
             self._trace()
 
@@ -186,14 +188,34 @@ class Engine:
     def ablated(
         self, cache: BatchCache, unit: str, replace: Replacement, batch: int, copies: int = 1
     ) -> torch.Tensor:
-        """Logits with ``unit``'s output replaced (``copies`` ablations stacked on the batch)."""
+        """Logits with ``unit``'s output replaced (``copies`` ablations stacked on the batch).
+
+        Stacked copies go through the suffix as one batch when the suffix reads nothing from
+        before the unit and treats images independently; the first stacked pass of each unit
+        is checked against its first copy run alone, and a unit that fails runs copy by copy.
+        """
         if not self.is_fast(unit) or unit not in cache.outputs:
             return self.naive(cache.x, unit, replace, batch, copies)
+        new = replace(cache.inputs[unit], cache.outputs[unit], batch)
+        if copies == 1:
+            return self._suffix(cache, unit, new)
+        n = cache.x.shape[0]
+        if unit not in self._no_stack and not self._frontier[unit]:
+            out = self._suffix(cache, unit, new)
+            if unit in self._stack_checked:
+                return out
+            self._stack_checked.add(unit)
+            if torch.equal(out[:n], self._suffix(cache, unit, new[:n].clone())):
+                return out
+            self._no_stack.add(unit)
+        parts = [self._suffix(cache, unit, new[g * n : (g + 1) * n].clone()) for g in range(copies)]
+        return torch.cat(parts, 0)
+
+    def _suffix(self, cache: BatchCache, unit: str, new: torch.Tensor) -> torch.Tensor:
+        """Run the nodes after ``unit`` with ``new`` as its output."""
         index = self.unit_index[unit]
-        env: dict[fx.Node, Any] = {}
-        for node, value in cache.frontier[unit].items():
-            env[node] = _repeat(_clone(value), copies, cache.x.shape[0])
-        env[self.nodes[index]] = replace(cache.inputs[unit], cache.outputs[unit], batch)
+        env: dict[fx.Node, Any] = {f: _clone(v) for f, v in cache.frontier[unit].items()}
+        env[self.nodes[index]] = new
         return self._run_nodes(env, index + 1)
 
     def naive(
@@ -221,14 +243,6 @@ class Engine:
             if not calls:
                 raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
         return logits[0] if copies == 1 else torch.cat(logits, 0)
-
-
-def _repeat(value: Any, copies: int, n: int) -> Any:
-    if copies == 1 or not isinstance(value, torch.Tensor):
-        return value
-    if value.dim() == 0 or value.shape[0] != n:
-        raise AnalyzerError("cannot stack ablations: a cached value has no batch dimension")
-    return value.repeat(copies, *([1] * (value.dim() - 1)))
 
 
 @contextmanager
