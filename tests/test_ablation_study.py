@@ -335,3 +335,24 @@ def test_mean_mode_and_small_cache_budget_against_reference() -> None:
         cache_mb=0,
     )
     assert tight.rows == res.rows
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": "noise"}, {"layers": "conv2", "channels": True}])
+def test_tiny_cnn_unchanged_and_no_hooks(options) -> None:
+    from netlens.testing import assert_model_unchanged, assert_no_hooks, make_tiny_model
+
+    model = make_tiny_model()
+    model.train()  # flags must come back too
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.randn(10, 3, 32, 32, generator=gen), torch.randint(0, 4, (10,), generator=gen))
+    with assert_model_unchanged(model):
+        res = netlens.ablate(
+            model,
+            data,
+            mode=options.get("mode", "zero"),
+            resamples=50,
+            points=3,
+            **{k: v for k, v in options.items() if k != "mode"},
+        )
+    assert_no_hooks(model)
+    assert res.rows and all(np.isfinite(r["value"]) for r in res.rows)
