@@ -6,9 +6,15 @@ per batch one full run of the traced graph gives the baseline logits and caches,
 call, its input, its output and the values later nodes still need (a clone each, so in-place ops
 cannot change them). An ablation then runs only the nodes after its unit, from the replacement
 output on. The nodes are the same calls on the same values with the same batch, so the logits are
-bit-for-bit those of the naive run. When the model does not trace (data-dependent control flow),
-or a unit is not a single node of the graph (called twice, nested in another unit), that unit
-falls back to the naive path, which is always correct.
+bit-for-bit those of the naive run. For a sequential stack (``nn.Sequential``, a ResNet's
+stages) the graph is a chain and the suffix is simply the slice of layers after the unit; for
+general graphs, values from before the unit that later nodes read (long skips) are cached too.
+
+Safety nets: the traced graph is used only if it reproduces the model's own logits on the first
+batch (:meth:`Engine.check`); when the model does not trace (data-dependent control flow) or a
+unit is not a single node of the graph (called twice, nested in another unit), that unit falls
+back to the naive path, which is always correct; stacked channel ablations are checked once per
+unit against a copy run alone (:meth:`Engine.ablated`).
 """
 
 from __future__ import annotations
