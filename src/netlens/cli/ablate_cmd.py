@@ -114,6 +114,11 @@ def ablate(
         emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     console.print(_table(result))
+    if result.meta.get("skipped"):
+        console.print(
+            f"not ablated: {', '.join(result.meta['skipped'])} (identity cannot skip a "
+            "layer that changes the shape; use --mode zero or mean for those)"
+        )
     console.print(f"ablate: wrote {len(files)} files to {out}/")
 
 
@@ -121,7 +126,9 @@ def _table(result: Any) -> Any:
     from rich.table import Table
 
     meta, base = result.meta, result.baseline
-    what = f"channels of {meta['units'][0]}" if meta["channels"] else "blocks"
+    kinds = {r["kind"] for r in result.rows}
+    what = "blocks" if "residual" in kinds else "layers"
+    what = f"channels of {meta['units'][0]}" if meta["channels"] else what
     table = Table(title=f"{meta['model']}: ablating {what} ({meta['mode']}, {meta['metric']})")
     naive = any(r.get("path") == "naive" for r in result.rows)
     cols = ["unit", meta["metric"], "95% CI", "drop", "95% CI", "most-hurt classes"]
