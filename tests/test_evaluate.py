@@ -114,6 +114,8 @@ def test_masks_are_needed_for_localisation(trained: GapNet) -> None:
     plain = ArrayDataset(ds.images, ds.labels, ds.classes)
     with pytest.raises(DataError, match="masks"):
         lens.evaluate(plain, metrics="pointing")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)  # a DataLoader keeps its masks
+    assert lens.evaluate(loader, metrics="pointing", limit=2).table[0]["n"] == 2
     result = lens.evaluate(plain, steps=2, fractions=(0.5,), limit=2)  # the metrics it allows
     assert {r["metric"] for r in result.table} == {
         "deletion",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, NetlensError
 from ..metrics.stats import mean_ci
@@ -148,6 +148,8 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
     if isinstance(data, tuple) and len(data) == 3:
         return _TripleDataset(*data)
+    if isinstance(data, DataLoader):  # evaluate batches itself; the dataset keeps the masks
+        data = data.dataset
     ds = as_dataset(data, lens.transform, host=lens.host)
     if isinstance(ds, ImageFolderDataset):
         folder = Path(masks) if masks else ds.root.with_name(ds.root.name + "_masks")
@@ -183,6 +185,8 @@ def plan_cost(
 ) -> Plan:
     """The cost of ``evaluate`` with these arguments, without running it."""
     ds = open_dataset(lens, data, masks)
+    if len(ds) == 0:
+        raise DataError("the data to evaluate on is empty")
     n = len(ds) if limit is None else min(int(limit), len(ds))
     chosen = _metrics(lens, metrics, has_masks=mask_at_input(ds, 0, lens) is not None)
     passes = {m: lens.host.metrics.get(m).cost(n, **opts) for m in chosen}
