@@ -101,6 +101,12 @@ class CamResult(Result):
         m = _safe(self.meta["method"])
         return {f"{name}_{m}_figure": self.figure(i) for i, name in enumerate(self.names)}
 
+    def _repr_png_(self) -> bytes | None:
+        """Jupyter shows the first image's figure (without drawing all the others)."""
+        from ..render.figures import figure_png
+
+        return figure_png(self.figure(0)) if self.names else None
+
     # -- output ----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per image: prediction, target(s), probability, method, layer."""
