@@ -233,3 +233,33 @@ def test_cli_train_on_an_image_folder(tmp_path: Path) -> None:
     lens = netlens.load(out)
     assert lens.classes == sorted(CLASSES) and lens.transform.size == (32, 32)
     assert lens.card["arch_kwargs"]["widths"] == [8, 16]
+    # --init with the same arch inherits its architecture options; --freeze keeps only the head
+    ft = tmp_path / "ft.pt"
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--arch",
+            "allconv",
+            "--data",
+            str(root),
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--init",
+            str(out),
+            "--freeze",
+            "backbone",
+            "--out",
+            str(ft),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["trainable_params"] == 16 * 5 + 5
+    assert netlens.load(ft).card["arch_kwargs"]["widths"] == [8, 16]

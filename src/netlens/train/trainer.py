@@ -14,7 +14,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +36,14 @@ from .metrics import evaluate
 from .optim import make_optimizer
 from .report import confusion_table, epoch_progress, epoch_table, format_row
 from .resume import last_path, load_state, save_state
-from .transfer import count_params, freeze, init_from, set_frozen_eval
+from .transfer import (
+    count_params,
+    freeze,
+    inherited_arch_kwargs,
+    init_from,
+    load_init,
+    set_frozen_eval,
+)
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -118,10 +125,13 @@ def setup(cfg: TrainConfig, host: PluginHost) -> Session:
     dev = pick_device(cfg.device)
     pre = Preprocess(size=(cfg.img_size, cfg.img_size)) if cfg.img_size else None
     splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
+    init = load_init(cfg.init, host) if cfg.init else None
+    if init is not None and not cfg.arch_kwargs:
+        cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
     model = build_model(cfg, splits, host)
     notes = []
-    if cfg.init:
-        copied, skipped = init_from(model, cfg.init, host)
+    if init is not None:
+        copied, skipped = init_from(model, init, str(cfg.init))
         notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
     frozen = freeze(model, cfg.freeze)
     params = count_params(model)

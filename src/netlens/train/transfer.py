@@ -9,16 +9,17 @@ are kept too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from ..errors import NetlensError, hint
 
 if TYPE_CHECKING:
+    from ..lens import Lens
     from ..plugins.manager import PluginHost
 
-__all__ = ["count_params", "freeze", "head_name", "init_from"]
+__all__ = ["count_params", "freeze", "head_name", "inherited_arch_kwargs", "init_from", "load_init"]
 
 
 def head_name(model: nn.Module) -> str:
@@ -75,15 +76,32 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def init_from(model: nn.Module, source: str | Path, host: PluginHost) -> tuple[int, list[str]]:
-    """Copy every tensor whose name and shape match from a checkpoint (or ``zoo:NAME``).
-
-    Returns the number of tensors copied and the names skipped (typically the head, when the
-    class count differs).
-    """
+def load_init(source: str | Path, host: PluginHost) -> Lens:
+    """The model ``--init`` names (a checkpoint path or ``zoo:NAME``), on CPU."""
     from ..models.load import load
 
-    other = load(str(source), host=host, device="cpu").model.state_dict()
+    return load(str(source), host=host, device="cpu")
+
+
+def inherited_arch_kwargs(init: Lens, arch: str) -> dict[str, Any]:
+    """The ``--init`` model's architecture options when it is the same architecture.
+
+    So ``--arch resnet --init zoo:fmnist-resnet`` builds the zoo model's widths without
+    repeating them; the class count, channels and image size still come from the new data.
+    """
+    if init.card.get("arch") != arch:
+        return {}
+    own = ("num_classes", "in_chans", "img_size")
+    return {k: v for k, v in (init.card.get("arch_kwargs") or {}).items() if k not in own}
+
+
+def init_from(model: nn.Module, init: Lens, source: str) -> tuple[int, list[str]]:
+    """Copy every tensor whose name and shape match from the ``--init`` model.
+
+    Returns the number of tensors copied and the names left fresh (typically the head, when
+    the class count differs).
+    """
+    other = init.model.state_dict()
     own = model.state_dict()
     fit = {k: v for k, v in other.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not fit:
