@@ -46,5 +46,6 @@ def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     if dev.type == "cpu":
-        return f"cpu: {_cpu_model()} ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu: {_cpu_model()} ({n} thread{'' if n == 1 else 's'})"
     return dev.type
