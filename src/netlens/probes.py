@@ -177,7 +177,8 @@ class Probe:
             cap.grads.append(None)
             cap._graph.append((len(cap.outputs) - 1, kept))
             return kept.clone()
-        kept = output.detach() if self.detach else output
+        # detach() only where there is a graph to cut: under no_grad it would be a wasted op
+        kept = output.detach() if self.detach and output.requires_grad else output
         if self.to is not None and kept.device != self.to:
             kept = kept.to(self.to)
         else:
