@@ -52,8 +52,11 @@ def main() -> None:
     def save_features(copy: bool):  # noqa: ANN202
         def run() -> None:
             store: list[torch.Tensor] = []
-            hook = (lambda m, i, o: store.append(o.detach().clone())) if copy else (
-                lambda m, i, o: store.append(o.detach()))
+            hook = (
+                (lambda m, i, o: store.append(o.detach().clone()))
+                if copy
+                else (lambda m, i, o: store.append(o.detach()))
+            )
             handles = [m.register_forward_hook(hook) for m in modules]
             try:
                 with torch.no_grad():
@@ -77,17 +80,25 @@ def main() -> None:
         for name, fn in variants.items():
             times[name].append(timed(fn, args.repeat))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"timm resnet18, batch {args.batch}×3×{args.size}², {n_modules} modules probed, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds")
+    print(
+        f"timm resnet18, batch {args.batch}×3×{args.size}², {n_modules} modules probed, "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} rounds"
+    )
     for name, t in med.items():
         print(f"{name:40s} {t * 1e3:8.1f} ms")
     probe_t = med["netlens.probe('*')"]
-    print(f"ratio probe / plain forward:            {probe_t / med['plain forward']:.3f}"
-          "  (target <= 1.05)")
-    print(f"ratio probe / SaveFeatures detach:      "
-          f"{probe_t / med['SaveFeatures detach (wrong in-place)']:.3f}")
-    print(f"ratio probe / SaveFeatures clone:       "
-          f"{probe_t / med['SaveFeatures clone (correct)']:.3f}")
+    print(
+        f"ratio probe / plain forward:            {probe_t / med['plain forward']:.3f}"
+        "  (target <= 1.05)"
+    )
+    print(
+        f"ratio probe / SaveFeatures detach:      "
+        f"{probe_t / med['SaveFeatures detach (wrong in-place)']:.3f}"
+    )
+    print(
+        f"ratio probe / SaveFeatures clone:       "
+        f"{probe_t / med['SaveFeatures clone (correct)']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,9 @@ def test_netlens_checkpoint_round_trip(tmp_path):
     import timm
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
-    netlens.save(model, tmp_path / "ck.pt", arch="resnet18", classes=["a", "b", "c"],
-                 record={"epochs": 1})
+    netlens.save(
+        model, tmp_path / "ck.pt", arch="resnet18", classes=["a", "b", "c"], record={"epochs": 1}
+    )
     raw = torch.load(tmp_path / "ck.pt", weights_only=True)  # safe format
     assert raw["format"] == "netlens-checkpoint"
     lens = netlens.load(tmp_path / "ck.pt", device="cpu")
@@ -125,15 +126,16 @@ def test_bad_model_files(tmp_path, content, msg):
 
 
 def test_loader_plugins_run_before_builtins(tmp_path, tiny):
+    from netlens.models.load import LoadedModel
     from netlens.plugins import hookimpl
     from netlens.plugins.manager import PluginHost
-    from netlens.models.load import LoadedModel
 
     class Mine:
         @hookimpl
         def netlens_register_model_loaders(self, registry):
-            registry.add("mine", lambda src, req: LoadedModel(tiny) if src.suffix == ".pt"
-                         else None)
+            registry.add(
+                "mine", lambda src, req: LoadedModel(tiny) if src.suffix == ".pt" else None
+            )
 
     path = tmp_path / "anything.pt"
     path.write_bytes(b"not torch")

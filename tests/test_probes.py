@@ -94,8 +94,11 @@ def test_grads_match_manual_autograd_and_leave_params(resnet18):
     assert_same(before, snapshot(resnet18))
     # reference: split the network at layer4 by hand
     with torch.no_grad():
-        feats = resnet18.layer3(resnet18.layer2(resnet18.layer1(resnet18.maxpool(
-            resnet18.act1(resnet18.bn1(resnet18.conv1(x)))))))
+        feats = resnet18.layer3(
+            resnet18.layer2(
+                resnet18.layer1(resnet18.maxpool(resnet18.act1(resnet18.bn1(resnet18.conv1(x)))))
+            )
+        )
     a = feats.clone().requires_grad_(True)
     out = resnet18.forward_head(resnet18.layer4(a))
     (g,) = torch.autograd.grad(out[:, 3].sum(), a)

@@ -47,8 +47,11 @@ def to_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> torch.Tens
         k = _prefix_tokens(model, length)
         side = math.isqrt(length - k)
         grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-        h, w = (int(grid[0]), int(grid[1])) if grid and grid[0] * grid[1] == length - k else (
-            side, side)
+        h, w = (
+            (int(grid[0]), int(grid[1]))
+            if grid and grid[0] * grid[1] == length - k
+            else (side, side)
+        )
         if h * w != length - k:
             raise AnalyzerError(
                 f"layer '{layer}' gives {length} tokens that do not form a square patch grid; "

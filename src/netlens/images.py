@@ -24,8 +24,12 @@ __all__ = ["IMAGE_SUFFIXES", "Batch", "Preprocess", "list_images", "load_batch",
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERP = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR,
-           "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
+_INTERP = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+}
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,11 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        known = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
-                 if k in cls.__dataclass_fields__}
+        known = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in d.items()
+            if k in cls.__dataclass_fields__
+        }
         return cls(**known)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
@@ -170,7 +177,9 @@ def _expand(images: Any) -> list[Any]:
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise ImageError(f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES)})")
+                raise ImageError(
+                    f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES)})"
+                )
             return list(found)
         return [p]
     if isinstance(images, np.ndarray) and images.ndim == 4:

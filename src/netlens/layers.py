@@ -202,8 +202,9 @@ def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
     is chosen, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet.
     """
     traced = trace_outputs(model, example)
-    spatial = [(n, out) for n, m, out in traced
-               if _is_spatial(out) and "Pool" not in type(m).__name__]
+    spatial = [
+        (n, out) for n, m, out in traced if _is_spatial(out) and "Pool" not in type(m).__name__
+    ]
     if not spatial:
         raise NetlensError(
             f"{type(model).__name__} has no layer with a spatial (N×C×H×W) output; "

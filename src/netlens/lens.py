@@ -122,6 +122,10 @@ class Lens:
             )
         return out
 
+    def default_data(self) -> str | None:
+        """The dataset this model was trained on (from its card), for runs given no data."""
+        return self.card.get("data") or (self.card.get("record") or {}).get("data")
+
     # -- classes ---------------------------------------------------------------------------
     def class_name(self, index: int) -> str:
         if self.classes and 0 <= index < len(self.classes):
@@ -153,20 +157,26 @@ class Lens:
 
     def example(self, batch: int = 1) -> torch.Tensor:
         """A zero input batch of the size this model takes."""
-        return torch.zeros(batch, self.transform.channels, *self.transform.size,
-                           device=self.device)
+        return torch.zeros(batch, self.transform.channels, *self.transform.size, device=self.device)
 
     def run(self, analyzer: str, *args: Any, **options: Any) -> Result:
         """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``."""
         return self.host.analyzers.get(analyzer).run(self, *args, **options)
 
-    def cam(self, images: Any = None, method: str = "gradcam", layer: Any = "auto",
-            target: Any = None, **options: Any) -> Result:
+    def cam(
+        self,
+        images: Any = None,
+        method: str = "gradcam",
+        layer: Any = "auto",
+        target: Any = None,
+        **options: Any,
+    ) -> Result:
         """Class activation maps; see ``netlens cam --help``."""
         return self.run("cam", images, method=method, layer=layer, target=target, **options)
 
-    def evaluate(self, data: Any = None, methods: Any = "gradcam", metrics: Any = None,
-                 **options: Any) -> Result:
+    def evaluate(
+        self, data: Any = None, methods: Any = "gradcam", metrics: Any = None, **options: Any
+    ) -> Result:
         """Score heatmaps (pointing game, deletion/insertion, ROAD); see ``netlens evaluate``."""
         return self.run("evaluate", data, methods=methods, metrics=metrics, **options)
 
@@ -174,12 +184,19 @@ class Lens:
         """Weights of a conv/linear layer as an image grid."""
         return self.run("kernels", layer=layer, **options)
 
-    def features(self, images: Any = None, layer: Any = "auto", top: int = 16,
-                 **options: Any) -> Result:
+    def features(
+        self, images: Any = None, layer: Any = "auto", top: int = 16, **options: Any
+    ) -> Result:
         """Feature maps of a layer for an image."""
         return self.run("features", images, layer=layer, top=top, **options)
 
-    def ablate(self, data: Any = None, layers: Any = None, mode: str = "identity",
-               metric: str = "accuracy", **options: Any) -> Result:
+    def ablate(
+        self,
+        data: Any = None,
+        layers: Any = None,
+        mode: str = "identity",
+        metric: str = "accuracy",
+        **options: Any,
+    ) -> Result:
         """A layer-ablation study: what each block is worth."""
         return self.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)

@@ -227,8 +227,10 @@ class Probe:
             raise NetlensError("this probe was made without grads=True; pass grads=True")
         pairs = [(c, i, t) for c in self.captures.values() for i, t in c._graph]
         if not pairs:
-            raise NetlensError("no probed layer ran with gradients enabled; run the model inside "
-                               "the probe and outside torch.no_grad()")
+            raise NetlensError(
+                "no probed layer ran with gradients enabled; run the model inside "
+                "the probe and outside torch.no_grad()"
+            )
         found = torch.autograd.grad(
             target, [t for _, _, t in pairs], retain_graph=retain_graph, allow_unused=True
         )

@@ -143,7 +143,7 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
     from ..data import ImageFolderDataset, as_dataset
 
     if data is None:
-        data = lens.card.get("data") or (lens.card.get("record") or {}).get("data")
+        data = lens.default_data()
         if not data:
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
     if isinstance(data, tuple) and len(data) == 3:

@@ -216,6 +216,7 @@ class StatsAnalyzer(Analyzer):
 
         if options:
             raise AnalyzerError(f"stats got unknown options: {', '.join(sorted(options))}")
+        inputs = inputs if inputs is not None else lens.default_data()
         if inputs is None:
             raise AnalyzerError(
                 "stats needs data: a folder, a dataset name, a Dataset or (images, labels) (--data)"

@@ -135,6 +135,7 @@ class TopActivationsAnalyzer(Analyzer):
 
         if options:
             raise AnalyzerError(f"top-activations got unknown options: {', '.join(options)}")
+        inputs = inputs if inputs is not None else lens.default_data()
         if inputs is None:
             raise AnalyzerError(
                 "top-activations needs data: a folder, a dataset name, a Dataset "

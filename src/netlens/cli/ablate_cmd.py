@@ -85,9 +85,10 @@ def ablate(
     from ..errors import DataError
     from .common import console, open_lens
 
+    lens = open_lens(model, arch=arch, trust=trust)
+    data = data or lens.default_data() or ""
     if not data:
         raise DataError("an ablation study needs labelled data: pass --data DIR or --data NAME")
-    lens = open_lens(model, arch=arch, trust=trust)
     try:
         result = lens.ablate(
             data,

@@ -6,16 +6,25 @@ from typing import Annotated
 
 import typer
 
-from . import cam_cmd, layers_cmd, plugins_cmd, run_cmd
-from . import ablate_cmd
-from . import features_cmd, kernels_cmd, stats_cmd, top_cmd
-from . import evaluate_cmd, sanity_cmd
-from . import train_cmd, zoo_cmd
+from . import (
+    ablate_cmd,
+    cam_cmd,
+    evaluate_cmd,
+    features_cmd,
+    kernels_cmd,
+    layers_cmd,
+    plugins_cmd,
+    run_cmd,
+    sanity_cmd,
+    stats_cmd,
+    top_cmd,
+    train_cmd,
+    zoo_cmd,
+)
 
 app = typer.Typer(
     name="netlens",
-    help="Open up trained PyTorch image models: where they look, what they learned, what "
-    "matters.",
+    help="Open up trained PyTorch image models: where they look, what they learned, what matters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

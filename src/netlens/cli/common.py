@@ -25,18 +25,22 @@ console = Console(stderr=True, highlight=False)
 
 ModelArg = Annotated[
     str | None,
-    typer.Argument(help="Model file (.pt/.pth/.safetensors) or zoo:NAME; default: the zoo's "
-                   "default model.", show_default=False),
+    typer.Argument(
+        help="Model file (.pt/.pth/.safetensors) or zoo:NAME; default: the zoo's default model.",
+        show_default=False,
+    ),
 ]
 ImagesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Image files or folders; default: the model's sample images.",
-                   show_default=False),
+    typer.Argument(
+        help="Image files or folders; default: the model's sample images.", show_default=False
+    ),
 ]
 ArchOpt = Annotated[
     str | None,
-    typer.Option("--arch", help="Architecture for a bare state_dict: timm name, tv:NAME, or a "
-                 "netlens arch."),
+    typer.Option(
+        "--arch", help="Architecture for a bare state_dict: timm name, tv:NAME, or a netlens arch."
+    ),
 ]
 NumClassesOpt = Annotated[
     int | None, typer.Option("--num-classes", help="Override the class count read off the head.")
@@ -100,8 +104,9 @@ def open_lens(
     return load(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
 
 
-def split_model_and_images(model: str | None, images: list[str] | None) -> tuple[str | None,
-                                                                                 list[str]]:
+def split_model_and_images(
+    model: str | None, images: list[str] | None
+) -> tuple[str | None, list[str]]:
     """Let ``netlens cam img.jpg`` mean "default model, this image".
 
     When the first positional is an image file or folder of images rather than a model, it is

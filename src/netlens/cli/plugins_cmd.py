@@ -16,13 +16,23 @@ def plugins(json: JsonOpt = False) -> None:
 
     host = PluginHost()
     kinds = {
-        "analyzer": host.analyzers, "cam-method": host.cam_methods, "arch": host.archs,
-        "dataset": host.datasets, "metric": host.metrics,
+        "analyzer": host.analyzers,
+        "cam-method": host.cam_methods,
+        "arch": host.archs,
+        "dataset": host.datasets,
+        "metric": host.metrics,
     }
     rows = [
-        {"kind": kind, "name": e.name, "plugin": e.plugin, "package": e.package,
-         "version": e.version, "description": e.description}
-        for kind, reg in kinds.items() for e in reg.entries.values()
+        {
+            "kind": kind,
+            "name": e.name,
+            "plugin": e.plugin,
+            "package": e.package,
+            "version": e.version,
+            "description": e.description,
+        }
+        for kind, reg in kinds.items()
+        for e in reg.entries.values()
     ]
     plugins_ = [vars(p) for p in host.plugins.values()]
     if json:

@@ -64,9 +64,10 @@ def stats(
     from ..errors import DataError
     from .common import console, open_lens
 
+    lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
+    data = data or lens.default_data() or ""
     if not data:
         raise DataError("give data with --data DIR (class subfolders) or --data NAME (a dataset)")
-    lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
     result = lens.run(
         "stats",
         data,

@@ -38,8 +38,10 @@ class ArrayDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.preprocess = preprocess or Preprocess(
-            size=self.images.shape[1:3], channels=self.images.shape[3],
-            mean=(0.5,) * self.images.shape[3], std=(0.5,) * self.images.shape[3],
+            size=self.images.shape[1:3],
+            channels=self.images.shape[3],
+            mean=(0.5,) * self.images.shape[3],
+            std=(0.5,) * self.images.shape[3],
         )
         self.masks = masks
 
@@ -119,8 +121,9 @@ def as_dataset(
     if isinstance(data, Dataset):
         return data
     if isinstance(data, tuple) and len(data) == 2:
-        x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                for v in data)
+        x, y = (
+            torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data
+        )
         return _PairDataset(x, y.long())
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -133,8 +136,11 @@ def as_dataset(
             host = PluginHost()
         if name in host.datasets:
             ds = host.datasets.get(name)(split=split)
-            return ds.with_preprocess(preprocess) if preprocess and hasattr(
-                ds, "with_preprocess") else ds
+            return (
+                ds.with_preprocess(preprocess)
+                if preprocess and hasattr(ds, "with_preprocess")
+                else ds
+            )
         known = ", ".join(host.datasets.names()) or "none registered"
         raise DataError(f"data '{name}' is neither a folder nor a dataset name (known: {known})")
     raise DataError(

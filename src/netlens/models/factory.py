@@ -57,8 +57,11 @@ def head_num_classes(state: dict[str, Any], fresh: nn.Module) -> int | None:
     """
     ref = fresh.state_dict()
     differing = [
-        k for k, v in state.items()
-        if k in ref and hasattr(v, "shape") and tuple(v.shape) != tuple(ref[k].shape)
+        k
+        for k, v in state.items()
+        if k in ref
+        and hasattr(v, "shape")
+        and tuple(v.shape) != tuple(ref[k].shape)
         and k.endswith("weight")
     ]
     if not differing:

@@ -95,9 +95,14 @@ def default_preprocess(model: nn.Module, arch: str | None = None) -> Preprocess:
 
         dc = resolve_data_config({}, model=model)
         c, h, w = dc["input_size"]
-        return Preprocess(size=(h, w), channels=c, mean=tuple(dc["mean"]), std=tuple(dc["std"]),
-                          crop_pct=float(dc.get("crop_pct", 1.0)),
-                          interpolation=str(dc.get("interpolation", "bilinear")))
+        return Preprocess(
+            size=(h, w),
+            channels=c,
+            mean=tuple(dc["mean"]),
+            std=tuple(dc["std"]),
+            crop_pct=float(dc.get("crop_pct", 1.0)),
+            interpolation=str(dc.get("interpolation", "bilinear")),
+        )
     if arch and arch.startswith("tv:"):
         return Preprocess(size=(224, 224), crop_pct=0.875)
     from ..layers import guess_input_size
@@ -118,8 +123,11 @@ def load_netlens_checkpoint(source: Path, req: LoadRequest) -> LoadedModel | Non
     model = create_arch(ckpt["arch"], kwargs.pop("num_classes", None), req.host, **kwargs)
     _load_state(model, ckpt["state_dict"], source)
     pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt.get("preprocess") else None
-    card = {"arch": ckpt["arch"], "arch_kwargs": ckpt.get("arch_kwargs") or {},
-            "record": ckpt.get("record", {})}
+    card = {
+        "arch": ckpt["arch"],
+        "arch_kwargs": ckpt.get("arch_kwargs") or {},
+        "record": ckpt.get("record", {}),
+    }
     return LoadedModel(model, pre or default_preprocess(model), ckpt.get("classes"), card)
 
 
@@ -211,18 +219,29 @@ def load(
     if source is None or str(source).startswith("zoo:"):
         from . import zoo
 
-        return zoo.load_zoo(str(source or "").removeprefix("zoo:") or None, host=host,
-                            device=device)
+        return zoo.load_zoo(
+            str(source or "").removeprefix("zoo:") or None, host=host, device=device
+        )
     loaded = load_file(Path(source), host, arch=arch, num_classes=num_classes, trust=trust)
     loaded.model.eval()
-    lens = Lens(loaded.model, loaded.preprocess, loaded.classes, host=host, card=loaded.card,
-                name=Path(source).stem)
+    lens = Lens(
+        loaded.model,
+        loaded.preprocess,
+        loaded.classes,
+        host=host,
+        card=loaded.card,
+        name=Path(source).stem,
+    )
     return lens.to(device)
 
 
 def load_file(
-    path: Path, host: PluginHost, *, arch: str | None = None, num_classes: int | None = None,
-    trust: bool = False
+    path: Path,
+    host: PluginHost,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    trust: bool = False,
 ) -> LoadedModel:
     """Run the loaders on ``path`` until one answers."""
     if not path.exists():

@@ -45,8 +45,14 @@ def save(
     arch_kwargs = dict(arch_kwargs or {})
     if "num_classes" not in arch_kwargs:
         arch_kwargs["num_classes"] = len(classes) if classes else output_classes(obj, preprocess)
-    ckpt = make_checkpoint(obj, arch=arch, arch_kwargs=arch_kwargs, classes=classes,
-                           preprocess=preprocess, record=record)
+    ckpt = make_checkpoint(
+        obj,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        classes=classes,
+        preprocess=preprocess,
+        record=record,
+    )
     return write_checkpoint(ckpt, path)
 
 

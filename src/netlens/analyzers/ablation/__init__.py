@@ -346,6 +346,7 @@ class AblateAnalyzer(Analyzer):
 
     def run(self, lens: Lens, inputs: Any = None, **options: Any) -> AblationResult:
         data = options.pop("data", None) if inputs is None else inputs
+        data = data if data is not None else lens.default_data()
         if data is None:
             raise AnalyzerError("an ablation study needs labelled data: pass --data DIR or NAME")
         return ablate(lens, data, **options)
