@@ -129,6 +129,10 @@ def as_dataset(
         path = Path(data)
         if path.is_dir():
             return ImageFolderDataset(path, preprocess or Preprocess())
+        if path.suffix.lower() == ".csv" and path.is_file():
+            from .csvlist import CsvListDataset
+
+            return CsvListDataset(path, preprocess or Preprocess())
         name = str(data)
         if host is None:
             from ..plugins.manager import PluginHost
@@ -142,7 +146,9 @@ def as_dataset(
                 else ds
             )
         known = ", ".join(host.datasets.names()) or "none registered"
-        raise DataError(f"data '{name}' is neither a folder nor a dataset name (known: {known})")
+        raise DataError(
+            f"data '{name}' is neither a folder, a .csv list nor a dataset name (known: {known})"
+        )
     raise DataError(
         f"cannot use a {type(data).__name__} as data; pass a folder, a dataset name, a Dataset, "
         "a DataLoader or an (images, labels) pair"

@@ -1,0 +1,55 @@
+"""``data`` in every form: folder, CSV list, dataset name, Dataset, DataLoader, tensor pair."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from netlens.data import as_dataset, as_loader
+from netlens.errors import DataError
+from netlens.images import Preprocess
+
+PRE = Preprocess(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for k, name in enumerate(["cat", "dog"]):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            img = np.full((10, 12, 3), 40 * (k + 1) + i, np.uint8)
+            cv2.imwrite(str(tmp_path / name / f"{i}.png"), img)
+    return tmp_path
+
+
+def test_folder_and_csv_agree(folder):
+    ds = as_dataset(folder, PRE)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    x, y = ds[4]
+    assert y == 1 and torch.allclose(x, torch.full((3, 8, 8), 81 / 255))
+    lines = ["path,label"] + [f"{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(3)]
+    (folder / "list.csv").write_text("\n".join(lines))
+    csv_ds = as_dataset(folder / "list.csv", PRE)
+    assert csv_ds.classes == ds.classes
+    assert [csv_ds[i][1] for i in range(6)] == [ds[i][1] for i in range(6)]
+
+
+def test_pairs_loaders_and_limits():
+    x, y = torch.randn(10, 3, 8, 8), torch.arange(10) % 3
+    loader = as_loader((x, y), batch_size=4, limit=6)
+    batches = list(loader)
+    assert [len(b[0]) for b in batches] == [4, 2]
+    assert torch.equal(batches[0][0], x[:4])
+    assert as_loader(loader) is loader
+
+
+def test_bad_data_one_line(tmp_path):
+    with pytest.raises(DataError, match="neither a folder"):
+        as_dataset("no-such-dataset")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class subfolders"):
+        as_dataset(tmp_path / "empty")
+    with pytest.raises(DataError, match="cannot use a int"):
+        as_dataset(3)
