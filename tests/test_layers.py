@@ -60,3 +60,10 @@ def test_eval_mode_restores_each_flag(tiny):
     with eval_mode(tiny):
         assert not any(m.training for m in tiny.modules())
     assert tiny.training and not tiny.bn1.training and tiny.conv1.training
+
+
+def test_auto_layer_on_vit_picks_last_block():
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
+    assert auto_layer(vit) == "blocks.11"  # not the patch embedding's conv

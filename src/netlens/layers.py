@@ -123,6 +123,10 @@ def resolve_layers(
 def guess_input_size(model: nn.Module) -> tuple[int, int, int]:
     """The (C, H, W) a model expects: its ``input_size``/timm config, else from the first conv."""
     size = getattr(model, "input_size", None)
+    embed = getattr(model, "patch_embed", None)
+    if size is None and getattr(embed, "img_size", None) is not None:
+        chans = getattr(getattr(embed, "proj", None), "in_channels", 3)
+        size = (chans, *embed.img_size)  # timm ViT/Swin built for another image size
     if size is None:
         cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
         size = cfg.get("input_size")
@@ -193,26 +197,45 @@ def _is_spatial(out: Any) -> bool:
 
 
 def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
-    """The last layer with a spatial (N×C×H×W, H·W > 1) output: the usual CAM layer.
+    """The last layer with a spatial output: the usual CAM / feature-map layer.
 
-    Pooling layers themselves are skipped (AlexNet's ``avgpool`` keeps 6×6 but is no feature
-    layer), so on AlexNet/VGG the ``features`` stack is chosen.
-
-    Among modules that produce the very same tensor (a block and its last ReLU), the outermost
-    is chosen, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet.
+    CNNs: the last N×C×H×W output with H·W > 1. Pooling layers themselves are skipped (AlexNet's
+    ``avgpool`` keeps 6×6 but is no feature layer), so on AlexNet/VGG the ``features`` stack is
+    chosen. Among modules that produce the very same tensor (a block and its last ReLU), the
+    outermost is chosen, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet. Token models
+    (timm ViT): when numbered blocks whose tokens form a patch grid run after the last spatial
+    layer (the patch embedding), the last such block is chosen.
     """
     traced = trace_outputs(model, example)
     spatial = [
-        (n, out) for n, m, out in traced if _is_spatial(out) and "Pool" not in type(m).__name__
+        (i, n, out)
+        for i, (n, m, out) in enumerate(traced)
+        if _is_spatial(out) and "Pool" not in type(m).__name__
     ]
+    tokens = [
+        (i, n)
+        for i, (n, _, out) in enumerate(traced)
+        if n.rsplit(".", 1)[-1].isdigit() and _is_token_grid(out, model)
+    ]
+    if tokens and (not spatial or tokens[-1][0] > spatial[-1][0]):
+        return tokens[-1][1]
     if not spatial:
         raise NetlensError(
             f"{type(model).__name__} has no layer with a spatial (N×C×H×W) output; "
             "name a layer with --layer (see `netlens layers MODEL`)"
         )
-    name, out = spatial[-1]
-    same = [n for n, o in spatial if o is out]
+    _, name, out = spatial[-1]
+    same = [n for _, n, o in spatial if o is out]
     return min(same, key=lambda n: n.count("."))
+
+
+def _is_token_grid(out: Any, model: nn.Module) -> bool:
+    """A 3-D token output that reshapes to a patch grid larger than 1×1."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        return False
+    from .activations import is_spatial
+
+    return is_spatial(out, model)
 
 
 def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[LayerInfo]:
