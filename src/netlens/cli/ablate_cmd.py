@@ -15,7 +15,7 @@ from .common import (
     QuietOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 
@@ -110,9 +110,8 @@ def ablate(
             "run the same command with --resume to go on"
         )
         raise typer.Exit(130) from None
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     console.print(_table(result))
     if result.meta.get("skipped"):

@@ -130,6 +130,14 @@ def emit_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
+def save_and_report(result: Any, out: Path, as_json: bool) -> list[Path]:
+    """Save a Result's files to ``out``; with ``--json`` print its summary (and files) on stdout."""
+    files = result.save(out)
+    if as_json:
+        emit_json({**result.summary(), "files": [str(f) for f in files]})
+    return files
+
+
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
     """``key=value`` strings → a dict, values read as JSON where they parse (``3``, ``true``)."""
     out: dict[str, Any] = {}

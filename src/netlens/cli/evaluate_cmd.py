@@ -16,7 +16,7 @@ from .common import (
     QuietOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 
@@ -101,9 +101,8 @@ def evaluate(
         quiet=quiet,
         **parse_options(opt),
     )
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     console.print(scores_table(result.table))
     console.print(f"evaluate: wrote {len(files)} files to {out}/")

@@ -17,7 +17,7 @@ from .common import (
     OutOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 
@@ -58,9 +58,8 @@ def features(
     result = lens.features(
         imgs or None, layer=layer, top=top, channels=channels, normalize=normalize, overlay=overlay
     )
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     for err in result.meta["skipped"]:
         console.print(f"[yellow]skipped:[/yellow] {err}")

@@ -15,7 +15,7 @@ from .common import (
     OutOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 
@@ -55,9 +55,8 @@ def kernels(
     result = lens.kernels(
         layer, reduce=reduce, normalize=normalize, sort=sort, max_filters=max_filters
     )
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     meta = result.meta
     console.print(

@@ -15,7 +15,7 @@ from .common import (
     OutOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 
@@ -38,8 +38,6 @@ def run(
     model, imgs = split_model_and_images(model, images)
     lens = open_lens(model, arch=arch, trust=trust)
     result = lens.run(analyzer, imgs or None, **parse_options(opt))
-    files = result.save(out)
-    if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
-    else:
+    files = save_and_report(result, out, json)
+    if not json:
         console.print(f"{analyzer}: wrote {len(files)} files to {out}/")

@@ -17,7 +17,7 @@ from .common import (
     QuietOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 
@@ -68,9 +68,8 @@ def sanity(
         seed=seed,
         quiet=quiet,
     )
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     for name, v in result.meta["verdicts"].items():
         colour = "green" if v["passes"] else "red"

@@ -17,7 +17,7 @@ from .common import (
     QuietOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 
 DataOpt = Annotated[
@@ -79,9 +79,8 @@ def stats(
         batch_size=batch_size,
         quiet=quiet or json,
     )
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     worst = max(result.table, key=lambda r: r["dead_units"])
     console.print(

@@ -17,7 +17,7 @@ from .common import (
     QuietOpt,
     TrustOpt,
     cli_errors,
-    emit_json,
+    save_and_report,
 )
 from .stats_cmd import DataOpt, LimitOpt
 
@@ -66,9 +66,8 @@ def top(
         batch_size=batch_size,
         quiet=quiet or json,
     )
-    files = result.save(out)
+    files = save_and_report(result, out, json)
     if json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
         return
     console.print(
         f"top {result.meta['k']} of {result.meta['samples']} inputs for "
