@@ -139,7 +139,10 @@ class Lens:
             if target not in names:
                 from .errors import hint
 
-                raise TargetError(f"unknown class '{target}'{hint(target, names)}")
+                known = ", ".join(names[:20]) or "none: this model has no class names, use an index"
+                raise TargetError(
+                    f"unknown class '{target}'{hint(target, names)} (classes: {known})"
+                )
             return names.index(target)
         idx = int(target)
         if not 0 <= idx < num_classes:
