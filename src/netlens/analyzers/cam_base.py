@@ -18,6 +18,7 @@ Activations and gradients are captured with :func:`netlens.probe` and
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -87,7 +88,7 @@ class CamContext:
         return fwd
 
 
-class CamMethod:
+class CamMethod(ABC):
     """Base class of CAM methods: subclasses supply :meth:`weights`.
 
     ``needs_grads = False`` skips the backward pass (Eigen-CAM, Score-CAM, Ablation-CAM, CAM).
@@ -100,10 +101,11 @@ class CamMethod:
 
     def check(self, ctx: CamContext) -> None:
         """Raise :class:`~netlens.errors.AnalyzerError` when the method cannot run here."""
+        return None  # by default every layer with a spatial output is fine
 
+    @abstractmethod
     def weights(self, ctx: CamContext) -> torch.Tensor:
         """Channel weights: N×C (one per channel) or N×C×h×w (one per element)."""
-        raise NotImplementedError(f"{type(self).__name__} must define weights()")
 
     def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
         """The low-resolution N×h×w map: the weighted sum of the activation channels."""
