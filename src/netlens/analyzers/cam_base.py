@@ -29,7 +29,7 @@ from torch import nn
 
 from ..activations import to_spatial
 from ..errors import AnalyzerError
-from ..layers import auto_layer, trace_outputs
+from ..layers import auto_layer
 from ..probes import probe
 
 __all__ = [
@@ -215,27 +215,11 @@ def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
     own output reaches the logits only through the class token and so has no gradient on the
     patch tokens.
     """
-    traced = trace_outputs(model, example)
-    tokens = [n for n, _, out in traced if _is_token_grid(out, model)]
-    blocks = [n for n in tokens if n.rsplit(".", 1)[-1].isdigit()]
-    if not blocks:
-        return auto_layer(model, example)
-    last = blocks[-1]
-    names = dict(model.named_modules())
+    layer = auto_layer(model, example)  # one dry forward; ViT → its last block
     pool = str(getattr(model, "global_pool", ""))
-    if pool == "token" and f"{last}.norm1" in names:
-        return f"{last}.norm1"
-    return last
-
-
-def _is_token_grid(out: Any, model: nn.Module) -> bool:
-    if not isinstance(out, torch.Tensor) or out.dim() != 3:
-        return False
-    try:
-        s = to_spatial(out, model)
-    except AnalyzerError:
-        return False
-    return s.shape[-1] * s.shape[-2] > 1
+    if pool == "token" and f"{layer}.norm1" in dict(model.named_modules()):
+        return f"{layer}.norm1"
+    return layer
 
 
 # -- capture ---------------------------------------------------------------------------------

@@ -82,16 +82,12 @@ def ablate(
     quiet: QuietOpt = False,
 ) -> None:
     """Switch blocks (or channels) off one at a time and measure what each is worth."""
-    from ..errors import DataError
     from .common import console, open_lens
 
     lens = open_lens(model, arch=arch, trust=trust)
-    data = data or lens.default_data() or ""
-    if not data:
-        raise DataError("an ablation study needs labelled data: pass --data DIR or --data NAME")
     try:
         result = lens.ablate(
-            data,
+            data or None,
             layers=layers,
             mode=mode,
             metric=metric,

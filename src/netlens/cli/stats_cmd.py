@@ -61,16 +61,12 @@ def stats(
     quiet: QuietOpt = False,
 ) -> None:
     """Per-layer mean, std, near-zero and dead-unit fractions, histograms (PNG, JSON, CSV)."""
-    from ..errors import DataError
     from .common import console, open_lens
 
     lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
-    data = data or lens.default_data() or ""
-    if not data:
-        raise DataError("give data with --data DIR (class subfolders) or --data NAME (a dataset)")
     result = lens.run(
         "stats",
-        data,
+        data or None,
         layers=layers,
         eps=eps,
         bins=bins,

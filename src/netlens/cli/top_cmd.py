@@ -48,16 +48,12 @@ def top(
     quiet: QuietOpt = False,
 ) -> None:
     """Top-activating inputs per channel, with the patch that drives each peak (PNG, JSON, CSV)."""
-    from ..errors import DataError
     from .common import console, open_lens
 
     lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
-    data = data or lens.default_data() or ""
-    if not data:
-        raise DataError("give data with --data DIR (class subfolders) or --data NAME (a dataset)")
     result = lens.run(
         "top-activations",
-        data,
+        data or None,
         layer=layer,
         channels=channels,
         k=k,
