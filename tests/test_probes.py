@@ -8,28 +8,7 @@ from torch import nn
 
 import netlens
 from netlens.errors import LayerNotFoundError, NetlensError
-
-
-def snapshot(model: nn.Module) -> dict:
-    """Everything a probe must leave as it was."""
-    return {
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "req": [p.requires_grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-    }
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a["req"] == b["req"] and a["training"] == b["training"] and a["hooks"] == b["hooks"]
-    for k in a["state"]:
-        assert torch.equal(a["state"][k], b["state"][k]), k
-    for ga, gb in zip(a["grad"], b["grad"], strict=True):
-        assert (ga is None and gb is None) or torch.equal(ga, gb)
+from netlens.testing import assert_model_unchanged
 
 
 def test_inplace_relu_does_not_clobber_capture(resnet18):
@@ -87,11 +66,12 @@ def test_module_called_twice_keeps_every_call():
 
 def test_grads_match_manual_autograd_and_leave_params(resnet18):
     x = torch.randn(2, 3, 64, 64)
-    before = snapshot(resnet18)
-    with netlens.probe(resnet18, ["layer3", "layer4"], grads=True) as p:
+    with (
+        assert_model_unchanged(resnet18),
+        netlens.probe(resnet18, ["layer3", "layer4"], grads=True) as p,
+    ):
         logits = resnet18(x)
         p.compute_grads(logits[:, 3].sum())
-    assert_same(before, snapshot(resnet18))
     # reference: split the network at layer4 by hand
     with torch.no_grad():
         feats = resnet18.layer3(
@@ -125,12 +105,11 @@ def test_hooks_removed_when_forward_raises(tiny, exc):
     def explode(m, i, o):
         raise exc()
 
-    before = snapshot(tiny)
     handle = tiny.conv2.register_forward_hook(explode)  # a user hook that raises
-    with pytest.raises(exc), netlens.probe(tiny, ["conv1", "bn1", "conv2"], grads=True):
-        tiny(torch.randn(1, 3, 32, 32))
+    with assert_model_unchanged(tiny):
+        with pytest.raises(exc), netlens.probe(tiny, ["conv1", "bn1", "conv2"], grads=True):
+            tiny(torch.randn(1, 3, 32, 32))
     handle.remove()
-    assert_same(before, snapshot(tiny))
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     assert _get_current_dispatch_mode() is None
@@ -141,12 +120,11 @@ def test_existing_user_hooks_and_modes_kept(tiny):
     h = tiny.conv1.register_forward_hook(lambda m, i, o: calls.append(1))
     tiny.train()
     tiny.bn1.eval()
-    before = snapshot(tiny)
-    with netlens.probe(tiny, "type:Conv2d") as p:
-        tiny(torch.randn(2, 3, 32, 32))
-    p.remove()
-    p.remove()  # safe twice
-    assert_same(before, snapshot(tiny))
+    with assert_model_unchanged(tiny):
+        with netlens.probe(tiny, "type:Conv2d") as p:
+            tiny(torch.randn(2, 3, 32, 32))
+        p.remove()
+        p.remove()  # safe twice
     assert calls == [1]
     h.remove()
 
