@@ -112,7 +112,8 @@ def test_block_study_against_independent_references() -> None:
         }
         for metric, ref in refs.items():
             r = results[metric].rows[i]
-            assert r["value"] == pytest.approx(ref, abs=1e-5), (metric, row["unit"])
+            # float32 logits reduced in another order (batches, float64 sums): ~1e-7 relative
+            assert r["value"] == pytest.approx(ref, rel=1e-6, abs=1e-6), (metric, row["unit"])
             assert r["value_lo"] <= r["value"] + 1e-9 and r["value"] <= r["value_hi"] + 1e-9
             assert r["drop_lo"] <= r["drop"] + 1e-9 <= r["drop_hi"] + 2e-9
             base = results[metric].baseline["value"]
