@@ -78,6 +78,15 @@ class CamContext:
     cache: dict[str, Any] = field(default_factory=dict)
     masked_forward: Logits | None = None
 
+    def score(self, outputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The target score of each row of ``outputs`` (model outputs, one row per pass).
+
+        ``rows[j]`` is the image (index into ``x``) that pass ``j`` belongs to, so per-image
+        targets apply to masked or ablated copies of that image. Every method that scores
+        extra forward passes goes through here.
+        """
+        return outputs[torch.arange(len(rows), device=outputs.device), self.targets[rows]]
+
     def many(self, passes: int) -> Logits:
         """The forward for ``passes`` no-grad passes that need no hooks (masked inputs)."""
         fwd = self.masked_forward

@@ -108,8 +108,9 @@ class ScoreCam(CamMethod):
         logits = ctx.cache.get("scorecam")
         if logits is None:
             logits = ctx.cache["scorecam"] = _masked_logits(ctx)
-        rows = torch.arange(len(ctx.x), device=logits.device)
-        scores = logits[rows, :, ctx.targets.to(logits.device)]  # N × C
+        n, c = logits.shape[:2]
+        rows = torch.arange(n, device=logits.device).repeat_interleave(c)
+        scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
         return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
 
 
@@ -147,11 +148,12 @@ class AblationCam(CamMethod):
         drops = ctx.cache.get("ablation")
         if drops is None:
             drops = ctx.cache["ablation"] = _ablated_logits(ctx)  # N × C × K
-        rows = torch.arange(len(ctx.x), device=drops.device)
-        t = ctx.targets.to(drops.device)
-        base = ctx.logits[rows, t][:, None]
+        n, c = drops.shape[:2]
+        rows = torch.arange(n, device=drops.device)
+        base = ctx.score(ctx.logits, rows)[:, None]
+        ablated = ctx.score(drops.flatten(0, 1), rows.repeat_interleave(c)).reshape(n, c)
         # |y_c| rather than y_c: a negative logit would otherwise flip the whole map.
-        return ((base - drops[rows, :, t]) / (base.abs() + _EPS)).to(ctx.acts.dtype)
+        return ((base - ablated) / (base.abs() + _EPS)).to(ctx.acts.dtype)
 
 
 def _ablated_logits(ctx: CamContext) -> torch.Tensor:
