@@ -59,6 +59,7 @@ LayerOpt = Annotated[
     str,
     typer.Option(
         "--layer",
+        "--layers",
         "-l",
         help="auto, a layer name, a call of it (relu@-1), a glob, type:NAME, or several "
         "comma-separated (see `netlens layers`).",
