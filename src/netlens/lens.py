@@ -52,6 +52,8 @@ class Lens:
         host: PluginHost | None = None,
         card: dict[str, Any] | None = None,
         samples: list[Path] | None = None,
+        task: str | None = None,
+        output: str | int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
@@ -62,10 +64,14 @@ class Lens:
         self.model = model
         self.transform: Preprocess = preprocess
         self.classes = _class_names(classes)
+        self.label_map: Any = None  # data label → model class, for data the model names otherwise
         self.name = name
         self.card = dict(card or {})
         self.samples = list(samples or [])
         self._host = host
+        self.output_key = output
+        self.task = _check_task(task)
+        self._digest: str | None = None
 
     def __repr__(self) -> str:
         n = len(self.classes) if self.classes else "?"
@@ -94,11 +100,6 @@ class Lens:
 
     # -- inputs ----------------------------------------------------------------------------
     @property
-    def preprocessing(self) -> dict[str, Any]:
-        """The preprocessing in use, JSON-able, with where it came from (for every output)."""
-        return self.transform.to_dict()
-
-    @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) the model takes; a one-line error when nothing says it yet."""
         spec = self.transform
@@ -117,12 +118,10 @@ class Lens:
         """Read and preprocess ``images`` (the sample images when None) into a Batch.
 
         A model of unknown input size takes the size of the first image it is given (no
-        resize); the lens keeps it from then on and says so in ``lens.preprocessing``.
+        resize); the lens keeps it from then on and says so in :meth:`preprocess_info`.
         """
         if images is None:
-            if not self.samples:
-                raise NetlensError("no images given and this model has no sample images")
-            images = self.samples
+            images = self.samples or self._dataset_images()
         spec = self.transform
         sized = SizeFromFirstImage(spec) if spec.size is None and spec.function is None else None
         batch = load_batch(images, sized or spec, strict=strict)
@@ -131,28 +130,91 @@ class Lens:
         batch.tensor = batch.tensor.to(self.device)
         return batch
 
+    def _dataset_images(self, count: int = 8) -> list[Any]:
+        """The first images of the model's own dataset, for runs given no images."""
+        name = self.default_data()
+        if not name:
+            raise NetlensError(
+                "no images given, and this model has neither sample images nor a training "
+                "dataset on its card; pass image files or a folder"
+            )
+        from .data import as_dataset
+
+        ds = as_dataset(name, self.transform, host=self.host)
+        if not hasattr(ds, "image"):
+            raise NetlensError(f"no images given; dataset {name} cannot give raw images: pass some")
+        return [ds.image(i) for i in range(min(count, len(ds)))]
+
     def preprocess(self, images: Any) -> torch.Tensor:
         """Images (paths, folder, arrays, tensor) → the N×C×H×W tensor the model takes."""
         return self.batch(images, strict=True).tensor
 
     def predict(self, images: Any) -> torch.Tensor:
-        """Class probabilities (N×K softmax of the logits)."""
+        """Class probabilities: N×K softmax (sigmoid for multi-label/binary models)."""
         x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
         with torch.no_grad(), eval_mode(self.model):
-            return torch.softmax(self.logits(x.to(self.device)), dim=1)
+            return self.probabilities(self.output(x.to(self.device)))
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
+
+        N×K logits for classifiers, N×1 for a binary single-logit model, N×K×H×W for dense
+        (segmentation) models; see :mod:`netlens.targets`.
+        """
+        from .targets import model_output
+
+        return model_output(self.model(x), self.output_key)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the model and check it returns N×K logits."""
-        out = self.model(x)
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        """Run the model and check it returns N×K (classification or regression) outputs."""
+        out = self.output(x)
+        if out.dim() != 2:
             raise NetlensError(
-                f"the model returned {shape}; netlens expects classification logits of shape "
-                "N×classes (wrap the model so forward returns them)"
+                f"the model returned {tuple(out.shape)}; this needs N×classes outputs "
+                "(pick another with --output KEY, or wrap the model so forward returns them)"
             )
         return out
+
+    def task_for(self, output: torch.Tensor) -> str:
+        """The task (``multiclass``, ``multilabel``, ``binary``, ``regression``, ``dense``)."""
+        from .targets import detect_task
+
+        return self.task or detect_task(output)
+
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """What a person reads as class probabilities for ``output`` (by the task)."""
+        from .targets import probabilities
+
+        return probabilities(output, self.task_for(output))
+
+    def digest(self) -> str:
+        """SHA-256 of the model's weights and buffers (computed once)."""
+        if self._digest is None:
+            from .provenance import model_digest
+
+            self._digest = model_digest(self.model)
+        return self._digest
+
+    def preprocess_info(self) -> dict[str, Any]:
+        """The preprocessing in use, JSON-able, with where it came from (``source``)."""
+        return self.transform.to_dict()
+
+    def dataset(self, data: Any, *, split: str = "test") -> Any:
+        """``data`` as a Dataset for this model: its preprocessing, labels matched by class name.
+
+        Folder names and CSV labels are matched to ``lens.classes`` (``lens.label_map`` first);
+        the dataset's ``label_source`` says how (see :func:`netlens.data.as_dataset`).
+        """
+        from .data import as_dataset
+
+        return as_dataset(
+            data,
+            self.transform,
+            host=self.host,
+            split=split,
+            classes=self.classes,
+            label_map=self.label_map,
+        )
 
     def default_data(self) -> str | None:
         """The dataset this model was trained on (from its card), for runs given no data."""
@@ -242,3 +304,13 @@ def _class_names(classes: Any) -> list[str] | None:
     from .data.labels import read_class_names
 
     return read_class_names(classes)
+
+
+def _check_task(task: str | None) -> str | None:
+    from .targets import TASKS
+
+    if task is not None and task not in TASKS:
+        from .errors import hint
+
+        raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
+    return task

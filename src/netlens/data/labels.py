@@ -199,21 +199,26 @@ def read_label_map(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
 
 def read_class_names(source: Sequence[str] | str | Path) -> list[str]:
-    """Class names from a list, or a file: one name per line, a JSON list or ``{index: name}``.
+    """Class names from a list, a file (one name per line, a JSON list or ``{index: name}``),
+    or a comma-separated string (``"cat,dog"``).
 
     Example:
-        >>> read_class_names(["cat", "dog"])
+        >>> read_class_names("cat,dog")
         ['cat', 'dog']
     """
     if not isinstance(source, (str, Path)):
         names = [str(n) for n in source]
+    elif Path(source).is_file():
+        names = _parse_class_file(Path(source))
+    elif isinstance(source, str) and "," in source:
+        names = [n.strip() for n in source.split(",")]
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"class names file not found: {path} (one name per line, or JSON)")
-        names = _parse_class_file(path)
-    if not names:
-        raise DataError("no class names given (an empty list or file)")
+        raise DataError(
+            f"class names file not found: {source} (a file with one name per line or JSON, "
+            "or names separated by commas)"
+        )
+    if not names or not all(names):
+        raise DataError("class names must be non-empty (an empty list, file or name given)")
     return names
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError, UnsafeModelError
+from ..lens import _check_task
 from ..preprocess import Preprocess, preprocess_for, with_overrides
 from .checkpoint import check_checkpoint, is_checkpoint
 from .factory import check_arch, create_arch, head_num_classes
@@ -188,13 +189,21 @@ def load(
     arch_kwargs: dict[str, Any] | None = None,
     num_classes: int | None = None,
     classes: list[str] | str | Path | None = None,
+    label_map: dict[str, Any] | str | Path | None = None,
     trust: bool = False,
     device: str | torch.device | None = None,
     host: PluginHost | None = None,
+    task: str | None = None,
+    output: str | int | None = None,
     preprocess: Any = None,
     input_size: int | tuple[int, ...] | None = None,
     example: torch.Tensor | None = None,
-    **preprocess_changes: Any,
+    size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    interpolation: str | None = None,
+    crop_mode: str | None = None,
 ) -> Lens:
     """Load a model into a :class:`Lens`.
 
@@ -206,14 +215,19 @@ def load(
         num_classes: override the class count read off the state_dict's head.
         classes: class names in output order: a list, or a file (one name per line, a JSON
             list or an ``{index: name}`` object); checked against the model's outputs.
+        label_map: data label → model class name or index (a dict or file), for data whose
+            folder names or CSV labels name the model's classes otherwise.
         trust: allow unpickling a whole module (runs code from the file).
         device: where to run; default CUDA when available, else CPU.
+        task: ``multiclass``, ``multilabel``, ``binary``, ``regression`` or ``dense`` (default:
+            read off the output's shape; see :mod:`netlens.targets`).
+        output: which output to explain when forward returns a dict, tuple or object.
         preprocess: a :class:`~netlens.preprocess.Preprocess`, a callable (PIL image → C×H×W
             tensor) or a dict of changes to the model's own preprocessing.
         input_size: the size the model takes (``28``, ``(28, 28)``, ``(1, 28, 28)``).
         example: an example input tensor; its shape sets the input size.
-        preprocess_changes: single preprocessing fields: ``size``, ``crop_pct``, ``mean``,
-            ``std``, ``interpolation``, ``crop_mode``.
+        size, crop_pct, mean, std, interpolation, crop_mode: change one field of the
+            model's own preprocessing (see ``docs/preprocessing.md``).
 
     Example:
         >>> lens = netlens.load("model.pt", arch="tv:alexnet", classes=["cat", "dog"])
@@ -223,8 +237,18 @@ def load(
 
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
+    lens.task, lens.output_key = _check_task(task), output
     lens.transform = with_overrides(
-        lens.transform, preprocess, input_size=input_size, example=example, **preprocess_changes
+        lens.transform,
+        preprocess,
+        input_size=input_size,
+        example=example,
+        size=size,
+        crop_pct=crop_pct,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        crop_mode=crop_mode,
     )
     if classes is not None:
         from ..data.labels import read_class_names
@@ -233,6 +257,10 @@ def load(
         names = read_class_names(classes)
         check_class_names(names, lens.model, lens.transform)
         lens.classes = names
+    if label_map is not None:
+        from ..data.labels import read_label_map
+
+        lens.label_map = read_label_map(label_map)
     if isinstance(source, nn.Module) and device is None:
         return lens  # the user's module stays where it is
     return lens.to(device)
@@ -272,7 +300,7 @@ def _open(
         loaded.preprocess,
         loaded.classes,
         host=host,
-        card=loaded.card,
+        card={"source": str(source), **loaded.card},
         name=Path(source).stem,
     )
 
