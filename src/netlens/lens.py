@@ -206,6 +206,7 @@ class Lens:
         the dataset's ``label_source`` says how (see :func:`netlens.data.as_dataset`).
         """
         from .data import as_dataset
+        from .models.classes import output_count
 
         return as_dataset(
             data,
@@ -214,6 +215,7 @@ class Lens:
             split=split,
             classes=self.classes,
             label_map=self.label_map,
+            num_classes=output_count(self.model, self.transform) if self.classes is None else None,
         )
 
     def default_data(self) -> str | None:

@@ -117,7 +117,7 @@ def guessed_spec(model: nn.Module) -> Preprocess:
         h, w = size[-2:]
         source = f"input size {h}×{w} from the model's input_size; {norm} (guessed)"
     else:
-        source = f"model records no preprocessing: no resize (input size unknown); {norm} (guessed)"
+        source = f"model records no preprocessing: {norm} (guessed); input size unknown"
     return Preprocess(
         size=tuple(size[-2:]) if size else None,  # type: ignore[arg-type]
         channels=channels,

@@ -215,7 +215,8 @@ class Preprocess:
     def sized_like(self, image_hw: tuple[int, int]) -> Preprocess:
         """This spec with the input size of an image (for a model that does not say its size)."""
         h, w = int(image_hw[0]), int(image_hw[1])
-        src = f"{self.source}; input size {h}×{w} from the first image"
+        base = self.source.replace("; input size unknown", "")
+        src = f"{base}; input size {h}×{w} from the first image (not resized)"
         return dataclasses.replace(self, size=(h, w), source=src)
 
     def override(self, **changes: Any) -> Preprocess:
