@@ -25,13 +25,13 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import NetlensError
+from .engines import call_function, resize_crop, resized_hw, timm_transform, to_pil, to_uint8
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Preprocess", "SizeFromFirstImage"]
 
@@ -150,7 +150,7 @@ class Preprocess:
         h0, w0 = image_hw
         if self.size is None or self.function is not None:
             return 0, h0, 0, w0
-        nh, nw = _resized_hw((h0, w0), self)
+        nh, nw = resized_hw((h0, w0), self)
         h, w = self.size
         top, left = round((nh - h) / 2.0), round((nw - w) / 2.0)
         sy, sx = nh / h0, nw / w0
@@ -164,19 +164,19 @@ class Preprocess:
     # -- applying --------------------------------------------------------------------------
     def __call__(self, image: Any) -> torch.Tensor:
         """One image (H×W×C uint8 RGB array, or PIL) → the normalised C×H×W float tensor."""
-        img = _uint8(image, self.channels)
+        img = to_uint8(image, self.channels)
         if self.function is not None:
-            return _call_function(self.function, _to_pil(img))
+            return call_function(self.function, to_pil(img))
         if self.engine == "timm" and self.size is not None:
-            x = _timm_transform(self._timm_key())(_to_pil(img))
+            x = timm_transform(self._timm_key())(to_pil(img))
             return x if x.shape[0] == self.channels else x[: self.channels]
         if self.size is not None and not self._is_identity(img.shape[:2]):
-            img = _resize_crop(img, self)
+            img = resize_crop(img, self)
         x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255.0)
         return self._normalize(x)
 
     def _is_identity(self, hw: tuple[int, int]) -> bool:
-        return tuple(hw) == self.size and tuple(hw) == _resized_hw(hw, self)
+        return tuple(hw) == self.size and tuple(hw) == resized_hw(hw, self)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None or self.std is None:
@@ -302,76 +302,3 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 def _per_channel(values: tuple[float, ...], c: int) -> tuple[float, ...]:
     return tuple(values[:c]) if len(values) >= c else tuple(values) * c
-
-
-def _uint8(image: Any, channels: int) -> np.ndarray:
-    """Any image → an H×W×channels uint8 array."""
-    from ..images import to_channels
-
-    arr = np.asarray(image)
-    if arr.dtype == np.uint16:
-        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        f = arr.astype(np.float32)
-        arr = np.clip((f * 255.0 if f.max(initial=0) <= 1.0 else f) + 0.5, 0, 255).astype(np.uint8)
-    return to_channels(arr, channels)
-
-
-def _to_pil(img: np.ndarray) -> Any:
-    from PIL import Image
-
-    return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-
-
-def _resized_hw(hw: tuple[int, int], spec: Preprocess) -> tuple[int, int]:
-    """The size before the crop, as torchvision's ``resize`` computes it."""
-    h0, w0 = hw
-    rh, rw = spec.resize_size  # type: ignore[misc]
-    if spec.mode == "squash" or rh != rw:
-        return rh, rw
-    short, long = (h0, w0) if h0 <= w0 else (w0, h0)
-    new_long = int(rw * long / short)
-    return (rh, new_long) if h0 <= w0 else (new_long, rh)
-
-
-def _resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """Anti-aliased PIL resize, then a centre crop: torchvision's ops on a PIL image."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
-
-    pil = _to_pil(img)
-    rh, rw = spec.resize_size  # type: ignore[misc]
-    target = [rh, rw] if spec.mode == "squash" or rh != rw else [rh]
-    pil = F.resize(pil, target, interpolation=InterpolationMode(spec.interpolation))
-    pil = F.center_crop(pil, list(spec.size))  # type: ignore[arg-type]
-    out = np.asarray(pil)
-    return out.reshape(*out.shape[:2], img.shape[2])
-
-
-@lru_cache(maxsize=32)
-def _timm_transform(key: tuple[Any, ...]) -> Callable[[Any], torch.Tensor]:
-    """timm's own eval transform for a spec (cached: building it is not free)."""
-    from timm.data import create_transform
-
-    input_size, interpolation, mean, std, crop_pct, crop_mode = key
-    return create_transform(
-        input_size=input_size,
-        interpolation=interpolation,
-        mean=mean,
-        std=std,
-        crop_pct=crop_pct,
-        crop_mode=crop_mode,
-    )
-
-
-def _call_function(fn: Callable[[Any], Any], pil: Any) -> torch.Tensor:
-    out = fn(pil)
-    if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[0] == 1:
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.dim() != 3:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise NetlensError(
-            f"the preprocessing function {_qualname(fn)} returned {got}; it must turn a PIL "
-            "image into a C×H×W tensor"
-        )
-    return out.float()
