@@ -9,8 +9,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 import typer.main
 
@@ -19,19 +19,24 @@ from netlens.cli.app import app
 SRC = Path(__file__).resolve().parents[1] / "src" / "netlens"
 
 
-def _commands() -> dict[str, click.Command]:
+def _commands() -> dict[str, Any]:
+    """Every command (typer vendors its own click: duck-typed, not isinstance)."""
     group = typer.main.get_command(app)
-    out: dict[str, click.Command] = {}
+    out: dict[str, Any] = {}
     for name, cmd in group.commands.items():  # type: ignore[attr-defined]
-        if isinstance(cmd, click.Group):
+        if hasattr(cmd, "commands"):
             out |= {f"{name} {n}": c for n, c in cmd.commands.items()}
         else:
             out[name] = cmd
     return out
 
 
-def _options(cmd: click.Command) -> dict[str, click.Option]:
-    return {o: p for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
+def _is_option(param: Any) -> bool:
+    return getattr(param, "param_type_name", "") == "option"
+
+
+def _options(cmd: Any) -> dict[str, Any]:
+    return {o: p for p in cmd.params if _is_option(p) for o in p.opts}
 
 
 def test_every_flag_means_one_thing_across_commands() -> None:
@@ -78,9 +83,9 @@ def test_model_options_wherever_a_model_is_loaded(flag: str) -> None:
 def test_flags_are_shown_as_flags() -> None:
     """`--json` takes no value: its help line must not show a metavar."""
     cmd = _commands()["cam"]
-    ctx = click.Context(cmd)
+    ctx = cmd.make_context("cam", [], resilient_parsing=True)
     for param in cmd.params:
-        if isinstance(param, click.Option) and param.is_flag:
+        if _is_option(param) and param.is_flag:
             record = param.get_help_record(ctx)
             assert record is not None and "<" not in record[0] and "BOOL" not in record[0]
 
@@ -90,7 +95,7 @@ def test_every_option_has_help() -> None:
         f"{name} {p.opts[0]}"
         for name, cmd in _commands().items()
         for p in cmd.params
-        if isinstance(p, click.Option) and not (p.help or "").strip()
+        if _is_option(p) and not (p.help or "").strip()
     ]
     assert not missing, missing
 

@@ -38,12 +38,14 @@ def ablate(
         str, typer.Option("--metric", help="accuracy, loss, f1 or top5.")
     ] = "accuracy",
     channels: Annotated[
-        bool,
+        str | None,
         typer.Option(
             "--channels",
-            help="Ablate each channel of the one --layer layer, with cumulative curves.",
+            help="Ablate channels of the one --layer layer instead of blocks: all, or a list "
+            "such as 0,5,9 (with cumulative curves).",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     limit: LimitOpt = None,
     batch_size: BatchSizeOpt = 64,
     seed: SeedOpt = 0,
@@ -60,7 +62,8 @@ def ablate(
     """Switch blocks (or channels) off one at a time and measure what each is worth."""
     from .runner import err, run_analyzer
 
-    options = {"layers": layers, "mode": mode, "metric": metric, "channels": channels}
+    chosen = True if channels == "all" else channels or False
+    options = {"layers": layers, "mode": mode, "metric": metric, "channels": chosen}
     options |= {"limit": limit, "batch_size": batch_size, "seed": seed, "resume": resume}
     options |= {"fast": not naive, "out": common.out, "quiet": common.quiet or common.json}
     try:

@@ -339,6 +339,13 @@ def _result(
     return AblationResult(name="ablation", arrays=arrays, table=rows, meta=meta)
 
 
+def _channels(value: Any) -> bool:
+    """``True``/``"all"``: every channel; a channel list is not supported yet (one line)."""
+    if value in (True, False, "all", "true", "false", None):
+        return value in (True, "all", "true")
+    raise ValueError("a channel list: only all channels can be ablated for now (--channels all)")
+
+
 class AblateAnalyzer(Analyzer):
     """Layer-ablation study: switch blocks (or channels) off and measure the metric drop."""
 
@@ -349,7 +356,7 @@ class AblateAnalyzer(Analyzer):
         Option("layers", None, "units to ablate (default: every residual block)", as_is),
         Option("mode", None, "identity, zero, mean or noise", as_is),
         Option("metric", "accuracy", "accuracy, loss, f1 or top5", str),
-        Option("channels", False, "ablate each channel of the one selected layer", bool),
+        Option("channels", False, "ablate the channels of the one selected layer", _channels),
         Option("out", None, "folder for the row-by-row CSV (resume)", as_is),
         Option("resume", False, "keep finished rows from an earlier run", bool),
         Option("batch_size", 64, "images per batch", int, low=1),
