@@ -58,12 +58,21 @@ DEFAULT_OUT = Path("netlens-out")
 
 
 def cli_errors(func: F) -> F:
-    """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise)."""
+    """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise).
+
+    Warnings and library log records are captured meanwhile: after success the ones that
+    matter are printed as ``note:`` lines; after an error only the error line is printed.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
+        from ..diagnostics import captured_warnings
+
         try:
-            return func(*args, **kwargs)
+            with captured_warnings() as diag:
+                result = func(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
@@ -72,8 +81,11 @@ def cli_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the CLI's single error boundary
             if os.environ.get("NETLENS_DEBUG") == "1":
                 raise
-            console.print(f"[red]error:[/red] {one_line(exc)}", soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(one_line(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
+        for note in diag.notes:
+            console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+        return result
 
     return wrapper  # type: ignore[return-value]
 

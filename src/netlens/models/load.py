@@ -18,7 +18,9 @@ from torch import nn
 
 from ..errors import ModelLoadError, UnsafeModelError
 from ..images import Preprocess
-from .checkpoint import check_checkpoint, is_checkpoint
+from ..naming import display_path
+from .archive import check_archive
+from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import create_arch, head_num_classes
 
 if TYPE_CHECKING:
@@ -56,18 +58,25 @@ class LoadRequest:
 
             try:
                 return load_file(str(self.source))
-            except Exception as exc:  # noqa: BLE001
-                return ModelLoadError(f"cannot read {self.source} as safetensors: {exc}")
+            except Exception:  # noqa: BLE001
+                return ModelLoadError(
+                    f"cannot read {display_path(self.source)}: damaged or not a safetensors file"
+                )
         try:
+            check_archive(self.source)
             return torch.load(self.source, map_location="cpu", weights_only=True)
+        except ModelLoadError as exc:
+            return exc
         except pickle.UnpicklingError as exc:
             if _is_pickle(self.source):
                 return exc  # a real pickle beyond plain tensors: only with trust
-            return ModelLoadError(f"cannot read {self.source}: not a PyTorch file or corrupt")
-        except Exception as exc:  # noqa: BLE001 - corrupt or not a torch file
             return ModelLoadError(
-                f"cannot read {self.source} as a PyTorch file ({type(exc).__name__}); "
-                "is it a model file?"
+                f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
+            )
+        except Exception:  # noqa: BLE001 - corrupt or not a torch file
+            return ModelLoadError(
+                f"cannot read {display_path(self.source)} as a PyTorch file (damaged, or not "
+                "a model file?)"
             )
 
 
@@ -114,21 +123,16 @@ def default_preprocess(model: nn.Module, arch: str | None = None) -> Preprocess:
 
 # -- built-in loaders ------------------------------------------------------------------------
 def load_netlens_checkpoint(source: Path, req: LoadRequest) -> LoadedModel | None:
-    """A netlens checkpoint (see :mod:`netlens.models.checkpoint`)."""
-    ckpt = req.payload
-    if not is_checkpoint(ckpt):
+    """A netlens checkpoint (see :mod:`netlens.models.checkpoint`): validated, then built only
+    when the model its metadata describes fits the weights in the file."""
+    if not is_checkpoint(req.payload):
         return None
-    check_checkpoint(ckpt, source)
-    kwargs = dict(ckpt.get("arch_kwargs") or {})
-    model = create_arch(ckpt["arch"], kwargs.pop("num_classes", None), req.host, **kwargs)
-    _load_state(model, ckpt["state_dict"], source)
-    pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt.get("preprocess") else None
-    card = {
-        "arch": ckpt["arch"],
-        "arch_kwargs": ckpt.get("arch_kwargs") or {},
-        "record": ckpt.get("record", {}),
-    }
-    return LoadedModel(model, pre or default_preprocess(model), ckpt.get("classes"), card)
+    meta = read_checkpoint(req.payload, source, req.host)
+    model = build_checkpoint_model(meta, req.host, source)
+    _load_state(model, meta.state_dict, source)
+    pre = Preprocess.from_dict(meta.preprocess) if meta.preprocess else None
+    card = {"arch": meta.arch, "arch_kwargs": meta.arch_kwargs, "record": meta.record}
+    return LoadedModel(model, pre or default_preprocess(model), meta.classes, card)
 
 
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -170,7 +174,13 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             f"{source.name} is a pickled object, and unpickling runs whatever code it contains; "
             "load it only if you trust its author, with --trust (trust=True in Python)"
         )
-    obj = torch.load(source, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - trusted, but still not a torch file
+        raise ModelLoadError(
+            f"{display_path(source.name)} does not unpickle to a model (with --trust its code "
+            "may have run already); check the file"
+        ) from None
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{source.name} unpickled to a {type(obj).__name__}, not a model")
     return LoadedModel(obj, default_preprocess(obj), None, {"arch": type(obj).__name__})
