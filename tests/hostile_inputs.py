@@ -311,6 +311,10 @@ HOSTILE_CHECKPOINTS: dict[str, tuple[Callable[[dict], dict], str]] = {
     "kwargs-str": (_set("arch_kwargs", "num_classes=3"), "must be a dict"),
     "kwargs-int-key": (_set("arch_kwargs", {1: 2}), "not a name"),
     "kwargs-nested": (_set("arch_kwargs.widths", _nested(30)), "is a list"),
+    "kwargs-dag": (_set("arch_kwargs", _nested(60)), "must be a dict"),  # 2**60 leaves
+    "version-dag": (_set("version", _nested(60)), "'version' must be"),
+    "arch-dag": (_set("arch", _nested(60)), "'arch' must be"),
+    "classes-dag": (_set("classes", _nested(60)), "class 0 must be"),
     "arch-int": (_set("arch", 123), "'arch' must be"),
     "arch-none": (_set("arch", None), "'arch' must be"),
     "arch-empty": (_set("arch", ""), "not an architecture name"),

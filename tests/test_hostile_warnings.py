@@ -111,3 +111,18 @@ def test_cli_glyph_warning_becomes_one_note(tmp_path):
     assert "Glyph" not in res.stderr and "Warning" not in res.stderr
     notes = [line for line in res.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "font" in notes[0]
+
+
+def test_python_load_hides_torch_pickle_notices(tmp_path):
+    """Not only the CLI: netlens.load itself never lets torch's pickle notices through."""
+    import netlens
+    from netlens.errors import ModelLoadError
+
+    ckpt = base_checkpoint()
+    ckpt["state_dict"]["classifier.5.bias"] = torch.zeros(3).to_sparse()
+    torch.save(ckpt, tmp_path / "m.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ModelLoadError, match="dense CPU"):
+            netlens.load(tmp_path / "m.pt")
+    assert not [w for w in caught if "sparse" in str(w.message) or "pickle" in str(w.message)]

@@ -30,11 +30,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["Diagnostics", "captured_warnings", "debug_mode", "native_stderr_silenced"]
+__all__ = [
+    "Diagnostics",
+    "captured_warnings",
+    "debug_mode",
+    "native_stderr_silenced",
+    "torch_load_quietly",
+]
 
 _GLYPH = re.compile(r"Glyph (\d+) \(.*?\) missing from (?:current )?font")
 _TIMM_RENAMED = re.compile(r"Mapping deprecated model name (\S+) to current (\S+?)\.?$")
 _MAX_RAW = 200
+# torch.load's notices about pickles: netlens decides weights_only/trust itself
+_TORCH_LOAD_NOISE = r".*(pickle protocol|weights_only|sparse tensor invariants|TypedStorage)"
 
 
 def debug_mode() -> bool:
@@ -111,6 +119,20 @@ def captured_warnings() -> Iterator[Diagnostics]:
             root.removeHandler(handler)
             for w in caught:
                 diag.add(str(w.message), w.category.__name__)
+
+
+@contextmanager
+def torch_load_quietly() -> Iterator[None]:
+    """Hide torch.load's pickle/``weights_only`` notices (in Python too, not only the CLI).
+
+    Example:
+        >>> with torch_load_quietly():
+        ...     state = torch.load(path, weights_only=True)  # doctest: +SKIP
+    """
+    with warnings.catch_warnings():
+        if not debug_mode():
+            warnings.filterwarnings("ignore", message=_TORCH_LOAD_NOISE)
+        yield
 
 
 class _NativeStderr:

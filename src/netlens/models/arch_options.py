@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import reprlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -215,7 +216,16 @@ def _flat_ints(value: Any) -> list[int]:
 
 
 def _short(value: Any, n: int = 60) -> str:
-    """A printable, one-line, shortened repr for messages."""
-    text = repr(value)
-    text = text.encode("ascii", "backslashreplace").decode()
+    """A printable, one-line, shortened repr for messages (bounded for any nesting/sharing)."""
+    text = _REPR.repr(value).encode("ascii", "backslashreplace").decode()
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 4, 4, 4, 4
+    r.maxstring = r.maxother = r.maxlong = 40
+    return r
+
+
+_REPR = _bounded_repr()

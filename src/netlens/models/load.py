@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..diagnostics import torch_load_quietly
 from ..errors import ModelLoadError, UnsafeModelError
 from ..images import Preprocess
 from ..naming import display_path
@@ -64,7 +65,8 @@ class LoadRequest:
                 )
         try:
             check_archive(self.source)
-            return torch.load(self.source, map_location="cpu", weights_only=True)
+            with torch_load_quietly():
+                return torch.load(self.source, map_location="cpu", weights_only=True)
         except ModelLoadError as exc:
             return exc
         except pickle.UnpicklingError as exc:
@@ -175,7 +177,8 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             "load it only if you trust its author, with --trust (trust=True in Python)"
         )
     try:
-        obj = torch.load(source, map_location="cpu", weights_only=False)
+        with torch_load_quietly():
+            obj = torch.load(source, map_location="cpu", weights_only=False)
     except Exception:  # noqa: BLE001 - trusted, but still not a torch file
         raise ModelLoadError(
             f"{display_path(source.name)} does not unpickle to a model (with --trust its code "
