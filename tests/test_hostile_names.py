@@ -94,7 +94,9 @@ def test_a_leading_dash_file_after_double_dash(tmp_path, monkeypatch):
     write_bytes_name(tmp_path, b"-x.png", encode(".png"))
     res = runner.invoke(app, ["cam", "--out", "out", "--quiet", "--", "-x.png"])
     assert res.exit_code == 0, res.output
-    assert any(f.name.endswith("_gradcam.png") for f in (tmp_path / "out").iterdir())
+    stem = safe_stem("-x.png")
+    assert stem.startswith("_x_")
+    assert any(f.name.startswith(stem) and f.suffix == ".png" for f in (tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize("name", ["[/draft] cat.png", "[bold]x[/bold].png", "a\nb.png"])

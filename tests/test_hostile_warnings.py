@@ -81,7 +81,7 @@ def test_cli_success_turns_a_timm_deprecation_into_a_note(tmp_path):
     res = runner.invoke(app, ["layers", str(tmp_path / "sd.pt"), "--arch", "mnasnet_a1"])
     assert res.exit_code == 0, res.output
     assert "Warning" not in res.stderr and "Mapping deprecated" not in res.stderr
-    notes = [line for line in res.stderr.splitlines() if line.startswith("note:")]
+    notes = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
     assert len(notes) == 1 and "semnasnet_100" in notes[0]
 
 
@@ -109,8 +109,8 @@ def test_cli_glyph_warning_becomes_one_note(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "Glyph" not in res.stderr and "Warning" not in res.stderr
-    notes = [line for line in res.stderr.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "font" in notes[0]
+    fonts = [line for line in res.stderr.splitlines() if "font" in line]
+    assert len(fonts) == 1 and fonts[0].startswith("warning:") and "猫" in fonts[0]
 
 
 def test_python_load_hides_torch_pickle_notices(tmp_path):

@@ -5,7 +5,8 @@ Two tools:
 - :func:`captured_warnings` records Python warnings and library log records while a block
   runs (torch's pickle/``weights_only`` notices, timm deprecations, matplotlib's "Glyph ...
   missing from font") and turns the ones that matter into short notes of our own
-  (:attr:`Diagnostics.notes`); nothing reaches stderr by itself.
+  (:attr:`Diagnostics.notes`, netlens' own :class:`~netlens.errors.NetlensWarning` lines
+  first); nothing reaches stderr by itself.
 - :func:`native_stderr_silenced` points file descriptor 2 at ``/dev/null`` while C/C++ code
   runs (libpng/libtiff/OpenCV print straight to it, bypassing Python).
 
@@ -15,7 +16,7 @@ Example (the CLI's error boundary):
     >>> with captured_warnings() as diag:
     ...     run_command()
     >>> for note in diag.notes:
-    ...     print(f"note: {note}", file=sys.stderr)
+    ...     print(f"warning: {note}", file=sys.stderr)
 """
 
 from __future__ import annotations
@@ -55,13 +56,15 @@ class Diagnostics:
     """What a block emitted: raw warning and log lines, and the notes we make of them."""
 
     raw: list[str] = field(default_factory=list)
+    own: list[str] = field(default_factory=list)
     missing_glyphs: set[str] = field(default_factory=set)
     other_notes: list[str] = field(default_factory=list)
 
     @property
     def notes(self) -> list[str]:
-        """One line each, deduplicated, for the user (empty when nothing mattered)."""
-        out = list(dict.fromkeys(self.other_notes))
+        """One line each, deduplicated, for the user: netlens' own warnings
+        (:class:`~netlens.errors.NetlensWarning`) first, then what we make of libraries'."""
+        out = list(dict.fromkeys(self.own + self.other_notes))
         if self.missing_glyphs:
             chars = "".join(sorted(self.missing_glyphs))[:20]
             out.append(
@@ -70,9 +73,12 @@ class Diagnostics:
             )
         return out
 
-    def add(self, message: str, category: str) -> None:
+    def add(self, message: str, category: str, own: bool = False) -> None:
         """Record one warning (or log record) and make a note of it when it matters."""
         text = " ".join(message.split())
+        if own:
+            self.own.append(text)
+            return
         line = f"{category}: {text}"
         if line not in self.raw and len(self.raw) < _MAX_RAW:
             self.raw.append(line)
@@ -117,8 +123,11 @@ def captured_warnings() -> Iterator[Diagnostics]:
             yield diag
         finally:
             root.removeHandler(handler)
+            from .errors import NetlensWarning
+
             for w in caught:
-                diag.add(str(w.message), w.category.__name__)
+                own = issubclass(w.category, NetlensWarning)
+                diag.add(str(w.message), w.category.__name__, own=own)
 
 
 @contextmanager

@@ -60,8 +60,10 @@ DEFAULT_OUT = Path("netlens-out")
 def cli_errors(func: F) -> F:
     """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise).
 
-    Warnings and library log records are captured meanwhile: after success the ones that
-    matter are printed as ``note:`` lines; after an error only the error line is printed.
+    Warnings and library log records are captured meanwhile
+    (:func:`netlens.diagnostics.captured_warnings`): when the command ends (also with
+    ``typer.Exit``) the ones that matter are printed as ``warning:`` lines; after an error
+    only the error line is printed.
     """
 
     @functools.wraps(func)
@@ -73,7 +75,10 @@ def cli_errors(func: F) -> F:
         try:
             with captured_warnings() as diag:
                 result = func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+        except typer.Exit:
+            _print_notes(diag.notes)
+            raise
+        except (typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]")
@@ -83,11 +88,17 @@ def cli_errors(func: F) -> F:
                 raise
             console.print(f"[red]error:[/red] {escape(one_line(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
-        for note in diag.notes:
-            console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+        _print_notes(diag.notes)
         return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_notes(notes: list[str]) -> None:
+    from rich.markup import escape
+
+    for note in notes:
+        console.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
 
 
 def one_line(exc: BaseException) -> str:

@@ -79,11 +79,16 @@ _RANGES: dict[str, tuple[int, int]] = {
 
 
 def check_arch_name(arch: Any, where: str) -> str:
-    """``arch`` when it names an architecture (``NAME``, ``tv:NAME``, ``timm:NAME``).
+    """``arch`` when it names an architecture (``NAME``, ``tv:NAME``, ``timm:NAME``, or the
+    user's own ``file.py:Class`` — kept as data: netlens never imports code a file names).
 
     Hub and path prefixes (``hf-hub:``, ``local-dir:``, ``/...``) are refused: a checkpoint
     names an architecture to build from code, never weights to fetch.
     """
+    from .factory import parse_user_arch
+
+    if isinstance(arch, str) and len(arch) <= 1024 and parse_user_arch(arch) is not None:
+        return arch
     if not isinstance(arch, str):
         raise ModelLoadError(
             f"{where}: 'arch' must be an architecture name like 'resnet18' or 'tv:alexnet' "
@@ -112,7 +117,7 @@ def check_arch_kwargs(kwargs: Any, where: str, extra_allowed: Iterable[str] = ()
             f"{where}: 'arch_kwargs' must be a dict of architecture options (got "
             f"{_short(kwargs, 30)}); the file is damaged or not from netlens.save"
         )
-    allowed = ALLOWED_OPTIONS | {n for n in extra_allowed if not DENIED.search(n)}
+    allowed = None if extra_allowed is None else ALLOWED_OPTIONS | set(extra_allowed)
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         _check_key(key, where, allowed)
@@ -131,7 +136,7 @@ def signature_options(factory: Callable[..., Any]) -> list[str]:
     return [p.name for p in params if p.kind in kinds]
 
 
-def _check_key(key: Any, where: str, allowed: frozenset[str] | set[str]) -> None:
+def _check_key(key: Any, where: str, allowed: frozenset[str] | set[str] | None) -> None:
     if not isinstance(key, str) or not key.isidentifier():
         raise ModelLoadError(f"{where}: 'arch_kwargs' has a key {_short(key)} that is not a name")
     if DENIED.search(key):
@@ -139,7 +144,7 @@ def _check_key(key: Any, where: str, allowed: frozenset[str] | set[str]) -> None
             f"{where}: 'arch_kwargs' asks for '{key}', which loads files or weights from "
             "elsewhere; a checkpoint may only describe the architecture (remove it and re-save)"
         )
-    if key not in allowed:
+    if allowed is not None and key not in allowed:
         raise ModelLoadError(
             f"{where}: 'arch_kwargs' option '{key}' is not an architecture option netlens "
             "builds from a checkpoint; remove it and re-save, or build the model yourself "

@@ -77,46 +77,64 @@ def write_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(ckpt: dict[str, Any], path: Path, host: PluginHost) -> CheckpointMeta:
-    """Validate a loaded checkpoint dict (a netlens arch's own parameters are allowed too)."""
-    from .arch_options import signature_options
+def read_checkpoint(
+    ckpt: dict[str, Any], path: Path, host: PluginHost, build_arch: str | None = None
+) -> CheckpointMeta:
+    """Validate a loaded checkpoint dict for building ``build_arch`` (default: its own arch).
 
-    arch = ckpt.get("arch")
-    extra = (
-        signature_options(host.archs.get(arch))
-        if isinstance(arch, str) and arch in host.archs
-        else []
-    )
+    A netlens arch's own parameters are allowed as ``arch_kwargs`` too; for the user's own
+    ``file.py:Class`` (named by the user) any option name that does not load files is.
+    """
+    from .arch_options import signature_options
+    from .factory import parse_user_arch
+
+    arch = build_arch or ckpt.get("arch")
+    extra: list[str] | None = []
+    if isinstance(arch, str) and parse_user_arch(arch) is not None:
+        extra = None
+    elif isinstance(arch, str) and arch in host.archs:
+        extra = signature_options(host.archs.get(arch))
     return validate_checkpoint(ckpt, path, extra)
 
 
-def build_checkpoint_model(meta: CheckpointMeta, host: PluginHost, path: Path) -> nn.Module:
-    """The model ``meta`` describes, built only when it fits the weights in the file.
+def build_checkpoint_model(
+    meta: CheckpointMeta,
+    host: PluginHost,
+    path: Path,
+    *,
+    arch: str | None = None,
+    user_code: bool = False,
+) -> nn.Module:
+    """The model ``meta`` describes (or ``arch`` with its kwargs), built only when it fits the
+    weights in the file.
 
     Shapes come from a build on the meta device first (no memory); a mismatch with the file is
-    one line. Where an architecture cannot be built on meta, the real build runs under an
-    allocation budget of twice the file's weights (plus slack) instead.
+    one line. Where an architecture cannot be built on meta (and for the user's own code, which
+    is never imported under the meta device), the real build runs under an allocation budget
+    of twice the file's weights (plus slack) instead.
     """
-    from .factory import create_arch
+    from .factory import check_arch, create_arch, parse_user_arch
 
+    arch = arch or meta.arch
     kwargs = dict(meta.arch_kwargs)
     num_classes = kwargs.pop("num_classes", None)
-    what = f"'{meta.arch}' from {display_path(path.name)}"
+    name = display_path(path.name)
+    check_arch(arch, host, user_code=user_code)  # imports registries outside the meta device
 
     def build() -> nn.Module:
-        return create_arch(meta.arch, num_classes, host, **kwargs)
+        return create_arch(arch, num_classes, host, user_code=user_code, **kwargs)
 
-    shapes = shapes_on_meta(build)
+    shapes = None if parse_user_arch(arch) else shapes_on_meta(build)
     if shapes is not None:
         problem = shapes.mismatch(meta.state_dict)
         if problem:
             raise ModelLoadError(
-                f"the weights in {display_path(path.name)} do not fit the architecture its "
-                f"metadata describes ({meta.arch}{_kwargs_text(meta.arch_kwargs)}): {problem}; "
-                "the checkpoint is inconsistent (re-save it with netlens.save)"
+                f"the weights in {name} do not fit the architecture its metadata describes "
+                f"({arch}{_kwargs_text(meta.arch_kwargs)}): {problem}; the checkpoint is "
+                "inconsistent (re-save it with netlens.save)"
             )
     limit = 2 * max(meta.nbytes, shapes.nbytes if shapes else 0) + _BUILD_SLACK
-    return build_within(build, limit, what)
+    return build_within(build, limit, f"'{arch}' from {name}")
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:

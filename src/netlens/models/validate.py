@@ -33,7 +33,6 @@ MAX_SIDE = 4096  # a model input side; 4096² RGB float32 is already 200 MB per 
 MAX_CLASSES = 1 << 20
 MAX_CLASS_NAME = 256
 MAX_TENSORS = 1 << 20
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos", "box", "hamming")
 _DTYPES = {
     torch.float16,
     torch.bfloat16,
@@ -69,14 +68,15 @@ class CheckpointMeta:
 
 
 def validate_checkpoint(
-    ckpt: dict[str, Any], path: str | Path, extra_options: Iterable[str] = ()
+    ckpt: dict[str, Any], path: str | Path, extra_options: Iterable[str] | None = ()
 ) -> CheckpointMeta:
     """The checkpoint's fields, checked; one :class:`ModelLoadError` line on the first problem.
 
     Args:
         ckpt: what ``torch.load(path, weights_only=True)`` returned (``format`` already matched).
         path: the file, for messages.
-        extra_options: further ``arch_kwargs`` names to allow (a netlens arch's parameters).
+        extra_options: further ``arch_kwargs`` names to allow (a netlens arch's parameters);
+            None: any option name not denied (the user's own architecture code).
     """
     where = display_path(Path(path).name)
     _check_keys(ckpt, where)
@@ -156,50 +156,60 @@ def _check_state_dict(state: Any, where: str) -> dict[str, torch.Tensor]:
 
 
 def _check_preprocess(pre: Any, where: str) -> dict[str, Any]:
-    """Types and ranges of a Preprocess dict; a bad one could ask for gigabytes per image."""
+    """What could blow up memory or time in a recorded Preprocess spec: its size and crop.
+
+    Types and the remaining fields are checked by :class:`~netlens.preprocess.Preprocess`
+    itself when the spec is made.
+    """
     if pre is None or pre == {}:
         return {}
     if not isinstance(pre, dict) or not all(isinstance(k, str) for k in pre):
         raise _fail(where, "'preprocess' must be a dict of settings")
     _plain_json(pre, "preprocess", where, depth=0, budget=[1000])
     out = dict(pre)
-    if "size" in pre:
-        out["size"] = _check_size(pre["size"], where)
+    sides: list[int] = []
+    if pre.get("size") is not None:  # ("resize" is derived and descriptive: not read back)
+        out["size"] = sides = _check_size(pre["size"], "size", where)
     channels = pre.get("channels", 3)
     if channels not in (1, 3) or isinstance(channels, bool):
         raise _fail(where, f"preprocess.channels must be 1 or 3, not {_short(channels)}")
     for key in ("mean", "std"):
-        if key in pre:
-            _check_stats(pre[key], key, channels, where)
+        if pre.get(key) is not None:
+            _check_stats(pre[key], key, where)
     crop = pre.get("crop_pct", 1.0)
-    if not _is_number(crop) or not 0.1 <= crop <= 1.0:
-        raise _fail(where, f"preprocess.crop_pct must be in [0.1, 1], not {_short(crop)}")
-    interp = pre.get("interpolation", "bilinear")
-    if interp not in _INTERPOLATIONS:
+    if (
+        not _is_number(crop)
+        or not 0.0 < crop <= 1.0
+        or max(sides, default=224) / crop > 2 * MAX_SIDE
+    ):
         raise _fail(
-            where, f"preprocess.interpolation {_short(interp)} is not one of {_INTERPOLATIONS}"
+            where,
+            f"preprocess.crop_pct {_short(crop)} must be in (0, 1] and keep the resized input "
+            f"under {2 * MAX_SIDE} pixels per side",
         )
     return out
 
 
-def _check_size(size: Any, where: str) -> list[int]:
-    sides = [size, size] if isinstance(size, int) else size
-    ok = isinstance(sides, (list, tuple)) and len(sides) == 2
+def _check_size(size: Any, key: str, where: str) -> list[int]:
+    sides = [size] if isinstance(size, int) else size
+    ok = isinstance(sides, (list, tuple)) and 1 <= len(sides) <= 3
     if not ok or not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):
-        raise _fail(where, f"preprocess.size must be [height, width], not {_short(size)}")
-    if not all(1 <= s <= MAX_SIDE for s in sides):
+        raise _fail(where, f"preprocess.{key} must be [height, width], not {_short(size)}")
+    hw = list(sides[-2:]) if len(sides) > 1 else [sides[0], sides[0]]
+    if not all(1 <= s <= MAX_SIDE for s in hw):
         raise ModelLoadError(
-            f"{where}: preprocess.size {_short(list(sides))} is beyond any image model's input "
+            f"{where}: preprocess.{key} {_short(hw)} is beyond any image model's input "
             f"(1 to {MAX_SIDE} pixels per side); fix the checkpoint's preprocessing and re-save"
         )
-    return list(sides)
+    return hw
 
 
-def _check_stats(values: Any, key: str, channels: int, where: str) -> None:
-    ok = isinstance(values, (list, tuple)) and channels <= len(values) <= 4
-    if not ok or not all(_is_number(v) and abs(v) <= 1e4 for v in values):
-        raise _fail(where, f"preprocess.{key} must be {channels} finite numbers")
-    if key == "std" and any(v <= 1e-6 for v in values[:channels]):
+def _check_stats(values: Any, key: str, where: str) -> None:
+    items = [values] if isinstance(values, (int, float)) else values
+    ok = isinstance(items, (list, tuple)) and 1 <= len(items) <= 4
+    if not ok or not all(_is_number(v) and abs(v) <= 1e4 for v in items):
+        raise _fail(where, f"preprocess.{key} must be 1 to 4 finite numbers")
+    if key == "std" and any(v <= 1e-6 for v in items):
         raise _fail(where, "preprocess.std must be positive")
 
 
