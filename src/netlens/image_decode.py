@@ -42,7 +42,7 @@ def pixel_limit(max_pixels: int | None = None) -> int:
         raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
         if not raw:
             return DEFAULT_MAX_PIXELS
-        max_pixels = _parse_pixels(raw)
+        max_pixels = parse_pixels(raw)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
         raise ImageError(f"max_pixels must be a whole number of pixels, got {max_pixels!r}")
     if max_pixels < 1:
@@ -50,7 +50,8 @@ def pixel_limit(max_pixels: int | None = None) -> int:
     return int(max_pixels)
 
 
-def _parse_pixels(raw: str) -> int:
+def parse_pixels(raw: str, what: str = MAX_PIXELS_ENV) -> int:
+    """A pixel count written as ``100000000``, ``2.5e8`` or ``250M``; one line if not."""
     scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(raw[-1:].upper(), 1)
     number = raw[:-1] if scale > 1 else raw
     try:
@@ -59,8 +60,7 @@ def _parse_pixels(raw: str) -> int:
         value = float("nan")
     if not np.isfinite(value) or value < 1 or value > 2**62:
         raise ImageError(
-            f"{MAX_PIXELS_ENV}={raw[:40]!r} is not a pixel count; use a number like "
-            "100000000, 2.5e8 or 250M"
+            f"{what}={raw[:40]!r} is not a pixel count; use a number like 100000000, 2.5e8 or 250M"
         )
     return int(value)
 

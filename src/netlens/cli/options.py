@@ -131,6 +131,7 @@ class Common:
     threads: int | None = None
     skip_bad: bool = False
     strict: bool = False
+    max_pixels: str | None = None
     arch: str | None = None
     arch_kwargs: str | None = None
     num_classes: int | None = None
@@ -193,6 +194,15 @@ RUN_OPTIONS: dict[str, Any] = {
         bool,
         typer.Option("--strict", help="Stop at the first unreadable image (exit 1)."),
         False,
+    ),
+    "max_pixels": (
+        str | None,
+        typer.Option(
+            "--max-pixels",
+            help="Largest image to decode, in pixels (default 100M; 250M and 2.5e8 work).",
+            show_default=False,
+        ),
+        None,
     ),
 }
 

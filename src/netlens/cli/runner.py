@@ -52,6 +52,15 @@ def set_threads(requested: int | None, default: int | None = None) -> int | None
     return n
 
 
+def set_max_pixels(value: str | None) -> None:
+    """``--max-pixels``: checked, then handed to every image reader (and worker) by env."""
+    if value is None:
+        return
+    from ..image_decode import MAX_PIXELS_ENV, parse_pixels, pixel_limit
+
+    os.environ[MAX_PIXELS_ENV] = str(pixel_limit(parse_pixels(value, "--max-pixels")))
+
+
 def open_lens(model: str | None, common: Common) -> Lens:
     """Load the model a command was given (the default zoo model when None)."""
     from ..models.load import load
@@ -74,6 +83,7 @@ def run_analyzer(
     from ..output import folder_lock
 
     set_threads(common.threads, threads)
+    set_max_pixels(common.max_pixels)
     with folder_lock(common.out), netlens_warnings() as said:
         lens = open_lens(model, common)
         progress = not (common.quiet or common.json)
