@@ -4,6 +4,7 @@ and one bootstrap and one macro-F1 shared with the rest of netlens."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -123,3 +124,57 @@ def test_one_macro_f1_for_training_and_ablation() -> None:
     from netlens.analyzers.ablation.metrics import metric_value
 
     assert metric_value(METRICS["f1"], out, None, 7)[0] == pytest.approx(np.mean(per_class))
+
+
+def _photos(folder) -> list:
+    """Real photos from scikit-image, written as PNG files into ``folder``."""
+    import cv2
+    from skimage import data as photos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ["astronaut", "chelsea", "coffee", "rocket"]
+    for name in names:
+        cv2.imwrite(str(folder / f"{name}.png"), getattr(photos, name)()[:, :, ::-1])
+    return names
+
+
+def test_images_without_labels_or_with_unknown_names(tmp_path) -> None:
+    from test_ablation_study import _saved_model
+    from typer.testing import CliRunner
+
+    from netlens.cli.app import app
+
+    path = _saved_model(tmp_path)
+    _photos(tmp_path / "flat")  # no class subfolders: no labels at all
+    _photos(tmp_path / "named" / "space rockets")  # a class name the model does not have
+    runner = CliRunner()
+    base = ["ablate", str(path), "--json", "--out"]
+    for data in ("flat", "named"):
+        res = runner.invoke(
+            app,
+            [*base, str(tmp_path / f"o-{data}"), "--data", str(tmp_path / data), "--metric", "kl"],
+        )
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.stdout)
+        assert summary["run"]["data"]["items"] == 4
+        assert summary["label_source"].startswith("not used")
+        assert all(r["increase"] >= 0 for r in summary["table"])
+    res = runner.invoke(app, [*base, str(tmp_path / "o-acc"), "--data", str(tmp_path / "flat")])
+    assert res.exit_code == 1 and "--metric prob, kl or agreement" in res.output
+    model, (x, _) = _model(), _data(12)
+    tensors_only = netlens.ablate(model, x, metric="prob", resamples=50)
+    with_labels = netlens.ablate(
+        model, (x, torch.zeros(12, dtype=torch.long)), metric="prob", resamples=50
+    )
+    assert tensors_only.table == with_labels.table  # labels are never read
+
+
+def test_a_list_of_channels() -> None:
+    model, data = _model(), _data(20)
+    res = netlens.ablate(model, data, layers="layer2", channels="3,0,9", points=4, resamples=50)
+    assert [r["channel"] for r in res.rows] == [0, 3, 9]
+    assert res.arrays["curve_k"].tolist() == [0, 1, 2, 3]
+    every = netlens.ablate(model, data, layers="layer2", channels=True, resamples=50)
+    assert [r["value"] for r in res.rows] == [every.rows[c]["value"] for c in (0, 3, 9)]
+    with pytest.raises(netlens.NetlensError, match="channel 99 is out of range.*16 channels"):
+        netlens.ablate(model, data, layers="layer2", channels=[99])

@@ -13,7 +13,7 @@ from netlens.images import Preprocess
 from netlens.plugins import hookimpl
 from netlens.plugins.manager import PluginHost
 from netlens.render.cam_figure import cam_figure
-from netlens.render.overlay import colorize, crop_box, overlay
+from netlens.render.overlay import colorize, overlay
 
 
 @pytest.mark.parametrize("hw", [(90, 150), (200, 120), (64, 64)])
@@ -28,7 +28,7 @@ def test_crop_box_is_where_preprocess_takes_the_input_from(
         size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), crop_pct=crop_pct, interpolation="nearest"
     )
     seen = pre(img.astype(np.uint8)).numpy() * 255  # rows/cols of the original, encoded
-    top, bottom, left, right = crop_box((h0, w0), (32, 32), crop_pct)
+    top, bottom, left, right = pre.crop_box((h0, w0))
     ty, tx = 1.5 + (bottom - top) / 32, 1.5 + (right - left) / 32  # one input pixel + rounding
     assert abs(seen[0, 0, 0] * (h0 - 1) / 255 - top) <= ty
     assert abs(seen[0, -1, 0] * (h0 - 1) / 255 - (bottom - 1)) <= ty

@@ -9,7 +9,7 @@ arrays, PIL images or an already preprocessed N×C×H×W tensor (used as is).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,72 +18,11 @@ import numpy as np
 import torch
 
 from .errors import ImageError
+from .preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 (re-exported)
 
 __all__ = ["IMAGE_SUFFIXES", "Batch", "Preprocess", "list_images", "load_batch", "read_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERP = {
-    "nearest": cv2.INTER_NEAREST,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-}
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a model wants its input: size, channels, resize/crop and normalisation.
-
-    Images are resized so the shorter side is ``size / crop_pct`` and centre-cropped to ``size``
-    (``crop_pct=1`` resizes straight to ``size``), then scaled to [0, 1] and normalised.
-    """
-
-    size: tuple[int, int] = (224, 224)
-    channels: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 1.0
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        known = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in d.items()
-            if k in cls.__dataclass_fields__
-        }
-        return cls(**known)
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """One H×W×C uint8 RGB array → a normalised C×H×W float tensor."""
-        img = to_channels(image, self.channels)
-        h, w = self.size
-        interp = _INTERP.get(self.interpolation, cv2.INTER_LINEAR)
-        if self.crop_pct >= 1.0:
-            img = cv2.resize(img, (w, h), interpolation=interp)
-        else:
-            scale = max(h, w) / self.crop_pct / min(img.shape[:2])
-            nh, nw = max(h, round(img.shape[0] * scale)), max(w, round(img.shape[1] * scale))
-            img = cv2.resize(img, (nw, nh), interpolation=interp)
-            top, left = (nh - h) // 2, (nw - w) // 2
-            img = img[top : top + h, left : left + w]
-        img = img.reshape(h, w, self.channels).astype(np.float32) / 255.0
-        mean = np.asarray(self.mean[: self.channels], dtype=np.float32)
-        std = np.asarray(self.std[: self.channels], dtype=np.float32)
-        return torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
-
-    def denormalize(self, x: torch.Tensor) -> np.ndarray:
-        """A preprocessed C×H×W tensor back to an H×W×3 uint8 RGB array (for overlays)."""
-        arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
-        c = arr.shape[2]
-        arr = arr * np.asarray(self.std[:c], np.float32) + np.asarray(self.mean[:c], np.float32)
-        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return to_channels(arr, 3)
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
@@ -93,6 +32,11 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     have = img.shape[2]
     if have == channels:
         return img
+    if channels not in (1, 3):
+        raise ImageError(
+            f"this model takes {channels}-channel inputs and an image has {have}; pass the "
+            "inputs as a preprocessed N×C×H×W tensor"
+        )
     if channels == 1:
         return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
     if have == 1:

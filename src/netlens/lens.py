@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .errors import NetlensError, TargetError
-from .images import Batch, Preprocess, load_batch
+from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
+from .preprocess import Preprocess, SizeFromFirstImage
 
 if TYPE_CHECKING:
     from .analyzers.base import Result
@@ -27,8 +28,11 @@ class Lens:
 
     Args:
         model: the ``nn.Module``; used as is (not copied).
-        preprocess: input spec; guessed from the model when not given.
-        classes: class names, index-aligned with the model's outputs.
+        preprocess: a :class:`~netlens.preprocess.Preprocess` spec, a callable (PIL image →
+            C×H×W tensor) or a dict of changes; the model's own (timm data config, its
+            ``input_size``...) when not given. ``lens.transform`` holds the spec in use.
+        classes: class names, index-aligned with the model's outputs (a list, or a file: one
+            name per line, a JSON list or an ``{index: name}`` object).
         host: plugin host to find analyzers in (a new one by default).
         card: model card / training record, if any.
         samples: sample images for commands called without images.
@@ -41,8 +45,8 @@ class Lens:
     def __init__(
         self,
         model: nn.Module,
-        preprocess: Preprocess | None = None,
-        classes: list[str] | None = None,
+        preprocess: Preprocess | Any = None,
+        classes: list[str] | str | Path | None = None,
         *,
         name: str = "model",
         host: PluginHost | None = None,
@@ -53,13 +57,14 @@ class Lens:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
-        if preprocess is None:
-            from .models.load import default_preprocess
+        if not isinstance(preprocess, Preprocess):
+            from .preprocess import preprocess_for, with_overrides
 
-            preprocess = default_preprocess(model)
+            preprocess = with_overrides(preprocess_for(model), preprocess)
         self.model = model
-        self.transform = preprocess
-        self.classes = list(classes) if classes is not None else None
+        self.transform: Preprocess = preprocess
+        self.classes = _class_names(classes)
+        self.label_map: Any = None  # data label → model class, for data the model names otherwise
         self.name = name
         self.card = dict(card or {})
         self.samples = list(samples or [])
@@ -94,11 +99,34 @@ class Lens:
         return self
 
     # -- inputs ----------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) the model takes; a one-line error when nothing says it yet."""
+        spec = self.transform
+        if spec.size is not None:
+            return (spec.channels, *spec.size)
+        if spec.function is not None:  # a user's function decides: ask it once
+            import numpy as np
+
+            return tuple(spec(np.full((256, 256, 3), 128, np.uint8)).shape)  # type: ignore[return-value]
+        raise NetlensError(
+            "the input size of this model is unknown (it records none): pass input_size=28 or "
+            "(28, 28) to netlens.load (--input-size 28 on the command line), or give images"
+        )
+
     def batch(self, images: Any = None, *, strict: bool = False) -> Batch:
-        """Read and preprocess ``images`` (the sample images when None) into a Batch."""
+        """Read and preprocess ``images`` (the sample images when None) into a Batch.
+
+        A model of unknown input size takes the size of the first image it is given (no
+        resize); the lens keeps it from then on and says so in :meth:`preprocess_info`.
+        """
         if images is None:
             images = self.samples or self._dataset_images()
-        batch = load_batch(images, self.transform, strict=strict)
+        spec = self.transform
+        sized = SizeFromFirstImage(spec) if spec.size is None and spec.function is None else None
+        batch = load_batch(images, sized or spec, strict=strict)
+        if sized is not None:
+            self.transform = sized.resolved or spec.sized_like(batch.tensor.shape[-2:])
         batch.tensor = batch.tensor.to(self.device)
         return batch
 
@@ -168,9 +196,27 @@ class Lens:
         return self._digest
 
     def preprocess_info(self) -> dict[str, Any]:
-        """The preprocessing used, as JSON (with where it came from, when known)."""
-        info = self.transform.to_dict() if hasattr(self.transform, "to_dict") else {}
-        return {"source": self.card.get("preprocess_source"), **info}
+        """The preprocessing in use, JSON-able, with where it came from (``source``)."""
+        return self.transform.to_dict()
+
+    def dataset(self, data: Any, *, split: str = "test") -> Any:
+        """``data`` as a Dataset for this model: its preprocessing, labels matched by class name.
+
+        Folder names and CSV labels are matched to ``lens.classes`` (``lens.label_map`` first);
+        the dataset's ``label_source`` says how (see :func:`netlens.data.as_dataset`).
+        """
+        from .data import as_dataset
+        from .models.classes import output_count
+
+        return as_dataset(
+            data,
+            self.transform,
+            host=self.host,
+            split=split,
+            classes=self.classes,
+            label_map=self.label_map,
+            num_classes=output_count(self.model, self.transform) if self.classes is None else None,
+        )
 
     def default_data(self) -> str | None:
         """The dataset this model was trained on (from its card), for runs given no data."""
@@ -205,12 +251,11 @@ class Lens:
     # -- analyses --------------------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
         """The layer table: name, type, output shape, parameters."""
-        x = torch.zeros(1, self.transform.channels, *self.transform.size, device=self.device)
-        return layer_table(self.model, x)
+        return layer_table(self.model, self.example())
 
     def example(self, batch: int = 1) -> torch.Tensor:
-        """A zero input batch of the size this model takes."""
-        return torch.zeros(batch, self.transform.channels, *self.transform.size, device=self.device)
+        """A zero input batch of the size this model takes (see :attr:`input_size`)."""
+        return torch.zeros(batch, *self.input_size, device=self.device)
 
     def run(self, analyzer: str, *args: Any, **options: Any) -> Result:
         """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``."""
@@ -253,6 +298,14 @@ class Lens:
     ) -> Result:
         """A layer-ablation study: what each block is worth."""
         return self.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)
+
+
+def _class_names(classes: Any) -> list[str] | None:
+    if classes is None:
+        return None
+    from .data.labels import read_class_names
+
+    return read_class_names(classes)
 
 
 def _check_task(task: str | None) -> str | None:

@@ -14,7 +14,9 @@ while it commits.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -25,9 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import NetlensError
 
-__all__ = ["OutputBusyError", "OutputSet", "folder_lock", "safe_name"]
+__all__ = ["OutputBusyError", "OutputSet", "csv_text", "folder_lock", "npy_bytes", "safe_name"]
 
 LOCK_NAME = ".netlens.lock"
 _HELD: set[Path] = set()  # folders this process holds (a re-entrant lock per process)
@@ -172,3 +176,31 @@ def _listed(manifest: Path) -> set[str]:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An array as the bytes of a ``.npy`` file (no pickles)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """A list of row dicts as CSV text (columns in first-seen order; lists/dicts as JSON)."""
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: csv_cell(row.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def csv_cell(v: Any) -> Any:
+    """A value as a CSV cell: JSON for lists and dicts, empty for None."""
+    from .analyzers.base import to_jsonable
+
+    v = to_jsonable(v)
+    return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)

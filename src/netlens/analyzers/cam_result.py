@@ -72,12 +72,12 @@ class CamResult(Result):
 
     def overlay(self, i: int, k: int = 0, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
         """Heatmap ``k`` of image ``i`` blended over the original image at its original size."""
-        from ..render.overlay import crop_box, overlay
+        from ..render.overlay import overlay
 
         image = self.original(i)
         box = None
         if not self.meta["from_tensor"][i] and self.preprocess is not None:
-            box = crop_box(image.shape[:2], self.preprocess.size, self.preprocess.crop_pct)
+            box = self.preprocess.crop_box(image.shape[:2])
         return overlay(image, self.arrays["heatmaps"][i, k], alpha=alpha, cmap=cmap, box=box)
 
     def figure(self, i: int, *, top: int = 5, alpha: float = 0.5) -> Figure:

@@ -121,7 +121,7 @@ def _one(model: nn.Module, layer: Any) -> str:
 
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
     """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map."""
-    c, (h, w) = lens.transform.channels, lens.transform.size
+    c, h, w = lens.input_size
     if c * h * w == features:
         return (c, h, w)
     try:

@@ -53,12 +53,14 @@ def ablate(
         ),
     ] = "accuracy",
     channels: Annotated[
-        bool,
+        str | None,
         typer.Option(
             "--channels",
-            help="Ablate each channel of the one --layer layer, with cumulative curves.",
+            help="Ablate channels of the one --layer layer instead of blocks: all, or a list "
+            "such as 0,5,9 (with cumulative curves).",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     limit: LimitOpt = None,
     batch_size: BatchSizeOpt = 64,
     seed: SeedOpt = 0,
@@ -76,7 +78,7 @@ def ablate(
     from ..storage import FolderStorage
     from .runner import err, run_analyzer
 
-    options = {"layers": layers, "mode": mode, "metric": metric, "channels": channels}
+    options = {"layers": layers, "mode": mode, "metric": metric, "channels": channels or False}
     options |= {"limit": limit, "batch_size": batch_size, "seed": seed, "fast": not naive}
     storage = FolderStorage(common.out, resume)
     try:
@@ -94,9 +96,9 @@ def _report(result: Any) -> None:
     from .runner import err, out
 
     out.print(_table(result))
-    if result.meta.get("not_ablated"):
+    if result.meta.get("skipped_units"):
         err.print(
-            f"not ablated: {', '.join(result.meta['not_ablated'])} (identity cannot skip a "
+            f"not ablated: {', '.join(result.meta['skipped_units'])} (identity cannot skip a "
             "layer that changes the shape; use --mode zero or mean for those)",
             soft_wrap=True,
         )

@@ -18,6 +18,7 @@ def kernels(
         str | None,
         typer.Option(
             "--layer",
+            "--layers",
             "-l",
             help="Conv or linear layer (name, glob, type:NAME); default: the first conv.",
             show_default=False,

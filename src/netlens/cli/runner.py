@@ -11,7 +11,8 @@ stdout. Exit status 0; 3 when inputs were skipped (unless ``--skip-bad``); 1 on 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -73,15 +74,39 @@ def run_analyzer(
     from ..output import folder_lock
 
     set_threads(common.threads, threads)
-    with folder_lock(common.out):
+    with folder_lock(common.out), netlens_warnings() as said:
         lens = open_lens(model, common)
         progress = not (common.quiet or common.json)
         result = lens.run(
             name, inputs, progress=progress, strict=common.strict, storage=storage, **options
         )
         files = result.save(common.out)
+    for line in said:
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     finish(result, len(files), common, report)
     return result
+
+
+@contextmanager
+def netlens_warnings() -> Iterator[list[str]]:
+    """Collect warnings: netlens' own become one line each (printed by the caller); those of
+    libraries are dropped (shown with NETLENS_DEBUG=1), so they never break the one-line
+    promise of the CLI."""
+    import warnings
+
+    from ..errors import NetlensWarning
+
+    lines: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield lines
+        finally:
+            debug = os.environ.get("NETLENS_DEBUG") == "1"
+            for w in caught:
+                text = " ".join(str(w.message).split())
+                if (issubclass(w.category, NetlensWarning) or debug) and text not in lines:
+                    lines.append(text)
 
 
 def finish(

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "crop_box", "overlay", "png_bytes", "write_png"]
+__all__ = ["colorize", "overlay", "png_bytes", "write_png"]
 
 _CMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -28,30 +28,6 @@ def colorize(heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
         raise ValueError(f"unknown colormap '{cmap}' (known: {', '.join(_CMAPS)})")
     u8 = (np.clip(np.nan_to_num(heat), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(u8, _CMAPS[cmap]), cv2.COLOR_BGR2RGB)
-
-
-def crop_box(
-    image_hw: tuple[int, int], size: tuple[int, int], crop_pct: float
-) -> tuple[int, int, int, int]:
-    """Where the model's input lies in the original image: (top, bottom, left, right).
-
-    Mirrors :class:`netlens.images.Preprocess`: a straight resize when ``crop_pct >= 1``, else
-    a resize of the shorter side to ``size / crop_pct`` and a centre crop of ``size``.
-    """
-    h0, w0 = image_hw
-    h, w = size
-    if crop_pct >= 1.0:
-        return 0, h0, 0, w0
-    scale = max(h, w) / crop_pct / min(h0, w0)
-    nh, nw = max(h, round(h0 * scale)), max(w, round(w0 * scale))
-    sy, sx = nh / h0, nw / w0
-    top, left = (nh - h) // 2, (nw - w) // 2
-    return (
-        round(top / sy),
-        min(h0, round((top + h) / sy)),
-        round(left / sx),
-        min(w0, round((left + w) / sx)),
-    )
 
 
 def overlay(

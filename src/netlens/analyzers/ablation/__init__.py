@@ -15,14 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import AnalyzerError
+from torch.utils.data import DataLoader, Dataset
+
+from ...errors import AnalyzerError, DataError
 from ...plugins import hookimpl
 from ..base import Analyzer, Option, Run
+from ..inputs import _describe as describe_inputs
 from ..options import as_is
 from .metrics import METRICS
 from .modes import MODES
 from .result import AblationResult
 from .study import ROWS_NAME, study
+from .unlabelled import LABEL_SOURCE, unlabelled_data
 
 if TYPE_CHECKING:
     from ...lens import Lens
@@ -33,10 +37,38 @@ if TYPE_CHECKING:
 __all__ = ["ROWS_NAME", "AblateAnalyzer", "AblationResult", "ablate"]
 
 
+def _channels(value: Any) -> bool | tuple[int, ...]:
+    """False: blocks; True or ``"all"``: every channel; ``"0,5,9"`` or a list: those channels."""
+    if value in (False, "false", "none", ""):
+        return False
+    if value in (True, "all", "true"):
+        return True
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        chosen = tuple(sorted({int(str(c).strip()) for c in items}))
+    except ValueError:
+        raise ValueError("not all, or a list of channel numbers such as 0,5,9") from None
+    if not chosen or chosen[0] < 0:
+        raise ValueError("not all, or a list of channel numbers 0 and up")
+    return chosen
+
+
 def _identity_fns(value: Any) -> dict[Any, Any]:
     if not isinstance(value, dict) or not all(callable(f) for f in value.values()):
         raise ValueError("not a dict of {unit name or block class: fn(module, x)}")
     return value
+
+
+def _hint_label_free(resolve: Any, *args: Any) -> None:
+    """Resolve the data; a refusal about labels also says which metrics need none."""
+    try:
+        resolve(*args)
+    except DataError as exc:
+        if "label" not in str(exc):
+            raise
+        raise DataError(
+            f"{exc}; or ablate with --metric prob, kl or agreement, which need no labels"
+        ) from None
 
 
 class AblateAnalyzer(Analyzer):
@@ -49,7 +81,7 @@ class AblateAnalyzer(Analyzer):
         Option("layers", None, "units to ablate (default: every residual block)", as_is),
         Option("mode", None, "identity (skip the unit), zero, mean or noise", str, choices=MODES),
         Option("metric", "accuracy", ", ".join(METRICS), str, choices=tuple(METRICS)),
-        Option("channels", False, "ablate each channel of the one selected layer", bool),
+        Option("channels", False, "channels of the one selected layer: all, or 0,5,9", _channels),
         Option("batch_size", 64, "images per batch", int, low=1),
         Option("limit", None, "use the first N images", int, low=1),
         Option("seed", 0, "seed for noise, bootstrap and random orders", int),
@@ -86,6 +118,15 @@ class AblateAnalyzer(Analyzer):
             lens, inputs, progress=progress, storage=storage, strict=strict, **options
         )
         return result  # type: ignore[return-value]
+
+    def _resolve_inputs(self, run: Run, inputs: Any, strict: bool) -> None:
+        """Metrics that need no labels take any images (see :mod:`.unlabelled`)."""
+        if METRICS[run.options.metric].needs_labels:
+            return _hint_label_free(super()._resolve_inputs, run, inputs, strict)
+        super()._resolve_inputs(run, unlabelled_data(run.lens, inputs), strict)
+        run.data.label_source = LABEL_SOURCE  # type: ignore[union-attr]
+        if inputs is not None and not isinstance(inputs, (Dataset, DataLoader)):
+            run.data.source = describe_inputs(inputs)  # type: ignore[union-attr]
 
     def compute(self, run: Run) -> AblationResult:
         return study(run)

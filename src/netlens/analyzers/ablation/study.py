@@ -207,17 +207,28 @@ def _channel_study(plan: _Plan) -> None:
     if len(shape) < 2:
         raise AnalyzerError(f"'{unit.name}' has no channel dimension (output {shape})")
     n_ch, per = shape[1], int(np.prod(shape[1:]))
+    which = _which_channels(opts.channels, n_ch, unit.name)
     group = ch.group_size(per, plan.loader.batch_size) if plan.engine.is_fast(unit.name) else 1
     kw = {"seed": opts.seed, "group": group, "skip": set(plan.rows.rows)}
     st = plan.unit_stats(unit.name)
-    plan.ablate(
-        ch.channel_ablations(unit.name, n_ch, plan.mode, st, **kw), f"channels of {unit.name}"
-    )
-    harm = plan.metric.harm
-    scores = np.array([plan.rows.rows[ch.channel_key(unit.name, c)][harm] for c in range(n_ch)])
-    order = ch.orders(scores, opts.seed)
+    singles = ch.channel_ablations(unit.name, n_ch, plan.mode, st, which=which, **kw)
+    plan.ablate(singles, f"channels of {unit.name}")
+    harm = [plan.rows.rows[ch.channel_key(unit.name, c)][plan.metric.harm] for c in which]
+    order = {k: np.asarray(which)[p] for k, p in ch.orders(np.array(harm), opts.seed).items()}
     curves = ch.curve_ablations(unit.name, n_ch, order, plan.mode, st, points=opts.points, **kw)
     plan.ablate(curves, "cumulative curves")
+
+
+def _which_channels(chosen: Any, n_ch: int, unit: str) -> list[int]:
+    """The channels to study: all of them, or the listed ones (each checked)."""
+    if chosen is True:
+        return list(range(n_ch))
+    wrong = [c for c in chosen if c >= n_ch]
+    if wrong:
+        raise AnalyzerError(
+            f"channel {wrong[0]} is out of range: '{unit}' has {n_ch} channels (0..{n_ch - 1})"
+        )
+    return list(chosen)
 
 
 def _meta(plan: _Plan) -> dict[str, Any]:
@@ -232,7 +243,7 @@ def _meta(plan: _Plan) -> dict[str, Any]:
         "per_class": "accuracy by true class" if m.needs_labels else "agreement by intact class",
         "channels": plan.run.options.channels,
         "units": [u.name for u in plan.units],
-        "not_ablated": plan.skipped,
+        "skipped_units": plan.skipped,
         "classes": plan.rows.classes,
         "label_source": getattr(plan.run.data, "label_source", None),
         "baseline": {k: base[k] for k in ("value", "ci_low", "ci_high")}
