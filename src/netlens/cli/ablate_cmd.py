@@ -110,15 +110,21 @@ def _hurt(row: dict[str, Any]) -> str:
     return ", ".join(f"{h['class']} {h['before']:.2f}→{h['after']:.2f}" for h in cells)
 
 
+def _num(v: float, sign: str = "") -> str:
+    """Three decimals, or three significant digits for values too small for them; no -0."""
+    v = v + 0.0  # -0.0 → 0.0
+    return f"{v:{sign}.3f}" if v == 0 or abs(v) >= 0.01 else f"{v:{sign}.2e}"
+
+
 def _interval(low: float, high: float) -> str:
-    return f"{low:.2f}–{high:.2f}"
+    return f"{_num(low)}–{_num(high)}"
 
 
 def _harm_cells(row: dict[str, Any], harm: str) -> list[str]:
     """The harm and its interval (the delta's, turned the same way)."""
     sign = -1.0 if harm == "drop" else 1.0
     low, high = sorted((sign * row["delta_ci_low"], sign * row["delta_ci_high"]))
-    return [f"{row[harm]:+.3f}", _interval(low, high)]
+    return [_num(row[harm], "+"), _interval(low, high)]
 
 
 def _table(result: Any) -> Any:
@@ -138,7 +144,7 @@ def _table(result: Any) -> Any:
         table.add_column(col, justify="left" if left else "right", overflow="fold")
     table.add_row(
         "intact model",
-        f"{base['value']:.3f}",
+        _num(base["value"]),
         _interval(base["ci_low"], base["ci_high"]),
         "",
         "",
@@ -149,7 +155,7 @@ def _table(result: Any) -> Any:
     for r in rows[:20]:
         name = f"#{r['channel']}" if r["kind"] == "channel" else r["unit"]
         name += " ↓" if r.get("downsample") else ""
-        cells = [name, f"{r['value']:.3f}", _interval(r["ci_low"], r["ci_high"])]
+        cells = [name, _num(r["value"]), _interval(r["ci_low"], r["ci_high"])]
         cells += [*_harm_cells(r, harm), _hurt(r)]
         table.add_row(*cells, *([r.get("path") or ""] if naive else []))
     notes = [f"{len(rows) - 20} more rows in {ROWS_NAME}.csv"] if len(rows) > 20 else []

@@ -29,19 +29,11 @@ from torch import nn
 
 __all__ = ["Residual", "find_residual", "residual_adds", "trace_block", "without_branches"]
 
-_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-_ADD_METHODS = {"add", "add_"}
-_OPERATOR_IN_PLACE = {
-    "iadd",
-    "isub",
-    "imul",
-    "itruediv",
-    "ifloordiv",
-    "imod",
-    "ipow",
-    "iand",
-    "ior",
-}
+_ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
+_ADD_METHODS = frozenset({"add", "add_"})
+_OPERATOR_IN_PLACE = frozenset(
+    {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior"}
+)
 
 
 @dataclass(frozen=True)

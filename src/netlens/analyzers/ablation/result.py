@@ -43,6 +43,16 @@ class AblationResult(Result):
         """How much worse each ablation made the metric (``drop`` or ``increase``), by unit."""
         return {r["unit"]: r[self.meta["harm"]] for r in self.rows}
 
+    def headline(self) -> str:
+        """``ablation of 8 blocks: accuracy 0.912 intact; most harm: layer3.0 (drop 0.410)``."""
+        m, harm = self.meta, self.harm()
+        what = "channels" if m.get("channels") else "units"
+        line = f"ablation of {len(harm)} {what}: {m['metric']} {self.baseline['value']:.3f} intact"
+        if not harm:
+            return line
+        worst = max(harm, key=lambda k: harm[k])
+        return f"{line}; most harm: {worst} ({m['harm']} {harm[worst]:.3f})"
+
     def figures(self) -> dict[str, Figure]:
         from ...render.ablation_figures import channel_figure, harm_figure
 

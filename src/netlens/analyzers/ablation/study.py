@@ -138,37 +138,45 @@ def _config(run: Run, metric: Metric, mode: str, units: list[Unit]) -> dict[str,
     }
 
 
-def _plan(run: Run) -> _Plan:
-    metric, mode = METRICS[run.options.metric], _mode(run)
-    loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
+def _first_batch(loader: _Pairs) -> torch.Tensor:
     first = next(iter(loader), None)
     if first is None:
         raise AnalyzerError("no image of the data could be read")
-    device = run.lens.device
-    units, skipped = _units(run, first[0].to(device), mode)
-    run.layers = [u.name for u in units]
-    engine = Engine(
-        run.lens.model,
-        run.layers,
-        fast=run.options.fast,
-        output=getattr(run.lens, "output_key", None),
-    )
-    engine.check(first[0][:8].to(device))
-    store = run.storage.rows(
-        ROWS_NAME, _config(run, metric, mode, units), columns(metric), parse_cell
-    )
-    classes = run.lens.classes or getattr(run.data, "classes", None)
+    return first[0]
+
+
+def _engine(run: Run, x: torch.Tensor) -> Engine:
+    """The engine for the run's units, its traced graph checked on (up to 8 images of) ``x``."""
+    output = getattr(run.lens, "output_key", None)
+    engine = Engine(run.lens.model, run.layers or [], fast=run.options.fast, output=output)
+    engine.check(x[:8])
+    return engine
+
+
+def _class_names(run: Run, metric: Metric) -> list[str] | None:
+    """Names for the classes rows report: the model's; the data's when labels index them."""
+    data_classes = getattr(run.data, "classes", None) if metric.needs_labels else None
+    return run.lens.classes or data_classes
+
+
+def _rows(run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine) -> StudyRows:
+    config = _config(run, metric, mode, units)
+    store = run.storage.rows(ROWS_NAME, config, columns(metric), parse_cell)
     path_of = lambda u: "cached" if engine.is_fast(u) else "naive"  # noqa: E731
-    rows = StudyRows(
-        metric,
-        mode,
-        classes,
-        {u.name: u for u in units},
-        path_of,
-        store,
-        run.options.resamples,
-        run.options.seed,
-    )
+    by_name = {u.name: u for u in units}
+    opts = run.options
+    classes = _class_names(run, metric)
+    return StudyRows(metric, mode, classes, by_name, path_of, store, opts.resamples, opts.seed)
+
+
+def _plan(run: Run) -> _Plan:
+    metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
+    loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
+    x = _first_batch(loader).to(device)
+    units, skipped = _units(run, x, mode)
+    run.layers = [u.name for u in units]
+    engine = _engine(run, x)
+    rows = _rows(run, metric, mode, units, engine)
     return _Plan(run, metric, mode, units, skipped, engine, loader, rows, device)
 
 

@@ -31,7 +31,9 @@ __all__ = ["IdentityFn", "Unit", "find_units", "is_norm"]
 IdentityFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 Skip = Callable[[torch.Tensor], torch.Tensor]
 
-_HEAD_NAMES = {"fc", "head", "classifier", "last_linear", "pool", "global_pool", "flatten"}
+_HEAD_NAMES = frozenset(
+    {"fc", "head", "classifier", "last_linear", "pool", "global_pool", "flatten"}
+)
 _NORMS = (
     nn.modules.batchnorm._NormBase,  # batch and instance norms
     nn.LayerNorm,
