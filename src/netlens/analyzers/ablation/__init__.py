@@ -15,18 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import DataLoader, Dataset
-
 from ...errors import AnalyzerError, DataError
 from ...plugins import hookimpl
 from ..base import Analyzer, Option, Run
-from ..inputs import _describe as describe_inputs
 from ..options import as_is
 from .metrics import METRICS
 from .modes import MODES
 from .result import AblationResult
 from .study import ROWS_NAME, study
-from .unlabelled import LABEL_SOURCE, unlabelled_data
+from .unlabelled import LABEL_SOURCE, describe, unlabelled_data
 
 if TYPE_CHECKING:
     from ...lens import Lens
@@ -125,8 +122,7 @@ class AblateAnalyzer(Analyzer):
             return _hint_label_free(super()._resolve_inputs, run, inputs, strict)
         super()._resolve_inputs(run, unlabelled_data(run.lens, inputs), strict)
         run.data.label_source = LABEL_SOURCE  # type: ignore[union-attr]
-        if inputs is not None and not isinstance(inputs, (Dataset, DataLoader)):
-            run.data.source = describe_inputs(inputs)  # type: ignore[union-attr]
+        run.data.source = describe(inputs) or run.data.source  # type: ignore[union-attr]
 
     def compute(self, run: Run) -> AblationResult:
         return study(run)
@@ -145,16 +141,17 @@ def ablate(
     Args:
         model: a :class:`netlens.Lens` or an ``nn.Module``.
         data: a folder with class subfolders, a ``.csv`` list, a dataset name, a Dataset, a
-            DataLoader (``shuffle=False``) or an ``(images, labels)`` pair; None: the model card's.
+            DataLoader (``shuffle=False``) or an ``(images, labels)`` pair; None: the model
+            card's. The label-free metrics also take a folder of images and image tensors.
         layers: unit selector (names, globs, ``type:X``); None: every residual block, else each
             parameterised child of the feature stack.
         mode: ``identity`` (default for blocks: skip the unit), ``zero`` (default for
             channels), ``mean`` or ``noise``.
         metric: ``accuracy``, ``top5``, ``loss``, ``f1`` (macro); or, needing no labels,
             ``prob``, ``kl``, ``agreement`` (compared with the intact model).
-        **options: ``channels``, ``out`` / ``resume``
-            (keep rows in ``out/ablation.csv``), ``batch_size``, ``limit``, ``seed``,
-            ``resamples``, ``points``, ``fast``, ``cache_mb``, ``identity_fns``, ``progress``.
+        **options: ``channels`` (True, or a list), ``out`` / ``resume`` (keep rows in
+            ``out/ablation.csv``), ``batch_size``, ``limit``, ``seed``, ``resamples``,
+            ``points``, ``fast``, ``cache_mb``, ``identity_fns``, ``progress``, ``storage``.
 
     Example:
         >>> res = netlens.ablate(model, (images, labels))

@@ -23,7 +23,7 @@ from ...images import IMAGE_SUFFIXES, read_image
 if TYPE_CHECKING:
     from ...lens import Lens
 
-__all__ = ["LABEL_SOURCE", "unlabelled_data"]
+__all__ = ["LABEL_SOURCE", "describe", "unlabelled_data"]
 
 #: What the run header says about labels when the metric does not read them.
 LABEL_SOURCE = "not used: the metric compares the ablated model with the intact one"
@@ -87,3 +87,17 @@ def unlabelled_data(lens: Lens, inputs: Any) -> Any:
         f"cannot use a {type(inputs).__name__} as data; pass a folder, a .csv list, a dataset "
         "name, a Dataset, a DataLoader, image tensors or an (images, labels) pair"
     )
+
+
+def describe(inputs: Any) -> str | None:
+    """Where images turned into data here came from (None: not turned here)."""
+    if isinstance(inputs, torch.Tensor):
+        return f"{len(inputs)} image tensors"
+    if isinstance(inputs, tuple) and len(inputs) in (2, 3):
+        return f"{len(inputs[0])} image tensors (labels not used)"
+    path = Path(inputs) if isinstance(inputs, (str, Path)) else None
+    if path is not None and path.is_dir():
+        return f"folder {path}"
+    if path is not None and path.suffix.lower() == ".csv":
+        return f"CSV list {path}"
+    return None
