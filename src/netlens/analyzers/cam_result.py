@@ -125,13 +125,18 @@ class CamResult(Result):
         return "_".join(safe_name(p) for p in parts)
 
     def figures(self) -> dict[str, Figure]:
-        return {f"{self._stem(i)}_figure": self.figure(i) for i in range(len(self.names))}
+        alpha = self.meta.get("alpha", 0.5)
+        return {
+            f"{self._stem(i)}_figure": self.figure(i, alpha=alpha) for i in range(len(self.names))
+        }
 
     def pictures(self) -> dict[str, np.ndarray]:
         """The overlays at the original images' size; a small image (a 28×28 digit) enlarged to
         at least 256 px and a huge one shrunk to at most 2,048 px, so each reads on its own."""
         return {
-            self._stem(i, k): self.overlay(i, k, min_side=256, max_side=2048)
+            self._stem(i, k): self.overlay(
+                i, k, alpha=self.meta.get("alpha", 0.5), min_side=256, max_side=2048
+            )
             for i in range(len(self.names))
             for k in range(self.arrays["targets"].shape[1])
         }

@@ -39,6 +39,9 @@ def cam(
     ] = None,
     batch_size: BatchSizeOpt = 32,
     fuse: Annotated[str, typer.Option("--fuse", help="Several layers: max or mean.")] = "max",
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="Heatmap opacity in the overlays, 0 to 1.")
+    ] = 0.5,
     *,
     common: Common,
 ) -> None:
@@ -48,5 +51,5 @@ def cam(
 
     model, imgs = split_model_and_images(model, images)
     options = {"method": method, "layer": layer, "target": target, "top": top}
-    options |= {"batch_size": batch_size, "fuse": fuse}
+    options |= {"batch_size": batch_size, "fuse": fuse, "alpha": alpha}
     run_analyzer("cam", model, imgs or None, options, common)

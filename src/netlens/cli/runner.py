@@ -89,24 +89,15 @@ def run_analyzer(
 
 @contextmanager
 def netlens_warnings() -> Iterator[list[str]]:
-    """Collect warnings: netlens' own become one line each (printed by the caller); those of
-    libraries are dropped (shown with NETLENS_DEBUG=1), so they never break the one-line
-    promise of the CLI."""
-    import warnings
-
-    from ..errors import NetlensWarning
+    """Collect warnings: netlens' own, and the notes made of libraries' that matter (fonts
+    lacking characters, timm renames), one line each, printed by the caller; the rest are
+    dropped (shown with NETLENS_DEBUG=1), so they never break the one-line promise."""
+    from ..diagnostics import captured_warnings
 
     lines: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield lines
-        finally:
-            debug = os.environ.get("NETLENS_DEBUG") == "1"
-            for w in caught:
-                text = " ".join(str(w.message).split())
-                if (issubclass(w.category, NetlensWarning) or debug) and text not in lines:
-                    lines.append(text)
+    with captured_warnings() as diag:
+        yield lines
+    lines.extend(diag.notes)
 
 
 def finish(
