@@ -57,7 +57,11 @@ class LostContact(DistributedError):
 
 
 def timeout_seconds() -> float:
-    """The collective timeout: ``NETLENS_DIST_TIMEOUT`` seconds, default 600."""
+    """The exchange timeout: ``NETLENS_DIST_TIMEOUT`` seconds, default 600.
+
+    Process groups netlens creates get a minute more, so the netlens timeout (which names the
+    late ranks) is the one that fires.
+    """
     text = os.environ.get("NETLENS_DIST_TIMEOUT", "").strip()
     if not text:
         return 600.0
@@ -120,7 +124,7 @@ class Group:
         secs = timeout or timeout_seconds()
         pg = None
         if dist.get_backend() != "gloo":  # exchanges stay on the CPU, through gloo
-            pg = dist.new_group(backend="gloo", timeout=timedelta(seconds=secs))
+            pg = dist.new_group(backend="gloo", timeout=timedelta(seconds=secs + 60))
         local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
         return cls(dist.get_rank(), dist.get_world_size(), local, secs, pg, _get_default_store())
 
@@ -268,6 +272,8 @@ class Group:
         line = self._recorded()
         if line is not None:
             return RankFailed(line)
+        if "timed out" in str(exc).lower():  # the backend's own clock ran out first
+            return DistributedError(self._late_message())
         return LostContact(
             f"lost contact with the other processes ({describe(exc)[:160]}); a rank died or "
             "was stopped"

@@ -67,5 +67,6 @@ def join_from_env(device: str | None = None) -> tuple[Group, str | None]:
         if dev.startswith("cuda"):
             torch.cuda.set_device(local)
         backend = "nccl" if dev.startswith("cuda") else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
+        secs = timeout_seconds() + 60  # netlens' own timeout (which names late ranks) fires first
+        dist.init_process_group(backend, timeout=timedelta(seconds=secs))
     return Group.join(), dev
