@@ -127,3 +127,14 @@ def test_a_plugin_adds_a_cam_method_through_the_hook() -> None:
     lens = netlens.Lens(small(), Preprocess(size=(16, 16)), host=host)
     r = lens.cam(torch.randn(2, 3, 16, 16), method="gradsq", layer="1")
     assert r.meta["method"] == "gradsq" and r.heatmaps.shape == (2, 16, 16)
+
+
+def test_display_scale_enlarges_small_and_shrinks_huge_pictures() -> None:
+    from netlens.render.overlay import display_scale
+
+    assert display_scale((28, 28), 256, 2048) == 10.0  # whole pixels: 280 px
+    assert display_scale((300, 400), 256, 2048) == 1.0
+    assert display_scale((6000, 8000), 256, 2048) == 2048 / 8000
+    out = overlay(np.zeros((28, 28, 3), np.uint8), np.eye(7, dtype=np.float32), min_side=256)
+    assert out.shape == (280, 280, 3)
+    assert (out[:40, :40] != out[-40:, :40]).any()  # the map's diagonal is still where it was

@@ -156,7 +156,7 @@ def test_spec_round_trips_and_checks_fields() -> None:
     assert torch.equal(again(img), spec(img))
     legacy = {"size": [8, 8], "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
     assert Preprocess.from_dict(legacy).mode == "squash"  # old checkpoints keep their geometry
-    for bad in ({"interpolation": "cubic"}, {"crop_pct": 1.5}, {"channels": 2}, {"std": (0, 1, 1)}):
+    for bad in ({"interpolation": "cubic"}, {"crop_pct": 1.5}, {"channels": 0}, {"std": (0, 1, 1)}):
         with pytest.raises(NetlensError, match="preprocessing"):
             Preprocess(**bad)
 

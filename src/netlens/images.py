@@ -32,6 +32,11 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     have = img.shape[2]
     if have == channels:
         return img
+    if channels not in (1, 3):
+        raise ImageError(
+            f"this model takes {channels}-channel inputs and an image has {have}; pass the "
+            "inputs as a preprocessed N×C×H×W tensor"
+        )
     if channels == 1:
         return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
     if have == 1:

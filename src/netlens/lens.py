@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +96,7 @@ class Lens:
         """Move the model (``None``: CUDA when available, else CPU)."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(device)
+        self.model.to(check_device(device))
         return self
 
     # -- inputs ----------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class Lens:
 
     def class_index(self, target: int | str, num_classes: int) -> int:
         """A class index from an int or a class name; out of range fails with one line."""
-        if isinstance(target, str) and not target.lstrip("-").isdigit():
+        if isinstance(target, str) and not re.fullmatch(r"\s*-?\d+\s*", target):
             names = self.classes or []
             if target not in names:
                 from .errors import hint
@@ -316,3 +317,24 @@ def _check_task(task: str | None) -> str | None:
 
         raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
     return task
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists here; one line saying what to do otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise NetlensError(
+            f"device {device!r} is not a device name; use cpu, cuda, cuda:1 or mps"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NetlensError(
+                f"device {device!r} is not available: torch sees no CUDA GPU here; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise NetlensError(f"device {device!r}: only {n} CUDA device(s) here (0..{n - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise NetlensError(f"device {device!r} is not available here; use --device cpu")
+    return dev

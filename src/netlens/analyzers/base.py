@@ -102,6 +102,10 @@ class Result:
 
         return {f"{self.name}-{safe_name(k)}": v for k, v in self.arrays.items()}
 
+    def headline(self) -> str:
+        """One line saying what was found, for the terminal (subclasses say more)."""
+        return f"{self.name}: {len(self.table)} rows"
+
     def summary(self) -> dict[str, Any]:
         """The JSON document: analyzer, the run header first, then meta and the table."""
         meta = {k: v for k, v in self.meta.items() if k != "run"}

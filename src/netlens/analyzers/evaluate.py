@@ -356,6 +356,10 @@ def summary_rows(
 class EvaluateResult(Result):
     """Per-image scores (``arrays["METHOD/METRIC/score"]``), curves and a summary table."""
 
+    def headline(self) -> str:
+        parts = [f"{r['method']} {r['metric']} {r['mean']:.3f}" for r in self.table]
+        return f"evaluate over {self.meta['images']} images: " + ", ".join(parts)
+
     def figures(self) -> dict[str, Figure]:
         from ..metrics.plots import curves_figure, scores_figure
 

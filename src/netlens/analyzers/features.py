@@ -38,6 +38,10 @@ class FeaturesResult(Result):
     channel of each map), ``L:means`` (N×C, every channel's mean activation); ``images``
     (N×H×W×3 uint8, the inputs as the model saw them)."""
 
+    def headline(self) -> str:
+        meta = self.meta
+        return f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)"
+
     def figures(self) -> dict[str, Figure]:
         figs = {}
         for layer in self.meta["layers"]:

@@ -44,6 +44,13 @@ class KernelsResult(Result):
     shown filter, in display order), ``order`` (the filter index of each tile), ``matrix`` (matrix
     view), ``norm``/``mean`` (per filter)."""
 
+    def headline(self) -> str:
+        m = self.meta
+        return (
+            f"kernels of {m['layer']} ({m['type']}, {m['total']} filters, "
+            f"{len(m['near_zero'])} near zero)"
+        )
+
     def figures(self) -> dict[str, Figure]:
         from ..render.kernel_figures import kernels_figure
 

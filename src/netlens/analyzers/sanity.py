@@ -192,6 +192,9 @@ def _rows(method: str, steps: list[str], rho: np.ndarray, sim: np.ndarray) -> li
 class SanityResult(Result):
     """Maps per step (``arrays["METHOD/maps"]``: (S+1)×N×H×W), similarities and verdicts."""
 
+    def headline(self) -> str:
+        return "; ".join(f"{m}: {v['verdict']}" for m, v in self.meta["verdicts"].items())
+
     originals: list[np.ndarray] | None = None
 
     @property

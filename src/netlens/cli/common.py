@@ -1,4 +1,4 @@
-"""Shared CLI pieces: option aliases, error mapping, model opening, JSON output.
+"""Shared CLI pieces: the error boundary, image-or-model arguments, JSON output, key=value.
 
 Nothing here imports torch at module level: ``netlens --help`` must stay fast.
 """
@@ -11,50 +11,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-if TYPE_CHECKING:
-    from ..lens import Lens
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console(stderr=True, highlight=False)
-
-ModelArg = Annotated[
-    str | None,
-    typer.Argument(
-        help="Model file (.pt/.pth/.safetensors) or zoo:NAME; default: the zoo's default model.",
-        show_default=False,
-    ),
-]
-ImagesArg = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Image files or folders; default: the model's sample images.", show_default=False
-    ),
-]
-ArchOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--arch", help="Architecture for a bare state_dict: timm name, tv:NAME, or a netlens arch."
-    ),
-]
-NumClassesOpt = Annotated[
-    int | None, typer.Option("--num-classes", help="Override the class count read off the head.")
-]
-TrustOpt = Annotated[
-    bool, typer.Option("--trust", help="Allow unpickling a whole model (runs code from the file).")
-]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps (default: CUDA if present).")
-]
-DEFAULT_OUT = Path("netlens-out")
 
 
 def cli_errors(func: F) -> F:
@@ -92,20 +56,6 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]} (set NETLENS_DEBUG=1 for the traceback)"
 
 
-def open_lens(
-    model: str | None,
-    *,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    trust: bool = False,
-    device: str | None = None,
-) -> Lens:
-    """Load the model a command was given (the default zoo model when None)."""
-    from ..models.load import load
-
-    return load(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
-
-
 def split_model_and_images(
     model: str | None, images: list[str] | None
 ) -> tuple[str | None, list[str]]:
@@ -130,14 +80,6 @@ def emit_json(payload: Any) -> None:
 
     sys.stdout.write(json.dumps(to_jsonable(payload), indent=2) + "\n")
     sys.stdout.flush()
-
-
-def save_and_report(result: Any, out: Path, as_json: bool) -> list[Path]:
-    """Save a Result's files to ``out``; with ``--json`` print its summary (and files) on stdout."""
-    files = result.save(out)
-    if as_json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
-    return files
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:

@@ -47,6 +47,10 @@ ImagesArg = Annotated[
     ),
 ]
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
+]
+
 # -- shared analyzer options (one meaning, one spelling everywhere) --------------------------
 DataOpt = Annotated[
     str | None,

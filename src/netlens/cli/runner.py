@@ -151,6 +151,9 @@ def finish(
     result: Result, n_files: int, common: Common, report: Callable[[Result], None] | None
 ) -> None:
     """Warnings and skipped items on stderr, the summary on stdout; exit 3 if items skipped."""
+    if result.meta.get("layer_auto") and not common.json:
+        layers = ", ".join(result.meta.get("layers") or [])
+        err.print(f"layer: [bold]{escape(layers)}[/bold] (chosen by auto; set --layer to change)")
     for line in result.meta.get("warnings") or []:
         err.print(f"[yellow]warning:[/yellow] {escape(str(line))}", soft_wrap=True)
     if common.json:
@@ -159,6 +162,11 @@ def finish(
         emit_json({**result.summary(), "out": str(common.out)})
     elif report is not None:
         report(result)
+    else:
+        from .tables import summary_table
+
+        table = summary_table(result)
+        out.print(table if table is not None else escape(result.headline()))
     if not common.json:
         err.print(f"{result.name}: wrote {n_files} files to {common.out}/", soft_wrap=True)
     skipped = result.skipped

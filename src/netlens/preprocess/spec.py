@@ -113,8 +113,8 @@ class Preprocess:
             raise NetlensError(f"preprocessing: {problem}")
 
     def _problem(self) -> str | None:
-        if self.channels not in (1, 3):
-            return f"channels must be 1 or 3, not {self.channels}"
+        if int(self.channels) < 1:
+            return f"channels must be at least 1, not {self.channels}"
         if not 0.0 < self.crop_pct <= 1.0:
             return f"crop_pct must be in (0, 1], not {self.crop_pct}"
         if self.interpolation not in INTERPOLATIONS:
