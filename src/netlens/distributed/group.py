@@ -233,12 +233,18 @@ class Group:
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Record a failure inside the block (:meth:`fail`) before it propagates."""
+        """Record a failure inside the block (:meth:`fail`) before it propagates; an error that
+        follows another rank's failure (a collective torn down under it) becomes that rank's
+        :class:`RankFailed`."""
         try:
             yield
         except BaseException as exc:
-            if self.world > 1:
-                self.fail(exc)
+            if self.world == 1:
+                raise
+            if not self.fail(exc) and not isinstance(exc, DistributedError):
+                line = self._recorded()  # another rank failed first: that is the cause
+                if line is not None:
+                    raise RankFailed(line) from exc
             raise
 
     def _record(self, exc: BaseException) -> bool:
