@@ -16,10 +16,22 @@ JOBS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # job: (analyzer, inputs, options)
     "stats": ("stats", "data", {"batch_size": 4, "bins": 20, "limit": None}),
     "stats-range": ("stats", "data", {"batch_size": 5, "hist_range": "0,2", "limit": None}),
-    "top": ("top-activations", "data", {"layer": "layer3", "k": 3, "batch_size": 4,
-                                         "max_channels": 3, "limit": None}),
-    "evaluate": ("evaluate", "data", {"methods": "gradcam", "metrics": "pointing,energy,deletion",
-                                      "steps": 4, "chunk": 4, "limit": N_IMAGES}),
+    "top": (
+        "top-activations",
+        "data",
+        {"layer": "layer3", "k": 3, "batch_size": 4, "max_channels": 3, "limit": None},
+    ),
+    "evaluate": (
+        "evaluate",
+        "data",
+        {
+            "methods": "gradcam",
+            "metrics": "pointing,energy,deletion",
+            "steps": 4,
+            "chunk": 4,
+            "limit": N_IMAGES,
+        },
+    ),
     "cam": ("cam", "images", {"method": "gradcam", "chunk": 5}),
     "sanity": ("sanity", "images", {"method": "gradcam"}),
 }

@@ -98,8 +98,8 @@ def run_analyzer(
             **options,
         )
         files = result.save(common.out) if group.main else []
-    if not group.main:  # rank 0 reports; the others leave with the same status
-        raise typer.Exit(EXIT_SKIPPED if result.skipped and not common.skip_bad else 0)
+    if not group.main:  # rank 0 reports and gives the exit status (a launcher stops the
+        return result  # other ranks when one exits non-zero: rank 0 might not have written)
     for line in said:
         err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     finish(result, len(files), common, report)

@@ -290,7 +290,7 @@ class Group:
         for r in range(self.world):
             at = self._store_op(lambda s, r=r: _int(s, f"netlens/at/{r}"))
             if at is not None and at < self._exchanges:
-                behind.append(f"rank {r} (at {at})")
+                behind.append(f"rank {r} (at exchange {at})")
         who = ", ".join(behind) or "another rank"
         return (
             f"{who} did not reach exchange {self._exchanges} within "

@@ -45,6 +45,7 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
             "--distributed inside torchrun: torchrun already started the processes; drop "
             "--distributed"
         )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -67,12 +68,15 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as exc:
         return _exit_status(exc.failures)
+    except SignalException:  # Ctrl-C or a kill of the launcher: the workers were stopped
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
 def _exit_status(failures: dict[int, object]) -> int:
     """The run's status from the failed workers; names a worker that died without a word."""
-    codes = {rank: int(getattr(f, "exitcode", 1)) for rank, f in failures.items()}
+    codes = {rank: _as_signal(int(getattr(f, "exitcode", 1))) for rank, f in failures.items()}
     said = [c for c in codes.values() if c > 0]
     if said:  # a worker said why (or reported skipped items, status 3): its status is the run's
         return 1 if 1 in said else max(said)
@@ -84,6 +88,11 @@ def _exit_status(failures: dict[int, object]) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def _as_signal(code: int) -> int:
+    """Exit status 128+N (a worker that unwound on signal N) as the launcher's -N."""
+    return -(code - 128) if 128 < code < 160 else code
 
 
 def _signal_name(number: int) -> str:

@@ -15,12 +15,27 @@ import os
 from ..errors import NetlensError
 from .group import Group, timeout_seconds
 
-__all__ = ["in_torchrun", "join_from_env", "rank_device"]
+__all__ = ["exit_on_sigterm", "in_torchrun", "join_from_env", "rank_device"]
 
 
 def in_torchrun() -> bool:
     """True in a process that torchrun started as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def exit_on_sigterm() -> None:
+    """Leave by ``SystemExit(128 + 15)`` on SIGTERM, so ``finally`` blocks clean up.
+
+    torchrun stops the other workers with SIGTERM when one fails; a worker that then unwinds
+    releases its output lock and removes the folder it made but never wrote into.
+    """
+    import signal
+    import sys
+
+    def stop(signum: int, frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def rank_device(device: str | None, local_rank: int) -> str:
