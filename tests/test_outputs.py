@@ -60,10 +60,12 @@ def test_plain_names_only(tmp_path: Path) -> None:
 
 
 def test_safe_names() -> None:
-    assert safe_name("tabby cat/../x") == "tabby-cat-..-x"
-    assert safe_name("\udcff\udcfe.png") not in ("", ".")
-    assert len(safe_name("a" * 500)) <= 80
+    assert safe_name("layer4.1") == "layer4.1" and safe_name("tabby cat") == "tabby cat"
+    assert "/" not in safe_name("tabby cat/../x") and not safe_name("../x").startswith(".")
+    assert safe_name("\udcff\udcfe.png").isprintable()
+    assert len(safe_name("a" * 500).encode()) <= 80
     assert "/" not in safe_name("a/b") and "\\" not in safe_name("a\\b")
+    assert safe_name("a/b") != safe_name("a-b") != safe_name("a_b")  # never the same name
 
 
 def test_the_lock_refuses_a_second_process(tmp_path: Path) -> None:

@@ -173,3 +173,20 @@ def test_crop_box_matches_the_centre_crop() -> None:
     # shorter side 480 → 256: the 224×224 crop is 420×420 of the original, centred
     assert (bottom - top, right - left) == (420, 420)
     assert top == 30 and abs(left - 110) <= 1
+
+
+def test_an_extreme_aspect_ratio_never_builds_a_huge_intermediate() -> None:
+    """A 10×100,000 strip at crop_pct 0.875 would be resized to 256×2,560,000 (2.5 GB) before
+    the crop; it is cropped in source pixels first, to the same geometry."""
+    from netlens.preprocess.engines import box_resize_crop, huge_resize
+
+    spec = Preprocess(size=(224, 224), crop_pct=0.875, mean=(0, 0, 0), std=(1, 1, 1))
+    assert huge_resize((100_000, 10), spec) and not huge_resize((480, 640), spec)
+    strip = np.zeros((100_000, 10, 3), np.uint8)
+    strip[49_998:50_002] = 255  # a white band at the centre: 4 of the ~8.75 rows the crop sees
+    x = spec(strip)
+    assert x.shape == (3, 224, 224)
+    assert x[:, 100:124].mean() > 0.9 and x[:, :40].mean() < 0.05  # the band stays centred
+    photo = PHOTOS["chelsea"]
+    direct = torch.from_numpy(box_resize_crop(photo, spec).transpose(2, 0, 1).copy()) / 255
+    assert (direct - spec(photo)).abs().max() <= 1 / 255 + 1e-6  # same geometry, ±1 grey level

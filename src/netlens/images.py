@@ -1,9 +1,13 @@
 """Read, validate and preprocess images.
 
-Images are read with OpenCV (jpg/png/bmp/webp/tiff; grayscale, RGBA and 16-bit included) into
-H×W×3 (or H×W×1) uint8 RGB arrays, then resized, centre-cropped and normalised per a
-:class:`Preprocess` spec. Wherever netlens takes ``images`` it accepts paths, a folder, numpy
-arrays, PIL images or an already preprocessed N×C×H×W tensor (used as is).
+Images are read with OpenCV (every format it decodes: jpg/png/bmp/webp/tiff/gif/avif/jp2/pnm/
+hdr...; grayscale, RGBA and 16-bit included) into H×W×3 (or H×W×1) uint8 RGB arrays, then
+resized, centre-cropped and normalised per a :class:`Preprocess` spec. Wherever netlens takes
+``images`` it accepts paths, a folder, numpy arrays, PIL images or an already preprocessed
+N×C×H×W tensor (used as is).
+
+Reading is bounded: the pixel count is read from the file's header and checked against a
+limit (:func:`pixel_limit`, default 100 MP) before anything is decoded.
 """
 
 from __future__ import annotations
@@ -18,11 +22,27 @@ import numpy as np
 import torch
 
 from .errors import ImageError
+from .image_decode import DEFAULT_MAX_PIXELS, FORMATS, MAX_PIXELS_ENV, pixel_limit
+from .naming import display_path, safe_stem
 from .preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 (re-exported)
 
-__all__ = ["IMAGE_SUFFIXES", "Batch", "Preprocess", "list_images", "load_batch", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS_ENV",
+    "Batch",
+    "Preprocess",
+    "list_images",
+    "load_batch",
+    "pixel_limit",
+    "read_image",
+]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# every still-image format OpenCV decodes (an animated GIF/WebP gives its first frame)
+IMAGE_SUFFIXES = tuple(
+    ".jpg .jpeg .jpe .jfif .png .bmp .dib .webp .tif .tiff .gif .avif .jp2 .pbm .pgm .ppm .pnm "
+    ".pxm .pam .pfm .sr .ras .hdr .pic".split()
+)
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
@@ -44,45 +64,25 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     return img[:, :, :3]
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file into an H×W×3 uint8 RGB array (H×W×1 stays grayscale).
 
-    RGBA is composited on white, 16-bit images are scaled to 8 bits. Missing, empty, corrupt or
-    unsupported files raise :class:`ImageError` with a one-line message.
+    RGBA is composited on white, 16-bit and float images are scaled to 8 bits, an animated
+    GIF/WebP gives its first frame. The pixel count is read from the header first and must
+    not exceed :func:`~netlens.image_decode.pixel_limit` (``max_pixels``, else the
+    ``NETLENS_MAX_PIXELS`` environment variable, else 100 MP). Missing, empty, corrupt,
+    oversized or unsupported files raise :class:`ImageError` with a one-line message.
+
+    Example:
+        >>> img = read_image("cat.jpg", max_pixels=50_000_000)  # doctest: +SKIP
     """
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"image not found: {p} (check the path)")
-    if p.is_dir():
-        raise ImageError(f"{p} is a folder; pass image files, or the folder where a folder is OK")
-    if p.stat().st_size == 0:
-        raise ImageError(f"image file is empty: {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageError(
-            f"cannot decode {p}: not an image or corrupt (supported: {', '.join(IMAGE_SUFFIXES)})"
-        )
-    return _normalise_decoded(img)
+    from .image_decode import read_checked
 
-
-def _normalise_decoded(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        f = img.astype(np.float32)
-        lo, hi = float(f.min()), float(f.max())
-        img = ((f - lo) / (hi - lo + 1e-12) * 255 + 0.5).astype(np.uint8)
-    if img.ndim == 2:
-        return img[:, :, None]
-    if img.shape[2] == 4:
-        rgb, alpha = img[:, :, :3].astype(np.float32), img[:, :, 3:].astype(np.float32) / 255
-        img = (rgb * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
-    return cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+    return read_checked(Path(path), max_pixels)
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` and below, sorted."""
+    """Image files (by suffix, any case) directly in ``folder`` and below, sorted."""
     root = Path(folder)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -122,7 +122,7 @@ def _expand(images: Any) -> list[Any]:
             found = list_images(p)
             if not found:
                 raise ImageError(
-                    f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES)})"
+                    f"no images in folder {display_path(p)} (looked for {FORMATS} files)"
                 )
             return list(found)
         return [p]
@@ -142,7 +142,9 @@ def _is_pil(obj: Any) -> bool:
     return type(obj).__module__.startswith("PIL.")
 
 
-def load_batch(images: Any, preprocess: Preprocess, *, strict: bool = False) -> Batch:
+def load_batch(
+    images: Any, preprocess: Preprocess, *, strict: bool = False, max_pixels: int | None = None
+) -> Batch:
     """Turn ``images`` (paths, folder, arrays, PIL, or a preprocessed tensor) into a Batch.
 
     Unreadable files are skipped and reported in ``Batch.errors`` (one line each); with
@@ -155,7 +157,7 @@ def load_batch(images: Any, preprocess: Preprocess, *, strict: bool = False) -> 
     for i, item in enumerate(_expand(images)):
         try:
             if isinstance(item, (str, Path)):
-                arr, name = read_image(item), Path(item).stem
+                arr, name = read_image(item, max_pixels=max_pixels), safe_stem(item)
             else:
                 arr, name = _as_array(item), f"image{i}"
         except ImageError as exc:

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -42,15 +41,16 @@ class OutputBusyError(NetlensError):
 
 
 def safe_name(text: str, limit: int = 80) -> str:
-    """A file-name-safe, printable version of ``text`` (class names, layers, image stems).
+    """A printable, file-name-safe version of ``text`` (class names, layers, image stems);
+    different texts never give the same name (see :func:`netlens.naming.safe_component`).
 
     Example:
-        >>> safe_name("tabby cat/β")
-        'tabby-cat-β'
+        >>> safe_name("layer4.1")
+        'layer4.1'
     """
-    clean = re.sub(r"[^\w+.=-]+", "-", str(text), flags=re.UNICODE).strip("-.")
-    clean = clean.encode("utf-8", "replace").decode("utf-8")
-    return clean[:limit] or "x"
+    from .naming import safe_component
+
+    return safe_component(str(text), max_bytes=limit)
 
 
 @contextmanager

@@ -204,6 +204,11 @@ class KernelsAnalyzer(Analyzer):
         arrays["order"] = order.astype(np.int64)
         meta["shown"], meta["total"] = len(order), len(norms)
         meta["near_zero"] = [r["filter"] for r in table if r["near_zero"]]
+        if meta["near_zero"]:
+            meta["warnings"] = [
+                f"{name}: {len(meta['near_zero'])} of {len(table)} filters are near zero (norm ≤ "
+                f"{dead_tol:g} × the largest): drawn grey, listed in kernels.csv"
+            ]
         arrays.update(
             weight=w,
             norm=norms.astype(np.float32),

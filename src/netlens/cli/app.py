@@ -109,6 +109,7 @@ def main() -> None:
     # threads fight the other work (measured: 2 threads 16.7 s → 9.1 s at load 8); set before
     # torch starts its thread pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ notices bypass Python
     _add_plugin_command(sys.argv[1:])
     app()
 

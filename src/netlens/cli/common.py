@@ -22,13 +22,27 @@ console = Console(stderr=True, highlight=False)
 
 
 def cli_errors(func: F) -> F:
-    """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise)."""
+    """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise).
+
+    Warnings and library log records are captured meanwhile
+    (:func:`netlens.diagnostics.captured_warnings`): when the command ends (also with
+    ``typer.Exit``) the ones that matter are printed as ``warning:`` lines; after an error
+    only the error line is printed.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
+        from ..diagnostics import captured_warnings
+
         try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+            with captured_warnings() as diag:
+                result = func(*args, **kwargs)
+        except typer.Exit:
+            _print_notes(diag.notes)
+            raise
+        except (typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]")
@@ -36,12 +50,19 @@ def cli_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the CLI's single error boundary
             if os.environ.get("NETLENS_DEBUG") == "1":
                 raise
-            from rich.markup import escape
-
             console.print(f"[red]error:[/red] {escape(one_line(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
+        _print_notes(diag.notes)
+        return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_notes(notes: list[str]) -> None:
+    from rich.markup import escape
+
+    for note in notes:
+        console.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
 
 
 def one_line(exc: BaseException) -> str:

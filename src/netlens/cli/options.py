@@ -133,6 +133,7 @@ class Common:
     skip_bad: bool = False
     strict: bool = False
     distributed: int | None = None
+    max_pixels: str | None = None
     arch: str | None = None
     arch_kwargs: str | None = None
     num_classes: int | None = None
@@ -203,6 +204,15 @@ RUN_OPTIONS: dict[str, Any] = {
             help="Run in N processes on this machine, sharding the data (torchrun; one GPU "
             "each when there are GPUs; see docs/scaling-out.md).",
             min=1,
+            show_default=False,
+        ),
+        None,
+    ),
+    "max_pixels": (
+        str | None,
+        typer.Option(
+            "--max-pixels",
+            help="Largest image to decode, in pixels (default 100M; 250M and 2.5e8 work).",
             show_default=False,
         ),
         None,

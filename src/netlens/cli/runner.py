@@ -58,6 +58,15 @@ def set_threads(requested: int | None, default: int | None = None) -> int | None
     return n
 
 
+def set_max_pixels(value: str | None) -> None:
+    """``--max-pixels``: checked, then handed to every image reader (and worker) by env."""
+    if value is None:
+        return
+    from ..image_decode import MAX_PIXELS_ENV, parse_pixels, pixel_limit
+
+    os.environ[MAX_PIXELS_ENV] = str(pixel_limit(parse_pixels(value, "--max-pixels")))
+
+
 def open_lens(model: str | None, common: Common) -> Lens:
     """Load the model a command was given (the default zoo model when None)."""
     from ..models.load import load
@@ -81,6 +90,7 @@ def run_analyzer(
     from ..output import folder_lock
 
     set_threads(common.threads, threads)
+    set_max_pixels(common.max_pixels)
     group, device = join_from_env(common.device)
     sharded = {"group": group} if group.world > 1 else {}
     common = dataclasses.replace(common, device=device)
@@ -127,24 +137,15 @@ def said_once(group: Group) -> Iterator[None]:
 
 @contextmanager
 def netlens_warnings() -> Iterator[list[str]]:
-    """Collect warnings: netlens' own become one line each (printed by the caller); those of
-    libraries are dropped (shown with NETLENS_DEBUG=1), so they never break the one-line
-    promise of the CLI."""
-    import warnings
-
-    from ..errors import NetlensWarning
+    """Collect warnings: netlens' own, and the notes made of libraries' that matter (fonts
+    lacking characters, timm renames), one line each, printed by the caller; the rest are
+    dropped (shown with NETLENS_DEBUG=1), so they never break the one-line promise."""
+    from ..diagnostics import captured_warnings
 
     lines: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield lines
-        finally:
-            debug = os.environ.get("NETLENS_DEBUG") == "1"
-            for w in caught:
-                text = " ".join(str(w.message).split())
-                if (issubclass(w.category, NetlensWarning) or debug) and text not in lines:
-                    lines.append(text)
+    with captured_warnings() as diag:
+        yield lines
+    lines.extend(diag.notes)
 
 
 def finish(

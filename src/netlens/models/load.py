@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, UnsafeModelError
+from ..diagnostics import torch_load_quietly
+from ..errors import ModelLoadError, NetlensError, UnsafeModelError
 from ..lens import _check_task
+from ..naming import display_path
 from ..preprocess import Preprocess, preprocess_for, with_overrides
-from .checkpoint import check_checkpoint, is_checkpoint
+from .archive import check_archive
+from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import check_arch, create_arch, head_num_classes
 
 if TYPE_CHECKING:
@@ -58,18 +61,26 @@ class LoadRequest:
 
             try:
                 return load_file(str(self.source))
-            except Exception as exc:  # noqa: BLE001
-                return ModelLoadError(f"cannot read {self.source} as safetensors: {exc}")
+            except Exception:  # noqa: BLE001
+                return ModelLoadError(
+                    f"cannot read {display_path(self.source)}: damaged or not a safetensors file"
+                )
         try:
-            return torch.load(self.source, map_location="cpu", weights_only=True)
+            check_archive(self.source)
+            with torch_load_quietly():
+                return torch.load(self.source, map_location="cpu", weights_only=True)
+        except ModelLoadError as exc:
+            return exc
         except pickle.UnpicklingError as exc:
             if _is_pickle(self.source):
                 return exc  # a real pickle beyond plain tensors: only with trust
-            return ModelLoadError(f"cannot read {self.source}: not a PyTorch file or corrupt")
-        except Exception as exc:  # noqa: BLE001 - corrupt or not a torch file
             return ModelLoadError(
-                f"cannot read {self.source} as a PyTorch file ({type(exc).__name__}); "
-                "is it a model file?"
+                f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
+            )
+        except Exception:  # noqa: BLE001 - corrupt or not a torch file
+            return ModelLoadError(
+                f"cannot read {display_path(self.source)} as a PyTorch file (damaged, or not "
+                "a model file?)"
             )
 
 
@@ -102,24 +113,22 @@ def recorded_preprocess(d: dict[str, Any], where: str) -> Preprocess:
 
 # -- built-in loaders ------------------------------------------------------------------------
 def load_netlens_checkpoint(source: Path, req: LoadRequest) -> LoadedModel | None:
-    """A netlens checkpoint (see :mod:`netlens.models.checkpoint`)."""
-    ckpt = req.payload
-    if not is_checkpoint(ckpt):
+    """A netlens checkpoint (see :mod:`netlens.models.checkpoint`): validated, then built only
+    when the model its metadata describes fits the weights in the file."""
+    if not is_checkpoint(req.payload):
         return None
-    check_checkpoint(ckpt, source)
-    kwargs = dict(ckpt.get("arch_kwargs") or {})
-    arch, user_code = (req.arch, True) if req.arch else (ckpt["arch"], False)
-    n = kwargs.pop("num_classes", None)
-    model = create_arch(arch, n, req.host, user_code=user_code, **kwargs)
-    _load_state(model, ckpt["state_dict"], source)
-    recorded = ckpt.get("preprocess")
-    pre = recorded_preprocess(recorded, "netlens checkpoint") if recorded else None
-    card = {
-        "arch": ckpt["arch"],
-        "arch_kwargs": ckpt.get("arch_kwargs") or {},
-        "record": ckpt.get("record", {}),
-    }
-    return LoadedModel(model, pre or preprocess_for(model, arch), ckpt.get("classes"), card)
+    meta = read_checkpoint(req.payload, source, req.host, build_arch=req.arch)
+    try:
+        pre = (
+            recorded_preprocess(meta.preprocess, "netlens checkpoint") if meta.preprocess else None
+        )
+    except NetlensError as exc:
+        raise ModelLoadError(f"{display_path(source.name)}: {exc}") from None
+    arch, user_code = (req.arch, True) if req.arch else (meta.arch, False)
+    model = build_checkpoint_model(meta, req.host, source, arch=arch, user_code=user_code)
+    _load_state(model, meta.state_dict, source)
+    card = {"arch": meta.arch, "arch_kwargs": meta.arch_kwargs, "record": meta.record}
+    return LoadedModel(model, pre or preprocess_for(model, arch), meta.classes, card)
 
 
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -164,7 +173,14 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             f"{source.name} is a pickled object, and unpickling runs whatever code it contains; "
             "load it only if you trust its author, with --trust (trust=True in Python)"
         )
-    obj = torch.load(source, map_location="cpu", weights_only=False)
+    try:
+        with torch_load_quietly():
+            obj = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - trusted, but still not a torch file
+        raise ModelLoadError(
+            f"{display_path(source.name)} does not unpickle to a model (with --trust its code "
+            "may have run already); check the file"
+        ) from None
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{source.name} unpickled to a {type(obj).__name__}, not a model")
     return LoadedModel(obj, preprocess_for(obj), None, {"arch": type(obj).__name__})

@@ -52,7 +52,13 @@ def resized_hw(hw: tuple[int, int], spec: Preprocess) -> tuple[int, int]:
 
 
 def resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """Anti-aliased PIL resize, then a centre crop: torchvision's ops on a PIL image."""
+    """Anti-aliased PIL resize, then a centre crop: torchvision's ops on a PIL image.
+
+    An extreme aspect ratio (the resize would make more than 16 MP) is cropped and resized in
+    one step instead (:func:`box_resize_crop`), so memory never exceeds the output.
+    """
+    if huge_resize(img.shape[:2], spec):
+        return box_resize_crop(img, spec)
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
@@ -63,6 +69,40 @@ def resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     pil = F.center_crop(pil, list(spec.size))  # type: ignore[arg-type]
     out = np.asarray(pil)
     return out.reshape(*out.shape[:2], img.shape[2])
+
+
+def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """The centre crop's box in source pixels resized straight to the output (PIL's
+    ``resize(box=...)``): the same geometry as resize-then-crop, within one grey level (PIL's
+    two passes round in between), with no intermediate larger than the output."""
+    from PIL import Image
+
+    pil = to_pil(img)
+    h0, w0 = img.shape[:2]
+    rh, rw = resized_hw((h0, w0), spec)
+    h, w = spec.size  # type: ignore[misc]
+    top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+    sy, sx = rh / h0, rw / w0
+    box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
+    how = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "box": Image.Resampling.BOX,
+        "hamming": Image.Resampling.HAMMING,
+        "lanczos": Image.Resampling.LANCZOS,
+    }[spec.interpolation]
+    out = np.asarray(pil.resize((w, h), how, box=box))
+    return out.reshape(*out.shape[:2], img.shape[2])
+
+
+def huge_resize(hw: tuple[int, int], spec: Preprocess, limit: int = 1 << 24) -> bool:
+    """Whether resizing before the crop would make more than ``limit`` pixels (an extreme
+    aspect ratio), so the crop must come first."""
+    if spec.size is None:
+        return False
+    rh, rw = resized_hw(hw, spec)
+    return rh * rw > limit
 
 
 @lru_cache(maxsize=32)

@@ -31,7 +31,15 @@ import numpy as np
 import torch
 
 from ..errors import NetlensError
-from .engines import call_function, resize_crop, resized_hw, timm_transform, to_pil, to_uint8
+from .engines import (
+    call_function,
+    huge_resize,
+    resize_crop,
+    resized_hw,
+    timm_transform,
+    to_pil,
+    to_uint8,
+)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Preprocess", "SizeFromFirstImage"]
 
@@ -167,7 +175,7 @@ class Preprocess:
         img = to_uint8(image, self.channels)
         if self.function is not None:
             return call_function(self.function, to_pil(img))
-        if self.engine == "timm" and self.size is not None:
+        if self.engine == "timm" and self.size is not None and not huge_resize(img.shape[:2], self):
             x = timm_transform(self._timm_key())(to_pil(img))
             return x if x.shape[0] == self.channels else x[: self.channels]
         if self.size is not None and not self._is_identity(img.shape[:2]):
