@@ -24,17 +24,30 @@ JOBS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "evaluate": (
         "evaluate",
         "data",
-        {
-            "methods": "gradcam",
-            "metrics": "pointing,energy,deletion",
-            "steps": 4,
-            "chunk": 4,
-            "limit": N_IMAGES,
-        },
+        {"methods": "gradcam", "metrics": "pointing,energy,deletion", "steps": 4, "chunk": 4},
     ),
     "cam": ("cam", "images", {"method": "gradcam", "chunk": 5}),
     "sanity": ("sanity", "images", {"method": "gradcam"}),
-}
+    "ablate-blocks": ("ablate", "data", {"metric": "loss", "batch_size": 4, "resamples": 200}),
+    "ablate-channels": (
+        "ablate",
+        "data",
+        {"layers": "layer2.0.conv1", "channels": "0,3,5,9", "metric": "prob", "points": 3,
+         "batch_size": 4, "resamples": 200},
+    ),
+    "ablate-noise": (
+        "ablate",
+        "data",
+        {"layers": "layer1.*", "mode": "noise", "metric": "kl", "batch_size": 4,
+         "resamples": 200},
+    ),
+    "ablate-mean": (
+        "ablate",
+        "data",
+        {"layers": "layer3.*", "mode": "mean", "metric": "loss", "batch_size": 4,
+         "resamples": 200},
+    ),
+}  # fmt: skip
 
 
 def make_fixture(folder: Path) -> tuple[Path, Path]:
@@ -64,17 +77,29 @@ def make_fixture(folder: Path) -> tuple[Path, Path]:
 
 
 def run_job(lens: Any, job: str, data: Path, **kwargs: Any) -> Any:
-    """Run one job on ``lens`` (kwargs: ``group``, ``strict``...)."""
+    """Run one job on ``lens`` (kwargs: ``group``, ``strict``, ablation's ``out``...).
+
+    ``resume:JOB``: JOB resumed from the rows in the folder ``resume`` next to ``data``;
+    ``keep:JOB``: its rows kept in the folder ``kept``.
+    """
     from netlens.images import list_images
 
+    if job.startswith("resume:"):
+        job = job.split(":", 1)[1]
+        kwargs |= {"out": data.parent / "resume", "resume": True}
+    elif job.startswith("keep:"):
+        job = job.split(":", 1)[1]
+        kwargs |= {"out": data.parent / "kept"}
     analyzer, takes, options = JOBS[job]
     inputs = data if takes == "data" else [str(p) for p in list_images(data)]
     return lens.run(analyzer, inputs, **kwargs, **options)
 
 
 def essence(result: Any) -> dict[str, Any]:
-    """What must not depend on the number of processes: arrays, table, meta without timings."""
-    meta = {k: v for k, v in result.meta.items() if k not in ("run", "cost_per_image")}
+    """What must not depend on the number of processes: arrays, table, meta without timings
+    (and without the number of rows a resumed ablation found)."""
+    skip = ("run", "cost_per_image", "resumed")
+    meta = {k: v for k, v in result.meta.items() if k not in skip}
     return {"arrays": dict(result.arrays), "table": result.table, "meta": meta}
 
 

@@ -22,7 +22,7 @@ def main(folder: Path, jobs: list[str]) -> None:
     lens = netlens.load(folder / "r18.pt", device=device)
     for job in jobs:
         result = run_job(lens, job, folder / "shapes", group=group, progress=False)
-        dump(essence(result), folder / f"{job}.rank{group.rank}.pkl")
+        dump(essence(result), folder / f"{job.replace(':', '-')}.rank{group.rank}.pkl")
 
 
 if __name__ == "__main__":

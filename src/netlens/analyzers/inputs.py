@@ -73,7 +73,7 @@ class Data:
         batches one process would form, so per-batch results match bit for bit. ``whole``:
         all the batches, in any run.
         """
-        share = self.group.share if self.group is not None and not whole else None
+        group = self.group if self.group is not None and not whole else None
         if self.loader_given is not None:
             given = self.loader_given
             if isinstance(given.sampler, RandomSampler):
@@ -81,15 +81,18 @@ class Data:
                     "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
                     "the same images in the same order"
                 )
-            if share is None or self.group.world == 1:  # type: ignore[union-attr]
+            if group is None or group.world == 1:
                 return Batches(given, given.batch_size or 1, with_index)
-            return _shared_loader(given, self.group, with_index)  # type: ignore[arg-type]
+            return _shared_loader(given, group, with_index)
         n = len(self.dataset)
         spans = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-        guarded = _Guarded(self.dataset, self)
-        part = share(spans) if share is not None else spans
-        loader = DataLoader(guarded, batch_sampler=part, collate_fn=_collate)
-        return Batches(loader, batch_size, with_index, indexed=True)
+        mine = group.part(len(spans)) if group is not None else range(len(spans))
+        loader = DataLoader(
+            _Guarded(self.dataset, self),
+            batch_sampler=spans[mine.start : mine.stop],
+            collate_fn=_collate,
+        )
+        return Batches(loader, batch_size, with_index, indexed=True, first=mine.start)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able: source, label source, size, skipped count (for the run header)."""
@@ -107,7 +110,9 @@ class Data:
 class Batches:
     """A re-iterable of ``(x, y)`` batches that leaves out batches with no readable item.
 
-    ``start``: the stream position of the first item (a share of a user's DataLoader).
+    ``start``: the stream position of the first item (a share of a user's DataLoader);
+    ``first``: the number of the first batch in the whole data (a share's offset), for work
+    seeded per batch.
     """
 
     def __init__(
@@ -117,9 +122,10 @@ class Batches:
         with_index: bool,
         indexed: bool = False,
         start: int = 0,
+        first: int = 0,
     ) -> None:
         self.loader, self.batch_size = loader, batch_size
-        self.with_index, self.indexed, self.start = with_index, indexed, start
+        self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
         self.dataset = getattr(loader.dataset, "inner", loader.dataset)
 
     def __iter__(self) -> Iterator[Any]:
@@ -149,7 +155,7 @@ def _shared_loader(given: DataLoader, group: Group, with_index: bool) -> Batches
         pin_memory=given.pin_memory,
     )
     start = sum(len(b) for b in batches[: part.start])  # stream position of the first item
-    return Batches(loader, given.batch_size or 1, with_index, start=start)
+    return Batches(loader, given.batch_size or 1, with_index, start=start, first=part.start)
 
 
 class _Guarded(Dataset):
