@@ -4,8 +4,9 @@ Runs the CLI as a user would — ``netlens evaluate zoo:shapes-allconv --data sh
 same with ``--distributed N`` (torch's launcher, gloo on CPU) — on the generated ``shapes`` test
 split (2,000 images, 64², with masks), and prints, per command, the wall time with 1 and with N
 processes and their ratio. The per-process overhead is measured on its own: the same command on
-``--limit`` 2·N images (start-up, imports, rendezvous, the exchanges), with 1 and with N
-processes. Each process gets ``cores / N`` threads, so 1 process uses every core too.
+N images in batches of one (start-up, imports, data generation, rendezvous, the exchanges),
+with 1 and with N processes. Each process gets ``cores / N`` threads, so 1 process uses every
+core too.
 
 The machine's load average is printed first and last: on a shared machine the figures are
 indicative only.
@@ -54,11 +55,11 @@ def wall(args: list[str], procs: int, threads: int) -> float:
     return secs
 
 
-def limited(args: list[str], n: int) -> list[str]:
-    """``args`` with ``--limit n``."""
+def tiny(args: list[str], n: int) -> list[str]:
+    """``args`` on ``n`` images, one per batch (each of ``n`` processes gets one)."""
     out = list(args)
     out[out.index("--limit") + 1] = str(n)
-    return out
+    return [*out, "--batch-size", "1"]
 
 
 def load() -> str:
@@ -83,8 +84,8 @@ def main() -> None:
             continue
         t1 = wall(args, 1, cores)
         tn = wall(args, n, max(1, cores // n))
-        o1 = wall(limited(args, 2 * n), 1, cores)
-        on = wall(limited(args, 2 * n), n, max(1, cores // n))
+        o1 = wall(tiny(args, n), 1, cores)
+        on = wall(tiny(args, n), n, max(1, cores // n))
         print(
             f"{name:10} {t1:9.1f} {tn:10.1f} {t1 / tn:6.2f}  "
             f"{o1:.1f} s alone, {on:.1f} s on {n} processes (+{on - o1:.1f} s)"

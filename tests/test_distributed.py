@@ -48,6 +48,10 @@ def test_loader_shares_are_the_single_process_batches(world: int) -> None:
     shares = [
         _indices(Data(TensorDataset(x, y), "t", group=Group(r, world)), 4) for r in range(world)
     ]
+    firsts = [
+        Data(TensorDataset(x, y), "t", group=Group(r, world)).loader(4).first for r in range(world)
+    ]
+    assert firsts == [sum(len(s) for s in shares[:r]) for r in range(world)]  # batch numbers
     assert [b for s in shares for b in s] == whole  # no item twice, none lost, same batches
     assert sum(1 for s in shares if not s) == max(0, world - len(whole))  # idle ranks
 
