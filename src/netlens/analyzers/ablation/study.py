@@ -225,11 +225,13 @@ def _statistics(plan: _Plan) -> dict[str, UnitStats]:
         for x, _ in plan.loader:
             model(x.to(plan.device))
             advance(len(x))
-    parts = plan.run.group.gather(stats)  # every rank's sums, added in rank order
-    for part in parts[1:]:
+    if plan.run.group.world == 1:
+        return stats
+    parts = plan.run.group.gather({k: s.to("cpu") for k, s in stats.items()})
+    for part in parts[1:]:  # every rank's sums, added in rank order
         for name, s in part.items():
             parts[0][name].merge(s)
-    return parts[0]
+    return {k: s.to(plan.device) for k, s in parts[0].items()}
 
 
 def _block_study(plan: _Plan) -> None:
