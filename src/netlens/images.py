@@ -104,15 +104,31 @@ def _as_array(obj: Any) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """Preprocessed images with their originals, names, and files that could not be read."""
+    """Preprocessed images with their originals, names, and files that could not be read.
+
+    ``originals[i]`` is the file's path for an image read from disk (read again when a picture
+    needs it, so a folder of large photos is never held in memory), the H×W×3 array for an
+    array given in memory, or None for a preprocessed tensor; :meth:`original` reads it.
+    """
 
     tensor: torch.Tensor
-    originals: list[np.ndarray | None] = field(default_factory=list)
+    originals: list[np.ndarray | Path | None] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
+
+    def original(self, i: int) -> np.ndarray | None:
+        """Image ``i`` as H×W×3 uint8 as it was given (None for a tensor input)."""
+        return load_original(self.originals[i])
+
+
+def load_original(source: np.ndarray | Path | None) -> np.ndarray | None:
+    """An original image: read again from its file, or the array itself."""
+    if isinstance(source, Path):
+        return to_channels(read_image(source), 3)
+    return source
 
 
 def _expand(images: Any) -> list[Any]:
@@ -166,7 +182,7 @@ def load_batch(
             errors.append(str(exc))
             continue
         tensors.append(preprocess(arr))
-        originals.append(to_channels(arr, 3))
+        originals.append(Path(item) if isinstance(item, (str, Path)) else to_channels(arr, 3))
         names.append(_unique(name, names))
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")

@@ -25,7 +25,7 @@ class CamResult(Result):
     :attr:`heatmaps` drops K when it is 1. Heatmaps are float32 in [0, 1] at input resolution.
     """
 
-    originals: list[np.ndarray] = field(default_factory=list, repr=False)
+    originals: list[Any] = field(default_factory=list, repr=False)
     preprocess: Preprocess | None = field(default=None, repr=False)
     save_arrays = True
 
@@ -67,8 +67,10 @@ class CamResult(Result):
 
     # -- pictures --------------------------------------------------------------------------
     def original(self, i: int) -> np.ndarray:
-        """Image ``i`` as H×W×3 uint8: the file as read, or the denormalised input tensor."""
-        return self.originals[i]
+        """Image ``i`` as H×W×3 uint8: the file (read again), or the denormalised input."""
+        from ..images import load_original
+
+        return load_original(self.originals[i])  # type: ignore[return-value]
 
     def overlay(
         self,

@@ -129,8 +129,8 @@ class SanityAnalyzer(Analyzer):
                     "verdict": verdict_text(res.passes, res.final_spearman, threshold),
                 }
         originals = [
-            o if o is not None else lens.transform.denormalize(t)
-            for o, t in zip(batch.originals, x, strict=True)
+            batch.original(i) if o is not None else lens.transform.denormalize(t)
+            for i, (o, t) in enumerate(zip(batch.originals, x, strict=True))
         ]
         meta = {
             "methods": methods,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -170,28 +170,9 @@ def train(
     from ..train import train as run_training
     from .runner import said_once
 
-    given = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "weight_decay": weight_decay,
-        "label_smoothing": label_smoothing,
-        "flip": flip,
-        "crop": crop,
-        "seed": seed,
-        "img_size": img_size,
-        "device": device,
-        "init": init,
-        "freeze": freeze,
-        "workers": workers,
-        "threads": set_threads(common.threads),
-        "max_batches": max_batches,
-        "out": str(common.out / "model.pt"),
-        "sync_bn": sync_bn or None,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
+    given = {k: v for k, v in locals().items() if k in _CONFIG_OPTIONS and v is not None}
+    options = {**given, "out": str(common.out / "model.pt")}
+    options["threads"] = set_threads(common.threads)
     if arch_opt:
         options["arch_kwargs"] = parse_options(arch_opt)
     quiet = common.quiet or common.json
@@ -201,24 +182,39 @@ def train(
     if not group.main:  # rank 0 reports
         return
     if common.json:
-        rec = result.record
-        emit_json(
-            {
-                "checkpoint": str(result.path),
-                "arch": rec["config"]["arch"],
-                "data": rec["data"],
-                "epochs": rec["epochs"],
-                "best_epoch": rec["best_epoch"],
-                "val": {k: v for k, v in rec["val"].items() if k != "confusion"},
-                "test": rec["test"],
-                "device": rec["device"],
-                "wall_time_s": rec["wall_time_s"],
-                "images_per_s": rec["images_per_s"],
-                "params": rec["params"],
-                "trainable_params": rec["trainable_params"],
-            }
-        )
+        emit_json({"checkpoint": str(result.path), **_summary(result.record)})
     else:
         from .runner import err
 
         err.print(f"train: wrote {result.path}", soft_wrap=True)
+
+
+# the options that are TrainConfig fields, passed on when given
+_CONFIG_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "schedule",
+    "weight_decay",
+    "label_smoothing",
+    "flip",
+    "crop",
+    "seed",
+    "img_size",
+    "device",
+    "init",
+    "freeze",
+    "workers",
+    "max_batches",
+    "sync_bn",
+)
+
+
+def _summary(rec: dict[str, Any]) -> dict[str, Any]:
+    """What ``--json`` prints of the training record."""
+    keys = ("data", "epochs", "best_epoch", "test", "device", "wall_time_s", "images_per_s")
+    out = {"arch": rec["config"]["arch"], **{k: rec[k] for k in keys}}
+    out["val"] = {k: v for k, v in rec["val"].items() if k != "confusion"}
+    out |= {"params": rec["params"], "trainable_params": rec["trainable_params"]}
+    return out
