@@ -135,10 +135,8 @@ def test_a_bad_item_on_rank_1_with_strict_is_one_line(files, tmp_path) -> None:
         "2",
     )
     assert done.returncode == 1
-    assert lines(done.stderr) == [
-        f"error: rank 1: cannot decode {bad}: not an image or corrupt (supported: .jpg, .jpeg, "
-        ".png, .bmp, .webp, .tif, .tiff)"
-    ]
+    said = lines(done.stderr)  # one line, from the rank that met the image
+    assert len(said) == 1 and said[0].startswith("error: rank 1: ") and str(bad) in said[0]
     assert not out.exists()  # nothing written, not even the folder
 
 
