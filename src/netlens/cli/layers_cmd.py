@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .common import ArchOpt, JsonOpt, ModelArg, NumClassesOpt, TrustOpt, cli_errors, emit_json
+
+if TYPE_CHECKING:
+    from ..layers import LayerInfo
 
 
 @cli_errors
@@ -13,7 +18,11 @@ def layers(
     trust: TrustOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """List every layer: name, type, output shape, parameters (selectors for --layer)."""
+    """List every layer: name, type, output shape, calls per forward, parameters.
+
+    A module that runs more than once (calls > 1) is selected per call with NAME@K (K from 0,
+    -1 for the last call), e.g. --layer act@1.
+    """
     from rich.table import Table
 
     from .common import console, open_lens
@@ -24,9 +33,19 @@ def layers(
         emit_json({"model": lens.name, "layers": [r.to_dict() for r in rows]})
         return
     table = Table(title=f"{lens.name} ({type(lens.model).__name__})")
-    for col in ("name", "type", "output shape", "params", "trainable"):
-        table.add_column(col, justify="right" if col in ("params", "trainable") else "left")
+    for col in ("name", "type", "output shape", "calls", "params", "trainable"):
+        right = col in ("calls", "params", "trainable")
+        table.add_column(col, justify="right" if right else "left")
     for r in rows:
-        shape = "×".join(map(str, r.output_shape)) if r.output_shape else "-"
-        table.add_row(r.name, r.type, shape, f"{r.params:,}", f"{r.trainable:,}")
+        table.add_row(r.name, r.type, _shapes(r), str(r.calls), f"{r.params:,}", f"{r.trainable:,}")
     console.print(table)
+
+
+def _shapes(row: LayerInfo) -> str:
+    """The output shape; one per call (``a / b``) when the calls differ."""
+    shapes = [s for s in row.call_shapes if s]
+    distinct = list(dict.fromkeys(shapes))
+    if len(distinct) <= 1:
+        return "×".join(map(str, distinct[0])) if distinct else "-"
+    text = " / ".join("×".join(map(str, s)) for s in shapes[:3])
+    return text + (" / …" if len(shapes) > 3 else "")
