@@ -170,3 +170,53 @@ def test_consumed_leaves_no_mode_behind_when_the_model_raises():
             model(_x(8))
     handle.remove()
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_hook_call_replaces_one_call_only():
+    from netlens.call_hooks import hook_call
+    from netlens.testing import assert_no_hooks
+
+    model = SharedAct().eval()
+    x = _x(9, (2, 3, 16, 16))
+    seen: list[torch.Tensor] = []
+
+    def zero(out: torch.Tensor) -> torch.Tensor:
+        seen.append(out)
+        return torch.zeros_like(out)
+
+    with torch.no_grad():
+        for layer in ("act@1", "act@-1"):
+            seen.clear()
+            with hook_call(model, layer, zero, example=x[:1]):
+                out = model(x)
+            assert len(seen) == 1 and seen[0].shape[1] == 16  # the second call only
+            assert torch.allclose(out, model.fc.bias.expand(2, -1))
+        with hook_call(model, "act@0", zero):
+            out = model(x)
+        ref = model.fc(torch.relu(model.conv(torch.zeros(2, 8, 16, 16))).mean((2, 3)))
+        assert torch.allclose(out, ref)
+    assert_no_hooks(model)
+    with pytest.raises(NetlensError, match="takes one layer"):
+        with hook_call(model, "stem, conv", zero):
+            pass
+
+
+def test_hook_call_on_consumed_sees_and_replaces_what_the_head_reads():
+    from netlens.call_hooks import hook_call
+
+    model = Head("relu").eval()
+    x = _x(10)
+    seen: list[torch.Tensor] = []
+
+    def halve(out: torch.Tensor) -> torch.Tensor:
+        seen.append(out.clone())
+        return out * 0.5
+
+    with torch.no_grad():
+        f = model.features(x)
+        with hook_call(model, "features:consumed", halve):
+            out = model(x)
+        ref = model.classifier(F.adaptive_avg_pool2d(F.relu(f) * 0.5, 1).flatten(1))
+    assert len(seen) == 1 and torch.equal(seen[0], F.relu(f))
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7)
+    assert torch._C._len_torch_function_stack() == 0

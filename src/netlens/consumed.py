@@ -16,7 +16,7 @@ respect to the tensor as consumed. Views count as reads (``x.flatten(1)`` consum
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 from .call_output import CallOutput
 from .errors import NetlensError
 
-__all__ = ["ConsumeWatch", "settle"]
+__all__ = ["ConsumeWatch", "consume", "settle"]
 
 _META_CALLS = frozenset(
     {
@@ -84,38 +84,39 @@ def _swap(obj: Any, subs: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Any:
     return obj
 
 
-class ConsumeWatch(TorchFunctionMode):
-    """Stores watched outputs at their first read by later torch calls (see module docstring).
+OnRead = Callable[[torch.Tensor], "torch.Tensor | None"]
 
-    Args:
-        grads: hang later calls off a leaf of the consumed value (when grad mode is on).
-        to: move stored values to this device.
+
+class ConsumeWatch(TorchFunctionMode):
+    """Calls ``on_read(tensor)`` at each watched tensor's first read (see module docstring).
+
+    A tensor ``on_read`` returns replaces the watched one in that call and every later call.
     """
 
-    def __init__(self, *, grads: bool, to: torch.device | None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self._grads, self._to = grads, to
-        self._pending: dict[int, tuple[torch.Tensor, list[CallOutput]]] = {}
+        self._pending: dict[int, tuple[torch.Tensor, list[OnRead]]] = {}
         self._subs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._inplace_pos: dict[Any, int | None] = {}
         self._paused = False
         self.active = False
 
     # -- lifecycle -------------------------------------------------------------------------
-    def watch(self, tensor: torch.Tensor, entries: list[CallOutput]) -> None:
-        """Follow ``tensor`` (a module's output) and fill ``entries`` when it is first read."""
-        self._pending.setdefault(id(tensor), (tensor, []))[1].extend(entries)
-        for e in entries:
-            e.pending = tensor
+    def watch(self, tensor: torch.Tensor, on_read: OnRead) -> None:
+        """Follow ``tensor`` (a module's output) until later code first reads it."""
+        self._pending.setdefault(id(tensor), (tensor, []))[1].append(on_read)
         if not self.active:
             self.__enter__()
             self.active = True
 
     def finish(self) -> None:
-        """End of the forward: outputs never read are stored as they are now; stop watching."""
-        for tensor, entries in list(self._pending.values()):
-            self._settle(tensor, entries)
+        """End of the forward: outputs never read are handed over as they are; stop watching."""
+        pending = list(self._pending.values())
         self._pending.clear()
+        with self.paused():
+            for tensor, callbacks in pending:
+                for on_read in callbacks:
+                    on_read(tensor)
         self._subs.clear()
         self.stop()
 
@@ -156,10 +157,17 @@ class ConsumeWatch(TorchFunctionMode):
                 entry = self._pending.get(id(t))
                 if entry is not None and entry[0] is t and id(t) not in written:
                     del self._pending[id(t)]
-                    self._settle(t, entry[1])
+                    self._read(t, entry[1])
         if self._subs and any(id(t) in self._subs for t in _walk((args, kwargs))):
             return _swap(args, self._subs), _swap(kwargs, self._subs)
         return args, kwargs
+
+    def _read(self, tensor: torch.Tensor, callbacks: list[OnRead]) -> None:
+        with self.paused():
+            subs = [on_read(tensor) for on_read in callbacks]
+        sub = next((s for s in reversed(subs) if s is not None), None)
+        if sub is not None:
+            self._subs[id(tensor)] = (tensor, sub)
 
     def _written(self, func: Any, args: tuple, kwargs: dict) -> set[int]:
         """ids of the tensors this call writes in place."""
@@ -186,20 +194,16 @@ class ConsumeWatch(TorchFunctionMode):
             self._inplace_pos[func] = params.index("inplace") if "inplace" in params else None
         return self._inplace_pos[func]
 
-    def _settle(self, tensor: torch.Tensor, entries: list[CallOutput]) -> None:
-        with self.paused():
-            value, node = _consume(tensor, self._grads, self._to)
-            if node is not None:
-                # later calls run on a copy: their in-place writes must not touch the leaf
-                self._subs[id(tensor)] = (tensor, node.clone())
-        for e in entries:
-            e.value, e.node, e.pending = value, node, None
 
-
-def _consume(
+def consume(
     t: torch.Tensor, grads: bool, to: torch.device | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(stored value, gradient node or None) for a tensor at its consumption."""
+    """(value to store, gradient node or None) for a tensor at its consumption.
+
+    With ``grads`` (and grad mode on) the node is ``t`` itself when it is in the graph, else a
+    leaf on its value; later code must then run on ``node.clone()`` so that its in-place writes
+    leave the node as it was read.
+    """
     if grads and torch.is_grad_enabled() and t.is_floating_point():
         node = t if t.requires_grad else t.detach().requires_grad_(True)
         return node, node
@@ -210,5 +214,5 @@ def _consume(
 def settle(entry: CallOutput, to: torch.device | None = None) -> None:
     """Store a still-pending ``:consumed`` output as it is now (read before the forward ended)."""
     if entry.pending is not None:
-        entry.value, _ = _consume(entry.pending, False, to)
+        entry.value, _ = consume(entry.pending, False, to)
         entry.pending = None

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .call_output import CallOutput
-from .consumed import ConsumeWatch, settle
+from .consumed import ConsumeWatch, consume, settle
 from .errors import LayerNotFoundError, NetlensError, hint
 from .layer_call import LayerCall
 from .layers import resolve_layers
@@ -179,15 +179,17 @@ class Probe:
         self._handles: list[Any] = []
         self._guard = WriteGuard()
         consumed = any(n.consumed for n in self.names)
-        self._watch = ConsumeWatch(grads=grads, to=self.to) if consumed else None
+        self._watch = ConsumeWatch() if consumed else None
         self._calls: dict[str, int] = {}
         self._forward = 0
         self._root: tuple[bool, list[int]] | None = None
         self._rerunning = False
+        self._modules: list[nn.Module] = []
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Probe:
         modules = dict(self.model.named_modules())
+        self._modules = list(modules.values())
         try:
             for name in self._by_module:
                 self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
@@ -208,10 +210,12 @@ class Probe:
         try:
             if self._watch is not None:
                 self._watch.finish()
-            self._guard.stop()
         finally:
-            while self._handles:
-                self._handles.pop().remove()
+            try:
+                self._guard.stop()
+            finally:
+                while self._handles:
+                    self._handles.pop().remove()
 
     # -- one forward of the probed model ---------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -224,7 +228,7 @@ class Probe:
         key = (
             tuple((t.shape, t.dtype, t.device) for t in inputs),
             torch.is_grad_enabled(),
-            tuple(m.training for m in self.model.modules()),
+            tuple(m.training for m in self._modules),
         )
         self._guard.begin(key, learn=not inference)
         versions = [] if inference else [t._version for t in inputs]
@@ -281,10 +285,13 @@ class Probe:
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
             k = self._calls[name] = self._calls.get(name, -1) + 1
+            shape = getattr(output, "shape", None)
             for cap in caps:
                 cap._ran = k + 1
-                if k == len(cap._shapes):
-                    cap._shapes.append(getattr(output, "shape", None))
+                if k < len(cap._shapes):
+                    cap._shapes[k] = shape
+                else:
+                    cap._shapes.append(shape)
             wanted = [c for c in caps if c.wants(k)]
             if not wanted:
                 return None
@@ -301,10 +308,25 @@ class Probe:
         replaced = self._store(slot, output, plain) if plain else None
         live = output if replaced is None else replaced
         if later and self._watch is not None and isinstance(live, torch.Tensor):
-            self._watch.watch(live, later)
+            for e in later:
+                e.pending = live
+            self._watch.watch(live, self._consumer(later))
         for e in later if not isinstance(live, torch.Tensor) else ():
             e.value = live
         return replaced
+
+    def _consumer(self, entries: list[CallOutput]):  # noqa: ANN202
+        """What a ``:consumed`` selection does at the first read of its output."""
+
+        def on_read(t: torch.Tensor) -> torch.Tensor | None:
+            if entries[0].pending is not t:
+                return None  # already settled (read through .output before the forward ended)
+            value, node = consume(t, self.grads, self.to)
+            for e in entries:
+                e.value, e.node, e.pending = value, node, None
+            return node.clone() if node is not None else None
+
+        return on_read
 
     def _store(self, slot: tuple[str, int], output: Any, entries: list[CallOutput]) -> Any:
         if not isinstance(output, torch.Tensor):
