@@ -124,8 +124,8 @@ class Capture:
                 f".{what}s[i], or clear() the probe between forwards"
             )
         raise NetlensError(
-            f"layer '{self.name}' ran {len(values)} times in this forward; pick one call: "
-            f"{self._call_list()}, or read .{what}s[i]"
+            f"layer '{self.name}' ran {len(values)} times in this forward; select one call: "
+            f"{self._call_list()} (in Python, .{what}s holds every call)"
         )
 
     def _call_list(self) -> str:
@@ -134,7 +134,7 @@ class Capture:
             for k, s in enumerate(self._shapes[:4])
         ]
         more = ", …" if self._ran > 4 else ""
-        return f"{', '.join(shown)}{more} (or @-1 for the last)"
+        return f"{', '.join(shown)}{more}; @-1 is the last"
 
 
 class Probe:

@@ -23,6 +23,8 @@ def layers(
     A module that runs more than once (calls > 1) is selected per call with NAME@K (K from 0,
     -1 for the last call), e.g. --layer act@1.
     """
+    from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     from .common import console, open_lens
@@ -35,10 +37,13 @@ def layers(
     table = Table(title=f"{lens.name} ({type(lens.model).__name__})")
     for col in ("name", "type", "output shape", "calls", "params", "trainable"):
         right = col in ("calls", "params", "trainable")
-        table.add_column(col, justify="right" if right else "left")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
     for r in rows:
         table.add_row(r.name, r.type, _shapes(r), str(r.calls), f"{r.params:,}", f"{r.trainable:,}")
-    console.print(table)
+    # at its natural width, never cut: the names are what --layer takes
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    wide = Console(stderr=True, highlight=False, width=max(console.width, natural))
+    wide.print(table, crop=False)
 
 
 def _shapes(row: LayerInfo) -> str:
