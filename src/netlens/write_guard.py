@@ -128,8 +128,8 @@ class WriteGuard:
     ) -> None:
         """Store ``output`` (one call's output) in ``entries``, safe from later writes."""
         step = (slot, output.shape, output.dtype)
-        if self._fast and not self._follows_plan(step):
-            self._leave_fast()
+        if self._fast and (output.is_inference() or not self._follows_plan(step)):
+            self._leave_fast()  # (an inference tensor has no version counter to check)
         if self._fast:
             assert self._plan is not None
             if slot in self._plan.copy:
