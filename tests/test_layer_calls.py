@@ -158,3 +158,12 @@ def test_cli_layers_shows_calls(tmp_path):
     table = runner.invoke(app, ["layers", str(path), "--trust"])
     assert table.exit_code == 0, table.output
     assert "calls" in table.output
+
+
+def test_layer_table_on_torchvision_resnet_counts_block_relus():
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    rows = {r.name: r for r in layer_table(model, torch.zeros(1, 3, 64, 64))}
+    assert rows["layer1.0.relu"].calls == 2 and rows["relu"].calls == 1
+    assert rows["layer4"].calls == 1

@@ -220,3 +220,19 @@ def test_hook_call_on_consumed_sees_and_replaces_what_the_head_reads():
     assert len(seen) == 1 and torch.equal(seen[0], F.relu(f))
     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7)
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_hook_call_removes_its_hooks_when_the_model_raises():
+    from netlens.call_hooks import hook_call
+    from netlens.testing import assert_no_hooks
+
+    model = Head("relu").eval()
+
+    def explode(out: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+    for layer in ("features", "features:consumed"):
+        with pytest.raises(KeyboardInterrupt), hook_call(model, layer, explode):
+            model(_x(11))
+        assert_no_hooks(model)
+        assert torch._C._len_torch_function_stack() == 0
