@@ -1,52 +1,51 @@
-"""``netlens layers``: the layer table of a model."""
+"""``netlens layers``: the layer table of a model (on stdout: `netlens layers | grep Conv2d`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .common import ArchOpt, JsonOpt, ModelArg, NumClassesOpt, TrustOpt, cli_errors, emit_json
-
-if TYPE_CHECKING:
-    from ..layers import LayerInfo
+from .common import cli_errors, emit_json
+from .options import Common, ModelArg, command
 
 
 @cli_errors
-def layers(
-    model: ModelArg = None,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust: TrustOpt = False,
-    json: JsonOpt = False,
-) -> None:
+@command()
+def layers(model: ModelArg = None, *, common: Common) -> None:
     """List every layer: name, type, output shape, calls per forward, parameters.
 
-    A module that runs more than once (calls > 1) is selected per call with NAME@K (K from 0,
-    -1 for the last call), e.g. --layer act@1.
+    The names are the selectors for --layer. A module that runs more than once per forward
+    (calls > 1) is selected per call with NAME@K (K from 0, -1 for the last), e.g. act@1.
     """
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
+    from .runner import open_lens, out, set_threads
 
-    from .common import console, open_lens
-
-    lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device="cpu")
+    set_threads(common.threads)
+    if common.device is None:
+        common.device = "cpu"
+    lens = open_lens(model, common)
     rows = lens.layers()
-    if json:
+    if common.json:
         emit_json({"model": lens.name, "layers": [r.to_dict() for r in rows]})
         return
-    table = Table(title=f"{lens.name} ({type(lens.model).__name__})")
-    for col in ("name", "type", "output shape", "calls", "params", "trainable"):
-        right = col in ("calls", "params", "trainable")
-        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    out.print(_table(lens, rows))
+
+
+def _table(lens: Any, rows: list[Any]) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"{lens.name} ({type(lens.model).__name__})", box=box.SIMPLE)
+    widest = max((len(r.name) for r in rows), default=4)
+    table.add_column("name", no_wrap=True, min_width=widest)
+    table.add_column("type", no_wrap=True)
+    table.add_column("output shape", no_wrap=True)
+    for col in ("calls", "params", "trainable"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(r.name, r.type, _shapes(r), str(r.calls), f"{r.params:,}", f"{r.trainable:,}")
-    # at its natural width, never cut: the names are what --layer takes
-    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    wide = Console(stderr=True, highlight=False, width=max(console.width, natural))
-    wide.print(table, crop=False)
+    return table
 
 
-def _shapes(row: LayerInfo) -> str:
+def _shapes(row: Any) -> str:
     """The output shape; one per call (``a / b``) when the calls differ."""
     shapes = [s for s in row.call_shapes if s]
     distinct = list(dict.fromkeys(shapes))
