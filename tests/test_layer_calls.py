@@ -151,11 +151,12 @@ def test_cli_layers_shows_calls(tmp_path):
     path = tmp_path / "shared.pt"
     torch.save(SharedAct().eval(), path)
     runner = CliRunner()
-    result = runner.invoke(app, ["layers", str(path), "--trust", "--json"])
+    args = ["layers", str(path), "--trust", "--input-size", "16"]
+    result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
     assert rows["act"]["calls"] == 2 and rows["conv"]["calls"] == 1
-    table = runner.invoke(app, ["layers", str(path), "--trust"])
+    table = runner.invoke(app, args)
     assert table.exit_code == 0, table.output
     assert "calls" in table.output
 
