@@ -1,8 +1,19 @@
 """Layer selectors, close-name hints, the CAM layer search and the layer table.
 
-Selectors: exact dotted names from ``named_modules()`` (``layer3.1.conv2``), globs
-(``layer*.0.conv?``), module types (``type:Conv2d``), ``auto`` (the last layer with a spatial
-output before global pooling), several of them comma-separated, or ``nn.Module`` objects.
+Selectors (several comma-separated, or a list; ``nn.Module`` objects work too):
+
+- ``layer3.1.conv2``: an exact dotted name from ``named_modules()``;
+- ``layer*.0.conv?``: a glob over those names; ``type:Conv2d``: every module of a type;
+- ``NAME@K``: call ``K`` of a module that runs several times in one forward (from 0; negative
+  from the end, ``relu@-1`` is the last call); works after globs and types too;
+- ``NAME:consumed`` (also ``NAME@K:consumed``): the output as later ops read it, after in-place
+  rewrites outside any module (``F.relu(x, inplace=True)`` in a ``forward``);
+- ``auto``: the spatial map feeding the head (see :func:`auto_layer`), a call and ``consumed``
+  included where needed.
+
+A bare name selects every call of its module: a probe keeps them all (``.outputs``) and
+``.output`` asks for ``@K`` when there were several. Selections are :class:`LayerCall` strings.
+See ``docs/layers.md``.
 """
 
 from __future__ import annotations
@@ -17,14 +28,18 @@ import torch
 from torch import nn
 
 from .errors import LayerNotFoundError, NetlensError, hint
+from .layer_call import LayerCall
 
 __all__ = [
+    "LayerCall",
     "LayerInfo",
+    "TracedCall",
     "auto_layer",
     "example_input",
     "guess_input_size",
     "layer_table",
     "resolve_layers",
+    "trace_calls",
     "trace_outputs",
     "eval_mode",
 ]
@@ -39,11 +54,30 @@ class LayerInfo:
     output_shape: tuple[int, ...] | None
     params: int
     trainable: int
+    calls: int = 0
+    call_shapes: tuple[tuple[int, ...] | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["output_shape"] = list(self.output_shape) if self.output_shape else None
+        d["call_shapes"] = [list(c) if c else None for c in self.call_shapes]
         return d
+
+
+@dataclass(frozen=True)
+class TracedCall:
+    """One module call seen in a dry forward, in completion order.
+
+    ``version`` is the output's in-place version counter when the call returned (-1 for
+    outputs that are not tensors); comparing it with ``output._version`` after the forward tells
+    whether later code rewrote the output in place.
+    """
+
+    name: str
+    call: int
+    module: nn.Module
+    output: Any
+    version: int
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -58,10 +92,22 @@ def _by_type(layers: dict[str, nn.Module], type_name: str) -> list[str]:
 
 def _one_selector(
     model: nn.Module, layers: dict[str, nn.Module], sel: str, example: torch.Tensor | None
-) -> list[str]:
+) -> list[LayerCall]:
     sel = sel.strip()
-    if sel == "auto":
+    if sel in layers:
+        return [LayerCall(sel)]
+    parsed = LayerCall.parse(sel)
+    base = parsed.name
+    if base == "auto":
+        if parsed != "auto":
+            raise LayerNotFoundError(
+                f"'{sel}': auto picks its call itself; name the module to pick a call (NAME@K)"
+            )
         return [auto_layer(model, example)]
+    return [parsed.with_name(n) for n in _base_names(model, layers, base)]
+
+
+def _base_names(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> list[str]:
     if sel in layers:
         return [sel]
     if sel.startswith("type:"):
@@ -88,30 +134,37 @@ def resolve_layers(
     selector: str | nn.Module | Sequence[str | nn.Module],
     *,
     example: torch.Tensor | None = None,
-) -> list[str]:
-    """Turn selectors into a list of unique dotted layer names, in the order given.
+) -> list[LayerCall]:
+    """Turn selectors into unique :class:`LayerCall` selections, in the order given.
+
+    ``example`` is the input for the dry forward that ``auto`` needs (default: a random batch
+    of the size the model says it takes). Call indices are checked when the model runs.
 
     Example:
-        >>> resolve_layers(resnet, "layer4,type:Linear")
-        ['layer4', 'fc']
+        >>> resolve_layers(resnet, "layer4,type:Linear,layer4.1.relu@-1")
+        ['layer4', 'fc', 'layer4.1.relu@-1']
     """
     layers = named_layers(model)
     ids = {id(m): n for n, m in layers.items()}
     items: list[str | nn.Module]
-    if isinstance(selector, str):
+    if isinstance(selector, LayerCall):
+        items = [selector]
+    elif isinstance(selector, str):
         items = [s for s in selector.split(",") if s.strip()]
     elif isinstance(selector, nn.Module):
         items = [selector]
     else:
         items = list(selector)
-    names: list[str] = []
+    names: list[LayerCall] = []
     for item in items:
         if isinstance(item, nn.Module):
             if id(item) not in ids:
                 raise LayerNotFoundError(
                     f"module {type(item).__name__} is not part of {type(model).__name__}"
                 )
-            found = [ids[id(item)]]
+            found = [LayerCall(ids[id(item)])]
+        elif isinstance(item, LayerCall) and item.name in layers:
+            found = [item]
         else:
             found = _one_selector(model, layers, item, example)
         names += [n for n in found if n not in names]
@@ -164,18 +217,21 @@ def eval_mode(model: nn.Module):  # noqa: ANN201
             m.training = flag
 
 
-def trace_outputs(
-    model: nn.Module, example: torch.Tensor | None = None
-) -> list[tuple[str, nn.Module, Any]]:
-    """One dry forward; (name, module, output) for every called module in completion order."""
+def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[TracedCall]:
+    """One dry forward (eval mode, no grad): every module call in completion order.
+
+    Raises NetlensError with a one-line hint when the model cannot run on ``example``.
+    """
     x = example if example is not None else example_input(model)
-    seen: list[tuple[str, nn.Module, Any]] = []
+    seen: list[TracedCall] = []
+    counts: dict[str, int] = {}
     handles = []
     try:
         for name, mod in named_layers(model).items():
 
             def hook(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
-                seen.append((name, m, out))
+                k = counts[name] = counts.get(name, -1) + 1
+                seen.append(TracedCall(name, k, m, out, _version(out)))
 
             handles.append(mod.register_forward_hook(hook))
         with torch.no_grad(), eval_mode(model):
@@ -192,41 +248,66 @@ def trace_outputs(
     return seen
 
 
+def trace_outputs(
+    model: nn.Module, example: torch.Tensor | None = None
+) -> list[tuple[str, nn.Module, Any]]:
+    """One dry forward; (name, module, output) for every called module in completion order."""
+    return [(c.name, c.module, c.output) for c in trace_calls(model, example)]
+
+
+def _version(out: Any) -> int:
+    if not isinstance(out, torch.Tensor) or out.is_inference():
+        return -1
+    return out._version
+
+
 def _is_spatial(out: Any) -> bool:
     return isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
 
 
-def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
-    """The last layer with a spatial output: the usual CAM / feature-map layer.
+def _selection(traced: list[TracedCall], chosen: TracedCall, consumed: bool) -> LayerCall:
+    """``name`` for a module that ran once, ``name@k`` for one of several calls."""
+    calls = sum(1 for c in traced if c.name == chosen.name)
+    return LayerCall(chosen.name, chosen.call if calls > 1 else None, consumed=consumed)
+
+
+def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCall:
+    """The call whose output is the spatial map feeding the head: the usual CAM/feature layer.
 
     CNNs: the last N×C×H×W output with H·W > 1. Pooling layers themselves are skipped (AlexNet's
     ``avgpool`` keeps 6×6 but is no feature layer), so on AlexNet/VGG the ``features`` stack is
-    chosen. Among modules that produce the very same tensor (a block and its last ReLU), the
-    outermost is chosen, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet. Token models
-    (timm ViT): when numbered blocks whose tokens form a patch grid run after the last spatial
-    layer (the patch embedding), the last such block is chosen.
+    chosen. Several calls can return that very tensor (a conv and the in-place ReLU after it; a
+    block and its last ReLU): the call that saw its last in-place rewrite wins, and among those
+    the outermost module, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet and an in-place
+    ``ReLU`` over the conv before it. When code outside any module rewrites it afterwards
+    (DenseNet's ``F.relu(features, inplace=True)``), the selection is ``:consumed``. A module
+    that runs several times is returned with its call (``act@1``). Token models (timm ViT): when
+    numbered blocks whose tokens form a patch grid run after the last spatial layer (the patch
+    embedding), the last such block is chosen.
     """
-    traced = trace_outputs(model, example)
+    traced = trace_calls(model, example)
     spatial = [
-        (i, n, out)
-        for i, (n, m, out) in enumerate(traced)
-        if _is_spatial(out) and "Pool" not in type(m).__name__
+        (i, c)
+        for i, c in enumerate(traced)
+        if _is_spatial(c.output) and "Pool" not in type(c.module).__name__
     ]
     tokens = [
-        (i, n)
-        for i, (n, _, out) in enumerate(traced)
-        if n.rsplit(".", 1)[-1].isdigit() and _is_token_grid(out, model)
+        (i, c)
+        for i, c in enumerate(traced)
+        if c.name.rsplit(".", 1)[-1].isdigit() and _is_token_grid(c.output, model)
     ]
     if tokens and (not spatial or tokens[-1][0] > spatial[-1][0]):
-        return tokens[-1][1]
+        return _selection(traced, tokens[-1][1], consumed=False)
     if not spatial:
         raise NetlensError(
             f"{type(model).__name__} has no layer with a spatial (N×C×H×W) output; "
             "name a layer with --layer (see `netlens layers MODEL`)"
         )
-    _, name, out = spatial[-1]
-    same = [n for _, n, o in spatial if o is out]
-    return min(same, key=lambda n: n.count("."))
+    out = spatial[-1][1].output
+    same = [c for _, c in spatial if c.output is out]
+    last = max(c.version for c in same)
+    best = min((c for c in same if c.version == last), key=lambda c: c.name.count("."))
+    return _selection(traced, best, consumed=_version(out) > last)
 
 
 def _is_token_grid(out: Any, model: nn.Module) -> bool:
@@ -239,21 +320,26 @@ def _is_token_grid(out: Any, model: nn.Module) -> bool:
 
 
 def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[LayerInfo]:
-    """Name, type, output shape (from one dry forward), parameter counts for every layer."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, _, out in trace_outputs(model, example):
-        if isinstance(out, torch.Tensor) and name not in shapes:
-            shapes[name] = tuple(out.shape)
+    """Name, type, output shape, calls per forward (one dry forward), parameters of each layer."""
+    shapes: dict[str, list[tuple[int, ...] | None]] = {}
+    for c in trace_calls(model, example):
+        out = c.output
+        shapes.setdefault(c.name, []).append(
+            tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        )
     rows = []
     for name, mod in named_layers(model).items():
         params = list(mod.parameters())
+        calls = shapes.get(name, [])
         rows.append(
             LayerInfo(
                 name=name,
                 type=type(mod).__name__,
-                output_shape=shapes.get(name),
+                output_shape=next((s for s in calls if s is not None), None),
                 params=sum(p.numel() for p in params),
                 trainable=sum(p.numel() for p in params if p.requires_grad),
+                calls=len(calls),
+                call_shapes=tuple(calls),
             )
         )
     return rows

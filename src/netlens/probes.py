@@ -1,15 +1,23 @@
-"""Probes: capture the outputs (and gradients) of chosen layers with forward hooks.
+"""Probes: capture the outputs (and gradients) of chosen layers — or of single calls of them.
 
-``netlens.probe(model, ["layer4", "layer3.1.conv2"], grads=True)`` is a context manager; inside it
-you run the model, after it ``p["layer4"].output`` and ``p["layer4"].grad`` hold tensors. Hooks are
+``netlens.probe(model, ["layer4", "act@1"], grads=True)`` is a context manager; inside it you run
+the model, after it ``p["layer4"].output`` and ``p["layer4"].grad`` hold tensors. Hooks are
 removed on exit, also on errors and KeyboardInterrupt, and the model's weights, ``.grad``,
 ``requires_grad`` and train/eval flags are never touched.
 
-Why a dispatch mode: a captured activation can be overwritten later in the same forward by an
-in-place op (``nn.ReLU(inplace=True)``, ``x += shortcut``). Copying every capture would cost a copy
-per layer; instead, from the first capture until the probe exits, a ``TorchDispatchMode`` watches
-the (rare) ops that write into their inputs and copies a captured tensor only just before such
-an op overwrites it.
+Selectors are those of :func:`netlens.layers.resolve_layers`. A module that runs several times
+per forward keeps every call under its bare name (``.outputs``; ``.output`` then asks for one
+call); ``name@k`` keeps only call ``k`` (negative: from the end of each forward);
+``name:consumed`` keeps the output as later code reads it (see :mod:`netlens.consumed`). Calls
+are counted per forward of the probed model (when you run only a sub-module, from the probe's
+start or the last :meth:`Probe.clear`).
+
+Captures are safe from later in-place ops (``ReLU(inplace=True)``, ``x += shortcut``) at the
+cost of copying only what such ops overwrite: see :mod:`netlens.write_guard`. When a write
+that the first forward did not show (one that depends on the input) destroys a capture, the probe
+runs the forward again under full guard and checks that it gives the same output — only when
+that is harmless (no grad, every module in eval mode, no other hooks, inputs untouched);
+otherwise reading that capture raises an error that says so.
 """
 
 from __future__ import annotations
@@ -20,94 +28,130 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import NetlensError
+from .call_output import CallOutput
+from .consumed import ConsumeWatch, consume, settle
+from .errors import LayerNotFoundError, NetlensError, hint
+from .layer_call import LayerCall
 from .layers import resolve_layers
+from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
 
 
 @dataclass
 class Capture:
-    """What one probed layer produced: one entry per call of the module in the forward."""
+    """What one probed selection produced: one entry per (selected) call, in order.
 
-    name: str
-    outputs: list[Any] = field(default_factory=list)
-    grads: list[torch.Tensor | None] = field(default_factory=list)
-    _graph: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
+    Attributes:
+        name: the selection (a :class:`~netlens.layers.LayerCall`, e.g. ``"act@1"``).
+    """
 
-    def _single(self, values: list[Any], what: str) -> Any:
-        if not values:
-            raise NetlensError(
-                f"layer '{self.name}' did not run (no {what} captured); run the model inside the "
-                "probe, or pick a layer that the forward uses"
-            )
-        if len(values) > 1:
-            raise NetlensError(
-                f"layer '{self.name}' ran {len(values)} times in this forward; pick one call with "
-                f".{what}s[i] (0..{len(values) - 1})"
-            )
-        return values[0]
+    name: LayerCall
+    _entries: list[CallOutput] = field(default_factory=list, repr=False)
+    _ran: int = field(default=0, repr=False)
+    _shapes: list[Any] = field(default_factory=list, repr=False)
+
+    def wants(self, call: int) -> bool:
+        """Whether call ``call`` of the module (within its forward) is kept."""
+        k = self.name.call
+        return k is None or k < 0 or k == call
+
+    def _add(self, slot: tuple[str, int], forward: int) -> CallOutput:
+        entry = CallOutput(slot, forward)
+        self._entries.append(entry)
+        return entry
+
+    def _selected(self) -> list[CallOutput]:
+        k = self.name.call
+        if k is None or k >= 0:
+            return self._entries
+        by_forward: dict[int, list[CallOutput]] = {}
+        for e in self._entries:
+            by_forward.setdefault(e.forward, []).append(e)
+        return [calls[k] for calls in by_forward.values() if len(calls) >= -k]
+
+    def _checked(self) -> list[CallOutput]:
+        entries = self._selected()
+        for e in entries:
+            if e.overwritten:
+                raise NetlensError(
+                    f"layer '{self.name}' (call {e.slot[1]}): its output was overwritten by an "
+                    "in-place op that the probe's first forward did not run (it depends on the "
+                    "input) and the forward could not be re-run safely; run this forward again "
+                    "(the probe now copies before every write)"
+                )
+            settle(e)
+        return entries
+
+    @property
+    def outputs(self) -> list[Any]:
+        """Every kept output (several calls and forwards), in the order they ran."""
+        return [e.value for e in self._checked()]
+
+    @property
+    def grads(self) -> list[torch.Tensor | None]:
+        """Gradients matching :attr:`outputs` (after :meth:`Probe.compute_grads`)."""
+        return [e.grad for e in self._checked()]
 
     @property
     def output(self) -> Any:
-        """The output of the single call of this layer (see ``outputs`` for several calls)."""
+        """The output of the single kept call (see :attr:`outputs` for several)."""
         return self._single(self.outputs, "output")
 
     @property
     def grad(self) -> torch.Tensor | None:
-        """Gradient of the target w.r.t. the output of the single call of this layer."""
+        """Gradient of the target w.r.t. the output of the single kept call."""
         return self._single(self.grads, "grad")
 
-
-class _CopyOnWrite(TorchDispatchMode):
-    """Copies a captured tensor just before an in-place op writes into its storage."""
-
-    def __init__(self, probe: Probe) -> None:
-        super().__init__()
-        self.probe = probe
-        self._writes: dict[Any, tuple[int, ...]] = {}
-
-    def _written_args(self, func: Any) -> tuple[int, ...]:
-        hit = self._writes.get(func)
-        if hit is None:
-            args = func._schema.arguments
-            hit = tuple(
-                i for i, a in enumerate(args) if a.alias_info is not None and a.alias_info.is_write
+    def _single(self, values: list[Any], what: str) -> Any:
+        if len(values) == 1:
+            return values[0]
+        if not values:
+            if self._ran and self.name.call is not None:
+                raise NetlensError(
+                    f"layer '{self.name.name}' ran {self._ran} time(s) per forward, so "
+                    f"'{self.name}' does not exist; pick {self._call_list()}"
+                )
+            raise NetlensError(
+                f"layer '{self.name}' did not run (no {what} captured); run the model inside the "
+                "probe, or pick a layer that the forward uses"
             )
-            self._writes[func] = hit
-        return hit
+        forwards = len({e.forward for e in self._selected()})
+        if forwards > 1:
+            raise NetlensError(
+                f"layer '{self.name}' ran {len(values)} times (in {forwards} forwards); read "
+                f".{what}s[i], or clear() the probe between forwards"
+            )
+        raise NetlensError(
+            f"layer '{self.name}' ran {len(values)} times in this forward; select one call: "
+            f"{self._call_list()} (in Python, .{what}s holds every call)"
+        )
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        written = self._written_args(func)
-        if written and self.probe._watch:
-            schema_args = func._schema.arguments
-            for i in written:
-                value = args[i] if i < len(args) else kwargs.get(schema_args[i].name)
-                if isinstance(value, torch.Tensor):
-                    self.probe._before_write(value)
-        return func(*args, **kwargs)
-
-
-def _storage_key(t: torch.Tensor) -> tuple[Any, int]:
-    return (t.device, t.untyped_storage().data_ptr())
+    def _call_list(self) -> str:
+        shown = [
+            f"{self.name.name}@{k}" + (f" ({'×'.join(map(str, s))})" if s else "")
+            for k, s in enumerate(self._shapes[:4])
+        ]
+        more = ", …" if self._ran > 4 else ""
+        return f"{', '.join(shown)}{more}; @-1 is the last"
 
 
 class Probe:
-    """Forward hooks on named layers of a model, used as a context manager.
+    """Forward hooks on selected layers (or calls) of a model, used as a context manager.
 
     Args:
         model: any ``nn.Module``.
-        layers: selectors (dotted names, globs, ``type:Conv2d``, ``auto``) or modules.
+        layers: selectors (dotted names, globs, ``type:Conv2d``, ``name@k``, ``name:consumed``,
+            ``auto``) or modules; see :func:`netlens.layers.resolve_layers`.
         grads: keep captured outputs in the autograd graph so gradients can be taken.
         detach: store detached outputs (ignored with ``grads=True``).
         to: move captured outputs to this device (e.g. ``"cpu"``) so long runs do not grow GPU
             memory.
+        example: the input for the dry forward that ``auto`` needs.
 
     Example:
-        >>> with netlens.probe(model, ["layer4"], grads=True) as p:
+        >>> with netlens.probe(model, ["layer4", "layer4.1.relu@-1"], grads=True) as p:
         ...     logits = model(x)
         ...     p.compute_grads(logits[:, 3].sum())
         >>> p["layer4"].output.shape, p["layer4"].grad.shape
@@ -129,17 +173,30 @@ class Probe:
         self.detach = detach and not grads
         self.to = torch.device(to) if to is not None else None
         self.captures: dict[str, Capture] = {n: Capture(n) for n in self.names}
+        self._by_module: dict[str, list[Capture]] = {}
+        for cap in self.captures.values():
+            self._by_module.setdefault(cap.name.name, []).append(cap)
         self._handles: list[Any] = []
-        self._mode: _CopyOnWrite | None = None
-        self._watch: dict[tuple[Any, int], list[tuple[Capture, int]]] = {}
+        self._guard = WriteGuard()
+        consumed = any(n.consumed for n in self.names)
+        self._watch = ConsumeWatch() if consumed else None
+        self._calls: dict[str, int] = {}
+        self._forward = 0
+        self._root: tuple[bool, list[int]] | None = None
+        self._rerunning = False
+        self._modules: list[nn.Module] = []
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Probe:
         modules = dict(self.model.named_modules())
+        self._modules = list(modules.values())
         try:
-            for name in self.names:
-                hook = self._make_hook(self.captures[name])
-                self._handles.append(modules[name].register_forward_hook(hook))
+            for name in self._by_module:
+                self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
+            self._handles.append(
+                self.model.register_forward_pre_hook(self._begin, with_kwargs=True)
+            )
+            self._handles.append(self.model.register_forward_hook(self._end, with_kwargs=True))
         except BaseException:
             self.remove()
             raise
@@ -150,63 +207,152 @@ class Probe:
 
     def remove(self) -> None:
         """Remove every hook this probe added; safe to call twice."""
-        if self._mode is not None:
-            mode, self._mode = self._mode, None
-            mode.__exit__(None, None, None)
-        while self._handles:
-            self._handles.pop().remove()
-        self._watch.clear()
+        try:
+            if self._watch is not None:
+                self._watch.finish()
+        finally:
+            try:
+                self._guard.stop()
+            finally:
+                while self._handles:
+                    self._handles.pop().remove()
+
+    # -- one forward of the probed model ---------------------------------------------------
+    def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._watch is not None:
+            self._watch.finish()
+        self._forward += 1
+        self._calls.clear()
+        inputs = tensors_in((args, kwargs))
+        inference = torch.is_inference_mode_enabled() or any(t.is_inference() for t in inputs)
+        key = (
+            tuple((t.shape, t.dtype, t.device) for t in inputs),
+            torch.is_grad_enabled(),
+            tuple(m.training for m in self._modules),
+        )
+        self._guard.begin(key, learn=not inference)
+        versions = [] if inference else [t._version for t in inputs]
+        self._root = (torch.is_grad_enabled(), versions)
+
+    def _end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self._watch is not None:
+            self._watch.finish()
+        missed = self._guard.end((args, kwargs, output))
+        root, self._root = self._root, None
+        if not missed or self._rerunning:
+            return None
+        if root is not None and self._can_rerun(root, args, kwargs):
+            self._rerun(args, kwargs, output)
+        else:
+            for e in missed:
+                e.overwritten = True
+        return None
+
+    def _can_rerun(self, root: tuple[bool, list[int]], args: tuple, kwargs: dict) -> bool:
+        grad_on, versions = root
+        if grad_on or any(m.training for m in self.model.modules()):
+            return False
+        if [t._version for t in tensors_in((args, kwargs))] != versions:
+            return False  # the model wrote into its own input
+        ours = {h.id for h in self._handles}
+        from torch.nn.modules import module as torch_module
+
+        if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return False
+        return all(
+            set(m._forward_hooks) <= ours and set(m._forward_pre_hooks) <= ours
+            for m in self.model.modules()
+        )
+
+    def _rerun(self, args: tuple, kwargs: dict, output: Any) -> None:
+        for cap in self.captures.values():
+            cap._entries = [e for e in cap._entries if e.forward != self._forward]
+        self._rerunning = True
+        try:
+            again = self.model(*args, **kwargs)
+        finally:
+            self._rerunning = False
+        if not _same(again, output):
+            raise NetlensError(
+                f"{type(self.model).__name__} overwrote a probed output in place in a way the "
+                "first forward did not show, and running it again gave another output; probe "
+                "this model in a fresh probe per forward"
+            )
 
     # -- capture ---------------------------------------------------------------------------
-    def _make_hook(self, cap: Capture):  # noqa: ANN202
+    def _hook_for(self, name: str):  # noqa: ANN202
+        caps = self._by_module[name]
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            return self._store(cap, output)
+            k = self._calls[name] = self._calls.get(name, -1) + 1
+            shape = getattr(output, "shape", None)
+            for cap in caps:
+                cap._ran = k + 1
+                if k < len(cap._shapes):
+                    cap._shapes[k] = shape
+                else:
+                    cap._shapes.append(shape)
+            wanted = [c for c in caps if c.wants(k)]
+            if not wanted:
+                return None
+            if self._watch is not None and self._watch.active:
+                with self._watch.paused():
+                    return self._on_call((name, k), wanted, output)
+            return self._on_call((name, k), wanted, output)
 
         return hook
 
-    def _store(self, cap: Capture, output: Any) -> Any:
+    def _on_call(self, slot: tuple[str, int], caps: list[Capture], output: Any) -> Any:
+        plain = [c._add(slot, self._forward) for c in caps if not c.name.consumed]
+        later = [c._add(slot, self._forward) for c in caps if c.name.consumed]
+        replaced = self._store(slot, output, plain) if plain else None
+        live = output if replaced is None else replaced
+        if later and self._watch is not None and isinstance(live, torch.Tensor):
+            for e in later:
+                e.pending = live
+            self._watch.watch(live, self._consumer(later))
+        for e in later if not isinstance(live, torch.Tensor) else ():
+            e.value = live
+        return replaced
+
+    def _consumer(self, entries: list[CallOutput]):  # noqa: ANN202
+        """What a ``:consumed`` selection does at the first read of its output."""
+
+        def on_read(t: torch.Tensor) -> torch.Tensor | None:
+            if entries[0].pending is not t:
+                return None  # already settled (read through .output before the forward ended)
+            value, node = consume(t, self.grads, self.to)
+            for e in entries:
+                e.value, e.node, e.pending = value, node, None
+            return node.clone() if node is not None else None
+
+        return on_read
+
+    def _store(self, slot: tuple[str, int], output: Any, entries: list[CallOutput]) -> Any:
         if not isinstance(output, torch.Tensor):
-            cap.outputs.append(output)
-            cap.grads.append(None)
+            for e in entries:
+                e.value = output
             return None
         if self.grads and torch.is_grad_enabled() and output.is_floating_point():
-            # Keep a leaf (or the graph tensor) to differentiate against and hand the model a
-            # copy, so later in-place ops downstream never rebase what we differentiate against.
-            kept = output if output.requires_grad else output.detach().requires_grad_(True)
-            cap.outputs.append(kept)
-            cap.grads.append(None)
-            cap._graph.append((len(cap.outputs) - 1, kept))
-            return kept.clone()
-        # detach() only where there is a graph to cut: under no_grad it would be a wasted op
-        kept = output.detach() if self.detach and output.requires_grad else output
-        if self.to is not None and kept.device != self.to:
-            kept = kept.to(self.to)
-        else:
-            self._watch.setdefault(_storage_key(kept), []).append((cap, len(cap.outputs)))
-            self._start_watching()
-        cap.outputs.append(kept)
-        cap.grads.append(None)
+            # Differentiate against a leaf (or the graph tensor) and hand the model a copy, so
+            # later in-place ops downstream never rebase what we differentiate against.
+            node = output if output.requires_grad else output.detach().requires_grad_(True)
+            for e in entries:
+                e.value = e.node = node
+            return node.clone()
+        if self.to is not None and output.device != self.to:
+            moved = output.detach().to(self.to)
+            for e in entries:
+                e.value = moved
+            return None
+        self._guard.keep(slot, output, entries, detach=self.detach)
         return None
-
-    def _start_watching(self) -> None:
-        # Entered at the first capture, not in __enter__: ops before it cannot touch a capture,
-        # so probing only late layers costs (almost) nothing.
-        if self._mode is None and self._handles:
-            self._mode = _CopyOnWrite(self)
-            self._mode.__enter__()
-
-    def _before_write(self, target: torch.Tensor) -> None:
-        entries = self._watch.pop(_storage_key(target), None)
-        for cap, i in entries or ():
-            cap.outputs[i] = cap.outputs[i].clone()
 
     # -- access ----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Capture:
         try:
             return self.captures[name]
         except KeyError:
-            from .errors import LayerNotFoundError, hint
-
             raise LayerNotFoundError(
                 f"layer '{name}' was not probed{hint(name, self.captures)}"
             ) from None
@@ -225,25 +371,33 @@ class Probe:
         """
         if not self.grads:
             raise NetlensError("this probe was made without grads=True; pass grads=True")
-        pairs = [(c, i, t) for c in self.captures.values() for i, t in c._graph]
-        if not pairs:
+        entries = [e for c in self.captures.values() for e in c._entries if e.node is not None]
+        nodes = list({id(e.node): e.node for e in entries}.values())
+        if not nodes:
             raise NetlensError(
                 "no probed layer ran with gradients enabled; run the model inside "
                 "the probe and outside torch.no_grad()"
             )
-        found = torch.autograd.grad(
-            target, [t for _, _, t in pairs], retain_graph=retain_graph, allow_unused=True
-        )
-        for (cap, i, _), g in zip(pairs, found, strict=True):
-            cap.grads[i] = g
+        found = torch.autograd.grad(target, nodes, retain_graph=retain_graph, allow_unused=True)
+        by_node = {id(n): g for n, g in zip(nodes, found, strict=True)}
+        for e in entries:
+            e.grad = by_node[id(e.node)]
 
     def clear(self) -> None:
         """Forget captured values (hooks stay), e.g. between batches of a long run."""
         for cap in self.captures.values():
-            cap.outputs.clear()
-            cap.grads.clear()
-            cap._graph.clear()
-        self._watch.clear()
+            cap._entries.clear()
+            cap._ran = 0
+            cap._shapes.clear()
+        self._calls.clear()
+        self._guard.forget()
+
+
+def _same(a: Any, b: Any) -> bool:
+    ta, tb = tensors_in(a), tensors_in(b)
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb, strict=True)
+    )
 
 
 def probe(

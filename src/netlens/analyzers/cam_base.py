@@ -29,6 +29,7 @@ from torch import nn
 
 from ..activations import to_spatial
 from ..errors import AnalyzerError
+from ..layer_call import LayerCall
 from ..layers import auto_layer
 from ..probes import probe
 from ..targets import Target
@@ -216,19 +217,21 @@ def spatial_channel_view(raw: torch.Tensor, model: nn.Module, layer: str) -> tor
 
 
 # -- layers ----------------------------------------------------------------------------------
-def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
-    """The layer ``auto`` means for CAMs.
+def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCall:
+    """The layer call ``auto`` means for CAMs.
 
-    CNNs and NHWC stages (Swin): the last layer with a spatial output before pooling
-    (:func:`netlens.layers.auto_layer`). Token models (timm ViT): the last transformer block
-    whose tokens form a patch grid; with class-token pooling its ``norm1``, since the block's
-    own output reaches the logits only through the class token and so has no gradient on the
+    CNNs and NHWC stages (Swin): the call whose output is the spatial map feeding the head, as
+    the head reads it (:func:`netlens.layers.auto_layer`: after in-place activations, with
+    ``@k`` for a module that runs several times and ``:consumed`` where the in-place rewrite
+    happens outside any module). Token models (timm ViT): the last transformer block whose
+    tokens form a patch grid; with class-token pooling its ``norm1``, since the block's own
+    output reaches the logits only through the class token and so has no gradient on the
     patch tokens.
     """
     layer = auto_layer(model, example)  # one dry forward; ViT → its last block
     pool = str(getattr(model, "global_pool", ""))
-    if pool == "token" and f"{layer}.norm1" in dict(model.named_modules()):
-        return f"{layer}.norm1"
+    if pool == "token" and f"{layer.name}.norm1" in dict(model.named_modules()):
+        return LayerCall(f"{layer.name}.norm1")
     return layer
 
 
@@ -258,14 +261,18 @@ def capture(
     per image); for each, the summed score is differentiated w.r.t. the activations with
     ``torch.autograd.grad`` (the model's ``.grad`` stays untouched).
 
-    The layers before the first probed one run without autograd (less memory and time): a hook
-    on each probed layer turns gradients on from its output onwards; leaving ``no_grad``
-    restores the mode.
+    ``layers`` are selections (:class:`~netlens.layers.LayerCall` or strings such as ``act@1``
+    and ``features:consumed``). The layers before the first probed call run without autograd
+    (less memory and time): a hook on each probed module turns gradients on from the selected
+    call's output onwards; leaving ``no_grad`` restores the mode.
     """
     modules = dict(model.named_modules())
-    with probe(model, list(layers), grads=grads) as p, torch.no_grad():
+    calls = [LayerCall.parse(n) for n in layers]
+    with probe(model, calls, grads=grads) as p, torch.no_grad():
         handles = [
-            modules[n].register_forward_hook(_grads_on, prepend=True) for n in layers if grads
+            modules[c.name].register_forward_hook(_grads_from(c), prepend=True)
+            for c in calls
+            if grads
         ]
         try:
             logits = forward(fast_layout(x))
@@ -286,8 +293,18 @@ def capture(
     return Capture(logits.detach(), acts, raw, grad_sets), sets
 
 
-def _grads_on(module: nn.Module, inputs: Any, output: Any) -> None:
-    torch.set_grad_enabled(True)
+def _grads_from(layer: LayerCall) -> Callable[[nn.Module, Any, Any], None]:
+    """A forward hook that turns gradients on from the selected call on (the first call for
+    ``@-k``, whose position is known only when the forward ends)."""
+    first = layer.call if layer.call is not None and layer.call >= 0 else 0
+    seen = [0]
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if seen[0] >= first:
+            torch.set_grad_enabled(True)
+        seen[0] += 1
+
+    return hook
 
 
 def _spatial_grad(

@@ -11,7 +11,11 @@ from .options import Common, ModelArg, command
 @cli_errors
 @command()
 def layers(model: ModelArg = None, *, common: Common) -> None:
-    """List every layer: name, type, output shape, parameters (selectors for --layer)."""
+    """List every layer: name, type, output shape, calls per forward, parameters.
+
+    The names are the selectors for --layer. A module that runs more than once per forward
+    (calls > 1) is selected per call with NAME@K (K from 0, -1 for the last), e.g. act@1.
+    """
     from .runner import open_lens, out, set_threads
 
     set_threads(common.threads)
@@ -34,9 +38,18 @@ def _table(lens: Any, rows: list[Any]) -> Any:
     table.add_column("name", no_wrap=True, min_width=widest)
     table.add_column("type", no_wrap=True)
     table.add_column("output shape", no_wrap=True)
-    for col in ("params", "trainable"):
+    for col in ("calls", "params", "trainable"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        shape = "×".join(map(str, r.output_shape)) if r.output_shape else "-"
-        table.add_row(r.name, r.type, shape, f"{r.params:,}", f"{r.trainable:,}")
+        table.add_row(r.name, r.type, _shapes(r), str(r.calls), f"{r.params:,}", f"{r.trainable:,}")
     return table
+
+
+def _shapes(row: Any) -> str:
+    """The output shape; one per call (``a / b``) when the calls differ."""
+    shapes = [s for s in row.call_shapes if s]
+    distinct = list(dict.fromkeys(shapes))
+    if len(distinct) <= 1:
+        return "×".join(map(str, distinct[0])) if distinct else "-"
+    text = " / ".join("×".join(map(str, s)) for s in shapes[:3])
+    return text + (" / …" if len(shapes) > 3 else "")
