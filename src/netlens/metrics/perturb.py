@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,15 @@ from torch import nn
 
 from ..layers import eval_mode
 
-__all__ = ["auc", "pixel_ranks", "random_ranks", "target_probs", "to_tensor"]
+__all__ = [
+    "auc",
+    "image_ranks",
+    "one_thread_per_op",
+    "pixel_ranks",
+    "random_ranks",
+    "row_probs",
+    "to_tensor",
+]
 
 
 def to_tensor(a: Any, like: torch.Tensor) -> torch.Tensor:
@@ -40,27 +50,63 @@ def random_ranks(shape: tuple[int, int], seed: int) -> np.ndarray:
     return rng.permutation(shape[0] * shape[1]).reshape(shape)
 
 
-def target_probs(
-    model: nn.Module,
-    images: Iterator[torch.Tensor],
-    target: int,
-    batch_size: int,
-    total: int,
-) -> np.ndarray:
-    """Softmax probability of ``target`` for ``total`` images drawn from a generator.
+def image_ranks(heatmaps: np.ndarray, order: str, seed: int) -> np.ndarray:
+    """N×H×W ranks: of each heatmap (``"heatmap"``), or random (``"random"``), seeds ``seed+i``."""
+    if order == "random":
+        return np.stack([random_ranks(heatmaps.shape[1:], seed + i) for i in range(len(heatmaps))])
+    return np.stack([pixel_ranks(h, seed + i) for i, h in enumerate(heatmaps)])
 
-    Images are stacked into chunks of ``batch_size`` so every chunk is one forward pass.
+
+def row_probs(
+    model: nn.Module,
+    rows: Callable[[int, int], torch.Tensor],
+    targets: np.ndarray,
+    batch_size: int,
+    workers: int = 1,
+) -> np.ndarray:
+    """Softmax probability of ``targets[j]`` for each perturbed image ``j``.
+
+    ``rows(start, stop)`` makes images ``start..stop-1`` (of every source image and step
+    together), so each forward pass is a full batch of ``batch_size``, made only when needed;
+    ``workers`` threads run batches side by side (see :func:`one_thread_per_op`).
     """
-    out = np.empty(total, dtype=np.float64)
-    done = 0
-    with torch.no_grad(), eval_mode(model):
-        while done < total:
-            n = min(batch_size, total - done)
-            chunk = torch.stack([next(images) for _ in range(n)])
-            logits = _logits(model(chunk))
-            out[done : done + n] = torch.softmax(logits.float(), dim=1)[:, target].cpu().numpy()
-            done += n
-    return out
+    total = len(targets)
+    tg = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+
+    def run(start: int) -> np.ndarray:
+        stop = min(start + batch_size, total)
+        with torch.inference_mode():
+            probs = torch.softmax(_logits(model(rows(start, stop))).float(), dim=1)
+            picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
+            return picked.cpu().numpy().astype(np.float64)
+
+    starts = list(range(0, total, batch_size))
+    with eval_mode(model):
+        if workers <= 1 or len(starts) <= 1:
+            parts = [run(s) for s in starts]
+        else:
+            with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+                parts = list(pool.map(run, starts))
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+@contextmanager
+def one_thread_per_op() -> Iterator[int]:
+    """Run torch operators single-threaded inside the block; yield the thread count before.
+
+    The metrics use that many threads of their own for independent work (batches of forward
+    passes, groups of linear systems). On a busy machine torch's parallel operators wait at
+    every operator for their slowest thread, which the scheduler may have parked, so a
+    2-thread forward pass can take several times as long as a 1-thread one; independent
+    batches on separate threads have nothing to wait for, and are as fast on a quiet machine.
+    The setting is restored on exit.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        torch.set_num_threads(before)
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -74,22 +120,3 @@ def auc(curve: np.ndarray) -> np.ndarray:
     c = np.atleast_2d(np.asarray(curve, dtype=np.float64))
     k = c.shape[1] - 1
     return ((c[:, :-1] + c[:, 1:]) / 2).sum(axis=1) / max(k, 1)
-
-
-def perturbed(
-    x: torch.Tensor,
-    fill: torch.Tensor,
-    ranks: torch.Tensor,
-    counts: list[int],
-    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> Iterator[torch.Tensor]:
-    """For each count ``n``: ``x`` with its ``n`` top-ranked pixels taken from ``fill``.
-
-    ``transform(image, removed_mask)`` replaces the plain copy (ROAD's imputation).
-    """
-    for n in counts:
-        removed = (ranks < n).unsqueeze(0)
-        if transform is not None:
-            yield transform(x, removed[0])
-        else:
-            yield torch.where(removed, fill, x)
