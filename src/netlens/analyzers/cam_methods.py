@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import AnalyzerError
+from ..parallel import map_batches, one_thread_per_op
 from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
 
 __all__ = [
@@ -174,20 +175,28 @@ def _distinct_masks(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _masked_logits(ctx: CamContext) -> torch.Tensor:
-    """N×C×K logits of the input masked by each channel's mask, one pass per distinct mask."""
-    n, c = ctx.acts.shape[:2]
+    """N×C×K logits of the input masked by each channel's mask, one pass per distinct mask.
+
+    The passes run in batches on threads of their own (:mod:`netlens.parallel`), together at
+    most ``batch_size`` masked inputs at a time.
+    """
     unique, rows = _distinct_masks(ctx)
-    forward = ctx.many(len(unique))
-    out = torch.empty(len(unique) + 1, ctx.logits.shape[1], device=ctx.x.device)
-    with torch.inference_mode():
+    with one_thread_per_op() as workers:
+        forward = ctx.many(len(unique))
+        size = max(1, -(-ctx.batch_size // max(1, workers)))
+
+        def run(start: int) -> torch.Tensor:
+            with torch.inference_mode():
+                pairs = unique[start : start + size]
+                masks = _score_masks(ctx, pairs)
+                return forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
+
+        parts = map_batches(run, range(0, len(unique), size), workers)
         if bool((rows < 0).any()):
-            out[-1] = forward(torch.zeros_like(ctx.x[:1]))[0].float()  # the empty mask
-        for start in range(0, len(unique), ctx.batch_size):
-            pairs = unique[start : start + ctx.batch_size]
-            masks = _score_masks(ctx, pairs)
-            batch = ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)
-            out[start : start + len(pairs)] = forward(batch).float()
-    return out[rows.to(out.device)]  # row -1 is the empty mask's
+            with torch.inference_mode():  # the empty mask, the same for every image
+                parts.append(forward(torch.zeros_like(ctx.x[:1])).float())
+    out = torch.cat(parts) if parts else ctx.logits.new_empty(0, ctx.logits.shape[1])
+    return out[rows.to(out.device)]  # row -1 is the empty mask's (when there is one)
 
 
 class AblationCam(CamMethod):

@@ -22,7 +22,8 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..errors import NetlensError
-from .perturb import auc, image_ranks, one_thread_per_op, row_probs, to_tensor
+from ..parallel import one_thread_per_op
+from .perturb import auc, image_ranks, row_probs, to_tensor
 
 __all__ = ["Deletion", "Insertion", "blurred", "perturbation_curves"]
 

@@ -19,9 +19,10 @@ machine slows them in proportion (no thread barriers to spin on).
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from ..parallel import map_batches
 
 __all__ = ["solve_imputation"]
 
@@ -43,13 +44,8 @@ def solve_imputation(
     x = np.ascontiguousarray(x)
     removed = np.asarray(removed, dtype=bool)
     groups = [slice(s, s + GROUP) for s in range(0, len(x), GROUP)]
-    n = min(workers or os.cpu_count() or 1, len(groups))
     run = lambda g: _solve_group(x[g], removed[g], tol)  # noqa: E731
-    if n <= 1:
-        parts = [run(g) for g in groups]
-    else:
-        with ThreadPoolExecutor(n) as pool:
-            parts = list(pool.map(run, groups))
+    parts = map_batches(run, groups, workers or os.cpu_count() or 1)
     return np.concatenate(parts) if parts else x.copy()
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,11 +10,11 @@ import torch
 from torch import nn
 
 from ..layers import eval_mode
+from ..parallel import map_batches
 
 __all__ = [
     "auc",
     "image_ranks",
-    "one_thread_per_op",
     "pixel_ranks",
     "random_ranks",
     "row_probs",
@@ -68,7 +66,7 @@ def row_probs(
 
     ``rows(start, stop)`` makes images ``start..stop-1`` (of every source image and step
     together), so each forward pass is a full batch of ``batch_size``, made only when needed;
-    ``workers`` threads run batches side by side (see :func:`one_thread_per_op`).
+    ``workers`` threads run batches side by side (:mod:`netlens.parallel`).
     """
     total = len(targets)
     tg = torch.as_tensor(np.asarray(targets, dtype=np.int64))
@@ -80,33 +78,9 @@ def row_probs(
             picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
             return picked.cpu().numpy().astype(np.float64)
 
-    starts = list(range(0, total, batch_size))
     with eval_mode(model):
-        if workers <= 1 or len(starts) <= 1:
-            parts = [run(s) for s in starts]
-        else:
-            with ThreadPoolExecutor(min(workers, len(starts))) as pool:
-                parts = list(pool.map(run, starts))
+        parts = map_batches(run, range(0, total, batch_size), workers)
     return np.concatenate(parts) if parts else np.empty(0)
-
-
-@contextmanager
-def one_thread_per_op() -> Iterator[int]:
-    """Run torch operators single-threaded inside the block; yield the thread count before.
-
-    The metrics use that many threads of their own for independent work (batches of forward
-    passes, groups of linear systems). On a busy machine torch's parallel operators wait at
-    every operator for their slowest thread, which the scheduler may have parked, so a
-    2-thread forward pass can take several times as long as a 1-thread one; independent
-    batches on separate threads have nothing to wait for, and are as fast on a quiet machine.
-    The setting is restored on exit.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield before
-    finally:
-        torch.set_num_threads(before)
 
 
 def _logits(out: Any) -> torch.Tensor:

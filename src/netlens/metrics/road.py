@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import NetlensError
+from ..parallel import one_thread_per_op
 from .imputation import solve_imputation
-from .perturb import image_ranks, one_thread_per_op, row_probs, to_tensor
+from .perturb import image_ranks, row_probs, to_tensor
 
 __all__ = ["NEIGHBOUR_WEIGHTS", "RoadLerf", "RoadMorf", "impute_linear", "road_curves"]
 
