@@ -53,7 +53,7 @@ def random_resnet18() -> nn.Module:
     return model.eval()
 
 
-def trained_resnet18(epochs: int, size: int = 96, n: int = 512) -> tuple[nn.Module, torch.Tensor]:
+def trained_resnet18(epochs: int, size: int = 96, n: int = 640) -> tuple[nn.Module, torch.Tensor]:
     """timm resnet18 trained on generated shapes for ``epochs`` epochs; and a held-out image."""
     from netlens.data.shapes import generate
 
@@ -155,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--methods", default=",".join(PEER_NAMES))
-    parser.add_argument("--epochs", type=int, default=2, help="training of the trained case")
+    parser.add_argument("--epochs", type=int, default=4, help="training of the trained case")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     rand = random_resnet18()
@@ -168,7 +168,7 @@ def main() -> None:
         f"batch 16×224², random resnet18, layer4, best of {args.repeat}; Score-CAM: 1 image"
     )
     header = f"{'method':<10} {'model':<20} {'time':<5}" + "".join(
-        f"{n + ' s':>12}" for n in RUNNERS
+        f"{n + ' s':>18}" for n in RUNNERS
     )
     print(header + f"{'/torchcam':>11}{'/grad-cam':>11}{'/minimal':>10}")
     summary = []
@@ -185,7 +185,7 @@ def main() -> None:
             t = bench(method, case, args.repeat if method != "scorecam" else 1)
             for k, kind in enumerate(("wall", "cpu")):
                 ours = t["netlens"][k]
-                cells = "".join(f"{t[n][k]:>12.2f}" if n in t else f"{'':>12}" for n in RUNNERS)
+                cells = "".join(f"{t[n][k]:>18.2f}" if n in t else f"{'':>18}" for n in RUNNERS)
                 ratios = [ours / t["torchcam"][k], ours / t["pytorch-grad-cam"][k]]
                 mini = f"{ours / t['minimal'][k]:>10.2f}" if "minimal" in t else f"{'':>10}"
                 print(

@@ -255,8 +255,8 @@ class EvaluateAnalyzer(Analyzer):
         method_list = names(methods) or ["gradcam"]
         for m in method_list:
             lens.host.cam_methods.get(m)
-        plan = plan_cost(lens, inputs, method_list, metrics, limit, masks, **opts)
-        ds = open_dataset(lens, inputs, masks)
+        ds = open_dataset(lens, inputs, masks)  # once: generated data is costly to make
+        plan = plan_cost(lens, ds, method_list, metrics, limit, masks, **opts)
         from ..metrics.progress import progress_bar
 
         acc: dict[str, list[np.ndarray]] = {}
