@@ -106,3 +106,15 @@ def test_ablationcam_skips_dead_channels_and_equals_the_plain_algorithm() -> Non
     for i, t in enumerate([1, 3]):
         ref = plain_ablationcam(net, x[i : i + 1], net[3], t)
         np.testing.assert_allclose(got.heatmaps[i], ref, atol=1e-5)
+
+
+def test_scorecam_on_a_resnet_equals_the_plain_algorithm_through_the_fast_path() -> None:
+    # 256 masked passes: the batches run on threads through the conv+BN-folded copy.
+    from test_cam_reference import randomized_resnet18
+
+    model = randomized_resnet18()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    got = netlens.cam(model, x, method="scorecam", layer="layer3", target=2, batch_size=40)
+    ref = plain_scorecam(model, x, model.layer3, 2)
+    assert ref.std() > 0.1
+    np.testing.assert_allclose(got.heatmaps[0], ref, atol=1e-5)
