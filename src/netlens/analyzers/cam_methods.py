@@ -3,7 +3,9 @@
 References: CAM (Zhou et al. 2016), Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay
 et al. 2018), XGrad-CAM (Fu et al. 2020), Layer-CAM (Jiang et al. 2021), HiResCAM (Draelos &
 Carin 2020), Score-CAM (Wang et al. 2020), Eigen-CAM (Muhammad & Yeasin 2020), Ablation-CAM
-(Desai & Ramaswamy 2020).
+(Desai & Ramaswamy 2020). Each class names the implementation it is tested against and any
+deliberate difference; ``tests/test_cam_parity.py`` checks every method that pytorch-grad-cam
+also has (Pearson r >= 0.999 on a resnet18 and real photos).
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ _EPS = 1e-7
 
 
 class GradCam(CamMethod):
-    """Grad-CAM: channels weighted by their spatially averaged gradient."""
+    """Grad-CAM: channels weighted by their spatially averaged gradient.
+
+    Reference implementations: captum's ``LayerGradCam`` (equal to 1e-5 in the tests),
+    pytorch-grad-cam's ``GradCAM`` and torchcam's ``GradCAM``; no deliberate difference.
+    """
 
     name = "gradcam"
 
@@ -43,7 +49,13 @@ class GradCam(CamMethod):
 
 
 class GradCamPP(CamMethod):
-    """Grad-CAM++: positive gradients weighted by second/third-order terms (paper, eq. 19)."""
+    """Grad-CAM++: positive gradients weighted by second/third-order terms (paper, eq. 19).
+
+    Reference implementation: pytorch-grad-cam's ``GradCAMPlusPlus``. Deliberate difference:
+    ``alpha = g² / (2g² + ΣA·g³)`` is computed as the exact ``1 / (2 + ΣA·g)`` where ``g ≠ 0``;
+    pytorch-grad-cam adds 1e-6 to the denominator, which is not small next to ``g²`` when
+    gradients are about 1e-3 or less (it then shrinks the weights of weak channels unevenly).
+    """
 
     name = "gradcam++"
 
@@ -57,7 +69,11 @@ class GradCamPP(CamMethod):
 
 
 class XGradCam(CamMethod):
-    """XGrad-CAM: gradients averaged with the activations as weights."""
+    """XGrad-CAM: gradients averaged with the activations as weights.
+
+    Reference implementation: pytorch-grad-cam's ``XGradCAM`` (the same 1e-7 in the
+    denominator); no deliberate difference.
+    """
 
     name = "xgradcam"
 
@@ -67,7 +83,10 @@ class XGradCam(CamMethod):
 
 
 class LayerCam(CamMethod):
-    """Layer-CAM: every activation weighted by its own positive gradient."""
+    """Layer-CAM: every activation weighted by its own positive gradient.
+
+    Reference implementation: pytorch-grad-cam's ``LayerCAM``; no deliberate difference.
+    """
 
     name = "layercam"
 
@@ -76,7 +95,10 @@ class LayerCam(CamMethod):
 
 
 class HiResCam(CamMethod):
-    """HiResCAM: element-wise gradient × activation, summed over channels."""
+    """HiResCAM: element-wise gradient × activation, summed over channels.
+
+    Reference implementation: pytorch-grad-cam's ``HiResCAM``; no deliberate difference.
+    """
 
     name = "hirescam"
 
@@ -284,7 +306,12 @@ def _tail_only_ok(ctx: CamContext, module: nn.Module, i: int) -> bool:
 
 
 class Cam(CamMethod):
-    """CAM: feature maps weighted by the classifier's weights (GAP + linear head)."""
+    """CAM: feature maps weighted by the classifier's weights (GAP + linear head).
+
+    Reference implementation: torchcam's ``CAM``. Deliberate difference: the head is found by
+    running the model and checked against the logits, so a layer that does not feed global
+    pooling and a linear head is refused rather than explained with the wrong weights.
+    """
 
     name = "cam"
     needs_grads = False
