@@ -66,9 +66,14 @@ def impute_linear(
 
 
 def _solve(x: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Tensor:
-    arr = x.detach().cpu().numpy()
-    out = solve_imputation(arr, removed.detach().cpu().numpy(), tol=tol)
-    return torch.from_numpy(out).to(x.device)
+    out = solve_imputation(_array(x), removed.detach().cpu().numpy(), tol=tol)
+    return torch.from_numpy(out).to(x.device, x.dtype)
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a float32/float64 numpy array (half precision is solved in float32)."""
+    x = x.detach().cpu()
+    return (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
 
 
 def _noise(shape: torch.Size, std: float, seed: int) -> torch.Tensor:
@@ -104,7 +109,7 @@ def road_curves(
     ranks = image_ranks(h, "random" if order == "random" else "heatmap", seed)[:, None]
     removed = ranks < counts if order != "lerf" else ranks >= hw - counts  # N×K×H×W
     with one_thread_per_op() as workers:
-        copies = x.detach().cpu().numpy()[:, None].repeat(k, axis=1)
+        copies = _array(x)[:, None].repeat(k, axis=1)
         solved = solve_imputation(
             copies.reshape(n * k, *x.shape[1:]),
             removed.reshape(n * k, *x.shape[-2:]),
@@ -115,7 +120,7 @@ def road_curves(
             mask = torch.from_numpy(removed[:, :, None]).to(imputed.dtype)
             for i in range(n):  # as impute_linear(x[i] ×K, ...) with seed + i
                 imputed[i] += mask[i] * _noise(imputed.shape[1:], noise, seed + i)
-        flat = imputed.reshape(n * k, *x.shape[1:]).to(x.device)
+        flat = imputed.reshape(n * k, *x.shape[1:]).to(x.device, x.dtype)
         probs = row_probs(model, lambda a, b: flat[a:b], np.repeat(tg, k), batch_size, workers)
     return probs.reshape(n, k)
 
