@@ -182,6 +182,8 @@ def main() -> None:
         for name, model, xs, layer in cases if method == "scorecam" else [base]:
             xs = xs[:1] if method == "scorecam" and not name.startswith("zoo") else xs
             case: Case = (name, model, xs, layer)
+            for runner in RUNNERS.values():  # first calls on a new model/shape cost extra
+                runner("gradcam", case)
             t = bench(method, case, args.repeat if method != "scorecam" else 1)
             for k, kind in enumerate(("wall", "cpu")):
                 ours = t["netlens"][k]
