@@ -6,7 +6,10 @@ random weights: costs do not depend on training), and reports the forward-passed
 image (counted, and checked against the plan printed before a run) and the seconds per image
 (metric only; the CAM itself is listed on its own line). ROAD is also timed against
 pytorch-grad-cam's implementation (scipy sparse solve per image and percentile) on the same
-images and heatmaps, when grad-cam is installed.
+images and heatmaps, when grad-cam is installed, and netlens' batched multigrid imputation is
+timed against a sparse direct solve per system (``scipy.sparse.linalg.splu``, the ROAD
+reference code's method) on the same masks, with the largest difference between the two. The
+last line sums the ratios up.
 
     python benchmarks/eval_cost.py [--images 16] [--steps 32] [--threads 1]
 """
@@ -54,6 +57,63 @@ def peer_road_seconds(
     return (time.perf_counter() - t0) / len(x)
 
 
+def splu_imputation(x: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """The ROAD system of every image solved directly, one sparse LU per mask (reference)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import splu
+
+    out = x.astype(np.float64)
+    h, w = removed.shape[-2:]
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    for img, miss in zip(out, removed, strict=True):
+        ys, xs = np.nonzero(miss)
+        index = -np.ones((h + 2, w + 2), np.int64)
+        index[ys + 1, xs + 1] = np.arange(len(ys))
+        padded = np.pad(img, ((0, 0), (1, 1), (1, 1)))
+        rows, cols, vals = [], [], []
+        deg, rhs = np.zeros(len(ys)), np.zeros((len(ys), len(img)))
+        for dy, dx in offsets:
+            wt = 1 / 12 if dy and dx else 1 / 6
+            yy, xx = ys + dy, xs + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            deg += wt * inside
+            j = index[yy + 1, xx + 1]
+            rows.append(np.nonzero(j >= 0)[0])
+            cols.append(j[j >= 0])
+            vals.append(np.full((j >= 0).sum(), -wt))
+            kept = inside & (j < 0)
+            rhs[kept] += wt * padded[:, yy[kept] + 1, xx[kept] + 1].T
+        a = sp.csc_matrix(
+            (
+                np.concatenate([*vals, deg]),
+                (
+                    np.concatenate([*rows, np.arange(len(ys))]),
+                    np.concatenate([*cols, np.arange(len(ys))]),
+                ),
+            ),
+            shape=(len(ys), len(ys)),
+        )
+        img[:, ys, xs] = splu(a, permc_spec="MMD_AT_PLUS_A").solve(rhs).T
+    return out
+
+
+def solver_seconds(x: torch.Tensor, heat: np.ndarray) -> tuple[float, float, float]:
+    """CPU seconds per system of netlens' solve and of ``splu``, and their largest difference."""
+    from netlens.metrics.imputation import solve_imputation
+    from netlens.metrics.perturb import image_ranks
+
+    ranks = image_ranks(heat, "heatmap", 0)
+    hw = ranks[0].size
+    masks = np.concatenate([ranks < round(f / 10 * hw) for f in range(1, 10)])
+    copies = np.concatenate([x.numpy()] * 9)
+    t0 = time.process_time()
+    ours = solve_imputation(copies, masks, workers=1)
+    t1 = time.process_time()
+    ref = splu_imputation(copies, masks)
+    t2 = time.process_time()
+    return (t1 - t0) / len(masks), (t2 - t1) / len(masks), float(np.abs(ours - ref).max())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16)
@@ -83,6 +143,9 @@ def main() -> None:
         seconds[m] = cost["seconds"]
         planned = r.meta["planned_forward_passes"] / args.images
         print(f"{m:<12}{planned:>12.0f}{cost['forward_passes']:>15.0f}{cost['seconds']:>9.4f}")
+    summary = [
+        f"ROAD (MoRF + LeRF + baseline) {seconds['road-morf'] + seconds['road-lerf']:.3f} s/img"
+    ]
     peer = peer_road_seconds(lens, x, cam.heatmaps, labels)
     if peer is not None:
         # netlens' road-morf time includes its random-order baseline: halve it to compare
@@ -91,6 +154,14 @@ def main() -> None:
             f"ROAD MoRF, 9 fractions: netlens {ours:.4f} s/img, pytorch-grad-cam "
             f"{peer:.4f} s/img ({peer / ours:.1f}× netlens' time)"
         )
+        summary.append(f"ROAD MoRF netlens/pytorch-grad-cam {ours / peer:.3f}")
+    mg, lu, diff = solver_seconds(x, cam.heatmaps)
+    print(
+        f"imputation, CPU per system (3 channels, 9 fractions of each heatmap): multigrid CG "
+        f"{mg * 1e3:.2f} ms, scipy splu {lu * 1e3:.2f} ms; largest difference {diff:.1e}"
+    )
+    summary.append(f"imputation multigrid/splu CPU {mg / lu:.2f} (max diff {diff:.0e})")
+    print("summary: " + "; ".join(summary))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from netlens.metrics.deletion import Deletion, Insertion, perturbation_curves
+from netlens.metrics.deletion import Deletion, Insertion, blurred, perturbation_curves
 from netlens.metrics.perturb import auc, pixel_ranks
 
 SIZE, LO, HI = 32, 8, 16
@@ -77,8 +77,25 @@ def test_steps_are_batched_into_forward_passes() -> None:
     model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     x, good = toy_batch(2)
     perturbation_curves(model, x, good, [1, 1], steps=9, batch_size=4)
-    assert calls == [4, 4, 2] * 2  # 10 step images per image, in chunks of 4
+    assert calls == [4] * 5  # 10 step images per image, both images in full chunks of 4
     assert Deletion().cost(2, steps=9) == 2 * 10 * 2
+
+
+@pytest.mark.parametrize("mode", ["deletion", "insertion"])
+def test_batched_curves_equal_a_loop_over_images_and_steps(mode: str) -> None:
+    model = RegionModel()
+    x, good = toy_batch(3)
+    heat = good + 0.3 * np.random.default_rng(1).random(good.shape).astype(np.float32)
+    got = perturbation_curves(model, x, heat, [1, 0, 1], mode=mode, steps=6, batch_size=5)
+    start, end = (x, torch.zeros_like(x)) if mode == "deletion" else (blurred(x), x)
+    hw = x.shape[-2] * x.shape[-1]
+    for i in range(3):
+        ranks = torch.as_tensor(pixel_ranks(heat[i], seed=i))
+        for k, n in enumerate(np.linspace(0, hw, 7).round().astype(int)):
+            img = torch.where(ranks < int(n), end[i], start[i])
+            with torch.no_grad():
+                p = torch.softmax(model(img[None]), dim=1)[0, [1, 0, 1][i]]
+            assert got[i, k] == pytest.approx(float(p), rel=1e-5, abs=1e-7)
 
 
 def test_user_model_is_left_as_it_was() -> None:

@@ -162,7 +162,8 @@ def fast_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class InferenceForward:
-    """Many no-grad forward passes: on a copy of the model with conv+BN folded, channels-last.
+    """Many forward passes in inference mode: on a copy of the model with conv+BN folded,
+    channels-last. Safe to call from several threads once prepared.
 
     ``prepare(passes, example)`` makes the copy (``torch.fx.experimental.optimization.fuse``;
     the user's model is not touched) when at least ``min_passes`` inputs will be run, as
@@ -181,7 +182,7 @@ class InferenceForward:
             self._fast = _fused_copy(self.model, example, self.forward)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.inference_mode():
             if self._fast is None:
                 return self.forward(fast_layout(x))
             return _first(self._fast(fast_layout(x)))

@@ -3,15 +3,20 @@
 References: CAM (Zhou et al. 2016), Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay
 et al. 2018), XGrad-CAM (Fu et al. 2020), Layer-CAM (Jiang et al. 2021), HiResCAM (Draelos &
 Carin 2020), Score-CAM (Wang et al. 2020), Eigen-CAM (Muhammad & Yeasin 2020), Ablation-CAM
-(Desai & Ramaswamy 2020).
+(Desai & Ramaswamy 2020). Each class names the implementation it is tested against and any
+deliberate difference; ``tests/test_cam_parity.py`` checks every method that pytorch-grad-cam
+also has (Pearson r >= 0.999 on a resnet18 and real photos).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from torch import nn
 
 from ..errors import AnalyzerError
+from ..parallel import map_batches, one_thread_per_op
 from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
 
 __all__ = [
@@ -31,7 +36,11 @@ _EPS = 1e-7
 
 
 class GradCam(CamMethod):
-    """Grad-CAM: channels weighted by their spatially averaged gradient."""
+    """Grad-CAM: channels weighted by their spatially averaged gradient.
+
+    Reference implementations: captum's ``LayerGradCam`` (equal to 1e-5 in the tests),
+    pytorch-grad-cam's ``GradCAM`` and torchcam's ``GradCAM``; no deliberate difference.
+    """
 
     name = "gradcam"
 
@@ -40,7 +49,13 @@ class GradCam(CamMethod):
 
 
 class GradCamPP(CamMethod):
-    """Grad-CAM++: positive gradients weighted by second/third-order terms (paper, eq. 19)."""
+    """Grad-CAM++: positive gradients weighted by second/third-order terms (paper, eq. 19).
+
+    Reference implementation: pytorch-grad-cam's ``GradCAMPlusPlus``. Deliberate difference:
+    ``alpha = g² / (2g² + ΣA·g³)`` is computed as the exact ``1 / (2 + ΣA·g)`` where ``g ≠ 0``;
+    pytorch-grad-cam adds 1e-6 to the denominator, which is not small next to ``g²`` when
+    gradients are about 1e-3 or less (it then shrinks the weights of weak channels unevenly).
+    """
 
     name = "gradcam++"
 
@@ -54,7 +69,11 @@ class GradCamPP(CamMethod):
 
 
 class XGradCam(CamMethod):
-    """XGrad-CAM: gradients averaged with the activations as weights."""
+    """XGrad-CAM: gradients averaged with the activations as weights.
+
+    Reference implementation: pytorch-grad-cam's ``XGradCAM`` (the same 1e-7 in the
+    denominator); no deliberate difference.
+    """
 
     name = "xgradcam"
 
@@ -64,7 +83,10 @@ class XGradCam(CamMethod):
 
 
 class LayerCam(CamMethod):
-    """Layer-CAM: every activation weighted by its own positive gradient."""
+    """Layer-CAM: every activation weighted by its own positive gradient.
+
+    Reference implementation: pytorch-grad-cam's ``LayerCAM``; no deliberate difference.
+    """
 
     name = "layercam"
 
@@ -73,7 +95,10 @@ class LayerCam(CamMethod):
 
 
 class HiResCam(CamMethod):
-    """HiResCAM: element-wise gradient × activation, summed over channels."""
+    """HiResCAM: element-wise gradient × activation, summed over channels.
+
+    Reference implementation: pytorch-grad-cam's ``HiResCAM``; no deliberate difference.
+    """
 
     name = "hirescam"
 
@@ -82,23 +107,50 @@ class HiResCam(CamMethod):
 
 
 class EigenCam(CamMethod):
-    """Eigen-CAM: the activations projected on their first principal direction (no gradients)."""
+    """Eigen-CAM: the activations, centred, projected on their first principal direction.
+
+    Reference implementation: pytorch-grad-cam's ``EigenCAM`` (``get_2d_projection``): each
+    image's h·w × C activation matrix is centred per channel before the SVD, as there and in
+    the other implementations of the field. Deliberate difference: the SVD's sign is arbitrary
+    (whatever LAPACK returns, in pytorch-grad-cam), so the sign is fixed as Seg-Eigen-CAM does
+    (pytorch-grad-cam's ``get_2d_projection_with_sign_correction``): the projection's largest
+    magnitude is positive. Uncentred, the first direction mostly follows the mean activation;
+    on the shapes zoo model the centred map puts 65 % of its mass on the object against 55 %.
+    """
 
     name = "eigencam"
     needs_grads = False
 
     def weights(self, ctx: CamContext) -> torch.Tensor:
-        a = ctx.acts.float().flatten(2).transpose(1, 2)  # N × hw × C
+        return torch.ones(ctx.acts.shape[:2], dtype=ctx.acts.dtype, device=ctx.acts.device)
+
+    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = ctx.acts.shape
+        a = ctx.acts.double().flatten(2).transpose(1, 2)  # N × hw × C
+        a = a - a.mean(dim=1, keepdim=True)
         v = torch.linalg.svd(a, full_matrices=False).Vh[:, 0, :]  # N × C
-        proj = (a @ v[:, :, None]).sum(dim=(1, 2))
-        return v * torch.where(proj < 0, -1.0, 1.0)[:, None]  # SVD's sign is arbitrary
+        proj = (a @ v[:, :, None])[..., 0]  # N × hw
+        flip = proj.amin(dim=1).abs() > proj.amax(dim=1).abs()
+        proj = torch.where(flip[:, None], -proj, proj)
+        return proj.reshape(n, h, w).to(ctx.acts.dtype)
 
 
 class ScoreCam(CamMethod):
     """Score-CAM: channels weighted by the class score of the input masked by each channel.
 
-    As in the paper (Algorithm 1) and its reference implementations, the weights are the softmax
-    over channels of the target logit of each masked input.
+    As in the paper (Algorithm 1), pytorch-grad-cam's ``ScoreCAM`` and torchcam's ``ScoreCAM``,
+    the weights are the softmax over channels of the target score of each masked input. Each
+    mask is the channel's map upsampled bilinearly (half-pixel centres, ``align_corners=False``)
+    and then min-max normalised, as in the authors' code (haofanwang/Score-CAM). Deliberate
+    differences: pytorch-grad-cam upsamples with ``align_corners=True`` (which shifts the mask
+    against the image by up to half a feature cell, and against its own final map, which it
+    resizes with half-pixel centres), and torchcam normalises before upsampling; on a 7×7 layer
+    either gives visibly different masks, and the softmax over channels amplifies that.
+
+    Every distinct mask is run once: channels whose masks are equal (all-zero channels,
+    copies, maps equal up to scale and offset) share one pass, a constant map's empty mask is
+    run once for all images, and the scores of every class are kept, so further targets
+    (``top=K``) need no pass.
     """
 
     name = "scorecam"
@@ -114,32 +166,69 @@ class ScoreCam(CamMethod):
         return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
 
 
-def _masked_logits(ctx: CamContext) -> torch.Tensor:
-    """N×C×K logits of the input masked by each channel, upsampled and min-max normalised.
+def _score_masks(ctx: CamContext, pairs: torch.Tensor) -> torch.Tensor:
+    """Score-CAM's masks for ``pairs`` (rows of image, channel): upsampled, then normalised."""
+    maps = ctx.acts[pairs[:, 0], pairs[:, 1]].float()
+    return normalize_maps(upsample(maps, tuple(ctx.x.shape[-2:])))
 
-    Masks are made per batch of ``batch_size`` passes, so memory stays bounded; the logits of
-    all classes are kept, so other targets (``top=K``) need no further passes. Channels with a
-    constant map all give the same (empty) mask, which is run once.
+
+def _distinct_masks(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (image, channel) pairs whose masks are distinct, and each pair's row among them.
+
+    Rows are -1 for empty masks (all zero). Masks are compared exactly, by a digest of their
+    bytes, within each image; they are made in batches of ``batch_size``.
     """
     n, c = ctx.acts.shape[:2]
-    size = tuple(ctx.x.shape[-2:])
-    flat = ctx.acts.float().flatten(2)
-    live = (flat.amax(dim=2) - flat.amin(dim=2)) > _EPS  # N × C
-    out = torch.empty(n, c, ctx.logits.shape[1], device=ctx.x.device)
-    todo = live.nonzero()
-    forward = ctx.many(len(todo))
-    if not bool(live.all()):
-        out[~live] = forward(torch.zeros_like(ctx.x[:1]))[0].float()
-    for start in range(0, len(todo), ctx.batch_size):
-        idx = todo[start : start + ctx.batch_size]
-        masks = normalize_maps(upsample(ctx.acts[idx[:, 0], idx[:, 1]].float(), size))
-        batch = ctx.x[idx[:, 0]] * masks[:, None].to(ctx.x.dtype)
-        out[idx[:, 0], idx[:, 1]] = forward(batch).float()
-    return out
+    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(c)).to(ctx.x.device)
+    rows = torch.full((n * c,), -1, dtype=torch.long)
+    first: dict[tuple[int, bytes], int] = {}
+    keep: list[int] = []
+    for start in range(0, n * c, ctx.batch_size):
+        masks = _score_masks(ctx, pairs[start : start + ctx.batch_size]).cpu().numpy()
+        for j, mask in enumerate(masks):
+            if not mask.any():
+                continue
+            key = (start + j) // c, hashlib.blake2b(mask.tobytes(), digest_size=16).digest()
+            if key not in first:
+                first[key] = len(keep)
+                keep.append(start + j)
+            rows[start + j] = first[key]
+    return pairs[keep], rows.reshape(n, c)
+
+
+def _masked_logits(ctx: CamContext) -> torch.Tensor:
+    """N×C×K logits of the input masked by each channel's mask, one pass per distinct mask.
+
+    The passes run in batches on threads of their own (:mod:`netlens.parallel`), together at
+    most ``batch_size`` masked inputs at a time.
+    """
+    unique, rows = _distinct_masks(ctx)
+    with one_thread_per_op() as workers:
+        forward = ctx.many(len(unique))
+        size = max(1, -(-ctx.batch_size // max(1, workers)))
+
+        def run(start: int) -> torch.Tensor:
+            with torch.inference_mode():
+                pairs = unique[start : start + size]
+                masks = _score_masks(ctx, pairs)
+                return forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
+
+        parts = map_batches(run, range(0, len(unique), size), workers)
+        if bool((rows < 0).any()):
+            with torch.inference_mode():  # the empty mask, the same for every image
+                parts.append(forward(torch.zeros_like(ctx.x[:1])).float())
+    out = torch.cat(parts) if parts else ctx.logits.new_empty(0, ctx.logits.shape[1])
+    return out[rows.to(out.device)]  # row -1 is the empty mask's (when there is one)
 
 
 class AblationCam(CamMethod):
-    """Ablation-CAM: channels weighted by the relative drop of the class score when zeroed."""
+    """Ablation-CAM: channels weighted by the relative drop of the class score when zeroed.
+
+    Reference implementation: pytorch-grad-cam's ``AblationCAM`` (weights
+    ``(y − y_k) / y``). Deliberate difference: the denominator is ``|y| + 1e-7``, since a
+    negative target logit would otherwise flip the whole map. A channel that is already all
+    zero is not run: zeroing it changes nothing, so its logits are the image's own.
+    """
 
     name = "ablationcam"
     needs_grads = False
@@ -157,17 +246,20 @@ class AblationCam(CamMethod):
 
 
 def _ablated_logits(ctx: CamContext) -> torch.Tensor:
-    """N×C×K logits with each channel of the layer zeroed in turn."""
+    """N×C×K logits with each channel of the layer zeroed in turn (all-zero channels: none)."""
     model, layer = ctx.model, ctx.layer
     module = dict(model.named_modules())[layer]
     if ctx.raw is None:
         raise AnalyzerError("Ablation-CAM needs the layer's raw output")
     n, c = ctx.acts.shape[:2]
-    out = torch.empty(n, c, ctx.logits.shape[1], device=ctx.x.device)
-    for i in range(n):
-        for start in range(0, c, ctx.batch_size):
-            chans = torch.arange(start, min(start + ctx.batch_size, c))
-            out[i, chans] = _run_ablated(ctx, module, i, chans)
+    out = ctx.logits.float()[:, None, :].repeat(1, c, 1)
+    live = ctx.acts.flatten(2).ne(0).any(dim=2).cpu()  # N × C
+    with torch.inference_mode():
+        for i in range(n):
+            chans = live[i].nonzero()[:, 0]
+            for start in range(0, len(chans), ctx.batch_size):
+                part = chans[start : start + ctx.batch_size]
+                out[i, part.to(out.device)] = _run_ablated(ctx, module, i, part).float()
     return out
 
 
@@ -214,7 +306,12 @@ def _tail_only_ok(ctx: CamContext, module: nn.Module, i: int) -> bool:
 
 
 class Cam(CamMethod):
-    """CAM: feature maps weighted by the classifier's weights (GAP + linear head)."""
+    """CAM: feature maps weighted by the classifier's weights (GAP + linear head).
+
+    Reference implementation: torchcam's ``CAM``. Deliberate difference: the head is found by
+    running the model and checked against the logits, so a layer that does not feed global
+    pooling and a linear head is refused rather than explained with the wrong weights.
+    """
 
     name = "cam"
     needs_grads = False

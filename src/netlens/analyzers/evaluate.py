@@ -59,10 +59,14 @@ class CountingModel(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.images = 0
+        self.batches: list[int] = []  # appended per call: exact when metrics run threads
+
+    @property
+    def images(self) -> int:
+        return sum(self.batches)
 
     def forward(self, x: torch.Tensor) -> Any:
-        self.images += int(x.shape[0])
+        self.batches.append(int(x.shape[0]))
         return self.inner(x)
 
 
@@ -255,13 +259,16 @@ class EvaluateAnalyzer(Analyzer):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
+                shared: dict[Any, Any] = {}  # what metrics of this batch share (ROAD's baseline)
                 for method in method_list:
                     heat = lens.cam(x, method=method, layer=o.layer, target=y.tolist()).heatmaps
                     explain = cam_explainer(lens, method, o.layer)
                     for name in plan.metrics:
                         t0, n0 = time.perf_counter(), counter.images
                         metric = lens.host.metrics.get(name)
-                        out = metric(counter, x, heat, y, masks=masks, explain=explain, **opts)
+                        out = metric(
+                            counter, x, heat, y, masks=masks, explain=explain, shared=shared, **opts
+                        )
                         seconds[name] += time.perf_counter() - t0
                         fwd[name] += counter.images - n0
                         for key, arr in out.items():

@@ -13,7 +13,9 @@ A metric is an object with
 ``x`` is the preprocessed N×C×H×W batch, ``heatmaps`` N×H×W at input resolution, ``targets`` the
 N explained classes and ``masks`` N×H×W bool ground truth (for metrics with ``needs_masks``);
 ``opts`` carry the run's options and ``explain(model, x, targets) -> N×H×W``, the method being
-evaluated (for metrics that re-explain, such as ``randomization``).
+evaluated (for metrics that re-explain, such as ``randomization``), and ``shared``, a dict that
+lives for one batch of images (same model, images and targets; all methods), where metrics keep
+what they can reuse across methods and metrics (ROAD keeps its random-order baseline there).
 A plugin adds its own from a ``netlens_register_metrics(registry)`` hook:
 ``registry.add("my-metric", MyMetric())``.
 """

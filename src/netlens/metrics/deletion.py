@@ -6,8 +6,9 @@ it drop fast (low AUC is good). Insertion starts from a blurred copy and reveals
 same order (high AUC is good). Removed pixels take ``fill``: ``"zero"`` (the mean colour, since
 inputs are normalised; as in RISE) or ``"blur"``. The blur is RISE's Gaussian (11 px, sigma 5).
 
-Every step image of every image goes through the model in chunks of ``batch_size``, so the
-cost is ``N·(steps+1)`` forward-passed images per curve (twice with the random baseline).
+The step images of all images go through the model together, in full batches of
+``batch_size`` made as they are needed, so the cost is ``N·(steps+1)`` forward-passed images per
+curve (twice with the random baseline).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..errors import NetlensError
-from .perturb import auc, perturbed, pixel_ranks, random_ranks, target_probs, to_tensor
+from ..parallel import one_thread_per_op
+from .perturb import auc, image_ranks, row_probs, to_tensor
 
 __all__ = ["Deletion", "Insertion", "blurred", "perturbation_curves"]
 
@@ -68,24 +70,27 @@ def perturbation_curves(
     h = np.asarray(h)
     if h.shape != (x.shape[0], *x.shape[-2:]):
         raise NetlensError(f"heatmaps {h.shape} do not match the inputs {tuple(x.shape)}")
-    targets = [int(t) for t in np.asarray(to_tensor(targets, x).cpu()).ravel()]
+    targets = np.asarray(to_tensor(targets, x).cpu()).astype(np.int64).ravel()
     hw = x.shape[-2] * x.shape[-1]
-    counts = [int(round(c)) for c in np.linspace(0, hw, steps + 1)]
+    counts = torch.tensor([int(round(c)) for c in np.linspace(0, hw, steps + 1)])
     soft = blurred(x)
     if mode == "deletion":
         start, end = x, (soft if fill == "blur" else torch.zeros_like(x))
     else:
         start, end = soft, x
-    curves = np.empty((x.shape[0], steps + 1))
-    for i in range(x.shape[0]):
-        if order == "random":
-            ranks = random_ranks(h.shape[1:], seed + i)
-        else:
-            ranks = pixel_ranks(h[i], seed + i)
-        r = torch.as_tensor(ranks, device=x.device)
-        gen = perturbed(start[i], end[i], r, counts)
-        curves[i] = target_probs(model, gen, targets[i], batch_size, len(counts))
-    return curves
+    ranks = torch.as_tensor(image_ranks(h, order, seed), device=x.device)
+    counts = counts.to(x.device)
+    k = len(counts)
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        j = torch.arange(a, b, device=x.device)
+        i = j // k
+        removed = ranks[i] < counts[j % k].view(-1, 1, 1)
+        return torch.where(removed.unsqueeze(1), end[i], start[i])
+
+    with one_thread_per_op() as workers:
+        probs = row_probs(model, rows, np.repeat(targets, k), batch_size, workers)
+    return probs.reshape(len(x), k)
 
 
 @dataclass(frozen=True)

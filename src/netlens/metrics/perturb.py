@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,8 +10,16 @@ import torch
 from torch import nn
 
 from ..layers import eval_mode
+from ..parallel import map_batches
 
-__all__ = ["auc", "pixel_ranks", "random_ranks", "target_probs", "to_tensor"]
+__all__ = [
+    "auc",
+    "image_ranks",
+    "pixel_ranks",
+    "random_ranks",
+    "row_probs",
+    "to_tensor",
+]
 
 
 def to_tensor(a: Any, like: torch.Tensor) -> torch.Tensor:
@@ -40,27 +48,42 @@ def random_ranks(shape: tuple[int, int], seed: int) -> np.ndarray:
     return rng.permutation(shape[0] * shape[1]).reshape(shape)
 
 
-def target_probs(
-    model: nn.Module,
-    images: Iterator[torch.Tensor],
-    target: int,
-    batch_size: int,
-    total: int,
-) -> np.ndarray:
-    """Softmax probability of ``target`` for ``total`` images drawn from a generator.
+def image_ranks(heatmaps: np.ndarray, order: str, seed: int) -> np.ndarray:
+    """N×H×W ranks: of each heatmap (``"heatmap"``), or random (``"random"``), seeds ``seed+i``."""
+    if order == "random":
+        return np.stack([random_ranks(heatmaps.shape[1:], seed + i) for i in range(len(heatmaps))])
+    return np.stack([pixel_ranks(h, seed + i) for i, h in enumerate(heatmaps)])
 
-    Images are stacked into chunks of ``batch_size`` so every chunk is one forward pass.
+
+def row_probs(
+    model: nn.Module,
+    rows: Callable[[int, int], torch.Tensor],
+    targets: np.ndarray,
+    batch_size: int,
+    workers: int = 1,
+) -> np.ndarray:
+    """Softmax probability of ``targets[j]`` for each perturbed image ``j``.
+
+    ``rows(start, stop)`` makes images ``start..stop-1`` (of every source image and step
+    together), so each forward pass is a full batch of ``batch_size``, made only when needed;
+    ``workers`` threads run batches side by side (:mod:`netlens.parallel`).
     """
-    out = np.empty(total, dtype=np.float64)
-    done = 0
-    with torch.no_grad(), eval_mode(model):
-        while done < total:
-            n = min(batch_size, total - done)
-            chunk = torch.stack([next(images) for _ in range(n)])
-            logits = _logits(model(chunk))
-            out[done : done + n] = torch.softmax(logits.float(), dim=1)[:, target].cpu().numpy()
-            done += n
-    return out
+    total = len(targets)
+    tg = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+
+    def run(start: int) -> np.ndarray:
+        stop = min(start + batch_size, total)
+        with torch.inference_mode():
+            batch = rows(start, stop)
+            if batch.dim() == 4:  # channels-last: oneDNN's faster convolutions, same values
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            probs = torch.softmax(_logits(model(batch)).float(), dim=1)
+            picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
+            return picked.cpu().numpy().astype(np.float64)
+
+    with eval_mode(model):
+        parts = map_batches(run, range(0, total, batch_size), workers)
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -74,22 +97,3 @@ def auc(curve: np.ndarray) -> np.ndarray:
     c = np.atleast_2d(np.asarray(curve, dtype=np.float64))
     k = c.shape[1] - 1
     return ((c[:, :-1] + c[:, 1:]) / 2).sum(axis=1) / max(k, 1)
-
-
-def perturbed(
-    x: torch.Tensor,
-    fill: torch.Tensor,
-    ranks: torch.Tensor,
-    counts: list[int],
-    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> Iterator[torch.Tensor]:
-    """For each count ``n``: ``x`` with its ``n`` top-ranked pixels taken from ``fill``.
-
-    ``transform(image, removed_mask)`` replaces the plain copy (ROAD's imputation).
-    """
-    for n in counts:
-        removed = (ranks < n).unsqueeze(0)
-        if transform is not None:
-            yield transform(x, removed[0])
-        else:
-            yield torch.where(removed, fill, x)

@@ -5,9 +5,10 @@ lower is better) or least relevant first (LeRF: it should hold, higher is better
 fractions (10 %, 20 %, ... 90 % by default). Removed pixels are not set to a constant, which
 leaks the mask's shape to the model, but imputed: each one is the weighted mean of its eight
 neighbours (weights 1/6 for edge neighbours, 1/12 for corners, as in the authors' code), which
-couples all removed pixels into one sparse, symmetric positive-definite linear system. netlens
-solves it with a batched, Jacobi-preconditioned conjugate gradient in torch (no scipy), then
-adds Gaussian noise (std 0.01 in input space) to the imputed pixels.
+couples all removed pixels into one sparse, symmetric positive-definite linear system, solved
+for all images and fractions of a call at once (:mod:`netlens.metrics.imputation`); Gaussian
+noise (std 0.01 in input space) is then added to the imputed pixels. The imputed images of all
+images and fractions go through the model together, in full batches.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import NetlensError
-from .perturb import pixel_ranks, random_ranks, target_probs, to_tensor
+from ..parallel import one_thread_per_op
+from .imputation import solve_imputation
+from .perturb import image_ranks, row_probs, to_tensor
 
 __all__ = ["NEIGHBOUR_WEIGHTS", "RoadLerf", "RoadMorf", "impute_linear", "road_curves"]
 
@@ -31,97 +33,52 @@ NEIGHBOUR_WEIGHTS = torch.tensor(
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _neighbour_sum(v: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of each pixel's in-image neighbours, for an N×C×H×W tensor.
-
-    Eight shifted slices of a zero-padded copy: much cheaper than a one-channel conv on CPU.
-    """
-    h, w = v.shape[-2:]
-    pad = F.pad(v, (1, 1, 1, 1))
-    edge = pad[..., 0:h, 1 : w + 1] + pad[..., 2:, 1 : w + 1] + pad[..., 1 : h + 1, 0:w]
-    edge = edge + pad[..., 1 : h + 1, 2:]
-    corner = pad[..., 0:h, 0:w] + pad[..., 0:h, 2:] + pad[..., 2:, 0:w] + pad[..., 2:, 2:]
-    return edge / 6 + corner / 12
-
-
 def impute_linear(
     x: torch.Tensor,
     removed: torch.Tensor,
     *,
     noise: float = 0.01,
     seed: int = 0,
-    tol: float = 1e-4,
-    max_iter: int | None = None,
+    tol: float = 1e-5,
 ) -> torch.Tensor:
     """Fill ``removed`` pixels of ``x`` by noisy linear imputation.
 
     Solves ``deg_i·v_i − Σ_{j removed} w_ij·v_j = Σ_{j kept} w_ij·x_j`` for every removed pixel
-    ``i`` (``deg_i``: the summed weights of its in-image neighbours) by conjugate gradient,
-    started from the solution at half resolution (coarse to fine), so that large holes need few
-    iterations.
+    ``i`` (``deg_i``: the summed weights of its in-image neighbours), then adds Gaussian noise
+    of std ``noise`` (drawn with ``seed``, over the whole tensor) to the removed pixels.
 
     Args:
         x: N×C×H×W (or C×H×W) images.
         removed: N×H×W (or H×W) bool mask of pixels to impute, shared by the channels.
         noise: std of the Gaussian noise added to imputed pixels (0 for the plain solution).
         seed: seed of that noise.
-        tol: relative residual at which the solver stops (the default leaves errors well
-            below the 0.01 noise: ~2e-4 at 64², ~4e-3 at 224² for a hole of 80 % of the image).
-        max_iter: iteration cap (default: H·W, where CG is exact in exact arithmetic).
+        tol: solver tolerance: the imputed values are within about ``tol`` of the exact
+            solution (float32 input: about 1e-5 at best).
     """
     single = x.dim() == 3
     xb = x.unsqueeze(0) if single else x
-    m = (removed.unsqueeze(0) if removed.dim() == 2 else removed).unsqueeze(1).to(xb.dtype)
-    v = _solve(xb, m.expand_as(xb).contiguous(), tol, max_iter)
+    m = removed.unsqueeze(0) if removed.dim() == 2 else removed
+    m = m.expand(xb.shape[0], *m.shape[-2:])
+    v = _solve(xb, m, tol)
     if noise > 0:
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        v = v + m * noise * torch.randn(v.shape, generator=gen).to(v.device, v.dtype)
+        v = v + m[:, None].to(v.dtype) * _noise(v.shape, noise, seed).to(v.device, v.dtype)
     return v[0] if single else v
 
 
-def _coarse_guess(x: torch.Tensor, m: torch.Tensor, tol: float) -> torch.Tensor:
-    """Initial values for the removed pixels: the problem solved at half resolution."""
-    known = 1 - m
-    xs = F.avg_pool2d(x * known, 2, ceil_mode=True)
-    ks = F.avg_pool2d(known, 2, ceil_mode=True)
-    coarse_m = (ks == 0).to(x.dtype)
-    coarse = _solve(torch.where(ks > 0, xs / ks.clamp_min(1e-12), xs), coarse_m, tol, None)
-    up = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)
-    return up[..., : x.shape[-2], : x.shape[-1]]
+def _solve(x: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Tensor:
+    out = solve_imputation(_array(x), removed.detach().cpu().numpy(), tol=tol)
+    return torch.from_numpy(out).to(x.device, x.dtype)
 
 
-def _solve(x: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int | None) -> torch.Tensor:
-    """``x`` with its ``m``-masked pixels replaced by the linear system's solution (PCG)."""
-    if not bool(m.any()):
-        return x.clone()
-    deg = _neighbour_sum(torch.ones_like(x[:1, :1]))
-    inv_deg = m / deg
+def _array(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a float32/float64 numpy array (half precision is solved in float32)."""
+    x = x.detach().cpu()
+    return (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
 
-    def apply(v: torch.Tensor) -> torch.Tensor:
-        return m * (deg * v - _neighbour_sum(m * v))
 
-    b = m * _neighbour_sum(x * (1 - m))
-    v = torch.zeros_like(x)
-    if min(x.shape[-2:]) >= 8 and float(m.mean()) > 0.05:
-        v = m * _coarse_guess(x, m, tol)
-    r = b - apply(v)
-    z = r * inv_deg
-    p = z.clone()
-    rz = (r * z).sum(dim=(2, 3), keepdim=True)
-    limit = (tol * b.flatten(2).norm(dim=2)).clamp_min(1e-12)
-    for it in range(max_iter or x.shape[-1] * x.shape[-2]):
-        if it % 8 == 0 and bool((r.flatten(2).norm(dim=2) <= limit).all()):
-            break
-        ap = apply(p)
-        pap = (p * ap).sum(dim=(2, 3), keepdim=True)
-        alpha = torch.where(pap > 0, rz / pap.clamp_min(1e-30), torch.zeros_like(pap))
-        v = v + alpha * p
-        r = r - alpha * ap
-        z = r * inv_deg
-        rz_new = (r * z).sum(dim=(2, 3), keepdim=True)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
-        p, rz = z + beta * p, rz_new
-    return x * (1 - m) + m * v
+def _noise(shape: torch.Size, std: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return std * torch.randn(shape, generator=gen)
 
 
 def road_curves(
@@ -139,28 +96,33 @@ def road_curves(
     """N×len(fractions) target probabilities after removing and imputing each fraction.
 
     ``order``: ``"morf"`` (most relevant removed first), ``"lerf"`` (least relevant first) or
-    ``"random"`` (the baseline; heatmaps unused).
+    ``"random"`` (the baseline; heatmaps unused). Image ``i``'s tie-breaking, random order and
+    noise use seed ``seed + i``.
     """
     if order not in ("morf", "lerf", "random"):
         raise NetlensError(f"ROAD order must be morf, lerf or random, not '{order}'")
     h = np.asarray(heatmaps.detach().cpu() if isinstance(heatmaps, torch.Tensor) else heatmaps)
-    tg = to_tensor(targets, x).long().cpu().tolist()
+    tg = np.asarray(to_tensor(targets, x).cpu()).astype(np.int64).ravel()
+    n, k = x.shape[0], len(fractions)
     hw = x.shape[-2] * x.shape[-1]
-    counts = torch.tensor([round(f * hw) for f in fractions], device=x.device)
-    curves = np.empty((x.shape[0], len(fractions)))
-    for i in range(x.shape[0]):
-        if order == "random":
-            ranks = random_ranks(h.shape[1:], seed + i)
-        else:
-            ranks = pixel_ranks(h[i], seed + i)
-        r = torch.as_tensor(ranks, device=x.device).unsqueeze(0)
-        c = counts.view(-1, 1, 1)
-        removed = r < c if order != "lerf" else r >= hw - c
-        imputed = impute_linear(
-            x[i].expand(len(fractions), *x.shape[1:]), removed, noise=noise, seed=seed + i
+    counts = np.array([round(f * hw) for f in fractions]).reshape(1, k, 1, 1)
+    ranks = image_ranks(h, "random" if order == "random" else "heatmap", seed)[:, None]
+    removed = ranks < counts if order != "lerf" else ranks >= hw - counts  # N×K×H×W
+    with one_thread_per_op() as workers:
+        copies = _array(x)[:, None].repeat(k, axis=1)
+        solved = solve_imputation(
+            copies.reshape(n * k, *x.shape[1:]),
+            removed.reshape(n * k, *x.shape[-2:]),
+            workers=workers,
         )
-        curves[i] = target_probs(model, iter(imputed), tg[i], batch_size, len(fractions))
-    return curves
+        imputed = torch.from_numpy(solved).reshape(n, k, *x.shape[1:])
+        if noise > 0:
+            mask = torch.from_numpy(removed[:, :, None]).to(imputed.dtype)
+            for i in range(n):  # as impute_linear(x[i] ×K, ...) with seed + i
+                imputed[i] += mask[i] * _noise(imputed.shape[1:], noise, seed + i)
+        flat = imputed.reshape(n * k, *x.shape[1:]).to(x.device, x.dtype)
+        probs = row_probs(model, lambda a, b: flat[a:b], np.repeat(tg, k), batch_size, workers)
+    return probs.reshape(n, k)
 
 
 @dataclass(frozen=True)
@@ -197,9 +159,26 @@ class _Road:
         curve = road_curves(model, x, heatmaps, targets, order=self.order, **kw)
         out = {"score": curve.mean(axis=1), "curve": curve, "curve_x": np.asarray(fr)}
         if random_baseline:
-            rnd = road_curves(model, x, heatmaps, targets, order="random", **kw)
+            rnd = _random_baseline(model, x, heatmaps, targets, opts.get("shared"), kw)
             out |= {"baseline": rnd.mean(axis=1), "curve_baseline": rnd}
         return out
+
+
+def _random_baseline(
+    model: nn.Module, x: torch.Tensor, heatmaps: Any, targets: Any, shared: Any, kw: dict
+) -> np.ndarray:
+    """The random-order curves, computed once per batch for MoRF and LeRF alike.
+
+    ``shared`` is a dict that ``evaluate`` hands to every metric of one batch of images
+    (same model, images and targets), so the second ROAD metric reuses the first's baseline.
+    """
+    key = ("road-random", id(model), kw["fractions"], kw["noise"], kw["seed"])
+    if isinstance(shared, dict) and key in shared:
+        return shared[key]
+    rnd = road_curves(model, x, heatmaps, targets, order="random", **kw)
+    if isinstance(shared, dict):
+        shared[key] = rnd
+    return rnd
 
 
 @dataclass(frozen=True)

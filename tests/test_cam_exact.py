@@ -1,0 +1,120 @@
+"""Score-CAM and Ablation-CAM skip passes but equal the plain algorithms (written out here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netlens
+
+
+def dup_dead_net() -> nn.Module:
+    """conv → ReLU → conv(8) → ReLU → GAP → linear, whose 8 layer channels repeat and die.
+
+    Channels 1 and 2 are copies of channel 0 (2 scaled by 3: the same min-max mask), 3 and 4
+    are always zero after the ReLU (large negative bias), the others are distinct.
+    """
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    with torch.no_grad():
+        conv = net[2]
+        conv.bias[0] = 0.2
+        conv.weight[1] = conv.weight[0]
+        conv.bias[1] = conv.bias[0]
+        conv.weight[2] = 4 * conv.weight[0]  # a power of two: exactly 4× channel 0
+        conv.bias[2] = 4 * conv.bias[0]
+        conv.bias[3:5] = -1e3
+        net[6].weight.mul_(5.0)
+    return net.eval()
+
+
+def plain_scorecam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int) -> np.ndarray:
+    """Score-CAM as in the paper, one masked pass per channel (no skipping)."""
+    store: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: store.append(o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    acts = store[0][0]  # C×h×w
+    scores = []
+    for a in acts:
+        up = F.interpolate(a[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        lo, hi = up.min(), up.max()
+        mask = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)
+        with torch.no_grad():
+            scores.append(model(x * mask)[0, target])
+    w = torch.softmax(torch.stack(scores), dim=0)
+    cam = torch.relu((w[:, None, None] * acts).sum(0))
+    up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return ((up - up.min()) / (up.max() - up.min()))[0, 0].numpy()
+
+
+def plain_ablationcam(
+    model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int
+) -> np.ndarray:
+    """Ablation-CAM with the whole model re-run for every zeroed channel."""
+    store: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: store.append(o.detach()))
+    with torch.no_grad():
+        base = model(x)[0, target]
+    handle.remove()
+    acts = store[0][0]
+    weights = []
+    for k in range(len(acts)):
+
+        def zero(m: nn.Module, i: object, o: torch.Tensor, k: int = k) -> torch.Tensor:
+            o = o.clone()
+            o[:, k] = 0
+            return o
+
+        handle = layer.register_forward_hook(zero)
+        with torch.no_grad():
+            weights.append((base - model(x)[0, target]) / (base.abs() + 1e-7))
+        handle.remove()
+    cam = torch.relu((torch.stack(weights)[:, None, None] * acts).sum(0))
+    up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return ((up - up.min()) / (up.max() - up.min()))[0, 0].numpy()
+
+
+def test_scorecam_skips_repeated_and_empty_masks_and_equals_the_plain_algorithm() -> None:
+    net = dup_dead_net()
+    x = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(1)) - 0.3
+    calls: list[int] = []
+    net.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    got = netlens.cam(net, x, method="scorecam", layer="3", top=2, batch_size=4)
+    assert sum(calls) - 3 == 3 * 4 + 1  # after the capture: 4 distinct masks per image, 1 empty
+    for i in range(3):
+        for j in range(2):
+            ref = plain_scorecam(net, x[i : i + 1], net[3], int(got.targets[i, j]))
+            np.testing.assert_allclose(got.heatmaps[i, j], ref, atol=1e-5)
+
+
+def test_ablationcam_skips_dead_channels_and_equals_the_plain_algorithm() -> None:
+    net = dup_dead_net()
+    x = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(2)) - 0.3
+    got = netlens.cam(net, x, method="ablationcam", layer="3", target=[1, 3], batch_size=3)
+    for i, t in enumerate([1, 3]):
+        ref = plain_ablationcam(net, x[i : i + 1], net[3], t)
+        np.testing.assert_allclose(got.heatmaps[i], ref, atol=1e-5)
+
+
+def test_scorecam_on_a_resnet_equals_the_plain_algorithm_through_the_fast_path() -> None:
+    # 256 masked passes: the batches run on threads through the conv+BN-folded copy.
+    from test_cam_reference import randomized_resnet18
+
+    model = randomized_resnet18()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    got = netlens.cam(model, x, method="scorecam", layer="layer3", target=2, batch_size=40)
+    ref = plain_scorecam(model, x, model.layer3, 2)
+    assert ref.std() > 0.1
+    np.testing.assert_allclose(got.heatmaps[0], ref, atol=1e-5)
