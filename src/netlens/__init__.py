@@ -24,6 +24,8 @@ _LAZY = {
     "Preprocess": "netlens.preprocess",
     "read_image": "netlens.images",
     "resolve_layers": "netlens.layers",
+    "LayerCall": "netlens.layer_call",
+    "hook_call": "netlens.call_hooks",
     "layer_table": "netlens.layers",
     "PluginHost": "netlens.plugins.manager",
     "Result": "netlens.analyzers.base",

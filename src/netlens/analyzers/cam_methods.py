@@ -11,11 +11,15 @@ also has (Pearson r >= 0.999 on a resnet18 and real photos).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..call_hooks import hook_call
 from ..errors import AnalyzerError
+from ..layer_call import LayerCall
+from ..layers import trace_calls
 from ..parallel import map_batches, one_thread_per_op
 from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
 
@@ -247,8 +251,6 @@ class AblationCam(CamMethod):
 
 def _ablated_logits(ctx: CamContext) -> torch.Tensor:
     """N×C×K logits with each channel of the layer zeroed in turn (all-zero channels: none)."""
-    model, layer = ctx.model, ctx.layer
-    module = dict(model.named_modules())[layer]
     if ctx.raw is None:
         raise AnalyzerError("Ablation-CAM needs the layer's raw output")
     n, c = ctx.acts.shape[:2]
@@ -259,11 +261,11 @@ def _ablated_logits(ctx: CamContext) -> torch.Tensor:
             chans = live[i].nonzero()[:, 0]
             for start in range(0, len(chans), ctx.batch_size):
                 part = chans[start : start + ctx.batch_size]
-                out[i, part.to(out.device)] = _run_ablated(ctx, module, i, part).float()
+                out[i, part.to(out.device)] = _run_ablated(ctx, i, part).float()
     return out
 
 
-def _run_ablated(ctx: CamContext, module: nn.Module, i: int, chans: torch.Tensor) -> torch.Tensor:
+def _run_ablated(ctx: CamContext, i: int, chans: torch.Tensor) -> torch.Tensor:
     """Logits of image ``i`` with one channel of ``chans`` zeroed per copy.
 
     The hook swaps the layer's output for the ablated copies, so the layers before it run on one
@@ -276,28 +278,35 @@ def _run_ablated(ctx: CamContext, module: nn.Module, i: int, chans: torch.Tensor
     view = spatial_channel_view(copies, ctx.model, ctx.layer)
     view[torch.arange(len(chans)), chans.to(view.device)] = 0
     if "ablation_tail" not in ctx.cache:
-        ctx.cache["ablation_tail"] = _tail_only_ok(ctx, module, i)
+        ctx.cache["ablation_tail"] = _tail_only_ok(ctx, i)
     x1 = ctx.x[i : i + 1]
     x = x1 if ctx.cache["ablation_tail"] else x1.repeat(len(chans), *([1] * (x1.dim() - 1)))
-    return _with_output(ctx, module, copies, x)
+    return _with_output(ctx, copies, x)
 
 
-def _with_output(
-    ctx: CamContext, module: nn.Module, output: torch.Tensor, x: torch.Tensor
-) -> torch.Tensor:
-    """Logits of ``x`` with ``module``'s output replaced by ``output``."""
-    handle = module.register_forward_hook(lambda m, i, o: output)
-    try:
+def _with_output(ctx: CamContext, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Logits of ``x`` with the layer's output (its call, as consumed) replaced by ``output``."""
+    with hook_call(ctx.model, _layer_call(ctx), lambda o: output):
         return ctx.forward(x)
-    finally:
-        handle.remove()
 
 
-def _tail_only_ok(ctx: CamContext, module: nn.Module, i: int) -> bool:
+def _layer_call(ctx: CamContext) -> LayerCall:
+    """The layer as a call counted from the start (``act@-1`` → ``act@1``), found once."""
+    found = ctx.cache.get("layer_call")
+    if found is None:
+        sel = LayerCall.parse(ctx.layer)
+        if sel.call is not None and sel.call < 0:
+            calls = sum(1 for c in trace_calls(ctx.model, ctx.x[:1]) if c.name == sel.name)
+            sel = LayerCall(sel.name, calls + sel.call, consumed=sel.consumed)
+        found = ctx.cache["layer_call"] = sel
+    return found
+
+
+def _tail_only_ok(ctx: CamContext, i: int) -> bool:
     """Does swapping in 2 copies of the layer's output give 2 copies of the image's logits?"""
     raw = ctx.raw[i : i + 1]
     try:
-        got = _with_output(ctx, module, raw.repeat(2, *([1] * (raw.dim() - 1))), ctx.x[i : i + 1])
+        got = _with_output(ctx, raw.repeat(2, *([1] * (raw.dim() - 1))), ctx.x[i : i + 1])
     except Exception:  # noqa: BLE001 - a later layer needs the whole batch
         return False
     ref = ctx.logits[i : i + 1]
@@ -363,18 +372,18 @@ def _first_classifier_after(ctx: CamContext) -> nn.Module | None:
     """The first Linear/Conv2d module called after ``ctx.layer`` finished (one dry forward)."""
     order: list[nn.Module] = []
     done = [False]
-    target = dict(ctx.model.named_modules())[ctx.layer]
     handles = []
 
     def hook(m: nn.Module, i: object, o: object) -> None:
-        if m is target:
-            done[0] = True
-        elif done[0] and isinstance(m, (nn.Linear, nn.Conv2d)):
+        if done[0] and isinstance(m, (nn.Linear, nn.Conv2d)):
             order.append(m)
+
+    def passed(output: Any) -> None:
+        done[0] = True
 
     try:
         handles = [m.register_forward_hook(hook) for m in ctx.model.modules()]
-        with torch.no_grad():
+        with torch.no_grad(), hook_call(ctx.model, _layer_call(ctx), passed):
             ctx.forward(ctx.x[:1])
     finally:
         for h in handles:

@@ -170,7 +170,7 @@ def _one(model: nn.Module, layer: Any) -> str:
             f"kernels shows one layer at a time; the selector matched {len(names)} "
             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); pick one"
         )
-    return names[0]
+    return names[0].name  # weights belong to the module, whichever call
 
 
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:

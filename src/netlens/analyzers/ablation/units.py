@@ -179,6 +179,13 @@ def find_units(
     if layers is None or layers == "" or layers == "blocks":
         return _default_units(model, calls, fns), False
     names = resolve_layers(model, layers)  # type: ignore[arg-type]
+    calls_named = [str(n) for n in names if n.call is not None or n.consumed]
+    if calls_named:
+        raise AnalyzerError(
+            f"ablation switches whole modules off; {', '.join(calls_named)} selects one call of "
+            "a module: ablate the module (every call) or the block that contains that call"
+        )
+    names = [n.name for n in names]
     idle = [n for n in names if n not in calls]
     if idle:
         raise AnalyzerError(f"layer(s) {', '.join(idle)} did not run in the model's forward")
