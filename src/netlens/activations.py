@@ -18,14 +18,26 @@ from .errors import AnalyzerError
 __all__ = ["is_spatial", "to_spatial"]
 
 
-def _prefix_tokens(model: nn.Module, length: int) -> int:
+def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
+    """(prefix tokens, grid height, grid width) of ``length`` tokens; None when no grid fits.
+
+    The patch embedding's grid decides when it fits with at most ``num_prefix_tokens`` (class,
+    register, distillation) tokens in front: CaiT's self-attention blocks carry no class token
+    although the model has one. Otherwise a square grid after ``num_prefix_tokens`` (0–2 when
+    the model does not say) tokens.
+    """
     n = getattr(model, "num_prefix_tokens", None)
-    if n is not None:
-        return int(n)
-    for k in (0, 1, 2):  # class token, + distillation token
-        if math.isqrt(length - k) ** 2 == length - k:
-            return k
-    return 0
+    most = int(n) if n is not None else 2
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid:
+        h, w = int(grid[0]), int(grid[1])
+        if 0 <= length - h * w <= most:
+            return length - h * w, h, w
+    for k in ([most] if n is not None else []) + list(range(most + 1)):
+        side = math.isqrt(max(length - k, 0))
+        if side * side == length - k and side > 0:
+            return k, side, side
+    return None
 
 
 def _channels_last(model: nn.Module) -> bool:
@@ -44,19 +56,13 @@ def to_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> torch.Tens
         return t.permute(0, 3, 1, 2) if _channels_last(model) else t
     if t.dim() == 3:
         n, length, d = t.shape
-        k = _prefix_tokens(model, length)
-        side = math.isqrt(length - k)
-        grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-        h, w = (
-            (int(grid[0]), int(grid[1]))
-            if grid and grid[0] * grid[1] == length - k
-            else (side, side)
-        )
-        if h * w != length - k:
+        layout = _token_layout(model, length)
+        if layout is None:
             raise AnalyzerError(
                 f"layer '{layer}' gives {length} tokens that do not form a square patch grid; "
                 "set model.netlens_reshape or pick another layer"
             )
+        k, h, w = layout
         return t[:, k:, :].reshape(n, h, w, d).permute(0, 3, 1, 2)
     raise AnalyzerError(
         f"layer '{layer}' has no spatial extent (output shape {tuple(t.shape)}); pick a "

@@ -70,7 +70,9 @@ class TracedCall:
 
     ``version`` is the output's in-place version counter when the call returned (-1 for
     outputs that are not tensors); comparing it with ``output._version`` after the forward tells
-    whether later code rewrote the output in place.
+    whether later code rewrote the output in place. ``caller_input_dims`` holds, for each
+    module call this call ran inside (outermost first), the number of dimensions of its first
+    tensor input (None: no tensor): a 3 means it ran inside a module that takes tokens.
     """
 
     name: str
@@ -78,6 +80,7 @@ class TracedCall:
     module: nn.Module
     output: Any
     version: int
+    caller_input_dims: tuple[int | None, ...] = ()
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -225,14 +228,20 @@ def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[T
     x = example if example is not None else example_input(model)
     seen: list[TracedCall] = []
     counts: dict[str, int] = {}
+    stack: list[int | None] = []  # input dims of the calls running now, outermost first
     handles = []
     try:
         for name, mod in named_layers(model).items():
 
-            def hook(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
-                k = counts[name] = counts.get(name, -1) + 1
-                seen.append(TracedCall(name, k, m, out, _version(out)))
+            def enter(m: nn.Module, args: tuple) -> None:
+                stack.append(_first_tensor_dim(args))
 
+            def hook(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
+                stack.pop()
+                k = counts[name] = counts.get(name, -1) + 1
+                seen.append(TracedCall(name, k, m, out, _version(out), tuple(stack)))
+
+            handles.append(mod.register_forward_pre_hook(enter))
             handles.append(mod.register_forward_hook(hook))
         with torch.no_grad(), eval_mode(model):
             try:
@@ -255,6 +264,18 @@ def trace_outputs(
     return [(c.name, c.module, c.output) for c in trace_calls(model, example)]
 
 
+def _first_tensor_dim(args: Any) -> int | None:
+    """Dimensions of the first tensor in a call's arguments (looking into lists and tuples)."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.dim()
+        if isinstance(a, (list, tuple)):
+            inner = _first_tensor_dim(a)
+            if inner is not None:
+                return inner
+    return None
+
+
 def _version(out: Any) -> int:
     if not isinstance(out, torch.Tensor) or out.is_inference():
         return -1
@@ -263,6 +284,29 @@ def _version(out: Any) -> int:
 
 def _is_spatial(out: Any) -> bool:
     return isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+
+
+def _is_map_call(c: TracedCall, strict: bool = True) -> bool:
+    """A call whose output is an image-like N×C×H×W map: 4-D, larger than 1×1, not a pooling
+    layer, and (``strict``) not computed inside a module that takes tokens or vectors (the
+    N×heads×L×d queries, keys and attention weights of attention and attention pooling)."""
+    inside_tokens = strict and any(d is not None and d != 4 for d in c.caller_input_dims)
+    return _is_spatial(c.output) and "Pool" not in type(c.module).__name__ and not inside_tokens
+
+
+def _repeated_blocks(model: nn.Module) -> set[str]:
+    """Names of the blocks of repeated-block stacks: children of a ``Sequential`` /
+    ``ModuleList`` that holds at least two modules of their type (``blocks.11``,
+    ``encoder.layers.encoder_layer_11``), not the layers inside a block's MLP."""
+    found: set[str] = set()
+    for name, mod in model.named_modules():
+        if not isinstance(mod, (nn.Sequential, nn.ModuleList)):
+            continue
+        kids = list(mod.named_children())
+        types = [type(m) for _, m in kids]
+        prefix = f"{name}." if name else ""
+        found |= {prefix + n for n, m in kids if types.count(type(m)) >= 2}
+    return found
 
 
 def _selection(traced: list[TracedCall], chosen: TracedCall, consumed: bool) -> LayerCall:
@@ -276,26 +320,25 @@ def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCa
 
     CNNs: the last N×C×H×W output with H·W > 1. Pooling layers themselves are skipped (AlexNet's
     ``avgpool`` keeps 6×6 but is no feature layer), so on AlexNet/VGG the ``features`` stack is
-    chosen. Several calls can return that very tensor (a conv and the in-place ReLU after it; a
+    chosen; so are 4-D tensors computed inside a module that takes tokens (the N×heads×L×d
+    keys of attention pooling, attention weights). Several calls can return that very tensor (a conv and the in-place ReLU after it; a
     block and its last ReLU): the call that saw its last in-place rewrite wins, and among those
     the outermost module, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet and an in-place
     ``ReLU`` over the conv before it. When code outside any module rewrites it afterwards
     (DenseNet's ``F.relu(features, inplace=True)``), the selection is ``:consumed``. A module
-    that runs several times is returned with its call (``act@1``). Token models (timm ViT): when
-    numbered blocks whose tokens form a patch grid run after the last spatial layer (the patch
-    embedding), the last such block is chosen.
+    that runs several times is returned with its call (``act@1``). Token models (timm and
+    torchvision ViTs, MLP-Mixers): when blocks of a repeated-block stack whose tokens form a
+    patch grid run after the last spatial layer (the patch embedding), the last such block is
+    chosen (without such blocks, the last call whose tokens form a patch grid: MViTv2's
+    ``norm``, its blocks returning ``(tokens, size)``).
     """
     traced = trace_calls(model, example)
-    spatial = [
-        (i, c)
-        for i, c in enumerate(traced)
-        if _is_spatial(c.output) and "Pool" not in type(c.module).__name__
-    ]
-    tokens = [
-        (i, c)
-        for i, c in enumerate(traced)
-        if c.name.rsplit(".", 1)[-1].isdigit() and _is_token_grid(c.output, model)
-    ]
+    spatial = [(i, c) for i, c in enumerate(traced) if _is_map_call(c)]
+    grids = [(i, c) for i, c in enumerate(traced) if _is_token_grid(c.output, model)]
+    blocks = _repeated_blocks(model)
+    tokens = [(i, c) for i, c in grids if c.name in blocks] or grids
+    if not spatial and not tokens:  # e.g. a CNN wrapped in a module fed 3-D spectrograms
+        spatial = [(i, c) for i, c in enumerate(traced) if _is_map_call(c, strict=False)]
     if tokens and (not spatial or tokens[-1][0] > spatial[-1][0]):
         return _selection(traced, tokens[-1][1], consumed=False)
     if not spatial:

@@ -225,15 +225,28 @@ def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCal
     the head reads it (:func:`netlens.layers.auto_layer`: after in-place activations, with
     ``@k`` for a module that runs several times and ``:consumed`` where the in-place rewrite
     happens outside any module). Token models (timm ViT): the last transformer block whose
-    tokens form a patch grid; with class-token pooling its ``norm1``, since the block's own
-    output reaches the logits only through the class token and so has no gradient on the
-    patch tokens.
+    tokens form a patch grid; with class-token pooling its first LayerNorm (timm's ``norm1``,
+    torchvision's ``ln_1``), since the block's own output reaches the logits only through the
+    class token and so has no gradient on the patch tokens.
     """
     layer = auto_layer(model, example)  # one dry forward; ViT → its last block
-    pool = str(getattr(model, "global_pool", ""))
-    if pool == "token" and f"{layer.name}.norm1" in dict(model.named_modules()):
-        return LayerCall(f"{layer.name}.norm1")
-    return layer
+    if not _pools_class_token(model) or layer.call is not None or layer.consumed:
+        return layer
+    block = dict(model.named_modules()).get(layer.name)
+    norm = next(
+        (n for n, m in block.named_children() if isinstance(m, nn.LayerNorm)) if block else None,
+        None,
+    )
+    return LayerCall(f"{layer.name}.{norm}") if norm else layer
+
+
+def _pools_class_token(model: nn.Module) -> bool:
+    """The head reads the class token only: timm's ``global_pool="token"``; torchvision's
+    ``VisionTransformer`` (a ``class_token`` and no other pooling)."""
+    pool = getattr(model, "global_pool", None)
+    if pool is not None:
+        return str(pool) == "token"
+    return isinstance(getattr(model, "class_token", None), nn.Parameter)
 
 
 # -- capture ---------------------------------------------------------------------------------
