@@ -113,8 +113,11 @@ def unit_replacement(
     return passthrough
 
 
-def shape_message(name: str, shape_in: tuple, shape_out: tuple) -> str:
-    a, b = "×".join(map(str, shape_in[1:])), "×".join(map(str, shape_out[1:]))
+def shape_message(name: str, shape_in: tuple | None, shape_out: tuple | None) -> str:
+    a, b = (
+        "×".join(map(str, s[1:])) if s is not None else "a non-tensor value"
+        for s in (shape_in, shape_out)
+    )
     return (
         f"identity cannot skip '{name}': it maps {a} to {b}; use --mode zero or --mode mean "
         "for it, or pick same-shape layers with --layers"

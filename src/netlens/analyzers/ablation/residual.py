@@ -51,20 +51,41 @@ class Residual:
     projection: bool
 
 
+class _Bound(nn.Module):
+    """A block called on its input alone: its other arguments as in the surveyed call."""
+
+    def __init__(self, block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.inner = block
+        self.args, self.kwargs = args, kwargs
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.inner(x, *self.args, **self.kwargs)
+
+
 class _BlockTracer(fx.Tracer):
-    """Traces one module's own forward: every submodule call is a leaf."""
+    """Traces one block's own forward (``inner``): every submodule call inside it is a leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return True
+        return module_qualified_name != "inner"
 
 
-def trace_block(module: nn.Module) -> fx.GraphModule | None:
-    """The wiring of ``module``'s forward as a GraphModule, or None when it does not trace."""
+def trace_block(
+    module: nn.Module, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> fx.GraphModule | None:
+    """The wiring of ``module``'s forward as a GraphModule of its input ``x`` alone, or None
+    when it does not trace.
+
+    ``args`` and ``kwargs`` are its other (non-tensor) arguments, fixed in the trace as the
+    values they had (a PVT block's ``feat_size``); arguments left out keep their defaults, so
+    control flow on them is resolved (DLA's ``if shortcut is None: shortcut = x``).
+    """
+    bound = _Bound(module, tuple(args), dict(kwargs or {}))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _BlockTracer().trace(module)
-        return fx.GraphModule(module, graph)
+            graph = _BlockTracer().trace(bound)
+        return fx.GraphModule(bound, graph)
     except Exception:  # noqa: BLE001 - any tracing failure means "not recognised"
         return None
 
@@ -228,21 +249,31 @@ def _projection(skip: fx.GraphModule, x: torch.Tensor, out: torch.Tensor) -> boo
     return x.shape != out.shape or _weights(skip, nodes) > 0
 
 
-def find_residual(module: nn.Module, x: torch.Tensor, output: Any) -> Residual | None:
+def find_residual(
+    module: nn.Module,
+    x: torch.Tensor,
+    output: Any,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> Residual | None:
     """``module`` as a :class:`Residual`, if its output adds its input back (see module doc).
 
     Args:
         module: the candidate block.
-        x: an input it was called with (its only argument).
+        x: an input it was called with (its only tensor argument).
         output: what it returned for ``x``.
+        args, kwargs: its other arguments in that call (none of them a tensor).
     """
     if not isinstance(output, torch.Tensor):
         return None
-    gm = trace_block(module)
+    gm = trace_block(module, args, kwargs)
     if gm is None or not any(_operands(n) for n in gm.graph.nodes):
         return None  # no addition of two values: nothing to run
     with torch.no_grad():
-        env, out = _run(gm, x)
+        try:
+            env, out = _run(gm, x)
+        except Exception:  # noqa: BLE001 - the traced wiring does not run: not recognised
+            return None
         if not _reproduces(out, output):
             return None
         adds = residual_adds(gm, env)

@@ -132,7 +132,7 @@ def _check_identity(units: list[Unit], explicit: bool) -> tuple[list[Unit], list
     skipped = [u.name for u in units if u not in keep]
     if skipped and explicit:
         u = next(u for u in units if u.name == skipped[0])
-        raise AnalyzerError(shape_message(u.name, u.shape_in or (), u.shape_out or ()))
+        raise AnalyzerError(shape_message(u.name, u.shape_in, u.shape_out))
     if not keep:
         raise AnalyzerError(
             f"identity cannot skip any default unit (all change shape: "
@@ -141,12 +141,34 @@ def _check_identity(units: list[Unit], explicit: bool) -> tuple[list[Unit], list
     return keep, skipped
 
 
+def _check_tensors(units: list[Unit], explicit: bool) -> tuple[list[Unit], list[str]]:
+    """The units that return one tensor (a unit's output is what an ablation replaces) and the
+    names of the others (MViTv2's stages return ``(tokens, size)``)."""
+    keep = [u for u in units if u.shape_out is not None]
+    others = [u.name for u in units if u.shape_out is None]
+    if others and explicit:
+        raise AnalyzerError(
+            f"'{others[0]}' does not return one tensor (a tuple?), so it cannot be switched "
+            "off; pick layers inside it that return a tensor (see `netlens layers MODEL`)"
+        )
+    if not keep:
+        raise AnalyzerError(
+            f"none of the default units returns one tensor ({', '.join(others[:4])}...), so "
+            "none can be switched off; pick layers that return a tensor with --layers"
+        )
+    return keep, others
+
+
 def _units(run: Run, x0: torch.Tensor, mode: str) -> tuple[list[Unit], list[str]]:
     opts = run.options
     units, explicit = find_units(run.lens.model, x0, opts.layers, opts.identity_fns)
     if opts.channels and len(units) != 1:
         raise AnalyzerError("channel ablation needs exactly one layer: pass --layers NAME")
-    return _check_identity(units, explicit) if mode == "identity" else (units, [])
+    units, others = _check_tensors(units, explicit)
+    if mode != "identity":
+        return units, others
+    units, skipped = _check_identity(units, explicit)
+    return units, others + skipped
 
 
 def _config(run: Run, metric: Metric, mode: str, units: list[Unit]) -> dict[str, Any]:

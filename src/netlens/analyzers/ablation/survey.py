@@ -2,19 +2,22 @@
 
 For every submodule: how often it ran, the shapes it mapped, and, for the modules that may be
 blocks (anything with children, or a module from outside ``torch.nn``), a copy of its first
-input and output, so residual blocks can be recognised by what they compute
-(:mod:`.residual`). Hooks are removed on the way out, also on errors.
+input and output and its other arguments when none of them is a tensor (a PVT block's
+``feat_size``, a CoaT block's ``size``), so residual blocks can be recognised by what they
+compute (:mod:`.residual`). Hooks are removed on the way out, also on errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ...errors import AnalyzerError
 
 __all__ = ["Call", "survey"]
 
@@ -27,8 +30,10 @@ class Call:
         count: how many times it ran.
         shape_in: the shape of its first argument (None: not a tensor).
         shape_out: the shape of its output (None: not a tensor).
-        x: a copy of its first input, when it took exactly one tensor and may be a block.
+        x: a copy of its first input, when that is its only tensor argument and it may be a
+            block.
         out: a copy of that call's output (same condition).
+        args, kwargs: its other arguments (same condition; none of them a tensor).
     """
 
     count: int = 0
@@ -36,6 +41,8 @@ class Call:
     shape_out: tuple[int, ...] | None = None
     x: torch.Tensor | None = None
     out: torch.Tensor | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _may_be_block(module: nn.Module) -> bool:
@@ -48,6 +55,16 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
 @contextmanager
 def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator[None]:
     keep = _may_be_block(module)
@@ -57,8 +74,10 @@ def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator
         call.count += 1
         if call.count == 1:
             call.shape_in = _shape(args[0]) if args else None
-            single = len(args) == 1 and not kwargs and call.shape_in is not None
-            call.x = args[0].detach().clone() if keep and single else None
+            rest = (args[1:], kwargs)
+            single = call.shape_in is not None and not _holds_tensor(rest)
+            if keep and single:
+                call.x, call.args, call.kwargs = args[0].detach().clone(), *rest
 
     def after(m: nn.Module, args: tuple, out: Any) -> None:
         call = calls[name]
@@ -85,5 +104,12 @@ def survey(model: nn.Module, x: torch.Tensor) -> dict[str, Call]:
         for name, module in model.named_modules():
             if name:
                 stack.enter_context(_recording(name, module, calls))
-        model(x)
+        try:
+            model(x)
+        except Exception as exc:  # noqa: BLE001 - explained to the user in one line
+            first = (str(exc).splitlines() or [""])[0][:160]
+            raise AnalyzerError(
+                f"the model fails on input {tuple(x.shape)} ({type(exc).__name__}: {first}); "
+                "check that the data fits the model (image size, channels)"
+            ) from exc
     return calls

@@ -87,7 +87,7 @@ def _unit(name: str, module: nn.Module, call: Call, fns: Mapping[Any, IdentityFn
     if own is not None:
         return Unit(name, "residual", call.shape_in != call.shape_out, own, **shapes)
     if call.x is not None:
-        found = find_residual(module, call.x, call.out)
+        found = find_residual(module, call.x, call.out, call.args, call.kwargs)
         if found is not None:
             return Unit(name, "residual", found.projection, found.skip, **shapes)
     return Unit(name, "layer", **shapes)
@@ -102,7 +102,8 @@ def _residual_blocks(
     def visit(prefix: str, parent: nn.Module) -> None:
         for child_name, child in parent.named_children():
             name = f"{prefix}{child_name}"
-            if name not in calls:
+            if name not in calls:  # never called itself: a ModuleList, or a Sequential
+                visit(f"{name}.", child)  # whose blocks the parent calls one by one
                 continue
             unit = _unit(name, child, calls[name], fns)
             if unit.residual:
