@@ -82,30 +82,37 @@ class CamResult(Result):
             box = crop_box(image.shape[:2], self.preprocess.size, self.preprocess.crop_pct)
         return overlay(image, self.arrays["heatmaps"][i, k], alpha=alpha, cmap=cmap, box=box)
 
-    def figure(self, i: int, *, top: int = 5, alpha: float = 0.5) -> Figure:
-        """Image | overlay per target | top predictions with probabilities."""
-        from ..render.cam_figure import cam_figure
+    def figure(self, i: int = 0, *, top: int = 5, alpha: float = 0.5) -> Figure:
+        """Image | overlay per target (with its probability and colour scale) | top predictions.
 
+        Displays inline in Jupyter without ``%matplotlib inline``."""
+        from ..render.cam_figure import cam_figure
+        from ..render.display import inline_figure
+
+        if not -len(self.names) <= i < len(self.names):
+            from ..errors import NetlensError
+
+            raise NetlensError(
+                f"image {i} does not exist: this result has {len(self.names)} image(s)"
+                + (f" (0..{len(self.names) - 1})" if self.names else "")
+            )
+        i %= len(self.names)
         t = self.arrays["targets"][i]
         order = np.argsort(-self.probs[i])[:top]
-        return cam_figure(
+        fig = cam_figure(
             self.original(i),
             [self.overlay(i, k, alpha=alpha) for k in range(len(t))],
             [f"{self.meta['method']} · {self.class_name(int(c))}" for c in t],
             [self.class_name(int(c)) for c in order],
             [float(self.probs[i, c]) for c in order],
             title=f"{self.names[i]} · layer {self.layer}",
+            overlay_probs=[float(self.probs[i, int(c)]) for c in t],
         )
+        return inline_figure(fig)
 
     def figures(self) -> dict[str, Figure]:
         m = _safe(self.meta["method"])
         return {f"{name}_{m}_figure": self.figure(i) for i, name in enumerate(self.names)}
-
-    def _repr_png_(self) -> bytes | None:
-        """Jupyter shows the first image's figure (without drawing all the others)."""
-        from ..render.figures import figure_png
-
-        return figure_png(self.figure(0)) if self.names else None
 
     # -- output ----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:

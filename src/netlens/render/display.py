@@ -1,0 +1,477 @@
+"""Rich display of Results: an HTML card with embedded PNGs, one PNG, a short text repr.
+
+Pure functions (a Result in, a string or bytes out); the hooks on ``Result`` delegate here.
+What "every image of a batch" means depends on the result:
+
+- a CAM result: one card per image (the image, an overlay per explained class with its
+  probability, the top predictions), paged by images;
+- any other result: its figures (``Result.figures()``), paged by figures.
+
+Pages hold :data:`PER_PAGE` items; the card says how many there are and how to see the rest
+(``res.show(page=2)``, ``res.figure(i)``). Tables become HTML tables (the first
+:data:`TABLE_ROWS` rows, with a count of the rest).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import NetlensError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ..analyzers.base import Result
+    from ..analyzers.cam_result import CamResult
+
+__all__ = [
+    "PER_PAGE",
+    "Page",
+    "ResultPage",
+    "bundle",
+    "cam_rows",
+    "colour_legend",
+    "header",
+    "inline_figure",
+    "nth_figure",
+    "png_uri",
+    "result_html",
+    "result_png",
+    "show",
+    "table_view",
+    "text_repr",
+]
+
+PER_PAGE = 12
+TABLE_ROWS = 20
+WEAK = 0.05  # a class below this probability is marked "weak" next to its map
+THUMB = 288  # longest side, in pixels, of an image embedded in a CAM card
+
+
+# -- pages ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Page:
+    """Page ``number`` (1-based) of ``total`` items, ``per_page`` at a time."""
+
+    number: int
+    per_page: int
+    total: int
+
+    @property
+    def count(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def start(self) -> int:
+        return (self.number - 1) * self.per_page
+
+    @property
+    def stop(self) -> int:
+        return min(self.total, self.start + self.per_page)
+
+    def check(self) -> Page:
+        """Itself, or one line saying which pages exist."""
+        if self.per_page < 1:
+            raise NetlensError(f"per_page must be at least 1, got {self.per_page}")
+        if not 1 <= self.number <= self.count:
+            raise NetlensError(
+                f"page {self.number} does not exist: {self.total} items make "
+                f"{self.count} page(s) of {self.per_page}"
+            )
+        return self
+
+    def note(self, what: str) -> str:
+        """How many items there are and, when paged, how to see the others."""
+        if self.total <= self.per_page:
+            return f"{self.total} {what.removesuffix('s') if self.total == 1 else what}"
+        text = f"showing {what} {self.start + 1}–{self.stop} of {self.total}"
+        if self.number < self.count:
+            text += f"; res.show(page={self.number + 1}) shows the next {self.per_page}"
+        return text + "; res.figure(i) shows any one"
+
+
+class ResultPage:
+    """One page of a Result, displayable in Jupyter (what ``res.show(page=n)`` displays)."""
+
+    def __init__(self, result: Result, page: int = 1, per_page: int = PER_PAGE) -> None:
+        self.result, self.page, self.per_page = result, page, per_page
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return bundle(self.result, self.page, self.per_page)
+
+    def __repr__(self) -> str:
+        return text_repr(self.result)
+
+
+# -- text ----------------------------------------------------------------------------------------
+def text_repr(result: Result, width: int = 100) -> str:
+    """A few lines: what the result is, the shapes of its arrays (never their contents)."""
+    head = " · ".join(f"{k} {v}" for k, v in header(result))
+    arrays = [
+        f"{k} {_dtype(a)}[{'×'.join(map(str, np.shape(a)))}]" for k, a in result.arrays.items()
+    ]
+    keys = list(result.meta)
+    lines = [
+        f"{type(result).__name__}({result.name}){': ' + head if head else ''}",
+        "  arrays: " + (_fit(arrays, width - 10, "res.arrays") or "none"),
+        f"  table: {len(result.table)} rows · meta: " + (_fit(keys, width - 30, "res.meta") or "–"),
+        "  res.show() · res.figure(i) · res.save(dir) · res.summary()",
+    ]
+    return "\n".join(lines)
+
+
+def _dtype(a: Any) -> str:
+    return str(getattr(a, "dtype", type(a).__name__))
+
+
+def _fit(items: list[str], width: int, where: str) -> str:
+    """Whole items joined up to ``width`` characters, then a count of the rest."""
+    out: list[str] = []
+    for item in items:
+        if out and len(", ".join([*out, item])) > width:
+            return ", ".join(out) + f", … {len(items) - len(out)} more ({where})"
+        out.append(item)
+    return ", ".join(out)
+
+
+def header(result: Result) -> list[tuple[str, str]]:
+    """(label, value) pairs for the card's header: model, method, layer, images, targets, time."""
+    meta = result.meta
+    extra = meta.get("header") if isinstance(meta.get("header"), dict) else {}
+
+    def first(*keys: str) -> Any:
+        for key in keys:
+            value = meta.get(key, extra.get(key))
+            if value not in (None, "", [], {}):
+                return value
+        return None
+
+    items = [
+        ("model", first("model")),
+        ("method", first("method", "methods")),
+        ("layer", first("layer", "layers")),
+        ("images", _count(first("images"))),
+        ("samples", first("samples")),
+        ("data", first("data")),
+        ("targets", _targets(result)),
+        ("time", _seconds(first("seconds", "elapsed", "time"))),
+    ]
+    return [(k, _text(v)) for k, v in items if v is not None]
+
+
+def _count(images: Any) -> Any:
+    return len(images) if isinstance(images, (list, tuple)) else images
+
+
+def _targets(result: Result) -> str | None:
+    meta = result.meta
+    if "targets" not in result.arrays or "probs" not in result.arrays:
+        return None
+    if meta.get("top"):
+        return f"top {meta['top']} classes"
+    if not meta.get("explicit_target"):
+        return "predicted class"
+    classes = meta.get("classes") or []
+    seen = dict.fromkeys(int(t) for t in np.ravel(result.arrays["targets"]))
+    names = [str(classes[t]) if t < len(classes) else str(t) for t in seen]
+    return _fit(names, 60, "res.targets")
+
+
+def _seconds(value: Any) -> Any:
+    return f"{value:.1f} s" if isinstance(value, (int, float)) else value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+# -- HTML and PNG --------------------------------------------------------------------------------
+def result_html(result: Result, page: int = 1, per_page: int = PER_PAGE) -> str:
+    """The result as an HTML card: header, notes, page of images, table."""
+    return bundle(result, page, per_page, png=False)["text/html"]
+
+
+def result_png(result: Result, page: int = 1, per_page: int = PER_PAGE) -> bytes | None:
+    """One PNG with every image of the page (for front-ends that show no HTML)."""
+    return bundle(result, page, per_page, html=False).get("image/png")
+
+
+def bundle(
+    result: Result, page: int = 1, per_page: int = PER_PAGE, *, html: bool = True, png: bool = True
+) -> dict[str, Any]:
+    """Jupyter's mime bundle (text/plain, text/html, image/png), each picture drawn once."""
+    out: dict[str, Any] = {"text/plain": text_repr(result)}
+    if _is_cam(result):
+        pg = Page(page, per_page, len(result.names)).check()
+        indices = list(range(pg.start, pg.stop))
+        view = _view(result, pg.note("images"))
+        view["cam"] = (
+            {"legend": colour_legend(), "rows": cam_rows(result, indices)} if html else None
+        )
+        if png and indices:
+            from .figures import figure_png
+
+            out["image/png"] = figure_png(cam_grid_figure(result, indices))
+    else:
+        figs = list(result.figures().items())
+        pg = Page(page, per_page, len(figs)).check()
+        from .figures import figure_png
+
+        pngs = [(stem, figure_png(fig)) for stem, fig in figs[pg.start : pg.stop]]
+        view = _view(result, pg.note("figures") if figs else "")
+        view["figures"] = [{"uri": png_uri(p), "stem": s, "width": _png_width(p)} for s, p in pngs]
+        if png and pngs:
+            out["image/png"] = stack_pngs([p for _, p in pngs])
+    if html:
+        from ..report.templating import render
+
+        out["text/html"] = render("result.html.j2", v=view)
+    return out
+
+
+def _view(result: Result, page_note: str) -> dict[str, Any]:
+    """The template's view of a result, before its pictures."""
+    meta = result.meta
+    notes: list[str] = []
+    if meta.get("shown") is not None and meta.get("total") and meta["shown"] < meta["total"]:
+        notes.append(f"{meta['shown']} of {meta['total']} filters drawn (max_filters)")
+    skipped = meta.get("errors") or meta.get("skipped")
+    if isinstance(skipped, list) and skipped:
+        notes.append(f"skipped {len(skipped)}: " + _fit([str(s) for s in skipped], 200, "meta"))
+    return {
+        "kind": f"{type(result).__name__}({result.name})",
+        "header": header(result),
+        "notes": notes,
+        "cam": None,
+        "figures": [],
+        "page_note": page_note,
+        "table": table_view(result.table, TABLE_ROWS, "res.table"),
+    }
+
+
+def table_view(rows: list[dict[str, Any]], max_rows: int, where: str) -> dict[str, Any] | None:
+    """Columns (in first-seen order) and formatted cells of the first ``max_rows`` rows."""
+    from ..report.templating import cell
+
+    if not rows:
+        return None
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    body = [
+        [{"text": cell(r.get(c)), "num": _is_number(r.get(c))} for c in columns]
+        for r in rows[:max_rows]
+    ]
+    more = max(0, len(rows) - max_rows)
+    return {"columns": columns, "rows": body, "more": more, "total": len(rows), "where": where}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def png_uri(data: bytes | np.ndarray) -> str:
+    """PNG bytes (or an H×W×3 uint8 RGB array, encoded) as a ``data:`` URI."""
+    if isinstance(data, np.ndarray):
+        data = encode_png(data)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An H×W×3 uint8 RGB array as PNG bytes."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        raise NetlensError("could not encode a PNG")
+    return buf.tobytes()
+
+
+def _png_width(png: bytes) -> int:
+    return struct.unpack(">I", png[16:20])[0]
+
+
+def stack_pngs(pngs: list[bytes], gap: int = 8) -> bytes:
+    """PNGs stacked top to bottom on white, left-aligned, as one PNG."""
+    import cv2
+
+    images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in pngs]
+    width = max(im.shape[1] for im in images)
+    parts = []
+    for im in images:
+        pad = np.full((im.shape[0] + gap, width, 3), 255, np.uint8)
+        pad[: im.shape[0], : im.shape[1]] = im
+        parts.append(pad)
+    ok, buf = cv2.imencode(".png", np.concatenate(parts)[:-gap])
+    return buf.tobytes()
+
+
+# -- CAM results ---------------------------------------------------------------------------------
+def _is_cam(result: Result) -> bool:
+    from ..analyzers.cam_result import CamResult
+
+    return isinstance(result, CamResult)
+
+
+def _thumb(image: np.ndarray) -> np.ndarray:
+    """Large photos shrunk to :data:`THUMB` pixels on the long side (small images kept)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if max(h, w) <= THUMB:
+        return image
+    s = THUMB / max(h, w)
+    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), cv2.INTER_AREA)
+
+
+def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[str, Any]]:
+    """Per image: the picture, an overlay per explained class (with p), the top predictions."""
+    rows = []
+    method = result.meta["method"]
+    for i in indices:
+        image = result.original(i)
+        small = max(image.shape[:2]) < 96
+        overlays = []
+        for k, c in enumerate(result.arrays["targets"][i]):
+            p = float(result.probs[i, int(c)])
+            overlays.append(
+                {
+                    "uri": png_uri(_thumb(result.overlay(i, k))),
+                    "label": f"{method} · {result.class_name(int(c))}",
+                    "p": p,
+                    "weak": p < WEAK,
+                    "pixelated": small,
+                }
+            )
+        order = np.argsort(-result.probs[i])[:top]
+        rows.append(
+            {
+                "name": result.names[i],
+                "image": png_uri(_thumb(image)),
+                "pixelated": small,
+                "overlays": overlays,
+                "top": [
+                    {"name": result.class_name(int(c)), "p": float(result.probs[i, c])}
+                    for c in order
+                ],
+            }
+        )
+    return rows
+
+
+def colour_legend(cmap: str = "jet") -> str:
+    """The heatmap colour scale, 0 (left) to the map's maximum (right), as a data URI."""
+    from .overlay import colorize
+
+    return png_uri(colorize(np.tile(np.linspace(0.0, 1.0, 160), (10, 1)), cmap))
+
+
+def cam_grid_figure(result: CamResult, indices: list[int]) -> Figure:
+    """Rows of image | overlay per class (with p), one colour bar: the plain-PNG view."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from .figures import new_figure
+
+    k = result.arrays["targets"].shape[1]
+    fig = new_figure(2.0 * (k + 1) + 0.9, 2.15 * len(indices) + 0.2, dpi=100)
+    axes = np.atleast_2d(fig.subplots(len(indices), k + 1, squeeze=False))
+    for row, i in zip(axes, indices, strict=True):
+        _draw(row[0], result.original(i), result.names[i], "black")
+        for k_, c in enumerate(result.arrays["targets"][i]):
+            p = float(result.probs[i, int(c)])
+            weak = " (weak)" if p < WEAK else ""
+            label = f"{result.class_name(int(c))}\np = {_pct(p)}{weak}"
+            _draw(row[k_ + 1], result.overlay(i, k_), label, "#a33" if weak else "black")
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.05)
+    bar.set_ticks([0, 1], labels=["0", "max"])
+    bar.set_label("each map / its own maximum", fontsize=8)
+    return fig
+
+
+def _draw(ax: Any, image: np.ndarray, caption: str, colour: str) -> None:
+    ax.imshow(image, interpolation="nearest" if max(image.shape[:2]) < 96 else "bilinear")
+    ax.set_title(caption, fontsize=8, color=colour)
+    ax.set_axis_off()
+
+
+def _pct(p: float) -> str:
+    from ..report.templating import pct
+
+    return pct(p)
+
+
+# -- figures and show ----------------------------------------------------------------------------
+class _PngOf:
+    """``figure._repr_png_``: Jupyter shows the figure without ``%matplotlib inline``."""
+
+    def __init__(self, fig: Figure) -> None:
+        self.fig = fig
+
+    def __call__(self) -> bytes:
+        from .figures import figure_png
+
+        return figure_png(self.fig)
+
+
+def inline_figure(fig: Figure) -> Figure:
+    """The same Figure, made to display inline in Jupyter.
+
+    netlens draws with matplotlib's object API and never imports pyplot, so the inline backend
+    is not active and Jupyter would print ``<Figure size ...>``; a ``_repr_png_`` on the
+    instance makes it draw itself (where the inline backend *is* active, it takes precedence).
+    """
+    if not callable(getattr(fig, "_repr_png_", None)):
+        fig._repr_png_ = _PngOf(fig)  # type: ignore[attr-defined]
+    return fig
+
+
+def nth_figure(result: Result, i: int) -> Figure:
+    """Figure ``i`` of ``result.figures()``, displayable inline; a bad index is one line."""
+    figs = list(result.figures().values())
+    if not -len(figs) <= i < len(figs):
+        raise NetlensError(
+            f"figure {i} does not exist: this {result.name} result has {len(figs)} figure(s)"
+            + (f" (0..{len(figs) - 1})" if figs else "")
+        )
+    return inline_figure(figs[i])
+
+
+def in_notebook() -> bool:
+    """Whether we run inside a Jupyter kernel (not a terminal IPython, not a script)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show(
+    result: Result, page: int = 1, per_page: int = PER_PAGE, out: str | Path | None = None
+) -> list[Path] | None:
+    """In Jupyter: display a page of the result. Elsewhere: save it to ``out`` (default
+    ``netlens-out/``, like every command's ``--out``) and print where its files are."""
+    if in_notebook():
+        from IPython.display import display
+
+        display(ResultPage(result, page, per_page))
+        return None
+    folder = Path(out) if out is not None else Path("netlens-out")
+    paths = result.save(folder)
+    pictures = [p for p in paths if p.suffix == ".png"]
+    print(f"{result.name}: wrote {len(paths)} files to {folder}/")
+    for p in pictures[:PER_PAGE]:
+        print(f"  {p}")
+    if len(pictures) > PER_PAGE:
+        print(f"  … and {len(pictures) - PER_PAGE} more pictures in {folder}/")
+    return paths
