@@ -37,6 +37,7 @@ __all__ = [
     "ResultPage",
     "bundle",
     "cam_rows",
+    "card_view",
     "colour_legend",
     "header",
     "inline_figure",
@@ -210,27 +211,13 @@ def bundle(
 ) -> dict[str, Any]:
     """Jupyter's mime bundle (text/plain, text/html, image/png), each picture drawn once."""
     out: dict[str, Any] = {"text/plain": text_repr(result)}
-    if _is_cam(result):
-        pg = Page(page, per_page, len(result.names)).check()
-        indices = list(range(pg.start, pg.stop))
-        view = _view(result, pg.note("images"))
-        view["cam"] = (
-            {"legend": colour_legend(), "rows": cam_rows(result, indices)} if html else None
-        )
-        if png and indices:
-            from .figures import figure_png
-
-            out["image/png"] = figure_png(cam_grid_figure(result, indices))
-    else:
-        figs = list(result.figures().items())
-        pg = Page(page, per_page, len(figs)).check()
+    view, pictures = card_view(result, page, per_page, cam_html=html)
+    if png and _is_cam(result) and pictures:
         from .figures import figure_png
 
-        pngs = [(stem, figure_png(fig)) for stem, fig in figs[pg.start : pg.stop]]
-        view = _view(result, pg.note("figures") if figs else "")
-        view["figures"] = [{"uri": png_uri(p), "stem": s, "width": _png_width(p)} for s, p in pngs]
-        if png and pngs:
-            out["image/png"] = stack_pngs([p for _, p in pngs])
+        out["image/png"] = figure_png(cam_grid_figure(result, pictures))
+    elif png and pictures:
+        out["image/png"] = stack_pngs(pictures)
     if html:
         from ..report.templating import render
 
@@ -238,15 +225,42 @@ def bundle(
     return out
 
 
-def _view(result: Result, page_note: str) -> dict[str, Any]:
+def card_view(
+    result: Result,
+    page: int = 1,
+    per_page: int = PER_PAGE,
+    *,
+    table_rows: int = TABLE_ROWS,
+    cam_html: bool = True,
+) -> tuple[dict[str, Any], list[Any]]:
+    """The card template's view of one page of ``result``, and the page's pictures (the image
+    indices of a CAM result, else the figures' PNG bytes)."""
+    if _is_cam(result):
+        pg = Page(page, per_page, len(result.names)).check()
+        indices = list(range(pg.start, pg.stop))
+        view = _view(result, pg.note("images"), table_rows)
+        if cam_html:
+            view["cam"] = {"legend": colour_legend(), "rows": cam_rows(result, indices)}
+        return view, indices
+    from .figures import figure_png
+
+    figs = list(result.figures().items())
+    pg = Page(page, per_page, len(figs)).check()
+    pngs = [(stem, figure_png(fig)) for stem, fig in figs[pg.start : pg.stop]]
+    view = _view(result, pg.note("figures") if len(figs) > 1 else "", table_rows)
+    view["figures"] = [{"uri": png_uri(p), "stem": s, "width": _png_width(p)} for s, p in pngs]
+    return view, [p for _, p in pngs]
+
+
+def _view(result: Result, page_note: str, table_rows: int) -> dict[str, Any]:
     """The template's view of a result, before its pictures."""
     meta = result.meta
     notes: list[str] = []
     if meta.get("shown") is not None and meta.get("total") and meta["shown"] < meta["total"]:
         notes.append(f"{meta['shown']} of {meta['total']} filters drawn (max_filters)")
-    skipped = meta.get("errors") or meta.get("skipped")
-    if isinstance(skipped, list) and skipped:
-        notes.append(f"skipped {len(skipped)}: " + _fit([str(s) for s in skipped], 200, "meta"))
+    unreadable = meta.get("errors")
+    if isinstance(unreadable, list) and unreadable:
+        notes.append(f"skipped {len(unreadable)} unreadable: " + _fit(unreadable, 200, "meta"))
     return {
         "kind": f"{type(result).__name__}({result.name})",
         "header": header(result),
@@ -254,7 +268,7 @@ def _view(result: Result, page_note: str) -> dict[str, Any]:
         "cam": None,
         "figures": [],
         "page_note": page_note,
-        "table": table_view(result.table, TABLE_ROWS, "res.table"),
+        "table": table_view(result.table, table_rows, "res.table"),
     }
 
 
@@ -262,7 +276,7 @@ def table_view(rows: list[dict[str, Any]], max_rows: int, where: str) -> dict[st
     """Columns (in first-seen order) and formatted cells of the first ``max_rows`` rows."""
     from ..report.templating import cell
 
-    if not rows:
+    if not rows or max_rows < 1:
         return None
     columns: list[str] = []
     for row in rows:
