@@ -49,13 +49,15 @@ def test_cam_writes_overlays_figures_maps_and_json(files: Path, tmp_path: Path) 
             str(out),
         ],
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 3, res.output  # finished, with a skipped input
     assert "layer4" in res.output and "auto" in res.output
     assert "notes.jpg" in res.output  # the unreadable file is reported, the others done
-    overlay = cv2.imread(str(out / "a_gradcam.png"))
+    target = json.loads((out / "cam.json").read_text())["images"][0]["target_name"]
+    overlay = cv2.imread(str(out / f"a_gradcam_layer4_{target}.png"))
     assert overlay.shape == (48, 80, 3)  # the original size
-    assert (out / "a_gradcam_figure.png").exists() and (out / "b_gradcam_figure.png").exists()
-    heat = np.load(out / "a_gradcam.npy")
+    assert (out / "a_gradcam_layer4_figure.png").exists()
+    assert (out / "b_gradcam_layer4_figure.png").exists()
+    heat = np.load(out / f"a_gradcam_layer4_{target}.npy")
     assert heat.shape == (64, 64) and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() <= 1.0
     summary = json.loads((out / "cam.json").read_text())
@@ -63,7 +65,26 @@ def test_cam_writes_overlays_figures_maps_and_json(files: Path, tmp_path: Path) 
     assert row["image"] == "a" and row["method"] == "gradcam" and row["layer"] == "layer4"
     assert row["target"] == row["prediction"] and 0 < row["probability"] <= 1
     assert row["target_name"] in ("cat", "dog", "bird")
-    assert str(out / "a_gradcam.png") in row["files"]
+    assert f"a_gradcam_layer4_{target}.png" in row["files"]
+    assert "notes.jpg" in summary["skipped"][0]
+    listed = json.loads((out / "cam.manifest.json").read_text())["files"]
+    assert {f["file"] for f in listed} == {p.name for p in out.iterdir()} - {
+        "cam.manifest.json",
+        ".netlens.lock",
+    }
+    again = runner.invoke(
+        app,
+        [
+            "cam",
+            str(files / "tiny.pt"),
+            str(files / "imgs"),
+            str(files / "notes.jpg"),
+            "--out",
+            str(out),
+            "--skip-bad",
+        ],
+    )
+    assert again.exit_code == 0, again.output
 
 
 def test_json_top_k_and_class_names(files: Path, tmp_path: Path) -> None:
@@ -87,8 +108,8 @@ def test_json_top_k_and_class_names(files: Path, tmp_path: Path) -> None:
     row = summary["images"][0]
     assert summary["method"] == "gradcam++" and len(row["target"]) == 2
     for name in row["target_name"]:
-        assert (tmp_path / f"a_gradcam++_{name}.png").exists()
-    assert np.load(tmp_path / "a_gradcam++.npy").shape == (2, 64, 64)
+        assert (tmp_path / f"a_gradcam++_layer4_{name}.png").exists()
+        assert np.load(tmp_path / f"a_gradcam++_layer4_{name}.npy").shape == (64, 64)
 
 
 def test_target_by_name_and_explicit_layer(files: Path, tmp_path: Path) -> None:
@@ -112,7 +133,7 @@ def test_target_by_name_and_explicit_layer(files: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout)["images"][0]
     assert row["target"] == 2 and row["layer"] == "layer3"
-    assert (tmp_path / "b_eigencam_bird.png").exists()
+    assert (tmp_path / "b_eigencam_layer3_bird.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -163,8 +184,9 @@ def test_default_zoo_model_and_its_samples(tmp_path: Path) -> None:
     assert len(rows) >= 1
     hits = 0
     for row in rows:
-        cam = np.load(tmp_path / "cam" / f"{row['image']}_cam.npy")
-        grad = np.load(tmp_path / "grad" / f"{row['image']}_gradcam.npy")
+        stem = f"{row['image']}_{{}}_{row['layer']}_{row['target_name']}.npy"
+        cam = np.load(tmp_path / "cam" / stem.format("cam"))
+        grad = np.load(tmp_path / "grad" / stem.format("gradcam"))
         np.testing.assert_allclose(cam, grad, atol=1e-5)  # GAP head: CAM = Grad-CAM
         hits += row["target"] == row["prediction"]
     assert hits == len(rows)

@@ -44,9 +44,7 @@ def net() -> Lens:
     return Lens(SmallNet().eval(), Preprocess(size=(12, 12)))
 
 
-def _stacked(
-    model: nn.Module, x: torch.Tensor, batch: int
-) -> dict[str, list[torch.Tensor]]:
+def _stacked(model: nn.Module, x: torch.Tensor, batch: int) -> dict[str, list[torch.Tensor]]:
     """Every call's output of every ReLU/GELU module over the whole set, stacked.
 
     The forwards run in the same batches as the analyzer's: a conv over another batch size may

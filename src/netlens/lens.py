@@ -48,6 +48,8 @@ class Lens:
         host: PluginHost | None = None,
         card: dict[str, Any] | None = None,
         samples: list[Path] | None = None,
+        task: str | None = None,
+        output: str | int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
@@ -62,6 +64,9 @@ class Lens:
         self.card = dict(card or {})
         self.samples = list(samples or [])
         self._host = host
+        self.output_key = output
+        self.task = _check_task(task)
+        self._digest: str | None = None
 
     def __repr__(self) -> str:
         n = len(self.classes) if self.classes else "?"
@@ -92,35 +97,80 @@ class Lens:
     def batch(self, images: Any = None, *, strict: bool = False) -> Batch:
         """Read and preprocess ``images`` (the sample images when None) into a Batch."""
         if images is None:
-            if not self.samples:
-                raise NetlensError("no images given and this model has no sample images")
-            images = self.samples
+            images = self.samples or self._dataset_images()
         batch = load_batch(images, self.transform, strict=strict)
         batch.tensor = batch.tensor.to(self.device)
         return batch
+
+    def _dataset_images(self, count: int = 8) -> list[Any]:
+        """The first images of the model's own dataset, for runs given no images."""
+        name = self.default_data()
+        if not name:
+            raise NetlensError(
+                "no images given, and this model has neither sample images nor a training "
+                "dataset on its card; pass image files or a folder"
+            )
+        from .data import as_dataset
+
+        ds = as_dataset(name, self.transform, host=self.host)
+        if not hasattr(ds, "image"):
+            raise NetlensError(f"no images given; dataset {name} cannot give raw images: pass some")
+        return [ds.image(i) for i in range(min(count, len(ds)))]
 
     def preprocess(self, images: Any) -> torch.Tensor:
         """Images (paths, folder, arrays, tensor) → the N×C×H×W tensor the model takes."""
         return self.batch(images, strict=True).tensor
 
     def predict(self, images: Any) -> torch.Tensor:
-        """Class probabilities (N×K softmax of the logits)."""
+        """Class probabilities: N×K softmax (sigmoid for multi-label/binary models)."""
         x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
         with torch.no_grad(), eval_mode(self.model):
-            return torch.softmax(self.logits(x.to(self.device)), dim=1)
+            return self.probabilities(self.output(x.to(self.device)))
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
+
+        N×K logits for classifiers, N×1 for a binary single-logit model, N×K×H×W for dense
+        (segmentation) models; see :mod:`netlens.targets`.
+        """
+        from .targets import model_output
+
+        return model_output(self.model(x), self.output_key)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the model and check it returns N×K logits."""
-        out = self.model(x)
-        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        """Run the model and check it returns N×K (classification or regression) outputs."""
+        out = self.output(x)
+        if out.dim() != 2:
             raise NetlensError(
-                f"the model returned {shape}; netlens expects classification logits of shape "
-                "N×classes (wrap the model so forward returns them)"
+                f"the model returned {tuple(out.shape)}; this needs N×classes outputs "
+                "(pick another with --output KEY, or wrap the model so forward returns them)"
             )
         return out
+
+    def task_for(self, output: torch.Tensor) -> str:
+        """The task (``multiclass``, ``multilabel``, ``binary``, ``regression``, ``dense``)."""
+        from .targets import detect_task
+
+        return self.task or detect_task(output)
+
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """What a person reads as class probabilities for ``output`` (by the task)."""
+        from .targets import probabilities
+
+        return probabilities(output, self.task_for(output))
+
+    def digest(self) -> str:
+        """SHA-256 of the model's weights and buffers (computed once)."""
+        if self._digest is None:
+            from .provenance import model_digest
+
+            self._digest = model_digest(self.model)
+        return self._digest
+
+    def preprocess_info(self) -> dict[str, Any]:
+        """The preprocessing used, as JSON (with where it came from, when known)."""
+        info = self.transform.to_dict() if hasattr(self.transform, "to_dict") else {}
+        return {"source": self.card.get("preprocess_source"), **info}
 
     def default_data(self) -> str | None:
         """The dataset this model was trained on (from its card), for runs given no data."""
@@ -222,3 +272,13 @@ class Lens:
 
         report = build_report(self, images, data=data, sections=sections, **options)
         return report.save(out) if out is not None else report
+
+
+def _check_task(task: str | None) -> str | None:
+    from .targets import TASKS
+
+    if task is not None and task not in TASKS:
+        from .errors import hint
+
+        raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
+    return task

@@ -1,26 +1,60 @@
-"""The Analyzer and Result contracts every analyzer (built-in or plugin) follows."""
+"""The Analyzer template and the Result every analyzer (built-in or plugin) returns.
+
+An analyzer declares its options and what it runs on, and writes only its computation::
+
+    class Brightness(Analyzer):
+        \"\"\"Mean input brightness per image.\"\"\"
+
+        name = "brightness"
+        takes = "images"
+        options = (Option("scale", 1.0, "multiply by this", float, low=0),)
+
+        def compute(self, run: Run) -> Result:
+            x = run.images.tensor
+            values = x.mean(dim=(1, 2, 3)) * run.options.scale
+            table = [{"image": n, "value": float(v)} for n, v in zip(run.images.names, values)]
+            return Result("brightness", table=table)
+
+:meth:`Analyzer.run` (in the spirit of torch-cam's ``__call__ → _precheck → compute``) checks
+the options against the declarations (unknown ones refused with close-name hints), resolves the
+images or data once (sample images / the model card's dataset when none are given, one policy
+for unreadable items), puts the model in eval mode (restoring every module's own flag after),
+hands :meth:`Analyzer.compute` a :class:`Run`, and stamps the Result with the reproducibility
+header (:mod:`netlens.provenance`). Analyzers report progress through ``run.progress`` and keep
+partial rows in ``run.storage``; they never print, draw bars or write files.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from .options import Option, Options, parse_options
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..images import Batch
     from ..lens import Lens
+    from ..progress import Progress
+    from ..storage import Storage
+    from .inputs import Data
 
-__all__ = ["Analyzer", "Result", "to_jsonable"]
+__all__ = ["Analyzer", "Option", "Result", "Run", "to_jsonable"]
 
 
 def to_jsonable(obj: Any) -> Any:
-    """numpy / torch / paths → plain JSON types."""
+    """numpy / torch / paths → plain JSON types (NaN and infinities → None)."""
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -28,11 +62,9 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "tolist") and hasattr(obj, "dim"):  # a torch tensor
-        return obj.tolist()
+        obj = obj.item()
+    elif isinstance(obj, np.ndarray) or (hasattr(obj, "tolist") and hasattr(obj, "dim")):
+        return to_jsonable(obj.tolist())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
@@ -42,10 +74,13 @@ def to_jsonable(obj: Any) -> Any:
 class Result:
     """What an analyzer returns: named arrays, a table (list of row dicts) and metadata.
 
-    ``save(dir)`` writes ``<name>.png`` (when there is a figure), ``<name>.json`` (meta + table)
-    and ``<name>.csv`` (the table); subclasses add arrays-to-picture logic by overriding
-    ``figures``. In Jupyter the result shows itself inline (every image, paged; the table; a
-    short header); ``repr()`` is a few lines of shapes (``netlens.render.display``).
+    ``meta["run"]`` is the reproducibility header and ``meta["skipped"]`` the unreadable items
+    (one line each), the same keys for every analyzer. ``save(dir)`` writes, as one set that
+    lands whole or not at all (:mod:`netlens.output`): the figures (``figures()``) and pictures
+    (``pictures()``) as PNG, ``NAME.json`` (header, meta, table), ``NAME.csv`` (the table),
+    arrays as ``.npy`` (``array_files()``) and ``NAME.manifest.json``.
+    In Jupyter a result shows itself inline (every image, paged; the table; a short header);
+    ``repr()`` is a few lines of shapes (:mod:`netlens.render.display`).
     """
 
     name: str
@@ -53,34 +88,60 @@ class Result:
     table: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    # -- rendering (override in subclasses) ------------------------------------------------
+    save_arrays: ClassVar[bool] = False
+
+    # -- what gets written (override in subclasses) ----------------------------------------
     def figures(self) -> dict[str, Figure]:
         """Figures to save, by file stem; the first one is the inline picture."""
         return {}
 
+    def pictures(self) -> dict[str, np.ndarray]:
+        """Plain pictures (H×W×3 uint8) to save as PNG, by file stem (e.g. CAM overlays)."""
+        return {}
+
+    def array_files(self) -> dict[str, np.ndarray]:
+        """Arrays to save as ``.npy``, by file stem (default: every array, ``NAME-KEY``)."""
+        from ..output import safe_name
+
+        return {f"{self.name}-{safe_name(k)}": v for k, v in self.arrays.items()}
+
     def summary(self) -> dict[str, Any]:
-        """The JSON summary: meta, the table and names of the arrays."""
-        return to_jsonable({"analyzer": self.name, **self.meta, "table": self.table})
+        """The JSON document: analyzer, the run header first, then meta and the table."""
+        meta = {k: v for k, v in self.meta.items() if k != "run"}
+        head = {"analyzer": self.name, "run": self.meta.get("run")}
+        return to_jsonable({**head, **meta, "table": self.table})
+
+    @property
+    def skipped(self) -> list[str]:
+        """Items that could not be read (one line each)."""
+        return list(self.meta.get("skipped") or [])
+
+    def stamped(self, header: dict[str, Any], skipped: list[str]) -> Result:
+        """A copy with the run header and the skipped items in ``meta``."""
+        meta = {**self.meta, "run": header, "skipped": skipped}
+        return dataclasses.replace(self, meta=meta)
 
     # -- output ----------------------------------------------------------------------------
-    def save(self, directory: str | Path, *, arrays: bool = False) -> list[Path]:
-        """Write PNG figures, a JSON summary, a CSV table (and ``.npy`` arrays) to a folder."""
-        from ..render.figures import save_figure
+    def save(self, directory: str | Path, *, arrays: bool | None = None) -> list[Path]:
+        """Write the result's files into ``directory`` (see the class doc); returns them."""
+        from ..output import OutputSet
+        from ..render.figures import figure_png
+        from ..render.overlay import png_bytes
 
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        written = [save_figure(fig, out / f"{stem}.png") for stem, fig in self.figures().items()]
-        if arrays:
-            for key, arr in self.arrays.items():
-                np.save(out / f"{self.name}-{key}.npy", arr)
-                written.append(out / f"{self.name}-{key}.npy")
-        if self.table:
-            written.append(write_csv(self.table, out / f"{self.name}.csv"))
-        summary = self.summary()
-        summary["files"] = [str(p) for p in written]
-        json_path = out / f"{self.name}.json"
-        json_path.write_text(json.dumps(summary, indent=2))
-        return [*written, json_path]
+        with OutputSet(directory, self.name) as out:
+            for stem, fig in self.figures().items():
+                out.write_bytes(f"{stem}.png", figure_png(fig))
+            for stem, image in self.pictures().items():
+                out.write_bytes(f"{stem}.png", png_bytes(image))
+            if self.save_arrays if arrays is None else arrays:
+                for stem, arr in self.array_files().items():
+                    out.write_bytes(f"{stem}.npy", _npy(arr))
+            if self.table:
+                out.write_text(f"{self.name}.csv", csv_text(self.table))
+            doc = self.summary()
+            doc["files"] = [*out.names, f"{self.name}.json"]
+            out.write_text(f"{self.name}.json", json.dumps(doc, indent=2))
+        return out.written
 
     # -- display (delegates to netlens.render.display) --------------------------------------
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -125,16 +186,28 @@ class Result:
         return show(self, page, per_page, out)
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write a list of row dicts as CSV (columns in first-seen order)."""
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """A list of row dicts as CSV text (columns in first-seen order; lists/dicts as JSON)."""
     cols: list[str] = []
     for row in rows:
         cols += [k for k in row if k not in cols]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(row.get(k)) for k in cols})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write a list of row dicts as a CSV file."""
+    path.write_text(csv_text(rows))
     return path
 
 
@@ -143,18 +216,113 @@ def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-class Analyzer(ABC):
-    """Base for analyzers: give a ``name`` and a ``run`` method returning a :class:`Result`.
+@dataclass
+class Run:
+    """What :meth:`Analyzer.compute` works with.
 
-    ``run(lens, inputs=None, **options)``: ``inputs`` are images or data, as the analyzer
-    documents; options are keyword arguments (strings from the CLI's ``--opt key=value`` are
-    converted by the analyzer). Register with ``registry.add(name, AnalyzerInstance)`` from a
-    ``netlens_register_analyzers`` hook.
+    Attributes:
+        lens: the model with its preprocessing and class names.
+        options: the checked options (``run.options.top``).
+        progress: where to report progress (:mod:`netlens.progress`).
+        storage: where to keep finished rows of a long study (:mod:`netlens.storage`).
+        images: the preprocessed images (analyzers that take images).
+        data: the dataset to stream (analyzers that take data).
+        layers: set by the analyzer to the layers it resolved (for the header).
+    """
+
+    lens: Lens
+    options: Options
+    progress: Progress
+    storage: Storage
+    images: Batch | None = None
+    data: Data | None = None
+    layers: list[str] | None = None
+    started: datetime | None = None
+    clock: float = field(default_factory=time.perf_counter)
+
+    @property
+    def skipped(self) -> list[str]:
+        if self.images is not None:
+            return list(self.images.errors)
+        return self.data.skipped_lines() if self.data is not None else []
+
+
+class Analyzer(ABC):
+    """Base for analyzers: declare ``name``, ``takes``, ``options``; write :meth:`compute`.
+
+    Attributes:
+        name: registry name (``netlens NAME`` / ``lens.run(NAME)``).
+        description: one line for listings.
+        takes: ``"images"``, ``"data"`` (a dataset, with labels) or ``"model"`` (nothing else).
+        options: the declared :class:`Option` s.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    takes: ClassVar[str] = "images"
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def declared_options(self) -> tuple[Option, ...]:
+        """The options this analyzer accepts (override for per-instance options)."""
+        return tuple(self.options)
+
+    def run(
+        self,
+        lens: Lens,
+        inputs: Any = None,
+        *,
+        progress: Progress | bool | None = None,
+        storage: Storage | None = None,
+        strict: bool = False,
+        **options: Any,
+    ) -> Result:
+        """Check options, resolve inputs, compute, stamp the header; see the module doc.
+
+        Args:
+            lens: the model.
+            inputs: images or data, as the analyzer takes (None: the model's own).
+            progress: a :class:`~netlens.progress.Progress`, True/False, or None (a bar in
+                Jupyter, nothing elsewhere).
+            storage: where long studies keep finished rows (default: memory).
+            strict: stop at the first unreadable image instead of skipping it.
+            **options: the analyzer's declared options.
+        """
+        from ..layers import eval_mode
+        from ..progress import auto_progress
+        from ..provenance import now
+        from ..storage import MemoryStorage
+
+        opts = parse_options(self.name, self.declared_options(), options)
+        run = Run(lens, opts, auto_progress(progress), storage or MemoryStorage(), started=now())
+        self._resolve_inputs(run, inputs, strict)
+        with eval_mode(lens.model):
+            result = self.compute(run)
+        return result.stamped(self._header(run), run.skipped)
+
+    def _resolve_inputs(self, run: Run, inputs: Any, strict: bool) -> None:
+        from ..errors import AnalyzerError
+        from .inputs import resolve_data, resolve_images
+
+        if self.takes == "images":
+            run.images = resolve_images(run.lens, inputs, strict=strict)
+        elif self.takes == "data":
+            limit = run.options.get("limit")
+            run.data = resolve_data(run.lens, inputs, what=self.name, limit=limit, strict=strict)
+        elif inputs is not None:
+            raise AnalyzerError(f"{self.name} takes no images or data; drop them")
+
+    def _header(self, run: Run) -> dict[str, Any]:
+        from ..provenance import run_header
+
+        return run_header(
+            run.lens,
+            started=run.started,  # type: ignore[arg-type]
+            seconds=time.perf_counter() - run.clock,
+            options=dict(run.options),
+            layers=run.layers,
+            data=run.data.describe() if run.data is not None else None,
+        )
 
     @abstractmethod
-    def run(self, lens: Lens, inputs: Any = None, **options: Any) -> Result:
-        """Analyse ``inputs`` with ``lens`` and return a Result."""
+    def compute(self, run: Run) -> Result:
+        """The analysis itself: inputs and options are in ``run``; return a Result."""

@@ -4,11 +4,15 @@
 >>> result.heatmaps.shape, result.targets, result.layer
 
 Built-in methods register through ``netlens_register_cam_methods`` exactly as a plugin's would.
+What is explained is a target (:mod:`netlens.targets`): the prediction by default, a class by
+index or name, one per image, ``pos``/``neg`` for a single-logit model, ``output:K``, a region
+of a dense output, or any callable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,9 +20,10 @@ import torch
 from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
-from ..layers import eval_mode, resolve_layers
+from ..layers import resolve_layers
 from ..plugins import hookimpl
-from .base import Analyzer
+from ..targets import Target, resolve_targets
+from .base import Analyzer, Option, Run
 from .cam_base import (
     CamContext,
     CamMethod,
@@ -38,6 +43,7 @@ __all__ = ["CamAnalyzer", "cam", "method_name"]
 
 _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
 _FUSE = {"max": lambda s: s.amax(dim=0), "mean": lambda s: s.mean(dim=0)}
+WEAK_TARGET = 0.01  # a target below this probability gets a warning: its map is not its evidence
 
 
 @hookimpl
@@ -57,86 +63,85 @@ def method_name(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 class CamAnalyzer(Analyzer):
-    """Where the model looks: one heatmap per image and target class."""
+    """Where the model looks: one heatmap per image and target."""
 
     name = "cam"
     description = "Class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM, ...)."
+    takes = "images"
+    options = (
+        Option("method", "gradcam", "a registered method name, CamMethod class or instance", _same),
+        Option("layer", "auto", "auto, a selector (layer4, blocks.11, relu@-1) or several", _same),
+        Option("target", None, "prediction (None), class index/name, one per image, ...", _same),
+        Option("top", None, "one map per class for the K most probable classes", int, low=1),
+        Option("batch_size", 32, "masked forward passes at once (Score-/Ablation-CAM)", int, low=1),
+        Option("fuse", "max", "how maps of several layers combine", str, choices=("max", "mean")),
+        Option("chunk", 16, "images per forward/backward pass", int, low=1),
+    )
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        method: str | CamMethod | type[CamMethod] = "gradcam",
-        layer: Any = "auto",
-        target: Any = None,
-        top: int | None = None,
-        batch_size: int = 32,
-        fuse: str = "max",
-        chunk: int = 16,
-        progress: Callable[[int, int], None] | None = None,
-        **options: Any,
-    ) -> CamResult:
-        """Heatmaps for ``inputs`` (paths, a folder, arrays, or a preprocessed tensor batch).
-
-        Args:
-            method: a registered method name (``netlens plugins``), class or instance.
-            layer: ``auto``, any selector (``layer4``, ``blocks.11``), or several, fused.
-            target: None (the predicted class), a class index or name, or one per image.
-            top: one map per class for the ``top`` most probable classes (instead of target).
-            batch_size: masked forward passes run at once (Score-CAM, Ablation-CAM).
-            fuse: how maps of several layers are combined: ``max`` or ``mean``.
-            chunk: images per forward/backward pass.
-            progress: called as ``progress(done, total)`` after each chunk of images.
-        """
-        if options:
-            raise NetlensError(f"unknown cam option(s): {', '.join(sorted(options))}")
-        if fuse not in _FUSE:
-            raise NetlensError(f"fuse must be 'max' or 'mean', not '{fuse}'")
-        if top is not None and target is not None:
+    def compute(self, run: Run) -> CamResult:
+        """Heatmaps for ``run.images``; see the options."""
+        o, lens = run.options, run.lens
+        if o.top is not None and o.target is not None:
             raise NetlensError("give either a target or top=K, not both")
-        if top is not None and int(top) < 1:
-            raise NetlensError(f"top must be at least 1, got {top}")
-        impl, method_label = _method(lens, method)
-        batch = lens.batch(inputs)
+        impl, method_label = _method(lens, o.method)
+        batch = run.images
         x = batch.tensor
-        model = lens.model
-        with eval_mode(model):
-            layers, auto = _layers(model, layer, x[:1])
-            heat, probs, targets = _run_chunks(
-                lens,
-                impl,
-                x,
-                layers,
-                target,
-                top,
-                max(1, int(batch_size)),
-                fuse,
-                max(1, int(chunk)),
-                progress,
-            )
-        return CamResult(
+        layers, auto = _layers(lens.model, o.layer, x[:1])
+        run.layers = layers
+        with run.progress.task("cam", total=len(x)) as advance:
+            out = _run_chunks(lens, impl, x, layers, o, advance)
+        heat, probs, targets, labels, task = out
+        meta = {
+            "method": method_label,
+            "layers": layers,
+            "layer_auto": auto,
+            "images": list(batch.names),
+            "classes": lens.classes,
+            "task": task,
+            "top": o.top,
+            "explicit_target": o.target is not None,
+            "target_names": labels,
+            "input_size": list(x.shape[-2:]),
+            "from_tensor": [orig is None for orig in batch.originals],
+        }
+        meta["warnings"] = _warnings(heat, probs, targets, meta)
+        result = CamResult(
             name="cam",
             arrays={"heatmaps": heat, "probs": probs, "targets": targets},
-            meta={
-                "method": method_label,
-                "layers": layers,
-                "layer_auto": auto,
-                "images": list(batch.names),
-                "classes": lens.classes,
-                "top": top,
-                "explicit_target": target is not None,
-                "errors": list(batch.errors),
-                "input_size": list(x.shape[-2:]),
-                "from_tensor": [o is None for o in batch.originals],
-            },
+            meta=meta,
             originals=[
-                o if o is not None else lens.transform.denormalize(t)
-                for o, t in zip(batch.originals, x, strict=True)
+                orig if orig is not None else lens.transform.denormalize(t)
+                for orig, t in zip(batch.originals, x, strict=True)
             ],
             preprocess=lens.transform,
         )
+        return dataclasses.replace(result, table=result.rows())
+
+
+def _warnings(heat: np.ndarray, probs: np.ndarray, targets: np.ndarray, meta: dict) -> list[str]:
+    """One line per misleading picture: an empty/constant map, a target of negligible score."""
+    lines = []
+    classification = meta["task"] in ("multiclass", "multilabel", "binary")
+    for i, name in enumerate(meta["images"]):
+        for k in range(heat.shape[1]):
+            label = meta["target_names"][i][k]
+            if float(heat[i, k].max()) <= 0.0:
+                lines.append(
+                    f"{name}: the {meta['method']} map for {label} is empty (all zero: no "
+                    "evidence above the ReLU); try another method or layer"
+                )
+            c = int(targets[i, k])
+            if classification and 0 <= c < probs.shape[1] and probs[i, c] < WEAK_TARGET:
+                lines.append(
+                    f"{name}: target {label} has probability {probs[i, c]:.2%}; its map shows "
+                    "weak evidence drawn at full scale"
+                )
+    return lines
 
 
 def _method(lens: Lens, method: str | CamMethod | type[CamMethod]) -> tuple[CamMethod, str]:
@@ -172,45 +177,58 @@ def _run_chunks(
     impl: CamMethod,
     x: torch.Tensor,
     layers: list[str],
-    target: Any,
-    top: int | None,
-    batch_size: int,
-    fuse: str,
-    chunk: int,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    heats, probs, targets = [], [], []
-    per_image = _per_image_targets(target, len(x))
-    many = InferenceForward(lens.model, _no_grad(lens.logits))  # one fused copy per run
-    if progress is not None:
-        progress(0, len(x))
-    for start in range(0, len(x), chunk):
-        xs = x[start : start + chunk]
-        ts = per_image[start : start + chunk] if per_image is not None else None
-        h, p, t = _cam_batch(lens, impl, xs, layers, ts, top, batch_size, fuse, many)
-        heats.append(h)
-        probs.append(p)
-        targets.append(t)
-        if progress is not None:
-            progress(start + len(xs), len(x))
-    return np.concatenate(heats), np.concatenate(probs), np.concatenate(targets)
+    o: Any,
+    advance: Callable[[int], None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
+    parts: list[tuple[Any, ...]] = []
+    many = InferenceForward(lens.model, _no_grad(lens.output))  # one fused copy per run
+    per_image = _per_image(o.target, len(x))
+    for start in range(0, len(x), o.chunk):
+        stop = min(start + o.chunk, len(x))
+        spec = per_image(start, stop)
+        parts.append(_cam_batch(lens, impl, x[start:stop], layers, spec, o, many))
+        advance(stop - start)
+    heat, probs, targets = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    return heat, probs, targets, [row for p in parts for row in p[3]], parts[0][4]
 
 
-def _per_image_targets(target: Any, n: int) -> list[Any] | None:
-    if target is None:
-        return None
-    if isinstance(target, torch.Tensor | np.ndarray):
+def _per_image(target: Any, n: int) -> Callable[[int, int], Any]:
+    """The target spec for images ``start:stop`` (lists are sliced, objects shifted)."""
+    if isinstance(target, Target) or (callable(target) and not isinstance(target, str)):
+        return lambda start, stop: _Shifted(target, start)
+    if isinstance(target, (torch.Tensor, np.ndarray)):
         target = target.tolist()
     if isinstance(target, str) and "," in target:
         target = [t.strip() for t in target.split(",")]
-    if isinstance(target, Sequence) and not isinstance(target, str):
+    if isinstance(target, (list, tuple)):
         if len(target) != n:
             raise NetlensError(
                 f"{len(target)} targets given for {n} images; give one per image "
                 "or a single class for all"
             )
-        return list(target)
-    return [target] * n
+        return lambda start, stop: list(target[start:stop])
+    return lambda start, stop: target
+
+
+class _Shifted(Target):
+    """A user's target object applied to a chunk of the images: rows offset to the batch."""
+
+    def __init__(self, inner: Any, offset: int) -> None:
+        from ..targets import CallableTarget
+
+        self.inner = inner if isinstance(inner, Target) else CallableTarget(inner)
+        self.offset = offset
+        self.kind = self.inner.kind  # type: ignore[misc]
+
+    def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.inner.score(output, rows + self.offset)
+
+    def index(self, n: int) -> np.ndarray:
+        full = self.inner.index(self.offset + n)
+        return full[self.offset : self.offset + n]
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        return self.inner.describe(i + self.offset, lens)
 
 
 def _cam_batch(
@@ -218,61 +236,70 @@ def _cam_batch(
     impl: CamMethod,
     x: torch.Tensor,
     layers: list[str],
-    target: list[Any] | None,
-    top: int | None,
-    batch_size: int,
-    fuse: str,
+    spec: Any,
+    o: Any,
     many: InferenceForward,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Heatmaps N×K×H×W, probabilities N×classes and targets N×K for one chunk of images."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
+    """Heatmaps N×K×H×W, scores N×classes, target indices N×K, target labels and the task."""
     model = lens.model
 
-    def choose(logits: torch.Tensor) -> list[torch.Tensor]:
-        k = logits.shape[1]
-        if top is not None:
-            idx = logits.topk(min(int(top), k), dim=1).indices
-            return [idx[:, j] for j in range(idx.shape[1])]
-        if target is None:
-            return [logits.argmax(dim=1)]
-        return [torch.tensor([lens.class_index(t, k) for t in target], device=logits.device)]
+    def choose(output: torch.Tensor) -> list[Target]:
+        return resolve_targets(spec, output, lens, top=o.top)
 
-    cap, sets = capture(model, x, layers, lens.logits, choose, grads=impl.needs_grads)
+    cap, sets = capture(model, x, layers, lens.output, choose, grads=impl.needs_grads)
     caches: dict[str, dict[str, Any]] = {n: {} for n in layers}
     maps = []
-    for k, t in enumerate(sets):
-        per_layer = []
-        for name in layers:
-            acts = cap.acts[name]
-            if acts.shape[-1] * acts.shape[-2] <= 1:
-                raise AnalyzerError(
-                    f"layer '{name}' has a 1×1 output (after global pooling), so there is no "
-                    "map to draw; pick an earlier convolutional layer (see `netlens layers`)"
-                )
-            ctx = CamContext(
-                model=model,
-                x=x,
-                layer=name,
-                acts=acts,
-                grads=cap.grads[k][name] if cap.grads else None,
-                targets=t,
-                logits=cap.logits,
-                forward=_no_grad(lens.logits),
-                batch_size=batch_size,
-                raw=cap.raw[name],
-                cache=caches[name],
-                masked_forward=many,
-            )
-            per_layer.append(impl(ctx))
+    for k, target in enumerate(sets):
+        per_layer = [
+            impl(_context(lens, impl, cap, name, x, k, target, caches[name], o, many))
+            for name in layers
+        ]
         fused = (
             per_layer[0]
             if len(per_layer) == 1
-            else normalize_maps(_FUSE[fuse](torch.stack(per_layer)))
+            else normalize_maps(_FUSE[o.fuse](torch.stack(per_layer)))
         )
         maps.append(fused)
     heat = torch.stack(maps, dim=1).float().cpu().numpy()
-    probs = torch.softmax(cap.logits.float(), dim=1).cpu().numpy()
-    targets = torch.stack(sets, dim=1).cpu().numpy().astype(np.int64)
-    return heat.astype(np.float32), probs.astype(np.float32), targets
+    probs = lens.probabilities(cap.logits).cpu().numpy()
+    targets = np.stack([t.index(len(x)) for t in sets], axis=1)
+    labels = [[t.describe(i, lens) for t in sets] for i in range(len(x))]
+    task = lens.task_for(cap.logits)
+    return heat.astype(np.float32), probs.astype(np.float32), targets, labels, task
+
+
+def _context(
+    lens: Lens,
+    impl: CamMethod,
+    cap: Any,
+    name: str,
+    x: torch.Tensor,
+    k: int,
+    target: Target,
+    cache: dict[str, Any],
+    o: Any,
+    many: InferenceForward,
+) -> CamContext:
+    acts = cap.acts[name]
+    if acts.shape[-1] * acts.shape[-2] <= 1:
+        raise AnalyzerError(
+            f"layer '{name}' has a 1×1 output (after global pooling), so there is no "
+            "map to draw; pick an earlier convolutional layer (see `netlens layers`)"
+        )
+    return CamContext(
+        model=lens.model,
+        x=x,
+        layer=name,
+        acts=acts,
+        grads=cap.grads[k][name] if cap.grads else None,
+        targets=target,
+        logits=cap.logits,
+        forward=_no_grad(lens.output),
+        batch_size=o.batch_size,
+        raw=cap.raw[name],
+        cache=cache,
+        masked_forward=many,
+    )
 
 
 def _no_grad(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
@@ -297,4 +324,4 @@ def cam(model: nn.Module | Lens, images: Any = None, **options: Any) -> CamResul
     from ..lens import Lens
 
     lens = model if isinstance(model, Lens) else Lens(model)
-    return CamAnalyzer().run(lens, images, **options)
+    return CamAnalyzer().run(lens, images, **options)  # type: ignore[return-value]

@@ -31,6 +31,7 @@ from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import auto_layer
 from ..probes import probe
+from ..targets import Target
 
 __all__ = [
     "CamContext",
@@ -55,7 +56,7 @@ class CamContext:
         layer: the layer's dotted name.
         acts: the layer's activations, N×C×h×w, detached.
         grads: d(score)/d(acts), N×C×h×w (None for gradient-free methods).
-        targets: N class indices, one per image.
+        targets: what is explained: a :class:`netlens.targets.Target` (one score per image).
         logits: the model's N×K logits for ``x``.
         forward: runs the model on a batch (no grad) and returns N×K logits.
         batch_size: how many masked inputs to run at once.
@@ -70,7 +71,7 @@ class CamContext:
     layer: str
     acts: torch.Tensor
     grads: torch.Tensor | None
-    targets: torch.Tensor
+    targets: Target
     logits: torch.Tensor
     forward: Logits
     batch_size: int = 32
@@ -85,7 +86,7 @@ class CamContext:
         targets apply to masked or ablated copies of that image. Every method that scores
         extra forward passes goes through here.
         """
-        return outputs[torch.arange(len(rows), device=outputs.device), self.targets[rows]]
+        return self.targets(outputs, rows)
 
     def many(self, passes: int) -> Logits:
         """The forward for ``passes`` no-grad passes that need no hooks (masked inputs)."""
@@ -247,14 +248,14 @@ def capture(
     x: torch.Tensor,
     layers: Sequence[str],
     forward: Logits,
-    choose_targets: Callable[[torch.Tensor], list[torch.Tensor]],
+    choose_targets: Callable[[torch.Tensor], list[Target]],
     *,
     grads: bool = True,
-) -> tuple[Capture, list[torch.Tensor]]:
+) -> tuple[Capture, list[Target]]:
     """Run ``forward`` once with ``layers`` probed; one gradient pass per target set.
 
-    ``choose_targets(logits)`` returns target sets (each N class indices, one per image); for
-    each, the score ``sum_i logits[i, target_i]`` is differentiated w.r.t. the activations with
+    ``choose_targets(output)`` returns target sets (:class:`netlens.targets.Target`, one score
+    per image); for each, the summed score is differentiated w.r.t. the activations with
     ``torch.autograd.grad`` (the model's ``.grad`` stays untouched).
 
     The layers before the first probed one run without autograd (less memory and time): a hook
@@ -275,9 +276,8 @@ def capture(
         outs = {n: p[n].output for n in layers}
         grad_sets: list[dict[str, torch.Tensor]] = []
         if grads:
-            rows = torch.arange(len(x), device=logits.device)
-            for k, t in enumerate(sets):
-                score = logits[rows, t.to(logits.device)].sum()
+            for k, target in enumerate(sets):
+                score = target(logits).sum()
                 if score.requires_grad:
                     p.compute_grads(score, retain_graph=k < len(sets) - 1)
                 grad_sets.append({n: _spatial_grad(p[n].grad, outs[n], model, n) for n in layers})

@@ -222,7 +222,13 @@ class Cam(CamMethod):
     def weights(self, ctx: CamContext) -> torch.Tensor:
         w, b = ctx.cache.get("cam") or _head_weights(ctx)
         ctx.cache["cam"] = (w, b)
-        return w[ctx.targets.to(w.device)].to(ctx.acts.dtype)
+        idx = torch.as_tensor(ctx.targets.index(len(ctx.x)), device=w.device)
+        if bool((idx < 0).any()) or ctx.targets.kind not in ("class", "output"):
+            raise AnalyzerError(
+                "CAM explains classes through the classifier's weights; for other targets "
+                "use --method gradcam"
+            )
+        return w[idx].to(ctx.acts.dtype)
 
 
 def _head_weights(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:

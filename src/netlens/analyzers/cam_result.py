@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +27,7 @@ class CamResult(Result):
 
     originals: list[np.ndarray] = field(default_factory=list, repr=False)
     preprocess: Preprocess | None = field(default=None, repr=False)
+    save_arrays = True
 
     # -- accessors -------------------------------------------------------------------------
     @property
@@ -102,7 +100,7 @@ class CamResult(Result):
         fig = cam_figure(
             self.original(i),
             [self.overlay(i, k, alpha=alpha) for k in range(len(t))],
-            [f"{self.meta['method']} · {self.class_name(int(c))}" for c in t],
+            [f"{self.meta['method']} · {self.target_name(i, k)}" for k in range(len(t))],
             [self.class_name(int(c)) for c in order],
             [float(self.probs[i, c]) for c in order],
             title=f"{self.names[i]} · layer {self.layer}",
@@ -110,73 +108,71 @@ class CamResult(Result):
         )
         return inline_figure(fig)
 
+    def target_name(self, i: int, k: int = 0) -> str:
+        """How target ``k`` of image ``i`` is called (a class name, ``output 2``, ...)."""
+        names = self.meta.get("target_names")
+        if names:
+            return str(names[i][k])
+        return self.class_name(int(self.arrays["targets"][i, k]))
+
+    def _stem(self, i: int, k: int | None = None) -> str:
+        """``image_method_layer[_target]``: unique per image, method, layer and target."""
+        from ..output import safe_name
+
+        parts = [self.names[i], self.meta["method"], self.layer]
+        if k is not None:
+            parts.append(self.target_name(i, k))
+        return "_".join(safe_name(p) for p in parts)
+
     def figures(self) -> dict[str, Figure]:
-        m = _safe(self.meta["method"])
-        return {f"{name}_{m}_figure": self.figure(i) for i, name in enumerate(self.names)}
+        return {f"{self._stem(i)}_figure": self.figure(i) for i in range(len(self.names))}
+
+    def pictures(self) -> dict[str, np.ndarray]:
+        """The overlays at the original images' size (small inputs upscaled to be readable)."""
+        return {
+            self._stem(i, k): self.overlay(i, k)
+            for i in range(len(self.names))
+            for k in range(self.arrays["targets"].shape[1])
+        }
+
+    def array_files(self) -> dict[str, np.ndarray]:
+        """One ``.npy`` map per image and target (H×W float32 in [0, 1])."""
+        h = self.arrays["heatmaps"]
+        return {self._stem(i, k): h[i, k] for i in range(h.shape[0]) for k in range(h.shape[1])}
 
     # -- output ----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
         """One summary row per image: prediction, target(s), probability, method, layer."""
         out = []
+        single = self.arrays["targets"].shape[1] == 1 and not self.meta.get("top")
         for i, name in enumerate(self.names):
             t = [int(c) for c in self.arrays["targets"][i]]
             pred = int(self.predictions[i])
-            row = {
-                "image": name,
-                "prediction": pred,
-                "prediction_name": self.class_name(pred),
-                "prediction_probability": float(self.probs[i, pred]),
-                "target": t[0] if len(t) == 1 and not self.meta.get("top") else t,
-                "target_name": [self.class_name(c) for c in t],
-                "probability": [float(self.probs[i, c]) for c in t],
-                "method": self.meta["method"],
-                "layer": self.layer,
-            }
-            if len(t) == 1 and not self.meta.get("top"):
-                row["target_name"], row["probability"] = (
-                    row["target_name"][0],
-                    row["probability"][0],
-                )
-            out.append(row)
+            probs = [float(self.probs[i, c]) if 0 <= c < self.probs.shape[1] else None for c in t]
+            labels = [self.target_name(i, k) for k in range(len(t))]
+            out.append(
+                {
+                    "image": name,
+                    "prediction": pred,
+                    "prediction_name": self.class_name(pred),
+                    "prediction_probability": float(self.probs[i, pred]),
+                    "target": t[0] if single else t,
+                    "target_name": labels[0] if single else labels,
+                    "probability": probs[0] if single else probs,
+                    "method": self.meta["method"],
+                    "layer": self.layer,
+                    "map_max": float(self.arrays["heatmaps"][i].max()),
+                    "files": [f"{self._stem(i)}_figure.png"]
+                    + [
+                        f"{self._stem(i, k)}{ext}"
+                        for k in range(len(t))
+                        for ext in (".png", ".npy")
+                    ],
+                }
+            )
         return out
 
     def summary(self) -> dict[str, Any]:
-        meta = {k: v for k, v in self.meta.items() if k != "classes"}
-        return to_jsonable(
-            {"analyzer": self.name, **meta, "layer": self.layer, "images": self.rows()}
-        )
-
-    def save(self, directory: str | Path, *, arrays: bool = True, alpha: float = 0.5) -> list[Path]:
-        """Per image: overlay PNG(s) at original size, the side-by-side figure, the ``.npy`` map;
-        plus ``cam.json`` listing per image prediction, target, probability, method, layer and
-        its files. Returns every path written."""
-        from ..render.figures import save_figure
-        from ..render.overlay import write_png
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        m = _safe(self.meta["method"])
-        named = bool(self.meta.get("top") or self.meta.get("explicit_target"))
-        summary = self.summary()
-        written: list[Path] = []
-        for i, (name, row) in enumerate(zip(self.names, summary["images"], strict=True)):
-            files = []
-            for k, c in enumerate(self.arrays["targets"][i]):
-                suffix = f"_{_safe(self.class_name(int(c)))}" if named else ""
-                files.append(
-                    write_png(self.overlay(i, k, alpha=alpha), out / f"{name}_{m}{suffix}.png")
-                )
-            files.append(save_figure(self.figure(i, alpha=alpha), out / f"{name}_{m}_figure.png"))
-            if arrays:
-                np.save(out / f"{name}_{m}.npy", self.heatmaps[i])
-                files.append(out / f"{name}_{m}.npy")
-            row["files"] = [str(f) for f in files]
-            written += files
-        json_path = out / "cam.json"
-        json_path.write_text(json.dumps(summary, indent=2))
-        return [*written, json_path]
-
-
-def _safe(text: str) -> str:
-    """A file-name-safe version of a class or method name."""
-    return re.sub(r"[^A-Za-z0-9+.-]+", "-", str(text)).strip("-") or "x"
+        meta = {k: v for k, v in self.meta.items() if k not in ("classes", "run", "target_names")}
+        head = {"analyzer": self.name, "run": self.meta.get("run")}
+        return to_jsonable({**head, **meta, "layer": self.layer, "images": self.rows()})

@@ -72,7 +72,9 @@ def cli_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the CLI's single error boundary
             if os.environ.get("NETLENS_DEBUG") == "1":
                 raise
-            console.print(f"[red]error:[/red] {one_line(exc)}", soft_wrap=True)
+            from rich.markup import escape
+
+            console.print(f"[red]error:[/red] {escape(one_line(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ModelLoadError, UnsafeModelError
 from ..images import Preprocess
+from ..lens import _check_task
 from .checkpoint import check_checkpoint, is_checkpoint
 from .factory import create_arch, head_num_classes
 
@@ -196,6 +197,8 @@ def load(
     trust: bool = False,
     device: str | torch.device | None = None,
     host: PluginHost | None = None,
+    task: str | None = None,
+    output: str | int | None = None,
 ) -> Lens:
     """Load a model into a :class:`Lens`.
 
@@ -205,6 +208,9 @@ def load(
         num_classes: override the class count read off the state_dict's head.
         trust: allow unpickling a whole module (runs code from the file).
         device: where to run; default CUDA when available, else CPU.
+        task: ``multiclass``, ``multilabel``, ``binary``, ``regression`` or ``dense`` (default:
+            read off the output's shape; see :mod:`netlens.targets`).
+        output: which output to explain when forward returns a dict, tuple or object.
 
     Example:
         >>> lens = netlens.load("model.pt", arch="tv:alexnet")
@@ -215,13 +221,15 @@ def load(
 
     host = host or PluginHost()
     if isinstance(source, nn.Module):
-        return Lens(source, host=host)
+        return Lens(source, host=host, task=task, output=output)
     if source is None or str(source).startswith("zoo:"):
         from . import zoo
 
-        return zoo.load_zoo(
+        lens = zoo.load_zoo(
             str(source or "").removeprefix("zoo:") or None, host=host, device=device
         )
+        lens.task, lens.output_key = _check_task(task), output
+        return lens
     loaded = load_file(Path(source), host, arch=arch, num_classes=num_classes, trust=trust)
     loaded.model.eval()
     lens = Lens(
@@ -229,8 +237,10 @@ def load(
         loaded.preprocess,
         loaded.classes,
         host=host,
-        card=loaded.card,
+        card={"source": str(source), **loaded.card},
         name=Path(source).stem,
+        task=task,
+        output=output,
     )
     return lens.to(device)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "crop_box", "overlay", "write_png"]
+__all__ = ["colorize", "crop_box", "overlay", "png_bytes", "write_png"]
 
 _CMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -85,12 +85,18 @@ def overlay(
     return out
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """An H×W×3 RGB (or H×W gray) uint8 array encoded as PNG."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError("could not encode an image as PNG")
+    return buf.tobytes()
+
+
 def write_png(image: np.ndarray, path: str | Path) -> Path:
     """Write an H×W×3 RGB uint8 array as a PNG file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"could not encode {path.name} as PNG")
-    path.write_bytes(buf.tobytes())
+    path.write_bytes(png_bytes(image))
     return path

@@ -1,0 +1,216 @@
+"""What an analyzer runs on, resolved once by the template: images or a dataset.
+
+Both follow one policy for bad items: an image that cannot be read is skipped and recorded
+(``skipped``: one line each, ``"<item>: <reason>"``), the run goes on, and the edges report them
+(the CLI prints them at the end and exits with status 3 unless ``--skip-bad``); ``strict=True``
+stops at the first. Called without inputs, image analyzers use the model's sample images (else
+the first images of the dataset the model was trained on) and dataset analyzers use that dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data._utils.collate import default_collate
+
+from ..errors import DataError, NetlensError
+
+if TYPE_CHECKING:
+    from ..images import Batch
+    from ..lens import Lens
+
+__all__ = ["Data", "resolve_data", "resolve_images"]
+
+_BAD_ITEM = (NetlensError, OSError, ValueError)
+
+
+def resolve_images(lens: Lens, inputs: Any, *, strict: bool = False) -> Batch:
+    """The images as one preprocessed :class:`~netlens.images.Batch` (see the module doc)."""
+    return lens.batch(inputs, strict=strict)
+
+
+@dataclass
+class Data:
+    """A dataset to stream, with where it came from and how its labels were read.
+
+    Attributes:
+        dataset: yields ``(image tensor, label)``.
+        source: a short description (``"dataset shapes (test split)"``, ``"folder val"``).
+        label_source: how labels map to the model's classes, when the dataset says.
+        skipped: bad items met so far (filled while batches are drawn).
+        loader_given: the user passed a DataLoader: its batching is used as is.
+    """
+
+    dataset: Dataset
+    source: str
+    label_source: str | None = None
+    skipped: dict[int, str] = field(default_factory=dict)
+    strict: bool = False
+    loader_given: DataLoader | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def classes(self) -> list[str] | None:
+        return getattr(self.dataset, "classes", None) or getattr(
+            getattr(self.dataset, "dataset", None), "classes", None
+        )
+
+    def loader(self, batch_size: int) -> Batches:
+        """Batches ``(x, y)`` in a fixed order; bad items skipped and recorded."""
+        if self.loader_given is not None:
+            if isinstance(self.loader_given.sampler, RandomSampler):
+                raise DataError(
+                    "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
+                    "the same images in the same order"
+                )
+            return Batches(self.loader_given, self.loader_given.batch_size or 1)
+        guarded = _Guarded(self.dataset, self)
+        loader = DataLoader(guarded, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+        return Batches(loader, batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able: source, label source, size, skipped count (for the run header)."""
+        return {
+            "source": self.source,
+            "label_source": self.label_source,
+            "items": len(self),
+            "skipped": len(self.skipped),
+        }
+
+    def skipped_lines(self) -> list[str]:
+        return [self.skipped[k] for k in sorted(self.skipped)]
+
+
+class Batches:
+    """A re-iterable of ``(x, y)`` batches that leaves out batches with no readable item."""
+
+    def __init__(self, loader: DataLoader, batch_size: int) -> None:
+        self.loader, self.batch_size = loader, batch_size
+        self.dataset = loader.dataset
+
+    def __iter__(self) -> Iterator[Any]:
+        return (b for b in self.loader if b is not None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class _Guarded(Dataset):
+    """Returns None (and records why) for an item that cannot be read."""
+
+    def __init__(self, inner: Dataset, data: Data) -> None:
+        self.inner, self.data = inner, data
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.inner[i]
+        except _BAD_ITEM as exc:
+            if self.data.strict:
+                raise
+            self.data.skipped[i] = f"{_item_name(self.inner, i)}: {exc}"
+            return None
+
+
+def _item_name(ds: Any, i: int) -> str:
+    for attr in ("files", "items"):
+        seq = getattr(ds, attr, None)
+        if seq is not None and i < len(seq):
+            item = seq[i]
+            return str(item[0] if isinstance(item, tuple) else item)
+    return f"item {i}"
+
+
+def _collate(batch: list[Any]) -> Any:
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
+
+
+def resolve_data(
+    lens: Lens,
+    inputs: Any,
+    *,
+    what: str,
+    limit: int | None = None,
+    strict: bool = False,
+    split: str = "test",
+) -> Data:
+    """The data an analyzer streams: ``inputs``, else the model's own dataset.
+
+    Args:
+        lens: the model (its preprocessing, class names and card).
+        inputs: a folder, a ``.csv`` list, a dataset name, a Dataset, a DataLoader or an
+            ``(images, labels)`` pair; None: the dataset on the model's card.
+        what: the analyzer's name, for the message when there is no data at all.
+        limit: use the first ``limit`` items.
+        strict: stop at the first unreadable item instead of skipping it.
+    """
+    from ..data import as_dataset
+
+    source = _describe(inputs)
+    if inputs is None:
+        inputs = lens.default_data()
+        if inputs is None:
+            raise DataError(
+                f"{what} needs data: give --data (a folder with class subfolders, a .csv list "
+                "or a dataset name such as shapes) or data= in Python"
+            )
+        source = f"dataset {inputs} (from the model card)"
+    given = inputs if isinstance(inputs, DataLoader) else None
+    ds = given.dataset if given is not None else as_dataset(inputs, lens.transform, host=lens.host)
+    if limit is not None:
+        if given is not None:
+            raise DataError("limit cannot cut a DataLoader you made; pass its dataset instead")
+        ds = _first(ds, int(limit))
+    if len(ds) == 0:  # type: ignore[arg-type]
+        raise DataError(f"the data for {what} is empty ({source})")
+    label_source = getattr(ds, "label_source", None) or getattr(
+        getattr(ds, "dataset", None), "label_source", None
+    )
+    return Data(ds, source, label_source, strict=strict, loader_given=given)
+
+
+def _first(ds: Dataset, limit: int) -> Dataset:
+    if limit < 1:
+        raise DataError(f"limit must be at least 1, got {limit}")
+    if limit >= len(ds):  # type: ignore[arg-type]
+        return ds
+    sub = Subset(ds, range(limit))
+    for attr in ("classes", "label_source", "masks"):
+        if hasattr(ds, attr):
+            setattr(sub, attr, getattr(ds, attr))
+    if hasattr(ds, "mask"):
+        sub.mask = ds.mask  # type: ignore[attr-defined]
+    if hasattr(ds, "image"):
+        sub.image = ds.image  # type: ignore[attr-defined]
+    return sub
+
+
+def _describe(inputs: Any) -> str:
+    from pathlib import Path
+
+    if inputs is None:
+        return ""
+    if isinstance(inputs, (str, Path)):
+        p = Path(inputs)
+        if p.is_dir():
+            return f"folder {p}"
+        if p.suffix.lower() == ".csv":
+            return f"CSV list {p}"
+        return f"dataset {inputs}"
+    if isinstance(inputs, tuple):
+        return f"{len(inputs[0])} tensors with labels"
+    return type(inputs).__name__
+
+
+def first_tensor(batch: Any) -> torch.Tensor:
+    """The image tensor of a batch that is ``x`` or ``(x, y, ...)``."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -1,0 +1,142 @@
+"""Analyzer options, declared once: type, default, range, choices and help.
+
+An analyzer lists its options as :class:`Option` objects; the template base checks what a caller
+passes against them (unknown names get close-name hints, values are converted and range-checked,
+NaN and negative counts are refused) before the analyzer runs. The CLI and the docs read the same
+declarations, so an option means one thing everywhere.
+
+Example:
+    >>> TOP = Option("top", 16, "channels to show", int, low=1)
+    >>> parse_options("features", (TOP,), {"top": "8"}).top
+    8
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NetlensError, hint
+
+__all__ = ["Option", "OptionError", "Options", "parse_options"]
+
+
+class OptionError(NetlensError):
+    """An analyzer option is unknown or has a value outside what it accepts."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One analyzer option.
+
+    Args:
+        name: the keyword (``batch_size``); the CLI spells it ``--batch-size``.
+        default: the value when not given (None: "not set").
+        help: one line for ``--help`` and docs.
+        kind: ``int``, ``float``, ``bool``, ``str``, or a function ``value -> value`` that
+            converts (and raises ``ValueError`` with a reason) — used for lists, layers, targets.
+        choices: the accepted values of a ``str`` option.
+        low, high: inclusive bounds of a number.
+    """
+
+    name: str
+    default: Any = None
+    help: str = ""
+    kind: type | Callable[[Any], Any] = str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def check(self, value: Any, owner: str) -> Any:
+        """``value`` converted to this option's kind; one-line :class:`OptionError` if not."""
+        if value is None:
+            return None
+        try:
+            got = _convert(self.kind, value)
+        except (TypeError, ValueError) as exc:
+            why = str(exc) if self.kind not in (int, float, bool) else f"not {_name(self.kind)}"
+            raise OptionError(f"{owner}: {self.name}={value!r} is {why}") from None
+        self._bounds(got, owner)
+        return got
+
+    def _bounds(self, got: Any, owner: str) -> None:
+        if isinstance(got, float) and math.isnan(got):
+            raise OptionError(f"{owner}: {self.name} must be a number, not NaN")
+        if self.choices is not None and got not in self.choices:
+            raise OptionError(
+                f"{owner}: {self.name} must be one of {', '.join(self.choices)}, not "
+                f"{got!r}{hint(str(got), self.choices)}"
+            )
+        if self.low is not None and got < self.low:
+            raise OptionError(f"{owner}: {self.name} must be at least {self.low:g}, got {got}")
+        if self.high is not None and got > self.high:
+            raise OptionError(f"{owner}: {self.name} must be at most {self.high:g}, got {got}")
+
+
+def _name(kind: Any) -> str:
+    return {int: "a whole number", float: "a number", bool: "true/false"}.get(kind, "valid")
+
+
+def _convert(kind: Any, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("not true/false")
+            return low in ("true", "1", "yes")
+        return bool(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("not a whole number")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError("not a number")
+        return float(value)
+    if kind is str:
+        return str(value)
+    return kind(value)
+
+
+class Options(Mapping[str, Any]):
+    """Checked option values, read as attributes (``opts.top``) or as a mapping."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Options({self._values!r})"
+
+
+def parse_options(owner: str, declared: Iterable[Option], given: Mapping[str, Any]) -> Options:
+    """Check ``given`` against ``declared``: unknown names refused with hints, defaults filled.
+
+    Dashes in names are accepted (``batch-size`` = ``batch_size``), as the CLI writes them.
+    """
+    specs = {o.name: o for o in declared}
+    values = {k.replace("-", "_"): v for k, v in given.items()}
+    unknown = sorted(set(values) - set(specs))
+    if unknown:
+        known = ", ".join(sorted(specs)) or "none"
+        first = unknown[0]
+        raise OptionError(f"{owner} has no option '{first}'{hint(first, specs)} (options: {known})")
+    return Options(
+        {name: spec.check(values.get(name, spec.default), owner) for name, spec in specs.items()}
+    )

@@ -1,0 +1,311 @@
+"""The CLI's one vocabulary: every shared option is defined here, once.
+
+Commands declare only their own options and take a ``common: Common`` parameter; the
+:func:`command` decorator adds the shared ones to the command's signature (so ``--help`` shows
+them and typer parses them) and hands them over bundled:
+
+- model loading (commands that open a model): ``--arch``, ``--arch-kwargs``, ``--num-classes``,
+  ``--classes``, ``--task``, ``--output``, ``--trust``, ``--device``;
+- running: ``--out/-o`` (a folder), ``--json`` (the summary on stdout), ``--quiet/-q``,
+  ``--threads``, ``--skip-bad`` / ``--strict`` (the bad-item policy).
+
+Options that several commands share with one meaning (``--layer/-l``, ``--target/-t``,
+``--method/-m``, ``--data/-d``, ``--limit/-n``, ``--top/-k``, ``--batch-size``, ``--seed``)
+are the ``Annotated`` aliases below. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import typer
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_OUT = Path("netlens-out")
+
+# -- positional arguments --------------------------------------------------------------------
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="Model file (.pt/.pth/.safetensors) or zoo:NAME; default: the zoo's default model.",
+        show_default=False,
+    ),
+]
+ImagesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Image files or folders; default: the model's sample images.", show_default=False
+    ),
+]
+
+# -- shared analyzer options (one meaning, one spelling everywhere) --------------------------
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="A folder with class subfolders, a .csv list (path,label) or a dataset name "
+        "(shapes, fashion-mnist, mnist5k); default: the dataset on the model card.",
+        show_default=False,
+    ),
+]
+LayerOpt = Annotated[
+    str,
+    typer.Option(
+        "--layer",
+        "-l",
+        help="auto, a layer name, a call of it (relu@-1), a glob, type:NAME, or several "
+        "comma-separated (see `netlens layers`).",
+    ),
+]
+LayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layer",
+        "--layers",
+        "-l",
+        help="Layers: names, calls (relu@1), globs, type:NAME, comma-separated.",
+        show_default=False,
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        "-t",
+        help="What to explain: a class index or name (default: the prediction), one per image "
+        "comma-separated, pos/neg (one-logit model), output:K (regression), region:NAME "
+        "(segmentation).",
+        show_default=False,
+    ),
+]
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        "-m",
+        help="CAM method: cam, gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, "
+        "eigencam, ablationcam, or a plugin's (see `netlens plugins`).",
+    ),
+]
+MethodsOpt = Annotated[
+    str,
+    typer.Option("--method", "-m", help="CAM method(s), comma-separated (see `cam --help`)."),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option("--limit", "-n", help="Use the first N items of the data (default: all).", min=1),
+]
+TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many to show.", min=1)]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.", min=1)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in the outputs).")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Keep finished rows from an earlier interrupted run into the same --out."
+    ),
+]
+
+
+# -- shared model and run options, bundled ---------------------------------------------------
+@dataclass
+class Common:
+    """The shared options of one command invocation (see the module doc)."""
+
+    out: Path = DEFAULT_OUT
+    json: bool = False
+    quiet: bool = False
+    threads: int | None = None
+    skip_bad: bool = False
+    strict: bool = False
+    arch: str | None = None
+    arch_kwargs: str | None = None
+    num_classes: int | None = None
+    classes: str | None = None
+    task: str | None = None
+    output: str | None = None
+    trust: bool = False
+    device: str | None = None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """``netlens.load`` keyword arguments for the model options that were given."""
+        keys = ("arch", "num_classes", "trust", "device", "task", "output")
+        kwargs = {k: getattr(self, k) for k in keys}
+        if self.arch_kwargs:
+            kwargs["arch_kwargs"] = parse_json_option("--arch-kwargs", self.arch_kwargs, dict)
+        if self.classes:
+            kwargs["classes"] = self.classes
+        return kwargs
+
+
+RUN_OPTIONS: dict[str, Any] = {
+    "out": (Path, typer.Option("--out", "-o", help="Output folder."), DEFAULT_OUT),
+    "json": (
+        bool,
+        typer.Option("--json", help="Print a machine-readable summary on stdout."),
+        False,
+    ),
+    "quiet": (bool, typer.Option("--quiet", "-q", help="No progress output."), False),
+    "threads": (
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads for torch (default: NETLENS_THREADS, else chosen per command).",
+            min=1,
+            show_default=False,
+        ),
+        None,
+    ),
+    "skip_bad": (
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Unreadable images are expected: skip them and exit 0 (default: skip, exit 3).",
+        ),
+        False,
+    ),
+    "strict": (
+        bool,
+        typer.Option("--strict", help="Stop at the first unreadable image (exit 1)."),
+        False,
+    ),
+}
+
+MODEL_OPTIONS: dict[str, Any] = {
+    "arch": (
+        str | None,
+        typer.Option(
+            "--arch",
+            help="Architecture of a bare state_dict: a timm name, tv:NAME (torchvision), a "
+            "netlens arch, or your own as path/file.py:Class or package.module:factory.",
+            show_default=False,
+        ),
+        None,
+    ),
+    "arch_kwargs": (
+        str | None,
+        typer.Option(
+            "--arch-kwargs",
+            help="Keyword arguments for the architecture, as JSON: '{\"width\": 64}'.",
+            show_default=False,
+        ),
+        None,
+    ),
+    "num_classes": (
+        int | None,
+        typer.Option(
+            "--num-classes",
+            help="Class count (default: read off the state_dict's head).",
+            min=1,
+            show_default=False,
+        ),
+        None,
+    ),
+    "classes": (
+        str | None,
+        typer.Option(
+            "--classes",
+            help="Class names: a file (one per line, or JSON) or a comma-separated list.",
+            show_default=False,
+        ),
+        None,
+    ),
+    "task": (
+        str | None,
+        typer.Option(
+            "--task",
+            help="multiclass, multilabel, binary, regression or dense (default: from the output).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "output": (
+        str | None,
+        typer.Option(
+            "--output",
+            help="Which output to explain when forward returns a dict/tuple/object (key, "
+            "index or attribute; default: logits, out, or the first tensor).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "trust": (
+        bool,
+        typer.Option("--trust", help="Allow unpickling a whole model (runs code from the file)."),
+        False,
+    ),
+    "device": (
+        str | None,
+        typer.Option(
+            "--device",
+            help="cpu, cuda, cuda:1 or mps (default: CUDA when present, else CPU).",
+            show_default=False,
+        ),
+        None,
+    ),
+}
+
+
+def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
+    """Add the shared options to a command whose last parameter is ``common: Common``.
+
+    Example:
+        >>> @command()
+        ... def kernels(model: ModelArg = None, *, common: Common) -> None: ...
+    """
+    groups = {**(RUN_OPTIONS if run else {}), **(MODEL_OPTIONS if model else {})}
+
+    def decorate(func: F) -> F:
+        hints = get_type_hints(func, include_extras=True)
+        own = [
+            p.replace(annotation=hints.get(p.name, p.annotation))
+            for p in inspect.signature(func).parameters.values()
+            if p.name != "common"
+        ]
+        shared = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[kind, info],
+            )
+            for name, (kind, info, default) in groups.items()
+        ]
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            names = {f.name for f in fields(Common)}
+            common = Common(
+                **{k: kwargs.pop(k) for k in list(kwargs) if k in groups and k in names}
+            )
+            return func(**kwargs, common=common)
+
+        params = own + shared
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer must read our signature, not the function's
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def parse_json_option(flag: str, text: str, kind: type) -> Any:
+    """A JSON option value of the given kind, or one line saying what is wrong."""
+    import json
+
+    from ..errors import NetlensError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NetlensError(f"{flag} is not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, kind):
+        raise NetlensError(f"{flag} must be a JSON {kind.__name__}, got {text!r}")
+    return value

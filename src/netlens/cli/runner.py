@@ -1,0 +1,110 @@
+"""What every analyzer command does around the analysis: load, run, save, report, exit.
+
+``run_analyzer`` is the CLI's only path to an analyzer: it sets the thread count, holds the
+output folder's lock for the whole command (a second command writing into the same folder stops
+at once), loads the model, runs the analyzer with a progress sink fit for the terminal (a rich
+bar on a TTY, plain lines when piped, nothing with ``--quiet``/``--json``), writes the result's
+files, and reports: warnings and skipped inputs on stderr, the summary table or ``--json`` on
+stdout. Exit status 0; 3 when inputs were skipped (unless ``--skip-bad``); 1 on an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .options import Common
+
+if TYPE_CHECKING:
+    from ..analyzers.base import Result
+    from ..lens import Lens
+
+__all__ = ["EXIT_SKIPPED", "err", "out", "open_lens", "run_analyzer", "set_threads"]
+
+EXIT_SKIPPED = 3
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def set_threads(requested: int | None, default: int | None = None) -> int | None:
+    """Set torch's CPU threads: ``--threads``, else ``NETLENS_THREADS``, else ``default``.
+
+    ``default`` None keeps torch's own choice. Returns the number set (None: untouched).
+    """
+    from ..errors import NetlensError
+
+    env = os.environ.get("NETLENS_THREADS", "").strip()
+    if requested is None and env:
+        if not env.isdigit() or int(env) < 1:
+            raise NetlensError(f"NETLENS_THREADS must be a whole number ≥ 1, not {env!r}")
+        requested = int(env)
+    n = requested or default
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+    return n
+
+
+def open_lens(model: str | None, common: Common) -> Lens:
+    """Load the model a command was given (the default zoo model when None)."""
+    from ..models.load import load
+
+    return load(model, **common.load_kwargs())
+
+
+def run_analyzer(
+    name: str,
+    model: str | None,
+    inputs: Any,
+    options: dict[str, Any],
+    common: Common,
+    *,
+    report: Callable[[Result], None] | None = None,
+    storage: Any = None,
+    threads: int | None = None,
+) -> Result:
+    """Run analyzer ``name`` for a command and report it (see the module doc)."""
+    from ..output import folder_lock
+
+    set_threads(common.threads, threads)
+    with folder_lock(common.out):
+        lens = open_lens(model, common)
+        progress = not (common.quiet or common.json)
+        result = lens.run(
+            name, inputs, progress=progress, strict=common.strict, storage=storage, **options
+        )
+        files = result.save(common.out)
+    finish(result, len(files), common, report)
+    return result
+
+
+def finish(
+    result: Result, n_files: int, common: Common, report: Callable[[Result], None] | None
+) -> None:
+    """Warnings and skipped items on stderr, the summary on stdout; exit 3 if items skipped."""
+    for line in result.meta.get("warnings") or []:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(line))}", soft_wrap=True)
+    if common.json:
+        from .common import emit_json
+
+        emit_json({**result.summary(), "out": str(common.out)})
+    elif report is not None:
+        report(result)
+    if not common.json:
+        err.print(f"{result.name}: wrote {n_files} files to {common.out}/", soft_wrap=True)
+    skipped = result.skipped
+    for line in skipped:
+        err.print(f"[yellow]skipped:[/yellow] {escape(str(line))}", soft_wrap=True)
+    if skipped and not common.skip_bad:
+        err.print(
+            f"{len(skipped)} input(s) could not be read and were skipped (exit status 3; "
+            "--skip-bad to accept)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_SKIPPED)

@@ -1,0 +1,170 @@
+"""Writing results: whole sets of files or nothing, never two runs mixed in one folder.
+
+A result is written through an :class:`OutputSet`: every file goes to a hidden staging folder
+inside the output folder first, and only when all are written are they renamed into place,
+the files of the previous run of the same analyzer that this run does not rewrite removed, and
+a manifest ``NAME.manifest.json`` written last, listing exactly this run's files with their
+SHA-256. An error (or Ctrl-C) part way leaves the folder as it was.
+
+Runs are kept apart by :func:`folder_lock`, an OS file lock on ``DIR/.netlens.lock`` (released by
+the OS if the process dies): the CLI holds it for the whole command, so a second command writing
+into the same folder at the same time stops at once with one line; ``Result.save`` holds it
+while it commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import NetlensError
+
+__all__ = ["OutputBusyError", "OutputSet", "folder_lock", "safe_name"]
+
+LOCK_NAME = ".netlens.lock"
+_HELD: set[Path] = set()  # folders this process holds (a re-entrant lock per process)
+
+
+class OutputBusyError(NetlensError):
+    """Another netlens run is writing into the same output folder."""
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name-safe, printable version of ``text`` (class names, layers, image stems).
+
+    Example:
+        >>> safe_name("tabby cat/β")
+        'tabby-cat-β'
+    """
+    clean = re.sub(r"[^\w+.=-]+", "-", str(text), flags=re.UNICODE).strip("-.")
+    clean = clean.encode("utf-8", "replace").decode("utf-8")
+    return clean[:limit] or "x"
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold the output folder's lock; a second holder in another process fails with one line."""
+    path = Path(folder).resolve()
+    if path in _HELD:
+        yield path
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    lock = (path / LOCK_NAME).open("a+")
+    try:
+        _lock(lock, path)
+        _HELD.add(path)
+        try:
+            yield path
+        finally:
+            _HELD.discard(path)
+    finally:
+        lock.close()
+
+
+def _lock(handle: Any, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, runs are not kept apart
+        return
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise OutputBusyError(
+            f"another netlens run is writing to {path}; wait for it to finish or give "
+            "another --out folder"
+        ) from None
+
+
+class OutputSet:
+    """The files of one result, staged and then committed together (see the module doc).
+
+    Example:
+        >>> with OutputSet("out", "cam") as files:
+        ...     files.write_bytes("a.png", png)
+        >>> files.written  # final paths, in order
+    """
+
+    def __init__(self, folder: str | Path, name: str) -> None:
+        self.folder = Path(folder)
+        self.name = name
+        self.written: list[Path] = []
+        self._names: list[str] = []
+        self._stage: Path | None = None
+
+    def __enter__(self) -> OutputSet:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._stage = Path(tempfile.mkdtemp(prefix=".netlens-staging-", dir=self.folder))
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        stage, self._stage = self._stage, None
+        try:
+            if exc_type is None and stage is not None:
+                with folder_lock(self.folder):
+                    self._commit(stage)
+        finally:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+
+    # -- staging ---------------------------------------------------------------------------
+    def path(self, name: str) -> Path:
+        """Where to write ``name`` now (in the staging folder); it lands at ``folder/name``."""
+        if self._stage is None:
+            raise NetlensError("OutputSet used outside its with-block")
+        if "/" in name or name.startswith("."):
+            raise NetlensError(f"output file name {name!r} must be a plain name")
+        if name in self._names:
+            raise NetlensError(f"two outputs of one result are both called {name!r}")
+        self._names.append(name)
+        return self._stage / name
+
+    @property
+    def names(self) -> list[str]:
+        """The file names staged so far, in order."""
+        return list(self._names)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        self.path(name).write_bytes(data)
+        return self.folder / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    # -- commit ----------------------------------------------------------------------------
+    def _commit(self, stage: Path) -> None:
+        manifest = self.folder / f"{self.name}.manifest.json"
+        previous = _listed(manifest)
+        entries = []
+        for name in self._names:
+            data = (stage / name).read_bytes()
+            entries.append({"file": name, "bytes": len(data), "sha256": _sha(data)})
+            os.replace(stage / name, self.folder / name)
+            self.written.append(self.folder / name)
+        for old in previous - set(self._names):
+            (self.folder / old).unlink(missing_ok=True)
+        tmp = stage / ".manifest"
+        tmp.write_text(json.dumps({"result": self.name, "files": entries}, indent=2))
+        os.replace(tmp, manifest)
+        self.written.append(manifest)
+
+
+def _listed(manifest: Path) -> set[str]:
+    """File names the previous run's manifest lists (plain names only: never outside)."""
+    try:
+        files = json.loads(manifest.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    names = {str(f.get("file", "")) for f in files if isinstance(f, dict)}
+    return {n for n in names if n and "/" not in n and not n.startswith(".")}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

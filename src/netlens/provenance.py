@@ -1,0 +1,102 @@
+"""The reproducibility header every result carries: what ran, on what, with which settings.
+
+``meta["run"]`` of every Result (and so the top of every JSON netlens writes) holds the same
+keys: ``netlens``, ``torch``, ``python`` versions; ``model`` (name, source, class, SHA-256 of
+its weights); ``preprocess`` (the spec actually used); ``layers``; ``data`` (source and label
+source, for dataset analyses); ``seed``; ``options``; ``started`` (UTC, ISO 8601); ``seconds``;
+and, from the CLI, ``command``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .lens import Lens
+
+__all__ = ["HEADER_KEYS", "model_digest", "run_header", "versions"]
+
+HEADER_KEYS = (
+    "netlens",
+    "torch",
+    "python",
+    "model",
+    "preprocess",
+    "layers",
+    "data",
+    "seed",
+    "options",
+    "started",
+    "seconds",
+)
+
+
+def versions() -> dict[str, str]:
+    """netlens, torch and Python versions."""
+    import torch
+
+    from . import __version__
+
+    return {"netlens": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 over the model's parameters and buffers (names, dtypes, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(
+        {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
+    ):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _model_info(lens: Lens) -> dict[str, Any]:
+    return {
+        "name": lens.name,
+        "source": lens.card.get("source") or lens.name,
+        "class": type(lens.model).__name__,
+        "arch": lens.card.get("arch"),
+        "sha256": lens.digest(),
+        "task": lens.task,
+        "classes": len(lens.classes) if lens.classes else None,
+    }
+
+
+def run_header(
+    lens: Lens,
+    *,
+    started: datetime,
+    seconds: float,
+    options: dict[str, Any],
+    layers: list[str] | None = None,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The header for one analyzer run (see the module doc)."""
+    from .analyzers.base import to_jsonable
+
+    header = {
+        **versions(),
+        "model": _model_info(lens),
+        "preprocess": lens.preprocess_info(),
+        "layers": layers,
+        "data": data,
+        "seed": options.get("seed"),
+        "options": to_jsonable(dict(options)),
+        "started": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
+    if sys.argv and sys.argv[0].endswith("netlens"):
+        header["command"] = " ".join(["netlens", *sys.argv[1:]])
+    return header
+
+
+def now() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(timezone.utc)

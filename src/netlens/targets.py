@@ -1,0 +1,399 @@
+"""What to explain: a target turns the model's output into one score per image.
+
+Every analyzer that explains something (CAMs, evaluate, sanity, plugins) goes through this one
+module, in the spirit of pytorch-grad-cam's target objects and captum's ``target=``:
+
+- :func:`model_output` takes the tensor to explain out of whatever ``forward`` returned (a tensor,
+  a dict such as torchvision segmentation's ``{"out": ...}``, a tuple, a Hugging Face output with
+  ``.logits``);
+- a :class:`Target` maps that output (N×K logits, N×1 binary logit, N×K×H×W dense maps) to N
+  scores, one per image; ``rows`` says which image each output row belongs to, so per-image
+  targets also score masked or ablated copies of an image;
+- :func:`resolve_targets` turns what a user wrote (``None``, ``3``, ``"cat"``, ``"3,cat"``,
+  ``"neg"``, ``"output:2"``, ``"region:person"``, a list, a callable, a :class:`Target`) into
+  target sets for a batch, given the batch's own output.
+
+Tasks (``Lens.task``): ``multiclass`` (softmax over N×K logits), ``multilabel`` (independent
+sigmoids), ``binary`` (one logit: positive evidence for ``pos``, negative for ``neg``),
+``regression`` (raw outputs) and ``dense`` (N×K×H×W, e.g. segmentation: a region's summed score).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from .errors import NetlensError, TargetError
+
+if TYPE_CHECKING:
+    from .lens import Lens
+
+__all__ = [
+    "TASKS",
+    "BinaryTarget",
+    "CallableTarget",
+    "ClassTarget",
+    "OutputTarget",
+    "RegionTarget",
+    "Target",
+    "detect_task",
+    "model_output",
+    "probabilities",
+    "resolve_targets",
+]
+
+TASKS = ("multiclass", "multilabel", "binary", "regression", "dense")
+
+
+# -- the output to explain -------------------------------------------------------------------
+def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
+    """The tensor to explain from a model's raw output.
+
+    Args:
+        out: what ``model(x)`` returned.
+        key: a dict key, attribute name or tuple index (``--output KEY``); by default the
+            ``logits`` attribute/key, then ``out``, then the first tensor.
+
+    Example:
+        >>> model_output({"out": seg, "aux": aux}).shape  # torchvision segmentation
+    """
+    if key is not None:
+        return _pick(out, key)
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("logits", "out"):
+        got = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+        if isinstance(got, torch.Tensor):
+            return got
+    values = list(out.values()) if isinstance(out, dict) else out
+    if isinstance(values, (tuple, list)):
+        for v in values:
+            if isinstance(v, torch.Tensor):
+                return v
+    raise NetlensError(
+        f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
+        "pick one with --output KEY (output= in Python) or wrap the model"
+    )
+
+
+def _pick(out: Any, key: str | int) -> torch.Tensor:
+    if isinstance(out, dict):
+        got = out.get(key, out.get(str(key)))
+        keys = list(out)
+    elif isinstance(out, (tuple, list)):
+        idx = int(key) if str(key).lstrip("-").isdigit() else None
+        got = out[idx] if idx is not None and -len(out) <= idx < len(out) else None
+        keys = list(range(len(out)))
+    else:
+        got = getattr(out, str(key), None)
+        keys = [k for k in dir(out) if not k.startswith("_")][:12]
+    if not isinstance(got, torch.Tensor):
+        raise NetlensError(
+            f"the model's output has no tensor '{key}' (it has: {', '.join(map(str, keys))})"
+        )
+    return got
+
+
+def detect_task(output: torch.Tensor, multilabel: bool = False) -> str:
+    """The task an output tensor suggests: ``dense`` (N×K×H×W), ``binary`` (N×1), else
+    ``multilabel`` when asked, else ``multiclass``."""
+    if output.dim() == 4:
+        return "dense"
+    if output.dim() == 2 and output.shape[1] == 1:
+        return "binary"
+    return "multilabel" if multilabel else "multiclass"
+
+
+def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
+    """N×K scores a person reads as probabilities: softmax, sigmoid, or the raw values.
+
+    Dense outputs are summarised per class by the mean over pixels of the softmax.
+    """
+    out = output.detach().float()
+    if task == "multiclass":
+        return torch.softmax(out, dim=1)
+    if task in ("multilabel", "binary"):
+        return torch.sigmoid(out)
+    if task == "dense":
+        return torch.softmax(out, dim=1).mean(dim=(2, 3))
+    return out
+
+
+# -- targets ---------------------------------------------------------------------------------
+class Target(ABC):
+    """One score per image from the model output; subclasses implement :meth:`score`."""
+
+    kind: ClassVar[str] = "custom"
+
+    def __call__(self, output: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of ``output``'s rows; ``rows[j]`` is the image row ``j`` belongs to."""
+        if rows is None:
+            rows = torch.arange(output.shape[0], device=output.device)
+        return self.score(output, rows.to(output.device))
+
+    @abstractmethod
+    def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Scores of ``output``'s rows (``rows`` already on the output's device)."""
+
+    def index(self, n: int) -> np.ndarray:
+        """The class/output index explained per image (-1 where none applies)."""
+        return np.full(n, -1, dtype=np.int64)
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        """A short human label for image ``i``'s target."""
+        return self.kind
+
+
+@dataclass(frozen=True, eq=False)
+class ClassTarget(Target):
+    """The logit of one class per image (multi-class and multi-label classifiers)."""
+
+    classes: torch.Tensor
+    kind: ClassVar[str] = "class"
+
+    def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(len(rows), device=output.device)
+        return output[idx, self.classes.to(output.device)[rows]]
+
+    def index(self, n: int) -> np.ndarray:
+        return self.classes.detach().cpu().numpy().astype(np.int64)
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        c = int(self.classes[i])
+        return lens.class_name(c) if lens is not None else str(c)
+
+
+@dataclass(frozen=True, eq=False)
+class OutputTarget(ClassTarget):
+    """One output unit of a regression model (no class semantics)."""
+
+    kind: ClassVar[str] = "output"
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        return f"output {int(self.classes[i])}"
+
+
+@dataclass(frozen=True, eq=False)
+class BinaryTarget(Target):
+    """A single-logit model: ``sign=+1`` explains the positive class, ``-1`` the negative one.
+
+    ``sign`` may be one value per image (the prediction: positive where the logit is > 0).
+    """
+
+    sign: torch.Tensor
+    kind: ClassVar[str] = "binary"
+
+    def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return output.reshape(output.shape[0], -1)[:, 0] * self.sign.to(output)[rows]
+
+    def index(self, n: int) -> np.ndarray:
+        return (self.sign.detach().cpu().numpy() > 0).astype(np.int64)
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        positive = bool(self.sign[i] > 0)
+        if lens is not None and lens.classes and len(lens.classes) == 2:
+            return lens.classes[int(positive)]
+        return "positive" if positive else "negative"
+
+
+@dataclass(frozen=True, eq=False)
+class RegionTarget(Target):
+    """A dense (N×K×H×W) output: class ``k``'s scores summed over a region per image.
+
+    ``masks`` is N×H×W bool (fixed when the target is made, so masked copies of an image are
+    scored over the same pixels), as pytorch-grad-cam's ``SemanticSegmentationTarget`` does.
+    """
+
+    classes: torch.Tensor
+    masks: torch.Tensor
+    kind: ClassVar[str] = "region"
+
+    def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(len(rows), device=output.device)
+        maps = output[idx, self.classes.to(output.device)[rows]]
+        return (maps * self.masks.to(maps)[rows]).flatten(1).sum(dim=1)
+
+    def index(self, n: int) -> np.ndarray:
+        return self.classes.detach().cpu().numpy().astype(np.int64)
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        c = int(self.classes[i])
+        name = lens.class_name(c) if lens is not None else str(c)
+        return f"{name} ({int(self.masks[i].sum())} px)"
+
+
+class CallableTarget(Target):
+    """A user's function: ``fn(output) -> N scores`` or ``fn(output, rows) -> N scores``."""
+
+    kind: ClassVar[str] = "custom"
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+        try:
+            params = inspect.signature(fn).parameters
+            self.takes_rows = len(params) >= 2
+        except (TypeError, ValueError):
+            self.takes_rows = False
+
+    def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        got = self.fn(output, rows) if self.takes_rows else self.fn(output)
+        if not isinstance(got, torch.Tensor) or got.shape != (output.shape[0],):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise TargetError(
+                f"a target function must return one score per output row "
+                f"({output.shape[0]},), not {shape}"
+            )
+        return got
+
+    def describe(self, i: int, lens: Lens | None = None) -> str:
+        return getattr(self.fn, "__name__", "custom")
+
+
+# -- from what the user wrote ----------------------------------------------------------------
+def resolve_targets(
+    spec: Any,
+    output: torch.Tensor,
+    lens: Lens,
+    *,
+    top: int | None = None,
+) -> list[Target]:
+    """Target sets for a batch whose (unmasked) model output is ``output``.
+
+    Args:
+        spec: None or ``"pred"`` (the prediction), a class index or name, ``"3,cat"`` / a list
+            (one per image), ``"pos"``/``"neg"`` (binary), ``"output:K"`` (regression),
+            ``"region:NAME"`` (dense: that class's predicted pixels), ``"region:NAME@mask.png"``
+            (a fixed mask), a callable, or a :class:`Target`.
+        output: the model output of the batch (as :func:`model_output` gives it).
+        lens: for class names and the task.
+        top: one set per rank for the ``top`` highest-scoring classes instead of ``spec``.
+
+    Returns:
+        One :class:`Target` per set (several only with ``top``).
+    """
+    task = lens.task_for(output)
+    if top is not None:
+        if spec is not None:
+            raise TargetError("give either a target or top=K, not both")
+        return _top(output, task, int(top))
+    if isinstance(spec, Target):
+        return [spec]
+    if callable(spec) and not isinstance(spec, (str, torch.Tensor, np.ndarray)):
+        return [CallableTarget(spec)]
+    items = _per_image(spec, output.shape[0])
+    return [_build(items, output, lens, task)]
+
+
+def _top(output: torch.Tensor, task: str, k: int) -> list[Target]:
+    if k < 1:
+        raise TargetError(f"top must be at least 1, got {k}")
+    if task not in ("multiclass", "multilabel"):
+        raise TargetError(f"top=K needs a classifier's N×classes output; this model's is {task}")
+    idx = output.detach().topk(min(k, output.shape[1]), dim=1).indices
+    return [ClassTarget(idx[:, j]) for j in range(idx.shape[1])]
+
+
+def _per_image(spec: Any, n: int) -> list[Any]:
+    if spec is None:
+        return ["pred"] * n
+    if isinstance(spec, (torch.Tensor, np.ndarray)):
+        spec = spec.tolist()
+    if isinstance(spec, str) and "," in spec:
+        spec = [s.strip() for s in spec.split(",")]
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        if len(spec) != n:
+            raise TargetError(
+                f"{len(spec)} targets given for {n} images; give one per image or one for all"
+            )
+        return list(spec)
+    return [spec] * n
+
+
+def _build(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Target:
+    kinds = {_kind(i) for i in items}
+    if len(kinds) > 1:
+        raise TargetError(f"targets of different kinds in one batch: {', '.join(sorted(kinds))}")
+    kind = kinds.pop()
+    if kind == "region" or task == "dense":
+        return _region(items, output, lens, task)
+    if kind == "output":
+        k = output.shape[1]
+        return OutputTarget(torch.tensor([_in_range(int(i.split(":", 1)[1]), k) for i in items]))
+    if task == "binary":
+        return BinaryTarget(torch.tensor([_sign(i, output[j], lens) for j, i in enumerate(items)]))
+    if task == "regression" and kind == "pred":
+        raise TargetError("a regression model has no prediction to explain; pass output:K")
+    pred = output.detach().argmax(dim=1)
+    k = output.shape[1]
+    classes = [int(pred[j]) if i == "pred" else lens.class_index(i, k) for j, i in enumerate(items)]
+    return ClassTarget(torch.tensor(classes, dtype=torch.long))
+
+
+def _kind(item: Any) -> str:
+    text = str(item).strip().lower()
+    if text == "pred":
+        return "pred"
+    if text.startswith("output:"):
+        return "output"
+    if text.startswith("region:"):
+        return "region"
+    if text in ("pos", "neg", "positive", "negative"):
+        return "sign"
+    return "class"
+
+
+def _in_range(k: int, n: int) -> int:
+    if not 0 <= k < n:
+        raise TargetError(f"output index {k} is out of range: the model has {n} outputs")
+    return k
+
+
+def _sign(item: Any, row: torch.Tensor, lens: Lens) -> float:
+    text = str(item).strip().lower()
+    if text == "pred":
+        return 1.0 if float(row.reshape(-1)[0]) > 0 else -1.0
+    if text in ("pos", "positive", "1"):
+        return 1.0
+    if text in ("neg", "negative", "0"):
+        return -1.0
+    names = [c.lower() for c in lens.classes or []]
+    if len(names) == 2 and text in names:
+        return 1.0 if names.index(text) == 1 else -1.0
+    raise TargetError(
+        f"target '{item}' does not fit a single-logit (binary) model: use pos or neg"
+        + (f" or {lens.classes[0]}/{lens.classes[1]}" if len(names) == 2 else "")
+    )
+
+
+def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Target:
+    if task != "dense":
+        raise TargetError("region targets need a dense (N×classes×H×W) output, e.g. segmentation")
+    n, k = output.shape[:2]
+    pred = output.detach().argmax(dim=1)
+    classes, masks = [], []
+    for j, item in enumerate(items):
+        text = str(item)
+        body = text.split(":", 1)[1] if text.lower().startswith("region:") else text
+        name, _, mask_file = body.partition("@")
+        c = int(pred[j].flatten().mode().values) if name in ("", "pred") else None
+        c = lens.class_index(name, k) if c is None else c
+        classes.append(c)
+        masks.append(_mask_file(mask_file, output.shape[-2:]) if mask_file else pred[j] == c)
+    return RegionTarget(torch.tensor(classes), torch.stack([m.to(torch.bool) for m in masks]))
+
+
+def _mask_file(path: str, size: torch.Size) -> torch.Tensor:
+    import cv2
+
+    m = cv2.imread(str(Path(path)), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise TargetError(f"cannot read the region mask {path} (a PNG, non-zero = inside)")
+    m = cv2.resize(m, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy(m > 0)
