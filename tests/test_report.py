@@ -15,15 +15,15 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-import tomllib
 import torch
 from typer.testing import CliRunner
 
 import netlens
 from netlens.cli.app import app
 from netlens.errors import NetlensError
+from netlens.provenance import model_digest
 from netlens.report import SECTIONS, build_report
-from netlens.report.repro import file_sha256, state_sha256
+from netlens.report.repro import file_sha256
 from netlens.report.sections import mid_layer
 from netlens.testing import assert_model_unchanged, assert_no_hooks
 
@@ -118,7 +118,7 @@ def test_sections_hold_the_results_the_commands_produce(report, lens, data) -> N
 
 def test_repro_header_names_versions_checksum_data_seeds_and_commands(report, lens) -> None:  # noqa: ANN001
     html = report.html
-    assert state_sha256(lens.model) in html
+    assert model_digest(lens.model) in html
     assert f"torch</th><td>{torch.__version__}" in html
     assert "seed: ablation bootstrap" in html and "(images, labels)" not in html
     commands = re.findall(r'<code class="mono">(netlens [^<]+)</code>', html)
@@ -127,7 +127,7 @@ def test_repro_header_names_versions_checksum_data_seeds_and_commands(report, le
         shlex.split(c.replace("&#39;", "'"))  # every one is a valid shell line
 
 
-def test_state_checksum_follows_the_weights_not_the_file_format(lens, tmp_path: Path) -> None:  # noqa: ANN001
+def test_weights_checksum_follows_the_weights_not_the_file_format(lens, tmp_path: Path) -> None:  # noqa: ANN001
     from safetensors.torch import save_file
 
     sd = lens.model.state_dict()
@@ -135,10 +135,10 @@ def test_state_checksum_follows_the_weights_not_the_file_format(lens, tmp_path: 
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "m.safetensors"))
     a = netlens.load(tmp_path / "m.pt", arch="tv:resnet18")
     b = netlens.load(tmp_path / "m.safetensors", arch="tv:resnet18")
-    assert state_sha256(a.model) == state_sha256(b.model) == state_sha256(lens.model)
+    assert model_digest(a.model) == model_digest(b.model) == model_digest(lens.model)
     with torch.no_grad():
         a.model.fc.bias[0] += 1e-3
-    assert state_sha256(a.model) != state_sha256(lens.model)
+    assert model_digest(a.model) != model_digest(lens.model)
     expected = hashlib.sha256((tmp_path / "m.pt").read_bytes()).hexdigest()
     assert file_sha256(tmp_path / "m.pt") == expected
 
@@ -209,9 +209,9 @@ def test_cli_help_does_not_import_torch() -> None:
 
 
 def test_templates_ship_as_package_data() -> None:
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "package-data"
-    ]["netlens"]
+    text = (ROOT / "pyproject.toml").read_text()  # tomllib is Python 3.11+; netlens runs on 3.10
+    line = re.search(r"^\[tool\.setuptools\.package-data\]\nnetlens = \[(.*)\]$", text, re.M)
+    patterns = re.findall(r'"([^"]+)"', line.group(1))
     folder = ROOT / "src" / "netlens" / "report" / "templates"
     files = [p.relative_to(ROOT / "src" / "netlens").as_posix() for p in folder.iterdir()]
     assert files and all(any(fnmatch(f, pat) for pat in patterns) for f in files)

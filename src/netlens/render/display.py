@@ -145,24 +145,24 @@ def _fit(items: list[str], width: int, where: str) -> str:
 def header(result: Result) -> list[tuple[str, str]]:
     """(label, value) pairs for the card's header: model, method, layer, images, targets, time."""
     meta = result.meta
-    extra = meta.get("header") if isinstance(meta.get("header"), dict) else {}
+    run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
 
     def first(*keys: str) -> Any:
         for key in keys:
-            value = meta.get(key, extra.get(key))
+            value = meta.get(key)
             if value not in (None, "", [], {}):
                 return value
         return None
 
     items = [
-        ("model", first("model")),
+        ("model", first("model") or (run.get("model") or {}).get("name")),
         ("method", first("method", "methods")),
         ("layer", first("layer", "layers")),
         ("images", _count(first("images"))),
         ("samples", first("samples")),
-        ("data", first("data")),
+        ("data", first("data") or (run.get("data") or {}).get("source")),
         ("targets", _targets(result)),
-        ("time", _seconds(first("seconds", "elapsed", "time"))),
+        ("time", _seconds(first("seconds") or run.get("seconds"))),
     ]
     return [(k, _text(v)) for k, v in items if v is not None]
 
@@ -179,10 +179,14 @@ def _targets(result: Result) -> str | None:
         return f"top {meta['top']} classes"
     if not meta.get("explicit_target"):
         return "predicted class"
+    names = meta.get("target_names")
+    if names:
+        return _fit(list(dict.fromkeys(str(n) for row in names for n in row)), 60, "res.targets")
     classes = meta.get("classes") or []
     seen = dict.fromkeys(int(t) for t in np.ravel(result.arrays["targets"]))
-    names = [str(classes[t]) if t < len(classes) else str(t) for t in seen]
-    return _fit(names, 60, "res.targets")
+    return _fit(
+        [str(classes[t]) if 0 <= t < len(classes) else str(t) for t in seen], 60, "res.targets"
+    )
 
 
 def _seconds(value: Any) -> Any:
@@ -258,9 +262,12 @@ def _view(result: Result, page_note: str, table_rows: int) -> dict[str, Any]:
     notes: list[str] = []
     if meta.get("shown") is not None and meta.get("total") and meta["shown"] < meta["total"]:
         notes.append(f"{meta['shown']} of {meta['total']} filters drawn (max_filters)")
-    unreadable = meta.get("errors")
-    if isinstance(unreadable, list) and unreadable:
-        notes.append(f"skipped {len(unreadable)} unreadable: " + _fit(unreadable, 200, "meta"))
+    for key, label in (("warnings", "warning"), ("skipped", "skipped")):
+        lines = meta.get(key)
+        if isinstance(lines, list) and lines:
+            shown = "; ".join(str(x) for x in lines[:3])
+            more = f" (… {len(lines) - 3} more in res.meta['{key}'])" if len(lines) > 3 else ""
+            notes.append(f"{label}: {shown}{more}")
     return {
         "kind": f"{type(result).__name__}({result.name})",
         "header": header(result),
@@ -356,13 +363,13 @@ def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[s
         small = max(image.shape[:2]) < 96
         overlays = []
         for k, c in enumerate(result.arrays["targets"][i]):
-            p = float(result.probs[i, int(c)])
+            p = _prob(result, i, int(c))
             overlays.append(
                 {
                     "uri": png_uri(_thumb(result.overlay(i, k))),
-                    "label": f"{method} · {result.class_name(int(c))}",
+                    "label": f"{method} · {result.target_name(i, k)}",
                     "p": p,
-                    "weak": p < WEAK,
+                    "weak": p is not None and p < WEAK,
                     "pixelated": small,
                 }
             )
@@ -380,6 +387,12 @@ def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[s
             }
         )
     return rows
+
+
+def _prob(result: CamResult, i: int, c: int) -> float | None:
+    """The probability of target class ``c`` of image ``i`` (None: the target is no class)."""
+    classification = result.meta.get("task", "multiclass") in ("multiclass", "multilabel", "binary")
+    return float(result.probs[i, c]) if classification and 0 <= c < result.probs.shape[1] else None
 
 
 def colour_legend(cmap: str = "jet") -> str:
@@ -402,9 +415,11 @@ def cam_grid_figure(result: CamResult, indices: list[int]) -> Figure:
     for row, i in zip(axes, indices, strict=True):
         _draw(row[0], result.original(i), result.names[i], "black")
         for k_, c in enumerate(result.arrays["targets"][i]):
-            p = float(result.probs[i, int(c)])
-            weak = " (weak)" if p < WEAK else ""
-            label = f"{result.class_name(int(c))}\np = {_pct(p)}{weak}"
+            p = _prob(result, i, int(c))
+            weak = p is not None and p < WEAK
+            label = result.target_name(i, k_)
+            if p is not None:
+                label += f"\np = {_pct(p)}" + (" (weak)" if weak else "")
             _draw(row[k_ + 1], result.overlay(i, k_), label, "#a33" if weak else "black")
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.05)
     bar.set_ticks([0, 1], labels=["0", "max"])
@@ -460,21 +475,13 @@ def nth_figure(result: Result, i: int) -> Figure:
     return inline_figure(figs[i])
 
 
-def in_notebook() -> bool:
-    """Whether we run inside a Jupyter kernel (not a terminal IPython, not a script)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
 def show(
     result: Result, page: int = 1, per_page: int = PER_PAGE, out: str | Path | None = None
 ) -> list[Path] | None:
     """In Jupyter: display a page of the result. Elsewhere: save it to ``out`` (default
     ``netlens-out/``, like every command's ``--out``) and print where its files are."""
+    from ..progress import in_notebook
+
     if in_notebook():
         from IPython.display import display
 

@@ -53,7 +53,7 @@ class NotebookProgress:
 
     @contextmanager
     def task(
-        self, label: str, total: int | None, unit: str = "images"
+        self, label: str, total: int | None = None, unit: str = "images"
     ) -> Iterator[Callable[[int], None]]:
         """A bar for ``total`` items (None: unknown); yields ``advance(n)``."""
         bar = _Bar(self, label, total, unit)

@@ -178,7 +178,7 @@ def _repro(
     lens = ctx.lens
     model = [
         ("source", ctx.call.model or lens.name),
-        ("state_dict sha256", repro.state_sha256(lens.model)),
+        ("weights sha256", lens.digest()),
     ]
     file = Path(source_file) if source_file else _zoo_file(lens)
     if file is not None and file.is_file():

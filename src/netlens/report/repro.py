@@ -8,53 +8,24 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from torch import nn
+__all__ = ["Invocation", "file_sha256", "versions"]
 
-__all__ = ["Invocation", "file_sha256", "state_sha256", "versions"]
-
-PACKAGES = {  # distribution → module, whose __version__ names the build (2.14.1+cpu)
-    "netlens": "netlens",
-    "torch": "torch",
-    "torchvision": "torchvision",
-    "timm": "timm",
-    "numpy": "numpy",
-    "opencv-python-headless": "cv2",
-}
+EXTRA = {"torchvision": "torchvision", "timm": "timm", "numpy": "numpy", "opencv": "cv2"}
 
 
 def versions() -> list[tuple[str, str]]:
-    """(name, version) of Python and the packages a result depends on."""
-    out = [("python", platform.python_version())]
-    for dist, module in PACKAGES.items():
-        loaded = getattr(sys.modules.get(module), "__version__", None)
-        try:
-            out.append((dist, str(loaded or metadata.version(dist))))
-        except metadata.PackageNotFoundError:
-            continue
+    """(name, version): the run header's (netlens, torch, Python) and the libraries under it."""
+    from ..provenance import versions as core
+
+    out = list(core().items())
+    for name, module in EXTRA.items():
+        loaded = sys.modules.get(module)
+        if loaded is not None and getattr(loaded, "__version__", None):
+            out.append((name, str(loaded.__version__)))
     return out
-
-
-def state_sha256(model: nn.Module) -> str:
-    """SHA-256 of the model's state_dict (names, dtypes, shapes, bytes), whatever file it came
-    from: the same weights give the same checksum in .pt, .pth or .safetensors."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(_raw(t))
-    return h.hexdigest()
-
-
-def _raw(t: Any) -> bytes:
-    """A flat, contiguous tensor's bytes (any dtype, bfloat16 and bool included)."""
-    import torch
-
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def file_sha256(path: str | Path) -> str:
