@@ -90,7 +90,7 @@ def report(
         seed=seed,
         invocation=call,
         source_file=model if model and not model.startswith("zoo:") else None,
-        note=None if quiet or json else lambda text: console.print(text, highlight=False),
+        progress=not (quiet or json),
     ).save(out)
     size = result.path.stat().st_size
     if json:

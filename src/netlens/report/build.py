@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ def build_report(
     seed: int = 0,
     invocation: repro.Invocation | None = None,
     source_file: str | Path | None = None,
-    note: Callable[[str], None] | None = None,
+    progress: Any = None,
 ) -> Report:
     """Run the chosen analyses and put their Results on one self-contained HTML page.
 
@@ -108,7 +108,8 @@ def build_report(
         seed: seed for ablation bootstraps and sanity re-initialisation.
         invocation: how the model, images and data are named on a command line.
         source_file: the model file, for its checksum in the reproducibility header.
-        note: called with one line per section as it starts and ends (progress).
+        progress: a :class:`netlens.progress.Progress`, True/False or None (as every analyzer
+            takes it): a line per section, and each analyzer's own bar.
     """
     keys, chosen = parse_sections(sections)
     method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
@@ -118,8 +119,10 @@ def build_report(
     if not method_list:
         raise NetlensError("give at least one CAM method (e.g. --methods gradcam)")
     call = invocation or repro.Invocation(model=model_source(lens))
-    say = note or (lambda text: None)
-    ctx = ReportInputs(lens, images, data, method_list, limit, max_images, seed, call, say)
+    from ..progress import auto_progress
+
+    sink = auto_progress(progress)
+    ctx = ReportInputs(lens, images, data, method_list, limit, max_images, seed, call, sink)
     started = time.perf_counter()
     built = [_build(key, ctx, chosen) for key in keys]
     seconds = time.perf_counter() - started
@@ -148,21 +151,21 @@ def model_source(lens: Lens) -> str:
 def _build(key: str, ctx: ReportInputs, chosen: bool) -> Section:
     builder, title = BUILDERS[key]
     if key in DATA_SECTIONS and ctx.data_source() is None and not chosen:
-        ctx.note(f"report: {title}: skipped (no data; give --data)")
+        ctx.progress.note(f"report: {title}: skipped (no data; give --data)")
         return Section(
             key, title, skipped="no data: this model's card names no dataset; give --data"
         )
-    ctx.note(f"report: {title} …")
+    ctx.progress.note(f"report: {title} …")
     t0 = time.perf_counter()
     try:
         section = builder(ctx)
     except NetlensError as exc:
         if chosen:
             raise
-        ctx.note(f"report: {title}: skipped ({exc})")
+        ctx.progress.note(f"report: {title}: skipped ({exc})")
         return Section(key, title, skipped=str(exc), seconds=time.perf_counter() - t0)
     section.seconds = time.perf_counter() - t0
-    ctx.note(f"report: {title}: {section.seconds:.1f} s")
+    ctx.progress.note(f"report: {title}: {section.seconds:.1f} s")
     return section
 
 

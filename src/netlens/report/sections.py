@@ -39,7 +39,7 @@ class ReportInputs:
     max_images: int = 8
     seed: int = 0
     call: Invocation = field(default_factory=Invocation)
-    note: Callable[[str], None] = lambda text: None
+    progress: Any = None  # a netlens.progress.Progress, handed to every analyzer
     _layers: list[LayerInfo] | None = None
 
     def layers(self) -> list[LayerInfo]:
@@ -169,7 +169,7 @@ def cam_section(ctx: ReportInputs) -> Section:
     results, times = [], []
     for method in ctx.methods:
         t0 = time.perf_counter()
-        results.append(ctx.lens.cam(images, method=method))
+        results.append(ctx.lens.cam(images, method=method, progress=ctx.progress))
         times.append(time.perf_counter() - t0)
     first = results[0]
     n = len(first.names)
@@ -185,13 +185,13 @@ def cam_section(ctx: ReportInputs) -> Section:
         f"{len(ctx.methods)} methods side by side.",
         parts={"legend": colour_legend(), "methods": heads, "rows": rows},
         commands=[ctx.call.command("cam", images=True, method=m) for m in ctx.methods],
-        notes=[f"skipped: {e}" for e in first.meta.get("errors") or []],
+        notes=[f"skipped: {e}" for e in first.meta.get("skipped") or []],
     )
 
 
 def kernels_section(ctx: ReportInputs) -> Section:
     """The first layer's filters."""
-    res = ctx.lens.kernels()
+    res = ctx.lens.kernels(progress=ctx.progress)
     near = res.meta.get("near_zero") or []
     return Section(
         "kernels",
@@ -222,7 +222,7 @@ def features_section(ctx: ReportInputs) -> Section:
         raise NetlensError("no layer with a spatial output to show feature maps of")
     images = ctx.report_images()
     first = images[:1] if isinstance(images, list) or hasattr(images, "dim") else images
-    res = ctx.lens.features(first, layer=layer, top=16)
+    res = ctx.lens.features(first, layer=layer, top=16, progress=ctx.progress)
     return Section(
         "features",
         "What a middle layer responds to",
@@ -242,7 +242,7 @@ def _first_image(ctx: ReportInputs) -> list[str]:
 def stats_section(ctx: ReportInputs) -> Section:
     """Activation statistics with dead units."""
     data, limit = ctx.need_data(), ctx.limit_for("stats")
-    res = ctx.lens.run("stats", data, limit=limit, quiet=True)
+    res = ctx.lens.run("stats", data, limit=limit, progress=ctx.progress)
     dead = [r for r in res.table if (r.get("dead_units") or 0) > 0]
     summary = ", ".join(f"{r['layer']}: {r['dead_units']:.1%}" for r in dead) or "none"
     return Section(
@@ -258,7 +258,7 @@ def stats_section(ctx: ReportInputs) -> Section:
 def ablate_section(ctx: ReportInputs) -> Section:
     """The block ablation table and plot."""
     data, limit = ctx.need_data(), ctx.limit_for("ablate")
-    res = ctx.lens.ablate(data, limit=limit, seed=ctx.seed)
+    res = ctx.lens.ablate(data, limit=limit, seed=ctx.seed, progress=ctx.progress)
     base = res.baseline
     kept = res.meta.get("skipped") or []
     left = f" Not ablated (identity cannot skip a shape change): {', '.join(kept)}." if kept else ""
@@ -280,7 +280,9 @@ def evaluate_section(ctx: ReportInputs) -> Section:
     data, limit = ctx.need_data(), ctx.limit_for("evaluate")
     allowed = plan_cost(ctx.lens, data, ctx.methods, None, limit).metrics
     metrics = [m for m in EVAL_METRICS if m in allowed] or allowed
-    res = ctx.lens.evaluate(data, methods=ctx.methods, metrics=metrics, limit=limit)
+    res = ctx.lens.evaluate(
+        data, methods=ctx.methods, metrics=metrics, limit=limit, progress=ctx.progress
+    )
     return Section(
         "evaluate",
         "Are the explanations right",
@@ -302,7 +304,9 @@ def evaluate_section(ctx: ReportInputs) -> Section:
 def sanity_section(ctx: ReportInputs) -> Section:
     """Model-randomisation sanity check, a verdict per method."""
     images = ctx.report_images()
-    res = ctx.lens.run("sanity", images, method=",".join(ctx.methods), seed=ctx.seed)
+    res = ctx.lens.run(
+        "sanity", images, method=",".join(ctx.methods), seed=ctx.seed, progress=ctx.progress
+    )
     verdicts = [(m, v["verdict"], bool(v["passes"])) for m, v in res.meta["verdicts"].items()]
     return Section(
         "sanity",
