@@ -214,7 +214,7 @@ def test_channel_study_curves_and_figures(tmp_path) -> None:
     files = res.save(tmp_path)
     assert (tmp_path / "ablation-channels.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "ablation.json").read_text())["channels"] is True
-    assert len(files) == 3
+    assert len(files) == 4  # figure, CSV, JSON and the manifest
 
 
 def test_channels_of_a_linear_layer() -> None:
@@ -298,7 +298,7 @@ def test_cli_ablate(tmp_path, monkeypatch) -> None:
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(netlens.Lens, "ablate", interrupted)
+    monkeypatch.setattr(netlens.Lens, "run", interrupted)
     res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "data")])
     assert res.exit_code == 130 and "--resume" in res.output
 

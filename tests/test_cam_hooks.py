@@ -119,10 +119,11 @@ def test_layer_without_spatial_output_is_refused() -> None:
         netlens.cam(net(), torch.randn(1, 3, 12, 12), layer="5")
 
 
-def test_model_without_logits_is_explained() -> None:
+def test_dense_output_explains_the_predicted_region() -> None:
     features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-    with pytest.raises(NetlensError, match="expects classification logits"):
-        netlens.cam(features, torch.randn(1, 3, 12, 12), layer="1")
+    res = netlens.cam(features, torch.randn(1, 3, 12, 12), layer="0")
+    assert res.meta["task"] == "dense" and res.heatmaps.shape == (1, 12, 12)
+    assert "px" in res.meta["target_names"][0][0]  # a region: class and pixel count
     assert hooks(features) == 0
 
 

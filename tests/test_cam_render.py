@@ -75,15 +75,20 @@ def test_result_save_show_and_inline_png(tmp_path, capsys) -> None:  # noqa: ANN
     r = lens.cam(arrays, layer="1")
     files = r.save(tmp_path)
     names = sorted(p.name for p in files)
-    assert names == [
-        "cam.json",
-        "image0_gradcam.npy",
-        "image0_gradcam.png",
-        "image0_gradcam_figure.png",
-        "image1_gradcam.npy",
-        "image1_gradcam.png",
-        "image1_gradcam_figure.png",
-    ]
+    t = [r.target_name(i) for i in range(2)]
+    assert names == sorted(
+        [
+            "cam.csv",
+            "cam.json",
+            "cam.manifest.json",
+            f"image0_gradcam_1_{t[0]}.npy",
+            f"image0_gradcam_1_{t[0]}.png",
+            "image0_gradcam_1_figure.png",
+            f"image1_gradcam_1_{t[1]}.npy",
+            f"image1_gradcam_1_{t[1]}.png",
+            "image1_gradcam_1_figure.png",
+        ]
+    )
     assert r._repr_png_().startswith(b"\x89PNG")
     assert r.overlay(0).shape == (30, 40, 3)
 

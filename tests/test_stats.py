@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import netlens
 from netlens.analyzers.stats import LayerStats, default_stats_layers
 from netlens.cli.app import app
-from netlens.errors import AnalyzerError
+from netlens.errors import AnalyzerError, NetlensError
 from netlens.images import Preprocess
 from netlens.lens import Lens
 
@@ -125,7 +125,7 @@ def test_default_layers_figures_and_model_untouched(net):
     assert set(r.figures()) == {"stats-dead", "stats-histograms"}
     assert all(torch.equal(before[k], v) for k, v in net.model.state_dict().items())
     assert all(not m._forward_hooks for m in net.model.modules())
-    with pytest.raises(AnalyzerError, match="needs data"):
+    with pytest.raises(NetlensError, match="needs data"):
         net.run("stats")
     with pytest.raises(AnalyzerError, match="hist_range"):
         net.run("stats", (x, torch.zeros(4, dtype=torch.long)), hist_range="3,1")

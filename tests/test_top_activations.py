@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import netlens
 from netlens.analyzers.top_activations import gradient_box, merge_top
 from netlens.cli.app import app
-from netlens.errors import AnalyzerError
+from netlens.errors import AnalyzerError, NetlensError
 from netlens.images import Preprocess
 from netlens.lens import Lens
 from netlens.render.grids import crop_patches, mark_patches
@@ -120,7 +120,7 @@ def test_model_grads_hooks_and_flags_untouched_and_errors(spot):
         spot.run("top-activations", (x, y), layer="conv,act")
     with pytest.raises(AnalyzerError, match="no spatial extent"):
         spot.run("top-activations", (x, y), layer="head.2")
-    with pytest.raises(AnalyzerError, match="needs data"):
+    with pytest.raises(NetlensError, match="needs data"):
         spot.run("top-activations")
 
 
@@ -146,7 +146,7 @@ def test_cli_top_on_resnet18_folder(tmp_path, resnet18):
             "layer2",
             "--channels",
             "0,3",
-            "--k",
+            "--top",
             "2",
             "--out",
             str(out),

@@ -56,6 +56,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     if path in _HELD:
         yield path
         return
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     lock = (path / LOCK_NAME).open("a+")
     try:
@@ -65,6 +66,9 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
             yield path
         finally:
             _HELD.discard(path)
+            if created and [p.name for p in path.iterdir()] == [LOCK_NAME]:
+                (path / LOCK_NAME).unlink()  # a run that wrote nothing leaves no folder
+                path.rmdir()
     finally:
         lock.close()
 

@@ -80,7 +80,7 @@ def test_sample_images_are_used_when_no_images_are_given(tiny_model, sample_imag
 
 
 def test_unknown_option_names_the_options(tiny_lens, sample_images):
-    with pytest.raises(NetlensError, match="has no option stpes .*steps"):
+    with pytest.raises(NetlensError, match="has no option 'stpes'.*steps"):
         tiny_lens.run("integrated-gradients", sample_images, stpes=4)
 
 

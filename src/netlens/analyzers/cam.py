@@ -34,6 +34,7 @@ from .cam_base import (
 )
 from .cam_methods import METHODS
 from .cam_result import CamResult
+from .options import as_is
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -63,10 +64,6 @@ def method_name(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 class CamAnalyzer(Analyzer):
     """Where the model looks: one heatmap per image and target."""
 
@@ -74,9 +71,9 @@ class CamAnalyzer(Analyzer):
     description = "Class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM, ...)."
     takes = "images"
     options = (
-        Option("method", "gradcam", "a registered method name, CamMethod class or instance", _same),
-        Option("layer", "auto", "auto, a selector (layer4, blocks.11, relu@-1) or several", _same),
-        Option("target", None, "prediction (None), class index/name, one per image, ...", _same),
+        Option("method", "gradcam", "a registered method name, CamMethod class or instance", as_is),
+        Option("layer", "auto", "auto, a selector (layer4, blocks.11, relu@-1) or several", as_is),
+        Option("target", None, "prediction (None), class index/name, one per image, ...", as_is),
         Option("top", None, "one map per class for the K most probable classes", int, low=1),
         Option("batch_size", 32, "masked forward passes at once (Score-/Ablation-CAM)", int, low=1),
         Option("fuse", "max", "how maps of several layers combine", str, choices=("max", "mean")),

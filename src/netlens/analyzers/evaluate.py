@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, NetlensError
 from ..metrics.stats import mean_ci
-from .base import Analyzer, Result
+from .base import Analyzer, Option, Result, Run
+from .inputs import first_items
+from .options import as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -97,21 +99,6 @@ class Plan:
         )
 
 
-class _TripleDataset(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, m: Any) -> None:
-        self.x, self.y, self.m = x, torch.as_tensor(y).long(), np.asarray(m).astype(bool)
-        self.classes = [str(i) for i in range(int(self.y.max()) + 1)]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i], int(self.y[i])
-
-    def mask(self, i: int) -> np.ndarray:
-        return self.m[i]
-
-
 class _FolderMasks(Dataset):
     """An image-folder dataset with masks read from a parallel folder of PNGs."""
 
@@ -146,8 +133,6 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
         data = lens.default_data()
         if not data:
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
-    if isinstance(data, tuple) and len(data) == 3:
-        return _TripleDataset(*data)
     if isinstance(data, DataLoader):  # evaluate batches itself; the dataset keeps the masks
         data = data.dataset
     ds = as_dataset(data, lens.transform, host=lens.host)
@@ -217,57 +202,56 @@ class EvaluateAnalyzer(Analyzer):
     name = "evaluate"
     description = "Score heatmaps: pointing game, energy in mask, deletion/insertion, ROAD."
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        methods: Any = "gradcam",
-        metrics: Any = None,
-        layer: Any = "auto",
-        target: str = "label",
-        limit: int | None = 64,
-        chunk: int = 16,
-        masks: str | Path | None = None,
-        quiet: bool = True,
-        **opts: Any,
-    ) -> EvaluateResult:
-        """Score ``methods``' heatmaps on ``inputs`` (data: a dataset name, folder, Dataset...).
+    takes = "data"
+    options = (
+        Option("methods", "gradcam", "CAM method names, comma-separated or a list", as_is),
+        Option("metrics", None, "metric names (default: all that the data allows)", as_is),
+        Option("layer", "auto", "the CAM layer selector", as_is),
+        Option(
+            "target",
+            "label",
+            "explain the true class or the prediction",
+            str,
+            choices=("label", "pred"),
+        ),
+        Option("limit", 64, "evaluate the first N images (each costs many passes)", int, low=1),
+        Option("chunk", 16, "images per CAM call and metric call", int, low=1),
+        Option("masks", None, "folder of mask PNGs for an image-folder data", as_is),
+        Option("steps", 32, "deletion/insertion steps", int, low=1, high=10_000),
+        Option("batch_size", 64, "perturbed images per forward pass", int, low=1),
+        Option("tolerance", 0, "pointing-game slack in pixels", int, low=0),
+        Option("fractions", None, "ROAD removal fractions (default 0.1..0.9)", as_is),
+        Option("random_baseline", True, "also score a random pixel order", bool),
+        Option("fill", "zero", "deletion fill: zero or blur", str, choices=("zero", "blur")),
+        Option("noise", 0.01, "ROAD imputation noise", float, low=0),
+        Option("seed", 0, "seed for random orders and noise", int),
+        Option("metric_options", None, "more options for plugin metrics (a dict)", as_is),
+    )
 
-        Args:
-            methods: CAM method names, comma-separated or a list.
-            metrics: metric names (default: all that the data allows).
-            layer: the CAM layer selector.
-            target: ``"label"`` (explain the true class) or ``"pred"`` (the predicted one).
-            limit: evaluate the first ``limit`` images (None: all).
-            chunk: images per CAM call and metric call.
-            masks: folder of mask PNGs for an image-folder ``inputs`` (see the module doc).
-            quiet: no plan line and no progress bar.
-            **opts: metric options: ``steps``, ``batch_size``, ``tolerance``, ``fractions``,
-                ``random_baseline``, ``fill``, ``noise``, ``seed``.
-        """
-        if target not in ("label", "pred"):
-            raise NetlensError(f"target must be 'label' or 'pred', not '{target}'")
-        method_list = names(methods) or ["gradcam"]
+    def compute(self, run: Run) -> EvaluateResult:
+        """Score the methods' heatmaps on ``run.data`` (see the module doc)."""
+        lens, o = run.lens, run.options
+        method_list = names(o.methods) or ["gradcam"]
         for m in method_list:
             lens.host.cam_methods.get(m)
-        plan = plan_cost(lens, inputs, method_list, metrics, limit, masks, **opts)
-        ds = open_dataset(lens, inputs, masks)
-        from ..metrics.progress import progress_bar
-
+        opts = _metric_options(o)
+        given = run.data.dataset
+        ds = open_dataset(lens, getattr(given, "dataset", given), o.masks)
+        plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
+        run.data.dataset = first_items(ds, plan.n_images)
+        run.progress.note(plan.describe())
         acc: dict[str, list[np.ndarray]] = {}
         seconds = {m: 0.0 for m in plan.metrics}
         counter = CountingModel(lens.model)
         fwd = {m: 0 for m in plan.metrics}
-        with progress_bar("evaluate", plan.n_images, quiet=quiet, note=plan.describe()) as step:
-            for start in range(0, plan.n_images, chunk):
-                idx = list(range(start, min(start + chunk, plan.n_images)))
-                x, y, masks = _load(ds, idx, lens)
-                if target == "pred":
+        with run.progress.task("evaluate", plan.n_images) as step:
+            for x, y, idx in run.data.loader(o.chunk, with_index=True):
+                x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
+                if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
                 for method in method_list:
-                    heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
-                    explain = cam_explainer(lens, method, layer)
+                    heat = lens.cam(x, method=method, layer=o.layer, target=y.tolist()).heatmaps
+                    explain = cam_explainer(lens, method, o.layer)
                     for name in plan.metrics:
                         t0, n0 = time.perf_counter(), counter.images
                         metric = lens.host.metrics.get(name)
@@ -276,7 +260,8 @@ class EvaluateAnalyzer(Analyzer):
                         fwd[name] += counter.images - n0
                         for key, arr in out.items():
                             acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
-                step(len(idx))
+                step(len(x))
+        run.layers = [str(o.layer)]
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
         table = summary_rows(lens, arrays, method_list, plan.metrics)
         per_image = {
@@ -290,22 +275,29 @@ class EvaluateAnalyzer(Analyzer):
             "methods": method_list,
             "metrics": plan.metrics,
             "images": plan.n_images,
-            "target": target,
-            "layer": str(layer),
+            "target": o.target,
+            "layer": str(o.layer),
             "planned_forward_passes": plan.total,
             "forward_passes": sum(fwd.values()),
             "cost_per_image": per_image,
             "options": opts,
+            "label_source": run.data.label_source,
         }
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
 
 
-def _load(ds: Dataset, idx: list[int], lens: Lens) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    items = [ds[i] for i in idx]
-    x = torch.stack([it[0] for it in items]).to(lens.device)
-    y = torch.tensor([int(it[1]) for it in items])
+def _metric_options(o: Any) -> dict[str, Any]:
+    """The options metrics receive (plugin metrics' own ones from ``metric_options``)."""
+    keys = ("steps", "batch_size", "tolerance", "random_baseline", "fill", "noise", "seed")
+    opts = {k: o[k] for k in keys}
+    if o.fractions is not None:
+        opts["fractions"] = o.fractions
+    return {**opts, **dict(o.metric_options or {})}
+
+
+def _masks(ds: Dataset, idx: list[int], lens: Lens) -> np.ndarray | None:
     masks = [mask_at_input(ds, i, lens) for i in idx]
-    return x, y, (np.stack(masks) if masks[0] is not None else None)
+    return np.stack(masks) if masks and masks[0] is not None else None
 
 
 def summary_rows(

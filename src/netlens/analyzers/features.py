@@ -16,14 +16,14 @@ import torch
 
 from ..activations import to_spatial
 from ..errors import AnalyzerError
-from ..layers import eval_mode, resolve_layers
+from ..layers import resolve_layers
 from ..probes import probe
-from .base import Analyzer, Result
+from .base import Analyzer, Option, Result, Run
+from .options import as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..lens import Lens
 
 __all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_figure", "pick_channels"]
 
@@ -137,37 +137,33 @@ class FeaturesAnalyzer(Analyzer):
     name = "features"
     description = "Feature maps of a layer for an image (top channels by mean activation)."
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        layer: Any = "auto",
-        top: int = 16,
-        channels: Any = None,
-        normalize: str = "channel",
-        overlay: bool = False,
-        **options: Any,
-    ) -> FeaturesResult:
-        """Args:
-        inputs: images (None: the model's sample images).
-        layer: one or more layer selectors (several → one figure each).
-        top: how many channels to show (largest mean activation first).
-        channels: explicit channel indices instead of the top ones.
-        normalize: ``channel`` (each map on its own scale) or ``joint`` (one scale, colour bar).
-        overlay: draw each map over the input image.
-        """
-        if options:
-            raise AnalyzerError(f"features got unknown options: {', '.join(sorted(options))}")
-        if normalize not in ("channel", "joint"):
-            raise AnalyzerError(f"normalize must be 'channel' or 'joint', not {normalize!r}")
-        batch = lens.batch(inputs)
+    takes = "images"
+    options = (
+        Option("layer", "auto", "one or more layer selectors (one figure each)", as_is),
+        Option("top", 16, "how many channels to show (largest mean first)", int, low=1),
+        Option("channels", None, "explicit channel indices instead of the top ones", as_is),
+        Option("normalize", "channel", "map scale", str, choices=("channel", "joint")),
+        Option("overlay", False, "draw each map over the input image", bool),
+    )
+
+    def compute(self, run: Run) -> FeaturesResult:
+        """The chosen channels' maps per image and layer, and every channel's mean."""
+        lens, o = run.lens, run.options
+        layer, top, channels, normalize, overlay = (
+            o.layer,
+            o.top,
+            o.channels,
+            o.normalize,
+            o.overlay,
+        )
+        batch = run.images
         model, x = lens.model, batch.tensor
         names = resolve_layers(model, layer, example=x[:1])
+        run.layers = names
         arrays: dict[str, np.ndarray] = {}
         shapes = {}
         parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
-        with torch.no_grad(), eval_mode(model), probe(model, names, to="cpu") as p:
+        with torch.no_grad(), probe(model, names, to="cpu") as p:
             for chunk in x.split(_CHUNK):
                 model(chunk)
                 for name in names:
@@ -190,7 +186,6 @@ class FeaturesAnalyzer(Analyzer):
             else arrays[_key(names[0], "channels")][0].tolist(),
             "overlay": bool(overlay),
             "shapes": shapes,
-            "skipped": batch.errors,
         }
         table = [
             {

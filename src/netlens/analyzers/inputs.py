@@ -61,18 +61,22 @@ class Data:
             getattr(self.dataset, "dataset", None), "classes", None
         )
 
-    def loader(self, batch_size: int) -> Batches:
-        """Batches ``(x, y)`` in a fixed order; bad items skipped and recorded."""
+    def loader(self, batch_size: int, *, with_index: bool = False) -> Batches:
+        """Batches ``(x, y)`` in a fixed order; bad items skipped and recorded.
+
+        ``with_index``: batches are ``(x, y, index)``, ``index`` the dataset positions (they
+        skip what was skipped).
+        """
         if self.loader_given is not None:
             if isinstance(self.loader_given.sampler, RandomSampler):
                 raise DataError(
                     "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
                     "the same images in the same order"
                 )
-            return Batches(self.loader_given, self.loader_given.batch_size or 1)
+            return Batches(self.loader_given, self.loader_given.batch_size or 1, with_index)
         guarded = _Guarded(self.dataset, self)
         loader = DataLoader(guarded, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-        return Batches(loader, batch_size)
+        return Batches(loader, batch_size, with_index, indexed=True)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able: source, label source, size, skipped count (for the run header)."""
@@ -90,12 +94,23 @@ class Data:
 class Batches:
     """A re-iterable of ``(x, y)`` batches that leaves out batches with no readable item."""
 
-    def __init__(self, loader: DataLoader, batch_size: int) -> None:
+    def __init__(
+        self, loader: DataLoader, batch_size: int, with_index: bool, indexed: bool = False
+    ) -> None:
         self.loader, self.batch_size = loader, batch_size
-        self.dataset = loader.dataset
+        self.with_index, self.indexed = with_index, indexed
+        self.dataset = getattr(loader.dataset, "inner", loader.dataset)
 
     def __iter__(self) -> Iterator[Any]:
-        return (b for b in self.loader if b is not None)
+        start = 0
+        for b in self.loader:
+            if b is None:
+                continue
+            x, y, idx = b if self.indexed else (b[0], b[1], None)
+            if idx is None:
+                idx = torch.arange(start, start + len(x))
+                start += len(x)
+            yield (x, y, idx) if self.with_index else (x, y)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -112,7 +127,8 @@ class _Guarded(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         try:
-            return self.inner[i]
+            x, y = self.inner[i][:2]
+            return x, y, i
         except _BAD_ITEM as exc:
             if self.data.strict:
                 raise
@@ -166,10 +182,9 @@ def resolve_data(
         source = f"dataset {inputs} (from the model card)"
     given = inputs if isinstance(inputs, DataLoader) else None
     ds = given.dataset if given is not None else as_dataset(inputs, lens.transform, host=lens.host)
-    if limit is not None:
-        if given is not None:
-            raise DataError("limit cannot cut a DataLoader you made; pass its dataset instead")
-        ds = _first(ds, int(limit))
+    if limit is not None and limit < len(ds):  # type: ignore[arg-type]
+        given = None  # a cut DataLoader: its dataset's first items, in our batches
+        ds = first_items(ds, int(limit))
     if len(ds) == 0:  # type: ignore[arg-type]
         raise DataError(f"the data for {what} is empty ({source})")
     label_source = getattr(ds, "label_source", None) or getattr(
@@ -178,7 +193,8 @@ def resolve_data(
     return Data(ds, source, label_source, strict=strict, loader_given=given)
 
 
-def _first(ds: Dataset, limit: int) -> Dataset:
+def first_items(ds: Dataset, limit: int) -> Dataset:
+    """The first ``limit`` items of ``ds``, keeping its classes, label source and masks."""
     if limit < 1:
         raise DataError(f"limit must be at least 1, got {limit}")
     if limit >= len(ds):  # type: ignore[arg-type]

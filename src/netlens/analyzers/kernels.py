@@ -27,7 +27,8 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import named_layers, resolve_layers, trace_outputs
-from .base import Analyzer, Result
+from .base import Analyzer, Option, Result, Run
+from .options import as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -143,33 +144,24 @@ class KernelsAnalyzer(Analyzer):
     name = "kernels"
     description = "Weights of a conv/linear layer as a tile grid (+ per-filter statistics)."
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        layer: Any = None,
-        reduce: str | int = "mean",
-        normalize: str = "filter",
-        sort: bool = False,
-        max_filters: int = 64,
-        dead_tol: float = 1e-3,
-        **options: Any,
-    ) -> KernelsResult:
-        """Args:
-        layer: selector or module; default the first Conv2d.
-        reduce: for convs with more than 3 inputs: ``mean``, ``l2`` or ``channel:K``.
-        normalize: ``filter`` (each tile on its own scale) or ``joint`` (one scale, colour bar).
-        sort: order tiles by filter norm, largest first.
-        max_filters: show at most this many tiles (statistics cover every filter).
-        dead_tol: near-zero threshold, relative to the largest filter norm.
-        """
-        if options:
-            raise AnalyzerError(f"kernels got unknown options: {', '.join(sorted(options))}")
-        if normalize not in ("filter", "joint"):
-            raise AnalyzerError(f"normalize must be 'filter' or 'joint', not {normalize!r}")
+    takes = "model"
+    options = (
+        Option("layer", None, "selector or module; default the first Conv2d", as_is),
+        Option("reduce", "mean", "deeper convs: mean, l2 or channel:K over the inputs", str),
+        Option("normalize", "filter", "tile scale", str, choices=("filter", "joint")),
+        Option("sort", False, "order tiles by filter norm, largest first", bool),
+        Option("max_filters", 64, "show at most this many tiles", int, low=1),
+        Option("dead_tol", 1e-3, "near-zero threshold, relative to the largest norm", float, low=0),
+    )
+
+    def compute(self, run: Run) -> KernelsResult:
+        """The layer's weights as tiles (or a matrix) and one statistics row per filter."""
+        lens, o = run.lens, run.options
+        layer, reduce, normalize, sort = o.layer, o.reduce, o.normalize, o.sort
+        max_filters, dead_tol = o.max_filters, o.dead_tol
         model = lens.model
         name = default_kernel_layer(model) if layer in (None, "", "auto") else _one(model, layer)
+        run.layers = [name]
         mod = dict(model.named_modules())[name]
         weight = getattr(mod, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):

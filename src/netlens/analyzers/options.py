@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import NetlensError, hint
 
-__all__ = ["Option", "OptionError", "Options", "parse_options"]
+__all__ = ["Option", "OptionError", "Options", "as_is", "parse_options"]
 
 
 class OptionError(NetlensError):
@@ -73,6 +73,11 @@ class Option:
             raise OptionError(f"{owner}: {self.name} must be at least {self.low:g}, got {got}")
         if self.high is not None and got > self.high:
             raise OptionError(f"{owner}: {self.name} must be at most {self.high:g}, got {got}")
+
+
+def as_is(value: Any) -> Any:
+    """The ``kind`` of an option whose value the analyzer checks itself (layers, targets)."""
+    return value
 
 
 def _name(kind: Any) -> str:

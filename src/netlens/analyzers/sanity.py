@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..errors import AnalyzerError
 from ..metrics.sanity import DEFAULT_THRESHOLD, cascade_blocks, cascading_randomization
 from ..metrics.stats import mean_ci
-from .base import Analyzer, Result
+from .base import Analyzer, Option, Result, Run
 from .evaluate import cam_explainer, names
+from .options import as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..lens import Lens
 
 __all__ = ["SanityAnalyzer", "SanityResult", "cam_explainer"]
 
@@ -47,55 +48,50 @@ class SanityAnalyzer(Analyzer):
     name = "sanity"
     description = "Adebayo et al. sanity check: randomise layers from the top, compare maps."
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        method: Any = "gradcam",
-        layer: Any = "auto",
-        target: Any = None,
-        threshold: float = DEFAULT_THRESHOLD,
-        seed: int = 0,
-        quiet: bool = True,
-        **options: Any,
-    ) -> SanityResult:
-        """Run the randomisation test on ``inputs`` (images; the model's samples by default).
+    takes = "images"
+    options = (
+        Option("method", "gradcam", "CAM method name(s), comma-separated or a list", as_is),
+        Option("layer", "auto", "the CAM layer selector", as_is),
+        Option("target", None, "classes to explain (default: the model's predictions)", as_is),
+        Option(
+            "threshold",
+            DEFAULT_THRESHOLD,
+            "the verdict's Spearman threshold",
+            float,
+            low=-1,
+            high=1,
+        ),
+        Option("seed", 0, "seed of the re-initialisation", int),
+    )
 
-        Args:
-            method: CAM method name(s), comma-separated or a list.
-            layer: the CAM layer selector.
-            target: classes to explain (default: the trained model's predictions).
-            threshold: the verdict's Spearman threshold.
-            seed: seed of the re-initialisation.
-            quiet: no plan line and no progress bar.
-        """
-        from ..errors import NetlensError
-        from ..metrics.progress import progress_bar
+    def compute(self, run: Run) -> SanityResult:
+        """Run the randomisation test on ``run.images`` (the model's samples by default)."""
+        from ..targets import resolve_targets
 
-        if options:
-            raise NetlensError(f"unknown sanity option(s): {', '.join(sorted(options))}")
+        lens, o = run.lens, run.options
+        method, layer, threshold, seed = o.method, o.layer, o.threshold, o.seed
         methods = names(method) or ["gradcam"]
         for m in methods:
             lens.host.cam_methods.get(m)
-        batch = lens.batch(inputs)
+        batch = run.images
         x = batch.tensor
-        probs = lens.predict(x)
-        if target is None:
-            targets = probs.argmax(dim=1)
-        else:
-            k = probs.shape[1]
-            targets = torch.as_tensor([lens.class_index(t, k) for t in _per_image(target, len(x))])
+        with torch.no_grad():
+            output = lens.output(x)
+        target = resolve_targets(o.target, output, lens)[0]
+        targets = torch.as_tensor(target.index(len(x)))
+        if bool((targets < 0).any()):
+            raise AnalyzerError("sanity explains classes: give a class target (index or name)")
         blocks = cascade_blocks(lens.model)
         steps_total = len(methods) * len(blocks)
-        note = (
+        run.progress.note(
             f"sanity: {len(x)} images × {len(methods)} method(s), {len(blocks)} "
             f"randomisation steps: {steps_total + len(methods)} CAM runs"
         )
+        run.layers = [str(layer)]
         arrays: dict[str, np.ndarray] = {}
         table: list[dict[str, Any]] = []
         verdicts: dict[str, dict[str, Any]] = {}
-        with progress_bar("sanity", steps_total, quiet=quiet, note=note) as advance:
+        with run.progress.task("sanity", steps_total, unit="steps") as advance:
             for m in methods:
                 res = cascading_randomization(
                     lens.model,
@@ -133,12 +129,6 @@ class SanityAnalyzer(Analyzer):
             "seed": seed,
         }
         return SanityResult("sanity", arrays=arrays, table=table, meta=meta, originals=originals)
-
-
-def _per_image(target: Any, n: int) -> list[Any]:
-    if isinstance(target, (list, tuple)):
-        return list(target)
-    return [target] * n
 
 
 def _rows(method: str, steps: list[str], rho: np.ndarray, sim: np.ndarray) -> list[dict]:

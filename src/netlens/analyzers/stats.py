@@ -29,15 +29,14 @@ import torch
 from torch import nn
 
 from ..errors import AnalyzerError
-from ..layers import eval_mode, named_layers, resolve_layers
-from ..metrics.progress import progress_bar
+from ..layers import named_layers, resolve_layers
 from ..probes import probe
-from .base import Analyzer, Result
+from .base import Analyzer, Option, Result, Run
+from .options import as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..lens import Lens
 
 __all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers"]
 
@@ -191,56 +190,36 @@ class StatsAnalyzer(Analyzer):
     name = "stats"
     description = "Activation statistics over a dataset (mean, std, dead units, histograms)."
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        layers: Any = None,
-        eps: float = 0.0,
-        bins: int = 50,
-        hist_range: tuple[float, float] | None = None,
-        limit: int | None = 512,
-        batch_size: int = 32,
-        quiet: bool = False,
-        **options: Any,
-    ) -> StatsResult:
-        """Args:
-        inputs: data (folder, dataset name, Dataset, DataLoader, (images, labels)).
-        layers: layer selectors; default the activation-function modules.
-        eps: a value ≤ eps counts as near zero; a unit ≤ eps on every input is dead.
-        bins, hist_range: histogram bins and their fixed range (default: from the first batch).
-        limit: use at most this many samples (None: all).
-        """
-        from ..data import as_loader
+    takes = "data"
+    options = (
+        Option("layers", None, "layer selectors; default the activation-function modules", as_is),
+        Option("eps", 0.0, "a value ≤ eps counts as near zero; ≤ eps on every input: dead", float),
+        Option("bins", 50, "histogram bins", int, low=1, high=10_000),
+        Option("hist_range", None, "fixed histogram range low,high (default: first batch)", as_is),
+        Option("limit", 512, "use at most this many samples (None: all)", int, low=1),
+        Option("batch_size", 32, "images per forward pass", int, low=1),
+    )
 
-        if options:
-            raise AnalyzerError(f"stats got unknown options: {', '.join(sorted(options))}")
-        inputs = inputs if inputs is not None else lens.default_data()
-        if inputs is None:
-            raise AnalyzerError(
-                "stats needs data: a folder, a dataset name, a Dataset or (images, labels) (--data)"
-            )
+    def compute(self, run: Run) -> StatsResult:
+        """One streaming pass over the data, updating every layer's statistics per batch."""
+        lens, o = run.lens, run.options
+        layers, eps, bins, hist_range = o.layers, o.eps, o.bins, o.hist_range
         model = lens.model
         names = (
             default_stats_layers(model)
             if layers in (None, "", "auto")
             else resolve_layers(model, layers)
         )
-        loader = as_loader(
-            inputs, lens.transform, host=lens.host, batch_size=batch_size, limit=limit
-        )
+        run.layers = names
         rng = _range(hist_range)
         stats: dict[str, LayerStats] = {}
         seen = 0
         with (
             torch.no_grad(),
-            eval_mode(model),
             probe(model, names, to="cpu") as p,
-            progress_bar("activation stats", _length(loader), quiet=quiet) as advance,
+            run.progress.task("activation stats", len(run.data)) as advance,
         ):
-            for batch in loader:
-                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            for x, _ in run.data.loader(o.batch_size):
                 model(x.to(lens.device))
                 for name in names:
                     outs = p[name].outputs
@@ -283,10 +262,3 @@ def _range(value: Any) -> tuple[float, float] | None:
     if not lo < hi:
         raise AnalyzerError(f"hist_range low must be below high; got {lo:g},{hi:g}")
     return lo, hi
-
-
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader.dataset)
-    except (AttributeError, TypeError):
-        return None

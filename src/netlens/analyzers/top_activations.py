@@ -23,9 +23,9 @@ import torch
 from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import eval_mode, resolve_layers
-from ..metrics.progress import progress_bar
 from ..probes import probe
-from .base import Analyzer, Result
+from .base import Analyzer, Option, Result, Run
+from .options import as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,38 +109,22 @@ class TopActivationsAnalyzer(Analyzer):
     name = "top-activations"
     description = "Top-activating inputs (and patches) per channel of a layer over a dataset."
 
-    def run(
-        self,
-        lens: Lens,
-        inputs: Any = None,
-        *,
-        layer: Any = "auto",
-        channels: Any = None,
-        k: int = 8,
-        max_channels: int = 16,
-        limit: int | None = 512,
-        batch_size: int = 32,
-        quiet: bool = False,
-        **options: Any,
-    ) -> TopActivationsResult:
-        """Args:
-        inputs: data (folder, dataset name, Dataset, DataLoader, (images, labels)).
-        layer: one layer selector (default: the last spatial layer).
-        channels: channel indices to show (list or "3,7"); default the most active ones.
-        k: inputs per channel. max_channels: channels shown by default.
-        limit: use at most this many samples (None: all).
-        """
-        from ..data import as_loader
+    takes = "data"
+    options = (
+        Option("layer", "auto", "one layer selector (default: the last spatial layer)", as_is),
+        Option("channels", None, "channels to show (list or 3,7); default the most active", as_is),
+        Option("k", 8, "top inputs per channel", int, low=1),
+        Option("max_channels", 16, "channels shown when none are named", int, low=1),
+        Option("limit", 512, "use at most this many samples (None: all)", int, low=1),
+        Option("batch_size", 32, "images per forward pass", int, low=1),
+    )
+
+    def compute(self, run: Run) -> TopActivationsResult:
+        """Stream the data once, keep each channel's k highest peaks, then cut the patches."""
         from .features import pick_channels
 
-        if options:
-            raise AnalyzerError(f"top-activations got unknown options: {', '.join(options)}")
-        inputs = inputs if inputs is not None else lens.default_data()
-        if inputs is None:
-            raise AnalyzerError(
-                "top-activations needs data: a folder, a dataset name, a Dataset "
-                "or (images, labels) (--data)"
-            )
+        lens, o = run.lens, run.options
+        layer, channels, k, max_channels = o.layer, o.channels, o.k, o.max_channels
         model = lens.model
         names = resolve_layers(model, layer, example=lens.example())
         if len(names) > 1:
@@ -149,26 +133,22 @@ class TopActivationsAnalyzer(Analyzer):
                 f"{len(names)} ({', '.join(names[:4])}...)"
             )
         name = names[0]
-        loader = as_loader(
-            inputs, lens.transform, host=lens.host, batch_size=batch_size, limit=limit
-        )
-        k = max(1, int(k))
+        run.layers = [name]
+        loader = run.data.loader(o.batch_size, with_index=True)
         best = best_ids = peak_sum = None
         seen = 0
         with (
             torch.no_grad(),
-            eval_mode(model),
             probe(model, name, to="cpu") as p,
-            progress_bar(f"top activations of {name}", _length(loader), quiet=quiet) as advance,
+            run.progress.task(f"top activations of {name}", len(run.data)) as advance,
         ):
-            for batch in loader:
-                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            for x, _, index in loader:
                 model(x.to(lens.device))
                 act = _spatial(p[name].output, model, name)
                 p.clear()
                 n, c, gh, gw = act.shape
                 peak, where = act.reshape(n, c, -1).max(dim=2)
-                ids = torch.arange(seen, seen + n).expand(c, -1)
+                ids = index.long().expand(c, -1)
                 code = ids * (gh * gw) + where.T  # sample and position in one integer
                 if best is None:
                     best = torch.full((c, 0), float("-inf"))
@@ -263,10 +243,3 @@ def _spatial(out: Any, model: Any, name: str) -> torch.Tensor:
 def _sample(dataset: Any, i: int) -> torch.Tensor:
     item = dataset[i]
     return item[0] if isinstance(item, (list, tuple)) else item
-
-
-def _length(loader: Any) -> int | None:
-    try:
-        return len(loader.dataset)
-    except (AttributeError, TypeError):
-        return None

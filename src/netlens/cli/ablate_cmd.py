@@ -6,43 +6,32 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    JsonOpt,
+from .common import cli_errors
+from .options import (
+    BatchSizeOpt,
+    Common,
+    DataOpt,
+    LayersOpt,
+    LimitOpt,
     ModelArg,
-    OutOpt,
-    QuietOpt,
-    TrustOpt,
-    cli_errors,
-    save_and_report,
+    ResumeOpt,
+    SeedOpt,
+    command,
 )
 
 
 @cli_errors
+@command()
 def ablate(
     model: ModelArg = None,
-    data: Annotated[
-        str,
-        typer.Option(
-            "--data",
-            help="Labelled data: a folder with class "
-            "subfolders or a dataset name (e.g. fashion-mnist).",
-        ),
-    ] = "",
-    layers: Annotated[
-        str | None,
-        typer.Option(
-            "--layers",
-            help="Units to ablate (names, globs, "
-            "type:X); default: every residual block, else each feature-stack child.",
-        ),
-    ] = None,
+    data: DataOpt = None,
+    layers: LayersOpt = None,
     mode: Annotated[
         str | None,
         typer.Option(
             "--mode",
             help="identity (default; skip the unit), zero, mean or noise (zero for --channels).",
+            show_default=False,
         ),
     ] = None,
     metric: Annotated[
@@ -52,70 +41,47 @@ def ablate(
         bool,
         typer.Option(
             "--channels",
-            help="Ablate each channel of the one --layers layer, with cumulative curves.",
+            help="Ablate each channel of the one --layer layer, with cumulative curves.",
         ),
     ] = False,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="Use only the first N images.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 64,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed for noise, bootstrap, random order.")
-    ] = 0,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Keep rows already in OUT/ablation.csv (same settings) and run only the rest.",
-        ),
-    ] = False,
+    limit: LimitOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
     naive: Annotated[
         bool,
         typer.Option(
             "--naive", help="Re-run the whole model per ablation (the slow reference path)."
         ),
     ] = False,
-    arch: ArchOpt = None,
-    trust: TrustOpt = False,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Switch blocks (or channels) off one at a time and measure what each is worth."""
-    from .common import console, open_lens
+    from .runner import err, run_analyzer
 
-    lens = open_lens(model, arch=arch, trust=trust)
+    options = {"layers": layers, "mode": mode, "metric": metric, "channels": channels}
+    options |= {"limit": limit, "batch_size": batch_size, "seed": seed, "resume": resume}
+    options |= {"fast": not naive, "out": common.out, "quiet": common.quiet or common.json}
     try:
-        result = lens.ablate(
-            data or None,
-            layers=layers,
-            mode=mode,
-            metric=metric,
-            channels=channels,
-            out=out,
-            resume=resume,
-            limit=limit,
-            batch_size=batch_size,
-            seed=seed,
-            fast=not naive,
-            quiet=quiet or json,
-        )
+        run_analyzer("ablate", model, data, options, common, report=_report)
     except KeyboardInterrupt:
-        console.print(
-            f"[red]interrupted[/red]: finished rows are in {out}/ablation.csv; "
+        err.print(
+            f"[red]interrupted[/red]: finished rows are in {common.out}/ablation.csv; "
             "run the same command with --resume to go on"
         )
         raise typer.Exit(130) from None
-    files = save_and_report(result, out, json)
-    if json:
-        return
-    console.print(_table(result))
-    if result.meta.get("skipped"):
-        console.print(
-            f"not ablated: {', '.join(result.meta['skipped'])} (identity cannot skip a "
+
+
+def _report(result: Any) -> None:
+    from .runner import err, out
+
+    out.print(_table(result))
+    if result.meta.get("skipped_units"):
+        err.print(
+            f"not ablated: {', '.join(result.meta['skipped_units'])} (identity cannot skip a "
             "layer that changes the shape; use --mode zero or mean for those)"
         )
-    console.print(f"ablate: wrote {len(files)} files to {out}/")
 
 
 def _table(result: Any) -> Any:

@@ -2,45 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    DeviceOpt,
-    JsonOpt,
+from .common import cli_errors
+from .options import (
+    BatchSizeOpt,
+    Common,
+    DataOpt,
+    LayerOpt,
+    MethodsOpt,
     ModelArg,
-    OutOpt,
-    QuietOpt,
-    TrustOpt,
-    cli_errors,
-    save_and_report,
+    SeedOpt,
+    command,
 )
 
 
 @cli_errors
+@command()
 def evaluate(
     model: ModelArg = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Dataset name (shapes, ...) or folder <class>/<image>; masks are "
-            "needed for pointing/energy.",
-        ),
-    ] = None,
-    method: Annotated[
-        str, typer.Option("--method", "-m", help="CAM method(s), comma-separated.")
-    ] = "gradcam",
+    data: DataOpt = None,
+    method: MethodsOpt = "gradcam",
     masks: Annotated[
         str | None,
         typer.Option(
             "--masks",
             help="Mask PNGs for a --data folder: DIR/<class>/<name>.png (default: "
             "<data>_masks when it exists).",
+            show_default=False,
         ),
     ] = None,
     metric: Annotated[
@@ -48,64 +39,58 @@ def evaluate(
         typer.Option(
             "--metric",
             help="Metrics, comma-separated (default: all the data allows): pointing, "
-            "energy, deletion, insertion, road-morf, road-lerf.",
+            "energy, deletion, insertion, road-morf, road-lerf, randomization.",
+            show_default=False,
         ),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Images to evaluate.")] = 64,
-    steps: Annotated[int, typer.Option("--steps", help="Deletion/insertion steps.")] = 32,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", "-n", help="Images to evaluate (each costs many forward passes).", min=1
+        ),
+    ] = 64,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Deletion/insertion steps.", min=1, max=10_000)
+    ] = 32,
     tolerance: Annotated[
-        int, typer.Option("--tolerance", help="Pointing-game tolerance in pixels.")
+        int, typer.Option("--tolerance", help="Pointing-game tolerance in pixels.", min=0)
     ] = 0,
     target: Annotated[
         str,
         typer.Option(
-            "--target", help="Explain the true class ('label') or the predicted one ('pred')."
+            "--target", "-t", help="Explain the true class (label) or the predicted one (pred)."
         ),
     ] = "label",
-    layer: Annotated[str, typer.Option("--layer", "-l", help="CAM layer.")] = "auto",
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", help="Perturbed images per forward pass.")
-    ] = 64,
-    opt: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--opt", help="More metric options key=value (fill=blur, noise=0.01, seed=1)."
-        ),
-    ] = None,
-    arch: ArchOpt = None,
-    trust: TrustOpt = False,
-    device: DeviceOpt = None,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    layer: LayerOpt = "auto",
+    batch_size: BatchSizeOpt = 64,
+    fill: Annotated[
+        str,
+        typer.Option("--fill", help="What deleted pixels become: zero (the mean colour) or blur."),
+    ] = "zero",
+    noise: Annotated[
+        float, typer.Option("--noise", help="ROAD imputation noise (std).", min=0.0)
+    ] = 0.01,
+    seed: SeedOpt = 0,
+    *,
+    common: Common,
 ) -> None:
     """Score CAM heatmaps: a table per method (mean ± 95 % CI) with chance / random baselines.
 
     Prints the number of forward passes before it starts; writes evaluate.csv/.json and
     evaluate-scores.png / evaluate-curves.png to --out.
     """
-    from .common import console, open_lens, parse_options
+    from .runner import run_analyzer
 
-    lens = open_lens(model, arch=arch, trust=trust, device=device)
-    result = lens.evaluate(
-        data,
-        methods=method,
-        metrics=metric,
-        limit=limit,
-        steps=steps,
-        tolerance=tolerance,
-        target=target,
-        layer=layer,
-        batch_size=batch_size,
-        masks=masks,
-        quiet=quiet,
-        **parse_options(opt),
-    )
-    files = save_and_report(result, out, json)
-    if json:
-        return
-    console.print(scores_table(result.table))
-    console.print(f"evaluate: wrote {len(files)} files to {out}/")
+    options = {"methods": method, "metrics": metric, "limit": limit, "steps": steps}
+    options |= {"tolerance": tolerance, "target": target, "layer": layer, "masks": masks}
+    options |= {"batch_size": batch_size, "fill": fill, "noise": noise, "seed": seed}
+    run_analyzer("evaluate", model, data, options, common, report=_report)
+
+
+def _report(result: Any) -> None:
+    from .runner import out
+
+    out.print(scores_table(result.table))
 
 
 def scores_table(rows: list[dict]):  # noqa: ANN201 - a rich Table, imported lazily

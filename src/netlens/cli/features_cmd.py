@@ -1,41 +1,27 @@
-"""``netlens features [MODEL] [IMAGE...] --layer L --top K``: feature maps for images."""
+"""``netlens features``: what a layer responds to, as feature-map grids per image."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    DeviceOpt,
-    ImagesArg,
-    JsonOpt,
-    ModelArg,
-    NumClassesOpt,
-    OutOpt,
-    TrustOpt,
-    cli_errors,
-    save_and_report,
-)
+from .common import cli_errors
+from .options import Common, ImagesArg, LayerOpt, ModelArg, TopOpt, command
 
 
 @cli_errors
+@command()
 def features(
     model: ModelArg = None,
     images: ImagesArg = None,
-    layer: Annotated[
-        str,
-        typer.Option(
-            "--layer",
-            "-l",
-            help="auto, a layer name/glob/type:NAME, or several comma-separated (one figure each).",
-        ),
-    ] = "auto",
-    top: Annotated[int, typer.Option("--top", "-k", help="Channels with the largest mean.")] = 16,
+    layer: LayerOpt = "auto",
+    top: TopOpt = 16,
     channels: Annotated[
-        str | None, typer.Option("--channels", help="Explicit channels instead, e.g. 0,5,9.")
+        str | None,
+        typer.Option(
+            "--channels", help="Explicit channels instead, e.g. 0,5,9.", show_default=False
+        ),
     ] = None,
     normalize: Annotated[
         str, typer.Option("--normalize", help="channel (own scale per map) or joint.")
@@ -43,28 +29,24 @@ def features(
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Draw the maps over the image.")
     ] = False,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust: TrustOpt = False,
-    device: DeviceOpt = None,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Feature-map grids of a layer per image (top channels by mean activation)."""
-    from .common import console, open_lens, split_model_and_images
+    from .common import split_model_and_images
+    from .runner import run_analyzer
 
     model, imgs = split_model_and_images(model, images)
-    lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
-    result = lens.features(
-        imgs or None, layer=layer, top=top, channels=channels, normalize=normalize, overlay=overlay
-    )
-    files = save_and_report(result, out, json)
-    if json:
-        return
-    for err in result.meta["skipped"]:
-        console.print(f"[yellow]skipped:[/yellow] {err}")
-    console.print(
-        f"features of {', '.join(result.meta['layers'])} for "
-        f"{len(result.meta['images'])} image(s): wrote {len(files)} files to {out}/",
-        soft_wrap=True,
+    options = {"layer": layer, "top": top, "channels": channels}
+    options |= {"normalize": normalize, "overlay": overlay}
+    run_analyzer("features", model, imgs or None, options, common, report=_report)
+
+
+def _report(result: Any) -> None:
+    from .runner import out
+
+    meta = result.meta
+    out.print(
+        f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)",
+        markup=False,
     )

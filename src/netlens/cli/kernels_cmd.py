@@ -1,25 +1,17 @@
-"""``netlens kernels [MODEL] [--layer L]``: a layer's weights as a tile grid, with filter stats."""
+"""``netlens kernels``: what the filters learned, as a tile grid with per-filter statistics."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    JsonOpt,
-    ModelArg,
-    NumClassesOpt,
-    OutOpt,
-    TrustOpt,
-    cli_errors,
-    save_and_report,
-)
+from .common import cli_errors
+from .options import Common, ModelArg, command
 
 
 @cli_errors
+@command()
 def kernels(
     model: ModelArg = None,
     layer: Annotated[
@@ -28,6 +20,7 @@ def kernels(
             "--layer",
             "-l",
             help="Conv or linear layer (name, glob, type:NAME); default: the first conv.",
+            show_default=False,
         ),
     ] = None,
     reduce: Annotated[
@@ -40,27 +33,25 @@ def kernels(
         bool, typer.Option("--sort", help="Order filters by norm, largest first.")
     ] = False,
     max_filters: Annotated[
-        int, typer.Option("--max-filters", help="Show at most this many filters.")
+        int, typer.Option("--max-filters", help="Show at most this many filters.", min=1)
     ] = 64,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust: TrustOpt = False,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
+    *,
+    common: Common,
 ) -> None:
     """Kernel grid of a layer (RGB for first layers, matrices for 1×1) + kernels.json/csv."""
-    from .common import console, open_lens
+    from .runner import run_analyzer
 
-    lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device="cpu")
-    result = lens.kernels(
-        layer, reduce=reduce, normalize=normalize, sort=sort, max_filters=max_filters
-    )
-    files = save_and_report(result, out, json)
-    if json:
-        return
+    options = {"layer": layer, "reduce": reduce, "normalize": normalize, "sort": sort}
+    options["max_filters"] = max_filters
+    run_analyzer("kernels", model, None, options, common, report=_report)
+
+
+def _report(result: Any) -> None:
+    from .runner import out
+
     meta = result.meta
-    console.print(
+    out.print(
         f"kernels of {meta['layer']} ({meta['type']}, {meta['total']} filters, "
-        f"{len(meta['near_zero'])} near zero): wrote {len(files)} files to {out}/",
-        soft_wrap=True,
+        f"{len(meta['near_zero'])} near zero)",
+        markup=False,
     )

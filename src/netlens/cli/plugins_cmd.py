@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .common import JsonOpt, cli_errors, emit_json
 
 
@@ -9,10 +11,9 @@ from .common import JsonOpt, cli_errors, emit_json
 def plugins(json: JsonOpt = False) -> None:
     """List plugins, their analyzers, CAM methods, loaders and archs, and load problems."""
     from rich.markup import escape
-    from rich.table import Table
 
     from ..plugins.manager import PluginHost
-    from .common import console
+    from .runner import err, out
 
     host = PluginHost()
     kinds = {
@@ -34,22 +35,38 @@ def plugins(json: JsonOpt = False) -> None:
         for kind, reg in kinds.items()
         for e in reg.entries.values()
     ]
-    plugins_ = [vars(p) for p in host.plugins.values()]
     if json:
+        plugins_ = [vars(p) for p in host.plugins.values()]
         emit_json({"plugins": plugins_, "registered": rows, "problems": host.problems})
         return
-    loaded = Table(title="plugins")
+    out.print(_plugins_table(host))
+    out.print(_registered_table(rows))
+    for p in host.problems:
+        err.print(f"[yellow]skipped:[/yellow] {escape(p)}", soft_wrap=True)
+
+
+def _plugins_table(host: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title="plugins")
     for col in ("plugin", "package", "version", "status"):
-        loaded.add_column(col)
+        table.add_column(col, no_wrap=True)
     for p in host.plugins.values():
         status = "[red]failed[/red]" if p.error else "built-in" if p.builtin else "ok"
-        loaded.add_row(p.name, p.package, p.version, status)
-    console.print(loaded)
-    table = Table(title="netlens plugins")
-    for col in ("kind", "name", "package", "version", "description"):
-        table.add_column(col)
+        table.add_row(p.name, p.package, p.version, status)
+    return table
+
+
+def _registered_table(rows: list[dict[str, Any]]) -> Any:
+    """Names are never cut (they are what a user types); descriptions wrap at word ends."""
+    from rich.table import Table
+
+    table = Table(title="registered by plugins")
+    widest = max((len(r["name"]) for r in rows), default=4)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("name", no_wrap=True, min_width=widest)
+    table.add_column("package", no_wrap=True)
+    table.add_column("description", overflow="fold", ratio=1)
     for r in rows:
-        table.add_row(r["kind"], r["name"], r["package"], r["version"], r["description"][:60])
-    console.print(table)
-    for p in host.problems:
-        console.print(f"[yellow]skipped:[/yellow] {escape(p)}", soft_wrap=True)
+        table.add_row(r["kind"], r["name"], r["package"], r["description"])
+    return table

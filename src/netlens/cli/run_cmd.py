@@ -1,4 +1,4 @@
-"""``netlens run ANALYZER``: run any registered analyzer (built-in or from a plugin)."""
+"""``netlens run ANALYZER``: run any registered analyzer (built-in or from a plugin) by name."""
 
 from __future__ import annotations
 
@@ -6,38 +6,33 @@ from typing import Annotated
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    ImagesArg,
-    JsonOpt,
-    ModelArg,
-    OutOpt,
-    TrustOpt,
-    cli_errors,
-    save_and_report,
-)
+from .common import cli_errors
+from .options import Common, ImagesArg, ModelArg, command
 
 
 @cli_errors
+@command()
 def run(
     analyzer: Annotated[str, typer.Argument(help="Analyzer name (see `netlens plugins`).")],
     model: ModelArg = None,
     images: ImagesArg = None,
     opt: Annotated[
-        list[str] | None, typer.Option("--opt", help="Analyzer option key=value (repeatable).")
+        list[str] | None,
+        typer.Option("--opt", help="Analyzer option key=value (repeatable).", show_default=False),
     ] = None,
-    arch: ArchOpt = None,
-    trust: TrustOpt = False,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", help="Data, for analyzers that take a dataset.", show_default=False
+        ),
+    ] = None,
+    *,
+    common: Common,
 ) -> None:
     """Run an analyzer by name and save its PNG/JSON/CSV outputs."""
-    from .common import console, open_lens, parse_options, split_model_and_images
+    from .common import parse_options, split_model_and_images
+    from .runner import run_analyzer
 
     model, imgs = split_model_and_images(model, images)
-    lens = open_lens(model, arch=arch, trust=trust)
-    result = lens.run(analyzer, imgs or None, **parse_options(opt))
-    files = save_and_report(result, out, json)
-    if not json:
-        console.print(f"{analyzer}: wrote {len(files)} files to {out}/")
+    inputs = data if data is not None else (imgs or None)
+    run_analyzer(analyzer, model, inputs, parse_options(opt), common)

@@ -1,77 +1,50 @@
-"""``netlens sanity``: do the heatmaps depend on the learned weights? (Adebayo et al. 2018)"""
+"""``netlens sanity``: the model-randomisation sanity check, with a verdict per method."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    DeviceOpt,
-    ImagesArg,
-    JsonOpt,
-    ModelArg,
-    OutOpt,
-    QuietOpt,
-    TrustOpt,
-    cli_errors,
-    save_and_report,
-)
+from .common import cli_errors
+from .options import Common, ImagesArg, LayerOpt, MethodsOpt, ModelArg, SeedOpt, TargetOpt, command
 
 
 @cli_errors
+@command()
 def sanity(
     model: ModelArg = None,
     images: ImagesArg = None,
-    method: Annotated[
-        str, typer.Option("--method", "-m", help="CAM method(s), comma-separated.")
-    ] = "gradcam",
-    layer: Annotated[str, typer.Option("--layer", "-l", help="CAM layer.")] = "auto",
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target", "-t", help="Class to explain (default: the trained model's prediction)."
-        ),
-    ] = None,
+    method: MethodsOpt = "gradcam",
+    layer: LayerOpt = "auto",
+    target: TargetOpt = None,
     threshold: Annotated[
         float,
         typer.Option(
             "--threshold", help="Pass when the fully randomised maps' Spearman is below this."
         ),
     ] = 0.5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the re-initialisation.")] = 0,
-    arch: ArchOpt = None,
-    trust: TrustOpt = False,
-    device: DeviceOpt = None,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    seed: SeedOpt = 0,
+    *,
+    common: Common,
 ) -> None:
     """Randomise the model's layers from the top down and watch the heatmaps: a verdict per method.
 
     Writes the picture strip (sanity-strip-METHOD.png), the similarity curve, sanity.csv/.json.
     The model itself is never changed: a copy is randomised.
     """
-    from .common import console, open_lens, split_model_and_images
+    from .common import split_model_and_images
+    from .runner import run_analyzer
 
     model, imgs = split_model_and_images(model, images)
-    lens = open_lens(model, arch=arch, trust=trust, device=device)
-    result = lens.run(
-        "sanity",
-        imgs or None,
-        method=method,
-        layer=layer,
-        target=target,
-        threshold=threshold,
-        seed=seed,
-        quiet=quiet,
-    )
-    files = save_and_report(result, out, json)
-    if json:
-        return
+    options = {"method": method, "layer": layer, "target": target, "threshold": threshold}
+    options["seed"] = seed
+    run_analyzer("sanity", model, imgs or None, options, common, report=_report)
+
+
+def _report(result: Any) -> None:
+    from .runner import out
+
     for name, v in result.meta["verdicts"].items():
         colour = "green" if v["passes"] else "red"
-        console.print(f"[{colour}]{name}[/{colour}]: {v['verdict']}")
-    console.print(f"sanity: wrote {len(files)} files to {out}/")
+        out.print(f"[{colour}]{name}[/{colour}]: {v['verdict']}")

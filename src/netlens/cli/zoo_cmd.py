@@ -26,7 +26,7 @@ def list_cmd(json: JsonOpt = False) -> None:
     from rich.table import Table
 
     from ..models import zoo
-    from .common import console
+    from .runner import out as console
 
     rows = zoo.list_models()
     if json:
@@ -55,7 +55,7 @@ def info_cmd(
 ) -> None:
     """Show a model card: data, exact training command, epochs, test metrics, device, time."""
     from ..models import zoo
-    from .common import console
+    from .runner import out as console
 
     card = zoo.info(name.removeprefix("zoo:"))
     if json:

@@ -99,9 +99,18 @@ class ImageFolderDataset(Dataset):
 
 
 class _PairDataset(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Preprocessed image tensors with labels (and ground-truth masks, for a triple)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: Any = None) -> None:
         self.x, self.y = images, labels
         self.classes = [str(i) for i in range(int(labels.max()) + 1)] if len(labels) else []
+        self.masks = None if masks is None else np.asarray(masks).astype(bool)
+        self.label_source = "label indices given with the tensors"
+
+    def mask(self, i: int) -> np.ndarray:
+        if self.masks is None:
+            raise DataError("this data has no ground-truth masks")
+        return self.masks[i]
 
     def __len__(self) -> int:
         return len(self.x)
@@ -120,11 +129,12 @@ def as_dataset(
     """A Dataset of (preprocessed image tensor, label) from ``data`` (see module doc)."""
     if isinstance(data, Dataset):
         return data
-    if isinstance(data, tuple) and len(data) == 2:
+    if isinstance(data, tuple) and len(data) in (2, 3):
         x, y = (
-            torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data
+            torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+            for v in data[:2]
         )
-        return _PairDataset(x, y.long())
+        return _PairDataset(x, y.long(), data[2] if len(data) == 3 else None)
     if isinstance(data, (str, Path)):
         path = Path(data)
         if path.is_dir():

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from netlens.analyzers.base import Analyzer
-from netlens.errors import AnalyzerError, TargetError
-from netlens.layers import eval_mode
+from netlens.analyzers.base import Analyzer, Option, Run
+from netlens.analyzers.options import as_is
+from netlens.errors import TargetError
 
 from .methods import LogitsModule, Method
 from .result import AttributionResult
@@ -18,29 +18,22 @@ from .result import AttributionResult
 if TYPE_CHECKING:
     from netlens.lens import Lens
 
-__all__ = ["CaptumAnalyzer", "resolve_targets"]
+__all__ = ["CaptumAnalyzer", "class_targets"]
 
 
-def resolve_targets(lens: Lens, target: Any, logits: torch.Tensor) -> list[int]:
-    """One class index per image: the predicted class by default.
+def class_targets(lens: Lens, target: Any, output: torch.Tensor) -> list[int]:
+    """One class index per image, resolved by netlens' target module (the prediction by
+    default; an index, a class name, ``"3,cat"`` or a list with one per image)."""
+    from netlens.targets import resolve_targets
 
-    ``target`` may be an index, a class name, ``"3,cat"`` (one per image), or a list of
-    indices/names with one entry per image.
-    """
-    n, k = logits.shape
-    if target is None:
-        return logits.argmax(dim=1).tolist()
-    if isinstance(target, str) and "," in target:
-        target = [t.strip() for t in target.split(",")]
-    if isinstance(target, (torch.Tensor, np.ndarray)):
-        target = target.tolist()
-    if isinstance(target, (list, tuple)):
-        if len(target) != n:
-            raise TargetError(
-                f"got {len(target)} targets for {n} images; give one target, or one per image"
-            )
-        return [lens.class_index(t, k) for t in target]
-    return [lens.class_index(target, k)] * n
+    found = resolve_targets(target, output, lens)[0]
+    idx = found.index(len(output))
+    if found.kind not in ("class", "output") or (idx < 0).any():
+        raise TargetError(
+            f"captum methods explain one class per image; {found.kind} targets "
+            "are not supported here"
+        )
+    return [int(i) for i in idx]
 
 
 class CaptumAnalyzer(Analyzer):
@@ -51,6 +44,8 @@ class CaptumAnalyzer(Analyzer):
     ``netlens plugins`` and the plugin's README).
     """
 
+    takes = "images"
+
     def __init__(self, method: Method) -> None:
         self.method = method
         self.name = method.name  # type: ignore[misc]
@@ -59,30 +54,23 @@ class CaptumAnalyzer(Analyzer):
     def __repr__(self) -> str:
         return f"CaptumAnalyzer({self.name!r})"
 
-    def options(self, given: dict[str, Any]) -> dict[str, Any]:
-        """The method's defaults updated with ``given``; an unknown option fails with one line."""
-        unknown = sorted(set(given) - set(self.method.defaults))
-        if unknown:
-            known = ", ".join(["target", *self.method.defaults]) or "target"
-            raise AnalyzerError(
-                f"{self.name} has no option {', '.join(unknown)} (options: {known})"
-            )
-        return {**self.method.defaults, **given}
+    def declared_options(self) -> tuple[Option, ...]:
+        target = Option("target", None, "class index or name, one per image", as_is)
+        return (target, *self.method.options)
 
-    def run(
-        self, lens: Lens, inputs: Any = None, *, target: Any = None, **options: Any
-    ) -> AttributionResult:
-        """Attribute the target class of each image in ``inputs`` to its input pixels."""
-        opts = self.options(options)
-        batch = lens.batch(inputs)
+    def compute(self, run: Run) -> AttributionResult:
+        """Attribute the target class of each image to its input pixels."""
+        lens, batch = run.lens, run.images
+        opts = {k: v for k, v in run.options.items() if k != "target"}
         x = batch.tensor.detach().clone()
         net = LogitsModule(lens)
-        with eval_mode(lens.model), torch.enable_grad(), warnings.catch_warnings():
+        with torch.enable_grad(), warnings.catch_warnings():
             # captum warns that it hooks ReLUs (removed again after the call): expected here
             warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
             with torch.no_grad():
-                probs = torch.softmax(lens.logits(x), dim=1)
-            targets = resolve_targets(lens, target, probs)
+                logits = lens.logits(x)
+                probs = lens.probabilities(logits)
+            targets = class_targets(lens, run.options.target, logits)
             attr, extra = self.method.compute(net, x.requires_grad_(), targets, lens, opts)
         attributions = attr.detach().float().cpu().numpy()
         return self._result(lens, batch, x, attributions, targets, probs, opts, extra)
@@ -125,8 +113,6 @@ class CaptumAnalyzer(Analyzer):
             "options": opts,
             **extra,
         }
-        if batch.errors:
-            meta["skipped"] = list(batch.errors)
         return AttributionResult(
             name=self.name,
             arrays={

@@ -8,11 +8,13 @@ attributions (N×C×H×W, same shape as the input) plus extra metadata for the R
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from netlens.analyzers.options import Option, as_is
 
 if TYPE_CHECKING:
     from netlens.lens import Lens
@@ -45,7 +47,7 @@ class Method:
     title: str
     description: str
     compute: Callable[[LogitsModule, torch.Tensor, list[int], Lens, dict[str, Any]], Attribution]
-    defaults: dict[str, Any] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
 
 
 def _baseline(lens: Lens, x: torch.Tensor, kind: Any) -> torch.Tensor:
@@ -136,7 +138,7 @@ def guided_gradcam(
     return attr, {"layer": name}
 
 
-_BATCH = {"batch_size": 32}
+_BATCH = Option("batch_size", 32, "inputs per forward pass inside the method", int, low=1)
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -145,21 +147,43 @@ METHODS: dict[str, Method] = {
             "Integrated Gradients",
             "Captum Integrated Gradients: path integral of gradients from a baseline",
             integrated_gradients,
-            {"steps": 32, "baseline": "zero", "integration": "gausslegendre", **_BATCH},
+            (
+                Option("steps", 32, "integration steps", int, low=1),
+                Option("baseline", "zero", "zero (mean image), black or a number", as_is),
+                Option(
+                    "integration",
+                    "gausslegendre",
+                    "captum's integration method",
+                    str,
+                    choices=(
+                        "gausslegendre",
+                        "riemann_left",
+                        "riemann_right",
+                        "riemann_middle",
+                        "riemann_trapezoid",
+                    ),
+                ),
+                _BATCH,
+            ),
         ),
         Method(
             "saliency",
             "Saliency",
             "Captum Saliency: input gradient of the target logit",
             saliency,
-            {"abs": True},
+            (Option("abs", True, "absolute gradients", bool),),
         ),
         Method(
             "occlusion",
             "Occlusion",
             "Captum Occlusion: drop in the target logit when a patch is blanked",
             occlusion,
-            {"window": None, "stride": None, "baseline": 0.0, **_BATCH},
+            (
+                Option("window", None, "patch size in pixels (default: side/8)", int, low=1),
+                Option("stride", None, "patch stride (default: window/2)", int, low=1),
+                Option("baseline", 0.0, "value of a blanked patch", float),
+                _BATCH,
+            ),
         ),
         Method(
             "guided-backprop",
@@ -172,7 +196,7 @@ METHODS: dict[str, Method] = {
             "Guided Grad-CAM",
             "Captum Guided Grad-CAM: Guided Backprop times the layer's Grad-CAM",
             guided_gradcam,
-            {"layer": "auto"},
+            (Option("layer", "auto", "the Grad-CAM layer", as_is),),
         ),
     ]
 }

@@ -21,7 +21,8 @@ from torch import nn
 
 from ...errors import AnalyzerError
 from ...plugins import hookimpl
-from ..base import Analyzer
+from ..base import Analyzer, Option, Run
+from ..options import as_is
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
 from .metrics import check_metric
@@ -318,7 +319,7 @@ def _result(
         "metric": metric,
         "channels": channels,
         "units": [u.name for u in units],
-        "skipped": skipped,
+        "skipped_units": skipped,
         "classes": study.classes,
         "baseline": {
             "value": base["value"],
@@ -343,13 +344,27 @@ class AblateAnalyzer(Analyzer):
 
     name = "ablate"
     description = "switch blocks or channels off and measure what each is worth"
+    takes = "data"
+    options = (
+        Option("layers", None, "units to ablate (default: every residual block)", as_is),
+        Option("mode", None, "identity, zero, mean or noise", as_is),
+        Option("metric", "accuracy", "accuracy, loss, f1 or top5", str),
+        Option("channels", False, "ablate each channel of the one selected layer", bool),
+        Option("out", None, "folder for the row-by-row CSV (resume)", as_is),
+        Option("resume", False, "keep finished rows from an earlier run", bool),
+        Option("batch_size", 64, "images per batch", int, low=1),
+        Option("limit", None, "use the first N images", int, low=1),
+        Option("seed", 0, "seed for noise, bootstrap and random orders", int),
+        Option("resamples", 1000, "bootstrap resamples", int, low=10),
+        Option("points", 17, "points on the cumulative curves", int, low=2),
+        Option("fast", True, "use the cached-prefix engine", bool),
+        Option("quiet", True, "no progress bar", bool),
+        Option("cache_mb", 1024, "memory for cached activations", int, low=1),
+    )
 
-    def run(self, lens: Lens, inputs: Any = None, **options: Any) -> AblationResult:
-        data = options.pop("data", None) if inputs is None else inputs
-        data = data if data is not None else lens.default_data()
-        if data is None:
-            raise AnalyzerError("an ablation study needs labelled data: pass --data DIR or NAME")
-        return ablate(lens, data, **options)
+    def compute(self, run: Run) -> AblationResult:
+        opts = {k: v for k, v in run.options.items() if k != "limit"}
+        return ablate(run.lens, run.data.dataset, **opts)
 
 
 @hookimpl
