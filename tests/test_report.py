@@ -109,7 +109,7 @@ def test_sections_hold_the_results_the_commands_produce(report, lens, data) -> N
     for row in direct.table:
         assert f"{row['value']:.4g}" in cells
     stats = next(s for s in report.sections if s.key == "stats")
-    direct_stats = lens.run("stats", data, limit=8, quiet=True)
+    direct_stats = lens.run("stats", data, limit=8)
     shown = {r[0]["text"]: r for r in stats.cards[0]["table"]["rows"]}
     for row in direct_stats.table:
         assert row["layer"] in shown

@@ -109,8 +109,9 @@ def report(
         )
         return
     for key, why in result.skipped.items():
-        console.print(f"[yellow]skipped[/yellow] {key}: {why}")
+        console.print(f"[yellow]skipped[/yellow] {key}: {why}", soft_wrap=True)
     console.print(
         f"report: wrote {result.path} ({size / 2**20:.1f} MB, {len(result.sections)} sections, "
-        f"{result.seconds:.0f} s)"
+        f"{result.seconds:.0f} s)",
+        soft_wrap=True,
     )

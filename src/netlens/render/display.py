@@ -190,7 +190,9 @@ def _targets(result: Result) -> str | None:
 
 
 def _seconds(value: Any) -> Any:
-    return f"{value:.1f} s" if isinstance(value, (int, float)) else value
+    if not isinstance(value, (int, float)):
+        return value
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
 def _text(value: Any) -> str:

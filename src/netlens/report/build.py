@@ -155,7 +155,6 @@ def _build(key: str, ctx: ReportInputs, chosen: bool) -> Section:
         return Section(
             key, title, skipped="no data: this model's card names no dataset; give --data"
         )
-    ctx.progress.note(f"report: {title} …")
     t0 = time.perf_counter()
     try:
         section = builder(ctx)
@@ -165,7 +164,7 @@ def _build(key: str, ctx: ReportInputs, chosen: bool) -> Section:
         ctx.progress.note(f"report: {title}: skipped ({exc})")
         return Section(key, title, skipped=str(exc), seconds=time.perf_counter() - t0)
     section.seconds = time.perf_counter() - t0
-    ctx.progress.note(f"report: {title}: {section.seconds:.1f} s")
+    ctx.progress.note(f"report: {title} ({section.seconds:.1f} s)")
     return section
 
 

@@ -260,7 +260,7 @@ def ablate_section(ctx: ReportInputs) -> Section:
     data, limit = ctx.need_data(), ctx.limit_for("ablate")
     res = ctx.lens.ablate(data, limit=limit, seed=ctx.seed, progress=ctx.progress)
     base = res.baseline
-    kept = res.meta.get("skipped") or []
+    kept = res.meta.get("skipped_units") or []
     left = f" Not ablated (identity cannot skip a shape change): {', '.join(kept)}." if kept else ""
     return Section(
         "ablate",
