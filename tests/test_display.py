@@ -208,3 +208,22 @@ def test_cam_figure_states_the_scale_without_adding_axes() -> None:
     assert len(insets) == 2  # one colour bar per overlay
     labels = [t.get_text() for c in insets for t in c.get_xticklabels()]
     assert labels.count("map max") == 2
+
+
+def test_a_target_that_is_no_class_shows_no_probability(photos) -> None:  # noqa: ANN001
+    res = CamResult(
+        "cam",
+        arrays={
+            "heatmaps": np.random.default_rng(1).random((1, 1, 8, 8), np.float32),
+            "probs": np.array([[0.2, 0.8]], np.float32),
+            "targets": np.array([[-1]]),
+        },
+        meta={"method": "gradcam", "layers": ["x"], "images": ["street"], "classes": None,
+              "task": "regression", "target_names": [["output 0"]], "top": None,
+              "explicit_target": True, "from_tensor": [True]},
+        originals=[photos[1][:64, :64]],
+    )  # fmt: skip
+    html = res._repr_html_()
+    assert "gradcam · output 0" in html and "p = " not in html.split("nl-cam")[1]
+    assert "targets output 0" in repr(res)
+    assert res._repr_png_().startswith(b"\x89PNG")

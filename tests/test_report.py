@@ -202,6 +202,25 @@ def test_cli_report_json_and_errors(tmp_path: Path) -> None:
     assert "Traceback" not in bad.output and not (tmp_path / "b").exists()
 
 
+def test_cli_unreadable_image_is_skipped_exit_3_or_strict_exit_1(tmp_path: Path) -> None:
+    good = tmp_path / "cat.png"
+    cv2.imwrite(str(good), cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    runner = CliRunner()
+    args = ["report", str(good), str(bad), "--sections", "cam", "--method", "gradcam"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "-q"])
+    assert res.exit_code == 3, res.output
+    page = (tmp_path / "a" / "report-zoo-shapes-allconv.html").read_text()
+    assert "skipped: " in page and "broken.png" in page and "cat" in page
+    assert "broken.png" in res.output and "--skip-bad" in res.output
+    ok = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "-q", "--skip-bad"])
+    assert ok.exit_code == 0
+    strict = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "-q", "--strict"])
+    assert strict.exit_code == 1 and "broken.png" in strict.output
+    assert not (tmp_path / "c" / "report-zoo-shapes-allconv.html").exists()
+
+
 def test_cli_help_does_not_import_torch() -> None:
     code = "import sys, netlens.cli.app; print('torch' in sys.modules, 'jinja2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

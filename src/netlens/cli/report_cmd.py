@@ -6,94 +6,85 @@ from typing import Annotated
 
 import typer
 
-from .common import (
-    DEFAULT_OUT,
-    ArchOpt,
-    DeviceOpt,
-    ImagesArg,
-    JsonOpt,
-    ModelArg,
-    NumClassesOpt,
-    OutOpt,
-    QuietOpt,
-    TrustOpt,
-    cli_errors,
-)
+from .common import cli_errors
+from .options import Common, DataOpt, ImagesArg, MethodsOpt, ModelArg, SeedOpt, command
 
-SECTIONS_HELP = (
-    "Sections, comma-separated: card, cam, kernels, features, stats, ablate, evaluate, sanity "
-    "(default: all; those needing data are skipped when there is none)."
-)
+SectionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sections",
+        "-s",
+        help="Sections, comma-separated: card, cam, kernels, features, stats, ablate, evaluate, "
+        "sanity (default: all; without data the data sections are skipped).",
+        show_default=False,
+    ),
+]
+ReportLimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        "-n",
+        help="Use the first N items of the data in each dataset section (default: 512 for "
+        "stats and ablate, 32 for evaluate).",
+        min=1,
+        show_default=False,
+    ),
+]
+MaxImagesOpt = Annotated[
+    int, typer.Option("--max-images", help="Explain at most this many images.", min=1)
+]
 
 
 @cli_errors
+@command()
 def report(
     model: ModelArg = None,
     images: ImagesArg = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", "-d", help="Data for stats, ablation and evaluation (default: the card's)."
-        ),
-    ] = None,
-    sections: Annotated[str | None, typer.Option("--sections", "-s", help=SECTIONS_HELP)] = None,
-    methods: Annotated[
-        str,
-        typer.Option("--methods", "-m", help="CAM methods to compare, evaluate and sanity-check."),
-    ] = "gradcam,gradcam++,scorecam",
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            "--limit", "-n", help="Images per dataset analysis (default: 512; evaluate 32)."
-        ),
-    ] = None,
-    max_images: Annotated[
-        int, typer.Option("--max-images", help="Explain at most this many images.")
-    ] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for bootstraps and sanity.")] = 0,
-    arch: ArchOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust: TrustOpt = False,
-    device: DeviceOpt = None,
-    out: OutOpt = DEFAULT_OUT,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    data: DataOpt = None,
+    sections: SectionsOpt = None,
+    method: MethodsOpt = "gradcam,gradcam++,scorecam",
+    limit: ReportLimitOpt = None,
+    max_images: MaxImagesOpt = 8,
+    seed: SeedOpt = 0,
+    *,
+    common: Common,
 ) -> None:
     """Put a model on one self-contained HTML page.
 
     Model card and layers, CAMs of several methods side by side, first-layer kernels, feature
     maps, activation statistics with dead units, block ablation, explanation-quality metrics,
-    sanity verdicts, and the command that reruns each part.
-
-    Writes OUT/report-MODEL.html: one file, every image embedded, opens offline in a browser.
+    sanity verdicts, and the command that reruns each part. Writes OUT/report-MODEL.html: one
+    file, every image embedded, nothing fetched; it opens offline in any browser.
     """
+    from ..output import folder_lock
     from ..report.build import build_report, model_source
     from ..report.repro import Invocation
-    from .common import console, emit_json, open_lens, split_model_and_images
+    from .common import emit_json, split_model_and_images
+    from .runner import err, open_lens, set_threads
 
     model, imgs = split_model_and_images(model, images)
-    lens = open_lens(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
-    call = Invocation(
-        model=model or model_source(lens),
-        images=imgs,
-        data=data or "",
-        options={"arch": arch, "num_classes": num_classes, "trust": trust},
-    )
-    result = build_report(
-        lens,
-        imgs or None,
-        data=data,
-        sections=sections,
-        methods=methods,
-        limit=limit,
-        max_images=max_images,
-        seed=seed,
-        invocation=call,
-        source_file=model if model and not model.startswith("zoo:") else None,
-        progress=not (quiet or json),
-    ).save(out)
+    set_threads(common.threads)
+    with folder_lock(common.out):
+        lens = open_lens(model, common)
+        keys = ("arch", "arch_kwargs", "num_classes", "classes", "task", "output", "trust")
+        flags = {k: getattr(common, k) for k in keys}
+        call = Invocation(model or model_source(lens), imgs, data or "", flags)
+        result = build_report(
+            lens,
+            imgs or None,
+            data=data,
+            sections=sections,
+            methods=method,
+            limit=limit,
+            max_images=max_images,
+            seed=seed,
+            invocation=call,
+            source_file=model if model and not model.startswith("zoo:") else None,
+            progress=not (common.quiet or common.json),
+            strict=common.strict,
+        ).save(common.out)
     size = result.path.stat().st_size
-    if json:
+    if common.json:
         emit_json(
             {
                 "analyzer": "report",
@@ -104,14 +95,34 @@ def report(
                     s.key: {"seconds": round(s.seconds, 2), "skipped": s.skipped or None}
                     for s in result.sections
                 },
-                "files": [str(result.path)],
+                "out": str(common.out),
+                "skipped": result.skipped_inputs,
             }
         )
+        _skipped_inputs(result.skipped_inputs, common)
         return
     for key, why in result.skipped.items():
-        console.print(f"[yellow]skipped[/yellow] {key}: {why}", soft_wrap=True)
-    console.print(
+        err.print(f"[yellow]skipped[/yellow] section {key}: {why}", soft_wrap=True)
+    err.print(
         f"report: wrote {result.path} ({size / 2**20:.1f} MB, {len(result.sections)} sections, "
         f"{result.seconds:.0f} s)",
         soft_wrap=True,
     )
+    _skipped_inputs(result.skipped_inputs, common)
+
+
+def _skipped_inputs(lines: list[str], common: Common) -> None:
+    """Unreadable images on stderr; exit status 3 unless ``--skip-bad`` (as every command)."""
+    from rich.markup import escape
+
+    from .runner import EXIT_SKIPPED, err
+
+    for line in lines:
+        err.print(f"[yellow]skipped:[/yellow] {escape(line)}", soft_wrap=True)
+    if lines and not common.skip_bad:
+        err.print(
+            f"{len(lines)} input(s) could not be read and were skipped (exit status 3; "
+            "--skip-bad to accept)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_SKIPPED)

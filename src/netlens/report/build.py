@@ -47,6 +47,11 @@ class Report:
         return Report(self.html, self.sections, self.seconds, self.model, path)
 
     @property
+    def skipped_inputs(self) -> list[str]:
+        """Images that could not be read (one line each, once)."""
+        return list(dict.fromkeys(line for s in self.sections for line in s.skipped_inputs))
+
+    @property
     def skipped(self) -> dict[str, str]:
         """Sections that could not be built, with the reason."""
         return {s.key: s.skipped for s in self.sections if s.skipped}
@@ -92,6 +97,7 @@ def build_report(
     invocation: repro.Invocation | None = None,
     source_file: str | Path | None = None,
     progress: Any = None,
+    strict: bool = False,
 ) -> Report:
     """Run the chosen analyses and put their Results on one self-contained HTML page.
 
@@ -110,6 +116,7 @@ def build_report(
         source_file: the model file, for its checksum in the reproducibility header.
         progress: a :class:`netlens.progress.Progress`, True/False or None (as every analyzer
             takes it): a line per section, and each analyzer's own bar.
+        strict: stop at the first unreadable image (default: skip it and say so).
     """
     keys, chosen = parse_sections(sections)
     method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
@@ -122,7 +129,7 @@ def build_report(
     from ..progress import auto_progress
 
     sink = auto_progress(progress)
-    ctx = ReportInputs(lens, images, data, method_list, limit, max_images, seed, call, sink)
+    ctx = ReportInputs(lens, images, data, method_list, limit, max_images, seed, call, sink, strict)
     started = time.perf_counter()
     built = [_build(key, ctx, chosen) for key in keys]
     seconds = time.perf_counter() - started
@@ -189,7 +196,7 @@ def _repro(
     flags: dict[str, Any] = {
         "data": ctx.call.data or None,
         "sections": ",".join(keys) if chosen else None,
-        "methods": ",".join(ctx.methods),
+        "method": ",".join(ctx.methods),
         "limit": ctx.limit,
         "seed": ctx.seed,
     }

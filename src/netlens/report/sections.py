@@ -40,6 +40,7 @@ class ReportInputs:
     seed: int = 0
     call: Invocation = field(default_factory=Invocation)
     progress: Any = None  # a netlens.progress.Progress, handed to every analyzer
+    strict: bool = False  # stop at the first unreadable image instead of skipping it
     _layers: list[LayerInfo] | None = None
 
     def layers(self) -> list[LayerInfo]:
@@ -103,6 +104,7 @@ class Section:
     parts: dict[str, Any] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped_inputs: list[str] = field(default_factory=list)  # unreadable images, one line each
     seconds: float = 0.0
     skipped: str = ""
 
@@ -169,7 +171,9 @@ def cam_section(ctx: ReportInputs) -> Section:
     results, times = [], []
     for method in ctx.methods:
         t0 = time.perf_counter()
-        results.append(ctx.lens.cam(images, method=method, progress=ctx.progress))
+        results.append(
+            ctx.lens.cam(images, method=method, progress=ctx.progress, strict=ctx.strict)
+        )
         times.append(time.perf_counter() - t0)
     first = results[0]
     n = len(first.names)
@@ -185,13 +189,13 @@ def cam_section(ctx: ReportInputs) -> Section:
         f"{len(ctx.methods)} methods side by side.",
         parts={"legend": colour_legend(), "methods": heads, "rows": rows},
         commands=[ctx.call.command("cam", images=True, method=m) for m in ctx.methods],
-        notes=[f"skipped: {e}" for e in first.meta.get("skipped") or []],
+        skipped_inputs=list(first.meta.get("skipped") or []),
     )
 
 
 def kernels_section(ctx: ReportInputs) -> Section:
     """The first layer's filters."""
-    res = ctx.lens.kernels(progress=ctx.progress)
+    res = ctx.lens.kernels(progress=ctx.progress, strict=ctx.strict)
     near = res.meta.get("near_zero") or []
     return Section(
         "kernels",
@@ -222,7 +226,7 @@ def features_section(ctx: ReportInputs) -> Section:
         raise NetlensError("no layer with a spatial output to show feature maps of")
     images = ctx.report_images()
     first = images[:1] if isinstance(images, list) or hasattr(images, "dim") else images
-    res = ctx.lens.features(first, layer=layer, top=16, progress=ctx.progress)
+    res = ctx.lens.features(first, layer=layer, top=16, progress=ctx.progress, strict=ctx.strict)
     return Section(
         "features",
         "What a middle layer responds to",
@@ -242,7 +246,7 @@ def _first_image(ctx: ReportInputs) -> list[str]:
 def stats_section(ctx: ReportInputs) -> Section:
     """Activation statistics with dead units."""
     data, limit = ctx.need_data(), ctx.limit_for("stats")
-    res = ctx.lens.run("stats", data, limit=limit, progress=ctx.progress)
+    res = ctx.lens.run("stats", data, limit=limit, progress=ctx.progress, strict=ctx.strict)
     dead = [r for r in res.table if (r.get("dead_units") or 0) > 0]
     summary = ", ".join(f"{r['layer']}: {r['dead_units']:.1%}" for r in dead) or "none"
     return Section(
@@ -258,7 +262,9 @@ def stats_section(ctx: ReportInputs) -> Section:
 def ablate_section(ctx: ReportInputs) -> Section:
     """The block ablation table and plot."""
     data, limit = ctx.need_data(), ctx.limit_for("ablate")
-    res = ctx.lens.ablate(data, limit=limit, seed=ctx.seed, progress=ctx.progress)
+    res = ctx.lens.ablate(
+        data, limit=limit, seed=ctx.seed, progress=ctx.progress, strict=ctx.strict
+    )
     base = res.baseline
     kept = res.meta.get("skipped_units") or []
     left = f" Not ablated (identity cannot skip a shape change): {', '.join(kept)}." if kept else ""
@@ -281,7 +287,12 @@ def evaluate_section(ctx: ReportInputs) -> Section:
     allowed = plan_cost(ctx.lens, data, ctx.methods, None, limit).metrics
     metrics = [m for m in EVAL_METRICS if m in allowed] or allowed
     res = ctx.lens.evaluate(
-        data, methods=ctx.methods, metrics=metrics, limit=limit, progress=ctx.progress
+        data,
+        methods=ctx.methods,
+        metrics=metrics,
+        limit=limit,
+        progress=ctx.progress,
+        strict=ctx.strict,
     )
     return Section(
         "evaluate",
@@ -305,7 +316,12 @@ def sanity_section(ctx: ReportInputs) -> Section:
     """Model-randomisation sanity check, a verdict per method."""
     images = ctx.report_images()
     res = ctx.lens.run(
-        "sanity", images, method=",".join(ctx.methods), seed=ctx.seed, progress=ctx.progress
+        "sanity",
+        images,
+        method=",".join(ctx.methods),
+        seed=ctx.seed,
+        progress=ctx.progress,
+        strict=ctx.strict,
     )
     verdicts = [(m, v["verdict"], bool(v["passes"])) for m, v in res.meta["verdicts"].items()]
     return Section(
