@@ -9,6 +9,7 @@ figure without magics and, for its long call, a progress bar.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +26,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 BUDGET_S = 300  # per cell; each notebook runs in well under a minute on one core
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# Small-op workloads: one torch thread is as fast and does not stall a busy machine (chosen,
+# not inherited; the tests' own thread count is what the 1- and 2-thread runs vary).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def needs(path: Path) -> list:
@@ -51,7 +55,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
                 resources={"metadata": {"path": str(work)}},
             )  # fmt: skip
             start = time.perf_counter()
-            client.execute()
+            client.execute(env=ENV)
             cache[path] = (nb.cells, time.perf_counter() - start)
             print(f"\n{path.name}: executed in {cache[path][1]:.1f} s")
         return cache[path]
@@ -134,7 +138,7 @@ SCRIPTS = [
 def test_scripts_run(script: str, args: list[str], tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args, "--out", str(tmp_path / "out")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=BUDGET_S,
+        cwd=tmp_path, capture_output=True, text=True, timeout=BUDGET_S, env=ENV,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote" in proc.stdout or "median accuracy" in proc.stdout
