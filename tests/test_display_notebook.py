@@ -20,14 +20,21 @@ CELLS = [
     "with NotebookProgress(delay=0).task('demo', 3) as advance:\n"
     "    for _ in range(3):\n"
     "        advance(1)",
+    "from netlens.progress import auto_progress\ntype(auto_progress()).__name__",
+    "import torch, torchvision\n"
+    "torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), 'r18.pt')\n"
+    "netlens.load('r18.pt', arch='resnet18')  # imports timm: no ipywidgets warning",
 ]
 
 
 @pytest.fixture(scope="module")
-def outputs() -> list[list[dict]]:
+def outputs(tmp_path_factory: pytest.TempPathFactory) -> list[list[dict]]:
+    work = tmp_path_factory.mktemp("kernel")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS]
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3")
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+    )
     client.execute()
     return [cell.outputs for cell in nb.cells]
 
@@ -61,6 +68,10 @@ def test_show_displays_the_card(outputs) -> None:  # noqa: ANN001
 def test_the_progress_bar_is_visible_and_finishes(outputs) -> None:  # noqa: ANN001
     data = data_of(outputs[4])
     assert data["text/plain"].startswith("demo: 3/3 images") and "done" in data["text/plain"]
+
+
+def test_jupyter_gets_the_notebook_progress_sink(outputs) -> None:  # noqa: ANN001
+    assert data_of(outputs[5])["text/plain"] == "'NotebookProgress'"
 
 
 def test_no_ipywidgets_warning_anywhere(outputs) -> None:  # noqa: ANN001

@@ -37,8 +37,19 @@ def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
+def import_timm() -> Any:
+    """``import timm`` without the "IProgress not found ... ipywidgets" warning that its hub
+    client's ``tqdm.auto`` prints in Jupyter (netlens draws no tqdm bars, needs no ipywidgets)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import timm
+    return timm
+
+
 def _timm(name: str, kwargs: dict[str, Any], host: PluginHost) -> nn.Module:
-    import timm
+    timm = import_timm()
 
     if not timm.is_model(name):
         pool = list(host.archs) + timm.list_models()
