@@ -22,7 +22,7 @@ from torch import nn
 from netlens.analyzers.ablation import channels as ch
 from netlens.analyzers.ablation.engine import Engine
 from netlens.analyzers.ablation.modes import channel_replacement, unit_replacement
-from netlens.analyzers.ablation.units import default_units
+from netlens.analyzers.ablation.units import find_units
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -37,10 +37,10 @@ def make_model(seed: int = 0) -> nn.Module:
 
 
 def bench_blocks(model: nn.Module, x: torch.Tensor) -> tuple[float, float, bool]:
-    units = default_units(model)
+    units, _ = find_units(model, x)
     names = [u.name for u in units]
     engine = Engine(model, names)
-    reps = {u.name: unit_replacement(u, model.get_submodule(u.name), "identity") for u in units}
+    reps = {u.name: unit_replacement(u, "identity") for u in units}
     t0 = time.perf_counter()
     cache = engine.prefix(x)
     fast = {n: engine.ablated(cache, n, reps[n], 0) for n in names}

@@ -38,7 +38,7 @@ BUILD = Path("build/zoo")
 
 def train_recipe(recipe: Recipe, threads: int) -> Path:
     """Run ``netlens train --recipe`` in a subprocess (so the recorded command is the real one)."""
-    out = BUILD / f"{recipe.name}.pt"
+    out = BUILD / recipe.name
     cmd = [
         "netlens",
         "train",
@@ -51,7 +51,7 @@ def train_recipe(recipe: Recipe, threads: int) -> Path:
     ]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    return out
+    return out / "model.pt"
 
 
 def pick_samples(recipe: Recipe, host: PluginHost) -> list[tuple[str, np.ndarray, np.ndarray]]:

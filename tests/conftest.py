@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
-import torch
-from torch import nn
-
+# Before torch loads OpenMP: waiting threads sleep rather than spin, so a busy machine (CI's 2
+# cores shared with other work) does not turn small ops into spin-waits. Same as the CLI.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -14,7 +14,7 @@ from netlens.analyzers.ablation.modes import (
     channel_replacement,
     unit_replacement,
 )
-from netlens.analyzers.ablation.units import Unit, default_units, identity_output
+from netlens.analyzers.ablation.units import Unit, find_units
 from netlens.models.archs import resnet, vgg
 
 
@@ -95,44 +95,44 @@ def _check_all_modes(model: nn.Module, units: list[Unit], x: torch.Tensor, expec
         changed = 0
         for i, u in enumerate(units):
             assert engine.is_fast(u.name) is expect_fast
-            module = model.get_submodule(u.name)
             for mode in ("identity", "zero", "mean", "noise"):
-                rep = unit_replacement(u, module, mode, stats[u.name], seed=3, key=i)
+                rep = unit_replacement(u, mode, stats[u.name], seed=3, key=i)
                 fast = engine.ablated(cache, u.name, rep, batch=2)
                 slow = engine.naive(x, u.name, rep, batch=2)
                 assert torch.equal(fast, slow), (u.name, mode)
                 changed += not torch.equal(fast, cache.logits)
         assert changed >= len(units) * 3  # the ablations really change the output
         # the cache is never written into: a second round gives the very same logits
-        rep = unit_replacement(units[0], model.get_submodule(units[0].name), "zero")
+        rep = unit_replacement(units[0], "zero")
         a = engine.ablated(cache, units[0].name, rep, 0)
         assert torch.equal(a, engine.ablated(cache, units[0].name, rep, 0))
 
 
 def test_timm_resnet18_blocks_bit_identical() -> None:
     model = _randomise_bn(timm.create_model("resnet18", pretrained=False, num_classes=7))
-    units = default_units(model)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    units, _ = find_units(model, x)
     assert [u.name for u in units] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     assert [u.downsample for u in units] == [False, False] + [True, False] * 3
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     _check_all_modes(model, units[::3], x, expect_fast=True)
 
 
 def test_netlens_resnet_and_vgg_bit_identical() -> None:
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     model = _randomise_bn(resnet(num_classes=4, in_chans=1, img_size=16))
-    units = default_units(model)
+    units, _ = find_units(model, x)
     assert all(u.residual for u in units) and len(units) == 6
     _check_all_modes(model, units[::2] + units[3:4], x, expect_fast=True)
     plain = _randomise_bn(vgg(num_classes=4, in_chans=1, img_size=16))
-    units = [u for u in default_units(plain) if u.name in ("features.1", "features.4")]
+    units = [u for u in find_units(plain, x)[0] if u.name in ("features.1", "features.4")]
     _check_all_modes(plain, units, x, expect_fast=True)
 
 
 def test_general_graph_with_long_skip_and_inplace_ops() -> None:
     torch.manual_seed(0)
     model = SkipNet().eval()
-    units = [Unit("a", "layer"), Unit("b", "layer")]
+    units, _ = find_units(model, torch.randn(1, 3, 8, 8), "a,b")
+    assert [u.kind for u in units] == ["layer", "layer"]
     engine = Engine(model, ["a", "b"])
     assert engine.is_fast("a") and engine._frontier["a"]  # the stem output is carried past
     _check_all_modes(model, units, torch.randn(2, 3, 8, 8), expect_fast=True)
@@ -149,14 +149,14 @@ def test_untraceable_model_falls_back_to_naive() -> None:
 
 def test_residual_identity_keeps_the_shortcut() -> None:
     model = _randomise_bn(timm.create_model("resnet18", pretrained=False, num_classes=3))
+    units = {u.name: u for u in find_units(model, torch.randn(1, 3, 32, 32))[0]}
     x = torch.randn(2, 128, 8, 8)
     block = model.layer3[0]  # downsampling: shortcut is a 1×1 conv + BN
     expected = torch.relu(block.downsample(x))
     with torch.no_grad():
-        assert torch.equal(identity_output(block, x), expected)
-        plain_block = model.layer3[1]
+        assert torch.equal(units["layer3.0"].skip(x), expected)
         y = torch.randn(2, 256, 4, 4)
-        assert torch.equal(identity_output(plain_block, y), torch.relu(y))
+        assert torch.equal(units["layer3.1"].skip(y), torch.relu(y))
 
 
 def test_channel_groups_match_single_naive_runs() -> None:
@@ -213,7 +213,7 @@ def _bottleneck() -> nn.Module:
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
-        (_vit, ["patch_embed", "blocks.0", "blocks.1", "blocks.2", "norm"]),
+        (_vit, ["blocks.0", "blocks.1", "blocks.2"]),
         (_tv_resnet, [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]),
         (_bottleneck, [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]),
     ],
@@ -221,20 +221,22 @@ def _bottleneck() -> nn.Module:
 def test_other_families_trace_and_match(make, expected) -> None:
     torch.manual_seed(0)
     model = _randomise_bn(make())
-    units = default_units(model)
-    assert [u.name for u in units] == expected
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    units, _ = find_units(model, x)
+    assert [u.name for u in units] == expected
     engine = Engine(model, [u.name for u in units])
     assert engine.check(x) and all(engine.is_fast(u.name) for u in units)
     with torch.no_grad():
         cache = engine.prefix(x)
         for u in units[1::2]:
             module = model.get_submodule(u.name)
-            if u.residual:  # the branch is gone, the shortcut and the final ReLU stay
-                inp = cache.inputs[u.name]
+            inp = cache.inputs[u.name]
+            if hasattr(module, "downsample"):  # the branch is gone, the shortcut and ReLU stay
                 short = module.downsample(inp) if module.downsample is not None else inp
-                assert torch.equal(identity_output(module, inp.clone()), torch.relu(short))
-            rep = unit_replacement(u, module, "identity")
+                assert torch.equal(u.skip(inp.clone()), torch.relu(short))
+            else:  # a ViT block without its branches is the identity
+                assert torch.equal(u.skip(inp.clone()), inp)
+            rep = unit_replacement(u, "identity")
             assert torch.equal(
                 engine.ablated(cache, u.name, rep, 0), engine.naive(x, u.name, rep, 0)
             ), u.name

@@ -16,8 +16,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 import netlens
-from netlens.analyzers.ablation.metrics import hurt_classes, metric_value
-from netlens.errors import AnalyzerError
+from netlens.analyzers.ablation.metrics import METRICS, hurt_classes, metric_value
+from netlens.analyzers.options import OptionError
+from netlens.errors import AnalyzerError, DataError, NetlensError
 from netlens.models.archs import resnet
 
 
@@ -79,11 +80,12 @@ def _reference_logits(model: nn.Module, unit: str, x: torch.Tensor) -> torch.Ten
 
 
 def _macro_f1(pred: np.ndarray, label: np.ndarray) -> float:
+    """scikit-learn's f1_score(average="macro"): classes in the labels or the predictions."""
     scores = []
-    for c in np.unique(label):
+    for c in np.union1d(label, pred):
         tp = np.sum((pred == c) & (label == c))
         prec = tp / max(1, np.sum(pred == c))
-        rec = tp / np.sum(label == c)
+        rec = tp / max(1, np.sum(label == c))
         scores.append(0.0 if tp == 0 else 2 * prec * rec / (prec + rec))
     return float(np.mean(scores))
 
@@ -114,12 +116,15 @@ def test_block_study_against_independent_references() -> None:
             r = results[metric].rows[i]
             # float32 logits reduced in another order (batches, float64 sums): ~1e-7 relative
             assert r["value"] == pytest.approx(ref, rel=1e-6, abs=1e-6), (metric, row["unit"])
-            assert r["value_lo"] <= r["value"] + 1e-9 and r["value"] <= r["value_hi"] + 1e-9
-            assert r["drop_lo"] <= r["drop"] + 1e-9 <= r["drop_hi"] + 2e-9
+            assert r["ci_low"] <= r["value"] + 1e-9 and r["value"] <= r["ci_high"] + 1e-9
+            assert r["delta_ci_low"] <= r["delta"] + 1e-9 <= r["delta_ci_high"] + 2e-9
             base = results[metric].baseline["value"]
-            expected = r["value"] - base if metric == "loss" else base - r["value"]
-            assert r["drop"] == pytest.approx(expected, abs=1e-9)
+            assert r["delta"] == pytest.approx(r["value"] - base, abs=1e-12)
+            harm = "increase" if metric == "loss" else "drop"
+            assert results[metric].meta["harm"] == harm
+            assert r[harm] == pytest.approx(r["delta"] if metric == "loss" else -r["delta"])
     assert any(r["drop"] != 0 for r in res.rows)
+    assert all(r["increase"] > 0 for r in results["loss"].rows)  # skipping blocks costs loss
     # seeded bootstrap: the same numbers again
     again = netlens.ablate(model, (x, y), batch_size=16, resamples=300)
     assert again.rows == res.rows
@@ -127,12 +132,17 @@ def test_block_study_against_independent_references() -> None:
 
 def test_hurt_classes_and_metric_helpers() -> None:
     label = np.array([0, 0, 1, 1, 2, 2])
-    base = {"pred": label.copy(), "label": label}
-    out = {"pred": np.array([0, 0, 0, 0, 2, 0]), "label": label}
-    assert hurt_classes(base, out, 3, ["cat", "dog", "fox"]) == [("dog", 1.0), ("fox", 0.5)]
-    assert metric_value("accuracy", out)[0] == pytest.approx(0.5)
+    base = {"pred": label.copy(), "label": label, "value": np.ones(6)}
+    pred = np.array([0, 0, 0, 0, 2, 0])
+    out = {"pred": pred, "label": label, "value": (pred == label).astype(float)}
+    assert hurt_classes(base, out, 3, "label", ["cat", "dog", "fox"]) == [
+        {"class": "dog", "before": 1.0, "after": 0.0},
+        {"class": "fox", "before": 1.0, "after": 0.5},
+    ]
+    accuracy = METRICS["accuracy"]
+    assert metric_value(accuracy, out, None, 3)[0] == pytest.approx(0.5)
     idx = np.array([[0, 1, 2, 3, 4, 5], [2, 2, 2, 3, 3, 3]])
-    assert metric_value("accuracy", out, idx).tolist() == [0.5, 0.0]
+    assert metric_value(accuracy, out, idx, 3).tolist() == [0.5, 0.0]
 
 
 def test_model_restored_after_interrupt_and_resume(tmp_path) -> None:
@@ -145,9 +155,9 @@ def test_model_restored_after_interrupt_and_resume(tmp_path) -> None:
     calls = []
 
     def bomb(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        calls.append(1)
-        # shape probe 1 + graph check 2 + baseline 4 batches + first ablation 4, then...
-        if len(calls) == 1 + 2 + 4 + 4 + 1:
+        calls.append(len(output))
+        # whole batches (16, 16, 16, 12): the baseline's 4, the first block's 4, then...
+        if len([c for c in calls if c >= 12]) == 4 + 4 + 1:
             raise KeyboardInterrupt
 
     handle = model.fc.register_forward_hook(bomb)
@@ -170,23 +180,31 @@ def test_model_restored_after_interrupt_and_resume(tmp_path) -> None:
     assert resumed.meta["resumed"] == 2
     fresh = netlens.ablate(model, (x, y), batch_size=16, resamples=100)
     assert resumed.rows == fresh.rows
-    with pytest.raises(AnalyzerError, match="other settings"):
+    with pytest.raises(NetlensError, match="other settings.*mode"):
         netlens.ablate(model, (x, y), batch_size=16, out=tmp_path, resume=True, mode="zero")
+    with pytest.raises(AnalyzerError, match="resume needs out="):
+        netlens.ablate(model, (x, y), resume=True)
 
 
 def test_errors_are_one_line_and_actionable() -> None:
     model, data = _model(), _data(8)
     with pytest.raises(AnalyzerError, match="identity cannot skip 'stem'.*--mode zero"):
         netlens.ablate(model, data, layers="stem")
-    with pytest.raises(AnalyzerError, match="unknown ablation mode"):
+    with pytest.raises(OptionError, match="mode must be one of identity, zero, mean, noise"):
         netlens.ablate(model, data, mode="drop")
-    with pytest.raises(AnalyzerError, match="unknown metric"):
+    with pytest.raises(OptionError, match="metric must be one of .*agreement"):
         netlens.ablate(model, data, metric="auc")
+    with pytest.raises(OptionError, match="no option 'resampels'.*resamples"):
+        netlens.ablate(model, data, resampels=100)
     with pytest.raises(AnalyzerError, match="exactly one layer"):
         netlens.ablate(model, data, layers="layer1,layer2", channels=True)
     loader = torch.utils.data.DataLoader(list(zip(*data, strict=True)), shuffle=True)
-    with pytest.raises(AnalyzerError, match="shuffle=False"):
+    with pytest.raises(DataError, match="shuffle=False"):
         netlens.ablate(model, loader)
+    bad = (data[0], torch.full((8,), 7))  # a label the 5-class model does not have
+    with pytest.raises(DataError, match="7 is out of range.*--metric prob, kl or agreement"):
+        netlens.ablate(model, bad)
+    assert netlens.ablate(model, bad, metric="agreement", resamples=20).rows
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -205,6 +223,7 @@ def test_channel_study_curves_and_figures(tmp_path) -> None:
     # removing the most important channels first hurts at least as much early on
     assert imp[1] <= rnd[1] + 1e-9
     assert res.arrays["curve_importance_classes"].shape == (5, 5)
+    assert res.meta["per_class"] == "accuracy by true class"
     # the single-channel values agree with the naive path
     naive = lens.ablate(
         (x, y), layers="layer2", channels=True, batch_size=60, points=5, resamples=100, fast=False
@@ -239,68 +258,65 @@ def _image_folder(root, x: torch.Tensor, y: torch.Tensor) -> None:
         cv2.imwrite(str(d / f"{i}.png"), arr)
 
 
-def test_cli_ablate(tmp_path, monkeypatch) -> None:
+def _saved_model(tmp_path, n: int = 20):
+    model, (x, y) = _model(), _data(n)
+    kwargs = {"num_classes": 5, "in_chans": 1, "img_size": 16, "widths": [8, 16], "blocks": [2, 2]}
+    path = netlens.save(model, tmp_path / "model.pt", arch="resnet", arch_kwargs=kwargs)
+    _image_folder(tmp_path / "data", x, y)
+    return path
+
+
+def test_cli_ablate(tmp_path) -> None:
     from netlens.cli.app import app
 
-    model, (x, y) = _model(), _data(20)
-    path = netlens.save(
-        model,
-        tmp_path / "model.pt",
-        arch="resnet",
-        arch_kwargs={
-            "num_classes": 5,
-            "in_chans": 1,
-            "img_size": 16,
-            "widths": [8, 16],
-            "blocks": [2, 2],
-        },
-    )
-    _image_folder(tmp_path / "data", x, y)
+    path = _saved_model(tmp_path)
     out = tmp_path / "out"
     runner = CliRunner()
-    res = runner.invoke(
-        app,
-        [
-            "ablate",
-            str(path),
-            "--data",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-            "--json",
-            "--mode",
-            "zero",
-        ],
-    )
+    args = ["ablate", str(path), "--data", str(tmp_path / "data"), "--out", str(out)]
+    res = runner.invoke(app, [*args, "--json", "--mode", "zero"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["mode"] == "zero" and len(summary["table"]) == 5
+    assert summary["run"]["layers"] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1"]
     assert (out / "ablation.png").exists() and (out / "ablation.csv").exists()
-    res = runner.invoke(
-        app,
-        [
-            "ablate",
-            str(path),
-            "--data",
-            str(tmp_path / "data"),
-            "--out",
-            str(out),
-            "--resume",
-            "--mode",
-            "zero",
-        ],
-    )
+    res = runner.invoke(app, [*args, "--resume", "--mode", "zero", "--metric", "loss"])
+    assert res.exit_code == 1 and "other settings (metric)" in res.output
+    res = runner.invoke(app, [*args, "--resume", "--mode", "zero"])
     assert res.exit_code == 0, res.output
-    assert "layer2.0" in res.output and "baseline" in res.output
+    assert "layer2.0" in res.output and "intact model" in res.output and "drop" in res.output
     res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "Traceback" not in res.output
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
 
-    monkeypatch.setattr(netlens.Lens, "run", interrupted)
-    res = runner.invoke(app, ["ablate", str(path), "--data", str(tmp_path / "data")])
+def test_cli_interrupt_and_resume(tmp_path, monkeypatch) -> None:
+    """Ctrl-C after the first row: the message names the row file, --resume finishes it."""
+    from netlens.analyzers.ablation.rows import StudyRows
+    from netlens.cli.app import app
+
+    path = _saved_model(tmp_path)
+    out = tmp_path / "out"
+    args = ["ablate", str(path), "--data", str(tmp_path / "data"), "--out", str(out), "--json"]
+    runner = CliRunner()
+    fresh = json.loads(runner.invoke(app, [*args[:-2], str(tmp_path / "fresh"), "--json"]).stdout)
+    done = StudyRows.done
+
+    def interrupted(self, key, outcomes):
+        if len(self.rows) == 2:  # the baseline and one block are in
+            raise KeyboardInterrupt
+        done(self, key, outcomes)
+
+    monkeypatch.setattr(StudyRows, "done", interrupted)
+    res = runner.invoke(app, args)
     assert res.exit_code == 130 and "--resume" in res.output
+    named = res.output.split("finished rows are in ")[1].split(";")[0].replace("\n", "")
+    with open(named) as fh:
+        assert [r["key"] for r in csv.DictReader(fh)] == ["baseline", "layer1.0"]
+    monkeypatch.setattr(StudyRows, "done", done)
+    res = runner.invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    resumed = json.loads(res.stdout)
+    assert resumed["resumed"] == 2
+    assert resumed["table"] == fresh["table"]
 
 
 class Constant(nn.Module):

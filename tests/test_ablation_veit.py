@@ -96,7 +96,7 @@ def test_residual_blocks_matter_less_than_plain_layers() -> None:
         assert kinds == ({"residual"} if residual else {"layer"})
         units = [r["unit"] for r in result.rows]
         assert units == [str(i) for i in range(1, DEPTH + 1)]  # the stem changes shape: skipped
-        assert result.meta["skipped"] == ([] if residual else ["0"])
+        assert result.meta["skipped_units"] == ([] if residual else ["0"])
         drops[residual] = np.array([r["drop"] for r in result.rows])
     res, plain = drops[True], drops[False]
     # every plain layer is vital; most residual blocks can go with little loss

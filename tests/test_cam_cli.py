@@ -54,7 +54,7 @@ def test_cam_writes_overlays_figures_maps_and_json(files: Path, tmp_path: Path) 
     assert "notes.jpg" in res.output  # the unreadable file is reported, the others done
     target = json.loads((out / "cam.json").read_text())["images"][0]["target_name"]
     overlay = cv2.imread(str(out / f"a_gradcam_layer4_{target}.png"))
-    assert overlay.shape == (48, 80, 3)  # the original size
+    assert overlay.shape == (48 * 6, 80 * 6, 3)  # the original shape, enlarged to be readable
     assert (out / "a_gradcam_layer4_figure.png").exists()
     assert (out / "b_gradcam_layer4_figure.png").exists()
     heat = np.load(out / f"a_gradcam_layer4_{target}.npy")

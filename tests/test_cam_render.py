@@ -13,7 +13,7 @@ from netlens.images import Preprocess
 from netlens.plugins import hookimpl
 from netlens.plugins.manager import PluginHost
 from netlens.render.cam_figure import cam_figure
-from netlens.render.overlay import colorize, crop_box, overlay
+from netlens.render.overlay import colorize, overlay
 
 
 @pytest.mark.parametrize("hw", [(90, 150), (200, 120), (64, 64)])
@@ -28,7 +28,7 @@ def test_crop_box_is_where_preprocess_takes_the_input_from(
         size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), crop_pct=crop_pct, interpolation="nearest"
     )
     seen = pre(img.astype(np.uint8)).numpy() * 255  # rows/cols of the original, encoded
-    top, bottom, left, right = crop_box((h0, w0), (32, 32), crop_pct)
+    top, bottom, left, right = pre.crop_box((h0, w0))
     ty, tx = 1.5 + (bottom - top) / 32, 1.5 + (right - left) / 32  # one input pixel + rounding
     assert abs(seen[0, 0, 0] * (h0 - 1) / 255 - top) <= ty
     assert abs(seen[0, -1, 0] * (h0 - 1) / 255 - (bottom - 1)) <= ty
@@ -127,3 +127,14 @@ def test_a_plugin_adds_a_cam_method_through_the_hook() -> None:
     lens = netlens.Lens(small(), Preprocess(size=(16, 16)), host=host)
     r = lens.cam(torch.randn(2, 3, 16, 16), method="gradsq", layer="1")
     assert r.meta["method"] == "gradsq" and r.heatmaps.shape == (2, 16, 16)
+
+
+def test_display_scale_enlarges_small_and_shrinks_huge_pictures() -> None:
+    from netlens.render.overlay import display_scale
+
+    assert display_scale((28, 28), 256, 2048) == 10.0  # whole pixels: 280 px
+    assert display_scale((300, 400), 256, 2048) == 1.0
+    assert display_scale((6000, 8000), 256, 2048) == 2048 / 8000
+    out = overlay(np.zeros((28, 28, 3), np.uint8), np.eye(7, dtype=np.float32), min_side=256)
+    assert out.shape == (280, 280, 3)
+    assert (out[:40, :40] != out[-40:, :40]).any()  # the map's diagonal is still where it was

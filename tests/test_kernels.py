@@ -204,3 +204,20 @@ def test_cli_kernels_on_timm_resnet18_and_torchvision_alexnet(tmp_path, resnet18
 
     res = runner.invoke(app, ["kernels", str(ck), "--layer", "nope", "--out", str(tmp_path)])
     assert res.exit_code == 1 and "no layer 'nope'" in res.output
+
+
+def test_dead_filters_are_grey_labelled_and_warned() -> None:
+    """A 1e-9 filter would be stretched to full contrast by per-filter scaling: it is drawn
+    flat grey and labelled instead, and the result warns once."""
+    from netlens.render.kernel_figures import mark_dead
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with torch.no_grad():
+        net[0].weight[2] *= 1e-9
+    lens = Lens(net, Preprocess(size=(8, 8)))
+    r = lens.kernels()
+    assert r.meta["near_zero"] == [2] and "1 of 4 filters" in r.meta["warnings"][0]
+    display, labels = mark_dead(np.random.rand(4, 3, 3, 3), r.arrays["order"], [2])
+    assert labels == ["0", "1", "2 dead", "3"] and np.all(display[2] == 0.5)
+    assert np.ptp(display[1]) > 0

@@ -154,7 +154,7 @@ def test_cli_train_json_with_init_and_freeze(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["trainable_params"] == 84 * 10 + 10 and doc["params"] > doc["trainable_params"]
-    ft = torch.load(out, weights_only=True)["state_dict"]
+    ft = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     start = torch.load(base, weights_only=True)["state_dict"]
     assert torch.equal(ft["conv1.weight"], start["conv1.weight"])  # frozen, copied from --init
     assert not torch.equal(ft["fc3.weight"], start["fc3.weight"])
@@ -163,7 +163,7 @@ def test_cli_train_json_with_init_and_freeze(tmp_path: Path) -> None:
 def test_cli_train_bad_input_is_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(
-        app, ["train", "--arch", "lenet5", "--data", "nope", "--out", str(tmp_path / "x.pt")]
+        app, ["train", "--arch", "lenet5", "--data", "nope", "--out", str(tmp_path / "x")]
     )
     assert res.exit_code == 1 and "neither a folder" in res.output
     res = runner.invoke(app, ["train", "--recipe", "shapes-alconv"])
@@ -230,7 +230,7 @@ def test_cli_train_on_an_image_folder(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["test"] is None and doc["val"]["n"] == 4  # a seeded 10 % hold-out
-    lens = netlens.load(out)
+    lens = netlens.load(out / "model.pt")
     assert lens.classes == sorted(CLASSES) and lens.transform.size == (32, 32)
     assert lens.card["arch_kwargs"]["widths"] == [8, 16]
     # --init with the same arch inherits its architecture options; --freeze keeps only the head
@@ -252,7 +252,7 @@ def test_cli_train_on_an_image_folder(tmp_path: Path) -> None:
             "--workers",
             "0",
             "--init",
-            str(out),
+            str(out / "model.pt"),
             "--freeze",
             "backbone",
             "--out",
@@ -262,4 +262,4 @@ def test_cli_train_on_an_image_folder(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["trainable_params"] == 16 * 5 + 5
-    assert netlens.load(ft).card["arch_kwargs"]["widths"] == [8, 16]
+    assert netlens.load(ft / "model.pt").card["arch_kwargs"]["widths"] == [8, 16]

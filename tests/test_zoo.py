@@ -62,7 +62,9 @@ def test_cards_are_complete_and_match_the_weights(name: str) -> None:
     for k, v in lens.model.state_dict().items():
         assert torch.equal(v, state[k])
     assert lens.name == name and lens.card["arch"] == card["arch"]
-    assert lens.transform.to_dict() == card["preprocess"]
+    used = lens.transform.to_dict()
+    assert {k: used[k] for k in card["preprocess"]} == card["preprocess"]
+    assert used["source"] == f"netlens zoo card of {name}"
     assert lens.classes == card["classes"] and lens.samples
     # samples are real test images of their class: the model gets most of them right
     probs = lens.predict(lens.samples)

@@ -21,7 +21,7 @@ _LAZY = {
     "probe": "netlens.probes",
     "Probe": "netlens.probes",
     "Lens": "netlens.lens",
-    "Preprocess": "netlens.images",
+    "Preprocess": "netlens.preprocess",
     "read_image": "netlens.images",
     "resolve_layers": "netlens.layers",
     "layer_table": "netlens.layers",

@@ -52,6 +52,10 @@ class DataError(NetlensError):
     """A dataset is missing or malformed."""
 
 
+class NetlensWarning(UserWarning):
+    """netlens acted on a guess the user should know about (one line; the CLI prints it)."""
+
+
 def close_names(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Return up to ``n`` candidates that look like ``name`` (best first).
 

@@ -1,15 +1,19 @@
 """Read, validate and preprocess images.
 
-Images are read with OpenCV (jpg/png/bmp/webp/tiff; grayscale, RGBA and 16-bit included) into
-H×W×3 (or H×W×1) uint8 RGB arrays, then resized, centre-cropped and normalised per a
-:class:`Preprocess` spec. Wherever netlens takes ``images`` it accepts paths, a folder, numpy
-arrays, PIL images or an already preprocessed N×C×H×W tensor (used as is).
+Images are read with OpenCV (every format it decodes: jpg/png/bmp/webp/tiff/gif/avif/jp2/pnm/
+hdr...; grayscale, RGBA and 16-bit included) into H×W×3 (or H×W×1) uint8 RGB arrays, then
+resized, centre-cropped and normalised per a :class:`Preprocess` spec. Wherever netlens takes
+``images`` it accepts paths, a folder, numpy arrays, PIL images or an already preprocessed
+N×C×H×W tensor (used as is).
+
+Reading is bounded: the pixel count is read from the file's header and checked against a
+limit (:func:`pixel_limit`, default 100 MP) before anything is decoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,72 +22,27 @@ import numpy as np
 import torch
 
 from .errors import ImageError
+from .image_decode import DEFAULT_MAX_PIXELS, FORMATS, MAX_PIXELS_ENV, pixel_limit
+from .naming import display_path, safe_stem
+from .preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 (re-exported)
 
-__all__ = ["IMAGE_SUFFIXES", "Batch", "Preprocess", "list_images", "load_batch", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS_ENV",
+    "Batch",
+    "Preprocess",
+    "list_images",
+    "load_batch",
+    "pixel_limit",
+    "read_image",
+]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_INTERP = {
-    "nearest": cv2.INTER_NEAREST,
-    "bilinear": cv2.INTER_LINEAR,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-}
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a model wants its input: size, channels, resize/crop and normalisation.
-
-    Images are resized so the shorter side is ``size / crop_pct`` and centre-cropped to ``size``
-    (``crop_pct=1`` resizes straight to ``size``), then scaled to [0, 1] and normalised.
-    """
-
-    size: tuple[int, int] = (224, 224)
-    channels: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 1.0
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        known = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in d.items()
-            if k in cls.__dataclass_fields__
-        }
-        return cls(**known)
-
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        """One H×W×C uint8 RGB array → a normalised C×H×W float tensor."""
-        img = to_channels(image, self.channels)
-        h, w = self.size
-        interp = _INTERP.get(self.interpolation, cv2.INTER_LINEAR)
-        if self.crop_pct >= 1.0:
-            img = cv2.resize(img, (w, h), interpolation=interp)
-        else:
-            scale = max(h, w) / self.crop_pct / min(img.shape[:2])
-            nh, nw = max(h, round(img.shape[0] * scale)), max(w, round(img.shape[1] * scale))
-            img = cv2.resize(img, (nw, nh), interpolation=interp)
-            top, left = (nh - h) // 2, (nw - w) // 2
-            img = img[top : top + h, left : left + w]
-        img = img.reshape(h, w, self.channels).astype(np.float32) / 255.0
-        mean = np.asarray(self.mean[: self.channels], dtype=np.float32)
-        std = np.asarray(self.std[: self.channels], dtype=np.float32)
-        return torch.from_numpy(((img - mean) / std).transpose(2, 0, 1).copy())
-
-    def denormalize(self, x: torch.Tensor) -> np.ndarray:
-        """A preprocessed C×H×W tensor back to an H×W×3 uint8 RGB array (for overlays)."""
-        arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
-        c = arr.shape[2]
-        arr = arr * np.asarray(self.std[:c], np.float32) + np.asarray(self.mean[:c], np.float32)
-        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return to_channels(arr, 3)
+# every still-image format OpenCV decodes (an animated GIF/WebP gives its first frame)
+IMAGE_SUFFIXES = tuple(
+    ".jpg .jpeg .jpe .jfif .png .bmp .dib .webp .tif .tiff .gif .avif .jp2 .pbm .pgm .ppm .pnm "
+    ".pxm .pam .pfm .sr .ras .hdr .pic".split()
+)
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
@@ -93,6 +52,11 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     have = img.shape[2]
     if have == channels:
         return img
+    if channels not in (1, 3):
+        raise ImageError(
+            f"this model takes {channels}-channel inputs and an image has {have}; pass the "
+            "inputs as a preprocessed N×C×H×W tensor"
+        )
     if channels == 1:
         return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
     if have == 1:
@@ -100,45 +64,25 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
     return img[:, :, :3]
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file into an H×W×3 uint8 RGB array (H×W×1 stays grayscale).
 
-    RGBA is composited on white, 16-bit images are scaled to 8 bits. Missing, empty, corrupt or
-    unsupported files raise :class:`ImageError` with a one-line message.
+    RGBA is composited on white, 16-bit and float images are scaled to 8 bits, an animated
+    GIF/WebP gives its first frame. The pixel count is read from the header first and must
+    not exceed :func:`~netlens.image_decode.pixel_limit` (``max_pixels``, else the
+    ``NETLENS_MAX_PIXELS`` environment variable, else 100 MP). Missing, empty, corrupt,
+    oversized or unsupported files raise :class:`ImageError` with a one-line message.
+
+    Example:
+        >>> img = read_image("cat.jpg", max_pixels=50_000_000)  # doctest: +SKIP
     """
-    p = Path(path)
-    if not p.exists():
-        raise ImageError(f"image not found: {p} (check the path)")
-    if p.is_dir():
-        raise ImageError(f"{p} is a folder; pass image files, or the folder where a folder is OK")
-    if p.stat().st_size == 0:
-        raise ImageError(f"image file is empty: {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageError(
-            f"cannot decode {p}: not an image or corrupt (supported: {', '.join(IMAGE_SUFFIXES)})"
-        )
-    return _normalise_decoded(img)
+    from .image_decode import read_checked
 
-
-def _normalise_decoded(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        f = img.astype(np.float32)
-        lo, hi = float(f.min()), float(f.max())
-        img = ((f - lo) / (hi - lo + 1e-12) * 255 + 0.5).astype(np.uint8)
-    if img.ndim == 2:
-        return img[:, :, None]
-    if img.shape[2] == 4:
-        rgb, alpha = img[:, :, :3].astype(np.float32), img[:, :, 3:].astype(np.float32) / 255
-        img = (rgb * alpha + 255 * (1 - alpha) + 0.5).astype(np.uint8)
-    return cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2RGB)
+    return read_checked(Path(path), max_pixels)
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` and below, sorted."""
+    """Image files (by suffix, any case) directly in ``folder`` and below, sorted."""
     root = Path(folder)
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -160,15 +104,31 @@ def _as_array(obj: Any) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """Preprocessed images with their originals, names, and files that could not be read."""
+    """Preprocessed images with their originals, names, and files that could not be read.
+
+    ``originals[i]`` is the file's path for an image read from disk (read again when a picture
+    needs it, so a folder of large photos is never held in memory), the H×W×3 array for an
+    array given in memory, or None for a preprocessed tensor; :meth:`original` reads it.
+    """
 
     tensor: torch.Tensor
-    originals: list[np.ndarray | None] = field(default_factory=list)
+    originals: list[np.ndarray | Path | None] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
+
+    def original(self, i: int) -> np.ndarray | None:
+        """Image ``i`` as H×W×3 uint8 as it was given (None for a tensor input)."""
+        return load_original(self.originals[i])
+
+
+def load_original(source: np.ndarray | Path | None) -> np.ndarray | None:
+    """An original image: read again from its file, or the array itself."""
+    if isinstance(source, Path):
+        return to_channels(read_image(source), 3)
+    return source
 
 
 def _expand(images: Any) -> list[Any]:
@@ -178,7 +138,7 @@ def _expand(images: Any) -> list[Any]:
             found = list_images(p)
             if not found:
                 raise ImageError(
-                    f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES)})"
+                    f"no images in folder {display_path(p)} (looked for {FORMATS} files)"
                 )
             return list(found)
         return [p]
@@ -198,7 +158,9 @@ def _is_pil(obj: Any) -> bool:
     return type(obj).__module__.startswith("PIL.")
 
 
-def load_batch(images: Any, preprocess: Preprocess, *, strict: bool = False) -> Batch:
+def load_batch(
+    images: Any, preprocess: Preprocess, *, strict: bool = False, max_pixels: int | None = None
+) -> Batch:
     """Turn ``images`` (paths, folder, arrays, PIL, or a preprocessed tensor) into a Batch.
 
     Unreadable files are skipped and reported in ``Batch.errors`` (one line each); with
@@ -211,7 +173,7 @@ def load_batch(images: Any, preprocess: Preprocess, *, strict: bool = False) -> 
     for i, item in enumerate(_expand(images)):
         try:
             if isinstance(item, (str, Path)):
-                arr, name = read_image(item), Path(item).stem
+                arr, name = read_image(item, max_pixels=max_pixels), safe_stem(item)
             else:
                 arr, name = _as_array(item), f"image{i}"
         except ImageError as exc:
@@ -220,7 +182,7 @@ def load_batch(images: Any, preprocess: Preprocess, *, strict: bool = False) -> 
             errors.append(str(exc))
             continue
         tensors.append(preprocess(arr))
-        originals.append(to_channels(arr, 3))
+        originals.append(Path(item) if isinstance(item, (str, Path)) else to_channels(arr, 3))
         names.append(_unique(name, names))
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")

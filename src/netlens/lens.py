@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 from .errors import NetlensError, TargetError
-from .images import Batch, Preprocess, load_batch
+from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
+from .preprocess import Preprocess, SizeFromFirstImage
 
 if TYPE_CHECKING:
     from .analyzers.base import Result
@@ -27,8 +29,11 @@ class Lens:
 
     Args:
         model: the ``nn.Module``; used as is (not copied).
-        preprocess: input spec; guessed from the model when not given.
-        classes: class names, index-aligned with the model's outputs.
+        preprocess: a :class:`~netlens.preprocess.Preprocess` spec, a callable (PIL image →
+            C×H×W tensor) or a dict of changes; the model's own (timm data config, its
+            ``input_size``...) when not given. ``lens.transform`` holds the spec in use.
+        classes: class names, index-aligned with the model's outputs (a list, or a file: one
+            name per line, a JSON list or an ``{index: name}`` object).
         host: plugin host to find analyzers in (a new one by default).
         card: model card / training record, if any.
         samples: sample images for commands called without images.
@@ -41,8 +46,8 @@ class Lens:
     def __init__(
         self,
         model: nn.Module,
-        preprocess: Preprocess | None = None,
-        classes: list[str] | None = None,
+        preprocess: Preprocess | Any = None,
+        classes: list[str] | str | Path | None = None,
         *,
         name: str = "model",
         host: PluginHost | None = None,
@@ -53,13 +58,14 @@ class Lens:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
-        if preprocess is None:
-            from .models.load import default_preprocess
+        if not isinstance(preprocess, Preprocess):
+            from .preprocess import preprocess_for, with_overrides
 
-            preprocess = default_preprocess(model)
+            preprocess = with_overrides(preprocess_for(model), preprocess)
         self.model = model
-        self.transform = preprocess
-        self.classes = list(classes) if classes is not None else None
+        self.transform: Preprocess = preprocess
+        self.classes = _class_names(classes)
+        self.label_map: Any = None  # data label → model class, for data the model names otherwise
         self.name = name
         self.card = dict(card or {})
         self.samples = list(samples or [])
@@ -90,15 +96,38 @@ class Lens:
         """Move the model (``None``: CUDA when available, else CPU)."""
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(device)
+        self.model.to(check_device(device))
         return self
 
     # -- inputs ----------------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) the model takes; a one-line error when nothing says it yet."""
+        spec = self.transform
+        if spec.size is not None:
+            return (spec.channels, *spec.size)
+        if spec.function is not None:  # a user's function decides: ask it once
+            import numpy as np
+
+            return tuple(spec(np.full((256, 256, 3), 128, np.uint8)).shape)  # type: ignore[return-value]
+        raise NetlensError(
+            "the input size of this model is unknown (it records none): pass input_size=28 or "
+            "(28, 28) to netlens.load (--input-size 28 on the command line), or give images"
+        )
+
     def batch(self, images: Any = None, *, strict: bool = False) -> Batch:
-        """Read and preprocess ``images`` (the sample images when None) into a Batch."""
+        """Read and preprocess ``images`` (the sample images when None) into a Batch.
+
+        A model of unknown input size takes the size of the first image it is given (no
+        resize); the lens keeps it from then on and says so in :meth:`preprocess_info`.
+        """
         if images is None:
             images = self.samples or self._dataset_images()
-        batch = load_batch(images, self.transform, strict=strict)
+        spec = self.transform
+        sized = SizeFromFirstImage(spec) if spec.size is None and spec.function is None else None
+        batch = load_batch(images, sized or spec, strict=strict)
+        if sized is not None:
+            self.transform = sized.resolved or spec.sized_like(batch.tensor.shape[-2:])
         batch.tensor = batch.tensor.to(self.device)
         return batch
 
@@ -168,9 +197,27 @@ class Lens:
         return self._digest
 
     def preprocess_info(self) -> dict[str, Any]:
-        """The preprocessing used, as JSON (with where it came from, when known)."""
-        info = self.transform.to_dict() if hasattr(self.transform, "to_dict") else {}
-        return {"source": self.card.get("preprocess_source"), **info}
+        """The preprocessing in use, JSON-able, with where it came from (``source``)."""
+        return self.transform.to_dict()
+
+    def dataset(self, data: Any, *, split: str = "test") -> Any:
+        """``data`` as a Dataset for this model: its preprocessing, labels matched by class name.
+
+        Folder names and CSV labels are matched to ``lens.classes`` (``lens.label_map`` first);
+        the dataset's ``label_source`` says how (see :func:`netlens.data.as_dataset`).
+        """
+        from .data import as_dataset
+        from .models.classes import output_count
+
+        return as_dataset(
+            data,
+            self.transform,
+            host=self.host,
+            split=split,
+            classes=self.classes,
+            label_map=self.label_map,
+            num_classes=output_count(self.model, self.transform) if self.classes is None else None,
+        )
 
     def default_data(self) -> str | None:
         """The dataset this model was trained on (from its card), for runs given no data."""
@@ -184,7 +231,7 @@ class Lens:
 
     def class_index(self, target: int | str, num_classes: int) -> int:
         """A class index from an int or a class name; out of range fails with one line."""
-        if isinstance(target, str) and not target.lstrip("-").isdigit():
+        if isinstance(target, str) and not re.fullmatch(r"\s*-?\d+\s*", target):
             names = self.classes or []
             if target not in names:
                 from .errors import hint
@@ -205,12 +252,11 @@ class Lens:
     # -- analyses --------------------------------------------------------------------------
     def layers(self) -> list[LayerInfo]:
         """The layer table: name, type, output shape, parameters."""
-        x = torch.zeros(1, self.transform.channels, *self.transform.size, device=self.device)
-        return layer_table(self.model, x)
+        return layer_table(self.model, self.example())
 
     def example(self, batch: int = 1) -> torch.Tensor:
-        """A zero input batch of the size this model takes."""
-        return torch.zeros(batch, self.transform.channels, *self.transform.size, device=self.device)
+        """A zero input batch of the size this model takes (see :attr:`input_size`)."""
+        return torch.zeros(batch, *self.input_size, device=self.device)
 
     def run(self, analyzer: str, *args: Any, **options: Any) -> Result:
         """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``."""
@@ -274,6 +320,14 @@ class Lens:
         return report.save(out) if out is not None else report
 
 
+def _class_names(classes: Any) -> list[str] | None:
+    if classes is None:
+        return None
+    from .data.labels import read_class_names
+
+    return read_class_names(classes)
+
+
 def _check_task(task: str | None) -> str | None:
     from .targets import TASKS
 
@@ -282,3 +336,24 @@ def _check_task(task: str | None) -> str | None:
 
         raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
     return task
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device that exists here; one line saying what to do otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise NetlensError(
+            f"device {device!r} is not a device name; use cpu, cuda, cuda:1 or mps"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NetlensError(
+                f"device {device!r} is not available: torch sees no CUDA GPU here; use --device cpu"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise NetlensError(f"device {device!r}: only {n} CUDA device(s) here (0..{n - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise NetlensError(f"device {device!r} is not available here; use --device cpu")
+    return dev

@@ -14,10 +14,11 @@ while it commits.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,9 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import NetlensError
 
-__all__ = ["OutputBusyError", "OutputSet", "folder_lock", "safe_name"]
+__all__ = ["OutputBusyError", "OutputSet", "csv_text", "folder_lock", "npy_bytes", "safe_name"]
 
 LOCK_NAME = ".netlens.lock"
 _HELD: set[Path] = set()  # folders this process holds (a re-entrant lock per process)
@@ -38,15 +41,16 @@ class OutputBusyError(NetlensError):
 
 
 def safe_name(text: str, limit: int = 80) -> str:
-    """A file-name-safe, printable version of ``text`` (class names, layers, image stems).
+    """A printable, file-name-safe version of ``text`` (class names, layers, image stems);
+    different texts never give the same name (see :func:`netlens.naming.safe_component`).
 
     Example:
-        >>> safe_name("tabby cat/β")
-        'tabby-cat-β'
+        >>> safe_name("layer4.1")
+        'layer4.1'
     """
-    clean = re.sub(r"[^\w+.=-]+", "-", str(text), flags=re.UNICODE).strip("-.")
-    clean = clean.encode("utf-8", "replace").decode("utf-8")
-    return clean[:limit] or "x"
+    from .naming import safe_component
+
+    return safe_component(str(text), max_bytes=limit)
 
 
 @contextmanager
@@ -172,3 +176,31 @@ def _listed(manifest: Path) -> set[str]:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An array as the bytes of a ``.npy`` file (no pickles)."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """A list of row dicts as CSV text (columns in first-seen order; lists/dicts as JSON)."""
+    cols: list[str] = []
+    for row in rows:
+        cols += [k for k in row if k not in cols]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: csv_cell(row.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def csv_cell(v: Any) -> Any:
+    """A value as a CSV cell: JSON for lists and dicts, empty for None."""
+    from .analyzers.base import to_jsonable
+
+    v = to_jsonable(v)
+    return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)

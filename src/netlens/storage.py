@@ -112,12 +112,9 @@ class _CsvRows:
 
     def add(self, row: dict[str, Any]) -> None:
         """Append one finished row, flushed at once so an interrupt loses nothing done."""
-        from .analyzers.base import to_jsonable
+        from .output import csv_cell
 
         self.rows[row["key"]] = row
-        cells = {}
-        for k in self.columns:
-            v = to_jsonable(row.get(k))
-            cells[k] = json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)
+        cells = {k: csv_cell(row.get(k)) for k in self.columns}
         with self.path.open("a", newline="") as fh:
             csv.DictWriter(fh, self.columns).writerow(cells)

@@ -26,9 +26,7 @@ partial rows in ``run.storage``; they never print, draw bars or write files.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 from abc import ABC, abstractmethod
@@ -105,6 +103,10 @@ class Result:
 
         return {f"{self.name}-{safe_name(k)}": v for k, v in self.arrays.items()}
 
+    def headline(self) -> str:
+        """One line saying what was found, for the terminal (subclasses say more)."""
+        return f"{self.name}: {len(self.table)} rows"
+
     def summary(self) -> dict[str, Any]:
         """The JSON document: analyzer, the run header first, then meta and the table."""
         meta = {k: v for k, v in self.meta.items() if k != "run"}
@@ -124,7 +126,7 @@ class Result:
     # -- output ----------------------------------------------------------------------------
     def save(self, directory: str | Path, *, arrays: bool | None = None) -> list[Path]:
         """Write the result's files into ``directory`` (see the class doc); returns them."""
-        from ..output import OutputSet
+        from ..output import OutputSet, csv_text, npy_bytes
         from ..render.figures import figure_png
         from ..render.overlay import png_bytes
 
@@ -135,7 +137,7 @@ class Result:
                 out.write_bytes(f"{stem}.png", png_bytes(image))
             if self.save_arrays if arrays is None else arrays:
                 for stem, arr in self.array_files().items():
-                    out.write_bytes(f"{stem}.npy", _npy(arr))
+                    out.write_bytes(f"{stem}.npy", npy_bytes(arr))
             if self.table:
                 out.write_text(f"{self.name}.csv", csv_text(self.table))
             doc = self.summary()
@@ -184,36 +186,6 @@ class Result:
         from ..render.display import show
 
         return show(self, page, per_page, out)
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(arr), allow_pickle=False)
-    return buf.getvalue()
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    """A list of row dicts as CSV text (columns in first-seen order; lists/dicts as JSON)."""
-    cols: list[str] = []
-    for row in rows:
-        cols += [k for k in row if k not in cols]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in cols})
-    return buf.getvalue()
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write a list of row dicts as a CSV file."""
-    path.write_text(csv_text(rows))
-    return path
-
-
-def _cell(v: Any) -> Any:
-    v = to_jsonable(v)
-    return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
 @dataclass

@@ -78,6 +78,7 @@ class CamAnalyzer(Analyzer):
         Option("batch_size", 32, "masked forward passes at once (Score-/Ablation-CAM)", int, low=1),
         Option("fuse", "max", "how maps of several layers combine", str, choices=("max", "mean")),
         Option("chunk", 16, "images per forward/backward pass", int, low=1),
+        Option("alpha", 0.5, "heatmap opacity in the overlays", float, low=0.0, high=1.0),
     )
 
     def compute(self, run: Run) -> CamResult:
@@ -104,6 +105,7 @@ class CamAnalyzer(Analyzer):
             "explicit_target": o.target is not None,
             "target_names": labels,
             "input_size": list(x.shape[-2:]),
+            "alpha": o.alpha,
             "from_tensor": [orig is None for orig in batch.originals],
         }
         meta["warnings"] = _warnings(heat, probs, targets, meta)

@@ -25,7 +25,7 @@ class CamResult(Result):
     :attr:`heatmaps` drops K when it is 1. Heatmaps are float32 in [0, 1] at input resolution.
     """
 
-    originals: list[np.ndarray] = field(default_factory=list, repr=False)
+    originals: list[Any] = field(default_factory=list, repr=False)
     preprocess: Preprocess | None = field(default=None, repr=False)
     save_arrays = True
 
@@ -67,18 +67,33 @@ class CamResult(Result):
 
     # -- pictures --------------------------------------------------------------------------
     def original(self, i: int) -> np.ndarray:
-        """Image ``i`` as H×W×3 uint8: the file as read, or the denormalised input tensor."""
-        return self.originals[i]
+        """Image ``i`` as H×W×3 uint8: the file (read again), or the denormalised input."""
+        from ..images import load_original
 
-    def overlay(self, i: int, k: int = 0, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
-        """Heatmap ``k`` of image ``i`` blended over the original image at its original size."""
-        from ..render.overlay import crop_box, overlay
+        return load_original(self.originals[i])  # type: ignore[return-value]
+
+    def overlay(
+        self,
+        i: int,
+        k: int = 0,
+        *,
+        alpha: float = 0.5,
+        cmap: str = "jet",
+        min_side: int = 0,
+        max_side: int = 0,
+    ) -> np.ndarray:
+        """Heatmap ``k`` of image ``i`` blended over the original image at its original size
+        (``min_side``/``max_side``: enlarged or shrunk for display, see ``render.overlay``)."""
+        from ..render.overlay import overlay
 
         image = self.original(i)
         box = None
         if not self.meta["from_tensor"][i] and self.preprocess is not None:
-            box = crop_box(image.shape[:2], self.preprocess.size, self.preprocess.crop_pct)
-        return overlay(image, self.arrays["heatmaps"][i, k], alpha=alpha, cmap=cmap, box=box)
+            box = self.preprocess.crop_box(image.shape[:2])
+        heat = self.arrays["heatmaps"][i, k]
+        return overlay(
+            image, heat, alpha=alpha, cmap=cmap, box=box, min_side=min_side, max_side=max_side
+        )
 
     def figure(self, i: int = 0, *, top: int = 5, alpha: float = 0.5) -> Figure:
         """Image | overlay per target (with its probability and colour scale) | top predictions.
@@ -125,12 +140,18 @@ class CamResult(Result):
         return "_".join(safe_name(p) for p in parts)
 
     def figures(self) -> dict[str, Figure]:
-        return {f"{self._stem(i)}_figure": self.figure(i) for i in range(len(self.names))}
+        alpha = self.meta.get("alpha", 0.5)
+        return {
+            f"{self._stem(i)}_figure": self.figure(i, alpha=alpha) for i in range(len(self.names))
+        }
 
     def pictures(self) -> dict[str, np.ndarray]:
-        """The overlays at the original images' size (small inputs upscaled to be readable)."""
+        """The overlays at the original images' size; a small image (a 28×28 digit) enlarged to
+        at least 256 px and a huge one shrunk to at most 2,048 px, so each reads on its own."""
         return {
-            self._stem(i, k): self.overlay(i, k)
+            self._stem(i, k): self.overlay(
+                i, k, alpha=self.meta.get("alpha", 0.5), min_side=256, max_side=2048
+            )
             for i in range(len(self.names))
             for k in range(self.arrays["targets"].shape[1])
         }

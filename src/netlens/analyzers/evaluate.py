@@ -127,7 +127,7 @@ class _FolderMasks(Dataset):
 
 def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Dataset:
     """The dataset to evaluate on (``data`` as ``as_dataset`` takes it, or a masks triple)."""
-    from ..data import ImageFolderDataset, as_dataset
+    from ..data import ImageFolderDataset
 
     if data is None:
         data = lens.default_data()
@@ -135,7 +135,7 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
     if isinstance(data, DataLoader):  # evaluate batches itself; the dataset keeps the masks
         data = data.dataset
-    ds = as_dataset(data, lens.transform, host=lens.host)
+    ds = data if isinstance(data, Dataset) else lens.dataset(data)
     if isinstance(ds, ImageFolderDataset):
         folder = Path(masks) if masks else ds.root.with_name(ds.root.name + "_masks")
         if masks and not folder.is_dir():
@@ -151,7 +151,7 @@ def mask_at_input(ds: Dataset, i: int, lens: Lens) -> np.ndarray | None:
     if get is None or getattr(ds, "masks", True) is None:
         return None
     m = np.asarray(get(i)).astype(bool)
-    size = tuple(lens.transform.size)
+    size = tuple(lens.input_size[1:])
     if m.shape == size:
         return m
     pre = getattr(ds, "preprocess", None) or lens.transform
@@ -335,6 +335,10 @@ def summary_rows(
 @dataclass(frozen=True)
 class EvaluateResult(Result):
     """Per-image scores (``arrays["METHOD/METRIC/score"]``), curves and a summary table."""
+
+    def headline(self) -> str:
+        parts = [f"{r['method']} {r['metric']} {r['mean']:.3f}" for r in self.table]
+        return f"evaluate over {self.meta['images']} images: " + ", ".join(parts)
 
     def figures(self) -> dict[str, Figure]:
         from ..metrics.plots import curves_figure, scores_figure

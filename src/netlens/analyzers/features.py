@@ -38,6 +38,10 @@ class FeaturesResult(Result):
     channel of each map), ``L:means`` (N×C, every channel's mean activation); ``images``
     (N×H×W×3 uint8, the inputs as the model saw them)."""
 
+    def headline(self) -> str:
+        meta = self.meta
+        return f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)"
+
     def figures(self) -> dict[str, Figure]:
         figs = {}
         for layer in self.meta["layers"]:
@@ -131,6 +135,43 @@ def _selected(out: Any, model: Any, name: str, top: int, channels: Any) -> tuple
     return torch.gather(maps, 1, index), picked, means
 
 
+def _feature_arrays(
+    model: Any, x: torch.Tensor, names: list[str], top: int, channels: Any
+) -> dict[str, np.ndarray]:
+    """Per layer: the selected maps, their channels, every channel's mean, the map shape."""
+    parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
+    with torch.no_grad(), probe(model, names, to="cpu") as p:
+        for chunk in x.split(_CHUNK):
+            model(chunk)
+            for name in names:
+                parts[name].append(_selected(p[name].output, model, name, top, channels))
+            p.clear()
+    arrays: dict[str, np.ndarray] = {}
+    for name in names:
+        gathered, picked, means = (torch.cat(t) for t in zip(*parts[name], strict=True))
+        arrays[_key(name, "maps")] = gathered.numpy()
+        arrays[_key(name, "channels")] = picked.numpy().astype(np.int64)
+        arrays[_key(name, "means")] = means.numpy()
+        arrays[_key(name, "shape")] = np.array([means.shape[1], *gathered.shape[-2:]])
+    return arrays
+
+
+def _table(arrays: dict[str, np.ndarray], names: list[str], images: list[str]) -> list[dict]:
+    """One row per layer, image and shown channel: its rank and mean activation."""
+    return [
+        {
+            "layer": n,
+            "image": img,
+            "rank": r + 1,
+            "channel": int(c),
+            "mean": float(arrays[_key(n, "means")][i, int(c)]),
+        }
+        for n in names
+        for i, img in enumerate(images)
+        for r, c in enumerate(arrays[_key(n, "channels")][i])
+    ]
+
+
 class FeaturesAnalyzer(Analyzer):
     """Feature maps of one or more layers for some images."""
 
@@ -148,55 +189,20 @@ class FeaturesAnalyzer(Analyzer):
 
     def compute(self, run: Run) -> FeaturesResult:
         """The chosen channels' maps per image and layer, and every channel's mean."""
-        lens, o = run.lens, run.options
-        layer, top, channels, normalize, overlay = (
-            o.layer,
-            o.top,
-            o.channels,
-            o.normalize,
-            o.overlay,
-        )
-        batch = run.images
-        model, x = lens.model, batch.tensor
-        names = resolve_layers(model, layer, example=x[:1])
+        lens, o, batch = run.lens, run.options, run.images
+        x = batch.tensor
+        names = resolve_layers(lens.model, o.layer, example=x[:1])
         run.layers = names
-        arrays: dict[str, np.ndarray] = {}
-        shapes = {}
-        parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
-        with torch.no_grad(), probe(model, names, to="cpu") as p:
-            for chunk in x.split(_CHUNK):
-                model(chunk)
-                for name in names:
-                    parts[name].append(_selected(p[name].output, model, name, top, channels))
-                p.clear()
-        for name in names:
-            gathered, picked, means = (torch.cat(t) for t in zip(*parts[name], strict=True))
-            shapes[name] = [len(x), means.shape[1], *gathered.shape[-2:]]
-            arrays[_key(name, "maps")] = gathered.numpy()
-            arrays[_key(name, "channels")] = picked.numpy().astype(np.int64)
-            arrays[_key(name, "means")] = means.numpy()
+        arrays = _feature_arrays(lens.model, x, names, o.top, o.channels)
         arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])
+        chosen = arrays[_key(names[0], "channels")][0].tolist()
         meta = {
             "layers": names,
             "images": batch.names,
-            "top": top,
-            "normalize": normalize,
-            "channels": None
-            if channels is None
-            else arrays[_key(names[0], "channels")][0].tolist(),
-            "overlay": bool(overlay),
-            "shapes": shapes,
+            "top": o.top,
+            "normalize": o.normalize,
+            "channels": None if o.channels is None else chosen,
+            "overlay": bool(o.overlay),
+            "shapes": {n: [len(x), *arrays[_key(n, "shape")].tolist()] for n in names},
         }
-        table = [
-            {
-                "layer": n,
-                "image": img,
-                "rank": r + 1,
-                "channel": int(c),
-                "mean": float(arrays[_key(n, "means")][i, int(c)]),
-            }
-            for n in names
-            for i, img in enumerate(batch.names)
-            for r, c in enumerate(arrays[_key(n, "channels")][i])
-        ]
-        return FeaturesResult("features", arrays, table, meta)
+        return FeaturesResult("features", arrays, _table(arrays, names, batch.names), meta)

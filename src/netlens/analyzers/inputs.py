@@ -169,8 +169,6 @@ def resolve_data(
         limit: use the first ``limit`` items.
         strict: stop at the first unreadable item instead of skipping it.
     """
-    from ..data import as_dataset
-
     source = _describe(inputs)
     if inputs is None:
         inputs = lens.default_data()
@@ -181,7 +179,7 @@ def resolve_data(
             )
         source = f"dataset {inputs} (from the model card)"
     given = inputs if isinstance(inputs, DataLoader) else None
-    ds = given.dataset if given is not None else as_dataset(inputs, lens.transform, host=lens.host)
+    ds = given.dataset if given is not None else lens.dataset(inputs, split=split)
     if limit is not None and limit < len(ds):  # type: ignore[arg-type]
         given = None  # a cut DataLoader: its dataset's first items, in our batches
         ds = first_items(ds, int(limit))

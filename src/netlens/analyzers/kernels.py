@@ -44,6 +44,13 @@ class KernelsResult(Result):
     shown filter, in display order), ``order`` (the filter index of each tile), ``matrix`` (matrix
     view), ``norm``/``mean`` (per filter)."""
 
+    def headline(self) -> str:
+        m = self.meta
+        return (
+            f"kernels of {m['layer']} ({m['type']}, {m['total']} filters, "
+            f"{len(m['near_zero'])} near zero)"
+        )
+
     def figures(self) -> dict[str, Figure]:
         from ..render.kernel_figures import kernels_figure
 
@@ -54,6 +61,53 @@ class KernelsResult(Result):
         out = super().summary()
         out["arrays"] = {k: list(v.shape) for k, v in self.arrays.items()}
         return out
+
+
+def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
+    """A conv/linear layer's weights, one filter (output unit) per row of the first axis."""
+    weight = getattr(mod, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+        raise AnalyzerError(
+            f"layer '{name}' ({type(mod).__name__}) has no 2-D conv or linear weight to show; "
+            "pick a Conv2d or Linear layer (see `netlens layers MODEL`)"
+        )
+    w = weight.detach().float().cpu().numpy().copy()
+    if isinstance(mod, nn.ConvTranspose2d):  # stored in×out/groups: filters are the outputs
+        g = mod.groups
+        w = w.reshape(g, w.shape[0] // g, *w.shape[1:]).swapaxes(1, 2)
+        w = w.reshape(-1, w.shape[2], *w.shape[3:])
+    return w
+
+
+def _meta(name: str, mod: nn.Module, o: Any) -> dict[str, Any]:
+    return {
+        "layer": name,
+        "type": type(mod).__name__,
+        "weight_shape": list(mod.weight.shape),
+        "normalize": o.normalize,
+        "sorted": bool(o.sort),
+        "dead_tol": o.dead_tol,
+        "groups": int(getattr(mod, "groups", 1)),
+    }
+
+
+def _order_tiles(
+    arrays: dict[str, np.ndarray], table: list[dict[str, Any]], meta: dict[str, Any], o: Any
+) -> None:
+    """Sort (by norm) and cut the tiles; mark near-zero filters with one warning line."""
+    norms = np.array([r["norm"] for r in table])
+    order = np.argsort(-norms, kind="stable") if o.sort else np.arange(len(norms))
+    if "tiles" in arrays:
+        order = order[: o.max_filters]
+        arrays["tiles"] = arrays["tiles"][order]
+    arrays["order"] = order.astype(np.int64)
+    meta["shown"], meta["total"] = len(order), len(norms)
+    meta["near_zero"] = [r["filter"] for r in table if r["near_zero"]]
+    if meta["near_zero"]:
+        meta["warnings"] = [
+            f"{meta['layer']}: {len(meta['near_zero'])} of {len(table)} filters are near zero "
+            f"(norm ≤ {o.dead_tol:g} × the largest): drawn grey, listed in kernels.csv"
+        ]
 
 
 def default_kernel_layer(model: nn.Module) -> str:
@@ -121,7 +175,7 @@ def _one(model: nn.Module, layer: Any) -> str:
 
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
     """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map."""
-    c, (h, w) = lens.transform.channels, lens.transform.size
+    c, h, w = lens.input_size
     if c * h * w == features:
         return (c, h, w)
     try:
@@ -157,51 +211,19 @@ class KernelsAnalyzer(Analyzer):
     def compute(self, run: Run) -> KernelsResult:
         """The layer's weights as tiles (or a matrix) and one statistics row per filter."""
         lens, o = run.lens, run.options
-        layer, reduce, normalize, sort = o.layer, o.reduce, o.normalize, o.sort
-        max_filters, dead_tol = o.max_filters, o.dead_tol
-        model = lens.model
-        name = default_kernel_layer(model) if layer in (None, "", "auto") else _one(model, layer)
+        layer = o.layer
+        name = default_kernel_layer(lens.model) if layer in (None, "", "auto") else None
+        name = name or _one(lens.model, layer)
         run.layers = [name]
-        mod = dict(model.named_modules())[name]
-        weight = getattr(mod, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
-            raise AnalyzerError(
-                f"layer '{name}' ({type(mod).__name__}) has no 2-D conv or linear weight to show; "
-                "pick a Conv2d or Linear layer (see `netlens layers MODEL`)"
-            )
-        w = weight.detach().float().cpu().numpy().copy()
-        if isinstance(mod, nn.ConvTranspose2d):
-            g = mod.groups
-            w = (
-                w.reshape(g, w.shape[0] // g, *w.shape[1:])
-                .swapaxes(1, 2)
-                .reshape(-1, w.shape[0] // g, *w.shape[2:])
-            )
-        meta: dict[str, Any] = {
-            "layer": name,
-            "type": type(mod).__name__,
-            "weight_shape": list(weight.shape),
-            "normalize": normalize,
-            "sorted": bool(sort),
-            "dead_tol": dead_tol,
-            "groups": int(getattr(mod, "groups", 1)),
-        }
+        mod = lens.model.get_submodule(name)
+        w = filter_weights(mod, name)
+        meta = _meta(name, mod, o)
         meta["depthwise"] = w.ndim == 4 and w.shape[1] == 1 and meta["groups"] > 1
-        arrays = self._view(lens, name, w, reduce, meta)
-        table = filter_stats(w, dead_tol)
-        norms = np.array([r["norm"] for r in table])
-        order = np.argsort(-norms, kind="stable") if sort else np.arange(len(norms))
-        if "tiles" in arrays:
-            order = order[: max(1, int(max_filters))]
-            arrays["tiles"] = arrays["tiles"][order]
-        arrays["order"] = order.astype(np.int64)
-        meta["shown"], meta["total"] = len(order), len(norms)
-        meta["near_zero"] = [r["filter"] for r in table if r["near_zero"]]
-        arrays.update(
-            weight=w,
-            norm=norms.astype(np.float32),
-            mean=np.array([r["mean"] for r in table], np.float32),
-        )
+        arrays = self._view(lens, name, w, o.reduce, meta)
+        table = filter_stats(w, o.dead_tol)
+        _order_tiles(arrays, table, meta, o)
+        arrays.update(weight=w, norm=np.array([r["norm"] for r in table], np.float32))
+        arrays["mean"] = np.array([r["mean"] for r in table], np.float32)
         return KernelsResult("kernels", arrays, table, meta)
 
     def _view(

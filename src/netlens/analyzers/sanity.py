@@ -115,8 +115,8 @@ class SanityAnalyzer(Analyzer):
                     "verdict": verdict_text(res.passes, res.final_spearman, threshold),
                 }
         originals = [
-            o if o is not None else lens.transform.denormalize(t)
-            for o, t in zip(batch.originals, x, strict=True)
+            batch.original(i) if o is not None else lens.transform.denormalize(t)
+            for i, (o, t) in enumerate(zip(batch.originals, x, strict=True))
         ]
         meta = {
             "methods": methods,
@@ -156,6 +156,9 @@ def _rows(method: str, steps: list[str], rho: np.ndarray, sim: np.ndarray) -> li
 @dataclass(frozen=True)
 class SanityResult(Result):
     """Maps per step (``arrays["METHOD/maps"]``: (S+1)×N×H×W), similarities and verdicts."""
+
+    def headline(self) -> str:
+        return "; ".join(f"{m}: {v['verdict']}" for m, v in self.meta["verdicts"].items())
 
     originals: list[np.ndarray] | None = None
 

@@ -164,6 +164,13 @@ class LayerStats:
 class StatsResult(Result):
     """Per-layer statistics: ``table`` rows; ``arrays``: ``L:hist``, ``L:edges``, ``L:unit_max``."""
 
+    def headline(self) -> str:
+        worst = max(self.table, key=lambda r: r["dead_units"])
+        return (
+            f"stats of {len(self.table)} layers over {self.meta['samples']} samples; most dead "
+            f"units: {worst['layer']} ({worst['dead_units']:.1%})"
+        )
+
     def figures(self) -> dict[str, Figure]:
         from ..render.kernel_figures import dead_fraction_figure, histograms_figure
 

@@ -41,6 +41,13 @@ class TopActivationsResult(Result):
     on the map); for the shown channels ``channels`` (S), ``images`` (S×k×H×W×3 uint8), ``boxes``
     and ``cells`` (S×k×4: y0, x0, y1, x1 in input pixels, end-exclusive)."""
 
+    def headline(self) -> str:
+        m = self.meta
+        return (
+            f"top {m['k']} of {m['samples']} inputs for {len(m['channels'])} channels of "
+            f"{m['layer']}"
+        )
+
     def figures(self) -> dict[str, Figure]:
         from ..render.grids import crop_patches, grid_figure, mark_patches
 

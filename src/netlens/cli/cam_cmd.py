@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -39,6 +39,9 @@ def cam(
     ] = None,
     batch_size: BatchSizeOpt = 32,
     fuse: Annotated[str, typer.Option("--fuse", help="Several layers: max or mean.")] = "max",
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="Heatmap opacity in the overlays, 0 to 1.")
+    ] = 0.5,
     *,
     common: Common,
 ) -> None:
@@ -48,27 +51,5 @@ def cam(
 
     model, imgs = split_model_and_images(model, images)
     options = {"method": method, "layer": layer, "target": target, "top": top}
-    options |= {"batch_size": batch_size, "fuse": fuse}
-    run_analyzer("cam", model, imgs or None, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from .runner import err, out
-
-    if result.meta["layer_auto"]:
-        err.print(f"layer: [bold]{result.layer}[/bold] (chosen by auto; set --layer to change)")
-    for row in result.rows():
-        out.print(_line(row, result.meta.get("top")), markup=False)
-
-
-def _line(row: dict[str, Any], top: int | None) -> str:
-    names = row["target_name"] if isinstance(row["target_name"], list) else [row["target_name"]]
-    probs = row["probability"] if isinstance(row["probability"], list) else [row["probability"]]
-    shown = ", ".join(
-        f"{n} ({p:.1%})" if p is not None else str(n) for n, p in zip(names, probs, strict=True)
-    )
-    what = f"top {top}" if top else "target"
-    return (
-        f"{row['image']}: predicted {row['prediction_name']} "
-        f"({row['prediction_probability']:.1%}); {what}: {shown}"
-    )
+    options |= {"batch_size": batch_size, "fuse": fuse, "alpha": alpha}
+    run_analyzer("cam", model, imgs or None, options, common)

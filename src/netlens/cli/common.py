@@ -1,4 +1,4 @@
-"""Shared CLI pieces: option aliases, error mapping, model opening, JSON output.
+"""Shared CLI pieces: the error boundary, image-or-model arguments, JSON output, key=value.
 
 Nothing here imports torch at module level: ``netlens --help`` must stay fast.
 """
@@ -11,60 +11,38 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-
-if TYPE_CHECKING:
-    from ..lens import Lens
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console(stderr=True, highlight=False)
 
-ModelArg = Annotated[
-    str | None,
-    typer.Argument(
-        help="Model file (.pt/.pth/.safetensors) or zoo:NAME; default: the zoo's default model.",
-        show_default=False,
-    ),
-]
-ImagesArg = Annotated[
-    list[str] | None,
-    typer.Argument(
-        help="Image files or folders; default: the model's sample images.", show_default=False
-    ),
-]
-ArchOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--arch", help="Architecture for a bare state_dict: timm name, tv:NAME, or a netlens arch."
-    ),
-]
-NumClassesOpt = Annotated[
-    int | None, typer.Option("--num-classes", help="Override the class count read off the head.")
-]
-TrustOpt = Annotated[
-    bool, typer.Option("--trust", help="Allow unpickling a whole model (runs code from the file).")
-]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda, cuda:1, mps (default: CUDA if present).")
-]
-DEFAULT_OUT = Path("netlens-out")
-
 
 def cli_errors(func: F) -> F:
-    """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise)."""
+    """Map every error to one line on stderr and exit status 1 (``NETLENS_DEBUG=1``: raise).
+
+    Warnings and library log records are captured meanwhile
+    (:func:`netlens.diagnostics.captured_warnings`): when the command ends (also with
+    ``typer.Exit``) the ones that matter are printed as ``warning:`` lines; after an error
+    only the error line is printed.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
+        from ..diagnostics import captured_warnings
+
         try:
-            return func(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
+            with captured_warnings() as diag:
+                result = func(*args, **kwargs)
+        except typer.Exit:
+            _print_notes(diag.notes)
+            raise
+        except (typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]")
@@ -72,12 +50,19 @@ def cli_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the CLI's single error boundary
             if os.environ.get("NETLENS_DEBUG") == "1":
                 raise
-            from rich.markup import escape
-
             console.print(f"[red]error:[/red] {escape(one_line(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
+        _print_notes(diag.notes)
+        return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_notes(notes: list[str]) -> None:
+    from rich.markup import escape
+
+    for note in notes:
+        console.print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
 
 
 def one_line(exc: BaseException) -> str:
@@ -90,20 +75,6 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return f"{text} (check the path)"
     return f"{type(exc).__name__}: {text[:300]} (set NETLENS_DEBUG=1 for the traceback)"
-
-
-def open_lens(
-    model: str | None,
-    *,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    trust: bool = False,
-    device: str | None = None,
-) -> Lens:
-    """Load the model a command was given (the default zoo model when None)."""
-    from ..models.load import load
-
-    return load(model, arch=arch, num_classes=num_classes, trust=trust, device=device)
 
 
 def split_model_and_images(
@@ -130,14 +101,6 @@ def emit_json(payload: Any) -> None:
 
     sys.stdout.write(json.dumps(to_jsonable(payload), indent=2) + "\n")
     sys.stdout.flush()
-
-
-def save_and_report(result: Any, out: Path, as_json: bool) -> list[Path]:
-    """Save a Result's files to ``out``; with ``--json`` print its summary (and files) on stdout."""
-    files = result.save(out)
-    if as_json:
-        emit_json({**result.summary(), "files": [str(f) for f in files]})
-    return files
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -84,32 +84,4 @@ def evaluate(
     options = {"methods": method, "metrics": metric, "limit": limit, "steps": steps}
     options |= {"tolerance": tolerance, "target": target, "layer": layer, "masks": masks}
     options |= {"batch_size": batch_size, "fill": fill, "noise": noise, "seed": seed}
-    run_analyzer("evaluate", model, data, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from .runner import out
-
-    out.print(scores_table(result.table))
-
-
-def scores_table(rows: list[dict]):  # noqa: ANN201 - a rich Table, imported lazily
-    """The summary as a rich table: one row per method and metric (↑/↓: which way is better)."""
-    from rich.table import Table
-
-    table = Table(title="explanation quality: mean [95% CI] over images")
-    for col in ("method", "metric", "score", "baseline", "n"):
-        table.add_column(col, justify="left" if col in ("method", "metric") else "right")
-    for r in rows:
-        arrow = "↑" if r["better"] == "higher" else "↓"
-        score = f"{r['mean']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-        base = r.get("baseline")
-        kind = "chance" if r.get("baseline_kind") == "chance" else "random"
-        table.add_row(
-            r["method"],
-            f"{r['metric']} {arrow}",
-            score,
-            "" if base is None else f"{base:.3f} {kind}",
-            str(r["n"]),
-        )
-    return table
+    run_analyzer("evaluate", model, data, options, common)

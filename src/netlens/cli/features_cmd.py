@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -39,14 +39,4 @@ def features(
     model, imgs = split_model_and_images(model, images)
     options = {"layer": layer, "top": top, "channels": channels}
     options |= {"normalize": normalize, "overlay": overlay}
-    run_analyzer("features", model, imgs or None, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from .runner import out
-
-    meta = result.meta
-    out.print(
-        f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)",
-        markup=False,
-    )
+    run_analyzer("features", model, imgs or None, options, common)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -18,6 +18,7 @@ def kernels(
         str | None,
         typer.Option(
             "--layer",
+            "--layers",
             "-l",
             help="Conv or linear layer (name, glob, type:NAME); default: the first conv.",
             show_default=False,
@@ -43,15 +44,4 @@ def kernels(
 
     options = {"layer": layer, "reduce": reduce, "normalize": normalize, "sort": sort}
     options["max_filters"] = max_filters
-    run_analyzer("kernels", model, None, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from .runner import out
-
-    meta = result.meta
-    out.print(
-        f"kernels of {meta['layer']} ({meta['type']}, {meta['total']} filters, "
-        f"{len(meta['near_zero'])} near zero)",
-        markup=False,
-    )
+    run_analyzer("kernels", model, None, options, common)

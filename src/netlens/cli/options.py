@@ -5,7 +5,9 @@ Commands declare only their own options and take a ``common: Common`` parameter;
 them and typer parses them) and hands them over bundled:
 
 - model loading (commands that open a model): ``--arch``, ``--arch-kwargs``, ``--num-classes``,
-  ``--classes``, ``--task``, ``--output``, ``--trust``, ``--device``;
+  ``--classes``, ``--label-map``, ``--task``, ``--output``, ``--trust``, ``--device``, and the
+  preprocessing overrides ``--input-size/--size``, ``--crop-pct``, ``--mean``, ``--std``,
+  ``--interpolation``;
 - running: ``--out/-o`` (a folder), ``--json`` (the summary on stdout), ``--quiet/-q``,
   ``--threads``, ``--skip-bad`` / ``--strict`` (the bad-item policy).
 
@@ -44,6 +46,10 @@ ImagesArg = Annotated[
     ),
 ]
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")
+]
+
 # -- shared analyzer options (one meaning, one spelling everywhere) --------------------------
 DataOpt = Annotated[
     str | None,
@@ -59,6 +65,7 @@ LayerOpt = Annotated[
     str,
     typer.Option(
         "--layer",
+        "--layers",
         "-l",
         help="auto, a layer name, a call of it (relu@-1), a glob, type:NAME, or several "
         "comma-separated (see `netlens layers`).",
@@ -124,14 +131,21 @@ class Common:
     threads: int | None = None
     skip_bad: bool = False
     strict: bool = False
+    max_pixels: str | None = None
     arch: str | None = None
     arch_kwargs: str | None = None
     num_classes: int | None = None
     classes: str | None = None
+    label_map: str | None = None
     task: str | None = None
     output: str | None = None
     trust: bool = False
     device: str | None = None
+    input_size: str | None = None
+    crop_pct: float | None = None
+    mean: str | None = None
+    std: str | None = None
+    interpolation: str | None = None
 
     def load_kwargs(self) -> dict[str, Any]:
         """``netlens.load`` keyword arguments for the model options that were given."""
@@ -139,8 +153,14 @@ class Common:
         kwargs = {k: getattr(self, k) for k in keys}
         if self.arch_kwargs:
             kwargs["arch_kwargs"] = parse_json_option("--arch-kwargs", self.arch_kwargs, dict)
-        if self.classes:
-            kwargs["classes"] = self.classes
+        for key in ("classes", "label_map", "crop_pct", "interpolation"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.input_size:
+            kwargs["input_size"] = parse_numbers("--input-size", self.input_size, int, (1, 2, 3))
+        for key in ("mean", "std"):
+            if getattr(self, key):
+                kwargs[key] = parse_numbers(f"--{key}", getattr(self, key), float, (1, 3))
         return kwargs
 
 
@@ -174,6 +194,15 @@ RUN_OPTIONS: dict[str, Any] = {
         bool,
         typer.Option("--strict", help="Stop at the first unreadable image (exit 1)."),
         False,
+    ),
+    "max_pixels": (
+        str | None,
+        typer.Option(
+            "--max-pixels",
+            help="Largest image to decode, in pixels (default 100M; 250M and 2.5e8 work).",
+            show_default=False,
+        ),
+        None,
     ),
 }
 
@@ -212,6 +241,66 @@ MODEL_OPTIONS: dict[str, Any] = {
         typer.Option(
             "--classes",
             help="Class names: a file (one per line, or JSON) or a comma-separated list.",
+            show_default=False,
+        ),
+        None,
+    ),
+    "label_map": (
+        str | None,
+        typer.Option(
+            "--label-map",
+            help="Where data labels the model names otherwise go: a file of 'data,model' lines "
+            "or a JSON object (folder or CSV name → model class name or index).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "input_size": (
+        str | None,
+        typer.Option(
+            "--input-size",
+            "--size",
+            help="The input size the model takes: 28, 28,28 or 1,28,28 (default: what the model "
+            "says, else the first image's size).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "crop_pct": (
+        float | None,
+        typer.Option(
+            "--crop-pct",
+            help="Centre crop share: resize to size/crop-pct, crop size (default: the model's).",
+            min=0.01,
+            max=1.0,
+            show_default=False,
+        ),
+        None,
+    ),
+    "mean": (
+        str | None,
+        typer.Option(
+            "--mean",
+            help="Normalisation mean per channel, e.g. 0.5,0.5,0.5 (default: the model's).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "std": (
+        str | None,
+        typer.Option(
+            "--std",
+            help="Normalisation std per channel, e.g. 0.5,0.5,0.5 (default: the model's).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "interpolation": (
+        str | None,
+        typer.Option(
+            "--interpolation",
+            help="Resize filter: bilinear, bicubic, nearest, lanczos, box or hamming (default: "
+            "the model's).",
             show_default=False,
         ),
         None,
@@ -294,6 +383,21 @@ def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def parse_numbers(flag: str, text: str, kind: type, counts: tuple[int, ...]) -> tuple[Any, ...]:
+    """``"1,28,28"`` → ``(1, 28, 28)``; one line when the text is not that many numbers."""
+    from ..errors import NetlensError
+
+    parts = [p for p in text.replace("x", ",").replace("×", ",").split(",") if p.strip()]
+    try:
+        values = tuple(kind(p.strip()) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in counts:
+        want = " or ".join(str(c) for c in counts)
+        raise NetlensError(f"{flag} takes {want} comma-separated {kind.__name__}s, not {text!r}")
+    return values
 
 
 def parse_json_option(flag: str, text: str, kind: type) -> Any:

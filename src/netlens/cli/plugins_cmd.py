@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import JsonOpt, cli_errors, emit_json
+from .common import cli_errors, emit_json
+from .options import JsonOpt
 
 
 @cli_errors

@@ -11,7 +11,8 @@ stdout. Exit status 0; 3 when inputs were skipped (unless ``--skip-bad``); 1 on 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -51,6 +52,15 @@ def set_threads(requested: int | None, default: int | None = None) -> int | None
     return n
 
 
+def set_max_pixels(value: str | None) -> None:
+    """``--max-pixels``: checked, then handed to every image reader (and worker) by env."""
+    if value is None:
+        return
+    from ..image_decode import MAX_PIXELS_ENV, parse_pixels, pixel_limit
+
+    os.environ[MAX_PIXELS_ENV] = str(pixel_limit(parse_pixels(value, "--max-pixels")))
+
+
 def open_lens(model: str | None, common: Common) -> Lens:
     """Load the model a command was given (the default zoo model when None)."""
     from ..models.load import load
@@ -73,21 +83,40 @@ def run_analyzer(
     from ..output import folder_lock
 
     set_threads(common.threads, threads)
-    with folder_lock(common.out):
+    set_max_pixels(common.max_pixels)
+    with folder_lock(common.out), netlens_warnings() as said:
         lens = open_lens(model, common)
         progress = not (common.quiet or common.json)
         result = lens.run(
             name, inputs, progress=progress, strict=common.strict, storage=storage, **options
         )
         files = result.save(common.out)
+    for line in said:
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     finish(result, len(files), common, report)
     return result
+
+
+@contextmanager
+def netlens_warnings() -> Iterator[list[str]]:
+    """Collect warnings: netlens' own, and the notes made of libraries' that matter (fonts
+    lacking characters, timm renames), one line each, printed by the caller; the rest are
+    dropped (shown with NETLENS_DEBUG=1), so they never break the one-line promise."""
+    from ..diagnostics import captured_warnings
+
+    lines: list[str] = []
+    with captured_warnings() as diag:
+        yield lines
+    lines.extend(diag.notes)
 
 
 def finish(
     result: Result, n_files: int, common: Common, report: Callable[[Result], None] | None
 ) -> None:
     """Warnings and skipped items on stderr, the summary on stdout; exit 3 if items skipped."""
+    if result.meta.get("layer_auto") and not common.json:
+        layers = ", ".join(result.meta.get("layers") or [])
+        err.print(f"layer: [bold]{escape(layers)}[/bold] (chosen by auto; set --layer to change)")
     for line in result.meta.get("warnings") or []:
         err.print(f"[yellow]warning:[/yellow] {escape(str(line))}", soft_wrap=True)
     if common.json:
@@ -96,6 +125,11 @@ def finish(
         emit_json({**result.summary(), "out": str(common.out)})
     elif report is not None:
         report(result)
+    else:
+        from .tables import summary_table
+
+        table = summary_table(result)
+        out.print(table if table is not None else escape(result.headline()))
     if not common.json:
         err.print(f"{result.name}: wrote {n_files} files to {common.out}/", soft_wrap=True)
     skipped = result.skipped

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -39,12 +39,4 @@ def sanity(
     model, imgs = split_model_and_images(model, images)
     options = {"method": method, "layer": layer, "target": target, "threshold": threshold}
     options["seed"] = seed
-    run_analyzer("sanity", model, imgs or None, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from .runner import out
-
-    for name, v in result.meta["verdicts"].items():
-        colour = "green" if v["passes"] else "red"
-        out.print(f"[{colour}]{name}[/{colour}]: {v['verdict']}")
+    run_analyzer("sanity", model, imgs or None, options, common)

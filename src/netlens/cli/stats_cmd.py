@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -38,24 +38,4 @@ def stats(
 
     options = {"layers": layers, "eps": eps, "bins": bins, "hist_range": hist_range}
     options |= {"limit": limit, "batch_size": batch_size}
-    run_analyzer("stats", model, data, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from rich.table import Table
-
-    from .runner import out
-
-    table = Table(title=f"activation statistics over {result.meta['samples']} samples")
-    for col in ("layer", "mean", "std", "near zero", "dead units", "dead channels"):
-        table.add_column(col, justify="left" if col == "layer" else "right", overflow="fold")
-    for r in result.table:
-        table.add_row(
-            r["layer"],
-            f"{r['mean']:.3g}",
-            f"{r['std']:.3g}",
-            f"{r['near_zero']:.1%}",
-            f"{r['dead_units']:.1%}",
-            f"{r['dead_channels']:.1%}",
-        )
-    out.print(table)
+    run_analyzer("stats", model, data, options, common)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -38,15 +38,4 @@ def top(
 
     options = {"layer": layer, "channels": channels, "k": k, "max_channels": max_channels}
     options |= {"limit": limit, "batch_size": batch_size}
-    run_analyzer("top-activations", model, data, options, common, report=_report)
-
-
-def _report(result: Any) -> None:
-    from .runner import out
-
-    meta = result.meta
-    out.print(
-        f"top {meta['k']} of {meta['samples']} inputs for {len(meta['channels'])} channels of "
-        f"{meta['layer']}",
-        markup=False,
-    )
+    run_analyzer("top-activations", model, data, options, common)

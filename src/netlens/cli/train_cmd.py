@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from .common import DeviceOpt, JsonOpt, QuietOpt, cli_errors, emit_json, parse_options
+from .common import cli_errors, emit_json, parse_options
+from .options import Common, command
+from .runner import set_threads
 
 
 @cli_errors
+@command(model=False)
 def train(
     arch: Annotated[
         str | None,
-        typer.Option("--arch", help="lenet5, vgg, resnet, allconv, a timm name or tv:NAME."),
+        typer.Option(
+            "--arch",
+            help="lenet5, vgg, resnet, allconv, a timm name, tv:NAME, or path/file.py:Class.",
+            show_default=False,
+        ),
     ] = None,
     data: Annotated[
         str | None,
         typer.Option(
             "--data",
+            "-d",
             help="Dataset name (shapes, fashion-mnist, mnist5k), image folder or CSV list.",
+            show_default=False,
         ),
     ] = None,
     recipe: Annotated[
@@ -28,109 +36,171 @@ def train(
         typer.Option(
             "--recipe",
             help="Reproduce a zoo model (see `netlens zoo list`); other options override it.",
+            show_default=False,
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs [default: 10].")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Epochs (default: 10).", min=1, show_default=False),
+    ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Batch size [default: 128].")
+        int | None,
+        typer.Option("--batch-size", help="Batch size (default: 128).", min=1, show_default=False),
     ] = None,
     lr: Annotated[
-        float | None, typer.Option("--lr", help="Peak learning rate [default: 3e-3].")
+        float | None,
+        typer.Option(
+            "--lr", help="Peak learning rate (default: 3e-3).", min=0.0, show_default=False
+        ),
     ] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="adamw (default) or sgd.", show_default=False)
+    ] = None,
     schedule: Annotated[
-        str | None, typer.Option("--schedule", help="onecycle, cosine or constant.")
+        str | None,
+        typer.Option(
+            "--schedule", help="onecycle (default), cosine or constant.", show_default=False
+        ),
     ] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
-    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--weight-decay",
+            help="Decoupled weight decay (default: 0.05).",
+            min=0.0,
+            show_default=False,
+        ),
+    ] = None,
+    label_smoothing: Annotated[
+        float | None,
+        typer.Option(
+            "--label-smoothing",
+            help="Label smoothing of the cross-entropy (default: 0.0).",
+            min=0.0,
+            max=1.0,
+            show_default=False,
+        ),
+    ] = None,
     flip: Annotated[
-        bool | None, typer.Option("--flip/--no-flip", help="Random left-right flips.")
+        bool | None,
+        typer.Option("--flip/--no-flip", help="Random left-right flips.", show_default=False),
     ] = None,
     crop: Annotated[
-        int | None, typer.Option("--crop", help="Random shifts of up to N pixels (padded crops).")
+        int | None,
+        typer.Option(
+            "--crop",
+            help="Random shifts of up to N pixels (padded crops).",
+            min=0,
+            show_default=False,
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Random seed (recorded in the outputs).", show_default=False),
+    ] = None,
     img_size: Annotated[
         int | None,
         typer.Option(
             "--img-size",
             help="Resize images to N×N (default: the dataset's size; 224 for folders).",
+            min=1,
+            show_default=False,
         ),
     ] = None,
-    device: DeviceOpt = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="cpu, cuda, cuda:1 or mps (default: CUDA when present, else CPU).",
+            show_default=False,
+        ),
+    ] = None,
     init: Annotated[
         str | None,
-        typer.Option("--init", help="Start from this checkpoint or zoo:NAME (matching weights)."),
+        typer.Option(
+            "--init",
+            help="Start from this checkpoint or zoo:NAME (matching weights).",
+            show_default=False,
+        ),
     ] = None,
     freeze: Annotated[
         str | None,
-        typer.Option("--freeze", help="'backbone' (train the head only) or 'up-to:LAYER'."),
+        typer.Option(
+            "--freeze",
+            help="'backbone' (train the head only) or 'up-to:LAYER'.",
+            show_default=False,
+        ),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>.last.pt.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/model.last.pt.")
+    ] = False,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="DataLoader workers for image folders.")
+        int | None,
+        typer.Option(
+            "--workers", help="DataLoader workers for image folders.", min=0, show_default=False
+        ),
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
     max_batches: Annotated[
         int | None,
-        typer.Option("--max-batches", help="Stop each epoch after N batches (smoke tests)."),
+        typer.Option(
+            "--max-batches",
+            help="Stop each epoch after N batches (smoke tests).",
+            min=1,
+            show_default=False,
+        ),
     ] = None,
     arch_opt: Annotated[
         list[str] | None,
-        typer.Option("--arch-opt", help="Architecture keyword, key=value (repeatable)."),
+        typer.Option(
+            "--arch-opt", help="Architecture keyword, key=value (repeatable).", show_default=False
+        ),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Checkpoint to write [default: model.pt].")
-    ] = None,
-    json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    common: Common,
 ) -> None:
-    """Train a model and write a netlens checkpoint (best epoch, with its training record)."""
+    """Train a model; write OUT/model.pt, a netlens checkpoint (best epoch, training record)."""
     from ..train import train as run_training
 
-    given = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "weight_decay": weight_decay,
-        "label_smoothing": label_smoothing,
-        "flip": flip,
-        "crop": crop,
-        "seed": seed,
-        "img_size": img_size,
-        "device": device,
-        "init": init,
-        "freeze": freeze,
-        "workers": workers,
-        "threads": threads,
-        "max_batches": max_batches,
-        "out": str(out) if out is not None else None,
-    }
-    options = {k: v for k, v in given.items() if v is not None}
+    given = {k: v for k, v in locals().items() if k in _CONFIG_OPTIONS and v is not None}
+    options = {**given, "out": str(common.out / "model.pt")}
+    options["threads"] = set_threads(common.threads)
     if arch_opt:
         options["arch_kwargs"] = parse_options(arch_opt)
-    result = run_training(arch, data, recipe=recipe, resume=resume, quiet=quiet or json, **options)
-    if json:
-        rec = result.record
-        emit_json(
-            {
-                "checkpoint": str(result.path),
-                "arch": rec["config"]["arch"],
-                "data": rec["data"],
-                "epochs": rec["epochs"],
-                "best_epoch": rec["best_epoch"],
-                "val": {k: v for k, v in rec["val"].items() if k != "confusion"},
-                "test": rec["test"],
-                "device": rec["device"],
-                "wall_time_s": rec["wall_time_s"],
-                "images_per_s": rec["images_per_s"],
-                "params": rec["params"],
-                "trainable_params": rec["trainable_params"],
-            }
-        )
-    elif not quiet:
-        from .common import console
+    quiet = common.quiet or common.json
+    result = run_training(arch, data, recipe=recipe, resume=resume, quiet=quiet, **options)
+    if common.json:
+        emit_json({"checkpoint": str(result.path), **_summary(result.record)})
+    else:
+        from .runner import err
 
-        console.print(f"wrote {result.path}")
+        err.print(f"train: wrote {result.path}", soft_wrap=True)
+
+
+# the options that are TrainConfig fields, passed on when given
+_CONFIG_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "schedule",
+    "weight_decay",
+    "label_smoothing",
+    "flip",
+    "crop",
+    "seed",
+    "img_size",
+    "device",
+    "init",
+    "freeze",
+    "workers",
+    "max_batches",
+)
+
+
+def _summary(rec: dict[str, Any]) -> dict[str, Any]:
+    """What ``--json`` prints of the training record."""
+    keys = ("data", "epochs", "best_epoch", "test", "device", "wall_time_s", "images_per_s")
+    out = {"arch": rec["config"]["arch"], **{k: rec[k] for k in keys}}
+    out["val"] = {k: v for k, v in rec["val"].items() if k != "confusion"}
+    out |= {"params": rec["params"], "trainable_params": rec["trainable_params"]}
+    return out

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, cli_errors, emit_json
+from .common import cli_errors, emit_json
+from .options import JsonOpt
 
 app = typer.Typer(
     help="The bundled reference models (use them as zoo:NAME).",

@@ -1,20 +1,26 @@
 """CSV image lists: ``path,label`` rows (a header row is optional), paths relative to the file.
 
-Labels may be class names or integers; classes are the sorted distinct labels (integers sorted
-numerically).
+Integer labels are class indices (range-checked against the model's class count). Name labels
+are matched to the model's class names (see :mod:`netlens.data.labels`); with no model classes
+they are numbered in sorted order.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..images import Preprocess, read_image
+from ..images import read_image
+from ..preprocess import Preprocess
+from .labels import UNSET, index_labels, match_names
+from .resolve import sized
 
 __all__ = ["CsvListDataset", "read_csv_list"]
 
@@ -38,15 +44,36 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
 
 
 class CsvListDataset(Dataset):
-    """Images listed in a CSV file with their labels."""
+    """Images listed in a CSV file with their labels.
 
-    def __init__(self, path: str | Path, preprocess: Preprocess | None = None) -> None:
+    Args:
+        path: the CSV file (``path,label`` rows; paths relative to it).
+        preprocess: the model's preprocessing.
+        classes: the model's class names, as for :class:`~netlens.data.ImageFolderDataset`.
+        label_map: CSV label → model class name or index.
+        num_classes: the model's class count, to range-check integer labels without names.
+
+    Attributes:
+        classes: the names the labels index; ``label_source``: how labels were assigned.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        preprocess: Preprocess | None = None,
+        classes: Sequence[str] | None = UNSET,
+        label_map: Mapping[str, Any] | str | Path | None = None,
+        num_classes: int | None = None,
+    ) -> None:
         self.files, raw = read_csv_list(path)
-        numeric = all(v.lstrip("-").isdigit() for v in raw)
-        self.classes = [str(c) for c in sorted({int(v) if numeric else v for v in raw})]
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.labels = np.asarray([index[str(int(v)) if numeric else v] for v in raw], np.int64)
-        self.preprocess = preprocess or Preprocess()
+        if label_map is None and all(v.lstrip("+-").isdigit() for v in raw):
+            match = index_labels(raw, classes, num_classes=num_classes)
+            self.labels = np.asarray([int(v) for v in raw], np.int64)
+        else:
+            match = match_names(raw, classes, label_map=label_map, what="CSV labels")
+            self.labels = np.asarray([match.index[v] for v in raw], np.int64)
+        self.classes, self.label_source = match.classes, match.source
+        self.preprocess = sized(preprocess or Preprocess(), lambda: read_image(self.files[0]))
 
     def __len__(self) -> int:
         return len(self.files)

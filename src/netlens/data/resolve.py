@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, Preprocess, read_image
+from ..images import IMAGE_SUFFIXES, read_image
+from ..preprocess import Preprocess
+from .labels import UNSET, index_labels, match_names
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -21,7 +23,8 @@ class ArrayDataset(Dataset):
     """Images held as a uint8 array (N×H×W or N×H×W×C), preprocessed on access.
 
     ``masks`` (N×H×W bool), when given, are the ground-truth object masks (for localisation
-    metrics); ``dataset.mask(i)`` returns one.
+    metrics); ``dataset.mask(i)`` returns one. ``label_source`` says how the labels were
+    assigned (see :meth:`for_classes`).
     """
 
     def __init__(
@@ -31,19 +34,22 @@ class ArrayDataset(Dataset):
         classes: Sequence[str],
         preprocess: Preprocess | None = None,
         masks: np.ndarray | None = None,
+        label_source: str = "the dataset's own labels",
     ) -> None:
         if len(images) != len(labels):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
         self.images = images if images.ndim == 4 else images[..., None]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
-        self.preprocess = preprocess or Preprocess(
+        self.preprocess = sized(preprocess, lambda: self.images[0]) or Preprocess(
             size=self.images.shape[1:3],
             channels=self.images.shape[3],
             mean=(0.5,) * self.images.shape[3],
             std=(0.5,) * self.images.shape[3],
+            source="netlens dataset default",
         )
         self.masks = masks
+        self.label_source = label_source
 
     def __len__(self) -> int:
         return len(self.images)
@@ -62,30 +68,75 @@ class ArrayDataset(Dataset):
 
     def with_preprocess(self, preprocess: Preprocess) -> ArrayDataset:
         """The same images and labels, preprocessed for another model."""
-        return ArrayDataset(self.images, self.labels, self.classes, preprocess, self.masks)
+        return ArrayDataset(
+            self.images, self.labels, self.classes, preprocess, self.masks, self.label_source
+        )
+
+    def for_classes(
+        self,
+        classes: Sequence[str] | None,
+        label_map: Mapping[str, Any] | str | Path | None = None,
+        name: str = "dataset",
+    ) -> ArrayDataset:
+        """The same images, labels renumbered to the model's ``classes`` by class name.
+
+        None (a model without class names) keeps the dataset's own numbering.
+        """
+        if classes is None and label_map is None:
+            src = f"{name} labels as they are (model has no class names)"
+            return ArrayDataset(
+                self.images, self.labels, self.classes, self.preprocess, self.masks, src
+            )
+        match = match_names(self.classes, classes, label_map=label_map, what=f"{name} class names")
+        lut = np.asarray([match.index[c] for c in self.classes], np.int64)
+        return ArrayDataset(
+            self.images, lut[self.labels], match.classes, self.preprocess, self.masks, match.source
+        )
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>`` files; classes are the sorted subfolder names."""
+    """``root/<class>/<image>`` files, labelled by matching the folder names to ``classes``.
 
-    def __init__(self, root: str | Path, preprocess: Preprocess) -> None:
+    Args:
+        root: the folder holding one subfolder of images per class.
+        preprocess: the model's preprocessing (a spec of unknown size takes the first image's).
+        classes: the model's class names: each folder name is matched to one (exactly, then
+            ignoring case and separators); None: the model has none (sorted folder names, with a
+            warning); not given: sorted folder names.
+        label_map: folder name → model class name or index, for names the model spells otherwise.
+
+    Attributes:
+        classes: the names the labels index (the model's classes when matched).
+        folder_classes: the subfolder names found.
+        label_source: how labels were assigned, e.g. "folder names matched to model classes".
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        preprocess: Preprocess,
+        classes: Sequence[str] | None = UNSET,
+        label_map: Mapping[str, Any] | str | Path | None = None,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        if not self.classes:
+        files = {
+            d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            for d in sorted(self.root.iterdir())
+            if d.is_dir()
+        }
+        if not files:
             raise DataError(
                 f"{self.root} has no class subfolders; lay images out as {self.root}/<class>/x.jpg"
             )
-        self.items = [
-            (f, k)
-            for k, c in enumerate(self.classes)
-            for f in sorted((self.root / c).rglob("*"))
-            if f.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not self.items:
+        self.folder_classes = [name for name, found in files.items() if found]
+        if not self.folder_classes:
             raise DataError(f"no images under {self.root}/<class>/ ({', '.join(IMAGE_SUFFIXES)})")
-        self.preprocess = preprocess
+        match = match_names(self.folder_classes, classes, label_map=label_map)
+        self.classes, self.label_source = match.classes, match.source
+        self.items = [(f, match.index[c]) for c in self.folder_classes for f in files[c]]
+        self.preprocess = sized(preprocess, lambda: read_image(self.items[0][0]))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,11 +152,18 @@ class ImageFolderDataset(Dataset):
 class _PairDataset(Dataset):
     """Preprocessed image tensors with labels (and ground-truth masks, for a triple)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, masks: Any = None) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: Any = UNSET,
+        n: int | None = None,
+        masks: Any = None,
+    ) -> None:
         self.x, self.y = images, labels
-        self.classes = [str(i) for i in range(int(labels.max()) + 1)] if len(labels) else []
+        match = index_labels(labels.tolist(), classes, what="given labels", num_classes=n)
+        self.classes, self.label_source = match.classes, "(images, labels) pair: class indices"
         self.masks = None if masks is None else np.asarray(masks).astype(bool)
-        self.label_source = "label indices given with the tensors"
 
     def mask(self, i: int) -> np.ndarray:
         if self.masks is None:
@@ -119,14 +177,49 @@ class _PairDataset(Dataset):
         return self.x[i], int(self.y[i])
 
 
+def sized(preprocess: Any, first_image: Callable[[], np.ndarray]) -> Any:
+    """``preprocess`` with an input size: a spec of unknown size takes the first image's."""
+    if getattr(preprocess, "size", 0) is None and getattr(preprocess, "function", None) is None:
+        return preprocess.sized_like(first_image().shape[:2])
+    return preprocess
+
+
+def label_source(data: Any) -> str:
+    """How the labels of ``data`` (a Dataset or DataLoader) were assigned, for tables to name."""
+    ds = getattr(data, "dataset", data)
+    while not hasattr(ds, "label_source") and hasattr(ds, "dataset"):
+        ds = ds.dataset  # a Subset
+    return getattr(ds, "label_source", None) or "the Dataset's own labels (class indices)"
+
+
 def as_dataset(
     data: Any,
     preprocess: Preprocess | None = None,
     *,
     host: PluginHost | None = None,
     split: str = "test",
+    classes: Sequence[str] | None = UNSET,
+    label_map: Mapping[str, Any] | str | Path | None = None,
+    num_classes: int | None = None,
 ) -> Dataset:
-    """A Dataset of (preprocessed image tensor, label) from ``data`` (see module doc)."""
+    """A Dataset of (preprocessed image tensor, label) from ``data`` (see module doc).
+
+    Args:
+        data: a folder of class subfolders, a ``.csv`` list, a dataset name, a Dataset, or an
+            ``(images, labels)`` pair.
+        preprocess: the model's preprocessing.
+        classes: the model's class names (``lens.classes``): folder names, CSV names and a named
+            dataset's classes are matched to them, so labels are the model's class indices.
+            None: the model has no class names (sorted names, with a warning). Not given: the
+            data's own sorted names (no model involved).
+        label_map: data name → model class name or index (a dict or a file), for names the
+            model spells otherwise.
+        num_classes: the model's class count, to range-check integer labels when ``classes``
+            is None.
+
+    The dataset's ``label_source`` attribute says how labels were assigned
+    (:func:`label_source` reads it off any dataset or loader).
+    """
     if isinstance(data, Dataset):
         return data
     if isinstance(data, tuple) and len(data) in (2, 3):
@@ -134,35 +227,48 @@ def as_dataset(
             torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
             for v in data[:2]
         )
-        return _PairDataset(x, y.long(), data[2] if len(data) == 3 else None)
+        masks = data[2] if len(data) == 3 else None
+        return _PairDataset(x, y.long(), classes, num_classes, masks)
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        if path.is_dir():
-            return ImageFolderDataset(path, preprocess or Preprocess())
-        if path.suffix.lower() == ".csv" and path.is_file():
-            from .csvlist import CsvListDataset
-
-            return CsvListDataset(path, preprocess or Preprocess())
-        name = str(data)
-        if host is None:
-            from ..plugins.manager import PluginHost
-
-            host = PluginHost()
-        if name in host.datasets:
-            ds = host.datasets.get(name)(split=split)
-            return (
-                ds.with_preprocess(preprocess)
-                if preprocess and hasattr(ds, "with_preprocess")
-                else ds
-            )
-        known = ", ".join(host.datasets.names()) or "none registered"
-        raise DataError(
-            f"data '{name}' is neither a folder, a .csv list nor a dataset name (known: {known})"
-        )
+        return _from_path(data, preprocess, host, split, classes, label_map, num_classes)
     raise DataError(
         f"cannot use a {type(data).__name__} as data; pass a folder, a dataset name, a Dataset, "
         "a DataLoader or an (images, labels) pair"
     )
+
+
+def _from_path(
+    data: str | Path,
+    preprocess: Preprocess | None,
+    host: PluginHost | None,
+    split: str,
+    classes: Any,
+    label_map: Any,
+    num_classes: int | None,
+) -> Dataset:
+    path = Path(data)
+    if path.is_dir():
+        return ImageFolderDataset(path, preprocess or Preprocess(), classes, label_map)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        from .csvlist import CsvListDataset
+
+        return CsvListDataset(path, preprocess or Preprocess(), classes, label_map, num_classes)
+    name = str(data)
+    if host is None:
+        from ..plugins.manager import PluginHost
+
+        host = PluginHost()
+    if name not in host.datasets:
+        known = ", ".join(host.datasets.names()) or "none registered"
+        raise DataError(
+            f"data '{name}' is neither a folder, a .csv list nor a dataset name (known: {known})"
+        )
+    ds = host.datasets.get(name)(split=split)
+    if preprocess and hasattr(ds, "with_preprocess"):
+        ds = ds.with_preprocess(preprocess)
+    if classes is not UNSET and hasattr(ds, "for_classes"):
+        ds = ds.for_classes(classes, label_map, name=f"dataset '{name}'")
+    return ds
 
 
 def as_loader(
@@ -173,13 +279,29 @@ def as_loader(
     host: PluginHost | None = None,
     split: str = "test",
     limit: int | None = None,
+    classes: Sequence[str] | None = UNSET,
+    label_map: Mapping[str, Any] | str | Path | None = None,
+    num_classes: int | None = None,
 ) -> DataLoader:
-    """A DataLoader of (images, labels) batches, in a fixed order (no shuffling)."""
+    """A DataLoader of (images, labels) batches, in a fixed order (no shuffling).
+
+    ``classes``, ``label_map`` and ``num_classes`` as in :func:`as_dataset`; the loader's
+    dataset carries ``classes`` and ``label_source``.
+    """
     if isinstance(data, DataLoader):
         return data
-    ds = as_dataset(data, preprocess, host=host, split=split)
+    ds = as_dataset(
+        data,
+        preprocess,
+        host=host,
+        split=split,
+        classes=classes,
+        label_map=label_map,
+        num_classes=num_classes,
+    )
     if limit is not None and limit < len(ds):
         sub = torch.utils.data.Subset(ds, range(limit))
         sub.classes = getattr(ds, "classes", None)  # type: ignore[attr-defined]
+        sub.label_source = label_source(ds)  # type: ignore[attr-defined]
         ds = sub
     return DataLoader(ds, batch_size=batch_size, shuffle=False)

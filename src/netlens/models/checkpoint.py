@@ -3,20 +3,40 @@
 Keys: ``format`` (``"netlens-checkpoint"``), ``version``, ``arch`` and ``arch_kwargs``,
 ``state_dict``, ``classes``, ``preprocess`` (a :class:`~netlens.images.Preprocess` dict) and
 ``record`` (free-form JSON-able training record: command, data, epochs, metrics, device, time).
+
+Reading one never trusts its metadata: :func:`~.validate.validate_checkpoint` checks every
+field, and :func:`build_checkpoint_model` builds the model only once its shapes, computed on
+the meta device, match the tensors in the file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..naming import display_path
+from .meta import build_within, shapes_on_meta
+from .validate import FORMAT, VERSION, CheckpointMeta, validate_checkpoint
 
-FORMAT = "netlens-checkpoint"
-VERSION = 1
+if TYPE_CHECKING:
+    from ..plugins.manager import PluginHost
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointMeta",
+    "build_checkpoint_model",
+    "is_checkpoint",
+    "make_checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
+]
+
+_BUILD_SLACK = 64 << 20  # init temporaries of an honest model (its buffers are in the shapes)
 
 
 def is_checkpoint(obj: Any) -> bool:
@@ -57,13 +77,68 @@ def write_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def check_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
-    """Fail clearly on a checkpoint from a newer netlens or with missing keys."""
-    if int(ckpt.get("version", 0)) > VERSION:
-        raise ModelLoadError(
-            f"{path} is a netlens checkpoint version {ckpt['version']}; this netlens reads "
-            f"version {VERSION}: upgrade netlens"
-        )
-    for key in ("arch", "state_dict"):
-        if key not in ckpt:
-            raise ModelLoadError(f"{path} is a netlens checkpoint without '{key}'; re-save it")
+def read_checkpoint(
+    ckpt: dict[str, Any], path: Path, host: PluginHost, build_arch: str | None = None
+) -> CheckpointMeta:
+    """Validate a loaded checkpoint dict for building ``build_arch`` (default: its own arch).
+
+    A netlens arch's own parameters are allowed as ``arch_kwargs`` too; for the user's own
+    ``file.py:Class`` (named by the user) any option name that does not load files is.
+    """
+    from .arch_options import signature_options
+    from .factory import parse_user_arch
+
+    arch = build_arch or ckpt.get("arch")
+    extra: list[str] | None = []
+    if isinstance(arch, str) and parse_user_arch(arch) is not None:
+        extra = None
+    elif isinstance(arch, str) and arch in host.archs:
+        extra = signature_options(host.archs.get(arch))
+    return validate_checkpoint(ckpt, path, extra)
+
+
+def build_checkpoint_model(
+    meta: CheckpointMeta,
+    host: PluginHost,
+    path: Path,
+    *,
+    arch: str | None = None,
+    user_code: bool = False,
+) -> nn.Module:
+    """The model ``meta`` describes (or ``arch`` with its kwargs), built only when it fits the
+    weights in the file.
+
+    Shapes come from a build on the meta device first (no memory); a mismatch with the file is
+    one line. Where an architecture cannot be built on meta (and for the user's own code, which
+    is never imported under the meta device), the real build runs under an allocation budget
+    of twice the file's weights (plus slack) instead.
+    """
+    from .factory import check_arch, create_arch, parse_user_arch
+
+    arch = arch or meta.arch
+    kwargs = dict(meta.arch_kwargs)
+    num_classes = kwargs.pop("num_classes", None)
+    name = display_path(path.name)
+    check_arch(arch, host, user_code=user_code)  # imports registries outside the meta device
+
+    def build() -> nn.Module:
+        return create_arch(arch, num_classes, host, user_code=user_code, **kwargs)
+
+    shapes = None if parse_user_arch(arch) else shapes_on_meta(build)
+    if shapes is not None:
+        problem = shapes.mismatch(meta.state_dict)
+        if problem:
+            raise ModelLoadError(
+                f"the weights in {name} do not fit the architecture its metadata describes "
+                f"({arch}{_kwargs_text(meta.arch_kwargs)}): {problem}; the checkpoint is "
+                "inconsistent (re-save it with netlens.save)"
+            )
+    limit = 2 * max(meta.nbytes, shapes.nbytes if shapes else 0) + _BUILD_SLACK
+    return build_within(build, limit, f"'{arch}' from {name}")
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    if not kwargs:
+        return ""
+    text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return f" with {text[:120]}{'...' if len(text) > 120 else ''}"

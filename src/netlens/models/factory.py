@@ -1,7 +1,22 @@
-"""Build an architecture by name: netlens archs, ``tv:NAME`` (torchvision) or timm names."""
+"""Build an architecture by name: netlens archs, ``tv:NAME``, timm names, or the user's own code.
+
+``path/to/file.py:ClassName`` and ``package.module:factory`` name the user's own architecture
+(a class or a function returning an ``nn.Module``), called with ``arch_kwargs``. Importing that
+code runs it, which the user asked for by naming it; names read from inside a model file are
+never imported (``user_code=False``). :func:`check_arch` checks a name before anything is built.
+"""
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -11,30 +26,89 @@ from ..errors import ModelLoadError, hint
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
+__all__ = ["check_arch", "create_arch", "head_num_classes", "parse_user_arch"]
 
-def create_arch(name: str, num_classes: int | None, host: PluginHost, **kwargs: Any) -> nn.Module:
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def parse_user_arch(name: str) -> tuple[str, str] | None:
+    """``"models.py:Net"`` → ``("models.py", "Net")``; None for a netlens/timm/torchvision name."""
+    if name.startswith(("tv:", "timm:")) or ":" not in name:
+        return None
+    target, attr = name.rsplit(":", 1)
+    if not _DOTTED.fullmatch(attr):
+        return None
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    return (target, attr) if is_file or _DOTTED.fullmatch(target) else None
+
+
+def check_arch(name: str, host: PluginHost, *, user_code: bool = True) -> None:
+    """Fail fast, with hints from the same family, on an architecture name nothing can build.
+
+    Nothing is built: torchvision and timm names are looked up in their registries; the user's
+    own ``file.py:Name`` is only checked for the file (its code runs when the model is built).
+    """
+    user = parse_user_arch(name)
+    if user is not None:
+        if not user_code:
+            raise ModelLoadError(
+                f"the file names the architecture '{name}', the user's own code; netlens never "
+                "imports code named inside a model file: pass arch (--arch) yourself to run it"
+            )
+        target = user[0]
+        if target.endswith(".py") and not Path(target).expanduser().is_file():
+            raise ModelLoadError(f"architecture file not found: {target} (--arch FILE.py:NAME)")
+        return
+    if name.startswith("tv:"):
+        _check_torchvision(name[3:])
+    elif name not in host.archs:
+        _check_timm(name.removeprefix("timm:"), host)
+
+
+def create_arch(
+    name: str,
+    num_classes: int | None,
+    host: PluginHost,
+    *,
+    user_code: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
     """A freshly initialised (never pretrained) model of architecture ``name``.
 
     ``tv:alexnet`` → torchvision, a registered netlens arch by its name, ``timm:NAME`` or any
-    other timm model name → timm. ``num_classes=None`` keeps the architecture's default.
+    other timm model name → timm, ``file.py:Class`` / ``package.module:factory`` → the user's own
+    code, called with ``kwargs``. ``num_classes=None`` keeps the architecture's default.
     """
+    check_arch(name, host, user_code=user_code)
     extra = dict(kwargs)
     if num_classes is not None:
         extra["num_classes"] = num_classes
+    user = parse_user_arch(name)
+    if user is not None:
+        return _call_user(name, _user_factory(*user), extra, num_classes)
     if name.startswith("tv:"):
-        return _torchvision(name[3:], extra)
+        import torchvision
+
+        return torchvision.models.get_model(name[3:], weights=None, **extra)
     if name in host.archs:
         return host.archs.get(name)(**extra)
-    return _timm(name.removeprefix("timm:"), extra, host)
+    timm = import_timm()
+    return timm.create_model(name.removeprefix("timm:"), pretrained=False, **extra)
 
 
-def _torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+# -- name checks -----------------------------------------------------------------------------
+def _close(name: str, pool: list[str], n: int = 5) -> list[str]:
+    return difflib.get_close_matches(name, pool, n=n, cutoff=0.75)
+
+
+def _check_torchvision(name: str) -> None:
     import torchvision
 
     known = torchvision.models.list_models()
     if name not in known:
-        raise ModelLoadError(f"unknown torchvision architecture '{name}'{hint(name, known)}")
-    return torchvision.models.get_model(name, weights=None, **kwargs)
+        hits = [f"tv:{h}" for h in _close(name, known)]
+        tip = f"; did you mean {', '.join(hits)}?" if hits else " (see list_models())"
+        raise ModelLoadError(f"unknown torchvision architecture 'tv:{name}'{tip}")
 
 
 def import_timm() -> Any:
@@ -48,16 +122,120 @@ def import_timm() -> Any:
     return timm
 
 
-def _timm(name: str, kwargs: dict[str, Any], host: PluginHost) -> nn.Module:
+def _check_timm(name: str, host: PluginHost) -> None:
     timm = import_timm()
 
-    if not timm.is_model(name):
-        pool = list(host.archs) + timm.list_models()
+    if timm.is_model(name):
+        return
+    ours = list(host.archs)
+    hits = _close(name, ours + timm.list_models())
+    tv = _torchvision_names()
+    if name in tv:
+        tip = f"; torchvision's {name} is tv:{name}"
+    elif hits:
+        tip = f"; did you mean {', '.join(hits)}?"
+    else:
+        tv_hits = _close(name, tv, n=3)
+        tip = f"; did you mean {', '.join('tv:' + h for h in tv_hits)}?" if tv_hits else ""
+    raise ModelLoadError(
+        f"unknown architecture '{name}'{tip} (netlens: {', '.join(ours) or 'none'}; torchvision "
+        "as tv:NAME; any timm model name; your own as file.py:Class)"
+    )
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models()
+
+
+# -- the user's own code ---------------------------------------------------------------------
+def _user_factory(target: str, attr: str) -> Callable[..., Any]:
+    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            pool = [
+                n
+                for n, v in vars(module).items()
+                if not n.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
+            ]
+            raise ModelLoadError(f"{target} has no '{attr}'{hint(attr, pool)}")
+    if not callable(obj):
+        raise ModelLoadError(f"{target}:{attr} is a {type(obj).__name__}, not a class or function")
+    return obj
+
+
+def _import_file(path: Path) -> Any:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise ModelLoadError(f"architecture file not found: {path} (--arch FILE.py:NAME)")
+    tag = hashlib.sha1(f"{path}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:10]
+    modname = f"netlens_user_arch_{path.stem}_{tag}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import {path} as Python code")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's code: any error, one line
+        del sys.modules[modname]
+        raise ModelLoadError(f"importing {path.name} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _import_module(name: str) -> Any:
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:  # `package.module` in the current folder, as `python -m` finds it
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ModelLoadError(
+                f"cannot import module '{name}': not installed and not in {cwd} "
+                "(or name a file: --arch path/to/file.py:NAME)"
+            ) from None
+        raise ModelLoadError(f"importing {name} failed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's code: any error, one line
+        raise ModelLoadError(f"importing {name} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+
+
+def _call_user(
+    name: str, factory: Callable[..., Any], kwargs: dict[str, Any], num_classes: int | None
+) -> nn.Module:
+    if num_classes is not None and not _accepts(factory, "num_classes"):
+        kwargs.pop("num_classes")  # the state_dict's head decides whether it fits
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's code: any error, one line
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise ModelLoadError(
-            f"unknown architecture '{name}'{hint(name, pool)} (netlens: "
-            f"{', '.join(host.archs) or 'none'}; torchvision as tv:NAME; any timm model name)"
-        )
-    return timm.create_model(name, pretrained=False, **kwargs)
+            f"{name}({args}) failed: {type(exc).__name__}: {exc}; check --arch-kwargs"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{name} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _accepts(factory: Callable[..., Any], arg: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == arg or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def head_num_classes(state: dict[str, Any], fresh: nn.Module) -> int | None:

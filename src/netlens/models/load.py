@@ -16,11 +16,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, UnsafeModelError
-from ..images import Preprocess
+from ..diagnostics import torch_load_quietly
+from ..errors import ModelLoadError, NetlensError, UnsafeModelError
 from ..lens import _check_task
-from .checkpoint import check_checkpoint, is_checkpoint
-from .factory import create_arch, head_num_classes
+from ..naming import display_path
+from ..preprocess import Preprocess, preprocess_for, with_overrides
+from .archive import check_archive
+from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
+from .factory import check_arch, create_arch, head_num_classes
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -48,6 +51,7 @@ class LoadRequest:
     arch: str | None = None
     num_classes: int | None = None
     trust: bool = False
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def payload(self) -> Any:
@@ -57,18 +61,26 @@ class LoadRequest:
 
             try:
                 return load_file(str(self.source))
-            except Exception as exc:  # noqa: BLE001
-                return ModelLoadError(f"cannot read {self.source} as safetensors: {exc}")
+            except Exception:  # noqa: BLE001
+                return ModelLoadError(
+                    f"cannot read {display_path(self.source)}: damaged or not a safetensors file"
+                )
         try:
-            return torch.load(self.source, map_location="cpu", weights_only=True)
+            check_archive(self.source)
+            with torch_load_quietly():
+                return torch.load(self.source, map_location="cpu", weights_only=True)
+        except ModelLoadError as exc:
+            return exc
         except pickle.UnpicklingError as exc:
             if _is_pickle(self.source):
                 return exc  # a real pickle beyond plain tensors: only with trust
-            return ModelLoadError(f"cannot read {self.source}: not a PyTorch file or corrupt")
-        except Exception as exc:  # noqa: BLE001 - corrupt or not a torch file
             return ModelLoadError(
-                f"cannot read {self.source} as a PyTorch file ({type(exc).__name__}); "
-                "is it a model file?"
+                f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
+            )
+        except Exception:  # noqa: BLE001 - corrupt or not a torch file
+            return ModelLoadError(
+                f"cannot read {display_path(self.source)} as a PyTorch file (damaged, or not "
+                "a model file?)"
             )
 
 
@@ -89,47 +101,34 @@ def _is_pickle(path: Path) -> bool:
 
 
 def default_preprocess(model: nn.Module, arch: str | None = None) -> Preprocess:
-    """Preprocessing for a model that carries no spec: timm's data config, else ImageNet's."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if cfg:
-        from timm.data import resolve_data_config
+    """The model's own preprocessing (see :func:`netlens.preprocess.preprocess_for`)."""
+    return preprocess_for(model, arch)
 
-        dc = resolve_data_config({}, model=model)
-        c, h, w = dc["input_size"]
-        return Preprocess(
-            size=(h, w),
-            channels=c,
-            mean=tuple(dc["mean"]),
-            std=tuple(dc["std"]),
-            crop_pct=float(dc.get("crop_pct", 1.0)),
-            interpolation=str(dc.get("interpolation", "bilinear")),
-        )
-    if arch and arch.startswith("tv:"):
-        return Preprocess(size=(224, 224), crop_pct=0.875)
-    from ..layers import guess_input_size
 
-    c, h, w = guess_input_size(model)
-    mean, std = ((0.5,) * c, (0.5,) * c) if c != 3 else (Preprocess.mean, Preprocess.std)
-    return Preprocess(size=(h, w), channels=c, mean=mean, std=std)
+def recorded_preprocess(d: dict[str, Any], where: str) -> Preprocess:
+    """A spec recorded in a checkpoint or card; its source says so (and where it came from)."""
+    recorded = d.get("source")
+    return Preprocess.from_dict({**d, "source": f"{where} ({recorded})" if recorded else where})
 
 
 # -- built-in loaders ------------------------------------------------------------------------
 def load_netlens_checkpoint(source: Path, req: LoadRequest) -> LoadedModel | None:
-    """A netlens checkpoint (see :mod:`netlens.models.checkpoint`)."""
-    ckpt = req.payload
-    if not is_checkpoint(ckpt):
+    """A netlens checkpoint (see :mod:`netlens.models.checkpoint`): validated, then built only
+    when the model its metadata describes fits the weights in the file."""
+    if not is_checkpoint(req.payload):
         return None
-    check_checkpoint(ckpt, source)
-    kwargs = dict(ckpt.get("arch_kwargs") or {})
-    model = create_arch(ckpt["arch"], kwargs.pop("num_classes", None), req.host, **kwargs)
-    _load_state(model, ckpt["state_dict"], source)
-    pre = Preprocess.from_dict(ckpt["preprocess"]) if ckpt.get("preprocess") else None
-    card = {
-        "arch": ckpt["arch"],
-        "arch_kwargs": ckpt.get("arch_kwargs") or {},
-        "record": ckpt.get("record", {}),
-    }
-    return LoadedModel(model, pre or default_preprocess(model), ckpt.get("classes"), card)
+    meta = read_checkpoint(req.payload, source, req.host, build_arch=req.arch)
+    try:
+        pre = (
+            recorded_preprocess(meta.preprocess, "netlens checkpoint") if meta.preprocess else None
+        )
+    except NetlensError as exc:
+        raise ModelLoadError(f"{display_path(source.name)}: {exc}") from None
+    arch, user_code = (req.arch, True) if req.arch else (meta.arch, False)
+    model = build_checkpoint_model(meta, req.host, source, arch=arch, user_code=user_code)
+    _load_state(model, meta.state_dict, source)
+    card = {"arch": meta.arch, "arch_kwargs": meta.arch_kwargs, "record": meta.record}
+    return LoadedModel(model, pre or preprocess_for(model, arch), meta.classes, card)
 
 
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -154,12 +153,15 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
             "arch like lenet5)"
         )
-    n = req.num_classes
+    check_arch(req.arch, req.host)
+    kwargs = dict(req.arch_kwargs)
+    n = req.num_classes or kwargs.pop("num_classes", None)
     if n is None:
-        n = head_num_classes(state, create_arch(req.arch, None, req.host))
-    model = create_arch(req.arch, n, req.host)
+        n = head_num_classes(state, create_arch(req.arch, None, req.host, **kwargs))
+    model = create_arch(req.arch, n, req.host, **kwargs)
     _load_state(model, state, source)
-    return LoadedModel(model, default_preprocess(model, req.arch), None, {"arch": req.arch})
+    card = {"arch": req.arch, "arch_kwargs": {**kwargs, **({"num_classes": n} if n else {})}}
+    return LoadedModel(model, preprocess_for(model, req.arch), None, card)
 
 
 def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
@@ -171,10 +173,17 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             f"{source.name} is a pickled object, and unpickling runs whatever code it contains; "
             "load it only if you trust its author, with --trust (trust=True in Python)"
         )
-    obj = torch.load(source, map_location="cpu", weights_only=False)
+    try:
+        with torch_load_quietly():
+            obj = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - trusted, but still not a torch file
+        raise ModelLoadError(
+            f"{display_path(source.name)} does not unpickle to a model (with --trust its code "
+            "may have run already); check the file"
+        ) from None
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{source.name} unpickled to a {type(obj).__name__}, not a model")
-    return LoadedModel(obj, default_preprocess(obj), None, {"arch": type(obj).__name__})
+    return LoadedModel(obj, preprocess_for(obj), None, {"arch": type(obj).__name__})
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -193,56 +202,123 @@ def load(
     source: str | Path | nn.Module | None = None,
     *,
     arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
     num_classes: int | None = None,
+    classes: list[str] | str | Path | None = None,
+    label_map: dict[str, Any] | str | Path | None = None,
     trust: bool = False,
     device: str | torch.device | None = None,
     host: PluginHost | None = None,
     task: str | None = None,
     output: str | int | None = None,
+    preprocess: Any = None,
+    input_size: int | tuple[int, ...] | None = None,
+    example: torch.Tensor | None = None,
+    size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    interpolation: str | None = None,
+    crop_mode: str | None = None,
 ) -> Lens:
     """Load a model into a :class:`Lens`.
 
     Args:
         source: a file path, ``zoo:NAME``, an ``nn.Module``, or None for the default zoo model.
-        arch: architecture for a bare state_dict (timm name, ``tv:NAME``, netlens arch).
+        arch: architecture for a bare state_dict: a timm name, ``tv:NAME``, a netlens arch, or
+            your own ``path/to/file.py:ClassName`` / ``package.module:factory`` (runs that code).
+        arch_kwargs: keyword arguments for the architecture (``{"width": 64}``).
         num_classes: override the class count read off the state_dict's head.
+        classes: class names in output order: a list, or a file (one name per line, a JSON
+            list or an ``{index: name}`` object); checked against the model's outputs.
+        label_map: data label → model class name or index (a dict or file), for data whose
+            folder names or CSV labels name the model's classes otherwise.
         trust: allow unpickling a whole module (runs code from the file).
         device: where to run; default CUDA when available, else CPU.
         task: ``multiclass``, ``multilabel``, ``binary``, ``regression`` or ``dense`` (default:
             read off the output's shape; see :mod:`netlens.targets`).
         output: which output to explain when forward returns a dict, tuple or object.
+        preprocess: a :class:`~netlens.preprocess.Preprocess`, a callable (PIL image → C×H×W
+            tensor) or a dict of changes to the model's own preprocessing.
+        input_size: the size the model takes (``28``, ``(28, 28)``, ``(1, 28, 28)``).
+        example: an example input tensor; its shape sets the input size.
+        size, crop_pct, mean, std, interpolation, crop_mode: change one field of the
+            model's own preprocessing (see ``docs/preprocessing.md``).
 
     Example:
-        >>> lens = netlens.load("model.pt", arch="tv:alexnet")
-        >>> lens.cam("cat.jpg").show()
+        >>> lens = netlens.load("model.pt", arch="tv:alexnet", classes=["cat", "dog"])
+        >>> lens.cam("cat.jpg", target="cat").show()
     """
-    from ..lens import Lens
     from ..plugins.manager import PluginHost
 
     host = host or PluginHost()
+    lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
+    lens.task, lens.output_key = _check_task(task), output
+    lens.transform = with_overrides(
+        lens.transform,
+        preprocess,
+        input_size=input_size,
+        example=example,
+        size=size,
+        crop_pct=crop_pct,
+        mean=mean,
+        std=std,
+        interpolation=interpolation,
+        crop_mode=crop_mode,
+    )
+    if classes is not None:
+        from ..data.labels import read_class_names
+        from .classes import check_class_names
+
+        names = read_class_names(classes)
+        check_class_names(names, lens.model, lens.transform)
+        lens.classes = names
+    if label_map is not None:
+        from ..data.labels import read_label_map
+
+        lens.label_map = read_label_map(label_map)
+    if isinstance(source, nn.Module) and device is None:
+        return lens  # the user's module stays where it is
+    return lens.to(device)
+
+
+def _open(
+    source: str | Path | nn.Module | None,
+    host: PluginHost,
+    arch: str | None,
+    arch_kwargs: dict[str, Any],
+    num_classes: int | None,
+    trust: bool,
+    device: str | torch.device | None,
+) -> Lens:
+    from ..lens import Lens
+
     if isinstance(source, nn.Module):
-        return Lens(source, host=host, task=task, output=output)
+        card = {"arch": arch, "arch_kwargs": arch_kwargs} if arch else {}
+        return Lens(source, preprocess_for(source, arch), host=host, card=card)
     if source is None or str(source).startswith("zoo:"):
         from . import zoo
 
-        lens = zoo.load_zoo(
+        return zoo.load_zoo(
             str(source or "").removeprefix("zoo:") or None, host=host, device=device
         )
-        lens.task, lens.output_key = _check_task(task), output
-        return lens
-    loaded = load_file(Path(source), host, arch=arch, num_classes=num_classes, trust=trust)
+    loaded = load_file(
+        Path(source),
+        host,
+        arch=arch,
+        num_classes=num_classes,
+        trust=trust,
+        arch_kwargs=arch_kwargs,
+    )
     loaded.model.eval()
-    lens = Lens(
+    return Lens(
         loaded.model,
         loaded.preprocess,
         loaded.classes,
         host=host,
         card={"source": str(source), **loaded.card},
         name=Path(source).stem,
-        task=task,
-        output=output,
     )
-    return lens.to(device)
 
 
 def load_file(
@@ -252,13 +328,18 @@ def load_file(
     arch: str | None = None,
     num_classes: int | None = None,
     trust: bool = False,
+    arch_kwargs: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Run the loaders on ``path`` until one answers."""
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path} (or use zoo:NAME; `netlens zoo list`)")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder; pass the model file inside it")
-    req = LoadRequest(path, host, arch=arch, num_classes=num_classes, trust=trust)
+    if arch:
+        check_arch(arch, host)  # fail fast, before the file is read or anything is built
+    req = LoadRequest(
+        path, host, arch=arch, num_classes=num_classes, trust=trust, arch_kwargs=arch_kwargs or {}
+    )
     for loader in host.loaders:
         loaded = loader(path, req)
         if loaded is not None:

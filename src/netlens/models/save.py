@@ -17,17 +17,21 @@ def save(
     *,
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
-    classes: list[str] | None = None,
+    classes: list[str] | str | Path | None = None,
     record: dict[str, Any] | None = None,
 ) -> Path:
     """Save a Lens or ``nn.Module`` as a netlens checkpoint (loadable with ``netlens.load``).
 
-    ``arch`` names how to rebuild the module (a timm name, ``tv:NAME`` or a netlens arch); a
-    Lens loaded from a file knows it already.
+    ``arch`` names how to rebuild the module (a timm name, ``tv:NAME``, a netlens arch, or your
+    own ``file.py:Class``, which loading then asks you to name again); a Lens loaded from a file
+    knows it already. The Lens' class names and preprocessing (with its source) are stored;
+    ``classes`` (a list or a class names file) overrides the names and is checked against the
+    model's outputs.
 
     Example:
         >>> netlens.save(model, "model.pt", arch="resnet18", classes=["cat", "dog"])
     """
+    from ..data.labels import read_class_names
     from ..lens import Lens
 
     preprocess = None
@@ -36,36 +40,35 @@ def save(
         arch_kwargs = arch_kwargs or obj.card.get("arch_kwargs")
         classes = classes if classes is not None else obj.classes
         record = record if record is not None else obj.card.get("record")
-        preprocess = obj.transform.to_dict()
+        preprocess = obj.transform
         obj = obj.model
     if not isinstance(obj, nn.Module):
         raise NetlensError(f"netlens.save takes a Lens or nn.Module, not a {type(obj).__name__}")
     if not arch:
         raise NetlensError("say how to rebuild the model: netlens.save(model, path, arch=NAME)")
+    names = read_class_names(classes) if classes is not None else None
     arch_kwargs = dict(arch_kwargs or {})
-    if "num_classes" not in arch_kwargs:
-        arch_kwargs["num_classes"] = len(classes) if classes else output_classes(obj, preprocess)
+    if names is not None or arch_kwargs.get("num_classes") is None:
+        n = _num_classes(obj, preprocess, names)
+        arch_kwargs["num_classes"] = arch_kwargs.get("num_classes") or n
     ckpt = make_checkpoint(
         obj,
         arch=arch,
-        arch_kwargs=arch_kwargs,
-        classes=classes,
-        preprocess=preprocess,
+        arch_kwargs={k: v for k, v in arch_kwargs.items() if v is not None},
+        classes=names,
+        preprocess=preprocess.to_dict() if preprocess is not None else None,
         record=record,
     )
     return write_checkpoint(ckpt, path)
 
 
-def output_classes(model: nn.Module, preprocess: dict[str, Any] | None = None) -> int:
-    """The number of outputs of a classifier, by one dry forward."""
-    import torch
+def _num_classes(model: nn.Module, preprocess: Any, names: list[str] | None) -> int | None:
+    """The model's class count, checked against ``names`` when both are known."""
+    from ..preprocess import preprocess_for
+    from .classes import check_class_names, output_count
 
-    from ..layers import eval_mode, example_input
-
-    if preprocess:
-        p = next(model.parameters())
-        x = torch.zeros(1, preprocess["channels"], *preprocess["size"], device=p.device)
-    else:
-        x = example_input(model)
-    with torch.no_grad(), eval_mode(model):
-        return int(model(x).shape[-1])
+    spec = preprocess if preprocess is not None else preprocess_for(model)
+    if names is not None:
+        check_class_names(names, model, spec)
+    n = output_count(model, spec)
+    return n if n is not None else (len(names) if names else None)

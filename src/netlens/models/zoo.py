@@ -135,11 +135,10 @@ def load_zoo(
     """Load zoo model ``name`` (the default model when None) into a Lens with its samples."""
     from safetensors.torch import load_file
 
-    from ..images import Preprocess
     from ..lens import Lens
     from ..plugins.manager import PluginHost
     from .factory import create_arch
-    from .load import _load_state
+    from .load import _load_state, recorded_preprocess
 
     name = name or DEFAULT
     folder = model_dir(name)
@@ -152,7 +151,7 @@ def load_zoo(
     model.eval()
     lens = Lens(
         model,
-        Preprocess.from_dict(meta["preprocess"]),
+        recorded_preprocess(meta["preprocess"], f"netlens zoo card of {name}"),
         meta.get("classes"),
         name=name,
         host=host,

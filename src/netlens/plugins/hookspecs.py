@@ -64,3 +64,14 @@ def netlens_register_datasets(registry: Registry) -> None:
 @hookspec
 def netlens_register_metrics(registry: Registry) -> None:
     """Add explanation-quality metrics for ``netlens evaluate``: ``registry.add(name, metric)``."""
+
+
+@hookspec
+def netlens_register_commands(registry: Registry) -> None:
+    """Add CLI commands: ``registry.add(name, function)``.
+
+    ``function`` is a typer command function (use :func:`netlens.cli.options.command` and the
+    shared option aliases in :mod:`netlens.cli.options` so it speaks the CLI's vocabulary); it
+    becomes ``netlens NAME``. A plugin analyzer without a command of its own gets one made from
+    its declared options, so this hook is only for commands that need more.
+    """

@@ -174,6 +174,10 @@ class PluginHost:
         return self._get("netlens_register_metrics", "metric")
 
     @property
+    def commands(self) -> Registry:
+        return self._get("netlens_register_commands", "command")
+
+    @property
     def loaders(self) -> list[Any]:
         """Model loaders, third-party ones first and netlens' own last."""
         reg = self._get("netlens_register_model_loaders", "model loader")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -132,11 +133,48 @@ def grid_figure(
     if cols is None:
         cols = grid_shape(n, max_cols=max(8, int(np.ceil(np.sqrt(n * w / h)))))[1]
     cols = max(1, min(cols, n))
-    rows = int(np.ceil(n / cols))
     pad = max(1, round(0.3 * max(h, w)))  # room for the label above each tile
     grid = mosaic(t, cols=cols, pad=pad)
-    gh, gw = grid.shape[:2]
-    scale = tile_inches / max(h, w)
+    fig, ax = _grid_axes(
+        grid.shape[:2],
+        tile_inches / max(h, w),
+        title,
+        colorbar,
+        reference,
+        reference_label,
+        tile_inches,
+    )
+    ax.set_facecolor("#f0f0f0")
+    if t.ndim == 4:
+        im = ax.imshow(np.nan_to_num(grid, nan=0.94), interpolation="nearest")
+    else:
+        shown = np.ma.masked_invalid(grid)
+        im = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    origins = tile_origins(n, (h, w), cols, pad)
+    size = max(5.0, min(9.0, 72 * tile_inches * 0.22))
+    for (r, c), label in zip(origins, labels, strict=False):
+        ax.text(c + w / 2 - 0.5, r - 0.6, label, ha="center", va="bottom", fontsize=size)
+    if colorbar is not None and t.ndim == 3:
+        rows = int(np.ceil(n / cols))
+        _colorbar(fig, ax, im, colorbar, colorbar_label, shrink=min(1.0, 3.0 / rows + 0.4))
+    return fig, Grid(grid, origins, (h, w))
+
+
+def _grid_axes(
+    grid_hw: tuple[int, ...],
+    scale: float,
+    title: str,
+    colorbar: tuple[float, float] | None,
+    reference: np.ndarray | None,
+    reference_label: str,
+    tile_inches: float,
+) -> tuple[Figure, Any]:
+    """A figure sized to the grid (and the reference image left of it); the grid's axes."""
+    gh, gw = grid_hw[:2]
     longest = max((len(line) for line in title.splitlines()), default=0)
     width = max(3.0, gw * scale + (1.0 if colorbar else 0.2), 0.075 * longest + 0.3)
     height = max(1.5, gh * scale + 0.6)
@@ -146,38 +184,30 @@ def grid_figure(
     fig = new_figure(width, height, dpi=100)
     if reference is None:
         ax = fig.add_subplot()
-    else:
-        spec = fig.add_gridspec(1, 2, width_ratios=[ref_inches, width - ref_inches])
-        rax, ax = fig.add_subplot(spec[0]), fig.add_subplot(spec[1])
-        rax.imshow(reference, interpolation="nearest")
-        rax.set_title(reference_label, fontsize=9)
-        rax.set_axis_off()
-    ax.set_facecolor("#f0f0f0")
-    shown = np.ma.masked_invalid(grid)
-    if t.ndim == 4:
-        im = ax.imshow(np.nan_to_num(grid, nan=0.94), interpolation="nearest")
-    else:
-        im = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    size = max(5.0, min(9.0, 72 * tile_inches * 0.22))
-    for (r, c), label in zip(tile_origins(n, (h, w), cols, pad), labels, strict=False):
-        ax.text(c + w / 2 - 0.5, r - 0.6, label, ha="center", va="bottom", fontsize=size)
-    if title and reference is None:
-        ax.set_title(title, fontsize=10)
-    elif title:
+        if title:
+            ax.set_title(title, fontsize=10)
+        return fig, ax
+    spec = fig.add_gridspec(1, 2, width_ratios=[ref_inches, width - ref_inches])
+    rax, ax = fig.add_subplot(spec[0]), fig.add_subplot(spec[1])
+    rax.imshow(reference, interpolation="nearest")
+    rax.set_title(reference_label, fontsize=9)
+    rax.set_axis_off()
+    if title:
         fig.suptitle(title, fontsize=10)
-    if colorbar is not None and t.ndim == 3:
-        lo, hi = colorbar
-        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, shrink=min(1.0, 3.0 / rows + 0.4))
-        ticks = np.linspace(0, 1, 5)
-        cb.set_ticks(ticks)
-        cb.set_ticklabels([f"{lo + (hi - lo) * v:.3g}" for v in ticks])
-        if colorbar_label:
-            cb.set_label(colorbar_label)
-    return fig, Grid(grid, tile_origins(n, (h, w), cols, pad), (h, w))
+    return fig, ax
+
+
+def _colorbar(
+    fig: Figure, ax: Any, im: Any, span: tuple[float, float], label: str, shrink: float
+) -> None:
+    """A colour bar whose ticks read the raw values that 0..1 stand for."""
+    lo, hi = span
+    cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, shrink=shrink)
+    ticks = np.linspace(0, 1, 5)
+    cb.set_ticks(ticks)
+    cb.set_ticklabels([f"{lo + (hi - lo) * v:.3g}" for v in ticks])
+    if label:
+        cb.set_label(label)
 
 
 def overlay_tiles(maps: np.ndarray, image: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = [
     "histograms_figure",
     "kernel_display",
     "kernels_figure",
+    "mark_dead",
     "matrix_figure",
 ]
 
@@ -53,7 +54,7 @@ def kernels_figure(
     display, span = kernel_display(
         arrays["tiles"], rgb=rgb, signed=signed, normalize=meta["normalize"]
     )
-    labels = [str(int(i)) for i in arrays["order"]]
+    display, labels = mark_dead(display, arrays["order"], meta.get("near_zero") or ())
     h, w = display.shape[1:3]
     tile_inches = 0.9 if max(h, w) <= 16 else 1.4
     return grid_figure(
@@ -65,6 +66,21 @@ def kernels_figure(
         colorbar_label="weight" if meta["reduce"] != "l2" else "L2 over inputs",
         tile_inches=tile_inches,
     )
+
+
+def mark_dead(
+    display: np.ndarray, order: np.ndarray, near_zero: Sequence[int]
+) -> tuple[np.ndarray, list[str]]:
+    """Near-zero filters drawn as flat grey and labelled, never as a stretched noise pattern
+    (per-filter scaling would blow a 1e-9 filter up to full contrast)."""
+    dead = {int(i) for i in near_zero}
+    shown = display.copy()
+    labels = []
+    for k, i in enumerate(int(j) for j in order):
+        if i in dead:
+            shown[k] = 0.5
+        labels.append(f"{i} dead" if i in dead else str(i))
+    return shown, labels
 
 
 def _title(meta: Mapping[str, Any]) -> str:
@@ -84,7 +100,9 @@ def _title(meta: Mapping[str, Any]) -> str:
     scale = "per-filter scale" if meta["normalize"] == "filter" else "one scale"
     order = ", sorted by norm" if meta.get("sorted") else ""
     shown = f", first {meta['shown']} of {meta['total']}" if meta["shown"] < meta["total"] else ""
-    return f"{head}\n{what}; {scale}{order}{shown}; labels = filter index"
+    dead = len(meta.get("near_zero") or ())
+    flat = f"; grey = {dead} near-zero filter(s)" if dead else ""
+    return f"{head}\n{what}; {scale}{order}{shown}; labels = filter index{flat}"
 
 
 def matrix_figure(matrix: np.ndarray, *, title: str, xlabel: str, ylabel: str) -> Figure:

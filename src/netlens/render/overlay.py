@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["colorize", "crop_box", "overlay", "png_bytes", "write_png"]
+__all__ = ["colorize", "display_scale", "overlay", "png_bytes", "write_png"]
 
 _CMAPS = {
     "jet": cv2.COLORMAP_JET,
@@ -30,30 +30,6 @@ def colorize(heat: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return cv2.cvtColor(cv2.applyColorMap(u8, _CMAPS[cmap]), cv2.COLOR_BGR2RGB)
 
 
-def crop_box(
-    image_hw: tuple[int, int], size: tuple[int, int], crop_pct: float
-) -> tuple[int, int, int, int]:
-    """Where the model's input lies in the original image: (top, bottom, left, right).
-
-    Mirrors :class:`netlens.images.Preprocess`: a straight resize when ``crop_pct >= 1``, else
-    a resize of the shorter side to ``size / crop_pct`` and a centre crop of ``size``.
-    """
-    h0, w0 = image_hw
-    h, w = size
-    if crop_pct >= 1.0:
-        return 0, h0, 0, w0
-    scale = max(h, w) / crop_pct / min(h0, w0)
-    nh, nw = max(h, round(h0 * scale)), max(w, round(w0 * scale))
-    sy, sx = nh / h0, nw / w0
-    top, left = (nh - h) // 2, (nw - w) // 2
-    return (
-        round(top / sy),
-        min(h0, round((top + h) / sy)),
-        round(left / sx),
-        min(w0, round((left + w) / sx)),
-    )
-
-
 def overlay(
     image: np.ndarray,
     heat: np.ndarray,
@@ -61,11 +37,15 @@ def overlay(
     alpha: float = 0.5,
     cmap: str = "jet",
     box: tuple[int, int, int, int] | None = None,
+    min_side: int = 0,
+    max_side: int = 0,
 ) -> np.ndarray:
     """Blend ``heat`` (any size, values in [0, 1]) over ``image`` (H×W×3 uint8).
 
     The map is resized to ``box`` (the part of the image the model saw; the whole image by
-    default); outside the box the image is dimmed, as the model never saw it.
+    default); outside the box the image is dimmed, as the model never saw it. ``min_side``:
+    a smaller image is enlarged (whole pixels repeated) so the picture is readable on its own;
+    ``max_side``: a larger one is shrunk, so a huge photo gives a picture of sensible size.
     """
     img = (
         image
@@ -74,6 +54,14 @@ def overlay(
     )
     h0, w0 = img.shape[:2]
     top, bottom, left, right = box or (0, h0, 0, w0)
+    scale = display_scale((h0, w0), min_side, max_side)
+    if scale != 1.0:
+        size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+        how = cv2.INTER_NEAREST if scale > 1 else cv2.INTER_AREA
+        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=how)
+        h0, w0 = img.shape[:2]
+        top, bottom = round(top * scale), min(h0, round(bottom * scale))
+        left, right = round(left * scale), min(w0, round(right * scale))
     out = (img.astype(np.float32) * 0.35).astype(np.uint8)
     region = img[top:bottom, left:right]
     hmap = cv2.resize(
@@ -83,6 +71,16 @@ def overlay(
     blend = (1.0 - alpha) * region.astype(np.float32) + alpha * color
     out[top:bottom, left:right] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def display_scale(hw: tuple[int, int], min_side: int = 0, max_side: int = 0) -> float:
+    """How much to scale an H×W picture: whole times up to ``min_side``, down to ``max_side``."""
+    short, long = min(hw), max(hw)
+    if min_side and short < min_side:
+        return float(-(-min_side // short))  # a whole factor: pixels stay square blocks
+    if max_side and long > max_side:
+        return max_side / long
+    return 1.0
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["confusion_matrix", "evaluate", "scores"]
+__all__ = ["confusion_matrix", "evaluate", "macro_f1", "scores"]
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -18,24 +18,44 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def macro_f1(cm: np.ndarray) -> np.ndarray:
+    """Macro-averaged F1 of confusion matrices (``…×K×K``, rows = true class); one per matrix.
+
+    netlens' one definition: the mean of the per-class F1 over the classes that occur in the
+    labels *or* the predictions, as scikit-learn's ``f1_score(average="macro")``. A class that
+    is neither labelled nor predicted is left out (so a subset of the data is not scored on
+    classes it does not contain); a class labelled but never predicted, or predicted but never
+    labelled, counts with F1 0.
+
+    Example:
+        >>> float(macro_f1(np.array([[2, 0, 0], [0, 1, 0], [0, 1, 0]])))  # class 2 never right
+        0.5555555555555555
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    seen = cm.sum(-1) + cm.sum(-2)  # labelled + predicted
+    f1 = np.divide(2 * tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    return (f1 * (seen > 0)).sum(-1) / np.maximum((seen > 0).sum(-1), 1)
+
+
 def scores(cm: np.ndarray) -> dict[str, float]:
     """Accuracy and macro-averaged precision, recall and F1 from a confusion matrix.
 
-    A class never predicted has precision 0 (and never present, recall 0), as in scikit-learn's
-    ``zero_division=0``.
+    Macro averages run over the classes that occur in the labels or the predictions (see
+    :func:`macro_f1`); a class never predicted has precision 0 (and never labelled, recall 0),
+    as in scikit-learn's ``zero_division=0``.
     """
     tp = np.diag(cm).astype(np.float64)
     predicted, actual = cm.sum(0), cm.sum(1)
+    seen = (predicted + actual) > 0
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     total = cm.sum()
     return {
         "accuracy": float(tp.sum() / total) if total else 0.0,
-        "precision": float(precision.mean()),
-        "recall": float(recall.mean()),
-        "f1": float(f1.mean()),
+        "precision": float(precision[seen].mean()) if seen.any() else 0.0,
+        "recall": float(recall[seen].mean()) if seen.any() else 0.0,
+        "f1": float(macro_f1(cm)),
     }
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from ..errors import NetlensError
 from ..images import Preprocess
 from ..models.checkpoint import make_checkpoint, write_checkpoint
-from ..models.factory import create_arch
+from ..models.factory import check_arch, create_arch
 from .augment import augment_batch
 from .config import TrainConfig
 from .datasets import Splits, make_loader, resolve_splits
@@ -119,6 +119,7 @@ def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str,
 
 def setup(cfg: TrainConfig, host: PluginHost) -> Session:
     """Seed, pick the device, resolve the data, build model, loaders and optimizer."""
+    check_arch(cfg.arch, host)  # an unknown name fails before any data is made or read
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -3,7 +3,7 @@
 Single channels are swept in stacked passes: the unit's cached output is repeated along the batch
 dimension with a different channel mask per copy, so e.g. 512 ablations become a few big batches
 through the rest of the network. The cumulative curves (Morcos et al., 2018) remove channels in
-order of measured importance (largest single-channel drop first) and in a seeded random order.
+order of measured importance (most harm from removing it alone first) and in a seeded random order.
 """
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ def channel_ablations(
     seed: int = 0,
     group: int = 64,
     skip: set[str] | frozenset = frozenset(),
+    which: list[int] | None = None,
 ) -> list[Ablation]:
-    """One ablation per channel of ``unit``'s output (those in ``skip`` left out)."""
-    todo = [c for c in range(channels) if channel_key(unit, c) not in skip]
+    """One ablation per channel of ``unit``'s output (``which``: only those; ``skip`` left out)."""
+    chosen = range(channels) if which is None else which
+    todo = [c for c in chosen if channel_key(unit, c) not in skip]
     eye = torch.eye(channels, dtype=torch.bool)
     return _stack(
         unit,
@@ -79,11 +81,12 @@ def curve_points(channels: int, points: int = 17) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, channels, min(points, channels + 1))})
 
 
-def orders(drops: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """Channel orders: by importance (largest drop first; ties by index) and a seeded random one."""
+def orders(harm: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Positions into ``harm`` by importance (most harm first; ties by position) and in a seeded
+    random order."""
     return {
-        "importance": np.argsort(-drops, kind="stable"),
-        "random": np.random.default_rng(seed).permutation(len(drops)),
+        "importance": np.argsort(-harm, kind="stable"),
+        "random": np.random.default_rng(seed).permutation(len(harm)),
     }
 
 
@@ -99,10 +102,13 @@ def curve_ablations(
     points: int = 17,
     skip: set[str] | frozenset = frozenset(),
 ) -> list[Ablation]:
-    """Ablations removing the first k channels of each order, for k in :func:`curve_points`."""
+    """Ablations removing the first k channels of each order, for k in :func:`curve_points`.
+
+    An order holds channel numbers (all of ``unit``'s channels, or the ones studied).
+    """
     keys, masks, ids = [], [], []
     for o, (name, perm) in enumerate(order.items()):
-        for k in curve_points(channels, points):
+        for k in curve_points(len(perm), points):
             key = curve_key(unit, name, k)
             if key in skip:
                 continue

@@ -29,19 +29,22 @@ import torch.fx as fx
 from torch import nn
 
 from ...errors import AnalyzerError, NetlensError
-from .metrics import Outcomes
+from ...targets import model_output
+from .metrics import Metric, Outcomes
 from .modes import Replacement
 
-__all__ = ["Ablation", "BatchCache", "Engine", "first_tensor", "hooked", "run_ablations"]
+__all__ = ["Ablation", "BatchCache", "Engine", "hooked", "logits_of", "run_ablations"]
 
 
-def first_tensor(out: Any) -> torch.Tensor:
-    """The logits in a model's output (the first tensor of a tuple/list)."""
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise NetlensError("the model must return N×classes logits for an ablation study")
-    return out
+def logits_of(out: Any, key: str | int | None = None) -> torch.Tensor:
+    """The N×K class logits in a model's output (see :func:`netlens.targets.model_output`)."""
+    logits = model_output(out, key)
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise NetlensError(
+            f"an ablation study needs N×classes logits (2 or more classes); the model returned "
+            f"{tuple(logits.shape)} (pick another output with --output KEY, or wrap the model)"
+        )
+    return logits
 
 
 def _clone(value: Any) -> Any:
@@ -82,10 +85,19 @@ class Engine:
         model: the module (used as is; never modified; callers put it in eval mode).
         units: dotted names of the units to ablate.
         fast: use the traced cached-prefix path where possible (False: always naive).
+        output: which output holds the logits, when forward returns a dict/tuple/object.
     """
 
-    def __init__(self, model: nn.Module, units: list[str], *, fast: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        units: list[str],
+        *,
+        fast: bool = True,
+        output: str | int | None = None,
+    ) -> None:
         self.model = model
+        self.output = output
         self.units = list(units)
         self.modules = {n: model.get_submodule(n) for n in self.units}
         self.graph: fx.GraphModule | None = None
@@ -151,7 +163,7 @@ class Engine:
         for index in range(start, len(self.nodes)):
             node = self.nodes[index]
             if node.op == "output":
-                return first_tensor(fx.node.map_arg(node.args[0], lambda n: env[n]))
+                return logits_of(fx.node.map_arg(node.args[0], lambda n: env[n]), self.output)
             unit = str(node.target) if node.op == "call_module" else ""
             snapshot = cache is not None and self.unit_index.get(unit) == index
             if snapshot:
@@ -168,7 +180,7 @@ class Engine:
     def prefix(self, x: torch.Tensor) -> BatchCache:
         """One full run: the baseline logits, plus each unit's cached input/output."""
         if self.graph is None:
-            return BatchCache(x=x, logits=first_tensor(self.model(x)))
+            return BatchCache(x=x, logits=logits_of(self.model(x), self.output))
         cache = BatchCache(x=x, logits=torch.empty(0))
         env = {self.nodes[0]: x, **self._start}
         cache.logits = self._run_nodes(env, 1 + len(self._start), cache)
@@ -180,7 +192,7 @@ class Engine:
         within float tolerance."""
         if self.graph is None:
             return False
-        traced, eager = self.prefix(x).logits, first_tensor(self.model(x))
+        traced, eager = self.prefix(x).logits, logits_of(self.model(x), self.output)
         same = (
             torch.equal(traced, eager)
             if x.device.type == "cpu"
@@ -245,7 +257,7 @@ class Engine:
                 return new if copies == 1 else new[g * n : (g + 1) * n].clone()
 
             with hooked(self.modules[unit], hook):
-                logits.append(first_tensor(self.model(x)))
+                logits.append(logits_of(self.model(x), self.output))
             if not calls:
                 raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
         return logits[0] if copies == 1 else torch.cat(logits, 0)
@@ -276,6 +288,7 @@ def run_ablations(
     ablations: list[Ablation],
     on_done: Callable[[str, Outcomes], None],
     baseline: Outcomes | None,
+    metric: Metric,
     *,
     device: torch.device | None = None,
     advance: Callable[[int], None] | None = None,
@@ -285,7 +298,7 @@ def run_ablations(
     """Run every ablation over the data.
 
     ``baseline`` (when given) is filled with the intact model's outcomes before ``on_done`` is
-    first called.
+    first called; ``advance`` is told each ablation-batch's images as they finish.
     Each batch's prefix is computed once and kept while the caches of all batches fit in
     ``budget`` bytes: then ablations run one after the other and ``on_done`` sees each as soon as
     it is complete (so a partial CSV can grow row by row). Otherwise ablations run in groups of
@@ -306,9 +319,9 @@ def run_ablations(
         stored += [(engine.prefix(x.to(device)), y) for x, y in batches]
         for cache, y in stored:
             if baseline is not None:
-                baseline.add(cache.logits, y)
+                baseline.add(cache.logits, y, cache.logits)
         for abl in ablations:
-            _run_group(engine, [abl], stored, on_done, advance)
+            _run_group(engine, [abl], stored, on_done, advance, metric)
         return
     groups = [ablations[i : i + group] for i in range(0, len(ablations), group)] or [[]]
     for gi, chunk in enumerate(groups):
@@ -317,11 +330,10 @@ def run_ablations(
             for b, (x, y) in enumerate(loader):
                 cache = cache0 if (gi == 0 and b == 0) else engine.prefix(x.to(device))
                 if gi == 0 and baseline is not None:
-                    baseline.add(cache.logits, y)
+                    baseline.add(cache.logits, y, cache.logits)
                 yield cache, y
 
-        _run_group(engine, chunk, feed(), on_done, advance)
-    return baseline
+        _run_group(engine, chunk, feed(), on_done, advance, metric)
 
 
 def _run_group(
@@ -330,15 +342,16 @@ def _run_group(
     feed: Iterable[tuple[BatchCache, torch.Tensor]],
     on_done: Callable[[str, Outcomes], None],
     advance: Callable[[int], None],
+    metric: Metric,
 ) -> None:
-    outs = {k: Outcomes() for abl in chunk for k in abl.keys}
+    outs = {k: Outcomes(metric) for abl in chunk for k in abl.keys}
     for b, (cache, y) in enumerate(feed):
         n = cache.x.shape[0]
         for abl in chunk:
             copies = len(abl.keys)
             logits = engine.ablated(cache, abl.unit, abl.replace, b, copies)
             for g, key in enumerate(abl.keys):
-                outs[key].add(logits[g * n : (g + 1) * n], y)
-            advance(copies)
+                outs[key].add(logits[g * n : (g + 1) * n], y, cache.logits)
+            advance(copies * n)
     for key, out in outs.items():
         on_done(key, out)

@@ -1,162 +1,210 @@
-"""Metrics from logits and labels, bootstrap confidence intervals, most-hurt classes.
+"""What an ablation is scored by: metrics from logits, with their direction and what they need.
 
-Per image only the prediction, whether the label is in the top 5, and the cross-entropy are kept
-(:class:`Outcomes`), so a study over many ablations stays small in memory. ``drop`` is always
-"how much worse": baseline - value for accuracy, top5 and f1; value - baseline for loss.
+Label metrics compare predictions with the data's labels: ``accuracy``, ``top5``, ``loss``
+(cross-entropy) and ``f1`` (macro-F1, :func:`netlens.train.metrics.macro_f1`). Baseline metrics
+need no labels, so they work on any images, for any model: ``prob`` (the probability the ablated
+model gives the class the intact model predicted), ``kl`` (KL divergence, in nats, from the intact
+model's softmax to the ablated one's) and ``agreement`` (how often the ablated model's top-1
+class is the intact model's). Every metric says which way is better; a study reports the signed
+``delta`` (ablated − intact) and the harm: the ``drop`` of a higher-is-better metric or the
+``increase`` of a lower-is-better one.
+
+Per image only the prediction, the intact model's prediction, the label and the metric's own
+value are kept (:class:`Outcomes`), so a study over many ablations stays small in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ...errors import AnalyzerError
+from ...train.metrics import confusion_matrix, macro_f1
 
-__all__ = ["METRICS", "Outcomes", "bootstrap", "drop", "hurt_classes", "metric_value"]
+__all__ = ["METRICS", "Metric", "Outcomes", "class_scores", "hurt_classes", "metric_value"]
 
-METRICS = ("accuracy", "loss", "f1", "top5")
+PerImage = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise AnalyzerError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
-    return metric
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    top = z.max(1, keepdims=True)
+    return z - (top + np.log(np.exp(z - top).sum(1, keepdims=True)))
+
+
+def _own(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return z[np.arange(len(y)), y]
+
+
+def _correct(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (z.argmax(1) == y).astype(np.float64)
+
+
+def _top5(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return ((z > _own(z, y)[:, None]).sum(1) < 5).astype(np.float64)
+
+
+def _loss(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return -_own(_log_softmax(z), y)
+
+
+def _prob(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.exp(_own(_log_softmax(z), b.argmax(1)))
+
+
+def _kl(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    log_p, log_q = _log_softmax(b), _log_softmax(z)
+    return (np.exp(log_p) * (log_p - log_q)).sum(1)
+
+
+def _agreement(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (z.argmax(1) == b.argmax(1)).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric: its name, what it measures, which way is better, whether it needs labels."""
+
+    name: str
+    title: str
+    higher_is_better: bool
+    needs_labels: bool
+    per_image: PerImage
+
+    @property
+    def harm(self) -> str:
+        """The column that says how much worse an ablation made it: ``drop`` or ``increase``."""
+        return "drop" if self.higher_is_better else "increase"
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+    def harm_of(self, delta: float) -> float:
+        """``delta`` (ablated − intact) turned into harm (positive = worse)."""
+        return 0.0 - delta if self.higher_is_better else delta  # 0.0 - 0.0 is 0.0, not -0.0
+
+
+METRICS = {
+    m.name: m
+    for m in (
+        Metric("accuracy", "accuracy", True, True, _correct),
+        Metric("top5", "top-5 accuracy", True, True, _top5),
+        Metric("loss", "cross-entropy loss", False, True, _loss),
+        Metric("f1", "macro-F1", True, True, _correct),
+        Metric("prob", "probability of the intact model's class", True, False, _prob),
+        Metric("kl", "KL divergence from the intact model (nats)", False, False, _kl),
+        Metric("agreement", "top-1 agreement with the intact model", True, False, _agreement),
+    )
+}
 
 
 @dataclass
 class Outcomes:
     """Per-image results of one model variant, accumulated batch by batch."""
 
+    metric: Metric
     preds: list[np.ndarray] = field(default_factory=list)
-    top5: list[np.ndarray] = field(default_factory=list)
-    losses: list[np.ndarray] = field(default_factory=list)
+    base_preds: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
     num_classes: int = 0
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add the logits of a batch (N×K); computed in numpy (no thread pool for tiny ops)."""
+    def add(self, logits: torch.Tensor, labels: torch.Tensor | None, base: torch.Tensor) -> None:
+        """Add a batch: the variant's and the intact model's logits (N×K), and the labels.
+
+        Computed in float64 numpy (no thread pool for tiny ops).
+        """
         z = logits.detach().double().cpu().numpy()
-        y = labels.detach().cpu().numpy().astype(np.int64)
+        b = base.detach().double().cpu().numpy()
         self.num_classes = z.shape[1]
-        own = z[np.arange(len(y)), y]
+        y = _labels(labels, len(z), self.num_classes, self.metric)
         self.preds.append(z.argmax(1))
-        self.top5.append((z > own[:, None]).sum(1) < 5)  # label among the 5 largest logits
-        top = z.max(1)
-        lse = top + np.log(np.exp(z - top[:, None]).sum(1))
-        self.losses.append(lse - own)
+        self.base_preds.append(b.argmax(1))
         self.labels.append(y)
+        self.values.append(self.metric.per_image(z, y, b))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
             "pred": np.concatenate(self.preds),
-            "top5": np.concatenate(self.top5),
-            "loss": np.concatenate(self.losses),
+            "base_pred": np.concatenate(self.base_preds),
             "label": np.concatenate(self.labels),
+            "value": np.concatenate(self.values),
         }
 
 
-def _macro_f1(pred: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
-    """Macro F1 over classes present; ``pred``/``label`` are R×N (one row per resample)."""
-    r = pred.shape[0]
-    flat = (np.arange(r)[:, None] * k * k + label * k + pred).ravel()
-    conf = np.bincount(flat, minlength=r * k * k).reshape(r, k, k).astype(np.float64)
-    tp = np.diagonal(conf, axis1=1, axis2=2)
-    support, predicted = conf.sum(2), conf.sum(1)
-    denom = support + predicted
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    present = support > 0
-    return (f1 * present).sum(1) / np.maximum(present.sum(1), 1)
+def _labels(labels: torch.Tensor | None, n: int, k: int, metric: Metric) -> np.ndarray:
+    """The labels as class indices; -1 where unknown (allowed only for baseline metrics)."""
+    y = None if labels is None else torch.as_tensor(labels).reshape(-1).cpu().numpy()
+    integral = y is not None and len(y) == n and np.issubdtype(y.dtype, np.integer)
+    y = y.astype(np.int64) if integral else np.full(n, -1, np.int64)
+    if metric.needs_labels and (not integral or y.min() < 0 or y.max() >= k):
+        bad = "no class labels" if not integral else f"label {int(y[(y < 0) | (y >= k)][0])}"
+        raise AnalyzerError(
+            f"the {metric.name} metric needs labels among the model's {k} classes, but the data "
+            f"has {bad}; use --metric prob, kl or agreement, which compare with the intact model"
+        )
+    return np.where((y >= 0) & (y < k), y, -1)
 
 
 def metric_value(
-    metric: str,
-    out: dict[str, np.ndarray],
-    idx: np.ndarray | None = None,
-    num_classes: int | None = None,
+    metric: Metric, out: dict[str, np.ndarray], idx: np.ndarray | None, k: int
 ) -> np.ndarray:
-    """The metric for each row of resample indices ``idx`` (R×N; None: all images once)."""
-    n = len(out["label"])
-    idx = np.arange(n)[None] if idx is None else idx
-    if metric == "accuracy":
-        return (out["pred"] == out["label"])[idx].mean(1)
-    if metric == "top5":
-        return out["top5"][idx].mean(1)
-    if metric == "loss":
-        return out["loss"][idx].mean(1)
-    k = num_classes or int(max(out["pred"].max(), out["label"].max())) + 1
+    """The metric over each row of image indices ``idx`` (R×N; None: all images once)."""
+    idx = np.arange(len(out["value"]))[None] if idx is None else idx
+    if metric.name != "f1":
+        return out["value"][idx].mean(1)
     step = max(1, 20_000_000 // (k * k))  # keep the R×K×K confusion tensors small
     return np.concatenate(
         [
-            _macro_f1(out["pred"][idx[i : i + step]], out["label"][idx[i : i + step]], k)
+            _f1_rows(out["label"][idx[i : i + step]], out["pred"][idx[i : i + step]], k)
             for i in range(0, len(idx), step)
         ]
     )
 
 
-def drop(metric: str, baseline: np.ndarray | float, value: np.ndarray | float) -> np.ndarray:
-    """How much worse ``value`` is than ``baseline`` (positive = hurt)."""
-    b, v = np.asarray(baseline, dtype=np.float64), np.asarray(value, dtype=np.float64)
-    return v - b if metric == "loss" else b - v
+def _f1_rows(label: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 of each row of (label, pred) index arrays (R×N)."""
+    r = label.shape[0]
+    flat = (np.arange(r)[:, None] * k * k + label * k + pred).ravel()
+    return macro_f1(np.bincount(flat, minlength=r * k * k).reshape(r, k, k))
 
 
-def resample_indices(n: int, resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """R×N bootstrap indices over images from a seeded generator (the same for every row)."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-
-
-def bootstrap(
-    metric: str,
-    out: dict[str, np.ndarray],
-    base: dict[str, np.ndarray] | None,
-    idx: np.ndarray,
-    num_classes: int,
-    level: float = 0.95,
-) -> dict[str, float]:
-    """Value and drop with percentile confidence intervals (paired resamples of the images)."""
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    value = float(metric_value(metric, out, None, num_classes)[0])
-    boot = metric_value(metric, out, idx, num_classes)
-    row = {
-        "value": value,
-        "value_lo": float(np.percentile(boot, lo)),
-        "value_hi": float(np.percentile(boot, hi)),
-    }
-    if base is not None:
-        base_boot = metric_value(metric, base, idx, num_classes)
-        base_value = float(metric_value(metric, base, None, num_classes)[0])
-        drops = drop(metric, base_boot, boot)
-        row |= {
-            "drop": float(drop(metric, base_value, value)),
-            "drop_lo": float(np.percentile(drops, lo)),
-            "drop_hi": float(np.percentile(drops, hi)),
-        }
-    return row
-
-
-def class_accuracy(out: dict[str, np.ndarray], num_classes: int) -> np.ndarray:
-    """Accuracy per class (NaN for classes with no image)."""
-    label = out["label"]
-    hits = np.bincount(label, weights=(out["pred"] == label), minlength=num_classes)
-    count = np.bincount(label, minlength=num_classes)
+def class_scores(out: dict[str, np.ndarray], k: int, by: str) -> np.ndarray:
+    """Per class: accuracy by true class (``by="label"``) or agreement with the intact model by
+    its predicted class (``by="base_pred"``); NaN for classes with no image."""
+    group = out[by]
+    known = group >= 0
+    cm = confusion_matrix(group[known], out["pred"][known], k).astype(np.float64)
+    count = cm.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, hits / np.maximum(count, 1), np.nan)
+        return np.where(count > 0, np.diag(cm) / np.maximum(count, 1), np.nan)
 
 
 def hurt_classes(
     base: dict[str, np.ndarray],
     out: dict[str, np.ndarray],
-    num_classes: int,
+    k: int,
+    by: str,
     names: list[str] | None = None,
     top: int = 3,
-) -> list[tuple[str, float]]:
-    """The classes whose accuracy drops most, with the drop (largest first, drops > 0 only)."""
-    delta = class_accuracy(base, num_classes) - class_accuracy(out, num_classes)
-    delta = np.nan_to_num(delta, nan=-np.inf)
-    order = np.argsort(-delta, kind="stable")[:top]
+) -> list[dict[str, object]]:
+    """The classes whose score falls most: ``{"class", "before", "after"}``, worst first."""
+    before, after = class_scores(base, k, by), class_scores(out, k, by)
+    fall = np.nan_to_num(before - after, nan=-np.inf)
+    order = np.argsort(-fall, kind="stable")[:top]
+    return [
+        {
+            "class": _name(int(i), names),
+            "before": round(float(before[i]), 4),
+            "after": round(float(after[i]), 4),
+        }
+        for i in order
+        if fall[i] > 0
+    ]
 
-    def label(i: int) -> str:
-        return names[i] if names and i < len(names) else str(i)
 
-    return [(label(int(i)), round(float(delta[i]), 4)) for i in order if delta[i] > 0]
+def _name(i: int, names: list[str] | None) -> str:
+    return names[i] if names and i < len(names) else str(i)

@@ -1,7 +1,7 @@
 """Ablation modes: what a switched-off unit (or channel) outputs instead of its real output.
 
-- ``identity``: the unit is skipped. A residual block keeps its shortcut (``act(shortcut(x))``,
-  see :mod:`.units`); a same-shape layer passes its input through.
+- ``identity``: the unit is skipped. A residual block keeps its shortcut and loses its branch
+  (see :mod:`.residual`); a same-shape layer passes its input through.
 - ``zero``: the output is replaced by zeros.
 - ``mean``: the output is replaced by its per-element mean over the dataset (first pass).
 - ``noise``: mean + std-matched Gaussian noise, seeded per ablation and batch, so a study is
@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ...errors import AnalyzerError
-from .units import Unit, identity_output
+from .units import Unit
 
 __all__ = ["MODES", "Replacement", "UnitStats", "channel_replacement", "unit_replacement"]
 
@@ -83,20 +82,15 @@ def _fill(
 
 
 def unit_replacement(
-    unit: Unit,
-    module: nn.Module,
-    mode: str,
-    stats: UnitStats | None = None,
-    *,
-    seed: int = 0,
-    key: int = 0,
+    unit: Unit, mode: str, stats: UnitStats | None = None, *, seed: int = 0, key: int = 0
 ) -> Replacement:
     """The replacement for switching off a whole unit."""
     check_mode(mode)
     if mode != "identity":
         return lambda x, out, batch: _fill(mode, out, stats, seed, key, batch)
-    if unit.residual:
-        return lambda x, out, batch: identity_output(module, x.clone())
+    if unit.residual and unit.skip is not None:
+        skip = unit.skip
+        return lambda x, out, batch: skip(x.clone())
 
     def passthrough(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
         if x.shape != out.shape:

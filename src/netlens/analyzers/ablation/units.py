@@ -1,128 +1,117 @@
-"""What to ablate: the default units of a model, residual-block recognition, identity functions.
+"""What to ablate: a model's natural units, found from one surveyed forward pass.
 
-The default units are a model's natural blocks: every residual block (timm / torchvision ResNets,
-netlens' ``resnet`` arch, anything built the same way), else every top-level child with
-parameters of the feature stack (``model.features``, or the model itself).
+The default units are the outermost *residual blocks*, recognised by what they compute (a block
+whose output adds its input back, :mod:`.residual`), whichever library defined them: timm and
+torchvision ResNets, RegNets, EfficientNet / MobileNet inverted residuals, ConvNeXt, ViT and
+Swin blocks, a user's own. A model without any gets each parameterised child of its feature
+stack instead (a stack of repeated blocks, like a ViT's ``blocks``, counts as its blocks).
+Normalisation layers are never default units: switching one off tests the scale of its input,
+not what the network learned.
 
-Identity for a residual block follows Veit et al. (2016): the residual branch is removed and the
-shortcut kept, so the block computes ``act(shortcut(x))``. These blocks apply their ReLU after
-the sum, so the ReLU stays: that is exactly what the block computes when its branch outputs zero.
+Identity ablation of a residual block removes its branch and keeps the shortcut (Veit et al.,
+2016); ``identity_fns`` (per study, never global) says how for a block netlens cannot trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...errors import AnalyzerError
 from ...layers import resolve_layers
+from .residual import find_residual
+from .survey import Call, survey
 
-__all__ = [
-    "IDENTITY_FNS",
-    "Unit",
-    "default_units",
-    "identity_output",
-    "is_residual_block",
-    "register_identity",
-    "select_units",
-]
+__all__ = ["IdentityFn", "Unit", "find_units", "is_norm"]
 
 IdentityFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+Skip = Callable[[torch.Tensor], torch.Tensor]
 
-#: Block class (``module.qualname``) → function computing the block without its residual branch.
-IDENTITY_FNS: dict[str, IdentityFn] = {}
-
-_HEAD_NAMES = {"fc", "head", "classifier", "last_linear", "pool", "global_pool", "flatten"}
-_SHORTCUT_ATTRS = ("downsample", "shortcut")
-
-
-def _qualname(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def register_identity(qualname: str, fn: IdentityFn) -> None:
-    """Teach netlens how to skip the residual branch of a block class.
-
-    Example:
-        >>> register_identity("mylib.Block", lambda m, x: m.act(m.proj(x)))
-    """
-    IDENTITY_FNS[qualname] = fn
-
-
-def _shortcut(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    for attr in _SHORTCUT_ATTRS:
-        branch = getattr(module, attr, None)
-        if isinstance(branch, nn.Module):
-            return branch(x)
-    return x
-
-
-def _final_act(module: nn.Module) -> nn.Module | None:
-    """The activation applied after the sum: the last ``act*``/``relu`` child, if any."""
-    acts = [m for n, m in module.named_children() if n.startswith("act") or n == "relu"]
-    return acts[-1] if acts else None
-
-
-def _structural_identity(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = _shortcut(module, x)
-    act = _final_act(module)
-    return act(out) if act is not None else out
-
-
-def _act_after(name: str) -> IdentityFn:
-    def fn(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return getattr(module, name)(_shortcut(module, x))
-
-    return fn
-
-
-register_identity("timm.models.resnet.BasicBlock", _act_after("act2"))
-register_identity("timm.models.resnet.Bottleneck", _act_after("act3"))
-register_identity("torchvision.models.resnet.BasicBlock", _act_after("relu"))
-register_identity("torchvision.models.resnet.Bottleneck", _act_after("relu"))
-register_identity("netlens.models.archs.BasicBlock", _act_after("act2"))
-
-
-def is_residual_block(module: nn.Module) -> bool:
-    """A registered block class, or a module with a ``downsample``/``shortcut`` attribute and at
-    least two conv children (the timm / torchvision / netlens ResNet block layout)."""
-    if _qualname(module) in IDENTITY_FNS:
-        return True
-    if not any(hasattr(module, a) for a in _SHORTCUT_ATTRS):
-        return False
-    convs = [m for m in module.children() if isinstance(m, nn.Conv2d)]
-    return len(convs) >= 2
-
-
-def identity_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block's output with its residual branch removed (``act(shortcut(x))``)."""
-    fn = IDENTITY_FNS.get(_qualname(module), _structural_identity)
-    return fn(module, x)
+_HEAD_NAMES = frozenset(
+    {"fc", "head", "classifier", "last_linear", "pool", "global_pool", "flatten"}
+)
+_NORMS = (
+    nn.modules.batchnorm._NormBase,  # batch and instance norms
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One part of the model to switch off."""
+    """One part of the model to switch off.
+
+    Attributes:
+        name: its dotted module name.
+        kind: ``"residual"`` (a block that adds its input back) or ``"layer"``.
+        downsample: a residual block whose shortcut carries weights or changes the shape.
+        skip: the block without its residual branch (residual units only).
+        shape_in, shape_out: what it mapped in the surveyed forward.
+    """
 
     name: str
-    kind: str  # "residual" or "layer"
+    kind: str
     downsample: bool = False
+    skip: Skip | None = field(default=None, compare=False, repr=False)
+    shape_in: tuple[int, ...] | None = field(default=None, compare=False)
+    shape_out: tuple[int, ...] | None = field(default=None, compare=False)
 
     @property
     def residual(self) -> bool:
         return self.kind == "residual"
 
 
-def _unit(model: nn.Module, name: str) -> Unit:
-    module = model.get_submodule(name)
-    if is_residual_block(module):
-        down = any(isinstance(getattr(module, a, None), nn.Module) for a in _SHORTCUT_ATTRS)
-        return Unit(name, "residual", down)
-    return Unit(name, "layer", False)
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (batch, instance, layer, group, RMS; frozen BN by its buffers)."""
+    if isinstance(module, _NORMS):
+        return True
+    buffers = {n for n, _ in module.named_buffers(recurse=False)}
+    return {"running_mean", "running_var"} <= buffers and next(module.children(), None) is None
+
+
+def _user_fn(name: str, module: nn.Module, fns: Mapping[Any, IdentityFn]) -> Skip | None:
+    fn = fns.get(name) or fns.get(type(module))
+    return (lambda x: fn(module, x)) if fn is not None else None
+
+
+def _unit(name: str, module: nn.Module, call: Call, fns: Mapping[Any, IdentityFn]) -> Unit:
+    """``module`` as a unit: residual when it adds its input back, else a plain layer."""
+    shapes = {"shape_in": call.shape_in, "shape_out": call.shape_out}
+    own = _user_fn(name, module, fns)
+    if own is not None:
+        return Unit(name, "residual", call.shape_in != call.shape_out, own, **shapes)
+    if call.x is not None:
+        found = find_residual(module, call.x, call.out)
+        if found is not None:
+            return Unit(name, "residual", found.projection, found.skip, **shapes)
+    return Unit(name, "layer", **shapes)
+
+
+def _residual_blocks(
+    model: nn.Module, calls: dict[str, Call], fns: Mapping[Any, IdentityFn]
+) -> list[Unit]:
+    """The outermost residual blocks, top down."""
+    found: list[Unit] = []
+
+    def visit(prefix: str, parent: nn.Module) -> None:
+        for child_name, child in parent.named_children():
+            name = f"{prefix}{child_name}"
+            if name not in calls:
+                continue
+            unit = _unit(name, child, calls[name], fns)
+            if unit.residual:
+                found.append(unit)
+            else:
+                visit(f"{name}.", child)
+
+    visit("", model)
+    return found
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -145,32 +134,52 @@ def _expand_repeats(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]
     return [(name, module)]
 
 
-def default_units(model: nn.Module) -> list[Unit]:
-    """Every residual block (outermost), else each parameterised child of the feature stack
-    (a stack of repeated blocks, like a ViT's ``blocks``, counts as its blocks)."""
-    blocks: list[str] = []
-    for name, module in model.named_modules():
-        if name and is_residual_block(module) and not any(name.startswith(b + ".") for b in blocks):
-            blocks.append(name)
-    if blocks:
-        return [_unit(model, n) for n in blocks]
+def _plain_layers(model: nn.Module) -> list[str]:
+    """Each parameterised, non-normalisation child of the feature stack (head left out)."""
     prefix, stack = _feature_stack(model)
-    children = [(n, m) for n, m in stack.named_children() if _has_params(m)]
+    children = [(n, m) for n, m in stack.named_children() if _has_params(m) and not is_norm(m)]
     if not prefix:
         children = [(n, m) for n, m in children if n not in _HEAD_NAMES]
         if children and isinstance(children[-1][1], nn.Linear):
             children = children[:-1]  # the classifier: removing it leaves no logits
-    children = [item for n, m in children for item in _expand_repeats(n, m)]
-    if not children:
+    return [prefix + n for c in children for n, _ in _expand_repeats(*c)]
+
+
+def _default_units(
+    model: nn.Module, calls: dict[str, Call], fns: Mapping[Any, IdentityFn]
+) -> list[Unit]:
+    blocks = _residual_blocks(model, calls, fns)
+    if blocks:
+        return blocks
+    names = [n for n in _plain_layers(model) if n in calls]
+    if not names:
         raise AnalyzerError(
             f"found no blocks to ablate in {type(model).__name__}; pick layers with --layers"
         )
-    return [_unit(model, prefix + n) for n, _ in children]
+    return [_unit(n, model.get_submodule(n), calls[n], fns) for n in names]
 
 
-def select_units(model: nn.Module, layers: object = None) -> tuple[list[Unit], bool]:
-    """Units from a selector (None: the default units); also whether they were chosen by hand."""
+def find_units(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: object = None,
+    identity_fns: Mapping[Any, IdentityFn] | None = None,
+) -> tuple[list[Unit], bool]:
+    """The units to ablate (None: the default units) and whether they were chosen by hand.
+
+    Args:
+        model: the model (in eval mode).
+        x: one input batch (its first image is surveyed).
+        layers: a layer selector (names, globs, ``type:X``), None or ``"blocks"``.
+        identity_fns: ``{unit name or block class: fn(module, x)}``, the block's output without
+            its residual branch, for blocks netlens cannot trace.
+    """
+    fns = dict(identity_fns or {})
+    calls = survey(model, x[:1])
     if layers is None or layers == "" or layers == "blocks":
-        return default_units(model), False
+        return _default_units(model, calls, fns), False
     names = resolve_layers(model, layers)  # type: ignore[arg-type]
-    return [_unit(model, n) for n in names], True
+    idle = [n for n in names if n not in calls]
+    if idle:
+        raise AnalyzerError(f"layer(s) {', '.join(idle)} did not run in the model's forward")
+    return [_unit(n, model.get_submodule(n), calls[n], fns) for n in names], True

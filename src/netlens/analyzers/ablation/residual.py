@@ -1,0 +1,252 @@
+"""Residual blocks recognised by what they compute: a block whose output adds its input back.
+
+A candidate block's own ``forward`` is traced with ``torch.fx``, every submodule a leaf, so only
+the block's wiring is read, never its children's insides or its class name. An addition in it is
+a *residual add* when both operands are tensors of the sum's shape that depend on the block's
+input, and one of them, the *shortcut*, reaches the input through fewer operations of its own than
+the other, the *branch*, which must hold learned weights: the input itself (ViT and Swin blocks,
+ConvNeXt blocks, the inverted residuals of EfficientNet / MobileNetV2-V3), or a projection of it
+(a ResNet's ``downsample``). Ties are broken by weight count; a tie there too is no residual add.
+The traced wiring must reproduce the block's own output on a real input (bit for bit on the
+CPU), else the block is not treated as residual.
+
+Switching such a block off (mode ``identity``, Veit et al. 2016) removes every residual branch and
+keeps every shortcut: each residual add is replaced by a copy of its shortcut operand, and what the
+block does after the sum stays (a ResNet's final ReLU, a Swin block's reshape). The result is a
+small ``GraphModule`` that shares the block's submodules, made per study (no registry).
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+__all__ = ["Residual", "find_residual", "residual_adds", "trace_block", "without_branches"]
+
+_ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
+_ADD_METHODS = frozenset({"add", "add_"})
+_OPERATOR_IN_PLACE = frozenset(
+    {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior"}
+)
+
+
+@dataclass(frozen=True)
+class Residual:
+    """A residual block: ``skip(x)`` is its output with every residual branch removed.
+
+    Attributes:
+        skip: the block without its branches (shares the block's submodules).
+        branches: how many residual adds were removed.
+        projection: the shortcut carries weights or changes the shape (a ResNet ``downsample``).
+    """
+
+    skip: fx.GraphModule
+    branches: int
+    projection: bool
+
+
+class _BlockTracer(fx.Tracer):
+    """Traces one module's own forward: every submodule call is a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def trace_block(module: nn.Module) -> fx.GraphModule | None:
+    """The wiring of ``module``'s forward as a GraphModule, or None when it does not trace."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _BlockTracer().trace(module)
+        return fx.GraphModule(module, graph)
+    except Exception:  # noqa: BLE001 - any tracing failure means "not recognised"
+        return None
+
+
+def _run(gm: fx.GraphModule, x: torch.Tensor) -> tuple[dict[fx.Node, Any], Any]:
+    """Every node's value (as computed, before later in-place ops) and the output."""
+    interp = fx.Interpreter(gm, garbage_collect_values=False)
+    out = interp.run(x.clone())
+    return interp.env, out
+
+
+def _operands(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    """The two operands of an addition node, when both are graph values."""
+    is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in _ADD_METHODS
+    )
+    if not is_add or len(node.args) < 2 or node.kwargs.get("alpha", 1) != 1:
+        return None
+    a, b = node.args[:2]
+    return (a, b) if isinstance(a, fx.Node) and isinstance(b, fx.Node) else None
+
+
+def _dependents(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value depends on the block's (first) input."""
+    nodes = list(gm.graph.nodes)
+    dep = {nodes[0]}
+    for n in nodes[1:]:
+        if any(a in dep for a in n.all_input_nodes):
+            dep.add(n)
+    return dep
+
+
+def _ancestors(node: fx.Node, within: set[fx.Node]) -> set[fx.Node]:
+    """``node`` and every node in ``within`` it is computed from."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in within and n not in seen:
+            seen.add(n)
+            todo += n.all_input_nodes
+    return seen
+
+
+def _weights(gm: fx.GraphModule, nodes: set[fx.Node]) -> int:
+    """Parameters read by ``nodes`` (module calls and attribute reads)."""
+    total = 0
+    for n in nodes:
+        if n.op == "call_module":
+            total += sum(p.numel() for p in gm.get_submodule(str(n.target)).parameters())
+        elif n.op == "get_attr":
+            value = _attr(gm, str(n.target))
+            total += value.numel() if isinstance(value, nn.Parameter) else 0
+    return total
+
+
+def _attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _same_shape(env: dict[fx.Node, Any], *nodes: fx.Node) -> bool:
+    values = [env.get(n) for n in nodes]
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        return False
+    return len({tuple(v.shape) for v in values}) == 1
+
+
+def _shortcut(gm: fx.GraphModule, a: fx.Node, b: fx.Node, dep: set[fx.Node]) -> fx.Node | None:
+    """The shortcut operand of ``a + b``, or None if neither is one.
+
+    A side's own nodes are those the other side does not also read; they are compared by how
+    many depend on the input, then by their weights (the weights they read themselves, such as
+    a layer-scale ``gamma``, included).
+    """
+    everything = set(gm.graph.nodes)
+    all_a, all_b = _ancestors(a, everything), _ancestors(b, everything)
+    own_a, own_b = (all_a - all_b) & dep, (all_b - all_a) & dep
+    key_a = (len(own_a), _weights(gm, all_a - all_b))
+    key_b = (len(own_b), _weights(gm, all_b - all_a))
+    if key_a == key_b:
+        return None
+    short, branch = (a, all_b - all_a) if key_a < key_b else (b, all_a - all_b)
+    return short if _weights(gm, branch) > 0 else None
+
+
+def residual_adds(gm: fx.GraphModule, env: dict[fx.Node, Any]) -> list[tuple[fx.Node, fx.Node]]:
+    """``(add, shortcut operand)`` for every residual add that feeds the output, in order."""
+    dep = _dependents(gm)
+    nodes = list(gm.graph.nodes)
+    live = _ancestors(nodes[-1], set(nodes))
+    found = []
+    for node in nodes:
+        ops = _operands(node)
+        if ops is None or node not in live or not all(o in dep for o in ops):
+            continue
+        if not _same_shape(env, node, *ops):
+            continue
+        short = _shortcut(gm, *ops, dep)
+        if short is not None:
+            found.append((node, short))
+    return found
+
+
+def without_branches(gm: fx.GraphModule, adds: list[tuple[fx.Node, fx.Node]]) -> fx.GraphModule:
+    """``gm`` changed in place: each residual add becomes a copy of its shortcut operand.
+
+    The adds are replaced last first, so an add that is the shortcut of a later one (the
+    residual stream of a transformer block) is still in the graph when the later one is; then
+    everything the output no longer needs is erased (see :func:`_prune`).
+    """
+    graph = gm.graph
+    for add, short in reversed(adds):
+        with graph.inserting_after(add):
+            copy = graph.call_method("clone", (short,))
+        add.replace_all_uses_with(copy)
+    _prune(gm)
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _prune(gm: fx.GraphModule) -> None:
+    """Erase the nodes the output does not need, keeping in-place ops on values it does."""
+    nodes = list(gm.graph.nodes)
+    live = _ancestors(nodes[-1], set(nodes))
+    grew = True
+    while grew:
+        grew = False
+        for n in nodes:
+            if n not in live and _in_place(gm, n) and n.args and n.args[0] in live:
+                live |= _ancestors(n, set(nodes))
+                grew = True
+    for n in reversed(nodes):
+        if n not in live and n.op != "placeholder":
+            gm.graph.erase_node(n)
+
+
+def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` may write into its first argument."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(str(node.target)), "inplace", False) is True
+    name = str(node.target) if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return (name.endswith("_") and not name.startswith("__")) or name in _OPERATOR_IN_PLACE
+
+
+def _reproduces(out: Any, expected: torch.Tensor) -> bool:
+    if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
+        return False
+    if out.device.type == "cpu":
+        return torch.equal(out, expected)
+    return torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def _projection(skip: fx.GraphModule, x: torch.Tensor, out: torch.Tensor) -> bool:
+    nodes = set(skip.graph.nodes)
+    return x.shape != out.shape or _weights(skip, nodes) > 0
+
+
+def find_residual(module: nn.Module, x: torch.Tensor, output: Any) -> Residual | None:
+    """``module`` as a :class:`Residual`, if its output adds its input back (see module doc).
+
+    Args:
+        module: the candidate block.
+        x: an input it was called with (its only argument).
+        output: what it returned for ``x``.
+    """
+    if not isinstance(output, torch.Tensor):
+        return None
+    gm = trace_block(module)
+    if gm is None or not any(_operands(n) for n in gm.graph.nodes):
+        return None  # no addition of two values: nothing to run
+    with torch.no_grad():
+        env, out = _run(gm, x)
+        if not _reproduces(out, output):
+            return None
+        adds = residual_adds(gm, env)
+        if not adds:
+            return None
+        skip = without_branches(gm, adds)
+        return Residual(skip, len(adds), _projection(skip, x, output))

@@ -1,0 +1,281 @@
+"""The study itself: pick the units, run every ablation over the data, make the rows.
+
+A block study switches each unit off in turn; a channel study switches off each channel of one
+layer, then cumulative sets of channels in order of importance and in a random order. All passes
+go through the cached-prefix engine (:mod:`.engine`); the data is streamed from ``run.data`` as
+often as needed (the statistics pass, then the ablations), progress is reported to
+``run.progress`` and every finished row is kept in ``run.storage`` at once, so a study that is
+interrupted resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ...errors import AnalyzerError
+from . import channels as ch
+from .engine import Ablation, Engine, hooked, run_ablations
+from .metrics import METRICS, Metric
+from .modes import UnitStats, shape_message, unit_replacement
+from .result import AblationResult, curve_arrays
+from .rows import StudyRows, columns, parse_cell
+from .units import Unit, find_units
+
+if TYPE_CHECKING:
+    from ..base import Run
+
+__all__ = ["ROWS_NAME", "study"]
+
+#: The name of the study's row file (``OUT/ablation.csv`` from the CLI).
+ROWS_NAME = "ablation"
+_ROWS_VERSION = 2  # bump when the row columns change: older row files are not resumed
+
+
+class _Pairs:
+    """The run's batches as ``(x, labels or None)``, re-iterable, with their count."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches = batches
+        self.batch_size = getattr(batches, "batch_size", None) or 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        for b in self.batches:
+            if isinstance(b, torch.Tensor):
+                yield b, None
+            else:
+                yield b[0], (b[1] if len(b) > 1 else None)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
+class _Plan:
+    """Everything a block or channel study runs with."""
+
+    run: Run
+    metric: Metric
+    mode: str
+    units: list[Unit]
+    skipped: list[str]
+    engine: Engine
+    loader: _Pairs
+    rows: StudyRows
+    device: torch.device
+    stats: dict[str, UnitStats] | None = None
+
+    def ablate(self, ablations: list[Ablation], label: str) -> None:
+        """Run ``ablations`` over the data (and the baseline, the first time)."""
+        total = sum(len(a.keys) for a in ablations) * len(self.run.data)  # type: ignore[arg-type]
+        first = self.rows.baseline if self.rows.needs_baseline else None
+        opts = self.run.options
+        with self.run.progress.task(label, total=total or None) as advance:
+            run_ablations(
+                self.engine,
+                self.loader,
+                ablations,
+                self.rows.done,
+                first,
+                self.metric,
+                device=self.device,
+                advance=advance,
+                budget=opts.cache_mb << 20,
+            )
+        self.rows.base()
+
+    def unit_stats(self, unit: str) -> UnitStats | None:
+        return self.stats[unit] if self.stats else None
+
+
+def _mode(run: Run) -> str:
+    mode = run.options.mode or ("zero" if run.options.channels else "identity")
+    return "zero" if run.options.channels and mode == "identity" else mode
+
+
+def _check_identity(units: list[Unit], explicit: bool) -> tuple[list[Unit], list[str]]:
+    """The units identity can skip (blocks, same-shape layers) and the names of the others."""
+    keep = [u for u in units if u.residual or u.shape_in == u.shape_out]
+    skipped = [u.name for u in units if u not in keep]
+    if skipped and explicit:
+        u = next(u for u in units if u.name == skipped[0])
+        raise AnalyzerError(shape_message(u.name, u.shape_in or (), u.shape_out or ()))
+    if not keep:
+        raise AnalyzerError(
+            f"identity cannot skip any default unit (all change shape: "
+            f"{', '.join(skipped[:4])}...); use --mode zero or --mode mean"
+        )
+    return keep, skipped
+
+
+def _units(run: Run, x0: torch.Tensor, mode: str) -> tuple[list[Unit], list[str]]:
+    opts = run.options
+    units, explicit = find_units(run.lens.model, x0, opts.layers, opts.identity_fns)
+    if opts.channels and len(units) != 1:
+        raise AnalyzerError("channel ablation needs exactly one layer: pass --layers NAME")
+    return _check_identity(units, explicit) if mode == "identity" else (units, [])
+
+
+def _config(run: Run, metric: Metric, mode: str, units: list[Unit]) -> dict[str, Any]:
+    """The settings a row file is made with (a resume must match them)."""
+    opts = run.options
+    keys = ("channels", "seed", "limit", "resamples", "points", "batch_size")
+    return {
+        "version": _ROWS_VERSION,
+        "model": run.lens.name,
+        "sha256": run.lens.digest(),
+        "data": run.data.source,  # type: ignore[union-attr]
+        "images": len(run.data),  # type: ignore[arg-type]
+        "units": [u.name for u in units],
+        "mode": mode,
+        "metric": metric.name,
+        **{k: opts[k] for k in keys},
+    }
+
+
+def _first_batch(loader: _Pairs) -> torch.Tensor:
+    first = next(iter(loader), None)
+    if first is None:
+        raise AnalyzerError("no image of the data could be read")
+    return first[0]
+
+
+def _engine(run: Run, x: torch.Tensor) -> Engine:
+    """The engine for the run's units, its traced graph checked on (up to 8 images of) ``x``."""
+    output = getattr(run.lens, "output_key", None)
+    engine = Engine(run.lens.model, run.layers or [], fast=run.options.fast, output=output)
+    engine.check(x[:8])
+    return engine
+
+
+def _class_names(run: Run, metric: Metric) -> list[str] | None:
+    """Names for the classes rows report: the model's; the data's when labels index them."""
+    data_classes = getattr(run.data, "classes", None) if metric.needs_labels else None
+    return run.lens.classes or data_classes
+
+
+def _rows(run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine) -> StudyRows:
+    config = _config(run, metric, mode, units)
+    store = run.storage.rows(ROWS_NAME, config, columns(metric), parse_cell)
+    path_of = lambda u: "cached" if engine.is_fast(u) else "naive"  # noqa: E731
+    by_name = {u.name: u for u in units}
+    opts = run.options
+    classes = _class_names(run, metric)
+    return StudyRows(metric, mode, classes, by_name, path_of, store, opts.resamples, opts.seed)
+
+
+def _plan(run: Run) -> _Plan:
+    metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
+    loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
+    x = _first_batch(loader).to(device)
+    units, skipped = _units(run, x, mode)
+    run.layers = [u.name for u in units]
+    engine = _engine(run, x)
+    rows = _rows(run, metric, mode, units, engine)
+    return _Plan(run, metric, mode, units, skipped, engine, loader, rows, device)
+
+
+def _statistics(plan: _Plan) -> dict[str, UnitStats]:
+    """Per-element mean and std of each unit's output over the data (for mean and noise)."""
+    stats = {u.name: UnitStats() for u in plan.units}
+    model = plan.engine.model
+    with ExitStack() as stack, plan.run.progress.task("statistics", len(plan.run.data)) as advance:
+        for u in plan.units:
+            hook = lambda m, i, o, s=stats[u.name]: s.add(o)  # noqa: E731
+            stack.enter_context(hooked(model.get_submodule(u.name), hook))
+        for x, _ in plan.loader:
+            model(x.to(plan.device))
+            advance(len(x))
+    return stats
+
+
+def _block_study(plan: _Plan) -> None:
+    abls = [
+        Ablation(
+            [u.name],
+            u.name,
+            unit_replacement(
+                u, plan.mode, plan.unit_stats(u.name), seed=plan.run.options.seed, key=i
+            ),
+        )
+        for i, u in enumerate(plan.units)
+        if u.name not in plan.rows.rows
+    ]
+    plan.ablate(abls, "blocks" if any(u.residual for u in plan.units) else "layers")
+
+
+def _channel_study(plan: _Plan) -> None:
+    unit, opts = plan.units[0], plan.run.options
+    shape = unit.shape_out or ()
+    if len(shape) < 2:
+        raise AnalyzerError(f"'{unit.name}' has no channel dimension (output {shape})")
+    n_ch, per = shape[1], int(np.prod(shape[1:]))
+    which = _which_channels(opts.channels, n_ch, unit.name)
+    group = ch.group_size(per, plan.loader.batch_size) if plan.engine.is_fast(unit.name) else 1
+    kw = {"seed": opts.seed, "group": group, "skip": set(plan.rows.rows)}
+    st = plan.unit_stats(unit.name)
+    singles = ch.channel_ablations(unit.name, n_ch, plan.mode, st, which=which, **kw)
+    plan.ablate(singles, f"channels of {unit.name}")
+    harm = [plan.rows.rows[ch.channel_key(unit.name, c)][plan.metric.harm] for c in which]
+    order = {k: np.asarray(which)[p] for k, p in ch.orders(np.array(harm), opts.seed).items()}
+    curves = ch.curve_ablations(unit.name, n_ch, order, plan.mode, st, points=opts.points, **kw)
+    plan.ablate(curves, "cumulative curves")
+
+
+def _which_channels(chosen: Any, n_ch: int, unit: str) -> list[int]:
+    """The channels to study: all of them, or the listed ones (each checked)."""
+    if chosen is True:
+        return list(range(n_ch))
+    wrong = [c for c in chosen if c >= n_ch]
+    if wrong:
+        raise AnalyzerError(
+            f"channel {wrong[0]} is out of range: '{unit}' has {n_ch} channels (0..{n_ch - 1})"
+        )
+    return list(chosen)
+
+
+def _meta(plan: _Plan) -> dict[str, Any]:
+    base, m = plan.rows.rows["baseline"], plan.metric
+    return {
+        "model": plan.run.lens.name,
+        "mode": plan.mode,
+        "metric": m.name,
+        "metric_title": m.title,
+        "direction": m.direction,
+        "harm": m.harm,
+        "per_class": "accuracy by true class" if m.needs_labels else "agreement by intact class",
+        "channels": plan.run.options.channels,
+        "units": [u.name for u in plan.units],
+        "skipped_units": plan.skipped,
+        "classes": plan.rows.classes,
+        "label_source": getattr(plan.run.data, "label_source", None),
+        "baseline": {k: base[k] for k in ("value", "ci_low", "ci_high")}
+        | {"n": len(plan.rows.base()["value"])},
+        "paths": {u.name: plan.rows.path_of(u.name) for u in plan.units},
+        "trace_error": plan.engine.trace_error,
+        "resumed": plan.rows.resumed,
+    }
+
+
+def _result(plan: _Plan) -> AblationResult:
+    rows = list(plan.rows.rows.values())
+    rows.sort(key=lambda r: (r["kind"] != "baseline", r["kind"].startswith("curve")))
+    arrays = curve_arrays(rows)
+    ablated = [r for r in rows if not r["kind"].startswith(("baseline", "curve"))]
+    arrays["delta"] = np.array([r["delta"] for r in ablated])
+    return AblationResult(name=ROWS_NAME, arrays=arrays, table=rows, meta=_meta(plan))
+
+
+def study(run: Run) -> AblationResult:
+    """Run the ablation study ``run`` describes (see the module doc)."""
+    with torch.no_grad():
+        plan = _plan(run)
+        if plan.mode in ("mean", "noise"):
+            plan.stats = _statistics(plan)
+        _channel_study(plan) if run.options.channels else _block_study(plan)
+        return _result(plan)

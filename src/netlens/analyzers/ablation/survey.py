@@ -1,0 +1,89 @@
+"""One forward pass that records how each module of a model is called.
+
+For every submodule: how often it ran, the shapes it mapped, and, for the modules that may be
+blocks (anything with children, or a module from outside ``torch.nn``), a copy of its first
+input and output, so residual blocks can be recognised by what they compute
+(:mod:`.residual`). Hooks are removed on the way out, also on errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Call", "survey"]
+
+
+@dataclass
+class Call:
+    """How a module was called in the surveyed forward.
+
+    Attributes:
+        count: how many times it ran.
+        shape_in: the shape of its first argument (None: not a tensor).
+        shape_out: the shape of its output (None: not a tensor).
+        x: a copy of its first input, when it took exactly one tensor and may be a block.
+        out: a copy of that call's output (same condition).
+    """
+
+    count: int = 0
+    shape_in: tuple[int, ...] | None = None
+    shape_out: tuple[int, ...] | None = None
+    x: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+
+
+def _may_be_block(module: nn.Module) -> bool:
+    """Built-in ``torch.nn`` leaves (convs, norms, activations) are never blocks."""
+    leaf = next(module.children(), None) is None
+    return not (leaf and type(module).__module__.startswith("torch.nn"))
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+@contextmanager
+def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator[None]:
+    keep = _may_be_block(module)
+
+    def before(m: nn.Module, args: tuple, kwargs: dict) -> None:
+        call = calls.setdefault(name, Call())
+        call.count += 1
+        if call.count == 1:
+            call.shape_in = _shape(args[0]) if args else None
+            single = len(args) == 1 and not kwargs and call.shape_in is not None
+            call.x = args[0].detach().clone() if keep and single else None
+
+    def after(m: nn.Module, args: tuple, out: Any) -> None:
+        call = calls[name]
+        if call.count == 1:
+            call.shape_out = _shape(out)
+            call.out = out.detach().clone() if call.x is not None and call.shape_out else None
+
+    pre = module.register_forward_pre_hook(before, with_kwargs=True)
+    post = module.register_forward_hook(after)
+    try:
+        yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def survey(model: nn.Module, x: torch.Tensor) -> dict[str, Call]:
+    """Run ``model`` on ``x`` (one image is enough) and record every submodule's calls.
+
+    Modules that did not run have no entry.
+    """
+    calls: dict[str, Call] = {}
+    with ExitStack() as stack, torch.no_grad():
+        for name, module in model.named_modules():
+            if name:
+                stack.enter_context(_recording(name, module, calls))
+        model(x)
+    return calls

@@ -1,0 +1,103 @@
+"""Data for the metrics that need no labels: any images, labelled or not.
+
+``prob``, ``kl`` and ``agreement`` compare the ablated model with the intact one, so labels are
+never read, and data the label checks would refuse is fine: a folder of images with no class
+subfolders, a folder or CSV whose class names the model does not know, image tensors without
+labels, an ``(images, labels)`` pair with labels outside the model's classes. Folders of class
+subfolders and CSV lists keep their own labels, unmatched (nobody reads them); other images
+carry the label -1 ("unknown"); a dataset name or a Dataset is used as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ...data.resolve import sized
+from ...errors import DataError
+from ...images import IMAGE_SUFFIXES, read_image
+
+if TYPE_CHECKING:
+    from ...lens import Lens
+
+__all__ = ["LABEL_SOURCE", "describe", "unlabelled_data"]
+
+#: What the run header says about labels when the metric does not read them.
+LABEL_SOURCE = "not used: the metric compares the ablated model with the intact one"
+
+
+class ImageFiles(Dataset):
+    """Image files, preprocessed on access, each with the label -1."""
+
+    def __init__(self, files: list[Path], preprocess: Any) -> None:
+        if not files:
+            raise DataError(f"no images found ({', '.join(IMAGE_SUFFIXES)})")
+        self.files = files
+        self.preprocess = sized(preprocess, lambda: read_image(files[0]))
+        self.label_source = LABEL_SOURCE
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.preprocess(read_image(self.files[i])), -1
+
+
+class ImageTensors(Dataset):
+    """Preprocessed image tensors (N×C×H×W), each with the label -1."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+        self.label_source = LABEL_SOURCE
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], -1
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def unlabelled_data(lens: Lens, inputs: Any) -> Any:
+    """``inputs`` as data whose labels nobody reads (see the module doc).
+
+    A DataLoader, a Dataset, a dataset name and None (the model card's dataset) are returned
+    as they are, for the template to resolve.
+    """
+    if isinstance(inputs, torch.Tensor):
+        return ImageTensors(inputs)
+    if isinstance(inputs, tuple) and len(inputs) in (2, 3):
+        return ImageTensors(torch.as_tensor(inputs[0]))
+    path = Path(inputs) if isinstance(inputs, (str, Path)) else None
+    if path is not None and path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        return ImageFiles(_images_under(path), lens.transform)
+    if path is not None and (path.is_dir() or path.suffix.lower() == ".csv"):
+        from ...data import as_dataset
+
+        return as_dataset(path, lens.transform, host=lens.host)  # the data's own labels
+    if isinstance(inputs, (Dataset, DataLoader, str, Path)) or inputs is None:
+        return inputs
+    raise DataError(
+        f"cannot use a {type(inputs).__name__} as data; pass a folder, a .csv list, a dataset "
+        "name, a Dataset, a DataLoader, image tensors or an (images, labels) pair"
+    )
+
+
+def describe(inputs: Any) -> str | None:
+    """Where images turned into data here came from (None: not turned here)."""
+    if isinstance(inputs, torch.Tensor):
+        return f"{len(inputs)} image tensors"
+    if isinstance(inputs, tuple) and len(inputs) in (2, 3):
+        return f"{len(inputs[0])} image tensors (labels not used)"
+    path = Path(inputs) if isinstance(inputs, (str, Path)) else None
+    if path is not None and path.is_dir():
+        return f"folder {path}"
+    if path is not None and path.suffix.lower() == ".csv":
+        return f"CSV list {path}"
+    return None

@@ -1,0 +1,101 @@
+"""Terminal tables of results (rich), printed on stdout by the CLI.
+
+Names (layers, methods, metrics) are never cut: they fold onto a second line if the terminal is
+narrow, since they are what a user types next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["cam_table", "sanity_table", "scores_table", "stats_table", "summary_table"]
+
+
+def stats_table(result: Any) -> Any:
+    """Per layer: mean, std, near-zero and dead fractions."""
+    from rich.table import Table
+
+    table = Table(title=f"activation statistics over {result.meta['samples']} samples")
+    table.add_column("layer", overflow="fold")
+    for col in ("mean", "std", "near zero", "dead units", "dead channels"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in result.table:
+        table.add_row(
+            r["layer"],
+            f"{r['mean']:.3g}",
+            f"{r['std']:.3g}",
+            f"{r['near_zero']:.1%}",
+            f"{r['dead_units']:.1%}",
+            f"{r['dead_channels']:.1%}",
+        )
+    return table
+
+
+def scores_table(rows: list[dict[str, Any]]) -> Any:
+    """Explanation quality: one row per method and metric (↑/↓: which way is better)."""
+    from rich.table import Table
+
+    table = Table(title="explanation quality: mean [95% CI] over images")
+    for col in ("method", "metric"):
+        table.add_column(col, overflow="fold")
+    for col in ("score", "baseline", "n"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        arrow = "↑" if r["better"] == "higher" else "↓"
+        score = f"{r['mean']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        base = r.get("baseline")
+        kind = "chance" if r.get("baseline_kind") == "chance" else "random"
+        table.add_row(
+            r["method"],
+            f"{r['metric']} {arrow}",
+            score,
+            "" if base is None else f"{base:.3f} {kind}",
+            str(r["n"]),
+        )
+    return table
+
+
+def cam_table(result: Any) -> Any:
+    """Per image: the prediction and what was explained, with probabilities."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.meta['method']} on layer {result.layer}")
+    for col in ("image", "predicted", "explained"):
+        table.add_column(col, overflow="fold")
+    for row in result.rows():
+        names = row["target_name"] if isinstance(row["target_name"], list) else [row["target_name"]]
+        probs = row["probability"] if isinstance(row["probability"], list) else [row["probability"]]
+        shown = ", ".join(
+            f"{n} ({p:.1%})" if p is not None else str(n) for n, p in zip(names, probs, strict=True)
+        )
+        pred = f"{row['prediction_name']} ({row['prediction_probability']:.1%})"
+        table.add_row(row["image"], pred, shown)
+    return table
+
+
+def sanity_table(result: Any) -> Any:
+    """One verdict per method, green when the maps depend on the weights."""
+    from rich.table import Table
+
+    table = Table(title="model-randomisation sanity check")
+    table.add_column("method", no_wrap=True)
+    table.add_column("verdict", overflow="fold")
+    for name, v in result.meta["verdicts"].items():
+        colour = "green" if v["passes"] else "red"
+        table.add_row(name, f"[{colour}]{v['verdict']}[/{colour}]")
+    return table
+
+
+_TABLES: dict[str, Callable[[Any], Any]] = {
+    "cam": cam_table,
+    "stats": stats_table,
+    "evaluate": lambda result: scores_table(result.table),
+    "sanity": sanity_table,
+}
+
+
+def summary_table(result: Any) -> Any | None:
+    """The terminal table for a result, when its kind has one."""
+    make = _TABLES.get(result.name)
+    return make(result) if make is not None else None

@@ -1,0 +1,247 @@
+"""Labels by name: match the class names found in data to the model's class names.
+
+Folder names and CSV labels are names; they are matched to the model's classes exactly, then
+ignoring case and separators (``T_Shirt`` is ``t-shirt``), so a label is the index of the model
+class it names. Integers in a CSV are class indices and stay so. Names the model does not have
+are an error naming the closest model classes, unless a label map (data name → model class name
+or index) says where they go. A model without class names keeps the sorted order of the names
+and says so once. Every match records its *label source*, so tables can name it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, NetlensWarning, close_names
+
+__all__ = [
+    "UNSET",
+    "LabelMatch",
+    "index_labels",
+    "match_names",
+    "normalize_name",
+    "read_class_names",
+    "read_label_map",
+]
+
+
+class _Unset:
+    """Marks "no model classes given" (None means "the model has no class names")."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class LabelMatch:
+    """Where each data label goes: ``index[name]`` is a class index into ``classes``."""
+
+    index: dict[str, int]
+    classes: list[str]
+    source: str
+
+
+def normalize_name(name: str) -> str:
+    """Case- and separator-insensitive form: ``"T_Shirt"``, ``"t-shirt"`` → ``"tshirt"``."""
+    return re.sub(r"[\s_\-./]+", "", str(name)).casefold()
+
+
+def _is_int(text: str) -> bool:
+    return bool(re.fullmatch(r"[+-]?\d+", str(text).strip()))
+
+
+def match_names(
+    names: Iterable[str],
+    classes: Sequence[str] | None | _Unset = UNSET,
+    *,
+    label_map: Mapping[str, Any] | str | Path | None = None,
+    what: str = "folder names",
+) -> LabelMatch:
+    """Map the distinct label ``names`` found in data to class indices.
+
+    Args:
+        names: the data's label names (folder names, CSV labels, a dataset's classes).
+        classes: the model's class names; None: the model has none (sorted order, with a
+            warning); UNSET: no model involved (sorted order, silently).
+        label_map: data name → model class name or index, applied first (a dict or a file).
+        what: how the names are called in messages and the label source.
+    """
+    distinct = sorted(set(names))
+    mapping = read_label_map(label_map) if label_map is not None else {}
+    if isinstance(classes, _Unset) or (classes is None and not mapping):
+        if classes is None:
+            warnings.warn(
+                f"the model has no class names: labels are the sorted {what} "
+                f"({', '.join(distinct[:6])}{', ...' if len(distinct) > 6 else ''}) numbered 0.."
+                f"{len(distinct) - 1}; give the model its classes (--classes FILE) to match "
+                "by name",
+                NetlensWarning,
+                stacklevel=3,
+            )
+        note = " (model has no class names)" if classes is None else ""
+        return LabelMatch({n: i for i, n in enumerate(distinct)}, distinct, f"sorted {what}{note}")
+    model = list(classes or [])
+    index, unknown = {}, []
+    for name in distinct:
+        k = _lookup(mapping[name], model, name) if name in mapping else _find(name, model)
+        if k is None:
+            unknown.append(name)
+        else:
+            index[name] = k
+    if unknown and all(_is_int(n) for n in distinct) and not mapping:
+        return index_labels(distinct, model, what=what)
+    if unknown:
+        raise DataError(_unknown_message(unknown, model, what))
+    via = " via the label map" if mapping else ""
+    return LabelMatch(index, model, f"{what} matched to model classes{via}")
+
+
+def index_labels(
+    values: Iterable[str | int],
+    classes: Sequence[str] | None | _Unset = UNSET,
+    *,
+    what: str = "CSV",
+    num_classes: int | None = None,
+) -> LabelMatch:
+    """Integer labels are class indices: checked against the model's class count when known."""
+    distinct = sorted({int(v) for v in values})
+    known = list(classes) if isinstance(classes, (list, tuple)) else None
+    count = len(known) if known else num_classes
+    if distinct and distinct[0] < 0:
+        raise DataError(f"{what} labels must be class indices >= 0; found {distinct[0]}")
+    if count is not None and distinct and distinct[-1] >= count:
+        bad = [v for v in distinct if v >= count]
+        raise DataError(
+            f"{what} labels are class indices, but {', '.join(map(str, bad[:5]))} "
+            f"{'is' if len(bad) == 1 else 'are'} out of range for a model with {count} classes "
+            f"(0..{count - 1}); use the model's own class indices or names"
+        )
+    names = known or [str(i) for i in range(max(distinct, default=-1) + 1)]
+    src = f"{what} integer indices" if what == "CSV" else f"{what} as class indices"
+    return LabelMatch({str(v): v for v in distinct}, names, src)
+
+
+def _find(name: str, model: list[str]) -> int | None:
+    """Exact match first, then the case/separator-insensitive one (when it is unambiguous)."""
+    if name in model:
+        return model.index(name)
+    key = normalize_name(name)
+    hits = [i for i, c in enumerate(model) if normalize_name(c) == key]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _lookup(target: Any, model: list[str], name: str) -> int:
+    if isinstance(target, int) or _is_int(str(target)):
+        k = int(target)
+        if 0 <= k < len(model) or not model:
+            return k
+        raise DataError(
+            f"the label map sends '{name}' to class {k}, but the model has {len(model)} classes"
+        )
+    k = _find(str(target), model)
+    if k is None:
+        raise DataError(
+            f"the label map sends '{name}' to '{target}', which is not a model class"
+            f"{_closest(str(target), model)}"
+        )
+    return k
+
+
+def _closest(name: str, model: list[str]) -> str:
+    by_norm = {normalize_name(c): c for c in model}
+    hits = [by_norm[h] for h in close_names(normalize_name(name), list(by_norm), n=3)]
+    return f" (closest: {', '.join(repr(h) for h in hits)})" if hits else ""
+
+
+def _unknown_message(unknown: list[str], model: list[str], what: str) -> str:
+    shown = "; ".join(f"'{n}'{_closest(n, model)}" for n in unknown[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    listing = ", ".join(model[:8]) + (", ..." if len(model) > 8 else "")
+    return (
+        f"{what} the model does not have: {shown}{more} (model classes: {listing}); rename them, "
+        "map them with --label-map FILE (label_map= in Python), or pass classes= for an "
+        "intended mismatch"
+    )
+
+
+# -- files -----------------------------------------------------------------------------------
+def read_label_map(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """A label map from a dict, a JSON object file, or a CSV/text file of ``data,model`` rows."""
+    if isinstance(source, Mapping):
+        return {str(k): v for k, v in source.items()}
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"label map not found: {path} (a JSON object or 'data,model' lines)")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        try:
+            return {str(k): v for k, v in json.loads(text).items()}
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise DataError(f"label map {path} is not valid JSON ({exc})") from None
+    out: dict[str, Any] = {}
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = [p.strip() for p in re.split(r"[,\t]", line, maxsplit=1)]
+        if len(parts) != 2 or not all(parts):
+            raise DataError(f"{path}: line {i} is not 'data name,model class'")
+        out[parts[0]] = parts[1]
+    return out
+
+
+def read_class_names(source: Sequence[str] | str | Path) -> list[str]:
+    """Class names from a list, a file (one name per line, a JSON list or ``{index: name}``),
+    or a comma-separated string (``"cat,dog"``).
+
+    Example:
+        >>> read_class_names("cat,dog")
+        ['cat', 'dog']
+    """
+    if not isinstance(source, (str, Path)):
+        names = [str(n) for n in source]
+    elif Path(source).is_file():
+        names = _parse_class_file(Path(source))
+    elif isinstance(source, str) and "," in source:
+        names = [n.strip() for n in source.split(",")]
+    else:
+        raise DataError(
+            f"class names file not found: {source} (a file with one name per line or JSON, "
+            "or names separated by commas)"
+        )
+    if not names or not all(names):
+        raise DataError("class names must be non-empty (an empty list, file or name given)")
+    return names
+
+
+def _parse_class_file(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"class names file {path} is not valid JSON ({exc})") from None
+        if isinstance(data, dict):
+            return _from_index_dict(data, path)
+        return [str(n) for n in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _from_index_dict(data: dict[str, Any], path: Path) -> list[str]:
+    if not all(_is_int(k) for k in data):
+        raise DataError(f"{path}: a JSON object of class names needs integer keys (index: name)")
+    by_index = {int(k): str(v) for k, v in data.items()}
+    missing = sorted(set(range(len(by_index))) - set(by_index))
+    if missing:
+        raise DataError(
+            f"{path}: class indices must run 0..{len(by_index) - 1}; {missing[0]} is missing"
+        )
+    return [by_index[i] for i in range(len(by_index))]

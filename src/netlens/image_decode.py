@@ -1,0 +1,170 @@
+"""Decode image files within a pixel budget: header first, then OpenCV, then plain uint8 RGB.
+
+:func:`read_checked` is the body of :func:`netlens.images.read_image`: the header's width and
+height (:mod:`netlens.image_header`) must be known and within :func:`pixel_limit` before a
+byte is decoded; what libpng/libtiff/OpenCV print on stderr meanwhile is silenced; 16-bit,
+float and RGBA images become 8-bit RGB without full-size float copies.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+from .naming import display_path
+
+__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "MAX_PIXELS_ENV", "pixel_limit", "read_checked"]
+
+FORMATS = "PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF, JPEG 2000, PNM/PAM/PFM, Sun raster, HDR"
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "NETLENS_MAX_PIXELS"
+_BYTES_PER_PIXEL_BOUND = 16  # float32 RGBA, uncompressed: no real file is larger per pixel
+_METADATA_SLACK = 64 << 20
+
+
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """The most pixels (width × height) netlens decodes for one image.
+
+    ``max_pixels`` when given, else the ``NETLENS_MAX_PIXELS`` environment variable (a number,
+    ``2.5e8`` and ``250M`` work), else :data:`DEFAULT_MAX_PIXELS` (100 MP: any camera photo).
+
+    Example:
+        >>> pixel_limit(4096 * 4096)
+        16777216
+    """
+    if max_pixels is None:
+        raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not raw:
+            return DEFAULT_MAX_PIXELS
+        max_pixels = parse_pixels(raw)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)):
+        raise ImageError(f"max_pixels must be a whole number of pixels, got {max_pixels!r}")
+    if max_pixels < 1:
+        raise ImageError(f"max_pixels must be at least 1, got {max_pixels}")
+    return int(max_pixels)
+
+
+def parse_pixels(raw: str, what: str = MAX_PIXELS_ENV) -> int:
+    """A pixel count written as ``100000000``, ``2.5e8`` or ``250M``; one line if not."""
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(raw[-1:].upper(), 1)
+    number = raw[:-1] if scale > 1 else raw
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value < 1 or value > 2**62:
+        raise ImageError(
+            f"{what}={raw[:40]!r} is not a pixel count; use a number like 100000000, 2.5e8 or 250M"
+        )
+    return int(value)
+
+
+def read_checked(p: Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read ``p`` as :func:`netlens.images.read_image` documents (one-line ImageErrors)."""
+    name = display_path(p)
+    limit = pixel_limit(max_pixels)
+    try:
+        with p.open("rb") as fh:
+            size = _checked_size(fh, name, limit, os.fstat(fh.fileno()).st_size)
+            data = fh.read()
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {name} (check the path)") from None
+    except IsADirectoryError:
+        raise ImageError(
+            f"{name} is a folder; pass image files, or the folder where a folder is OK"
+        ) from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {name}: {exc.strerror or exc} (check the file)") from None
+    return _decode(data, name, size, limit)
+
+
+def _checked_size(fh: BinaryIO, name: str, limit: int, nbytes: int) -> tuple[int, int]:
+    """The header's (width, height), once it is known, non-zero and within ``limit``."""
+    if nbytes == 0:
+        raise ImageError(f"image file is empty: {name}")
+    from .image_header import image_size
+
+    size = image_size(fh)
+    if size is None or min(size) < 1:
+        raise ImageError(
+            f"cannot decode {name}: not an image, damaged, or a format netlens does not read "
+            f"({FORMATS})"
+        )
+    w, h = size
+    if w * h > limit:
+        raise ImageError(
+            f"{name} is {w}×{h} pixels ({w * h / 1e6:.0f} MP), over the limit of "
+            f"{limit / 1e6:g} MP per image; if you trust the file, raise the limit with "
+            f"--max-pixels or {MAX_PIXELS_ENV}"
+        )
+    if nbytes > _BYTES_PER_PIXEL_BOUND * w * h + _METADATA_SLACK:
+        raise ImageError(
+            f"{name} is {nbytes / 1e6:.0f} MB for a {w}×{h} image; the file carries far more "
+            "than pixels (padded or damaged): re-save it"
+        )
+    return size
+
+
+def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.ndarray:
+    """Decode bytes whose header said ``size``; never more than ``limit`` pixels."""
+    from .diagnostics import native_stderr_silenced
+    from .image_header import image_size
+
+    if image_size(io.BytesIO(data)) != size:
+        raise ImageError(f"{name} changed while it was being read; try again")
+    try:
+        with native_stderr_silenced():  # libpng/libtiff/OpenCV print to fd 2 directly
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
+    if img is None or img.size == 0:
+        raise ImageError(
+            f"cannot decode {name}: its image data is damaged or cut short; re-save it"
+        )
+    if img.shape[0] * img.shape[1] > limit:  # the decoder disagreed with the header
+        raise ImageError(f"{name} decodes to more than {limit / 1e6:g} MP; re-save it")
+    return _normalise_decoded(img)
+
+
+def _normalise_decoded(img: np.ndarray) -> np.ndarray:
+    """Decoded OpenCV array (BGR/BGRA/gray, any depth) → uint8 RGB or gray, no float copies."""
+    if img.dtype == np.uint16:
+        img = cv2.convertScaleAbs(img, alpha=1 / 257)  # rounds like x / 257 + 0.5
+    elif img.dtype != np.uint8:
+        img = _float_to_uint8(img)
+    if img.ndim == 2:
+        return img[:, :, None]
+    if img.shape[2] == 1:
+        return img
+    if img.shape[2] == 4:
+        img = _composite_on_white(img)
+    img = np.ascontiguousarray(img[:, :, :3])
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
+
+
+def _float_to_uint8(img: np.ndarray) -> np.ndarray:
+    """Stretch a float (or 32-bit) image's range to 0..255."""
+    f = img.astype(np.float32, copy=False)
+    finite = np.isfinite(f)
+    if not finite.all():
+        f = np.where(finite, f, 0).astype(np.float32)
+    lo, hi = float(f.min()), float(f.max())
+    return ((f - lo) * (255.0 / (hi - lo + 1e-12)) + 0.5).astype(np.uint8)
+
+
+def _composite_on_white(img: np.ndarray) -> np.ndarray:
+    """BGRA uint8 → BGR on a white background, in blocks of ~1 MP (temporaries stay small)."""
+    out = np.empty((*img.shape[:2], 3), np.uint8)
+    rows = max(1, (1 << 20) // img.shape[1])
+    for top in range(0, img.shape[0], rows):
+        block = img[top : top + rows].astype(np.uint32)
+        alpha = block[:, :, 3:]
+        mixed = block[:, :, :3] * alpha + 255 * (255 - alpha)
+        out[top : top + rows] = (mixed + 127) // 255
+    return out

@@ -1,0 +1,59 @@
+"""Class names for any model: read from a list or file, checked against the model's outputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..preprocess import Preprocess
+
+__all__ = ["check_class_names", "output_count"]
+
+
+def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None:
+    """How many classes ``model`` outputs; None when that cannot be told without running it.
+
+    timm models say it (``num_classes``); otherwise one dry forward at the spec's input size,
+    or, with no known size, the width of a final ``nn.Linear``.
+    """
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and hasattr(model, "get_classifier"):
+        return n
+    if spec is not None and spec.size is not None:
+        return _dry_forward_count(model, spec)
+    leaves = [m for m in model.modules() if not list(m.children())]
+    last = leaves[-1] if leaves else None
+    return int(last.out_features) if isinstance(last, nn.Linear) else None
+
+
+def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
+    from ..layers import eval_mode
+
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, spec.channels, *spec.size, device=p.device if p is not None else "cpu")  # type: ignore[misc]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            out: Any = model(x)
+    except Exception:  # noqa: BLE001 - a model that cannot run here is reported by the analyses
+        return None
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    out = getattr(out, "logits", out)
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def check_class_names(names: list[str], model: nn.Module, spec: Preprocess | None) -> None:
+    """One line when the number of names differs from the model's outputs (or names repeat)."""
+    n = output_count(model, spec)
+    if n is not None and n != len(names):
+        raise ModelLoadError(
+            f"{len(names)} class names given but the model has {n} outputs; give one name per "
+            "output, in output order"
+        )
+    seen: set[str] = set()
+    dup = next((c for c in names if c in seen or seen.add(c)), None)  # type: ignore[func-returns-value]
+    if dup is not None:
+        raise ModelLoadError(f"class name '{dup}' is given twice; class names must be distinct")

@@ -1,0 +1,135 @@
+"""The engines that apply a :class:`~netlens.preprocess.Preprocess` spec to one image.
+
+``resize_crop``: torchvision's functional ops on a PIL image (anti-aliased PIL filters), as a
+torchvision weights transform does to a PIL image; ``timm_transform``: timm's own
+``create_transform`` for a spec; ``call_function``: a user's callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..errors import NetlensError
+
+if TYPE_CHECKING:
+    from .spec import Preprocess
+
+
+def to_uint8(image: Any, channels: int) -> np.ndarray:
+    """Any image → an H×W×channels uint8 array."""
+    from ..images import to_channels
+
+    arr = np.asarray(image)
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        f = arr.astype(np.float32)
+        arr = np.clip((f * 255.0 if f.max(initial=0) <= 1.0 else f) + 0.5, 0, 255).astype(np.uint8)
+    return to_channels(arr, channels)
+
+
+def to_pil(img: np.ndarray) -> Any:
+    """An H×W×C uint8 array → a PIL image (mode L for one channel)."""
+    from PIL import Image
+
+    return Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+
+
+def resized_hw(hw: tuple[int, int], spec: Preprocess) -> tuple[int, int]:
+    """The size before the crop, as torchvision's ``resize`` computes it."""
+    h0, w0 = hw
+    rh, rw = spec.resize_size  # type: ignore[misc]
+    if spec.mode == "squash" or rh != rw:
+        return rh, rw
+    short, long = (h0, w0) if h0 <= w0 else (w0, h0)
+    new_long = int(rw * long / short)
+    return (rh, new_long) if h0 <= w0 else (new_long, rh)
+
+
+def resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """Anti-aliased PIL resize, then a centre crop: torchvision's ops on a PIL image.
+
+    An extreme aspect ratio (the resize would make more than 16 MP) is cropped and resized in
+    one step instead (:func:`box_resize_crop`), so memory never exceeds the output.
+    """
+    if huge_resize(img.shape[:2], spec):
+        return box_resize_crop(img, spec)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    pil = to_pil(img)
+    rh, rw = spec.resize_size  # type: ignore[misc]
+    target = [rh, rw] if spec.mode == "squash" or rh != rw else [rh]
+    pil = F.resize(pil, target, interpolation=InterpolationMode(spec.interpolation))
+    pil = F.center_crop(pil, list(spec.size))  # type: ignore[arg-type]
+    out = np.asarray(pil)
+    return out.reshape(*out.shape[:2], img.shape[2])
+
+
+def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """The centre crop's box in source pixels resized straight to the output (PIL's
+    ``resize(box=...)``): the same geometry as resize-then-crop, within one grey level (PIL's
+    two passes round in between), with no intermediate larger than the output."""
+    from PIL import Image
+
+    pil = to_pil(img)
+    h0, w0 = img.shape[:2]
+    rh, rw = resized_hw((h0, w0), spec)
+    h, w = spec.size  # type: ignore[misc]
+    top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+    sy, sx = rh / h0, rw / w0
+    box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
+    how = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "box": Image.Resampling.BOX,
+        "hamming": Image.Resampling.HAMMING,
+        "lanczos": Image.Resampling.LANCZOS,
+    }[spec.interpolation]
+    out = np.asarray(pil.resize((w, h), how, box=box))
+    return out.reshape(*out.shape[:2], img.shape[2])
+
+
+def huge_resize(hw: tuple[int, int], spec: Preprocess, limit: int = 1 << 24) -> bool:
+    """Whether resizing before the crop would make more than ``limit`` pixels (an extreme
+    aspect ratio), so the crop must come first."""
+    if spec.size is None:
+        return False
+    rh, rw = resized_hw(hw, spec)
+    return rh * rw > limit
+
+
+@lru_cache(maxsize=32)
+def timm_transform(key: tuple[Any, ...]) -> Callable[[Any], torch.Tensor]:
+    """timm's own eval transform for a spec (cached: building it is not free)."""
+    from timm.data import create_transform
+
+    input_size, interpolation, mean, std, crop_pct, crop_mode = key
+    return create_transform(
+        input_size=input_size,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
+        crop_pct=crop_pct,
+        crop_mode=crop_mode,
+    )
+
+
+def call_function(fn: Callable[[Any], Any], pil: Any) -> torch.Tensor:
+    """A user's preprocessing function on a PIL image; its C×H×W tensor, checked."""
+    out = fn(pil)
+    if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[0] == 1:
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() != 3:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise NetlensError(
+            f"the preprocessing function {getattr(fn, '__qualname__', fn)} returned {got}; it "
+            "must turn a PIL image into a C×H×W tensor"
+        )
+    return out.float()

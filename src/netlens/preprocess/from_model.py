@@ -1,0 +1,211 @@
+"""Find a model's own preprocessing: timm data config, torchvision weights, its own attributes.
+
+Order: a torchvision architecture named ``tv:NAME`` → the transforms of its weights enum; a timm
+model (it carries ``pretrained_cfg``) → its data config, applied by timm's own transform; a
+torchvision module not named → the ImageNet convention torchvision's weights use; anything else
+→ the model's ``input_size`` attribute when it has one, else no resize (the size of the first
+image). Nothing is downloaded: weights enums and timm configs are plain metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from ..errors import NetlensError
+from .spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+__all__ = [
+    "model_channels",
+    "model_input_size",
+    "preprocess_for",
+    "timm_spec",
+    "torchvision_spec",
+    "with_overrides",
+]
+
+
+def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
+    """The preprocessing ``model`` was made for (see the module doc for the order).
+
+    Example:
+        >>> preprocess_for(timm.create_model("resnet50")).source
+        'timm data config of resnet50.a1_in1k'
+    """
+    if arch and arch.startswith("tv:"):
+        spec = torchvision_spec(arch[3:])
+        if spec is not None:
+            return _fit_channels(spec, model)
+    if getattr(model, "pretrained_cfg", None):
+        return timm_spec(model)
+    if type(model).__module__.startswith("torchvision.models") and model_input_size(model) is None:
+        return Preprocess(
+            size=(224, 224),
+            crop_pct=224 / 256,
+            crop_mode="center",
+            source="torchvision ImageNet convention (resize 256, crop 224); name the "
+            "architecture (tv:NAME) for its own weights' transforms",
+        )
+    return guessed_spec(model)
+
+
+def timm_spec(model: nn.Module) -> Preprocess:
+    """A timm model's data config (``resolve_model_data_config``), applied by timm's transform."""
+    from timm.data import resolve_model_data_config
+
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    dc = resolve_model_data_config(model)
+    c, h, w = dc["input_size"]
+    name = cfg.get("architecture") or type(model).__name__
+    name += f".{cfg['tag']}" if cfg.get("tag") else ""
+    source = f"timm data config of {name}"
+    built = model_input_size(model)
+    if built is not None and tuple(built[-2:]) != (h, w):
+        h, w = built[-2:]
+        source += f"; input size {h}×{w} as the model was built"
+    channels = model_channels(model) or c
+    return Preprocess(
+        size=(h, w),
+        channels=channels,
+        mean=tuple(dc["mean"]),
+        std=tuple(dc["std"]),
+        crop_pct=float(dc.get("crop_pct") or 0.875),
+        interpolation=str(dc.get("interpolation") or "bilinear"),
+        crop_mode=str(dc.get("crop_mode") or "center"),
+        engine="timm",
+        source=source,
+    )
+
+
+def torchvision_spec(name: str) -> Preprocess | None:
+    """The transforms of torchvision architecture ``name``'s default weights (no download).
+
+    None when the architecture has no weights enum or its transforms are not a classification
+    resize + centre crop.
+    """
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+    t = weights.transforms()
+    crop, resize = getattr(t, "crop_size", None), getattr(t, "resize_size", None)
+    if not crop or not resize:
+        return None
+    interp = getattr(getattr(t, "interpolation", None), "value", "bilinear")
+    return Preprocess(
+        size=(crop[0], crop[-1]),
+        mean=tuple(t.mean),
+        std=tuple(t.std),
+        crop_pct=min(1.0, crop[0] / resize[0]),
+        interpolation=str(interp),
+        crop_mode="center",
+        source=f"torchvision {type(weights).__name__}.{weights.name} transforms",
+    )
+
+
+def guessed_spec(model: nn.Module) -> Preprocess:
+    """For a model that records no preprocessing: its ``input_size`` if any, else no resize."""
+    size = model_input_size(model)
+    channels = (size[0] if size and len(size) == 3 else None) or model_channels(model) or 3
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
+    norm = "ImageNet mean/std" if channels == 3 else "mean 0.5, std 0.5"
+    if size is not None:
+        h, w = size[-2:]
+        source = f"input size {h}×{w} from the model's input_size; {norm} (guessed)"
+    else:
+        source = f"model records no preprocessing: {norm} (guessed); input size unknown"
+    return Preprocess(
+        size=tuple(size[-2:]) if size else None,  # type: ignore[arg-type]
+        channels=channels,
+        mean=mean,
+        std=std,
+        source=source,
+    )
+
+
+def model_input_size(model: nn.Module) -> tuple[int, ...] | None:
+    """What the model itself says of its input: ``input_size`` (C,H,W or H,W), or timm's
+    ``patch_embed.img_size`` (a ViT/Swin built for another size); None when it says nothing."""
+    size: Any = getattr(model, "input_size", None)
+    if size is None:
+        embed = getattr(model, "patch_embed", None)
+        size = getattr(embed, "img_size", None)
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    try:
+        return tuple(int(s) for s in size)
+    except (TypeError, ValueError):
+        return None
+
+
+def model_channels(model: nn.Module) -> int | None:
+    """Input channels of the first convolution (None when a Linear comes first, or no conv)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels) if m.in_channels in (1, 3) else None
+        if isinstance(m, nn.Linear):
+            return None
+    return None
+
+
+def _fit_channels(spec: Preprocess, model: nn.Module) -> Preprocess:
+    c = model_channels(model)
+    if c is None or c == spec.channels:
+        return spec
+    return spec.override(channels=c, source=f"{spec.source}; {c} input channel(s)")
+
+
+def with_overrides(
+    base: Preprocess,
+    preprocess: Any = None,
+    *,
+    input_size: Any = None,
+    example: Any = None,
+    **changes: Any,
+) -> Preprocess:
+    """``base`` with what the user said: a spec, a callable, a dict, or single fields.
+
+    Args:
+        base: the model's own spec.
+        preprocess: a :class:`Preprocess` (replaces ``base``), any callable PIL image → C×H×W
+            tensor (used instead of resize/crop/normalise), or a dict of field changes.
+        input_size: ``28``, ``(28, 28)`` or ``(1, 28, 28)``: the size the model takes.
+        example: an example input tensor; its shape sets the input size.
+        changes: single fields (``size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``...).
+    """
+    spec = base
+    if isinstance(preprocess, Preprocess):
+        spec = preprocess
+        if spec.source == Preprocess.source:
+            spec = spec.override(source="user override (a Preprocess spec)")
+    elif isinstance(preprocess, dict):
+        spec = spec.override(**preprocess)
+    elif callable(preprocess):
+        name = getattr(preprocess, "__qualname__", type(preprocess).__qualname__)
+        spec = spec.override(function=preprocess, source=f"user override (function {name})")
+        mean, std = changes.pop("mean", None), changes.pop("std", None)
+        spec = dataclasses.replace(spec, size=None, mean=mean, std=std)  # the function decides
+    elif preprocess is not None:
+        raise NetlensError(
+            "preprocess must be a Preprocess, a dict or a callable, not a "
+            f"{type(preprocess).__name__}"
+        )
+    if example is not None:
+        input_size = tuple(example.shape[-3:])
+    if input_size is not None:
+        changes.update(_size_changes(input_size))
+    return spec.override(**changes)
+
+
+def _size_changes(input_size: Any) -> dict[str, Any]:
+    vals = [input_size] if isinstance(input_size, int) else list(input_size)
+    out: dict[str, Any] = {"size": tuple(vals[-2:]) if len(vals) > 1 else (vals[0], vals[0])}
+    if len(vals) == 3:
+        out["channels"] = int(vals[0])
+    return out

@@ -1,0 +1,312 @@
+"""The model's own preprocessing: the :class:`Preprocess` spec, and where it comes from.
+
+A spec says how an image becomes the tensor a model takes: input size, channels, resize and
+crop (``crop_pct``, ``crop_mode``), interpolation, mean/std, and *where that came from*
+(``source``: "timm data config of resnet50.a1_in1k", "torchvision ResNet18_Weights.IMAGENET1K_V1
+transforms", "netlens checkpoint", "user override (size)"...), so every output can record it.
+
+Two engines apply a spec; both resize anti-aliased:
+
+- ``timm``: timm's own ``create_transform`` built from the spec (for timm models), on a PIL
+  image, so netlens' input equals timm's to the bit;
+- ``netlens``: torchvision's functional ops on a PIL image (what a torchvision weights
+  transform does to a PIL image): shorter side to ``floor(size / crop_pct)``, centre crop to
+  ``size``, scale to [0, 1], normalise. ``crop_mode="squash"`` (the default when
+  ``crop_pct >= 1`` and no mode is given) resizes straight to ``size``.
+
+``size=None`` means the input size is unknown: nothing is resized, and a batch takes its size
+from its first image (:meth:`Preprocess.sized_like`). :func:`preprocess_for` finds a model's
+own spec; :mod:`netlens.models.load` applies user overrides on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import NetlensError
+from .engines import (
+    call_function,
+    huge_resize,
+    resize_crop,
+    resized_hw,
+    timm_transform,
+    to_pil,
+    to_uint8,
+)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Preprocess", "SizeFromFirstImage"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming", "area")
+CROP_MODES = ("center", "squash", "border")
+ENGINES = ("netlens", "timm")
+
+
+def _pair(size: Any) -> tuple[int, int] | None:
+    """``224``, ``[224, 224]``, ``(3, 224, 224)`` → ``(224, 224)``; None stays None."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    vals = [int(v) for v in size]
+    if len(vals) == 1:
+        vals *= 2
+    if len(vals) not in (2, 3) or min(vals) < 1:
+        raise NetlensError(f"an input size is H,W (or C,H,W), positive, e.g. 224; got {size}")
+    return (vals[-2], vals[-1])
+
+
+def _floats(values: Any) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, (int, float)):
+        return (float(values),)
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input, and where that was learnt.
+
+    Args:
+        size: the (H, W) the model takes; None: unknown (no resize; a batch takes the size of
+            its first image).
+        channels: 1 (grayscale) or 3 (RGB).
+        mean, std: per-channel normalisation of [0, 1] pixels; None: none (custom functions).
+        crop_pct: the centre crop's share of the resized image (timm's ``crop_pct``).
+        interpolation: ``bilinear``, ``bicubic``, ``nearest``, ``lanczos``, ``box``, ``hamming``
+            (``area`` is ``box``).
+        crop_mode: ``center`` (shorter side, then centre crop), ``squash`` (both sides, then
+            centre crop), ``border`` (timm only); None: ``squash`` when ``crop_pct >= 1``, else
+            ``center``.
+        engine: ``netlens`` or ``timm`` (timm's own ``create_transform``).
+        source: where this spec came from (recorded in every output).
+        function: a user's callable, PIL image → C×H×W tensor, used instead of all the above.
+
+    Example:
+        >>> pre = Preprocess(size=(224, 224), crop_pct=0.875, interpolation="bicubic")
+        >>> pre(np.zeros((480, 640, 3), np.uint8)).shape
+        torch.Size([3, 224, 224])
+    """
+
+    size: tuple[int, int] | None = (224, 224)
+    channels: int = 3
+    mean: tuple[float, ...] | None = IMAGENET_MEAN
+    std: tuple[float, ...] | None = IMAGENET_STD
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    crop_mode: str | None = None
+    engine: str = "netlens"
+    source: str = "netlens defaults"
+    function: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "size", _pair(self.size))
+        set_(self, "mean", _floats(self.mean))
+        set_(self, "std", _floats(self.std))
+        set_(self, "crop_pct", float(self.crop_pct))
+        if self.interpolation == "area":
+            set_(self, "interpolation", "box")
+        problem = self._problem()
+        if problem:
+            raise NetlensError(f"preprocessing: {problem}")
+
+    def _problem(self) -> str | None:
+        if int(self.channels) < 1:
+            return f"channels must be at least 1, not {self.channels}"
+        if not 0.0 < self.crop_pct <= 1.0:
+            return f"crop_pct must be in (0, 1], not {self.crop_pct}"
+        if self.interpolation not in INTERPOLATIONS:
+            known = ", ".join(INTERPOLATIONS)
+            return f"unknown interpolation '{self.interpolation}' (known: {known})"
+        if self.crop_mode not in (None, *CROP_MODES):
+            return f"unknown crop_mode '{self.crop_mode}' (known: {', '.join(CROP_MODES)})"
+        if self.engine not in ENGINES:
+            return f"unknown engine '{self.engine}' (known: {', '.join(ENGINES)})"
+        if self.crop_mode == "border" and self.engine != "timm":
+            return "crop_mode 'border' needs engine='timm'"
+        if (self.mean is None) != (self.std is None):
+            return "give both mean and std, or neither"
+        if self.std is not None and min(self.std) <= 0:
+            return f"std must be positive, got {list(self.std)}"
+        return None
+
+    # -- geometry --------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """The crop mode in effect (``crop_mode`` or its default)."""
+        return self.crop_mode or ("squash" if self.crop_pct >= 1.0 else "center")
+
+    @property
+    def resize_size(self) -> tuple[int, int] | None:
+        """The size images are resized to before the crop (floor(size / crop_pct))."""
+        if self.size is None:
+            return None
+        return tuple(math.floor(s / self.crop_pct + 1e-6) for s in self.size)  # type: ignore[return-value]
+
+    def crop_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Where the model's input lies in an image of ``image_hw``: (top, bottom, left, right)."""
+        h0, w0 = image_hw
+        if self.size is None or self.function is not None:
+            return 0, h0, 0, w0
+        nh, nw = resized_hw((h0, w0), self)
+        h, w = self.size
+        top, left = round((nh - h) / 2.0), round((nw - w) / 2.0)
+        sy, sx = nh / h0, nw / w0
+        return (
+            max(0, round(top / sy)),
+            min(h0, round((top + h) / sy)),
+            max(0, round(left / sx)),
+            min(w0, round((left + w) / sx)),
+        )
+
+    # -- applying --------------------------------------------------------------------------
+    def __call__(self, image: Any) -> torch.Tensor:
+        """One image (H×W×C uint8 RGB array, or PIL) → the normalised C×H×W float tensor."""
+        img = to_uint8(image, self.channels)
+        if self.function is not None:
+            return call_function(self.function, to_pil(img))
+        if self.engine == "timm" and self.size is not None and not huge_resize(img.shape[:2], self):
+            x = timm_transform(self._timm_key())(to_pil(img))
+            return x if x.shape[0] == self.channels else x[: self.channels]
+        if self.size is not None and not self._is_identity(img.shape[:2]):
+            img = resize_crop(img, self)
+        x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255.0)
+        return self._normalize(x)
+
+    def _is_identity(self, hw: tuple[int, int]) -> bool:
+        return tuple(hw) == self.size and tuple(hw) == resized_hw(hw, self)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None or self.std is None:
+            return x
+        c = x.shape[0]
+        mean = torch.tensor(_per_channel(self.mean, c), dtype=x.dtype).view(-1, 1, 1)
+        std = torch.tensor(_per_channel(self.std, c), dtype=x.dtype).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def _timm_key(self) -> tuple[Any, ...]:
+        return (
+            (self.channels, *self.size),  # type: ignore[misc]
+            self.interpolation,
+            _per_channel(self.mean or (0.0,), self.channels),
+            _per_channel(self.std or (1.0,), self.channels),
+            self.crop_pct,
+            self.crop_mode or "center",
+        )
+
+    def denormalize(self, x: torch.Tensor) -> np.ndarray:
+        """A preprocessed C×H×W tensor back to an H×W×3 uint8 RGB array (for overlays)."""
+        from ..images import to_channels
+
+        arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
+        c = arr.shape[2]
+        if self.mean is None or self.std is None:  # unknown normalisation: stretch to [0, 1]
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo + 1e-12)
+        else:
+            arr = arr * np.asarray(_per_channel(self.std, c), np.float32)
+            arr = arr + np.asarray(_per_channel(self.mean, c), np.float32)
+        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return to_channels(arr, 3)
+
+    # -- variants --------------------------------------------------------------------------
+    def sized_like(self, image_hw: tuple[int, int]) -> Preprocess:
+        """This spec with the input size of an image (for a model that does not say its size)."""
+        h, w = int(image_hw[0]), int(image_hw[1])
+        base = self.source.replace("; input size unknown", "")
+        src = f"{base}; input size {h}×{w} from the first image (not resized)"
+        return dataclasses.replace(self, size=(h, w), source=src)
+
+    def override(self, **changes: Any) -> Preprocess:
+        """This spec with the user's ``changes`` (None values ignored); the source says so."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        unknown = sorted(set(given) - set(self.__dataclass_fields__))
+        if unknown:
+            raise NetlensError(f"unknown preprocessing option(s): {', '.join(unknown)}")
+        note = ", ".join(f"{k}={_show(v)}" for k, v in given.items() if k != "source")
+        source = given.pop("source", None) or f"{self.source} + user override ({note})"
+        return dataclasses.replace(self, **given, source=source)
+
+    # -- description -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description of the preprocessing, with where it came from."""
+        d: dict[str, Any] = {
+            "source": self.source,
+            "engine": "function" if self.function is not None else self.engine,
+            "size": list(self.size) if self.size else None,
+            "channels": self.channels,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "crop_pct": self.crop_pct,
+            "crop_mode": self.mode,
+            "interpolation": self.interpolation,
+            "resize": list(self.resize_size) if self.resize_size else None,
+            "antialias": True,
+        }
+        if self.function is not None:
+            d["function"] = _qualname(self.function)
+        if self.size is None:
+            d["resize"] = "none: the input size is unknown, so images are used at their own size"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        """A spec from :meth:`to_dict` output (or an older netlens checkpoint's dict)."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "function"}
+        if known.get("engine") not in ENGINES:
+            known.pop("engine", None)
+        known["size"] = _pair(known.get("size"))
+        return cls(**known)
+
+    def describe(self) -> str:
+        """One line: what is done to an image, and where that came from."""
+        if self.function is not None:
+            return f"{_qualname(self.function)} ({self.source})"
+        if self.size is None:
+            geo = "no resize (input size unknown)"
+        else:
+            (h, w), (rh, rw) = self.size, self.resize_size or self.size
+            geo = f"{self.mode} {h}×{w}" + (f" from {rh}×{rw}" if (rh, rw) != (h, w) else "")
+        norm = "" if self.mean is None else f", mean {_show(self.mean)}, std {_show(self.std)}"
+        return f"{geo}, {self.interpolation}{norm} ({self.source})"
+
+
+class SizeFromFirstImage:
+    """Apply a spec of unknown size: the first image sets the size for the rest of a batch."""
+
+    def __init__(self, spec: Preprocess) -> None:
+        self.spec = spec
+        self.resolved: Preprocess | None = None
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if self.resolved is None:
+            self.resolved = self.spec.sized_like(np.asarray(image).shape[:2])
+        return self.resolved(image)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _show(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return "(" + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) + ")"
+    return str(v)
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"
+
+
+def _per_channel(values: tuple[float, ...], c: int) -> tuple[float, ...]:
+    return tuple(values[:c]) if len(values) >= c else tuple(values) * c

@@ -1,0 +1,351 @@
+"""Residual blocks recognised by what they compute, on models netlens did not write.
+
+Each architecture is built with random weights and randomised normalisation and layer-scale
+parameters (timm zero-initialises residual branches, ConvNeXt scales them by 1e-6: left as they
+are, removing a branch would change nothing and these tests could not fail). The blocks netlens
+finds are compared with the blocks the libraries themselves mark (``has_skip``,
+``use_res_connect``...), and identity-ablated logits with a copy of the model in which the block
+is replaced by a hand-written module computing the block without its branch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import netlens
+from netlens.analyzers.ablation.engine import Engine
+from netlens.analyzers.ablation.modes import unit_replacement
+from netlens.analyzers.ablation.units import find_units, is_norm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random norm statistics and affine parameters, random layer scales; eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(t: torch.Tensor) -> torch.Tensor:
+        return torch.rand(t.shape, generator=gen) + 0.5
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean = torch.randn(m.running_mean.shape, generator=gen) * 0.1
+            m.running_var = uniform(m.running_var)
+        if is_norm(m) and getattr(m, "weight", None) is not None:
+            m.weight.data = uniform(m.weight)
+            m.bias.data = torch.randn(m.bias.shape, generator=gen) * 0.1
+    for name, p in model.named_parameters():
+        if name.split(".")[-1] in ("gamma", "layer_scale"):
+            p.data = uniform(p)
+    return model.eval()
+
+
+class Without(nn.Module):
+    """A block with its residual branch removed, written out by hand for the test."""
+
+    def __init__(self, block: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.block, self.fn = block, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.block, x)
+
+
+def _shortcut_only(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _timm_resnet_block(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return b.act2(b.downsample(x) if b.downsample is not None else x)
+
+
+def _tv_resnet_block(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.relu(b.downsample(x) if b.downsample is not None else x)
+
+
+def _convnext_block(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return b.shortcut(x)
+
+
+def _timm(name: str, **kw) -> Callable[[], nn.Module]:
+    return lambda: timm.create_model(name, pretrained=False, num_classes=5, **kw)
+
+
+def _tv(name: str) -> Callable[[], nn.Module]:
+    return lambda: getattr(torchvision.models, name)(num_classes=5)
+
+
+def _flagged(attr: str) -> Callable[[nn.Module], list[str]]:
+    """The blocks a library marks as adding their input back."""
+    return lambda m: [n for n, mod in m.named_modules() if getattr(mod, attr, False) is True]
+
+
+def _resnet_blocks(m: nn.Module) -> list[str]:
+    return [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+
+
+def _named(prefix: str, count: int) -> Callable[[nn.Module], list[str]]:
+    return lambda m: [f"{prefix}{i}" for i in range(count)]
+
+
+def _convnext_blocks(m: nn.Module) -> list[str]:
+    return [
+        f"stages.{s}.blocks.{b}" for s, st in enumerate(m.stages) for b in range(len(st.blocks))
+    ]
+
+
+CASES = {
+    "timm-resnet18": (
+        _timm("resnet18"),
+        _resnet_blocks,
+        {"layer2.0": _timm_resnet_block, "layer1.1": _timm_resnet_block},
+    ),
+    "timm-efficientnet_b0": (
+        _timm("efficientnet_b0"),
+        _flagged("has_skip"),
+        {"blocks.1.1": _shortcut_only, "blocks.5.3": _shortcut_only},
+    ),
+    "timm-mobilenetv3_small_100": (
+        _timm("mobilenetv3_small_100"),
+        _flagged("has_skip"),
+        {"blocks.2.1": _shortcut_only},
+    ),
+    "timm-convnext_atto": (
+        _timm("convnext_atto"),
+        _convnext_blocks,
+        {"stages.1.blocks.0": _convnext_block},
+    ),
+    "timm-vit_tiny": (
+        _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3),
+        _named("blocks.", 3),
+        {"blocks.1": _shortcut_only},
+    ),
+    "tv-resnet18": (
+        _tv("resnet18"),
+        _resnet_blocks,
+        {"layer3.0": _tv_resnet_block, "layer1.0": _tv_resnet_block},
+    ),
+    "tv-mobilenet_v2": (
+        _tv("mobilenet_v2"),
+        _flagged("use_res_connect"),
+        {"features.3": _shortcut_only, "features.16": _shortcut_only},
+    ),
+}
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_blocks_found_and_identity_removes_the_branch(case: str) -> None:
+    make, expected_blocks, references = CASES[case]
+    torch.manual_seed(0)
+    model = randomise(make())
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    units, _ = find_units(model, x)
+    names = [u.name for u in units]
+    assert names == expected_blocks(model)
+    assert all(u.residual and not is_norm(model.get_submodule(u.name)) for u in units)
+    engine = Engine(model, names)
+    assert engine.check(x)
+    by_name = {u.name: u for u in units}
+    with torch.no_grad():
+        intact = model(x)
+        cache = engine.prefix(x)
+        for name, fn in references.items():
+            rep = unit_replacement(by_name[name], "identity")
+            fast, naive = engine.ablated(cache, name, rep, 0), engine.naive(x, name, rep, 0)
+            ref_model = _swap(copy.deepcopy(model), name, Without(model.get_submodule(name), fn))
+            reference = ref_model(x)
+            assert torch.equal(fast, naive), name
+            assert torch.equal(naive, reference), name
+            assert not torch.equal(reference, intact), name
+            block, inp = model.get_submodule(name), cache.inputs[name]
+            full, skipped = block(inp.clone()), fn(block, inp.clone())
+            change = (full - skipped).norm() / full.norm()
+            assert change > 0.05, (name, change)  # the branch carries real weight
+
+
+def _spread_head(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A timm head on standardised features, so the logits vary from image to image."""
+    with torch.no_grad():
+        feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        head = model.get_classifier()
+        weight = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(3))
+        head.weight.copy_(weight / (feats.std(0) + 1e-6))
+        head.bias.copy_(-head.weight @ feats.mean(0))
+    return model
+
+
+def test_study_end_to_end_on_efficientnet_with_kl_against_reference() -> None:
+    torch.manual_seed(0)
+    model = randomise(timm.create_model("efficientnet_b0", pretrained=False, num_classes=5))
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 3, 32, 32, generator=gen), torch.randint(0, 5, (6,), generator=gen)
+    _spread_head(model, x)
+    res = netlens.ablate(model, (x, y), metric="kl", batch_size=6, resamples=200)
+    assert [r["unit"] for r in res.rows] == _flagged("has_skip")(model)
+    assert res.meta["harm"] == "increase" and res.baseline["value"] == 0.0
+    with torch.no_grad():
+        log_p = F.log_softmax(model(x).double(), 1)
+        for row in res.rows[::3]:
+            ref_model = _swap(copy.deepcopy(model), row["unit"], nn.Identity())
+            log_q = F.log_softmax(ref_model(x).double(), 1)
+            kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean").item()
+            assert kl > 1e-4 and row["value"] == pytest.approx(kl, rel=1e-9)
+            assert row["increase"] == row["delta"] == row["value"]
+            assert row["ci_low"] <= row["value"] <= row["ci_high"]
+
+
+class CifarBlock(nn.Module):
+    """A user's own block (the common CIFAR ResNet layout): relu(branch(x) + shortcut(x))."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.residual_function = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.residual_function(x) + self.shortcut(x))
+
+
+class TwoPaths(nn.Module):
+    """Inception-like: two equal parallel convolutions summed. No shortcut: not residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-like: concatenates its input, adds nothing."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(x)], 1)[:, : x.shape[1]]
+
+
+class InlineGelu(nn.Module):
+    """A conv then a GELU written out: ``x + 0.044715 x³`` adds a weightless term, no branch."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return 0.5 * h * (1 + torch.tanh(0.79788456 * (h + 0.044715 * h**3)))
+
+
+class Gated(nn.Module):
+    """Residual, but with data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if x.sum() > -1e9 else x
+
+
+def _mixed_net() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        CifarBlock(8, 8, 1),
+        CifarBlock(8, 16, 2),
+        TwoPaths(16),
+        DenseLayer(16),
+        InlineGelu(16),
+        Gated(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    )
+
+
+def test_own_blocks_recognised_and_look_alikes_not() -> None:
+    torch.manual_seed(0)
+    model = randomise(_mixed_net())
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    units, _ = find_units(model, x)
+    assert [(u.name, u.downsample) for u in units] == [("1", False), ("2", True)]
+    kinds = {u.name: u.kind for u in find_units(model, x, "1,2,3,4,5,6")[0]}
+    assert kinds == {
+        "1": "residual",
+        "2": "residual",
+        "3": "layer",
+        "4": "layer",
+        "5": "layer",
+        "6": "layer",
+    }
+    with torch.no_grad():
+        short = model[2].shortcut(model[1](model[0](x)))
+        assert torch.equal(units[1].skip(model[1](model[0](x))), F.relu(short))
+
+
+def test_identity_fns_teach_a_block_per_study_not_globally() -> None:
+    torch.manual_seed(0)
+    model = randomise(_mixed_net())
+    x = torch.randn(2, 3, 16, 16)
+    fns = {Gated: lambda m, v: v}
+    (gated,), _ = find_units(model, x, "6", fns)
+    assert gated.residual and torch.equal(gated.skip(x[:, :1]), x[:, :1])
+    (again,), _ = find_units(model, x, "6")  # nothing was registered anywhere
+    assert again.kind == "layer"
+    data = (torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,)))
+    res = netlens.ablate(model, data, layers="6", identity_fns={"6": lambda m, v: v}, resamples=50)
+    assert res.rows[0]["kind"] == "residual"
+
+
+def test_normalisation_layers_are_not_default_units() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.LayerNorm(8),
+        nn.Linear(8, 3),
+    ).eval()
+    units, _ = find_units(model, torch.randn(1, 3, 8, 8))
+    assert [u.name for u in units] == ["0", "3", "5"]
+    assert all(not is_norm(model.get_submodule(u.name)) for u in units)
+    assert np.all([u.kind == "layer" for u in units])

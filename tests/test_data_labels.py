@@ -1,0 +1,163 @@
+"""Labels by name: folder and CSV labels matched to the model's classes; indices stay indices."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import netlens
+from netlens.data import as_dataset, as_loader, label_source, read_class_names
+from netlens.errors import DataError, NetlensWarning
+from netlens.preprocess import Preprocess
+
+PRE = Preprocess(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def zoo_lens():
+    return netlens.load("zoo:shapes-allconv", device="cpu")
+
+
+@pytest.fixture
+def val(tmp_path: Path, zoo_lens) -> Path:
+    """The default model's five sample images in ``val/<class name>/``."""
+    for p in zoo_lens.samples:
+        folder = tmp_path / "val" / p.stem.rsplit("-", 1)[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, folder / p.name)
+    return tmp_path / "val"
+
+
+def accuracy(lens, ds) -> float:
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    return float((lens.predict(x).argmax(1) == y).float().mean())
+
+
+def test_folder_names_are_matched_to_the_model_classes(zoo_lens, val: Path) -> None:
+    ds = zoo_lens.dataset(val)
+    assert ds.label_source == "folder names matched to model classes"
+    assert ds.classes == zoo_lens.classes
+    truth = [zoo_lens.classes.index(f.parent.name) for f, _ in ds.items]
+    assert [y for _, y in ds.items] == truth
+    assert accuracy(zoo_lens, ds) == 1.0
+    # the old rule (sorted folder names) is what a call without the model's classes still does
+    assert as_dataset(val, zoo_lens.transform).label_source == "sorted folder names"
+
+
+def test_case_and_separators_do_not_matter(zoo_lens, val: Path, tmp_path: Path) -> None:
+    files = sorted(val.rglob("*.png"))
+    rows = [f"{f.relative_to(tmp_path)},{f.parent.name.upper()}" for f in files]
+    (tmp_path / "list.csv").write_text("path,label\n" + "\n".join(rows))
+    ds = zoo_lens.dataset(tmp_path / "list.csv")
+    assert ds.label_source == "CSV labels matched to model classes"
+    assert accuracy(zoo_lens, ds) == 1.0
+    folder = tmp_path / "other"
+    shutil.copytree(val / "star", folder / "Star")
+    shutil.copytree(val / "cross", folder / "CROSS")
+    assert accuracy(zoo_lens, zoo_lens.dataset(folder)) == 1.0
+
+
+def test_unknown_folder_names_fail_with_one_line(zoo_lens, val: Path) -> None:
+    (val / "squares").mkdir()
+    shutil.copy(next((val / "square").iterdir()), val / "squares" / "x.png")
+    (val / "kitten").mkdir()
+    shutil.copy(next((val / "star").iterdir()), val / "kitten" / "y.png")
+    with pytest.raises(DataError) as err:
+        zoo_lens.dataset(val)
+    msg = str(err.value)
+    assert "\n" not in msg and "'squares' (closest: 'square'" in msg and "'kitten'" in msg
+    assert "--label-map" in msg
+
+
+def test_a_label_map_says_where_names_go(zoo_lens, val: Path, tmp_path: Path) -> None:
+    (val / "circle").rename(val / "round")
+    with pytest.raises(DataError, match="'round'"):
+        zoo_lens.dataset(val)
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("# data,model\nround,circle\n")
+    lens = netlens.load("zoo:shapes-allconv", device="cpu", label_map=mapping)
+    ds = lens.dataset(val)
+    assert ds.label_source == "folder names matched to model classes via the label map"
+    assert accuracy(lens, ds) == 1.0
+    ds2 = as_dataset(val, lens.transform, classes=lens.classes, label_map={"round": 0})
+    assert [y for _, y in ds2.items] == [y for _, y in ds.items]
+    with pytest.raises(DataError, match="not a model class"):
+        as_dataset(val, lens.transform, classes=lens.classes, label_map={"round": "oval"})
+
+
+def test_csv_integers_stay_indices_of_a_1000_class_model(tmp_path: Path) -> None:
+    labels = [285, 422, 657, 967]
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((8, 8, 3), 30 * i, np.uint8))
+    (tmp_path / "list.csv").write_text(
+        "\n".join(f"{i}.png,{k}" for i, k in enumerate(labels)) + "\n"
+    )
+    ds = as_dataset(tmp_path / "list.csv", PRE, classes=None, num_classes=1000)
+    assert [ds[i][1] for i in range(4)] == labels and ds.label_source == "CSV integer indices"
+    named = [f"c{i}" for i in range(1000)]
+    assert as_dataset(tmp_path / "list.csv", PRE, classes=named).labels.tolist() == labels
+    with pytest.raises(DataError, match="out of range for a model with 500 classes") as err:
+        as_dataset(tmp_path / "list.csv", PRE, classes=None, num_classes=500)
+    assert "\n" not in str(err.value)
+
+
+def test_a_model_without_names_keeps_sorted_order_and_says_so(val: Path) -> None:
+    with pytest.warns(NetlensWarning, match="no class names"):
+        ds = as_dataset(val, PRE, classes=None)
+    assert ds.classes == sorted(p.name for p in val.iterdir())
+    assert ds.label_source == "sorted folder names (model has no class names)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        as_dataset(val, PRE)  # no model involved: nothing to warn about
+
+
+def test_named_dataset_is_renumbered_to_the_model_order() -> None:
+    from netlens.data.shapes import CLASSES
+
+    order = list(reversed(CLASSES))
+    ds = as_dataset("shapes", PRE, split="val", classes=order)
+    own = as_dataset("shapes", PRE, split="val")
+    assert [order[k] for k in ds.labels[:50]] == [CLASSES[k] for k in own.labels[:50]]
+    assert ds.label_source == "dataset 'shapes' class names matched to model classes"
+    with pytest.raises(DataError, match="dataset 'shapes' class names the model does not have"):
+        as_dataset("shapes", PRE, split="val", classes=[str(d) for d in range(10)])
+
+
+def test_limits_and_pairs_keep_the_label_source(val: Path, zoo_lens) -> None:
+    loader = as_loader(val, zoo_lens.transform, classes=zoo_lens.classes, limit=2)
+    assert label_source(loader) == "folder names matched to model classes"
+    pair = as_dataset((torch.zeros(3, 3, 8, 8), torch.tensor([0, 2, 1])), classes=["a", "b", "c"])
+    assert label_source(pair) == "(images, labels) pair: class indices"
+    with pytest.raises(DataError, match="out of range"):
+        as_dataset((torch.zeros(2, 3, 8, 8), torch.tensor([0, 5])), classes=["a", "b"])
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("cat\ndog\n\n", ["cat", "dog"]),
+        ('["cat", "dog"]', ["cat", "dog"]),
+        ('{"1": "dog", "0": "cat"}', ["cat", "dog"]),
+    ],
+)
+def test_class_names_files(tmp_path: Path, text: str, names: list[str]) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_text(text)
+    assert read_class_names(path) == names
+
+
+def test_bad_class_names_fail_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "gap.json").write_text(json.dumps({"0": "cat", "2": "dog"}))
+    with pytest.raises(DataError, match="1 is missing"):
+        read_class_names(tmp_path / "gap.json")
+    with pytest.raises(DataError, match="not found"):
+        read_class_names(tmp_path / "nope.txt")
+    assert read_class_names("cat, dog") == ["cat", "dog"]

@@ -1,0 +1,192 @@
+"""The model's own preprocessing: timm's and torchvision's transforms, sizes, overrides, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+from torch import nn
+
+import netlens
+from netlens.errors import NetlensError
+from netlens.preprocess import Preprocess, preprocess_for
+
+PHOTOS = {name: getattr(skdata, name)() for name in ("astronaut", "chelsea", "coffee", "rocket")}
+TIMM_MODELS = ("resnet50", "vit_base_patch16_224", "efficientnet_b0", "convnext_tiny")
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape
+    return float((a.double() - b.double()).abs().max())
+
+
+@pytest.fixture(scope="module", params=TIMM_MODELS)
+def timm_model(request: pytest.FixtureRequest) -> nn.Module:
+    import timm
+
+    return timm.create_model(request.param, pretrained=False).eval()
+
+
+def test_timm_models_get_exactly_timms_transform(timm_model: nn.Module) -> None:
+    from timm.data import create_transform, resolve_data_config
+
+    lens = netlens.load(timm_model)
+    reference = create_transform(**resolve_data_config({}, model=timm_model))
+    for img in PHOTOS.values():
+        assert max_diff(lens.preprocess(img)[0], reference(Image.fromarray(img))) <= 1e-5
+    info = lens.preprocess_info()
+    cfg = timm_model.pretrained_cfg
+    assert info["source"].startswith("timm data config of " + cfg["architecture"])
+    assert info["crop_pct"] == cfg["crop_pct"] and info["interpolation"] == cfg["interpolation"]
+    json.dumps(info)
+
+
+def test_own_engine_agrees_with_timm_on_the_same_spec(timm_model: nn.Module) -> None:
+    """netlens' own resize/crop (PIL, torchvision ops) matches timm's transform independently."""
+    from timm.data import create_transform, resolve_data_config
+
+    spec = preprocess_for(timm_model).override(engine="netlens")
+    reference = create_transform(**resolve_data_config({}, model=timm_model))
+    for img in PHOTOS.values():
+        assert max_diff(spec(img), reference(Image.fromarray(img))) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [
+        ("resnet18", "ResNet18_Weights.IMAGENET1K_V1"),
+        ("resnet50", "ResNet50_Weights.IMAGENET1K_V2"),  # resize 232, crop 224
+        ("efficientnet_b3", "EfficientNet_B3_Weights.IMAGENET1K_V1"),  # bicubic 320 → 300
+        ("inception_v3", "Inception_V3_Weights.IMAGENET1K_V1"),  # 342 → 299
+    ],
+)
+def test_torchvision_archs_get_their_weights_transforms(name: str, weights: str) -> None:
+    import torchvision
+
+    spec = preprocess_for(nn.Conv2d(3, 4, 3), f"tv:{name}")
+    reference = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    for img in PHOTOS.values():
+        assert max_diff(spec(img), reference(Image.fromarray(img))) <= 1e-5
+    assert spec.source == f"torchvision {weights} transforms"
+
+
+def test_state_dict_with_tv_arch_uses_the_weights_transform(tmp_path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    lens = netlens.load(tmp_path / "m.pt", arch="tv:resnet18", device="cpu")
+    reference = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    img = PHOTOS["chelsea"]
+    assert max_diff(lens.preprocess(img)[0], reference(Image.fromarray(img))) <= 1e-5
+    assert "ResNet18_Weights.IMAGENET1K_V1" in lens.preprocess_info()["source"]
+
+
+def test_resizing_is_antialiased() -> None:
+    """A one-pixel checkerboard halved is flat grey, not an aliased pattern."""
+    board = (np.indices((448, 448)).sum(0) % 2 * 255).astype(np.uint8)
+    img = np.repeat(board[:, :, None], 3, axis=2)
+    for interp in ("bilinear", "bicubic"):
+        x = Preprocess(size=224, mean=(0, 0, 0), std=(1, 1, 1), interpolation=interp)(img)
+        assert float(x.std()) < 0.02 and abs(float(x.mean()) - 0.5) < 0.01
+
+
+def test_unknown_size_takes_the_first_image_and_says_so() -> None:
+    class Bare(nn.Module):  # says nothing about its input
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    lens = netlens.Lens(Bare())
+    assert lens.transform.size is None and lens.transform.channels == 1
+    with pytest.raises(NetlensError, match="input size of this model is unknown") as err:
+        lens.layers()
+    assert "\n" not in str(err.value)
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255
+    x = lens.preprocess([digit, np.zeros((40, 40), np.uint8)])
+    assert tuple(x.shape) == (2, 1, 28, 28)  # the first image sets the size; no resize
+    assert torch.allclose(x[0, 0], torch.from_numpy(digit / 255.0 - 0.5).float() / 0.5)
+    assert "28×28 from the first image" in lens.preprocess_info()["source"]
+    assert len(lens.layers()) == 2  # now known
+
+
+def test_overrides_and_sources() -> None:
+    import timm
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    lens = netlens.load(model, input_size=(160, 128), crop_pct=1.0, interpolation="bilinear")
+    info = lens.preprocess_info()
+    assert info["size"] == [160, 128] and info["crop_pct"] == 1.0
+    assert "user override (size=(160, 128), crop_pct=1.0, interpolation=bilinear)" in info["source"]
+    assert lens.preprocess(PHOTOS["coffee"]).shape == (1, 3, 160, 128)
+    ex = netlens.load(model, example=torch.zeros(1, 3, 96, 96))
+    assert ex.input_size == (3, 96, 96)
+
+
+def test_a_callable_replaces_the_spec() -> None:
+    def mine(img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img.resize((32, 32)), np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1)
+
+    lens = netlens.load(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten()), preprocess=mine)
+    x = lens.preprocess(PHOTOS["rocket"])
+    ref = mine(Image.fromarray(PHOTOS["rocket"]))
+    assert torch.equal(x[0], ref)
+    assert lens.input_size == (3, 32, 32)
+    info = lens.preprocess_info()
+    assert info["engine"] == "function" and info["function"].endswith("mine")
+    assert lens.transform.denormalize(x[0]).shape == (32, 32, 3)
+
+
+def test_spec_round_trips_and_checks_fields() -> None:
+    spec = Preprocess(size=64, crop_pct=0.9, interpolation="bicubic", source="mine")
+    again = Preprocess.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec.override(crop_mode="center", source="mine")
+    img = PHOTOS["astronaut"]
+    assert torch.equal(again(img), spec(img))
+    legacy = {"size": [8, 8], "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
+    assert Preprocess.from_dict(legacy).mode == "squash"  # old checkpoints keep their geometry
+    for bad in ({"interpolation": "cubic"}, {"crop_pct": 1.5}, {"channels": 0}, {"std": (0, 1, 1)}):
+        with pytest.raises(NetlensError, match="preprocessing"):
+            Preprocess(**bad)
+
+
+def test_denormalize_inverts_the_spec_without_resize() -> None:
+    img = PHOTOS["chelsea"][:64, :80]
+    spec = Preprocess(size=(64, 80), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
+    assert np.abs(spec.denormalize(spec(img)).astype(int) - img).max() <= 1
+
+
+def test_crop_box_matches_the_centre_crop() -> None:
+    spec = Preprocess(size=224, crop_pct=0.875, crop_mode="center")
+    top, bottom, left, right = spec.crop_box((480, 640))
+    # shorter side 480 → 256: the 224×224 crop is 420×420 of the original, centred
+    assert (bottom - top, right - left) == (420, 420)
+    assert top == 30 and abs(left - 110) <= 1
+
+
+def test_an_extreme_aspect_ratio_never_builds_a_huge_intermediate() -> None:
+    """A 10×100,000 strip at crop_pct 0.875 would be resized to 256×2,560,000 (2.5 GB) before
+    the crop; it is cropped in source pixels first, to the same geometry."""
+    from netlens.preprocess.engines import box_resize_crop, huge_resize
+
+    spec = Preprocess(size=(224, 224), crop_pct=0.875, mean=(0, 0, 0), std=(1, 1, 1))
+    assert huge_resize((100_000, 10), spec) and not huge_resize((480, 640), spec)
+    strip = np.zeros((100_000, 10, 3), np.uint8)
+    strip[49_998:50_002] = 255  # a white band at the centre: 4 of the ~8.75 rows the crop sees
+    x = spec(strip)
+    assert x.shape == (3, 224, 224)
+    assert x[:, 100:124].mean() > 0.9 and x[:, :40].mean() < 0.05  # the band stays centred
+    photo = PHOTOS["chelsea"]
+    direct = torch.from_numpy(box_resize_crop(photo, spec).transpose(2, 0, 1).copy()) / 255
+    assert (direct - spec(photo)).abs().max() <= 1 / 255 + 1e-6  # same geometry, ±1 grey level
