@@ -28,7 +28,7 @@ def main() -> None:
         base = res.baseline
         print(f"{name}: intact accuracy {base['value']:.3f}; with one unit removed:")
         for r in res.rows:
-            print(f"  {r['unit']:10s} {r['value']:.3f}  [{r['value_lo']:.3f}, {r['value_hi']:.3f}]")
+            print(f"  {r['unit']:10s} {r['value']:.3f}  [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
     resnet, vgg = ([r["value"] for r in results[n].rows] for n in results)
     print(
         f"median accuracy after one removal: resnet {sorted(resnet)[len(resnet) // 2]:.3f}, "

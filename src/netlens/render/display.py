@@ -264,7 +264,12 @@ def _view(result: Result, page_note: str, table_rows: int) -> dict[str, Any]:
     notes: list[str] = []
     if meta.get("shown") is not None and meta.get("total") and meta["shown"] < meta["total"]:
         notes.append(f"{meta['shown']} of {meta['total']} filters drawn (max_filters)")
-    for key, label in (("warnings", "warning"), ("skipped", "skipped")):
+    labels = (
+        ("warnings", "warning"),
+        ("skipped", "skipped"),
+        ("skipped_units", "not ablated (identity cannot skip a unit that changes the shape)"),
+    )
+    for key, label in labels:
         lines = meta.get(key)
         if isinstance(lines, list) and lines:
             shown = "; ".join(str(x) for x in lines[:3])

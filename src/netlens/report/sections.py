@@ -266,14 +266,12 @@ def ablate_section(ctx: ReportInputs) -> Section:
         data, limit=limit, seed=ctx.seed, progress=ctx.progress, strict=ctx.strict
     )
     base = res.baseline
-    kept = res.meta.get("skipped_units") or []
-    left = f" Not ablated (identity cannot skip a shape change): {', '.join(kept)}." if kept else ""
     return Section(
         "ablate",
         "Which blocks matter",
         f"Each unit removed in turn ({res.meta['mode']}) on {limit} images; the intact model's "
-        f"{res.meta['metric']} is {base['value']:.4g} (95 % CI {base['value_lo']:.4g}–"
-        f"{base['value_hi']:.4g}).{left}",
+        f"{res.meta['metric']} is {base['value']:.4g} (95 % CI {base['ci_low']:.4g}–"
+        f"{base['ci_high']:.4g}).",
         cards=[card(res)],
         commands=[ctx.call.command("ablate", data=True, limit=limit, seed=ctx.seed)],
     )

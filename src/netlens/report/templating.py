@@ -44,11 +44,13 @@ def cell(value: Any) -> str:
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        if len(value) > 8 or any(isinstance(v, (list, dict)) for v in value):
+        if len(value) > 8 or any(isinstance(v, (list, tuple)) for v in value):
             return f"[{len(value)} values]"
-        return ", ".join(cell(v) for v in value)
+        return ("; " if any(isinstance(v, dict) for v in value) else ", ").join(map(cell, value))
     if isinstance(value, dict):
-        return json.dumps(value, default=str)
+        if len(value) > 8 or any(isinstance(v, (list, tuple, dict)) for v in value.values()):
+            return json.dumps(value, default=str)
+        return ", ".join(f"{k} {cell(v)}" for k, v in value.items())
     return str(value)
 
 
