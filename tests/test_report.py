@@ -234,3 +234,17 @@ def test_templates_ship_as_package_data() -> None:
     folder = ROOT / "src" / "netlens" / "report" / "templates"
     files = [p.relative_to(ROOT / "src" / "netlens").as_posix() for p in folder.iterdir()]
     assert files and all(any(fnmatch(f, pat) for pat in patterns) for f in files)
+
+
+def test_every_rerun_command_parses_on_the_cli() -> None:
+    import typer
+
+    rep = netlens.load().report(out=None, methods="gradcam", limit=16, max_images=2)
+    commands = [c for s in rep.sections for c in s.commands]
+    assert len(commands) == 8
+    group = typer.main.get_command(app)
+    for line in commands:
+        words = shlex.split(line)
+        assert words[0] == "netlens"
+        sub = group.get_command(None, words[1])  # the group's context is not needed to look up
+        sub.make_context(words[1], words[2:])  # raises on an unknown option or a bad value
