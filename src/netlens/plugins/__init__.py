@@ -6,7 +6,7 @@ Plugin authors import the marker from here::
 
     @hookimpl
     def netlens_register_analyzers(registry):
-        registry.add(MyAnalyzer())
+        registry.add("my-analyzer", MyAnalyzer())
 """
 
 from __future__ import annotations

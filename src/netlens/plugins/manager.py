@@ -65,6 +65,8 @@ class PluginHost:
         self.pm = pluggy.PluginManager(PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.disabled = set(disable) if disable is not None else disabled_from_env()
+        for name in self.disabled:
+            self.pm.set_blocked(name)  # pluggy refuses to register a blocked name
         self.plugins: dict[str, PluginInfo] = {}
         self.problems: list[str] = []
         self._registries: dict[str, Registry] = {}
@@ -81,7 +83,7 @@ class PluginHost:
         )
         for ep in eps:
             package, version = _dist_name(ep), _dist_version(ep)
-            if ep.name in self.disabled or package in self.disabled:
+            if self.pm.is_blocked(ep.name) or package in self.disabled:
                 continue
             try:
                 obj = ep.load()
@@ -95,7 +97,7 @@ class PluginHost:
     ) -> None:
         """Register a plugin object (module or instance) with this host."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        if name in self.disabled:
+        if self.pm.is_blocked(name):
             return
         try:
             self.pm.register(plugin, name=name)
@@ -125,21 +127,20 @@ class PluginHost:
         registry: Registry = Registry(kind)
         hook = getattr(self.pm.hook, hook_name)
         impls = sorted(hook.get_hookimpls(), key=lambda i: not self._is_builtin(i.plugin_name))
-        for impl in impls:
+        for impl in impls:  # one by one: a plugin that raises must not stop the others
             info = self.plugins.get(impl.plugin_name)
-            registry._source = {
-                "plugin": impl.plugin_name,
-                "package": info.package if info else "",
-                "version": info.version if info else "",
-                "builtin": bool(info and info.builtin),
-            }
+            view = registry.scoped(
+                plugin=impl.plugin_name,
+                package=info.package if info else "",
+                version=info.version if info else "",
+                builtin=bool(info and info.builtin),
+            )
             try:
-                impl.function(registry)
+                impl.function(view)
             except Exception as exc:  # noqa: BLE001
                 registry.problems.append(
                     f"plugin '{impl.plugin_name}' failed in {hook_name}: {_short(exc)}; skipped"
                 )
-        registry._source = {}
         self.problems.extend(p for p in registry.problems if p not in self.problems)
         return registry
 

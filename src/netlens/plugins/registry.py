@@ -29,26 +29,32 @@ class Registry(Generic[T]):
     """Name → item, filled by plugins through a ``netlens_register_*`` hook.
 
     A name taken already is not replaced: the clash is recorded in ``problems`` (built-ins are
-    registered first, so they win unless the user blocks them).
+    registered first, so they win unless the user blocks them). The host hands each plugin a
+    :meth:`scoped` view, so every entry records which plugin and package added it.
     """
 
     kind: str
     entries: dict[str, Entry[T]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    _source: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def add(self, name: str, item: T, *, description: str = "") -> None:
         """Register ``item`` under ``name`` (lower-case, dash-separated by convention)."""
-        src = self._source
+        self._add(name, item, description, {})
+
+    def scoped(self, **source: Any) -> ScopedRegistry[T]:
+        """The view one plugin adds through: ``plugin``, ``package``, ``version``, ``builtin``."""
+        return ScopedRegistry(self, source)
+
+    def _add(self, name: str, item: T, description: str, source: dict[str, Any]) -> None:
         if name in self.entries:
             first = self.entries[name]
             self.problems.append(
-                f"{src.get('package') or src.get('plugin')}: {self.kind} '{name}' is taken by "
-                f"{first.package or first.plugin}; skipped"
+                f"{source.get('package') or source.get('plugin')}: {self.kind} '{name}' is taken "
+                f"by {first.package or first.plugin}; skipped"
             )
             return
         doc = description or (getattr(item, "__doc__", None) or "").strip().split("\n")[0]
-        self.entries[name] = Entry(name=name, item=item, description=doc, **src)
+        self.entries[name] = Entry(name=name, item=item, description=doc, **source)
 
     def get(self, name: str) -> T:
         """The item called ``name``; an unknown name fails with the close names."""
@@ -75,3 +81,22 @@ class Registry(Generic[T]):
     def items(self) -> list[T]:
         """Items in registration order (third-party loaders before built-in ones)."""
         return [e.item for e in self.entries.values()]
+
+
+@dataclass(frozen=True)
+class ScopedRegistry(Generic[T]):
+    """What a plugin's hook is handed: ``add`` records the plugin as the entry's source."""
+
+    registry: Registry[T]
+    source: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.registry.kind
+
+    def add(self, name: str, item: T, *, description: str = "") -> None:
+        """Register ``item`` under ``name`` (see :meth:`Registry.add`)."""
+        self.registry._add(name, item, description, self.source)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.registry
