@@ -42,6 +42,7 @@ from .options import Option, Options, parse_options
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..distributed import Group
     from ..images import Batch
     from ..lens import Lens
     from ..progress import Progress
@@ -198,8 +199,11 @@ class Run:
         progress: where to report progress (:mod:`netlens.progress`).
         storage: where to keep finished rows of a long study (:mod:`netlens.storage`).
         images: the preprocessed images (analyzers that take images).
-        data: the dataset to stream (analyzers that take data).
+        data: the dataset to stream (analyzers that take data); in a distributed run its
+            ``loader`` yields this process's share of the batches.
         layers: set by the analyzer to the layers it resolved (for the header).
+        group: the processes of a distributed run (:mod:`netlens.distributed`): its exchanges
+            combine partial results; in one process they return their input.
     """
 
     lens: Lens
@@ -209,6 +213,7 @@ class Run:
     images: Batch | None = None
     data: Data | None = None
     layers: list[str] | None = None
+    group: Group = field(default_factory=lambda: _single())
     started: datetime | None = None
     clock: float = field(default_factory=time.perf_counter)
 
@@ -227,12 +232,15 @@ class Analyzer(ABC):
         description: one line for listings.
         takes: ``"images"``, ``"data"`` (a dataset, with labels) or ``"model"`` (nothing else).
         options: the declared :class:`Option` s.
+        distributed: :meth:`compute` combines its partial results through ``run.group``, so
+            it may run sharded over several processes (torchrun).
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     takes: ClassVar[str] = "images"
     options: ClassVar[tuple[Option, ...]] = ()
+    distributed: ClassVar[bool] = False
 
     def declared_options(self) -> tuple[Option, ...]:
         """The options this analyzer accepts (override for per-instance options)."""
@@ -246,6 +254,7 @@ class Analyzer(ABC):
         progress: Progress | bool | None = None,
         storage: Storage | None = None,
         strict: bool = False,
+        group: Group | None = None,
         **options: Any,
     ) -> Result:
         """Check options, resolve inputs, compute, stamp the header; see the module doc.
@@ -257,19 +266,38 @@ class Analyzer(ABC):
                 Jupyter, nothing elsewhere).
             storage: where long studies keep finished rows (default: memory).
             strict: stop at the first unreadable image instead of skipping it.
+            group: run sharded over the processes of this distributed job
+                (:meth:`netlens.distributed.Group.join`, on every rank); every rank returns
+                the combined result. None: this process alone.
             **options: the analyzer's declared options.
         """
+        from ..distributed.sinks import for_rank
         from ..layers import eval_mode
         from ..progress import auto_progress
         from ..provenance import now
         from ..storage import MemoryStorage
 
+        group = group or _single()
         opts = parse_options(self.name, self.declared_options(), options)
-        run = Run(lens, opts, auto_progress(progress), storage or MemoryStorage(), started=now())
-        self._resolve_inputs(run, inputs, strict)
-        with eval_mode(lens.model):
-            result = self.compute(run)
+        sinks = for_rank(auto_progress(progress), storage or MemoryStorage(), group)
+        run = Run(lens, opts, *sinks, group=group, started=now())
+        with group.guard():  # a failure here stops the other ranks at their next exchange
+            self._check_distributed(group)
+            self._resolve_inputs(run, inputs, strict)
+            with eval_mode(lens.model):
+                result = self.compute(run)
+            if run.data is not None:  # every rank's skipped items (the last exchange)
+                run.data.skipped = group.union(run.data.skipped)
         return result.stamped(self._header(run), run.skipped)
+
+    def _check_distributed(self, group: Group) -> None:
+        from ..errors import AnalyzerError
+
+        if group.world > 1 and not self.distributed:
+            raise AnalyzerError(
+                f"{self.name} does not combine results across processes; run it in one "
+                "process (without --distributed or torchrun)"
+            )
 
     def _resolve_inputs(self, run: Run, inputs: Any, strict: bool) -> None:
         from ..errors import AnalyzerError
@@ -280,13 +308,14 @@ class Analyzer(ABC):
         elif self.takes == "data":
             limit = run.options.get("limit")
             run.data = resolve_data(run.lens, inputs, what=self.name, limit=limit, strict=strict)
+            run.data.group = run.group
         elif inputs is not None:
             raise AnalyzerError(f"{self.name} takes no images or data; drop them")
 
     def _header(self, run: Run) -> dict[str, Any]:
         from ..provenance import run_header
 
-        return run_header(
+        header = run_header(
             run.lens,
             started=run.started,  # type: ignore[arg-type]
             seconds=time.perf_counter() - run.clock,
@@ -294,7 +323,16 @@ class Analyzer(ABC):
             layers=run.layers,
             data=run.data.describe() if run.data is not None else None,
         )
+        if run.group.world > 1:
+            header["processes"] = run.group.world
+        return header
 
     @abstractmethod
     def compute(self, run: Run) -> Result:
         """The analysis itself: inputs and options are in ``run``; return a Result."""
+
+
+def _single() -> Group:
+    from ..distributed import Group
+
+    return Group()

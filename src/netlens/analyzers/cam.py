@@ -7,6 +7,10 @@ Built-in methods register through ``netlens_register_cam_methods`` exactly as a 
 What is explained is a target (:mod:`netlens.targets`): the prediction by default, a class by
 index or name, one per image, ``pos``/``neg`` for a single-logit model, ``output:K``, a region
 of a dense output, or any callable.
+
+Sharded over processes (torchrun, ``cam`` over a folder), every rank reads the images and
+explains its contiguous share of the chunks (the chunks one process forms, so maps are the same
+bit for bit); the chunks' maps are gathered in image order.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .cam_result import CamResult
 from .options import as_is
 
 if TYPE_CHECKING:
+    from ..distributed import Group
     from ..lens import Lens
     from ..plugins.registry import Registry
 
@@ -70,6 +75,7 @@ class CamAnalyzer(Analyzer):
     name = "cam"
     description = "Class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM, ...)."
     takes = "images"
+    distributed = True
     options = (
         Option("method", "gradcam", "a registered method name, CamMethod class or instance", as_is),
         Option("layer", "auto", "auto, a selector (layer4, blocks.11, relu@-1) or several", as_is),
@@ -92,7 +98,7 @@ class CamAnalyzer(Analyzer):
         layers, auto = _layers(lens.model, o.layer, x[:1])
         run.layers = layers
         with run.progress.task("cam", total=len(x)) as advance:
-            out = _run_chunks(lens, impl, x, layers, o, advance)
+            out = _run_chunks(lens, impl, x, layers, o, advance, run.group)
         heat, probs, targets, labels, task = out
         meta = {
             "method": method_label,
@@ -178,15 +184,17 @@ def _run_chunks(
     layers: list[str],
     o: Any,
     advance: Callable[[int], None],
+    group: Group,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
     parts: list[tuple[Any, ...]] = []
     many = InferenceForward(lens.model, _no_grad(lens.output))  # one fused copy per run
     per_image = _per_image(o.target, len(x))
-    for start in range(0, len(x), o.chunk):
+    for start in group.share(range(0, len(x), o.chunk)):  # this process's chunks
         stop = min(start + o.chunk, len(x))
         spec = per_image(start, stop)
         parts.append(_cam_batch(lens, impl, x[start:stop], layers, spec, o, many))
         advance(stop - start)
+    parts = [p for share in group.gather(parts) for p in share]  # every chunk, in image order
     heat, probs, targets = (np.concatenate([p[j] for p in parts]) for j in range(3))
     return heat, probs, targets, [row for p in parts for row in p[3]], parts[0][4]
 

@@ -10,6 +10,11 @@ an H×W bool array (``netlens.data.ArrayDataset(..., masks=...)``, the generated
 ``root/<class>/<name>.<ext>``, mask PNGs (non-zero = object) at ``masks/<class>/<name>.png``,
 where ``masks`` is the ``masks=`` option or the sibling folder ``<root>_masks`` (the layout
 ``netlens.data.shapes.write_folder`` writes). Masks are resized and cropped like the images.
+
+Sharded over processes (torchrun), each rank scores its share of the batches (the very batches
+one process forms, so per-image scores are the same bit for bit, seeds included) and the
+per-image arrays are gathered in dataset order before the summary: the bootstrap CIs resample
+the same values with the same seed.
 """
 
 from __future__ import annotations
@@ -203,6 +208,7 @@ class EvaluateAnalyzer(Analyzer):
     description = "Score heatmaps: pointing game, energy in mask, deletion/insertion, ROAD."
 
     takes = "data"
+    distributed = True
     options = (
         Option("methods", "gradcam", "CAM method names, comma-separated or a list", as_is),
         Option("metrics", None, "metric names (default: all that the data allows)", as_is),
@@ -261,6 +267,7 @@ class EvaluateAnalyzer(Analyzer):
                         for key, arr in out.items():
                             acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
                 step(len(x))
+        acc, seconds, fwd = _combine(run.group.gather((acc, seconds, fwd)))
         run.layers = [str(o.layer)]
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
         table = summary_rows(lens, arrays, method_list, plan.metrics)
@@ -284,6 +291,19 @@ class EvaluateAnalyzer(Analyzer):
             "label_source": run.data.label_source,
         }
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
+
+
+def _combine(parts: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, dict]:
+    """Every rank's per-image arrays (joined in rank order = dataset order), times and passes."""
+    acc: dict[str, list[np.ndarray]] = {}
+    seconds, fwd = dict(parts[0][1]), dict(parts[0][2])
+    for i, (part, secs, passes) in enumerate(parts):
+        for key, arrays in part.items():
+            acc.setdefault(key, []).extend(arrays)
+        if i:
+            seconds = {m: seconds[m] + secs[m] for m in seconds}
+            fwd = {m: fwd[m] + passes[m] for m in fwd}
+    return acc, seconds, fwd
 
 
 def _metric_options(o: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch.utils.data._utils.collate import default_collate
 from ..errors import DataError, NetlensError
 
 if TYPE_CHECKING:
+    from ..distributed import Group
     from ..images import Batch
     from ..lens import Lens
 
@@ -43,6 +44,7 @@ class Data:
         label_source: how labels map to the model's classes, when the dataset says.
         skipped: bad items met so far (filled while batches are drawn).
         loader_given: the user passed a DataLoader: its batching is used as is.
+        group: the processes of a distributed run; each streams its share (see ``loader``).
     """
 
     dataset: Dataset
@@ -51,6 +53,7 @@ class Data:
     skipped: dict[int, str] = field(default_factory=dict)
     strict: bool = False
     loader_given: DataLoader | None = None
+    group: Group | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -61,22 +64,35 @@ class Data:
             getattr(self.dataset, "dataset", None), "classes", None
         )
 
-    def loader(self, batch_size: int, *, with_index: bool = False) -> Batches:
+    def loader(self, batch_size: int, *, with_index: bool = False, whole: bool = False) -> Batches:
         """Batches ``(x, y)`` in a fixed order; bad items skipped and recorded.
 
         ``with_index``: batches are ``(x, y, index)``, ``index`` the dataset positions (they
-        skip what was skipped).
+        skip what was skipped). In a distributed run each process gets its contiguous share of
+        the batches (:meth:`~netlens.distributed.Group.share`): every item once, in the very
+        batches one process would form, so per-batch results match bit for bit. ``whole``:
+        all the batches, in any run.
         """
+        group = self.group if self.group is not None and not whole else None
         if self.loader_given is not None:
-            if isinstance(self.loader_given.sampler, RandomSampler):
+            given = self.loader_given
+            if isinstance(given.sampler, RandomSampler):
                 raise DataError(
                     "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
                     "the same images in the same order"
                 )
-            return Batches(self.loader_given, self.loader_given.batch_size or 1, with_index)
-        guarded = _Guarded(self.dataset, self)
-        loader = DataLoader(guarded, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-        return Batches(loader, batch_size, with_index, indexed=True)
+            if group is None or group.world == 1:
+                return Batches(given, given.batch_size or 1, with_index)
+            return _shared_loader(given, group, with_index)
+        n = len(self.dataset)
+        spans = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+        mine = group.part(len(spans)) if group is not None else range(len(spans))
+        loader = DataLoader(
+            _Guarded(self.dataset, self),
+            batch_sampler=spans[mine.start : mine.stop],
+            collate_fn=_collate,
+        )
+        return Batches(loader, batch_size, with_index, indexed=True, first=mine.start)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able: source, label source, size, skipped count (for the run header)."""
@@ -92,17 +108,28 @@ class Data:
 
 
 class Batches:
-    """A re-iterable of ``(x, y)`` batches that leaves out batches with no readable item."""
+    """A re-iterable of ``(x, y)`` batches that leaves out batches with no readable item.
+
+    ``start``: the stream position of the first item (a share of a user's DataLoader);
+    ``first``: the number of the first batch in the whole data (a share's offset), for work
+    seeded per batch.
+    """
 
     def __init__(
-        self, loader: DataLoader, batch_size: int, with_index: bool, indexed: bool = False
+        self,
+        loader: DataLoader,
+        batch_size: int,
+        with_index: bool,
+        indexed: bool = False,
+        start: int = 0,
+        first: int = 0,
     ) -> None:
         self.loader, self.batch_size = loader, batch_size
-        self.with_index, self.indexed = with_index, indexed
+        self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
         self.dataset = getattr(loader.dataset, "inner", loader.dataset)
 
     def __iter__(self) -> Iterator[Any]:
-        start = 0
+        start = self.start
         for b in self.loader:
             if b is None:
                 continue
@@ -114,6 +141,21 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def _shared_loader(given: DataLoader, group: Group, with_index: bool) -> Batches:
+    """This process's share of the batches of a user's (non-shuffling) DataLoader."""
+    batches = [list(b) for b in given.batch_sampler]  # type: ignore[union-attr]
+    part = group.part(len(batches))
+    loader = DataLoader(
+        given.dataset,
+        batch_sampler=batches[part.start : part.stop],
+        collate_fn=given.collate_fn,
+        num_workers=given.num_workers,
+        pin_memory=given.pin_memory,
+    )
+    start = sum(len(b) for b in batches[: part.start])  # stream position of the first item
+    return Batches(loader, given.batch_size or 1, with_index, start=start, first=part.start)
 
 
 class _Guarded(Dataset):

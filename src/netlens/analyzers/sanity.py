@@ -5,6 +5,10 @@ heatmaps are recomputed (same images, same target classes: the trained model's p
 compared with the trained model's by Spearman rank correlation and SSIM. The verdict rule is in
 :mod:`netlens.metrics.sanity`: a method passes when the fully randomised model's maps no longer
 rank like the trained model's (mean Spearman below the threshold, 0.5 by default).
+
+Sharded over processes (torchrun), every rank runs the cascade (the same seeded randomisations)
+on its contiguous share of the images, cut at ``lens.cam``'s chunk boundaries so the maps are
+those of one process bit for bit; maps and similarities are gathered in image order.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ import numpy as np
 import torch
 
 from ..errors import AnalyzerError
-from ..metrics.sanity import DEFAULT_THRESHOLD, cascade_blocks, cascading_randomization
+from ..metrics.sanity import (
+    DEFAULT_THRESHOLD,
+    CascadeResult,
+    cascade_blocks,
+    cascading_randomization,
+)
 from ..metrics.stats import mean_ci
 from .base import Analyzer, Option, Result, Run
 from .evaluate import cam_explainer, names
@@ -49,6 +58,7 @@ class SanityAnalyzer(Analyzer):
     description = "Adebayo et al. sanity check: randomise layers from the top, compare maps."
 
     takes = "images"
+    distributed = True
     options = (
         Option("method", "gradcam", "CAM method name(s), comma-separated or a list", as_is),
         Option("layer", "auto", "the CAM layer selector", as_is),
@@ -91,17 +101,21 @@ class SanityAnalyzer(Analyzer):
         arrays: dict[str, np.ndarray] = {}
         table: list[dict[str, Any]] = []
         verdicts: dict[str, dict[str, Any]] = {}
+        mine = _share(run.group, len(x))
         with run.progress.task("sanity", steps_total, unit="steps") as advance:
             for m in methods:
-                res = cascading_randomization(
-                    lens.model,
-                    x,
-                    targets.to(x.device),
-                    cam_explainer(lens, m, layer),
-                    seed=seed,
-                    threshold=threshold,
-                    on_step=lambda _b: advance(1),
-                )
+                part = None
+                if len(mine):
+                    part = cascading_randomization(
+                        lens.model,
+                        x[mine.start : mine.stop],
+                        targets[mine.start : mine.stop].to(x.device),
+                        cam_explainer(lens, m, layer),
+                        seed=seed,
+                        threshold=threshold,
+                        on_step=lambda _b: advance(1),
+                    )
+                res = _joined(run.group.gather(part), threshold)
                 arrays |= {
                     f"{m}/maps": res.maps,
                     f"{m}/spearman": res.spearman,
@@ -129,6 +143,27 @@ class SanityAnalyzer(Analyzer):
             "seed": seed,
         }
         return SanityResult("sanity", arrays=arrays, table=table, meta=meta, originals=originals)
+
+
+def _share(group: Any, n: int) -> range:
+    """This rank's images: a contiguous run of whole ``lens.cam`` chunks (all in one process)."""
+    from .cam import CamAnalyzer
+
+    chunk = next(opt.default for opt in CamAnalyzer.options if opt.name == "chunk")
+    starts = group.share(range(0, n, chunk))
+    return range(starts[0], min(starts[-1] + chunk, n)) if len(starts) else range(0)
+
+
+def _joined(parts: list[CascadeResult | None], threshold: float) -> CascadeResult:
+    """Every rank's cascade on its images, joined in image order."""
+    done = [p for p in parts if p is not None]
+    return CascadeResult(
+        done[0].steps,
+        np.concatenate([p.maps for p in done], axis=1),
+        np.concatenate([p.spearman for p in done], axis=1),
+        np.concatenate([p.ssim for p in done], axis=1),
+        threshold,
+    )
 
 
 def _rows(method: str, steps: list[str], rho: np.ndarray, sim: np.ndarray) -> list[dict]:

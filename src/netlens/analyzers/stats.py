@@ -14,6 +14,11 @@ updates, per layer,
   first batch's min..max widened by 10% on each side. Later values outside it are counted in
   ``underflow``/``overflow`` (so nothing is silently dropped).
 
+Sharded over processes (torchrun), every rank streams its share of the batches with the first
+batch's histogram edges (rank 0 reads them off the data's first batch), and the partial
+statistics are merged in rank order (:meth:`LayerStats.merge`): the batch moments are folded in
+the order one process folds them, so every number equals the single-process one bit for bit.
+
 Default layers: the activation-function modules (ReLU, GELU, SiLU, ...), where "dead" means
 something; else every Conv2d and Linear. A module called several times in one forward (a shared
 ReLU) gets one row per call, ``name[i]``.
@@ -83,6 +88,7 @@ class LayerStats:
     unit_max: torch.Tensor | None = None
     hist: np.ndarray | None = None
     edges: np.ndarray | None = field(default=None, repr=False)
+    moments: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
 
     def update(self, act: torch.Tensor) -> None:
         """Add a batch of activations (N×...)."""
@@ -91,15 +97,22 @@ class LayerStats:
         if n_b == 0:
             return
         var_b, mean_b = torch.var_mean(t.double(), correction=0)
-        mean_b, m2_b = float(mean_b), float(var_b) * n_b
+        self._fold(n_b, float(mean_b), float(var_b) * n_b)
+        self.low, self.high = min(self.low, float(t.min())), max(self.high, float(t.max()))
+        self.near_zero += int((t <= self.eps).sum())
+        self._unit_max(t.amax(dim=0))
+        self._histogram(t.numpy().ravel())
+
+    def _fold(self, n_b: int, mean_b: float, m2_b: float) -> None:
+        """Chan et al.'s merge of one batch's (count, mean, M2); the batch is kept for merges."""
         n = self.count + n_b
         delta = mean_b - self.mean
         self.mean += delta * n_b / n
         self.m2 += m2_b + delta * delta * self.count * n_b / n
         self.count = n
-        self.low, self.high = min(self.low, float(t.min())), max(self.high, float(t.max()))
-        self.near_zero += int((t <= self.eps).sum())
-        batch_max = t.amax(dim=0)
+        self.moments.append((n_b, mean_b, m2_b))
+
+    def _unit_max(self, batch_max: torch.Tensor) -> None:
         if self.unit_max is None:
             self.unit_max = batch_max
         elif self.unit_max.shape != batch_max.shape:
@@ -110,17 +123,32 @@ class LayerStats:
             )
         else:
             self.unit_max = torch.maximum(self.unit_max, batch_max)
-        self._histogram(t.numpy().ravel())
+
+    def merge(self, later: LayerStats) -> None:
+        """Add the statistics of the batches that came after this one's (another rank's share).
+
+        Exact: the later batches' moments are folded one by one, as :meth:`update` folded them,
+        and counts, extremes and histograms (same edges) add up or take the maximum.
+        """
+        if later.hist is not None and self.hist is not None:
+            if not np.array_equal(later.edges, self.edges):  # type: ignore[arg-type]
+                raise AnalyzerError("partial statistics with different histogram edges")
+            self.hist = self.hist + later.hist
+        elif later.hist is not None:
+            self.edges, self.hist = later.edges, later.hist.copy()
+        for n_b, mean_b, m2_b in later.moments:
+            self._fold(n_b, mean_b, m2_b)
+        self.low, self.high = min(self.low, later.low), max(self.high, later.high)
+        self.near_zero += later.near_zero
+        self.underflow += later.underflow
+        self.overflow += later.overflow
+        if later.unit_max is not None:
+            self._unit_max(later.unit_max)
 
     def _histogram(self, values: np.ndarray) -> None:
         if self.edges is None:
-            finite = values[np.isfinite(values)]
-            seen = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
-            lo, hi = self.hist_range or seen
-            if not self.hist_range:
-                pad = 0.1 * (hi - lo) if hi > lo else 0.5
-                lo, hi = lo - pad, hi + pad
-            self.edges = np.linspace(lo, hi, self.bins + 1)
+            self.edges = histogram_edges(values, self.bins, self.hist_range)
+        if self.hist is None:
             self.hist = np.zeros(self.bins, dtype=np.int64)
         lo, hi = float(self.edges[0]), float(self.edges[-1])
         counts, _ = np.histogram(values, bins=self.bins, range=(lo, hi))
@@ -158,6 +186,19 @@ class LayerStats:
             "underflow": self.underflow,
             "overflow": self.overflow,
         }
+
+
+def histogram_edges(
+    values: np.ndarray, bins: int, hist_range: tuple[float, float] | None
+) -> np.ndarray:
+    """``bins + 1`` edges over ``hist_range``, else over the values' finite range widened by 10%."""
+    finite = values[np.isfinite(values)]
+    seen = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+    lo, hi = hist_range or seen
+    if not hist_range:
+        pad = 0.1 * (hi - lo) if hi > lo else 0.5
+        lo, hi = lo - pad, hi + pad
+    return np.linspace(lo, hi, bins + 1)
 
 
 @dataclass(frozen=True)
@@ -198,6 +239,7 @@ class StatsAnalyzer(Analyzer):
     description = "Activation statistics over a dataset (mean, std, dead units, histograms)."
 
     takes = "data"
+    distributed = True
     options = (
         Option("layers", None, "layer selectors; default the activation-function modules", as_is),
         Option("eps", 0.0, "a value ≤ eps counts as near zero; ≤ eps on every input: dead", float),
@@ -219,6 +261,9 @@ class StatsAnalyzer(Analyzer):
         )
         run.layers = names
         rng = _range(hist_range)
+        edges: dict[str, np.ndarray] = {}
+        if rng is None and run.group.world > 1:  # every rank bins like the first batch says
+            edges = run.group.broadcast(lambda: _first_edges(run, names, int(bins)))
         stats: dict[str, LayerStats] = {}
         seen = 0
         with (
@@ -228,15 +273,13 @@ class StatsAnalyzer(Analyzer):
         ):
             for x, _ in run.data.loader(o.batch_size):
                 model(x.to(lens.device))
-                for name in names:
-                    outs = p[name].outputs
-                    for i, out in enumerate(outs):
-                        if isinstance(out, torch.Tensor):
-                            key = name if len(outs) == 1 else f"{name}[{i}]"
-                            stats.setdefault(key, LayerStats(eps, int(bins), rng)).update(out)
+                for key, out in _outputs(p, names):
+                    new = LayerStats(eps, int(bins), rng, edges=edges.get(key))
+                    stats.setdefault(key, new).update(out)
                 p.clear()
                 seen += len(x)
                 advance(len(x))
+        stats, seen = _combine(run.group.gather((stats, seen)))
         if not stats:
             raise AnalyzerError("no data passed through the model (the dataset is empty?)")
         table = [s.row(k) for k, s in stats.items()]
@@ -255,6 +298,42 @@ class StatsAnalyzer(Analyzer):
             "(conv: channel×y×x); dead = ≤ eps for every input",
         }
         return StatsResult("stats", arrays, table, meta)
+
+
+def _outputs(p: Any, names: list[str]) -> list[tuple[str, torch.Tensor]]:
+    """(key, output) of every call of every probed layer (``name[i]`` for a repeated call)."""
+    found = []
+    for name in names:
+        outs = p[name].outputs
+        for i, out in enumerate(outs):
+            if isinstance(out, torch.Tensor):
+                found.append((name if len(outs) == 1 else f"{name}[{i}]", out))
+    return found
+
+
+def _first_edges(run: Run, names: list[str], bins: int) -> dict[str, np.ndarray]:
+    """Histogram edges per layer call from the data's first batch (what one process uses)."""
+    model = run.lens.model
+    with torch.no_grad(), probe(model, names, to="cpu") as p:
+        for x, _ in run.data.loader(run.options.batch_size, whole=True):
+            model(x.to(run.lens.device))
+            return {
+                k: histogram_edges(o.float().numpy().ravel(), bins, None)
+                for k, o in _outputs(p, names)
+            }
+    return {}
+
+
+def _combine(parts: list[tuple[dict[str, LayerStats], int]]) -> tuple[dict[str, LayerStats], int]:
+    """Every rank's partial statistics merged in rank order (the order of the batches)."""
+    stats: dict[str, LayerStats] = {}
+    for part, _ in parts:
+        for key, s in part.items():
+            if key in stats:
+                stats[key].merge(s)
+            else:
+                stats[key] = s
+    return stats, sum(n for _, n in parts)
 
 
 def _range(value: Any) -> tuple[float, float] | None:

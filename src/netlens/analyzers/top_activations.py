@@ -10,6 +10,11 @@ of the input that the unit's map position covers (its ViT patch, for token layer
 
 Shown channels: ``channels=[...]``, else the ``max_channels`` with the largest mean peak
 activation over the dataset.
+
+Sharded over processes (torchrun), each rank keeps the top ``k`` of its share of the batches;
+the shares are merged in rank order with the same stable merge (ties keep the earlier input), and
+the per-batch peak sums are added in batch order, so scores, inputs and channels shown are those
+of one process, bit for bit.
 """
 
 from __future__ import annotations
@@ -92,6 +97,21 @@ def merge_top(
     return torch.gather(allv, 1, order), torch.gather(alli, 1, order)
 
 
+def _combine(parts: list[tuple[Any, ...]], k: int) -> tuple[Any, ...]:
+    """Every rank's (top k, ids, batch sums, count, grid) merged in rank order (batch order)."""
+    best = best_ids = grid = None
+    sums: list[torch.Tensor] = []
+    for b, ids, part_sums, _, g in parts:
+        if b is None:
+            continue
+        if best is None:
+            best, best_ids, grid = b, ids, g
+        else:
+            best, best_ids = merge_top(best, best_ids, b, ids, k)
+        sums += part_sums
+    return best, best_ids, sums, sum(p[3] for p in parts), grid
+
+
 def gradient_box(grad: torch.Tensor, rel: float = 0.01) -> tuple[int, int, int, int]:
     """Bounding box (y0, x0, y1, x1) of the pixels where |grad| (C×H×W) ≥ rel × its max."""
     mag = grad.abs().sum(dim=0)
@@ -117,6 +137,7 @@ class TopActivationsAnalyzer(Analyzer):
     description = "Top-activating inputs (and patches) per channel of a layer over a dataset."
 
     takes = "data"
+    distributed = True
     options = (
         Option("layer", "auto", "one layer selector (default: the last spatial layer)", as_is),
         Option("channels", None, "channels to show (list or 3,7); default the most active", as_is),
@@ -142,7 +163,8 @@ class TopActivationsAnalyzer(Analyzer):
         name = names[0]
         run.layers = [name]
         loader = run.data.loader(o.batch_size, with_index=True)
-        best = best_ids = peak_sum = None
+        best = best_ids = grid = None
+        sums: list[torch.Tensor] = []  # per-batch peak sums, added up in batch order below
         seen = 0
         with (
             torch.no_grad(),
@@ -159,14 +181,20 @@ class TopActivationsAnalyzer(Analyzer):
                 code = ids * (gh * gw) + where.T  # sample and position in one integer
                 if best is None:
                     best = torch.full((c, 0), float("-inf"))
-                    best_ids, peak_sum = torch.zeros((c, 0), dtype=torch.long), torch.zeros(c)
+                    best_ids, grid = torch.zeros((c, 0), dtype=torch.long), (gh, gw)
                 best, best_ids = merge_top(best, best_ids, peak.T.float(), code, k)
-                peak_sum += peak.sum(dim=0).float()
+                sums.append(peak.sum(dim=0).float())
                 seen += n
                 advance(n)
+        best, best_ids, sums, seen, grid = _combine(
+            run.group.gather((best, best_ids, sums, seen, grid)), k
+        )
         if best is None:
             raise AnalyzerError("no data passed through the model (the dataset is empty?)")
-        grid = (gh, gw)
+        gh, gw = grid
+        peak_sum = torch.zeros(best.shape[0])
+        for batch_sum in sums:
+            peak_sum += batch_sum
         indices, flat = best_ids // (gh * gw), best_ids % (gh * gw)
         best_pos = torch.stack([flat // gw, flat % gw], dim=-1)
         shown = pick_channels((peak_sum / seen)[None], max_channels, channels)[0]

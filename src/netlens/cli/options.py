@@ -9,7 +9,8 @@ them and typer parses them) and hands them over bundled:
   preprocessing overrides ``--input-size/--size``, ``--crop-pct``, ``--mean``, ``--std``,
   ``--interpolation``;
 - running: ``--out/-o`` (a folder), ``--json`` (the summary on stdout), ``--quiet/-q``,
-  ``--threads``, ``--skip-bad`` / ``--strict`` (the bad-item policy).
+  ``--threads``, ``--skip-bad`` / ``--strict`` (the bad-item policy), ``--distributed N``
+  (the command re-launched in N processes through torchrun's API; :mod:`netlens.distributed`).
 
 Options that several commands share with one meaning (``--layer/-l``, ``--target/-t``,
 ``--method/-m``, ``--data/-d``, ``--limit/-n``, ``--top/-k``, ``--batch-size``, ``--seed``)
@@ -131,6 +132,7 @@ class Common:
     threads: int | None = None
     skip_bad: bool = False
     strict: bool = False
+    distributed: int | None = None
     max_pixels: str | None = None
     arch: str | None = None
     arch_kwargs: str | None = None
@@ -194,6 +196,17 @@ RUN_OPTIONS: dict[str, Any] = {
         bool,
         typer.Option("--strict", help="Stop at the first unreadable image (exit 1)."),
         False,
+    ),
+    "distributed": (
+        int | None,
+        typer.Option(
+            "--distributed",
+            help="Run in N processes on this machine, sharding the data (torchrun; one GPU "
+            "each when there are GPUs; see docs/scaling-out.md).",
+            min=1,
+            show_default=False,
+        ),
+        None,
     ),
     "max_pixels": (
         str | None,
@@ -374,6 +387,10 @@ def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
             common = Common(
                 **{k: kwargs.pop(k) for k in list(kwargs) if k in groups and k in names}
             )
+            if (common.distributed or 1) > 1:  # the same command, in N processes
+                from ..distributed.launch import relaunch
+
+                raise typer.Exit(relaunch(common.distributed))  # type: ignore[arg-type]
             return func(**kwargs, common=common)
 
         params = own + shared

@@ -6,13 +6,18 @@ at once), loads the model, runs the analyzer with a progress sink fit for the te
 bar on a TTY, plain lines when piped, nothing with ``--quiet``/``--json``), writes the result's
 files, and reports: warnings and skipped inputs on stderr, the summary table or ``--json`` on
 stdout. Exit status 0; 3 when inputs were skipped (unless ``--skip-bad``); 1 on an error.
+
+Under torchrun (or ``--distributed N``) every process runs the command on its share
+(:mod:`netlens.distributed`); rank 0 alone holds the lock, draws progress, writes and reports,
+and a failure is said once, by the rank where it happened: ``error: rank 1: ...``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -23,6 +28,7 @@ from .options import Common
 
 if TYPE_CHECKING:
     from ..analyzers.base import Result
+    from ..distributed import Group
     from ..lens import Lens
 
 __all__ = ["EXIT_SKIPPED", "err", "out", "open_lens", "run_analyzer", "set_threads"]
@@ -80,21 +86,53 @@ def run_analyzer(
     threads: int | None = None,
 ) -> Result:
     """Run analyzer ``name`` for a command and report it (see the module doc)."""
+    from ..distributed.setup import join_from_env
     from ..output import folder_lock
 
     set_threads(common.threads, threads)
     set_max_pixels(common.max_pixels)
-    with folder_lock(common.out), netlens_warnings() as said:
+    group, device = join_from_env(common.device)
+    sharded = {"group": group} if group.world > 1 else {}
+    common = dataclasses.replace(common, device=device)
+    lock = folder_lock(common.out) if group.main else nullcontext()
+    with said_once(group), lock, netlens_warnings() as said:
         lens = open_lens(model, common)
-        progress = not (common.quiet or common.json)
+        progress = group.main and not (common.quiet or common.json)
         result = lens.run(
-            name, inputs, progress=progress, strict=common.strict, storage=storage, **options
+            name,
+            inputs,
+            progress=progress,
+            strict=common.strict,
+            storage=storage,
+            **sharded,
+            **options,
         )
-        files = result.save(common.out)
+        files = result.save(common.out) if group.main else []
+    if not group.main:  # rank 0 reports and gives the exit status (a launcher stops the
+        return result  # other ranks when one exits non-zero: rank 0 might not have written)
     for line in said:
         err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     finish(result, len(files), common, report)
     return result
+
+
+@contextmanager
+def said_once(group: Group) -> Iterator[None]:
+    """In a distributed run, the first failure is said once, by its rank: ``rank R: cause``;
+    ranks that stop because of it leave silently with status 1."""
+    if group.world == 1:
+        yield
+        return
+    from ..distributed import DistributedError
+
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, typer.Exit):
+            raise
+        if group.fail(exc):
+            raise DistributedError(group.say(exc)) from exc
+        raise typer.Exit(1) from None
 
 
 @contextmanager

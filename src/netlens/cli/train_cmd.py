@@ -155,11 +155,20 @@ def train(
             "--arch-opt", help="Architecture keyword, key=value (repeatable).", show_default=False
         ),
     ] = None,
+    sync_bn: Annotated[
+        bool,
+        typer.Option(
+            "--sync-bn",
+            help="Several processes on GPUs: BatchNorm statistics over the global batch.",
+        ),
+    ] = False,
     *,
     common: Common,
 ) -> None:
     """Train a model; write OUT/model.pt, a netlens checkpoint (best epoch, training record)."""
+    from ..distributed.setup import join_from_env
     from ..train import train as run_training
+    from .runner import said_once
 
     given = {k: v for k, v in locals().items() if k in _CONFIG_OPTIONS and v is not None}
     options = {**given, "out": str(common.out / "model.pt")}
@@ -167,7 +176,11 @@ def train(
     if arch_opt:
         options["arch_kwargs"] = parse_options(arch_opt)
     quiet = common.quiet or common.json
-    result = run_training(arch, data, recipe=recipe, resume=resume, quiet=quiet, **options)
+    group, _ = join_from_env(device)  # under torchrun: one process of several
+    with said_once(group):
+        result = run_training(arch, data, recipe=recipe, resume=resume, quiet=quiet, **options)
+    if not group.main:  # rank 0 reports
+        return
     if common.json:
         emit_json({"checkpoint": str(result.path), **_summary(result.record)})
     else:
@@ -194,6 +207,7 @@ _CONFIG_OPTIONS = (
     "freeze",
     "workers",
     "max_batches",
+    "sync_bn",
 )
 
 

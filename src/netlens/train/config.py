@@ -39,6 +39,7 @@ class TrainConfig:
     max_batches: int | None = None
     threads: int | None = None
     img_size: int | None = None
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

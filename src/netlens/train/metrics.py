@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+if TYPE_CHECKING:
+    from ..distributed import Group
 
 __all__ = ["confusion_matrix", "evaluate", "macro_f1", "scores"]
 
@@ -70,12 +73,15 @@ def evaluate(
     max_batches: int | None = None,
     autocast: bool = False,
     channels_last: bool = False,
+    group: Group | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``loader`` in eval mode: loss, scores and the confusion matrix.
 
-    The caller is responsible for the model's mode (the trainer owns its model).
+    The caller is responsible for the model's mode (the trainer owns its model). ``group``: the
+    loader is this rank's contiguous share of the batches; labels, predictions and loss terms
+    are gathered in batch order, so every rank gets the single-process scores.
     """
-    labels, preds, losses, n = [], [], 0.0, 0
+    labels, preds, terms = [], [], []
     dev = torch.device(device)
     for b, (x, y) in enumerate(loader):
         if max_batches is not None and b >= max_batches:
@@ -87,10 +93,16 @@ def evaluate(
             out = model(x)
         out = out.float()
         if criterion is not None:
-            losses += float(criterion(out, y)) * len(y)
-        n += len(y)
+            terms.append(float(criterion(out, y)) * len(y))
         labels.append(y.cpu().numpy())
         preds.append(out.argmax(1).cpu().numpy())
+    if group is not None:
+        parts = group.gather((labels, preds, terms))
+        labels, preds, terms = ([a for p in parts for a in p[i]] for i in range(3))
+    losses = 0.0
+    for term in terms:  # added in batch order, as one process adds them
+        losses += term
+    n = int(sum(len(a) for a in labels))
     y_true = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     y_pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     cm = confusion_matrix(y_true, y_pred, num_classes)

@@ -5,6 +5,10 @@ schedule (bf16 autocast on CUDA, channels-last memory), validate every epoch (ac
 precision/recall/F1, confusion matrix), keep the best epoch, evaluate it on the test split, and
 write a netlens checkpoint whose record says how it was made. ``resume`` continues from the
 ``<out>.last.pt`` state written after every epoch.
+
+Under torchrun the same run is spread over the processes (:mod:`.ddp`): DistributedDataParallel
+on the global batches one process would draw, validation sharded exactly, and rank 0 alone
+printing and writing checkpoints.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..distributed import Group
+from ..distributed.setup import join_from_env
 from ..errors import NetlensError
 from ..images import Preprocess
 from ..models.checkpoint import make_checkpoint, write_checkpoint
@@ -31,6 +37,7 @@ from ..models.factory import check_arch, create_arch
 from .augment import augment_batch
 from .config import TrainConfig
 from .datasets import Splits, make_loader, resolve_splits
+from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
 from .metrics import evaluate
 from .optim import make_optimizer
@@ -90,6 +97,8 @@ class Session:
     out: Path
     channels_last: bool
     gen: torch.Generator
+    group: Group
+    net: nn.Module  # what training calls: the DDP replica (the model itself in one process)
 
     @property
     def autocast(self) -> bool:
@@ -117,13 +126,20 @@ def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str,
     return kwargs
 
 
-def setup(cfg: TrainConfig, host: PluginHost) -> Session:
-    """Seed, pick the device, resolve the data, build model, loaders and optimizer."""
+def setup(
+    cfg: TrainConfig, host: PluginHost, group: Group | None = None, device: str | None = None
+) -> Session:
+    """Seed, pick the device, resolve the data, build model, loaders and optimizer.
+
+    ``group``/``device``: this process's place in a distributed run (:func:`join_from_env`).
+    """
     check_arch(cfg.arch, host)  # an unknown name fails before any data is made or read
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    group = group or Group()
+    device = device if group.world > 1 else cfg.device
     seed_everything(cfg.seed)
-    dev = pick_device(cfg.device)
+    dev = pick_device(device)
     pre = Preprocess(size=(cfg.img_size, cfg.img_size)) if cfg.img_size else None
     splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
     init = load_init(cfg.init, host) if cfg.init else None
@@ -146,13 +162,18 @@ def setup(cfg: TrainConfig, host: PluginHost) -> Session:
     train_loader = make_loader(
         splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
     )
+    train_loader = rank_loader(train_loader, group)
     val_loader = make_loader(
         splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin
     )
     per_epoch = min(len(train_loader), cfg.max_batches or len(train_loader))
     opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
+    net = replicate(model, group, dev, cfg.sync_bn)
+    if group.world > 1:
+        notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if group.main:
+        out.parent.mkdir(parents=True, exist_ok=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     return Session(
@@ -172,30 +193,38 @@ def setup(cfg: TrainConfig, host: PluginHost) -> Session:
         out,
         channels_last,
         gen,
+        group,
+        net,
     )
 
 
 def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     cfg, model = s.cfg, s.model
-    model.train()
+    s.net.train()
     set_frozen_eval(model, s.frozen)
     total = min(len(s.train_loader), cfg.max_batches or len(s.train_loader))
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, loss=float("nan"))
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    images = len(s.splits.train)  # type: ignore[arg-type]
     for b, (x, y) in enumerate(s.train_loader):
         if b >= total:
             break
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=s.gen)
+        n_global = global_size(b, images, cfg.batch_size)
+        part = s.group.part(n_global)  # this rank's rows of the global batch
+        x = augment_batch(
+            x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(part.start, n_global)
+        )
         if s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
-            out = model(x)
+            out = s.net(x)
         loss = s.criterion(out.float(), y)
         if not torch.isfinite(loss):
             raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
         s.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # weighted by this rank's share, so DDP's average is the global batch's mean
+        (loss * (len(y) * s.group.world / n_global)).backward()
         s.opt.step()
         s.sched.step()
         loss_sum += float(loss.detach()) * len(y)
@@ -204,6 +233,8 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
         progress.update(task, advance=1, loss=loss_sum / seen)
     progress.remove_task(task)
     secs = time.perf_counter() - start
+    parts = s.group.gather((loss_sum, correct, seen))
+    loss_sum, correct, seen = (sum(p[i] for p in parts) for i in range(3))
     return {
         "train_loss": loss_sum / max(seen, 1),
         "train_acc": correct / max(seen, 1),
@@ -217,13 +248,14 @@ def _validate(s: Session, loader: DataLoader) -> dict[str, Any]:
     s.model.eval()
     return evaluate(
         s.model,
-        loader,
+        shared_loader(loader, s.group, s.cfg.max_batches),
         s.num_classes,
         device=s.device,
         criterion=s.criterion,
-        max_batches=s.cfg.max_batches,
+        max_batches=s.cfg.max_batches if s.group.world == 1 else None,
         autocast=s.autocast,
         channels_last=s.channels_last,
+        group=s.group,
     )
 
 
@@ -244,6 +276,7 @@ def _record(s: Session, state: dict[str, Any], test: Any, command: str | None) -
         "test": test,
         "complete": test is not None or not s.splits.test,
         "device": device_name(s.device),
+        "processes": s.group.world,
         "wall_time_s": round(state["elapsed"], 2),
         "images_per_s": round(images / train_secs, 1) if train_secs else None,
         "params": s.params[0],
@@ -293,8 +326,10 @@ def _fit(
                 state["best_state"] = {
                     k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()
                 }
-                _write(s, state["best_state"], _record(s, state, None, command))
-            save_state(s, state)
+                if s.group.main:
+                    _write(s, state["best_state"], _record(s, state, None, command))
+            if s.group.main:
+                save_state(s, state)
             if not quiet:
                 console.print(format_row(row))
 
@@ -311,7 +346,15 @@ def run(
     from ..plugins.manager import PluginHost
 
     console = console or Console(stderr=True, highlight=False)
-    s = setup(cfg, host or PluginHost())
+    group, device = join_from_env(cfg.device)  # one process outside torchrun
+    with group.guard():  # a failing rank stops the others at their next exchange
+        s = setup(cfg, host or PluginHost(), group, device)
+        return _run(s, cfg, quiet=quiet or not group.main, command=command, console=console)
+
+
+def _run(
+    s: Session, cfg: TrainConfig, *, quiet: bool, command: str | None, console: Console
+) -> TrainResult:
     state: dict[str, Any] = {
         "epoch": 0,
         "history": [],
@@ -345,8 +388,10 @@ def run(
                 f"({test['n']} images)"
             )
     record = _record(s, state, test, command)
-    path = _write(s, state["best_state"], record)
-    last_path(s.out).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    path = _write(s, state["best_state"], record) if s.group.main else s.out
+    s.group.gather(None)  # every rank waits for rank 0's checkpoint before it returns
+    if s.group.main:
+        last_path(s.out).unlink(missing_ok=True)  # the run is complete: nothing to resume
     s.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return TrainResult(path, record, s.model)
 

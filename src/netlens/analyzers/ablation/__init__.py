@@ -74,6 +74,7 @@ class AblateAnalyzer(Analyzer):
     name = "ablate"
     description = "switch blocks or channels off and measure what each is worth"
     takes = "data"
+    distributed = True
     options = (
         Option("layers", None, "units to ablate (default: every residual block)", as_is),
         Option("mode", None, "identity (skip the unit), zero, mean or noise", str, choices=MODES),

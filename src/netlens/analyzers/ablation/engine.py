@@ -307,6 +307,7 @@ def run_ablations(
     advance = advance or (lambda k: None)
     if not ablations and baseline is None:
         return
+    start = getattr(loader, "first", 0)  # a share of the data: the number of its first batch
     batches = iter(loader)
     first = next(batches, None)
     if first is None:
@@ -321,7 +322,7 @@ def run_ablations(
             if baseline is not None:
                 baseline.add(cache.logits, y, cache.logits)
         for abl in ablations:
-            _run_group(engine, [abl], stored, on_done, advance, metric)
+            _run_group(engine, [abl], stored, on_done, advance, metric, start)
         return
     groups = [ablations[i : i + group] for i in range(0, len(ablations), group)] or [[]]
     for gi, chunk in enumerate(groups):
@@ -333,7 +334,7 @@ def run_ablations(
                     baseline.add(cache.logits, y, cache.logits)
                 yield cache, y
 
-        _run_group(engine, chunk, feed(), on_done, advance, metric)
+        _run_group(engine, chunk, feed(), on_done, advance, metric, start)
 
 
 def _run_group(
@@ -343,9 +344,10 @@ def _run_group(
     on_done: Callable[[str, Outcomes], None],
     advance: Callable[[int], None],
     metric: Metric,
+    start: int = 0,
 ) -> None:
     outs = {k: Outcomes(metric) for abl in chunk for k in abl.keys}
-    for b, (cache, y) in enumerate(feed):
+    for b, (cache, y) in enumerate(feed, start):  # b: the batch's number in the whole data
         n = cache.x.shape[0]
         for abl in chunk:
             copies = len(abl.keys)

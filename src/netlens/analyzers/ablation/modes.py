@@ -43,6 +43,19 @@ class UnitStats:
         self.squares = q if self.squares is None else self.squares + q
         self.count += out.shape[0]
 
+    def to(self, device: torch.device | str) -> UnitStats:
+        """The same sums on ``device`` (CPU copies travel between processes)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return UnitStats(move(self.total), move(self.squares), self.count)
+
+    def merge(self, later: UnitStats) -> None:
+        """Add another share's sums (float64: equal to one pass up to reassociation)."""
+        if later.total is None:
+            return
+        self.total = later.total if self.total is None else self.total + later.total
+        self.squares = later.squares if self.squares is None else self.squares + later.squares
+        self.count += later.count
+
     @property
     def mean(self) -> torch.Tensor:
         if self.total is None:

@@ -6,6 +6,12 @@ go through the cached-prefix engine (:mod:`.engine`); the data is streamed from 
 often as needed (the statistics pass, then the ablations), progress is reported to
 ``run.progress`` and every finished row is kept in ``run.storage`` at once, so a study that is
 interrupted resumes where it stopped.
+
+Sharded over processes (torchrun), each rank streams its share of the batches through every
+ablation; a variant's per-image outcomes are gathered in data order before its row is made, so
+rows (bootstrap intervals included) equal one process's bit for bit. Noise is seeded by the
+batch's number in the whole data. The mean/noise statistics pass adds the ranks' float64 sums,
+equal to one pass up to their reassociation.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 from ...errors import AnalyzerError
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
-from .metrics import METRICS, Metric
+from .metrics import METRICS, Metric, Outcomes
 from .modes import UnitStats, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
@@ -38,11 +44,13 @@ _ROWS_VERSION = 2  # bump when the row columns change: older row files are not r
 
 
 class _Pairs:
-    """The run's batches as ``(x, labels or None)``, re-iterable, with their count."""
+    """The run's batches as ``(x, labels or None)``, re-iterable, with their count (and, in a
+    distributed run, ``first``: the number of this share's first batch)."""
 
     def __init__(self, batches: Any) -> None:
         self.batches = batches
         self.batch_size = getattr(batches, "batch_size", None) or 1
+        self.first = getattr(batches, "first", 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         for b in self.batches:
@@ -74,23 +82,43 @@ class _Plan:
         """Run ``ablations`` over the data (and the baseline, the first time)."""
         total = sum(len(a.keys) for a in ablations) * len(self.run.data)  # type: ignore[arg-type]
         first = self.rows.baseline if self.rows.needs_baseline else None
-        opts = self.run.options
+        opts, group = self.run.options, self.run.group
+
+        def done(key: str, out: Outcomes) -> None:  # every rank's images, then the row
+            self._join_baseline(first)
+            self.rows.done(key, _joined(group, out))
+
         with self.run.progress.task(label, total=total or None) as advance:
             run_ablations(
                 self.engine,
                 self.loader,
                 ablations,
-                self.rows.done,
+                done,
                 first,
                 self.metric,
                 device=self.device,
                 advance=advance,
                 budget=opts.cache_mb << 20,
             )
+        self._join_baseline(first)
         self.rows.base()
+
+    def _join_baseline(self, first: Outcomes | None) -> None:
+        """The intact model's outcomes from every rank, once, before its row is made."""
+        if first is not None and self.rows.baseline is first and self.run.group.world > 1:
+            self.rows.baseline = _joined(self.run.group, first)
 
     def unit_stats(self, unit: str) -> UnitStats | None:
         return self.stats[unit] if self.stats else None
+
+
+def _joined(group: Any, out: Outcomes) -> Outcomes:
+    """One variant's outcomes from every rank, in rank order: the order of the data."""
+    if group.world == 1:
+        return out
+    parts = group.gather((out.preds, out.base_preds, out.labels, out.values, out.num_classes))
+    joined = [[a for p in parts for a in p[i]] for i in range(4)]
+    return Outcomes(out.metric, *joined, num_classes=max(p[4] for p in parts))
 
 
 def _mode(run: Run) -> str:
@@ -138,7 +166,13 @@ def _config(run: Run, metric: Metric, mode: str, units: list[Unit]) -> dict[str,
     }
 
 
-def _first_batch(loader: _Pairs) -> torch.Tensor:
+def _first_batch(loader: _Pairs, run: Run) -> torch.Tensor:
+    if len(loader) == 0 and run.group.world > 1:
+        n = len(run.data)  # type: ignore[arg-type]
+        raise AnalyzerError(
+            f"{n} images make too few batches for {run.group.world} processes; use fewer "
+            "processes or a smaller --batch-size"
+        )
     first = next(iter(loader), None)
     if first is None:
         raise AnalyzerError("no image of the data could be read")
@@ -172,7 +206,7 @@ def _rows(run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine
 def _plan(run: Run) -> _Plan:
     metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
     loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
-    x = _first_batch(loader).to(device)
+    x = _first_batch(loader, run).to(device)
     units, skipped = _units(run, x, mode)
     run.layers = [u.name for u in units]
     engine = _engine(run, x)
@@ -191,7 +225,13 @@ def _statistics(plan: _Plan) -> dict[str, UnitStats]:
         for x, _ in plan.loader:
             model(x.to(plan.device))
             advance(len(x))
-    return stats
+    if plan.run.group.world == 1:
+        return stats
+    parts = plan.run.group.gather({k: s.to("cpu") for k, s in stats.items()})
+    for part in parts[1:]:  # every rank's sums, added in rank order
+        for name, s in part.items():
+            parts[0][name].merge(s)
+    return {k: s.to(plan.device) for k, s in parts[0].items()}
 
 
 def _block_study(plan: _Plan) -> None:
