@@ -19,6 +19,7 @@ from netlens.analyzers.cam_result import CamResult
 from netlens.errors import NetlensError
 from netlens.render import display
 from netlens.render.cam_figure import cam_figure
+from netlens.report.templating import pct
 
 CLASSES = [f"class-{i}" for i in range(9)] + ["<b>odd</b> & name"]
 
@@ -87,7 +88,7 @@ def test_html_shows_every_image_of_the_batch_with_its_probability(cam5) -> None:
     assert all(decodes(p) for p in images)
     for i in range(5):
         for c in cam5.targets[i]:
-            assert f"p = {display._pct(float(cam5.probs[i, c]))}" in html
+            assert f"p = {pct(float(cam5.probs[i, c]))}" in html
     assert "each map is scaled to its own maximum" in html
     assert "5 images" in html
     assert "<b>odd</b>" not in html  # names from the model are escaped

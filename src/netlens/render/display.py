@@ -14,9 +14,7 @@ Pages hold :data:`PER_PAGE` items; the card says how many there are and how to s
 
 from __future__ import annotations
 
-import base64
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,25 +22,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import NetlensError
+from .cam_display import cam_grid_figure, cam_rows, colour_legend, is_cam
+from .png import png_uri, png_width, stack_pngs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..analyzers.base import Result
-    from ..analyzers.cam_result import CamResult
 
 __all__ = [
     "PER_PAGE",
     "Page",
     "ResultPage",
     "bundle",
-    "cam_rows",
     "card_view",
-    "colour_legend",
     "header",
     "inline_figure",
     "nth_figure",
-    "png_uri",
     "result_html",
     "result_png",
     "show",
@@ -52,8 +48,6 @@ __all__ = [
 
 PER_PAGE = 12
 TABLE_ROWS = 20
-WEAK = 0.05  # a class below this probability is marked "weak" next to its map
-THUMB = 288  # longest side, in pixels, of an image embedded in a CAM card
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -218,7 +212,7 @@ def bundle(
     """Jupyter's mime bundle (text/plain, text/html, image/png), each picture drawn once."""
     out: dict[str, Any] = {"text/plain": text_repr(result)}
     view, pictures = card_view(result, page, per_page, cam_html=html)
-    if png and _is_cam(result) and pictures:
+    if png and is_cam(result) and pictures:
         from .figures import figure_png
 
         out["image/png"] = figure_png(cam_grid_figure(result, pictures))
@@ -241,7 +235,7 @@ def card_view(
 ) -> tuple[dict[str, Any], list[Any]]:
     """The card template's view of one page of ``result``, and the page's pictures (the image
     indices of a CAM result, else the figures' PNG bytes)."""
-    if _is_cam(result):
+    if is_cam(result):
         pg = Page(page, per_page, len(result.names)).check()
         indices = list(range(pg.start, pg.stop))
         view = _view(result, pg.note("images"), table_rows)
@@ -254,7 +248,7 @@ def card_view(
     pg = Page(page, per_page, len(figs)).check()
     pngs = [(stem, figure_png(fig)) for stem, fig in figs[pg.start : pg.stop]]
     view = _view(result, pg.note("figures") if len(figs) > 1 else "", table_rows)
-    view["figures"] = [{"uri": png_uri(p), "stem": s, "width": _png_width(p)} for s, p in pngs]
+    view["figures"] = [{"uri": png_uri(p), "stem": s, "width": png_width(p)} for s, p in pngs]
     return view, [p for _, p in pngs]
 
 
@@ -305,145 +299,6 @@ def table_view(rows: list[dict[str, Any]], max_rows: int, where: str) -> dict[st
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
-def png_uri(data: bytes | np.ndarray) -> str:
-    """PNG bytes (or an H×W×3 uint8 RGB array, encoded) as a ``data:`` URI."""
-    if isinstance(data, np.ndarray):
-        data = encode_png(data)
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """An H×W×3 uint8 RGB array as PNG bytes."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
-        raise NetlensError("could not encode a PNG")
-    return buf.tobytes()
-
-
-def _png_width(png: bytes) -> int:
-    return struct.unpack(">I", png[16:20])[0]
-
-
-def stack_pngs(pngs: list[bytes], gap: int = 8) -> bytes:
-    """PNGs stacked top to bottom on white, left-aligned, as one PNG."""
-    import cv2
-
-    images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in pngs]
-    width = max(im.shape[1] for im in images)
-    parts = []
-    for im in images:
-        pad = np.full((im.shape[0] + gap, width, 3), 255, np.uint8)
-        pad[: im.shape[0], : im.shape[1]] = im
-        parts.append(pad)
-    ok, buf = cv2.imencode(".png", np.concatenate(parts)[:-gap])
-    return buf.tobytes()
-
-
-# -- CAM results ---------------------------------------------------------------------------------
-def _is_cam(result: Result) -> bool:
-    from ..analyzers.cam_result import CamResult
-
-    return isinstance(result, CamResult)
-
-
-def _thumb(image: np.ndarray) -> np.ndarray:
-    """Large photos shrunk to :data:`THUMB` pixels on the long side (small images kept)."""
-    import cv2
-
-    h, w = image.shape[:2]
-    if max(h, w) <= THUMB:
-        return image
-    s = THUMB / max(h, w)
-    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), cv2.INTER_AREA)
-
-
-def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[str, Any]]:
-    """Per image: the picture, an overlay per explained class (with p), the top predictions."""
-    rows = []
-    method = result.meta["method"]
-    for i in indices:
-        image = result.original(i)
-        small = max(image.shape[:2]) < 96
-        overlays = []
-        for k, c in enumerate(result.arrays["targets"][i]):
-            p = _prob(result, i, int(c))
-            overlays.append(
-                {
-                    "uri": png_uri(_thumb(result.overlay(i, k))),
-                    "label": f"{method} · {result.target_name(i, k)}",
-                    "p": p,
-                    "weak": p is not None and p < WEAK,
-                    "pixelated": small,
-                }
-            )
-        order = np.argsort(-result.probs[i])[:top]
-        rows.append(
-            {
-                "name": result.names[i],
-                "image": png_uri(_thumb(image)),
-                "pixelated": small,
-                "overlays": overlays,
-                "top": [
-                    {"name": result.class_name(int(c)), "p": float(result.probs[i, c])}
-                    for c in order
-                ],
-            }
-        )
-    return rows
-
-
-def _prob(result: CamResult, i: int, c: int) -> float | None:
-    """The probability of target class ``c`` of image ``i`` (None: the target is no class)."""
-    classification = result.meta.get("task", "multiclass") in ("multiclass", "multilabel", "binary")
-    return float(result.probs[i, c]) if classification and 0 <= c < result.probs.shape[1] else None
-
-
-def colour_legend(cmap: str = "jet") -> str:
-    """The heatmap colour scale, 0 (left) to the map's maximum (right), as a data URI."""
-    from .overlay import colorize
-
-    return png_uri(colorize(np.tile(np.linspace(0.0, 1.0, 160), (10, 1)), cmap))
-
-
-def cam_grid_figure(result: CamResult, indices: list[int]) -> Figure:
-    """Rows of image | overlay per class (with p), one colour bar: the plain-PNG view."""
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    from .figures import new_figure
-
-    k = result.arrays["targets"].shape[1]
-    fig = new_figure(2.0 * (k + 1) + 0.9, 2.15 * len(indices) + 0.2, dpi=100)
-    axes = np.atleast_2d(fig.subplots(len(indices), k + 1, squeeze=False))
-    for row, i in zip(axes, indices, strict=True):
-        _draw(row[0], result.original(i), result.names[i], "black")
-        for k_, c in enumerate(result.arrays["targets"][i]):
-            p = _prob(result, i, int(c))
-            weak = p is not None and p < WEAK
-            label = result.target_name(i, k_)
-            if p is not None:
-                label += f"\np = {_pct(p)}" + (" (weak)" if weak else "")
-            _draw(row[k_ + 1], result.overlay(i, k_), label, "#a33" if weak else "black")
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.05)
-    bar.set_ticks([0, 1], labels=["0", "max"])
-    bar.set_label("each map / its own maximum", fontsize=8)
-    return fig
-
-
-def _draw(ax: Any, image: np.ndarray, caption: str, colour: str) -> None:
-    ax.imshow(image, interpolation="nearest" if max(image.shape[:2]) < 96 else "bilinear")
-    ax.set_title(caption, fontsize=8, color=colour)
-    ax.set_axis_off()
-
-
-def _pct(p: float) -> str:
-    from ..report.templating import pct
-
-    return pct(p)
 
 
 # -- figures and show ----------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def _shape(shape: tuple[int, ...] | None) -> str:
 
 def cam_section(ctx: ReportInputs) -> Section:
     """Every image explained by each method, side by side."""
-    from ..render.display import cam_rows, colour_legend
+    from ..render.cam_display import cam_rows, colour_legend
 
     images = ctx.report_images()
     results, times = [], []
