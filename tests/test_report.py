@@ -248,3 +248,16 @@ def test_every_rerun_command_parses_on_the_cli() -> None:
         assert words[0] == "netlens"
         sub = group.get_command(None, words[1])  # the group's context is not needed to look up
         sub.make_context(words[1], words[2:])  # raises on an unknown option or a bad value
+
+
+def test_table_cells_keep_names_whole_and_records_short() -> None:
+    from netlens.report.templating import cell
+
+    hurt = [
+        {"class": "ankle-boot", "before": 0.9583, "after": 0.125},
+        {"class": "bag", "before": 1.0, "after": 0.5},
+    ]
+    assert cell(hurt) == "ankle-boot 0.9583→0.125; bag 1→0.5"
+    assert cell("layer3.0.downsample.0") == "layer3.0.downsample.0"
+    assert cell(float("nan")) == "–" and cell(0.123456) == "0.1235" and cell(True) == "yes"
+    assert cell(list(range(20))) == "[20 values]"

@@ -47,6 +47,9 @@ def cell(value: Any) -> str:
         if len(value) > 8 or any(isinstance(v, (list, tuple)) for v in value):
             return f"[{len(value)} values]"
         return ("; " if any(isinstance(v, dict) for v in value) else ", ").join(map(cell, value))
+    if isinstance(value, dict) and {"before", "after"} <= set(value) and len(value) <= 3:
+        name = " ".join(cell(v) for k, v in value.items() if k not in ("before", "after"))
+        return f"{name} {cell(value['before'])}→{cell(value['after'])}".strip()
     if isinstance(value, dict):
         if len(value) > 8 or any(isinstance(v, (list, tuple, dict)) for v in value.values()):
             return json.dumps(value, default=str)
