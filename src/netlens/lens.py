@@ -300,6 +300,25 @@ class Lens:
         """A layer-ablation study: what each block is worth."""
         return self.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)
 
+    def report(
+        self,
+        images: Any = None,
+        *,
+        data: Any = None,
+        sections: Any = None,
+        out: str | Path | None = "netlens-out",
+        **options: Any,
+    ) -> Any:
+        """One self-contained HTML page about this model; see :func:`netlens.report.build_report`.
+
+        Written to ``out/report-MODEL.html`` (``out=None``: built, not written); returns the
+        :class:`netlens.report.Report` (``.path``, ``.html``, ``.sections``).
+        """
+        from .report import build_report
+
+        report = build_report(self, images, data=data, sections=sections, **options)
+        return report.save(out) if out is not None else report
+
 
 def _class_names(classes: Any) -> list[str] | None:
     if classes is None:
