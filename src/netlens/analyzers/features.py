@@ -24,6 +24,8 @@ from .options import as_is
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..lens import Lens
+
 
 __all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_figure", "pick_channels"]
 
@@ -135,6 +137,39 @@ def _selected(out: Any, model: Any, name: str, top: int, channels: Any) -> tuple
     return torch.gather(maps, 1, index), picked, means
 
 
+def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
+    """``auto`` for feature maps: the last spatial layer, but not the class maps an all-conv
+    head ends with (one channel per class, pooled into the logits): the layer before them.
+    """
+    from ..layer_call import LayerCall
+    from ..layers import auto_layer, trace_calls
+
+    chosen = auto_layer(lens.model, x)
+    with torch.no_grad():
+        classes = lens.output(x).shape[1]
+    calls = trace_calls(lens.model, x)
+    maps = [c for c in calls if _is_map(c)]
+    mine = [i for i, c in enumerate(maps) if c.name == chosen.name]
+    if not mine or maps[mine[-1]].output.shape[1] != classes:
+        return chosen
+    counts = {c.name: sum(1 for d in calls if d.name == c.name) for c in maps}
+    for c in reversed(maps[: mine[0]]):
+        if c.output.shape[1] != classes:
+            return LayerCall(c.name, c.call if counts[c.name] > 1 else None)
+    return chosen
+
+
+def _is_map(call: Any) -> bool:
+    out = call.output
+    pooled = "Pool" in type(call.module).__name__
+    return (
+        isinstance(out, torch.Tensor)
+        and out.dim() == 4
+        and out.shape[-2:].numel() > 1
+        and not pooled
+    )
+
+
 def _feature_arrays(
     model: Any, x: torch.Tensor, names: list[str], top: int, channels: Any
 ) -> dict[str, np.ndarray]:
@@ -191,7 +226,8 @@ class FeaturesAnalyzer(Analyzer):
         """The chosen channels' maps per image and layer, and every channel's mean."""
         lens, o, batch = run.lens, run.options, run.images
         x = batch.tensor
-        names = resolve_layers(lens.model, o.layer, example=x[:1])
+        layer = feature_layer(lens, x[:1]) if o.layer == "auto" else o.layer
+        names = resolve_layers(lens.model, layer, example=x[:1])
         run.layers = names
         arrays = _feature_arrays(lens.model, x, names, o.top, o.channels)
         arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])
