@@ -187,14 +187,15 @@ def test_show_outside_jupyter_writes_to_netlens_out_and_names_the_files(
 ) -> None:
     import tempfile
 
-    before = set(Path(tempfile.gettempdir()).glob("netlens-*"))
+    # the old show() made /tmp/netlens-<result name>-*; other processes may make other folders
+    before = set(Path(tempfile.gettempdir()).glob("netlens-kernels-*"))
     monkeypatch.chdir(tmp_path)
     res = lens.kernels()
     paths = res.show()
     out = capsys.readouterr().out
     assert all(p.parent == Path("netlens-out") and p.exists() for p in paths)
     assert "wrote" in out and "netlens-out/kernels-conv1.png" in out
-    assert set(Path(tempfile.gettempdir()).glob("netlens-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob("netlens-kernels-*")) == before
     chosen = res.show(out=tmp_path / "mine")
     assert all(p.parent == tmp_path / "mine" for p in chosen)
 
