@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 
-__all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_figure", "pick_channels"]
+__all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_layer", "pick_channels"]
 
 
 def _key(layer: str, what: str) -> str:
@@ -45,51 +45,14 @@ class FeaturesResult(Result):
         return f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)"
 
     def figures(self) -> dict[str, Figure]:
+        from ..render.feature_figures import feature_figure
+
         figs = {}
         for layer in self.meta["layers"]:
             for i, image in enumerate(self.meta["images"]):
                 stem = f"features-{layer.replace('.', '_')}-{image}"
-                figs[stem] = feature_figure(self, layer, i)
+                figs[stem] = feature_figure(self.arrays, self.meta, layer, i)
         return figs
-
-
-def feature_figure(result: Result, layer: str, index: int) -> Figure:
-    """The grid of one layer's selected maps for image ``index`` of a features result."""
-    from ..render.grids import grid_figure, normalize_tiles, overlay_tiles
-
-    meta = result.meta
-    maps = result.arrays[_key(layer, "maps")][index]
-    chans = result.arrays[_key(layer, "channels")][index]
-    means = result.arrays[_key(layer, "means")][index]
-    mode = "tile" if meta["normalize"] == "channel" else "joint"
-    shown, span = normalize_tiles(maps, mode=mode)
-    if meta["overlay"]:
-        shown, span = overlay_tiles(shown, result.arrays["images"][index], alpha=0.5), None
-    labels = [f"{int(c)}: {means[int(c)]:.2g}" for c in chans]
-    h, w = meta["shapes"][layer][-2:]
-    how = (
-        "chosen channels"
-        if meta["channels"] is not None
-        else (f"top {len(chans)} of {meta['shapes'][layer][1]} channels by mean activation")
-    )
-    scale = "per-channel scale" if mode == "tile" else "one scale"
-    scale += ", over the input" if meta["overlay"] else ""
-    title = (
-        f"{layer} on {meta['images'][index]}: {how} ({h}×{w} maps, {scale})\n"
-        "labels = channel: mean activation"
-    )
-    fig, _ = grid_figure(
-        shown,
-        labels,
-        title=title,
-        cmap="viridis",
-        colorbar=span,
-        colorbar_label="activation",
-        tile_inches=1.3,
-        reference=None if meta["overlay"] else result.arrays["images"][index],
-        reference_label="input (as the model sees it)",
-    )
-    return fig
 
 
 def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
