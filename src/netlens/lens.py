@@ -13,6 +13,7 @@ from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
 from .preprocess import Preprocess, SizeFromFirstImage
+from .targets import check_task
 
 if TYPE_CHECKING:
     from .analyzers.base import Result
@@ -71,7 +72,7 @@ class Lens:
         self.samples = list(samples or [])
         self._host = host
         self.output_key = output
-        self.task = _check_task(task)
+        self.task = check_task(task)
         self._digest: str | None = None
 
     def __repr__(self) -> str:
@@ -326,16 +327,6 @@ def _class_names(classes: Any) -> list[str] | None:
     from .data.labels import read_class_names
 
     return read_class_names(classes)
-
-
-def _check_task(task: str | None) -> str | None:
-    from .targets import TASKS
-
-    if task is not None and task not in TASKS:
-        from .errors import hint
-
-        raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
-    return task
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -18,9 +18,9 @@ from torch import nn
 
 from ..diagnostics import torch_load_quietly
 from ..errors import ModelLoadError, NetlensError, UnsafeModelError
-from ..lens import _check_task
 from ..naming import display_path
 from ..preprocess import Preprocess, preprocess_for, with_overrides
+from ..targets import check_task
 from .archive import check_archive
 from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import check_arch, create_arch, head_num_classes
@@ -288,7 +288,7 @@ def load(
 
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
-    lens.task, lens.output_key = _check_task(task), output
+    lens.task, lens.output_key = check_task(task), output
     lens.transform = with_overrides(
         lens.transform,
         preprocess,
