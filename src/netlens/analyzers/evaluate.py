@@ -250,54 +250,67 @@ class EvaluateAnalyzer(Analyzer):
         plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
-        acc: dict[str, list[np.ndarray]] = {}
-        seconds = {m: 0.0 for m in plan.metrics}
-        counter = CountingModel(lens.model)
-        fwd = {m: 0 for m in plan.metrics}
+        tally = _Tally(CountingModel(lens.model), plan.metrics)
         with run.progress.task("evaluate", plan.n_images) as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
-                shared: dict[Any, Any] = {}  # what metrics of this batch share (ROAD's baseline)
-                for method in method_list:
-                    heat = lens.cam(x, method=method, layer=o.layer, target=y.tolist()).heatmaps
-                    explain = cam_explainer(lens, method, o.layer)
-                    for name in plan.metrics:
-                        t0, n0 = time.perf_counter(), counter.images
-                        metric = lens.host.metrics.get(name)
-                        out = metric(
-                            counter, x, heat, y, masks=masks, explain=explain, shared=shared, **opts
-                        )
-                        seconds[name] += time.perf_counter() - t0
-                        fwd[name] += counter.images - n0
-                        for key, arr in out.items():
-                            acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
+                _score_batch(run, tally, method_list, x, y, masks, opts)
                 step(len(x))
-        acc, seconds, fwd = _combine(run.group.gather((acc, seconds, fwd)))
+        acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
         run.layers = [str(o.layer)]
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
         table = summary_rows(lens, arrays, method_list, plan.metrics)
-        per_image = {
-            m: {
-                "forward_passes": fwd[m] / plan.n_images / len(method_list),
-                "seconds": seconds[m] / plan.n_images / len(method_list),
-            }
-            for m in plan.metrics
-        }
-        meta = {
-            "methods": method_list,
-            "metrics": plan.metrics,
-            "images": plan.n_images,
-            "target": o.target,
-            "layer": str(o.layer),
-            "planned_forward_passes": plan.total,
-            "forward_passes": sum(fwd.values()),
-            "cost_per_image": per_image,
-            "options": opts,
-            "label_source": run.data.label_source,
-        }
+        per = plan.n_images * len(method_list)
+        cost = {m: {"forward_passes": fwd[m] / per, "seconds": seconds[m] / per} for m in fwd}
+        meta = {"methods": method_list, "metrics": plan.metrics, "images": plan.n_images}
+        meta |= {"target": o.target, "layer": str(o.layer), "planned_forward_passes": plan.total}
+        meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
+        meta["label_source"] = run.data.label_source
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
+
+
+@dataclass
+class _Tally:
+    """Per-image metric arrays and, per metric, seconds and forward-passed images."""
+
+    counter: CountingModel
+    metrics: list[str]
+    acc: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    fwd: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.seconds = {m: 0.0 for m in self.metrics}
+        self.fwd = {m: 0 for m in self.metrics}
+
+
+def _score_batch(
+    run: Run,
+    tally: _Tally,
+    methods: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: Any,
+    opts: dict[str, Any],
+) -> None:
+    """Every method's heatmaps of one batch, scored by every metric."""
+    lens, layer = run.lens, run.options.layer
+    shared: dict[Any, Any] = {}  # what the metrics of this batch share (ROAD's baseline)
+    for method in methods:
+        heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
+        explain = cam_explainer(lens, method, layer)
+        for name in tally.metrics:
+            t0, n0 = time.perf_counter(), tally.counter.images
+            metric = lens.host.metrics.get(name)
+            out = metric(
+                tally.counter, x, heat, y, masks=masks, explain=explain, shared=shared, **opts
+            )
+            tally.seconds[name] += time.perf_counter() - t0
+            tally.fwd[name] += tally.counter.images - n0
+            for key, arr in out.items():
+                tally.acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
 
 
 def _combine(parts: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, dict]:
