@@ -137,35 +137,17 @@ def setup(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     group = group or Group()
-    device = device if group.world > 1 else cfg.device
     seed_everything(cfg.seed)
-    dev = pick_device(device)
+    dev = pick_device(device if group.world > 1 else cfg.device)
     pre = Preprocess(size=(cfg.img_size, cfg.img_size)) if cfg.img_size else None
     splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
-    init = load_init(cfg.init, host) if cfg.init else None
-    if init is not None and not cfg.arch_kwargs:
-        cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
-    model = build_model(cfg, splits, host)
-    notes = []
-    if init is not None:
-        copied, skipped = init_from(model, init, str(cfg.init))
-        notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
-    frozen = freeze(model, cfg.freeze)
-    params = count_params(model)
-    notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
+    cfg, model, frozen, params, notes = _model(cfg, splits, host)
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = conv and dev.type in ("cuda", "cpu")
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    pin = dev.type == "cuda"
-    train_loader = make_loader(
-        splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
-    )
-    train_loader = rank_loader(train_loader, group)
-    val_loader = make_loader(
-        splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin
-    )
+    train_loader, val_loader = _loaders(cfg, splits, group, dev)
     per_epoch = min(len(train_loader), cfg.max_batches or len(train_loader))
     opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
     net = replicate(model, group, dev, cfg.sync_bn)
@@ -196,6 +178,34 @@ def setup(
         group,
         net,
     )
+
+
+def _model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> tuple[Any, ...]:
+    """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
+    init = load_init(cfg.init, host) if cfg.init else None
+    if init is not None and not cfg.arch_kwargs:
+        cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
+    model = build_model(cfg, splits, host)
+    notes = []
+    if init is not None:
+        copied, skipped = init_from(model, init, str(cfg.init))
+        notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
+    frozen = freeze(model, cfg.freeze)
+    params = count_params(model)
+    notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
+    return cfg, model, frozen, params, notes
+
+
+def _loaders(
+    cfg: TrainConfig, splits: Splits, group: Group, dev: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    """The training loader (this process's share of each global batch) and the validation one."""
+    pin = dev.type == "cuda"
+    train = make_loader(
+        splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
+    )
+    val = make_loader(splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin)
+    return rank_loader(train, group), val
 
 
 def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
