@@ -18,7 +18,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,15 +90,20 @@ class Session:
     val_loader: DataLoader
     opt: torch.optim.Optimizer
     sched: Any
-    criterion: nn.Module
     frozen: list[str]
     params: tuple[int, int]
     notes: list[str]
-    out: Path
     channels_last: bool
-    gen: torch.Generator
     group: Group
     net: nn.Module  # what training calls: the DDP replica (the model itself in one process)
+    criterion: nn.Module = field(init=False)
+    gen: torch.Generator = field(init=False)  # augmentation draws, seeded apart from the data
+    out: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.out = Path(self.cfg.out)
 
     @property
     def autocast(self) -> bool:
@@ -153,11 +158,8 @@ def setup(
     net = replicate(model, group, dev, cfg.sync_bn)
     if group.world > 1:
         notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
-    out = Path(cfg.out)
     if group.main:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     return Session(
         cfg,
         host,
@@ -168,13 +170,10 @@ def setup(
         val_loader,
         opt,
         sched,
-        criterion,
         frozen,
         params,
         notes,
-        out,
         channels_last,
-        gen,
         group,
         net,
     )
@@ -219,26 +218,9 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     for b, (x, y) in enumerate(s.train_loader):
         if b >= total:
             break
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        n_global = global_size(b, images, cfg.batch_size)
-        part = s.group.part(n_global)  # this rank's rows of the global batch
-        x = augment_batch(
-            x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(part.start, n_global)
-        )
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
-            out = s.net(x)
-        loss = s.criterion(out.float(), y)
-        if not torch.isfinite(loss):
-            raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
-        s.opt.zero_grad(set_to_none=True)
-        # weighted by this rank's share, so DDP's average is the global batch's mean
-        (loss * (len(y) * s.group.world / n_global)).backward()
-        s.opt.step()
-        s.sched.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((out.argmax(1) == y).sum())
+        loss, hits = _step(s, epoch, global_size(b, images, cfg.batch_size), x, y)
+        loss_sum += loss * len(y)
+        correct += hits
         seen += len(y)
         progress.update(task, advance=1, loss=loss_sum / seen)
     progress.remove_task(task)
@@ -252,6 +234,29 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
         "images": seen,
         "images_per_s": seen / secs if secs else 0.0,
     }
+
+
+def _step(
+    s: Session, epoch: int, n_global: int, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, int]:
+    """One optimiser step on this rank's rows of a global batch: (mean loss, correct count)."""
+    cfg = s.cfg
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+    part = s.group.part(n_global)  # this rank's rows of the global batch
+    x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(part.start, n_global))
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+        out = s.net(x)
+    loss = s.criterion(out.float(), y)
+    if not torch.isfinite(loss):
+        raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
+    s.opt.zero_grad(set_to_none=True)
+    # weighted by this rank's share, so DDP's average is the global batch's mean
+    (loss * (len(y) * s.group.world / n_global)).backward()
+    s.opt.step()
+    s.sched.step()
+    return float(loss.detach()), int((out.argmax(1) == y).sum())
 
 
 def _validate(s: Session, loader: DataLoader) -> dict[str, Any]:
