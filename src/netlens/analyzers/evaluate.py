@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
-from .base import Analyzer, Option, Result, Run
+from .base import Analyzer, Result, Run
 from .inputs import first_items
-from .options import as_is
+from .specs import EVALUATE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -213,30 +213,7 @@ class EvaluateAnalyzer(Analyzer):
 
     takes = "data"
     distributed = True
-    options = (
-        Option("methods", "gradcam", "CAM method names, comma-separated or a list", as_is),
-        Option("metrics", None, "metric names (default: all that the data allows)", as_is),
-        Option("layer", "auto", "the CAM layer selector", as_is),
-        Option(
-            "target",
-            "label",
-            "explain the true class or the prediction",
-            str,
-            choices=("label", "pred"),
-        ),
-        Option("limit", 64, "evaluate the first N images (each costs many passes)", int, low=1),
-        Option("chunk", 16, "images per CAM call and metric call", int, low=1),
-        Option("masks", None, "folder of mask PNGs for an image-folder data", as_is),
-        Option("steps", 32, "deletion/insertion steps", int, low=1, high=10_000),
-        Option("batch_size", 64, "perturbed images per forward pass", int, low=1),
-        Option("tolerance", 0, "pointing-game slack in pixels", int, low=0),
-        Option("fractions", None, "ROAD removal fractions (default 0.1..0.9)", as_is),
-        Option("random_baseline", True, "also score a random pixel order", bool),
-        Option("fill", "zero", "deletion fill: zero or blur", str, choices=("zero", "blur")),
-        Option("noise", 0.01, "ROAD imputation noise", float, low=0),
-        Option("seed", 0, "seed for random orders and noise", int),
-        Option("metric_options", None, "more options for plugin metrics (a dict)", as_is),
-    )
+    options = EVALUATE.options
 
     def compute(self, run: Run) -> EvaluateResult:
         """Score the methods' heatmaps on ``run.data`` (see the module doc)."""
@@ -251,13 +228,12 @@ class EvaluateAnalyzer(Analyzer):
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
         tally = _Tally(CountingModel(lens.model), plan.metrics)
-        with run.progress.task("evaluate", plan.n_images) as step:
+        with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
-                _score_batch(run, tally, method_list, x, y, masks, opts)
-                step(len(x))
+                _score_batch(run, tally, method_list, x, y, masks, opts, step)
         acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
         run.layers = [str(o.layer)]
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
@@ -294,8 +270,9 @@ def _score_batch(
     y: torch.Tensor,
     masks: Any,
     opts: dict[str, Any],
+    step: Callable[[int], None],
 ) -> None:
-    """Every method's heatmaps of one batch, scored by every metric."""
+    """Every method's heatmaps of one batch, scored by every metric; ``step`` counts passes."""
     lens, layer = run.lens, run.options.layer
     shared: dict[Any, Any] = {}  # what the metrics of this batch share (ROAD's baseline)
     for method in methods:
@@ -309,6 +286,7 @@ def _score_batch(
             )
             tally.seconds[name] += time.perf_counter() - t0
             tally.fwd[name] += tally.counter.images - n0
+            step(tally.counter.images - n0)
             for key, arr in out.items():
                 tally.acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
 

@@ -18,8 +18,8 @@ from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import resolve_layers
 from ..probes import probe
-from .base import Analyzer, Option, Result, Run
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import FEATURES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -177,13 +177,7 @@ class FeaturesAnalyzer(Analyzer):
     description = "Feature maps of a layer for an image (top channels by mean activation)."
 
     takes = "images"
-    options = (
-        Option("layer", "auto", "one or more layer selectors (one figure each)", as_is),
-        Option("top", 16, "how many channels to show (largest mean first)", int, low=1),
-        Option("channels", None, "explicit channel indices instead of the top ones", as_is),
-        Option("normalize", "channel", "map scale", str, choices=("channel", "joint")),
-        Option("overlay", False, "draw each map over the input image", bool),
-    )
+    options = FEATURES.options
 
     def compute(self, run: Run) -> FeaturesResult:
         """The chosen channels' maps per image and layer, and every channel's mean."""

@@ -22,14 +22,13 @@ import torch
 from ..errors import AnalyzerError
 from ..metrics.bootstrap import mean_ci
 from ..metrics.randomization import (
-    DEFAULT_THRESHOLD,
     CascadeResult,
     cascade_blocks,
     cascading_randomization,
 )
-from .base import Analyzer, Option, Result, Run
+from .base import Analyzer, Result, Run
 from .evaluate import cam_explainer, names
-from .options import as_is
+from .specs import SANITY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,20 +58,7 @@ class SanityAnalyzer(Analyzer):
 
     takes = "images"
     distributed = True
-    options = (
-        Option("method", "gradcam", "CAM method name(s), comma-separated or a list", as_is),
-        Option("layer", "auto", "the CAM layer selector", as_is),
-        Option("target", None, "classes to explain (default: the model's predictions)", as_is),
-        Option(
-            "threshold",
-            DEFAULT_THRESHOLD,
-            "the verdict's Spearman threshold",
-            float,
-            low=-1,
-            high=1,
-        ),
-        Option("seed", 0, "seed of the re-initialisation", int),
-    )
+    options = SANITY.options
 
     def compute(self, run: Run) -> SanityResult:
         """Run the randomisation test on ``run.images`` (the model's samples by default)."""

@@ -36,8 +36,8 @@ from torch import nn
 from ..errors import AnalyzerError
 from ..layers import named_layers, resolve_layers
 from ..probes import probe
-from .base import Analyzer, Option, Result, Run
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import STATS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -240,14 +240,7 @@ class StatsAnalyzer(Analyzer):
 
     takes = "data"
     distributed = True
-    options = (
-        Option("layers", None, "layer selectors; default the activation-function modules", as_is),
-        Option("eps", 0.0, "a value ≤ eps counts as near zero; ≤ eps on every input: dead", float),
-        Option("bins", 50, "histogram bins", int, low=1, high=10_000),
-        Option("hist_range", None, "fixed histogram range low,high (default: first batch)", as_is),
-        Option("limit", 512, "use at most this many samples (None: all)", int, low=1),
-        Option("batch_size", 32, "images per forward pass", int, low=1),
-    )
+    options = STATS.options
 
     def compute(self, run: Run) -> StatsResult:
         """One streaming pass over the data, updating every layer's statistics per batch."""

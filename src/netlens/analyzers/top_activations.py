@@ -29,8 +29,8 @@ from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
-from .base import Analyzer, Option, Result, Run
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import TOP
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -113,14 +113,7 @@ class TopActivationsAnalyzer(Analyzer):
 
     takes = "data"
     distributed = True
-    options = (
-        Option("layer", "auto", "one layer selector (default: the last spatial layer)", as_is),
-        Option("channels", None, "channels to show (list or 3,7); default the most active", as_is),
-        Option("k", 8, "top inputs per channel", int, low=1),
-        Option("max_channels", 16, "channels shown when none are named", int, low=1),
-        Option("limit", 512, "use at most this many samples (None: all)", int, low=1),
-        Option("batch_size", 32, "images per forward pass", int, low=1),
-    )
+    options = TOP.options
 
     def compute(self, run: Run) -> TopActivationsResult:
         """Stream the data once, keep each channel's k highest peaks, then cut the patches."""
