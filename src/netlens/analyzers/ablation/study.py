@@ -27,10 +27,10 @@ import torch
 from ...errors import AnalyzerError
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
-from .metrics import METRICS, Metric, Outcomes
 from .modes import UnitStats, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
+from .scoring import METRICS, Metric, Outcomes
 from .units import Unit, find_units
 
 if TYPE_CHECKING:
@@ -314,6 +314,12 @@ def _meta(plan: _Plan) -> dict[str, Any]:
         "channels": plan.run.options.channels,
         "units": [u.name for u in plan.units],
         "skipped_units": plan.skipped,
+        "warnings": [
+            f"not ablated: {', '.join(plan.skipped)} (identity cannot skip a layer that changes "
+            "the shape; use --mode zero or mean for those)"
+        ]
+        if plan.skipped
+        else [],
         "classes": plan.rows.classes,
         "label_source": getattr(plan.run.data, "label_source", None),
         "baseline": {k: base[k] for k in ("value", "ci_low", "ci_high")}
