@@ -67,3 +67,90 @@ def test_auto_layer_on_vit_picks_last_block():
 
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).eval()
     assert auto_layer(vit) == "blocks.11"  # not the patch embedding's conv
+
+
+def _tv_vit() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
+    ).eval()
+
+
+def test_auto_layer_on_torchvision_vit_picks_last_encoder_block():
+    """torchvision's blocks are ``encoder_layer_K``, not numbered children: regression, the
+    patch embedding conv was chosen; with class-token pooling, CAM reads ``ln_1``."""
+    from netlens.analyzers.cam_base import cam_layer
+
+    vit = _tv_vit()
+    x = torch.zeros(1, 3, 32, 32)
+    assert auto_layer(vit, x) == "encoder.layers.encoder_layer_1"
+    assert cam_layer(vit, x) == "encoder.layers.encoder_layer_1.ln_1"
+
+
+def test_auto_layer_ignores_attention_tensors_of_attention_pooling():
+    """timm's ``global_pool="map"`` (SigLIP) runs q/k norms on N×heads×L×d tensors after the
+    last block: regression, such a 4-D tensor inside a token module was taken for a map."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        global_pool="map",
+        class_token=False,
+        num_classes=4,
+    ).eval()
+    assert auto_layer(vit, torch.zeros(1, 3, 32, 32)) == "blocks.1"
+
+
+class _TupleBlock(nn.Module):
+    """An MViTv2-like block: takes and returns ``(tokens, size)``."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.mlp = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> tuple:
+        return x + self.mlp(x), size
+
+
+class _TupleTokens(nn.Module):
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.blocks = nn.ModuleList([_TupleBlock(d), _TupleBlock(d)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x)
+        size = t.shape[-2:]
+        t = t.flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            t, size = blk(t, size)
+        return self.head(self.norm(t).mean(1))
+
+
+def test_auto_layer_falls_back_to_the_last_token_grid_when_blocks_return_tuples():
+    """Regression: with no block returning a tensor the patch conv was chosen (MViTv2)."""
+    assert auto_layer(_TupleTokens(), torch.zeros(1, 3, 16, 16)) == "norm"
+
+
+def test_to_spatial_uses_the_patch_grid_when_blocks_carry_no_class_token():
+    """CaiT's self-attention blocks carry only the patch tokens though the model has a class
+    token (``num_prefix_tokens=1``): regression, 16 tokens were refused as no 4×4 grid."""
+    from netlens.activations import to_spatial
+
+    model = nn.Module()
+    model.num_prefix_tokens = 1
+    model.patch_embed = nn.Module()
+    model.patch_embed.grid_size = (4, 4)
+    t = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 16, 3)
+    assert torch.equal(to_spatial(t, model), t.reshape(2, 4, 4, 3).permute(0, 3, 1, 2))
+    with_cls = torch.cat([torch.full((2, 1, 3), -1.0), t], dim=1)
+    assert torch.equal(to_spatial(with_cls, model), to_spatial(t, model))

@@ -321,16 +321,16 @@ def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCa
     CNNs: the last N×C×H×W output with H·W > 1. Pooling layers themselves are skipped (AlexNet's
     ``avgpool`` keeps 6×6 but is no feature layer), so on AlexNet/VGG the ``features`` stack is
     chosen; so are 4-D tensors computed inside a module that takes tokens (the N×heads×L×d
-    keys of attention pooling, attention weights). Several calls can return that very tensor (a conv and the in-place ReLU after it; a
-    block and its last ReLU): the call that saw its last in-place rewrite wins, and among those
-    the outermost module, so ``layer4`` wins over ``layer4.1.act2`` on a ResNet and an in-place
-    ``ReLU`` over the conv before it. When code outside any module rewrites it afterwards
-    (DenseNet's ``F.relu(features, inplace=True)``), the selection is ``:consumed``. A module
-    that runs several times is returned with its call (``act@1``). Token models (timm and
-    torchvision ViTs, MLP-Mixers): when blocks of a repeated-block stack whose tokens form a
-    patch grid run after the last spatial layer (the patch embedding), the last such block is
-    chosen (without such blocks, the last call whose tokens form a patch grid: MViTv2's
-    ``norm``, its blocks returning ``(tokens, size)``).
+    keys of attention pooling, attention weights). Several calls can return that very tensor
+    (a conv and the in-place ReLU after it; a block and its last ReLU): the call that saw its
+    last in-place rewrite wins, and among those the outermost module, so ``layer4`` wins over
+    ``layer4.1.act2`` on a ResNet and an in-place ``ReLU`` over the conv before it. When code
+    outside any module rewrites it afterwards (DenseNet's ``F.relu(features, inplace=True)``),
+    the selection is ``:consumed``. A module that runs several times is returned with its call
+    (``act@1``). Token models (timm and torchvision ViTs, MLP-Mixers): when blocks of a
+    repeated-block stack whose tokens form a patch grid run after the last spatial layer (the
+    patch embedding), the last such block is chosen (without such blocks, the last call whose
+    tokens form a patch grid: MViTv2's ``norm``, its blocks returning ``(tokens, size)``).
     """
     traced = trace_calls(model, example)
     spatial = [(i, c) for i, c in enumerate(traced) if _is_map_call(c)]
