@@ -349,3 +349,106 @@ def test_normalisation_layers_are_not_default_units() -> None:
     assert [u.name for u in units] == ["0", "3", "5"]
     assert all(not is_norm(model.get_submodule(u.name)) for u in units)
     assert np.all([u.kind == "layer" for u in units])
+
+
+class _SizedBlock(nn.Module):
+    """A PVT/CoaT-like residual block: called with its token grid size besides the tokens."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        y = self.fc(self.norm(x)).reshape(x.shape[0], h, w, -1)
+        return x + torch.tanh(y).flatten(1, 2)
+
+
+class _Tokens(nn.Module):
+    """Blocks in a ModuleList the model calls one by one, each with ``size``."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.blocks = nn.ModuleList([_SizedBlock(d) for _ in range(3)])
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x)
+        size = (t.shape[2], t.shape[3])
+        t = t.flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            t = blk(t, size)
+        return self.head(t.mean(1))
+
+
+def test_blocks_with_size_arguments_in_a_module_list_are_residual() -> None:
+    """Regression: blocks taking ``(x, size)`` were not traced, and blocks of a ModuleList the
+    model iterates were never visited; identity ablation equals the block's input, by hand."""
+    torch.manual_seed(0)
+    model = _Tokens().eval()
+    x = torch.randn(4, 3, 16, 16)
+    units, _ = find_units(model, x)
+    assert [(u.name, u.kind) for u in units] == [(f"blocks.{i}", "residual") for i in range(3)]
+    res = netlens.load(model, size=16).ablate(
+        x, layers="blocks.1", mode="identity", metric="agreement", progress=False
+    )
+    ref = copy.deepcopy(model)
+    ref.blocks[1] = _Pass()
+    with torch.no_grad():
+        agree = (ref(x).argmax(1) == model(x).argmax(1)).double().mean().item()
+    assert res.rows[0]["value"] == pytest.approx(agree)
+
+
+class _Pass(nn.Module):
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return x
+
+
+class _Pairs(nn.Module):
+    """A stage that returns ``(tokens, size)`` (MViTv2) between two plain layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.stage = _PairStage()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, _ = self.stage(self.conv(x))
+        return self.head(t.mean((2, 3)))
+
+
+class _PairStage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        return x + self.conv(x), (x.shape[2], x.shape[3])
+
+
+def test_units_returning_tuples_are_left_out_or_refused_in_one_line() -> None:
+    from netlens.errors import AnalyzerError
+
+    torch.manual_seed(0)
+    lens = netlens.load(_Pairs().eval(), size=8)
+    x = torch.randn(4, 3, 8, 8)
+    res = lens.ablate(x, mode="zero", metric="agreement", progress=False)
+    assert [r["unit"] for r in res.rows] == ["conv"]  # 'stage' returns a tuple: left out
+    for mode in ("zero", "identity"):
+        with pytest.raises(AnalyzerError, match="'stage' does not return one tensor") as err:
+            lens.ablate(x, layers="stage", mode=mode, metric="agreement", progress=False)
+        assert "\n" not in str(err.value)
+
+
+def test_a_model_that_fails_on_the_data_is_one_line() -> None:
+    from netlens.analyzers.ablation.survey import survey
+    from netlens.errors import AnalyzerError
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    with pytest.raises(AnalyzerError, match=r"fails on input \(1, 3, 16, 16\)") as err:
+        survey(model, torch.zeros(1, 3, 16, 16))
+    assert "\n" not in str(err.value)
+    assert not model._forward_hooks and not model[0]._forward_pre_hooks
