@@ -328,9 +328,7 @@ def py_cam(case: Case) -> None:
 
 def py_free(case: Case) -> None:
     n = 2 if case.arch.free == "eigencam" else 1
-    res = open_lens(case).cam(
-        case.images[:n], method=case.arch.free, batch_size=64, progress=False
-    )
+    res = open_lens(case).cam(case.images[:n], method=case.arch.free, batch_size=64, progress=False)
     check_maps(res.heatmaps, n, case.size)
 
 
@@ -374,9 +372,7 @@ def py_ablate(case: Case) -> None:
     lens = open_lens(case)
     x = lens.preprocess(case.images)
     layer, mode = pick_block(case)
-    res = lens.ablate(
-        x, layers=layer, mode=mode, metric="agreement", resamples=100, progress=False
-    )
+    res = lens.ablate(x, layers=layer, mode=mode, metric="agreement", resamples=100, progress=False)
     check_ablation(res.rows, res.baseline)
 
 
@@ -416,7 +412,9 @@ def parity(case: Case) -> Outcome:
     if reshape is None:
         return Outcome("skip", f"{layer}: output {tuple(raw.shape)} has no known layout")
     peer = _peer_gradcam(lens.model, module, x, case.target, reshape)
-    rs = [_pearson(a, b) for a, b in zip(case.heat.reshape(2, -1), peer.reshape(2, -1))]
+    rs = [
+        _pearson(a, b) for a, b in zip(case.heat.reshape(2, -1), peer.reshape(2, -1), strict=True)
+    ]
     rs = [r for r in rs if r is not None]
     if rs and min(rs) < PARITY_R:
         raise CheckFailed(f"Grad-CAM at {layer} differs from pytorch-grad-cam: r = {min(rs):.3f}")
@@ -444,8 +442,8 @@ def peer_reshape(model: nn.Module, raw: torch.Tensor) -> Callable | None:
     fits += [(k, side, side) for k, side in sides]
     for k, h, w in fits:
         if k >= 0 and h * w == length - k and h * w > 1:
-            return lambda t, k=k, h=h, w=w: t[:, k:].reshape(t.shape[0], h, w, -1).permute(
-                0, 3, 1, 2
+            return lambda t, k=k, h=h, w=w: (
+                t[:, k:].reshape(t.shape[0], h, w, -1).permute(0, 3, 1, 2)
             )
     return None
 
@@ -614,7 +612,7 @@ def sweep_one(arch: Arch, size: int, route: str, images: list[np.ndarray]) -> Ro
             elif step == "parity" and case.heat is None:
                 row.cells[step] = Outcome("skip", "no Grad-CAM map")
             else:
-                row.cells[step], _ = attempt(lambda fn=steps[step]: fn(case))
+                row.cells[step], _ = attempt(lambda fn=steps[step], c=case: fn(c))
         row.layer = case.layer or ""
         del case, model
     gc.collect()
