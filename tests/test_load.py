@@ -61,6 +61,20 @@ def test_timm_safetensors_infers_classes(tmp_path):
     assert same_outputs(lens.model, model, (1, 3, 64, 64))
 
 
+def test_state_dict_of_a_headless_default_arch_infers_classes(tmp_path):
+    """timm's DINOv2/SigLIP encoders default to ``num_classes=0``: regression, a state_dict
+    with a 5-class head was loaded into a model without one and refused."""
+    import timm
+
+    kw = {"img_size": 28, "depth": 1}
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=5, **kw)
+    assert timm.create_model("vit_small_patch14_dinov2", pretrained=False, **kw).num_classes == 0
+    torch.save(model.eval().state_dict(), tmp_path / "enc.pt")
+    lens = netlens.load(tmp_path / "enc.pt", arch="vit_small_patch14_dinov2", arch_kwargs=kw)
+    assert lens.model.head.out_features == 5
+    assert same_outputs(lens.model, model, (1, 3, 28, 28))
+
+
 def test_netlens_checkpoint_round_trip(tmp_path):
     import timm
 

@@ -242,17 +242,22 @@ def head_num_classes(state: dict[str, Any], fresh: nn.Module) -> int | None:
     """Number of classes a state_dict was trained for, read off where it differs from ``fresh``.
 
     The classifier is the last weight whose shape differs from the freshly built model's; its
-    first dimension is the class count. None when every shape already matches.
+    first dimension is the class count. When every shared shape matches, the last weight
+    ``fresh`` lacks (an architecture built without a head by default, such as timm's SigLIP
+    and DINOv2 encoders, ``num_classes=0``) is the classifier. None when the file has neither.
     """
     ref = fresh.state_dict()
+
+    def is_weight(k: str, v: Any) -> bool:
+        return hasattr(v, "shape") and k.endswith("weight")
+
     differing = [
         k
         for k, v in state.items()
-        if k in ref
-        and hasattr(v, "shape")
-        and tuple(v.shape) != tuple(ref[k].shape)
-        and k.endswith("weight")
+        if k in ref and is_weight(k, v) and tuple(v.shape) != tuple(ref[k].shape)
     ]
-    if not differing:
+    extra = [k for k, v in state.items() if k not in ref and is_weight(k, v) and v.dim() >= 2]
+    found = differing or extra
+    if not found:
         return None
-    return int(state[differing[-1]].shape[0])
+    return int(state[found[-1]].shape[0])
