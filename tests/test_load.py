@@ -75,6 +75,26 @@ def test_state_dict_of_a_headless_default_arch_infers_classes(tmp_path):
     assert same_outputs(lens.model, model, (1, 3, 28, 28))
 
 
+@pytest.mark.parametrize("fmt", ["pt", "safetensors", "netlens"])
+def test_torchvision_mnasnet_weights_load_in_every_format(tmp_path, fmt):
+    """MNASNet refuses a state without its module version: regression, the version was dropped
+    (``module.`` prefix stripping) or missing (safetensors, netlens checkpoints)."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=4).eval()
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "pt":
+        torch.save(model.state_dict(), path)
+    elif fmt == "safetensors":
+        save_file(model.state_dict(), str(path))
+    else:
+        netlens.save(model, path, arch="tv:mnasnet0_5")
+    lens = netlens.load(path, arch=None if fmt == "netlens" else "tv:mnasnet0_5")
+    assert same_outputs(lens.model, model, (1, 3, 64, 64))
+
+
 def test_netlens_checkpoint_round_trip(tmp_path):
     import timm
 

@@ -8,6 +8,7 @@ whole pickled module, only with ``trust=True`` (unpickling runs code); an ``nn.M
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -173,7 +174,13 @@ def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
                 obj = obj[key]
                 break
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return {k.removeprefix("module."): v for k, v in obj.items()}
+            state = OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
+            meta = getattr(obj, "_metadata", None)
+            if meta is not None:  # module versions that load_state_dict passes on
+                state._metadata = OrderedDict(  # type: ignore[attr-defined]
+                    (k.removeprefix("module."), v) for k, v in meta.items()
+                )
+            return state
     return None
 
 
@@ -221,10 +228,21 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
     return LoadedModel(obj, preprocess_for(obj), None, {"arch": type(obj).__name__})
 
 
+def _with_versions(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with module versions for ``load_state_dict``: its own (``torch.save`` of a
+    state_dict keeps them), else the model's current ones (safetensors files and netlens
+    checkpoints keep none, and torchvision's MNASNet refuses weights without a version)."""
+    if getattr(state, "_metadata", None) is not None:
+        return state
+    versioned = OrderedDict(state)
+    versioned._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    return versioned
+
+
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        model.load_state_dict(_with_versions(state, model), strict=True)
+    except (RuntimeError, ValueError) as exc:
         first = str(exc).splitlines()[1:2] or [str(exc)]
         raise ModelLoadError(
             f"the weights in {source.name} do not fit {type(model).__name__}: "
