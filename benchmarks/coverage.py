@@ -157,7 +157,7 @@ TIMM = [
     _timm("pvt_v2_b0"),
     _timm("twins_svt_small"),
     _timm("tiny_vit_5m_224"),
-    _timm("efficientvit_m0", sized=True),
+    _timm("efficientvit_m0", sized=True, min_size=128, note="stride 64: last stage 1×1 below"),
     _timm("mobilevit_xxs"),
     _timm("edgenext_xx_small"),
     _timm("davit_tiny"),
@@ -678,12 +678,16 @@ def header() -> str:
     return " ".join(cols) + "    time"
 
 
+_QUIET = ("python route only", "no Grad-CAM map")  # skips every CLI row has: not listed
+
+
 def details(rows: list[Row]) -> list[str]:
     """One line per step that did not simply pass: the reason or the failure."""
     lines = []
     for row in rows:
         for step, c in row.cells.items():
-            if c.status == "said" or (c.status == "skip" and step == "parity" and c.detail):
+            shown_skip = c.status == "skip" and step == "parity" and c.detail not in _QUIET
+            if c.status == "said" or shown_skip:
                 lines.append(f"{row.arch.name} {step}: {c.detail}")
             elif c.status == "FAIL":
                 lines.append(f"{row.arch.name} {step}: FAIL\n{c.detail.rstrip()}")
