@@ -25,7 +25,6 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import resolve_layers
-from ..plugins import hookimpl
 from ..targets import Target, resolve_targets
 from .base import Analyzer, Run
 from .cam_base import (
@@ -36,31 +35,18 @@ from .cam_base import (
     capture,
     normalize_maps,
 )
-from .cam_methods import METHODS
 from .cam_result import CamResult
 from .specs import CAM
 
 if TYPE_CHECKING:
     from ..distributed import Group
     from ..lens import Lens
-    from ..plugins.registry import Registry
 
 __all__ = ["CamAnalyzer", "cam", "method_name"]
 
 _ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
 _FUSE = {"max": lambda s: s.amax(dim=0), "mean": lambda s: s.mean(dim=0)}
 WEAK_TARGET = 0.01  # a target below this probability gets a warning: its map is not its evidence
-
-
-@hookimpl
-def netlens_register_analyzers(registry: Registry) -> None:
-    registry.add("cam", CamAnalyzer(), description=CamAnalyzer.description)
-
-
-@hookimpl
-def netlens_register_cam_methods(registry: Registry) -> None:
-    for name, method in METHODS.items():
-        registry.add(name, method)
 
 
 def method_name(name: str) -> str:

@@ -60,7 +60,7 @@ def report(
     from ..report.build import build_report, model_source
     from ..report.repro import Invocation
     from .common import emit_json, split_model_and_images
-    from .runner import err, open_lens, set_threads
+    from .runner import err, open_lens, report_skipped, set_threads
 
     model, imgs = split_model_and_images(model, images)
     set_threads(common.threads)
@@ -86,7 +86,7 @@ def report(
     size = result.path.stat().st_size
     if common.json:
         emit_json(_summary(result, size, common))
-        _skipped_inputs(result.skipped_inputs, common)
+        report_skipped(result.skipped_inputs, common)
         return
     for key, why in result.skipped.items():
         err.print(f"[yellow]skipped[/yellow] section {key}: {why}", soft_wrap=True)
@@ -95,7 +95,7 @@ def report(
         f"{result.seconds:.0f} s)",
         soft_wrap=True,
     )
-    _skipped_inputs(result.skipped_inputs, common)
+    report_skipped(result.skipped_inputs, common)
 
 
 def _summary(result: Any, size: int, common: Common) -> dict[str, Any]:
@@ -113,20 +113,3 @@ def _summary(result: Any, size: int, common: Common) -> dict[str, Any]:
         "out": str(common.out),
         "skipped": result.skipped_inputs,
     }
-
-
-def _skipped_inputs(lines: list[str], common: Common) -> None:
-    """Unreadable images on stderr; exit status 3 unless ``--skip-bad`` (as every command)."""
-    from rich.markup import escape
-
-    from .runner import EXIT_SKIPPED, err
-
-    for line in lines:
-        err.print(f"[yellow]skipped:[/yellow] {escape(line)}", soft_wrap=True)
-    if lines and not common.skip_bad:
-        err.print(
-            f"{len(lines)} input(s) could not be read and were skipped (exit status 3; "
-            "--skip-bad to accept)",
-            soft_wrap=True,
-        )
-        raise typer.Exit(EXIT_SKIPPED)

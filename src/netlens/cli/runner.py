@@ -31,7 +31,15 @@ if TYPE_CHECKING:
     from ..distributed import Group
     from ..lens import Lens
 
-__all__ = ["EXIT_SKIPPED", "err", "out", "open_lens", "run_analyzer", "set_threads"]
+__all__ = [
+    "EXIT_SKIPPED",
+    "err",
+    "open_lens",
+    "out",
+    "report_skipped",
+    "run_analyzer",
+    "set_threads",
+]
 
 EXIT_SKIPPED = 3
 err = Console(stderr=True, highlight=False)
@@ -170,12 +178,16 @@ def finish(
         out.print(table if table is not None else escape(result.headline()))
     if not common.json:
         err.print(f"{result.name}: wrote {n_files} files to {common.out}/", soft_wrap=True)
-    skipped = result.skipped
-    for line in skipped:
+    report_skipped(result.skipped, common)
+
+
+def report_skipped(lines: list[Any], common: Common) -> None:
+    """Unreadable inputs on stderr, one line each; exit status 3 unless ``--skip-bad``."""
+    for line in lines:
         err.print(f"[yellow]skipped:[/yellow] {escape(str(line))}", soft_wrap=True)
-    if skipped and not common.skip_bad:
+    if lines and not common.skip_bad:
         err.print(
-            f"{len(skipped)} input(s) could not be read and were skipped (exit status 3; "
+            f"{len(lines)} input(s) could not be read and were skipped (exit status 3; "
             "--skip-bad to accept)",
             soft_wrap=True,
         )

