@@ -84,6 +84,11 @@ def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
 
 
 def _pick(out: Any, key: str | int) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):  # its attributes (.T, .real) are no outputs to pick
+        raise NetlensError(
+            f"the model returns one tensor, so there is no output '{key}' to pick; leave out "
+            "--output (output= in Python), which is for models returning a dict, tuple or object"
+        )
     if isinstance(out, dict):
         got = out.get(key, out.get(str(key)))
         keys = list(out)

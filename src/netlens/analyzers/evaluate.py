@@ -35,7 +35,7 @@ from ..errors import DataError, NetlensError
 from ..metrics.stats import mean_ci
 from .base import Analyzer, Option, Result, Run
 from .inputs import first_items
-from .options import as_is
+from .options import MAX_SEED, as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -234,7 +234,7 @@ class EvaluateAnalyzer(Analyzer):
         Option("random_baseline", True, "also score a random pixel order", bool),
         Option("fill", "zero", "deletion fill: zero or blur", str, choices=("zero", "blur")),
         Option("noise", 0.01, "ROAD imputation noise", float, low=0),
-        Option("seed", 0, "seed for random orders and noise", int),
+        Option("seed", 0, "seed for random orders and noise", int, low=0, high=MAX_SEED),
         Option("metric_options", None, "more options for plugin metrics (a dict)", as_is),
     )
 

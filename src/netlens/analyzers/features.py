@@ -90,6 +90,25 @@ def feature_figure(result: Result, layer: str, index: int) -> Figure:
     return fig
 
 
+def channel_list(value: Any) -> tuple[int, ...]:
+    """The ``channels`` option's kind: ``"0,5,9"``, ``[0, 5, 9]`` or ``5`` → ``(0, 5, 9)``."""
+    items = value.split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, (list, tuple)) else [items]
+    try:
+        chosen = tuple(_whole(c) for c in items if str(c).strip())
+    except (TypeError, ValueError):
+        chosen = ()
+    if not chosen or min(chosen) < 0:
+        raise ValueError("not a list of channel numbers 0 and up, such as 0,5,9")
+    return chosen
+
+
+def _whole(item: Any) -> int:
+    if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+        raise ValueError(item)
+    return int(str(item).strip()) if isinstance(item, str) else int(item)
+
+
 def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
     """N×K channel indices: the ``top`` largest means per image, or ``channels`` for every image.
 
@@ -182,7 +201,7 @@ class FeaturesAnalyzer(Analyzer):
     options = (
         Option("layer", "auto", "one or more layer selectors (one figure each)", as_is),
         Option("top", 16, "how many channels to show (largest mean first)", int, low=1),
-        Option("channels", None, "explicit channel indices instead of the top ones", as_is),
+        Option("channels", None, "explicit channel indices instead of the top ones", channel_list),
         Option("normalize", "channel", "map scale", str, choices=("channel", "joint")),
         Option("overlay", False, "draw each map over the input image", bool),
     )

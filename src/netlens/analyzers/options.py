@@ -20,7 +20,9 @@ from typing import Any
 
 from ..errors import NetlensError, hint
 
-__all__ = ["Option", "OptionError", "Options", "as_is", "parse_options"]
+__all__ = ["MAX_SEED", "Option", "OptionError", "Options", "as_is", "parse_options"]
+
+MAX_SEED = 2**63 - 1  # seeds are 0 .. 2**63 - 1: what torch and numpy generators both take
 
 
 class OptionError(NetlensError):
@@ -64,6 +66,8 @@ class Option:
     def _bounds(self, got: Any, owner: str) -> None:
         if isinstance(got, float) and math.isnan(got):
             raise OptionError(f"{owner}: {self.name} must be a number, not NaN")
+        if isinstance(got, float) and math.isinf(got):
+            raise OptionError(f"{owner}: {self.name} must be a finite number, not {got}")
         if self.choices is not None and got not in self.choices:
             raise OptionError(
                 f"{owner}: {self.name} must be one of {', '.join(self.choices)}, not "

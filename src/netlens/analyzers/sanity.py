@@ -29,7 +29,7 @@ from ..metrics.sanity import (
 from ..metrics.stats import mean_ci
 from .base import Analyzer, Option, Result, Run
 from .evaluate import cam_explainer, names
-from .options import as_is
+from .options import MAX_SEED, as_is
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -71,7 +71,7 @@ class SanityAnalyzer(Analyzer):
             low=-1,
             high=1,
         ),
-        Option("seed", 0, "seed of the re-initialisation", int),
+        Option("seed", 0, "seed of the re-initialisation", int, low=0, high=MAX_SEED),
     )
 
     def compute(self, run: Run) -> SanityResult:

@@ -30,6 +30,7 @@ from ..errors import AnalyzerError
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Option, Result, Run
+from .features import channel_list
 from .options import as_is
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ class TopActivationsAnalyzer(Analyzer):
     distributed = True
     options = (
         Option("layer", "auto", "one layer selector (default: the last spatial layer)", as_is),
-        Option("channels", None, "channels to show (list or 3,7); default the most active", as_is),
+        Option("channels", None, "channels to show (3,7); default the most active", channel_list),
         Option("k", 8, "top inputs per channel", int, low=1),
         Option("max_channels", 16, "channels shown when none are named", int, low=1),
         Option("limit", 512, "use at most this many samples (None: all)", int, low=1),

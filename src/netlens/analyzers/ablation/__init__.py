@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import AnalyzerError, DataError
 from ...plugins import hookimpl
 from ..base import Analyzer, Option, Run
-from ..options import as_is
+from ..options import MAX_SEED, as_is
 from .metrics import METRICS
 from .modes import MODES
 from .result import AblationResult
@@ -82,7 +82,7 @@ class AblateAnalyzer(Analyzer):
         Option("channels", False, "channels of the one selected layer: all, or 0,5,9", _channels),
         Option("batch_size", 64, "images per batch", int, low=1),
         Option("limit", None, "use the first N images", int, low=1),
-        Option("seed", 0, "seed for noise, bootstrap and random orders", int),
+        Option("seed", 0, "seed for noise, bootstrap and random orders", int, low=0, high=MAX_SEED),
         Option("resamples", 2000, "bootstrap resamples", int, low=10),
         Option("points", 17, "points on the cumulative curves", int, low=2),
         Option("fast", True, "use the cached-prefix engine", bool),
