@@ -22,7 +22,7 @@ import torch
 from netlens.models import zoo
 from netlens.plugins.manager import PluginHost
 from netlens.train.datasets import make_loader
-from netlens.train.metrics import evaluate
+from netlens.train.evaluation import evaluate
 
 
 def measure(name: str, host: PluginHost, limit: int | None = None) -> dict:

@@ -113,7 +113,7 @@ def test_rows_already_stored_are_not_run_again() -> None:
 
 
 def test_options_declared_once_and_cli_in_step() -> None:
-    from netlens.analyzers.ablation.metrics import METRICS
+    from netlens.analyzers.ablation.scoring import METRICS
     from netlens.cli import ablate_cmd
 
     model, data = _model(), _data(8)

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from test_ablation_study import Skip, _data, _model
 
 import netlens
-from netlens.analyzers.ablation.metrics import METRICS
-from netlens.metrics.stats import Resampler, mean_ci, percentile_ci
+from netlens.analyzers.ablation.scoring import METRICS
+from netlens.metrics.bootstrap import Resampler, mean_ci, percentile_ci
 from netlens.render.ablation_figures import harm_axis_label
-from netlens.train.metrics import confusion_matrix, macro_f1, scores
+from netlens.train.evaluation import confusion_matrix, macro_f1, scores
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +121,7 @@ def test_one_macro_f1_for_training_and_ablation() -> None:
     assert float(macro_f1(cm)) == pytest.approx(np.mean(per_class))
     assert scores(cm)["f1"] == pytest.approx(np.mean(per_class))
     out = {"label": label, "pred": pred, "value": (label == pred).astype(float)}
-    from netlens.analyzers.ablation.metrics import metric_value
+    from netlens.analyzers.ablation.scoring import metric_value
 
     assert metric_value(METRICS["f1"], out, None, 7)[0] == pytest.approx(np.mean(per_class))
 

@@ -16,7 +16,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import netlens
-from netlens.analyzers.ablation.metrics import METRICS, hurt_classes, metric_value
+from netlens.analyzers.ablation.scoring import METRICS, hurt_classes, metric_value
 from netlens.analyzers.options import OptionError
 from netlens.errors import AnalyzerError, DataError, NetlensError
 from netlens.models.archs import resnet

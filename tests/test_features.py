@@ -179,3 +179,23 @@ def test_cli_features_on_resnet18_and_vit(tmp_path, resnet18):
     )
     assert res.exit_code == 0, res.output
     assert (out / "features-blocks_1-in.png").exists()
+
+
+def test_default_layer_is_the_last_feature_map_not_the_class_maps() -> None:
+    """An all-conv net ends in a 1×1 conv with one map per class, pooled into the logits: auto
+    shows the feature maps before it (issue: 5 maps labelled "3: 3" were of little use)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(12, 4, 1),  # class maps
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    lens = Lens(net, Preprocess(size=(16, 16)))
+    r = lens.features(torch.randn(1, 3, 16, 16), top=4)
+    assert r.meta["layers"] == ["3"] and r.meta["shapes"]["3"][1] == 12
+    named = lens.features(torch.randn(1, 3, 16, 16), layer="4", top=4)
+    assert named.meta["layers"] == ["4"]  # asked for by name: the class maps it is

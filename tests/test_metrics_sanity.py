@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netlens.metrics.sanity import (
+from netlens.metrics.randomization import (
     cascade_blocks,
     cascading_randomization,
     gaussian_window,

@@ -15,7 +15,7 @@ from netlens.cli.app import app
 from netlens.errors import NetlensError
 from netlens.models import archs
 from netlens.train.augment import augment_batch
-from netlens.train.metrics import confusion_matrix, scores
+from netlens.train.evaluation import confusion_matrix, scores
 from netlens.train.recipes import RECIPES
 from netlens.train.transfer import count_params, freeze, head_name
 

@@ -117,3 +117,29 @@ def test_cli_zoo_list_and_info() -> None:
     res = runner.invoke(app, ["zoo", "info", "shapes"])
     assert res.exit_code == 1 and "no zoo model 'shapes'" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_zoo_model_is_a_model_folder_read_by_the_same_loaders(tmp_path) -> None:
+    """The zoo goes through the loaders (its card validated like any checkpoint's), and a copy
+    of a zoo folder anywhere loads the same way; a damaged card is one line."""
+    import shutil
+
+    import torch
+
+    from netlens.errors import ModelLoadError
+
+    name = zoo.DEFAULT
+    copy = tmp_path / "mymodel"
+    shutil.copytree(zoo.model_dir(name), copy)
+    a, b = netlens.load(f"zoo:{name}"), netlens.load(copy)
+    assert a.classes == b.classes and a.default_data() == b.default_data()
+    x = a.example(2)
+    assert torch.equal(a.model(x), b.model(x))
+    card = json.loads((copy / "card.json").read_text())
+    card["arch_kwargs"] = {"checkpoint_path": "/etc/passwd"}  # the validator must see it
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="checkpoint_path"):
+        netlens.load(copy)
+    (copy / "card.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="damaged"):
+        netlens.load(copy)

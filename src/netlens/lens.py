@@ -13,6 +13,7 @@ from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
 from .preprocess import Preprocess, SizeFromFirstImage
+from .targets import check_task
 
 if TYPE_CHECKING:
     from .analyzers.base import Result
@@ -71,7 +72,7 @@ class Lens:
         self.samples = list(samples or [])
         self._host = host
         self.output_key = output
-        self.task = _check_task(task)
+        self.task = check_task(task)
         self._digest: str | None = None
 
     def __repr__(self) -> str:
@@ -300,6 +301,25 @@ class Lens:
         """A layer-ablation study: what each block is worth."""
         return self.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)
 
+    def report(
+        self,
+        images: Any = None,
+        *,
+        data: Any = None,
+        sections: Any = None,
+        out: str | Path | None = "netlens-out",
+        **options: Any,
+    ) -> Any:
+        """One self-contained HTML page about this model; see :func:`netlens.report.build_report`.
+
+        Written to ``out/report-MODEL.html`` (``out=None``: built, not written); returns the
+        :class:`netlens.report.Report` (``.path``, ``.html``, ``.sections``).
+        """
+        from .report import build_report
+
+        report = build_report(self, images, data=data, sections=sections, **options)
+        return report.save(out) if out is not None else report
+
 
 def _class_names(classes: Any) -> list[str] | None:
     if classes is None:
@@ -307,16 +327,6 @@ def _class_names(classes: Any) -> list[str] | None:
     from .data.labels import read_class_names
 
     return read_class_names(classes)
-
-
-def _check_task(task: str | None) -> str | None:
-    from .targets import TASKS
-
-    if task is not None and task not in TASKS:
-        from .errors import hint
-
-        raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
-    return task
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -43,6 +43,7 @@ __all__ = [
     "OutputTarget",
     "RegionTarget",
     "Target",
+    "check_task",
     "detect_task",
     "model_output",
     "probabilities",
@@ -104,6 +105,15 @@ def _pick(out: Any, key: str | int) -> torch.Tensor:
             f"the model's output has no tensor '{key}' (it has: {', '.join(map(str, keys))})"
         )
     return got
+
+
+def check_task(task: str | None) -> str | None:
+    """``task`` when it is one of :data:`TASKS` (or None); one line naming them otherwise."""
+    if task is not None and task not in TASKS:
+        from .errors import hint
+
+        raise NetlensError(f"unknown task '{task}'{hint(task, TASKS)} (tasks: {', '.join(TASKS)})")
+    return task
 
 
 def detect_task(output: torch.Tensor, multilabel: bool = False) -> str:

@@ -78,6 +78,8 @@ class Result:
     lands whole or not at all (:mod:`netlens.output`): the figures (``figures()``) and pictures
     (``pictures()``) as PNG, ``NAME.json`` (header, meta, table), ``NAME.csv`` (the table),
     arrays as ``.npy`` (``array_files()``) and ``NAME.manifest.json``.
+    In Jupyter a result shows itself inline (every image, paged; the table; a short header);
+    ``repr()`` is a few lines of shapes (:mod:`netlens.render.display`).
     """
 
     name: str
@@ -144,27 +146,47 @@ class Result:
             out.write_text(f"{self.name}.json", json.dumps(doc, indent=2))
         return out.written
 
+    # -- display (delegates to netlens.render.display) --------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep the short repr in subclasses (``@dataclass`` would generate a long one)."""
+        super().__init_subclass__(**kwargs)
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = Result.__repr__  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        from ..render.display import text_repr
+
+        return text_repr(self)
+
+    __str__ = __repr__
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from ..render.display import bundle
+
+        return bundle(self)
+
+    def _repr_html_(self) -> str:
+        from ..render.display import result_html
+
+        return result_html(self)
+
     def _repr_png_(self) -> bytes | None:
-        from ..render.figures import figure_png
+        from ..render.display import result_png
 
-        figs = self.figures()
-        return figure_png(next(iter(figs.values()))) if figs else None
+        return result_png(self)
 
-    def show(self) -> None:
-        """Display inline in Jupyter; elsewhere, save to a temp folder and print the paths."""
-        try:
-            from IPython import get_ipython
-            from IPython.display import display
+    def figure(self, i: int = 0) -> Figure:
+        """Figure ``i`` of :meth:`figures`; displays inline in Jupyter without any magic."""
+        from ..render.display import nth_figure
 
-            if get_ipython() is not None:
-                display(self)
-                return
-        except ImportError:
-            pass
-        import tempfile
+        return nth_figure(self, i)
 
-        paths = self.save(tempfile.mkdtemp(prefix=f"netlens-{self.name}-"))
-        print("\n".join(str(p) for p in paths))
+    def show(self, page: int = 1, *, per_page: int = 12, out: str | Path | None = None) -> Any:
+        """In Jupyter: display page ``page`` (every image of the batch, ``per_page`` at a time).
+        Elsewhere: save to ``out`` (default ``netlens-out/``) and print the files' paths."""
+        from ..render.display import show
+
+        return show(self, page, per_page, out)
 
 
 @dataclass

@@ -95,20 +95,33 @@ class CamResult(Result):
             image, heat, alpha=alpha, cmap=cmap, box=box, min_side=min_side, max_side=max_side
         )
 
-    def figure(self, i: int, *, top: int = 5, alpha: float = 0.5) -> Figure:
-        """Image | overlay per target | top predictions with probabilities."""
-        from ..render.cam_figure import cam_figure
+    def figure(self, i: int = 0, *, top: int = 5, alpha: float = 0.5) -> Figure:
+        """Image | overlay per target (with its probability and colour scale) | top predictions.
 
+        Displays inline in Jupyter without ``%matplotlib inline``."""
+        from ..render.cam_figure import cam_figure
+        from ..render.display import inline_figure
+
+        if not -len(self.names) <= i < len(self.names):
+            from ..errors import NetlensError
+
+            raise NetlensError(
+                f"image {i} does not exist: this result has {len(self.names)} image(s)"
+                + (f" (0..{len(self.names) - 1})" if self.names else "")
+            )
+        i %= len(self.names)
         t = self.arrays["targets"][i]
         order = np.argsort(-self.probs[i])[:top]
-        return cam_figure(
+        fig = cam_figure(
             self.original(i),
             [self.overlay(i, k, alpha=alpha) for k in range(len(t))],
             [f"{self.meta['method']} · {self.target_name(i, k)}" for k in range(len(t))],
             [self.class_name(int(c)) for c in order],
             [float(self.probs[i, c]) for c in order],
             title=f"{self.names[i]} · layer {self.layer}",
+            overlay_probs=[float(self.probs[i, int(c)]) for c in t],
         )
+        return inline_figure(fig)
 
     def target_name(self, i: int, k: int = 0) -> str:
         """How target ``k`` of image ``i`` is called (a class name, ``output 2``, ...)."""
@@ -147,12 +160,6 @@ class CamResult(Result):
         """One ``.npy`` map per image and target (H×W float32 in [0, 1])."""
         h = self.arrays["heatmaps"]
         return {self._stem(i, k): h[i, k] for i in range(h.shape[0]) for k in range(h.shape[1])}
-
-    def _repr_png_(self) -> bytes | None:
-        """Jupyter shows the first image's figure (without drawing all the others)."""
-        from ..render.figures import figure_png
-
-        return figure_png(self.figure(0)) if self.names else None
 
     # -- output ----------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:

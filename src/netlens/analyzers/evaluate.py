@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, NetlensError
-from ..metrics.stats import mean_ci
+from ..metrics.bootstrap import mean_ci
 from .base import Analyzer, Option, Result, Run
 from .inputs import first_items
 from .options import MAX_SEED, as_is
@@ -368,7 +368,7 @@ class EvaluateResult(Result):
         return f"evaluate over {self.meta['images']} images: " + ", ".join(parts)
 
     def figures(self) -> dict[str, Figure]:
-        from ..metrics.plots import curves_figure, scores_figure
+        from ..render.quality_figures import curves_figure, scores_figure
 
         figs: dict[str, Figure] = {}
         if self.table:

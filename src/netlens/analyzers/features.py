@@ -24,8 +24,10 @@ from .options import as_is
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..lens import Lens
 
-__all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_figure", "pick_channels"]
+
+__all__ = ["FeaturesAnalyzer", "FeaturesResult", "channel_list", "feature_layer", "pick_channels"]
 
 
 def _key(layer: str, what: str) -> str:
@@ -43,51 +45,14 @@ class FeaturesResult(Result):
         return f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)"
 
     def figures(self) -> dict[str, Figure]:
+        from ..render.feature_figures import feature_figure
+
         figs = {}
         for layer in self.meta["layers"]:
             for i, image in enumerate(self.meta["images"]):
                 stem = f"features-{layer.replace('.', '_')}-{image}"
-                figs[stem] = feature_figure(self, layer, i)
+                figs[stem] = feature_figure(self.arrays, self.meta, layer, i)
         return figs
-
-
-def feature_figure(result: Result, layer: str, index: int) -> Figure:
-    """The grid of one layer's selected maps for image ``index`` of a features result."""
-    from ..render.grids import grid_figure, normalize_tiles, overlay_tiles
-
-    meta = result.meta
-    maps = result.arrays[_key(layer, "maps")][index]
-    chans = result.arrays[_key(layer, "channels")][index]
-    means = result.arrays[_key(layer, "means")][index]
-    mode = "tile" if meta["normalize"] == "channel" else "joint"
-    shown, span = normalize_tiles(maps, mode=mode)
-    if meta["overlay"]:
-        shown, span = overlay_tiles(shown, result.arrays["images"][index], alpha=0.5), None
-    labels = [f"{int(c)}: {means[int(c)]:.2g}" for c in chans]
-    h, w = meta["shapes"][layer][-2:]
-    how = (
-        "chosen channels"
-        if meta["channels"] is not None
-        else (f"top {len(chans)} of {meta['shapes'][layer][1]} channels by mean activation")
-    )
-    scale = "per-channel scale" if mode == "tile" else "one scale"
-    scale += ", over the input" if meta["overlay"] else ""
-    title = (
-        f"{layer} on {meta['images'][index]}: {how} ({h}×{w} maps, {scale})\n"
-        "labels = channel: mean activation"
-    )
-    fig, _ = grid_figure(
-        shown,
-        labels,
-        title=title,
-        cmap="viridis",
-        colorbar=span,
-        colorbar_label="activation",
-        tile_inches=1.3,
-        reference=None if meta["overlay"] else result.arrays["images"][index],
-        reference_label="input (as the model sees it)",
-    )
-    return fig
 
 
 def channel_list(value: Any) -> tuple[int, ...]:
@@ -154,6 +119,39 @@ def _selected(out: Any, model: Any, name: str, top: int, channels: Any) -> tuple
     return torch.gather(maps, 1, index), picked, means
 
 
+def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
+    """``auto`` for feature maps: the last spatial layer, but not the class maps an all-conv
+    head ends with (one channel per class, pooled into the logits): the layer before them.
+    """
+    from ..layer_call import LayerCall
+    from ..layers import auto_layer, trace_calls
+
+    chosen = auto_layer(lens.model, x)
+    with torch.no_grad():
+        classes = lens.output(x).shape[1]
+    calls = trace_calls(lens.model, x)
+    maps = [c for c in calls if _is_map(c)]
+    mine = [i for i, c in enumerate(maps) if c.name == chosen.name]
+    if not mine or maps[mine[-1]].output.shape[1] != classes:
+        return chosen
+    counts = {c.name: sum(1 for d in calls if d.name == c.name) for c in maps}
+    for c in reversed(maps[: mine[0]]):
+        if c.output.shape[1] != classes:
+            return LayerCall(c.name, c.call if counts[c.name] > 1 else None)
+    return chosen
+
+
+def _is_map(call: Any) -> bool:
+    out = call.output
+    pooled = "Pool" in type(call.module).__name__
+    return (
+        isinstance(out, torch.Tensor)
+        and out.dim() == 4
+        and out.shape[-2:].numel() > 1
+        and not pooled
+    )
+
+
 def _feature_arrays(
     model: Any, x: torch.Tensor, names: list[str], top: int, channels: Any
 ) -> dict[str, np.ndarray]:
@@ -210,7 +208,8 @@ class FeaturesAnalyzer(Analyzer):
         """The chosen channels' maps per image and layer, and every channel's mean."""
         lens, o, batch = run.lens, run.options, run.images
         x = batch.tensor
-        names = resolve_layers(lens.model, o.layer, example=x[:1])
+        layer = feature_layer(lens, x[:1]) if o.layer == "auto" else o.layer
+        names = resolve_layers(lens.model, layer, example=x[:1])
         run.layers = names
         arrays = _feature_arrays(lens.model, x, names, o.top, o.channels)
         arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])

@@ -3,8 +3,8 @@
 A deep copy of the model is randomised block by block from the logits down; after each step the
 heatmaps are recomputed (same images, same target classes: the trained model's predictions) and
 compared with the trained model's by Spearman rank correlation and SSIM. The verdict rule is in
-:mod:`netlens.metrics.sanity`: a method passes when the fully randomised model's maps no longer
-rank like the trained model's (mean Spearman below the threshold, 0.5 by default).
+:mod:`netlens.metrics.randomization`: a method passes when the fully randomised model's maps no
+longer rank like the trained model's (mean Spearman below the threshold, 0.5 by default).
 
 Sharded over processes (torchrun), every rank runs the cascade (the same seeded randomisations)
 on its contiguous share of the images, cut at ``lens.cam``'s chunk boundaries so the maps are
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from ..errors import AnalyzerError
-from ..metrics.sanity import (
+from ..metrics.bootstrap import mean_ci
+from ..metrics.randomization import (
     DEFAULT_THRESHOLD,
     CascadeResult,
     cascade_blocks,
     cascading_randomization,
 )
-from ..metrics.stats import mean_ci
 from .base import Analyzer, Option, Result, Run
 from .evaluate import cam_explainer, names
 from .options import MAX_SEED, as_is
@@ -206,7 +206,7 @@ class SanityResult(Result):
         return bool(self.verdicts[method]["passes"])
 
     def figures(self) -> dict[str, Figure]:
-        from ..metrics.plots import sanity_curve_figure, sanity_strip_figure
+        from ..render.quality_figures import sanity_curve_figure, sanity_strip_figure
 
         steps = self.meta["steps"]
         figs: dict[str, Figure] = {}

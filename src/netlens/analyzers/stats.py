@@ -213,7 +213,7 @@ class StatsResult(Result):
         )
 
     def figures(self) -> dict[str, Figure]:
-        from ..render.kernel_figures import dead_fraction_figure, histograms_figure
+        from ..render.stats_figures import dead_fraction_figure, histograms_figure
 
         rows = self.table
         hists = [

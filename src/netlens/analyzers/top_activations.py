@@ -55,34 +55,9 @@ class TopActivationsResult(Result):
         )
 
     def figures(self) -> dict[str, Figure]:
-        from ..render.grids import crop_patches, grid_figure, mark_patches
+        from ..render.top_figures import top_figures
 
-        a, meta = self.arrays, self.meta
-        s, k = a["images"].shape[:2]
-        images = a["images"].reshape(s * k, *a["images"].shape[2:])
-        boxes = a["boxes"].reshape(s * k, 4)
-        labels = [
-            f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in a["channels"] for r in range(k)
-        ]
-        head = f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
-        stem = f"top-{meta['layer'].replace('.', '_')}"
-        full, _ = grid_figure(
-            mark_patches(images, boxes),
-            labels,
-            title=f"{head}label = channel, rank: peak activation\nbright box = receptive field "
-            "of the peak unit (gradient support)",
-            cols=k,
-            tile_inches=1.3,
-        )
-        crops, _ = grid_figure(
-            crop_patches(images, boxes),
-            labels,
-            title=f"{head}the receptive-field patches only\n(true size, centred; label = "
-            "channel, rank: peak activation)",
-            cols=k,
-            tile_inches=1.0,
-        )
-        return {stem: full, f"{stem}-patches": crops}
+        return top_figures(self.arrays, self.meta)
 
 
 _PATCH_BATCH = 32  # images per forward/backward when finding patches

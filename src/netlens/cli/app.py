@@ -16,6 +16,7 @@ from . import (
     kernels_cmd,
     layers_cmd,
     plugins_cmd,
+    report_cmd,
     run_cmd,
     sanity_cmd,
     stats_cmd,
@@ -81,6 +82,7 @@ app.command("top")(top_cmd.top)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("sanity")(sanity_cmd.sanity)
 app.command("train")(train_cmd.train)
+app.command("report")(report_cmd.report)
 app.add_typer(zoo_cmd.app, name="zoo")
 
 

@@ -30,8 +30,8 @@ from ..plugins.registry import Registry
 def netlens_register_metrics(registry: Registry) -> None:
     from .deletion import Deletion, Insertion
     from .localization import EnergyInMask, PointingGame
+    from .randomization import Randomization
     from .road import RoadLerf, RoadMorf
-    from .sanity import Randomization
 
     builtins = (
         PointingGame(),

@@ -92,8 +92,7 @@ def create_arch(
         return torchvision.models.get_model(name[3:], weights=None, **extra)
     if name in host.archs:
         return host.archs.get(name)(**extra)
-    import timm
-
+    timm = import_timm()
     return timm.create_model(name.removeprefix("timm:"), pretrained=False, **extra)
 
 
@@ -112,8 +111,19 @@ def _check_torchvision(name: str) -> None:
         raise ModelLoadError(f"unknown torchvision architecture 'tv:{name}'{tip}")
 
 
+def import_timm() -> Any:
+    """``import timm`` without the "IProgress not found ... ipywidgets" warning that its hub
+    client's ``tqdm.auto`` prints in Jupyter (netlens draws no tqdm bars, needs no ipywidgets)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import timm
+    return timm
+
+
 def _check_timm(name: str, host: PluginHost) -> None:
-    import timm
+    timm = import_timm()
 
     if timm.is_model(name):
         return

@@ -18,9 +18,9 @@ from torch import nn
 
 from ..diagnostics import torch_load_quietly
 from ..errors import ModelLoadError, NetlensError, UnsafeModelError
-from ..lens import _check_task
 from ..naming import display_path
 from ..preprocess import Preprocess, preprocess_for, with_overrides
+from ..targets import check_task
 from .archive import check_archive
 from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import check_arch, create_arch, head_num_classes
@@ -55,7 +55,10 @@ class LoadRequest:
 
     @cached_property
     def payload(self) -> Any:
-        """The file read with ``weights_only=True`` (an exception object when it refused)."""
+        """The file read with ``weights_only=True`` (an exception object when it refused); a
+        model folder (``card.json`` + ``model.safetensors``, as the zoo ships) as a checkpoint."""
+        if self.source.is_dir():
+            return read_model_folder(self.source)
         if self.source.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -105,6 +108,36 @@ def default_preprocess(model: nn.Module, arch: str | None = None) -> Preprocess:
     return preprocess_for(model, arch)
 
 
+def is_model_folder(path: Path) -> bool:
+    """A folder holding ``card.json`` and ``model.safetensors`` (a zoo model's layout)."""
+    return (path / "card.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def read_model_folder(path: Path) -> Any:
+    """A model folder as the checkpoint dict its card and weights make (or the error)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .checkpoint import FORMAT, VERSION
+
+    try:
+        card = json.loads((path / "card.json").read_text())
+        state = load_file(str(path / "model.safetensors"))
+    except Exception:  # noqa: BLE001 - unreadable card or weights: one line
+        return ModelLoadError(f"{display_path(path)}: card.json or model.safetensors is damaged")
+    if not isinstance(card, dict):
+        return ModelLoadError(f"{display_path(path)}/card.json is not a model card (a JSON object)")
+    keys = ("arch", "arch_kwargs", "classes", "preprocess")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        **{k: card.get(k) for k in keys},
+        "state_dict": state,
+        "record": card,
+    }
+
+
 def recorded_preprocess(d: dict[str, Any], where: str) -> Preprocess:
     """A spec recorded in a checkpoint or card; its source says so (and where it came from)."""
     recorded = d.get("source")
@@ -128,6 +161,8 @@ def load_netlens_checkpoint(source: Path, req: LoadRequest) -> LoadedModel | Non
     model = build_checkpoint_model(meta, req.host, source, arch=arch, user_code=user_code)
     _load_state(model, meta.state_dict, source)
     card = {"arch": meta.arch, "arch_kwargs": meta.arch_kwargs, "record": meta.record}
+    if source.is_dir():  # a model folder: its card is the model card
+        card = {**meta.record, **card}
     return LoadedModel(model, pre or preprocess_for(model, arch), meta.classes, card)
 
 
@@ -253,7 +288,7 @@ def load(
 
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
-    lens.task, lens.output_key = _check_task(task), output
+    lens.task, lens.output_key = check_task(task), output
     lens.transform = with_overrides(
         lens.transform,
         preprocess,
@@ -333,8 +368,11 @@ def load_file(
     """Run the loaders on ``path`` until one answers."""
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path} (or use zoo:NAME; `netlens zoo list`)")
-    if path.is_dir():
-        raise ModelLoadError(f"{path} is a folder; pass the model file inside it")
+    if path.is_dir() and not is_model_folder(path):
+        raise ModelLoadError(
+            f"{display_path(path)} is a folder; pass the model file inside it (a model folder "
+            "holds card.json and model.safetensors, as netlens' zoo does)"
+        )
     if arch:
         check_arch(arch, host)  # fail fast, before the file is read or anything is built
     req = LoadRequest(

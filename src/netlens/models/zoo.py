@@ -132,30 +132,30 @@ def load_zoo(
     host: PluginHost | None = None,
     device: str | torch.device | None = None,
 ) -> Lens:
-    """Load zoo model ``name`` (the default model when None) into a Lens with its samples."""
-    from safetensors.torch import load_file
+    """Load zoo model ``name`` (the default model when None) into a Lens with its samples.
 
+    A zoo model is a model folder (``card.json`` + ``model.safetensors``) read by the same
+    loaders as any file, so its card is validated like any checkpoint's.
+    """
     from ..lens import Lens
     from ..plugins.manager import PluginHost
-    from .factory import create_arch
-    from .load import _load_state, recorded_preprocess
+    from .load import load_file
 
     name = name or DEFAULT
     folder = model_dir(name)
-    meta = card(name)
     host = host or PluginHost()
-    kwargs = dict(meta.get("arch_kwargs") or {})
-    model = create_arch(meta["arch"], kwargs.pop("num_classes", None), host, **kwargs)
-    weights = folder / "model.safetensors"
-    _load_state(model, load_file(str(weights)), weights)
-    model.eval()
+    loaded = load_file(folder, host)
+    loaded.model.eval()
+    pre = loaded.preprocess
+    if pre is not None:
+        pre = pre.override(source=f"netlens zoo card of {name}")
     lens = Lens(
-        model,
-        recorded_preprocess(meta["preprocess"], f"netlens zoo card of {name}"),
-        meta.get("classes"),
+        loaded.model,
+        pre,
+        loaded.classes,
         name=name,
         host=host,
-        card=meta,
+        card={**loaded.card, "source": f"zoo:{name}"},
         samples=samples(name),
     )
     return lens.to(device)

@@ -20,6 +20,7 @@ def cam_figure(
     top_probs: Sequence[float],
     *,
     title: str = "",
+    overlay_probs: Sequence[float] | None = None,
 ) -> Figure:
     """A one-row figure: the image, each overlay, and a bar chart of the top predictions.
 
@@ -30,13 +31,18 @@ def cam_figure(
         top_names: class names of the most probable classes, best first.
         top_probs: their probabilities.
         title: figure title (image name, layer).
+        overlay_probs: the probability of each overlay's class, written under it (a class
+            below 5 % is marked weak: every map is scaled to its own maximum, so colour alone
+            cannot tell a weak class from a strong one).
     """
     n = 2 + len(overlays)
     fig = new_figure(3.2 * n, 3.6, dpi=100)
     axes = fig.subplots(1, n, width_ratios=[1.0] * (n - 1) + [1.1])
     _show(axes[0], image, "image")
-    for ax, ov, cap in zip(axes[1:-1], overlays, overlay_titles, strict=True):
+    probs = list(overlay_probs) if overlay_probs is not None else [None] * len(overlays)
+    for ax, ov, cap, p in zip(axes[1:-1], overlays, overlay_titles, probs, strict=True):
         _show(ax, ov, cap)
+        _scale(ax, p)
     bars = axes[-1]
     ys = np.arange(len(top_names))[::-1]
     bars.barh(ys, top_probs, color="#4c72b0")
@@ -56,6 +62,31 @@ def _show(ax, image: np.ndarray, caption: str) -> None:  # noqa: ANN001
     ax.imshow(image, interpolation="bilinear" if min(image.shape[:2]) > 64 else "nearest")
     ax.set_title(_short(caption, 40), fontsize=10)
     ax.set_axis_off()
+
+
+def _scale(ax, p: float | None) -> None:  # noqa: ANN001
+    """A colour bar under an overlay (0 → the map's own max) and the class probability."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cax = ax.inset_axes((0.08, -0.075, 0.84, 0.04))  # an inset: the figure's axes stay as they are
+    bar = ax.figure.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap="jet"), cax=cax, orientation="horizontal"
+    )
+    bar.set_ticks([0, 1], labels=["0", "map max"], fontsize=7)
+    if p is not None:
+        weak = p < 0.05
+        text = f"p = {p:.1%}" + (" — weak class" if weak else "")
+        ax.text(
+            0.5,
+            -0.2,
+            text,
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            fontsize=9,
+            color="#a33" if weak else "black",
+        )
 
 
 def _short(text: str, n: int = 18) -> str:

@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .datasets import Splits, make_loader, resolve_splits
 from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
-from .metrics import evaluate
+from .evaluation import evaluate
 from .optim import make_optimizer
 from .report import confusion_table, epoch_progress, epoch_table, format_row
 from .resume import last_path, load_state, save_state

@@ -6,7 +6,7 @@ what they compute, in any library's models (:mod:`.residual`); ``channels=True``
 channels of one layer (Morcos et al., 2018). Ablations reuse a cached prefix of the network
 (:mod:`.engine`), so they are fast and give the same logits, bit for bit, as re-running the whole
 model with the unit switched off. Metrics with labels (accuracy, top5, loss, f1) and without
-(prob, kl, agreement: compared with the intact model) are in :mod:`.metrics`; the study, its rows
+(prob, kl, agreement: compared with the intact model) are in :mod:`.scoring`; the study, its rows
 and its result in :mod:`.study`, :mod:`.rows` and :mod:`.result`. See ``docs/ablation.md``.
 """
 
@@ -19,9 +19,9 @@ from ...errors import AnalyzerError, DataError
 from ...plugins import hookimpl
 from ..base import Analyzer, Option, Run
 from ..options import MAX_SEED, as_is
-from .metrics import METRICS
 from .modes import MODES
 from .result import AblationResult
+from .scoring import METRICS
 from .study import ROWS_NAME, study
 from .unlabelled import LABEL_SOURCE, describe, unlabelled_data
 

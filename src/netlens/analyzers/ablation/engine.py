@@ -30,8 +30,8 @@ from torch import nn
 
 from ...errors import AnalyzerError, NetlensError
 from ...targets import model_output
-from .metrics import Metric, Outcomes
 from .modes import Replacement
+from .scoring import Metric, Outcomes
 
 __all__ = ["Ablation", "BatchCache", "Engine", "hooked", "logits_of", "run_ablations"]
 

@@ -5,7 +5,7 @@ vocabulary: ``layer`` is the module, ``unit`` the thing switched off (a block, `
 channel N of LAYER, ``LAYER@ORDER:K`` = its first K channels in ORDER), ``value`` the metric with
 its bootstrap interval ``ci_low``/``ci_high``, ``delta`` = value − intact value with the interval
 of the paired differences ``delta_ci_low``/``delta_ci_high``, and the harm column (``drop`` or
-``increase``, see :mod:`.metrics`). Intervals come from :mod:`netlens.metrics.stats`, with the
+``increase``, see :mod:`.scoring`). Intervals come from :mod:`netlens.metrics.bootstrap`, with the
 same resampled images for every row, so deltas are paired.
 """
 
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...metrics.stats import Resampler, percentile_ci
-from .metrics import Metric, Outcomes, class_scores, hurt_classes, metric_value
+from ...metrics.bootstrap import Resampler, percentile_ci
+from .scoring import Metric, Outcomes, class_scores, hurt_classes, metric_value
 from .units import Unit
 
 if TYPE_CHECKING:

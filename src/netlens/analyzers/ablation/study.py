@@ -27,10 +27,10 @@ import torch
 from ...errors import AnalyzerError
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
-from .metrics import METRICS, Metric, Outcomes
 from .modes import UnitStats, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
+from .scoring import METRICS, Metric, Outcomes
 from .units import Unit, find_units
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..render.figures import grid_shape, new_figure
+from .figures import grid_shape, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,7 +1,7 @@
 """What an ablation is scored by: metrics from logits, with their direction and what they need.
 
 Label metrics compare predictions with the data's labels: ``accuracy``, ``top5``, ``loss``
-(cross-entropy) and ``f1`` (macro-F1, :func:`netlens.train.metrics.macro_f1`). Baseline metrics
+(cross-entropy) and ``f1`` (macro-F1, :func:`netlens.train.evaluation.macro_f1`). Baseline metrics
 need no labels, so they work on any images, for any model: ``prob`` (the probability the ablated
 model gives the class the intact model predicted), ``kl`` (KL divergence, in nats, from the intact
 model's softmax to the ablated one's) and ``agreement`` (how often the ablated model's top-1
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...errors import AnalyzerError
-from ...train.metrics import confusion_matrix, macro_f1
+from ...train.evaluation import confusion_matrix, macro_f1
 
 __all__ = ["METRICS", "Metric", "Outcomes", "class_scores", "hurt_classes", "metric_value"]
 

@@ -1,0 +1,128 @@
+"""``netlens report``: one self-contained HTML page that puts a model on one page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import cli_errors
+from .options import Common, DataOpt, ImagesArg, MethodsOpt, ModelArg, SeedOpt, command
+
+SectionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sections",
+        "-s",
+        help="Sections, comma-separated: card, cam, kernels, features, stats, ablate, evaluate, "
+        "sanity (default: all; without data the data sections are skipped).",
+        show_default=False,
+    ),
+]
+ReportLimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        "-n",
+        help="Use the first N items of the data in each dataset section (default: 512 for "
+        "stats and ablate, 32 for evaluate).",
+        min=1,
+        show_default=False,
+    ),
+]
+MaxImagesOpt = Annotated[
+    int, typer.Option("--max-images", help="Explain at most this many images.", min=1)
+]
+
+
+@cli_errors
+@command()
+def report(
+    model: ModelArg = None,
+    images: ImagesArg = None,
+    data: DataOpt = None,
+    sections: SectionsOpt = None,
+    method: MethodsOpt = "gradcam,gradcam++,scorecam",
+    limit: ReportLimitOpt = None,
+    max_images: MaxImagesOpt = 8,
+    seed: SeedOpt = 0,
+    *,
+    common: Common,
+) -> None:
+    """Put a model on one self-contained HTML page.
+
+    Model card and layers, CAMs of several methods side by side, first-layer kernels, feature
+    maps, activation statistics with dead units, block ablation, explanation-quality metrics,
+    sanity verdicts, and the command that reruns each part. Writes OUT/report-MODEL.html: one
+    file, every image embedded, nothing fetched; it opens offline in any browser.
+    """
+    from ..output import folder_lock
+    from ..report.build import build_report, model_source
+    from ..report.repro import Invocation
+    from .common import emit_json, split_model_and_images
+    from .runner import err, open_lens, set_threads
+
+    model, imgs = split_model_and_images(model, images)
+    set_threads(common.threads)
+    with folder_lock(common.out):
+        lens = open_lens(model, common)
+        keys = ("arch", "arch_kwargs", "num_classes", "classes", "task", "output", "trust")
+        flags = {k: getattr(common, k) for k in keys}
+        call = Invocation(model or model_source(lens), imgs, data or "", flags)
+        result = build_report(
+            lens,
+            imgs or None,
+            data=data,
+            sections=sections,
+            methods=method,
+            limit=limit,
+            max_images=max_images,
+            seed=seed,
+            invocation=call,
+            source_file=model if model and not model.startswith("zoo:") else None,
+            progress=not (common.quiet or common.json),
+            strict=common.strict,
+        ).save(common.out)
+    size = result.path.stat().st_size
+    if common.json:
+        emit_json(
+            {
+                "analyzer": "report",
+                "path": str(result.path),
+                "bytes": size,
+                "seconds": round(result.seconds, 2),
+                "sections": {
+                    s.key: {"seconds": round(s.seconds, 2), "skipped": s.skipped or None}
+                    for s in result.sections
+                },
+                "out": str(common.out),
+                "skipped": result.skipped_inputs,
+            }
+        )
+        _skipped_inputs(result.skipped_inputs, common)
+        return
+    for key, why in result.skipped.items():
+        err.print(f"[yellow]skipped[/yellow] section {key}: {why}", soft_wrap=True)
+    err.print(
+        f"report: wrote {result.path} ({size / 2**20:.1f} MB, {len(result.sections)} sections, "
+        f"{result.seconds:.0f} s)",
+        soft_wrap=True,
+    )
+    _skipped_inputs(result.skipped_inputs, common)
+
+
+def _skipped_inputs(lines: list[str], common: Common) -> None:
+    """Unreadable images on stderr; exit status 3 unless ``--skip-bad`` (as every command)."""
+    from rich.markup import escape
+
+    from .runner import EXIT_SKIPPED, err
+
+    for line in lines:
+        err.print(f"[yellow]skipped:[/yellow] {escape(line)}", soft_wrap=True)
+    if lines and not common.skip_bad:
+        err.print(
+            f"{len(lines)} input(s) could not be read and were skipped (exit status 3; "
+            "--skip-bad to accept)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_SKIPPED)

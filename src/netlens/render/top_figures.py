@@ -1,0 +1,43 @@
+"""The figures of a top-activations Result: the inputs that excite each channel most.
+
+Pure: arrays in, figures out (see :mod:`netlens.analyzers.top_activations` for the arrays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .grids import crop_patches, grid_figure, mark_patches
+
+__all__ = ["top_figures"]
+
+
+def top_figures(a: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[str, Figure]:
+    """The top inputs per channel with their receptive-field boxes, and the patches alone."""
+    s, k = a["images"].shape[:2]
+    images = a["images"].reshape(s * k, *a["images"].shape[2:])
+    boxes = a["boxes"].reshape(s * k, 4)
+    labels = [f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in a["channels"] for r in range(k)]
+    head = f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
+    stem = f"top-{meta['layer'].replace('.', '_')}"
+    full, _ = grid_figure(
+        mark_patches(images, boxes),
+        labels,
+        title=f"{head}label = channel, rank: peak activation\nbright box = receptive field "
+        "of the peak unit (gradient support)",
+        cols=k,
+        tile_inches=1.3,
+    )
+    crops, _ = grid_figure(
+        crop_patches(images, boxes),
+        labels,
+        title=f"{head}the receptive-field patches only\n(true size, centred; label = "
+        "channel, rank: peak activation)",
+        cols=k,
+        tile_inches=1.0,
+    )
+    return {stem: full, f"{stem}-patches": crops}

@@ -1,0 +1,224 @@
+"""Build the one-page HTML report of a model and write it atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NetlensError, hint
+from . import repro
+from .sections import BUILDERS, ReportInputs, Section
+
+if TYPE_CHECKING:
+    from ..lens import Lens
+
+__all__ = ["Report", "build_report", "model_source", "parse_sections"]
+
+DATA_SECTIONS = ("stats", "ablate", "evaluate")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A built report: the page, its sections, and where it was written (once saved)."""
+
+    html: str
+    sections: list[Section]
+    seconds: float
+    model: str
+    path: Path | None = None
+
+    def save(self, out: str | Path) -> Report:
+        """Write ``out/report-MODEL.html`` (or ``out`` itself when it ends in ``.html``);
+        the file appears whole or not at all."""
+        out = Path(out)
+        path = out if out.suffix.lower() == ".html" else out / f"report-{_safe(self.model)}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(self.html, encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Report(self.html, self.sections, self.seconds, self.model, path)
+
+    @property
+    def skipped_inputs(self) -> list[str]:
+        """Images that could not be read (one line each, once)."""
+        return list(dict.fromkeys(line for s in self.sections for line in s.skipped_inputs))
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Sections that could not be built, with the reason."""
+        return {s.key: s.skipped for s in self.sections if s.skipped}
+
+    def __repr__(self) -> str:
+        where = f" → {self.path}" if self.path else ""
+        kb = len(self.html.encode()) / 1024
+        return (
+            f"Report({self.model}: {len(self.sections)} sections, {kb:,.0f} KB, "
+            f"built in {self.seconds:.1f} s{where})"
+        )
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+.-]+", "-", text).strip("-") or "model"
+
+
+def parse_sections(sections: str | Sequence[str] | None) -> tuple[list[str], bool]:
+    """Section keys in page order, and whether the user chose them; unknown names fail."""
+    if sections is None or sections == "" or sections == "all":
+        return list(BUILDERS), False
+    items = sections.split(",") if isinstance(sections, str) else list(sections)
+    wanted = [s.strip() for s in items if s.strip()]
+    for name in wanted:
+        if name not in BUILDERS:
+            raise NetlensError(
+                f"unknown report section '{name}'{hint(name, BUILDERS)} "
+                f"(sections: {', '.join(BUILDERS)})"
+            )
+    return [k for k in BUILDERS if k in wanted], True
+
+
+def build_report(
+    lens: Lens,
+    images: Any = None,
+    *,
+    data: Any = None,
+    sections: str | Sequence[str] | None = None,
+    methods: str | Sequence[str] = "gradcam,gradcam++,scorecam",
+    limit: int | None = None,
+    max_images: int = 8,
+    seed: int = 0,
+    invocation: repro.Invocation | None = None,
+    source_file: str | Path | None = None,
+    progress: Any = None,
+    strict: bool = False,
+) -> Report:
+    """Run the chosen analyses and put their Results on one self-contained HTML page.
+
+    Args:
+        lens: the model.
+        images: images to explain (default: the model's sample images, else the data's first).
+        data: dataset for stats, ablation and evaluation (default: the model card's dataset).
+        sections: keys of :data:`BUILDERS` (comma-separated or a list); default all. A section
+            left at its default that cannot run (no data) is shown as skipped; one you chose
+            fails with its reason.
+        methods: CAM methods compared side by side, evaluated and sanity-checked.
+        limit: images per dataset analysis (default: stats/ablate 512, evaluate 32).
+        max_images: at most this many images are explained.
+        seed: seed for ablation bootstraps and sanity re-initialisation.
+        invocation: how the model, images and data are named on a command line.
+        source_file: the model file, for its checksum in the reproducibility header.
+        progress: a :class:`netlens.progress.Progress`, True/False or None (as every analyzer
+            takes it): a line per section, and each analyzer's own bar.
+        strict: stop at the first unreadable image (default: skip it and say so).
+    """
+    keys, chosen = parse_sections(sections)
+    method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+    method_list = [m for m in method_list if m]
+    for m in method_list:
+        lens.host.cam_methods.get(m)  # an unknown method fails before any work
+    if not method_list:
+        raise NetlensError("give at least one CAM method (e.g. --methods gradcam)")
+    call = invocation or repro.Invocation(model=model_source(lens))
+    from ..progress import auto_progress
+
+    sink = auto_progress(progress)
+    ctx = ReportInputs(lens, images, data, method_list, limit, max_images, seed, call, sink, strict)
+    started = time.perf_counter()
+    built = [_build(key, ctx, chosen) for key in keys]
+    seconds = time.perf_counter() - started
+    header = _repro(ctx, built, source_file, seconds, keys, chosen)
+    from .templating import render
+
+    html = render(
+        "report.html.j2",
+        title=f"netlens report · {call.model or lens.name}",
+        model=call.model or lens.name,
+        sections=built,
+        repro=header,
+        seconds=seconds,
+    )
+    return Report(html, built, seconds, call.model or lens.name)
+
+
+def model_source(lens: Lens) -> str:
+    """``zoo:NAME`` for a bundled model; else the lens' name (a file's stem)."""
+    from ..models import zoo
+
+    name = lens.card.get("name")
+    return f"zoo:{name}" if name and name in zoo.names() else lens.name
+
+
+def _build(key: str, ctx: ReportInputs, chosen: bool) -> Section:
+    builder, title = BUILDERS[key]
+    if key in DATA_SECTIONS and ctx.data_source() is None and not chosen:
+        ctx.progress.note(f"report: {title}: skipped (no data; give --data)")
+        return Section(
+            key, title, skipped="no data: this model's card names no dataset; give --data"
+        )
+    t0 = time.perf_counter()
+    try:
+        section = builder(ctx)
+    except NetlensError as exc:
+        if chosen:
+            raise
+        ctx.progress.note(f"report: {title}: skipped ({exc})")
+        return Section(key, title, skipped=str(exc), seconds=time.perf_counter() - t0)
+    section.seconds = time.perf_counter() - t0
+    ctx.progress.note(f"report: {title} ({section.seconds:.1f} s)")
+    return section
+
+
+def _repro(
+    ctx: ReportInputs,
+    sections: list[Section],
+    source_file: str | Path | None,
+    seconds: float,
+    keys: list[str],
+    chosen: bool,
+) -> dict[str, Any]:
+    """The reproducibility header's view: versions, checksums, data, seeds, commands."""
+    lens = ctx.lens
+    model = [
+        ("source", ctx.call.model or lens.name),
+        ("weights sha256", lens.digest()),
+    ]
+    file = Path(source_file) if source_file else _zoo_file(lens)
+    if file is not None and file.is_file():
+        model.append((f"file sha256 ({file.name})", repro.file_sha256(file)))
+    data = ctx.data_source()
+    flags: dict[str, Any] = {
+        "data": ctx.call.data or None,
+        "sections": ",".join(keys) if chosen else None,
+        "method": ",".join(ctx.methods),
+        "limit": ctx.limit,
+        "seed": ctx.seed,
+    }
+    return {
+        "built": repro.now(),
+        "seconds": seconds,
+        "versions": repro.versions(),
+        "host": repro.host(),
+        "device": str(lens.device),
+        "model": model,
+        "preprocess": str(lens.transform),
+        "data": str(data)
+        if isinstance(data, (str, Path))
+        else (type(data).__name__ if data is not None else "none"),
+        "seeds": [("ablation bootstrap", ctx.seed), ("sanity re-initialisation", ctx.seed)],
+        "command": ctx.call.command("report", images=True, **flags),
+        "commands": [(s.title, c) for s in sections for c in s.commands],
+    }
+
+
+def _zoo_file(lens: Lens) -> Path | None:
+    from ..models import zoo
+
+    name = lens.card.get("name")
+    return zoo.model_dir(name) / "model.safetensors" if name and name in zoo.names() else None
