@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError, NetlensError
+from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
 from .base import Analyzer, Option, Result, Run
 from .inputs import first_items
@@ -46,11 +46,15 @@ __all__ = ["EvaluateAnalyzer", "EvaluateResult", "Plan", "cam_explainer", "names
 
 
 def names(value: str | Sequence[str] | None) -> list[str]:
-    """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]``."""
+    """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]``; one line when a value names nothing
+    (``","``, ``[]``), rather than quietly running the default."""
     if value is None:
         return []
     items = value.split(",") if isinstance(value, str) else list(value)
-    return [s.strip() for s in items if s.strip()]
+    found = [str(s).strip() for s in items if str(s).strip()]
+    if not found:
+        raise AnalyzerError(f"{value!r} names nothing; give names separated by commas")
+    return found
 
 
 class CountingModel(nn.Module):
