@@ -171,9 +171,7 @@ def setup(
     net = replicate(model, group, dev, cfg.sync_bn)
     if group.world > 1:
         notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
-    out = Path(cfg.out)
-    if group.main:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)  # its folder is made by the first write: a run that fails leaves none
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     return Session(
