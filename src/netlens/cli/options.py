@@ -414,9 +414,10 @@ def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
 def _flag(name: str, annotation: Any) -> str:
     """How the user spelt parameter ``name``: its first flag, or its name for an argument."""
     for info in getattr(annotation, "__metadata__", ()):
-        decls = getattr(info, "param_decls", None)
-        if decls and str(decls[0]).startswith("-"):
-            return str(decls[0])
+        decls = [info.default, *(getattr(info, "param_decls", None) or ())]  # typer: "--x" first
+        spelt = [d for d in decls if isinstance(d, str) and d.startswith("-")]
+        if spelt:
+            return next((d for d in spelt if d.startswith("--")), spelt[0])
     return name.upper()
 
 
