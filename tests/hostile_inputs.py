@@ -2,11 +2,13 @@
 files, odd file names, hostile checkpoints and pickles, and a child-process peak-RSS probe.
 
 Everything is seeded and fast: a 20000×20000 PNG bomb with a valid zlib stream takes ~20 ms
-(one compressed block of zeros, repeated after a full flush).
+(one compressed block of zeros, repeated after a full flush). The fuzz suite (tests/test_fuzz_*.py)
+judges every run with :func:`assert_cli_outcome` and :func:`assert_consistent_folder`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -476,3 +478,63 @@ def assert_one_clean_line(text: str) -> str:
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{text}"
     assert not _EXCEPTION_NAME.search(lines[0]), lines[0]
     return lines[0]
+
+
+def assert_clean_lines(text: str) -> list[str]:
+    """Every non-empty line of ``text`` is free of tracebacks and exception class names."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        assert not _EXCEPTION_NAME.search(line), line
+    return lines
+
+
+#: Files a run may leave outside its manifests: the lock, the ablation row store's settings,
+#: the checkpoints of ``train`` and the page of ``report`` (each written whole by a rename).
+UNLISTED = re.compile(
+    r"^(\.netlens\.lock|ablation-config\.json|model(\.last)?\.pt|report-.+\.html)$"
+)
+
+
+def assert_consistent_folder(folder: Path) -> None:
+    """``folder`` is absent or holds only whole result sets: every manifest's files there with
+    their checksums, nothing else but :data:`UNLISTED` files, no staging folders or temp files."""
+    if not folder.exists():
+        return
+    listed: set[str] = set()
+    for manifest in folder.glob("*.manifest.json"):
+        listed.add(manifest.name)
+        for entry in json.loads(manifest.read_text())["files"]:
+            data = (folder / entry["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], (folder, entry["file"])
+            listed.add(entry["file"])
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in listed)
+    assert all(UNLISTED.match(name) for name in extra), (folder, extra)
+
+
+def snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file's bytes (None: no folder), to tell that a refused run changed nothing."""
+    if not folder.exists():
+        return None
+    return {p.name: p.read_bytes() if p.is_file() else b"<dir>" for p in folder.iterdir()}
+
+
+def assert_cli_outcome(
+    code: int, stderr: str, out: Path, before: dict[str, bytes] | None, expect: set[int]
+) -> str:
+    """What every CLI run must give (issue 14): a documented exit status from ``expect``; on
+    status 1 exactly one clean ``error:`` line and the output folder as it was; otherwise clean
+    lines only, a consistent folder, and on status 3 one ``skipped:`` line per bad item and the
+    closing line. Returns the last stderr line."""
+    assert code in expect, f"exit status {code}, expected {sorted(expect)}:\n{stderr}"
+    if code == 1:
+        line = assert_one_clean_line(stderr)
+        assert line.startswith(("error:", "interrupted")), line
+        after = snapshot(out)
+        assert after == before, f"{out} changed: {sorted(after or {})}"
+        return line
+    lines = assert_clean_lines(stderr)
+    assert_consistent_folder(out)
+    if code == 3:
+        assert any(line.startswith("skipped:") for line in lines), stderr
+        assert "exit status 3" in lines[-1], stderr
+    return lines[-1] if lines else ""
