@@ -56,6 +56,20 @@ def test_long_tasks_show_a_bar_then_update_it_in_place() -> None:
     assert "<progress" not in shown[-1]["text/html"]
 
 
+def test_a_long_task_with_one_late_step_still_says_it_is_done() -> None:
+    clock, shown = FakeClock(), []
+    with sink(clock, shown).task("evaluate", 16) as advance:
+        clock.now += 1.5
+        advance(8)
+        clock.now += 4
+        advance(8)  # the first step after the delay shows the bar ...
+    assert [b["text/plain"] for b in shown][-1] == "evaluate: 16/16 images · 6 s · done"
+    shown.clear()
+    with sink(clock, shown).task("evaluate", 16):
+        clock.now += 5  # ... and a task that never stepped still gets its final line
+    assert [b["text/plain"] for b in shown] == ["evaluate: 0/16 images · 5 s · done"]
+
+
 def test_unknown_total_and_failure_are_shown() -> None:
     clock, shown = FakeClock(), []
     with pytest.raises(RuntimeError), sink(clock, shown).task("stats <x>", None, "batches") as adv:

@@ -119,7 +119,7 @@ def test_quick_start_shows_the_batch_a_short_repr_a_figure_and_progress(executed
     assert "image/png" in mime(by_source["res.figure(3)"])
     long_call = next(c for s, c in by_source.items() if "lens.evaluate(" in s)
     bars = [o["data"] for o in long_call.outputs if is_bar(o.get("data", {}))]
-    if seconds(long_call) > 3:  # the bar appears for calls longer than ~2 s
+    if seconds(long_call) > 5:  # the bar appears for tasks over 2 s (plus the set-up)
         assert bars and "done" in bars[-1]["text/plain"]
 
 

@@ -45,21 +45,7 @@ def hook_call(
         >>> with hook_call(model, "act@1", zero3):
         ...     logits = model(x)
     """
-    selected = resolve_layers(model, layer, example=example)
-    if len(selected) != 1:
-        raise LayerNotFoundError(
-            f"hook_call takes one layer; '{layer}' selects {len(selected)} "
-            f"({', '.join(selected[:4])}{', ...' if len(selected) > 4 else ''})"
-        )
-    sel = selected[0]
-    call = sel.call
-    if call is not None and call < 0:
-        calls = sum(1 for c in trace_calls(model, example) if c.name == sel.name)
-        if calls + call < 0:
-            raise LayerNotFoundError(
-                f"layer '{sel.name}' runs {calls} time(s) per forward; '{sel}' does not exist"
-            )
-        call += calls
+    sel, call = _one_call(model, layer, example)
     watch = ConsumeWatch() if sel.consumed else None
     seen = [0]
 
@@ -97,3 +83,25 @@ def hook_call(
         finally:
             for h in handles:
                 h.remove()
+
+
+def _one_call(
+    model: nn.Module, layer: str | LayerCall, example: torch.Tensor | None
+) -> tuple[LayerCall, int | None]:
+    """The one selected layer and its call counted from the start (None: every call)."""
+    selected = resolve_layers(model, layer, example=example)
+    if len(selected) != 1:
+        raise LayerNotFoundError(
+            f"hook_call takes one layer; '{layer}' selects {len(selected)} "
+            f"({', '.join(selected[:4])}{', ...' if len(selected) > 4 else ''})"
+        )
+    sel = selected[0]
+    call = sel.call
+    if call is not None and call < 0:
+        calls = sum(1 for c in trace_calls(model, example) if c.name == sel.name)
+        if calls + call < 0:
+            raise LayerNotFoundError(
+                f"layer '{sel.name}' runs {calls} time(s) per forward; '{sel}' does not exist"
+            )
+        call += calls
+    return sel, call

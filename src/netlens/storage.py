@@ -65,11 +65,14 @@ class FolderStorage:
     def __init__(self, folder: str | Path, resume: bool = False) -> None:
         self.folder = Path(folder)
         self.resume = resume
+        self.paths: list[Path] = []  # the row files opened so far (named when interrupted)
 
     def rows(
         self, name: str, config: dict[str, Any], columns: Sequence[str], parse: Parse
     ) -> RowStore:
-        return _CsvRows(self.folder, name, config, list(columns), parse, self.resume)
+        store = _CsvRows(self.folder, name, config, list(columns), parse, self.resume)
+        self.paths.append(store.path)
+        return store
 
 
 class _CsvRows:

@@ -27,7 +27,7 @@ from ..errors import AnalyzerError, NetlensError
 from ..layers import resolve_layers
 from ..plugins import hookimpl
 from ..targets import Target, resolve_targets
-from .base import Analyzer, Option, Run
+from .base import Analyzer, Run
 from .cam_base import (
     CamContext,
     CamMethod,
@@ -38,7 +38,7 @@ from .cam_base import (
 )
 from .cam_methods import METHODS
 from .cam_result import CamResult
-from .options import as_is
+from .specs import CAM
 
 if TYPE_CHECKING:
     from ..distributed import Group
@@ -76,16 +76,7 @@ class CamAnalyzer(Analyzer):
     description = "Class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM, ...)."
     takes = "images"
     distributed = True
-    options = (
-        Option("method", "gradcam", "a registered method name, CamMethod class or instance", as_is),
-        Option("layer", "auto", "auto, a selector (layer4, blocks.11, relu@-1) or several", as_is),
-        Option("target", None, "prediction (None), class index/name, one per image, ...", as_is),
-        Option("top", None, "one map per class for the K most probable classes", int, low=1),
-        Option("batch_size", 32, "masked forward passes at once (Score-/Ablation-CAM)", int, low=1),
-        Option("fuse", "max", "how maps of several layers combine", str, choices=("max", "mean")),
-        Option("chunk", 16, "images per forward/backward pass", int, low=1),
-        Option("alpha", 0.5, "heatmap opacity in the overlays", float, low=0.0, high=1.0),
-    )
+    options = CAM.options
 
     def compute(self, run: Run) -> CamResult:
         """Heatmaps for ``run.images``; see the options."""

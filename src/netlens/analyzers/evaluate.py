@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
-from .base import Analyzer, Option, Result, Run
+from .base import Analyzer, Result, Run
 from .inputs import first_items
-from .options import MAX_SEED, as_is
+from .specs import EVALUATE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -217,30 +217,7 @@ class EvaluateAnalyzer(Analyzer):
 
     takes = "data"
     distributed = True
-    options = (
-        Option("methods", "gradcam", "CAM method names, comma-separated or a list", as_is),
-        Option("metrics", None, "metric names (default: all that the data allows)", as_is),
-        Option("layer", "auto", "the CAM layer selector", as_is),
-        Option(
-            "target",
-            "label",
-            "explain the true class or the prediction",
-            str,
-            choices=("label", "pred"),
-        ),
-        Option("limit", 64, "evaluate the first N images (each costs many passes)", int, low=1),
-        Option("chunk", 16, "images per CAM call and metric call", int, low=1),
-        Option("masks", None, "folder of mask PNGs for an image-folder data", as_is),
-        Option("steps", 32, "deletion/insertion steps", int, low=1, high=10_000),
-        Option("batch_size", 64, "perturbed images per forward pass", int, low=1),
-        Option("tolerance", 0, "pointing-game slack in pixels", int, low=0),
-        Option("fractions", None, "ROAD removal fractions (default 0.1..0.9)", as_is),
-        Option("random_baseline", True, "also score a random pixel order", bool),
-        Option("fill", "zero", "deletion fill: zero or blur", str, choices=("zero", "blur")),
-        Option("noise", 0.01, "ROAD imputation noise", float, low=0),
-        Option("seed", 0, "seed for random orders and noise", int, low=0, high=MAX_SEED),
-        Option("metric_options", None, "more options for plugin metrics (a dict)", as_is),
-    )
+    options = EVALUATE.options
 
     def compute(self, run: Run) -> EvaluateResult:
         """Score the methods' heatmaps on ``run.data`` (see the module doc)."""
@@ -254,54 +231,68 @@ class EvaluateAnalyzer(Analyzer):
         plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
-        acc: dict[str, list[np.ndarray]] = {}
-        seconds = {m: 0.0 for m in plan.metrics}
-        counter = CountingModel(lens.model)
-        fwd = {m: 0 for m in plan.metrics}
-        with run.progress.task("evaluate", plan.n_images) as step:
+        tally = _Tally(CountingModel(lens.model), plan.metrics)
+        with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
-                shared: dict[Any, Any] = {}  # what metrics of this batch share (ROAD's baseline)
-                for method in method_list:
-                    heat = lens.cam(x, method=method, layer=o.layer, target=y.tolist()).heatmaps
-                    explain = cam_explainer(lens, method, o.layer)
-                    for name in plan.metrics:
-                        t0, n0 = time.perf_counter(), counter.images
-                        metric = lens.host.metrics.get(name)
-                        out = metric(
-                            counter, x, heat, y, masks=masks, explain=explain, shared=shared, **opts
-                        )
-                        seconds[name] += time.perf_counter() - t0
-                        fwd[name] += counter.images - n0
-                        for key, arr in out.items():
-                            acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
-                step(len(x))
-        acc, seconds, fwd = _combine(run.group.gather((acc, seconds, fwd)))
+                _score_batch(run, tally, method_list, x, y, masks, opts, step)
+        acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
         run.layers = [str(o.layer)]
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
         table = summary_rows(lens, arrays, method_list, plan.metrics)
-        per_image = {
-            m: {
-                "forward_passes": fwd[m] / plan.n_images / len(method_list),
-                "seconds": seconds[m] / plan.n_images / len(method_list),
-            }
-            for m in plan.metrics
-        }
-        meta = {
-            "methods": method_list,
-            "metrics": plan.metrics,
-            "images": plan.n_images,
-            "target": o.target,
-            "layer": str(o.layer),
-            "planned_forward_passes": plan.total,
-            "forward_passes": sum(fwd.values()),
-            "cost_per_image": per_image,
-            "options": opts,
-            "label_source": run.data.label_source,
-        }
+        per = plan.n_images * len(method_list)
+        cost = {m: {"forward_passes": fwd[m] / per, "seconds": seconds[m] / per} for m in fwd}
+        meta = {"methods": method_list, "metrics": plan.metrics, "images": plan.n_images}
+        meta |= {"target": o.target, "layer": str(o.layer), "planned_forward_passes": plan.total}
+        meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
+        meta["label_source"] = run.data.label_source
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
+
+
+@dataclass
+class _Tally:
+    """Per-image metric arrays and, per metric, seconds and forward-passed images."""
+
+    counter: CountingModel
+    metrics: list[str]
+    acc: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    fwd: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.seconds = {m: 0.0 for m in self.metrics}
+        self.fwd = {m: 0 for m in self.metrics}
+
+
+def _score_batch(
+    run: Run,
+    tally: _Tally,
+    methods: list[str],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    masks: Any,
+    opts: dict[str, Any],
+    step: Callable[[int], None],
+) -> None:
+    """Every method's heatmaps of one batch, scored by every metric; ``step`` counts passes."""
+    lens, layer = run.lens, run.options.layer
+    shared: dict[Any, Any] = {}  # what the metrics of this batch share (ROAD's baseline)
+    for method in methods:
+        heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
+        explain = cam_explainer(lens, method, layer)
+        for name in tally.metrics:
+            t0, n0 = time.perf_counter(), tally.counter.images
+            metric = lens.host.metrics.get(name)
+            out = metric(
+                tally.counter, x, heat, y, masks=masks, explain=explain, shared=shared, **opts
+            )
+            tally.seconds[name] += time.perf_counter() - t0
+            tally.fwd[name] += tally.counter.images - n0
+            step(tally.counter.images - n0)
+            for key, arr in out.items():
+                tally.acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
 
 
 def _combine(parts: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, dict]:

@@ -18,8 +18,8 @@ from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import resolve_layers
 from ..probes import probe
-from .base import Analyzer, Option, Result, Run
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import FEATURES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 
-__all__ = ["FeaturesAnalyzer", "FeaturesResult", "channel_list", "feature_layer", "pick_channels"]
+__all__ = ["FeaturesAnalyzer", "FeaturesResult", "feature_layer", "pick_channels"]
 
 
 def _key(layer: str, what: str) -> str:
@@ -53,25 +53,6 @@ class FeaturesResult(Result):
                 stem = f"features-{layer.replace('.', '_')}-{image}"
                 figs[stem] = feature_figure(self.arrays, self.meta, layer, i)
         return figs
-
-
-def channel_list(value: Any) -> tuple[int, ...]:
-    """The ``channels`` option's kind: ``"0,5,9"``, ``[0, 5, 9]`` or ``5`` → ``(0, 5, 9)``."""
-    items = value.split(",") if isinstance(value, str) else value
-    items = items if isinstance(items, (list, tuple)) else [items]
-    try:
-        chosen = tuple(_whole(c) for c in items if str(c).strip())
-    except (TypeError, ValueError):
-        chosen = ()
-    if not chosen or min(chosen) < 0:
-        raise ValueError("not a list of channel numbers 0 and up, such as 0,5,9")
-    return chosen
-
-
-def _whole(item: Any) -> int:
-    if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
-        raise ValueError(item)
-    return int(str(item).strip()) if isinstance(item, str) else int(item)
 
 
 def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
@@ -196,13 +177,7 @@ class FeaturesAnalyzer(Analyzer):
     description = "Feature maps of a layer for an image (top channels by mean activation)."
 
     takes = "images"
-    options = (
-        Option("layer", "auto", "one or more layer selectors (one figure each)", as_is),
-        Option("top", 16, "how many channels to show (largest mean first)", int, low=1),
-        Option("channels", None, "explicit channel indices instead of the top ones", channel_list),
-        Option("normalize", "channel", "map scale", str, choices=("channel", "joint")),
-        Option("overlay", False, "draw each map over the input image", bool),
-    )
+    options = FEATURES.options
 
     def compute(self, run: Run) -> FeaturesResult:
         """The chosen channels' maps per image and layer, and every channel's mean."""

@@ -27,8 +27,8 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import named_layers, resolve_layers, trace_outputs
-from .base import Analyzer, Option, Result, Run
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import KERNELS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -199,14 +199,7 @@ class KernelsAnalyzer(Analyzer):
     description = "Weights of a conv/linear layer as a tile grid (+ per-filter statistics)."
 
     takes = "model"
-    options = (
-        Option("layer", None, "selector or module; default the first Conv2d", as_is),
-        Option("reduce", "mean", "deeper convs: mean, l2 or channel:K over the inputs", str),
-        Option("normalize", "filter", "tile scale", str, choices=("filter", "joint")),
-        Option("sort", False, "order tiles by filter norm, largest first", bool),
-        Option("max_filters", 64, "show at most this many tiles", int, low=1),
-        Option("dead_tol", 1e-3, "near-zero threshold, relative to the largest norm", float, low=0),
-    )
+    options = KERNELS.options
 
     def compute(self, run: Run) -> KernelsResult:
         """The layer's weights as tiles (or a matrix) and one statistics row per filter."""

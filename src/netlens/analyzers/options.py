@@ -41,6 +41,7 @@ class Option:
             converts (and raises ``ValueError`` with a reason) — used for lists, layers, targets.
         choices: the accepted values of a ``str`` option.
         low, high: inclusive bounds of a number.
+        cli: offered on the command line (False: Python only, e.g. functions or dicts).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     low: float | None = None
     high: float | None = None
+    cli: bool = True
 
     def check(self, value: Any, owner: str) -> Any:
         """``value`` converted to this option's kind; one-line :class:`OptionError` if not."""

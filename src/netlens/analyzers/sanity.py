@@ -22,14 +22,13 @@ import torch
 from ..errors import AnalyzerError
 from ..metrics.bootstrap import mean_ci
 from ..metrics.randomization import (
-    DEFAULT_THRESHOLD,
     CascadeResult,
     cascade_blocks,
     cascading_randomization,
 )
-from .base import Analyzer, Option, Result, Run
+from .base import Analyzer, Result, Run
 from .evaluate import cam_explainer, names
-from .options import MAX_SEED, as_is
+from .specs import SANITY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,90 +58,81 @@ class SanityAnalyzer(Analyzer):
 
     takes = "images"
     distributed = True
-    options = (
-        Option("method", "gradcam", "CAM method name(s), comma-separated or a list", as_is),
-        Option("layer", "auto", "the CAM layer selector", as_is),
-        Option("target", None, "classes to explain (default: the model's predictions)", as_is),
-        Option(
-            "threshold",
-            DEFAULT_THRESHOLD,
-            "the verdict's Spearman threshold",
-            float,
-            low=-1,
-            high=1,
-        ),
-        Option("seed", 0, "seed of the re-initialisation", int, low=0, high=MAX_SEED),
-    )
+    options = SANITY.options
 
     def compute(self, run: Run) -> SanityResult:
         """Run the randomisation test on ``run.images`` (the model's samples by default)."""
-        from ..targets import resolve_targets
-
-        lens, o = run.lens, run.options
-        method, layer, threshold, seed = o.method, o.layer, o.threshold, o.seed
-        methods = names(method) or ["gradcam"]
+        lens, o, batch = run.lens, run.options, run.images
+        methods = names(o.method) or ["gradcam"]
         for m in methods:
             lens.host.cam_methods.get(m)
-        batch = run.images
         x = batch.tensor
-        with torch.no_grad():
-            output = lens.output(x)
-        target = resolve_targets(o.target, output, lens)[0]
-        targets = torch.as_tensor(target.index(len(x)))
-        if bool((targets < 0).any()):
-            raise AnalyzerError("sanity explains classes: give a class target (index or name)")
-        blocks = cascade_blocks(lens.model)
-        steps_total = len(methods) * len(blocks)
+        targets = _class_targets(run, x)
+        steps = len(methods) * len(cascade_blocks(lens.model))
         run.progress.note(
-            f"sanity: {len(x)} images × {len(methods)} method(s), {len(blocks)} "
-            f"randomisation steps: {steps_total + len(methods)} CAM runs"
+            f"sanity: {len(x)} images × {len(methods)} method(s), {steps // len(methods)} "
+            f"randomisation steps: {steps + len(methods)} CAM runs"
         )
-        run.layers = [str(layer)]
+        run.layers = [str(o.layer)]
         arrays: dict[str, np.ndarray] = {}
         table: list[dict[str, Any]] = []
         verdicts: dict[str, dict[str, Any]] = {}
-        mine = _share(run.group, len(x))
-        with run.progress.task("sanity", steps_total, unit="steps") as advance:
+        with run.progress.task("sanity", steps, unit="steps") as advance:
             for m in methods:
-                part = None
-                if len(mine):
-                    part = cascading_randomization(
-                        lens.model,
-                        x[mine.start : mine.stop],
-                        targets[mine.start : mine.stop].to(x.device),
-                        cam_explainer(lens, m, layer),
-                        seed=seed,
-                        threshold=threshold,
-                        on_step=lambda _b: advance(1),
-                    )
-                res = _joined(run.group.gather(part), threshold)
-                arrays |= {
-                    f"{m}/maps": res.maps,
-                    f"{m}/spearman": res.spearman,
-                    f"{m}/ssim": res.ssim,
-                }
+                res = _method_test(run, m, x, targets, advance)
+                arrays |= {f"{m}/maps": res.maps, f"{m}/spearman": res.spearman}
+                arrays[f"{m}/ssim"] = res.ssim
                 table += _rows(m, res.steps, res.spearman, res.ssim)
-                verdicts[m] = {
-                    "passes": res.passes,
-                    "final_spearman": res.final_spearman,
-                    "final_ssim": float(res.ssim[-1].mean()),
-                    "verdict": verdict_text(res.passes, res.final_spearman, threshold),
-                }
+                verdicts[m] = _verdict(res, o.threshold)
         originals = [
-            batch.original(i) if o is not None else lens.transform.denormalize(t)
-            for i, (o, t) in enumerate(zip(batch.originals, x, strict=True))
+            batch.original(i) if orig is not None else lens.transform.denormalize(t)
+            for i, (orig, t) in enumerate(zip(batch.originals, x, strict=True))
         ]
-        meta = {
-            "methods": methods,
-            "steps": res.steps,
-            "threshold": threshold,
-            "targets": targets.tolist(),
-            "images": batch.names,
-            "verdicts": verdicts,
-            "layer": str(layer),
-            "seed": seed,
-        }
+        meta = {"methods": methods, "steps": res.steps, "threshold": o.threshold}
+        meta |= {"targets": targets.tolist(), "images": batch.names, "verdicts": verdicts}
+        meta |= {"layer": str(o.layer), "seed": o.seed}
         return SanityResult("sanity", arrays=arrays, table=table, meta=meta, originals=originals)
+
+
+def _class_targets(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """One class per image (the model's prediction by default), through the shared targets."""
+    from ..targets import resolve_targets
+
+    with torch.no_grad():
+        output = run.lens.output(x)
+    target = resolve_targets(run.options.target, output, run.lens)[0]
+    targets = torch.as_tensor(target.index(len(x)))
+    if bool((targets < 0).any()):
+        raise AnalyzerError("sanity explains classes: give a class target (index or name)")
+    return targets
+
+
+def _method_test(
+    run: Run, method: str, x: torch.Tensor, targets: torch.Tensor, advance: Any
+) -> Any:
+    """The cascade for one method on this process's share of the images, all shares joined."""
+    o, mine = run.options, _share(run.group, len(x))
+    part = None
+    if len(mine):
+        part = cascading_randomization(
+            run.lens.model,
+            x[mine.start : mine.stop],
+            targets[mine.start : mine.stop].to(x.device),
+            cam_explainer(run.lens, method, o.layer),
+            seed=o.seed,
+            threshold=o.threshold,
+            on_step=lambda _b: advance(1),
+        )
+    return _joined(run.group.gather(part), o.threshold)
+
+
+def _verdict(res: Any, threshold: float) -> dict[str, Any]:
+    return {
+        "passes": res.passes,
+        "final_spearman": res.final_spearman,
+        "final_ssim": float(res.ssim[-1].mean()),
+        "verdict": verdict_text(res.passes, res.final_spearman, threshold),
+    }
 
 
 def _share(group: Any, n: int) -> range:

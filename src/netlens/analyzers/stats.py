@@ -36,8 +36,8 @@ from torch import nn
 from ..errors import AnalyzerError
 from ..layers import named_layers, resolve_layers
 from ..probes import probe
-from .base import Analyzer, Option, Result, Run
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import STATS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -240,64 +240,56 @@ class StatsAnalyzer(Analyzer):
 
     takes = "data"
     distributed = True
-    options = (
-        Option("layers", None, "layer selectors; default the activation-function modules", as_is),
-        Option("eps", 0.0, "a value ≤ eps counts as near zero; ≤ eps on every input: dead", float),
-        Option("bins", 50, "histogram bins", int, low=1, high=10_000),
-        Option("hist_range", None, "fixed histogram range low,high (default: first batch)", as_is),
-        Option("limit", 512, "use at most this many samples (None: all)", int, low=1),
-        Option("batch_size", 32, "images per forward pass", int, low=1),
-    )
+    options = STATS.options
 
     def compute(self, run: Run) -> StatsResult:
         """One streaming pass over the data, updating every layer's statistics per batch."""
-        lens, o = run.lens, run.options
-        layers, eps, bins, hist_range = o.layers, o.eps, o.bins, o.hist_range
-        model = lens.model
-        names = (
-            default_stats_layers(model)
-            if layers in (None, "", "auto")
-            else resolve_layers(model, layers)
-        )
+        o, model = run.options, run.lens.model
+        auto = o.layers in (None, "", "auto")
+        names = default_stats_layers(model) if auto else resolve_layers(model, o.layers)
         run.layers = names
-        rng = _range(hist_range)
-        edges: dict[str, np.ndarray] = {}
-        if rng is None and run.group.world > 1:  # every rank bins like the first batch says
-            edges = run.group.broadcast(lambda: _first_edges(run, names, int(bins)))
-        stats: dict[str, LayerStats] = {}
-        seen = 0
-        with (
-            torch.no_grad(),
-            probe(model, names, to="cpu") as p,
-            run.progress.task("activation stats", len(run.data)) as advance,
-        ):
-            for x, _ in run.data.loader(o.batch_size):
-                model(x.to(lens.device))
-                for key, out in _outputs(p, names):
-                    new = LayerStats(eps, int(bins), rng, edges=edges.get(key))
-                    stats.setdefault(key, new).update(out)
-                p.clear()
-                seen += len(x)
-                advance(len(x))
-        stats, seen = _combine(run.group.gather((stats, seen)))
+        rng = _range(o.hist_range)
+        stats, seen = _stream(run, names, rng)
         if not stats:
             raise AnalyzerError("no data passed through the model (the dataset is empty?)")
-        table = [s.row(k) for k, s in stats.items()]
         arrays: dict[str, np.ndarray] = {}
         for k, s in stats.items():
             arrays[f"{k}:hist"] = s.hist
             arrays[f"{k}:edges"] = s.edges
             arrays[f"{k}:unit_max"] = s.unit_max.float().numpy()
-        meta = {
-            "layers": list(stats),
-            "samples": seen,
-            "eps": eps,
-            "bins": int(bins),
-            "hist_range": rng,
-            "unit": "one element of a layer's output for one input "
-            "(conv: channel×y×x); dead = ≤ eps for every input",
-        }
-        return StatsResult("stats", arrays, table, meta)
+        meta = {"layers": list(stats), "samples": seen, "eps": o.eps, "bins": o.bins}
+        meta["hist_range"] = rng
+        meta["unit"] = (
+            "one element of a layer's output for one input (conv: channel×y×x); "
+            "dead = ≤ eps for every input"
+        )
+        return StatsResult("stats", arrays, [s.row(k) for k, s in stats.items()], meta)
+
+
+def _stream(
+    run: Run, names: list[str], rng: tuple[float, float] | None
+) -> tuple[dict[str, LayerStats], int]:
+    """Every layer's statistics over the data, all processes' parts combined in data order."""
+    o, lens = run.options, run.lens
+    edges: dict[str, np.ndarray] = {}
+    if rng is None and run.group.world > 1:  # every rank bins like the first batch says
+        edges = run.group.broadcast(lambda: _first_edges(run, names, int(o.bins)))
+    stats: dict[str, LayerStats] = {}
+    seen = 0
+    with (
+        torch.no_grad(),
+        probe(lens.model, names, to="cpu") as p,
+        run.progress.task("activation stats", len(run.data)) as advance,
+    ):
+        for x, _ in run.data.loader(o.batch_size):
+            lens.model(x.to(lens.device))
+            for key, out in _outputs(p, names):
+                new = LayerStats(o.eps, int(o.bins), rng, edges=edges.get(key))
+                stats.setdefault(key, new).update(out)
+            p.clear()
+            seen += len(x)
+            advance(len(x))
+    return _combine(run.group.gather((stats, seen)))
 
 
 def _outputs(p: Any, names: list[str]) -> list[tuple[str, torch.Tensor]]:

@@ -29,9 +29,8 @@ from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
-from .base import Analyzer, Option, Result, Run
-from .features import channel_list
-from .options import as_is
+from .base import Analyzer, Result, Run
+from .specs import TOP
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -114,86 +113,28 @@ class TopActivationsAnalyzer(Analyzer):
 
     takes = "data"
     distributed = True
-    options = (
-        Option("layer", "auto", "one layer selector (default: the last spatial layer)", as_is),
-        Option("channels", None, "channels to show (3,7); default the most active", channel_list),
-        Option("k", 8, "top inputs per channel", int, low=1),
-        Option("max_channels", 16, "channels shown when none are named", int, low=1),
-        Option("limit", 512, "use at most this many samples (None: all)", int, low=1),
-        Option("batch_size", 32, "images per forward pass", int, low=1),
-    )
+    options = TOP.options
 
     def compute(self, run: Run) -> TopActivationsResult:
         """Stream the data once, keep each channel's k highest peaks, then cut the patches."""
         from .features import pick_channels
 
         lens, o = run.lens, run.options
-        layer, channels, k, max_channels = o.layer, o.channels, o.k, o.max_channels
-        model = lens.model
-        names = resolve_layers(model, layer, example=lens.example())
-        if len(names) > 1:
-            raise AnalyzerError(
-                f"top-activations looks at one layer; the selector matched "
-                f"{len(names)} ({', '.join(names[:4])}...)"
-            )
-        name = names[0]
+        name = _one_layer(lens.model, o.layer, _example(run))
         run.layers = [name]
-        loader = run.data.loader(o.batch_size, with_index=True)
-        best = best_ids = grid = None
-        sums: list[torch.Tensor] = []  # per-batch peak sums, added up in batch order below
-        seen = 0
-        with (
-            torch.no_grad(),
-            probe(model, name, to="cpu") as p,
-            run.progress.task(f"top activations of {name}", len(run.data)) as advance,
-        ):
-            for x, _, index in loader:
-                model(x.to(lens.device))
-                act = _spatial(p[name].output, model, name)
-                p.clear()
-                n, c, gh, gw = act.shape
-                peak, where = act.reshape(n, c, -1).max(dim=2)
-                ids = index.long().expand(c, -1)
-                code = ids * (gh * gw) + where.T  # sample and position in one integer
-                if best is None:
-                    best = torch.full((c, 0), float("-inf"))
-                    best_ids, grid = torch.zeros((c, 0), dtype=torch.long), (gh, gw)
-                best, best_ids = merge_top(best, best_ids, peak.T.float(), code, k)
-                sums.append(peak.sum(dim=0).float())
-                seen += n
-                advance(n)
-        best, best_ids, sums, seen, grid = _combine(
-            run.group.gather((best, best_ids, sums, seen, grid)), k
-        )
-        if best is None:
-            raise AnalyzerError("no data passed through the model (the dataset is empty?)")
+        best, best_ids, peak_sum, seen, grid = _stream_peaks(run, name, o.k)
         gh, gw = grid
-        peak_sum = torch.zeros(best.shape[0])
-        for batch_sum in sums:
-            peak_sum += batch_sum
         indices, flat = best_ids // (gh * gw), best_ids % (gh * gw)
         best_pos = torch.stack([flat // gw, flat % gw], dim=-1)
-        shown = pick_channels((peak_sum / seen)[None], max_channels, channels)[0]
+        shown = pick_channels((peak_sum / seen)[None], o.max_channels, o.channels)[0]
         arrays = {
             "scores": best.numpy(),
             "indices": indices.numpy(),
             "positions": best_pos.numpy(),
             "channels": shown.numpy(),
         }
-        arrays.update(self._patches(lens, loader.dataset, name, shown, indices, best_pos, grid))
-        table = [
-            {
-                "channel": int(ch),
-                "rank": r + 1,
-                "sample": int(indices[ch, r]),
-                "score": float(best[ch, r]),
-                "y": int(best_pos[ch, r, 0]),
-                "x": int(best_pos[ch, r, 1]),
-                "box": arrays["boxes"][i, r].tolist(),
-            }
-            for i, ch in enumerate(shown.tolist())
-            for r in range(best.shape[1])
-        ]
+        dataset = run.data.loader(o.batch_size).dataset
+        arrays.update(self._patches(lens, dataset, name, shown, indices, best_pos, grid))
         meta = {
             "layer": name,
             "samples": seen,
@@ -202,7 +143,7 @@ class TopActivationsAnalyzer(Analyzer):
             "channels": shown.tolist(),
             "total_channels": int(best.shape[0]),
         }
-        return TopActivationsResult("top-activations", arrays, table, meta)
+        return TopActivationsResult("top-activations", arrays, _rows(arrays, shown), meta)
 
     def _patches(
         self,
@@ -243,6 +184,82 @@ class TopActivationsAnalyzer(Analyzer):
             "boxes": np.array(boxes, dtype=np.int64).reshape(s, k, 4),
             "cells": np.array(cells, dtype=np.int64).reshape(s, k, 4),
         }
+
+
+def _example(run: Run) -> torch.Tensor:
+    """An input of the model's size: its recorded one, else the data's first image."""
+    from ..errors import NetlensError
+
+    try:
+        return run.lens.example()
+    except NetlensError:
+        return run.data.dataset[0][0][None].to(run.lens.device)
+
+
+def _one_layer(model: Any, layer: Any, example: torch.Tensor) -> str:
+    names = resolve_layers(model, layer, example=example)
+    if len(names) > 1:
+        raise AnalyzerError(
+            f"top-activations looks at one layer; the selector matched "
+            f"{len(names)} ({', '.join(names[:4])}...)"
+        )
+    return names[0]
+
+
+def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
+    """One pass over the data: each channel's k highest peaks (sample and position in one
+    integer), the sum of every channel's peak, the count and the map size; all processes'
+    parts combined in data order."""
+    model, lens = run.lens.model, run.lens
+    best = best_ids = grid = None
+    sums: list[torch.Tensor] = []  # per-batch peak sums, added up in batch order below
+    seen = 0
+    with (
+        torch.no_grad(),
+        probe(model, name, to="cpu") as p,
+        run.progress.task(f"top activations of {name}", len(run.data)) as advance,
+    ):
+        for x, _, index in run.data.loader(run.options.batch_size, with_index=True):
+            model(x.to(lens.device))
+            act = _spatial(p[name].output, model, name)
+            p.clear()
+            n, c, gh, gw = act.shape
+            peak, where = act.reshape(n, c, -1).max(dim=2)
+            code = index.long().expand(c, -1) * (gh * gw) + where.T
+            if best is None:
+                best = torch.full((c, 0), float("-inf"))
+                best_ids, grid = torch.zeros((c, 0), dtype=torch.long), (gh, gw)
+            best, best_ids = merge_top(best, best_ids, peak.T.float(), code, k)
+            sums.append(peak.sum(dim=0).float())
+            seen += n
+            advance(n)
+    best, best_ids, sums, seen, grid = _combine(
+        run.group.gather((best, best_ids, sums, seen, grid)), k
+    )
+    if best is None:
+        raise AnalyzerError("no data passed through the model (the dataset is empty?)")
+    peak_sum = torch.zeros(best.shape[0])
+    for batch_sum in sums:
+        peak_sum += batch_sum
+    return best, best_ids, peak_sum, seen, grid
+
+
+def _rows(arrays: dict[str, np.ndarray], shown: torch.Tensor) -> list[dict[str, Any]]:
+    """One row per shown channel and rank: the sample, its peak and where it is."""
+    scores, indices, pos = arrays["scores"], arrays["indices"], arrays["positions"]
+    return [
+        {
+            "channel": int(ch),
+            "rank": r + 1,
+            "sample": int(indices[ch, r]),
+            "score": float(scores[ch, r]),
+            "y": int(pos[ch, r, 0]),
+            "x": int(pos[ch, r, 1]),
+            "box": arrays["boxes"][i, r].tolist(),
+        }
+        for i, ch in enumerate(shown.tolist())
+        for r in range(scores.shape[1])
+    ]
 
 
 def _spatial(out: Any, model: Any, name: str) -> torch.Tensor:

@@ -8,22 +8,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from . import (
-    ablate_cmd,
-    cam_cmd,
-    evaluate_cmd,
-    features_cmd,
-    kernels_cmd,
-    layers_cmd,
-    plugins_cmd,
-    report_cmd,
-    run_cmd,
-    sanity_cmd,
-    stats_cmd,
-    top_cmd,
-    train_cmd,
-    zoo_cmd,
-)
+from ..analyzers.specs import BUILTINS
+from . import layers_cmd, plugins_cmd, report_cmd, run_cmd, train_cmd, zoo_cmd
+from .analyzer_commands import spec_command
 
 
 class NetlensGroup(TyperGroup):
@@ -66,21 +53,15 @@ app = typer.Typer(
     "`netlens NAME --help` shows their options.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain help: flags shown as flags, [..] in help text kept
     add_completion=True,
 )
 
-app.command("ablate")(ablate_cmd.ablate)
-app.command("cam")(cam_cmd.cam)
+for spec in BUILTINS:  # the analyzers' commands, made from what they declare
+    app.command(spec.command)(spec_command(spec))
 app.command("layers")(layers_cmd.layers)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("run")(run_cmd.run)
-app.command("kernels")(kernels_cmd.kernels)
-app.command("features")(features_cmd.features)
-app.command("stats")(stats_cmd.stats)
-app.command("top")(top_cmd.top)
-app.command("evaluate")(evaluate_cmd.evaluate)
-app.command("sanity")(sanity_cmd.sanity)
 app.command("train")(train_cmd.train)
 app.command("report")(report_cmd.report)
 app.add_typer(zoo_cmd.app, name="zoo")
@@ -122,7 +103,7 @@ def _add_plugin_command(args: list[str]) -> None:
     known = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     if args[0] in known:
         return
-    from .plugin_commands import plugin_command
+    from .analyzer_commands import plugin_command
 
     found = plugin_command(args[0])
     if found is not None:

@@ -181,7 +181,7 @@ RUN_OPTIONS: dict[str, Any] = {
         int | None,
         typer.Option(
             "--threads",
-            help="CPU threads for torch (default: NETLENS_THREADS, else chosen per command).",
+            help="CPU threads for torch (default: NETLENS_THREADS, else torch's own choice).",
             min=1,
             show_default=False,
         ),

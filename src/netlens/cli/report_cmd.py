@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -85,20 +85,7 @@ def report(
         ).save(common.out)
     size = result.path.stat().st_size
     if common.json:
-        emit_json(
-            {
-                "analyzer": "report",
-                "path": str(result.path),
-                "bytes": size,
-                "seconds": round(result.seconds, 2),
-                "sections": {
-                    s.key: {"seconds": round(s.seconds, 2), "skipped": s.skipped or None}
-                    for s in result.sections
-                },
-                "out": str(common.out),
-                "skipped": result.skipped_inputs,
-            }
-        )
+        emit_json(_summary(result, size, common))
         _skipped_inputs(result.skipped_inputs, common)
         return
     for key, why in result.skipped.items():
@@ -109,6 +96,23 @@ def report(
         soft_wrap=True,
     )
     _skipped_inputs(result.skipped_inputs, common)
+
+
+def _summary(result: Any, size: int, common: Common) -> dict[str, Any]:
+    """What ``--json`` prints: the page, its size and time, each section's time or reason."""
+    sections = {
+        s.key: {"seconds": round(s.seconds, 2), "skipped": s.skipped or None}
+        for s in result.sections
+    }
+    return {
+        "analyzer": "report",
+        "path": str(result.path),
+        "bytes": size,
+        "seconds": round(result.seconds, 2),
+        "sections": sections,
+        "out": str(common.out),
+        "skipped": result.skipped_inputs,
+    }
 
 
 def _skipped_inputs(lines: list[str], common: Common) -> None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["cam_table", "sanity_table", "scores_table", "stats_table", "summary_table"]
+__all__ = [
+    "ablation_table",
+    "cam_table",
+    "sanity_table",
+    "scores_table",
+    "stats_table",
+    "summary_table",
+]
 
 
 def stats_table(result: Any) -> Any:
@@ -87,7 +94,70 @@ def sanity_table(result: Any) -> Any:
     return table
 
 
+def _hurt(row: dict[str, Any]) -> str:
+    """``cat 0.90→0.10, dog 1.00→0.50``: the classes whose score falls most."""
+    cells = (row.get("hurt_classes") or [])[:2]
+    return ", ".join(f"{h['class']} {h['before']:.2f}→{h['after']:.2f}" for h in cells)
+
+
+def _num(v: float, sign: str = "") -> str:
+    """Three decimals, or three significant digits for values too small for them; no -0."""
+    v = v + 0.0  # -0.0 → 0.0
+    return f"{v:{sign}.3f}" if v == 0 or abs(v) >= 0.01 else f"{v:{sign}.2e}"
+
+
+def _interval(low: float, high: float) -> str:
+    return f"{_num(low)}–{_num(high)}"
+
+
+def _harm_cells(row: dict[str, Any], harm: str) -> list[str]:
+    """The harm and its interval (the delta's, turned the same way)."""
+    sign = -1.0 if harm == "drop" else 1.0
+    low, high = sorted((sign * row["delta_ci_low"], sign * row["delta_ci_high"]))
+    return [_num(row[harm], "+"), _interval(low, high)]
+
+
+def ablation_table(result: Any) -> Any:
+    """The study: the intact model, then each unit's value, harm and most-hurt classes."""
+    from rich.table import Table
+
+    meta, base = result.meta, result.baseline
+    harm = meta["harm"]
+    what = "blocks" if any(r["kind"] == "residual" for r in result.rows) else "layers"
+    what = f"channels of {meta['units'][0]}" if meta["channels"] else what
+    title = f"{meta['model']}: ablating {what} ({meta['mode']}; {meta['metric']}, "
+    table = Table(title=title + f"{meta['direction']})")
+    naive = any(r.get("path") == "naive" for r in result.rows)
+    hurt = f"most hurt classes ({meta['per_class']}, before→after)"
+    cols = ["unit", meta["metric"], "95% CI", harm, "95% CI", hurt]
+    for col in cols + (["path"] if naive else []):
+        left = col in (cols[0], cols[-1])
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
+    table.add_row(
+        "intact model",
+        _num(base["value"]),
+        _interval(base["ci_low"], base["ci_high"]),
+        "",
+        "",
+        "",
+        style="bold",
+    )
+    rows = sorted(result.rows, key=lambda r: -r[harm]) if meta["channels"] else result.rows
+    for r in rows[:20]:
+        name = f"#{r['channel']}" if r["kind"] == "channel" else r["unit"]
+        name += " ↓" if r.get("downsample") else ""
+        cells = [name, _num(r["value"]), _interval(r["ci_low"], r["ci_high"])]
+        cells += [*_harm_cells(r, harm), _hurt(r)]
+        table.add_row(*cells, *([r.get("path") or ""] if naive else []))
+    notes = [f"{len(rows) - 20} more rows in {result.name}.csv"] if len(rows) > 20 else []
+    if any(r.get("downsample") for r in rows):
+        notes.append("↓ = block with a projection shortcut")
+    table.caption = "; ".join(notes) or None
+    return table
+
+
 _TABLES: dict[str, Callable[[Any], Any]] = {
+    "ablation": ablation_table,
     "cam": cam_table,
     "stats": stats_table,
     "evaluate": lambda result: scores_table(result.table),

@@ -90,9 +90,15 @@ class _Bar:
             self.last = now
 
     def close(self, failed: bool) -> None:
-        """The last redraw: done (or where it stopped); nothing when the bar never showed."""
+        """The last redraw: done (or where it stopped); nothing for a task shorter than the delay.
+
+        A long task whose first step came only at its end still gets its line.
+        """
+        now = self.sink.clock()
         if self.handle is not None:
-            self.handle.update(self.bundle(self.sink.clock(), final=True, failed=failed), raw=True)
+            self.handle.update(self.bundle(now, final=True, failed=failed), raw=True)
+        elif now - self.start >= self.sink.delay:
+            self.sink.display(self.bundle(now, final=True, failed=failed))
 
     def bundle(self, now: float, final: bool = False, failed: bool = False) -> dict[str, str]:
         """``text/plain`` and ``text/html`` of the bar at time ``now``."""

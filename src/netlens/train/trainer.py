@@ -18,7 +18,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,15 +90,20 @@ class Session:
     val_loader: DataLoader
     opt: torch.optim.Optimizer
     sched: Any
-    criterion: nn.Module
     frozen: list[str]
     params: tuple[int, int]
     notes: list[str]
-    out: Path
     channels_last: bool
-    gen: torch.Generator
     group: Group
     net: nn.Module  # what training calls: the DDP replica (the model itself in one process)
+    criterion: nn.Module = field(init=False)
+    gen: torch.Generator = field(init=False)  # augmentation draws, seeded apart from the data
+    out: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.out = Path(self.cfg.out)
 
     @property
     def autocast(self) -> bool:
@@ -137,11 +142,43 @@ def setup(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     group = group or Group()
-    device = device if group.world > 1 else cfg.device
     seed_everything(cfg.seed)
-    dev = pick_device(device)
+    dev = pick_device(device if group.world > 1 else cfg.device)
     pre = Preprocess(size=(cfg.img_size, cfg.img_size)) if cfg.img_size else None
     splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
+    cfg, model, frozen, params, notes = _model(cfg, splits, host)
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = conv and dev.type in ("cuda", "cpu")
+    model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader, val_loader = _loaders(cfg, splits, group, dev)
+    per_epoch = min(len(train_loader), cfg.max_batches or len(train_loader))
+    opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
+    net = replicate(model, group, dev, cfg.sync_bn)
+    if group.world > 1:
+        notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
+    return Session(  # the output folder is made by the first write: a refused run leaves none
+        cfg,
+        host,
+        splits,
+        model,
+        dev,
+        train_loader,
+        val_loader,
+        opt,
+        sched,
+        frozen,
+        params,
+        notes,
+        channels_last,
+        group,
+        net,
+    )
+
+
+def _model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> tuple[Any, ...]:
+    """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
     init = load_init(cfg.init, host) if cfg.init else None
     if init is not None and not cfg.arch_kwargs:
         cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
@@ -153,47 +190,19 @@ def setup(
     frozen = freeze(model, cfg.freeze)
     params = count_params(model)
     notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = conv and dev.type in ("cuda", "cpu")
-    model.to(dev)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    return cfg, model, frozen, params, notes
+
+
+def _loaders(
+    cfg: TrainConfig, splits: Splits, group: Group, dev: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    """The training loader (this process's share of each global batch) and the validation one."""
     pin = dev.type == "cuda"
-    train_loader = make_loader(
+    train = make_loader(
         splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
     )
-    train_loader = rank_loader(train_loader, group)
-    val_loader = make_loader(
-        splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin
-    )
-    per_epoch = min(len(train_loader), cfg.max_batches or len(train_loader))
-    opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
-    net = replicate(model, group, dev, cfg.sync_bn)
-    if group.world > 1:
-        notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
-    out = Path(cfg.out)  # its folder is made by the first write: a run that fails leaves none
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    return Session(
-        cfg,
-        host,
-        splits,
-        model,
-        dev,
-        train_loader,
-        val_loader,
-        opt,
-        sched,
-        criterion,
-        frozen,
-        params,
-        notes,
-        out,
-        channels_last,
-        gen,
-        group,
-        net,
-    )
+    val = make_loader(splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin)
+    return rank_loader(train, group), val
 
 
 def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
@@ -207,26 +216,9 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     for b, (x, y) in enumerate(s.train_loader):
         if b >= total:
             break
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        n_global = global_size(b, images, cfg.batch_size)
-        part = s.group.part(n_global)  # this rank's rows of the global batch
-        x = augment_batch(
-            x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(part.start, n_global)
-        )
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
-            out = s.net(x)
-        loss = s.criterion(out.float(), y)
-        if not torch.isfinite(loss):
-            raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
-        s.opt.zero_grad(set_to_none=True)
-        # weighted by this rank's share, so DDP's average is the global batch's mean
-        (loss * (len(y) * s.group.world / n_global)).backward()
-        s.opt.step()
-        s.sched.step()
-        loss_sum += float(loss.detach()) * len(y)
-        correct += int((out.argmax(1) == y).sum())
+        loss, hits = _step(s, epoch, global_size(b, images, cfg.batch_size), x, y)
+        loss_sum += loss * len(y)
+        correct += hits
         seen += len(y)
         progress.update(task, advance=1, loss=loss_sum / seen)
     progress.remove_task(task)
@@ -240,6 +232,29 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
         "images": seen,
         "images_per_s": seen / secs if secs else 0.0,
     }
+
+
+def _step(
+    s: Session, epoch: int, n_global: int, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, int]:
+    """One optimiser step on this rank's rows of a global batch: (mean loss, correct count)."""
+    cfg = s.cfg
+    x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+    part = s.group.part(n_global)  # this rank's rows of the global batch
+    x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(part.start, n_global))
+    if s.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
+        out = s.net(x)
+    loss = s.criterion(out.float(), y)
+    if not torch.isfinite(loss):
+        raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
+    s.opt.zero_grad(set_to_none=True)
+    # weighted by this rank's share, so DDP's average is the global batch's mean
+    (loss * (len(y) * s.group.world / n_global)).backward()
+    s.opt.step()
+    s.sched.step()
+    return float(loss.detach()), int((out.argmax(1) == y).sum())
 
 
 def _validate(s: Session, loader: DataLoader) -> dict[str, Any]:

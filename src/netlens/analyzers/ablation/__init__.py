@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import AnalyzerError, DataError
 from ...plugins import hookimpl
-from ..base import Analyzer, Option, Run
-from ..options import MAX_SEED, as_is
-from .modes import MODES
+from ..base import Analyzer, Run
+from ..specs import ABLATE
 from .result import AblationResult
 from .scoring import METRICS
 from .study import ROWS_NAME, study
@@ -32,28 +31,6 @@ if TYPE_CHECKING:
     from ...storage import Storage
 
 __all__ = ["ROWS_NAME", "AblateAnalyzer", "AblationResult", "ablate"]
-
-
-def _channels(value: Any) -> bool | tuple[int, ...]:
-    """False: blocks; True or ``"all"``: every channel; ``"0,5,9"`` or a list: those channels."""
-    if value in (False, "false", "none", ""):
-        return False
-    if value in (True, "all", "true"):
-        return True
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        chosen = tuple(sorted({int(str(c).strip()) for c in items}))
-    except ValueError:
-        raise ValueError("not all, or a list of channel numbers such as 0,5,9") from None
-    if not chosen or chosen[0] < 0:
-        raise ValueError("not all, or a list of channel numbers 0 and up")
-    return chosen
-
-
-def _identity_fns(value: Any) -> dict[Any, Any]:
-    if not isinstance(value, dict) or not all(callable(f) for f in value.values()):
-        raise ValueError("not a dict of {unit name or block class: fn(module, x)}")
-    return value
 
 
 def _hint_label_free(resolve: Any, *args: Any) -> None:
@@ -75,22 +52,7 @@ class AblateAnalyzer(Analyzer):
     description = "switch blocks or channels off and measure what each is worth"
     takes = "data"
     distributed = True
-    options = (
-        Option("layers", None, "units to ablate (default: every residual block)", as_is),
-        Option("mode", None, "identity (skip the unit), zero, mean or noise", str, choices=MODES),
-        Option("metric", "accuracy", ", ".join(METRICS), str, choices=tuple(METRICS)),
-        Option("channels", False, "channels of the one selected layer: all, or 0,5,9", _channels),
-        Option("batch_size", 64, "images per batch", int, low=1),
-        Option("limit", None, "use the first N images", int, low=1),
-        Option("seed", 0, "seed for noise, bootstrap and random orders", int, low=0, high=MAX_SEED),
-        Option("resamples", 2000, "bootstrap resamples", int, low=10),
-        Option("points", 17, "points on the cumulative curves", int, low=2),
-        Option("fast", True, "use the cached-prefix engine", bool),
-        Option("cache_mb", 1024, "memory for cached activations (MB)", int, low=0),
-        Option(
-            "identity_fns", None, "{unit or block class: fn(module, x)} (Python)", _identity_fns
-        ),
-    )
+    options = ABLATE.options
 
     def run(
         self,

@@ -292,6 +292,12 @@ def _meta(plan: _Plan) -> dict[str, Any]:
         "channels": plan.run.options.channels,
         "units": [u.name for u in plan.units],
         "skipped_units": plan.skipped,
+        "warnings": [
+            f"not ablated: {', '.join(plan.skipped)} (identity cannot skip a layer that changes "
+            "the shape; use --mode zero or mean for those)"
+        ]
+        if plan.skipped
+        else [],
         "classes": plan.rows.classes,
         "label_source": getattr(plan.run.data, "label_source", None),
         "baseline": {k: base[k] for k in ("value", "ci_low", "ci_high")}
