@@ -29,9 +29,11 @@ import typer
 from hostile_inputs import assert_cli_outcome, base_checkpoint, small_image, snapshot
 from typer.testing import CliRunner
 
+from netlens.analyzers.specs import BUILTINS
 from netlens.cli import app as app_module
 from netlens.cli.app import app
 from netlens.cli.options import MODEL_OPTIONS, RUN_OPTIONS
+from netlens.plugins.manager import PluginHost
 
 SEED = int(os.environ.get("NETLENS_FUZZ_SEED", "14"))
 EVERYTHING = os.environ.get("NETLENS_FUZZ") == "all"
@@ -105,7 +107,7 @@ def click_command(name: str):
     """The click command a user runs as ``netlens NAME`` (plugin analyzers included)."""
     group = typer.main.get_command(app)
     if name not in group.commands:
-        from netlens.cli.plugin_commands import plugin_command
+        from netlens.cli.analyzer_commands import plugin_command
 
         single = typer.Typer()
         single.command(name)(plugin_command(name))
@@ -113,16 +115,31 @@ def click_command(name: str):
     return group.commands[name]
 
 
+def declared_bounds(command: str) -> dict[str, tuple[float | None, float | None]]:
+    """The bounds an analyzer declares for its options (the generated commands check them in
+    the analyzer, not in click): ``{name: (low, high)}``."""
+    specs = {s.command: s for s in BUILTINS}
+    if command in specs:
+        declared = specs[command].options
+    elif command == PLUGIN:
+        declared = PluginHost().analyzers.get(PLUGIN).declared_options()
+    else:
+        return {}
+    return {o.name: (o.low, o.high) for o in declared}
+
+
 @functools.cache
 def flags_of(command: str) -> tuple[Flag, ...]:
-    """The command's options (``--out`` has cases of its own), read off the click command."""
-    flags = []
+    """The command's options (``--out`` has cases of its own), read off the click command, with
+    the bounds click checks or the analyzer declares."""
+    flags, bounds = [], declared_bounds(command)
     for p in click_command(command).params:
         if not p.opts[0].startswith("-") or p.name == "out":
             continue
         kind = p.type_descriptor.annotation
         kind = "switch" if p.is_flag else {int: "int", float: "float"}.get(kind, "text")
-        flags.append(Flag(p.name, p.opts[0], kind, p.min, p.max))
+        low, high = bounds.get(p.name, (p.min, p.max))
+        flags.append(Flag(p.name, p.opts[0], kind, low, high))
     return tuple(flags)
 
 
@@ -167,9 +184,10 @@ def sampled_cases(seed: int = SEED, everything: bool = EVERYTHING) -> list[Case]
             elif command == "cam":  # the shared options are the same everywhere: deal them
                 shared += [(flag, v, e) for v, e in rng.sample(pool, min(4, len(pool)))]
     dealt = [c for c in BASES if c != "train"]  # train takes the run options only
-    for i, (flag, value, expect) in enumerate(shared):
+    for i, (flag, value, _) in enumerate(shared):
         command = dealt[i % len(dealt)]
         if any(f.spelling == flag.spelling for f in flags_of(command)):
+            expect = dict(values_of(flag, command))[value]  # what this command may answer
             cases.append(_case(command, flag, value, expect))
     return cases
 
