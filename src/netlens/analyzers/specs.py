@@ -7,6 +7,7 @@ exactly what ``lens.cam(...)`` accepts, in the same words, without importing tor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,37 @@ def _whole(item: Any) -> int:
     return int(str(item).strip()) if isinstance(item, str) else int(item)
 
 
+def layer_selector(value: Any) -> Any:
+    """A layer selector: text (``auto``, names, calls, globs, ``type:NAME``, comma-separated),
+    a module of the model, or a non-empty list of those; anything else is refused here, in one
+    line, rather than deep inside the analysis."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(i, str) or _is_module(i) for i in items):
+        raise ValueError(
+            "not a layer selector: give a name, a glob, type:NAME, a module, or a list of them"
+        )
+    return value
+
+
+def _is_module(value: Any) -> bool:
+    """An ``nn.Module`` (told without importing torch: modules have ``named_modules``)."""
+    return not isinstance(value, type) and callable(getattr(value, "named_modules", None))
+
+
+def folder(value: Any) -> Any:
+    """A folder path: text or ``os.PathLike`` (``pathlib.Path``)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ValueError("not a folder path")
+    return value
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """A dict of further options (Python only)."""
+    if not isinstance(value, dict):
+        raise ValueError("not a dict of {option: value}")
+    return value
+
+
 def callables(value: Any) -> dict[Any, Any]:
     """A dict whose values are functions (Python only)."""
     if not isinstance(value, dict) or not all(callable(f) for f in value.values()):
@@ -88,7 +120,7 @@ def callables(value: Any) -> dict[Any, Any]:
 
 
 def _layer(default: Any, help: str) -> Option:
-    return Option("layer", default, help, as_is)
+    return Option("layer", default, help, layer_selector)
 
 
 def _batch(default: int, help: str = "Images per forward pass.") -> Option:
@@ -197,7 +229,7 @@ STATS = Spec(
             "layers",
             None,
             "Layers (names, calls, globs, type:NAME); default: the activation modules.",
-            as_is,
+            layer_selector,
         ),
         Option("eps", 0.0, "Values ≤ eps count as near zero; ≤ eps on every input: dead.", float),
         Option("bins", 50, "Histogram bins.", int, low=1, high=10_000),
@@ -286,7 +318,7 @@ EVALUATE = Spec(
             None,
             "Mask PNGs for a --data folder: DIR/<class>/<name>.png (default: "
             "<data>_masks when it exists).",
-            as_is,
+            folder,
         ),
         Option("steps", 32, "Deletion/insertion steps.", int, low=1, high=10_000),
         _batch(64, "Perturbed images per forward pass."),
@@ -303,7 +335,7 @@ EVALUATE = Spec(
         Option("noise", 0.01, "ROAD imputation noise (std).", float, low=0),
         _SEED,
         Option(
-            "metric_options", None, "More options for plugin metrics (a dict).", as_is, cli=False
+            "metric_options", None, "More options for plugin metrics (a dict).", mapping, cli=False
         ),
     ),
 )
@@ -319,7 +351,7 @@ ABLATE = Spec(
             None,
             "Units to ablate (names, globs, type:X); default: every residual "
             "block, else each feature-stack child.",
-            as_is,
+            layer_selector,
         ),
         Option(
             "mode",
