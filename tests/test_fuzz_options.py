@@ -26,7 +26,13 @@ import cv2
 import pytest
 import torch
 import typer
-from hostile_inputs import assert_cli_outcome, base_checkpoint, small_image, snapshot
+from hostile_inputs import (
+    assert_cli_outcome,
+    base_checkpoint,
+    build_cli_once,
+    small_image,
+    snapshot,
+)
 from typer.testing import CliRunner
 
 from netlens.analyzers.specs import BUILTINS
@@ -182,7 +188,7 @@ def sampled_cases(seed: int = SEED, everything: bool = EVERYTHING) -> list[Case]
                     _case(command, flag, v, e) for v, e in rng.sample(pool, min(2, len(pool)))
                 ]
             elif command == "cam":  # the shared options are the same everywhere: deal them
-                shared += [(flag, v, e) for v, e in rng.sample(pool, min(4, len(pool)))]
+                shared += [(flag, v, e) for v, e in rng.sample(pool, min(3, len(pool)))]
     dealt = [c for c in BASES if c != "train"]  # train takes the run options only
     for i, (flag, value, _) in enumerate(shared):
         command = dealt[i % len(dealt)]
@@ -274,6 +280,7 @@ def _isolated(monkeypatch):
     monkeypatch.delenv("NETLENS_DEBUG", raising=False)
     monkeypatch.delenv("NETLENS_MAX_PIXELS", raising=False)
     monkeypatch.setattr(app, "registered_commands", list(app.registered_commands))
+    build_cli_once(monkeypatch)
     yield
     torch.set_num_threads(threads)
 
