@@ -557,3 +557,37 @@ def build_cli_once(monkeypatch: Any) -> None:
         return _GROUPS[key]
 
     monkeypatch.setattr(typer.testing, "_get_command", built)
+
+
+class Pipe:
+    """A FIFO at ``path`` that nobody writes to: opening it for reading waits for a writer.
+
+    After ``grace`` seconds a thread plays that writer for every reader that comes (so a reader
+    gets an empty read instead of hanging the test run) and records that it had to: a run that
+    never opens the pipe passes at once, whatever the machine's speed.
+    """
+
+    def __init__(self, path: Path, grace: float = 30.0) -> None:
+        import threading
+
+        self.path, self.opened_by_reader = path, False
+        os.mkfifo(path)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._release, args=(grace,), daemon=True)
+        self._thread.start()
+
+    def _release(self, grace: float) -> None:
+        if self._done.wait(grace):
+            return
+        while not self._done.wait(0.05):  # end every read the reader starts, until closed
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader waiting now
+                continue
+            self.opened_by_reader = True
+            os.close(fd)
+
+    def close(self) -> None:
+        """Stop the writer thread (call when the run under test has returned)."""
+        self._done.set()
+        self._thread.join()

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 from hostile_inputs import (
+    Pipe,
     assert_cli_outcome,
     assert_one_clean_line,
     base_checkpoint,
@@ -275,6 +276,17 @@ def test_hostile_file_through_the_cli(name, hostile_files, tmp_path, monkeypatch
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     assert_cli_outcome(res.exit_code, res.stderr, out, snapshot(out), {1})
     assert not marker.exists()
+
+
+def test_a_pipe_is_refused_without_being_opened(tmp_path):
+    """A FIFO given as the model (``<(cmd)``, a named pipe): opening it would wait forever."""
+    pipe = Pipe(tmp_path / "model.pt")
+    try:
+        line = must_load_or_refuse(pipe.path)
+    finally:
+        pipe.close()
+    assert not pipe.opened_by_reader, "netlens.load waited on a pipe"
+    assert line is not None and "pipe" in line, line
 
 
 # -- sizes beyond memory ---------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch
 from hostile_inputs import (
     BOMB_FORMATS,
     ODD_NAMES,
+    Pipe,
     assert_cli_outcome,
     assert_one_clean_line,
     base_checkpoint,
@@ -141,6 +142,17 @@ def test_a_batch_of_mutants_skips_each_refused_file(fixtures, mutants, tmp_path)
     assert len(skipped) == len(bad), (bad, skipped)
     assert (tmp_path / "out" / "cam.json").is_file()
     cam([*args, "--strict"], tmp_path / "strict", {1})  # stops at the first, writes nothing
+
+
+def test_a_pipe_among_the_images_is_skipped_without_being_opened(fixtures, tmp_path):
+    pipe = Pipe(tmp_path / "pipe.png")
+    try:
+        args = [str(fixtures["model"]), str(fixtures["good"]), str(pipe.path)]
+        lines = cam(args, tmp_path / "out", {3})
+    finally:
+        pipe.close()
+    assert not pipe.opened_by_reader, "cam waited on a pipe"
+    assert any(line.startswith("skipped:") and "pipe" in line for line in lines), lines
 
 
 def test_the_python_api_skips_the_same_files_and_leaves_the_model(fixtures, mutants):
