@@ -2,11 +2,13 @@
 files, odd file names, hostile checkpoints and pickles, and a child-process peak-RSS probe.
 
 Everything is seeded and fast: a 20000×20000 PNG bomb with a valid zlib stream takes ~20 ms
-(one compressed block of zeros, repeated after a full flush).
+(one compressed block of zeros, repeated after a full flush). The fuzz suite (tests/test_fuzz_*.py)
+judges every run with :func:`assert_cli_outcome` and :func:`assert_consistent_folder`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,6 +18,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -476,3 +479,115 @@ def assert_one_clean_line(text: str) -> str:
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{text}"
     assert not _EXCEPTION_NAME.search(lines[0]), lines[0]
     return lines[0]
+
+
+def assert_clean_lines(text: str) -> list[str]:
+    """Every non-empty line of ``text`` is free of tracebacks and exception class names."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        assert not _EXCEPTION_NAME.search(line), line
+    return lines
+
+
+#: Files a run may leave outside its manifests: the lock, the ablation row store's settings,
+#: the checkpoints of ``train`` and the page of ``report`` (each written whole by a rename).
+UNLISTED = re.compile(
+    r"^(\.netlens\.lock|ablation-config\.json|model(\.last)?\.pt|report-.+\.html)$"
+)
+
+
+def assert_consistent_folder(folder: Path) -> None:
+    """``folder`` is absent or holds only whole result sets: every manifest's files there with
+    their checksums, nothing else but :data:`UNLISTED` files, no staging folders or temp files."""
+    if not folder.exists():
+        return
+    listed: set[str] = set()
+    for manifest in folder.glob("*.manifest.json"):
+        listed.add(manifest.name)
+        for entry in json.loads(manifest.read_text())["files"]:
+            data = (folder / entry["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], (folder, entry["file"])
+            listed.add(entry["file"])
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in listed)
+    assert all(UNLISTED.match(name) for name in extra), (folder, extra)
+
+
+def snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file's bytes (None: no folder), to tell that a refused run changed nothing."""
+    if not folder.exists():
+        return None
+    return {p.name: p.read_bytes() if p.is_file() else b"<dir>" for p in folder.iterdir()}
+
+
+def assert_cli_outcome(
+    code: int, stderr: str, out: Path, before: dict[str, bytes] | None, expect: set[int]
+) -> str:
+    """What every CLI run must give (issue 14): a documented exit status from ``expect``; on
+    status 1 exactly one clean ``error:`` line and the output folder as it was; otherwise clean
+    lines only, a consistent folder, and on status 3 one ``skipped:`` line per bad item and the
+    closing line. Returns the last stderr line."""
+    assert code in expect, f"exit status {code}, expected {sorted(expect)}:\n{stderr}"
+    if code == 1:
+        line = assert_one_clean_line(stderr)
+        assert line.startswith(("error:", "interrupted")), line
+        after = snapshot(out)
+        assert after == before, f"{out} changed: {sorted(after or {})}"
+        return line
+    lines = assert_clean_lines(stderr)
+    assert_consistent_folder(out)
+    if code == 3:
+        assert any(line.startswith("skipped:") for line in lines), stderr
+        assert "exit status 3" in lines[-1], stderr
+    return lines[-1] if lines else ""
+
+
+_GROUPS: dict[tuple[Any, ...], Any] = {}
+
+
+def build_cli_once(monkeypatch: Any) -> None:
+    """Make typer's ``CliRunner`` build the click group of an app once per set of commands:
+    it rebuilds it on every ``invoke`` (~70 ms), where ``netlens`` builds it once per process."""
+    import typer.main
+    import typer.testing
+
+    def built(typer_app: Any) -> Any:
+        key = (id(typer_app), *(c.name or "" for c in typer_app.registered_commands))
+        if key not in _GROUPS:
+            _GROUPS[key] = typer.main.get_command(typer_app)
+        return _GROUPS[key]
+
+    monkeypatch.setattr(typer.testing, "_get_command", built)
+
+
+class Pipe:
+    """A FIFO at ``path`` that nobody writes to: opening it for reading waits for a writer.
+
+    After ``grace`` seconds a thread plays that writer for every reader that comes (so a reader
+    gets an empty read instead of hanging the test run) and records that it had to: a run that
+    never opens the pipe passes at once, whatever the machine's speed.
+    """
+
+    def __init__(self, path: Path, grace: float = 30.0) -> None:
+        import threading
+
+        self.path, self.opened_by_reader = path, False
+        os.mkfifo(path)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._release, args=(grace,), daemon=True)
+        self._thread.start()
+
+    def _release(self, grace: float) -> None:
+        if self._done.wait(grace):
+            return
+        while not self._done.wait(0.05):  # end every read the reader starts, until closed
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader waiting now
+                continue
+            self.opened_by_reader = True
+            os.close(fd)
+
+    def close(self) -> None:
+        """Stop the writer thread (call when the run under test has returned)."""
+        self._done.set()
+        self._thread.join()

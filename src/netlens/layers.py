@@ -157,9 +157,16 @@ def resolve_layers(
     elif isinstance(selector, nn.Module):
         items = [selector]
     else:
-        items = list(selector)
+        try:
+            items = list(selector)
+        except TypeError:
+            items = [selector]  # refused below, in one line
     names: list[LayerCall] = []
     for item in items:
+        if not isinstance(item, (str, nn.Module)):
+            raise LayerNotFoundError(
+                f"{item!r:.60} is not a layer selector: give a name, a glob, type:NAME or a module"
+            )
         if isinstance(item, nn.Module):
             if id(item) not in ids:
                 raise LayerNotFoundError(

@@ -10,6 +10,7 @@ a busy machine slows them in proportion, and a quiet one runs them as fast.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,10 +18,22 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["map_batches", "one_thread_per_op"]
+__all__ = ["check_workers", "map_batches", "one_thread_per_op"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def check_workers(flag: str, n: int) -> int:
+    """``n`` threads or processes, refused with one line beyond 4 per core (at least 64 are
+    allowed): a mistyped count would otherwise start thousands and stall the machine."""
+    from .errors import NetlensError
+
+    most = max(64, 4 * (os.cpu_count() or 1))
+    if not 0 <= n <= most:
+        given = f"{flag}{n}" if flag.endswith("=") else f"{flag} {n}"
+        raise NetlensError(f"{given} is out of range: 0 to {most} on this machine")
+    return n
 
 
 @contextmanager

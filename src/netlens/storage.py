@@ -91,13 +91,18 @@ class _CsvRows:
         self.config_path = folder / f"{name}-config.json"
         self.config, self.columns, self.parse = to_jsonable(config), columns, parse
         self.rows: dict[str, dict[str, Any]] = {}
-        folder.mkdir(parents=True, exist_ok=True)
-        if resume and self.path.exists():
+        self._started = resume and self.path.exists()
+        if self._started:
             self._load()
-        else:
-            self.config_path.write_text(json.dumps(self.config, indent=2))
-            with self.path.open("w", newline="") as fh:
-                csv.DictWriter(fh, columns).writeheader()
+
+    def _start(self) -> None:
+        """The files, made at the first row: a run refused before it leaves the folder as it
+        was (an earlier run's result there included)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        with self.path.open("w", newline="") as fh:
+            csv.DictWriter(fh, self.columns).writeheader()
+        self._started = True
 
     def _load(self) -> None:
         old = json.loads(self.config_path.read_text()) if self.config_path.exists() else None
@@ -117,6 +122,8 @@ class _CsvRows:
         """Append one finished row, flushed at once so an interrupt loses nothing done."""
         from .output import csv_cell
 
+        if not self._started:
+            self._start()
         self.rows[row["key"]] = row
         cells = {k: csv_cell(row.get(k)) for k in self.columns}
         with self.path.open("a", newline="") as fh:

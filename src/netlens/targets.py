@@ -24,6 +24,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -85,6 +86,11 @@ def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
 
 
 def _pick(out: Any, key: str | int) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):  # its attributes (.T, .real) are no outputs to pick
+        raise NetlensError(
+            f"the model returns one tensor, so there is no output '{key}' to pick; leave out "
+            "--output (output= in Python), which is for models returning a dict, tuple or object"
+        )
     if isinstance(out, dict):
         got = out.get(key, out.get(str(key)))
         keys = list(out)
@@ -322,8 +328,20 @@ def _per_image(spec: Any, n: int) -> list[Any]:
             raise TargetError(
                 f"{len(spec)} targets given for {n} images; give one per image or one for all"
             )
-        return list(spec)
-    return [spec] * n
+        return [_item(s) for s in spec]
+    return [_item(spec)] * n
+
+
+def _item(item: Any) -> Any:
+    """One image's target: a class index or text; one line for anything else."""
+    if isinstance(item, str) or (isinstance(item, Integral) and not isinstance(item, bool)):
+        return item
+    if isinstance(item, float) and item.is_integer():
+        return int(item)
+    raise TargetError(
+        f"target {item!r:.40} is not a class index or name (nor pred, pos/neg, output:K, "
+        "region:NAME)"
+    )
 
 
 def _build(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Target:

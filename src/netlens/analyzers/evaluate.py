@@ -31,8 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError, NetlensError
+from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
+from ..naming import display_path
 from .base import Analyzer, Result, Run
 from .inputs import first_items
 from .specs import EVALUATE
@@ -46,11 +47,17 @@ __all__ = ["EvaluateAnalyzer", "EvaluateResult", "Plan", "cam_explainer", "names
 
 
 def names(value: str | Sequence[str] | None) -> list[str]:
-    """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]``."""
+    """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]``; one line when a value names nothing
+    (``","``, ``[]``), rather than quietly running the default."""
     if value is None:
         return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [s.strip() for s in items if s.strip()]
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+        raise AnalyzerError(f"{value!r:.60} is not names: give text such as 'a,b' or ['a', 'b']")
+    found = [s.strip() for s in items if s.strip()]
+    if not found:
+        raise AnalyzerError(f"{value!r} names nothing; give names separated by commas")
+    return found
 
 
 class CountingModel(nn.Module):
@@ -147,11 +154,19 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
     ds = data if isinstance(data, Dataset) else lens.dataset(data)
     if isinstance(ds, ImageFolderDataset):
         folder = Path(masks) if masks else ds.root.with_name(ds.root.name + "_masks")
-        if masks and not folder.is_dir():
-            raise DataError(f"mask folder not found: {folder}")
-        if folder.is_dir():
+        if masks and not _is_dir(folder):
+            raise DataError(f"mask folder not found: {display_path(folder)[:200]}")
+        if _is_dir(folder):
             return _FolderMasks(ds, folder)
     return ds
+
+
+def _is_dir(path: Path) -> bool:
+    """``path`` is a folder; False where the OS cannot even look (a name too long)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def mask_at_input(ds: Dataset, i: int, lens: Lens) -> np.ndarray | None:

@@ -139,10 +139,10 @@ def filter_stats(weight: np.ndarray, dead_tol: float = 1e-3) -> list[dict[str, A
 
 
 def _parse_reduce(reduce: str | int) -> tuple[str, int | None]:
-    if isinstance(reduce, int) or str(reduce).isdigit():
+    if isinstance(reduce, int) or str(reduce).isdecimal():
         return "channel", int(reduce)
     text = str(reduce)
-    if text.startswith("channel:") and text[8:].isdigit():
+    if text.startswith("channel:") and text[8:].isdecimal():
         return "channel", int(text[8:])
     if text in ("mean", "l2"):
         return text, None
@@ -204,6 +204,7 @@ class KernelsAnalyzer(Analyzer):
     def compute(self, run: Run) -> KernelsResult:
         """The layer's weights as tiles (or a matrix) and one statistics row per filter."""
         lens, o = run.lens, run.options
+        _parse_reduce(o.reduce)  # checked up front, also for a layer that needs no reduction
         layer = o.layer
         name = default_kernel_layer(lens.model) if layer in (None, "", "auto") else None
         name = name or _one(lens.model, layer)

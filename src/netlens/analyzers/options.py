@@ -20,7 +20,9 @@ from typing import Any
 
 from ..errors import NetlensError, hint
 
-__all__ = ["Option", "OptionError", "Options", "as_is", "parse_options"]
+__all__ = ["MAX_SEED", "Option", "OptionError", "Options", "as_is", "parse_options"]
+
+MAX_SEED = 2**63 - 1  # seeds are 0 .. 2**63 - 1: what torch and numpy generators both take
 
 
 class OptionError(NetlensError):
@@ -51,30 +53,35 @@ class Option:
     high: float | None = None
     cli: bool = True
 
-    def check(self, value: Any, owner: str) -> Any:
-        """``value`` converted to this option's kind; one-line :class:`OptionError` if not."""
+    def check(self, value: Any, owner: str, spelt: str | None = None) -> Any:
+        """``value`` converted to this option's kind; one-line :class:`OptionError` if not,
+        naming the option as ``spelt`` (the CLI's ``--batch-size``) or by its name."""
         if value is None:
             return None
+        label = spelt or self.name
         try:
             got = _convert(self.kind, value)
         except (TypeError, ValueError) as exc:
             why = str(exc) if self.kind not in (int, float, bool) else f"not {_name(self.kind)}"
-            raise OptionError(f"{owner}: {self.name}={value!r} is {why}") from None
-        self._bounds(got, owner)
+            shown = f"{label} {value!r}" if spelt else f"{label}={value!r}"
+            raise OptionError(f"{owner}: {shown} is {why}") from None
+        self._bounds(got, owner, label)
         return got
 
-    def _bounds(self, got: Any, owner: str) -> None:
+    def _bounds(self, got: Any, owner: str, label: str) -> None:
         if isinstance(got, float) and math.isnan(got):
-            raise OptionError(f"{owner}: {self.name} must be a number, not NaN")
+            raise OptionError(f"{owner}: {label} must be a number, not NaN")
+        if isinstance(got, float) and math.isinf(got):
+            raise OptionError(f"{owner}: {label} must be a finite number, not {got}")
         if self.choices is not None and got not in self.choices:
             raise OptionError(
-                f"{owner}: {self.name} must be one of {', '.join(self.choices)}, not "
+                f"{owner}: {label} must be one of {', '.join(self.choices)}, not "
                 f"{got!r}{hint(str(got), self.choices)}"
             )
         if self.low is not None and got < self.low:
-            raise OptionError(f"{owner}: {self.name} must be at least {self.low:g}, got {got}")
+            raise OptionError(f"{owner}: {label} must be at least {self.low:g}, got {got}")
         if self.high is not None and got > self.high:
-            raise OptionError(f"{owner}: {self.name} must be at most {self.high:g}, got {got}")
+            raise OptionError(f"{owner}: {label} must be at most {self.high:g}, got {got}")
 
 
 def as_is(value: Any) -> Any:

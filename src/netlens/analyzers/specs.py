@@ -7,10 +7,11 @@ exactly what ``lens.cam(...)`` accepts, in the same words, without importing tor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from .options import Option, as_is
+from .options import MAX_SEED, Option, as_is
 
 __all__ = ["ABLATE", "BUILTINS", "CAM", "EVALUATE", "FEATURES", "KERNELS", "SANITY", "STATS", "TOP"]
 
@@ -60,6 +61,57 @@ def channel_list(value: Any) -> bool | tuple[int, ...]:
     return chosen
 
 
+def channel_numbers(value: Any) -> tuple[int, ...]:
+    """``"0,5,9"``, ``[0, 5, 9]`` or ``5`` → ``(0, 5, 9)`` (features, top: named channels)."""
+    items = value.split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, (list, tuple)) else [items]
+    try:
+        chosen = tuple(_whole(c) for c in items if str(c).strip())
+    except (TypeError, ValueError):
+        chosen = ()
+    if not chosen or min(chosen) < 0:
+        raise ValueError("not a list of channel numbers 0 and up, such as 0,5,9")
+    return chosen
+
+
+def _whole(item: Any) -> int:
+    """A whole number from ``"5"``, ``5`` or ``5.0``; ``ValueError`` for ``True``, ``5.5``."""
+    if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+        raise ValueError(item)
+    return int(str(item).strip()) if isinstance(item, str) else int(item)
+
+
+def layer_selector(value: Any) -> Any:
+    """A layer selector: text (``auto``, names, calls, globs, ``type:NAME``, comma-separated),
+    a module of the model, or a non-empty list of those; anything else is refused here, in one
+    line, rather than deep inside the analysis."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(i, str) or _is_module(i) for i in items):
+        raise ValueError(
+            "not a layer selector: give a name, a glob, type:NAME, a module, or a list of them"
+        )
+    return value
+
+
+def _is_module(value: Any) -> bool:
+    """An ``nn.Module`` (told without importing torch: modules have ``named_modules``)."""
+    return not isinstance(value, type) and callable(getattr(value, "named_modules", None))
+
+
+def folder(value: Any) -> Any:
+    """A folder path: text or ``os.PathLike`` (``pathlib.Path``)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ValueError("not a folder path")
+    return value
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """A dict of further options (Python only)."""
+    if not isinstance(value, dict):
+        raise ValueError("not a dict of {option: value}")
+    return value
+
+
 def callables(value: Any) -> dict[Any, Any]:
     """A dict whose values are functions (Python only)."""
     if not isinstance(value, dict) or not all(callable(f) for f in value.values()):
@@ -68,7 +120,7 @@ def callables(value: Any) -> dict[Any, Any]:
 
 
 def _layer(default: Any, help: str) -> Option:
-    return Option("layer", default, help, as_is)
+    return Option("layer", default, help, layer_selector)
 
 
 def _batch(default: int, help: str = "Images per forward pass.") -> Option:
@@ -87,7 +139,7 @@ _TARGET = Option(
     "(segmentation).",
     as_is,
 )
-_SEED = Option("seed", 0, "Random seed (recorded in the outputs).", int)
+_SEED = Option("seed", 0, "Random seed (recorded in the outputs).", int, low=0, high=MAX_SEED)
 
 CAM = Spec(
     "cam",
@@ -128,7 +180,7 @@ FEATURES = Spec(
             "comma-separated (one figure each).",
         ),
         Option("top", 16, "How many channels to show, largest mean activation first.", int, low=1),
-        Option("channels", None, "Explicit channels instead, e.g. 0,5,9.", as_is),
+        Option("channels", None, "Explicit channels instead, e.g. 0,5,9.", channel_numbers),
         Option(
             "normalize",
             "channel",
@@ -177,7 +229,7 @@ STATS = Spec(
             "layers",
             None,
             "Layers (names, calls, globs, type:NAME); default: the activation modules.",
-            as_is,
+            layer_selector,
         ),
         Option("eps", 0.0, "Values ≤ eps count as near zero; ≤ eps on every input: dead.", float),
         Option("bins", 50, "Histogram bins.", int, low=1, high=10_000),
@@ -199,7 +251,12 @@ TOP = Spec(
     "Top-activating inputs per channel, with the patch that drives each peak (PNG, JSON, CSV).",
     (
         _layer("auto", "One layer or call (default: the last spatial one)."),
-        Option("channels", None, "Channels to show, e.g. 0,5,9 (default: the most active).", as_is),
+        Option(
+            "channels",
+            None,
+            "Channels to show, e.g. 0,5,9 (default: the most active).",
+            channel_numbers,
+        ),
         Option("k", 8, "Top inputs per channel.", int, low=1),
         Option("max_channels", 16, "Channels shown without --channels.", int, low=1),
         _limit(None),
@@ -261,7 +318,7 @@ EVALUATE = Spec(
             None,
             "Mask PNGs for a --data folder: DIR/<class>/<name>.png (default: "
             "<data>_masks when it exists).",
-            as_is,
+            folder,
         ),
         Option("steps", 32, "Deletion/insertion steps.", int, low=1, high=10_000),
         _batch(64, "Perturbed images per forward pass."),
@@ -278,7 +335,7 @@ EVALUATE = Spec(
         Option("noise", 0.01, "ROAD imputation noise (std).", float, low=0),
         _SEED,
         Option(
-            "metric_options", None, "More options for plugin metrics (a dict).", as_is, cli=False
+            "metric_options", None, "More options for plugin metrics (a dict).", mapping, cli=False
         ),
     ),
 )
@@ -294,7 +351,7 @@ ABLATE = Spec(
             None,
             "Units to ablate (names, globs, type:X); default: every residual "
             "block, else each feature-stack child.",
-            as_is,
+            layer_selector,
         ),
         Option(
             "mode",

@@ -26,6 +26,7 @@ ReLU) gets one row per call, ``name[i]``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -332,11 +333,13 @@ def _range(value: Any) -> tuple[float, float] | None:
     """``hist_range`` as (low, high): a pair, or a "low,high" string (from the CLI)."""
     if value is None or value == "":
         return None
-    parts = value.split(",") if isinstance(value, str) else list(value)
     try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
         lo, hi = (float(v) for v in parts)
     except (TypeError, ValueError):
-        raise AnalyzerError(f"hist_range must be two numbers low,high; got {value!r}") from None
+        raise AnalyzerError(f"hist_range must be two numbers low,high; got {value!r:.60}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise AnalyzerError(f"hist_range must be finite numbers; got {lo:g},{hi:g}")
     if not lo < hi:
         raise AnalyzerError(f"hist_range low must be below high; got {lo:g},{hi:g}")
     return lo, hi

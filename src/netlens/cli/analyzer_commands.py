@@ -23,7 +23,7 @@ from .common import cli_errors
 from .options import Common, DataOpt, ImagesArg, ModelArg, ResumeOpt, command
 from .runner import run_analyzer
 
-__all__ = ["FLAGS", "analyzer_command", "plugin_command", "spec_command"]
+__all__ = ["FLAGS", "analyzer_command", "plugin_command", "spec_command", "spelling"]
 
 #: How an option named so is spelled on the command line (one meaning, one spelling).
 FLAGS: dict[str, tuple[str, ...]] = {
@@ -79,6 +79,9 @@ def _make(
         resume = kwargs.pop("resume", False)
         model, inputs = _inputs(kwargs, takes)
         options = {k: v for k, v in kwargs.items() if v is not None}
+        for o in shown:  # before any model is read, in the words the user typed
+            if o.name in options and o.kind is not bool:
+                o.check(options[o.name], name, spelt=spelling(o.name))
         _run(name, model, inputs, options, common, resume if resumable else None)
 
     params = [_param("model", ModelArg, None)]
@@ -137,6 +140,11 @@ def _run(
         raise typer.Exit(130) from None
 
 
+def spelling(name: str) -> str:
+    """How option ``name`` is spelt on the command line: ``batch_size`` → ``--batch-size``."""
+    return FLAGS[name][0].split("/")[0] if name in FLAGS else "--" + name.replace("_", "-")
+
+
 def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
@@ -146,7 +154,7 @@ def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 def _option_param(opt: Any) -> inspect.Parameter:
     """One declared option as a typer option (values the analyzer checks itself are text)."""
     kind = _KINDS.get(opt.kind, str)
-    flags = FLAGS.get(opt.name, ("--" + opt.name.replace("_", "-"),))
+    flags = FLAGS.get(opt.name, (spelling(opt.name),))
     choices = (
         f" ({', '.join(opt.choices)})"
         if opt.choices and opt.choices[0] not in (opt.help or "")

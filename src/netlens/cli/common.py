@@ -74,6 +74,12 @@ def one_line(exc: BaseException) -> str:
         return text
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return f"{text} (check the path)"
+    if isinstance(exc, OSError) and exc.strerror:  # the OS refused: a name too long, a full disk
+        from ..naming import display_path
+
+        name = display_path(exc.filename) if exc.filename else ""
+        where = f": {name[:120]}…" if len(name) > 120 else f": {name}" if name else ""
+        return f"{exc.strerror}{where} (check the path and the disk)"
     return f"{type(exc).__name__}: {text[:300]} (set NETLENS_DEBUG=1 for the traceback)"
 
 

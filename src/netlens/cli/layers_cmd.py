@@ -16,9 +16,10 @@ def layers(model: ModelArg = None, *, common: Common) -> None:
     The names are the selectors for --layer. A module that runs more than once per forward
     (calls > 1) is selected per call with NAME@K (K from 0, -1 for the last), e.g. act@1.
     """
-    from .runner import open_lens, out, set_threads
+    from .runner import open_lens, out, set_max_pixels, set_threads
 
     set_threads(common.threads)
+    set_max_pixels(common.max_pixels)
     if common.device is None:
         common.device = "cpu"
     lens = open_lens(model, common)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -112,7 +113,9 @@ LimitOpt = Annotated[
 ]
 TopOpt = Annotated[int, typer.Option("--top", "-k", help="How many to show.", min=1)]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.", min=1)]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (recorded in the outputs).")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (recorded in the outputs).", min=0)
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option(
@@ -381,14 +384,20 @@ def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
         ]
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
 
+        flags = {p.name: _flag(p.name, p.annotation) for p in [*own, *shared]}
+
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
+            check_values(kwargs, flags)
             names = {f.name for f in fields(Common)}
             common = Common(
                 **{k: kwargs.pop(k) for k in list(kwargs) if k in groups and k in names}
             )
             if (common.distributed or 1) > 1:  # the same command, in N processes
                 from ..distributed.launch import relaunch
+                from ..parallel import check_workers
+
+                check_workers("--distributed", common.distributed)  # type: ignore[arg-type]
 
                 raise typer.Exit(relaunch(common.distributed))  # type: ignore[arg-type]
             return func(**kwargs, common=common)
@@ -400,6 +409,33 @@ def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _flag(name: str, annotation: Any) -> str:
+    """How the user spelt parameter ``name``: its first flag, or its name for an argument."""
+    for info in getattr(annotation, "__metadata__", ()):
+        decls = [info.default, *(getattr(info, "param_decls", None) or ())]  # typer: "--x" first
+        spelt = [d for d in decls if isinstance(d, str) and d.startswith("-")]
+        if spelt:
+            return next((d for d in spelt if d.startswith("--")), spelt[0])
+    return name.upper()
+
+
+def check_values(values: dict[str, Any], flags: dict[str, str]) -> None:
+    """One line for a value no option takes: empty text (an unset shell variable, say, which
+    would otherwise mean "the default" or even "this folder"), a number beyond 64 bits (torch
+    and the C libraries overflow), or an infinite or NaN number."""
+    from ..errors import NetlensError
+
+    for name, value in values.items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            flag = flags.get(name, name)
+            if isinstance(item, str) and not item.strip():
+                raise NetlensError(f"{flag} is empty; give a value or leave it out")
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > 2**63 - 1:
+                raise NetlensError(f"{flag} {item} is too large (at most {2**63 - 1})")
+            if isinstance(item, float) and not math.isfinite(item):
+                raise NetlensError(f"{flag} must be a finite number, not {item}")
 
 
 def parse_numbers(flag: str, text: str, kind: type, counts: tuple[int, ...]) -> tuple[Any, ...]:

@@ -52,17 +52,19 @@ def set_threads(requested: int | None, default: int | None = None) -> int | None
     ``default`` None keeps torch's own choice. Returns the number set (None: untouched).
     """
     from ..errors import NetlensError
+    from ..parallel import check_workers
 
     env = os.environ.get("NETLENS_THREADS", "").strip()
+    flag = "--threads"
     if requested is None and env:
-        if not env.isdigit() or int(env) < 1:
+        if not env.isdecimal() or int(env) < 1:
             raise NetlensError(f"NETLENS_THREADS must be a whole number ≥ 1, not {env!r}")
-        requested = int(env)
+        requested, flag = int(env), "NETLENS_THREADS="
     n = requested or default
     if n is not None:
         import torch
 
-        torch.set_num_threads(n)
+        torch.set_num_threads(check_workers(flag, n))
     return n
 
 

@@ -8,7 +8,7 @@ import typer
 
 from .common import cli_errors, emit_json, parse_options
 from .options import Common, command
-from .runner import set_threads
+from .runner import set_max_pixels, set_threads
 
 
 @cli_errors
@@ -96,7 +96,9 @@ def train(
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="Random seed (recorded in the outputs).", show_default=False),
+        typer.Option(
+            "--seed", help="Random seed (recorded in the outputs).", min=0, show_default=False
+        ),
     ] = None,
     img_size: Annotated[
         int | None,
@@ -173,6 +175,7 @@ def train(
     given = {k: v for k, v in locals().items() if k in _CONFIG_OPTIONS and v is not None}
     options = {**given, "out": str(common.out / "model.pt")}
     options["threads"] = set_threads(common.threads)
+    set_max_pixels(common.max_pixels)
     if arch_opt:
         options["arch_kwargs"] = parse_options(arch_opt)
     quiet = common.quiet or common.json

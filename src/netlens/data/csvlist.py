@@ -30,8 +30,12 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV list not found: {path}")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise DataError(f"{path} is not a CSV list of 'path,label' rows ({why})") from None
     if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]

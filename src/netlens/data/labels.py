@@ -179,9 +179,9 @@ def read_label_map(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     if isinstance(source, Mapping):
         return {str(k): v for k, v in source.items()}
     path = Path(source)
-    if not path.is_file():
+    if not _is_file(path):
         raise DataError(f"label map not found: {path} (a JSON object or 'data,model' lines)")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "label map")
     if text.lstrip().startswith("{"):
         try:
             return {str(k): v for k, v in json.loads(text).items()}
@@ -208,7 +208,7 @@ def read_class_names(source: Sequence[str] | str | Path) -> list[str]:
     """
     if not isinstance(source, (str, Path)):
         names = [str(n) for n in source]
-    elif Path(source).is_file():
+    elif _is_file(Path(source)):
         names = _parse_class_file(Path(source))
     elif isinstance(source, str) and "," in source:
         names = [n.strip() for n in source.split(",")]
@@ -222,8 +222,23 @@ def read_class_names(source: Sequence[str] | str | Path) -> list[str]:
     return names
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False for text no file can be named (too long, NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{what} file {path} is not UTF-8 text") from None
+
+
 def _parse_class_file(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "class names")
     if text.lstrip()[:1] in ("[", "{"):
         try:
             data = json.loads(text)

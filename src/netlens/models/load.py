@@ -386,6 +386,10 @@ def load_file(
     """Run the loaders on ``path`` until one answers."""
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path} (or use zoo:NAME; `netlens zoo list`)")
+    if not path.is_dir() and not path.is_file():  # opening a pipe would wait for a writer
+        raise ModelLoadError(
+            f"{display_path(path)} is a pipe or a device, not a model file; pass a model file"
+        )
     if path.is_dir() and not is_model_folder(path):
         raise ModelLoadError(
             f"{display_path(path)} is a folder; pass the model file inside it (a model folder "

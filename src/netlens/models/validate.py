@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..naming import display_path
+from ..preprocess.spec import MAX_SIDE
 from .arch_options import _short, check_arch_kwargs, check_arch_name
 
 __all__ = ["CheckpointMeta", "validate_checkpoint"]
@@ -29,7 +30,6 @@ FORMAT = "netlens-checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "arch", "state_dict")
 OPTIONAL_KEYS = ("arch_kwargs", "classes", "preprocess", "record")
-MAX_SIDE = 4096  # a model input side; 4096² RGB float32 is already 200 MB per image
 MAX_CLASSES = 1 << 20
 MAX_CLASS_NAME = 256
 MAX_TENSORS = 1 << 20

@@ -77,12 +77,10 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        eps = sorted(
-            md.entry_points(group=PROJECT),
-            key=lambda ep: (_dist_name(ep) != BUILTIN_PACKAGE, ep.name, _dist_name(ep)),
-        )
-        for ep in eps:
-            package, version = _dist_name(ep), _dist_version(ep)
+        found = [(ep, _dist_name(ep)) for ep in md.entry_points(group=PROJECT)]  # read once
+        found.sort(key=lambda f: (f[1] != BUILTIN_PACKAGE, f[0].name, f[1]))
+        for ep, package in found:
+            version = _dist_version(ep)
             if self.pm.is_blocked(ep.name) or package in self.disabled:
                 continue
             try:

@@ -10,12 +10,14 @@ image). Nothing is downloaded: weights enums and timm configs are plain metadata
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
 from ..errors import NetlensError
-from .spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .spec import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, Preprocess
 
 __all__ = [
     "model_channels",
@@ -200,11 +202,27 @@ def with_overrides(
         input_size = tuple(example.shape[-3:])
     if input_size is not None:
         changes.update(_size_changes(input_size))
+    elif changes.get("size") is not None:
+        _sides(changes["size"])
     return spec.override(**changes)
 
 
+def _sides(size: Any) -> list[int]:
+    """The whole numbers of a user's size, each 1 to MAX_SIDE; one line otherwise."""
+    try:
+        vals = [operator.index(v) for v in (size if isinstance(size, Iterable) else [size])]
+    except TypeError:
+        vals = []
+    if len(vals) not in (1, 2, 3) or not all(1 <= v <= MAX_SIDE for v in vals):
+        raise NetlensError(
+            f"an input size is 1 to {MAX_SIDE} pixels per side (28, (28, 28) or (1, 28, 28)); "
+            f"got {size}"
+        )
+    return vals
+
+
 def _size_changes(input_size: Any) -> dict[str, Any]:
-    vals = [input_size] if isinstance(input_size, int) else list(input_size)
+    vals = _sides(input_size)
     out: dict[str, Any] = {"size": tuple(vals[-2:]) if len(vals) > 1 else (vals[0], vals[0])}
     if len(vals) == 3:
         out["channels"] = int(vals[0])

@@ -43,6 +43,7 @@ from .engines import (
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Preprocess", "SizeFromFirstImage"]
 
+MAX_SIDE = 4096  # a model input side; 4096² RGB float32 is already 200 MB per image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming", "area")
@@ -136,6 +137,8 @@ class Preprocess:
             return "crop_mode 'border' needs engine='timm'"
         if (self.mean is None) != (self.std is None):
             return "give both mean and std, or neither"
+        if not all(math.isfinite(v) for v in (*(self.mean or ()), *(self.std or ()))):
+            return f"mean and std must be finite numbers, got {self.mean} and {self.std}"
         if self.std is not None and min(self.std) <= 0:
             return f"std must be positive, got {list(self.std)}"
         return None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import NetlensError
+
 __all__ = ["augment_batch"]
 
 
@@ -34,6 +36,9 @@ def augment_batch(
     if flip:
         mask = torch.rand(total, generator=generator)[mine].lt(0.5).to(dev)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    if crop >= min(h, w):  # shifts past the whole image: padding that costs (2·crop)² per image
+        side = min(h, w)
+        raise NetlensError(f"--crop {crop} shifts {h}×{w} images out of sight; use under {side}")
     if crop > 0:
         padded = F.pad(x, (crop, crop, crop, crop))
         dy = torch.randint(0, 2 * crop + 1, (total,), generator=generator)[mine].to(dev)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..analyzers.options import MAX_SEED
 from ..errors import NetlensError
+from ..parallel import check_workers
+from ..preprocess.spec import MAX_SIDE
 
 __all__ = ["TrainConfig"]
 
@@ -42,14 +46,29 @@ class TrainConfig:
     sync_bn: bool = False
 
     def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise NetlensError(problem)
+        check_workers("--workers", self.workers)
+
+    def _problem(self) -> str | None:
         if self.optimizer not in OPTIMIZERS:
-            raise NetlensError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+            return f"--optimizer must be one of {', '.join(OPTIMIZERS)}"
         if self.schedule not in SCHEDULES:
-            raise NetlensError(f"--schedule must be one of {', '.join(SCHEDULES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise NetlensError("--epochs and --batch-size must be >= 1 and --lr > 0")
+            return f"--schedule must be one of {', '.join(SCHEDULES)}"
+        if self.epochs < 1 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
+            return "--epochs and --batch-size must be >= 1 and --lr a finite number > 0"
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            return f"--weight-decay must be a finite number >= 0, not {self.weight_decay}"
         if not 0 <= self.label_smoothing < 1:
-            raise NetlensError("--label-smoothing must be in [0, 1)")
+            return "--label-smoothing must be in [0, 1)"
+        if not 0 <= self.seed <= MAX_SEED:
+            return f"--seed must be 0 to {MAX_SEED}, not {self.seed}"
+        if self.img_size is not None and not 1 <= self.img_size <= MAX_SIDE:
+            return f"--img-size must be 1 to {MAX_SIDE} pixels, not {self.img_size}"
+        if not 0 <= self.crop <= MAX_SIDE:
+            return f"--crop must be 0 to {MAX_SIDE} pixels, not {self.crop}"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -42,6 +42,7 @@ def save_state(s: Session, state: dict[str, Any]) -> None:
     }
     path = last_path(s.out)
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, tmp)
     tmp.replace(path)
 

@@ -158,9 +158,7 @@ def setup(
     net = replicate(model, group, dev, cfg.sync_bn)
     if group.world > 1:
         notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
-    if group.main:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    return Session(
+    return Session(  # the output folder is made by the first write: a refused run leaves none
         cfg,
         host,
         splits,
