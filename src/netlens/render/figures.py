@@ -43,3 +43,13 @@ def grid_shape(n: int, max_cols: int = 8) -> tuple[int, int]:
     """Rows and columns for ``n`` tiles, as square as possible up to ``max_cols`` columns."""
     cols = min(max_cols, max(1, int(np.ceil(np.sqrt(n)))))
     return int(np.ceil(n / cols)), cols
+
+
+def panels(n: int, max_cols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n`` panels of ``width``×``height`` inches, in rows; unused axes hidden."""
+    rows, cols = grid_shape(n, max_cols)
+    fig = new_figure(width * cols, height * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes[:n]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .figures import grid_shape, new_figure
+from .figures import new_figure, panels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -35,12 +35,8 @@ def curves_figure(
         baselines: metric → N×K random-order curves.
     """
     names = list(curves)
-    rows, cols = grid_shape(len(names), max_cols=2)
-    fig = new_figure(4.6 * cols, 3.4 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[len(names) :]:
-        ax.set_axis_off()
-    for ax, metric in zip(axes, names, strict=False):
+    fig, axes = panels(len(names), 2, 4.6, 3.4)
+    for ax, metric in zip(axes, names, strict=True):
         x = xs[metric]
         for method, c in curves[metric].items():
             ax.plot(x, c.mean(axis=0), lw=2, label=method)
@@ -59,12 +55,8 @@ def curves_figure(
 def scores_figure(rows: list[dict]) -> Figure:
     """One panel per metric: mean ± CI per method, the baseline as a dashed line."""
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
-    nrows, ncols = grid_shape(len(metrics), max_cols=3)
-    fig = new_figure(3.4 * ncols, 3.2 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(metrics) :]:
-        ax.set_axis_off()
-    for ax, metric in zip(axes, metrics, strict=False):
+    fig, axes = panels(len(metrics), 3, 3.4, 3.2)
+    for ax, metric in zip(axes, metrics, strict=True):
         sub = [r for r in rows if r["metric"] == metric]
         pos = np.arange(len(sub))
         mean = np.array([r["mean"] for r in sub])

@@ -24,20 +24,21 @@ def top_figures(a: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[st
     labels = [f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in a["channels"] for r in range(k)]
     head = f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
     stem = f"top-{meta['layer'].replace('.', '_')}"
-    full, _ = grid_figure(
-        mark_patches(images, boxes),
-        labels,
-        title=f"{head}label = channel, rank: peak activation\nbright box = receptive field "
-        "of the peak unit (gradient support)",
-        cols=k,
-        tile_inches=1.3,
-    )
-    crops, _ = grid_figure(
-        crop_patches(images, boxes),
-        labels,
-        title=f"{head}the receptive-field patches only\n(true size, centred; label = "
-        "channel, rank: peak activation)",
-        cols=k,
-        tile_inches=1.0,
-    )
-    return {stem: full, f"{stem}-patches": crops}
+    views = {
+        stem: (
+            mark_patches(images, boxes),
+            "label = channel, rank: peak activation\nbright box = receptive field of the peak "
+            "unit (gradient support)",
+            1.3,
+        ),
+        f"{stem}-patches": (
+            crop_patches(images, boxes),
+            "the receptive-field patches only\n(true size, centred; label = channel, rank: "
+            "peak activation)",
+            1.0,
+        ),
+    }
+    return {
+        name: grid_figure(tiles, labels, title=head + what, cols=k, tile_inches=inches)[0]
+        for name, (tiles, what, inches) in views.items()
+    }
