@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ..progress import Progress
     from ..storage import Storage
     from .inputs import Data
+    from .specs import Spec
 
 __all__ = ["Analyzer", "Option", "Result", "Run", "to_jsonable"]
 
@@ -234,6 +235,7 @@ class Analyzer(ABC):
         options: the declared :class:`Option` s.
         distributed: :meth:`compute` combines its partial results through ``run.group``, so
             it may run sharded over several processes (torchrun).
+        spec: a built-in's :class:`~netlens.analyzers.specs.Spec`, which sets all of the above.
     """
 
     name: ClassVar[str] = ""
@@ -241,6 +243,15 @@ class Analyzer(ABC):
     takes: ClassVar[str] = "images"
     options: ClassVar[tuple[Option, ...]] = ()
     distributed: ClassVar[bool] = False
+    spec: ClassVar[Spec | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that sets ``spec`` (a built-in's declaration) takes everything from it."""
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            cls.name, cls.description, cls.takes = spec.name, spec.description, spec.takes
+            cls.options, cls.distributed = spec.options, spec.distributed
 
     def declared_options(self) -> tuple[Option, ...]:
         """The options this analyzer accepts (override for per-instance options)."""

@@ -58,11 +58,7 @@ def method_name(name: str) -> str:
 class CamAnalyzer(Analyzer):
     """Where the model looks: one heatmap per image and target."""
 
-    name = "cam"
-    description = "Class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM, ...)."
-    takes = "images"
-    distributed = True
-    options = CAM.options
+    spec = CAM
 
     def compute(self, run: Run) -> CamResult:
         """Heatmaps for ``run.images``; see the options."""

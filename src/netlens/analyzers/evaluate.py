@@ -223,12 +223,7 @@ def _metrics(lens: Lens, metrics: Any, *, has_masks: bool) -> list[str]:
 class EvaluateAnalyzer(Analyzer):
     """Explanation quality: pointing game, energy, deletion/insertion, ROAD; mean ± CI."""
 
-    name = "evaluate"
-    description = "Score heatmaps: pointing game, energy in mask, deletion/insertion, ROAD."
-
-    takes = "data"
-    distributed = True
-    options = EVALUATE.options
+    spec = EVALUATE
 
     def compute(self, run: Run) -> EvaluateResult:
         """Score the methods' heatmaps on ``run.data`` (see the module doc)."""

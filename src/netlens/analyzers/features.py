@@ -173,11 +173,7 @@ def _table(arrays: dict[str, np.ndarray], names: list[str], images: list[str]) -
 class FeaturesAnalyzer(Analyzer):
     """Feature maps of one or more layers for some images."""
 
-    name = "features"
-    description = "Feature maps of a layer for an image (top channels by mean activation)."
-
-    takes = "images"
-    options = FEATURES.options
+    spec = FEATURES
 
     def compute(self, run: Run) -> FeaturesResult:
         """The chosen channels' maps per image and layer, and every channel's mean."""

@@ -195,11 +195,7 @@ def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...]
 class KernelsAnalyzer(Analyzer):
     """Weights of a conv/linear layer as an image grid, with per-filter statistics."""
 
-    name = "kernels"
-    description = "Weights of a conv/linear layer as a tile grid (+ per-filter statistics)."
-
-    takes = "model"
-    options = KERNELS.options
+    spec = KERNELS
 
     def compute(self, run: Run) -> KernelsResult:
         """The layer's weights as tiles (or a matrix) and one statistics row per filter."""

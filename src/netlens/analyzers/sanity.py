@@ -53,12 +53,7 @@ def verdict_text(passes: bool, final: float, threshold: float) -> str:
 class SanityAnalyzer(Analyzer):
     """Cascading model-parameter randomisation: do the heatmaps depend on the weights?"""
 
-    name = "sanity"
-    description = "Adebayo et al. sanity check: randomise layers from the top, compare maps."
-
-    takes = "images"
-    distributed = True
-    options = SANITY.options
+    spec = SANITY
 
     def compute(self, run: Run) -> SanityResult:
         """Run the randomisation test on ``run.images`` (the model's samples by default)."""

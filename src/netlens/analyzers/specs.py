@@ -35,6 +35,8 @@ class Spec:
         help: the command's help: what it answers and writes.
         options: the declared options.
         resumable: finished rows are kept in ``--out`` and ``--resume`` goes on from them.
+        description: one line for listings (``netlens plugins``).
+        distributed: the analyzer combines partial results, so it may run sharded (torchrun).
     """
 
     name: str
@@ -43,6 +45,8 @@ class Spec:
     help: str
     options: tuple[Option, ...]
     resumable: bool = False
+    description: str = ""
+    distributed: bool = False
 
 
 def channel_list(value: Any) -> bool | tuple[int, ...]:
@@ -166,6 +170,8 @@ CAM = Spec(
         Option("chunk", 16, "Images per forward/backward pass.", int, low=1),
         Option("alpha", 0.5, "Heatmap opacity in the overlays, 0 to 1.", float, low=0, high=1),
     ),
+    description="Class activation maps (CAM, Grad-CAM, Grad-CAM++, Score-CAM, ...).",
+    distributed=True,
 )
 
 FEATURES = Spec(
@@ -190,6 +196,7 @@ FEATURES = Spec(
         ),
         Option("overlay", False, "Draw the maps over the input image.", bool),
     ),
+    description="Feature maps of a layer for an image (top channels by mean activation).",
 )
 
 KERNELS = Spec(
@@ -217,6 +224,7 @@ KERNELS = Spec(
             low=0,
         ),
     ),
+    description="Weights of a conv/linear layer as a tile grid (+ per-filter statistics).",
 )
 
 STATS = Spec(
@@ -242,6 +250,8 @@ STATS = Spec(
         _limit(None),
         _batch(32),
     ),
+    description="Activation statistics over a dataset (mean, std, dead units, histograms).",
+    distributed=True,
 )
 
 TOP = Spec(
@@ -262,6 +272,8 @@ TOP = Spec(
         _limit(None),
         _batch(32),
     ),
+    description="Top-activating inputs (and patches) per channel of a layer over a dataset.",
+    distributed=True,
 )
 
 SANITY = Spec(
@@ -285,6 +297,8 @@ SANITY = Spec(
         ),
         _SEED,
     ),
+    description="Adebayo et al. sanity check: randomise layers from the top, compare maps.",
+    distributed=True,
 )
 
 EVALUATE = Spec(
@@ -338,6 +352,8 @@ EVALUATE = Spec(
             "metric_options", None, "More options for plugin metrics (a dict).", mapping, cli=False
         ),
     ),
+    description="Score heatmaps: pointing game, energy in mask, deletion/insertion, ROAD.",
+    distributed=True,
 )
 
 ABLATE = Spec(
@@ -390,6 +406,8 @@ ABLATE = Spec(
         Option("identity_fns", None, "{unit or block class: fn(module, x)}.", callables, cli=False),
     ),
     resumable=True,
+    description="Layer ablation: switch blocks (or channels) off, measure what each is worth.",
+    distributed=True,
 )
 
 BUILTINS = (CAM, FEATURES, KERNELS, STATS, TOP, SANITY, EVALUATE, ABLATE)

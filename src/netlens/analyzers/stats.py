@@ -236,12 +236,7 @@ class StatsResult(Result):
 class StatsAnalyzer(Analyzer):
     """Per-layer mean, std, near-zero/dead fractions and histograms over a dataset."""
 
-    name = "stats"
-    description = "Activation statistics over a dataset (mean, std, dead units, histograms)."
-
-    takes = "data"
-    distributed = True
-    options = STATS.options
+    spec = STATS
 
     def compute(self, run: Run) -> StatsResult:
         """One streaming pass over the data, updating every layer's statistics per batch."""

@@ -108,12 +108,7 @@ def _cell(pos: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]) ->
 class TopActivationsAnalyzer(Analyzer):
     """The dataset inputs that excite each channel of a layer most, with their patches."""
 
-    name = "top-activations"
-    description = "Top-activating inputs (and patches) per channel of a layer over a dataset."
-
-    takes = "data"
-    distributed = True
-    options = TOP.options
+    spec = TOP
 
     def compute(self, run: Run) -> TopActivationsResult:
         """Stream the data once, keep each channel's k highest peaks, then cut the patches."""

@@ -112,8 +112,8 @@ class Metrics:
         from ..analyzers.evaluate import EvaluateAnalyzer
         from ..analyzers.sanity import SanityAnalyzer
 
-        registry.add("evaluate", EvaluateAnalyzer())
-        registry.add("sanity", SanityAnalyzer())
+        for analyzer in (EvaluateAnalyzer, SanityAnalyzer):
+            registry.add(analyzer.name, analyzer(), description=analyzer.description)
 
 
 class Ablation:
@@ -124,4 +124,4 @@ class Ablation:
     def netlens_register_analyzers(registry: Registry) -> None:
         from ..analyzers.ablation import AblateAnalyzer
 
-        registry.add("ablate", AblateAnalyzer(), description=AblateAnalyzer.__doc__ or "")
+        registry.add("ablate", AblateAnalyzer(), description=AblateAnalyzer.description)

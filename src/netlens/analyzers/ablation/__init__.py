@@ -46,11 +46,7 @@ def _hint_label_free(resolve: Any, *args: Any) -> None:
 class AblateAnalyzer(Analyzer):
     """Layer-ablation study: switch blocks (or channels) off and measure what each is worth."""
 
-    name = "ablate"
-    description = "switch blocks or channels off and measure what each is worth"
-    takes = "data"
-    distributed = True
-    options = ABLATE.options
+    spec = ABLATE
 
     def run(
         self,
