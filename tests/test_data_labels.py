@@ -161,3 +161,17 @@ def test_bad_class_names_fail_with_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         read_class_names(tmp_path / "nope.txt")
     assert read_class_names("cat, dog") == ["cat", "dog"]
+
+
+def test_a_pipe_or_folder_as_class_names_or_label_map_is_named_as_such(tmp_path: Path) -> None:
+    import os
+
+    from netlens.data.labels import read_label_map
+
+    fifo = tmp_path / "names.fifo"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever: it must not be opened
+    for source in (fifo, tmp_path):
+        with pytest.raises(DataError, match="folder, pipe or device, not a file"):
+            read_class_names(source)
+        with pytest.raises(DataError, match="folder, pipe or device, not a file"):
+            read_label_map(source)

@@ -180,6 +180,7 @@ def read_label_map(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
         return {str(k): v for k, v in source.items()}
     path = Path(source)
     if not _is_file(path):
+        _refuse_special(path, "label map")
         raise DataError(f"label map not found: {path} (a JSON object or 'data,model' lines)")
     text = _read_text(path, "label map")
     if text.lstrip().startswith("{"):
@@ -213,6 +214,7 @@ def read_class_names(source: Sequence[str] | str | Path) -> list[str]:
     elif isinstance(source, str) and "," in source:
         names = [n.strip() for n in source.split(",")]
     else:
+        _refuse_special(Path(source), "class names")
         raise DataError(
             f"class names file not found: {source} (a file with one name per line or JSON, "
             "or names separated by commas)"
@@ -228,6 +230,18 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):
         return False
+
+
+def _refuse_special(path: Path, what: str) -> None:
+    """One line for a path that exists but is no regular file (a pipe, a device, a folder)."""
+    try:
+        special = path.exists()
+    except (OSError, ValueError):
+        return
+    if special:
+        raise DataError(
+            f"{what}: {path} is a folder, pipe or device, not a file; pass a regular file"
+        )
 
 
 def _read_text(path: Path, what: str) -> str:
