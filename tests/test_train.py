@@ -263,3 +263,12 @@ def test_cli_train_on_an_image_folder(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["trainable_params"] == 16 * 5 + 5
     assert netlens.load(ft / "model.pt").card["arch_kwargs"]["widths"] == [8, 16]
+
+
+def test_train_without_data_says_which_flag_is_missing(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "--arch", "lenet5", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    assert "no data given (--arch NAME --data DATA, or --recipe NAME" in res.output
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(NetlensError, match="no arch and no data given"):
+        netlens.train()

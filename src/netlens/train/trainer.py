@@ -440,8 +440,12 @@ def train(
     arch_kwargs = {**settings.get("arch_kwargs", {}), **options.pop("arch_kwargs", {})}
     settings.update(options)
     settings["arch_kwargs"] = arch_kwargs
-    if "arch" not in settings or "data" not in settings:
-        raise NetlensError("say what to train: train(arch=..., data=...) or train(recipe=...)")
+    missing = [k for k in ("arch", "data") if k not in settings]
+    if missing:
+        raise NetlensError(
+            f"say what to train: no {' and no '.join(missing)} given (--arch NAME --data DATA, "
+            "or --recipe NAME; arch=, data=, recipe= in Python)"
+        )
     command = settings.pop("command", None)
     cfg = TrainConfig.from_dict(settings)
     return run(cfg, host=host, quiet=quiet, command=command or _argv_command())
