@@ -103,3 +103,16 @@ def test_user_model_is_left_as_it_was() -> None:
     x, good = toy_batch(1)
     Deletion()(model, x, good, [1], steps=4)
     assert model.training and model.scale.grad is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel"), [((2, 3, 64, 64), 11), ((1, 1, 28, 28), 11), ((3, 3, 7, 9), 5)]
+)
+def test_the_blur_is_torchvisions_without_importing_it(shape, kernel) -> None:  # noqa: ANN001
+    from torchvision.transforms.functional import gaussian_blur as reference
+
+    from netlens.metrics.deletion import gaussian_blur
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    expected = reference(x, [kernel, kernel], [5.0, 5.0])
+    torch.testing.assert_close(gaussian_blur(x, kernel, 5.0), expected, rtol=1e-6, atol=1e-7)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
+from torch.nn import functional as F
 
 from ..errors import NetlensError
 from ..parallel import one_thread_per_op
@@ -34,7 +34,18 @@ BLUR_SIGMA = 5.0
 def blurred(x: torch.Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
     """A Gaussian-blurred copy of an N×C×H×W batch (kernel shrunk to fit small images)."""
     k = min(kernel, (min(x.shape[-2:]) - 1) | 1)
-    return gaussian_blur(x, [k, k], [sigma, sigma])
+    return gaussian_blur(x, k, sigma)
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` (same kernel, reflect padding), without importing
+    torchvision: its import pulls in torch._dynamo, over a second of every ``evaluate``."""
+    half = (kernel - 1) * 0.5
+    pdf = torch.exp(-0.5 * (torch.linspace(-half, half, kernel) / sigma) ** 2)
+    k1 = (pdf / pdf.sum()).to(device=x.device, dtype=x.dtype)
+    weight = torch.outer(k1, k1).expand(x.shape[1], 1, kernel, kernel)
+    padded = F.pad(x, [kernel // 2] * 4, mode="reflect")
+    return F.conv2d(padded, weight, groups=x.shape[1])
 
 
 def perturbation_curves(
