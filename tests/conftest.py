@@ -29,6 +29,15 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny models run as fast and do not stall a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def resnet18() -> nn.Module:
     """timm resnet18 (random weights, BN randomised), eval mode, 10 classes."""

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 from test_ablation_study import _data, _model
 
 import netlens
@@ -20,12 +19,7 @@ PACKAGE = Path(ablation.__file__).parent
 _WRITES = {"open", "print", "write_text", "write_bytes", "mkdir", "unlink", "savefig", "touch"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)

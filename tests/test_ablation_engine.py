@@ -17,14 +17,7 @@ from netlens.analyzers.ablation.modes import (
 from netlens.analyzers.ablation.units import Unit, find_units
 from netlens.models.archs import resnet, vgg
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:

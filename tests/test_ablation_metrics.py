@@ -18,13 +18,7 @@ from netlens.metrics.bootstrap import Resampler, mean_ci, percentile_ci
 from netlens.render.ablation_figures import harm_axis_label
 from netlens.train.evaluation import confusion_matrix, macro_f1, scores
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _skipped_logits(model, unit: str, x: torch.Tensor) -> torch.Tensor:

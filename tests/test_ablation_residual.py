@@ -26,13 +26,7 @@ from netlens.analyzers.ablation.engine import Engine
 from netlens.analyzers.ablation.modes import unit_replacement
 from netlens.analyzers.ablation.units import find_units, is_norm
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:

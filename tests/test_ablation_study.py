@@ -21,14 +21,7 @@ from netlens.analyzers.options import OptionError
 from netlens.errors import AnalyzerError, DataError, NetlensError
 from netlens.models.archs import resnet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed: int = 0) -> nn.Module:

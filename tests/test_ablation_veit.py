@@ -17,13 +17,7 @@ import netlens
 WIDTH, DEPTH, SIDE = 12, 4, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stripes(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

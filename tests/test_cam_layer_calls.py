@@ -12,23 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize_bn
 from torch import nn
 
 import netlens
 from netlens.errors import NetlensError
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1 + 0.3 * torch.randn(n, generator=g))
-                m.bias.copy_(0.3 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(1 + 0.2 * torch.rand(n, generator=g))
-    return model.eval()
 
 
 def hand_gradcam(acts: torch.Tensor, head, target: torch.Tensor, size: tuple[int, int]):  # noqa: ANN001
@@ -108,7 +96,7 @@ def test_torchvision_resnet18_auto_matches_hand_gradcam():
     import torchvision
 
     torch.manual_seed(0)
-    model = randomize_bn(torchvision.models.resnet18(num_classes=6))
+    model = randomize_bn(torchvision.models.resnet18(num_classes=6)).eval()
     x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     res = netlens.cam(model, x, target=[1, 4])
     assert res.layer == "layer4"
@@ -171,7 +159,7 @@ def test_densenet121_auto_explains_relu_of_features():
     import torchvision
 
     torch.manual_seed(4)
-    model = randomize_bn(torchvision.models.densenet121(num_classes=5))
+    model = randomize_bn(torchvision.models.densenet121(num_classes=5)).eval()
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         plain = model(x)

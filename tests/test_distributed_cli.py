@@ -164,26 +164,20 @@ def test_a_bad_item_on_rank_1_is_skipped_and_reported_by_rank_0(files, tmp_path)
     assert doc["run"]["data"]["skipped"] == 1 and doc["samples"] == 22
 
 
+def killer_stats(files, out: Path, env: dict[str, str]):  # noqa: ANN001, ANN201
+    """``stats --distributed 2`` on the model whose rank 1 misbehaves as ``env["KILLER"]`` says."""
+    folder = files["folder"]
+    return netlens(
+        *("stats", str(folder / "killer.pt"), "--arch", f"{folder / 'killer.py'}:Net"),
+        *("--size", "32", "--data", str(files["data"]), "--batch-size", "4", "--quiet"),
+        *("--out", str(out), "--distributed", "2"),
+        env=env,
+    )
+
+
 def test_a_killed_rank_is_named_by_the_launcher(files, tmp_path) -> None:
     out = tmp_path / "out"
-    done = netlens(
-        "stats",
-        str(files["folder"] / "killer.pt"),
-        "--arch",
-        f"{files['folder'] / 'killer.py'}:Net",
-        "--size",
-        "32",
-        "--data",
-        str(files["data"]),
-        "--batch-size",
-        "4",
-        "--quiet",
-        "--out",
-        str(out),
-        "--distributed",
-        "2",
-        env={"KILLER": "kill"},
-    )
+    done = killer_stats(files, out, {"KILLER": "kill"})
     assert done.returncode == 1
     assert lines(done.stderr) == [
         "error: rank 1 died (SIGKILL) and the run was stopped; nothing was written (out of memory?)"
@@ -193,24 +187,7 @@ def test_a_killed_rank_is_named_by_the_launcher(files, tmp_path) -> None:
 
 def test_a_hanging_rank_ends_the_run_at_the_timeout(files, tmp_path) -> None:
     out = tmp_path / "out"
-    done = netlens(
-        "stats",
-        str(files["folder"] / "killer.pt"),
-        "--arch",
-        f"{files['folder'] / 'killer.py'}:Net",
-        "--size",
-        "32",
-        "--data",
-        str(files["data"]),
-        "--batch-size",
-        "4",
-        "--quiet",
-        "--out",
-        str(out),
-        "--distributed",
-        "2",
-        env={"KILLER": "hang", "NETLENS_DIST_TIMEOUT": "4"},
-    )
+    done = killer_stats(files, out, {"KILLER": "hang", "NETLENS_DIST_TIMEOUT": "4"})
     assert done.returncode == 1
     said = lines(done.stderr)
     assert len(said) == 1 and said[0].startswith("error: rank 0: rank 1 (at exchange 1) did not")

@@ -150,6 +150,8 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
+    """Which storage ``t`` views, so tensors sharing one count once; a tensor without a plain
+    storage (sparse, nested) counts on its own."""
     try:
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):  # tensors without a storage (sparse, nested)
