@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
-from .naming import display_path
+from .naming import display_path, is_special_file
 
 __all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "MAX_PIXELS_ENV", "pixel_limit", "read_checked"]
 
@@ -70,7 +69,7 @@ def read_checked(p: Path, max_pixels: int | None = None) -> np.ndarray:
     """Read ``p`` as :func:`netlens.images.read_image` documents (one-line ImageErrors)."""
     name = display_path(p)
     limit = pixel_limit(max_pixels)
-    if _special(p):  # opening a pipe waits for a writer; a device never ends
+    if is_special_file(p):  # opening a pipe waits for a writer; a device never ends
         raise ImageError(f"{name} is a pipe or a device, not an image file; pass an image file")
     try:
         with p.open("rb") as fh:
@@ -85,15 +84,6 @@ def read_checked(p: Path, max_pixels: int | None = None) -> np.ndarray:
     except OSError as exc:
         raise ImageError(f"cannot read {name}: {exc.strerror or exc} (check the file)") from None
     return _decode(data, name, size, limit)
-
-
-def _special(p: Path) -> bool:
-    """``p`` exists and is neither a regular file nor a folder (a FIFO, socket or device)."""
-    try:
-        mode = p.stat().st_mode
-    except OSError:
-        return False  # opening it says why, in its own words
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _checked_size(fh: BinaryIO, name: str, limit: int, nbytes: int) -> tuple[int, int]:

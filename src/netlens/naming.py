@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
-__all__ = ["MAX_NAME_BYTES", "display_path", "safe_component", "safe_stem"]
+__all__ = ["MAX_NAME_BYTES", "display_path", "is_special_file", "safe_component", "safe_stem"]
 
 MAX_NAME_BYTES = 96  # leaves room for "_<method>_<target>_<layer>_figure.png" within 255 bytes
 _HASH_CHARS = 8
@@ -86,3 +87,13 @@ def _cut_utf8(text: str, max_bytes: int) -> str:
     if len(raw) <= max_bytes:
         return text
     return raw[:max_bytes].decode("utf-8", "ignore")
+
+
+def is_special_file(path: Path) -> bool:
+    """``path`` exists and is neither a regular file nor a folder (a FIFO, socket or device):
+    opening a pipe waits for a writer and a device may never end, so callers refuse it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False  # opening it says why, in its own words
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..diagnostics import torch_load_quietly
 from ..errors import ModelLoadError, NetlensError, UnsafeModelError
-from ..naming import display_path
+from ..naming import display_path, is_special_file
 from ..preprocess import Preprocess, preprocess_for, with_overrides
 from ..targets import check_task
 from .archive import check_archive
@@ -386,7 +386,7 @@ def load_file(
     """Run the loaders on ``path`` until one answers."""
     if not path.exists():
         raise ModelLoadError(f"model file not found: {path} (or use zoo:NAME; `netlens zoo list`)")
-    if not path.is_dir() and not path.is_file():  # opening a pipe would wait for a writer
+    if is_special_file(path):
         raise ModelLoadError(
             f"{display_path(path)} is a pipe or a device, not a model file; pass a model file"
         )
