@@ -184,6 +184,8 @@ def main() -> None:
             case: Case = (name, model, xs, layer)
             for runner in RUNNERS.values():  # first calls on a new model/shape cost extra
                 runner("gradcam", case)
+            if method == "scorecam":
+                print(f"{'':<10} {name:<20} {distinct_masks(case)}", flush=True)
             t = bench(method, case, args.repeat if method != "scorecam" else 1)
             for k, kind in enumerate(("wall", "cpu")):
                 ours = t["netlens"][k]
@@ -201,6 +203,24 @@ def main() -> None:
                     if "minimal" in t:
                         summary.append(f"{label} {ours / t['minimal'][k]:.2f}×minimal")
     print("summary (netlens CPU time / peer's): " + "; ".join(summary))
+
+
+def distinct_masks(case: Case) -> str:
+    """How many masked passes Score-CAM needs: distinct non-empty masks (as netlens counts)."""
+    from netlens.analyzers.cam_base import normalize_maps, upsample
+
+    _, model, x, layer = case
+    store: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.append(o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    acts = store[0].detach()
+    n, c = acts.shape[:2]
+    masks = normalize_maps(upsample(acts.flatten(0, 1), tuple(x.shape[-2:]))).reshape(n, c, -1)
+    dead = int(acts.flatten(2).eq(0).all(2).sum())
+    kinds = sum(len({m.numpy().tobytes() for m in per if m.any()}) for per in masks)
+    return f"distinct non-empty masks: {kinds} of {n * c} channels ({dead} all zero)"
 
 
 def _zoo_case() -> Case:
