@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -129,3 +130,29 @@ def test_dense_output_explains_the_predicted_region() -> None:
 def test_unknown_method_suggests_close_names() -> None:
     with pytest.raises(NetlensError, match="gradcam"):
         netlens.cam(net(), torch.randn(1, 3, 12, 12), method="gradcma")
+
+
+class DataDependent(nn.Module):
+    """A forward with Python control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) if float(x.sum()) > -1e9 else -self.body(x)
+
+
+@pytest.mark.parametrize("make", [net, DataDependent])
+def test_inference_forward_folds_a_copy_and_falls_back_when_untraceable(make) -> None:  # noqa: ANN001
+    from netlens.analyzers.cam_base import InferenceForward
+
+    model = make().eval()
+    before = snapshot(model)
+    x = torch.randn(4, 3, 12, 12)
+    fast = InferenceForward(model, model, min_passes=2)
+    fast.prepare(4, x[:2])
+    assert (fast._fast is not None) == (make is net)
+    with torch.no_grad():
+        np.testing.assert_allclose(fast(x).numpy(), model(x).numpy(), atol=1e-5)
+    assert_unchanged(model, before)

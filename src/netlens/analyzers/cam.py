@@ -25,17 +25,17 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import resolve_layers
-from ..targets import Target, model_output, resolve_targets
+from ..targets import Target, resolve_targets
 from .base import Analyzer, Run
 from .cam_base import (
     CamContext,
     CamMethod,
+    InferenceForward,
     cam_layer,
     capture,
     normalize_maps,
 )
 from .cam_result import CamResult
-from .inference import InferencePasses
 from .specs import CAM
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def _run_chunks(
     group: Group,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
     parts: list[tuple[Any, ...]] = []
-    many = InferencePasses(lens.model, lambda out: model_output(out, lens.output_key))
+    many = InferenceForward(lens.model, _no_grad(lens.output))  # one fused copy per run
     per_image = _per_image(o.target, len(x))
     for start in group.share(range(0, len(x), o.chunk)):  # this process's chunks
         stop = min(start + o.chunk, len(x))
@@ -218,7 +218,7 @@ def _cam_batch(
     layers: list[str],
     spec: Any,
     o: Any,
-    many: InferencePasses,
+    many: InferenceForward,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
     """Heatmaps N×K×H×W, scores N×classes, target indices N×K, target labels and the task."""
     model = lens.model
@@ -258,7 +258,7 @@ def _context(
     target: Target,
     cache: dict[str, Any],
     o: Any,
-    many: InferencePasses,
+    many: InferenceForward,
 ) -> CamContext:
     acts = cap.acts[name]
     if acts.shape[-1] * acts.shape[-2] <= 1:

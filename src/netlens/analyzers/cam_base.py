@@ -33,7 +33,6 @@ from ..layer_call import LayerCall
 from ..layers import auto_layer
 from ..probes import probe
 from ..targets import Target
-from .inference import InferencePasses, fast_layout
 
 __all__ = [
     "CamContext",
@@ -64,8 +63,8 @@ class CamContext:
         batch_size: how many masked inputs to run at once.
         raw: the layer's output in its own layout (tokens, NHWC), detached.
         cache: per-layer storage shared across targets (masked-pass scores, head weights).
-        masked_forward: runs many passes that need no hooks the fastest exact way
-            (:class:`netlens.analyzers.inference.InferencePasses`); None: ``forward``.
+        masked_forward: a faster forward for many passes that need no hooks (see
+            :class:`InferenceForward`); None means ``forward``.
     """
 
     model: nn.Module
@@ -79,7 +78,7 @@ class CamContext:
     batch_size: int = 32
     raw: torch.Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict)
-    masked_forward: InferencePasses | None = None
+    masked_forward: Logits | None = None
 
     def score(self, outputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The target score of each row of ``outputs`` (model outputs, one row per pass).
@@ -90,19 +89,14 @@ class CamContext:
         """
         return self.targets(outputs, rows)
 
-    def passes(self, make: Callable[[int, int], torch.Tensor], n: int) -> torch.Tensor:
-        """Outputs of ``n`` no-grad passes that need no hooks (masked inputs), as floats.
-
-        ``make(start, stop)`` gives the inputs of passes ``start..stop``; they run in batches
-        of ``batch_size``, through ``masked_forward`` when there is one.
-        """
-        if self.masked_forward is not None:
-            return self.masked_forward.map(make, n, self.batch_size)
-        outs = [
-            self.forward(make(i, min(n, i + self.batch_size))).float()
-            for i in range(0, n, self.batch_size)
-        ]
-        return torch.cat(outs) if outs else self.logits.new_empty(0, *self.logits.shape[1:])
+    def many(self, passes: int) -> Logits:
+        """The forward for ``passes`` no-grad passes that need no hooks (masked inputs)."""
+        fwd = self.masked_forward
+        if fwd is None:
+            return self.forward
+        if isinstance(fwd, InferenceForward):
+            fwd.prepare(passes, self.x[:2])
+        return fwd
 
 
 class CamMethod(ABC):
@@ -160,6 +154,56 @@ def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:
     live = span > rel_eps * torch.maximum(hi.abs(), lo.abs()) + 1e-12
     out = torch.where(live, (flat - lo) / span.clamp_min(1e-30), torch.zeros_like(flat))
     return torch.nan_to_num(out, nan=0.0).reshape(maps.shape)
+
+
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last images: oneDNN's faster convolutions on CPU; the values do not change."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+class InferenceForward:
+    """Many forward passes in inference mode: on a copy of the model with conv+BN folded,
+    channels-last. Safe to call from several threads once prepared.
+
+    ``prepare(passes, example)`` makes the copy (``torch.fx.experimental.optimization.fuse``;
+    the user's model is not touched) when at least ``min_passes`` inputs will be run, as
+    tracing costs about as much as a few passes. A model fx cannot trace, or whose copy gives
+    other logits, is run as is.
+    """
+
+    def __init__(self, model: nn.Module, forward: Logits, min_passes: int = 128) -> None:
+        self.model, self.forward, self.min_passes = model, forward, min_passes
+        self._fast: nn.Module | None = None
+        self._tried = False
+
+    def prepare(self, passes: int, example: torch.Tensor) -> None:
+        if not self._tried and passes >= self.min_passes:
+            self._tried = True
+            self._fast = _fused_copy(self.model, example, self.forward)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if self._fast is None:
+                return self.forward(fast_layout(x))
+            return _first(self._fast(fast_layout(x)))
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _fused_copy(model: nn.Module, x: torch.Tensor, forward: Logits) -> nn.Module | None:
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fast = fuse(model)  # a traced deep copy; the model itself is left alone
+        with torch.no_grad():
+            ref, got = forward(x), _first(fast(fast_layout(x)))
+    except Exception:  # noqa: BLE001 - not traceable: run the model as is
+        return None
+    tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
+    same = got.shape == ref.shape and bool((got - ref).abs().max() <= tol)
+    return fast if same else None
 
 
 def spatial_channel_view(raw: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ..call_hooks import hook_call
 from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import trace_calls
+from ..parallel import map_batches, one_thread_per_op
 from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
 
 __all__ = [
@@ -202,19 +203,25 @@ def _distinct_masks(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
 def _masked_logits(ctx: CamContext) -> torch.Tensor:
     """N×C×K logits of the input masked by each channel's mask, one pass per distinct mask.
 
-    The passes run through ``ctx.passes``: in batches of ``batch_size``, the fastest exact way
-    measured (:mod:`netlens.analyzers.inference`).
+    The passes run in batches on threads of their own (:mod:`netlens.parallel`), together at
+    most ``batch_size`` masked inputs at a time.
     """
     unique, rows = _distinct_masks(ctx)
+    with one_thread_per_op() as workers:
+        forward = ctx.many(len(unique))
+        size = max(1, -(-ctx.batch_size // max(1, workers)))
 
-    def masked(start: int, stop: int) -> torch.Tensor:
-        pairs = unique[start:stop]
-        return ctx.x[pairs[:, 0]] * _score_masks(ctx, pairs)[:, None].to(ctx.x.dtype)
+        def run(start: int) -> torch.Tensor:
+            with torch.inference_mode():
+                pairs = unique[start : start + size]
+                masks = _score_masks(ctx, pairs)
+                return forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
 
-    out = ctx.passes(masked, len(unique))
-    if bool((rows < 0).any()):  # the empty mask, the same for every image
-        empty = ctx.passes(lambda start, stop: torch.zeros_like(ctx.x[:1]), 1)
-        out = torch.cat([out.reshape(-1, *empty.shape[1:]), empty])
+        parts = map_batches(run, range(0, len(unique), size), workers)
+        if bool((rows < 0).any()):
+            with torch.inference_mode():  # the empty mask, the same for every image
+                parts.append(forward(torch.zeros_like(ctx.x[:1])).float())
+    out = torch.cat(parts) if parts else ctx.logits.new_empty(0, ctx.logits.shape[1])
     return out[rows.to(out.device)]  # row -1 is the empty mask's (when there is one)
 
 
