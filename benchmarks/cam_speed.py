@@ -165,7 +165,7 @@ def main() -> None:
         runner("gradcam", ("warm-up", rand, x[:2], "layer4"))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; gradient methods: "
-        f"batch 16×224², random resnet18, layer4, best of {args.repeat}; Score-CAM: 1 image"
+        f"batch 16×224², random resnet18, layer4; Score-CAM: 1 image; best of {args.repeat}"
     )
     header = f"{'method':<10} {'model':<20} {'time':<5}" + "".join(
         f"{n + ' s':>18}" for n in RUNNERS
@@ -186,7 +186,7 @@ def main() -> None:
                 runner("gradcam", case)
             if method == "scorecam":
                 print(f"{'':<10} {name:<20} {distinct_masks(case)}", flush=True)
-            t = bench(method, case, args.repeat if method != "scorecam" else 1)
+            t = bench(method, case, args.repeat)
             for k, kind in enumerate(("wall", "cpu")):
                 ours = t["netlens"][k]
                 cells = "".join(f"{t[n][k]:>18.2f}" if n in t else f"{'':>18}" for n in RUNNERS)
