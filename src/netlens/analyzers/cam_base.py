@@ -170,10 +170,15 @@ class InferenceForward:
     tracing costs about as much as a few passes. A model fx cannot trace, or whose copy gives
     other logits, is run as is.
 
-    Measured and not taken (timm resnet18, 2 cores): racing this copy against a oneDNN-layout
-    copy (``optimize_for_inference``) and one-call-on-all-threads batches on the first real
-    batches won 15 % at 96² on a quiet machine but lost 8-25 % beside a CPU hog, where the
-    losing candidates' batches and the oneDNN copy's preparation cost more than the winner saved.
+    Measured and not taken (timm resnet18, 2 cores, one image, batches of 32):
+
+    - racing this copy against a oneDNN-layout copy (``optimize_for_inference``) and
+      one-call-on-all-threads batches on the first real batches: 15 % faster at 96² on a quiet
+      machine, 8-25 % slower beside a CPU hog (the losing candidates' batches and the oneDNN
+      copy's making cost more than the winner saved);
+    - the oneDNN copy alone when the passes are long: 4 % faster at 96²; 4 % slower at 224²,
+      where its batches were no faster (0.47 s against 0.46 s per 16 masked inputs on one
+      thread) and making and timing it cost 0.3 s more.
     """
 
     def __init__(self, model: nn.Module, forward: Logits, min_passes: int = 128) -> None:
