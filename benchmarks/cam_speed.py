@@ -3,15 +3,17 @@
 Gradient methods: a batch of 16 × 224² images through timm resnet18 (random weights, randomised
 BatchNorm), layer4, the predicted class as target; Grad-CAM is also timed as a minimal
 hand-written implementation in plain torch (forward, ``autograd.grad`` to the layer, weights,
-upsample, normalise): the limit any library can reach. Score-CAM (one image, batches of 32) on
-three models: the random resnet18; a resnet18 trained here for a few epochs on generated shapes
-(trained weights have dead and repeated channels, which netlens runs once); and the zoo's
-default model on 8 generated images (its last 48-channel block). Each library's time includes
-its upsampling to the input size; the best of ``--repeat`` interleaved runs is kept. Wall-clock
-and CPU time (``time.process_time``, all threads) are both reported; the last line sums the
-ratios up.
+upsample, normalise): the limit any library can reach. Score-CAM and Ablation-CAM (one
+image, batches of 32; torchcam has no Ablation-CAM) on three models: the random resnet18; a
+resnet18 trained here for a few epochs on generated shapes (trained weights have dead and
+repeated channels, which netlens runs once; each case prints how many masks are distinct);
+and the zoo's default model on 8 generated images (its last 48-channel block). Each
+library's time includes its upsampling to the input size; the best of ``--repeat`` interleaved
+runs is kept. Wall-clock and CPU time (``time.process_time``, all threads) are both reported;
+the last line sums the ratios up.
 
-    python benchmarks/cam_speed.py [--repeat 3] [--methods gradcam,scorecam] [--epochs 2]
+    python benchmarks/cam_speed.py [--repeat 3] [--methods gradcam,scorecam,ablationcam]
+        [--epochs 2]
 
 Needs the ``bench`` extras: ``pip install netlens[bench]`` (grad-cam, torchcam).
 """
@@ -36,7 +38,9 @@ PEER_NAMES = {
     "layercam": ("LayerCAM", "LayerCAM"),
     "xgradcam": ("XGradCAM", "XGradCAM"),
     "scorecam": ("ScoreCAM", "ScoreCAM"),
+    "ablationcam": (None, "AblationCAM"),  # torchcam has none
 }
+ONE_IMAGE = {"scorecam", "ablationcam"}  # the methods that run a pass per channel
 BATCH_SIZE = 32  # masked passes at once, the same for every library
 Case = tuple[str, nn.Module, torch.Tensor, str]  # name, model, input, layer
 
@@ -142,7 +146,12 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def bench(method: str, case: Case, repeat: int) -> dict[str, tuple[float, float]]:
-    names = [n for n in RUNNERS if n != "minimal" or method == "gradcam"]
+    names = [
+        n
+        for n in RUNNERS
+        if (n != "minimal" or method == "gradcam")
+        and (n != "torchcam" or PEER_NAMES[method][0] is not None)
+    ]
     best = {name: (float("inf"), float("inf")) for name in names}
     for _ in range(repeat):
         for name in names:
@@ -165,43 +174,44 @@ def main() -> None:
         runner("gradcam", ("warm-up", rand, x[:2], "layer4"))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; gradient methods: "
-        f"batch 16×224², random resnet18, layer4; Score-CAM: 1 image; best of {args.repeat}"
+        f"batch 16×224², random resnet18, layer4; Score-/Ablation-CAM: 1 image; "
+        f"best of {args.repeat}"
     )
-    header = f"{'method':<10} {'model':<20} {'time':<5}" + "".join(
+    header = f"{'method':<11} {'model':<20} {'time':<5}" + "".join(
         f"{n + ' s':>18}" for n in RUNNERS
     )
     print(header + f"{'/torchcam':>11}{'/grad-cam':>11}{'/minimal':>10}")
     summary = []
     methods = args.methods.split(",")
     cases = [base]
-    if "scorecam" in methods:
+    if ONE_IMAGE & set(methods):
         trained, xt = trained_resnet18(args.epochs)
         cases.append(("trained resnet18", trained, xt, "layer4"))
         cases.append(_zoo_case())
     for method in methods:
-        for name, model, xs, layer in cases if method == "scorecam" else [base]:
-            xs = xs[:1] if method == "scorecam" and not name.startswith("zoo") else xs
+        for name, model, xs, layer in cases if method in ONE_IMAGE else [base]:
+            xs = xs[:1] if method in ONE_IMAGE and not name.startswith("zoo") else xs
             case: Case = (name, model, xs, layer)
             for runner in RUNNERS.values():  # first calls on a new model/shape cost extra
                 runner("gradcam", case)
             if method == "scorecam":
-                print(f"{'':<10} {name:<20} {distinct_masks(case)}", flush=True)
+                print(f"{'':<11} {name:<20} {distinct_masks(case)}", flush=True)
             t = bench(method, case, args.repeat)
             for k, kind in enumerate(("wall", "cpu")):
                 ours = t["netlens"][k]
                 cells = "".join(f"{t[n][k]:>18.2f}" if n in t else f"{'':>18}" for n in RUNNERS)
-                ratios = [ours / t["torchcam"][k], ours / t["pytorch-grad-cam"][k]]
-                mini = f"{ours / t['minimal'][k]:>10.2f}" if "minimal" in t else f"{'':>10}"
-                print(
-                    f"{method:<10} {name:<20} {kind:<5}{cells}"
-                    f"{ratios[0]:>11.2f}{ratios[1]:>11.2f}{mini}",
-                    flush=True,
+                ratios = [ours / t[n][k] if n in t else None for n in RUNNERS if n != "netlens"]
+                shown = "".join(
+                    f"{r:>{w}.2f}" if r is not None else f"{'—':>{w}}"
+                    for r, w in zip(ratios, (11, 11, 10), strict=True)
                 )
+                print(f"{method:<11} {name:<20} {kind:<5}{cells}{shown}", flush=True)
                 if kind == "cpu":
                     label = f"{method}[{name}]"
-                    summary.append(f"{label} {ratios[0]:.2f}×tc {ratios[1]:.2f}×pgc")
-                    if "minimal" in t:
-                        summary.append(f"{label} {ours / t['minimal'][k]:.2f}×minimal")
+                    tc = f"{ratios[0]:.2f}×tc " if ratios[0] is not None else ""
+                    summary.append(f"{label} {tc}{ratios[1]:.2f}×pgc")
+                    if ratios[2] is not None:
+                        summary.append(f"{label} {ratios[2]:.2f}×minimal")
     print("summary (netlens CPU time / peer's): " + "; ".join(summary))
 
 
