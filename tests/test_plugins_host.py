@@ -206,3 +206,22 @@ def test_broken_plugin_in_a_fresh_process(install):
         in (doc["problems"])
     )
     assert "cam" in {r["name"] for r in doc["registered"]}
+
+
+def test_distribution_metadata_is_read_once_per_process(monkeypatch) -> None:  # noqa: ANN001
+    import importlib.metadata as md
+
+    from netlens.plugins import manager
+
+    reads: list[str] = []
+    metadata = md.PathDistribution.metadata
+    monkeypatch.setattr(
+        md.PathDistribution, "metadata", property(lambda d: reads.append("r") or metadata.fget(d))
+    )
+    monkeypatch.setattr(manager, "_DISTS", {})
+    first = PluginHost().plugins
+    assert reads  # the first host reads each distribution's name and version
+    reads.clear()
+    second = PluginHost().plugins
+    assert not reads and second == first
+    assert first["cam"].package == "netlens" and first["cam"].version
