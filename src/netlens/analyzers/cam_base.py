@@ -176,7 +176,7 @@ class InferenceForward:
       one-call-on-all-threads batches on the first real batches: 15 % faster at 96² on a quiet
       machine, 8-25 % slower beside a CPU hog (the losing candidates' batches and the oneDNN
       copy's making cost more than the winner saved);
-    - the oneDNN copy alone when the passes are long: 4 % faster at 96²; 4 % slower at 224²,
+    - the oneDNN copy alone when the passes are long: 5 % faster at 96²; 4-10 % slower at 224²,
       where its batches were no faster (0.47 s against 0.46 s per 16 masked inputs on one
       thread) and making and timing it cost 0.3 s more.
     """
