@@ -23,6 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+SEED = int(os.environ.get("NETLENS_FUZZ_SEED", "14"))  # the fuzz suite's seed
+EVERYTHING = os.environ.get("NETLENS_FUZZ") == "all"  # run every case, not a seeded sample
 BOMB_SIDE = 20000  # 400 MP: 1.2 GB as 8-bit RGB, the size from issue 14
 
 

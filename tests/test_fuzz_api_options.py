@@ -15,7 +15,6 @@ values that may run per option; ``NETLENS_FUZZ=all`` runs them all.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import cv2
 import pytest
 import torch
-from hostile_inputs import assert_one_clean_line, small_image
+from hostile_inputs import EVERYTHING, SEED, assert_one_clean_line, small_image
 
 from netlens.analyzers.specs import BUILTINS
 from netlens.errors import NetlensError
@@ -31,8 +30,6 @@ from netlens.lens import Lens
 from netlens.plugins.manager import PluginHost
 from netlens.testing import TINY_CLASSES, TinyCNN, assert_model_unchanged
 
-SEED = int(os.environ.get("NETLENS_FUZZ_SEED", "14"))
-EVERYTHING = os.environ.get("NETLENS_FUZZ") == "all"
 HUGE = 2**70
 
 # A fast valid call of each analyzer; the hostile option replaces or joins these.

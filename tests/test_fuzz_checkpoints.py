@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import pickle
 import random
 import struct
@@ -29,6 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 from hostile_inputs import (
+    EVERYTHING,
+    SEED,
     Pipe,
     assert_cli_outcome,
     assert_one_clean_line,
@@ -42,8 +43,6 @@ import netlens
 from netlens.cli.app import app
 from netlens.errors import NetlensError
 
-SEED = int(os.environ.get("NETLENS_FUZZ_SEED", "14"))
-EVERYTHING = os.environ.get("NETLENS_FUZZ") == "all"
 MB = 1024  # ru_maxrss is in KB
 
 

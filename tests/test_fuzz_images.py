@@ -25,7 +25,9 @@ import pytest
 import torch
 from hostile_inputs import (
     BOMB_FORMATS,
+    EVERYTHING,
     ODD_NAMES,
+    SEED,
     Pipe,
     assert_cli_outcome,
     assert_one_clean_line,
@@ -47,8 +49,7 @@ from netlens.errors import ImageError
 from netlens.images import read_image
 from netlens.testing import assert_model_unchanged
 
-SEED = int(os.environ.get("NETLENS_FUZZ_SEED", "14"))
-PER_FORMAT = 12 if os.environ.get("NETLENS_FUZZ") == "all" else 4
+PER_FORMAT = 12 if EVERYTHING else 4
 MB = 1024  # ru_maxrss is in KB
 
 

@@ -16,7 +16,6 @@ The CI run is a seeded sample (``NETLENS_FUZZ_SEED``, default 14) that still giv
 from __future__ import annotations
 
 import functools
-import os
 import random
 import shlex
 from dataclasses import dataclass
@@ -27,6 +26,8 @@ import pytest
 import torch
 import typer
 from hostile_inputs import (
+    EVERYTHING,
+    SEED,
     assert_cli_outcome,
     base_checkpoint,
     build_cli_once,
@@ -41,8 +42,6 @@ from netlens.cli.app import app
 from netlens.cli.options import MODEL_OPTIONS, RUN_OPTIONS
 from netlens.plugins.manager import PluginHost
 
-SEED = int(os.environ.get("NETLENS_FUZZ_SEED", "14"))
-EVERYTHING = os.environ.get("NETLENS_FUZZ") == "all"
 PLUGIN = "saliency"  # an analyzer of the netlens-captum plugin, run as a command of its own
 
 # A fast, valid run of each command on the tiny fixtures; a hostile option is added to it.
