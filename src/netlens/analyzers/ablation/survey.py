@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...errors import AnalyzerError
+from ...write_guard import tensors_in
 
 __all__ = ["Call", "survey"]
 
@@ -55,16 +56,6 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _holds_tensor(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds_tensor(v) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_tensor(v) for v in value.values())
-    return False
-
-
 @contextmanager
 def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator[None]:
     keep = _may_be_block(module)
@@ -75,7 +66,7 @@ def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator
         if call.count == 1:
             call.shape_in = _shape(args[0]) if args else None
             rest = (args[1:], kwargs)
-            single = call.shape_in is not None and not _holds_tensor(rest)
+            single = call.shape_in is not None and not tensors_in(rest)
             if keep and single:
                 call.x, call.args, call.kwargs = args[0].detach().clone(), *rest
 
