@@ -118,3 +118,22 @@ def test_scorecam_on_a_resnet_equals_the_plain_algorithm_through_the_fast_path()
     ref = plain_scorecam(model, x, model.layer3, 2)
     assert ref.std() > 0.1
     np.testing.assert_allclose(got.heatmaps[0], ref, atol=1e-5)
+
+
+def test_scorecam_masks_by_matrices_equal_torch_bilinear_resizing() -> None:
+    from netlens.analyzers.cam_base import CamContext, normalize_maps, upsample
+    from netlens.analyzers.cam_methods import _score_masks
+
+    g = torch.Generator().manual_seed(4)
+    for low, size in [
+        ((7, 5), (20, 33)),
+        ((16, 16), (64, 64)),
+        ((9, 12), (4, 6)),
+        ((1, 3), (8, 8)),
+    ]:
+        acts = torch.relu(torch.randn(2, 6, *low, generator=g))
+        x = torch.zeros(2, 3, *size)
+        ctx = CamContext(nn.Identity(), x, "l", acts, None, None, x[:, 0, 0], lambda t: t)  # type: ignore[arg-type]
+        pairs = torch.cartesian_prod(torch.arange(2), torch.arange(6))
+        ref = normalize_maps(upsample(acts.flatten(0, 1), size))
+        np.testing.assert_allclose(_score_masks(ctx, pairs), ref, atol=1e-6)

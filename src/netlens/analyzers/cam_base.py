@@ -148,12 +148,11 @@ def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:
     and gives 0 everywhere (never NaN, never amplified noise).
     """
     flat = maps.flatten(-2)
-    lo = flat.min(dim=-1, keepdim=True).values
-    hi = flat.max(dim=-1, keepdim=True).values
+    lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
     span = hi - lo
     live = span > rel_eps * torch.maximum(hi.abs(), lo.abs()) + 1e-12
-    out = torch.where(live, (flat - lo) / span.clamp_min(1e-30), torch.zeros_like(flat))
-    return torch.nan_to_num(out, nan=0.0).reshape(maps.shape)
+    out = (flat - lo).div_(torch.where(live, span, torch.inf))  # a constant map: (≥ 0) / inf = 0
+    return out.nan_to_num_(nan=0.0).reshape(maps.shape)
 
 
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
