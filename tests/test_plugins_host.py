@@ -225,3 +225,21 @@ def test_distribution_metadata_is_read_once_per_process(monkeypatch) -> None:  #
     second = PluginHost().plugins
     assert not reads and second == first
     assert first["cam"].package == "netlens" and first["cam"].version
+
+
+def test_entry_points_are_read_again_only_when_a_distribution_is_installed(install, monkeypatch):
+    import importlib.metadata as md
+
+    from netlens.plugins import manager
+
+    scans: list[str] = []
+    entry_points = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: scans.append("s") or entry_points(**kw))
+    monkeypatch.setattr(manager, "_FOUND", [])
+    install("netlens-hello", "1.2.3", {"hello": HELLO})
+    assert "hello" in PluginHost().plugins and len(scans) == 1
+    assert "hello" in PluginHost().plugins and len(scans) == 1  # nothing changed: no scan
+    install("netlens-second", "0.1", {"second": HELLO.replace('"hello"', '"second"')})
+    host = PluginHost()  # at once, within the same clock tick: the folder's link count moved
+    assert len(scans) == 2 and {"hello", "second"} <= set(host.plugins)
+    assert "second" in host.analyzers.names()
