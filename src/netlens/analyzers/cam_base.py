@@ -31,6 +31,7 @@ from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import auto_layer
+from ..layout import run_channels_last
 from ..probes import probe
 from ..targets import Target
 
@@ -155,11 +156,6 @@ def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:
     return out.nan_to_num_(nan=0.0).reshape(maps.shape)
 
 
-def fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """Channels-last images: oneDNN's faster convolutions on CPU; the values do not change."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-
 class InferenceForward:
     """Many forward passes in inference mode: on a copy of the model with conv+BN folded,
     channels-last. Safe to call from several threads once prepared.
@@ -192,9 +188,9 @@ class InferenceForward:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            if self._fast is None:
-                return self.forward(fast_layout(x))
-            return _first(self._fast(fast_layout(x)))
+            fast = self._fast
+            run = self.forward if fast is None else (lambda t: _first(fast(t)))
+            return run_channels_last(self.model, run, x)
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -207,7 +203,8 @@ def _fused_copy(model: nn.Module, x: torch.Tensor, forward: Logits) -> nn.Module
 
         fast = fuse(model)  # a traced deep copy; the model itself is left alone
         with torch.no_grad():
-            ref, got = forward(x), _first(fast(fast_layout(x)))
+            ref = forward(x)
+            got = run_channels_last(model, lambda t: _first(fast(t)), x)
     except Exception:  # noqa: BLE001 - not traceable: run the model as is
         return None
     tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
@@ -292,16 +289,24 @@ def capture(
     modules = dict(model.named_modules())
     calls = [LayerCall.parse(n) for n in layers]
     with probe(model, calls, grads=grads) as p, torch.no_grad():
-        handles = [
-            modules[c.name].register_forward_hook(_grads_from(c), prepend=True)
-            for c in calls
-            if grads
-        ]
-        try:
-            logits = forward(fast_layout(x))
-        finally:
-            for h in handles:
-                h.remove()
+
+        def attempt(batch: torch.Tensor) -> torch.Tensor:
+            handles = [
+                modules[c.name].register_forward_hook(_grads_from(c), prepend=True)
+                for c in calls
+                if grads
+            ]
+            try:
+                return forward(batch)
+            finally:
+                for h in handles:
+                    h.remove()
+
+        def again() -> None:  # a refused channels-last forward: forget what it captured
+            p.clear()
+            torch.set_grad_enabled(False)
+
+        logits = run_channels_last(model, attempt, x, again=again)
         sets = choose_targets(logits.detach())
         outs = {n: p[n].output for n in layers}
         grad_sets: list[dict[str, torch.Tensor]] = []

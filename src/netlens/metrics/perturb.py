@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..layers import eval_mode
+from ..layout import run_channels_last
 from ..parallel import map_batches
 
 __all__ = [
@@ -74,10 +75,8 @@ def row_probs(
     def run(start: int) -> np.ndarray:
         stop = min(start + batch_size, total)
         with torch.inference_mode():
-            batch = rows(start, stop)
-            if batch.dim() == 4:  # channels-last: oneDNN's faster convolutions, same values
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            probs = torch.softmax(_logits(model(batch)).float(), dim=1)
+            out = run_channels_last(model, model, rows(start, stop))
+            probs = torch.softmax(_logits(out).float(), dim=1)
             picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
             return picked.cpu().numpy().astype(np.float64)
 

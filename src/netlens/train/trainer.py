@@ -32,6 +32,7 @@ from ..distributed import Group
 from ..distributed.setup import join_from_env
 from ..errors import NetlensError
 from ..images import Preprocess
+from ..layout import takes_channels_last
 from ..models.checkpoint import make_checkpoint, write_checkpoint
 from ..models.factory import check_arch, create_arch
 from .augment import augment_batch
@@ -148,7 +149,10 @@ def setup(
     splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
     cfg, model, frozen, params, notes = _model(cfg, splits, host)
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = conv and dev.type in ("cuda", "cpu")
+    # channels-last only for a model that runs on it (a hand-written .view() does not)
+    channels_last = (
+        conv and dev.type in ("cuda", "cpu") and takes_channels_last(model, _first_two(splits))
+    )
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -175,6 +179,14 @@ def setup(
         group,
         net,
     )
+
+
+def _first_two(splits: Splits) -> torch.Tensor:
+    """The first two training images as one batch, as the model gets them."""
+    n = min(2, len(splits.train))  # type: ignore[arg-type]
+    if not n:
+        return torch.empty(0)  # nothing to try it on: standard layout
+    return torch.stack([torch.as_tensor(splits.train[i][0]) for i in range(n)])
 
 
 def _model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> tuple[Any, ...]:
