@@ -93,6 +93,21 @@ class Lens:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's weights (float32 when it has none)."""
+        for t in (*self.model.parameters(), *self.model.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def place(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the model's device and, when floating, in its dtype (images are made in
+        float32; a half- or double-precision model gets them in its own precision)."""
+        if x.is_floating_point():
+            return x.to(self.device, self.dtype)
+        return x.to(self.device)
+
     def to(self, device: str | torch.device | None) -> Lens:
         """Move the model (``None``: CUDA when available, else CPU)."""
         if device is None:
@@ -129,7 +144,7 @@ class Lens:
         batch = load_batch(images, sized or spec, strict=strict)
         if sized is not None:
             self.transform = sized.resolved or spec.sized_like(batch.tensor.shape[-2:])
-        batch.tensor = batch.tensor.to(self.device)
+        batch.tensor = self.place(batch.tensor)
         return batch
 
     def _dataset_images(self, count: int = 8) -> list[Any]:
@@ -155,7 +170,7 @@ class Lens:
         """Class probabilities: N×K softmax (sigmoid for multi-label/binary models)."""
         x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
         with torch.no_grad(), eval_mode(self.model):
-            return self.probabilities(self.output(x.to(self.device)))
+            return self.probabilities(self.output(self.place(x)))
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
@@ -257,7 +272,7 @@ class Lens:
 
     def example(self, batch: int = 1) -> torch.Tensor:
         """A zero input batch of the size this model takes (see :attr:`input_size`)."""
-        return torch.zeros(batch, *self.input_size, device=self.device)
+        return torch.zeros(batch, *self.input_size, device=self.device, dtype=self.dtype)
 
     def run(self, analyzer: str, *args: Any, **options: Any) -> Result:
         """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``."""

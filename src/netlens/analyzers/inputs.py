@@ -45,6 +45,7 @@ class Data:
         skipped: bad items met so far (filled while batches are drawn).
         loader_given: the user passed a DataLoader: its batching is used as is.
         group: the processes of a distributed run; each streams its share (see ``loader``).
+        dtype: floating images come in this dtype (the model's: a half-precision model gets half).
     """
 
     dataset: Dataset
@@ -54,6 +55,7 @@ class Data:
     strict: bool = False
     loader_given: DataLoader | None = None
     group: Group | None = None
+    dtype: torch.dtype | None = None
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -82,8 +84,8 @@ class Data:
                     "the same images in the same order"
                 )
             if group is None or group.world == 1:
-                return Batches(given, given.batch_size or 1, with_index)
-            return _shared_loader(given, group, with_index)
+                return Batches(given, given.batch_size or 1, with_index, dtype=self.dtype)
+            return _shared_loader(given, group, with_index, self.dtype)
         n = len(self.dataset)
         spans = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         mine = group.part(len(spans)) if group is not None else range(len(spans))
@@ -92,7 +94,9 @@ class Data:
             batch_sampler=spans[mine.start : mine.stop],
             collate_fn=_collate,
         )
-        return Batches(loader, batch_size, with_index, indexed=True, first=mine.start)
+        return Batches(
+            loader, batch_size, with_index, indexed=True, first=mine.start, dtype=self.dtype
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-able: source, label source, size, skipped count (for the run header)."""
@@ -123,8 +127,9 @@ class Batches:
         indexed: bool = False,
         start: int = 0,
         first: int = 0,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        self.loader, self.batch_size = loader, batch_size
+        self.loader, self.batch_size, self.dtype = loader, batch_size, dtype
         self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
         self.dataset = getattr(loader.dataset, "inner", loader.dataset)
 
@@ -137,13 +142,17 @@ class Batches:
             if idx is None:
                 idx = torch.arange(start, start + len(x))
                 start += len(x)
+            if self.dtype is not None and x.is_floating_point() and x.dtype != self.dtype:
+                x = x.to(self.dtype)
             yield (x, y, idx) if self.with_index else (x, y)
 
     def __len__(self) -> int:
         return len(self.loader)
 
 
-def _shared_loader(given: DataLoader, group: Group, with_index: bool) -> Batches:
+def _shared_loader(
+    given: DataLoader, group: Group, with_index: bool, dtype: torch.dtype | None
+) -> Batches:
     """This process's share of the batches of a user's (non-shuffling) DataLoader."""
     batches = [list(b) for b in given.batch_sampler]  # type: ignore[union-attr]
     part = group.part(len(batches))
@@ -155,7 +164,9 @@ def _shared_loader(given: DataLoader, group: Group, with_index: bool) -> Batches
         pin_memory=given.pin_memory,
     )
     start = sum(len(b) for b in batches[: part.start])  # stream position of the first item
-    return Batches(loader, given.batch_size or 1, with_index, start=start, first=part.start)
+    return Batches(
+        loader, given.batch_size or 1, with_index, start=start, first=part.start, dtype=dtype
+    )
 
 
 class _Guarded(Dataset):
@@ -230,7 +241,7 @@ def resolve_data(
     label_source = getattr(ds, "label_source", None) or getattr(
         getattr(ds, "dataset", None), "label_source", None
     )
-    return Data(ds, source, label_source, strict=strict, loader_given=given)
+    return Data(ds, source, label_source, strict=strict, loader_given=given, dtype=lens.dtype)
 
 
 def first_items(ds: Dataset, limit: int) -> Dataset:

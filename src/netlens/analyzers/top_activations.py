@@ -162,7 +162,7 @@ class TopActivationsAnalyzer(Analyzer):
         images, boxes = [], []
         for start in range(0, s * k, _PATCH_BATCH):
             sl = slice(start, start + _PATCH_BATCH)
-            x = torch.stack([_sample(dataset, int(i)) for i in flat_idx[sl]]).to(lens.device)
+            x = lens.place(torch.stack([_sample(dataset, int(i)) for i in flat_idx[sl]]))
             x.requires_grad_(True)
             with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
                 model(x)
@@ -188,7 +188,7 @@ def _example(run: Run) -> torch.Tensor:
     try:
         return run.lens.example()
     except NetlensError:
-        return run.data.dataset[0][0][None].to(run.lens.device)
+        return run.lens.place(run.data.dataset[0][0][None])
 
 
 def _one_layer(model: Any, layer: Any, example: torch.Tensor) -> str:

@@ -94,7 +94,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # torch's C++ notices bypass Python
     _add_plugin_command(sys.argv[1:])
-    app()
+    app(prog_name="netlens")  # also under `python -m netlens` (click would say netlens.netlens)
 
 
 def _add_plugin_command(args: list[str]) -> None:

@@ -7,8 +7,13 @@ whole pickled module, only with ``trust=True`` (unpickling runs code); an ``nn.M
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -216,16 +221,56 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             "load it only if you trust its author, with --trust (trust=True in Python)"
         )
     try:
-        with torch_load_quietly():
+        with torch_load_quietly(), _current_folder_importable():
             obj = torch.load(source, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - trusted, but still not a torch file
-        raise ModelLoadError(
-            f"{display_path(source.name)} does not unpickle to a model (with --trust its code "
-            "may have run already); check the file"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - trusted, but still not a torch file
+        raise ModelLoadError(_unpickling_failed(display_path(source.name), exc)) from None
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{source.name} unpickled to a {type(obj).__name__}, not a model")
     return LoadedModel(obj, preprocess_for(obj), None, {"arch": type(obj).__name__})
+
+
+@contextmanager
+def _current_folder_importable() -> Iterator[None]:
+    """The current folder at the end of ``sys.path`` while a trusted pickle loads, as for
+    ``python -c`` and notebooks: a model class in ``./nets.py`` is found from the command line
+    too (at the end, so it shadows no installed module)."""
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        yield
+    finally:
+        if added and here in sys.path:
+            sys.path.remove(here)
+
+
+def _unpickling_failed(name: str, exc: Exception) -> str:
+    """What to do when a trusted pickle does not load: mostly, its model class is not found."""
+    saved = "or save model.state_dict() instead and load it with --arch FILE.py:CLASS"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return (
+            f"{name} needs the Python module '{exc.name}' to unpickle (its model class lives "
+            f"there): make it importable (run from the folder that holds it, or add that folder "
+            f"to PYTHONPATH), {saved}"
+        )
+    found = re.match(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(exc))
+    if isinstance(exc, AttributeError) and found:
+        cls, module = found.groups()
+        where = (
+            "in a script or notebook (__main__) when it was saved"
+            if module == "__main__" or module.endswith(".__main__")
+            else f"in module '{module}', which has no such name now"
+        )
+        return (
+            f"{name}: its model class {cls} was defined {where}, so unpickling cannot find it; "
+            f"save model.state_dict() instead and load it with --arch FILE.py:{cls}"
+        )
+    return (
+        f"{name} does not unpickle to a model (with --trust its code may have run already); "
+        "check the file"
+    )
 
 
 def _with_versions(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
