@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,7 @@ class Lens:
     @property
     def dtype(self) -> torch.dtype:
         """The floating dtype of the model's weights (float32 when it has none)."""
-        for t in (*self.model.parameters(), *self.model.buffers()):
+        for t in itertools.chain(self.model.parameters(), self.model.buffers()):
             if t.is_floating_point():
                 return t.dtype
         return torch.float32

@@ -21,13 +21,7 @@ from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import trace_calls
 from ..parallel import map_batches, one_thread_per_op
-from .cam_base import (
-    CamContext,
-    CamMethod,
-    normalize_maps,
-    spatial_channel_view,
-    upsample,
-)
+from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
 
 __all__ = [
     "METHODS",
@@ -218,8 +212,9 @@ def _distinct_masks(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.full((n, c), -1, dtype=torch.long)
     first: dict[tuple[int, int, bytes], int] = {}
     keep: list[tuple[int, int]] = []
+    groups = group.tolist()
     for i, k in live.nonzero().tolist():
-        key = (i, int(group[i, k]), digest.get((i, k), b""))
+        key = (i, groups[i][k], digest.get((i, k), b""))
         if key not in first:
             first[key] = len(keep)
             keep.append((i, k))
