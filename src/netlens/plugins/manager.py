@@ -194,9 +194,11 @@ def _entry_points() -> list[md.EntryPoint]:
     Reading them parses every installed distribution's ``entry_points.txt`` (about 10 ms), once
     per plugin host otherwise. Installing or removing a distribution adds or removes a folder
     (``*.dist-info``) in a ``sys.path`` folder, which changes that folder's modification time
-    and, on most file systems, its link count (which moves even within one clock tick).
+    and, on most file systems, its link count (which moves even within one clock tick). A
+    replaced ``importlib.metadata.entry_points`` (a test's or a tool's view of the environment)
+    is asked again too.
     """
-    state = tuple(_folder_state(p) for p in sys.path)
+    state = (md.entry_points, *(_folder_state(p) for p in sys.path))
     if not _FOUND or _FOUND[0][0] != state:
         _FOUND[:] = [(state, list(md.entry_points(group=PROJECT)))]
     return _FOUND[0][1]
