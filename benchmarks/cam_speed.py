@@ -216,21 +216,22 @@ def main() -> None:
 
 
 def distinct_masks(case: Case) -> str:
-    """How many masked passes Score-CAM needs: distinct non-empty masks (as netlens counts)."""
-    from netlens.analyzers.cam_base import normalize_maps, upsample
+    """How many masked passes Score-CAM needs: netlens' own count of distinct non-empty masks."""
+    from netlens.analyzers.cam_base import CamContext
+    from netlens.analyzers.cam_methods import _distinct_masks
 
     _, model, x, layer = case
     store: list[torch.Tensor] = []
     handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.append(o))
     with torch.no_grad():
-        model(x)
+        logits = model(x)
     handle.remove()
     acts = store[0].detach()
-    n, c = acts.shape[:2]
-    masks = normalize_maps(upsample(acts.flatten(0, 1), tuple(x.shape[-2:]))).reshape(n, c, -1)
+    ctx = CamContext(model, x, layer, acts, None, None, logits, model, BATCH_SIZE)  # type: ignore[arg-type]
+    pairs, _ = _distinct_masks(ctx)
     dead = int(acts.flatten(2).eq(0).all(2).sum())
-    kinds = sum(len({m.numpy().tobytes() for m in per if m.any()}) for per in masks)
-    return f"distinct non-empty masks: {kinds} of {n * c} channels ({dead} all zero)"
+    total = acts.shape[0] * acts.shape[1]
+    return f"distinct non-empty masks: {len(pairs)} of {total} channels ({dead} all zero)"
 
 
 def _zoo_case() -> Case:

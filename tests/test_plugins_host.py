@@ -218,7 +218,7 @@ def test_distribution_metadata_is_read_once_per_process(monkeypatch) -> None:  #
     monkeypatch.setattr(
         md.PathDistribution, "metadata", property(lambda d: reads.append("r") or metadata.fget(d))
     )
-    monkeypatch.setattr(manager, "_DISTS", {})
+    monkeypatch.setattr(manager, "_FOUND", [])
     first = PluginHost().plugins
     assert reads  # the first host reads each distribution's name and version
     reads.clear()

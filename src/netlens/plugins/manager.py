@@ -78,10 +78,8 @@ class PluginHost:
 
     # -- loading ---------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
-        found = [(ep, _dist_name(ep)) for ep in _entry_points()]
-        found.sort(key=lambda f: (f[1] != BUILTIN_PACKAGE, f[0].name, f[1]))
-        for ep, package in found:
-            version = _dist_version(ep)
+        found = sorted(_entry_points(), key=lambda f: (f[1] != BUILTIN_PACKAGE, f[0].name, f[1]))
+        for ep, package, version in found:
             if self.pm.is_blocked(ep.name) or package in self.disabled:
                 continue
             try:
@@ -185,22 +183,26 @@ class PluginHost:
         return [e.item for e in entries]
 
 
-_FOUND: list[tuple[tuple, list[md.EntryPoint]]] = []  # [(sys.path's state, entry points)]
+Found = list[tuple[md.EntryPoint, str, str]]  # entry point, its distribution's name, version
+_FOUND: list[tuple[tuple, Found]] = []  # [(the environment's state, what was found)]
 
 
-def _entry_points() -> list[md.EntryPoint]:
-    """The ``netlens`` group's entry points, read again only when ``sys.path`` changed.
+def _entry_points() -> Found:
+    """The ``netlens`` group's entry points with their distributions' names and versions, read
+    again only when the environment changed.
 
-    Reading them parses every installed distribution's ``entry_points.txt`` (about 10 ms), once
-    per plugin host otherwise. Installing or removing a distribution adds or removes a folder
-    (``*.dist-info``) in a ``sys.path`` folder, which changes that folder's modification time
-    and, on most file systems, its link count (which moves even within one clock tick). A
-    replaced ``importlib.metadata.entry_points`` (a test's or a tool's view of the environment)
-    is asked again too.
+    Reading them parses every installed distribution's ``entry_points.txt`` (about 10 ms) and
+    each plugin distribution's METADATA (about 0.7 ms), for every plugin host otherwise, that is
+    for every ``netlens.cam(model, x)`` on a bare module. Installing or removing a distribution
+    adds or removes a folder (``*.dist-info``) in a ``sys.path`` folder, which changes that
+    folder's modification time and, on most file systems, its link count (which moves even
+    within one clock tick). A replaced ``importlib.metadata.entry_points`` (a test's or a tool's
+    view of the environment) is asked again too.
     """
     state = (md.entry_points, *(_folder_state(p) for p in sys.path))
     if not _FOUND or _FOUND[0][0] != state:
-        _FOUND[:] = [(state, list(md.entry_points(group=PROJECT)))]
+        eps = md.entry_points(group=PROJECT)
+        _FOUND[:] = [(state, [(ep, *_name_version(ep)) for ep in eps])]
     return _FOUND[0][1]
 
 
@@ -212,33 +214,9 @@ def _folder_state(path: str) -> tuple[str, int, int, int]:
     return path, st.st_ino, st.st_mtime_ns, st.st_nlink
 
 
-def _dist_name(ep: md.EntryPoint) -> str:
-    return _name_version(ep)[0]
-
-
-def _dist_version(ep: md.EntryPoint) -> str:
-    return _name_version(ep)[1]
-
-
-_DISTS: dict[str, tuple[str, str]] = {}  # a distribution's folder → (name, version)
-
-
 def _name_version(ep: md.EntryPoint) -> tuple[str, str]:
-    """The entry point's distribution name and version, read once per process and folder.
-
-    Each read parses the distribution's METADATA file (about 0.7 ms), twice per entry point
-    for every plugin host, that is for every ``netlens.cam(model, x)`` on a bare module.
-    """
     dist = ep.dist
-    if dist is None:
-        return "", ""
-    where = str(getattr(dist, "_path", ""))
-    if not where:
-        return dist.name, dist.version
-    hit = _DISTS.get(where)
-    if hit is None:
-        hit = _DISTS[where] = (dist.name, dist.version)
-    return hit
+    return (dist.name, dist.version) if dist is not None else ("", "")
 
 
 def _short(exc: BaseException) -> str:
