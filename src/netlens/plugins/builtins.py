@@ -20,7 +20,8 @@ __all__ = ["Ablation", "Archs", "Cam", "Core", "Datasets", "Metrics", "Views"]
 
 
 class Core:
-    """How a model file is opened: netlens checkpoints, bare state_dicts, pickled modules."""
+    """How a model file is opened: netlens checkpoints, bare state_dicts, TorchScript and
+    ``torch.export`` files (their weights), pickled modules."""
 
     @staticmethod
     @hookimpl
@@ -29,6 +30,7 @@ class Core:
 
         registry.add("netlens-checkpoint", load.load_netlens_checkpoint)
         registry.add("state-dict", load.load_state_dict_file)
+        registry.add("compiled-archive", load.load_compiled_archive)
         registry.add("pickled-module", load.load_pickled_module)
 
 

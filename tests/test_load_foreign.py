@@ -1,0 +1,142 @@
+"""Weights as other tools save them: training-framework checkpoints (PyTorch Lightning's
+``model.`` prefix, EMA copies), TorchScript and ``torch.export`` files."""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import pytest
+import torch
+import torchvision
+from hostile_inputs import assert_one_clean_line
+from torch import nn
+from typer.testing import CliRunner
+
+import netlens
+from netlens.cli.app import app
+from netlens.errors import ModelLoadError, UnsafeModelError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    """torchvision resnet18 with 4 classes, random BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def outputs_equal(a: nn.Module, b: nn.Module) -> bool:
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return torch.equal(a(x), b(x))
+
+
+def lightning(state: dict, *prefixes: str, extra: bool = True) -> dict:
+    """A Lightning-style checkpoint: the network under ``prefixes``, a loss weight, a metric."""
+    weights: dict[str, torch.Tensor] = OrderedDict()
+    for p in prefixes:
+        weights.update((p + k, v) for k, v in state.items())
+    if extra:
+        weights["criterion.weight"] = torch.ones(4)
+        weights["train_acc.correct"] = torch.tensor(17)
+    return {"state_dict": weights, "epoch": 3, "global_step": 120}
+
+
+def test_lightning_checkpoint_loads_the_network_under_its_prefix(net, tmp_path):
+    path = tmp_path / "epoch=3.ckpt"
+    torch.save(lightning(net.state_dict(), "model."), path)
+    lens = netlens.load(path, arch="tv:resnet18")  # class count read off the prefixed head
+    assert lens.model.fc.out_features == 4
+    assert outputs_equal(lens.model, net)
+    assert lens.card["state_dict_prefix"] == "model."
+    given = netlens.load(path, arch="tv:resnet18", num_classes=4)
+    assert outputs_equal(given.model, net)
+
+
+def test_nested_prefix_and_module_versions_survive(tmp_path):
+    """``net.backbone.`` two levels deep; MNASNet refuses weights without its module version,
+    so the versions must follow the stripped names."""
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=3).eval()
+    wrapper = nn.Module()
+    wrapper.net = nn.Module()
+    wrapper.net.backbone = model
+    wrapper.head_loss = nn.CrossEntropyLoss()
+    torch.save(wrapper.state_dict(), tmp_path / "w.pt")
+    lens = netlens.load(tmp_path / "w.pt", arch="tv:mnasnet0_5")
+    assert lens.card["state_dict_prefix"] == "net.backbone."
+    assert outputs_equal(lens.model, model)
+
+
+def test_two_copies_of_the_weights_are_refused_not_guessed(net, tmp_path):
+    path = tmp_path / "ema.ckpt"
+    torch.save(lightning(net.state_dict(), "model.", "model_ema.module."), path)
+    with pytest.raises(ModelLoadError) as err:
+        netlens.load(path, arch="tv:resnet18")
+    line = assert_one_clean_line(str(err.value))
+    assert "'model.'" in line and "'model_ema.module.'" in line and "conv1.weight" in line
+
+
+def test_weights_named_otherwise_say_how_each_side_names_them(net, tmp_path):
+    renamed = {"backbone." + k: v for k, v in net.state_dict().items() if not k.startswith("fc")}
+    renamed |= {"head.fc.weight": net.fc.weight, "head.fc.bias": net.fc.bias}
+    torch.save(renamed, tmp_path / "mm.pt")
+    with pytest.raises(ModelLoadError) as err:
+        netlens.load(tmp_path / "mm.pt", arch="tv:resnet18", num_classes=4)
+    line = assert_one_clean_line(str(err.value))
+    assert "'backbone.conv1.weight'" in line and "like 'conv1.weight'" in line
+
+
+def save_compiled(model: nn.Module, how: str, path) -> None:  # noqa: ANN001
+    x = torch.randn(1, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if how == "script":
+            torch.jit.save(torch.jit.script(model), str(path))
+        elif how == "trace":
+            torch.jit.save(torch.jit.trace(model, x), str(path))
+        else:
+            torch.export.save(torch.export.export(model, (x,)), str(path))
+
+
+@pytest.mark.parametrize("how", ["script", "trace", "export"])
+def test_compiled_files_give_their_weights_to_the_architecture(net, how, tmp_path):
+    path = tmp_path / ("m.pt2" if how == "export" else "m.pt")
+    save_compiled(net, how, path)
+    kind = "torch.export" if how == "export" else "TorchScript"
+    with pytest.raises(ModelLoadError, match=f"{kind} file.*--arch") as err:
+        netlens.load(path)
+    assert_one_clean_line(str(err.value))
+    with pytest.raises(UnsafeModelError, match="--trust"):
+        netlens.load(path, arch="tv:resnet18")
+    lens = netlens.load(path, arch="tv:resnet18", trust=True)
+    assert lens.card["weights_from"] == kind
+    assert lens.model.fc.out_features == 4
+    assert outputs_equal(lens.model, net)
+
+
+def test_cli_on_a_torchscript_file(net, tmp_path):
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "scripted.pt"
+    save_compiled(net, "trace", path)
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["cam", str(path), str(img), "--out", str(out), "-q"])
+    assert res.exit_code == 1
+    assert "TorchScript" in assert_one_clean_line(res.stderr)
+    assert not out.exists()
+    args = ["cam", str(path), str(img), "--arch", "tv:resnet18", "--trust", "-q", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (out / "cam.json").exists()
