@@ -140,3 +140,19 @@ def test_cli_on_a_torchscript_file(net, tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (out / "cam.json").exists()
+
+
+def test_trusted_checkpoint_dict_holding_the_model(net, tmp_path):
+    """``torch.save({"model": model, "epoch": 3})``: the model inside, only with trust."""
+    path = tmp_path / "ck.pt"
+    torch.save({"model": net, "optimizer": {"lr": 0.1}, "epoch": 3}, path)
+    with pytest.raises(UnsafeModelError):
+        netlens.load(path)
+    lens = netlens.load(path, trust=True)
+    assert lens.card["checkpoint_key"] == "model"
+    assert outputs_equal(lens.model, net)
+    torch.save({"net": net, "ema": net, "epoch": 3}, path)
+    with pytest.raises(ModelLoadError, match="several models.*'net', 'ema'"):
+        netlens.load(path, trust=True)
+    torch.save({"net": net, "epoch": 3}, path)
+    assert netlens.load(path, trust=True).card["checkpoint_key"] == "net"

@@ -13,6 +13,7 @@ from torch import nn
 from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
+from .models.known_classes import ClassNames, known_class_names
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -66,7 +67,7 @@ class Lens:
             preprocess = with_overrides(preprocess_for(model), preprocess)
         self.model = model
         self.transform: Preprocess = preprocess
-        self.classes = _class_names(classes)
+        self.classes = _class_names(classes) if classes is not None else known_class_names(model)
         self.label_map: Any = None  # data label → model class, for data the model names otherwise
         self.name = name
         self.card = dict(card or {})
@@ -250,6 +251,9 @@ class Lens:
         """A class index from an int or a class name; out of range fails with one line."""
         if isinstance(target, str) and not re.fullmatch(r"\s*-?\d+\s*", target):
             names = self.classes or []
+            known = names.find(target) if isinstance(names, ClassNames) else None
+            if known is not None:
+                return known
             if target not in names:
                 from .errors import hint
 
@@ -338,8 +342,8 @@ class Lens:
 
 
 def _class_names(classes: Any) -> list[str] | None:
-    if classes is None:
-        return None
+    if classes is None or isinstance(classes, ClassNames):
+        return classes
     from .data.labels import read_class_names
 
     return read_class_names(classes)

@@ -66,6 +66,7 @@ def _model_info(lens: Lens) -> dict[str, Any]:
         "sha256": lens.digest(),
         "task": lens.task,
         "classes": len(lens.classes) if lens.classes else None,
+        **({"class_names": source} if (source := getattr(lens.classes, "source", None)) else {}),
     }
 
 

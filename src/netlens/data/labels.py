@@ -90,9 +90,14 @@ def match_names(
         note = " (model has no class names)" if classes is None else ""
         return LabelMatch({n: i for i, n in enumerate(distinct)}, distinct, f"sorted {what}{note}")
     model = list(classes or [])
+    aliases = getattr(classes, "aliases", {})
     index, unknown = {}, []
     for name in distinct:
-        k = _lookup(mapping[name], model, name) if name in mapping else _find(name, model)
+        k = (
+            _lookup(mapping[name], model, name, aliases)
+            if name in mapping
+            else _find(name, model, aliases)
+        )
         if k is None:
             unknown.append(name)
         else:
@@ -130,16 +135,19 @@ def index_labels(
     return LabelMatch({str(v): v for v in distinct}, names, src)
 
 
-def _find(name: str, model: list[str]) -> int | None:
-    """Exact match first, then the case/separator-insensitive one (when it is unambiguous)."""
+def _find(name: str, model: list[str], aliases: Mapping[str, int] | None = None) -> int | None:
+    """Exact match first, then the case/separator-insensitive one (when it is unambiguous),
+    then the classes' other names (``aliases``, normalised: ImageNet's WordNet IDs)."""
     if name in model:
         return model.index(name)
     key = normalize_name(name)
     hits = [i for i, c in enumerate(model) if normalize_name(c) == key]
-    return hits[0] if len(hits) == 1 else None
+    if len(hits) == 1:
+        return hits[0]
+    return (aliases or {}).get(key) if not hits else None
 
 
-def _lookup(target: Any, model: list[str], name: str) -> int:
+def _lookup(target: Any, model: list[str], name: str, aliases: Mapping[str, int]) -> int:
     if isinstance(target, int) or _is_int(str(target)):
         k = int(target)
         if 0 <= k < len(model) or not model:
@@ -147,7 +155,7 @@ def _lookup(target: Any, model: list[str], name: str) -> int:
         raise DataError(
             f"the label map sends '{name}' to class {k}, but the model has {len(model)} classes"
         )
-    k = _find(str(target), model)
+    k = _find(str(target), model, aliases)
     if k is None:
         raise DataError(
             f"the label map sends '{name}' to '{target}', which is not a model class"

@@ -348,9 +348,28 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             obj = torch.load(source, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - trusted, but still not a torch file
         raise ModelLoadError(_unpickling_failed(display_path(source.name), exc)) from None
-    if not isinstance(obj, nn.Module):
-        raise ModelLoadError(f"{source.name} unpickled to a {type(obj).__name__}, not a model")
-    return LoadedModel(obj, preprocess_for(obj), None, {"arch": type(obj).__name__})
+    obj, key = _module_in(obj, source)
+    card = {"arch": type(obj).__name__, **({"checkpoint_key": key} if key else {})}
+    return LoadedModel(obj, preprocess_for(obj), None, card)
+
+
+def _module_in(obj: Any, source: Path) -> tuple[nn.Module, str | None]:
+    """The model a trusted pickle holds: itself, or the one module of a checkpoint dict
+    (``torch.save({"model": model, "epoch": 3})``; with several, the one under ``model``)."""
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, dict):
+        found = {str(k): v for k, v in obj.items() if isinstance(v, nn.Module)}
+        if len(found) == 1:
+            return next(iter(found.values())), next(iter(found))
+        if "model" in found:
+            return found["model"], "model"
+        if found:
+            raise ModelLoadError(
+                f"{source.name} holds several models (under {', '.join(map(repr, found))}); "
+                "save the one you mean on its own, with torch.save(model, path)"
+            )
+    raise ModelLoadError(f"{source.name} unpickled to a {type(obj).__name__}, not a model")
 
 
 @contextmanager

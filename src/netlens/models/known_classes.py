@@ -1,0 +1,116 @@
+"""Class names a model is known to have without being told: ImageNet's, for timm and
+torchvision classifiers whose head has an ImageNet subset's number of outputs.
+
+A timm or torchvision architecture with 1,000 outputs is, but for rare fine-tunes, an
+ImageNet-1k classifier (timm guesses the same way: ``timm.data.infer_imagenet_subset``). Its
+classes then get torchvision's short names (``tench``, ``great white shark``) and answer also to
+their WordNet IDs (``n01440764``, the folder names of ImageNet's own layout) and to each WordNet
+lemma (``Tinca tinca``, ``man-eater``) that names no other class, so folders and targets named
+either way match. The larger subsets (12k, 21k, 22k) get the first lemma, with the WordNet ID
+where two classes share it. Everything comes from files inside the installed timm and
+torchvision packages; ``source`` says where the names came from, and ``--classes`` overrides.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from torch import nn
+
+from ..data.labels import normalize_name
+
+__all__ = ["ClassNames", "known_class_names"]
+
+
+class ClassNames(list):
+    """Class names in output order, with other names each class answers to.
+
+    Attributes:
+        aliases: normalised other name (:func:`netlens.data.labels.normalize_name`) → index.
+        source: where the names came from (recorded in outputs).
+    """
+
+    def __init__(self, names: list[str], aliases: dict[str, int], source: str) -> None:
+        super().__init__(names)
+        self.aliases = aliases
+        self.source = source
+
+    def find(self, name: str) -> int | None:
+        """The index ``name`` (a class name or an alias, any case and separators) stands for."""
+        if name in self:
+            return self.index(name)
+        return self.aliases.get(normalize_name(name))
+
+
+def known_class_names(model: nn.Module) -> ClassNames | None:
+    """ImageNet class names for a timm or torchvision classifier with an ImageNet subset's
+    number of outputs; None for any other model."""
+    origin = type(model).__module__.split(".")[0]
+    if origin not in ("timm", "torchvision"):
+        return None
+    n = _outputs(model)
+    if n is None:
+        return None
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset({"num_classes": n})
+    if subset is None:
+        return None
+    info = ImageNetInfo(subset)
+    wnids: list[str] = list(info.label_names())
+    if len(wnids) != n:
+        return None
+    lemmas = [[w.strip() for w in d.split(",")] for d in info.label_descriptions()]
+    if subset == "imagenet-1k":
+        names = _torchvision_imagenet_names()
+    else:
+        first = Counter(words[0] for words in lemmas)
+        names = [
+            w[0] if first[w[0]] == 1 else f"{w[0]} ({s})"
+            for w, s in zip(lemmas, wnids, strict=True)
+        ]
+    if names is None or len(set(names)) != n:
+        return None
+    whose = "torchvision's names" if subset == "imagenet-1k" else "timm's WordNet lemmas"
+    source = f"{subset}, guessed from the {n} outputs ({whose}, WordNet IDs from timm)"
+    return ClassNames(names, _aliases(names, wnids, lemmas), source)
+
+
+def _outputs(model: nn.Module) -> int | None:
+    """The class count, read without running the model: timm's ``num_classes``, else the
+    last leaf that is a ``Linear`` (or, as in SqueezeNet, a 1×1 ``Conv2d``)."""
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    leaves: list[Any] = [m for m in model.modules() if not list(m.children())]
+    for m in reversed(leaves):
+        if isinstance(m, nn.Linear):
+            return int(m.out_features)
+        if isinstance(m, nn.Conv2d):
+            return int(m.out_channels) if m.kernel_size == (1, 1) else None
+    return None
+
+
+def _torchvision_imagenet_names() -> list[str] | None:
+    try:
+        from torchvision.models import ResNet18_Weights
+
+        return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    except Exception:  # noqa: BLE001 - an older or trimmed torchvision: use the lemmas
+        return None
+
+
+def _aliases(names: list[str], wnids: list[str], lemmas: list[list[str]]) -> dict[str, int]:
+    """WordNet IDs, and every lemma that names one class only (and is not another's name)."""
+    taken = {normalize_name(n) for n in names}
+    count = Counter(key for words in lemmas for key in {normalize_name(w) for w in words})
+    out: dict[str, int] = {}
+    for i, words in enumerate(lemmas):
+        for w in words:
+            key = normalize_name(w)
+            if count[key] == 1 and (key not in taken or key == normalize_name(names[i])):
+                out[key] = i
+    for i, s in enumerate(wnids):
+        out[normalize_name(s)] = i
+    return out
