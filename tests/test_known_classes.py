@@ -95,3 +95,13 @@ def test_targets_by_wordnet_id_and_explicit_classes_win(resnet, tmp_path):
     assert summary["images"][0]["target_name"] == "tabby"
     assert "guessed" in summary["run"]["model"]["class_names"]
     assert np.load(out / "a_gradcam_layer4_tabby.npy").shape == (224, 224)
+
+
+def test_saved_lens_guesses_again_on_load(resnet, tmp_path):
+    """Guessed names are not stored as if given: the loaded model keeps the WordNet IDs."""
+    netlens.save(netlens.Lens(resnet), tmp_path / "ck.pt", arch="resnet18")
+    back = netlens.load(tmp_path / "ck.pt")
+    assert isinstance(back.classes, ClassNames) and back.classes.find(TABBY) == 281
+    named = netlens.Lens(resnet, classes=[f"c{i}" for i in range(1000)])
+    netlens.save(named, tmp_path / "named.pt", arch="resnet18")
+    assert netlens.load(tmp_path / "named.pt").classes[281] == "c281"
