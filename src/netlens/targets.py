@@ -44,6 +44,8 @@ __all__ = [
     "OutputTarget",
     "RegionTarget",
     "Target",
+    "are_probabilities",
+    "as_logits",
     "check_task",
     "detect_task",
     "model_output",
@@ -67,18 +69,18 @@ def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
         >>> model_output({"out": seg, "aux": aux}).shape  # torchvision segmentation
     """
     if key is not None:
-        return _pick(out, key)
+        return _classifier_shape(_pick(out, key))
     if isinstance(out, torch.Tensor):
-        return out
+        return _classifier_shape(out)
     for name in ("logits", "out"):
         got = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
         if isinstance(got, torch.Tensor):
-            return got
+            return _classifier_shape(got)
     values = list(out.values()) if isinstance(out, dict) else out
     if isinstance(values, (tuple, list)):
         for v in values:
             if isinstance(v, torch.Tensor):
-                return v
+                return _classifier_shape(v)
     raise NetlensError(
         f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
         "pick one with --output KEY (output= in Python) or wrap the model"
@@ -108,6 +110,14 @@ def _pick(out: Any, key: str | int) -> torch.Tensor:
     return got
 
 
+def _classifier_shape(out: torch.Tensor) -> torch.Tensor:
+    """N×K×1×1 (a fully convolutional classifier's pooled logits, never kept flat) as N×K:
+    one score per class, not a 1-pixel segmentation."""
+    if out.dim() == 4 and out.shape[-2:] == (1, 1):
+        return out.flatten(1)
+    return out
+
+
 def check_task(task: str | None) -> str | None:
     """``task`` when it is one of :data:`TASKS` (or None); one line naming them otherwise."""
     if task is not None and task not in TASKS:
@@ -134,11 +144,35 @@ def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
     """
     out = output.detach().float()
     if task == "multiclass":
-        return torch.softmax(out, dim=1)
-    if task in ("multilabel", "binary"):
+        return out if are_probabilities(out) else torch.softmax(out, dim=1)
+    if task == "binary":  # N×2: (negative, positive), indexed as binary targets are
+        return torch.softmax(as_logits(out.reshape(len(out), -1)[:, :1]), dim=1)
+    if task == "multilabel":
         return torch.sigmoid(out)
     if task == "dense":
         return torch.softmax(out, dim=1).mean(dim=(2, 3))
+    return out
+
+
+def are_probabilities(out: torch.Tensor) -> bool:
+    """Whether N×K multi-class outputs are probabilities already (a model ending in
+    ``nn.Softmax``): every value in [0, 1] and every row summing to 1. Logits never do both
+    by chance; a softmax taken again would squash a 0.99 among five classes to 0.40."""
+    if out.dim() != 2 or out.shape[1] < 2 or not out.numel():
+        return False
+    finite = bool(torch.isfinite(out).all())
+    in_range = finite and bool(out.min() >= 0) and bool(out.max() <= 1)
+    return in_range and bool((out.double().sum(dim=1) - 1).abs().max() <= 1e-3)
+
+
+def as_logits(out: torch.Tensor) -> torch.Tensor:
+    """N×K scores whose softmax is the class probabilities: logits as they are; a single
+    logit ``z`` as ``[0, z]`` (softmax: ``1 − σ(z), σ(z)``, negative then positive, as binary
+    targets index them); probabilities (a model ending in ``nn.Softmax``) as their logs."""
+    if out.dim() == 2 and out.shape[1] == 1:
+        return torch.cat([torch.zeros_like(out), out], dim=1)
+    if are_probabilities(out):
+        return out.clamp_min(torch.finfo(out.dtype).tiny).log()
     return out
 
 

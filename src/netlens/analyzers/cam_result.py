@@ -63,6 +63,8 @@ class CamResult(Result):
 
     def class_name(self, index: int) -> str:
         classes = self.meta.get("classes") or []
+        if not classes and self.meta.get("task") == "binary":
+            classes = ["negative", "positive"]  # a single logit's two classes, as targets say
         return str(classes[index]) if 0 <= index < len(classes) else str(index)
 
     # -- pictures --------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
+from ..targets import detect_task, model_output, probabilities
 from .base import Analyzer, Result, Run
 from .inputs import first_items
 from .specs import EVALUATE
@@ -61,11 +62,16 @@ def names(value: str | Sequence[str] | None) -> list[str]:
 
 
 class CountingModel(nn.Module):
-    """Wraps a model and counts the images it forward-passes (the user's model is not hooked)."""
+    """Wraps a model and counts the images it forward-passes (the user's model is not hooked);
+    returns the output the lens explains (``output=``: one tensor of a dict, tuple or object)."""
 
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(
+        self, inner: nn.Module, output: str | int | None = None, task: str | None = None
+    ) -> None:
         super().__init__()
         self.inner = inner
+        self.output = output
+        self.task = task
         self.batches: list[int] = []  # appended per call: exact when metrics run threads
 
     @property
@@ -74,7 +80,11 @@ class CountingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         self.batches.append(int(x.shape[0]))
-        return self.inner(x)
+        return model_output(self.inner(x), self.output)
+
+    def class_probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        """N×K class probabilities of an output of this model, as its task reads them."""
+        return probabilities(out, self.task or detect_task(out))
 
 
 def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
@@ -87,7 +97,8 @@ def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
     def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         if isinstance(model, CountingModel):  # what metrics are handed; explain the model
             model = model.inner
-        view = Lens(model, lens.transform, lens.classes, host=lens.host)
+        view = Lens(model, lens.transform, lens.classes, host=lens.host, task=lens.task)
+        view.output_key = lens.output_key
         return view.cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
 
     return explain
@@ -237,10 +248,13 @@ class EvaluateAnalyzer(Analyzer):
         plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
-        tally = _Tally(CountingModel(lens.model), plan.metrics)
+        tally = _Tally(CountingModel(lens.model, lens.output_key, lens.task), plan.metrics)
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
+                if not tally.fwd_checked:
+                    _check_class_scores(lens, x[:1])
+                    tally.fwd_checked = True
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
                 _score_batch(run, tally, method_list, x, y, masks, opts, step)
@@ -257,6 +271,23 @@ class EvaluateAnalyzer(Analyzer):
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
 
 
+def _check_class_scores(lens: Lens, x: torch.Tensor) -> None:
+    """One line when the output explained is not a classifier's: the metrics follow a class
+    probability as pixels go, which a dense map or a regression output does not have."""
+    from ..layers import eval_mode
+
+    with torch.no_grad(), eval_mode(lens.model):
+        out = lens.output(x)
+    task = lens.task_for(out)
+    if out.dim() != 2 or task in ("dense", "regression"):
+        shape = "×".join(map(str, out.shape[1:]))
+        raise AnalyzerError(
+            f"evaluate scores classifiers (deletion, insertion and ROAD follow a class's "
+            f"probability), but the output explained is N×{shape} ({task}); pick the class "
+            "scores with --output KEY (output= in Python)"
+        )
+
+
 @dataclass
 class _Tally:
     """Per-image metric arrays and, per metric, seconds and forward-passed images."""
@@ -266,6 +297,7 @@ class _Tally:
     acc: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     fwd: dict[str, int] = dataclasses.field(default_factory=dict)
+    fwd_checked: bool = False
 
     def __post_init__(self) -> None:
         self.seconds = {m: 0.0 for m in self.metrics}

@@ -12,6 +12,7 @@ from torch import nn
 from ..layers import eval_mode
 from ..layout import run_channels_last
 from ..parallel import map_batches
+from ..targets import as_logits, model_output
 
 __all__ = [
     "auc",
@@ -63,7 +64,10 @@ def row_probs(
     batch_size: int,
     workers: int = 1,
 ) -> np.ndarray:
-    """Softmax probability of ``targets[j]`` for each perturbed image ``j``.
+    """Probability of class ``targets[j]`` for each perturbed image ``j``: the softmax of the
+    logits (of a dict, tuple or ``.logits`` output; see :func:`netlens.targets.as_logits` for
+    single-logit and probability outputs), or ``model.class_probabilities(output)`` when the
+    model has it (evaluate's wrapper: sigmoids for a multi-label model).
 
     ``rows(start, stop)`` makes images ``start..stop-1`` (of every source image and step
     together), so each forward pass is a full batch of ``batch_size``, made only when needed;
@@ -71,24 +75,19 @@ def row_probs(
     """
     total = len(targets)
     tg = torch.as_tensor(np.asarray(targets, dtype=np.int64))
+    probs_of = getattr(model, "class_probabilities", None)  # the model's task knows better
 
     def run(start: int) -> np.ndarray:
         stop = min(start + batch_size, total)
         with torch.inference_mode():
-            out = run_channels_last(model, model, rows(start, stop))
-            probs = torch.softmax(_logits(out).float(), dim=1)
+            out = model_output(run_channels_last(model, model, rows(start, stop))).float()
+            probs = probs_of(out) if probs_of else torch.softmax(as_logits(out), dim=1)
             picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
             return picked.cpu().numpy().astype(np.float64)
 
     with eval_mode(model):
         parts = map_batches(run, range(0, total, batch_size), workers)
     return np.concatenate(parts) if parts else np.empty(0)
-
-
-def _logits(out: Any) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out
 
 
 def auc(curve: np.ndarray) -> np.ndarray:

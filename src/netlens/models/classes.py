@@ -39,19 +39,27 @@ def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
             out: Any = model(x)
     except Exception:  # noqa: BLE001 - a model that cannot run here is reported by the analyses
         return None
-    if isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    out = getattr(out, "logits", out)
-    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    from ..errors import NetlensError
+    from ..targets import model_output
+
+    try:
+        out = model_output(out)
+    except NetlensError:
+        return None
+    return int(out.shape[1]) if out.dim() == 2 else None
 
 
 def check_class_names(names: list[str], model: nn.Module, spec: Preprocess | None) -> None:
-    """One line when the number of names differs from the model's outputs (or names repeat)."""
+    """One line when the number of names differs from the model's outputs (or names repeat).
+
+    A single-logit (binary) model takes two names: the negative class's, then the positive's.
+    """
     n = output_count(model, spec)
-    if n is not None and n != len(names):
+    if n is not None and n != len(names) and not (n == 1 and len(names) == 2):
+        per = "two names (negative, positive) or " if n == 1 else ""
         raise ModelLoadError(
-            f"{len(names)} class names given but the model has {n} outputs; give one name per "
-            "output, in output order"
+            f"{len(names)} class names given but the model has {n} outputs; give {per}one name "
+            "per output, in output order"
         )
     seen: set[str] = set()
     dup = next((c for c in names if c in seen or seen.add(c)), None)  # type: ignore[func-returns-value]

@@ -37,11 +37,12 @@ __all__ = ["Ablation", "BatchCache", "Engine", "hooked", "logits_of", "run_ablat
 
 
 def logits_of(out: Any, key: str | int | None = None) -> torch.Tensor:
-    """The N×K class logits in a model's output (see :func:`netlens.targets.model_output`)."""
+    """The N×K class logits in a model's output (see :func:`netlens.targets.model_output`);
+    N×1 for a single-logit binary model (scored as ``[0, z]``: negative, positive)."""
     logits = model_output(out, key)
-    if logits.dim() != 2 or logits.shape[1] < 2:
+    if logits.dim() != 2 or logits.shape[1] < 1:
         raise NetlensError(
-            f"an ablation study needs N×classes logits (2 or more classes); the model returned "
+            f"an ablation study needs N×classes logits (or one logit); the model returned "
             f"{tuple(logits.shape)} (pick another output with --output KEY, or wrap the model)"
         )
     return logits

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ...errors import AnalyzerError
+from ...targets import as_logits
 from ...train.evaluation import confusion_matrix, macro_f1
 
 __all__ = ["METRICS", "Metric", "Outcomes", "class_scores", "hurt_classes", "metric_value"]
@@ -117,8 +118,8 @@ class Outcomes:
 
         Computed in float64 numpy (no thread pool for tiny ops).
         """
-        z = logits.detach().double().cpu().numpy()
-        b = base.detach().double().cpu().numpy()
+        z = as_logits(logits.detach().double()).cpu().numpy()  # one logit: [0, z]
+        b = as_logits(base.detach().double()).cpu().numpy()
         self.num_classes = z.shape[1]
         y = _labels(labels, len(z), self.num_classes, self.metric)
         self.preds.append(z.argmax(1))

@@ -1,0 +1,200 @@
+"""Outputs as other people's models return them: probabilities (a model ending in ``Softmax``),
+one logit (binary, trained with ``BCEWithLogitsLoss``), N×K×1×1 (a fully convolutional head), a
+dict (Hugging Face style) — through ``cam``, ``evaluate`` and ``ablate``, checked against
+numbers computed by hand from the model's own output."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hostile_inputs import assert_one_clean_line
+from torch import nn
+from typer.testing import CliRunner
+
+import netlens
+from netlens.cli.app import app
+from netlens.targets import are_probabilities, as_logits
+
+runner = CliRunner()
+
+
+def body() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1)
+    )
+
+
+class SoftNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = body()
+        self.fc = nn.Linear(16, 4)
+        self.softmax = nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.softmax(self.fc(self.features(x).relu().mean((2, 3))))
+
+
+class BinNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = body()
+        self.fc = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).relu().mean((2, 3)))
+
+
+class ConvHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = body()
+        self.cls = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls(self.features(x).relu()).mean((2, 3), keepdim=True)
+
+
+class DictNet(BinNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {"features": f, "logits": self.fc(f.relu().mean((2, 3)))}
+
+
+def made(cls: type[nn.Module], scale: float = 1.0) -> nn.Module:
+    torch.manual_seed(0)
+    model = cls().eval()
+    if hasattr(model, "fc"):
+        model.fc.weight.data *= scale
+    return model
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> tuple:
+    """Four scikit-image photos in two class folders, ``neg`` and ``pos``."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("photos")
+    pics = {"neg": [data.chelsea(), data.coffee()], "pos": [data.astronaut(), data.rocket()]}
+    for label, images in pics.items():
+        (root / label).mkdir()
+        for i, img in enumerate(images):
+            cv2.imwrite(str(root / label / f"{label}{i}.png"), cv2.resize(img, (48, 48))[..., ::-1])
+    return root, sorted(root.glob("*/*.png"))
+
+
+def test_probability_outputs_are_recognised_and_logits_are_not():
+    p = torch.softmax(torch.randn(5, 7) * 4, dim=1)
+    assert are_probabilities(p) and torch.allclose(torch.softmax(as_logits(p), 1), p, atol=1e-6)
+    logits = torch.randn(64, 7)
+    assert not are_probabilities(logits) and not are_probabilities(logits.sigmoid())
+    z = torch.randn(6, 1)
+    both = torch.softmax(as_logits(z), 1)
+    assert torch.allclose(both[:, 1:], z.sigmoid()) and torch.allclose(both.sum(1), torch.ones(6))
+
+
+def test_a_softmax_model_is_not_softmaxed_again(photos):
+    root, files = photos
+    model = made(SoftNet, scale=40)
+    lens = netlens.Lens(model, {"size": (48, 48)})
+    x = lens.preprocess(files)
+    with torch.no_grad():
+        p = model(x)
+    assert float(p.max()) > 0.9  # peaked: a second softmax would give at most 0.48
+    assert torch.allclose(lens.predict(files), p, atol=1e-6)
+    cam = lens.cam(files)
+    rows = cam.rows()
+    for i, row in enumerate(rows):
+        assert row["probability"] == pytest.approx(float(p[i].max()), abs=1e-5)
+    ev = lens.evaluate(root, metrics="deletion", chunk=4)
+    start = ev.arrays["gradcam/deletion/curve"][:, 0]
+    labels = torch.tensor([0, 0, 1, 1])
+    assert np.allclose(start, p[torch.arange(4), labels].numpy(), atol=1e-5)
+    ab = lens.ablate(root, mode="zero", metric="loss", layers="features.3")
+    loss = float(-p[torch.arange(4), labels].clamp_min(1e-45).log().double().mean())
+    assert ab.table[0]["value"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_single_logit_model_through_the_cli(photos, tmp_path):
+    root, files = photos
+    model = made(BinNet, scale=30)
+    path = tmp_path / "bin.pt"
+    torch.save(model, path)
+    out = tmp_path / "cam"
+    img = [str(f) for f in files]
+    args = ["cam", str(path), *img, "--trust", "--input-size", "48", "-q", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "cam.json").read_text())["images"]
+    lens = netlens.load(path, trust=True, input_size=48)
+    with torch.no_grad():
+        s = torch.sigmoid(model(lens.preprocess(files)))[:, 0]
+    for i, row in enumerate(rows):
+        positive = bool(s[i] > 0.5)
+        assert row["prediction"] == int(positive)
+        assert row["target_name"] == ("positive" if positive else "negative")
+        assert row["probability"] == pytest.approx(float(s[i] if positive else 1 - s[i]), abs=1e-5)
+        assert (out / row["files"][0]).exists()  # the figure (it crashed on the N×1 scores)
+    named = tmp_path / "named"
+    res = runner.invoke(
+        app, [*args[:-1], str(named), "--classes", "healthy,sick", "--target", "healthy"]
+    )
+    assert res.exit_code == 0, res.output
+    rows = json.loads((named / "cam.json").read_text())["images"]
+    assert [r["target_name"] for r in rows] == ["healthy"] * 4
+    assert rows[0]["probability"] == pytest.approx(float(1 - s[0]), abs=1e-5)
+
+
+def test_a_single_logit_model_is_evaluated_and_ablated_as_two_classes(photos):
+    root, files = photos
+    model = made(BinNet, scale=30)
+    lens = netlens.Lens(model, {"size": (48, 48)}, classes=["neg", "pos"])
+    with torch.no_grad():
+        s = torch.sigmoid(model(lens.preprocess(files)))[:, 0].double()
+    labels = torch.tensor([0, 0, 1, 1])
+    p_true = torch.where(labels == 1, s, 1 - s)
+    ev = lens.evaluate(root, metrics="insertion,deletion", chunk=4)
+    assert np.allclose(ev.arrays["gradcam/deletion/curve"][:, 0], p_true.numpy(), atol=1e-5)
+    acc = lens.ablate(root, mode="zero", layers="features.3")
+    assert acc.table[0]["value"] == pytest.approx(
+        float(((s > 0.5).long() == labels).double().mean())
+    )
+    loss = lens.ablate(root, mode="zero", metric="loss", layers="features.3")
+    assert loss.table[0]["value"] == pytest.approx(float(-p_true.log().mean()), rel=1e-6)
+
+
+def test_a_pooled_conv_head_is_a_classifier_not_a_one_pixel_map(photos):
+    _, files = photos
+    model = made(ConvHead)
+    lens = netlens.Lens(model, {"size": (48, 48)})
+    with torch.no_grad():
+        logits = model(lens.preprocess(files)).flatten(1)
+    assert torch.allclose(lens.predict(files), torch.softmax(logits, 1), atol=1e-6)
+    cam = lens.cam(files)
+    assert cam.meta["task"] == "multiclass"
+    assert [r["target"] for r in cam.rows()] == logits.argmax(1).tolist()
+
+
+def test_dict_outputs_are_evaluated_and_a_dense_pick_is_refused(photos, tmp_path):
+    root, _ = photos
+    model = made(DictNet)
+    path = tmp_path / "dict.pt"
+    torch.save(model, path)
+    base = ["evaluate", str(path), "--data", str(root), "--trust", "--input-size", "48", "-q"]
+    out = tmp_path / "ev"
+    res = runner.invoke(app, [*base, "--metric", "deletion", "--out", str(out)])
+    assert res.exit_code == 0, res.output  # it failed: 'dict' object has no attribute 'float'
+    assert (out / "evaluate.json").exists()
+    dense = tmp_path / "dense"
+    res = runner.invoke(app, [*base, "--output", "features", "--out", str(dense)])
+    assert res.exit_code == 1
+    assert "--output KEY" in assert_one_clean_line(res.stderr)
+    assert not dense.exists()
