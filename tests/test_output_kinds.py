@@ -198,3 +198,22 @@ def test_dict_outputs_are_evaluated_and_a_dense_pick_is_refused(photos, tmp_path
     assert res.exit_code == 1
     assert "--output KEY" in assert_one_clean_line(res.stderr)
     assert not dense.exists()
+
+
+class TensorTwin(DictNet):
+    """DictNet's weights, returning the logits tensor itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)["logits"]
+
+
+def test_dict_outputs_through_score_cams_folded_passes():
+    """Enough masked passes for the conv+BN-folded copy (≥ 128): its dict output is read as
+    the model's is (the copy's output was compared with ``.shape`` and failed)."""
+    model = made(DictNet)
+    twin = made(TensorTwin)
+    x = torch.randn(8, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    kw = {"method": "scorecam", "layer": "features.3"}
+    got = netlens.Lens(model, {"size": (48, 48)}).cam(x, **kw).heatmaps
+    want = netlens.Lens(twin, {"size": (48, 48)}).cam(x, **kw).heatmaps
+    assert np.abs(got - want).max() <= 1e-5

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import resolve_layers
-from ..targets import Target, resolve_targets
+from ..targets import Target, model_output, resolve_targets
 from .base import Analyzer, Run
 from .cam_base import (
     CamContext,
@@ -160,7 +161,8 @@ def _run_chunks(
     group: Group,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
     parts: list[tuple[Any, ...]] = []
-    many = InferenceForward(lens.model, _no_grad(lens.output))  # one fused copy per run
+    pick = partial(model_output, key=lens.output_key)
+    many = InferenceForward(lens.model, _no_grad(lens.output), pick=pick)  # one fused copy per run
     per_image = _per_image(o.target, len(x))
     for start in group.share(range(0, len(x), o.chunk)):  # this process's chunks
         stop = min(start + o.chunk, len(x))

@@ -33,7 +33,7 @@ from ..layer_call import LayerCall
 from ..layers import auto_layer
 from ..layout import run_channels_last
 from ..probes import probe
-from ..targets import Target
+from ..targets import Target, model_output
 
 __all__ = [
     "CamContext",
@@ -176,35 +176,41 @@ class InferenceForward:
       thread) and making and timing it cost 0.3 s more.
     """
 
-    def __init__(self, model: nn.Module, forward: Logits, min_passes: int = 128) -> None:
-        self.model, self.forward, self.min_passes = model, forward, min_passes
+    def __init__(
+        self,
+        model: nn.Module,
+        forward: Logits,
+        min_passes: int = 128,
+        pick: Callable[[Any], torch.Tensor] = model_output,
+    ) -> None:
+        self.model, self.forward, self.min_passes, self.pick = model, forward, min_passes, pick
         self._fast: nn.Module | None = None
         self._tried = False
 
     def prepare(self, passes: int, example: torch.Tensor) -> None:
         if not self._tried and passes >= self.min_passes:
             self._tried = True
-            self._fast = _fused_copy(self.model, example, self.forward)
+            self._fast = _fused_copy(self.model, example, self.forward, self.pick)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             fast = self._fast
-            run = self.forward if fast is None else (lambda t: _first(fast(t)))
+            run = self.forward if fast is None else (lambda t: self.pick(fast(t)))
             return run_channels_last(self.model, run, x)
 
 
-def _first(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _fused_copy(model: nn.Module, x: torch.Tensor, forward: Logits) -> nn.Module | None:
+def _fused_copy(
+    model: nn.Module, x: torch.Tensor, forward: Logits, pick: Callable[[Any], torch.Tensor]
+) -> nn.Module | None:
+    """The conv+BN-folded copy, when it gives ``forward``'s output (``pick`` takes that out of
+    whatever the copy returns: a dict, tuple or object)."""
     try:
         from torch.fx.experimental.optimization import fuse
 
         fast = fuse(model)  # a traced deep copy; the model itself is left alone
         with torch.no_grad():
             ref = forward(x)
-            got = run_channels_last(model, lambda t: _first(fast(t)), x)
+            got = run_channels_last(model, lambda t: pick(fast(t)), x)
     except Exception:  # noqa: BLE001 - not traceable: run the model as is
         return None
     tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
