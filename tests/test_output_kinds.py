@@ -143,6 +143,12 @@ def test_a_single_logit_model_through_the_cli(photos, tmp_path):
         assert row["target_name"] == ("positive" if positive else "negative")
         assert row["probability"] == pytest.approx(float(s[i] if positive else 1 - s[i]), abs=1e-5)
         assert (out / row["files"][0]).exists()  # the figure (it crashed on the N×1 scores)
+    top = tmp_path / "top"
+    res = runner.invoke(app, [*args[:-1], str(top), "--top", "2"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((top / "cam.json").read_text())["images"]
+    assert all(sorted(r["target"]) == [0, 1] and r["target"][0] == r["prediction"] for r in rows)
+    assert all(r["probability"][0] >= 0.5 >= r["probability"][1] for r in rows)
     named = tmp_path / "named"
     res = runner.invoke(
         app, [*args[:-1], str(named), "--classes", "healthy,sick", "--target", "healthy"]

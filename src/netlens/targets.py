@@ -344,6 +344,9 @@ def resolve_targets(
 def _top(output: torch.Tensor, task: str, k: int) -> list[Target]:
     if k < 1:
         raise TargetError(f"top must be at least 1, got {k}")
+    if task == "binary":  # the predicted class, then the other one
+        pred = torch.where(output.detach().reshape(len(output), -1)[:, 0] > 0, 1.0, -1.0)
+        return [BinaryTarget(pred * sign) for sign in (1.0, -1.0)[:k]]
     if task not in ("multiclass", "multilabel"):
         raise TargetError(f"top=K needs a classifier's N×classes output; this model's is {task}")
     idx = output.detach().topk(min(k, output.shape[1]), dim=1).indices
