@@ -87,6 +87,40 @@ def test_state_dict_with_tv_arch_uses_the_weights_transform(tmp_path) -> None:
     assert "ResNet18_Weights.IMAGENET1K_V1" in lens.preprocess_info()["source"]
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("efficientnet_b3", {"num_classes": 3}),  # 300 px, bicubic: a fine-tuned head
+        ("inception_v3", {"aux_logits": False, "init_weights": False}),  # 299 px, no aux head
+        ("googlenet", {"num_classes": 5, "init_weights": False}),  # aux heads fine-tuned too
+        ("resnet50", {}),  # not resnet101, whose layers include all of resnet50's
+        ("vit_b_32", {"num_classes": 2}),  # not vit_b_16: other patch and position shapes
+    ],
+)
+def test_a_torchvision_module_is_recognised_by_its_layers(name: str, kwargs: dict) -> None:
+    """``Lens(torchvision.models.efficientnet_b3(...))``, no arch named: its own weights'
+    transforms, not the 224-px convention."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, **kwargs)
+    spec = preprocess_for(model)
+    reference = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    assert max_diff(spec(PHOTOS["chelsea"]), reference(Image.fromarray(PHOTOS["chelsea"]))) <= 1e-5
+    assert spec.source.endswith(f"(recognised as tv:{name} by its layers' shapes)")
+
+
+def test_a_changed_torchvision_module_keeps_the_convention() -> None:
+    """A first layer changed for grayscale input is no torchvision architecture any more."""
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    model.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    spec = preprocess_for(model)
+    assert spec.size == (224, 224) and spec.channels == 1
+    assert spec.source.startswith("torchvision ImageNet convention")
+
+
 def test_resizing_is_antialiased() -> None:
     """A one-pixel checkerboard halved is flat grey, not an aliased pattern."""
     board = (np.indices((448, 448)).sum(0) % 2 * 255).astype(np.uint8)

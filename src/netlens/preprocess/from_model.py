@@ -2,7 +2,8 @@
 
 Order: a torchvision architecture named ``tv:NAME`` → the transforms of its weights enum; a timm
 model (it carries ``pretrained_cfg``) → its data config, applied by timm's own transform; a
-torchvision module not named → the ImageNet convention torchvision's weights use; anything else
+torchvision module not named → the transforms of the torchvision architecture its layers'
+shapes identify (:func:`torchvision_name`), else the ImageNet convention; anything else
 → the model's ``input_size`` attribute when it has one, else no resize (the size of the first
 image). Nothing is downloaded: weights enums and timm configs are plain metadata.
 """
@@ -10,7 +11,9 @@ image). Nothing is downloaded: weights enums and timm configs are plain metadata
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,13 +46,19 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     if getattr(model, "pretrained_cfg", None):
         return timm_spec(model)
     if type(model).__module__.startswith("torchvision.models") and model_input_size(model) is None:
-        return Preprocess(
+        name = torchvision_name(model)
+        spec = torchvision_spec(name) if name else None
+        if spec is not None:
+            source = f"{spec.source} (recognised as tv:{name} by its layers' shapes)"
+            return _fit_channels(dataclasses.replace(spec, source=source), model)
+        convention = Preprocess(
             size=(224, 224),
             crop_pct=224 / 256,
             crop_mode="center",
             source="torchvision ImageNet convention (resize 256, crop 224); name the "
             "architecture (tv:NAME) for its own weights' transforms",
         )
+        return _fit_channels(convention, model)
     return guessed_spec(model)
 
 
@@ -107,6 +116,49 @@ def torchvision_spec(name: str) -> Preprocess | None:
         crop_mode="center",
         source=f"torchvision {type(weights).__name__}.{weights.name} transforms",
     )
+
+
+_RECOGNISED: dict[tuple, str | None] = {}
+_AUX = ("AuxLogits.", "aux1.", "aux2.")  # heads that only training uses (Inception, GoogLeNet)
+
+
+def torchvision_name(model: nn.Module) -> str | None:
+    """The torchvision builder whose architecture ``model`` is (``efficientnet_b3``), told by
+    its class and the names and shapes of its weights; the classifiers (the last weight and
+    bias, and auxiliary ones) may differ, as fine-tuned heads do. None unless exactly one
+    builder fits.
+
+    The builders of the model's class are built on the meta device (no memory, no download):
+    about 0.7 s for the ten ResNets, once per architecture and process. Builders that cannot
+    build there (RegNet's initialisation reads values) are not considered.
+    """
+    import torch
+    import torchvision
+
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    key = (type(model), tuple(shapes.items()))
+    if key in _RECOGNISED:
+        return _RECOGNISED[key]
+    head = set(list(shapes)[-2:])
+    fits = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        builder = torchvision.models.get_model_builder(name)
+        made = inspect.signature(builder).return_annotation
+        if getattr(made, "__name__", made) != type(model).__name__:
+            continue
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = {k: tuple(v.shape) for k, v in builder().state_dict().items()}
+        except Exception:  # noqa: BLE001 - a builder that needs arguments: not this one
+            continue
+        extra = [k for k in theirs.keys() - shapes.keys() if not k.startswith(_AUX)]
+        differ = {k for k in shapes if theirs.get(k, shapes[k]) != shapes[k]}
+        differ = {k for k in differ if not k.startswith(_AUX)}  # auxiliary classifiers too
+        if not extra and shapes.keys() <= theirs.keys() and differ <= head:
+            fits.append(name)
+    _RECOGNISED[key] = fits[0] if len(fits) == 1 else None
+    return _RECOGNISED[key]
 
 
 def guessed_spec(model: nn.Module) -> Preprocess:
