@@ -30,7 +30,7 @@ from torch import nn
 from ..activations import to_spatial
 from ..errors import AnalyzerError
 from ..layer_call import LayerCall
-from ..layers import auto_layer
+from ..layers import auto_layer, eval_mode
 from ..layout import run_channels_last
 from ..probes import probe
 from ..targets import Target, model_output
@@ -242,7 +242,7 @@ def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCal
     class token and so has no gradient on the patch tokens.
     """
     layer = auto_layer(model, example)  # one dry forward; ViT → its last block
-    if not _pools_class_token(model) or layer.call is not None or layer.consumed:
+    if layer.call is not None or layer.consumed or not _pools_class_token(model, layer, example):
         return layer
     block = dict(model.named_modules()).get(layer.name)
     norm = next(
@@ -252,13 +252,47 @@ def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCal
     return LayerCall(f"{layer.name}.{norm}") if norm else layer
 
 
-def _pools_class_token(model: nn.Module) -> bool:
+def _pools_class_token(model: nn.Module, layer: LayerCall, example: torch.Tensor | None) -> bool:
     """The head reads the class token only: timm's ``global_pool="token"``; torchvision's
-    ``VisionTransformer`` (a ``class_token`` and no other pooling)."""
+    ``VisionTransformer`` (a ``class_token`` and no other pooling); any other model (Hugging
+    Face's ViT and DeiT) when, on ``example``, the gradient of its output reaches no more than
+    two of the layer's tokens (the class and distillation tokens)."""
     pool = getattr(model, "global_pool", None)
     if pool is not None:
         return str(pool) == "token"
-    return isinstance(getattr(model, "class_token", None), nn.Parameter)
+    if isinstance(getattr(model, "class_token", None), nn.Parameter):
+        return True
+    return example is not None and _tokens_reaching_output(model, layer.name, example[:1]) <= 2
+
+
+def _tokens_reaching_output(model: nn.Module, name: str, x: torch.Tensor) -> int:
+    """How many tokens of ``name``'s N×T×D output the model's output depends on (T when the
+    output is not tokens, or anything fails: then nothing is concluded)."""
+    module = dict(model.named_modules()).get(name)
+    seen: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, inputs: Any, output: Any) -> Any:
+        if isinstance(output, torch.Tensor) and output.dim() == 3 and output.is_floating_point():
+            leaf = output.detach().requires_grad_(True)
+            seen.append(leaf)
+            return leaf
+        return None
+
+    if module is None:
+        return 1 << 30
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad(), eval_mode(model):
+            out = model_output(model(x)).float()
+            if len(seen) != 1 or seen[0].shape[1] <= 4 or not out.requires_grad:
+                return 1 << 30
+            weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+            (grad,) = torch.autograd.grad((out * weights.to(out.device)).sum(), seen[0])
+    except Exception:  # noqa: BLE001 - a model this check cannot run: keep the block
+        return 1 << 30
+    finally:
+        handle.remove()
+    return int((grad[0].abs().sum(dim=-1) > 0).sum())
 
 
 # -- capture ---------------------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""Hugging Face ``transformers`` image classifiers (random weights, small configs): outputs as
+``ModelOutput`` objects, token layers, class-token pooling told by gradients, agreement with
+pytorch-grad-cam given the reshape its documentation asks for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import netlens
+
+tf = pytest.importorskip("transformers", reason="Hugging Face models need the bench extras")
+pgc = pytest.importorskip("pytorch_grad_cam", reason="parity needs the bench extras (grad-cam)")
+
+
+def _randomise_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model.eval()
+
+
+def vit(distilled: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    kw = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2}
+    kw |= {"num_attention_heads": 2, "intermediate_size": 64, "num_labels": 4}
+    if distilled:
+        return tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**kw)).eval()
+    return tf.ViTForImageClassification(tf.ViTConfig(**kw)).eval()
+
+
+def convnext() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = tf.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=4)
+    return tf.ConvNextForImageClassification(cfg).eval()
+
+
+def resnet() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = tf.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=4
+    )
+    return _randomise_bn(tf.ResNetForImageClassification(cfg))
+
+
+class Logits(nn.Module):
+    """What pytorch-grad-cam needs: the logits tensor, not a ``ModelOutput``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+def tokens_to_grid(prefix: int):  # noqa: ANN201
+    """pytorch-grad-cam's documented ViT reshape: drop the prefix tokens, a square grid, NCHW."""
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        side = int((t.size(1) - prefix) ** 0.5)
+        return t[:, prefix:, :].reshape(t.size(0), side, side, t.size(2)).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    lo, hi = a.min(axis=(-2, -1), keepdims=True), a.max(axis=(-2, -1), keepdims=True)
+    return (a - lo) / (hi - lo)
+
+
+CASES = {
+    # name: (model, auto layer netlens must pick, tokens before the grid)
+    "vit": (vit, "layers.1.layernorm_before", 1),  # class-token pooling: the block's first norm
+    "deit-distilled": (lambda: vit(True), "layers.1.layernorm_before", 2),  # class + distil
+    "convnext": (convnext, "convnext.encoder.stages.3", None),
+    "resnet": (resnet, "resnet.encoder.stages.3", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hf_classifiers_match_pytorch_grad_cam(name: str) -> None:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    make, layer, prefix = CASES[name]
+    model = make()
+    size = 32 if prefix else 64
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    mine = netlens.cam(model, x, target=[1, 3])
+    assert mine.layer.endswith(layer), mine.layer
+    module = dict(model.named_modules())[mine.layer]
+    reshape = tokens_to_grid(prefix) if prefix else None
+    with pgc.GradCAM(Logits(model), [module], reshape_transform=reshape) as explainer:
+        ref = explainer(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in (1, 3)])
+    assert ref.std() > 0.05 and mine.heatmaps.std() > 0.05  # the block itself gives empty maps
+    for a, b in zip(mine.heatmaps, _minmax(ref), strict=True):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
+
+
+def test_a_mean_pooled_token_model_keeps_the_block() -> None:
+    """BEiT pools the mean of its patch tokens: every token reaches the output."""
+    torch.manual_seed(0)
+    cfg = tf.BeitConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
+        use_mean_pooling=True,
+    )
+    model = tf.BeitForImageClassification(cfg).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    res = netlens.cam(model, x)
+    assert not res.layer.endswith("layernorm_before") and res.heatmaps.std() > 0.05
