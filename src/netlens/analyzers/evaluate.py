@@ -252,9 +252,9 @@ class EvaluateAnalyzer(Analyzer):
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
-                if not tally.fwd_checked:
+                if not tally.classifier_checked:
                     _check_class_scores(lens, x[:1])
-                    tally.fwd_checked = True
+                    tally.classifier_checked = True
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
                 _score_batch(run, tally, method_list, x, y, masks, opts, step)
@@ -297,7 +297,7 @@ class _Tally:
     acc: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     fwd: dict[str, int] = dataclasses.field(default_factory=dict)
-    fwd_checked: bool = False
+    classifier_checked: bool = False
 
     def __post_init__(self) -> None:
         self.seconds = {m: 0.0 for m in self.metrics}

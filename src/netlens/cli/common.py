@@ -92,11 +92,16 @@ def split_model_and_images(
     taken as an image and the default model is used.
     """
     from ..images import IMAGE_SUFFIXES
+    from ..models.hf import is_hf_folder
+    from ..models.load import is_model_folder
 
     rest = list(images or [])
     if model is not None and not model.startswith("zoo:"):
         p = Path(model)
-        if p.suffix.lower() in IMAGE_SUFFIXES or (p.is_dir() and not any(p.glob("*.pt"))):
+        folder = p.is_dir() and not any(p.glob("*.pt"))
+        if folder and (is_model_folder(p) or is_hf_folder(p)):
+            folder = False  # a netlens model folder, or a Hugging Face one
+        if p.suffix.lower() in IMAGE_SUFFIXES or folder:
             return None, [model, *rest]
     return model, rest
 

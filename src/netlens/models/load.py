@@ -1,9 +1,10 @@
 """Turn a model source into a :class:`~netlens.lens.Lens`.
 
 Sources, tried in order by loader plugins (netlens' own loaders last, so plugins can override):
-a netlens checkpoint; a bare state_dict (``.pt``/``.pth``/``.safetensors``) plus ``arch``; the
-weights of a TorchScript or ``torch.export`` file plus ``arch``, only with ``trust=True``; a
-whole pickled module, only with ``trust=True`` (unpickling runs code); an ``nn.Module``.
+a Hugging Face model folder; a netlens checkpoint; a bare state_dict (``.pt``/``.pth``/
+``.safetensors``) plus ``arch``; the weights of a TorchScript or ``torch.export`` file plus
+``arch``, only with ``trust=True``; a whole pickled module, only with ``trust=True`` (unpickling
+runs code); an ``nn.Module``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..targets import check_task
 from .archive import check_archive
 from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import check_arch, create_arch, head_num_classes
+from .hf import is_hf_folder
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -586,10 +588,11 @@ def load_file(
         raise ModelLoadError(
             f"{display_path(path)} is a pipe or a device, not a model file; pass a model file"
         )
-    if path.is_dir() and not is_model_folder(path):
+    if path.is_dir() and not is_model_folder(path) and not is_hf_folder(path):
         raise ModelLoadError(
             f"{display_path(path)} is a folder; pass the model file inside it (a model folder "
-            "holds card.json and model.safetensors, as netlens' zoo does)"
+            "holds card.json and model.safetensors, as netlens' zoo does, or config.json and "
+            "the weights, as Hugging Face's save_pretrained writes)"
         )
     if arch:
         check_arch(arch, host)  # fail fast, before the file is read or anything is built

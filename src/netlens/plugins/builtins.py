@@ -20,14 +20,16 @@ __all__ = ["Ablation", "Archs", "Cam", "Core", "Datasets", "Metrics", "Views"]
 
 
 class Core:
-    """How a model file is opened: netlens checkpoints, bare state_dicts, TorchScript and
-    ``torch.export`` files (their weights), pickled modules."""
+    """How a model file is opened: Hugging Face folders, netlens checkpoints, bare
+    state_dicts, TorchScript and ``torch.export`` files (their weights), pickled modules."""
 
     @staticmethod
     @hookimpl
     def netlens_register_model_loaders(registry: Registry) -> None:
         from ..models import load
+        from ..models.hf import load_hf_folder
 
+        registry.add("hugging-face-folder", load_hf_folder)
         registry.add("netlens-checkpoint", load.load_netlens_checkpoint)
         registry.add("state-dict", load.load_state_dict_file)
         registry.add("compiled-archive", load.load_compiled_archive)

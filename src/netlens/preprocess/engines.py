@@ -66,7 +66,9 @@ def resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     rh, rw = spec.resize_size  # type: ignore[misc]
     target = [rh, rw] if spec.mode == "squash" or rh != rw else [rh]
     pil = F.resize(pil, target, interpolation=InterpolationMode(spec.interpolation))
-    pil = F.center_crop(pil, list(spec.size))  # type: ignore[arg-type]
+    h, w = spec.size  # type: ignore[misc]
+    top, left = spec.crop_start(pil.height, pil.width)
+    pil = F.crop(pil, top, left, h, w)  # torchvision's centre crop, with the spec's offset
     out = np.asarray(pil)
     return out.reshape(*out.shape[:2], img.shape[2])
 
@@ -81,7 +83,7 @@ def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     h0, w0 = img.shape[:2]
     rh, rw = resized_hw((h0, w0), spec)
     h, w = spec.size  # type: ignore[misc]
-    top, left = int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+    top, left = spec.crop_start(rh, rw)
     sy, sx = rh / h0, rw / w0
     box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
     how = {

@@ -91,6 +91,8 @@ class Preprocess:
         engine: ``netlens`` or ``timm`` (timm's own ``create_transform``).
         source: where this spec came from (recorded in every output).
         function: a user's callable, PIL image → C×H×W tensor, used instead of all the above.
+        crop_offset: where a centre crop starts when the margin is odd: ``round`` (torchvision,
+            timm) or ``floor`` (Hugging Face image processors).
 
     Example:
         >>> pre = Preprocess(size=(224, 224), crop_pct=0.875, interpolation="bicubic")
@@ -107,6 +109,7 @@ class Preprocess:
     crop_mode: str | None = None
     engine: str = "netlens"
     source: str = "netlens defaults"
+    crop_offset: str = "round"
     function: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -131,6 +134,8 @@ class Preprocess:
             return f"unknown interpolation '{self.interpolation}' (known: {known})"
         if self.crop_mode not in (None, *CROP_MODES):
             return f"unknown crop_mode '{self.crop_mode}' (known: {', '.join(CROP_MODES)})"
+        if self.crop_offset not in ("round", "floor"):
+            return f"unknown crop_offset '{self.crop_offset}' (known: round, floor)"
         if self.engine not in ENGINES:
             return f"unknown engine '{self.engine}' (known: {', '.join(ENGINES)})"
         if self.crop_mode == "border" and self.engine != "timm":
@@ -156,6 +161,13 @@ class Preprocess:
             return None
         return tuple(math.floor(s / self.crop_pct + 1e-6) for s in self.size)  # type: ignore[return-value]
 
+    def crop_start(self, rh: int, rw: int) -> tuple[int, int]:
+        """(top, left) of the centre crop in an image resized to ``rh`` × ``rw``."""
+        h, w = self.size  # type: ignore[misc]
+        if self.crop_offset == "floor":
+            return (rh - h) // 2, (rw - w) // 2
+        return int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+
     def crop_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """Where the model's input lies in an image of ``image_hw``: (top, bottom, left, right)."""
         h0, w0 = image_hw
@@ -163,7 +175,7 @@ class Preprocess:
             return 0, h0, 0, w0
         nh, nw = resized_hw((h0, w0), self)
         h, w = self.size
-        top, left = round((nh - h) / 2.0), round((nw - w) / 2.0)
+        top, left = self.crop_start(nh, nw)
         sy, sx = nh / h0, nw / w0
         return (
             max(0, round(top / sy)),
@@ -258,6 +270,8 @@ class Preprocess:
             "resize": list(self.resize_size) if self.resize_size else None,
             "antialias": True,
         }
+        if self.crop_offset != "round":
+            d["crop_offset"] = self.crop_offset
         if self.function is not None:
             d["function"] = _qualname(self.function)
         if self.size is None:

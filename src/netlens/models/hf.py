@@ -1,0 +1,173 @@
+"""Hugging Face model folders (``save_pretrained``: ``config.json`` and the weights), loaded by
+``transformers``' own ``AutoModelForImageClassification`` from the folder alone (nothing is
+downloaded), with the class names of ``config.id2label`` and the preprocessing of
+``preprocessor_config.json`` as a netlens spec (so overlays know the crop).
+
+Weights are read as transformers reads them (safetensors, or ``pytorch_model.bin`` with
+``weights_only``); a model whose config asks for code shipped in the folder (``auto_map``) runs
+that code, so it needs ``trust=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelLoadError, UnsafeModelError
+from ..naming import display_path
+from ..preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from .load import LoadedModel, LoadRequest
+
+__all__ = ["hf_preprocess", "is_hf_folder", "load_hf_folder"]
+
+WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def is_hf_folder(path: Path) -> bool:
+    """A folder written by ``save_pretrained``: ``config.json`` next to the weights."""
+    try:
+        return (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHTS)
+    except OSError:
+        return False
+
+
+def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
+    """The image classifier in a Hugging Face folder, its labels and its preprocessing."""
+    from .load import LoadedModel
+
+    if not source.is_dir() or not is_hf_folder(source):
+        return None
+    name = display_path(source.name)
+    config = _json(source / "config.json", name)
+    if config.get("auto_map") and not req.trust:
+        raise UnsafeModelError(
+            f"{name}: its config runs model code shipped in the folder (auto_map); load it only "
+            "if you trust its author, with --trust (trust=True in Python)"
+        )
+    try:
+        import transformers
+    except ImportError:
+        raise ModelLoadError(
+            f"{name} is a Hugging Face model folder; install transformers to load it "
+            "(pip install transformers)"
+        ) from None
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # its "Loading weights" bar, even with --quiet
+    try:
+        model, info = transformers.AutoModelForImageClassification.from_pretrained(
+            str(source),
+            local_files_only=True,
+            trust_remote_code=req.trust,
+            output_loading_info=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - not an image classifier, or damaged weights
+        kind = config.get("model_type", "unknown")
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{name} does not load as a Hugging Face image classifier (model_type "
+            f"'{kind}'): {first}"
+        ) from None
+    finally:
+        if shown:
+            bars.enable_progress_bar()
+    missing = list(info.get("missing_keys") or [])
+    if missing:  # transformers would fill them with random numbers: a head that was never trained
+        raise ModelLoadError(
+            f"{name} lacks {len(missing)} of the classifier's weights ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): it holds a model without its trained "
+            "classification head; explain a fine-tuned classifier"
+        )
+    model.eval()
+    card = {
+        "arch": f"hf:{type(model).__name__}",
+        "hf_model_type": config.get("model_type"),
+    }
+    return LoadedModel(model, hf_preprocess(source), _labels(config), card)
+
+
+def _labels(config: dict[str, Any]) -> list[str] | None:
+    """``id2label`` in index order; None for transformers' placeholders (``LABEL_0``)."""
+    raw = config.get("id2label") or {}
+    try:
+        labels = {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        return None
+    names = [labels.get(i, "") for i in range(len(labels))]
+    placeholder = all(re.fullmatch(rf"LABEL_{i}", n) for i, n in enumerate(names))
+    if not names or placeholder or not all(names) or len(set(names)) != len(names):
+        return None
+    return names
+
+
+def hf_preprocess(folder: Path) -> Preprocess | None:
+    """``preprocessor_config.json`` as a spec: resize (both sides, or the shorter side), an
+    optional centre crop (ConvNeXt's ``crop_pct`` too), the resampling filter, mean and std.
+    None when there is no such file or it does something a spec cannot say (no resize, a
+    rescale other than 1/255, a crop of another aspect than the resize)."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    d = _json(path, display_path(folder.name))
+    if not d.get("do_resize", True) or not isinstance(d.get("size"), dict):
+        return None
+    if d.get("do_rescale", True) and abs(float(d.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        return None
+    size, crop = d["size"], d.get("crop_size") if d.get("do_center_crop") else None
+    kind = str(d.get("image_processor_type", "image processor"))
+    fields: dict[str, Any] = {}
+    if "height" in size and "width" in size:
+        h, w = int(size["height"]), int(size["width"])
+        fields = {"size": (h, w), "crop_pct": 1.0, "crop_mode": "squash"}
+        if crop:
+            ch, cw = int(crop["height"]), int(crop["width"])
+            if ch * w != cw * h:
+                return None
+            fields = {"size": (ch, cw), "crop_pct": ch / h, "crop_mode": "squash"}
+    elif "shortest_edge" in size:
+        s = int(size["shortest_edge"])
+        if d.get("crop_pct") is not None:  # ConvNeXt: shorter side to s / crop_pct, crop s
+            pct = float(d["crop_pct"]) if s < 384 else 1.0
+            fields = {
+                "size": (s, s),
+                "crop_pct": pct,
+                "crop_mode": "center" if s < 384 else "squash",
+            }
+        elif crop and int(crop["height"]) == int(crop["width"]):
+            c = int(crop["height"])
+            fields = {"size": (c, c), "crop_pct": c / s, "crop_mode": "center"}
+        else:
+            return None
+    else:
+        return None
+    normalize = d.get("do_normalize", True)
+    mean = tuple(d.get("image_mean") or (0.5, 0.5, 0.5)) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(d.get("image_std") or (0.5, 0.5, 0.5)) if normalize else (1.0, 1.0, 1.0)
+    return Preprocess(
+        mean=mean,
+        std=std,
+        interpolation=_RESAMPLE.get(int(d.get("resample", 2)), "bilinear"),
+        source=f"Hugging Face preprocessor_config.json ({kind})",
+        crop_offset="floor",  # transformers' center_crop: (size - crop) // 2
+        **fields,
+    )
+
+
+def _json(path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise ModelLoadError(f"{name}: {path.name} is not readable JSON") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{name}: {path.name} is not a JSON object")
+    return data

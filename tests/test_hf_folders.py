@@ -1,0 +1,140 @@
+"""Hugging Face model folders (``save_pretrained``): the model, its labels and its image
+processor's preprocessing, from the folder alone; checked against transformers itself."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hostile_inputs import assert_one_clean_line
+from PIL import Image
+from typer.testing import CliRunner
+
+import netlens
+from netlens.cli.app import app
+from netlens.errors import ModelLoadError, UnsafeModelError
+
+tf = pytest.importorskip("transformers", reason="Hugging Face folders need the bench extras")
+skdata = pytest.importorskip("skimage.data", reason="needs scikit-image's photos")
+
+runner = CliRunner()
+LABELS = {0: "cat", 1: "dog", 2: "bird"}
+
+
+def save(model, processor, folder) -> None:  # noqa: ANN001
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = tf.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label=LABELS,
+        label2id={v: k for k, v in LABELS.items()},
+    )
+    model = tf.ViTForImageClassification(cfg).eval()
+    folder = tmp_path_factory.mktemp("hf") / "vit-cats"
+    save(model, tf.ViTImageProcessor(size={"height": 32, "width": 32}, resample=3), folder)
+    return model, folder
+
+
+def processors():  # noqa: ANN201
+    """Image processors whose geometry differs: warp; shorter side + crop_pct (ConvNeXt);
+    warp + centre crop (DeiT); shorter side + centre crop (BiT)."""
+    return {
+        "vit": tf.ViTImageProcessor(size={"height": 40, "width": 40}),
+        "convnext": tf.ConvNextImageProcessor(size={"shortest_edge": 40}, crop_pct=0.875),
+        "deit": tf.DeiTImageProcessor(
+            size={"height": 46, "width": 46}, crop_size={"height": 40, "width": 40}
+        ),
+        "bit": tf.BitImageProcessor(
+            size={"shortest_edge": 48}, crop_size={"height": 40, "width": 40}
+        ),
+    }
+
+
+def test_the_folder_loads_with_its_labels(vit_folder):
+    model, folder = vit_folder
+    lens = netlens.load(folder)
+    assert lens.classes == ["cat", "dog", "bird"]
+    assert lens.card["arch"] == "hf:ViTForImageClassification"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(lens.model(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("kind", sorted(processors()))
+def test_preprocessing_equals_the_image_processors(kind, vit_folder, tmp_path):
+    """Equal to transformers' PIL processor, and within two grey levels of its default
+    (torchvision) one. Both place a centre crop with a floored offset, which netlens follows for
+    these specs (torchvision rounds it: a pixel apart for ConvNeXt's 67 → 40 here)."""
+    _, folder = vit_folder
+    here = tmp_path / kind
+    save(tf.ViTForImageClassification.from_pretrained(folder), processors()[kind], here)
+    lens = netlens.load(here)
+    assert kind.lower() in lens.preprocess_info()["source"].lower()
+    pil = tf.AutoImageProcessor.from_pretrained(here, backend="pil")
+    fast = tf.AutoImageProcessor.from_pretrained(here)
+    for name in ("chelsea", "astronaut", "coffee"):
+        img = getattr(skdata, name)()
+        mine = lens.preprocess([img])[0]
+        quick = fast(images=Image.fromarray(img), return_tensors="pt")["pixel_values"][0]
+        assert mine.shape == quick.shape == (3, 40, 40)
+        assert float((mine - quick).abs().max()) <= 4 / 255 + 1e-5  # two grey levels, std 0.5
+        ref = pil(images=Image.fromarray(img), return_tensors="pt")["pixel_values"][0]
+        assert float((mine - ref).abs().max()) <= 1e-5
+
+
+def test_cli_explains_a_label_by_name(vit_folder, tmp_path):
+    _, folder = vit_folder
+    img = tmp_path / "cat.png"
+    Image.fromarray(skdata.chelsea()).save(img)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["cam", str(folder), str(img), "--target", "dog", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "cam.json").read_text())
+    row = summary["images"][0]
+    assert row["target"] == 1 and row["target_name"] == "dog"
+    assert row["prediction_name"] in LABELS.values()
+    assert summary["run"]["preprocess"]["source"].startswith("Hugging Face preprocessor_config")
+    heat = np.load(out / "cat_gradcam_vit.layers.1.layernorm_before_dog.npy")
+    assert heat.shape == (32, 32) and heat.std() > 0.05
+
+
+def test_a_backbone_without_its_head_is_refused(vit_folder, tmp_path):
+    """A ``ViTModel`` folder: transformers would give it a random classifier, silently."""
+    model, _ = vit_folder
+    save(model.vit, tf.ViTImageProcessor(size={"height": 32, "width": 32}), tmp_path / "base")
+    with pytest.raises(ModelLoadError) as err:
+        netlens.load(tmp_path / "base")
+    assert "classifier.weight" in assert_one_clean_line(str(err.value))
+
+
+def test_folders_that_are_not_image_classifiers_say_so(tmp_path):
+    folder = tmp_path / "bert"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = tf.BertConfig(
+            hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+        )
+        tf.BertModel(cfg).save_pretrained(folder)
+    with pytest.raises(ModelLoadError) as err:
+        netlens.load(folder)
+    assert "image classifier" in assert_one_clean_line(str(err.value))
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForImageClassification": "modeling_mine.Mine"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsafeModelError, match="--trust"):
+        netlens.load(folder)
