@@ -138,3 +138,36 @@ def test_folders_that_are_not_image_classifiers_say_so(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsafeModelError, match="--trust"):
         netlens.load(folder)
+
+
+def test_imagenet_labels_match_wordnet_id_folders(tmp_path):
+    """A Hugging Face ImageNet classifier labels its classes as ImageNet does ("tabby, tabby
+    cat"): folders in ImageNet's own layout (WordNet IDs) match them."""
+    from timm.data import ImageNetInfo
+
+    labels = dict(enumerate(ImageNetInfo().label_descriptions()))
+    torch.manual_seed(0)
+    cfg = tf.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=16,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    folder = tmp_path / "imagenet-vit"
+    save(
+        tf.ViTForImageClassification(cfg),
+        tf.ViTImageProcessor(size={"height": 32, "width": 32}),
+        folder,
+    )
+    lens = netlens.load(folder)
+    assert lens.classes[281] == labels[281] and lens.classes.find("n02123045") == 281
+    assert lens.classes[134] == "crane (n02012849)" and len(set(lens.classes)) == 1000
+    data = tmp_path / "val"
+    for wnid in ("n01440764", "n02123045"):
+        (data / wnid).mkdir(parents=True)
+        Image.fromarray(skdata.chelsea()).save(data / wnid / "a.png")
+    assert sorted(label for _, label in lens.dataset(data).items) == [0, 281]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import Preprocess
+from .known_classes import imagenet_labels
 
 if TYPE_CHECKING:
     from .load import LoadedModel, LoadRequest
@@ -93,7 +95,12 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
         "arch": f"hf:{type(model).__name__}",
         "hf_model_type": config.get("model_type"),
     }
-    return LoadedModel(model, hf_preprocess(source), _labels(config), card)
+    labels = _labels(config)
+    known = imagenet_labels(labels) if labels else None  # ImageNet's: WordNet-ID folders match
+    if known is not None:
+        known.source = "id2label (ImageNet-1k's classes; WordNet IDs from timm)"
+    classes = known or (_distinct(labels) if labels else None)
+    return LoadedModel(model, hf_preprocess(source), classes, card)
 
 
 def _labels(config: dict[str, Any]) -> list[str] | None:
@@ -105,9 +112,15 @@ def _labels(config: dict[str, Any]) -> list[str] | None:
         return None
     names = [labels.get(i, "") for i in range(len(labels))]
     placeholder = all(re.fullmatch(rf"LABEL_{i}", n) for i, n in enumerate(names))
-    if not names or placeholder or not all(names) or len(set(names)) != len(names):
+    if not names or placeholder or not all(names):
         return None
     return names
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """Labels that name two classes (ImageNet's "crane") with the index of each."""
+    count = Counter(names)
+    return [n if count[n] == 1 else f"{n} ({i})" for i, n in enumerate(names)]
 
 
 def hf_preprocess(folder: Path) -> Preprocess | None:

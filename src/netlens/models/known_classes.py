@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data.labels import normalize_name
 
-__all__ = ["ClassNames", "known_class_names"]
+__all__ = ["ClassNames", "imagenet_labels", "known_class_names"]
 
 
 class ClassNames(list):
@@ -29,12 +29,16 @@ class ClassNames(list):
     Attributes:
         aliases: normalised other name (:func:`netlens.data.labels.normalize_name`) → index.
         source: where the names came from (recorded in outputs).
+        guessed: told from the model's architecture and head size, not given by its author.
     """
 
-    def __init__(self, names: list[str], aliases: dict[str, int], source: str) -> None:
+    def __init__(
+        self, names: list[str], aliases: dict[str, int], source: str, *, guessed: bool = False
+    ) -> None:
         super().__init__(names)
         self.aliases = aliases
         self.source = source
+        self.guessed = guessed
 
     def find(self, name: str) -> int | None:
         """The index ``name`` (a class name or an alias, any case and separators) stands for."""
@@ -78,7 +82,29 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
         return None
     whose = "torchvision's names" if subset == "imagenet-1k" else "timm's WordNet lemmas"
     source = f"{subset}, guessed from the {n} outputs ({whose}, WordNet IDs from timm)"
-    return ClassNames(names, _aliases(names, wnids, lemmas), source)
+    return ClassNames(names, _aliases(names, wnids, lemmas), source, guessed=True)
+
+
+def imagenet_labels(names: list[str]) -> ClassNames | None:
+    """``names`` (a model's own labels, such as a Hugging Face ``id2label``) with ImageNet-1k's
+    WordNet IDs and lemmas as aliases, when they are ImageNet-1k's classes in ImageNet's order
+    (the first lemma of every class, as in ``"tench, Tinca tinca"``); None otherwise."""
+    if len(names) != 1000:
+        return None
+    try:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo("imagenet-1k")
+        wnids, described = list(info.label_names()), info.label_descriptions()
+    except Exception:  # noqa: BLE001 - a timm without these files
+        return None
+    lemmas = [[w.strip() for w in d.split(",")] for d in described]
+    first = [normalize_name(str(n).split(",")[0]) for n in names]
+    if any(f != normalize_name(words[0]) for f, words in zip(first, lemmas, strict=True)):
+        return None
+    count = Counter(names)  # "crane" is the bird's and the machine's: each gets its WordNet ID
+    distinct = [n if count[n] == 1 else f"{n} ({s})" for n, s in zip(names, wnids, strict=True)]
+    return ClassNames(distinct, _aliases(distinct, wnids, lemmas), "ImageNet-1k labels")
 
 
 def _outputs(model: nn.Module) -> int | None:

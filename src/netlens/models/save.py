@@ -9,7 +9,6 @@ from torch import nn
 
 from ..errors import NetlensError
 from .checkpoint import make_checkpoint, write_checkpoint
-from .known_classes import ClassNames
 
 
 def save(
@@ -39,7 +38,7 @@ def save(
     if isinstance(obj, Lens):
         arch = arch or obj.card.get("arch")
         arch_kwargs = arch_kwargs or obj.card.get("arch_kwargs")
-        if classes is None and not isinstance(obj.classes, ClassNames):
+        if classes is None and not getattr(obj.classes, "guessed", False):
             classes = obj.classes  # (guessed ImageNet names are guessed again on load)
         record = record if record is not None else obj.card.get("record")
         preprocess = obj.transform
