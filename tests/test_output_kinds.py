@@ -223,3 +223,16 @@ def test_dict_outputs_through_score_cams_folded_passes():
     got = netlens.Lens(model, {"size": (48, 48)}).cam(x, **kw).heatmaps
     want = netlens.Lens(twin, {"size": (48, 48)}).cam(x, **kw).heatmaps
     assert np.abs(got - want).max() <= 1e-5
+
+
+def test_a_multilabel_model_is_evaluated_with_sigmoids(photos):
+    """Deletion follows σ(z_target) for a multi-label model, not a softmax across labels."""
+    root, files = photos
+    model = made(DictNet)  # four independent labels
+    lens = netlens.Lens(model, {"size": (48, 48)}, task="multilabel")
+    with torch.no_grad():
+        z = model(lens.preprocess(files))["logits"].double()
+    labels = torch.tensor([0, 0, 1, 1])
+    ev = lens.evaluate(root, metrics="deletion", chunk=4)
+    start = ev.arrays["gradcam/deletion/curve"][:, 0]
+    assert np.allclose(start, torch.sigmoid(z[torch.arange(4), labels]).numpy(), atol=1e-5)
