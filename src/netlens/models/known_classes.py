@@ -56,20 +56,13 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
     n = _outputs(model)
     if n is None:
         return None
-    try:
-        from timm.data import ImageNetInfo, infer_imagenet_subset
+    from timm.data import infer_imagenet_subset
 
-        subset = infer_imagenet_subset({"num_classes": n})
-        if subset is None:
-            return None
-        info = ImageNetInfo(subset)
-        wnids: list[str] = list(info.label_names())
-        described = info.label_descriptions()
-    except Exception:  # noqa: BLE001 - a timm without these files: no names, as before
+    subset = infer_imagenet_subset({"num_classes": n})
+    found = _imagenet(subset) if subset else None
+    if found is None or len(found[0]) != n:
         return None
-    if len(wnids) != n:
-        return None
-    lemmas = [[w.strip() for w in d.split(",")] for d in described]
+    wnids, lemmas = found
     if subset == "imagenet-1k":
         names = _torchvision_imagenet_names()
     else:
@@ -89,22 +82,29 @@ def imagenet_labels(names: list[str]) -> ClassNames | None:
     """``names`` (a model's own labels, such as a Hugging Face ``id2label``) with ImageNet-1k's
     WordNet IDs and lemmas as aliases, when they are ImageNet-1k's classes in ImageNet's order
     (the first lemma of every class, as in ``"tench, Tinca tinca"``); None otherwise."""
-    if len(names) != 1000:
+    found = _imagenet("imagenet-1k") if len(names) == 1000 else None
+    if found is None:
         return None
-    try:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo("imagenet-1k")
-        wnids, described = list(info.label_names()), info.label_descriptions()
-    except Exception:  # noqa: BLE001 - a timm without these files
-        return None
-    lemmas = [[w.strip() for w in d.split(",")] for d in described]
+    wnids, lemmas = found
     first = [normalize_name(str(n).split(",")[0]) for n in names]
     if any(f != normalize_name(words[0]) for f, words in zip(first, lemmas, strict=True)):
         return None
     count = Counter(names)  # "crane" is the bird's and the machine's: each gets its WordNet ID
     distinct = [n if count[n] == 1 else f"{n} ({s})" for n, s in zip(names, wnids, strict=True)]
     return ClassNames(distinct, _aliases(distinct, wnids, lemmas), "ImageNet-1k labels")
+
+
+def _imagenet(subset: str) -> tuple[list[str], list[list[str]]] | None:
+    """An ImageNet subset's WordNet IDs and each class's lemmas, from timm's package files
+    (None from a timm without them)."""
+    try:
+        from timm.data import ImageNetInfo
+
+        info = ImageNetInfo(subset)
+        wnids, described = list(info.label_names()), info.label_descriptions()
+    except Exception:  # noqa: BLE001 - a trimmed or older timm: no names, as before
+        return None
+    return wnids, [[w.strip() for w in d.split(",")] for d in described]
 
 
 def _outputs(model: nn.Module) -> int | None:

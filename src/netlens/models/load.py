@@ -281,7 +281,8 @@ class CompiledArchive:
 
 
 def _compiled_kind(path: Path) -> str | None:
-    """ "TorchScript", "torch.export" or None, read off the zip's member names."""
+    """Which compiled format ``path`` holds (``TorchScript``, ``torch.export``; None for any
+    other file), read off its zip archive's member names."""
     import zipfile
 
     try:
@@ -329,7 +330,8 @@ def load_compiled_archive(source: Path, req: LoadRequest) -> LoadedModel | None:
             else:
                 state = dict(torch.export.load(str(source)).state_dict)
     except Exception as exc:  # noqa: BLE001 - a damaged archive
-        raise ModelLoadError(f"cannot read {name} as a {kind} file: {exc}"[:300]) from None
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"cannot read {name} as a {kind} file: {why}") from None
     state = OrderedDict((k, v.detach()) for k, v in state.items() if isinstance(v, torch.Tensor))
     loaded = _from_state(state, source, req)
     loaded.card["weights_from"] = kind
