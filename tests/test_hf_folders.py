@@ -31,8 +31,8 @@ def save(model, processor, folder) -> None:  # noqa: ANN001
         processor.save_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
-def vit_folder(tmp_path_factory):
+def vit(labels: dict[int, str]):  # noqa: ANN201
+    """A tiny ViT classifier (random weights) labelled with ``labels``."""
     torch.manual_seed(0)
     cfg = tf.ViTConfig(
         image_size=32,
@@ -41,10 +41,15 @@ def vit_folder(tmp_path_factory):
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        id2label=LABELS,
-        label2id={v: k for k, v in LABELS.items()},
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
     )
-    model = tf.ViTForImageClassification(cfg).eval()
+    return tf.ViTForImageClassification(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    model = vit(LABELS)
     folder = tmp_path_factory.mktemp("hf") / "vit-cats"
     save(model, tf.ViTImageProcessor(size={"height": 32, "width": 32}, resample=3), folder)
     return model, folder
@@ -146,23 +151,8 @@ def test_imagenet_labels_match_wordnet_id_folders(tmp_path):
     from timm.data import ImageNetInfo
 
     labels = dict(enumerate(ImageNetInfo().label_descriptions()))
-    torch.manual_seed(0)
-    cfg = tf.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        intermediate_size=16,
-        id2label=labels,
-        label2id={v: k for k, v in labels.items()},
-    )
     folder = tmp_path / "imagenet-vit"
-    save(
-        tf.ViTForImageClassification(cfg),
-        tf.ViTImageProcessor(size={"height": 32, "width": 32}),
-        folder,
-    )
+    save(vit(labels), tf.ViTImageProcessor(size={"height": 32, "width": 32}), folder)
     lens = netlens.load(folder)
     assert lens.classes[281] == labels[281] and lens.classes.find("n02123045") == 281
     assert lens.classes[134] == "crane (n02012849)" and len(set(lens.classes)) == 1000
