@@ -161,3 +161,24 @@ def test_imagenet_labels_match_wordnet_id_folders(tmp_path):
         (data / wnid).mkdir(parents=True)
         Image.fromarray(skdata.chelsea()).save(data / wnid / "a.png")
     assert sorted(label for _, label in lens.dataset(data).items) == [0, 281]
+
+
+def test_a_model_object_gets_what_its_folder_says(vit_folder):
+    """``Lens(AutoModel...from_pretrained(folder))`` in Python: the folder's labels and
+    preprocessing, as ``netlens.load(folder)`` gives them."""
+    _, folder = vit_folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tf.AutoModelForImageClassification.from_pretrained(folder)
+    lens, loaded = netlens.Lens(model), netlens.load(folder)
+    assert lens.classes == loaded.classes == ["cat", "dog", "bird"]
+    assert lens.transform == loaded.transform
+
+
+def test_a_model_object_without_a_folder_takes_its_config_size():
+    """A ViT made in Python takes its config's image size: a photo of another size failed in
+    the dry forward ("Input image size (300*451) doesn't match model (32*32)")."""
+    model = vit({0: "a", 1: "b"})
+    res = netlens.Lens(model).cam([skdata.chelsea()])
+    assert res.heatmaps.shape == (1, 32, 32) and res.rows()[0]["target_name"] in ("a", "b")
+    assert "config image_size 32×32" in res.meta["run"]["preprocess"]["source"]

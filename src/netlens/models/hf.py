@@ -24,7 +24,14 @@ from .known_classes import imagenet_labels
 if TYPE_CHECKING:
     from .load import LoadedModel, LoadRequest
 
-__all__ = ["hf_preprocess", "is_hf_folder", "load_hf_folder"]
+__all__ = [
+    "hf_class_names",
+    "hf_model_preprocess",
+    "hf_preprocess",
+    "is_hf_folder",
+    "load_hf_folder",
+    "spec_from_processor",
+]
 
 WEIGHTS = (
     "model.safetensors",
@@ -95,12 +102,52 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
         "arch": f"hf:{type(model).__name__}",
         "hf_model_type": config.get("model_type"),
     }
+    return LoadedModel(model, hf_preprocess(source), hf_class_names(config), card)
+
+
+def hf_class_names(config: dict[str, Any]) -> list[str] | None:
+    """A Hugging Face config's ``id2label`` as class names (ImageNet-1k's answer to their
+    WordNet IDs too); None for transformers' placeholders (``LABEL_0``)."""
     labels = _labels(config)
     known = imagenet_labels(labels) if labels else None  # ImageNet's: WordNet-ID folders match
     if known is not None:
         known.source = "id2label (ImageNet-1k's classes; WordNet IDs from timm)"
-    classes = known or (_distinct(labels) if labels else None)
-    return LoadedModel(model, hf_preprocess(source), classes, card)
+    return known or (_distinct(labels) if labels else None)
+
+
+def hf_model_preprocess(model: Any) -> Preprocess | None:
+    """The preprocessing of a transformers model object: its image processor's, read from
+    the folder it was loaded from, or from transformers' local cache for a hub name (never
+    downloaded); else its config's ``image_size`` with no crop. None without either."""
+    where = str(getattr(model, "name_or_path", "") or "")
+    if where and Path(where).is_dir():
+        spec = hf_preprocess(Path(where))
+        if spec is not None:
+            return spec
+    elif where:
+        try:
+            import transformers
+
+            processor = transformers.AutoImageProcessor.from_pretrained(
+                where, local_files_only=True
+            )
+            spec = spec_from_processor(processor.to_dict())
+            if spec is not None:
+                return spec
+        except Exception:  # noqa: BLE001 - not in the cache: fall back to the config
+            pass
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2):
+        h, w = (size, size) if isinstance(size, int) else size
+        return Preprocess(
+            size=(int(h), int(w)),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            crop_pct=1.0,
+            source=f"Hugging Face config image_size {h}×{w}; mean/std 0.5 (transformers' "
+            "default; guessed, as no image processor was found)",
+        )
+    return None
 
 
 def _labels(config: dict[str, Any]) -> list[str] | None:
@@ -131,7 +178,12 @@ def hf_preprocess(folder: Path) -> Preprocess | None:
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return None
-    d = _json(path, display_path(folder.name))
+    return spec_from_processor(_json(path, display_path(folder.name)))
+
+
+def spec_from_processor(d: dict[str, Any]) -> Preprocess | None:
+    """An image processor's settings (``preprocessor_config.json``) as a spec; see
+    :func:`hf_preprocess`."""
     if not d.get("do_resize", True) or not isinstance(d.get("size"), dict):
         return None
     if d.get("do_rescale", True) and abs(float(d.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:

@@ -49,8 +49,16 @@ class ClassNames(list):
 
 def known_class_names(model: nn.Module) -> ClassNames | None:
     """ImageNet class names for a timm or torchvision classifier with an ImageNet subset's
-    number of outputs; None for any other model."""
+    number of outputs; a Hugging Face model's ``id2label``; None for any other model.
+
+    A plain list for Hugging Face labels (not guessed), unless they are ImageNet-1k's.
+    """
     origin = type(model).__module__.split(".")[0]
+    if origin == "transformers":  # its config's id2label
+        from .hf import hf_class_names
+
+        config = getattr(model, "config", None)
+        return hf_class_names(config.to_dict()) if hasattr(config, "to_dict") else None
     if origin not in ("timm", "torchvision"):
         return None
     n = _outputs(model)

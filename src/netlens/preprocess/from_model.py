@@ -2,6 +2,7 @@
 
 Order: a torchvision architecture named ``tv:NAME`` → the transforms of its weights enum; a timm
 model (it carries ``pretrained_cfg``) → its data config, applied by timm's own transform; a
+Hugging Face model → its image processor's settings (or its config's ``image_size``); a
 torchvision module not named → the transforms of the torchvision architecture its layers'
 shapes identify (:func:`torchvision_name`), else the ImageNet convention; anything else
 → the model's ``input_size`` attribute when it has one, else no resize (the size of the first
@@ -45,6 +46,12 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
             return _fit_channels(spec, model)
     if getattr(model, "pretrained_cfg", None):
         return timm_spec(model)
+    if type(model).__module__.startswith("transformers."):
+        from ..models.hf import hf_model_preprocess
+
+        spec = hf_model_preprocess(model)
+        if spec is not None:
+            return _fit_channels(spec, model)
     if type(model).__module__.startswith("torchvision.models") and model_input_size(model) is None:
         name = torchvision_name(model)
         spec = torchvision_spec(name) if name else None
