@@ -18,6 +18,7 @@ Activations and gradients are captured with :func:`netlens.probe` and
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -262,7 +263,17 @@ def _pools_class_token(model: nn.Module, layer: LayerCall, example: torch.Tensor
         return str(pool) == "token"
     if isinstance(getattr(model, "class_token", None), nn.Parameter):
         return True
-    return example is not None and _tokens_reaching_output(model, layer.name, example[:1]) <= 2
+    if example is None:
+        return False
+    known = _POOLS_CLASS_TOKEN.setdefault(model, {})  # once per model and layer: a backward
+    if layer.name not in known:
+        known[layer.name] = _tokens_reaching_output(model, layer.name, example[:1]) <= 2
+    return known[layer.name]
+
+
+_POOLS_CLASS_TOKEN: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _tokens_reaching_output(model: nn.Module, name: str, x: torch.Tensor) -> int:
