@@ -149,6 +149,41 @@ class ImageFolderDataset(Dataset):
         return read_image(self.items[i][0])
 
 
+def _matched_by_name(
+    ds: Dataset, classes: Any, label_map: Mapping[str, Any] | str | Path | None
+) -> Dataset:
+    """A Dataset that names its classes (``ds.classes``, as torchvision's ``ImageFolder`` and
+    CIFAR do) with its labels moved to the model's classes of those names; any other Dataset,
+    or a model without class names, as it is."""
+    names = getattr(ds, "classes", None)
+    named = isinstance(names, (list, tuple)) and bool(names)
+    if not named or not all(isinstance(n, str) for n in names) or not classes:
+        return ds
+    match = match_names(names, classes, label_map=label_map, what="the Dataset's class names")
+    return _Relabelled(ds, [match.index[n] for n in names], match)
+
+
+class _Relabelled(Dataset):
+    """A user's Dataset, its label ``k`` (an index into its own ``classes``) as the model's."""
+
+    def __init__(self, ds: Dataset, to_model: list[int], match: Any) -> None:
+        self.dataset, self.to_model = ds, to_model
+        self.classes, self.label_source = match.classes, match.source
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        k = int(item[1])
+        if not 0 <= k < len(self.to_model):
+            raise DataError(
+                f"the Dataset's label {k} is not an index into its classes "
+                f"({len(self.to_model)} names); its labels must number its classes"
+            )
+        return (item[0], self.to_model[k], *item[2:])
+
+
 class _PairDataset(Dataset):
     """Preprocessed image tensors with labels (and ground-truth masks, for a triple)."""
 
@@ -221,7 +256,7 @@ def as_dataset(
     (:func:`label_source` reads it off any dataset or loader).
     """
     if isinstance(data, Dataset):
-        return data
+        return _matched_by_name(data, classes, label_map)
     if isinstance(data, tuple) and len(data) in (2, 3):
         x, y = (
             torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v

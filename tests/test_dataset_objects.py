@@ -1,0 +1,68 @@
+"""A user's Dataset object that names its classes (torchvision's ``ImageFolder``, CIFAR): its
+labels are moved to the model's classes of those names, as folder names are."""
+
+from __future__ import annotations
+
+import cv2
+import pytest
+import torch
+import torchvision
+from hostile_inputs import assert_one_clean_line
+from torch import nn
+
+import netlens
+from netlens.errors import DataError
+
+skdata = pytest.importorskip("skimage.data", reason="needs scikit-image's photos")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pets")
+    for name, img in (("cat", skdata.chelsea()), ("dog", skdata.astronaut())):
+        (root / name).mkdir()
+        for i in range(2):
+            cv2.imwrite(str(root / name / f"{i}.png"), cv2.resize(img, (32, 32))[..., ::-1])
+    return root
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+
+
+def test_imagefolder_labels_follow_the_models_class_names(folder):
+    """ImageFolder numbers cat 0 and dog 1; the model says dog 0, cat 1. Accuracy counts the
+    model's predictions against the right classes (it compared them with ImageFolder's)."""
+    ds = torchvision.datasets.ImageFolder(folder, transform=torchvision.transforms.ToTensor())
+    net = model()
+    lens = netlens.Lens(net, {"size": (32, 32)}, classes=["dog", "cat"])
+    matched = lens.dataset(ds)
+    assert [matched[i][1] for i in range(4)] == [1, 1, 0, 0]
+    assert matched.label_source == "the Dataset's class names matched to model classes"
+    with torch.no_grad():
+        pred = net(torch.stack([ds[i][0] for i in range(4)])).argmax(1)
+    by_hand = float((pred == torch.tensor([1, 1, 0, 0])).double().mean())
+    study = lens.ablate(ds, layers="0", mode="zero")
+    assert study.table[0]["value"] == pytest.approx(by_hand)
+
+
+def test_names_the_model_does_not_have_say_so(folder):
+    ds = torchvision.datasets.ImageFolder(folder, transform=torchvision.transforms.ToTensor())
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "horse"])
+    with pytest.raises(DataError) as err:
+        lens.dataset(ds)
+    assert "'cat'" in assert_one_clean_line(str(err.value))
+    mapped = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "horse"])
+    mapped.label_map = {"cat": "horse"}
+    assert [mapped.dataset(ds)[i][1] for i in range(4)] == [1, 1, 0, 0]
+
+
+def test_datasets_without_names_or_models_without_names_are_left_alone(folder):
+    ds = torchvision.datasets.ImageFolder(folder, transform=torchvision.transforms.ToTensor())
+    assert netlens.Lens(model(), {"size": (32, 32)}).dataset(ds) is ds
+    plain = torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+    assert lens.dataset(plain) is plain
