@@ -66,3 +66,12 @@ def test_datasets_without_names_or_models_without_names_are_left_alone(folder):
     plain = torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
     lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
     assert lens.dataset(plain) is plain
+
+
+def test_netlens_own_datasets_pass_through_with_their_label_source(folder):
+    """A dataset netlens made (labels already the model's) is not matched again: its
+    ``label_source`` stays "folder names matched to model classes"."""
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+    ours = lens.dataset(folder)
+    assert lens.dataset(ours) is ours
+    assert ours.label_source == "folder names matched to model classes"

@@ -154,7 +154,10 @@ def _matched_by_name(
 ) -> Dataset:
     """A Dataset that names its classes (``ds.classes``, as torchvision's ``ImageFolder`` and
     CIFAR do) with its labels moved to the model's classes of those names; any other Dataset,
-    or a model without class names, as it is."""
+    or a model without class names, as it is; so is one of netlens' own (it has a
+    ``label_source``: its labels are the model's already)."""
+    if label_source(ds) != label_source(None):
+        return ds
     names = getattr(ds, "classes", None)
     named = isinstance(names, (list, tuple)) and bool(names)
     if not named or not all(isinstance(n, str) for n in names) or not classes:
