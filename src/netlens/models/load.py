@@ -13,8 +13,6 @@ import os
 import pickle
 import re
 import sys
-import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,8 +30,9 @@ from ..preprocess import Preprocess, preprocess_for, with_overrides
 from ..targets import check_task
 from .archive import check_archive
 from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
-from .factory import check_arch, create_arch, head_num_classes
+from .factory import check_arch
 from .hf import is_hf_folder
+from .weights import CompiledArchive, compiled_kind, load_state
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -80,7 +79,7 @@ class LoadRequest:
                 )
         try:
             check_archive(self.source)
-            kind = _compiled_kind(self.source)
+            kind = compiled_kind(self.source)
             if kind is not None:
                 return CompiledArchive(kind)
             with torch_load_quietly():
@@ -172,170 +171,11 @@ def load_netlens_checkpoint(source: Path, req: LoadRequest) -> LoadedModel | Non
         raise ModelLoadError(f"{display_path(source.name)}: {exc}") from None
     arch, user_code = (req.arch, True) if req.arch else (meta.arch, False)
     model = build_checkpoint_model(meta, req.host, source, arch=arch, user_code=user_code)
-    _load_state(model, meta.state_dict, source)
+    load_state(model, meta.state_dict, source)
     card = {"arch": meta.arch, "arch_kwargs": meta.arch_kwargs, "record": meta.record}
     if source.is_dir():  # a model folder: its card is the model card
         card = {**meta.record, **card}
     return LoadedModel(model, pre or preprocess_for(model, arch), meta.classes, card)
-
-
-def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            state = OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
-            meta = getattr(obj, "_metadata", None)
-            if meta is not None:  # module versions that load_state_dict passes on
-                state._metadata = OrderedDict(  # type: ignore[attr-defined]
-                    (k.removeprefix("module."), v) for k, v in meta.items()
-                )
-            return state
-    return None
-
-
-def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
-    """A bare state_dict or safetensors file plus ``arch``; classes read off the head."""
-    state = _state_dict_of(req.payload)
-    if state is None:
-        return None
-    if not req.arch:
-        raise ModelLoadError(
-            f"{source.name} holds only weights (a state_dict); say which architecture with "
-            "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
-            "arch like lenet5)"
-        )
-    return _from_state(state, source, req)
-
-
-def _from_state(state: dict[str, torch.Tensor], source: Path, req: LoadRequest) -> LoadedModel:
-    """``req.arch`` built with ``state``'s class count and loaded with ``state``."""
-    assert req.arch
-    check_arch(req.arch, req.host)
-    kwargs = dict(req.arch_kwargs)
-    n = req.num_classes or kwargs.pop("num_classes", None)
-    prefix = ""
-    if n is None:
-        fresh = create_arch(req.arch, None, req.host, **kwargs)
-        state, prefix = fit_prefix(state, fresh, source)
-        n = head_num_classes(state, fresh)
-    model = create_arch(req.arch, n, req.host, **kwargs)
-    if not prefix:
-        state, prefix = fit_prefix(state, model, source)
-    _load_state(model, state, source)
-    card = {"arch": req.arch, "arch_kwargs": {**kwargs, **({"num_classes": n} if n else {})}}
-    if prefix:
-        card["state_dict_prefix"] = prefix
-    return LoadedModel(model, preprocess_for(model, req.arch), None, card)
-
-
-def fit_prefix(
-    state: dict[str, torch.Tensor], model: nn.Module, source: Path
-) -> tuple[dict[str, torch.Tensor], str]:
-    """``state`` as ``model`` names its weights, and the prefix that was taken off.
-
-    Training frameworks save the network under an attribute of their own module (PyTorch
-    Lightning's ``self.model`` gives ``model.conv1.weight``, next to ``loss.weight`` and
-    metrics). When ``model``'s names are not all in ``state`` but are, after one dotted prefix,
-    the keys under that prefix are the weights (the rest is dropped). Unchanged when the names
-    already fit or no prefix fits (the strict load then says what is missing); refused when
-    several fit (``model.`` and an EMA copy's ``model_ema.module.``), as picking one would be a
-    guess.
-    """
-    want = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    if want <= state.keys():
-        return state, ""
-    prefixes = {
-        ".".join(parts[:depth]) + "."
-        for parts in (k.split(".") for k in state)
-        for depth in range(1, min(len(parts), 4))
-    }
-    fits = [p for p in sorted(prefixes) if {p + k for k in want} <= state.keys()]
-    if len(fits) > 1:
-        raise ModelLoadError(
-            f"{source.name} holds {type(model).__name__}'s weights more than once (under "
-            f"{', '.join(repr(f) for f in fits)}); save the copy you mean as a bare state_dict "
-            f"(keys such as '{next(iter(model.state_dict()), 'weight')}') and load that file"
-        )
-    if not fits:
-        return state, ""
-    p = fits[0]
-    out = OrderedDict((k[len(p) :], v) for k, v in state.items() if k.startswith(p))
-    meta = getattr(state, "_metadata", None)
-    if meta is not None:  # module versions, keyed by module name ("model" → the root "")
-        out._metadata = OrderedDict(  # type: ignore[attr-defined]
-            (f"{k}.".removeprefix(p).removesuffix("."), v)
-            for k, v in meta.items()
-            if f"{k}.".startswith(p)
-        )
-    return out, p
-
-
-@dataclass(frozen=True)
-class CompiledArchive:
-    """A ``torch.jit.save`` (TorchScript) or ``torch.export.save`` file: weights plus code."""
-
-    kind: str
-
-
-def _compiled_kind(path: Path) -> str | None:
-    """Which compiled format ``path`` holds (``TorchScript``, ``torch.export``; None for any
-    other file), read off its zip archive's member names."""
-    import zipfile
-
-    try:
-        if not zipfile.is_zipfile(path):
-            return None
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return None
-    if any("/code/__torch__/" in n or n.endswith("/constants.pkl") for n in names):
-        return "TorchScript"
-    if any(n.endswith("/archive_format") for n in names) and not any(
-        n.endswith("/data.pkl") for n in names
-    ):
-        return "torch.export"
-    return None
-
-
-def load_compiled_archive(source: Path, req: LoadRequest) -> LoadedModel | None:
-    """The weights of a TorchScript or ``torch.export`` file, loaded into ``arch``.
-
-    Such a model runs as compiled code, with no Python modules to hook, so netlens needs the
-    architecture; reading the file compiles its code, so it also needs ``trust=True``.
-    """
-    payload = req.payload
-    if not isinstance(payload, CompiledArchive):
-        return None
-    name, kind = display_path(source.name), payload.kind
-    if not req.arch:
-        raise ModelLoadError(
-            f"{name} is a {kind} file, which runs as compiled code without the Python layers "
-            "netlens hooks; say which architecture it is with --arch NAME (and --trust) to read "
-            "its weights into that"
-        )
-    if not req.trust:
-        raise UnsafeModelError(
-            f"{name} is a {kind} file, and reading it compiles the code it contains; read its "
-            "weights only if you trust its author, with --trust (trust=True in Python)"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            if kind == "TorchScript":
-                state = dict(torch.jit.load(str(source), map_location="cpu").state_dict())
-            else:
-                state = dict(torch.export.load(str(source)).state_dict)
-    except Exception as exc:  # noqa: BLE001 - a damaged archive
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"cannot read {name} as a {kind} file: {why}") from None
-    state = OrderedDict((k, v.detach()) for k, v in state.items() if isinstance(v, torch.Tensor))
-    loaded = _from_state(state, source, req)
-    loaded.card["weights_from"] = kind
-    return loaded
 
 
 def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
@@ -417,37 +257,6 @@ def _unpickling_failed(name: str, exc: Exception) -> str:
         f"{name} does not unpickle to a model (with --trust its code may have run already); "
         "check the file"
     )
-
-
-def _with_versions(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``state`` with module versions for ``load_state_dict``: its own (``torch.save`` of a
-    state_dict keeps them), else the model's current ones (safetensors files and netlens
-    checkpoints keep none, and torchvision's MNASNet refuses weights without a version)."""
-    if getattr(state, "_metadata", None) is not None:
-        return state
-    versioned = OrderedDict(state)
-    versioned._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
-    return versioned
-
-
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    try:
-        model.load_state_dict(_with_versions(state, model), strict=True)
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).splitlines()[1:2] or [str(exc)]
-        ours = list(model.state_dict())
-        if ours and state and not state.keys() & set(ours):
-            # not one name in common: say how each side names its weights
-            reason = (
-                f"its names look like '{next(iter(state))}', {type(model).__name__}'s like "
-                f"'{ours[0]}'"
-            )
-        else:
-            reason = first[0].strip()[:200]
-        raise ModelLoadError(
-            f"the weights in {source.name} do not fit {type(model).__name__}: {reason}; "
-            "check --arch (and --num-classes)"
-        ) from None
 
 
 # -- entry point -----------------------------------------------------------------------------

@@ -26,13 +26,13 @@ class Core:
     @staticmethod
     @hookimpl
     def netlens_register_model_loaders(registry: Registry) -> None:
-        from ..models import load
+        from ..models import load, weights
         from ..models.hf import load_hf_folder
 
         registry.add("hugging-face-folder", load_hf_folder)
         registry.add("netlens-checkpoint", load.load_netlens_checkpoint)
-        registry.add("state-dict", load.load_state_dict_file)
-        registry.add("compiled-archive", load.load_compiled_archive)
+        registry.add("state-dict", weights.load_state_dict_file)
+        registry.add("compiled-archive", weights.load_compiled_archive)
         registry.add("pickled-module", load.load_pickled_module)
 
 
