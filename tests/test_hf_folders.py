@@ -33,18 +33,9 @@ def save(model, processor, folder) -> None:  # noqa: ANN001
 
 def vit(labels: dict[int, str]):  # noqa: ANN201
     """A tiny ViT classifier (random weights) labelled with ``labels``."""
-    torch.manual_seed(0)
-    cfg = tf.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        id2label=labels,
-        label2id={v: k for k, v in labels.items()},
-    )
-    return tf.ViTForImageClassification(cfg).eval()
+    from test_hf_models import vit as tiny_vit
+
+    return tiny_vit(labels=labels)
 
 
 @pytest.fixture(scope="module")

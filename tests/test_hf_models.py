@@ -24,10 +24,16 @@ def _randomise_bn(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def vit(distilled: bool = False) -> nn.Module:
+def vit(distilled: bool = False, labels: dict[int, str] | None = None) -> nn.Module:
+    """A tiny ViT (DeiT with its distillation token) with random weights; four unnamed classes,
+    or ``labels``."""
     torch.manual_seed(0)
     kw = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2}
-    kw |= {"num_attention_heads": 2, "intermediate_size": 64, "num_labels": 4}
+    kw |= {"num_attention_heads": 2, "intermediate_size": 64}
+    if labels:
+        kw |= {"id2label": labels, "label2id": {v: k for k, v in labels.items()}}
+    else:
+        kw["num_labels"] = 4
     if distilled:
         return tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**kw)).eval()
     return tf.ViTForImageClassification(tf.ViTConfig(**kw)).eval()
