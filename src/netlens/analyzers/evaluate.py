@@ -97,8 +97,14 @@ def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
     def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         if isinstance(model, CountingModel):  # what metrics are handed; explain the model
             model = model.inner
-        view = Lens(model, lens.transform, lens.classes, host=lens.host, task=lens.task)
-        view.output_key = lens.output_key
+        view = Lens(
+            model,
+            lens.transform,
+            lens.classes,
+            host=lens.host,
+            task=lens.task,
+            output=lens.output_key,
+        )
         return view.cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
 
     return explain

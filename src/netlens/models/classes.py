@@ -17,7 +17,9 @@ def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None
     """How many classes ``model`` outputs; None when that cannot be told without running it.
 
     timm models say it (``num_classes``); otherwise one dry forward at the spec's input size,
-    or, with no known size, the width of a final ``nn.Linear``.
+    or, with no known size, the width of the last layer with weights when that is an
+    ``nn.Linear`` or, as in SqueezeNet, a 1×1 ``nn.Conv2d`` (pooling, flattening, dropout and
+    activations after it have no weights).
     """
     n = getattr(model, "num_classes", None)
     if isinstance(n, int) and hasattr(model, "get_classifier"):
@@ -25,8 +27,12 @@ def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None
     if spec is not None and spec.size is not None:
         return _dry_forward_count(model, spec)
     leaves = [m for m in model.modules() if not list(m.children())]
-    last = leaves[-1] if leaves else None
-    return int(last.out_features) if isinstance(last, nn.Linear) else None
+    last = next((m for m in reversed(leaves) if any(True for _ in m.parameters())), None)
+    if isinstance(last, nn.Linear):
+        return int(last.out_features)
+    if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1):
+        return int(last.out_channels)
+    return None
 
 
 def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:

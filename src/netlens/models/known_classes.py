@@ -14,11 +14,11 @@ torchvision packages; ``source`` says where the names came from, and ``--classes
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from torch import nn
 
 from ..data.labels import normalize_name
+from .classes import output_count
 
 __all__ = ["ClassNames", "imagenet_labels", "known_class_names"]
 
@@ -61,7 +61,7 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
         return hf_class_names(config.to_dict()) if hasattr(config, "to_dict") else None
     if origin not in ("timm", "torchvision"):
         return None
-    n = _outputs(model)
+    n = output_count(model)
     if n is None:
         return None
     from timm.data import infer_imagenet_subset
@@ -113,21 +113,6 @@ def _imagenet(subset: str) -> tuple[list[str], list[list[str]]] | None:
     except Exception:  # noqa: BLE001 - a trimmed or older timm: no names, as before
         return None
     return wnids, [[w.strip() for w in d.split(",")] for d in described]
-
-
-def _outputs(model: nn.Module) -> int | None:
-    """The class count, read without running the model: timm's ``num_classes``, else the
-    last leaf that is a ``Linear`` (or, as in SqueezeNet, a 1×1 ``Conv2d``)."""
-    n = getattr(model, "num_classes", None)
-    if isinstance(n, int) and n > 0:
-        return n
-    leaves: list[Any] = [m for m in model.modules() if not list(m.children())]
-    for m in reversed(leaves):
-        if isinstance(m, nn.Linear):
-            return int(m.out_features)
-        if isinstance(m, nn.Conv2d):
-            return int(m.out_channels) if m.kernel_size == (1, 1) else None
-    return None
 
 
 def _torchvision_imagenet_names() -> list[str] | None:
