@@ -55,6 +55,16 @@ def test_a_half_model_explains_float_images_close_to_the_float_model() -> None:
     assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam"])
+def test_a_bfloat16_model_explains_float_images_close_to_the_float_model(method: str) -> None:
+    """numpy has no bfloat16: the weights' digest (in every JSON) failed on such a model."""
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    ref = netlens.cam(net(), x, method=method, layer="3").heatmaps
+    result = netlens.cam(net().bfloat16(), x, method=method, layer="3")
+    assert np.corrcoef(result.heatmaps.ravel(), ref.ravel())[0, 1] > 0.98
+    assert len(result.meta["run"]["model"]["sha256"]) == 64
+
+
 def test_data_streams_come_in_the_model_precision() -> None:
     images = torch.rand(6, 3, 24, 24, generator=torch.Generator().manual_seed(3))
     data = (images, torch.tensor([0, 1, 2, 3, 4, 0]))

@@ -14,6 +14,7 @@ from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
 from .models.known_classes import ClassNames, known_class_names
+from .models.wrappers import unwrap
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -61,6 +62,7 @@ class Lens:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
+        model, self.unwrapped = unwrap(model)  # DataParallel, torch.compile: the network inside
         if not isinstance(preprocess, Preprocess):
             from .preprocess import preprocess_for, with_overrides
 

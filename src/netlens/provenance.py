@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from .lens import Lens
@@ -53,8 +54,18 @@ def model_digest(model: nn.Module) -> str:
         {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
     ):
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+        h.update(_bytes(t.detach().cpu().contiguous()) if t.numel() else b"")
     return h.hexdigest()
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    """The tensor's bytes; dtypes numpy has no type for (bfloat16, float8) as raw bytes."""
+    try:
+        return t.numpy().tobytes()
+    except TypeError:
+        import torch
+
+        return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def _model_info(lens: Lens) -> dict[str, Any]:
@@ -62,6 +73,7 @@ def _model_info(lens: Lens) -> dict[str, Any]:
         "name": lens.name,
         "source": lens.card.get("source") or lens.name,
         "class": type(lens.model).__name__,
+        **({"unwrapped": lens.unwrapped} if getattr(lens, "unwrapped", None) else {}),
         "arch": lens.card.get("arch"),
         "sha256": lens.digest(),
         "task": lens.task,

@@ -78,12 +78,36 @@ def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
             return _classifier_shape(got)
     values = list(out.values()) if isinstance(out, dict) else out
     if isinstance(values, (tuple, list)):
-        for v in values:
-            if isinstance(v, torch.Tensor):
-                return _classifier_shape(v)
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if tensors and all(t.shape == tensors[0].shape for t in tensors):
+            return _classifier_shape(tensors[0])  # one output, or a main head and its aux copies
+        if tensors:
+            raise NetlensError(_which_output(out, values))
     raise NetlensError(
         f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
         "pick one with --output KEY (output= in Python) or wrap the model"
+    )
+
+
+def _which_output(out: Any, values: list[Any] | tuple[Any, ...]) -> str:
+    """Refusal of a guess: several tensors of different shapes, any of which could be it."""
+    keys = list(out) if isinstance(out, dict) else list(range(len(values)))
+    shown = [
+        f"{k}: {'×'.join(map(str, v.shape))}"
+        for k, v in zip(keys, values, strict=True)
+        if isinstance(v, torch.Tensor)
+    ]
+    pyramid = all(isinstance(v, torch.Tensor) and v.dim() == 4 for v in values)
+    return (
+        f"the model returned a {type(out).__name__} of tensors of different shapes "
+        f"({'; '.join(shown[:6])}{'; ...' if len(shown) > 6 else ''}): which holds the "
+        "scores to explain would be a guess; pick it with --output KEY (output= in Python)"
+        + (
+            ". Feature maps at several scales (timm's features_only) hold no class scores: "
+            "load the classifier"
+            if pyramid
+            else ""
+        )
     )
 
 

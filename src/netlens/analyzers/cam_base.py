@@ -366,6 +366,7 @@ def capture(
                 score = target(logits).sum()
                 if score.requires_grad:
                     p.compute_grads(score, retain_graph=k < len(sets) - 1)
+                _check_reached(layers, [p[n].grad for n in layers])
                 grad_sets.append({n: _spatial_grad(p[n].grad, outs[n], model, n) for n in layers})
     acts = {n: to_spatial(outs[n].detach(), model, n) for n in layers}
     raw = {n: outs[n].detach() for n in layers}
@@ -386,9 +387,22 @@ def _grads_from(layer: LayerCall) -> Callable[[nn.Module, Any, Any], None]:
     return hook
 
 
+def _check_reached(layers: Sequence[str], grads: Sequence[torch.Tensor | None]) -> None:
+    """Refuse a gradient method when no gradient flows from the output back to a layer: its
+    maps would be zero everywhere, which reads as "nothing mattered" rather than "not
+    computable"."""
+    missing = [str(n) for n, g in zip(layers, grads, strict=True) if g is None]
+    if missing:
+        raise AnalyzerError(
+            f"no gradient flows from the model's output back to layer '{missing[0]}' (a branch "
+            "the output does not use, or something not differentiable in between: a quantized "
+            "layer, .detach(), torch.no_grad(), argmax); pick a layer the output depends on, or "
+            "a gradient-free method: --method scorecam or ablationcam (method= in Python)"
+        )
+
+
 def _spatial_grad(
     g: torch.Tensor | None, out: torch.Tensor, model: nn.Module, layer: str
 ) -> torch.Tensor:
-    if g is None:  # the score does not depend on this layer
-        g = torch.zeros_like(out)
+    assert g is not None  # _check_reached refused the run otherwise
     return to_spatial(g.detach(), model, layer)

@@ -1,0 +1,49 @@
+"""The network inside the wrappers that training code leaves around it.
+
+``nn.DataParallel`` and ``DistributedDataParallel`` keep the network as ``.module`` and
+``torch.compile`` as ``._orig_mod``; all three share its parameters. netlens explains the
+network itself:
+
+- a compiled module runs the graph dynamo traced, so forward hooks registered later are not
+  called on every path, and attributes the data config reads (``len(model)`` inside timm)
+  raise; the eager network gives the same outputs and honours hooks;
+- DataParallel on CPU, or on one device, runs the network as is; on several GPUs it scatters
+  each batch over replicas, whose hooks fire on other devices;
+- the network is what preprocessing is recognised from (a timm or torchvision class), and the
+  layer names a user reads from it (``layer4``, not ``module.layer4``).
+
+The wrappers are named in the run's JSON (``model.unwrapped``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["unwrap"]
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The network inside ``model``'s parallel and compile wrappers, and the wrappers' class
+    names, outermost first (``[]`` when there are none).
+
+    Example:
+        >>> net, peeled = unwrap(torch.compile(nn.DataParallel(resnet)))
+        >>> net is resnet, peeled
+        (True, ['OptimizedModule', 'DataParallel'])
+    """
+    peeled: list[str] = []
+    while True:
+        inner = _inner(model)
+        if inner is None:
+            return model, peeled
+        peeled.append(type(model).__name__)
+        model = inner
+
+
+def _inner(model: nn.Module) -> nn.Module | None:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    orig = model.__dict__.get("_modules", {}).get("_orig_mod")
+    if type(model).__name__ == "OptimizedModule" and isinstance(orig, nn.Module):
+        return orig  # torch._dynamo's class, told by name: importing dynamo costs seconds
+    return None
