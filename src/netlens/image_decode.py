@@ -3,7 +3,8 @@
 :func:`read_checked` is the body of :func:`netlens.images.read_image`: the header's width and
 height (:mod:`netlens.image_header`) must be known and within :func:`pixel_limit` before a
 byte is decoded; what libpng/libtiff/OpenCV print on stderr meanwhile is silenced; 16-bit,
-float and RGBA images become 8-bit RGB without full-size float copies.
+float and RGBA images become 8-bit RGB without full-size float copies; photos are turned
+upright by their EXIF orientation (:mod:`netlens.image_orientation`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from .errors import ImageError
+from .image_orientation import exif_orientation, orient
 from .naming import display_path, is_special_file
 
 __all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "MAX_PIXELS_ENV", "pixel_limit", "read_checked"]
@@ -131,7 +133,7 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
         )
     if img.shape[0] * img.shape[1] > limit:  # the decoder disagreed with the header
         raise ImageError(f"{name} decodes to more than {limit / 1e6:g} MP; re-save it")
-    return _normalise_decoded(img)
+    return orient(_normalise_decoded(img), exif_orientation(data))  # upright, as viewers show
 
 
 def _normalise_decoded(img: np.ndarray) -> np.ndarray:
