@@ -11,6 +11,7 @@ from hostile_inputs import assert_one_clean_line
 from torch import nn
 
 import netlens
+from netlens.analyzers.inputs import resolve_data
 from netlens.errors import DataError
 
 skdata = pytest.importorskip("skimage.data", reason="needs scikit-image's photos")
@@ -47,6 +48,18 @@ def test_imagefolder_labels_follow_the_models_class_names(folder):
     by_hand = float((pred == torch.tensor([1, 1, 0, 0])).double().mean())
     study = lens.ablate(ds, layers="0", mode="zero")
     assert study.table[0]["value"] == pytest.approx(by_hand)
+
+
+def test_a_dataloader_over_an_imagefolder_is_relabelled_batch_by_batch(folder):
+    """The user's DataLoader keeps its batching (here 3, so a batch mixes classes); its labels
+    are moved to the model's classes as they are drawn, as the Dataset's are."""
+    ds = torchvision.datasets.ImageFolder(folder, transform=torchvision.transforms.ToTensor())
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3)
+    batches = resolve_data(lens, loader, what="a test").loader(64)  # the loader's: 3 + 1
+    assert [y.tolist() for _, y in batches] == [[1, 1, 0], [0]]
+    by_dataset = lens.ablate(ds, layers="0", mode="zero").table[0]["value"]
+    assert lens.ablate(loader, layers="0", mode="zero").table[0]["value"] == by_dataset
 
 
 def test_names_the_model_does_not_have_say_so(folder):

@@ -9,7 +9,7 @@ the first images of the dataset the model was trained on) and dataset analyzers 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +83,12 @@ class Data:
                     "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
                     "the same images in the same order"
                 )
+            relabel = getattr(self.dataset, "relabel", None)  # labels by the model's names
             if group is None or group.world == 1:
-                return Batches(given, given.batch_size or 1, with_index, dtype=self.dtype)
-            return _shared_loader(given, group, with_index, self.dtype)
+                return Batches(
+                    given, given.batch_size or 1, with_index, dtype=self.dtype, relabel=relabel
+                )
+            return _shared_loader(given, group, with_index, self.dtype, relabel)
         n = len(self.dataset)
         spans = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         mine = group.part(len(spans)) if group is not None else range(len(spans))
@@ -128,10 +131,12 @@ class Batches:
         start: int = 0,
         first: int = 0,
         dtype: torch.dtype | None = None,
+        relabel: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.loader, self.batch_size, self.dtype = loader, batch_size, dtype
         self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
         self.dataset = getattr(loader.dataset, "inner", loader.dataset)
+        self.relabel = relabel
 
     def __iter__(self) -> Iterator[Any]:
         start = self.start
@@ -144,6 +149,8 @@ class Batches:
                 start += len(x)
             if self.dtype is not None and x.is_floating_point() and x.dtype != self.dtype:
                 x = x.to(self.dtype)
+            if self.relabel is not None:
+                y = self.relabel(torch.as_tensor(y))
             yield (x, y, idx) if self.with_index else (x, y)
 
     def __len__(self) -> int:
@@ -151,7 +158,11 @@ class Batches:
 
 
 def _shared_loader(
-    given: DataLoader, group: Group, with_index: bool, dtype: torch.dtype | None
+    given: DataLoader,
+    group: Group,
+    with_index: bool,
+    dtype: torch.dtype | None,
+    relabel: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> Batches:
     """This process's share of the batches of a user's (non-shuffling) DataLoader."""
     batches = [list(b) for b in given.batch_sampler]  # type: ignore[union-attr]
@@ -165,7 +176,13 @@ def _shared_loader(
     )
     start = sum(len(b) for b in batches[: part.start])  # stream position of the first item
     return Batches(
-        loader, given.batch_size or 1, with_index, start=start, first=part.start, dtype=dtype
+        loader,
+        given.batch_size or 1,
+        with_index,
+        start=start,
+        first=part.start,
+        dtype=dtype,
+        relabel=relabel,
     )
 
 
@@ -232,7 +249,8 @@ def resolve_data(
             )
         source = f"dataset {inputs} (from the model card)"
     given = inputs if isinstance(inputs, DataLoader) else None
-    ds = given.dataset if given is not None else lens.dataset(inputs, split=split)
+    # a DataLoader's Dataset is matched by class names too; its batches are relabelled as drawn
+    ds = lens.dataset(given.dataset if given is not None else inputs, split=split)
     if limit is not None and limit < len(ds):  # type: ignore[arg-type]
         given = None  # a cut DataLoader: its dataset's first items, in our batches
         ds = first_items(ds, int(limit))

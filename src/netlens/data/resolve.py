@@ -178,13 +178,20 @@ class _Relabelled(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         item = self.dataset[i]
-        k = int(item[1])
-        if not 0 <= k < len(self.to_model):
+        return (item[0], int(self.relabel(torch.as_tensor(item[1]))), *item[2:])
+
+    def relabel(self, labels: torch.Tensor) -> torch.Tensor:
+        """The Dataset's labels (a tensor of its class indices) as the model's class indices:
+        for its items, and for the batches of a user's DataLoader over it."""
+        table = torch.as_tensor(self.to_model)
+        bad = (labels < 0) | (labels >= len(table))
+        if labels.is_floating_point() or bool(bad.any()):
+            k = labels[bad][0].item() if bool(bad.any()) else labels.flatten()[0].item()
             raise DataError(
                 f"the Dataset's label {k} is not an index into its classes "
-                f"({len(self.to_model)} names); its labels must number its classes"
+                f"({len(table)} names); its labels must number its classes"
             )
-        return (item[0], self.to_model[k], *item[2:])
+        return table[labels.long()]
 
 
 class _PairDataset(Dataset):
