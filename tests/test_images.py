@@ -80,3 +80,55 @@ def test_arrays_and_tensors():
     assert load_batch(arr, pre).tensor.shape == (1, 3, 8, 8)
     t = torch.randn(2, 3, 5, 5)
     assert load_batch(t, pre).tensor is t  # used as is
+
+
+def test_in_memory_pixels_of_every_dtype_read_as_their_file_would(tmp_path):
+    """uint16 arrays were clipped at 255 (a white picture); a uint8 tensor such as
+    ``torchvision.io.read_image`` returns (C×H×W) was fed to the model as a preprocessed input
+    and failed with "expected scalar type Byte"."""
+    import cv2
+    import torchvision
+
+    pre = Preprocess(size=(16, 16))
+    rgb = np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "img.png"), rgb[..., ::-1])
+    ref = load_batch(tmp_path / "img.png", pre).tensor
+    deep = rgb.astype(np.uint16) * 257
+    chw = torchvision.io.read_image(str(tmp_path / "img.png"))
+    assert chw.dtype == torch.uint8 and chw.shape == (3, 20, 24)
+    for given in (
+        rgb,
+        deep,
+        rgb / 255.0,
+        rgb.astype(np.float32),
+        chw,
+        chw[None].repeat(2, 1, 1, 1),
+    ):
+        got = load_batch(given, pre)
+        assert torch.equal(got.tensor[:1], ref), type(given)
+        assert got.original(0).shape == (20, 24, 3)
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [((-2.1, 2.6), "from -2.1 to 2.6"), ((0, 4095), "from 0 to 4095"), ((0, np.nan), "NaN")],
+)
+def test_pixels_out_of_any_image_range_are_refused_not_clipped(values, shown):
+    arr = np.zeros((6, 6, 3), np.float32)
+    arr[0, 0, 0], arr[1, 1, 1] = values
+    with pytest.raises(ImageError, match=shown):
+        load_batch(arr, Preprocess(size=(4, 4)), strict=True)
+
+
+def test_a_float_tensor_in_0_1_for_a_normalising_model_is_flagged():
+    from netlens.errors import NetlensWarning
+
+    image_like = torch.rand(1, 3, 8, 8)
+    with pytest.warns(NetlensWarning, match=r"values all lie in \[0, 1\].*mean 0.485"):
+        assert load_batch(image_like, Preprocess(size=(8, 8))).tensor is image_like
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_batch(torch.randn(1, 3, 8, 8), Preprocess(size=(8, 8)))  # normalised: no word
+        load_batch(image_like, Preprocess(size=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3))

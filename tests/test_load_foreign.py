@@ -156,3 +156,23 @@ def test_trusted_checkpoint_dict_holding_the_model(net, tmp_path):
         netlens.load(path, trust=True)
     torch.save({"net": net, "epoch": 3}, path)
     assert netlens.load(path, trust=True).card["checkpoint_key"] == "net"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "what"),
+    [
+        ("model.onnx", b"\x08\x07\x12\x07pytorch\x1a\x032.1", "an ONNX model"),
+        ("weights.bin", b"\x89HDF\r\n\x1a\n" + bytes(64), "a Keras (HDF5) model"),
+        ("model.tflite", b"\x1c\x00\x00\x00TFL3" + bytes(32), "a TensorFlow Lite model"),
+    ],
+)
+def test_models_of_other_frameworks_are_named_as_such(tmp_path, name, data, what):
+    """They were "not a PyTorch file or corrupt", which sends the user looking for damage."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ModelLoadError) as err:
+        netlens.load(tmp_path / name)
+    line = assert_one_clean_line(str(err.value))
+    assert f"is {what}; netlens explains PyTorch models" in line
+    real = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    torch.save(real, tmp_path / "real.onnx")  # a torch file under such a name still loads
+    assert isinstance(netlens.load(tmp_path / "real.onnx", trust=True).model, nn.Sequential)

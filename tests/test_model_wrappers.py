@@ -209,3 +209,21 @@ def test_outputs_of_several_tensors_take_the_main_head_or_ask_which() -> None:
         netlens.cam(Outputs("dict"), x, layer="net.2")
     picked = netlens.cam(netlens.Lens(Outputs("dict"), output="scores"), x, layer="net.2")
     np.testing.assert_allclose(picked.heatmaps, ref)
+
+
+def test_a_model_without_its_head_is_said_to_output_features(resnet: nn.Module) -> None:
+    """timm's ``num_classes=0`` and a head swapped for ``nn.Identity`` output 512 features;
+    "class 82" of them was explained without a word."""
+    import torchvision
+
+    photo = photos.chelsea()
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=10).eval()
+    tv.fc = nn.Identity()
+    timm_headless = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    for model, why in ((timm_headless, "num_classes=0"), (tv, "BatchNorm2d")):
+        warned = netlens.cam(model, photo).meta["warnings"]
+        assert "512 outputs look like features" in warned[0] and why in warned[0], warned
+    named = netlens.Lens(tv, classes=[f"f{i}" for i in range(512)])  # the user says what they are
+    for lens in (named, resnet):
+        assert not any("features" in w for w in netlens.cam(lens, photo).meta["warnings"])

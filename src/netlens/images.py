@@ -12,6 +12,7 @@ limit (:func:`pixel_limit`, default 100 MP) before anything is decoded.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import ImageError
+from .errors import ImageError, NetlensWarning
 from .image_decode import DEFAULT_MAX_PIXELS, FORMATS, MAX_PIXELS_ENV, pixel_limit
 from .naming import display_path, safe_stem
 from .preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 (re-exported)
@@ -91,15 +92,34 @@ def _as_array(obj: Any) -> np.ndarray:
     arr = np.asarray(obj)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # C×H×W given
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.float32)
-        arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
-        arr = np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    arr = _as_uint8(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise ImageError(f"an image array must be H×W or H×W×C, got shape {arr.shape}")
     return arr[:, :, :3] if arr.shape[2] == 4 else arr
+
+
+def _as_uint8(arr: np.ndarray) -> np.ndarray:
+    """Pixels as uint8: uint16 divided by 257 (as 16-bit files are read), values within [0, 1]
+    stretched to 0..255, others kept; values outside 0..255 (a normalised image, raw sensor
+    counts) are refused, as clipping them would give a black or white picture."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    f = arr.astype(np.float32)
+    if f.size and not np.isfinite(f).all():
+        raise ImageError("an image array holds NaN or infinite values; pass finite pixels")
+    lo, hi = float(f.min(initial=0)), float(f.max(initial=0))
+    if lo < 0 or hi > 255:
+        raise ImageError(
+            f"an image array's values run from {lo:.4g} to {hi:.4g}: netlens reads pixels as "
+            "uint8 (0-255), uint16 (0-65535) or numbers in [0, 1] or [0, 255]; a normalised "
+            "image goes in as a preprocessed N×C×H×W tensor"
+        )
+    f = f * 255.0 if hi <= 1.0 else f
+    return (f + 0.5).astype(np.uint8)
 
 
 @dataclass
@@ -166,8 +186,11 @@ def load_batch(
     Unreadable files are skipped and reported in ``Batch.errors`` (one line each); with
     ``strict=True``, or when nothing at all could be read, the first error is raised.
     """
+    if isinstance(images, torch.Tensor) and not images.is_floating_point():
+        images = images.cpu().numpy()  # uint8 pixels (torchvision.io.read_image): an image
     if isinstance(images, torch.Tensor):
         t = images if images.dim() == 4 else images.unsqueeze(0)
+        _warn_if_unnormalised(t, preprocess)
         return Batch(t, [None] * len(t), [f"image{i}" for i in range(len(t))])
     tensors, originals, names, errors = [], [], [], []
     for i, item in enumerate(_expand(images)):
@@ -187,6 +210,25 @@ def load_batch(
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")
     return Batch(torch.stack(tensors), originals, names, errors)
+
+
+def _warn_if_unnormalised(t: torch.Tensor, preprocess: Preprocess) -> None:
+    """A float tensor is the model's input as it is; one in [0, 1] for a model that normalises
+    its input is most likely an image not yet preprocessed (``read_image(...) / 255``)."""
+    mean, std = getattr(preprocess, "mean", None), getattr(preprocess, "std", None)
+    if mean is None or std is None or getattr(preprocess, "function", None) is not None:
+        return
+    if all(m == 0 for m in mean) and all(v == 1 for v in std):
+        return
+    if t.numel() and float(t.min()) >= 0 and float(t.max()) <= 1:
+        warnings.warn(
+            "the input tensor's values all lie in [0, 1], as an image's before normalisation, "
+            "but a float tensor goes to the model as it is (this model normalises with mean "
+            f"{', '.join(f'{m:g}' for m in mean)}): pass a uint8 tensor, an array or a PIL "
+            "image to have it preprocessed, or normalise the tensor first",
+            NetlensWarning,
+            stacklevel=4,
+        )
 
 
 def _unique(name: str, taken: Sequence[str]) -> str:

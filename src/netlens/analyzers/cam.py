@@ -88,7 +88,9 @@ class CamAnalyzer(Analyzer):
             "alpha": o.alpha,
             "from_tensor": [orig is None for orig in batch.originals],
         }
-        meta["warnings"] = _warnings(heat, probs, targets, meta)
+        meta["warnings"] = _headless(lens, task, probs.shape[1]) + _warnings(
+            heat, probs, targets, meta
+        )
         result = CamResult(
             name="cam",
             arrays={"heatmaps": heat, "probs": probs, "targets": targets},
@@ -100,6 +102,19 @@ class CamAnalyzer(Analyzer):
             preprocess=lens.transform,
         )
         return dataclasses.replace(result, table=result.rows())
+
+
+def _headless(lens: Lens, task: str, outputs: int) -> list[str]:
+    """A model without a classification head: its "classes" are feature dimensions."""
+    from ..models.classes import headless
+
+    why = headless(lens.model) if lens.classes is None and task == "multiclass" else None
+    if why is None:
+        return []
+    return [
+        f"the model's {outputs} outputs look like features, not class scores ({why}): the "
+        "targets are feature indices; load the model with its classification head"
+    ]
 
 
 def _warnings(heat: np.ndarray, probs: np.ndarray, targets: np.ndarray, meta: dict) -> list[str]:

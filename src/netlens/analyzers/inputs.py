@@ -249,8 +249,12 @@ def resolve_data(
             )
         source = f"dataset {inputs} (from the model card)"
     given = inputs if isinstance(inputs, DataLoader) else None
-    # a DataLoader's Dataset is matched by class names too; its batches are relabelled as drawn
-    ds = lens.dataset(given.dataset if given is not None else inputs, split=split)
+    if given is None:
+        ds = lens.dataset(inputs, split=split)
+    elif isinstance(given.dataset, Dataset):  # matched by class names; relabelled as drawn
+        ds = lens.dataset(given.dataset, split=split)
+    else:  # a loader over a plain list of pairs
+        ds = given.dataset
     if limit is not None and limit < len(ds):  # type: ignore[arg-type]
         given = None  # a cut DataLoader: its dataset's first items, in our batches
         ds = first_items(ds, int(limit))

@@ -26,13 +26,32 @@ def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None
         return n
     if spec is not None and spec.size is not None:
         return _dry_forward_count(model, spec)
-    leaves = [m for m in model.modules() if not list(m.children())]
-    last = next((m for m in reversed(leaves) if any(True for _ in m.parameters())), None)
+    last = _last_weighted_leaf(model)
     if isinstance(last, nn.Linear):
         return int(last.out_features)
     if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1):
         return int(last.out_channels)
     return None
+
+
+def headless(model: nn.Module) -> str | None:
+    """Why ``model``'s output looks like features rather than class scores, or None: a timm
+    model built with ``num_classes=0``, or a network whose last layer with weights is a
+    normalisation layer (its head replaced by ``nn.Identity``)."""
+    if hasattr(model, "get_classifier"):  # timm says it
+        timm_headless = getattr(model, "num_classes", None) == 0
+        return "a timm model built with num_classes=0" if timm_headless else None
+    last = _last_weighted_leaf(model)
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    if isinstance(last, norms):
+        return f"its last layer with weights is a {type(last).__name__}; a head set to nn.Identity?"
+    return None
+
+
+def _last_weighted_leaf(model: nn.Module) -> nn.Module | None:
+    """The last registered module without children that has weights (the head, usually)."""
+    leaves = [m for m in model.modules() if not list(m.children())]
+    return next((m for m in reversed(leaves) if any(True for _ in m.parameters())), None)
 
 
 def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:

@@ -90,13 +90,49 @@ class LoadRequest:
             if _is_pickle(self.source):
                 return exc  # a real pickle beyond plain tensors: only with trust
             return ModelLoadError(
-                f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
+                _other_framework(self.source)
+                or f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
             )
         except Exception:  # noqa: BLE001 - corrupt or not a torch file
             return ModelLoadError(
-                f"cannot read {display_path(self.source)} as a PyTorch file (damaged, or not "
-                "a model file?)"
+                _other_framework(self.source)
+                or f"cannot read {display_path(self.source)} as a PyTorch file (damaged, or "
+                "not a model file?)"
             )
+
+
+_OTHER_FRAMEWORKS = {
+    ".onnx": "an ONNX model",
+    ".h5": "a Keras (HDF5) model",
+    ".hdf5": "a Keras (HDF5) model",
+    ".keras": "a Keras model",
+    ".tflite": "a TensorFlow Lite model",
+    ".pb": "a TensorFlow graph",
+    ".engine": "a TensorRT engine",
+    ".plan": "a TensorRT engine",
+    ".mlmodel": "a Core ML model",
+    ".pdparams": "a PaddlePaddle model",
+    ".caffemodel": "a Caffe model",
+}
+
+
+def _other_framework(path: Path) -> str | None:
+    """The one line for a file torch cannot read that another framework made (by its magic
+    bytes or its suffix), else None."""
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    what = _OTHER_FRAMEWORKS.get(path.suffix.lower())
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        what = "a Keras (HDF5) model"
+    elif head[4:8] == b"TFL3":
+        what = "a TensorFlow Lite model"
+    if what is None:
+        return None
+    return (
+        f"{display_path(path)} is {what}; netlens explains PyTorch models (it hooks their "
+        "layers and follows their gradients): pass the PyTorch model it was made from (a "
+        "checkpoint, state_dict or safetensors file; with --arch for bare weights)"
+    )
 
 
 def _is_pickle(path: Path) -> bool:
