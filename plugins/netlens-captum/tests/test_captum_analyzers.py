@@ -117,3 +117,29 @@ def test_no_hooks_left_when_the_model_raises(name, fail_at, tiny_model, sample_i
         lens.run(name, sample_images, **options)
     assert_no_hooks(model)
     assert model.calls == fail_at
+
+
+class _Detached(torch.nn.Module):
+    """A forward that cuts the graph: no gradient reaches the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)).detach())
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "occlusion"])
+def test_gradient_methods_on_a_graph_cut_say_so_in_one_line(name):
+    """torch's "appears to not have been used in the graph" came through as a RuntimeError."""
+    from netlens.errors import AnalyzerError
+
+    lens = Lens(_Detached().eval(), {"size": (12, 12)})
+    x = torch.rand(2, 3, 12, 12)
+    extra = {"layer": "conv"} if name == "guided-gradcam" else FAST.get(name, {})
+    with pytest.raises(AnalyzerError, match="no gradient flows .* use occlusion") as err:
+        lens.run(name, x, **extra)
+    assert "\n" not in str(err.value)
+    assert lens.run("occlusion", x).arrays  # the gradient-free one still answers

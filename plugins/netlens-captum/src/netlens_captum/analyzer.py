@@ -10,7 +10,7 @@ import torch
 
 from netlens.analyzers.base import Analyzer, Option, Run
 from netlens.analyzers.options import as_is
-from netlens.errors import TargetError
+from netlens.errors import AnalyzerError, TargetError
 
 from .methods import LogitsModule, Method
 from .result import AttributionResult
@@ -71,7 +71,16 @@ class CaptumAnalyzer(Analyzer):
                 logits = lens.logits(x)
                 probs = lens.probabilities(logits)
             targets = class_targets(lens, run.options.target, logits)
-            attr, extra = self.method.compute(net, x.requires_grad_(), targets, lens, opts)
+            try:
+                attr, extra = self.method.compute(net, x.requires_grad_(), targets, lens, opts)
+            except RuntimeError as exc:
+                if not _no_gradient_path(exc):
+                    raise
+                raise AnalyzerError(
+                    f"{self.name}: no gradient flows from the model's output back to its input "
+                    "(something in its forward is not differentiable: a quantized layer, "
+                    ".detach(), torch.no_grad(), argmax); use occlusion, which needs none"
+                ) from None
         attributions = attr.detach().float().cpu().numpy()
         return self._result(lens, batch, x, attributions, targets, probs, opts, extra)
 
@@ -123,3 +132,9 @@ class CaptumAnalyzer(Analyzer):
             table=rows,
             meta=meta,
         )
+
+
+def _no_gradient_path(exc: RuntimeError) -> bool:
+    """torch's own words for an input the output's gradient does not reach."""
+    text = str(exc)
+    return "not have been used in the graph" in text or "does not require grad" in text
