@@ -92,7 +92,8 @@ def test_scorecam_skips_repeated_and_empty_masks_and_equals_the_plain_algorithm(
     calls: list[int] = []
     net.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     got = netlens.cam(net, x, method="scorecam", layer="3", top=2, batch_size=4)
-    assert sum(calls) - 3 == 3 * 4 + 1  # after the capture: 4 distinct masks per image, 1 empty
+    assert calls[:2] == [1, 3]  # the output check (a sigmoid's?), then the capture
+    assert sum(calls[2:]) == 3 * 4 + 1  # 4 distinct masks per image, 1 empty
     for i in range(3):
         for j in range(2):
             ref = plain_scorecam(net, x[i : i + 1], net[3], int(got.targets[i, j]))

@@ -59,6 +59,24 @@ class ConvHead(nn.Module):
         return self.cls(self.features(x).relu()).mean((2, 3), keepdim=True)
 
 
+class SigNet(BinNet):
+    """A binary model trained with ``BCELoss``: its output is σ(z), by an ``nn.Sigmoid``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sigmoid(super().forward(x))
+
+
+class MultiSig(SoftNet):
+    """A multi-label model: four labels, each its own ``torch.sigmoid`` probability."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(self.features(x).relu().mean((2, 3))))
+
+
 class DictNet(BinNet):
     def __init__(self) -> None:
         super().__init__()
@@ -236,3 +254,51 @@ def test_a_multilabel_model_is_evaluated_with_sigmoids(photos):
     ev = lens.evaluate(root, metrics="deletion", chunk=4)
     start = ev.arrays["gradcam/deletion/curve"][:, 0]
     assert np.allclose(start, torch.sigmoid(z[torch.arange(4), labels]).numpy(), atol=1e-5)
+
+
+def test_a_sigmoid_binary_model_is_read_by_its_logit(photos, tmp_path):
+    """σ(z) read as a logit gave σ(σ(z)) ∈ [0.5, 0.73]: every photo "positive", a confident
+    negative at 50 %. Maps, probabilities, curves and ablation scores now equal those of the
+    same network without its sigmoid."""
+    root, files = photos
+    sig, bare = made(SigNet, scale=30), made(BinNet, scale=30)
+    lens, ref = (netlens.Lens(m, {"size": (48, 48)}, classes=["neg", "pos"]) for m in (sig, bare))
+    with torch.no_grad():
+        z = bare(lens.preprocess(files))[:, 0].sort().values
+        for m in (sig, bare):  # the threshold between the photos: both classes predicted
+            m.fc.bias -= float(z[1:3].mean())
+        s = sig(lens.preprocess(files))[:, 0].double()
+    assert float(s.min()) < 0.3 and float(s.max()) > 0.7  # both classes among the photos
+    assert torch.allclose(lens.predict(files).double(), torch.stack([1 - s, s], 1), atol=1e-5)
+    cam, cam_ref = lens.cam(files), ref.cam(files)
+    assert [r["prediction"] for r in cam.rows()] == (s > 0.5).long().tolist()
+    np.testing.assert_allclose(cam.heatmaps, cam_ref.heatmaps, atol=1e-4)
+    labels = torch.tensor([0, 0, 1, 1])
+    p_true = torch.where(labels == 1, s, 1 - s)
+    ev = lens.evaluate(root, metrics="deletion", chunk=4)
+    assert np.allclose(ev.arrays["gradcam/deletion/curve"][:, 0], p_true.numpy(), atol=1e-5)
+    loss = lens.ablate(root, mode="zero", metric="loss", layers="features.3")
+    assert loss.table[0]["value"] == pytest.approx(float(-p_true.log().mean()), rel=1e-4)
+    path = tmp_path / "sig.pt"
+    torch.save(sig, path)
+    out = tmp_path / "cli"
+    args = ["cam", str(path), *map(str, files), "--trust", "--input-size", "48", "--out", str(out)]
+    res = runner.invoke(app, [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "cam.json").read_text())["images"]
+    for i, row in enumerate(rows):
+        assert row["probability"] == pytest.approx(float(max(s[i], 1 - s[i])), abs=1e-5)
+
+
+def test_a_sigmoid_multilabel_model_keeps_its_probabilities(photos):
+    _, files = photos
+    model = made(MultiSig, scale=20)
+    lens = netlens.Lens(model, {"size": (48, 48)})
+    with torch.no_grad():
+        p = model(lens.preprocess(files))
+    assert not are_probabilities(p)  # rows do not sum to 1: a softmax was taken over labels
+    assert torch.allclose(lens.predict(files), p, atol=1e-5)
+    cam = lens.cam(files)
+    assert cam.meta["task"] == "multilabel"
+    for i, row in enumerate(cam.rows()):
+        assert row["probability"] == pytest.approx(float(p[i].max()), abs=1e-5)

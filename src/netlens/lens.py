@@ -15,6 +15,7 @@ from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
+from .output_reader import OutputReader, ends_in_sigmoid
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -75,6 +76,7 @@ class Lens:
         self.card = dict(card or {})
         self.samples = list(samples or [])
         self._host = host
+        self._sigmoid: bool | None = None  # does the output come out of a sigmoid? (told once)
         self.output_key = output
         self.task = check_task(task)
         self._digest: str | None = None
@@ -176,15 +178,35 @@ class Lens:
         with torch.no_grad(), eval_mode(self.model):
             return self.probabilities(self.output(self.place(x)))
 
+    @property
+    def output_key(self) -> str | int | None:
+        """Which tensor of a dict, tuple or object output is explained (None: the default)."""
+        return self._output_key
+
+    @output_key.setter
+    def output_key(self, key: str | int | None) -> None:
+        self._output_key, self._sigmoid = key, None  # another tensor: tell it again
+
+    @property
+    def reader(self) -> OutputReader:
+        """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`)."""
+        return OutputReader(self.output_key, bool(self._sigmoid))
+
+    def learn_output(self, x: torch.Tensor) -> None:
+        """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in
+        a sigmoid (analyzers call this before any hook is set)."""
+        if self._sigmoid is None:
+            self._sigmoid = ends_in_sigmoid(self.model, self.place(x), self.output_key)
+
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
 
-        N×K logits for classifiers, N×1 for a binary single-logit model, N×K×H×W for dense
-        (segmentation) models; see :mod:`netlens.targets`.
+        N×K logits for classifiers (a sigmoid's probabilities read back as logits), N×1 for a
+        binary single-logit model, N×K×H×W for dense (segmentation) models; see
+        :mod:`netlens.targets`.
         """
-        from .targets import model_output
-
-        return model_output(self.model(x), self.output_key)
+        self.learn_output(x)
+        return self.reader(self.model(x))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model and check it returns N×K (classification or regression) outputs."""
@@ -200,6 +222,8 @@ class Lens:
         """The task (``multiclass``, ``multilabel``, ``binary``, ``regression``, ``dense``)."""
         from .targets import detect_task
 
+        if self.task is None and self._sigmoid and output.dim() == 2 and output.shape[1] > 1:
+            return "multilabel"  # independent sigmoids: one probability per label
         return self.task or detect_task(output)
 
     def probabilities(self, output: torch.Tensor) -> torch.Tensor:

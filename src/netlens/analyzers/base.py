@@ -296,6 +296,7 @@ class Analyzer(ABC):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
             with eval_mode(lens.model):
+                _learn_output(run)
                 result = self.compute(run)
             if run.data is not None:  # every rank's skipped items (the last exchange)
                 run.data.skipped = group.union(run.data.skipped)
@@ -347,3 +348,25 @@ def _single() -> Group:
     from ..distributed import Group
 
     return Group()
+
+
+def _learn_output(run: Run) -> None:
+    """Tell how the model's output reads (:meth:`Lens.learn_output`) before ``compute`` sets
+    any hook: from the first image, else the model's example input, else the data's first
+    item; an analyzer that runs no model (kernels) needs none."""
+    import torch
+
+    lens = run.lens
+    if run.images is not None:
+        lens.learn_output(run.images.tensor[:1])
+        return
+    if run.data is None:
+        return
+    try:
+        example = lens.example()
+    except Exception:  # noqa: BLE001 - no known input size: the data's first item
+        try:
+            example = torch.as_tensor(run.data.dataset[0][0])[None]
+        except Exception:  # noqa: BLE001 - unreadable: told at the first forward instead
+            return
+    lens.learn_output(example)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import resolve_layers
-from ..targets import Target, model_output, resolve_targets
+from ..targets import Target, resolve_targets
 from .base import Analyzer, Run
 from .cam_base import (
     CamContext,
@@ -176,8 +175,7 @@ def _run_chunks(
     group: Group,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
     parts: list[tuple[Any, ...]] = []
-    pick = partial(model_output, key=lens.output_key)
-    many = InferenceForward(lens.model, _no_grad(lens.output), pick=pick)  # one fused copy per run
+    many = InferenceForward(lens.model, _no_grad(lens.output), pick=lens.reader)  # one fused copy
     per_image = _per_image(o.target, len(x))
     for start in group.share(range(0, len(x), o.chunk)):  # this process's chunks
         stop = min(start + o.chunk, len(x))

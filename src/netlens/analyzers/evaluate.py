@@ -66,12 +66,15 @@ class CountingModel(nn.Module):
     returns the output the lens explains (``output=``: one tensor of a dict, tuple or object)."""
 
     def __init__(
-        self, inner: nn.Module, output: str | int | None = None, task: str | None = None
+        self,
+        inner: nn.Module,
+        output: Callable[[Any], torch.Tensor] = model_output,
+        task: Callable[[torch.Tensor], str] | None = None,
     ) -> None:
         super().__init__()
         self.inner = inner
-        self.output = output
-        self.task = task
+        self.output = output  # raw output → the tensor explained (Lens.reader)
+        self.task = task  # that tensor → its task (Lens.task_for)
         self.batches: list[int] = []  # appended per call: exact when metrics run threads
 
     @property
@@ -80,11 +83,11 @@ class CountingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         self.batches.append(int(x.shape[0]))
-        return model_output(self.inner(x), self.output)
+        return self.output(self.inner(x))
 
     def class_probabilities(self, out: torch.Tensor) -> torch.Tensor:
         """N×K class probabilities of an output of this model, as its task reads them."""
-        return probabilities(out, self.task or detect_task(out))
+        return probabilities(out, self.task(out) if self.task else detect_task(out))
 
 
 def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
@@ -105,6 +108,7 @@ def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
             task=lens.task,
             output=lens.output_key,
         )
+        view._sigmoid = lens._sigmoid  # the same architecture: its output reads the same
         return view.cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
 
     return explain
@@ -254,7 +258,7 @@ class EvaluateAnalyzer(Analyzer):
         plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
-        tally = _Tally(CountingModel(lens.model, lens.output_key, lens.task), plan.metrics)
+        tally = _Tally(CountingModel(lens.model, lens.reader, lens.task_for), plan.metrics)
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)

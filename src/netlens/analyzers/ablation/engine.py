@@ -29,17 +29,19 @@ import torch.fx as fx
 from torch import nn
 
 from ...errors import AnalyzerError, NetlensError
-from ...targets import model_output
+from ...output_reader import OutputReader
 from .modes import Replacement
 from .scoring import Metric, Outcomes
 
 __all__ = ["Ablation", "BatchCache", "Engine", "hooked", "logits_of", "run_ablations"]
 
 
-def logits_of(out: Any, key: str | int | None = None) -> torch.Tensor:
-    """The N×K class logits in a model's output (see :func:`netlens.targets.model_output`);
-    N×1 for a single-logit binary model (scored as ``[0, z]``: negative, positive)."""
-    logits = model_output(out, key)
+def logits_of(out: Any, output: OutputReader | str | int | None = None) -> torch.Tensor:
+    """The N×K class logits in a model's output (``output``: the lens's reader, or a key for
+    :func:`netlens.targets.model_output`); N×1 for a single-logit binary model (scored as
+    ``[0, z]``: negative, positive)."""
+    read = output if isinstance(output, OutputReader) else OutputReader(output)
+    logits = read(out)
     if logits.dim() != 2 or logits.shape[1] < 1:
         raise NetlensError(
             f"an ablation study needs N×classes logits (or one logit); the model returned "
@@ -86,7 +88,8 @@ class Engine:
         model: the module (used as is; never modified; callers put it in eval mode).
         units: dotted names of the units to ablate.
         fast: use the traced cached-prefix path where possible (False: always naive).
-        output: which output holds the logits, when forward returns a dict/tuple/object.
+        output: how the output reads (the lens's :class:`~netlens.output_reader.OutputReader`),
+            or which output holds the logits, when forward returns a dict/tuple/object.
     """
 
     def __init__(
@@ -95,7 +98,7 @@ class Engine:
         units: list[str],
         *,
         fast: bool = True,
-        output: str | int | None = None,
+        output: OutputReader | str | int | None = None,
     ) -> None:
         self.model = model
         self.output = output

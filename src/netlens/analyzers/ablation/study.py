@@ -203,8 +203,7 @@ def _first_batch(loader: _Pairs, run: Run) -> torch.Tensor:
 
 def _engine(run: Run, x: torch.Tensor) -> Engine:
     """The engine for the run's units, its traced graph checked on (up to 8 images of) ``x``."""
-    output = getattr(run.lens, "output_key", None)
-    engine = Engine(run.lens.model, run.layers or [], fast=run.options.fast, output=output)
+    engine = Engine(run.lens.model, run.layers or [], fast=run.options.fast, output=run.lens.reader)
     engine.check(x[:8])
     return engine
 

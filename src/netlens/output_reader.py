@@ -1,0 +1,73 @@
+"""How a model's raw output becomes the tensor netlens explains, sigmoid heads included.
+
+A binary classifier trained with ``BCELoss`` ends in ``nn.Sigmoid`` (or ``torch.sigmoid``)
+and outputs p = σ(z), not the logit z. Read as a logit, p ∈ [0, 1] gave σ(p) ∈ [0.5, 0.73]:
+every image "positive", confident negatives shown at 50 %; a multi-label model ending in a
+sigmoid had its probabilities softmaxed across labels. :func:`ends_in_sigmoid` tells such a
+model by the operation that made its output (one forward of one image with autograd, read off
+``grad_fn``), and :class:`OutputReader` then reads p back as z = σ⁻¹(p), so every rule
+downstream (softmax, sigmoid, the single-logit ``[0, z]``) sees logits. Gradient maps do not
+change: d z = d p / (p (1 − p)) scales each image's gradient by one positive number, which
+their per-map normalisation removes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .targets import model_output
+
+__all__ = ["OutputReader", "ends_in_sigmoid"]
+
+_VIEWS = {  # operations that reshape without computing: look through them
+    "ViewBackward0",
+    "UnsafeViewBackward0",
+    "ReshapeAliasBackward0",
+    "SqueezeBackward0",
+    "SqueezeBackward1",
+    "SqueezeBackward2",
+    "FlattenBackward0",
+    "CloneBackward0",
+    "ToCopyBackward0",
+}
+
+
+@dataclass(frozen=True)
+class OutputReader:
+    """``model_output(out, key)``; with ``sigmoid``, σ⁻¹ of it (see the module doc).
+
+    Probabilities are clamped to float's resolution around 0 and 1 (a saturated 1.0 reads as
+    the largest logit the dtype tells apart from it).
+    """
+
+    key: str | int | None = None
+    sigmoid: bool = False
+
+    def __call__(self, out: Any) -> torch.Tensor:
+        t = model_output(out, self.key)
+        if not self.sigmoid or not t.is_floating_point():
+            return t
+        return torch.logit(t, eps=float(torch.finfo(t.dtype).eps))
+
+
+def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = None) -> bool:
+    """Whether the tensor to explain is a sigmoid's output: one forward of ``x[:1]`` with
+    autograd (in eval mode; train/eval flags restored). False when that forward fails (the
+    analyses report the model's own error)."""
+    from .layers import eval_mode
+
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+            probe = x[:1].detach().clone()
+            if probe.is_floating_point():
+                probe.requires_grad_(True)
+            fn = model_output(model(probe), key).grad_fn
+    except Exception:  # noqa: BLE001 - not this check's to report
+        return False
+    while fn is not None and type(fn).__name__ in _VIEWS and fn.next_functions:
+        fn = fn.next_functions[0][0]
+    return fn is not None and type(fn).__name__ == "SigmoidBackward0"
