@@ -4,6 +4,7 @@ labels are moved to the model's classes of those names, as folder names are."""
 from __future__ import annotations
 
 import cv2
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -88,3 +89,33 @@ def test_netlens_own_datasets_pass_through_with_their_label_source(folder):
     ours = lens.dataset(folder)
     assert lens.dataset(ours) is ours
     assert ours.label_source == "folder names matched to model classes"
+
+
+def test_an_imagefolder_of_pil_images_is_preprocessed_as_the_model_needs(folder):
+    """Without a transform, ImageFolder yields PIL images: torch's collate failed on them.
+    Each is now preprocessed with the model's preprocessing, as the folder path would be."""
+    raw = torchvision.datasets.ImageFolder(folder)  # no transform: PIL images
+    lens = netlens.Lens(model(), {"size": (24, 24)}, classes=["dog", "cat"])
+    by_path, by_object = lens.dataset(folder), lens.dataset(raw)
+    for i in range(4):
+        assert torch.equal(by_object[i][0], by_path[i][0]) and by_object[i][1] == by_path[i][1]
+    for run in (
+        lambda d: lens.ablate(d, layers="0", mode="zero").table[0]["value"],
+        lambda d: lens.evaluate(d, metrics="deletion").arrays["gradcam/deletion/curve"].tolist(),
+    ):
+        assert run(raw) == run(folder)
+    loader = torch.utils.data.DataLoader(raw, batch_size=2)
+    with pytest.raises(DataError, match="pass the Dataset itself") as err:
+        lens.ablate(loader, layers="0", mode="zero")
+    assert_one_clean_line(str(err.value))
+
+
+def test_evaluate_follows_the_models_classes_on_a_named_dataset(folder):
+    """evaluate unwrapped the relabelled Dataset again and scored ImageFolder's numbering."""
+    ds = torchvision.datasets.ImageFolder(folder, transform=torchvision.transforms.ToTensor())
+    net = model()
+    lens = netlens.Lens(net, {"size": (32, 32)}, classes=["dog", "cat"])
+    curves = lens.evaluate(ds, metrics="deletion").arrays["gradcam/deletion/curve"]
+    with torch.no_grad():
+        p = torch.softmax(net(torch.stack([ds[i][0] for i in range(4)])), 1)
+    assert np.allclose(curves[:, 0], p[torch.arange(4), torch.tensor([1, 1, 0, 0])], atol=1e-5)

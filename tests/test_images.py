@@ -132,3 +132,22 @@ def test_a_float_tensor_in_0_1_for_a_normalising_model_is_flagged():
         warnings.simplefilter("error")
         load_batch(torch.randn(1, 3, 8, 8), Preprocess(size=(8, 8)))  # normalised: no word
         load_batch(image_like, Preprocess(size=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3))
+
+
+@pytest.mark.parametrize(
+    ("mode", "atol"), [("P", 0.05), ("CMYK", 0.0), ("YCbCr", 0.1), ("PA", 0.05)]
+)
+def test_pil_images_in_any_mode_read_as_their_colours(mode, atol):
+    """As arrays, a palette image is its indices, CMYK four inks and YCbCr other channels;
+    they were read as gray or as RGB. LA and PA (two channels) crashed."""
+    from PIL import Image
+    from skimage import data
+
+    pre = Preprocess(size=(32, 32))
+    rgb = Image.fromarray(data.chelsea())
+    ref = load_batch(rgb, pre).tensor
+    given = rgb.convert("RGBA").convert("PA") if mode == "PA" else rgb.convert(mode)
+    got = load_batch(given, pre).tensor
+    assert float((got - ref).abs().mean()) <= atol
+    gray = load_batch(rgb.convert("L"), pre).tensor
+    assert torch.allclose(load_batch(rgb.convert("LA"), pre).tensor, gray)

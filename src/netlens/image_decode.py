@@ -21,7 +21,14 @@ from .errors import ImageError
 from .image_orientation import exif_orientation, orient
 from .naming import display_path, is_special_file
 
-__all__ = ["DEFAULT_MAX_PIXELS", "FORMATS", "MAX_PIXELS_ENV", "pixel_limit", "read_checked"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "FORMATS",
+    "MAX_PIXELS_ENV",
+    "composite_on_white",
+    "pixel_limit",
+    "read_checked",
+]
 
 FORMATS = "PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF, JPEG 2000, PNM/PAM/PFM, Sun raster, HDR"
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -147,7 +154,7 @@ def _normalise_decoded(img: np.ndarray) -> np.ndarray:
     if img.shape[2] == 1:
         return img
     if img.shape[2] == 4:
-        img = _composite_on_white(img)
+        img = composite_on_white(img)
     img = np.ascontiguousarray(img[:, :, :3])
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
 
@@ -162,7 +169,7 @@ def _float_to_uint8(img: np.ndarray) -> np.ndarray:
     return ((f - lo) * (255.0 / (hi - lo + 1e-12)) + 0.5).astype(np.uint8)
 
 
-def _composite_on_white(img: np.ndarray) -> np.ndarray:
+def composite_on_white(img: np.ndarray) -> np.ndarray:
     """BGRA uint8 → BGR on a white background, in blocks of ~1 MP (temporaries stay small)."""
     out = np.empty((*img.shape[:2], 3), np.uint8)
     rows = max(1, (1 << 20) // img.shape[1])

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from .errors import ImageError, NetlensWarning
-from .image_decode import DEFAULT_MAX_PIXELS, FORMATS, MAX_PIXELS_ENV, pixel_limit
+from .image_decode import (
+    DEFAULT_MAX_PIXELS,
+    FORMATS,
+    MAX_PIXELS_ENV,
+    composite_on_white,
+    pixel_limit,
+)
 from .naming import display_path, safe_stem
 from .preprocess.spec import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: F401 (re-exported)
 
@@ -88,16 +94,29 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _as_array(obj: Any) -> np.ndarray:
-    arr = np.asarray(obj)
+def as_pixels(obj: Any) -> np.ndarray:
+    """An image given in memory (array, PIL image, tensor of pixels) as H×W×3 or H×W×1 uint8,
+    read as its file would be: C×H×W turned, 16-bit divided by 257, RGBA on white."""
+    arr = np.asarray(_pil_plain(obj) if _is_pil(obj) else obj)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # C×H×W given
     arr = _as_uint8(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3:
-        raise ImageError(f"an image array must be H×W or H×W×C, got shape {arr.shape}")
-    return arr[:, :, :3] if arr.shape[2] == 4 else arr
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(f"an image array must be H×W or H×W×C (C = 1, 3 or 4), got {arr.shape}")
+    return composite_on_white(np.ascontiguousarray(arr)) if arr.shape[2] == 4 else arr
+
+
+def _pil_plain(im: Any) -> Any:
+    """A PIL image in a mode whose array is pixels: palette, CMYK, YCbCr, LA... become RGB(A)
+    (as arrays they are indices, four inks or other channels)."""
+    if im.mode in ("RGB", "RGBA", "L", "I", "I;16", "F"):
+        return im
+    if im.mode == "1":
+        return im.convert("L")
+    alpha = im.mode in ("LA", "La", "PA", "RGBa") or "transparency" in im.info
+    return im.convert("RGBA" if alpha else "RGB")
 
 
 def _as_uint8(arr: np.ndarray) -> np.ndarray:
@@ -198,7 +217,7 @@ def load_batch(
             if isinstance(item, (str, Path)):
                 arr, name = read_image(item, max_pixels=max_pixels), safe_stem(item)
             else:
-                arr, name = _as_array(item), f"image{i}"
+                arr, name = as_pixels(item), f"image{i}"
         except ImageError as exc:
             if strict:
                 raise

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
@@ -254,7 +254,8 @@ class EvaluateAnalyzer(Analyzer):
             lens.host.cam_methods.get(m)
         opts = _metric_options(o)
         given = run.data.dataset
-        ds = open_dataset(lens, getattr(given, "dataset", given), o.masks)
+        whole = given.dataset if isinstance(given, Subset) else given  # before --limit's cut
+        ds = open_dataset(lens, whole, o.masks)
         plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())

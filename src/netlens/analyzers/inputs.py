@@ -140,7 +140,7 @@ class Batches:
 
     def __iter__(self) -> Iterator[Any]:
         start = self.start
-        for b in self.loader:
+        for b in _drawn(self.loader):
             if b is None:
                 continue
             x, y, idx = b if self.indexed else (b[0], b[1], None)
@@ -155,6 +155,26 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+
+def _drawn(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches; a user's loader that cannot batch its items (PIL images: an
+    ``ImageFolder`` without a transform) is one line saying what to pass instead."""
+    batches = iter(loader)
+    while True:
+        try:
+            b = next(batches)
+        except StopIteration:
+            return
+        except TypeError as exc:
+            if "collate" not in str(exc):
+                raise
+            raise DataError(
+                "the DataLoader cannot batch its Dataset's items (PIL images or arrays of "
+                "different sizes?): pass the Dataset itself, which netlens preprocesses as the "
+                "model's images, or give it the model's transform (lens.transform)"
+            ) from None
+        yield b
 
 
 def _shared_loader(

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, read_image
+from ..images import IMAGE_SUFFIXES, as_pixels, read_image
 from ..preprocess import Preprocess
 from .labels import UNSET, index_labels, match_names
 
@@ -194,6 +194,47 @@ class _Relabelled(Dataset):
         return table[labels.long()]
 
 
+def _pixels_preprocessed(ds: Dataset, preprocess: Preprocess | None) -> Dataset:
+    """``ds`` whose images are pixels (PIL images, arrays, uint8 tensors: torchvision's
+    ``ImageFolder`` or CIFAR without a transform) with each image preprocessed as the model's
+    images are; ``ds`` itself when its first image is a float tensor (already preprocessed),
+    or when it is one of netlens' own (its items are preprocessed already)."""
+    if preprocess is None or _own(ds) or len(ds) == 0:  # type: ignore[arg-type]
+        return ds
+    try:
+        first = ds[0][0]
+    except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
+        return ds
+    if isinstance(first, torch.Tensor) and first.is_floating_point():
+        return ds
+    return _Preprocessed(ds, sized(preprocess, lambda: as_pixels(first)))
+
+
+def _own(ds: Dataset) -> bool:
+    """One of netlens' datasets: it says its label source (a relabelled user's one is not)."""
+    return hasattr(ds, "label_source") and not isinstance(ds, _Relabelled)
+
+
+class _Preprocessed(Dataset):
+    """A user's Dataset of pixels, each image preprocessed on access (labels as they are)."""
+
+    def __init__(self, ds: Dataset, preprocess: Preprocess) -> None:
+        self.dataset, self.preprocess = ds, preprocess
+        for attr in ("classes", "label_source", "relabel"):
+            if hasattr(ds, attr):
+                setattr(self, attr, getattr(ds, attr))
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        x = item[0]
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            x = self.preprocess(as_pixels(x))
+        return (x, *item[1:])
+
+
 class _PairDataset(Dataset):
     """Preprocessed image tensors with labels (and ground-truth masks, for a triple)."""
 
@@ -266,7 +307,7 @@ def as_dataset(
     (:func:`label_source` reads it off any dataset or loader).
     """
     if isinstance(data, Dataset):
-        return _matched_by_name(data, classes, label_map)
+        return _pixels_preprocessed(_matched_by_name(data, classes, label_map), preprocess)
     if isinstance(data, tuple) and len(data) in (2, 3):
         x, y = (
             torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
