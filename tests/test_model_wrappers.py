@@ -227,3 +227,18 @@ def test_a_model_without_its_head_is_said_to_output_features(resnet: nn.Module) 
     named = netlens.Lens(tv, classes=[f"f{i}" for i in range(512)])  # the user says what they are
     for lens in (named, resnet):
         assert not any("features" in w for w in netlens.cam(lens, photo).meta["warnings"])
+
+
+def test_a_network_with_a_softmax_appended_keeps_its_preprocessing(resnet: nn.Module) -> None:
+    """``nn.Sequential(resnet, nn.Softmax(1))`` hid the timm class: a 300×451 warp with
+    guessed settings instead of timm's 224 crop."""
+    import dataclasses
+
+    wrapped = nn.Sequential(resnet, nn.Softmax(dim=1))
+    got, ref = netlens.Lens(wrapped).transform, netlens.Lens(resnet).transform
+    assert dataclasses.replace(got, source=ref.source) == ref
+    assert got.source.endswith("of the network it wraps")
+    photo = photos.chelsea()
+    assert torch.allclose(netlens.Lens(wrapped).predict(photo), netlens.Lens(resnet).predict(photo))
+    headed = nn.Sequential(resnet, nn.Linear(10, 2))  # a new head with weights: not the same
+    assert "guessed" in netlens.Lens(headed).transform.source
