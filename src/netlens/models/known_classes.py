@@ -53,6 +53,11 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
 
     A plain list for Hugging Face labels (not guessed), unless they are ImageNet-1k's.
     """
+    from .wrappers import activated_network
+
+    inner = activated_network(model)  # nn.Sequential(network, nn.Softmax(1)): the network's
+    if inner is not None:
+        return known_class_names(inner)
     origin = type(model).__module__.split(".")[0]
     if origin == "transformers":  # its config's id2label
         from .hf import hf_class_names

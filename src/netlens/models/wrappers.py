@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["unwrap"]
+__all__ = ["activated_network", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -47,3 +47,19 @@ def _inner(model: nn.Module) -> nn.Module | None:
     if type(model).__name__ == "OptimizedModule" and isinstance(orig, nn.Module):
         return orig  # torch._dynamo's class, told by name: importing dynamo costs seconds
     return None
+
+
+def activated_network(model: nn.Module) -> nn.Module | None:
+    """The network of ``nn.Sequential(network, activation...)``, where the modules after it
+    have no weights (a softmax or sigmoid appended to a timm, torchvision or Hugging Face
+    network); None for any other model. Its preprocessing and class names are the network's.
+    """
+    if type(model) is not nn.Sequential or len(model) < 2:
+        return None
+    first, rest = model[0], list(model)[1:]
+    if any(True for m in rest for _ in m.parameters()):
+        return None
+    known = getattr(first, "pretrained_cfg", None) or type(first).__module__.startswith(
+        ("torchvision.models", "transformers.")
+    )
+    return first if known else None

@@ -44,7 +44,9 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         spec = torchvision_spec(arch[3:])
         if spec is not None:
             return _fit_channels(spec, model)
-    inner = _network_before_activation(model)
+    from ..models.wrappers import activated_network
+
+    inner = activated_network(model)
     if inner is not None:  # nn.Sequential(resnet, nn.Softmax(1)): the network's own
         spec = preprocess_for(inner)
         return dataclasses.replace(spec, source=f"{spec.source}, of the network it wraps")
@@ -71,20 +73,6 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         )
         return _fit_channels(convention, model)
     return guessed_spec(model)
-
-
-def _network_before_activation(model: nn.Module) -> nn.Module | None:
-    """The first module of an ``nn.Sequential`` whose other modules have no weights (a
-    softmax or sigmoid put after a timm, torchvision or Hugging Face network), else None."""
-    if type(model) is not nn.Sequential or len(model) < 2:
-        return None
-    first, rest = model[0], list(model)[1:]
-    if any(True for m in rest for _ in m.parameters()):
-        return None
-    known = getattr(first, "pretrained_cfg", None) or type(first).__module__.startswith(
-        ("torchvision.models", "transformers.")
-    )
-    return first if known else None
 
 
 def timm_spec(model: nn.Module) -> Preprocess:
