@@ -12,7 +12,9 @@ network itself:
 - the network is what preprocessing is recognised from (a timm or torchvision class), and the
   layer names a user reads from it (``layer4``, not ``module.layer4``).
 
-The wrappers are named in the run's JSON (``model.unwrapped``).
+The wrappers are named in the run's JSON (``model.unwrapped``). :func:`activated_network`
+finds the network in ``nn.Sequential(network, nn.Softmax(1))``, which is explained as it is
+(with its softmax) but takes the network's preprocessing and class names.
 """
 
 from __future__ import annotations
