@@ -79,6 +79,18 @@ def test_a_wrapped_timm_model_is_explained_as_the_model_itself(
     assert isinstance(wrapped, nn.Module) and type(wrapped).__name__ != "ResNet"  # not replaced
 
 
+def test_layer_names_read_off_the_wrapper_still_name_the_layer() -> None:
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ref = netlens.cam(small(), x, layer="2")
+    for wrapped, name in (
+        (nn.DataParallel(small()), "module.2"),
+        (torch.compile(small()), "_orig_mod.2"),
+    ):
+        got = netlens.cam(wrapped, x, layer=name)
+        assert got.meta["layers"] == ["2"]
+        np.testing.assert_array_equal(got.heatmaps, ref.heatmaps)
+
+
 def test_a_pickled_dataparallel_model_runs_from_the_cli(tmp_path: Path) -> None:
     torch.save(nn.DataParallel(small()), tmp_path / "dp.pt")
     image = tmp_path / "img.png"

@@ -110,6 +110,9 @@ def _one_selector(
     return [parsed.with_name(n) for n in _base_names(model, layers, base)]
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
+
+
 def _base_names(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> list[str]:
     if sel in layers:
         return [sel]
@@ -126,6 +129,9 @@ def _base_names(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> lis
         hits = [n for n in layers if fnmatch.fnmatchcase(n, sel)]
         if hits:
             return hits
+    for prefix in _WRAPPER_PREFIXES:  # a name read off the wrapper netlens unwrapped
+        if sel.startswith(prefix) and sel[len(prefix) :] in layers:
+            return [sel[len(prefix) :]]
     raise LayerNotFoundError(
         f"no layer '{sel}' in {type(model).__name__}{hint(sel, layers)} "
         "(run `netlens layers MODEL` to list the names)"
