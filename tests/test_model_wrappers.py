@@ -257,3 +257,16 @@ def test_a_network_with_a_softmax_appended_keeps_its_preprocessing(resnet: nn.Mo
     imagenet = timm.create_model("resnet18", pretrained=False).eval()
     names = netlens.Lens(nn.Sequential(imagenet, nn.Softmax(dim=1))).classes
     assert names is not None and names[281] == "tabby" and names.guessed
+
+
+@pytest.mark.parametrize(
+    "compile_", [torch.jit.script, lambda m: torch.jit.trace(m, torch.rand(1, 3, 16, 16))]
+)
+def test_a_torchscript_module_object_is_refused_in_one_line(compile_) -> None:
+    """Scripted: "'OrderedModuleDict' object has no attribute 'get'"; traced: "no layer with a
+    spatial output" (its layers run as compiled code, which no hook sees)."""
+    with pytest.raises(
+        NetlensError, match="pass the nn.Module it was scripted or traced from"
+    ) as err:
+        netlens.cam(compile_(small()), torch.rand(1, 3, 16, 16))
+    assert_one_clean_line(str(err.value))

@@ -63,6 +63,12 @@ class Lens:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise NetlensError(
+                f"a TorchScript module ({type(model).__name__}) runs as compiled code, without "
+                "the Python layers netlens hooks; pass the nn.Module it was scripted or traced "
+                "from (a TorchScript file loads with --arch NAME --trust)"
+            )
         model, self.unwrapped = unwrap(model)  # DataParallel, torch.compile: the network inside
         if not isinstance(preprocess, Preprocess):
             from .preprocess import preprocess_for, with_overrides
