@@ -270,3 +270,20 @@ def test_a_torchscript_module_object_is_refused_in_one_line(compile_) -> None:
     ) as err:
         netlens.cam(compile_(small()), torch.rand(1, 3, 16, 16))
     assert_one_clean_line(str(err.value))
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_a_model_of_other_than_rgb_channels_takes_tensors_and_refuses_photos(
+    channels: int, tmp_path: Path
+) -> None:
+    """RGB + near-infrared (4) or dual-band (2) inputs: photos were fed as 3 channels and
+    failed in a dry forward ("expected input to have 4 channels"); a 4-channel tensor crashed
+    drawing its figure."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, in_chans=channels, num_classes=3)
+    with pytest.raises(NetlensError, match=f"takes {channels}-channel inputs and an image has 3"):
+        netlens.cam(model.eval(), photos.chelsea())
+    result = netlens.cam(model, torch.rand(2, channels, 64, 64))
+    assert result.heatmaps.shape == (2, 64, 64)
+    result.save(tmp_path / "o")
+    assert len(list((tmp_path / "o").glob("*_figure.png"))) == 2

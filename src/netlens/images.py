@@ -66,8 +66,8 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
         )
     if channels == 1:
         return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
-    if have == 1:
-        return np.repeat(img, 3, axis=2)
+    if have < 3:  # gray, or two bands (shown by the first)
+        return np.repeat(img[:, :, :1], 3, axis=2)
     return img[:, :, :3]
 
 

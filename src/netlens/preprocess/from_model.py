@@ -212,10 +212,15 @@ def model_input_size(model: nn.Module) -> tuple[int, ...] | None:
 
 
 def model_channels(model: nn.Module) -> int | None:
-    """Input channels of the first convolution (None when a Linear comes first, or no conv)."""
+    """Input channels of the first convolution (None when a Linear comes first, or no conv).
+
+    1 to 4 only: a model taking 2 or 4 (RGB + near-infrared, RGBA) is told so, and images,
+    which have 1 or 3, are refused in one line; a first-registered convolution taking more
+    is taken for an inner one (its input is not the image).
+    """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            return int(m.in_channels) if m.in_channels in (1, 3) else None
+            return int(m.in_channels) if 1 <= m.in_channels <= 4 else None
         if isinstance(m, nn.Linear):
             return None
     return None

@@ -224,6 +224,9 @@ class Preprocess:
         from ..images import to_channels
 
         arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
+        stats = len(self.mean) if self.mean is not None else 0
+        if 1 < stats < arr.shape[2]:  # RGB + near-infrared: the channels the stats describe
+            arr = arr[:, :, :stats]
         c = arr.shape[2]
         if self.mean is None or self.std is None:  # unknown normalisation: stretch to [0, 1]
             lo, hi = float(arr.min()), float(arr.max())
