@@ -302,3 +302,14 @@ def test_a_sigmoid_multilabel_model_keeps_its_probabilities(photos):
     assert cam.meta["task"] == "multilabel"
     for i, row in enumerate(cam.rows()):
         assert row["probability"] == pytest.approx(float(p[i].max()), abs=1e-5)
+
+
+def test_a_sigmoid_bounded_regression_keeps_its_values(photos):
+    """With ``task="regression"`` a sigmoid output is a bounded score, reported as it is."""
+    _, files = photos
+    model = made(MultiSig, scale=20)
+    lens = netlens.Lens(model, {"size": (48, 48)}, task="regression")
+    with torch.no_grad():
+        p = model(lens.preprocess(files))
+    assert torch.allclose(lens.predict(files), p, atol=1e-6)
+    assert torch.allclose(lens.output(lens.preprocess(files)), p)

@@ -196,7 +196,8 @@ class Lens:
     @property
     def reader(self) -> OutputReader:
         """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`)."""
-        return OutputReader(self.output_key, bool(self._sigmoid))
+        regression = self.task == "regression"  # a bounded score: its values, as they are
+        return OutputReader(self.output_key, bool(self._sigmoid) and not regression)
 
     def learn_output(self, x: torch.Tensor) -> None:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in

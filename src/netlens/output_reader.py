@@ -38,7 +38,7 @@ _VIEWS = {  # operations that reshape without computing: look through them
 
 @dataclass(frozen=True)
 class OutputReader:
-    """``model_output(out, key)``; with ``sigmoid``, σ⁻¹ of it (see the module doc).
+    """``model_output(out, key)``; with ``sigmoid``, σ⁻¹ of an N×K one (see the module doc).
 
     Probabilities are clamped to float's resolution around 0 and 1 (a saturated 1.0 reads as
     the largest logit the dtype tells apart from it).
@@ -49,8 +49,8 @@ class OutputReader:
 
     def __call__(self, out: Any) -> torch.Tensor:
         t = model_output(out, self.key)
-        if not self.sigmoid or not t.is_floating_point():
-            return t
+        if not self.sigmoid or not t.is_floating_point() or t.dim() != 2:
+            return t  # dense (N×K×H×W) outputs are read as they are
         return torch.logit(t, eps=float(torch.finfo(t.dtype).eps))
 
 
