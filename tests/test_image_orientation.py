@@ -97,3 +97,25 @@ def test_a_portrait_phone_photo_is_explained_upright(tmp_path: Path) -> None:
     done = runner.invoke(app, ["cam", str(tmp_path / "phone.jpg"), "--out", str(out)])
     assert done.exit_code == 0, done.output
     assert len(json.loads((out / "cam.json").read_text())["images"]) == 1
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_avif_orientation_is_read_from_its_container(tmp_path: Path, orientation: int) -> None:
+    """OpenCV's AVIF decoder turns nothing, whatever the flags."""
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    pixels = np.zeros((30, 50, 3), np.uint8)
+    pixels[:, :25, 0] = 255  # left half red
+    pixels[:8, :, 1] = 255  # top rows green
+    raw = io.BytesIO()
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(raw, "AVIF", exif=exif.tobytes(), quality=100)
+    (tmp_path / "img.avif").write_bytes(raw.getvalue())
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(raw.getvalue()))))
+    got = read_image(tmp_path / "img.avif")
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want[..., :3]).mean() < 8  # lossy

@@ -5,9 +5,10 @@ EXIF ``Orientation`` tag. netlens decodes with ``cv2.IMREAD_UNCHANGED`` (to keep
 depth), which ignores that tag, so a portrait phone photo reached the model lying on its side,
 and its heat map was drawn on a sideways picture. :func:`exif_orientation` reads the tag from
 the bytes (JPEG ``APP1``, PNG ``eXIf``, WebP ``EXIF``; the Exif block itself is parsed by
-Pillow's ``Image.Exif``) and :func:`orient` turns the decoded pixels upright, as OpenCV's
-``IMREAD_COLOR`` and Pillow's ``ImageOps.exif_transpose`` do. TIFF needs neither: libtiff
-applies its own orientation tag when decoding.
+Pillow's ``Image.Exif``; AVIF's container through Pillow's plugin) and :func:`orient` turns the
+decoded pixels upright, as Pillow's ``ImageOps.exif_transpose`` does (and OpenCV's
+``IMREAD_COLOR``, except for AVIF). TIFF needs neither: libtiff applies its own orientation tag
+when decoding.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ def exif_orientation(data: bytes) -> int:
     """The EXIF ``Orientation`` (1..8) of an encoded JPEG, PNG or WebP image; 1 (as stored)
     when there is none, the format carries none, or the block is broken."""
     try:
-        block = _exif_block(data)
-        if not block:
-            return 1
-        from PIL import Image
-
-        exif = Image.Exif()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data": then there is no tag
-            exif.load(block)
-        value = exif.get(0x0112, 1)
+            if data[4:12] in (b"ftypavif", b"ftypavis"):
+                value = _avif_orientation(data)
+            else:
+                block = _exif_block(data)
+                if not block:
+                    return 1
+                from PIL import Image
+
+                exif = Image.Exif()
+                exif.load(block)
+                value = exif.get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken block is "no orientation", never a crash
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -56,6 +60,17 @@ def orient(img: np.ndarray, orientation: int) -> np.ndarray:
         8: lambda a: np.rot90(a, 1),
     }.get(orientation)
     return img if turned is None else np.ascontiguousarray(turned(img))
+
+
+def _avif_orientation(data: bytes) -> int:
+    """AVIF: the orientation Pillow reads from the container (its Exif item, or the ``irot``
+    and ``imir`` boxes), with the plugin constructed directly: no pixels decoded, and no bomb
+    check of Pillow's own (netlens' limit applies)."""
+    import io
+
+    from PIL import AvifImagePlugin
+
+    return AvifImagePlugin.AvifImageFile(io.BytesIO(data)).getexif().get(0x0112, 1)
 
 
 def _exif_block(data: bytes) -> bytes | None:
