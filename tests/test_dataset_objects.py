@@ -119,3 +119,38 @@ def test_evaluate_follows_the_models_classes_on_a_named_dataset(folder):
     with torch.no_grad():
         p = torch.softmax(net(torch.stack([ds[i][0] for i in range(4)])), 1)
     assert np.allclose(curves[:, 0], p[torch.arange(4), torch.tensor([1, 1, 0, 0])], atol=1e-5)
+
+
+class _Named(torch.utils.data.Dataset):
+    """Items labelled with names, as many hand-written Datasets are: ``(image, "Cat")``."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.x = torch.rand(len(names), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.names[i]
+
+
+def test_labels_given_as_names_are_matched_to_the_models_classes():
+    """torch's collate cannot batch strings into labels: "too many dimensions 'str'"."""
+    ds = _Named(["Cat", "dog", "cat", "DOG", "cat"])
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+    matched = lens.dataset(ds)
+    assert [matched[i][1] for i in range(5)] == [1, 0, 1, 0, 1]
+    assert matched.label_source == "the Dataset's label names matched to model classes"
+    loader = torch.utils.data.DataLoader(ds, batch_size=3)
+    batches = resolve_data(lens, loader, what="a test").loader(64)
+    assert [y.tolist() for _, y in batches] == [[1, 0, 1], [0, 1]]
+    with torch.no_grad():
+        pred = lens.model(ds.x).argmax(1)
+    by_hand = float((pred == torch.tensor([1, 0, 1, 0, 1])).double().mean())
+    assert lens.ablate(loader, layers="0", mode="zero").table[0]["value"] == pytest.approx(by_hand)
+    with pytest.raises(DataError, match="no class names to match them to") as err:
+        netlens.Lens(model(), {"size": (32, 32)}).dataset(ds)
+    assert_one_clean_line(str(err.value))
+    with pytest.raises(DataError, match="'horse'"):
+        lens.dataset(_Named(["cat", "horse"]))[1]

@@ -131,7 +131,7 @@ class Batches:
         start: int = 0,
         first: int = 0,
         dtype: torch.dtype | None = None,
-        relabel: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        relabel: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         self.loader, self.batch_size, self.dtype = loader, batch_size, dtype
         self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
@@ -150,7 +150,7 @@ class Batches:
             if self.dtype is not None and x.is_floating_point() and x.dtype != self.dtype:
                 x = x.to(self.dtype)
             if self.relabel is not None:
-                y = self.relabel(torch.as_tensor(y))
+                y = self.relabel(y)
             yield (x, y, idx) if self.with_index else (x, y)
 
     def __len__(self) -> int:
@@ -182,7 +182,7 @@ def _shared_loader(
     group: Group,
     with_index: bool,
     dtype: torch.dtype | None,
-    relabel: Callable[[torch.Tensor], torch.Tensor] | None,
+    relabel: Callable[[Any], torch.Tensor] | None,
 ) -> Batches:
     """This process's share of the batches of a user's (non-shuffling) DataLoader."""
     batches = [list(b) for b in given.batch_sampler]  # type: ignore[union-attr]

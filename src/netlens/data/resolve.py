@@ -160,6 +160,14 @@ def _matched_by_name(
         return ds
     names = getattr(ds, "classes", None)
     named = isinstance(names, (list, tuple)) and bool(names)
+    if not named and _first_label_is_a_name(ds):
+        if not classes:
+            raise DataError(
+                "the Dataset's labels are names and the model has no class names to match "
+                "them to: give the model its classes (--classes FILE, classes= in Python) or "
+                "label the items with class indices"
+            )
+        return _NamedLabels(ds, classes, label_map)
     if not named or not all(isinstance(n, str) for n in names) or not classes:
         return ds
     match = match_names(names, classes, label_map=label_map, what="the Dataset's class names")
@@ -180,9 +188,10 @@ class _Relabelled(Dataset):
         item = self.dataset[i]
         return (item[0], int(self.relabel(torch.as_tensor(item[1]))), *item[2:])
 
-    def relabel(self, labels: torch.Tensor) -> torch.Tensor:
-        """The Dataset's labels (a tensor of its class indices) as the model's class indices:
-        for its items, and for the batches of a user's DataLoader over it."""
+    def relabel(self, labels: Any) -> torch.Tensor:
+        """The Dataset's labels (its class indices, a tensor of them) as the model's class
+        indices: for its items, and for the batches of a user's DataLoader over it."""
+        labels = torch.as_tensor(labels)
         table = torch.as_tensor(self.to_model)
         bad = (labels < 0) | (labels >= len(table))
         if labels.is_floating_point() or bool(bad.any()):
@@ -192,6 +201,51 @@ class _Relabelled(Dataset):
                 f"({len(table)} names); its labels must number its classes"
             )
         return table[labels.long()]
+
+
+def _first_label_is_a_name(ds: Dataset) -> bool:
+    try:
+        return len(ds) > 0 and isinstance(ds[0][1], str)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
+        return False
+
+
+class _NamedLabels(Dataset):
+    """A user's Dataset labelled with class names (``(image, "cat")``): each name matched to
+    the model's class of that name as it is drawn, as folder names are (exact, then case- and
+    separator-insensitive; ``label_map`` first; an unknown name is one line)."""
+
+    label_source = "the Dataset's label names matched to model classes"
+
+    def __init__(self, ds: Dataset, classes: Sequence[str], label_map: Any) -> None:
+        self.dataset, self.classes, self.label_map = ds, list(classes), label_map
+        self._model_classes = classes  # with its aliases (WordNet IDs), when it has them
+        self._index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        return (item[0], self._to_model(item[1]), *item[2:])
+
+    def relabel(self, labels: Any) -> torch.Tensor:
+        """A DataLoader's batch of names (a list, as torch collates strings) as class indices."""
+        names = [labels] if isinstance(labels, str) else list(labels)
+        return torch.tensor([self._to_model(n) for n in names], dtype=torch.long)
+
+    def _to_model(self, name: Any) -> int:
+        if not isinstance(name, str):
+            raise DataError(
+                f"the Dataset's labels are names, but one is a {type(name).__name__} ({name!r:.40})"
+                "; label every item the same way"
+            )
+        if name not in self._index:
+            match = match_names(
+                [name], self._model_classes, label_map=self.label_map, what="label names"
+            )
+            self._index[name] = match.index[name]
+        return self._index[name]
 
 
 def _pixels_preprocessed(ds: Dataset, preprocess: Preprocess | None) -> Dataset:
