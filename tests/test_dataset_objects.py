@@ -154,3 +154,19 @@ def test_labels_given_as_names_are_matched_to_the_models_classes():
     assert_one_clean_line(str(err.value))
     with pytest.raises(DataError, match="'horse'"):
         lens.dataset(_Named(["cat", "horse"]))[1]
+
+
+def test_label_tensors_of_other_kinds_are_named_or_taken():
+    """Whole-number float labels (from a float array) are class indices; one-hot vectors were
+    refused as "no class labels", which sent users looking for missing labels."""
+    from netlens.errors import AnalyzerError
+
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    ref = lens.ablate((x, y), layers="0", mode="zero").table[0]["value"]
+    floats = torch.utils.data.TensorDataset(x, y.float())
+    assert lens.ablate(floats, layers="0", mode="zero").table[0]["value"] == ref
+    one_hot = torch.utils.data.TensorDataset(x, torch.eye(2)[y])
+    with pytest.raises(AnalyzerError, match=r"labels of shape 6×2 \(one-hot or multi-hot"):
+        lens.ablate(one_hot, layers="0", mode="zero")

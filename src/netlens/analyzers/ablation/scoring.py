@@ -139,15 +139,29 @@ class Outcomes:
 def _labels(labels: torch.Tensor | None, n: int, k: int, metric: Metric) -> np.ndarray:
     """The labels as class indices; -1 where unknown (allowed only for baseline metrics)."""
     y = None if labels is None else torch.as_tensor(labels).reshape(-1).cpu().numpy()
-    integral = y is not None and len(y) == n and np.issubdtype(y.dtype, np.integer)
+    whole = y is not None and np.issubdtype(y.dtype, np.floating) and bool(np.all(y == np.round(y)))
+    integral = y is not None and len(y) == n and (np.issubdtype(y.dtype, np.integer) or whole)
     y = y.astype(np.int64) if integral else np.full(n, -1, np.int64)
     if metric.needs_labels and (not integral or y.min() < 0 or y.max() >= k):
-        bad = "no class labels" if not integral else f"label {int(y[(y < 0) | (y >= k)][0])}"
+        bad = _what_labels(labels, n) if not integral else f"label {int(y[(y < 0) | (y >= k)][0])}"
         raise AnalyzerError(
             f"the {metric.name} metric needs labels among the model's {k} classes, but the data "
             f"has {bad}; use --metric prob, kl or agreement, which compare with the intact model"
         )
     return np.where((y >= 0) & (y < k), y, -1)
+
+
+def _what_labels(labels: torch.Tensor | None, n: int) -> str:
+    """What the data gave instead of one class index per image, for the refusal."""
+    if labels is None:
+        return "no class labels"
+    t = torch.as_tensor(labels)
+    if t.dim() == 2 and t.shape[0] == n:
+        return (
+            f"labels of shape {n}×{t.shape[1]} (one-hot or multi-hot vectors; give each image "
+            "its class index instead)"
+        )
+    return f"labels of dtype {str(t.dtype).removeprefix('torch.')} (class indices are integers)"
 
 
 def metric_value(
