@@ -170,3 +170,18 @@ def test_label_tensors_of_other_kinds_are_named_or_taken():
     one_hot = torch.utils.data.TensorDataset(x, torch.eye(2)[y])
     with pytest.raises(AnalyzerError, match=r"labels of shape 6×2 \(one-hot or multi-hot"):
         lens.ablate(one_hot, layers="0", mode="zero")
+
+
+def test_pil_images_labelled_with_names_are_both_preprocessed_and_matched():
+    from PIL import Image
+
+    class Pets(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            return Image.fromarray(skdata.chelsea()), ["cat", "dog"][i]
+
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+    ds = lens.dataset(Pets())
+    assert ds[0][0].shape == (3, 32, 32) and [ds[0][1], ds[1][1]] == [1, 0]

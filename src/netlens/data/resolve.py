@@ -149,18 +149,31 @@ class ImageFolderDataset(Dataset):
         return read_image(self.items[i][0])
 
 
-def _matched_by_name(
-    ds: Dataset, classes: Any, label_map: Mapping[str, Any] | str | Path | None
+def _users_dataset(
+    ds: Dataset, preprocess: Preprocess | None, classes: Any, label_map: Any
 ) -> Dataset:
-    """A Dataset that names its classes (``ds.classes``, as torchvision's ``ImageFolder`` and
-    CIFAR do) with its labels moved to the model's classes of those names; any other Dataset,
-    or a model without class names, as it is; so is one of netlens' own (it has a
-    ``label_source``: its labels are the model's already)."""
-    if label_source(ds) != label_source(None):
+    """A user's Dataset as netlens streams it: labels moved to the model's classes by name
+    (:func:`_matched_by_name`), pixels preprocessed as the model's images (:class:`_Preprocessed`).
+    Its first item, read once, tells what its labels and images are."""
+    try:
+        first = ds[0] if len(ds) > 0 else None  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
+        first = None
+    ds = _matched_by_name(ds, classes, label_map, first)
+    image = first[0] if first is not None else None
+    if preprocess is None or image is None or _is_preprocessed(image):
         return ds
+    return _Preprocessed(ds, sized(preprocess, lambda: as_pixels(image)))
+
+
+def _matched_by_name(ds: Dataset, classes: Any, label_map: Any, first: Any) -> Dataset:
+    """``ds`` with its labels moved to the model's classes of the same names: when it names its
+    classes (``ds.classes``, as torchvision's ``ImageFolder`` and CIFAR do), or labels items
+    with names (``first``, its first item, says); as it is otherwise, or for a model without
+    class names."""
     names = getattr(ds, "classes", None)
     named = isinstance(names, (list, tuple)) and bool(names)
-    if not named and _first_label_is_a_name(ds):
+    if not named and first is not None and isinstance(first[1], str):
         if not classes:
             raise DataError(
                 "the Dataset's labels are names and the model has no class names to match "
@@ -186,7 +199,7 @@ class _Relabelled(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         item = self.dataset[i]
-        return (item[0], int(self.relabel(torch.as_tensor(item[1]))), *item[2:])
+        return (item[0], int(self.relabel(item[1])), *item[2:])
 
     def relabel(self, labels: Any) -> torch.Tensor:
         """The Dataset's labels (its class indices, a tensor of them) as the model's class
@@ -203,13 +216,6 @@ class _Relabelled(Dataset):
         return table[labels.long()]
 
 
-def _first_label_is_a_name(ds: Dataset) -> bool:
-    try:
-        return len(ds) > 0 and isinstance(ds[0][1], str)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
-        return False
-
-
 class _NamedLabels(Dataset):
     """A user's Dataset labelled with class names (``(image, "cat")``): each name matched to
     the model's class of that name as it is drawn, as folder names are (exact, then case- and
@@ -218,8 +224,7 @@ class _NamedLabels(Dataset):
     label_source = "the Dataset's label names matched to model classes"
 
     def __init__(self, ds: Dataset, classes: Sequence[str], label_map: Any) -> None:
-        self.dataset, self.classes, self.label_map = ds, list(classes), label_map
-        self._model_classes = classes  # with its aliases (WordNet IDs), when it has them
+        self.dataset, self.classes, self.label_map = ds, classes, label_map
         self._index: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -241,36 +246,18 @@ class _NamedLabels(Dataset):
                 "; label every item the same way"
             )
         if name not in self._index:
-            match = match_names(
-                [name], self._model_classes, label_map=self.label_map, what="label names"
-            )
+            match = match_names([name], self.classes, label_map=self.label_map, what="label names")
             self._index[name] = match.index[name]
         return self._index[name]
 
 
-def _pixels_preprocessed(ds: Dataset, preprocess: Preprocess | None) -> Dataset:
-    """``ds`` whose images are pixels (PIL images, arrays, uint8 tensors: torchvision's
-    ``ImageFolder`` or CIFAR without a transform) with each image preprocessed as the model's
-    images are; ``ds`` itself when its first image is a float tensor (already preprocessed),
-    or when it is one of netlens' own (its items are preprocessed already)."""
-    if preprocess is None or _own(ds) or len(ds) == 0:  # type: ignore[arg-type]
-        return ds
-    try:
-        first = ds[0][0]
-    except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
-        return ds
-    if isinstance(first, torch.Tensor) and first.is_floating_point():
-        return ds
-    return _Preprocessed(ds, sized(preprocess, lambda: as_pixels(first)))
-
-
-def _own(ds: Dataset) -> bool:
-    """One of netlens' datasets: it says its label source (a relabelled user's one is not)."""
-    return hasattr(ds, "label_source") and not isinstance(ds, _Relabelled)
+def _is_preprocessed(image: Any) -> bool:
+    return isinstance(image, torch.Tensor) and image.is_floating_point()
 
 
 class _Preprocessed(Dataset):
-    """A user's Dataset of pixels, each image preprocessed on access (labels as they are)."""
+    """A user's Dataset of pixels (PIL images, arrays, uint8 tensors: ``ImageFolder`` or CIFAR
+    without a transform), each image preprocessed on access; labels as they are."""
 
     def __init__(self, ds: Dataset, preprocess: Preprocess) -> None:
         self.dataset, self.preprocess = ds, preprocess
@@ -283,9 +270,7 @@ class _Preprocessed(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         item = self.dataset[i]
-        x = item[0]
-        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-            x = self.preprocess(as_pixels(x))
+        x = item[0] if _is_preprocessed(item[0]) else self.preprocess(as_pixels(item[0]))
         return (x, *item[1:])
 
 
@@ -360,8 +345,9 @@ def as_dataset(
     The dataset's ``label_source`` attribute says how labels were assigned
     (:func:`label_source` reads it off any dataset or loader).
     """
-    if isinstance(data, Dataset):
-        return _pixels_preprocessed(_matched_by_name(data, classes, label_map), preprocess)
+    if isinstance(data, Dataset):  # one of netlens' own says its label source: as it is
+        own = label_source(data) != label_source(None)
+        return data if own else _users_dataset(data, preprocess, classes, label_map)
     if isinstance(data, tuple) and len(data) in (2, 3):
         x, y = (
             torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
