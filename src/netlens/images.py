@@ -126,7 +126,7 @@ def _as_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16:
-        return (arr.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        return cv2.convertScaleAbs(arr, alpha=1 / 257)  # as image_decode reads 16-bit files
     f = arr.astype(np.float32)
     if f.size and not np.isfinite(f).all():
         raise ImageError("an image array holds NaN or infinite values; pass finite pixels")

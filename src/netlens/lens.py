@@ -184,6 +184,20 @@ class Lens:
         with torch.no_grad(), eval_mode(self.model):
             return self.probabilities(self.output(self.place(x)))
 
+    def on(self, model: nn.Module) -> Lens:
+        """This lens's preprocessing, classes, task and output reading on another module of
+        the same architecture (a randomised copy, in sanity checks and evaluate's metrics)."""
+        view = Lens(
+            model,
+            self.transform,
+            self.classes,
+            host=self.host,
+            task=self.task,
+            output=self.output_key,
+        )
+        view._sigmoid = self._sigmoid  # the same architecture: its output reads the same
+        return view
+
     @property
     def output_key(self) -> str | int | None:
         """Which tensor of a dict, tuple or object output is explained (None: the default)."""

@@ -95,21 +95,11 @@ def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
 
     ``model`` may be another module of the same architecture (a randomised copy).
     """
-    from ..lens import Lens
 
     def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         if isinstance(model, CountingModel):  # what metrics are handed; explain the model
             model = model.inner
-        view = Lens(
-            model,
-            lens.transform,
-            lens.classes,
-            host=lens.host,
-            task=lens.task,
-            output=lens.output_key,
-        )
-        view._sigmoid = lens._sigmoid  # the same architecture: its output reads the same
-        return view.cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
+        return lens.on(model).cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
 
     return explain
 
