@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import randomize_bn
 from hostile_inputs import assert_one_clean_line
 from skimage import data as photos
 from torch import nn
@@ -32,13 +33,7 @@ runner = CliRunner()
 def resnet() -> nn.Module:
     """timm resnet18, random weights, BatchNorm randomised (timm zero-initialises some)."""
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return randomize_bn(timm.create_model("resnet18", pretrained=False, num_classes=10)).eval()
 
 
 def small() -> nn.Sequential:
