@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,8 +40,15 @@ def dup_dead_net() -> nn.Module:
     return net.eval()
 
 
-def plain_scorecam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int) -> np.ndarray:
-    """Score-CAM as in the paper, one masked pass per channel (no skipping)."""
+Score = Callable[[torch.Tensor], torch.Tensor]
+
+
+def plain_scorecam(
+    model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int | Score
+) -> np.ndarray:
+    """Score-CAM as in the paper, one masked pass per channel (no skipping); ``target`` a class
+    or a function of the output."""
+    score = target if callable(target) else lambda out: out[0, target]
     store: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda m, i, o: store.append(o.detach()))
     with torch.no_grad():
@@ -52,7 +61,7 @@ def plain_scorecam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: 
         lo, hi = up.min(), up.max()
         mask = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)
         with torch.no_grad():
-            scores.append(model(x * mask)[0, target])
+            scores.append(score(model(x * mask)))
     w = torch.softmax(torch.stack(scores), dim=0)
     cam = torch.relu((w[:, None, None] * acts).sum(0))
     up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -60,13 +69,14 @@ def plain_scorecam(model: nn.Module, x: torch.Tensor, layer: nn.Module, target: 
 
 
 def plain_ablationcam(
-    model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int
+    model: nn.Module, x: torch.Tensor, layer: nn.Module, target: int | Score
 ) -> np.ndarray:
     """Ablation-CAM with the whole model re-run for every zeroed channel."""
+    score = target if callable(target) else lambda out: out[0, target]
     store: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda m, i, o: store.append(o.detach()))
     with torch.no_grad():
-        base = model(x)[0, target]
+        base = score(model(x))
     handle.remove()
     acts = store[0][0]
     weights = []
@@ -79,7 +89,7 @@ def plain_ablationcam(
 
         handle = layer.register_forward_hook(zero)
         with torch.no_grad():
-            weights.append((base - model(x)[0, target]) / (base.abs() + 1e-7))
+            weights.append((base - score(model(x))) / (base.abs() + 1e-7))
         handle.remove()
     cam = torch.relu((torch.stack(weights)[:, None, None] * acts).sum(0))
     up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -107,6 +117,34 @@ def test_ablationcam_skips_dead_channels_and_equals_the_plain_algorithm() -> Non
     for i, t in enumerate([1, 3]):
         ref = plain_ablationcam(net, x[i : i + 1], net[3], t)
         np.testing.assert_allclose(got.heatmaps[i], ref, atol=1e-5)
+
+
+def test_dense_outputs_are_scored_per_batch_and_equal_the_plain_algorithms() -> None:
+    # a segmentation net: each pass's K×H×W output is scored as its batch returns, not kept
+    net = dup_dead_net()
+    seg = nn.Sequential(*net[:4], nn.Conv2d(8, 3, 1), nn.Upsample(scale_factor=2)).eval()
+    with torch.no_grad():  # class 1 where channel 6 is above 0.07, else class 0
+        seg[4].weight.zero_()
+        seg[4].bias.zero_()
+        seg[4].weight[1, 6] = 50.0
+        seg[4].bias[0] = 3.5
+    x = torch.rand(2, 3, 20, 20, generator=torch.Generator().manual_seed(4)) - 0.3
+    with torch.no_grad():
+        pred = seg(x).argmax(1)
+    for method, plain in (("scorecam", plain_scorecam), ("ablationcam", plain_ablationcam)):
+        got = netlens.cam(seg, x, method=method, layer="3", batch_size=3, target="region:1")
+        assert got.meta["task"] == "dense"
+        for i in range(2):
+            c = int(got.arrays["targets"][i, 0])
+            region = pred[i] == c
+            assert 0 < int(region.sum()) < region.numel()
+
+            def score(out: torch.Tensor, c: int = c, region: torch.Tensor = region) -> torch.Tensor:
+                return (out[0, c] * region).sum()
+
+            ref = plain(seg, x[i : i + 1], seg[3], score)
+            assert ref.std() > 0.05
+            np.testing.assert_allclose(got.heatmaps[i], ref, atol=1e-5)
 
 
 def test_scorecam_on_a_resnet_equals_the_plain_algorithm_through_the_fast_path() -> None:

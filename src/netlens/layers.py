@@ -94,7 +94,11 @@ def _by_type(layers: dict[str, nn.Module], type_name: str) -> list[str]:
 
 
 def _one_selector(
-    model: nn.Module, layers: dict[str, nn.Module], sel: str, example: torch.Tensor | None
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    sel: str,
+    example: torch.Tensor | None,
+    output: str | int | None = None,
 ) -> list[LayerCall]:
     sel = sel.strip()
     if sel in layers:
@@ -106,7 +110,7 @@ def _one_selector(
             raise LayerNotFoundError(
                 f"'{sel}': auto picks its call itself; name the module to pick a call (NAME@K)"
             )
-        return [auto_layer(model, example)]
+        return [auto_layer(model, example, output)]
     return [parsed.with_name(n) for n in _base_names(model, layers, base)]
 
 
@@ -143,11 +147,13 @@ def resolve_layers(
     selector: str | nn.Module | Sequence[str | nn.Module],
     *,
     example: torch.Tensor | None = None,
+    output: str | int | None = None,
 ) -> list[LayerCall]:
     """Turn selectors into unique :class:`LayerCall` selections, in the order given.
 
     ``example`` is the input for the dry forward that ``auto`` needs (default: a random batch
-    of the size the model says it takes). Call indices are checked when the model runs.
+    of the size the model says it takes); ``output`` picks the output ``auto`` looks back from
+    (``--output``). Call indices are checked when the model runs.
 
     Example:
         >>> resolve_layers(resnet, "layer4,type:Linear,layer4.1.relu@-1")
@@ -182,7 +188,7 @@ def resolve_layers(
         elif isinstance(item, LayerCall) and item.name in layers:
             found = [item]
         else:
-            found = _one_selector(model, layers, item, example)
+            found = _one_selector(model, layers, item, example, output)
         names += [n for n in found if n not in names]
     if not names:
         raise LayerNotFoundError("no layer selected; give a layer name, a glob or type:NAME")
@@ -238,7 +244,11 @@ def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[T
 
     Raises NetlensError with a one-line hint when the model cannot run on ``example``.
     """
-    x = example if example is not None else example_input(model)
+    return _dry_forward(model, example if example is not None else example_input(model))[0]
+
+
+def _dry_forward(model: nn.Module, x: torch.Tensor) -> tuple[list[TracedCall], Any]:
+    """:func:`trace_calls` and what the model returned."""
     seen: list[TracedCall] = []
     counts: dict[str, int] = {}
     stack: list[int | None] = []  # input dims of the calls running now, outermost first
@@ -258,7 +268,7 @@ def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[T
             handles.append(mod.register_forward_hook(hook))
         with torch.no_grad(), eval_mode(model):
             try:
-                model(x)
+                out = model(x)
             except Exception as exc:  # noqa: BLE001 - explained to the user below
                 raise NetlensError(
                     f"a dry forward with input {tuple(x.shape)} failed ({type(exc).__name__}: "
@@ -267,7 +277,7 @@ def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[T
     finally:
         for h in handles:
             h.remove()
-    return seen
+    return seen, out
 
 
 def trace_outputs(
@@ -328,7 +338,9 @@ def _selection(traced: list[TracedCall], chosen: TracedCall, consumed: bool) -> 
     return LayerCall(chosen.name, chosen.call if calls > 1 else None, consumed=consumed)
 
 
-def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCall:
+def auto_layer(
+    model: nn.Module, example: torch.Tensor | None = None, output: str | int | None = None
+) -> LayerCall:
     """The call whose output is the spatial map feeding the head: the usual CAM/feature layer.
 
     CNNs: the last N×C×H×W output with H·W > 1. Pooling layers themselves are skipped (AlexNet's
@@ -344,14 +356,23 @@ def auto_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCa
     repeated-block stack whose tokens form a patch grid run after the last spatial layer (the
     patch embedding), the last such block is chosen (without such blocks, the last call whose
     tokens form a patch grid: MViTv2's ``norm``, its blocks returning ``(tokens, size)``).
+    Dense (segmentation) models, whose output (``output`` picks it, as ``--output``) is itself
+    a map: the same among the calls that output depends on, outside its head (see
+    :mod:`netlens.dense_head`): ``backbone.layer4`` of a torchvision DeepLabV3, not its
+    ``classifier`` or ``aux_classifier``.
     """
-    traced = trace_calls(model, example)
-    spatial = [(i, c) for i, c in enumerate(traced) if _is_map_call(c)]
-    grids = [(i, c) for i, c in enumerate(traced) if _is_token_grid(c.output, model)]
+    from .dense_head import feature_slots, is_dense
+
+    x = example if example is not None else example_input(model)
+    traced, returned = _dry_forward(model, x)
+    allowed = set(feature_slots(model, x, output) or ()) if is_dense(returned, output) else set()
+    calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
+    spatial = [(i, c) for i, c in calls if _is_map_call(c)]
+    grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model)]
     blocks = _repeated_blocks(model)
     tokens = [(i, c) for i, c in grids if c.name in blocks] or grids
     if not spatial and not tokens:  # e.g. a CNN wrapped in a module fed 3-D spectrograms
-        spatial = [(i, c) for i, c in enumerate(traced) if _is_map_call(c, strict=False)]
+        spatial = [(i, c) for i, c in calls if _is_map_call(c, strict=False)]
     if tokens and (not spatial or tokens[-1][0] > spatial[-1][0]):
         return _selection(traced, tokens[-1][1], consumed=False)
     if not spatial:

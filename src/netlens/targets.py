@@ -471,11 +471,24 @@ def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Ta
         text = str(item)
         body = text.split(":", 1)[1] if text.lower().startswith("region:") else text
         name, _, mask_file = body.partition("@")
-        c = int(pred[j].flatten().mode().values) if name in ("", "pred") else None
+        c = _main_class(pred[j], lens) if name in ("", "pred") else None
         c = lens.class_index(name, k) if c is None else c
         classes.append(c)
         masks.append(_mask_file(mask_file, output.shape[-2:]) if mask_file else pred[j] == c)
     return RegionTarget(torch.tensor(classes), torch.stack([m.to(torch.bool) for m in masks]))
+
+
+def _main_class(pred: torch.Tensor, lens: Lens) -> int:
+    """The class predicted on most pixels; a class named background only when no other class
+    is predicted anywhere (a VOC model's ``__background__`` covers most of most photos, and an
+    explanation of the background is not what ``pred`` is asked for)."""
+    from .data.labels import normalize_name
+
+    counts = torch.bincount(pred.flatten())
+    order = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c]]
+    named = lens.class_name if lens is not None else str
+    found = next((c for c in order if normalize_name(named(c)) != "background"), None)
+    return order[0] if found is None else found
 
 
 def _mask_file(path: str, size: torch.Size) -> torch.Tensor:

@@ -68,7 +68,7 @@ class CamAnalyzer(Analyzer):
         impl, method_label = _method(lens, o.method)
         batch = run.images
         x = batch.tensor
-        layers, auto = _layers(lens.model, o.layer, x[:1])
+        layers, auto = _layers(lens.model, o.layer, x[:1], lens.output_key)
         run.layers = layers
         with run.progress.task("cam", total=len(x)) as advance:
             out = _run_chunks(lens, impl, x, layers, o, advance, run.group)
@@ -123,7 +123,13 @@ def _warnings(heat: np.ndarray, probs: np.ndarray, targets: np.ndarray, meta: di
     for i, name in enumerate(meta["images"]):
         for k in range(heat.shape[1]):
             label = meta["target_names"][i][k]
-            if float(heat[i, k].max()) <= 0.0:
+            if meta["task"] == "dense" and label.endswith(" (0 px)"):  # RegionTarget.describe
+                lines.append(
+                    f"{name}: the region for {label.removesuffix(' (0 px)')} is empty (no pixel "
+                    "is predicted as that class), so its map is empty; give the region as a "
+                    "mask: --target region:NAME@mask.png"
+                )
+            elif float(heat[i, k].max()) <= 0.0:
                 lines.append(
                     f"{name}: the {meta['method']} map for {label} is empty (all zero: no "
                     "evidence above the ReLU); try another method or layer"
@@ -151,14 +157,16 @@ def _method(lens: Lens, method: str | CamMethod | type[CamMethod]) -> tuple[CamM
     return registry.get(name)(), name
 
 
-def _layers(model: nn.Module, layer: Any, example: torch.Tensor) -> tuple[list[str], bool]:
+def _layers(
+    model: nn.Module, layer: Any, example: torch.Tensor, output: str | int | None = None
+) -> tuple[list[str], bool]:
     """Resolve the selector; ``auto`` (alone or in a list) means :func:`cam_layer`."""
     items = [s.strip() for s in layer.split(",")] if isinstance(layer, str) else layer
     if isinstance(items, nn.Module):
         items = [items]
     auto = any(isinstance(i, str) and i == "auto" for i in items)
     picked = [
-        cam_layer(model, example) if isinstance(i, str) and i == "auto" else i
+        cam_layer(model, example, output) if isinstance(i, str) and i == "auto" else i
         for i in items
         if not (isinstance(i, str) and not i)
     ]

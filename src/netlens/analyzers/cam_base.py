@@ -232,7 +232,9 @@ def spatial_channel_view(raw: torch.Tensor, model: nn.Module, layer: str) -> tor
 
 
 # -- layers ----------------------------------------------------------------------------------
-def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCall:
+def cam_layer(
+    model: nn.Module, example: torch.Tensor | None = None, output: str | int | None = None
+) -> LayerCall:
     """The layer call ``auto`` means for CAMs.
 
     CNNs and NHWC stages (Swin): the call whose output is the spatial map feeding the head, as
@@ -243,7 +245,7 @@ def cam_layer(model: nn.Module, example: torch.Tensor | None = None) -> LayerCal
     torchvision's ``ln_1``), since the block's own output reaches the logits only through the
     class token and so has no gradient on the patch tokens.
     """
-    layer = auto_layer(model, example)  # one dry forward; ViT → its last block
+    layer = auto_layer(model, example, output)  # one dry forward; ViT → its last block
     if layer.call is not None or layer.consumed or not _pools_class_token(model, layer, example):
         return layer
     block = dict(model.named_modules()).get(layer.name)

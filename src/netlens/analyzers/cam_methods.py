@@ -154,19 +154,24 @@ class ScoreCam(CamMethod):
     Every distinct mask is run once: channels whose masks are equal (all-zero channels,
     copies, maps equal up to scale and offset) share one pass, a constant map's empty mask is
     run once for all images, and the scores of every class are kept, so further targets
-    (``top=K``) need no pass.
+    (``top=K``) need no pass. A dense (segmentation) output is scored as each batch of passes
+    returns: keeping every pass's K×H×W map would take gigabytes (960 channels of a
+    DeepLabV3 at 520² would be 21 GB).
     """
 
     name = "scorecam"
     needs_grads = False
 
     def weights(self, ctx: CamContext) -> torch.Tensor:
-        logits = ctx.cache.get("scorecam")
-        if logits is None:
-            logits = ctx.cache["scorecam"] = _masked_logits(ctx)
-        n, c = logits.shape[:2]
-        rows = torch.arange(n, device=logits.device).repeat_interleave(c)
-        scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
+        if ctx.logits.dim() > 2:
+            scores = _masked_logits(ctx, scored=True)
+        else:
+            logits = ctx.cache.get("scorecam")
+            if logits is None:
+                logits = ctx.cache["scorecam"] = _masked_logits(ctx)
+            n, c = logits.shape[:2]
+            rows = torch.arange(n, device=logits.device).repeat_interleave(c)
+            scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
         return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
 
 
@@ -223,13 +228,15 @@ def _distinct_masks(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
     return pairs.to(ctx.x.device), rows
 
 
-def _masked_logits(ctx: CamContext) -> torch.Tensor:
-    """N×C×K logits of the input masked by each channel's mask, one pass per distinct mask.
+def _masked_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
+    """N×C×K logits of the input masked by each channel's mask, one pass per distinct mask
+    (``scored``: the N×C target scores instead, each batch's outputs scored as they come).
 
     The passes run in batches on threads of their own (:mod:`netlens.parallel`), together at
     most ``batch_size`` masked inputs at a time.
     """
     unique, rows = _distinct_masks(ctx)
+    n = len(ctx.x)
     with one_thread_per_op() as workers:
         forward = ctx.many(len(unique))
         size = max(1, -(-ctx.batch_size // max(1, workers)))
@@ -238,12 +245,21 @@ def _masked_logits(ctx: CamContext) -> torch.Tensor:
             with torch.inference_mode():
                 pairs = unique[start : start + size]
                 masks = _score_masks(ctx, pairs)
-                return forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
+                out = forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
+                return ctx.score(out, pairs[:, 0]) if scored else out
 
         parts = map_batches(run, range(0, len(unique), size), workers)
         if bool((rows < 0).any()):
             with torch.inference_mode():  # the empty mask, the same for every image
-                parts.append(forward(torch.zeros_like(ctx.x[:1])).float())
+                empty = forward(torch.zeros_like(ctx.x[:1])).float()
+                if scored:  # ... scored for each image's own target, after the others
+                    every_image = torch.arange(n, device=empty.device)
+                    empty = ctx.score(empty.expand(n, *empty.shape[1:]), every_image)
+                parts.append(empty)
+    if scored:
+        out = torch.cat(parts) if parts else ctx.logits.new_empty(0)
+        every = rows + (rows < 0) * (len(unique) + 1 + torch.arange(n)[:, None])
+        return out[every.to(out.device)]  # row -1 + len + 1 + i: image i's empty-mask score
     out = torch.cat(parts) if parts else ctx.logits.new_empty(0, ctx.logits.shape[1])
     return out[rows.to(out.device)]  # row -1 is the empty mask's (when there is one)
 
@@ -254,37 +270,49 @@ class AblationCam(CamMethod):
     Reference implementation: pytorch-grad-cam's ``AblationCAM`` (weights
     ``(y − y_k) / y``). Deliberate difference: the denominator is ``|y| + 1e-7``, since a
     negative target logit would otherwise flip the whole map. A channel that is already all
-    zero is not run: zeroing it changes nothing, so its logits are the image's own.
+    zero is not run: zeroing it changes nothing, so its logits are the image's own. A dense
+    (segmentation) output is scored batch by batch, as in :class:`ScoreCam`.
     """
 
     name = "ablationcam"
     needs_grads = False
 
     def weights(self, ctx: CamContext) -> torch.Tensor:
-        drops = ctx.cache.get("ablation")
-        if drops is None:
-            drops = ctx.cache["ablation"] = _ablated_logits(ctx)  # N × C × K
-        n, c = drops.shape[:2]
-        rows = torch.arange(n, device=drops.device)
+        n, c = ctx.acts.shape[:2]
+        rows = torch.arange(n, device=ctx.logits.device)
         base = ctx.score(ctx.logits, rows)[:, None]
-        ablated = ctx.score(drops.flatten(0, 1), rows.repeat_interleave(c)).reshape(n, c)
+        if ctx.logits.dim() > 2:
+            ablated = _ablated_logits(ctx, scored=True)
+        else:
+            drops = ctx.cache.get("ablation")
+            if drops is None:
+                drops = ctx.cache["ablation"] = _ablated_logits(ctx)  # N × C × K
+            ablated = ctx.score(drops.flatten(0, 1), rows.repeat_interleave(c)).reshape(n, c)
         # |y_c| rather than y_c: a negative logit would otherwise flip the whole map.
         return ((base - ablated) / (base.abs() + _EPS)).to(ctx.acts.dtype)
 
 
-def _ablated_logits(ctx: CamContext) -> torch.Tensor:
-    """N×C×K logits with each channel of the layer zeroed in turn (all-zero channels: none)."""
+def _ablated_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
+    """N×C×K logits with each channel of the layer zeroed in turn (all-zero channels: none);
+    ``scored``: the N×C target scores instead, each batch scored as it comes."""
     if ctx.raw is None:
         raise AnalyzerError("Ablation-CAM needs the layer's raw output")
     n, c = ctx.acts.shape[:2]
-    out = ctx.logits.float()[:, None, :].repeat(1, c, 1)
+    logits = ctx.logits.float()
+    if scored:
+        out = ctx.score(logits, torch.arange(n, device=logits.device))[:, None].repeat(1, c)
+    else:
+        out = logits[:, None, :].repeat(1, c, 1)
     live = ctx.acts.flatten(2).ne(0).any(dim=2).cpu()  # N × C
     with torch.inference_mode():
         for i in range(n):
             chans = live[i].nonzero()[:, 0]
             for start in range(0, len(chans), ctx.batch_size):
                 part = chans[start : start + ctx.batch_size]
-                out[i, part.to(out.device)] = _run_ablated(ctx, i, part).float()
+                got = _run_ablated(ctx, i, part).float()
+                if scored:
+                    got = ctx.score(got, torch.full((len(part),), i, device=got.device))
+                out[i, part.to(out.device)] = got
     return out
 
 
@@ -334,7 +362,7 @@ def _tail_only_ok(ctx: CamContext, i: int) -> bool:
         return False
     ref = ctx.logits[i : i + 1]
     tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
-    return got.shape == (2, ref.shape[1]) and bool((got - ref).abs().max() <= tol)
+    return got.shape == (2, *ref.shape[1:]) and bool((got - ref).abs().max() <= tol)
 
 
 class Cam(CamMethod):

@@ -107,7 +107,7 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     from ..layer_call import LayerCall
     from ..layers import auto_layer, trace_calls
 
-    chosen = auto_layer(lens.model, x)
+    chosen = auto_layer(lens.model, x, lens.output_key)
     with torch.no_grad():
         classes = lens.output(x).shape[1]
     calls = trace_calls(lens.model, x)
@@ -180,7 +180,7 @@ class FeaturesAnalyzer(Analyzer):
         lens, o, batch = run.lens, run.options, run.images
         x = batch.tensor
         layer = feature_layer(lens, x[:1]) if o.layer == "auto" else o.layer
-        names = resolve_layers(lens.model, layer, example=x[:1])
+        names = resolve_layers(lens.model, layer, example=x[:1], output=lens.output_key)
         run.layers = names
         arrays = _feature_arrays(lens.model, x, names, o.top, o.channels)
         arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])

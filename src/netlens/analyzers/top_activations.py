@@ -115,7 +115,7 @@ class TopActivationsAnalyzer(Analyzer):
         from .features import pick_channels
 
         lens, o = run.lens, run.options
-        name = _one_layer(lens.model, o.layer, _example(run))
+        name = _one_layer(lens.model, o.layer, _example(run), lens.output_key)
         run.layers = [name]
         best, best_ids, peak_sum, seen, grid = _stream_peaks(run, name, o.k)
         gh, gw = grid
@@ -191,8 +191,8 @@ def _example(run: Run) -> torch.Tensor:
         return run.lens.place(run.data.dataset[0][0][None])
 
 
-def _one_layer(model: Any, layer: Any, example: torch.Tensor) -> str:
-    names = resolve_layers(model, layer, example=example)
+def _one_layer(model: Any, layer: Any, example: torch.Tensor, output: Any = None) -> str:
+    names = resolve_layers(model, layer, example=example, output=output)
     if len(names) > 1:
         raise AnalyzerError(
             f"top-activations looks at one layer; the selector matched "

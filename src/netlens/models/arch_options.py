@@ -27,7 +27,7 @@ __all__ = ["ALLOWED_OPTIONS", "check_arch_kwargs", "check_arch_name", "DENIED"]
 ALLOWED_OPTIONS = frozenset(
     """
     aa_layer act_layer always_partition attention_dropout attn_drop_rate attn_layer
-    attn_mlp_ratio attn_ratio aux_logits avg_down base_width block_channels block_config
+    attn_mlp_ratio attn_ratio aux_logits aux_loss avg_down base_width block_channels block_config
     blocks bn_eps bn_momentum bn_size bottleneck_multiplier cardinality channels class_token
     conv_bias conv_ratio depth depth_list depths dim dim_mul dims distillation
     down_kernel_size down_patch_size down_stride downsample_expand_ratios downsample_ratio

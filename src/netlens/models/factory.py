@@ -26,7 +26,7 @@ from ..errors import ModelLoadError, hint
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
-__all__ = ["check_arch", "create_arch", "head_num_classes", "parse_user_arch"]
+__all__ = ["aux_heads", "check_arch", "create_arch", "head_num_classes", "parse_user_arch"]
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -89,11 +89,42 @@ def create_arch(
     if name.startswith("tv:"):
         import torchvision
 
-        return torchvision.models.get_model(name[3:], weights=None, **extra)
+        builder = torchvision.models.get_model_builder(name[3:])
+        if "weights_backbone" in inspect.signature(builder).parameters:
+            extra["weights_backbone"] = None  # segmentation/detection: no ImageNet download
+        return builder(weights=None, **extra)
     if name in host.archs:
         return host.archs.get(name)(**extra)
     timm = import_timm()
     return timm.create_model(name.removeprefix("timm:"), pretrained=False, **extra)
+
+
+# torchvision architectures whose auxiliary heads are optional: the flag and the heads' names
+_TV_AUX = {
+    "inception_v3": ("aux_logits", ("AuxLogits.",)),
+    "googlenet": ("aux_logits", ("aux1.", "aux2.")),
+}
+_TV_AUX_LOSS = ("aux_loss", ("aux_classifier.",))  # the segmentation models
+
+
+def aux_heads(name: str, state: dict[str, Any]) -> dict[str, bool]:
+    """The torchvision auxiliary-head flag a state_dict was saved with (``aux_loss`` of the
+    segmentation models, ``aux_logits`` of Inception v3 and GoogLeNet): whether it holds the
+    heads' weights. Empty for other architectures. Built with the default flag instead, the
+    strict load fails on the heads' keys (or on their absence)."""
+    if not name.startswith("tv:"):
+        return {}
+    arch = name[3:]
+    import torchvision
+
+    if arch in _TV_AUX:
+        flag, heads = _TV_AUX[arch]
+    elif arch in torchvision.models.list_models(module=torchvision.models.segmentation):
+        flag, heads = _TV_AUX_LOSS
+    else:
+        return {}
+    held = any(k.startswith(h) or f".{h}" in k for k in state for h in heads)
+    return {flag: held}
 
 
 # -- name checks -----------------------------------------------------------------------------

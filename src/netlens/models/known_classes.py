@@ -1,5 +1,6 @@
 """Class names a model is known to have without being told: ImageNet's, for timm and
-torchvision classifiers whose head has an ImageNet subset's number of outputs.
+torchvision classifiers whose head has an ImageNet subset's number of outputs; Pascal VOC's for
+torchvision's segmentation models with their 21 outputs (all their weights are VOC's).
 
 A timm or torchvision architecture with 1,000 outputs is, but for rare fine-tunes, an
 ImageNet-1k classifier (timm guesses the same way: ``timm.data.infer_imagenet_subset``). Its
@@ -69,6 +70,8 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
     n = output_count(model)
     if n is None:
         return None
+    if type(model).__module__.startswith("torchvision.models.segmentation"):
+        return _voc_names(n)
     from timm.data import infer_imagenet_subset
 
     subset = infer_imagenet_subset({"num_classes": n})
@@ -118,6 +121,21 @@ def _imagenet(subset: str) -> tuple[list[str], list[list[str]]] | None:
     except Exception:  # noqa: BLE001 - a trimmed or older timm: no names, as before
         return None
     return wnids, [[w.strip() for w in d.split(",")] for d in described]
+
+
+def _voc_names(n: int) -> ClassNames | None:
+    """The 21 Pascal VOC classes of torchvision's segmentation weights (``__background__``
+    first) for a segmentation model with 21 outputs."""
+    try:
+        from torchvision.models.segmentation import FCN_ResNet50_Weights
+
+        names = list(FCN_ResNet50_Weights.DEFAULT.meta["categories"])
+    except Exception:  # noqa: BLE001 - an older or trimmed torchvision: no names, as before
+        return None
+    if len(names) != n:
+        return None
+    source = f"Pascal VOC, guessed from the {n} outputs of a torchvision segmentation model"
+    return ClassNames(names, {}, source, guessed=True)
 
 
 def _torchvision_imagenet_names() -> list[str] | None:

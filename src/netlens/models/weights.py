@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ModelLoadError, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import preprocess_for
-from .factory import check_arch, create_arch, head_num_classes
+from .factory import aux_heads, check_arch, create_arch, head_num_classes
 
 if TYPE_CHECKING:
     from .load import LoadedModel, LoadRequest
@@ -69,7 +69,7 @@ def _from_state(state: dict[str, torch.Tensor], source: Path, req: LoadRequest) 
 
     assert req.arch
     check_arch(req.arch, req.host)
-    kwargs = dict(req.arch_kwargs)
+    kwargs = {**aux_heads(req.arch, state), **req.arch_kwargs}
     n = req.num_classes or kwargs.pop("num_classes", None)
     prefix = ""
     if n is None:

@@ -106,8 +106,11 @@ def timm_spec(model: nn.Module) -> Preprocess:
 def torchvision_spec(name: str) -> Preprocess | None:
     """The transforms of torchvision architecture ``name``'s default weights (no download).
 
-    None when the architecture has no weights enum or its transforms are not a classification
-    resize + centre crop.
+    Classification weights: their resize + centre crop. Segmentation weights resize the shorter
+    side (to 520) and crop nothing, so images of different shapes give inputs of different
+    shapes; here the resize is followed by a centre crop to a square of that side, so that
+    images batch (the model sees its own scale; a landscape photo loses its sides, which the
+    source says). None when the architecture has no weights enum or other transforms.
     """
     import torchvision
 
@@ -117,6 +120,11 @@ def torchvision_spec(name: str) -> Preprocess | None:
         return None
     t = weights.transforms()
     crop, resize = getattr(t, "crop_size", None), getattr(t, "resize_size", None)
+    source = f"torchvision {type(weights).__name__}.{weights.name} transforms"
+    dense = type(t).__name__ == "SemanticSegmentation" and resize and len(resize) == 1
+    if dense:
+        crop = resize
+        source += f" (shorter side to {resize[0]}), centre-cropped to {resize[0]}×{resize[0]}"
     if not crop or not resize:
         return None
     interp = getattr(getattr(t, "interpolation", None), "value", "bilinear")
@@ -127,12 +135,13 @@ def torchvision_spec(name: str) -> Preprocess | None:
         crop_pct=min(1.0, crop[0] / resize[0]),
         interpolation=str(interp),
         crop_mode="center",
-        source=f"torchvision {type(weights).__name__}.{weights.name} transforms",
+        source=source,
     )
 
 
 _RECOGNISED: dict[tuple, str | None] = {}
-_AUX = ("AuxLogits.", "aux1.", "aux2.")  # heads that only training uses (Inception, GoogLeNet)
+# heads that only training uses (Inception, GoogLeNet, the segmentation models' aux_loss)
+_AUX = ("AuxLogits.", "aux1.", "aux2.", "aux_classifier.")
 
 
 def torchvision_name(model: nn.Module) -> str | None:
@@ -152,17 +161,21 @@ def torchvision_name(model: nn.Module) -> str | None:
     key = (type(model), tuple(shapes.items()))
     if key in _RECOGNISED:
         return _RECOGNISED[key]
-    head = set(list(shapes)[-2:])
+    head = set([k for k in shapes if not k.startswith(_AUX)][-2:])
     fits = []
-    for name in torchvision.models.list_models(module=torchvision.models):
+    listed = torchvision.models.list_models
+    for name in listed(module=torchvision.models) + listed(module=torchvision.models.segmentation):
         builder = torchvision.models.get_model_builder(name)
         made = inspect.signature(builder).return_annotation
         if getattr(made, "__name__", made) != type(model).__name__:
             continue
+        params = inspect.signature(builder).parameters
+        # no backbone download; the optional auxiliary head built, so that either way fits
+        options = {k: v for k, v in (("weights_backbone", None), ("aux_loss", True)) if k in params}
         try:
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                theirs = {k: tuple(v.shape) for k, v in builder().state_dict().items()}
+                theirs = {k: tuple(v.shape) for k, v in builder(**options).state_dict().items()}
         except Exception:  # noqa: BLE001 - a builder that needs arguments: not this one
             continue
         extra = [k for k in theirs.keys() - shapes.keys() if not k.startswith(_AUX)]
