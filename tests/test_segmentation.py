@@ -158,5 +158,17 @@ def test_training_only_heads_are_optional_in_a_state_dict(
         warnings.simplefilter("ignore")
         lens = netlens.load(tmp_path / "w.pt", arch=arch)
     assert lens.model.aux_logits is aux
-    for mine, theirs in zip(lens.model.state_dict().values(), model.state_dict().values()):
-        assert torch.equal(mine, theirs)
+    mine, theirs = lens.model.state_dict(), model.state_dict()
+    assert list(mine) == list(theirs)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_a_detector_is_refused_in_one_line_that_says_so() -> None:
+    from netlens.errors import NetlensError
+
+    torch.manual_seed(0)
+    detector = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=5
+    ).eval()
+    with pytest.raises(NetlensError, match="returned detections .* not object detectors"):
+        netlens.cam(detector, torch.rand(1, 3, 96, 96))

@@ -83,10 +83,22 @@ def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
             return _classifier_shape(tensors[0])  # one output, or a main head and its aux copies
         if tensors:
             raise NetlensError(_which_output(out, values))
+    if _is_detection(out):
+        raise NetlensError(
+            "the model returned detections (boxes, labels and scores per image): netlens "
+            "explains classifiers, multi-label, regression and segmentation outputs, not object "
+            "detectors"
+        )
     raise NetlensError(
         f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
         "pick one with --output KEY (output= in Python) or wrap the model"
     )
+
+
+def _is_detection(out: Any) -> bool:
+    """torchvision's detectors (and DETR-style code) return one dict of boxes per image."""
+    items = out if isinstance(out, (list, tuple)) else [out]
+    return bool(items) and all(isinstance(d, dict) and "boxes" in d for d in items)
 
 
 def _which_output(out: Any, values: list[Any] | tuple[Any, ...]) -> str:
