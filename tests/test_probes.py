@@ -145,3 +145,25 @@ def test_grads_without_grad_flag_is_an_error(tiny):
         tiny(torch.randn(1, 3, 32, 32))
     with pytest.raises(NetlensError, match="grads=True"):
         p.compute_grads(torch.tensor(0.0))
+
+
+def test_a_stage_that_gradient_checkpointing_skips_is_named_with_a_block_that_runs(resnet18):
+    """timm's set_grad_checkpointing runs a stage's blocks one by one: ``layer4`` itself is
+    never called. The probe says why and which block to pick; ``auto`` picks that block and
+    the map equals the plain model's."""
+    import copy
+
+    import numpy as np
+
+    ckpt = copy.deepcopy(resnet18)
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(1, 3, 64, 64)
+    with netlens.probe(ckpt, "layer4", grads=True) as p:
+        out = ckpt(x)
+        with pytest.raises(NetlensError, match=r"gradient checkpointing.*'layer4\.1'"):
+            p.compute_grads(out[:, 0].sum())
+    with pytest.raises(NetlensError, match=r"its forward was not called.*'layer4\.1'"):
+        p["layer4"].output  # noqa: B018
+    plain, checkpointed = netlens.cam(resnet18, x), netlens.cam(ckpt, x)
+    assert checkpointed.meta["layers"] == ["layer4.1"]
+    np.testing.assert_allclose(checkpointed.heatmaps, plain.heatmaps, atol=1e-6)

@@ -51,6 +51,7 @@ class Capture:
     _entries: list[CallOutput] = field(default_factory=list, repr=False)
     _ran: int = field(default=0, repr=False)
     _shapes: list[Any] = field(default_factory=list, repr=False)
+    _last_child: str | None = field(default=None, repr=False)
 
     def wants(self, call: int) -> bool:
         """Whether call ``call`` of the module (within its forward) is kept."""
@@ -113,6 +114,13 @@ class Capture:
                     f"layer '{self.name.name}' ran {self._ran} time(s) per forward, so "
                     f"'{self.name}' does not exist; pick {self._call_list()}"
                 )
+            if self._last_child is not None:
+                raise NetlensError(
+                    f"layer '{self.name}' did not run (no {what} captured): its forward was not "
+                    "called, though its blocks may have run one by one (gradient checkpointing, "
+                    "as timm's set_grad_checkpointing does); pick one of them, such as "
+                    f"'{self._last_child}'"
+                )
             raise NetlensError(
                 f"layer '{self.name}' did not run (no {what} captured); run the model inside the "
                 "probe, or pick a layer that the forward uses"
@@ -173,6 +181,10 @@ class Probe:
         self.detach = detach and not grads
         self.to = torch.device(to) if to is not None else None
         self.captures: dict[str, Capture] = {n: Capture(n) for n in self.names}
+        modules = dict(model.named_modules())
+        for cap in self.captures.values():
+            kids = list(modules[cap.name.name].named_children())
+            cap._last_child = f"{cap.name.name}.{kids[-1][0]}" if kids else None
         self._by_module: dict[str, list[Capture]] = {}
         for cap in self.captures.values():
             self._by_module.setdefault(cap.name.name, []).append(cap)
@@ -374,6 +386,9 @@ class Probe:
         entries = [e for c in self.captures.values() for e in c._entries if e.node is not None]
         nodes = list({id(e.node): e.node for e in entries}.values())
         if not nodes:
+            silent = [c for c in self.captures.values() if not c._entries]
+            if len(silent) == len(self.captures):
+                silent[0]._single([], "output")  # raises: why that layer did not run
             raise NetlensError(
                 "no probed layer ran with gradients enabled; run the model inside "
                 "the probe and outside torch.no_grad()"
