@@ -53,3 +53,20 @@ def test_bad_data_one_line(tmp_path):
         as_dataset(tmp_path / "empty")
     with pytest.raises(DataError, match="cannot use a int"):
         as_dataset(3)
+
+
+def test_what_macs_zips_and_notebooks_leave_in_a_folder_is_no_data(folder):
+    """``.ipynb_checkpoints`` and ``__MACOSX`` used to be classes (a one-line refusal: "folder
+    names the model does not have"), and ``._0.png`` resource forks images that fail to decode."""
+    from netlens.images import list_images
+
+    for junk in (".ipynb_checkpoints", "__MACOSX/cat", "cat/.hidden"):
+        (folder / junk).mkdir(parents=True)
+        cv2.imwrite(str(folder / junk / "9.png"), np.zeros((10, 12, 3), np.uint8))
+    (folder / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (folder / "dog" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    ds = as_dataset(folder, PRE, classes=["cat", "dog"])
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    assert [p.name for p, _ in ds.items] == ["0.png", "1.png", "2.png"] * 2
+    assert [p.name for p in list_images(folder)] == ["0.png", "1.png", "2.png"] * 2
+    assert len(list_images(folder / ".ipynb_checkpoints")) == 1  # asked for by name: read

@@ -89,9 +89,21 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by suffix, any case) directly in ``folder`` and below, sorted."""
+    """Image files (by suffix, any case) directly in ``folder`` and below, sorted; hidden ones
+    left out (see :func:`is_hidden`)."""
     root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not is_hidden(p, root)
+    )
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether a folder walk from ``root`` should pass ``path`` by: dot files and folders
+    (``.DS_Store``, macOS's ``._photo.jpg`` resource forks, ``.ipynb_checkpoints`` copies) and
+    the ``__MACOSX`` folder of zips made on a Mac. None of them holds the data's images."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.relative_to(root).parts)
 
 
 def as_pixels(obj: Any) -> np.ndarray:

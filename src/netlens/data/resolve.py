@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, as_pixels, read_image
+from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
 from .labels import UNSET, index_labels, match_names
 
@@ -122,9 +122,9 @@ class ImageFolderDataset(Dataset):
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
         files = {
-            d.name: sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            d.name: list_images(d)
             for d in sorted(self.root.iterdir())
-            if d.is_dir()
+            if d.is_dir() and not is_hidden(d, self.root)
         }
         if not files:
             raise DataError(

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ...data.resolve import sized
 from ...errors import DataError
-from ...images import IMAGE_SUFFIXES, read_image
+from ...images import IMAGE_SUFFIXES, list_images, read_image
 
 if TYPE_CHECKING:
     from ...lens import Lens
@@ -60,10 +60,6 @@ class ImageTensors(Dataset):
         return self.images[i], -1
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def unlabelled_data(lens: Lens, inputs: Any) -> Any:
     """``inputs`` as data whose labels nobody reads (see the module doc).
 
@@ -76,7 +72,7 @@ def unlabelled_data(lens: Lens, inputs: Any) -> Any:
         return ImageTensors(torch.as_tensor(inputs[0]))
     path = Path(inputs) if isinstance(inputs, (str, Path)) else None
     if path is not None and path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
-        return ImageFiles(_images_under(path), lens.transform)
+        return ImageFiles(list_images(path), lens.transform)
     if path is not None and (path.is_dir() or path.suffix.lower() == ".csv"):
         from ...data import as_dataset
 
