@@ -70,3 +70,22 @@ def test_what_macs_zips_and_notebooks_leave_in_a_folder_is_no_data(folder):
     assert [p.name for p, _ in ds.items] == ["0.png", "1.png", "2.png"] * 2
     assert [p.name for p in list_images(folder)] == ["0.png", "1.png", "2.png"] * 2
     assert len(list_images(folder / ".ipynb_checkpoints")) == 1  # asked for by name: read
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ufeffpath,label\r\ncat\\0.png,cat\r\ndog\\2.png,dog\r\n",  # Excel's CSV UTF-8, Windows
+        "path;label\ncat/0.png;cat\ndog/2.png;dog\n",  # Excel where 0,5 is a half
+        "image_path\tclass\ncat/0.png\tcat\ndog/2.png\tdog\n",  # tab-separated, other header
+        "filename,category\n\"cat/0.png\",cat\n\"dog/2.png\",\"dog\"\n",
+    ],
+)
+def test_a_csv_list_as_spreadsheets_write_it(folder, text):
+    """A BOM turned the header into a row labelled 'label' (refused: a label the model does
+    not have); ``;`` and tabs were one column; backslashes were part of a Linux file name."""
+    (folder / "list.csv").write_bytes(text.encode())
+    ds = as_dataset(folder / "list.csv", PRE, classes=["cat", "dog"])
+    assert [p.relative_to(folder).as_posix() for p in ds.files] == ["cat/0.png", "dog/2.png"]
+    assert ds.labels.tolist() == [0, 1]
+    assert ds[1][0].shape == (3, 8, 8)

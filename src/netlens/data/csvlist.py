@@ -8,6 +8,7 @@ they are numbered in sorted order.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,56 @@ from .resolve import sized
 __all__ = ["CsvListDataset", "read_csv_list"]
 
 
+_PATH_HEADERS = frozenset(
+    "path file filename file_name filepath file_path fname image image_path image_name "
+    "image_id img img_path images".split()
+)
+_LABEL_HEADERS = frozenset("label labels class class_name target category y".split())
+
+
 def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
-    """The (image path, label) rows of a CSV list; a first row ``path,label`` is a header."""
+    """The (image path, label) rows of a CSV list, as spreadsheets and other systems write them.
+
+    A first row naming its columns (``path,label``, ``filename,class``, ...) is a header. A
+    byte-order mark (Excel's "CSV UTF-8") is dropped; rows may be separated by ``;`` (Excel
+    where the decimal mark is a comma) or tabs when the first row has no comma; Windows paths
+    (``cat\\001.jpg``) are read with ``/`` when no file has the name as written.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV list not found: {path}")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+        text = path.read_text(encoding="utf-8-sig")
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        sep = next((d for d in ",;\t" if d in first), ",")
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=sep) if any(r)]
+        rows = [r for r in rows if any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as exc:
         why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise DataError(f"{path} is not a CSV list of 'path,label' rows ({why})") from None
-    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+    if rows and _is_header(rows[0]):
         rows = rows[1:]
     bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
     if bad:
         raise DataError(f"{path}: row {bad[0]} is not 'path,label' (CSV lists need two columns)")
     if not rows:
         raise DataError(f"{path} lists no images (expected 'path,label' rows)")
-    files = [(path.parent / r[0].strip()) for r in rows]
+    files = [_listed_file(path.parent, r[0].strip()) for r in rows]
     return files, [r[1].strip() for r in rows]
+
+
+def _is_header(row: list[str]) -> bool:
+    cells = [c.strip().lower().replace(" ", "_") for c in row[:2]]
+    return cells[0] in _PATH_HEADERS or (len(cells) > 1 and cells[1] in _LABEL_HEADERS)
+
+
+def _listed_file(folder: Path, name: str) -> Path:
+    """A listed path, relative to the CSV's folder; a Windows path read with ``/`` unless a
+    file has the name as written (a backslash is a legal character in a Linux file name)."""
+    given = folder / name
+    if "\\" in name and not given.exists():
+        return folder / name.replace("\\", "/")
+    return given
 
 
 class CsvListDataset(Dataset):
