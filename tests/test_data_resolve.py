@@ -78,7 +78,7 @@ def test_what_macs_zips_and_notebooks_leave_in_a_folder_is_no_data(folder):
         "\ufeffpath,label\r\ncat\\0.png,cat\r\ndog\\2.png,dog\r\n",  # Excel's CSV UTF-8, Windows
         "path;label\ncat/0.png;cat\ndog/2.png;dog\n",  # Excel where 0,5 is a half
         "image_path\tclass\ncat/0.png\tcat\ndog/2.png\tdog\n",  # tab-separated, other header
-        "filename,category\n\"cat/0.png\",cat\n\"dog/2.png\",\"dog\"\n",
+        'filename,category\n"cat/0.png",cat\n"dog/2.png","dog"\n',
     ],
 )
 def test_a_csv_list_as_spreadsheets_write_it(folder, text):
