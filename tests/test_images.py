@@ -151,3 +151,35 @@ def test_pil_images_in_any_mode_read_as_their_colours(mode, atol):
     assert float((got - ref).abs().mean()) <= atol
     gray = load_batch(rgb.convert("L"), pre).tensor
     assert torch.allclose(load_batch(rgb.convert("LA"), pre).tensor, gray)
+
+
+def test_a_dark_16_bit_image_is_read_as_it_is_with_one_warning(tmp_path, monkeypatch):
+    """12-bit camera data saved in 16 bits reads almost black (as in OpenCV and scikit-image);
+    netlens reads it so all the same but says so, in one line per image (three at most)."""
+    import warnings
+
+    import cv2
+    from skimage import data as photos
+
+    from netlens import image_decode
+    from netlens.errors import NetlensWarning
+    from netlens.images import as_pixels, read_image
+
+    monkeypatch.setattr(image_decode, "_DARK", [0])
+    twelve = photos.camera().astype(np.uint16) * 16
+    cv2.imwrite(str(tmp_path / "twelve.png"), twelve)
+    cv2.imwrite(str(tmp_path / "full.png"), twelve * 16)
+    with pytest.warns(NetlensWarning, match=r"twelve\.png: .*below 4081 .*12 bits.*16 of 255"):
+        dark = read_image(tmp_path / "twelve.png")
+    assert dark.max() == 16  # read as it is: no guess at a stretch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "full.png").max() == 254  # full range: no warning
+    with pytest.warns(NetlensWarning, match="a 16-bit image array"):
+        as_pixels(twelve)
+    with pytest.warns(NetlensWarning) as seen:
+        for _ in range(3):
+            read_image(tmp_path / "twelve.png")
+    assert [str(w.message) for w in seen][1:] == [
+        "more 16-bit images with values below 4096 read almost black"
+    ] * 2

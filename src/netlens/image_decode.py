@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import cv2
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, NetlensWarning
 from .image_orientation import exif_orientation, orient
 from .naming import display_path, is_special_file
 
@@ -140,7 +141,35 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
         )
     if img.shape[0] * img.shape[1] > limit:  # the decoder disagreed with the header
         raise ImageError(f"{name} decodes to more than {limit / 1e6:g} MP; re-save it")
+    if img.dtype == np.uint16:
+        warn_if_dark(img, name)
     return orient(_normalise_decoded(img), exif_orientation(data))  # upright, as viewers show
+
+
+def warn_if_dark(img: np.ndarray, name: str) -> None:
+    """A 16-bit image whose values stay below 4096 holds a 12-bit (or 10-bit) camera's data:
+    read with 65535 as white, as OpenCV, scikit-image and netlens read 16 bits, it is almost
+    black. It is read so all the same (stretching would be a guess at what the model saw), with
+    one warning line."""
+    top = int(img.max()) if img.size else 0
+    if not 0 < top < 4096:
+        return
+    _DARK[0] += 1
+    if _DARK[0] > 3:  # a folder of them: one more line for all the others, not one per file
+        text = "more 16-bit images with values below 4096 read almost black"
+        warnings.warn(text, NetlensWarning, stacklevel=2)
+        return
+    warnings.warn(
+        f"{name}: a 16-bit image whose values stay below {top + 1} (data of "
+        f"{top.bit_length()} bits or fewer) reads almost black: its brightest pixel becomes "
+        f"{round(top / 257)} of 255 (65535 is white); if the model saw such images "
+        "stretched, stretch them before (x * 16 for 12-bit data)",
+        NetlensWarning,
+        stacklevel=2,
+    )
+
+
+_DARK = [0]  # how many dark 16-bit images this process has read
 
 
 def _normalise_decoded(img: np.ndarray) -> np.ndarray:

@@ -138,6 +138,9 @@ def _as_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16:
+        from .image_decode import warn_if_dark
+
+        warn_if_dark(arr, "a 16-bit image array")
         return cv2.convertScaleAbs(arr, alpha=1 / 257)  # as image_decode reads 16-bit files
     f = arr.astype(np.float32)
     if f.size and not np.isfinite(f).all():
