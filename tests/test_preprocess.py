@@ -224,3 +224,42 @@ def test_an_extreme_aspect_ratio_never_builds_a_huge_intermediate() -> None:
     photo = PHOTOS["chelsea"]
     direct = torch.from_numpy(box_resize_crop(photo, spec).transpose(2, 0, 1).copy()) / 255
     assert (direct - spec(photo)).abs().max() <= 1 / 255 + 1e-6  # same geometry, ±1 grey level
+
+
+class ImageNormalizer(nn.Module):
+    """RobustBench's first layer: the model takes pixels in [0, 1]."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "robustbench", "timm"])
+def test_a_model_that_normalises_its_own_input_is_not_normalised_twice(kind: str) -> None:
+    """nn.Sequential(Normalize(mean, std), network) was fed images normalised with ImageNet's
+    statistics (guessed), then normalised again by its first layer: other inputs, other logits."""
+    import timm
+    import torchvision
+    from torchvision import transforms as T
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    torch.manual_seed(0)
+    if kind == "timm":
+        network = timm.create_model("resnet18", num_classes=5).eval()
+    else:
+        network = torchvision.models.resnet18(num_classes=5).eval()
+    first = T.Normalize(mean, std) if kind == "torchvision" else ImageNormalizer(mean, std)
+    wrapped = nn.Sequential(first, network).eval()
+    plain, lens = netlens.load(network), netlens.load(wrapped)
+    assert "first layer (0) normalises them itself" in lens.transform.source
+    assert lens.transform.source.startswith(plain.transform.source)
+    assert lens.transform.size == plain.transform.size
+    photo = skdata.chelsea()
+    x = lens.preprocess(photo)
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), network(plain.preprocess(photo)), atol=1e-5, rtol=0)

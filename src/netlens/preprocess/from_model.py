@@ -50,6 +50,22 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     if inner is not None:  # nn.Sequential(resnet, nn.Softmax(1)): the network's own
         spec = preprocess_for(inner)
         return dataclasses.replace(spec, source=f"{spec.source}, of the network it wraps")
+    from ..models.input_norm import input_normalizer
+
+    norm = input_normalizer(model)
+    if norm is not None:  # nn.Sequential(Normalize(mean, std), resnet): pixels in [0, 1]
+        spec = preprocess_for(norm.network) if norm.network is not None else guessed_spec(model)
+        c = spec.channels
+        stats = f"mean {', '.join(f'{v:g}' for v in norm.mean)}, std "
+        stats += ", ".join(f"{v:g}" for v in norm.std)
+        source = spec.source if norm.network is not None else "model records no input size"
+        return dataclasses.replace(
+            spec,
+            mean=(0.0,) * c,
+            std=(1.0,) * c,
+            source=f"{source}; pixels in [0, 1], not normalised: the model's first layer "
+            f"({norm.name}) normalises them itself ({stats})",
+        )
     if getattr(model, "pretrained_cfg", None):
         return timm_spec(model)
     if type(model).__module__.startswith("transformers."):
