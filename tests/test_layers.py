@@ -154,3 +154,16 @@ def test_to_spatial_uses_the_patch_grid_when_blocks_carry_no_class_token():
     assert torch.equal(to_spatial(t, model), t.reshape(2, 4, 4, 3).permute(0, 3, 1, 2))
     with_cls = torch.cat([torch.full((2, 1, 3), -1.0), t], dim=1)
     assert torch.equal(to_spatial(with_cls, model), to_spatial(t, model))
+
+
+def test_type_selects_subclasses_too():
+    """A conv under weight_norm becomes a ParametrizedConv2d, timm's StdConv2d subclasses
+    Conv2d: ``type:Conv2d`` used to leave them out (the stem conv of a weight-normed ResNet)."""
+    import torchvision
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = torchvision.models.resnet18(num_classes=3)
+    model.conv1 = weight_norm(model.conv1)
+    convs = resolve_layers(model, "type:Conv2d")
+    assert convs[0] == "conv1" and len(convs) == 20
+    assert resolve_layers(model, "type:ParametrizedConv2d") == ["conv1"]

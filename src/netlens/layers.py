@@ -3,7 +3,7 @@
 Selectors (several comma-separated, or a list; ``nn.Module`` objects work too):
 
 - ``layer3.1.conv2``: an exact dotted name from ``named_modules()``;
-- ``layer*.0.conv?``: a glob over those names; ``type:Conv2d``: every module of a type;
+- ``layer*.0.conv?``: a glob over those names; ``type:Conv2d``: every module of a type or a subclass of it;
 - ``NAME@K``: call ``K`` of a module that runs several times in one forward (from 0; negative
   from the end, ``relu@-1`` is the last call); works after globs and types too;
 - ``NAME:consumed`` (also ``NAME@K:consumed``): the output as later ops read it, after in-place
@@ -89,8 +89,15 @@ def named_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _by_type(layers: dict[str, nn.Module], type_name: str) -> list[str]:
+    """Layers of the type or of a subclass of it: ``type:Conv2d`` is also timm's ``StdConv2d``
+    and ``Conv2dSame``, and a conv under ``weight_norm``/``spectral_norm`` (whose class
+    becomes ``ParametrizedConv2d``)."""
     wanted = type_name.split(".")[-1].lower()
-    return [n for n, m in layers.items() if type(m).__name__.lower() == wanted]
+    return [
+        n
+        for n, m in layers.items()
+        if any(c.__name__.lower() == wanted for c in type(m).__mro__ if c is not object)
+    ]
 
 
 def _one_selector(
