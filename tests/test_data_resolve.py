@@ -89,3 +89,19 @@ def test_a_csv_list_as_spreadsheets_write_it(folder, text):
     assert [p.relative_to(folder).as_posix() for p in ds.files] == ["cat/0.png", "dog/2.png"]
     assert ds.labels.tolist() == [0, 1]
     assert ds[1][0].shape == (3, 8, 8)
+
+
+def test_a_flat_image_folder_stays_flat_beside_a_checkpoints_folder(folder):
+    """Label-free ablation takes a flat folder of images; Jupyter's ``.ipynb_checkpoints``
+    beside them made it a folder of classes, and then one without any."""
+    from torch import nn
+
+    import netlens
+    from netlens.analyzers.ablation.unlabelled import ImageFiles, unlabelled_data
+
+    flat = folder / "cat"
+    (flat / ".ipynb_checkpoints").mkdir()
+    cv2.imwrite(str(flat / ".ipynb_checkpoints" / "0-checkpoint.png"), np.zeros((4, 4, 3)))
+    lens = netlens.load(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    data = unlabelled_data(lens, flat)
+    assert isinstance(data, ImageFiles) and len(data) == 3

@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import NetlensError
 
-__all__ = ["feature_slots"]
+__all__ = ["feature_slots", "is_dense"]
 
 Slot = tuple[str, int]
 

@@ -3,7 +3,8 @@
 Selectors (several comma-separated, or a list; ``nn.Module`` objects work too):
 
 - ``layer3.1.conv2``: an exact dotted name from ``named_modules()``;
-- ``layer*.0.conv?``: a glob over those names; ``type:Conv2d``: every module of a type or a subclass of it;
+- ``layer*.0.conv?``: a glob over those names; ``type:Conv2d``: every module of a type (or of a
+  subclass of it);
 - ``NAME@K``: call ``K`` of a module that runs several times in one forward (from 0; negative
   from the end, ``relu@-1`` is the last call); works after globs and types too;
 - ``NAME:consumed`` (also ``NAME@K:consumed``): the output as later ops read it, after in-place

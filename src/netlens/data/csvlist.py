@@ -48,8 +48,8 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
         text = path.read_text(encoding="utf-8-sig")
         first = next((line for line in text.splitlines() if line.strip()), "")
         sep = next((d for d in ",;\t" if d in first), ",")
-        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=sep) if any(r)]
-        rows = [r for r in rows if any(c.strip() for c in r)]
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+        rows = [r for r in reader if any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as exc:
         why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise DataError(f"{path} is not a CSV list of 'path,label' rows ({why})") from None

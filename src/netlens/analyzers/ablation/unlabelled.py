@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ...data.resolve import sized
 from ...errors import DataError
-from ...images import IMAGE_SUFFIXES, list_images, read_image
+from ...images import IMAGE_SUFFIXES, is_hidden, list_images, read_image
 
 if TYPE_CHECKING:
     from ...lens import Lens
@@ -71,7 +71,8 @@ def unlabelled_data(lens: Lens, inputs: Any) -> Any:
     if isinstance(inputs, tuple) and len(inputs) in (2, 3):
         return ImageTensors(torch.as_tensor(inputs[0]))
     path = Path(inputs) if isinstance(inputs, (str, Path)) else None
-    if path is not None and path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+    folder = path is not None and path.is_dir()
+    if folder and not any(p.is_dir() and not is_hidden(p, path) for p in path.iterdir()):
         return ImageFiles(list_images(path), lens.transform)
     if path is not None and (path.is_dir() or path.suffix.lower() == ".csv"):
         from ...data import as_dataset
