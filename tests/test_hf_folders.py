@@ -173,3 +173,28 @@ def test_a_model_object_without_a_folder_takes_its_config_size():
     res = netlens.Lens(model).cam([skdata.chelsea()])
     assert res.heatmaps.shape == (1, 32, 32) and res.rows()[0]["target_name"] in ("a", "b")
     assert "config image_size 32×32" in res.meta["run"]["preprocess"]["source"]
+
+
+def test_a_segformer_folder_is_explained_as_the_segmenter_it_is(tmp_path):
+    """``AutoModelForImageClassification`` made a SegFormer folder a classifier without its
+    head (refused: "lacks the classifier's weights"); the class in its config is used now."""
+    torch.manual_seed(0)
+    labels = {0: "wall", 1: "sky", 2: "person", 3: "tree"}
+    cfg = tf.SegformerConfig(
+        num_labels=4,
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 32, 64, 128],
+        decoder_hidden_size=64,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    model = tf.SegformerForSemanticSegmentation(cfg).eval()
+    folder = tmp_path / "segformer"
+    save(model, tf.SegformerImageProcessor(size={"height": 64, "width": 64}), folder)
+    lens = netlens.load(folder)
+    assert type(lens.model).__name__ == "SegformerForSemanticSegmentation"
+    assert lens.classes == ["wall", "sky", "person", "tree"]
+    res = lens.cam(skdata.astronaut(), target="region:person")
+    assert res.meta["task"] == "dense" and res.meta["input_size"] == [64, 64]
+    assert res.meta["layers"][0].startswith("segformer.")  # the encoder, not decode_head
+    assert res.meta["target_names"][0][0].startswith("person (")

@@ -1,7 +1,8 @@
 """Hugging Face model folders (``save_pretrained``: ``config.json`` and the weights), loaded by
-``transformers``' own ``AutoModelForImageClassification`` from the folder alone (nothing is
-downloaded), with the class names of ``config.id2label`` and the preprocessing of
-``preprocessor_config.json`` as a netlens spec (so overlays know the crop).
+``transformers`` from the folder alone (nothing is downloaded) as the class its author saved
+when that is an image classifier or segmenter, else ``AutoModelForImageClassification``; with
+the class names of ``config.id2label`` and the preprocessing of ``preprocessor_config.json`` as a
+netlens spec (so overlays know the crop).
 
 Weights are read as transformers reads them (safetensors, or ``pytorch_model.bin`` with
 ``weights_only``); a model whose config asks for code shipped in the folder (``auto_map``) runs
@@ -74,7 +75,7 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     shown = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()  # its "Loading weights" bar, even with --quiet
     try:
-        model, info = transformers.AutoModelForImageClassification.from_pretrained(
+        model, info = _model_class(transformers, config).from_pretrained(
             str(source),
             local_files_only=True,
             trust_remote_code=req.trust,
@@ -84,7 +85,7 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
         kind = config.get("model_type", "unknown")
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"{name} does not load as a Hugging Face image classifier (model_type "
+            f"{name} does not load as a Hugging Face image classifier or segmenter (model_type "
             f"'{kind}'): {first}"
         ) from None
     finally:
@@ -103,6 +104,26 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
         "hf_model_type": config.get("model_type"),
     }
     return LoadedModel(model, hf_preprocess(source), hf_class_names(config), card)
+
+
+_TASK_CLASSES = (
+    "ForImageClassification",
+    "ForImageClassificationWithTeacher",  # DeiT's distilled models: two heads, averaged
+    "ForSemanticSegmentation",
+)
+
+
+def _model_class(transformers: Any, config: dict[str, Any]) -> Any:
+    """The class the folder's author saved (``config.architectures``) when it is one of
+    transformers' image classifiers or segmenters, else ``AutoModelForImageClassification``
+    (which knows only plain classifiers: a SegFormer or a distilled DeiT loaded through it
+    lacks its head)."""
+    for arch in config.get("architectures") or []:
+        known = str(arch).endswith(_TASK_CLASSES)
+        found = getattr(transformers, str(arch), None) if known else None
+        if found is not None:
+            return found
+    return transformers.AutoModelForImageClassification
 
 
 def hf_class_names(config: dict[str, Any]) -> list[str] | None:
