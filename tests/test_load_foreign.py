@@ -176,3 +176,40 @@ def test_models_of_other_frameworks_are_named_as_such(tmp_path, name, data, what
     real = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     torch.save(real, tmp_path / "real.onnx")  # a torch file under such a name still loads
     assert isinstance(netlens.load(tmp_path / "real.onnx", trust=True).model, nn.Sequential)
+
+
+def test_a_timm_training_checkpoint_loads_as_the_architecture_it_names(tmp_path):
+    """timm's train.py saves ``{"arch", "state_dict", "args": argparse.Namespace, ...}``: the
+    Namespace made it a pickle refused without --trust, and --arch was asked for although the
+    file names it."""
+    import argparse
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    ckpt = {
+        "epoch": 10,
+        "arch": "resnet18",
+        "state_dict": model.state_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "version": 2,
+        "args": argparse.Namespace(model="resnet18", lr=0.1, num_classes=3),
+        "metric": 71.2,
+    }
+    torch.save(ckpt, tmp_path / "model_best.pth.tar")
+    lens = netlens.load(tmp_path / "model_best.pth.tar")
+    assert type(lens.model).__name__ == "ResNet" and lens.transform.source.startswith("timm")
+    assert outputs_equal(lens.model, model)
+    ckpt["arch"] = "my_own_net"  # not timm's nor torchvision's: the user names it
+    torch.save(ckpt, tmp_path / "mine.pth.tar")
+    with pytest.raises(ModelLoadError, match="--arch"):
+        netlens.load(tmp_path / "mine.pth.tar")
+    ckpt["arch"] = "hf-hub:someone/weights"  # never a name to fetch
+    torch.save(ckpt, tmp_path / "hub.pth.tar")
+    with pytest.raises(ModelLoadError, match="not an architecture name"):
+        netlens.load(tmp_path / "hub.pth.tar")
+    ckpt["arch"] = "vit_large_patch16_224"  # far more than the file's weights: not built
+    torch.save(ckpt, tmp_path / "big.pth.tar")
+    with pytest.raises(ModelLoadError, match="--arch"):
+        netlens.load(tmp_path / "big.pth.tar")

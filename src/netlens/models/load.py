@@ -9,6 +9,7 @@ runs code); an ``nn.Module``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -82,7 +83,9 @@ class LoadRequest:
             kind = compiled_kind(self.source)
             if kind is not None:
                 return CompiledArchive(kind)
-            with torch_load_quietly():
+            # timm's train.py keeps its argparse options ("args") beside the weights: a
+            # Namespace is plain data, so it is allowed in the weights-only unpickler.
+            with torch_load_quietly(), torch.serialization.safe_globals([argparse.Namespace]):
                 return torch.load(self.source, map_location="cpu", weights_only=True)
         except ModelLoadError as exc:
             return exc

@@ -54,6 +54,11 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     state = _state_dict_of(req.payload)
     if state is None:
         return None
+    recorded = _recorded_arch(req.payload, source, req)
+    if recorded is not None:
+        loaded = _from_state(state, source, req, arch=recorded)
+        loaded.card["arch_source"] = "the checkpoint's 'arch' (timm's train.py)"
+        return loaded
     if not req.arch:
         raise ModelLoadError(
             f"{source.name} holds only weights (a state_dict); say which architecture with "
@@ -63,27 +68,61 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     return _from_state(state, source, req)
 
 
-def _from_state(state: dict[str, torch.Tensor], source: Path, req: LoadRequest) -> LoadedModel:
-    """``req.arch`` built with ``state``'s class count and loaded with ``state``."""
+def _recorded_arch(payload: Any, source: Path, req: LoadRequest) -> str | None:
+    """The timm or torchvision architecture a training checkpoint names (timm's train.py
+    saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``), used when no ``arch`` is
+    given; None otherwise. A name from a file is only a registry name: never code to import."""
+    from .arch_options import check_arch_name
+    from .factory import parse_user_arch
+
+    name = payload.get("arch") if isinstance(payload, dict) else None
+    if req.arch or not isinstance(name, str) or "state_dict" not in payload:
+        return None
+    name = check_arch_name(name, display_path(source.name))
+    if parse_user_arch(name) is not None:
+        return None
+    try:
+        check_arch(name, req.host, user_code=False)
+    except ModelLoadError:
+        return None  # a name of the trainer's own: --arch says what it is
+    from .meta import shapes_on_meta
+
+    # the file chose the architecture: its size is checked before anything is built
+    shapes = shapes_on_meta(lambda: create_arch(name, None, req.host))
+    held = sum(
+        t.numel() * t.element_size()
+        for t in payload["state_dict"].values()
+        if isinstance(t, torch.Tensor)
+    )
+    if shapes is None or shapes.nbytes > 4 * held + (64 << 20):
+        return None
+    return name
+
+
+def _from_state(
+    state: dict[str, torch.Tensor], source: Path, req: LoadRequest, arch: str | None = None
+) -> LoadedModel:
+    """``arch`` (default ``req.arch``) built with ``state``'s class count, loaded with it."""
     from .load import LoadedModel
 
-    assert req.arch
-    check_arch(req.arch, req.host)
-    kwargs = {**aux_heads(req.arch, state), **req.arch_kwargs}
+    arch = arch or req.arch
+    assert arch
+    check_arch(arch, req.host)
+    kwargs = {**aux_heads(arch, state), **req.arch_kwargs}
     n = req.num_classes or kwargs.pop("num_classes", None)
     prefix = ""
     if n is None:
-        fresh = create_arch(req.arch, None, req.host, **kwargs)
+        fresh = create_arch(arch, None, req.host, **kwargs)
         state, prefix = fit_prefix(state, fresh, source)
         n = head_num_classes(state, fresh)
-    model = create_arch(req.arch, n, req.host, **kwargs)
+    model = create_arch(arch, n, req.host, **kwargs)
     if not prefix:
         state, prefix = fit_prefix(state, model, source)
     load_state(model, state, source)
-    card = {"arch": req.arch, "arch_kwargs": {**kwargs, **({"num_classes": n} if n else {})}}
+    card = {"arch": arch, "arch_kwargs": {**kwargs, **({"num_classes": n} if n else {})}}
     if prefix:
         card["state_dict_prefix"] = prefix
-    return LoadedModel(model, preprocess_for(model, req.arch), None, card)
+    return LoadedModel(model, preprocess_for(model, arch), None, card)
 
 
 def fit_prefix(
