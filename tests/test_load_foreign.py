@@ -213,3 +213,13 @@ def test_a_timm_training_checkpoint_loads_as_the_architecture_it_names(tmp_path)
     torch.save(ckpt, tmp_path / "big.pth.tar")
     with pytest.raises(ModelLoadError, match="--arch"):
         netlens.load(tmp_path / "big.pth.tar")
+
+
+def test_torchvisions_reference_script_checkpoint_loads(tmp_path):
+    """torchvision's references/classification/train.py saves its options as a Namespace."""
+    import argparse
+
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    ckpt = {"model": model.state_dict(), "epoch": 3, "args": argparse.Namespace(lr=0.1)}
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    assert outputs_equal(netlens.load(tmp_path / "checkpoint.pth", arch="tv:resnet18").model, model)
