@@ -185,3 +185,45 @@ def test_pil_images_labelled_with_names_are_both_preprocessed_and_matched():
     lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
     ds = lens.dataset(Pets())
     assert ds[0][0].shape == (3, 32, 32) and [ds[0][1], ds[1][1]] == [1, 0]
+
+
+class DictItems(torch.utils.data.Dataset):
+    """Items as Hugging Face ``datasets`` give them: ``{"image": PIL, "label": ...}`` (or a
+    preprocessed ``{"pixel_values": tensor, "labels": ...}``)."""
+
+    def __init__(self, base, image: str, label: str) -> None:  # noqa: ANN001
+        self.base, self.keys = base, (image, label)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        image, label = self.base[i]
+        return {self.keys[0]: image, self.keys[1]: label, "id": i}
+
+
+def test_dict_items_are_read_as_image_and_label(folder):
+    """Dict items crashed inside netlens (KeyError: 1); they are the pairs they hold now: the
+    same accuracy as the pairs themselves, PIL images preprocessed, names matched, batches of
+    a DataLoader over them too."""
+    pairs = torchvision.datasets.ImageFolder(folder)  # PIL images, labels cat 0, dog 1
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+
+    def loss(data) -> float:  # noqa: ANN001 - the labels' exact values count, unlike accuracy's
+        return lens.ablate(data, layers="0", mode="zero", metric="loss").table[0]["value"]
+
+    expected = loss(pairs)
+    unmatched = DictItems(list(pairs), "image", "label")  # ImageFolder's numbering as indices
+    assert loss(unmatched) != pytest.approx(expected)  # so the labels do count
+    named = [(img, pairs.classes[y]) for img, y in pairs]  # labels as names
+    tensors = torchvision.datasets.ImageFolder(folder, transform=lens.transform)
+    relabelled = [(x, 1 - y) for x, y in tensors]  # the model's own indices
+    for ds in (
+        DictItems(named, "image", "label"),
+        DictItems(relabelled, "pixel_values", "labels"),
+        torch.utils.data.DataLoader(DictItems(relabelled, "pixel_values", "labels"), batch_size=3),
+    ):
+        assert loss(ds) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(DataError) as err:
+        lens.ablate(DictItems(named, "picture", "label"), layers="0", mode="zero")
+    assert "'picture', 'label', 'id'" in assert_one_clean_line(str(err.value))

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torch.utils.data._utils.collate import default_collate
 
+from ..data.items import as_pair
 from ..errors import DataError, NetlensError
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ class Batches:
         for b in _drawn(self.loader):
             if b is None:
                 continue
+            b = as_pair(b)  # a batch collated from dict items: {"pixel_values": ..., ...}
             x, y, idx = b if self.indexed else (b[0], b[1], None)
             if idx is None:
                 idx = torch.arange(start, start + len(x))

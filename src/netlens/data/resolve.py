@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
+from .items import as_pair, pair_keys
 from .labels import UNSET, index_labels, match_names
 
 if TYPE_CHECKING:
@@ -159,11 +160,30 @@ def _users_dataset(
         first = ds[0] if len(ds) > 0 else None  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
         first = None
+    if isinstance(first, Mapping):  # {"image": ..., "label": ...}: Hugging Face datasets
+        ds, first = _Pairs(ds, pair_keys(first)), as_pair(first)
     ds = _matched_by_name(ds, classes, label_map, first)
     image = first[0] if first is not None else None
     if preprocess is None or image is None or _is_preprocessed(image):
         return ds
     return _Preprocessed(ds, sized(preprocess, lambda: as_pixels(image)))
+
+
+class _Pairs(Dataset):
+    """A Dataset of dict items as ``(image, label)`` pairs (see :mod:`netlens.data.items`)."""
+
+    def __init__(self, ds: Dataset, keys: tuple[str, str]) -> None:
+        self.dataset, self.keys = ds, keys
+        names = getattr(ds, "classes", None)
+        if names is not None:
+            self.classes = names
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        item = self.dataset[i]
+        return item[self.keys[0]], item[self.keys[1]]
 
 
 def _matched_by_name(ds: Dataset, classes: Any, label_map: Any, first: Any) -> Dataset:

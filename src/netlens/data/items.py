@@ -1,0 +1,41 @@
+"""Dataset items as dicts, as Hugging Face ``datasets`` and their image processors give them:
+``{"image": PIL, "label": 3}``, ``{"pixel_values": tensor, "labels": 3}``.
+
+netlens streams ``(image, label)`` pairs; :func:`pair_keys` finds which keys hold the two (the
+names transformers, ``datasets`` and common training code use), and :func:`as_pair` turns one
+item, or one batch a DataLoader collated from such items, into that pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "as_pair", "pair_keys"]
+
+IMAGE_KEYS = ("pixel_values", "image", "img", "images", "input", "inputs", "x")
+LABEL_KEYS = ("labels", "label", "target", "targets", "y", "class", "category")
+
+
+def pair_keys(item: Mapping[str, Any]) -> tuple[str, str]:
+    """The keys of the image and of the label in a dict item; one line when either is missing."""
+    image = next((k for k in IMAGE_KEYS if k in item), None)
+    label = next((k for k in LABEL_KEYS if k in item), None)
+    if image is None or label is None:
+        keys = ", ".join(repr(k) for k in list(item)[:8])
+        raise DataError(
+            f"the Dataset's items are dicts with keys {keys}: netlens reads the image from one "
+            f"of {', '.join(IMAGE_KEYS[:3])} and the label from one of "
+            f"{', '.join(LABEL_KEYS[:3])}; rename the keys or pass (image, label) pairs"
+        )
+    return image, label
+
+
+def as_pair(item: Any) -> Any:
+    """``(image, label)`` of a dict item or collated dict batch; anything else as it is."""
+    if not isinstance(item, Mapping):
+        return item
+    image, label = pair_keys(item)
+    return item[image], item[label]
