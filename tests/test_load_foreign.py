@@ -223,3 +223,14 @@ def test_torchvisions_reference_script_checkpoint_loads(tmp_path):
     ckpt = {"model": model.state_dict(), "epoch": 3, "args": argparse.Namespace(lr=0.1)}
     torch.save(ckpt, tmp_path / "checkpoint.pth")
     assert outputs_equal(netlens.load(tmp_path / "checkpoint.pth", arch="tv:resnet18").model, model)
+
+
+def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
+    from netlens.errors import NetlensWarning
+
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": ema}, tmp_path / "best.pth")
+    with pytest.warns(NetlensWarning, match="'state_dict' and its EMA copy 'state_dict_ema'"):
+        lens = netlens.load(tmp_path / "best.pth", arch="tv:resnet18")
+    assert outputs_equal(lens.model, model)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError, UnsafeModelError
+from ..errors import ModelLoadError, NetlensWarning, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import preprocess_for
 from .factory import aux_heads, check_arch, create_arch, head_num_classes
@@ -54,6 +54,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     state = _state_dict_of(req.payload)
     if state is None:
         return None
+    _say_which_copy(req.payload, source)
     recorded = _recorded_arch(req.payload, source, req)
     if recorded is not None:
         loaded = _from_state(state, source, req, arch=recorded)
@@ -66,6 +67,26 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
             "arch like lenet5)"
         )
     return _from_state(state, source, req)
+
+
+_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
+
+
+def _say_which_copy(payload: Any, source: Path) -> None:
+    """A training checkpoint that also holds an EMA copy of the weights (timm's train.py with
+    ``--model-ema``): the training weights are explained, and a warning line says so."""
+    if not isinstance(payload, dict):
+        return
+    main = next((k for k in ("state_dict", "model_state_dict", "model") if k in payload), None)
+    ema = next((k for k in _EMA_KEYS if isinstance(payload.get(k), dict)), None)
+    if main is not None and ema is not None:
+        warnings.warn(
+            f"{display_path(source.name)} holds two sets of weights, '{main}' and its EMA copy "
+            f"'{ema}': explaining '{main}'; to explain the EMA weights, save them on their own "
+            f"(torch.save(ckpt['{ema}'], path)) and load that file",
+            NetlensWarning,
+            stacklevel=3,
+        )
 
 
 def _recorded_arch(payload: Any, source: Path, req: LoadRequest) -> str | None:
