@@ -175,3 +175,22 @@ def test_a_pipe_or_folder_as_class_names_or_label_map_is_named_as_such(tmp_path:
             read_class_names(source)
         with pytest.raises(DataError, match="folder, pipe or device, not a file"):
             read_label_map(source)
+
+
+def test_folders_named_by_numbers_are_class_indices(tmp_path):
+    """``val/0 … val/11`` for a model without class names: numbered in text order, folder 10
+    was class 2 and folder 2 class 4. Numbers are class indices now, as in a CSV, and a warning
+    says how to ask for the text order."""
+    from torch import nn
+
+    for k in range(12):
+        (tmp_path / str(k)).mkdir()
+        cv2.imwrite(str(tmp_path / str(k) / "a.png"), np.full((8, 8, 3), 20 * k, np.uint8))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 12))
+    with pytest.warns(NetlensWarning, match=r"read as class indices .*--classes 0,1,10,11"):
+        ds = netlens.load(net.eval()).dataset(tmp_path)
+    assert {p.parent.name: y for p, y in ds.items} == {str(k): k for k in range(12)}
+    assert ds.label_source == "folder names as class indices"
+    text_order = sorted(str(k) for k in range(12))  # what the warning suggests: ImageFolder's
+    ds = netlens.load(net.eval(), classes=text_order).dataset(tmp_path)
+    assert {p.parent.name: y for p, y in ds.items} == {n: i for i, n in enumerate(text_order)}

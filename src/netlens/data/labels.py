@@ -77,6 +77,17 @@ def match_names(
     """
     distinct = sorted(set(names))
     mapping = read_label_map(label_map) if label_map is not None else {}
+    numbers = sorted(distinct, key=lambda n: int(n)) if all(_is_int(n) for n in distinct) else []
+    if classes is None and not mapping and numbers and numbers != distinct:
+        warnings.warn(
+            f"{what} that are numbers are read as class indices ('{numbers[-1]}' is class "
+            f"{int(numbers[-1])}, as numbers in a CSV are); a model trained with torchvision's "
+            f"ImageFolder on them numbered them in text order ({', '.join(distinct[:4])}, ...): "
+            f"if so, give it that order as its classes (--classes {','.join(distinct[:4])},...)",
+            NetlensWarning,
+            stacklevel=3,
+        )
+        return index_labels(distinct, None, what=what)
     if isinstance(classes, _Unset) or (classes is None and not mapping):
         if classes is None:
             warnings.warn(
