@@ -227,3 +227,24 @@ def test_dict_items_are_read_as_image_and_label(folder):
     with pytest.raises(DataError) as err:
         lens.ablate(DictItems(named, "picture", "label"), layers="0", mode="zero")
     assert "'picture', 'label', 'id'" in assert_one_clean_line(str(err.value))
+
+
+def test_a_hugging_face_dataset_is_matched_by_its_label_names(folder):
+    """A ``datasets.Dataset`` is no torch Dataset: refused as "cannot use a Dataset as data;
+    pass ... a Dataset". Its rows (dicts) are read now, its ClassLabel names matched to the
+    model's: the same loss as the folder itself gives."""
+    datasets = pytest.importorskip("datasets", reason="needs the bench extras")
+    pairs = torchvision.datasets.ImageFolder(folder)  # PIL images; cat 0, dog 1
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])}
+    )
+    rows = datasets.Dataset.from_dict(
+        {"image": [img for img, _ in pairs], "label": [y for _, y in pairs]}, features=features
+    )
+    lens = netlens.Lens(model(), {"size": (32, 32)}, classes=["dog", "cat"])
+
+    def loss(data) -> float:  # noqa: ANN001
+        return lens.ablate(data, layers="0", mode="zero", metric="loss").table[0]["value"]
+
+    assert loss(rows) == pytest.approx(loss(folder), rel=1e-5)
+    assert lens.dataset(rows).label_source == "the Dataset's class names matched to model classes"

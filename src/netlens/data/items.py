@@ -3,7 +3,8 @@
 
 netlens streams ``(image, label)`` pairs; :func:`pair_keys` finds which keys hold the two (the
 names transformers, ``datasets`` and common training code use), and :func:`as_pair` turns one
-item, or one batch a DataLoader collated from such items, into that pair.
+item, or one batch a DataLoader collated from such items, into that pair. :func:`hub_rows`
+makes a ``datasets.Dataset`` itself a torch Dataset, with its label names.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from torch.utils.data import Dataset
+
 from ..errors import DataError
 
-__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "as_pair", "pair_keys"]
+__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "as_pair", "hub_rows", "pair_keys"]
 
 IMAGE_KEYS = ("pixel_values", "image", "img", "images", "input", "inputs", "x")
 LABEL_KEYS = ("labels", "label", "target", "targets", "y", "class", "category")
@@ -39,3 +42,27 @@ def as_pair(item: Any) -> Any:
         return item
     image, label = pair_keys(item)
     return item[image], item[label]
+
+
+def hub_rows(data: Any) -> Dataset | None:
+    """A Hugging Face ``datasets.Dataset`` (not a torch Dataset: its rows are dicts) as a torch
+    Dataset, its ``ClassLabel`` names as ``classes`` so that labels are matched to the model's
+    by name; None for anything else."""
+    if not type(data).__module__.startswith("datasets.") or not hasattr(data, "features"):
+        return None
+    return _HubRows(data)
+
+
+class _HubRows(Dataset):
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+        label = next((k for k in LABEL_KEYS if k in rows.features), None)
+        names = getattr(rows.features[label], "names", None) if label is not None else None
+        if names:
+            self.classes = list(names)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.rows[int(i)]

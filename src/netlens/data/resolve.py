@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
-from .items import as_pair, pair_keys
+from .items import as_pair, hub_rows, pair_keys
 from .labels import UNSET, index_labels, match_names
 
 if TYPE_CHECKING:
@@ -365,6 +365,7 @@ def as_dataset(
     The dataset's ``label_source`` attribute says how labels were assigned
     (:func:`label_source` reads it off any dataset or loader).
     """
+    data = hub_rows(data) or data  # a Hugging Face datasets.Dataset: rows of dicts
     if isinstance(data, Dataset):  # one of netlens' own says its label source: as it is
         own = label_source(data) != label_source(None)
         return data if own else _users_dataset(data, preprocess, classes, label_map)

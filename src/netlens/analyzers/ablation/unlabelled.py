@@ -80,6 +80,10 @@ def unlabelled_data(lens: Lens, inputs: Any) -> Any:
         return as_dataset(path, lens.transform, host=lens.host)  # the data's own labels
     if isinstance(inputs, (Dataset, DataLoader, str, Path)) or inputs is None:
         return inputs
+    from ...data.items import hub_rows
+
+    if hub_rows(inputs) is not None:  # a Hugging Face datasets.Dataset: resolved as data
+        return inputs
     raise DataError(
         f"cannot use a {type(inputs).__name__} as data; pass a folder, a .csv list, a dataset "
         "name, a Dataset, a DataLoader, image tensors or an (images, labels) pair"
