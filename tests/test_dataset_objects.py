@@ -248,3 +248,19 @@ def test_a_hugging_face_dataset_is_matched_by_its_label_names(folder):
 
     assert loss(rows) == pytest.approx(loss(folder), rel=1e-5)
     assert lens.dataset(rows).label_source == "the Dataset's class names matched to model classes"
+
+    # the usual training-code route: with_transform, and a DataLoader collating dicts (its
+    # labels were taken as the model's indices, unmatched)
+    def transform(batch: dict) -> dict:
+        return {"pixel_values": [lens.preprocess(i)[0] for i in batch["image"]], **batch}
+
+    def collate(items: list) -> dict:
+        return {
+            "pixel_values": torch.stack([i["pixel_values"] for i in items]),
+            "labels": torch.tensor([i["label"] for i in items]),
+        }
+
+    loader = torch.utils.data.DataLoader(
+        rows.with_transform(transform), batch_size=3, collate_fn=collate
+    )
+    assert loss(loader) == pytest.approx(loss(folder), rel=1e-5)

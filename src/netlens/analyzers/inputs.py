@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torch.utils.data._utils.collate import default_collate
 
-from ..data.items import as_pair
+from ..data.items import as_pair, hub_rows
 from ..errors import DataError, NetlensError
 
 if TYPE_CHECKING:
@@ -273,8 +273,8 @@ def resolve_data(
     given = inputs if isinstance(inputs, DataLoader) else None
     if given is None:
         ds = lens.dataset(inputs, split=split)
-    elif isinstance(given.dataset, Dataset):  # matched by class names; relabelled as drawn
-        ds = lens.dataset(given.dataset, split=split)
+    elif isinstance(given.dataset, Dataset) or hub_rows(given.dataset) is not None:
+        ds = lens.dataset(given.dataset, split=split)  # matched by class names; relabelled as drawn
     else:  # a loader over a plain list of pairs
         ds = given.dataset
     if limit is not None and limit < len(ds):  # type: ignore[arg-type]
