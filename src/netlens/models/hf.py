@@ -108,7 +108,7 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
 
 _TASK_CLASSES = (
     "ForImageClassification",
-    "ForImageClassificationWithTeacher",  # DeiT's distilled models: two heads, averaged
+    "ForImageClassificationWithTeacher",  # DeiT's distilled models
     "ForSemanticSegmentation",
 )
 
@@ -116,8 +116,7 @@ _TASK_CLASSES = (
 def _model_class(transformers: Any, config: dict[str, Any]) -> Any:
     """The class the folder's author saved (``config.architectures``) when it is one of
     transformers' image classifiers or segmenters, else ``AutoModelForImageClassification``
-    (which knows only plain classifiers: a SegFormer or a distilled DeiT loaded through it
-    lacks its head)."""
+    (which knows only classifiers: a SegFormer loaded through it lacks its head)."""
     for arch in config.get("architectures") or []:
         known = str(arch).endswith(_TASK_CLASSES)
         found = getattr(transformers, str(arch), None) if known else None

@@ -55,7 +55,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     if state is None:
         return None
     _say_which_copy(req.payload, source)
-    recorded = _recorded_arch(req.payload, source, req)
+    recorded = _recorded_arch(req.payload, state, source, req)
     if recorded is not None:
         loaded = _from_state(state, source, req, arch=recorded)
         loaded.card["arch_source"] = "the checkpoint's 'arch' (timm's train.py)"
@@ -89,7 +89,9 @@ def _say_which_copy(payload: Any, source: Path) -> None:
         )
 
 
-def _recorded_arch(payload: Any, source: Path, req: LoadRequest) -> str | None:
+def _recorded_arch(
+    payload: Any, state: dict[str, torch.Tensor], source: Path, req: LoadRequest
+) -> str | None:
     """The timm or torchvision architecture a training checkpoint names (timm's train.py
     saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``), used when no ``arch`` is
     given; None otherwise. A name from a file is only a registry name: never code to import."""
@@ -110,11 +112,7 @@ def _recorded_arch(payload: Any, source: Path, req: LoadRequest) -> str | None:
 
     # the file chose the architecture: its size is checked before anything is built
     shapes = shapes_on_meta(lambda: create_arch(name, None, req.host))
-    held = sum(
-        t.numel() * t.element_size()
-        for t in payload["state_dict"].values()
-        if isinstance(t, torch.Tensor)
-    )
+    held = sum(t.numel() * t.element_size() for t in state.values())
     if shapes is None or shapes.nbytes > 4 * held + (64 << 20):
         return None
     return name
