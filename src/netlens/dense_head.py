@@ -8,21 +8,21 @@ and that ``out`` does not even depend on, Hugging Face's ``decode_head``, an smp
 class's own logit map) or has no gradient at all. pytorch-grad-cam's segmentation tutorial
 points at ``backbone.layer4``.
 
-:func:`feature_slots` finds the calls ``auto`` may choose from, with one forward with gradients
-on one example: the calls whose output the chosen output (``--output``) depends on (walking its
-autograd graph back), minus the head. The head is the outermost module around the last of those
-calls that does not also hold all the others (``classifier`` in a ``DeepLabV3``; in a wrapper
-``model.classifier``, not ``model``).
+:func:`feature_slots` finds the calls ``auto`` may choose from, given a dry forward with
+autograd (:func:`netlens.layers.auto_layer` runs it): the calls whose output the chosen output
+(``--output``) depends on (walking its autograd graph back), minus the head. The head is the
+outermost module around the last of those calls that does not also hold all the others
+(``classifier`` in a ``DeepLabV3``; in a wrapper ``model.classifier``, not ``model``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .errors import NetlensError
+
+if TYPE_CHECKING:
+    from .layers import TracedCall
 
 __all__ = ["feature_slots", "is_dense"]
 
@@ -30,50 +30,29 @@ Slot = tuple[str, int]
 
 
 def is_dense(output: Any, key: str | int | None) -> bool:
-    """Whether the output to explain (``key`` picks it) is an N×K×H×W map with H·W > 1."""
-    from .targets import model_output
+    """Whether the output to explain (``key`` picks it) is a dense N×K×H×W map."""
+    from .targets import detect_task, model_output
 
     try:
-        t = model_output(output, key)
+        return detect_task(model_output(output, key)) == "dense"  # N×K×1×1 is a classifier's
     except NetlensError:
         return False
-    return t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
 
 
 def feature_slots(
-    model: nn.Module, example: torch.Tensor, key: str | int | None = None
+    traced: list[TracedCall], returned: Any, key: str | int | None = None
 ) -> list[Slot] | None:
     """(name, call) of the calls the dense output depends on outside its head, in completion
-    order; None when nothing is left (or the graph cannot be followed: then ``auto`` keeps its
-    plain rule)."""
-    from .layers import eval_mode, named_layers
+    order, from a dry forward with autograd (``traced``, and what it ``returned``); None when
+    nothing is left or the graph cannot be followed (``auto`` then keeps its plain rule)."""
     from .targets import model_output
 
-    seen: list[tuple[Slot, Any]] = []
-    counts: dict[str, int] = {}
-    handles = []
-
-    def hook_for(name: str):  # noqa: ANN202
-        def hook(m: nn.Module, i: Any, out: Any) -> None:
-            k = counts[name] = counts.get(name, -1) + 1
-            if isinstance(out, torch.Tensor) and out.grad_fn is not None:
-                seen.append(((name, k), out.grad_fn))
-
-        return hook
-
-    leaf = example.detach().clone().requires_grad_(True)
     try:
-        for name, mod in named_layers(model).items():
-            handles.append(mod.register_forward_hook(hook_for(name)))
-        with torch.enable_grad(), eval_mode(model):
-            out = model_output(model(leaf.clone()), key)  # a non-leaf: in-place writes are fine
-    except Exception:  # noqa: BLE001 - the plain rule still applies; nothing to tell the user
+        out = model_output(returned, key)
+    except NetlensError:
         return None
-    finally:
-        for h in handles:
-            h.remove()
     ancestry = _graph(out.grad_fn)
-    feeding = [slot for slot, fn in seen if fn in ancestry]
+    feeding = [(c.name, c.call) for c in traced if c.grad_fn is not None and c.grad_fn in ancestry]
     if not feeding:
         return None
     head = _head(feeding[-1][0], [name for name, _ in feeding])

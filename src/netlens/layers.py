@@ -82,6 +82,7 @@ class TracedCall:
     output: Any
     version: int
     caller_input_dims: tuple[int | None, ...] = ()
+    grad_fn: Any = None  # the output's autograd node when the call returned (grad forwards)
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -255,8 +256,11 @@ def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[T
     return _dry_forward(model, example if example is not None else example_input(model))[0]
 
 
-def _dry_forward(model: nn.Module, x: torch.Tensor) -> tuple[list[TracedCall], Any]:
-    """:func:`trace_calls` and what the model returned."""
+def _dry_forward(
+    model: nn.Module, x: torch.Tensor, grad: bool = False
+) -> tuple[list[TracedCall], Any]:
+    """:func:`trace_calls` and what the model returned (``grad``: with autograd on, so each
+    call's ``grad_fn`` is recorded)."""
     seen: list[TracedCall] = []
     counts: dict[str, int] = {}
     stack: list[int | None] = []  # input dims of the calls running now, outermost first
@@ -270,11 +274,12 @@ def _dry_forward(model: nn.Module, x: torch.Tensor) -> tuple[list[TracedCall], A
             def hook(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
                 stack.pop()
                 k = counts[name] = counts.get(name, -1) + 1
-                seen.append(TracedCall(name, k, m, out, _version(out), tuple(stack)))
+                node = out.grad_fn if isinstance(out, torch.Tensor) else None
+                seen.append(TracedCall(name, k, m, out, _version(out), tuple(stack), node))
 
             handles.append(mod.register_forward_pre_hook(enter))
             handles.append(mod.register_forward_hook(hook))
-        with torch.no_grad(), eval_mode(model):
+        with torch.set_grad_enabled(grad), eval_mode(model):
             try:
                 out = model(x)
             except Exception as exc:  # noqa: BLE001 - explained to the user below
@@ -369,11 +374,9 @@ def auto_layer(
     :mod:`netlens.dense_head`): ``backbone.layer4`` of a torchvision DeepLabV3, not its
     ``classifier`` or ``aux_classifier``.
     """
-    from .dense_head import feature_slots, is_dense
-
     x = example if example is not None else example_input(model)
     traced, returned = _dry_forward(model, x)
-    allowed = set(feature_slots(model, x, output) or ()) if is_dense(returned, output) else set()
+    allowed = _dense_feature_slots(model, x, returned, output)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c)]
     grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model)]
@@ -393,6 +396,23 @@ def auto_layer(
     last = max(c.version for c in same)
     best = min((c for c in same if c.version == last), key=lambda c: c.name.count("."))
     return _selection(traced, best, consumed=_version(out) > last)
+
+
+def _dense_feature_slots(
+    model: nn.Module, x: torch.Tensor, returned: Any, output: str | int | None
+) -> set[tuple[str, int]]:
+    """For a dense output, the calls ``auto`` may pick (see :mod:`netlens.dense_head`), from
+    one more dry forward, with autograd; empty (no restriction) for any other output."""
+    from .dense_head import feature_slots, is_dense
+
+    if not is_dense(returned, output):
+        return set()
+    leaf = x.detach().clone().requires_grad_(True)  # every output then has a graph
+    try:
+        traced, out = _dry_forward(model, leaf.clone(), grad=True)  # a non-leaf: in-place ok
+    except NetlensError:
+        return set()  # the plain rule still applies
+    return set(feature_slots(traced, out, output) or ())
 
 
 def _is_token_grid(out: Any, model: nn.Module) -> bool:

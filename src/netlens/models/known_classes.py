@@ -54,16 +54,15 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
 
     A plain list for Hugging Face labels (not guessed), unless they are ImageNet-1k's.
     """
+    from .input_norm import input_normalizer
     from .wrappers import activated_network
 
-    inner = activated_network(model)  # nn.Sequential(network, nn.Softmax(1)): the network's
+    # nn.Sequential(network, nn.Softmax(1)), nn.Sequential(Normalize(m, s), network): its names
+    inner = activated_network(model)
+    if inner is None:
+        inner = getattr(input_normalizer(model), "network", None)
     if inner is not None:
         return known_class_names(inner)
-    from .input_norm import input_normalizer
-
-    norm = input_normalizer(model)  # nn.Sequential(Normalize(mean, std), network): the network's
-    if norm is not None and norm.network is not None:
-        return known_class_names(norm.network)
     origin = type(model).__module__.split(".")[0]
     if origin == "transformers":  # its config's id2label
         from .hf import hf_class_names
