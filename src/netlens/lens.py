@@ -76,7 +76,7 @@ class Lens:
             preprocess = with_overrides(preprocess_for(model), preprocess)
         self.model = model
         self.transform: Preprocess = preprocess
-        self.classes = _class_names(classes) if classes is not None else known_class_names(model)
+        self.classes = _class_names(classes) if classes is not None else _own_class_names(model)
         self.label_map: Any = None  # data label → model class, for data the model names otherwise
         self.name = name
         self.card = dict(card or {})
@@ -386,6 +386,16 @@ class Lens:
 
         report = build_report(self, images, data=data, sections=sections, **options)
         return report.save(out) if out is not None else report
+
+
+def _own_class_names(model: nn.Module) -> list[str] | None:
+    """The names the model carries (``model.class_to_idx``, set by its author), else the names
+    it is known to have (ImageNet's for a timm or torchvision head of that size)."""
+    from .models.classes import output_count
+    from .models.recorded_classes import recorded_class_names
+
+    own = recorded_class_names(model, output_count(model), "the model")
+    return own if own is not None else known_class_names(model)
 
 
 def _class_names(classes: Any) -> list[str] | None:

@@ -231,9 +231,16 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             obj = torch.load(source, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - trusted, but still not a torch file
         raise ModelLoadError(_unpickling_failed(display_path(source.name), exc)) from None
-    obj, key = _module_in(obj, source)
-    card = {"arch": type(obj).__name__, **({"checkpoint_key": key} if key else {})}
-    return LoadedModel(obj, preprocess_for(obj), None, card)
+    model, key = _module_in(obj, source)
+    card = {"arch": type(model).__name__, **({"checkpoint_key": key} if key else {})}
+    classes = None
+    if key is not None:  # {"model": model, "class_to_idx": ...}: the dict's, else the model's
+        from .classes import output_count
+        from .recorded_classes import recorded_class_names
+
+        n = output_count(model)
+        classes = recorded_class_names(obj, n, display_path(source.name), module=model)
+    return LoadedModel(model, preprocess_for(model), classes, card)
 
 
 def _module_in(obj: Any, source: Path) -> tuple[nn.Module, str | None]:

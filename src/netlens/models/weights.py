@@ -58,15 +58,27 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     recorded = _recorded_arch(req.payload, state, source, req)
     if recorded is not None:
         loaded = _from_state(state, source, req, arch=recorded)
-        loaded.card["arch_source"] = "the checkpoint's 'arch' (timm's train.py)"
-        return loaded
+        loaded.card["arch_source"] = "the checkpoint's 'arch'"
+        return _with_recorded_classes(loaded, req.payload, source)
     if not req.arch:
         raise ModelLoadError(
             f"{source.name} holds only weights (a state_dict); say which architecture with "
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
             "arch like lenet5)"
         )
-    return _from_state(state, source, req)
+    return _with_recorded_classes(_from_state(state, source, req), req.payload, source)
+
+
+def _with_recorded_classes(loaded: LoadedModel, payload: Any, source: Path) -> LoadedModel:
+    """``loaded`` with the class names its checkpoint records (``class_to_idx`` and the like,
+    see :mod:`netlens.models.recorded_classes`), when there are any that fit."""
+    from .classes import output_count
+    from .recorded_classes import recorded_class_names
+
+    if isinstance(payload, dict):
+        n = output_count(loaded.model) or output_count(loaded.model, loaded.preprocess)
+        loaded.classes = recorded_class_names(payload, n, display_path(source.name))
+    return loaded
 
 
 _EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
@@ -93,10 +105,14 @@ def _recorded_arch(
     payload: Any, state: dict[str, torch.Tensor], source: Path, req: LoadRequest
 ) -> str | None:
     """The timm or torchvision architecture a training checkpoint names (timm's train.py
-    saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``), used when no ``arch`` is
-    given; None otherwise. A name from a file is only a registry name: never code to import."""
+    saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``, many fine-tuning scripts
+    ``{"arch": "vgg16", "class_to_idx": ..., "state_dict": ...}`` with torchvision's model), used
+    when no ``arch`` is given; None otherwise. A plain name is timm's or torchvision's: the one
+    whose weight names the file holds (timm's VGG names its head otherwise than torchvision's).
+    A name from a file is only a registry name: never code to import."""
     from .arch_options import check_arch_name
     from .factory import parse_user_arch
+    from .meta import shapes_on_meta
 
     name = payload.get("arch") if isinstance(payload, dict) else None
     if req.arch or not isinstance(name, str) or "state_dict" not in payload:
@@ -104,18 +120,23 @@ def _recorded_arch(
     name = check_arch_name(name, display_path(source.name))
     if parse_user_arch(name) is not None:
         return None
-    try:
-        check_arch(name, req.host, user_code=False)
-    except ModelLoadError:
-        return None  # a name of the trainer's own: --arch says what it is
-    from .meta import shapes_on_meta
-
-    # the file chose the architecture: its size is checked before anything is built
-    shapes = shapes_on_meta(lambda: create_arch(name, None, req.host))
+    plain = not name.startswith(("tv:", "timm:"))
     held = sum(t.numel() * t.element_size() for t in state.values())
-    if shapes is None or shapes.nbytes > 4 * held + (64 << 20):
-        return None
-    return name
+    sized = []
+    for candidate in [name, f"tv:{name}"] if plain else [name]:
+        try:
+            check_arch(candidate, req.host, user_code=False)
+        except ModelLoadError:
+            continue  # not in that registry (or a name of the trainer's own)
+        # the file chose the architecture: its size is checked before anything is built
+        shapes = shapes_on_meta(lambda c=candidate: create_arch(c, None, req.host))
+        if shapes is None or shapes.nbytes > 4 * held + (64 << 20):
+            continue
+        names = {k for k in shapes.shapes if not k.endswith("num_batches_tracked")}
+        if names <= state.keys():
+            return candidate
+        sized.append(candidate)
+    return sized[0] if sized else None  # (its load then says what does not fit)
 
 
 def _from_state(

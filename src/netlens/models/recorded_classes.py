@@ -1,0 +1,102 @@
+"""Class names a model's author saved with it.
+
+Fine-tuning scripts keep the data's class order beside the weights, most often as torchvision
+``ImageFolder``'s ``class_to_idx`` (``{"daisy": 0, "rose": 1}``), in the checkpoint dict or set on
+the model (``model.class_to_idx = train_data.class_to_idx``, as countless tutorials do); others
+save ``idx_to_class``, a list under ``classes``/``class_names``/``categories``/``labels``, or
+PyTorch Lightning's ``hyper_parameters`` holding one of those. That order is the only right
+one: ImageFolder numbers folders in text order (``1, 10, 100, 2``), which no later reading of
+the folder names can recover. Names that do not fit the model (another count, indices that skip
+or repeat) are not used, with one warning line.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from ..errors import NetlensWarning
+from .known_classes import ClassNames
+
+__all__ = ["recorded_class_names"]
+
+KEYS = ("class_to_idx", "idx_to_class", "classes", "class_names", "categories", "labels")
+NESTED = ("hyper_parameters", "hparams", "metadata", "meta")  # Lightning's, and common others
+
+
+def recorded_class_names(
+    holder: Any, outputs: int | None, where: str, module: nn.Module | None = None
+) -> ClassNames | None:
+    """The class names in output order that ``holder`` (a checkpoint dict, or a model's
+    attributes) records, checked against the model's ``outputs``; None when there are none.
+
+    ``module``'s attributes are read after ``holder``'s keys (a pickled checkpoint dict around
+    a model that carries ``class_to_idx`` itself).
+    """
+    for key, value, place in _candidates(holder, module):
+        names = _as_names(value)
+        if names is None:
+            continue
+        what = f"{where}'s '{place}{key}'"
+        fits = outputs is None or len(names) == outputs or (outputs == 1 and len(names) == 2)
+        if not fits or len(set(names)) != len(names):
+            why = "names repeat" if fits else f"the model has {outputs} outputs"
+            warnings.warn(
+                f"{what} holds {len(names)} class names, but {why}: not used (give the "
+                "classes in output order with --classes FILE)",
+                NetlensWarning,
+                stacklevel=3,
+            )
+            return None
+        return ClassNames(names, {}, what)
+    return None
+
+
+def _candidates(holder: Any, module: nn.Module | None) -> list[tuple[str, Any, str]]:
+    """(key, value, where it sits) for each place class names may be, in order of trust."""
+    found: list[tuple[str, Any, str]] = []
+    if isinstance(holder, Mapping):
+        found += [(k, holder[k], "") for k in KEYS if k in holder]
+        for outer in NESTED:
+            inner = holder.get(outer)
+            if isinstance(inner, Mapping):
+                found += [(k, inner[k], f"{outer}.") for k in KEYS if k in inner]
+    elif isinstance(holder, nn.Module):
+        module = holder
+    if module is not None:
+        found += [(k, getattr(module, k), "") for k in KEYS if k in vars(module)]
+    return found
+
+
+def _as_names(value: Any) -> list[str] | None:
+    """Names in index order from ``{name: index}``, ``{index: name}`` or a list of names;
+    None for anything else (a count, tensors of training labels, indices that skip or
+    repeat). Indices are ints; as keys also strings of digits (a mapping read from JSON)."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value] if value and all(isinstance(v, str) for v in value) else None
+    if not isinstance(value, Mapping) or not value:
+        return None
+    pairs = list(value.items())
+    if all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in pairs):
+        by_index = {v: k for k, v in pairs}  # name → index (ImageFolder's class_to_idx)
+    elif all(_index(k) is not None and isinstance(v, str) for k, v in pairs):
+        by_index = {_index(k): v for k, v in pairs}  # index → name
+    else:
+        return None
+    if sorted(by_index) != list(range(len(pairs))):
+        return None
+    return [by_index[i] for i in range(len(pairs))]
+
+
+def _index(value: Any) -> int | None:
+    """An int, or a string of digits (JSON keys), as an index; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

@@ -1,0 +1,126 @@
+"""Class names saved with a model by its author: ImageFolder's ``class_to_idx`` in the checkpoint
+or on the model, ``idx_to_class``, Lightning's ``hyper_parameters``; and the architecture a
+fine-tuning checkpoint names, in torchvision's layout as well as timm's."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import netlens
+from netlens.errors import NetlensWarning
+from netlens.models.recorded_classes import _as_names
+
+NUMBERS = [str(k) for k in range(1, 13)]
+TEXT_ORDER = sorted(NUMBERS)  # ImageFolder's: 1, 10, 11, 12, 2, ...
+
+
+def _folders(root: Path, names: list[str]) -> Path:
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        cv2.imwrite(str(root / name / "a.png"), np.full((40, 40, 3), 15 * k, np.uint8))
+    return root
+
+
+def test_class_to_idx_saved_by_a_fine_tuning_script_names_the_outputs(tmp_path: Path) -> None:
+    """The flowers-tutorial checkpoint: ``{"arch", "class_to_idx", "state_dict"}`` of a
+    torchvision model trained on folders named by numbers. Folder '10' was output 1 and folder
+    '2' output 4 (text order); read as numbers they would be 10 and 2, wrongly. The checkpoint's
+    'arch' is torchvision's EfficientNet (timm's of that name names its weights otherwise)."""
+    torch.manual_seed(0)
+    net = torchvision.models.efficientnet_b0(num_classes=12).eval()
+    ckpt = {
+        "arch": "efficientnet_b0",
+        "class_to_idx": {name: i for i, name in enumerate(TEXT_ORDER)},
+        "state_dict": net.state_dict(),
+        "epochs": 3,
+    }
+    torch.save(ckpt, tmp_path / "flowers.pth")
+    lens = netlens.load(tmp_path / "flowers.pth")
+    assert lens.card["arch"] == "tv:efficientnet_b0"
+    assert list(lens.classes) == TEXT_ORDER
+    assert lens.classes.source == "flowers.pth's 'class_to_idx'"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(lens.model(x), net(x))
+    data = _folders(tmp_path / "val", ["2", "10", "12"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no word of numbers read as class indices
+        ds = lens.dataset(data)
+    assert {p.parent.name: y for p, y in ds.items} == {"2": 4, "10": 1, "12": 3}
+    assert ds.label_source == "folder names matched to model classes"
+
+
+def test_idx_to_class_and_lightning_hyper_parameters(tmp_path: Path) -> None:
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    names = ["cat", "dog", "bird"]
+    torch.save(
+        {"state_dict": net.state_dict(), "idx_to_class": {str(i): n for i, n in enumerate(names)}},
+        tmp_path / "a.pth",
+    )
+    lightning = {
+        "epoch": 3,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+        "optimizer_states": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"num_classes": 3, "lr": 1e-3, "class_names": names},
+    }
+    torch.save(lightning, tmp_path / "b.ckpt")
+    a = netlens.load(tmp_path / "a.pth", arch="tv:resnet18")
+    b = netlens.load(tmp_path / "b.ckpt", arch="tv:resnet18")
+    assert list(a.classes) == list(b.classes) == names
+    assert b.classes.source == "b.ckpt's 'hyper_parameters.class_names'"
+    assert b.cam(torch.rand(1, 3, 64, 64), target="bird").targets == [2]
+
+
+def test_class_to_idx_set_on_the_model(tmp_path: Path) -> None:
+    """``model.class_to_idx = train_data.class_to_idx``, then the model passed in Python or
+    pickled whole (alone, or in a dict beside its class_to_idx)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net.class_to_idx = {"dog": 1, "cat": 0}
+    assert list(netlens.load(net.eval()).classes) == ["cat", "dog"]
+    assert list(netlens.load(net, classes=["x", "y"]).classes) == ["x", "y"]  # told wins
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    torch.save({"model": plain, "class_to_idx": {"no": 0, "yes": 1}}, tmp_path / "m.pth")
+    lens = netlens.load(tmp_path / "m.pth", trust=True)
+    assert list(lens.classes) == ["no", "yes"]
+    assert lens.classes.source == "m.pth's 'class_to_idx'"
+
+
+def test_names_that_do_not_fit_the_model_are_not_used(tmp_path: Path) -> None:
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    torch.save(
+        {"state_dict": net.state_dict(), "class_to_idx": {"a": 0, "b": 1}}, tmp_path / "c.pth"
+    )
+    with pytest.warns(NetlensWarning, match=r"'class_to_idx' holds 2 class names, but the model"):
+        lens = netlens.load(tmp_path / "c.pth", arch="tv:resnet18")
+    assert lens.classes is None
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ({"b": 1, "a": 0}, ["a", "b"]),  # class_to_idx
+        ({1: "b", 0: "a"}, ["a", "b"]),  # idx_to_class
+        ({"0": "10", "1": "2"}, ["10", "2"]),  # idx_to_class read from JSON, names of digits
+        (["x", "y"], ["x", "y"]),
+        ({"a": 0, "b": 2}, None),  # an index skipped
+        ({"a": 0, "b": 0}, None),  # repeated
+        ({"a": True, "b": False}, None),
+        ({"a": "0", "b": "1"}, None),  # which side is the name? not a guess to make
+        (10, None),  # a count
+        ([0, 1, 2], None),
+        (torch.tensor([0, 1]), None),
+        ({}, None),
+    ],
+)
+def test_what_reads_as_class_names(value: object, names: list[str] | None) -> None:
+    assert _as_names(value) == names
