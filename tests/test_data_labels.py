@@ -194,3 +194,22 @@ def test_folders_named_by_numbers_are_class_indices(tmp_path):
     text_order = sorted(str(k) for k in range(12))  # what the warning suggests: ImageFolder's
     ds = netlens.load(net.eval(), classes=text_order).dataset(tmp_path)
     assert {p.parent.name: y for p, y in ds.items} == {n: i for i, n in enumerate(text_order)}
+
+
+def test_torchvision_mnist_class_names_match_digits_or_words() -> None:
+    """torchvision's MNIST names its classes '0 - zero' ... '9 - nine': matched by the part
+    that names a model class (its digits, or its words), never by a part two classes share."""
+    from netlens.data.labels import match_names
+
+    mnist = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four"]
+    digits = [str(k) for k in range(10)]
+    words = ["zero", "one", "two", "three", "four"]
+    assert match_names(mnist, digits).index == {n: k for k, n in enumerate(mnist)}
+    assert match_names(mnist, words).index == {n: k for k, n in enumerate(mnist)}
+    assert "by a part of its name" in match_names(mnist, digits).source
+    with pytest.raises(DataError, match="'cat - dog'"):
+        match_names(["cat - dog"], ["cat", "dog"])  # both parts are classes: which one?
+    with pytest.raises(DataError, match="does not have"):
+        match_names(["1 - one", "1 - uno"], digits)  # two names for one class
+    with pytest.raises(DataError, match="does not have"):
+        match_names(["1", "1 - one"], digits)  # '1' took class 1 already

@@ -115,9 +115,14 @@ def match_names(
             index[name] = k
     if unknown and all(_is_int(n) for n in distinct) and not mapping:
         return index_labels(distinct, model, what=what)
+    by_part = _match_by_part(unknown, model, aliases, taken=set(index.values()))
+    index.update(by_part)
+    unknown = [n for n in unknown if n not in by_part]
     if unknown:
         raise DataError(_unknown_message(unknown, model, what))
     via = " via the label map" if mapping else ""
+    if by_part:
+        via += f" ('{next(iter(by_part))}' by a part of its name)"
     return LabelMatch(index, model, f"{what} matched to model classes{via}")
 
 
@@ -156,6 +161,24 @@ def _find(name: str, model: list[str], aliases: Mapping[str, int] | None = None)
     if len(hits) == 1:
         return hits[0]
     return (aliases or {}).get(key) if not hits else None
+
+
+def _match_by_part(
+    names: list[str], model: list[str], aliases: Mapping[str, int], taken: set[int]
+) -> dict[str, int]:
+    """Names such as torchvision's MNIST classes (``0 - zero``), matched by the one part
+    (split at `` - ``) that names a model class; only when every such match is a class of its
+    own, not matched otherwise."""
+    found: dict[str, int] = {}
+    for name in names:
+        parts = [p for p in re.split(r"\s+-\s+", name.strip()) if p]
+        hits = {k for p in parts if (k := _find(p, model, aliases)) is not None}
+        if len(parts) > 1 and len(hits) == 1:
+            found[name] = hits.pop()
+    values = list(found.values())
+    if len(set(values)) != len(values) or taken & set(values):
+        return {}
+    return found
 
 
 def _lookup(target: Any, model: list[str], name: str, aliases: Mapping[str, int]) -> int:
