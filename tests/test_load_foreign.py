@@ -225,6 +225,48 @@ def test_torchvisions_reference_script_checkpoint_loads(tmp_path):
     assert outputs_equal(netlens.load(tmp_path / "checkpoint.pth", arch="tv:resnet18").model, model)
 
 
+def test_the_data_options_a_training_script_recorded_are_the_preprocessing(tmp_path):
+    """timm's train.py with ``--img-size 160 --mean 0.5 0.5 0.5 --std 0.5 0.5 0.5`` feeds the
+    model as timm's own scripts resolve those options (not the architecture's 224², ImageNet
+    statistics); torchvision's reference train.py (``{"model", "args"}``, no 'arch') names its
+    model in ``args.model`` and its evaluation resize and crop in ``--val-*-size``."""
+    import argparse
+
+    import numpy as np
+    import timm
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    opts = argparse.Namespace(
+        model="resnet18", img_size=160, input_size=None, mean=[0.5] * 3, std=[0.5] * 3,
+        crop_pct=None, interpolation="", lr=0.1,
+    )  # fmt: skip
+    torch.save(
+        {"arch": "resnet18", "state_dict": model.state_dict(), "args": opts}, tmp_path / "t.pth"
+    )
+    lens = netlens.load(tmp_path / "t.pth")
+    expected = resolve_data_config(vars(opts), model=model)
+    assert lens.transform.size == expected["input_size"][1:] == (160, 160)
+    assert lens.transform.mean == lens.transform.std == (0.5, 0.5, 0.5)
+    assert "--img-size 160" in lens.transform.source
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (200, 260, 3), dtype=np.uint8))
+    torch.testing.assert_close(lens.transform(photo), create_transform(**expected)(photo))
+
+    tv = torchvision.models.resnet50(num_classes=4).eval()
+    ref = argparse.Namespace(
+        model="resnet50", val_resize_size=232, val_crop_size=224, interpolation="bilinear"
+    )
+    torch.save({"model": tv.state_dict(), "epoch": 3, "args": ref}, tmp_path / "checkpoint.pth")
+    lens = netlens.load(tmp_path / "checkpoint.pth")
+    assert lens.card["arch"] == "tv:resnet50" and outputs_equal(lens.model, tv)
+    assert lens.card["arch_source"] == "the checkpoint's 'args.model'"
+    v2 = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()  # resize 232, crop 224
+    torch.testing.assert_close(lens.transform(photo), v2(photo), atol=2 / 255, rtol=0)
+    assert "--val-resize-size 232" in lens.transform.source
+
+
 def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     from netlens.errors import NetlensWarning
 

@@ -88,7 +88,9 @@ def test_class_to_idx_set_on_the_model(tmp_path: Path) -> None:
     net.class_to_idx = {"dog": 1, "cat": 0}
     assert list(netlens.load(net.eval()).classes) == ["cat", "dog"]
     assert list(netlens.load(net, classes=["x", "y"]).classes) == ["x", "y"]  # told wins
-    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
     torch.save({"model": plain, "class_to_idx": {"no": 0, "yes": 1}}, tmp_path / "m.pth")
     lens = netlens.load(tmp_path / "m.pth", trust=True)
     assert list(lens.classes) == ["no", "yes"]

@@ -5,6 +5,7 @@ framework wrapped them (``{"state_dict": ...}``, DataParallel's ``module.``, Lig
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from torch import nn
 from ..errors import ModelLoadError, NetlensWarning, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import preprocess_for
+from ..preprocess.from_model import timm_spec, torchvision_reference_spec
 from .factory import aux_heads, check_arch, create_arch, head_num_classes
 
 if TYPE_CHECKING:
@@ -58,7 +60,10 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     recorded = _recorded_arch(req.payload, state, source, req)
     if recorded is not None:
         loaded = _from_state(state, source, req, arch=recorded)
-        loaded.card["arch_source"] = "the checkpoint's 'arch'"
+        loaded.card["arch_source"] = "the checkpoint's " + (
+            "'arch'" if "arch" in req.payload else "'args.model'"
+        )
+        _recorded_preprocess(loaded, req.payload)
         return _with_recorded_classes(loaded, req.payload, source)
     if not req.arch:
         raise ModelLoadError(
@@ -66,7 +71,10 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
             "arch like lenet5)"
         )
-    return _with_recorded_classes(_from_state(state, source, req), req.payload, source)
+    loaded = _from_state(state, source, req)
+    if isinstance(req.payload, dict):
+        _recorded_preprocess(loaded, req.payload)
+    return _with_recorded_classes(loaded, req.payload, source)
 
 
 def _with_recorded_classes(loaded: LoadedModel, payload: Any, source: Path) -> LoadedModel:
@@ -104,26 +112,34 @@ def _say_which_copy(payload: Any, source: Path) -> None:
 def _recorded_arch(
     payload: Any, state: dict[str, torch.Tensor], source: Path, req: LoadRequest
 ) -> str | None:
-    """The timm or torchvision architecture a training checkpoint names (timm's train.py
-    saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``, many fine-tuning scripts
-    ``{"arch": "vgg16", "class_to_idx": ..., "state_dict": ...}`` with torchvision's model), used
-    when no ``arch`` is given; None otherwise. A plain name is timm's or torchvision's: the one
-    whose weight names the file holds (timm's VGG names its head otherwise than torchvision's).
+    """The timm or torchvision architecture a training checkpoint names, used when no
+    ``arch`` is given; None otherwise.
+
+    timm's train.py saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``, fine-tuning
+    scripts ``{"arch": "vgg16", "class_to_idx": ..., "state_dict": ...}`` with torchvision's
+    model, torchvision's reference train.py ``{"model": ..., "args": Namespace(model=...)}``. A
+    plain name is timm's or torchvision's: the one whose weight names the file holds (timm's VGG
+    names its head otherwise than torchvision's); torchvision's first for its reference script.
     A name from a file is only a registry name: never code to import."""
     from .arch_options import check_arch_name
     from .factory import parse_user_arch
     from .meta import shapes_on_meta
 
-    name = payload.get("arch") if isinstance(payload, dict) else None
-    if req.arch or not isinstance(name, str) or "state_dict" not in payload:
+    if req.arch or not isinstance(payload, dict):
+        return None
+    args = _train_args(payload)
+    name = payload.get("arch", args.get("model"))
+    if not isinstance(name, str):
         return None
     name = check_arch_name(name, display_path(source.name))
     if parse_user_arch(name) is not None:
         return None
-    plain = not name.startswith(("tv:", "timm:"))
     held = sum(t.numel() * t.element_size() for t in state.values())
+    order = [name]
+    if not name.startswith(("tv:", "timm:")):
+        order = [f"tv:{name}", name] if "val_resize_size" in args else [name, f"tv:{name}"]
     sized = []
-    for candidate in [name, f"tv:{name}"] if plain else [name]:
+    for candidate in order:
         try:
             check_arch(candidate, req.host, user_code=False)
         except ModelLoadError:
@@ -137,6 +153,27 @@ def _recorded_arch(
             return candidate
         sized.append(candidate)
     return sized[0] if sized else None  # (its load then says what does not fit)
+
+
+def _train_args(payload: dict[str, Any]) -> dict[str, Any]:
+    """The training script's options a checkpoint keeps (an ``argparse.Namespace`` under
+    ``args``, as timm's and torchvision's reference scripts save it); empty when none."""
+    args = payload.get("args")
+    return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
+
+
+def _recorded_preprocess(loaded: LoadedModel, payload: dict[str, Any]) -> None:
+    """The preprocessing the training script's recorded options say, over the architecture's
+    default: timm's ``--img-size``/``--mean``/``--std``/``--crop-pct``, torchvision's
+    ``--val-resize-size``/``--val-crop-size``."""
+    args = _train_args(payload)
+    pre = loaded.preprocess
+    if not args or pre is None:
+        return
+    if pre.engine == "timm":
+        loaded.preprocess = timm_spec(loaded.model, args)
+    else:
+        loaded.preprocess = torchvision_reference_spec(loaded.model, args) or pre
 
 
 def _from_state(

@@ -91,16 +91,27 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     return guessed_spec(model)
 
 
-def timm_spec(model: nn.Module) -> Preprocess:
-    """A timm model's data config (``resolve_model_data_config``), applied by timm's transform."""
-    from timm.data import resolve_model_data_config
+def timm_spec(model: nn.Module, args: dict[str, Any] | None = None) -> Preprocess:
+    """A timm model's data config (``resolve_model_data_config``), applied by timm's transform.
+
+    ``args``: the options of timm's ``train.py`` that a checkpoint records (``--img-size``,
+    ``--mean``, ``--std``, ``--crop-pct``, ``--interpolation``); resolved with the model as
+    timm's own scripts do (``resolve_data_config(vars(args), model=model)``), so a model trained
+    at 160² or with its own mean/std is fed as it was.
+    """
+    from timm.data import resolve_data_config, resolve_model_data_config
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    dc = resolve_model_data_config(model)
+    keys = ("input_size", "img_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
+    told = {k: args[k] for k in keys if args and args.get(k) not in (None, "")}
+    dc = resolve_data_config(told, model=model) if told else resolve_model_data_config(model)
     c, h, w = dc["input_size"]
     name = cfg.get("architecture") or type(model).__name__
     name += f".{cfg['tag']}" if cfg.get("tag") else ""
     source = f"timm data config of {name}"
+    if told:
+        shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in told.items())
+        source += f" with the checkpoint's train.py options ({shown})"
     built = model_input_size(model)
     if built is not None and tuple(built[-2:]) != (h, w):
         h, w = built[-2:]
@@ -116,6 +127,33 @@ def timm_spec(model: nn.Module) -> Preprocess:
         crop_mode=str(dc.get("crop_mode") or "center"),
         engine="timm",
         source=source,
+    )
+
+
+def torchvision_reference_spec(model: nn.Module, args: dict[str, Any]) -> Preprocess | None:
+    """The evaluation transform of torchvision's ``references/classification/train.py``, from
+    the options its checkpoints record (``--val-resize-size``, ``--val-crop-size``,
+    ``--interpolation``; ImageNet mean and std, as its presets fix them). None without them."""
+    resize, crop = args.get("val_resize_size"), args.get("val_crop_size")
+    if not isinstance(resize, int) or not isinstance(crop, int) or resize <= 0 or crop <= 0:
+        return None
+    interp = str(args.get("interpolation") or "bilinear")
+    spec = Preprocess(
+        size=(crop, crop),
+        crop_pct=min(1.0, crop / resize),
+        interpolation=interp,
+        crop_mode="center",
+        source="torchvision's reference train.py options in the checkpoint (--val-resize-size "
+        f"{resize} --val-crop-size {crop} --interpolation {interp})",
+    )
+    return _fit_channels(spec, model)
+
+
+def _shown(value: Any) -> str:
+    return (
+        " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if isinstance(value, (list, tuple))
+        else str(value)
     )
 
 
