@@ -105,3 +105,22 @@ def test_a_flat_image_folder_stays_flat_beside_a_checkpoints_folder(folder):
     lens = netlens.load(nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
     data = unlabelled_data(lens, flat)
     assert isinstance(data, ImageFiles) and len(data) == 3
+
+
+def test_a_dataset_root_with_its_splits_is_not_two_classes(folder):
+    """``data/train/cat``, ``data/val/cat``: given ``data``, its splits were two classes (with
+    a model that has no class names, silently: 'train' became class 0)."""
+    import shutil
+
+    root = folder / "data"
+    for split in ("train", "val"):
+        shutil.copytree(folder / "cat", root / split / "cat")
+        shutil.copytree(folder / "dog", root / split / "dog")
+    with pytest.raises(DataError, match=r"holds the splits train, val.*--data .*val\)"):
+        as_dataset(root, PRE)
+    assert as_dataset(root / "val", PRE).classes == ["cat", "dog"]
+    assert len(as_dataset(root, PRE, classes=["train", "val"])) == 12  # the model's own classes
+    flat = folder / "flat"  # splits holding images, no class folders: read as classes still
+    for split in ("train", "test"):
+        shutil.copytree(folder / "cat", flat / split)
+    assert as_dataset(flat, PRE).classes == ["test", "train"]

@@ -134,6 +134,9 @@ class ImageFolderDataset(Dataset):
         self.folder_classes = [name for name, found in files.items() if found]
         if not self.folder_classes:
             raise DataError(f"no images under {self.root}/<class>/ ({', '.join(IMAGE_SUFFIXES)})")
+        known = classes if isinstance(classes, Sequence) else []
+        if label_map is None and not set(self.folder_classes) & set(known):
+            _refuse_splits(self.root, self.folder_classes)
         match = match_names(self.folder_classes, classes, label_map=label_map)
         self.classes, self.label_source = match.classes, match.source
         self.items = [(f, match.index[c]) for c in self.folder_classes for f in files[c]]
@@ -148,6 +151,22 @@ class ImageFolderDataset(Dataset):
 
     def image(self, i: int) -> np.ndarray:
         return read_image(self.items[i][0])
+
+
+SPLITS = {"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"}
+
+
+def _refuse_splits(root: Path, names: list[str]) -> None:
+    """A dataset's root (``train/``, ``val/``, each holding class folders) given where one
+    split was meant: its splits would be read as two classes."""
+    if not all(n.casefold() in SPLITS for n in names):
+        return
+    if not all(any(d.is_dir() for d in (root / n).iterdir()) for n in names):
+        return
+    raise DataError(
+        f"{root} holds the splits {', '.join(names)}, each with its own class folders, not "
+        f"classes; pass one split (--data {root / names[-1]})"
+    )
 
 
 def _users_dataset(
