@@ -267,6 +267,28 @@ def test_the_data_options_a_training_script_recorded_are_the_preprocessing(tmp_p
     assert "--val-resize-size 232" in lens.transform.source
 
 
+@pytest.mark.parametrize(
+    ("arch", "size"),
+    [("vit_tiny_patch16_224", 64), ("deit_tiny_distilled_patch16_224", 96)],  # 1 and 2 tokens
+)
+def test_a_vit_trained_at_another_size_loads_at_that_size(tmp_path, arch, size):
+    """``timm.create_model(arch, img_size=S)``: its position embedding holds (S/16)² positions
+    (plus its class and distillation tokens); built at the name's 224² it did not load."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, img_size=size, num_classes=3).eval()
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    lens = netlens.load(tmp_path / "vit.pth", arch=arch)
+    assert lens.card["arch_kwargs"]["img_size"] == size
+    assert lens.transform.size == (size, size)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(lens.model(x), model(x))
+    with pytest.raises(ModelLoadError, match="pos_embed"):  # told otherwise: as told
+        netlens.load(tmp_path / "vit.pth", arch=arch, arch_kwargs={"img_size": 224})
+
+
 def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     from netlens.errors import NetlensWarning
 

@@ -6,6 +6,7 @@ framework wrapped them (``{"state_dict": ...}``, DataParallel's ``module.``, Lig
 from __future__ import annotations
 
 import argparse
+import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ..preprocess.from_model import timm_spec, torchvision_reference_spec
 from .factory import aux_heads, check_arch, create_arch, head_num_classes
 
 if TYPE_CHECKING:
+    from ..plugins.manager import PluginHost
     from .load import LoadedModel, LoadRequest
 
 __all__ = [
@@ -186,6 +188,7 @@ def _from_state(
     assert arch
     check_arch(arch, req.host)
     kwargs = {**aux_heads(arch, state), **req.arch_kwargs}
+    kwargs.update(_image_size_of(arch, state, req.host, kwargs))
     n = req.num_classes or kwargs.pop("num_classes", None)
     prefix = ""
     if n is None:
@@ -200,6 +203,40 @@ def _from_state(
     if prefix:
         card["state_dict_prefix"] = prefix
     return LoadedModel(model, preprocess_for(model, arch), None, card)
+
+
+def _image_size_of(
+    arch: str, state: dict[str, torch.Tensor], host: PluginHost, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """``{"img_size": S}`` for a timm vision transformer trained at another size than its
+    name's (``create_model("vit_base_patch16_224", img_size=384)``): its position embedding
+    holds S/patch × S/patch positions, which the architecture built at its default size would
+    refuse to load. Empty when ``img_size`` is given, the grid is not square, or the model has
+    no such embedding."""
+    from .factory import parse_user_arch
+
+    found = [k for k in state if k == "pos_embed" or k.endswith(".pos_embed")]
+    if "img_size" in kwargs or arch.startswith("tv:") or parse_user_arch(arch) or len(found) != 1:
+        return {}
+    try:
+        with torch.device("meta"):
+            model = create_arch(arch, None, host, **kwargs)
+    except Exception:  # noqa: BLE001 - not buildable on meta: the load says what does not fit
+        return {}
+    built = getattr(model, "pos_embed", None)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    held = state[found[0]].shape
+    if not isinstance(built, torch.Tensor) or patch is None or built.shape == held:
+        return {}
+    if built.dim() != 3 or len(held) != 3 or built.shape[2] != held[2]:
+        return {}
+    tokens = getattr(model, "num_prefix_tokens", 0)  # class (and distillation) tokens
+    cells = int(held[1]) - (0 if getattr(model, "no_embed_class", False) else int(tokens))
+    side = math.isqrt(max(cells, 0))
+    if cells <= 0 or side * side != cells:
+        return {}
+    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return {"img_size": side * ph if ph == pw else (side * ph, side * pw)}
 
 
 def fit_prefix(
