@@ -285,6 +285,8 @@ def test_a_vit_trained_at_another_size_loads_at_that_size(tmp_path, arch, size):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         torch.testing.assert_close(lens.model(x), model(x))
+    told = netlens.load(tmp_path / "vit.pth", arch=arch, arch_kwargs={"num_classes": 3})
+    assert told.transform.size == (size, size)
     with pytest.raises(ModelLoadError, match="pos_embed"):  # told otherwise: as told
         netlens.load(tmp_path / "vit.pth", arch=arch, arch_kwargs={"img_size": 224})
 

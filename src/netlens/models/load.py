@@ -446,6 +446,11 @@ def load_file(
             f"{display_path(path)} is a pipe or a device, not a model file; pass a model file"
         )
     if path.is_dir() and not is_model_folder(path) and not is_hf_folder(path):
+        if (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{display_path(path)} holds config.json but no weights (model.safetensors or "
+                "pytorch_model.bin); download or save them into it too"
+            )
         raise ModelLoadError(
             f"{display_path(path)} is a folder; pass the model file inside it (a model folder "
             "holds card.json and model.safetensors, as netlens' zoo does, or config.json and "

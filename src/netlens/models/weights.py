@@ -219,8 +219,9 @@ def _image_size_of(
     if "img_size" in kwargs or arch.startswith("tv:") or parse_user_arch(arch) or len(found) != 1:
         return {}
     try:
+        rest = {k: v for k, v in kwargs.items() if k != "num_classes"}
         with torch.device("meta"):
-            model = create_arch(arch, None, host, **kwargs)
+            model = create_arch(arch, kwargs.get("num_classes"), host, **rest)
     except Exception:  # noqa: BLE001 - not buildable on meta: the load says what does not fit
         return {}
     built = getattr(model, "pos_embed", None)

@@ -20,7 +20,7 @@ __all__ = ["Ablation", "Archs", "Cam", "Core", "Datasets", "Metrics", "Views"]
 
 
 class Core:
-    """How a model file is opened: Hugging Face folders, netlens checkpoints, bare
+    """How a model file is opened: timm's and Hugging Face's folders, netlens checkpoints, bare
     state_dicts, TorchScript and ``torch.export`` files (their weights), pickled modules."""
 
     @staticmethod
@@ -28,7 +28,9 @@ class Core:
     def netlens_register_model_loaders(registry: Registry) -> None:
         from ..models import load, weights
         from ..models.hf import load_hf_folder
+        from ..models.timm_folder import load_timm_folder
 
+        registry.add("timm-hub-folder", load_timm_folder)
         registry.add("hugging-face-folder", load_hf_folder)
         registry.add("netlens-checkpoint", load.load_netlens_checkpoint)
         registry.add("state-dict", weights.load_state_dict_file)
