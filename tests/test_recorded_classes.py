@@ -97,6 +97,20 @@ def test_class_to_idx_set_on_the_model(tmp_path: Path) -> None:
     assert lens.classes.source == "m.pth's 'class_to_idx'"
 
 
+def test_label_names_in_a_timm_models_pretrained_cfg() -> None:
+    """``timm.create_model("hf-hub:someone/fine-tuned", pretrained=True)`` keeps the Hub
+    config's labels in ``pretrained_cfg``; an ImageNet model's have no such entry."""
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    model.pretrained_cfg = {**model.pretrained_cfg, "label_names": ["a", "b", "c"]}
+    lens = netlens.load(model)
+    assert list(lens.classes) == ["a", "b", "c"]
+    assert lens.classes.source == "the model's 'pretrained_cfg.label_names'"
+    imagenet = netlens.load(timm.create_model("resnet18").eval())
+    assert imagenet.classes[0] == "tench"
+
+
 def test_names_that_do_not_fit_the_model_are_not_used(tmp_path: Path) -> None:
     net = torchvision.models.resnet18(num_classes=3).eval()
     torch.save(

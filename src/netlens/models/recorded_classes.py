@@ -4,7 +4,8 @@ Fine-tuning scripts keep the data's class order beside the weights, most often a
 ``ImageFolder``'s ``class_to_idx`` (``{"daisy": 0, "rose": 1}``), in the checkpoint dict or set on
 the model (``model.class_to_idx = train_data.class_to_idx``, as countless tutorials do); others
 save ``idx_to_class``, a list under ``classes``/``class_names``/``categories``/``labels``, or
-PyTorch Lightning's ``hyper_parameters`` holding one of those. That order is the only right
+PyTorch Lightning's ``hyper_parameters`` holding one of those; a timm model made from a Hub
+model with its labels has them in ``pretrained_cfg["label_names"]``. That order is the only right
 one: ImageFolder numbers folders in text order (``1, 10, 100, 2``), which no later reading of
 the folder names can recover. Names that do not fit the model (another count, indices that skip
 or repeat) are not used, with one warning line.
@@ -23,8 +24,17 @@ from .known_classes import ClassNames
 
 __all__ = ["recorded_class_names"]
 
-KEYS = ("class_to_idx", "idx_to_class", "classes", "class_names", "categories", "labels")
-NESTED = ("hyper_parameters", "hparams", "metadata", "meta")  # Lightning's, and common others
+KEYS = (
+    "class_to_idx",
+    "idx_to_class",
+    "classes",
+    "class_names",
+    "label_names",  # timm's
+    "categories",
+    "labels",
+)
+# Lightning's hyper_parameters, timm's pretrained_cfg, and common others
+NESTED = ("hyper_parameters", "hparams", "pretrained_cfg", "metadata", "meta")
 
 
 def recorded_class_names(
@@ -56,18 +66,22 @@ def recorded_class_names(
 
 
 def _candidates(holder: Any, module: nn.Module | None) -> list[tuple[str, Any, str]]:
-    """(key, value, where it sits) for each place class names may be, in order of trust."""
-    found: list[tuple[str, Any, str]] = []
+    """(key, value, where it sits) for each place class names may be, in order of trust: the
+    holder's keys, then the mappings nested in it, then ``module``'s attributes likewise."""
+    places: list[Mapping[str, Any]] = []
     if isinstance(holder, Mapping):
-        found += [(k, holder[k], "") for k in KEYS if k in holder]
-        for outer in NESTED:
-            inner = holder.get(outer)
-            if isinstance(inner, Mapping):
-                found += [(k, inner[k], f"{outer}.") for k in KEYS if k in inner]
+        places.append(holder)
     elif isinstance(holder, nn.Module):
         module = holder
     if module is not None:
-        found += [(k, getattr(module, k), "") for k in KEYS if k in vars(module)]
+        places.append(vars(module))
+    found: list[tuple[str, Any, str]] = []
+    for place in places:
+        found += [(k, place[k], "") for k in KEYS if k in place]
+        for outer in NESTED:
+            inner = place.get(outer)
+            if isinstance(inner, Mapping):
+                found += [(k, inner[k], f"{outer}.") for k in KEYS if k in inner]
     return found
 
 

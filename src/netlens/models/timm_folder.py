@@ -23,7 +23,8 @@ import torch
 from ..errors import ModelLoadError
 from ..naming import display_path
 from ..preprocess.from_model import timm_spec
-from .known_classes import ClassNames
+from .classes import output_count
+from .recorded_classes import recorded_class_names
 
 if TYPE_CHECKING:
     from .load import LoadedModel, LoadRequest
@@ -72,7 +73,8 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     if isinstance(cfg, dict) and isinstance(getattr(model, "pretrained_cfg", None), dict):
         model.pretrained_cfg = {**model.pretrained_cfg, **_data_config(cfg)}
         loaded.preprocess = timm_spec(model)
-    loaded.classes = _label_names(config, loaded.card.get("arch_kwargs", {}), where)
+    n = output_count(model)
+    loaded.classes = recorded_class_names(config, n, f"{where}/config.json")
     loaded.card["timm_tag"] = model.pretrained_cfg.get("tag") if cfg else None
     return loaded
 
@@ -119,19 +121,3 @@ def _data_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (str, int, float)) or numbers:
             out[key] = tuple(value) if isinstance(value, list) else value
     return out
-
-
-def _label_names(config: dict[str, Any], kwargs: dict[str, Any], where: str) -> ClassNames | None:
-    """The ``label_names`` the config records (top level or in ``pretrained_cfg``) when there
-    is one per output; None otherwise (ImageNet's are then told from the head's size)."""
-    cfg = config.get("pretrained_cfg")
-    places = {
-        "label_names": config.get("label_names"),
-        "pretrained_cfg.label_names": cfg.get("label_names") if isinstance(cfg, dict) else None,
-    }
-    for place, names in places.items():
-        if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
-            continue
-        if len(names) == kwargs.get("num_classes", len(names)) and len(set(names)) == len(names):
-            return ClassNames(names, {}, f"{where}/config.json's '{place}'")
-    return None
