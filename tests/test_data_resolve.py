@@ -124,3 +124,25 @@ def test_a_dataset_root_with_its_splits_is_not_two_classes(folder):
     for split in ("train", "test"):
         shutil.copytree(folder / "cat", flat / split)
     assert as_dataset(flat, PRE).classes == ["test", "train"]
+
+
+def test_a_kaggle_style_csv_of_ids_finds_its_images(folder):
+    """``train.csv`` of ``id,label`` rows beside ``train/<id>.png``: the ids were taken as
+    paths beside the CSV, none existed, every image was skipped and evaluate crashed."""
+    import shutil
+
+    shutil.copytree(folder / "cat", folder / "train")
+    (folder / "train.csv").write_text("id,label\n0,1\n1,0\n2,1\n")
+    ds = as_dataset(folder / "train.csv", PRE)
+    assert [p.relative_to(folder).as_posix() for p in ds.files] == [
+        "train/0.png",
+        "train/1.png",
+        "train/2.png",
+    ]
+    (folder / "cat.csv").write_text("cat/0,0\ncat/1,0\n")  # ids beside the CSV, no extension
+    assert [p.name for p in as_dataset(folder / "cat.csv", PRE).files] == ["0.png", "1.png"]
+    (folder / "gone.csv").write_text("path,label\nnope/0.png,0\nnope/1.png,1\n")
+    with pytest.raises(DataError, match=r"gone.csv lists 2 image\(s\), none of them there"):
+        as_dataset(folder / "gone.csv", PRE)
+    (folder / "some.csv").write_text("path,label\ncat/0.png,0\nnope/1.png,1\n")
+    assert len(as_dataset(folder / "some.csv", PRE)) == 2  # the missing one is skipped later

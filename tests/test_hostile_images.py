@@ -231,3 +231,19 @@ def test_preprocessed_tensor_input_is_not_read(tmp_path):
 
     batch = load_batch(torch.zeros(2, 3, 8, 8), Preprocess(size=(8, 8)))
     assert batch.names == ["image0", "image1"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "stats", "top", "ablate"])
+def test_data_of_which_no_image_reads_is_one_line(tmp_path, command):
+    """Every image unreadable: each is skipped, and then there is nothing. ``evaluate`` crashed
+    (KeyError 'gradcam/deletion/score'), ``stats`` and ``top`` asked whether the data was
+    empty."""
+    (tmp_path / "circle").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "circle" / name).write_bytes(b"not an image")
+    args = [command, "zoo:shapes-allconv", "--data", str(tmp_path), "-o", str(tmp_path / "o")]
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 1
+    line = assert_one_clean_line(result.output)
+    assert line.startswith("error: none of the 2 images could be read (") and "a.png" in line
+    assert not (tmp_path / "o").exists()

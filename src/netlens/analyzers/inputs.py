@@ -140,10 +140,11 @@ class Batches:
         self.relabel = relabel
 
     def __iter__(self) -> Iterator[Any]:
-        start = self.start
+        start, drawn = self.start, False
         for b in _drawn(self.loader):
             if b is None:
                 continue
+            drawn = True
             b = as_pair(b)  # a batch collated from dict items: {"pixel_values": ..., ...}
             x, y, idx = b if self.indexed else (b[0], b[1], None)
             if idx is None:
@@ -154,6 +155,10 @@ class Batches:
             if self.relabel is not None:
                 y = self.relabel(y)
             yield (x, y, idx) if self.with_index else (x, y)
+        data = getattr(self.loader.dataset, "data", None)  # the guard's record of bad items
+        if not drawn and data is not None and data.skipped:
+            lines = data.skipped_lines()
+            raise DataError(f"none of the {len(lines)} images could be read ({lines[0]})")
 
     def __len__(self) -> int:
         return len(self.loader)

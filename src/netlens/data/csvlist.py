@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..images import read_image
+from ..images import IMAGE_SUFFIXES, read_image
+from ..naming import display_path
 from ..preprocess import Preprocess
 from .labels import UNSET, index_labels, match_names
 from .resolve import sized
@@ -60,8 +61,34 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
         raise DataError(f"{path}: row {bad[0]} is not 'path,label' (CSV lists need two columns)")
     if not rows:
         raise DataError(f"{path} lists no images (expected 'path,label' rows)")
-    files = [_listed_file(path.parent, r[0].strip()) for r in rows]
-    return files, [r[1].strip() for r in rows]
+    names = [r[0].strip() for r in rows]
+    return _where_listed(path, names), [r[1].strip() for r in rows]
+
+
+def _where_listed(csv_path: Path, names: list[str]) -> list[Path]:
+    """The listed files, relative to the CSV's folder; when none is there, as Kaggle-style
+    lists name them: an id without its extension (``a1`` for ``a1.png``) and/or in a folder
+    named as the CSV (``train.csv`` beside ``train/``). The first layout under which the first
+    missing file exists is used for every row; none: one line saying where they were sought."""
+    folder = csv_path.parent
+    files = [_listed_file(folder, n) for n in names]
+    missing = next((i for i, f in enumerate(files) if not f.exists()), None)
+    if missing is None:
+        return files
+    bases = [folder, folder / csv_path.stem]
+    for base in bases:
+        for ext in ("", *IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES)):
+            if not base.is_dir():
+                continue
+            if (base / (names[missing] + ext)).is_file():
+                return [_listed_file(base, n + ext) for n in names]
+    if any(f.exists() for f in files):
+        return files  # some are missing: they are skipped and reported, as unreadable images
+    raise DataError(
+        f"{csv_path.name} lists {len(names)} image(s), none of them there (first: "
+        f"{display_path(files[0])}); paths are read relative to the CSV's folder (also as "
+        f"ids without their extension, or inside {display_path(folder / csv_path.stem)}/)"
+    )
 
 
 def _is_header(row: list[str]) -> bool:
