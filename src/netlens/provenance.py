@@ -79,6 +79,7 @@ def _model_info(lens: Lens) -> dict[str, Any]:
         "task": lens.task,
         "classes": len(lens.classes) if lens.classes else None,
         **({"class_names": source} if (source := getattr(lens.classes, "source", None)) else {}),
+        **({"not_imported": held} if (held := lens.card.get("not_imported")) else {}),
     }
 
 

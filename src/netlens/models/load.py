@@ -91,7 +91,7 @@ class LoadRequest:
             return exc
         except pickle.UnpicklingError as exc:
             if _is_pickle(self.source):
-                return exc  # a real pickle beyond plain tensors: only with trust
+                return _inert_checkpoint(self.source) or exc  # a whole model: only with trust
             return ModelLoadError(
                 _other_framework(self.source)
                 or f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
@@ -136,6 +136,22 @@ def _other_framework(path: Path) -> str | None:
         "layers and follows their gradients): pass the PyTorch model it was made from (a "
         "checkpoint, state_dict or safetensors file; with --arch for bare weights)"
     )
+
+
+def _inert_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A checkpoint dict whose metadata names classes netlens does not import (Lightning's
+    hyper_parameters with a Hydra config, say), read with those classes inert (see
+    :mod:`netlens.models.inert_pickle`), when it holds a state_dict; None otherwise."""
+    from .inert_pickle import load_inert
+    from .weights import _state_dict_of
+
+    read = load_inert(path, allowed=[argparse.Namespace])
+    if read is None or not isinstance(read[0], dict) or _state_dict_of(read[0]) is None:
+        return None
+    return {**read[0], INERT_KEY: read[1]}
+
+
+INERT_KEY = "__netlens_inert_classes__"  # which classes were not imported (for the model card)
 
 
 def _is_pickle(path: Path) -> bool:

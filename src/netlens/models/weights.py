@@ -58,6 +58,18 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     state = _state_dict_of(req.payload)
     if state is None:
         return None
+    loaded = _load_state_dict_file(state, source, req)
+    from .load import INERT_KEY
+
+    inert = req.payload.get(INERT_KEY) if isinstance(req.payload, dict) else None
+    if inert:
+        loaded.card["not_imported"] = list(inert)
+    return loaded
+
+
+def _load_state_dict_file(
+    state: dict[str, torch.Tensor], source: Path, req: LoadRequest
+) -> LoadedModel:
     _say_which_copy(req.payload, source)
     recorded = _recorded_arch(req.payload, state, source, req)
     if recorded is not None:
