@@ -146,3 +146,20 @@ def test_a_kaggle_style_csv_of_ids_finds_its_images(folder):
         as_dataset(folder / "gone.csv", PRE)
     (folder / "some.csv").write_text("path,label\ncat/0.png,0\nnope/1.png,1\n")
     assert len(as_dataset(folder / "some.csv", PRE)) == 2  # the missing one is skipped later
+
+
+def test_csv_columns_named_by_a_header_and_labels_pandas_wrote_as_floats(folder):
+    """``lesion_id,image_id,dx_type,label`` (HAM10000-style metadata): the image and label
+    columns are the ones the header names; ``1.0`` is class 1 (pandas writes an integer
+    column as floats once it holds a gap). Both were taken as the first two columns, as paths
+    'L0' and labels 'cat/0.png' or '1.0' (unknown names)."""
+    (folder / "meta.csv").write_text(
+        "lesion_id,image_id,dx_type,label\nL0,cat/0.png,histo,1.0\nL1,dog/1.png,histo,0.0\n"
+    )
+    ds = as_dataset(folder / "meta.csv", PRE)
+    assert [p.relative_to(folder).as_posix() for p in ds.files] == ["cat/0.png", "dog/1.png"]
+    assert [ds[i][1] for i in range(2)] == [1, 0]
+    assert ds.label_source == "CSV integer indices"
+    (folder / "two.csv").write_text("cat/0.png,2.5\n")  # not integral: a name
+    with pytest.raises(DataError, match="'2.5'"):
+        as_dataset(folder / "two.csv", PRE, classes=["a", "b", "c"])

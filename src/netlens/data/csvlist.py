@@ -54,15 +54,37 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise DataError(f"{path} is not a CSV list of 'path,label' rows ({why})") from None
+    columns = (0, 1)
     if rows and _is_header(rows[0]):
+        columns = _named_columns(rows[0])
         rows = rows[1:]
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) <= max(columns)]
     if bad:
         raise DataError(f"{path}: row {bad[0]} is not 'path,label' (CSV lists need two columns)")
     if not rows:
         raise DataError(f"{path} lists no images (expected 'path,label' rows)")
-    names = [r[0].strip() for r in rows]
-    return _where_listed(path, names), [r[1].strip() for r in rows]
+    names = [r[columns[0]].strip() for r in rows]
+    labels = [_integral(r[columns[1]].strip()) for r in rows]
+    return _where_listed(path, names), labels
+
+
+def _named_columns(header: list[str]) -> tuple[int, int]:
+    """The path and label columns a header names (``lesion_id,image_id,label``: 1 and 2);
+    the first two columns where it names neither."""
+    cells = [c.strip().lower().replace(" ", "_") for c in header]
+    path = next((i for i, c in enumerate(cells) if c in _PATH_HEADERS), 0)
+    label = next((i for i, c in enumerate(cells) if c in _LABEL_HEADERS and i != path), None)
+    if label is None:
+        label = 1 if path == 0 else 0
+    return path, label
+
+
+def _integral(label: str) -> str:
+    """``3.0`` as ``3``: pandas writes an integer column as floats once it holds a gap."""
+    head, dot, tail = label.partition(".")
+    if dot and head.lstrip("+-").isdigit() and tail and set(tail) == {"0"}:
+        return head
+    return label
 
 
 def _where_listed(csv_path: Path, names: list[str]) -> list[Path]:
@@ -92,8 +114,10 @@ def _where_listed(csv_path: Path, names: list[str]) -> list[Path]:
 
 
 def _is_header(row: list[str]) -> bool:
-    cells = [c.strip().lower().replace(" ", "_") for c in row[:2]]
-    return cells[0] in _PATH_HEADERS or (len(cells) > 1 and cells[1] in _LABEL_HEADERS)
+    cells = [c.strip().lower().replace(" ", "_") for c in row]
+    if cells[0] in _PATH_HEADERS or (len(cells) > 1 and cells[1] in _LABEL_HEADERS):
+        return True
+    return bool(set(cells) & _PATH_HEADERS) and bool(set(cells) & _LABEL_HEADERS)
 
 
 def _listed_file(folder: Path, name: str) -> Path:
