@@ -269,7 +269,11 @@ def test_the_data_options_a_training_script_recorded_are_the_preprocessing(tmp_p
 
 @pytest.mark.parametrize(
     ("arch", "size"),
-    [("vit_tiny_patch16_224", 64), ("deit_tiny_distilled_patch16_224", 96)],  # 1 and 2 tokens
+    [
+        ("vit_tiny_patch16_224", 64),
+        ("deit_tiny_distilled_patch16_224", 96),  # 1 and 2 tokens
+        ("tv:vit_b_32", 96),
+    ],
 )
 def test_a_vit_trained_at_another_size_loads_at_that_size(tmp_path, arch, size):
     """``timm.create_model(arch, img_size=S)``: its position embedding holds (S/16)² positions
@@ -277,14 +281,20 @@ def test_a_vit_trained_at_another_size_loads_at_that_size(tmp_path, arch, size):
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model(arch, img_size=size, num_classes=3).eval()
+    if arch.startswith("tv:"):  # torchvision's vit_b_32(image_size=96)
+        model = torchvision.models.get_model(arch[3:], image_size=size, num_classes=3).eval()
+    else:
+        model = timm.create_model(arch, img_size=size, num_classes=3).eval()
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     lens = netlens.load(tmp_path / "vit.pth", arch=arch)
-    assert lens.card["arch_kwargs"]["img_size"] == size
+    option = "image_size" if arch.startswith("tv:") else "img_size"
+    assert lens.card["arch_kwargs"][option] == size
     assert lens.transform.size == (size, size)
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         torch.testing.assert_close(lens.model(x), model(x))
+    if arch.startswith("tv:"):
+        return
     told = netlens.load(tmp_path / "vit.pth", arch=arch, arch_kwargs={"num_classes": 3})
     assert told.transform.size == (size, size)
     with pytest.raises(ModelLoadError, match="pos_embed"):  # told otherwise: as told

@@ -220,15 +220,17 @@ def _from_state(
 def _image_size_of(
     arch: str, state: dict[str, torch.Tensor], host: PluginHost, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """``{"img_size": S}`` for a timm vision transformer trained at another size than its
-    name's (``create_model("vit_base_patch16_224", img_size=384)``): its position embedding
-    holds S/patch × S/patch positions, which the architecture built at its default size would
-    refuse to load. Empty when ``img_size`` is given, the grid is not square, or the model has
-    no such embedding."""
+    """``{"img_size": S}`` for a vision transformer trained at another size than its name's
+    (timm's ``create_model("vit_base_patch16_224", img_size=384)``; ``{"image_size": S}`` for
+    torchvision's ``vit_b_16(image_size=384)``): its position embedding holds S/patch × S/patch
+    positions, which the architecture built at its default size would refuse to load. Empty
+    when the size is given, the grid is not square, or the model has no such embedding."""
     from .factory import parse_user_arch
 
-    found = [k for k in state if k == "pos_embed" or k.endswith(".pos_embed")]
-    if "img_size" in kwargs or arch.startswith("tv:") or parse_user_arch(arch) or len(found) != 1:
+    tv = arch.startswith("tv:")
+    key, option = ("encoder.pos_embedding", "image_size") if tv else ("pos_embed", "img_size")
+    found = [k for k in state if k == key or k.endswith("." + key)]
+    if option in kwargs or parse_user_arch(arch) or len(found) != 1:
         return {}
     try:
         rest = {k: v for k, v in kwargs.items() if k != "num_classes"}
@@ -236,20 +238,25 @@ def _image_size_of(
             model = create_arch(arch, kwargs.get("num_classes"), host, **rest)
     except Exception:  # noqa: BLE001 - not buildable on meta: the load says what does not fit
         return {}
-    built = getattr(model, "pos_embed", None)
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if tv:  # one class token
+        built = getattr(getattr(model, "encoder", None), "pos_embedding", None)
+        patch, tokens = getattr(model, "patch_size", None), 1
+    else:  # class (and distillation) tokens, unless they have no position of their own
+        built = getattr(model, "pos_embed", None)
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        no_position = getattr(model, "no_embed_class", False)
+        tokens = 0 if no_position else getattr(model, "num_prefix_tokens", 0)
     held = state[found[0]].shape
     if not isinstance(built, torch.Tensor) or patch is None or built.shape == held:
         return {}
     if built.dim() != 3 or len(held) != 3 or built.shape[2] != held[2]:
         return {}
-    tokens = getattr(model, "num_prefix_tokens", 0)  # class (and distillation) tokens
-    cells = int(held[1]) - (0 if getattr(model, "no_embed_class", False) else int(tokens))
+    cells = int(held[1]) - int(tokens)
     side = math.isqrt(max(cells, 0))
     if cells <= 0 or side * side != cells:
         return {}
     ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
-    return {"img_size": side * ph if ph == pw else (side * ph, side * pw)}
+    return {option: side * ph if ph == pw else (side * ph, side * pw)}
 
 
 def fit_prefix(

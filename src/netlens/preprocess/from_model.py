@@ -42,6 +42,12 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     """
     if arch and arch.startswith("tv:"):
         spec = torchvision_spec(arch[3:])
+        built = getattr(model, "image_size", None)  # torchvision's ViT: built for one size
+        if spec is not None and isinstance(built, int) and spec.size != (built, built):
+            spec = dataclasses.replace(
+                spec, size=(built, built), source=f"{spec.source}; input size {built}×{built} "
+                "as the model was built"
+            )  # fmt: skip
         if spec is not None:
             return _fit_channels(spec, model)
     from ..models.wrappers import activated_network
