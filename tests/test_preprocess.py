@@ -265,3 +265,28 @@ def test_a_model_that_normalises_its_own_input_is_not_normalised_twice(kind: str
         ref = network(plain.preprocess(photo))
         scale = max(1.0, float(ref.abs().max()))  # float32: relative to the logits' size
         torch.testing.assert_close(wrapped(x), ref, atol=1e-5 * scale, rtol=0)
+
+
+def test_a_guessed_normalisation_is_said_once_at_load():
+    """A model that records no preprocessing is fed with ImageNet's mean/std, a guess: a model
+    trained on [0, 1] pixels (or 0.5/0.5) would be explained on inputs it never saw, without
+    a word. One warning says so, unless the user set the normalisation or a function."""
+    import warnings
+
+    import timm
+
+    from netlens.errors import NetlensWarning
+
+    def net(channels=3):
+        return nn.Sequential(nn.Conv2d(channels, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+
+    with pytest.warns(NetlensWarning, match=r"records no preprocessing: netlens guesses ImageNet"):
+        netlens.load(net())
+    with pytest.warns(NetlensWarning, match=r"guesses mean 0.5, std 0.5 \(28×28\)"):
+        netlens.load(net(1), input_size=28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        netlens.load(net(), mean=(0.5,) * 3, std=(0.5,) * 3)
+        netlens.load(net(), preprocess=lambda image: torch.zeros(3, 8, 8))
+        netlens.load(timm.create_model("resnet18", num_classes=2))
+        netlens.load("zoo:shapes-allconv")

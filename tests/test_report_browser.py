@@ -100,7 +100,11 @@ async def _inspect(url: str, page: Path, shot: Path) -> tuple[dict[str, Any], li
 
 def inspect_page(page: Path, shot: Path) -> tuple[dict[str, Any], list[dict]]:
     """Open ``page`` in headless Chromium; the page's state and every DevTools event."""
-    with tempfile.TemporaryDirectory(prefix="netlens-chromium-") as profile:
+    # Chromium's helper processes may still write the profile as the browser exits: its
+    # removal must not fail the test ("Directory not empty: 'Default'", seen once)
+    with tempfile.TemporaryDirectory(
+        prefix="netlens-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         proc, url = _start_chromium(Path(profile))
         try:
             return asyncio.run(_inspect(url, page, shot))

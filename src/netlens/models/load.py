@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from ..diagnostics import torch_load_quietly
-from ..errors import ModelLoadError, NetlensError, UnsafeModelError
+from ..errors import ModelLoadError, NetlensError, NetlensWarning, UnsafeModelError
 from ..naming import display_path, is_special_file
 from ..preprocess import Preprocess, preprocess_for, with_overrides
 from ..targets import check_task
@@ -378,6 +379,7 @@ def load(
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
     lens.task, lens.output_key = check_task(task), output
+    own = lens.transform
     lens.transform = with_overrides(
         lens.transform,
         preprocess,
@@ -390,6 +392,7 @@ def load(
         interpolation=interpolation,
         crop_mode=crop_mode,
     )
+    _say_if_guessed(own, lens.transform, lens.name or "the model")
     if classes is not None:
         from ..data.labels import read_class_names
         from .classes import check_class_names
@@ -404,6 +407,25 @@ def load(
     if isinstance(source, nn.Module) and device is None:
         return lens  # the user's module stays where it is
     return lens.to(device)
+
+
+def _say_if_guessed(own: Preprocess, used: Preprocess, name: str) -> None:
+    """One warning line when the model records no preprocessing and the user set none: its
+    normalisation (ImageNet's mean/std, or 0.5 for one channel) is netlens' guess, and a model
+    trained on other inputs would be explained on inputs it never saw."""
+    if "(guessed)" not in own.source or used.function is not None:
+        return
+    if (used.mean, used.std) != (own.mean, own.std):
+        return
+    norm = "ImageNet's mean/std" if len(own.mean or ()) == 3 else "mean 0.5, std 0.5"
+    size = "no resize" if used.size is None else f"{used.size[0]}×{used.size[1]}"
+    warnings.warn(
+        f"{name} records no preprocessing: netlens guesses {norm} ({size}); if it was trained "
+        "on other inputs, say so (--mean/--std, --input-size; mean=, std=, input_size= in "
+        "Python)",
+        NetlensWarning,
+        stacklevel=3,
+    )
 
 
 def _open(
