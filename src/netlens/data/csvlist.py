@@ -90,22 +90,18 @@ def _integral(label: str) -> str:
 def _where_listed(csv_path: Path, names: list[str]) -> list[Path]:
     """The listed files, relative to the CSV's folder; when none is there, as Kaggle-style
     lists name them: an id without its extension (``a1`` for ``a1.png``) and/or in a folder
-    named as the CSV (``train.csv`` beside ``train/``). The first layout under which the first
-    missing file exists is used for every row; none: one line saying where they were sought."""
+    named as the CSV (``train.csv`` beside ``train/``), the layout under which the first row's
+    file exists. Some there, some not: the missing ones are skipped and reported later, as
+    unreadable images are. None there in any layout: one line saying where they were sought."""
     folder = csv_path.parent
     files = [_listed_file(folder, n) for n in names]
-    missing = next((i for i, f in enumerate(files) if not f.exists()), None)
-    if missing is None:
-        return files
-    bases = [folder, folder / csv_path.stem]
-    for base in bases:
-        for ext in ("", *IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES)):
-            if not base.is_dir():
-                continue
-            if (base / (names[missing] + ext)).is_file():
-                return [_listed_file(base, n + ext) for n in names]
     if any(f.exists() for f in files):
-        return files  # some are missing: they are skipped and reported, as unreadable images
+        return files
+    suffixes = ("", *IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))
+    for base in (b for b in (folder, folder / csv_path.stem) if b.is_dir()):
+        ext = next((e for e in suffixes if (base / (names[0] + e)).is_file()), None)
+        if ext is not None:
+            return [_listed_file(base, n + ext) for n in names]
     raise DataError(
         f"{csv_path.name} lists {len(names)} image(s), none of them there (first: "
         f"{display_path(files[0])}); paths are read relative to the CSV's folder (also as "
