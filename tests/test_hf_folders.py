@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import netlens
 from netlens.cli.app import app
-from netlens.errors import ModelLoadError, UnsafeModelError
+from netlens.errors import ModelLoadError, NetlensWarning, UnsafeModelError
 
 tf = pytest.importorskip("transformers", reason="Hugging Face folders need the bench extras")
 skdata = pytest.importorskip("skimage.data", reason="needs scikit-image's photos")
@@ -198,3 +198,25 @@ def test_a_segformer_folder_is_explained_as_the_segmenter_it_is(tmp_path):
     assert res.meta["task"] == "dense" and res.meta["input_size"] == [64, 64]
     assert res.meta["layers"][0].startswith("segformer.")  # the encoder, not decode_head
     assert res.meta["target_names"][0][0].startswith("person (")
+
+
+def test_a_transformers_timm_wrapper_folder_has_its_labels_and_timms_preprocessing(tmp_path):
+    """transformers' ``TimmWrapperForImageClassification`` saves its labels as
+    ``label_names`` (no ``id2label``) and no image processor: its outputs were named 0, 1, 2
+    and its images fed unresized with a guessed ImageNet normalisation (with a warning)."""
+    import timm
+
+    if not hasattr(tf, "TimmWrapperForImageClassification"):
+        pytest.skip("this transformers has no TimmWrapper")
+    config = tf.TimmWrapperConfig(
+        architecture="resnet18", num_labels=3, id2label={0: "a", 1: "b", 2: "c"}
+    )
+    tf.TimmWrapperForImageClassification(config).save_pretrained(tmp_path / "tw")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)  # no guessed preprocessing
+        lens = netlens.load(tmp_path / "tw")
+    assert list(lens.classes) == ["a", "b", "c"]
+    expected = timm.data.resolve_model_data_config(lens.model.timm_model)
+    assert lens.transform.size == tuple(expected["input_size"][1:])
+    assert lens.transform.crop_pct == expected["crop_pct"]
+    assert lens.transform.source.endswith("of the timm model it wraps")

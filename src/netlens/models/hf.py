@@ -11,6 +11,7 @@ that code, so it needs ``trust=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -156,6 +157,12 @@ def hf_model_preprocess(model: Any) -> Preprocess | None:
                 return spec
         except Exception:  # noqa: BLE001 - not in the cache: fall back to the config
             pass
+    inner = getattr(model, "timm_model", None)  # transformers' TimmWrapper: timm's own config
+    if getattr(inner, "pretrained_cfg", None):
+        from ..preprocess.from_model import timm_spec
+
+        spec = timm_spec(inner)
+        return dataclasses.replace(spec, source=f"{spec.source}, of the timm model it wraps")
     size = getattr(getattr(model, "config", None), "image_size", None)
     if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2):
         h, w = (size, size) if isinstance(size, int) else size
@@ -171,7 +178,13 @@ def hf_model_preprocess(model: Any) -> Preprocess | None:
 
 
 def _labels(config: dict[str, Any]) -> list[str] | None:
-    """``id2label`` in index order; None for transformers' placeholders (``LABEL_0``)."""
+    """``id2label`` in index order, else ``label_names`` (transformers' TimmWrapper keeps its
+    labels there); None for transformers' placeholders (``LABEL_0``)."""
+    listed = config.get("label_names")
+    if not config.get("id2label") and isinstance(listed, list):
+        return (
+            [str(v) for v in listed] if listed and all(isinstance(v, str) for v in listed) else None
+        )
     raw = config.get("id2label") or {}
     try:
         labels = {int(k): str(v) for k, v in raw.items()}
