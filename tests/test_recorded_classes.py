@@ -88,6 +88,19 @@ def test_class_to_idx_set_on_the_model(tmp_path: Path) -> None:
     net.class_to_idx = {"dog": 1, "cat": 0}
     assert list(netlens.load(net.eval()).classes) == ["cat", "dog"]
     assert list(netlens.load(net, classes=["x", "y"]).classes) == ["x", "y"]  # told wins
+
+    class Module(nn.Module):  # a LightningModule keeps save_hyperparameters() in _hparams
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+            self._hparams = {"lr": 0.1, "class_names": ["p", "q", "r"]}
+
+        def forward(self, x):
+            return self.model(x)
+
+    lens = netlens.load(Module().eval())
+    assert list(lens.classes) == ["p", "q", "r"]
+    assert lens.classes.source == "the model's '_hparams.class_names'"
     plain = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
     )

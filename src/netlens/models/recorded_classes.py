@@ -33,8 +33,8 @@ KEYS = (
     "categories",
     "labels",
 )
-# Lightning's hyper_parameters, timm's pretrained_cfg, and common others
-NESTED = ("hyper_parameters", "hparams", "pretrained_cfg", "metadata", "meta")
+# Lightning's hyper_parameters (a LightningModule's own: _hparams), timm's pretrained_cfg, others
+NESTED = ("hyper_parameters", "hparams", "_hparams", "pretrained_cfg", "metadata", "meta")
 
 
 def recorded_class_names(
