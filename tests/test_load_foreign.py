@@ -301,6 +301,48 @@ def test_a_vit_trained_at_another_size_loads_at_that_size(tmp_path, arch, size):
         netlens.load(tmp_path / "vit.pth", arch=arch, arch_kwargs={"img_size": 224})
 
 
+def _as_facebook_names(state: dict) -> dict:
+    """A timm ConvNeXt state_dict named as facebookresearch/ConvNeXt saves it."""
+    import re
+
+    out = {}
+    for k, v in state.items():
+        k = k.replace("stem.", "downsample_layers.0.")
+        k = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
+        out[k.replace("head.norm", "norm").replace("head.fc.", "head.")] = v.clone()
+    return out
+
+
+def test_weights_saved_by_the_original_repository_are_renamed_by_timms_filter(
+    tmp_path, monkeypatch
+):
+    """A ConvNeXt fine-tuned with facebookresearch/ConvNeXt's code (``{"model": ...}``,
+    ``downsample_layers.0.0.weight``) did not load with --arch convnext_atto ("its names look
+    like ..."). timm's own checkpoint_filter_fn renames it; a filter that would change a
+    weight (resample, fill) is not used."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", num_classes=7).eval()
+    torch.save({"model": _as_facebook_names(model.state_dict())}, tmp_path / "fb.pth")
+    lens = netlens.load(tmp_path / "fb.pth", arch="convnext_atto")
+    assert lens.card["state_dict_renamed_by"] == "timm.models.convnext.checkpoint_filter_fn"
+    assert lens.card["arch_kwargs"]["num_classes"] == 7
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(lens.model(x), model(x))
+    original = timm.models.convnext.checkpoint_filter_fn
+    monkeypatch.setattr(  # the same renaming, but fresh tensors: not the file's weights
+        timm.models.convnext,
+        "checkpoint_filter_fn",
+        lambda sd, m: {k: v.clone() for k, v in original(sd, m).items()},
+    )
+    with pytest.raises(ModelLoadError, match="names look like 'downsample_layers"):
+        netlens.load(tmp_path / "fb.pth", arch="convnext_atto")
+
+
 def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     from netlens.errors import NetlensWarning
 

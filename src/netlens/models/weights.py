@@ -21,6 +21,7 @@ from ..naming import display_path
 from ..preprocess import preprocess_for
 from ..preprocess.from_model import timm_spec, torchvision_reference_spec
 from .factory import aux_heads, check_arch, create_arch, head_num_classes
+from .timm_remap import timm_renamed
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -202,18 +203,25 @@ def _from_state(
     kwargs = {**aux_heads(arch, state), **req.arch_kwargs}
     kwargs.update(_image_size_of(arch, state, req.host, kwargs))
     n = req.num_classes or kwargs.pop("num_classes", None)
-    prefix = ""
+    prefix, renamed = "", None
     if n is None:
         fresh = create_arch(arch, None, req.host, **kwargs)
         state, prefix = fit_prefix(state, fresh, source)
+        renamed = timm_renamed(state, fresh)  # the original repository's names, timm's way
+        state = renamed[0] if renamed else state
         n = head_num_classes(state, fresh)
     model = create_arch(arch, n, req.host, **kwargs)
     if not prefix:
         state, prefix = fit_prefix(state, model, source)
+    if renamed is None:
+        renamed = timm_renamed(state, model)
+        state = renamed[0] if renamed else state
     load_state(model, state, source)
     card = {"arch": arch, "arch_kwargs": {**kwargs, **({"num_classes": n} if n else {})}}
     if prefix:
         card["state_dict_prefix"] = prefix
+    if renamed:
+        card["state_dict_renamed_by"] = renamed[1]
     return LoadedModel(model, preprocess_for(model, arch), None, card)
 
 
