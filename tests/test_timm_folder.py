@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from timm.models._hub import save_for_hf
+from timm.models import save_for_hf
 from typer.testing import CliRunner
 
 import netlens
