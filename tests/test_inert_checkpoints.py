@@ -90,6 +90,7 @@ def test_lightning_hyper_parameters_of_foreign_classes_do_not_stop_the_weights(t
     with torch.no_grad():
         torch.testing.assert_close(lens.model(x), net(x))
     held = lens.card["not_imported"]
+    assert lens.cam(torch.rand(1, 3, 64, 64)).meta["run"]["model"]["not_imported"] == held
     assert {"hp_code.AttributeDict", "hp_code.Config", "functools.partial"} <= set(held)
 
 

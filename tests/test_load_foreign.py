@@ -329,6 +329,8 @@ def test_weights_saved_by_the_original_repository_are_renamed_by_timms_filter(
     torch.save({"model": _as_facebook_names(model.state_dict())}, tmp_path / "fb.pth")
     lens = netlens.load(tmp_path / "fb.pth", arch="convnext_atto")
     assert lens.card["state_dict_renamed_by"] == "timm.models.convnext.checkpoint_filter_fn"
+    result = lens.cam(torch.rand(1, 3, 64, 64))
+    assert result.meta["run"]["model"]["renamed_by"] == lens.card["state_dict_renamed_by"]
     assert lens.card["arch_kwargs"]["num_classes"] == 7
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
