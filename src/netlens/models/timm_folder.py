@@ -57,7 +57,9 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     )
     if weights is None:  # (sharded weights: transformers' loader says what it can)
         return None
-    arch = check_arch_name(config["architecture"], f"{where}/config.json")
+    arch = "timm:" + check_arch_name(config["architecture"], f"{where}/config.json").removeprefix(
+        "timm:"
+    )  # timm's name, whatever else goes by it
     kwargs = check_arch_kwargs(config.get("model_args") or {}, f"{where}/config.json")
     n = config.get("num_classes", kwargs.get("num_classes"))
     if isinstance(n, int) and not isinstance(n, bool):
@@ -67,7 +69,7 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     from .weights import _from_state
 
     asked = dataclasses.replace(req, arch_kwargs={**kwargs, **req.arch_kwargs})
-    loaded = _from_state(state, weights, asked, arch=f"timm:{arch.removeprefix('timm:')}")
+    loaded = _from_state(state, weights, asked, arch=arch)
     cfg = config.get("pretrained_cfg")
     model = loaded.model
     if isinstance(cfg, dict) and isinstance(getattr(model, "pretrained_cfg", None), dict):
