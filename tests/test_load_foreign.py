@@ -345,6 +345,26 @@ def test_weights_saved_by_the_original_repository_are_renamed_by_timms_filter(
         netlens.load(tmp_path / "fb.pth", arch="convnext_atto")
 
 
+def test_weights_under_the_names_training_scripts_give_them(tmp_path):
+    """kuangliu/pytorch-cifar saves ``{"net": DataParallel's state_dict, "acc", "epoch"}``,
+    others ``{"model_state": ..., "optimizer_state": ...}`` or a name of their own: each was
+    "neither a netlens checkpoint, a state_dict nor a module". Two unnamed sets of weights are
+    still not a guess netlens makes."""
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    state = model.state_dict()
+    saved = {
+        "cifar.pth": {"net": {f"module.{k}": v for k, v in state.items()}, "acc": 93.1},
+        "ms.pth": {"model_state": state, "optimizer_state": {"state": {}, "param_groups": []}},
+        "own.pth": {"resnet_weights": state, "epoch": 3},
+    }
+    for name, ckpt in saved.items():
+        torch.save(ckpt, tmp_path / name)
+        assert outputs_equal(netlens.load(tmp_path / name, arch="tv:resnet18").model, model)
+    torch.save({"a": state, "b": state}, tmp_path / "two.pth")
+    with pytest.raises(ModelLoadError, match=r"several sets of weights \(under 'a', 'b'\)"):
+        netlens.load(tmp_path / "two.pth", arch="tv:resnet18")
+
+
 def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     from netlens.errors import NetlensWarning
 

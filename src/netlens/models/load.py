@@ -506,6 +506,14 @@ def load_file(
     if isinstance(req.payload, Exception):
         err = req.payload
         raise err if isinstance(err, ModelLoadError) else ModelLoadError(str(err))
+    from .weights import weight_sets
+
+    sets = [str(k) for k in weight_sets(req.payload)]
+    if len(sets) > 1:
+        raise ModelLoadError(
+            f"{path.name} holds several sets of weights (under {', '.join(map(repr, sets[:4]))}"
+            f"); save the one you mean on its own (torch.save(ckpt[{sets[0]!r}], path))"
+        )
     raise ModelLoadError(
         f"{path.name} is neither a netlens checkpoint, a state_dict nor a module; "
         "save with netlens.save(...) or torch.save(model.state_dict(), path)"

@@ -37,12 +37,36 @@ __all__ = [
 ]
 
 
+# where training scripts keep the weights in a checkpoint dict (kuangliu/pytorch-cifar: "net")
+WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "network")
+
+
+def _weights_key(obj: dict[str, Any]) -> str | None:
+    """The entry of a checkpoint dict that holds the weights: the first of the usual names
+    that is a dict, else the one entry (not an EMA copy) that is a dict of tensors."""
+    key = next((k for k in WEIGHT_KEYS if isinstance(obj.get(k), dict)), None)
+    if key is not None:
+        return key
+    found = [k for k in weight_sets(obj) if k not in _EMA_KEYS]
+    return found[0] if len(found) == 1 else None
+
+
+def weight_sets(payload: Any) -> list[str]:
+    """The entries of a checkpoint dict that are dicts of tensors (sets of weights)."""
+    if not isinstance(payload, dict):
+        return []
+    return [
+        k
+        for k, v in payload.items()
+        if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+    ]
+
+
 def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
     if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
+        key = _weights_key(obj)
+        if key is not None:
+            obj = obj[key]
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             state = OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
             meta = getattr(obj, "_metadata", None)
@@ -112,7 +136,7 @@ def _say_which_copy(payload: Any, source: Path) -> None:
     ``--model-ema``): the training weights are explained, and a warning line says so."""
     if not isinstance(payload, dict):
         return
-    main = next((k for k in ("state_dict", "model_state_dict", "model") if k in payload), None)
+    main = _weights_key(payload)
     ema = next((k for k in _EMA_KEYS if isinstance(payload.get(k), dict)), None)
     if main is not None and ema is not None:
         warnings.warn(
