@@ -365,6 +365,24 @@ def test_weights_under_the_names_training_scripts_give_them(tmp_path):
         netlens.load(tmp_path / "two.pth", arch="tv:resnet18")
 
 
+def test_a_replaced_classifier_is_named_with_what_to_do(tmp_path):
+    """``model.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Dropout(), nn.Linear(256,
+    10))``, as fine-tuning tutorials write it: the weights fit but for the head, which no
+    architecture name can rebuild (its activations are not in the file). The line says so and
+    how to build it; a difference inside the network keeps the plain message."""
+    model = torchvision.models.resnet18()
+    model.fc = nn.Sequential(nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.4), nn.Linear(256, 10))
+    torch.save(model.state_dict(), tmp_path / "head.pth")
+    said = r"fit ResNet but for its head 'fc': the file has fc\.0\.weight, fc\.3\.weight "
+    with pytest.raises(ModelLoadError, match=said + r".*--arch yourfile\.py:build_model"):
+        netlens.load(tmp_path / "head.pth", arch="tv:resnet18")
+    state = torchvision.models.resnet18().state_dict()
+    state["layer4.1.conv2.renamed"] = state.pop("layer4.1.conv2.weight")
+    torch.save(state, tmp_path / "inside.pth")
+    with pytest.raises(ModelLoadError, match="do not fit ResNet: Missing key"):
+        netlens.load(tmp_path / "inside.pth", arch="tv:resnet18")
+
+
 def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     from netlens.errors import NetlensWarning
 

@@ -291,6 +291,31 @@ def _image_size_of(
     return {option: side * ph if ph == pw else (side * ph, side * pw)}
 
 
+def _replaced_head(state: dict[str, torch.Tensor], ours: list[str]) -> tuple[str, list[str]] | None:
+    """The last module of the model when its weights alone differ between ``state`` and the
+    model's names ``ours`` (the classifier a fine-tuning script replaced), with the file's
+    weight names under it; None when the difference is elsewhere or spread out."""
+    skip = "num_batches_tracked"
+    names = set(ours)
+    missing = [k for k in ours if k not in state and not k.endswith(skip)]
+    extra = [k for k in state if k not in names and not k.endswith(skip)]
+    if not missing or not extra:
+        return None
+    paths = [k.split(".")[:-1] for k in missing + extra]
+    common: list[str] = []
+    for parts in zip(*paths, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    module = ".".join(common)
+    if not module:
+        return None
+    first = next(i for i, k in enumerate(ours) if k.startswith(module + "."))
+    if not all(k.startswith(module + ".") for k in ours[first:]):
+        return None  # not the model's last module: not its head
+    return module, [k for k in extra if k.endswith(".weight")] or extra
+
+
 def fit_prefix(
     state: dict[str, torch.Tensor], model: nn.Module, source: Path
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -423,6 +448,15 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
             )
         else:
             reason = first[0].strip()[:200]
+        head = _replaced_head(state, ours)
+        if head is not None:
+            module, found = head
+            raise ModelLoadError(
+                f"the weights in {source.name} fit {type(model).__name__} but for its head "
+                f"'{module}': the file has {', '.join(found[:3])} (a replaced classifier, such "
+                f"as nn.Sequential(nn.Linear, nn.ReLU, ...)); build the model as it was trained "
+                "with your own code: --arch yourfile.py:build_model (a function returning it)"
+            ) from None
         raise ModelLoadError(
             f"the weights in {source.name} do not fit {type(model).__name__}: {reason}; "
             "check --arch (and --num-classes)"
