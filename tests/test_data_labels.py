@@ -213,3 +213,23 @@ def test_torchvision_mnist_class_names_match_digits_or_words() -> None:
         match_names(["1 - one", "1 - uno"], digits)  # two names for one class
     with pytest.raises(DataError, match="does not have"):
         match_names(["1", "1 - one"], digits)  # '1' took class 1 already
+
+
+def test_a_class_to_idx_json_is_class_names(tmp_path: Path) -> None:
+    """``json.dump(train_data.class_to_idx, f)`` writes ``{name: index}``; it was refused
+    ("needs integer keys"), and for folders named by numbers (``{"1": 0, "10": 1}``) it would
+    have been read backwards, as indices 1 and 10. JSON numbers as values tell it apart."""
+    cases = {
+        "c2i.json": ({"cat": 1, "ant": 0, "dog": 2}, ["ant", "cat", "dog"]),
+        "numbers.json": ({"1": 0, "10": 1, "2": 2}, ["1", "10", "2"]),
+        "i2c.json": ({"0": "1", "1": "10"}, ["1", "10"]),
+    }
+    for name, (data, names) in cases.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        assert read_class_names(tmp_path / name) == names
+    (tmp_path / "same.json").write_text(json.dumps({"a": 0, "b": 0}))
+    with pytest.raises(DataError, match="two classes have the same index"):
+        read_class_names(tmp_path / "same.json")
+    (tmp_path / "words.json").write_text(json.dumps({"a": "x"}))
+    with pytest.raises(DataError, match="maps indices to names"):
+        read_class_names(tmp_path / "words.json")

@@ -38,7 +38,7 @@ class Lens:
             C×H×W tensor) or a dict of changes; the model's own (timm data config, its
             ``input_size``...) when not given. ``lens.transform`` holds the spec in use.
         classes: class names, index-aligned with the model's outputs (a list, or a file: one
-            name per line, a JSON list or an ``{index: name}`` object).
+            name per line, a JSON list, ``{index: name}`` or ``{name: index}``).
         host: plugin host to find analyzers in (a new one by default).
         card: model card / training record, if any.
         samples: sample images for commands called without images.

@@ -242,8 +242,8 @@ def read_label_map(source: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
 
 def read_class_names(source: Sequence[str] | str | Path) -> list[str]:
-    """Class names from a list, a file (one name per line, a JSON list or ``{index: name}``),
-    or a comma-separated string (``"cat,dog"``).
+    """Class names from a list, a file (one name per line, a JSON list, ``{index: name}`` or
+    ``{name: index}``), or a comma-separated string (``"cat,dog"``).
 
     Example:
         >>> read_class_names("cat,dog")
@@ -307,9 +307,20 @@ def _parse_class_file(path: Path) -> list[str]:
 
 
 def _from_index_dict(data: dict[str, Any], path: Path) -> list[str]:
-    if not all(_is_int(k) for k in data):
-        raise DataError(f"{path}: a JSON object of class names needs integer keys (index: name)")
-    by_index = {int(k): str(v) for k, v in data.items()}
+    """``{index: name}``, or ``{name: index}`` (ImageFolder's ``class_to_idx`` saved with
+    ``json.dump``; its values are JSON numbers, which tells it apart even when the names are
+    numbers: ``{"1": 0, "10": 1, "2": 2}``)."""
+    if data and all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+        by_index = {int(v): str(k) for k, v in data.items()}
+    elif all(_is_int(k) for k in data):
+        by_index = {int(k): str(v) for k, v in data.items()}
+    else:
+        raise DataError(
+            f'{path}: a JSON object of class names maps indices to names ({{"0": "cat"}}) '
+            'or names to indices ({"cat": 0})'
+        )
+    if len(by_index) != len(data):
+        raise DataError(f"{path}: two classes have the same index")
     missing = sorted(set(range(len(by_index))) - set(by_index))
     if missing:
         raise DataError(

@@ -355,7 +355,7 @@ def load(
         arch_kwargs: keyword arguments for the architecture (``{"width": 64}``).
         num_classes: override the class count read off the state_dict's head.
         classes: class names in output order: a list, or a file (one name per line, a JSON
-            list or an ``{index: name}`` object); checked against the model's outputs.
+            list, ``{index: name}`` or ``{name: index}``); checked against the model's outputs.
         label_map: data label → model class name or index (a dict or file), for data whose
             folder names or CSV labels name the model's classes otherwise.
         trust: allow unpickling a whole module (runs code from the file).
