@@ -381,6 +381,11 @@ def test_a_replaced_classifier_is_named_with_what_to_do(tmp_path):
     torch.save(state, tmp_path / "inside.pth")
     with pytest.raises(ModelLoadError, match="do not fit ResNet: Missing key"):
         netlens.load(tmp_path / "inside.pth", arch="tv:resnet18")
+    state = model.state_dict()  # the head replaced and the body changed (a 1-channel stem)
+    state["conv1.weight"] = state["conv1.weight"][:, :1].clone()
+    torch.save(state, tmp_path / "both.pth")
+    with pytest.raises(ModelLoadError, match="do not fit ResNet: Missing key"):
+        netlens.load(tmp_path / "both.pth", arch="tv:resnet18")
 
 
 def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):

@@ -291,11 +291,15 @@ def _image_size_of(
     return {option: side * ph if ph == pw else (side * ph, side * pw)}
 
 
-def _replaced_head(state: dict[str, torch.Tensor], ours: list[str]) -> tuple[str, list[str]] | None:
-    """The last module of the model when its weights alone differ between ``state`` and the
-    model's names ``ours`` (the classifier a fine-tuning script replaced), with the file's
-    weight names under it; None when the difference is elsewhere or spread out."""
+def _replaced_head(
+    state: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[str, list[str]] | None:
+    """The last module of ``model`` when its weights alone differ from ``state``'s (the
+    classifier a fine-tuning script replaced): every other weight has its name and shape in
+    the file. With the file's weight names under it; None when the difference is elsewhere."""
     skip = "num_batches_tracked"
+    own = model.state_dict()
+    ours = list(own)
     names = set(ours)
     missing = [k for k in ours if k not in state and not k.endswith(skip)]
     extra = [k for k in state if k not in names and not k.endswith(skip)]
@@ -313,6 +317,8 @@ def _replaced_head(state: dict[str, torch.Tensor], ours: list[str]) -> tuple[str
     first = next(i for i, k in enumerate(ours) if k.startswith(module + "."))
     if not all(k.startswith(module + ".") for k in ours[first:]):
         return None  # not the model's last module: not its head
+    if any(k in state and state[k].shape != own[k].shape for k in ours[:first]):
+        return None  # the body differs too
     return module, [k for k in extra if k.endswith(".weight")] or extra
 
 
@@ -448,7 +454,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
             )
         else:
             reason = first[0].strip()[:200]
-        head = _replaced_head(state, ours)
+        head = _replaced_head(state, model)
         if head is not None:
             module, found = head
             raise ModelLoadError(
