@@ -16,7 +16,7 @@ from torch import nn
 
 import netlens
 from netlens.errors import NetlensWarning
-from netlens.models.recorded_classes import _as_names
+from netlens.models.recorded_classes import as_names
 
 NUMBERS = [str(k) for k in range(1, 13)]
 TEXT_ORDER = sorted(NUMBERS)  # ImageFolder's: 1, 10, 11, 12, 2, ...
@@ -152,4 +152,4 @@ def test_names_that_do_not_fit_the_model_are_not_used(tmp_path: Path) -> None:
     ],
 )
 def test_what_reads_as_class_names(value: object, names: list[str] | None) -> None:
-    assert _as_names(value) == names
+    assert as_names(value) == names

@@ -25,6 +25,7 @@ __all__ = [
     "LabelMatch",
     "index_labels",
     "match_names",
+    "names_by_index",
     "normalize_name",
     "read_class_names",
     "read_label_map",
@@ -307,23 +308,28 @@ def _parse_class_file(path: Path) -> list[str]:
 
 
 def _from_index_dict(data: dict[str, Any], path: Path) -> list[str]:
-    """``{index: name}``, or ``{name: index}`` (ImageFolder's ``class_to_idx`` saved with
-    ``json.dump``; its values are JSON numbers, which tells it apart even when the names are
-    numbers: ``{"1": 0, "10": 1, "2": 2}``)."""
+    try:
+        return names_by_index(data)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def names_by_index(data: Mapping[Any, Any]) -> list[str]:
+    """Class names in index order from ``{index: name}`` or ``{name: index}`` (ImageFolder's
+    ``class_to_idx``; its values are numbers, which tells it apart even when the names are
+    numbers: ``{"1": 0, "10": 1, "2": 2}``); :class:`DataError` saying why not otherwise."""
     if data and all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
         by_index = {int(v): str(k) for k, v in data.items()}
-    elif all(_is_int(k) for k in data):
+    elif all(_is_int(k) and not isinstance(k, bool) for k in data):
         by_index = {int(k): str(v) for k, v in data.items()}
     else:
         raise DataError(
-            f'{path}: a JSON object of class names maps indices to names ({{"0": "cat"}}) '
-            'or names to indices ({"cat": 0})'
+            'a JSON object of class names maps indices to names ({"0": "cat"}) or names to '
+            'indices ({"cat": 0})'
         )
     if len(by_index) != len(data):
-        raise DataError(f"{path}: two classes have the same index")
+        raise DataError("two classes have the same index")
     missing = sorted(set(range(len(by_index))) - set(by_index))
     if missing:
-        raise DataError(
-            f"{path}: class indices must run 0..{len(by_index) - 1}; {missing[0]} is missing"
-        )
+        raise DataError(f"class indices must run 0..{len(by_index) - 1}; {missing[0]} is missing")
     return [by_index[i] for i in range(len(by_index))]

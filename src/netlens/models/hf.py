@@ -180,11 +180,10 @@ def hf_model_preprocess(model: Any) -> Preprocess | None:
 def _labels(config: dict[str, Any]) -> list[str] | None:
     """``id2label`` in index order, else ``label_names`` (transformers' TimmWrapper keeps its
     labels there); None for transformers' placeholders (``LABEL_0``)."""
-    listed = config.get("label_names")
-    if not config.get("id2label") and isinstance(listed, list):
-        return (
-            [str(v) for v in listed] if listed and all(isinstance(v, str) for v in listed) else None
-        )
+    if not config.get("id2label") and isinstance(config.get("label_names"), list):
+        from .recorded_classes import as_names
+
+        return as_names(config["label_names"])
     raw = config.get("id2label") or {}
     try:
         labels = {int(k): str(v) for k, v in raw.items()}

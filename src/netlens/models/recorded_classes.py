@@ -19,10 +19,10 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import NetlensWarning
+from ..errors import DataError, NetlensWarning
 from .known_classes import ClassNames
 
-__all__ = ["recorded_class_names"]
+__all__ = ["as_names", "recorded_class_names"]
 
 KEYS = (
     "class_to_idx",
@@ -47,7 +47,7 @@ def recorded_class_names(
     a model that carries ``class_to_idx`` itself).
     """
     for key, value, place in _candidates(holder, module):
-        names = _as_names(value)
+        names = as_names(value)
         if names is None:
             continue
         what = f"{where}'s '{place}{key}'"
@@ -85,32 +85,21 @@ def _candidates(holder: Any, module: nn.Module | None) -> list[tuple[str, Any, s
     return found
 
 
-def _as_names(value: Any) -> list[str] | None:
-    """Names in index order from ``{name: index}``, ``{index: name}`` or a list of names;
-    None for anything else (a count, tensors of training labels, indices that skip or
-    repeat). Indices are ints; as keys also strings of digits (a mapping read from JSON)."""
+def as_names(value: Any) -> list[str] | None:
+    """Names in index order from ``{name: index}``, ``{index: name}`` or a list of names (see
+    :func:`netlens.data.labels.names_by_index`); None for anything else (a count, tensors of
+    training labels, indices that skip or repeat, names that are not strings)."""
+    from ..data.labels import names_by_index
+
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value] if value and all(isinstance(v, str) for v in value) else None
     if not isinstance(value, Mapping) or not value:
         return None
-    pairs = list(value.items())
-    if all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in pairs):
-        by_index = {v: k for k, v in pairs}  # name → index (ImageFolder's class_to_idx)
-    elif all(_index(k) is not None and isinstance(v, str) for k, v in pairs):
-        by_index = {_index(k): v for k, v in pairs}  # index → name
-    else:
+    if not all(isinstance(k, str) for k in value) and not all(
+        isinstance(v, str) for v in value.values()
+    ):
+        return None  # neither side holds the names
+    try:
+        return names_by_index(value)
+    except DataError:
         return None
-    if sorted(by_index) != list(range(len(pairs))):
-        return None
-    return [by_index[i] for i in range(len(pairs))]
-
-
-def _index(value: Any) -> int | None:
-    """An int, or a string of digits (JSON keys), as an index; None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
