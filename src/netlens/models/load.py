@@ -63,6 +63,7 @@ class LoadRequest:
     num_classes: int | None = None
     trust: bool = False
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    not_imported: list[str] = field(default_factory=list)  # classes the payload holds inert
 
     @cached_property
     def payload(self) -> Any:
@@ -92,7 +93,11 @@ class LoadRequest:
             return exc
         except pickle.UnpicklingError as exc:
             if _is_pickle(self.source):
-                return _inert_checkpoint(self.source) or exc  # a whole model: only with trust
+                inert = _inert_checkpoint(self.source)
+                if inert is None:
+                    return exc  # a whole model, or more than data: only with trust
+                self.not_imported = inert[1]
+                return inert[0]
             return ModelLoadError(
                 _other_framework(self.source)
                 or f"cannot read {display_path(self.source)}: not a PyTorch file or corrupt"
@@ -139,20 +144,17 @@ def _other_framework(path: Path) -> str | None:
     )
 
 
-def _inert_checkpoint(path: Path) -> dict[str, Any] | None:
+def _inert_checkpoint(path: Path) -> tuple[dict[str, Any], list[str]] | None:
     """A checkpoint dict whose metadata names classes netlens does not import (Lightning's
     hyper_parameters with a Hydra config, say), read with those classes inert (see
-    :mod:`netlens.models.inert_pickle`), when it holds a state_dict; None otherwise."""
+    :mod:`netlens.models.inert_pickle`), and those classes; None unless it holds a state_dict."""
     from .inert_pickle import load_inert
     from .weights import _state_dict_of
 
     read = load_inert(path, allowed=[argparse.Namespace])
     if read is None or not isinstance(read[0], dict) or _state_dict_of(read[0]) is None:
         return None
-    return {**read[0], INERT_KEY: read[1]}
-
-
-INERT_KEY = "__netlens_inert_classes__"  # which classes were not imported (for the model card)
+    return read
 
 
 def _is_pickle(path: Path) -> bool:

@@ -8,7 +8,7 @@ values for keyword argument 'num_classes'"), so the folder is read as timm's own
 reads it (``timm.models.load_model_config_from_hf``): the architecture built with its
 ``model_args`` and class count, the ``pretrained_cfg`` data config (input size, crop, mean/std of
 that tag), the ``label_names`` it records. Nothing is downloaded; the weights are read as netlens
-reads any state_dict (safetensors, or ``weights_only``), and the architecture and its options
+reads any weights file (safetensors, or ``weights_only``), and the architecture and its options
 pass the same checks as a checkpoint's (registry names only, allowed options, size on meta).
 """
 
@@ -64,9 +64,17 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     n = config.get("num_classes", kwargs.get("num_classes"))
     if isinstance(n, int) and not isinstance(n, bool):
         kwargs["num_classes"] = n
-    state = _read_weights(weights, where)
+    from .weights import _from_state, _state_dict_of
+
+    payload = dataclasses.replace(req, source=weights).payload  # read as any weights file is
+    if isinstance(payload, ModelLoadError):
+        raise payload
+    if isinstance(payload, Exception):  # a pickle beyond tensors, in a folder of weights
+        raise ModelLoadError(f"{where}/{weights.name} holds more than tensors; check the folder")
+    state = _state_dict_of(payload)
+    if state is None:
+        raise ModelLoadError(f"{where}/{weights.name} is not a state_dict")
     _check_size(arch, kwargs, state, req, where)
-    from .weights import _from_state
 
     asked = dataclasses.replace(req, arch_kwargs={**kwargs, **req.arch_kwargs})
     loaded = _from_state(state, weights, asked, arch=arch)
@@ -79,20 +87,6 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     loaded.classes = recorded_class_names(config, n, f"{where}/config.json")
     loaded.card["timm_tag"] = model.pretrained_cfg.get("tag") if cfg else None
     return loaded
-
-
-def _read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - damaged, or a pickle beyond tensors
-        raise ModelLoadError(f"{where}/{path.name} is damaged or holds more than tensors") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"{where}/{path.name} is not a state_dict")
-    return state
 
 
 def _check_size(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -79,40 +80,26 @@ def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
 
 
 def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
-    """A bare state_dict or safetensors file plus ``arch``; classes read off the head."""
+    """A bare state_dict or safetensors file plus ``arch`` (or the architecture a training
+    checkpoint records); classes read off the head, names and preprocessing off the record."""
     state = _state_dict_of(req.payload)
     if state is None:
         return None
-    loaded = _load_state_dict_file(state, source, req)
-    from .load import INERT_KEY
-
-    inert = req.payload.get(INERT_KEY) if isinstance(req.payload, dict) else None
-    if inert:
-        loaded.card["not_imported"] = list(inert)
-    return loaded
-
-
-def _load_state_dict_file(
-    state: dict[str, torch.Tensor], source: Path, req: LoadRequest
-) -> LoadedModel:
     _say_which_copy(req.payload, source)
     recorded = _recorded_arch(req.payload, state, source, req)
-    if recorded is not None:
-        loaded = _from_state(state, source, req, arch=recorded)
-        loaded.card["arch_source"] = "the checkpoint's " + (
-            "'arch'" if "arch" in req.payload else "'args.model'"
-        )
-        _recorded_preprocess(loaded, req.payload)
-        return _with_recorded_classes(loaded, req.payload, source)
-    if not req.arch:
+    if recorded is None and not req.arch:
         raise ModelLoadError(
             f"{source.name} holds only weights (a state_dict); say which architecture with "
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
             "arch like lenet5)"
         )
-    loaded = _from_state(state, source, req)
-    if isinstance(req.payload, dict):
-        _recorded_preprocess(loaded, req.payload)
+    loaded = _from_state(state, source, req, arch=recorded)
+    if recorded is not None:
+        where = "'arch'" if "arch" in req.payload else "'args.model'"
+        loaded.card["arch_source"] = f"the checkpoint's {where}"
+    if req.not_imported:
+        loaded.card["not_imported"] = list(req.not_imported)
+    _recorded_preprocess(loaded, req.payload)
     return _with_recorded_classes(loaded, req.payload, source)
 
 
@@ -201,11 +188,11 @@ def _train_args(payload: dict[str, Any]) -> dict[str, Any]:
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
 
 
-def _recorded_preprocess(loaded: LoadedModel, payload: dict[str, Any]) -> None:
+def _recorded_preprocess(loaded: LoadedModel, payload: Any) -> None:
     """The preprocessing the training script's recorded options say, over the architecture's
     default: timm's ``--img-size``/``--mean``/``--std``/``--crop-pct``, torchvision's
     ``--val-resize-size``/``--val-crop-size``."""
-    args = _train_args(payload)
+    args = _train_args(payload) if isinstance(payload, dict) else {}
     pre = loaded.preprocess
     if not args or pre is None:
         return
@@ -305,13 +292,7 @@ def _replaced_head(
     extra = [k for k in state if k not in names and not k.endswith(skip)]
     if not missing or not extra:
         return None
-    paths = [k.split(".")[:-1] for k in missing + extra]
-    common: list[str] = []
-    for parts in zip(*paths, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    module = ".".join(common)
+    module = ".".join(os.path.commonprefix([k.split(".")[:-1] for k in missing + extra]))
     if not module:
         return None
     first = next(i for i, k in enumerate(ours) if k.startswith(module + "."))
@@ -444,6 +425,15 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
     try:
         model.load_state_dict(_with_versions(state, model), strict=True)
     except (RuntimeError, ValueError) as exc:
+        head = _replaced_head(state, model)
+        if head is not None:
+            module, found = head
+            raise ModelLoadError(
+                f"the weights in {source.name} fit {type(model).__name__} but for its head "
+                f"'{module}': the file has {', '.join(found[:3])} (a replaced classifier, such "
+                f"as nn.Sequential(nn.Linear, nn.ReLU, ...)); build the model as it was trained "
+                "with your own code: --arch yourfile.py:build_model (a function returning it)"
+            ) from None
         first = str(exc).splitlines()[1:2] or [str(exc)]
         ours = list(model.state_dict())
         if ours and state and not state.keys() & set(ours):
@@ -454,15 +444,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
             )
         else:
             reason = first[0].strip()[:200]
-        head = _replaced_head(state, model)
-        if head is not None:
-            module, found = head
-            raise ModelLoadError(
-                f"the weights in {source.name} fit {type(model).__name__} but for its head "
-                f"'{module}': the file has {', '.join(found[:3])} (a replaced classifier, such "
-                f"as nn.Sequential(nn.Linear, nn.ReLU, ...)); build the model as it was trained "
-                "with your own code: --arch yourfile.py:build_model (a function returning it)"
-            ) from None
         raise ModelLoadError(
             f"the weights in {source.name} do not fit {type(model).__name__}: {reason}; "
             "check --arch (and --num-classes)"
