@@ -415,7 +415,9 @@ def _say_if_guessed(own: Preprocess, used: Preprocess, name: str) -> None:
     """One warning line when the model records no preprocessing and the user set none: its
     normalisation (ImageNet's mean/std, or 0.5 for one channel) is netlens' guess, and a model
     trained on other inputs would be explained on inputs it never saw."""
-    if "(guessed)" not in own.source or used.function is not None:
+    from ..preprocess.from_model import GUESSED
+
+    if GUESSED not in own.source or used.function is not None:
         return
     if (used.mean, used.std) != (own.mean, own.std):
         return

@@ -247,6 +247,9 @@ def torchvision_name(model: nn.Module) -> str | None:
     return _RECOGNISED[key]
 
 
+GUESSED = "(guessed)"  # in the source of a spec whose normalisation is netlens' guess
+
+
 def guessed_spec(model: nn.Module) -> Preprocess:
     """For a model that records no preprocessing: its ``input_size`` if any, else no resize."""
     size = model_input_size(model)
@@ -255,9 +258,9 @@ def guessed_spec(model: nn.Module) -> Preprocess:
     norm = "ImageNet mean/std" if channels == 3 else "mean 0.5, std 0.5"
     if size is not None:
         h, w = size[-2:]
-        source = f"input size {h}×{w} from the model's input_size; {norm} (guessed)"
+        source = f"input size {h}×{w} from the model's input_size; {norm} {GUESSED}"
     else:
-        source = f"model records no preprocessing: {norm} (guessed); input size unknown"
+        source = f"model records no preprocessing: {norm} {GUESSED}; input size unknown"
     return Preprocess(
         size=tuple(size[-2:]) if size else None,  # type: ignore[arg-type]
         channels=channels,
