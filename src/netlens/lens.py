@@ -394,7 +394,7 @@ def _own_class_names(model: nn.Module) -> list[str] | None:
     from .models.classes import output_count
     from .models.recorded_classes import recorded_class_names
 
-    own = recorded_class_names(model, output_count(model), "the model")
+    own = recorded_class_names(model, lambda: output_count(model), "the model")
     return own if own is not None else known_class_names(model)
 
 

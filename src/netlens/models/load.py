@@ -257,8 +257,8 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
         from .classes import output_count
         from .recorded_classes import recorded_class_names
 
-        n = output_count(model)
-        classes = recorded_class_names(obj, n, display_path(source.name), module=model)
+        where = display_path(source.name)
+        classes = recorded_class_names(obj, lambda: output_count(model), where, module=model)
     return LoadedModel(model, preprocess_for(model), classes, card)
 
 

@@ -14,7 +14,7 @@ or repeat) are not used, with one warning line.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
@@ -38,10 +38,14 @@ NESTED = ("hyper_parameters", "hparams", "_hparams", "pretrained_cfg", "metadata
 
 
 def recorded_class_names(
-    holder: Any, outputs: int | None, where: str, module: nn.Module | None = None
+    holder: Any,
+    count: Callable[[], int | None],
+    where: str,
+    module: nn.Module | None = None,
 ) -> ClassNames | None:
     """The class names in output order that ``holder`` (a checkpoint dict, or a model's
-    attributes) records, checked against the model's ``outputs``; None when there are none.
+    attributes) records, checked against the model's number of outputs (``count()``, asked
+    only when there are names: it may run the model); None when there are none.
 
     ``module``'s attributes are read after ``holder``'s keys (a pickled checkpoint dict around
     a model that carries ``class_to_idx`` itself).
@@ -50,6 +54,7 @@ def recorded_class_names(
         names = as_names(value)
         if names is None:
             continue
+        outputs = count()
         what = f"{where}'s '{place}{key}'"
         fits = outputs is None or len(names) == outputs or (outputs == 1 and len(names) == 2)
         if not fits or len(set(names)) != len(names):

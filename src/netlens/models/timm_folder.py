@@ -83,8 +83,9 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     if isinstance(cfg, dict) and isinstance(getattr(model, "pretrained_cfg", None), dict):
         model.pretrained_cfg = {**model.pretrained_cfg, **_data_config(cfg)}
         loaded.preprocess = timm_spec(model)
-    n = output_count(model)
-    loaded.classes = recorded_class_names(config, n, f"{where}/config.json")
+    loaded.classes = recorded_class_names(
+        config, lambda: output_count(model), f"{where}/config.json"
+    )
     loaded.card["timm_tag"] = model.pretrained_cfg.get("tag") if cfg else None
     return loaded
 

@@ -109,9 +109,11 @@ def _with_recorded_classes(loaded: LoadedModel, payload: Any, source: Path) -> L
     from .classes import output_count
     from .recorded_classes import recorded_class_names
 
+    def count() -> int | None:
+        return output_count(loaded.model) or output_count(loaded.model, loaded.preprocess)
+
     if isinstance(payload, dict):
-        n = output_count(loaded.model) or output_count(loaded.model, loaded.preprocess)
-        loaded.classes = recorded_class_names(payload, n, display_path(source.name))
+        loaded.classes = recorded_class_names(payload, count, display_path(source.name))
     return loaded
 
 
