@@ -31,6 +31,13 @@ class ModelShapes:
     shapes: dict[str, tuple[int, ...]]
     nbytes: int
 
+    def far_larger_than(self, state: Mapping[str, torch.Tensor]) -> bool:
+        """Whether this model needs far more memory than the weights in ``state`` hold (more
+        than 4× their bytes + 64 MB): a name or options from a file that do not belong to
+        its weights, not to be built."""
+        held = sum(t.numel() * t.element_size() for t in state.values())
+        return self.nbytes > 4 * held + (64 << 20)
+
     def mismatch(self, state: Mapping[str, torch.Tensor]) -> str | None:
         """What differs between these shapes and the tensors of ``state`` (None: they fit)."""
         missing = [k for k in self.shapes if k not in state]

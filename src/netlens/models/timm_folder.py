@@ -98,14 +98,13 @@ def _check_size(
     from .factory import create_arch
     from .meta import shapes_on_meta
 
-    held = sum(t.numel() * t.element_size() for t in state.values())
     rest = {k: v for k, v in kwargs.items() if k != "num_classes"}
     n = kwargs.get("num_classes")
     shapes = shapes_on_meta(lambda: create_arch(arch, n, req.host, **rest))
-    if shapes is not None and shapes.nbytes > 4 * held + (64 << 20):
+    if shapes is not None and shapes.far_larger_than(state):
         raise ModelLoadError(
-            f"{where}/config.json describes a model of {shapes.nbytes >> 20} MiB but its weights "
-            f"hold {held >> 20} MiB; the config does not belong to these weights"
+            f"{where}/config.json describes a model of {shapes.nbytes >> 20} MiB, far more than "
+            "its weights hold; the config does not belong to these weights"
         )
 
 

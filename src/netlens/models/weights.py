@@ -162,7 +162,6 @@ def _recorded_arch(
     name = check_arch_name(name, display_path(source.name))
     if parse_user_arch(name) is not None:
         return None
-    held = sum(t.numel() * t.element_size() for t in state.values())
     order = [name]
     if not name.startswith(("tv:", "timm:")):
         order = [f"tv:{name}", name] if "val_resize_size" in args else [name, f"tv:{name}"]
@@ -174,7 +173,7 @@ def _recorded_arch(
             continue  # not in that registry (or a name of the trainer's own)
         # the file chose the architecture: its size is checked before anything is built
         shapes = shapes_on_meta(lambda c=candidate: create_arch(c, None, req.host))
-        if shapes is None or shapes.nbytes > 4 * held + (64 << 20):
+        if shapes is None or shapes.far_larger_than(state):
             continue
         names = {k for k in shapes.shapes if not k.endswith("num_batches_tracked")}
         if names <= state.keys():
