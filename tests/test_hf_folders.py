@@ -220,3 +220,29 @@ def test_a_transformers_timm_wrapper_folder_has_its_labels_and_timms_preprocessi
     assert lens.transform.size == tuple(expected["input_size"][1:])
     assert lens.transform.crop_pct == expected["crop_pct"]
     assert lens.transform.source.endswith("of the timm model it wraps")
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "task"),
+    [("multi_label_classification", "multilabel"), ("regression", "regression"), (None, None)],
+)
+def test_the_configs_problem_type_says_how_the_outputs_are_read(problem_type, task, tmp_path):
+    """A multi-label fine-tune (problem_type in config.json, as the Trainer's loss reads it)
+    gives independent sigmoids, not a softmax that makes its labels compete; a regression head
+    gives its values. From the folder and from the model object alike."""
+    model = vit(LABELS)
+    model.config.problem_type = problem_type
+    folder = tmp_path / "vit"
+    save(model, tf.ViTImageProcessor(size={"height": 32, "width": 32}), folder)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for lens in (netlens.load(folder), netlens.Lens(model)):
+        assert lens.task == task
+        with torch.no_grad():
+            logits = model(x).logits
+            got = lens.probabilities(lens.output(x))
+        want = {
+            "multilabel": torch.sigmoid(logits),
+            "regression": logits,
+            None: torch.softmax(logits, 1),
+        }[task]
+        assert torch.allclose(got, want, atol=1e-6)

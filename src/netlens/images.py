@@ -162,7 +162,10 @@ class Batch:
 
     ``originals[i]`` is the file's path for an image read from disk (read again when a picture
     needs it, so a folder of large photos is never held in memory), the H×W×3 array for an
-    array given in memory, or None for a preprocessed tensor; :meth:`original` reads it.
+    array given in memory, or None for a preprocessed tensor and for an image a preprocessing
+    function made the input of (where that input lies in the image is unknown: pictures show
+    the input itself, so a map is never drawn where the model did not look); :meth:`original`
+    reads it.
     """
 
     tensor: torch.Tensor
@@ -239,7 +242,12 @@ def load_batch(
             errors.append(str(exc))
             continue
         tensors.append(preprocess(arr))
-        originals.append(Path(item) if isinstance(item, (str, Path)) else to_channels(arr, 3))
+        if (
+            getattr(preprocess, "function", None) is not None
+        ):  # where its input lies in the image is its secret
+            originals.append(None)
+        else:
+            originals.append(Path(item) if isinstance(item, (str, Path)) else to_channels(arr, 3))
         names.append(_unique(name, names))
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")

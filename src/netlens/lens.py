@@ -84,7 +84,7 @@ class Lens:
         self._host = host
         self._sigmoid: bool | None = None  # does the output come out of a sigmoid? (told once)
         self.output_key = output
-        self.task = check_task(task)
+        self.task = check_task(task) or _own_task(model)
         self._digest: str | None = None
 
     def __repr__(self) -> str:
@@ -396,6 +396,15 @@ def _own_class_names(model: nn.Module) -> list[str] | None:
 
     own = recorded_class_names(model, lambda: output_count(model), "the model")
     return own if own is not None else known_class_names(model)
+
+
+def _own_task(model: nn.Module) -> str | None:
+    """The task a Hugging Face model's config records (``problem_type``), else None."""
+    if not type(model).__module__.startswith("transformers."):
+        return None
+    from .models.hf import hf_task
+
+    return hf_task(getattr(model, "config", None))
 
 
 def _class_names(classes: Any) -> list[str] | None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "hf_class_names",
+    "hf_task",
     "hf_model_preprocess",
     "hf_preprocess",
     "is_hf_folder",
@@ -104,7 +105,25 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
         "arch": f"hf:{type(model).__name__}",
         "hf_model_type": config.get("model_type"),
     }
-    return LoadedModel(model, hf_preprocess(source), hf_class_names(config), card)
+    return LoadedModel(model, hf_preprocess(source), hf_class_names(config), card, hf_task(config))
+
+
+def hf_task(config: Any) -> str | None:
+    """How the model's outputs were read in training: config's ``problem_type``, as
+    transformers' loss reads it (multi-label: independent sigmoids), else None."""
+    kind = (
+        config.get("problem_type")
+        if isinstance(config, dict)
+        else getattr(config, "problem_type", None)
+    )
+    return _PROBLEM_TYPES.get(kind) if isinstance(kind, str) else None
+
+
+# config.json's problem_type (how the Trainer read the logits) → netlens' task
+_PROBLEM_TYPES = {
+    "multi_label_classification": "multilabel",
+    "regression": "regression",
+}
 
 
 _TASK_CLASSES = (

@@ -4,7 +4,8 @@ Sources, tried in order by loader plugins (netlens' own loaders last, so plugins
 a Hugging Face model folder; a netlens checkpoint; a bare state_dict (``.pt``/``.pth``/
 ``.safetensors``) plus ``arch``; the weights of a TorchScript or ``torch.export`` file plus
 ``arch``, only with ``trust=True``; a whole pickled module, only with ``trust=True`` (unpickling
-runs code); an ``nn.Module``.
+runs code; a fastai ``learn.export()`` file is read with its classes and its own input
+pipeline, :mod:`.fastai_learner`); an ``nn.Module`` or a fastai Learner.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class LoadedModel:
     preprocess: Preprocess | None = None
     classes: list[str] | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None  # what the model records of how its outputs are read
 
 
 @dataclass
@@ -245,21 +247,46 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             f"{source.name} is a pickled object, and unpickling runs whatever code it contains; "
             "load it only if you trust its author, with --trust (trust=True in Python)"
         )
+    from .fastai_learner import is_learner, learner_parts
+    from .missing_globals import trusted_load
+
     try:
         with torch_load_quietly(), _current_folder_importable():
-            obj = torch.load(source, map_location="cpu", weights_only=False)
+            obj, missing = trusted_load(source)
     except Exception as exc:  # noqa: BLE001 - trusted, but still not a torch file
         raise ModelLoadError(_unpickling_failed(display_path(source.name), exc)) from None
-    model, key = _module_in(obj, source)
-    card = {"arch": type(model).__name__, **({"checkpoint_key": key} if key else {})}
-    classes = None
-    if key is not None:  # {"model": model, "class_to_idx": ...}: the dict's, else the model's
-        from .classes import output_count
-        from .recorded_classes import recorded_class_names
+    where = display_path(source.name)
+    if is_learner(obj):  # fastai's learn.export()
+        _check_runs(obj.model, where)
+        loaded = learner_parts(obj, where, own=True)
+    else:
+        try:
+            model, key = _module_in(obj, source)
+        except ModelLoadError:
+            if missing:  # the model's own class was defined in __main__: it is the stand-in
+                raise ModelLoadError(_defined_in_main(where, missing[0].split(".")[-1])) from None
+            raise
+        _check_runs(model, where)
+        card = {"arch": type(model).__name__, **({"checkpoint_key": key} if key else {})}
+        classes = None
+        if key is not None:  # {"model": model, "class_to_idx": ...}: the dict's, else the model's
+            from .classes import output_count
+            from .recorded_classes import recorded_class_names
 
-        where = display_path(source.name)
-        classes = recorded_class_names(obj, lambda: output_count(model), where, module=model)
-    return LoadedModel(model, preprocess_for(model), classes, card)
+            classes = recorded_class_names(obj, lambda: output_count(model), where, module=model)
+        loaded = LoadedModel(model, preprocess_for(model), classes, card)
+    if missing:
+        loaded.card["not_imported"] = missing
+    return loaded
+
+
+def _check_runs(model: nn.Module, where: str) -> None:
+    """Refuse a model made of names its file could not find (see :mod:`.missing_globals`)."""
+    from .missing_globals import stand_ins_in
+
+    needed = stand_ins_in(model)
+    if needed:
+        raise ModelLoadError(_defined_in_main(where, needed[0].rpartition(".")[2], part=True))
 
 
 def _module_in(obj: Any, source: Path) -> tuple[nn.Module, str | None]:
@@ -297,10 +324,50 @@ def _current_folder_importable() -> Iterator[None]:
             sys.path.remove(here)
 
 
+# packages whose objects pickled models hold: module → what to pip install
+_PACKAGES = {
+    "fastai": "fastai",
+    "fastcore": "fastai",
+    "timm": "timm",
+    "transformers": "transformers",
+    "pytorch_lightning": "pytorch-lightning",
+    "lightning": "lightning",
+    "segmentation_models_pytorch": "segmentation-models-pytorch",
+    "efficientnet_pytorch": "efficientnet_pytorch",
+    "pretrainedmodels": "pretrainedmodels",
+    "monai": "monai",
+    "kornia": "kornia",
+    "open_clip": "open_clip_torch",
+}
+
+
+def _defined_in_main(name: str, cls: str, *, part: bool = False) -> str:
+    """``cls``: the model's class (or, ``part``, a class or function the model holds)."""
+    what, arch = (
+        (f"the model needs {cls}, which", "CLASS") if part else (f"its model class {cls}", cls)
+    )
+    return (
+        f"{name}: {what} was defined in a script or notebook (__main__) when it was saved, "
+        f"so unpickling cannot find it; save model.state_dict() instead and load it with "
+        f"--arch FILE.py:{arch}"
+    )
+
+
 def _unpickling_failed(name: str, exc: Exception) -> str:
     """What to do when a trusted pickle does not load: mostly, its model class is not found."""
     saved = "or save model.state_dict() instead and load it with --arch FILE.py:CLASS"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
+        package = _PACKAGES.get(exc.name.split(".")[0])
+        if exc.name in ("fastcore.transform", "fastcore.dispatch"):
+            return (
+                f"{name} was saved with fastai before 2.8, whose classes fastai 2.8 moved; "
+                "load it with that fastai (pip install 'fastai<2.8')"
+            )
+        if package is not None:
+            return (
+                f"{name} was saved with {package}, which is not installed here: install it "
+                f"(pip install {package}) to load the file, {saved}"
+            )
         return (
             f"{name} needs the Python module '{exc.name}' to unpickle (its model class lives "
             f"there): make it importable (run from the folder that holds it, or add that folder "
@@ -309,14 +376,12 @@ def _unpickling_failed(name: str, exc: Exception) -> str:
     found = re.match(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(exc))
     if isinstance(exc, AttributeError) and found:
         cls, module = found.groups()
-        where = (
-            "in a script or notebook (__main__) when it was saved"
-            if module == "__main__" or module.endswith(".__main__")
-            else f"in module '{module}', which has no such name now"
-        )
+        if module == "__main__" or module.endswith(".__main__"):
+            return _defined_in_main(name, cls)
         return (
-            f"{name}: its model class {cls} was defined {where}, so unpickling cannot find it; "
-            f"save model.state_dict() instead and load it with --arch FILE.py:{cls}"
+            f"{name}: its model class {cls} was defined in module '{module}', which has no "
+            f"such name now, so unpickling cannot find it; save model.state_dict() instead and "
+            f"load it with --arch FILE.py:{cls}"
         )
     return (
         f"{name} does not unpickle to a model (with --trust its code may have run already); "
@@ -326,7 +391,7 @@ def _unpickling_failed(name: str, exc: Exception) -> str:
 
 # -- entry point -----------------------------------------------------------------------------
 def load(
-    source: str | Path | nn.Module | None = None,
+    source: str | Path | nn.Module | Any = None,
     *,
     arch: str | None = None,
     arch_kwargs: dict[str, Any] | None = None,
@@ -351,7 +416,8 @@ def load(
     """Load a model into a :class:`Lens`.
 
     Args:
-        source: a file path, ``zoo:NAME``, an ``nn.Module``, or None for the default zoo model.
+        source: a file path, ``zoo:NAME``, an ``nn.Module``, a fastai ``Learner``, or None for
+            the default zoo model.
         arch: architecture for a bare state_dict: a timm name, ``tv:NAME``, a netlens arch, or
             your own ``path/to/file.py:ClassName`` / ``package.module:factory`` (runs that code).
         arch_kwargs: keyword arguments for the architecture (``{"width": 64}``).
@@ -380,7 +446,7 @@ def load(
 
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
-    lens.task, lens.output_key = check_task(task), output
+    lens.task, lens.output_key = check_task(task) or lens.task, output
     own = lens.transform
     lens.transform = with_overrides(
         lens.transform,
@@ -406,7 +472,9 @@ def load(
         from ..data.labels import read_label_map
 
         lens.label_map = read_label_map(label_map)
-    if isinstance(source, nn.Module) and device is None:
+    from .fastai_learner import is_learner
+
+    if device is None and (isinstance(source, nn.Module) or is_learner(source)):
         return lens  # the user's module stays where it is
     return lens.to(device)
 
@@ -446,6 +514,11 @@ def _open(
     if isinstance(source, nn.Module):
         card = {"arch": arch, "arch_kwargs": arch_kwargs} if arch else {}
         return Lens(source, preprocess_for(source, arch), host=host, card=card)
+    from .fastai_learner import is_learner, learner_parts
+
+    if is_learner(source):  # a fastai Learner in a notebook: its model, classes and pipeline
+        got = learner_parts(source, "the Learner", own=False)
+        return Lens(got.model, got.preprocess, got.classes, host=host, card=got.card, task=got.task)
     if source is None or str(source).startswith("zoo:"):
         from . import zoo
 
@@ -467,6 +540,7 @@ def _open(
         loaded.classes,
         host=host,
         card={"source": str(source), **loaded.card},
+        task=loaded.task,
         name=Path(source).stem,
     )
 

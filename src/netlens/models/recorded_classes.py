@@ -14,7 +14,7 @@ or repeat) are not used, with one warning line.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -42,15 +42,16 @@ def recorded_class_names(
     count: Callable[[], int | None],
     where: str,
     module: nn.Module | None = None,
+    keys: Sequence[str] = KEYS,
 ) -> ClassNames | None:
     """The class names in output order that ``holder`` (a checkpoint dict, or a model's
     attributes) records, checked against the model's number of outputs (``count()``, asked
     only when there are names: it may run the model); None when there are none.
 
     ``module``'s attributes are read after ``holder``'s keys (a pickled checkpoint dict around
-    a model that carries ``class_to_idx`` itself).
+    a model that carries ``class_to_idx`` itself). ``keys``: the names to look for.
     """
-    for key, value, place in _candidates(holder, module):
+    for key, value, place in _candidates(holder, module, keys):
         names = as_names(value)
         if names is None:
             continue
@@ -70,7 +71,9 @@ def recorded_class_names(
     return None
 
 
-def _candidates(holder: Any, module: nn.Module | None) -> list[tuple[str, Any, str]]:
+def _candidates(
+    holder: Any, module: nn.Module | None, keys: Sequence[str]
+) -> list[tuple[str, Any, str]]:
     """(key, value, where it sits) for each place class names may be, in order of trust: the
     holder's keys, then the mappings nested in it, then ``module``'s attributes likewise."""
     places: list[Mapping[str, Any]] = []
@@ -82,11 +85,11 @@ def _candidates(holder: Any, module: nn.Module | None) -> list[tuple[str, Any, s
         places.append(vars(module))
     found: list[tuple[str, Any, str]] = []
     for place in places:
-        found += [(k, place[k], "") for k in KEYS if k in place]
+        found += [(k, place[k], "") for k in keys if k in place]
         for outer in NESTED:
             inner = place.get(outer)
             if isinstance(inner, Mapping):
-                found += [(k, inner[k], f"{outer}.") for k in KEYS if k in inner]
+                found += [(k, inner[k], f"{outer}.") for k in keys if k in inner]
     return found
 
 

@@ -275,9 +275,11 @@ class Preprocess:
         }
         if self.crop_offset != "round":
             d["crop_offset"] = self.crop_offset
-        if self.function is not None:
+        if self.function is not None:  # it resizes and crops as it likes: netlens does not
             d["function"] = _qualname(self.function)
-        if self.size is None:
+            d.update(crop_pct=None, crop_mode=None, interpolation=None, resize=None)
+            d.pop("antialias")
+        elif self.size is None:
             d["resize"] = "none: the input size is unknown, so images are used at their own size"
         return d
 
