@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import netlens
 from netlens.cli.app import app
-from netlens.errors import ModelLoadError, UnsafeModelError
+from netlens.errors import ModelLoadError, NetlensWarning, UnsafeModelError
 
 runner = CliRunner()
 
@@ -397,3 +397,53 @@ def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     with pytest.warns(NetlensWarning, match="'state_dict' and its EMA copy 'state_dict_ema'"):
         lens = netlens.load(tmp_path / "best.pth", arch="tv:resnet18")
     assert outputs_equal(lens.model, model)
+
+
+def _randomised_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["inception_v3", "googlenet"])
+@pytest.mark.parametrize("aux_replaced", [False, True])
+def test_inception_fine_tunes_rescale_their_input_as_torchvision_built_them(
+    name, aux_replaced, tmp_path
+):
+    """torchvision builds Inception v3 and GoogLeNet for their ImageNet weights with
+    ``transform_input=True`` (the model turns ImageNet-normalised pixels into the [-1, 1] its
+    weights were trained on); a state_dict does not record it. Built without it, a fine-tune
+    of those weights ran on other inputs than it was trained on, without a word. A fine-tune
+    that replaced ``model.fc`` only keeps ImageNet's 1000-class auxiliary heads, which failed
+    to load; they serve training only and are left out, saying so."""
+    torch.manual_seed(0)
+    builder = getattr(torchvision.models, name)
+    model = _randomised_bn(builder(weights=None, aux_logits=True, transform_input=True))
+    model.fc = nn.Linear(model.fc.in_features, 5)  # the fine-tune's new head
+    if aux_replaced:  # as PyTorch's fine-tuning tutorial does
+        for aux in ("AuxLogits.fc", "aux1.fc2", "aux2.fc2"):
+            parent, _, leaf = aux.rpartition(".")
+            if hasattr(model, parent.split(".")[0]):
+                old = model.get_submodule(aux)
+                setattr(model.get_submodule(parent), leaf, nn.Linear(old.in_features, 5))
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "ft.pth")
+    with pytest.warns(NetlensWarning, match="transform_input=True"):
+        lens = netlens.load(tmp_path / "ft.pth", arch=f"tv:{name}")
+    assert lens.model.transform_input is True
+    assert lens.model.aux_logits is aux_replaced
+    assert ("not_loaded" in lens.card) is not aux_replaced
+    x = torch.randn(2, 3, 299, 299, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(lens.output(x), model(x), rtol=1e-5, atol=1e-6)
+    if not aux_replaced:
+        run = lens.cam(x[:1]).meta["run"]["model"]
+        assert "auxiliary heads" in run["not_loaded"]
+    # trained from scratch (weights=None): the user says so, and is believed
+    scratch = netlens.load(
+        tmp_path / "ft.pth", arch=f"tv:{name}", arch_kwargs={"transform_input": False}
+    )
+    assert scratch.model.transform_input is False

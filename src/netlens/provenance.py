@@ -81,6 +81,7 @@ def _model_info(lens: Lens) -> dict[str, Any]:
         **({"class_names": source} if (source := getattr(lens.classes, "source", None)) else {}),
         **({"not_imported": held} if (held := lens.card.get("not_imported")) else {}),
         **({"renamed_by": fn} if (fn := lens.card.get("state_dict_renamed_by")) else {}),
+        **({"not_loaded": gone} if (gone := lens.card.get("not_loaded")) else {}),
     }
 
 

@@ -127,6 +127,38 @@ def aux_heads(name: str, state: dict[str, Any]) -> dict[str, bool]:
     return {flag: held}
 
 
+def stale_aux_heads(name: str, state: dict[str, Any], num_classes: int | None) -> tuple[str, ...]:
+    """The name prefixes of torchvision auxiliary heads (Inception v3's, GoogLeNet's) whose
+    class count is not the model's: a fine-tune that replaced ``model.fc`` only, as most do,
+    keeps the 1000-class ImageNet heads beside its new one. They serve training alone (the
+    model in eval mode returns its main head's logits), so the model is built without them;
+    empty when they fit or are absent."""
+    arch = name.removeprefix("tv:")
+    if not name.startswith("tv:") or arch not in _TV_AUX or num_classes is None:
+        return ()
+    heads = _TV_AUX[arch][1]
+    last = {k: v for k, v in state.items() if k.startswith(heads) and k.endswith("fc.weight")}
+    last |= {k: v for k, v in state.items() if k.startswith(heads) and k.endswith("fc2.weight")}
+    if any(getattr(v, "ndim", 0) == 2 and v.shape[0] != num_classes for v in last.values()):
+        return heads
+    return ()
+
+
+# torchvision architectures that rescale their input inside when built for their ImageNet
+# weights (``transform_input=True``: ImageNet-normalised pixels → the [-1, 1] Google trained on)
+TV_TRANSFORM_INPUT = ("inception_v3", "googlenet")
+
+
+def tv_input_transform(name: str, given: dict[str, Any]) -> dict[str, bool]:
+    """``{"transform_input": True}`` for torchvision's Inception v3 and GoogLeNet when the user
+    did not say: torchvision builds them so for their weights (and so for every model
+    fine-tuned from them), which a state_dict does not record; built without it, such a model
+    sees other inputs than it was trained on. Empty for other architectures."""
+    if name.removeprefix("tv:") not in TV_TRANSFORM_INPUT or not name.startswith("tv:"):
+        return {}
+    return {} if "transform_input" in given else {"transform_input": True}
+
+
 # -- name checks -----------------------------------------------------------------------------
 def _close(name: str, pool: list[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, pool, n=n, cutoff=0.75)

@@ -21,7 +21,14 @@ from ..errors import ModelLoadError, NetlensWarning, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import preprocess_for
 from ..preprocess.from_model import timm_spec, torchvision_reference_spec
-from .factory import aux_heads, check_arch, create_arch, head_num_classes
+from .factory import (
+    aux_heads,
+    check_arch,
+    create_arch,
+    head_num_classes,
+    stale_aux_heads,
+    tv_input_transform,
+)
 from .timm_remap import timm_renamed
 
 if TYPE_CHECKING:
@@ -212,7 +219,17 @@ def _from_state(
     arch = arch or req.arch
     assert arch
     check_arch(arch, req.host)
-    kwargs = {**aux_heads(arch, state), **req.arch_kwargs}
+    assumed = tv_input_transform(arch, req.arch_kwargs)
+    if assumed:
+        warnings.warn(
+            f"{arch} is built as torchvision builds it for its ImageNet weights, and for models "
+            "fine-tuned from them (transform_input=True: it rescales its input itself); a model "
+            "trained from scratch (weights=None) had transform_input=False: say so with "
+            """--arch-kwargs '{"transform_input": false}'""",
+            NetlensWarning,
+            stacklevel=2,
+        )
+    kwargs = {**aux_heads(arch, state), **assumed, **req.arch_kwargs}
     kwargs.update(_image_size_of(arch, state, req.host, kwargs))
     n = req.num_classes or kwargs.pop("num_classes", None)
     prefix, renamed = "", None
@@ -222,6 +239,10 @@ def _from_state(
         renamed = timm_renamed(state, fresh)  # the original repository's names, timm's way
         state = renamed[0] if renamed else state
         n = head_num_classes(state, fresh)
+    stale = stale_aux_heads(arch, state, n)
+    if stale:  # ImageNet's auxiliary heads beside a fine-tune's own: training-only, not built
+        state = {k: v for k, v in state.items() if not k.startswith(stale)}
+        kwargs["aux_logits"] = False
     model = create_arch(arch, n, req.host, **kwargs)
     if not prefix:
         state, prefix = fit_prefix(state, model, source)
@@ -234,6 +255,8 @@ def _from_state(
         card["state_dict_prefix"] = prefix
     if renamed:
         card["state_dict_renamed_by"] = renamed[1]
+    if stale:
+        card["not_loaded"] = f"auxiliary heads {', '.join(stale)} (used in training only)"
     return LoadedModel(model, preprocess_for(model, arch), None, card)
 
 
