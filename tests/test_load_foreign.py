@@ -381,8 +381,8 @@ def test_a_replaced_classifier_is_named_with_what_to_do(tmp_path):
     torch.save(state, tmp_path / "inside.pth")
     with pytest.raises(ModelLoadError, match="do not fit ResNet: Missing key"):
         netlens.load(tmp_path / "inside.pth", arch="tv:resnet18")
-    state = model.state_dict()  # the head replaced and the body changed (a 1-channel stem)
-    state["conv1.weight"] = state["conv1.weight"][:, :1].clone()
+    state = model.state_dict()  # the head replaced and the body changed (a narrower block)
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:32].clone()
     torch.save(state, tmp_path / "both.pth")
     with pytest.raises(ModelLoadError, match="do not fit ResNet: Missing key"):
         netlens.load(tmp_path / "both.pth", arch="tv:resnet18")
@@ -447,3 +447,60 @@ def test_inception_fine_tunes_rescale_their_input_as_torchvision_built_them(
         tmp_path / "ft.pth", arch=f"tv:{name}", arch_kwargs={"transform_input": False}
     )
     assert scratch.model.transform_input is False
+
+
+def _gray_models() -> dict[str, tuple[str, nn.Module, int]]:
+    """Models of 3-channel designs trained on other images: timm's ``in_chans``, torchvision's
+    replaced ``conv1`` (how fine-tuning tutorials adapt it to X-rays)."""
+    import timm
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(num_classes=3)
+    tv.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    return {
+        "timm-resnet": ("resnet18", timm.create_model("resnet18", in_chans=1, num_classes=4), 1),
+        "timm-vit": (
+            "vit_tiny_patch16_224",
+            timm.create_model("vit_tiny_patch16_224", in_chans=1, num_classes=4, img_size=64),
+            1,
+        ),
+        "timm-rgbn": ("efficientnet_b0", timm.create_model("efficientnet_b0", in_chans=4), 4),
+        "tv-resnet": ("tv:resnet18", tv, 1),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_gray_models()))
+def test_a_grayscale_model_of_an_rgb_design_loads_and_says_its_statistics_are_a_guess(
+    case, tmp_path
+):
+    """Its first convolution takes other channels than the architecture's 3: it failed to
+    load ("size mismatch for conv1.weight"), with no word of ``in_chans``. The weights say how
+    many; the normalisation stays a guess, said in one warning unless the user gives it."""
+    arch, model, channels = _gray_models()[case]
+    model = _randomised_bn(model)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    with pytest.warns(NetlensWarning, match=f"weights take {channels} channel"):
+        lens = netlens.load(tmp_path / "w.pth", arch=arch)
+    assert lens.transform.channels == channels
+    size = lens.transform.size
+    x = torch.randn(2, channels, *size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(lens.output(x), model(x), rtol=1e-5, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)  # told: no guess to warn of
+        told = netlens.load(
+            tmp_path / "w.pth", arch=arch, mean=(0.5,) * channels, std=(0.25,) * channels
+        )
+    assert told.transform.mean == (0.5,) * channels
+    if channels == 1:  # a grayscale photo, through the CLI
+        from PIL import Image
+        from skimage import data
+
+        Image.fromarray(data.camera()).save(tmp_path / "camera.png")
+        res = runner.invoke(
+            app,
+            ["cam", str(tmp_path / "w.pth"), str(tmp_path / "camera.png"), "--arch", arch]
+            + ["-o", str(tmp_path / "out")],
+        )
+        assert res.exit_code == 0, res.output
+        assert "weights take 1 channel" in res.output

@@ -489,12 +489,24 @@ def _say_if_guessed(own: Preprocess, used: Preprocess, name: str) -> None:
         return
     if (used.mean, used.std) != (own.mean, own.std):
         return
+    tell = "say so (--mean/--std, --input-size; mean=, std=, input_size= in Python)"
+    if "records no preprocessing" not in own.source:  # the data it was trained on is not known
+        c = own.channels
+        stats = f"mean {', '.join(f'{v:g}' for v in (own.mean or ())[:c])}, std "
+        stats += ", ".join(f"{v:g}" for v in (own.std or ())[:c])
+        why = own.source.split("; ")[-1].split(":")[0]
+        warnings.warn(
+            f"{name}: {why}, so it was trained on other images than the architecture's; "
+            f"netlens guesses {stats}; if it was trained with other statistics, {tell}",
+            NetlensWarning,
+            stacklevel=3,
+        )
+        return
     norm = "ImageNet's mean/std" if len(own.mean or ()) == 3 else "mean 0.5, std 0.5"
     size = "no resize" if used.size is None else f"{used.size[0]}×{used.size[1]}"
     warnings.warn(
         f"{name} records no preprocessing: netlens guesses {norm} ({size}); if it was trained "
-        "on other inputs, say so (--mean/--std, --input-size; mean=, std=, input_size= in "
-        "Python)",
+        f"on other inputs, {tell}",
         NetlensWarning,
         stacklevel=3,
     )

@@ -232,18 +232,25 @@ def _from_state(
     kwargs = {**aux_heads(arch, state), **assumed, **req.arch_kwargs}
     kwargs.update(_image_size_of(arch, state, req.host, kwargs))
     n = req.num_classes or kwargs.pop("num_classes", None)
-    prefix, renamed = "", None
+    prefix, renamed, fresh, stem = "", None, None, None
     if n is None:
         fresh = create_arch(arch, None, req.host, **kwargs)
         state, prefix = fit_prefix(state, fresh, source)
         renamed = timm_renamed(state, fresh)  # the original repository's names, timm's way
         state = renamed[0] if renamed else state
-        n = head_num_classes(state, fresh)
+    if "in_chans" not in kwargs:  # a grayscale (or RGB + NIR) model of a 3-channel design
+        stem = _stem_channels(fresh if fresh is not None else _on_meta(arch, n, req, kwargs), state)
+    if n is None:  # the head is the last weight that differs, the stem aside
+        n = head_num_classes({k: v for k, v in state.items() if not _is_stem(k, stem)}, fresh)
     stale = stale_aux_heads(arch, state, n)
     if stale:  # ImageNet's auxiliary heads beside a fine-tune's own: training-only, not built
         state = {k: v for k, v in state.items() if not k.startswith(stale)}
         kwargs["aux_logits"] = False
+    if stem is not None and _is_timm(arch, req.host):
+        kwargs["in_chans"] = stem[1]  # timm builds the stem (and its data config) for them
     model = create_arch(arch, n, req.host, **kwargs)
+    if stem is not None and "in_chans" not in kwargs:
+        _replace_stem(model, *stem)  # as the user did: model.conv1 = nn.Conv2d(1, 64, ...)
     if not prefix:
         state, prefix = fit_prefix(state, model, source)
     if renamed is None:
@@ -257,7 +264,62 @@ def _from_state(
         card["state_dict_renamed_by"] = renamed[1]
     if stale:
         card["not_loaded"] = f"auxiliary heads {', '.join(stale)} (used in training only)"
-    return LoadedModel(model, preprocess_for(model, arch), None, card)
+    if stem is not None and "in_chans" not in card["arch_kwargs"]:
+        card["input_channels"] = f"{stem[0]} takes {stem[1]} channel(s), as the weights say"
+    spec = preprocess_for(model, arch)
+    if stem is not None and req.arch_kwargs.get("in_chans") is None:  # trained on other images
+        from ..preprocess.from_model import GUESSED
+
+        why = f"the weights take {stem[1]} channel(s), not the architecture's 3"
+        spec = spec.override(source=f"{spec.source}; {why}: normalisation {GUESSED}")
+    return LoadedModel(model, spec, None, card)
+
+
+def _stem_channels(fresh: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, int] | None:
+    """(name, channels) of the first convolution when the weights give it other input
+    channels than the architecture's default (a timm model made with ``in_chans=1``, a
+    torchvision model whose ``conv1`` was replaced for grayscale X-rays); None when they fit."""
+    for name, m in fresh.named_modules():
+        if isinstance(m, nn.Conv2d):
+            w = state.get(f"{name}.weight")
+            if w is None or w.ndim != 4 or w.shape[0] != m.out_channels:
+                return None
+            have = int(w.shape[1]) * m.groups
+            return (name, have) if have != m.in_channels and 1 <= have <= 4 else None
+    return None
+
+
+def _is_stem(key: str, stem: tuple[str, int] | None) -> bool:
+    return stem is not None and key == f"{stem[0]}.weight"
+
+
+def _on_meta(arch: str, n: int | None, req: LoadRequest, kwargs: dict[str, Any]) -> nn.Module:
+    with torch.device("meta"):
+        return create_arch(arch, n, req.host, **kwargs)
+
+
+def _is_timm(arch: str, host: PluginHost) -> bool:
+    from .factory import parse_user_arch
+
+    return not arch.startswith("tv:") and parse_user_arch(arch) is None and arch not in host.archs
+
+
+def _replace_stem(model: nn.Module, name: str, channels: int) -> None:
+    """The first convolution again, taking ``channels`` inputs (its weights come from the file)."""
+    old = model.get_submodule(name)
+    new = nn.Conv2d(
+        channels,
+        old.out_channels,
+        old.kernel_size,  # type: ignore[arg-type]
+        old.stride,  # type: ignore[arg-type]
+        old.padding,  # type: ignore[arg-type]
+        old.dilation,  # type: ignore[arg-type]
+        old.groups if old.groups == 1 else channels,
+        old.bias is not None,
+        old.padding_mode,
+    )
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def _image_size_of(
