@@ -504,3 +504,45 @@ def test_a_grayscale_model_of_an_rgb_design_loads_and_says_its_statistics_are_a_
         )
         assert res.exit_code == 0, res.output
         assert "weights take 1 channel" in res.output
+
+
+@pytest.mark.parametrize(
+    ("recorded", "built"),
+    [
+        ("resnet18", "resnet18"),
+        ("timm/resnet18.a1_in1k", "resnet18.a1_in1k"),  # a Hub id: the name and its tag
+        ("hf-hub:timm/resnet18.a1_in1k", "resnet18.a1_in1k"),
+    ],
+)
+def test_a_lightning_checkpoint_builds_the_architecture_its_hyperparameters_name(
+    recorded, built, tmp_path
+):
+    """``self.model = timm.create_model(self.hparams.model_name, num_classes=5)`` with
+    ``save_hyperparameters()``: the checkpoint names the architecture under
+    ``hyper_parameters``; it needed --arch."""
+    import timm
+
+    torch.manual_seed(0)
+    model = _randomised_bn(timm.create_model("resnet18", num_classes=5))
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    hparams = {"model_name": recorded, "num_classes": 5, "lr": 1e-3}
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 2}, tmp_path / "a.ckpt")
+    lens = netlens.load(tmp_path / "a.ckpt")
+    assert lens.card["arch"] == built
+    assert lens.card["arch_source"] == "the checkpoint's 'hyper_parameters.model_name'"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(lens.output(x), model(x))
+
+
+def test_a_hyperparameter_naming_another_architecture_says_where_the_name_came_from(tmp_path):
+    import timm
+
+    state = timm.create_model("resnet18", num_classes=5).state_dict()
+    for hparams, says in [
+        ({"backbone": "efficientnet_b0"}, "'hyper_parameters.backbone' names it"),
+        ({"model_name": "my_own_net"}, "holds only weights"),  # not a timm/torchvision name
+    ]:
+        torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "b.ckpt")
+        with pytest.raises(ModelLoadError, match=says):
+            netlens.load(tmp_path / "b.ckpt")

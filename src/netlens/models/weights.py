@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -100,9 +101,17 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
             "arch like lenet5)"
         )
-    loaded = _from_state(state, source, req, arch=recorded)
+    where = _arch_source(req.payload) if recorded is not None else ""
+    try:
+        loaded = _from_state(state, source, req, arch=recorded)
+    except ModelLoadError as exc:
+        if recorded is None:
+            raise
+        raise ModelLoadError(
+            f"{exc}; {recorded} was built because the checkpoint's {where} names it (--arch "
+            "NAME builds another)"
+        ) from None
     if recorded is not None:
-        where = "'arch'" if "arch" in req.payload else "'args.model'"
         loaded.card["arch_source"] = f"the checkpoint's {where}"
     if req.not_imported:
         loaded.card["not_imported"] = list(req.not_imported)
@@ -164,6 +173,8 @@ def _recorded_arch(
         return None
     args = _train_args(payload)
     name = payload.get("arch", args.get("model"))
+    if name is None and (found := _hparams_arch(payload)) is not None:
+        name = found[0]
     if not isinstance(name, str):
         return None
     name = check_arch_name(name, display_path(source.name))
@@ -187,6 +198,51 @@ def _recorded_arch(
             return candidate
         sized.append(candidate)
     return sized[0] if sized else None  # (its load then says what does not fit)
+
+
+# where a LightningModule's save_hyperparameters() keeps the timm/torchvision name it builds
+_HPARAM_ARCH_KEYS = (
+    "arch",
+    "architecture",
+    "model_name",
+    "model_arch",
+    "backbone",
+    "backbone_name",
+    "timm_model",
+    "timm_name",
+    "encoder_name",
+)
+
+
+def _hparams_arch(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The architecture name a Lightning checkpoint's ``hyper_parameters`` record
+    (``self.model = timm.create_model(self.hparams.model_name, ...)``), as a plain registry
+    name (a Hub id ``timm/resnet18.a1_in1k`` is its name and tag), and where it is; None when
+    none does."""
+    from .arch_options import _ARCH_NAME
+
+    for outer in ("hyper_parameters", "hparams"):
+        hp = payload.get(outer)
+        if not isinstance(hp, dict):
+            continue
+        for key in _HPARAM_ARCH_KEYS:
+            value = hp.get(key)
+            if not isinstance(value, str):
+                continue
+            value = re.sub(r"^(hf[-_]hub:)?timm/", "", value.strip())
+            if _ARCH_NAME.fullmatch(value):
+                return value, f"{outer}.{key}"
+    return None
+
+
+def _arch_source(payload: dict[str, Any]) -> str:
+    """Where a checkpoint names its architecture (the order :func:`_recorded_arch` reads)."""
+    if "arch" in payload:
+        return "'arch'"
+    if _train_args(payload).get("model") is not None:
+        return "'args.model'"
+    found = _hparams_arch(payload)
+    return f"'{found[1]}'" if found else "record"
 
 
 def _train_args(payload: dict[str, Any]) -> dict[str, Any]:
