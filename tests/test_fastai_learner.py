@@ -50,7 +50,7 @@ pets = ImageDataLoaders.from_name_func(
     item_tfms=Resize(96),
     batch_tfms=[*aug_transforms(size=48), Normalize.from_stats(*imagenet_stats)])
 learn = vision_learner(pets, resnet18, pretrained=False)
-learn.no_bar(); learn.fit(1); learn.export(root / "pets.pkl")
+learn.no_bar(); learn.fit(1); learn.export(root / "pets.pkl"); learn.save(root / "stage1")
 multi = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), get_items=get_image_files, get_y=tags,
                   splitter=RandomSplitter(0.25, seed=1), item_tfms=Resize(64, method="squish"))
 learn = vision_learner(multi.dataloaders(photos, bs=4), resnet18, pretrained=False)
@@ -179,3 +179,17 @@ def test_an_exported_learner_needs_trust(exported, tmp_path):
     assert done.returncode == 1
     assert "--trust" in assert_one_clean_line(done.stderr)
     assert not (tmp_path / "o").exists()
+
+
+def test_weights_from_learn_save_say_to_export_the_learner(exported, tmp_path):
+    """learn.save() keeps the weights of fastai's own body and head, not how to build them:
+    no --arch rebuilds them, and the line says what does."""
+    done = subprocess.run(
+        [sys.executable, "-m", "netlens", "cam", str(exported / "stage1.pth")]
+        + ["-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1
+    assert "learn.export" in assert_one_clean_line(done.stderr)

@@ -546,3 +546,13 @@ def test_a_hyperparameter_naming_another_architecture_says_where_the_name_came_f
         torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "b.ckpt")
         with pytest.raises(ModelLoadError, match=says):
             netlens.load(tmp_path / "b.ckpt")
+
+
+def test_a_sequential_with_a_batchnorm_head_is_not_taken_for_fastais(tmp_path):
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)),
+        nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4), nn.Linear(4, 2)),
+    )
+    torch.save(model.state_dict(), tmp_path / "seq.pth")
+    with pytest.raises(ModelLoadError, match="holds only weights"):
+        netlens.load(tmp_path / "seq.pth")

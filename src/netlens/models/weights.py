@@ -95,6 +95,12 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
         return None
     _say_which_copy(req.payload, source)
     recorded = _recorded_arch(req.payload, state, source, req)
+    if recorded is None and not req.arch and _fastai_saved(req.payload, state):
+        raise ModelLoadError(
+            f"{source.name} holds the weights fastai's learn.save() writes, without the Learner "
+            "that built the model (a body and head of fastai's own); export the Learner instead "
+            "(learn.export('export.pkl')) and explain that file, with --trust"
+        )
     if recorded is None and not req.arch:
         raise ModelLoadError(
             f"{source.name} holds only weights (a state_dict); say which architecture with "
@@ -117,6 +123,18 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
         loaded.card["not_imported"] = list(req.not_imported)
     _recorded_preprocess(loaded, req.payload)
     return _with_recorded_classes(loaded, req.payload, source)
+
+
+def _fastai_saved(payload: Any, state: dict[str, Any]) -> bool:
+    """``learn.save()``'s file: ``{"model": state, "opt": ...}`` (or the bare state with
+    ``with_opt=False``) of a ``vision_learner``'s ``Sequential(body, head)``."""
+    if isinstance(payload, dict) and set(payload) not in ({"model", "opt"}, set(state)):
+        return False
+    tops = {k.split(".", 1)[0] for k in state}
+    bn, fc = state.get("1.2.running_mean"), state.get("1.4.weight")  # fastai's create_head
+    if tops != {"0", "1"} or bn is None or fc is None or fc.dim() != 2:
+        return False
+    return bn.shape[0] == fc.shape[1]  # BatchNorm1d(2n) before Linear(2n, ...): concat pool
 
 
 def _with_recorded_classes(loaded: LoadedModel, payload: Any, source: Path) -> LoadedModel:
