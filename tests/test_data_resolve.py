@@ -163,3 +163,41 @@ def test_csv_columns_named_by_a_header_and_labels_pandas_wrote_as_floats(folder)
     (folder / "two.csv").write_text("cat/0.png,2.5\n")  # not integral: a name
     with pytest.raises(DataError, match="'2.5'"):
         as_dataset(folder / "two.csv", PRE, classes=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("one", ["1", "1.0"])
+def test_a_one_hot_label_table_gives_each_image_its_marked_class(folder, one):
+    """ISIC's ``image,MEL,NV,BCC,...`` ground truth and Kaggle's ``image_id,healthy,rust,scab``:
+    one 0/1 column per class, headed by its name. It was read as ``path,label``: the first
+    class column's 0/1 became every image's class index, without a word."""
+    zero = "0.0" if one == "1.0" else "0"
+    rows = [("cat/0", "NV"), ("cat/1", "MEL"), ("dog/0", "BCC"), ("dog/1", "NV")]
+    cols = ["MEL", "NV", "BCC"]
+    lines = ["image," + ",".join(cols)]
+    lines += [f"{p}," + ",".join(one if c == y else zero for c in cols) for p, y in rows]
+    (folder / "gt.csv").write_text("\n".join(lines) + "\n")
+    # the model's classes in another order: matched by name
+    ds = as_dataset(folder / "gt.csv", PRE, classes=["BCC", "MEL", "NV"])
+    assert [int(ds.labels[i]) for i in range(4)] == [2, 1, 0, 2]
+    assert ds.label_source == "CSV one-hot columns matched to model classes"
+    # no class names: the columns' order, as a model trained on the one-hot vectors numbers them
+    ds = as_dataset(folder / "gt.csv", PRE, classes=None)
+    assert [int(ds.labels[i]) for i in range(4)] == [1, 0, 2, 1]
+    assert ds.classes == cols and "in their order" in ds.label_source
+    with pytest.raises(DataError, match="3 class columns .*, the model 5 outputs"):
+        as_dataset(folder / "gt.csv", PRE, classes=None, num_classes=5)
+
+
+def test_a_row_marking_several_classes_is_refused_in_one_line(folder):
+    (folder / "multi.csv").write_text("image,rust,scab\ncat/0.png,1,0\ncat/1.png,1,1\n")
+    with pytest.raises(DataError, match=r"marks 2 of its class columns \(rust, scab\) in row 3"):
+        as_dataset(folder / "multi.csv", PRE, classes=["rust", "scab"])
+
+
+def test_a_label_column_beside_0_1_columns_is_the_label(folder):
+    """``path,label,fold,flipped``: the named label column wins over 0/1 bookkeeping columns."""
+    (folder / "folds.csv").write_text(
+        "path,label,fold,flipped\ncat/0.png,dog,0,1\ncat/1.png,cat,1,0\n"
+    )
+    ds = as_dataset(folder / "folds.csv", PRE, classes=["cat", "dog"])
+    assert [int(ds.labels[i]) for i in range(2)] == [1, 0]

@@ -1,4 +1,5 @@
-"""CSV image lists: ``path,label`` rows (a header row is optional), paths relative to the file.
+"""CSV image lists: ``path,label`` rows (a header row is optional), paths relative to the file;
+or a one-hot table (``image,MEL,NV,BCC``: a 0/1 column per class, headed by its name).
 
 Integer labels are class indices (range-checked against the model's class count). Name labels
 are matched to the model's class names (see :mod:`netlens.data.labels`); with no model classes
@@ -21,7 +22,7 @@ from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, read_image
 from ..naming import display_path
 from ..preprocess import Preprocess
-from .labels import UNSET, index_labels, match_names
+from .labels import UNSET, LabelMatch, index_labels, match_names
 from .resolve import sized
 
 __all__ = ["CsvListDataset", "read_csv_list"]
@@ -35,7 +36,15 @@ _LABEL_HEADERS = frozenset("label labels class class_name target category y".spl
 
 
 def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
-    """The (image path, label) rows of a CSV list, as spreadsheets and other systems write them.
+    """The (image path, label) rows of a CSV list, as spreadsheets and other systems write them
+    (see :func:`_read_csv`)."""
+    files, labels, _ = _read_csv(path)
+    return files, labels
+
+
+def _read_csv(path: str | Path) -> tuple[list[Path], list[str], list[str] | None]:
+    """The image paths and labels a CSV lists, and the class columns of a one-hot table in
+    their order (None for ``path,label`` rows).
 
     A first row naming its columns (``path,label``, ``filename,class``, ...) is a header. A
     byte-order mark (Excel's "CSV UTF-8") is dropped; rows may be separated by ``;`` (Excel
@@ -56,8 +65,13 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
         raise DataError(f"{path} is not a CSV list of 'path,label' rows ({why})") from None
     columns = (0, 1)
     if rows and _is_header(rows[0]):
-        columns = _named_columns(rows[0])
-        rows = rows[1:]
+        header, rows = rows[0], rows[1:]
+        columns = _named_columns(header)
+        onehot = _one_hot_columns(header, rows, columns)
+        if onehot:
+            files = _where_listed(path, [r[columns[0]].strip() for r in rows])
+            order = [header[i].strip() for i in onehot]
+            return files, _one_hot_labels(path, header, rows, onehot), order
     bad = [i + 1 for i, r in enumerate(rows) if len(r) <= max(columns)]
     if bad:
         raise DataError(f"{path}: row {bad[0]} is not 'path,label' (CSV lists need two columns)")
@@ -65,7 +79,7 @@ def read_csv_list(path: str | Path) -> tuple[list[Path], list[str]]:
         raise DataError(f"{path} lists no images (expected 'path,label' rows)")
     names = [r[columns[0]].strip() for r in rows]
     labels = [_integral(r[columns[1]].strip()) for r in rows]
-    return _where_listed(path, names), labels
+    return _where_listed(path, names), labels, None
 
 
 def _named_columns(header: list[str]) -> tuple[int, int]:
@@ -77,6 +91,44 @@ def _named_columns(header: list[str]) -> tuple[int, int]:
     if label is None:
         label = 1 if path == 0 else 0
     return path, label
+
+
+def _one_hot_columns(
+    header: list[str], rows: list[list[str]], columns: tuple[int, int]
+) -> list[int]:
+    """The columns of a one-hot label table (ISIC's ``image,MEL,NV,BCC,...``, Kaggle's
+    ``image_id,healthy,rust,scab``: one 0/1 column per class, headed by its name); empty
+    unless the header names no label column and two or more columns hold only 0 and 1."""
+    cells = [c.strip().lower().replace(" ", "_") for c in header]
+    if any(c in _LABEL_HEADERS for c in cells) or not rows:
+        return []
+    found = [
+        i
+        for i in range(len(header))
+        if i != columns[0]
+        and header[i].strip()
+        and all(len(r) > i and _integral(r[i].strip()) in ("0", "1") for r in rows)
+    ]
+    return found if len(found) >= 2 else []
+
+
+def _one_hot_labels(
+    path: Path, header: list[str], rows: list[list[str]], onehot: list[int]
+) -> list[str]:
+    """Each row's class: the name heading its one column marked 1; one line for a row with
+    none or several (a multi-label list, which netlens reads one class per image)."""
+    labels = []
+    for n, row in enumerate(rows, start=2):
+        marked = [header[i].strip() for i in onehot if _integral(row[i].strip()) == "1"]
+        if len(marked) != 1:
+            names = ", ".join(header[i].strip() for i in onehot)
+            raise DataError(
+                f"{path.name} marks {len(marked)} of its class columns ({names}) in row {n}: "
+                "netlens reads one class per image; list each image with its one class "
+                "(a 'path,label' CSV)"
+            )
+        labels.append(marked[0])
+    return labels
 
 
 def _integral(label: str) -> str:
@@ -147,12 +199,27 @@ class CsvListDataset(Dataset):
         label_map: Mapping[str, Any] | str | Path | None = None,
         num_classes: int | None = None,
     ) -> None:
-        self.files, raw = read_csv_list(path)
-        if label_map is None and all(v.lstrip("+-").isdigit() for v in raw):
+        self.files, raw, columns = _read_csv(path)
+        named = isinstance(classes, (list, tuple))
+        if columns and label_map is None and not named:  # trained on the one-hot vectors
+            if num_classes is not None and len(columns) != num_classes:
+                raise DataError(
+                    f"{display_path(Path(path))} has {len(columns)} class columns "
+                    f"({', '.join(columns[:5])}{', ...' if len(columns) > 5 else ''}), the model "
+                    f"{num_classes} outputs; give the model its class names (--classes FILE)"
+                )
+            match = LabelMatch(
+                {n: i for i, n in enumerate(columns)},
+                columns,
+                "CSV one-hot columns, in their order (the model has no class names)",
+            )
+            self.labels = np.asarray([match.index[v] for v in raw], np.int64)
+        elif label_map is None and all(v.lstrip("+-").isdigit() for v in raw):
             match = index_labels(raw, classes, num_classes=num_classes)
             self.labels = np.asarray([int(v) for v in raw], np.int64)
         else:
-            match = match_names(raw, classes, label_map=label_map, what="CSV labels")
+            what = "CSV one-hot columns" if columns else "CSV labels"
+            match = match_names(raw, classes, label_map=label_map, what=what)
             self.labels = np.asarray([match.index[v] for v in raw], np.int64)
         self.classes, self.label_source = match.classes, match.source
         self.preprocess = sized(preprocess or Preprocess(), lambda: read_image(self.files[0]))
