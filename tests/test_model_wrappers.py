@@ -74,6 +74,24 @@ def test_a_wrapped_timm_model_is_explained_as_the_model_itself(
     assert isinstance(wrapped, nn.Module) and type(wrapped).__name__ != "ResNet"  # not replaced
 
 
+@pytest.mark.parametrize("wrap", ["DataParallel", "compile"])
+def test_netlens_load_of_a_wrapped_model_takes_the_networks_preprocessing(
+    resnet: nn.Module, wrap: str, tmp_path: Path
+) -> None:
+    """``netlens.load(nn.DataParallel(net))`` (and a pickled one, with --trust) read the
+    wrapper for preprocessing: no resize and guessed statistics instead of the network's own
+    (a timm model under torch.compile crashed: "ResNet does not support len()")."""
+    import torchvision
+
+    tv = randomize_bn(torchvision.models.resnet18(num_classes=10)).eval()
+    for net in (resnet, tv):
+        wrapped = nn.DataParallel(net) if wrap == "DataParallel" else torch.compile(net)
+        assert netlens.load(wrapped).transform == netlens.load(net).transform
+    torch.save(nn.DataParallel(tv), tmp_path / "dp.pt")
+    pickled = netlens.load(tmp_path / "dp.pt", trust=True)
+    assert pickled.transform.size == (224, 224) and "tv:resnet18" in pickled.transform.source
+
+
 def test_layer_names_read_off_the_wrapper_still_name_the_layer() -> None:
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     ref = netlens.cam(small(), x, layer="2")

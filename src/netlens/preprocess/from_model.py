@@ -40,6 +40,9 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         >>> preprocess_for(timm.create_model("resnet50")).source
         'timm data config of resnet50.a1_in1k'
     """
+    from ..models.wrappers import unwrap
+
+    model = unwrap(model)[0]  # DataParallel, DDP, torch.compile: the network inside decides
     if arch and arch.startswith("tv:"):
         spec = torchvision_spec(arch[3:])
         built = getattr(model, "image_size", None)  # torchvision's ViT: built for one size
