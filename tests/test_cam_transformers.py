@@ -98,3 +98,57 @@ def test_swin_auto_layer_runs_every_kind_of_method(method: str) -> None:
     r = netlens.cam(model, torch.randn(1, 3, 64, 64), method=method)
     assert r.layer == "norm" and r.heatmaps.shape == (1, 64, 64)
     assert r.heatmaps.std() > 0.05
+
+
+def _naive_gradcam(model: torch.nn.Module, x: torch.Tensor, layer: str, target: int, nhwc: bool):
+    """Grad-CAM by hand: the layer's output and gradient, channels-first, pooled weights."""
+    acts = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: acts.update(a=o))
+    out = model(x)
+    hook.remove()
+    (g,) = torch.autograd.grad(out[:, target].sum(), acts["a"])
+    a = acts["a"]
+    if nhwc:
+        a, g = a.permute(0, 3, 1, 2), g.permute(0, 3, 1, 2)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    up = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear")
+    return up[:, 0].detach().numpy()
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer", "nhwc"),
+    [
+        ("swin_t", "features.7", True),  # the stage pytorch-grad-cam's tutorial hooks
+        ("swin_t", "norm", True),
+        ("swin_t", "permute", False),  # the auto layer: channels first again
+        ("convnext_tiny", "features.5.0.block.3", True),  # inside a block, after its Permute
+        ("convnext_tiny", "features.5.0.block.0", False),  # the depthwise conv before it
+        ("convnext_tiny", "features.5.0", False),  # the block's output
+    ],
+)
+def test_torchvision_layers_that_keep_channels_last_are_read_as_such(arch, layer, nhwc) -> None:
+    """torchvision's Swin stages and ConvNeXt's block internals give N×H×W×C (its ``Permute``
+    modules move channels last and back); a named one was read as N×C×H×W, so its Grad-CAM
+    map was unrelated to the true one (r = 0.04) without a word."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=5).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    mine = netlens.cam(model, x, layer=layer, target=2).heatmaps
+    ref = _naive_gradcam(model, x, layer, 2, nhwc)
+    assert mine.std() > 0 and ref.std() > 0
+    assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+
+
+def test_a_convolution_inside_a_channels_last_timm_model_stays_channels_first() -> None:
+    """timm's Swin keeps its stages channels last (``output_fmt`` NHWC), but its patch
+    embedding's convolution gives N×C×H×W, as every convolution does."""
+    model = tiny_swin()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    mine = netlens.cam(model, x, layer="patch_embed.proj", target=1).heatmaps
+    ref = _naive_gradcam(model, x, "patch_embed.proj", 1, nhwc=False)
+    assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+    stage = netlens.cam(model, x, layer="layers.1", target=1).heatmaps
+    ref = _naive_gradcam(model, x, "layers.1", 1, nhwc=True)
+    assert np.corrcoef(stage.ravel(), ref.ravel())[0, 1] > 0.999

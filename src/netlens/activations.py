@@ -2,13 +2,15 @@
 
 CNN layers already are. timm ViT blocks give N×L×D tokens: prefix tokens (class, register,
 distillation) are dropped and the rest reshaped to the patch grid. timm Swin / ConvNeXt-style
-stages that keep channels last (N×H×W×C) are permuted. Models needing something else can set
-``model.netlens_reshape = fn(tensor, layer_name) -> N×C×H×W``.
+stages that keep channels last (N×H×W×C) are permuted, and so are the layers of torchvision's
+Swin and ConvNeXt blocks that its ``Permute`` modules put channels last. Models needing
+something else can set ``model.netlens_reshape = fn(tensor, layer_name) -> N×C×H×W``.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -40,8 +42,52 @@ def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
     return None
 
 
-def _channels_last(model: nn.Module) -> bool:
-    return str(getattr(model, "output_fmt", "")).upper() == "NHWC"
+_PERMUTED: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _channels_last(model: nn.Module, layer: str = "") -> bool:
+    """Whether ``layer``'s 4-d output is N×H×W×C: in a timm model whose stages keep channels
+    last (``output_fmt`` NHWC) every layer but a convolution's; in a torchvision model whose
+    ``Permute`` modules move channels last and back (Swin, ConvNeXt's blocks) the layers
+    between them (:func:`_permuted_layers`)."""
+    name = layer.split("@")[0].split(":")[0]
+    if str(getattr(model, "output_fmt", "")).upper() == "NHWC":
+        try:
+            module = model.get_submodule(name) if name else None
+        except AttributeError:
+            module = None
+        return not isinstance(module, nn.Conv2d)
+    return bool(name) and name in _permuted_layers(model)
+
+
+def _permuted_layers(model: nn.Module) -> frozenset[str]:
+    """The modules of a torchvision model whose outputs are N×H×W×C: in the order they are
+    registered (the order torchvision's Sequential stages run them), a ``Permute([0, 2, 3, 1])``
+    moves channels last and a ``Permute([0, 3, 1, 2])`` back; a container's output is its last
+    module's. Empty for models without torchvision's ``Permute``."""
+    if model in _PERMUTED:
+        return _PERMUTED[model]
+    modules = list(model.named_modules())
+    found: set[str] = set()
+    if any(_is_tv_permute(m) for _, m in modules):
+        last, leaves = False, {}
+        for name, m in modules:
+            if name and not m._modules:
+                if _is_tv_permute(m):
+                    dims = [int(d) for d in m.dims]
+                    last = dims == [0, 2, 3, 1] or (last and dims != [0, 3, 1, 2])
+                leaves[name] = last
+        found = {n for n, nhwc in leaves.items() if nhwc}
+        for name, _ in modules:
+            under = [leaf for leaf in leaves if leaf.startswith(f"{name}.")] if name else []
+            if under and leaves[under[-1]]:
+                found.add(name)
+    _PERMUTED[model] = frozenset(found)
+    return _PERMUTED[model]
+
+
+def _is_tv_permute(m: nn.Module) -> bool:
+    return type(m).__name__ == "Permute" and type(m).__module__.startswith("torchvision.")
 
 
 def to_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> torch.Tensor:
@@ -53,7 +99,7 @@ def to_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> torch.Tens
     if custom is not None:
         return custom(t, layer)
     if t.dim() == 4:
-        return t.permute(0, 3, 1, 2) if _channels_last(model) else t
+        return t.permute(0, 3, 1, 2) if _channels_last(model, layer) else t
     if t.dim() == 3:
         n, length, d = t.shape
         layout = _token_layout(model, length)
