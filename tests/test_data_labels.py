@@ -196,6 +196,38 @@ def test_folders_named_by_numbers_are_class_indices(tmp_path):
     assert {p.parent.name: y for p, y in ds.items} == {n: i for i, n in enumerate(text_order)}
 
 
+def test_numbered_folders_read_the_same_whatever_other_folders_there_are(tmp_path):
+    """``val/0, 2, 4`` (a split holding 3 of a 12-class model's classes) were numbered 0, 1, 2
+    (folder 4 was class 2), but add ``val/10`` and they were class indices (folder 4 was class
+    4). Numbers are class indices either way; numbers past the model's outputs cannot be, and
+    are ImageFolder's text-order positions, with a warning."""
+    from torch import nn
+
+    def folders(root, names):
+        for k in names:
+            (root / k).mkdir(parents=True)
+            cv2.imwrite(str(root / k / "a.png"), np.full((8, 8, 3), 9, np.uint8))
+        return root
+
+    def net(outputs):
+        torch.manual_seed(0)
+        body = [nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, outputs)]
+        return nn.Sequential(*body).eval()
+
+    lens = netlens.load(net(12))
+    for names in (["0", "2", "4"], ["0", "2", "4", "10"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = lens.dataset(folders(tmp_path / "-".join(names), names))
+        assert {p.parent.name: y for p, y in ds.items}["4"] == 4
+        assert ds.label_source == "folder names as class indices"
+    # a 3-output model trained with ImageFolder on folders 1, 10, 2: positions in text order
+    with pytest.warns(NetlensWarning, match="past the model's 3 outputs.*text order"):
+        ds = netlens.load(net(3)).dataset(folders(tmp_path / "imagefolder", ["1", "2", "10"]))
+    assert {p.parent.name: y for p, y in ds.items} == {"1": 0, "10": 1, "2": 2}
+    assert ds.label_source == "sorted folder names (ImageFolder order)"
+
+
 def test_torchvision_mnist_class_names_match_digits_or_words() -> None:
     """torchvision's MNIST names its classes '0 - zero' ... '9 - nine': matched by the part
     that names a model class (its digits, or its words), never by a part two classes share."""

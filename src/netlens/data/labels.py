@@ -66,19 +66,39 @@ def match_names(
     *,
     label_map: Mapping[str, Any] | str | Path | None = None,
     what: str = "folder names",
+    num_classes: int | None = None,
 ) -> LabelMatch:
     """Map the distinct label ``names`` found in data to class indices.
 
     Args:
         names: the data's label names (folder names, CSV labels, a dataset's classes).
         classes: the model's class names; None: the model has none (sorted order, with a
-            warning); UNSET: no model involved (sorted order, silently).
+            warning; names that are numbers are class indices); UNSET: no model involved
+            (sorted order, silently).
         label_map: data name → model class name or index, applied first (a dict or a file).
         what: how the names are called in messages and the label source.
+        num_classes: the model's number of outputs, when known: numbers at or past it cannot
+            be its class indices (they are ImageFolder's positions then).
     """
     distinct = sorted(set(names))
     mapping = read_label_map(label_map) if label_map is not None else {}
     numbers = sorted(distinct, key=lambda n: int(n)) if all(_is_int(n) for n in distinct) else []
+    past = bool(numbers) and num_classes is not None and int(numbers[-1]) >= num_classes
+    if classes is None and not mapping and numbers and past and len(distinct) <= num_classes:
+        warnings.warn(
+            f"{what} that are numbers go up to {numbers[-1]}, past the model's {num_classes} "
+            f"outputs: they are numbered in text order ({', '.join(distinct[:4])}, ...), as "
+            "torchvision's ImageFolder numbers them; if the model numbers them otherwise, give "
+            "it its classes (--classes FILE)",
+            NetlensWarning,
+            stacklevel=3,
+        )
+        return LabelMatch(
+            {n: i for i, n in enumerate(distinct)}, distinct, f"sorted {what} (ImageFolder order)"
+        )
+    contiguous = [int(n) for n in numbers] == list(range(len(numbers)))
+    if classes is None and not mapping and numbers and not contiguous and numbers == distinct:
+        return index_labels(distinct, None, what=what, num_classes=num_classes)  # 0, 2, 4
     if classes is None and not mapping and numbers and numbers != distinct:
         warnings.warn(
             f"{what} that are numbers are read as class indices ('{numbers[-1]}' is class "

@@ -118,6 +118,7 @@ class ImageFolderDataset(Dataset):
         preprocess: Preprocess,
         classes: Sequence[str] | None = UNSET,
         label_map: Mapping[str, Any] | str | Path | None = None,
+        num_classes: int | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -137,7 +138,9 @@ class ImageFolderDataset(Dataset):
         known = classes if isinstance(classes, Sequence) else []
         if label_map is None and not set(self.folder_classes) & set(known):
             _refuse_splits(self.root, self.folder_classes)
-        match = match_names(self.folder_classes, classes, label_map=label_map)
+        match = match_names(
+            self.folder_classes, classes, label_map=label_map, num_classes=num_classes
+        )
         self.classes, self.label_source = match.classes, match.source
         self.items = [(f, match.index[c]) for c in self.folder_classes for f in files[c]]
         self.preprocess = sized(preprocess, lambda: read_image(self.items[0][0]))
@@ -414,7 +417,9 @@ def _from_path(
 ) -> Dataset:
     path = Path(data)
     if path.is_dir():
-        return ImageFolderDataset(path, preprocess or Preprocess(), classes, label_map)
+        return ImageFolderDataset(
+            path, preprocess or Preprocess(), classes, label_map, num_classes=num_classes
+        )
     if path.suffix.lower() == ".csv" and path.is_file():
         from .csvlist import CsvListDataset
 
