@@ -556,3 +556,43 @@ def test_a_sequential_with_a_batchnorm_head_is_not_taken_for_fastais(tmp_path):
     torch.save(model.state_dict(), tmp_path / "seq.pth")
     with pytest.raises(ModelLoadError, match="holds only weights"):
         netlens.load(tmp_path / "seq.pth")
+
+
+def _fine_tunes() -> dict:
+    """State_dicts as fine-tuning scripts leave them, each the whole model: (arch, model)."""
+    import timm
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    eff = torchvision.models.efficientnet_b0()
+    eff.classifier = nn.Linear(1280, 5)  # the whole Dropout + Linear replaced
+    mobile = torchvision.models.mobilenet_v3_small()
+    mobile.classifier[-1] = nn.Linear(1024, 3)
+    swa = AveragedModel(torchvision.models.resnet18(num_classes=4))
+    return {
+        "efficientnet-linear": ("tv:efficientnet_b0", eff),
+        "mobilenet-last": ("tv:mobilenet_v3_small", mobile),
+        "swa": ("tv:resnet18", swa),
+        "timm-headless": ("resnet18", timm.create_model("resnet18", num_classes=0)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_fine_tunes()))
+def test_fine_tunes_that_determine_their_model_load_as_it(case, tmp_path):
+    """EfficientNet's classifier replaced by one Linear ("fit but for its head" before), an
+    ``AveragedModel`` (SWA) state_dict ("Unexpected key n_averaged"), a timm embedding model
+    saved with ``num_classes=0`` ("Missing key fc.weight"): each file says what the model
+    is; the loaded model gives the original's outputs."""
+    arch, model = _fine_tunes()[case]
+    model = _randomised_bn(model)
+    torch.save(model.state_dict(), tmp_path / "ft.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lens = netlens.load(tmp_path / "ft.pth", arch=arch)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert torch.allclose(lens.model(x), model(x), atol=1e-5)
+    if case == "efficientnet-linear":
+        assert lens.card["head_replaced"] == (
+            "classifier: Linear(in_features=1280, out_features=5, bias=True)"
+        )

@@ -77,7 +77,11 @@ def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
         if key is not None:
             obj = obj[key]
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            state = OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
+            items = list(obj.items())
+            rest = [(k, v) for k, v in items if k != "n_averaged"]
+            if len(rest) < len(items) and all(k.startswith("module.") for k, _ in rest):
+                items = rest  # torch.optim.swa_utils.AveragedModel: its count beside module.*
+            state = OrderedDict((k.removeprefix("module."), v) for k, v in items)
             meta = getattr(obj, "_metadata", None)
             if meta is not None:  # module versions that load_state_dict passes on
                 state._metadata = OrderedDict(  # type: ignore[attr-defined]
@@ -316,6 +320,8 @@ def _from_state(
         stem = _stem_channels(fresh if fresh is not None else _on_meta(arch, n, req, kwargs), state)
     if n is None:  # the head is the last weight that differs, the stem aside
         n = head_num_classes({k: v for k, v in state.items() if not _is_stem(k, stem)}, fresh)
+        if n is None and _headless(state, fresh) and _is_timm(arch, req.host):
+            n = 0  # timm's num_classes=0: an embedding model, the head's weights not in the file
     stale = stale_aux_heads(arch, state, n)
     if stale:  # ImageNet's auxiliary heads beside a fine-tune's own: training-only, not built
         state = {k: v for k, v in state.items() if not k.startswith(stale)}
@@ -330,8 +336,20 @@ def _from_state(
     if renamed is None:
         renamed = timm_renamed(state, model)
         state = renamed[0] if renamed else state
+    linear = _single_linear_head(state, model)
+    if linear is not None:  # model.classifier = nn.Linear(1280, 5), as fine-tuning scripts do
+        _set_module(model, *linear)
+        warnings.warn(
+            f"{display_path(source.name)}: {arch}'s head '{linear[0]}' was replaced by "
+            f"{linear[1]} when it was trained, as the weights' names and shapes say; it is "
+            "built so",
+            NetlensWarning,
+            stacklevel=2,
+        )
     load_state(model, state, source)
     card = {"arch": arch, "arch_kwargs": {**kwargs, **({"num_classes": n} if n else {})}}
+    if linear is not None:
+        card["head_replaced"] = f"{linear[0]}: {linear[1]}"
     if prefix:
         card["state_dict_prefix"] = prefix
     if renamed:
@@ -363,6 +381,20 @@ def _stem_channels(fresh: nn.Module, state: dict[str, torch.Tensor]) -> tuple[st
     return None
 
 
+def _headless(state: dict[str, torch.Tensor], fresh: nn.Module) -> bool:
+    """Whether ``state`` holds every weight of ``fresh`` but its classifier's (timm's
+    ``get_classifier()``, when it has weights)."""
+    get = getattr(fresh, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module) or not list(head.parameters()):
+        return False
+    name = next((n for n, m in fresh.named_modules() if m is head), None)
+    if not name:
+        return False
+    missing = {k for k in fresh.state_dict() if k not in state}
+    return bool(missing) and all(k.startswith(f"{name}.") for k in missing)
+
+
 def _is_stem(key: str, stem: tuple[str, int] | None) -> bool:
     return stem is not None and key == f"{stem[0]}.weight"
 
@@ -392,8 +424,7 @@ def _replace_stem(model: nn.Module, name: str, channels: int) -> None:
         old.bias is not None,
         old.padding_mode,
     )
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    _set_module(model, name, new)
 
 
 def _image_size_of(
@@ -436,6 +467,45 @@ def _image_size_of(
         return {}
     ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
     return {option: side * ph if ph == pw else (side * ph, side * pw)}
+
+
+def _single_linear_head(
+    state: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[str, nn.Linear] | None:
+    """(name, new head) when the model's last module was replaced by one ``nn.Linear`` before
+    training (``model.classifier = nn.Linear(1280, 5)`` for torchvision's EfficientNet, whose
+    classifier is ``Dropout`` + ``Linear``; a biased ``Linear`` for MaxViT's unbiased one): the
+    file's weights under that name are exactly a 2-d ``weight`` and maybe a ``bias``, fed by as
+    many features as the original head's last ``Linear`` takes, and every other weight fits."""
+    skip = "num_batches_tracked"
+    own = model.state_dict()
+    extra = [k for k in state if k not in own and not k.endswith(skip)]
+    missing = [k for k in own if k not in state and not k.endswith(skip)]
+    if not extra:
+        return None
+    module = ".".join(os.path.commonprefix([k.split(".")[:-1] for k in extra + missing]))
+    held = {k for k in state if k.startswith(f"{module}.")}
+    if not module or held not in ({f"{module}.weight"}, {f"{module}.weight", f"{module}.bias"}):
+        return None
+    ours = list(own)
+    first = next((i for i, k in enumerate(ours) if k.startswith(f"{module}.")), None)
+    if first is None or not all(k.startswith(f"{module}.") for k in ours[first:]):
+        return None  # not the model's last module: not its head
+    if any(k not in state or state[k].shape != own[k].shape for k in ours[:first]):
+        return None  # the body differs too
+    w, b = state[f"{module}.weight"], state.get(f"{module}.bias")
+    old = model.get_submodule(module)
+    lins = [m for m in ([old] + list(old.modules())) if isinstance(m, nn.Linear)]
+    if w.dim() != 2 or not lins or lins[-1].in_features != w.shape[1]:
+        return None
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        return None
+    return module, nn.Linear(int(w.shape[1]), int(w.shape[0]), bias=b is not None)
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def _replaced_head(
@@ -606,5 +676,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
             reason = first[0].strip()[:200]
         raise ModelLoadError(
             f"the weights in {source.name} do not fit {type(model).__name__}: {reason}; "
-            "check --arch (and --num-classes)"
+            "check --arch (and --num-classes, or --arch-kwargs for build options a state_dict "
+            """does not record, such as '{"global_pool": "avg"}')"""
         ) from None
