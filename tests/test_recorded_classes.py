@@ -153,3 +153,25 @@ def test_names_that_do_not_fit_the_model_are_not_used(tmp_path: Path) -> None:
 )
 def test_what_reads_as_class_names(value: object, names: list[str] | None) -> None:
     assert as_names(value) == names
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"id2label": {0: "cat", 1: "dog", 2: "bird"}}, "'id2label'"),
+        ({"label2id": {"cat": 0, "dog": 1, "bird": 2}}, "'label2id'"),
+        ({"config": {"id2label": {"0": "cat", "1": "dog", "2": "bird"}}}, "'config.id2label'"),
+        (  # a LightningDataModule that called save_hyperparameters()
+            {"datamodule_hyper_parameters": {"class_names": ["cat", "dog", "bird"], "bs": 8}},
+            "'datamodule_hyper_parameters.class_names'",
+        ),
+    ],
+)
+def test_label_maps_kept_beside_plain_weights(extra: dict, where: str, tmp_path: Path) -> None:
+    """A transformers-style ``id2label`` saved beside a state_dict, and a Lightning DataModule's
+    class names, were not read: outputs were explained by index."""
+    net = torchvision.models.resnet18(num_classes=3)
+    torch.save({"state_dict": net.state_dict(), **extra}, tmp_path / "c.pth")
+    lens = netlens.load(tmp_path / "c.pth", arch="tv:resnet18")
+    assert list(lens.classes) == ["cat", "dog", "bird"]
+    assert lens.classes.source == f"c.pth's {where}"

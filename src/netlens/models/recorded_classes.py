@@ -32,9 +32,21 @@ KEYS = (
     "label_names",  # timm's
     "categories",
     "labels",
+    "id2label",  # a transformers config's, kept beside plain weights
+    "label2id",
 )
-# Lightning's hyper_parameters (a LightningModule's own: _hparams), timm's pretrained_cfg, others
-NESTED = ("hyper_parameters", "hparams", "_hparams", "pretrained_cfg", "metadata", "meta")
+# Lightning's hyper_parameters (a LightningModule's own: _hparams; its DataModule's), timm's
+# pretrained_cfg, others
+NESTED = (
+    "hyper_parameters",
+    "hparams",
+    "_hparams",
+    "datamodule_hyper_parameters",
+    "pretrained_cfg",
+    "metadata",
+    "meta",
+    "config",
+)
 
 
 def recorded_class_names(
