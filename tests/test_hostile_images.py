@@ -29,7 +29,14 @@ from netlens.cli.app import app
 from netlens.cli.common import split_model_and_images
 from netlens.errors import ImageError
 from netlens.image_header import image_size
-from netlens.images import IMAGE_SUFFIXES, MAX_PIXELS_ENV, pixel_limit, read_image
+from netlens.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS_ENV,
+    as_pixels,
+    pixel_limit,
+    read_image,
+    to_channels,
+)
 from netlens.testing import TinyCNN, assert_model_unchanged
 
 runner = CliRunner()
@@ -214,12 +221,6 @@ def test_uint16_and_rgba_and_float_images_convert_like_before(tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
     expected = (deep.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)[:, :, ::-1]
     np.testing.assert_array_equal(read_image(tmp_path / "deep.png"), expected)
-    rgba = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
-    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
-    a = rgba[:, :, 3:].astype(np.float64) / 255
-    want = (rgba[:, :, :3] * a + 255 * (1 - a) + 0.5).astype(np.uint8)[:, :, ::-1]
-    got = read_image(tmp_path / "rgba.png")
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     hdr = np.linspace(0, 4, 30 * 40 * 3, dtype=np.float32).reshape(30, 40, 3)
     cv2.imwrite(str(tmp_path / "x.pfm"), hdr)
     img = read_image(tmp_path / "x.pfm")
@@ -247,3 +248,30 @@ def test_data_of_which_no_image_reads_is_one_line(tmp_path, command):
     line = assert_one_clean_line(result.output)
     assert line.startswith("error: none of the 2 images could be read (") and "a.png" in line
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P-transparent"])
+def test_transparent_images_read_as_the_models_own_loaders_read_them(mode, tmp_path):
+    """torchvision's ImageFolder, timm, Hugging Face processors and fastai open images with
+    PIL and ``convert("RGB")``, which drops alpha: a model trained through them saw the
+    colours under transparent pixels (often black), not white. netlens composited on white,
+    feeding such a model other images than its own pipeline did."""
+    from PIL import Image
+    from skimage import data
+
+    rgb = data.chelsea()[:60, :80]
+    rng = np.random.default_rng(1)
+    alpha = np.where(rng.random(rgb.shape[:2]) < 0.5, 0, 255).astype(np.uint8)
+    if mode == "P-transparent":
+        img = Image.fromarray(rgb).quantize(16)
+        img.info["transparency"] = 3
+    elif mode == "LA":
+        img = Image.fromarray(np.dstack([rgb[:, :, 0], alpha]), "LA")
+    else:
+        img = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    img.save(tmp_path / "t.png")
+    with Image.open(tmp_path / "t.png") as opened:
+        theirs = np.asarray(opened.convert("RGB"))
+        in_memory = as_pixels(opened)
+    np.testing.assert_array_equal(read_image(tmp_path / "t.png"), theirs)
+    np.testing.assert_array_equal(to_channels(in_memory, 3), theirs)

@@ -26,7 +26,6 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
     "MAX_PIXELS_ENV",
-    "composite_on_white",
     "pixel_limit",
     "read_checked",
 ]
@@ -182,9 +181,7 @@ def _normalise_decoded(img: np.ndarray) -> np.ndarray:
         return img[:, :, None]
     if img.shape[2] == 1:
         return img
-    if img.shape[2] == 4:
-        img = composite_on_white(img)
-    img = np.ascontiguousarray(img[:, :, :3])
+    img = np.ascontiguousarray(img[:, :, :3])  # alpha dropped, as PIL's convert("RGB") does
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
 
 
@@ -198,13 +195,3 @@ def _float_to_uint8(img: np.ndarray) -> np.ndarray:
     return ((f - lo) * (255.0 / (hi - lo + 1e-12)) + 0.5).astype(np.uint8)
 
 
-def composite_on_white(img: np.ndarray) -> np.ndarray:
-    """BGRA uint8 → BGR on a white background, in blocks of ~1 MP (temporaries stay small)."""
-    out = np.empty((*img.shape[:2], 3), np.uint8)
-    rows = max(1, (1 << 20) // img.shape[1])
-    for top in range(0, img.shape[0], rows):
-        block = img[top : top + rows].astype(np.uint32)
-        alpha = block[:, :, 3:]
-        mixed = block[:, :, :3] * alpha + 255 * (255 - alpha)
-        out[top : top + rows] = (mixed + 127) // 255
-    return out

@@ -27,7 +27,6 @@ from .image_decode import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
     MAX_PIXELS_ENV,
-    composite_on_white,
     pixel_limit,
 )
 from .naming import display_path, safe_stem
@@ -74,8 +73,9 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file into an H×W×3 uint8 RGB array (H×W×1 stays grayscale).
 
-    RGBA is composited on white, 16-bit and float images are scaled to 8 bits, an animated
-    GIF/WebP gives its first frame. The pixel count is read from the header first and must
+    Alpha is dropped (as PIL's ``convert("RGB")`` drops it in torchvision's, timm's, Hugging
+    Face's and fastai's loaders: a model sees what they fed it), 16-bit and float images are
+    scaled to 8 bits, an animated GIF/WebP gives its first frame. The pixel count is read from the header first and must
     not exceed :func:`~netlens.image_decode.pixel_limit` (``max_pixels``, else the
     ``NETLENS_MAX_PIXELS`` environment variable, else 100 MP). Missing, empty, corrupt,
     oversized or unsupported files raise :class:`ImageError` with a one-line message.
@@ -108,7 +108,7 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 def as_pixels(obj: Any) -> np.ndarray:
     """An image given in memory (array, PIL image, tensor of pixels) as H×W×3 or H×W×1 uint8,
-    read as its file would be: C×H×W turned, 16-bit divided by 257, RGBA on white."""
+    read as its file would be: C×H×W turned, 16-bit divided by 257, alpha dropped."""
     arr = np.asarray(_pil_plain(obj) if _is_pil(obj) else obj)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # C×H×W given
@@ -117,7 +117,7 @@ def as_pixels(obj: Any) -> np.ndarray:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
         raise ImageError(f"an image array must be H×W or H×W×C (C = 1, 3 or 4), got {arr.shape}")
-    return composite_on_white(np.ascontiguousarray(arr)) if arr.shape[2] == 4 else arr
+    return np.ascontiguousarray(arr[:, :, :3]) if arr.shape[2] == 4 else arr
 
 
 def _pil_plain(im: Any) -> Any:
