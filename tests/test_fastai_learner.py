@@ -114,6 +114,16 @@ def check(root: Path, name: str, photo: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def netlens_cli(*args: object) -> subprocess.CompletedProcess:
+    """The command line, as a user runs it (in its own process, as fastai needs)."""
+    return subprocess.run(
+        [sys.executable, "-m", "netlens", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def test_an_exported_learner_is_explained_on_the_input_learn_predict_gives(exported):
     """Presizing (Resize(96) crop, then aug_transforms(size=48) and ImageNet Normalize): the
     model sees what fastai's pipeline makes of the photo, bit for bit, and gives the
@@ -149,13 +159,7 @@ def test_the_cli_draws_the_map_on_what_the_model_saw(exported, tmp_path):
 
     out = tmp_path / "cam"
     photo = exported / "photos" / "rocket_1.jpg"
-    done = subprocess.run(
-        [sys.executable, "-m", "netlens", "cam", str(exported / "pets.pkl"), str(photo)]
-        + ["--trust", "-o", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = netlens_cli("cam", exported / "pets.pkl", photo, "--trust", "-o", out)
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((out / "cam.json").read_text())
     assert meta["run"]["model"]["class_names"] == "pets.pkl's 'dls.vocab'"
@@ -169,13 +173,7 @@ def test_the_cli_draws_the_map_on_what_the_model_saw(exported, tmp_path):
 
 
 def test_an_exported_learner_needs_trust(exported, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "netlens", "cam", str(exported / "pets.pkl")]
-        + ["-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = netlens_cli("cam", exported / "pets.pkl", "-o", tmp_path / "o")
     assert done.returncode == 1
     assert "--trust" in assert_one_clean_line(done.stderr)
     assert not (tmp_path / "o").exists()
@@ -184,12 +182,6 @@ def test_an_exported_learner_needs_trust(exported, tmp_path):
 def test_weights_from_learn_save_say_to_export_the_learner(exported, tmp_path):
     """learn.save() keeps the weights of fastai's own body and head, not how to build them:
     no --arch rebuilds them, and the line says what does."""
-    done = subprocess.run(
-        [sys.executable, "-m", "netlens", "cam", str(exported / "stage1.pth")]
-        + ["-o", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = netlens_cli("cam", exported / "stage1.pth", "-o", tmp_path / "o")
     assert done.returncode == 1
     assert "learn.export" in assert_one_clean_line(done.stderr)

@@ -9,6 +9,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torchvision
+from conftest import randomize_bn
 from hostile_inputs import assert_one_clean_line
 from torch import nn
 from typer.testing import CliRunner
@@ -399,15 +400,6 @@ def test_a_checkpoint_with_an_ema_copy_says_which_weights_it_explains(tmp_path):
     assert outputs_equal(lens.model, model)
 
 
-def _randomised_bn(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model.eval()
-
-
 @pytest.mark.parametrize("name", ["inception_v3", "googlenet"])
 @pytest.mark.parametrize("aux_replaced", [False, True])
 def test_inception_fine_tunes_rescale_their_input_as_torchvision_built_them(
@@ -421,7 +413,7 @@ def test_inception_fine_tunes_rescale_their_input_as_torchvision_built_them(
     to load; they serve training only and are left out, saying so."""
     torch.manual_seed(0)
     builder = getattr(torchvision.models, name)
-    model = _randomised_bn(builder(weights=None, aux_logits=True, transform_input=True))
+    model = randomize_bn(builder(weights=None, aux_logits=True, transform_input=True)).eval()
     model.fc = nn.Linear(model.fc.in_features, 5)  # the fine-tune's new head
     if aux_replaced:  # as PyTorch's fine-tuning tutorial does
         for aux in ("AuxLogits.fc", "aux1.fc2", "aux2.fc2"):
@@ -477,7 +469,7 @@ def test_a_grayscale_model_of_an_rgb_design_loads_and_says_its_statistics_are_a_
     load ("size mismatch for conv1.weight"), with no word of ``in_chans``. The weights say how
     many; the normalisation stays a guess, said in one warning unless the user gives it."""
     arch, model, channels = _gray_models()[case]
-    model = _randomised_bn(model)
+    model = randomize_bn(model).eval()
     torch.save(model.state_dict(), tmp_path / "w.pth")
     with pytest.warns(NetlensWarning, match=f"weights take {channels} channel"):
         lens = netlens.load(tmp_path / "w.pth", arch=arch)
@@ -523,7 +515,7 @@ def test_a_lightning_checkpoint_builds_the_architecture_its_hyperparameters_name
     import timm
 
     torch.manual_seed(0)
-    model = _randomised_bn(timm.create_model("resnet18", num_classes=5))
+    model = randomize_bn(timm.create_model("resnet18", num_classes=5)).eval()
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     hparams = {"model_name": recorded, "num_classes": 5, "lr": 1e-3}
     torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 2}, tmp_path / "a.ckpt")
@@ -584,7 +576,7 @@ def test_fine_tunes_that_determine_their_model_load_as_it(case, tmp_path):
     saved with ``num_classes=0`` ("Missing key fc.weight"): each file says what the model
     is; the loaded model gives the original's outputs."""
     arch, model = _fine_tunes()[case]
-    model = _randomised_bn(model)
+    model = randomize_bn(model).eval()
     torch.save(model.state_dict(), tmp_path / "ft.pth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

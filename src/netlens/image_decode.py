@@ -193,5 +193,3 @@ def _float_to_uint8(img: np.ndarray) -> np.ndarray:
         f = np.where(finite, f, 0).astype(np.float32)
     lo, hi = float(f.min()), float(f.max())
     return ((f - lo) * (255.0 / (hi - lo + 1e-12)) + 0.5).astype(np.uint8)
-
-

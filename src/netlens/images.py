@@ -75,10 +75,11 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
 
     Alpha is dropped (as PIL's ``convert("RGB")`` drops it in torchvision's, timm's, Hugging
     Face's and fastai's loaders: a model sees what they fed it), 16-bit and float images are
-    scaled to 8 bits, an animated GIF/WebP gives its first frame. The pixel count is read from the header first and must
-    not exceed :func:`~netlens.image_decode.pixel_limit` (``max_pixels``, else the
-    ``NETLENS_MAX_PIXELS`` environment variable, else 100 MP). Missing, empty, corrupt,
-    oversized or unsupported files raise :class:`ImageError` with a one-line message.
+    scaled to 8 bits, an animated GIF/WebP gives its first frame. The pixel count is read from
+    the header first and must not exceed :func:`~netlens.image_decode.pixel_limit`
+    (``max_pixels``, else the ``NETLENS_MAX_PIXELS`` environment variable, else 100 MP).
+    Missing, empty, corrupt, oversized or unsupported files raise :class:`ImageError` with a
+    one-line message.
 
     Example:
         >>> img = read_image("cat.jpg", max_pixels=50_000_000)  # doctest: +SKIP

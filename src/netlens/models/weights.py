@@ -5,10 +5,8 @@ framework wrapped them (``{"state_dict": ...}``, DataParallel's ``module.``, Lig
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +19,16 @@ from torch import nn
 from ..errors import ModelLoadError, NetlensWarning, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import preprocess_for
-from ..preprocess.from_model import timm_spec, torchvision_reference_spec
+from .built_as import (
+    headless,
+    is_stem,
+    is_timm,
+    on_meta,
+    replace_stem,
+    set_module,
+    single_linear_head,
+    stem_channels,
+)
 from .factory import (
     aux_heads,
     check_arch,
@@ -30,6 +37,7 @@ from .factory import (
     stale_aux_heads,
     tv_input_transform,
 )
+from .recorded_arch import arch_source, recorded_arch, recorded_preprocess
 from .timm_remap import timm_renamed
 
 if TYPE_CHECKING:
@@ -98,7 +106,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     if state is None:
         return None
     _say_which_copy(req.payload, source)
-    recorded = _recorded_arch(req.payload, state, source, req)
+    recorded = recorded_arch(req.payload, state, source, req)
     if recorded is None and not req.arch and _fastai_saved(req.payload, state):
         raise ModelLoadError(
             f"{source.name} holds the weights fastai's learn.save() writes, without the Learner "
@@ -111,7 +119,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
             "arch like lenet5)"
         )
-    where = _arch_source(req.payload) if recorded is not None else ""
+    where = arch_source(req.payload) if recorded is not None else ""
     try:
         loaded = _from_state(state, source, req, arch=recorded)
     except ModelLoadError as exc:
@@ -125,7 +133,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
         loaded.card["arch_source"] = f"the checkpoint's {where}"
     if req.not_imported:
         loaded.card["not_imported"] = list(req.not_imported)
-    _recorded_preprocess(loaded, req.payload)
+    recorded_preprocess(loaded, req.payload)
     return _with_recorded_classes(loaded, req.payload, source)
 
 
@@ -175,119 +183,6 @@ def _say_which_copy(payload: Any, source: Path) -> None:
         )
 
 
-def _recorded_arch(
-    payload: Any, state: dict[str, torch.Tensor], source: Path, req: LoadRequest
-) -> str | None:
-    """The timm or torchvision architecture a training checkpoint names, used when no
-    ``arch`` is given; None otherwise.
-
-    timm's train.py saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``, fine-tuning
-    scripts ``{"arch": "vgg16", "class_to_idx": ..., "state_dict": ...}`` with torchvision's
-    model, torchvision's reference train.py ``{"model": ..., "args": Namespace(model=...)}``. A
-    plain name is timm's or torchvision's: the one whose weight names the file holds (timm's VGG
-    names its head otherwise than torchvision's); torchvision's first for its reference script.
-    A name from a file is only a registry name: never code to import."""
-    from .arch_options import check_arch_name
-    from .factory import parse_user_arch
-    from .meta import shapes_on_meta
-
-    if req.arch or not isinstance(payload, dict):
-        return None
-    args = _train_args(payload)
-    name = payload.get("arch", args.get("model"))
-    if name is None and (found := _hparams_arch(payload)) is not None:
-        name = found[0]
-    if not isinstance(name, str):
-        return None
-    name = check_arch_name(name, display_path(source.name))
-    if parse_user_arch(name) is not None:
-        return None
-    order = [name]
-    if not name.startswith(("tv:", "timm:")):
-        order = [f"tv:{name}", name] if "val_resize_size" in args else [name, f"tv:{name}"]
-    sized = []
-    for candidate in order:
-        try:
-            check_arch(candidate, req.host, user_code=False)
-        except ModelLoadError:
-            continue  # not in that registry (or a name of the trainer's own)
-        # the file chose the architecture: its size is checked before anything is built
-        shapes = shapes_on_meta(lambda c=candidate: create_arch(c, None, req.host))
-        if shapes is None or shapes.far_larger_than(state):
-            continue
-        names = {k for k in shapes.shapes if not k.endswith("num_batches_tracked")}
-        if names <= state.keys():
-            return candidate
-        sized.append(candidate)
-    return sized[0] if sized else None  # (its load then says what does not fit)
-
-
-# where a LightningModule's save_hyperparameters() keeps the timm/torchvision name it builds
-_HPARAM_ARCH_KEYS = (
-    "arch",
-    "architecture",
-    "model_name",
-    "model_arch",
-    "backbone",
-    "backbone_name",
-    "timm_model",
-    "timm_name",
-    "encoder_name",
-)
-
-
-def _hparams_arch(payload: dict[str, Any]) -> tuple[str, str] | None:
-    """The architecture name a Lightning checkpoint's ``hyper_parameters`` record
-    (``self.model = timm.create_model(self.hparams.model_name, ...)``), as a plain registry
-    name (a Hub id ``timm/resnet18.a1_in1k`` is its name and tag), and where it is; None when
-    none does."""
-    from .arch_options import _ARCH_NAME
-
-    for outer in ("hyper_parameters", "hparams"):
-        hp = payload.get(outer)
-        if not isinstance(hp, dict):
-            continue
-        for key in _HPARAM_ARCH_KEYS:
-            value = hp.get(key)
-            if not isinstance(value, str):
-                continue
-            value = re.sub(r"^(hf[-_]hub:)?timm/", "", value.strip())
-            if _ARCH_NAME.fullmatch(value):
-                return value, f"{outer}.{key}"
-    return None
-
-
-def _arch_source(payload: dict[str, Any]) -> str:
-    """Where a checkpoint names its architecture (the order :func:`_recorded_arch` reads)."""
-    if "arch" in payload:
-        return "'arch'"
-    if _train_args(payload).get("model") is not None:
-        return "'args.model'"
-    found = _hparams_arch(payload)
-    return f"'{found[1]}'" if found else "record"
-
-
-def _train_args(payload: dict[str, Any]) -> dict[str, Any]:
-    """The training script's options a checkpoint keeps (an ``argparse.Namespace`` under
-    ``args``, as timm's and torchvision's reference scripts save it); empty when none."""
-    args = payload.get("args")
-    return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
-
-
-def _recorded_preprocess(loaded: LoadedModel, payload: Any) -> None:
-    """The preprocessing the training script's recorded options say, over the architecture's
-    default: timm's ``--img-size``/``--mean``/``--std``/``--crop-pct``, torchvision's
-    ``--val-resize-size``/``--val-crop-size``."""
-    args = _train_args(payload) if isinstance(payload, dict) else {}
-    pre = loaded.preprocess
-    if not args or pre is None:
-        return
-    if pre.engine == "timm":
-        loaded.preprocess = timm_spec(loaded.model, args)
-    else:
-        loaded.preprocess = torchvision_reference_spec(loaded.model, args) or pre
-
-
 def _from_state(
     state: dict[str, torch.Tensor], source: Path, req: LoadRequest, arch: str | None = None
 ) -> LoadedModel:
@@ -317,28 +212,28 @@ def _from_state(
         renamed = timm_renamed(state, fresh)  # the original repository's names, timm's way
         state = renamed[0] if renamed else state
     if "in_chans" not in kwargs:  # a grayscale (or RGB + NIR) model of a 3-channel design
-        stem = _stem_channels(fresh if fresh is not None else _on_meta(arch, n, req, kwargs), state)
+        stem = stem_channels(fresh if fresh is not None else on_meta(arch, n, req, kwargs), state)
     if n is None:  # the head is the last weight that differs, the stem aside
-        n = head_num_classes({k: v for k, v in state.items() if not _is_stem(k, stem)}, fresh)
-        if n is None and _headless(state, fresh) and _is_timm(arch, req.host):
+        n = head_num_classes({k: v for k, v in state.items() if not is_stem(k, stem)}, fresh)
+        if n is None and headless(state, fresh) and is_timm(arch, req.host):
             n = 0  # timm's num_classes=0: an embedding model, the head's weights not in the file
     stale = stale_aux_heads(arch, state, n)
     if stale:  # ImageNet's auxiliary heads beside a fine-tune's own: training-only, not built
         state = {k: v for k, v in state.items() if not k.startswith(stale)}
         kwargs["aux_logits"] = False
-    if stem is not None and _is_timm(arch, req.host):
+    if stem is not None and is_timm(arch, req.host):
         kwargs["in_chans"] = stem[1]  # timm builds the stem (and its data config) for them
     model = create_arch(arch, n, req.host, **kwargs)
     if stem is not None and "in_chans" not in kwargs:
-        _replace_stem(model, *stem)  # as the user did: model.conv1 = nn.Conv2d(1, 64, ...)
+        replace_stem(model, *stem)  # as the user did: model.conv1 = nn.Conv2d(1, 64, ...)
     if not prefix:
         state, prefix = fit_prefix(state, model, source)
     if renamed is None:
         renamed = timm_renamed(state, model)
         state = renamed[0] if renamed else state
-    linear = _single_linear_head(state, model)
+    linear = single_linear_head(state, model)
     if linear is not None:  # model.classifier = nn.Linear(1280, 5), as fine-tuning scripts do
-        _set_module(model, *linear)
+        set_module(model, *linear)
         warnings.warn(
             f"{display_path(source.name)}: {arch}'s head '{linear[0]}' was replaced by "
             f"{linear[1]} when it was trained, as the weights' names and shapes say; it is "
@@ -365,66 +260,6 @@ def _from_state(
         why = f"the weights take {stem[1]} channel(s), not the architecture's 3"
         spec = spec.override(source=f"{spec.source}; {why}: normalisation {GUESSED}")
     return LoadedModel(model, spec, None, card)
-
-
-def _stem_channels(fresh: nn.Module, state: dict[str, torch.Tensor]) -> tuple[str, int] | None:
-    """(name, channels) of the first convolution when the weights give it other input
-    channels than the architecture's default (a timm model made with ``in_chans=1``, a
-    torchvision model whose ``conv1`` was replaced for grayscale X-rays); None when they fit."""
-    for name, m in fresh.named_modules():
-        if isinstance(m, nn.Conv2d):
-            w = state.get(f"{name}.weight")
-            if w is None or w.ndim != 4 or w.shape[0] != m.out_channels:
-                return None
-            have = int(w.shape[1]) * m.groups
-            return (name, have) if have != m.in_channels and 1 <= have <= 4 else None
-    return None
-
-
-def _headless(state: dict[str, torch.Tensor], fresh: nn.Module) -> bool:
-    """Whether ``state`` holds every weight of ``fresh`` but its classifier's (timm's
-    ``get_classifier()``, when it has weights)."""
-    get = getattr(fresh, "get_classifier", None)
-    head = get() if callable(get) else None
-    if not isinstance(head, nn.Module) or not list(head.parameters()):
-        return False
-    name = next((n for n, m in fresh.named_modules() if m is head), None)
-    if not name:
-        return False
-    missing = {k for k in fresh.state_dict() if k not in state}
-    return bool(missing) and all(k.startswith(f"{name}.") for k in missing)
-
-
-def _is_stem(key: str, stem: tuple[str, int] | None) -> bool:
-    return stem is not None and key == f"{stem[0]}.weight"
-
-
-def _on_meta(arch: str, n: int | None, req: LoadRequest, kwargs: dict[str, Any]) -> nn.Module:
-    with torch.device("meta"):
-        return create_arch(arch, n, req.host, **kwargs)
-
-
-def _is_timm(arch: str, host: PluginHost) -> bool:
-    from .factory import parse_user_arch
-
-    return not arch.startswith("tv:") and parse_user_arch(arch) is None and arch not in host.archs
-
-
-def _replace_stem(model: nn.Module, name: str, channels: int) -> None:
-    """The first convolution again, taking ``channels`` inputs (its weights come from the file)."""
-    old = model.get_submodule(name)
-    new = nn.Conv2d(
-        channels,
-        old.out_channels,
-        old.kernel_size,  # type: ignore[arg-type]
-        old.stride,  # type: ignore[arg-type]
-        old.padding,  # type: ignore[arg-type]
-        old.dilation,  # type: ignore[arg-type]
-        old.groups if old.groups == 1 else channels,
-        old.bias is not None,
-        old.padding_mode,
-    )
-    _set_module(model, name, new)
 
 
 def _image_size_of(
@@ -467,45 +302,6 @@ def _image_size_of(
         return {}
     ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
     return {option: side * ph if ph == pw else (side * ph, side * pw)}
-
-
-def _single_linear_head(
-    state: dict[str, torch.Tensor], model: nn.Module
-) -> tuple[str, nn.Linear] | None:
-    """(name, new head) when the model's last module was replaced by one ``nn.Linear`` before
-    training (``model.classifier = nn.Linear(1280, 5)`` for torchvision's EfficientNet, whose
-    classifier is ``Dropout`` + ``Linear``; a biased ``Linear`` for MaxViT's unbiased one): the
-    file's weights under that name are exactly a 2-d ``weight`` and maybe a ``bias``, fed by as
-    many features as the original head's last ``Linear`` takes, and every other weight fits."""
-    skip = "num_batches_tracked"
-    own = model.state_dict()
-    extra = [k for k in state if k not in own and not k.endswith(skip)]
-    missing = [k for k in own if k not in state and not k.endswith(skip)]
-    if not extra:
-        return None
-    module = ".".join(os.path.commonprefix([k.split(".")[:-1] for k in extra + missing]))
-    held = {k for k in state if k.startswith(f"{module}.")}
-    if not module or held not in ({f"{module}.weight"}, {f"{module}.weight", f"{module}.bias"}):
-        return None
-    ours = list(own)
-    first = next((i for i, k in enumerate(ours) if k.startswith(f"{module}.")), None)
-    if first is None or not all(k.startswith(f"{module}.") for k in ours[first:]):
-        return None  # not the model's last module: not its head
-    if any(k not in state or state[k].shape != own[k].shape for k in ours[:first]):
-        return None  # the body differs too
-    w, b = state[f"{module}.weight"], state.get(f"{module}.bias")
-    old = model.get_submodule(module)
-    lins = [m for m in ([old] + list(old.modules())) if isinstance(m, nn.Linear)]
-    if w.dim() != 2 or not lins or lins[-1].in_features != w.shape[1]:
-        return None
-    if b is not None and tuple(b.shape) != (w.shape[0],):
-        return None
-    return module, nn.Linear(int(w.shape[1]), int(w.shape[0]), bias=b is not None)
-
-
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def _replaced_head(

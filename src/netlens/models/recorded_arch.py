@@ -1,0 +1,140 @@
+"""The architecture and preprocessing a training checkpoint records.
+
+timm's ``train.py`` saves ``{"arch", "state_dict", "args"}`` (its argparse options), fine-tuning
+scripts ``{"arch": "vgg16", ...}`` of torchvision's model, torchvision's reference ``train.py``
+``{"model", "args": Namespace(model=...)}``, a LightningModule that calls
+``timm.create_model(self.hparams.model_name)`` its name under ``hyper_parameters``. A name
+read from a file is only ever a registry name: never code to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ModelLoadError
+from ..naming import display_path
+from ..preprocess.from_model import timm_spec, torchvision_reference_spec
+from .factory import check_arch, create_arch
+
+if TYPE_CHECKING:
+    from .load import LoadedModel, LoadRequest
+
+__all__ = ["arch_source", "recorded_arch", "recorded_preprocess", "train_args"]
+
+
+def recorded_arch(
+    payload: Any, state: dict[str, torch.Tensor], source: Path, req: LoadRequest
+) -> str | None:
+    """The timm or torchvision architecture a training checkpoint names, used when no
+    ``arch`` is given; None otherwise.
+
+    timm's train.py saves ``{"arch": "resnet18", "state_dict": ..., "args": ...}``, fine-tuning
+    scripts ``{"arch": "vgg16", "class_to_idx": ..., "state_dict": ...}`` with torchvision's
+    model, torchvision's reference train.py ``{"model": ..., "args": Namespace(model=...)}``. A
+    plain name is timm's or torchvision's: the one whose weight names the file holds (timm's VGG
+    names its head otherwise than torchvision's); torchvision's first for its reference script.
+    A name from a file is only a registry name: never code to import."""
+    from .arch_options import check_arch_name
+    from .factory import parse_user_arch
+    from .meta import shapes_on_meta
+
+    if req.arch or not isinstance(payload, dict):
+        return None
+    args = train_args(payload)
+    name = payload.get("arch", args.get("model"))
+    if name is None and (found := _hparams_arch(payload)) is not None:
+        name = found[0]
+    if not isinstance(name, str):
+        return None
+    name = check_arch_name(name, display_path(source.name))
+    if parse_user_arch(name) is not None:
+        return None
+    order = [name]
+    if not name.startswith(("tv:", "timm:")):
+        order = [f"tv:{name}", name] if "val_resize_size" in args else [name, f"tv:{name}"]
+    sized = []
+    for candidate in order:
+        try:
+            check_arch(candidate, req.host, user_code=False)
+        except ModelLoadError:
+            continue  # not in that registry (or a name of the trainer's own)
+        # the file chose the architecture: its size is checked before anything is built
+        shapes = shapes_on_meta(lambda c=candidate: create_arch(c, None, req.host))
+        if shapes is None or shapes.far_larger_than(state):
+            continue
+        names = {k for k in shapes.shapes if not k.endswith("num_batches_tracked")}
+        if names <= state.keys():
+            return candidate
+        sized.append(candidate)
+    return sized[0] if sized else None  # (its load then says what does not fit)
+
+
+# where a LightningModule's save_hyperparameters() keeps the timm/torchvision name it builds
+_HPARAM_ARCH_KEYS = (
+    "arch",
+    "architecture",
+    "model_name",
+    "model_arch",
+    "backbone",
+    "backbone_name",
+    "timm_model",
+    "timm_name",
+    "encoder_name",
+)
+
+
+def _hparams_arch(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The architecture name a Lightning checkpoint's ``hyper_parameters`` record
+    (``self.model = timm.create_model(self.hparams.model_name, ...)``), as a plain registry
+    name (a Hub id ``timm/resnet18.a1_in1k`` is its name and tag), and where it is; None when
+    none does."""
+    from .arch_options import _ARCH_NAME
+
+    for outer in ("hyper_parameters", "hparams"):
+        hp = payload.get(outer)
+        if not isinstance(hp, dict):
+            continue
+        for key in _HPARAM_ARCH_KEYS:
+            value = hp.get(key)
+            if not isinstance(value, str):
+                continue
+            value = re.sub(r"^(hf[-_]hub:)?timm/", "", value.strip())
+            if _ARCH_NAME.fullmatch(value):
+                return value, f"{outer}.{key}"
+    return None
+
+
+def arch_source(payload: dict[str, Any]) -> str:
+    """Where a checkpoint names its architecture (the order :func:`recorded_arch` reads)."""
+    if "arch" in payload:
+        return "'arch'"
+    if train_args(payload).get("model") is not None:
+        return "'args.model'"
+    found = _hparams_arch(payload)
+    return f"'{found[1]}'" if found else "record"
+
+
+def train_args(payload: dict[str, Any]) -> dict[str, Any]:
+    """The training script's options a checkpoint keeps (an ``argparse.Namespace`` under
+    ``args``, as timm's and torchvision's reference scripts save it); empty when none."""
+    args = payload.get("args")
+    return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
+
+
+def recorded_preprocess(loaded: LoadedModel, payload: Any) -> None:
+    """The preprocessing the training script's recorded options say, over the architecture's
+    default: timm's ``--img-size``/``--mean``/``--std``/``--crop-pct``, torchvision's
+    ``--val-resize-size``/``--val-crop-size``."""
+    args = train_args(payload) if isinstance(payload, dict) else {}
+    pre = loaded.preprocess
+    if not args or pre is None:
+        return
+    if pre.engine == "timm":
+        loaded.preprocess = timm_spec(loaded.model, args)
+    else:
+        loaded.preprocess = torchvision_reference_spec(loaded.model, args) or pre
