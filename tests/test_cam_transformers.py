@@ -152,3 +152,17 @@ def test_a_convolution_inside_a_channels_last_timm_model_stays_channels_first() 
     stage = netlens.cam(model, x, layer="layers.1", target=1).heatmaps
     ref = _naive_gradcam(model, x, "layers.1", 1, nhwc=True)
     assert np.corrcoef(stage.ravel(), ref.ravel())[0, 1] > 0.999
+
+
+def test_stats_count_the_channels_of_a_channels_last_stage() -> None:
+    """timm Swin's stages give N×H×W×C: ``stats`` counted H as the channels (2 of them, none
+    dead) where ``features`` and ``top`` saw 24; two channels made dead are found."""
+    model = tiny_swin()
+    with torch.no_grad():
+        model.layers[3].blocks[0].mlp.fc2.bias[:2] = -1e4  # two output channels always ≤ 0
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 3])
+    row = netlens.Lens(model).run("stats", (x, y), layers="layers.3").table[0]
+    channels = model.layers[3].blocks[0].mlp.fc2.out_features
+    assert row["channels"] == channels
+    assert row["dead_channels"] == pytest.approx(2 / channels)

@@ -124,3 +124,35 @@ def test_a_mean_pooled_token_model_keeps_the_block() -> None:
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     res = netlens.cam(model, x)
     assert not res.layer.endswith("layernorm_before") and res.heatmaps.std() > 0.05
+
+
+def test_dinov2_with_registers_lays_its_patches_out_past_its_register_tokens() -> None:
+    """DINOv2 with registers (config ``num_register_tokens=4``): class token, 4 registers,
+    then the patches. netlens dropped one token only, so no grid fit: ``features`` refused
+    and ``cam``'s auto layer fell back, without a word, to the patch embedding."""
+    torch.manual_seed(0)
+    cfg = tf.Dinov2WithRegistersConfig(
+        image_size=64,
+        patch_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_register_tokens=4,
+        num_labels=3,
+    )
+    model = tf.Dinov2WithRegistersForImageClassification(cfg).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    block = "dinov2_with_registers.encoder.layer.1"
+    res = netlens.Lens(model).cam(x, method="layercam")
+    assert res.layer == block
+    tokens = {}
+    hook = model.get_submodule(block).register_forward_hook(lambda m, i, o: tokens.update(t=o))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    out = tokens["t"][0] if isinstance(tokens["t"], tuple) else tokens["t"]
+    grid = out[:, 5:, :].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)  # past the 1 + 4 tokens
+    feats = netlens.Lens(model).features(x, block)
+    assert feats.meta["shapes"][block] == [1, 32, 4, 4]
+    means = grid.mean((2, 3))[0].numpy()
+    np.testing.assert_allclose(feats.arrays[f"{block}:means"][0], means, rtol=1e-5, atol=1e-6)

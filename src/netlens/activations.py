@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import AnalyzerError
 
-__all__ = ["is_spatial", "to_spatial"]
+__all__ = ["channels_last", "is_spatial", "to_spatial"]
 
 
 def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
@@ -29,6 +29,9 @@ def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
     the model does not say) tokens.
     """
     n = getattr(model, "num_prefix_tokens", None)
+    registers = getattr(getattr(model, "config", None), "num_register_tokens", None)
+    if n is None and isinstance(registers, int):  # Hugging Face DINOv2 with registers
+        n = 1 + registers
     most = int(n) if n is not None else 2
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid:
@@ -45,7 +48,7 @@ def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
 _PERMUTED: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def _channels_last(model: nn.Module, layer: str = "") -> bool:
+def channels_last(model: nn.Module, layer: str = "") -> bool:
     """Whether ``layer``'s 4-d output is N×H×W×C: in a timm model whose stages keep channels
     last (``output_fmt`` NHWC) every layer but a convolution's; in a torchvision model whose
     ``Permute`` modules move channels last and back (Swin, ConvNeXt's blocks) the layers
@@ -99,7 +102,7 @@ def to_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> torch.Tens
     if custom is not None:
         return custom(t, layer)
     if t.dim() == 4:
-        return t.permute(0, 3, 1, 2) if _channels_last(model, layer) else t
+        return t.permute(0, 3, 1, 2) if channels_last(model, layer) else t
     if t.dim() == 3:
         n, length, d = t.shape
         layout = _token_layout(model, length)

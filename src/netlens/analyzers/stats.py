@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..activations import channels_last
 from ..errors import AnalyzerError
 from ..layers import named_layers, resolve_layers
 from ..probes import probe
@@ -162,11 +163,11 @@ class LayerStats:
         """Population standard deviation of all values seen."""
         return float(np.sqrt(self.m2 / self.count)) if self.count else float("nan")
 
-    def row(self, layer: str) -> dict[str, Any]:
-        """The table row for this layer."""
+    def row(self, layer: str, channels_last: bool = False) -> dict[str, Any]:
+        """The table row for this layer (``channels_last``: its output is N×H×W×C)."""
         um = self.unit_max if self.unit_max is not None else torch.zeros(0)
         dead_units = um <= self.eps
-        ax = channel_axis(um.dim())
+        ax = um.dim() - 1 if channels_last and um.dim() == 3 else channel_axis(um.dim())
         per_channel = (
             dead_units.movedim(ax, 0).reshape(um.shape[ax], -1).all(dim=1)
             if um.dim()
@@ -259,7 +260,8 @@ class StatsAnalyzer(Analyzer):
             "one element of a layer's output for one input (conv: channel×y×x); "
             "dead = ≤ eps for every input"
         )
-        return StatsResult("stats", arrays, [s.row(k) for k, s in stats.items()], meta)
+        rows = [s.row(k, channels_last(model, k.split("[")[0])) for k, s in stats.items()]
+        return StatsResult("stats", arrays, rows, meta)
 
 
 def _stream(
