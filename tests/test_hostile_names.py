@@ -120,3 +120,17 @@ def test_unreadable_file_is_one_line(tmp_path):
     with pytest.raises(ImageError, match="permission") as err:
         read_image(path)
     assert_one_clean_line(str(err.value))
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_an_out_path_that_is_a_file_says_so(below, tmp_path):
+    """``--out results.csv`` (a file): the line was the OS's "File exists: ... (check the path
+    and the disk)", which reads as if an existing folder were the trouble."""
+    taken = tmp_path / "results.csv"
+    taken.write_text("a,b\n")
+    out = taken / below if below else taken
+    res = runner.invoke(app, ["kernels", "zoo:shapes-allconv", "--out", str(out)])
+    assert res.exit_code == 1
+    line = assert_one_clean_line(res.output)
+    assert "results.csv is a file, not a folder" in line and "--out" in line
+    assert taken.read_text() == "a,b\n"

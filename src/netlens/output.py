@@ -53,6 +53,22 @@ def safe_name(text: str, limit: int = 80) -> str:
     return safe_component(str(text), max_bytes=limit)
 
 
+def make_folder(path: Path) -> None:
+    """``path`` as a folder, made with its parents; one line when it, or a folder on the way
+    to it, is a file (``--out results.csv``)."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                from .naming import display_path
+
+                raise NetlensError(
+                    f"{display_path(part)} is a file, not a folder: outputs are written into a "
+                    "folder; give --out a folder's path (a new one is made)"
+                )
+            break
+    path.mkdir(parents=True, exist_ok=True)
+
+
 @contextmanager
 def folder_lock(folder: str | Path) -> Iterator[Path]:
     """Hold the output folder's lock; a second holder in another process fails with one line."""
@@ -61,7 +77,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         yield path
         return
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
+    make_folder(path)
     lock = (path / LOCK_NAME).open("a+")
     try:
         _lock(lock, path)
@@ -108,7 +124,7 @@ class OutputSet:
         self._stage: Path | None = None
 
     def __enter__(self) -> OutputSet:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
         self._stage = Path(tempfile.mkdtemp(prefix=".netlens-staging-", dir=self.folder))
         return self
 
