@@ -166,3 +166,39 @@ def test_stats_count_the_channels_of_a_channels_last_stage() -> None:
     channels = model.layers[3].blocks[0].mlp.fc2.out_features
     assert row["channels"] == channels
     assert row["dead_channels"] == pytest.approx(2 / channels)
+
+
+def test_a_linear_layer_on_a_feature_map_keeps_channels_last() -> None:
+    """ConvNeXt's pointwise layers are ``nn.Linear`` on N×H×W×C (Hugging Face's, and any
+    MetaFormer-style block): ``features`` and ``stats`` read H as the channels (16 of them, top
+    channels and dead ones wrong). A Linear acts on the last axis, so that axis is channels."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=3)
+    model = tf.ConvNextForImageClassification(cfg).eval()
+    layer = "convnext.encoder.stages.0.layers.0.pwconv1"
+    with torch.no_grad():
+        model.get_submodule(layer).bias[:8] = -100.0  # 8 of its 64 channels dead
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    got = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: got.update(o=o))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    means = got["o"].mean((1, 2))  # N×H×W×C: channels last
+    lens = netlens.Lens(model)
+    feats = lens.features(x[:1], layer)
+    np.testing.assert_allclose(feats.arrays[f"{layer}:means"][0], means[0].numpy(), atol=1e-5)
+    row = lens.run("stats", (x, torch.tensor([0, 1, 2, 0])), layers=layer).table[0]
+    assert row["channels"] == 64 and row["dead_channels"] == pytest.approx(8 / 64)
+
+
+def test_channel_ablation_refuses_a_channels_last_layer() -> None:
+    """It ablated the rows of a Swin stage as if they were channels, without a word."""
+    from netlens.errors import AnalyzerError
+
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(AnalyzerError, match="keeps its channels last"):
+        netlens.Lens(tiny_swin()).run(
+            "ablate", (x, torch.tensor([0, 1, 2, 3])), layers="layers.3", channels=[0]
+        )

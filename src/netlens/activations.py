@@ -49,16 +49,19 @@ _PERMUTED: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKe
 
 
 def channels_last(model: nn.Module, layer: str = "") -> bool:
-    """Whether ``layer``'s 4-d output is N×H×W×C: in a timm model whose stages keep channels
-    last (``output_fmt`` NHWC) every layer but a convolution's; in a torchvision model whose
+    """Whether ``layer``'s 4-d output is N×H×W×C: a ``Linear``'s (ConvNeXt's pointwise layers,
+    in any library); in a timm model whose stages keep channels last (``output_fmt`` NHWC)
+    every layer but a convolution's; in a torchvision model whose
     ``Permute`` modules move channels last and back (Swin, ConvNeXt's blocks) the layers
     between them (:func:`_permuted_layers`)."""
     name = layer.split("@")[0].split(":")[0]
+    try:
+        module = model.get_submodule(name) if name else None
+    except AttributeError:
+        module = None
+    if isinstance(module, nn.Linear):  # it acts on the last axis: a 4-d output ends in channels
+        return True
     if str(getattr(model, "output_fmt", "")).upper() == "NHWC":
-        try:
-            module = model.get_submodule(name) if name else None
-        except AttributeError:
-            module = None
         return not isinstance(module, nn.Conv2d)
     return bool(name) and name in _permuted_layers(model)
 

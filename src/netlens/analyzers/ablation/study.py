@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ...activations import channels_last
 from ...errors import AnalyzerError
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
@@ -275,6 +276,11 @@ def _channel_study(plan: _Plan) -> None:
     shape = unit.shape_out or ()
     if len(shape) < 2:
         raise AnalyzerError(f"'{unit.name}' has no channel dimension (output {shape})")
+    if len(shape) == 4 and channels_last(plan.run.lens.model, unit.name):
+        raise AnalyzerError(
+            f"'{unit.name}' keeps its channels last (output {tuple(shape)}, N×H×W×C); channel "
+            "ablation takes channels-first layers: pick a convolution's or a stage's output"
+        )
     n_ch, per = shape[1], int(np.prod(shape[1:]))
     which = _which_channels(opts.channels, n_ch, unit.name)
     group = ch.group_size(per, plan.loader.batch_size) if plan.engine.is_fast(unit.name) else 1
