@@ -97,7 +97,7 @@ def test_a_flat_image_folder_stays_flat_beside_a_checkpoints_folder(folder):
     from torch import nn
 
     import netlens
-    from netlens.analyzers.ablation.unlabelled import ImageFiles, unlabelled_data
+    from netlens.analyzers.unlabelled import ImageFiles, unlabelled_data
 
     flat = folder / "cat"
     (flat / ".ipynb_checkpoints").mkdir()

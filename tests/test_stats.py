@@ -198,3 +198,23 @@ def test_vit_token_layers():
     assert ((cells[..., 2] - cells[..., 0]) == 8).all()  # a token is an 8×8 patch
     boxes = top.arrays["boxes"]
     assert (boxes[..., :2] >= 0).all() and (boxes[..., 2:] <= 32).all()
+
+
+@pytest.mark.parametrize("analyzer", ["stats", "top-activations"])
+def test_label_free_analyzers_take_any_images(analyzer, net, tmp_path):
+    """``stats`` and ``top`` read activations only, yet refused a flat folder of images ("has
+    no class subfolders"), folders named otherwise than the model's classes, and bare image
+    tensors. Any images will do now; the header says labels are not used."""
+    rng = np.random.default_rng(0)
+    flat, named = tmp_path / "flat", tmp_path / "named"
+    for folder in (flat, named / "dogs", named / "cats"):
+        folder.mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, (12, 12, 3), np.uint8))
+    net.classes = ["tench", "goldfish", "shark"]  # none of them 'dogs' or 'cats'
+    options = {"layers": "auto"} if analyzer == "stats" else {}
+    for data in (flat, named, torch.rand(3, 3, 12, 12)):
+        res = net.run(analyzer, data, **options)
+        assert res.meta["run"]["data"]["label_source"] == f"not used: {analyzer} reads no labels"
+    ref = net.run(analyzer, torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(1)))
+    assert ref.table  # and the results themselves are there

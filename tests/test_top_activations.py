@@ -193,3 +193,13 @@ def test_no_hook_survives_a_model_that_raises(analyzer):
     with assert_model_unchanged(model), pytest.raises(RuntimeError, match="boom"):
         lens.run(analyzer, inputs, **opts)
     assert_no_hooks(model)
+
+
+def test_a_channel_whose_gradient_is_zero_everywhere_gets_the_whole_input_as_its_box():
+    """A dead channel's top image has no gradient anywhere: ``top`` crashed there
+    (``ones_like() takes 1 positional argument``)."""
+    import torch
+
+    from netlens.analyzers.top_activations import gradient_box
+
+    assert gradient_box(torch.zeros(3, 5, 7)) == (0, 0, 5, 7)

@@ -232,6 +232,9 @@ class Analyzer(ABC):
         name: registry name (``netlens NAME`` / ``lens.run(NAME)``).
         description: one line for listings.
         takes: ``"images"``, ``"data"`` (a dataset, with labels) or ``"model"`` (nothing else).
+        reads_labels: with ``takes="data"``, whether :meth:`compute` reads the labels; when
+            not, any images will do (a flat folder, tensors, folders named otherwise than the
+            model's classes: :mod:`.unlabelled`).
         options: the declared :class:`Option` s.
         distributed: :meth:`compute` combines its partial results through ``run.group``, so
             it may run sharded over several processes (torchrun).
@@ -241,6 +244,7 @@ class Analyzer(ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     takes: ClassVar[str] = "images"
+    reads_labels: ClassVar[bool] = True
     options: ClassVar[tuple[Option, ...]] = ()
     distributed: ClassVar[bool] = False
     spec: ClassVar[Spec | None] = None
@@ -319,8 +323,18 @@ class Analyzer(ABC):
             run.images = resolve_images(run.lens, inputs, strict=strict)
         elif self.takes == "data":
             limit = run.options.get("limit")
+            given = inputs
+            if not self.reads_labels:  # any images will do: none of their labels is read
+                from .unlabelled import unlabelled_data
+
+                inputs = unlabelled_data(run.lens, inputs)
             run.data = resolve_data(run.lens, inputs, what=self.name, limit=limit, strict=strict)
             run.data.group = run.group
+            if not self.reads_labels:
+                from .unlabelled import describe
+
+                run.data.label_source = f"not used: {self.name} reads no labels"
+                run.data.source = describe(given) or run.data.source
         elif inputs is not None:
             raise AnalyzerError(f"{self.name} takes no images or data; drop them")
 

@@ -238,6 +238,7 @@ class StatsAnalyzer(Analyzer):
     """Per-layer mean, std, near-zero/dead fractions and histograms over a dataset."""
 
     spec = STATS
+    reads_labels = False  # activations only: any images will do
 
     def compute(self, run: Run) -> StatsResult:
         """One streaming pass over the data, updating every layer's statistics per batch."""

@@ -90,7 +90,11 @@ def _combine(parts: list[tuple[Any, ...]], k: int) -> tuple[Any, ...]:
 def gradient_box(grad: torch.Tensor, rel: float = 0.01) -> tuple[int, int, int, int]:
     """Bounding box (y0, x0, y1, x1) of the pixels where |grad| (C×H×W) ≥ rel × its max."""
     mag = grad.abs().sum(dim=0)
-    hit = mag >= rel * float(mag.max()) if float(mag.max()) > 0 else torch.ones_like(mag, bool)
+    hit = (
+        mag >= rel * float(mag.max())
+        if float(mag.max()) > 0
+        else torch.ones_like(mag, dtype=torch.bool)
+    )
     ys, xs = torch.nonzero(hit, as_tuple=True)
     return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
 
@@ -109,6 +113,7 @@ class TopActivationsAnalyzer(Analyzer):
     """The dataset inputs that excite each channel of a layer most, with their patches."""
 
     spec = TOP
+    reads_labels = False  # activations only: any images will do
 
     def compute(self, run: Run) -> TopActivationsResult:
         """Stream the data once, keep each channel's k highest peaks, then cut the patches."""

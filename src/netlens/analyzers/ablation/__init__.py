@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 from ...errors import AnalyzerError, DataError
 from ..base import Analyzer, Run
 from ..specs import ABLATE
+from ..unlabelled import describe, unlabelled_data
 from .result import AblationResult
 from .scoring import METRICS
 from .study import ROWS_NAME, study
-from .unlabelled import LABEL_SOURCE, describe, unlabelled_data
+
+#: What the run header says about labels when the metric does not read them.
+LABEL_SOURCE = "not used: the metric compares the ablated model with the intact one"
 
 if TYPE_CHECKING:
     from ...lens import Lens
@@ -74,7 +77,7 @@ class AblateAnalyzer(Analyzer):
         return result  # type: ignore[return-value]
 
     def _resolve_inputs(self, run: Run, inputs: Any, strict: bool) -> None:
-        """Metrics that need no labels take any images (see :mod:`.unlabelled`)."""
+        """Metrics that need no labels take any images (see :mod:`..unlabelled`)."""
         if METRICS[run.options.metric].needs_labels:
             return _hint_label_free(super()._resolve_inputs, run, inputs, strict)
         super()._resolve_inputs(run, unlabelled_data(run.lens, inputs), strict)

@@ -1,7 +1,8 @@
-"""Data for the metrics that need no labels: any images, labelled or not.
+"""Data for analyzers and metrics that read no labels: any images, labelled or not.
 
-``prob``, ``kl`` and ``agreement`` compare the ablated model with the intact one, so labels are
-never read, and data the label checks would refuse is fine: a folder of images with no class
+``stats`` and ``top-activations`` look at activations only; ablation's ``prob``, ``kl`` and
+``agreement`` compare the ablated model with the intact one. Labels are never read, so data the
+label checks would refuse is fine: a folder of images with no class
 subfolders, a folder or CSV whose class names the model does not know, image tensors without
 labels, an ``(images, labels)`` pair with labels outside the model's classes. Folders of class
 subfolders and CSV lists keep their own labels, unmatched (nobody reads them); other images
@@ -16,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ...data.resolve import sized
-from ...errors import DataError
-from ...images import IMAGE_SUFFIXES, is_hidden, list_images, read_image
+from ..data.resolve import sized
+from ..errors import DataError
+from ..images import IMAGE_SUFFIXES, is_hidden, list_images, read_image
 
 if TYPE_CHECKING:
-    from ...lens import Lens
+    from ..lens import Lens
 
 __all__ = ["LABEL_SOURCE", "describe", "unlabelled_data"]
 
-#: What the run header says about labels when the metric does not read them.
-LABEL_SOURCE = "not used: the metric compares the ablated model with the intact one"
+#: What the run header says about labels nobody reads (an analyzer may say more).
+LABEL_SOURCE = "not used"
 
 
 class ImageFiles(Dataset):
@@ -75,12 +76,12 @@ def unlabelled_data(lens: Lens, inputs: Any) -> Any:
     if folder and not any(p.is_dir() and not is_hidden(p, path) for p in path.iterdir()):
         return ImageFiles(list_images(path), lens.transform)
     if path is not None and (path.is_dir() or path.suffix.lower() == ".csv"):
-        from ...data import as_dataset
+        from ..data import as_dataset
 
         return as_dataset(path, lens.transform, host=lens.host)  # the data's own labels
     if isinstance(inputs, (Dataset, DataLoader, str, Path)) or inputs is None:
         return inputs
-    from ...data.items import hub_rows
+    from ..data.items import hub_rows
 
     if hub_rows(inputs) is not None:  # a Hugging Face datasets.Dataset: resolved as data
         return inputs
