@@ -15,6 +15,18 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 
+def run_script(path, source: str, *args: object, timeout: int = 600):  # noqa: ANN001, ANN201
+    """Write ``source`` (dedented) to ``path`` and run it as its own program (its functions
+    live in its ``__main__``, as a user's script's do); the finished process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path.write_text(textwrap.dedent(source))
+    command = [sys.executable, str(path), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics (timm zero-initialises some of them)."""
     g = torch.Generator().manual_seed(seed)

@@ -12,10 +12,10 @@ import importlib.util
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 from hostile_inputs import assert_one_clean_line
 
 pytestmark = pytest.mark.skipif(
@@ -92,24 +92,13 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fastai")
-    script = root / "make_learners.py"
-    script.write_text(textwrap.dedent(MAKE))
-    done = subprocess.run(
-        [sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=600
-    )
+    done = run_script(root / "make_learners.py", MAKE, root)
     assert done.returncode == 0, done.stderr[-3000:]
     return root
 
 
 def check(root: Path, name: str, photo: str) -> dict:
-    script = root / "check.py"
-    script.write_text(textwrap.dedent(CHECK))
-    done = subprocess.run(
-        [sys.executable, str(script), str(root), name, str(root / "photos" / photo)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_script(root / "check.py", CHECK, root, name, root / "photos" / photo)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 
 import netlens
 from netlens.errors import ModelLoadError
-from netlens.models.load import _unpickling_failed
 from netlens.models.missing_globals import trusted_load
+from netlens.models.pickled import _unpickling_failed
 
 SAVE = """
 import sys, torch
@@ -49,11 +49,7 @@ torch.save(model, f"{out}/main_attribute.pt")
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("main")
-    script = root / "train.py"
-    script.write_text(textwrap.dedent(SAVE))
-    done = subprocess.run(
-        [sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=300
-    )
+    done = run_script(root / "train.py", SAVE, root, timeout=300)
     assert done.returncode == 0, done.stderr
     return root
 

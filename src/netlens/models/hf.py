@@ -105,17 +105,14 @@ def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
         "arch": f"hf:{type(model).__name__}",
         "hf_model_type": config.get("model_type"),
     }
-    return LoadedModel(model, hf_preprocess(source), hf_class_names(config), card, hf_task(config))
+    return LoadedModel(model, hf_preprocess(source), hf_class_names(config), card)
 
 
 def hf_task(config: Any) -> str | None:
-    """How the model's outputs were read in training: config's ``problem_type``, as
-    transformers' loss reads it (multi-label: independent sigmoids), else None."""
-    kind = (
-        config.get("problem_type")
-        if isinstance(config, dict)
-        else getattr(config, "problem_type", None)
-    )
+    """How the model's outputs were read in training: its config's ``problem_type``, as
+    transformers' loss reads it (multi-label: independent sigmoids), else None. Read off the
+    model object by :class:`~netlens.lens.Lens`, however it was loaded."""
+    kind = getattr(config, "problem_type", None)
     return _PROBLEM_TYPES.get(kind) if isinstance(kind, str) else None
 
 

@@ -28,6 +28,7 @@ class Core:
     def netlens_register_model_loaders(registry: Registry) -> None:
         from ..models import load, weights
         from ..models.hf import load_hf_folder
+        from ..models.pickled import load_pickled_module
         from ..models.timm_folder import load_timm_folder
 
         registry.add("timm-hub-folder", load_timm_folder)
@@ -35,7 +36,7 @@ class Core:
         registry.add("netlens-checkpoint", load.load_netlens_checkpoint)
         registry.add("state-dict", weights.load_state_dict_file)
         registry.add("compiled-archive", weights.load_compiled_archive)
-        registry.add("pickled-module", load.load_pickled_module)
+        registry.add("pickled-module", load_pickled_module)
 
 
 class Archs:
