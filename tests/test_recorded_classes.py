@@ -175,3 +175,23 @@ def test_label_maps_kept_beside_plain_weights(extra: dict, where: str, tmp_path:
     lens = netlens.load(tmp_path / "c.pth", arch="tv:resnet18")
     assert list(lens.classes) == ["cat", "dog", "bird"]
     assert lens.classes.source == f"c.pth's {where}"
+
+
+def test_an_arch_both_libraries_name_alike_is_torchvisions_without_timms_options(
+    tmp_path: Path,
+) -> None:
+    """pytorch/examples' ImageNet script saves ``{"epoch", "arch": "resnet18", "state_dict",
+    "best_acc1"}`` of torchvision's model. timm's resnet18 has the same weight names, so it was
+    built, with timm's preprocessing (bicubic, crop 0.95) instead of torchvision's (resize 256,
+    crop 224). timm's own checkpoints carry their ``args``, and then timm's is built."""
+    import argparse
+
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    ckpt = {"epoch": 9, "arch": "resnet18", "state_dict": net.state_dict(), "best_acc1": 71.2}
+    torch.save(ckpt, tmp_path / "checkpoint.pth.tar")
+    lens = netlens.load(tmp_path / "checkpoint.pth.tar")
+    assert lens.card["arch"] == "tv:resnet18"
+    assert lens.transform.resize_size == (256, 256) and lens.transform.size == (224, 224)
+    ckpt["args"] = argparse.Namespace(model="resnet18", num_classes=3)  # timm's train.py
+    torch.save(ckpt, tmp_path / "timm.pth.tar")
+    assert netlens.load(tmp_path / "timm.pth.tar").card["arch"] == "resnet18"

@@ -37,8 +37,12 @@ def recorded_arch(
     scripts ``{"arch": "vgg16", "class_to_idx": ..., "state_dict": ...}`` with torchvision's
     model, torchvision's reference train.py ``{"model": ..., "args": Namespace(model=...)}``. A
     plain name is timm's or torchvision's: the one whose weight names the file holds (timm's VGG
-    names its head otherwise than torchvision's); torchvision's first for its reference script.
-    A name from a file is only a registry name: never code to import."""
+    names its head otherwise than torchvision's). When both fit (a ResNet is named alike in
+    both), timm's is taken for timm's script (its ``args``) and a Lightning module's
+    ``timm.create_model(hparams.model_name)``, torchvision's otherwise: pytorch/examples'
+    ImageNet script and fine-tuning tutorials save ``{"arch", "state_dict"}`` of torchvision's
+    models, and the two libraries preprocess differently. A name from a file is only a
+    registry name: never code to import."""
     from .arch_options import check_arch_name
     from .factory import parse_user_arch
     from .meta import shapes_on_meta
@@ -47,8 +51,9 @@ def recorded_arch(
         return None
     args = train_args(payload)
     name = payload.get("arch", args.get("model"))
+    timm_first = bool(args) and "val_resize_size" not in args  # timm's train.py options
     if name is None and (found := _hparams_arch(payload)) is not None:
-        name = found[0]
+        name, timm_first = found[0], True
     if not isinstance(name, str):
         return None
     name = check_arch_name(name, display_path(source.name))
@@ -56,7 +61,7 @@ def recorded_arch(
         return None
     order = [name]
     if not name.startswith(("tv:", "timm:")):
-        order = [f"tv:{name}", name] if "val_resize_size" in args else [name, f"tv:{name}"]
+        order = [name, f"tv:{name}"] if timm_first else [f"tv:{name}", name]
     sized = []
     for candidate in order:
         try:
