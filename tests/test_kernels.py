@@ -221,3 +221,24 @@ def test_dead_filters_are_grey_labelled_and_warned() -> None:
     display, labels = mark_dead(np.random.rand(4, 3, 3, 3), r.arrays["order"], [2])
     assert labels == ["0", "1", "2 dead", "3"] and np.all(display[2] == 0.5)
     assert np.ptp(display[1]) > 0
+
+
+class LateStem(nn.Module):
+    """A head and an auxiliary branch declared above the stem, as some papers' code does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Conv2d(8, 2, 1)  # declared first, reached last
+        self.head = nn.Linear(8, 3)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.stem(x))
+        return self.head(f.mean((2, 3))) + self.aux(f).mean((1, 2, 3))[:, None]
+
+
+def test_default_layer_is_the_first_conv_the_input_reaches():
+    lens = Lens(LateStem().eval(), Preprocess(size=(8, 8)))
+    r = lens.kernels()
+    assert r.meta["layer"] == "stem" and r.meta["view"] == "rgb"
+    np.testing.assert_array_equal(r.arrays["weight"], lens.model.stem.weight.detach().numpy())

@@ -110,10 +110,25 @@ def _order_tiles(
         ]
 
 
-def default_kernel_layer(model: nn.Module) -> str:
-    """The first Conv2d of the model (the first Linear when it has no conv)."""
+def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
+    """The first Conv2d the input reaches (the first Linear when the model has no conv).
+
+    With an example input, the order is the forward's: a model may declare a branch's or a
+    head's conv before its stem (``self.aux = ...`` above ``self.stem = ...``), and the
+    declaration order would then show the wrong layer as "the first". Without one, or when
+    the dry forward fails, it is the declaration order.
+    """
     layers = named_layers(model)
+    called: list[str] = []
+    if example is not None:
+        try:
+            called = [name for name, _, _ in trace_outputs(model, example)]
+        except NetlensError:
+            called = []
     for kind in (nn.Conv2d, nn.Linear):
+        for name in called:
+            if isinstance(layers.get(name), kind):
+                return name
         for name, mod in layers.items():
             if isinstance(mod, kind):
                 return name
@@ -202,8 +217,10 @@ class KernelsAnalyzer(Analyzer):
         lens, o = run.lens, run.options
         _parse_reduce(o.reduce)  # checked up front, also for a layer that needs no reduction
         layer = o.layer
-        name = default_kernel_layer(lens.model) if layer in (None, "", "auto") else None
-        name = name or _one(lens.model, layer)
+        if layer in (None, "", "auto"):
+            name = default_kernel_layer(lens.model, lens.example())
+        else:
+            name = _one(lens.model, layer)
         run.layers = [name]
         mod = lens.model.get_submodule(name)
         w = filter_weights(mod, name)
