@@ -193,6 +193,63 @@ def test_a_linear_layer_on_a_feature_map_keeps_channels_last() -> None:
     assert row["channels"] == 64 and row["dead_channels"] == pytest.approx(8 / 64)
 
 
+def _hf_convnext() -> torch.nn.Module:
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=3)
+    return tf.ConvNextForImageClassification(cfg).eval()
+
+
+@pytest.mark.parametrize(
+    ("layer", "nhwc"),
+    [
+        ("stages.1.blocks.0.mlp.act", True),  # a GELU between two Linear layers
+        ("stages.1.blocks.0.norm", True),  # timm's LayerNorm (a subclass) on N×H×W×C
+        ("stages.1.blocks.0.mlp", True),  # a container: its last layer's output
+        ("stages.1.blocks.0.conv_dw", False),
+        ("stages.2.downsample.0", False),  # timm's LayerNorm2d: channels second
+    ],
+)
+def test_activations_between_channels_last_layers_are_read_channels_last(layer, nhwc) -> None:
+    """timm ConvNeXt without ``conv_mlp`` (convnext_tiny and up) runs each block's norm and MLP
+    on N×H×W×C: its GELU, norm and MLP were read as N×C×H×W (H taken for channels), so their
+    maps, features and statistics were wrong without a word. The layout is now followed
+    through a dry forward, whatever the modules' types."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", num_classes=4, conv_mlp=False).eval()
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    mine = netlens.cam(model, x, layer=layer, target=1).heatmaps
+    ref = _naive_gradcam(model, x, layer, 1, nhwc)
+    assert mine.std() > 0 and ref.std() > 0
+    assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+
+
+def test_hugging_face_convnext_activations_and_norms_keep_channels_last() -> None:
+    """Hugging Face's ConvNextLayer: ``layernorm`` (data_format channels_last) and ``act`` see
+    N×H×W×C; ``stats`` counted 16 (H) channels for 64 and ``features`` ranked rows."""
+    model = _hf_convnext()
+    prefix = "convnext.encoder.stages.0.layers.0."
+    with torch.no_grad():
+        model.get_submodule(prefix + "pwconv1").bias[:8] = -100.0  # 8 of 64 channels dead
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    got = {}
+    hook = model.get_submodule(prefix + "act").register_forward_hook(
+        lambda m, i, o: got.update(o=o)
+    )
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    lens = netlens.Lens(model)
+    feats = lens.features(x[:1], prefix + "act")
+    means = got["o"].mean((1, 2))  # N×H×W×C
+    np.testing.assert_allclose(feats.arrays[f"{prefix}act:means"][0], means[0], atol=1e-5)
+    rows = lens.run("stats", (x, torch.tensor([0, 1, 2, 0])), layers=prefix + "*").table
+    by = {r["layer"]: r for r in rows}
+    assert by[prefix + "act"]["channels"] == 64 and by[prefix + "layernorm"]["channels"] == 16
+    assert by[prefix + "dwconv"]["channels"] == 16 and by[prefix + "drop_path"]["channels"] == 16
+    assert by[prefix + "act"]["dead_channels"] == pytest.approx(8 / 64, abs=0.02)
+
+
 def test_channel_ablation_refuses_a_channels_last_layer() -> None:
     """It ablated the rows of a Swin stage as if they were channels, without a word."""
     from netlens.errors import AnalyzerError

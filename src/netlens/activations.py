@@ -15,6 +15,7 @@ import weakref
 import torch
 from torch import nn
 
+from .channel_layout import learned_layout
 from .errors import AnalyzerError
 
 __all__ = ["channels_last", "is_spatial", "to_spatial"]
@@ -49,12 +50,16 @@ _PERMUTED: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKe
 
 
 def channels_last(model: nn.Module, layer: str = "") -> bool:
-    """Whether ``layer``'s 4-d output is N×H×W×C: a ``Linear``'s (ConvNeXt's pointwise layers,
-    in any library); in a timm model whose stages keep channels last (``output_fmt`` NHWC)
-    every layer but a convolution's; in a torchvision model whose
+    """Whether ``layer``'s 4-d output is N×H×W×C: as one dry forward of the model followed
+    it (:mod:`netlens.channel_layout`), else by these rules: a ``Linear``'s (ConvNeXt's
+    pointwise layers, in any library); in a timm model whose stages keep channels last
+    (``output_fmt`` NHWC) every layer but a convolution's; in a torchvision model whose
     ``Permute`` modules move channels last and back (Swin, ConvNeXt's blocks) the layers
     between them (:func:`_permuted_layers`)."""
     name = layer.split("@")[0].split(":")[0]
+    learned = learned_layout(model, name)
+    if learned is not None:  # followed through a dry forward (netlens.channel_layout)
+        return learned
     try:
         module = model.get_submodule(name) if name else None
     except AttributeError:

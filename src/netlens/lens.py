@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .channel_layout import learn_layouts
 from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
@@ -217,6 +218,7 @@ class Lens:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in
         a sigmoid (analyzers call this before any hook is set)."""
         if self._sigmoid is None:
+            learn_layouts(self.model, self.place(x[:1]))
             self._sigmoid = ends_in_sigmoid(self.model, self.place(x), self.output_key)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:

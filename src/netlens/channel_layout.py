@@ -1,0 +1,124 @@
+"""Which layers' 4-d outputs keep channels last (N×H×W×C), learned from one dry forward.
+
+A module's name does not say how its output is laid out: a ``GELU`` or a ``LayerNorm``
+between a ConvNeXt block's two pointwise ``Linear`` layers sees and returns N×H×W×C (timm's
+``ConvNeXtBlock`` without ``conv_mlp``, Hugging Face's ``ConvNextLayer``), the same ``GELU``
+after a convolution N×C×H×W. Reading the first as N×C×H×W gives per-"channel" statistics,
+feature maps and ablations over image rows. So one dry forward (batch 1, no autograd, before
+any analyzer's hook is set) follows the tensors themselves:
+
+- convolutions, batch/instance/group norms, 2-d pools and upsampling return N×C×H×W;
+  a ``Linear`` acts on the last axis, so its 4-d output is N×H×W×C; so does a layer norm
+  whose size is the last axis' (timm's ``LayerNorm2d`` permutes around its call: its
+  channels are second); a norm that says its ``data_format`` is read by it; torchvision's
+  ``Permute`` says where it moves the channels;
+- a module that returns a tensor another call returned (a container, an in-place activation)
+  has that call's layout, and one whose output has its input's shape, an input another call
+  returned (activations, dropout, scaling), keeps that input's layout.
+
+Layers this does not decide (a block's output computed by plain tensor ops) are left to the
+rules of :func:`netlens.activations.channels_last`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["learn_layouts", "learned_layout"]
+
+_LEARNED: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Upsample,
+)
+
+
+def learned_layout(model: nn.Module, layer: str) -> bool | None:
+    """True/False when the dry forward decided ``layer``'s layout (N×H×W×C / N×C×H×W)."""
+    learned = _LEARNED.get(model)
+    return None if learned is None else learned.get(layer)
+
+
+def learn_layouts(model: nn.Module, x: torch.Tensor) -> None:
+    """Learn, once per model, the layouts of its layers' 4-d outputs from a forward of
+    ``x[:1]``; a forward that fails leaves the rules to decide."""
+    if model in _LEARNED:
+        return
+    from .layers import eval_mode, named_layers
+
+    found: dict[str, set[bool]] = {}
+    made: dict[int, bool] = {}  # id(tensor) → layout of the call that returned it
+    alive: list[torch.Tensor] = []  # keeps every id above unique during the forward
+    inputs: list[Any] = []
+    handles = []
+
+    def enter(m: nn.Module, args: tuple) -> None:
+        inputs.append(next((a for a in args if isinstance(a, torch.Tensor)), None))
+
+    def leave(name: str):  # noqa: ANN202 - a forward hook
+        def hook(m: nn.Module, args: tuple, out: Any) -> None:
+            inp = inputs.pop()
+            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                return
+            layout = _layout(m, out, inp, made)
+            if layout is not None:
+                alive.append(out)
+                made[id(out)] = layout
+                found.setdefault(name, set()).add(layout)
+
+        return hook
+
+    try:
+        for name, mod in named_layers(model).items():
+            handles.append(mod.register_forward_pre_hook(enter))
+            handles.append(mod.register_forward_hook(leave(name)))
+        with torch.no_grad(), eval_mode(model):
+            model(x[:1])
+    except Exception:  # noqa: BLE001 - the analyses report the model's own error
+        return
+    finally:
+        for h in handles:
+            h.remove()
+    _LEARNED[model] = {name: s.pop() for name, s in found.items() if len(s) == 1}
+
+
+def _layout(m: nn.Module, out: torch.Tensor, inp: Any, made: dict[int, bool]) -> bool | None:
+    if id(out) in made:  # a container's last call, or an in-place module: the same tensor
+        return made[id(out)]
+    if type(m).__name__ == "Permute" and type(m).__module__.startswith("torchvision."):
+        dims = [int(d) for d in m.dims]
+        return True if dims == [0, 2, 3, 1] else False if dims == [0, 3, 1, 2] else None
+    if isinstance(m, _CHANNELS_FIRST):
+        return False
+    if isinstance(m, nn.Linear):
+        return True
+    data_format = str(getattr(m, "data_format", "")).lower()
+    if data_format in ("channels_last", "channels_first"):
+        return data_format == "channels_last"
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+        return _layer_norm(m, out)
+    if isinstance(inp, torch.Tensor) and inp.shape == out.shape and id(inp) in made:
+        return made[id(inp)]  # elementwise: activations, dropout, layer scale
+    return None
+
+
+def _layer_norm(m: nn.LayerNorm, out: torch.Tensor) -> bool | None:
+    """Over the last axis (N×H×W×C), unless the channels sit second: timm's ``LayerNorm2d``
+    (a ``LayerNorm`` that permutes around its call)."""
+    c = m.normalized_shape[0]
+    last, second = out.shape[-1] == c, out.shape[1] == c
+    if last and second:  # C = W: only torch's own LayerNorm surely norms the last axis
+        return True if type(m) is nn.LayerNorm else None
+    return True if last else False if second else None
