@@ -259,3 +259,19 @@ def test_channel_ablation_refuses_a_channels_last_layer() -> None:
         netlens.Lens(tiny_swin()).run(
             "ablate", (x, torch.tensor([0, 1, 2, 3])), layers="layers.3", channels=[0]
         )
+
+
+def test_window_attention_internals_are_refused_not_folded_into_the_batch() -> None:
+    """timm MaxViT's attention runs on windows folded into the batch: Grad-CAM gave 128 maps
+    for 2 images, and ``features`` ranked windows as images, without a word."""
+    from netlens.errors import AnalyzerError
+
+    torch.manual_seed(0)
+    model = timm.create_model("maxvit_nano_rw_256", num_classes=3, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    layer = "stages.0.blocks.0.attn_block.attn"
+    with pytest.raises(AnalyzerError, match="128 maps for 2 image"):
+        netlens.cam(model, x, layer=layer, target=1)
+    with pytest.raises(AnalyzerError, match="windows or patches folded into the batch"):
+        netlens.Lens(model).features(x, layer)
+    assert netlens.cam(model, x, layer="stages.0", target=1).heatmaps.shape == (2, 64, 64)

@@ -101,14 +101,27 @@ def _is_tv_permute(m: nn.Module) -> bool:
     return type(m).__name__ == "Permute" and type(m).__module__.startswith("torchvision.")
 
 
-def to_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> torch.Tensor:
+def to_spatial(
+    t: torch.Tensor, model: nn.Module, layer: str = "", batch: int | None = None
+) -> torch.Tensor:
     """An activation as N×C×H×W (a view or reshape; gradients flow through it).
 
-    Raises AnalyzerError with a one-line explanation when the layer has no spatial extent.
+    Raises AnalyzerError with a one-line explanation when the layer has no spatial extent, or
+    when its maps are not one per image of the ``batch`` that ran (window attention folds its
+    windows into the batch: MaxViT, Swin's attention internals).
     """
     custom = getattr(model, "netlens_reshape", None)
-    if custom is not None:
-        return custom(t, layer)
+    s = custom(t, layer) if custom is not None else _spatial(t, model, layer)
+    if batch is not None and s.dim() == 4 and s.shape[0] != batch:
+        raise AnalyzerError(
+            f"layer '{layer}' gives {s.shape[0]} maps for {batch} image(s): it works on "
+            "windows or patches folded into the batch (window attention); pick the block "
+            "or stage around it (see `netlens layers MODEL`)"
+        )
+    return s
+
+
+def _spatial(t: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor:
     if t.dim() == 4:
         return t.permute(0, 3, 1, 2) if channels_last(model, layer) else t
     if t.dim() == 3:

@@ -371,7 +371,7 @@ def capture(
                     p.compute_grads(score, retain_graph=k < len(sets) - 1)
                 _check_reached(layers, [p[n].grad for n in layers])
                 grad_sets.append({n: _spatial_grad(p[n].grad, outs[n], model, n) for n in layers})
-    acts = {n: to_spatial(outs[n].detach(), model, n) for n in layers}
+    acts = {n: to_spatial(outs[n].detach(), model, n, len(logits)) for n in layers}
     raw = {n: outs[n].detach() for n in layers}
     return Capture(logits.detach(), acts, raw, grad_sets), sets
 

@@ -82,13 +82,15 @@ def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
 _CHUNK = 32  # images per forward
 
 
-def _selected(out: Any, model: Any, name: str, top: int, channels: Any) -> tuple[torch.Tensor, ...]:
+def _selected(
+    out: Any, model: Any, name: str, top: int, channels: Any, batch: int
+) -> tuple[torch.Tensor, ...]:
     """One batch's selected maps (N×K×H×W), their channels (N×K) and all channel means (N×C)."""
     if not isinstance(out, torch.Tensor):
         raise AnalyzerError(
             f"layer '{name}' returns a {type(out).__name__}, not a tensor; pick another layer"
         )
-    maps = to_spatial(out.float(), model, name)
+    maps = to_spatial(out.float(), model, name, batch)
     if maps.shape[-1] * maps.shape[-2] <= 1:
         raise AnalyzerError(
             f"layer '{name}' has no spatial extent (output shape {tuple(out.shape)}): "
@@ -142,7 +144,9 @@ def _feature_arrays(
         for chunk in x.split(_CHUNK):
             model(chunk)
             for name in names:
-                parts[name].append(_selected(p[name].output, model, name, top, channels))
+                parts[name].append(
+                    _selected(p[name].output, model, name, top, channels, len(chunk))
+                )
             p.clear()
     arrays: dict[str, np.ndarray] = {}
     for name in names:
