@@ -206,3 +206,75 @@ def test_no_hook_or_flag_left_when_the_model_raises(trained: GapNet) -> None:
     for m in model.modules():
         assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
     trained.eval()
+
+
+def _mask_folder(tmp_path, n: int = 6):  # noqa: ANN202
+    ds = toy_data(n, seed=5)
+    for i in range(n):
+        folder = tmp_path / "data" / ds.classes[ds.labels[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i}.png"), ds.images[i][..., ::-1])
+        (tmp_path / "data_masks" / ds.classes[ds.labels[i]]).mkdir(parents=True, exist_ok=True)
+    return ds
+
+
+def _write_masks(tmp_path, ds, encode) -> None:  # noqa: ANN001
+    for i in range(len(ds)):
+        path = tmp_path / "data_masks" / ds.classes[ds.labels[i]] / f"{i}.png"
+        cv2.imwrite(str(path), encode(ds.masks[i]))
+
+
+def _localisation(trained, tmp_path) -> dict:  # noqa: ANN001
+    lens = netlens.load(trained)
+    res = lens.evaluate(tmp_path / "data", methods="gradcam", metrics="pointing,energy")
+    return {r["metric"]: (r["mean"], r["baseline"], r["n"]) for r in res.table}, res
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda m: m.astype(np.uint16),  # a 16-bit label image: object = 1
+        lambda m: np.dstack([np.zeros_like(m), np.zeros_like(m), m]).astype(np.uint8),  # red
+        lambda m: np.dstack([np.zeros(m.shape + (3,), np.uint8), m.astype(np.uint8) * 255]),
+    ],
+    ids=["16-bit", "colour", "alpha-only"],
+)
+def test_mask_pngs_of_any_depth_and_colour_read_as_the_8_bit_ones(trained, tmp_path, encode):
+    """A 16-bit label mask (object = 1) was read as all background: pointing 0, energy 0 and
+    chance 0, without a word (OpenCV's grayscale read scales 16 bits down by 256)."""
+    ds = _mask_folder(tmp_path)
+    _write_masks(tmp_path, ds, lambda m: m.astype(np.uint8) * 255)
+    want, _ = _localisation(trained, tmp_path)
+    _write_masks(tmp_path, ds, encode)
+    got, _ = _localisation(trained, tmp_path)
+    assert got == want and want["pointing"][1] == pytest.approx(PATCH**2 / SIZE**2)
+
+
+def test_a_mask_not_shaped_as_its_image_is_refused(trained, tmp_path) -> None:
+    """A mask drawn on the stored pixels of an EXIF-rotated photo (read upright) or on another
+    image was resized onto the image, and scored, without a word."""
+    ds = _mask_folder(tmp_path)
+    _write_masks(tmp_path, ds, lambda m: m.astype(np.uint8) * 255)
+    bad = tmp_path / "data_masks" / ds.classes[ds.labels[2]] / "2.png"
+    cv2.imwrite(str(bad), np.zeros((SIZE, SIZE * 2), np.uint8))
+    with pytest.raises(DataError, match=r"2.png is 64×32 but its image .*2.png is 32×32"):
+        _localisation(trained, tmp_path)
+    cv2.imwrite(str(bad), np.full((SIZE * 2, SIZE * 2), 255, np.uint8))  # same shape, 2× scale
+    _localisation(trained, tmp_path)
+
+
+def test_an_empty_mask_is_left_out_of_pointing_and_energy_with_a_warning(trained, tmp_path):
+    """An object outside the crop (or a blank mask) scored 0 and pulled the chance level down,
+    without a word; now those images are left out (NaN), counted in n and warned about."""
+    ds = _mask_folder(tmp_path)
+    _write_masks(tmp_path, ds, lambda m: m.astype(np.uint8) * 255)
+    want, _ = _localisation(trained, tmp_path)
+    blank = tmp_path / "data_masks" / ds.classes[ds.labels[1]] / "1.png"
+    cv2.imwrite(str(blank), np.zeros((SIZE, SIZE), np.uint8))
+    got, res = _localisation(trained, tmp_path)
+    assert got["pointing"][2] == got["energy"][2] == 5 and want["pointing"][2] == 6
+    assert np.isnan(res.arrays["gradcam/pointing/score"]).sum() == 1
+    assert res.meta["warnings"] == [
+        "1 of 6 image(s) have an empty mask at the model's input (the object lies outside the "
+        "crop, or the mask is blank): pointing and energy leave them out"
+    ]

@@ -28,6 +28,7 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "pixel_limit",
     "read_checked",
+    "upright_size",
 ]
 
 FORMATS = "PNG, JPEG, WebP, TIFF, BMP, GIF, AVIF, JPEG 2000, PNM/PAM/PFM, Sun raster, HDR"
@@ -143,6 +144,23 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
     if img.dtype == np.uint16:
         warn_if_dark(img, name)
     return orient(_normalise_decoded(img), exif_orientation(data))  # upright, as viewers show
+
+
+def upright_size(p: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of image ``p`` as :func:`read_checked` returns it (after its EXIF
+    orientation), from its header; None when the header does not say."""
+    from .image_header import image_size
+
+    try:
+        with p.open("rb") as fh:
+            size = image_size(fh)
+            data = fh.read()
+    except OSError:
+        return None
+    if size is None:
+        return None
+    w, h = size
+    return (w, h) if exif_orientation(data) >= 5 else (h, w)  # 5–8 turn it a quarter
 
 
 def warn_if_dark(img: np.ndarray, name: str) -> None:

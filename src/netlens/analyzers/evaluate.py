@@ -140,16 +140,46 @@ class _FolderMasks(Dataset):
         return self.ds[i]
 
     def mask(self, i: int) -> np.ndarray:
-        import cv2
+        image = self.ds.items[i][0]
+        rel = image.relative_to(self.ds.root).with_suffix(".png")
+        m = read_mask(self.masks_root / rel, rel)
+        _check_mask_shape(m.shape, image, self.masks_root / rel)
+        return m
 
-        rel = self.ds.items[i][0].relative_to(self.ds.root).with_suffix(".png")
-        m = cv2.imread(str(self.masks_root / rel), cv2.IMREAD_GRAYSCALE)
-        if m is None:
-            raise DataError(
-                f"no mask {self.masks_root / rel} for image {rel}; give every image "
-                "a mask PNG at the same relative path"
-            )
-        return m > 0
+
+def read_mask(path: Path, rel: Path) -> np.ndarray:
+    """A mask PNG as H×W bool, non-zero = object, at any bit depth: 8- or 16-bit gray (a
+    16-bit label image keeps its 1s), RGB (any channel), or an alpha-only drawing."""
+    import cv2
+
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise DataError(
+            f"no mask {display_path(path)} for image {rel}; give every image "
+            "a mask PNG at the same relative path"
+        )
+    if m.ndim == 3:
+        colour = m[..., :3]
+        m = colour.any(axis=2) if m.shape[2] < 4 or colour.any() else m[..., 3]
+    return np.asarray(m) > 0
+
+
+def _check_mask_shape(shape: tuple[int, ...], image: Path, mask: Path) -> None:
+    """Refuse a mask whose shape is not its image's, up to scale: drawn on a rotated image
+    (the stored pixels of an EXIF-oriented JPEG, read upright) or on another image."""
+    from ..image_decode import upright_size
+
+    size = upright_size(image)
+    if size is None or tuple(shape) == size:
+        return
+    (mh, mw), (ih, iw) = shape[:2], size
+    if abs(mh * iw - mw * ih) <= max(mh, mw, ih, iw):  # the same picture at another scale
+        return
+    raise DataError(
+        f"mask {display_path(mask)} is {mw}×{mh} but its image {display_path(image)} is "
+        f"{iw}×{ih} as netlens reads it (after its EXIF orientation); draw the mask on the "
+        "image as viewers show it"
+    )
 
 
 def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Dataset:
@@ -269,7 +299,26 @@ class EvaluateAnalyzer(Analyzer):
         meta |= {"target": o.target, "layer": str(o.layer), "planned_forward_passes": plan.total}
         meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
         meta["label_source"] = run.data.label_source
+        meta["warnings"] = _empty_mask_warning(arrays, method_list, plan.metrics)
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
+
+
+def _empty_mask_warning(
+    arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
+) -> list[str]:
+    """One line when some masks are empty at the model's input: those images are left out
+    of the localisation metrics (NaN), which the table's ``n`` counts."""
+    base = next((arrays[f"{methods[0]}/{m}/baseline"] for m in metrics if m in _LOCAL), None)
+    empty = int(np.isnan(base).sum()) if base is not None else 0
+    if not empty:
+        return []
+    return [
+        f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the object "
+        "lies outside the crop, or the mask is blank): pointing and energy leave them out"
+    ]
+
+
+_LOCAL = ("pointing", "energy")
 
 
 def _check_class_scores(lens: Lens, x: torch.Tensor) -> None:

@@ -7,6 +7,8 @@ mass that falls inside the mask (the "energy-based pointing game" of Score-CAM).
 
 The chance level of both is the mean fraction of the image the mask covers: a uniformly random
 point lands inside with that probability, and a flat heatmap puts that share of its energy there.
+An image whose mask is empty at the model's input (its object outside the crop) has nothing to
+point at: it scores NaN on both, and summaries leave it out.
 """
 
 from __future__ import annotations
@@ -42,13 +44,22 @@ def _check(heatmaps: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
 
 
 def mask_fraction(masks: Any) -> np.ndarray:
-    """Per image, the fraction of pixels inside the mask (the chance level of both metrics)."""
+    """Per image, the fraction of pixels inside the mask (the chance level of both metrics);
+    NaN for an empty mask, as both metrics give it."""
     m = _as_numpy(masks).astype(bool)
-    return m.reshape(len(m), -1).mean(axis=1)
+    frac = m.reshape(len(m), -1).mean(axis=1)
+    return np.where(frac > 0, frac, np.nan)
+
+
+def _empty(m: np.ndarray) -> np.ndarray:
+    """Images whose mask holds no pixel (the object lies outside the model's input crop):
+    they have nothing to point at, so they score NaN and summaries leave them out."""
+    return ~m.reshape(len(m), -1).any(axis=1)
 
 
 def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> np.ndarray:
-    """Per image, 1.0 when the heatmap's maximum is within ``tolerance`` px of the mask, else 0.
+    """Per image, 1.0 when the heatmap's maximum is within ``tolerance`` px of the mask, else 0
+    (NaN for an empty mask).
 
     Ties for the maximum count as a hit when any of the tied pixels is a hit (a flat map is
     therefore not penalised; it is also not informative, see ``energy_in_mask``).
@@ -68,11 +79,12 @@ def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> np.ndarray:
             region = cv2.dilate(region, disk)
         peak = h[i] >= h[i].max()
         hits[i] = float(np.any(peak & region.astype(bool)))
-    return hits
+    return np.where(_empty(m), np.nan, hits)
 
 
 def energy_in_mask(heatmaps: Any, masks: Any) -> np.ndarray:
-    """Per image, sum of the heatmap inside the mask over its total sum (NaN for an all-zero map).
+    """Per image, sum of the heatmap inside the mask over its total sum (NaN for an all-zero map
+    or an empty mask).
 
     Heatmaps are used as given (netlens' CAMs are already non-negative and in [0, 1]);
     negative values are clipped to zero.
@@ -82,7 +94,8 @@ def energy_in_mask(heatmaps: Any, masks: Any) -> np.ndarray:
     total = h.reshape(len(h), -1).sum(axis=1)
     inside = (h * m).reshape(len(h), -1).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
+        share = np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
+    return np.where(_empty(m), np.nan, share)
 
 
 @dataclass(frozen=True)
