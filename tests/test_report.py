@@ -261,3 +261,12 @@ def test_table_cells_keep_names_whole_and_records_short() -> None:
     assert cell("layer3.0.downsample.0") == "layer3.0.downsample.0"
     assert cell(float("nan")) == "–" and cell(0.123456) == "0.1235" and cell(True) == "yes"
     assert cell(list(range(20))) == "[20 values]"
+
+
+def test_sections_name_the_images_that_ran_not_the_limit(lens, photos, data) -> None:  # noqa: ANN001
+    """With 5 images and the default limits, the page said "on 512 images" (ablate) and "on 32
+    images" (evaluate): the limit, not the data."""
+    x, y = data
+    rep = build_report(lens, photos[:1], data=(x[:5], y[:5]), sections="ablate,evaluate")
+    intros = {s.key: s.intro for s in rep.sections}
+    assert " on 5 images" in intros["ablate"] and " on 5 images" in intros["evaluate"]

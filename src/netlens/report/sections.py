@@ -269,7 +269,8 @@ def ablate_section(ctx: ReportInputs) -> Section:
     return Section(
         "ablate",
         "Which blocks matter",
-        f"Each unit removed in turn ({res.meta['mode']}) on {limit} images; the intact model's "
+        f"Each unit removed in turn ({res.meta['mode']}) on {res.baseline.get('n', limit)} "
+        "images; the intact model's "
         f"{res.meta['metric']} is {base['value']:.4g} (95 % CI {base['ci_low']:.4g}–"
         f"{base['ci_high']:.4g}).",
         cards=[card(res)],
@@ -295,7 +296,8 @@ def evaluate_section(ctx: ReportInputs) -> Section:
     return Section(
         "evaluate",
         "Are the explanations right",
-        f"{', '.join(metrics)} for {', '.join(ctx.methods)} on {limit} images, mean with 95 % "
+        f"{', '.join(metrics)} for {', '.join(ctx.methods)} on {res.meta.get('images', limit)} "
+        "images, mean with 95 % "
         "CI against a baseline (chance or random order).",
         cards=[card(res)],
         commands=[
