@@ -229,7 +229,14 @@ class Lens:
         :mod:`netlens.targets`.
         """
         self.learn_output(x)
-        return self.reader(self.model(x))
+        out = self.reader(self.model(x))
+        if out.shape[0] != x.shape[0]:
+            raise NetlensError(
+                f"the model returned {tuple(out.shape)} for {x.shape[0]} image(s), not one row "
+                "per image (a forward that squeezes its batch axis away: .squeeze() of one "
+                "image's 1×K); return N×K (.squeeze(1), or .flatten(1))"
+            )
+        return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model and check it returns N×K (classification or regression) outputs."""
@@ -247,12 +254,27 @@ class Lens:
 
         if self.task is None and self._sigmoid and output.dim() == 2 and output.shape[1] > 1:
             return "multilabel"  # independent sigmoids: one probability per label
+        if output.dim() == 4 and self.task == "multilabel":
+            return "dense"  # multi-label masks: see dense_sigmoids
         return self.task or detect_task(output)
+
+    def dense_sigmoids(self, output: torch.Tensor) -> bool:
+        """Whether a dense output is independent masks (multi-label segmentation: a model
+        ending in a sigmoid over several channels, or ``task="multilabel"``): each pixel's
+        classes read through sigmoids, a class's region where its logit is positive, rather
+        than a softmax and an argmax across classes."""
+        from .output_reader import is_binary_dense
+
+        if output.dim() != 4 or is_binary_dense(output):
+            return False
+        return self.task == "multilabel" or (self.task is None and bool(self._sigmoid))
 
     def probabilities(self, output: torch.Tensor) -> torch.Tensor:
         """What a person reads as class probabilities for ``output`` (by the task)."""
         from .targets import probabilities
 
+        if self.dense_sigmoids(output):  # the mean over pixels of each mask's probability
+            return torch.sigmoid(output.detach().float()).mean(dim=(2, 3))
         return probabilities(output, self.task_for(output))
 
     def digest(self) -> str:
@@ -276,6 +298,9 @@ class Lens:
         from .data import as_dataset
         from .models.classes import output_count
 
+        count = output_count(self.model, self.transform) if self.classes is None else None
+        if count == 1 and self.task != "regression":
+            count = 2  # a single logit scores two classes: 0 (negative) and 1 (positive)
         return as_dataset(
             data,
             self.transform,
@@ -283,7 +308,7 @@ class Lens:
             split=split,
             classes=self.classes,
             label_map=self.label_map,
-            num_classes=output_count(self.model, self.transform) if self.classes is None else None,
+            num_classes=count,
         )
 
     def default_data(self) -> str | None:

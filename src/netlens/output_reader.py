@@ -9,6 +9,10 @@ model by the operation that made its output (one forward of one image with autog
 downstream (softmax, sigmoid, the single-logit ``[0, z]``) sees logits. Gradient maps do not
 change: d z = d p / (p (1 − p)) scales each image's gradient by one positive number, which
 their per-map normalisation removes.
+
+A dense output with one channel (binary segmentation) is read as two classes, background and
+foreground (:func:`binary_dense`); a dense output of several sigmoids is several independent
+masks (multi-label segmentation), which :meth:`netlens.Lens.dense_sigmoids` tells.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch import nn
 
 from .targets import model_output
 
-__all__ = ["OutputReader", "ends_in_sigmoid"]
+__all__ = ["OutputReader", "binary_dense", "ends_in_sigmoid", "is_binary_dense"]
 
 _VIEWS = {  # operations that reshape without computing: look through them
     "ViewBackward0",
@@ -49,9 +53,27 @@ class OutputReader:
 
     def __call__(self, out: Any) -> torch.Tensor:
         t = model_output(out, self.key)
-        if not self.sigmoid or not t.is_floating_point() or t.dim() != 2:
-            return t  # dense (N×K×H×W) outputs are read as they are
-        return torch.logit(t, eps=float(torch.finfo(t.dtype).eps))
+        if self.sigmoid and t.is_floating_point() and t.dim() in (2, 4):
+            t = torch.logit(t, eps=float(torch.finfo(t.dtype).eps))
+        if t.dim() == 4 and t.shape[1] == 1:
+            return binary_dense(t)
+        return t
+
+
+def binary_dense(z: torch.Tensor) -> torch.Tensor:
+    """A binary segmentation's one logit per pixel (N×1×H×W: SMP's ``Unet(classes=1)``,
+    ``BCEWithLogitsLoss`` training) as two classes, background and foreground, N×2×H×W
+    ``[−z/2, z/2]``: their softmax is ``(σ(−z), σ(z))``, the argmax is foreground where z > 0,
+    and explaining the background follows −z. A softmax over the one channel gave every pixel
+    probability 1 and made every pixel the "predicted" region."""
+    half = z / 2
+    return torch.cat([-half, half], dim=1)
+
+
+def is_binary_dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` is :func:`binary_dense`'s output (its channels negate each other exactly,
+    which two independently computed channels never do)."""
+    return t.dim() == 4 and t.shape[1] == 2 and bool(torch.equal(t[:, 0], -t[:, 1]))
 
 
 def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = None) -> bool:

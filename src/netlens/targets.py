@@ -148,9 +148,13 @@ def _pick(out: Any, key: str | int) -> torch.Tensor:
 
 def _classifier_shape(out: torch.Tensor) -> torch.Tensor:
     """N×K×1×1 (a fully convolutional classifier's pooled logits, never kept flat) as N×K:
-    one score per class, not a 1-pixel segmentation."""
+    one score per class, not a 1-pixel segmentation. A single logit per image squeezed to
+    N (``BCEWithLogitsLoss`` training's ``.squeeze(1)``; a 0-d tensor for one image) as N×1;
+    :meth:`netlens.Lens.output` refuses a vector that is not one value per image."""
     if out.dim() == 4 and out.shape[-2:] == (1, 1):
         return out.flatten(1)
+    if out.dim() <= 1:
+        return out.reshape(-1, 1)
     return out
 
 
@@ -477,30 +481,40 @@ def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Ta
     if task != "dense":
         raise TargetError("region targets need a dense (N×classes×H×W) output, e.g. segmentation")
     n, k = output.shape[:2]
+    independent = lens is not None and lens.dense_sigmoids(output)
+    on = output.detach() > 0 if independent else None  # multi-label masks: each class's own
     pred = output.detach().argmax(dim=1)
     classes, masks = [], []
     for j, item in enumerate(items):
         text = str(item)
         body = text.split(":", 1)[1] if text.lower().startswith("region:") else text
         name, _, mask_file = body.partition("@")
-        c = _main_class(pred[j], lens) if name in ("", "pred") else None
+        counts = on[j].flatten(1).sum(1) if on is not None else torch.bincount(pred[j].flatten())
+        c = _main_class(counts, lens, k) if name in ("", "pred") else None
         c = lens.class_index(name, k) if c is None else c
+        region = on[j, c] if on is not None else pred[j] == c
         classes.append(c)
-        masks.append(_mask_file(mask_file, output.shape[-2:]) if mask_file else pred[j] == c)
+        masks.append(_mask_file(mask_file, output.shape[-2:]) if mask_file else region)
     return RegionTarget(torch.tensor(classes), torch.stack([m.to(torch.bool) for m in masks]))
 
 
-def _main_class(pred: torch.Tensor, lens: Lens) -> int:
-    """The class predicted on most pixels; a class named background only when no other class
-    is predicted anywhere (a VOC model's ``__background__`` covers most of most photos, and an
-    explanation of the background is not what ``pred`` is asked for)."""
+def _main_class(counts: torch.Tensor, lens: Lens, k: int) -> int:
+    """The class predicted on most pixels (``counts``: pixels per class); a class named
+    background only when no other class is predicted anywhere (a VOC model's
+    ``__background__`` covers most of most photos, and an explanation of the background is
+    not what ``pred`` is asked for). With two unnamed classes (a binary segmentation), class
+    0 is the background."""
     from .data.labels import normalize_name
 
-    counts = torch.bincount(pred.flatten())
     order = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c]]
     named = lens.class_name if lens is not None else str
-    found = next((c for c in order if normalize_name(named(c)) != "background"), None)
-    return order[0] if found is None else found
+    unnamed_pair = k == 2 and (lens is None or not lens.classes)
+
+    def background(c: int) -> bool:
+        return normalize_name(named(c)) == "background" or (unnamed_pair and c == 0)
+
+    found = next((c for c in order if not background(c)), None)
+    return (order[0] if order else 0) if found is None else found
 
 
 def _mask_file(path: str, size: torch.Size) -> torch.Tensor:

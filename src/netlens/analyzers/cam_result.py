@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from ..images import Preprocess
 
+_CLASSIFIERS = ("multiclass", "multilabel", "binary")
+
 __all__ = ["CamResult"]
 
 
@@ -114,6 +116,7 @@ class CamResult(Result):
         i %= len(self.names)
         t = self.arrays["targets"][i]
         order = np.argsort(-self.probs[i])[:top]
+        task = self.meta.get("task", "multiclass")
         fig = cam_figure(
             self.original(i),
             [self.overlay(i, k, alpha=alpha) for k in range(len(t))],
@@ -121,9 +124,14 @@ class CamResult(Result):
             [self.class_name(int(c)) for c in order],
             [float(self.probs[i, c]) for c in order],
             title=f"{self.names[i]} · layer {self.layer}",
-            overlay_probs=[float(self.probs[i, int(c)]) for c in t],
+            overlay_probs=[self._value(i, int(c)) for c in t] if task in _CLASSIFIERS else None,
+            values=task == "regression",
         )
         return inline_figure(fig)
+
+    def _value(self, i: int, c: int) -> float | None:
+        """Image ``i``'s score of output ``c``: a probability, or a regression value."""
+        return float(self.probs[i, c]) if 0 <= c < self.probs.shape[1] else None
 
     def target_name(self, i: int, k: int = 0) -> str:
         """How target ``k`` of image ``i`` is called (a class name, ``output 2``, ...)."""
@@ -171,17 +179,18 @@ class CamResult(Result):
         for i, name in enumerate(self.names):
             t = [int(c) for c in self.arrays["targets"][i]]
             pred = int(self.predictions[i])
-            probs = [float(self.probs[i, c]) if 0 <= c < self.probs.shape[1] else None for c in t]
+            probs = [self._value(i, c) for c in t]
             labels = [self.target_name(i, k) for k in range(len(t))]
+            score = "value" if self.meta.get("task") == "regression" else "probability"
             out.append(
                 {
                     "image": name,
                     "prediction": pred,
                     "prediction_name": self.class_name(pred),
-                    "prediction_probability": float(self.probs[i, pred]),
+                    f"prediction_{score}": float(self.probs[i, pred]),
                     "target": t[0] if single else t,
                     "target_name": labels[0] if single else labels,
-                    "probability": probs[0] if single else probs,
+                    score: probs[0] if single else probs,
                     "method": self.meta["method"],
                     "layer": self.layer,
                     "map_max": float(self.arrays["heatmaps"][i].max()),

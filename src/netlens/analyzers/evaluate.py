@@ -90,16 +90,19 @@ class CountingModel(nn.Module):
         return probabilities(out, self.task(out) if self.task else detect_task(out))
 
 
-def cam_explainer(lens: Lens, method: str, layer: Any = "auto"):  # noqa: ANN201
+def cam_explainer(lens: Lens, method: str, layer: Any = "auto", target: Any = None):  # noqa: ANN201
     """``explain(model, x, targets) -> N×H×W`` heatmaps of ``method`` through ``lens.cam``.
 
-    ``model`` may be another module of the same architecture (a randomised copy).
+    ``model`` may be another module of the same architecture (a randomised copy). ``target``
+    (a :class:`~netlens.targets.Target`), when given, is explained instead of ``targets``'
+    classes: a dense model's region stays the pixels it was, whatever a copy predicts.
     """
 
     def explain(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
         if isinstance(model, CountingModel):  # what metrics are handed; explain the model
             model = model.inner
-        return lens.on(model).cam(x, method=method, layer=layer, target=targets.tolist()).heatmaps
+        chosen = targets.tolist() if target is None else target
+        return lens.on(model).cam(x, method=method, layer=layer, target=chosen).heatmaps
 
     return explain
 

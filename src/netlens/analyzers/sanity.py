@@ -62,7 +62,7 @@ class SanityAnalyzer(Analyzer):
         for m in methods:
             lens.host.cam_methods.get(m)
         x = batch.tensor
-        targets = _class_targets(run, x)
+        targets, region = _class_targets(run, x)
         steps = len(methods) * len(cascade_blocks(lens.model))
         run.progress.note(
             f"sanity: {len(x)} images × {len(methods)} method(s), {steps // len(methods)} "
@@ -74,7 +74,7 @@ class SanityAnalyzer(Analyzer):
         verdicts: dict[str, dict[str, Any]] = {}
         with run.progress.task("sanity", steps, unit="steps") as advance:
             for m in methods:
-                res = _method_test(run, m, x, targets, advance)
+                res = _method_test(run, m, x, targets, advance, region)
                 arrays |= {f"{m}/maps": res.maps, f"{m}/spearman": res.spearman}
                 arrays[f"{m}/ssim"] = res.ssim
                 table += _rows(m, res.steps, res.spearman, res.ssim)
@@ -89,9 +89,11 @@ class SanityAnalyzer(Analyzer):
         return SanityResult("sanity", arrays=arrays, table=table, meta=meta, originals=originals)
 
 
-def _class_targets(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """One class per image (the model's prediction by default), through the shared targets."""
-    from ..targets import resolve_targets
+def _class_targets(run: Run, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """One class per image (the model's prediction by default), through the shared targets;
+    and, for a dense model, its region target (the intact model's pixels, or a mask file's),
+    which every randomised copy is explained over."""
+    from ..targets import RegionTarget, resolve_targets
 
     with torch.no_grad():
         output = run.lens.output(x)
@@ -99,21 +101,25 @@ def _class_targets(run: Run, x: torch.Tensor) -> torch.Tensor:
     targets = torch.as_tensor(target.index(len(x)))
     if bool((targets < 0).any()):
         raise AnalyzerError("sanity explains classes: give a class target (index or name)")
-    return targets
+    return targets, target if isinstance(target, RegionTarget) else None
 
 
 def _method_test(
-    run: Run, method: str, x: torch.Tensor, targets: torch.Tensor, advance: Any
+    run: Run, method: str, x: torch.Tensor, targets: torch.Tensor, advance: Any, region: Any
 ) -> Any:
     """The cascade for one method on this process's share of the images, all shares joined."""
+    from ..targets import RegionTarget
+
     o, mine = run.options, _share(run.group, len(x))
     part = None
     if len(mine):
+        if region is not None:  # this share's images' regions, fixed across the cascade
+            region = RegionTarget(region.classes[mine], region.masks[mine])
         part = cascading_randomization(
             run.lens.model,
             x[mine.start : mine.stop],
             targets[mine.start : mine.stop].to(x.device),
-            cam_explainer(run.lens, method, o.layer),
+            cam_explainer(run.lens, method, o.layer, region),
             seed=o.seed,
             threshold=o.threshold,
             on_step=lambda _b: advance(1),

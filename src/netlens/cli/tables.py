@@ -71,14 +71,20 @@ def cam_table(result: Any) -> Any:
     for col in ("image", "predicted", "explained"):
         table.add_column(col, overflow="fold")
     for row in result.rows():
+        score = "value" if "value" in row else "probability"  # a regression's outputs
         names = row["target_name"] if isinstance(row["target_name"], list) else [row["target_name"]]
-        probs = row["probability"] if isinstance(row["probability"], list) else [row["probability"]]
+        probs = row[score] if isinstance(row[score], list) else [row[score]]
         shown = ", ".join(
-            f"{n} ({p:.1%})" if p is not None else str(n) for n, p in zip(names, probs, strict=True)
+            f"{n} ({_score(p, score)})" if p is not None else str(n)
+            for n, p in zip(names, probs, strict=True)
         )
-        pred = f"{row['prediction_name']} ({row['prediction_probability']:.1%})"
+        pred = f"{row['prediction_name']} ({_score(row[f'prediction_{score}'], score)})"
         table.add_row(row["image"], pred, shown)
     return table
+
+
+def _score(p: float, kind: str) -> str:
+    return f"{p:.1%}" if kind == "probability" else f"= {p:.4g}"
 
 
 def sanity_table(result: Any) -> Any:

@@ -21,6 +21,7 @@ def cam_figure(
     *,
     title: str = "",
     overlay_probs: Sequence[float] | None = None,
+    values: bool = False,
 ) -> Figure:
     """A one-row figure: the image, each overlay, and a bar chart of the top predictions.
 
@@ -34,6 +35,8 @@ def cam_figure(
         overlay_probs: the probability of each overlay's class, written under it (a class
             below 5 % is marked weak: every map is scaled to its own maximum, so colour alone
             cannot tell a weak class from a strong one).
+        values: the scores are a regression's output values, not probabilities: bars on
+            the values' own scale, no percentages.
     """
     n = 2 + len(overlays)
     fig = new_figure(3.2 * n, 3.6, dpi=100)
@@ -47,11 +50,18 @@ def cam_figure(
     ys = np.arange(len(top_names))[::-1]
     bars.barh(ys, top_probs, color="#4c72b0")
     bars.set_yticks(ys, [_short(s) for s in top_names], fontsize=9)
-    bars.set_xlim(0, 1)
-    bars.set_xlabel("probability")
-    bars.set_title("top predictions", fontsize=10)
-    for y, p in zip(ys, top_probs, strict=True):
-        bars.text(min(p + 0.02, 0.78), y, f"{p:.1%}", va="center", fontsize=8)
+    if values:
+        bars.axvline(0, color="#888", lw=0.8)
+        bars.set_xlabel("output value")
+        bars.set_title("largest outputs", fontsize=10)
+        for y, v in zip(ys, top_probs, strict=True):
+            bars.text(max(v, 0), y, f" {v:.4g}", va="center", ha="left", fontsize=8)
+    else:
+        bars.set_xlim(0, 1)
+        bars.set_xlabel("probability")
+        bars.set_title("top predictions", fontsize=10)
+        for y, p in zip(ys, top_probs, strict=True):
+            bars.text(min(p + 0.02, 0.78), y, f"{p:.1%}", va="center", fontsize=8)
     bars.spines[["top", "right"]].set_visible(False)
     if title:
         fig.suptitle(title, fontsize=10)

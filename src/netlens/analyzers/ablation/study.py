@@ -202,6 +202,29 @@ def _first_batch(loader: _Pairs, run: Run) -> torch.Tensor:
     return first[0]
 
 
+def _check_task(run: Run, x: torch.Tensor) -> None:
+    """One line for outputs that are not one class per image: every ablation metric reads
+    the outputs through a softmax (one logit: a sigmoid), which regression values and
+    independent multi-label sigmoids are not."""
+    from ...layers import eval_mode
+
+    with torch.no_grad(), eval_mode(run.lens.model):
+        task = run.lens.task_for(run.lens.output(x))
+    if task == "regression":
+        raise AnalyzerError(
+            "ablate scores classifiers (accuracy, the intact class's probability, KL between "
+            "softmaxes), but this model's outputs are regression values; its metrics would be "
+            "a softmax over them. Pick class scores with --output KEY, or --task if it is a "
+            "classifier"
+        )
+    if task == "multilabel":
+        raise AnalyzerError(
+            "ablate's metrics read one class per image through a softmax, but this model is "
+            "multi-label (independent sigmoids), which they would misread; ablate does not "
+            "score multi-label models yet (--task multiclass if it is single-label)"
+        )
+
+
 def _engine(run: Run, x: torch.Tensor) -> Engine:
     """The engine for the run's units, its traced graph checked on (up to 8 images of) ``x``."""
     engine = Engine(run.lens.model, run.layers or [], fast=run.options.fast, output=run.lens.reader)
@@ -229,6 +252,7 @@ def _plan(run: Run) -> _Plan:
     metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
     loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
     x = _first_batch(loader, run).to(device)
+    _check_task(run, x[:1])
     units, skipped = _units(run, x, mode)
     run.layers = [u.name for u in units]
     engine = _engine(run, x)
