@@ -278,3 +278,19 @@ def test_an_empty_mask_is_left_out_of_pointing_and_energy_with_a_warning(trained
         "1 of 6 image(s) have an empty mask at the model's input (the object lies outside the "
         "crop, or the mask is blank): pointing and energy leave them out"
     ]
+
+
+def test_per_image_scores_do_not_depend_on_the_chunk(trained) -> None:  # noqa: ANN001
+    """Tie-breaking and random orders were seeded by an image's place in its chunk, so
+    ``--chunk`` (a speed knob) or a DataLoader's batch size changed every score."""
+    ds = toy_data(6, seed=9)
+    lens = netlens.load(trained)
+    got = [
+        lens.evaluate(
+            ds, methods="gradcam", metrics="deletion,road-morf", steps=4, chunk=chunk, seed=3
+        ).arrays
+        for chunk in (1, 4, 6)
+    ]
+    for key in ("gradcam/deletion/score", "gradcam/deletion/baseline", "gradcam/road-morf/score"):
+        for other in got[1:]:  # equal up to float sums over other batch compositions
+            np.testing.assert_allclose(got[0][key], other[key], atol=1e-6)

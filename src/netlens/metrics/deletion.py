@@ -13,6 +13,7 @@ curve (twice with the random baseline).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 
 from ..errors import NetlensError
 from ..parallel import one_thread_per_op
-from .perturb import auc, image_ranks, row_probs, to_tensor
+from .perturb import auc, image_ranks, row_probs, seed_option, to_tensor
 
 __all__ = ["Deletion", "Insertion", "blurred", "perturbation_curves"]
 
@@ -59,7 +60,7 @@ def perturbation_curves(
     batch_size: int = 64,
     fill: str = "zero",
     order: str = "heatmap",
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> np.ndarray:
     """N×(steps+1) target probabilities as pixels are deleted (or inserted) step by step.
 
@@ -73,7 +74,8 @@ def perturbation_curves(
         batch_size: images per forward pass.
         fill: what deleted pixels become: ``"zero"`` or ``"blur"`` (deletion only).
         order: ``"heatmap"`` or ``"random"`` (the baseline order; heatmaps unused).
-        seed: for tie-breaking and the random order.
+        seed: for tie-breaking and the random order: image ``i`` uses ``seed + i``, or
+            ``seed[i]`` when one seed per image is given.
     """
     if mode not in ("deletion", "insertion"):
         raise NetlensError(f"mode must be 'deletion' or 'insertion', not '{mode}'")
@@ -125,12 +127,11 @@ class _Perturbation:
         batch_size: int = 64,
         random_baseline: bool = True,
         fill: str = "zero",
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         **opts: Any,
     ) -> dict[str, np.ndarray]:
-        kw = dict(
-            mode=self.mode, steps=int(steps), batch_size=int(batch_size), fill=fill, seed=int(seed)
-        )
+        kw = dict(mode=self.mode, steps=int(steps), batch_size=int(batch_size), fill=fill)
+        kw["seed"] = seed_option(seed)
         curve = perturbation_curves(model, x, heatmaps, targets, **kw)
         out = {"score": auc(curve), "curve": curve}
         if random_baseline:

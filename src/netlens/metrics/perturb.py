@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,8 @@ from ..parallel import map_batches
 from ..targets import as_logits, model_output
 
 __all__ = [
+    "seed_option",
+    "image_seeds",
     "auc",
     "image_ranks",
     "pixel_ranks",
@@ -50,11 +52,32 @@ def random_ranks(shape: tuple[int, int], seed: int) -> np.ndarray:
     return rng.permutation(shape[0] * shape[1]).reshape(shape)
 
 
-def image_ranks(heatmaps: np.ndarray, order: str, seed: int) -> np.ndarray:
-    """N×H×W ranks: of each heatmap (``"heatmap"``), or random (``"random"``), seeds ``seed+i``."""
+def image_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """One seed per image: ``seed + i``, or the ``n`` seeds given (``evaluate`` gives each
+    image ``seed`` + its index in the dataset, so its score does not depend on the batch it
+    happened to fall in: ``--chunk`` or a DataLoader's batch size)."""
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed) + i for i in range(n)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} images")
+    return seeds
+
+
+def seed_option(seed: Any) -> int | list[int]:
+    """A metric's ``seed`` option as :func:`image_seeds` takes it: an int, or one per image."""
+    if isinstance(seed, (int, np.integer, str)):
+        return int(seed)
+    return [int(s) for s in seed]
+
+
+def image_ranks(heatmaps: np.ndarray, order: str, seed: int | Sequence[int]) -> np.ndarray:
+    """N×H×W ranks: of each heatmap (``"heatmap"``), or random (``"random"``); image ``i``'s
+    ties and order drawn with :func:`image_seeds`' seed ``i``."""
+    seeds = image_seeds(seed, len(heatmaps))
     if order == "random":
-        return np.stack([random_ranks(heatmaps.shape[1:], seed + i) for i in range(len(heatmaps))])
-    return np.stack([pixel_ranks(h, seed + i) for i, h in enumerate(heatmaps)])
+        return np.stack([random_ranks(heatmaps.shape[1:], s) for s in seeds])
+    return np.stack([pixel_ranks(h, s) for h, s in zip(heatmaps, seeds, strict=True)])
 
 
 def row_probs(

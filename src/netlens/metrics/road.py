@@ -13,6 +13,7 @@ images and fractions go through the model together, in full batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from torch import nn
 from ..errors import NetlensError
 from ..parallel import one_thread_per_op
 from .imputation import solve_imputation
-from .perturb import image_ranks, row_probs, to_tensor
+from .perturb import image_ranks, image_seeds, row_probs, seed_option, to_tensor
 
 __all__ = ["NEIGHBOUR_WEIGHTS", "RoadLerf", "RoadMorf", "impute_linear", "road_curves"]
 
@@ -91,13 +92,13 @@ def road_curves(
     fractions: tuple[float, ...] = FRACTIONS,
     batch_size: int = 64,
     noise: float = 0.01,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> np.ndarray:
     """N×len(fractions) target probabilities after removing and imputing each fraction.
 
     ``order``: ``"morf"`` (most relevant removed first), ``"lerf"`` (least relevant first) or
     ``"random"`` (the baseline; heatmaps unused). Image ``i``'s tie-breaking, random order and
-    noise use seed ``seed + i``.
+    noise use seed ``seed + i`` (``seed[i]`` when one seed per image is given).
     """
     if order not in ("morf", "lerf", "random"):
         raise NetlensError(f"ROAD order must be morf, lerf or random, not '{order}'")
@@ -118,8 +119,8 @@ def road_curves(
         imputed = torch.from_numpy(solved).reshape(n, k, *x.shape[1:])
         if noise > 0:
             mask = torch.from_numpy(removed[:, :, None]).to(imputed.dtype)
-            for i in range(n):  # as impute_linear(x[i] ×K, ...) with seed + i
-                imputed[i] += mask[i] * _noise(imputed.shape[1:], noise, seed + i)
+            for i, s in enumerate(image_seeds(seed, n)):  # as impute_linear(x[i] ×K, seed=s)
+                imputed[i] += mask[i] * _noise(imputed.shape[1:], noise, s)
         flat = imputed.reshape(n * k, *x.shape[1:]).to(x.device, x.dtype)
         probs = row_probs(model, lambda a, b: flat[a:b], np.repeat(tg, k), batch_size, workers)
     return probs.reshape(n, k)
@@ -151,11 +152,12 @@ class _Road:
         batch_size: int = 64,
         noise: float = 0.01,
         random_baseline: bool = True,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         **opts: Any,
     ) -> dict[str, np.ndarray]:
         fr = tuple(float(f) for f in fractions)
-        kw = dict(fractions=fr, batch_size=int(batch_size), noise=float(noise), seed=int(seed))
+        kw = dict(fractions=fr, batch_size=int(batch_size), noise=float(noise))
+        kw["seed"] = seed_option(seed)
         curve = road_curves(model, x, heatmaps, targets, order=self.order, **kw)
         out = {"score": curve.mean(axis=1), "curve": curve, "curve_x": np.asarray(fr)}
         if random_baseline:
@@ -172,7 +174,7 @@ def _random_baseline(
     ``shared`` is a dict that ``evaluate`` hands to every metric of one batch of images
     (same model, images and targets), so the second ROAD metric reuses the first's baseline.
     """
-    key = ("road-random", id(model), kw["fractions"], kw["noise"], kw["seed"])
+    key = ("road-random", id(model), kw["fractions"], kw["noise"], str(kw["seed"]))
     if isinstance(shared, dict) and key in shared:
         return shared[key]
     rnd = road_curves(model, x, heatmaps, targets, order="random", **kw)
