@@ -12,6 +12,7 @@ limit (:func:`pixel_limit`, default 100 MP) before anything is decoded.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -91,13 +92,26 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files (by suffix, any case) directly in ``folder`` and below, sorted; hidden ones
-    left out (see :func:`is_hidden`)."""
+    left out (see :func:`is_hidden`).
+
+    Symlinked folders are followed, as torchvision's ImageFolder follows them (``Path.rglob``
+    does not before Python 3.13: their images were left out unsaid); each real folder is read
+    once, so a link to an ancestor does not recurse forever."""
     root = Path(folder)
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not is_hidden(p, root)
-    )
+    found, seen = [], set()
+    for top, dirs, names in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(top)
+        except OSError:  # a dangling or unreadable link: nothing to list
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [d for d in dirs if not is_hidden(Path(top, d), root)]
+        found += [Path(top, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(p for p in found if p.is_file() and not is_hidden(p, root))
 
 
 def is_hidden(path: Path, root: Path) -> bool:

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import DataError, NetlensWarning, close_names
 
 __all__ = [
     "UNSET",
     "LabelMatch",
     "index_labels",
+    "index_per_row",
     "match_names",
     "names_by_index",
     "normalize_name",
@@ -154,7 +157,11 @@ def index_labels(
     what: str = "CSV",
     num_classes: int | None = None,
 ) -> LabelMatch:
-    """Integer labels are class indices: checked against the model's class count when known."""
+    """Integer labels are class indices: checked against the model's class count when known.
+
+    ``index`` is keyed by each value as given, so zero-padded names (GTSRB's folders ``00000``,
+    ``00002``) find their number as ``0`` and ``2`` do."""
+    values = list(values)
     distinct = sorted({int(v) for v in values})
     known = list(classes) if isinstance(classes, (list, tuple)) else None
     count = len(known) if known else num_classes
@@ -169,7 +176,34 @@ def index_labels(
         )
     names = known or [str(i) for i in range(max(distinct, default=-1) + 1)]
     src = f"{what} integer indices" if what == "CSV" else f"{what} as class indices"
-    return LabelMatch({str(v): v for v in distinct}, names, src)
+    return LabelMatch({str(v): int(v) for v in values}, names, src)
+
+
+def index_per_row(labels: Any, what: str = "given labels") -> np.ndarray:
+    """One label per image from a label array as training code keeps it: an N×1 column is its
+    N labels (as a Dataset's ``tensor([k])`` items are), a one-hot N×K row is the class it
+    marks (as a one-hot CSV table's row is). Rows marking none or several classes, soft
+    labels and other shapes are one line: netlens reads one class per image."""
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        return arr[:, 0]
+    if arr.ndim == 2 and arr.shape[1] > 1 and np.isin(arr, (0, 1)).all():
+        marked = arr.sum(axis=1)
+        bad = np.flatnonzero(marked != 1)
+        if len(bad) == 0:
+            return arr.argmax(axis=1)
+        raise DataError(
+            f"{what} are one-hot rows, but row {bad[0]} marks {int(marked[bad[0]])} classes: "
+            "netlens reads one class per image; give each image its class index"
+        )
+    if arr.ndim != 1:
+        shape = f"shaped {'×'.join(map(str, arr.shape))}" if arr.ndim else "a single value"
+        soft = " and not one-hot (0/1)" if arr.ndim == 2 else ""
+        raise DataError(
+            f"{what} are {shape}{soft}: give each image its class index (N labels; an N×1 "
+            "column and one-hot N×K rows are read too)"
+        )
+    return arr
 
 
 def _find(name: str, model: list[str], aliases: Mapping[str, int] | None = None) -> int | None:

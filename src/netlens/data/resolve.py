@@ -14,7 +14,7 @@ from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
 from .items import as_pair, hub_rows, pair_keys
-from .labels import UNSET, index_labels, match_names
+from .labels import UNSET, index_labels, index_per_row, match_names
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -138,8 +138,14 @@ class ImageFolderDataset(Dataset):
         known = classes if isinstance(classes, Sequence) else []
         if label_map is None and not set(self.folder_classes) & set(known):
             _refuse_splits(self.root, self.folder_classes)
+        # numbered by position (no model names to match): every class folder counts, empty
+        # ones too, as torchvision's ImageFolder (and so a model trained with it) numbers them
+        by_position = not isinstance(classes, Sequence) and label_map is None
         match = match_names(
-            self.folder_classes, classes, label_map=label_map, num_classes=num_classes
+            list(files) if by_position else self.folder_classes,
+            classes,
+            label_map=label_map,
+            num_classes=num_classes,
         )
         self.classes, self.label_source = match.classes, match.source
         self.items = [(f, match.index[c]) for c in self.folder_classes for f in files[c]]
@@ -317,7 +323,8 @@ class _Preprocessed(Dataset):
 
 
 class _PairDataset(Dataset):
-    """Preprocessed image tensors with labels (and ground-truth masks, for a triple)."""
+    """Image tensors with labels (and ground-truth masks, for a triple). Float images are
+    preprocessed already; pixels (uint8) are preprocessed on access, as a Dataset's are."""
 
     def __init__(
         self,
@@ -326,8 +333,16 @@ class _PairDataset(Dataset):
         classes: Any = UNSET,
         n: int | None = None,
         masks: Any = None,
+        preprocess: Preprocess | None = None,
     ) -> None:
+        labels = torch.as_tensor(index_per_row(labels.detach().cpu())).long()
+        if len(labels) != len(images):
+            raise DataError(
+                f"{len(images)} images but {len(labels)} labels; give one label per image"
+            )
         self.x, self.y = images, labels
+        pixels = preprocess is not None and len(images) > 0 and not _is_preprocessed(images)
+        self.preprocess = sized(preprocess, lambda: as_pixels(images[0].cpu())) if pixels else None
         match = index_labels(labels.tolist(), classes, what="given labels", num_classes=n)
         self.classes, self.label_source = match.classes, "(images, labels) pair: class indices"
         self.masks = None if masks is None else np.asarray(masks).astype(bool)
@@ -341,7 +356,8 @@ class _PairDataset(Dataset):
         return len(self.x)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i], int(self.y[i])
+        x = self.x[i] if self.preprocess is None else self.preprocess(as_pixels(self.x[i].cpu()))
+        return x, int(self.y[i])
 
 
 def sized(preprocess: Any, first_image: Callable[[], np.ndarray]) -> Any:
@@ -397,7 +413,7 @@ def as_dataset(
             for v in data[:2]
         )
         masks = data[2] if len(data) == 3 else None
-        return _PairDataset(x, y.long(), classes, num_classes, masks)
+        return _PairDataset(x, y, classes, num_classes, masks, preprocess)
     if isinstance(data, (str, Path)):
         return _from_path(data, preprocess, host, split, classes, label_map, num_classes)
     raise DataError(
