@@ -290,3 +290,18 @@ def test_a_guessed_normalisation_is_said_once_at_load():
         netlens.load(net(), preprocess=lambda image: torch.zeros(3, 8, 8))
         netlens.load(timm.create_model("resnet18", num_classes=2))
         netlens.load("zoo:shapes-allconv")
+
+
+@pytest.mark.parametrize("hw", [(1, 60), (60, 1), (1, 1), (2, 333)])
+def test_a_one_pixel_thin_image_has_a_crop_box_and_an_overlay(hw) -> None:
+    """A 1×60 image's centre crop rounded to a 0-pixel-wide box, and drawing its map crashed
+    in OpenCV (``inv_scale_x > 0``), killing the whole folder's run."""
+    import netlens
+
+    spec = Preprocess(size=(32, 32), crop_pct=0.875, crop_mode="center")
+    top, bottom, left, right = spec.crop_box(hw)
+    assert 0 <= top < bottom <= hw[0] and 0 <= left < right <= hw[1]
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    img = np.full((*hw, 3), 200, np.uint8)
+    res = netlens.Lens(torch.nn.Sequential(model, torch.nn.Flatten()).eval(), spec).cam(img)
+    assert res.overlay(0).shape[:2] >= (1, 1)

@@ -178,10 +178,8 @@ class Preprocess:
         top, left = self.crop_start(nh, nw)
         sy, sx = nh / h0, nw / w0
         return (
-            max(0, round(top / sy)),
-            min(h0, round((top + h) / sy)),
-            max(0, round(left / sx)),
-            min(w0, round((left + w) / sx)),
+            *_span(top / sy, (top + h) / sy, h0),
+            *_span(left / sx, (left + w) / sx, w0),
         )
 
     # -- applying --------------------------------------------------------------------------
@@ -332,3 +330,13 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 def _per_channel(values: tuple[float, ...], c: int) -> tuple[float, ...]:
     return tuple(values[:c]) if len(values) >= c else tuple(values) * c
+
+
+def _span(start: float, stop: float, size: int) -> tuple[int, int]:
+    """Pixels ``start..stop`` of an axis of ``size``, rounded, at least one pixel wide: a crop
+    of a 1-pixel-thin image's middle rounds both ends to one spot."""
+    a, b = max(0, round(start)), min(size, round(stop))
+    if b <= a:
+        a = min(a, size - 1)
+        b = a + 1
+    return a, b
