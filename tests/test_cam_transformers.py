@@ -275,3 +275,55 @@ def test_window_attention_internals_are_refused_not_folded_into_the_batch() -> N
     with pytest.raises(AnalyzerError, match="windows or patches folded into the batch"):
         netlens.Lens(model).features(x, layer)
     assert netlens.cam(model, x, layer="stages.0", target=1).heatmaps.shape == (2, 64, 64)
+
+
+def _shapes_4d(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    from netlens.layers import named_layers
+
+    got: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, m in named_layers(model).items():
+
+        def hook(m, i, o, name=name) -> None:  # noqa: ANN001
+            if isinstance(o, torch.Tensor) and o.dim() == 4:
+                got.setdefault(name, tuple(o.shape))
+
+        hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: timm.create_model("convnext_atto", num_classes=3, conv_mlp=False),
+        lambda: timm.create_model("mambaout_femto", num_classes=3),  # NHWC, permutes in forward
+        lambda: timm.create_model("poolformer_s12", num_classes=3),  # GroupNorm, NCHW
+        lambda: _hf_convnext(),
+    ],
+    ids=["timm-convnext", "timm-mambaout", "timm-poolformer", "hf-convnext"],
+)
+def test_every_layers_layout_agrees_with_the_width_oracle(make) -> None:  # noqa: ANN001
+    """An independent oracle: run the model at two input widths; the axis of a layer's output
+    that follows the width is W (axis 3: N×C×H×W; axis 2: N×H×W×C). netlens' reading of every
+    4-d layer must agree (timm MambaOut's stem GELU, between a ``permute`` in its forward and a
+    conv, was read channels last by the ``output_fmt`` rule)."""
+    from netlens.activations import channels_last
+    from netlens.channel_layout import learn_layouts
+
+    model = make().eval()
+    learn_layouts(model, torch.zeros(1, 3, 64, 64))
+    a = _shapes_4d(model, torch.zeros(1, 3, 64, 64))
+    b = _shapes_4d(model, torch.zeros(1, 3, 64, 96))
+    checked, wrong = 0, []
+    for name, shape in a.items():
+        moved = [i for i in range(4) if shape[i] != b.get(name, shape)[i]]
+        if moved not in ([2], [3]):
+            continue
+        checked += 1
+        if channels_last(model, name) != (moved == [2]):
+            wrong.append((name, shape))
+    assert checked > 30 and wrong == []

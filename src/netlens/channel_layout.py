@@ -4,8 +4,9 @@ A module's name does not say how its output is laid out: a ``GELU`` or a ``Layer
 between a ConvNeXt block's two pointwise ``Linear`` layers sees and returns N×H×W×C (timm's
 ``ConvNeXtBlock`` without ``conv_mlp``, Hugging Face's ``ConvNextLayer``), the same ``GELU``
 after a convolution N×C×H×W. Reading the first as N×C×H×W gives per-"channel" statistics,
-feature maps and ablations over image rows. So one dry forward (batch 1, no autograd, before
-any analyzer's hook is set) follows the tensors themselves:
+feature maps and ablations over image rows. So a forward of one image (the one that tells
+whether the model ends in a sigmoid, before any analyzer's hook is set) follows the tensors
+themselves:
 
 - convolutions, batch/instance/group norms, 2-d pools and upsampling return N×C×H×W;
   a ``Linear`` acts on the last axis, so its 4-d output is N×H×W×C; so does a layer norm
@@ -14,7 +15,9 @@ any analyzer's hook is set) follows the tensors themselves:
   ``Permute`` says where it moves the channels;
 - a module that returns a tensor another call returned (a container, an in-place activation)
   has that call's layout, and one whose output has its input's shape, an input another call
-  returned (activations, dropout, scaling), keeps that input's layout.
+  returned (activations, dropout, scaling), keeps that input's layout; fed by plain tensor
+  ops instead (a ``permute`` in the forward), it has the latest decided call's layout when its
+  input has that call's output shape, the other one when the channels moved.
 
 Layers this does not decide (a block's output computed by plain tensor ops) are left to the
 rules of :func:`netlens.activations.channels_last`.
@@ -23,12 +26,14 @@ rules of :func:`netlens.activations.channels_last`.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["learn_layouts", "learned_layout"]
+__all__ = ["learn_layouts", "learned_layout", "learning_layouts", "share_layouts"]
 
 _LEARNED: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
 
@@ -45,6 +50,12 @@ _CHANNELS_FIRST = (
 )
 
 
+def share_layouts(model: nn.Module, other: nn.Module) -> None:
+    """Give ``other``, a module of ``model``'s architecture (a randomised copy), its layouts."""
+    if model in _LEARNED and other is not model:
+        _LEARNED[other] = _LEARNED[model]
+
+
 def learned_layout(model: nn.Module, layer: str) -> bool | None:
     """True/False when the dry forward decided ``layer``'s layout (N×H×W×C / N×C×H×W)."""
     learned = _LEARNED.get(model)
@@ -54,15 +65,31 @@ def learned_layout(model: nn.Module, layer: str) -> bool | None:
 def learn_layouts(model: nn.Module, x: torch.Tensor) -> None:
     """Learn, once per model, the layouts of its layers' 4-d outputs from a forward of
     ``x[:1]``; a forward that fails leaves the rules to decide."""
+    from .layers import eval_mode
+
+    with learning_layouts(model), torch.no_grad(), eval_mode(model):
+        try:
+            model(x[:1])
+        except Exception:  # noqa: BLE001 - the analyses report the model's own error
+            pass
+
+
+@contextmanager
+def learning_layouts(model: nn.Module) -> Iterator[None]:
+    """Learn the layouts from the model's next forward inside the block (one netlens runs
+    anyway: the output check of :meth:`netlens.Lens.learn_output`), once per model; kept
+    only when that forward ran to its end."""
     if model in _LEARNED:
+        yield
         return
-    from .layers import eval_mode, named_layers
+    from .layers import named_layers
 
     found: dict[str, set[bool]] = {}
     made: dict[int, bool] = {}  # id(tensor) → layout of the call that returned it
     alive: list[torch.Tensor] = []  # keeps every id above unique during the forward
     inputs: list[Any] = []
-    handles = []
+    last: list[tuple[torch.Size, bool]] = []  # the latest decided call's output shape, layout
+    done: list[bool] = []
 
     def enter(m: nn.Module, args: tuple) -> None:
         inputs.append(next((a for a in args if isinstance(a, torch.Tensor)), None))
@@ -73,25 +100,27 @@ def learn_layouts(model: nn.Module, x: torch.Tensor) -> None:
             if not isinstance(out, torch.Tensor) or out.dim() != 4:
                 return
             layout = _layout(m, out, inp, made)
+            if layout is None:
+                layout = _after(out, inp, last[0] if last else None)
             if layout is not None:
                 alive.append(out)
                 made[id(out)] = layout
                 found.setdefault(name, set()).add(layout)
+                last[:] = [(out.shape, layout)]
 
         return hook
 
+    handles = [model.register_forward_hook(lambda m, i, o: done.append(True))]
     try:
         for name, mod in named_layers(model).items():
             handles.append(mod.register_forward_pre_hook(enter))
             handles.append(mod.register_forward_hook(leave(name)))
-        with torch.no_grad(), eval_mode(model):
-            model(x[:1])
-    except Exception:  # noqa: BLE001 - the analyses report the model's own error
-        return
+        yield
     finally:
         for h in handles:
             h.remove()
-    _LEARNED[model] = {name: s.pop() for name, s in found.items() if len(s) == 1}
+    if done:
+        _LEARNED[model] = {name: s.pop() for name, s in found.items() if len(s) == 1}
 
 
 def _layout(m: nn.Module, out: torch.Tensor, inp: Any, made: dict[int, bool]) -> bool | None:
@@ -122,3 +151,19 @@ def _layer_norm(m: nn.LayerNorm, out: torch.Tensor) -> bool | None:
     if last and second:  # C = W: only torch's own LayerNorm surely norms the last axis
         return True if type(m) is nn.LayerNorm else None
     return True if last else False if second else None
+
+
+def _after(out: torch.Tensor, inp: Any, last: tuple[torch.Size, bool] | None) -> bool | None:
+    """An elementwise module fed by plain tensor ops (``x.permute(0, 3, 1, 2)`` in a
+    forward, between a norm and an activation: timm's MambaOut stem): the latest decided
+    call's layout when its input has that call's output shape, the other layout when it has
+    that shape with the channels moved; None when neither, or both (C = H = W)."""
+    if last is None or not isinstance(inp, torch.Tensor) or inp.shape != out.shape:
+        return None
+    shape, nhwc = last
+    n, a, b, c = shape
+    moved = (n, c, a, b) if nhwc else (n, b, c, a)
+    same, other = inp.shape == shape, inp.shape == moved
+    if same == other:
+        return None
+    return nhwc if same else not nhwc

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .channel_layout import learn_layouts
+from .channel_layout import learning_layouts, share_layouts
 from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
@@ -197,6 +197,7 @@ class Lens:
             output=self.output_key,
         )
         view._sigmoid = self._sigmoid  # the same architecture: its output reads the same
+        share_layouts(self.model, model)  # and its layers are laid out the same
         return view
 
     @property
@@ -216,10 +217,11 @@ class Lens:
 
     def learn_output(self, x: torch.Tensor) -> None:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in
-        a sigmoid (analyzers call this before any hook is set)."""
+        a sigmoid, and which layers keep channels last (analyzers call this before any hook
+        is set)."""
         if self._sigmoid is None:
-            learn_layouts(self.model, self.place(x[:1]))
-            self._sigmoid = ends_in_sigmoid(self.model, self.place(x), self.output_key)
+            with learning_layouts(self.model):  # the same forward: channels-last layers
+                self._sigmoid = ends_in_sigmoid(self.model, self.place(x), self.output_key)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
