@@ -291,7 +291,7 @@ class EvaluateAnalyzer(Analyzer):
                     tally.classifier_checked = True
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
-                seeds = {"seed": [int(opts.get("seed", 0)) + int(i) for i in idx]}
+                seeds = {"image_seeds": [int(opts.get("seed", 0)) + int(i) for i in idx]}
                 _score_batch(run, tally, method_list, x, y, masks, opts | seeds, step)
         acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
         run.layers = [str(o.layer)]

@@ -127,11 +127,12 @@ class _Perturbation:
         batch_size: int = 64,
         random_baseline: bool = True,
         fill: str = "zero",
-        seed: int | Sequence[int] = 0,
+        seed: int = 0,
+        image_seeds: Sequence[int] | None = None,
         **opts: Any,
     ) -> dict[str, np.ndarray]:
         kw = dict(mode=self.mode, steps=int(steps), batch_size=int(batch_size), fill=fill)
-        kw["seed"] = seed_option(seed)
+        kw["seed"] = seed_option(seed, image_seeds)
         curve = perturbation_curves(model, x, heatmaps, targets, **kw)
         out = {"score": auc(curve), "curve": curve}
         if random_baseline:

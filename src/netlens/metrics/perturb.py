@@ -64,11 +64,10 @@ def image_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     return seeds
 
 
-def seed_option(seed: Any) -> int | list[int]:
-    """A metric's ``seed`` option as :func:`image_seeds` takes it: an int, or one per image."""
-    if isinstance(seed, (int, np.integer, str)):
-        return int(seed)
-    return [int(s) for s in seed]
+def seed_option(seed: Any, image_seeds: Sequence[int] | None = None) -> int | list[int]:
+    """A metric's seeds as :func:`image_seeds` takes them: ``image_seeds`` (one per image:
+    ``evaluate`` gives each image ``seed`` + its dataset index), else the ``seed`` option."""
+    return int(seed) if image_seeds is None else [int(s) for s in image_seeds]
 
 
 def image_ranks(heatmaps: np.ndarray, order: str, seed: int | Sequence[int]) -> np.ndarray:

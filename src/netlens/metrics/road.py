@@ -152,12 +152,13 @@ class _Road:
         batch_size: int = 64,
         noise: float = 0.01,
         random_baseline: bool = True,
-        seed: int | Sequence[int] = 0,
+        seed: int = 0,
+        image_seeds: Sequence[int] | None = None,
         **opts: Any,
     ) -> dict[str, np.ndarray]:
         fr = tuple(float(f) for f in fractions)
         kw = dict(fractions=fr, batch_size=int(batch_size), noise=float(noise))
-        kw["seed"] = seed_option(seed)
+        kw["seed"] = seed_option(seed, image_seeds)
         curve = road_curves(model, x, heatmaps, targets, order=self.order, **kw)
         out = {"score": curve.mean(axis=1), "curve": curve, "curve_x": np.asarray(fr)}
         if random_baseline:
