@@ -115,6 +115,13 @@ def _naive_gradcam(model: torch.nn.Module, x: torch.Tensor, layer: str, target: 
     return up[:, 0].detach().numpy()
 
 
+def _agrees_with_naive_gradcam(model, x, layer: str, target: int, nhwc: bool) -> None:  # noqa: ANN001
+    mine = netlens.cam(model, x, layer=layer, target=target).heatmaps
+    ref = _naive_gradcam(model, x, layer, target, nhwc)
+    assert mine.std() > 0 and ref.std() > 0
+    assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+
+
 @pytest.mark.parametrize(
     ("arch", "layer", "nhwc"),
     [
@@ -135,10 +142,7 @@ def test_torchvision_layers_that_keep_channels_last_are_read_as_such(arch, layer
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(num_classes=5).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    mine = netlens.cam(model, x, layer=layer, target=2).heatmaps
-    ref = _naive_gradcam(model, x, layer, 2, nhwc)
-    assert mine.std() > 0 and ref.std() > 0
-    assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+    _agrees_with_naive_gradcam(model, x, layer, 2, nhwc)
 
 
 def test_a_convolution_inside_a_channels_last_timm_model_stays_channels_first() -> None:
@@ -218,10 +222,7 @@ def test_activations_between_channels_last_layers_are_read_channels_last(layer, 
     torch.manual_seed(0)
     model = timm.create_model("convnext_atto", num_classes=4, conv_mlp=False).eval()
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(5))
-    mine = netlens.cam(model, x, layer=layer, target=1).heatmaps
-    ref = _naive_gradcam(model, x, layer, 1, nhwc)
-    assert mine.std() > 0 and ref.std() > 0
-    assert np.corrcoef(mine.ravel(), ref.ravel())[0, 1] > 0.999
+    _agrees_with_naive_gradcam(model, x, layer, 1, nhwc)
 
 
 def test_hugging_face_convnext_activations_and_norms_keep_channels_last() -> None:
