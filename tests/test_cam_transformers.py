@@ -328,3 +328,19 @@ def test_every_layers_layout_agrees_with_the_width_oracle(make) -> None:  # noqa
         if channels_last(model, name) != (moved == [2]):
             wrong.append((name, shape))
     assert checked > 30 and wrong == []
+
+
+def test_a_channels_last_norm_whose_channels_equal_its_height_and_width() -> None:
+    """At 160 px timm ConvNeXt-atto's first block norm gives 1×40×40×40 (C = H = W): its shape
+    cannot tell the layout, so it was read channels first (features' channel 5, a constant −1,
+    read as −0.02). A layer norm not named 2-d norms its last axis, whatever the sizes."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", num_classes=3, conv_mlp=False).eval()
+    layer = "stages.0.blocks.0.norm"
+    with torch.no_grad():
+        model.get_submodule(layer).weight[5] = 0.0
+        model.get_submodule(layer).bias[5] = -1.0
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(7))
+    feats = netlens.Lens(model, netlens.Preprocess(size=(160, 160))).features(x, layer)
+    means = feats.arrays[f"{layer}:means"]
+    assert means.shape == (2, 40) and np.allclose(means[:, 5], -1.0, atol=1e-5)

@@ -145,11 +145,12 @@ def _layout(m: nn.Module, out: torch.Tensor, inp: Any, made: dict[int, bool]) ->
 
 def _layer_norm(m: nn.LayerNorm, out: torch.Tensor) -> bool | None:
     """Over the last axis (N×H×W×C), unless the channels sit second: timm's ``LayerNorm2d``
-    (a ``LayerNorm`` that permutes around its call)."""
+    (a ``LayerNorm`` that permutes around its call, named for it). When C = W both fit, and
+    the class says which: any layer norm not named 2-d norms the last axis."""
     c = m.normalized_shape[0]
     last, second = out.shape[-1] == c, out.shape[1] == c
-    if last and second:  # C = W: only torch's own LayerNorm surely norms the last axis
-        return True if type(m) is nn.LayerNorm else None
+    if "2d" in type(m).__name__.lower():
+        return False if second else None
     return True if last else False if second else None
 
 
