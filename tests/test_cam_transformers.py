@@ -251,15 +251,48 @@ def test_hugging_face_convnext_activations_and_norms_keep_channels_last() -> Non
     assert by[prefix + "act"]["dead_channels"] == pytest.approx(8 / 64, abs=0.02)
 
 
-def test_channel_ablation_refuses_a_channels_last_layer() -> None:
-    """It ablated the rows of a Swin stage as if they were channels, without a word."""
-    from netlens.errors import AnalyzerError
+def _kl_zeroing(model, x, layer: str, index) -> float:  # noqa: ANN001
+    """KL from the intact model's softmax after zeroing ``out[index]`` of ``layer``, by hand."""
 
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-    with pytest.raises(AnalyzerError, match="keeps its channels last"):
-        netlens.Lens(tiny_swin()).run(
-            "ablate", (x, torch.tensor([0, 1, 2, 3])), layers="layers.3", channels=[0]
-        )
+    def hook(m, i, o):  # noqa: ANN001, ANN202
+        o = o.clone()
+        o[index] = 0
+        return o
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        return getattr(out, "logits", out).double()
+
+    with torch.no_grad():
+        base = torch.log_softmax(logits(x), 1)
+        handle = model.get_submodule(layer).register_forward_hook(hook)
+        ablated = torch.log_softmax(logits(x), 1)
+        handle.remove()
+    return float((base.exp() * (base - ablated)).sum(1).mean())
+
+
+@pytest.mark.parametrize(
+    ("make", "layer", "size"),
+    [
+        (tiny_swin, "layers.3", 64),  # timm Swin: N×H×W×C stages
+        (tiny_vit, "blocks.0.mlp.fc1", 32),  # tokens: N×L×D
+        (lambda: _hf_convnext(), "convnext.encoder.stages.1.layers.0.act", 64),  # GELU, NHWC
+    ],
+    ids=["swin-stage", "vit-tokens", "hf-convnext-act"],
+)
+def test_channel_ablation_of_a_channels_last_layer_zeroes_its_last_axis(make, layer, size):  # noqa: ANN001
+    """A Swin stage's rows were ablated as if they were channels, without a word (then it was
+    refused); a ViT token layer's tokens were (channel 0 = the class token). Channels are the
+    last axis of such layers, as features and stats count them."""
+    model = make().eval()
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(4))
+    res = netlens.Lens(model, netlens.Preprocess(size=(size, size))).ablate(
+        (x, torch.tensor([0, 1, 2, 0])), mode="zero", layers=layer, channels=[0, 5], metric="kl"
+    )
+    got = {r["channel"]: r["value"] for r in res.table if r["kind"] == "channel"}
+    for c in (0, 5):
+        want = _kl_zeroing(model, x, layer, (..., c))
+        assert want > 0 and got[c] == pytest.approx(want, rel=1e-4, abs=1e-9)
 
 
 def test_window_attention_internals_are_refused_not_folded_into_the_batch() -> None:

@@ -156,3 +156,55 @@ def test_dinov2_with_registers_lays_its_patches_out_past_its_register_tokens() -
     assert feats.meta["shapes"][block] == [1, 32, 4, 4]
     means = grid.mean((2, 3))[0].numpy()
     np.testing.assert_allclose(feats.arrays[f"{block}:means"][0], means, rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_square_vit_grid_whose_token_count_is_a_square() -> None:
+    """A Hugging Face ViT on 96×216 inputs (patch 8): 12×27 = 324 patches, which is 18², so its
+    tokens were folded into an 18×18 grid (the model has no ``patch_embed.grid_size``): maps,
+    top positions and Grad-CAM (r = 0.07) scrambled, without a word. The input's shape says
+    the grid."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tf.ViTConfig(
+        image_size=(96, 216),
+        patch_size=8,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        num_labels=4,
+    )
+    model = tf.ViTForImageClassification(cfg).eval()
+    layer = next(n for n, _ in model.named_modules() if n.endswith("layers.0.mlp.fc1"))
+    x = torch.randn(2, 3, 96, 216, generator=torch.Generator().manual_seed(1))
+    got = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: got.update(o=o))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    want = got["o"][:, 1:].reshape(2, 12, 27, -1).permute(0, 3, 1, 2)
+    lens = netlens.Lens(model, netlens.Preprocess(size=(96, 216)))
+    maps = lens.features(x, layer, channels=[0, 3]).arrays[f"{layer}:maps"]
+    np.testing.assert_allclose(maps, want[:, [0, 3]].numpy(), atol=1e-5)
+
+
+def test_a_layer_returning_a_tuple_is_named_as_such_by_every_analyzer() -> None:
+    """Hugging Face blocks return tuples: ``cam`` said "no probed layer ran with gradients
+    enabled" and ``stats`` "the dataset is empty?"."""
+    tf = pytest.importorskip("transformers")
+    from netlens.errors import AnalyzerError
+
+    torch.manual_seed(0)
+    cfg = tf.PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_labels=3)
+    model = tf.PoolFormerForImageClassification(cfg).eval()
+    layer = "poolformer.encoder.block.1.0"
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
+    lens = netlens.Lens(model, netlens.Preprocess(size=(64, 64)))
+    for run in (
+        lambda: lens.cam(x, layer=layer, target=1),
+        lambda: lens.features(x, layer),
+        lambda: lens.run("stats", (x, y), layers=[layer]),
+        lambda: lens.run("top-activations", (x, y), layer=layer),
+    ):
+        with pytest.raises(AnalyzerError, match=r"tuple|no tensor"):
+            run()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,16 +20,18 @@ from torch import nn
 from .channel_layout import learned_layout
 from .errors import AnalyzerError
 
-__all__ = ["channels_last", "is_spatial", "to_spatial"]
+__all__ = ["channels_last", "is_spatial", "tensor_output", "to_spatial"]
 
 
-def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
+def _token_layout(
+    model: nn.Module, length: int, hw: Sequence[int] | None = None
+) -> tuple[int, int, int] | None:
     """(prefix tokens, grid height, grid width) of ``length`` tokens; None when no grid fits.
 
     The patch embedding's grid decides when it fits with at most ``num_prefix_tokens`` (class,
     register, distillation) tokens in front: CaiT's self-attention blocks carry no class token
-    although the model has one. Otherwise a square grid after ``num_prefix_tokens`` (0–2 when
-    the model does not say) tokens.
+    although the model has one. Otherwise the grid of the input's shape ``hw`` (square for a
+    square input) after ``num_prefix_tokens`` (0–2 when the model does not say) tokens.
     """
     n = getattr(model, "num_prefix_tokens", None)
     registers = getattr(getattr(model, "config", None), "num_register_tokens", None)
@@ -40,9 +44,25 @@ def _token_layout(model: nn.Module, length: int) -> tuple[int, int, int] | None:
         if 0 <= length - h * w <= most:
             return length - h * w, h, w
     for k in ([most] if n is not None else []) + list(range(most + 1)):
-        side = math.isqrt(max(length - k, 0))
-        if side * side == length - k and side > 0:
-            return k, side, side
+        grid = _grid(length - k, hw)
+        if grid is not None:
+            return k, *grid
+    return None
+
+
+def _grid(n: int, hw: Sequence[int] | None) -> tuple[int, int] | None:
+    """An h×w grid of ``n`` patches shaped as an ``hw`` input (h/w = H/W, to a patch's
+    rounding); square when the input is, or not known."""
+    if n <= 0:
+        return None
+    if hw is None or hw[0] == hw[1]:
+        side = math.isqrt(n)
+        return (side, side) if side * side == n else None
+    ratio = hw[0] / hw[1]
+    for h in range(1, n + 1):
+        w, rest = divmod(n, h)
+        if not rest and abs(h - w * ratio) < 1.0:
+            return h, w
     return None
 
 
@@ -101,17 +121,33 @@ def _is_tv_permute(m: nn.Module) -> bool:
     return type(m).__name__ == "Permute" and type(m).__module__.startswith("torchvision.")
 
 
+def tensor_output(out: Any, layer: str) -> torch.Tensor:
+    """A layer's output, which must be one tensor; one line naming what it is otherwise."""
+    if not isinstance(out, torch.Tensor):
+        raise AnalyzerError(
+            f"layer '{layer}' returns a {type(out).__name__}, not a tensor (Hugging Face "
+            "layers return tuples); pick a module inside it (see `netlens layers MODEL`)"
+        )
+    return out
+
+
 def to_spatial(
-    t: torch.Tensor, model: nn.Module, layer: str = "", batch: int | None = None
+    t: torch.Tensor,
+    model: nn.Module,
+    layer: str = "",
+    batch: int | None = None,
+    hw: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """An activation as N×C×H×W (a view or reshape; gradients flow through it).
 
+    ``hw``: the input's height and width, which tell a token layer's patch grid when the model
+    does not (a Hugging Face ViT on a 96×216 image: 12×27 patches, 324 tokens, not 18×18).
     Raises AnalyzerError with a one-line explanation when the layer has no spatial extent, or
     when its maps are not one per image of the ``batch`` that ran (window attention folds its
     windows into the batch: MaxViT, Swin's attention internals).
     """
     custom = getattr(model, "netlens_reshape", None)
-    s = custom(t, layer) if custom is not None else _spatial(t, model, layer)
+    s = custom(t, layer) if custom is not None else _spatial(t, model, layer, hw)
     if batch is not None and s.dim() == 4 and s.shape[0] != batch:
         raise AnalyzerError(
             f"layer '{layer}' gives {s.shape[0]} maps for {batch} image(s): it works on "
@@ -121,12 +157,14 @@ def to_spatial(
     return s
 
 
-def _spatial(t: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor:
+def _spatial(
+    t: torch.Tensor, model: nn.Module, layer: str, hw: Sequence[int] | None = None
+) -> torch.Tensor:
     if t.dim() == 4:
         return t.permute(0, 3, 1, 2) if channels_last(model, layer) else t
     if t.dim() == 3:
         n, length, d = t.shape
-        layout = _token_layout(model, length)
+        layout = _token_layout(model, length, hw)
         if layout is None:
             raise AnalyzerError(
                 f"layer '{layer}' gives {length} tokens that do not form a square patch grid; "

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..activations import to_spatial
+from ..activations import tensor_output, to_spatial
 from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import auto_layer, eval_mode
@@ -220,9 +220,11 @@ def _fused_copy(
     return fast if same else None
 
 
-def spatial_channel_view(raw: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor:
+def spatial_channel_view(
+    raw: torch.Tensor, model: nn.Module, layer: str, hw: Sequence[int] | None = None
+) -> torch.Tensor:
     """``to_spatial`` of ``raw`` that must share its memory (so writes reach ``raw``)."""
-    view = to_spatial(raw, model, layer)
+    view = to_spatial(raw, model, layer, hw=hw)
     if view.untyped_storage().data_ptr() != raw.untyped_storage().data_ptr():
         raise AnalyzerError(
             f"layer '{layer}': the reshape to N×C×H×W copies data, so channels cannot be "
@@ -362,7 +364,7 @@ def capture(
 
         logits = run_channels_last(model, attempt, x, again=again)
         sets = choose_targets(logits.detach())
-        outs = {n: p[n].output for n in layers}
+        outs = {n: tensor_output(p[n].output, n) for n in layers}
         grad_sets: list[dict[str, torch.Tensor]] = []
         if grads:
             for k, target in enumerate(sets):
@@ -370,8 +372,9 @@ def capture(
                 if score.requires_grad:
                     p.compute_grads(score, retain_graph=k < len(sets) - 1)
                 _check_reached(layers, [p[n].grad for n in layers])
-                grad_sets.append({n: _spatial_grad(p[n].grad, outs[n], model, n) for n in layers})
-    acts = {n: to_spatial(outs[n].detach(), model, n, len(logits)) for n in layers}
+                grads_now = {n: _spatial_grad(p[n].grad, model, n, x.shape[-2:]) for n in layers}
+                grad_sets.append(grads_now)
+    acts = {n: to_spatial(outs[n].detach(), model, n, len(x), x.shape[-2:]) for n in layers}
     raw = {n: outs[n].detach() for n in layers}
     return Capture(logits.detach(), acts, raw, grad_sets), sets
 
@@ -405,7 +408,7 @@ def _check_reached(layers: Sequence[str], grads: Sequence[torch.Tensor | None]) 
 
 
 def _spatial_grad(
-    g: torch.Tensor | None, out: torch.Tensor, model: nn.Module, layer: str
+    g: torch.Tensor | None, model: nn.Module, layer: str, hw: tuple[int, ...]
 ) -> torch.Tensor:
     assert g is not None  # _check_reached refused the run otherwise
-    return to_spatial(g.detach(), model, layer)
+    return to_spatial(g.detach(), model, layer, hw=hw)

@@ -326,7 +326,7 @@ def _run_ablated(ctx: CamContext, i: int, chans: torch.Tensor) -> torch.Tensor:
     """
     raw = ctx.raw[i : i + 1]
     copies = raw.repeat(len(chans), *([1] * (raw.dim() - 1)))
-    view = spatial_channel_view(copies, ctx.model, ctx.layer)
+    view = spatial_channel_view(copies, ctx.model, ctx.layer, ctx.x.shape[-2:])
     view[torch.arange(len(chans)), chans.to(view.device)] = 0
     if "ablation_tail" not in ctx.cache:
         ctx.cache["ablation_tail"] = _tail_only_ok(ctx, i)

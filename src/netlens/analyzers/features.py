@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..activations import to_spatial
+from ..activations import tensor_output, to_spatial
 from ..errors import AnalyzerError
 from ..layers import resolve_layers
 from ..probes import probe
@@ -83,14 +83,10 @@ _CHUNK = 32  # images per forward
 
 
 def _selected(
-    out: Any, model: Any, name: str, top: int, channels: Any, batch: int
+    out: Any, model: Any, name: str, top: int, channels: Any, x: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
     """One batch's selected maps (N×K×H×W), their channels (N×K) and all channel means (N×C)."""
-    if not isinstance(out, torch.Tensor):
-        raise AnalyzerError(
-            f"layer '{name}' returns a {type(out).__name__}, not a tensor; pick another layer"
-        )
-    maps = to_spatial(out.float(), model, name, batch)
+    maps = to_spatial(tensor_output(out, name).float(), model, name, len(x), x.shape[-2:])
     if maps.shape[-1] * maps.shape[-2] <= 1:
         raise AnalyzerError(
             f"layer '{name}' has no spatial extent (output shape {tuple(out.shape)}): "
@@ -144,9 +140,7 @@ def _feature_arrays(
         for chunk in x.split(_CHUNK):
             model(chunk)
             for name in names:
-                parts[name].append(
-                    _selected(p[name].output, model, name, top, channels, len(chunk))
-                )
+                parts[name].append(_selected(p[name].output, model, name, top, channels, chunk))
             p.clear()
     arrays: dict[str, np.ndarray] = {}
     for name in names:

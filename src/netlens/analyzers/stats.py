@@ -248,6 +248,12 @@ class StatsAnalyzer(Analyzer):
         run.layers = names
         rng = _range(o.hist_range)
         stats, seen = _stream(run, names, rng)
+        if not stats and seen:
+            raise AnalyzerError(
+                f"{_listed(names)} return(s) no tensor (a tuple or an object: Hugging Face "
+                "layers return tuples); pick layers that return tensors, e.g. a module inside "
+                "(see `netlens layers MODEL`)"
+            )
         if not stats:
             raise AnalyzerError("no data passed through the model (the dataset is empty?)")
         arrays: dict[str, np.ndarray] = {}
@@ -263,6 +269,11 @@ class StatsAnalyzer(Analyzer):
         )
         rows = [s.row(k, channels_last(model, k.split("[")[0])) for k, s in stats.items()]
         return StatsResult("stats", arrays, rows, meta)
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:3])
+    return f"layer {shown}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _stream(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..activations import to_spatial
+from ..activations import tensor_output, to_spatial
 from ..errors import AnalyzerError
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
@@ -171,7 +171,7 @@ class TopActivationsAnalyzer(Analyzer):
             x.requires_grad_(True)
             with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
                 model(x)
-                act = _spatial(p[name].output, model, name, len(x))
+                act = _spatial(p[name].output, model, name, x)
                 rows = torch.arange(len(x))
                 target = act[rows, chans[sl], flat_pos[sl, 0], flat_pos[sl, 1]].sum()
                 (grad,) = torch.autograd.grad(target, x)
@@ -221,7 +221,7 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
     ):
         for x, _, index in run.data.loader(run.options.batch_size, with_index=True):
             model(x.to(lens.device))
-            act = _spatial(p[name].output, model, name, len(x))
+            act = _spatial(p[name].output, model, name, x)
             p.clear()
             n, c, gh, gw = act.shape
             peak, where = act.reshape(n, c, -1).max(dim=2)
@@ -262,10 +262,8 @@ def _rows(arrays: dict[str, np.ndarray], shown: torch.Tensor) -> list[dict[str, 
     ]
 
 
-def _spatial(out: Any, model: Any, name: str, batch: int) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise AnalyzerError(f"layer '{name}' returns a {type(out).__name__}, not a tensor")
-    return to_spatial(out.float(), model, name, batch)
+def _spatial(out: Any, model: Any, name: str, x: torch.Tensor) -> torch.Tensor:
+    return to_spatial(tensor_output(out, name).float(), model, name, len(x), x.shape[-2:])
 
 
 def _sample(dataset: Any, i: int) -> torch.Tensor:

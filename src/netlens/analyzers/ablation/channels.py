@@ -40,11 +40,14 @@ def _stack(
     stats: UnitStats | None,
     seed: int,
     group: int,
+    last: bool = False,
 ) -> list[Ablation]:
     out = []
     for i in range(0, len(keys), group):
         m = torch.stack(masks[i : i + group])
-        replace = channel_group_replacement(mode, stats, m, ids[i : i + group], seed=seed)
+        replace = channel_group_replacement(
+            mode, stats, m, ids[i : i + group], seed=seed, last=last
+        )
         out.append(Ablation(keys[i : i + group], unit, replace))
     return out
 
@@ -59,8 +62,10 @@ def channel_ablations(
     group: int = 64,
     skip: set[str] | frozenset = frozenset(),
     which: list[int] | None = None,
+    last: bool = False,
 ) -> list[Ablation]:
-    """One ablation per channel of ``unit``'s output (``which``: only those; ``skip`` left out)."""
+    """One ablation per channel of ``unit``'s output (``which``: only those; ``skip`` left out;
+    ``last``: the channels are its last axis)."""
     chosen = range(channels) if which is None else which
     todo = [c for c in chosen if channel_key(unit, c) not in skip]
     eye = torch.eye(channels, dtype=torch.bool)
@@ -73,6 +78,7 @@ def channel_ablations(
         stats,
         seed,
         group,
+        last,
     )
 
 
@@ -101,6 +107,7 @@ def curve_ablations(
     group: int = 64,
     points: int = 17,
     skip: set[str] | frozenset = frozenset(),
+    last: bool = False,
 ) -> list[Ablation]:
     """Ablations removing the first k channels of each order, for k in :func:`curve_points`.
 
@@ -117,4 +124,4 @@ def curve_ablations(
             keys.append(key)
             masks.append(mask)
             ids.append(channels + o * (channels + 1) + k)  # noise seeds apart from single ones
-    return _stack(unit, keys, masks, ids, mode, stats, seed, group)
+    return _stack(unit, keys, masks, ids, mode, stats, seed, group, last)

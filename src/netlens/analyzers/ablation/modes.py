@@ -124,27 +124,43 @@ def shape_message(name: str, shape_in: tuple | None, shape_out: tuple | None) ->
     )
 
 
-def channel_mask(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """A (C,) or (G, C) bool mask shaped to broadcast over ``out``'s batch and spatial dims."""
-    extra = out.dim() - 2
-    return mask.view(*mask.shape, *([1] * extra)).to(out.device)
+def channel_mask(out: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
+    """A (C,) or (G, C) bool mask shaped to broadcast over ``out``'s batch and spatial dims:
+    channels on axis 1, or ``last`` (N×H×W×C maps, N×tokens×C token layers)."""
+    extra = [1] * (out.dim() - 2)
+    if last:
+        return mask.view(*mask.shape[:-1], *extra, mask.shape[-1]).to(out.device)
+    return mask.view(*mask.shape, *extra).to(out.device)
 
 
 def channel_replacement(
-    mode: str, stats: UnitStats | None, mask: torch.Tensor, *, seed: int = 0, key: int = 0
+    mode: str,
+    stats: UnitStats | None,
+    mask: torch.Tensor,
+    *,
+    seed: int = 0,
+    key: int = 0,
+    last: bool = False,
 ) -> Replacement:
-    """Replace the channels where ``mask`` (C,) is True; the others keep their values."""
+    """Replace the channels where ``mask`` (C,) is True; the others keep their values
+    (``last``: the channels are the output's last axis)."""
     fill_mode = "zero" if mode == "identity" else check_mode(mode)
 
     def replace(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
         fill = _fill(fill_mode, out, stats, seed, key, batch)
-        return torch.where(channel_mask(out, mask), fill, out)
+        return torch.where(channel_mask(out, mask, last), fill, out)
 
     return replace
 
 
 def channel_group_replacement(
-    mode: str, stats: UnitStats | None, masks: torch.Tensor, keys: list[int], *, seed: int = 0
+    mode: str,
+    stats: UnitStats | None,
+    masks: torch.Tensor,
+    keys: list[int],
+    *,
+    seed: int = 0,
+    last: bool = False,
 ) -> Replacement:
     """G channel ablations at once: returns the G copies of the output stacked on the batch dim.
 
@@ -162,7 +178,7 @@ def channel_group_replacement(
         else:
             fill = torch.zeros((), dtype=out.dtype, device=out.device)
         # one allocation for all G copies: the same elementwise where as channel_replacement
-        stacked = torch.where(channel_mask(out, masks)[:, None], fill, out[None])
+        stacked = torch.where(channel_mask(out, masks, last)[:, None], fill, out[None])
         return stacked.view(g * n, *out.shape[1:])
 
     return replace

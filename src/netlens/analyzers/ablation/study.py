@@ -300,15 +300,12 @@ def _channel_study(plan: _Plan) -> None:
     shape = unit.shape_out or ()
     if len(shape) < 2:
         raise AnalyzerError(f"'{unit.name}' has no channel dimension (output {shape})")
-    if len(shape) == 4 and channels_last(plan.run.lens.model, unit.name):
-        raise AnalyzerError(
-            f"'{unit.name}' keeps its channels last (output {tuple(shape)}, N×H×W×C); channel "
-            "ablation takes channels-first layers: pick a convolution's or a stage's output"
-        )
-    n_ch, per = shape[1], int(np.prod(shape[1:]))
+    # channels last: tokens (N×L×C) and N×H×W×C maps; ablating axis 1 would remove tokens
+    last = len(shape) == 3 or (len(shape) == 4 and channels_last(plan.run.lens.model, unit.name))
+    n_ch, per = (shape[-1] if last else shape[1]), int(np.prod(shape[1:]))
     which = _which_channels(opts.channels, n_ch, unit.name)
     group = ch.group_size(per, plan.loader.batch_size) if plan.engine.is_fast(unit.name) else 1
-    kw = {"seed": opts.seed, "group": group, "skip": set(plan.rows.rows)}
+    kw = {"seed": opts.seed, "group": group, "skip": set(plan.rows.rows), "last": last}
     st = plan.unit_stats(unit.name)
     singles = ch.channel_ablations(unit.name, n_ch, plan.mode, st, which=which, **kw)
     plan.ablate(singles, f"channels of {unit.name}")
