@@ -240,3 +240,23 @@ def test_sanity_keeps_a_dense_region_across_the_cascade(tmp_path) -> None:
     res = lens.run("sanity", x, method="gradcam", layer="enc.2", target=target)
     maps = res.arrays["gradcam/maps"]
     np.testing.assert_allclose(maps.reshape(-1, *want.shape)[0], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", ["16-bit", "rgb"])
+def test_a_region_mask_of_any_depth_or_scale_and_a_misshapen_one(tmp_path, depth: str) -> None:
+    """``region:2@mask.png`` read its mask as 8-bit gray: a 16-bit label mask (object = 1) was
+    an empty region; a mask of another shape was stretched onto the output."""
+    import cv2
+
+    x = _images()
+    model = Seg(3).eval()
+    lens = netlens.Lens(model, netlens.Preprocess(size=(48, 48)))
+    m = np.zeros((96, 96), np.uint8)  # drawn at twice the input's size
+    m[20:60, 20:60] = 1
+    img = m.astype(np.uint16) if depth == "16-bit" else np.dstack([m * 0, m * 0, m * 200])
+    cv2.imwrite(str(tmp_path / "m.png"), img)
+    rows = lens.cam(x, layer="enc.2", target=f"region:2@{tmp_path / 'm.png'}").rows()
+    assert [r["target_name"] for r in rows] == ["2 (400 px)"] * 2
+    cv2.imwrite(str(tmp_path / "wide.png"), np.full((48, 96), 255, np.uint8))
+    with pytest.raises(NetlensError, match="not shaped as the model's output"):
+        lens.cam(x, layer="enc.2", target=f"region:2@{tmp_path / 'wide.png'}")

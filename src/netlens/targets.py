@@ -518,10 +518,20 @@ def _main_class(counts: torch.Tensor, lens: Lens, k: int) -> int:
 
 
 def _mask_file(path: str, size: torch.Size) -> torch.Tensor:
+    """A region mask PNG (:func:`netlens.mask_files.read_mask`) at the output's size: drawn on
+    the model's input or output, at any scale; another shape is refused, not stretched."""
     import cv2
 
-    m = cv2.imread(str(Path(path)), cv2.IMREAD_GRAYSCALE)
+    from .mask_files import read_mask, same_shape_up_to_scale
+
+    m = read_mask(Path(path))
     if m is None:
         raise TargetError(f"cannot read the region mask {path} (a PNG, non-zero = inside)")
-    m = cv2.resize(m, (int(size[1]), int(size[0])), interpolation=cv2.INTER_NEAREST)
+    h, w = int(size[0]), int(size[1])
+    if not same_shape_up_to_scale(m.shape, (h, w)):
+        raise TargetError(
+            f"the region mask {path} is {m.shape[1]}×{m.shape[0]}, not shaped as the model's "
+            f"output ({w}×{h}): draw it on the model's input (after its resize and crop)"
+        )
+    m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy(m > 0)

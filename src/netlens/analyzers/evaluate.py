@@ -151,33 +151,28 @@ class _FolderMasks(Dataset):
 
 
 def read_mask(path: Path, rel: Path) -> np.ndarray:
-    """A mask PNG as H×W bool, non-zero = object, at any bit depth: 8- or 16-bit gray (a
-    16-bit label image keeps its 1s), RGB (any channel), or an alpha-only drawing."""
-    import cv2
+    """A mask PNG as H×W bool (:func:`netlens.mask_files.read_mask`); one line when missing."""
+    from ..mask_files import read_mask as read
 
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    m = read(path)
     if m is None:
         raise DataError(
             f"no mask {display_path(path)} for image {rel}; give every image "
             "a mask PNG at the same relative path"
         )
-    if m.ndim == 3:
-        colour = m[..., :3]
-        m = colour.any(axis=2) if m.shape[2] < 4 or colour.any() else m[..., 3]
-    return np.asarray(m) > 0
+    return m
 
 
 def _check_mask_shape(shape: tuple[int, ...], image: Path, mask: Path) -> None:
     """Refuse a mask whose shape is not its image's, up to scale: drawn on a rotated image
     (the stored pixels of an EXIF-oriented JPEG, read upright) or on another image."""
     from ..image_decode import upright_size
+    from ..mask_files import same_shape_up_to_scale
 
     size = upright_size(image)
-    if size is None or tuple(shape) == size:
+    if size is None or same_shape_up_to_scale(tuple(shape), size):
         return
     (mh, mw), (ih, iw) = shape[:2], size
-    if abs(mh * iw - mw * ih) <= max(mh, mw, ih, iw):  # the same picture at another scale
-        return
     raise DataError(
         f"mask {display_path(mask)} is {mw}×{mh} but its image {display_path(image)} is "
         f"{iw}×{ih} as netlens reads it (after its EXIF orientation); draw the mask on the "
