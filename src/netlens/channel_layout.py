@@ -1,4 +1,4 @@
-"""Which layers' 4-d outputs keep channels last (N×H×W×C), learned from one dry forward.
+"""Which layers' 4-d outputs keep channels last (N×H×W×C), learned from one forward.
 
 A module's name does not say how its output is laid out: a ``GELU`` or a ``LayerNorm``
 between a ConvNeXt block's two pointwise ``Linear`` layers sees and returns N×H×W×C (timm's
