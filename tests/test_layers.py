@@ -167,3 +167,30 @@ def test_type_selects_subclasses_too():
     convs = resolve_layers(model, "type:Conv2d")
     assert convs[0] == "conv1" and len(convs) == 20
     assert resolve_layers(model, "type:ParametrizedConv2d") == ["conv1"]
+
+
+def test_the_layer_table_says_how_each_layer_is_read() -> None:
+    """`netlens layers` now shows each layer's layout (NCHW, NHWC, NLC), the reading every
+    analyzer uses, so a ConvNeXt MLP's channels-last outputs are visible before picking it."""
+    import subprocess
+    import sys
+
+    import timm
+
+    from netlens.layers import layer_table
+
+    model = timm.create_model("convnext_atto", num_classes=3, conv_mlp=False).eval()
+    rows = {r.name: r for r in layer_table(model, torch.zeros(1, 3, 64, 64))}
+    assert rows["stages.0.blocks.0.conv_dw"].layout == "NCHW"
+    assert rows["stages.0.blocks.0.mlp.act"].layout == "NHWC"
+    assert rows["head.fc"].layout == ""
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+    assert {r.name: r for r in layer_table(vit)}["blocks.0.mlp.fc1"].layout == "NLC"
+    piped = subprocess.run(  # piped output keeps its cells whole (rich squeezed it to 80)
+        [sys.executable, "-m", "netlens", "layers", "zoo:shapes-allconv"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"},
+        check=True,
+    )
+    assert "…" not in piped.stdout and " layout " in piped.stdout

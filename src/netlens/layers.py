@@ -57,6 +57,7 @@ class LayerInfo:
     trainable: int
     calls: int = 0
     call_shapes: tuple[tuple[int, ...] | None, ...] = ()
+    layout: str = ""  # how netlens reads the output: NCHW, NHWC, NLC (tokens); "" for others
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -425,9 +426,15 @@ def _is_token_grid(out: Any, model: nn.Module) -> bool:
 
 
 def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[LayerInfo]:
-    """Name, type, output shape, calls per forward (one dry forward), parameters of each layer."""
+    """Name, type, output shape, calls per forward (one dry forward), parameters of each layer,
+    and how netlens reads its output's channels (:mod:`netlens.channel_layout`)."""
+    from .activations import channels_last
+    from .channel_layout import learning_layouts
+
     shapes: dict[str, list[tuple[int, ...] | None]] = {}
-    for c in trace_calls(model, example):
+    with learning_layouts(model):  # the same forward tells which layers keep channels last
+        traced = trace_calls(model, example)
+    for c in traced:
         out = c.output
         shapes.setdefault(c.name, []).append(
             tuple(out.shape) if isinstance(out, torch.Tensor) else None
@@ -436,6 +443,9 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
     for name, mod in named_layers(model).items():
         params = list(mod.parameters())
         calls = shapes.get(name, [])
+        shape = next((s for s in calls if s is not None), None)
+        rank = len(shape) if shape else 0
+        layout = {3: "NLC", 4: "NHWC" if rank == 4 and channels_last(model, name) else "NCHW"}
         rows.append(
             LayerInfo(
                 name=name,
@@ -445,6 +455,7 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
                 trainable=sum(p.numel() for p in params if p.requires_grad),
                 calls=len(calls),
                 call_shapes=tuple(calls),
+                layout=layout.get(rank, ""),
             )
         )
     return rows

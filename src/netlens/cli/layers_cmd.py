@@ -11,7 +11,10 @@ from .options import Common, ModelArg, command
 @cli_errors
 @command()
 def layers(model: ModelArg = None, *, common: Common) -> None:
-    """List every layer: name, type, output shape, calls per forward, parameters.
+    """List every layer: name, type, output shape, layout, calls per forward, parameters.
+
+    The layout is how netlens reads a layer's channels: NCHW, NHWC (channels last: ConvNeXt
+    MLPs, Swin stages) or NLC (tokens).
 
     The names are the selectors for --layer. A module that runs more than once per forward
     (calls > 1) is selected per call with NAME@K (K from 0, -1 for the last), e.g. act@1.
@@ -39,10 +42,12 @@ def _table(lens: Any, rows: list[Any]) -> Any:
     table.add_column("name", no_wrap=True, min_width=widest)
     table.add_column("type", no_wrap=True)
     table.add_column("output shape", no_wrap=True)
+    table.add_column("layout", no_wrap=True)
     for col in ("calls", "params", "trainable"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(r.name, r.type, _shapes(r), str(r.calls), f"{r.params:,}", f"{r.trainable:,}")
+        cells = (str(r.calls), f"{r.params:,}", f"{r.trainable:,}")
+        table.add_row(r.name, r.type, _shapes(r), r.layout or "-", *cells)
     return table
 
 

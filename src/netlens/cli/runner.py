@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,10 @@ __all__ = [
 
 EXIT_SKIPPED = 3
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+# piped (``netlens layers | grep Conv2d``, ``> table.txt``), a table keeps its cells whole:
+# rich would squeeze it into 80 columns and cut shapes and counts to "1×40×5…"
+_PIPED = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+out = Console(highlight=False, soft_wrap=True, width=1000 if _PIPED else None)
 
 
 def set_threads(requested: int | None, default: int | None = None) -> int | None:
