@@ -366,3 +366,24 @@ def test_tiny_cnn_unchanged_and_no_hooks(options) -> None:
         )
     assert_no_hooks(model)
     assert res.rows and all(np.isfinite(r["value"]) for r in res.rows)
+
+
+def test_channel_figure_with_fewer_class_names_than_outputs(tmp_path) -> None:
+    """Data naming 2 classes for a 5-output model (folders `a`, `b`; no model names) crashed
+    the per-class curves with an IndexError, after the rows were written."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for folder in "ab":
+        (tmp_path / folder).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / folder / f"{i}.png"), rng.integers(0, 255, (16, 16, 3)))
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5)
+    ).eval()
+    lens = netlens.Lens(model, netlens.Preprocess(size=(16, 16)))
+    res = lens.ablate(tmp_path, mode="zero", layers="0", channels=[0, 1], resamples=50)
+    assert res.meta["classes"] == ["a", "b"]
+    res.save(tmp_path / "out")
+    assert (tmp_path / "out" / "ablation-channels.png").stat().st_size > 0

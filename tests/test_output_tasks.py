@@ -260,3 +260,26 @@ def test_a_region_mask_of_any_depth_or_scale_and_a_misshapen_one(tmp_path, depth
     cv2.imwrite(str(tmp_path / "wide.png"), np.full((48, 96), 255, np.uint8))
     with pytest.raises(NetlensError, match="not shaped as the model's output"):
         lens.cam(x, layer="enc.2", target=f"region:2@{tmp_path / 'wide.png'}")
+
+
+def test_multilabel_on_a_one_logit_segmentation_is_its_one_label() -> None:
+    """``--task multilabel`` on N×1×H×W was ignored: label 0 read as the background (1 − σ)
+    over the whole image, while the JSON said multilabel."""
+    x = _images()
+    model = Seg(1).eval()
+    _centre(model, x, 0.3)
+    z = model.logits(x).detach()[:, 0]
+    lens = netlens.Lens(model, netlens.Preprocess(size=(48, 48)), task="multilabel")
+    np.testing.assert_allclose(lens.predict(x)[:, 0], torch.sigmoid(z).mean((1, 2)), atol=1e-6)
+    rows = lens.cam(x, layer="enc.2", target="region:0").rows()
+    assert [r["target_name"] for r in rows] == [f"0 ({int((m > 0).sum())} px)" for m in z]
+
+
+def test_an_empty_region_mask_is_refused(tmp_path) -> None:
+    """An all-zero mask file gave an empty map and a warning to "give the region as a mask"."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((48, 48), np.uint8))
+    lens = netlens.Lens(Seg(3).eval(), netlens.Preprocess(size=(48, 48)))
+    with pytest.raises(NetlensError, match="is empty"):
+        lens.cam(_images(), layer="enc.2", target=f"region:1@{tmp_path / 'empty.png'}")

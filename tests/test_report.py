@@ -270,3 +270,14 @@ def test_sections_name_the_images_that_ran_not_the_limit(lens, photos, data) -> 
     rep = build_report(lens, photos[:1], data=(x[:5], y[:5]), sections="ablate,evaluate")
     intros = {s.key: s.intro for s in rep.sections}
     assert " on 5 images" in intros["ablate"] and " on 5 images" in intros["evaluate"]
+
+
+def test_a_model_that_records_no_input_size_gets_its_page(photos) -> None:  # noqa: ANN001
+    """A `--arch FILE.py:Class` state_dict or a pickled module records no input size: the
+    model section crashed with "'NoneType' object is not subscriptable"."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    lens = netlens.load(model.eval())  # no input size recorded: the first image's
+    rep = build_report(lens, photos[:1], sections="card,cam", methods="gradcam")
+    assert "records no input size" in rep.html

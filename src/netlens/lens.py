@@ -213,7 +213,8 @@ class Lens:
     def reader(self) -> OutputReader:
         """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`)."""
         regression = self.task == "regression"  # a bounded score: its values, as they are
-        return OutputReader(self.output_key, bool(self._sigmoid) and not regression)
+        sigmoid = bool(self._sigmoid) and not regression
+        return OutputReader(self.output_key, sigmoid, binary_dense=self.task != "multilabel")
 
     def learn_output(self, x: torch.Tensor) -> None:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in

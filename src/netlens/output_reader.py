@@ -50,12 +50,13 @@ class OutputReader:
 
     key: str | int | None = None
     sigmoid: bool = False
+    binary_dense: bool = True  # one channel per pixel as background/foreground (not multilabel)
 
     def __call__(self, out: Any) -> torch.Tensor:
         t = model_output(out, self.key)
         if self.sigmoid and t.is_floating_point() and t.dim() in (2, 4):
             t = torch.logit(t, eps=float(torch.finfo(t.dtype).eps))
-        if t.dim() == 4 and t.shape[1] == 1:
+        if t.dim() == 4 and t.shape[1] == 1 and self.binary_dense:
             return binary_dense(t)
         return t
 

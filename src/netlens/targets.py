@@ -534,4 +534,9 @@ def _mask_file(path: str, size: torch.Size) -> torch.Tensor:
             f"output ({w}×{h}): draw it on the model's input (after its resize and crop)"
         )
     m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    if not m.any():
+        raise TargetError(
+            f"the region mask {path} is empty (no non-zero pixel at the output's {w}×{h}): "
+            "draw the region in it (non-zero = inside)"
+        )
     return torch.from_numpy(m > 0)

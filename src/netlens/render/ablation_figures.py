@@ -125,7 +125,8 @@ def _class_curves(ax: Axes, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     fall = np.nan_to_num(per_class[0] - per_class[-1], nan=-np.inf)
     shown = np.argsort(-fall, kind="stable")[:12]  # the classes that fall most
     for c in sorted(shown.tolist()):
-        ax.plot(k, per_class[:, c], linewidth=1, label=str(names[c])[:12])
+        name = names[c] if c < len(names) else c  # data named fewer classes than outputs
+        ax.plot(k, per_class[:, c], linewidth=1, label=str(name)[:12])
     ax.set_xlabel("channels removed (most important first)")
     ax.set_ylabel(meta["per_class"])
     extra = f" ({len(shown)} of {per_class.shape[1]} that fall most)" if len(fall) > 12 else ""

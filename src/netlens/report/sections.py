@@ -44,9 +44,18 @@ class ReportInputs:
     _layers: list[LayerInfo] | None = None
 
     def layers(self) -> list[LayerInfo]:
-        """The layer table (one dry forward, made once)."""
+        """The layer table (one dry forward, made once); on the first image when the model
+        records no input size (the size every analysis then takes from it)."""
         if self._layers is None:
-            self._layers = self.lens.layers()
+            from ..layers import layer_table
+
+            try:
+                self._layers = self.lens.layers()
+            except NetlensError:
+                if self.images is None:
+                    raise
+                first = self.lens.batch(self.images, strict=self.strict).tensor[:1]
+                self._layers = layer_table(self.lens.model, first)
         return self._layers
 
     def data_source(self) -> Any:
@@ -129,7 +138,7 @@ def model_section(ctx: ReportInputs) -> Section:
         ("model", ctx.call.model or lens.name),
         ("architecture", c.get("arch") or type(lens.model).__name__),
         ("classes", _classes(lens)),
-        ("input", f"{pre.channels}×{pre.size[0]}×{pre.size[1]}, mean {pre.mean}, std {pre.std}"),
+        ("input", f"{pre.channels}×{_size(pre)}, mean {pre.mean}, std {pre.std}"),
         ("parameters", f"{params:,}"),
         ("trained on", c.get("data")),
         ("test accuracy", f"{test['accuracy']:.2%}" if "accuracy" in test else None),
@@ -347,3 +356,10 @@ BUILDERS: dict[str, tuple[Callable[[ReportInputs], Section], str]] = {
     "evaluate": (evaluate_section, "Are the explanations right"),
     "sanity": (sanity_section, "Do the maps depend on what the model learned"),
 }
+
+
+def _size(pre: Any) -> str:
+    """The model's input H×W; a model that records none takes each image's own size."""
+    if pre.size is None:
+        return "H×W of the first image (the model records no input size)"
+    return f"{pre.size[0]}×{pre.size[1]}"
