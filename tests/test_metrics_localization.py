@@ -60,3 +60,27 @@ def test_metric_objects_return_score_and_chance() -> None:
     assert EnergyInMask()(None, None, h, [0], masks=m)["score"] == pytest.approx([1.0])
     with pytest.raises(DataError):
         PointingGame()(None, None, h, [0], masks=None)
+
+
+def test_tolerance_is_a_euclidean_distance_and_grows_the_chance_level() -> None:
+    """An ellipse-kernel dilation counted peaks 2.24 px away as hits at tolerance 2 (15.3 at
+    15), and the chance level ignored the tolerance (0.016 where random peaks hit 0.12)."""
+    from netlens.metrics.localization import PointingGame, pointing_game
+
+    mask = np.zeros((1, 40, 40), bool)
+    mask[0, 10:14, 10:14] = True
+    for (dy, dx), tol, hit in [
+        ((2, 0), 2, 1.0),
+        ((2, 1), 2, 0.0),
+        ((3, 3), 4, 0.0),
+        ((0, 15), 15, 1.0),
+    ]:
+        heat = np.zeros((1, 40, 40), np.float32)
+        heat[0, 13 + dy, 13 + dx] = 1.0  # distance from the mask's corner pixel (13, 13)
+        assert pointing_game(heat, mask, tolerance=tol)[0] == hit, (dy, dx, tol)
+    yy, xx = np.mgrid[:40, :40]
+    near = np.zeros((40, 40), bool)  # a naive loop: every pixel within 5 px of a mask pixel
+    for y, x in zip(*np.nonzero(mask[0]), strict=True):
+        near |= (yy - y) ** 2 + (xx - x) ** 2 <= 25
+    got = PointingGame()(None, None, np.zeros((1, 40, 40)), [0], masks=mask, tolerance=5)
+    assert got["baseline"][0] == pytest.approx(near.mean())
