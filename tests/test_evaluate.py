@@ -294,3 +294,20 @@ def test_per_image_scores_do_not_depend_on_the_chunk(trained) -> None:  # noqa: 
     for key in ("gradcam/deletion/score", "gradcam/deletion/baseline", "gradcam/road-morf/score"):
         for other in got[1:]:  # equal up to float sums over other batch compositions
             np.testing.assert_allclose(got[0][key], other[key], atol=1e-6)
+
+
+def test_the_seed_seeds_the_bootstrap_too(trained) -> None:  # noqa: ANN001
+    """``--seed`` seeds every bootstrap (docs/ablation.md); evaluate's and sanity's were always
+    seeded 0."""
+    from netlens.metrics.bootstrap import mean_ci
+
+    lens = netlens.load(trained)
+    rows = {
+        seed: lens.evaluate(toy_data(12, seed=4), methods="gradcam", metrics="energy", seed=seed)
+        for seed in (1, 2)
+    }
+    scores = rows[1].arrays["gradcam/energy/score"]
+    for seed, res in rows.items():
+        row = res.table[0]
+        assert (row["mean"], row["ci_low"], row["ci_high"], row["n"]) == mean_ci(scores, seed=seed)
+    assert rows[1].table[0]["ci_low"] != rows[2].table[0]["ci_low"]

@@ -291,7 +291,7 @@ class EvaluateAnalyzer(Analyzer):
         acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
         run.layers = [str(o.layer)]
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
-        table = summary_rows(lens, arrays, method_list, plan.metrics)
+        table = summary_rows(lens, arrays, method_list, plan.metrics, seed=int(o.seed))
         per = plan.n_images * len(method_list)
         cost = {m: {"forward_passes": fwd[m] / per, "seconds": seconds[m] / per} for m in fwd}
         meta = {"methods": method_list, "metrics": plan.metrics, "images": plan.n_images}
@@ -410,14 +410,19 @@ def _masks(ds: Dataset, idx: list[int], lens: Lens) -> np.ndarray | None:
 
 
 def summary_rows(
-    lens: Lens, arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
+    lens: Lens,
+    arrays: dict[str, np.ndarray],
+    methods: list[str],
+    metrics: list[str],
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One table row per method and metric: mean ± CI, and the baseline's mean ± CI."""
+    """One table row per method and metric: mean ± CI (bootstrap seeded by ``seed``, as
+    ``--seed`` seeds every bootstrap), and the baseline's mean ± CI."""
     rows = []
     for method in methods:
         for name in metrics:
             metric = lens.host.metrics.get(name)
-            mean, lo, hi, n = mean_ci(arrays[f"{method}/{name}/score"])
+            mean, lo, hi, n = mean_ci(arrays[f"{method}/{name}/score"], seed=seed)
             row: dict[str, Any] = {
                 "method": method,
                 "metric": name,
@@ -429,7 +434,7 @@ def summary_rows(
             }
             base = arrays.get(f"{method}/{name}/baseline")
             if base is not None:
-                b, blo, bhi, _ = mean_ci(base)
+                b, blo, bhi, _ = mean_ci(base, seed=seed)
                 kind = "chance" if getattr(metric, "needs_masks", False) else "random order"
                 row |= {
                     "baseline": b,

@@ -77,7 +77,7 @@ class SanityAnalyzer(Analyzer):
                 res = _method_test(run, m, x, targets, advance, region)
                 arrays |= {f"{m}/maps": res.maps, f"{m}/spearman": res.spearman}
                 arrays[f"{m}/ssim"] = res.ssim
-                table += _rows(m, res.steps, res.spearman, res.ssim)
+                table += _rows(m, res.steps, res.spearman, res.ssim, o.seed)
                 verdicts[m] = _verdict(res, o.threshold)
         originals = [
             batch.original(i) if orig is not None else lens.transform.denormalize(t)
@@ -157,11 +157,13 @@ def _joined(parts: list[CascadeResult | None], threshold: float) -> CascadeResul
     )
 
 
-def _rows(method: str, steps: list[str], rho: np.ndarray, sim: np.ndarray) -> list[dict]:
+def _rows(
+    method: str, steps: list[str], rho: np.ndarray, sim: np.ndarray, seed: int = 0
+) -> list[dict]:
     rows = []
     for k, block in enumerate(steps):
-        r, rlo, rhi, n = mean_ci(rho[k])
-        s, slo, shi, _ = mean_ci(sim[k])
+        r, rlo, rhi, n = mean_ci(rho[k], seed=int(seed))
+        s, slo, shi, _ = mean_ci(sim[k], seed=int(seed))
         rows.append(
             {
                 "method": method,
