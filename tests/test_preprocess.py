@@ -305,3 +305,30 @@ def test_a_one_pixel_thin_image_has_a_crop_box_and_an_overlay(hw) -> None:
     img = np.full((*hw, 3), 200, np.uint8)
     res = netlens.Lens(torch.nn.Sequential(model, torch.nn.Flatten()).eval(), spec).cam(img)
     assert res.overlay(0).shape[:2] >= (1, 1)
+
+
+def _shown_error(img: np.ndarray, box: tuple[int, ...], seen: np.ndarray) -> float:
+    t, b, left, r = box
+    crop = Image.fromarray(img[t:b, left:r]).resize(seen.shape[1::-1], Image.BICUBIC)
+    return float(np.abs(np.asarray(crop, np.float32) - seen).mean())
+
+
+def test_timm_non_square_and_border_inputs_are_located_where_timm_put_them() -> None:
+    """timm keeps the aspect ratio for a non-square input size (``ResizeKeepRatio``) and fits
+    then pads in ``border`` mode, but overlays assumed a squash: on a 300×451 photo at 128×160
+    they covered columns 11–440 where the model saw 45–403 (23 grey levels off)."""
+    import timm
+
+    img = skdata.chelsea()
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    lens = netlens.load(model, input_size=(128, 160))
+    seen = lens.transform.denormalize(lens.preprocess(img)[0]).astype(np.float32)
+    box = lens.transform.crop_box(img.shape[:2])
+    assert _shown_error(img, box, seen) < 3.0 and abs(box[2] - 45) <= 1
+    lens = netlens.load(model, input_size=96, crop_mode="border")
+    seen = lens.transform.denormalize(lens.preprocess(img)[0]).astype(np.float32)
+    top, bottom, left, right = lens.transform.input_box(img.shape[:2])
+    rows = np.nonzero(seen.std(axis=1).max(axis=1) > 0)[0]  # the image's rows; the pad is flat
+    assert (top, bottom - 1) == (rows.min(), rows.max()) and (left, right) == (0, 96)
+    inner = seen[top:bottom]
+    assert _shown_error(img, lens.transform.crop_box(img.shape[:2]), inner) < 3.0

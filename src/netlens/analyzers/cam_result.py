@@ -92,9 +92,11 @@ class CamResult(Result):
 
         image = self.original(i)
         box = None
+        heat = self.arrays["heatmaps"][i, k]
         if not self.meta["from_tensor"][i] and self.preprocess is not None:
             box = self.preprocess.crop_box(image.shape[:2])
-        heat = self.arrays["heatmaps"][i, k]
+            top, bottom, left, right = self.preprocess.input_box(image.shape[:2])
+            heat = heat[top:bottom, left:right]  # padding (timm's border mode) shows no image
         return overlay(
             image, heat, alpha=alpha, cmap=cmap, box=box, min_side=min_side, max_side=max_side
         )

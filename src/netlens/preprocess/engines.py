@@ -41,9 +41,20 @@ def to_pil(img: np.ndarray) -> Any:
 
 
 def resized_hw(hw: tuple[int, int], spec: Preprocess) -> tuple[int, int]:
-    """The size before the crop, as torchvision's ``resize`` computes it."""
+    """The size before the crop, as the spec's engine resizes: torchvision's ``resize`` (a
+    non-square size squashes), or timm's eval transform, which keeps the aspect ratio for a
+    non-square size (``ResizeKeepRatio``: the shorter side to its target) and in ``border``
+    mode fits the longer side (then pads)."""
     h0, w0 = hw
     rh, rw = spec.resize_size  # type: ignore[misc]
+    if (
+        spec.engine == "timm"
+        and spec.mode in ("center", "border")
+        and (rh != rw or spec.mode == "border")
+    ):
+        ratios = (h0 / rh, w0 / rw)
+        ratio = max(ratios) if spec.mode == "border" else min(ratios)
+        return round(h0 / ratio), round(w0 / ratio)
     if spec.mode == "squash" or rh != rw:
         return rh, rw
     short, long = (h0, w0) if h0 <= w0 else (w0, h0)

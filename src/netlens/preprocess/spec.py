@@ -182,6 +182,17 @@ class Preprocess:
             *_span(left / sx, (left + w) / sx, w0),
         )
 
+    def input_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Where the image lies in the model's input: (top, bottom, left, right) in input
+        pixels. All of it, unless the image was padded (timm's ``border`` mode fits the
+        longer side and pads the shorter): then the rows or columns between the pads."""
+        if self.size is None or self.function is not None:
+            return 0, image_hw[0], 0, image_hw[1]
+        h, w = self.size
+        nh, nw = resized_hw(image_hw, self)
+        top, left = max(0, (h - nh) // 2), max(0, (w - nw) // 2)
+        return top, min(h, top + nh), left, min(w, left + nw)
+
     # -- applying --------------------------------------------------------------------------
     def __call__(self, image: Any) -> torch.Tensor:
         """One image (H×W×C uint8 RGB array, or PIL) → the normalised C×H×W float tensor."""
