@@ -221,8 +221,10 @@ def _distinct(names: list[str]) -> list[str]:
 def hf_preprocess(folder: Path) -> Preprocess | None:
     """``preprocessor_config.json`` as a spec: resize (both sides, or the shorter side), an
     optional centre crop (ConvNeXt's ``crop_pct`` too), the resampling filter, mean and std.
-    None when there is no such file or it does something a spec cannot say (no resize, a
-    rescale other than 1/255, a crop of another aspect than the resize)."""
+    Any rescale factor and EfficientNet's ``rescale_offset``/``include_top`` fold into the
+    mean and std; no resize (``do_resize: false``) keeps each image's size. None when there is
+    no such file or it does something a spec cannot say (a crop without a resize, a crop of
+    another aspect than the resize)."""
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return None
@@ -232,13 +234,16 @@ def hf_preprocess(folder: Path) -> Preprocess | None:
 def spec_from_processor(d: dict[str, Any]) -> Preprocess | None:
     """An image processor's settings (``preprocessor_config.json``) as a spec; see
     :func:`hf_preprocess`."""
-    if not d.get("do_resize", True) or not isinstance(d.get("size"), dict):
-        return None
-    if d.get("do_rescale", True) and abs(float(d.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
-        return None
-    size, crop = d["size"], d.get("crop_size") if d.get("do_center_crop") else None
     kind = str(d.get("image_processor_type", "image processor"))
+    crop = d.get("crop_size") if d.get("do_center_crop") else None
     fields: dict[str, Any] = {}
+    if not d.get("do_resize", True):  # each image at its own size (the first one's, here)
+        if crop:
+            return None
+        return _spec(d, kind, {"size": None, "crop_pct": 1.0, "crop_mode": "squash"})
+    if not isinstance(d.get("size"), dict):
+        return None
+    size = d["size"]
     if "height" in size and "width" in size:
         h, w = int(size["height"]), int(size["width"])
         fields = {"size": (h, w), "crop_pct": 1.0, "crop_mode": "squash"}
@@ -263,17 +268,40 @@ def spec_from_processor(d: dict[str, Any]) -> Preprocess | None:
             return None
     else:
         return None
+    return _spec(d, kind, fields)
+
+
+def _spec(d: dict[str, Any], kind: str, fields: dict[str, Any]) -> Preprocess:
+    """The spec of a processor's geometry ``fields`` and its normalisation.
+
+    A processor computes ``x = k·u − o`` from pixels ``u`` in [0, 1] (``k`` = 255 ×
+    ``rescale_factor``: 2 for 1/127.5; ``o`` = 1 with EfficientNet's ``rescale_offset``), then
+    ``(x − mean) / std``, divided by ``std`` once more with EfficientNet's ``include_top``. In
+    a spec's terms that is mean ``(mean + o) / k`` and std ``std / k`` (× std).
+    """
     normalize = d.get("do_normalize", True)
-    mean = tuple(d.get("image_mean") or (0.5, 0.5, 0.5)) if normalize else (0.0, 0.0, 0.0)
-    std = tuple(d.get("image_std") or (0.5, 0.5, 0.5)) if normalize else (1.0, 1.0, 1.0)
+    mean = [float(v) for v in _listed(d.get("image_mean"))] if normalize else [0.0] * 3
+    std = [float(v) for v in _listed(d.get("image_std"))] if normalize else [1.0] * 3
+    n = max(len(mean), len(std))
+    mean, std = (mean * n if len(mean) == 1 else mean), (std * n if len(std) == 1 else std)
+    k = 255.0 * float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 255.0
+    o = 1.0 if d.get("do_rescale", True) and d.get("rescale_offset") else 0.0
+    twice = normalize and bool(d.get("include_top")) and "EfficientNet" in kind
     return Preprocess(
-        mean=mean,
-        std=std,
+        mean=tuple((m + o) / k for m in mean),
+        std=tuple(s / k * (s if twice else 1.0) for s in std),
         interpolation=_RESAMPLE.get(int(d.get("resample", 2)), "bilinear"),
         source=f"Hugging Face preprocessor_config.json ({kind})",
         crop_offset="floor",  # transformers' center_crop: (size - crop) // 2
         **fields,
     )
+
+
+def _listed(v: Any) -> list[Any]:
+    """A processor's mean or std: a list, one number, or absent (transformers' 0.5)."""
+    if v is None:
+        return [0.5] * 3
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
 def _json(path: Path, name: str) -> dict[str, Any]:

@@ -251,7 +251,7 @@ class Preprocess:
         """This spec with the input size of an image (for a model that does not say its size)."""
         h, w = int(image_hw[0]), int(image_hw[1])
         base = self.source.replace("; input size unknown", "")
-        src = f"{base}; input size {h}×{w} from the first image (not resized)"
+        src = f"{base}; input size {h}×{w} from the first image (others resized to it)"
         return dataclasses.replace(self, size=(h, w), source=src)
 
     def override(self, **changes: Any) -> Preprocess:
