@@ -105,3 +105,15 @@ def image_files(tmp_path):
     cv2.imwrite(str(tmp_path / "deep.png"), (rgb.astype(np.uint16) * 257))
     paths["deep"] = tmp_path / "deep.png"
     return paths
+
+
+def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output for ``x`` (one forward, no grad): the reference tests compare with."""
+    got = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: got.update(o=o))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    return got["o"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import layer_output
 
 import netlens
 
@@ -184,12 +185,7 @@ def test_a_linear_layer_on_a_feature_map_keeps_channels_last() -> None:
     with torch.no_grad():
         model.get_submodule(layer).bias[:8] = -100.0  # 8 of its 64 channels dead
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    got = {}
-    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: got.update(o=o))
-    with torch.no_grad():
-        model(x)
-    hook.remove()
-    means = got["o"].mean((1, 2))  # N×H×W×C: channels last
+    means = layer_output(model, layer, x).mean((1, 2))  # N×H×W×C: channels last
     lens = netlens.Lens(model)
     feats = lens.features(x[:1], layer)
     np.testing.assert_allclose(feats.arrays[f"{layer}:means"][0], means[0].numpy(), atol=1e-5)
@@ -233,16 +229,9 @@ def test_hugging_face_convnext_activations_and_norms_keep_channels_last() -> Non
     with torch.no_grad():
         model.get_submodule(prefix + "pwconv1").bias[:8] = -100.0  # 8 of 64 channels dead
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    got = {}
-    hook = model.get_submodule(prefix + "act").register_forward_hook(
-        lambda m, i, o: got.update(o=o)
-    )
-    with torch.no_grad():
-        model(x)
-    hook.remove()
     lens = netlens.Lens(model)
     feats = lens.features(x[:1], prefix + "act")
-    means = got["o"].mean((1, 2))  # N×H×W×C
+    means = layer_output(model, prefix + "act", x).mean((1, 2))  # N×H×W×C
     np.testing.assert_allclose(feats.arrays[f"{prefix}act:means"][0], means[0], atol=1e-5)
     rows = lens.run("stats", (x, torch.tensor([0, 1, 2, 0])), layers=prefix + "*").table
     by = {r["layer"]: r for r in rows}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import layer_output
 from torch import nn
 
 import netlens
@@ -177,12 +178,7 @@ def test_a_non_square_vit_grid_whose_token_count_is_a_square() -> None:
     model = tf.ViTForImageClassification(cfg).eval()
     layer = next(n for n, _ in model.named_modules() if n.endswith("layers.0.mlp.fc1"))
     x = torch.randn(2, 3, 96, 216, generator=torch.Generator().manual_seed(1))
-    got = {}
-    hook = model.get_submodule(layer).register_forward_hook(lambda m, i, o: got.update(o=o))
-    with torch.no_grad():
-        model(x)
-    hook.remove()
-    want = got["o"][:, 1:].reshape(2, 12, 27, -1).permute(0, 3, 1, 2)
+    want = layer_output(model, layer, x)[:, 1:].reshape(2, 12, 27, -1).permute(0, 3, 1, 2)
     lens = netlens.Lens(model, netlens.Preprocess(size=(96, 216)))
     maps = lens.features(x, layer, channels=[0, 3]).arrays[f"{layer}:maps"]
     np.testing.assert_allclose(maps, want[:, [0, 3]].numpy(), atol=1e-5)
