@@ -134,3 +134,21 @@ def test_an_out_path_that_is_a_file_says_so(below, tmp_path):
     line = assert_one_clean_line(res.output)
     assert "results.csv is a file, not a folder" in line and "--out" in line
     assert taken.read_text() == "a,b\n"
+
+
+def test_cam_rows_name_each_images_source_file(tmp_path) -> None:
+    """Two folders' ``x.png`` became ``x`` and ``x_2``, and nothing said which was which."""
+    import netlens
+
+    paths = []
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        paths.append(tmp_path / sub / "x.png")
+        paths[-1].write_bytes(encode(".png"))
+    write_bytes_name(tmp_path / "a", b"odd\xff.png", encode(".png"))
+    rows = netlens.load().cam([*paths, tmp_path / "a" / os.fsdecode(b"odd\xff.png")]).rows()
+    assert [(r["image"], r["source"]) for r in rows[:2]] == [
+        ("x", str(paths[0])),
+        ("x_2", str(paths[1])),
+    ]
+    assert rows[2]["source"].endswith("odd\\xff.png")  # printable, as every path shown

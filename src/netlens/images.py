@@ -187,6 +187,7 @@ class Batch:
     originals: list[np.ndarray | Path | None] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    sources: list[str | None] = field(default_factory=list)  # each file's path; None in memory
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
@@ -244,7 +245,7 @@ def load_batch(
         t = images if images.dim() == 4 else images.unsqueeze(0)
         _warn_if_unnormalised(t, preprocess)
         return Batch(t, [None] * len(t), [f"image{i}" for i in range(len(t))])
-    tensors, originals, names, errors = [], [], [], []
+    tensors, originals, names, errors, sources = [], [], [], [], []
     for i, item in enumerate(_expand(images)):
         try:
             if isinstance(item, (str, Path)):
@@ -264,9 +265,10 @@ def load_batch(
         else:
             originals.append(Path(item) if isinstance(item, (str, Path)) else to_channels(arr, 3))
         names.append(_unique(name, names))
+        sources.append(display_path(item) if isinstance(item, (str, Path)) else None)
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")
-    return Batch(torch.stack(tensors), originals, names, errors)
+    return Batch(torch.stack(tensors), originals, names, errors, sources)
 
 
 def _warn_if_unnormalised(t: torch.Tensor, preprocess: Preprocess) -> None:

@@ -78,6 +78,7 @@ class CamAnalyzer(Analyzer):
             "layers": layers,
             "layer_auto": auto,
             "images": list(batch.names),
+            "sources": list(batch.sources) or [None] * len(batch.names),
             "classes": lens.classes,
             "task": task,
             "top": o.top,

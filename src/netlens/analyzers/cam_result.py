@@ -187,6 +187,7 @@ class CamResult(Result):
             out.append(
                 {
                     "image": name,
+                    "source": (self.meta.get("sources") or [None] * len(self.names))[i],
                     "prediction": pred,
                     "prediction_name": self.class_name(pred),
                     f"prediction_{score}": float(self.probs[i, pred]),
