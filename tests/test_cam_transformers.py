@@ -366,3 +366,44 @@ def test_a_channels_last_norm_whose_channels_equal_its_height_and_width() -> Non
     feats = netlens.Lens(model, netlens.Preprocess(size=(160, 160))).features(x, layer)
     means = feats.arrays[f"{layer}:means"]
     assert means.shape == (2, 40) and np.allclose(means[:, 5], -1.0, atol=1e-5)
+
+
+def test_a_call_that_raises_inside_a_caught_branch_does_not_shift_the_layouts() -> None:
+    """A block that tries a module and goes on when it raises (``try: ... except``) left that
+    call's input on the layout tracker's stack, so the block was paired with it, not with its
+    own input: its channels-last output was read channels first."""
+
+    class Picky(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("not this one")
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.picky = Picky()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            try:
+                self.picky(torch.zeros(1, 5, 5, 5))
+            except RuntimeError:
+                pass
+            return x * 2
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 8)
+            self.block = Block()
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.block(self.fc(self.conv(x).permute(0, 2, 3, 1)))  # N×H×W×C
+            return self.head(f.mean((1, 2)))
+
+    from netlens.activations import channels_last
+    from netlens.channel_layout import learn_layouts
+
+    model = Net().eval()
+    learn_layouts(model, torch.zeros(1, 3, 16, 16))
+    assert [channels_last(model, n) for n in ("conv", "fc", "block")] == [False, True, True]

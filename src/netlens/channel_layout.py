@@ -87,16 +87,18 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
     found: dict[str, set[bool]] = {}
     made: dict[int, bool] = {}  # id(tensor) → layout of the call that returned it
     alive: list[torch.Tensor] = []  # keeps every id above unique during the forward
-    inputs: list[Any] = []
+    inputs: list[tuple[nn.Module, Any]] = []  # (module, first tensor input) of running calls
     last: list[tuple[torch.Size, bool]] = []  # the latest decided call's output shape, layout
     done: list[bool] = []
 
     def enter(m: nn.Module, args: tuple) -> None:
-        inputs.append(next((a for a in args if isinstance(a, torch.Tensor)), None))
+        inputs.append((m, next((a for a in args if isinstance(a, torch.Tensor)), None)))
 
     def leave(name: str):  # noqa: ANN202 - a forward hook
         def hook(m: nn.Module, args: tuple, out: Any) -> None:
-            inp = inputs.pop()
+            while inputs and inputs[-1][0] is not m:  # a call that raised, caught by its caller
+                inputs.pop()
+            inp = inputs.pop()[1] if inputs else None
             if not isinstance(out, torch.Tensor) or out.dim() != 4:
                 return
             layout = _layout(m, out, inp, made)
