@@ -325,6 +325,7 @@ def test_timm_non_square_and_border_inputs_are_located_where_timm_put_them() -> 
     seen = lens.transform.denormalize(lens.preprocess(img)[0]).astype(np.float32)
     box = lens.transform.crop_box(img.shape[:2])
     assert _shown_error(img, box, seen) < 3.0 and abs(box[2] - 45) <= 1
+    assert "ResizeKeepRatio" in lens.preprocess_info()["resize_rule"]  # the header says it
     lens = netlens.load(model, input_size=96, crop_mode="border")
     seen = lens.transform.denormalize(lens.preprocess(img)[0]).astype(np.float32)
     top, bottom, left, right = lens.transform.input_box(img.shape[:2])

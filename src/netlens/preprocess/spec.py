@@ -284,6 +284,8 @@ class Preprocess:
         }
         if self.crop_offset != "round":
             d["crop_offset"] = self.crop_offset
+        if self.resize_size and self.function is None:
+            d["resize_rule"] = self._resize_rule()
         if self.function is not None:  # it resizes and crops as it likes: netlens does not
             d["function"] = _qualname(self.function)
             d.update(crop_pct=None, crop_mode=None, interpolation=None, resize=None)
@@ -291,6 +293,26 @@ class Preprocess:
         elif self.size is None:
             d["resize"] = "none: the input size is unknown, so images are used at their own size"
         return d
+
+    def _resize_rule(self) -> str:
+        """How ``resize`` is reached, in words (the same size means different geometries)."""
+        rh, rw = self.resize_size  # type: ignore[misc]
+        h, w = self.size  # type: ignore[misc]
+        if self.mode == "squash":
+            return f"both sides to {rh}×{rw} (the aspect ratio is not kept), then a {h}×{w} crop"
+        if self.engine == "timm" and self.mode == "border":
+            return (
+                f"one scale so the image fits inside {rh}×{rw} (timm's ResizeKeepRatio, "
+                f"longest), then a {h}×{w} centre crop, padded where the image is smaller"
+            )
+        if self.engine == "timm" and rh != rw:
+            return (
+                f"one scale so the image covers {rh}×{rw} (timm's ResizeKeepRatio), then a "
+                f"{h}×{w} centre crop"
+            )
+        if rh != rw:
+            return f"both sides to {rh}×{rw} (the aspect ratio is not kept), then a {h}×{w} crop"
+        return f"the shorter side to {rh}, then a {h}×{w} centre crop"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
