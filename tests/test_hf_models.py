@@ -25,19 +25,24 @@ def _randomise_bn(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def tiny(config: type, **kw: object) -> object:
+    """A transformers config of a tiny two-layer transformer (32 wide, 2 heads, 4 classes),
+    ``kw`` on top."""
+    base = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return config(**(base | {"intermediate_size": 64, "num_labels": 4} | kw))
+
+
 def vit(distilled: bool = False, labels: dict[int, str] | None = None) -> nn.Module:
     """A tiny ViT (DeiT with its distillation token) with random weights; four unnamed classes,
     or ``labels``."""
     torch.manual_seed(0)
-    kw = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2}
-    kw |= {"num_attention_heads": 2, "intermediate_size": 64}
+    kw: dict = {"image_size": 32, "patch_size": 8}
     if labels:
         kw |= {"id2label": labels, "label2id": {v: k for k, v in labels.items()}}
-    else:
-        kw["num_labels"] = 4
+        kw["num_labels"] = len(labels)
     if distilled:
-        return tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**kw)).eval()
-    return tf.ViTForImageClassification(tf.ViTConfig(**kw)).eval()
+        return tf.DeiTForImageClassificationWithTeacher(tiny(tf.DeiTConfig, **kw)).eval()
+    return tf.ViTForImageClassification(tiny(tf.ViTConfig, **kw)).eval()
 
 
 def convnext() -> nn.Module:
@@ -111,16 +116,7 @@ def test_hf_classifiers_match_pytorch_grad_cam(name: str) -> None:
 def test_a_mean_pooled_token_model_keeps_the_block() -> None:
     """BEiT pools the mean of its patch tokens: every token reaches the output."""
     torch.manual_seed(0)
-    cfg = tf.BeitConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-        use_mean_pooling=True,
-    )
+    cfg = tiny(tf.BeitConfig, image_size=32, patch_size=8, use_mean_pooling=True)
     model = tf.BeitForImageClassification(cfg).eval()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     res = netlens.cam(model, x)
@@ -132,15 +128,7 @@ def test_dinov2_with_registers_lays_its_patches_out_past_its_register_tokens() -
     then the patches. netlens dropped one token only, so no grid fit: ``features`` refused
     and ``cam``'s auto layer fell back, without a word, to the patch embedding."""
     torch.manual_seed(0)
-    cfg = tf.Dinov2WithRegistersConfig(
-        image_size=64,
-        patch_size=16,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_register_tokens=4,
-        num_labels=3,
-    )
+    cfg = tiny(tf.Dinov2WithRegistersConfig, image_size=64, patch_size=16, num_register_tokens=4)
     model = tf.Dinov2WithRegistersForImageClassification(cfg).eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     block = "dinov2_with_registers.encoder.layer.1"
@@ -164,18 +152,9 @@ def test_a_non_square_vit_grid_whose_token_count_is_a_square() -> None:
     tokens were folded into an 18×18 grid (the model has no ``patch_embed.grid_size``): maps,
     top positions and Grad-CAM (r = 0.07) scrambled, without a word. The input's shape says
     the grid."""
-    tf = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = tf.ViTConfig(
-        image_size=(96, 216),
-        patch_size=8,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=96,
-        num_labels=4,
-    )
-    model = tf.ViTForImageClassification(cfg).eval()
+    model = tf.ViTForImageClassification(tiny(tf.ViTConfig, image_size=(96, 216), patch_size=8))
+    model.eval()
     layer = next(n for n, _ in model.named_modules() if n.endswith("layers.0.mlp.fc1"))
     x = torch.randn(2, 3, 96, 216, generator=torch.Generator().manual_seed(1))
     want = layer_output(model, layer, x)[:, 1:].reshape(2, 12, 27, -1).permute(0, 3, 1, 2)
@@ -187,7 +166,6 @@ def test_a_non_square_vit_grid_whose_token_count_is_a_square() -> None:
 def test_a_layer_returning_a_tuple_is_named_as_such_by_every_analyzer() -> None:
     """Hugging Face blocks return tuples: ``cam`` said "no probed layer ran with gradients
     enabled" and ``stats`` "the dataset is empty?"."""
-    tf = pytest.importorskip("transformers")
     from netlens.errors import AnalyzerError
 
     torch.manual_seed(0)

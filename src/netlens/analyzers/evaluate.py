@@ -143,24 +143,19 @@ class _FolderMasks(Dataset):
         return self.ds[i]
 
     def mask(self, i: int) -> np.ndarray:
+        """Image ``i``'s mask PNG (:func:`netlens.mask_files.read_mask`), shape checked."""
+        from ..mask_files import read_mask
+
         image = self.ds.items[i][0]
         rel = image.relative_to(self.ds.root).with_suffix(".png")
-        m = read_mask(self.masks_root / rel, rel)
+        m = read_mask(self.masks_root / rel)
+        if m is None:
+            raise DataError(
+                f"no mask {display_path(self.masks_root / rel)} for image {rel}; give every "
+                "image a mask PNG at the same relative path"
+            )
         _check_mask_shape(m.shape, image, self.masks_root / rel)
         return m
-
-
-def read_mask(path: Path, rel: Path) -> np.ndarray:
-    """A mask PNG as H×W bool (:func:`netlens.mask_files.read_mask`); one line when missing."""
-    from ..mask_files import read_mask as read
-
-    m = read(path)
-    if m is None:
-        raise DataError(
-            f"no mask {display_path(path)} for image {rel}; give every image "
-            "a mask PNG at the same relative path"
-        )
-    return m
 
 
 def _check_mask_shape(shape: tuple[int, ...], image: Path, mask: Path) -> None:
