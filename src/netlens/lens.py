@@ -16,7 +16,7 @@ from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, layer_table
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
-from .output_reader import OutputReader, ends_in_sigmoid
+from .output_reader import OutputReader, ends_in_sigmoid, is_binary_dense
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -266,8 +266,6 @@ class Lens:
         ending in a sigmoid over several channels, or ``task="multilabel"``): each pixel's
         classes read through sigmoids, a class's region where its logit is positive, rather
         than a softmax and an argmax across classes."""
-        from .output_reader import is_binary_dense
-
         if output.dim() != 4 or is_binary_dense(output):
             return False
         return self.task == "multilabel" or (self.task is None and bool(self._sigmoid))
