@@ -242,3 +242,44 @@ def test_default_layer_is_the_first_conv_the_input_reaches():
     r = lens.kernels()
     assert r.meta["layer"] == "stem" and r.meta["view"] == "rgb"
     np.testing.assert_array_equal(r.arrays["weight"], lens.model.stem.weight.detach().numpy())
+
+
+def test_linear_is_reshaped_only_when_it_reads_that_map_flattened():
+    """A classifier after global pooling (N×512×1×1) is a matrix, and so is a Linear whose
+    input size merely equals an earlier map's (VGG's last Linear(4096, K) beside a 256×4×4
+    conv map, a DenseNet's 1024 features on a 1×32×32 input)."""
+    torch.manual_seed(0)
+    pooled = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)
+    )
+    r = Lens(pooled.eval(), Preprocess(size=(8, 8))).kernels("3")
+    assert r.meta["view"] == "matrix" and "reshaped_to" not in r.meta
+
+    coincident = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),  # 4×4×4 = 64 values: the same as the Linear's inputs
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 3),
+    )  # fmt: skip
+    lens = Lens(coincident.eval(), Preprocess(size=(4, 4), channels=1, mean=(0.5,), std=(0.5,)))
+    r = lens.kernels("5")
+    assert r.meta["view"] == "matrix" and r.arrays["matrix"].shape == (3, 64)
+    image_sized = nn.Sequential(  # 16 pooled features on a 1×4×4 input: not the image
+        nn.Conv2d(1, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2)
+    )
+    lens = Lens(image_sized.eval(), Preprocess(size=(4, 4), channels=1, mean=(0.5,), std=(0.5,)))
+    assert lens.kernels("3").meta["view"] == "matrix"
+
+
+def test_default_layer_of_a_model_without_2d_convs_is_refused():
+    class Rows(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(8, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x.flatten(1, 2)).mean(-1))
+
+    lens = Lens(Rows().eval(), Preprocess(size=(8, 8), channels=1, mean=(0.5,), std=(0.5,)))
+    with pytest.raises(AnalyzerError, match=r"Conv1ds \(conv\).*--layer"):
+        lens.kernels()
+    assert lens.kernels("fc").meta["view"] == "matrix"

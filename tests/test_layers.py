@@ -194,3 +194,20 @@ def test_the_layer_table_says_how_each_layer_is_read() -> None:
         check=True,
     )
     assert "…" not in piped.stdout and " layout " in piped.stdout
+
+
+def test_parametrized_weights_are_not_layers():
+    """``parametrizations.weight_norm`` runs a module to compute the weight each time it is
+    read; its "output" is the weight, not a map, and the automatic CAM layer must not take it."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from netlens.layers import auto_layer, named_layers
+
+    net = nn.Sequential(
+        weight_norm(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        weight_norm(nn.Conv2d(8, 16, 3, padding=1)),  # on 1×1 maps; its weight is 16×8×3×3
+        nn.Flatten(), nn.Linear(16, 2),
+    ).eval()  # fmt: skip
+    assert "3.parametrizations.weight" not in named_layers(net)
+    assert set(named_layers(net)) == {"0", "1", "2", "3", "4", "5"}
+    assert auto_layer(net, torch.zeros(2, 3, 8, 8)) == "1"

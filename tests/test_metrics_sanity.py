@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netlens.metrics.randomization import (
+    ROOT_STEP,
     cascade_blocks,
     cascading_randomization,
     gaussian_window,
@@ -119,3 +120,112 @@ def test_edge_detector_is_flagged_and_the_model_untouched() -> None:
     assert grads.final_spearman < edges.final_spearman
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training
+
+
+def _effective_weights(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every parameter and every layer's weight as the forward uses it (after a forward, so
+    hook-based weight/spectral norms have recomputed theirs)."""
+    with torch.no_grad():
+        model(x)
+    out = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for n, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor):
+            out[f"{n}.weight(effective)"] = w.detach().clone()
+    return out
+
+
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+def test_hook_based_weight_norms_are_copied_and_randomised(norm: str) -> None:
+    """The old hook-based norms keep the weight the forward uses as a plain attribute, rebuilt
+    from ``weight_g``/``weight_v`` (``weight_orig``): after a forward with gradients it cannot be
+    deep-copied, and ``reset_parameters`` alone leaves the rebuilt weight as it was."""
+    wrap = getattr(torch.nn.utils, norm)
+    torch.manual_seed(0)
+    with pytest.warns(FutureWarning) if norm == "weight_norm" else _no_warning():
+        model = nn.Sequential(
+            wrap(nn.Conv2d(1, 4, 3, padding=1)),
+            nn.ReLU(),
+            wrap(nn.Conv2d(4, 8, 3, padding=1)),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            wrap(nn.Linear(8, 2)),
+        ).eval()  # fmt: skip (eval: spectral_norm's power iteration runs in training mode)
+    x = torch.rand(2, 1, 12, 12)
+    before = _effective_weights(model, x)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def explain(m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if m is not model:
+            seen.append(_effective_weights(m, x))
+        return input_gradient(m, x, t)  # a forward with gradients before the copy is made
+
+    cascading_randomization(model, x, torch.tensor([0, 1]), explain)
+    unchanged = [k for k, v in seen[-1].items() if k in before and torch.equal(v, before[k])]
+    assert unchanged == []
+    after = _effective_weights(model, x)
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the user's model
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+class HeadFirst(nn.Module):
+    """Declares its classifier before its features, as hand-written models often do, and
+    holds a parameter of its own (a ViT's position embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(4, 2)
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+        self.pos = nn.Parameter(torch.randn(1, 1, 8, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.relu(self.features(x + self.pos)).mean(dim=(2, 3)))
+
+
+def test_cascade_follows_the_forward_and_randomises_the_models_own_parameters() -> None:
+    torch.manual_seed(0)
+    model = HeadFirst().eval()
+    x = torch.rand(2, 1, 8, 8)
+    assert [b for b, _ in cascade_blocks(model, example=x)] == [
+        "classifier",
+        "features.1",
+        "features.0",
+        ROOT_STEP,
+    ]
+    pos = model.pos.detach().clone()
+    copies: list[nn.Module] = []
+
+    def explain(m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        copies.append(m)
+        return input_gradient(m, x, t)
+
+    res = cascading_randomization(model, x, torch.tensor([0, 1]), explain)
+    assert res.steps[0] == "classifier" and res.steps[-1] == ROOT_STEP
+    assert not torch.equal(copies[-1].pos, pos) and torch.equal(model.pos, pos)
+
+
+def test_parametrized_weights_are_steps_of_their_layer() -> None:
+    """``parametrizations.weight_norm`` puts the weight's parameters in a module of their own
+    (``0.parametrizations.weight``): they are randomised with their layer, not as a step."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    net = nn.Sequential(weight_norm(nn.Conv2d(1, 2, 3)), nn.ReLU(), weight_norm(nn.Conv2d(2, 2, 3)))
+    blocks = cascade_blocks(net, min_steps=2, example=torch.rand(1, 1, 8, 8))
+    assert [b for b, _ in blocks] == ["2", "0"]
+    assert blocks[0][1] == ["2", "2.parametrizations.weight"]
+
+
+def test_bootstrap_bounds_stay_within_the_values() -> None:
+    """Summing 0.1 seven times rounds below 0.1, and a mean of correlations of one can round
+    above 1; the interval of a mean cannot leave the values it is a mean of."""
+    from netlens.metrics.bootstrap import mean_ci
+
+    for values in (np.full(7, 0.1), np.ones(5), np.full(9, 1 / 3)):
+        mean, low, high, _ = mean_ci(values)
+        assert values.min() <= low <= mean <= high <= values.max()

@@ -87,8 +87,22 @@ class TracedCall:
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """All sub-modules by dotted name (the root itself excluded)."""
-    return {n: m for n, m in model.named_modules() if n}
+    """All sub-modules by dotted name (the root itself excluded), but not the modules that
+    compute a parametrized weight (``conv.parametrizations.weight`` of ``weight_norm``): they
+    are called when the weight is read, and their "output" is the weight, not a layer's."""
+    from torch.nn.utils.parametrize import ParametrizationList
+
+    modules = list(model.named_modules())
+    hidden = {n.rpartition(".")[0] for n, m in modules if isinstance(m, ParametrizationList)}
+    return {n: m for n, m in modules if n and not _under(n, hidden)}
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    """Whether ``name`` is one of ``prefixes`` or inside one of them."""
+    if not prefixes:
+        return False
+    parts = name.split(".")
+    return any(".".join(parts[:k]) in prefixes for k in range(1, len(parts) + 1))
 
 
 def _by_type(layers: dict[str, nn.Module], type_name: str) -> list[str]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import named_layers, resolve_layers, trace_outputs
@@ -111,7 +112,8 @@ def _order_tiles(
 
 
 def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
-    """The first Conv2d the input reaches (the first Linear when the model has no conv).
+    """The first Conv2d the input reaches (the first Linear when the model has no conv; refused
+    when its convolutions are all Conv1d, Conv3d or transposed).
 
     With an example input, the order is the forward's: a model may declare a branch's or a
     head's conv before its stem (``self.aux = ...`` above ``self.stem = ...``), and the
@@ -132,6 +134,13 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
         for name, mod in layers.items():
             if isinstance(mod, kind):
                 return name
+        other = [n for n in called or layers if isinstance(layers.get(n), _ConvNd)]
+        if kind is nn.Conv2d and other:  # Conv1d, Conv3d, ConvTranspose2d: not its "first layer"
+            raise AnalyzerError(
+                f"{type(model).__name__}'s convolutions are {type(layers[other[0]]).__name__}s "
+                f"({other[0]}), not the Conv2d whose filters kernels draws; name the layer to "
+                "show with --layer (a Linear is drawn as a matrix)"
+            )
     raise AnalyzerError(f"{type(model).__name__} has no Conv2d or Linear layer to show")
 
 
@@ -189,20 +198,37 @@ def _one(model: nn.Module, layer: Any) -> str:
 
 
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
-    """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map."""
-    c, h, w = lens.input_size
-    if c * h * w == features:
-        return (c, h, w)
+    """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map
+    (larger than 1×1), when the layer's input in a dry forward *is* that tensor flattened, not
+    merely one of the same size (a classifier after a pooled 512×1×1 map, or after
+    ``Linear(4096, ...)`` that happens to match a 256×4×4 conv map, is a matrix)."""
+    example = lens.example(2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(example.shape, generator=g).to(example)
+    seen: list[torch.Tensor] = []
+    layer = lens.model.get_submodule(name)
+    hook = layer.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach()) if not seen and args else None
+    )
     try:
-        traced = trace_outputs(lens.model, lens.example())
+        traced = trace_outputs(lens.model, x)
     except NetlensError:
         return None
-    names = [n for n, _, _ in traced]
-    if name not in names:
+    finally:
+        hook.remove()
+    if not seen or seen[0].dim() != 2 or seen[0].shape != (len(x), features):
         return None
-    before = traced[: names.index(name)]
-    for _, _, out in reversed(before):
-        if isinstance(out, torch.Tensor) and out.dim() == 4 and prod(out.shape[1:]) == features:
+    names = [n for n, _, _ in traced]
+    before = traced[: names.index(name)] if name in names else []
+    for out in [x] + [o for _, _, o in before][::-1]:
+        if (
+            isinstance(out, torch.Tensor)
+            and out.dim() == 4
+            and out.shape[0] == len(x)
+            and prod(out.shape[1:]) == features
+            and out.shape[2] * out.shape[3] > 1
+            and torch.equal(out.detach().reshape(len(x), -1), seen[0])
+        ):
             return tuple(int(s) for s in out.shape[1:])
     return None
 

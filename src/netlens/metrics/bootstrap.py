@@ -99,4 +99,7 @@ def mean_ci(
         return float("nan"), float("nan"), float("nan"), 0
     means = Resampler(v.size, resamples, seed).apply(lambda idx: v[idx].mean(axis=1))
     lo, hi = percentile_ci(means, level)
-    return float(v.mean()), lo, hi, int(v.size)
+    # a resample's mean lies within the values; summation rounding (1.0000000000000002 for
+    # a correlation of ones) must not put a bound outside them
+    lo, hi = (float(np.clip(b, v.min(), v.max())) for b in (lo, hi))
+    return float(np.clip(v.mean(), v.min(), v.max())), lo, hi, int(v.size)

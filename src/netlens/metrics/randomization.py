@@ -25,10 +25,12 @@ from torch import nn
 from ..errors import NetlensError
 
 __all__ = [
+    "ROOT_STEP",
     "CascadeResult",
     "Randomization",
     "cascade_blocks",
     "cascading_randomization",
+    "model_copy",
     "spearman",
     "ssim",
 ]
@@ -102,41 +104,121 @@ def _has_own_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
 
-def cascade_blocks(model: nn.Module, min_steps: int = 4) -> list[tuple[str, list[str]]]:
+ROOT_STEP = "(root parameters)"  # the step of the parameters the model itself holds
+
+
+def _owner(name: str) -> str:
+    """The module a parameter owner stands for: a weight's ``parametrizations`` (weight_norm,
+    spectral_norm) belong to the layer they parametrize."""
+    head, sep, _ = name.partition(".parametrizations")
+    return head if sep else name
+
+
+def cascade_blocks(
+    model: nn.Module, min_steps: int = 4, example: torch.Tensor | None = None
+) -> list[tuple[str, list[str]]]:
     """Blocks to randomise, top (logits) first: ``[(block name, [module names])]``.
 
     Parameterised modules are grouped by their top-level block; when the model has fewer than
     ``min_steps`` such blocks (one big ``features`` Sequential), the grouping goes one level
-    deeper, up to three levels.
+    deeper, up to three levels. With an ``example`` input the blocks are ordered by the
+    forward (a model may declare its classifier before its features), else by declaration.
+    Parameters of the model itself (a ViT's ``cls_token`` and ``pos_embed``, which the input
+    meets first) are the last step, :data:`ROOT_STEP`.
     """
     owners = [n for n, m in model.named_modules() if n and _has_own_params(m)]
-    if not owners:
+    root = _has_own_params(model)
+    if not owners and not root:
         raise NetlensError(f"{type(model).__name__} has no parameters to randomise")
     groups: dict[str, list[str]] = {}
     for depth in (1, 2, 3):
         groups = {}
         for name in owners:
-            groups.setdefault(".".join(name.split(".")[:depth]), []).append(name)
+            groups.setdefault(".".join(_owner(name).split(".")[:depth]), []).append(name)
         if len(groups) >= min_steps:
             break
-    return list(reversed(list(groups.items())))
+    order = list(groups)
+    if example is not None:
+        order = _forward_order(model, example, groups)
+    steps = [(g, groups[g]) for g in reversed(order)]
+    return steps + [(ROOT_STEP, [""])] if root else steps
+
+
+def _forward_order(
+    model: nn.Module, example: torch.Tensor, groups: dict[str, list[str]]
+) -> list[str]:
+    """The groups in the order the forward first reaches them; groups it never reaches (a
+    training-only auxiliary head) first, as the declaration has them; the declaration order
+    when the dry forward fails."""
+    from ..layers import trace_calls
+
+    try:
+        calls = trace_calls(model, example[:1])
+    except NetlensError:
+        return list(groups)
+    first: dict[str, int] = {}
+    for k, c in enumerate(calls):
+        first.setdefault(c.name, k)
+    never = len(calls)
+    reached = {
+        g: min((first.get(_owner(n), never) for n in members), default=never)
+        for g, members in groups.items()
+    }
+    unreached = [g for g in groups if reached[g] == never]
+    return unreached + sorted((g for g in groups if reached[g] < never), key=reached.__getitem__)
 
 
 def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
     """Re-initialise the named modules of ``model`` in place (a copy: never the user's model).
 
-    Modules with ``reset_parameters`` use their own initialiser; others get N(0, 0.02) weights.
+    Modules with ``reset_parameters`` use their own initialiser; others get N(0, 0.02) weights,
+    and so do the model's own parameters (``""``; its children are not reset with it). A layer
+    under the hook-based ``weight_norm``/``spectral_norm`` gets its stored weights
+    (``weight_g``/``weight_v``, ``weight_orig``) re-drawn from its freshly initialised weight:
+    its ``reset_parameters`` writes only the weight the hook recomputes on the next forward.
     """
     mods = dict(model.named_modules())
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for name in names:
             m = mods[name]
-            if hasattr(m, "reset_parameters"):
+            if name and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
+                _sync_norm_hooks(m)
             else:
                 for p in m.parameters(recurse=False):
                     p.normal_(0.0, 0.02)
+
+
+def _sync_norm_hooks(m: nn.Module) -> None:
+    """The stored weights of ``m``'s hook-based weight/spectral norms set from the weight its
+    ``reset_parameters`` just initialised (which the hook would otherwise overwrite)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for hook in m._forward_pre_hooks.values():
+        if isinstance(hook, (WeightNorm, SpectralNorm)):
+            w = getattr(m, hook.name, None)
+            if not isinstance(w, torch.Tensor):
+                continue
+            if isinstance(hook, WeightNorm):
+                getattr(m, hook.name + "_v").copy_(w)
+                getattr(m, hook.name + "_g").copy_(torch.norm_except_dim(w, 2, hook.dim))
+            else:
+                getattr(m, hook.name + "_orig").copy_(w)
+
+
+def model_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` to randomise. Tensors a hook-based ``weight_norm`` or
+    ``spectral_norm`` left on a layer after a forward with gradients (the recomputed
+    ``weight``, part of that forward's graph) cannot be deep-copied: they are copied detached,
+    and the hook recomputes them on the copy's next forward."""
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 @dataclass
@@ -184,7 +266,7 @@ def cascading_randomization(
     """Randomise a deep copy of ``model`` block by block from the top; compare heatmaps.
 
     Args:
-        model: the trained model (left untouched: a ``copy.deepcopy`` is randomised).
+        model: the trained model (left untouched: a deep copy is randomised).
         x: preprocessed N×C×H×W inputs.
         targets: N class indices to explain (kept fixed across steps: the original model's).
         explain: ``explain(model, x, targets) -> N×H×W`` heatmaps.
@@ -194,9 +276,9 @@ def cascading_randomization(
         on_step: called with each block name after it is done (progress).
     """
     original = _explain(explain, model, x, targets)
-    work = copy.deepcopy(model)
+    work = model_copy(model)
     maps, rho, sim, names = [original], [], [], []
-    for k, (block, members) in enumerate(cascade_blocks(work, min_steps)):
+    for k, (block, members) in enumerate(cascade_blocks(work, min_steps, x)):
         randomize_modules(work, members, seed + k)
         h = _explain(explain, work, x, targets)
         maps.append(h)
@@ -239,8 +321,8 @@ class Randomization:
     ) -> dict[str, np.ndarray]:
         if explain is None:
             raise NetlensError("the randomization metric needs explain(model, x, targets)")
-        work = copy.deepcopy(getattr(model, "inner", model))  # evaluate's counting wrapper
-        for k, (_, members) in enumerate(cascade_blocks(work)):
+        work = model_copy(getattr(model, "inner", model))  # evaluate's counting wrapper
+        for k, (_, members) in enumerate(cascade_blocks(work, example=x)):
             randomize_modules(work, members, int(seed) + k)
         t = torch.as_tensor(np.asarray(targets)).long().to(x.device)
         random_maps = _explain(explain, work, x, t)
