@@ -65,6 +65,16 @@ def test_repr_is_a_few_lines_of_shapes_not_contents(cam5, lens) -> None:  # noqa
     assert "targets top 2 classes" in repr(cam5)
 
 
+def test_lens_repr_counts_the_heads_classes_without_names() -> None:
+    """A state_dict model with no class names still has a known head: its width, not "?"."""
+    from torch import nn
+
+    head = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    assert ", 3 classes," in repr(netlens.load(head.eval(), size=16))
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())  # no head: nothing to count
+    assert ", ? classes," in repr(netlens.load(pooled.eval(), size=16))
+
+
 def test_dataclass_subclasses_keep_the_short_repr_unless_they_define_one() -> None:
     @dataclass(frozen=True)
     class Plain(Result):

@@ -280,6 +280,29 @@ def test_an_empty_mask_is_left_out_of_pointing_and_energy_with_a_warning(trained
     ]
 
 
+def test_flat_maps_are_left_out_of_pointing_with_a_warning(trained) -> None:  # noqa: ANN001
+    """A class whose evidence at the layer is all negative has all-zero Grad-CAM maps: they
+    scored pointing-game hits (every pixel tied for the maximum), against energy's NaN."""
+    import copy
+
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        model.fc.weight[0] = -model.fc.weight[0].abs() - 0.1  # red: only negative evidence
+    data = toy_data(12, seed=7)  # labels 0, 1, 2, 0, ...: four red images
+    res = netlens.load(model).evaluate(
+        data, methods="gradcam", metrics="pointing,energy", target="label", limit=12
+    )
+    point = res.arrays["gradcam/pointing/score"]
+    assert np.isnan(point[data.labels == 0]).all() and not np.isnan(point[data.labels > 0]).any()
+    rows = {r["metric"]: r for r in res.table}
+    assert rows["pointing"]["n"] == rows["energy"]["n"] == 8
+    assert rows["pointing"]["baseline"] == pytest.approx(PATCH**2 / SIZE**2)
+    assert res.meta["warnings"] == [
+        "gradcam: 4 of 12 map(s) are flat (all zero: no evidence for the target at this "
+        "layer): pointing and energy leave them out"
+    ]
+
+
 def test_per_image_scores_do_not_depend_on_the_chunk(trained) -> None:  # noqa: ANN001
     """Tie-breaking and random orders were seeded by an image's place in its chunk, so
     ``--chunk`` (a speed knob) or a DataLoader's batch size changed every score."""

@@ -33,6 +33,17 @@ def test_pointing_hit_miss_and_tolerance() -> None:
     assert pointing_game(h, m, tolerance=3).tolist() == [1.0]
 
 
+def test_a_flat_map_points_nowhere() -> None:
+    """An all-zero map ("no evidence") or a constant one has every pixel tied for the
+    maximum; it scored a hit wherever the mask was. Like energy, it is left out (NaN)."""
+    m = _square_mask()
+    assert np.isnan(pointing_game(np.zeros((1, 20, 20), np.float32), m)).all()
+    assert np.isnan(pointing_game(np.full((1, 20, 20), 0.3, np.float32), m, tolerance=2)).all()
+    plateau = np.zeros((1, 20, 20), np.float32)
+    plateau[0, 5:8, 5:8] = 1.0  # a tied peak that is not the whole map still counts
+    assert pointing_game(plateau, m).tolist() == [1.0]
+
+
 def test_energy_is_the_share_inside() -> None:
     m = _square_mask()
     h = np.zeros((1, 20, 20), np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netlens.errors import NetlensError
+from netlens.errors import NetlensError, NetlensWarning
 from netlens.output import OutputBusyError, OutputSet, folder_lock, safe_name
 
 
@@ -44,9 +44,10 @@ def test_a_second_run_replaces_the_first_runs_files(tmp_path: Path) -> None:
     with OutputSet(tmp_path, "r") as out:
         out.write_text("old.txt", "1")
         out.write_text("both.txt", "1")
-    with OutputSet(tmp_path, "r") as out:
-        out.write_text("both.txt", "2")
-        out.write_text("new.txt", "2")
+    with pytest.warns(NetlensWarning, match=r"earlier r run: its 1 files .*\(old.txt\)"):
+        with OutputSet(tmp_path, "r") as out:
+            out.write_text("both.txt", "2")
+            out.write_text("new.txt", "2")
     assert not (tmp_path / "old.txt").exists()  # a stale file of the earlier run is gone
     names = json.loads((tmp_path / "r.manifest.json").read_text())["files"]
     assert [f["file"] for f in names] == ["both.txt", "new.txt"]
@@ -133,3 +134,19 @@ def test_two_concurrent_cli_runs_never_mix(tmp_path: Path, images: Path) -> None
     assert len(methods) == 1  # every map comes from the run cam.json describes
     meta = json.loads((out / "cam.json").read_text())
     assert {meta["method"]} == methods
+
+
+def test_a_second_cam_run_says_it_replaced_the_first(tmp_path: Path) -> None:
+    """``cam -m gradcam`` then ``cam -m layercam`` into one folder: the second run's files
+    replace the first's (one run per folder), and the command says so."""
+    from typer.testing import CliRunner
+
+    from netlens.cli.app import app
+
+    out = tmp_path / "maps"
+    first = CliRunner().invoke(app, ["cam", "-m", "gradcam", "--out", str(out)])
+    assert first.exit_code == 0 and "warning" not in first.output
+    second = CliRunner().invoke(app, ["cam", "-m", "layercam", "--out", str(out)])
+    assert second.exit_code == 0
+    assert "earlier cam run: its 15 files" in " ".join(second.output.split())
+    assert not list(out.glob("*gradcam*"))

@@ -71,9 +71,9 @@ def test_streaming_equals_statistics_of_the_stacked_activations(net):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(23, 3, 12, 12, generator=g), torch.zeros(23, dtype=torch.long)
     r = net.run("stats", (x, y), batch_size=5, bins=20)  # 5+5+5+5+3: uneven batches
-    assert [row["layer"] for row in r.table] == ["relu[0]", "relu[1]", "gelu"]
+    assert [row["layer"] for row in r.table] == ["relu@0", "relu@1", "gelu"]
     full = _stacked(net.model, x, 5)
-    refs = {"relu[0]": full["relu"][0], "relu[1]": full["relu"][1], "gelu": full["gelu"][0]}
+    refs = {"relu@0": full["relu"][0], "relu@1": full["relu"][1], "gelu": full["gelu"][0]}
     for row in r.table:
         a = refs[row["layer"]].double()
         v = a.numpy().ravel()
@@ -92,10 +92,14 @@ def test_streaming_equals_statistics_of_the_stacked_activations(net):
         np.testing.assert_allclose(r.arrays[f"{row['layer']}:edges"], edges)
         assert row["underflow"] == (v < edges[0]).sum() and row["overflow"] == (v > edges[-1]).sum()
         assert counts.sum() + row["underflow"] + row["overflow"] == v.size
-    second = next(row for row in r.table if row["layer"] == "relu[1]")
+    second = next(row for row in r.table if row["layer"] == "relu@1")
     assert second["dead_channels"] == pytest.approx(0.25)  # channel 1 of 4
     gelu = next(row for row in r.table if row["layer"] == "gelu")
     assert gelu["shape"] == [5] and gelu["channels"] == 5
+    # the names are the call selectors every command takes back
+    again = net.run("stats", (x, y), layers="relu@1", batch_size=5, bins=20)
+    assert [row["layer"] for row in again.table] == ["relu@1"]
+    assert again.table[0]["mean"] == second["mean"]
 
 
 def test_layer_stats_merge_matches_one_pass_and_fixed_range():

@@ -89,7 +89,9 @@ class Lens:
         self._digest: str | None = None
 
     def __repr__(self) -> str:
-        n = len(self.classes) if self.classes else "?"
+        from .models.classes import head_width
+
+        n = len(self.classes) if self.classes else head_width(self.model) or "?"
         return f"Lens({self.name}: {type(self.model).__name__}, {n} classes, {self.transform})"
 
     @property

@@ -2,7 +2,8 @@
 
 A result is written through an :class:`OutputSet`: every file goes to a hidden staging folder
 inside the output folder first, and only when all are written are they renamed into place,
-the files of the previous run of the same analyzer that this run does not rewrite removed, and
+the files of the previous run of the same analyzer that this run does not rewrite removed (with
+a warning that says how many), and
 a manifest ``NAME.manifest.json`` written last, listing exactly this run's files with their
 SHA-256. An error (or Ctrl-C) part way leaves the folder as it was.
 
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NetlensError
+from .errors import NetlensError, NetlensWarning
 
 __all__ = ["OutputBusyError", "OutputSet", "csv_text", "folder_lock", "npy_bytes", "safe_name"]
 
@@ -172,8 +174,17 @@ class OutputSet:
             entries.append({"file": name, "bytes": len(data), "sha256": _sha(data)})
             os.replace(stage / name, self.folder / name)
             self.written.append(self.folder / name)
-        for old in previous - set(self._names):
+        stale = sorted(n for n in previous - set(self._names) if (self.folder / n).exists())
+        for old in stale:
             (self.folder / old).unlink(missing_ok=True)
+        if stale:  # one run of an analyzer per folder: said, never silent
+            warnings.warn(
+                f"{self.folder}/ held an earlier {self.name} run: its {len(stale)} files that "
+                f"this run does not rewrite ({stale[0]}{', ...' if len(stale) > 1 else ''}) "
+                "were removed, one run per folder; write to another folder to keep both",
+                NetlensWarning,
+                stacklevel=2,
+            )
         tmp = stage / ".manifest"
         tmp.write_text(json.dumps({"result": self.name, "files": entries}, indent=2))
         os.replace(tmp, manifest)

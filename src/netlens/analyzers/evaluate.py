@@ -300,16 +300,29 @@ class EvaluateAnalyzer(Analyzer):
 def _empty_mask_warning(
     arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
 ) -> list[str]:
-    """One line when some masks are empty at the model's input: those images are left out
-    of the localisation metrics (NaN), which the table's ``n`` counts."""
+    """One line when some masks are empty at the model's input, and one per method whose maps
+    are flat for some images: those images are left out of the localisation metrics (NaN),
+    which the table's ``n`` counts."""
     base = next((arrays[f"{methods[0]}/{m}/baseline"] for m in metrics if m in _LOCAL), None)
     empty = int(np.isnan(base).sum()) if base is not None else 0
-    if not empty:
-        return []
-    return [
-        f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the object "
-        "lies outside the crop, or the mask is blank): pointing and energy leave them out"
-    ]
+    lines = []
+    if empty:
+        lines.append(
+            f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the "
+            "object lies outside the crop, or the mask is blank): pointing and energy leave "
+            "them out"
+        )
+    for method in methods if base is not None else []:
+        flat = np.zeros(len(base), bool)
+        for m in metrics:
+            if m in _LOCAL:
+                flat |= np.isnan(arrays[f"{method}/{m}/score"]) & ~np.isnan(base)
+        if flat.any():
+            lines.append(
+                f"{method}: {int(flat.sum())} of {len(base)} map(s) are flat (all zero: no "
+                "evidence for the target at this layer): pointing and energy leave them out"
+            )
+    return lines
 
 
 _LOCAL = ("pointing", "energy")
@@ -417,7 +430,8 @@ def summary_rows(
     for method in methods:
         for name in metrics:
             metric = lens.host.metrics.get(name)
-            mean, lo, hi, n = mean_ci(arrays[f"{method}/{name}/score"], seed=seed)
+            score = arrays[f"{method}/{name}/score"]
+            mean, lo, hi, n = mean_ci(score, seed=seed)
             row: dict[str, Any] = {
                 "method": method,
                 "metric": name,
@@ -428,8 +442,8 @@ def summary_rows(
                 "better": "higher" if metric.higher_is_better else "lower",
             }
             base = arrays.get(f"{method}/{name}/baseline")
-            if base is not None:
-                b, blo, bhi, _ = mean_ci(base, seed=seed)
+            if base is not None:  # over the images the score counts (not a flat map's)
+                b, blo, bhi, _ = mean_ci(np.where(np.isnan(score), np.nan, base), seed=seed)
                 kind = "chance" if getattr(metric, "needs_masks", False) else "random order"
                 row |= {
                     "baseline": b,

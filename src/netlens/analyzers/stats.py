@@ -303,13 +303,14 @@ def _stream(
 
 
 def _outputs(p: Any, names: list[str]) -> list[tuple[str, torch.Tensor]]:
-    """(key, output) of every call of every probed layer (``name[i]`` for a repeated call)."""
+    """(key, output) of every call of every probed layer (``name@i`` for a repeated call, as
+    layer selectors name it)."""
     found = []
     for name in names:
         outs = p[name].outputs
         for i, out in enumerate(outs):
             if isinstance(out, torch.Tensor):
-                found.append((name if len(outs) == 1 else f"{name}[{i}]", out))
+                found.append((name if len(outs) == 1 else f"{name}@{i}", out))
     return found
 
 

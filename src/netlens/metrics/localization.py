@@ -87,10 +87,10 @@ def _empty(m: np.ndarray) -> np.ndarray:
 
 def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> np.ndarray:
     """Per image, 1.0 when the heatmap's maximum is within ``tolerance`` px of the mask, else 0
-    (NaN for an empty mask).
+    (NaN for an empty mask, and for a flat map: one that is all zero, "no evidence", or
+    constant points nowhere, and would otherwise hit wherever the mask is).
 
-    Ties for the maximum count as a hit when any of the tied pixels is a hit (a flat map is
-    therefore not penalised; it is also not informative, see ``energy_in_mask``).
+    Ties for the maximum count as a hit when any of the tied pixels is a hit.
 
     Example:
         >>> pointing_game(h[None], m[None], tolerance=15)
@@ -101,7 +101,7 @@ def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> np.ndarray:
     hits = np.zeros(len(h))
     for i in range(len(h)):
         peak = h[i] >= h[i].max()
-        hits[i] = float(np.any(peak & grown(m[i], tolerance)))
+        hits[i] = float(np.any(peak & grown(m[i], tolerance))) if not peak.all() else np.nan
     return np.where(_empty(m), np.nan, hits)
 
 

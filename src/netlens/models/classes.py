@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ModelLoadError
 from ..preprocess import Preprocess
 
-__all__ = ["check_class_names", "output_count"]
+__all__ = ["check_class_names", "head_width", "output_count"]
 
 
 def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None:
@@ -26,6 +26,15 @@ def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None
         return n
     if spec is not None and spec.size is not None:
         return _dry_forward_count(model, spec)
+    return head_width(model)
+
+
+def head_width(model: nn.Module) -> int | None:
+    """The class count a model's last layer says without running it: timm's ``num_classes``,
+    the width of a last ``nn.Linear`` or 1×1 ``nn.Conv2d``; None otherwise."""
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int) and hasattr(model, "get_classifier"):
+        return n
     last = _last_weighted_leaf(model)
     if isinstance(last, nn.Linear):
         return int(last.out_features)
