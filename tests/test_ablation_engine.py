@@ -131,6 +131,40 @@ def test_general_graph_with_long_skip_and_inplace_ops() -> None:
     _check_all_modes(model, units, torch.randn(2, 3, 8, 8), expect_fast=True)
 
 
+class InplaceReadLater(nn.Module):
+    """The unit rewrites its input in place (torchvision's ``ReLU(inplace=True)``), and that
+    input is read again after it: removing the unit must leave it as it was."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(x)
+        return self.fc((self.c2(self.act(h)) + h).mean((2, 3)))
+
+
+def test_a_unit_that_rewrites_its_input_in_place_is_removed_on_both_paths() -> None:
+    """The naive path's hook read the unit's input after the unit ran: an in-place ReLU had
+    already made it the output, so "identity" changed nothing and "zero" kept the rewrite."""
+    torch.manual_seed(0)
+    model = InplaceReadLater().eval()
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    units, _ = find_units(model, x[:1], "act")
+    _check_all_modes(model, units, x, expect_fast=True)
+    engine = Engine(model, ["act"])
+    removed = InplaceReadLater().eval()
+    removed.load_state_dict(model.state_dict())
+    removed.act = nn.Identity()
+    with torch.no_grad():
+        naive = engine.naive(x, "act", unit_replacement(units[0], "identity"), batch=0)
+        assert torch.equal(naive, removed(x))
+        assert not torch.equal(naive, model(x))
+
+
 def test_untraceable_model_falls_back_to_naive() -> None:
     torch.manual_seed(0)
     model = Branchy().eval()

@@ -82,6 +82,26 @@ def test_scores_equal_a_brute_force_over_stacked_activations(spot):
     assert r.meta["channels"] == torch.argsort(peaks.mean(dim=1), descending=True).tolist()
 
 
+@pytest.mark.parametrize("sampler", ["reversed", "subset"])
+def test_a_dataloaders_sampler_order_names_the_right_images(spot, sampler):
+    """A DataLoader drawing in its sampler's order (a reversed list, a
+    ``SubsetRandomSampler``) had its images numbered by stream position and re-read at those
+    positions: the tiles showed other images than the scores'."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
+
+    x, y, places = spots()
+    order = list(range(9, -1, -1)) if sampler == "reversed" else [2, 7, 4, 9, 0]
+    chosen = order if sampler == "reversed" else SubsetRandomSampler(order)
+    loader = DataLoader(TensorDataset(x, y), batch_size=3, sampler=chosen)
+    r = spot.run("top-activations", loader, layer="conv", k=3, channels=[0])
+    want = sorted(order, reverse=True)[:3]  # image i's spot is i + 1: the brightest are the last
+    np.testing.assert_array_equal(r.arrays["indices"][0], want)
+    for rank, i in enumerate(want):
+        assert tuple(r.arrays["positions"][0, rank]) == places[i]
+        shown = r.arrays["images"][0, rank].astype(float).sum(-1)  # the tile's image: its spot
+        assert np.unravel_index(shown.argmax(), shown.shape) == places[i]
+
+
 def test_merge_top_and_gradient_box():
     best, ids = torch.tensor([[5.0, 1.0]]), torch.tensor([[0, 1]])
     v, i = merge_top(best, ids, torch.tensor([[3.0, 7.0, 1.0]]), torch.tensor([[2, 3, 4]]), 3)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .channel_layout import learned_layout
+from .channel_layout import CHANNELS_FIRST, learned_layout
 from .errors import AnalyzerError
 
 __all__ = ["channels_last", "is_spatial", "tensor_output", "to_spatial"]
@@ -38,7 +38,10 @@ def _token_layout(
     if n is None and isinstance(registers, int):  # Hugging Face DINOv2 with registers
         n = 1 + registers
     most = int(n) if n is not None else 2
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    embed = getattr(model, "patch_embed", None)
+    grid = getattr(embed, "grid_size", None)
+    if grid and hw is not None and callable(getattr(embed, "dynamic_feat_size", None)):
+        grid = embed.dynamic_feat_size(tuple(int(v) for v in hw))  # timm's dynamic_img_size
     if grid:
         h, w = int(grid[0]), int(grid[1])
         if 0 <= length - h * w <= most:
@@ -69,11 +72,13 @@ def _grid(n: int, hw: Sequence[int] | None) -> tuple[int, int] | None:
 _PERMUTED: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def channels_last(model: nn.Module, layer: str = "") -> bool:
-    """Whether ``layer``'s 4-d output is N×H×W×C: as one dry forward of the model followed
-    it (:mod:`netlens.channel_layout`), else by these rules: a ``Linear``'s (ConvNeXt's
-    pointwise layers, in any library); in a timm model whose stages keep channels last
-    (``output_fmt`` NHWC) every layer but a convolution's; in a torchvision model whose
+def channels_last(model: nn.Module, layer: str = "", ndim: int = 4) -> bool:
+    """Whether ``layer``'s 4-d output is N×H×W×C (``ndim=3``: its 3-d output N×L×C tokens,
+    not N×C×L): as one dry forward of the model followed it (:mod:`netlens.channel_layout`),
+    else by these rules. 3-d: tokens, unless the layer is a 1-d convolution, norm or pooling
+    (a ``Conv1d``, an ``AdaptiveAvgPool1d`` pooling tokens to N×C×1). 4-d: a ``Linear``'s
+    (ConvNeXt's pointwise layers, in any library); in a timm model whose stages keep channels
+    last (``output_fmt`` NHWC) every layer but a convolution's; in a torchvision model whose
     ``Permute`` modules move channels last and back (Swin, ConvNeXt's blocks) the layers
     between them (:func:`_permuted_layers`)."""
     name = layer.split("@")[0].split(":")[0]
@@ -84,6 +89,8 @@ def channels_last(model: nn.Module, layer: str = "") -> bool:
         module = model.get_submodule(name) if name else None
     except AttributeError:
         module = None
+    if ndim == 3:
+        return not isinstance(module, CHANNELS_FIRST)
     if isinstance(module, nn.Linear):  # it acts on the last axis: a 4-d output ends in channels
         return True
     if str(getattr(model, "output_fmt", "")).upper() == "NHWC":
@@ -163,6 +170,12 @@ def _spatial(
     if t.dim() == 4:
         return t.permute(0, 3, 1, 2) if channels_last(model, layer) else t
     if t.dim() == 3:
+        if not channels_last(model, layer, 3):
+            raise AnalyzerError(
+                f"layer '{layer}' gives N×C×L (channels × length: a 1-d convolution's, norm's "
+                f"or pooling's output, {tuple(t.shape)}), not tokens of a patch grid; pick a "
+                "layer with a 2-d map (see `netlens layers MODEL`)"
+            )
         n, length, d = t.shape
         layout = _token_layout(model, length, hw)
         if layout is None:
@@ -178,10 +191,10 @@ def _spatial(
     )
 
 
-def is_spatial(t: torch.Tensor, model: nn.Module) -> bool:
+def is_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> bool:
     """True when :func:`to_spatial` gives a map larger than 1×1."""
     try:
-        s = to_spatial(t, model)
+        s = to_spatial(t, model, layer)
     except AnalyzerError:
         return False
     return s.shape[-1] * s.shape[-2] > 1

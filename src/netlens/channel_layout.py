@@ -1,4 +1,4 @@
-"""Which layers' 4-d outputs keep channels last (N×H×W×C), learned from one forward.
+"""Which layers' outputs keep channels last (N×H×W×C, N×L×C), learned from one forward.
 
 A module's name does not say how its output is laid out: a ``GELU`` or a ``LayerNorm``
 between a ConvNeXt block's two pointwise ``Linear`` layers sees and returns N×H×W×C (timm's
@@ -19,6 +19,9 @@ themselves:
   ops instead (a ``permute`` in the forward), it has the latest decided call's layout when its
   input has that call's output shape, the other one when the channels moved.
 
+The same rules tell a 3-d output's layout: N×L×C tokens (a ``Linear``, a ``LayerNorm``) or
+N×C×L (a ``Conv1d``, a ``BatchNorm1d``).
+
 Layers this does not decide (a block's output computed by plain tensor ops) are left to the
 rules of :func:`netlens.activations.channels_last`.
 """
@@ -33,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["learn_layouts", "learned_layout", "learning_layouts", "share_layouts"]
+__all__ = ["CHANNELS_FIRST", "learn_layouts", "learned_layout", "learning_layouts", "share_layouts"]
 
 _LEARNED: weakref.WeakKeyDictionary[nn.Module, dict[str, bool]] = weakref.WeakKeyDictionary()
 
-_CHANNELS_FIRST = (
+CHANNELS_FIRST = (  # modules whose outputs have channels second, as torch's own
     nn.modules.conv._ConvNd,
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
@@ -57,13 +60,14 @@ def share_layouts(model: nn.Module, other: nn.Module) -> None:
 
 
 def learned_layout(model: nn.Module, layer: str) -> bool | None:
-    """True/False when the dry forward decided ``layer``'s layout (N×H×W×C / N×C×H×W)."""
+    """True/False when the dry forward decided ``layer``'s layout (N×H×W×C or N×L×C / N×C×H×W
+    or N×C×L)."""
     learned = _LEARNED.get(model)
     return None if learned is None else learned.get(layer)
 
 
 def learn_layouts(model: nn.Module, x: torch.Tensor) -> None:
-    """Learn, once per model, the layouts of its layers' 4-d outputs from a forward of
+    """Learn, once per model, the layouts of its layers' 3-d and 4-d outputs from a forward of
     ``x[:1]``; a forward that fails leaves the rules to decide."""
     from .layers import eval_mode
 
@@ -99,7 +103,7 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
             while inputs and inputs[-1][0] is not m:  # a call that raised, caught by its caller
                 inputs.pop()
             inp = inputs.pop()[1] if inputs else None
-            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
                 return
             layout = _layout(m, out, inp, made)
             if layout is None:
@@ -131,7 +135,9 @@ def _layout(m: nn.Module, out: torch.Tensor, inp: Any, made: dict[int, bool]) ->
     if type(m).__name__ == "Permute" and type(m).__module__.startswith("torchvision."):
         dims = [int(d) for d in m.dims]
         return True if dims == [0, 2, 3, 1] else False if dims == [0, 3, 1, 2] else None
-    if isinstance(m, _CHANNELS_FIRST):
+    if isinstance(inp, torch.Tensor) and inp.dim() != out.dim() and not isinstance(m, nn.Linear):
+        return None  # a flatten or reshape (patch embedding to tokens): not a layer's layout
+    if isinstance(m, CHANNELS_FIRST):
         return False
     if isinstance(m, nn.Linear):
         return True
@@ -164,8 +170,13 @@ def _after(out: torch.Tensor, inp: Any, last: tuple[torch.Size, bool] | None) ->
     if last is None or not isinstance(inp, torch.Tensor) or inp.shape != out.shape:
         return None
     shape, nhwc = last
-    n, a, b, c = shape
-    moved = (n, c, a, b) if nhwc else (n, b, c, a)
+    if len(shape) != out.dim():
+        return None
+    if len(shape) == 3:  # N×L×C ↔ N×C×L
+        moved: tuple[int, ...] = (shape[0], shape[2], shape[1])
+    else:
+        n, a, b, c = shape
+        moved = (n, c, a, b) if nhwc else (n, b, c, a)
     same, other = inp.shape == shape, inp.shape == moved
     if same == other:
         return None

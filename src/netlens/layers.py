@@ -394,7 +394,7 @@ def auto_layer(
     allowed = _dense_feature_slots(model, x, returned, output)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c)]
-    grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model)]
+    grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model, c.name)]
     blocks = _repeated_blocks(model)
     tokens = [(i, c) for i, c in grids if c.name in blocks] or grids
     if not spatial and not tokens:  # e.g. a CNN wrapped in a module fed 3-D spectrograms
@@ -430,13 +430,14 @@ def _dense_feature_slots(
     return set(feature_slots(traced, out, output) or ())
 
 
-def _is_token_grid(out: Any, model: nn.Module) -> bool:
-    """A 3-D token output that reshapes to a patch grid larger than 1×1."""
+def _is_token_grid(out: Any, model: nn.Module, name: str = "") -> bool:
+    """A 3-D token output that reshapes to a patch grid larger than 1×1 (not a Conv1d's or a
+    pooling's N×C×L)."""
     if not isinstance(out, torch.Tensor) or out.dim() != 3:
         return False
     from .activations import is_spatial
 
-    return is_spatial(out, model)
+    return is_spatial(out, model, name)
 
 
 def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[LayerInfo]:
@@ -459,7 +460,10 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
         calls = shapes.get(name, [])
         shape = next((s for s in calls if s is not None), None)
         rank = len(shape) if shape else 0
-        layout = {3: "NLC", 4: "NHWC" if rank == 4 and channels_last(model, name) else "NCHW"}
+        layout = {
+            3: "NLC" if rank == 3 and channels_last(model, name, 3) else "NCL",
+            4: "NHWC" if rank == 4 and channels_last(model, name) else "NCHW",
+        }
         rows.append(
             LayerInfo(
                 name=name,

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
 from torch.utils.data._utils.collate import default_collate
 
 from ..data.items import as_pair, hub_rows
@@ -57,6 +64,7 @@ class Data:
     loader_given: DataLoader | None = None
     group: Group | None = None
     dtype: torch.dtype | None = None
+    _order: list[list[int]] | None = field(default=None, repr=False)  # a given loader's batches
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -85,11 +93,17 @@ class Data:
                     "the same images in the same order"
                 )
             relabel = getattr(self.dataset, "relabel", None)  # labels by the model's names
-            if group is None or group.world == 1:
+            shared = group is not None and group.world > 1
+            in_order = isinstance(given.sampler, SequentialSampler) and not shared
+            if self._order is None and _indexable(given) and not in_order:
+                # drawn once: a sampler's order (a Subset's, a custom list's) is the images'
+                # dataset positions, which results name and re-read, the same in every pass
+                self._order = [[int(i) for i in b] for b in given.batch_sampler]  # type: ignore[union-attr]
+            if self._order is None or in_order:
                 return Batches(
                     given, given.batch_size or 1, with_index, dtype=self.dtype, relabel=relabel
                 )
-            return _shared_loader(given, group, with_index, self.dtype, relabel)
+            return _batches_of(given, self._order, group, with_index, self.dtype, relabel)
         n = len(self.dataset)
         spans = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         mine = group.part(len(spans)) if group is not None else range(len(spans))
@@ -133,20 +147,23 @@ class Batches:
         first: int = 0,
         dtype: torch.dtype | None = None,
         relabel: Callable[[Any], torch.Tensor] | None = None,
+        positions: list[list[int]] | None = None,
     ) -> None:
         self.loader, self.batch_size, self.dtype = loader, batch_size, dtype
         self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
         self.dataset = getattr(loader.dataset, "inner", loader.dataset)
-        self.relabel = relabel
+        self.relabel, self.positions = relabel, positions
 
     def __iter__(self) -> Iterator[Any]:
         start, drawn = self.start, False
-        for b in _drawn(self.loader):
+        for k, b in enumerate(_drawn(self.loader)):
             if b is None:
                 continue
             drawn = True
             b = as_pair(b)  # a batch collated from dict items: {"pixel_values": ..., ...}
             x, y, idx = b if self.indexed else (b[0], b[1], None)
+            if idx is None and self.positions is not None:
+                idx = torch.tensor(self.positions[k], dtype=torch.long)
             if idx is None:
                 idx = torch.arange(start, start + len(x))
                 start += len(x)
@@ -184,32 +201,41 @@ def _drawn(loader: DataLoader) -> Iterator[Any]:
         yield b
 
 
-def _shared_loader(
+def _indexable(given: DataLoader) -> bool:
+    """Whether a user's DataLoader draws positions of a map-style dataset (not a stream)."""
+    return given.batch_sampler is not None and not isinstance(given.dataset, IterableDataset)
+
+
+def _batches_of(
     given: DataLoader,
-    group: Group,
+    order: list[list[int]],
+    group: Group | None,
     with_index: bool,
     dtype: torch.dtype | None,
     relabel: Callable[[Any], torch.Tensor] | None,
 ) -> Batches:
-    """This process's share of the batches of a user's (non-shuffling) DataLoader."""
-    batches = [list(b) for b in given.batch_sampler]  # type: ignore[union-attr]
-    part = group.part(len(batches))
+    """A user's DataLoader's batches, ``order`` (its dataset positions), as it forms them
+    (its collate function and workers); in a distributed run, this process's share."""
+    part = group.part(len(order)) if group is not None else range(len(order))
+    mine = order[part.start : part.stop]
     loader = DataLoader(
         given.dataset,
-        batch_sampler=batches[part.start : part.stop],
+        batch_sampler=mine,
         collate_fn=given.collate_fn,
         num_workers=given.num_workers,
         pin_memory=given.pin_memory,
+        worker_init_fn=given.worker_init_fn,
+        multiprocessing_context=given.multiprocessing_context,
+        timeout=given.timeout,
     )
-    start = sum(len(b) for b in batches[: part.start])  # stream position of the first item
     return Batches(
         loader,
         given.batch_size or 1,
         with_index,
-        start=start,
         first=part.start,
         dtype=dtype,
         relabel=relabel,
+        positions=mine,
     )
 
 

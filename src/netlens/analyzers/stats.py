@@ -67,11 +67,6 @@ def default_stats_layers(model: nn.Module) -> list[str]:
     return weights
 
 
-def channel_axis(ndim: int) -> int:
-    """The channel axis of one input's activation (batch axis removed)."""
-    return ndim - 1 if ndim == 2 else 0
-
-
 @dataclass
 class LayerStats:
     """Streaming statistics of one layer's activations (see the module doc)."""
@@ -164,10 +159,11 @@ class LayerStats:
         return float(np.sqrt(self.m2 / self.count)) if self.count else float("nan")
 
     def row(self, layer: str, channels_last: bool = False) -> dict[str, Any]:
-        """The table row for this layer (``channels_last``: its output is N×H×W×C)."""
+        """The table row for this layer (``channels_last``: its output is N×H×W×C or N×L×C
+        tokens, not N×C×H×W or N×C×L)."""
         um = self.unit_max if self.unit_max is not None else torch.zeros(0)
         dead_units = um <= self.eps
-        ax = um.dim() - 1 if channels_last and um.dim() == 3 else channel_axis(um.dim())
+        ax = um.dim() - 1 if channels_last else 0
         per_channel = (
             dead_units.movedim(ax, 0).reshape(um.shape[ax], -1).all(dim=1)
             if um.dim()
@@ -267,8 +263,14 @@ class StatsAnalyzer(Analyzer):
             "one element of a layer's output for one input (conv: channel×y×x); "
             "dead = ≤ eps for every input"
         )
-        rows = [s.row(k, channels_last(model, k.split("[")[0])) for k, s in stats.items()]
+        rows = [s.row(k, _last(model, k, s)) for k, s in stats.items()]
         return StatsResult("stats", arrays, rows, meta)
+
+
+def _last(model: nn.Module, key: str, stats: LayerStats) -> bool:
+    """Whether the layer call ``key``'s channels are its output's last axis."""
+    ndim = stats.unit_max.dim() + 1 if stats.unit_max is not None else 0
+    return ndim in (3, 4) and channels_last(model, key, ndim)
 
 
 def _listed(names: list[str]) -> str:

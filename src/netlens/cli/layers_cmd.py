@@ -14,7 +14,7 @@ def layers(model: ModelArg = None, *, common: Common) -> None:
     """List every layer: name, type, output shape, layout, calls per forward, parameters.
 
     The layout is how netlens reads a layer's channels: NCHW, NHWC (channels last: ConvNeXt
-    MLPs, Swin stages) or NLC (tokens).
+    MLPs, Swin stages), NLC (tokens) or NCL (a Conv1d's channels × length).
 
     The names are the selectors for --layer. A module that runs more than once per forward
     (calls > 1) is selected per call with NAME@K (K from 0, -1 for the last), e.g. act@1.

@@ -250,6 +250,16 @@ class Engine:
         n = x.shape[0]
         logits = []
         calls: list[int] = []
+        kept: list[torch.Tensor] = []  # each running call's input, as it came in
+
+        def private(module: nn.Module, args: tuple) -> tuple | None:
+            """The unit runs on a copy of its input: a unit that rewrites its input in place
+            (``ReLU(inplace=True)``, ``x += f(x)``) must not change it, since it is removed."""
+            if not args or not isinstance(args[0], torch.Tensor):
+                raise AnalyzerError(f"unit '{unit}' takes no tensor as its first argument")
+            kept.append(args[0])
+            return (args[0].clone(), *args[1:])
+
         for g in range(copies):
             calls.clear()
 
@@ -257,10 +267,10 @@ class Engine:
                 module: nn.Module, inputs: tuple, output: torch.Tensor, g: int = g
             ) -> torch.Tensor:
                 calls.append(1)
-                new = replace(inputs[0].clone(), output, batch)
+                new = replace(kept.pop().clone(), output, batch)
                 return new if copies == 1 else new[g * n : (g + 1) * n].clone()
 
-            with hooked(self.modules[unit], hook):
+            with hooked(self.modules[unit], hook, private):
                 logits.append(logits_of(self.model(x), self.output))
             if not calls:
                 raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
@@ -268,13 +278,17 @@ class Engine:
 
 
 @contextmanager
-def hooked(module: nn.Module, hook: Any) -> Iterator[None]:
-    """A forward hook for the duration of the block (removed on errors and Ctrl-C too)."""
-    handle = module.register_forward_hook(hook)
+def hooked(module: nn.Module, hook: Any, pre: Any = None) -> Iterator[None]:
+    """A forward hook (and a forward pre-hook) for the duration of the block (removed on
+    errors and Ctrl-C too)."""
+    handles = [module.register_forward_hook(hook)]
     try:
+        if pre is not None:
+            handles.append(module.register_forward_pre_hook(pre))
         yield
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 @dataclass

@@ -300,8 +300,9 @@ def _channel_study(plan: _Plan) -> None:
     shape = unit.shape_out or ()
     if len(shape) < 2:
         raise AnalyzerError(f"'{unit.name}' has no channel dimension (output {shape})")
-    # channels last: tokens (N×L×C) and N×H×W×C maps; ablating axis 1 would remove tokens
-    last = len(shape) == 3 or (len(shape) == 4 and channels_last(plan.run.lens.model, unit.name))
+    # channels last: tokens (N×L×C) and N×H×W×C maps, where ablating axis 1 would remove
+    # tokens or rows; a Conv1d's N×C×L has them second
+    last = len(shape) in (3, 4) and channels_last(plan.run.lens.model, unit.name, len(shape))
     n_ch, per = (shape[-1] if last else shape[1]), int(np.prod(shape[1:]))
     which = _which_channels(opts.channels, n_ch, unit.name)
     group = ch.group_size(per, plan.loader.batch_size) if plan.engine.is_fast(unit.name) else 1
