@@ -49,9 +49,7 @@ def train(
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(
-            "--lr", help="Peak learning rate (default: 3e-3).", min=0.0, show_default=False
-        ),
+        typer.Option("--lr", help="Peak learning rate, > 0 (default: 3e-3).", show_default=False),
     ] = None,
     optimizer: Annotated[
         str | None, typer.Option("--optimizer", help="adamw (default) or sgd.", show_default=False)
@@ -75,9 +73,8 @@ def train(
         float | None,
         typer.Option(
             "--label-smoothing",
-            help="Label smoothing of the cross-entropy (default: 0.0).",
-            min=0.0,
-            max=1.0,
+            help="Label smoothing of the training cross-entropy, 0 to under 1 (default: 0.0); "
+            "the validation loss is plain cross-entropy.",
             show_default=False,
         ),
     ] = None,
@@ -175,6 +172,8 @@ def train(
     given = {k: v for k, v in locals().items() if k in _CONFIG_OPTIONS and v is not None}
     options = {**given, "out": str(common.out / "model.pt")}
     options["threads"] = set_threads(common.threads)
+    if common.strict:
+        options["strict"] = True
     set_max_pixels(common.max_pixels)
     if arch_opt:
         options["arch_kwargs"] = parse_options(arch_opt)
@@ -190,6 +189,9 @@ def train(
         from .runner import err
 
         err.print(f"train: wrote {result.path}", soft_wrap=True)
+    from .runner import report_skipped
+
+    report_skipped(result.skipped, common)  # exit status 3 unless --skip-bad
 
 
 # the options that are TrainConfig fields, passed on when given
@@ -220,4 +222,5 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
     out = {"arch": rec["config"]["arch"], **{k: rec[k] for k in keys}}
     out["val"] = {k: v for k, v in rec["val"].items() if k != "confusion"}
     out |= {"params": rec["params"], "trainable_params": rec["trainable_params"]}
+    out["skipped"] = rec.get("skipped") or []
     return out

@@ -44,6 +44,7 @@ class TrainConfig:
     threads: int | None = None
     img_size: int | None = None
     sync_bn: bool = False
+    strict: bool = False  # stop at the first unreadable image (default: skip and record it)
 
     def __post_init__(self) -> None:
         problem = self._problem()

@@ -1,29 +1,55 @@
 """Training data: the train / val / test splits for whatever ``--data`` names, as loaders.
 
 A dataset name (``shapes``, ``fashion-mnist``, ``mnist5k``, or one from a plugin) gives its
-``train``/``val``/``test`` splits; a folder gives ``train/``, ``val/`` and ``test/`` subfolders
-when it has them, otherwise a seeded 90/10 train/val split of its class subfolders; a CSV list
-(``path,label`` rows) likewise. In-memory array datasets are preprocessed once into tensors.
+``train``/``val``/``test`` splits; a folder gives its ``train/``, ``val/`` and ``test/``
+subfolders when it has them (spelled in any case; also ``training/``, ``valid/``,
+``validation/``, ``dev/``, ``eval/``, ``testing/``). Without a validation split the model is
+validated on a seeded 90/10 holdout of the training images, and ``test/`` is kept for the final
+evaluation only. A folder of class subfolders alone is split 90/10 likewise; so is a CSV list
+(``path,label`` rows). The val and test splits are labelled by the training split's classes
+(matched by folder name); a class folder the training split lacks is refused. In-memory array
+datasets are preprocessed once into tensors.
+
+Unreadable images are not fatal here: :class:`Guarded` hands them back as :class:`Unreadable`
+items and :func:`collate` leaves them out of the batch, listing them beside it, so that the
+trainer can record them (also from DataLoader worker processes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 from ..data.resolve import ArrayDataset, ImageFolderDataset
-from ..errors import DataError
-from ..images import Preprocess
+from ..errors import DataError, NetlensError
+from ..images import Preprocess, is_hidden, list_images
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
-__all__ = ["Splits", "make_loader", "resolve_splits", "to_tensors"]
+__all__ = [
+    "Guarded",
+    "Splits",
+    "Unreadable",
+    "collate",
+    "make_loader",
+    "resolve_splits",
+    "to_tensors",
+]
+
+# the split folders a dataset's root may hold, by role, compared case-insensitively (as
+# netlens.data.resolve.SPLITS names them)
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation", "dev", "eval"),
+    "test": ("test", "testing"),
+}
 
 
 @dataclass
@@ -37,7 +63,9 @@ class Splits:
     preprocess: Preprocess
 
 
-def _named(name: str, host: PluginHost, preprocess: Preprocess | None) -> Splits:
+def _named(
+    name: str, host: PluginHost, preprocess: Preprocess | None, channels: int | None = None
+) -> Splits:
     factory = host.datasets.get(name)
     parts = {}
     for split in ("train", "val", "test"):
@@ -49,6 +77,9 @@ def _named(name: str, host: PluginHost, preprocess: Preprocess | None) -> Splits
             parts[split] = None
     train = parts["train"]
     pre = preprocess or getattr(train, "preprocess", None) or Preprocess()
+    if channels is not None and pre.channels != channels:
+        pre = replace(pre, channels=channels)
+        preprocess = pre
     if preprocess is not None:
         parts = {
             k: v.with_preprocess(pre) if hasattr(v, "with_preprocess") else v
@@ -66,21 +97,62 @@ def _holdout(ds: Dataset, seed: int, fraction: float = 0.1) -> tuple[Dataset, Da
     return Subset(ds, order[k:].tolist()), Subset(ds, order[:k].tolist())
 
 
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """The split folders of ``root`` by role (``train``, ``val``, ``test``); any case."""
+    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not is_hidden(d, root)]
+    found = {}
+    for role, names in SPLIT_NAMES.items():
+        hits = [d for d in subdirs if d.name.casefold() in names]
+        if len(hits) > 1:
+            both = " and ".join(f"{d.name}/" for d in hits)
+            raise DataError(f"{root} holds {both}, both a {role} split; keep one of them")
+        if hits:
+            found[role] = hits[0]
+    return found
+
+
+def _by_train_classes(folder: Path, train: ImageFolderDataset, preprocess: Preprocess) -> Dataset:
+    """The val or test split in ``folder``, labelled by the training split's class names."""
+    known = set(train.classes) | set(train.folder_classes)
+    extra = [
+        d.name
+        for d in sorted(folder.iterdir())
+        if d.is_dir() and not is_hidden(d, folder) and d.name not in known and list_images(d)
+    ]
+    if extra:
+        names = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+        raise DataError(
+            f"{folder} has class folder(s) {names} that {train.root} lacks: the model learns "
+            f"{train.root.name}/'s classes only; add training images of them or remove them from "
+            f"{folder.name}/"
+        )
+    return ImageFolderDataset(folder, preprocess, classes=train.classes)
+
+
 def _folder(root: Path, preprocess: Preprocess, seed: int) -> Splits:
-    if (root / "train").is_dir():
-        train = ImageFolderDataset(root / "train", preprocess)
-        test = ImageFolderDataset(root / "test", preprocess) if (root / "test").is_dir() else None
-        if (root / "val").is_dir():
-            val: Dataset = ImageFolderDataset(root / "val", preprocess)
-        elif test is not None:
-            val = test
-        else:
-            train_part, val = _holdout(train, seed)
-            return Splits(train_part, val, None, train.classes, preprocess)
-        return Splits(train, val, test, train.classes, preprocess)
+    dirs = _split_dirs(root)
+    if "train" in dirs:
+        train = ImageFolderDataset(dirs["train"], preprocess)
+        test = _by_train_classes(dirs["test"], train, preprocess) if "test" in dirs else None
+        if "val" in dirs:
+            val = _by_train_classes(dirs["val"], train, preprocess)
+            return Splits(train, val, test, train.classes, preprocess)
+        train_part, val = _holdout(train, seed)  # test/ stays for the final evaluation
+        return Splits(train_part, val, test, train.classes, preprocess)
+    subdirs = [d for d in root.iterdir() if d.is_dir() and not is_hidden(d, root)]
+    if dirs and len(dirs) == len(subdirs) and all(_holds_folders(d) for d in subdirs):
+        found = ", ".join(f"{d.name}/" for d in dirs.values())
+        raise DataError(
+            f"{root} holds the splits {found} but no training split: add train/ (class folders "
+            "of training images) beside them"
+        )
     full = ImageFolderDataset(root, preprocess)
     train_part, val = _holdout(full, seed)
     return Splits(train_part, val, None, full.classes, preprocess)
+
+
+def _holds_folders(folder: Path) -> bool:
+    return any(d.is_dir() for d in folder.iterdir())
 
 
 def resolve_splits(
@@ -89,8 +161,12 @@ def resolve_splits(
     *,
     preprocess: Preprocess | None = None,
     seed: int = 0,
+    channels: int | None = None,
 ) -> Splits:
-    """Train / val / test datasets for ``data`` (a dataset name, folder or ``.csv`` list)."""
+    """Train / val / test datasets for ``data`` (a dataset name, folder or ``.csv`` list).
+
+    ``channels``: the model's input channels, when it says (1: grayscale images).
+    """
     if isinstance(data, Splits):
         return data
     if not isinstance(data, (str, Path)):
@@ -98,16 +174,19 @@ def resolve_splits(
             f"train on a dataset name, an image folder or a CSV list, not a {type(data).__name__}"
         )
     path = Path(data)
+    pre = preprocess or Preprocess()
+    if channels is not None and pre.channels != channels:
+        pre = replace(pre, channels=channels)
     if path.suffix.lower() == ".csv" and path.is_file():
         from ..data.csvlist import CsvListDataset
 
-        ds = CsvListDataset(path, preprocess or Preprocess())
+        ds = CsvListDataset(path, pre)
         train_part, val = _holdout(ds, seed)
         return Splits(train_part, val, None, ds.classes, ds.preprocess)
     if path.is_dir():
-        return _folder(path, preprocess or Preprocess(), seed)
+        return _folder(path, pre, seed)
     if str(data) in host.datasets:
-        return _named(str(data), host, preprocess)
+        return _named(str(data), host, preprocess, channels)
     known = ", ".join(host.datasets.names()) or "none registered"
     raise DataError(f"--data '{data}' is neither a folder, a .csv list nor a dataset ({known})")
 
@@ -126,19 +205,85 @@ def to_tensors(ds: ArrayDataset) -> TensorDataset:
     return TensorDataset(x.contiguous(), torch.from_numpy(ds.labels))
 
 
+@dataclass
+class Unreadable:
+    """An item that could not be read: ``"<file>: <reason>"``."""
+
+    line: str
+
+
+_BAD_ITEM = (NetlensError, OSError, ValueError)
+
+
+class Guarded(Dataset):
+    """``dataset`` with its unreadable items given back as :class:`Unreadable`, not raised
+    (a DataLoader worker's exception would come back as a traceback)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            item = self.dataset[i]
+        except _BAD_ITEM as exc:
+            return Unreadable(f"{item_name(self.dataset, i)}: {' '.join(str(exc).split())}")
+        return item[0], item[1]
+
+
+def item_name(ds: Any, i: int) -> str:
+    """The file behind item ``i`` of ``ds`` (through Subsets), else ``item i``."""
+    while isinstance(ds, Subset):
+        ds, i = ds.dataset, int(ds.indices[i])
+    for attr in ("files", "items"):
+        seq = getattr(ds, attr, None)
+        if seq is not None and i < len(seq):
+            item = seq[i]
+            return str(item[0] if isinstance(item, tuple) else item)
+    return f"item {i}"
+
+
+def collate(batch: list[Any]) -> tuple[Any, Any, list[str]]:
+    """``(images, labels, unreadable)``: the readable items batched, the others' lines listed
+    (images and labels are None when no item of the batch could be read)."""
+    bad = [b.line for b in batch if isinstance(b, Unreadable)]
+    kept = [b for b in batch if not isinstance(b, Unreadable)]
+    if not kept:
+        return None, None, bad
+    x, y = default_collate(kept)
+    return x, y, bad
+
+
 def make_loader(
-    ds: Dataset, batch_size: int, *, shuffle: bool, workers: int, pin: bool, seed: int = 0
+    ds: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    workers: int,
+    pin: bool,
+    seed: int = 0,
+    drop_single: bool = False,
 ) -> DataLoader:
-    """A DataLoader; array datasets become tensors first (no workers needed for those)."""
+    """A DataLoader of ``(images, labels, unreadable)`` batches (see :func:`collate`); array
+    datasets become tensors first (no workers needed for those).
+
+    ``drop_single``: leave out a last batch of one image (BatchNorm cannot train on it); other
+    last batches are kept.
+    """
     if isinstance(ds, ArrayDataset):
         ds, workers = to_tensors(ds), 0
     gen = torch.Generator().manual_seed(seed)
+    n = len(ds)  # type: ignore[arg-type]
     return DataLoader(
-        ds,
+        Guarded(ds),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=workers > 0,
         generator=gen,
+        collate_fn=collate,
+        drop_last=drop_single and n > batch_size and n % batch_size == 1,
     )

@@ -44,6 +44,8 @@ class RankBatches(Sampler[list[int]]):
     def __len__(self) -> int:
         n, size = len(self.batches.sampler), self.batches.batch_size  # type: ignore[arg-type]
         tail = n % size
+        if self.batches.drop_last:  # the tail is not drawn at all
+            return len(self.batches)
         return len(self.batches) - (0 < tail < self.group.world)
 
 
@@ -68,6 +70,7 @@ def rank_loader(loader: DataLoader, group: Group) -> DataLoader:
         pin_memory=loader.pin_memory,
         persistent_workers=loader.persistent_workers,
         generator=loader.generator,  # the same draws as one process: seed, then the shuffle
+        collate_fn=loader.collate_fn,
     )
 
 
@@ -81,6 +84,7 @@ def shared_loader(loader: DataLoader, group: Group, max_batches: int | None) -> 
         batch_sampler=group.share(batches[:max_batches]),
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
+        collate_fn=loader.collate_fn,
     )
 
 

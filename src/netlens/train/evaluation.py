@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +13,13 @@ from torch.utils.data import DataLoader
 if TYPE_CHECKING:
     from ..distributed import Group
 
-__all__ = ["confusion_matrix", "evaluate", "macro_f1", "scores"]
+__all__ = ["confusion_matrix", "evaluate", "logits", "macro_f1", "scores"]
+
+
+def logits(out: Any) -> torch.Tensor:
+    """A model's class scores: its output, or the ``.logits`` of an output object (torchvision's
+    GoogLeNet/Inception outputs, Hugging Face's)."""
+    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -74,8 +81,12 @@ def evaluate(
     autocast: bool = False,
     channels_last: bool = False,
     group: Group | None = None,
+    on_skipped: Callable[[list[str]], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``loader`` in eval mode: loss, scores and the confusion matrix.
+
+    Batches are ``(x, y)``, or ``(x, y, unreadable)`` with the lines of the images left out
+    (passed to ``on_skipped``; ``x`` None when none was readable).
 
     The caller is responsible for the model's mode (the trainer owns its model). ``group``: the
     loader is this rank's contiguous share of the batches; labels, predictions and loss terms
@@ -83,14 +94,19 @@ def evaluate(
     """
     labels, preds, terms = [], [], []
     dev = torch.device(device)
-    for b, (x, y) in enumerate(loader):
+    for b, batch in enumerate(loader):
         if max_batches is not None and b >= max_batches:
             break
+        x, y = batch[0], batch[1]
+        if on_skipped is not None and len(batch) > 2:
+            on_skipped(batch[2])  # the batch's unreadable images (netlens.train.datasets.collate)
+        if x is None:
+            continue
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x)
+            out = logits(model(x))
         out = out.float()
         if criterion is not None:
             terms.append(float(criterion(out, y)) * len(y))

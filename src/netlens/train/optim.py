@@ -12,6 +12,14 @@ from .config import TrainConfig
 
 __all__ = ["make_optimizer"]
 
+PCT_START = 0.25  # the share of the one-cycle schedule spent warming up
+
+
+def _pct_start(steps: int) -> float:
+    """The warm-up share of ``steps``: 0.25, except where OneCycleLR's warm-up would end at
+    step 0 (4 steps: it divides by that length), which warms up over 1 step instead."""
+    return 2 / steps if PCT_START * steps - 1 == 0 else PCT_START
+
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, steps: int) -> tuple[Any, Any]:
     """AdamW or SGD (Nesterov) over the trainable parameters, with a per-step schedule."""
@@ -26,7 +34,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module, steps: int) -> tuple[Any,
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "onecycle":
         sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.25
+            opt, max_lr=cfg.lr, total_steps=steps, pct_start=_pct_start(steps)
         )
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)

@@ -13,11 +13,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import NetlensError
+from .config import TrainConfig
 
 if TYPE_CHECKING:
     from .trainer import Session
 
-__all__ = ["last_path", "load_state", "save_state"]
+__all__ = ["FREE_ON_RESUME", "last_path", "load_state", "save_state"]
+
+# the settings a resumed run may change: where it runs and how it reads, never what it learns
+# (the data split, the model, the optimisation and the schedule's length)
+FREE_ON_RESUME = ("resume", "out", "strict", "threads", "workers", "device")
 
 
 def last_path(out: Path) -> Path:
@@ -53,11 +58,16 @@ def load_state(s: Session) -> dict[str, Any]:
     if not path.is_file():
         raise NetlensError(f"--resume: no saved state at {path}; train without --resume first")
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("arch", "data", "epochs", "batch_size"):
-        if saved["config"][key] != getattr(s.cfg, key):
+    now = s.cfg.to_dict()
+    defaults = TrainConfig(arch="", data="").to_dict()
+    for key, value in now.items():
+        if key in FREE_ON_RESUME:
+            continue
+        before = saved["config"].get(key, defaults.get(key))
+        if before != value:
             raise NetlensError(
-                f"--resume: {path} is from a run with {key}={saved['config'][key]!r}, not "
-                f"{getattr(s.cfg, key)!r}; resume with the same settings"
+                f"--resume: {path} is from a run with {key}={before!r}, not {value!r}; resume "
+                f"with the same settings (only {', '.join(FREE_ON_RESUME[3:])} may change)"
             )
     s.model.load_state_dict(saved["model"])
     s.opt.load_state_dict(saved["optimizer"])

@@ -30,21 +30,29 @@ from torch.utils.data import DataLoader
 
 from ..distributed import Group
 from ..distributed.setup import join_from_env
-from ..errors import NetlensError
+from ..errors import DataError, NetlensError
 from ..images import Preprocess
 from ..layout import takes_channels_last
 from ..models.checkpoint import make_checkpoint, write_checkpoint
-from ..models.factory import check_arch, create_arch
+from ..models.factory import (
+    _accepts,
+    _user_factory,
+    check_arch,
+    create_arch,
+    import_timm,
+    parse_user_arch,
+)
 from .augment import augment_batch
 from .config import TrainConfig
-from .datasets import Splits, make_loader, resolve_splits
+from .datasets import _BAD_ITEM, Splits, item_name, make_loader, resolve_splits
 from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
-from .evaluation import evaluate
+from .evaluation import evaluate, logits
 from .optim import make_optimizer
 from .report import confusion_table, epoch_progress, epoch_table, format_row
 from .resume import last_path, load_state, save_state
 from .transfer import (
+    call_order,
     count_params,
     freeze,
     inherited_arch_kwargs,
@@ -70,6 +78,11 @@ class TrainResult:
     @property
     def test(self) -> dict[str, Any] | None:
         return self.record.get("test")
+
+    @property
+    def skipped(self) -> list[str]:
+        """The images that could not be read and were left out, one line each."""
+        return list(self.record.get("skipped") or [])
 
 
 def seed_everything(seed: int) -> None:
@@ -98,11 +111,15 @@ class Session:
     group: Group
     net: nn.Module  # what training calls: the DDP replica (the model itself in one process)
     criterion: nn.Module = field(init=False)
+    val_criterion: nn.Module = field(init=False)  # plain cross-entropy, label smoothing or not
     gen: torch.Generator = field(init=False)  # augmentation draws, seeded apart from the data
     out: Path = field(init=False)
+    skipped: dict[str, None] = field(init=False)  # unreadable images met, in order
 
     def __post_init__(self) -> None:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.val_criterion = nn.CrossEntropyLoss()
+        self.skipped = {}
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.out = Path(self.cfg.out)
 
@@ -118,18 +135,54 @@ class Session:
 def build_model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> nn.Module:
     """A fresh model of ``cfg.arch`` for the data's classes, channels and image size."""
     kwargs = arch_kwargs(cfg, splits, host)
-    return create_arch(cfg.arch, kwargs.pop("num_classes"), host, **kwargs)
+    try:
+        return create_arch(cfg.arch, kwargs.pop("num_classes"), host, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise NetlensError(
+            f"--arch {cfg.arch} cannot be built with {args}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}; check --arch-opt and --img-size"
+        ) from None
+
+
+# torchvision models whose auxiliary heads make training-mode outputs tuples: built without
+# them, initialised as torchvision initialises them, and fed inputs as given (weights=None)
+_TV_NO_AUX = {"aux_logits": False, "init_weights": True, "transform_input": False}
 
 
 def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str, Any]:
     """The architecture's keyword arguments, as stored in the checkpoint."""
     kwargs = {**cfg.arch_kwargs, "num_classes": len(splits.classes)}
+    channels, size = splits.preprocess.channels, splits.preprocess.size
     if cfg.arch in host.archs:
-        kwargs.setdefault("in_chans", splits.preprocess.channels)
-        kwargs.setdefault("img_size", splits.preprocess.size[0])
-    elif not cfg.arch.startswith("tv:"):
-        kwargs.setdefault("in_chans", splits.preprocess.channels)
+        kwargs.setdefault("in_chans", channels)
+        kwargs.setdefault("img_size", size[0])
+    elif cfg.arch.startswith("tv:"):
+        name = cfg.arch[3:]
+        if name in ("googlenet", "inception_v3"):
+            kwargs = {**_TV_NO_AUX, **kwargs}
+        if name.startswith("vit_") and size and size[0] == size[1] and size[0] != 224:
+            kwargs.setdefault("image_size", size[0])  # torchvision's ViTs take 224 by default
+    elif parse_user_arch(cfg.arch) is not None:
+        if _accepts(_user_factory(*parse_user_arch(cfg.arch)), "in_chans"):  # type: ignore[misc]
+            kwargs.setdefault("in_chans", channels)
+    else:
+        kwargs.setdefault("in_chans", channels)
+        fixed = _timm_fixed_size(cfg.arch)
+        if fixed is not None and size and tuple(size) != fixed:  # a ViT of one input size
+            kwargs.setdefault("img_size", size[0] if size[0] == size[1] else list(size))
     return kwargs
+
+
+def _timm_fixed_size(name: str) -> tuple[int, int] | None:
+    """The input size a timm model is built for, when it takes no other (ViTs, Swin)."""
+    try:
+        cfg = import_timm().models.get_pretrained_cfg(name.removeprefix("timm:"))
+    except Exception:  # noqa: BLE001 - no pretrained config: nothing known about its size
+        return None
+    if cfg is None or not getattr(cfg, "fixed_input_size", False):
+        return None
+    return tuple(cfg.input_size[1:])  # type: ignore[return-value]
 
 
 def setup(
@@ -140,19 +193,23 @@ def setup(
     ``group``/``device``: this process's place in a distributed run (:func:`join_from_env`).
     """
     check_arch(cfg.arch, host)  # an unknown name fails before any data is made or read
+    if Path(cfg.out).is_dir():  # a folder: its model.pt, as the CLI's --out
+        cfg = replace(cfg, out=str(Path(cfg.out) / "model.pt"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     group = group or Group()
     seed_everything(cfg.seed)
     dev = pick_device(device if group.world > 1 else cfg.device)
     pre = Preprocess(size=(cfg.img_size, cfg.img_size)) if cfg.img_size else None
-    splits = resolve_splits(cfg.data, host, preprocess=pre, seed=cfg.seed)
-    cfg, model, frozen, params, notes = _model(cfg, splits, host)
+    gray = cfg.arch_kwargs.get("in_chans") == 1  # a 1-channel model: grayscale images
+    splits = resolve_splits(
+        cfg.data, host, preprocess=pre, seed=cfg.seed, channels=1 if gray else None
+    )
+    sample = _first_two(splits)
+    cfg, model, frozen, params, notes = _model(cfg, splits, host, sample)
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     # channels-last only for a model that runs on it (a hand-written .view() does not)
-    channels_last = (
-        conv and dev.type in ("cuda", "cpu") and takes_channels_last(model, _first_two(splits))
-    )
+    channels_last = conv and dev.type in ("cuda", "cpu") and takes_channels_last(model, sample)
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -182,27 +239,76 @@ def setup(
 
 
 def _first_two(splits: Splits) -> torch.Tensor:
-    """The first two training images as one batch, as the model gets them."""
-    n = min(2, len(splits.train))  # type: ignore[arg-type]
-    if not n:
-        return torch.empty(0)  # nothing to try it on: standard layout
-    return torch.stack([torch.as_tensor(splits.train[i][0]) for i in range(n)])
+    """The first two readable training images as one batch, as the model gets them."""
+    images, bad = [], []
+    for i in range(len(splits.train)):  # type: ignore[arg-type]
+        if len(images) == 2 or len(bad) == 20:
+            break
+        try:
+            images.append(torch.as_tensor(splits.train[i][0]))
+        except _BAD_ITEM as exc:
+            bad.append(f"{item_name(splits.train, i)}: {exc}")
+    if not images and bad:
+        raise DataError(f"the first {len(bad)} training images cannot be read ({bad[0]})")
+    if not images:
+        return torch.empty(0)  # nothing to try it on
+    return torch.stack(images)
 
 
-def _model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> tuple[Any, ...]:
+def _model(
+    cfg: TrainConfig, splits: Splits, host: PluginHost, sample: torch.Tensor
+) -> tuple[Any, ...]:
     """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
     init = load_init(cfg.init, host) if cfg.init else None
     if init is not None and not cfg.arch_kwargs:
         cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
     model = build_model(cfg, splits, host)
+    order = _check_outputs(cfg, model, splits, sample)
     notes = []
     if init is not None:
         copied, skipped = init_from(model, init, str(cfg.init))
         notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
-    frozen = freeze(model, cfg.freeze)
+    frozen = freeze(model, cfg.freeze, order)
     params = count_params(model)
     notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
     return cfg, model, frozen, params, notes
+
+
+def _check_outputs(
+    cfg: TrainConfig, model: nn.Module, splits: Splits, sample: torch.Tensor
+) -> list[str] | None:
+    """Run the fresh model once on ``sample`` (eval mode, no gradients): it must give one score
+    per class per image. Returns the modules that own parameters in the order they ran (the
+    last is the head, for ``--freeze backbone``); None when there was no sample."""
+    if sample.dim() != 4:
+        return None
+    try:
+        out, order = call_order(model, sample)
+    except Exception as exc:  # noqa: BLE001 - any failure, as one line, before training
+        shape = "×".join(map(str, sample.shape[1:]))
+        raise NetlensError(
+            f"--arch {cfg.arch} cannot run on {shape} images (channels×height×width): "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}; check --img-size and --arch-opt"
+        ) from None
+    out, k = logits(out), len(splits.classes)
+    if not isinstance(out, torch.Tensor):
+        raise NetlensError(
+            f"--arch {cfg.arch} returns a {type(out).__name__}, not a tensor of class scores; "
+            "make its forward() return the logits"
+        )
+    if out.dim() == 2 and out.shape[1] == k:
+        return order
+    width = int(out.shape[1]) if out.dim() == 2 else "×".join(map(str, out.shape[1:]))
+    if width == 1 and k == 2:
+        raise NetlensError(
+            f"--arch {cfg.arch} gives 1 output per image (a single-logit binary head); netlens "
+            "trains with cross-entropy over the 2 classes: give it 2 outputs (num_classes=2)"
+        )
+    raise NetlensError(
+        f"--arch {cfg.arch} gives {width} outputs per image but the data has {k} classes "
+        f"({', '.join(splits.classes[:5])}{', ...' if k > 5 else ''}); build it with {k} "
+        "outputs (a num_classes argument, which netlens passes)"
+    )
 
 
 def _loaders(
@@ -211,7 +317,13 @@ def _loaders(
     """The training loader (this process's share of each global batch) and the validation one."""
     pin = dev.type == "cuda"
     train = make_loader(
-        splits.train, cfg.batch_size, shuffle=True, workers=cfg.workers, pin=pin, seed=cfg.seed
+        splits.train,
+        cfg.batch_size,
+        shuffle=True,
+        workers=cfg.workers,
+        pin=pin,
+        seed=cfg.seed,
+        drop_single=True,  # BatchNorm cannot train on a last batch of one image
     )
     val = make_loader(splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin)
     return rank_loader(train, group), val
@@ -225,10 +337,19 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, loss=float("nan"))
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     images = len(s.splits.train)  # type: ignore[arg-type]
-    for b, (x, y) in enumerate(s.train_loader):
+    for b, (x, y, bad) in enumerate(s.train_loader):
         if b >= total:
             break
-        loss, hits = _step(s, epoch, global_size(b, images, cfg.batch_size), x, y)
+        note_skipped(s, bad)
+        n_global = global_size(b, images, cfg.batch_size)
+        if s.group.world == 1 and bad:
+            n_global = 0 if x is None else len(y)  # the batch is its readable images
+        if x is None:
+            if s.group.world > 1:
+                raise DataError(f"no image of a batch could be read ({bad[0]})")
+            progress.update(task, advance=1)
+            continue
+        loss, hits = _step(s, epoch, n_global, x, y)
         loss_sum += loss * len(y)
         correct += hits
         seen += len(y)
@@ -237,6 +358,8 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     secs = time.perf_counter() - start
     parts = s.group.gather((loss_sum, correct, seen))
     loss_sum, correct, seen = (sum(p[i] for p in parts) for i in range(3))
+    if not seen and s.skipped:
+        raise DataError(f"none of the training images could be read ({next(iter(s.skipped))})")
     return {
         "train_loss": loss_sum / max(seen, 1),
         "train_acc": correct / max(seen, 1),
@@ -257,7 +380,7 @@ def _step(
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
-        out = s.net(x)
+        out = logits(s.net(x))
     loss = s.criterion(out.float(), y)
     if not torch.isfinite(loss):
         raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
@@ -276,12 +399,20 @@ def _validate(s: Session, loader: DataLoader) -> dict[str, Any]:
         shared_loader(loader, s.group, s.cfg.max_batches),
         s.num_classes,
         device=s.device,
-        criterion=s.criterion,
+        criterion=s.val_criterion,  # plain cross-entropy: comparable across --label-smoothing
         max_batches=s.cfg.max_batches if s.group.world == 1 else None,
         autocast=s.autocast,
         channels_last=s.channels_last,
         group=s.group,
+        on_skipped=lambda lines: note_skipped(s, lines),
     )
+
+
+def note_skipped(s: Session, lines: list[str]) -> None:
+    """Record unreadable images (skipped); with ``strict``, stop at the first."""
+    if lines and s.cfg.strict:
+        raise DataError(f"{lines[0]} (--strict stops at the first unreadable image)")
+    s.skipped.update(dict.fromkeys(lines))
 
 
 def _record(s: Session, state: dict[str, Any], test: Any, command: str | None) -> dict[str, Any]:
@@ -307,6 +438,7 @@ def _record(s: Session, state: dict[str, Any], test: Any, command: str | None) -
         "params": s.params[0],
         "trainable_params": s.params[1],
         "frozen": s.frozen,
+        "skipped": list(s.skipped),
         "torch": str(torch.__version__),
         "python": sys.version.split()[0],
     }
@@ -404,6 +536,7 @@ def _run(
             pin=s.device.type == "cuda",
         )
         test = _validate(s, loader)
+    s.skipped = dict.fromkeys(s.group.union(s.skipped))  # every rank's
     if not quiet:
         console.print(epoch_table(state["history"], state["best"]["epoch"]))
         if test is not None:
@@ -412,6 +545,8 @@ def _run(
                 f"test accuracy {test['accuracy']:.2%}  macro F1 {test['f1']:.3f} "
                 f"({test['n']} images)"
             )
+        if s.skipped:
+            console.print(f"{len(s.skipped)} unreadable image(s) skipped (record['skipped'])")
     record = _record(s, state, test, command)
     path = _write(s, state["best_state"], record) if s.group.main else s.out
     s.group.gather(None)  # every rank waits for rank 0's checkpoint before it returns

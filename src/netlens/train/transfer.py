@@ -1,6 +1,7 @@
 """Transfer learning: start from another checkpoint (``--init``) and freeze layers (``--freeze``).
 
-``--freeze backbone`` trains only the head (the last module that has parameters);
+``--freeze backbone`` trains only the head: the last module with parameters to run in the
+model's forward pass (on a sample batch), else the last one defined;
 ``--freeze up-to LAYER`` freezes every module up to and including ``LAYER`` (in definition
 order). Frozen modules also stay in eval mode during training, so their BatchNorm statistics
 are kept too.
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ..errors import NetlensError, hint
@@ -19,29 +21,72 @@ if TYPE_CHECKING:
     from ..lens import Lens
     from ..plugins.manager import PluginHost
 
-__all__ = ["count_params", "freeze", "head_name", "inherited_arch_kwargs", "init_from", "load_init"]
+__all__ = [
+    "call_order",
+    "count_params",
+    "freeze",
+    "head_name",
+    "inherited_arch_kwargs",
+    "init_from",
+    "load_init",
+]
 
 
-def head_name(model: nn.Module) -> str:
-    """The last module (in definition order) that owns parameters directly: the classifier."""
-    owners = [
+def _owners(model: nn.Module) -> list[str]:
+    """The modules that own parameters directly, in definition order."""
+    return [
         n for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))
     ]
+
+
+def call_order(model: nn.Module, x: torch.Tensor) -> tuple[Any, list[str]]:
+    """``model(x)`` in eval mode without gradients (train/eval flags restored), and the modules
+    owning parameters in the order they finished running (a module run twice counts last)."""
+    modules = dict(model.named_modules())
+    order: dict[str, None] = {}
+
+    def hook(name: str) -> Any:
+        def done(*_: Any) -> None:
+            order.pop(name, None)
+            order[name] = None
+
+        return done
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in _owners(model)]
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in flags:
+            m.training = training
+    return out, list(order)
+
+
+def head_name(model: nn.Module, order: list[str] | None = None) -> str:
+    """The classifier: the last module owning parameters to run (``order``, from
+    :func:`call_order`), else the last one defined."""
+    owners = _owners(model)
     if not owners:
         raise NetlensError(f"{type(model).__name__} has no parameters to train")
-    return owners[-1]
+    ran = [n for n in order or [] if n in owners]
+    return ran[-1] if ran else owners[-1]
 
 
-def freeze(model: nn.Module, spec: str | None) -> list[str]:
+def freeze(model: nn.Module, spec: str | None, order: list[str] | None = None) -> list[str]:
     """Set ``requires_grad=False`` per ``spec`` (``backbone`` or ``up-to:LAYER``); frozen names.
 
+    ``order``: the modules in the order they ran (:func:`call_order`), to find the head by.
     Only the trainer's own fresh model is changed, never a user's.
     """
     if not spec:
         return []
     names = [n for n, _ in model.named_modules() if n]
     if spec == "backbone":
-        head = head_name(model)
+        head = head_name(model, order)
         frozen = [
             n
             for n in names
