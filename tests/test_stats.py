@@ -222,3 +222,61 @@ def test_label_free_analyzers_take_any_images(analyzer, net, tmp_path):
         assert res.meta["run"]["data"]["label_source"] == f"not used: {analyzer} reads no labels"
     ref = net.run(analyzer, torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(1)))
     assert ref.table  # and the results themselves are there
+
+
+def test_default_layers_are_activations_of_any_library() -> None:
+    """timm's own ``GELU`` (``timm.layers.activations``), nfnet's ``GammaAct`` and Hugging
+    Face's ``GELUActivation`` are activations: the default was their models' convs."""
+    import timm
+    from torch import nn
+
+    from netlens.analyzers.stats import default_stats_layers
+
+    convnext = timm.create_model("convnext_atto", pretrained=False)
+    acts = default_stats_layers(convnext)
+    assert len(acts) == 12 and all(a.endswith("mlp.act") for a in acts)
+    nfnet = timm.create_model("dm_nfnet_f0", pretrained=False)
+    assert (
+        sum(
+            type(nfnet.get_submodule(a)).__name__ == "GammaAct" for a in default_stats_layers(nfnet)
+        )
+        == 52
+    )
+
+    class GELUActivation(nn.Module):  # as transformers.activations defines it
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.gelu(x)
+
+    mlp = nn.Sequential(nn.Linear(4, 8), GELUActivation(), nn.Linear(8, 2), nn.Softmax(-1))
+    assert default_stats_layers(mlp) == ["1"]
+
+
+def test_a_layer_that_did_not_run_is_named_not_dropped(net) -> None:
+    """``relu@5`` of a module that runs twice, or a module the forward never calls (an
+    auxiliary head in eval mode), was left out of the table without a word when another
+    layer ran, and alone blamed a tuple output."""
+    net.model.aux = nn.Linear(5, 2)  # declared, never called
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(4, 3, 12, 12, generator=g), torch.zeros(4, dtype=torch.long))
+    for layers in ("conv1,relu@5", "relu@5", "gelu,aux"):
+        with pytest.raises(AnalyzerError, match="did not run in the model's forward"):
+            net.run("stats", data, layers=layers)
+    net.model.aux2 = nn.ReLU()  # an activation the default picks, never called
+    auto = net.run("stats", data)
+    assert [r["layer"] for r in auto.table] == ["relu@0", "relu@1", "gelu"]
+    assert "'aux2' did not run" in auto.meta["warnings"][0]
+
+
+def test_the_histograms_say_what_lies_outside_their_bins(net) -> None:
+    """Bins come from the first batch: with a flat first image most values fell outside,
+    and the figure showed the narrow range without a word."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 12, 12, generator=g)
+    x[0] = 0.0
+    r = net.run("stats", (x, torch.zeros(5, dtype=torch.long)), layers="relu@0", batch_size=1)
+    row = r.table[0]
+    share = (row["underflow"] + row["overflow"]) / row["values"]
+    assert share > 0.05
+    fig = r.figures()["stats-histograms"]
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert notes == [f"{share:.1%} outside"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import netlens
 from netlens.analyzers.top_activations import gradient_box, merge_top
 from netlens.cli.app import app
-from netlens.errors import AnalyzerError, NetlensError
+from netlens.errors import AnalyzerError, NetlensError, NetlensWarning
 from netlens.images import Preprocess
 from netlens.lens import Lens
 from netlens.render.grids import crop_patches, mark_patches
@@ -102,6 +102,27 @@ def test_a_dataloaders_sampler_order_names_the_right_images(spot, sampler):
         assert np.unravel_index(shown.argmax(), shown.shape) == places[i]
 
 
+def test_a_layer_run_without_gradients_gets_its_cells_as_boxes(spot):
+    """A linear probe on a frozen backbone runs it under ``torch.no_grad``: the gradient boxes
+    cannot be found, and `top` crashed after its whole pass over the data."""
+
+    class Frozen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = spot.model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.backbone(x)
+
+    lens = Lens(Frozen().eval(), Preprocess(size=(12, 12)))
+    x, y, _ = spots()
+    with pytest.warns(NetlensWarning, match="without gradients"):
+        r = lens.run("top-activations", (x, y), layer="backbone.conv", k=3, channels=[0])
+    np.testing.assert_array_equal(r.arrays["indices"][0], [9, 8, 7])
+    np.testing.assert_array_equal(r.arrays["boxes"], r.arrays["cells"])
+
+
 def test_merge_top_and_gradient_box():
     best, ids = torch.tensor([[5.0, 1.0]]), torch.tensor([[0, 1]])
     v, i = merge_top(best, ids, torch.tensor([[3.0, 7.0, 1.0]]), torch.tensor([[2, 3, 4]]), 3)
@@ -177,6 +198,8 @@ def test_cli_top_on_resnet18_folder(tmp_path, resnet18):
     doc = json.loads(res.stdout)
     assert doc["channels"] == [0, 3] and doc["samples"] == 6 and len(doc["table"]) == 4
     assert (out / "top-layer2.png").exists() and (out / "top-activations.csv").exists()
+    files = sorted(str(p) for p in (tmp_path / "data").rglob("*.png"))  # a/0..2, b/0..2
+    assert [row["path"] for row in doc["table"]] == [files[r["sample"]] for r in doc["table"]]
 
 
 def test_all_four_views_leave_a_timm_resnet18_as_it_was(resnet18):

@@ -116,10 +116,11 @@ class Capture:
                 )
             if self._last_child is not None:
                 raise NetlensError(
-                    f"layer '{self.name}' did not run (no {what} captured): its forward was not "
-                    "called, though its blocks may have run one by one (gradient checkpointing, "
-                    "as timm's set_grad_checkpointing does); pick one of them, such as "
-                    f"'{self._last_child}'"
+                    f"layer '{self.name}' did not run (no {what} captured): the forward does "
+                    "not use it (a module that runs only in training, as auxiliary heads do), "
+                    "or runs its blocks one by one (gradient checkpointing, as timm's "
+                    f"set_grad_checkpointing does: pick one of them, such as "
+                    f"'{self._last_child}')"
                 )
             raise NetlensError(
                 f"layer '{self.name}' did not run (no {what} captured); run the model inside the "

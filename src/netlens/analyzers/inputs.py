@@ -9,6 +9,7 @@ the first images of the dataset the model was trained on) and dataset analyzers 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from ..images import Batch
     from ..lens import Lens
 
-__all__ = ["Data", "resolve_data", "resolve_images"]
+__all__ = ["Data", "item_source", "resolve_data", "resolve_images"]
 
 _BAD_ITEM = (NetlensError, OSError, ValueError)
 
@@ -237,6 +238,30 @@ def _batches_of(
         relabel=relabel,
         positions=mine,
     )
+
+
+def item_source(dataset: Any, i: int) -> str | None:
+    """The file behind item ``i`` of ``dataset`` (netlens' folders and CSV lists, torchvision's
+    ``ImageFolder``, through ``Subset`` and wrappers of the same length); None when the items
+    are not files (tensors, a Hugging Face dataset)."""
+    ds = dataset
+    for _ in range(8):
+        if isinstance(ds, Subset):
+            ds, i = ds.dataset, int(ds.indices[i])
+            continue
+        for attr in ("files", "items", "samples"):
+            seq = getattr(ds, attr, None)
+            if isinstance(seq, (list, tuple)) and 0 <= i < len(seq):
+                item = seq[i][0] if isinstance(seq[i], tuple) else seq[i]
+                return str(item) if isinstance(item, (str, os.PathLike)) else None
+        inner = getattr(ds, "inner", None) or getattr(ds, "dataset", None)
+        try:
+            if inner is None or len(inner) != len(ds):
+                return None
+        except TypeError:
+            return None
+        ds = inner
+    return None
 
 
 class _Guarded(Dataset):

@@ -45,26 +45,37 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-__all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers"]
+__all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers", "is_activation"]
 
 _NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
 
 
 def default_stats_layers(model: nn.Module) -> list[str]:
-    """Activation-function modules when the model has any, else its Conv2d and Linear layers."""
+    """Activation-function modules when the model has any (see :func:`is_activation`), else
+    its Conv2d and Linear layers."""
     layers = named_layers(model)
-    acts = [
-        n
-        for n, m in layers.items()
-        if type(m).__module__ == "torch.nn.modules.activation"
-        and not isinstance(m, _NOT_ACTIVATIONS)
-    ]
+    acts = [n for n, m in layers.items() if is_activation(m)]
     if acts:
         return acts
     weights = [n for n, m in layers.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if not weights:
         raise AnalyzerError("no activation, Conv2d or Linear layer found; name layers with --layer")
     return weights
+
+
+def is_activation(m: nn.Module) -> bool:
+    """An activation-function module: torch's own (and their subclasses), or a weightless
+    leaf module of a library's activations (timm's ``GELU``/``GammaAct`` in
+    ``timm.layers.activations``, Hugging Face's ``GELUActivation``) or named as one
+    (``...Act``, ``...Activation``); not softmaxes or attention."""
+    if isinstance(m, _NOT_ACTIVATIONS):
+        return False
+    if any(c.__module__ == "torch.nn.modules.activation" for c in type(m).__mro__):
+        return True
+    if any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False)):
+        return False
+    where, name = type(m).__module__.lower(), type(m).__name__.lower()
+    return "activation" in where or name.endswith(("act", "activation"))
 
 
 @dataclass
@@ -221,6 +232,7 @@ class StatsResult(Result):
                 self.arrays[f"{r['layer']}:edges"],
                 r["mean"],
                 r["std"],
+                (r["underflow"] + r["overflow"]) / max(r["values"], 1),
             )
             for r in rows
         ]
@@ -243,7 +255,14 @@ class StatsAnalyzer(Analyzer):
         names = default_stats_layers(model) if auto else resolve_layers(model, o.layers)
         run.layers = names
         rng = _range(o.hist_range)
-        stats, seen = _stream(run, names, rng)
+        stats, seen, ran = _stream(run, names, rng)
+        silent = [str(n) for n in names if str(n) not in ran] if seen else []
+        if silent and not auto:
+            raise AnalyzerError(
+                f"{_listed(silent)} did not run in the model's forward (a call the module "
+                "does not make, or a module that runs only in training, as auxiliary heads "
+                "do); see the calls in `netlens layers MODEL`"
+            )
         if not stats and seen:
             raise AnalyzerError(
                 f"{_listed(names)} return(s) no tensor (a tuple or an object: Hugging Face "
@@ -263,6 +282,11 @@ class StatsAnalyzer(Analyzer):
             "one element of a layer's output for one input (conv: channel×y×x); "
             "dead = ≤ eps for every input"
         )
+        if silent:
+            meta["warnings"] = [
+                f"{_listed(silent)} did not run in the model's forward (modules that run only "
+                "in training, as auxiliary heads do): left out"
+            ]
         rows = [s.row(k, _last(model, k, s)) for k, s in stats.items()]
         return StatsResult("stats", arrays, rows, meta)
 
@@ -280,14 +304,15 @@ def _listed(names: list[str]) -> str:
 
 def _stream(
     run: Run, names: list[str], rng: tuple[float, float] | None
-) -> tuple[dict[str, LayerStats], int]:
-    """Every layer's statistics over the data, all processes' parts combined in data order."""
+) -> tuple[dict[str, LayerStats], int, set[str]]:
+    """Every layer's statistics over the data, all processes' parts combined in data order;
+    and the selections that ran (gave any output, a tensor or not)."""
     o, lens = run.options, run.lens
     edges: dict[str, np.ndarray] = {}
     if rng is None and run.group.world > 1:  # every rank bins like the first batch says
         edges = run.group.broadcast(lambda: _first_edges(run, names, int(o.bins)))
     stats: dict[str, LayerStats] = {}
-    seen = 0
+    seen, ran = 0, set()
     with (
         torch.no_grad(),
         probe(lens.model, names, to="cpu") as p,
@@ -295,13 +320,14 @@ def _stream(
     ):
         for x, _ in run.data.loader(o.batch_size):
             lens.model(x.to(lens.device))
+            ran |= {str(n) for n in names if p[n].outputs}
             for key, out in _outputs(p, names):
                 new = LayerStats(o.eps, int(o.bins), rng, edges=edges.get(key))
                 stats.setdefault(key, new).update(out)
             p.clear()
             seen += len(x)
             advance(len(x))
-    return _combine(run.group.gather((stats, seen)))
+    return _combine(run.group.gather((stats, seen, ran)))
 
 
 def _outputs(p: Any, names: list[str]) -> list[tuple[str, torch.Tensor]]:
@@ -329,16 +355,19 @@ def _first_edges(run: Run, names: list[str], bins: int) -> dict[str, np.ndarray]
     return {}
 
 
-def _combine(parts: list[tuple[dict[str, LayerStats], int]]) -> tuple[dict[str, LayerStats], int]:
+def _combine(
+    parts: list[tuple[dict[str, LayerStats], int, set[str]]],
+) -> tuple[dict[str, LayerStats], int, set[str]]:
     """Every rank's partial statistics merged in rank order (the order of the batches)."""
     stats: dict[str, LayerStats] = {}
-    for part, _ in parts:
+    for part, _, _ in parts:
         for key, s in part.items():
             if key in stats:
                 stats[key].merge(s)
             else:
                 stats[key] = s
-    return stats, sum(n for _, n in parts)
+    ran = set().union(*(r for _, _, r in parts))
+    return stats, sum(n for _, n, _ in parts), ran
 
 
 def _range(value: Any) -> tuple[float, float] | None:

@@ -19,6 +19,7 @@ of one process, bit for bit.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 
 from ..activations import tensor_output, to_spatial
-from ..errors import AnalyzerError
+from ..errors import AnalyzerError, NetlensWarning
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
+from .inputs import item_source
 from .specs import TOP
 
 if TYPE_CHECKING:
@@ -143,7 +145,12 @@ class TopActivationsAnalyzer(Analyzer):
             "channels": shown.tolist(),
             "total_channels": int(best.shape[0]),
         }
-        return TopActivationsResult("top-activations", arrays, _rows(arrays, shown), meta)
+        rows = _rows(arrays, shown)
+        paths = [item_source(dataset, row["sample"]) for row in rows]
+        if any(paths):  # the file of each sample, which its number alone does not say
+            for row, path in zip(rows, paths, strict=True):
+                row["path"] = path or ""
+        return TopActivationsResult("top-activations", arrays, rows, meta)
 
     def _patches(
         self,
@@ -174,11 +181,23 @@ class TopActivationsAnalyzer(Analyzer):
                 act = _spatial(p[name].output, model, name, x)
                 rows = torch.arange(len(x))
                 target = act[rows, chans[sl], flat_pos[sl, 0], flat_pos[sl, 1]].sum()
-                (grad,) = torch.autograd.grad(target, x)
-            boxes += [gradient_box(g) for g in grad.cpu()]
+                if target.requires_grad:
+                    (grad,) = torch.autograd.grad(target, x)
+                    boxes += [gradient_box(g) for g in grad.cpu()]
+                else:  # the model runs the layer under no_grad (a frozen backbone's probe)
+                    boxes += [None] * len(x)
             images += [lens.transform.denormalize(t) for t in x.detach().cpu()]
         size = tuple(images[0].shape[:2])
         cells = [_cell(tuple(q.tolist()), grid, size) for q in flat_pos]
+        if any(b is None for b in boxes):
+            warnings.warn(
+                f"the model computes '{name}' without gradients (under torch.no_grad in its "
+                "forward): the boxes are the map cells of the peaks, not the input regions "
+                "that drive them",
+                NetlensWarning,
+                stacklevel=2,
+            )
+        boxes = [c if b is None else b for b, c in zip(boxes, cells, strict=True)]
         return {
             "images": np.stack(images).reshape(s, k, *images[0].shape),
             "boxes": np.array(boxes, dtype=np.int64).reshape(s, k, 4),

@@ -56,7 +56,8 @@ def histograms_figure(
     """Small multiples: each layer's activation histogram (log10 counts), mean ± std marked.
 
     Args:
-        hists: (layer, counts, bin edges, mean, std) per layer.
+        hists: (layer, counts, bin edges, mean, std[, share of values outside the edges]) per
+            layer.
         meta: the stats meta (samples, eps).
         max_layers: draw at most this many layers (the first ones).
     """
@@ -80,10 +81,16 @@ def histograms_figure(
             "wspace": 0.28,
         },
     )
-    for ax, (name, counts, edges, mean, std) in zip(axes.ravel(), shown, strict=False):
+    for ax, (name, counts, edges, mean, std, *rest) in zip(axes.ravel(), shown, strict=False):
         ax.stairs(
             np.log10(np.asarray(counts, dtype=np.float64) + 1), edges, fill=True, color="#4c72b0"
         )
+        outside = float(rest[0]) if rest else 0.0
+        if outside > 0:  # bins come from the first batch: say what lies beyond them
+            ax.text(
+                0.98, 0.94, f"{outside:.1%} outside", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7, color="#d62728",
+            )  # fmt: skip
         ax.axvline(mean, color="#d62728", lw=1)
         ax.axvspan(mean - std, mean + std, color="#d62728", alpha=0.1)
         ax.set_title(name, fontsize=8)
