@@ -106,3 +106,36 @@ def test_a_dynamic_size_vit_reads_its_grid_from_the_input() -> None:
     want = tokens[0, 1:].reshape(13, 15, -1).permute(2, 0, 1)[[0, 5, 7]]
     got = torch.as_tensor(feats.arrays["blocks.1:maps"][0])
     torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)
+
+
+class SharedMixed(nn.Module):
+    """One GELU module run on a conv map (N×C×H×W) and inside a channels-last MLP (N×H×W×3C)."""
+
+    def __init__(self, c: int = 12) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 4, stride=4)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, 3 * c)
+        self.fc2 = nn.Linear(3 * c, c)
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))  # act@0: N×12×8×8
+        y = self.fc2(self.act(self.fc1(self.norm(x.permute(0, 2, 3, 1)))))  # act@1: N×8×8×36
+        return self.head((x + y.permute(0, 3, 1, 2)).mean((2, 3)))
+
+
+def test_a_module_run_on_both_layouts_is_read_by_call() -> None:
+    torch.manual_seed(0)
+    lens = netlens.load(SharedMixed().eval(), size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    lens.output(x[:1])  # the output check, whose forward learns the layouts
+    act = next(r for r in lens.layers() if r.name == "act")
+    assert act.layout == "NCHW/NHWC"
+    rows = {
+        r["layer"]: r for r in lens.run("stats", (x, torch.zeros(4).long()), layers="act").table
+    }
+    assert rows["act@0"]["channels"] == 12 and rows["act@1"]["channels"] == 36
+    feats = lens.run("features", x[:1], layer="act@1", channels="0,35")
+    assert feats.arrays["act@1:maps"].shape == (1, 2, 8, 8)

@@ -82,7 +82,7 @@ def channels_last(model: nn.Module, layer: str = "", ndim: int = 4) -> bool:
     ``Permute`` modules move channels last and back (Swin, ConvNeXt's blocks) the layers
     between them (:func:`_permuted_layers`)."""
     name = layer.split("@")[0].split(":")[0]
-    learned = learned_layout(model, name)
+    learned = learned_layout(model, layer)  # one call's, when the module runs on both
     if learned is not None:  # followed through a dry forward (netlens.channel_layout)
         return learned
     try:

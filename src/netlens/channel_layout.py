@@ -61,9 +61,13 @@ def share_layouts(model: nn.Module, other: nn.Module) -> None:
 
 def learned_layout(model: nn.Module, layer: str) -> bool | None:
     """True/False when the dry forward decided ``layer``'s layout (N×H×W×C or N×L×C / N×C×H×W
-    or N×C×L)."""
+    or N×C×L); ``layer`` may name one call (``act@1``) of a module run on both layouts."""
     learned = _LEARNED.get(model)
-    return None if learned is None else learned.get(layer)
+    if learned is None:
+        return None
+    name = layer.split(":")[0]
+    found = learned.get(name) if "@" in name else None
+    return found if found is not None else learned.get(name.split("@")[0])
 
 
 def learn_layouts(model: nn.Module, x: torch.Tensor) -> None:
@@ -89,6 +93,7 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
     from .layers import named_layers
 
     found: dict[str, set[bool]] = {}
+    calls: dict[str, list[bool | None]] = {}  # each call's layout, for modules run several times
     made: dict[int, bool] = {}  # id(tensor) → layout of the call that returned it
     alive: list[torch.Tensor] = []  # keeps every id above unique during the forward
     inputs: list[tuple[nn.Module, Any]] = []  # (module, first tensor input) of running calls
@@ -103,11 +108,14 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
             while inputs and inputs[-1][0] is not m:  # a call that raised, caught by its caller
                 inputs.pop()
             inp = inputs.pop()[1] if inputs else None
+            seen = calls.setdefault(name, [])
+            seen.append(None)
             if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
                 return
             layout = _layout(m, out, inp, made)
             if layout is None:
                 layout = _after(out, inp, last[0] if last else None)
+            seen[-1] = layout
             if layout is not None:
                 alive.append(out)
                 made[id(out)] = layout
@@ -126,7 +134,14 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
         for h in handles:
             h.remove()
     if done:
-        _LEARNED[model] = {name: s.pop() for name, s in found.items() if len(s) == 1}
+        learned = {name: s.pop() for name, s in found.items() if len(s) == 1}
+        for name, layouts in calls.items():  # a module run on both layouts: by call
+            if len(layouts) > 1 and name not in learned:
+                n = len(layouts)
+                for k, layout in enumerate(layouts):
+                    if layout is not None:
+                        learned[f"{name}@{k}"] = learned[f"{name}@{k - n}"] = layout
+        _LEARNED[model] = learned
 
 
 def _layout(m: nn.Module, out: torch.Tensor, inp: Any, made: dict[int, bool]) -> bool | None:

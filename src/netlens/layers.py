@@ -443,7 +443,6 @@ def _is_token_grid(out: Any, model: nn.Module, name: str = "") -> bool:
 def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[LayerInfo]:
     """Name, type, output shape, calls per forward (one dry forward), parameters of each layer,
     and how netlens reads its output's channels (:mod:`netlens.channel_layout`)."""
-    from .activations import channels_last
     from .channel_layout import learning_layouts
 
     shapes: dict[str, list[tuple[int, ...] | None]] = {}
@@ -458,12 +457,9 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
     for name, mod in named_layers(model).items():
         params = list(mod.parameters())
         calls = shapes.get(name, [])
-        shape = next((s for s in calls if s is not None), None)
-        rank = len(shape) if shape else 0
-        layout = {
-            3: "NLC" if rank == 3 and channels_last(model, name, 3) else "NCL",
-            4: "NHWC" if rank == 4 and channels_last(model, name) else "NCHW",
-        }
+        each = [_layout_name(model, name, k, c, len(calls)) for k, c in enumerate(calls)]
+        named = [e for e in each if e]
+        layout = named[0] if len(set(named)) == 1 else "/".join(named)  # by call when mixed
         rows.append(
             LayerInfo(
                 name=name,
@@ -473,7 +469,22 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
                 trainable=sum(p.numel() for p in params if p.requires_grad),
                 calls=len(calls),
                 call_shapes=tuple(calls),
-                layout=layout.get(rank, ""),
+                layout=layout,
             )
         )
     return rows
+
+
+def _layout_name(
+    model: nn.Module, name: str, k: int, shape: tuple[int, ...] | None, n: int
+) -> str:
+    """How netlens reads call ``k`` (of ``n``) of layer ``name``'s output: NCHW, NHWC, NLC,
+    NCL; "" for other ranks."""
+    from .activations import channels_last
+
+    call = f"{name}@{k}" if n > 1 else name
+    if shape is not None and len(shape) == 3:
+        return "NLC" if channels_last(model, call, 3) else "NCL"
+    if shape is not None and len(shape) == 4:
+        return "NHWC" if channels_last(model, call) else "NCHW"
+    return ""
