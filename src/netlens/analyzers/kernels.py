@@ -197,6 +197,11 @@ def _one(model: nn.Module, layer: Any) -> str:
     return names[0].name  # weights belong to the module, whichever call
 
 
+def _reads_input(lens: Lens, name: str) -> bool:
+    """Whether layer ``name`` takes the model's input image (its channels are the image's)."""
+    return name == default_kernel_layer(lens.model, lens.example())
+
+
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
     """C×H×W of what a linear layer sees flattened: the input image or an earlier feature map
     (larger than 1×1), when the layer's input in a dry forward *is* that tensor flattened, not
@@ -282,7 +287,11 @@ class KernelsAnalyzer(Analyzer):
             return {"matrix": w[:, :, 0, 0]}
         if w.shape[1] == 3 and meta["groups"] == 1:
             meta.update(view="rgb", reduce="rgb")
-            return {"tiles": w.transpose(0, 2, 3, 1)}
+            bgr = getattr(lens.transform, "channel_order", "rgb") == "bgr"
+            if bgr and _reads_input(lens, name):
+                meta["channel_order"] = "bgr (shown as RGB)"  # the filters' B, G, R reversed
+                w = w[:, ::-1]
+            return {"tiles": np.ascontiguousarray(w.transpose(0, 2, 3, 1))}
         if w.shape[1] == 1:
             meta.update(view="tiles", reduce="none")
             return {"tiles": w[:, 0]}

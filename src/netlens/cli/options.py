@@ -7,7 +7,7 @@ them and typer parses them) and hands them over bundled:
 - model loading (commands that open a model): ``--arch``, ``--arch-kwargs``, ``--num-classes``,
   ``--classes``, ``--label-map``, ``--task``, ``--output``, ``--trust``, ``--device``, and the
   preprocessing overrides ``--input-size/--size``, ``--crop-pct``, ``--mean``, ``--std``,
-  ``--interpolation``;
+  ``--interpolation``, ``--channel-order``;
 - running: ``--out/-o`` (a folder), ``--json`` (the summary on stdout), ``--quiet/-q``,
   ``--threads``, ``--skip-bad`` / ``--strict`` (the bad-item policy), ``--distributed N``
   (the command re-launched in N processes through torchrun's API; :mod:`netlens.distributed`).
@@ -151,6 +151,7 @@ class Common:
     mean: str | None = None
     std: str | None = None
     interpolation: str | None = None
+    channel_order: str | None = None
 
     def load_kwargs(self) -> dict[str, Any]:
         """``netlens.load`` keyword arguments for the model options that were given."""
@@ -158,7 +159,7 @@ class Common:
         kwargs = {k: getattr(self, k) for k in keys}
         if self.arch_kwargs:
             kwargs["arch_kwargs"] = parse_json_option("--arch-kwargs", self.arch_kwargs, dict)
-        for key in ("classes", "label_map", "crop_pct", "interpolation"):
+        for key in ("classes", "label_map", "crop_pct", "interpolation", "channel_order"):
             if getattr(self, key) is not None:
                 kwargs[key] = getattr(self, key)
         if self.input_size:
@@ -317,6 +318,16 @@ MODEL_OPTIONS: dict[str, Any] = {
             "--interpolation",
             help="Resize filter: bilinear, bicubic, nearest, lanczos, box or hamming (default: "
             "the model's).",
+            show_default=False,
+        ),
+        None,
+    ),
+    "channel_order": (
+        str | None,
+        typer.Option(
+            "--channel-order",
+            help="rgb, or bgr for a model trained on images as OpenCV reads them (cv2.imread) "
+            "or converted from Caffe; --mean/--std then in B,G,R order (default: the model's).",
             show_default=False,
         ),
         None,

@@ -256,6 +256,7 @@ def load(
     std: tuple[float, ...] | None = None,
     interpolation: str | None = None,
     crop_mode: str | None = None,
+    channel_order: str | None = None,
 ) -> Lens:
     """Load a model into a :class:`Lens`.
 
@@ -279,8 +280,9 @@ def load(
             tensor) or a dict of changes to the model's own preprocessing.
         input_size: the size the model takes (``28``, ``(28, 28)``, ``(1, 28, 28)``).
         example: an example input tensor; its shape sets the input size.
-        size, crop_pct, mean, std, interpolation, crop_mode: change one field of the
-            model's own preprocessing (see ``docs/preprocessing.md``).
+        size, crop_pct, mean, std, interpolation, crop_mode, channel_order: change one field
+            of the model's own preprocessing (see ``docs/preprocessing.md``); ``channel_order=
+            "bgr"`` for a model trained on OpenCV's B, G, R images.
 
     Example:
         >>> lens = netlens.load("model.pt", arch="tv:alexnet", classes=["cat", "dog"])
@@ -303,6 +305,7 @@ def load(
         std=std,
         interpolation=interpolation,
         crop_mode=crop_mode,
+        channel_order=channel_order,
     )
     _say_if_guessed(own, lens.transform, lens.name or "the model")
     if classes is not None:

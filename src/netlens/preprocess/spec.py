@@ -93,6 +93,9 @@ class Preprocess:
         function: a user's callable, PIL image → C×H×W tensor, used instead of all the above.
         crop_offset: where a centre crop starts when the margin is odd: ``round`` (torchvision,
             timm) or ``floor`` (Hugging Face image processors).
+        channel_order: ``rgb``, or ``bgr`` for a model trained on images as OpenCV reads them
+            (``cv2.imread`` without a conversion) or converted from Caffe; ``mean`` and ``std``
+            are then in the model's order (B, G, R).
 
     Example:
         >>> pre = Preprocess(size=(224, 224), crop_pct=0.875, interpolation="bicubic")
@@ -110,6 +113,7 @@ class Preprocess:
     engine: str = "netlens"
     source: str = "netlens defaults"
     crop_offset: str = "round"
+    channel_order: str = "rgb"
     function: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +140,10 @@ class Preprocess:
             return f"unknown crop_mode '{self.crop_mode}' (known: {', '.join(CROP_MODES)})"
         if self.crop_offset not in ("round", "floor"):
             return f"unknown crop_offset '{self.crop_offset}' (known: round, floor)"
+        if self.channel_order not in ("rgb", "bgr"):
+            return f"unknown channel_order '{self.channel_order}' (known: rgb, bgr)"
+        if self.channel_order == "bgr" and int(self.channels) != 3:
+            return f"channel_order 'bgr' needs 3 channels, not {self.channels}"
         if self.engine not in ENGINES:
             return f"unknown engine '{self.engine}' (known: {', '.join(ENGINES)})"
         if self.crop_mode == "border" and self.engine != "timm":
@@ -200,12 +208,13 @@ class Preprocess:
         if self.function is not None:
             return call_function(self.function, to_pil(img))
         if self.engine == "timm" and self.size is not None and not huge_resize(img.shape[:2], self):
-            x = timm_transform(self._timm_key())(to_pil(img))
-            return x if x.shape[0] == self.channels else x[: self.channels]
+            x = timm_transform(self._timm_key())(to_pil(img))  # normalised in RGB order
+            x = x if x.shape[0] == self.channels else x[: self.channels]
+            return x.flip(0) if self.channel_order == "bgr" else x
         if self.size is not None and not self._is_identity(img.shape[:2]):
             img = resize_crop(img, self)
         x = torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div(255.0)
-        return self._normalize(x)
+        return self._normalize(x.flip(0) if self.channel_order == "bgr" else x)
 
     def _is_identity(self, hw: tuple[int, int]) -> bool:
         return tuple(hw) == self.size and tuple(hw) == resized_hw(hw, self)
@@ -219,11 +228,15 @@ class Preprocess:
         return x.sub_(mean).div_(std)
 
     def _timm_key(self) -> tuple[Any, ...]:
+        mean = _per_channel(self.mean or (0.0,), self.channels)
+        std = _per_channel(self.std or (1.0,), self.channels)
+        if self.channel_order == "bgr":  # timm normalises RGB: the model's B, G, R stats reversed
+            mean, std = mean[::-1], std[::-1]
         return (
             (self.channels, *self.size),  # type: ignore[misc]
             self.interpolation,
-            _per_channel(self.mean or (0.0,), self.channels),
-            _per_channel(self.std or (1.0,), self.channels),
+            mean,
+            std,
             self.crop_pct,
             self.crop_mode or "center",
         )
@@ -243,6 +256,8 @@ class Preprocess:
         else:
             arr = arr * np.asarray(_per_channel(self.std, c), np.float32)
             arr = arr + np.asarray(_per_channel(self.mean, c), np.float32)
+        if self.channel_order == "bgr" and c == 3 and self.function is None:
+            arr = arr[:, :, ::-1]  # the model's B, G, R back to R, G, B
         arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return to_channels(arr, 3)
 
@@ -284,6 +299,8 @@ class Preprocess:
         }
         if self.crop_offset != "round":
             d["crop_offset"] = self.crop_offset
+        if self.channel_order != "rgb":
+            d["channel_order"] = self.channel_order
         if self.resize_size and self.function is None:
             d["resize_rule"] = self._resize_rule()
         if self.function is not None:  # it resizes and crops as it likes: netlens does not
@@ -333,7 +350,8 @@ class Preprocess:
             (h, w), (rh, rw) = self.size, self.resize_size or self.size
             geo = f"{self.mode} {h}×{w}" + (f" from {rh}×{rw}" if (rh, rw) != (h, w) else "")
         norm = "" if self.mean is None else f", mean {_show(self.mean)}, std {_show(self.std)}"
-        return f"{geo}, {self.interpolation}{norm} ({self.source})"
+        order = ", BGR" if self.channel_order == "bgr" else ""
+        return f"{geo}, {self.interpolation}{norm}{order} ({self.source})"
 
 
 class SizeFromFirstImage:
