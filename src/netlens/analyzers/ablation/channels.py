@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .engine import Ablation
-from .modes import UnitStats, channel_group_replacement
+from .modes import Stats, channel_group_replacement
 
 __all__ = ["channel_ablations", "curve_ablations", "curve_points", "group_size", "orders"]
 
@@ -37,7 +37,7 @@ def _stack(
     masks: list[torch.Tensor],
     ids: list[int],
     mode: str,
-    stats: UnitStats | None,
+    stats: Stats | None,
     seed: int,
     group: int,
     last: bool = False,
@@ -56,7 +56,7 @@ def channel_ablations(
     unit: str,
     channels: int,
     mode: str,
-    stats: UnitStats | None,
+    stats: Stats | None,
     *,
     seed: int = 0,
     group: int = 64,
@@ -101,7 +101,7 @@ def curve_ablations(
     channels: int,
     order: dict[str, np.ndarray],
     mode: str,
-    stats: UnitStats | None,
+    stats: Stats | None,
     *,
     seed: int = 0,
     group: int = 64,

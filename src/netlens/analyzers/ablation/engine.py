@@ -245,7 +245,9 @@ class Engine:
     ) -> torch.Tensor:
         """Ablate with a forward hook and run the whole model (the reference path).
 
-        With ``copies`` > 1 (stacked ablations), each copy gets a run of its own.
+        With ``copies`` > 1 (stacked ablations), each copy gets a run of its own. A unit the
+        model calls several times (a shared module) is replaced at every call; the
+        replacement is told which call it replaces (``call``: 0, 1, ... within the pass).
         """
         n = x.shape[0]
         logits = []
@@ -266,8 +268,8 @@ class Engine:
             def hook(
                 module: nn.Module, inputs: tuple, output: torch.Tensor, g: int = g
             ) -> torch.Tensor:
-                calls.append(1)
-                new = replace(kept.pop().clone(), output, batch)
+                calls.append(1)  # the replacement of this call (a shared module runs often)
+                new = replace(kept.pop().clone(), output, batch, call=len(calls) - 1)
                 return new if copies == 1 else new[g * n : (g + 1) * n].clone()
 
             with hooked(self.modules[unit], hook, private):

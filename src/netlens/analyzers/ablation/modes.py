@@ -7,13 +7,16 @@
 - ``noise``: mean + std-matched Gaussian noise, seeded per ablation and batch, so a study is
   repeatable and the fast and naive paths draw the very same noise.
 
-A replacement is a function ``(unit_input, unit_output, batch_index) -> tensor`` that never
-returns (a view of) its arguments, so in-place ops downstream cannot touch cached values.
+A replacement is a function ``(unit_input, unit_output, batch_index, call=0) -> tensor`` that
+never returns (a view of) its arguments, so in-place ops downstream cannot touch cached values.
+``call`` numbers the unit's calls within one forward pass: a module the model runs several times
+(one ``nn.ReLU`` shared by many layers) has statistics per call (:data:`Stats`: one
+:class:`UnitStats` each), and each call is replaced with its own mean (and std).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +24,20 @@ import torch
 from ...errors import AnalyzerError
 from .units import Unit
 
-__all__ = ["MODES", "Replacement", "UnitStats", "channel_replacement", "unit_replacement"]
+__all__ = [
+    "MODES",
+    "Replacement",
+    "Stats",
+    "UnitStats",
+    "channel_replacement",
+    "collect_call",
+    "unit_replacement",
+]
 
 MODES = ("identity", "zero", "mean", "noise")
 
-Replacement = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+#: ``(unit_input, unit_output, batch, call=0) -> replacement output``
+Replacement = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -35,10 +47,22 @@ class UnitStats:
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
     count: int = 0
+    name: str = "the unit"  # for messages: "'layer'" or "'act' (call 2)"
 
     def add(self, out: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise AnalyzerError(
+                f"{self.name} does not return one tensor, so it has no mean; pick layers "
+                "inside it that return a tensor (see `netlens layers MODEL`)"
+            )
         flat = out.detach().to(torch.float64)
         s, q = flat.sum(0), (flat * flat).sum(0)
+        if self.total is not None and self.total.shape != s.shape:
+            raise AnalyzerError(
+                f"{self.name} returns {_dims(self.total.shape)} for some images and "
+                f"{_dims(s.shape)} for others, so it has no one per-element mean; use --mode "
+                "zero for it"
+            )
         self.total = s if self.total is None else self.total + s
         self.squares = q if self.squares is None else self.squares + q
         self.count += out.shape[0]
@@ -46,12 +70,18 @@ class UnitStats:
     def to(self, device: torch.device | str) -> UnitStats:
         """The same sums on ``device`` (CPU copies travel between processes)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return UnitStats(move(self.total), move(self.squares), self.count)
+        return UnitStats(move(self.total), move(self.squares), self.count, self.name)
 
     def merge(self, later: UnitStats) -> None:
         """Add another share's sums (float64: equal to one pass up to reassociation)."""
         if later.total is None:
             return
+        if self.total is not None and self.total.shape != later.total.shape:
+            raise AnalyzerError(
+                f"{self.name} returns {_dims(self.total.shape)} for some images and "
+                f"{_dims(later.total.shape)} for others, so it has no one per-element mean; "
+                "use --mode zero for it"
+            )
         self.total = later.total if self.total is None else self.total + later.total
         self.squares = later.squares if self.squares is None else self.squares + later.squares
         self.count += later.count
@@ -68,44 +98,100 @@ class UnitStats:
         return var.clamp_min(0).sqrt()
 
 
+#: A unit's statistics: one :class:`UnitStats` for all its calls, or a list with one per call of
+#: the unit within a forward pass (a shared module runs several times, at other places and
+#: maybe other shapes).
+Stats = UnitStats | Sequence[UnitStats]
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape)) or "a scalar"
+
+
+def collect_call(stats: list[UnitStats], call: int, out: torch.Tensor, name: str) -> None:
+    """Add ``out``, the output of the unit's ``call``-th call in a forward pass, to its sums."""
+    while len(stats) <= call:
+        k = len(stats)
+        stats.append(UnitStats(name=f"'{name}'" + (f" (call {k + 1})" if k else "")))
+    stats[call].add(out)
+
+
+def merge_calls(into: list[UnitStats], later: Sequence[UnitStats]) -> None:
+    """Add another share's per-call sums (a share may have seen more calls)."""
+    for call, s in enumerate(later):
+        if call < len(into):
+            into[call].merge(s)
+        else:
+            into.append(s)
+
+
+def call_stats(stats: Stats | None, call: int) -> UnitStats | None:
+    """The statistics of a unit's ``call``-th call within a forward pass."""
+    if stats is None or isinstance(stats, UnitStats):
+        return stats
+    if not stats:
+        raise AnalyzerError("no statistics collected: the unit did not run on the data")
+    if call >= len(stats):
+        times = lambda n: "once" if n == 1 else f"{n} times"  # noqa: E731
+        raise AnalyzerError(
+            f"{stats[0].name} ran {times(call + 1)} in one forward pass but {times(len(stats))} "
+            "while its mean was measured (data-dependent control flow?); use --mode zero for it"
+        )
+    return stats[call]
+
+
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise AnalyzerError(f"unknown ablation mode '{mode}'; use one of {', '.join(MODES)}")
     return mode
 
 
-def _noise_seed(seed: int, key: int, batch: int) -> int:
-    return (seed * 1_000_003 + key * 10_007 + batch) % (2**63)
+def _noise_seed(seed: int, key: int, batch: int, call: int = 0) -> int:
+    return (seed * 1_000_003 + key * 10_007 + batch + call * 998_244_353) % (2**63)
 
 
 def _fill(
-    mode: str, out: torch.Tensor, stats: UnitStats | None, seed: int, key: int, batch: int
+    mode: str,
+    out: torch.Tensor,
+    stats: Stats | None,
+    seed: int,
+    key: int,
+    batch: int,
+    call: int = 0,
 ) -> torch.Tensor:
-    """The values that replace ``out`` (same shape, fresh memory)."""
+    """The values that replace ``out``, the output of the unit's ``call``-th call in the
+    forward pass (same shape, fresh memory)."""
     if mode == "zero":
         return torch.zeros_like(out)
-    if stats is None:
+    own = call_stats(stats, call)
+    if own is None:
         raise AnalyzerError(f"mode '{mode}' needs dataset statistics (a first pass)")
-    mean = stats.mean.to(out.device, out.dtype)
+    mean = own.mean.to(out.device, out.dtype)
+    if mean.shape != out.shape[1:]:
+        raise AnalyzerError(
+            f"{own.name} returns {_dims(out.shape[1:])} here but {_dims(mean.shape)} when its "
+            "mean was measured, so the mean cannot replace it; use --mode zero for it"
+        )
     if mode == "mean":
         return mean.expand_as(out).clone()
-    gen = torch.Generator().manual_seed(_noise_seed(seed, key, batch))
+    gen = torch.Generator().manual_seed(_noise_seed(seed, key, batch, call))
     eps = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
-    return mean + stats.std.to(out.device, out.dtype) * eps
+    return mean + own.std.to(out.device, out.dtype) * eps
 
 
 def unit_replacement(
-    unit: Unit, mode: str, stats: UnitStats | None = None, *, seed: int = 0, key: int = 0
+    unit: Unit, mode: str, stats: Stats | None = None, *, seed: int = 0, key: int = 0
 ) -> Replacement:
-    """The replacement for switching off a whole unit."""
+    """The replacement for switching off a whole unit (``stats``: one per call, or one for
+    all its calls)."""
     check_mode(mode)
     if mode != "identity":
-        return lambda x, out, batch: _fill(mode, out, stats, seed, key, batch)
+        return lambda x, out, batch, call=0: _fill(mode, out, stats, seed, key, batch, call)
     if unit.residual and unit.skip is not None:
         skip = unit.skip
-        return lambda x, out, batch: skip(x.clone())
+        return lambda x, out, batch, call=0: skip(x.clone())
 
-    def passthrough(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
+    def passthrough(x: torch.Tensor, out: torch.Tensor, batch: int, call: int = 0) -> torch.Tensor:
         if x.shape != out.shape:
             raise AnalyzerError(shape_message(unit.name, x.shape, out.shape))
         return x.clone()
@@ -135,7 +221,7 @@ def channel_mask(out: torch.Tensor, mask: torch.Tensor, last: bool = False) -> t
 
 def channel_replacement(
     mode: str,
-    stats: UnitStats | None,
+    stats: Stats | None,
     mask: torch.Tensor,
     *,
     seed: int = 0,
@@ -146,8 +232,8 @@ def channel_replacement(
     (``last``: the channels are the output's last axis)."""
     fill_mode = "zero" if mode == "identity" else check_mode(mode)
 
-    def replace(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
-        fill = _fill(fill_mode, out, stats, seed, key, batch)
+    def replace(x: torch.Tensor, out: torch.Tensor, batch: int, call: int = 0) -> torch.Tensor:
+        fill = _fill(fill_mode, out, stats, seed, key, batch, call)
         return torch.where(channel_mask(out, mask, last), fill, out)
 
     return replace
@@ -155,7 +241,7 @@ def channel_replacement(
 
 def channel_group_replacement(
     mode: str,
-    stats: UnitStats | None,
+    stats: Stats | None,
     masks: torch.Tensor,
     keys: list[int],
     *,
@@ -168,13 +254,13 @@ def channel_group_replacement(
     """
     fill_mode = "zero" if mode == "identity" else check_mode(mode)
 
-    def replace(x: torch.Tensor, out: torch.Tensor, batch: int) -> torch.Tensor:
+    def replace(x: torch.Tensor, out: torch.Tensor, batch: int, call: int = 0) -> torch.Tensor:
         g, n = len(keys), out.shape[0]
         if fill_mode == "noise":  # a fresh draw per copy, as each ablation alone would draw
-            fill = torch.cat([_fill(fill_mode, out, stats, seed, k, batch) for k in keys], 0)
+            fill = torch.cat([_fill(fill_mode, out, stats, seed, k, batch, call) for k in keys], 0)
             fill = fill.view(g, *out.shape)
         elif fill_mode == "mean":
-            fill = _fill("mean", out[:1], stats, seed, 0, batch)  # 1×C×… broadcast below
+            fill = _fill("mean", out[:1], stats, seed, 0, batch, call)  # 1×C×… broadcast below
         else:
             fill = torch.zeros((), dtype=out.dtype, device=out.device)
         # one allocation for all G copies: the same elementwise where as channel_replacement

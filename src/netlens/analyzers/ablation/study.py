@@ -28,7 +28,8 @@ from ...activations import channels_last
 from ...errors import AnalyzerError
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
-from .modes import UnitStats, shape_message, unit_replacement
+from .fingerprint import data_fingerprint
+from .modes import UnitStats, collect_call, merge_calls, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
 from .scoring import METRICS, Metric, Outcomes
@@ -77,7 +78,7 @@ class _Plan:
     loader: _Pairs
     rows: StudyRows
     device: torch.device
-    stats: dict[str, UnitStats] | None = None
+    stats: dict[str, list[UnitStats]] | None = None  # per unit, one per call in a pass
 
     def ablate(self, ablations: list[Ablation], label: str) -> None:
         """Run ``ablations`` over the data (and the baseline, the first time)."""
@@ -109,7 +110,7 @@ class _Plan:
         if first is not None and self.rows.baseline is first and self.run.group.world > 1:
             self.rows.baseline = _joined(self.run.group, first)
 
-    def unit_stats(self, unit: str) -> UnitStats | None:
+    def unit_stats(self, unit: str) -> list[UnitStats] | None:
         return self.stats[unit] if self.stats else None
 
 
@@ -173,15 +174,21 @@ def _units(run: Run, x0: torch.Tensor, mode: str) -> tuple[list[Unit], list[str]
 
 
 def _config(run: Run, metric: Metric, mode: str, units: list[Unit]) -> dict[str, Any]:
-    """The settings a row file is made with (a resume must match them)."""
+    """The settings a row file is made with (a resume must match them): the weights, the
+    preprocessing, the class names rows report, and the data's items and labels (a hash of
+    the file paths with their labels, or of the tensors: :func:`.fingerprint.data_fingerprint`)
+    besides the options."""
     opts = run.options
     keys = ("channels", "seed", "limit", "resamples", "points", "batch_size")
     return {
         "version": _ROWS_VERSION,
         "model": run.lens.name,
         "sha256": run.lens.digest(),
+        "preprocess": run.lens.preprocess_info(),
+        "classes": _class_names(run, metric),
         "data": run.data.source,  # type: ignore[union-attr]
         "images": len(run.data),  # type: ignore[arg-type]
+        "data_items": data_fingerprint(run.data),
         "units": [u.name for u in units],
         "mode": mode,
         "metric": metric.name,
@@ -260,24 +267,35 @@ def _plan(run: Run) -> _Plan:
     return _Plan(run, metric, mode, units, skipped, engine, loader, rows, device)
 
 
-def _statistics(plan: _Plan) -> dict[str, UnitStats]:
-    """Per-element mean and std of each unit's output over the data (for mean and noise)."""
-    stats = {u.name: UnitStats() for u in plan.units}
+def _statistics(plan: _Plan) -> dict[str, list[UnitStats]]:
+    """Per-element mean and std of each unit's output over the data (for mean and noise): one
+    :class:`UnitStats` per call of the unit within a forward pass, since a module the model
+    runs several times (one shared ``nn.ReLU``) outputs other values, maybe at other shapes, at
+    each place; each call is then replaced with its own mean."""
+    stats: dict[str, list[UnitStats]] = {u.name: [] for u in plan.units}
+    calls = dict.fromkeys(stats, 0)
     model = plan.engine.model
+
+    def hook(name: str, out: Any) -> None:
+        collect_call(stats[name], calls[name], out, name)
+        calls[name] += 1
+
     with ExitStack() as stack, plan.run.progress.task("statistics", len(plan.run.data)) as advance:
         for u in plan.units:
-            hook = lambda m, i, o, s=stats[u.name]: s.add(o)  # noqa: E731
-            stack.enter_context(hooked(model.get_submodule(u.name), hook))
+            stack.enter_context(
+                hooked(model.get_submodule(u.name), lambda m, i, o, n=u.name: hook(n, o))
+            )
         for x, _ in plan.loader:
+            calls.update(dict.fromkeys(calls, 0))  # calls are numbered within each pass
             model(x.to(plan.device))
             advance(len(x))
     if plan.run.group.world == 1:
         return stats
-    parts = plan.run.group.gather({k: s.to("cpu") for k, s in stats.items()})
+    parts = plan.run.group.gather({k: [s.to("cpu") for s in v] for k, v in stats.items()})
     for part in parts[1:]:  # every rank's sums, added in rank order
-        for name, s in part.items():
-            parts[0][name].merge(s)
-    return {k: s.to(plan.device) for k, s in parts[0].items()}
+        for name, per_call in part.items():
+            merge_calls(parts[0][name], per_call)
+    return {k: [s.to(plan.device) for s in v] for k, v in parts[0].items()}
 
 
 def _block_study(plan: _Plan) -> None:
