@@ -4,9 +4,11 @@
 ``agreement`` compare the ablated model with the intact one. Labels are never read, so data the
 label checks would refuse is fine: a folder of images with no class
 subfolders, a folder or CSV whose class names the model does not know, image tensors without
-labels, an ``(images, labels)`` pair with labels outside the model's classes. Folders of class
-subfolders and CSV lists keep their own labels, unmatched (nobody reads them); other images
-carry the label -1 ("unknown"); a dataset name or a Dataset is used as it is.
+labels, an ``(images, labels)`` pair with labels outside the model's classes, fastai data without
+labels (``dls.test_dl(files)``). Folders of class subfolders and CSV lists keep their own labels,
+unmatched (nobody reads them); other images carry the label -1 ("unknown"); a dataset name or a
+Dataset is used as it is. Image tensors of pixels (uint8) are preprocessed as the model's images,
+as they are in a Dataset; float ones are taken as preprocessed already.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.resolve import sized
+from ..data.fastai_data import is_fastai_data
+from ..data.resolve import fastai_dataset, sized
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, is_hidden, list_images, read_image
+from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -48,29 +51,37 @@ class ImageFiles(Dataset):
 
 
 class ImageTensors(Dataset):
-    """Preprocessed image tensors (N×C×H×W), each with the label -1."""
+    """Image tensors (N×C×H×W), each with the label -1: float ones preprocessed already,
+    pixels (uint8) preprocessed on access with ``preprocess``, as a Dataset's are."""
 
-    def __init__(self, images: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, preprocess: Any = None) -> None:
         self.images = images
+        pixels = preprocess is not None and len(images) > 0 and not images.is_floating_point()
+        self.preprocess = sized(preprocess, lambda: as_pixels(images[0].cpu())) if pixels else None
         self.label_source = LABEL_SOURCE
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], -1
+        if self.preprocess is None:
+            return self.images[i], -1
+        return self.preprocess(as_pixels(self.images[i].cpu())), -1
 
 
 def unlabelled_data(lens: Lens, inputs: Any) -> Any:
     """``inputs`` as data whose labels nobody reads (see the module doc).
 
-    A DataLoader, a Dataset, a dataset name and None (the model card's dataset) are returned
+    fastai's data is read as :func:`netlens.data.resolve.fastai_dataset` reads it. A
+    DataLoader, a Dataset, a dataset name and None (the model card's dataset) are returned
     as they are, for the template to resolve.
     """
     if isinstance(inputs, torch.Tensor):
-        return ImageTensors(inputs)
+        return ImageTensors(inputs, lens.transform)
     if isinstance(inputs, tuple) and len(inputs) in (2, 3):
-        return ImageTensors(torch.as_tensor(inputs[0]))
+        return ImageTensors(torch.as_tensor(inputs[0]), lens.transform)
+    if is_fastai_data(inputs):  # learn.dls (its validation set), learn.dls.valid, valid_ds
+        return fastai_dataset(inputs, lens.transform, labelled=False, label_source=LABEL_SOURCE)
     path = Path(inputs) if isinstance(inputs, (str, Path)) else None
     folder = path is not None and path.is_dir()
     if folder and not any(p.is_dir() and not is_hidden(p, path) for p in path.iterdir()):

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
+from .fastai_data import FastaiItems, fastai_items, is_fastai_data, model_classes
 from .items import as_pair, hub_rows, pair_keys
 from .labels import UNSET, index_labels, index_per_row, match_names
 
@@ -388,8 +389,9 @@ def as_dataset(
     """A Dataset of (preprocessed image tensor, label) from ``data`` (see module doc).
 
     Args:
-        data: a folder of class subfolders, a ``.csv`` list, a dataset name, a Dataset, or an
-            ``(images, labels)`` pair.
+        data: a folder of class subfolders, a ``.csv`` list, a dataset name, a Dataset, an
+            ``(images, labels)`` pair, or fastai's data (``learn.dls``: its validation set,
+            ``learn.dls.valid``, ``learn.dls.valid_ds``; see :mod:`netlens.data.fastai_data`).
         preprocess: the model's preprocessing.
         classes: the model's class names (``lens.classes``): folder names, CSV names and a named
             dataset's classes are matched to them, so labels are the model's class indices.
@@ -404,6 +406,8 @@ def as_dataset(
     (:func:`label_source` reads it off any dataset or loader).
     """
     data = hub_rows(data) or data  # a Hugging Face datasets.Dataset: rows of dicts
+    if is_fastai_data(data):  # learn.dls, learn.dls.valid, learn.dls.valid_ds
+        return fastai_dataset(data, preprocess, classes=classes, label_map=label_map)
     if isinstance(data, Dataset):  # one of netlens' own says its label source: as it is
         own = label_source(data) != label_source(None)
         return data if own else _users_dataset(data, preprocess, classes, label_map)
@@ -420,6 +424,29 @@ def as_dataset(
         f"cannot use a {type(data).__name__} as data; pass a folder, a dataset name, a Dataset, "
         "a DataLoader or an (images, labels) pair"
     )
+
+
+def fastai_dataset(
+    data: Any,
+    preprocess: Preprocess | None,
+    *,
+    classes: Any = UNSET,
+    label_map: Any = None,
+    labelled: bool = True,
+    label_source: str | None = None,
+) -> Dataset:
+    """fastai's data (``learn.dls``, a fastai DataLoader, ``Datasets``) as a Dataset of
+    (preprocessed image, label): its items as fastai opens them, preprocessed as the model's
+    images, labels matched to the model's ``classes`` by ``dls.vocab``'s names (not
+    ``labelled``: every label -1, and data without labels is fine)."""
+    items = fastai_items(data, labelled=labelled, label_source=label_source)
+    if not isinstance(items, FastaiItems):  # a fastai DataLoader over a torch Dataset
+        if not labelled:
+            return items
+        return as_dataset(items, preprocess, classes=classes, label_map=label_map)
+    if not labelled:
+        classes, label_map = None, None
+    return _users_dataset(items, preprocess, model_classes(classes), label_map)
 
 
 def _from_path(
