@@ -475,9 +475,7 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
     return rows
 
 
-def _layout_name(
-    model: nn.Module, name: str, k: int, shape: tuple[int, ...] | None, n: int
-) -> str:
+def _layout_name(model: nn.Module, name: str, k: int, shape: tuple[int, ...] | None, n: int) -> str:
     """How netlens reads call ``k`` (of ``n``) of layer ``name``'s output: NCHW, NHWC, NLC,
     NCL; "" for other ranks."""
     from .activations import channels_last

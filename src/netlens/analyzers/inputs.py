@@ -9,7 +9,6 @@ the first images of the dataset the model was trained on) and dataset analyzers 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from torch.utils.data import (
 )
 from torch.utils.data._utils.collate import default_collate
 
-from ..data.items import as_pair, hub_rows
+from ..data.items import as_pair, hub_rows, item_name
 from ..errors import DataError, NetlensError
 
 if TYPE_CHECKING:
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from ..images import Batch
     from ..lens import Lens
 
-__all__ = ["Data", "item_source", "resolve_data", "resolve_images"]
+__all__ = ["Data", "resolve_data", "resolve_images"]
 
 _BAD_ITEM = (NetlensError, OSError, ValueError)
 
@@ -240,30 +239,6 @@ def _batches_of(
     )
 
 
-def item_source(dataset: Any, i: int) -> str | None:
-    """The file behind item ``i`` of ``dataset`` (netlens' folders and CSV lists, torchvision's
-    ``ImageFolder``, through ``Subset`` and wrappers of the same length); None when the items
-    are not files (tensors, a Hugging Face dataset)."""
-    ds = dataset
-    for _ in range(8):
-        if isinstance(ds, Subset):
-            ds, i = ds.dataset, int(ds.indices[i])
-            continue
-        for attr in ("files", "items", "samples"):
-            seq = getattr(ds, attr, None)
-            if isinstance(seq, (list, tuple)) and 0 <= i < len(seq):
-                item = seq[i][0] if isinstance(seq[i], tuple) else seq[i]
-                return str(item) if isinstance(item, (str, os.PathLike)) else None
-        inner = getattr(ds, "inner", None) or getattr(ds, "dataset", None)
-        try:
-            if inner is None or len(inner) != len(ds):
-                return None
-        except TypeError:
-            return None
-        ds = inner
-    return None
-
-
 class _Guarded(Dataset):
     """Returns None (and records why) for an item that cannot be read."""
 
@@ -280,17 +255,8 @@ class _Guarded(Dataset):
         except _BAD_ITEM as exc:
             if self.data.strict:
                 raise
-            self.data.skipped[i] = f"{_item_name(self.inner, i)}: {exc}"
+            self.data.skipped[i] = f"{item_name(self.inner, i)}: {exc}"
             return None
-
-
-def _item_name(ds: Any, i: int) -> str:
-    for attr in ("files", "items"):
-        seq = getattr(ds, attr, None)
-        if seq is not None and i < len(seq):
-            item = seq[i]
-            return str(item[0] if isinstance(item, tuple) else item)
-    return f"item {i}"
 
 
 def _collate(batch: list[Any]) -> Any:

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from ..activations import tensor_output, to_spatial
+from ..data.items import item_source
 from ..errors import AnalyzerError, NetlensWarning
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
-from .inputs import item_source
 from .specs import TOP
 
 if TYPE_CHECKING:

@@ -9,14 +9,23 @@ makes a ``datasets.Dataset`` itself a torch Dataset, with its label names.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..errors import DataError
 
-__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "as_pair", "hub_rows", "pair_keys"]
+__all__ = [
+    "IMAGE_KEYS",
+    "LABEL_KEYS",
+    "as_pair",
+    "hub_rows",
+    "item_name",
+    "item_source",
+    "pair_keys",
+]
 
 IMAGE_KEYS = ("pixel_values", "image", "img", "images", "input", "inputs", "x")
 LABEL_KEYS = ("labels", "label", "target", "targets", "y", "class", "category")
@@ -66,3 +75,32 @@ class _HubRows(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         return self.rows[int(i)]
+
+
+def item_source(dataset: Any, i: int) -> str | None:
+    """The file behind item ``i`` of ``dataset`` (netlens' folders and CSV lists, torchvision's
+    ``ImageFolder``, through ``Subset`` and wrappers of the same length); None when the items
+    are not files (tensors, a Hugging Face dataset)."""
+    ds = dataset
+    for _ in range(8):
+        if isinstance(ds, Subset):
+            ds, i = ds.dataset, int(ds.indices[i])
+            continue
+        for attr in ("files", "items", "samples"):
+            seq = getattr(ds, attr, None)
+            if isinstance(seq, (list, tuple)) and 0 <= i < len(seq):
+                item = seq[i][0] if isinstance(seq[i], tuple) else seq[i]
+                return str(item) if isinstance(item, (str, os.PathLike)) else None
+        inner = getattr(ds, "inner", None) or getattr(ds, "dataset", None)
+        try:
+            if inner is None or len(inner) != len(ds):
+                return None
+        except TypeError:
+            return None
+        ds = inner
+    return None
+
+
+def item_name(dataset: Any, i: int) -> str:
+    """The file behind item ``i`` (see :func:`item_source`), else ``item i``."""
+    return item_source(dataset, i) or f"item {i}"

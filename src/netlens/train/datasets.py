@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from ..data.items import item_name
 from ..data.resolve import ArrayDataset, ImageFolderDataset
 from ..errors import DataError, NetlensError
 from ..images import Preprocess, is_hidden, list_images
@@ -231,18 +232,6 @@ class Guarded(Dataset):
         except _BAD_ITEM as exc:
             return Unreadable(f"{item_name(self.dataset, i)}: {' '.join(str(exc).split())}")
         return item[0], item[1]
-
-
-def item_name(ds: Any, i: int) -> str:
-    """The file behind item ``i`` of ``ds`` (through Subsets), else ``item i``."""
-    while isinstance(ds, Subset):
-        ds, i = ds.dataset, int(ds.indices[i])
-    for attr in ("files", "items"):
-        seq = getattr(ds, attr, None)
-        if seq is not None and i < len(seq):
-            item = seq[i]
-            return str(item[0] if isinstance(item, tuple) else item)
-    return f"item {i}"
 
 
 def collate(batch: list[Any]) -> tuple[Any, Any, list[str]]:

@@ -28,6 +28,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.items import item_name
 from ..distributed import Group
 from ..distributed.setup import join_from_env
 from ..errors import DataError, NetlensError
@@ -44,7 +45,7 @@ from ..models.factory import (
 )
 from .augment import augment_batch
 from .config import TrainConfig
-from .datasets import _BAD_ITEM, Splits, item_name, make_loader, resolve_splits
+from .datasets import _BAD_ITEM, Splits, make_loader, resolve_splits
 from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
 from .evaluation import evaluate, logits
