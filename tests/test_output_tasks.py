@@ -169,15 +169,19 @@ class Regressor(nn.Module):
         return 5 * self.fc(self.features(x).mean((2, 3)))
 
 
-def test_ablate_refuses_regression_and_multi_label_outputs() -> None:
+def test_ablate_refuses_regression_and_label_metrics_of_multi_label_outputs() -> None:
     """It scored regression values by a softmax (accuracy 0.375 from an argmax of values) and a
-    multi-label model's sigmoids by a softmax across labels (prob 0.50 for labels at 0.99)."""
+    multi-label model's sigmoids by a softmax across labels (prob 0.50 for labels at 0.99);
+    the label-free metrics now read the labels' sigmoids (tests/test_ablation_multilabel.py)."""
     x, y = _images(3), torch.tensor([0, 1, 2])
     pre = netlens.Preprocess(size=(48, 48))
     with pytest.raises(AnalyzerError, match="outputs are regression values"):
         netlens.Lens(Regressor().eval(), pre, task="regression").ablate((x, y))
+    lens = netlens.Lens(Regressor().eval(), pre, task="multilabel")
     with pytest.raises(AnalyzerError, match="multi-label"):
-        netlens.Lens(Regressor().eval(), pre, task="multilabel").ablate((x, y), metric="prob")
+        lens.ablate((x, y), metric="accuracy")
+    r = lens.ablate((x, y), metric="prob", layers="type:Conv2d", mode="zero")
+    assert r.meta["task"] == "multilabel" and 0.0 <= r.baseline["value"] <= 1.0
 
 
 def test_regression_values_are_shown_as_values_not_percentages(tmp_path) -> None:

@@ -134,10 +134,11 @@ def ablation_table(result: Any) -> Any:
     title = f"{meta['model']}: ablating {what} ({meta['mode']}; {meta['metric']}, "
     table = Table(title=title + f"{meta['direction']})")
     naive = any(r.get("path") == "naive" for r in result.rows)
-    hurt = f"most hurt classes ({meta['per_class']}, before→after)"
-    cols = ["unit", meta["metric"], "95% CI", harm, "95% CI", hurt]
+    by_class = meta.get("per_class") is not None  # not a multi-label model's labels
+    hurt = [f"most hurt classes ({meta['per_class']}, before→after)"] if by_class else []
+    cols = ["unit", meta["metric"], "95% CI", harm, "95% CI", *hurt]
     for col in cols + (["path"] if naive else []):
-        left = col in (cols[0], cols[-1])
+        left = col in (cols[0], *hurt)
         table.add_column(col, justify="left" if left else "right", overflow="fold")
     table.add_row(
         "intact model",
@@ -145,7 +146,8 @@ def ablation_table(result: Any) -> Any:
         _interval(base["ci_low"], base["ci_high"]),
         "",
         "",
-        "",
+        *([""] if by_class else []),
+        *([""] if naive else []),
         style="bold",
     )
     rows = sorted(result.rows, key=lambda r: -r[harm]) if meta["channels"] else result.rows
@@ -153,7 +155,7 @@ def ablation_table(result: Any) -> Any:
         name = f"#{r['channel']}" if r["kind"] == "channel" else r["unit"]
         name += " ↓" if r.get("downsample") else ""
         cells = [name, _num(r["value"]), _interval(r["ci_low"], r["ci_high"])]
-        cells += [*_harm_cells(r, harm), _hurt(r)]
+        cells += [*_harm_cells(r, harm), *([_hurt(r)] if by_class else [])]
         table.add_row(*cells, *([r.get("path") or ""] if naive else []))
     notes = [f"{len(rows) - 20} more rows in {result.name}.csv"] if len(rows) > 20 else []
     if any(r.get("downsample") for r in rows):

@@ -5,7 +5,11 @@ Label metrics compare predictions with the data's labels: ``accuracy``, ``top5``
 need no labels, so they work on any images, for any model: ``prob`` (the probability the ablated
 model gives the class the intact model predicted), ``kl`` (KL divergence, in nats, from the intact
 model's softmax to the ablated one's) and ``agreement`` (how often the ablated model's top-1
-class is the intact model's). Every metric says which way is better; a study reports the signed
+class is the intact model's). A multi-label model's independent sigmoids are read as such
+(:data:`MULTILABEL_METRICS`): ``kl`` between the label probabilities, summed over labels,
+``agreement`` per label decision (logit > 0), ``prob`` of the labels the intact model predicts;
+the label metrics, which read one class per image, are refused for it. Every metric says which
+way is better; a study reports the signed
 ``delta`` (ablated − intact) and the harm: the ``drop`` of a higher-is-better metric or the
 ``increase`` of a lower-is-better one.
 
@@ -25,7 +29,15 @@ from ...errors import AnalyzerError
 from ...targets import as_logits
 from ...train.evaluation import confusion_matrix, macro_f1
 
-__all__ = ["METRICS", "Metric", "Outcomes", "class_scores", "hurt_classes", "metric_value"]
+__all__ = [
+    "METRICS",
+    "MULTILABEL_METRICS",
+    "Metric",
+    "Outcomes",
+    "class_scores",
+    "hurt_classes",
+    "metric_value",
+]
 
 PerImage = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -64,15 +76,43 @@ def _agreement(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (z.argmax(1) == b.argmax(1)).astype(np.float64)
 
 
+def _log_sigmoids(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log σ(z) and log(1 − σ(z)), without overflow."""
+    return -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
+
+
+def _kl_labels(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """KL from the intact model's independent label probabilities to the ablated ones',
+    summed over the labels (the KL of their joint distribution)."""
+    (lp, lnp), (lq, lnq) = _log_sigmoids(b), _log_sigmoids(z)
+    return (np.exp(lp) * (lp - lq) + np.exp(lnp) * (lnp - lnq)).sum(1)
+
+
+def _agreement_labels(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The share of label decisions (logit > 0) the ablated model makes as the intact one."""
+    return ((z > 0) == (b > 0)).mean(1)
+
+
+def _prob_labels(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The mean probability the ablated model gives the labels the intact model predicts
+    (logit > 0; its top label when it predicts none)."""
+    chosen = b > 0
+    chosen[np.arange(len(b)), b.argmax(1)] |= ~chosen.any(1)
+    return (np.exp(_log_sigmoids(z)[0]) * chosen).sum(1) / chosen.sum(1)
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A metric: its name, what it measures, which way is better, whether it needs labels."""
+    """A metric: its name, what it measures, which way is better, whether it needs labels;
+    ``per_class``: whether rows break it down by class (one class per image: not for the
+    independent labels of a multi-label model)."""
 
     name: str
     title: str
     higher_is_better: bool
     needs_labels: bool
     per_image: PerImage
+    per_class: bool = True
 
     @property
     def harm(self) -> str:
@@ -100,6 +140,20 @@ METRICS = {
         Metric("agreement", "top-1 agreement with the intact model", True, False, _agreement),
     )
 }
+
+
+# A multi-label model's labels are independent sigmoids: the label-free metrics read them so.
+MULTILABEL_METRICS = {
+    m.name: m
+    for m in (
+        Metric("prob", "mean probability of the intact model's labels", True, False,
+               _prob_labels, per_class=False),
+        Metric("kl", "KL divergence from the intact model's label probabilities (nats)", False,
+               False, _kl_labels, per_class=False),
+        Metric("agreement", "share of label decisions (logit > 0) as the intact model's", True,
+               False, _agreement_labels, per_class=False),
+    )
+}  # fmt: skip
 
 
 @dataclass

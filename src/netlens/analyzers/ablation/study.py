@@ -32,7 +32,7 @@ from .fingerprint import data_fingerprint
 from .modes import UnitStats, collect_call, merge_calls, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
-from .scoring import METRICS, Metric, Outcomes
+from .scoring import METRICS, MULTILABEL_METRICS, Metric, Outcomes
 from .units import Unit, find_units
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class _Plan:
     rows: StudyRows
     device: torch.device
     stats: dict[str, list[UnitStats]] | None = None  # per unit, one per call in a pass
+    task: str = "multiclass"  # how the outputs are read (multilabel: the labels' sigmoids)
 
     def ablate(self, ablations: list[Ablation], label: str) -> None:
         """Run ``ablations`` over the data (and the baseline, the first time)."""
@@ -209,10 +210,10 @@ def _first_batch(loader: _Pairs, run: Run) -> torch.Tensor:
     return first[0]
 
 
-def _check_task(run: Run, x: torch.Tensor) -> None:
-    """One line for outputs that are not one class per image: every ablation metric reads
-    the outputs through a softmax (one logit: a sigmoid), which regression values and
-    independent multi-label sigmoids are not."""
+def _task_metric(run: Run, x: torch.Tensor, metric: Metric) -> tuple[str, Metric]:
+    """The model's task, and the metric as it reads that task's outputs: a multi-label
+    model's independent sigmoids by the label-free metrics' multi-label forms; one line for
+    regression values, and for a label metric (one class per image) on a multi-label model."""
     from ...layers import eval_mode
 
     with torch.no_grad(), eval_mode(run.lens.model):
@@ -224,12 +225,16 @@ def _check_task(run: Run, x: torch.Tensor) -> None:
             "a softmax over them. Pick class scores with --output KEY, or --task if it is a "
             "classifier"
         )
-    if task == "multilabel":
+    if task != "multilabel":
+        return task, metric
+    if metric.name not in MULTILABEL_METRICS:
         raise AnalyzerError(
-            "ablate's metrics read one class per image through a softmax, but this model is "
-            "multi-label (independent sigmoids), which they would misread; ablate does not "
-            "score multi-label models yet (--task multiclass if it is single-label)"
+            f"the {metric.name} metric reads one class per image, but this model is "
+            "multi-label (independent sigmoids); use --metric kl, agreement or prob, which "
+            "compare each label with the intact model's (--task multiclass if it is "
+            "single-label)"
         )
+    return task, MULTILABEL_METRICS[metric.name]
 
 
 def _engine(run: Run, x: torch.Tensor) -> Engine:
@@ -245,8 +250,10 @@ def _class_names(run: Run, metric: Metric) -> list[str] | None:
     return run.lens.classes or data_classes
 
 
-def _rows(run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine) -> StudyRows:
-    config = _config(run, metric, mode, units)
+def _rows(
+    run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine, task: str
+) -> StudyRows:
+    config = _config(run, metric, mode, units) | {"task": task}
     store = run.storage.rows(ROWS_NAME, config, columns(metric), parse_cell)
     path_of = lambda u: "cached" if engine.is_fast(u) else "naive"  # noqa: E731
     by_name = {u.name: u for u in units}
@@ -259,12 +266,12 @@ def _plan(run: Run) -> _Plan:
     metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
     loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
     x = _first_batch(loader, run).to(device)
-    _check_task(run, x[:1])
+    task, metric = _task_metric(run, x[:1], metric)
     units, skipped = _units(run, x, mode)
     run.layers = [u.name for u in units]
     engine = _engine(run, x)
-    rows = _rows(run, metric, mode, units, engine)
-    return _Plan(run, metric, mode, units, skipped, engine, loader, rows, device)
+    rows = _rows(run, metric, mode, units, engine, task)
+    return _Plan(run, metric, mode, units, skipped, engine, loader, rows, device, task=task)
 
 
 def _statistics(plan: _Plan) -> dict[str, list[UnitStats]]:
@@ -355,7 +362,12 @@ def _meta(plan: _Plan) -> dict[str, Any]:
         "metric_title": m.title,
         "direction": m.direction,
         "harm": m.harm,
-        "per_class": "accuracy by true class" if m.needs_labels else "agreement by intact class",
+        "per_class": (
+            ("accuracy by true class" if m.needs_labels else "agreement by intact class")
+            if m.per_class
+            else None  # a multi-label model's labels are not one class per image
+        ),
+        "task": plan.task,
         "channels": plan.run.options.channels,
         "units": [u.name for u in plan.units],
         "skipped_units": plan.skipped,
