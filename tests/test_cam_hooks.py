@@ -112,6 +112,26 @@ def test_target_outside_the_classes_is_one_line() -> None:
     assert_unchanged(model, before)
 
 
+def test_class_names_that_are_numbers_or_hold_commas_are_names() -> None:
+    """Folders named 1, 2, 3: ``target="2"`` explained output 2 (the class named 3) without a
+    word, and ``"3"`` of classes 7, 5, 3 was "out of range"; ImageNet's "goldfish, Carassius
+    auratus" was split at its comma into two unknown targets."""
+    from netlens.errors import NetlensWarning
+
+    model = net().eval()
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    lens = netlens.load(model, size=12, classes=["1", "2", "3"])
+    with pytest.warns(NetlensWarning, match=r"class named 2 \(output 1\), not output 2"):
+        assert lens.cam(x, target="2").targets.tolist() == [1, 1]
+    assert lens.cam(x, target=2).targets.tolist() == [2, 2]  # an int is an index
+    lens = netlens.load(model, size=12, classes=["7", "5", "3"])
+    assert lens.cam(x, target="3").targets.tolist() == [2, 2]
+    names = ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark"]
+    lens = netlens.load(model, size=12, classes=names)
+    assert lens.cam(x, target="goldfish, Carassius auratus").targets.tolist() == [1, 1]
+    assert lens.cam(x, target="2,0").targets.tolist() == [2, 0]  # still one per image
+
+
 def test_layer_without_spatial_output_is_refused() -> None:
     with pytest.raises(AnalyzerError, match="no spatial extent"):
         netlens.cam(net(), torch.randn(1, 3, 12, 12), layer="8")

@@ -109,6 +109,18 @@ def test_plugin_that_raises_on_import_is_skipped_and_reported(install):
     assert "netlens-broken" in res.output and "needs libfoo" in res.output
 
 
+def test_plugin_that_exits_on_import_is_skipped_and_reported(install):
+    """``sys.exit("needs a GPU")`` at import is no Exception: it ended every command."""
+    install("netlens-exiter", "0.1", {"exiter": "import sys; sys.exit('exiter: needs a GPU')"})
+    host = PluginHost()
+    assert host.problems == [
+        "plugin 'exiter' (netlens-exiter): failed to import: SystemExit: exiter: needs a GPU"
+    ]
+    assert "cam" in host.analyzers
+    res = runner.invoke(app, ["plugins"])
+    assert res.exit_code == 0 and "needs a GPU" in res.output
+
+
 def test_plugin_whose_hook_raises_or_is_malformed_is_skipped(install):
     raises = HELLO.replace('registry.add("hello", Hello())', "raise KeyError('oops')")
     bad_signature = (
@@ -243,3 +255,41 @@ def test_entry_points_are_read_again_only_when_a_distribution_is_installed(insta
     host = PluginHost()  # at once, within the same clock tick: the folder's link count moved
     assert len(scans) == 2 and {"hello", "second"} <= set(host.plugins)
     assert "second" in host.analyzers.names()
+
+
+def test_the_docs_five_minute_plugin_runs(install):
+    """docs/plugins.md's example registered nothing: it overrode ``run`` of an ``Analyzer``
+    whose ``compute`` is abstract. Its code, as printed there, is the plugin here."""
+    import re
+
+    import torch
+
+    import netlens
+
+    text = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    code = re.search(r"`src/netlens_hello/__init__.py`:\n\n```python\n(.*?)```", text, re.S)
+    install("netlens-hello", "0.1.0", {"hello": code.group(1)})
+    host = PluginHost()
+    assert host.problems == [] and "mean-logit" in host.analyzers
+    lens = netlens.load()
+    res = lens.run("mean-logit", lens.samples[:2])
+    with torch.no_grad():
+        want = lens.logits(lens.preprocess(lens.samples[:2])).mean(0)
+    assert [r["mean_logit"] for r in res.table] == pytest.approx(want.tolist(), rel=1e-5)
+
+
+def test_plugin_commands_plain_objects_and_flags_that_default_on(install):
+    """A plain object with ``run`` is an analyzer (its command said "No such command"); a
+    boolean option on by default can be turned off (``--no-abs``: "No such option")."""
+    import typer
+
+    from netlens.cli.analyzer_commands import plugin_command
+
+    install("netlens-hello", "1.0", {"hello": HELLO})
+    cli = typer.Typer()  # as `netlens NAME` adds a plugin's command (cli/app.py)
+    for name in ("hello", "saliency"):  # saliency: netlens-captum's, `abs` on by default
+        cli.command(name)(plugin_command(name))
+    res = runner.invoke(cli, ["hello", "--help"])
+    assert res.exit_code == 0 and "Says hello." in res.output, res.output
+    res = runner.invoke(cli, ["saliency", "--help"])
+    assert res.exit_code == 0 and "--no-abs" in res.output, res.output

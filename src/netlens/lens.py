@@ -325,7 +325,27 @@ class Lens:
         return str(index)
 
     def class_index(self, target: int | str, num_classes: int) -> int:
-        """A class index from an int or a class name; out of range fails with one line."""
+        """A class index from an int or a class name; out of range fails with one line.
+
+        Text that is a class name is that class, also when it is a number (folders named
+        ``1 … 102`` are numbered in text order): ``"2"`` is the class named 2, with a warning
+        when that is not index 2; other numbers are indices, as ints always are."""
+        names = list(self.classes or [])
+        if isinstance(target, str) and target.strip() in names:
+            idx = names.index(target.strip())
+            number = int(target) if re.fullmatch(r"\s*\d+\s*", target) else None
+            if number is not None and number != idx and number < min(num_classes, len(names)):
+                import warnings
+
+                from .errors import NetlensWarning
+
+                warnings.warn(
+                    f"target '{target.strip()}' is the class named {target.strip()} (output "
+                    f"{idx}), not output {number} (the class named {names[number]})",
+                    NetlensWarning,
+                    stacklevel=2,
+                )
+            return idx
         if isinstance(target, str) and not re.fullmatch(r"\s*-?\d+\s*", target):
             names = self.classes or []
             known = names.find(target) if isinstance(names, ClassNames) else None

@@ -377,7 +377,7 @@ def resolve_targets(
         return [spec]
     if callable(spec) and not isinstance(spec, (str, torch.Tensor, np.ndarray)):
         return [CallableTarget(spec)]
-    items = _per_image(spec, output.shape[0])
+    items = _per_image(spec, output.shape[0], lens.classes or [])
     return [_build(items, output, lens, task)]
 
 
@@ -393,12 +393,14 @@ def _top(output: torch.Tensor, task: str, k: int) -> list[Target]:
     return [ClassTarget(idx[:, j]) for j in range(idx.shape[1])]
 
 
-def _per_image(spec: Any, n: int) -> list[Any]:
+def _per_image(spec: Any, n: int, names: Sequence[str] = ()) -> list[Any]:
+    """One target per image: ``spec`` for all, or its comma-separated parts (unless the whole
+    text is a class name with a comma, as ImageNet's ``goldfish, Carassius auratus``)."""
     if spec is None:
         return ["pred"] * n
     if isinstance(spec, (torch.Tensor, np.ndarray)):
         spec = spec.tolist()
-    if isinstance(spec, str) and "," in spec:
+    if isinstance(spec, str) and "," in spec and spec.strip() not in names:
         spec = [s.strip() for s in spec.split(",")]
     if isinstance(spec, Sequence) and not isinstance(spec, str):
         if len(spec) != n:

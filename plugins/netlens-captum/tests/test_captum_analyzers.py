@@ -94,6 +94,71 @@ def test_guided_gradcam_layer_auto_and_named(tiny_lens, sample_images):
         tiny_lens.run("guided-gradcam", sample_images, layer="conv3")
 
 
+class _Reused(torch.nn.Module):
+    """One in-place ReLU run three times, one conv twice; and a token output (a ViT's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.c2(self.relu(self.c2(self.relu(self.c1(x))))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_guided_gradcam_on_a_module_that_runs_several_times():
+    """The automatic layer was ``relu@2``, looked up as a module name: KeyError."""
+    from captum.attr import GuidedGradCam
+
+    from netlens.errors import AnalyzerError
+
+    torch.manual_seed(0)
+    model = _Reused().eval()
+    lens = Lens(model, {"size": (12, 12)})
+    x = torch.rand(2, 3, 12, 12)
+    res = lens.run("guided-gradcam", x)
+    assert res.meta["layer"] == "relu"
+    target = lens.logits(x).argmax(1)
+    want = GuidedGradCam(model, model.relu).attribute(x.clone().requires_grad_(), target=target)
+    np.testing.assert_allclose(res.arrays["attributions"], want.detach().numpy(), atol=1e-7)
+    with pytest.raises(AnalyzerError, match="last call .* 'relu@0' is call 0 of 3"):
+        lens.run("guided-gradcam", x, layer="relu@0")
+    vit = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Flatten(2))
+    tokens = Lens(torch.nn.Sequential(vit, _Pool()).eval(), {"size": (12, 12)})
+    with pytest.raises(AnalyzerError, match="N×C×H×W maps, but '0.1' gives"):
+        tokens.run("guided-gradcam", x, layer="0.1")
+
+
+class _Pool(torch.nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return t.mean(2)[:, :3]
+
+
+def test_a_single_logit_model_is_explained_for_either_class():
+    """Every captum analyzer refused a binary (N×1) model; captum explains its logit (target
+    0), and the negative class is its negative."""
+    from captum.attr import Saliency
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 1),
+    ).eval()  # fmt: skip
+    lens = Lens(model, {"size": (12, 12)}, classes=["healthy", "tumour"])
+    x = torch.rand(2, 3, 12, 12)
+    want = Saliency(model).attribute(x.clone().requires_grad_(), target=0, abs=False)
+    pos = lens.run("saliency", x, target="pos", abs=False)
+    neg = lens.run("saliency", x, target="healthy", abs=False)
+    np.testing.assert_allclose(pos.arrays["attributions"], want.numpy(), atol=1e-7)
+    np.testing.assert_allclose(neg.arrays["attributions"], -want.numpy(), atol=1e-7)
+    assert [r["class"] for r in neg.table] == ["healthy", "healthy"]
+    z = model(x).detach()[:, 0]
+    assert [r["probability"] for r in pos.table] == pytest.approx(torch.sigmoid(z).tolist())
+
+
 class _FailsOnCall(torch.nn.Module):
     def __init__(self, inner: torch.nn.Module, fail_at: int) -> None:
         super().__init__()
@@ -106,9 +171,10 @@ class _FailsOnCall(torch.nn.Module):
         return self.inner(x)
 
 
-# call 1 computes the prediction; call 2 is captum's first forward; Guided Grad-CAM's call 3
-# is its guided-backprop pass (ReLU hooks registered), after the Grad-CAM pass (layer hook)
-@pytest.mark.parametrize(("name", "fail_at"), [*((n, 2) for n in NAMES), ("guided-gradcam", 3)])
+# call 1 computes the prediction; call 2 is captum's first forward; Guided Grad-CAM's call 2
+# finds its layer's call, and its call 4 is its guided-backprop pass (ReLU hooks registered),
+# after the Grad-CAM pass (layer hook)
+@pytest.mark.parametrize(("name", "fail_at"), [*((n, 2) for n in NAMES), ("guided-gradcam", 4)])
 def test_no_hooks_left_when_the_model_raises(name, fail_at, tiny_model, sample_images):
     model = _FailsOnCall(tiny_model, fail_at).train()  # train mode must survive the error
     lens = Lens(model, classes=TINY_CLASSES)
@@ -143,3 +209,22 @@ def test_gradient_methods_on_a_graph_cut_say_so_in_one_line(name):
         lens.run(name, x, **extra)
     assert "\n" not in str(err.value)
     assert lens.run("occlusion", x).arrays  # the gradient-free one still answers
+
+
+def test_guided_backprop_without_relus_says_it_is_the_plain_gradient():
+    """On GELU models (ConvNeXt, ViT) nothing is guided, which the maps did not say."""
+    from captum.attr import Saliency
+
+    from netlens.errors import NetlensWarning
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    lens = Lens(model, {"size": (12, 12)})
+    x = torch.rand(2, 3, 12, 12)
+    with pytest.warns(NetlensWarning, match="has none .* plain gradient"):
+        res = lens.run("guided-backprop", x, target=1)
+    want = Saliency(model).attribute(x.clone().requires_grad_(), target=1, abs=False)
+    np.testing.assert_allclose(res.arrays["attributions"], want.numpy(), atol=1e-7)

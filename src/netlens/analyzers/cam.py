@@ -185,7 +185,7 @@ def _run_chunks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[str]], str]:
     parts: list[tuple[Any, ...]] = []
     many = InferenceForward(lens.model, _no_grad(lens.output), pick=lens.reader)  # one fused copy
-    per_image = _per_image(o.target, len(x))
+    per_image = _per_image(o.target, len(x), lens.classes or [])
     for start in group.share(range(0, len(x), o.chunk)):  # this process's chunks
         stop = min(start + o.chunk, len(x))
         spec = per_image(start, stop)
@@ -196,13 +196,14 @@ def _run_chunks(
     return heat, probs, targets, [row for p in parts for row in p[3]], parts[0][4]
 
 
-def _per_image(target: Any, n: int) -> Callable[[int, int], Any]:
-    """The target spec for images ``start:stop`` (lists are sliced, objects shifted)."""
+def _per_image(target: Any, n: int, names: Any = ()) -> Callable[[int, int], Any]:
+    """The target spec for images ``start:stop`` (lists are sliced, objects shifted; a class
+    name with a comma is one target)."""
     if isinstance(target, Target) or (callable(target) and not isinstance(target, str)):
         return lambda start, stop: _Shifted(target, start)
     if isinstance(target, (torch.Tensor, np.ndarray)):
         target = target.tolist()
-    if isinstance(target, str) and "," in target:
+    if isinstance(target, str) and "," in target and target.strip() not in names:
         target = [t.strip() for t in target.split(",")]
     if isinstance(target, (list, tuple)):
         if len(target) != n:

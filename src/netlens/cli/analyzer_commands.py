@@ -49,9 +49,11 @@ def spec_command(spec: Any) -> Callable[..., Any]:
 
 def analyzer_command(name: str, analyzer: Any) -> Callable[..., Any]:
     """The command of a plugin analyzer, from its ``declared_options()``."""
-    help_text = getattr(analyzer, "description", "") or f"Run the {name} analyzer."
+    doc = (type(analyzer).__doc__ or "").strip().splitlines()
+    help_text = getattr(analyzer, "description", "") or (doc[0] if doc else "")
     takes = getattr(analyzer, "takes", "images")
-    return _make(name, analyzer.declared_options(), takes, help_text, False)
+    declared = getattr(analyzer, "declared_options", lambda: ())()  # a plain object: none
+    return _make(name, declared, takes, help_text or f"Run the {name} analyzer.", False)
 
 
 def plugin_command(name: str) -> Callable[..., Any] | None:
@@ -161,6 +163,8 @@ def _option_param(opt: Any) -> inspect.Parameter:
         else ""
     )
     if kind is bool:
+        if opt.default is True and opt.name not in FLAGS:  # on by default: --no-NAME turns it off
+            flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
         info = typer.Option(*flags, help=(opt.help or opt.name) + choices, show_default=False)
         return _param(opt.name, Annotated[bool, info], bool(opt.default))
     # None on the command line means "the analyzer's default", so the analyzer stays the one

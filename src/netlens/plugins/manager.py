@@ -84,7 +84,7 @@ class PluginHost:
                 continue
             try:
                 obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must never be fatal
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin: never fatal
                 self._problem(ep.name, package, version, f"failed to import: {_short(exc)}")
                 continue
             self.register(obj, name=ep.name, package=package, version=version)
@@ -98,7 +98,7 @@ class PluginHost:
             return
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             self._problem(name, package, version, f"failed to register: {_short(exc)}")
             return
         self.plugins[name] = PluginInfo(name, package, version, package == BUILTIN_PACKAGE)
@@ -134,7 +134,7 @@ class PluginHost:
             )
             try:
                 impl.function(view)
-            except Exception as exc:  # noqa: BLE001
+            except (Exception, SystemExit) as exc:  # noqa: BLE001
                 registry.problems.append(
                     f"plugin '{impl.plugin_name}' failed in {hook_name}: {_short(exc)}; skipped"
                 )

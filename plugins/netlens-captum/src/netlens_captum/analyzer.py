@@ -28,12 +28,12 @@ def class_targets(lens: Lens, target: Any, output: torch.Tensor) -> list[int]:
 
     found = resolve_targets(target, output, lens)[0]
     idx = found.index(len(output))
-    if found.kind not in ("class", "output") or (idx < 0).any():
+    if found.kind not in ("class", "output", "binary") or (idx < 0).any():
         raise TargetError(
             f"captum methods explain one class per image; {found.kind} targets "
             "are not supported here"
         )
-    return [int(i) for i in idx]
+    return [int(i) for i in idx]  # a single logit's: 0 negative, 1 positive (LogitsModule)
 
 
 class CaptumAnalyzer(Analyzer):
@@ -63,13 +63,13 @@ class CaptumAnalyzer(Analyzer):
         lens, batch = run.lens, run.images
         opts = {k: v for k, v in run.options.items() if k != "target"}
         x = batch.tensor.detach().clone()
-        net = LogitsModule(lens)
         with torch.enable_grad(), warnings.catch_warnings():
             # captum warns that it hooks ReLUs (removed again after the call): expected here
             warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
             with torch.no_grad():
                 logits = lens.logits(x)
                 probs = lens.probabilities(logits)
+            net = LogitsModule(lens, binary=lens.task_for(logits) == "binary")
             targets = class_targets(lens, run.options.target, logits)
             try:
                 attr, extra = self.method.compute(net, x.requires_grad_(), targets, lens, opts)

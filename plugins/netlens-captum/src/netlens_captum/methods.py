@@ -7,6 +7,7 @@ attributions (N×C×H×W, same shape as the input) plus extra metadata for the R
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,16 @@ class LogitsModule(nn.Module):
     Wrapping does not change the user's model: it is only referenced as a child.
     """
 
-    def __init__(self, lens: Lens) -> None:
+    def __init__(self, lens: Lens, binary: bool = False) -> None:
         super().__init__()
         self.model = lens.model
         self._lens = lens
+        self._binary = binary
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._lens.logits(x)
+        z = self._lens.logits(x)
+        # one logit z: evidence for the negative class is −z, for the positive z (targets 0, 1)
+        return torch.cat([-z, z], dim=1) if self._binary else z
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,16 @@ def guided_backprop(
 ) -> Attribution:
     from captum.attr import GuidedBackprop
 
+    from netlens.errors import NetlensWarning
+
+    if not any(isinstance(m, nn.ReLU) for m in lens.model.modules()):
+        warnings.warn(
+            "guided-backprop guides the gradient through nn.ReLU modules, and this model has "
+            "none (GELU, SiLU or functional ReLUs): its maps are the plain gradient "
+            "(saliency with --no-abs)",
+            NetlensWarning,
+            stacklevel=2,
+        )
     return GuidedBackprop(net).attribute(x, target=targets), {}
 
 
@@ -130,9 +144,26 @@ def guided_gradcam(
 ) -> Attribution:
     from captum.attr import GuidedGradCam
 
-    from netlens.layers import resolve_layers
+    from netlens.errors import AnalyzerError
+    from netlens.layers import resolve_layers, trace_calls
 
-    name = resolve_layers(lens.model, opts["layer"], example=lens.example())[0]
+    chosen = resolve_layers(lens.model, opts["layer"], example=lens.example())[0]
+    name = chosen.split("@")[0].split(":")[0]
+    calls = [c for c in trace_calls(lens.model, x[:1].detach()) if c.name == name]
+    call = int(chosen.split("@")[1]) if "@" in chosen else -1
+    if calls and call % len(calls) != len(calls) - 1:  # captum hooks a module's last call
+        raise AnalyzerError(
+            f"guided-gradcam hooks a module's last call (captum), but '{chosen}' is call "
+            f"{call % len(calls)} of {len(calls)}; pick '{name}' or use netlens cam for it"
+        )
+    out = calls[-1].output if calls else None
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise AnalyzerError(
+            f"guided-gradcam needs a layer with N×C×H×W maps, but '{name}' gives {shape} "
+            "(tokens or vectors); pick a convolutional layer (a ViT's patch_embed.proj) or "
+            "use netlens cam, which reads token layers"
+        )
     layer = dict(lens.model.named_modules())[name]
     attr = GuidedGradCam(net, layer).attribute(x, target=targets)
     return attr, {"layer": name}
