@@ -203,6 +203,14 @@ REGRESSIONS = [
     ("evaluate --limit 0", "evaluate {model} --data {data} --limit 0", {1}, "--limit"),
     ("cam --target --1", "cam {model} {image} --target --1", {1}, "class"),
     ("stats --bins 0", "stats {model} --data {data} --bins 0", {1}, "--bins"),
+    # a bootstrap of 10**12 resamples filled 22 GB before the OOM killer ended the test run
+    (
+        "ablate --resamples 10**12",
+        "ablate {model} --data {data} --resamples 1000000000000",
+        {1},
+        "--resamples",
+    ),
+    ("stats --bins 10**12", "stats {model} --data {data} --bins 1000000000000", {1}, "--bins"),
     ("cam --alpha nan", "cam {model} {image} --alpha nan", {1}, "--alpha"),
     ("cam --batch-size 0", "cam {model} {image} --batch-size 0", {1}, "--batch-size"),
     ("features --top -3", "features {model} {image} --top -3", {1}, "--top"),

@@ -393,7 +393,14 @@ ABLATE = Spec(
         _batch(64),
         _limit(None),
         _SEED,
-        Option("resamples", 2000, "Bootstrap resamples for the confidence intervals.", int, low=10),
+        Option(
+            "resamples",
+            2000,
+            "Bootstrap resamples for the confidence intervals (10 to 100000).",
+            int,
+            low=10,
+            high=100_000,
+        ),
         Option("points", 17, "Points on the cumulative curves.", int, low=2),
         Option(
             "fast",
