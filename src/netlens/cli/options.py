@@ -368,14 +368,17 @@ MODEL_OPTIONS: dict[str, Any] = {
 }
 
 
-def command(*, model: bool = True, run: bool = True) -> Callable[[F], F]:
-    """Add the shared options to a command whose last parameter is ``common: Common``.
+def command(*, model: bool = True, run: bool = True, distributed: bool = True) -> Callable[[F], F]:
+    """Add the shared options to a command whose last parameter is ``common: Common``
+    (``distributed=False``: without ``--distributed``, for a command that runs in one process).
 
     Example:
         >>> @command()
         ... def kernels(model: ModelArg = None, *, common: Common) -> None: ...
     """
     groups = {**(RUN_OPTIONS if run else {}), **(MODEL_OPTIONS if model else {})}
+    if not distributed:
+        groups.pop("distributed", None)
 
     def decorate(func: F) -> F:
         hints = get_type_hints(func, include_extras=True)

@@ -30,13 +30,32 @@ ReportLimitOpt = Annotated[
         show_default=False,
     ),
 ]
+# every option that changes the model or what it sees: the rerun commands repeat them
+LOAD_OPTIONS = (
+    "arch",
+    "arch_kwargs",
+    "num_classes",
+    "classes",
+    "label_map",
+    "task",
+    "output",
+    "trust",
+    "device",
+    "input_size",
+    "crop_pct",
+    "mean",
+    "std",
+    "interpolation",
+    "channel_order",
+    "max_pixels",
+)
 MaxImagesOpt = Annotated[
     int, typer.Option("--max-images", help="Explain at most this many images.", min=1)
 ]
 
 
 @cli_errors
-@command()
+@command(distributed=False)
 def report(
     model: ModelArg = None,
     images: ImagesArg = None,
@@ -64,10 +83,10 @@ def report(
 
     model, imgs = split_model_and_images(model, images)
     set_threads(common.threads)
-    with folder_lock(common.out):
+    page = common.out.suffix.lower() == ".html"  # --out page.html: that file
+    with folder_lock(common.out.parent if page else common.out):
         lens = open_lens(model, common)
-        keys = ("arch", "arch_kwargs", "num_classes", "classes", "task", "output", "trust")
-        flags = {k: getattr(common, k) for k in keys}
+        flags = {k: getattr(common, k) for k in LOAD_OPTIONS}
         call = Invocation(model or model_source(lens), imgs, data or "", flags)
         result = build_report(
             lens,

@@ -61,13 +61,24 @@ def histograms_figure(
         meta: the stats meta (samples, eps).
         max_layers: draw at most this many layers (the first ones).
     """
+    import textwrap
+
     shown = list(hists)[:max_layers]
     cols = min(4, len(shown))
     rows = int(np.ceil(len(shown) / cols))
-    height = 2.1 * rows + 0.6
+    more = f" (first {len(shown)} of {len(hists)} layers)" if len(hists) > len(shown) else ""
+    title = (
+        f"Activation histograms over {meta['samples']} inputs{more}; x = activation, "
+        "y = log10(count + 1); red = mean ± std"
+    )
+    # wrapped to the figure's width (about 12 characters an inch at 10 pt): a figure of one
+    # or two layers is narrower than the title
+    lines = textwrap.wrap(title, max(24, int(12 * 3.0 * cols)))
+    extra = 0.18 * (len(lines) - 1)
+    height = 2.1 * rows + 0.6 + extra
     fig = new_figure(3.0 * cols, height)
     fig.set_layout_engine(None)  # fixed margins: constrained layout is slow for many axes
-    top = 1 - 0.55 / height
+    top = 1 - (0.55 + extra) / height
     axes = fig.subplots(
         rows,
         cols,
@@ -97,11 +108,5 @@ def histograms_figure(
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(shown) :]:
         ax.set_visible(False)
-    more = f" (first {len(shown)} of {len(hists)} layers)" if len(hists) > len(shown) else ""
-    fig.suptitle(
-        f"Activation histograms over {meta['samples']} inputs{more}; x = activation, "
-        "y = log10(count + 1); red = mean ± std",
-        y=1 - 0.12 / height,
-        fontsize=10,
-    )
+    fig.suptitle("\n".join(lines), y=1 - 0.12 / height, fontsize=10, va="top")
     return fig

@@ -125,7 +125,9 @@ def build_report(
         lens.host.cam_methods.get(m)  # an unknown method fails before any work
     if not method_list:
         raise NetlensError("give at least one CAM method (e.g. --methods gradcam)")
-    call = invocation or repro.Invocation(model=model_source(lens))
+    call = invocation or _named_inputs(lens_invocation(lens), images, data)
+    if source_file is None and invocation is None and not call.unnamed:
+        source_file = lens.card.get("source")
     from ..progress import auto_progress
 
     sink = auto_progress(progress)
@@ -148,11 +150,90 @@ def build_report(
 
 
 def model_source(lens: Lens) -> str:
-    """``zoo:NAME`` for a bundled model; else the lens' name (a file's stem)."""
+    """``zoo:NAME`` for a bundled model; else the file it was loaded from; else its name."""
     from ..models import zoo
 
     name = lens.card.get("name")
-    return f"zoo:{name}" if name and name in zoo.names() else lens.name
+    if name and name in zoo.names():
+        return f"zoo:{name}"
+    return str(lens.card.get("source") or lens.name)
+
+
+def lens_invocation(lens: Lens) -> repro.Invocation:
+    """How to name a lens made in Python on a command line: its file (or zoo name) with the
+    load options it records (architecture, class names, label map, preprocessing changes);
+    a model held in memory cannot be named, and the commands say so."""
+    import json
+
+    from ..models import zoo
+
+    name = lens.card.get("name")
+    if name and name in zoo.names():
+        return repro.Invocation(model=f"zoo:{name}")
+    source = lens.card.get("source")
+    if not source:
+        what = type(lens.model).__name__
+        return repro.Invocation(
+            model=lens.name,
+            options=_preprocess_options(lens),
+            unnamed=f"the model ({what}) was given in memory, not as a file: save it "
+            "(torch.save(model, 'model.pt')) and put its path here, with --trust",
+        )
+    options: dict[str, Any] = {}
+    arch = lens.card.get("arch")
+    if arch:
+        options["arch"] = arch
+        kwargs = dict(lens.card.get("arch_kwargs") or {})
+        if "num_classes" in kwargs:
+            options["num_classes"] = kwargs.pop("num_classes")
+        if kwargs:
+            options["arch_kwargs"] = json.dumps(kwargs, sort_keys=True)
+    names = list(lens.classes or [])
+    if names and not any("," in n for n in names):
+        options["classes"] = ",".join(names)
+    data_options, remark = {}, ""
+    if lens.label_map:  # given in Python: its file is not known, only its contents
+        data_options["label_map"] = "LABEL_MAP.json"
+        mapping = json.dumps({str(k): v for k, v in dict(lens.label_map).items()})
+        remark = f"LABEL_MAP.json: a file holding {mapping}"
+    if lens.task:
+        options["task"] = lens.task
+    if lens.output_key is not None:
+        options["output"] = lens.output_key
+    options |= _preprocess_options(lens)
+    return repro.Invocation(
+        model=str(source), options=options, data_options=data_options, data_remark=remark
+    )
+
+
+def _named_inputs(call: repro.Invocation, images: Any, data: Any) -> repro.Invocation:
+    """``call`` with the images and data when they are files (Python gave them)."""
+    from dataclasses import replace
+
+    items = images if isinstance(images, (list, tuple)) else [images]
+    named = [str(i) for i in items if isinstance(i, (str, Path))]
+    return replace(
+        call,
+        images=named if images is not None and len(named) == len(items) else [],
+        data=str(data) if isinstance(data, (str, Path)) else "",
+    )
+
+
+def _preprocess_options(lens: Lens) -> dict[str, Any]:
+    """The preprocessing in use as command-line options, when the user changed the model's."""
+    pre = lens.transform
+    if "override" not in pre.source or pre.function is not None:
+        return {}
+    nums = lambda v: ",".join(f"{x:g}" for x in v)  # noqa: E731
+    out: dict[str, Any] = {}
+    if pre.size is not None:
+        out["input_size"] = f"{pre.channels},{pre.size[0]},{pre.size[1]}"
+    out["crop_pct"] = f"{pre.crop_pct:g}"
+    if pre.mean is not None and pre.std is not None:
+        out["mean"], out["std"] = nums(pre.mean), nums(pre.std)
+    out["interpolation"] = pre.interpolation
+    out["channel_order"] = pre.channel_order
+    return out
 
 
 def _build(key: str, ctx: ReportInputs, chosen: bool) -> Section:
@@ -198,6 +279,7 @@ def _repro(
         "sections": ",".join(keys) if chosen else None,
         "method": ",".join(ctx.methods),
         "limit": ctx.limit,
+        "max_images": ctx.max_images if ctx.max_images != 8 else None,
         "seed": ctx.seed,
     }
     return {
@@ -212,9 +294,18 @@ def _repro(
         if isinstance(data, (str, Path))
         else (type(data).__name__ if data is not None else "none"),
         "seeds": [("ablation bootstrap", ctx.seed), ("sanity re-initialisation", ctx.seed)],
-        "command": ctx.call.command("report", images=True, **flags),
+        "command": ctx.call.command("report", *_report_images(ctx), **flags),
         "commands": [(s.title, c) for s in sections for c in s.commands],
     }
+
+
+def _report_images(ctx: ReportInputs) -> list[str]:
+    """The images on the rebuild command: as given (the report picks from them again)."""
+    if ctx.call.images:
+        return list(ctx.call.images)
+    if ctx.images is not None and ctx.image_words():
+        return ctx.image_words()
+    return []
 
 
 def _zoo_file(lens: Lens) -> Path | None:

@@ -44,24 +44,31 @@ class Invocation:
     model: str = ""
     images: list[str] = field(default_factory=list)
     data: str = ""
-    options: dict[str, str] = field(default_factory=dict)  # --arch, --num-classes, --trust
+    options: dict[str, Any] = field(default_factory=dict)  # --arch, --size, --label-map...
+    unnamed: str = ""  # why the model cannot be named (held in memory): MODEL stands for it
+    data_options: dict[str, Any] = field(default_factory=dict)  # with --data only
+    data_remark: str = ""  # what a data option's placeholder stands for
 
     def command(
         self, name: str, *args: str, images: bool = False, data: bool = False, **flags: Any
     ) -> str:
         """``netlens NAME MODEL [IMAGES] [--data D] --flag value ...`` as a shell line."""
         words = ["netlens", name]
-        words += [self.model] if self.model else []
+        words += ["MODEL"] if self.unnamed else [self.model] if self.model else []
         words += self.images if images else []
         words += list(args)
         if data and self.data:
             words += ["--data", self.data]
-        for key, value in {**self.options, **flags}.items():
+        extra = self.data_options if data and self.data else {}
+        for key, value in {**self.options, **extra, **flags}.items():
             if value is None or value is False:
                 continue
             flag = "--" + key.replace("_", "-")
             words += [flag] if value is True else [flag, str(value)]
-        return " ".join(shlex.quote(w) for w in words)
+        line = " ".join(shlex.quote(w) for w in words)
+        remarks = [f"MODEL: {self.unnamed}"] if self.unnamed else []
+        remarks += [self.data_remark] if extra and self.data_remark else []
+        return f"{line}  # {'; '.join(remarks)}" if remarks else line
 
 
 def now() -> str:
