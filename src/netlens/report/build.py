@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NetlensError, hint
 from . import repro
-from .sections import BUILDERS, ReportInputs, Section
+from .inputs import ReportInputs
+from .sections import BUILDERS, Section
 
 if TYPE_CHECKING:
     from ..lens import Lens
