@@ -27,7 +27,8 @@ import os, signal, time
 from torch import nn
 
 class Net(nn.Module):
-    """Misbehaves on rank 1 after 8 images: KILLER=kill dies by SIGKILL, KILLER=hang sleeps."""
+    """Misbehaves on rank 1 after 8 images: KILLER=kill dies by SIGKILL, KILLER=term is stopped
+    by SIGTERM, KILLER=hang sleeps."""
 
     def __init__(self, num_classes: int = 5) -> None:
         super().__init__()
@@ -40,6 +41,8 @@ class Net(nn.Module):
         if os.environ.get("RANK") == "1" and self.seen > 8:
             if os.environ.get("KILLER") == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if os.environ.get("KILLER") == "term":
+                os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(600)
         return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
 '''
@@ -181,6 +184,16 @@ def test_a_killed_rank_is_named_by_the_launcher(files, tmp_path) -> None:
     assert done.returncode == 1
     assert lines(done.stderr) == [
         "error: rank 1 died (SIGKILL) and the run was stopped; nothing was written (out of memory?)"
+    ]
+    assert not out.exists()
+
+
+def test_a_rank_stopped_by_sigterm_is_named_by_the_launcher(files, tmp_path) -> None:
+    out = tmp_path / "out"
+    done = killer_stats(files, out, {"KILLER": "term"})
+    assert done.returncode == 1
+    assert lines(done.stderr) == [
+        "error: rank 1 died (SIGTERM) and the run was stopped; nothing was written"
     ]
     assert not out.exists()
 

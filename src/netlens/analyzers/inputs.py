@@ -64,6 +64,7 @@ class Data:
     loader_given: DataLoader | None = None
     group: Group | None = None
     dtype: torch.dtype | None = None
+    agreed: bool = False  # the processes have agreed whether any could read an item
     _order: list[list[int]] | None = field(default=None, repr=False)  # a given loader's batches
 
     def __len__(self) -> int:
@@ -94,6 +95,13 @@ class Data:
                 )
             relabel = getattr(self.dataset, "relabel", None)  # labels by the model's names
             shared = group is not None and group.world > 1
+            if shared and not _indexable(given):  # each process would stream all of it
+                raise DataError(
+                    "a DataLoader over a stream (an IterableDataset, or one without batch_size) "
+                    "cannot be split between processes: each would read all of it. Pass a "
+                    "map-style Dataset (__getitem__ and __len__) or a DataLoader over one, or "
+                    "run in one process"
+                )
             in_order = isinstance(given.sampler, SequentialSampler) and not shared
             if self._order is None and _indexable(given) and not in_order:
                 # drawn once: a sampler's order (a Subset's, a custom list's) is the images'
@@ -113,7 +121,13 @@ class Data:
             collate_fn=_collate,
         )
         return Batches(
-            loader, batch_size, with_index, indexed=True, first=mine.start, dtype=self.dtype
+            loader,
+            batch_size,
+            with_index,
+            indexed=True,
+            first=mine.start,
+            dtype=self.dtype,
+            group=group if group is not None and group.world > 1 else None,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -134,7 +148,9 @@ class Batches:
 
     ``start``: the stream position of the first item (a share of a user's DataLoader);
     ``first``: the number of the first batch in the whole data (a share's offset), for work
-    seeded per batch.
+    seeded per batch. ``group``: this is a share of a distributed run, which may draw nothing
+    (its items all unreadable) while other shares draw: the processes agree at the end of the
+    first pass, and only when none drew anything is the data refused.
     """
 
     def __init__(
@@ -148,18 +164,43 @@ class Batches:
         dtype: torch.dtype | None = None,
         relabel: Callable[[Any], torch.Tensor] | None = None,
         positions: list[list[int]] | None = None,
+        group: Group | None = None,
     ) -> None:
         self.loader, self.batch_size, self.dtype = loader, batch_size, dtype
         self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
         self.dataset = getattr(loader.dataset, "inner", loader.dataset)
-        self.relabel, self.positions = relabel, positions
+        self.relabel, self.positions, self.group = relabel, positions, group
 
     def __iter__(self) -> Iterator[Any]:
-        start, drawn = self.start, False
+        drawn = False
+        for b in self._read():
+            drawn = True
+            yield b
+        guard = self.loader.dataset
+        if not isinstance(guard, _Guarded):  # a user's loader: its items are not guarded
+            return
+        data = guard.data  # the guard's record of bad items
+        if self.group is not None:  # a share: whether any process drew (asked once)
+            if data.agreed:
+                return
+            data.agreed = True
+            parts = self.group.gather((drawn, len(data.skipped), data.skipped_lines()[:1]))
+            drawn = any(p[0] for p in parts)
+            count, lines = sum(p[1] for p in parts), [x for p in parts for x in p[2]]
+        else:
+            count, lines = len(data.skipped), data.skipped_lines()
+        if not drawn and count:
+            raise DataError(f"none of the {count} images could be read ({lines[0]})")
+
+    def peek(self) -> Any:
+        """The first batch that has a readable item (None: none has); reads no further."""
+        return next(self._read(), None)
+
+    def _read(self) -> Iterator[Any]:
+        start = self.start
         for k, b in enumerate(_drawn(self.loader)):
             if b is None:
                 continue
-            drawn = True
             b = as_pair(b)  # a batch collated from dict items: {"pixel_values": ..., ...}
             x, y, idx = b if self.indexed else (b[0], b[1], None)
             if idx is None and self.positions is not None:
@@ -172,10 +213,6 @@ class Batches:
             if self.relabel is not None:
                 y = self.relabel(y)
             yield (x, y, idx) if self.with_index else (x, y)
-        data = getattr(self.loader.dataset, "data", None)  # the guard's record of bad items
-        if not drawn and data is not None and data.skipped:
-            lines = data.skipped_lines()
-            raise DataError(f"none of the {len(lines)} images could be read ({lines[0]})")
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -299,10 +336,19 @@ def resolve_data(
         ds = lens.dataset(given.dataset, split=split)  # matched by class names; relabelled as drawn
     else:  # a loader over a plain list of pairs
         ds = given.dataset
-    if limit is not None and limit < len(ds):  # type: ignore[arg-type]
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError:  # a stream (an IterableDataset without __len__)
+        raise DataError(
+            f"the data for {what} has no length ({type(ds).__name__} is a stream without "
+            "__len__): give it __len__ (its number of images) or pass a map-style Dataset "
+            "(__getitem__ and __len__)"
+        ) from None
+    if limit is not None and limit < n:
         given = None  # a cut DataLoader: its dataset's first items, in our batches
         ds = first_items(ds, int(limit))
-    if len(ds) == 0:  # type: ignore[arg-type]
+        n = len(ds)  # type: ignore[arg-type]
+    if n == 0:
         raise DataError(f"the data for {what} is empty ({source})")
     label_source = getattr(ds, "label_source", None) or getattr(
         getattr(ds, "dataset", None), "label_source", None

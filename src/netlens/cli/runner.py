@@ -133,11 +133,13 @@ def run_analyzer(
 @contextmanager
 def said_once(group: Group) -> Iterator[None]:
     """In a distributed run, the first failure is said once, by its rank: ``rank R: cause``;
-    ranks that stop because of it leave silently with status 1."""
+    ranks that stop because of it leave silently with status 1, and a rank that lost contact
+    with no line to say (another died without a word) with status ``EXIT_LOST``, so that the
+    launcher names the rank that died."""
     if group.world == 1:
         yield
         return
-    from ..distributed import DistributedError
+    from ..distributed import EXIT_LOST, DistributedError, LostContact
 
     try:
         yield
@@ -146,7 +148,7 @@ def said_once(group: Group) -> Iterator[None]:
             raise
         if group.fail(exc):
             raise DistributedError(group.say(exc)) from exc
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_LOST if isinstance(exc, LostContact) else 1) from None
 
 
 @contextmanager

@@ -180,7 +180,9 @@ def train(
     quiet = common.quiet or common.json
     group, _ = join_from_env(device)  # under torchrun: one process of several
     with said_once(group):
-        result = run_training(arch, data, recipe=recipe, resume=resume, quiet=quiet, **options)
+        result = run_training(
+            arch, data, recipe=recipe, resume=resume, quiet=quiet, group=group, **options
+        )
     if not group.main:  # rank 0 reports
         return
     if common.json:

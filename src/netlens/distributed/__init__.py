@@ -13,6 +13,6 @@ See ``docs/scaling-out.md``.
 
 from __future__ import annotations
 
-from .group import DistributedError, Group, LostContact, RankFailed, describe
+from .group import EXIT_LOST, DistributedError, Group, LostContact, RankFailed, describe
 
-__all__ = ["DistributedError", "Group", "LostContact", "RankFailed", "describe"]
+__all__ = ["EXIT_LOST", "DistributedError", "Group", "LostContact", "RankFailed", "describe"]

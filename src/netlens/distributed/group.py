@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from ..errors import NetlensError
 
 __all__ = [
+    "EXIT_LOST",
     "DistributedError",
     "Group",
     "LostContact",
@@ -39,9 +40,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# the exit status of a rank that stopped because it lost contact with the others and has no
+# line to say (another rank died without a word): the launcher names the rank that died
+EXIT_LOST = 75
 FAILED = "netlens/failed"  # the store key holding the first failure's line
 _POLL_MAX = 0.05  # seconds between store checks while an exchange is pending
 _CHECK_EVERY = 0.5  # seconds between store checks from progress steps
+_LOWER_FIRST = 1.5  # seconds a failing rank > 0 leaves lower ranks to record their failure
 
 
 class DistributedError(NetlensError):
@@ -248,13 +253,24 @@ class Group:
             raise
 
     def _record(self, exc: BaseException) -> bool:
-        if isinstance(exc, RankFailed):
+        # SystemExit: the rank was stopped (exit_on_sigterm), not failed: it has no line, and
+        # the others, losing contact, leave the launcher to name it
+        if isinstance(exc, (RankFailed, SystemExit)):
             return False
-        if self._recorded() is not None:
-            return False
+        recorded = self._recorded()
+        if recorded is not None:  # this rank's own line (recorded by another Group of it) or not
+            return recorded == self.say(exc)
         if isinstance(exc, LostContact):  # under torchrun, the launcher names the dead rank
             return "TORCHELASTIC_RUN_ID" not in os.environ
         line = self.say(exc)
+        # an error every rank meets alike (a bad option) is said by the lowest rank: the others
+        # give the lower ranks a moment to record theirs first
+        deadline = time.monotonic() + (_LOWER_FIRST if self.rank else 0.0)
+        while time.monotonic() < deadline:
+            recorded = self._recorded()
+            if recorded is not None:
+                return recorded == line
+            time.sleep(_POLL_MAX)
         try:
             kept = self.store.compare_set(FAILED, "", line)
         except Exception:  # noqa: BLE001 - no store left: say it here

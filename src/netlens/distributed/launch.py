@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 
 from ..errors import NetlensError
+from .group import EXIT_LOST
 from .setup import in_torchrun
 
 __all__ = ["relaunch", "strip_flag"]
@@ -45,6 +48,7 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
             "--distributed inside torchrun: torchrun already started the processes; drop "
             "--distributed"
         )
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -54,7 +58,9 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
     os.environ.setdefault("NETLENS_THREADS", threads)
     os.environ.setdefault("OMP_NUM_THREADS", os.environ["NETLENS_THREADS"])
     _quiet_launcher()
+    logs = tempfile.mkdtemp(prefix="netlens-launch-")  # the launcher's folder, removed after
     config = LaunchConfig(
+        logs_specs=DefaultLogsSpecs(log_dir=logs),
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
@@ -71,16 +77,32 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
     except SignalException:  # Ctrl-C or a kill of the launcher: the workers were stopped
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
     return 0
 
 
 def _exit_status(failures: dict[int, object]) -> int:
-    """The run's status from the failed workers; names a worker that died without a word."""
+    """The run's status from the failed workers; names a worker that died without a word.
+
+    A worker that only lost contact with the others (status ``EXIT_LOST``) said nothing: the
+    worker that died (by a signal, SIGTERM included) is named instead.
+    """
     codes = {rank: _as_signal(int(getattr(f, "exitcode", 1))) for rank, f in failures.items()}
-    said = [c for c in codes.values() if c > 0]
+    said = [c for c in codes.values() if c > 0 and c != EXIT_LOST]
     if said:  # a worker said why (or reported skipped items, status 3): its status is the run's
         return 1 if 1 in said else max(said)
-    rank, code = min(codes.items(), key=lambda kv: (kv[1] == -signal.SIGTERM, kv[0]))
+    died = {rank: code for rank, code in codes.items() if code < 0}
+    if not died:
+        print(
+            "error: the processes lost contact with each other and the run was stopped; "
+            "nothing was written",
+            file=sys.stderr,
+        )
+        return 1
+    # the launcher lists failures as it finds them: the first is the worker that died, those
+    # after it the ones it then stopped itself (SIGTERM)
+    rank, code = next(iter(died.items()))
     name = _signal_name(-code)
     print(
         f"error: rank {rank} died ({name}) and the run was stopped; nothing was written"

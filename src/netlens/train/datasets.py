@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..data.items import item_name
@@ -35,12 +35,14 @@ if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
 __all__ = [
+    "EpochShuffle",
     "Guarded",
     "Splits",
     "Unreadable",
     "collate",
     "make_loader",
     "resolve_splits",
+    "set_epoch",
     "to_tensors",
 ]
 
@@ -245,6 +247,38 @@ def collate(batch: list[Any]) -> tuple[Any, Any, list[str]]:
     return x, y, bad
 
 
+class EpochShuffle(Sampler[int]):
+    """The order of ``n`` items in epoch :attr:`epoch`: a permutation drawn from
+    ``(seed, epoch)`` alone.
+
+    Nothing else draws from it (not the DataLoader's worker seeds, not an earlier epoch), so a
+    run resumed after epoch E shuffles epoch E+1 as the uninterrupted run does, whatever the
+    number of workers.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        rng = np.random.default_rng([self.seed & (2**64 - 1), self.epoch])
+        return iter(rng.permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Shuffle ``loader`` (from :func:`make_loader`, or cut per rank) for ``epoch``."""
+    part: Any = loader.batch_sampler
+    while part is not None and not hasattr(part, "set_epoch"):
+        part = getattr(part, "batches", None) or getattr(part, "sampler", None)
+    if part is not None:
+        part.set_epoch(epoch)
+
+
 def make_loader(
     ds: Dataset,
     batch_size: int,
@@ -258,17 +292,19 @@ def make_loader(
     """A DataLoader of ``(images, labels, unreadable)`` batches (see :func:`collate`); array
     datasets become tensors first (no workers needed for those).
 
+    ``shuffle``: each epoch's order comes from ``(seed, epoch)`` (:class:`EpochShuffle`; the
+    trainer calls :func:`set_epoch`); ``seed`` also seeds the workers' base seed, apart.
     ``drop_single``: leave out a last batch of one image (BatchNorm cannot train on it); other
     last batches are kept.
     """
     if isinstance(ds, ArrayDataset):
         ds, workers = to_tensors(ds), 0
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the workers' base seed only
     n = len(ds)  # type: ignore[arg-type]
     return DataLoader(
         Guarded(ds),
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochShuffle(n, seed) if shuffle else None,
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=workers > 0,

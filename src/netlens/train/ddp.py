@@ -10,7 +10,8 @@ single-process run up to floating-point reassociation of that sum — exactly so
 BatchNorm or with ``--sync-bn`` (batch statistics over the global batch, GPUs only); plain
 BatchNorm normalises each part with its own statistics, as DDP always does, and dropout draws
 differ per rank. A last batch smaller than the number of ranks cannot be split and is left out
-(every rank skips it).
+(every rank skips it); with BatchNorm trained per rank, a part must hold 2 images (the global
+batch must give every rank 2; a last batch that does not is left out).
 
 Validation and test scores are exact: every rank scores its contiguous share of the batches and
 the labels, predictions and loss terms are gathered in batch order (:func:`shared_loader`).
@@ -33,12 +34,13 @@ __all__ = ["RankBatches", "global_size", "rank_loader", "replicate", "shared_loa
 class RankBatches(Sampler[list[int]]):
     """This rank's contiguous part of each global batch of ``batches`` (see the module doc)."""
 
-    def __init__(self, batches: BatchSampler, group: Group) -> None:
-        self.batches, self.group = batches, group
+    def __init__(self, batches: BatchSampler, group: Group, least: int = 1) -> None:
+        self.batches, self.group, self.least = batches, group, least
 
     def __iter__(self) -> Any:
         for batch in self.batches:
-            if len(batch) >= self.group.world:  # a smaller last batch cannot be split
+            # a last batch that leaves a rank fewer than `least` images cannot be split
+            if len(batch) >= self.least * self.group.world:
                 yield list(self.group.share(batch))
 
     def __len__(self) -> int:
@@ -46,7 +48,7 @@ class RankBatches(Sampler[list[int]]):
         tail = n % size
         if self.batches.drop_last:  # the tail is not drawn at all
             return len(self.batches)
-        return len(self.batches) - (0 < tail < self.group.world)
+        return len(self.batches) - (0 < tail < self.least * self.group.world)
 
 
 def global_size(step: int, n: int, batch_size: int) -> int:
@@ -54,22 +56,38 @@ def global_size(step: int, n: int, batch_size: int) -> int:
     return min(batch_size, n - step * batch_size)
 
 
-def rank_loader(loader: DataLoader, group: Group) -> DataLoader:
-    """The shuffling training ``loader``, each global batch cut to this rank's part."""
+def rank_loader(loader: DataLoader, group: Group, batchnorm: bool = False) -> DataLoader:
+    """The shuffling training ``loader``, each global batch cut to this rank's part.
+
+    ``batchnorm``: the model trains BatchNorm on each rank's part, which needs 2 images or more
+    (as one process leaves out a last batch of one image): a ``--batch-size`` that gives a rank
+    one image is refused, and a last batch that would is left out.
+    """
     if group.world == 1:
         return loader
-    if (loader.batch_size or 0) < group.world:
+    size = loader.batch_size or 0
+    if size < group.world:
         raise NetlensError(
-            f"--batch-size {loader.batch_size} cannot be split over {group.world} processes; "
+            f"--batch-size {size} cannot be split over {group.world} processes; "
             "give at least one image per process (--batch-size is the global batch)"
+        )
+    if batchnorm and size < 2 * group.world:
+        raise NetlensError(
+            f"--batch-size {size} over {group.world} processes gives a process batches of one "
+            f"image, on which BatchNorm cannot train; give --batch-size {2 * group.world} or "
+            "more (--batch-size is the global batch)"
         )
     return DataLoader(
         loader.dataset,
-        batch_sampler=RankBatches(loader.batch_sampler, group),  # type: ignore[arg-type]
+        batch_sampler=RankBatches(  # type: ignore[arg-type]
+            loader.batch_sampler,  # type: ignore[arg-type]
+            group,
+            least=2 if batchnorm else 1,
+        ),
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
         persistent_workers=loader.persistent_workers,
-        generator=loader.generator,  # the same draws as one process: seed, then the shuffle
+        generator=loader.generator,  # the workers' base seed (the order is EpochShuffle's)
         collate_fn=loader.collate_fn,
     )
 

@@ -1,8 +1,9 @@
 """Resumable runs: the state written after every epoch to ``<out>.last.pt`` and read back.
 
-The state holds model, optimizer and schedule states, the RNG states of the data order and the
-augmentation, the history and the best epoch so far, so a resumed run continues exactly where
-the interrupted one stopped. It is read with ``torch.load(weights_only=True)``.
+The state holds model, optimizer and schedule states, the RNG states of the augmentation (and
+of the loader's worker seeds; an epoch's data order comes from the seed and the epoch), the
+history and the best epoch so far, so a resumed run continues exactly where the interrupted one
+stopped. It is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

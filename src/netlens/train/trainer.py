@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from ..data.items import item_name
 from ..distributed import Group
-from ..distributed.setup import join_from_env
+from ..distributed.setup import join_from_env, rank_device
 from ..errors import DataError, NetlensError
 from ..images import Preprocess
 from ..layout import takes_channels_last
@@ -45,7 +45,7 @@ from ..models.factory import (
 )
 from .augment import augment_batch
 from .config import TrainConfig
-from .datasets import _BAD_ITEM, Splits, make_loader, resolve_splits
+from .datasets import _BAD_ITEM, Splits, make_loader, resolve_splits, set_epoch
 from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
 from .evaluation import evaluate, logits
@@ -214,7 +214,7 @@ def setup(
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader, val_loader = _loaders(cfg, splits, group, dev)
+    train_loader, val_loader = _loaders(cfg, splits, group, dev, _trains_batchnorm(model, cfg))
     per_epoch = min(len(train_loader), cfg.max_batches or len(train_loader))
     opt, sched = make_optimizer(cfg, model, max(1, per_epoch * cfg.epochs))
     net = replicate(model, group, dev, cfg.sync_bn)
@@ -312,8 +312,19 @@ def _check_outputs(
     )
 
 
+def _trains_batchnorm(model: nn.Module, cfg: TrainConfig) -> bool:
+    """True when BatchNorm layers train on each process's part of the batch (not --sync-bn,
+    not frozen)."""
+    if cfg.sync_bn:
+        return False
+    bn = nn.modules.batchnorm._BatchNorm
+    return any(
+        isinstance(m, bn) and all(p.requires_grad for p in m.parameters()) for m in model.modules()
+    )
+
+
 def _loaders(
-    cfg: TrainConfig, splits: Splits, group: Group, dev: torch.device
+    cfg: TrainConfig, splits: Splits, group: Group, dev: torch.device, batchnorm: bool = False
 ) -> tuple[DataLoader, DataLoader]:
     """The training loader (this process's share of each global batch) and the validation one."""
     pin = dev.type == "cuda"
@@ -327,7 +338,7 @@ def _loaders(
         drop_single=True,  # BatchNorm cannot train on a last batch of one image
     )
     val = make_loader(splits.val, cfg.batch_size * 2, shuffle=False, workers=cfg.workers, pin=pin)
-    return rank_loader(train, group), val
+    return rank_loader(train, group, batchnorm), val
 
 
 def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
@@ -335,6 +346,7 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     s.net.train()
     set_frozen_eval(model, s.frozen)
     total = min(len(s.train_loader), cfg.max_batches or len(s.train_loader))
+    set_epoch(s.train_loader, epoch)  # the order of (seed, epoch): the same after a resume
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, loss=float("nan"))
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     images = len(s.splits.train)  # type: ignore[arg-type]
@@ -474,12 +486,16 @@ def _fit(
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **_train_epoch(s, epoch, progress)}
             val = _validate(s, s.val_loader)
+            if not val["n"]:  # no readable validation image: no scores (not 0)
+                val.update(dict.fromkeys(("accuracy", "precision", "recall", "f1", "loss")))
             row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
             row["lr"] = s.opt.param_groups[0]["lr"]
             state["elapsed"] += time.perf_counter() - t0
             state["history"].append(row)
             state["epoch"] = epoch
-            if state["best"] is None or val["accuracy"] > state["best"]["accuracy"]:
+            # no readable validation image: the last epoch is kept
+            unscored = state["best"] is None or None in (val["accuracy"], state["best"]["accuracy"])
+            if unscored or val["accuracy"] > state["best"]["accuracy"]:
                 state["best"] = {"epoch": epoch, **val}
                 state["best_state"] = {
                     k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()
@@ -499,12 +515,20 @@ def run(
     quiet: bool = False,
     command: str | None = None,
     console: Console | None = None,
+    group: Group | None = None,
 ) -> TrainResult:
-    """Train per ``cfg`` and write the best epoch's checkpoint to ``cfg.out`` (module doc)."""
+    """Train per ``cfg`` and write the best epoch's checkpoint to ``cfg.out`` (module doc).
+
+    ``group``: this process's place in a distributed run, when the caller has joined it already
+    (default: :func:`join_from_env`).
+    """
     from ..plugins.manager import PluginHost
 
     console = console or Console(stderr=True, highlight=False)
-    group, device = join_from_env(cfg.device)  # one process outside torchrun
+    if group is None:
+        group, device = join_from_env(cfg.device)  # one process outside torchrun
+    else:  # the caller's (the CLI's): one Group per process, so a failure is said once
+        device = rank_device(cfg.device, group.local_rank) if group.world > 1 else cfg.device
     with group.guard():  # a failing rank stops the others at their next exchange
         s = setup(cfg, host or PluginHost(), group, device)
         return _run(s, cfg, quiet=quiet or not group.main, command=command, console=console)
@@ -540,6 +564,8 @@ def _run(
     s.skipped = dict.fromkeys(s.group.union(s.skipped))  # every rank's
     if not quiet:
         console.print(epoch_table(state["history"], state["best"]["epoch"]))
+        if not state["best"]["n"]:
+            console.print("no validation image could be read: kept the last epoch")
         if test is not None:
             console.print(confusion_table(test["confusion"], s.splits.classes))
             console.print(
@@ -564,6 +590,7 @@ def train(
     recipe: str | None = None,
     quiet: bool = False,
     host: PluginHost | None = None,
+    group: Group | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train a model and save it as a netlens checkpoint.
@@ -573,6 +600,7 @@ def train(
         data: dataset name (``shapes``, ``fashion-mnist``, ``mnist5k``), image folder or CSV list.
         recipe: a zoo recipe name; its settings are the defaults, ``options`` override them.
         quiet: no progress bars or tables.
+        group: the distributed run's Group when the caller joined it (default: join it here).
         **options: any :class:`TrainConfig` field (epochs, batch_size, lr, out, device, ...).
 
     Example:
@@ -596,7 +624,7 @@ def train(
         )
     command = settings.pop("command", None)
     cfg = TrainConfig.from_dict(settings)
-    return run(cfg, host=host, quiet=quiet, command=command or _argv_command())
+    return run(cfg, host=host, quiet=quiet, command=command or _argv_command(), group=group)
 
 
 def _argv_command() -> str | None:

@@ -330,8 +330,12 @@ def run_ablations(
     start = getattr(loader, "first", 0)  # a share of the data: the number of its first batch
     batches = iter(loader)
     first = next(batches, None)
-    if first is None:
-        raise AnalyzerError("the data is empty")
+    if first is None:  # a distributed run's share with no batch: its (empty) outcomes still count
+        if not getattr(loader, "shared", False):
+            raise AnalyzerError("the data is empty")
+        for abl in ablations:
+            _run_group(engine, [abl], [], on_done, advance, metric, start)
+        return
     x0, y0 = first
     cache0 = engine.prefix(x0.to(device))
     keep = cache0.nbytes() * max(1, len(loader)) <= budget  # type: ignore[arg-type]

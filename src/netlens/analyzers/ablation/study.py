@@ -47,10 +47,11 @@ _ROWS_VERSION = 2  # bump when the row columns change: older row files are not r
 
 class _Pairs:
     """The run's batches as ``(x, labels or None)``, re-iterable, with their count (and, in a
-    distributed run, ``first``: the number of this share's first batch)."""
+    distributed run, ``first``: the number of this share's first batch; ``shared``: it is a
+    share, which may have no batch)."""
 
-    def __init__(self, batches: Any) -> None:
-        self.batches = batches
+    def __init__(self, batches: Any, shared: bool = False) -> None:
+        self.batches, self.shared = batches, shared
         self.batch_size = getattr(batches, "batch_size", None) or 1
         self.first = getattr(batches, "first", 0)
 
@@ -198,16 +199,24 @@ def _config(run: Run, metric: Metric, mode: str, units: list[Unit]) -> dict[str,
 
 
 def _first_batch(loader: _Pairs, run: Run) -> torch.Tensor:
-    if len(loader) == 0 and run.group.world > 1:
-        n = len(run.data)  # type: ignore[arg-type]
-        raise AnalyzerError(
-            f"{n} images make too few batches for {run.group.world} processes; use fewer "
-            "processes or a smaller --batch-size"
-        )
-    first = next(iter(loader), None)
-    if first is None:
+    """Up to 8 images of the first readable batch, which the task, the units and the traced
+    graph are checked on. In a distributed run a process whose share has none (fewer batches
+    than processes, or all its images unreadable) takes them from the first process that has
+    some, and still takes part in every exchange."""
+    peek = getattr(loader.batches, "peek", None)  # reads one batch, not the whole share
+    first = peek() if peek is not None else next(iter(loader), None)
+    x = None if first is None else first[0][:8]
+    group = run.group
+    if group.world > 1:
+        has = group.gather(x is not None)
+        if any(has) and not all(has):
+            src = has.index(True)
+            x = group.gather(x if group.rank == src else None)[src]
+    if x is None:
+        for _ in loader:  # a whole pass says which images could not be read (every process)
+            pass
         raise AnalyzerError("no image of the data could be read")
-    return first[0]
+    return x
 
 
 def _task_metric(run: Run, x: torch.Tensor, metric: Metric) -> tuple[str, Metric]:
@@ -264,7 +273,7 @@ def _rows(
 
 def _plan(run: Run) -> _Plan:
     metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
-    loader = _Pairs(run.data.loader(run.options.batch_size))  # type: ignore[union-attr]
+    loader = _Pairs(run.data.loader(run.options.batch_size), run.group.world > 1)  # type: ignore[union-attr]
     x = _first_batch(loader, run).to(device)
     task, metric = _task_metric(run, x[:1], metric)
     units, skipped = _units(run, x, mode)
