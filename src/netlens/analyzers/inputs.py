@@ -180,7 +180,8 @@ class Batches:
         if not isinstance(guard, _Guarded):  # a user's loader: its items are not guarded
             return
         data = guard.data  # the guard's record of bad items
-        if self.group is not None:  # a share: whether any process drew (asked once)
+        if self.group is not None and self.group.store is not None:  # a share of a joined
+            # run (not a plan of shares made without one): whether any process drew, asked once
             if data.agreed:
                 return
             data.agreed = True

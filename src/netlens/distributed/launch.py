@@ -100,9 +100,10 @@ def _exit_status(failures: dict[int, object]) -> int:
             file=sys.stderr,
         )
         return 1
-    # the launcher lists failures as it finds them: the first is the worker that died, those
-    # after it the ones it then stopped itself (SIGTERM)
-    rank, code = next(iter(died.items()))
+    # a worker killed by another signal (SIGKILL: out of memory) is the one that died; among
+    # SIGTERMs, the launcher lists first the worker that was stopped, then those it stopped
+    order = list(died.items())
+    rank, code = min(order, key=lambda kv: (kv[1] == -signal.SIGTERM, order.index(kv)))
     name = _signal_name(-code)
     print(
         f"error: rank {rank} died ({name}) and the run was stopped; nothing was written"
