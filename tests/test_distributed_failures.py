@@ -189,3 +189,25 @@ def test_a_batchnorm_model_needs_two_images_per_process() -> None:
     assert len(rank_loader(make_loader(data, 3, shuffle=True, workers=0, pin=False), rank1)) == 3
     loader = rank_loader(make_loader(data, 4, shuffle=True, workers=0, pin=False), rank1, True)
     assert [len(b[1]) for b in loader] == [2, 2] and len(loader) == 2  # the 1/1 tail left out
+
+
+def test_an_empty_test_split_scores_nothing(tmp_path: Path) -> None:
+    """A test split whose every image is unreadable reported accuracy 0.0 for n = 0."""
+    import shutil
+
+    from netlens.report import build_report
+
+    data = tmp_path / "split"
+    data.mkdir()
+    shutil.move(str(_shapes(tmp_path, 12)), data / "train")
+    name = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())[0]
+    (data / "test" / name).mkdir(parents=True)
+    (data / "test" / name / "bad.png").write_bytes(b"not a png")
+    result = netlens.train(
+        **SMALL, data=str(data), epochs=1, batch_size=4, workers=0, seed=1, quiet=True,
+        out=str(tmp_path / "m.pt"),
+    )  # fmt: skip
+    assert result.test["n"] == 0 and result.test["accuracy"] is None
+    assert result.test["f1"] is None
+    page = build_report(netlens.load(result.path), sections="card")  # the card reads the record
+    assert "test accuracy" not in page.html

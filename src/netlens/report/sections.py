@@ -63,7 +63,7 @@ def model_section(ctx: ReportInputs) -> Section:
         ("input", f"{pre.channels}×{_size(pre)}, mean {pre.mean}, std {pre.std}"),
         ("parameters", f"{params:,}"),
         ("trained on", c.get("data")),
-        ("test accuracy", f"{test['accuracy']:.2%}" if "accuracy" in test else None),
+        ("test accuracy", f"{test['accuracy']:.2%}" if test.get("accuracy") is not None else None),
         ("epochs", c.get("epochs")),
         ("trained with", c.get("command")),
         ("training device", c.get("device")),

@@ -561,12 +561,16 @@ def _run(
             pin=s.device.type == "cuda",
         )
         test = _validate(s, loader)
+        if not test["n"]:  # no readable test image: no scores (not 0), as for validation
+            test.update(dict.fromkeys(("accuracy", "precision", "recall", "f1", "loss")))
     s.skipped = dict.fromkeys(s.group.union(s.skipped))  # every rank's
     if not quiet:
         console.print(epoch_table(state["history"], state["best"]["epoch"]))
         if not state["best"]["n"]:
             console.print("no validation image could be read: kept the last epoch")
-        if test is not None:
+        if test is not None and not test["n"]:
+            console.print("no test image could be read: no test scores")
+        elif test is not None:
             console.print(confusion_table(test["confusion"], s.splits.classes))
             console.print(
                 f"test accuracy {test['accuracy']:.2%}  macro F1 {test['f1']:.3f} "
