@@ -238,8 +238,8 @@ def test_in_chans_1_trains_on_grayscale_images(tmp_path: Path, nets: Path) -> No
 
 def test_fixed_size_vits_are_built_for_the_image_size(tmp_path: Path) -> None:
     from netlens.plugins.manager import PluginHost
+    from netlens.train.build import arch_kwargs
     from netlens.train.datasets import resolve_splits
-    from netlens.train.trainer import arch_kwargs
 
     root = _folder(tmp_path / "d", {"": {"a": 5, "b": 5}})
     r = netlens.train(

@@ -51,6 +51,7 @@ __all__ = [
     "model_output",
     "probabilities",
     "resolve_targets",
+    "split_targets",
 ]
 
 TASKS = ("multiclass", "multilabel", "binary", "regression", "dense")
@@ -393,15 +394,21 @@ def _top(output: torch.Tensor, task: str, k: int) -> list[Target]:
     return [ClassTarget(idx[:, j]) for j in range(idx.shape[1])]
 
 
+def split_targets(spec: Any, names: Sequence[str] = ()) -> Any:
+    """``"3,cat"`` as one target per image, ``["3", "cat"]``; any other spec as it is, and so
+    is a class name with a comma (ImageNet's ``goldfish, Carassius auratus``)."""
+    if isinstance(spec, str) and "," in spec and spec.strip() not in names:
+        return [s.strip() for s in spec.split(",")]
+    return spec
+
+
 def _per_image(spec: Any, n: int, names: Sequence[str] = ()) -> list[Any]:
-    """One target per image: ``spec`` for all, or its comma-separated parts (unless the whole
-    text is a class name with a comma, as ImageNet's ``goldfish, Carassius auratus``)."""
+    """One target per image: ``spec`` for all, or its comma-separated parts."""
     if spec is None:
         return ["pred"] * n
     if isinstance(spec, (torch.Tensor, np.ndarray)):
         spec = spec.tolist()
-    if isinstance(spec, str) and "," in spec and spec.strip() not in names:
-        spec = [s.strip() for s in spec.split(",")]
+    spec = split_targets(spec, names)
     if isinstance(spec, Sequence) and not isinstance(spec, str):
         if len(spec) != n:
             raise TargetError(

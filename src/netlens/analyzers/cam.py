@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import AnalyzerError, NetlensError
 from ..layers import resolve_layers
-from ..targets import Target, resolve_targets
+from ..targets import Target, resolve_targets, split_targets
 from .base import Analyzer, Run
 from .cam_base import (
     CamContext,
@@ -203,8 +203,7 @@ def _per_image(target: Any, n: int, names: Any = ()) -> Callable[[int, int], Any
         return lambda start, stop: _Shifted(target, start)
     if isinstance(target, (torch.Tensor, np.ndarray)):
         target = target.tolist()
-    if isinstance(target, str) and "," in target and target.strip() not in names:
-        target = [t.strip() for t in target.split(",")]
+    target = split_targets(target, names)
     if isinstance(target, (list, tuple)):
         if len(target) != n:
             raise NetlensError(

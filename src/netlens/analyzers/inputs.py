@@ -24,8 +24,8 @@ from torch.utils.data import (
 )
 from torch.utils.data._utils.collate import default_collate
 
-from ..data.items import as_pair, hub_rows, item_name
-from ..errors import DataError, NetlensError
+from ..data.items import BAD_ITEM, as_pair, hub_rows, item_name
+from ..errors import DataError
 
 if TYPE_CHECKING:
     from ..distributed import Group
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from ..lens import Lens
 
 __all__ = ["Data", "resolve_data", "resolve_images"]
-
-_BAD_ITEM = (NetlensError, OSError, ValueError)
 
 
 def resolve_images(lens: Lens, inputs: Any, *, strict: bool = False) -> Batch:
@@ -290,7 +288,7 @@ class _Guarded(Dataset):
         try:
             x, y = self.inner[i][:2]
             return x, y, i
-        except _BAD_ITEM as exc:
+        except BAD_ITEM as exc:
             if self.data.strict:
                 raise
             self.data.skipped[i] = f"{item_name(self.inner, i)}: {exc}"

@@ -15,9 +15,10 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError
+from ..errors import DataError, NetlensError
 
 __all__ = [
+    "BAD_ITEM",
     "IMAGE_KEYS",
     "LABEL_KEYS",
     "as_pair",
@@ -27,6 +28,8 @@ __all__ = [
     "pair_keys",
 ]
 
+# what reading one item of a dataset raises when its image cannot be read (skipped, reported)
+BAD_ITEM = (NetlensError, OSError, ValueError)
 IMAGE_KEYS = ("pixel_values", "image", "img", "images", "input", "inputs", "x")
 LABEL_KEYS = ("labels", "label", "target", "targets", "y", "class", "category")
 

@@ -26,7 +26,14 @@ from ..errors import ModelLoadError, hint
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
-__all__ = ["aux_heads", "check_arch", "create_arch", "head_num_classes", "parse_user_arch"]
+__all__ = [
+    "arch_accepts",
+    "aux_heads",
+    "check_arch",
+    "create_arch",
+    "head_num_classes",
+    "parse_user_arch",
+]
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -291,6 +298,13 @@ def _call_user(
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{name} returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def arch_accepts(name: str, arg: str) -> bool:
+    """Whether the user architecture ``name`` (``file.py:Class``, ``package.module:factory``)
+    takes the keyword ``arg``; False for any other name."""
+    user = parse_user_arch(name)
+    return user is not None and _accepts(_user_factory(*user), arg)
 
 
 def _accepts(factory: Callable[..., Any], arg: str) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..data.items import item_source
 from ..errors import NetlensError
 from .repro import Invocation
 
@@ -158,17 +159,10 @@ def _flat(images: Any) -> list[Any]:
     return flat
 
 
-def _files(ds: Any) -> list[Path] | None:
+def _files(ds: Any) -> list[str] | None:
     """The image files of a folder or CSV dataset (never read), else None."""
-    while ds is not None:
-        items = getattr(ds, "items", None)
-        if isinstance(items, list) and items and isinstance(items[0], tuple):
-            return [Path(p) for p, _ in items]
-        files = getattr(ds, "files", None)
-        if isinstance(files, list) and files and isinstance(files[0], (str, Path)):
-            return [Path(p) for p in files]
-        ds = getattr(ds, "dataset", None)
-    return None
+    files = [item_source(ds, i) for i in range(len(ds))]
+    return None if not files or None in files else files  # type: ignore[return-value]
 
 
 def _labels(ds: Any) -> list[int] | None:

@@ -26,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..data.items import item_name
+from ..data.items import BAD_ITEM, item_name
 from ..data.resolve import ArrayDataset, ImageFolderDataset
-from ..errors import DataError, NetlensError
+from ..errors import DataError
 from ..images import Preprocess, is_hidden, list_images
 
 if TYPE_CHECKING:
@@ -215,9 +215,6 @@ class Unreadable:
     line: str
 
 
-_BAD_ITEM = (NetlensError, OSError, ValueError)
-
-
 class Guarded(Dataset):
     """``dataset`` with its unreadable items given back as :class:`Unreadable`, not raised
     (a DataLoader worker's exception would come back as a traceback)."""
@@ -231,7 +228,7 @@ class Guarded(Dataset):
     def __getitem__(self, i: int) -> Any:
         try:
             item = self.dataset[i]
-        except _BAD_ITEM as exc:
+        except BAD_ITEM as exc:
             return Unreadable(f"{item_name(self.dataset, i)}: {' '.join(str(exc).split())}")
         return item[0], item[1]
 

@@ -28,24 +28,17 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.items import item_name
 from ..distributed import Group
 from ..distributed.setup import join_from_env, rank_device
 from ..errors import DataError, NetlensError
 from ..images import Preprocess
 from ..layout import takes_channels_last
 from ..models.checkpoint import make_checkpoint, write_checkpoint
-from ..models.factory import (
-    _accepts,
-    _user_factory,
-    check_arch,
-    create_arch,
-    import_timm,
-    parse_user_arch,
-)
+from ..models.factory import check_arch
 from .augment import augment_batch
+from .build import arch_kwargs, first_two, model_to_train
 from .config import TrainConfig
-from .datasets import _BAD_ITEM, Splits, make_loader, resolve_splits, set_epoch
+from .datasets import Splits, make_loader, resolve_splits, set_epoch
 from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
 from .evaluation import evaluate, logits
@@ -53,12 +46,6 @@ from .optim import make_optimizer
 from .report import confusion_table, epoch_progress, epoch_table, format_row
 from .resume import last_path, load_state, save_state
 from .transfer import (
-    call_order,
-    count_params,
-    freeze,
-    inherited_arch_kwargs,
-    init_from,
-    load_init,
     set_frozen_eval,
 )
 
@@ -133,59 +120,6 @@ class Session:
         return len(self.splits.classes)
 
 
-def build_model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> nn.Module:
-    """A fresh model of ``cfg.arch`` for the data's classes, channels and image size."""
-    kwargs = arch_kwargs(cfg, splits, host)
-    try:
-        return create_arch(cfg.arch, kwargs.pop("num_classes"), host, **kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
-        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise NetlensError(
-            f"--arch {cfg.arch} cannot be built with {args}: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())}; check --arch-opt and --img-size"
-        ) from None
-
-
-# torchvision models whose auxiliary heads make training-mode outputs tuples: built without
-# them, initialised as torchvision initialises them, and fed inputs as given (weights=None)
-_TV_NO_AUX = {"aux_logits": False, "init_weights": True, "transform_input": False}
-
-
-def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str, Any]:
-    """The architecture's keyword arguments, as stored in the checkpoint."""
-    kwargs = {**cfg.arch_kwargs, "num_classes": len(splits.classes)}
-    channels, size = splits.preprocess.channels, splits.preprocess.size
-    if cfg.arch in host.archs:
-        kwargs.setdefault("in_chans", channels)
-        kwargs.setdefault("img_size", size[0])
-    elif cfg.arch.startswith("tv:"):
-        name = cfg.arch[3:]
-        if name in ("googlenet", "inception_v3"):
-            kwargs = {**_TV_NO_AUX, **kwargs}
-        if name.startswith("vit_") and size and size[0] == size[1] and size[0] != 224:
-            kwargs.setdefault("image_size", size[0])  # torchvision's ViTs take 224 by default
-    elif parse_user_arch(cfg.arch) is not None:
-        if _accepts(_user_factory(*parse_user_arch(cfg.arch)), "in_chans"):  # type: ignore[misc]
-            kwargs.setdefault("in_chans", channels)
-    else:
-        kwargs.setdefault("in_chans", channels)
-        fixed = _timm_fixed_size(cfg.arch)
-        if fixed is not None and size and tuple(size) != fixed:  # a ViT of one input size
-            kwargs.setdefault("img_size", size[0] if size[0] == size[1] else list(size))
-    return kwargs
-
-
-def _timm_fixed_size(name: str) -> tuple[int, int] | None:
-    """The input size a timm model is built for, when it takes no other (ViTs, Swin)."""
-    try:
-        cfg = import_timm().models.get_pretrained_cfg(name.removeprefix("timm:"))
-    except Exception:  # noqa: BLE001 - no pretrained config: nothing known about its size
-        return None
-    if cfg is None or not getattr(cfg, "fixed_input_size", False):
-        return None
-    return tuple(cfg.input_size[1:])  # type: ignore[return-value]
-
-
 def setup(
     cfg: TrainConfig, host: PluginHost, group: Group | None = None, device: str | None = None
 ) -> Session:
@@ -206,8 +140,8 @@ def setup(
     splits = resolve_splits(
         cfg.data, host, preprocess=pre, seed=cfg.seed, channels=1 if gray else None
     )
-    sample = _first_two(splits)
-    cfg, model, frozen, params, notes = _model(cfg, splits, host, sample)
+    sample = first_two(splits)
+    cfg, model, frozen, params, notes = model_to_train(cfg, splits, host, sample)
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     # channels-last only for a model that runs on it (a hand-written .view() does not)
     channels_last = conv and dev.type in ("cuda", "cpu") and takes_channels_last(model, sample)
@@ -236,79 +170,6 @@ def setup(
         channels_last,
         group,
         net,
-    )
-
-
-def _first_two(splits: Splits) -> torch.Tensor:
-    """The first two readable training images as one batch, as the model gets them."""
-    images, bad = [], []
-    for i in range(len(splits.train)):  # type: ignore[arg-type]
-        if len(images) == 2 or len(bad) == 20:
-            break
-        try:
-            images.append(torch.as_tensor(splits.train[i][0]))
-        except _BAD_ITEM as exc:
-            bad.append(f"{item_name(splits.train, i)}: {exc}")
-    if not images and bad:
-        raise DataError(f"the first {len(bad)} training images cannot be read ({bad[0]})")
-    if not images:
-        return torch.empty(0)  # nothing to try it on
-    return torch.stack(images)
-
-
-def _model(
-    cfg: TrainConfig, splits: Splits, host: PluginHost, sample: torch.Tensor
-) -> tuple[Any, ...]:
-    """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
-    init = load_init(cfg.init, host) if cfg.init else None
-    if init is not None and not cfg.arch_kwargs:
-        cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
-    model = build_model(cfg, splits, host)
-    order = _check_outputs(cfg, model, splits, sample)
-    notes = []
-    if init is not None:
-        copied, skipped = init_from(model, init, str(cfg.init))
-        notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
-    frozen = freeze(model, cfg.freeze, order)
-    params = count_params(model)
-    notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
-    return cfg, model, frozen, params, notes
-
-
-def _check_outputs(
-    cfg: TrainConfig, model: nn.Module, splits: Splits, sample: torch.Tensor
-) -> list[str] | None:
-    """Run the fresh model once on ``sample`` (eval mode, no gradients): it must give one score
-    per class per image. Returns the modules that own parameters in the order they ran (the
-    last is the head, for ``--freeze backbone``); None when there was no sample."""
-    if sample.dim() != 4:
-        return None
-    try:
-        out, order = call_order(model, sample)
-    except Exception as exc:  # noqa: BLE001 - any failure, as one line, before training
-        shape = "×".join(map(str, sample.shape[1:]))
-        raise NetlensError(
-            f"--arch {cfg.arch} cannot run on {shape} images (channels×height×width): "
-            f"{type(exc).__name__}: {' '.join(str(exc).split())}; check --img-size and --arch-opt"
-        ) from None
-    out, k = logits(out), len(splits.classes)
-    if not isinstance(out, torch.Tensor):
-        raise NetlensError(
-            f"--arch {cfg.arch} returns a {type(out).__name__}, not a tensor of class scores; "
-            "make its forward() return the logits"
-        )
-    if out.dim() == 2 and out.shape[1] == k:
-        return order
-    width = int(out.shape[1]) if out.dim() == 2 else "×".join(map(str, out.shape[1:]))
-    if width == 1 and k == 2:
-        raise NetlensError(
-            f"--arch {cfg.arch} gives 1 output per image (a single-logit binary head); netlens "
-            "trains with cross-entropy over the 2 classes: give it 2 outputs (num_classes=2)"
-        )
-    raise NetlensError(
-        f"--arch {cfg.arch} gives {width} outputs per image but the data has {k} classes "
-        f"({', '.join(splits.classes[:5])}{', ...' if k > 5 else ''}); build it with {k} "
-        "outputs (a num_classes argument, which netlens passes)"
     )
 
 
