@@ -99,7 +99,8 @@ def histograms_figure(
         outside = float(rest[0]) if rest else 0.0
         if outside > 0:  # bins come from the first batch: say what lies beyond them
             ax.text(
-                0.98, 0.94, f"{outside:.1%} outside", transform=ax.transAxes,
+                0.98, 0.94, f"{outside:.1%} outside" if outside >= 5e-4 else "<0.1% outside",
+                transform=ax.transAxes,
                 ha="right", va="top", fontsize=7, color="#d62728",
             )  # fmt: skip
         ax.axvline(mean, color="#d62728", lw=1)
