@@ -211,3 +211,41 @@ def test_an_empty_test_split_scores_nothing(tmp_path: Path) -> None:
     assert result.test["f1"] is None
     page = build_report(netlens.load(result.path), sections="card")  # the card reads the record
     assert "test accuracy" not in page.html
+
+
+def test_a_job_goes_on_clean_after_a_failed_run(monkeypatch) -> None:
+    """A torchrun script that catches a failed run and starts another: the second run's ranks
+    must not read the first run's failure (nor its exchange counts) from the job's store."""
+    import threading
+
+    from netlens.distributed import Group, RankFailed
+    from netlens.distributed import group as group_module
+
+    monkeypatch.setattr(group_module, "_RUNS", {}, raising=False)
+    store = _Store()
+    ranks = [Group(0, 2, store=store), Group(1, 2, store=store)]
+    seen: dict[tuple[int, int], str] = {}
+
+    def runs(g: Group) -> None:
+        try:
+            with g.guard():  # run 1: every rank meets the same bad option
+                raise DataError("the selector matched 2 layers")
+        except (DataError, RankFailed) as exc:  # rank 1: rank 0's line (the lower one says it)
+            seen[g.rank, 1] = f"{type(exc).__name__}: {exc}"
+        try:
+            with g.guard():  # run 2: fine on every rank
+                g._checked = 0.0
+                g.check()
+            seen[g.rank, 2] = "ok"
+        except RankFailed as exc:
+            seen[g.rank, 2] = f"RankFailed: {exc}"
+
+    threads = [threading.Thread(target=runs, args=(g,)) for g in ranks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen[1, 1] == "RankFailed: rank 0: the selector matched 2 layers", seen
+    assert seen[0, 2] == seen[1, 2] == "ok", seen
+    assert store.kv["netlens/run1/failed"].decode().startswith("rank 0: ")
+    assert ranks[0].fail(DataError("x")) and not ranks[1].fail(DataError("x"))  # run 2's own

@@ -11,8 +11,11 @@ Ranks hold contiguous shares (:meth:`Group.share`), so an analyzer that folds th
 partials in that order repeats the single-process computation operation for operation.
 
 Failures never hang a job. A rank whose work raises records ``"rank R: cause"`` in the job's
-key-value store (:meth:`Group.fail`; the first failure wins); the other ranks see it at their next
-exchange or progress step (:meth:`Group.check`) and stop with :class:`RankFailed`. An exchange
+key-value store (:meth:`Group.fail`; the first failure of a run wins); the other ranks see it at
+their next exchange or progress step (:meth:`Group.check`) and stop with :class:`RankFailed`.
+Each run (each outermost :meth:`Group.guard`) keeps its records under keys of its own, numbered
+alike on every rank (all ranks make the same runs in the same order, as their exchanges must
+match), so a job that goes on after a failed run starts its next run clean. An exchange
 that gets no answer within the timeout (``NETLENS_DIST_TIMEOUT`` seconds, default 600) stops with
 one line naming the ranks that did not arrive.
 """
@@ -43,10 +46,10 @@ T = TypeVar("T")
 # the exit status of a rank that stopped because it lost contact with the others and has no
 # line to say (another rank died without a word): the launcher names the rank that died
 EXIT_LOST = 75
-FAILED = "netlens/failed"  # the store key holding the first failure's line
 _POLL_MAX = 0.05  # seconds between store checks while an exchange is pending
 _CHECK_EVERY = 0.5  # seconds between store checks from progress steps
 _LOWER_FIRST = 1.5  # seconds a failing rank > 0 leaves lower ranks to record their failure
+_RUNS: dict[int, int] = {}  # runs begun in this process, by rank (one rank per process in a job)
 
 
 class DistributedError(NetlensError):
@@ -107,6 +110,8 @@ class Group:
     _exchanges: int = field(default=0, repr=False)
     _checked: float = field(default=0.0, repr=False)
     _outcome: bool | None = field(default=None, repr=False)
+    _run: int = field(default=0, repr=False)  # the run whose keys this Group reads and writes
+    _depth: int = field(default=0, repr=False)
 
     @classmethod
     def join(cls, timeout: float | None = None) -> Group:
@@ -163,7 +168,7 @@ class Group:
         import torch
 
         self._exchanges += 1
-        self._store_op(lambda s: s.set(f"netlens/at/{self.rank}", str(self._exchanges)))
+        self._store_op(lambda s: s.set(self._key(f"at/{self.rank}"), str(self._exchanges)))
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         sizes = self._all_gather(torch.tensor([len(data)], dtype=torch.long))
         longest = int(max(int(s) for s in sizes))
@@ -241,6 +246,9 @@ class Group:
         """Record a failure inside the block (:meth:`fail`) before it propagates; an error that
         follows another rank's failure (a collective torn down under it) becomes that rank's
         :class:`RankFailed`."""
+        if self.world > 1 and self._depth == 0:
+            self._begin_run()
+        self._depth += 1
         try:
             yield
         except BaseException as exc:
@@ -251,6 +259,17 @@ class Group:
                 if line is not None:
                     raise RankFailed(line) from exc
             raise
+        finally:
+            self._depth -= 1
+
+    def _begin_run(self) -> None:
+        # a new run of this process (its n-th on this rank, as on every other rank): keys of its
+        # own, so an earlier run's failure or exchange count is not read as this one's
+        _RUNS[self.rank] = self._run = _RUNS.get(self.rank, 0) + 1
+        self._outcome, self._exchanges, self._checked = None, 0, 0.0
+
+    def _key(self, name: str) -> str:
+        return f"netlens/{name}" if self._run == 0 else f"netlens/run{self._run}/{name}"
 
     def _record(self, exc: BaseException) -> bool:
         # SystemExit: the rank was stopped (exit_on_sigterm), not failed: it has no line, and
@@ -272,16 +291,17 @@ class Group:
                 return recorded == line
             time.sleep(_POLL_MAX)
         try:
-            kept = self.store.compare_set(FAILED, "", line)
+            kept = self.store.compare_set(self._key("failed"), "", line)
         except Exception:  # noqa: BLE001 - no store left: say it here
             return True
         return bytes(kept).decode("utf-8", "replace") == line
 
     def _recorded(self) -> str | None:
         try:
-            if self.store is None or not self.store.check([FAILED]):
+            key = self._key("failed")
+            if self.store is None or not self.store.check([key]):
                 return None
-            return bytes(self.store.get(FAILED)).decode("utf-8", "replace")
+            return bytes(self.store.get(key)).decode("utf-8", "replace")
         except Exception:  # noqa: BLE001 - the store went away with the job
             return None
 
@@ -304,7 +324,7 @@ class Group:
     def _late_message(self) -> str:
         behind = []
         for r in range(self.world):
-            at = self._store_op(lambda s, r=r: _int(s, f"netlens/at/{r}"))
+            at = self._store_op(lambda s, r=r: _int(s, self._key(f"at/{r}")))
             if at is not None and at < self._exchanges:
                 behind.append(f"rank {r} (at exchange {at})")
         who = ", ".join(behind) or "another rank"
