@@ -313,3 +313,31 @@ def test_a_sigmoid_bounded_regression_keeps_its_values(photos):
         p = model(lens.preprocess(files))
     assert torch.allclose(lens.predict(files), p, atol=1e-6)
     assert torch.allclose(lens.output(lens.preprocess(files)), p)
+
+
+class SqueezeSig(nn.Module):
+    """A multi-label model ending in ``nn.Sigmoid`` that cannot take one image: ``squeeze()``
+    before a ``BatchNorm1d`` (fine for batches of two and more)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.bn, self.fc, self.sig = nn.BatchNorm1d(8), nn.Linear(8, 4), nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x).mean((2, 3)).squeeze()
+        return self.sig(self.fc(self.bn(x)))
+
+
+def test_a_sigmoid_model_that_needs_two_images_keeps_its_probabilities():
+    torch.manual_seed(0)
+    model = SqueezeSig().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        p = model(x)
+    lens = netlens.load(model, classes=["a", "b", "c", "d"])
+    cam = lens.cam(x, target="a", layer="features.1")
+    assert cam.meta["task"] == "multilabel"
+    assert torch.allclose(lens.probabilities(lens.output(x)), p, atol=1e-5)
+    for i, row in enumerate(cam.rows()):
+        assert row["probability"] == pytest.approx(float(p[i, 0]), abs=1e-5)

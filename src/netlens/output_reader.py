@@ -79,17 +79,23 @@ def is_binary_dense(t: torch.Tensor) -> bool:
 
 def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = None) -> bool:
     """Whether the tensor to explain is a sigmoid's output: one forward of ``x[:1]`` with
-    autograd (in eval mode; train/eval flags restored). False when that forward fails (the
-    analyses report the model's own error)."""
+    autograd (in eval mode; train/eval flags restored), or of two images when the model
+    cannot take one (``x.squeeze()`` before a ``BatchNorm1d``). False when that forward fails
+    too (the analyses report the model's own error)."""
     from .layers import eval_mode
 
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
-            probe = x[:1].detach().clone()
-            if probe.is_floating_point():
-                probe.requires_grad_(True)
-            fn = model_output(model(probe), key).grad_fn
-    except Exception:  # noqa: BLE001 - not this check's to report
+    fn = None
+    for n in (1, 2):
+        try:
+            with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
+                probe = (x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)).detach().clone()
+                if probe.is_floating_point():
+                    probe.requires_grad_(True)
+                fn = model_output(model(probe), key).grad_fn
+            break
+        except Exception:  # noqa: BLE001 - not this check's to report
+            continue
+    else:
         return False
     while fn is not None and type(fn).__name__ in _VIEWS and fn.next_functions:
         fn = fn.next_functions[0][0]
