@@ -212,3 +212,19 @@ def test_ablationcam_is_the_definition_also_with_skips_across_the_layer(mode: st
     ref = torch.relu((w[:, :, None, None] * a).sum(1)).numpy()
     lo, hi = ref.min(axis=(1, 2), keepdims=True), ref.max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(r.heatmaps, (ref - lo) / (hi - lo), atol=1e-5)
+
+
+def test_a_call_from_inside_inference_mode_gets_its_gradients():
+    """A notebook cell or an eval function under ``torch.inference_mode()``: the gradient maps
+    are those of a plain call (not "no gradient flows"), and so are evaluate's scores."""
+    import torchvision
+
+    torch.manual_seed(0)
+    lens = netlens.load(torchvision.models.resnet18(num_classes=3).eval(), classes=list("abc"))
+    x = torch.rand(2, 3, 64, 64)
+    for method in ("gradcam", "layercam"):
+        plain = lens.cam(x, method=method, target="a").heatmaps
+        with torch.inference_mode():
+            inside = lens.cam(x, method=method, target="a").heatmaps
+        assert np.allclose(inside, plain, atol=1e-6), method
+    assert not torch.is_inference_mode_enabled()

@@ -286,6 +286,8 @@ class Analyzer(ABC):
                 the combined result. None: this process alone.
             **options: the analyzer's declared options.
         """
+        import torch
+
         from ..distributed.sinks import for_rank
         from ..layers import eval_mode
         from ..progress import auto_progress
@@ -296,7 +298,9 @@ class Analyzer(ABC):
         opts = parse_options(self.name, self.declared_options(), options)
         sinks = for_rank(auto_progress(progress), storage or MemoryStorage(), group)
         run = Run(lens, opts, *sinks, group=group, started=now())
-        with group.guard():  # a failure here stops the other ranks at their next exchange
+        # a call from inside torch.inference_mode() (a notebook cell, an eval function) still
+        # gets its gradients: the analyzers choose inference mode themselves where it is exact
+        with group.guard(), torch.inference_mode(False):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
             with eval_mode(lens.model):
