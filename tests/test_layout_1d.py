@@ -108,6 +108,19 @@ def test_a_dynamic_size_vit_reads_its_grid_from_the_input() -> None:
     torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_auto_picks_the_last_block_of_a_dynamic_size_vit_on_a_non_square_input() -> None:
+    """96×160 at patch 16 is 6×10 patches and a class token: 61 tokens, which no square grid
+    takes; the blocks are a patch grid all the same, not the patch embedding before them."""
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=3, dynamic_img_size=True, depth=2
+    ).eval()
+    x = torch.randn(1, 3, 96, 160)
+    cam = netlens.load(vit, size=(96, 160)).cam(x, target=0)
+    assert cam.layer == "blocks.1.norm1"
+    assert cam.heatmaps.shape[-2:] == (96, 160)
+
+
 class SharedMixed(nn.Module):
     """One GELU module run on a conv map (N×C×H×W) and inside a channels-last MLP (N×H×W×3C)."""
 

@@ -191,10 +191,12 @@ def _spatial(
     )
 
 
-def is_spatial(t: torch.Tensor, model: nn.Module, layer: str = "") -> bool:
-    """True when :func:`to_spatial` gives a map larger than 1×1."""
+def is_spatial(
+    t: torch.Tensor, model: nn.Module, layer: str = "", hw: Sequence[int] | None = None
+) -> bool:
+    """True when :func:`to_spatial` gives a map larger than 1×1 (``hw``: the input's size)."""
     try:
-        s = to_spatial(t, model, layer)
+        s = to_spatial(t, model, layer, hw=hw)
     except AnalyzerError:
         return False
     return s.shape[-1] * s.shape[-2] > 1

@@ -394,7 +394,8 @@ def auto_layer(
     allowed = _dense_feature_slots(model, x, returned, output)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c)]
-    grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model, c.name)]
+    hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
+    grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model, c.name, hw)]
     blocks = _repeated_blocks(model)
     tokens = [(i, c) for i, c in grids if c.name in blocks] or grids
     if not spatial and not tokens:  # e.g. a CNN wrapped in a module fed 3-D spectrograms
@@ -430,14 +431,16 @@ def _dense_feature_slots(
     return set(feature_slots(traced, out, output) or ())
 
 
-def _is_token_grid(out: Any, model: nn.Module, name: str = "") -> bool:
+def _is_token_grid(
+    out: Any, model: nn.Module, name: str = "", hw: Sequence[int] | None = None
+) -> bool:
     """A 3-D token output that reshapes to a patch grid larger than 1×1 (not a Conv1d's or a
-    pooling's N×C×L)."""
+    pooling's N×C×L), for an input of size ``hw`` (a ViT with ``dynamic_img_size``)."""
     if not isinstance(out, torch.Tensor) or out.dim() != 3:
         return False
     from .activations import is_spatial
 
-    return is_spatial(out, model, name)
+    return is_spatial(out, model, name, hw)
 
 
 def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[LayerInfo]:
