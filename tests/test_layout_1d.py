@@ -121,6 +121,23 @@ def test_auto_picks_the_last_block_of_a_dynamic_size_vit_on_a_non_square_input()
     assert cam.heatmaps.shape[-2:] == (96, 160)
 
 
+def test_hiera_stages_are_read_in_place_not_in_mask_unit_order() -> None:
+    """timm Hiera keeps the tokens of every stage but the last in mask-unit order: a block's
+    maps are its tokens put back by the model's own reroll (timm's forward_intermediates), and
+    so are a layer's inside a block (norm1 of a stage's first block sees the stage before)."""
+    torch.manual_seed(0)
+    hiera = timm.create_model("hiera_tiny_224", pretrained=False, num_classes=3).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ends = hiera.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        norm1 = hiera.blocks[1].norm1(ends[0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    lens = netlens.load(hiera)
+    for layer, want in (("blocks.0", ends[0]), ("blocks.2", ends[1]), ("blocks.1.norm1", norm1)):
+        feats = lens.run("features", x, layer=layer, channels="0,5,7")
+        got = torch.as_tensor(feats.arrays[f"{layer}:maps"][0])
+        torch.testing.assert_close(got, want[0, [0, 5, 7]].float(), rtol=1e-4, atol=1e-5)
+
+
 class SharedMixed(nn.Module):
     """One GELU module run on a conv map (N×C×H×W) and inside a channels-last MLP (N×H×W×3C)."""
 

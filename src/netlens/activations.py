@@ -1,10 +1,11 @@
 """Bring layer activations into N×C×H×W form, whatever the architecture.
 
 CNN layers already are. timm ViT blocks give N×L×D tokens: prefix tokens (class, register,
-distillation) are dropped and the rest reshaped to the patch grid. timm Swin / ConvNeXt-style
-stages that keep channels last (N×H×W×C) are permuted, and so are the layers of torchvision's
-Swin and ConvNeXt blocks that its ``Permute`` modules put channels last. Models needing
-something else can set ``model.netlens_reshape = fn(tensor, layer_name) -> N×C×H×W``.
+distillation) are dropped and the rest reshaped to the patch grid; timm Hiera's, which its
+stages keep in mask-unit order, are put back in place by the model's own ``reroll``. timm Swin /
+ConvNeXt-style stages that keep channels last (N×H×W×C) are permuted, and so are the layers of
+torchvision's Swin and ConvNeXt blocks that its ``Permute`` modules put channels last. Models
+needing something else can set ``model.netlens_reshape = fn(tensor, layer_name) -> N×C×H×W``.
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ def _spatial(
                 f"or pooling's output, {tuple(t.shape)}), not tokens of a patch grid; pick a "
                 "layer with a 2-d map (see `netlens layers MODEL`)"
             )
+        rolled = _rerolled(t, model, layer)
+        if rolled is not None:
+            return rolled
         n, length, d = t.shape
         layout = _token_layout(model, length, hw)
         if layout is None:
@@ -189,6 +193,31 @@ def _spatial(
         f"layer '{layer}' has no spatial extent (output shape {tuple(t.shape)}); pick a "
         "convolutional or transformer-block layer (see `netlens layers MODEL`)"
     )
+
+
+def _rerolled(t: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor | None:
+    """timm Hiera's tokens, which every stage but the last keeps in mask-unit ("unrolled")
+    order, as N×C×H×W by the model's own ``reroll`` (as its ``forward_intermediates`` does):
+    a block's output in its own order, a layer inside it in the order of the block's output
+    or input, whichever has as many tokens. None for other models and layers."""
+    rerolls = [
+        (name.removesuffix("reroll"), m)
+        for name, m in model.named_modules()
+        if name.endswith("reroll") and type(m).__name__ == "Reroll" and hasattr(m, "schedule")
+    ]
+    name = layer.split("@")[0].split(":")[0]
+    for prefix, reroll in rerolls:
+        if name == f"{prefix}unroll":
+            blocks = [0]
+        elif name.startswith(f"{prefix}blocks."):
+            i = name.removeprefix(f"{prefix}blocks.").split(".")[0]
+            blocks = [int(i), int(i) - 1] if i.isdigit() else []
+        else:
+            continue
+        for j in blocks:
+            if j in reroll.schedule and math.prod(reroll.schedule[j][1]) == t.shape[1]:
+                return reroll(t, j).permute(0, 3, 1, 2)
+    return None
 
 
 def is_spatial(
