@@ -158,6 +158,22 @@ def test_a_forward_that_squeezes_the_batch_axis_away_is_refused() -> None:
         lens.predict(_images(1))
 
 
+@pytest.mark.parametrize("task", ["binary", "dense"])
+def test_a_task_the_outputs_do_not_fit_is_refused(task: str, tmp_path) -> None:
+    """``--task binary`` on a 5-class model read logit 0 as the positive one (a "square" at
+    97 % where the model says circle); ``--task dense`` crashed. Both are said in one line."""
+    from hostile_inputs import assert_one_clean_line
+
+    from netlens.cli.app import app
+    from netlens.render.overlay import write_png
+
+    img = write_png(photos.astronaut()[::8, ::8].copy(), tmp_path / "a.png")
+    res = CliRunner().invoke(app, ["cam", str(img), "--task", task, "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    assert f"task '{task}' needs a model that outputs" in assert_one_clean_line(res.output)
+    assert not (tmp_path / "o").exists()
+
+
 class Regressor(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -333,3 +333,21 @@ def test_timm_non_square_and_border_inputs_are_located_where_timm_put_them() -> 
     assert (top, bottom - 1) == (rows.min(), rows.max()) and (left, right) == (0, 96)
     inner = seen[top:bottom]
     assert _shown_error(img, lens.transform.crop_box(img.shape[:2]), inner) < 3.0
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [("1e300", "within ±10000"), ("1e-300,1,1", "at least 1e-6"), ("2e4", "within ±10000")],
+)
+def test_a_std_float32_cannot_hold_is_refused(option: str, said: str, tmp_path) -> None:
+    """``--std 1e300`` overflows to inf in float32: every input all zeros, two images given the
+    same answer with status 0; ``1e-300`` divides by zero."""
+    from hostile_inputs import assert_one_clean_line
+    from typer.testing import CliRunner
+
+    from netlens.cli.app import app
+
+    res = CliRunner().invoke(app, ["cam", "--std", option, "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    assert said in assert_one_clean_line(res.output)
+    assert not (tmp_path / "o").exists()

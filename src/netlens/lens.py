@@ -261,6 +261,13 @@ class Lens:
             return "multilabel"  # independent sigmoids: one probability per label
         if output.dim() == 4 and self.task == "multilabel":
             return "dense"  # multi-label masks: see dense_sigmoids
+        if self.task in ("binary", "dense") and detect_task(output) != self.task:
+            need = "one logit per image (N×1)" if self.task == "binary" else "N×K×H×W maps"
+            raise NetlensError(
+                f"task '{self.task}' needs a model that outputs {need}, and this one gives "
+                f"{'×'.join(map(str, output.shape))}; leave --task out (task= in Python) to "
+                "read the outputs as they are"
+            )
         return self.task or detect_task(output)
 
     def dense_sigmoids(self, output: torch.Tensor) -> bool:

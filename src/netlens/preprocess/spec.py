@@ -154,6 +154,12 @@ class Preprocess:
             return f"mean and std must be finite numbers, got {self.mean} and {self.std}"
         if self.std is not None and min(self.std) <= 0:
             return f"std must be positive, got {list(self.std)}"
+        # the bounds a checkpoint's record is held to: beyond them float32 inputs are all 0
+        # (std 1e300 overflows to inf) or inf/NaN (std 1e-300 underflows to 0)
+        if max(abs(v) for v in (*(self.mean or ()), *(self.std or ()), 0.0)) > 1e4:
+            return f"mean and std must be within ±10000, got {self.mean} and {self.std}"
+        if self.std is not None and min(self.std) < 1e-6:
+            return f"std must be at least 1e-6 (pixels are in [0, 1]), got {list(self.std)}"
         return None
 
     # -- geometry --------------------------------------------------------------------------
