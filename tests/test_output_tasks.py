@@ -303,3 +303,19 @@ def test_an_empty_region_mask_is_refused(tmp_path) -> None:
     lens = netlens.Lens(Seg(3).eval(), netlens.Preprocess(size=(48, 48)))
     with pytest.raises(NetlensError, match="is empty"):
         lens.cam(_images(), layer="enc.2", target=f"region:1@{tmp_path / 'empty.png'}")
+
+
+def test_a_segmenter_ending_in_softmax_is_not_softmaxed_again() -> None:
+    """A dense model ending in ``nn.Softmax(1)``: the probability of a class is the mean of its
+    own per-pixel probabilities, not of their softmax taken again (flattened towards 1/K)."""
+    model = nn.Sequential(Seg(5), nn.Softmax(dim=1)).eval()
+    with torch.no_grad():
+        model[0].head.weight *= 20  # confident pixels: a second softmax would flatten them
+    x = _images(2)
+    with torch.no_grad():
+        own = model(x).mean((2, 3))
+    lens = netlens.Lens(model, netlens.Preprocess(size=(48, 48)))
+    assert torch.allclose(lens.probabilities(lens.output(x)), own, atol=1e-6)
+    cam = lens.cam(x, target="region:1", layer="0.enc.2")
+    for i, row in enumerate(cam.rows()):
+        assert row["probability"] == pytest.approx(float(own[i, 1]), abs=1e-5)

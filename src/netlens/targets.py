@@ -190,16 +190,17 @@ def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
         return torch.softmax(as_logits(out.reshape(len(out), -1)[:, :1]), dim=1)
     if task == "multilabel":
         return torch.sigmoid(out)
-    if task == "dense":
-        return torch.softmax(out, dim=1).mean(dim=(2, 3))
+    if task == "dense":  # a segmenter ending in nn.Softmax(1): its probabilities as they are
+        return (out if are_probabilities(out) else torch.softmax(out, dim=1)).mean(dim=(2, 3))
     return out
 
 
 def are_probabilities(out: torch.Tensor) -> bool:
-    """Whether N×K multi-class outputs are probabilities already (a model ending in
-    ``nn.Softmax``): every value in [0, 1] and every row summing to 1. Logits never do both
-    by chance; a softmax taken again would squash a 0.99 among five classes to 0.40."""
-    if out.dim() != 2 or out.shape[1] < 2 or not out.numel():
+    """Whether N×K multi-class outputs (or N×K×H×W dense ones, per pixel) are probabilities
+    already (a model ending in ``nn.Softmax``): every value in [0, 1] and every row summing
+    to 1. Logits never do both by chance; a softmax taken again would squash a 0.99 among
+    five classes to 0.40."""
+    if out.dim() not in (2, 4) or out.shape[1] < 2 or not out.numel():
         return False
     finite = bool(torch.isfinite(out).all())
     in_range = finite and bool(out.min() >= 0) and bool(out.max() <= 1)
@@ -212,7 +213,7 @@ def as_logits(out: torch.Tensor) -> torch.Tensor:
     targets index them); probabilities (a model ending in ``nn.Softmax``) as their logs."""
     if out.dim() == 2 and out.shape[1] == 1:
         return torch.cat([torch.zeros_like(out), out], dim=1)
-    if are_probabilities(out):
+    if out.dim() == 2 and are_probabilities(out):
         return out.clamp_min(torch.finfo(out.dtype).tiny).log()
     return out
 
