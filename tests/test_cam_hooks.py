@@ -132,6 +132,22 @@ def test_class_names_that_are_numbers_or_hold_commas_are_names() -> None:
     assert lens.cam(x, target="2,0").targets.tolist() == [2, 0]  # still one per image
 
 
+def test_a_targets_case_and_separators_are_free_as_a_folders_are() -> None:
+    """``--target daisy`` for the model's own ``Daisy`` (a folder ``daisy/`` matched it, the
+    target was refused); a name two classes share lists both, not the nearest spellings."""
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    lens = netlens.load(net().eval(), size=12, classes=["Daisy", "kiwi fruit", "T-Shirt"])
+    for target, idx in (("daisy", 0), ("Kiwi_Fruit", 1), ("t shirt", 2), ("T-Shirt", 2)):
+        assert lens.cam(x, target=target).targets.tolist() == [idx], target
+    names = ["crane (n02012849)", "crate", "crane (n03126707)"]
+    lens = netlens.load(net().eval(), size=12, classes=names)
+    with pytest.raises(TargetError, match=r"it names several: crane \(n02012849\), crane \(n03"):
+        lens.cam(x, target="crane")
+    lens = netlens.load(net().eval(), size=12, classes=["Tshirt", "t-shirt", "dress"])
+    with pytest.raises(TargetError, match="unknown class 'T_SHIRT'"):  # two fit: neither
+        lens.cam(x, target="T_SHIRT")
+
+
 def test_layer_without_spatial_output_is_refused() -> None:
     with pytest.raises(AnalyzerError, match="no spatial extent"):
         netlens.cam(net(), torch.randn(1, 3, 12, 12), layer="8")

@@ -354,18 +354,24 @@ class Lens:
                 )
             return idx
         if isinstance(target, str) and not re.fullmatch(r"\s*-?\d+\s*", target):
+            from .data.labels import _find, normalize_name
+
             names = self.classes or []
             known = names.find(target) if isinstance(names, ClassNames) else None
+            if known is None:  # any case and separators, as folder names are matched
+                known = _find(target.strip(), list(names))
             if known is not None:
                 return known
-            if target not in names:
-                from .errors import hint
+            from .errors import hint
 
-                known = ", ".join(names[:20]) or "none: this model has no class names, use an index"
-                raise TargetError(
-                    f"unknown class '{target}'{hint(target, names)} (classes: {known})"
-                )
-            return names.index(target)
+            key = normalize_name(target)  # ImageNet's two cranes: "crane (n02012849)", ...
+            same = [n for n in names if normalize_name(n.split(" (")[0]) == key]
+            listed = ", ".join(same or names[:20])
+            listed = listed or "none: this model has no class names, use an index"
+            raise TargetError(
+                f"unknown class '{target}'{'' if same else hint(target, names)} "
+                f"({'it names several: ' if same else 'classes: '}{listed})"
+            )
         idx = int(target)
         if not 0 <= idx < num_classes:
             raise TargetError(
