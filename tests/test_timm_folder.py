@@ -38,6 +38,28 @@ def test_a_fine_tuned_timm_model_saved_for_the_hub_loads_with_its_labels(
     assert lens.transform.source == "timm data config of resnet18.a1_in1k"
 
 
+def test_label_ids_are_named_by_their_descriptions(tmp_path: Path) -> None:
+    """timm's ImageNet Hub configs keep WordNet IDs as ``label_names`` and the readable names as
+    ``label_descriptions``: classes were called ``n02123045`` and ``--target tabby`` refused."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=4).eval()
+    ids = ["n02123045", "n02012849", "n03126707", "n01440764"]
+    described = {
+        "n02123045": "tabby, tabby cat",
+        "n02012849": "crane",
+        "n03126707": "crane",
+        "n01440764": "tench, Tinca tinca",
+    }
+    config = {"label_names": ids, "label_descriptions": described}
+    save_for_hf(model, tmp_path / "r18", model_config=config)
+    lens = netlens.load(tmp_path / "r18")
+    assert list(lens.classes) == ["tabby", "crane (n02012849)", "crane (n03126707)", "tench"]
+    x = torch.randn(1, 3, 64, 64)
+    for target, idx in (("tabby", 0), ("tabby cat", 0), ("n02123045", 0), ("Tinca tinca", 3)):
+        assert lens.cam(x, target=target).targets.tolist() == [idx], target
+    assert lens.cam(x, target="n03126707").rows()[0]["target_name"] == "crane (n03126707)"
+
+
 def test_the_folders_tag_sets_the_preprocessing(tmp_path: Path) -> None:
     """``timm/resnet18.tv_in1k`` takes 224² crops of 256 (crop_pct 0.875) with bilinear
     resizing, ``a1_in1k`` 0.95 and bicubic: the folder's own tag decides, as timm's loader does,

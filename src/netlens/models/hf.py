@@ -146,6 +146,13 @@ def hf_class_names(config: dict[str, Any]) -> list[str] | None:
     """A Hugging Face config's ``id2label`` as class names (ImageNet-1k's answer to their
     WordNet IDs too); None for transformers' placeholders (``LABEL_0``)."""
     labels = _labels(config)
+    if labels and not config.get("id2label") and config.get("label_descriptions"):
+        from .known_classes import described_labels  # a TimmWrapper's, as timm's Hub folders
+
+        named = described_labels(labels, config["label_descriptions"])
+        if named is not None:
+            named.source = "label_names and label_descriptions"
+            return named
     known = imagenet_labels(labels) if labels else None  # ImageNet's: WordNet-ID folders match
     if known is not None:
         known.source = "id2label (ImageNet-1k's classes; WordNet IDs from timm)"

@@ -15,13 +15,14 @@ torchvision packages; ``source`` says where the names came from, and ``--classes
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from torch import nn
 
 from ..data.labels import normalize_name
 from .classes import output_count
 
-__all__ = ["ClassNames", "imagenet_labels", "known_class_names"]
+__all__ = ["ClassNames", "described_labels", "imagenet_labels", "known_class_names"]
 
 
 class ClassNames(list):
@@ -112,6 +113,26 @@ def imagenet_labels(names: list[str]) -> ClassNames | None:
     count = Counter(names)  # "crane" is the bird's and the machine's: each gets its WordNet ID
     distinct = [n if count[n] == 1 else f"{n} ({s})" for n, s in zip(names, wnids, strict=True)]
     return ClassNames(distinct, _aliases(distinct, wnids, lemmas), "ImageNet-1k labels")
+
+
+def described_labels(wnids: list[str], descriptions: Any) -> ClassNames | None:
+    """A timm Hub model's ``label_names`` (unique IDs: WordNet IDs for ImageNet) named by its
+    ``label_descriptions`` (``{id: "tabby, tabby cat"}`` or a list in the same order): each
+    class by its description's first lemma (with its ID where two share it: ImageNet's cranes),
+    the IDs and the lemmas that name one class only as aliases. None when they do not pair."""
+    if isinstance(descriptions, dict):
+        described = [descriptions.get(w) for w in wnids]
+    elif isinstance(descriptions, list) and len(descriptions) == len(wnids):
+        described = descriptions
+    else:
+        return None
+    if not wnids or not all(isinstance(d, str) and d.strip() for d in described):
+        return None
+    lemmas = [[w.strip() for w in d.split(",") if w.strip()] for d in described]
+    first = [words[0] for words in lemmas]
+    count = Counter(first)
+    distinct = [n if count[n] == 1 else f"{n} ({w})" for n, w in zip(first, wnids, strict=True)]
+    return ClassNames(distinct, _aliases(distinct, wnids, lemmas), "label_descriptions")
 
 
 def _imagenet(subset: str) -> tuple[list[str], list[list[str]]] | None:

@@ -24,6 +24,7 @@ from ..errors import ModelLoadError
 from ..naming import display_path
 from ..preprocess.from_model import timm_spec
 from .classes import output_count
+from .known_classes import described_labels
 from .recorded_classes import recorded_class_names
 
 if TYPE_CHECKING:
@@ -86,6 +87,12 @@ def load_timm_folder(source: Path, req: LoadRequest) -> LoadedModel | None:
     loaded.classes = recorded_class_names(
         config, lambda: output_count(model), f"{where}/config.json"
     )
+    if loaded.classes is not None and list(loaded.classes) == config.get("label_names"):
+        # IDs (WordNet's for ImageNet) named by their descriptions, as timm's own ImageNetInfo
+        named = described_labels(list(loaded.classes), config.get("label_descriptions"))
+        if named is not None:
+            named.source = f"{where}/config.json's label_names and label_descriptions"
+            loaded.classes = named
     loaded.card["timm_tag"] = model.pretrained_cfg.get("tag") if cfg else None
     return loaded
 
