@@ -58,6 +58,9 @@ def test_label_ids_are_named_by_their_descriptions(tmp_path: Path) -> None:
     for target, idx in (("tabby", 0), ("tabby cat", 0), ("n02123045", 0), ("Tinca tinca", 3)):
         assert lens.cam(x, target=target).targets.tolist() == [idx], target
     assert lens.cam(x, target="n03126707").rows()[0]["target_name"] == "crane (n03126707)"
+    from netlens.models.hf import hf_class_names  # transformers' TimmWrapper keeps them alike
+
+    assert hf_class_names(config) == list(lens.classes)
 
 
 def test_the_folders_tag_sets_the_preprocessing(tmp_path: Path) -> None:
