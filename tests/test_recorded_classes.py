@@ -4,6 +4,7 @@ fine-tuning checkpoint names, in torchvision's layout as well as timm's."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def test_names_that_do_not_fit_the_model_are_not_used(tmp_path: Path) -> None:
         ([0, 1, 2], None),
         (torch.tensor([0, 1]), None),
         ({}, None),
+        ({"b": np.int64(1), "a": np.int64(0)}, ["a", "b"]),  # sklearn LabelEncoder's indices
+        ({"b": torch.tensor(1), "a": torch.tensor(0)}, ["a", "b"]),
+        (np.array(["x", "y"]), ["x", "y"]),
+        ({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"]}, ["tench", "goldfish"]),
     ],
 )
 def test_what_reads_as_class_names(value: object, names: list[str] | None) -> None:
@@ -195,3 +200,36 @@ def test_an_arch_both_libraries_name_alike_is_torchvisions_without_timms_options
     ckpt["args"] = argparse.Namespace(model="resnet18", num_classes=3)  # timm's train.py
     torch.save(ckpt, tmp_path / "timm.pth.tar")
     assert netlens.load(tmp_path / "timm.pth.tar").card["arch"] == "resnet18"
+
+
+def test_class_files_as_editors_and_other_libraries_save_them(tmp_path: Path) -> None:
+    """A BOM (Notepad, Excel's "CSV UTF-8") named the first class '\\ufeffcat'; PyTorch Hub's
+    imagenet_classes.txt (two "crane"s) was refused; Keras' imagenet_class_index.json named
+    every class by a list's repr; a checkpoint's numpy array of names was dropped."""
+    net3 = torchvision.models.resnet18(num_classes=3).eval()
+    (tmp_path / "c.txt").write_text("\ufeffcat\ndog\nbird\n", encoding="utf-8")
+    (tmp_path / "c.json").write_text('\ufeff["cat", "dog", "bird"]', encoding="utf-8")
+    for f in ("c.txt", "c.json"):
+        assert list(netlens.load(net3, classes=tmp_path / f).classes) == ["cat", "dog", "bird"]
+    (tmp_path / "map.csv").write_text("\ufeffkitty,cat\n", encoding="utf-8")
+    lens = netlens.load(net3, classes="cat,dog,bird", label_map=tmp_path / "map.csv")
+    assert lens.label_map == {"kitty": "cat"}
+
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    first = [d.split(",")[0].strip() for d in info.label_descriptions()]  # Hub's text file
+    assert first.count("crane") == 2
+    (tmp_path / "imagenet_classes.txt").write_text("\n".join(first), encoding="utf-8")
+    pairs = zip(info.label_names(), first, strict=True)
+    keras = {str(i): [w, n] for i, (w, n) in enumerate(pairs)}
+    (tmp_path / "imagenet_class_index.json").write_text(json.dumps(keras), encoding="utf-8")
+    net = torchvision.models.resnet18().eval()
+    for f in ("imagenet_classes.txt", "imagenet_class_index.json"):
+        lens = netlens.load(net, classes=tmp_path / f)
+        assert lens.classes[281] == "tabby" and lens.class_index("n02123045", 1000) == 281
+        assert lens.classes[134] == "crane (n02012849)"
+
+    ckpt = {"state_dict": net3.state_dict(), "classes": np.array(["b", "a", "c"])}
+    torch.save(ckpt, tmp_path / "m.pt")
+    assert list(netlens.load(tmp_path / "m.pt", arch="tv:resnet18").classes) == ["b", "a", "c"]

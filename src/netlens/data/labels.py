@@ -11,6 +11,7 @@ and says so once. Every match records its *label source*, so tables can name it.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -343,7 +344,7 @@ def _refuse_special(path: Path, what: str) -> None:
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # Notepad's and Excel's BOM dropped
     except UnicodeDecodeError:
         raise DataError(f"{what} file {path} is not UTF-8 text") from None
 
@@ -368,14 +369,34 @@ def _from_index_dict(data: dict[str, Any], path: Path) -> list[str]:
         raise DataError(f"{path}: {exc}") from None
 
 
+def _index(v: Any) -> int | None:
+    """An index value: an int, a numpy integer or a 0-d integer tensor (``LabelEncoder``-style
+    records); None for anything else (a bool, a float, a name)."""
+    if isinstance(v, (bool, float, str)):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
+def _name_of(v: Any) -> str:
+    """A class name: Keras' ``imagenet_class_index.json`` gives ``["n02123045", "tabby"]``."""
+    if isinstance(v, (list, tuple)) and len(v) == 2 and re.fullmatch(r"n\d{8}", str(v[0])):
+        return str(v[1])
+    if not isinstance(v, str):
+        raise DataError(f"a class name must be text, not {v!r}"[:200])
+    return v
+
+
 def names_by_index(data: Mapping[Any, Any]) -> list[str]:
     """Class names in index order from ``{index: name}`` or ``{name: index}`` (ImageFolder's
     ``class_to_idx``; its values are numbers, which tells it apart even when the names are
     numbers: ``{"1": 0, "10": 1, "2": 2}``); :class:`DataError` saying why not otherwise."""
-    if data and all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
-        by_index = {int(v): str(k) for k, v in data.items()}
+    if data and all(_index(v) is not None for v in data.values()):
+        by_index = {_index(v): str(k) for k, v in data.items()}
     elif all(_is_int(k) and not isinstance(k, bool) for k in data):
-        by_index = {int(k): str(v) for k, v in data.items()}
+        by_index = {int(k): _name_of(v) for k, v in data.items()}
     else:
         raise DataError(
             'a JSON object of class names maps indices to names ({"0": "cat"}) or names to '

@@ -82,9 +82,9 @@ class LoadRequest:
             kind = compiled_kind(self.source)
             if kind is not None:
                 return CompiledArchive(kind)
-            # timm's train.py keeps its argparse options ("args") beside the weights: a
-            # Namespace is plain data, so it is allowed in the weights-only unpickler.
-            with torch_load_quietly(), torch.serialization.safe_globals([argparse.Namespace]):
+            # plain data beside the weights (timm train.py's argparse "args", numpy arrays of
+            # class names) is allowed in the weights-only unpickler
+            with torch_load_quietly(), torch.serialization.safe_globals(_plain_data()):
                 return torch.load(self.source, map_location="cpu", weights_only=True)
         except ModelLoadError as exc:
             return exc
@@ -141,6 +141,18 @@ def _other_framework(path: Path) -> str | None:
     )
 
 
+def _plain_data() -> list[Any]:
+    """Classes of plain data a checkpoint may keep beside its weights, which the weights-only
+    unpickler reads as themselves: timm ``train.py``'s argparse ``Namespace``, and numpy arrays
+    (``"classes": np.array(["cat", "dog"])``, as torch's ``weights_only`` docs allow them; an
+    object array's items still go through the same restricted unpickler)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [t for t in vars(getattr(np, "dtypes", object)).values() if isinstance(t, type)]
+    return [argparse.Namespace, core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def _inert_checkpoint(path: Path) -> tuple[dict[str, Any], list[str]] | None:
     """A checkpoint dict whose metadata names classes netlens does not import (Lightning's
     hyper_parameters with a Hydra config, say), read with those classes inert (see
@@ -148,7 +160,7 @@ def _inert_checkpoint(path: Path) -> tuple[dict[str, Any], list[str]] | None:
     from .inert_pickle import load_inert
     from .weights import _state_dict_of
 
-    read = load_inert(path, allowed=[argparse.Namespace])
+    read = load_inert(path, allowed=_plain_data())
     if read is None or not isinstance(read[0], dict) or _state_dict_of(read[0]) is None:
         return None
     return read
@@ -313,6 +325,10 @@ def load(
         from .classes import check_class_names
 
         names = read_class_names(classes)
+        if len(names) == 1000:  # ImageNet's, as PyTorch Hub's imagenet_classes.txt lists them
+            from .known_classes import imagenet_labels
+
+            names = imagenet_labels(names) or names  # its two cranes told apart by WordNet ID
         check_class_names(names, lens.model, lens.transform)
         lens.classes = names
     if label_map is not None:

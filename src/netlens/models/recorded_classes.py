@@ -111,6 +111,8 @@ def as_names(value: Any) -> list[str] | None:
     training labels, indices that skip or repeat, names that are not strings)."""
     from ..data.labels import names_by_index
 
+    if type(value).__name__ == "ndarray" and value.ndim == 1:  # np.array(["cat", "dog"])
+        value = value.tolist()
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value] if value and all(isinstance(v, str) for v in value) else None
     if not isinstance(value, Mapping) or not value:
