@@ -165,7 +165,8 @@ def test_model_restored_after_interrupt_and_resume(tmp_path) -> None:
         len(m._forward_hooks) == hooks_before[n] - (n == "fc") for n, m in model.named_modules()
     )
     assert all(not m._forward_pre_hooks for m in model.modules())
-    with (tmp_path / "ablation.csv").open() as fh:
+    assert not (tmp_path / "ablation.csv").exists()  # no result: the rows kept aside
+    with (tmp_path / ".ablation.rows.csv").open() as fh:
         partial = [r["key"] for r in csv.DictReader(fh)]
     assert partial == ["baseline", "layer1.0"]
 

@@ -1,16 +1,16 @@
 """Writing results: whole sets of files or nothing, never two runs mixed in one folder.
 
 A result is written through an :class:`OutputSet`: every file goes to a hidden staging folder
-inside the output folder first, and only when all are written are they renamed into place,
-the files of the previous run of the same analyzer that this run does not rewrite removed (with
-a warning that says how many), and
-a manifest ``NAME.manifest.json`` written last, listing exactly this run's files with their
-SHA-256. An error (or Ctrl-C) part way leaves the folder as it was.
+inside the output folder first, with the manifest ``NAME.manifest.json`` listing exactly this
+run's files with their SHA-256; only when all are written (a full disk stops it here) are they
+renamed into place, the files of the previous run of the same analyzer that this run does not
+rewrite removed (with a warning that says how many), and the manifest renamed last. An error (or
+Ctrl-C, or SIGTERM from the CLI) part way leaves the folder as it was.
 
 Runs are kept apart by :func:`folder_lock`, an OS file lock on ``DIR/.netlens.lock`` (released by
 the OS if the process dies): the CLI holds it for the whole command, so a second command writing
 into the same folder at the same time stops at once with one line; ``Result.save`` holds it
-while it commits.
+while it stages and commits. Who takes the lock removes staging folders a killed run left.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,9 @@ def make_folder(path: Path) -> None:
 
 @contextmanager
 def folder_lock(folder: str | Path) -> Iterator[Path]:
-    """Hold the output folder's lock; a second holder in another process fails with one line."""
+    """Hold the output folder's lock; a second holder in another process fails with one line.
+
+    Taking it removes the staging folders of runs that were killed (nobody else writes there)."""
     path = Path(folder).resolve()
     if path in _HELD:
         yield path
@@ -83,6 +85,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     lock = (path / LOCK_NAME).open("a+")
     try:
         _lock(lock, path)
+        for stale in path.glob(".netlens-staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         _HELD.add(path)
         try:
             yield path
@@ -124,21 +128,26 @@ class OutputSet:
         self.written: list[Path] = []
         self._names: list[str] = []
         self._stage: Path | None = None
+        self._lock = ExitStack()
 
     def __enter__(self) -> OutputSet:
-        make_folder(self.folder)
-        self._stage = Path(tempfile.mkdtemp(prefix=".netlens-staging-", dir=self.folder))
+        self._lock.enter_context(folder_lock(self.folder))
+        try:
+            self._stage = Path(tempfile.mkdtemp(prefix=".netlens-staging-", dir=self.folder))
+        except BaseException:
+            self._lock.close()
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         stage, self._stage = self._stage, None
-        try:
-            if exc_type is None and stage is not None:
-                with folder_lock(self.folder):
+        with self._lock:
+            try:
+                if exc_type is None and stage is not None:
                     self._commit(stage)
-        finally:
-            if stage is not None:
-                shutil.rmtree(stage, ignore_errors=True)
+            finally:
+                if stage is not None:
+                    shutil.rmtree(stage, ignore_errors=True)
 
     # -- staging ---------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -172,6 +181,9 @@ class OutputSet:
         for name in self._names:
             data = (stage / name).read_bytes()
             entries.append({"file": name, "bytes": len(data), "sha256": _sha(data)})
+        tmp = stage / ".manifest"  # staged first: a full disk stops the commit before a rename
+        tmp.write_text(json.dumps({"result": self.name, "files": entries}, indent=2))
+        for name in self._names:
             os.replace(stage / name, self.folder / name)
             self.written.append(self.folder / name)
         stale = sorted(n for n in previous - set(self._names) if (self.folder / n).exists())
@@ -185,8 +197,6 @@ class OutputSet:
                 NetlensWarning,
                 stacklevel=2,
             )
-        tmp = stage / ".manifest"
-        tmp.write_text(json.dumps({"result": self.name, "files": entries}, indent=2))
         os.replace(tmp, manifest)
         self.written.append(manifest)
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +30,8 @@ def cli_errors(func: F) -> F:
     Warnings and library log records are captured meanwhile
     (:func:`netlens.diagnostics.captured_warnings`): when the command ends (also with
     ``typer.Exit``) the ones that matter are printed as ``warning:`` lines; after an error
-    only the error line is printed.
+    only the error line is printed. SIGTERM (``timeout``, SLURM, ``docker stop``) stops the
+    command as Ctrl-C does (the output folder as it was), with exit status 143 = 128 + 15.
     """
 
     @functools.wraps(func)
@@ -37,16 +41,18 @@ def cli_errors(func: F) -> F:
         from ..diagnostics import captured_warnings
 
         try:
-            with captured_warnings() as diag:
+            with sigterm_interrupts() as term, captured_warnings() as diag:
                 result = func(*args, **kwargs)
         except typer.Exit:
+            if term:  # said as an interrupt (ablate names its rows): SIGTERM's own status
+                raise typer.Exit(EXIT_TERM) from None
             _print_notes(diag.notes)
             raise
         except (typer.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/red]")
-            raise typer.Exit(130) from None
+            console.print("[red]interrupted[/red]" + (" (SIGTERM)" if term else ""))
+            raise typer.Exit(EXIT_TERM if term else 130) from None
         except Exception as exc:  # noqa: BLE001 - the CLI's single error boundary
             if os.environ.get("NETLENS_DEBUG") == "1":
                 raise
@@ -56,6 +62,36 @@ def cli_errors(func: F) -> F:
         return result
 
     return wrapper  # type: ignore[return-value]
+
+
+EXIT_TERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM: it unwinds as at Ctrl-C."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[list[int]]:
+    """Inside: SIGTERM raises :class:`Terminated` (once; the list it yields then holds the
+    signal). Only where SIGTERM still has its default action, in the main thread: a torchrun
+    worker's own handler (:func:`netlens.distributed.setup.exit_on_sigterm`) stays."""
+    got: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not got:
+            got.append(signum)
+            raise Terminated
+
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield got
+        return
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _print_notes(notes: list[str]) -> None:
@@ -114,14 +150,15 @@ def emit_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``key=value`` strings → a dict, values read as JSON where they parse (``3``, ``true``)."""
+def parse_options(pairs: list[str] | None, example: str = "--opt steps=32") -> dict[str, Any]:
+    """``key=value`` strings → a dict, values read as JSON where they parse (``3``, ``true``);
+    ``example``: how the flag is given, for the message when one is not key=value."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
             from ..errors import NetlensError
 
-            raise NetlensError(f"option '{pair}' is not key=value (e.g. --opt steps=32)")
+            raise NetlensError(f"option '{pair}' is not key=value (e.g. {example})")
         key, value = pair.split("=", 1)
         try:
             out[key.strip().replace("-", "_")] = json.loads(value)

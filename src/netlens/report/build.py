@@ -35,16 +35,19 @@ class Report:
 
     def save(self, out: str | Path) -> Report:
         """Write ``out/report-MODEL.html`` (or ``out`` itself when it ends in ``.html``);
-        the file appears whole or not at all."""
+        the file appears whole or not at all, under the folder's lock (see
+        :func:`netlens.output.folder_lock`)."""
+        from ..output import folder_lock
+
         out = Path(out)
         path = out if out.suffix.lower() == ".html" else out / f"report-{_safe(self.model)}.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(self.html, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with folder_lock(path.parent):
+            try:
+                tmp.write_text(self.html, encoding="utf-8")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return Report(self.html, self.sections, self.seconds, self.model, path)
 
     @property

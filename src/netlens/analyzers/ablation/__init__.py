@@ -12,6 +12,7 @@ and its result in :mod:`.study`, :mod:`.rows` and :mod:`.result`. See ``docs/abl
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,17 +64,24 @@ class AblateAnalyzer(Analyzer):
         strict: bool = False,
         **options: Any,
     ) -> AblationResult:
-        """The template's run; ``out=DIR`` keeps the rows in ``DIR/ablation.csv`` as they
-        finish (a :class:`~netlens.storage.FolderStorage`), ``resume=True`` keeps those there."""
-        if out is not None:
-            from ...storage import FolderStorage
+        """The template's run; ``out=DIR`` keeps the rows in ``DIR`` as they finish (a
+        :class:`~netlens.storage.FolderStorage`, holding ``DIR``'s lock), ``resume=True`` keeps
+        those there; a finished study's rows are ``DIR/ablation.csv``."""
+        from ...output import folder_lock
+        from ...storage import FolderStorage, finish_rows
 
+        if out is not None:
             storage = FolderStorage(out, resume)
         elif resume and storage is None:
             raise AnalyzerError("resume needs out=DIR: the folder with the earlier rows")
-        result = super().run(
-            lens, inputs, progress=progress, storage=storage, strict=strict, **options
-        )
+        group = options.get("group")
+        keeps = out is not None and (group is None or group.main)  # rank 0 writes the rows
+        with folder_lock(out) if keeps else nullcontext():  # type: ignore[arg-type]
+            result = super().run(
+                lens, inputs, progress=progress, storage=storage, strict=strict, **options
+            )
+            if keeps and result.config is not None:  # type: ignore[attr-defined]
+                finish_rows(out, ROWS_NAME, result.config, keep_rows=True)  # type: ignore
         return result  # type: ignore[return-value]
 
     def _resolve_inputs(self, run: Run, inputs: Any, strict: bool) -> None:
@@ -110,8 +118,9 @@ def ablate(
         metric: ``accuracy``, ``top5``, ``loss``, ``f1`` (macro); or, needing no labels,
             ``prob``, ``kl``, ``agreement`` (compared with the intact model).
         **options: ``channels`` (True, or a list), ``out`` / ``resume`` (keep rows in
-            ``out/ablation.csv``), ``batch_size``, ``limit``, ``seed``, ``resamples``,
-            ``points``, ``fast``, ``cache_mb``, ``identity_fns``, ``progress``, ``storage``.
+            ``out``; finished: ``out/ablation.csv``), ``batch_size``, ``limit``, ``seed``,
+            ``resamples``, ``points``, ``fast``, ``cache_mb``, ``identity_fns``, ``progress``,
+            ``storage``.
 
     Example:
         >>> res = netlens.ablate(model, (images, labels))

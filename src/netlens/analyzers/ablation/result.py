@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +28,23 @@ class AblationResult(Result):
     ``increase``: ``meta["harm"]`` names it) and ``hurt_classes`` (the classes that fall most,
     ``{"class", "before", "after"}``). Channel studies add ``arrays["curve_k"]`` and the
     cumulative curves ``curve_importance`` / ``curve_random`` (Morcos et al., 2018).
+    ``config`` holds the settings the rows were made with (what a resume must match).
     """
+
+    config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def save(self, directory: str | Path, *, arrays: bool | None = None) -> list[Path]:
+        """The result's files (see :meth:`Result.save`); the rows this study kept in
+        ``directory`` as they finished (``--out``) then give way to them, their settings
+        kept as ``ablation-config.json`` for a later ``--resume``."""
+        from ...output import folder_lock
+        from ...storage import finish_rows
+
+        with folder_lock(directory):
+            files = super().save(directory, arrays=arrays)
+            if self.config is None:
+                return files
+            return files + finish_rows(directory, self.name, self.config, keep_rows=False)
 
     @property
     def baseline(self) -> dict[str, Any]:

@@ -81,6 +81,7 @@ class _Plan:
     device: torch.device
     stats: dict[str, list[UnitStats]] | None = None  # per unit, one per call in a pass
     task: str = "multiclass"  # how the outputs are read (multilabel: the labels' sigmoids)
+    config: dict[str, Any] | None = None  # the settings the rows are made with
 
     def ablate(self, ablations: list[Ablation], label: str) -> None:
         """Run ``ablations`` over the data (and the baseline, the first time)."""
@@ -260,9 +261,8 @@ def _class_names(run: Run, metric: Metric) -> list[str] | None:
 
 
 def _rows(
-    run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine, task: str
+    run: Run, metric: Metric, mode: str, units: list[Unit], engine: Engine, config: dict
 ) -> StudyRows:
-    config = _config(run, metric, mode, units) | {"task": task}
     store = run.storage.rows(ROWS_NAME, config, columns(metric), parse_cell)
     path_of = lambda u: "cached" if engine.is_fast(u) else "naive"  # noqa: E731
     by_name = {u.name: u for u in units}
@@ -279,8 +279,10 @@ def _plan(run: Run) -> _Plan:
     units, skipped = _units(run, x, mode)
     run.layers = [u.name for u in units]
     engine = _engine(run, x)
-    rows = _rows(run, metric, mode, units, engine, task)
-    return _Plan(run, metric, mode, units, skipped, engine, loader, rows, device, task=task)
+    config = _config(run, metric, mode, units) | {"task": task}
+    rows = _rows(run, metric, mode, units, engine, config)
+    plan = (run, metric, mode, units, skipped, engine, loader, rows, device)
+    return _Plan(*plan, task=task, config=config)
 
 
 def _statistics(plan: _Plan) -> dict[str, list[UnitStats]]:
@@ -402,7 +404,8 @@ def _result(plan: _Plan) -> AblationResult:
     arrays = curve_arrays(rows)
     ablated = [r for r in rows if not r["kind"].startswith(("baseline", "curve"))]
     arrays["delta"] = np.array([r["delta"] for r in ablated])
-    return AblationResult(name=ROWS_NAME, arrays=arrays, table=rows, meta=_meta(plan))
+    meta = _meta(plan)
+    return AblationResult(ROWS_NAME, arrays, rows, meta, config=plan.config)
 
 
 def study(run: Run) -> AblationResult:
