@@ -86,6 +86,9 @@ def read_checked(p: Path, max_pixels: int | None = None) -> np.ndarray:
             size = _checked_size(fh, name, limit, os.fstat(fh.fileno()).st_size)
             data = fh.read()
     except FileNotFoundError:
+        if p.is_symlink():  # a dangling link: a moved or half-copied dataset
+            target = display_path(p.readlink())
+            raise ImageError(f"{name} is a link to {target}, which does not exist") from None
         raise ImageError(f"image not found: {name} (check the path)") from None
     except IsADirectoryError:
         raise ImageError(
@@ -130,10 +133,14 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
 
     if image_size(io.BytesIO(data)) != size:
         raise ImageError(f"{name} changed while it was being read; try again")
+    by_pillow = _pillow_reads(data)
     try:
         with native_stderr_silenced():  # libpng/libtiff/OpenCV print to fd 2 directly
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
+            if by_pillow:
+                img = _pillow_decode(data)
+            else:
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except Exception:  # noqa: BLE001 - any decoder failure is a damaged file, never a crash
         img = None
     if img is None or img.size == 0:
         raise ImageError(
@@ -143,7 +150,36 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
         raise ImageError(f"{name} decodes to more than {limit / 1e6:g} MP; re-save it")
     if img.dtype == np.uint16:
         warn_if_dark(img, name)
-    return orient(_normalise_decoded(img), exif_orientation(data))  # upright, as viewers show
+    if not by_pillow:
+        img = _normalise_decoded(img, name, radiance=data.startswith(_RADIANCE))
+    return orient(img, exif_orientation(data))  # upright, as viewers show
+
+
+_RADIANCE = (b"#?", b"PF", b"Pf")  # Radiance HDR, PFM: light values, no white point
+
+
+def _pillow_reads(data: bytes) -> bool:
+    """GIFs and animated PNGs are decoded by Pillow, as the models' loaders decode them:
+    OpenCV puts a GIF's background colour under its transparent pixels (Pillow keeps the
+    transparent index's own colour) and reads an APNG's first animation frame where Pillow
+    reads its default image (they differ when the default image is not part of the
+    animation)."""
+    if data.startswith(b"GIF8"):
+        return True
+    return data.startswith(b"\x89PNG") and b"acTL" in data[: data.find(b"IDAT")]
+
+
+def _pillow_decode(data: bytes) -> np.ndarray:
+    """A GIF's first frame or an APNG's default image as uint8 RGB or gray: Pillow's pixels
+    read as a PIL image given in memory is (:func:`netlens.images.as_pixels`). The plugins
+    are constructed directly: the pixel limit was checked, not Pillow's own."""
+    from PIL import GifImagePlugin, PngImagePlugin
+
+    from .images import as_pixels
+
+    kind = GifImagePlugin.GifImageFile if data.startswith(b"GIF") else PngImagePlugin.PngImageFile
+    with kind(io.BytesIO(data)) as im:
+        return as_pixels(im)
 
 
 def upright_size(p: Path) -> tuple[int, int] | None:
@@ -189,12 +225,20 @@ def warn_if_dark(img: np.ndarray, name: str) -> None:
 _DARK = [0]  # how many dark 16-bit images this process has read
 
 
-def _normalise_decoded(img: np.ndarray) -> np.ndarray:
-    """Decoded OpenCV array (BGR/BGRA/gray, any depth) → uint8 RGB or gray, no float copies."""
+def _normalise_decoded(img: np.ndarray, name: str, *, radiance: bool = False) -> np.ndarray:
+    """Decoded OpenCV array (BGR/BGRA/gray, any depth) → uint8 RGB or gray, no float copies.
+
+    Float and 32-bit integer pixels are read as the same array given in memory is
+    (:func:`netlens.images.as_pixels`: [0, 1] scaled to 0..255, 0..255 kept, others refused);
+    a Radiance HDR or PFM file's light values are stretched to 0..255."""
     if img.dtype == np.uint16:
         img = cv2.convertScaleAbs(img, alpha=1 / 257)  # rounds like x / 257 + 0.5
-    elif img.dtype != np.uint8:
+    elif img.dtype != np.uint8 and radiance:
         img = _float_to_uint8(img)
+    elif img.dtype != np.uint8:
+        from .images import _as_uint8
+
+        img = _as_uint8(img, name)
     if img.ndim == 2:
         return img[:, :, None]
     if img.shape[2] == 1:
@@ -204,7 +248,7 @@ def _normalise_decoded(img: np.ndarray) -> np.ndarray:
 
 
 def _float_to_uint8(img: np.ndarray) -> np.ndarray:
-    """Stretch a float (or 32-bit) image's range to 0..255."""
+    """Stretch a float image's range (light values: HDR, PFM) to 0..255."""
     f = img.astype(np.float32, copy=False)
     finite = np.isfinite(f)
     if not finite.all():

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "Batch",
     "Preprocess",
+    "first_readable",
     "list_images",
     "load_batch",
     "pixel_limit",
@@ -90,13 +91,29 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     return read_checked(Path(path), max_pixels)
 
 
+def first_readable(paths: Iterable[str | Path]) -> np.ndarray:
+    """The first of ``paths`` that reads (a model of unknown input size takes its size).
+
+    Unreadable files before it are passed by: they are skipped and reported where the images
+    are read, as any unreadable file is. None readable: the first one's :class:`ImageError`."""
+    first = None
+    for path in paths:
+        try:
+            return read_image(path)
+        except ImageError as exc:
+            first = first or exc
+    raise first or ImageError("no images given")
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files (by suffix, any case) directly in ``folder`` and below, sorted; hidden ones
     left out (see :func:`is_hidden`).
 
     Symlinked folders are followed, as torchvision's ImageFolder follows them (``Path.rglob``
     does not before Python 3.13: their images were left out unsaid); each real folder is read
-    once, so a link to an ancestor does not recurse forever."""
+    once, so a link to an ancestor does not recurse forever. A dangling link named as an image
+    is listed, as ImageFolder lists it: reading it fails, so it is reported with the other
+    unreadable files instead of vanishing unsaid."""
     root = Path(folder)
     found, seen = [], set()
     for top, dirs, names in os.walk(root, followlinks=True):
@@ -111,7 +128,7 @@ def list_images(folder: str | Path) -> list[Path]:
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not is_hidden(Path(top, d), root)]
         found += [Path(top, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(p for p in found if p.is_file() and not is_hidden(p, root))
+    return sorted(p for p in found if os.path.lexists(p) and not is_hidden(p, root))
 
 
 def is_hidden(path: Path, root: Path) -> bool:
@@ -146,10 +163,11 @@ def _pil_plain(im: Any) -> Any:
     return im.convert("RGBA" if alpha else "RGB")
 
 
-def _as_uint8(arr: np.ndarray) -> np.ndarray:
+def _as_uint8(arr: np.ndarray, name: str = "") -> np.ndarray:
     """Pixels as uint8: uint16 divided by 257 (as 16-bit files are read), values within [0, 1]
     stretched to 0..255, others kept; values outside 0..255 (a normalised image, raw sensor
-    counts) are refused, as clipping them would give a black or white picture."""
+    counts) are refused, as clipping them would give a black or white picture. Float and
+    32-bit image files are read by this rule too (``name``: the file, for messages)."""
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.uint16:
@@ -157,13 +175,14 @@ def _as_uint8(arr: np.ndarray) -> np.ndarray:
 
         warn_if_dark(arr, "a 16-bit image array")
         return cv2.convertScaleAbs(arr, alpha=1 / 257)  # as image_decode reads 16-bit files
+    what = f"image {name}" if name else "an image array"
     f = arr.astype(np.float32)
     if f.size and not np.isfinite(f).all():
-        raise ImageError("an image array holds NaN or infinite values; pass finite pixels")
+        raise ImageError(f"{what} holds NaN or infinite values; pass finite pixels")
     lo, hi = float(f.min(initial=0)), float(f.max(initial=0))
     if lo < 0 or hi > 255:
         raise ImageError(
-            f"an image array's values run from {lo:.4g} to {hi:.4g}: netlens reads pixels as "
+            f"{what}'s values run from {lo:.4g} to {hi:.4g}: netlens reads pixels as "
             "uint8 (0-255), uint16 (0-65535) or numbers in [0, 1] or [0, 255]; a normalised "
             "image goes in as a preprocessed N×C×H×W tensor"
         )

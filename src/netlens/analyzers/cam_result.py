@@ -105,7 +105,8 @@ class CamResult(Result):
         """Image | overlay per target (with its probability and colour scale) | top predictions.
 
         Displays inline in Jupyter without ``%matplotlib inline``."""
-        from ..render.cam_figure import cam_figure
+        from ..render.cam_display import shrunk
+        from ..render.cam_figure import MAX_SIDE, cam_figure
         from ..render.display import inline_figure
 
         if not -len(self.names) <= i < len(self.names):
@@ -120,8 +121,8 @@ class CamResult(Result):
         order = np.argsort(-self.probs[i])[:top]
         task = self.meta.get("task", "multiclass")
         fig = cam_figure(
-            self.original(i),
-            [self.overlay(i, k, alpha=alpha) for k in range(len(t))],
+            shrunk(self.original(i), MAX_SIDE),
+            [self.overlay(i, k, alpha=alpha, max_side=MAX_SIDE) for k in range(len(t))],
             [f"{self.meta['method']} · {self.target_name(i, k)}" for k in range(len(t))],
             [self.class_name(int(c)) for c in order],
             [float(self.probs[i, c]) for c in order],

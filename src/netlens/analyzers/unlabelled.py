@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.fastai_data import is_fastai_data
 from ..data.resolve import fastai_dataset, sized
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
+from ..images import IMAGE_SUFFIXES, as_pixels, first_readable, is_hidden, list_images, read_image
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -40,7 +40,7 @@ class ImageFiles(Dataset):
         if not files:
             raise DataError(f"no images found ({', '.join(IMAGE_SUFFIXES)})")
         self.files = files
-        self.preprocess = sized(preprocess, lambda: read_image(files[0]))
+        self.preprocess = sized(preprocess, lambda: first_readable(files))
         self.label_source = LABEL_SOURCE
 
     def __len__(self) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, read_image
+from ..images import IMAGE_SUFFIXES, first_readable, read_image
 from ..naming import display_path
 from ..preprocess import Preprocess
 from .labels import UNSET, LabelMatch, index_labels, match_names
@@ -58,28 +58,38 @@ def _read_csv(path: str | Path) -> tuple[list[Path], list[str], list[str] | None
         text = path.read_text(encoding="utf-8-sig")
         first = next((line for line in text.splitlines() if line.strip()), "")
         sep = next((d for d in ",;\t" if d in first), ",")
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-        rows = [r for r in reader if any(c.strip() for c in r)]
+        rows, lines = _rows(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
     except (UnicodeDecodeError, csv.Error) as exc:
         why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
         raise DataError(f"{path} is not a CSV list of 'path,label' rows ({why})") from None
     columns = (0, 1)
     if rows and _is_header(rows[0]):
-        header, rows = rows[0], rows[1:]
+        header, rows, lines = rows[0], rows[1:], lines[1:]
         columns = _named_columns(header)
         onehot = _one_hot_columns(header, rows, columns)
         if onehot:
             files = _where_listed(path, [r[columns[0]].strip() for r in rows])
             order = [header[i].strip() for i in onehot]
-            return files, _one_hot_labels(path, header, rows, onehot), order
-    bad = [i + 1 for i, r in enumerate(rows) if len(r) <= max(columns)]
+            return files, _one_hot_labels(path, header, rows, lines, onehot), order
+    bad = [n for n, r in zip(lines, rows, strict=True) if len(r) <= max(columns)]
     if bad:
-        raise DataError(f"{path}: row {bad[0]} is not 'path,label' (CSV lists need two columns)")
+        raise DataError(f"{path}: line {bad[0]} is not 'path,label' (CSV lists need two columns)")
     if not rows:
         raise DataError(f"{path} lists no images (expected 'path,label' rows)")
     names = [r[columns[0]].strip() for r in rows]
     labels = [_integral(r[columns[1]].strip()) for r in rows]
     return _where_listed(path, names), labels, None
+
+
+def _rows(reader: Any) -> tuple[list[list[str]], list[int]]:
+    """The rows that are not blank, and the file line each starts on (for messages)."""
+    rows, lines, start = [], [], 1
+    for row in reader:
+        if any(c.strip() for c in row):
+            rows.append(row)
+            lines.append(start)
+        start = reader.line_num + 1  # a quoted cell may hold line breaks
+    return rows, lines
 
 
 def _named_columns(header: list[str]) -> tuple[int, int]:
@@ -113,12 +123,12 @@ def _one_hot_columns(
 
 
 def _one_hot_labels(
-    path: Path, header: list[str], rows: list[list[str]], onehot: list[int]
+    path: Path, header: list[str], rows: list[list[str]], lines: list[int], onehot: list[int]
 ) -> list[str]:
     """Each row's class: the name heading its one column marked 1; one line for a row with
     none or several (a multi-label list, which netlens reads one class per image)."""
     labels = []
-    for n, row in enumerate(rows, start=2):
+    for n, row in zip(lines, rows, strict=True):
         marked = [header[i].strip() for i in onehot if _integral(row[i].strip()) == "1"]
         if len(marked) != 1:
             names = ", ".join(header[i].strip() for i in onehot)
@@ -222,7 +232,7 @@ class CsvListDataset(Dataset):
             match = match_names(raw, classes, label_map=label_map, what=what)
             self.labels = np.asarray([match.index[v] for v in raw], np.int64)
         self.classes, self.label_source = match.classes, match.source
-        self.preprocess = sized(preprocess or Preprocess(), lambda: read_image(self.files[0]))
+        self.preprocess = sized(preprocess or Preprocess(), lambda: first_readable(self.files))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES, as_pixels, is_hidden, list_images, read_image
+from ..images import IMAGE_SUFFIXES, as_pixels, first_readable, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
 from .fastai_data import FastaiItems, fastai_items, is_fastai_data, model_classes
 from .items import as_pair, hub_rows, pair_keys
@@ -150,7 +150,7 @@ class ImageFolderDataset(Dataset):
         )
         self.classes, self.label_source = match.classes, match.source
         self.items = [(f, match.index[c]) for c in self.folder_classes for f in files[c]]
-        self.preprocess = sized(preprocess, lambda: read_image(self.items[0][0]))
+        self.preprocess = sized(preprocess, lambda: first_readable(f for f, _ in self.items))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -362,7 +362,8 @@ class _PairDataset(Dataset):
 
 
 def sized(preprocess: Any, first_image: Callable[[], np.ndarray]) -> Any:
-    """``preprocess`` with an input size: a spec of unknown size takes the first image's."""
+    """``preprocess`` with an input size: a spec of unknown size takes the first image's
+    (for files: the first that reads, :func:`~netlens.images.first_readable`)."""
     if getattr(preprocess, "size", 0) is None and getattr(preprocess, "function", None) is None:
         return preprocess.sized_like(first_image().shape[:2])
     return preprocess

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..analyzers.base import Result
     from ..analyzers.cam_result import CamResult
 
-__all__ = ["WEAK", "cam_grid_figure", "cam_rows", "colour_legend", "is_cam"]
+__all__ = ["WEAK", "cam_grid_figure", "cam_rows", "colour_legend", "is_cam", "shrunk"]
 
 WEAK = 0.05  # a class below this probability is marked "weak" next to its map
 THUMB = 288  # longest side, in pixels, of an image embedded in a CAM card
@@ -29,13 +29,22 @@ def is_cam(result: Result) -> bool:
 
 def _thumb(image: np.ndarray) -> np.ndarray:
     """Large photos shrunk to :data:`THUMB` pixels on the long side (small images kept)."""
+    return shrunk(image, THUMB)
+
+
+def shrunk(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` shrunk to ``side`` pixels on its long side (smaller ones kept), to the size
+    and pixels an overlay of it drawn with ``max_side=side`` has (``render.overlay``)."""
     import cv2
 
+    from .overlay import display_scale
+
     h, w = image.shape[:2]
-    if max(h, w) <= THUMB:
+    s = display_scale((h, w), max_side=side)
+    if s == 1.0:
         return image
-    s = THUMB / max(h, w)
-    return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), cv2.INTER_AREA)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
 
 
 def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[str, Any]]:
@@ -50,7 +59,7 @@ def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[s
             p = _prob(result, i, int(c))
             overlays.append(
                 {
-                    "uri": png_uri(_thumb(result.overlay(i, k))),
+                    "uri": png_uri(result.overlay(i, k, max_side=THUMB)),
                     "label": f"{method} · {result.target_name(i, k)}",
                     "p": p,
                     "weak": p is not None and p < WEAK,
@@ -97,14 +106,15 @@ def cam_grid_figure(result: CamResult, indices: list[int]) -> Figure:
     fig = new_figure(2.0 * (k + 1) + 0.9, 2.15 * len(indices) + 0.2, dpi=100)
     axes = np.atleast_2d(fig.subplots(len(indices), k + 1, squeeze=False))
     for row, i in zip(axes, indices, strict=True):
-        _draw(row[0], result.original(i), result.names[i], "black")
+        _draw(row[0], _thumb(result.original(i)), result.names[i], "black")
         for k_, c in enumerate(result.arrays["targets"][i]):
             p = _prob(result, i, int(c))
             weak = p is not None and p < WEAK
             label = result.target_name(i, k_)
             if p is not None:
                 label += f"\np = {_pct(p)}" + (" (weak)" if weak else "")
-            _draw(row[k_ + 1], result.overlay(i, k_), label, "#a33" if weak else "black")
+            overlay = result.overlay(i, k_, max_side=THUMB)  # a 48 MP photo drawn whole: a minute
+            _draw(row[k_ + 1], overlay, label, "#a33" if weak else "black")
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.05)
     bar.set_ticks([0, 1], labels=["0", "max"])
     bar.set_label("each map / its own maximum", fontsize=8)

@@ -9,7 +9,9 @@ from matplotlib.figure import Figure
 
 from .figures import new_figure
 
-__all__ = ["cam_figure"]
+__all__ = ["MAX_SIDE", "cam_figure"]
+
+MAX_SIDE = 1024  # longest side of a figure's pictures (its panels are about 320 px wide)
 
 
 def cam_figure(
@@ -26,7 +28,8 @@ def cam_figure(
     """A one-row figure: the image, each overlay, and a bar chart of the top predictions.
 
     Args:
-        image: the original image, H×W×3 uint8.
+        image: the original image, H×W×3 uint8 (a photo shrunk to :data:`MAX_SIDE`: drawn
+            full size, a 48 MP photo takes matplotlib a minute and gigabytes).
         overlays: heatmap overlays (same size as ``image``), one per explained class.
         overlay_titles: a caption per overlay (method and class).
         top_names: class names of the most probable classes, best first.
