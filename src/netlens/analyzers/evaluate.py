@@ -5,11 +5,14 @@ and every metric scores the heatmaps; per-image scores are summarised as mean ±
 CI, next to each metric's baseline (chance level or random pixel order) on the same images.
 
 Masks for the localisation metrics come from the data: any dataset with ``mask(i)`` returning
-an H×W bool array (``netlens.data.ArrayDataset(..., masks=...)``, the generated ``shapes``); an
-``(images, labels, masks)`` triple of preprocessed tensors; or, for an image folder
-``root/<class>/<name>.<ext>``, mask PNGs (non-zero = object) at ``masks/<class>/<name>.png``,
-where ``masks`` is the ``masks=`` option or the sibling folder ``<root>_masks`` (the layout
-``netlens.data.shapes.write_folder`` writes). Masks are resized and cropped like the images.
+an H×W bool array (``netlens.data.ArrayDataset(..., masks=...)``, the generated ``shapes``, a
+Dataset of your own); an ``(images, labels, masks)`` triple of preprocessed tensors; or, for an
+image folder ``root/<class>/<name>.<ext>``, mask PNGs (non-zero = object) at
+``masks/<class>/<name>.png``, where ``masks`` is the ``masks=`` option or the sibling folder
+``<root>_masks`` (the layout ``netlens.data.shapes.write_folder`` writes). Masks are resized and
+cropped as their images are, whatever their size; masks of images that come preprocessed
+(float tensors) or through a preprocessing function are used as they are, so they must be at
+the model's input size (one line otherwise).
 
 Sharded over processes (torchrun), each rank scores its share of the batches (the very batches
 one process forms, so per-image scores are the same bit for bit, seeds included) and the
@@ -204,17 +207,35 @@ def _is_dir(path: Path) -> bool:
 
 
 def mask_at_input(ds: Dataset, i: int, lens: Lens) -> np.ndarray | None:
-    """Dataset ``ds``'s mask ``i`` brought to the model's input geometry (None: no masks)."""
+    """Dataset ``ds``'s mask ``i`` brought to the model's input geometry (None: no masks):
+    resized and cropped as its images are, whatever its size. Images that come preprocessed
+    (``ds`` has no ``preprocess``) or through a function take it as it is, at the input size."""
     get = getattr(ds, "mask", None)
     if get is None or getattr(ds, "masks", True) is None:
         return None
     m = np.asarray(get(i)).astype(bool)
-    size = tuple(lens.input_size[1:])
-    if m.shape == size:
+    pre = getattr(ds, "preprocess", None)
+    if pre is None or pre.function is not None:
+        _check_input_size(m.shape, tuple(lens.input_size[1:]), i, pre)
         return m
-    pre = getattr(ds, "preprocess", None) or lens.transform
     geo = dataclasses.replace(pre, channels=1, mean=(0.0,), std=(1.0,), interpolation="nearest")
     return geo(m.astype(np.uint8)[..., None] * 255)[0].numpy() > 0.5
+
+
+def _check_input_size(shape: tuple[int, ...], size: tuple[int, ...], i: int, pre: Any) -> None:
+    """One line when a mask that cannot be resized as its image is not at the input size."""
+    if shape == size:
+        return
+    how = (
+        "the preprocessing is a function, whose resize and crop netlens cannot apply to a mask"
+        if pre is not None
+        else "the images come preprocessed (model inputs)"
+    )
+    shown = "×".join(map(str, shape[::-1]))
+    raise DataError(
+        f"mask {i} is {shown}, but {how}: give masks at the model's input size, "
+        f"{size[-1]}×{size[0]} (as the images reach the model)"
+    )
 
 
 def plan_cost(
@@ -231,9 +252,18 @@ def plan_cost(
     if len(ds) == 0:
         raise DataError("the data to evaluate on is empty")
     n = len(ds) if limit is None else min(int(limit), len(ds))
-    chosen = _metrics(lens, metrics, has_masks=mask_at_input(ds, 0, lens) is not None)
+    masked = _needs_masks(lens, metrics) and mask_at_input(ds, 0, lens) is not None
+    chosen = _metrics(lens, metrics, has_masks=masked)
     passes = {m: lens.host.metrics.get(m).cost(n, **opts) for m in chosen}
     return Plan(n, names(methods), chosen, passes)
+
+
+def _needs_masks(lens: Lens, metrics: Any) -> bool:
+    """Some metric of ``metrics`` (the default ones: maybe) scores against masks; masks that
+    cannot be used are refused only then."""
+    if metrics is None or metrics == "all":
+        return True
+    return any(lens.host.metrics.get(m).needs_masks for m in names(metrics))
 
 
 def _metrics(lens: Lens, metrics: Any, *, has_masks: bool) -> list[str]:
@@ -268,6 +298,9 @@ class EvaluateAnalyzer(Analyzer):
         opts = _metric_options(o)
         given = run.data.dataset
         whole = given.dataset if isinstance(given, Subset) else given  # before --limit's cut
+        loader = run.data.loader_given
+        if loader is not None and hasattr(loader.dataset, "preprocess"):  # a user's DataLoader
+            whole = loader.dataset  # over one of netlens' datasets: it makes the images
         ds = open_dataset(lens, whole, o.masks)
         plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
         run.data.dataset = first_items(ds, plan.n_images)
@@ -275,7 +308,8 @@ class EvaluateAnalyzer(Analyzer):
         tally = _Tally(CountingModel(lens.model, lens.reader, lens.task_for), plan.metrics)
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
-                x, masks = x.to(lens.device), _masks(ds, idx.tolist(), lens)
+                x = x.to(lens.device)
+                masks = _masks(ds, idx.tolist(), lens) if _needs_masks(lens, plan.metrics) else None
                 if not tally.classifier_checked:
                     _check_class_scores(lens, x[:1])
                     tally.classifier_checked = True

@@ -116,6 +116,18 @@ def mapping(value: Any) -> dict[str, Any]:
     return value
 
 
+def fractions(value: Any) -> tuple[float, ...]:
+    """ROAD's removal fractions: ``"0.2,0.5"`` or numbers in (0, 1], sorted, each once."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        got = sorted({float(v) for v in items})
+    except (TypeError, ValueError):
+        raise ValueError("not fractions: give numbers such as 0.2,0.5 or (0.2, 0.5)") from None
+    if not got or not all(0 < v <= 1 for v in got):  # NaN is not in (0, 1] either
+        raise ValueError("not fractions in (0, 1]: give numbers such as 0.2,0.5")
+    return tuple(got)
+
+
 def callables(value: Any) -> dict[Any, Any]:
     """A dict whose values are functions (Python only)."""
     if not isinstance(value, dict) or not all(callable(f) for f in value.values()):
@@ -337,7 +349,13 @@ EVALUATE = Spec(
         Option("steps", 32, "Deletion/insertion steps.", int, low=1, high=10_000),
         _batch(64, "Perturbed images per forward pass."),
         Option("tolerance", 0, "Pointing-game tolerance in pixels.", int, low=0),
-        Option("fractions", None, "ROAD removal fractions (default 0.1 to 0.9).", as_is, cli=False),
+        Option(
+            "fractions",
+            None,
+            "ROAD removal fractions, in (0, 1] (default 0.1 to 0.9).",
+            fractions,
+            cli=False,
+        ),
         Option("random_baseline", True, "Also score a random pixel order.", bool),
         Option(
             "fill",

@@ -21,12 +21,19 @@ if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
 
 
+DATASET_DEFAULT = "netlens dataset default"  # the source of a dataset's preprocessing made
+# without a model's: a model's preprocessing replaces it (:func:`as_dataset`)
+
+
 class ArrayDataset(Dataset):
     """Images held as a uint8 array (N×H×W or N×H×W×C), preprocessed on access.
 
     ``masks`` (N×H×W bool), when given, are the ground-truth object masks (for localisation
     metrics); ``dataset.mask(i)`` returns one. ``label_source`` says how the labels were
-    assigned (see :meth:`for_classes`).
+    assigned (see :meth:`for_classes`). Without ``preprocess`` the images keep their size and
+    are normalised with mean and std 0.5; handed to a model (``lens.evaluate(dataset)``), the
+    dataset takes the model's preprocessing instead (unless netlens only guesses it) and its
+    labels are matched to the model's classes by name.
     """
 
     def __init__(
@@ -48,7 +55,7 @@ class ArrayDataset(Dataset):
             channels=self.images.shape[3],
             mean=(0.5,) * self.images.shape[3],
             std=(0.5,) * self.images.shape[3],
-            source="netlens dataset default",
+            source=DATASET_DEFAULT,
         )
         self.masks = masks
         self.label_source = label_source
@@ -198,6 +205,13 @@ def _users_dataset(
     return _Preprocessed(ds, sized(preprocess, lambda: as_pixels(image)))
 
 
+def _keep_masks(wrapper: Dataset, ds: Dataset) -> None:
+    """A wrapper of a user's Dataset keeps its ground-truth masks (``mask(i)``, ``masks``)."""
+    for attr in ("mask", "masks"):
+        if hasattr(ds, attr):
+            setattr(wrapper, attr, getattr(ds, attr))
+
+
 class _Pairs(Dataset):
     """A Dataset of dict items as ``(image, label)`` pairs (see :mod:`netlens.data.items`)."""
 
@@ -206,6 +220,7 @@ class _Pairs(Dataset):
         names = getattr(ds, "classes", None)
         if names is not None:
             self.classes = names
+        _keep_masks(self, ds)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -242,6 +257,7 @@ class _Relabelled(Dataset):
     def __init__(self, ds: Dataset, to_model: list[int], match: Any) -> None:
         self.dataset, self.to_model = ds, to_model
         self.classes, self.label_source = match.classes, match.source
+        _keep_masks(self, ds)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -275,6 +291,7 @@ class _NamedLabels(Dataset):
     def __init__(self, ds: Dataset, classes: Sequence[str], label_map: Any) -> None:
         self.dataset, self.classes, self.label_map = ds, classes, label_map
         self._index: dict[str, int] = {}
+        _keep_masks(self, ds)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -313,6 +330,7 @@ class _Preprocessed(Dataset):
         for attr in ("classes", "label_source", "relabel"):
             if hasattr(ds, attr):
                 setattr(self, attr, getattr(ds, attr))
+        _keep_masks(self, ds)  # at the photos' size: evaluate resizes them as the photos
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -409,9 +427,10 @@ def as_dataset(
     data = hub_rows(data) or data  # a Hugging Face datasets.Dataset: rows of dicts
     if is_fastai_data(data):  # learn.dls, learn.dls.valid, learn.dls.valid_ds
         return fastai_dataset(data, preprocess, classes=classes, label_map=label_map)
-    if isinstance(data, Dataset):  # one of netlens' own says its label source: as it is
-        own = label_source(data) != label_source(None)
-        return data if own else _users_dataset(data, preprocess, classes, label_map)
+    if isinstance(data, Dataset):  # one of netlens' own says its label source
+        if label_source(data) != label_source(None):
+            return _own_dataset(data, preprocess, classes, label_map, num_classes)
+        return _users_dataset(data, preprocess, classes, label_map)
     if isinstance(data, tuple) and len(data) in (2, 3):
         x, y = (
             torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
@@ -425,6 +444,35 @@ def as_dataset(
         f"cannot use a {type(data).__name__} as data; pass a folder, a dataset name, a Dataset, "
         "a DataLoader or an (images, labels) pair"
     )
+
+
+def _own_dataset(
+    ds: Dataset, preprocess: Preprocess | None, classes: Any, label_map: Any, num_classes: Any
+) -> Dataset:
+    """One of netlens' own datasets, made without the model (``ArrayDataset(images, labels,
+    names)``, ``as_dataset(folder)``): preprocessed as the model's images where it carries only
+    netlens' default, and its labels matched to the model's classes by name, as a named
+    dataset's and a folder's are. As it is otherwise, and where the model's preprocessing is
+    itself a guess."""
+    own = getattr(ds, "preprocess", None)
+    default = getattr(own, "source", None) == DATASET_DEFAULT and preprocess is not None
+    pre = preprocess if default and not _guessed(preprocess) else own
+    names, model = getattr(ds, "classes", None) or [], classes if classes is not UNSET else None
+    named = bool(names) and all(isinstance(n, str) for n in names)
+    unmatched = named and bool(model) and list(names) != list(model)
+    if isinstance(ds, ImageFolderDataset) and default and (pre is not own or unmatched):
+        return ImageFolderDataset(ds.root, pre, classes, label_map, num_classes)
+    if isinstance(ds, ArrayDataset):
+        ds = ds.with_preprocess(pre) if pre is not own else ds
+        return ds.for_classes(classes, label_map) if unmatched else ds
+    return ds
+
+
+def _guessed(preprocess: Preprocess) -> bool:
+    """The normalisation is netlens' guess (the model records none and the user gave none)."""
+    from ..preprocess.from_model import GUESSED
+
+    return GUESSED in preprocess.source and "mean=" not in preprocess.source
 
 
 def fastai_dataset(
@@ -460,14 +508,13 @@ def _from_path(
     num_classes: int | None,
 ) -> Dataset:
     path = Path(data)
+    pre = preprocess or Preprocess(source=DATASET_DEFAULT)
     if path.is_dir():
-        return ImageFolderDataset(
-            path, preprocess or Preprocess(), classes, label_map, num_classes=num_classes
-        )
+        return ImageFolderDataset(path, pre, classes, label_map, num_classes=num_classes)
     if path.suffix.lower() == ".csv" and path.is_file():
         from .csvlist import CsvListDataset
 
-        return CsvListDataset(path, preprocess or Preprocess(), classes, label_map, num_classes)
+        return CsvListDataset(path, pre, classes, label_map, num_classes)
     name = str(data)
     if host is None:
         from ..plugins.manager import PluginHost

@@ -4,7 +4,8 @@ Deletion removes pixels from the image in heatmap order (most relevant first), i
 equal steps, and records the target-class probability after each step; a faithful heatmap makes
 it drop fast (low AUC is good). Insertion starts from a blurred copy and reveals pixels in the
 same order (high AUC is good). Removed pixels take ``fill``: ``"zero"`` (the mean colour, since
-inputs are normalised; as in RISE) or ``"blur"``. The blur is RISE's Gaussian (11 px, sigma 5).
+inputs are normalised; as in RISE) or ``"blur"``. The blur is torchvision's ``gaussian_blur``
+(11 px kernel, sigma 5, reflect padding at the borders), not RISE's own blur kernel.
 
 The step images of all images go through the model together, in full batches of
 ``batch_size`` made as they are needed, so the cost is ``N·(steps+1)`` forward-passed images per
