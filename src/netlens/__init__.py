@@ -11,9 +11,26 @@ import torch.
 from __future__ import annotations
 
 import importlib
+import random
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def _import_rich_quietly() -> None:
+    """rich, which netlens prints with, draws from Python's ``random`` when first imported
+    (``rich.style``'s id counter): imported here with that draw undone, so that no analysis
+    moves a user's seeded ``random`` (seed, analyse, train: the same run as without)."""
+    state = random.getstate()
+    try:
+        import rich.style  # noqa: F401
+    except ImportError:  # pragma: no cover - rich is a dependency
+        pass
+    finally:
+        random.setstate(state)
+
+
+_import_rich_quietly()
 
 _LAZY = {
     "load": "netlens.models.load",

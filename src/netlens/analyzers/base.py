@@ -299,8 +299,10 @@ class Analyzer(ABC):
         sinks = for_rank(auto_progress(progress), storage or MemoryStorage(), group)
         run = Run(lens, opts, *sinks, group=group, started=now())
         # a call from inside torch.inference_mode() (a notebook cell, an eval function) still
-        # gets its gradients: the analyzers choose inference mode themselves where it is exact
-        with group.guard(), torch.inference_mode(False):
+        # gets its gradients: the analyzers choose inference mode themselves where it is exact;
+        # torch's global RNG is left as it was (a DataLoader draws its base seed from it): a
+        # script that seeds, analyses, then trains gets the run it gets without the analysis
+        with group.guard(), torch.inference_mode(False), torch.random.fork_rng(devices=[]):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
             with eval_mode(lens.model):
