@@ -113,3 +113,15 @@ def test_randomization_metric_in_evaluate(trained: GapNet) -> None:
     assert "randomization" not in {
         r["metric"] for r in lens.evaluate(toy_data(2, seed=9), steps=2, fractions=(0.5,)).table
     }  # not a default metric
+
+
+def test_a_model_that_cannot_be_copied_is_said_in_one_line() -> None:
+    """A model holding a lock (or a file handle): sanity's copy failed with a raw TypeError."""
+    import threading
+
+    from netlens.errors import NetlensError
+
+    model = GapNet().eval()
+    model._lock = threading.Lock()
+    with pytest.raises(NetlensError, match=r"cannot be copied: the model's _lock \(TypeError"):
+        netlens.load(model).run("sanity", torch.rand(1, 3, 32, 32) - 0.5, method="gradcam")

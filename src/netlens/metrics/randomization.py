@@ -218,7 +218,27 @@ def model_copy(model: nn.Module) -> nn.Module:
         for value in vars(m).values():
             if isinstance(value, torch.Tensor) and not value.is_leaf:
                 memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(model, memo)
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # noqa: BLE001 - a lock, a file handle, a C extension object
+        raise NetlensError(
+            f"sanity randomises a copy of the model, and it cannot be copied: "
+            f"{_uncopyable(model)} ({type(exc).__name__}: {str(exc)[:80]}); keep such objects "
+            "off the model (or give them __deepcopy__) for this check"
+        ) from None
+
+
+def _uncopyable(model: nn.Module) -> str:
+    """Which attribute of which module ``copy.deepcopy`` fails on, for the message."""
+    for name, m in model.named_modules():
+        for key, value in vars(m).items():
+            if key in ("_parameters", "_buffers", "_modules") or isinstance(value, torch.Tensor):
+                continue
+            try:
+                copy.deepcopy(value)
+            except Exception:  # noqa: BLE001 - this is the one
+                return f"{name}.{key}" if name else f"the model's {key}"
+    return "an attribute of the model"
 
 
 @dataclass
