@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from netlens.cli.app import app
+from netlens.errors import NetlensError
 from netlens.plugins.manager import PluginHost
 
 pytest_plugins = ["netlens.testing"]
@@ -107,6 +108,8 @@ def test_plugin_that_raises_on_import_is_skipped_and_reported(install):
     res = runner.invoke(app, ["plugins"])
     assert res.exit_code == 0
     assert "netlens-broken" in res.output and "needs libfoo" in res.output
+    with pytest.raises(NetlensError, match=r"unknown analyzer 'broken'.*1 plugin\(s\) failed "):
+        host.analyzers.get("broken")  # its analyzer is not just unknown: its plugin is broken
 
 
 def test_plugin_that_exits_on_import_is_skipped_and_reported(install):

@@ -139,6 +139,7 @@ class PluginHost:
                     f"plugin '{impl.plugin_name}' failed in {hook_name}: {_short(exc)}; skipped"
                 )
         self.problems.extend(p for p in registry.problems if p not in self.problems)
+        registry.broken = [p for p in self.problems if " failed " in p]  # said on an unknown name
         return registry
 
     def _is_builtin(self, plugin_name: str) -> bool:

@@ -36,6 +36,7 @@ class Registry(Generic[T]):
     kind: str
     entries: dict[str, Entry[T]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # plugins that failed to load or register
 
     def add(self, name: str, item: T, *, description: str = "") -> None:
         """Register ``item`` under ``name`` (lower-case, dash-separated by convention)."""
@@ -62,8 +63,14 @@ class Registry(Generic[T]):
             return self.entries[name].item
         except KeyError:
             known = ", ".join(sorted(self.entries)) or "none"
+            broken = (  # the one asked for may be among them
+                f"; {len(self.broken)} plugin(s) failed to load, e.g. {self.broken[0][:160]} "
+                "(`netlens plugins` lists them)"
+                if self.broken
+                else ""
+            )
             raise NetlensError(
-                f"unknown {self.kind} '{name}'{hint(name, self.entries)} (known: {known})"
+                f"unknown {self.kind} '{name}'{hint(name, self.entries)} (known: {known}){broken}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
