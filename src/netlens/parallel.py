@@ -30,9 +30,11 @@ def check_workers(flag: str, n: int) -> int:
     from .errors import NetlensError
 
     most = max(64, 4 * (os.cpu_count() or 1))
-    if not 0 <= n <= most:
-        given = f"{flag}{n}" if flag.endswith("=") else f"{flag} {n}"
-        raise NetlensError(f"{given} is out of range: 0 to {most} on this machine")
+    given = f"{flag}{n}" if flag.endswith("=") else f"{flag} {n}"
+    if n < 0:
+        raise NetlensError(f"{given} is out of range: give 0 or more")
+    if n > most:  # the lowest a flag takes (0 or 1) is its own: checked where it is read
+        raise NetlensError(f"{given} is out of range: at most {most} on this machine")
     return n
 
 

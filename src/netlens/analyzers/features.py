@@ -19,7 +19,8 @@ from ..errors import AnalyzerError
 from ..layers import resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
-from .specs import FEATURES
+from .options import OptionError
+from .specs import FEATURES, Spec
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -77,6 +78,24 @@ def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
             f"has {c} channels (0..{c - 1})"
         )
     return torch.tensor(idx).expand(n, -1)
+
+
+def check_channels(spec: Spec, channels: Any, count: str, value: int, flag: str) -> None:
+    """Refuse a channel listed twice in ``channels``, and a channel count (option ``count``,
+    spelt ``flag``, set off its default) beside them, which it would not change."""
+    if channels is None:
+        return
+    idx = list(channels)
+    twice = [c for i, c in enumerate(idx) if c in idx[:i]]
+    if twice:
+        raise OptionError(
+            f"{spec.name}: channel {twice[0]} is given twice in --channels; list each one once"
+        )
+    if value != next(o.default for o in spec.options if o.name == count):
+        raise OptionError(
+            f"{spec.name}: give either --channels or {flag} (channels= or {count}= in Python), "
+            "not both"
+        )
 
 
 _CHUNK = 32  # images per forward
@@ -176,6 +195,7 @@ class FeaturesAnalyzer(Analyzer):
     def compute(self, run: Run) -> FeaturesResult:
         """The chosen channels' maps per image and layer, and every channel's mean."""
         lens, o, batch = run.lens, run.options, run.images
+        check_channels(FEATURES, o.channels, "top", o.top, "--top/-k")
         x = batch.tensor
         layer = feature_layer(lens, x[:1]) if o.layer == "auto" else o.layer
         names = resolve_layers(lens.model, layer, example=x[:1], output=lens.output_key)

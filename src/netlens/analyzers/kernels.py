@@ -29,6 +29,7 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import AnalyzerError, NetlensError
 from ..layers import named_layers, resolve_layers, trace_outputs
 from .base import Analyzer, Result, Run
+from .options import OptionError
 from .specs import KERNELS
 
 if TYPE_CHECKING:
@@ -247,6 +248,11 @@ class KernelsAnalyzer(Analyzer):
         """The layer's weights as tiles (or a matrix) and one statistics row per filter."""
         lens, o = run.lens, run.options
         _parse_reduce(o.reduce)  # checked up front, also for a layer that needs no reduction
+        if o.dead_tol >= 1:  # a share of the largest norm: 1 or more calls every filter dead
+            raise OptionError(
+                f"kernels: --dead-tol (dead_tol=) is a share of the largest filter's norm and "
+                f"must be below 1, got {o.dead_tol:g}"
+            )
         layer = o.layer
         if layer in (None, "", "auto"):
             name = default_kernel_layer(lens.model, lens.example())

@@ -119,9 +119,10 @@ class TopActivationsAnalyzer(Analyzer):
 
     def compute(self, run: Run) -> TopActivationsResult:
         """Stream the data once, keep each channel's k highest peaks, then cut the patches."""
-        from .features import pick_channels
+        from .features import check_channels, pick_channels
 
         lens, o = run.lens, run.options
+        check_channels(TOP, o.channels, "max_channels", o.max_channels, "--max-channels")
         name = _one_layer(lens.model, o.layer, _example(run), lens.output_key)
         run.layers = [name]
         best, best_ids, peak_sum, seen, grid = _stream_peaks(run, name, o.k)

@@ -82,10 +82,13 @@ def report(
     from .runner import err, open_lens, report_skipped, set_threads
 
     model, imgs = split_model_and_images(model, images)
+    _check_sections(sections)
     set_threads(common.threads)
     page = common.out.suffix.lower() == ".html"  # --out page.html: that file
     with folder_lock(common.out.parent if page else common.out):
         lens = open_lens(model, common)
+        if data is not None:
+            _check_data(data, lens)
         flags = {k: getattr(common, k) for k in LOAD_OPTIONS}
         call = Invocation(model or model_source(lens), imgs, data or "", flags)
         result = build_report(
@@ -115,6 +118,29 @@ def report(
         soft_wrap=True,
     )
     report_skipped(result.skipped_inputs, common)
+
+
+def _check_sections(sections: str | None) -> None:
+    """``-s ,`` names no section: refused rather than written as an empty page."""
+    from ..errors import NetlensError
+    from ..report.sections import BUILDERS
+
+    if sections is not None and not sections.replace(",", "").strip():
+        raise NetlensError(
+            f"--sections names no section; give some of {', '.join(BUILDERS)} or leave it out"
+        )
+
+
+def _check_data(data: str, lens: Any) -> None:
+    """``-d`` must name data even when no chosen section reads it: the page's commands
+    repeat it. A folder or dataset name is taken as it is; anything else is opened, which
+    fails with one line when it is no data."""
+    from pathlib import Path
+
+    from ..data.resolve import as_dataset
+
+    if not (Path(data).is_dir() or data in lens.host.datasets):
+        as_dataset(data, host=lens.host)
 
 
 def _summary(result: Any, size: int, common: Common) -> dict[str, Any]:

@@ -49,7 +49,11 @@ def train(
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option("--lr", help="Peak learning rate, > 0 (default: 3e-3).", show_default=False),
+        typer.Option(
+            "--lr",
+            help="Peak learning rate, > 0 and at most 10 (default: 3e-3).",
+            show_default=False,
+        ),
     ] = None,
     optimizer: Annotated[
         str | None, typer.Option("--optimizer", help="adamw (default) or sgd.", show_default=False)
@@ -176,7 +180,7 @@ def train(
         options["strict"] = True
     set_max_pixels(common.max_pixels)
     if arch_opt:
-        options["arch_kwargs"] = parse_options(arch_opt)
+        options["arch_kwargs"] = parse_options(arch_opt, "--arch-opt in_chans=1")
     quiet = common.quiet or common.json
     group, _ = join_from_env(device)  # under torchrun: one process of several
     with said_once(group):

@@ -15,6 +15,7 @@ __all__ = ["TrainConfig"]
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
+MAX_LR = 10.0  # far above any useful peak rate; 1e300 overflows the optimizer's float math
 
 
 @dataclass
@@ -57,8 +58,12 @@ class TrainConfig:
             return f"--optimizer must be one of {', '.join(OPTIMIZERS)}"
         if self.schedule not in SCHEDULES:
             return f"--schedule must be one of {', '.join(SCHEDULES)}"
-        if self.epochs < 1 or self.batch_size < 1 or not (math.isfinite(self.lr) and self.lr > 0):
-            return "--epochs and --batch-size must be >= 1 and --lr a finite number > 0"
+        if self.epochs < 1:
+            return f"--epochs must be >= 1, not {self.epochs}"
+        if self.batch_size < 1:
+            return f"--batch-size must be >= 1, not {self.batch_size}"
+        if not 0 < self.lr <= MAX_LR:  # also refuses NaN; a larger rate overflows the optimizer
+            return f"--lr must be a number > 0 and at most {MAX_LR:g}, not {self.lr:g}"
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             return f"--weight-decay must be a finite number >= 0, not {self.weight_decay}"
         if not 0 <= self.label_smoothing < 1:

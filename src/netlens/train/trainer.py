@@ -14,6 +14,7 @@ printing and writing checkpoints.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shlex
 import sys
@@ -289,8 +290,11 @@ def note_skipped(s: Session, lines: list[str]) -> None:
     s.skipped.update(dict.fromkeys(lines))
 
 
-def _record(s: Session, state: dict[str, Any], test: Any, command: str | None) -> dict[str, Any]:
-    """The training record stored in the checkpoint (plain JSON types only)."""
+def _record(
+    s: Session, state: dict[str, Any], test: Any, command: str | None, final: bool = True
+) -> dict[str, Any]:
+    """The training record stored in the checkpoint (plain JSON types only); ``final``: the
+    run has finished (the checkpoints written after each epoch are not complete)."""
     images = sum(r["images"] for r in state["history"])
     train_secs = sum(r["seconds"] for r in state["history"])
     cfg = s.cfg.to_dict()
@@ -304,7 +308,7 @@ def _record(s: Session, state: dict[str, Any], test: Any, command: str | None) -
         "best_epoch": state["best"]["epoch"],
         "val": state["best"],
         "test": test,
-        "complete": test is not None or not s.splits.test,
+        "complete": final and (test is not None or not s.splits.test),
         "device": device_name(s.device),
         "processes": s.group.world,
         "wall_time_s": round(state["elapsed"], 2),
@@ -349,6 +353,10 @@ def _fit(
             val = _validate(s, s.val_loader)
             if not val["n"]:  # no readable validation image: no scores (not 0)
                 val.update(dict.fromkeys(("accuracy", "precision", "recall", "f1", "loss")))
+            elif not math.isfinite(val["loss"]):  # diverged: keep no checkpoint of this epoch
+                raise NetlensError(
+                    f"the validation loss became {val['loss']} in epoch {epoch}; lower --lr"
+                )
             row.update({f"val_{k}": v for k, v in val.items() if k != "confusion"})
             row["lr"] = s.opt.param_groups[0]["lr"]
             state["elapsed"] += time.perf_counter() - t0
@@ -362,7 +370,7 @@ def _fit(
                     k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()
                 }
                 if s.group.main:
-                    _write(s, state["best_state"], _record(s, state, None, command))
+                    _write(s, state["best_state"], _record(s, state, None, command, False))
             if s.group.main:
                 save_state(s, state)
             if not quiet:

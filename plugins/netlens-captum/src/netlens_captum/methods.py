@@ -7,6 +7,7 @@ attributions (N×C×H×W, same shape as the input) plus extra metadata for the R
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,14 +64,17 @@ def _baseline(lens: Lens, x: torch.Tensor, kind: Any) -> torch.Tensor:
         mean = torch.tensor(lens.transform.mean[:c], dtype=x.dtype, device=x.device)
         std = torch.tensor(lens.transform.std[:c], dtype=x.dtype, device=x.device)
         return (-mean / std).view(1, c, 1, 1).expand_as(x).contiguous()
-    try:
-        return torch.full_like(x, float(kind))
-    except (TypeError, ValueError):
-        from netlens.errors import AnalyzerError
+    from netlens.errors import AnalyzerError
 
+    try:
+        value = float(kind)
+    except (TypeError, ValueError):
         raise AnalyzerError(
             f"baseline '{kind}' not understood; use zero, black or a number"
         ) from None
+    if not math.isfinite(value):
+        raise AnalyzerError(f"baseline '{kind}' is not finite; use zero, black or a finite number")
+    return torch.full_like(x, value)
 
 
 def integrated_gradients(
@@ -107,9 +111,21 @@ def occlusion(
 ) -> Attribution:
     from captum.attr import Occlusion
 
+    from netlens.errors import AnalyzerError
+
     c, h, w = x.shape[1:]
     win = int(opts["window"] or max(2, min(h, w) // 8))
     stride = int(opts["stride"] or max(1, win // 2))
+    if win > min(h, w):
+        raise AnalyzerError(
+            f"occlusion: window {win} is larger than the input, {h}×{w} pixels after "
+            f"preprocessing; give --window {min(h, w)} or less (window= in Python)"
+        )
+    if stride > win:
+        raise AnalyzerError(
+            f"occlusion: stride {stride} is larger than the {win}-pixel window (input "
+            f"{h}×{w} after preprocessing); give --stride {win} or less (stride= in Python)"
+        )
     attr = Occlusion(net).attribute(
         x,
         sliding_window_shapes=(c, win, win),
@@ -169,7 +185,9 @@ def guided_gradcam(
     return attr, {"layer": name}
 
 
-_BATCH = Option("batch_size", 32, "inputs per forward pass inside the method", int, low=1)
+_BATCH = Option(
+    "batch_size", 32, "inputs per forward pass inside the method", int, low=1, high=1024
+)
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -179,7 +197,7 @@ METHODS: dict[str, Method] = {
             "Captum Integrated Gradients: path integral of gradients from a baseline",
             integrated_gradients,
             (
-                Option("steps", 32, "integration steps", int, low=1),
+                Option("steps", 32, "integration steps", int, low=1, high=10_000),
                 Option("baseline", "zero", "zero (mean image), black or a number", as_is),
                 Option(
                     "integration",
