@@ -114,13 +114,17 @@ def test_an_unreadable_first_file_does_not_stop_a_model_of_unknown_size(
         ImageFiles(list_images(root / "cat"), UNSIZED)
 
 
-def test_stats_skips_an_unreadable_first_file_of_an_unsized_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["stats"], ["top", "-l", "0.1"]])
+def test_an_unreadable_first_file_of_an_unsized_model_is_skipped(
+    tmp_path: Path, command: list[str]
+) -> None:
     root = _folder_with_empty_first_file(tmp_path / "data")
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     torch.save(nn.Sequential(net, nn.Linear(4, 2)).eval(), tmp_path / "seq.pt")
-    args = ["stats", str(tmp_path / "seq.pt"), "--trust", "--classes", "cat,dog", "-d"]
+    args = [command[0], str(tmp_path / "seq.pt"), *command[1:], "--trust", "--classes", "cat,dog"]
     for data in (root, root / "list.csv"):
-        res = CliRunner().invoke(app, [*args, str(data), "--out", str(tmp_path / "o"), "--quiet"])
+        out = ["-d", str(data), "--out", str(tmp_path / "o"), "--quiet"]
+        res = CliRunner().invoke(app, [*args, *out])
         assert res.exit_code == 3, res.output
         assert "000.jpg" in res.output
 

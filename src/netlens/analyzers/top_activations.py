@@ -207,13 +207,22 @@ class TopActivationsAnalyzer(Analyzer):
 
 
 def _example(run: Run) -> torch.Tensor:
-    """An input of the model's size: its recorded one, else the data's first image."""
+    """An input of the model's size: its recorded one, else the data's first readable image
+    (unreadable ones before it are skipped and named when the data is read)."""
+    from ..data.items import BAD_ITEM
     from ..errors import NetlensError
 
     try:
         return run.lens.example()
     except NetlensError:
-        return run.lens.place(run.data.dataset[0][0][None])
+        data = run.data.dataset
+        for i in range(len(data)):
+            try:
+                return run.lens.place(data[i][0][None])
+            except BAD_ITEM:
+                if run.data.strict or i == len(data) - 1:
+                    raise
+        raise
 
 
 def _one_layer(model: Any, layer: Any, example: torch.Tensor, output: Any = None) -> str:
