@@ -220,6 +220,9 @@ def test_regression_values_are_shown_as_values_not_percentages(tmp_path) -> None
     assert "probability" not in rows[0] and rows[0]["value"] == pytest.approx(
         float(lens.output(lens.preprocess(image))[0, 0].detach()), abs=1e-5
     )
+    assert rows[0]["prediction"] is None  # the argmax of raw values is no prediction
+    named = netlens.load(path, task="regression", trust=True, classes="age,height,weight")
+    assert named.cam(image, target="output:1").rows()[0]["target_name"] == "height"
     assert want.shape == (3,)
     res = CliRunner().invoke(
         app,

@@ -269,7 +269,8 @@ class OutputTarget(ClassTarget):
     kind: ClassVar[str] = "output"
 
     def describe(self, i: int, lens: Lens | None = None) -> str:
-        return f"output {int(self.classes[i])}"
+        k, names = int(self.classes[i]), (lens.classes if lens is not None else None) or []
+        return str(names[k]) if k < len(names) else f"output {k}"  # a regression's "height"
 
 
 @dataclass(frozen=True, eq=False)

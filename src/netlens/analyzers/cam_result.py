@@ -184,14 +184,15 @@ class CamResult(Result):
             pred = int(self.predictions[i])
             probs = [self._value(i, c) for c in t]
             labels = [self.target_name(i, k) for k in range(len(t))]
-            score = "value" if self.meta.get("task") == "regression" else "probability"
+            regression = self.meta.get("task") == "regression"  # values: none is "predicted"
+            score = "value" if regression else "probability"
             out.append(
                 {
                     "image": name,
                     "source": (self.meta.get("sources") or [None] * len(self.names))[i],
-                    "prediction": pred,
-                    "prediction_name": self.class_name(pred),
-                    f"prediction_{score}": float(self.probs[i, pred]),
+                    "prediction": None if regression else pred,
+                    "prediction_name": None if regression else self.class_name(pred),
+                    f"prediction_{score}": None if regression else float(self.probs[i, pred]),
                     "target": t[0] if single else t,
                     "target_name": labels[0] if single else labels,
                     score: probs[0] if single else probs,

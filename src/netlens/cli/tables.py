@@ -78,7 +78,11 @@ def cam_table(result: Any) -> Any:
             f"{n} ({_score(p, score)})" if p is not None else str(n)
             for n, p in zip(names, probs, strict=True)
         )
-        pred = f"{row['prediction_name']} ({_score(row[f'prediction_{score}'], score)})"
+        pred = (  # a regression predicts no class: its values are what it says
+            "—"
+            if row["prediction"] is None
+            else f"{row['prediction_name']} ({_score(row[f'prediction_{score}'], score)})"
+        )
         table.add_row(row["image"], pred, shown)
     return table
 
