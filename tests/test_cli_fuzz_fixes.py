@@ -175,3 +175,14 @@ def test_worker_range_says_what_the_flag_takes() -> None:
     with pytest.raises(NetlensError, match="--workers -1 is out of range: give 0 or more"):
         check_workers("--workers", -1)
     assert check_workers("--workers", 0) == 0
+
+
+def test_an_empty_out_a_nameless_zoo_model_and_a_loop_are_refused(tmp_path: Path, monkeypatch):
+    """``-o ''`` (an unset shell variable) wrote into the current folder; ``zoo:`` loaded the
+    default model; ``-o`` a symlink loop ended in a raw RuntimeError."""
+    monkeypatch.chdir(tmp_path)
+    one_line_error(runner.invoke(app, ["cam", "-o", "", "-q"]), "--out is empty")
+    assert list(tmp_path.iterdir()) == []
+    one_line_error(runner.invoke(app, ["layers", "zoo:"]), "no zoo model ''")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    one_line_error(runner.invoke(app, ["cam", "-o", "loop", "-q"]), "loop is a symlink loop")

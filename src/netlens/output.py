@@ -76,7 +76,15 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     """Hold the output folder's lock; a second holder in another process fails with one line.
 
     Taking it removes the staging folders of runs that were killed (nobody else writes there)."""
-    path = Path(folder).resolve()
+    try:
+        path = Path(folder).resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        from .naming import display_path
+
+        raise NetlensError(
+            f"{display_path(Path(folder))} is a symlink loop, not a folder; give --out a "
+            "folder's path"
+        ) from None
     if path in _HELD:
         yield path
         return

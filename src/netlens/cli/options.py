@@ -170,8 +170,14 @@ class Common:
         return kwargs
 
 
+def _path(text: str) -> Any:
+    """A path; empty text stays text, which :func:`check_values` refuses (``Path("")`` is
+    ``.``: an unset shell variable would have written into the current folder)."""
+    return Path(text) if str(text).strip() else text
+
+
 RUN_OPTIONS: dict[str, Any] = {
-    "out": (Path, typer.Option("--out", "-o", help="Output folder."), DEFAULT_OUT),
+    "out": (Path, typer.Option("--out", "-o", help="Output folder.", parser=_path), DEFAULT_OUT),
     "json": (
         bool,
         typer.Option("--json", help="Print a machine-readable summary on stdout."),

@@ -397,9 +397,8 @@ def _open(
     if source is None or str(source).startswith("zoo:"):
         from . import zoo
 
-        return zoo.load_zoo(
-            str(source or "").removeprefix("zoo:") or None, host=host, device=device
-        )
+        name = None if source is None else str(source).removeprefix("zoo:")  # "zoo:": no name
+        return zoo.load_zoo(name, host=host, device=device)
     loaded = load_file(
         Path(source),
         host,

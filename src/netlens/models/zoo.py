@@ -141,7 +141,7 @@ def load_zoo(
     from ..plugins.manager import PluginHost
     from .load import load_file
 
-    name = name or DEFAULT
+    name = DEFAULT if name is None else name  # "zoo:" names none: refused by model_dir
     folder = model_dir(name)
     host = host or PluginHost()
     loaded = load_file(folder, host)
