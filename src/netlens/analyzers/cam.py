@@ -132,8 +132,9 @@ def _warnings(heat: np.ndarray, probs: np.ndarray, targets: np.ndarray, meta: di
                 )
             elif float(heat[i, k].max()) <= 0.0:
                 lines.append(
-                    f"{name}: the {meta['method']} map for {label} is empty (all zero: no "
-                    "evidence above the ReLU); try another method or layer"
+                    f"{name}: the {meta['method']} map for {label} is flat (no evidence above "
+                    "the ReLU, or the same everywhere: nothing to localise); try another method "
+                    "or layer"
                 )
             c = int(targets[i, k])
             if classification and 0 <= c < probs.shape[1] and probs[i, c] < WEAK_TARGET:
