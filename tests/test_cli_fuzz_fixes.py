@@ -186,3 +186,11 @@ def test_an_empty_out_a_nameless_zoo_model_and_a_loop_are_refused(tmp_path: Path
     one_line_error(runner.invoke(app, ["layers", "zoo:"]), "no zoo model ''")
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     one_line_error(runner.invoke(app, ["cam", "-o", "loop", "-q"]), "loop is a symlink loop")
+
+
+def test_build_options_with_a_zoo_model_are_refused() -> None:
+    """``--arch``, ``--arch-kwargs`` and ``--num-classes`` beside a zoo model were ignored
+    without a word, as if they had been applied."""
+    one_line_error(runner.invoke(app, ["layers", "--arch", "resnet18"]), "--arch builds a model")
+    res = runner.invoke(app, ["layers", "zoo:mnist5k-lenet5", "--num-classes", "3"])
+    one_line_error(res, "--num-classes builds a model", "zoo model")

@@ -397,6 +397,19 @@ def _open(
     if source is None or str(source).startswith("zoo:"):
         from . import zoo
 
+        given = [
+            f
+            for f, v in (("arch", arch), ("arch_kwargs", arch_kwargs), ("num_classes", num_classes))
+            if v
+        ]
+        if given:  # silently unused, they would seem to have been applied
+            flags = ", ".join(f"--{g.replace('_', '-')}" for g in given)
+            raise ModelLoadError(
+                f"{flags} {'build' if len(given) > 1 else 'builds'} a model from a state_dict, "
+                "and a zoo model is built as its card says; leave "
+                f"{'them' if len(given) > 1 else 'it'} out (or give a model file)"
+            )
+
         name = None if source is None else str(source).removeprefix("zoo:")  # "zoo:": no name
         return zoo.load_zoo(name, host=host, device=device)
     loaded = load_file(
