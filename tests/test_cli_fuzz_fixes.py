@@ -194,3 +194,9 @@ def test_build_options_with_a_zoo_model_are_refused() -> None:
     one_line_error(runner.invoke(app, ["layers", "--arch", "resnet18"]), "--arch builds a model")
     res = runner.invoke(app, ["layers", "zoo:mnist5k-lenet5", "--num-classes", "3"])
     one_line_error(res, "--num-classes builds a model", "zoo model")
+
+
+def test_a_long_value_is_quoted_back_in_part() -> None:
+    """A 3,000-character value was echoed whole: a 3,124-character error line."""
+    line = one_line_error(runner.invoke(app, ["cam", "-m", "x" * 3000]), "unknown CAM method")
+    assert len(line) < 400 and "x" * 100 + "…'" in line

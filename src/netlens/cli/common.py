@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -106,8 +107,8 @@ def one_line(exc: BaseException) -> str:
     from ..errors import NetlensError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, NetlensError):
-        return text
+    if isinstance(exc, NetlensError):  # a value quoted back is shown in part when it is long
+        return re.sub(r"'([^']{100})[^']{20,}'", lambda m: f"'{m.group(1)}…'", text)
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return f"{text} (check the path)"
     if isinstance(exc, OSError) and exc.strerror:  # the OS refused: a name too long, a full disk
