@@ -341,3 +341,53 @@ def test_a_sigmoid_model_that_needs_two_images_keeps_its_probabilities():
     assert torch.allclose(lens.probabilities(lens.output(x)), p, atol=1e-5)
     for i, row in enumerate(cam.rows()):
         assert row["probability"] == pytest.approx(float(p[i, 0]), abs=1e-5)
+
+
+class LogitNet(SoftNet):
+    """SoftNet's logits, without its softmax."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).relu().mean((2, 3)))
+
+
+def test_a_bfloat16_softmax_model_is_not_softmaxed_again(photos):
+    """bfloat16 rounds a softmax's rows to sums of 1 ± 0.002: they were taken for logits and
+    softmaxed again (0.18 for the model's 0.75)."""
+    _, files = photos
+    model = made(SoftNet, scale=30).to(torch.bfloat16)
+    lens = netlens.Lens(model, {"size": (48, 48)})
+    x = lens.preprocess(files)
+    with torch.no_grad():
+        p = model(x.to(torch.bfloat16)).float()
+    assert (p.sum(1) - 1).abs().max() > 1e-3  # the case: rounding beyond the float32 margin
+    assert torch.allclose(lens.predict(files), p, atol=1e-3)
+
+
+def test_extreme_sigmoid_probabilities_keep_their_maps_and_values(photos):
+    """σ⁻¹ was clamped at the dtype's eps: a label at p = 1e-9 got a flat Grad-CAM map (zero
+    gradient through the clamp) and a float16 p = 4e-5 read as 6e-5 (float16's smallest normal
+    number; 0.0078 as bfloat16's eps)."""
+    _, files = photos
+    logits = made(LogitNet, scale=10)
+    with torch.no_grad():
+        logits.fc.bias -= 20  # every label unlikely
+    sig = nn.Sequential(logits, nn.Sigmoid()).eval()
+    x = netlens.Lens(logits, {"size": (48, 48)}).preprocess(files)
+    with torch.no_grad():
+        z = logits(x)
+    plain = netlens.Lens(logits, {"size": (48, 48)})
+    maps = {k: plain.cam(x[:1], target=k, layer="features").heatmaps for k in range(4)}
+    low = min((k for k in maps if maps[k].std() > 0.01), key=lambda k: float(z[0, k]))
+    assert float(torch.sigmoid(z[0, low])) < 1e-7  # beyond float32's eps
+    cam = netlens.Lens(sig, {"size": (48, 48)}).cam(x[:1], target=low, layer="0.features")
+    assert np.allclose(cam.heatmaps, maps[low], atol=1e-4)
+    with torch.no_grad():
+        logits.fc.bias += 10
+    for dtype in (torch.float16, torch.bfloat16):
+        model = nn.Sequential(logits, nn.Sigmoid()).to(dtype)
+        with torch.no_grad():
+            p = model(x.to(dtype)).float()
+        assert float(p.min()) < torch.finfo(dtype).tiny or dtype == torch.bfloat16
+        got = netlens.Lens(model, {"size": (48, 48)}).predict(files).float()
+        assert torch.allclose(got, p, rtol=1e-2, atol=0), dtype
+        model.float()

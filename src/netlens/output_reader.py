@@ -44,8 +44,11 @@ _VIEWS = {  # operations that reshape without computing: look through them
 class OutputReader:
     """``model_output(out, key)``; with ``sigmoid``, σ⁻¹ of an N×K one (see the module doc).
 
-    Probabilities are clamped to float's resolution around 0 and 1 (a saturated 1.0 reads as
-    the largest logit the dtype tells apart from it).
+    σ⁻¹ is taken in float64, so every probability the model's dtype holds below 1 reads as its
+    own logit (bfloat16's 0.9961 as 5.5, float32's 6e-9 as −18.9); only a saturated 0 or 1 is
+    clamped (to the dtype's smallest positive number, and to 1 − eps/2), and the clamp passes
+    gradients through, so a map is never flat because its probability is extreme. Logits come
+    out in float32 (float64 for a float64 model).
     """
 
     key: str | int | None = None
@@ -55,10 +58,20 @@ class OutputReader:
     def __call__(self, out: Any) -> torch.Tensor:
         t = model_output(out, self.key)
         if self.sigmoid and t.is_floating_point() and t.dim() in (2, 4):
-            t = torch.logit(t, eps=float(torch.finfo(t.dtype).eps))
+            t = _inverse_sigmoid(t)
         if t.dim() == 4 and t.shape[1] == 1 and self.binary_dense:
             return binary_dense(t)
         return t
+
+
+def _inverse_sigmoid(p: torch.Tensor) -> torch.Tensor:
+    """σ⁻¹(p) in float64 (see :class:`OutputReader`): exact below the dtype's saturation, the
+    clamp of a saturated 0 or 1 straight-through for gradients."""
+    info = torch.finfo(p.dtype)
+    q = p.double()
+    c = q + (q.clamp(info.tiny * info.eps, 1 - info.eps / 2) - q).detach()  # subnormals too
+    z = torch.log(c) - torch.log1p(-c)
+    return z.to(torch.promote_types(p.dtype, torch.float32))
 
 
 def binary_dense(z: torch.Tensor) -> torch.Tensor:

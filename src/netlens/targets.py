@@ -185,35 +185,39 @@ def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
     """
     out = output.detach().float()
     if task == "multiclass":
-        return out if are_probabilities(out) else torch.softmax(out, dim=1)
+        return out if are_probabilities(out, output.dtype) else torch.softmax(out, dim=1)
     if task == "binary":  # N×2: (negative, positive), indexed as binary targets are
         return torch.softmax(as_logits(out.reshape(len(out), -1)[:, :1]), dim=1)
     if task == "multilabel":
         return torch.sigmoid(out)
     if task == "dense":  # a segmenter ending in nn.Softmax(1): its probabilities as they are
-        return (out if are_probabilities(out) else torch.softmax(out, dim=1)).mean(dim=(2, 3))
+        dense = out if are_probabilities(out, output.dtype) else torch.softmax(out, dim=1)
+        return dense.mean(dim=(2, 3))
     return out
 
 
-def are_probabilities(out: torch.Tensor) -> bool:
+def are_probabilities(out: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
     """Whether N×K multi-class outputs (or N×K×H×W dense ones, per pixel) are probabilities
     already (a model ending in ``nn.Softmax``): every value in [0, 1] and every row summing
-    to 1. Logits never do both by chance; a softmax taken again would squash a 0.99 among
-    five classes to 0.40."""
+    to 1, to 1e-3 or the rounding of the model's ``dtype`` (default ``out``'s; a bfloat16
+    softmax sums to 1 ± 0.002). Logits never do both by chance; a softmax taken again would
+    squash a 0.99 among five classes to 0.40."""
     if out.dim() not in (2, 4) or out.shape[1] < 2 or not out.numel():
         return False
     finite = bool(torch.isfinite(out).all())
     in_range = finite and bool(out.min() >= 0) and bool(out.max() <= 1)
-    return in_range and bool((out.double().sum(dim=1) - 1).abs().max() <= 1e-3)
+    tol = max(1e-3, 2 * torch.finfo(dtype or out.dtype).eps)
+    return in_range and bool((out.double().sum(dim=1) - 1).abs().max() <= tol)
 
 
-def as_logits(out: torch.Tensor) -> torch.Tensor:
+def as_logits(out: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """N×K scores whose softmax is the class probabilities: logits as they are; a single
     logit ``z`` as ``[0, z]`` (softmax: ``1 − σ(z), σ(z)``, negative then positive, as binary
-    targets index them); probabilities (a model ending in ``nn.Softmax``) as their logs."""
+    targets index them); probabilities (a model ending in ``nn.Softmax``) as their logs.
+    ``dtype``: the model's, when ``out`` was cast from it (see :func:`are_probabilities`)."""
     if out.dim() == 2 and out.shape[1] == 1:
         return torch.cat([torch.zeros_like(out), out], dim=1)
-    if out.dim() == 2 and are_probabilities(out):
+    if out.dim() == 2 and are_probabilities(out, dtype):
         return out.clamp_min(torch.finfo(out.dtype).tiny).log()
     return out
 

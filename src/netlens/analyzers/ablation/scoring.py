@@ -172,8 +172,8 @@ class Outcomes:
 
         Computed in float64 numpy (no thread pool for tiny ops).
         """
-        z = as_logits(logits.detach().double()).cpu().numpy()  # one logit: [0, z]
-        b = as_logits(base.detach().double()).cpu().numpy()
+        z = as_logits(logits.detach().double(), logits.dtype).cpu().numpy()  # one logit: [0, z]
+        b = as_logits(base.detach().double(), base.dtype).cpu().numpy()
         self.num_classes = z.shape[1]
         y = _labels(labels, len(z), self.num_classes, self.metric)
         self.preds.append(z.argmax(1))
