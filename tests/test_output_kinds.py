@@ -391,3 +391,33 @@ def test_extreme_sigmoid_probabilities_keep_their_maps_and_values(photos):
         got = netlens.Lens(model, {"size": (48, 48)}).predict(files).float()
         assert torch.allclose(got, p, rtol=1e-2, atol=0), dtype
         model.float()
+
+
+def test_a_statically_quantized_model_is_explained_without_gradients():
+    """torch.ao eager static quantization (torchvision's quantizable ResNet): loading crashed on
+    the packed parameters' dtypes, and Score-CAM on the quantized activations."""
+    import warnings
+
+    import torchvision.models.quantization as qm
+
+    engines = torch.backends.quantized.supported_engines
+    if not {"fbgemm", "qnnpack", "x86"} & set(engines):
+        pytest.skip("no quantized engine")
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64) - 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp = qm.resnet18(num_classes=5, quantize=False).eval()
+        q = qm.resnet18(num_classes=5, quantize=False).eval()
+        q.load_state_dict(fp.state_dict())
+        q.fuse_model()
+        q.qconfig = torch.ao.quantization.get_default_qconfig(torch.backends.quantized.engine)
+        torch.ao.quantization.prepare(q, inplace=True)
+        with torch.no_grad():
+            q(x)
+        torch.ao.quantization.convert(q, inplace=True)
+    lens = netlens.Lens(q)
+    got = lens.cam(x, method="scorecam", layer="layer4", target=[0, 1]).heatmaps
+    want = netlens.Lens(fp).cam(x, method="scorecam", layer="layer4", target=[0, 1]).heatmaps
+    for g, w in zip(got, want, strict=True):
+        assert np.corrcoef(g.ravel(), w.ravel())[0, 1] > 0.9  # up to quantisation's rounding

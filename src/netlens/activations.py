@@ -154,6 +154,8 @@ def to_spatial(
     when its maps are not one per image of the ``batch`` that ran (window attention folds its
     windows into the batch: MaxViT, Swin's attention internals).
     """
+    if t.is_quantized:  # a statically quantized model's layer: its values, as floats
+        t = t.dequantize()
     custom = getattr(model, "netlens_reshape", None)
     s = custom(t, layer) if custom is not None else _spatial(t, model, layer, hw)
     if batch is not None and s.dim() == 4 and s.shape[0] != batch:

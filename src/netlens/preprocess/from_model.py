@@ -220,7 +220,8 @@ def torchvision_name(model: nn.Module) -> str | None:
     import torch
     import torchvision
 
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # a quantized model's state_dict also holds packed parameters and dtypes (no shapes)
+    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}
     key = (type(model), tuple(shapes.items()))
     if key in _RECOGNISED:
         return _RECOGNISED[key]
