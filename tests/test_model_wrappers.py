@@ -172,6 +172,27 @@ def test_gradient_maps_are_refused_where_no_gradient_reaches_the_layer(method: s
     assert got.std() > 0.01  # the used path still works
 
 
+class Reentrant(TwoHeads):
+    """Its features under ``torch.utils.checkpoint(..., use_reentrant=True)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        f = checkpoint(self.features, x, use_reentrant=True)
+        return self.fc(f.mean((2, 3)))
+
+
+def test_reentrant_checkpointing_is_named_not_a_raw_error() -> None:
+    """A layer before the checkpoint got torch's raw "incompatible with .grad()"; one inside
+    it "no gradient flows", naming neither checkpointing nor a way out."""
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NetlensError, match="checkpoint(ing)? with use_reentrant=True"):
+        netlens.cam(Reentrant().eval(), x, method="gradcam", layer="features.0")
+    with pytest.raises(NetlensError, match="checkpoint(ing)? with use_reentrant=True"):
+        netlens.cam(Reentrant().eval(), x, method="gradcam", layer="features.3")
+    assert netlens.cam(Reentrant().eval(), x, method="scorecam", layer="features.3").heatmaps.std()
+
+
 def test_the_cli_refuses_a_layer_off_the_output_path_in_one_line(tmp_path: Path) -> None:
     model = tmp_path / "two.pt"
     torch.save(TwoHeads().eval(), model)

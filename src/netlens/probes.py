@@ -38,6 +38,13 @@ from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
 
+REENTRANT = (
+    "the model runs torch.utils.checkpoint with use_reentrant=True, through which no gradient "
+    "to a layer can be taken; build it with use_reentrant=False or without checkpointing (timm: "
+    "model.set_grad_checkpointing(False)), or use a gradient-free method: --method scorecam or "
+    "ablationcam (method= in Python)"
+)
+
 
 @dataclass
 class Capture:
@@ -394,7 +401,12 @@ class Probe:
                 "no probed layer ran with gradients enabled; run the model inside "
                 "the probe and outside torch.no_grad()"
             )
-        found = torch.autograd.grad(target, nodes, retain_graph=retain_graph, allow_unused=True)
+        try:
+            found = torch.autograd.grad(target, nodes, retain_graph=retain_graph, allow_unused=True)
+        except RuntimeError as exc:
+            if "use_reentrant" not in str(exc):
+                raise
+            raise NetlensError(REENTRANT) from None
         by_node = {id(n): g for n, g in zip(nodes, found, strict=True)}
         for e in entries:
             e.grad = by_node[id(e.node)]

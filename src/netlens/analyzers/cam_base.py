@@ -402,7 +402,8 @@ def _check_reached(layers: Sequence[str], grads: Sequence[torch.Tensor | None]) 
         raise AnalyzerError(
             f"no gradient flows from the model's output back to layer '{missing[0]}' (a branch "
             "the output does not use, or something not differentiable in between: a quantized "
-            "layer, .detach(), torch.no_grad(), argmax); pick a layer the output depends on, or "
+            "layer, .detach(), torch.no_grad(), argmax, or gradient checkpointing with "
+            "use_reentrant=True); pick a layer the output depends on, or "
             "a gradient-free method: --method scorecam or ablationcam (method= in Python)"
         )
 
