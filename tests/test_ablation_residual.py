@@ -446,3 +446,30 @@ def test_a_model_that_fails_on_the_data_is_one_line() -> None:
         survey(model, torch.zeros(1, 3, 16, 16))
     assert "\n" not in str(err.value)
     assert not model._forward_hooks and not model[0]._forward_pre_hooks
+
+
+class Autocast(nn.Module):
+    """A model that runs its network under ``torch.autocast`` inside its own forward."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x).float()
+
+
+def test_blocks_run_under_the_models_own_autocast_are_ablated() -> None:
+    """The blocks with a projection shortcut (``layer2.0`` ...) were re-run outside the
+    autocast they ran under: bfloat16 inputs met float32 weights, and they were left out as
+    "identity cannot skip a layer that changes the shape"."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=4).eval()
+    x, y = torch.randn(6, 3, 64, 64), torch.randint(0, 4, (6,))
+    plain = netlens.ablate(net, (x, y), metric="prob", resamples=10)
+    cast = netlens.ablate(Autocast(net).eval(), (x, y), metric="prob", resamples=10)
+    keys = [r["key"].removeprefix("net.") for r in cast.rows]
+    assert keys == [r["key"] for r in plain.rows] and "layer2.0" in keys
+    for a, b in zip(plain.rows, cast.rows, strict=True):
+        assert b["value"] == pytest.approx(a["value"], abs=0.05)  # bfloat16's rounding

@@ -18,6 +18,7 @@ small ``GraphModule`` that shares the block's submodules, made per study (no reg
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 from dataclasses import dataclass
@@ -88,6 +89,16 @@ def trace_block(
         return fx.GraphModule(bound, graph)
     except Exception:  # noqa: BLE001 - any tracing failure means "not recognised"
         return None
+
+
+def _autocast_like(module: nn.Module, x: torch.Tensor) -> Any:
+    """The autocast a block ran under, told by a half-precision input to float32 weights
+    (``torch.autocast`` inside the model's forward): re-run under it, the block runs as then."""
+    weight = next(module.parameters(), None)
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    if low and weight is not None and weight.dtype == torch.float32:
+        return torch.autocast(x.device.type, dtype=x.dtype)
+    return contextlib.nullcontext()
 
 
 def _run(gm: fx.GraphModule, x: torch.Tensor) -> tuple[dict[fx.Node, Any], Any]:
@@ -269,7 +280,7 @@ def find_residual(
     gm = trace_block(module, args, kwargs)
     if gm is None or not any(_operands(n) for n in gm.graph.nodes):
         return None  # no addition of two values: nothing to run
-    with torch.no_grad():
+    with torch.no_grad(), _autocast_like(module, x):
         try:
             env, out = _run(gm, x)
         except Exception:  # noqa: BLE001 - the traced wiring does not run: not recognised
