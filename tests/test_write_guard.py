@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 import netlens
 from netlens.errors import NetlensError
@@ -266,3 +267,74 @@ def test_submodule_run_alone_is_guarded():
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     assert _get_current_dispatch_mode() is None
+
+
+class _Strict(nn.Module):
+    """Takes 8×8 inputs only; clips its features in place when they run high, and may add
+    test-time noise (as MC-dropout-style models do)."""
+
+    def __init__(self, noisy: bool = False) -> None:
+        super().__init__()
+        self.noisy = noisy
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.amax() > 3:  # data-dependent: the fast path's plan does not know it
+            y.clamp_(max=3)
+        if self.noisy:
+            y = y + 0.01 * torch.randn_like(y)
+        return self.fc(y.flatten(1))
+
+
+def test_a_forward_that_raises_leaves_no_dispatch_mode_behind():
+    """The user catches the model's own error and goes on: the probe's copy-on-write mode
+    stayed on torch's stack, the next forward under FlopCounterMode failed, and a mode leaked
+    past the probe's end."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _Strict().eval()
+    with netlens.probe(model, "conv") as p:
+        with pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, 10, 10))
+        assert _get_current_dispatch_mode() is None
+        with FlopCounterMode(display=False) as flops:
+            model(torch.randn(1, 3, 8, 8))
+        assert flops.get_total_flops() > 0 and p["conv"].outputs[-1].shape == (1, 4, 6, 6)
+        with FlopCounterMode(display=False), pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, 10, 10))  # raising inside the user's own mode
+    assert _get_current_dispatch_mode() is None
+
+
+def test_nested_probes_on_one_model_end_in_order():
+    model = _Strict().eval()
+    x = torch.randn(2, 3, 8, 8) * 0.1
+    with torch.no_grad(), netlens.probe(model, "conv") as outer:
+        with netlens.probe(model, "fc") as inner:
+            out = model(x)
+        assert torch.equal(inner["fc"].output, out)
+    assert outer["conv"].output.shape == (2, 4, 6, 6)
+    assert _get_current_dispatch_mode() is None
+
+
+def test_a_rerun_draws_the_same_random_numbers():
+    """A write the plan missed is recovered by running the forward again: with test-time noise
+    that rerun drew other numbers and the forward raised "running it again gave another
+    output"."""
+    model = _Strict(noisy=True).eval()
+    small, big = torch.randn(2, 3, 8, 8) * 0.01, torch.randn(2, 3, 8, 8) * 10
+    with torch.no_grad():
+        wants = [model.conv(x) for x in (small, small, big)]  # before the in-place clip
+    with torch.no_grad(), netlens.probe(model, "conv") as p:
+        for x, want in zip((small, small, big), wants, strict=True):
+            p.clear()
+            torch.manual_seed(1)
+            model(x)
+            assert torch.equal(p["conv"].output, want)
+
+
+def test_a_compiled_model_is_refused_with_what_to_probe():
+    compiled = torch.compile(_Strict().eval(), backend="eager")
+    with pytest.raises(NetlensError, match=r"model._orig_mod"):
+        netlens.probe(compiled, "conv")

@@ -183,6 +183,11 @@ class Probe:
         to: str | torch.device | None = None,
         example: torch.Tensor | None = None,
     ) -> None:
+        if type(model).__name__ == "OptimizedModule":  # torch.compile's wrapper
+            raise NetlensError(
+                "a torch.compile'd model runs the graph it compiled, without hooks: probe the "
+                "module it wraps (model._orig_mod) and run that"
+            )
         self.model = model
         self.names = resolve_layers(model, layers, example=example)
         self.grads = grads
@@ -203,6 +208,8 @@ class Probe:
         self._calls: dict[str, int] = {}
         self._forward = 0
         self._root: tuple[bool, list[int]] | None = None
+        self._rng: torch.Tensor | None = None  # the CPU RNG as the forward began (for a rerun)
+        self._open = False  # a forward has begun and not ended (it raised: see _closed)
         self._rerunning = False
         self._modules: list[nn.Module] = []
 
@@ -216,7 +223,14 @@ class Probe:
             self._handles.append(
                 self.model.register_forward_pre_hook(self._begin, with_kwargs=True)
             )
-            self._handles.append(self.model.register_forward_hook(self._end, with_kwargs=True))
+            # prepended: probes nested on one model end in the reverse order they began (_end,
+            # then _closed, which runs even when the forward raises, to unwind what _begin did)
+            closed = self.model.register_forward_hook(
+                self._closed, with_kwargs=True, prepend=True, always_call=True
+            )
+            self._handles.append(closed)
+            end = self.model.register_forward_hook(self._end, with_kwargs=True, prepend=True)
+            self._handles.append(end)
         except BaseException:
             self.remove()
             raise
@@ -253,8 +267,24 @@ class Probe:
         self._guard.begin(key, learn=not inference)
         versions = [] if inference else [t._version for t in inputs]
         self._root = (torch.is_grad_enabled(), versions)
+        self._rng = None if self._rerunning else torch.get_rng_state()
+        self._open = True
+
+    def _closed(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        """After every forward, also one that raised: then _end never ran, and the guard's
+        dispatch mode (and the consumption watch) it left on torch's stack are unwound here,
+        so that no netlens mode outlives the failed forward."""
+        if not self._open:
+            return
+        self._open, self._root = False, None
+        try:
+            if self._watch is not None:
+                self._watch.finish()
+        finally:
+            self._guard.abort()
 
     def _end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        self._open = False
         if self._watch is not None:
             self._watch.finish()
         missed = self._guard.end((args, kwargs, output))
@@ -288,6 +318,8 @@ class Probe:
         for cap in self.captures.values():
             cap._entries = [e for e in cap._entries if e.forward != self._forward]
         self._rerunning = True
+        if self._rng is not None:  # the same random draws (test-time noise) as the first time
+            torch.set_rng_state(self._rng)
         try:
             again = self.model(*args, **kwargs)
         finally:

@@ -166,6 +166,15 @@ class WriteGuard:
         self._reset()
         return missed
 
+    def abort(self) -> None:
+        """The forward raised: leave its guarding (its dispatch mode, wherever it is on the
+        stack) and forget its steps; the plan learned before stays."""
+        self._watch.clear()
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            _pop_mode(mode)
+        self._reset()
+
     def stop(self) -> None:
         """Stop guarding (the probe ends) and free the copy buffers."""
         self._stop()
@@ -264,6 +273,24 @@ class WriteGuard:
                 "before the forward or the probe ends"
             )
         mode.__exit__(None, None, None)
+
+
+def _pop_mode(mode: TorchDispatchMode) -> None:
+    """Take ``mode`` off torch's dispatch-mode stack wherever it is, the modes above it kept."""
+    from torch.utils import _python_dispatch as dispatch
+
+    if _get_current_dispatch_mode() is mode:
+        mode.__exit__(None, None, None)
+        return
+    stack = dispatch._get_current_dispatch_mode_stack()
+    if not any(m is mode for m in stack):
+        return
+    above = []
+    while _get_current_dispatch_mode() is not mode:
+        above.append(dispatch._pop_mode())
+    mode.__exit__(None, None, None)
+    for m in reversed(above):
+        dispatch._push_mode(m)
 
 
 def _free_like(buf: torch.Tensor, like: torch.Tensor) -> bool:
