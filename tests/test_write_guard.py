@@ -338,3 +338,59 @@ def test_a_compiled_model_is_refused_with_what_to_probe():
     compiled = torch.compile(_Strict().eval(), backend="eager")
     with pytest.raises(NetlensError, match=r"model._orig_mod"):
         netlens.probe(compiled, "conv")
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        x = checkpoint(self.blocks, self.stem(x), use_reentrant=False)
+        return self.head(x.mean((2, 3)))
+
+
+def test_checkpointed_layers_are_captured_once_with_their_gradients():
+    """Non-reentrant checkpointing re-runs its segment inside the backward, hooks included:
+    each layer in it was captured twice, and ``.grad`` refused ("ran 2 times")."""
+    torch.manual_seed(0)
+    model, x = _Checkpointed().eval(), torch.randn(2, 3, 16, 16)
+    acts = {}
+    h = model.blocks[0].register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    (want,) = torch.autograd.grad(model(x)[:, 0].sum(), [acts["a"]])
+    h.remove()
+    with netlens.probe(model, "blocks.0, blocks", grads=True) as p:
+        p.compute_grads(model(x)[:, 0].sum())
+    assert len(p["blocks.0"].outputs) == 1 and len(p["blocks"].outputs) == 1
+    assert torch.allclose(p["blocks.0"].grad, want, atol=1e-6)
+
+
+def test_a_dataclass_output_the_caller_rewrites_leaves_the_capture():
+    """A model returning a dataclass (not a dict or tuple): the caller's ``out.logits.sigmoid_()``
+    rewrote the captured head output (a dict output was protected already)."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Out:
+        logits: torch.Tensor
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> Out:
+            return Out(self.head(x))
+
+    model, x = Net().eval(), torch.randn(2, 4)
+    with torch.no_grad(), netlens.probe(model, "head") as p:
+        for _ in range(3):  # the first forward and the fast ones after it
+            p.clear()
+            out = model(x)
+            want = out.logits.clone()
+            out.logits.sigmoid_()
+            assert torch.equal(p["head"].output, want)

@@ -46,6 +46,13 @@ REENTRANT = (
 )
 
 
+def _in_backward() -> bool:
+    """Whether autograd is running a backward now (non-reentrant ``torch.utils.checkpoint``
+    re-runs its modules' forwards, hooks included, inside it)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
 @dataclass
 class Capture:
     """What one probed selection produced: one entry per (selected) call, in order.
@@ -336,6 +343,8 @@ class Probe:
         caps = self._by_module[name]
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            if _in_backward():  # a checkpointed segment recomputed by the backward: no call
+                return None
             k = self._calls[name] = self._calls.get(name, -1) + 1
             shape = getattr(output, "shape", None)
             for cap in caps:

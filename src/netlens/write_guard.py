@@ -28,6 +28,7 @@ copied at the end of the forward, so the caller may modify the returned tensor.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -312,11 +313,13 @@ def _alias(output: torch.Tensor, detach: bool) -> torch.Tensor:
 
 
 def tensors_in(obj: Any) -> list[torch.Tensor]:
-    """Every tensor in nested lists, tuples and dicts."""
+    """Every tensor in nested lists, tuples, dicts and dataclasses (a model's output object)."""
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
         return [t for o in obj for t in tensors_in(o)]
     if isinstance(obj, dict):
         return [t for o in obj.values() for t in tensors_in(o)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in tensors_in(getattr(obj, f.name, None))]
     return []
