@@ -394,3 +394,37 @@ def test_a_dataclass_output_the_caller_rewrites_leaves_the_capture():
             want = out.logits.clone()
             out.logits.sigmoid_()
             assert torch.equal(p["head"].output, want)
+
+
+def test_a_tuple_output_the_model_rewrites_later_is_kept_as_it_was():
+    """A block returning ``(conv(x), skip(x))`` whose caller then runs ``out += skip`` and an
+    in-place ReLU: the capture was the rewritten tensor (off by 2.3) and kept its graph."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.skip = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.conv(x), self.skip(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, skip = self.block(x)
+            out += skip
+            return torch.relu_(out).mean((2, 3))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model.block.conv(x)
+    with netlens.probe(model, "block") as p:
+        for _ in range(2):
+            p.clear()
+            model(x)
+            got = p["block"].output[0]
+            assert torch.equal(got, want) and not got.requires_grad

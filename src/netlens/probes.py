@@ -46,6 +46,20 @@ REENTRANT = (
 )
 
 
+def _copied(output: Any, detach: bool, to: torch.device | None) -> Any:
+    """A tuple's or dict's tensors copied (detached, moved ``to``): the write guard follows
+    single tensors, and the model may rewrite these in place after the call (``out += skip``)."""
+    from torch.utils._pytree import tree_map
+
+    def copy(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        t = t.detach() if detach else t
+        return t.to(to, copy=True) if to is not None else t.clone()
+
+    return tree_map(copy, output)
+
+
 def _in_backward() -> bool:
     """Whether autograd is running a backward now (non-reentrant ``torch.utils.checkpoint``
     re-runs its modules' forwards, hooks included, inside it)."""
@@ -390,9 +404,10 @@ class Probe:
         return on_read
 
     def _store(self, slot: tuple[str, int], output: Any, entries: list[CallOutput]) -> Any:
-        if not isinstance(output, torch.Tensor):
+        if not isinstance(output, torch.Tensor):  # a tuple or dict of tensors (or anything)
+            kept = output if self.grads else _copied(output, self.detach, self.to)
             for e in entries:
-                e.value = output
+                e.value = kept
             return None
         if self.grads and torch.is_grad_enabled() and output.is_floating_point():
             # Differentiate against a leaf (or the graph tensor) and hand the model a copy, so
