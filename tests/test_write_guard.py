@@ -428,3 +428,40 @@ def test_a_tuple_output_the_model_rewrites_later_is_kept_as_it_was():
             model(x)
             got = p["block"].output[0]
             assert torch.equal(got, want) and not got.requires_grad
+
+
+@pytest.mark.parametrize("grads", [False, True])
+def test_a_capture_that_is_a_view_of_a_weight_survives_an_optimizer_step(grads: bool):
+    """A learned position embedding returned as ``self.pos.expand(...)``: after ``opt.step()``
+    the capture showed the new weights (it was the weight's own storage)."""
+    import torch.nn.functional as F
+
+    class Pos(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(1, 5, 16) * 0.02)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pos.expand(x.shape[0], -1, -1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.pos_embed, self.head = nn.Linear(8, 16), Pos(), nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head((self.embed(x) + self.pos_embed(x)).mean(1))
+
+    torch.manual_seed(0)
+    model, x, y = Net(), torch.randn(4, 5, 8), torch.randint(0, 3, (4,))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    want = model.pos_embed.pos.detach().clone().expand(4, -1, -1)
+    with netlens.probe(model, "pos_embed", grads=grads) as p:
+        loss = F.cross_entropy(model(x), y)
+        if grads:
+            p.compute_grads(loss, retain_graph=True)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(model.pos_embed.pos.detach().expand(4, -1, -1), want)  # it moved
+    assert torch.equal(p["pos_embed"].output.detach(), want)

@@ -231,6 +231,7 @@ class Probe:
         self._root: tuple[bool, list[int]] | None = None
         self._rng: torch.Tensor | None = None  # the CPU RNG as the forward began (for a rerun)
         self._open = False  # a forward has begun and not ended (it raised: see _closed)
+        self._held: set[tuple[Any, int]] = set()  # the model's weights' storages (see _end)
         self._rerunning = False
         self._modules: list[nn.Module] = []
 
@@ -238,6 +239,8 @@ class Probe:
     def __enter__(self) -> Probe:
         modules = dict(self.model.named_modules())
         self._modules = list(modules.values())
+        weights = [*self.model.parameters(), *self.model.buffers()]
+        self._held = {(t.device, t.untyped_storage().data_ptr()) for t in weights}
         try:
             for name in self._by_module:
                 self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
@@ -308,7 +311,7 @@ class Probe:
         self._open = False
         if self._watch is not None:
             self._watch.finish()
-        missed = self._guard.end((args, kwargs, output))
+        missed = self._guard.end((args, kwargs, output), self._held)
         root, self._root = self._root, None
         if not missed or self._rerunning:
             return None
@@ -413,8 +416,12 @@ class Probe:
             # Differentiate against a leaf (or the graph tensor) and hand the model a copy, so
             # later in-place ops downstream never rebase what we differentiate against.
             node = output if output.requires_grad else output.detach().requires_grad_(True)
+            # a view of a weight (a learned embedding) would change with an optimizer step:
+            # its value is a copy, still in the graph
+            held = (node.device, node.untyped_storage().data_ptr()) in self._held
+            value = node.clone() if held else node
             for e in entries:
-                e.value = e.node = node
+                e.value, e.node = value, node
             return node.clone()
         if self.to is not None and output.device != self.to:
             moved = output.detach().to(self.to)

@@ -146,15 +146,17 @@ class WriteGuard:
         for e in entries:
             e.value = stored
 
-    def end(self, boundary: Any) -> list[CallOutput]:
+    def end(self, boundary: Any, held: set[tuple[Any, int]] = frozenset()) -> list[CallOutput]:
         """The forward returned: stop guarding, learn, check; returns the entries a write hit.
 
         Captures that alias a tensor in ``boundary`` (the model's inputs and output, which the
-        caller may modify next) are copied.
+        caller may modify next) or a storage in ``held`` (the model's parameters and buffers,
+        which an optimizer step rewrites: a learned position embedding returned as a view) are
+        copied.
         """
         missed = [e for e, t, v in self._unguarded if t._version != v and e.value is t]
         self.forwards["fast" if self._fast else "guarded"] += 1  # fast only if it stayed so
-        self._protect(boundary)
+        self._protect(boundary, held)
         self._stop()
         plan = self._plan
         if self._fast and plan is not None and self._step != len(plan.steps):
@@ -242,8 +244,8 @@ class WriteGuard:
         if intact:
             self._start()
 
-    def _protect(self, output: Any) -> None:
-        keys = {_storage_key(t) for t in tensors_in(output)}
+    def _protect(self, output: Any, held: set[tuple[Any, int]] = frozenset()) -> None:
+        keys = {_storage_key(t) for t in tensors_in(output)} | held
         if not keys:
             return
         for key in keys & set(self._watch):
