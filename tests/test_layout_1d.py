@@ -169,3 +169,22 @@ def test_a_module_run_on_both_layouts_is_read_by_call() -> None:
     assert rows["act@0"]["channels"] == 12 and rows["act@1"]["channels"] == 36
     feats = lens.run("features", x[:1], layer="act@1", channels="0,35")
     assert feats.arrays["act@1:maps"].shape == (1, 2, 8, 8)
+
+
+def test_a_layer_kept_under_a_second_name_is_found_by_it() -> None:
+    """``self.target_layer = self.backbone.layer4`` (as Grad-CAM tutorials set it): the module is
+    listed once, under its first name, and ``layer="target_layer"`` was "no layer"."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+            self.fc = nn.Linear(8, 3)
+            self.target_layer = self.backbone[1]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.backbone(x).mean((2, 3)))
+
+    x = torch.randn(1, 3, 16, 16)
+    cam = netlens.cam(Net().eval(), x, layer="target_layer")
+    assert cam.layer == "backbone.1"

@@ -141,6 +141,16 @@ def _one_selector(
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
 
 
+def _alias_of(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> str | None:
+    """The name of the layer ``sel`` is another attribute path to (``self.target_layer =
+    self.backbone.layer4``: ``named_modules`` lists each module once, under its first name)."""
+    try:
+        module = model.get_submodule(sel)
+    except (AttributeError, ValueError):
+        return None
+    return next((n for n, m in layers.items() if m is module), None)
+
+
 def _base_names(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> list[str]:
     if sel in layers:
         return [sel]
@@ -160,6 +170,9 @@ def _base_names(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> lis
     for prefix in _WRAPPER_PREFIXES:  # a name read off the wrapper netlens unwrapped
         if sel.startswith(prefix) and sel[len(prefix) :] in layers:
             return [sel[len(prefix) :]]
+    alias = _alias_of(model, layers, sel)
+    if alias is not None:
+        return [alias]
     raise LayerNotFoundError(
         f"no layer '{sel}' in {type(model).__name__}{hint(sel, layers)} "
         "(run `netlens layers MODEL` to list the names)"
