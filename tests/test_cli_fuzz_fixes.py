@@ -200,3 +200,9 @@ def test_a_long_value_is_quoted_back_in_part() -> None:
     """A 3,000-character value was echoed whole: a 3,124-character error line."""
     line = one_line_error(runner.invoke(app, ["cam", "-m", "x" * 3000]), "unknown CAM method")
     assert len(line) < 400 and "x" * 100 + "…'" in line
+
+
+def test_a_missing_csv_list_is_not_found() -> None:
+    """A mistyped ``-d val.csv`` was "neither a folder, a .csv list nor a dataset name"."""
+    res = runner.invoke(app, ["stats", "-d", "no/such/val.csv", "-q"])
+    one_line_error(res, "data list no/such/val.csv not found")

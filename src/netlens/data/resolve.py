@@ -521,7 +521,11 @@ def _from_path(
 
         host = PluginHost()
     if name not in host.datasets:
+        from ..naming import display_path
+
         known = ", ".join(host.datasets.names()) or "none registered"
+        if path.suffix.lower() == ".csv" and not path.exists():  # a list: a mistyped path
+            raise DataError(f"data list {display_path(path)} not found (check the path)")
         raise DataError(
             f"data '{name}' is neither a folder, a .csv list nor a dataset name (known: {known})"
         )
