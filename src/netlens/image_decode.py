@@ -114,8 +114,9 @@ def _checked_size(fh: BinaryIO, name: str, limit: int, nbytes: int) -> tuple[int
     w, h = size
     if w * h > limit:
         raise ImageError(
-            f"{name} is {w}×{h} pixels ({w * h / 1e6:.0f} MP), over the limit of "
-            f"{limit / 1e6:g} MP per image; if you trust the file, raise the limit with "
+            f"{name} is {w}×{h} pixels ({w * h / 1e6:.3g} MP), over the limit of "
+            f"{limit / 1e6:.3g} MP ({limit:,} pixels) per image; if you trust the file, raise "
+            "the limit with "
             f"--max-pixels or {MAX_PIXELS_ENV}"
         )
     if nbytes > _BYTES_PER_PIXEL_BOUND * w * h + _METADATA_SLACK:
