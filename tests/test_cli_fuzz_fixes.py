@@ -206,3 +206,8 @@ def test_a_missing_csv_list_is_not_found() -> None:
     """A mistyped ``-d val.csv`` was "neither a folder, a .csv list nor a dataset name"."""
     res = runner.invoke(app, ["stats", "-d", "no/such/val.csv", "-q"])
     one_line_error(res, "data list no/such/val.csv not found")
+
+
+def test_skip_bad_and_strict_together_are_refused() -> None:
+    """Both were accepted and --strict won without a word."""
+    one_line_error(runner.invoke(app, ["cam", "--skip-bad", "--strict", "-q"]), "give one of them")

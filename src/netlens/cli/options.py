@@ -409,6 +409,13 @@ def command(*, model: bool = True, run: bool = True, distributed: bool = True) -
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
             check_values(kwargs, flags)
+            if kwargs.get("skip_bad") and kwargs.get("strict"):
+                from ..errors import NetlensError
+
+                raise NetlensError(
+                    "--skip-bad skips unreadable images and --strict stops at the first one; "
+                    "give one of them"
+                )
             names = {f.name for f in fields(Common)}
             common = Common(
                 **{k: kwargs.pop(k) for k in list(kwargs) if k in groups and k in names}
