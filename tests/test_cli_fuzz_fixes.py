@@ -211,3 +211,9 @@ def test_a_missing_csv_list_is_not_found() -> None:
 def test_skip_bad_and_strict_together_are_refused() -> None:
     """Both were accepted and --strict won without a word."""
     one_line_error(runner.invoke(app, ["cam", "--skip-bad", "--strict", "-q"]), "give one of them")
+
+
+def test_an_option_given_twice_is_refused() -> None:
+    """``--opt method=gradcam --opt method=scorecam``: the last won without a word."""
+    res = runner.invoke(app, ["run", "cam", "--opt", "method=gradcam", "--opt", "method=scorecam"])
+    one_line_error(res, "option 'method' is given twice")

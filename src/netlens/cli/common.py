@@ -154,15 +154,18 @@ def emit_json(payload: Any) -> None:
 def parse_options(pairs: list[str] | None, example: str = "--opt steps=32") -> dict[str, Any]:
     """``key=value`` strings → a dict, values read as JSON where they parse (``3``, ``true``);
     ``example``: how the flag is given, for the message when one is not key=value."""
+    from ..errors import NetlensError
+
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            from ..errors import NetlensError
-
             raise NetlensError(f"option '{pair}' is not key=value (e.g. {example})")
         key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key in out:  # the last would win without a word
+            raise NetlensError(f"option '{key}' is given twice; give it once")
         try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
+            out[key] = value
     return out
