@@ -465,3 +465,36 @@ def test_a_capture_that_is_a_view_of_a_weight_survives_an_optimizer_step(grads: 
     opt.step()
     assert not torch.equal(model.pos_embed.pos.detach().expand(4, -1, -1), want)  # it moved
     assert torch.equal(p["pos_embed"].output.detach(), want)
+
+
+def test_gradients_of_a_tuple_returning_layer_are_refused_in_one_line():
+    """A module returning ``(tensor, extra)`` (Hugging Face attention): probed alone,
+    compute_grads said "no probed layer ran with gradients enabled"; beside another layer its
+    ``.grad`` was None without a word."""
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.conv(x)
+            return y, y.mean()
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair, self.fc = Pair(), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pair(x)[0].mean((2, 3)))
+
+    model, x = Net().eval(), torch.randn(1, 3, 8, 8)
+    with netlens.probe(model, "pair", grads=True) as p:
+        with pytest.raises(NetlensError, match="'pair' returns a tuple.*probe the module inside"):
+            p.compute_grads(model(x)[0, 0])
+    with netlens.probe(model, "pair, pair.conv", grads=True) as p:
+        p.compute_grads(model(x)[0, 0])
+        assert p["pair.conv"].grad.shape == (1, 4, 6, 6)
+        with pytest.raises(NetlensError, match="'pair' returns a tuple"):
+            _ = p["pair"].grad

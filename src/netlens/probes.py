@@ -38,6 +38,10 @@ from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
 
+_NOT_A_TENSOR = (
+    "layer '{name}' returns a tuple, dict or other object, not one tensor, so no gradient is "
+    "taken to it; probe the module inside it that makes the tensor (see `netlens layers MODEL`)"
+)
 REENTRANT = (
     "the model runs torch.utils.checkpoint with use_reentrant=True, through which no gradient "
     "to a layer can be taken; build it with use_reentrant=False or without checkpointing (timm: "
@@ -121,7 +125,10 @@ class Capture:
     @property
     def grads(self) -> list[torch.Tensor | None]:
         """Gradients matching :attr:`outputs` (after :meth:`Probe.compute_grads`)."""
-        return [e.grad for e in self._checked()]
+        entries = self._checked()
+        if any(not isinstance(e.value, torch.Tensor) for e in entries):
+            raise NetlensError(_NOT_A_TENSOR.format(name=self.name.name))
+        return [e.grad for e in entries]
 
     @property
     def output(self) -> Any:
@@ -460,6 +467,9 @@ class Probe:
             silent = [c for c in self.captures.values() if not c._entries]
             if len(silent) == len(self.captures):
                 silent[0]._single([], "output")  # raises: why that layer did not run
+            for c in self.captures.values():
+                if any(not isinstance(e.value, torch.Tensor) for e in c._entries):
+                    raise NetlensError(_NOT_A_TENSOR.format(name=c.name.name))
             raise NetlensError(
                 "no probed layer ran with gradients enabled; run the model inside "
                 "the probe and outside torch.no_grad()"
