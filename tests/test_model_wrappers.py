@@ -321,3 +321,15 @@ def test_a_model_of_other_than_rgb_channels_takes_tensors_and_refuses_photos(
     assert result.heatmaps.shape == (2, 64, 64)
     result.save(tmp_path / "o")
     assert len(list((tmp_path / "o").glob("*_figure.png"))) == 2
+
+
+def test_a_block_torch_fx_inlined_is_named_as_such() -> None:
+    """A ``torch.fx.symbolic_trace``d ResNet keeps ``layer4`` as an empty container: it "did not
+    run", with a hint (``layer4.1``) that did not run either."""
+    import torchvision
+
+    traced = torch.fx.symbolic_trace(torchvision.models.resnet18(num_classes=3).eval())
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(NetlensError, match="torch.fx inlined it"):
+        netlens.cam(traced, x, layer="layer4")
+    assert netlens.cam(traced, x, layer="layer4.1.conv2").heatmaps.shape == (1, 64, 64)

@@ -84,6 +84,7 @@ class Capture:
     _ran: int = field(default=0, repr=False)
     _shapes: list[Any] = field(default_factory=list, repr=False)
     _last_child: str | None = field(default=None, repr=False)
+    _inlined: bool = field(default=False, repr=False)  # a container in a torch.fx GraphModule
 
     def wants(self, call: int) -> bool:
         """Whether call ``call`` of the module (within its forward) is kept."""
@@ -148,6 +149,13 @@ class Capture:
                 raise NetlensError(
                     f"layer '{self.name.name}' ran {self._ran} time(s) per forward, so "
                     f"'{self.name}' does not exist; pick {self._call_list()}"
+                )
+            if self._inlined:
+                raise NetlensError(
+                    f"layer '{self.name}' did not run: torch.fx inlined it into the "
+                    "GraphModule's graph, where only leaf modules (convolutions, norms, "
+                    "activations) still run; pick one of them (`netlens layers MODEL` lists "
+                    "the calls), or explain the model before it was traced"
                 )
             if self._last_child is not None:
                 raise NetlensError(
@@ -226,6 +234,7 @@ class Probe:
         for cap in self.captures.values():
             kids = list(modules[cap.name.name].named_children())
             cap._last_child = f"{cap.name.name}.{kids[-1][0]}" if kids else None
+            cap._inlined = bool(kids) and isinstance(model, torch.fx.GraphModule)
         self._by_module: dict[str, list[Capture]] = {}
         for cap in self.captures.values():
             self._by_module.setdefault(cap.name.name, []).append(cap)
