@@ -217,3 +217,14 @@ def test_an_option_given_twice_is_refused() -> None:
     """``--opt method=gradcam --opt method=scorecam``: the last won without a word."""
     res = runner.invoke(app, ["run", "cam", "--opt", "method=gradcam", "--opt", "method=scorecam"])
     one_line_error(res, "option 'method' is given twice")
+
+
+def test_a_top_beyond_the_classes_is_said() -> None:
+    """``--top 10**12`` was capped to the model's classes without a word."""
+    import netlens
+    from netlens.errors import NetlensWarning
+
+    lens = netlens.load()
+    with pytest.warns(NetlensWarning, match="top=9 is more than the model's 5 classes"):
+        cam = lens.cam(lens.example(), top=9)
+    assert cam.arrays["targets"].shape == (1, 5)

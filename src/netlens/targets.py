@@ -396,6 +396,17 @@ def _top(output: torch.Tensor, task: str, k: int) -> list[Target]:
         return [BinaryTarget(pred * sign) for sign in (1.0, -1.0)[:k]]
     if task not in ("multiclass", "multilabel"):
         raise TargetError(f"top=K needs a classifier's N×classes output; this model's is {task}")
+    if k > output.shape[1]:  # said, not capped in silence
+        import warnings
+
+        from .errors import NetlensWarning
+
+        warnings.warn(
+            f"top={k} is more than the model's {output.shape[1]} classes: all of them are "
+            "explained",
+            NetlensWarning,
+            stacklevel=3,
+        )
     idx = output.detach().topk(min(k, output.shape[1]), dim=1).indices
     return [ClassTarget(idx[:, j]) for j in range(idx.shape[1])]
 
