@@ -237,3 +237,26 @@ def test_hook_call_removes_its_hooks_when_the_model_raises():
             model(_x(11))
         assert_no_hooks(model)
         assert torch._C._len_torch_function_stack() == 0
+
+
+def test_a_missing_call_lists_the_last_forwards_calls() -> None:
+    """After forwards with 4 and then 2 calls, "ran 2 time(s)" listed step@0 … step@3."""
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+            for _ in range(n):
+                x = torch.tanh(self.step(x))
+            return x
+
+    model, x = Loop(), torch.randn(2, 4)
+    with torch.no_grad(), netlens.probe(model, "step@5") as p:
+        model(x, 4)
+        model(x, 2)
+    with pytest.raises(
+        NetlensError, match=r"ran 2 time\(s\).*pick step@0 \(2×4\), step@1 \(2×4\);"
+    ):
+        _ = p["step@5"].output

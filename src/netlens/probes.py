@@ -325,6 +325,9 @@ class Probe:
 
     def _end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         self._open = False
+        for cap in self.captures.values():  # this forward's calls (an earlier one had more)
+            cap._ran = self._calls.get(cap.name.name, -1) + 1
+            del cap._shapes[cap._ran :]
         if self._watch is not None:
             self._watch.finish()
         missed = self._guard.end((args, kwargs, output), self._held)
