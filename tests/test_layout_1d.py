@@ -3,6 +3,8 @@ their channels are read on the right axis by `layers`, `stats`, channel ablation
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import timm
 import torch
@@ -188,3 +190,30 @@ def test_a_layer_kept_under_a_second_name_is_found_by_it() -> None:
     x = torch.randn(1, 3, 16, 16)
     cam = netlens.cam(Net().eval(), x, layer="target_layer")
     assert cam.layer == "backbone.1"
+
+
+def test_auto_in_one_member_of_an_ensemble_says_so() -> None:
+    """An ensemble averaging two networks' logits: ``auto`` chose the last member's layer and
+    its map explained that member alone (r −0.9 against the ensemble's Grad-CAM on one photo),
+    without a word. Branches run one after another (a ResNet's blocks) are not siblings."""
+    import torchvision
+
+    from netlens.errors import NetlensWarning
+
+    class Ensemble(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList(
+                torchvision.models.resnet18(num_classes=3) for _ in range(2)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return sum(m(x) for m in self.members) / 2
+
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.warns(NetlensWarning, match=r"inside members.1; members.0 runs beside it"):
+        cam = netlens.cam(Ensemble().eval(), x)
+    assert cam.layer == "members.1.layer4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        assert netlens.cam(torchvision.models.resnet18(num_classes=3).eval(), x).layer == "layer4"

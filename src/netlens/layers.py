@@ -84,6 +84,7 @@ class TracedCall:
     version: int
     caller_input_dims: tuple[int | None, ...] = ()
     grad_fn: Any = None  # the output's autograd node when the call returned (grad forwards)
+    input_key: tuple[Any, ...] | None = None  # its first tensor input: storage, shape, version
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -303,7 +304,8 @@ def _dry_forward(
                 stack.pop()
                 k = counts[name] = counts.get(name, -1) + 1
                 node = out.grad_fn if isinstance(out, torch.Tensor) else None
-                seen.append(TracedCall(name, k, m, out, _version(out), tuple(stack), node))
+                key = _input_key(i)
+                seen.append(TracedCall(name, k, m, out, _version(out), tuple(stack), node, key))
 
             handles.append(mod.register_forward_pre_hook(enter))
             handles.append(mod.register_forward_hook(hook))
@@ -326,6 +328,50 @@ def trace_outputs(
 ) -> list[tuple[str, nn.Module, Any]]:
     """One dry forward; (name, module, output) for every called module in completion order."""
     return [(c.name, c.module, c.output) for c in trace_calls(model, example)]
+
+
+def _input_key(args: Any) -> tuple[Any, ...] | None:
+    """What tells a call's first tensor input apart: its storage, shape, strides and version
+    (two calls given the very same tensor have equal keys; an in-place write between them
+    changes the version)."""
+    t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    if t is None or t.is_inference():
+        return None
+    return (
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        tuple(t.shape),
+        t.stride(),
+        t._version,
+    )
+
+
+def _parallel_branch(traced: list[TracedCall], chosen: TracedCall) -> tuple[str, list[str]]:
+    """The module around ``chosen`` that siblings of its own class run beside, on the very
+    same input (an ensemble's members; parallel branches), and those siblings; ("", []) when
+    nothing runs beside it."""
+    by_name: dict[str, list[TracedCall]] = {}
+    for c in traced:
+        by_name.setdefault(c.name, []).append(c)
+    parts = chosen.name.split(".")
+    for depth in range(1, len(parts) + 1):
+        around, parent = ".".join(parts[:depth]), ".".join(parts[: depth - 1])
+        calls = by_name.get(around, [])
+        if len(calls) != 1 or calls[0].input_key is None:
+            continue
+        kind, key = type(calls[0].module), calls[0].input_key
+        beside = [
+            n
+            for n, cs in by_name.items()
+            if n != around
+            and n.rpartition(".")[0] == parent
+            and n.count(".") == around.count(".")
+            and type(cs[0].module) is kind
+            and any(c.input_key == key for c in cs)
+        ]
+        if beside:
+            return around, beside
+    return "", []
 
 
 def _first_tensor_dim(args: Any) -> int | None:
@@ -374,7 +420,22 @@ def _repeated_blocks(model: nn.Module) -> set[str]:
 
 
 def _selection(traced: list[TracedCall], chosen: TracedCall, consumed: bool) -> LayerCall:
-    """``name`` for a module that ran once, ``name@k`` for one of several calls."""
+    """``name`` for a module that ran once, ``name@k`` for one of several calls; a warning when
+    it lies in one of several branches that run side by side (an ensemble's members)."""
+    around, beside = _parallel_branch(traced, chosen)
+    if beside:
+        import warnings
+
+        from .errors import NetlensWarning
+
+        warnings.warn(
+            f"auto chose {chosen.name}, inside {around}; {', '.join(beside[:3])} "
+            f"{'runs' if len(beside) == 1 else 'run'} beside it on the same input (an "
+            f"ensemble's members, parallel branches), so its map explains {around} alone; "
+            "name a layer of each with --layer (layer= in Python) to see them",
+            NetlensWarning,
+            stacklevel=3,
+        )
     calls = sum(1 for c in traced if c.name == chosen.name)
     return LayerCall(chosen.name, chosen.call if calls > 1 else None, consumed=consumed)
 
