@@ -337,13 +337,11 @@ def _input_key(args: Any) -> tuple[Any, ...] | None:
     t = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if t is None or t.is_inference():
         return None
-    return (
-        t.untyped_storage().data_ptr(),
-        t.storage_offset(),
-        tuple(t.shape),
-        t.stride(),
-        t._version,
-    )
+    try:
+        storage = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # sparse, nested: no storage to tell by
+        return None
+    return (storage, t.storage_offset(), tuple(t.shape), t.stride(), t._version)
 
 
 def _parallel_branch(traced: list[TracedCall], chosen: TracedCall) -> tuple[str, list[str]]:
