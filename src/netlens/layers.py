@@ -84,7 +84,7 @@ class TracedCall:
     version: int
     caller_input_dims: tuple[int | None, ...] = ()
     grad_fn: Any = None  # the output's autograd node when the call returned (grad forwards)
-    input_key: tuple[Any, ...] | None = None  # its first tensor input: storage, shape, version
+    input_key: tuple[Any, ...] | None = None  # its first tensor input and its version
 
 
 def named_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -331,17 +331,17 @@ def trace_outputs(
 
 
 def _input_key(args: Any) -> tuple[Any, ...] | None:
-    """What tells a call's first tensor input apart: its storage, shape, strides and version
-    (two calls given the very same tensor have equal keys; an in-place write between them
-    changes the version)."""
+    """A call's first tensor input and its version when the call began, held (so that no
+    later tensor takes its memory and seems the same): two calls given the very same tensor,
+    unwritten in between, have the same key (see :func:`_same_input`)."""
     t = next((a for a in args if isinstance(a, torch.Tensor)), None)
     if t is None or t.is_inference():
         return None
-    try:
-        storage = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # sparse, nested: no storage to tell by
-        return None
-    return (storage, t.storage_offset(), tuple(t.shape), t.stride(), t._version)
+    return (t, t._version)
+
+
+def _same_input(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
+    return a is not None and b is not None and a[0] is b[0] and a[1] == b[1]
 
 
 def _parallel_branch(traced: list[TracedCall], chosen: TracedCall) -> tuple[str, list[str]]:
@@ -365,7 +365,7 @@ def _parallel_branch(traced: list[TracedCall], chosen: TracedCall) -> tuple[str,
             and n.rpartition(".")[0] == parent
             and n.count(".") == around.count(".")
             and type(cs[0].module) is kind
-            and any(c.input_key == key for c in cs)
+            and any(_same_input(c.input_key, key) for c in cs)
         ]
         if beside:
             return around, beside
