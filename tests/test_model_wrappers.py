@@ -333,3 +333,6 @@ def test_a_block_torch_fx_inlined_is_named_as_such() -> None:
     with pytest.raises(NetlensError, match="torch.fx inlined it"):
         netlens.cam(traced, x, layer="layer4")
     assert netlens.cam(traced, x, layer="layer4.1.conv2").heatmaps.shape == (1, 64, 64)
+    data = (torch.rand(4, 3, 64, 64), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(AnalyzerError, match="torch.fx GraphModule, whose blocks were inlined"):
+        netlens.ablate(traced, data, metric="prob")  # "all change shape" named no cause

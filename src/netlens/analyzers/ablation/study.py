@@ -172,7 +172,15 @@ def _units(run: Run, x0: torch.Tensor, mode: str) -> tuple[list[Unit], list[str]
     units, others = _check_tensors(units, explicit)
     if mode != "identity":
         return units, others
-    units, skipped = _check_identity(units, explicit)
+    try:
+        units, skipped = _check_identity(units, explicit)
+    except AnalyzerError as exc:
+        if isinstance(run.lens.model, torch.fx.GraphModule) and not explicit:
+            raise AnalyzerError(  # its blocks no longer run as modules: only leaf layers do
+                f"{exc}; this is a torch.fx GraphModule, whose blocks were inlined into its "
+                "graph: ablate the model before it was traced"
+            ) from None
+        raise
     return units, others + skipped
 
 
