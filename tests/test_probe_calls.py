@@ -260,3 +260,32 @@ def test_a_missing_call_lists_the_last_forwards_calls() -> None:
         NetlensError, match=r"ran 2 time\(s\).*pick step@0 \(2×4\), step@1 \(2×4\);"
     ):
         _ = p["step@5"].output
+
+
+@pytest.mark.parametrize("style", ["setitem", "masked_fill", "isfinite"])
+def test_consumed_is_what_the_next_layer_reads_after_a_masked_rewrite(style: str) -> None:
+    """``y[y < 0] = 0`` reads ``y`` first to make its mask: ``:consumed`` took that read, the
+    tensor before the rewrite (off by 1.7), and ``auto`` chose it for Grad-CAM."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            if style == "setitem":
+                y[y < 0] = 0
+            elif style == "masked_fill":
+                y.masked_fill_(y > 0.3, 0.3)
+            else:
+                assert torch.isfinite(y).all()
+                y.relu_()
+            self.read = y.clone()
+            return self.head(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), netlens.probe(model, "conv:consumed") as p:
+        model(x)
+    assert torch.equal(p["conv:consumed"].output, model.read)

@@ -56,7 +56,16 @@ def _is_metadata(func: Any) -> bool:
     name = getattr(func, "__name__", "")
     if name == "__get__":
         return getattr(getattr(func, "__self__", None), "__name__", "") in _META_ATTRS
-    return name in _META_CALLS
+    return name in _META_CALLS or name in _TESTS
+
+
+# tests of the values (a mask for an in-place rewrite: ``y[y < 0] = 0``, ``masked_fill_(y > t)``;
+# an ``isfinite`` check): reads that do not consume the tensor, which the next layer reads after
+_TESTS = frozenset(
+    f"{p}{op}{s}"
+    for op in ("lt", "le", "gt", "ge", "eq", "ne")
+    for p, s in (("", ""), ("__", "__"))
+) | {"isfinite", "isnan", "isinf", "isposinf", "isneginf"}
 
 
 def _walk(obj: Any) -> Iterator[torch.Tensor]:
