@@ -64,6 +64,17 @@ def _copied(output: Any, detach: bool, to: torch.device | None) -> Any:
     return tree_map(copy, output)
 
 
+def _storages(tensors: list[torch.Tensor]) -> set[tuple[Any, int]]:
+    """Where ``tensors`` keep their data (tensors without a storage of their own left out)."""
+    found = set()
+    for t in tensors:
+        try:
+            found.add((t.device, t.untyped_storage().data_ptr()))
+        except (RuntimeError, NotImplementedError):  # sparse, quantized, nested
+            continue
+    return found
+
+
 def _in_backward() -> bool:
     """Whether autograd is running a backward now (non-reentrant ``torch.utils.checkpoint``
     re-runs its modules' forwards, hooks included, inside it)."""
@@ -255,8 +266,7 @@ class Probe:
     def __enter__(self) -> Probe:
         modules = dict(self.model.named_modules())
         self._modules = list(modules.values())
-        weights = [*self.model.parameters(), *self.model.buffers()]
-        self._held = {(t.device, t.untyped_storage().data_ptr()) for t in weights}
+        self._held = _storages([*self.model.parameters(), *self.model.buffers()])
         try:
             for name in self._by_module:
                 self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
