@@ -218,3 +218,24 @@ def test_the_blur_is_described_as_the_one_computed() -> None:
     assert "torchvision's ``gaussian_blur``" in deletion.__doc__
     x = torch.rand(1, 3, 20, 24)
     assert torch.allclose(deletion.blurred(x), TF.gaussian_blur(x, [11, 11], [5.0, 5.0]))
+
+
+def test_a_csv_list_dataset_made_without_the_model_is_matched_to_it(tmp_path) -> None:
+    """``CsvListDataset("l.csv")`` numbered its labels by sorted name (apple 0, mango 1, zebra
+    2) and kept its own default preprocessing, in every analyzer it was handed to."""
+    import cv2
+    import torchvision
+
+    from netlens.data.csvlist import CsvListDataset
+
+    rows = ["path,label"]
+    for i, c in enumerate(["zebra", "apple", "zebra", "mango"]):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((50, 70, 3), 40 * i, np.uint8))
+        rows.append(f"{i}.png,{c}")
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    ds = CsvListDataset(tmp_path / "l.csv")
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    lens = netlens.load(model, classes=["zebra", "apple", "mango"], size=32)
+    got = lens.dataset(ds)
+    assert [int(got[i][1]) for i in range(4)] == [0, 1, 0, 2]
+    assert got[0][0].shape == (3, 32, 32)

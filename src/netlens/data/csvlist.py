@@ -23,7 +23,7 @@ from ..images import IMAGE_SUFFIXES, first_readable, read_image
 from ..naming import display_path
 from ..preprocess import Preprocess
 from .labels import UNSET, LabelMatch, index_labels, match_names
-from .resolve import sized
+from .resolve import DATASET_DEFAULT, sized
 
 __all__ = ["CsvListDataset", "read_csv_list"]
 
@@ -209,6 +209,7 @@ class CsvListDataset(Dataset):
         label_map: Mapping[str, Any] | str | Path | None = None,
         num_classes: int | None = None,
     ) -> None:
+        self.path = Path(path)
         self.files, raw, columns = _read_csv(path)
         named = isinstance(classes, (list, tuple))
         if columns and label_map is None and not named:  # trained on the one-hot vectors
@@ -232,7 +233,8 @@ class CsvListDataset(Dataset):
             match = match_names(raw, classes, label_map=label_map, what=what)
             self.labels = np.asarray([match.index[v] for v in raw], np.int64)
         self.classes, self.label_source = match.classes, match.source
-        self.preprocess = sized(preprocess or Preprocess(), lambda: first_readable(self.files))
+        pre = preprocess or Preprocess(source=DATASET_DEFAULT)  # a model's replaces it
+        self.preprocess = sized(pre, lambda: first_readable(self.files))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -450,10 +450,10 @@ def _own_dataset(
     ds: Dataset, preprocess: Preprocess | None, classes: Any, label_map: Any, num_classes: Any
 ) -> Dataset:
     """One of netlens' own datasets, made without the model (``ArrayDataset(images, labels,
-    names)``, ``as_dataset(folder)``): preprocessed as the model's images where it carries only
-    netlens' default, and its labels matched to the model's classes by name, as a named
-    dataset's and a folder's are. As it is otherwise, and where the model's preprocessing is
-    itself a guess."""
+    names)``, ``as_dataset(folder)``, a ``CsvListDataset``): preprocessed as the model's images
+    where it carries only netlens' default, and its labels matched to the model's classes by
+    name, as a named dataset's and a folder's are. As it is otherwise, and where the model's
+    preprocessing is itself a guess."""
     own = getattr(ds, "preprocess", None)
     default = getattr(own, "source", None) == DATASET_DEFAULT and preprocess is not None
     pre = preprocess if default and not _guessed(preprocess) else own
@@ -462,6 +462,10 @@ def _own_dataset(
     unmatched = named and bool(model) and list(names) != list(model)
     if isinstance(ds, ImageFolderDataset) and default and (pre is not own or unmatched):
         return ImageFolderDataset(ds.root, pre, classes, label_map, num_classes)
+    from .csvlist import CsvListDataset
+
+    if isinstance(ds, CsvListDataset) and default and (pre is not own or unmatched):
+        return CsvListDataset(ds.path, pre, classes, label_map, num_classes)
     if isinstance(ds, ArrayDataset):
         ds = ds.with_preprocess(pre) if pre is not own else ds
         return ds.for_classes(classes, label_map) if unmatched else ds
