@@ -64,17 +64,6 @@ def _copied(output: Any, detach: bool, to: torch.device | None) -> Any:
     return tree_map(copy, output)
 
 
-def _storages(tensors: list[torch.Tensor]) -> set[tuple[Any, int]]:
-    """Where ``tensors`` keep their data (tensors without a storage of their own left out)."""
-    found = set()
-    for t in tensors:
-        try:
-            found.add((t.device, t.untyped_storage().data_ptr()))
-        except (RuntimeError, NotImplementedError):  # sparse, quantized, nested
-            continue
-    return found
-
-
 def _in_backward() -> bool:
     """Whether autograd is running a backward now (non-reentrant ``torch.utils.checkpoint``
     re-runs its modules' forwards, hooks included, inside it)."""
@@ -258,7 +247,6 @@ class Probe:
         self._root: tuple[bool, list[int]] | None = None
         self._rng: torch.Tensor | None = None  # the CPU RNG as the forward began (for a rerun)
         self._open = False  # a forward has begun and not ended (it raised: see _closed)
-        self._held: set[tuple[Any, int]] = set()  # the model's weights' storages (see _end)
         self._rerunning = False
         self._modules: list[nn.Module] = []
 
@@ -266,7 +254,7 @@ class Probe:
     def __enter__(self) -> Probe:
         modules = dict(self.model.named_modules())
         self._modules = list(modules.values())
-        self._held = _storages([*self.model.parameters(), *self.model.buffers()])
+        self._guard.hold([*self.model.parameters(), *self.model.buffers()])
         try:
             for name in self._by_module:
                 self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
@@ -340,7 +328,7 @@ class Probe:
             del cap._shapes[cap._ran :]
         if self._watch is not None:
             self._watch.finish()
-        missed = self._guard.end((args, kwargs, output), self._held)
+        missed = self._guard.end((args, kwargs, output))
         root, self._root = self._root, None
         if not missed or self._rerunning:
             return None
@@ -447,8 +435,7 @@ class Probe:
             node = output if output.requires_grad else output.detach().requires_grad_(True)
             # a view of a weight (a learned embedding) would change with an optimizer step:
             # its value is a copy, still in the graph
-            held = (node.device, node.untyped_storage().data_ptr()) in self._held
-            value = node.clone() if held else node
+            value = node.clone() if self._guard.holds(node) else node
             for e in entries:
                 e.value, e.node = value, node
             return node.clone()

@@ -55,6 +55,18 @@ def _storage_key(t: torch.Tensor) -> tuple[Any, int]:
     return (t.device, t.untyped_storage().data_ptr())
 
 
+def _storage_keys(tensors: list[torch.Tensor]) -> set[tuple[Any, int]]:
+    """The storages of ``tensors`` that have one of their own (sparse and quantized tensors do
+    not, and no view of theirs can alias a capture)."""
+    keys = set()
+    for t in tensors:
+        try:
+            keys.add(_storage_key(t))
+        except (RuntimeError, NotImplementedError):  # no plain storage behind it
+            pass
+    return keys
+
+
 class _CopyOnWrite(TorchDispatchMode):
     """Calls ``guard.before_write`` with every tensor an op is about to write into."""
 
@@ -107,10 +119,21 @@ class WriteGuard:
         self._pool: dict[Slot, torch.Tensor] = {}
         self.distrust = False
         self.forwards = {"guarded": 0, "fast": 0}
+        self._held: set[tuple[Any, int]] = set()  # the model's weights (see hold)
 
     @property
     def watching(self) -> bool:
         return bool(self._watch)
+
+    def hold(self, weights: list[torch.Tensor]) -> None:
+        """The model's parameters and buffers: a capture that aliases one (a learned embedding
+        returned as a view) is copied at the end of each forward, before an optimizer step
+        rewrites it."""
+        self._held = _storage_keys(weights)
+
+    def holds(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is a view of one of the model's weights."""
+        return bool(_storage_keys([t]) & self._held)
 
     # -- one forward -----------------------------------------------------------------------
     def begin(self, key: tuple, *, learn: bool = True) -> None:
@@ -146,17 +169,15 @@ class WriteGuard:
         for e in entries:
             e.value = stored
 
-    def end(self, boundary: Any, held: set[tuple[Any, int]] = frozenset()) -> list[CallOutput]:
+    def end(self, boundary: Any) -> list[CallOutput]:
         """The forward returned: stop guarding, learn, check; returns the entries a write hit.
 
         Captures that alias a tensor in ``boundary`` (the model's inputs and output, which the
-        caller may modify next) or a storage in ``held`` (the model's parameters and buffers,
-        which an optimizer step rewrites: a learned position embedding returned as a view) are
-        copied.
+        caller may modify next) or one of the weights (:meth:`hold`) are copied.
         """
         missed = [e for e, t, v in self._unguarded if t._version != v and e.value is t]
         self.forwards["fast" if self._fast else "guarded"] += 1  # fast only if it stayed so
-        self._protect(boundary, held)
+        self._protect(boundary)
         self._stop()
         plan = self._plan
         if self._fast and plan is not None and self._step != len(plan.steps):
@@ -244,8 +265,8 @@ class WriteGuard:
         if intact:
             self._start()
 
-    def _protect(self, output: Any, held: set[tuple[Any, int]] = frozenset()) -> None:
-        keys = {_storage_key(t) for t in tensors_in(output)} | held
+    def _protect(self, output: Any) -> None:
+        keys = {_storage_key(t) for t in tensors_in(output)} | self._held
         if not keys:
             return
         for key in keys & set(self._watch):
