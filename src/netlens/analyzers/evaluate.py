@@ -306,10 +306,11 @@ class EvaluateAnalyzer(Analyzer):
         run.data.dataset = first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
         tally = _Tally(CountingModel(lens.model, lens.reader, lens.task_for), plan.metrics)
+        masked = _needs_masks(lens, plan.metrics)
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x = x.to(lens.device)
-                masks = _masks(ds, idx.tolist(), lens) if _needs_masks(lens, plan.metrics) else None
+                masks = _masks(ds, idx.tolist(), lens) if masked else None
                 if not tally.classifier_checked:
                     _check_class_scores(lens, x[:1])
                     tally.classifier_checked = True
