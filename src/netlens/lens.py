@@ -354,12 +354,12 @@ class Lens:
                 )
             return idx
         if isinstance(target, str) and not re.fullmatch(r"\s*-?\d+\s*", target):
-            from .data.labels import _find, normalize_name
+            from .data.labels import find_name, normalize_name
 
             names = self.classes or []
             known = names.find(target) if isinstance(names, ClassNames) else None
             if known is None:  # any case and separators, as folder names are matched
-                known = _find(target.strip(), list(names))
+                known = find_name(target.strip(), list(names))
             if known is not None:
                 return known
             from .errors import hint

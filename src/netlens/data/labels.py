@@ -26,6 +26,7 @@ from ..errors import DataError, NetlensWarning, close_names
 __all__ = [
     "UNSET",
     "LabelMatch",
+    "find_name",
     "index_labels",
     "index_per_row",
     "match_names",
@@ -132,7 +133,7 @@ def match_names(
         k = (
             _lookup(mapping[name], model, name, aliases)
             if name in mapping
-            else _find(name, model, aliases)
+            else find_name(name, model, aliases)
         )
         if k is None:
             unknown.append(name)
@@ -207,7 +208,7 @@ def index_per_row(labels: Any, what: str = "given labels") -> np.ndarray:
     return arr
 
 
-def _find(name: str, model: list[str], aliases: Mapping[str, int] | None = None) -> int | None:
+def find_name(name: str, model: list[str], aliases: Mapping[str, int] | None = None) -> int | None:
     """Exact match first, then the case/separator-insensitive one (when it is unambiguous),
     then the classes' other names (``aliases``, normalised: ImageNet's WordNet IDs)."""
     if name in model:
@@ -228,7 +229,7 @@ def _match_by_part(
     found: dict[str, int] = {}
     for name in names:
         parts = [p for p in re.split(r"\s+-\s+", name.strip()) if p]
-        hits = {k for p in parts if (k := _find(p, model, aliases)) is not None}
+        hits = {k for p in parts if (k := find_name(p, model, aliases)) is not None}
         if len(parts) > 1 and len(hits) == 1:
             found[name] = hits.pop()
     values = list(found.values())
@@ -245,7 +246,7 @@ def _lookup(target: Any, model: list[str], name: str, aliases: Mapping[str, int]
         raise DataError(
             f"the label map sends '{name}' to class {k}, but the model has {len(model)} classes"
         )
-    k = _find(str(target), model, aliases)
+    k = find_name(str(target), model, aliases)
     if k is None:
         raise DataError(
             f"the label map sends '{name}' to '{target}', which is not a model class"
