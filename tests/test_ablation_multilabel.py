@@ -56,8 +56,37 @@ def test_label_free_metrics_read_the_labels_sigmoids(metric: str) -> None:
     r = netlens.ablate(lens, x, layers="0,2", metric=metric, mode="zero", progress=False)
     for row in r.rows:
         assert row["value"] == pytest.approx(_naive(model, x, row["key"], metric), rel=1e-5)
-        assert row["hurt_classes"] is None  # labels are not one class per image
-    assert r.meta["task"] == "multilabel" and r.meta["per_class"] is None
+    assert r.meta["task"] == "multilabel"
+
+
+def test_most_hurt_labels_are_the_labels_the_ablated_model_drops() -> None:
+    """Per label: of the images the intact model gives it, the share the ablated one still
+    gives it (one class per image would be meaningless for independent labels)."""
+    model = _net()
+    with torch.no_grad():
+        model[6].bias.add_(torch.tensor([0.0, -0.1, 0.0, 0.0, 0.1]))  # labels 1, 4 fall
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    names = ["person", "car", "dog", "tree", "sky"]
+    lens = netlens.load(model, size=16, mean=(0.5,) * 3, std=(0.5,) * 3, classes=names)
+    r = netlens.ablate(lens, x, layers="0,2", metric="kl", mode="zero", progress=False)
+    assert r.meta["per_class"] == "kept by intact label"
+    for row in r.rows:
+        with torch.no_grad():
+            b = model(x) > 0.5
+            hook = model.get_submodule(row["key"]).register_forward_hook(
+                lambda m, i, o: torch.zeros_like(o)
+            )
+            z = model(x) > 0.5
+            hook.remove()
+        given = b.sum(0)
+        kept = (b & z).sum(0).double() / given.clamp(min=1)
+        fall = [(1.0 - kept[c].item(), c) for c in range(5) if given[c] > 0 and kept[c] < 1]
+        expected = [names[c] for _, c in sorted(fall, key=lambda t: (-t[0], t[1]))[:3]]
+        assert [h["class"] for h in row["hurt_classes"]] == expected
+        assert expected, "the test needs an ablation that drops labels"
+        for h in row["hurt_classes"]:
+            c = names.index(h["class"])
+            assert h["before"] == 1.0 and h["after"] == pytest.approx(kept[c].item(), abs=1e-4)
 
 
 def test_label_metrics_are_refused_for_a_multi_label_model(tmp_path) -> None:

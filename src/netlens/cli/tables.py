@@ -138,8 +138,9 @@ def ablation_table(result: Any) -> Any:
     title = f"{meta['model']}: ablating {what} ({meta['mode']}; {meta['metric']}, "
     table = Table(title=title + f"{meta['direction']})")
     naive = any(r.get("path") == "naive" for r in result.rows)
-    by_class = meta.get("per_class") is not None  # not a multi-label model's labels
-    hurt = [f"most hurt classes ({meta['per_class']}, before→after)"] if by_class else []
+    by_class = meta.get("per_class") is not None  # absent from results saved by older versions
+    what = "labels" if meta.get("task") == "multilabel" else "classes"
+    hurt = [f"most hurt {what} ({meta['per_class']}, before→after)"] if by_class else []
     cols = ["unit", meta["metric"], "95% CI", harm, "95% CI", *hurt]
     for col in cols + (["path"] if naive else []):
         left = col in (cols[0], *hurt)

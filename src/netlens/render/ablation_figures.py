@@ -130,5 +130,6 @@ def _class_curves(ax: Axes, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     ax.set_xlabel("channels removed (most important first)")
     ax.set_ylabel(meta["per_class"])
     extra = f" ({len(shown)} of {per_class.shape[1]} that fall most)" if len(fall) > 12 else ""
-    ax.set_title(f"per class{extra}", fontsize=9)
+    what = "label" if meta.get("task") == "multilabel" else "class"
+    ax.set_title(f"per {what}{extra}", fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="lower left", framealpha=0.6)

@@ -140,12 +140,10 @@ class StudyRows:
         elif "@" in key:
             order, k = key.split("@")[1].split(":")
             row |= {"kind": f"curve-{order}", "k": int(k)}
-            if self.metric.per_class:
-                row["per_class"] = _rounded(class_scores(arr, self.k, self.by))
+            row["per_class"] = _rounded(class_scores(arr, self.k, self.by))
         value = float(metric_value(self.metric, arr, None, self.k)[0])
         row |= self._value_cells(value, self._samples(arr))
-        if self.metric.per_class:
-            row["hurt_classes"] = hurt_classes(base, arr, self.k, self.by, self.classes)
+        row["hurt_classes"] = hurt_classes(base, arr, self.k, self.by, self.classes)
         self._add(row)
 
 

@@ -14,7 +14,8 @@ way is better; a study reports the signed
 ``increase`` of a lower-is-better one.
 
 Per image only the prediction, the intact model's prediction, the label and the metric's own
-value are kept (:class:`Outcomes`), so a study over many ablations stays small in memory.
+value are kept (:class:`Outcomes`), so a study over many ablations stays small in memory; for a
+multi-label model also both models' label decisions (logit > 0), for its most-hurt labels.
 """
 
 from __future__ import annotations
@@ -104,15 +105,16 @@ def _prob_labels(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Metric:
     """A metric: its name, what it measures, which way is better, whether it needs labels;
-    ``per_class``: whether rows break it down by class (one class per image: not for the
-    independent labels of a multi-label model)."""
+    ``multilabel``: whether it reads a multi-label model's independent labels (broken down by
+    label: the share of the images the intact model gives a label that the ablated one still
+    gives it)."""
 
     name: str
     title: str
     higher_is_better: bool
     needs_labels: bool
     per_image: PerImage
-    per_class: bool = True
+    multilabel: bool = False
 
     @property
     def harm(self) -> str:
@@ -147,11 +149,11 @@ MULTILABEL_METRICS = {
     m.name: m
     for m in (
         Metric("prob", "mean probability of the intact model's labels", True, False,
-               _prob_labels, per_class=False),
+               _prob_labels, multilabel=True),
         Metric("kl", "KL divergence from the intact model's label probabilities (nats)", False,
-               False, _kl_labels, per_class=False),
+               False, _kl_labels, multilabel=True),
         Metric("agreement", "share of label decisions (logit > 0) as the intact model's", True,
-               False, _agreement_labels, per_class=False),
+               False, _agreement_labels, multilabel=True),
     )
 }  # fmt: skip
 
@@ -165,6 +167,8 @@ class Outcomes:
     base_preds: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
+    decisions: list[np.ndarray] = field(default_factory=list)
+    base_decisions: list[np.ndarray] = field(default_factory=list)
     num_classes: int = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor | None, base: torch.Tensor) -> None:
@@ -180,14 +184,21 @@ class Outcomes:
         self.base_preds.append(b.argmax(1))
         self.labels.append(y)
         self.values.append(self.metric.per_image(z, y, b))
+        if self.metric.multilabel:
+            self.decisions.append(z > 0)
+            self.base_decisions.append(b > 0)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
+        out = {
             "pred": np.concatenate(self.preds),
             "base_pred": np.concatenate(self.base_preds),
             "label": np.concatenate(self.labels),
             "value": np.concatenate(self.values),
         }
+        if self.metric.multilabel:
+            out["decision"] = np.concatenate(self.decisions)
+            out["base_decision"] = np.concatenate(self.base_decisions)
+        return out
 
 
 def _labels(labels: torch.Tensor | None, n: int, k: int, metric: Metric) -> np.ndarray:
@@ -243,7 +254,15 @@ def _f1_rows(label: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
 
 def class_scores(out: dict[str, np.ndarray], k: int, by: str) -> np.ndarray:
     """Per class: accuracy by true class (``by="label"``) or agreement with the intact model by
-    its predicted class (``by="base_pred"``); NaN for classes with no image."""
+    its predicted class (``by="base_pred"``); for a multi-label model per label, the share of the
+    images the intact model gives it that the variant still gives it. NaN for classes with no
+    image."""
+    if "decision" in out:
+        given = out["base_decision"]
+        count = given.sum(0)
+        kept = (given & out["decision"]).sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, kept / np.maximum(count, 1), np.nan)
     group = out[by]
     known = group >= 0
     cm = confusion_matrix(group[known], out["pred"][known], k).astype(np.float64)

@@ -382,9 +382,11 @@ def _meta(plan: _Plan) -> dict[str, Any]:
         "direction": m.direction,
         "harm": m.harm,
         "per_class": (
-            ("accuracy by true class" if m.needs_labels else "agreement by intact class")
-            if m.per_class
-            else None  # a multi-label model's labels are not one class per image
+            "kept by intact label"
+            if m.multilabel
+            else "accuracy by true class"
+            if m.needs_labels
+            else "agreement by intact class"
         ),
         "task": plan.task,
         "channels": plan.run.options.channels,
