@@ -187,11 +187,35 @@ def test_a_folder_read_without_the_model_is_matched_to_it(tmp_path) -> None:
     assert [(p.name, y) for p, y in ds.items] == [(p.name, y) for p, y in lens.dataset(root).items]
 
 
-def test_a_loader_over_an_array_dataset_keeps_its_geometry_for_the_masks() -> None:
+def test_a_loader_over_an_array_dataset_is_read_as_the_dataset_is() -> None:
+    """Its images preprocessed as the model's (centre-cropped), its masks cropped with them."""
     lens, ds = known_lens(), shapes()
     result = lens.evaluate(DataLoader(ds, batch_size=2), metrics="energy", steps=2)
-    share = [m.mean() for m in ds.masks]  # its images are squashed, not cropped: the whole mask
+    crop = slice(SIZE // 4, 3 * SIZE // 4)
+    share = [m[crop, crop].mean() for m in ds.masks]  # the centre half the images show
     assert np.allclose(result.arrays["gradcam/energy/baseline"], share)
+    direct = lens.evaluate(ds, metrics="energy", steps=2)
+    assert np.allclose(result.arrays["gradcam/energy/score"], direct.arrays["gradcam/energy/score"])
+
+
+def test_a_loader_over_an_array_dataset_gets_the_models_preprocessing_and_class_numbers() -> None:
+    order = list(reversed(CLASSES))
+    lens, ds = known_lens(order), shapes(6)
+    for analysis in ("stats", "ablate"):
+        kw = {"layers": "features.0", "mode": "zero"} if analysis == "ablate" else {}
+        direct = lens.run(analysis, ds, **kw)
+        loader = lens.run(analysis, DataLoader(ds, batch_size=4), **kw)
+        if analysis == "stats":
+            for a, b in zip(direct.table, loader.table, strict=True):  # the same images,
+                # preprocessed as the model's
+                floats = [k for k, v in a.items() if isinstance(v, float)]
+                assert [a[k] for k in floats] == pytest.approx([b[k] for k in floats], rel=1e-6)
+        else:
+            assert [r["value"] for r in direct.rows] == [r["value"] for r in loader.rows]
+            assert direct.baseline["value"] == loader.baseline["value"]  # labels renumbered
+    data = resolve_data(lens, DataLoader(ds, batch_size=4), what="top")
+    labels = torch.cat([y for _, y in data.loader(4)])
+    assert [order[int(y)] for y in labels] == [CLASSES[y] for y in ds.labels]
 
 
 @pytest.mark.parametrize("bad", [(), (1.5,), (-0.2, 0.5), (0.5, float("nan")), "0.2,x", "", 0.5j])

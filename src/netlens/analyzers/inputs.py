@@ -333,6 +333,8 @@ def resolve_data(
         ds = lens.dataset(inputs, split=split)
     elif isinstance(given.dataset, Dataset) or hub_rows(given.dataset) is not None:
         ds = lens.dataset(given.dataset, split=split)  # matched by class names; relabelled as drawn
+        if ds is not given.dataset and type(ds) is type(given.dataset):
+            given = _over(given, ds)  # one of netlens' own, remade for the model: draw that
     else:  # a loader over a plain list of pairs
         ds = given.dataset
     try:
@@ -353,6 +355,24 @@ def resolve_data(
         getattr(ds, "dataset", None), "label_source", None
     )
     return Data(ds, source, label_source, strict=strict, loader_given=given, dtype=lens.dtype)
+
+
+def _over(given: DataLoader, ds: Dataset) -> DataLoader:
+    """The user's DataLoader drawing from ``ds`` (the same items, remade with the model's
+    preprocessing and class numbering) with its own batching, sampler and collate function."""
+    kw: dict[str, Any] = {
+        "collate_fn": given.collate_fn,
+        "num_workers": given.num_workers,
+        "pin_memory": given.pin_memory,
+        "worker_init_fn": given.worker_init_fn,
+        "multiprocessing_context": given.multiprocessing_context,
+        "timeout": given.timeout,
+    }
+    if given.batch_size is None:  # a batch sampler of the user's
+        return DataLoader(ds, batch_sampler=given.batch_sampler, **kw)
+    return DataLoader(
+        ds, batch_size=given.batch_size, sampler=given.sampler, drop_last=given.drop_last, **kw
+    )
 
 
 def first_items(ds: Dataset, limit: int) -> Dataset:
