@@ -439,8 +439,10 @@ class Probe:
             for e in entries:
                 e.value, e.node = value, node
             return node.clone()
-        if self.to is not None and output.device != self.to:
-            moved = output.detach().to(self.to)
+        if output.is_quantized or (self.to is not None and output.device != self.to):
+            # a statically quantized layer's output: its values, as floats
+            moved = output.detach().dequantize() if output.is_quantized else output.detach()
+            moved = moved.to(self.to) if self.to is not None else moved
             for e in entries:
                 e.value = moved
             return None

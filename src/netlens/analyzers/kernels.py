@@ -65,9 +65,30 @@ class KernelsResult(Result):
         return out
 
 
+def _weight(mod: nn.Module) -> Any:
+    """The layer's weight tensor; a quantized layer's (``weight()``, a method there) as its
+    float values."""
+    weight = getattr(mod, "weight", None)
+    if callable(weight) and not isinstance(weight, torch.Tensor):  # torch.ao quantized layers
+        try:
+            weight = weight()
+        except Exception:  # noqa: BLE001 - some other module's method named weight
+            return None
+    if isinstance(weight, torch.Tensor) and weight.is_quantized:
+        weight = weight.dequantize()
+    return weight
+
+
+def _kinds(kind: type[nn.Module]) -> tuple[type[nn.Module], ...]:
+    """``kind`` and its statically quantized counterpart (torch.ao's, not a subclass of it)."""
+    from torch.ao.nn import quantized as nnq
+
+    return (kind, nnq.Conv2d) if kind is nn.Conv2d else (kind, nnq.Linear)
+
+
 def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
     """A conv/linear layer's weights, one filter (output unit) per row of the first axis."""
-    weight = getattr(mod, "weight", None)
+    weight = _weight(mod)
     if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
         raise AnalyzerError(
             f"layer '{name}' ({type(mod).__name__}) has no 2-D conv or linear weight to show; "
@@ -85,7 +106,7 @@ def _meta(name: str, mod: nn.Module, o: Any) -> dict[str, Any]:
     return {
         "layer": name,
         "type": type(mod).__name__,
-        "weight_shape": list(mod.weight.shape),
+        "weight_shape": list(_weight(mod).shape),
         "normalize": o.normalize,
         "sorted": bool(o.sort),
         "dead_tol": o.dead_tol,
@@ -130,10 +151,10 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
             called = []
     for kind in (nn.Conv2d, nn.Linear):
         for name in called:
-            if isinstance(layers.get(name), kind):
+            if isinstance(layers.get(name), _kinds(kind)):
                 return name
         for name, mod in layers.items():
-            if isinstance(mod, kind):
+            if isinstance(mod, _kinds(kind)):
                 return name
         other = [n for n in called or layers if isinstance(layers.get(n), _ConvNd)]
         if kind is nn.Conv2d and other:  # Conv1d, Conv3d, ConvTranspose2d: not its "first layer"

@@ -74,6 +74,17 @@ def _check_runs(model: nn.Module, where: str) -> None:
     """Refuse a model made of names its file could not find (see :mod:`.missing_globals`)."""
     from .missing_globals import stand_ins_in
 
+    try:
+        broken = next((m for m in model.modules() if "_modules" not in vars(m)), None)
+    except AttributeError:
+        broken = model
+    if broken is not None:  # torch pickles a statically quantized layer without its submodules
+        raise ModelLoadError(
+            f"{where} unpickles into a broken {type(broken).__name__} layer, without its "
+            "submodules: torch cannot save a statically quantized model whole. Load the model "
+            "in Python and pass it to netlens.load(model), or save the float model (or its "
+            "state_dict) instead"
+        )
     needed = stand_ins_in(model)
     if needed:
         raise ModelLoadError(_defined_in_main(where, needed[0].rpartition(".")[2], part=True))

@@ -55,7 +55,7 @@ class UnitStats:
                 f"{self.name} does not return one tensor, so it has no mean; pick layers "
                 "inside it that return a tensor (see `netlens layers MODEL`)"
             )
-        flat = out.detach().to(torch.float64)
+        flat = (out.dequantize() if out.is_quantized else out.detach()).to(torch.float64)
         s, q = flat.sum(0), (flat * flat).sum(0)
         if self.total is not None and self.total.shape != s.shape:
             raise AnalyzerError(
@@ -179,6 +179,28 @@ def _fill(
     return mean + own.std.to(out.device, out.dtype) * eps
 
 
+def _in_floats(replace: Replacement) -> Replacement:
+    """``replace`` on a statically quantized layer's output: made from its float values and
+    quantized back with the output's own scale and zero point (the next quantized op reads
+    them so)."""
+
+    def in_floats(x: torch.Tensor, out: torch.Tensor, batch: int, call: int = 0) -> torch.Tensor:
+        if not out.is_quantized:
+            return replace(x, out, batch, call=call)
+        new = replace(x, out.dequantize(), batch, call=call)
+        if out.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            return torch.quantize_per_channel(
+                new,
+                out.q_per_channel_scales(),
+                out.q_per_channel_zero_points(),
+                out.q_per_channel_axis(),
+                out.dtype,
+            )
+        return torch.quantize_per_tensor(new, out.q_scale(), out.q_zero_point(), out.dtype)
+
+    return in_floats
+
+
 def unit_replacement(
     unit: Unit, mode: str, stats: Stats | None = None, *, seed: int = 0, key: int = 0
 ) -> Replacement:
@@ -186,7 +208,9 @@ def unit_replacement(
     all its calls)."""
     check_mode(mode)
     if mode != "identity":
-        return lambda x, out, batch, call=0: _fill(mode, out, stats, seed, key, batch, call)
+        return _in_floats(
+            lambda x, out, batch, call=0: _fill(mode, out, stats, seed, key, batch, call)
+        )
     if unit.residual and unit.skip is not None:
         skip = unit.skip
         return lambda x, out, batch, call=0: skip(x.clone())
@@ -236,7 +260,7 @@ def channel_replacement(
         fill = _fill(fill_mode, out, stats, seed, key, batch, call)
         return torch.where(channel_mask(out, mask, last), fill, out)
 
-    return replace
+    return _in_floats(replace)
 
 
 def channel_group_replacement(
@@ -267,4 +291,4 @@ def channel_group_replacement(
         stacked = torch.where(channel_mask(out, masks, last)[:, None], fill, out[None])
         return stacked.view(g * n, *out.shape[1:])
 
-    return replace
+    return _in_floats(replace)
