@@ -267,6 +267,33 @@ def test_a_model_that_normalises_its_own_input_is_not_normalised_twice(kind: str
         torch.testing.assert_close(wrapped(x), ref, atol=1e-5 * scale, rtol=0)
 
 
+def test_a_first_layer_normalising_0_255_pixels_gets_0_255_pixels() -> None:
+    """mmcv's, Detectron's and Caffe ports' statistics (mean 123.675, std 58.395) are of 0..255
+    pixels: the network behind them got [0, 1] pixels, nearly a constant; and the warning
+    said netlens guessed ImageNet's mean/std, which it did not use."""
+    import warnings
+
+    from torchvision import transforms as T
+
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(1))
+    wrapped = nn.Sequential(T.Normalize(mean, std), network).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its normalisation is known: nothing is guessed
+        lens = netlens.load(wrapped, input_size=32)
+    assert "pixels in 0..255" in lens.transform.source
+    assert "guessed" not in lens.transform.source
+    photo = skdata.chelsea()[:32, :32]
+    seen = []
+    network.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        wrapped(lens.preprocess(photo))
+    pixels = torch.from_numpy(photo).permute(2, 0, 1).float()[None]
+    want = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(seen[0], want, atol=1e-5, rtol=0)
+
+
 def test_a_guessed_normalisation_is_said_once_at_load():
     """A model that records no preprocessing is fed with ImageNet's mean/std, a guess: a model
     trained on [0, 1] pixels (or 0.5/0.5) would be explained on inputs it never saw, without

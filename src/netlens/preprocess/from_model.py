@@ -67,12 +67,17 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         c = spec.channels
         stats = f"mean {', '.join(f'{v:g}' for v in norm.mean)}, std "
         stats += ", ".join(f"{v:g}" for v in norm.std)
-        source = spec.source if norm.network is not None else "model records no input size"
+        # its normalisation is known, not guessed: what the network's spec guessed goes
+        known = [p for p in spec.source.split("; ") if GUESSED not in p and norm.network]
+        source = "; ".join(known) or "model records no input size"
+        # stats above 1 are of 0..255 pixels (mmcv's, Caffe ports'): feed those, x / (1/255)
+        scale = 255.0 if max(*norm.mean, *norm.std) > 1.0 else 1.0
+        pixels = "0..255" if scale == 255.0 else "[0, 1]"
         return dataclasses.replace(
             spec,
             mean=(0.0,) * c,
-            std=(1.0,) * c,
-            source=f"{source}; pixels in [0, 1], not normalised: the model's first layer "
+            std=(1.0 / scale,) * c,
+            source=f"{source}; pixels in {pixels}, not normalised: the model's first layer "
             f"({norm.name}) normalises them itself ({stats})",
         )
     if getattr(model, "pretrained_cfg", None):
