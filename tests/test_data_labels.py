@@ -247,6 +247,24 @@ def test_torchvision_mnist_class_names_match_digits_or_words() -> None:
         match_names(["1", "1 - one"], digits)  # '1' took class 1 already
 
 
+def test_fashion_mnist_names_match_the_zoo_models_classes() -> None:
+    """torchvision's FashionMNIST names class 0 'T-shirt/top', the Hugging Face Hub's
+    ClassLabel 'T - shirt / top': both were refused for the zoo's Fashion-MNIST models
+    ("class names the model does not have: 'T-shirt/top' (closest: 't-shirt', 'shirt')")."""
+    from torchvision.datasets import FashionMNIST
+
+    import netlens
+    from netlens.data.labels import match_names
+
+    zoo = netlens.load("zoo:fmnist-resnet").classes
+    hub = ["T - shirt / top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt"]
+    hub += ["Sneaker", "Bag", "Ankle boot"]
+    for names in (FashionMNIST.classes, hub):
+        assert match_names(names, zoo).index == {n: k for k, n in enumerate(names)}
+    with pytest.raises(DataError, match="does not have"):
+        match_names(["shirt/top", "shirt"], ["shirt", "top"])  # both parts are classes
+
+
 def test_a_class_to_idx_json_is_class_names(tmp_path: Path) -> None:
     """``json.dump(train_data.class_to_idx, f)`` writes ``{name: index}``; it was refused
     ("needs integer keys"), and for folders named by numbers (``{"1": 0, "10": 1}``) it would

@@ -223,14 +223,17 @@ def find_name(name: str, model: list[str], aliases: Mapping[str, int] | None = N
 def _match_by_part(
     names: list[str], model: list[str], aliases: Mapping[str, int], taken: set[int]
 ) -> dict[str, int]:
-    """Names such as torchvision's MNIST classes (``0 - zero``), matched by the one part
-    (split at `` - ``) that names a model class; only when every such match is a class of its
-    own, not matched otherwise."""
+    """Names such as torchvision's MNIST classes (``0 - zero``) and Fashion-MNIST's
+    (``T-shirt/top``; the Hugging Face Hub's ``T - shirt / top``), matched by the one part (split
+    at `` - ``, or at ``/``) that names a model class; only when every such match is a class of
+    its own, not matched otherwise."""
     found: dict[str, int] = {}
     for name in names:
-        parts = [p for p in re.split(r"\s+-\s+", name.strip()) if p]
+        text = name.strip()
+        parts = [p for p in re.split(r"\s+-\s+", text) + re.split(r"\s*/\s*", text) if p]
+        parts = [p for p in parts if p != text]
         hits = {k for p in parts if (k := find_name(p, model, aliases)) is not None}
-        if len(parts) > 1 and len(hits) == 1:
+        if parts and len(hits) == 1:
             found[name] = hits.pop()
     values = list(found.values())
     if len(set(values)) != len(values) or taken & set(values):
