@@ -294,6 +294,42 @@ def test_a_first_layer_normalising_0_255_pixels_gets_0_255_pixels() -> None:
     torch.testing.assert_close(seen[0], want, atol=1e-5, rtol=0)
 
 
+def test_a_head_registered_before_the_convs_and_a_flat_mlp_get_their_channels() -> None:
+    """A 1-channel CNN whose classifier is registered before its convs was taken for a
+    3-channel model (every command failed in the dry forward); an MLP over a flattened 28×28
+    image was fed 3×H×W photos ("mat1 and mat2 shapes cannot be multiplied (1x2352 and
+    784x64)")."""
+    import warnings
+
+    class HeadFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = nn.Linear(8 * 7 * 7, 10)
+            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.MaxPool2d(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x).flatten(1))
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    rgb = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    patches = nn.Sequential(nn.Linear(3 * 16 * 16, 10))  # a Linear over patches: no image size
+    photo = skdata.chelsea()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head_first = netlens.load(HeadFirst(), input_size=28)
+        assert head_first.transform.channels == 1
+        assert head_first.predict(photo).shape == (1, 10)
+        lens = netlens.load(mlp)
+        assert (lens.transform.channels, lens.transform.size) == (1, (28, 28))
+        assert "from the image its first Linear flattens" in lens.transform.source
+        x = lens.preprocess(photo)
+        assert x.shape == (1, 1, 28, 28) and lens.predict(photo).shape == (1, 10)
+        lens = netlens.load(rgb)
+        assert (lens.transform.channels, lens.transform.size) == (3, (32, 32))
+        lens = netlens.load(patches)
+        assert lens.transform.size is None
+
+
 def test_a_guessed_normalisation_is_said_once_at_load():
     """A model that records no preprocessing is fed with ImageNet's mean/std, a guess: a model
     trained on [0, 1] pixels (or 0.5/0.5) would be explained on inputs it never saw, without

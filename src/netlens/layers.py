@@ -315,7 +315,8 @@ def _dry_forward(
             except Exception as exc:  # noqa: BLE001 - explained to the user below
                 raise NetlensError(
                     f"a dry forward with input {tuple(x.shape)} failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:160]}); pass an example input of the right size"
+                    f"{str(exc).splitlines()[0][:160]}); give the model's input size as C,H,W "
+                    "(--input-size 1,28,28; input_size= in Python) or an example input"
                 ) from exc
     finally:
         for h in handles:

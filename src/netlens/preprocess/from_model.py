@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import operator
 import warnings
 from collections.abc import Iterable
@@ -267,7 +268,9 @@ def guessed_spec(model: nn.Module) -> Preprocess:
     norm = "ImageNet mean/std" if channels == 3 else "mean 0.5, std 0.5"
     if size is not None:
         h, w = size[-2:]
-        source = f"input size {h}×{w} from the model's input_size; {norm} {GUESSED}"
+        flat = getattr(model, "input_size", None) is None and flattened_image(model) is not None
+        where = "the image its first Linear flattens" if flat else "the model's input_size"
+        source = f"input size {h}×{w} from {where}; {norm} {GUESSED}"
     else:
         source = f"model records no preprocessing: {norm} {GUESSED}; input size unknown"
     return Preprocess(
@@ -281,13 +284,14 @@ def guessed_spec(model: nn.Module) -> Preprocess:
 
 def model_input_size(model: nn.Module) -> tuple[int, ...] | None:
     """What the model itself says of its input: ``input_size`` (C,H,W or H,W), or timm's
-    ``patch_embed.img_size`` (a ViT/Swin built for another size); None when it says nothing."""
+    ``patch_embed.img_size`` (a ViT/Swin built for another size), or the flattened image its
+    first Linear reads (:func:`flattened_image`); None when it says nothing."""
     size: Any = getattr(model, "input_size", None)
     if size is None:
         embed = getattr(model, "patch_embed", None)
         size = getattr(embed, "img_size", None)
     if size is None:
-        return None
+        return flattened_image(model)
     if isinstance(size, int):
         return (size, size)
     try:
@@ -297,17 +301,36 @@ def model_input_size(model: nn.Module) -> tuple[int, ...] | None:
 
 
 def model_channels(model: nn.Module) -> int | None:
-    """Input channels of the first convolution (None when a Linear comes first, or no conv).
+    """Input channels of the first registered convolution (or of the flattened image a model
+    without one reads, :func:`flattened_image`).
 
     1 to 4 only: a model taking 2 or 4 (RGB + near-infrared, RGBA) is told so, and images,
     which have 1 or 3, are refused in one line; a first-registered convolution taking more
     is taken for an inner one (its input is not the image).
     """
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return int(m.in_channels) if 1 <= m.in_channels <= 4 else None
-        if isinstance(m, nn.Linear):
-            return None
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None:  # the first registered (a head may be registered before it)
+        return int(conv.in_channels) if 1 <= conv.in_channels <= 4 else None
+    flat = flattened_image(model)
+    return flat[0] if flat else None
+
+
+def flattened_image(model: nn.Module) -> tuple[int, int, int] | None:
+    """(C, S, S) for a model without convolutions that starts by flattening its image into a
+    Linear (``Sequential(Flatten(), Linear(784, ...))``: 1×28×28) — in_features = C·S², C 1 or
+    3; None otherwise (a Linear over patches, ``Rearrange`` then ``Linear``, says no size)."""
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return None
+    leaves = [m for m in model.modules() if not any(m.children())][:2]
+    if len(leaves) < 2 or not isinstance(leaves[0], nn.Flatten):
+        return None
+    if not isinstance(leaves[1], nn.Linear) or leaves[0].start_dim != 1:
+        return None
+    n = int(leaves[1].in_features)
+    for c in (1, 3):
+        side = math.isqrt(n // c)
+        if n % c == 0 and side * side * c == n and side > 1:
+            return c, side, side
     return None
 
 
