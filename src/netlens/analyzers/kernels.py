@@ -10,6 +10,12 @@ Views, chosen from the layer:
 - linear layers fed by a flattened image or feature map (LeNet, an MLP on 28×28 digits) are
   reshaped to that image and shown as tiles.
 
+The weights are those the layer convolves with (see :mod:`.kernel_weights`): a
+weight-standardised conv's standardised filters, a pruned or weight-normed layer's current
+values even before any forward has run. A conditional conv (timm's ``CondConv2d``), whose
+filters are mixed per input, is refused. Only weights are read: a model of unknown input size
+is fine (the first layer is then the first declared).
+
 The table has one row per filter (output unit): its L2 norm, mean, std, largest magnitude and
 whether it is *near zero*: norm ≤ ``dead_tol`` × the largest filter norm of the layer (an
 all-zero filter is near zero for any tolerance).
@@ -29,6 +35,7 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import AnalyzerError, NetlensError
 from ..layers import named_layers, resolve_layers, trace_outputs
 from .base import Analyzer, Result, Run
+from .kernel_weights import conditional_conv_error, effective_weight
 from .options import OptionError
 from .specs import KERNELS
 
@@ -42,15 +49,17 @@ __all__ = ["KernelsAnalyzer", "KernelsResult", "default_kernel_layer", "filter_s
 
 @dataclass(frozen=True)
 class KernelsResult(Result):
-    """Weights of one layer. ``arrays``: ``weight`` (as stored), ``tiles`` (raw values, one per
-    shown filter, in display order), ``order`` (the filter index of each tile), ``matrix`` (matrix
-    view), ``norm``/``mean`` (per filter)."""
+    """Weights of one layer. ``arrays``: ``weight`` (as the layer convolves with them; how they
+    derive from the stored parameters: ``meta["weight_used"]``, None when as stored), ``tiles``
+    (raw values, one per shown filter, in display order), ``order`` (the filter index of each
+    tile), ``matrix`` (matrix view), ``norm``/``mean`` (per filter)."""
 
     def headline(self) -> str:
         m = self.meta
+        used = f"; weights as used: {m['weight_used']}" if m.get("weight_used") else ""
         return (
             f"kernels of {m['layer']} ({m['type']}, {m['total']} filters, "
-            f"{len(m['near_zero'])} near zero)"
+            f"{len(m['near_zero'])} near zero{used})"
         )
 
     def figures(self) -> dict[str, Figure]:
@@ -66,17 +75,33 @@ class KernelsResult(Result):
 
 
 def _weight(mod: nn.Module) -> Any:
-    """The layer's weight tensor; a quantized layer's (``weight()``, a method there) as its
-    float values."""
+    """The weight tensor the layer convolves with; a quantized layer's (``weight()``, a method
+    there) as its float values."""
+    return _weight_used(mod)[0]
+
+
+def _weight_used(mod: nn.Module) -> tuple[Any, str | None]:
+    """:func:`_weight` and how it was derived from the stored parameters (None: as stored)."""
     weight = getattr(mod, "weight", None)
     if callable(weight) and not isinstance(weight, torch.Tensor):  # torch.ao quantized layers
         try:
             weight = weight()
         except Exception:  # noqa: BLE001 - some other module's method named weight
-            return None
+            return None, None
     if isinstance(weight, torch.Tensor) and weight.is_quantized:
-        weight = weight.dequantize()
-    return weight
+        return weight.dequantize(), None
+    if isinstance(weight, torch.Tensor):
+        return effective_weight(mod, weight)
+    return weight, None
+
+
+def _example(lens: Lens, batch: int = 1) -> torch.Tensor | None:
+    """A zero input batch, or None when the model's input size is unknown: kernels reads only
+    weights, so it goes on (the declaration order decides the first layer)."""
+    try:
+        return lens.example(batch)
+    except NetlensError:
+        return None
 
 
 def _kinds(kind: type[nn.Module]) -> tuple[type[nn.Module], ...]:
@@ -87,8 +112,12 @@ def _kinds(kind: type[nn.Module]) -> tuple[type[nn.Module], ...]:
 
 
 def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
-    """A conv/linear layer's weights, one filter (output unit) per row of the first axis."""
+    """A conv/linear layer's weights as it convolves with them, one filter (output unit) per row
+    of the first axis."""
     weight = _weight(mod)
+    refusal = conditional_conv_error(mod, name, weight)
+    if refusal:
+        raise AnalyzerError(refusal)
     if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
         raise AnalyzerError(
             f"layer '{name}' ({type(mod).__name__}) has no 2-D conv or linear weight to show; "
@@ -103,10 +132,12 @@ def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
 
 
 def _meta(name: str, mod: nn.Module, o: Any) -> dict[str, Any]:
+    weight, used = _weight_used(mod)
     return {
         "layer": name,
         "type": type(mod).__name__,
-        "weight_shape": list(_weight(mod).shape),
+        "weight_shape": list(weight.shape),
+        "weight_used": used,
         "normalize": o.normalize,
         "sorted": bool(o.sort),
         "dead_tol": o.dead_tol,
@@ -221,7 +252,7 @@ def _one(model: nn.Module, layer: Any) -> str:
 
 def _reads_input(lens: Lens, name: str) -> bool:
     """Whether layer ``name`` takes the model's input image (its channels are the image's)."""
-    return name == default_kernel_layer(lens.model, lens.example())
+    return name == default_kernel_layer(lens.model, _example(lens))
 
 
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
@@ -229,7 +260,9 @@ def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...]
     (larger than 1×1), when the layer's input in a dry forward *is* that tensor flattened, not
     merely one of the same size (a classifier after a pooled 512×1×1 map, or after
     ``Linear(4096, ...)`` that happens to match a 256×4×4 conv map, is a matrix)."""
-    example = lens.example(2)
+    example = _example(lens, 2)
+    if example is None:  # no input size: what the layer sees is unknown, a matrix it is
+        return None
     g = torch.Generator().manual_seed(0)
     x = torch.randn(example.shape, generator=g).to(example)
     seen: list[torch.Tensor] = []
@@ -276,7 +309,7 @@ class KernelsAnalyzer(Analyzer):
             )
         layer = o.layer
         if layer in (None, "", "auto"):
-            name = default_kernel_layer(lens.model, lens.example())
+            name = default_kernel_layer(lens.model, _example(lens))
         else:
             name = _one(lens.model, layer)
         run.layers = [name]
