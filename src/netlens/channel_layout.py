@@ -16,8 +16,11 @@ themselves:
 - a module that returns a tensor another call returned (a container, an in-place activation)
   has that call's layout, and one whose output has its input's shape, an input another call
   returned (activations, dropout, scaling), keeps that input's layout; fed by plain tensor
-  ops instead (a ``permute`` in the forward), it has the latest decided call's layout when its
-  input has that call's output shape, the other one when the channels moved.
+  ops instead (a ``permute`` in the forward, a window reverse, a block's reshapes), it has the
+  layout of the latest decided call with as many dims and the same batch when its input has
+  that call's output shape, the other one when the channels moved. Tokens (N×L×C) and
+  window-folded maps (attention over B·windows×h×w×C) in between are not compared with:
+  TinyViT's blocks end in an N×L×C MLP, MaxViT's and GCViT's attention runs on windows.
 
 The same rules tell a 3-d output's layout: N×L×C tokens (a ``Linear``, a ``LayerNorm``) or
 N×C×L (a ``Conv1d``, a ``BatchNorm1d``).
@@ -97,7 +100,8 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
     made: dict[int, bool] = {}  # id(tensor) → layout of the call that returned it
     alive: list[torch.Tensor] = []  # keeps every id above unique during the forward
     inputs: list[tuple[nn.Module, Any]] = []  # (module, first tensor input) of running calls
-    last: list[tuple[torch.Size, bool]] = []  # the latest decided call's output shape, layout
+    # (dims, batch) → the latest decided call's output shape and layout, for such outputs
+    last: dict[tuple[int, int], tuple[torch.Size, bool]] = {}
     done: list[bool] = []
 
     def enter(m: nn.Module, args: tuple) -> None:
@@ -114,13 +118,13 @@ def learning_layouts(model: nn.Module) -> Iterator[None]:
                 return
             layout = _layout(m, out, inp, made)
             if layout is None:
-                layout = _after(out, inp, last[0] if last else None)
+                layout = _after(out, inp, last.get((out.dim(), out.shape[0])))
             seen[-1] = layout
             if layout is not None:
                 alive.append(out)
                 made[id(out)] = layout
                 found.setdefault(name, set()).add(layout)
-                last[:] = [(out.shape, layout)]
+                last[out.dim(), out.shape[0]] = (out.shape, layout)
 
         return hook
 
@@ -178,14 +182,17 @@ def _layer_norm(m: nn.LayerNorm, out: torch.Tensor) -> bool | None:
 
 
 def _after(out: torch.Tensor, inp: Any, last: tuple[torch.Size, bool] | None) -> bool | None:
-    """An elementwise module fed by plain tensor ops (``x.permute(0, 3, 1, 2)`` in a
-    forward, between a norm and an activation: timm's MambaOut stem): the latest decided
-    call's layout when its input has that call's output shape, the other layout when it has
-    that shape with the channels moved; None when neither, or both (C = H = W)."""
+    """A module keeping its input's shape, fed by plain tensor ops (``x.permute(0, 3, 1, 2)``
+    in a forward, between a norm and an activation: timm's MambaOut stem; a window reverse
+    before MaxViT's ``ls1``; TinyViT's block, whose input its stage permutes): ``last`` is
+    the latest decided call with as many dims and the same batch (not TinyViT's N×L×C MLP
+    nor MaxViT's attention on B·windows maps); its layout when the input has that call's
+    output shape, the other layout when it has that shape with the channels moved; None when
+    neither, or both (C = H = W)."""
     if last is None or not isinstance(inp, torch.Tensor) or inp.shape != out.shape:
         return None
     shape, nhwc = last
-    if len(shape) != out.dim():
+    if len(shape) != out.dim() or shape[0] != out.shape[0]:
         return None
     if len(shape) == 3:  # N×L×C ↔ N×C×L
         moved: tuple[int, ...] = (shape[0], shape[2], shape[1])

@@ -8,6 +8,7 @@ activation are shown for each image; ``channels=[...]`` picks them explicitly.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,23 +121,47 @@ def _selected(
 def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     """``auto`` for feature maps: the last spatial layer, but not the class maps an all-conv
     head ends with (one channel per class, pooled into the logits): the layer before them.
+
+    Channels are counted as :func:`netlens.activations.to_spatial` reads the map (a timm Swin's
+    final N×7×7×768 ``norm`` has 768, not 7, whatever the class count). The layer before is
+    an image-like map of the input's batch: not attention weights (computed inside a module
+    that takes tokens) nor window-folded maps (MaxViT's attention on B·windows×h×w×C).
     """
     from ..layer_call import LayerCall
-    from ..layers import auto_layer, trace_calls
+    from ..layers import _is_map_call, auto_layer, trace_calls
 
     chosen = auto_layer(lens.model, x, lens.output_key)
     with torch.no_grad():
-        classes = lens.output(x).shape[1]
+        classes = lens.output(x).shape[1]  # also learns which layers keep channels last
     calls = trace_calls(lens.model, x)
+    counts = Counter(c.name for c in calls)
+
+    def selection(c: Any) -> LayerCall:
+        return LayerCall(c.name, c.call if counts[c.name] > 1 else None)
+
     maps = [c for c in calls if _is_map(c)]
     mine = [i for i, c in enumerate(maps) if c.name == chosen.name]
-    if not mine or maps[mine[-1]].output.shape[1] != classes:
+    if not mine:
         return chosen
-    counts = {c.name: sum(1 for d in calls if d.name == c.name) for c in maps}
+    last = maps[mine[-1]]
+    if _channels(lens.model, selection(last), last.output, x) != classes:
+        return chosen
     for c in reversed(maps[: mine[0]]):
-        if c.output.shape[1] != classes:
-            return LayerCall(c.name, c.call if counts[c.name] > 1 else None)
+        if not _is_map_call(c):  # attention weights, queries, keys: inside a token module
+            continue
+        count = _channels(lens.model, selection(c), c.output, x)
+        if count is not None and count != classes:
+            return selection(c)
     return chosen
+
+
+def _channels(model: Any, name: str, out: torch.Tensor, x: torch.Tensor) -> int | None:
+    """How many channels ``name``'s 4-d output has as N×C×H×W; None when it is no map of
+    ``x``'s batch (window-folded: one map per window) or no map at all."""
+    try:
+        return int(to_spatial(out, model, name, len(x), x.shape[-2:]).shape[1])
+    except AnalyzerError:
+        return None
 
 
 def _is_map(call: Any) -> bool:
