@@ -527,6 +527,40 @@ def test_a_lightning_checkpoint_builds_the_architecture_its_hyperparameters_name
         assert torch.equal(lens.output(x), model(x))
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "tv:resnet18"])
+def test_a_lightning_checkpoints_recorded_data_options_are_its_preprocessing(arch, tmp_path):
+    """A CIFAR model's ``save_hyperparameters()`` keeps ``img_size=32`` and CIFAR's mean/std:
+    the README promises "the image size, mean/std and crop its recorded options say", and it
+    was fed 224×224 with ImageNet's statistics (only ``args`` of train.py scripts were read)."""
+    import numpy as np
+    import timm
+    import torchvision
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    torch.manual_seed(0)
+    tv = arch.startswith("tv:")
+    model = (
+        torchvision.models.resnet18(num_classes=10)
+        if tv
+        else timm.create_model("resnet18", num_classes=10)
+    )
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    hparams = {"model_name": arch, "img_size": 32, "mean": list(mean), "std": std, "lr": 0.1}
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, tmp_path / "c.ckpt")
+    lens = netlens.load(tmp_path / "c.ckpt")
+    spec = lens.transform
+    assert spec.size == (32, 32) and spec.mean == pytest.approx(mean)
+    assert spec.std == pytest.approx(std)
+    assert "the checkpoint's hyper_parameters (" in spec.source
+    photo = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    if not tv:  # as timm's own scripts resolve the recorded options with the model
+        cfg = resolve_data_config({"img_size": 32, "mean": mean, "std": std}, model=model)
+        want = create_transform(**cfg)(Image.fromarray(photo))[None]
+        assert (lens.preprocess(photo) - want).abs().max() < 0.02
+
+
 def test_a_hyperparameter_naming_another_architecture_says_where_the_name_came_from(tmp_path):
     import timm
 

@@ -20,6 +20,8 @@ See ``docs/layers.md``.
 from __future__ import annotations
 
 import fnmatch
+import threading
+import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -263,6 +265,24 @@ def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *guess_input_size(model), generator=gen)
     return x.to(_param_device(model))
+
+
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+@contextmanager
+def exclusive(model: nn.Module):  # noqa: ANN201
+    """Hold ``model`` for one analysis: another thread's analysis of the same model waits.
+
+    Hooks live on the model's modules, so two threads' hooks would fire on each other's
+    forwards (wrong maps, "pop from empty list"), and eval flags saved by one would be restored
+    over the other's. Re-entrant: an analysis may run another (sanity runs cam).
+    """
+    with _LOCKS_LOCK:
+        lock = _MODEL_LOCKS.setdefault(model, threading.RLock())
+    with lock:
+        yield model
 
 
 @contextmanager

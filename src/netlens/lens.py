@@ -13,7 +13,7 @@ from torch import nn
 from .channel_layout import learning_layouts, share_layouts
 from .errors import NetlensError, TargetError
 from .images import Batch, load_batch
-from .layers import LayerInfo, eval_mode, layer_table
+from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
 from .output_reader import OutputReader, ends_in_sigmoid, is_binary_dense
@@ -21,6 +21,8 @@ from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .analyzers.base import Result
     from .plugins.manager import PluginHost
 
@@ -71,6 +73,13 @@ class Lens:
                 "from (a TorchScript file loads with --arch NAME --trust)"
             )
         model, self.unwrapped = unwrap(model)  # DataParallel, torch.compile: the network inside
+        meta = next((n for n, t in _tensors(model) if t.is_meta), None)
+        if meta is not None:
+            raise NetlensError(
+                f"the model's weights are on the meta device ('{meta}' has a shape but no "
+                "values: a model built with device='meta' or init_empty_weights); load its "
+                "weights first (model.to_empty(device='cpu'), then load_state_dict)"
+            )
         if not isinstance(preprocess, Preprocess):
             from .preprocess import preprocess_for, with_overrides
 
@@ -78,6 +87,7 @@ class Lens:
         self.model = model
         self.transform: Preprocess = preprocess
         self.classes = _class_names(classes) if classes is not None else _own_class_names(model)
+        self._found_classes = self.classes if classes is None else None  # read off the model
         self.label_map: Any = None  # data label → model class, for data the model names otherwise
         self.name = name
         self.card = dict(card or {})
@@ -86,7 +96,7 @@ class Lens:
         self._sigmoid: bool | None = None  # does the output come out of a sigmoid? (told once)
         self.output_key = output
         self.task = check_task(task) or _own_task(model)
-        self._digest: str | None = None
+        self._digest: tuple[tuple, str] | None = None  # (what the weights were, their hash)
 
     def __repr__(self) -> str:
         from .models.classes import head_width
@@ -184,7 +194,7 @@ class Lens:
     def predict(self, images: Any) -> torch.Tensor:
         """Class probabilities: N×K softmax (sigmoid for multi-label/binary models)."""
         x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        with torch.no_grad(), eval_mode(self.model):
+        with exclusive(self.model), torch.no_grad(), eval_mode(self.model):
             return self.probabilities(self.output(self.place(x)))
 
     def on(self, model: nn.Module) -> Lens:
@@ -241,7 +251,35 @@ class Lens:
                 "per image (a forward that squeezes its batch axis away: .squeeze() of one "
                 "image's 1×K); return N×K (.squeeze(1), or .flatten(1))"
             )
+        self._check_class_count(out)
         return out
+
+    def _check_class_count(self, out: torch.Tensor) -> None:
+        """The class names still name the outputs: a head replaced since the lens was made
+        (``reset_classifier(3)`` in a notebook) leaves names of the old classes; those read off
+        the model are dropped with a warning, names the user gave are refused in one line."""
+        names = self.classes
+        n = out.shape[1] if out.dim() in (2, 4) else None
+        if not names or n is None or n == len(names) or (n == 1 and len(names) == 2):
+            return
+        if names is self._found_classes:
+            import warnings
+
+            from .errors import NetlensWarning
+
+            warnings.warn(
+                f"the model now has {n} outputs, not the {len(names)} its class names were "
+                "read for (a replaced head?): outputs are numbered; give their names with "
+                "classes= (lens.classes = [...])",
+                NetlensWarning,
+                stacklevel=3,
+            )
+            self.classes = self._found_classes = None
+            return
+        raise NetlensError(
+            f"the model has {n} outputs but {len(names)} class names (its head was replaced "
+            "since they were given?); give one name per output: lens.classes = [...]"
+        )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model and check it returns N×K (classification or regression) outputs."""
@@ -288,12 +326,19 @@ class Lens:
         return probabilities(output, self.task_for(output))
 
     def digest(self) -> str:
-        """SHA-256 of the model's weights and buffers (computed once)."""
-        if self._digest is None:
+        """SHA-256 of the model's weights and buffers: computed again when any has changed
+        since (an optimizer step, ``load_state_dict``, a replaced head: their version counters,
+        storages or names differ)."""
+        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        key = tuple(
+            (n, t._version, t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
+            for n, t in tensors.items()
+        )
+        if self._digest is None or self._digest[0] != key:
             from .provenance import model_digest
 
-            self._digest = model_digest(self.model)
-        return self._digest
+            self._digest = (key, model_digest(self.model))
+        return self._digest[1]
 
     def preprocess_info(self) -> dict[str, Any]:
         """The preprocessing in use, JSON-able, with where it came from (``source``)."""
@@ -449,6 +494,11 @@ class Lens:
 
         report = build_report(self, images, data=data, sections=sections, **options)
         return report.save(out) if out is not None else report
+
+
+def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from model.named_parameters()
+    yield from model.named_buffers()
 
 
 def _own_class_names(model: nn.Module) -> list[str] | None:

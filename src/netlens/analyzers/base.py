@@ -289,7 +289,7 @@ class Analyzer(ABC):
         import torch
 
         from ..distributed.sinks import for_rank
-        from ..layers import eval_mode
+        from ..layers import eval_mode, exclusive
         from ..progress import auto_progress
         from ..provenance import now
         from ..storage import MemoryStorage
@@ -302,7 +302,12 @@ class Analyzer(ABC):
         # gets its gradients: the analyzers choose inference mode themselves where it is exact;
         # torch's global RNG is left as it was (a DataLoader draws its base seed from it): a
         # script that seeds, analyses, then trains gets the run it gets without the analysis
-        with group.guard(), torch.inference_mode(False), torch.random.fork_rng(devices=[]):
+        with (
+            exclusive(lens.model),  # one analysis of a model at a time, whichever thread
+            group.guard(),
+            torch.inference_mode(False),
+            torch.random.fork_rng(devices=[]),
+        ):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
             with eval_mode(lens.model):

@@ -22,9 +22,10 @@ from ..preprocess.from_model import timm_spec, torchvision_reference_spec
 from .factory import check_arch, create_arch
 
 if TYPE_CHECKING:
+    from ..preprocess import Preprocess
     from .load import LoadedModel, LoadRequest
 
-__all__ = ["arch_source", "recorded_arch", "recorded_preprocess", "train_args"]
+__all__ = ["arch_source", "hparams_data", "recorded_arch", "recorded_preprocess", "train_args"]
 
 
 def recorded_arch(
@@ -131,15 +132,67 @@ def train_args(payload: dict[str, Any]) -> dict[str, Any]:
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
 
 
+_DATA_KEYS = ("input_size", "img_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
+
+
+def hparams_data(payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The data options a Lightning checkpoint's ``hyper_parameters`` record under timm's
+    names (``img_size``, ``mean``, ``std``, ``crop_pct``, ...; ``image_size`` as ``img_size``):
+    plain numbers, strings and lists only, and where they are."""
+    for outer in ("hyper_parameters", "hparams"):
+        hp = payload.get(outer)
+        if not isinstance(hp, dict):
+            continue
+        hp = {("img_size" if k == "image_size" else k): v for k, v in hp.items()}
+        found = {k: _plain(hp[k]) for k in _DATA_KEYS if _plain(hp.get(k)) is not None}
+        if found:
+            return found, outer
+    return {}, ""
+
+
+def _plain(value: Any) -> Any:
+    """A number, a string or a list/tuple of numbers as it is; None for anything else."""
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    return None
+
+
 def recorded_preprocess(loaded: LoadedModel, payload: Any) -> None:
     """The preprocessing the training script's recorded options say, over the architecture's
     default: timm's ``--img-size``/``--mean``/``--std``/``--crop-pct``, torchvision's
-    ``--val-resize-size``/``--val-crop-size``."""
-    args = train_args(payload) if isinstance(payload, dict) else {}
-    pre = loaded.preprocess
-    if not args or pre is None:
+    ``--val-resize-size``/``--val-crop-size``, or a Lightning module's ``hyper_parameters``
+    under timm's names (``img_size``, ``mean``, ``std``, ``crop_pct``, ``interpolation``)."""
+    if not isinstance(payload, dict):
+        return
+    args, pre = train_args(payload), loaded.preprocess
+    if pre is None:
+        return
+    if not args:
+        hp, where = hparams_data(payload)
+        if hp and pre.engine == "timm":
+            loaded.preprocess = timm_spec(loaded.model, hp, what=where)
+        elif hp:
+            loaded.preprocess = _overridden(pre, hp, where)
         return
     if pre.engine == "timm":
         loaded.preprocess = timm_spec(loaded.model, args)
     else:
         loaded.preprocess = torchvision_reference_spec(loaded.model, args) or pre
+
+
+def _overridden(pre: Preprocess, hp: dict[str, Any], where: str) -> Preprocess:
+    """A torchvision model's spec with what its Lightning ``hyper_parameters`` record."""
+    from ..preprocess.from_model import with_overrides
+
+    size = hp.get("img_size", hp.get("input_size"))
+    changes = {k: hp[k] for k in ("mean", "std", "crop_pct", "interpolation") if k in hp}
+    for k in ("mean", "std"):
+        if isinstance(changes.get(k), (int, float)):
+            changes[k] = (float(changes[k]),) * (pre.channels or 3)
+    shown = ", ".join(f"{k} {v}" for k, v in hp.items())
+    spec = with_overrides(pre, input_size=size, **changes)
+    return spec.override(source=f"{pre.source} with the checkpoint's {where} ({shown})")

@@ -106,7 +106,9 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     return guessed_spec(model)
 
 
-def timm_spec(model: nn.Module, args: dict[str, Any] | None = None) -> Preprocess:
+def timm_spec(
+    model: nn.Module, args: dict[str, Any] | None = None, what: str = "train.py options"
+) -> Preprocess:
     """A timm model's data config (``resolve_model_data_config``), applied by timm's transform.
 
     ``args``: the options of timm's ``train.py`` that a checkpoint records (``--img-size``,
@@ -125,8 +127,12 @@ def timm_spec(model: nn.Module, args: dict[str, Any] | None = None) -> Preproces
     name += f".{cfg['tag']}" if cfg.get("tag") else ""
     source = f"timm data config of {name}"
     if told:
-        shown = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in told.items())
-        source += f" with the checkpoint's train.py options ({shown})"
+        flags = what == "train.py options"  # else a dict's keys (Lightning's hyper_parameters)
+        shown = ", ".join(
+            f"--{k.replace('_', '-')} {_shown(v)}" if flags else f"{k}={_shown(v)}"
+            for k, v in told.items()
+        )
+        source += f" with the checkpoint's {what} ({shown})"
     built = model_input_size(model)
     if built is not None and tuple(built[-2:]) != (h, w):
         h, w = built[-2:]

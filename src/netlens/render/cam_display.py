@@ -117,7 +117,7 @@ def cam_grid_figure(result: CamResult, indices: list[int]) -> Figure:
             _draw(row[k_ + 1], overlay, label, "#a33" if weak else "black")
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.05)
     bar.set_ticks([0, 1], labels=["0", "max"])
-    bar.set_label("each map / its own maximum", fontsize=8)
+    bar.set_label("each map from its own minimum to its own maximum", fontsize=8)
     return fig
 
 

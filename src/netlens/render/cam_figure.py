@@ -36,8 +36,8 @@ def cam_figure(
         top_probs: their probabilities.
         title: figure title (image name, layer).
         overlay_probs: the probability of each overlay's class, written under it (a class
-            below 5 % is marked weak: every map is scaled to its own maximum, so colour alone
-            cannot tell a weak class from a strong one).
+            below 5 % is marked weak: every map is scaled from its own minimum to its own
+            maximum, so colour alone cannot tell a weak class from a strong one).
         values: the scores are a regression's output values, not probabilities: bars on
             the values' own scale, no percentages.
     """
@@ -78,7 +78,8 @@ def _show(ax, image: np.ndarray, caption: str) -> None:  # noqa: ANN001
 
 
 def _scale(ax, p: float | None) -> None:  # noqa: ANN001
-    """A colour bar under an overlay (0 → the map's own max) and the class probability."""
+    """A colour bar under an overlay (the map's own min → its own max) and the class
+    probability."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
@@ -86,7 +87,7 @@ def _scale(ax, p: float | None) -> None:  # noqa: ANN001
     bar = ax.figure.colorbar(
         ScalarMappable(Normalize(0, 1), cmap="jet"), cax=cax, orientation="horizontal"
     )
-    bar.set_ticks([0, 1], labels=["0", "map max"], fontsize=7)
+    bar.set_ticks([0, 1], labels=["map min", "map max"], fontsize=7)
     if p is not None:
         weak = p < 0.05
         text = f"p = {p:.1%}" + (" — weak class" if weak else "")
