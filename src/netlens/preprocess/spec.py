@@ -295,8 +295,9 @@ class Preprocess:
             "engine": "function" if self.function is not None else self.engine,
             "size": list(self.size) if self.size else None,
             "channels": self.channels,
-            "mean": list(self.mean) if self.mean is not None else None,
-            "std": list(self.std) if self.std is not None else None,
+            # as applied: one per channel (a 1-channel model given ImageNet's three: the first)
+            "mean": list(_per_channel(self.mean, self.channels)) if self.mean is not None else None,
+            "std": list(_per_channel(self.std, self.channels)) if self.std is not None else None,
             "crop_pct": self.crop_pct,
             "crop_mode": self.mode,
             "interpolation": self.interpolation,
