@@ -99,7 +99,7 @@ def test_html_shows_every_image_of_the_batch_with_its_probability(cam5) -> None:
     for i in range(5):
         for c in cam5.targets[i]:
             assert f"p = {pct(float(cam5.probs[i, c]))}" in html
-    assert "each map is scaled to its own maximum" in html
+    assert "each map is scaled from its own minimum to its own maximum" in html
     assert "5 images" in html
     assert "<b>odd</b>" not in html  # names from the model are escaped
 

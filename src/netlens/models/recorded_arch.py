@@ -154,8 +154,10 @@ def _plain(value: Any) -> Any:
     """A number, a string or a list/tuple of numbers as it is; None for anything else."""
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         return tuple(value)
     return None
