@@ -5,6 +5,11 @@ heatmaps are recomputed (same images, same target classes: the trained model's p
 compared with the trained model's by Spearman rank correlation and SSIM. The verdict rule is in
 :mod:`netlens.metrics.randomization`: a method passes when the fully randomised model's maps no
 longer rank like the trained model's (mean Spearman below the threshold, 0.5 by default).
+Images whose trained-model map is flat (all zero: no evidence at the layer, an empty region)
+have nothing to rank and are left out of the verdict and the table (``n`` counts the rest);
+when every image's is, the verdict is ``"inconclusive: ..."`` and ``passes`` is ``None``. The
+trained model's CAM warnings (a flat map, an empty region) are the result's
+``meta["warnings"]``.
 
 Sharded over processes (torchrun), every rank runs the cascade (the same seeded randomisations)
 on its contiguous share of the images, cut at ``lens.cam``'s chunk boundaries so the maps are
@@ -25,6 +30,7 @@ from ..metrics.randomization import (
     CascadeResult,
     cascade_blocks,
     cascading_randomization,
+    flat_maps,
 )
 from .base import Analyzer, Result, Run
 from .evaluate import cam_explainer, names
@@ -37,16 +43,23 @@ if TYPE_CHECKING:
 __all__ = ["SanityAnalyzer", "SanityResult", "cam_explainer"]
 
 
-def verdict_text(passes: bool, final: float, threshold: float) -> str:
-    """The one-line verdict for a method."""
+def verdict_text(passes: bool | None, final: float, threshold: float, left_out: int = 0) -> str:
+    """The one-line verdict for a method (``passes`` None: inconclusive, every map flat)."""
+    if passes is None:
+        return (
+            "inconclusive: the trained model's maps are flat for every image (nothing to rank), "
+            "so randomising the weights cannot show anything; try another layer, method or "
+            "target"
+        )
+    out = f" ({left_out} image(s) with a flat map left out)" if left_out else ""
     if passes:
         return (
             f"passes: maps depend on the learned weights (Spearman {final:.2f} < "
-            f"{threshold:g} once all layers are random)"
+            f"{threshold:g} once all layers are random){out}"
         )
     return (
         f"FLAGGED: maps barely change when the weights are randomised (Spearman "
-        f"{final:.2f} ≥ {threshold:g}); they do not explain this model"
+        f"{final:.2f} ≥ {threshold:g}); they do not explain this model{out}"
     )
 
 
@@ -68,25 +81,53 @@ class SanityAnalyzer(Analyzer):
             f"sanity: {len(x)} images × {len(methods)} method(s), {steps // len(methods)} "
             f"randomisation steps: {steps + len(methods)} CAM runs"
         )
-        run.layers = [str(o.layer)]
+        layers, auto = _cam_layers(lens.model, o.layer, x[:1], lens.output_key)
+        run.layers = layers
         arrays: dict[str, np.ndarray] = {}
         table: list[dict[str, Any]] = []
         verdicts: dict[str, dict[str, Any]] = {}
+        warnings: list[str] = []
         with run.progress.task("sanity", steps, unit="steps") as advance:
             for m in methods:
                 res = _method_test(run, m, x, targets, advance, region)
                 arrays |= {f"{m}/maps": res.maps, f"{m}/spearman": res.spearman}
                 arrays[f"{m}/ssim"] = res.ssim
-                table += _rows(m, res.steps, res.spearman, res.ssim, o.seed)
-                verdicts[m] = _verdict(res, o.threshold)
+                judged = ~res.flat
+                table += _rows(m, res.steps, res.spearman[:, judged], res.ssim[:, judged], o.seed)
+                verdicts[m] = _verdict(res, o.threshold, batch.names)
+                warnings += _warnings(m, res, batch.names)
         originals = [
             batch.original(i) if orig is not None else lens.transform.denormalize(t)
             for i, (orig, t) in enumerate(zip(batch.originals, x, strict=True))
         ]
         meta = {"methods": methods, "steps": res.steps, "threshold": o.threshold}
         meta |= {"targets": targets.tolist(), "images": batch.names, "verdicts": verdicts}
-        meta |= {"layer": str(o.layer), "seed": o.seed}
+        meta |= {"layer": ", ".join(layers), "layers": layers, "layer_auto": auto}
+        meta["seed"] = o.seed
+        meta["warnings"] = list(dict.fromkeys(warnings))
         return SanityResult("sanity", arrays=arrays, table=table, meta=meta, originals=originals)
+
+
+def _cam_layers(model: Any, layer: Any, example: torch.Tensor, output: Any) -> Any:
+    """The layers ``lens.cam`` explains for ``layer`` ("auto" resolved), and whether auto."""
+    from .cam import _layers
+
+    return _layers(model, layer, example, output)
+
+
+def _warnings(method: str, res: CascadeResult, names: list[str]) -> list[str]:
+    """The trained model's CAM warnings (images named as in the batch), and one line when
+    images are left out of the verdict for a flat map."""
+    lines = list(res.extra.get("warnings", []))
+    flat = [names[i] for i in np.flatnonzero(res.flat)]
+    if flat:
+        shown = ", ".join(flat[:5]) + (f", … {len(flat) - 5} more" if len(flat) > 5 else "")
+        lines.append(
+            f"sanity {method}: the trained model's map is flat for {len(flat)} of {len(names)} "
+            f"image(s) ({shown}): nothing to rank, left out of the verdict"
+            + ("; the verdict is inconclusive" if len(flat) == len(names) else "")
+        )
+    return lines
 
 
 def _class_targets(run: Run, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -115,24 +156,55 @@ def _method_test(
     if len(mine):
         if region is not None:  # this share's images' regions, fixed across the cascade
             region = RegionTarget(region.classes[mine], region.masks[mine])
+        trained: list[dict[str, Any]] = []  # the meta of the first call: the trained model's
         part = cascading_randomization(
             run.lens.model,
             x[mine.start : mine.stop],
             targets[mine.start : mine.stop].to(x.device),
-            cam_explainer(run.lens, method, o.layer, region),
+            _explainer(run.lens, method, o.layer, region, trained),
             seed=o.seed,
             threshold=o.threshold,
             on_step=lambda _b: advance(1),
         )
+        part.extra["warnings"] = _renamed(trained[0], run.images.names[mine.start : mine.stop])
     return _joined(run.group.gather(part), o.threshold)
 
 
-def _verdict(res: Any, threshold: float) -> dict[str, Any]:
+def _explainer(lens: Any, method: str, layer: Any, region: Any, trained: list) -> Any:
+    """:func:`cam_explainer` that keeps the meta of its first call (the trained model's)."""
+
+    def explain(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> Any:
+        chosen = targets.tolist() if region is None else region
+        res = lens.on(model).cam(x, method=method, layer=layer, target=chosen)
+        if not trained:
+            trained.append(res.meta)
+        return res.heatmaps
+
+    return explain
+
+
+def _renamed(meta: dict[str, Any], names: list[str]) -> list[str]:
+    """A CAM result's warnings with its images' names (``image0``, ...) made the batch's."""
+    lines = []
+    for line in meta.get("warnings") or []:
+        for old, new in zip(meta.get("images") or [], names, strict=False):
+            if line.startswith(f"{old}: "):
+                line = f"{new}: {line[len(old) + 2 :]}"
+                break
+        lines.append(line)
+    return lines
+
+
+def _verdict(res: CascadeResult, threshold: float, names: list[str]) -> dict[str, Any]:
+    judged = ~res.flat
+    left_out = int((~judged).sum())
     return {
         "passes": res.passes,
         "final_spearman": res.final_spearman,
-        "final_ssim": float(res.ssim[-1].mean()),
-        "verdict": verdict_text(res.passes, res.final_spearman, threshold),
+        "final_ssim": float(res.ssim[-1][judged].mean()) if judged.any() else float("nan"),
+        "images_judged": int(judged.sum()),
+        "flat_images": [names[i] for i in np.flatnonzero(~judged)],
+        "verdict": verdict_text(res.passes, res.final_spearman, threshold, left_out),
     }
 
 
@@ -154,6 +226,7 @@ def _joined(parts: list[CascadeResult | None], threshold: float) -> CascadeResul
         np.concatenate([p.spearman for p in done], axis=1),
         np.concatenate([p.ssim for p in done], axis=1),
         threshold,
+        {"warnings": [line for p in done for line in p.extra.get("warnings", [])]},
     )
 
 
@@ -194,19 +267,18 @@ class SanityResult(Result):
     def verdicts(self) -> dict[str, dict[str, Any]]:
         return self.meta["verdicts"]
 
-    def passes(self, method: str) -> bool:
-        """Whether ``method``'s maps depend on the learned weights."""
-        return bool(self.verdicts[method]["passes"])
+    def passes(self, method: str) -> bool | None:
+        """Whether ``method``'s maps depend on the learned weights; None when the test is
+        inconclusive (the trained model's map is flat for every image)."""
+        v = self.verdicts[method]["passes"]
+        return None if v is None else bool(v)
 
     def figures(self) -> dict[str, Figure]:
         from ..render.quality_figures import sanity_curve_figure, sanity_strip_figure
 
         steps = self.meta["steps"]
         figs: dict[str, Figure] = {}
-        series = {
-            m: {"spearman": self.arrays[f"{m}/spearman"], "ssim": self.arrays[f"{m}/ssim"]}
-            for m in self.meta["methods"]
-        }
+        series = {m: self._judged(m) for m in self.meta["methods"]}
         figs["sanity-similarity"] = sanity_curve_figure(series, steps, self.meta["threshold"])
         for m in self.meta["methods"]:
             v = self.verdicts[m]
@@ -215,3 +287,9 @@ class SanityResult(Result):
                 self.originals or [], self.arrays[f"{m}/maps"], steps, title
             )
         return figs
+
+    def _judged(self, method: str) -> dict[str, np.ndarray]:
+        """The similarities of the images in the verdict (all when none has a map to rank)."""
+        keep = ~flat_maps(self.arrays[f"{method}/maps"][0])
+        keep = keep if keep.any() else slice(None)
+        return {k: self.arrays[f"{method}/{k}"][:, keep] for k in ("spearman", "ssim")}

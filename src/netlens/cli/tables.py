@@ -99,7 +99,7 @@ def sanity_table(result: Any) -> Any:
     table.add_column("method", no_wrap=True)
     table.add_column("verdict", overflow="fold")
     for name, v in result.meta["verdicts"].items():
-        colour = "green" if v["passes"] else "red"
+        colour = "yellow" if v["passes"] is None else "green" if v["passes"] else "red"
         table.add_row(name, f"[{colour}]{v['verdict']}[/{colour}]")
     return table
 

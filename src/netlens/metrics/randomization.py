@@ -7,7 +7,9 @@ network computes something else does not explain the network.
 
 Verdict rule: the method *passes* (depends on the learned weights) when the mean Spearman
 correlation between the original heatmaps and those of the fully randomised model is below
-``threshold`` (0.5 by default); otherwise it is flagged.
+``threshold`` (0.5 by default); otherwise it is flagged. Images whose original map is flat
+(constant, e.g. all zero: nothing to rank) are left out of the mean; when every one is, the
+test is *inconclusive* (``passes`` is ``None``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "Randomization",
     "cascade_blocks",
     "cascading_randomization",
+    "flat_maps",
     "model_copy",
     "spearman",
     "ssim",
@@ -104,6 +107,15 @@ def _has_own_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters(recurse=False))
 
 
+def _has_own_state(m: nn.Module) -> bool:
+    """``m`` holds what the cascade re-initialises: parameters of its own, or float buffers it
+    can reset (a ``BatchNorm(affine=False)``'s running statistics)."""
+    if _has_own_params(m):
+        return True
+    resets = hasattr(m, "reset_running_stats") or hasattr(m, "reset_parameters")
+    return resets and any(b.is_floating_point() for b in m.buffers(recurse=False))
+
+
 ROOT_STEP = "(root parameters)"  # the step of the parameters the model itself holds
 
 
@@ -119,14 +131,19 @@ def cascade_blocks(
 ) -> list[tuple[str, list[str]]]:
     """Blocks to randomise, top (logits) first: ``[(block name, [module names])]``.
 
-    Parameterised modules are grouped by their top-level block; when the model has fewer than
-    ``min_steps`` such blocks (one big ``features`` Sequential), the grouping goes one level
-    deeper, up to three levels. With an ``example`` input the blocks are ordered by the
-    forward (a model may declare its classifier before its features), else by declaration.
-    Parameters of the model itself (a ViT's ``cls_token`` and ``pos_embed``, which the input
-    meets first) are the last step, :data:`ROOT_STEP`.
+    Parameterised modules (and those with resettable float buffers: a
+    ``BatchNorm(affine=False)``'s running statistics) are grouped by their top-level block;
+    when the model has fewer than ``min_steps`` such blocks (one big ``features`` Sequential),
+    the grouping goes one level deeper, up to three levels. With an ``example`` input the
+    blocks are ordered by where the forward first *starts* a call of one of their modules (a
+    model may declare its classifier before its features; a parent's own parameters, such as
+    torchvision ViT's ``encoder.pos_embedding``, are used from its call's start, before its
+    children's), else by declaration. A block that is only such a parent's own parameters is
+    named with them: ``"encoder (pos_embedding)"``. Parameters of the model itself (a ViT's
+    ``cls_token`` and ``pos_embed``, which the input meets first) are the last step,
+    :data:`ROOT_STEP`.
     """
-    owners = [n for n, m in model.named_modules() if n and _has_own_params(m)]
+    owners = [n for n, m in model.named_modules() if n and _has_own_state(m)]
     root = _has_own_params(model)
     if not owners and not root:
         raise NetlensError(f"{type(model).__name__} has no parameters to randomise")
@@ -140,26 +157,63 @@ def cascade_blocks(
     order = list(groups)
     if example is not None:
         order = _forward_order(model, example, groups)
-    steps = [(g, groups[g]) for g in reversed(order)]
+    steps = [(_step_name(model, g, groups), groups[g]) for g in reversed(order)]
     return steps + [(ROOT_STEP, [""])] if root else steps
+
+
+def _step_name(model: nn.Module, group: str, groups: dict[str, list[str]]) -> str:
+    """A group's step name; a parent's own parameters, when its children are steps of their
+    own, say which they are: ``encoder (pos_embedding)``."""
+    if groups[group] != [group] or not any(g.startswith(group + ".") for g in groups):
+        return group
+    module = model.get_submodule(group)
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    own = own or [n for n, b in module.named_buffers(recurse=False) if b.is_floating_point()]
+    if not own:
+        return group
+    return f"{group} ({', '.join(own[:3])}{', …' if len(own) > 3 else ''})"
 
 
 def _forward_order(
     model: nn.Module, example: torch.Tensor, groups: dict[str, list[str]]
 ) -> list[str]:
-    """The groups in the order the forward first reaches them; groups it never reaches (a
-    training-only auxiliary head) first, as the declaration has them; the declaration order
-    when the dry forward fails."""
+    """The groups in the order the forward first starts a call of one of their modules (a
+    module's own parameters are there from its call's start: a parent's come before its
+    children's); groups it never reaches (a training-only auxiliary head) first, as the
+    declaration has them; the declaration order when the dry forward fails. Where a module
+    cannot take a pre-hook, the order in which calls complete."""
     from ..layers import trace_calls
 
+    mods = dict(model.named_modules())
+    started: dict[str, int] = {}
+    handles = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def pre(_m: nn.Module, _args: Any) -> None:
+            started.setdefault(name, len(started))
+
+        return pre
+
+    hooked = True
     try:
+        for name in dict.fromkeys(_owner(n) for members in groups.values() for n in members):
+            try:
+                handles.append(mods[name].register_forward_pre_hook(hook(name)))
+            except (KeyError, RuntimeError):  # a scripted module, a name that is no module
+                hooked = False
         calls = trace_calls(model, example[:1])
     except NetlensError:
         return list(groups)
+    finally:
+        for h in handles:
+            h.remove()
     first: dict[str, int] = {}
-    for k, c in enumerate(calls):
-        first.setdefault(c.name, k)
-    never = len(calls)
+    if hooked:
+        first, never = started, len(started)
+    else:
+        for k, c in enumerate(calls):
+            first.setdefault(c.name, k)
+        never = len(calls)
     reached = {
         g: min((first.get(_owner(n), never) for n in members), default=never)
         for g, members in groups.items()
@@ -171,7 +225,8 @@ def _forward_order(
 def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
     """Re-initialise the named modules of ``model`` in place (a copy: never the user's model).
 
-    Modules with ``reset_parameters`` use their own initialiser; others get N(0, 0.02) weights,
+    Modules with ``reset_parameters`` use their own initialiser (a BatchNorm's resets its
+    running statistics too); others get N(0, 0.02) weights and their ``reset_running_stats``,
     and so do the model's own parameters (``""``; its children are not reset with it). A layer
     under the hook-based ``weight_norm``/``spectral_norm`` gets its stored weights
     (``weight_g``/``weight_v``, ``weight_orig``) re-drawn from its freshly initialised weight:
@@ -183,11 +238,13 @@ def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
         for name in names:
             m = mods[name]
             if name and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+                m.reset_parameters()  # a BatchNorm's resets its running statistics too
                 _sync_norm_hooks(m)
             else:
                 for p in m.parameters(recurse=False):
                     p.normal_(0.0, 0.02)
+                if name and hasattr(m, "reset_running_stats"):
+                    m.reset_running_stats()
 
 
 def _sync_norm_hooks(m: nn.Module) -> None:
@@ -253,13 +310,32 @@ class CascadeResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def final_spearman(self) -> float:
-        return float(np.mean(self.spearman[-1]))
+    def flat(self) -> np.ndarray:
+        """N bools: the original map is flat (constant, e.g. all zero: nothing to rank), so the
+        image is left out of the verdict."""
+        return flat_maps(self.maps[0])
 
     @property
-    def passes(self) -> bool:
-        """True when the maps of the fully randomised model no longer rank like the original."""
+    def final_spearman(self) -> float:
+        """Mean Spearman of the fully randomised step over the images with a map to rank
+        (NaN when there are none)."""
+        judged = self.spearman[-1][~self.flat]
+        return float(np.mean(judged)) if judged.size else float("nan")
+
+    @property
+    def passes(self) -> bool | None:
+        """True when the maps of the fully randomised model no longer rank like the original;
+        None (inconclusive) when every original map is flat."""
+        if not (~self.flat).any():
+            return None
         return self.final_spearman < self.threshold
+
+
+def flat_maps(maps: Any) -> np.ndarray:
+    """Per map of an N×H×W stack: flat (the same value everywhere, or not finite)?"""
+    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
+    with np.errstate(invalid="ignore"):
+        return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
 
 
 def _explain(
@@ -316,7 +392,8 @@ class Randomization:
 
     The end point of the cascading test as a per-image score for ``evaluate`` (which passes the
     method as ``explain``); not in the default metric set, since it costs one explanation of
-    every image on a randomised copy. ``"ssim"`` is returned too.
+    every image on a randomised copy. ``"ssim"`` is returned too. An image whose map is flat
+    (nothing to rank) scores NaN: left out of the mean.
     """
 
     name: ClassVar[str] = "randomization"
@@ -347,4 +424,7 @@ class Randomization:
         t = torch.as_tensor(np.asarray(targets)).long().to(x.device)
         random_maps = _explain(explain, work, x, t)
         h = np.asarray(heatmaps, np.float32)
-        return {"score": spearman(h, random_maps), "ssim": ssim(h, random_maps)}
+        flat = flat_maps(h)  # nothing to rank: left out (NaN), as evaluate's flat maps are
+        score, sim = spearman(h, random_maps), ssim(h, random_maps).astype(np.float64)
+        score[flat], sim[flat] = np.nan, np.nan
+        return {"score": score, "ssim": sim}

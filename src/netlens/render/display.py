@@ -115,11 +115,24 @@ def text_repr(result: Result, width: int = 100) -> str:
     keys = list(result.meta)
     lines = [
         f"{type(result).__name__}({result.name}){': ' + head if head else ''}",
+        *(f"  {line}" for line in _verdicts(result.meta)),
         "  arrays: " + (_fit(arrays, width - 10, "res.arrays") or "none"),
         f"  table: {len(result.table)} rows · meta: " + (_fit(keys, width - 30, "res.meta") or "–"),
         "  res.show() · res.figure(i) · res.save(dir) · res.summary()",
     ]
     return "\n".join(lines)
+
+
+def _verdicts(meta: dict[str, Any]) -> list[str]:
+    """``METHOD: verdict`` per method of a result with verdicts (sanity's)."""
+    verdicts = meta.get("verdicts")
+    if not isinstance(verdicts, dict):
+        return []
+    return [
+        f"{m}: {v['verdict']}"
+        for m, v in verdicts.items()
+        if isinstance(v, dict) and v.get("verdict")
+    ]
 
 
 def _dtype(a: Any) -> str:
@@ -255,7 +268,7 @@ def card_view(
 def _view(result: Result, page_note: str, table_rows: int) -> dict[str, Any]:
     """The template's view of a result, before its pictures."""
     meta = result.meta
-    notes: list[str] = []
+    notes: list[str] = _verdicts(meta)
     if meta.get("shown") is not None and meta.get("total") and meta["shown"] < meta["total"]:
         notes.append(f"{meta['shown']} of {meta['total']} filters drawn (max_filters)")
     labels = (

@@ -349,7 +349,7 @@ def sanity_section(ctx: ReportInputs) -> Section:
         res = run()
     if ctx.target == "output:0":
         notes.append(REGRESSION_NOTE.replace("netlens cam", "netlens sanity"))
-    verdicts = [(m, v["verdict"], bool(v["passes"])) for m, v in res.meta["verdicts"].items()]
+    verdicts = [(m, v["verdict"], v["passes"]) for m, v in res.meta["verdicts"].items()]
     return Section(
         "sanity",
         "Do the maps depend on what the model learned",
