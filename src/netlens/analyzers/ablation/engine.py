@@ -13,8 +13,11 @@ general graphs, values from before the unit that later nodes read (long skips) a
 Safety nets: the traced graph is used only if it reproduces the model's own logits on the first
 batch (:meth:`Engine.check`); when the model does not trace (data-dependent control flow) or a
 unit is not a single node of the graph (called twice, nested in another unit), that unit falls
-back to the naive path, which is always correct; stacked channel ablations are checked once per
-unit against a copy run alone (:meth:`Engine.ablated`).
+back to the naive path, which is always correct. So does a unit the first run of the graph calls
+more often than it has nodes (a shared ``nn.ReLU`` also called inside a block that is a unit,
+hence a leaf of the graph whose inside the graph does not show): a forward pre-hook counts each
+unit's real calls on that run. Stacked channel ablations are checked once per unit against a
+copy run alone (:meth:`Engine.ablated`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from torch import nn
 
 from ...errors import AnalyzerError, NetlensError
 from ...output_reader import OutputReader
-from .modes import Replacement
+from ...write_guard import tensors_in
+from .modes import Replacement, takes_call_args
 from .scoring import Metric, Outcomes
 
 __all__ = ["Ablation", "BatchCache", "Engine", "hooked", "logits_of", "run_ablations"]
@@ -54,6 +58,14 @@ def _clone(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
+def _rest(node: fx.Node, env: dict[fx.Node, Any]) -> tuple[tuple, dict] | None:
+    """A unit node's other arguments, ``(args, kwargs)``, as the run gave them (None when one
+    is a tensor: only non-tensor arguments are fixed in a residual block's skip)."""
+    read = lambda a: fx.node.map_arg(a, lambda n: env[n])  # noqa: E731
+    rest = (tuple(read(tuple(node.args[1:]))), dict(read(dict(node.kwargs))))
+    return None if tensors_in(rest) else rest
+
+
 @dataclass
 class BatchCache:
     """What the prefix run of one batch leaves for the ablations of that batch."""
@@ -63,6 +75,7 @@ class BatchCache:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     frontier: dict[str, dict[fx.Node, Any]] = field(default_factory=dict)
+    rest: dict[str, tuple[tuple, dict] | None] = field(default_factory=dict)
 
     def nbytes(self) -> int:
         tensors = [self.x, *self.inputs.values(), *self.outputs.values()]
@@ -108,6 +121,8 @@ class Engine:
         self.nodes: list[fx.Node] = []
         self.unit_index: dict[str, int] = {}
         self.trace_error: str | None = None
+        self.hidden_calls: dict[str, int] = {}  # units run more often than the graph shows
+        self._counted = False
         self._stack_checked: set[str] = set()
         self._no_stack: set[str] = set()
         if fast:
@@ -158,6 +173,33 @@ class Engine:
         """Whether ablations of ``unit`` run only the suffix."""
         return unit in self.unit_index
 
+    @contextmanager
+    def _counting(self) -> Iterator[None]:
+        """On the graph's first run: count each fast unit's real calls, and send a unit called
+        other than once (its node's, plus calls hidden inside another unit, a leaf of the
+        graph) to the naive path, which replaces it at every call."""
+        if self._counted or not self.unit_index:
+            yield
+            return
+        seen = dict.fromkeys(self.unit_index, 0)
+        handles = []
+        try:
+            for u in self.unit_index:
+
+                def count(module: nn.Module, args: tuple, u: str = u) -> None:
+                    seen[u] += 1
+
+                handles.append(self.modules[u].register_forward_pre_hook(count))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+        self._counted = True
+        self.hidden_calls = {u: k for u, k in seen.items() if k != 1}
+        for u in self.hidden_calls:
+            del self.unit_index[u]
+            self._frontier.pop(u, None)
+
     # -- graph execution -------------------------------------------------------------------
     def _run_nodes(
         self, env: dict[fx.Node, Any], start: int, cache: BatchCache | None = None
@@ -173,6 +215,7 @@ class Engine:
             if snapshot:
                 cache.inputs[unit] = _clone(env[node.all_input_nodes[0]])
                 cache.frontier[unit] = {f: _clone(env[f]) for f in self._frontier[unit]}
+                cache.rest[unit] = _rest(node, env)
             env[node] = interp.run_node(node)
             if snapshot:
                 cache.outputs[unit] = _clone(env[node])
@@ -187,7 +230,11 @@ class Engine:
             return BatchCache(x=x, logits=logits_of(self.model(x), self.output))
         cache = BatchCache(x=x, logits=torch.empty(0))
         env = {self.nodes[0]: x, **self._start}
-        cache.logits = self._run_nodes(env, 1 + len(self._start), cache)
+        with self._counting():
+            cache.logits = self._run_nodes(env, 1 + len(self._start), cache)
+        for unit in self.hidden_calls:  # sent to the naive path: its snapshots are not needed
+            for kept in (cache.inputs, cache.outputs, cache.frontier, cache.rest):
+                kept.pop(unit, None)
         return cache
 
     def check(self, x: torch.Tensor) -> bool:
@@ -218,7 +265,11 @@ class Engine:
         """
         if not self.is_fast(unit) or unit not in cache.outputs:
             return self.naive(cache.x, unit, replace, batch, copies)
-        new = replace(cache.inputs[unit], cache.outputs[unit], batch)
+        if takes_call_args(replace):
+            rest = cache.rest.get(unit)
+            new = replace(cache.inputs[unit], cache.outputs[unit], batch, rest=rest)
+        else:
+            new = replace(cache.inputs[unit], cache.outputs[unit], batch)
         if copies == 1:
             return self._suffix(cache, unit, new)
         n = cache.x.shape[0]
@@ -247,32 +298,46 @@ class Engine:
 
         With ``copies`` > 1 (stacked ablations), each copy gets a run of its own. A unit the
         model calls several times (a shared module) is replaced at every call; the
-        replacement is told which call it replaces (``call``: 0, 1, ... within the pass).
+        replacement is told which call it replaces (``call``: 0, 1, ... within the pass) and,
+        when it asks for them (a residual block's skip), that call's other arguments.
         """
         n = x.shape[0]
         logits = []
         calls: list[int] = []
-        kept: list[torch.Tensor] = []  # each running call's input, as it came in
+        kept: list[tuple[torch.Tensor, Any]] = []  # each running call's input, as it came in
+        wants_rest = takes_call_args(replace)
 
-        def private(module: nn.Module, args: tuple) -> tuple | None:
+        def private(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
             """The unit runs on a copy of its input: a unit that rewrites its input in place
-            (``ReLU(inplace=True)``, ``x += f(x)``) must not change it, since it is removed."""
+            (``ReLU(inplace=True)``, ``x += f(x)``) must not change it, since it is removed.
+            A call on fx proxies (a block's skip traced for a new call's arguments, inside this
+            pass) is left alone."""
+            if args and isinstance(args[0], fx.Proxy):
+                return None
             if not args or not isinstance(args[0], torch.Tensor):
                 raise AnalyzerError(f"unit '{unit}' takes no tensor as its first argument")
-            kept.append(args[0])
-            return (args[0].clone(), *args[1:])
+            rest = (args[1:], dict(kwargs))
+            kept.append((args[0], None if tensors_in(rest) else rest))
+            return (args[0].clone(), *args[1:]), kwargs
 
         for g in range(copies):
             calls.clear()
 
             def hook(
                 module: nn.Module, inputs: tuple, output: torch.Tensor, g: int = g
-            ) -> torch.Tensor:
+            ) -> torch.Tensor | None:
+                if inputs and isinstance(inputs[0], fx.Proxy):
+                    return None  # traced, not run (see ``private``)
                 calls.append(1)  # the replacement of this call (a shared module runs often)
-                new = replace(kept.pop().clone(), output, batch, call=len(calls) - 1)
+                inp, rest = kept.pop()
+                call = len(calls) - 1
+                if wants_rest:
+                    new = replace(inp.clone(), output, batch, call=call, rest=rest)
+                else:
+                    new = replace(inp.clone(), output, batch, call=call)
                 return new if copies == 1 else new[g * n : (g + 1) * n].clone()
 
-            with hooked(self.modules[unit], hook, private):
+            with hooked(self.modules[unit], hook, private, with_kwargs=True):
                 logits.append(logits_of(self.model(x), self.output))
             if not calls:
                 raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
@@ -280,13 +345,15 @@ class Engine:
 
 
 @contextmanager
-def hooked(module: nn.Module, hook: Any, pre: Any = None) -> Iterator[None]:
-    """A forward hook (and a forward pre-hook) for the duration of the block (removed on
-    errors and Ctrl-C too)."""
+def hooked(
+    module: nn.Module, hook: Any, pre: Any = None, *, with_kwargs: bool = False
+) -> Iterator[None]:
+    """A forward hook (and a forward pre-hook, told the call's keyword arguments too when
+    ``with_kwargs``) for the duration of the block (removed on errors and Ctrl-C too)."""
     handles = [module.register_forward_hook(hook)]
     try:
         if pre is not None:
-            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=with_kwargs))
         yield
     finally:
         for h in handles:

@@ -6,6 +6,12 @@ named dataset's array) by their bytes, or, past :data:`WHOLE_BYTES`, by their sh
 an evenly spread sample of them. A user's Dataset counts by what it exposes (torchvision's
 ``samples``/``targets``/``data``, a Subset's indices, a Hugging Face dataset's own fingerprint)
 and its length; wrappers (relabelling, preprocessing) by their label tables and what they wrap.
+
+That misses a user's Dataset that keeps its items under other names (``self.paths``), so the
+images themselves count too, as the study reads them anyway: :func:`batch_digest` hashes each
+batch's preprocessed input tensor and labels in the baseline pass, :func:`images_digest` the
+batches' digests in data order (the same for any number of processes), kept with the intact
+model's row and compared before a resumed row is kept.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["data_fingerprint"]
+__all__ = ["batch_digest", "data_fingerprint", "images_digest"]
 
 #: Arrays up to this size are hashed whole; bigger ones by a sample of about this size.
 WHOLE_BYTES = 64 << 20
@@ -54,6 +60,26 @@ def data_fingerprint(data: Any) -> str:
     order = getattr(data, "_order", None)  # a given DataLoader's sampler order
     if order is not None:
         _value(h, order)
+    return h.hexdigest()
+
+
+def batch_digest(x: torch.Tensor, labels: Any) -> bytes:
+    """SHA-256 of one batch as the model gets it: the input tensor's shape, dtype and bytes,
+    and its labels (None, a tensor, a list)."""
+    h = hashlib.sha256(f"{tuple(x.shape)}{x.dtype}".encode())
+    a = x.detach().cpu().contiguous()
+    if a.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits as int16
+        a = a.view(torch.int16)
+    h.update(memoryview(np.ascontiguousarray(a.numpy())).cast("B"))  # every byte, no copy
+    _value(h, labels)
+    return h.digest()
+
+
+def images_digest(digests: list[bytes]) -> str:
+    """SHA-256 of the batches' digests, in data order: the images and labels a study read."""
+    h = hashlib.sha256(f"{len(digests)} batches".encode())
+    for d in digests:
+        h.update(d)
     return h.hexdigest()
 
 

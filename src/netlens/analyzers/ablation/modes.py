@@ -9,6 +9,8 @@
 
 A replacement is a function ``(unit_input, unit_output, batch_index, call=0) -> tensor`` that
 never returns (a view of) its arguments, so in-place ops downstream cannot touch cached values.
+A residual block's identity replacement also takes ``rest=(args, kwargs)``, the call's other,
+non-tensor arguments (:func:`takes_call_args`), since its skip depends on them.
 ``call`` numbers the unit's calls within one forward pass: a module the model runs several times
 (one ``nn.ReLU`` shared by many layers) has statistics per call (:data:`Stats`: one
 :class:`UnitStats` each), and each call is replaced with its own mean (and std).
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import AnalyzerError
+from .residual import BlockSkip
 from .units import Unit
 
 __all__ = [
@@ -211,6 +214,8 @@ def unit_replacement(
         return _in_floats(
             lambda x, out, batch, call=0: _fill(mode, out, stats, seed, key, batch, call)
         )
+    if unit.residual and isinstance(unit.skip, BlockSkip):
+        return _block_skip(unit.name, unit.skip)
     if unit.residual and unit.skip is not None:
         skip = unit.skip
         return lambda x, out, batch, call=0: skip(x.clone())
@@ -221,6 +226,25 @@ def unit_replacement(
         return x.clone()
 
     return passthrough
+
+
+def _block_skip(name: str, skip: BlockSkip) -> Replacement:
+    """A traced residual block without its branches, at each call with that call's own
+    non-tensor arguments (``rest``: ``(args, kwargs)``, which the engine passes to a
+    replacement that :func:`takes_call_args`)."""
+
+    def skipped(
+        x: torch.Tensor, out: torch.Tensor, batch: int, call: int = 0, rest: tuple | None = None
+    ) -> torch.Tensor:
+        return skip(x.clone(), out, rest, name)
+
+    skipped.takes_call_args = True  # type: ignore[attr-defined]
+    return skipped
+
+
+def takes_call_args(replace: Replacement) -> bool:
+    """Whether ``replace`` wants each call's non-tensor arguments (keyword ``rest``)."""
+    return getattr(replace, "takes_call_args", False) is True
 
 
 def shape_message(name: str, shape_in: tuple | None, shape_out: tuple | None) -> str:

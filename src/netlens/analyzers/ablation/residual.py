@@ -14,6 +14,11 @@ Switching such a block off (mode ``identity``, Veit et al. 2016) removes every r
 keeps every shortcut: each residual add is replaced by a copy of its shortcut operand, and what the
 block does after the sum stays (a ResNet's final ReLU, a Swin block's reshape). The result is a
 small ``GraphModule`` that shares the block's submodules, made per study (no registry).
+
+A block's other, non-tensor arguments are fixed in its trace. A block the model calls several
+times with other such arguments (``blk(x, 1.0)`` then ``blk(x, 3.0)``) gets one skip graph per
+distinct set of arguments (:class:`BlockSkip`), each found and checked on that call's own input
+and output as the first was; a call whose wiring is not residual is refused in one line.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["Residual", "find_residual", "residual_adds", "trace_block", "without_branches"]
+from ...errors import AnalyzerError
+
+__all__ = [
+    "BlockSkip",
+    "Residual",
+    "find_residual",
+    "residual_adds",
+    "trace_block",
+    "without_branches",
+]
 
 _ADD_FUNCTIONS = frozenset({operator.add, operator.iadd, torch.add})
 _ADD_METHODS = frozenset({"add", "add_"})
@@ -42,14 +56,88 @@ class Residual:
     """A residual block: ``skip(x)`` is its output with every residual branch removed.
 
     Attributes:
-        skip: the block without its branches (shares the block's submodules).
+        skip: the block without its branches (shares the block's submodules), for each call's
+            own non-tensor arguments (:class:`BlockSkip`).
         branches: how many residual adds were removed.
         projection: the shortcut carries weights or changes the shape (a ResNet ``downsample``).
     """
 
-    skip: fx.GraphModule
+    skip: BlockSkip
     branches: int
     projection: bool
+
+
+def _same_args(a: tuple[tuple, dict], b: tuple[tuple, dict]) -> bool:
+    """Whether two calls' non-tensor arguments are the same (by ``==``, else by identity)."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an argument without a plain == (an array): by identity
+        return (
+            len(a[0]) == len(b[0])
+            and all(x is y for x, y in zip(a[0], b[0], strict=True))
+            and (a[1].keys() == b[1].keys() and all(a[1][k] is b[1][k] for k in a[1]))
+        )
+
+
+class BlockSkip:
+    """A residual block without its branches, for each call's own non-tensor arguments.
+
+    ``skip(x)`` runs the graph made for the surveyed call (its arguments fixed in it);
+    ``skip(x, out, rest)`` runs the one for the arguments ``rest`` (``(args, kwargs)``) of the
+    call that mapped ``x`` to ``out``, made on first sight of them and checked on that call.
+    """
+
+    def __init__(
+        self, name: str, block: nn.Module, graph: fx.GraphModule, args: tuple, kwargs: dict
+    ) -> None:
+        self.name, self.block = name, block
+        self.graphs: list[tuple[tuple[tuple, dict], fx.GraphModule | None]] = [
+            ((tuple(args), dict(kwargs)), graph)
+        ]
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        out: Any = None,
+        rest: tuple[tuple, dict] | None = None,
+        name: str | None = None,
+    ) -> Any:
+        return self.graph_for(x, out, rest, name)(x)
+
+    def graph_for(
+        self,
+        x: torch.Tensor,
+        out: Any = None,
+        rest: tuple[tuple, dict] | None = None,
+        name: str | None = None,
+    ) -> fx.GraphModule:
+        """The skip graph for a call with non-tensor arguments ``rest`` that mapped ``x`` to
+        ``out`` (``name``: the unit's, for the refusal)."""
+        if rest is None:
+            return self.graphs[0][1]  # type: ignore[return-value]
+        key = (tuple(rest[0]), dict(rest[1]))
+        for seen, graph in self.graphs:
+            if _same_args(seen, key):
+                if graph is None:
+                    break
+                return graph
+        else:
+            found = None if out is None else find_residual(self.block, x.clone(), out, *key)
+            graph = found.skip.graphs[0][1] if found is not None else None
+            self.graphs.append((key, graph))
+            if graph is not None:
+                return graph
+        raise AnalyzerError(
+            f"identity cannot skip '{name or self.name}' at its call with arguments {_shown(key)}: "
+            "there its output does not add its input back (its other calls' do); use --mode "
+            "zero or --mode mean for it"
+        )
+
+
+def _shown(key: tuple[tuple, dict]) -> str:
+    parts = [repr(a) for a in key[0]] + [f"{k}={v!r}" for k, v in key[1].items()]
+    text = ", ".join(parts)
+    return f"({text[:80]}{'...' if len(text) > 80 else ''})"
 
 
 class _Bound(nn.Module):
@@ -266,6 +354,7 @@ def find_residual(
     output: Any,
     args: tuple[Any, ...] = (),
     kwargs: dict[str, Any] | None = None,
+    name: str = "",
 ) -> Residual | None:
     """``module`` as a :class:`Residual`, if its output adds its input back (see module doc).
 
@@ -274,6 +363,7 @@ def find_residual(
         x: an input it was called with (its only tensor argument).
         output: what it returned for ``x``.
         args, kwargs: its other arguments in that call (none of them a tensor).
+        name: what messages call it (default: its class name).
     """
     if not isinstance(output, torch.Tensor):
         return None
@@ -291,4 +381,5 @@ def find_residual(
         if not adds:
             return None
         skip = without_branches(gm, adds)
-        return Residual(skip, len(adds), _projection(skip, x, output))
+        block = BlockSkip(name or type(module).__name__, module, skip, args, dict(kwargs or {}))
+        return Residual(block, len(adds), _projection(skip, x, output))

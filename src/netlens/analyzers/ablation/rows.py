@@ -6,7 +6,10 @@ channel N of LAYER, ``LAYER@ORDER:K`` = its first K channels in ORDER), ``value`
 its bootstrap interval ``ci_low``/``ci_high``, ``delta`` = value − intact value with the interval
 of the paired differences ``delta_ci_low``/``delta_ci_high``, and the harm column (``drop`` or
 ``increase``, see :mod:`.scoring`). Intervals come from :mod:`netlens.metrics.bootstrap`, with the
-same resampled images for every row, so deltas are paired.
+same resampled images for every row, so deltas are paired. The intact model's row also keeps
+``images_sha256``, a hash of the images and labels the study read
+(:func:`.fingerprint.images_digest`): rows kept from an interrupted run are used only when the
+images read now hash the same.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...errors import AnalyzerError
 from ...metrics.bootstrap import Resampler, percentile_ci
 from .scoring import Metric, Outcomes, class_scores, hurt_classes, metric_value
 from .units import Unit
@@ -37,7 +41,7 @@ def columns(metric: Metric) -> list[str]:
     return [
         *("key", "kind", "layer", "unit", "channel", "k", "mode", "metric"),
         *("value", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high", metric.harm),
-        *("downsample", "path", "hurt_classes", "per_class"),
+        *("downsample", "path", "hurt_classes", "per_class", "images_sha256"),
     ]
 
 
@@ -65,6 +69,9 @@ class StudyRows:
         path_of: ``"cached"`` or ``"naive"`` for a unit.
         store: where finished rows go (and come from, on resume).
         resamples, seed: the bootstrap.
+
+    ``images`` (set by the study after the baseline pass, before the baseline row is needed):
+    the digest of the images and labels read; resumed rows made on others are refused.
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class StudyRows:
         self.baseline = Outcomes(metric)
         self.resumed = len(store.rows)
         self.by = "label" if metric.needs_labels else "base_pred"
+        self.images: str | None = None
         self._base: dict[str, np.ndarray] | None = None
 
     @property
@@ -97,14 +105,31 @@ class StudyRows:
     def base(self) -> dict[str, np.ndarray]:
         """The intact model's outcomes (its row is added the first time)."""
         if self._base is None:
+            self._check_resumed()
             self._base = self.baseline.arrays()
             self.k = self.baseline.num_classes
             self.resampler = Resampler(len(self._base["value"]), self.resamples, self.seed)
             self._base_value = float(metric_value(self.metric, self._base, None, self.k)[0])
             self._base_samples = self._samples(self._base)
             row = {"key": "baseline", "kind": "baseline", "metric": self.metric.name}
+            row["images_sha256"] = self.images
             self._add(row | self._value_cells(self._base_value, self._base_samples))
         return self._base
+
+    def _check_resumed(self) -> None:
+        """Refuse rows kept from a run on other images (same settings, same data fingerprint,
+        but a Dataset the fingerprint cannot see into), before any of them is used."""
+        if not self.rows or self.images is None:
+            return
+        old = self.rows.get("baseline", {}).get("images_sha256")
+        if old == self.images:
+            return
+        where = getattr(self.store, "path", None) or "the row store"
+        made = f"on other images ({old[:12]}…)" if old else "on images it does not record"
+        raise AnalyzerError(
+            f"{where} was made {made}: the images and labels read now hash to "
+            f"{self.images[:12]}…; run without --resume to start afresh, or use another --out"
+        )
 
     def _samples(self, out: dict[str, np.ndarray]) -> np.ndarray:
         return self.resampler.apply(lambda idx: metric_value(self.metric, out, idx, self.k))

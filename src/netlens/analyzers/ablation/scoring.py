@@ -57,7 +57,12 @@ def _correct(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _top5(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ((z > _own(z, y)[:, None]).sum(1) < 5).astype(np.float64)
+    """Whether the label is among the 5 highest logits, ties broken by class index as
+    ``argmax`` breaks them (the lower index ranks first), so a top-1 hit is always a top-5
+    hit and tied logits (a dead network's all-equal ones) are not all counted as hits."""
+    own = _own(z, y)[:, None]
+    lower = np.arange(z.shape[1])[None] < y[:, None]
+    return (((z > own) | ((z == own) & lower)).sum(1) < 5).astype(np.float64)
 
 
 def _loss(z: np.ndarray, y: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -12,6 +12,10 @@ ablation; a variant's per-image outcomes are gathered in data order before its r
 rows (bootstrap intervals included) equal one process's bit for bit. Noise is seeded by the
 batch's number in the whole data. The mean/noise statistics pass adds the ranks' float64 sums,
 equal to one pass up to their reassociation.
+
+The baseline pass also hashes each batch it reads (input tensor and labels): the digest, kept
+with the intact model's row, is what a resume checks its kept rows against, so rows made on
+other images are never mixed in, whatever the data object exposes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ...activations import channels_last
 from ...errors import AnalyzerError
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
-from .fingerprint import data_fingerprint
+from .fingerprint import batch_digest, data_fingerprint, images_digest
 from .modes import UnitStats, collect_call, merge_calls, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
@@ -42,25 +46,30 @@ __all__ = ["ROWS_NAME", "study"]
 
 #: The name of the study's row file (``OUT/ablation.csv`` from the CLI).
 ROWS_NAME = "ablation"
-_ROWS_VERSION = 2  # bump when the row columns change: older row files are not resumed
+_ROWS_VERSION = 3  # bump when the row columns change: older row files are not resumed
 
 
 class _Pairs:
     """The run's batches as ``(x, labels or None)``, re-iterable, with their count (and, in a
     distributed run, ``first``: the number of this share's first batch; ``shared``: it is a
-    share, which may have no batch)."""
+    share, which may have no batch). While ``digests`` is a dict, each batch read is hashed
+    into it by its number in this share (once)."""
 
     def __init__(self, batches: Any, shared: bool = False) -> None:
         self.batches, self.shared = batches, shared
         self.batch_size = getattr(batches, "batch_size", None) or 1
         self.first = getattr(batches, "first", 0)
+        self.digests: dict[int, bytes] | None = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
-        for b in self.batches:
+        for i, b in enumerate(self.batches):
             if isinstance(b, torch.Tensor):
-                yield b, None
+                x, y = b, None
             else:
-                yield b[0], (b[1] if len(b) > 1 else None)
+                x, y = b[0], (b[1] if len(b) > 1 else None)
+            if self.digests is not None and i not in self.digests:
+                self.digests[i] = batch_digest(x, y)
+            yield x, y
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -88,6 +97,8 @@ class _Plan:
         total = sum(len(a.keys) for a in ablations) * len(self.run.data)  # type: ignore[arg-type]
         first = self.rows.baseline if self.rows.needs_baseline else None
         opts, group = self.run.options, self.run.group
+        if first is not None:  # the baseline pass reads every image: hash them as it goes
+            self.loader.digests = {}
 
         def done(key: str, out: Outcomes) -> None:  # every rank's images, then the row
             self._join_baseline(first)
@@ -109,7 +120,14 @@ class _Plan:
         self.rows.base()
 
     def _join_baseline(self, first: Outcomes | None) -> None:
-        """The intact model's outcomes from every rank, once, before its row is made."""
+        """The intact model's outcomes from every rank, and the digest of the images they were
+        read from, once, before its row (or any) is made."""
+        if first is not None and self.loader.digests is not None:
+            digests = [d for _, d in sorted(self.loader.digests.items())]
+            self.loader.digests = None
+            if self.run.group.world > 1:  # every share's batches, in data order
+                digests = [d for part in self.run.group.gather(digests) for d in part]
+            self.rows.images = images_digest(digests)
         if first is not None and self.rows.baseline is first and self.run.group.world > 1:
             self.rows.baseline = _joined(self.run.group, first)
 

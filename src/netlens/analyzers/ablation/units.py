@@ -4,12 +4,15 @@ The default units are the outermost *residual blocks*, recognised by what they c
 whose output adds its input back, :mod:`.residual`), whichever library defined them: timm and
 torchvision ResNets, RegNets, EfficientNet / MobileNet inverted residuals, ConvNeXt, ViT and
 Swin blocks, a user's own. A model without any gets each parameterised child of its feature
-stack instead (a stack of repeated blocks, like a ViT's ``blocks``, counts as its blocks).
+stack instead (a stack of repeated blocks, like a ViT's ``blocks`` or an
+``nn.TransformerEncoder``, counts as its blocks).
 Normalisation layers are never default units: switching one off tests the scale of its input,
 not what the network learned.
 
 Identity ablation of a residual block removes its branch and keeps the shortcut (Veit et al.,
 2016); ``identity_fns`` (per study, never global) says how for a block netlens cannot trace.
+PyTorch's own ``nn.TransformerEncoderLayer`` does not trace (its fast path), but its skip is
+known from its ``norm_first``: pre-LN ``x``, post-LN ``norm2(norm1(x))``.
 """
 
 from __future__ import annotations
@@ -80,10 +83,24 @@ def _user_fn(name: str, module: nn.Module, fns: Mapping[Any, IdentityFn]) -> Ski
     return (lambda x: fn(module, x)) if fn is not None else None
 
 
+def _torch_encoder_skip(module: nn.Module) -> Skip | None:
+    """PyTorch's own ``nn.TransformerEncoderLayer`` without its two residual branches.
+
+    Its ``forward`` does not trace (the fast path's checks), so :mod:`.residual` cannot find
+    the additions; its source says where they are: pre-LN ``x + sa(norm1(x))``,
+    ``x + ff(norm2(x))`` keeps ``x``; post-LN ``norm1(x + sa(x))``, ``norm2(x + ff(x))`` keeps
+    ``norm2(norm1(x))``."""
+    if not isinstance(module, nn.TransformerEncoderLayer):
+        return None
+    if module.norm_first:
+        return lambda x: x
+    return lambda x: module.norm2(module.norm1(x))
+
+
 def _unit(name: str, module: nn.Module, call: Call, fns: Mapping[Any, IdentityFn]) -> Unit:
     """``module`` as a unit: residual when it adds its input back, else a plain layer."""
     shapes = {"shape_in": call.shape_in, "shape_out": call.shape_out}
-    own = _user_fn(name, module, fns)
+    own = _user_fn(name, module, fns) or _torch_encoder_skip(module)
     if own is not None:
         return Unit(name, "residual", call.shape_in != call.shape_out, own, **shapes)
     if call.x is not None:
@@ -127,11 +144,18 @@ def _feature_stack(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def _expand_repeats(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """A stack of repeated blocks (a ViT's ``blocks``, a ConvNeXt stage) → its blocks."""
+    """A stack of repeated blocks (a ViT's ``blocks``, a ConvNeXt stage) → its blocks; so is a
+    module whose one child (norms aside) is such a stack, like ``nn.TransformerEncoder``
+    (its ``layers``, and its final ``norm``, never a unit)."""
     kids = list(module.named_children())
     if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(kids) >= 2:
         if len({type(m) for _, m in kids}) == 1 and all(_has_params(m) for _, m in kids):
             return [(f"{name}.{n}", m) for n, m in kids]
+    others = [(n, m) for n, m in kids if not is_norm(m)]
+    if len(others) == 1 and isinstance(others[0][1], (nn.Sequential, nn.ModuleList)):
+        blocks = _expand_repeats(f"{name}.{others[0][0]}", others[0][1])
+        if len(blocks) > 1:
+            return blocks
     return [(name, module)]
 
 

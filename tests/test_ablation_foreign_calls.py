@@ -1,0 +1,206 @@
+"""ablate where a unit's calls are not what one look at the model shows: a shared activation also
+called inside a block that is itself a unit (hidden from the traced graph), a residual block
+called again with another non-tensor argument, and top-5 on tied logits. Each result is compared
+with a naive reference: plain forward hooks replacing the module's output at every call, a full
+forward, the metric by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netlens
+from netlens.analyzers.ablation.engine import Engine
+from netlens.analyzers.ablation.scoring import METRICS
+from netlens.errors import NetlensError
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+
+def _xy(n: int = 8, size: int = 8, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, size, size, generator=gen)
+    return x, torch.arange(n) % classes
+
+
+@torch.no_grad()
+def _naive(model: nn.Module, x: torch.Tensor, unit: str, fill) -> torch.Tensor:
+    """Logits with every call of ``unit`` replaced by ``fill(input, output, call)``."""
+    module, calls = model.get_submodule(unit), [0]
+
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return fill(args[0], out, calls[0] - 1)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        return model(x)
+    finally:
+        handle.remove()
+
+
+def _kl(base: torch.Tensor, ablated: torch.Tensor) -> float:
+    lb, la = F.log_softmax(base.double(), 1), F.log_softmax(ablated.double(), 1)
+    return float((lb.exp() * (lb - la)).sum(1).mean())
+
+
+def _rows(model: nn.Module, x, y, **kw) -> dict[str, dict]:
+    res = netlens.ablate(model, (x, y), metric="kl", progress=False, resamples=10, **kw)
+    return {r["unit"]: r for r in res.rows}
+
+
+# -- a shared activation also called inside a block that is a unit ---------------------------
+class _Block(nn.Module):
+    def __init__(self, c: int, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(c, c, 3, padding=1), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.conv(x))
+
+
+class SharedInBlock(nn.Module):
+    """``self.act`` runs at the top level and inside ``b1`` (passed in as ``act=``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = _Block(8, self.act)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.b1(self.act(self.stem(x))).mean((2, 3)))
+
+
+def _per_call_means(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    outs: list[torch.Tensor] = []
+    handle = model.act.register_forward_hook(lambda m, i, o: outs.append(o.double().mean(0)))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return outs
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_shared_activation_hidden_inside_a_unit_block_is_replaced_at_every_call(mode) -> None:
+    torch.manual_seed(0)
+    model, (x, y) = SharedInBlock().eval(), _xy()
+    model.fc.weight.data *= 20
+    means = _per_call_means(model, x)
+    fill = (
+        (lambda i, o, c: torch.zeros_like(o))
+        if mode == "zero"
+        else (lambda i, o, c: means[c].float().expand_as(o).clone())
+    )
+    with torch.no_grad():
+        want = _kl(model(x), _naive(model, x, "act", fill))
+    together = _rows(model, x, y, layers="act,b1", mode=mode, batch_size=4)["act"]
+    alone = _rows(model, x, y, layers="act", mode=mode, batch_size=4)["act"]
+    assert together["value"] == pytest.approx(want, rel=1e-6)
+    assert together["value"] == alone["value"]
+    assert together["path"] == "naive"
+
+    engine = Engine(model, ["act", "b1"])
+    assert engine.check(x[:4])
+    assert not engine.is_fast("act") and engine.is_fast("b1")  # b1 itself runs once
+    assert engine.hidden_calls == {"act": 2}
+
+
+# -- a residual block called again with another non-tensor argument --------------------------
+class _Scaled(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        if scale == 0:
+            return self.conv(x)  # no residual add at this call
+        return x * scale + self.conv(x)  # shortcut x * scale
+
+
+class Reused(nn.Module):
+    def __init__(self, scales: tuple[float, ...]) -> None:
+        super().__init__()
+        self.scales = scales
+        self.stem, self.blk = nn.Conv2d(3, 8, 3, padding=1), _Scaled(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for s in self.scales:
+            x = self.blk(x, scale=s) if s == 2.5 else self.blk(x, s)
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("scales", [(1.0, 3.0), (2.5,)])
+def test_identity_skips_each_call_of_a_block_with_its_own_arguments(scales) -> None:
+    torch.manual_seed(0)
+    model, (x, y) = Reused(scales).eval(), _xy()
+    with torch.no_grad():
+        want = _kl(model(x), _naive(model, x, "blk", lambda i, o, c: i * scales[c]))
+        first = _kl(model(x), _naive(model, x, "blk", lambda i, o, c: i * scales[0]))
+    row = _rows(model, x, y, layers="blk", mode="identity")["blk"]
+    assert row["kind"] == "residual"
+    assert row["path"] == ("naive" if len(scales) > 1 else "cached")
+    assert row["value"] == pytest.approx(want, rel=1e-6)
+    if len(scales) > 1:
+        assert abs(first - want) > 0.1 * want  # the first call's argument at both: wrong
+
+
+def test_identity_refuses_a_call_of_the_block_that_is_not_residual() -> None:
+    torch.manual_seed(0)
+    model, (x, y) = Reused((1.0, 0.0)).eval(), _xy()
+    with pytest.raises(NetlensError, match=r"identity cannot skip 'blk' at its call with argu"):
+        _rows(model, x, y, layers="blk", mode="identity")
+
+
+# -- top-5 on tied logits ----------------------------------------------------------------------
+def _top5_by_hand(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The 5 first classes of a stable sort by descending logit: ties by index, as argmax."""
+    top = np.argsort(-z, axis=1, kind="stable")[:, :5]
+    return (top == y[:, None]).any(1).astype(np.float64)
+
+
+def test_top5_breaks_ties_by_index_as_argmax_does() -> None:
+    top5, acc = METRICS["top5"].per_image, METRICS["accuracy"].per_image
+    y = np.arange(10)
+    flat = np.zeros((10, 10))
+    assert top5(flat, y, flat).tolist() == [1.0] * 5 + [0.0] * 5
+    gen = np.random.default_rng(0)
+    z = gen.integers(0, 3, (500, 12)).astype(np.float64)  # many ties
+    y = gen.integers(0, 12, 500)
+    assert np.array_equal(top5(z, y, z), _top5_by_hand(z, y))
+    assert np.all(top5(z, y, z) >= acc(z, y, z))  # a top-1 hit is a top-5 hit
+
+
+class _Dead(nn.Module):
+    """Zeroing ``conv`` makes every logit equal (a bias-free head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_top5_of_an_ablation_that_ties_every_logit() -> None:
+    torch.manual_seed(0)
+    model, (x, y) = _Dead().eval(), _xy(n=10, classes=10)
+    res = netlens.ablate(
+        model, (x, y), layers="conv", mode="zero", metric="top5", progress=False, resamples=10
+    )
+    z = _naive(model, x, "conv", lambda i, o, c: torch.zeros_like(o))
+    assert bool((z == z[:, :1]).all())
+    want = _top5_by_hand(z.double().numpy(), y.numpy()).mean()
+    assert res.rows[0]["value"] == pytest.approx(want) == 0.5
+    topk = (z.topk(5, 1).indices == y[:, None]).any(1).double().mean().item()
+    assert topk == 0.5  # torch.topk picks other tied classes, but as many
