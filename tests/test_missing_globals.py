@@ -111,6 +111,29 @@ def test_the_cli_refuses_a_missing_model_class_in_one_line(saved, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_arch_naming_the_script_finds_the_pickled_models_main_names(saved, tmp_path):
+    """The refusal says to name the file that defines the class with --arch FILE.py:Net; given
+    it, the same refusal came back. The pickle's ``__main__`` names are found in that file."""
+    script = tmp_path / "defs.py"  # the training script's classes (its saving code guarded)
+    script.write_text(SAVE.split("out = sys.argv[1]")[0])
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for file, cls in [("main_class.pt", "Net"), ("main_part.pt", "Swish")]:
+        lens = netlens.load(saved / file, trust=True, arch=f"{script}:{cls}", input_size=16)
+        assert type(lens.model).__name__ in (cls, "Sequential")
+        with torch.no_grad():
+            assert lens.output(x).shape == (1, 2)
+    out = tmp_path / "o"
+    done = subprocess.run(
+        [sys.executable, "-m", "netlens", "kernels", str(saved / "main_class.pt"), "--trust"]
+        + ["--arch", f"{script}:Net", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "kernels.json").exists()
+
+
 def test_names_outside_main_still_fail_as_before(tmp_path):
     """Only ``__main__`` is lenient: a module that lost a name is a real mismatch."""
     import types

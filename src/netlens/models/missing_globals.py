@@ -64,10 +64,12 @@ def _needed(name: str) -> str:
     )
 
 
-def trusted_load(path: Path) -> tuple[Any, list[str]]:
+def trusted_load(path: Path, main: dict[str, Any] | None = None) -> tuple[Any, list[str]]:
     """``torch.load(path, weights_only=False)`` with a :class:`Missing` stand-in for each
     ``__main__`` name that cannot be found; the object and those names (``__main__.is_cat``).
-    Runs the file's code: call it only for a file the user trusts."""
+    ``main``: where such names are found first (the namespace of the file ``--arch FILE.py:Net``
+    names, the script that defined them when the model was saved). Runs the file's code: call it
+    only for a file the user trusts."""
     made: dict[str, type] = {}
 
     class Unpickler(pickle.Unpickler):
@@ -77,6 +79,8 @@ def trusted_load(path: Path) -> tuple[Any, list[str]]:
             except AttributeError:
                 if module != "__main__":
                     raise
+                if main and name in main:
+                    return main[name]
                 full = f"{module}.{name}"
                 if full not in made:
                     made[full] = _MissingType(name, (Missing,), {"missing_name": full})

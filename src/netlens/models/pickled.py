@@ -42,7 +42,7 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
 
     try:
         with torch_load_quietly(), _current_folder_importable():
-            obj, missing = trusted_load(source)
+            obj, missing = trusted_load(source, _users_namespace(req))
     except Exception as exc:  # noqa: BLE001 - trusted, but still not a torch file
         raise ModelLoadError(_unpickling_failed(display_path(source.name), exc)) from None
     where = display_path(source.name)
@@ -70,10 +70,26 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
     return loaded
 
 
+def _users_namespace(req: LoadRequest) -> dict[str, Any]:
+    """The names of the file or module ``--arch FILE.py:Net`` names: a model pickled whole from
+    the script that defined its class (``__main__.Net``) finds them there."""
+    from .factory import _import_file, _import_module, parse_user_arch
+
+    parsed = parse_user_arch(req.arch) if req.arch else None
+    if parsed is None:
+        return {}
+    target = parsed[0]
+    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    return dict(vars(module))
+
+
 def _check_runs(model: nn.Module, where: str) -> None:
     """Refuse a model made of names its file could not find (see :mod:`.missing_globals`)."""
     from .missing_globals import stand_ins_in
 
+    needed = stand_ins_in(model)
+    if needed:
+        raise ModelLoadError(_defined_in_main(where, needed[0].rpartition(".")[2], part=True))
     try:
         broken = next((m for m in model.modules() if "_modules" not in vars(m)), None)
     except AttributeError:
@@ -85,9 +101,6 @@ def _check_runs(model: nn.Module, where: str) -> None:
             "in Python and pass it to netlens.load(model), or save the float model (or its "
             "state_dict) instead"
         )
-    needed = stand_ins_in(model)
-    if needed:
-        raise ModelLoadError(_defined_in_main(where, needed[0].rpartition(".")[2], part=True))
 
 
 def _module_in(obj: Any, source: Path) -> tuple[nn.Module, str | None]:
@@ -149,8 +162,8 @@ def _defined_in_main(name: str, cls: str, *, part: bool = False) -> str:
     )
     return (
         f"{name}: {what} was defined in a script or notebook (__main__) when it was saved, "
-        f"so unpickling cannot find it; save model.state_dict() instead and load it with "
-        f"--arch FILE.py:{arch}"
+        f"so unpickling cannot find it; name the file that defines it with --arch "
+        f"FILE.py:{arch} (or save model.state_dict() and load that with --arch)"
     )
 
 
