@@ -62,8 +62,9 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
         return img
     if channels not in (1, 3):
         raise ImageError(
-            f"this model takes {channels}-channel inputs and an image has {have}; pass the "
-            "inputs as a preprocessed N×C×H×W tensor"
+            f"this model takes {channels}-channel inputs and an image has {have} (files are "
+            "read as RGB or gray: a 4th band, alpha, is dropped, as PIL's convert('RGB') drops "
+            f"it); pass the images as a preprocessed N×{channels}×H×W tensor"
         )
     if channels == 1:
         return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
