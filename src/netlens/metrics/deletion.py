@@ -4,8 +4,11 @@ Deletion removes pixels from the image in heatmap order (most relevant first), i
 equal steps, and records the target-class probability after each step; a faithful heatmap makes
 it drop fast (low AUC is good). Insertion starts from a blurred copy and reveals pixels in the
 same order (high AUC is good). Removed pixels take ``fill``: ``"zero"`` (the mean colour, since
-inputs are normalised; as in RISE) or ``"blur"``. The blur is torchvision's ``gaussian_blur``
-(11 px kernel, sigma 5, reflect padding at the borders), not RISE's own blur kernel.
+inputs are normalised; as in RISE) or ``"blur"``. For a model whose first layer normalises its
+input itself (``Sequential(Normalize(mean, std), net)``: netlens feeds it pixels) ``"zero"`` is
+that layer's mean, the same colour, so where the normalisation lives does not change the score.
+The blur is torchvision's ``gaussian_blur`` (11 px kernel, sigma 5, reflect padding at the
+borders), not RISE's own blur kernel.
 
 The step images of all images go through the model together, in full batches of
 ``batch_size`` made as they are needed, so the cost is ``N·(steps+1)`` forward-passed images per
@@ -89,7 +92,7 @@ def perturbation_curves(
     counts = torch.tensor([int(round(c)) for c in np.linspace(0, hw, steps + 1)])
     soft = blurred(x)
     if mode == "deletion":
-        start, end = x, (soft if fill == "blur" else torch.zeros_like(x))
+        start, end = x, (soft if fill == "blur" else mean_colour(model, x))
     else:
         start, end = soft, x
     ranks = torch.as_tensor(image_ranks(h, order, seed), device=x.device)
@@ -105,6 +108,18 @@ def perturbation_curves(
     with one_thread_per_op() as workers:
         probs = row_probs(model, rows, np.repeat(targets, k), batch_size, workers)
     return probs.reshape(len(x), k)
+
+
+def mean_colour(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The mean colour as the model takes it, shaped like ``x``: 0 for normalised inputs, the
+    mean of a first layer that normalises the model's input itself."""
+    from ..models.input_norm import input_normalizer
+
+    norm = input_normalizer(model)
+    if norm is None or len(norm.mean) not in (1, x.shape[1]):
+        return torch.zeros_like(x)
+    mean = torch.tensor(norm.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return mean.expand_as(x).clone()
 
 
 @dataclass(frozen=True)
