@@ -330,6 +330,47 @@ def test_a_head_registered_before_the_convs_and_a_flat_mlp_get_their_channels() 
         assert lens.transform.size is None
 
 
+def test_a_wrapper_around_a_timm_backbone_gets_the_backbones_preprocessing() -> None:
+    """``class Net(nn.Module): self.model = timm.create_model(...)`` (Kaggle's way, the head
+    replaced): it "recorded no preprocessing", got ImageNet's guess and no resize, so a 400×512
+    photo went in at full size; timm's data config is the backbone's."""
+    import warnings
+
+    import timm
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = timm.create_model("resnet18", num_classes=0)
+            self.head = nn.Linear(512, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.model(x))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing guessed
+        lens = netlens.load(net)
+    assert "of its timm backbone 'model'" in lens.transform.source
+    photo = skdata.astronaut()[:400]
+    want = create_transform(**resolve_data_config({}, model=net.model))(Image.fromarray(photo))
+    got = lens.preprocess(photo)
+    assert got.shape == (1, *want.shape) and (got[0] - want).abs().max() < 0.02
+
+    class Small(nn.Module):  # a timm part holding few of the weights: not the model's input
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3)
+            self.part = timm.create_model("resnet10t", num_classes=0, in_chans=8)
+            self.head = nn.Linear(512, 100_000)
+
+    with pytest.warns(Warning, match="guesses"):
+        assert "timm" not in netlens.load(Small()).transform.source
+
+
 def test_a_guessed_normalisation_is_said_once_at_load():
     """A model that records no preprocessing is fed with ImageNet's mean/std, a guess: a model
     trained on [0, 1] pixels (or 0.5/0.5) would be explained on inputs it never saw, without

@@ -83,6 +83,12 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         )
     if getattr(model, "pretrained_cfg", None):
         return timm_spec(model)
+    backbone = timm_backbone(model)
+    if backbone is not None:  # class Net(nn.Module): self.model = timm.create_model(...)
+        name, inner = backbone
+        spec = timm_spec(inner)
+        source = f"{spec.source}, of its timm backbone '{name}'"
+        return _fit_channels(dataclasses.replace(spec, source=source), model)
     if type(model).__module__.startswith("transformers."):
         from ..models.hf import hf_model_preprocess
 
@@ -104,6 +110,26 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         )
         return _fit_channels(convention, model)
     return guessed_spec(model)
+
+
+def timm_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The timm model a user's wrapper holds (``self.model = timm.create_model(...)``, a new head
+    beside it) when it holds the first registered convolution and most of the weights: the
+    model's input is that backbone's; None otherwise."""
+    found = next(
+        ((n, m) for n, m in model.named_modules() if n and getattr(m, "pretrained_cfg", None)),
+        None,
+    )
+    if found is None:
+        return None
+
+    def size(module: nn.Module) -> int:  # a lazy module's unmade weights count nothing
+        made = (p for p in module.parameters() if not isinstance(p, nn.UninitializedParameter))
+        return sum(p.numel() for p in made)
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    holds_first = first is None or any(c is first for c in found[1].modules())
+    return found if holds_first and size(found[1]) * 2 > size(model) else None
 
 
 def timm_spec(
