@@ -229,3 +229,19 @@ def test_bootstrap_bounds_stay_within_the_values() -> None:
     for values in (np.full(7, 0.1), np.ones(5), np.full(9, 1 / 3)):
         mean, low, high, _ = mean_ci(values)
         assert values.min() <= low <= mean <= high <= values.max()
+
+
+def test_a_stack_holding_most_of_the_model_is_a_step_per_block() -> None:
+    """A ViT's 12 blocks were one step (the cascade of timm's ViT had 4 to 6 steps; its trunk
+    randomised at once); Adebayo et al. randomise block by block. A block's own layers stay one
+    step, and a ResNet's stages (none holding more than a quarter) are unchanged."""
+    import timm
+
+    from netlens.metrics.randomization import cascade_blocks
+
+    vit = [s for s, _ in cascade_blocks(timm.create_model("vit_tiny_patch16_224", depth=4))]
+    assert vit[:6] == ["head", "norm", "blocks.3", "blocks.2", "blocks.1", "blocks.0"]
+    swin = timm.create_model("swin_tiny_patch4_window7_224", depths=(2, 2, 2, 2))
+    assert [s for s, _ in cascade_blocks(swin)][2:6] == [f"layers.{k}" for k in (3, 2, 1, 0)]
+    resnet = [s for s, _ in cascade_blocks(timm.create_model("resnet18"))]
+    assert resnet == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]

@@ -163,7 +163,8 @@ def test_torchvision_vit_pos_embedding_after_the_encoder_layers() -> None:
     assert names == [
         "heads.head",
         "encoder.ln",
-        "encoder.layers",
+        "encoder.layers.encoder_layer_1",  # a stack holding most of the model: a step each
+        "encoder.layers.encoder_layer_0",
         "encoder (pos_embedding)",
         "conv_proj",
         ROOT_STEP,

@@ -134,7 +134,9 @@ def cascade_blocks(
     Parameterised modules (and those with resettable float buffers: a
     ``BatchNorm(affine=False)``'s running statistics) are grouped by their top-level block;
     when the model has fewer than ``min_steps`` such blocks (one big ``features`` Sequential),
-    the grouping goes one level deeper, up to three levels. With an ``example`` input the
+    the grouping goes one level deeper, up to three levels; a block holding more than a quarter
+    of them is then split into its sub-blocks (a ViT's ``blocks`` into ``blocks.0``, ...
+    ``blocks.11``). With an ``example`` input the
     blocks are ordered by where the forward first *starts* a call of one of their modules (a
     model may declare its classifier before its features; a parent's own parameters, such as
     torchvision ViT's ``encoder.pos_embedding``, are used from its call's start, before its
@@ -154,11 +156,45 @@ def cascade_blocks(
             groups.setdefault(".".join(_owner(name).split(".")[:depth]), []).append(name)
         if len(groups) >= min_steps:
             break
+    groups = _split_large(model, groups)
     order = list(groups)
     if example is not None:
         order = _forward_order(model, example, groups)
     steps = [(_step_name(model, g, groups), groups[g]) for g in reversed(order)]
     return steps + [(ROOT_STEP, [""])] if root else steps
+
+
+def _split_large(
+    model: nn.Module, groups: dict[str, list[str]], share: float = 0.25, deepest: int = 6
+) -> dict[str, list[str]]:
+    """Groups holding more than ``share`` of the parameterised modules that are a stack of
+    like blocks split into those blocks, in place, until none does: a ViT's 12 ``blocks`` or a
+    Swin's stages are a step each, not one step for the whole trunk (a block's own layers stay
+    one step)."""
+    total = sum(len(v) for v in groups.values())
+    while True:
+        out: dict[str, list[str]] = {}
+        for g, names in groups.items():
+            parts = _stack(model, g, names, deepest) if len(names) > share * total else None
+            out.update(parts or {g: names})
+        if len(out) == len(groups):
+            return out
+        groups = out
+
+
+def _stack(
+    model: nn.Module, group: str, names: list[str], deepest: int
+) -> dict[str, list[str]] | None:
+    """``names`` by block, at the first level below ``group`` that splits them, when those
+    blocks are all of one kind (a stack); None otherwise."""
+    for depth in range(group.count(".") + 2, deepest + 1):
+        parts: dict[str, list[str]] = {}
+        for n in names:
+            parts.setdefault(".".join(_owner(n).split(".")[:depth]), []).append(n)
+        if len(parts) > 1:
+            kinds = {type(model.get_submodule(p)) for p in parts}
+            return parts if len(kinds) == 1 and group not in parts else None
+    return None
 
 
 def _step_name(model: nn.Module, group: str, groups: dict[str, list[str]]) -> str:
