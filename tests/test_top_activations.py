@@ -159,8 +159,8 @@ def test_model_grads_hooks_and_flags_untouched_and_errors(spot):
     assert all(not m._forward_hooks for m in spot.model.modules())
     with pytest.raises(AnalyzerError, match="one layer"):
         spot.run("top-activations", (x, y), layer="conv,act")
-    with pytest.raises(AnalyzerError, match="no spatial extent"):
-        spot.run("top-activations", (x, y), layer="head.2")
+    whole = spot.run("top-activations", (x, y), layer="head.2", k=1)  # a Linear: 1×1 maps
+    assert whole.meta["map_size"] == [1, 1]
     with pytest.raises(NetlensError, match="needs data"):
         spot.run("top-activations")
 
@@ -246,3 +246,26 @@ def test_a_channel_whose_gradient_is_zero_everywhere_gets_the_whole_input_as_its
     from netlens.analyzers.top_activations import gradient_box
 
     assert gradient_box(torch.zeros(3, 5, 7)) == (0, 0, 5, 7)
+
+
+def test_a_linear_layers_units_rank_the_whole_images() -> None:
+    """``top --layer fc`` (N×K: which images excite class k most) was refused for having "no
+    spatial extent", though an N×C×1×1 avgpool worked: a vector is a 1×1 map, its patch the
+    whole image."""
+    import netlens
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    lens = netlens.load(model, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    x = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    result = lens.run("top-activations", (x, torch.zeros(20).long()), layer="4", k=3)
+    with torch.no_grad():
+        logits = model(x)
+    for row in result.table:
+        c = row["channel"]
+        assert row["sample"] == int(logits[:, c].argsort(descending=True)[row["rank"] - 1])
+        assert row["score"] == pytest.approx(float(logits[row["sample"], c]), abs=1e-5)
+        assert row["box"] == [0, 0, 32, 32]

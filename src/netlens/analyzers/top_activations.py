@@ -292,7 +292,10 @@ def _rows(arrays: dict[str, np.ndarray], shown: torch.Tensor) -> list[dict[str, 
 
 
 def _spatial(out: Any, model: Any, name: str, x: torch.Tensor) -> torch.Tensor:
-    return to_spatial(tensor_output(out, name).float(), model, name, len(x), x.shape[-2:])
+    t = tensor_output(out, name).float()
+    if t.dim() == 2 and t.shape[0] == len(x):  # one value per unit (a Linear, the logits):
+        return t[:, :, None, None]  # a 1×1 map, driven by the whole image
+    return to_spatial(t, model, name, len(x), x.shape[-2:])
 
 
 def _sample(dataset: Any, i: int) -> torch.Tensor:
