@@ -85,6 +85,9 @@ def test_weight_standardised_convs_show_the_standardised_filters(kind: str) -> N
     assert norms[first] == pytest.approx(norms.max(), rel=1e-6)
     np.testing.assert_allclose(r.arrays["tiles"][0], used[first].transpose(1, 2, 0), rtol=1e-5)
     assert "standardised" in r.meta["weight_used"] and "standardised" in r.headline()
+    figure = next(iter(r.figures().values()))
+    titles = [t.get_text() for t in figure.texts] + [a.get_title() for a in figure.axes]
+    assert any("as used: standardised" in t for t in titles)  # the picture says so too
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -82,6 +82,8 @@ def mark_dead(
 def _title(meta: Mapping[str, Any]) -> str:
     shape = "×".join(str(s) for s in meta["weight_shape"])
     head = f"{meta['layer']} ({meta['type']}, weight {shape})"
+    if meta.get("weight_used"):  # standardised, pruned, weight-normed: as the layer uses them
+        head += f"\nas used: {str(meta['weight_used']).split(', then ')[-1][:70]}"
     if meta["view"] == "matrix":
         return f"{head}\n1×1 / dense weights as a matrix"
     what = {
