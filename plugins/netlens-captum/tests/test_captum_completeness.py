@@ -52,3 +52,39 @@ def test_occlusion_of_the_whole_image_is_the_logit_drop(tiny_lens, sample_images
         attr, np.broadcast_to(drop[:, None, None, None], attr.shape), rtol=1e-4, atol=1e-6
     )
     assert (result.meta["window"], result.meta["stride"]) == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"mean": (0.5,), "std": (0.5,)},  # torchvision's Normalize((0.5,), (0.5,)) on RGB
+        {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "channel_order": "bgr"},
+    ],
+)
+def test_the_black_baseline_is_a_black_image_as_preprocessed(spec, sample_images):
+    """A one-value mean crashed ("shape '[1, 3, 1, 1]' is invalid for input of size 1")."""
+    import netlens
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    lens = netlens.load(model, input_size=32, **spec)
+    result = lens.run("integrated-gradients", sample_images, steps=32, baseline="black")
+    x = lens.preprocess(sample_images)
+    black = lens.preprocess(np.zeros((32, 32, 3), np.uint8))
+    with torch.no_grad():
+        fx, fb = model(x), model(black.expand_as(x))
+    idx = torch.arange(len(x)), torch.tensor(result.targets)
+    sums = result.arrays["attributions"].reshape(len(x), -1).sum(axis=1)
+    np.testing.assert_allclose(sums, (fx[idx] - fb[idx]).numpy(), rtol=2e-2, atol=1e-4)
+
+
+def test_guided_gradcam_refuses_a_selector_of_several_layers(tiny_lens, sample_images):
+    """``layer='layer*'`` ran on its first match only, without a word."""
+    from netlens.errors import AnalyzerError
+
+    names = [n for n, m in tiny_lens.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    with pytest.raises(AnalyzerError, match="explains one layer"):
+        tiny_lens.run("guided-gradcam", sample_images, layer=",".join(names[:2]))

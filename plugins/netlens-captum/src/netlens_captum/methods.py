@@ -59,11 +59,21 @@ def _baseline(lens: Lens, x: torch.Tensor, kind: Any) -> torch.Tensor:
     """``zero`` (the normalised mean image), ``black`` (pixel value 0) or a number."""
     if kind in ("zero", "zeros", None):
         return torch.zeros_like(x)
-    if kind == "black":
-        c = x.shape[1]
-        mean = torch.tensor(lens.transform.mean[:c], dtype=x.dtype, device=x.device)
-        std = torch.tensor(lens.transform.std[:c], dtype=x.dtype, device=x.device)
-        return (-mean / std).view(1, c, 1, 1).expand_as(x).contiguous()
+    if kind == "black":  # a black image as the model's preprocessing makes it
+        c, (h, w) = x.shape[1], x.shape[-2:]
+        if c in (1, 3):
+            import numpy as np
+
+            black = lens.preprocess(np.zeros((max(h, 2), max(w, 2), c), np.uint8))
+            value = black[0, :, 0, 0].to(device=x.device, dtype=x.dtype)
+        else:  # no image file has these channels: the spec's statistics, one per channel
+            spec = lens.transform
+            mean = [0.0] if spec.mean is None else list(spec.mean)
+            std = [1.0] if spec.std is None else list(spec.std)
+            mean, std = (v[:c] if len(v) >= c else v * c for v in (mean, std))
+            value = -torch.tensor(mean, dtype=x.dtype) / torch.tensor(std, dtype=x.dtype)
+            value = value.to(x.device)
+        return value.view(1, c, 1, 1).expand_as(x).contiguous()
     from netlens.errors import AnalyzerError
 
     try:
@@ -163,7 +173,14 @@ def guided_gradcam(
     from netlens.errors import AnalyzerError
     from netlens.layers import resolve_layers, trace_calls
 
-    chosen = resolve_layers(lens.model, opts["layer"], example=lens.example())[0]
+    found = resolve_layers(lens.model, opts["layer"], example=lens.example())
+    if len(found) > 1:
+        shown = ", ".join(str(f) for f in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise AnalyzerError(
+            f"guided-gradcam explains one layer, and '{opts['layer']}' matches {len(found)} "
+            f"({shown}); name one"
+        )
+    chosen = found[0]
     name = chosen.split("@")[0].split(":")[0]
     calls = [c for c in trace_calls(lens.model, x[:1].detach()) if c.name == name]
     call = int(chosen.split("@")[1]) if "@" in chosen else -1
