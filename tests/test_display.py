@@ -239,3 +239,29 @@ def test_a_target_that_is_no_class_shows_no_probability(photos) -> None:  # noqa
     assert "gradcam · output 0" in html and "p = " not in html.split("nl-cam")[1]
     assert "targets output 0" in repr(res)
     assert res._repr_png_().startswith(b"\x89PNG")
+
+
+def test_a_regressions_outputs_are_values_in_the_card_and_the_report() -> None:
+    """The "top predictions" of a regression model were percentages ("1 245.6 %") with bars
+    60·p px wide (147 px, or negative), in Jupyter and on the report page."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[4].bias.copy_(torch.tensor([0.2, 2.5, -0.5]))
+    lens = netlens.load(model, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, task="regression")
+    photo = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    html = lens.cam(photo, target="output:0")._repr_html_()
+    page = lens.report(photo, sections="cam").html
+    for text in (html, page):
+        top = text[text.index('class="nl-top"') :]
+        top = top[: top.index("</table>")]
+        assert "%" not in top and "2.5" in top
+        widths = [float(w) for w in re.findall(r"width:([-\d.]+)px", top)]
+        assert max(widths) == 60.0 and min(widths) >= 0.0
+        assert "not probabilities" in text

@@ -88,3 +88,21 @@ def test_guided_gradcam_refuses_a_selector_of_several_layers(tiny_lens, sample_i
     names = [n for n, m in tiny_lens.model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     with pytest.raises(AnalyzerError, match="explains one layer"):
         tiny_lens.run("guided-gradcam", sample_images, layer=",".join(names[:2]))
+
+
+def test_a_regressions_output_is_a_value_not_a_probability(sample_images):
+    import netlens
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    lens = netlens.load(model, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, task="regression")
+    result = lens.run("saliency", sample_images, target="output:1")
+    with torch.no_grad():
+        want = model(lens.preprocess(sample_images))[:, 1]
+    assert [r["value"] for r in result.table] == pytest.approx(want.tolist(), rel=1e-5)
+    assert all("probability" not in r for r in result.table)
+    title = next(iter(result.figures().values())).texts[0].get_text()
+    assert "value=" in title and "p=" not in title

@@ -66,20 +66,34 @@ def cam_rows(result: CamResult, indices: list[int], top: int = 3) -> list[dict[s
                     "pixelated": small,
                 }
             )
-        order = np.argsort(-result.probs[i])[:top]
         rows.append(
             {
                 "name": result.names[i],
                 "image": png_uri(_thumb(image)),
                 "pixelated": small,
                 "overlays": overlays,
-                "top": [
-                    {"name": result.class_name(int(c)), "p": float(result.probs[i, c])}
-                    for c in order
-                ],
+                "top": _top(result, i, top),
             }
         )
     return rows
+
+
+def _top(result: CamResult, i: int, top: int) -> list[dict[str, Any]]:
+    """The top predictions: ``p`` (a probability) and ``bar`` (its share of the bar); a
+    regression's largest outputs as ``value`` (no percentage), bars scaled to the largest."""
+    scores = result.probs[i]
+    order = np.argsort(-scores)[:top]
+    if result.meta.get("task") != "regression":
+        return [
+            {"name": result.class_name(int(c)), "p": float(scores[c]), "bar": float(scores[c])}
+            for c in order
+        ]
+    scale = float(np.abs(scores).max()) or 1.0
+    return [
+        {"name": result.class_name(int(c)), "p": None, "value": float(scores[c]),
+         "bar": max(0.0, float(scores[c]) / scale)}
+        for c in order
+    ]  # fmt: skip
 
 
 def _prob(result: CamResult, i: int, c: int) -> float | None:

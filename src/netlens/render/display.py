@@ -253,7 +253,11 @@ def card_view(
         indices = list(range(pg.start, pg.stop))
         view = _view(result, pg.note("images"), table_rows)
         if cam_html:
-            view["cam"] = {"legend": colour_legend(), "rows": cam_rows(result, indices)}
+            view["cam"] = {
+                "legend": colour_legend(),
+                "values": result.meta.get("task") == "regression",
+                "rows": cam_rows(result, indices),
+            }
         return view, indices
     from .figures import figure_png
 

@@ -60,7 +60,7 @@ def model_section(ctx: ReportInputs) -> Section:
         ("model", ctx.call.model or lens.name),
         ("architecture", c.get("arch") or type(lens.model).__name__),
         ("classes", _classes(lens)),
-        ("input", f"{pre.channels}×{_size(pre)}, mean {pre.mean}, std {pre.std}"),
+        ("input", _input_line(pre)),
         ("parameters", f"{params:,}"),
         ("trained on", c.get("data")),
         ("test accuracy", f"{test['accuracy']:.2%}" if test.get("accuracy") is not None else None),
@@ -135,7 +135,12 @@ def cam_section(ctx: ReportInputs) -> Section:
         "cam",
         "Where the model looks",
         f"Class activation maps of {explained} at layer {first.layer}, {side}.",
-        parts={"legend": colour_legend(), "methods": heads, "rows": rows},
+        parts={
+            "legend": colour_legend(),
+            "values": first.meta.get("task") == "regression",
+            "methods": heads,
+            "rows": rows,
+        },
         commands=[ctx.call.command("cam", *words, method=m, target=ctx.target) for m in ran],
         notes=list(dict.fromkeys(notes)),
         skipped_inputs=list(dict.fromkeys(ctx.untold_bad() + (first.meta.get("skipped") or []))),
@@ -381,6 +386,14 @@ BUILDERS: dict[str, tuple[Callable[[ReportInputs], Section], str]] = {
     "evaluate": (evaluate_section, "Are the explanations right"),
     "sanity": (sanity_section, "Do the maps depend on what the model learned"),
 }
+
+
+def _input_line(pre: Any) -> str:
+    """``3×224×224, mean (0.485, 0.456, 0.406), std (...)``: the statistics as applied, one per
+    channel (a 1-channel model given ImageNet's three uses the first)."""
+    d = pre.to_dict()
+    stats = {k: None if d[k] is None else tuple(round(v, 4) for v in d[k]) for k in ("mean", "std")}
+    return f"{pre.channels}×{_size(pre)}, mean {stats['mean']}, std {stats['std']}"
 
 
 def _size(pre: Any) -> str:

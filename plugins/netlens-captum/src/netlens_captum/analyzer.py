@@ -82,6 +82,7 @@ class CaptumAnalyzer(Analyzer):
                     ".detach(), torch.no_grad(), argmax); use occlusion, which needs none"
                 ) from None
         attributions = attr.detach().float().cpu().numpy()
+        extra["values"] = lens.task_for(logits) == "regression"  # outputs, not probabilities
         return self._result(lens, batch, x, attributions, targets, probs, opts, extra)
 
     def _result(
@@ -98,13 +99,14 @@ class CaptumAnalyzer(Analyzer):
         maps = attributions.sum(axis=1)
         inputs = np.stack([lens.transform.denormalize(t) for t in x.cpu()])
         p = [float(probs[i, t]) for i, t in enumerate(targets)]
+        score = "value" if extra.get("values") else "probability"  # a regression's output
         rows = []
         for i, name in enumerate(batch.names):
             row = {
                 "image": name,
                 "target": targets[i],
                 "class": lens.class_name(targets[i]),
-                "probability": p[i],
+                score: p[i],
                 "attribution_sum": float(attributions[i].sum()),
                 "min": float(maps[i].min()),
                 "max": float(maps[i].max()),

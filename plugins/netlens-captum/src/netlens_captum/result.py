@@ -44,7 +44,8 @@ class AttributionResult(Result):
         for i, image in enumerate(self.meta["images"]):
             title = (
                 f"{self.meta['method']} · {image} · class {self.meta['classes'][i]} "
-                f"(p={self.meta['probabilities'][i]:.2f})"
+                f"({'value' if self.meta.get('values') else 'p'}="
+                f"{self.meta['probabilities'][i]:.{4 if self.meta.get('values') else 2}g})"
             )
             figs[f"{self.name}-{image}"] = attribution_figure(
                 self.arrays["inputs"][i], self.maps[i], title, signed=self.meta["signed"]
