@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .errors import NetlensError
 
 if TYPE_CHECKING:
     from .layers import TracedCall
 
-__all__ = ["feature_slots", "is_dense"]
+__all__ = ["ancestor_slots", "feature_slots", "is_dense", "several_tensors"]
 
 Slot = tuple[str, int]
 
@@ -45,6 +47,33 @@ def feature_slots(
     """(name, call) of the calls the dense output depends on outside its head, in completion
     order, from a dry forward with autograd (``traced``, and what it ``returned``); None when
     nothing is left or the graph cannot be followed (``auto`` then keeps its plain rule)."""
+    feeding = ancestor_slots(traced, returned, key)
+    if not feeding:
+        return None
+    head = _head(feeding[-1][0], [name for name, _ in feeding])
+    kept = [slot for slot in feeding if not _inside(slot[0], head)]
+    return kept or None
+
+
+def several_tensors(returned: Any) -> bool:
+    """Whether a forward returned several tensors (a tuple, dict or object of them), so the
+    output explained may not depend on every layer (a segment-and-classify model)."""
+    if isinstance(returned, torch.Tensor):
+        return False
+    if isinstance(returned, dict):
+        values = list(returned.values())
+    elif isinstance(returned, (tuple, list)):
+        values = list(returned)
+    else:
+        values = list(getattr(returned, "__dict__", {}).values())
+    return sum(isinstance(v, torch.Tensor) for v in values) > 1
+
+
+def ancestor_slots(
+    traced: list[TracedCall], returned: Any, key: str | int | None = None
+) -> list[Slot] | None:
+    """(name, call) of the calls the output explained depends on (walking its autograd
+    graph back), in completion order; None when none or the graph cannot be followed."""
     from .targets import model_output
 
     try:
@@ -52,12 +81,8 @@ def feature_slots(
     except NetlensError:
         return None
     ancestry = _graph(out.grad_fn)
-    feeding = [(c.name, c.call) for c in traced if c.grad_fn is not None and c.grad_fn in ancestry]
-    if not feeding:
-        return None
-    head = _head(feeding[-1][0], [name for name, _ in feeding])
-    kept = [slot for slot in feeding if not _inside(slot[0], head)]
-    return kept or None
+    found = [(c.name, c.call) for c in traced if c.grad_fn is not None and c.grad_fn in ancestry]
+    return found or None
 
 
 def _graph(root: Any) -> set[Any]:

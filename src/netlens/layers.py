@@ -511,17 +511,22 @@ def _dense_feature_slots(
     model: nn.Module, x: torch.Tensor, returned: Any, output: str | int | None
 ) -> set[tuple[str, int]]:
     """For a dense output, the calls ``auto`` may pick (see :mod:`netlens.dense_head`), from
-    one more dry forward, with autograd; empty (no restriction) for any other output."""
-    from .dense_head import feature_slots, is_dense
+    one more dry forward, with autograd; for a model returning several tensors (a
+    segment-and-classify model's masks and class scores), the calls the output explained
+    depends on, so its class scores are not explained at the segmentation head; empty (no
+    restriction) for a single classifier output."""
+    from .dense_head import ancestor_slots, feature_slots, is_dense, several_tensors
 
-    if not is_dense(returned, output):
+    dense = is_dense(returned, output)
+    if not dense and not several_tensors(returned):
         return set()
     leaf = x.detach().clone().requires_grad_(True)  # every output then has a graph
     try:
         traced, out = _dry_forward(model, leaf.clone(), grad=True)  # a non-leaf: in-place ok
     except NetlensError:
         return set()  # the plain rule still applies
-    return set(feature_slots(traced, out, output) or ())
+    slots = feature_slots if dense else ancestor_slots
+    return set(slots(traced, out, output) or ())
 
 
 def _is_token_grid(

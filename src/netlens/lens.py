@@ -252,6 +252,7 @@ class Lens:
                 "image's 1×K); return N×K (.squeeze(1), or .flatten(1))"
             )
         self._check_class_count(out)
+        _check_maps(out, x)
         return out
 
     def _check_class_count(self, out: torch.Tensor) -> None:
@@ -301,9 +302,11 @@ class Lens:
             return "dense"  # multi-label masks: see dense_sigmoids
         if self.task in ("binary", "dense") and detect_task(output) != self.task:
             need = "one logit per image (N×1)" if self.task == "binary" else "N×K×H×W maps"
+            shape = output.shape  # as the model gives it: one channel, not the two read off it
+            shape = (shape[0], 1, *shape[2:]) if is_binary_dense(output) else shape
             raise NetlensError(
                 f"task '{self.task}' needs a model that outputs {need}, and this one gives "
-                f"{'×'.join(map(str, output.shape))}; leave --task out (task= in Python) to "
+                f"{'×'.join(map(str, shape))}; leave --task out (task= in Python) to "
                 "read the outputs as they are"
             )
         return self.task or detect_task(output)
@@ -494,6 +497,23 @@ class Lens:
 
         report = build_report(self, images, data=data, sections=sections, **options)
         return report.save(out) if out is not None else report
+
+
+def _check_maps(out: torch.Tensor, x: torch.Tensor) -> None:
+    """A dense output (N×K×H×W; N×H×W is read as N×1×H×W) must be maps of the image: its H×W
+    of about the input's aspect. Tokens (N×197×768 of a backbone) are not, and would be
+    explained as a binary segmentation."""
+    import math
+
+    if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
+        return
+    (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
+    if abs(math.log((h / w) / (ih / iw))) > math.log(1.5):
+        raise NetlensError(
+            f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
+            "image (tokens of a backbone?), so there are no classes or regions to explain; "
+            "give it a head, or pick the output to explain (--output KEY, output= in Python)"
+        )
 
 
 def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

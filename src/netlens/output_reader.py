@@ -38,6 +38,27 @@ _VIEWS = {  # operations that reshape without computing: look through them
     "CloneBackward0",
     "ToCopyBackward0",
 }
+_IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] stays [0, 1]
+    "SliceBackward0",  # a crop, [..., :h, :w] (after a padded input)
+    "SelectBackward0",
+    "PermuteBackward0",
+    "TransposeBackward0",
+    "UpsampleNearest1DBackward0",
+    "UpsampleNearest2DBackward0",
+    "UpsampleNearest3DBackward0",
+    "UpsampleNearestExact1DBackward0",
+    "UpsampleNearestExact2DBackward0",
+    "UpsampleNearestExact3DBackward0",
+    "UpsampleLinear1DBackward0",
+    "UpsampleBilinear2DBackward0",
+    "UpsampleTrilinear3DBackward0",
+    "AvgPool2DBackward0",
+    "AvgPool3DBackward0",
+    "AdaptiveAvgPool2DBackward0",
+    "AdaptiveAvgPool3DBackward0",
+    "MaxPool2DWithIndicesBackward0",
+    "AdaptiveMaxPool2DBackward0",
+}  # not bicubic (it overshoots) nor antialiased resizing
 
 
 @dataclass(frozen=True)
@@ -94,7 +115,11 @@ def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = N
     """Whether the tensor to explain is a sigmoid's output: one forward of ``x[:1]`` with
     autograd (in eval mode; train/eval flags restored), or of two images when the model
     cannot take one (``x.squeeze()`` before a ``BatchNorm1d``). False when that forward fails
-    too (the analyses report the model's own error)."""
+    too (the analyses report the model's own error). The output's ``grad_fn`` is followed
+    through views and through operations whose every value is a convex combination of input
+    values (a crop, a bilinear or nearest resize, average pooling), so a segmenter's
+    ``F.interpolate(torch.sigmoid(z), size)`` is a sigmoid's output too; and every value must
+    lie in [0, 1]."""
     from .layers import eval_mode
 
     fn = None
@@ -104,12 +129,20 @@ def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = N
                 probe = (x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)).detach().clone()
                 if probe.is_floating_point():
                     probe.requires_grad_(True)
-                fn = model_output(model(probe), key).grad_fn
+                out = model_output(model(probe), key)
+                fn = out.grad_fn
             break
         except Exception:  # noqa: BLE001 - not this check's to report
             continue
     else:
         return False
-    while fn is not None and type(fn).__name__ in _VIEWS and fn.next_functions:
+    while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
         fn = fn.next_functions[0][0]
-    return fn is not None and type(fn).__name__ == "SigmoidBackward0"
+    return fn is not None and type(fn).__name__ == "SigmoidBackward0" and _in_unit(out)
+
+
+def _in_unit(t: torch.Tensor) -> bool:
+    """Every value in [0, 1] (NaN aside): a sigmoid's output, whatever reshaped it after."""
+    v = t.detach()
+    v = v[~torch.isnan(v)] if v.is_floating_point() else v
+    return not v.numel() or (bool(v.min() >= 0) and bool(v.max() <= 1))

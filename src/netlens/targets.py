@@ -151,9 +151,14 @@ def _classifier_shape(out: torch.Tensor) -> torch.Tensor:
     """N×K×1×1 (a fully convolutional classifier's pooled logits, never kept flat) as N×K:
     one score per class, not a 1-pixel segmentation. A single logit per image squeezed to
     N (``BCEWithLogitsLoss`` training's ``.squeeze(1)``; a 0-d tensor for one image) as N×1;
-    :meth:`netlens.Lens.output` refuses a vector that is not one value per image."""
+    :meth:`netlens.Lens.output` refuses a vector that is not one value per image. Likewise a
+    binary segmentation's one logit per pixel squeezed to N×H×W (``.squeeze(1)`` for
+    ``BCEWithLogitsLoss`` on N×H×W masks) as N×1×H×W: every N×H×W float output, which no
+    classifier returns (an N×H×W output crashed every analysis before)."""
     if out.dim() == 4 and out.shape[-2:] == (1, 1):
         return out.flatten(1)
+    if out.dim() == 3 and out.is_floating_point() and min(out.shape[1:]) > 1:
+        return out[:, None]
     if out.dim() <= 1:
         return out.reshape(-1, 1)
     return out
@@ -306,6 +311,8 @@ class RegionTarget(Target):
 
     ``masks`` is N×H×W bool (fixed when the target is made, so masked copies of an image are
     scored over the same pixels), as pytorch-grad-cam's ``SemanticSegmentationTarget`` does.
+    The sum is taken in float32 (float64 for a float64 model), so a float16 or bfloat16
+    model's region of many pixels does not overflow to inf.
     """
 
     classes: torch.Tensor
@@ -315,7 +322,9 @@ class RegionTarget(Target):
     def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         idx = torch.arange(len(rows), device=output.device)
         maps = output[idx, self.classes.to(output.device)[rows]]
-        return (maps * self.masks.to(maps)[rows]).flatten(1).sum(dim=1)
+        # summed in float32 at least: a float16 model's 12 288 pixels of 8.4 summed to inf
+        wide = maps.to(torch.promote_types(maps.dtype, torch.float32))
+        return (wide * self.masks.to(wide)[rows]).flatten(1).sum(dim=1)
 
     def index(self, n: int) -> np.ndarray:
         return self.classes.detach().cpu().numpy().astype(np.int64)
@@ -507,6 +516,9 @@ def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Ta
     if task != "dense":
         raise TargetError("region targets need a dense (N×classes×H×W) output, e.g. segmentation")
     n, k = output.shape[:2]
+    from .output_reader import is_binary_dense
+
+    binary = is_binary_dense(output)  # one channel read as background/foreground
     independent = lens is not None and lens.dense_sigmoids(output)
     on = output.detach() > 0 if independent else None  # multi-label masks: each class's own
     pred = output.detach().argmax(dim=1)
@@ -516,7 +528,7 @@ def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Ta
         body = text.split(":", 1)[1] if text.lower().startswith("region:") else text
         name, _, mask_file = body.partition("@")
         counts = on[j].flatten(1).sum(1) if on is not None else torch.bincount(pred[j].flatten())
-        c = _main_class(counts, lens, k) if name in ("", "pred") else None
+        c = _main_class(counts, lens, k, binary) if name in ("", "pred") else None
         c = lens.class_index(name, k) if c is None else c
         region = on[j, c] if on is not None else pred[j] == c
         classes.append(c)
@@ -524,17 +536,18 @@ def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Ta
     return RegionTarget(torch.tensor(classes), torch.stack([m.to(torch.bool) for m in masks]))
 
 
-def _main_class(counts: torch.Tensor, lens: Lens, k: int) -> int:
+def _main_class(counts: torch.Tensor, lens: Lens, k: int, binary: bool = False) -> int:
     """The class predicted on most pixels (``counts``: pixels per class); a class named
     background only when no other class is predicted anywhere (a VOC model's
     ``__background__`` covers most of most photos, and an explanation of the background is
-    not what ``pred`` is asked for). With two unnamed classes (a binary segmentation), class
-    0 is the background."""
+    not what ``pred`` is asked for). With two unnamed classes, and in a one-channel binary
+    segmentation (``binary``: :func:`netlens.output_reader.binary_dense`) whatever its two
+    names (``normal``/``lesion``), class 0 is the background."""
     from .data.labels import normalize_name
 
     order = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c]]
     named = lens.class_name if lens is not None else str
-    unnamed_pair = k == 2 and (lens is None or not lens.classes)
+    unnamed_pair = binary or (k == 2 and (lens is None or not lens.classes))
 
     def background(c: int) -> bool:
         return normalize_name(named(c)) == "background" or (unnamed_pair and c == 0)

@@ -42,6 +42,7 @@ __all__ = [
     "Capture",
     "cam_layer",
     "capture",
+    "empty_regions",
     "normalize_maps",
     "upsample",
 ]
@@ -126,11 +127,24 @@ class CamMethod(ABC):
         return (w * ctx.acts).sum(dim=1)
 
     def __call__(self, ctx: CamContext) -> torch.Tensor:
-        """The N×H×W map at input resolution, in [0, 1]."""
+        """The N×H×W map at input resolution, in [0, 1]; 0 for an image whose target is an
+        empty region (a class predicted nowhere): nothing there to explain, whatever the
+        method (Eigen-CAM, which does not read the target, drew its map)."""
         self.check(ctx)
         with torch.no_grad():
             low = self.combine(ctx, self.weights(ctx)).float()
+            empty = empty_regions(ctx.targets, len(low)).to(low.device)
+            low = low.masked_fill(empty[:, None, None], 0)
             return normalize_maps(upsample(torch.relu(low), tuple(ctx.x.shape[-2:])))
+
+
+def empty_regions(target: Target, n: int) -> torch.Tensor:
+    """``n`` bools: whether each image's target is a region with no pixel (all False for
+    other targets)."""
+    masks = getattr(target, "masks", None)
+    if target.kind != "region" or not isinstance(masks, torch.Tensor) or len(masks) != n:
+        return torch.zeros(n, dtype=torch.bool)
+    return ~masks.flatten(1).any(dim=1).cpu()
 
 
 # -- small helpers ---------------------------------------------------------------------------

@@ -21,7 +21,14 @@ from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import trace_calls
 from ..parallel import map_batches, one_thread_per_op
-from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
+from .cam_base import (
+    CamContext,
+    CamMethod,
+    empty_regions,
+    normalize_maps,
+    spatial_channel_view,
+    upsample,
+)
 
 __all__ = [
     "METHODS",
@@ -172,7 +179,11 @@ class ScoreCam(CamMethod):
             n, c = logits.shape[:2]
             rows = torch.arange(n, device=logits.device).repeat_interleave(c)
             scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
-        return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
+        weights = torch.softmax(scores.float(), dim=1)
+        # an empty region scores 0 under every mask, and the softmax of equal scores is no
+        # evidence: equal weights drew the channels' mean as a full map
+        empty = empty_regions(ctx.targets, len(weights)).to(weights.device)
+        return weights.masked_fill(empty[:, None], 0).to(ctx.acts.dtype)
 
 
 def _score_masks(ctx: CamContext, pairs: torch.Tensor) -> torch.Tensor:
@@ -377,15 +388,22 @@ class Cam(CamMethod):
     needs_grads = False
 
     def weights(self, ctx: CamContext) -> torch.Tensor:
-        w, b = ctx.cache.get("cam") or _head_weights(ctx)
-        ctx.cache["cam"] = (w, b)
-        idx = torch.as_tensor(ctx.targets.index(len(ctx.x)), device=w.device)
+        # the target first: a dense model's 1×1-conv head is no classifier to recompute
+        idx = torch.as_tensor(ctx.targets.index(len(ctx.x)))
         if bool((idx < 0).any()) or ctx.targets.kind not in ("class", "output"):
             raise AnalyzerError(
-                "CAM explains classes through the classifier's weights; for other targets "
-                "use --method gradcam"
+                f"CAM explains classes through the classifier's weights, not {ctx.targets.kind} "
+                "targets (a segmentation's regions, a binary logit, a custom score); use "
+                "--method gradcam"
             )
-        return w[idx].to(ctx.acts.dtype)
+        if ctx.logits.dim() != 2:
+            raise AnalyzerError(
+                "CAM explains a classifier's N×classes scores through its weights; this output "
+                f"is {'×'.join(map(str, ctx.logits.shape))}: use --method gradcam"
+            )
+        w, b = ctx.cache.get("cam") or _head_weights(ctx)
+        ctx.cache["cam"] = (w, b)
+        return w[idx.to(w.device)].to(ctx.acts.dtype)
 
 
 def _head_weights(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -311,8 +311,8 @@ class EvaluateAnalyzer(Analyzer):
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x = x.to(lens.device)
                 masks = _masks(ds, idx.tolist(), lens) if masked else None
-                if not tally.classifier_checked:
-                    _check_class_scores(lens, x[:1])
+                if not tally.classifier_checked:  # pointing and energy need maps and masks only
+                    _check_class_scores(lens, x[:1], [m for m in plan.metrics if m not in _LOCAL])
                     tally.classifier_checked = True
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
@@ -363,20 +363,24 @@ def _empty_mask_warning(
 _LOCAL = ("pointing", "energy")
 
 
-def _check_class_scores(lens: Lens, x: torch.Tensor) -> None:
-    """One line when the output explained is not a classifier's: the metrics follow a class
-    probability as pixels go, which a dense map or a regression output does not have."""
+def _check_class_scores(lens: Lens, x: torch.Tensor, scored: list[str]) -> None:
+    """One line when a metric of ``scored`` (those that follow a class probability as pixels
+    go: all but pointing and energy, which need only maps and masks) is asked for and the
+    output explained is not a classifier's, as a dense map or a regression output is not."""
     from ..layers import eval_mode
 
+    if not scored:
+        return
     with torch.no_grad(), eval_mode(lens.model):
         out = lens.output(x)
     task = lens.task_for(out)
     if out.dim() != 2 or task in ("dense", "regression"):
         shape = "×".join(map(str, out.shape[1:]))
         raise AnalyzerError(
-            f"evaluate scores classifiers (deletion, insertion and ROAD follow a class's "
-            f"probability), but the output explained is N×{shape} ({task}); pick the class "
-            "scores with --output KEY (output= in Python)"
+            f"{', '.join(scored)} {'follows' if len(scored) == 1 else 'follow'} a class's "
+            "probability as pixels go, but the output explained is "
+            f"N×{shape} ({task}); pick the class scores with --output KEY (output= in "
+            "Python), or ask only for --metrics pointing,energy (maps against masks)"
         )
 
 
