@@ -7,7 +7,7 @@ torchvision weights transform does to a PIL image; ``timm_transform``: timm's ow
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -135,14 +135,43 @@ def timm_transform(key: tuple[Any, ...]) -> Callable[[Any], torch.Tensor]:
 
 
 def call_function(fn: Callable[[Any], Any], pil: Any) -> torch.Tensor:
-    """A user's preprocessing function on a PIL image; its C×H×W tensor, checked."""
-    out = fn(pil)
+    """A user's preprocessing function on a PIL image; its C×H×W tensor, checked.
+
+    A Hugging Face image processor (the model's own, say) is called as transformers calls it
+    (``processor(images=pil, return_tensors="pt")``) and its ``pixel_values`` taken; any
+    function returning such a dict (a ``BatchFeature``) is read the same way."""
+    if _is_image_processor(fn):
+        out = fn(images=pil, return_tensors="pt")
+    else:
+        out = fn(pil)
+    if isinstance(out, Mapping) and "pixel_values" in out:
+        out = out["pixel_values"]
+        if isinstance(out, (list, tuple)) and len(out) == 1:
+            out = out[0]
+        if isinstance(out, np.ndarray):
+            out = torch.from_numpy(out)
     if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[0] == 1:
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() != 3:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise NetlensError(
-            f"the preprocessing function {getattr(fn, '__qualname__', fn)} returned {got}; it "
-            "must turn a PIL image into a C×H×W tensor"
+            f"the preprocessing function {_function_name(fn)} returned {got}; it must turn a "
+            "PIL image into a C×H×W tensor"
         )
     return out.float()
+
+
+def _function_name(fn: Any) -> str:
+    """A callable's name for a message: its own, else its type's (never its repr, which for
+    an image processor is its whole JSON)."""
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
+
+
+def _is_image_processor(fn: Any) -> bool:
+    """A transformers image processor (or feature extractor): it takes ``images=`` and
+    answers a dict of ``pixel_values``."""
+    made_by_transformers = any(
+        str(getattr(c, "__module__", "")).startswith("transformers.") for c in type(fn).__mro__
+    )
+    return made_by_transformers and callable(getattr(fn, "preprocess", None))

@@ -83,12 +83,6 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         )
     if getattr(model, "pretrained_cfg", None):
         return timm_spec(model)
-    backbone = timm_backbone(model)
-    if backbone is not None:  # class Net(nn.Module): self.model = timm.create_model(...)
-        name, inner = backbone
-        spec = timm_spec(inner)
-        source = f"{spec.source}, of its timm backbone '{name}'"
-        return _fit_channels(dataclasses.replace(spec, source=source), model)
     if type(model).__module__.startswith("transformers."):
         from ..models.hf import hf_model_preprocess
 
@@ -109,6 +103,12 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
             "architecture (tv:NAME) for its own weights' transforms",
         )
         return _fit_channels(convention, model)
+    backbone = timm_backbone(model)
+    if backbone is not None:  # class Net(nn.Module): self.model = timm.create_model(...)
+        name, inner = backbone
+        spec = timm_spec(inner)
+        source = f"{spec.source}, of its timm backbone '{name}'"
+        return _fit_channels(dataclasses.replace(spec, source=source), model)
     return guessed_spec(model)
 
 
@@ -398,6 +398,10 @@ def with_overrides(
             spec = spec.override(source="user override (a Preprocess spec)")
     elif isinstance(preprocess, dict):
         spec = spec.override(**preprocess)
+    elif callable(preprocess) and _processor_spec(preprocess) is not None:
+        own = _processor_spec(preprocess)  # a transformers image processor: its geometry known
+        kind = type(preprocess).__name__
+        spec = own.override(channels=spec.channels, source=f"user override (the {kind})")
     elif callable(preprocess):
         name = getattr(preprocess, "__qualname__", type(preprocess).__qualname__)
         spec = spec.override(function=preprocess, source=f"user override (function {name})")
@@ -415,6 +419,22 @@ def with_overrides(
     elif changes.get("size") is not None:
         _sides(changes["size"])
     return spec.override(**changes)
+
+
+def _processor_spec(fn: Any) -> Preprocess | None:
+    """A transformers image processor passed as ``preprocess=`` as a spec (so overlays and
+    masks know its resize and crop); None for any other callable, or one netlens cannot
+    express (it is then called as a function)."""
+    from .engines import _is_image_processor
+
+    if not _is_image_processor(fn):
+        return None
+    from ..models.hf import spec_from_processor
+
+    try:
+        return spec_from_processor(fn)
+    except NetlensError:
+        return None
 
 
 def _sides(size: Any) -> list[int]:
