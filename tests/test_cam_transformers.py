@@ -407,3 +407,26 @@ def test_a_call_that_raises_inside_a_caught_branch_does_not_shift_the_layouts() 
     model = Net().eval()
     learn_layouts(model, torch.zeros(1, 3, 16, 16))
     assert [channels_last(model, n) for n in ("conv", "fc", "block")] == [False, True, True]
+
+
+def test_a_class_token_model_whose_blocks_are_not_a_stack_gets_a_live_layer() -> None:
+    """A 1-block Hugging Face ViT and Data2VecVision (its layers return tuples) had ``auto``
+    pick the final LayerNorm, whose patch tokens reach the class-token head not at all: every
+    Grad-CAM map was zero. The last block's first norm is taken, as for deeper ViTs."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    common = dict(image_size=32, patch_size=8, hidden_size=24, num_attention_heads=2)
+    common |= dict(intermediate_size=32, num_labels=3)
+    models = {
+        "vit.layers.0.layernorm_before": T.ViTForImageClassification(
+            T.ViTConfig(num_hidden_layers=1, **common)
+        ),
+        "data2vec_vision.encoder.layer.1.layernorm_before": T.Data2VecVisionForImageClassification(
+            T.Data2VecVisionConfig(use_mean_pooling=False, num_hidden_layers=2, **common)
+        ),
+    }
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for want, model in models.items():
+        result = netlens.cam(model.eval(), x, target=1)
+        assert result.layer == want and float(np.asarray(result.heatmaps).std()) > 0.01

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import tensor_output, to_spatial
-from ..errors import AnalyzerError
+from ..errors import AnalyzerError, NetlensError
 from ..layer_call import LayerCall
 from ..layers import auto_layer, eval_mode
 from ..layout import run_channels_last
@@ -269,7 +269,30 @@ def cam_layer(
         (n for n, m in block.named_children() if isinstance(m, nn.LayerNorm)) if block else None,
         None,
     )
-    return LayerCall(f"{layer.name}.{norm}") if norm else layer
+    if norm:
+        return LayerCall(f"{layer.name}.{norm}")
+    earlier = _norm_before(model, layer.name, example) if example is not None else None
+    return LayerCall(earlier) if earlier else layer
+
+
+def _norm_before(model: nn.Module, name: str, example: torch.Tensor) -> str | None:
+    """The last LayerNorm called before ``name`` whose patch tokens reach the output (the
+    last block's first norm), for a class-token model whose ``auto`` layer is its final norm:
+    its blocks are not seen as a stack (a 1-block ViT, blocks returning tuples), and the final
+    norm's patch tokens get no gradient (every map would be zero)."""
+    from ..layers import trace_calls
+
+    try:
+        order = [c.name for c in trace_calls(model, example[:1])]
+    except NetlensError:
+        return None
+    mods = dict(model.named_modules())
+    before = order[: order.index(name)] if name in order else []
+    norms = [n for n in reversed(before) if isinstance(mods.get(n), nn.LayerNorm)]
+    for candidate in list(dict.fromkeys(norms))[:4]:  # a block's norms: the last few calls
+        if _tokens_reaching_output(model, candidate, example[:1]) > 2:
+            return candidate
+    return None
 
 
 def _pools_class_token(model: nn.Module, layer: LayerCall, example: torch.Tensor | None) -> bool:
