@@ -423,16 +423,42 @@ class _PairStage(nn.Module):
         return x + self.conv(x), (x.shape[2], x.shape[3])
 
 
-def test_units_returning_tuples_are_left_out_or_refused_in_one_line() -> None:
+class _SizeFirstStage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor]:
+        return (x.shape[2], x.shape[3]), x + self.conv(x)
+
+
+class _SizeFirst(_Pairs):
+    """A stage returning ``(size, tokens)``: no tensor first, nothing to replace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = _SizeFirstStage()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, t = self.stage(self.conv(x))
+        return self.head(t.mean((2, 3)))
+
+
+def test_units_returning_tuples_are_ablated_in_element_zero_or_refused_in_one_line() -> None:
+    """``(tokens, size)`` (MViTv2, Hugging Face Swin's ``(hidden, None)``) is switched off in
+    its tensor; a tuple that does not start with one is left out, or refused in one line."""
     from netlens.errors import AnalyzerError
 
     torch.manual_seed(0)
-    lens = netlens.load(_Pairs().eval(), size=8)
     x = torch.randn(4, 3, 8, 8)
+    lens = netlens.load(_Pairs().eval(), size=8)
     res = lens.ablate(x, mode="zero", metric="agreement", progress=False)
-    assert [r["unit"] for r in res.rows] == ["conv"]  # 'stage' returns a tuple: left out
+    assert [r["unit"] for r in res.rows] == ["stage"]  # a residual stage, by its element 0
+    lens = netlens.load(_SizeFirst().eval(), size=8)
+    res = lens.ablate(x, mode="zero", metric="agreement", progress=False)
+    assert [r["unit"] for r in res.rows] == ["conv"]
     for mode in ("zero", "identity"):
-        with pytest.raises(AnalyzerError, match="'stage' does not return one tensor") as err:
+        with pytest.raises(AnalyzerError, match="'stage' returns neither a tensor") as err:
             lens.ablate(x, layers="stage", mode=mode, metric="agreement", progress=False)
         assert "\n" not in str(err.value)
 

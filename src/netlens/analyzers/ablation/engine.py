@@ -18,6 +18,12 @@ more often than it has nodes (a shared ``nn.ReLU`` also called inside a block th
 hence a leaf of the graph whose inside the graph does not show): a forward pre-hook counts each
 unit's real calls on that run. Stacked channel ablations are checked once per unit against a
 copy run alone (:meth:`Engine.ablated`).
+
+A unit that returns a tuple (or list) whose first element is a tensor (Hugging Face Swin and
+Data2VecVision layers: ``(hidden_states, attentions or None)``) is replaced in that element
+only: the replacement is told and makes element 0, and the hook returns the same kind of
+container with the other elements unchanged (:func:`with_first`). Such a unit always takes the
+naive path (the prefix run finds it out and drops it from the fast units).
 """
 
 from __future__ import annotations
@@ -36,8 +42,17 @@ from ...output_reader import OutputReader
 from ...write_guard import tensors_in
 from .modes import Replacement, takes_call_args
 from .scoring import Metric, Outcomes
+from .survey import first_tensor, is_tensor_tuple
 
-__all__ = ["Ablation", "BatchCache", "Engine", "hooked", "logits_of", "run_ablations"]
+__all__ = [
+    "Ablation",
+    "BatchCache",
+    "Engine",
+    "hooked",
+    "logits_of",
+    "run_ablations",
+    "with_first",
+]
 
 
 def logits_of(out: Any, output: OutputReader | str | int | None = None) -> torch.Tensor:
@@ -52,6 +67,15 @@ def logits_of(out: Any, output: OutputReader | str | int | None = None) -> torch
             f"{tuple(logits.shape)} (pick another output with --output KEY, or wrap the model)"
         )
     return logits
+
+
+def with_first(output: Any, first: torch.Tensor) -> Any:
+    """``output`` (a tuple, list or namedtuple) with ``first`` as its element 0, the rest as
+    they were, in a container of the same type."""
+    items = [first, *output[1:]]
+    if isinstance(output, tuple) and hasattr(output, "_fields"):  # a namedtuple
+        return type(output)(*items)
+    return type(output)(items)
 
 
 def _clone(value: Any) -> Any:
@@ -200,6 +224,15 @@ class Engine:
             del self.unit_index[u]
             self._frontier.pop(u, None)
 
+    def _drop_tuple_units(self, cache: BatchCache) -> None:
+        """Send the units whose cached output is not one tensor (a tuple whose element 0 is
+        replaced) to the naive path, whose hook rebuilds the tuple."""
+        for unit in [u for u, out in cache.outputs.items() if not isinstance(out, torch.Tensor)]:
+            self.unit_index.pop(unit, None)
+            self._frontier.pop(unit, None)
+            for kept in (cache.inputs, cache.outputs, cache.frontier, cache.rest):
+                kept.pop(unit, None)
+
     # -- graph execution -------------------------------------------------------------------
     def _run_nodes(
         self, env: dict[fx.Node, Any], start: int, cache: BatchCache | None = None
@@ -235,6 +268,7 @@ class Engine:
         for unit in self.hidden_calls:  # sent to the naive path: its snapshots are not needed
             for kept in (cache.inputs, cache.outputs, cache.frontier, cache.rest):
                 kept.pop(unit, None)
+        self._drop_tuple_units(cache)
         return cache
 
     def check(self, x: torch.Tensor) -> bool:
@@ -299,7 +333,8 @@ class Engine:
         With ``copies`` > 1 (stacked ablations), each copy gets a run of its own. A unit the
         model calls several times (a shared module) is replaced at every call; the
         replacement is told which call it replaces (``call``: 0, 1, ... within the pass) and,
-        when it asks for them (a residual block's skip), that call's other arguments.
+        when it asks for them (a residual block's skip), that call's other arguments. A unit
+        that returns a tuple starting with a tensor has element 0 replaced, the rest kept.
         """
         n = x.shape[0]
         logits = []
@@ -323,19 +358,19 @@ class Engine:
         for g in range(copies):
             calls.clear()
 
-            def hook(
-                module: nn.Module, inputs: tuple, output: torch.Tensor, g: int = g
-            ) -> torch.Tensor | None:
+            def hook(module: nn.Module, inputs: tuple, output: Any, g: int = g) -> Any:
                 if inputs and isinstance(inputs[0], fx.Proxy):
                     return None  # traced, not run (see ``private``)
                 calls.append(1)  # the replacement of this call (a shared module runs often)
                 inp, rest = kept.pop()
                 call = len(calls) - 1
+                first = first_tensor(output)  # a tuple's element 0: what is replaced
                 if wants_rest:
-                    new = replace(inp.clone(), output, batch, call=call, rest=rest)
+                    new = replace(inp.clone(), first, batch, call=call, rest=rest)
                 else:
-                    new = replace(inp.clone(), output, batch, call=call)
-                return new if copies == 1 else new[g * n : (g + 1) * n].clone()
+                    new = replace(inp.clone(), first, batch, call=call)
+                new = new if copies == 1 else new[g * n : (g + 1) * n].clone()
+                return with_first(output, new) if is_tensor_tuple(output) else new
 
             with hooked(self.modules[unit], hook, private, with_kwargs=True):
                 logits.append(logits_of(self.model(x), self.output))

@@ -14,17 +14,23 @@ non-tensor arguments (:func:`takes_call_args`), since its skip depends on them.
 ``call`` numbers the unit's calls within one forward pass: a module the model runs several times
 (one ``nn.ReLU`` shared by many layers) has statistics per call (:data:`Stats`: one
 :class:`UnitStats` each), and each call is replaced with its own mean (and std).
+A unit that returns a tuple whose first element is a tensor (Hugging Face Swin and
+Data2VecVision layers) is replaced in that element only: a replacement's ``unit_output`` is
+that element, its
+statistics are that element's, and the engine passes the rest of the tuple on unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ...errors import AnalyzerError
 from .residual import BlockSkip
+from .survey import first_tensor
 from .units import Unit
 
 __all__ = [
@@ -55,7 +61,8 @@ class UnitStats:
     def add(self, out: torch.Tensor) -> None:
         if not isinstance(out, torch.Tensor):
             raise AnalyzerError(
-                f"{self.name} does not return one tensor, so it has no mean; pick layers "
+                f"{self.name} does not return a tensor (nor a tuple that starts with one), so it "
+                "has no mean; pick layers "
                 "inside it that return a tensor (see `netlens layers MODEL`)"
             )
         flat = (out.dequantize() if out.is_quantized else out.detach()).to(torch.float64)
@@ -111,8 +118,10 @@ def _dims(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape)) or "a scalar"
 
 
-def collect_call(stats: list[UnitStats], call: int, out: torch.Tensor, name: str) -> None:
-    """Add ``out``, the output of the unit's ``call``-th call in a forward pass, to its sums."""
+def collect_call(stats: list[UnitStats], call: int, out: Any, name: str) -> None:
+    """Add ``out``, the output of the unit's ``call``-th call in a forward pass, to its sums
+    (its first element when it is a tuple that starts with a tensor: what is replaced)."""
+    out = first_tensor(out)
     while len(stats) <= call:
         k = len(stats)
         stats.append(UnitStats(name=f"'{name}'" + (f" (call {k + 1})" if k else "")))
@@ -218,7 +227,7 @@ def unit_replacement(
         return _block_skip(unit.name, unit.skip)
     if unit.residual and unit.skip is not None:
         skip = unit.skip
-        return lambda x, out, batch, call=0: skip(x.clone())
+        return lambda x, out, batch, call=0: first_tensor(skip(x.clone()))
 
     def passthrough(x: torch.Tensor, out: torch.Tensor, batch: int, call: int = 0) -> torch.Tensor:
         if x.shape != out.shape:

@@ -165,19 +165,22 @@ def _check_identity(units: list[Unit], explicit: bool) -> tuple[list[Unit], list
 
 
 def _check_tensors(units: list[Unit], explicit: bool) -> tuple[list[Unit], list[str]]:
-    """The units that return one tensor (a unit's output is what an ablation replaces) and the
-    names of the others (MViTv2's stages return ``(tokens, size)``)."""
+    """The units that return a tensor, or a tuple whose first element is one (what an ablation
+    replaces: Hugging Face Swin layers return ``(hidden_states, None)``), and the names of the
+    others (a dict, a model output object, a tuple that starts with no tensor)."""
     keep = [u for u in units if u.shape_out is not None]
     others = [u.name for u in units if u.shape_out is None]
     if others and explicit:
         raise AnalyzerError(
-            f"'{others[0]}' does not return one tensor (a tuple?), so it cannot be switched "
-            "off; pick layers inside it that return a tensor (see `netlens layers MODEL`)"
+            f"'{others[0]}' returns neither a tensor nor a tuple that starts with one, so it "
+            "cannot be switched off; pick layers inside it that return a tensor (see "
+            "`netlens layers MODEL`)"
         )
     if not keep:
         raise AnalyzerError(
-            f"none of the default units returns one tensor ({', '.join(others[:4])}...), so "
-            "none can be switched off; pick layers that return a tensor with --layers"
+            f"none of the default units returns a tensor or a tuple that starts with one "
+            f"({', '.join(others[:4])}...), so none can be switched off; pick layers that "
+            "return a tensor with --layers"
         )
     return keep, others
 

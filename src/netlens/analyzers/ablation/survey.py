@@ -5,6 +5,10 @@ blocks (anything with children, or a module from outside ``torch.nn``), a copy o
 input and output and its other arguments when none of them is a tensor (a PVT block's
 ``feat_size``, a CoaT block's ``size``), so residual blocks can be recognised by what they
 compute (:mod:`.residual`). Hooks are removed on the way out, also on errors.
+
+A module that returns a tuple or list whose first element is a tensor (Hugging Face Swin and
+Data2VecVision layers return ``(hidden_states, attentions or None)``) is recorded by that first
+element (:func:`first_tensor`): it is what an ablation replaces, the rest passing on unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import nn
 from ...errors import AnalyzerError
 from ...write_guard import tensors_in
 
-__all__ = ["Call", "survey"]
+__all__ = ["Call", "first_tensor", "survey"]
 
 
 @dataclass
@@ -30,16 +34,19 @@ class Call:
     Attributes:
         count: how many times it ran.
         shape_in: the shape of its first argument (None: not a tensor).
-        shape_out: the shape of its output (None: not a tensor).
+        shape_out: the shape of its output, or of its first element when it returns a tuple
+            or list that starts with a tensor (None: neither).
+        tuple_out: it returned such a tuple or list.
         x: a copy of its first input, when that is its only tensor argument and it may be a
             block.
-        out: a copy of that call's output (same condition).
+        out: a copy of that call's output (of its first element for a tuple; same condition).
         args, kwargs: its other arguments (same condition; none of them a tensor).
     """
 
     count: int = 0
     shape_in: tuple[int, ...] | None = None
     shape_out: tuple[int, ...] | None = None
+    tuple_out: bool = False
     x: torch.Tensor | None = None
     out: torch.Tensor | None = None
     args: tuple[Any, ...] = ()
@@ -54,6 +61,17 @@ def _may_be_block(module: nn.Module) -> bool:
 
 def _shape(value: Any) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def is_tensor_tuple(value: Any) -> bool:
+    """A tuple or list (a namedtuple too) whose first element is a tensor."""
+    return isinstance(value, (tuple, list)) and bool(value) and isinstance(value[0], torch.Tensor)
+
+
+def first_tensor(value: Any) -> Any:
+    """What an ablation of a unit that returned ``value`` replaces: its first element when it
+    is a tuple or list that starts with a tensor, else ``value`` itself."""
+    return value[0] if is_tensor_tuple(value) else value
 
 
 @contextmanager
@@ -73,8 +91,10 @@ def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator
     def after(m: nn.Module, args: tuple, out: Any) -> None:
         call = calls[name]
         if call.count == 1:
-            call.shape_out = _shape(out)
-            call.out = out.detach().clone() if call.x is not None and call.shape_out else None
+            call.tuple_out = is_tensor_tuple(out)
+            first = first_tensor(out)
+            call.shape_out = _shape(first)
+            call.out = first.detach().clone() if call.x is not None and call.shape_out else None
 
     pre = module.register_forward_pre_hook(before, with_kwargs=True)
     post = module.register_forward_hook(after)

@@ -13,6 +13,11 @@ Identity ablation of a residual block removes its branch and keeps the shortcut 
 2016); ``identity_fns`` (per study, never global) says how for a block netlens cannot trace.
 PyTorch's own ``nn.TransformerEncoderLayer`` does not trace (its fast path), but its skip is
 known from its ``norm_first``: pre-LN ``x``, post-LN ``norm2(norm1(x))``.
+
+A block that returns a tuple whose first element is a tensor (Hugging Face Swin and
+Data2VecVision layers: ``(hidden_states, attentions or None)``) is recognised by that element:
+its forward is traced through :class:`_FirstOutput`, and its skip makes the first element only
+(the engine keeps the rest of the tuple).
 """
 
 from __future__ import annotations
@@ -97,6 +102,18 @@ def _torch_encoder_skip(module: nn.Module) -> Skip | None:
     return lambda x: module.norm2(module.norm1(x))
 
 
+class _FirstOutput(nn.Module):
+    """A block's own forward (traced through, not a leaf: its submodules stay leaves) that
+    keeps only the first element of the tuple it returns."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.block.forward(x, *args, **kwargs)[0]
+
+
 def _unit(name: str, module: nn.Module, call: Call, fns: Mapping[Any, IdentityFn]) -> Unit:
     """``module`` as a unit: residual when it adds its input back, else a plain layer."""
     shapes = {"shape_in": call.shape_in, "shape_out": call.shape_out}
@@ -104,7 +121,8 @@ def _unit(name: str, module: nn.Module, call: Call, fns: Mapping[Any, IdentityFn
     if own is not None:
         return Unit(name, "residual", call.shape_in != call.shape_out, own, **shapes)
     if call.x is not None:
-        found = find_residual(module, call.x, call.out, call.args, call.kwargs)
+        block = _FirstOutput(module) if call.tuple_out else module
+        found = find_residual(block, call.x, call.out, call.args, call.kwargs)
         if found is not None:
             return Unit(name, "residual", found.projection, found.skip, **shapes)
     return Unit(name, "layer", **shapes)
