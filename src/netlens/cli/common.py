@@ -80,6 +80,11 @@ def sigterm_interrupts() -> Iterator[list[int]]:
     got: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
+        from ..signals import in_finalizer, resend_later
+
+        if not got and in_finalizer(frame):  # raised here, it would be printed and dropped
+            resend_later(signum)
+            return
         if not got:
             got.append(signum)
             raise Terminated

@@ -37,7 +37,12 @@ def exit_on_sigterm() -> Iterator[None]:
     import signal
     import sys
 
+    from ..signals import in_finalizer, resend_later
+
     def unwind(signum: int, frame: object) -> None:
+        if in_finalizer(frame):  # raised here, the exit would be printed and dropped
+            resend_later(signum)
+            return
         sys.exit(128 + signum)
 
     def leave(signum: int, frame: object) -> None:
