@@ -484,7 +484,7 @@ def auto_layer(
     """
     x = example if example is not None else example_input(model)
     traced, returned = _dry_forward(model, x)
-    allowed = _dense_feature_slots(model, x, returned, output)
+    allowed = _explained_slots(model, x, returned, output)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c)]
     hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
@@ -507,7 +507,7 @@ def auto_layer(
     return _selection(traced, best, consumed=_version(out) > last)
 
 
-def _dense_feature_slots(
+def _explained_slots(
     model: nn.Module, x: torch.Tensor, returned: Any, output: str | int | None
 ) -> set[tuple[str, int]]:
     """For a dense output, the calls ``auto`` may pick (see :mod:`netlens.dense_head`), from

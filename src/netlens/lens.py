@@ -332,10 +332,9 @@ class Lens:
         """SHA-256 of the model's weights and buffers: computed again when any has changed
         since (an optimizer step, ``load_state_dict``, a replaced head: their version counters,
         storages or names differ)."""
-        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
         key = tuple(
             (n, t._version, t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
-            for n, t in tensors.items()
+            for n, t in _tensors(self.model)
         )
         if self._digest is None or self._digest[0] != key:
             from .provenance import model_digest

@@ -37,12 +37,12 @@ _VIEWS = {  # operations that reshape without computing: look through them
     "FlattenBackward0",
     "CloneBackward0",
     "ToCopyBackward0",
-}
-_IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] stays [0, 1]
     "SliceBackward0",  # a crop, [..., :h, :w] (after a padded input)
     "SelectBackward0",
     "PermuteBackward0",
     "TransposeBackward0",
+}
+_IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] stays [0, 1]
     "UpsampleNearest1DBackward0",
     "UpsampleNearest2DBackward0",
     "UpsampleNearest3DBackward0",

@@ -55,16 +55,18 @@ def _storage_key(t: torch.Tensor) -> tuple[Any, int]:
     return (t.device, t.untyped_storage().data_ptr())
 
 
+def _own_storage_key(t: torch.Tensor) -> tuple[Any, int] | None:
+    """:func:`_storage_key`, or None for a tensor without a plain storage of its own (sparse,
+    nested, quantized: no view of theirs can alias a capture)."""
+    try:
+        return _storage_key(t)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def _storage_keys(tensors: list[torch.Tensor]) -> set[tuple[Any, int]]:
-    """The storages of ``tensors`` that have one of their own (sparse and quantized tensors do
-    not, and no view of theirs can alias a capture)."""
-    keys = set()
-    for t in tensors:
-        try:
-            keys.add(_storage_key(t))
-        except (RuntimeError, NotImplementedError):  # no plain storage behind it
-            pass
-    return keys
+    """The storages of ``tensors`` that have one of their own."""
+    return {k for k in map(_own_storage_key, tensors) if k is not None}
 
 
 class _CopyOnWrite(TorchDispatchMode):
@@ -266,7 +268,7 @@ class WriteGuard:
             self._start()
 
     def _protect(self, output: Any) -> None:
-        keys = {_storage_key(t) for t in tensors_in(output)} | self._held
+        keys = _storage_keys(tensors_in(output)) | self._held
         if not keys:
             return
         for key in keys & set(self._watch):

@@ -21,14 +21,7 @@ from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import trace_calls
 from ..parallel import map_batches, one_thread_per_op
-from .cam_base import (
-    CamContext,
-    CamMethod,
-    empty_regions,
-    normalize_maps,
-    spatial_channel_view,
-    upsample,
-)
+from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
 
 __all__ = [
     "METHODS",
@@ -179,11 +172,7 @@ class ScoreCam(CamMethod):
             n, c = logits.shape[:2]
             rows = torch.arange(n, device=logits.device).repeat_interleave(c)
             scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
-        weights = torch.softmax(scores.float(), dim=1)
-        # an empty region scores 0 under every mask, and the softmax of equal scores is no
-        # evidence: equal weights drew the channels' mean as a full map
-        empty = empty_regions(ctx.targets, len(weights)).to(weights.device)
-        return weights.masked_fill(empty[:, None], 0).to(ctx.acts.dtype)
+        return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
 
 
 def _score_masks(ctx: CamContext, pairs: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ __all__ = [
     "create_arch",
     "head_num_classes",
     "parse_user_arch",
+    "user_module",
 ]
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -220,8 +221,14 @@ def _torchvision_names() -> list[str]:
 
 
 # -- the user's own code ---------------------------------------------------------------------
+def user_module(target: str) -> Any:
+    """The file (``models.py``) or module (``pkg.models``) an ``--arch TARGET:NAME`` names,
+    imported."""
+    return _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+
+
 def _user_factory(target: str, attr: str) -> Callable[..., Any]:
-    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
+    module = user_module(target)
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

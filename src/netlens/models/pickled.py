@@ -73,14 +73,12 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
 def _users_namespace(req: LoadRequest) -> dict[str, Any]:
     """The names of the file or module ``--arch FILE.py:Net`` names: a model pickled whole from
     the script that defined its class (``__main__.Net``) finds them there."""
-    from .factory import _import_file, _import_module, parse_user_arch
+    from .factory import parse_user_arch, user_module
 
     parsed = parse_user_arch(req.arch) if req.arch else None
     if parsed is None:
         return {}
-    target = parsed[0]
-    module = _import_file(Path(target)) if target.endswith(".py") else _import_module(target)
-    return dict(vars(module))
+    return dict(vars(user_module(parsed[0])))
 
 
 def _check_runs(model: nn.Module, where: str) -> None:

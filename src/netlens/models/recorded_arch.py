@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..naming import display_path
-from ..preprocess.from_model import timm_spec, torchvision_reference_spec
+from ..preprocess.from_model import TIMM_DATA_KEYS, timm_spec, torchvision_reference_spec
 from .factory import check_arch, create_arch
 
 if TYPE_CHECKING:
@@ -132,9 +132,6 @@ def train_args(payload: dict[str, Any]) -> dict[str, Any]:
     return dict(vars(args)) if isinstance(args, argparse.Namespace) else {}
 
 
-_DATA_KEYS = ("input_size", "img_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
-
-
 def hparams_data(payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The data options a Lightning checkpoint's ``hyper_parameters`` record under timm's
     names (``img_size``, ``mean``, ``std``, ``crop_pct``, ...; ``image_size`` as ``img_size``):
@@ -144,7 +141,7 @@ def hparams_data(payload: dict[str, Any]) -> tuple[dict[str, Any], str]:
         if not isinstance(hp, dict):
             continue
         hp = {("img_size" if k == "image_size" else k): v for k, v in hp.items()}
-        found = {k: _plain(hp[k]) for k in _DATA_KEYS if _plain(hp.get(k)) is not None}
+        found = {k: _plain(hp[k]) for k in TIMM_DATA_KEYS if _plain(hp.get(k)) is not None}
         if found:
             return found, outer
     return {}, ""

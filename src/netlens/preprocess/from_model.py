@@ -28,6 +28,7 @@ __all__ = [
     "model_channels",
     "model_input_size",
     "preprocess_for",
+    "TIMM_DATA_KEYS",
     "timm_spec",
     "torchvision_spec",
     "with_overrides",
@@ -112,6 +113,10 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     return guessed_spec(model)
 
 
+# the data options timm's scripts record and resolve_data_config reads
+TIMM_DATA_KEYS = ("input_size", "img_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
+
+
 def timm_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
     """The timm model a user's wrapper holds (``self.model = timm.create_model(...)``, a new head
     beside it) when it holds the first registered convolution and most of the weights: the
@@ -145,8 +150,7 @@ def timm_spec(
     from timm.data import resolve_data_config, resolve_model_data_config
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    keys = ("input_size", "img_size", "mean", "std", "crop_pct", "crop_mode", "interpolation")
-    told = {k: args[k] for k in keys if args and args.get(k) not in (None, "")}
+    told = {k: args[k] for k in TIMM_DATA_KEYS if args and args.get(k) not in (None, "")}
     dc = resolve_data_config(told, model=model) if told else resolve_model_data_config(model)
     c, h, w = dc["input_size"]
     name = cfg.get("architecture") or type(model).__name__

@@ -225,12 +225,17 @@ class Preprocess:
     def _is_identity(self, hw: tuple[int, int]) -> bool:
         return tuple(hw) == self.size and tuple(hw) == resized_hw(hw, self)
 
+    def statistics(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean and std applied to each of ``channels`` input channels, in the order the
+        model takes them (one value for all when one is given; 0 and 1 when none is)."""
+        if self.mean is None or self.std is None:
+            return (0.0,) * channels, (1.0,) * channels
+        return _per_channel(self.mean, channels), _per_channel(self.std, channels)
+
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None or self.std is None:
             return x
-        c = x.shape[0]
-        mean = torch.tensor(_per_channel(self.mean, c), dtype=x.dtype).view(-1, 1, 1)
-        std = torch.tensor(_per_channel(self.std, c), dtype=x.dtype).view(-1, 1, 1)
+        mean, std = (torch.tensor(v, dtype=x.dtype).view(-1, 1, 1) for v in self.statistics(len(x)))
         return x.sub_(mean).div_(std)
 
     def _timm_key(self) -> tuple[Any, ...]:

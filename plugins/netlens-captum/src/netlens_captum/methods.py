@@ -67,12 +67,8 @@ def _baseline(lens: Lens, x: torch.Tensor, kind: Any) -> torch.Tensor:
             black = lens.preprocess(np.zeros((max(h, 2), max(w, 2), c), np.uint8))
             value = black[0, :, 0, 0].to(device=x.device, dtype=x.dtype)
         else:  # no image file has these channels: the spec's statistics, one per channel
-            spec = lens.transform
-            mean = [0.0] if spec.mean is None else list(spec.mean)
-            std = [1.0] if spec.std is None else list(spec.std)
-            mean, std = (v[:c] if len(v) >= c else v * c for v in (mean, std))
-            value = -torch.tensor(mean, dtype=x.dtype) / torch.tensor(std, dtype=x.dtype)
-            value = value.to(x.device)
+            mean, std = (torch.tensor(v, dtype=x.dtype) for v in lens.transform.statistics(c))
+            value = (-mean / std).to(x.device)
         return value.view(1, c, 1, 1).expand_as(x).contiguous()
     from netlens.errors import AnalyzerError
 

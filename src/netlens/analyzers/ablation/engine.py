@@ -299,11 +299,8 @@ class Engine:
         """
         if not self.is_fast(unit) or unit not in cache.outputs:
             return self.naive(cache.x, unit, replace, batch, copies)
-        if takes_call_args(replace):
-            rest = cache.rest.get(unit)
-            new = replace(cache.inputs[unit], cache.outputs[unit], batch, rest=rest)
-        else:
-            new = replace(cache.inputs[unit], cache.outputs[unit], batch)
+        before, after = cache.inputs[unit], cache.outputs[unit]
+        new = _replaced(replace, before, after, batch, 0, cache.rest.get(unit))
         if copies == 1:
             return self._suffix(cache, unit, new)
         n = cache.x.shape[0]
@@ -340,7 +337,6 @@ class Engine:
         logits = []
         calls: list[int] = []
         kept: list[tuple[torch.Tensor, Any]] = []  # each running call's input, as it came in
-        wants_rest = takes_call_args(replace)
 
         def private(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
             """The unit runs on a copy of its input: a unit that rewrites its input in place
@@ -365,10 +361,7 @@ class Engine:
                 inp, rest = kept.pop()
                 call = len(calls) - 1
                 first = first_tensor(output)  # a tuple's element 0: what is replaced
-                if wants_rest:
-                    new = replace(inp.clone(), first, batch, call=call, rest=rest)
-                else:
-                    new = replace(inp.clone(), first, batch, call=call)
+                new = _replaced(replace, inp.clone(), first, batch, call, rest)
                 new = new if copies == 1 else new[g * n : (g + 1) * n].clone()
                 return with_first(output, new) if is_tensor_tuple(output) else new
 
@@ -377,6 +370,16 @@ class Engine:
             if not calls:
                 raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
         return logits[0] if copies == 1 else torch.cat(logits, 0)
+
+
+def _replaced(
+    replace: Replacement, x: torch.Tensor, out: Any, batch: int, call: int, rest: Any
+) -> torch.Tensor:
+    """``replace``'s new output for one call, given that call's other arguments (``rest``)
+    when it asks for them (a residual block's skip: :func:`.modes.takes_call_args`)."""
+    if takes_call_args(replace):
+        return replace(x, out, batch, call=call, rest=rest)
+    return replace(x, out, batch, call=call)
 
 
 @contextmanager

@@ -15,9 +15,9 @@ non-tensor arguments (:func:`takes_call_args`), since its skip depends on them.
 (one ``nn.ReLU`` shared by many layers) has statistics per call (:data:`Stats`: one
 :class:`UnitStats` each), and each call is replaced with its own mean (and std).
 A unit that returns a tuple whose first element is a tensor (Hugging Face Swin and
-Data2VecVision layers) is replaced in that element only: a replacement's ``unit_output`` is
-that element, its
-statistics are that element's, and the engine passes the rest of the tuple on unchanged.
+Data2VecVision layers) is replaced in that element only: a replacement is given that element
+as the unit's output, its statistics are that element's, and the engine passes the rest of
+the tuple on unchanged.
 """
 
 from __future__ import annotations
