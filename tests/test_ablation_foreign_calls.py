@@ -204,3 +204,48 @@ def test_top5_of_an_ablation_that_ties_every_logit() -> None:
     assert res.rows[0]["value"] == pytest.approx(want) == 0.5
     topk = (z.topk(5, 1).indices == y[:, None]).any(1).double().mean().item()
     assert topk == 0.5  # torch.topk picks other tied classes, but as many
+
+
+# -- a shared activation called inside a unit block only for some batches --------------------
+class _Gated(nn.Module):
+    """Runs the shared activation again only when its input is large: a hidden call the first
+    batch need not show."""
+
+    def __init__(self, c: int, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(c, c, 3, padding=1), act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return x + (self.act(y) if float(x.detach().abs().mean()) > 2.0 else y)
+
+
+class GatedShared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = _Gated(8, self.act)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.fc((self.b1(s) + self.act(s)).mean((2, 3)))
+
+
+def test_a_hidden_call_that_only_later_batches_make_is_replaced_there_too() -> None:
+    torch.manual_seed(0)
+    model = GatedShared().eval()
+    model.fc.weight.data *= 20
+    x, y = _xy()
+    x[4:] *= 20.0  # the second batch's stem outputs are large: b1 calls act a second time
+    with torch.no_grad():
+        assert float(model.stem(x[:4]).abs().mean()) < 2.0
+        assert float(model.stem(x[4:]).abs().mean()) > 2.0
+        zero = lambda i, o, c: torch.zeros_like(o)  # noqa: E731
+        base = torch.cat([model(x[:4]), model(x[4:])])  # the gate reads the whole batch
+        want = torch.cat([_naive(model, x[:4], "act", zero), _naive(model, x[4:], "act", zero)])
+    kl = lambda a, b: (F.log_softmax(a.double(), 1).exp() * (F.log_softmax(a.double(), 1) - F.log_softmax(b.double(), 1))).sum(1)  # noqa: E731,E501
+    row = _rows(model, x, y, layers="act,b1", mode="zero", batch_size=4)["act"]
+    assert row["value"] == pytest.approx(float(kl(base, want).mean()), rel=1e-6)
+    assert row["path"] == "naive"

@@ -146,7 +146,6 @@ class Engine:
         self.unit_index: dict[str, int] = {}
         self.trace_error: str | None = None
         self.hidden_calls: dict[str, int] = {}  # units run more often than the graph shows
-        self._counted = False
         self._stack_checked: set[str] = set()
         self._no_stack: set[str] = set()
         if fast:
@@ -199,10 +198,11 @@ class Engine:
 
     @contextmanager
     def _counting(self) -> Iterator[None]:
-        """On the graph's first run: count each fast unit's real calls, and send a unit called
+        """On every run of the graph: count each fast unit's real calls, and send a unit called
         other than once (its node's, plus calls hidden inside another unit, a leaf of the
-        graph) to the naive path, which replaces it at every call."""
-        if self._counted or not self.unit_index:
+        graph, which may depend on the batch) to the naive path, which replaces it at every
+        call. A batch's cache is used only for the units that ran once in it."""
+        if not self.unit_index:
             yield
             return
         seen = dict.fromkeys(self.unit_index, 0)
@@ -218,9 +218,9 @@ class Engine:
         finally:
             for h in handles:
                 h.remove()
-        self._counted = True
-        self.hidden_calls = {u: k for u, k in seen.items() if k != 1}
-        for u in self.hidden_calls:
+        hidden = {u: k for u, k in seen.items() if k != 1}
+        self.hidden_calls.update(hidden)
+        for u in hidden:
             del self.unit_index[u]
             self._frontier.pop(u, None)
 
