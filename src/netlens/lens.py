@@ -278,8 +278,8 @@ class Lens:
             self.classes = self._found_classes = None
             return
         raise NetlensError(
-            f"the model has {n} outputs but {len(names)} class names (its head was replaced "
-            "since they were given?); give one name per output: lens.classes = [...]"
+            f"the model has {n} outputs but {len(names)} class names; give one name per "
+            "output, in output order: lens.classes = [...] (or classes= when loading)"
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -87,8 +87,14 @@ def check_class_names(names: list[str], model: nn.Module, spec: Preprocess | Non
     """One line when the number of names differs from the model's outputs (or names repeat).
 
     A single-logit (binary) model takes two names: the negative class's, then the positive's.
+    Only a count the model itself gives is checked here (timm's ``num_classes``, or a dry
+    forward at the spec's size): the width of a last ``nn.Linear`` is a guess a forward that
+    slices its head (``fc(x)[:, :3]``) contradicts, so without a size the count is checked on
+    the first forward (``Lens._check_class_count``).
     """
-    n = output_count(model, spec)
+    n = output_count(model, spec) if spec is not None and spec.size is not None else None
+    if n is None and hasattr(model, "get_classifier"):
+        n = head_width(model)  # timm's num_classes
     if n is not None and n != len(names) and not (n == 1 and len(names) == 2):
         per = "two names (negative, positive) or " if n == 1 else ""
         raise ModelLoadError(
