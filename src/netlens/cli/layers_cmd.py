@@ -16,21 +16,36 @@ def layers(model: ModelArg = None, *, common: Common) -> None:
     The layout is how netlens reads a layer's channels: NCHW, NHWC (channels last: ConvNeXt
     MLPs, Swin stages), NLC (tokens) or NCL (a Conv1d's channels × length).
 
+    The table is also written to --out (layers.json with the run header, layers.csv).
+
     The names are the selectors for --layer. A module that runs more than once per forward
     (calls > 1) is selected per call with NAME@K (K from 0, -1 for the last), e.g. act@1.
     """
-    from .runner import open_lens, out, set_max_pixels, set_threads
+    import time
+
+    from ..analyzers.base import Result
+    from ..output import folder_lock
+    from ..provenance import now, run_header
+    from .runner import err, open_lens, out, set_max_pixels, set_threads
 
     set_threads(common.threads)
     set_max_pixels(common.max_pixels)
     if common.device is None:
         common.device = "cpu"
+    started, clock = now(), time.perf_counter()
     lens = open_lens(model, common)
     rows = lens.layers()
+    result = Result("layers", table=[r.to_dict() for r in rows], meta={"model": lens.name})
+    header = run_header(lens, started=started, seconds=time.perf_counter() - clock, options={})
+    result = result.stamped(header, [])
+    with folder_lock(common.out):
+        files = result.save(common.out)
     if common.json:
-        emit_json({"model": lens.name, "layers": [r.to_dict() for r in rows]})
+        doc = {k: v for k, v in result.summary().items() if k != "table"}
+        emit_json({**doc, "layers": result.table, "out": str(common.out)})
         return
     out.print(_table(lens, rows))
+    err.print(f"layers: wrote {len(files)} files to {common.out}/", soft_wrap=True)
 
 
 def _table(lens: Any, rows: list[Any]) -> Any:

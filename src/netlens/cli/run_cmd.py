@@ -34,5 +34,12 @@ def run(
     from .runner import run_analyzer
 
     model, imgs = split_model_and_images(model, images)
+    if data is not None and imgs:
+        from ..errors import NetlensError
+
+        raise NetlensError(
+            f"images ({', '.join(imgs[:2])}{', ...' if len(imgs) > 2 else ''}) and --data "
+            f"{data} both given; give one: the images to explain, or --data"
+        )
     inputs = data if data is not None else (imgs or None)
     run_analyzer(analyzer, model, inputs, parse_options(opt), common)
