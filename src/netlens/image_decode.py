@@ -4,7 +4,8 @@
 height (:mod:`netlens.image_header`) must be known and within :func:`pixel_limit` before a
 byte is decoded; what libpng/libtiff/OpenCV print on stderr meanwhile is silenced; 16-bit,
 float and RGBA images become 8-bit RGB without full-size float copies; photos are turned
-upright by their EXIF orientation (:mod:`netlens.image_orientation`).
+upright by their EXIF orientation (:mod:`netlens.image_orientation`). :func:`read_stored`
+reads a file's stored values (masks) under the same limit and orientation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "pixel_limit",
     "read_checked",
+    "read_stored",
     "upright_size",
 ]
 
@@ -79,6 +81,25 @@ def read_checked(p: Path, max_pixels: int | None = None) -> np.ndarray:
     """Read ``p`` as :func:`netlens.images.read_image` documents (one-line ImageErrors)."""
     name = display_path(p)
     limit = pixel_limit(max_pixels)
+    data, size = _read_file(p, name, limit)
+    return _decode(data, name, size, limit)
+
+
+def read_stored(p: Path, max_pixels: int | None = None) -> np.ndarray:
+    """The values stored in image file ``p`` as OpenCV's ``IMREAD_UNCHANGED`` decodes them (any
+    depth; BGR, BGRA or gray), turned upright by the EXIF orientation as :func:`read_checked`
+    turns photos, under the same pixel limit and with the same one-line ImageErrors: for masks,
+    whose values (a label 1 in 16 bits, an alpha channel) are the data."""
+    name = display_path(p)
+    limit = pixel_limit(max_pixels)
+    data, size = _read_file(p, name, limit)
+    img = _decoded(data, name, size, limit, by_pillow=False)
+    return orient(img, exif_orientation(data))
+
+
+def _read_file(p: Path, name: str, limit: int) -> tuple[bytes, tuple[int, int]]:
+    """The bytes of image file ``p`` and its header's size, checked against ``limit`` before
+    the pixel data is read."""
     if is_special_file(p):  # opening a pipe waits for a writer; a device never ends
         raise ImageError(f"{name} is a pipe or a device, not an image file; pass an image file")
     try:
@@ -96,7 +117,7 @@ def read_checked(p: Path, max_pixels: int | None = None) -> np.ndarray:
         ) from None
     except OSError as exc:
         raise ImageError(f"cannot read {name}: {exc.strerror or exc} (check the file)") from None
-    return _decode(data, name, size, limit)
+    return data, size
 
 
 def _checked_size(fh: BinaryIO, name: str, limit: int, nbytes: int) -> tuple[int, int]:
@@ -129,12 +150,25 @@ def _checked_size(fh: BinaryIO, name: str, limit: int, nbytes: int) -> tuple[int
 
 def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.ndarray:
     """Decode bytes whose header said ``size``; never more than ``limit`` pixels."""
+    by_pillow = _pillow_reads(data)
+    img = _decoded(data, name, size, limit, by_pillow=by_pillow)
+    if img.dtype == np.uint16:
+        warn_if_dark(img, name)
+    if not by_pillow:
+        img = _normalise_decoded(img, name, radiance=data.startswith(_RADIANCE))
+    return orient(img, exif_orientation(data))  # upright, as viewers show
+
+
+def _decoded(
+    data: bytes, name: str, size: tuple[int, int], limit: int, *, by_pillow: bool
+) -> np.ndarray:
+    """The pixels of ``data`` as the decoder gives them (OpenCV's, or Pillow's as
+    :func:`_pillow_decode` reads them), after checking that the header still says ``size``."""
     from .diagnostics import native_stderr_silenced
     from .image_header import image_size
 
     if image_size(io.BytesIO(data)) != size:
         raise ImageError(f"{name} changed while it was being read; try again")
-    by_pillow = _pillow_reads(data)
     try:
         with native_stderr_silenced():  # libpng/libtiff/OpenCV print to fd 2 directly
             if by_pillow:
@@ -149,38 +183,102 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
         )
     if img.shape[0] * img.shape[1] > limit:  # the decoder disagreed with the header
         raise ImageError(f"{name} decodes to more than {limit / 1e6:g} MP; re-save it")
-    if img.dtype == np.uint16:
-        warn_if_dark(img, name)
-    if not by_pillow:
-        img = _normalise_decoded(img, name, radiance=data.startswith(_RADIANCE))
-    return orient(img, exif_orientation(data))  # upright, as viewers show
+    return img
 
 
 _RADIANCE = (b"#?", b"PF", b"Pf")  # Radiance HDR, PFM: light values, no white point
 
 
 def _pillow_reads(data: bytes) -> bool:
-    """GIFs and animated PNGs are decoded by Pillow, as the models' loaders decode them:
-    OpenCV puts a GIF's background colour under its transparent pixels (Pillow keeps the
-    transparent index's own colour) and reads an APNG's first animation frame where Pillow
-    reads its default image (they differ when the default image is not part of the
-    animation)."""
+    """The files Pillow decodes, as the models' loaders (Pillow's ``convert("RGB")``) decode
+    them, where OpenCV gives other pixels:
+
+    - GIFs: OpenCV puts the background colour under transparent pixels (Pillow keeps the
+      transparent index's own colour);
+    - animated PNGs: OpenCV reads the first animation frame, Pillow the default image (they
+      differ when the default image is not part of the animation);
+    - 8-bit TIFFs with an alpha channel: libtiff's RGBA reader multiplies the colours by alpha
+      (transparent pixels black, half-transparent ones halved);
+    - CMYK (and YCCK) JPEGs: OpenCV's CMYK conversion is not Pillow's."""
     if data.startswith(b"GIF8"):
         return True
-    return data.startswith(b"\x89PNG") and b"acTL" in data[: data.find(b"IDAT")]
+    if data.startswith(b"\x89PNG"):
+        return b"acTL" in data[: data.find(b"IDAT")]
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_components(data) == 4
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_with_alpha(data)
+    return False
+
+
+def _jpeg_components(data: bytes) -> int | None:
+    """The number of colour components in a JPEG's first frame header (4: CMYK or YCCK)."""
+    from .image_header import _JPEG_SOF
+
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD9, 0xDA):  # no frame header before the scan
+            return None
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
+            pos += 2
+            continue
+        if marker in _JPEG_SOF:
+            return data[pos + 9] if pos + 9 < len(data) else None
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def _tiff_with_alpha(data: bytes) -> bool:
+    """Whether a TIFF's first image is 8-bit colour with an alpha channel (from its header)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = TiffImagePlugin.TiffImageFile(io.BytesIO(data))
+            bits = im.tag_v2.get(258, (1,))
+    except Exception:  # noqa: BLE001 - a header Pillow cannot read stays with OpenCV
+        return False
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return im.mode in ("RGBA", "RGBa") and all(b == 8 for b in bits)
 
 
 def _pillow_decode(data: bytes) -> np.ndarray:
-    """A GIF's first frame or an APNG's default image as uint8 RGB or gray: Pillow's pixels
-    read as a PIL image given in memory is (:func:`netlens.images.as_pixels`). The plugins
-    are constructed directly: the pixel limit was checked, not Pillow's own."""
-    from PIL import GifImagePlugin, PngImagePlugin
+    """A GIF's first frame, an APNG's default image, a TIFF's first image (upright by its
+    orientation tag, as libtiff turns what OpenCV reads) or a CMYK JPEG as uint8 RGB or gray:
+    Pillow's pixels read as a PIL image given in memory is (:func:`netlens.images.as_pixels`,
+    before any EXIF orientation, which :func:`_decode` applies). The plugins are constructed
+    directly: the pixel limit was checked, not Pillow's own."""
+    from PIL import GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-    from .images import as_pixels
+    from .images import _pil_pixels
 
-    kind = GifImagePlugin.GifImageFile if data.startswith(b"GIF") else PngImagePlugin.PngImageFile
+    if data.startswith(b"GIF8"):
+        kind: Any = GifImagePlugin.GifImageFile
+    elif data.startswith(b"\x89PNG"):
+        kind = PngImagePlugin.PngImageFile
+    elif data.startswith(b"\xff\xd8"):
+        kind = JpegImagePlugin.JpegImageFile
+    else:
+        kind = TiffImagePlugin.TiffImageFile
     with kind(io.BytesIO(data)) as im:
-        return as_pixels(im)
+        pixels = _pil_pixels(im)
+        if kind is TiffImagePlugin.TiffImageFile:  # as libtiff turns what OpenCV reads
+            # Pillow >= 13 turns a TIFF as it loads it and then drops the tag; older ones not
+            pixels = orient(pixels, _tiff_tag_orientation(im))
+    return pixels
+
+
+def _tiff_tag_orientation(im: Any) -> int:
+    """The orientation tag a loaded Pillow TIFF still carries (1: none, or already applied)."""
+    value = im.tag_v2.get(0x0112, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def upright_size(p: Path) -> tuple[int, int] | None:

@@ -4,17 +4,21 @@ Cameras and phones store the sensor's rows as they come and record how to turn t
 EXIF ``Orientation`` tag. netlens decodes with ``cv2.IMREAD_UNCHANGED`` (to keep alpha and 16-bit
 depth), which ignores that tag, so a portrait phone photo reached the model lying on its side,
 and its heat map was drawn on a sideways picture. :func:`exif_orientation` reads the tag from
-the bytes (JPEG ``APP1``, PNG ``eXIf``, WebP ``EXIF``; the Exif block itself is parsed by
-Pillow's ``Image.Exif``; AVIF's container through Pillow's plugin) and :func:`orient` turns the
+the bytes (JPEG ``APP1``, PNG ``eXIf`` or ImageMagick's "Raw profile type exif" text chunk,
+WebP ``EXIF``; without an Exif ``Orientation``, XMP's ``tiff:Orientation``: where Pillow's
+``getexif`` finds them; the Exif block itself is parsed by Pillow's ``Image.Exif``; AVIF's
+container through Pillow's plugin) and :func:`orient` turns the
 decoded pixels upright, as Pillow's ``ImageOps.exif_transpose`` does (and OpenCV's
 ``IMREAD_COLOR``, except for AVIF). TIFF needs neither: libtiff applies its own orientation tag
-when decoding.
+when decoding (and Pillow, which decodes TIFFs with alpha, when loading them).
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
+import zlib
 
 import numpy as np
 
@@ -23,21 +27,18 @@ __all__ = ["exif_orientation", "orient"]
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF ``Orientation`` (1..8) of an encoded JPEG, PNG or WebP image; 1 (as stored)
-    when there is none, the format carries none, or the block is broken."""
+    when there is none, the format carries none, or the block is broken.
+
+    Read where Pillow's ``getexif`` (and so ``ImageOps.exif_transpose``) reads it: the Exif
+    block (a PNG's ``eXIf`` chunk, else its "Raw profile type exif" text chunk), and when that
+    has no ``Orientation``, XMP's ``tiff:Orientation``. Only metadata is read, no pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data": then there is no tag
             if data[4:12] in (b"ftypavif", b"ftypavis"):
                 value = _avif_orientation(data)
             else:
-                block = _exif_block(data)
-                if not block:
-                    return 1
-                from PIL import Image
-
-                exif = Image.Exif()
-                exif.load(block)
-                value = exif.get(0x0112, 1)
+                value = _tag_orientation(*_metadata(data))
     except Exception:  # noqa: BLE001 - a broken block is "no orientation", never a crash
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -73,37 +74,115 @@ def _avif_orientation(data: bytes) -> int:
     return AvifImagePlugin.AvifImageFile(io.BytesIO(data)).getexif().get(0x0112, 1)
 
 
-def _exif_block(data: bytes) -> bytes | None:
+def _tag_orientation(block: bytes | None, xmp: bytes | None) -> object:
+    """The Exif block's ``Orientation``; without one, XMP's ``tiff:Orientation`` (as Pillow)."""
+    value = None
+    if block:
+        from PIL import Image
+
+        exif = Image.Exif()
+        exif.load(block)
+        value = exif.get(0x0112)
+    if value is None and xmp:
+        found = re.search(rb'tiff:Orientation(="|>)([0-9])', xmp)
+        value = int(found[2]) if found else None
+    return 1 if value is None else value
+
+
+def _metadata(data: bytes) -> tuple[bytes | None, bytes | None]:
+    """The Exif block and the XMP packet of an encoded JPEG, PNG or WebP image (None: none)."""
     if data.startswith(b"\xff\xd8"):
-        return _jpeg_exif(data)
+        return _jpeg_metadata(data)
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _chunk(data, 8, b"eXIf", big_endian=True, end=b"IEND")
+        return _png_metadata(data)
     if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return _chunk(data, 12, b"EXIF", big_endian=False, end=None)
-    return None
+        exif = _chunk(data, 12, b"EXIF", big_endian=False, end=None)
+        return exif, _chunk(data, 12, b"XMP ", big_endian=False, end=None)
+    return None, None
 
 
-def _jpeg_exif(data: bytes) -> bytes | None:
-    """The first ``APP1`` segment holding ``Exif\\0\\0``, from the markers before the scan."""
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"
+
+
+def _jpeg_metadata(data: bytes) -> tuple[bytes | None, bytes | None]:
+    """The first ``APP1`` segment holding ``Exif\\0\\0`` and the last holding XMP (Pillow keeps
+    the last), from the markers before the scan."""
+    exif = xmp = None
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
-            return None
+            break
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker in (0xD9, 0xDA):  # end of image, start of scan: no more metadata
-            return None
+            break
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         body = data[pos + 4 : pos + 2 + length]
-        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
-            return body
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00") and exif is None:
+            exif = body
+        elif marker == 0xE1 and body.startswith(_XMP_APP1):
+            xmp = body[len(_XMP_APP1) :]
         pos += 2 + length
-    return None
+    return exif, xmp
+
+
+_TEXT_LIMIT = 1 << 20  # Pillow's own limit on a decompressed text chunk (ImageFile.SAFEBLOCK)
+_RAW_EXIF = b"Raw profile type exif"
+_XMP_KEY = b"XML:com.adobe.xmp"
+
+
+def _png_metadata(data: bytes) -> tuple[bytes | None, bytes | None]:
+    """A PNG's ``eXIf`` chunk (else the hex Exif of ImageMagick's "Raw profile type exif" text
+    chunk, as Pillow reads it) and its XMP text chunk, from the chunks before ``IEND``."""
+    exif = raw_exif = xmp = None
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, start = data[pos + 4 : pos + 8], pos + 8  # no copy of the pixel chunks
+        if kind == b"IEND":
+            break
+        if kind == b"eXIf" and exif is None:
+            exif = data[start : start + length]
+        elif kind in (b"tEXt", b"zTXt", b"iTXt") and data[start : start + 22].startswith(
+            (_RAW_EXIF + b"\x00", _XMP_KEY + b"\x00")
+        ):
+            key, _, text = data[start : start + length].partition(b"\x00")
+            text = _png_text(kind, text)  # the last of each wins, as in Pillow's info
+            if text is not None and key == _RAW_EXIF:
+                raw_exif = text
+            elif text is not None:
+                xmp = text
+        pos += 12 + length
+    if exif is None and raw_exif is not None:
+        exif = bytes.fromhex("".join(raw_exif.decode("latin-1").split("\n")[3:]))
+    return exif, xmp
+
+
+def _png_text(kind: bytes, text: bytes) -> bytes | None:
+    """A text chunk's text after its key (zTXt and compressed iTXt inflated, within 1 MB)."""
+    compressed = kind == b"zTXt"
+    if kind == b"iTXt":
+        if len(text) < 2:
+            return None
+        compressed, method, text = text[0] != 0, text[1], text[2:]
+        if compressed and method != 0:
+            return None
+        parts = text.split(b"\x00", 2)  # language, translated key, text
+        if len(parts) < 3:
+            return None
+        text = parts[2]
+    elif compressed:
+        text = text[1:]  # the compression method byte
+    if not compressed:
+        return text
+    inflate = zlib.decompressobj()
+    out = inflate.decompress(text, _TEXT_LIMIT)
+    return None if inflate.unconsumed_tail else out
 
 
 def _chunk(

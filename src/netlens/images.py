@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,8 +141,34 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 def as_pixels(obj: Any) -> np.ndarray:
     """An image given in memory (array, PIL image, tensor of pixels) as H×W×3 or H×W×1 uint8,
-    read as its file would be: C×H×W turned, 16-bit divided by 257, alpha dropped."""
-    arr = np.asarray(_pil_plain(obj) if _is_pil(obj) else obj)
+    read as its file would be: C×H×W turned, 16-bit divided by 257, alpha dropped, a PIL
+    image turned upright by its EXIF orientation (as ``ImageOps.exif_transpose`` turns it)."""
+    if _is_pil(obj):
+        from .image_orientation import orient
+
+        pixels = _pil_pixels(obj)  # loaded first: Pillow >= 13 turns a TIFF as it loads it
+        return orient(pixels, _pil_orientation(obj))
+    return _pixels(obj)
+
+
+def _pil_pixels(im: Any) -> np.ndarray:
+    """A PIL image's pixels as :func:`as_pixels` reads them, before its EXIF orientation."""
+    return _pixels(_pil_plain(im))
+
+
+def _pil_orientation(im: Any) -> int:
+    """The EXIF orientation Pillow's ``exif_transpose`` turns ``im`` by (1: as it is)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": then there is no tag
+            value = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken block is "no orientation", never a crash
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _pixels(obj: Any) -> np.ndarray:
+    arr = np.asarray(obj)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # C×H×W given
     arr = _as_uint8(arr)
@@ -266,7 +292,10 @@ def load_batch(
         _warn_if_unnormalised(t, preprocess)
         return Batch(t, [None] * len(t), [f"image{i}" for i in range(len(t))])
     tensors, originals, names, errors, sources = [], [], [], [], []
-    for i, item in enumerate(_expand(images)):
+    items = _expand(images)
+    stems = {safe_stem(item).casefold() for item in items if isinstance(item, (str, Path))}
+    taken: set[str] = set()
+    for i, item in enumerate(items):
         try:
             if isinstance(item, (str, Path)):
                 arr, name = read_image(item, max_pixels=max_pixels), safe_stem(item)
@@ -284,7 +313,7 @@ def load_batch(
             originals.append(None)
         else:
             originals.append(Path(item) if isinstance(item, (str, Path)) else to_channels(arr, 3))
-        names.append(_unique(name, names))
+        names.append(_unique(name, taken, stems, own=isinstance(item, (str, Path))))
         sources.append(display_path(item) if isinstance(item, (str, Path)) else None)
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")
@@ -310,10 +339,17 @@ def _warn_if_unnormalised(t: torch.Tensor, preprocess: Preprocess) -> None:
         )
 
 
-def _unique(name: str, taken: Sequence[str]) -> str:
-    if name not in taken:
-        return name
-    k = 2
-    while f"{name}_{k}" in taken:
-        k += 1
-    return f"{name}_{k}"
+def _unique(name: str, taken: set[str], stems: Collection[str] = (), *, own: bool = False) -> str:
+    """``name``, else ``name_2``, ``name_3``...: the first whose casefold is not in ``taken``
+    (the casefolded names given so far) nor, unless it is this input's own stem (``own``), in
+    ``stems`` (the casefolded stems of all input files): outputs stay apart on case-insensitive
+    file systems (macOS, Windows), and ``a_2_*`` is never the map of another photo than
+    ``a_2.jpg``. Adds the name to ``taken``."""
+    key = name.casefold()
+    if key in taken or (key in stems and not own):
+        k = 2
+        while f"{key}_{k}" in taken or f"{key}_{k}" in stems:
+            k += 1
+        name, key = f"{name}_{k}", f"{key}_{k}"
+    taken.add(key)
+    return name

@@ -76,7 +76,9 @@ def safe_stem(path: str | os.PathLike[str]) -> str:
     """The file name of ``path`` without its suffix, made safe with :func:`safe_component`.
 
     Different stems always give different names; equal stems in different folders (or with
-    different suffixes) give equal names, so a batch still de-duplicates its names.
+    different suffixes) give equal names, so a batch still de-duplicates its names: ignoring
+    case (``IMG_1`` and ``img_1`` are one file on macOS and Windows) and never with a suffix
+    that is another input's stem (:func:`netlens.images.load_batch`).
     """
     return safe_component(Path(path).stem)
 

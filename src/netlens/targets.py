@@ -565,7 +565,7 @@ def _mask_file(path: str, size: torch.Size) -> torch.Tensor:
 
     m = read_mask(Path(path))
     if m is None:
-        raise TargetError(f"cannot read the region mask {path} (a PNG, non-zero = inside)")
+        raise TargetError(f"region mask not found: {path} (a PNG, non-zero = inside)")
     h, w = int(size[0]), int(size[1])
     if not same_shape_up_to_scale(m.shape, (h, w)):
         raise TargetError(
