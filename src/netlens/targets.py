@@ -336,20 +336,24 @@ class RegionTarget(Target):
 
 
 class CallableTarget(Target):
-    """A user's function: ``fn(output) -> N scores`` or ``fn(output, rows) -> N scores``."""
+    """A user's function: ``fn(output) -> N scores`` or ``fn(output, rows) -> N scores``.
+
+    ``rows`` (each output row's image) is passed when ``fn`` has two required positional
+    parameters, or one named ``rows``: a parameter with a default (``lambda o, c=3: ...``,
+    ``functools.partial(fn, cls=3)``) binds something else and is left alone.
+    """
 
     kind: ClassVar[str] = "custom"
 
     def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
         self.fn = fn
-        try:
-            params = inspect.signature(fn).parameters
-            self.takes_rows = len(params) >= 2
-        except (TypeError, ValueError):
-            self.takes_rows = False
+        self.takes_rows, self.rows_by_name = _takes_rows(fn)
 
     def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        got = self.fn(output, rows) if self.takes_rows else self.fn(output)
+        if self.rows_by_name:
+            got = self.fn(output, rows=rows)
+        else:
+            got = self.fn(output, rows) if self.takes_rows else self.fn(output)
         if not isinstance(got, torch.Tensor) or got.shape != (output.shape[0],):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise TargetError(
@@ -360,6 +364,22 @@ class CallableTarget(Target):
 
     def describe(self, i: int, lens: Lens | None = None) -> str:
         return getattr(self.fn, "__name__", "custom")
+
+
+def _takes_rows(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """(whether ``fn`` takes ``rows``, whether by the name ``rows``) from its signature."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False, False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params.values() if p.kind in positional and p.default is p.empty]
+    if len(required) >= 2:
+        return True, False
+    named = params.get("rows")
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    by_name = named is not None and named.kind in keyword
+    return by_name, by_name
 
 
 # -- from what the user wrote ----------------------------------------------------------------
