@@ -60,12 +60,17 @@ WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", 
 
 def _weights_key(obj: dict[str, Any]) -> str | None:
     """The entry of a checkpoint dict that holds the weights: the first of the usual names
-    that is a dict, else the one entry (not an EMA copy) that is a dict of tensors."""
+    that is a dict, else the one entry (not an EMA copy) that is a dict of tensors, else the
+    EMA copy when it is the only set (a release that keeps just the averaged weights)."""
     key = next((k for k in WEIGHT_KEYS if isinstance(obj.get(k), dict)), None)
     if key is not None:
         return key
-    found = [k for k in weight_sets(obj) if k not in _EMA_KEYS]
-    return found[0] if len(found) == 1 else None
+    sets = weight_sets(obj)
+    found = [k for k in sets if k not in _EMA_KEYS]
+    if found:
+        return found[0] if len(found) == 1 else None
+    ema = [k for k in sets if k in _EMA_KEYS]
+    return ema[0] if len(ema) == 1 else None
 
 
 def weight_sets(payload: Any) -> list[str]:
@@ -173,7 +178,14 @@ def _say_which_copy(payload: Any, source: Path) -> None:
         return
     main = _weights_key(payload)
     ema = next((k for k in _EMA_KEYS if isinstance(payload.get(k), dict)), None)
-    if main is not None and ema is not None:
+    if main is not None and main == ema:
+        warnings.warn(
+            f"{display_path(source.name)} holds only an EMA copy of the weights ('{main}'): "
+            "explaining those",
+            NetlensWarning,
+            stacklevel=3,
+        )
+    elif main is not None and ema is not None:
         warnings.warn(
             f"{display_path(source.name)} holds two sets of weights, '{main}' and its EMA copy "
             f"'{ema}': explaining '{main}'; to explain the EMA weights, save them on their own "
@@ -184,11 +196,19 @@ def _say_which_copy(payload: Any, source: Path) -> None:
 
 
 def _from_state(
-    state: dict[str, torch.Tensor], source: Path, req: LoadRequest, arch: str | None = None
+    state: dict[str, torch.Tensor],
+    source: Path,
+    req: LoadRequest,
+    arch: str | None = None,
+    compiled: bool = False,
 ) -> LoadedModel:
-    """``arch`` (default ``req.arch``) built with ``state``'s class count, loaded with it."""
+    """``arch`` (default ``req.arch``) built with ``state``'s class count, loaded with it.
+
+    ``compiled``: ``state`` is a TorchScript or ``torch.export`` module's, whose state_dict
+    also holds the non-persistent buffers (:func:`_without_unsaved`)."""
     from .load import LoadedModel
 
+    given = state
     arch = arch or req.arch
     assert arch
     check_arch(arch, req.host)
@@ -208,6 +228,7 @@ def _from_state(
     prefix, renamed, fresh, stem = "", None, None, None
     if n is None:
         fresh = create_arch(arch, None, req.host, **kwargs)
+        state = _without_unsaved(state, fresh) if compiled else state
         state, prefix = fit_prefix(state, fresh, source)
         renamed = timm_renamed(state, fresh)  # the original repository's names, timm's way
         state = renamed[0] if renamed else state
@@ -226,6 +247,8 @@ def _from_state(
     model = create_arch(arch, n, req.host, **kwargs)
     if stem is not None and "in_chans" not in kwargs:
         replace_stem(model, *stem)  # as the user did: model.conv1 = nn.Conv2d(1, 64, ...)
+    if compiled:
+        state = _without_unsaved(state, model, keep=True)
     if not prefix:
         state, prefix = fit_prefix(state, model, source)
     if renamed is None:
@@ -254,12 +277,117 @@ def _from_state(
     if stem is not None and "in_chans" not in card["arch_kwargs"]:
         card["input_channels"] = f"{stem[0]} takes {stem[1]} channel(s), as the weights say"
     spec = preprocess_for(model, arch)
+    if prefix:
+        spec = _left_out(given, prefix, spec, card, source, arch)
     if stem is not None and req.arch_kwargs.get("in_chans") is None:  # trained on other images
         from ..preprocess.from_model import GUESSED
 
         why = f"the weights take {stem[1]} channel(s), not the architecture's 3"
         spec = spec.override(source=f"{spec.source}; {why}: normalisation {GUESSED}")
     return LoadedModel(model, spec, None, card)
+
+
+def _without_unsaved(
+    state: dict[str, torch.Tensor], model: nn.Module, keep: bool = False
+) -> dict[str, torch.Tensor]:
+    """``state`` without ``model``'s non-persistent buffers (``register_buffer(...,
+    persistent=False)``: timm's LeViT ``attention_bias_idxs``, Swin's relative position
+    index), which a TorchScript or ``torch.export`` module's state_dict holds and a strict
+    load calls unexpected; only where the shapes match. ``keep``: the file's values are
+    copied into the model's buffers first (they are what the compiled model ran with)."""
+    unsaved = dict(model.named_buffers())
+    for k in model.state_dict():
+        unsaved.pop(k, None)
+    drop = [
+        k
+        for k, v in state.items()
+        if k in unsaved and unsaved[k] is not None and tuple(v.shape) == tuple(unsaved[k].shape)
+    ]
+    if not drop:
+        return state
+    if keep:
+        with torch.no_grad():
+            for k in drop:
+                if state[k].dtype == unsaved[k].dtype:
+                    unsaved[k].copy_(state[k])
+    out = OrderedDict((k, v) for k, v in state.items() if k not in drop)
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    return out
+
+
+# a normaliser's statistics, as RobustBench's ImageNormalizer and detectron2 name them
+_STATS_NAMES = (("mean", "std"), ("pixel_mean", "pixel_std"))
+
+
+def _left_out(
+    given: dict[str, torch.Tensor],
+    prefix: str,
+    spec: Any,
+    card: dict[str, Any],
+    source: Path,
+    arch_name: str,
+) -> Any:
+    """The preprocessing, when :func:`fit_prefix` took ``prefix`` off and left other tensors
+    out: a sibling normaliser's ``mean``/``std`` (``nn.Sequential(ImageNormalizer(m, s),
+    net)`` saved whole: ``0.mean``, ``0.std`` beside ``1.*``) are the statistics the network
+    was fed with, on pixels in [0, 1] (0..255 for statistics above 1), and a warning line says
+    so; any other left-out tensors are listed in a warning line."""
+    from ..models.input_norm import _stats
+
+    dropped = [k for k in given if not k.startswith(prefix)]
+    if not dropped:
+        return spec
+    name = display_path(source.name)
+    card["state_dict_left_out"] = dropped
+    found = None
+    for m_name, s_name in _STATS_NAMES:
+        for k in dropped:
+            owner = k[: -len(m_name)] if k.endswith(m_name) else None
+            if owner is None or (owner and not owner.endswith(".")):
+                continue
+            if owner + s_name not in given:
+                continue
+            stats = _stats(given[k], given[owner + s_name])
+            if stats is not None and len(stats[0]) in (1, spec.channels):
+                found = (owner, m_name, s_name, *stats)
+                break
+        if found:
+            break
+    rest = dropped
+    if found is not None:
+        owner, m_name, s_name, mean, std = found
+        rest = [k for k in dropped if k not in (owner + m_name, owner + s_name)]
+        scale = 255.0 if max(*mean, *std) > 1.0 else 1.0
+        c = spec.channels
+        mean = tuple(v / scale for v in mean) * (c if len(mean) == 1 else 1)
+        std = tuple(v / scale for v in std) * (c if len(std) == 1 else 1)
+        shown = f"mean {', '.join(f'{v:g}' for v in mean)}, std {', '.join(f'{v:g}' for v in std)}"
+        of = " (of 0..255 pixels, divided by 255)" if scale == 255.0 else ""
+        why = (
+            f"{shown}: the file's '{owner}{m_name}'/'{owner}{s_name}'{of}, a normaliser "
+            f"beside the network's '{prefix}' weights"
+        )
+        known = [p for p in spec.source.split("; ") if "(guessed)" not in p]
+        spec = spec.override(mean=mean, std=std, source="; ".join([*known, why]))
+        card["input_normalizer"] = f"{owner}{m_name}, {owner}{s_name}"
+        warnings.warn(
+            f"{name}: the file holds {arch_name}'s weights under '{prefix}' beside a normaliser's "
+            f"'{owner}{m_name}'/'{owner}{s_name}': images are normalised with those ({shown}), "
+            "not the architecture's own statistics (--mean/--std to override)",
+            NetlensWarning,
+            stacklevel=3,
+        )
+    if rest:
+        shown_rest = ", ".join(rest[:6]) + (f" and {len(rest) - 6} more" if len(rest) > 6 else "")
+        warnings.warn(
+            f"{name}: {arch_name}'s weights are under '{prefix}'; {len(rest)} other tensor(s) "
+            f"in the file are not part of it and are left out: {shown_rest}",
+            NetlensWarning,
+            stacklevel=3,
+        )
+    return spec
 
 
 def _image_size_of(
@@ -431,7 +559,7 @@ def load_compiled_archive(source: Path, req: LoadRequest) -> LoadedModel | None:
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelLoadError(f"cannot read {name} as a {kind} file: {why}") from None
     state = OrderedDict((k, v.detach()) for k, v in state.items() if isinstance(v, torch.Tensor))
-    loaded = _from_state(state, source, req)
+    loaded = _from_state(state, source, req, compiled=True)
     loaded.card["weights_from"] = kind
     return loaded
 

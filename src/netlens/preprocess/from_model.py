@@ -61,9 +61,13 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     if inner is not None:  # nn.Sequential(resnet, nn.Softmax(1)): the network's own
         spec = preprocess_for(inner)
         return dataclasses.replace(spec, source=f"{spec.source}, of the network it wraps")
-    from ..models.input_norm import input_normalizer
+    from ..models.input_norm import find_input_norm
 
-    norm = input_normalizer(model)
+    norm, doubt = find_input_norm(model)
+    if doubt:
+        from ..errors import NetlensWarning
+
+        warnings.warn(doubt, NetlensWarning, stacklevel=2)
     if norm is not None:  # nn.Sequential(Normalize(mean, std), resnet): pixels in [0, 1]
         spec = preprocess_for(norm.network) if norm.network is not None else guessed_spec(model)
         c = spec.channels
@@ -75,12 +79,17 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         # stats above 1 are of 0..255 pixels (mmcv's, Caffe ports'): feed those, x / (1/255)
         scale = 255.0 if max(*norm.mean, *norm.std) > 1.0 else 1.0
         pixels = "0..255" if scale == 255.0 else "[0, 1]"
+        who = (
+            f"the model's first layer ({norm.name})"
+            if norm.layer
+            else f"the model's forward, with its {norm.name},"
+        )
         return dataclasses.replace(
             spec,
             mean=(0.0,) * c,
             std=(1.0 / scale,) * c,
-            source=f"{source}; pixels in {pixels}, not normalised: the model's first layer "
-            f"({norm.name}) normalises them itself ({stats})",
+            source=f"{source}; pixels in {pixels}, not normalised: {who} normalises them "
+            f"itself ({stats})",
         )
     if getattr(model, "pretrained_cfg", None):
         return timm_spec(model)
