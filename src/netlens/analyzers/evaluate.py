@@ -12,7 +12,16 @@ image folder ``root/<class>/<name>.<ext>``, mask PNGs (non-zero = object) at
 ``<root>_masks`` (the layout ``netlens.data.shapes.write_folder`` writes). Masks are resized and
 cropped as their images are, whatever their size; masks of images that come preprocessed
 (float tensors) or through a preprocessing function are used as they are, so they must be at
-the model's input size (one line otherwise).
+the model's input size (one line otherwise). A ``Subset`` (a user's split) is scored on the
+items it picks, with their masks; a DataLoader on the items its sampler draws.
+
+Misleading scores get a warning line (``meta["warnings"]``) and a count in the JSON: flat maps
+(one value everywhere, as an all-zero map is: ``meta["flat_maps"]`` per method), which
+pointing and energy leave out and deletion, insertion and ROAD take in random pixel order (the
+random baseline's); and targets of negligible probability on the intact image
+(``meta["negligible_targets"]``), below a tenth of chance, ``1 / (10·K)`` for K classes (0.025
+for 4, 1e-4 for 1000): a class the model all but rules out, whose deletion curve starts at
+about zero, so its deletion, insertion and ROAD scores say nothing of the map.
 
 Sharded over processes (torchrun), each rank scores its share of the batches (the very batches
 one process forms, so per-image scores are the same bit for bit, seeds included) and the
@@ -23,6 +32,7 @@ the same values with the same seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +62,8 @@ __all__ = ["EvaluateAnalyzer", "EvaluateResult", "Plan", "cam_explainer", "names
 
 def names(value: str | Sequence[str] | None) -> list[str]:
     """``"a,b"`` or ``["a", "b"]`` → ``["a", "b"]``; one line when a value names nothing
-    (``","``, ``[]``), rather than quietly running the default."""
+    (``","``, ``[]``), rather than quietly running the default. A name given twice counts once
+    (``gradcam,gradcam`` scored every image twice and pooled the copies as images)."""
     if value is None:
         return []
     items = value.split(",") if isinstance(value, str) else value
@@ -61,7 +72,7 @@ def names(value: str | Sequence[str] | None) -> list[str]:
     found = [s.strip() for s in items if s.strip()]
     if not found:
         raise AnalyzerError(f"{value!r} names nothing; give names separated by commas")
-    return found
+    return list(dict.fromkeys(found))  # repeats dropped, first places kept
 
 
 class CountingModel(nn.Module):
@@ -112,23 +123,27 @@ def cam_explainer(lens: Lens, method: str, layer: Any = "auto", target: Any = No
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run will cost: images, methods, and forward-passed images per metric."""
+    """What a run will cost: images, methods, and forward-passed images per metric and method,
+    plus ``once``: those made once for all methods and metrics (ROAD's random baseline)."""
 
     n_images: int
     methods: list[str]
     metrics: list[str]
     passes: dict[str, int]
+    once: int = 0
 
     @property
     def total(self) -> int:
-        return sum(self.passes.values()) * len(self.methods)
+        return sum(self.passes.values()) * len(self.methods) + self.once
 
     def describe(self) -> str:
         per = ", ".join(f"{k} {v:,}" for k, v in self.passes.items() if v)
+        shared = f"; {self.once:,} once for all methods" if self.once else ""
         return (
             f"evaluate: {self.n_images} images × {len(self.methods)} method(s) "
             f"({', '.join(self.methods)}); metrics will forward-pass {self.total:,} images"
-            f"{f' ({per} per method)' if per else ''} plus one CAM per image and method"
+            f"{f' ({per} per method{shared})' if per or shared else ''} plus one CAM per "
+            "image and method"
         )
 
 
@@ -216,10 +231,20 @@ def mask_at_input(ds: Dataset, i: int, lens: Lens) -> np.ndarray | None:
     m = np.asarray(get(i)).astype(bool)
     pre = getattr(ds, "preprocess", None)
     if pre is None or pre.function is not None:
-        _check_input_size(m.shape, tuple(lens.input_size[1:]), i, pre)
+        _check_input_size(m.shape, _image_size(ds, i, lens, pre), i, pre)
         return m
     geo = dataclasses.replace(pre, channels=1, mean=(0.0,), std=(1.0,), interpolation="nearest")
     return geo(m.astype(np.uint8)[..., None] * 255)[0].numpy() > 0.5
+
+
+def _image_size(ds: Dataset, i: int, lens: Lens, pre: Any) -> tuple[int, ...]:
+    """H×W of image ``i`` as it reaches the model: the dataset's own tensor where it comes
+    preprocessed (a model of unknown input size has the images' size), else the lens's."""
+    if pre is None:
+        x = ds[i][0]
+        if isinstance(x, torch.Tensor) and x.dim() >= 2:
+            return tuple(x.shape[-2:])
+    return tuple(lens.input_size[1:])
 
 
 def _check_input_size(shape: tuple[int, ...], size: tuple[int, ...], i: int, pre: Any) -> None:
@@ -252,10 +277,19 @@ def plan_cost(
     if len(ds) == 0:
         raise DataError("the data to evaluate on is empty")
     n = len(ds) if limit is None else min(int(limit), len(ds))
+    return _plan(lens, ds, n, methods, metrics, opts)
+
+
+def _plan(lens: Lens, ds: Dataset, n: int, methods: Any, metrics: Any, opts: dict) -> Plan:
+    """The plan for ``n`` images of ``ds``. Each metric's ``cost`` is handed ``shared``, a
+    dict for the run as its calls share one per batch: a metric that computes something once
+    for all methods and metrics (ROAD's random baseline) charges it there, once."""
     masked = _needs_masks(lens, metrics) and mask_at_input(ds, 0, lens) is not None
     chosen = _metrics(lens, metrics, has_masks=masked)
-    passes = {m: lens.host.metrics.get(m).cost(n, **opts) for m in chosen}
-    return Plan(n, names(methods), chosen, passes)
+    shared: dict[Any, Any] = {}
+    passes = {m: lens.host.metrics.get(m).cost(n, **opts, shared=shared) for m in chosen}
+    once = sum(v for v in shared.values() if isinstance(v, int))
+    return Plan(n, names(methods), chosen, passes, once)
 
 
 def _needs_masks(lens: Lens, metrics: Any) -> bool:
@@ -296,30 +330,42 @@ class EvaluateAnalyzer(Analyzer):
         for m in method_list:
             lens.host.cam_methods.get(m)
         opts = _metric_options(o)
-        given = run.data.dataset
-        whole = given.dataset if isinstance(given, Subset) else given  # before --limit's cut
+        given = run.data.dataset  # --limit's first items (a Subset) or all of the data
         loader = run.data.loader_given
+        whole = given
         if loader is not None and hasattr(loader.dataset, "preprocess"):  # a user's DataLoader
             whole = loader.dataset  # over one of netlens' datasets: it makes the images
-        ds = open_dataset(lens, whole, o.masks)
-        plan = plan_cost(lens, ds, method_list, o.metrics, len(given), None, **opts)
-        run.data.dataset = first_items(ds, plan.n_images)
+        base, picked = _unwrap(whole)  # a user's Subset and --limit's cut: the items they pick
+        ds = open_dataset(lens, base, o.masks)  # the dataset itself finds its mask folder
+        if picked is not None:
+            ds = _Picked(ds, picked)
+        drawn = _drawn(loader) if loader is not None else None  # what its sampler draws
+        n = len(ds) if drawn is None else drawn
+        if n == 0:
+            raise DataError("the data to evaluate on is empty")
+        plan = _plan(lens, ds, n, method_list, o.metrics, opts)
+        run.data.dataset = ds if loader is not None else first_items(ds, plan.n_images)
         run.progress.note(plan.describe())
         tally = _Tally(CountingModel(lens.model, lens.reader, lens.task_for), plan.metrics)
         masked = _needs_masks(lens, plan.metrics)
+        scored = [m for m in plan.metrics if m not in _LOCAL]  # need class scores
+        followed = [m for m in scored if m != "randomization"]  # follow a class's probability
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
                 x = x.to(lens.device)
                 masks = _masks(ds, idx.tolist(), lens) if masked else None
                 if not tally.classifier_checked:  # pointing and energy need maps and masks only
-                    _check_class_scores(lens, x[:1], [m for m in plan.metrics if m not in _LOCAL])
+                    _check_class_scores(lens, x[:1], scored)
                     tally.classifier_checked = True
                 if o.target == "pred":
                     y = lens.predict(x).argmax(dim=1).cpu()
+                if followed:  # the target's probability on the intact image (not a metric's)
+                    tally.acc.setdefault(_PROB, []).append(_target_probs(lens, x, y))
                 seeds = {"image_seeds": [int(opts.get("seed", 0)) + int(i) for i in idx]}
                 _score_batch(run, tally, method_list, x, y, masks, opts | seeds, step)
         acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
         run.layers = [str(o.layer)]
+        flags = {k: np.concatenate(acc.pop(k)) for k in [k for k in acc if k.startswith("_")]}
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
         table = summary_rows(lens, arrays, method_list, plan.metrics, seed=int(o.seed))
         per = plan.n_images * len(method_list)
@@ -328,39 +374,143 @@ class EvaluateAnalyzer(Analyzer):
         meta |= {"target": o.target, "layer": str(o.layer), "planned_forward_passes": plan.total}
         meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
         meta["label_source"] = run.data.label_source
-        meta["warnings"] = _empty_mask_warning(arrays, method_list, plan.metrics)
+        flat = {m: int(flags[f"{_FLAT}{m}"].sum()) for m in method_list if f"{_FLAT}{m}" in flags}
+        meta["flat_maps"] = flat
+        lines = _empty_mask_warning(arrays, method_list, plan.metrics)
+        lines += _flat_warnings(flat, len(flags.get(f"{_FLAT}{method_list[0]}", ())), plan.metrics)
+        if _PROB in flags:
+            weak = _negligible(flags[_PROB])
+            meta["negligible_targets"] = int(weak.sum())
+            lines += _negligible_warning(weak, flags[_PROB], followed)
+        meta["warnings"] = lines
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
+
+
+def _unwrap(data: Any) -> tuple[Any, list[int] | None]:
+    """The dataset under ``data``'s Subsets (a user's split, ``--limit``'s cut) and the
+    positions in it that they pick, composed (None: all of it)."""
+    picked = None
+    while isinstance(data, Subset):
+        idx = [int(i) for i in data.indices]
+        picked = idx if picked is None else [idx[i] for i in picked]
+        data = data.dataset
+    return data, picked
+
+
+class _Picked(Subset):
+    """Items ``indices`` of ``dataset`` that keep its classes, label source, preprocessing and
+    masks: mask ``i`` is the dataset's mask ``indices[i]``, resized as the item's image is."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset, indices)
+        for attr in ("classes", "label_source", "masks", "preprocess"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+        for attr in ("mask", "image"):  # by the dataset's position (picklable, for workers)
+            if hasattr(dataset, attr):
+                setattr(self, attr, functools.partial(_at, getattr(dataset, attr), self.indices))
+
+
+def _at(get: Callable[[int], Any], indices: Sequence[int], i: int) -> Any:
+    return get(indices[i])
+
+
+def _drawn(loader: DataLoader) -> int | None:
+    """How many items a user's DataLoader draws: its sampler's count (``SubsetRandomSampler``
+    draws some items of its dataset), less what ``drop_last`` drops; None: unknown."""
+    try:
+        if loader.batch_size is None:  # a batch sampler of the user's
+            return sum(len(b) for b in loader.batch_sampler)  # type: ignore[union-attr]
+        n = len(loader.sampler)  # type: ignore[arg-type]
+    except TypeError:  # a stream's sampler has no length
+        return None
+    return n - n % loader.batch_size if loader.drop_last else n
 
 
 def _empty_mask_warning(
     arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
 ) -> list[str]:
-    """One line when some masks are empty at the model's input, and one per method whose maps
-    are flat for some images: those images are left out of the localisation metrics (NaN),
-    which the table's ``n`` counts."""
+    """One line when some masks are empty at the model's input: those images are left out of
+    the localisation metrics (NaN), which the table's ``n`` counts."""
     base = next((arrays[f"{methods[0]}/{m}/baseline"] for m in metrics if m in _LOCAL), None)
     empty = int(np.isnan(base).sum()) if base is not None else 0
-    lines = []
-    if empty:
-        lines.append(
-            f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the "
-            "object lies outside the crop, or the mask is blank): pointing and energy leave "
-            "them out"
-        )
-    for method in methods if base is not None else []:
-        flat = np.zeros(len(base), bool)
-        for m in metrics:
-            if m in _LOCAL:
-                flat |= np.isnan(arrays[f"{method}/{m}/score"]) & ~np.isnan(base)
-        if flat.any():
-            lines.append(
-                f"{method}: {int(flat.sum())} of {len(base)} map(s) are flat (all zero: no "
-                "evidence for the target at this layer): pointing and energy leave them out"
-            )
-    return lines
+    if not empty:
+        return []
+    return [
+        f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the "
+        "object lies outside the crop, or the mask is blank): pointing and energy leave "
+        "them out"
+    ]
+
+
+def _flat_warnings(flat: dict[str, int], n: int, metrics: list[str]) -> list[str]:
+    """One line per method whose maps are flat (one value everywhere, as an all-zero map is)
+    for some images, saying what each metric run makes of them: pointing, energy and the
+    randomization check leave them out; deletion, insertion and ROAD take their pixels in
+    random order (ties broken at random), the random baseline's, which says nothing of the
+    method (a low deletion score there looks good and means nothing)."""
+    what = []
+    if any(m in _LOCAL for m in metrics):
+        what.append("pointing and energy leave them out")
+    ordered = [m if m in _ORDERED[:2] else "ROAD" for m in metrics if m in _ORDERED]
+    if ordered:
+        text = _listed(list(dict.fromkeys(ordered)))
+        what.append(f"{text} take their pixels in random order (the random baseline's)")
+    if "randomization" in metrics:
+        what.append("randomization leaves them out")
+    return [
+        f"{method}: {k} of {n} map(s) are flat (all zero: no evidence for the target at this "
+        f"layer){': ' + '; '.join(what) if what else ''}"
+        for method, k in flat.items()
+        if k
+    ]
+
+
+def _listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else items[0]
+
+
+def _negligible(probs: np.ndarray) -> np.ndarray:
+    """Per image, the target's probability on the intact image is negligible: below a tenth
+    of the chance level 1/K (NaN: no probability, not flagged)."""
+    p, k = probs[:, 0], probs[:, 1]
+    with np.errstate(invalid="ignore"):
+        return p < 1 / (10 * k)
+
+
+def _negligible_warning(weak: np.ndarray, probs: np.ndarray, scored: list[str]) -> list[str]:
+    """One line when some targets have a negligible probability on the intact image."""
+    if not weak.any():
+        return []
+    k = int(probs[weak, 1][0])
+    return [
+        f"{int(weak.sum())} of {len(weak)} image(s) have a target of negligible probability "
+        f"(below {1 / (10 * k):.3g}, a tenth of chance among {k} classes, on the intact "
+        f"image): {_listed(scored)} follow a probability that is about zero from the start, "
+        "so their scores there say nothing of the maps (are the labels the model's classes?)"
+    ]
+
+
+def _target_probs(lens: Lens, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """N×2: each image's target probability on the intact image, as the metrics read it, and
+    the number of classes K it is one of (NaN: a target outside the K classes)."""
+    from ..layers import eval_mode
+
+    with torch.no_grad(), eval_mode(lens.model):
+        out = lens.output(x)
+    probs = probabilities(out, lens.task_for(out)).cpu()
+    t = torch.as_tensor(y).long().cpu().view(-1)
+    k = probs.shape[1]
+    ok = (t >= 0) & (t < k)
+    p = torch.full((len(t),), float("nan"), dtype=torch.float64)
+    p[ok] = probs[torch.arange(len(t))[ok], t[ok]].double()
+    return np.stack([p.numpy(), np.full(len(t), float(k))], axis=1)
 
 
 _LOCAL = ("pointing", "energy")
+_ORDERED = ("deletion", "insertion", "road-morf", "road-lerf")  # a pixel order, from the map
+_FLAT, _PROB = "_flat/", "_target_probability"  # per-image flags, kept out of the arrays
 
 
 def _check_class_scores(lens: Lens, x: torch.Tensor, scored: list[str]) -> None:
@@ -415,6 +565,7 @@ def _score_batch(
     shared: dict[Any, Any] = {}  # what the metrics of this batch share (ROAD's baseline)
     for method in methods:
         heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
+        tally.acc.setdefault(f"{_FLAT}{method}", []).append(_flat(heat))
         explain = cam_explainer(lens, method, layer)
         for name in tally.metrics:
             t0, n0 = time.perf_counter(), tally.counter.images
@@ -427,6 +578,13 @@ def _score_batch(
             step(tally.counter.images - n0)
             for key, arr in out.items():
                 tally.acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
+
+
+def _flat(heat: Any) -> np.ndarray:
+    """Per map of an N×H×W stack: flat (one value everywhere, or not finite)?"""
+    m = np.asarray(heat, np.float64).reshape(len(heat), -1)
+    with np.errstate(invalid="ignore"):
+        return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
 
 
 def _combine(parts: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, dict]:

@@ -360,11 +360,12 @@ EVALUATE = Spec(
         Option(
             "fill",
             "zero",
-            "What deleted pixels become: zero (the mean colour) or blur.",
+            "What deleted pixels become: zero (a zero model input: the mean colour of normalised "
+            "inputs, black for --mean 0 --std 1 or 0..255 models) or blur.",
             str,
             choices=("zero", "blur"),
         ),
-        Option("noise", 0.01, "ROAD imputation noise (std).", float, low=0),
+        Option("noise", 0.01, "ROAD imputation noise (std, normalised input units).", float, low=0),
         _SEED,
         Option(
             "metric_options", None, "More options for plugin metrics (a dict).", mapping, cli=False

@@ -3,10 +3,12 @@
 Deletion removes pixels from the image in heatmap order (most relevant first), in ``steps``
 equal steps, and records the target-class probability after each step; a faithful heatmap makes
 it drop fast (low AUC is good). Insertion starts from a blurred copy and reveals pixels in the
-same order (high AUC is good). Removed pixels take ``fill``: ``"zero"`` (the mean colour, since
-inputs are normalised; as in RISE) or ``"blur"``. For a model whose first layer normalises its
-input itself (``Sequential(Normalize(mean, std), net)``: netlens feeds it pixels) ``"zero"`` is
-that layer's mean, the same colour, so where the normalisation lives does not change the score.
+same order (high AUC is good). Removed pixels take ``fill``: ``"zero"`` (a zero model input, as
+in RISE: the mean colour of inputs normalised by their data's mean, but black for a model that
+takes pixels as they are, ``--mean 0 --std 1`` or a 0..255 one) or ``"blur"``. For a model whose
+first layer normalises its input itself (``Sequential(Normalize(mean, std), net)``: netlens
+feeds it pixels) ``"zero"`` is that layer's mean, the colour a zero input is after it, so where
+the normalisation lives does not change the score.
 The blur is torchvision's ``gaussian_blur`` (11 px kernel, sigma 5, reflect padding at the
 borders), not RISE's own blur kernel.
 

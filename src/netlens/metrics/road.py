@@ -7,8 +7,12 @@ leaks the mask's shape to the model, but imputed: each one is the weighted mean 
 neighbours (weights 1/6 for edge neighbours, 1/12 for corners, as in the authors' code), which
 couples all removed pixels into one sparse, symmetric positive-definite linear system, solved
 for all images and fractions of a call at once (:mod:`netlens.metrics.imputation`); Gaussian
-noise (std 0.01 in input space) is then added to the imputed pixels. The imputed images of all
-images and fractions go through the model together, in full batches.
+noise (std ``noise``, 0.01 by default) is then added to the imputed pixels, in normalised input
+units, as ROAD's authors and pytorch-grad-cam add it to normalised tensors: for a model that
+normalises its own input (``Sequential(Normalize(mean, std), net)``, which netlens feeds
+pixels) the noise is scaled by that layer's ``std``, so where the normalisation lives does not
+change the score (the imputation itself commutes with it). The imputed images of all images and
+fractions go through the model together, in full batches.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from ..parallel import one_thread_per_op
 from .imputation import solve_imputation
 from .perturb import image_ranks, image_seeds, row_probs, seed_option, to_tensor
 
-__all__ = ["NEIGHBOUR_WEIGHTS", "RoadLerf", "RoadMorf", "impute_linear", "road_curves"]
+__all__ = [
+    "NEIGHBOUR_WEIGHTS",
+    "RoadLerf",
+    "RoadMorf",
+    "impute_linear",
+    "noise_scale",
+    "road_curves",
+]
 
 NEIGHBOUR_WEIGHTS = torch.tensor(
     [[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]]
@@ -98,7 +109,9 @@ def road_curves(
 
     ``order``: ``"morf"`` (most relevant removed first), ``"lerf"`` (least relevant first) or
     ``"random"`` (the baseline; heatmaps unused). Image ``i``'s tie-breaking, random order and
-    noise use seed ``seed + i`` (``seed[i]`` when one seed per image is given).
+    noise use seed ``seed + i`` (``seed[i]`` when one seed per image is given). ``noise`` is
+    the std in normalised input units (times the std of a normalising first layer of the
+    model's: see the module doc).
     """
     if order not in ("morf", "lerf", "random"):
         raise NetlensError(f"ROAD order must be morf, lerf or random, not '{order}'")
@@ -119,11 +132,26 @@ def road_curves(
         imputed = torch.from_numpy(solved).reshape(n, k, *x.shape[1:])
         if noise > 0:
             mask = torch.from_numpy(removed[:, :, None]).to(imputed.dtype)
+            scale = noise_scale(model, x.shape[1])
             for i, s in enumerate(image_seeds(seed, n)):  # as impute_linear(x[i] ×K, seed=s)
-                imputed[i] += mask[i] * _noise(imputed.shape[1:], noise, s)
+                drawn = _noise(imputed.shape[1:], noise, s)
+                imputed[i] += mask[i] * (drawn if scale is None else drawn * scale)
         flat = imputed.reshape(n * k, *x.shape[1:]).to(x.device, x.dtype)
         probs = row_probs(model, lambda a, b: flat[a:b], np.repeat(tg, k), batch_size, workers)
     return probs.reshape(n, k)
+
+
+def noise_scale(model: nn.Module, channels: int) -> torch.Tensor | None:
+    """1×C×1×1 per-channel factor that brings noise in normalised units to the model's input
+    units: the std of a first layer that normalises the model's input itself (found as
+    :func:`~netlens.metrics.deletion.mean_colour` finds its mean); None: the inputs are the
+    normalised ones already (the preprocessing normalised them)."""
+    from ..models.input_norm import input_normalizer
+
+    norm = input_normalizer(model)
+    if norm is None or len(norm.std) not in (1, channels):
+        return None
+    return torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -136,10 +164,21 @@ class _Road:
         n_images: int,
         fractions: tuple[float, ...] = FRACTIONS,
         random_baseline: bool = True,
+        shared: dict | None = None,
         **opts: Any,
     ) -> int:
-        """Images forward-passed: ``N·len(fractions)``, doubled for the random baseline."""
-        return n_images * len(fractions) * (2 if random_baseline else 1)
+        """Images forward-passed: ``N·len(fractions)``, doubled for the random baseline.
+
+        ``shared`` (``evaluate``'s plan: one dict for the run, as its calls share one per
+        batch): the random baseline, computed once for all methods and both ROAD metrics, is
+        charged there, once, and left out of the count returned (per method)."""
+        n = n_images * len(fractions)
+        if not random_baseline:
+            return n
+        if not isinstance(shared, dict):
+            return 2 * n
+        shared.setdefault(("road-random", tuple(float(f) for f in fractions)), n)
+        return n
 
     def __call__(
         self,
