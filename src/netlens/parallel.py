@@ -11,12 +11,14 @@ a busy machine slows them in proportion, and a quiet one runs them as fast.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
 __all__ = ["check_workers", "map_batches", "one_thread_per_op"]
 
@@ -52,13 +54,58 @@ def one_thread_per_op() -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def map_batches(run: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+def map_batches(
+    run: Callable[[T], R], items: Sequence[T], workers: int, model: nn.Module | None = None
+) -> list[R]:
     """``[run(item) for item in items]`` on up to ``workers`` threads, results in order.
 
     Grad mode is thread-local in torch: ``run`` sets what it needs (``torch.inference_mode``).
+    ``model``: the module ``run`` calls, when it is the user's own. A forward that keeps state
+    on its modules (``self.feat = self.stem(x)``, read back later in the same forward; a buffer
+    written in place) mixes batches when threads share it, so the first batch runs alone and
+    is watched; a model that wrote state runs the rest one batch at a time.
     """
     workers = min(workers, len(items))
     if workers <= 1:
         return [run(item) for item in items]
+    first: list[R] = []
+    if model is not None and model not in _STATELESS:
+        with _watched(model) as wrote:
+            first.append(run(items[0]))
+        if wrote():
+            return first + [run(item) for item in items[1:]]
+        _STATELESS[model] = True
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(run, items))
+        return first + list(pool.map(run, items[len(first) :]))
+
+
+# Models seen to keep no state in their forward (only those: a model that wrote state is
+# watched again next time, so a cache filled once is not held against it for ever).
+_STATELESS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def _state(model: nn.Module) -> list[tuple[Any, ...]]:
+    """What a forward that keeps state changes: each module's attributes (by identity) and
+    its parameters' and buffers' in-place versions."""
+    seen: list[tuple[Any, ...]] = []
+    for m in model.modules():
+        seen.append(tuple((k, id(v)) for k, v in vars(m).items()))
+        for group in (m._parameters, m._buffers):
+            seen.append(tuple((k, id(t), _version(t)) for k, t in group.items()))
+    return seen
+
+
+def _version(t: torch.Tensor | None) -> int | None:
+    """A tensor's in-place write count; None for none, or an inference tensor (not counted)."""
+    if t is None or t.is_inference():
+        return None
+    return t._version
+
+
+@contextmanager
+def _watched(model: nn.Module) -> Iterator[Callable[[], bool]]:
+    """Yield a check: did the block change ``model``'s state (see :func:`_state`)?"""
+    before = _state(model)
+    changed: list[bool] = []
+    yield lambda: changed[0]
+    changed.append(_state(model) != before)

@@ -108,7 +108,7 @@ def row_probs(
             return picked.cpu().numpy().astype(np.float64)
 
     with eval_mode(model):
-        parts = map_batches(run, range(0, total, batch_size), workers)
+        parts = map_batches(run, range(0, total, batch_size), workers, model=model)
     return np.concatenate(parts) if parts else np.empty(0)
 
 

@@ -266,7 +266,8 @@ def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
     and so do the model's own parameters (``""``; its children are not reset with it). A layer
     under the hook-based ``weight_norm``/``spectral_norm`` gets its stored weights
     (``weight_g``/``weight_v``, ``weight_orig``) re-drawn from its freshly initialised weight:
-    its ``reset_parameters`` writes only the weight the hook recomputes on the next forward.
+    its ``reset_parameters`` writes only the weight the hook recomputes on the next forward;
+    one under ``torch.nn.utils.parametrizations`` gets them through its ``right_inverse``.
     """
     mods = dict(model.named_modules())
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -274,13 +275,40 @@ def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
         for name in names:
             m = mods[name]
             if name and hasattr(m, "reset_parameters"):
-                m.reset_parameters()  # a BatchNorm's resets its running statistics too
+                _reset(m)  # a BatchNorm's resets its running statistics too
                 _sync_norm_hooks(m)
             else:
                 for p in m.parameters(recurse=False):
                     p.normal_(0.0, 0.02)
                 if name and hasattr(m, "reset_running_stats"):
                     m.reset_running_stats()
+
+
+def _reset(m: nn.Module) -> None:
+    """``m.reset_parameters()``; for a layer under ``torch.nn.utils.parametrizations``
+    (``weight_norm``, ``spectral_norm``), whose ``reset_parameters`` would write into the weight
+    the parametrization computes and throws away, a plain copy's fresh weights are assigned
+    through the parametrization (its ``right_inverse`` stores them in ``original*``)."""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(m):
+        m.reset_parameters()
+        return
+    names = list(m.parametrizations.keys())  # type: ignore[union-attr]
+    plain = copy.deepcopy(m)
+    # not remove_parametrizations: it deletes the properties from the class, which the copy
+    # shares with every other copy of the model and with the user's model itself
+    plain.__class__ = type(m).__bases__[0]  # the layer's own class (parametrize subclasses it)
+    del plain._modules["parametrizations"]
+    for n in names:
+        plain._parameters[n] = nn.Parameter(getattr(m, n).detach().clone())
+    plain.reset_parameters()
+    for n in names:
+        setattr(m, n, getattr(plain, n).detach())
+    for group in ("_parameters", "_buffers"):
+        for n, t in getattr(plain, group).items():
+            if n not in names and t is not None and getattr(m, group).get(n) is not None:
+                getattr(m, group)[n].copy_(t)
 
 
 def _sync_norm_hooks(m: nn.Module) -> None:
