@@ -1,15 +1,18 @@
 """CSV image lists: ``path,label`` rows (a header row is optional), paths relative to the file;
 or a one-hot table (``image,MEL,NV,BCC``: a 0/1 column per class, headed by its name).
 
-Integer labels are class indices (range-checked against the model's class count). Name labels
-are matched to the model's class names (see :mod:`netlens.data.labels`); with no model classes
-they are numbered in sorted order.
+Integer labels are class indices (range-checked against the model's class count), unless the
+model has class names and every label is one of them (a model trained on folders ``0`` … ``11``
+numbered them in text order): then they are matched by name, as folders are, with a warning
+where a name's class is not the index it spells. Name labels are matched to the model's class
+names (see :mod:`netlens.data.labels`); with no model classes they are numbered in sorted order.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import DataError, NetlensWarning
 from ..images import IMAGE_SUFFIXES, first_readable, read_image
 from ..naming import display_path
 from ..preprocess import Preprocess
@@ -187,6 +190,36 @@ def _listed_file(folder: Path, name: str) -> Path:
     return given
 
 
+def _names_not_indices(raw: list[str], classes: Any) -> bool:
+    """Whether number labels are the model's class names at other positions (a model trained
+    on folders ``0`` … ``11`` has them in text order): then they are read by name."""
+    if not isinstance(classes, (list, tuple)) or not set(raw) <= set(classes):
+        return False
+    return any(list(classes).index(v) != int(v) for v in set(raw))
+
+
+def _numbers_as_names(
+    path: str | Path, raw: list[str], match: LabelMatch, label_map: Any
+) -> LabelMatch:
+    """``match`` for labels that are all numbers and all model class names (read by name):
+    where some name's class is not the index it spells, a warning and a label source saying
+    names were used, not indices."""
+    if label_map is not None or not raw or not all(v.lstrip("+-").isdigit() for v in raw):
+        return match
+    moved = sorted((v for v in set(raw) if match.index[v] != int(v)), key=int)
+    if not moved:
+        return match
+    first = moved[0]
+    warnings.warn(
+        f"{display_path(Path(path))}: its labels are numbers that are all the model's class "
+        f"names: matched by name, not read as class indices ('{first}' is class "
+        f"{match.index[first]}, not {first}); a label map (--label-map) reads them otherwise",
+        NetlensWarning,
+        stacklevel=3,
+    )
+    return LabelMatch(match.index, match.classes, f"{match.source} (numbers read as names)")
+
+
 class CsvListDataset(Dataset):
     """Images listed in a CSV file with their labels.
 
@@ -225,12 +258,17 @@ class CsvListDataset(Dataset):
                 "CSV one-hot columns, in their order (the model has no class names)",
             )
             self.labels = np.asarray([match.index[v] for v in raw], np.int64)
-        elif label_map is None and all(v.lstrip("+-").isdigit() for v in raw):
+        elif (
+            label_map is None
+            and all(v.lstrip("+-").isdigit() for v in raw)
+            and not _names_not_indices(raw, classes)
+        ):
             match = index_labels(raw, classes, num_classes=num_classes)
             self.labels = np.asarray([int(v) for v in raw], np.int64)
         else:
             what = "CSV one-hot columns" if columns else "CSV labels"
             match = match_names(raw, classes, label_map=label_map, what=what)
+            match = _numbers_as_names(path, raw, match, label_map)
             self.labels = np.asarray([match.index[v] for v in raw], np.int64)
         self.classes, self.label_source = match.classes, match.source
         pre = preprocess or Preprocess(source=DATASET_DEFAULT)  # a model's replaces it

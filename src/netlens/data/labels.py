@@ -1,11 +1,13 @@
 """Labels by name: match the class names found in data to the model's class names.
 
-Folder names and CSV labels are names; they are matched to the model's classes exactly, then
-ignoring case and separators (``T_Shirt`` is ``t-shirt``), so a label is the index of the model
-class it names. Integers in a CSV are class indices and stay so. Names the model does not have
-are an error naming the closest model classes, unless a label map (data name → model class name
-or index) says where they go. A model without class names keeps the sorted order of the names
-and says so once. Every match records its *label source*, so tables can name it.
+Folder names and CSV labels are names; they are matched to the model's classes exactly (in any
+Unicode normal form: ``été`` as macOS writes it, NFD, is ``été``), then ignoring case and
+separators (``T_Shirt`` is ``t-shirt``), so a label is the index of the model class it names.
+Integers in a CSV are class indices and stay so, unless every one is a model class name.
+Names the model does not have are an error naming the closest model classes, unless a label map
+(data name → model class name or index) says where they go. A model without class names keeps
+the sorted order of the names and says so once. Every match records its *label source*, so
+tables can name it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import operator
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ __all__ = [
     "index_per_row",
     "match_names",
     "names_by_index",
+    "nfc",
     "normalize_name",
     "read_class_names",
     "read_label_map",
@@ -57,8 +61,17 @@ class LabelMatch:
 
 
 def normalize_name(name: str) -> str:
-    """Case- and separator-insensitive form: ``"T_Shirt"``, ``"t-shirt"`` → ``"tshirt"``."""
-    return re.sub(r"[\s_\-./]+", "", str(name)).casefold()
+    """Case- and separator-insensitive form: ``"T_Shirt"``, ``"t-shirt"`` → ``"tshirt"``; in
+    Unicode's composed form (NFC), so ``été`` as macOS writes file names (NFD: ``e`` + accent)
+    is ``été``."""
+    text = unicodedata.normalize("NFC", str(name))
+    return unicodedata.normalize("NFC", re.sub(r"[\s_\-./]+", "", text).casefold())
+
+
+def nfc(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC): the same text, however a file system wrote
+    it (macOS writes ``été`` as ``e`` + combining accent, NFD)."""
+    return unicodedata.normalize("NFC", str(name))
 
 
 def _is_int(text: str) -> bool:
@@ -213,6 +226,9 @@ def find_name(name: str, model: list[str], aliases: Mapping[str, int] | None = N
     then the classes' other names (``aliases``, normalised: ImageNet's WordNet IDs)."""
     if name in model:
         return model.index(name)
+    same = [i for i, c in enumerate(model) if nfc(c) == nfc(name)]
+    if len(same) == 1:  # the same text in another Unicode form (NFD, as macOS writes it)
+        return same[0]
     key = normalize_name(name)
     hits = [i for i, c in enumerate(model) if normalize_name(c) == key]
     if len(hits) == 1:

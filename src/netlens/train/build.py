@@ -100,7 +100,7 @@ def model_to_train(
     cfg: TrainConfig, splits: Splits, host: PluginHost, sample: torch.Tensor
 ) -> tuple[Any, ...]:
     """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
-    init = load_init(cfg.init, host) if cfg.init else None
+    init = load_init(cfg.init, host, cfg.arch, cfg.arch_kwargs) if cfg.init else None
     if init is not None and not cfg.arch_kwargs:
         cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
     model = build_model(cfg, splits, host)

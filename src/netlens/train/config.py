@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..analyzers.options import MAX_SEED
-from ..errors import NetlensError
+from ..errors import NetlensError, hint
 from ..parallel import check_workers
 from ..preprocess.spec import MAX_SIDE
 
@@ -81,5 +81,20 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The settings in ``d``; a key that is no setting (``epoch=``, ``optimiser=``) is refused
+        in one line naming the closest ones, not dropped."""
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            said = ", ".join(f"'{k}'" + _hint(str(k), names) for k in unknown)
+            raise NetlensError(
+                f"unknown training option{'s' if len(unknown) > 1 else ''} {said} "
+                "(see netlens train --help)"
+            )
+        return cls(**d)
+
+
+def _hint(name: str, names: list[str]) -> str:
+    """`` (did you mean 'epochs'?)``, or nothing when no setting is close."""
+    said = hint(name, names).removeprefix("; ")
+    return f" ({said})" if said else ""

@@ -7,8 +7,10 @@ subfolders when it has them (spelled in any case; also ``training/``, ``valid/``
 validated on a seeded 90/10 holdout of the training images, and ``test/`` is kept for the final
 evaluation only. A folder of class subfolders alone is split 90/10 likewise; so is a CSV list
 (``path,label`` rows). The val and test splits are labelled by the training split's classes
-(matched by folder name); a class folder the training split lacks is refused. In-memory array
-datasets are preprocessed once into tensors.
+(matched by folder name, in Unicode's composed form); a class folder the training split lacks is
+refused. A ``test/`` of images in no class folder (Kaggle's unlabelled test set) is left out,
+with a note. Fewer than two classes with images are refused (:func:`check_classes`). In-memory
+array datasets are preprocessed once into tensors.
 
 Unreadable images are not fatal here: :class:`Guarded` hands them back as :class:`Unreadable`
 items and :func:`collate` leaves them out of the batch, listing them beside it, so that the
@@ -17,7 +19,7 @@ trainer can record them (also from DataLoader worker processes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..data.items import BAD_ITEM, item_name
+from ..data.labels import nfc
 from ..data.resolve import ArrayDataset, ImageFolderDataset
 from ..errors import DataError
-from ..images import Preprocess, is_hidden, list_images
+from ..images import IMAGE_SUFFIXES, Preprocess, is_hidden, list_images
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -39,6 +42,7 @@ __all__ = [
     "Guarded",
     "Splits",
     "Unreadable",
+    "check_classes",
     "collate",
     "make_loader",
     "resolve_splits",
@@ -64,6 +68,7 @@ class Splits:
     test: Dataset | None
     classes: list[str]
     preprocess: Preprocess
+    notes: list[str] = field(default_factory=list)  # what was left out of the data, and why
 
 
 def _named(
@@ -116,11 +121,12 @@ def _split_dirs(root: Path) -> dict[str, Path]:
 
 def _by_train_classes(folder: Path, train: ImageFolderDataset, preprocess: Preprocess) -> Dataset:
     """The val or test split in ``folder``, labelled by the training split's class names."""
-    known = set(train.classes) | set(train.folder_classes)
+    # compared in Unicode's composed form: macOS writes 'été' decomposed (NFD)
+    known = {nfc(n) for n in (*train.classes, *train.folder_classes)}
     extra = [
         d.name
         for d in sorted(folder.iterdir())
-        if d.is_dir() and not is_hidden(d, folder) and d.name not in known and list_images(d)
+        if d.is_dir() and not is_hidden(d, folder) and nfc(d.name) not in known and list_images(d)
     ]
     if extra:
         names = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
@@ -136,12 +142,19 @@ def _folder(root: Path, preprocess: Preprocess, seed: int) -> Splits:
     dirs = _split_dirs(root)
     if "train" in dirs:
         train = ImageFolderDataset(dirs["train"], preprocess)
+        notes = []
+        if "test" in dirs and _unlabelled(dirs["test"]):  # Kaggle's: images to submit scores of
+            notes.append(
+                f"{dirs['test'].name}/ left out: its images are in no class folder (unlabelled), "
+                "so there is no test evaluation"
+            )
+            del dirs["test"]
         test = _by_train_classes(dirs["test"], train, preprocess) if "test" in dirs else None
         if "val" in dirs:
             val = _by_train_classes(dirs["val"], train, preprocess)
-            return Splits(train, val, test, train.classes, preprocess)
+            return Splits(train, val, test, train.classes, preprocess, notes)
         train_part, val = _holdout(train, seed)  # test/ stays for the final evaluation
-        return Splits(train_part, val, test, train.classes, preprocess)
+        return Splits(train_part, val, test, train.classes, preprocess, notes)
     subdirs = [d for d in root.iterdir() if d.is_dir() and not is_hidden(d, root)]
     if dirs and len(dirs) == len(subdirs) and all(_holds_folders(d) for d in subdirs):
         found = ", ".join(f"{d.name}/" for d in dirs.values())
@@ -152,6 +165,15 @@ def _folder(root: Path, preprocess: Preprocess, seed: int) -> Splits:
     full = ImageFolderDataset(root, preprocess)
     train_part, val = _holdout(full, seed)
     return Splits(train_part, val, None, full.classes, preprocess)
+
+
+def _unlabelled(folder: Path) -> bool:
+    """Whether ``folder`` holds images directly and no class folder of images (Kaggle's
+    ``test/``: the images whose classes a competition asks for)."""
+    entries = [e for e in folder.iterdir() if not is_hidden(e, folder)]
+    if any(e.is_dir() and list_images(e) for e in entries):
+        return False
+    return any(e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES for e in entries)
 
 
 def _holds_folders(folder: Path) -> bool:
@@ -192,6 +214,33 @@ def resolve_splits(
         return _named(str(data), host, preprocess, channels)
     known = ", ".join(host.datasets.names()) or "none registered"
     raise DataError(f"--data '{data}' is neither a folder, a .csv list nor a dataset ({known})")
+
+
+def check_classes(splits: Splits, data: Any) -> None:
+    """Refuse training data with fewer than two classes that have images: cross-entropy over one
+    class is 0 from the first step (100% accuracy, nothing learnt)."""
+    ds = splits.train
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    if isinstance(ds, ImageFolderDataset):
+        found = list(ds.folder_classes)
+    elif hasattr(ds, "labels") and hasattr(ds, "files"):  # a CSV list
+        found = [ds.classes[k] for k in sorted(set(np.asarray(ds.labels).tolist()))]
+    else:
+        found = list(splits.classes)
+    if len(found) >= 2:
+        return
+    has = f"1 class with images ({found[0]}/)" if found else "no class with images"
+    where = ""
+    if isinstance(ds, ImageFolderDataset) and found:
+        inner = ds.root / found[0]
+        subs = [d for d in sorted(inner.iterdir()) if d.is_dir() and not is_hidden(d, inner)]
+        where = (
+            f"; the class folders may be one level down: -d {inner}"
+            if len(subs) >= 2
+            else "; point -d at the folder that holds one subfolder per class"
+        )
+    raise DataError(f"{data} has {has}: training needs 2 classes or more{where}")
 
 
 def to_tensors(ds: ArrayDataset) -> TensorDataset:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data.labels import nfc
 from ..errors import NetlensError
 from .config import TrainConfig
 
@@ -24,6 +25,9 @@ __all__ = ["FREE_ON_RESUME", "last_path", "load_state", "save_state"]
 # the settings a resumed run may change: where it runs and how it reads, never what it learns
 # (the data split, the model, the optimisation and the schedule's length)
 FREE_ON_RESUME = ("resume", "out", "strict", "threads", "workers", "device")
+# the settings that may name files: the same file however it is spelled (``DIR/``, ``./DIR``,
+# an absolute path) is the same setting
+_PATHS = ("data", "init")
 
 
 def last_path(out: Path) -> Path:
@@ -40,6 +44,8 @@ def save_state(s: Session, state: dict[str, Any]) -> None:
     }
     payload = {
         "config": s.cfg.to_dict(),
+        "classes": list(s.splits.classes),
+        "paths": {k: _resolved(getattr(s.cfg, k)) for k in _PATHS},
         "model": s.model.state_dict(),
         "optimizer": s.opt.state_dict(),
         "scheduler": s.sched.state_dict(),
@@ -65,12 +71,23 @@ def load_state(s: Session) -> dict[str, Any]:
         if key in FREE_ON_RESUME:
             continue
         before = saved["config"].get(key, defaults.get(key))
+        if key in _PATHS and _same_path(before, value, saved.get("paths", {}).get(key)):
+            continue
         if before != value:
             raise NetlensError(
                 f"--resume: {path} is from a run with {key}={before!r}, not {value!r}; resume "
                 f"with the same settings (only {', '.join(FREE_ON_RESUME[3:])} may change)"
             )
-    s.model.load_state_dict(saved["model"])
+    _check_classes(path, saved.get("classes"), list(s.splits.classes))
+    try:
+        s.model.load_state_dict(saved["model"])
+    except RuntimeError as exc:  # a state saved before classes were recorded
+        why = " ".join(str(exc).split())[:300]
+        raise NetlensError(
+            f"--resume: {path} holds a model this run's does not fit ({why}); the data changed "
+            "since (a class folder added or removed?): resume with the same data, or train "
+            "afresh without --resume"
+        ) from None
     s.opt.load_state_dict(saved["optimizer"])
     s.sched.load_state_dict(saved["scheduler"])
     s.train_loader.generator.set_state(saved["rng"]["loader"])
@@ -78,3 +95,48 @@ def load_state(s: Session) -> dict[str, Any]:
     torch.set_rng_state(saved["rng"]["torch"])
     s.notes.append(f"resumed after epoch {saved['epoch']}")
     return {k: saved[k] for k in ("epoch", "history", "best", "best_state", "elapsed")}
+
+
+def _resolved(value: Any) -> str | None:
+    """``value`` as an absolute path when it names a file or folder that exists; else None."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        return None
+    try:
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else None
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def _same_path(before: Any, now: Any, saved_resolved: str | None) -> bool:
+    """Whether two spellings of a path setting name the same file or folder: resolved now,
+    or ``now`` resolved against what the saved run resolved (its working folder may differ)."""
+    here = _resolved(now)
+    if here is None:
+        return False
+    return here == saved_resolved or here == _resolved(before)
+
+
+def _check_classes(path: Path, before: list[str] | None, now: list[str]) -> None:
+    """One line when the data's classes differ from the saved run's."""
+    if before is None or [nfc(c) for c in before] == [nfc(c) for c in now]:
+        return
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+    added = [c for c in now if nfc(c) not in {nfc(b) for b in before}]
+    gone = [c for c in before if nfc(c) not in {nfc(n) for n in now}]
+    change = "; ".join(
+        part
+        for part in (
+            f"new: {listed(added)}" if added else "",
+            f"gone: {listed(gone)}" if gone else "",
+        )
+        if part
+    )
+    raise NetlensError(
+        f"--resume: the saved run ({path.name}) had {len(before)} classes ({listed(before)}), the "
+        f"data now has {len(now)} ({listed(now)}{'; ' + change if change else ''}); resume with "
+        "the data it was trained on, or train afresh without --resume"
+    )

@@ -39,7 +39,7 @@ from ..models.factory import check_arch
 from .augment import augment_batch
 from .build import arch_kwargs, first_two, model_to_train
 from .config import TrainConfig
-from .datasets import Splits, make_loader, resolve_splits, set_epoch
+from .datasets import Splits, check_classes, make_loader, resolve_splits, set_epoch
 from .ddp import global_size, rank_loader, replicate, shared_loader
 from .device import device_name, pick_device
 from .evaluation import evaluate, logits
@@ -104,11 +104,13 @@ class Session:
     gen: torch.Generator = field(init=False)  # augmentation draws, seeded apart from the data
     out: Path = field(init=False)
     skipped: dict[str, None] = field(init=False)  # unreadable images met, in order
+    single_steps: int = field(init=False)  # steps left out: one readable image for BatchNorm
 
     def __post_init__(self) -> None:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
         self.val_criterion = nn.CrossEntropyLoss()
         self.skipped = {}
+        self.single_steps = 0
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.out = Path(self.cfg.out)
 
@@ -141,8 +143,10 @@ def setup(
     splits = resolve_splits(
         cfg.data, host, preprocess=pre, seed=cfg.seed, channels=1 if gray else None
     )
+    check_classes(splits, cfg.data)
     sample = first_two(splits)
     cfg, model, frozen, params, notes = model_to_train(cfg, splits, host, sample)
+    notes[:0] = splits.notes
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     # channels-last only for a model that runs on it (a hand-written .view() does not)
     channels_last = conv and dev.type in ("cuda", "cpu") and takes_channels_last(model, sample)
@@ -212,6 +216,8 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, loss=float("nan"))
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     images = len(s.splits.train)  # type: ignore[arg-type]
+    bn = nn.modules.batchnorm._BatchNorm
+    batchnorm = any(isinstance(m, bn) and m.training for m in model.modules())
     for b, (x, y, bad) in enumerate(s.train_loader):
         if b >= total:
             break
@@ -224,6 +230,11 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
                 raise DataError(f"no image of a batch could be read ({bad[0]})")
             progress.update(task, advance=1)
             continue
+        if s.group.world == 1 and bad and batchnorm and len(y) == 1:
+            # the batch's other images were unreadable: BatchNorm cannot train on one image
+            s.single_steps += 1
+            progress.update(task, advance=1)
+            continue
         loss, hits = _step(s, epoch, n_global, x, y)
         loss_sum += loss * len(y)
         correct += hits
@@ -233,6 +244,11 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     secs = time.perf_counter() - start
     parts = s.group.gather((loss_sum, correct, seen))
     loss_sum, correct, seen = (sum(p[i] for p in parts) for i in range(3))
+    if not seen and s.single_steps:
+        raise DataError(
+            "no training batch had two readable images, which BatchNorm needs "
+            f"({next(iter(s.skipped))}); remove the unreadable images or raise --batch-size"
+        )
     if not seen and s.skipped:
         raise DataError(f"none of the training images could be read ({next(iter(s.skipped))})")
     return {
@@ -317,6 +333,7 @@ def _record(
         "trainable_params": s.params[1],
         "frozen": s.frozen,
         "skipped": list(s.skipped),
+        "single_image_steps": s.single_steps,
         "torch": str(torch.__version__),
         "python": sys.version.split()[0],
     }
@@ -447,6 +464,11 @@ def _run(
             )
         if s.skipped:
             console.print(f"{len(s.skipped)} unreadable image(s) skipped (record['skipped'])")
+        if s.single_steps:
+            console.print(
+                f"{s.single_steps} training step(s) left out: one readable image in the batch, "
+                "which BatchNorm cannot train on (record['single_image_steps'])"
+            )
     record = _record(s, state, test, command)
     path = _write(s, state["best_state"], record) if s.group.main else s.out
     s.group.gather(None)  # every rank waits for rank 0's checkpoint before it returns

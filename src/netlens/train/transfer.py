@@ -3,8 +3,10 @@
 ``--freeze backbone`` trains only the head: the last module with parameters to run in the
 model's forward pass (on a sample batch), else the last one defined;
 ``--freeze up-to LAYER`` freezes every module up to and including ``LAYER`` (in definition
-order). Frozen modules also stay in eval mode during training, so their BatchNorm statistics
-are kept too.
+order). Parameters the model's root module owns itself (a ViT's ``cls_token``, ``pos_embed``,
+``dist_token``, ``reg_token``; torchvision's ``class_token``) belong to the backbone: frozen by
+``backbone``, and by ``up-to LAYER`` past the first module. Frozen modules also stay in eval
+mode during training, so their BatchNorm statistics are kept too.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ def freeze(model: nn.Module, spec: str | None, order: list[str] | None = None) -
     for n in frozen:
         for p in modules[n].parameters(recurse=False):
             p.requires_grad_(False)
+    first = names[0].split(".")[0] if names else ""
+    if spec == "backbone" or any(n.split(".")[0] != first for n in frozen):
+        for p in model.parameters(recurse=False):  # the root's own: ahead of every layer
+            p.requires_grad_(False)
     return frozen
 
 
@@ -121,11 +127,25 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def load_init(source: str | Path, host: PluginHost) -> Lens:
-    """The model ``--init`` names (a checkpoint path or ``zoo:NAME``), on CPU."""
+def load_init(
+    source: str | Path,
+    host: PluginHost,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+) -> Lens:
+    """The model ``--init`` names (a checkpoint path or ``zoo:NAME``), on CPU.
+
+    A file that names no architecture (a bare state_dict, a ``.safetensors``) is built as the
+    run's ``arch`` (with its ``arch_kwargs``); a checkpoint that names one is built as it says.
+    """
     from ..models.load import load
 
-    return load(str(source), host=host, device="cpu")
+    try:
+        return load(str(source), host=host, device="cpu")
+    except NetlensError as exc:
+        if not arch or "holds only weights" not in str(exc):
+            raise
+    return load(str(source), arch=arch, arch_kwargs=arch_kwargs or None, host=host, device="cpu")
 
 
 def inherited_arch_kwargs(init: Lens, arch: str) -> dict[str, Any]:
