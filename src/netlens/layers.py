@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import LayerNotFoundError, NetlensError, hint
+from .fresh_input import fresh
 from .layer_call import LayerCall
 
 __all__ = [
@@ -331,7 +332,7 @@ def _dry_forward(
             handles.append(mod.register_forward_hook(hook))
         with torch.set_grad_enabled(grad), eval_mode(model):
             try:
-                out = model(x)
+                out = model(fresh(x))  # a model that writes into its input leaves x as it was
             except Exception as exc:  # noqa: BLE001 - explained to the user below
                 raise NetlensError(
                     f"a dry forward with input {tuple(x.shape)} failed ({type(exc).__name__}: "

@@ -12,6 +12,7 @@ from torch import nn
 
 from .channel_layout import learning_layouts, share_layouts
 from .errors import NetlensError, TargetError
+from .fresh_input import fresh
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .models.known_classes import ClassNames, known_class_names
@@ -66,13 +67,9 @@ class Lens:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
-        if isinstance(model, torch.jit.ScriptModule):
-            raise NetlensError(
-                f"a TorchScript module ({type(model).__name__}) runs as compiled code, without "
-                "the Python layers netlens hooks; pass the nn.Module it was scripted or traced "
-                "from (a TorchScript file loads with --arch NAME --trust)"
-            )
+        _refuse_compiled(model)
         model, self.unwrapped = unwrap(model)  # DataParallel, torch.compile: the network inside
+        _refuse_compiled(model)
         meta = next((n for n, t in _tensors(model) if t.is_meta), None)
         if meta is not None:
             raise NetlensError(
@@ -234,7 +231,7 @@ class Lens:
         is set)."""
         if self._sigmoid is None:
             with learning_layouts(self.model):  # the same forward: channels-last layers
-                self._sigmoid = ends_in_sigmoid(self.model, self.place(x), self.output_key)
+                self._sigmoid = ends_in_sigmoid(self.model, fresh(self.place(x)), self.output_key)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
@@ -244,7 +241,7 @@ class Lens:
         :mod:`netlens.targets`.
         """
         self.learn_output(x)
-        out = self.reader(self.model(x))
+        out = self.reader(self.model(fresh(x)))  # a model may write into its input
         if out.shape[0] != x.shape[0]:
             raise NetlensError(
                 f"the model returned {tuple(out.shape)} for {x.shape[0]} image(s), not one row "
@@ -331,12 +328,14 @@ class Lens:
     def digest(self) -> str:
         """SHA-256 of the model's weights and buffers: computed again when any has changed
         since (an optimizer step, ``load_state_dict``, a replaced head: their version counters,
-        storages or names differ)."""
+        storages or names differ). Weights made under ``torch.inference_mode()`` have no version
+        counter: then it is computed every time."""
         key = tuple(
-            (n, t._version, t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
+            (n, _version(t), t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
             for n, t in _tensors(self.model)
         )
-        if self._digest is None or self._digest[0] != key:
+        unversioned = any(k[1] is None for k in key)
+        if self._digest is None or self._digest[0] != key or unversioned:
             from .provenance import model_digest
 
             self._digest = (key, model_digest(self.model))
@@ -513,6 +512,60 @@ def _check_maps(out: torch.Tensor, x: torch.Tensor) -> None:
             "image (tokens of a backbone?), so there are no classes or regions to explain; "
             "give it a head, or pick the output to explain (--output KEY, output= in Python)"
         )
+
+
+def _refuse_compiled(model: nn.Module) -> None:
+    """One line for a model that is, or holds, compiled code netlens cannot hook or run in
+    eval mode: a TorchScript module (``torch.jit.script``/``trace``, also nested inside an
+    ``nn.Sequential``: its layers are invisible, and hooks on it raise) or the module of a
+    ``torch.export`` program (``ep.module()``, which refuses ``.eval()``)."""
+    for name, m in model.named_modules():
+        where = f" at '{name}'" if name else ""
+        if isinstance(m, torch.jit.ScriptModule):
+            raise NetlensError(
+                f"a TorchScript module ({type(m).__name__}{where}) runs as compiled code, "
+                "without the Python layers netlens hooks; pass the nn.Module it was scripted or "
+                "traced from (a TorchScript file loads with --arch NAME --trust)"
+            )
+        if _is_exported(m):
+            raise NetlensError(
+                f"a torch.export program's module (ep.module(){where}) is a graph of ATen ops, "
+                "without the Python layers netlens hooks, and cannot switch to eval mode; pass "
+                "the nn.Module it was exported from (a .pt2 file loads with --arch NAME --trust)"
+            )
+
+
+def _is_exported(m: nn.Module) -> bool:
+    """Whether ``m`` is what ``torch.export``'s ``ExportedProgram.module()`` returns (a
+    GraphModule whose own ``train``/``eval`` raise)."""
+    if not isinstance(m, torch.fx.GraphModule):
+        return False
+    if any(c.__name__ == "_StatefulGraphModule" for c in type(m).__mro__):
+        return True
+    own = vars(m).get("eval") or vars(m).get("train")
+    return "ExportedProgram" in getattr(own, "__qualname__", "")
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place version counter (None for an inference tensor, which keeps none)."""
+    return None if t.is_inference() else t._version
+
+
+def inference_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
+    """The one-line refusal for ``exc``, autograd's error on a model whose weights were made
+    under ``torch.inference_mode()`` (None for any other error)."""
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+    if "Inference tensors" not in text:
+        return None
+    name = next((n for n, t in _tensors(model) if t.is_inference()), None)
+    if name is None:
+        return None
+    return NetlensError(
+        f"the model's weights were made under torch.inference_mode() ('{name}' is an inference "
+        "tensor), and autograd cannot differentiate through them; build or load the model "
+        "outside inference mode (torch.no_grad() is fine), or run a gradient-free analysis: "
+        "cam with method scorecam or ablationcam (--method), occlusion"
+    )
 
 
 def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -30,6 +30,8 @@ import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -310,7 +312,7 @@ class Analyzer(ABC):
         ):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
-            with eval_mode(lens.model):
+            with eval_mode(lens.model), _refusing_inference_weights(lens.model):
                 _learn_output(run)
                 result = self.compute(run)
             if run.data is not None:  # every rank's skipped items (the last exchange)
@@ -395,3 +397,17 @@ def _learn_output(run: Run) -> None:
         except Exception:  # noqa: BLE001 - unreadable: told at the first forward instead
             return
     lens.learn_output(example)
+
+
+@contextmanager
+def _refusing_inference_weights(model: Any) -> Iterator[None]:
+    """Autograd's error on weights made under ``torch.inference_mode()`` as one line."""
+    from ..lens import inference_refusal
+
+    try:
+        yield
+    except Exception as exc:
+        refusal = inference_refusal(model, exc)
+        if refusal is None:
+            raise
+        raise refusal from exc

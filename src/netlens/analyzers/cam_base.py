@@ -30,6 +30,7 @@ from torch import nn
 
 from ..activations import tensor_output, to_spatial
 from ..errors import AnalyzerError, NetlensError
+from ..fresh_input import fresh
 from ..layer_call import LayerCall
 from ..layers import auto_layer, eval_mode
 from ..layout import run_channels_last
@@ -210,7 +211,7 @@ class InferenceForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             fast = self._fast
-            run = self.forward if fast is None else (lambda t: self.pick(fast(t)))
+            run = self.forward if fast is None else (lambda t: self.pick(fast(fresh(t))))
             return run_channels_last(self.model, run, x)
 
 
@@ -226,7 +227,7 @@ def _fused_copy(
         fast.to(memory_format=torch.channels_last)  # its weights too: 13-18 % less CPU at 96²
         with torch.no_grad():
             ref = forward(x)
-            got = run_channels_last(model, lambda t: pick(fast(t)), x)
+            got = run_channels_last(model, lambda t: pick(fast(fresh(t))), x)
     except Exception:  # noqa: BLE001 - not traceable: run the model as is
         return None
     tol = 1e-4 * float(ref.abs().max().clamp_min(1.0))
@@ -336,7 +337,7 @@ def _tokens_reaching_output(model: nn.Module, name: str, x: torch.Tensor) -> int
     handle = module.register_forward_hook(hook)
     try:
         with torch.enable_grad(), eval_mode(model):
-            out = model_output(model(x)).float()
+            out = model_output(model(fresh(x))).float()
             if len(seen) != 1 or seen[0].shape[1] <= 4 or not out.requires_grad:
                 return 1 << 30
             weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))

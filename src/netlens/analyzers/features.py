@@ -17,6 +17,7 @@ import torch
 
 from ..activations import tensor_output, to_spatial
 from ..errors import AnalyzerError
+from ..fresh_input import fresh
 from ..layers import resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
@@ -182,7 +183,7 @@ def _feature_arrays(
     parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
     with torch.no_grad(), probe(model, names, to="cpu") as p:
         for chunk in x.split(_CHUNK):
-            model(chunk)
+            model(fresh(chunk))  # a view of x: the model may write into it
             for name in names:
                 parts[name].append(_selected(p[name].output, model, name, top, channels, chunk))
             p.clear()

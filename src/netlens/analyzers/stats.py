@@ -36,6 +36,7 @@ from torch import nn
 
 from ..activations import channels_last
 from ..errors import AnalyzerError
+from ..fresh_input import fresh
 from ..layers import named_layers, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
@@ -319,7 +320,7 @@ def _stream(
         run.progress.task("activation stats", len(run.data)) as advance,
     ):
         for x, _ in run.data.loader(o.batch_size):
-            lens.model(x.to(lens.device))
+            lens.model(fresh(x.to(lens.device)))
             ran |= {str(n) for n in names if p[n].outputs}
             for key, out in _outputs(p, names):
                 new = LayerStats(o.eps, int(o.bins), rng, edges=edges.get(key))
@@ -347,7 +348,7 @@ def _first_edges(run: Run, names: list[str], bins: int) -> dict[str, np.ndarray]
     model = run.lens.model
     with torch.no_grad(), probe(model, names, to="cpu") as p:
         for x, _ in run.data.loader(run.options.batch_size, whole=True):
-            model(x.to(run.lens.device))
+            model(fresh(x.to(run.lens.device)))
             return {
                 k: histogram_edges(o.float().numpy().ravel(), bins, None)
                 for k, o in _outputs(p, names)

@@ -29,6 +29,7 @@ import torch
 from ..activations import tensor_output, to_spatial
 from ..data.items import item_source
 from ..errors import AnalyzerError, NetlensWarning
+from ..fresh_input import fresh
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
@@ -178,7 +179,7 @@ class TopActivationsAnalyzer(Analyzer):
             x = lens.place(torch.stack([_sample(dataset, int(i)) for i in flat_idx[sl]]))
             x.requires_grad_(True)
             with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
-                model(x)
+                model(fresh(x))  # the gradient reaches x through the copy
                 act = _spatial(p[name].output, model, name, x)
                 rows = torch.arange(len(x))
                 target = act[rows, chans[sl], flat_pos[sl, 0], flat_pos[sl, 1]].sum()
@@ -249,7 +250,7 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
         run.progress.task(f"top activations of {name}", len(run.data)) as advance,
     ):
         for x, _, index in run.data.loader(run.options.batch_size, with_index=True):
-            model(x.to(lens.device))
+            model(fresh(x.to(lens.device)))
             act = _spatial(p[name].output, model, name, x)
             p.clear()
             n, c, gh, gw = act.shape

@@ -38,6 +38,7 @@ import torch.fx as fx
 from torch import nn
 
 from ...errors import AnalyzerError, NetlensError
+from ...fresh_input import fresh
 from ...output_reader import OutputReader
 from ...write_guard import tensors_in
 from .modes import Replacement, takes_call_args
@@ -260,9 +261,9 @@ class Engine:
     def prefix(self, x: torch.Tensor) -> BatchCache:
         """One full run: the baseline logits, plus each unit's cached input/output."""
         if self.graph is None:
-            return BatchCache(x=x, logits=logits_of(self.model(x), self.output))
+            return BatchCache(x=x, logits=logits_of(self.model(fresh(x)), self.output))
         cache = BatchCache(x=x, logits=torch.empty(0))
-        env = {self.nodes[0]: x, **self._start}
+        env = {self.nodes[0]: fresh(x), **self._start}
         with self._counting():
             cache.logits = self._run_nodes(env, 1 + len(self._start), cache)
         for unit in self.hidden_calls:  # sent to the naive path: its snapshots are not needed
@@ -277,7 +278,7 @@ class Engine:
         within float tolerance."""
         if self.graph is None:
             return False
-        traced, eager = self.prefix(x).logits, logits_of(self.model(x), self.output)
+        traced, eager = self.prefix(x).logits, logits_of(self.model(fresh(x)), self.output)
         same = (
             torch.equal(traced, eager)
             if x.device.type == "cpu"
@@ -366,7 +367,7 @@ class Engine:
                 return with_first(output, new) if is_tensor_tuple(output) else new
 
             with hooked(self.modules[unit], hook, private, with_kwargs=True):
-                logits.append(logits_of(self.model(x), self.output))
+                logits.append(logits_of(self.model(fresh(x)), self.output))
             if not calls:
                 raise AnalyzerError(f"unit '{unit}' did not run in the model's forward")
         return logits[0] if copies == 1 else torch.cat(logits, 0)

@@ -30,6 +30,7 @@ import torch
 
 from ...activations import channels_last
 from ...errors import AnalyzerError
+from ...fresh_input import fresh
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
 from .fingerprint import batch_digest, data_fingerprint, images_digest
@@ -334,7 +335,7 @@ def _statistics(plan: _Plan) -> dict[str, list[UnitStats]]:
             )
         for x, _ in plan.loader:
             calls.update(dict.fromkeys(calls, 0))  # calls are numbered within each pass
-            model(x.to(plan.device))
+            model(fresh(x.to(plan.device)))
             advance(len(x))
     if plan.run.group.world == 1:
         return stats

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import AnalyzerError
+from ...fresh_input import fresh
 from ...write_guard import tensors_in
 
 __all__ = ["Call", "first_tensor", "survey"]
@@ -116,7 +117,7 @@ def survey(model: nn.Module, x: torch.Tensor) -> dict[str, Call]:
             if name:
                 stack.enter_context(_recording(name, module, calls))
         try:
-            model(x)
+            model(fresh(x))
         except Exception as exc:  # noqa: BLE001 - explained to the user in one line
             first = (str(exc).splitlines() or [""])[0][:160]
             raise AnalyzerError(
