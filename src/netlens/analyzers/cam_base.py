@@ -208,6 +208,11 @@ class InferenceForward:
             self._tried = True
             self._fast = _fused_copy(self.model, example, self.forward, self.pick)
 
+    @property
+    def fused(self) -> bool:
+        """Whether passes run on the traced copy (which keeps no state between calls)."""
+        return self._fast is not None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             fast = self._fast

@@ -21,7 +21,14 @@ from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import trace_calls
 from ..parallel import map_batches, one_thread_per_op
-from .cam_base import CamContext, CamMethod, normalize_maps, spatial_channel_view, upsample
+from .cam_base import (
+    CamContext,
+    CamMethod,
+    InferenceForward,
+    normalize_maps,
+    spatial_channel_view,
+    upsample,
+)
 
 __all__ = [
     "METHODS",
@@ -248,7 +255,9 @@ def _masked_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
                 out = forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
                 return ctx.score(out, pairs[:, 0]) if scored else out
 
-        parts = map_batches(run, range(0, len(unique), size), workers)
+        stateless = isinstance(forward, InferenceForward) and forward.fused  # a traced copy
+        watch = None if stateless else ctx.model  # the user's model: it may keep state
+        parts = map_batches(run, range(0, len(unique), size), workers, model=watch)
         if bool((rows < 0).any()):
             with torch.inference_mode():  # the empty mask, the same for every image
                 empty = forward(torch.zeros_like(ctx.x[:1])).float()
@@ -416,7 +425,8 @@ def _head_weights(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:
     if ok:
         pooled = ctx.acts.float().mean(dim=(2, 3)) @ w.float().T + b.float()
         scale = ctx.logits.abs().max().clamp_min(1.0)
-        ok = bool(((pooled - ctx.logits.float()).abs().max() / scale) < 1e-3)
+        tol = max(1e-3, 2 * torch.finfo(ctx.logits.dtype).eps)  # bfloat16 rounds at 4e-3
+        ok = bool(((pooled - ctx.logits.float()).abs().max() / scale) < tol)
     if not ok:
         raise AnalyzerError(
             f"CAM needs layer '{ctx.layer}' to feed global average pooling and a linear (or 1×1 "
