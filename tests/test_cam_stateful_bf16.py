@@ -63,3 +63,21 @@ def test_classic_cam_on_a_bfloat16_model_equals_grad_cam() -> None:
     grad = lens.cam(x, method="gradcam", layer="3", target=2)
     r = np.corrcoef(np.asarray(cam.heatmaps).ravel(), np.asarray(grad.heatmaps).ravel())[0, 1]
     assert r > 0.99
+
+
+def test_a_batchnorm_on_batch_statistics_is_named_in_a_warning() -> None:
+    import pytest
+
+    from netlens.errors import NetlensWarning
+
+    def net(track: bool) -> nn.Module:
+        bn = nn.BatchNorm2d(4, track_running_stats=track)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+    with pytest.warns(NetlensWarning, match="BatchNorm '1' normalises with each batch's own"):
+        netlens.load(net(False), mean=0, std=1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        netlens.load(net(True), mean=0, std=1, input_size=8)

@@ -77,6 +77,7 @@ class Lens:
                 "values: a model built with device='meta' or init_empty_weights); load its "
                 "weights first (model.to_empty(device='cpu'), then load_state_dict)"
             )
+        _warn_batch_statistics(model)
         if not isinstance(preprocess, Preprocess):
             from .preprocess import preprocess_for, with_overrides
 
@@ -512,6 +513,32 @@ def _check_maps(out: torch.Tensor, x: torch.Tensor) -> None:
             "image (tokens of a backbone?), so there are no classes or regions to explain; "
             "give it a head, or pick the output to explain (--output KEY, output= in Python)"
         )
+
+
+def _warn_batch_statistics(model: nn.Module) -> None:
+    """One warning line when a BatchNorm normalises with each batch's own statistics in eval
+    mode (``track_running_stats=False``): an image's output then depends on the images batched
+    with it, and batched passes differ from one image at a time."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    batch = (
+        n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is None
+    )
+    name = next(batch, None)
+    if name is None:
+        return
+    import warnings
+
+    from .errors import NetlensWarning
+
+    warnings.warn(
+        f"BatchNorm '{name}' normalises with each batch's own statistics, also in eval mode "
+        "(track_running_stats=False): an image's output depends on the images batched with "
+        "it, so batched passes (Score-CAM's and Ablation-CAM's masked copies, evaluate's "
+        "perturbed images) differ from one image at a time; batch_size=1 runs them one by one",
+        NetlensWarning,
+        stacklevel=3,
+    )
 
 
 def _refuse_compiled(model: nn.Module) -> None:
