@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import (
+    BatchSampler,
     DataLoader,
     Dataset,
     IterableDataset,
@@ -37,6 +38,13 @@ __all__ = ["Data", "resolve_data", "resolve_images"]
 
 def resolve_images(lens: Lens, inputs: Any, *, strict: bool = False) -> Batch:
     """The images as one preprocessed :class:`~netlens.images.Batch` (see the module doc)."""
+    if isinstance(inputs, (DataLoader, Dataset)):  # a DataLoader iterates as batches, not images
+        from ..errors import ImageError
+
+        raise ImageError(
+            f"cannot read images from a {type(inputs).__name__}; this takes images: pass paths, "
+            "arrays or an image tensor (e.g. one batch: x, y = next(iter(loader)))"
+        )
     return lens.batch(inputs, strict=strict)
 
 
@@ -86,11 +94,7 @@ class Data:
         group = self.group if self.group is not None and not whole else None
         if self.loader_given is not None:
             given = self.loader_given
-            if isinstance(given.sampler, RandomSampler):
-                raise DataError(
-                    "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
-                    "the same images in the same order"
-                )
+            _refuse_shuffled(given)
             relabel = getattr(self.dataset, "relabel", None)  # labels by the model's names
             shared = group is not None and group.world > 1
             if shared and not _indexable(given):  # each process would stream all of it
@@ -100,16 +104,28 @@ class Data:
                     "map-style Dataset (__getitem__ and __len__) or a DataLoader over one, or "
                     "run in one process"
                 )
-            in_order = isinstance(given.sampler, SequentialSampler) and not shared
+            bs = given.batch_sampler  # batch_sampler=: torch's sampler is a default sequential one
+            in_order = (
+                isinstance(bs, BatchSampler)
+                and isinstance(bs.sampler, SequentialSampler)
+                and not shared
+            )
             if self._order is None and _indexable(given) and not in_order:
                 # drawn once: a sampler's order (a Subset's, a custom list's) is the images'
                 # dataset positions, which results name and re-read, the same in every pass
                 self._order = [[int(i) for i in b] for b in given.batch_sampler]  # type: ignore[union-attr]
             if self._order is None or in_order:
                 return Batches(
-                    given, given.batch_size or 1, with_index, dtype=self.dtype, relabel=relabel
+                    given,
+                    given.batch_size or 1,
+                    with_index,
+                    dtype=self.dtype,
+                    relabel=relabel,
+                    dataset=self.dataset,
                 )
-            return _batches_of(given, self._order, group, with_index, self.dtype, relabel)
+            batches = _batches_of(given, self._order, group, with_index, self.dtype, relabel)
+            batches.dataset = self.dataset  # re-read (top images) as netlens reads its items
+            return batches
         n = len(self.dataset)
         spans = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
         mine = group.part(len(spans)) if group is not None else range(len(spans))
@@ -163,10 +179,15 @@ class Batches:
         relabel: Callable[[Any], torch.Tensor] | None = None,
         positions: list[list[int]] | None = None,
         group: Group | None = None,
+        dataset: Dataset | None = None,
     ) -> None:
         self.loader, self.batch_size, self.dtype = loader, batch_size, dtype
         self.with_index, self.indexed, self.start, self.first = with_index, indexed, start, first
-        self.dataset = getattr(loader.dataset, "inner", loader.dataset)
+        # the items by position as netlens reads them (``(image tensor, label)``), for results
+        # that re-read an image: a user's DataLoader's dataset as netlens resolved it
+        self.dataset = (
+            dataset if dataset is not None else getattr(loader.dataset, "inner", loader.dataset)
+        )
         self.relabel, self.positions, self.group = relabel, positions, group
 
     def __iter__(self) -> Iterator[Any]:
@@ -235,6 +256,14 @@ def _drawn(loader: DataLoader) -> Iterator[Any]:
                 "model's images, or give it the model's transform (lens.transform)"
             ) from None
         yield b
+
+
+def _refuse_shuffled(given: DataLoader) -> None:
+    if isinstance(given.sampler, RandomSampler):
+        raise DataError(
+            "the DataLoader shuffles; pass one with shuffle=False so every pass sees "
+            "the same images in the same order"
+        )
 
 
 def _indexable(given: DataLoader) -> bool:
@@ -329,12 +358,27 @@ def resolve_data(
             )
         source = f"dataset {inputs} (from the model card)"
     given = inputs if isinstance(inputs, DataLoader) else None
+    if given is not None:
+        _refuse_shuffled(given)
+        if given.batch_sampler is None and not isinstance(given.dataset, IterableDataset):
+            raise DataError(
+                "the DataLoader has batch_size=None, so it yields single items, not batches: "
+                "give it a batch_size, or pass its Dataset itself"
+            )
     if given is None:
         ds = lens.dataset(inputs, split=split)
     elif isinstance(given.dataset, Dataset) or hub_rows(given.dataset) is not None:
         ds = lens.dataset(given.dataset, split=split)  # matched by class names; relabelled as drawn
         if ds is not given.dataset and type(ds) is type(given.dataset):
             given = _over(given, ds)  # one of netlens' own, remade for the model: draw that
+        elif getattr(ds, "per_part", False):  # a ConcatDataset, each part relabelled its way
+            if given.collate_fn is not default_collate:
+                raise DataError(
+                    "a DataLoader with its own collate_fn over a ConcatDataset of parts with "
+                    "their own class names cannot be relabelled batch by batch: pass the "
+                    "ConcatDataset itself"
+                )
+            given = _over(given, ds)
     else:  # a loader over a plain list of pairs
         ds = given.dataset
     try:
@@ -345,8 +389,11 @@ def resolve_data(
             "__len__): give it __len__ (its number of images) or pass a map-style Dataset "
             "(__getitem__ and __len__)"
         ) from None
-    if limit is not None and limit < n:
-        given = None  # a cut DataLoader: its dataset's first items, in our batches
+    if limit is not None and given is not None and _indexable(given):
+        given = _first_drawn(given, int(limit))  # the first items the loader draws, its way
+        n = min(n, sum(len(b) for b in given.batch_sampler))  # type: ignore[union-attr]
+    elif limit is not None and limit < n:
+        given = None  # a cut stream: its first items, in our batches
         ds = first_items(ds, int(limit))
         n = len(ds)  # type: ignore[arg-type]
     if n == 0:
@@ -357,10 +404,22 @@ def resolve_data(
     return Data(ds, source, label_source, strict=strict, loader_given=given, dtype=lens.dtype)
 
 
-def _over(given: DataLoader, ds: Dataset) -> DataLoader:
-    """The user's DataLoader drawing from ``ds`` (the same items, remade with the model's
-    preprocessing and class numbering) with its own batching, sampler and collate function."""
-    kw: dict[str, Any] = {
+def _first_drawn(given: DataLoader, limit: int) -> DataLoader:
+    """The user's DataLoader cut to the first ``limit`` items it draws (its sampler's or batch
+    sampler's order), in its batches, with its collate function."""
+    if limit < 1:
+        raise DataError(f"limit must be at least 1, got {limit}")
+    cut: list[list[int]] = []
+    for b in given.batch_sampler:  # type: ignore[union-attr]
+        cut.append([int(i) for i in b][: limit - sum(len(c) for c in cut)])
+        if sum(len(c) for c in cut) >= limit:
+            break
+    return DataLoader(given.dataset, batch_sampler=cut, **_loader_options(given))
+
+
+def _loader_options(given: DataLoader) -> dict[str, Any]:
+    """A user's DataLoader's options other than its batching."""
+    return {
         "collate_fn": given.collate_fn,
         "num_workers": given.num_workers,
         "pin_memory": given.pin_memory,
@@ -368,6 +427,12 @@ def _over(given: DataLoader, ds: Dataset) -> DataLoader:
         "multiprocessing_context": given.multiprocessing_context,
         "timeout": given.timeout,
     }
+
+
+def _over(given: DataLoader, ds: Dataset) -> DataLoader:
+    """The user's DataLoader drawing from ``ds`` (the same items, remade with the model's
+    preprocessing and class numbering) with its own batching, sampler and collate function."""
+    kw = _loader_options(given)
     if given.batch_size is None:  # a batch sampler of the user's
         return DataLoader(ds, batch_sampler=given.batch_sampler, **kw)
     return DataLoader(

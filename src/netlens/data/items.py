@@ -15,7 +15,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from ..errors import DataError, NetlensError
+from ..errors import DataError, ImageError
 
 __all__ = [
     "BAD_ITEM",
@@ -28,8 +28,9 @@ __all__ = [
     "pair_keys",
 ]
 
-# what reading one item of a dataset raises when its image cannot be read (skipped, reported)
-BAD_ITEM = (NetlensError, OSError, ValueError)
+# what reading one item of a dataset raises when its image cannot be read (skipped, reported);
+# anything else (a label that is not one, a dict without an image key) stops the run
+BAD_ITEM = (ImageError, OSError, ValueError)
 IMAGE_KEYS = ("pixel_values", "image", "img", "images", "input", "inputs", "x")
 LABEL_KEYS = ("labels", "label", "target", "targets", "y", "class", "category")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Subset
 
 from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, as_pixels, first_readable, is_hidden, list_images, read_image
@@ -191,7 +192,21 @@ def _users_dataset(
 ) -> Dataset:
     """A user's Dataset as netlens streams it: labels moved to the model's classes by name
     (:func:`_matched_by_name`), pixels preprocessed as the model's images (:class:`_Preprocessed`).
-    Its first item, read once, tells what its labels and images are."""
+    Its first item, read once, tells what its labels and images are. A ``Subset`` (a split) is
+    its dataset so read, of which it picks the same items (:class:`_Picked`: with their masks);
+    a ``ConcatDataset`` is its parts so read (:func:`_concat`); a stream (an ``IterableDataset``)
+    is read in order (:class:`_StreamItems`)."""
+    if isinstance(ds, Subset):
+        base, picked = ds, None
+        while isinstance(base, Subset):
+            idx = [int(i) for i in base.indices]
+            picked = idx if picked is None else [idx[i] for i in picked]
+            base = base.dataset
+        return _Picked(_users_dataset(base, preprocess, classes, label_map), picked or [])
+    if isinstance(ds, ConcatDataset):
+        return _concat(ds, preprocess, classes, label_map)
+    if isinstance(ds, IterableDataset):
+        ds = _StreamItems(ds)
     try:
         first = ds[0] if len(ds) > 0 else None  # type: ignore[arg-type]
     except Exception:  # noqa: BLE001 - an unreadable first item is reported when it is drawn
@@ -203,6 +218,102 @@ def _users_dataset(
     if preprocess is None or image is None or _is_preprocessed(image):
         return ds
     return _Preprocessed(ds, sized(preprocess, lambda: as_pixels(image)))
+
+
+_CARRIED = ("classes", "label_source", "relabel", "preprocess", "masks")
+
+
+class _Picked(Subset):
+    """A user's ``Subset`` (``random_split``): items ``indices`` of its dataset as netlens reads
+    it, with that dataset's classes, label source, label mapping and preprocessing; mask ``i``
+    is the dataset's mask ``indices[i]``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset, indices)
+        for attr in _CARRIED:
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+        for attr in ("mask", "image"):  # by the dataset's position (picklable, for workers)
+            if hasattr(dataset, attr):
+                setattr(self, attr, functools.partial(_at, getattr(dataset, attr), self.indices))
+
+
+def _at(get: Callable[[int], Any], indices: Sequence[int], i: int) -> Any:
+    return get(indices[i])
+
+
+def _class_names(ds: Any) -> list[str] | None:
+    """A dataset's class names (through Subsets); None when it names none."""
+    while isinstance(ds, Subset) and getattr(ds, "classes", None) is None:
+        ds = ds.dataset
+    names = getattr(ds, "classes", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
+
+
+def _concat(ds: ConcatDataset, preprocess: Any, classes: Any, label_map: Any) -> Dataset:
+    """A ``ConcatDataset``: each part read as a Dataset of its own (labels by its own class
+    names); one line when the parts number different classes that cannot be matched."""
+    names = [_class_names(p) for p in ds.datasets]
+    parts = [_users_dataset(p, preprocess, classes, label_map) for p in ds.datasets]
+    moved = [getattr(p, "label_source", None) is not None for p in parts]  # matched, or as is
+    if len({tuple(n) if n else None for n in names}) > 1 and not all(moved):
+        shown = "; ".join(", ".join(n[:4]) if n else "no class names" for n in names)
+        raise DataError(
+            f"the ConcatDataset's parts number different classes ({shown}) and "
+            + (
+                "some do not name theirs"
+                if isinstance(classes, Sequence) and classes
+                else "the model has no class names to match them to"
+            )
+            + ": give every part the same classes, or the model its class names"
+        )
+    return _Concat(parts, any(hasattr(p, "relabel") for p in parts))
+
+
+class _Concat(ConcatDataset):
+    """A user's ``ConcatDataset``, each part's labels moved to the model's classes."""
+
+    def __init__(self, parts: list[Dataset], per_part: bool) -> None:
+        super().__init__(parts)
+        self.per_part = per_part  # a user's DataLoader over it cannot relabel its batches
+        names = {tuple(getattr(p, "classes", None) or ()) for p in parts}
+        if len(names) == 1 and names != {()}:
+            self.classes = list(next(iter(names)))
+        sources = list(dict.fromkeys(_own_source(p) for p in parts))
+        self.label_source = "; ".join(sources)
+
+
+def _own_source(ds: Any) -> str:
+    return getattr(ds, "label_source", None) or label_source(ds)
+
+
+class _StreamItems(Dataset):
+    """A user's stream (an ``IterableDataset`` with ``__len__``) read by position: in order,
+    as netlens streams it, from its start again for an earlier item."""
+
+    def __init__(self, stream: IterableDataset) -> None:
+        self.stream, self._it, self._next = stream, None, 0
+        for attr in ("classes", "target_transform", "mask", "masks"):
+            if hasattr(stream, attr):
+                setattr(self, attr, getattr(stream, attr))
+
+    def __len__(self) -> int:
+        return len(self.stream)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        if self._it is None or i < self._next:
+            self._it, self._next = iter(self.stream), 0
+        for item in self._it:
+            self._next += 1
+            if self._next - 1 == i:
+                return item
+        self._it = None
+        raise DataError(
+            f"the {type(self.stream).__name__} stream ended after {self._next} items, but its "
+            f"__len__ says {len(self)}; make __len__ its number of items"
+        )
 
 
 def _keep_masks(wrapper: Dataset, ds: Dataset) -> None:
@@ -231,13 +342,12 @@ class _Pairs(Dataset):
 
 
 def _matched_by_name(ds: Dataset, classes: Any, label_map: Any, first: Any) -> Dataset:
-    """``ds`` with its labels moved to the model's classes of the same names: when it names its
-    classes (``ds.classes``, as torchvision's ``ImageFolder`` and CIFAR do), or labels items
-    with names (``first``, its first item, says); as it is otherwise, or for a model without
-    class names."""
-    names = getattr(ds, "classes", None)
-    named = isinstance(names, (list, tuple)) and bool(names)
-    if not named and first is not None and isinstance(first[1], str):
+    """``ds`` with its labels moved to the model's classes of the same names: when it labels
+    items with names (``first``, its first item, says), or names its classes (``ds.classes``, as
+    torchvision's ``ImageFolder`` and CIFAR do) and has no ``target_transform`` (whose labels
+    are taken as the model's class indices); as it is otherwise, or for a model without class
+    names."""
+    if first is not None and isinstance(first[1], str):
         if not classes:
             raise DataError(
                 "the Dataset's labels are names and the model has no class names to match "
@@ -245,10 +355,33 @@ def _matched_by_name(ds: Dataset, classes: Any, label_map: Any, first: Any) -> D
                 "label the items with class indices"
             )
         return _NamedLabels(ds, classes, label_map)
+    names = getattr(ds, "classes", None)
+    named = isinstance(names, (list, tuple)) and bool(names)
     if not named or not all(isinstance(n, str) for n in names) or not classes:
         return ds
+    if getattr(ds, "target_transform", None) is not None:
+        return _TargetTransformed(ds, classes)
     match = match_names(names, classes, label_map=label_map, what="the Dataset's class names")
     return _Relabelled(ds, [match.index[n] for n in names], match)
+
+
+class _TargetTransformed(Dataset):
+    """A user's Dataset with a ``target_transform``: its labels, as that makes them, are taken
+    as the model's class indices (not moved again by its class names)."""
+
+    label_source = "the Dataset's target_transform labels as model class indices"
+
+    def __init__(self, ds: Dataset, classes: Any) -> None:
+        self.dataset = ds
+        if isinstance(classes, Sequence):
+            self.classes = list(classes)
+        _keep_masks(self, ds)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
 
 
 class _Relabelled(Dataset):
