@@ -667,10 +667,16 @@ def _from_path(
             f"data '{name}' is neither a folder, a .csv list nor a dataset name (known: {known})"
         )
     ds = host.datasets.get(name)(split=split)
-    if preprocess and hasattr(ds, "with_preprocess"):
+    own_preprocess = hasattr(ds, "with_preprocess")
+    if preprocess and own_preprocess:
         ds = ds.with_preprocess(preprocess)
-    if classes is not UNSET and hasattr(ds, "for_classes"):
-        ds = ds.for_classes(classes, label_map, name=f"dataset '{name}'")
+    if hasattr(ds, "for_classes"):
+        if classes is not UNSET:
+            ds = ds.for_classes(classes, label_map, name=f"dataset '{name}'")
+        return ds
+    if isinstance(ds, Dataset) and label_source(ds) == label_source(None):
+        # a plugin's plain Dataset: its labels matched by its class names, as a user's are
+        return _users_dataset(ds, None if own_preprocess else preprocess, classes, label_map)
     return ds
 
 
