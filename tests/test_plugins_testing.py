@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import cv2
 import pytest
 import torch
@@ -48,7 +50,8 @@ def test_plugin_host_factory_is_fresh_and_ignores_the_env(plugin_host, monkeypat
 
     @hookimpl
     def netlens_register_analyzers(registry):
-        registry.add("extra", object(), description="an extra analyzer")
+        extra = types.SimpleNamespace(run=lambda lens, inputs=None, **options: None)
+        registry.add("extra", extra, description="an extra analyzer")
 
     mod.netlens_register_analyzers = netlens_register_analyzers
     host = plugin_host(mod, entry_points=False)

@@ -437,8 +437,32 @@ class Lens:
         return torch.zeros(batch, *self.input_size, device=self.device, dtype=self.dtype)
 
     def run(self, analyzer: str, *args: Any, **options: Any) -> Result:
-        """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``."""
-        return self.host.analyzers.get(analyzer).run(self, *args, **options)
+        """Run any registered analyzer by name: ``lens.run("kernels", layer="conv1")``.
+
+        An analyzer that is no :class:`~netlens.analyzers.base.Analyzer` (any object with
+        ``run(lens, inputs=None, **options)``) gets the reproducibility header stamped here
+        when its Result has none.
+        """
+        import time
+
+        from .analyzers.base import Analyzer, Result
+        from .provenance import now, run_header
+
+        found = self.host.analyzers.get(analyzer)
+        if isinstance(found, Analyzer):
+            return found.run(self, *args, **options)
+        started, clock = now(), time.perf_counter()
+        result = found.run(self, *args, **options)
+        if isinstance(result, Result) and not result.meta.get("run"):
+            header = run_header(
+                self,
+                started=started,
+                seconds=time.perf_counter() - clock,
+                options=options,
+                layers=result.meta.get("layers"),
+            )
+            result = result.stamped(header, result.skipped)
+        return result
 
     def cam(
         self,

@@ -297,7 +297,16 @@ class Analyzer(ABC):
         from ..storage import MemoryStorage
 
         group = group or _single()
-        opts = parse_options(self.name, self.declared_options(), options)
+        declared = self.declared_options()
+        kept = [o.name for o in declared if o.name in _RUN_KEYWORDS]
+        if kept:  # the keyword above would take it: the analyzer would never see its value
+            from ..errors import AnalyzerError
+
+            raise AnalyzerError(
+                f"{self.name}: option '{kept[0]}' is a name Analyzer.run keeps for itself "
+                f"({', '.join(_RUN_KEYWORDS)}); rename the option"
+            )
+        opts = parse_options(self.name, declared, options)
         sinks = for_rank(auto_progress(progress), storage or MemoryStorage(), group)
         run = Run(lens, opts, *sinks, group=group, started=now())
         # a call from inside torch.inference_mode() (a notebook cell, an eval function) still
@@ -369,6 +378,9 @@ class Analyzer(ABC):
     @abstractmethod
     def compute(self, run: Run) -> Result:
         """The analysis itself: inputs and options are in ``run``; return a Result."""
+
+
+_RUN_KEYWORDS = ("progress", "storage", "strict", "group")  # Analyzer.run's own keywords
 
 
 def _single() -> Group:

@@ -156,7 +156,10 @@ def _method(lens: Lens, method: str | CamMethod | type[CamMethod]) -> tuple[CamM
     registry = lens.host.cam_methods
     key = method_name(method)
     name = key if key in registry else method
-    return registry.get(name)(), name
+    found = registry.get(name)
+    if isinstance(found, CamMethod):  # a plugin registered a configured instance
+        return found, name
+    return found(), name
 
 
 def _layers(

@@ -53,21 +53,27 @@ def analyzer_command(name: str, analyzer: Any) -> Callable[..., Any]:
     help_text = getattr(analyzer, "description", "") or (doc[0] if doc else "")
     takes = getattr(analyzer, "takes", "images")
     declared = getattr(analyzer, "declared_options", lambda: ())()  # a plain object: none
+    from ..plugins.checks import CLI_NAMES
+
+    # an option named like a shared one (--mean, --device, ...) would clash with it: left out
+    # here (said at registration), it stays settable by `netlens run NAME --opt` and in Python
+    declared = [o for o in declared if getattr(o, "name", None) not in CLI_NAMES]
     return _make(name, declared, takes, help_text or f"Run the {name} analyzer.", False)
 
 
 def plugin_command(name: str) -> Callable[..., Any] | None:
-    """The command for plugin analyzer or command ``name``; None when no plugin has it."""
+    """The command for plugin analyzer or command ``name``; None when no plugin has it.
+
+    A plugin that failed to load is in the host's problems (``netlens plugins``); an error
+    while building the command is raised (the caller says it in one line).
+    """
     from ..plugins.manager import PluginHost
 
-    try:
-        host = PluginHost()
-        if name in host.commands:
-            return host.commands.get(name)
-        if name in host.analyzers:
-            return analyzer_command(name, host.analyzers.get(name))
-    except Exception:  # noqa: BLE001 - a broken plugin must not break the CLI: typer answers
-        return None
+    host = PluginHost()
+    if name in host.commands:
+        return host.commands.get(name)
+    if name in host.analyzers:
+        return analyzer_command(name, host.analyzers.get(name))
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Any
 
@@ -86,8 +87,6 @@ def root(
 
 def main() -> None:
     """Console-script entry point (a plugin analyzer named first becomes a command)."""
-    import os
-
     # OpenMP threads that sleep instead of spinning when they wait: on a busy machine spinning
     # threads fight the other work (measured: 2 threads 16.7 s → 9.1 s at load 8); set before
     # torch starts its thread pool.
@@ -104,7 +103,31 @@ def _add_plugin_command(args: list[str]) -> None:
     if args[0] in known:
         return
     from .analyzer_commands import plugin_command
+    from .common import one_line
 
-    found = plugin_command(args[0])
+    try:
+        found = plugin_command(args[0])
+    except Exception as exc:  # noqa: BLE001 - a plugin's command that cannot be built
+        if os.environ.get("NETLENS_DEBUG") == "1":
+            raise
+        typer.echo(f"error: command '{args[0]}' from a plugin: {one_line(exc)}", err=True)
+        sys.exit(1)
     if found is not None:
         app.command(args[0])(found)
+        return
+    broken = _broken_plugins()
+    if broken:  # the command asked for may be a broken plugin's: say so, not "No such command"
+        typer.echo(
+            f"error: no command '{args[0]}'; {len(broken)} plugin(s) failed to load, e.g. "
+            f"{broken[0][:200]} (`netlens plugins` lists them)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+def _broken_plugins() -> list[str]:
+    from ..plugins.manager import PluginHost
+
+    host = PluginHost()
+    host.analyzers, host.commands  # noqa: B018 - a hook that raises is a problem once run
+    return [p for p in host.problems if " failed " in p]

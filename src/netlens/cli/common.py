@@ -113,7 +113,7 @@ def one_line(exc: BaseException) -> str:
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, NetlensError):  # a value quoted back is shown in part when it is long
-        return re.sub(r"'([^']{100})[^']{20,}'", lambda m: f"'{m.group(1)}…'", text)
+        return _QUOTED.sub(_shorten_quoted, text)
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return f"{text} (check the path)"
     if isinstance(exc, OSError) and exc.strerror:  # the OS refused: a name too long, a full disk
@@ -123,6 +123,17 @@ def one_line(exc: BaseException) -> str:
         where = f": {name[:120]}…" if len(name) > 120 else f": {name}" if name else ""
         return f"{exc.strerror}{where} (check the path and the disk)"
     return f"{type(exc).__name__}: {text[:300]} (set NETLENS_DEBUG=1 for the traceback)"
+
+
+# a quoted value: quotes paired left to right, the opening one not inside a word (an
+# apostrophe, "can't") and the closing one not followed by a word character, so the text
+# between two unrelated values ("'cam') (known: ..., e.g. plugin '") is never taken for one
+_QUOTED = re.compile(r"(?<!\w)'([^']*)'(?!\w)")
+
+
+def _shorten_quoted(m: re.Match[str]) -> str:
+    value = m.group(1)
+    return f"'{value[:100]}…'" if len(value) >= 120 else m.group(0)
 
 
 def split_model_and_images(

@@ -23,6 +23,7 @@ def plugins(json: JsonOpt = False) -> None:
         "arch": host.archs,
         "dataset": host.datasets,
         "metric": host.metrics,
+        "loader": host.model_loaders,
     }
     rows = [
         {

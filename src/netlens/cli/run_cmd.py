@@ -41,5 +41,25 @@ def run(
             f"images ({', '.join(imgs[:2])}{', ...' if len(imgs) > 2 else ''}) and --data "
             f"{data} both given; give one: the images to explain, or --data"
         )
+    _check_takes(analyzer, imgs, data)
     inputs = data if data is not None else (imgs or None)
     run_analyzer(analyzer, model, inputs, parse_options(opt), common)
+
+
+def _check_takes(name: str, images: list[str], data: str | None) -> None:
+    """Images for a data analyzer, or --data for an image one: one line, before any model."""
+    from ..errors import NetlensError
+    from ..plugins.manager import PluginHost
+
+    takes = getattr(PluginHost().analyzers.get(name), "takes", None)  # a plain object: unknown
+    if takes == "data" and images:
+        raise NetlensError(
+            f"{name} takes --data DATA (a dataset name or folder), not images ({images[0]}): "
+            f"netlens run {name} [MODEL] --data DATA"
+        )
+    if takes == "images" and data is not None:
+        raise NetlensError(
+            f"{name} takes images, not --data ({data}): netlens run {name} [MODEL] IMAGE..."
+        )
+    if takes == "model" and (images or data is not None):
+        raise NetlensError(f"{name} takes no images or data, only the model; drop them")

@@ -112,15 +112,15 @@ def run_analyzer(
     with said_once(group), lock, netlens_warnings() as said:
         lens = open_lens(model, common)
         progress = group.main and not (common.quiet or common.json)
-        result = lens.run(
+        keywords = run_keywords(
             name,
-            inputs,
+            lens.host.analyzers.get(name),
             progress=progress,
             strict=common.strict,
             storage=storage,
             **sharded,
-            **options,
         )
+        result = lens.run(name, inputs, **keywords, **options)
         files = result.save(common.out) if group.main else []
     if not group.main:  # rank 0 reports and gives the exit status (a launcher stops the
         return result  # other ranks when one exits non-zero: rank 0 might not have written)
@@ -128,6 +128,34 @@ def run_analyzer(
         err.print(f"[yellow]warning:[/yellow] {escape(line)}", soft_wrap=True)
     finish(result, len(files), common, report)
     return result
+
+
+def run_keywords(name: str, analyzer: Any, **keywords: Any) -> dict[str, Any]:
+    """The run keywords (``progress``, ``strict``, ``storage``, ``group``) ``analyzer`` takes.
+
+    An :class:`~netlens.analyzers.base.Analyzer` takes them all; any other object (the plugin
+    contract is only ``run(lens, inputs=None, **options)``) gets those its ``run`` names as
+    parameters, so one that refuses unknown options still runs from the CLI.
+    """
+    import inspect
+
+    from ..analyzers.base import Analyzer
+
+    if isinstance(analyzer, Analyzer):
+        return keywords
+    try:
+        params = inspect.signature(analyzer.run).parameters
+    except (TypeError, ValueError):  # no signature to read: the contract's minimum
+        params = {}
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    if "group" in keywords and "group" not in named:
+        from ..errors import AnalyzerError
+
+        raise AnalyzerError(
+            f"{name} does not combine results across processes; run it in one process "
+            "(without --distributed or torchrun)"
+        )
+    return {k: v for k, v in keywords.items() if k in named}
 
 
 @contextmanager

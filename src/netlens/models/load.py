@@ -464,8 +464,28 @@ def load_file(
     req = LoadRequest(
         path, host, arch=arch, num_classes=num_classes, trust=trust, arch_kwargs=arch_kwargs or {}
     )
-    for loader in host.loaders:
-        loaded = loader(path, req)
+    if hasattr(host, "loader_entries"):  # entries say whose loader it is
+        pairs = [(e.item, e) for e in host.loader_entries()]
+    else:
+        pairs = [(loader, None) for loader in host.loaders]
+    for loader, entry in pairs:
+        if entry is None or entry.builtin:
+            loaded = loader(path, req)
+        else:  # a plugin's loader that breaks must not block the formats netlens reads
+            try:
+                loaded = loader(path, req)
+            except NetlensError:  # its own one-line refusal of a file in its format
+                raise
+            except Exception as exc:  # noqa: BLE001 - the plugin's code, not the user's file
+                who = entry.package or entry.plugin or "a plugin"
+                text = " ".join(str(exc).split())[:160]
+                warnings.warn(
+                    f"model loader '{entry.name}' ({who}) failed on {display_path(path)}: "
+                    f"{type(exc).__name__}: {text}; skipped, netlens' own loaders tried",
+                    NetlensWarning,
+                    stacklevel=2,
+                )
+                continue
         if loaded is not None:
             return loaded
     if isinstance(req.payload, Exception):

@@ -7,6 +7,7 @@ register is reported in ``problems`` and skipped; ``NETLENS_DISABLE_PLUGINS=a,b`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import os
 import sys
@@ -71,6 +72,7 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self.problems: list[str] = []
         self._registries: dict[str, Registry] = {}
+        self._failed: set[str] = set()  # plugins whose hook raised
         if entry_points:
             self._load_entry_points()
         for obj in plugins:
@@ -95,6 +97,16 @@ class PluginHost:
         """Register a plugin object (module or instance) with this host."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if self.pm.is_blocked(name):
+            return
+        if self.pm.get_plugin(name) is not None:  # pluggy's words would name a module object
+            owner = self.plugins.get(name)
+            by = (owner.package or "another plugin") if owner else "another plugin"
+            self._problem(
+                name,
+                package,
+                version,
+                f"failed to register: plugin name '{name}' is taken by {by}; skipped",
+            )
             return
         try:
             self.pm.register(plugin, name=name)
@@ -125,6 +137,8 @@ class PluginHost:
         hook = getattr(self.pm.hook, hook_name)
         impls = sorted(hook.get_hookimpls(), key=lambda i: not self._is_builtin(i.plugin_name))
         for impl in impls:  # one by one: a plugin that raises must not stop the others
+            if impl.plugin_name in self._failed:  # raised in another hook: none of it is kept
+                continue
             info = self.plugins.get(impl.plugin_name)
             view = registry.scoped(
                 plugin=impl.plugin_name,
@@ -138,9 +152,21 @@ class PluginHost:
                 registry.problems.append(
                     f"plugin '{impl.plugin_name}' failed in {hook_name}: {_short(exc)}; skipped"
                 )
+                self._fail(impl.plugin_name, f"failed in {hook_name}: {_short(exc)}", registry)
         self.problems.extend(p for p in registry.problems if p not in self.problems)
         registry.broken = [p for p in self.problems if " failed " in p]  # said on an unknown name
         return registry
+
+    def _fail(self, plugin_name: str, what: str, filling: Registry) -> None:
+        """A plugin whose hook raised: what it added anywhere is taken back (no half plugin),
+        later hooks skip it, and ``netlens plugins`` shows it failed."""
+        self._failed.add(plugin_name)
+        for registry in (filling, *self._registries.values()):
+            for key in [k for k, e in registry.entries.items() if e.plugin == plugin_name]:
+                del registry.entries[key]
+        info = self.plugins.get(plugin_name)
+        if info is not None and not info.error:
+            self.plugins[plugin_name] = dataclasses.replace(info, error=what)
 
     def _is_builtin(self, plugin_name: str) -> bool:
         info = self.plugins.get(plugin_name)
@@ -177,11 +203,19 @@ class PluginHost:
         return self._get("netlens_register_commands", "command")
 
     @property
+    def model_loaders(self) -> Registry:
+        """The model loaders' registry (entries say which plugin added each)."""
+        return self._get("netlens_register_model_loaders", "model loader")
+
+    @property
     def loaders(self) -> list[Any]:
         """Model loaders, third-party ones first and netlens' own last."""
-        reg = self._get("netlens_register_model_loaders", "model loader")
-        entries = sorted(reg.entries.values(), key=lambda e: e.builtin)
+        entries = sorted(self.model_loaders.entries.values(), key=lambda e: e.builtin)
         return [e.item for e in entries]
+
+    def loader_entries(self) -> list[Any]:
+        """The loaders' registry entries in the order :attr:`loaders` tries them."""
+        return sorted(self.model_loaders.entries.values(), key=lambda e: e.builtin)
 
 
 Found = list[tuple[md.EntryPoint, str, str]]  # entry point, its distribution's name, version

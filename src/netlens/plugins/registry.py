@@ -54,6 +54,23 @@ class Registry(Generic[T]):
                 f"by {first.package or first.plugin}; skipped"
             )
             return
+        who = source.get("package") or source.get("plugin") or "unknown plugin"
+        if self.kind == "analyzer" and not source.get("builtin"):
+            from .checks import analyzer_problems
+
+            refused, notes = analyzer_problems(name, item, who)
+            self.problems.extend(notes)
+            if refused:
+                self.problems.append(refused)
+                return
+        if self.kind == "command" and not source.get("builtin"):
+            from .checks import command_names
+
+            if name in command_names():
+                self.problems.append(
+                    f"{who}: command '{name}' is netlens' own command, which stays; skipped"
+                )
+                return
         doc = description or (getattr(item, "__doc__", None) or "").strip().split("\n")[0]
         self.entries[name] = Entry(name=name, item=item, description=doc, **source)
 
