@@ -32,7 +32,6 @@ the same values with the same seed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from ..data.resolve import Picked, under_subsets
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
@@ -335,10 +335,12 @@ class EvaluateAnalyzer(Analyzer):
         whole = given
         if loader is not None and hasattr(loader.dataset, "preprocess"):  # a user's DataLoader
             whole = loader.dataset  # over one of netlens' datasets: it makes the images
-        base, picked = _unwrap(whole)  # a user's Subset and --limit's cut: the items they pick
+        base, picked = under_subsets(
+            whole
+        )  # a user's Subset and --limit's cut: the items they pick
         ds = open_dataset(lens, base, o.masks)  # the dataset itself finds its mask folder
         if picked is not None:
-            ds = _Picked(ds, picked)
+            ds = Picked(ds, picked)
         drawn = _drawn(loader) if loader is not None else None  # what its sampler draws
         n = len(ds) if drawn is None else drawn
         if n == 0:
@@ -384,35 +386,6 @@ class EvaluateAnalyzer(Analyzer):
             lines += _negligible_warning(weak, flags[_PROB], followed)
         meta["warnings"] = lines
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
-
-
-def _unwrap(data: Any) -> tuple[Any, list[int] | None]:
-    """The dataset under ``data``'s Subsets (a user's split, ``--limit``'s cut) and the
-    positions in it that they pick, composed (None: all of it)."""
-    picked = None
-    while isinstance(data, Subset):
-        idx = [int(i) for i in data.indices]
-        picked = idx if picked is None else [idx[i] for i in picked]
-        data = data.dataset
-    return data, picked
-
-
-class _Picked(Subset):
-    """Items ``indices`` of ``dataset`` that keep its classes, label source, preprocessing and
-    masks: mask ``i`` is the dataset's mask ``indices[i]``, resized as the item's image is."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        super().__init__(dataset, indices)
-        for attr in ("classes", "label_source", "masks", "preprocess"):
-            if hasattr(dataset, attr):
-                setattr(self, attr, getattr(dataset, attr))
-        for attr in ("mask", "image"):  # by the dataset's position (picklable, for workers)
-            if hasattr(dataset, attr):
-                setattr(self, attr, functools.partial(_at, getattr(dataset, attr), self.indices))
-
-
-def _at(get: Callable[[int], Any], indices: Sequence[int], i: int) -> Any:
-    return get(indices[i])
 
 
 def _drawn(loader: DataLoader) -> int | None:

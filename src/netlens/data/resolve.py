@@ -193,16 +193,12 @@ def _users_dataset(
     """A user's Dataset as netlens streams it: labels moved to the model's classes by name
     (:func:`_matched_by_name`), pixels preprocessed as the model's images (:class:`_Preprocessed`).
     Its first item, read once, tells what its labels and images are. A ``Subset`` (a split) is
-    its dataset so read, of which it picks the same items (:class:`_Picked`: with their masks);
+    its dataset so read, of which it picks the same items (:class:`Picked`: with their masks);
     a ``ConcatDataset`` is its parts so read (:func:`_concat`); a stream (an ``IterableDataset``)
     is read in order (:class:`_StreamItems`)."""
     if isinstance(ds, Subset):
-        base, picked = ds, None
-        while isinstance(base, Subset):
-            idx = [int(i) for i in base.indices]
-            picked = idx if picked is None else [idx[i] for i in picked]
-            base = base.dataset
-        return _Picked(_users_dataset(base, preprocess, classes, label_map), picked or [])
+        base, picked = under_subsets(ds)
+        return Picked(_users_dataset(base, preprocess, classes, label_map), picked or [])
     if isinstance(ds, ConcatDataset):
         return _concat(ds, preprocess, classes, label_map)
     if isinstance(ds, IterableDataset):
@@ -223,10 +219,21 @@ def _users_dataset(
 _CARRIED = ("classes", "label_source", "relabel", "preprocess", "masks")
 
 
-class _Picked(Subset):
-    """A user's ``Subset`` (``random_split``): items ``indices`` of its dataset as netlens reads
-    it, with that dataset's classes, label source, label mapping and preprocessing; mask ``i``
-    is the dataset's mask ``indices[i]``."""
+def under_subsets(data: Any) -> tuple[Any, list[int] | None]:
+    """The dataset under ``data``'s Subsets (a user's split, ``--limit``'s cut) and the
+    positions in it that they pick, composed (None: all of it)."""
+    picked = None
+    while isinstance(data, Subset):
+        idx = [int(i) for i in data.indices]
+        picked = idx if picked is None else [idx[i] for i in picked]
+        data = data.dataset
+    return data, picked
+
+
+class Picked(Subset):
+    """Items ``indices`` of ``dataset`` (a user's ``Subset``, ``random_split``, as netlens reads
+    its dataset), with that dataset's classes, label source, label mapping, preprocessing and
+    masks; mask ``i`` is the dataset's mask ``indices[i]``."""
 
     def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
         super().__init__(dataset, indices)
