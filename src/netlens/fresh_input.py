@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["fresh"]
+__all__ = ["fresh", "write_count"]
 
 
 def fresh(x: Any) -> Any:
@@ -27,3 +27,11 @@ def fresh(x: Any) -> Any:
     if type(x) is dict:
         return {k: fresh(v) for k, v in x.items()}
     return x
+
+
+def write_count(t: torch.Tensor | None) -> int | None:
+    """How often ``t`` was written in place (its version counter); None for no tensor or an
+    inference tensor (``torch.inference_mode()`` keeps no counter)."""
+    if t is None or t.is_inference():
+        return None
+    return t._version

@@ -12,7 +12,7 @@ from torch import nn
 
 from .channel_layout import learning_layouts, share_layouts
 from .errors import NetlensError, TargetError
-from .fresh_input import fresh
+from .fresh_input import fresh, write_count
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .models.known_classes import ClassNames, known_class_names
@@ -332,7 +332,7 @@ class Lens:
         storages or names differ). Weights made under ``torch.inference_mode()`` have no version
         counter: then it is computed every time."""
         key = tuple(
-            (n, _version(t), t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
+            (n, write_count(t), t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
             for n, t in _tensors(self.model)
         )
         unversioned = any(k[1] is None for k in key)
@@ -595,11 +595,6 @@ def _is_exported(m: nn.Module) -> bool:
         return True
     own = vars(m).get("eval") or vars(m).get("train")
     return "ExportedProgram" in getattr(own, "__qualname__", "")
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """``t``'s in-place version counter (None for an inference tensor, which keeps none)."""
-    return None if t.is_inference() else t._version
 
 
 def inference_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from .fresh_input import write_count
+
 __all__ = ["check_workers", "map_batches", "one_thread_per_op"]
 
 T = TypeVar("T")
@@ -91,15 +93,8 @@ def _state(model: nn.Module) -> list[tuple[Any, ...]]:
     for m in model.modules():
         seen.append(tuple((k, id(v)) for k, v in vars(m).items()))
         for group in (m._parameters, m._buffers):
-            seen.append(tuple((k, id(t), _version(t)) for k, t in group.items()))
+            seen.append(tuple((k, id(t), write_count(t)) for k, t in group.items()))
     return seen
-
-
-def _version(t: torch.Tensor | None) -> int | None:
-    """A tensor's in-place write count; None for none, or an inference tensor (not counted)."""
-    if t is None or t.is_inference():
-        return None
-    return t._version
 
 
 @contextmanager
