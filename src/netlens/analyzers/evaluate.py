@@ -330,14 +330,12 @@ class EvaluateAnalyzer(Analyzer):
         for m in method_list:
             lens.host.cam_methods.get(m)
         opts = _metric_options(o)
-        given = run.data.dataset  # --limit's first items (a Subset) or all of the data
+        whole = run.data.dataset  # --limit's first items (a Subset) or all of the data
         loader = run.data.loader_given
-        whole = given
         if loader is not None and hasattr(loader.dataset, "preprocess"):  # a user's DataLoader
             whole = loader.dataset  # over one of netlens' datasets: it makes the images
-        base, picked = under_subsets(
-            whole
-        )  # a user's Subset and --limit's cut: the items they pick
+        # the dataset under a user's Subset and --limit's cut, and the items they pick
+        base, picked = under_subsets(whole)
         ds = open_dataset(lens, base, o.masks)  # the dataset itself finds its mask folder
         if picked is not None:
             ds = Picked(ds, picked)
