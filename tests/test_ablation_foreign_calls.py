@@ -252,3 +252,53 @@ def test_a_hidden_call_that_only_later_batches_make_is_replaced_there_too() -> N
     row = _rows(model, x, y, layers="act,b1", mode="zero", batch_size=4)["act"]
     assert row["value"] == pytest.approx(float(kl(base, want).mean()), rel=1e-6)
     assert row["path"] == "naive"
+
+
+# -- channels of a unit whose first axis is images × windows (Swin's window attention) -------
+class Windowed(nn.Module):
+    """A stem, then a Linear over the tokens of 2×2 windows: its input and output are
+    (N·4)×T×C, the windows of all images stacked on the first axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.attn = nn.Linear(8, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)  # N×8×8×8
+        n, c, h, w = s.shape
+        win = s.view(n, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 3, 5, 1).reshape(n * 4, -1, c)
+        y = self.attn(win).relu()  # (N·4)×16×8
+        return self.fc(y.reshape(n, -1, c).mean(1))
+
+
+def test_channels_of_a_windowed_unit_match_a_hook_on_the_cached_path() -> None:
+    torch.manual_seed(0)
+    model, (x, y) = Windowed().eval(), _xy(n=6)
+    model.fc.weight.data *= 20
+
+    def zero_channel(k: int):
+        def fill(i, o, c):
+            o = o.clone()
+            o[..., k] = 0
+            return o
+
+        return fill
+
+    with torch.no_grad():
+        base = model(x)
+        want = {k: _kl(base, _naive(model, x, "attn", zero_channel(k))) for k in (0, 3, 5)}
+    res = netlens.ablate(
+        model,
+        (x, y),
+        layers="attn",
+        mode="zero",
+        metric="kl",
+        channels=[0, 3, 5],
+        batch_size=6,
+        resamples=10,
+        progress=False,
+    )
+    got = {int(r["channel"]): r["value"] for r in res.rows if r["kind"] == "channel"}
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-9)

@@ -304,8 +304,10 @@ class Engine:
         new = _replaced(replace, before, after, batch, 0, cache.rest.get(unit))
         if copies == 1:
             return self._suffix(cache, unit, new)
-        n = cache.x.shape[0]
-        if unit not in self._no_stack and not self._frontier[unit]:
+        # copies are stacked on the unit's own first axis: images, or windows (Swin's window
+        # attention: images × windows) or tokens (sequence-first L×N×C), each copy run alone
+        n, m = cache.x.shape[0], after.shape[0]
+        if m == n and unit not in self._no_stack and not self._frontier[unit]:
             out = self._suffix(cache, unit, new)
             if unit in self._stack_checked:
                 return out
@@ -313,7 +315,7 @@ class Engine:
             if torch.equal(out[:n], self._suffix(cache, unit, new[:n].clone())):
                 return out
             self._no_stack.add(unit)
-        parts = [self._suffix(cache, unit, new[g * n : (g + 1) * n].clone()) for g in range(copies)]
+        parts = [self._suffix(cache, unit, new[g * m : (g + 1) * m].clone()) for g in range(copies)]
         return torch.cat(parts, 0)
 
     def _suffix(self, cache: BatchCache, unit: str, new: torch.Tensor) -> torch.Tensor:
