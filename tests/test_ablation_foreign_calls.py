@@ -302,3 +302,37 @@ def test_channels_of_a_windowed_unit_match_a_hook_on_the_cached_path() -> None:
     )
     got = {int(r["channel"]): r["value"] for r in res.rows if r["kind"] == "channel"}
     assert got == pytest.approx(want, rel=1e-5, abs=1e-9)
+
+
+class SharedWidths(nn.Module):
+    """One ReLU after convolutions of 8 and 16 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.c2(self.act(self.c1(x)))).mean((2, 3)))
+
+
+def test_channels_of_a_module_shared_by_layers_of_different_widths_are_refused() -> None:
+    x, y = _xy()
+    with pytest.raises(NetlensError, match="runs 2 times with 8, 16 channels"):
+        netlens.ablate(SharedWidths().eval(), (x, y), layers="act", channels=True, progress=False)
+
+
+def test_a_consumed_selector_is_refused_for_what_it_is() -> None:
+    class Dense(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.relu(self.features(x), inplace=True).mean((2, 3)))
+
+    x, y = _xy()
+    with pytest.raises(NetlensError, match="features:consumed selects what the model reads"):
+        netlens.ablate(Dense().eval(), (x, y), layers="features:consumed", progress=False)

@@ -370,6 +370,14 @@ def _channel_study(plan: _Plan) -> None:
     # tokens or rows; a Conv1d's N×C×L has them second
     last = len(shape) in (3, 4) and channels_last(plan.run.lens.model, unit.name, len(shape))
     n_ch, per = (shape[-1] if last else shape[1]), int(np.prod(shape[1:]))
+    widths = {s[-1] if last else s[1] for s in unit.call_shapes if s and len(s) == len(shape)}
+    if len(widths - {n_ch}) > 0:
+        shown = ", ".join(str(w) for w in sorted(widths))
+        raise AnalyzerError(
+            f"'{unit.name}' runs {len(unit.call_shapes)} times with {shown} channels (one module "
+            "shared by layers of different widths): its channels are not one set; ablate a "
+            "module that runs once (the conv before a call), or switch the whole module off"
+        )
     which = _which_channels(opts.channels, n_ch, unit.name)
     group = ch.group_size(per, plan.loader.batch_size) if plan.engine.is_fast(unit.name) else 1
     kw = {"seed": opts.seed, "group": group, "skip": set(plan.rows.rows), "last": last}

@@ -42,6 +42,7 @@ class Call:
             block.
         out: a copy of that call's output (of its first element for a tuple; same condition).
         args, kwargs: its other arguments (same condition; none of them a tensor).
+        shapes_out: each call's ``shape_out``, in the order the calls returned.
     """
 
     count: int = 0
@@ -52,6 +53,7 @@ class Call:
     out: torch.Tensor | None = None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    shapes_out: list[tuple[int, ...] | None] = field(default_factory=list)
 
 
 def _may_be_block(module: nn.Module) -> bool:
@@ -91,6 +93,7 @@ def _recording(name: str, module: nn.Module, calls: dict[str, Call]) -> Iterator
 
     def after(m: nn.Module, args: tuple, out: Any) -> None:
         call = calls[name]
+        call.shapes_out.append(_shape(first_tensor(out)))
         if call.count == 1:
             call.tuple_out = is_tensor_tuple(out)
             first = first_tensor(out)

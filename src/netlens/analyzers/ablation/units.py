@@ -60,7 +60,8 @@ class Unit:
         kind: ``"residual"`` (a block that adds its input back) or ``"layer"``.
         downsample: a residual block whose shortcut carries weights or changes the shape.
         skip: the block without its residual branch (residual units only).
-        shape_in, shape_out: what it mapped in the surveyed forward.
+        shape_in, shape_out: what it mapped in the surveyed forward (its first call).
+        call_shapes: the output shape of each of its calls in that forward.
     """
 
     name: str
@@ -69,6 +70,7 @@ class Unit:
     skip: Skip | None = field(default=None, compare=False, repr=False)
     shape_in: tuple[int, ...] | None = field(default=None, compare=False)
     shape_out: tuple[int, ...] | None = field(default=None, compare=False)
+    call_shapes: tuple[tuple[int, ...] | None, ...] = field(default=(), compare=False)
 
     @property
     def residual(self) -> bool:
@@ -117,6 +119,7 @@ class _FirstOutput(nn.Module):
 def _unit(name: str, module: nn.Module, call: Call, fns: Mapping[Any, IdentityFn]) -> Unit:
     """``module`` as a unit: residual when it adds its input back, else a plain layer."""
     shapes = {"shape_in": call.shape_in, "shape_out": call.shape_out}
+    shapes["call_shapes"] = tuple(call.shapes_out)
     own = _user_fn(name, module, fns) or _torch_encoder_skip(module)
     if own is not None:
         return Unit(name, "residual", call.shape_in != call.shape_out, own, **shapes)
@@ -222,7 +225,15 @@ def find_units(
     if layers is None or layers == "" or layers == "blocks":
         return _default_units(model, calls, fns), False
     names = resolve_layers(model, layers)  # type: ignore[arg-type]
-    calls_named = [str(n) for n in names if n.call is not None or n.consumed]
+    consumed = [str(n) for n in names if n.consumed]
+    if consumed:
+        raise AnalyzerError(
+            f"ablation switches modules off; {', '.join(consumed)} selects what the model "
+            "reads after an in-place rewrite outside any module, which is no module's output: "
+            f"ablate {consumed[0].split(':')[0]}, the output that was rewritten (with --mode "
+            "zero the same as the rewrite's when it is a ReLU: ReLU(0) = 0)"
+        )
+    calls_named = [str(n) for n in names if n.call is not None]
     if calls_named:
         raise AnalyzerError(
             f"ablation switches whole modules off; {', '.join(calls_named)} selects one call of "
