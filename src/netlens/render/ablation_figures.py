@@ -92,10 +92,17 @@ def channel_figure(rows: list[Row], arrays: dict[str, np.ndarray], meta: dict[st
     """Per-channel harm (sorted), cumulative curves, and per-class curves (importance order)."""
     fig = new_figure(13.0, 4.0)
     ax1, ax2, ax3 = fig.subplots(1, 3)
-    harm = np.sort(_harm_and_errors(rows, meta)[0])[::-1]
+    unsorted = _harm_and_errors(rows, meta)[0]
+    order = np.argsort(-unsorted, kind="stable")
+    harm = unsorted[order]
     ax1.bar(np.arange(len(harm)), harm, width=1.0, color=_BLOCK)
     ax1.axhline(0, color="black", linewidth=0.8)
     ax1.set_xlabel("channels, most harmful to remove first")
+    if 0 < len(harm) <= 32:  # few enough to name: each bar's channel number, not its rank
+        names = [str(rows[i].get("channel", i)) for i in order]
+        ax1.set_xticks(np.arange(len(harm)), names, fontsize=8 if len(harm) <= 16 else 6)
+    else:
+        ax1.set_xlabel("channels (by rank), most harmful to remove first")
     ax1.set_ylabel(harm_axis_label(meta))
     ax1.set_title(f"single channels of {meta['units'][0]}", fontsize=9)
     if "curve_k" in arrays:
@@ -123,13 +130,14 @@ def _class_curves(ax: Axes, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     k = arrays["curve_k"]
     names = meta.get("classes") or [str(i) for i in range(per_class.shape[1])]
     fall = np.nan_to_num(per_class[0] - per_class[-1], nan=-np.inf)
-    shown = np.argsort(-fall, kind="stable")[:12]  # the classes that fall most
+    seen = np.flatnonzero(~np.isnan(per_class).all(0))  # classes with images (NaN: none)
+    shown = seen[np.argsort(-fall[seen], kind="stable")][:12]  # those that fall most
     for c in sorted(shown.tolist()):
         name = names[c] if c < len(names) else c  # data named fewer classes than outputs
         ax.plot(k, per_class[:, c], linewidth=1, label=str(name)[:12])
     ax.set_xlabel("channels removed (most important first)")
     ax.set_ylabel(meta["per_class"])
-    extra = f" ({len(shown)} of {per_class.shape[1]} that fall most)" if len(fall) > 12 else ""
+    extra = f" ({len(shown)} of {len(seen)} that fall most)" if len(seen) > 12 else ""
     what = "label" if meta.get("task") == "multilabel" else "class"
     ax.set_title(f"per {what}{extra}", fontsize=9)
     ax.legend(fontsize=7, ncol=2, loc="lower left", framealpha=0.6)
