@@ -217,10 +217,24 @@ def finish(
     report_skipped(result.skipped, common)
 
 
+def _under_outside_torchrun() -> bool:
+    """A worker torchrun started (not ``--distributed``, whose launcher passes status 3 on)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not run_id.startswith("netlens-")
+
+
 def report_skipped(lines: list[Any], common: Common) -> None:
     """Unreadable inputs on stderr, one line each; exit status 3 unless ``--skip-bad``."""
     for line in lines:
         err.print(f"[yellow]skipped:[/yellow] {escape(str(line))}", soft_wrap=True)
+    if lines and not common.skip_bad and _under_outside_torchrun():
+        err.print(
+            f"{len(lines)} input(s) could not be read and were skipped (exit status 0 under "
+            "torchrun, which counts any other as a failed worker and restarts or fails the job; "
+            "they are listed above and in the JSON)",
+            soft_wrap=True,
+        )
+        return
     if lines and not common.skip_bad:
         err.print(
             f"{len(lines)} input(s) could not be read and were skipped (exit status 3; "
