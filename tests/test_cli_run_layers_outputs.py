@@ -48,3 +48,14 @@ def test_layers_writes_json_with_the_run_header_and_csv(tmp_path: Path) -> None:
     assert "features" in {r["name"] for r in rows}
     printed = runner.invoke(app, ["layers", "zoo:shapes-allconv", "-o", str(out), "--json"])
     assert json.loads(printed.stdout)["layers"] == doc["table"]
+
+
+def test_distributed_is_offered_only_where_results_combine() -> None:
+    for name, offered in (
+        ("features", False),
+        ("kernels", False),
+        ("layers", False),
+        ("stats", True),
+    ):
+        res = runner.invoke(app, [name, "--help"])
+        assert res.exit_code == 0 and ("--distributed" in res.output) == offered, name

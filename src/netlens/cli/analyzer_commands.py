@@ -44,7 +44,7 @@ _KINDS = {int: int, float: float, bool: bool, str: str}
 
 def spec_command(spec: Any) -> Callable[..., Any]:
     """The command of a built-in analyzer (a :class:`netlens.analyzers.specs.Spec`)."""
-    return _make(spec.name, spec.options, spec.takes, spec.help, spec.resumable)
+    return _make(spec.name, spec.options, spec.takes, spec.help, spec.resumable, spec.distributed)
 
 
 def analyzer_command(name: str, analyzer: Any) -> Callable[..., Any]:
@@ -58,7 +58,8 @@ def analyzer_command(name: str, analyzer: Any) -> Callable[..., Any]:
     # an option named like a shared one (--mean, --device, ...) would clash with it: left out
     # here (said at registration), it stays settable by `netlens run NAME --opt` and in Python
     declared = [o for o in declared if getattr(o, "name", None) not in CLI_NAMES]
-    return _make(name, declared, takes, help_text or f"Run the {name} analyzer.", False)
+    sharded = bool(getattr(analyzer, "distributed", False))
+    return _make(name, declared, takes, help_text or f"Run the {name} analyzer.", False, sharded)
 
 
 def plugin_command(name: str) -> Callable[..., Any] | None:
@@ -78,8 +79,10 @@ def plugin_command(name: str) -> Callable[..., Any] | None:
 
 
 def _make(
-    name: str, declared: Any, takes: str, help_text: str, resumable: bool
+    name: str, declared: Any, takes: str, help_text: str, resumable: bool, sharded: bool
 ) -> Callable[..., Any]:
+    """The command: ``--distributed`` only for an analyzer that combines results across
+    processes (``sharded``); the others would start N processes only to refuse."""
     shown = [o for o in declared if getattr(o, "cli", True)]
 
     def body(**kwargs: Any) -> None:
@@ -105,7 +108,7 @@ def _make(
     body.__annotations__ = {p.name: p.annotation for p in params}
     body.__doc__ = help_text
     body.__name__ = name.replace("-", "_")
-    return cli_errors(command()(body))
+    return cli_errors(command(distributed=sharded)(body))
 
 
 def _inputs(kwargs: dict[str, Any], takes: str) -> tuple[str | None, Any]:

@@ -9,7 +9,7 @@ from .options import Common, ModelArg, command
 
 
 @cli_errors
-@command()
+@command(distributed=False)
 def layers(model: ModelArg = None, *, common: Common) -> None:
     """List every layer: name, type, output shape, layout, calls per forward, parameters.
 
