@@ -320,7 +320,8 @@ class _Guarded(Dataset):
         except BAD_ITEM as exc:
             if self.data.strict:
                 raise
-            self.data.skipped[i] = f"{item_name(self.inner, i)}: {exc}"
+            name, said = item_name(self.inner, i), str(exc)
+            self.data.skipped[i] = said if name in said else f"{name}: {said}"  # named once
             return None
 
 
