@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.resolve import Picked, under_subsets
+from ..data.user_datasets import Picked, under_subsets
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
