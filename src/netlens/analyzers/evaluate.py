@@ -49,6 +49,15 @@ from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
 from ..targets import detect_task, model_output, probabilities
 from .base import Analyzer, Result, Run
+from .evaluate_warnings import (
+    LOCAL,
+    empty_mask_warning,
+    flat_maps,
+    flat_warnings,
+    negligible,
+    negligible_warning,
+    target_probs,
+)
 from .inputs import first_items
 from .specs import EVALUATE
 
@@ -348,7 +357,7 @@ class EvaluateAnalyzer(Analyzer):
         run.progress.note(plan.describe())
         tally = _Tally(CountingModel(lens.model, lens.reader, lens.task_for), plan.metrics)
         masked = _needs_masks(lens, plan.metrics)
-        scored = [m for m in plan.metrics if m not in _LOCAL]  # need class scores
+        scored = [m for m in plan.metrics if m not in LOCAL]  # need class scores
         followed = [m for m in scored if m != "randomization"]  # follow a class's probability
         with run.progress.task("evaluate", plan.total, unit="forward passes") as step:
             for x, y, idx in run.data.loader(o.chunk, with_index=True):
@@ -357,10 +366,11 @@ class EvaluateAnalyzer(Analyzer):
                 if not tally.classifier_checked:  # pointing and energy need maps and masks only
                     _check_class_scores(lens, x[:1], scored)
                     tally.classifier_checked = True
-                if o.target == "pred":
-                    y = lens.predict(x).argmax(dim=1).cpu()
+                if o.target == "pred" or followed:  # one forward of the intact images
+                    probs = lens.predict(x)
+                    y = probs.argmax(dim=1).cpu() if o.target == "pred" else y
                 if followed:  # the target's probability on the intact image (not a metric's)
-                    tally.acc.setdefault(_PROB, []).append(_target_probs(lens, x, y))
+                    tally.acc.setdefault(_PROB, []).append(target_probs(probs, y))
                 seeds = {"image_seeds": [int(opts.get("seed", 0)) + int(i) for i in idx]}
                 _score_batch(run, tally, method_list, x, y, masks, opts | seeds, step)
         acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
@@ -376,12 +386,12 @@ class EvaluateAnalyzer(Analyzer):
         meta["label_source"] = run.data.label_source
         flat = {m: int(flags[f"{_FLAT}{m}"].sum()) for m in method_list if f"{_FLAT}{m}" in flags}
         meta["flat_maps"] = flat
-        lines = _empty_mask_warning(arrays, method_list, plan.metrics)
-        lines += _flat_warnings(flat, len(flags.get(f"{_FLAT}{method_list[0]}", ())), plan.metrics)
+        lines = empty_mask_warning(arrays, method_list, plan.metrics)
+        lines += flat_warnings(flat, len(flags.get(f"{_FLAT}{method_list[0]}", ())), plan.metrics)
         if _PROB in flags:
-            weak = _negligible(flags[_PROB])
+            weak = negligible(flags[_PROB])
             meta["negligible_targets"] = int(weak.sum())
-            lines += _negligible_warning(weak, flags[_PROB], followed)
+            lines += negligible_warning(weak, flags[_PROB], followed)
         meta["warnings"] = lines
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
 
@@ -398,89 +408,6 @@ def _drawn(loader: DataLoader) -> int | None:
     return n - n % loader.batch_size if loader.drop_last else n
 
 
-def _empty_mask_warning(
-    arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
-) -> list[str]:
-    """One line when some masks are empty at the model's input: those images are left out of
-    the localisation metrics (NaN), which the table's ``n`` counts."""
-    base = next((arrays[f"{methods[0]}/{m}/baseline"] for m in metrics if m in _LOCAL), None)
-    empty = int(np.isnan(base).sum()) if base is not None else 0
-    if not empty:
-        return []
-    return [
-        f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the "
-        "object lies outside the crop, or the mask is blank): pointing and energy leave "
-        "them out"
-    ]
-
-
-def _flat_warnings(flat: dict[str, int], n: int, metrics: list[str]) -> list[str]:
-    """One line per method whose maps are flat (one value everywhere, as an all-zero map is)
-    for some images, saying what each metric run makes of them: pointing, energy and the
-    randomization check leave them out; deletion, insertion and ROAD take their pixels in
-    random order (ties broken at random), the random baseline's, which says nothing of the
-    method (a low deletion score there looks good and means nothing)."""
-    what = []
-    if any(m in _LOCAL for m in metrics):
-        what.append("pointing and energy leave them out")
-    ordered = [m if m in _ORDERED[:2] else "ROAD" for m in metrics if m in _ORDERED]
-    if ordered:
-        text = _listed(list(dict.fromkeys(ordered)))
-        what.append(f"{text} take their pixels in random order (the random baseline's)")
-    if "randomization" in metrics:
-        what.append("randomization leaves them out")
-    return [
-        f"{method}: {k} of {n} map(s) are flat (all zero: no evidence for the target at this "
-        f"layer){': ' + '; '.join(what) if what else ''}"
-        for method, k in flat.items()
-        if k
-    ]
-
-
-def _listed(items: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else items[0]
-
-
-def _negligible(probs: np.ndarray) -> np.ndarray:
-    """Per image, the target's probability on the intact image is negligible: below a tenth
-    of the chance level 1/K (NaN: no probability, not flagged)."""
-    p, k = probs[:, 0], probs[:, 1]
-    with np.errstate(invalid="ignore"):
-        return p < 1 / (10 * k)
-
-
-def _negligible_warning(weak: np.ndarray, probs: np.ndarray, scored: list[str]) -> list[str]:
-    """One line when some targets have a negligible probability on the intact image."""
-    if not weak.any():
-        return []
-    k = int(probs[weak, 1][0])
-    return [
-        f"{int(weak.sum())} of {len(weak)} image(s) have a target of negligible probability "
-        f"(below {1 / (10 * k):.3g}, a tenth of chance among {k} classes, on the intact "
-        f"image): {_listed(scored)} follow a probability that is about zero from the start, "
-        "so their scores there say nothing of the maps (are the labels the model's classes?)"
-    ]
-
-
-def _target_probs(lens: Lens, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """N×2: each image's target probability on the intact image, as the metrics read it, and
-    the number of classes K it is one of (NaN: a target outside the K classes)."""
-    from ..layers import eval_mode
-
-    with torch.no_grad(), eval_mode(lens.model):
-        out = lens.output(x)
-    probs = probabilities(out, lens.task_for(out)).cpu()
-    t = torch.as_tensor(y).long().cpu().view(-1)
-    k = probs.shape[1]
-    ok = (t >= 0) & (t < k)
-    p = torch.full((len(t),), float("nan"), dtype=torch.float64)
-    p[ok] = probs[torch.arange(len(t))[ok], t[ok]].double()
-    return np.stack([p.numpy(), np.full(len(t), float(k))], axis=1)
-
-
-_LOCAL = ("pointing", "energy")
-_ORDERED = ("deletion", "insertion", "road-morf", "road-lerf")  # a pixel order, from the map
 _FLAT, _PROB = "_flat/", "_target_probability"  # per-image flags, kept out of the arrays
 
 
@@ -536,7 +463,7 @@ def _score_batch(
     shared: dict[Any, Any] = {}  # what the metrics of this batch share (ROAD's baseline)
     for method in methods:
         heat = lens.cam(x, method=method, layer=layer, target=y.tolist()).heatmaps
-        tally.acc.setdefault(f"{_FLAT}{method}", []).append(_flat(heat))
+        tally.acc.setdefault(f"{_FLAT}{method}", []).append(flat_maps(heat))
         explain = cam_explainer(lens, method, layer)
         for name in tally.metrics:
             t0, n0 = time.perf_counter(), tally.counter.images
@@ -549,13 +476,6 @@ def _score_batch(
             step(tally.counter.images - n0)
             for key, arr in out.items():
                 tally.acc.setdefault(f"{method}/{name}/{key}", []).append(np.asarray(arr))
-
-
-def _flat(heat: Any) -> np.ndarray:
-    """Per map of an N×H×W stack: flat (one value everywhere, or not finite)?"""
-    m = np.asarray(heat, np.float64).reshape(len(heat), -1)
-    with np.errstate(invalid="ignore"):
-        return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
 
 
 def _combine(parts: list[tuple[dict, dict, dict]]) -> tuple[dict, dict, dict]:
