@@ -446,7 +446,7 @@ class Lens:
         import time
 
         from .analyzers.base import Analyzer, Result
-        from .provenance import now, run_header
+        from .provenance import now, stamped
 
         found = self.host.analyzers.get(analyzer)
         if isinstance(found, Analyzer):
@@ -454,14 +454,8 @@ class Lens:
         started, clock = now(), time.perf_counter()
         result = found.run(self, *args, **options)
         if isinstance(result, Result) and not result.meta.get("run"):
-            header = run_header(
-                self,
-                started=started,
-                seconds=time.perf_counter() - clock,
-                options=options,
-                layers=result.meta.get("layers"),
-            )
-            result = result.stamped(header, result.skipped)
+            at = {"started": started, "clock": clock, "options": options}
+            result = stamped(result, self, **at, layers=result.meta.get("layers"))
         return result
 
     def cam(

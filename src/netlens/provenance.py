@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from .analyzers.base import Result
     from .lens import Lens
 
 __all__ = ["HEADER_KEYS", "model_digest", "run_header", "versions"]
@@ -111,6 +112,25 @@ def run_header(
     if sys.argv and sys.argv[0].endswith("netlens"):
         header["command"] = " ".join(["netlens", *sys.argv[1:]])
     return header
+
+
+def stamped(
+    result: Result,
+    lens: Lens,
+    *,
+    started: datetime,
+    clock: float,
+    options: dict[str, Any],
+    layers: list[str] | None = None,
+) -> Result:
+    """``result`` with the run header, for a result no :class:`~netlens.analyzers.base.Analyzer`
+    stamped (``netlens layers``, a plain-object plugin): ``clock`` is ``time.perf_counter()``
+    at ``started``."""
+    import time
+
+    seconds = time.perf_counter() - clock
+    header = run_header(lens, started=started, seconds=seconds, options=options, layers=layers)
+    return result.stamped(header, result.skipped)
 
 
 def now() -> datetime:

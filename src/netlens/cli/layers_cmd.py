@@ -25,7 +25,7 @@ def layers(model: ModelArg = None, *, common: Common) -> None:
 
     from ..analyzers.base import Result
     from ..output import folder_lock
-    from ..provenance import now, run_header
+    from ..provenance import now, stamped
     from .runner import err, open_lens, out, set_max_pixels, set_threads
 
     set_threads(common.threads)
@@ -36,8 +36,7 @@ def layers(model: ModelArg = None, *, common: Common) -> None:
     lens = open_lens(model, common)
     rows = lens.layers()
     result = Result("layers", table=[r.to_dict() for r in rows], meta={"model": lens.name})
-    header = run_header(lens, started=started, seconds=time.perf_counter() - clock, options={})
-    result = result.stamped(header, [])
+    result = stamped(result, lens, started=started, clock=clock, options={})
     with folder_lock(common.out):
         files = result.save(common.out)
     if common.json:
