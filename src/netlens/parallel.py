@@ -72,9 +72,9 @@ def map_batches(
         return [run(item) for item in items]
     first: list[R] = []
     if model is not None and model not in _STATELESS:
-        with _watched(model) as wrote:
-            first.append(run(items[0]))
-        if wrote():
+        before = _state(model)
+        first.append(run(items[0]))
+        if _state(model) != before:  # it wrote state: the rest one at a time
             return first + [run(item) for item in items[1:]]
         _STATELESS[model] = True
     with ThreadPoolExecutor(workers) as pool:
@@ -95,12 +95,3 @@ def _state(model: nn.Module) -> list[tuple[Any, ...]]:
         for group in (m._parameters, m._buffers):
             seen.append(tuple((k, id(t), write_count(t)) for k, t in group.items()))
     return seen
-
-
-@contextmanager
-def _watched(model: nn.Module) -> Iterator[Callable[[], bool]]:
-    """Yield a check: did the block change ``model``'s state (see :func:`_state`)?"""
-    before = _state(model)
-    changed: list[bool] = []
-    yield lambda: changed[0]
-    changed.append(_state(model) != before)
