@@ -347,13 +347,13 @@ class CallableTarget(Target):
 
     def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
         self.fn = fn
-        self.takes_rows, self.rows_by_name = _takes_rows(fn)
+        self.rows = _rows_argument(fn)
 
     def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        if self.rows_by_name:
+        if self.rows == "keyword":
             got = self.fn(output, rows=rows)
         else:
-            got = self.fn(output, rows) if self.takes_rows else self.fn(output)
+            got = self.fn(output, rows) if self.rows == "positional" else self.fn(output)
         if not isinstance(got, torch.Tensor) or got.shape != (output.shape[0],):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise TargetError(
@@ -366,20 +366,20 @@ class CallableTarget(Target):
         return getattr(self.fn, "__name__", "custom")
 
 
-def _takes_rows(fn: Callable[..., Any]) -> tuple[bool, bool]:
-    """(whether ``fn`` takes ``rows``, whether by the name ``rows``) from its signature."""
+def _rows_argument(fn: Callable[..., Any]) -> str | None:
+    """How ``fn`` takes ``rows``: ``"positional"`` (two required positional parameters),
+    ``"keyword"`` (a parameter named ``rows``), or None (not at all)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
-        return False, False
+        return None
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     required = [p for p in params.values() if p.kind in positional and p.default is p.empty]
     if len(required) >= 2:
-        return True, False
+        return "positional"
     named = params.get("rows")
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    by_name = named is not None and named.kind in keyword
-    return by_name, by_name
+    return "keyword" if named is not None and named.kind in keyword else None
 
 
 # -- from what the user wrote ----------------------------------------------------------------
