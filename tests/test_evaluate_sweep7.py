@@ -192,3 +192,21 @@ def test_a_users_sampler_counts_the_images_it_draws() -> None:
     ).arrays["gradcam/deletion/score"]
     got = res.arrays["gradcam/deletion/score"]
     np.testing.assert_allclose(np.sort(got), np.sort(want), atol=1e-3)  # seeds: positions
+
+
+def test_a_model_that_normalises_its_input_runs_the_passes_planned() -> None:
+    import torchvision.transforms as T
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+    model = nn.Sequential(T.Normalize((0.5, 0.5, 0.5), (0.2, 0.2, 0.2)), net).eval()
+    lens = netlens.load(model, input_size=16)
+    x, y = torch.rand(6, 3, 16, 16), torch.arange(6) % 4
+    res = lens.run("evaluate", (x, y), metrics="deletion,road-morf", progress=False)
+    assert res.meta["forward_passes"] == res.meta["planned_forward_passes"]

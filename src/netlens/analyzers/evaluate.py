@@ -86,7 +86,11 @@ def names(value: str | Sequence[str] | None) -> list[str]:
 
 class CountingModel(nn.Module):
     """Wraps a model and counts the images it forward-passes (the user's model is not hooked);
-    returns the output the lens explains (``output=``: one tensor of a dict, tuple or object)."""
+    returns the output the lens explains (``output=``: one tensor of a dict, tuple or object).
+    :func:`netlens.models.wrappers.unwrap` sees through it (``wraps_network``), so what reads
+    the network (its input normaliser) reads it, not the counter."""
+
+    wraps_network = True
 
     def __init__(
         self,

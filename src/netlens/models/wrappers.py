@@ -45,6 +45,8 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
 def _inner(model: nn.Module) -> nn.Module | None:
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return model.module
+    if getattr(type(model), "wraps_network", False):  # netlens' own (evaluate's counter)
+        return model.inner
     orig = model.__dict__.get("_modules", {}).get("_orig_mod")
     if type(model).__name__ == "OptimizedModule" and isinstance(orig, nn.Module):
         return orig  # torch._dynamo's class, told by name: importing dynamo costs seconds
