@@ -15,6 +15,7 @@ from .errors import NetlensError, TargetError
 from .fresh_input import fresh, write_count
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, exclusive, layer_table
+from .model_checks import refuse_compiled, refuse_meta, tensors, warn_batch_statistics
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
 from .output_reader import OutputReader, ends_in_sigmoid, is_binary_dense
@@ -22,8 +23,6 @@ from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .analyzers.base import Result
     from .plugins.manager import PluginHost
 
@@ -67,17 +66,11 @@ class Lens:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NetlensError(f"expected a torch nn.Module, got a {type(model).__name__}")
-        _refuse_compiled(model)
+        refuse_compiled(model)
         model, self.unwrapped = unwrap(model)  # DataParallel, torch.compile: the network inside
-        _refuse_compiled(model)
-        meta = next((n for n, t in _tensors(model) if t.is_meta), None)
-        if meta is not None:
-            raise NetlensError(
-                f"the model's weights are on the meta device ('{meta}' has a shape but no "
-                "values: a model built with device='meta' or init_empty_weights); load its "
-                "weights first (model.to_empty(device='cpu'), then load_state_dict)"
-            )
-        _warn_batch_statistics(model)
+        refuse_compiled(model)
+        refuse_meta(model)
+        warn_batch_statistics(model)
         if not isinstance(preprocess, Preprocess):
             from .preprocess import preprocess_for, with_overrides
 
@@ -333,7 +326,7 @@ class Lens:
         counter: then it is computed every time."""
         key = tuple(
             (n, write_count(t), t.data_ptr(), t.dtype, tuple(t.shape), str(t.device))
-            for n, t in _tensors(self.model)
+            for n, t in tensors(self.model)
         )
         unversioned = any(k[1] is None for k in key)
         if self._digest is None or self._digest[0] != key or unversioned:
@@ -531,86 +524,6 @@ def _check_maps(out: torch.Tensor, x: torch.Tensor) -> None:
             "image (tokens of a backbone?), so there are no classes or regions to explain; "
             "give it a head, or pick the output to explain (--output KEY, output= in Python)"
         )
-
-
-def _warn_batch_statistics(model: nn.Module) -> None:
-    """One warning line when a BatchNorm normalises with each batch's own statistics in eval
-    mode (``track_running_stats=False``): an image's output then depends on the images batched
-    with it, and batched passes differ from one image at a time."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    batch = (
-        n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is None
-    )
-    name = next(batch, None)
-    if name is None:
-        return
-    import warnings
-
-    from .errors import NetlensWarning
-
-    warnings.warn(
-        f"BatchNorm '{name}' normalises with each batch's own statistics, also in eval mode "
-        "(track_running_stats=False): an image's output depends on the images batched with "
-        "it, so batched passes (Score-CAM's and Ablation-CAM's masked copies, evaluate's "
-        "perturbed images) differ from one image at a time; batch_size=1 runs them one by one",
-        NetlensWarning,
-        stacklevel=3,
-    )
-
-
-def _refuse_compiled(model: nn.Module) -> None:
-    """One line for a model that is, or holds, compiled code netlens cannot hook or run in
-    eval mode: a TorchScript module (``torch.jit.script``/``trace``, also nested inside an
-    ``nn.Sequential``: its layers are invisible, and hooks on it raise) or the module of a
-    ``torch.export`` program (``ep.module()``, which refuses ``.eval()``)."""
-    for name, m in model.named_modules():
-        where = f" at '{name}'" if name else ""
-        if isinstance(m, torch.jit.ScriptModule):
-            raise NetlensError(
-                f"a TorchScript module ({type(m).__name__}{where}) runs as compiled code, "
-                "without the Python layers netlens hooks; pass the nn.Module it was scripted or "
-                "traced from (a TorchScript file loads with --arch NAME --trust)"
-            )
-        if _is_exported(m):
-            raise NetlensError(
-                f"a torch.export program's module (ep.module(){where}) is a graph of ATen ops, "
-                "without the Python layers netlens hooks, and cannot switch to eval mode; pass "
-                "the nn.Module it was exported from (a .pt2 file loads with --arch NAME --trust)"
-            )
-
-
-def _is_exported(m: nn.Module) -> bool:
-    """Whether ``m`` is what ``torch.export``'s ``ExportedProgram.module()`` returns (a
-    GraphModule whose own ``train``/``eval`` raise)."""
-    if not isinstance(m, torch.fx.GraphModule):
-        return False
-    if any(c.__name__ == "_StatefulGraphModule" for c in type(m).__mro__):
-        return True
-    own = vars(m).get("eval") or vars(m).get("train")
-    return "ExportedProgram" in getattr(own, "__qualname__", "")
-
-
-def inference_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
-    """The one-line refusal for ``exc``, autograd's error on a model whose weights were made
-    under ``torch.inference_mode()`` (None for any other error)."""
-    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
-    if "Inference tensors" not in text:
-        return None
-    name = next((n for n, t in _tensors(model) if t.is_inference()), None)
-    if name is None:
-        return None
-    return NetlensError(
-        f"the model's weights were made under torch.inference_mode() ('{name}' is an inference "
-        "tensor), and autograd cannot differentiate through them; build or load the model "
-        "outside inference mode (torch.no_grad() is fine), or run a gradient-free analysis: "
-        "cam with method scorecam or ablationcam (--method), occlusion"
-    )
-
-
-def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from model.named_parameters()
-    yield from model.named_buffers()
 
 
 def _own_class_names(model: nn.Module) -> list[str] | None:

@@ -414,7 +414,7 @@ def _learn_output(run: Run) -> None:
 @contextmanager
 def _refusing_inference_weights(model: Any) -> Iterator[None]:
     """Autograd's error on weights made under ``torch.inference_mode()`` as one line."""
-    from ..lens import inference_refusal
+    from ..model_checks import inference_refusal
 
     try:
         yield
