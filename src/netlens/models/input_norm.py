@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["InputNorm", "find_input_norm", "input_normalizer"]
+__all__ = ["InputNorm", "find_input_norm", "input_normalizer", "statistics_in"]
 
-# a wrapper's own statistics buffers (detectron2 and mmdet call theirs pixel_mean/pixel_std)
+# a normaliser's statistics, as RobustBench's ImageNormalizer, detectron2 and mmdet name them
 _BUFFER_PAIRS = (("mean", "std"), ("pixel_mean", "pixel_std"))
 
 
@@ -99,6 +99,23 @@ def find_input_norm(model: nn.Module) -> tuple[InputNorm | None, str | None]:
     if _close(seen, x):  # buffers not applied to the input (used elsewhere)
         return None, None
     return None, _doubt(buffers, "its first layer with weights receives something else")
+
+
+def statistics_in(
+    state: dict[str, torch.Tensor], keys: list[str], channels: int
+) -> tuple[str, str, str, tuple[float, ...], tuple[float, ...]] | None:
+    """A normaliser's statistics among ``keys`` of a state dict: ``(owner, mean name, std
+    name, mean, std)`` for the first ``OWNER.mean``/``OWNER.std`` (or ``pixel_mean``/
+    ``pixel_std``) pair of 1 or ``channels`` values, std positive; None without one."""
+    for m_name, s_name in _BUFFER_PAIRS:
+        for k in keys:
+            owner = k[: -len(m_name)] if k.endswith(m_name) else None
+            if owner is None or (owner and not owner.endswith(".")) or owner + s_name not in state:
+                continue
+            stats = _stats(state[k], state[owner + s_name])
+            if stats is not None and len(stats[0]) in (1, channels):
+                return owner, m_name, s_name, *stats
+    return None
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -317,10 +317,6 @@ def _without_unsaved(
     return out
 
 
-# a normaliser's statistics, as RobustBench's ImageNormalizer and detectron2 name them
-_STATS_NAMES = (("mean", "std"), ("pixel_mean", "pixel_std"))
-
-
 def _left_out(
     given: dict[str, torch.Tensor],
     prefix: str,
@@ -334,27 +330,14 @@ def _left_out(
     net)`` saved whole: ``0.mean``, ``0.std`` beside ``1.*``) are the statistics the network
     was fed with, on pixels in [0, 1] (0..255 for statistics above 1), and a warning line says
     so; any other left-out tensors are listed in a warning line."""
-    from ..models.input_norm import _stats
+    from ..models.input_norm import statistics_in
 
     dropped = [k for k in given if not k.startswith(prefix)]
     if not dropped:
         return spec
     name = display_path(source.name)
     card["state_dict_left_out"] = dropped
-    found = None
-    for m_name, s_name in _STATS_NAMES:
-        for k in dropped:
-            owner = k[: -len(m_name)] if k.endswith(m_name) else None
-            if owner is None or (owner and not owner.endswith(".")):
-                continue
-            if owner + s_name not in given:
-                continue
-            stats = _stats(given[k], given[owner + s_name])
-            if stats is not None and len(stats[0]) in (1, spec.channels):
-                found = (owner, m_name, s_name, *stats)
-                break
-        if found:
-            break
+    found = statistics_in(given, dropped, spec.channels)
     rest = dropped
     if found is not None:
         owner, m_name, s_name, mean, std = found
