@@ -23,12 +23,13 @@ the tuple on unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ...errors import AnalyzerError
+from .image_axis import ImageAxis
 from .residual import BlockSkip
 from .survey import first_tensor
 from .units import Unit
@@ -51,12 +52,14 @@ Replacement = Callable[..., torch.Tensor]
 
 @dataclass
 class UnitStats:
-    """Running per-element mean and std of a unit's output over the dataset (float64 sums)."""
+    """Running per-element mean and std of a unit's output over the dataset (float64 sums),
+    over the images only: ``where`` says which axis holds them (:mod:`.image_axis`)."""
 
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None
     count: int = 0
     name: str = "the unit"  # for messages: "'layer'" or "'act' (call 2)"
+    where: ImageAxis = field(default_factory=ImageAxis)
 
     def add(self, out: torch.Tensor) -> None:
         if not isinstance(out, torch.Tensor):
@@ -65,22 +68,24 @@ class UnitStats:
                 "has no mean; pick layers "
                 "inside it that return a tensor (see `netlens layers MODEL`)"
             )
-        flat = (out.dequantize() if out.is_quantized else out.detach()).to(torch.float64)
-        s, q = flat.sum(0), (flat * flat).sum(0)
-        if self.total is not None and self.total.shape != s.shape:
+        own = self.where.element_shape(tuple(out.shape))
+        if own is None or (self.total is not None and self.total.shape != own):
+            had = "other shapes" if self.total is None else _dims(self.total.shape)
+            now = _dims(out.shape) if own is None else _dims(own)
             raise AnalyzerError(
-                f"{self.name} returns {_dims(self.total.shape)} for some images and "
-                f"{_dims(s.shape)} for others, so it has no one per-element mean; use --mode "
-                "zero for it"
+                f"{self.name} returns {had} for some images and {now} for others, so it has no "
+                "one per-element mean; use --mode zero for it"
             )
+        flat = (out.dequantize() if out.is_quantized else out.detach()).to(torch.float64)
+        s, q = self.where.total(flat), self.where.total(flat * flat)
         self.total = s if self.total is None else self.total + s
         self.squares = q if self.squares is None else self.squares + q
-        self.count += out.shape[0]
+        self.count += self.where.images(tuple(out.shape))
 
     def to(self, device: torch.device | str) -> UnitStats:
         """The same sums on ``device`` (CPU copies travel between processes)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return UnitStats(move(self.total), move(self.squares), self.count, self.name)
+        return UnitStats(move(self.total), move(self.squares), self.count, self.name, self.where)
 
     def merge(self, later: UnitStats) -> None:
         """Add another share's sums (float64: equal to one pass up to reassociation)."""
@@ -89,8 +94,8 @@ class UnitStats:
         if self.total is not None and self.total.shape != later.total.shape:
             raise AnalyzerError(
                 f"{self.name} returns {_dims(self.total.shape)} for some images and "
-                f"{_dims(later.total.shape)} for others, so it has no one per-element mean; "
-                "use --mode zero for it"
+                f"{_dims(later.total.shape)} for others, so it has no one per-element "
+                "mean; use --mode zero for it"
             )
         self.total = later.total if self.total is None else self.total + later.total
         self.squares = later.squares if self.squares is None else self.squares + later.squares
@@ -107,6 +112,19 @@ class UnitStats:
         var = self.squares / self.count - self.mean**2  # type: ignore[operator]
         return var.clamp_min(0).sqrt()
 
+    def spread(self, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Per-element ``values`` (the mean or std) for every image of ``out``, in its dtype,
+        on its device."""
+        own = self.where.element_shape(tuple(out.shape))
+        if own is None or tuple(values.shape) != own:
+            now = _dims(out.shape) if own is None else _dims(own)
+            raise AnalyzerError(
+                f"{self.name} returns {now} here but "
+                f"{_dims(values.shape)} when its mean was measured, so the mean cannot "
+                "replace it; use --mode zero for it"
+            )
+        return self.where.spread(values.to(out.device, out.dtype), tuple(out.shape))
+
 
 #: A unit's statistics: one :class:`UnitStats` for all its calls, or a list with one per call of
 #: the unit within a forward pass (a shared module runs several times, at other places and
@@ -118,13 +136,17 @@ def _dims(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape)) or "a scalar"
 
 
-def collect_call(stats: list[UnitStats], call: int, out: Any, name: str) -> None:
+def collect_call(
+    stats: list[UnitStats], call: int, out: Any, name: str, axes: Sequence[ImageAxis] = ()
+) -> None:
     """Add ``out``, the output of the unit's ``call``-th call in a forward pass, to its sums
-    (its first element when it is a tuple that starts with a tensor: what is replaced)."""
+    (its first element when it is a tuple that starts with a tensor: what is replaced);
+    ``axes``: where each call's output holds the images (default: first axis)."""
     out = first_tensor(out)
     while len(stats) <= call:
         k = len(stats)
-        stats.append(UnitStats(name=f"'{name}'" + (f" (call {k + 1})" if k else "")))
+        where = axes[k] if k < len(axes) else ImageAxis()
+        stats.append(UnitStats(name=f"'{name}'" + (f" (call {k + 1})" if k else ""), where=where))
     stats[call].add(out)
 
 
@@ -178,17 +200,12 @@ def _fill(
     own = call_stats(stats, call)
     if own is None:
         raise AnalyzerError(f"mode '{mode}' needs dataset statistics (a first pass)")
-    mean = own.mean.to(out.device, out.dtype)
-    if mean.shape != out.shape[1:]:
-        raise AnalyzerError(
-            f"{own.name} returns {_dims(out.shape[1:])} here but {_dims(mean.shape)} when its "
-            "mean was measured, so the mean cannot replace it; use --mode zero for it"
-        )
+    mean = own.spread(own.mean, out)
     if mode == "mean":
-        return mean.expand_as(out).clone()
+        return mean
     gen = torch.Generator().manual_seed(_noise_seed(seed, key, batch, call))
     eps = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
-    return mean + own.std.to(out.device, out.dtype) * eps
+    return mean + own.spread(own.std, out) * eps
 
 
 def _in_floats(replace: Replacement) -> Replacement:
@@ -317,7 +334,7 @@ def channel_group_replacement(
             fill = torch.cat([_fill(fill_mode, out, stats, seed, k, batch, call) for k in keys], 0)
             fill = fill.view(g, *out.shape)
         elif fill_mode == "mean":
-            fill = _fill("mean", out[:1], stats, seed, 0, batch, call)  # 1×C×… broadcast below
+            fill = _fill("mean", out, stats, seed, 0, batch, call)  # broadcast over the copies
         else:
             fill = torch.zeros((), dtype=out.dtype, device=out.device)
         # one allocation for all G copies: the same elementwise where as channel_replacement

@@ -34,6 +34,7 @@ from ...fresh_input import fresh
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
 from .fingerprint import batch_digest, data_fingerprint, images_digest
+from .image_axis import ImageAxis, image_axes
 from .modes import UnitStats, collect_call, merge_calls, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell
@@ -323,10 +324,12 @@ def _statistics(plan: _Plan) -> dict[str, list[UnitStats]]:
     stats: dict[str, list[UnitStats]] = {u.name: [] for u in plan.units}
     calls = dict.fromkeys(stats, 0)
     model = plan.engine.model
+    axes: dict[str, list[ImageAxis]] = {}  # where each call's output holds the images
 
     def hook(name: str, out: Any) -> None:
-        collect_call(stats[name], calls[name], out, name)
-        calls[name] += 1
+        if axes:
+            collect_call(stats[name], calls[name], out, name, axes[name])
+            calls[name] += 1
 
     with ExitStack() as stack, plan.run.progress.task("statistics", len(plan.run.data)) as advance:
         for u in plan.units:
@@ -334,8 +337,11 @@ def _statistics(plan: _Plan) -> dict[str, list[UnitStats]]:
                 hooked(model.get_submodule(u.name), lambda m, i, o, n=u.name: hook(n, o))
             )
         for x, _ in plan.loader:
+            x = x.to(plan.device)
+            if not axes:  # learnt on the first batch, before any sums
+                axes.update(image_axes(model, x, list(stats)))
             calls.update(dict.fromkeys(calls, 0))  # calls are numbered within each pass
-            model(fresh(x.to(plan.device)))
+            model(fresh(x))
             advance(len(x))
     if plan.run.group.world == 1:
         return stats
