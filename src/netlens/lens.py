@@ -18,7 +18,7 @@ from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .model_checks import refuse_compiled, refuse_meta, tensors, warn_batch_statistics
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
-from .output_reader import OutputReader, ends_in_sigmoid, is_binary_dense
+from .output_reader import OutputReader, ends_in_sigmoid, is_binary_dense, squeezed_batch_dims
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -85,6 +85,7 @@ class Lens:
         self.samples = list(samples or [])
         self._host = host
         self._sigmoid: bool | None = None  # does the output come out of a sigmoid? (told once)
+        self._batch_dims: int | None = None  # the output's dims for a batch, if one image's squeeze
         self.output_key = output
         self.task = check_task(task) or _own_task(model)
         self._digest: tuple[tuple, str] | None = None  # (what the weights were, their hash)
@@ -200,6 +201,7 @@ class Lens:
             output=self.output_key,
         )
         view._sigmoid = self._sigmoid  # the same architecture: its output reads the same
+        view._batch_dims = self._batch_dims
         share_layouts(self.model, model)  # and its layers are laid out the same
         return view
 
@@ -210,22 +212,26 @@ class Lens:
 
     @output_key.setter
     def output_key(self, key: str | int | None) -> None:
-        self._output_key, self._sigmoid = key, None  # another tensor: tell it again
+        self._output_key, self._sigmoid, self._batch_dims = key, None, None  # tell it again
 
     @property
     def reader(self) -> OutputReader:
         """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`)."""
         regression = self.task == "regression"  # a bounded score: its values, as they are
         sigmoid = bool(self._sigmoid) and not regression
-        return OutputReader(self.output_key, sigmoid, binary_dense=self.task != "multilabel")
+        return OutputReader(
+            self.output_key, sigmoid, self.task != "multilabel", batch_dims=self._batch_dims
+        )
 
     def learn_output(self, x: torch.Tensor) -> None:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in
-        a sigmoid, and which layers keep channels last (analyzers call this before any hook
-        is set)."""
+        a sigmoid, whether it squeezes one image's batch axis away, and which layers keep
+        channels last (analyzers call this before any hook is set)."""
         if self._sigmoid is None:
+            x = self.place(x)
+            self._batch_dims = squeezed_batch_dims(self.model, fresh(x), self.output_key)
             with learning_layouts(self.model):  # the same forward: channels-last layers
-                self._sigmoid = ends_in_sigmoid(self.model, fresh(self.place(x)), self.output_key)
+                self._sigmoid = ends_in_sigmoid(self.model, fresh(x), self.output_key)
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).

@@ -10,6 +10,11 @@ downstream (softmax, sigmoid, the single-logit ``[0, z]``) sees logits. Gradient
 change: d z = d p / (p (1 − p)) scales each image's gradient by one positive number, which
 their per-map normalisation removes.
 
+A model whose forward ends in ``.squeeze()`` returns K values for one image (its 1×K squeezed),
+which read as K images of one logit each; :func:`squeezed_batch_dims` tells such a model (the
+tensor has fewer dimensions for one image than for two) and the reader gives one image's
+output its batch axis back, as pytorch-grad-cam's targets read a 1-d output.
+
 A dense output with one channel (binary segmentation) is read as two classes, background and
 foreground (:func:`binary_dense`); a dense output of several sigmoids is several independent
 masks (multi-label segmentation), which :meth:`netlens.Lens.dense_sigmoids` tells.
@@ -23,9 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .targets import model_output
+from .targets import model_output, picked_output
 
-__all__ = ["OutputReader", "binary_dense", "ends_in_sigmoid", "is_binary_dense"]
+__all__ = [
+    "OutputReader",
+    "binary_dense",
+    "ends_in_sigmoid",
+    "is_binary_dense",
+    "squeezed_batch_dims",
+]
 
 _VIEWS = {  # operations that reshape without computing: look through them
     "ViewBackward0",
@@ -75,9 +86,10 @@ class OutputReader:
     key: str | int | None = None
     sigmoid: bool = False
     binary_dense: bool = True  # one channel per pixel as background/foreground (not multilabel)
+    batch_dims: int | None = None  # a model that squeezes one image's batch axis away
 
     def __call__(self, out: Any) -> torch.Tensor:
-        t = model_output(out, self.key)
+        t = model_output(out, self.key, self.batch_dims)
         if self.sigmoid and t.is_floating_point() and t.dim() in (2, 4):
             t = _inverse_sigmoid(t)
         if t.dim() == 4 and t.shape[1] == 1 and self.binary_dense:
@@ -146,3 +158,31 @@ def _in_unit(t: torch.Tensor) -> bool:
     v = t.detach()
     v = v[~torch.isnan(v)] if v.is_floating_point() else v
     return not v.numel() or (bool(v.min() >= 0) and bool(v.max() <= 1))
+
+
+def squeezed_batch_dims(
+    model: nn.Module, x: torch.Tensor, key: str | int | None = None
+) -> int | None:
+    """How many dimensions the output has for a batch, when the model squeezes one image's
+    batch axis away (``.squeeze()`` of 1×K, of 1×1×H×W); None for every other model.
+
+    One forward of ``x[:1]`` (no autograd, eval mode); only an output that does not start with
+    one row (or is a 0-d scalar) is checked against a forward of two images. None when a
+    forward fails (the analyses report the model's own error)."""
+    from .layers import eval_mode
+
+    def dims(n: int) -> torch.Tensor | None:
+        probe = x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)
+        try:
+            with torch.no_grad(), eval_mode(model):
+                return picked_output(model(probe.detach().clone()), key)
+        except Exception:  # noqa: BLE001 - not this check's to report
+            return None
+
+    one = dims(1)
+    if one is None or (one.dim() > 0 and one.shape[0] == 1):
+        return None
+    two = dims(2)
+    if two is None or two.dim() != one.dim() + 1 or two.shape[0] != 2 or two.shape[1:] != one.shape:
+        return None
+    return two.dim()

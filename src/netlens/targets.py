@@ -58,30 +58,43 @@ TASKS = ("multiclass", "multilabel", "binary", "regression", "dense")
 
 
 # -- the output to explain -------------------------------------------------------------------
-def model_output(out: Any, key: str | int | None = None) -> torch.Tensor:
+def model_output(
+    out: Any, key: str | int | None = None, batch_dims: int | None = None
+) -> torch.Tensor:
     """The tensor to explain from a model's raw output.
 
     Args:
         out: what ``model(x)`` returned.
         key: a dict key, attribute name or tuple index (``--output KEY``); by default the
             ``logits`` attribute/key, then ``out``, then the first tensor.
+        batch_dims: how many dimensions the tensor has for a batch of images, when the model
+            squeezes one image's batch axis away (``.squeeze()`` of 1×K): a tensor with fewer
+            is one image's, given its batch axis back (:func:`squeezed_batch_dims`).
 
     Example:
         >>> model_output({"out": seg, "aux": aux}).shape  # torchvision segmentation
     """
+    t = picked_output(out, key)
+    if batch_dims is not None and t.dim() < batch_dims:
+        t = t.unsqueeze(0)
+    return _classifier_shape(t)
+
+
+def picked_output(out: Any, key: str | int | None = None) -> torch.Tensor:
+    """The tensor :func:`model_output` reads, as the model returned it (no reshaping)."""
     if key is not None:
-        return _classifier_shape(_pick(out, key))
+        return _pick(out, key)
     if isinstance(out, torch.Tensor):
-        return _classifier_shape(out)
+        return out
     for name in ("logits", "out"):
         got = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
         if isinstance(got, torch.Tensor):
-            return _classifier_shape(got)
+            return got
     values = list(out.values()) if isinstance(out, dict) else out
     if isinstance(values, (tuple, list)):
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
         if tensors and all(t.shape == tensors[0].shape for t in tensors):
-            return _classifier_shape(tensors[0])  # one output, or a main head and its aux copies
+            return tensors[0]  # one output, or a main head and its aux copies
         if tensors:
             raise NetlensError(_which_output(out, values))
     if _is_detection(out):

@@ -67,7 +67,8 @@ def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
     from ..layers import eval_mode
 
     p = next(model.parameters(), None)
-    x = torch.zeros(1, spec.channels, *spec.size, device=p.device if p is not None else "cpu")  # type: ignore[misc]
+    # two images: one image's 1×K comes out as K values from a forward that ends in .squeeze()
+    x = torch.zeros(2, spec.channels, *spec.size, device=p.device if p is not None else "cpu")  # type: ignore[misc]
     try:
         with torch.no_grad(), eval_mode(model):
             out: Any = model(x)
