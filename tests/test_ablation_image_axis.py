@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import netlens
-from netlens.analyzers.ablation.image_axis import ImageAxis, image_axes
 from netlens.errors import NetlensError
+from netlens.image_axis import ImageAxis, image_axes
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -172,7 +172,7 @@ def test_axes_found_for_each_kind_of_unit() -> None:
 
 def test_a_unit_that_interleaves_the_images_is_refused_in_one_line() -> None:
     model = Windowed(outer_images=False).eval()
-    with pytest.raises(NetlensError, match=r"not each image's together.*--mode zero") as err:
+    with pytest.raises(NetlensError, match=r"not each image.s together.*--mode zero") as err:
         _ablate(model, _x(), "win", mode="mean", batch_size=4)
     assert "\n" not in str(err.value)
     assert _ablate(model, _x(), "win", mode="zero", batch_size=4).rows[0]["value"] > 0

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ...errors import AnalyzerError
-from .image_axis import ImageAxis
+from ...image_axis import ImageAxis
 from .residual import BlockSkip
 from .survey import first_tensor
 from .units import Unit
@@ -53,7 +53,7 @@ Replacement = Callable[..., torch.Tensor]
 @dataclass
 class UnitStats:
     """Running per-element mean and std of a unit's output over the dataset (float64 sums),
-    over the images only: ``where`` says which axis holds them (:mod:`.image_axis`)."""
+    over the images only: ``where`` says which axis holds them (:mod:`netlens.image_axis`)."""
 
     total: torch.Tensor | None = None
     squares: torch.Tensor | None = None

@@ -31,10 +31,10 @@ import torch
 from ...activations import channels_last
 from ...errors import AnalyzerError
 from ...fresh_input import fresh
+from ...image_axis import ImageAxis, image_axes
 from . import channels as ch
 from .engine import Ablation, Engine, hooked, run_ablations
 from .fingerprint import batch_digest, data_fingerprint, images_digest
-from .image_axis import ImageAxis, image_axes
 from .modes import UnitStats, collect_call, merge_calls, shape_message, unit_replacement
 from .result import AblationResult, curve_arrays
 from .rows import StudyRows, columns, parse_cell

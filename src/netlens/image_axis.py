@@ -1,4 +1,5 @@
-"""Where the images are in a unit's output, for per-element means over the data.
+"""Where the images are in a layer's output, for per-element statistics over the data
+(``ablate --mode mean``'s means, ``stats``' dead units).
 
 Most layers put the images first (N×C×H×W, N×L×C). Others do not: sequence-first token layers
 (``nn.MultiheadAttention``'s default, OpenAI CLIP and open_clip blocks) return L×N×C, and Swin's
@@ -22,9 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import AnalyzerError
-from ...fresh_input import fresh
-from .survey import first_tensor
+from .errors import AnalyzerError
+from .fresh_input import fresh
 
 __all__ = ["ImageAxis", "image_axes"]
 
@@ -76,12 +76,18 @@ class ImageAxis:
         return wide.reshape(shape)
 
 
+def _first_tensor(out: Any) -> Any:
+    """A tuple's or list's first element when it is a tensor (what is measured), else ``out``."""
+    starts = isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)
+    return out[0] if starts else out
+
+
 def _call_outputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, list[Any]]:
     """Each unit's outputs (first tensor of a tuple), one per call, from one forward on ``x``."""
     outs: dict[str, list[Any]] = {n: [] for n in names}
     with ExitStack() as stack, torch.no_grad():
         for n in names:
-            hook = lambda m, i, o, n=n: outs[n].append(first_tensor(o))  # noqa: E731
+            hook = lambda m, i, o, n=n: outs[n].append(_first_tensor(o))  # noqa: E731
             handle = model.get_submodule(n).register_forward_hook(hook)
             stack.callback(handle.remove)
         model(fresh(x))
@@ -95,7 +101,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale + 1e-6)
 
 
-def _axis(name: str, one: Any, two: Any) -> ImageAxis:
+def _axis(name: str, one: Any, two: Any, remedy: str) -> ImageAxis:
     if not isinstance(one, torch.Tensor) or not isinstance(two, torch.Tensor):
         return ImageAxis()  # not a tensor: its statistics refuse it with their own message
     s1, s2 = tuple(one.shape), tuple(two.shape)
@@ -107,22 +113,26 @@ def _axis(name: str, one: Any, two: Any) -> ImageAxis:
     raise AnalyzerError(
         f"'{name}' returns {'×'.join(map(str, s1))} for one image and "
         f"{'×'.join(map(str, s2))} for two, so its output has no one place for each image and "
-        "no per-image mean; use --mode zero for it"
+        f"no per-image statistics; {remedy}"
     )
 
 
-def image_axes(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, list[ImageAxis]]:
+def image_axes(
+    model: nn.Module, x: torch.Tensor, names: list[str], remedy: str = "use --mode zero for it"
+) -> dict[str, list[ImageAxis]]:
     """Each unit's :class:`ImageAxis`, one per call in a forward pass, from forwards on the
-    first image of ``x`` and on its first two (the first image twice when ``x`` has one)."""
+    first image of ``x`` and on its first two (the first image twice when ``x`` has one).
+    A layer whose output has no one place for each image is refused in one line ending in
+    ``remedy`` (what to do instead)."""
     pair = x[:2] if x.shape[0] >= 2 else torch.cat([x[:1], x[:1]])
     ones, twos = _call_outputs(model, x[:1], names), _call_outputs(model, pair, names)
     axes: dict[str, list[ImageAxis]] = {}
     for n in names:
-        axes[n] = [_axis(n, a, b) for a, b in zip(ones[n], twos[n], strict=False)]
+        axes[n] = [_axis(n, a, b, remedy) for a, b in zip(ones[n], twos[n], strict=False)]
         for ax, a, b in zip(axes[n], ones[n], twos[n], strict=False):
             if ax.groups > 1 and x.shape[0] >= 2 and not _close(ax.split(b).select(ax.axis, 0), a):
                 raise AnalyzerError(
                     f"'{n}' returns {ax.groups} entries per image on axis {ax.axis}, but not "
-                    "each image's together, so it has no per-image mean; use --mode zero for it"
+                    f"each image's together, so it has no per-image statistics; {remedy}"
                 )
     return axes
