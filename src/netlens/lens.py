@@ -18,7 +18,7 @@ from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .model_checks import refuse_compiled, refuse_meta, tensors, warn_batch_statistics
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
-from .output_reader import OutputReader, ends_in_sigmoid, is_binary_dense, squeezed_batch_dims
+from .output_reader import OutputReader, is_binary_dense, output_rules
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -228,10 +228,9 @@ class Lens:
         a sigmoid, whether it squeezes one image's batch axis away, and which layers keep
         channels last (analyzers call this before any hook is set)."""
         if self._sigmoid is None:
-            x = self.place(x)
-            self._batch_dims = squeezed_batch_dims(self.model, fresh(x), self.output_key)
             with learning_layouts(self.model):  # the same forward: channels-last layers
-                self._sigmoid = ends_in_sigmoid(self.model, fresh(x), self.output_key)
+                rules = output_rules(self.model, fresh(self.place(x)), self.output_key)
+            self._sigmoid, self._batch_dims = rules
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).

@@ -12,7 +12,8 @@ their per-map normalisation removes.
 
 A model whose forward ends in ``.squeeze()`` returns K values for one image (its 1×K squeezed),
 which read as K images of one logit each; :func:`squeezed_batch_dims` tells such a model (the
-tensor has fewer dimensions for one image than for two) and the reader gives one image's
+tensor has fewer dimensions for one image than for two; :func:`output_rules` learns both
+rules from one forward) and the reader gives one image's
 output its batch axis back, as pytorch-grad-cam's targets read a 1-d output.
 
 A dense output with one channel (binary segmentation) is read as two classes, background and
@@ -35,6 +36,7 @@ __all__ = [
     "binary_dense",
     "ends_in_sigmoid",
     "is_binary_dense",
+    "output_rules",
     "squeezed_batch_dims",
 ]
 
@@ -124,33 +126,77 @@ def is_binary_dense(t: torch.Tensor) -> bool:
 
 
 def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = None) -> bool:
-    """Whether the tensor to explain is a sigmoid's output: one forward of ``x[:1]`` with
-    autograd (in eval mode; train/eval flags restored), or of two images when the model
-    cannot take one (``x.squeeze()`` before a ``BatchNorm1d``). False when that forward fails
-    too (the analyses report the model's own error). The output's ``grad_fn`` is followed
-    through views and through operations whose every value is a convex combination of input
-    values (a crop, a bilinear or nearest resize, average pooling), so a segmenter's
-    ``F.interpolate(torch.sigmoid(z), size)`` is a sigmoid's output too; and every value must
-    lie in [0, 1]."""
+    """Whether the tensor to explain is a sigmoid's output (see :func:`output_rules`)."""
+    return output_rules(model, x, key)[0]
+
+
+def squeezed_batch_dims(
+    model: nn.Module, x: torch.Tensor, key: str | int | None = None
+) -> int | None:
+    """How many dimensions the output has for a batch, when the model squeezes one image's
+    batch axis away (``.squeeze()`` of 1×K, of 1×1×H×W); None for every other model (see
+    :func:`output_rules`)."""
+    return output_rules(model, x, key)[1]
+
+
+def output_rules(
+    model: nn.Module, x: torch.Tensor, key: str | int | None = None
+) -> tuple[bool, int | None]:
+    """How the model's output reads: whether it is a sigmoid's, and the output's dimensions
+    for a batch when the model squeezes one image's batch axis away (else None).
+
+    One forward of ``x[:1]`` with autograd (in eval mode; train/eval flags restored), or of two
+    images when the model cannot take one (``x.squeeze()`` before a ``BatchNorm1d``); nothing
+    is learnt when that fails too (the analyses report the model's own error).
+
+    Sigmoid: the output's ``grad_fn`` is followed through views and through operations whose
+    every value is a convex combination of input values (a crop, a bilinear or nearest resize,
+    average pooling), so a segmenter's ``F.interpolate(torch.sigmoid(z), size)`` is a sigmoid's
+    output too; and every value must lie in [0, 1].
+
+    Squeeze: only a one-image output that does not start with one row (or is a 0-d scalar) is
+    checked, against a no-grad forward of two images: one dimension more, starting with 2, the
+    rest the same.
+    """
     from .layers import eval_mode
 
-    fn = None
+    fn, picked = None, None
     for n in (1, 2):
         try:
             with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
                 probe = (x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)).detach().clone()
                 if probe.is_floating_point():
                     probe.requires_grad_(True)
-                out = model_output(model(probe), key)
+                raw = model(probe)
+                picked, out = picked_output(raw, key), model_output(raw, key)
                 fn = out.grad_fn
             break
         except Exception:  # noqa: BLE001 - not this check's to report
             continue
     else:
-        return False
+        return False, None
+    dims = _batch_dims(model, x, key, picked.detach()) if n == 1 else None
     while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
         fn = fn.next_functions[0][0]
-    return fn is not None and type(fn).__name__ == "SigmoidBackward0" and _in_unit(out)
+    sigmoid = fn is not None and type(fn).__name__ == "SigmoidBackward0" and _in_unit(out)
+    return sigmoid, dims
+
+
+def _batch_dims(
+    model: nn.Module, x: torch.Tensor, key: str | int | None, one: torch.Tensor
+) -> int | None:
+    if one.dim() > 0 and one.shape[0] == 1:
+        return None
+    from .layers import eval_mode
+
+    try:
+        probe = x[:2] if len(x) >= 2 else x[:1].repeat_interleave(2, 0)
+        with torch.no_grad(), eval_mode(model):
+            two = picked_output(model(probe.detach().clone()), key)
+    except Exception:  # noqa: BLE001 - not this check's to report
+        return None
+    same = two.dim() == one.dim() + 1 and two.shape[0] == 2 and two.shape[1:] == one.shape
+    return two.dim() if same else None
 
 
 def _in_unit(t: torch.Tensor) -> bool:
@@ -158,31 +204,3 @@ def _in_unit(t: torch.Tensor) -> bool:
     v = t.detach()
     v = v[~torch.isnan(v)] if v.is_floating_point() else v
     return not v.numel() or (bool(v.min() >= 0) and bool(v.max() <= 1))
-
-
-def squeezed_batch_dims(
-    model: nn.Module, x: torch.Tensor, key: str | int | None = None
-) -> int | None:
-    """How many dimensions the output has for a batch, when the model squeezes one image's
-    batch axis away (``.squeeze()`` of 1×K, of 1×1×H×W); None for every other model.
-
-    One forward of ``x[:1]`` (no autograd, eval mode); only an output that does not start with
-    one row (or is a 0-d scalar) is checked against a forward of two images. None when a
-    forward fails (the analyses report the model's own error)."""
-    from .layers import eval_mode
-
-    def dims(n: int) -> torch.Tensor | None:
-        probe = x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)
-        try:
-            with torch.no_grad(), eval_mode(model):
-                return picked_output(model(probe.detach().clone()), key)
-        except Exception:  # noqa: BLE001 - not this check's to report
-            return None
-
-    one = dims(1)
-    if one is None or (one.dim() > 0 and one.shape[0] == 1):
-        return None
-    two = dims(2)
-    if two is None or two.dim() != one.dim() + 1 or two.shape[0] != 2 or two.shape[1:] != one.shape:
-        return None
-    return two.dim()

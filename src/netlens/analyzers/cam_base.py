@@ -21,7 +21,7 @@ from __future__ import annotations
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -130,8 +130,15 @@ class CamMethod(ABC):
     def __call__(self, ctx: CamContext) -> torch.Tensor:
         """The N×H×W map at input resolution, in [0, 1]; 0 for an image whose target is an
         empty region (a class predicted nowhere): nothing there to explain, whatever the
-        method (Eigen-CAM, which does not read the target, drew its map)."""
+        method (Eigen-CAM, which does not read the target, drew its map).
+
+        A half-precision model's activations and gradients are combined in float32: sums over
+        a map (Grad-CAM++'s α) and Eigen-CAM's projections overflow float16's 65504 where the
+        activations themselves do not."""
         self.check(ctx)
+        if ctx.acts.dtype in (torch.float16, torch.bfloat16):
+            grads = None if ctx.grads is None else ctx.grads.float()
+            ctx = replace(ctx, acts=ctx.acts.float(), grads=grads)
         with torch.no_grad():
             low = self.combine(ctx, self.weights(ctx)).float()
             empty = empty_regions(ctx.targets, len(low)).to(low.device)
@@ -162,12 +169,16 @@ def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:
     """Min-max normalise each map (over its last two dims) to [0, 1].
 
     A map whose range is below ``rel_eps`` of its magnitude is constant up to float rounding
-    and gives 0 everywhere (never NaN, never amplified noise).
+    and gives 0 everywhere (never NaN, never amplified noise). The test is relative only (a
+    floor at the dtype's smallest normal number aside): a model whose outputs are tiny (a
+    regression head in SI units, logits over a huge temperature) has tiny gradients and maps
+    of the same shape, not flat ones.
     """
     flat = maps.flatten(-2)
     lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)
     span = hi - lo
-    live = span > rel_eps * torch.maximum(hi.abs(), lo.abs()) + 1e-12
+    tiny = torch.finfo(flat.dtype).tiny if flat.is_floating_point() else 0.0
+    live = span > rel_eps * torch.maximum(hi.abs(), lo.abs()) + tiny
     out = (flat - lo).div_(torch.where(live, span, torch.inf))  # a constant map: (≥ 0) / inf = 0
     return out.nan_to_num_(nan=0.0).reshape(maps.shape)
 

@@ -36,9 +36,10 @@ def head_width(model: nn.Module) -> int | None:
     if isinstance(n, int) and hasattr(model, "get_classifier"):
         return n
     last = _last_weighted_leaf(model)
-    if isinstance(last, nn.Linear):
+    if isinstance(last, nn.Linear) or (_quantized(last) and hasattr(last, "out_features")):
         return int(last.out_features)
-    if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1):
+    conv = isinstance(last, nn.Conv2d) or (_quantized(last) and hasattr(last, "out_channels"))
+    if conv and tuple(last.kernel_size) == (1, 1):
         return int(last.out_channels)
     return None
 
@@ -57,10 +58,28 @@ def headless(model: nn.Module) -> str | None:
     return None
 
 
+def _quantized(m: nn.Module | None) -> bool:
+    """A ``torch.ao`` quantized layer (static or dynamic): its weights are packed, not
+    parameters, and it may hold its packed parameters as a child module."""
+    return m is not None and type(m).__module__.startswith("torch.ao.nn.quantized")
+
+
 def _last_weighted_leaf(model: nn.Module) -> nn.Module | None:
-    """The last registered module without children that has weights (the head, usually)."""
-    leaves = [m for m in model.modules() if not list(m.children())]
-    return next((m for m in reversed(leaves) if any(True for _ in m.parameters())), None)
+    """The last registered module without children that has weights (the head, usually); a
+    quantized layer counts as one (``quantize_dynamic``'s Linear: packed weights, no
+    parameters)."""
+    leaves = [
+        m
+        for m in model.modules()
+        if (_quantized(m) and callable(getattr(m, "weight", None))) or not list(m.children())
+    ]
+    weighted = lambda m: any(True for _ in m.parameters()) or _quantized(m)  # noqa: E731
+    return next((m for m in reversed(leaves) if weighted(m) and not _packed(m)), None)
+
+
+def _packed(m: nn.Module) -> bool:
+    """A quantized layer's packed-parameters holder (a child of the layer, not a layer)."""
+    return "PackedParams" in type(m).__name__
 
 
 def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
