@@ -3,16 +3,24 @@
 Like fastai's ``ActivationStats``, but over a dataset and without keeping activations: each batch
 updates, per layer,
 
-- the count, mean and M2 (sum of squared deviations), float64, merged with Chan et al.'s update,
-  so ``std`` is the population standard deviation of every activation value seen;
-- min, max and the number of values ≤ ``eps`` (``near_zero``: fraction of all values);
+- the count of values, and the count, mean and M2 (sum of squared deviations) of the finite
+  ones, float64, merged with Chan et al.'s update, so ``std`` is the population standard
+  deviation of every finite activation value seen (float64 layers stay float64, others are read
+  as float32);
+- min and max of the finite values, the number of NaN (``nan``) and ±inf (``inf``) values (a
+  warning names the layers that have any) and the number of values ≤ ``eps`` (``near_zero``:
+  fraction of all values);
 - the running maximum of every *unit*. A unit is one element of a layer's output for one input:
-  a (channel, y, x) position of a conv map, a (token, feature) of a ViT block, a feature of a
-  vector. A unit is *dead* when it is ≤ ``eps`` for every input of the dataset; a channel is dead
-  when all its units are (channel axis: 1 for N×C×H×W and N×C, the last for N×L×D tokens);
+  a (channel, y, x) position of a conv map, a (token, feature) of a ViT block, a (window, token,
+  feature) of Swin's window attention, a feature of a vector. The images are found where they
+  are (:mod:`netlens.image_axis`): first for most layers, second in sequence-first L×N×C
+  layers, the outer factor of Swin's (N·windows)×T×C. A unit is *dead* when it is ≤ ``eps`` for
+  every input of the dataset; a channel is dead when all its units are (channel axis: the one
+  after the images for N×C×H×W and N×C, the last for N×H×W×C maps and tokens);
 - a histogram with fixed bins: ``bins`` equal bins over ``hist_range`` when given, else over the
-  first batch's min..max widened by 10% on each side. Later values outside it are counted in
-  ``underflow``/``overflow`` (so nothing is silently dropped).
+  first batch's finite min..max widened by 10% on each side. Later values outside it are counted
+  in ``underflow``/``overflow`` (−inf and +inf too) and NaNs in ``nan`` (so nothing is silently
+  dropped).
 
 Sharded over processes (torchrun), every rank streams its share of the batches with the first
 batch's histogram edges (rank 0 reads them off the data's first batch), and the partial
@@ -21,12 +29,16 @@ the order one process folds them, so every number equals the single-process one 
 
 Default layers: the activation-function modules (ReLU, GELU, SiLU, ...), where "dead" means
 something; else every Conv2d and Linear. A module called several times in one forward (a shared
-ReLU) gets one row per call, ``name[i]``.
+ReLU) gets one row per call, ``name@i``; rows come in the order the calls run. A layer named
+that returns no tensor (a tuple, a dict) is refused; one a pattern or the default picked is left
+out with a warning.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,13 +46,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..activations import channels_last
 from ..errors import AnalyzerError
 from ..fresh_input import fresh
+from ..image_axis import ImageAxis
+from ..layer_call import LayerCall
 from ..layers import named_layers, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
 from .specs import STATS
+from .stats_layers import (
+    REMEDY,
+    call_order,
+    channel_axis,
+    learn,
+    listed,
+    named_selections,
+    outputs,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,6 +109,7 @@ class LayerStats:
     bins: int = 50
     hist_range: tuple[float, float] | None = None
     count: int = 0
+    finite: int = 0
     mean: float = 0.0
     m2: float = 0.0
     low: float = float("inf")
@@ -94,31 +117,48 @@ class LayerStats:
     near_zero: int = 0
     underflow: int = 0
     overflow: int = 0
+    nan: int = 0
+    inf: int = 0
     unit_max: torch.Tensor | None = None
     hist: np.ndarray | None = None
     edges: np.ndarray | None = field(default=None, repr=False)
     moments: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
+    where: ImageAxis = field(default_factory=ImageAxis, repr=False)
+    ndim: int = 0  # the layer's output's, images included
 
-    def update(self, act: torch.Tensor) -> None:
-        """Add a batch of activations (N×...)."""
-        t = act.detach().to("cpu", torch.float32)
+    def update(self, act: torch.Tensor, where: ImageAxis | None = None) -> None:
+        """Add a batch of activations, the images on ``where`` (default: first, N×...)."""
+        self.where, self.ndim = where or ImageAxis(), act.dim()
+        t = _values(act)
         n_b = t.numel()
         if n_b == 0:
             return
-        var_b, mean_b = torch.var_mean(t.double(), correction=0)
-        self._fold(n_b, float(mean_b), float(var_b) * n_b)
-        self.low, self.high = min(self.low, float(t.min())), max(self.high, float(t.max()))
+        self.count += n_b
+        ok = torch.isfinite(t)
+        n_ok = int(ok.sum())
+        if n_ok < n_b:
+            n_nan = int(torch.isnan(t).sum())
+            self.nan, self.inf = self.nan + n_nan, self.inf + n_b - n_ok - n_nan
+        if n_ok:
+            vals = t if n_ok == n_b else t[ok]
+            var_b, mean_b = torch.var_mean(vals.double(), correction=0)
+            self._fold(n_ok, float(mean_b), float(var_b) * n_ok)
+            self.low, self.high = (
+                min(self.low, float(vals.min())),
+                max(self.high, float(vals.max())),
+            )
         self.near_zero += int((t <= self.eps).sum())
-        self._unit_max(t.amax(dim=0))
-        self._histogram(t.numpy().ravel())
+        self._unit_max(_units(t, self.where))
+        self._histogram(t.numpy().ravel().astype(np.float64, copy=False))
 
     def _fold(self, n_b: int, mean_b: float, m2_b: float) -> None:
-        """Chan et al.'s merge of one batch's (count, mean, M2); the batch is kept for merges."""
-        n = self.count + n_b
+        """Chan et al.'s merge of one batch's (count, mean, M2) of finite values; the batch is
+        kept for merges."""
+        n = self.finite + n_b
         delta = mean_b - self.mean
         self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.count * n_b / n
-        self.count = n
+        self.m2 += m2_b + delta * delta * self.finite * n_b / n
+        self.finite = n
         self.moments.append((n_b, mean_b, m2_b))
 
     def _unit_max(self, batch_max: torch.Tensor) -> None:
@@ -147,12 +187,17 @@ class LayerStats:
             self.edges, self.hist = later.edges, later.hist.copy()
         for n_b, mean_b, m2_b in later.moments:
             self._fold(n_b, mean_b, m2_b)
+        self.count += later.count
+        self.nan += later.nan
+        self.inf += later.inf
         self.low, self.high = min(self.low, later.low), max(self.high, later.high)
         self.near_zero += later.near_zero
         self.underflow += later.underflow
         self.overflow += later.overflow
         if later.unit_max is not None:
             self._unit_max(later.unit_max)
+        if not self.ndim:
+            self.where, self.ndim = later.where, later.ndim
 
     def _histogram(self, values: np.ndarray) -> None:
         if self.edges is None:
@@ -167,15 +212,19 @@ class LayerStats:
 
     @property
     def std(self) -> float:
-        """Population standard deviation of all values seen."""
-        return float(np.sqrt(self.m2 / self.count)) if self.count else float("nan")
+        """Population standard deviation of all finite values seen."""
+        return float(np.sqrt(self.m2 / self.finite)) if self.finite else float("nan")
 
-    def row(self, layer: str, channels_last: bool = False) -> dict[str, Any]:
+    def row(
+        self, layer: str, channels_last: bool = False, channel_axis: int | None = None
+    ) -> dict[str, Any]:
         """The table row for this layer (``channels_last``: its output is N×H×W×C or N×L×C
-        tokens, not N×C×H×W or N×C×L)."""
+        tokens, not N×C×H×W or N×C×L; ``channel_axis``, when given: the channels' axis of a
+        unit array, :attr:`unit_max`)."""
         um = self.unit_max if self.unit_max is not None else torch.zeros(0)
         dead_units = um <= self.eps
-        ax = um.dim() - 1 if channels_last else 0
+        ax = channel_axis if channel_axis is not None else um.dim() - 1 if channels_last else 0
+        some = bool(self.finite)  # else no finite value: NaN, not the empty fold's 0 and ±inf
         per_channel = (
             dead_units.movedim(ax, 0).reshape(um.shape[ax], -1).all(dim=1)
             if um.dim()
@@ -185,17 +234,41 @@ class LayerStats:
             "layer": layer,
             "shape": list(um.shape),
             "values": self.count,
-            "mean": self.mean,
+            "mean": self.mean if some else float("nan"),
             "std": self.std,
-            "min": self.low,
-            "max": self.high,
+            "min": self.low if some else float("nan"),
+            "max": self.high if some else float("nan"),
             "near_zero": self.near_zero / self.count if self.count else float("nan"),
             "dead_units": float(dead_units.double().mean()) if um.numel() else float("nan"),
             "dead_channels": float(per_channel.double().mean()),
             "channels": int(len(per_channel)),
             "underflow": self.underflow,
             "overflow": self.overflow,
+            "nan": self.nan,
+            "inf": self.inf,
         }
+
+
+def _values(act: torch.Tensor) -> torch.Tensor:
+    """A layer's output on the CPU to measure: float64 stays float64, the rest (half, bfloat16,
+    float32, integers) becomes float32."""
+    t = act.detach().to("cpu")
+    return t if t.dtype == torch.float64 else t.to(torch.float32)
+
+
+def _units(t: torch.Tensor, where: ImageAxis) -> torch.Tensor:
+    """Every unit's maximum over the images of ``t`` (the images on ``where``): an array of
+    one image's share of the output (``groups`` kept in place of the images' axis when over 1:
+    Swin's windows)."""
+    if where.element_shape(tuple(t.shape)) is None:
+        raise AnalyzerError(
+            f"an output of {'×'.join(map(str, t.shape))} does not hold whole images on axis "
+            f"{where.axis} ({where.groups} entries each), as the first batch did; {REMEDY}"
+        )
+    if where.first:
+        return t.amax(dim=0)
+    units = where.split(t).amax(dim=where.axis)
+    return units.squeeze(where.axis) if where.groups == 1 else units
 
 
 def histogram_edges(
@@ -253,20 +326,22 @@ class StatsAnalyzer(Analyzer):
         """One streaming pass over the data, updating every layer's statistics per batch."""
         o, model = run.options, run.lens.model
         auto = o.layers in (None, "", "auto")
-        names = default_stats_layers(model) if auto else resolve_layers(model, o.layers)
+        picked = default_stats_layers(model) if auto else resolve_layers(model, o.layers)
+        names = [n if isinstance(n, LayerCall) else LayerCall(n) for n in picked]
         run.layers = names
+        named = set() if auto else named_selections(model, o.layers)
         rng = _range(o.hist_range)
-        stats, seen, ran = _stream(run, names, rng)
+        stats, seen, ran, left_out = _stream(run, names, named, rng)
         silent = [str(n) for n in names if str(n) not in ran] if seen else []
         if silent and not auto:
             raise AnalyzerError(
-                f"{_listed(silent)} did not run in the model's forward (a call the module "
+                f"{listed(silent)} did not run in the model's forward (a call the module "
                 "does not make, or a module that runs only in training, as auxiliary heads "
                 "do); see the calls in `netlens layers MODEL`"
             )
         if not stats and seen:
             raise AnalyzerError(
-                f"{_listed(names)} return(s) no tensor (a tuple or an object: Hugging Face "
+                f"{listed(names)} return(s) no tensor (a tuple or an object: Hugging Face "
                 "layers return tuples); pick layers that return tensors, e.g. a module inside "
                 "(see `netlens layers MODEL`)"
             )
@@ -276,99 +351,117 @@ class StatsAnalyzer(Analyzer):
         for k, s in stats.items():
             arrays[f"{k}:hist"] = s.hist
             arrays[f"{k}:edges"] = s.edges
-            arrays[f"{k}:unit_max"] = s.unit_max.float().numpy()
+            arrays[f"{k}:unit_max"] = s.unit_max.numpy()
         meta = {"layers": list(stats), "samples": seen, "eps": o.eps, "bins": o.bins}
         meta["hist_range"] = rng
         meta["unit"] = (
-            "one element of a layer's output for one input (conv: channel×y×x); "
-            "dead = ≤ eps for every input"
+            "one element of a layer's output for one input (conv: channel×y×x; tokens: "
+            "token×feature, wherever the layer puts the images); dead = ≤ eps for every input"
         )
-        if silent:
-            meta["warnings"] = [
-                f"{_listed(silent)} did not run in the model's forward (modules that run only "
-                "in training, as auxiliary heads do): left out"
-            ]
-        rows = [s.row(k, _last(model, k, s)) for k, s in stats.items()]
+        warnings = _warnings(stats, silent, left_out)
+        if warnings:
+            meta["warnings"] = warnings
+        rows = [
+            s.row(k, channel_axis=channel_axis(model, k, s.ndim, s.where)) for k, s in stats.items()
+        ]
         return StatsResult("stats", arrays, rows, meta)
 
 
-def _last(model: nn.Module, key: str, stats: LayerStats) -> bool:
-    """Whether the layer call ``key``'s channels are its output's last axis."""
-    ndim = stats.unit_max.dim() + 1 if stats.unit_max is not None else 0
-    return ndim in (3, 4) and channels_last(model, key, ndim)
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:3])
-    return f"layer {shown}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+def _warnings(stats: dict[str, LayerStats], silent: list[str], left_out: list[str]) -> list[str]:
+    """Lines on what the table leaves out: calls that did not run or return no tensor, and
+    NaN/inf values (outside the moments, extremes and histogram bins)."""
+    lines = []
+    if silent:
+        lines.append(
+            f"{listed(silent)} did not run in the model's forward (modules that run only "
+            "in training, as auxiliary heads do): left out"
+        )
+    if left_out:
+        lines.append(
+            f"{listed(left_out)} return(s) no tensor (a tuple, dict or other object): left "
+            "out; name a module inside that returns a tensor (see `netlens layers MODEL`)"
+        )
+    for k, s in stats.items():
+        if s.nan or s.inf:
+            lines.append(
+                f"'{k}': {s.nan} NaN and {s.inf} infinite values of {s.count} (counted in nan "
+                "and inf; mean, std, min, max and the histogram's bins are over the finite ones)"
+            )
+    return lines
 
 
 def _stream(
-    run: Run, names: list[str], rng: tuple[float, float] | None
-) -> tuple[dict[str, LayerStats], int, set[str]]:
-    """Every layer's statistics over the data, all processes' parts combined in data order;
-    and the selections that ran (gave any output, a tensor or not)."""
+    run: Run, names: list[LayerCall], named: set[str], rng: tuple[float, float] | None
+) -> tuple[dict[str, LayerStats], int, set[str], list[str]]:
+    """Every layer's statistics over the data, all processes' parts combined in data order,
+    rows in the order the calls run; the selections that ran (gave any output, a tensor or
+    not); the calls a pattern picked that return no tensor (left out)."""
     o, lens = run.options, run.lens
     edges: dict[str, np.ndarray] = {}
     if rng is None and run.group.world > 1:  # every rank bins like the first batch says
         edges = run.group.broadcast(lambda: _first_edges(run, names, int(o.bins)))
     stats: dict[str, LayerStats] = {}
-    seen, ran = 0, set()
+    slots: dict[str, Any] = {}
+    seen, ran, layout = 0, set(), None
     with (
         torch.no_grad(),
-        probe(lens.model, names, to="cpu") as p,
+        ExitStack() as stack,
         run.progress.task("activation stats", len(run.data)) as advance,
     ):
         for x, _ in run.data.loader(o.batch_size):
-            lens.model(fresh(x.to(lens.device)))
-            ran |= {str(n) for n in names if p[n].outputs}
-            for key, out in _outputs(p, names):
-                new = LayerStats(o.eps, int(o.bins), rng, edges=edges.get(key))
-                stats.setdefault(key, new).update(out)
+            x = x.to(lens.device)
+            if layout is None:  # learnt on the first batch, before any statistics
+                layout = learn(lens.model, x, names, named)
+                ran |= {str(n) for n in names if n not in layout.names}  # returned no tensor
+                p = stack.enter_context(probe(lens.model, layout.names, to="cpu"))
+            lens.model(fresh(x))
+            ran |= {str(n) for n in layout.names if p[n].outputs}
+            for key, slot, out in outputs(p, layout.names, layout.calls):
+                if isinstance(out, torch.Tensor):
+                    new = LayerStats(o.eps, int(o.bins), rng, edges=edges.get(key))
+                    stats.setdefault(key, new).update(out, layout.axis(slot))
+                    slots.setdefault(key, slot)
             p.clear()
             seen += len(x)
             advance(len(x))
-    return _combine(run.group.gather((stats, seen, ran)))
+    if layout is not None:  # rows in the order the calls ran
+        stats = dict(sorted(stats.items(), key=lambda kv: layout.place(slots[kv[0]])))
+    left_out = layout.left_out if layout is not None else []
+    return _combine(run.group.gather((stats, seen, ran, left_out)))
 
 
-def _outputs(p: Any, names: list[str]) -> list[tuple[str, torch.Tensor]]:
-    """(key, output) of every call of every probed layer (``name@i`` for a repeated call, as
-    layer selectors name it)."""
-    found = []
-    for name in names:
-        outs = p[name].outputs
-        for i, out in enumerate(outs):
-            if isinstance(out, torch.Tensor):
-                found.append((name if len(outs) == 1 else f"{name}@{i}", out))
-    return found
-
-
-def _first_edges(run: Run, names: list[str], bins: int) -> dict[str, np.ndarray]:
+def _first_edges(run: Run, names: list[LayerCall], bins: int) -> dict[str, np.ndarray]:
     """Histogram edges per layer call from the data's first batch (what one process uses)."""
     model = run.lens.model
-    with torch.no_grad(), probe(model, names, to="cpu") as p:
+    modules = list(dict.fromkeys(n.name for n in names))
+    with torch.no_grad():
         for x, _ in run.data.loader(run.options.batch_size, whole=True):
-            model(fresh(x.to(run.lens.device)))
-            return {
-                k: histogram_edges(o.float().numpy().ravel(), bins, None)
-                for k, o in _outputs(p, names)
-            }
+            x = x.to(run.lens.device)
+            calls = Counter(m for m, _ in call_order(model, x[:1], modules))
+            with probe(model, names, to="cpu") as p:
+                model(fresh(x))
+                return {
+                    k: histogram_edges(_values(o).numpy().ravel(), bins, None)
+                    for k, _, o in outputs(p, names, calls)
+                    if isinstance(o, torch.Tensor)
+                }
     return {}
 
 
 def _combine(
-    parts: list[tuple[dict[str, LayerStats], int, set[str]]],
-) -> tuple[dict[str, LayerStats], int, set[str]]:
+    parts: list[tuple[dict[str, LayerStats], int, set[str], list[str]]],
+) -> tuple[dict[str, LayerStats], int, set[str], list[str]]:
     """Every rank's partial statistics merged in rank order (the order of the batches)."""
     stats: dict[str, LayerStats] = {}
-    for part, _, _ in parts:
+    for part, _, _, _ in parts:
         for key, s in part.items():
             if key in stats:
                 stats[key].merge(s)
             else:
                 stats[key] = s
-    ran = set().union(*(r for _, _, r in parts))
-    return stats, sum(n for _, n, _ in parts), ran
+    ran = set().union(*(r for _, _, r, _ in parts))
+    left_out = list(dict.fromkeys(k for *_, lo in parts for k in lo))
+    return stats, sum(n for _, n, _, _ in parts), ran, left_out
 
 
 def _range(value: Any) -> tuple[float, float] | None:

@@ -1,0 +1,179 @@
+"""Which layer calls ``stats`` measures, in which order and where their images are: learnt on
+the first batch, before any statistics.
+
+- The calls of the selected modules, in the order a forward of one image runs them (the rows'
+  order), and which of them return a tensor. A layer named that returns none (a tuple, a dict:
+  ``nn.LSTM``, ``nn.MultiheadAttention``, Hugging Face blocks) is refused; one that a pattern
+  (a glob, ``type:``) or the default picked is left out with a warning.
+- Where each call's output holds the images (:func:`netlens.image_axis.image_axes`): first for
+  most layers, second for sequence-first L×N×C ones, the outer factor of Swin's
+  (N·windows)×T×C window attention; and so the channels' axis of one image's share.
+- Each captured output's key (``name``, ``name@i`` for one of several calls) and the call it
+  is, so that two selections of one call (``act`` and ``act@1``) count it once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..activations import channels_last
+from ..errors import AnalyzerError
+from ..fresh_input import fresh
+from ..image_axis import ImageAxis, image_axes
+from ..layer_call import LayerCall
+from ..layers import named_layers, resolve_layers
+
+__all__ = [
+    "REMEDY",
+    "Layout",
+    "call_order",
+    "channel_axis",
+    "learn",
+    "listed",
+    "named_selections",
+    "outputs",
+]
+
+REMEDY = "pick another layer (see `netlens layers MODEL`)"
+
+Slot = tuple[str, int, bool]  # module, call within a forward, as consumed
+
+
+@dataclass
+class Layout:
+    """What the first batch showed: the selections measured, their calls' order and images."""
+
+    names: list[LayerCall]
+    order: dict[tuple[str, int], int]  # (module, call) → its place in the forward
+    calls: dict[str, int]  # calls per forward, per module
+    axes: dict[str, list[ImageAxis]]
+    left_out: list[str]  # calls a pattern picked that return no tensor
+
+    def axis(self, slot: Slot) -> ImageAxis:
+        per_call = self.axes.get(slot[0], [])
+        return per_call[slot[1]] if 0 <= slot[1] < len(per_call) else ImageAxis()
+
+    def place(self, slot: Slot) -> float:
+        return self.order.get(slot[:2], float("inf"))
+
+
+def listed(names: list[str]) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:3])
+    return f"layer {shown}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def call_order(model: nn.Module, x: torch.Tensor, modules: list[str]) -> list[tuple[str, bool]]:
+    """(module, returned a tensor) of every call of ``modules`` in a forward of ``x``, in order."""
+    seen: list[tuple[str, bool]] = []
+    with ExitStack() as stack, torch.no_grad():
+        for n in modules:
+            hook = lambda m, i, o, n=n: seen.append((n, isinstance(o, torch.Tensor)))  # noqa: E731
+            stack.callback(model.get_submodule(n).register_forward_hook(hook).remove)
+        model(fresh(x))
+    return seen
+
+
+def _call(sel: LayerCall, i: int, calls: dict[str, int]) -> int:
+    """The call of its module that output ``i`` of selection ``sel`` in one forward is."""
+    k = sel.call
+    return i if k is None else k if k >= 0 else calls.get(sel.name, 0) + k
+
+
+def outputs(p: Any, names: list[LayerCall], calls: dict[str, int]) -> list[tuple[str, Slot, Any]]:
+    """(key, slot, output) of every call of every probed selection in one forward, each call
+    once (the first selection's key: ``name``, or ``name@i`` for one of several calls, as
+    layer selectors name it)."""
+    found, taken = [], set()
+    for sel in names:
+        outs = p[sel].outputs
+        for i, out in enumerate(outs):
+            slot = (sel.name, _call(sel, i, calls), sel.consumed)
+            if slot not in taken:
+                taken.add(slot)
+                found.append((sel if len(outs) == 1 else f"{sel}@{i}", slot, out))
+    return found
+
+
+def learn(model: nn.Module, x: torch.Tensor, names: list[LayerCall], named: set[str]) -> Layout:
+    """The :class:`Layout` of the selections ``names`` from forwards on the first images of
+    ``x``; ``named``: the selections asked for by name (refused when they return no tensor)."""
+    modules = list(dict.fromkeys(n.name for n in names))
+    seen = call_order(model, x[:1], modules)
+    calls: Counter[str] = Counter()
+    tensor: dict[tuple[str, int], bool] = {}  # (module, call) → returned a tensor
+    order: dict[tuple[str, int], int] = {}
+    for module, is_tensor in seen:
+        slot = (module, calls[module])
+        calls[module] += 1
+        tensor[slot], order[slot] = is_tensor, len(order)
+    kept, refused, left_out = [], [], []
+    for sel in names:
+        many = sel.call is None and calls[sel.name] > 1
+        picked = range(calls[sel.name]) if sel.call is None else [_call(sel, 0, calls)]
+        bad = [
+            f"{sel}@{k}" if many else str(sel)
+            for k in picked
+            if not tensor.get((sel.name, k), True)
+        ]
+        if bad and str(sel) in named:
+            refused.append(str(sel))
+        left_out += bad
+        if not picked or len(bad) < len(picked):
+            kept.append(sel)
+    if refused:
+        raise AnalyzerError(
+            f"{listed(refused)} return(s) no tensor (a tuple, dict or other object, as LSTM, "
+            "MultiheadAttention and Hugging Face blocks return), so no activation statistics; "
+            "pick a module inside that returns a tensor (see `netlens layers MODEL`)"
+        )
+    if not kept:
+        raise AnalyzerError(
+            f"{listed(left_out)} return(s) no tensor (a tuple or an object: Hugging Face "
+            "layers return tuples); pick layers that return tensors, e.g. a module inside "
+            "(see `netlens layers MODEL`)"
+        )
+    used = list(dict.fromkeys(n.name for n in kept))
+    axes = image_axes(model, x, used, remedy=REMEDY)
+    return Layout(kept, order, dict(calls), axes, list(dict.fromkeys(left_out)))
+
+
+def named_selections(model: nn.Module, layers: Any) -> set[str]:
+    """The selections of ``layers`` (the ``layers`` option) asked for by name: not picked by
+    a glob or a ``type:`` pattern."""
+    items = layers.split(",") if isinstance(layers, str) else layers
+    items = items if isinstance(items, (list, tuple)) else [items]
+    plain = named_layers(model)
+    named: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            named |= {str(n) for n in resolve_layers(model, item)}
+            continue
+        base = LayerCall.parse(item).name if item.strip() else "auto"
+        if base == "auto":  # picked by netlens, as the default is
+            continue
+        pattern = item.strip() not in plain and (
+            base.startswith("type:") or any(c in base for c in "*?[")
+        )
+        if not pattern:
+            named |= {str(n) for n in resolve_layers(model, item)}
+    return named
+
+
+def channel_axis(model: nn.Module, key: str, ndim: int, where: ImageAxis) -> int:
+    """The channels' axis in one image's share of call ``key``'s ``ndim``-d output (its units'
+    array): the one after the images for N×C×H×W and N×C, the last for N×H×W×C maps, N×L×C
+    tokens, sequence-first L×N×C tokens and Swin's windows."""
+    if ndim < 2:
+        return 0
+    ax = ndim - 1 if ndim in (3, 4) and channels_last(model, key, ndim) else 1
+    if not where.first and ax == where.axis:  # sequence-first L×N×C: channels last
+        ax = ndim - 1
+    if where.first:
+        return ax - 1
+    return ax - 1 if where.groups == 1 and ax > where.axis else ax
