@@ -15,7 +15,9 @@ themselves:
   ``Permute`` says where it moves the channels;
 - a module that returns a tensor another call returned (a container, an in-place activation)
   has that call's layout, and one whose output has its input's shape, an input another call
-  returned (activations, dropout, scaling), keeps that input's layout; fed by plain tensor
+  returned (activations, dropout, scaling), keeps that input's layout, as does one that
+  changes only that input's channel axis (a LoRA adapter around a ``Linear``, a pointwise
+  ``F.linear``); fed by plain tensor
   ops instead (a ``permute`` in the forward, a window reverse, a block's reshapes), it has the
   layout of the latest decided call with as many dims and the same batch when its input has
   that call's output shape, the other one when the channels moved. Tokens (N×L×C) and
@@ -167,7 +169,19 @@ def _layout(m: nn.Module, out: torch.Tensor, inp: Any, made: dict[int, bool]) ->
         return _layer_norm(m, out)
     if isinstance(inp, torch.Tensor) and inp.shape == out.shape and id(inp) in made:
         return made[id(inp)]  # elementwise: activations, dropout, layer scale
-    return None
+    return _pointwise(out, inp, made)
+
+
+def _pointwise(out: torch.Tensor, inp: Any, made: dict[int, bool]) -> bool | None:
+    """A module that changes only the channel count of an input whose layout is known keeps
+    that layout: a pointwise layer that is no ``nn.Linear`` (a LoRA adapter around one, an
+    ``F.linear`` in a forward) on N×H×W×C or N×L×C changes only the last axis, a 1×1 conv
+    written by hand on N×C×H×W only the second."""
+    if not isinstance(inp, torch.Tensor) or id(inp) not in made or inp.dim() != out.dim():
+        return None
+    differ = [d for d in range(out.dim()) if inp.shape[d] != out.shape[d]]
+    nhwc = made[id(inp)]
+    return nhwc if differ == [out.dim() - 1 if nhwc else 1] else None
 
 
 def _layer_norm(m: nn.LayerNorm, out: torch.Tensor) -> bool | None:

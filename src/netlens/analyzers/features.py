@@ -123,17 +123,22 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     """``auto`` for feature maps: the last spatial layer, but not the class maps an all-conv
     head ends with (one channel per class, pooled into the logits): the layer before them.
 
-    Channels are counted as :func:`netlens.activations.to_spatial` reads the map (a timm Swin's
-    final N×7×7×768 ``norm`` has 768, not 7, whatever the class count). The layer before is
-    an image-like map of the input's batch: not attention weights (computed inside a module
-    that takes tokens) nor window-folded maps (MaxViT's attention on B·windows×h×w×C).
+    The auto layer's maps are class maps when the model's output is those maps pooled (their
+    mean or maximum over the map, as read by :func:`netlens.activations.to_spatial`: a timm
+    Swin's final N×7×7×768 ``norm`` has 768 channels) and the model is a classifier, not a
+    headless backbone whose output is its last maps pooled (timm's ``num_classes=0``, a head
+    set to ``nn.Identity``); a channel count equal to the output's alone says nothing (a
+    512-d embedding head). The layer before is an image-like map of the input's batch: not
+    attention weights (computed inside a module that takes tokens) nor window-folded maps
+    (MaxViT's attention on B·windows×h×w×C), nor another map of the class count.
     """
     from ..layer_call import LayerCall
     from ..layers import _is_map_call, auto_layer, trace_calls
+    from ..models.classes import headless
 
     chosen = auto_layer(lens.model, x, lens.output_key)
     with torch.no_grad():
-        classes = lens.output(x).shape[1]  # also learns which layers keep channels last
+        output = lens.output(x)  # also learns which layers keep channels last
     calls = trace_calls(lens.model, x)
     counts = Counter(c.name for c in calls)
 
@@ -142,11 +147,12 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
 
     maps = [c for c in calls if _is_map(c)]
     mine = [i for i, c in enumerate(maps) if c.name == chosen.name]
-    if not mine:
+    if not mine or output.dim() != 2 or headless(lens.model) is not None:
         return chosen
     last = maps[mine[-1]]
-    if _channels(lens.model, selection(last), last.output, x) != classes:
+    if not _pooled_into(output, _spatial_or_none(lens.model, selection(last), last.output, x)):
         return chosen
+    classes = output.shape[1]
     for c in reversed(maps[: mine[0]]):
         if not _is_map_call(c):  # attention weights, queries, keys: inside a token module
             continue
@@ -156,13 +162,30 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     return chosen
 
 
+def _pooled_into(output: torch.Tensor, maps: torch.Tensor | None) -> bool:
+    """Whether ``output`` (N×K) is ``maps`` (N×K×H×W) pooled: their mean or maximum."""
+    if maps is None or maps.shape[:2] != output.shape:
+        return False
+    out, maps = output.detach().float().cpu(), maps.detach().float().cpu()
+    tol = 1e-4 * max(float(out.abs().max()), 1.0)
+    return any(
+        torch.allclose(out, pooled, rtol=1e-3, atol=tol)
+        for pooled in (maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3)))
+    )
+
+
+def _spatial_or_none(model: Any, name: Any, out: Any, x: torch.Tensor) -> torch.Tensor | None:
+    try:
+        return to_spatial(out, model, name, len(x), x.shape[-2:])
+    except AnalyzerError:
+        return None
+
+
 def _channels(model: Any, name: str, out: torch.Tensor, x: torch.Tensor) -> int | None:
     """How many channels ``name``'s 4-d output has as N×C×H×W; None when it is no map of
     ``x``'s batch (window-folded: one map per window) or no map at all."""
-    try:
-        return int(to_spatial(out, model, name, len(x), x.shape[-2:]).shape[1])
-    except AnalyzerError:
-        return None
+    maps = _spatial_or_none(model, name, out, x)
+    return None if maps is None else int(maps.shape[1])
 
 
 def _is_map(call: Any) -> bool:

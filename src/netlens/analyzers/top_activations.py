@@ -9,7 +9,9 @@ channel; no parameter's ``.grad`` is touched). ``cells`` gives the coarser alter
 of the input that the unit's map position covers (its ViT patch, for token layers).
 
 Shown channels: ``channels=[...]``, else the ``max_channels`` with the largest mean peak
-activation over the dataset.
+activation over the dataset. Their inputs are read again as the model saw them: through a
+user's DataLoader (its ``collate_fn``) when one was given; an input whose peak then differs
+from the recorded one (random augmentation) is named in one warning line (``meta["warnings"]``).
 
 Sharded over processes (torchrun), each rank keeps the top ``k`` of its share of the batches;
 the shares are merged in rank order with the same stable merge (ties keep the earlier input), and
@@ -46,8 +48,11 @@ __all__ = ["TopActivationsAnalyzer", "TopActivationsResult", "gradient_box", "me
 @dataclass(frozen=True)
 class TopActivationsResult(Result):
     """``arrays``: for every channel ``scores``/``indices`` (C×k) and ``positions`` (C×k×2, y and x
-    on the map); for the shown channels ``channels`` (S), ``images`` (S×k×H×W×3 uint8), ``boxes``
-    and ``cells`` (S×k×4: y0, x0, y1, x1 in input pixels, end-exclusive)."""
+    on the map); for the shown channels ``channels`` (S), ``images`` (S×k×H×W×3 uint8, the inputs
+    as the model saw them; inputs of different sizes at the top left of the largest, padded
+    black), ``boxes`` and ``cells`` (S×k×4: y0, x0, y1, x1 in input pixels, end-exclusive).
+    ``meta["boxes"]``: ``"gradient"``, or ``"cells"`` when no gradient reaches the layer (a
+    quantized model, a forward under ``torch.no_grad``) and the boxes are the cells."""
 
     def headline(self) -> str:
         m = self.meta
@@ -68,11 +73,13 @@ _PATCH_BATCH = 32  # images per forward/backward when finding patches
 def merge_top(
     best: torch.Tensor, best_ids: torch.Tensor, scores: torch.Tensor, ids: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the ``k`` largest scores per row of (C×k kept) ∪ (C×N new); ties keep the earlier."""
+    """Keep the ``k`` largest scores per row of (C×k kept) ∪ (C×N new); ties keep the earlier.
+    ``ids`` is C×N, or C×N×D (several numbers per entry: sample, y, x)."""
     allv = torch.cat([best, scores], dim=1)
     alli = torch.cat([best_ids, ids], dim=1)
     order = torch.sort(allv, dim=1, descending=True, stable=True).indices[:, :k]
-    return torch.gather(allv, 1, order), torch.gather(alli, 1, order)
+    index = order if alli.dim() == 2 else order[..., None].expand(-1, -1, alli.shape[2])
+    return torch.gather(allv, 1, order), torch.gather(alli, 1, index)
 
 
 def _combine(parts: list[tuple[Any, ...]], k: int) -> tuple[Any, ...]:
@@ -127,9 +134,7 @@ class TopActivationsAnalyzer(Analyzer):
         name = _one_layer(lens.model, o.layer, _example(run), lens.output_key)
         run.layers = [name]
         best, best_ids, peak_sum, seen, grid = _stream_peaks(run, name, o.k)
-        gh, gw = grid
-        indices, flat = best_ids // (gh * gw), best_ids % (gh * gw)
-        best_pos = torch.stack([flat // gw, flat % gw], dim=-1)
+        indices, best_pos = best_ids[..., 0], best_ids[..., 1:]
         shown = pick_channels((peak_sum / seen)[None], o.max_channels, o.channels)[0]
         arrays = {
             "scores": best.numpy(),
@@ -138,7 +143,10 @@ class TopActivationsAnalyzer(Analyzer):
             "channels": shown.numpy(),
         }
         dataset = run.data.loader(o.batch_size).dataset
-        arrays.update(self._patches(lens, dataset, name, shown, indices, best_pos, grid))
+        wanted = sorted({int(i) for i in indices[shown].reshape(-1)})
+        images = fetch_inputs(run, dataset, wanted, o.batch_size)
+        patches, notes = _patches(lens, images, name, shown, indices, best_pos, best)
+        arrays.update(patches)
         meta = {
             "layer": name,
             "samples": seen,
@@ -146,6 +154,8 @@ class TopActivationsAnalyzer(Analyzer):
             "map_size": list(grid),
             "channels": shown.tolist(),
             "total_channels": int(best.shape[0]),
+            "boxes": notes.pop("boxes"),
+            **notes,
         }
         rows = _rows(arrays, shown)
         paths = [item_source(dataset, row["sample"]) for row in rows]
@@ -153,58 +163,6 @@ class TopActivationsAnalyzer(Analyzer):
             for row, path in zip(rows, paths, strict=True):
                 row["path"] = path or ""
         return TopActivationsResult("top-activations", arrays, rows, meta)
-
-    def _patches(
-        self,
-        lens: Lens,
-        dataset: Any,
-        name: str,
-        shown: torch.Tensor,
-        indices: torch.Tensor,
-        pos: torch.Tensor,
-        grid: tuple[int, int],
-    ) -> dict[str, np.ndarray]:
-        """Images, gradient boxes and map cells of the top inputs of the shown channels.
-
-        All (channel, rank) pairs go through in batches: each image's gradient depends only on
-        its own target unit (eval mode: images do not interact), so one backward serves many.
-        """
-        model = lens.model
-        s, k = len(shown), indices.shape[1]
-        chans = shown.repeat_interleave(k)
-        flat_idx, flat_pos = indices[shown].reshape(-1), pos[shown].reshape(-1, 2)
-        images, boxes = [], []
-        for start in range(0, s * k, _PATCH_BATCH):
-            sl = slice(start, start + _PATCH_BATCH)
-            x = lens.place(torch.stack([_sample(dataset, int(i)) for i in flat_idx[sl]]))
-            x.requires_grad_(True)
-            with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
-                model(fresh(x))  # the gradient reaches x through the copy
-                act = _spatial(p[name].output, model, name, x)
-                rows = torch.arange(len(x))
-                target = act[rows, chans[sl], flat_pos[sl, 0], flat_pos[sl, 1]].sum()
-                if target.requires_grad:
-                    (grad,) = torch.autograd.grad(target, x)
-                    boxes += [gradient_box(g) for g in grad.cpu()]
-                else:  # the model runs the layer under no_grad (a frozen backbone's probe)
-                    boxes += [None] * len(x)
-            images += [lens.transform.denormalize(t) for t in x.detach().cpu()]
-        size = tuple(images[0].shape[:2])
-        cells = [_cell(tuple(q.tolist()), grid, size) for q in flat_pos]
-        if any(b is None for b in boxes):
-            warnings.warn(
-                f"the model computes '{name}' without gradients (under torch.no_grad in its "
-                "forward): the boxes are the map cells of the peaks, not the input regions "
-                "that drive them",
-                NetlensWarning,
-                stacklevel=2,
-            )
-        boxes = [c if b is None else b for b, c in zip(boxes, cells, strict=True)]
-        return {
-            "images": np.stack(images).reshape(s, k, *images[0].shape),
-            "boxes": np.array(boxes, dtype=np.int64).reshape(s, k, 4),
-            "cells": np.array(cells, dtype=np.int64).reshape(s, k, 4),
-        }
 
 
 def _example(run: Run) -> torch.Tensor:
@@ -237,9 +195,10 @@ def _one_layer(model: Any, layer: Any, example: torch.Tensor, output: Any = None
 
 
 def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
-    """One pass over the data: each channel's k highest peaks (sample and position in one
-    integer), the sum of every channel's peak, the count and the map size; all processes'
-    parts combined in data order."""
+    """One pass over the data: each channel's k highest peaks (C×k scores; C×k×3 sample, y
+    and x on that sample's map, whose size may differ between batches), the sum of every
+    channel's peak, the count and the first map's size; all processes' parts combined in
+    data order."""
     model, lens = run.lens.model, run.lens
     best = best_ids = grid = None
     sums: list[torch.Tensor] = []  # per-batch peak sums, added up in batch order below
@@ -255,10 +214,11 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
             p.clear()
             n, c, gh, gw = act.shape
             peak, where = act.reshape(n, c, -1).max(dim=2)
-            code = index.long().expand(c, -1) * (gh * gw) + where.T
+            where = where.T  # C×n; each batch's own grid (images may differ in size)
+            code = torch.stack([index.long().expand(c, -1), where // gw, where % gw], dim=-1)
             if best is None:
                 best = torch.full((c, 0), float("-inf"))
-                best_ids, grid = torch.zeros((c, 0), dtype=torch.long), (gh, gw)
+                best_ids, grid = torch.zeros((c, 0, 3), dtype=torch.long), (gh, gw)
             best, best_ids = merge_top(best, best_ids, peak.T.float(), code, k)
             sums.append(peak.sum(dim=0).float())
             seen += n
@@ -302,3 +262,153 @@ def _spatial(out: Any, model: Any, name: str, x: torch.Tensor) -> torch.Tensor:
 def _sample(dataset: Any, i: int) -> torch.Tensor:
     item = dataset[i]
     return item[0] if isinstance(item, (list, tuple)) else item
+
+
+def fetch_inputs(run: Run, dataset: Any, wanted: list[int], batch_size: int) -> dict[int, Any]:
+    """The inputs the model saw for samples ``wanted`` (CPU tensors): through the user's
+    DataLoader (its collate function and workers) when it draws dataset positions, else
+    item by item from ``dataset``, as netlens streamed them."""
+    from torch.utils.data import DataLoader
+
+    from ..data.items import as_pair
+    from .inputs import _drawn, _indexable, _loader_options, first_tensor
+
+    given = run.data.loader_given
+    if given is None or not _indexable(given) or not wanted:
+        return {i: _sample(dataset, i) for i in wanted}
+    size = max(1, given.batch_size or batch_size)
+    chunks = [wanted[s : s + size] for s in range(0, len(wanted), size)]
+    loader = DataLoader(given.dataset, batch_sampler=chunks, **_loader_options(given))
+    found: dict[int, Any] = {}
+    for chunk, batch in zip(chunks, _drawn(loader), strict=True):
+        x = first_tensor(as_pair(batch)) if batch is not None else None
+        if isinstance(x, torch.Tensor) and len(x) == len(chunk):
+            found.update({i: t.cpu() for i, t in zip(chunk, x, strict=True)})
+        else:  # a collate function that drops items: read them as the dataset gives them
+            found.update({i: _sample(dataset, i) for i in chunk})
+    return found
+
+
+def _patches(
+    lens: Lens,
+    inputs: dict[int, torch.Tensor],
+    name: str,
+    shown: torch.Tensor,
+    indices: torch.Tensor,
+    pos: torch.Tensor,
+    scores: torch.Tensor,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Images, gradient boxes and map cells of the top inputs of the shown channels, and
+    notes for the meta: ``boxes`` (``"gradient"``, or ``"cells"`` when the layer cannot be
+    differentiated) and ``warnings`` (inputs read again that do not give their peaks).
+
+    All (channel, rank) pairs go through in batches of images of one size: each image's
+    gradient depends only on its own target unit (eval mode: images do not interact), so one
+    backward serves many. Images of different sizes are padded (black, bottom and right) to
+    the largest in ``images``; boxes and cells are in each image's own pixels.
+    """
+    model = lens.model
+    s, k = len(shown), indices.shape[1]
+    chans = shown.repeat_interleave(k)
+    flat_idx, flat_pos = indices[shown].reshape(-1), pos[shown].reshape(-1, 2)
+    recorded = scores[shown].reshape(-1)
+    n = s * k
+    images: list[Any] = [None] * n
+    boxes: list[Any] = [None] * n
+    cells: list[Any] = [None] * n
+    differ: list[int] = []
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j in range(n):
+        groups.setdefault(tuple(inputs[int(flat_idx[j])].shape), []).append(j)
+    quantized = False
+    for members in groups.values():
+        for start in range(0, len(members), _PATCH_BATCH):
+            part = torch.tensor(members[start : start + _PATCH_BATCH])
+            x = lens.place(torch.stack([inputs[int(flat_idx[j])] for j in part]))
+            x.requires_grad_(True)
+            with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
+                model(fresh(x))  # the gradient reaches x through the copy
+                out = p[name].output
+                quantized |= bool(getattr(out, "is_quantized", False))
+                act = _spatial(out, model, name, x)
+                gh, gw = act.shape[-2:]
+                ys, xs = flat_pos[part, 0], flat_pos[part, 1]
+                inside = (ys < gh) & (xs < gw)
+                ys, xs = ys.clamp(max=gh - 1), xs.clamp(max=gw - 1)
+                unit = act[torch.arange(len(x)), chans[part], ys, xs]
+                got = unit.detach().float().cpu()
+                same = inside & _close(got, recorded[part], lens.dtype)
+                differ += [int(flat_idx[j]) for j, ok in zip(part, same, strict=True) if not ok]
+                if unit.requires_grad:
+                    (grad,) = torch.autograd.grad(unit.sum(), x)
+                    found = [gradient_box(g) for g in grad.cpu()]
+                else:  # no gradients reach the layer: see _no_gradients
+                    found = [None] * len(x)
+            size = tuple(x.shape[-2:])
+            for j, box, y0, x0, t in zip(
+                part.tolist(), found, ys, xs, x.detach().cpu(), strict=True
+            ):
+                boxes[j], images[j] = box, lens.transform.denormalize(t)
+                cells[j] = _cell((int(y0), int(x0)), (gh, gw), size)
+    fallback = any(b is None for b in boxes)
+    if fallback:
+        warnings.warn(_no_gradients(model, name, quantized), NetlensWarning, stacklevel=3)
+    boxes = [c if b is None else b for b, c in zip(boxes, cells, strict=True)]
+    notes: dict[str, Any] = {"boxes": "cells" if fallback else "gradient"}
+    if differ:
+        notes["warnings"] = [_differ_line(name, sorted(set(differ)))]
+    stacked = _padded(images)
+    return {
+        "images": stacked.reshape(s, k, *stacked.shape[1:]),
+        "boxes": np.array(boxes, dtype=np.int64).reshape(s, k, 4),
+        "cells": np.array(cells, dtype=np.int64).reshape(s, k, 4),
+    }, notes
+
+
+def _close(got: torch.Tensor, recorded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Whether each unit's activation, read again, is the peak recorded in the data pass (up
+    to the rounding of another batch's arithmetic: TF32 convolutions on a GPU, half
+    precision)."""
+    low = dtype in (torch.float16, torch.bfloat16)
+    scale = max(float(recorded.abs().max()) if len(recorded) else 1.0, 1e-6)
+    rtol, atol = (3e-2, 1e-2) if low else (1e-2, 1e-3)
+    return torch.isclose(got, recorded, rtol=rtol, atol=atol * scale)
+
+
+def _differ_line(name: str, samples: list[int]) -> str:
+    shown = ", ".join(map(str, samples[:5])) + (", ..." if len(samples) > 5 else "")
+    return (
+        f"{len(samples)} of the top inputs of '{name}' (samples {shown}) do not give their "
+        "recorded peak when read again (random augmentation in the Dataset or the "
+        "DataLoader?): their images and boxes may not be those the model saw; make the "
+        "data deterministic for top-activations"
+    )
+
+
+def _no_gradients(model: Any, name: str, quantized: bool) -> str:
+    """Why no gradient reaches ``name``, for the warning: a quantized model, else a forward
+    that runs it under ``torch.no_grad`` (a frozen backbone's probe)."""
+    quantized = quantized or any(
+        "quantized" in type(m).__module__.split(".") for m in model.modules()
+    )
+    cells = "the boxes are the map cells of the peaks, not the input regions that drive them"
+    if quantized:
+        return (
+            f"'{name}' is computed without gradients: the model is quantized and autograd "
+            f"cannot differentiate its quantized layers, so {cells}; for gradient boxes, "
+            "run top-activations on the float model"
+        )
+    return (
+        f"the model computes '{name}' without gradients (under torch.no_grad in its forward, "
+        f"or through layers autograd cannot differentiate): {cells}"
+    )
+
+
+def _padded(images: list[np.ndarray]) -> np.ndarray:
+    """H×W×3 images of any sizes as one array, each at the top left of the largest size."""
+    h = max(im.shape[0] for im in images)
+    w = max(im.shape[1] for im in images)
+    out = np.zeros((len(images), h, w, images[0].shape[2]), dtype=images[0].dtype)
+    for i, im in enumerate(images):
+        out[i, : im.shape[0], : im.shape[1]] = im
+    return out

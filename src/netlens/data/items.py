@@ -9,11 +9,12 @@ makes a ``datasets.Dataset`` itself a torch Dataset, with its label names.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from ..errors import DataError, ImageError
 
@@ -83,26 +84,44 @@ class _HubRows(Dataset):
 
 def item_source(dataset: Any, i: int) -> str | None:
     """The file behind item ``i`` of ``dataset`` (netlens' folders and CSV lists, torchvision's
-    ``ImageFolder``, through ``Subset`` and wrappers of the same length); None when the items
-    are not files (tensors, a Hugging Face dataset)."""
+    ``ImageFolder``), through ``Subset``, ``ConcatDataset`` (part by part) and netlens' own
+    wrappers; None when the items are not files (tensors, a Hugging Face dataset) or sit under
+    a wrapper of the user's, which may read any item for position ``i`` (a reordering)."""
     ds = dataset
-    for _ in range(8):
+    for _ in range(16):
         if isinstance(ds, Subset):
             ds, i = ds.dataset, int(ds.indices[i])
+            continue
+        if isinstance(ds, ConcatDataset):
+            if not 0 <= i < len(ds):
+                return None
+            part = bisect.bisect_right(ds.cumulative_sizes, i)
+            ds, i = ds.datasets[part], i - (ds.cumulative_sizes[part - 1] if part else 0)
             continue
         for attr in ("files", "items", "samples"):
             seq = getattr(ds, attr, None)
             if isinstance(seq, (list, tuple)) and 0 <= i < len(seq):
                 item = seq[i][0] if isinstance(seq[i], tuple) else seq[i]
                 return str(item) if isinstance(item, (str, os.PathLike)) else None
-        inner = getattr(ds, "inner", None) or getattr(ds, "dataset", None)
-        try:
-            if inner is None or len(inner) != len(ds):
-                return None
-        except TypeError:
+        inner = _netlens_inner(ds)
+        if inner is None:
             return None
         ds = inner
     return None
+
+
+def _netlens_inner(ds: Any) -> Any:
+    """The dataset that one of netlens' own wrappers reads item ``i`` of as its item ``i``
+    (relabelled, preprocessed, guarded); None for anything else."""
+    if not type(ds).__module__.startswith("netlens."):
+        return None
+    inner = getattr(ds, "inner", None)
+    if inner is None:
+        inner = getattr(ds, "dataset", None)
+    try:
+        return inner if inner is not None and len(inner) == len(ds) else None
+    except TypeError:
+        return None
 
 
 def item_name(dataset: Any, i: int) -> str:

@@ -20,7 +20,16 @@ from ..preprocess import Preprocess
 from .items import as_pair, pair_keys
 from .labels import match_names
 
-__all__ = ["Picked", "is_preprocessed", "label_source", "sized", "under_subsets", "users_dataset"]
+__all__ = [
+    "NO_LABELS",
+    "Picked",
+    "is_bare_image",
+    "is_preprocessed",
+    "label_source",
+    "sized",
+    "under_subsets",
+    "users_dataset",
+]
 
 
 def sized(preprocess: Any, first_image: Callable[[], np.ndarray]) -> Any:
@@ -61,6 +70,8 @@ def users_dataset(
         first = None
     if isinstance(first, Mapping):  # {"image": ..., "label": ...}: Hugging Face datasets
         ds, first = _Pairs(ds, pair_keys(first)), as_pair(first)
+    elif is_bare_image(first):  # a C×H×W tensor is one image, not (image, label, ...) parts
+        ds, first = _Unlabelled(ds), (first, UNLABELLED)
     ds = _matched_by_name(ds, classes, label_map, first)
     image = first[0] if first is not None else None
     if preprocess is None or image is None or is_preprocessed(image):
@@ -180,6 +191,44 @@ def _keep_masks(wrapper: Dataset, ds: Dataset) -> None:
     for attr in ("mask", "masks"):
         if hasattr(ds, attr):
             setattr(wrapper, attr, getattr(ds, attr))
+
+
+#: The label of an item that has none (a Dataset of bare images): "unknown", as for images
+#: given to analyzers that read no labels.
+UNLABELLED = -1
+NO_LABELS = "none: the Dataset's items are images without labels"
+
+
+def is_bare_image(item: Any) -> bool:
+    """Whether a Dataset's item is an image alone (a tensor, an array, a PIL image), with
+    no label beside it."""
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        return True
+    return type(item).__module__.startswith("PIL.") and hasattr(item, "getbands")
+
+
+class _Unlabelled(Dataset):
+    """A Dataset of bare images as ``(image, -1)`` pairs: the label is unknown. Analyzers
+    that read no labels (``stats``, ``top-activations``) take it; its ``label_source``
+    (:data:`NO_LABELS`, carried by the wrappers over it) tells the others."""
+
+    label_source = NO_LABELS
+
+    def __init__(self, ds: Dataset) -> None:
+        self.dataset = ds
+        _keep_masks(self, ds)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        item = self.dataset[i]
+        if not is_bare_image(item):
+            raise DataError(
+                f"the Dataset's item {i} is a {type(item).__name__}, but its first is an "
+                "image alone; give every item the same form (an image, or (image, label))"
+            )
+        return item, UNLABELLED
 
 
 class _Pairs(Dataset):
