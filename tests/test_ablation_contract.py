@@ -101,9 +101,10 @@ def test_rows_already_stored_are_not_run_again() -> None:
     again = netlens.ablate(model, data, batch_size=12, resamples=50, storage=Prefilled())
     handle.remove()
     assert again.meta["resumed"] == 3 and again.table == full.table
-    # (one-image passes: the survey, the class count) graph check 2 × 8, baseline prefix 2
-    # batches, then the 2 blocks left × 2 batches: the 2 stored blocks are not run again
-    assert [c for c in calls if c > 1] == [8, 8, 12, 12, 12, 12, 12, 12]
+    # (one-image passes: the survey) the class count on two images, graph check 2 × 8,
+    # baseline prefix 2 batches, then the 2 blocks left × 2 batches: the 2 stored blocks are
+    # not run again
+    assert [c for c in calls if c > 1] == [2, 8, 8, 12, 12, 12, 12, 12, 12]
 
 
 def test_options_declared_once_and_cli_in_step() -> None:

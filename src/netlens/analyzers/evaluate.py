@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.user_datasets import Picked, under_subsets
+from ..data.user_datasets import NO_LABELS, Picked, under_subsets
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
@@ -356,6 +356,12 @@ class EvaluateAnalyzer(Analyzer):
         n = len(ds) if drawn is None else drawn
         if n == 0:
             raise DataError("the data to evaluate on is empty")
+        if o.target != "pred" and getattr(run.data, "label_source", None) == NO_LABELS:
+            raise DataError(
+                "evaluate explains each image's label by default, but the data's items are "
+                "images without labels; use --target pred (target='pred') to explain the "
+                "predicted class, or give (image, label) items"
+            )
         plan = _plan(lens, ds, n, method_list, o.metrics, opts)
         run.data.dataset = ds if loader is not None else first_items(ds, plan.n_images)
         run.progress.note(plan.describe())

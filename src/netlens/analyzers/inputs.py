@@ -222,6 +222,8 @@ class Batches:
             if b is None:
                 continue
             b = as_pair(b)  # a batch collated from dict items: {"pixel_values": ..., ...}
+            if isinstance(b, torch.Tensor):  # bare images, no labels: N×C×H×W, not (x, y)
+                b = (b, torch.full((len(b),), -1, dtype=torch.long))
             x, y, idx = b if self.indexed else (b[0], b[1], None)
             if idx is None and self.positions is not None:
                 idx = torch.tensor(self.positions[k], dtype=torch.long)

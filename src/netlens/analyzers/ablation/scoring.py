@@ -213,7 +213,14 @@ def _labels(labels: torch.Tensor | None, n: int, k: int, metric: Metric) -> np.n
     integral = y is not None and len(y) == n and (np.issubdtype(y.dtype, np.integer) or whole)
     y = y.astype(np.int64) if integral else np.full(n, -1, np.int64)
     if metric.needs_labels and (not integral or y.min() < 0 or y.max() >= k):
-        bad = _what_labels(labels, n) if not integral else f"label {int(y[(y < 0) | (y >= k)][0])}"
+        wrong = int(y[(y < 0) | (y >= k)][0]) if integral else None
+        bad = (
+            _what_labels(labels, n)
+            if not integral
+            else "no labels (images only)"
+            if bool(np.all(y == -1))
+            else f"label {wrong}"
+        )
         raise AnalyzerError(
             f"the {metric.name} metric needs labels among the model's {k} classes, but the data "
             f"has {bad}; use --metric prob, kl or agreement, which compare with the intact model"
