@@ -35,7 +35,7 @@ from .cam_base import (
     capture,
     normalize_maps,
 )
-from .cam_result import CamResult
+from .cam_result import CamResult, ReadAgain, kept_originals
 from .specs import CAM
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class CamAnalyzer(Analyzer):
         impl, method_label = _method(lens, o.method)
         batch = run.images
         x = batch.tensor
+        # each picture as it is now: the result shows and saves it even after its file changes
+        kept = kept_originals(batch.originals)
         layers, auto = _layers(lens.model, o.layer, x[:1], lens.output_key)
         run.layers = layers
         with run.progress.task("cam", total=len(x)) as advance:
@@ -96,9 +98,14 @@ class CamAnalyzer(Analyzer):
             arrays={"heatmaps": heat, "probs": probs, "targets": targets},
             meta=meta,
             originals=[
-                orig if orig is not None else lens.transform.denormalize(t)
-                for orig, t in zip(batch.originals, x, strict=True)
+                lens.transform.denormalize(t)
+                if k is None
+                else k
+                if isinstance(k, ReadAgain)
+                else k[0]
+                for k, t in zip(kept, x, strict=True)
             ],
+            original_sizes=[k[1] if isinstance(k, tuple) else None for k in kept],
             preprocess=lens.transform,
         )
         return dataclasses.replace(result, table=result.rows())

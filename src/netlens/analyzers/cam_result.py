@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,8 +16,62 @@ if TYPE_CHECKING:
     from ..images import Preprocess
 
 _CLASSIFIERS = ("multiclass", "multilabel", "binary")
+ORIGINAL_SIDE = 2048  # the longest side any picture of a result is drawn at (``pictures``)
 
-__all__ = ["CamResult"]
+__all__ = ["KEEP_BYTES", "ORIGINAL_SIDE", "CamResult", "ReadAgain", "kept_originals"]
+
+
+KEEP_BYTES = 512 * 2**20  # decoded pictures one result keeps; beyond, files are read again
+
+
+@dataclass(frozen=True)
+class ReadAgain:
+    """An image file a result reads again when it draws it, refusing it if it has changed
+    since the maps were made (its size and modification time)."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> ReadAgain:
+        st = path.stat()
+        return cls(path, st.st_size, st.st_mtime_ns)
+
+    def load(self) -> np.ndarray | None:
+        from ..errors import ImageError
+        from ..images import load_original
+
+        try:
+            st = self.path.stat()
+        except OSError:
+            st = None
+        if st is None or (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
+            raise ImageError(
+                f"{self.path} has changed or gone since its maps were made; run cam on it again"
+            )
+        return load_original(self.path)
+
+
+def kept_originals(sources: list[Any], budget: int | None = None) -> list[Any]:
+    """The images as a result keeps them: ``(H×W×3 uint8 shrunk to ORIGINAL_SIDE on its long
+    side, full H×W)`` while their bytes stay within ``budget``, so a result shows and saves the
+    picture its maps were made of even after the file is overwritten or deleted; beyond it
+    (a folder of many large photos), files as :class:`ReadAgain`; None stays None (a tensor)."""
+    from ..images import load_original
+    from ..render.cam_display import shrunk
+
+    budget = KEEP_BYTES if budget is None else budget
+    kept: list[Any] = []
+    for source in sources:
+        if source is None or (budget <= 0 and isinstance(source, Path)):
+            kept.append(None if source is None else ReadAgain.of(source))
+            continue
+        image = load_original(source)
+        small = shrunk(image, ORIGINAL_SIDE)
+        budget -= small.nbytes
+        kept.append((small, (int(image.shape[0]), int(image.shape[1]))))
+    return kept
 
 
 @dataclass(frozen=True)
@@ -25,9 +80,12 @@ class CamResult(Result):
 
     ``arrays["heatmaps"]`` is N×K×H×W (K target classes per image, 1 unless ``top=K``);
     :attr:`heatmaps` drops K when it is 1. Heatmaps are float32 in [0, 1] at input resolution.
+    ``originals``: each image as shown (see :func:`kept_originals`), ``original_sizes`` its full
+    H×W (where the model's input lies in it); None for an input given as a tensor.
     """
 
     originals: list[Any] = field(default_factory=list, repr=False)
+    original_sizes: list[tuple[int, int] | None] = field(default_factory=list, repr=False)
     preprocess: Preprocess | None = field(default=None, repr=False)
     save_arrays = True
 
@@ -71,10 +129,30 @@ class CamResult(Result):
 
     # -- pictures --------------------------------------------------------------------------
     def original(self, i: int) -> np.ndarray:
-        """Image ``i`` as H×W×3 uint8: the file (read again), or the denormalised input."""
+        """Image ``i`` as H×W×3 uint8, as it was when the maps were made (at most
+        :data:`ORIGINAL_SIDE` px long), or the denormalised input."""
         from ..images import load_original
 
-        return load_original(self.originals[i])  # type: ignore[return-value]
+        source = self.originals[i]
+        if isinstance(source, ReadAgain):
+            return source.load()  # type: ignore[return-value]
+        return load_original(source)  # type: ignore[return-value]
+
+    def _boxes(
+        self, pre: Preprocess, i: int, hw: tuple[int, int]
+    ) -> tuple[tuple[int, int, int, int], ...]:
+        """Where the input lies in image ``i`` (in the kept picture's pixels, measured on the
+        full image as the model saw it) and where the image lies in the input."""
+        from ..render.overlay import display_scale
+
+        sizes = self.original_sizes
+        full = (sizes[i] if i < len(sizes) else None) or hw
+        top, bottom, left, right = pre.crop_box(full)
+        s = display_scale(full, max_side=ORIGINAL_SIDE) if tuple(full) != tuple(hw) else 1.0
+        if s != 1.0:  # rounded as render.overlay rounds a box it shrinks
+            top, bottom = round(top * s), min(hw[0], round(bottom * s))
+            left, right = round(left * s), min(hw[1], round(right * s))
+        return (top, bottom, left, right), pre.input_box(full)
 
     def overlay(
         self,
@@ -94,8 +172,7 @@ class CamResult(Result):
         box = None
         heat = self.arrays["heatmaps"][i, k]
         if not self.meta["from_tensor"][i] and self.preprocess is not None:
-            box = self.preprocess.crop_box(image.shape[:2])
-            top, bottom, left, right = self.preprocess.input_box(image.shape[:2])
+            box, (top, bottom, left, right) = self._boxes(self.preprocess, i, image.shape[:2])
             heat = heat[top:bottom, left:right]  # padding (timm's border mode) shows no image
         return overlay(
             image, heat, alpha=alpha, cmap=cmap, box=box, min_side=min_side, max_side=max_side
@@ -163,7 +240,7 @@ class CamResult(Result):
         at least 256 px and a huge one shrunk to at most 2,048 px, so each reads on its own."""
         return {
             self._stem(i, k): self.overlay(
-                i, k, alpha=self.meta.get("alpha", 0.5), min_side=256, max_side=2048
+                i, k, alpha=self.meta.get("alpha", 0.5), min_side=256, max_side=ORIGINAL_SIDE
             )
             for i in range(len(self.names))
             for k in range(self.arrays["targets"].shape[1])

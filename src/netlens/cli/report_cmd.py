@@ -76,7 +76,7 @@ def report(
     file, every image embedded, nothing fetched; it opens offline in any browser.
     """
     from ..output import folder_lock
-    from ..report.build import build_report, model_source
+    from ..report.build import build_report, check_page_path, model_source, page_path
     from ..report.repro import Invocation
     from .common import emit_json, split_model_and_images
     from .runner import err, open_lens, report_skipped, set_threads
@@ -85,12 +85,15 @@ def report(
     _check_sections(sections)
     set_threads(common.threads)
     page = common.out.suffix.lower() == ".html"  # --out page.html: that file
+    if page:
+        check_page_path(common.out)  # before any work: no page can be written there
     with folder_lock(common.out.parent if page else common.out):
         lens = open_lens(model, common)
         if data is not None:
             _check_data(data, lens)
         flags = {k: getattr(common, k) for k in LOAD_OPTIONS}
         call = Invocation(model or model_source(lens), imgs, data or "", flags)
+        check_page_path(page_path(common.out, call.model or lens.name))
         result = build_report(
             lens,
             imgs or None,

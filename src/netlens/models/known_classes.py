@@ -77,9 +77,9 @@ def known_class_names(model: nn.Module) -> ClassNames | None:
         return None
     if type(model).__module__.startswith("torchvision.models.segmentation"):
         return _voc_names(n)
-    from timm.data import infer_imagenet_subset
+    from .factory import import_timm
 
-    subset = infer_imagenet_subset({"num_classes": n})
+    subset = import_timm().data.infer_imagenet_subset({"num_classes": n})
     found = _imagenet(subset) if subset else None
     if found is None or len(found[0]) != n:
         return None
@@ -139,9 +139,9 @@ def _imagenet(subset: str) -> tuple[list[str], list[list[str]]] | None:
     """An ImageNet subset's WordNet IDs and each class's lemmas, from timm's package files
     (None from a timm without them)."""
     try:
-        from timm.data import ImageNetInfo
+        from .factory import import_timm
 
-        info = ImageNetInfo(subset)
+        info = import_timm().data.ImageNetInfo(subset)
         wnids, described = list(info.label_names()), info.label_descriptions()
     except Exception:  # noqa: BLE001 - a trimmed or older timm: no names, as before
         return None

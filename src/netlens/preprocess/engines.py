@@ -121,7 +121,9 @@ def huge_resize(hw: tuple[int, int], spec: Preprocess, limit: int = 1 << 24) -> 
 @lru_cache(maxsize=32)
 def timm_transform(key: tuple[Any, ...]) -> Callable[[Any], torch.Tensor]:
     """timm's own eval transform for a spec (cached: building it is not free)."""
-    from timm.data import create_transform
+    from ..models.factory import import_timm
+
+    create_transform = import_timm().data.create_transform
 
     input_size, interpolation, mean, std, crop_pct, crop_mode = key
     return create_transform(

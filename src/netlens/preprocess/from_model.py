@@ -156,11 +156,16 @@ def timm_spec(
     timm's own scripts do (``resolve_data_config(vars(args), model=model)``), so a model trained
     at 160² or with its own mean/std is fed as it was.
     """
-    from timm.data import resolve_data_config, resolve_model_data_config
+    from ..models.factory import import_timm
+
+    data = import_timm().data  # not `from timm.data import`: that warns in Jupyter
 
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     told = {k: args[k] for k in TIMM_DATA_KEYS if args and args.get(k) not in (None, "")}
-    dc = resolve_data_config(told, model=model) if told else resolve_model_data_config(model)
+    if told:
+        dc = data.resolve_data_config(told, model=model)
+    else:
+        dc = data.resolve_model_data_config(model)
     c, h, w = dc["input_size"]
     name = cfg.get("architecture") or type(model).__name__
     name += f".{cfg['tag']}" if cfg.get("tag") else ""

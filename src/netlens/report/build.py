@@ -18,7 +18,14 @@ from .sections import BUILDERS, Section
 if TYPE_CHECKING:
     from ..lens import Lens
 
-__all__ = ["Report", "build_report", "model_source", "parse_sections"]
+__all__ = [
+    "Report",
+    "build_report",
+    "check_page_path",
+    "model_source",
+    "page_path",
+    "parse_sections",
+]
 
 DATA_SECTIONS = ("stats", "ablate", "evaluate")
 
@@ -39,8 +46,8 @@ class Report:
         :func:`netlens.output.folder_lock`)."""
         from ..output import folder_lock
 
-        out = Path(out)
-        path = out if out.suffix.lower() == ".html" else out / f"report-{_safe(self.model)}.html"
+        path = page_path(out, self.model)
+        check_page_path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with folder_lock(path.parent):
             try:
@@ -66,6 +73,32 @@ class Report:
         return (
             f"Report({self.model}: {len(self.sections)} sections, {kb:,.0f} KB, "
             f"built in {self.seconds:.1f} s{where})"
+        )
+
+
+def page_path(out: str | Path, model: str) -> Path:
+    """Where :meth:`Report.save` writes: ``out`` itself when it ends in ``.html``, else
+    ``out/report-MODEL.html``."""
+    out = Path(out)
+    return out if out.suffix.lower() == ".html" else out / f"report-{_safe(model)}.html"
+
+
+def check_page_path(path: Path) -> None:
+    """One line, before any work, when the page cannot be written at ``path``: a folder is
+    there, or a file where its folder should be."""
+    from ..naming import display_path
+
+    if path.is_dir():
+        raise NetlensError(
+            f"{display_path(path)} is a folder, so the report page cannot be written there: "
+            f"give --out a .html file name that is free ({display_path(path / 'report.html')}"
+            ", say)"
+        )
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NetlensError(
+            f"cannot write the report to {display_path(path)}: {display_path(parent)} is a "
+            "file, not a folder; give --out a folder or a .html file name"
         )
 
 
@@ -192,34 +225,75 @@ def lens_invocation(lens: Lens) -> repro.Invocation:
             options["num_classes"] = kwargs.pop("num_classes")
         if kwargs:
             options["arch_kwargs"] = json.dumps(kwargs, sort_keys=True)
-    names = list(lens.classes or [])
-    if names and not any("," in n for n in names):
-        options["classes"] = ",".join(names)
-    data_options, remark = {}, ""
+    remarks: dict[str, str] = {}
+    options["classes"] = _classes_option(lens, remarks)
+    data_options = {}
     if lens.label_map:  # given in Python: its file is not known, only its contents
         data_options["label_map"] = "LABEL_MAP.json"
         mapping = json.dumps({str(k): v for k, v in dict(lens.label_map).items()})
-        remark = f"LABEL_MAP.json: a file holding {mapping}"
+        remarks["LABEL_MAP.json"] = f"a file holding {mapping}"
     if lens.task:
         options["task"] = lens.task
     if lens.output_key is not None:
         options["output"] = lens.output_key
     options |= _preprocess_options(lens)
     return repro.Invocation(
-        model=str(source), options=options, data_options=data_options, data_remark=remark
+        model=str(source), options=options, data_options=data_options, remarks=remarks
     )
 
 
+CLASS_NAMES_INLINE = 300  # longest --classes list spelled out on a command line (characters)
+
+
+def _classes_option(lens: Lens, remarks: dict[str, str]) -> str | None:
+    """``--classes`` for a rerun: none when the names are the ones read off the model again
+    (its own, or ImageNet's told from its head); the list when it is short and holds no comma
+    (which separates the names on a command line); else CLASSES.json, with a remark."""
+    import json
+
+    names = [str(n) for n in lens.classes or []]
+    found = lens.classes is getattr(lens, "_found_classes", None)
+    if not names or found or getattr(lens.classes, "guessed", False):
+        return None
+    inline = ",".join(names)
+    if not any("," in n for n in names) and len(inline) <= CLASS_NAMES_INLINE:
+        return inline
+    listed = json.dumps(names, ensure_ascii=False)
+    held = listed if len(listed) <= CLASS_NAMES_INLINE else "lens.classes"
+    remarks["CLASSES.json"] = (
+        f"a file holding the {len(names)} class names of the model in output order, as a "
+        f"JSON list (json.dump(lens.classes, f)): {held}"
+    )
+    return "CLASSES.json"
+
+
 def _named_inputs(call: repro.Invocation, images: Any, data: Any) -> repro.Invocation:
-    """``call`` with the images and data when they are files (Python gave them)."""
+    """``call`` with the images and data when they are files (Python gave them); IMAGES and
+    DATA, with a remark, for those given in memory."""
     from dataclasses import replace
 
     items = images if isinstance(images, (list, tuple)) else [images]
     named = [str(i) for i in items if isinstance(i, (str, Path))]
+    remarks = dict(call.remarks)
+    in_memory = images is not None and len(named) != len(items)
+    if in_memory:
+        remarks["IMAGES"] = (
+            "the images were given in memory, not as files: save them as image files "
+            "(PIL.Image.fromarray(array).save('image0.png')) and put the paths here"
+        )
+    data_word = str(data) if isinstance(data, (str, Path)) else ""
+    if data is not None and not data_word:
+        data_word = "DATA"
+        remarks["DATA"] = (
+            f"the data was given in memory ({type(data).__name__}), not as a folder, a .csv "
+            "list or a dataset name: save it as a folder with a subfolder per class and put "
+            "its path here"
+        )
     return replace(
         call,
-        images=named if images is not None and len(named) == len(items) else [],
-        data=str(data) if isinstance(data, (str, Path)) else "",
+        images=["IMAGES"] if in_memory else named if images is not None else [],
+        data=data_word,
+        remarks=remarks,
     )
 
 

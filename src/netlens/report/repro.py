@@ -47,7 +47,9 @@ class Invocation:
     options: dict[str, Any] = field(default_factory=dict)  # --arch, --size, --label-map...
     unnamed: str = ""  # why the model cannot be named (held in memory): MODEL stands for it
     data_options: dict[str, Any] = field(default_factory=dict)  # with --data only
-    data_remark: str = ""  # what a data option's placeholder stands for
+    # placeholder word (IMAGES, DATA, CLASSES.json, ...) → what it stands for, told after
+    # every command that holds it
+    remarks: dict[str, str] = field(default_factory=dict)
 
     def command(
         self, name: str, *args: str, images: bool = False, data: bool = False, **flags: Any
@@ -67,7 +69,7 @@ class Invocation:
             words += [flag] if value is True else [flag, str(value)]
         line = " ".join(shlex.quote(w) for w in words)
         remarks = [f"MODEL: {self.unnamed}"] if self.unnamed else []
-        remarks += [self.data_remark] if extra and self.data_remark else []
+        remarks += [f"{w}: {self.remarks[w]}" for w in dict.fromkeys(words) if w in self.remarks]
         return f"{line}  # {'; '.join(remarks)}" if remarks else line
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ImageError, NetlensError
+from ..errors import AnalyzerError, ImageError, NetlensError
 from .inputs import EVAL_METRICS, ReportInputs, data_scope
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..layers import LayerInfo
     from ..lens import Lens
 
-__all__ = ["BUILDERS", "ReportInputs", "Section", "mid_layer"]
+__all__ = ["BUILDERS", "ReportInputs", "Section", "mid_layer", "mid_layers"]
 
 
 @dataclass
@@ -86,8 +86,31 @@ def model_section(ctx: ReportInputs) -> Section:
 
 
 def _classes(lens: Lens) -> str:
+    """``3: cat, dog, bird``; a model without names: its output count, ``5 (unnamed: 0–4)``."""
     names = lens.classes or []
-    return f"{len(names)}: {', '.join(names[:20])}" + (" …" if len(names) > 20 else "")
+    if not names:
+        from ..models.classes import output_count
+
+        n = output_count(lens.model, lens.transform)  # None when a forward cannot tell
+        if not n:
+            return "unnamed"
+        return f"{n} (unnamed: {'0' if n == 1 else f'0–{n - 1}'})"
+    shown = ", ".join(isolate(name) for name in names[:20])
+    return f"{len(names)}: {shown}" + (" …" if len(names) > 20 else "")
+
+
+_BIDI = {"R", "AL", "RLE", "RLO", "LRE", "LRO", "RLI", "LRI", "FSI", "PDF", "PDI"}
+
+
+def isolate(name: str) -> str:
+    """``name`` between U+2068 FIRST STRONG ISOLATE and U+2069 POP DIRECTIONAL ISOLATE when it
+    holds right-to-left text or bidi controls, so it cannot reorder the text after it (a
+    U+202E in a class name would show the next names and numbers reversed)."""
+    import unicodedata
+
+    if any(unicodedata.bidirectional(ch) in _BIDI for ch in name):
+        return f"\u2068{name}\u2069"
+    return name
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -198,24 +221,61 @@ def kernels_section(ctx: ReportInputs) -> Section:
 
 
 def mid_layer(rows: list[LayerInfo]) -> str | None:
-    """The middle convolution (else the middle layer with a spatial N×C×H×W output)."""
+    """The layer whose feature maps the report shows: see :func:`mid_layers`."""
+    found = mid_layers(rows)
+    return found[0] if found else None
+
+
+def mid_layers(rows: list[LayerInfo]) -> list[str]:
+    """Middle layers to show feature maps of, best first: the middle block of a token model
+    whose one convolution is its patch-embedding stem (a ViT's ``blocks.6`` of 12, not the
+    stem the kernels section shows), then the middle convolution (else the middle layer with
+    a spatial N×C×H×W output)."""
     spatial = [
         r
         for r in rows
         if r.output_shape and len(r.output_shape) == 4 and min(r.output_shape[2:]) > 1
     ]
-    convs = [r.name for r in spatial if "Conv" in r.type] or [r.name for r in spatial]
-    return convs[len(convs) // 2] if convs else None
+    convs = [r.name for r in spatial if "Conv" in r.type]
+    conv_names = set(convs)
+    after = max((i for i, r in enumerate(rows) if r.name in conv_names), default=-1)
+    blocks = _blocks(rows[after + 1 :]) if len(convs) <= 1 else []
+    picks = convs or [r.name for r in spatial]
+    found = [blocks[len(blocks) // 2]] if blocks else []
+    return found + ([picks[len(picks) // 2]] if picks else [])
+
+
+def _blocks(rows: list[LayerInfo]) -> list[str]:
+    """The longest run of numbered blocks (``blocks.0``, ``blocks.1``, ...) among ``rows``
+    whose outputs keep a token or spatial axis (N×T×C, N×H×W×C); [] when there are not two."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        m = re.fullmatch(r"(.+)\.\d+", r.name)
+        shape = r.output_shape
+        if m and shape and len(shape) >= 3 and shape[1] > 1:
+            groups.setdefault(m.group(1), []).append(r.name)
+    longest = max(groups.values(), key=len, default=[])
+    return longest if len(longest) > 1 else []
 
 
 def features_section(ctx: ReportInputs) -> Section:
     """Feature maps of a middle layer for the first image."""
-    layer = mid_layer(ctx.layers())
-    if layer is None:
+    layers = mid_layers(ctx.layers())
+    if not layers:
         raise NetlensError("no layer with a spatial output to show feature maps of")
     images = ctx.report_images()  # readable ones only: the first is one the model can see
     first = images[:1] if isinstance(images, list) or hasattr(images, "dim") else images
-    res = ctx.lens.features(first, layer=layer, top=16, progress=ctx.progress, strict=ctx.strict)
+    for n, layer in enumerate(layers):
+        try:
+            res = ctx.lens.features(
+                first, layer=layer, top=16, progress=ctx.progress, strict=ctx.strict
+            )
+            break
+        except AnalyzerError:  # a token block without a patch grid: the convolution
+            if n == len(layers) - 1:
+                raise
     return Section(
         "features",
         "What a middle layer responds to",
