@@ -492,4 +492,9 @@ def test_out_html_that_is_a_folder_is_refused_before_any_work(tmp_path: Path, mo
     assert "Errno" not in r.output and ".tmp" not in r.output
     with pytest.raises(NetlensError, match="is a folder"):
         Report("<html></html>", [], 0.0, "m").save(taken)
+    import netlens.report
+
+    monkeypatch.setattr(netlens.report, "build_report", never)  # lens.report: before building
+    with pytest.raises(NetlensError, match="is a folder"):
+        netlens.load("zoo:shapes-allconv").report(out=taken)
     assert list(taken.iterdir()) == []

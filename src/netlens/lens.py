@@ -509,7 +509,10 @@ class Lens:
         :class:`netlens.report.Report` (``.path``, ``.html``, ``.sections``).
         """
         from .report import build_report
+        from .report.build import check_page_path, page_path
 
+        if out is not None:  # a page that cannot be written: said before any work
+            check_page_path(page_path(out, self.name))
         report = build_report(self, images, data=data, sections=sections, **options)
         return report.save(out) if out is not None else report
 
