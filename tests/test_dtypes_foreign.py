@@ -108,3 +108,13 @@ def test_half_precision_probabilities_are_the_users_own_forward(dtype: torch.dty
     res = netlens.cam(model, x, method="gradcam", layer="layer4")
     got = np.array([r["prediction_probability"] for r in res.table])
     np.testing.assert_allclose(got, own.max(1), rtol=0, atol=1e-6)
+
+
+def test_a_dynamically_quantized_torchvision_model_keeps_its_preprocessing() -> None:
+    import torchvision
+
+    float_model = torchvision.models.resnet18(num_classes=10).eval()
+    q = torch.ao.quantization.quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+    spec = netlens.load(q).transform
+    assert "recognised as tv:resnet18" in str(spec.source)
+    assert spec == netlens.load(float_model).transform

@@ -276,8 +276,11 @@ def torchvision_name(model: nn.Module) -> str | None:
     import torch
     import torchvision
 
-    # a quantized model's state_dict also holds packed parameters and dtypes (no shapes)
+    # a quantized model's state_dict also holds packed parameters and dtypes (no shapes); a
+    # dynamically quantized layer's weight and bias are only packed (its head, usually)
     shapes = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}
+    packed = {k.split("._packed_params")[0] + "." for k in shapes if "._packed_params" in k}
+    shapes = {k: v for k, v in shapes.items() if not k.startswith(tuple(packed))}
     key = (type(model), tuple(shapes.items()))
     if key in _RECOGNISED:
         return _RECOGNISED[key]
@@ -298,7 +301,7 @@ def torchvision_name(model: nn.Module) -> str | None:
                 theirs = {k: tuple(v.shape) for k, v in builder(**options).state_dict().items()}
         except Exception:  # noqa: BLE001 - a builder that needs arguments: not this one
             continue
-        extra = [k for k in theirs.keys() - shapes.keys() if not k.startswith(_AUX)]
+        extra = [k for k in theirs.keys() - shapes.keys() if not k.startswith((*_AUX, *packed))]
         differ = {k for k in shapes if theirs.get(k, shapes[k]) != shapes[k]}
         differ = {k for k in differ if not k.startswith(_AUX)}  # auxiliary classifiers too
         if not extra and shapes.keys() <= theirs.keys() and differ <= head:
