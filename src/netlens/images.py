@@ -12,6 +12,7 @@ limit (:func:`pixel_limit`, default 100 MP) before anything is decoded.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Collection, Iterable
@@ -108,15 +109,23 @@ def first_readable(paths: Iterable[str | Path]) -> np.ndarray:
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files (by suffix, any case) directly in ``folder`` and below, sorted; hidden ones
-    left out (see :func:`is_hidden`).
+    left out (see :func:`is_hidden`), and so are netlens' own outputs (see :func:`_walk`).
 
     Symlinked folders are followed, as torchvision's ImageFolder follows them (``Path.rglob``
     does not before Python 3.13: their images were left out unsaid); each real folder is read
     once, so a link to an ancestor does not recurse forever. A dangling link named as an image
     is listed, as ImageFolder lists it: reading it fails, so it is reported with the other
     unreadable files instead of vanishing unsaid."""
-    root = Path(folder)
-    found, seen = [], set()
+    return _walk(Path(folder))[0]
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """The images under ``root`` (as :func:`list_images` gives them) and the netlens outputs
+    left out: the files a ``NAME.manifest.json`` of their folder lists with their size, the
+    overlays and figures of an earlier run (``netlens cam .`` twice: ``netlens-out/``; or
+    ``-o`` an input folder). A photo beside them is kept: the manifest names netlens' files
+    exactly, so a folder that holds both is never skipped whole."""
+    found, own, seen = [], [], set()
     for top, dirs, names in os.walk(root, followlinks=True):
         try:
             st = os.stat(top)
@@ -128,8 +137,41 @@ def list_images(folder: str | Path) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = [d for d in dirs if not is_hidden(Path(top, d), root)]
-        found += [Path(top, n) for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(p for p in found if os.path.lexists(p) and not is_hidden(p, root))
+        listed = _netlens_outputs(Path(top), names)
+        for n in names:
+            if Path(n).suffix.lower() in IMAGE_SUFFIXES:
+                (own if _size(Path(top, n)) == listed.get(n, -1) else found).append(Path(top, n))
+    return sorted(p for p in found if os.path.lexists(p) and not is_hidden(p, root)), sorted(own)
+
+
+_MANIFEST = ".manifest.json"  # netlens.output.OutputSet's NAME.manifest.json
+
+
+def _netlens_outputs(top: Path, names: list[str]) -> dict[str, int]:
+    """File name → size of the files the netlens manifests in ``top`` list (an unreadable,
+    oversized or foreign ``*.manifest.json`` lists nothing)."""
+    listed: dict[str, int] = {}
+    for n in names:
+        if not n.endswith(_MANIFEST) or n.startswith(".") or _size(top / n) > 16 << 20:
+            continue
+        try:
+            doc = json.loads((top / n).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict) or f"{doc.get('result')}{_MANIFEST}" != n:
+            continue
+        for f in doc.get("files") if isinstance(doc.get("files"), list) else []:
+            if isinstance(f, dict) and isinstance(f.get("file"), str):
+                if isinstance(f.get("bytes"), int):
+                    listed[f["file"]] = f["bytes"]
+    return listed
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -2  # never a listed size
 
 
 def is_hidden(path: Path, root: Path) -> bool:
@@ -254,7 +296,14 @@ def _expand(images: Any) -> list[Any]:
     if isinstance(images, (str, Path)):
         p = Path(images)
         if p.is_dir():
-            found = list_images(p)
+            found, own = _walk(p)
+            if not found and own:
+                raise ImageError(
+                    f"folder {display_path(p)} holds only netlens' own outputs ({len(own)} "
+                    f"images its *.manifest.json files list, e.g. "
+                    f"{display_path(own[0].relative_to(p))}), never read back as inputs; "
+                    "give the folder of the images to explain"
+                )
             if not found:
                 raise ImageError(
                     f"no images in folder {display_path(p)} (looked for {FORMATS} files)"

@@ -561,6 +561,9 @@ def _class_names(classes: Any) -> list[str] | None:
     return read_class_names(classes)
 
 
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch device that exists here; one line saying what to do otherwise."""
     try:
@@ -569,6 +572,14 @@ def check_device(device: str | torch.device) -> torch.device:
         raise NetlensError(
             f"device {device!r} is not a device name; use cpu, cuda, cuda:1 or mps"
         ) from None
+    allowed = _DEVICE_TYPES + (("xpu",) if hasattr(torch, "xpu") else ())
+    if dev.type not in allowed:  # meta holds no data; xla, hpu... need their own runtimes
+        raise NetlensError(
+            f"device {device!r} is not supported: netlens runs on {', '.join(allowed)} "
+            "(cuda:1 picks a GPU); use one of those"
+        )
+    if dev.type == "xpu" and not torch.xpu.is_available():
+        raise NetlensError(f"device {device!r} is not available here; use --device cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise NetlensError(

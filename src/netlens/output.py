@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -191,12 +192,12 @@ class OutputSet:
             entries.append({"file": name, "bytes": len(data), "sha256": _sha(data)})
         tmp = stage / ".manifest"  # staged first: a full disk stops the commit before a rename
         tmp.write_text(json.dumps({"result": self.name, "files": entries}, indent=2))
-        for name in self._names:
-            os.replace(stage / name, self.folder / name)
-            self.written.append(self.folder / name)
-        stale = sorted(n for n in previous - set(self._names) if (self.folder / n).exists())
-        for old in stale:
-            (self.folder / old).unlink(missing_ok=True)
+        for name in [*self._names, manifest.name]:  # all checked before the first rename
+            _check_target(self.folder / name)
+        stale = sorted(n for n in previous - set(self._names) if (self.folder / n).is_file())
+        moves = [(stage / n, self.folder / n) for n in self._names] + [(tmp, manifest)]
+        _replace_all(moves, [self.folder / n for n in stale], stage)
+        self.written += [dst for _, dst in moves]
         if stale:  # one run of an analyzer per folder: said, never silent
             warnings.warn(
                 f"{self.folder}/ held an earlier {self.name} run: its {len(stale)} files that "
@@ -205,8 +206,53 @@ class OutputSet:
                 NetlensWarning,
                 stacklevel=2,
             )
-        os.replace(tmp, manifest)
-        self.written.append(manifest)
+
+
+def _check_target(target: Path) -> None:
+    """One line when something other than a file (a folder, a pipe) holds an output's name:
+    said before the first rename, so nothing has moved yet."""
+    try:
+        st = target.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        return
+    from .naming import display_path
+
+    what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a file"
+    raise NetlensError(
+        f"{display_path(target)} is {what}, and netlens writes a result file of that name "
+        "there; move it away or give another --out folder"
+    )
+
+
+def _replace_all(moves: list[tuple[Path, Path]], remove: list[Path], stage: Path) -> None:
+    """Rename each staged file onto its target and take ``remove`` away, all or nothing: what
+    a rename would replace, and what is removed, is first moved aside into ``stage`` (removed
+    with it afterwards); a failure part way (an error, Ctrl-C) puts every file back."""
+    done: list[tuple[Path, Path | None]] = []  # (target, its old file set aside, or None)
+    try:
+        for i, path in enumerate(remove):
+            done.append((path, stage / f".old-stale-{i}"))  # noted first: undone if it moved
+            os.replace(path, stage / f".old-stale-{i}")
+        for i, (src, dst) in enumerate(moves):
+            aside = stage / f".old-{i}" if os.path.lexists(dst) else None
+            done.append((dst, aside))
+            if aside is not None:
+                os.replace(dst, aside)
+            os.replace(src, dst)
+    except BaseException:
+        for dst, aside in reversed(done):
+            if aside is not None and not os.path.lexists(aside):
+                continue  # never moved aside: the target is as it was
+            try:
+                if os.path.lexists(dst) and not os.path.isdir(dst):
+                    os.unlink(dst)  # this run's file
+                if aside is not None:
+                    os.replace(aside, dst)
+            except OSError:  # pragma: no cover - best effort: the error below is what counts
+                pass
+        raise
 
 
 def _listed(manifest: Path) -> set[str]:
