@@ -57,6 +57,8 @@ from .evaluate_warnings import (
     negligible,
     negligible_warning,
     target_probs,
+    unscored_warning,
+    unused_masks_warning,
 )
 from .inputs import first_items
 from .specs import EVALUATE
@@ -216,6 +218,8 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
             raise DataError("give the data to evaluate on: --data shapes, a folder, a dataset")
     if isinstance(data, DataLoader):  # evaluate batches itself; the dataset keeps the masks
         data = data.dataset
+    if masks and not _is_dir(Path(masks)):  # whatever the data: a mistyped path is said
+        raise DataError(f"mask folder not found: {display_path(Path(masks))[:200]}")
     ds = data if isinstance(data, Dataset) else lens.dataset(data)
     if isinstance(ds, ImageFolderDataset):
         folder = Path(masks) if masks else ds.root.with_name(ds.root.name + "_masks")
@@ -350,6 +354,7 @@ class EvaluateAnalyzer(Analyzer):
         # the dataset under a user's Subset and --limit's cut, and the items they pick
         base, picked = under_subsets(whole)
         ds = open_dataset(lens, base, o.masks)  # the dataset itself finds its mask folder
+        lines = unused_masks_warning(o.masks, ds)  # given for data that has its own, or none
         if picked is not None:
             ds = Picked(ds, picked)
         drawn = _drawn(loader) if loader is not None else None  # what its sampler draws
@@ -396,13 +401,13 @@ class EvaluateAnalyzer(Analyzer):
         meta["label_source"] = run.data.label_source
         flat = {m: int(flags[f"{_FLAT}{m}"].sum()) for m in method_list if f"{_FLAT}{m}" in flags}
         meta["flat_maps"] = flat
-        lines = empty_mask_warning(arrays, method_list, plan.metrics)
+        lines += empty_mask_warning(arrays, method_list, plan.metrics)
         lines += flat_warnings(flat, len(flags.get(f"{_FLAT}{method_list[0]}", ())), plan.metrics)
         if _PROB in flags:
             weak = negligible(flags[_PROB])
             meta["negligible_targets"] = int(weak.sum())
             lines += negligible_warning(weak, flags[_PROB], followed)
-        meta["warnings"] = lines
+        meta["warnings"] = lines + unscored_warning(table, plan.n_images)
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
 
 

@@ -1,7 +1,8 @@
 """What ``evaluate`` warns of: scores that say nothing of a map. Flat maps (one value
 everywhere), which pointing and energy leave out and deletion, insertion and ROAD take in random
 pixel order; targets of negligible probability on the intact image (below a tenth of chance);
-masks empty at the model's input."""
+masks empty at the model's input; a ``masks`` folder the data does not use; metrics that
+scored no image at all."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ __all__ = [
     "negligible",
     "negligible_warning",
     "target_probs",
+    "unscored_warning",
+    "unused_masks_warning",
 ]
 
 LOCAL = ("pointing", "energy")  # scored from the map and the mask alone
@@ -107,3 +110,29 @@ def flat_maps(heat: Any) -> np.ndarray:
     m = np.asarray(heat, np.float64).reshape(len(heat), -1)
     with np.errstate(invalid="ignore"):
         return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
+
+
+def unused_masks_warning(masks: Any, ds: Any) -> list[str]:
+    """One line when a ``masks`` folder was given for data that does not read masks from it
+    (a named dataset such as ``shapes`` brings its own, a CSV list or a Dataset has none)."""
+    if not masks or hasattr(ds, "masks_root"):  # read from the folder (evaluate's _FolderMasks)
+        return []
+    from ..naming import display_path
+
+    return [
+        f"--masks {display_path(masks)[:120]} is not used: masks are read from a folder only for "
+        "a --data image folder; this data brings its own masks or has none"
+    ]
+
+
+def unscored_warning(table: list[dict[str, Any]], images: int) -> list[str]:
+    """One line when some metric scored none of the ``images`` (its row is empty, n=0): every
+    score was left out (flat maps, empty masks: said above) or not a finite number (a metric
+    option too large, e.g. ROAD's --noise)."""
+    empty = [f"{r['method']} {r['metric']}" for r in table if not r["n"]]
+    if not images or not empty:
+        return []
+    return [
+        f"no score for any of the {images} image(s) in {_listed(empty)} (n=0; see the lines "
+        "above, or check the metric options: a score that is not a finite number is left out)"
+    ]

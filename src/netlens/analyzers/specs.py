@@ -365,7 +365,14 @@ EVALUATE = Spec(
             str,
             choices=("zero", "blur"),
         ),
-        Option("noise", 0.01, "ROAD imputation noise (std, normalised input units).", float, low=0),
+        Option(
+            "noise",
+            0.01,
+            "ROAD imputation noise: its std in normalised input units, 0 to 100.",
+            float,
+            low=0,
+            high=100,
+        ),
         _SEED,
         Option(
             "metric_options", None, "More options for plugin metrics (a dict).", mapping, cli=False

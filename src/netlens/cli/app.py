@@ -21,6 +21,20 @@ class NetlensGroup(TyperGroup):
     options included, the same way: one line that says what to do.)
     """
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """The command, once its raw arguments hold no single-valued option twice."""
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and not hasattr(cmd, "commands"):  # a command, not a group (zoo)
+            from .common import repeated_option
+
+            problem = repeated_option(cmd.params, rest)
+            if problem:
+                usage_error = next(
+                    k for k in typer.BadParameter.__mro__ if k.__name__ == "UsageError"
+                )
+                raise usage_error(problem, ctx=typer.Context(cmd, info_name=name, parent=ctx))
+        return name, cmd, rest
+
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)

@@ -185,3 +185,53 @@ def parse_options(pairs: list[str] | None, example: str = "--opt steps=32") -> d
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def repeated_option(params: list[Any], args: list[str]) -> str | None:
+    """The line for a single-valued option given twice in ``args`` (a command's raw
+    arguments; ``params``: its click parameters), else None. The parser would keep the last
+    value without a word (``--layers a --layers b`` analyses only ``b``); options meant to
+    repeat (``--opt k=v``) and on/off flags are left alone."""
+    options = [p for p in params if getattr(p, "param_type_name", "") == "option"]
+    by_flag = {f: p for p in options for f in (*p.opts, *p.secondary_opts)}
+    seen: dict[str, tuple[str, str]] = {}  # name -> (flag as spelt, value)
+    i = 0
+    while i < len(args):
+        token, i = args[i], i + 1
+        if token == "--":
+            break
+        flag, value = token, None
+        if token.startswith("--") and "=" in token:
+            flag, value = token.split("=", 1)
+        elif token[:1] == "-" and token[1:2] != "-" and len(token) > 2 and token[:2] in by_flag:
+            # -t1, or clustered flags -qn4: the first option that takes a value ends the cluster
+            for k in range(1, len(token)):
+                opt = by_flag.get("-" + token[k])
+                if opt is None or not (opt.is_flag or opt.count):
+                    flag, value = "-" + token[k], token[k + 1 :] or None
+                    break
+        param = by_flag.get(flag)
+        if param is None or param.is_flag or param.count:
+            continue
+        if value is None:  # the value(s) follow
+            value = " ".join(args[i : i + param.nargs])
+            i += param.nargs
+        if param.multiple:
+            continue
+        if param.name in seen:
+            first, before = seen[param.name]
+            long = (
+                first
+                if first.startswith("--")
+                else next((f for f in param.opts if f.startswith("--")), first)
+            )
+            first = first if first == long else f"{long} ({first})"
+            shown = [v if len(v) <= 60 else v[:60] + "…" for v in (before, value)]
+            if "comma-separated" in (param.help or "") or "--layers" in param.opts:
+                return (
+                    f"{first} given twice; give several as one comma-separated value: "
+                    f"{long} {shown[0]},{shown[1]}"
+                )
+            return f"{first} given twice ({shown[0]!r}, then {shown[1]!r}); give it once"
+        seen[param.name] = (flag, value)
+    return None

@@ -169,7 +169,10 @@ def train(
     common: Common,
 ) -> None:
     """Train a model; write OUT/model.pt, a netlens checkpoint (best epoch, training record)."""
+    from contextlib import nullcontext
+
     from ..distributed.setup import join_from_env
+    from ..output import folder_lock
     from ..train import train as run_training
     from .runner import said_once
 
@@ -183,7 +186,10 @@ def train(
         options["arch_kwargs"] = parse_options(arch_opt, "--arch-opt in_chans=1")
     quiet = common.quiet or common.json
     group, _ = join_from_env(device)  # under torchrun: one process of several
-    with said_once(group):
+    # the folder checked and locked before any data is read (rank 0 writes): a bad --out is
+    # one line at once, and a second run into the same folder (train, cam...) stops at once
+    lock = folder_lock(common.out) if group.main else nullcontext()
+    with said_once(group), lock:
         result = run_training(
             arch, data, recipe=recipe, resume=resume, quiet=quiet, group=group, **options
         )

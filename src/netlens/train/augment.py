@@ -36,9 +36,7 @@ def augment_batch(
     if flip:
         mask = torch.rand(total, generator=generator)[mine].lt(0.5).to(dev)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    if crop >= min(h, w):  # shifts past the whole image: padding that costs (2·crop)² per image
-        side = min(h, w)
-        raise NetlensError(f"--crop {crop} shifts {h}×{w} images out of sight; use under {side}")
+    check_crop(crop, h, w)
     if crop > 0:
         padded = F.pad(x, (crop, crop, crop, crop))
         dy = torch.randint(0, 2 * crop + 1, (total,), generator=generator)[mine].to(dev)
@@ -48,3 +46,11 @@ def augment_batch(
         batch = torch.arange(n, device=dev)[:, None, None]
         x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     return x.contiguous()
+
+
+def check_crop(crop: int, h: int, w: int) -> None:
+    """One line when ``crop`` shifts h×w images past their whole size (padding that costs
+    (2·crop)² per image and shows nothing of the image)."""
+    if crop >= min(h, w):
+        side = min(h, w)
+        raise NetlensError(f"--crop {crop} shifts {h}×{w} images out of sight; use under {side}")

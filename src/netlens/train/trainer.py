@@ -36,7 +36,7 @@ from ..images import Preprocess
 from ..layout import takes_channels_last
 from ..models.checkpoint import make_checkpoint, write_checkpoint
 from ..models.factory import check_arch
-from .augment import augment_batch
+from .augment import augment_batch, check_crop
 from .build import arch_kwargs, first_two, model_to_train
 from .config import TrainConfig
 from .datasets import Splits, check_classes, make_loader, resolve_splits, set_epoch
@@ -145,6 +145,8 @@ def setup(
     )
     check_classes(splits, cfg.data)
     sample = first_two(splits)
+    if cfg.crop and sample.dim() == 4:  # refused before the model is built and described
+        check_crop(cfg.crop, *sample.shape[-2:])
     cfg, model, frozen, params, notes = model_to_train(cfg, splits, host, sample)
     notes[:0] = splits.notes
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
