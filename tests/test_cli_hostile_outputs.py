@@ -165,3 +165,12 @@ def test_unsupported_device_is_one_line(tmp_path, device):
     assert len(text.splitlines()) == 1 and "RuntimeError" not in text, text
     assert f"'{device}'" in text and "cpu, cuda, mps" in text, text
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "xla"])
+def test_train_on_an_unsupported_device_is_one_line(tmp_path, device):
+    args = ["train", "--arch", "lenet5", "-d", "shapes", "--epochs", "1", "--device", device]
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1, res.output
+    text = res.output.strip()
+    assert len(text.splitlines()) == 1 and f"'{device}'" in text and "cpu, cuda, mps" in text

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import NetlensError
-
 __all__ = ["device_name", "pick_device"]
 
 
@@ -21,15 +19,9 @@ def pick_device(name: str | None = None) -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise NetlensError(f"unknown device '{name}' (use cpu, cuda, cuda:1 or mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NetlensError(
-            "--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu"
-        )
-    return dev
+    from ..lens import check_device  # the analyses' rules: meta, xla... are refused
+
+    return check_device(name)
 
 
 def _cpu_model() -> str:
