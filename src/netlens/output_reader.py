@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .targets import model_output, picked_output
+from .model_output import model_output, picked_output
 
 __all__ = [
     "OutputReader",

@@ -3,9 +3,9 @@
 Every analyzer that explains something (CAMs, evaluate, sanity, plugins) goes through this one
 module, in the spirit of pytorch-grad-cam's target objects and captum's ``target=``:
 
-- :func:`model_output` takes the tensor to explain out of whatever ``forward`` returned (a tensor,
-  a dict such as torchvision segmentation's ``{"out": ...}``, a tuple, a Hugging Face output with
-  ``.logits``);
+- :func:`model_output` (:mod:`netlens.model_output`) takes the tensor to explain out of whatever
+  ``forward`` returned (a tensor, a dict such as torchvision segmentation's ``{"out": ...}``, a
+  tuple, a Hugging Face output with ``.logits``);
 - a :class:`Target` maps that output (N×K logits, N×1 binary logit, N×K×H×W dense maps) to N
   scores, one per image; ``rows`` says which image each output row belongs to, so per-image
   targets also score masked or ablated copies of an image;
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import NetlensError, TargetError
+from .model_output import model_output
 
 if TYPE_CHECKING:
     from .lens import Lens
@@ -55,126 +56,6 @@ __all__ = [
 ]
 
 TASKS = ("multiclass", "multilabel", "binary", "regression", "dense")
-
-
-# -- the output to explain -------------------------------------------------------------------
-def model_output(
-    out: Any, key: str | int | None = None, batch_dims: int | None = None
-) -> torch.Tensor:
-    """The tensor to explain from a model's raw output.
-
-    Args:
-        out: what ``model(x)`` returned.
-        key: a dict key, attribute name or tuple index (``--output KEY``); by default the
-            ``logits`` attribute/key, then ``out``, then the first tensor.
-        batch_dims: how many dimensions the tensor has for a batch of images, when the model
-            squeezes one image's batch axis away (``.squeeze()`` of 1×K): a tensor with fewer
-            is one image's, given its batch axis back (:func:`squeezed_batch_dims`).
-
-    Example:
-        >>> model_output({"out": seg, "aux": aux}).shape  # torchvision segmentation
-    """
-    t = picked_output(out, key)
-    if batch_dims is not None and t.dim() < batch_dims:
-        t = t.unsqueeze(0)
-    return _classifier_shape(t)
-
-
-def picked_output(out: Any, key: str | int | None = None) -> torch.Tensor:
-    """The tensor :func:`model_output` reads, as the model returned it (no reshaping)."""
-    if key is not None:
-        return _pick(out, key)
-    if isinstance(out, torch.Tensor):
-        return out
-    for name in ("logits", "out"):
-        got = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
-        if isinstance(got, torch.Tensor):
-            return got
-    values = list(out.values()) if isinstance(out, dict) else out
-    if isinstance(values, (tuple, list)):
-        tensors = [v for v in values if isinstance(v, torch.Tensor)]
-        if tensors and all(t.shape == tensors[0].shape for t in tensors):
-            return tensors[0]  # one output, or a main head and its aux copies
-        if tensors:
-            raise NetlensError(_which_output(out, values))
-    if _is_detection(out):
-        raise NetlensError(
-            "the model returned detections (boxes, labels and scores per image): netlens "
-            "explains classifiers, multi-label, regression and segmentation outputs, not object "
-            "detectors"
-        )
-    raise NetlensError(
-        f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
-        "pick one with --output KEY (output= in Python) or wrap the model"
-    )
-
-
-def _is_detection(out: Any) -> bool:
-    """torchvision's detectors (and DETR-style code) return one dict of boxes per image."""
-    items = out if isinstance(out, (list, tuple)) else [out]
-    return bool(items) and all(isinstance(d, dict) and "boxes" in d for d in items)
-
-
-def _which_output(out: Any, values: list[Any] | tuple[Any, ...]) -> str:
-    """Refusal of a guess: several tensors of different shapes, any of which could be it."""
-    keys = list(out) if isinstance(out, dict) else list(range(len(values)))
-    shown = [
-        f"{k}: {'×'.join(map(str, v.shape))}"
-        for k, v in zip(keys, values, strict=True)
-        if isinstance(v, torch.Tensor)
-    ]
-    pyramid = all(isinstance(v, torch.Tensor) and v.dim() == 4 for v in values)
-    return (
-        f"the model returned a {type(out).__name__} of tensors of different shapes "
-        f"({'; '.join(shown[:6])}{'; ...' if len(shown) > 6 else ''}): which holds the "
-        "scores to explain would be a guess; pick it with --output KEY (output= in Python)"
-        + (
-            ". Feature maps at several scales (timm's features_only) hold no class scores: "
-            "load the classifier"
-            if pyramid
-            else ""
-        )
-    )
-
-
-def _pick(out: Any, key: str | int) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):  # its attributes (.T, .real) are no outputs to pick
-        raise NetlensError(
-            f"the model returns one tensor, so there is no output '{key}' to pick; leave out "
-            "--output (output= in Python), which is for models returning a dict, tuple or object"
-        )
-    if isinstance(out, dict):
-        got = out.get(key, out.get(str(key)))
-        keys = list(out)
-    elif isinstance(out, (tuple, list)):
-        idx = int(key) if str(key).lstrip("-").isdigit() else None
-        got = out[idx] if idx is not None and -len(out) <= idx < len(out) else None
-        keys = list(range(len(out)))
-    else:
-        got = getattr(out, str(key), None)
-        keys = [k for k in dir(out) if not k.startswith("_")][:12]
-    if not isinstance(got, torch.Tensor):
-        raise NetlensError(
-            f"the model's output has no tensor '{key}' (it has: {', '.join(map(str, keys))})"
-        )
-    return got
-
-
-def _classifier_shape(out: torch.Tensor) -> torch.Tensor:
-    """N×K×1×1 (a fully convolutional classifier's pooled logits, never kept flat) as N×K:
-    one score per class, not a 1-pixel segmentation. A single logit per image squeezed to
-    N (``BCEWithLogitsLoss`` training's ``.squeeze(1)``; a 0-d tensor for one image) as N×1;
-    :meth:`netlens.Lens.output` refuses a vector that is not one value per image. Likewise a
-    binary segmentation's one logit per pixel squeezed to N×H×W (``.squeeze(1)`` for
-    ``BCEWithLogitsLoss`` on N×H×W masks) as N×1×H×W: every N×H×W float output, which no
-    classifier returns (an N×H×W output crashed every analysis before)."""
-    if out.dim() == 4 and out.shape[-2:] == (1, 1):
-        return out.flatten(1)
-    if out.dim() == 3 and out.is_floating_point() and min(out.shape[1:]) > 1:
-        return out[:, None]
-    if out.dim() <= 1:
-        return out.reshape(-1, 1)
-    return out
 
 
 def check_task(task: str | None) -> str | None:

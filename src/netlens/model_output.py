@@ -1,0 +1,136 @@
+"""The tensor netlens explains, taken out of whatever a model returns: a tensor, a dict
+(``logits``, ``out``), a tuple of a main head and its auxiliary copies, an object with
+``.logits``; ``--output KEY`` picks another. Shapes that mean one thing are read as it: an
+N×K×1×1 head as N×K, a single logit squeezed to N as N×1, a binary segmentation's N×H×W as
+N×1×H×W. Detections are refused in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import NetlensError
+
+__all__ = ["model_output", "picked_output"]
+
+
+def model_output(
+    out: Any, key: str | int | None = None, batch_dims: int | None = None
+) -> torch.Tensor:
+    """The tensor to explain from a model's raw output.
+
+    Args:
+        out: what ``model(x)`` returned.
+        key: a dict key, attribute name or tuple index (``--output KEY``); by default the
+            ``logits`` attribute/key, then ``out``, then the first tensor.
+        batch_dims: how many dimensions the tensor has for a batch of images, when the model
+            squeezes one image's batch axis away (``.squeeze()`` of 1×K): a tensor with fewer
+            is one image's, given its batch axis back
+            (:func:`netlens.output_reader.output_rules`).
+
+    Example:
+        >>> model_output({"out": seg, "aux": aux}).shape  # torchvision segmentation
+    """
+    t = picked_output(out, key)
+    if batch_dims is not None and t.dim() < batch_dims:
+        t = t.unsqueeze(0)
+    return _classifier_shape(t)
+
+
+def picked_output(out: Any, key: str | int | None = None) -> torch.Tensor:
+    """The tensor :func:`model_output` reads, as the model returned it (no reshaping)."""
+    if key is not None:
+        return _pick(out, key)
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("logits", "out"):
+        got = out.get(name) if isinstance(out, dict) else getattr(out, name, None)
+        if isinstance(got, torch.Tensor):
+            return got
+    values = list(out.values()) if isinstance(out, dict) else out
+    if isinstance(values, (tuple, list)):
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if tensors and all(t.shape == tensors[0].shape for t in tensors):
+            return tensors[0]  # one output, or a main head and its aux copies
+        if tensors:
+            raise NetlensError(_which_output(out, values))
+    if _is_detection(out):
+        raise NetlensError(
+            "the model returned detections (boxes, labels and scores per image): netlens "
+            "explains classifiers, multi-label, regression and segmentation outputs, not object "
+            "detectors"
+        )
+    raise NetlensError(
+        f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
+        "pick one with --output KEY (output= in Python) or wrap the model"
+    )
+
+
+def _is_detection(out: Any) -> bool:
+    """torchvision's detectors (and DETR-style code) return one dict of boxes per image."""
+    items = out if isinstance(out, (list, tuple)) else [out]
+    return bool(items) and all(isinstance(d, dict) and "boxes" in d for d in items)
+
+
+def _which_output(out: Any, values: list[Any] | tuple[Any, ...]) -> str:
+    """Refusal of a guess: several tensors of different shapes, any of which could be it."""
+    keys = list(out) if isinstance(out, dict) else list(range(len(values)))
+    shown = [
+        f"{k}: {'×'.join(map(str, v.shape))}"
+        for k, v in zip(keys, values, strict=True)
+        if isinstance(v, torch.Tensor)
+    ]
+    pyramid = all(isinstance(v, torch.Tensor) and v.dim() == 4 for v in values)
+    return (
+        f"the model returned a {type(out).__name__} of tensors of different shapes "
+        f"({'; '.join(shown[:6])}{'; ...' if len(shown) > 6 else ''}): which holds the "
+        "scores to explain would be a guess; pick it with --output KEY (output= in Python)"
+        + (
+            ". Feature maps at several scales (timm's features_only) hold no class scores: "
+            "load the classifier"
+            if pyramid
+            else ""
+        )
+    )
+
+
+def _pick(out: Any, key: str | int) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):  # its attributes (.T, .real) are no outputs to pick
+        raise NetlensError(
+            f"the model returns one tensor, so there is no output '{key}' to pick; leave out "
+            "--output (output= in Python), which is for models returning a dict, tuple or object"
+        )
+    if isinstance(out, dict):
+        got = out.get(key, out.get(str(key)))
+        keys = list(out)
+    elif isinstance(out, (tuple, list)):
+        idx = int(key) if str(key).lstrip("-").isdigit() else None
+        got = out[idx] if idx is not None and -len(out) <= idx < len(out) else None
+        keys = list(range(len(out)))
+    else:
+        got = getattr(out, str(key), None)
+        keys = [k for k in dir(out) if not k.startswith("_")][:12]
+    if not isinstance(got, torch.Tensor):
+        raise NetlensError(
+            f"the model's output has no tensor '{key}' (it has: {', '.join(map(str, keys))})"
+        )
+    return got
+
+
+def _classifier_shape(out: torch.Tensor) -> torch.Tensor:
+    """N×K×1×1 (a fully convolutional classifier's pooled logits, never kept flat) as N×K:
+    one score per class, not a 1-pixel segmentation. A single logit per image squeezed to
+    N (``BCEWithLogitsLoss`` training's ``.squeeze(1)``; a 0-d tensor for one image) as N×1;
+    :meth:`netlens.Lens.output` refuses a vector that is not one value per image. Likewise a
+    binary segmentation's one logit per pixel squeezed to N×H×W (``.squeeze(1)`` for
+    ``BCEWithLogitsLoss`` on N×H×W masks) as N×1×H×W: every N×H×W float output, which no
+    classifier returns (an N×H×W output crashed every analysis before)."""
+    if out.dim() == 4 and out.shape[-2:] == (1, 1):
+        return out.flatten(1)
+    if out.dim() == 3 and out.is_floating_point() and min(out.shape[1:]) > 1:
+        return out[:, None]
+    if out.dim() <= 1:
+        return out.reshape(-1, 1)
+    return out
