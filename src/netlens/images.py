@@ -140,7 +140,8 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
         listed = _netlens_outputs(Path(top), names)
         for n in names:
             if Path(n).suffix.lower() in IMAGE_SUFFIXES:
-                (own if _size(Path(top, n)) == listed.get(n, -1) else found).append(Path(top, n))
+                mine = n in listed and _size(Path(top, n)) == listed[n]  # one stat, only if listed
+                (own if mine else found).append(Path(top, n))
     return sorted(p for p in found if os.path.lexists(p) and not is_hidden(p, root)), sorted(own)
 
 
