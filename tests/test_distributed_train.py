@@ -75,7 +75,8 @@ def test_two_processes_follow_one_process(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["model.pt"]  # rank 0 wrote
+    written = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert written == [".netlens.lock", "model.pt"]  # rank 0 wrote, under the folder's lock
     two = torch.load(tmp_path / "two" / "model.pt", map_location="cpu", weights_only=True)
     a, b = _weights(one.path), two["state_dict"]
     assert _rel(a, b) < 1e-4  # the same training, up to float reassociation
