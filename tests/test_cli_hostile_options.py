@@ -157,3 +157,8 @@ def test_a_metric_that_scored_no_image_gets_a_warning():
     assert "no score for any of the 2 image(s) in gradcam road-morf and gradcam road-lerf" in line
     assert unscored_warning(rows[1:2], 2) == []
     assert unscored_warning(rows, 0) == []
+
+
+def test_help_wins_over_a_repeated_option():
+    r = _run(["stats", "--layers", "a", "--layers", "b", "--help"])
+    assert r.exit_code == 0 and "Usage" in r.output, r.output

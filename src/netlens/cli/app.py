@@ -24,7 +24,8 @@ class NetlensGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         """The command, once its raw arguments hold no single-valued option twice."""
         name, cmd, rest = super().resolve_command(ctx, args)
-        if cmd is not None and not hasattr(cmd, "commands"):  # a command, not a group (zoo)
+        asks_help = "--help" in rest  # help wins, as it does in click
+        if cmd is not None and not hasattr(cmd, "commands") and not asks_help:  # not zoo
             from .common import repeated_option
 
             problem = repeated_option(cmd.params, rest)
