@@ -98,3 +98,51 @@ def test_an_output_that_is_not_one_row_per_image_is_still_refused() -> None:
     assert squeezed_batch_dims(BatchMean().eval(), _x(2)) is None
     with pytest.raises(NetlensError, match="not one row per image"):
         netlens.cam(BatchMean().eval(), _x(2), method="gradcam", layer="conv")
+
+
+class SigmoidSeg(nn.Module):
+    """A segmenter ending in a sigmoid, its channel axis squeezed away or put back."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features, self.head, self.how = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 1, 1), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.head(torch.relu(self.features(x)))
+        if self.how == "squeeze1":  # BCELoss on N×H×W masks
+            return torch.sigmoid(z).squeeze(1)
+        if self.how == "unsqueeze":  # N×H×W computed, the channel put back
+            return torch.sigmoid(z[:, 0]).unsqueeze(1)
+        if self.how == "inplace":
+            return torch.sigmoid(z.mean((2, 3))).squeeze_()
+        return torch.sigmoid(z.mean((2, 3))) if self.how == "cls" else torch.sigmoid(z)
+
+
+@pytest.mark.parametrize(
+    ("how", "ref"), [("squeeze1", "plain"), ("unsqueeze", "plain"), ("inplace", "cls")]
+)
+def test_a_sigmoid_behind_a_squeeze_or_unsqueeze_is_read_as_one(how: str, ref: str) -> None:
+    from netlens.output_reader import ends_in_sigmoid
+
+    model, same = SigmoidSeg(how).eval(), SigmoidSeg(ref).eval()
+    assert ends_in_sigmoid(model, _x(2)) and ends_in_sigmoid(same, _x(2))
+    np.testing.assert_allclose(
+        netlens.load(model).predict(_x(2)), netlens.load(same).predict(_x(2)), atol=1e-6
+    )
+
+
+def test_a_flattened_output_counts_no_classes() -> None:
+    """``.flatten()`` of N×K is N·K values: no class count (not 1), refused at the forward."""
+    from netlens.models.classes import output_count
+    from netlens.preprocess import Preprocess
+
+    class Flat(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x).flatten()
+
+    model = Flat(5, False).eval()
+    assert output_count(model, Preprocess(size=(32, 32))) is None
+    lens = netlens.load(model, input_size=32, classes=list("abcde"))
+    with pytest.raises(NetlensError, match="not one row per image"):
+        lens.predict(_x(2))

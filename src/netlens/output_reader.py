@@ -47,6 +47,8 @@ _VIEWS = {  # operations that reshape without computing: look through them
     "SqueezeBackward0",
     "SqueezeBackward1",
     "SqueezeBackward2",
+    "SqueezeBackward3",  # .squeeze_() and .squeeze(dims)
+    "SqueezeBackward4",
     "FlattenBackward0",
     "CloneBackward0",
     "ToCopyBackward0",
@@ -54,6 +56,11 @@ _VIEWS = {  # operations that reshape without computing: look through them
     "SelectBackward0",
     "PermuteBackward0",
     "TransposeBackward0",
+    "UnsqueezeBackward0",  # [:, None], .unsqueeze(1): a channel put back
+    "UnsqueezeBackward1",
+    "AsStridedBackward0",
+    "ExpandBackward0",
+    "AliasBackward0",
 }
 _IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] stays [0, 1]
     "UpsampleNearest1DBackward0",
@@ -169,7 +176,7 @@ def output_rules(
                     probe.requires_grad_(True)
                 raw = model(probe)
                 picked, out = picked_output(raw, key), model_output(raw, key)
-                fn = out.grad_fn
+                fn = picked.grad_fn  # as the model returned it: netlens' reshapes are no ops
             break
         except Exception:  # noqa: BLE001 - not this check's to report
             continue

@@ -100,7 +100,8 @@ def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
         out = model_output(out)
     except NetlensError:
         return None
-    return int(out.shape[1]) if out.dim() == 2 else None
+    rows = out.dim() == 2 and out.shape[0] == 2  # not one row per image (.flatten()): unknown
+    return int(out.shape[1]) if rows else None
 
 
 def check_class_names(names: list[str], model: nn.Module, spec: Preprocess | None) -> None:
