@@ -176,3 +176,104 @@ def test_a_unit_that_interleaves_the_images_is_refused_in_one_line() -> None:
         _ablate(model, _x(), "win", mode="mean", batch_size=4)
     assert "\n" not in str(err.value)
     assert _ablate(model, _x(), "win", mode="zero", batch_size=4).rows[0]["value"] > 0
+
+
+class PosTable(nn.Module):
+    """A positional table: L×C whatever the batch (``nn.Embedding(L, C)(arange(L))``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.pos = nn.Conv2d(3, 16, 8, 8), nn.Embedding(16, 16)
+        self.act, self.head = nn.ReLU(), nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)  # N × 16 × 16
+        p = self.act(self.pos(torch.arange(16, device=x.device)))  # 16 × 16, no images
+        return 4 * self.head((t + p).mean(1))
+
+
+def test_an_output_without_images_is_its_own_mean_and_its_own_units() -> None:
+    model, x = PosTable().eval(), _x()
+    assert image_axes(model, x, ["pos"]) == {"pos": [ImageAxis(None)]}
+    res = _ablate(model, x, "pos", mode="mean", batch_size=4)
+    assert res.rows[0]["value"] == pytest.approx(0.0, abs=1e-9)  # the mean is the table
+    row = netlens.load(model).run("stats", (x, torch.zeros(6)), layers=["act"]).table[0]
+    table = torch.relu(model.pos.weight.detach())
+    assert row["shape"] == [16, 16]
+    assert row["dead_units"] == pytest.approx(float((table <= 0).double().mean()))
+
+
+class PerImage(nn.Module):
+    """A forward that loops over the images (multi-crop, MIL): ``act`` runs once per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.act, self.head = nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [self.act(self.conv(x[i : i + 1])).mean((2, 3)) for i in range(len(x))]
+        return 4 * self.head(torch.cat(feats))
+
+
+def test_a_unit_run_once_per_image_is_refused_for_means_in_one_line() -> None:
+    model, x = PerImage().eval(), _x()
+    with pytest.raises(NetlensError, match=r"'act' runs 1 time\(s\) for 1 image\(s\) and 2"):
+        _ablate(model, x, "act", mode="mean", batch_size=4)
+    assert _ablate(model, x, "act", mode="zero", batch_size=4).rows[0]["value"] > 0
+
+
+class NoInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(1, 16, 16))
+
+    def forward(self) -> torch.Tensor:
+        return self.table
+
+
+class WithNoInput(PosTable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = NoInput()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2) + self.bias()
+        return 4 * self.head(t.mean(1))
+
+
+def test_a_unit_that_takes_no_input_is_refused_in_one_line_on_the_traced_path() -> None:
+    with pytest.raises(NetlensError, match="takes no tensor as its first argument"):
+        _ablate(WithNoInput().eval(), _x(), "bias", mode="zero", batch_size=4)
+
+
+class TwoAtLeast(nn.Module):
+    """``.squeeze()`` before a BatchNorm1d: runs on two images or more, never on one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.act = nn.Conv2d(3, 8, 3), nn.ReLU()
+        self.norm, self.head = nn.BatchNorm1d(8), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 4 * self.head(self.norm(self.act(self.conv(x)).mean((2, 3)).squeeze()))
+
+
+def test_a_model_that_cannot_run_on_one_image_is_probed_with_two() -> None:
+    model, x = TwoAtLeast().eval(), _x(4)
+    assert image_axes(model, x, ["act"]) == {"act": [ImageAxis(0, 1)]}
+    outs = []
+    h = model.act.register_forward_hook(lambda m, i, o: outs.append(o))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    mean = outs[0].mean(0, keepdim=True)
+    want = _kl(model, x, "act", lambda o: mean.expand_as(o).clone())
+    res = _ablate(model, x, "act", mode="mean", batch_size=2)
+    assert res.rows[0]["value"] == pytest.approx(want, rel=2e-2)  # a KL of 2e-5: float noise
+    lens, data = netlens.load(model), (x, torch.arange(4))
+    assert lens.run("stats", data, layers=["act"], batch_size=2).table[0]["shape"] == [8, 30, 30]
+    ev = lens.evaluate(data, metrics=["deletion"], layer="conv", batch_size=2, progress=False)
+    assert ev.table

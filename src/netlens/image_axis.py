@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AnalyzerError
+from .errors import AnalyzerError, NetlensError
 from .fresh_input import fresh
 
 __all__ = ["ImageAxis", "image_axes"]
@@ -31,14 +31,16 @@ __all__ = ["ImageAxis", "image_axes"]
 
 @dataclass(frozen=True)
 class ImageAxis:
-    """The images are on ``axis``, each taking ``groups`` consecutive entries of it.
+    """The images are on ``axis``, each taking ``groups`` consecutive entries of it; ``axis``
+    None: the output holds no images (the same values whatever the batch: a positional table
+    ``nn.Embedding(L, C)(arange(L))``, Swin V2's coordinate MLP), one value per pass.
 
     One image's share of an output (its *element shape*) is the output's shape without the
     images: the first axis dropped in the usual case (images first, one entry each), else
-    ``groups`` kept in place of the axis.
+    ``groups`` kept in place of the axis; the whole output when it holds no images.
     """
 
-    axis: int = 0
+    axis: int | None = 0
     groups: int = 1
 
     @property
@@ -49,12 +51,14 @@ class ImageAxis:
         """One image's share of an output of ``shape``, or None when ``shape`` cannot hold
         whole images on the axis."""
         k, g = self.axis, self.groups
+        if k is None:
+            return shape
         if len(shape) <= k or shape[k] % g:
             return None
         return shape[1:] if self.first else (*shape[:k], g, *shape[k + 1 :])
 
     def images(self, shape: tuple[int, ...]) -> int:
-        return shape[self.axis] // self.groups
+        return 1 if self.axis is None else shape[self.axis] // self.groups
 
     def split(self, out: torch.Tensor) -> torch.Tensor:
         """``out`` with the images on an axis of their own, at ``axis``."""
@@ -62,12 +66,14 @@ class ImageAxis:
 
     def total(self, out: torch.Tensor) -> torch.Tensor:
         """``out`` summed over its images (an element shape)."""
+        if self.axis is None:
+            return out
         return out.sum(0) if self.first else self.split(out).sum(self.axis)
 
     def spread(self, per_element: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """``per_element`` (an element shape) repeated for every image of ``shape``, in fresh
         memory."""
-        if self.first:
+        if self.first or self.axis is None:
             return per_element.expand(shape).clone()
         k = self.axis
         wide = per_element.unsqueeze(k).expand(
@@ -101,36 +107,58 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale + 1e-6)
 
 
-def _axis(name: str, one: Any, two: Any, remedy: str) -> ImageAxis:
+def _axis(name: str, one: Any, two: Any, remedy: str, base: int = 1) -> ImageAxis:
+    """The axis from a call's outputs for ``base`` images and for twice as many."""
     if not isinstance(one, torch.Tensor) or not isinstance(two, torch.Tensor):
         return ImageAxis()  # not a tensor: its statistics refuse it with their own message
     s1, s2 = tuple(one.shape), tuple(two.shape)
     grown = [k for k in range(min(len(s1), len(s2))) if s1[k] != s2[k]]
-    if len(s1) == len(s2) and not grown:
-        return ImageAxis()  # the same for any batch: one value, whatever the images
-    if len(s1) == len(s2) and len(grown) == 1 and s2[grown[0]] == 2 * s1[grown[0]]:
-        return ImageAxis(grown[0], s1[grown[0]])
+    if len(s1) == len(s2) and not grown:  # the same for any batch: holds no images
+        return ImageAxis() if s1[:1] == (1,) else ImageAxis(None)  # (1, L, C): one share
+    k = grown[0] if len(grown) == 1 else None
+    if len(s1) == len(s2) and k is not None and s2[k] == 2 * s1[k] and s1[k] % base == 0:
+        return ImageAxis(k, s1[k] // base)
     raise AnalyzerError(
-        f"'{name}' returns {'×'.join(map(str, s1))} for one image and "
-        f"{'×'.join(map(str, s2))} for two, so its output has no one place for each image and "
-        f"no per-image statistics; {remedy}"
+        f"'{name}' returns {'×'.join(map(str, s1))} for {base} image(s) and "
+        f"{'×'.join(map(str, s2))} for {2 * base}, so its output has no one place for each "
+        f"image and no per-image statistics; {remedy}"
     )
+
+
+def _first(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` images of ``x``, its images repeated when it has fewer."""
+    times = -(-n // x.shape[0])
+    return x.repeat(times, *([1] * (x.dim() - 1)))[:n] if times > 1 else x[:n]
 
 
 def image_axes(
     model: nn.Module, x: torch.Tensor, names: list[str], remedy: str = "use --mode zero for it"
 ) -> dict[str, list[ImageAxis]]:
     """Each unit's :class:`ImageAxis`, one per call in a forward pass, from forwards on the
-    first image of ``x`` and on its first two (the first image twice when ``x`` has one).
-    A layer whose output has no one place for each image is refused in one line ending in
-    ``remedy`` (what to do instead)."""
-    pair = x[:2] if x.shape[0] >= 2 else torch.cat([x[:1], x[:1]])
-    ones, twos = _call_outputs(model, x[:1], names), _call_outputs(model, pair, names)
+    first image of ``x`` and on its first two (the first image twice when ``x`` has one); on
+    two and four for a model that cannot run on one image (``.squeeze()`` before a
+    ``BatchNorm1d``). A layer whose output has no one place for each image is refused in one
+    line ending in ``remedy`` (what to do instead)."""
+    try:
+        base, ones = 1, _call_outputs(model, x[:1], names)
+    except NetlensError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot run on one image: two, then four
+        base, ones = 2, _call_outputs(model, _first(x, 2), names)
+    twos = _call_outputs(model, _first(x, 2 * base), names)
     axes: dict[str, list[ImageAxis]] = {}
     for n in names:
-        axes[n] = [_axis(n, a, b, remedy) for a, b in zip(ones[n], twos[n], strict=False)]
-        for ax, a, b in zip(axes[n], ones[n], twos[n], strict=False):
-            if ax.groups > 1 and x.shape[0] >= 2 and not _close(ax.split(b).select(ax.axis, 0), a):
+        if len(ones[n]) != len(twos[n]):
+            raise AnalyzerError(
+                f"'{n}' runs {len(ones[n])} time(s) for {base} image(s) and {len(twos[n])} for "
+                f"{2 * base} (a forward that loops over the images?), so its calls are not one "
+                f"place each; {remedy}"
+            )
+        axes[n] = [_axis(n, a, b, remedy, base) for a, b in zip(ones[n], twos[n], strict=True)]
+        for ax, a, b in zip(axes[n], ones[n], twos[n], strict=True):
+            if ax.axis is None or ax.groups == 1 or x.shape[0] < 2:
+                continue  # nothing to order (identical images would pass any order)
+            if not _close(ax.split(b).narrow(ax.axis, 0, base), ax.split(a)):
                 raise AnalyzerError(
                     f"'{n}' returns {ax.groups} entries per image on axis {ax.axis}, but not "
                     f"each image's together, so it has no per-image statistics; {remedy}"

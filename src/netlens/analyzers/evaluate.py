@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.user_datasets import NO_LABELS, Picked, under_subsets
 from ..errors import AnalyzerError, DataError, NetlensError
+from ..few_images import on_fewest
 from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
 from ..targets import detect_task, model_output, probabilities
@@ -379,7 +380,7 @@ class EvaluateAnalyzer(Analyzer):
                 x = x.to(lens.device)
                 masks = _masks(ds, idx.tolist(), lens) if masked else None
                 if not tally.classifier_checked:  # pointing and energy need maps and masks only
-                    _check_class_scores(lens, x[:1], scored)
+                    on_fewest(lambda few: _check_class_scores(lens, few, scored), x)
                     tally.classifier_checked = True
                 if o.target == "pred" or followed:  # one forward of the intact images
                     probs = lens.predict(x)

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from ..errors import AnalyzerError
+from ..few_images import on_fewest
 from ..fresh_input import fresh
 from ..image_axis import ImageAxis
 from ..layer_call import LayerCall
@@ -265,6 +266,8 @@ def _units(t: torch.Tensor, where: ImageAxis) -> torch.Tensor:
             f"an output of {'×'.join(map(str, t.shape))} does not hold whole images on axis "
             f"{where.axis} ({where.groups} entries each), as the first batch did; {REMEDY}"
         )
+    if where.axis is None:  # the output holds no images: its values are the units'
+        return t
     if where.first:
         return t.amax(dim=0)
     units = where.split(t).amax(dim=where.axis)
@@ -437,7 +440,8 @@ def _first_edges(run: Run, names: list[LayerCall], bins: int) -> dict[str, np.nd
     with torch.no_grad():
         for x, _ in run.data.loader(run.options.batch_size, whole=True):
             x = x.to(run.lens.device)
-            calls = Counter(m for m, _ in call_order(model, x[:1], modules))
+            order = on_fewest(lambda few: call_order(model, few, modules), x)
+            calls = Counter(m for m, _ in order)
             with probe(model, names, to="cpu") as p:
                 model(fresh(x))
                 return {

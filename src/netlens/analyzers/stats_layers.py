@@ -24,6 +24,7 @@ from torch import nn
 
 from ..activations import channels_last
 from ..errors import AnalyzerError
+from ..few_images import on_fewest
 from ..fresh_input import fresh
 from ..image_axis import ImageAxis, image_axes
 from ..layer_call import LayerCall
@@ -104,7 +105,7 @@ def learn(model: nn.Module, x: torch.Tensor, names: list[LayerCall], named: set[
     """The :class:`Layout` of the selections ``names`` from forwards on the first images of
     ``x``; ``named``: the selections asked for by name (refused when they return no tensor)."""
     modules = list(dict.fromkeys(n.name for n in names))
-    seen = call_order(model, x[:1], modules)
+    seen = on_fewest(lambda few: call_order(model, few, modules), x)
     calls: Counter[str] = Counter()
     tensor: dict[tuple[str, int], bool] = {}  # (module, call) → returned a tensor
     order: dict[tuple[str, int], int] = {}
@@ -172,6 +173,8 @@ def channel_axis(model: nn.Module, key: str, ndim: int, where: ImageAxis) -> int
     if ndim < 2:
         return 0
     ax = ndim - 1 if ndim in (3, 4) and channels_last(model, key, ndim) else 1
+    if where.axis is None:  # no images in it: the output as it is, channels last
+        return ndim - 1
     if not where.first and ax == where.axis:  # sequence-first L×N×C: channels last
         ax = ndim - 1
     if where.first:

@@ -170,7 +170,10 @@ class Engine:
         for i, n in enumerate(nodes):
             if n.op == "call_module" and n.target in self.modules:
                 calls.setdefault(str(n.target), []).append(i)
-        self.unit_index = {u: idx[0] for u, idx in calls.items() if len(idx) == 1}
+        # called once, on a tensor (a module that takes no input, a parameter table: naive path)
+        self.unit_index = {
+            u: idx[0] for u, idx in calls.items() if len(idx) == 1 and nodes[idx[0]].all_input_nodes
+        }
         self.graph, self.nodes = gm, nodes
         self._interp = fx.Interpreter(gm, garbage_collect_values=False)
         self._frees = self._last_uses(nodes)

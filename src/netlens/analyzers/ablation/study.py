@@ -30,6 +30,7 @@ import torch
 
 from ...activations import channels_last
 from ...errors import AnalyzerError
+from ...few_images import on_fewest
 from ...fresh_input import fresh
 from ...image_axis import ImageAxis, image_axes
 from . import channels as ch
@@ -306,7 +307,7 @@ def _plan(run: Run) -> _Plan:
     metric, mode, device = METRICS[run.options.metric], _mode(run), run.lens.device
     loader = _Pairs(run.data.loader(run.options.batch_size), run.group.world > 1)  # type: ignore[union-attr]
     x = _first_batch(loader, run).to(device)
-    task, metric = _task_metric(run, x[:1], metric)
+    task, metric = on_fewest(lambda few: _task_metric(run, few, metric), x)
     units, skipped = _units(run, x, mode)
     run.layers = [u.name for u in units]
     engine = _engine(run, x)

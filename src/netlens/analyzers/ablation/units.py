@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ...errors import AnalyzerError
+from ...few_images import on_fewest
 from ...layers import resolve_layers
 from .residual import find_residual
 from .survey import Call, survey
@@ -221,7 +222,7 @@ def find_units(
             its residual branch, for blocks netlens cannot trace.
     """
     fns = dict(identity_fns or {})
-    calls = survey(model, x[:1])
+    calls = on_fewest(lambda few: survey(model, few), x)
     if layers is None or layers == "" or layers == "blocks":
         return _default_units(model, calls, fns), False
     names = resolve_layers(model, layers)  # type: ignore[arg-type]
