@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AnalyzerError, NetlensError
+from .errors import AnalyzerError
+from .few_images import on_fewest
 from .fresh_input import fresh
 
 __all__ = ["ImageAxis", "image_axes"]
@@ -82,18 +83,14 @@ class ImageAxis:
         return wide.reshape(shape)
 
 
-def _first_tensor(out: Any) -> Any:
-    """A tuple's or list's first element when it is a tensor (what is measured), else ``out``."""
-    starts = isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor)
-    return out[0] if starts else out
-
-
 def _call_outputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[str, list[Any]]:
     """Each unit's outputs (first tensor of a tuple), one per call, from one forward on ``x``."""
+    from .analyzers.ablation.survey import first_tensor  # here: that package imports this one
+
     outs: dict[str, list[Any]] = {n: [] for n in names}
     with ExitStack() as stack, torch.no_grad():
         for n in names:
-            hook = lambda m, i, o, n=n: outs[n].append(_first_tensor(o))  # noqa: E731
+            hook = lambda m, i, o, n=n: outs[n].append(first_tensor(o))  # noqa: E731
             handle = model.get_submodule(n).register_forward_hook(hook)
             stack.callback(handle.remove)
         model(fresh(x))
@@ -139,12 +136,7 @@ def image_axes(
     two and four for a model that cannot run on one image (``.squeeze()`` before a
     ``BatchNorm1d``). A layer whose output has no one place for each image is refused in one
     line ending in ``remedy`` (what to do instead)."""
-    try:
-        base, ones = 1, _call_outputs(model, x[:1], names)
-    except NetlensError:
-        raise
-    except Exception:  # noqa: BLE001 - a model that cannot run on one image: two, then four
-        base, ones = 2, _call_outputs(model, _first(x, 2), names)
+    base, ones = on_fewest(lambda few: (len(few), _call_outputs(model, few, names)), x)
     twos = _call_outputs(model, _first(x, 2 * base), names)
     axes: dict[str, list[ImageAxis]] = {}
     for n in names:

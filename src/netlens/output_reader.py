@@ -174,9 +174,8 @@ def output_rules(
                 probe = (x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)).detach().clone()
                 if probe.is_floating_point():
                     probe.requires_grad_(True)
-                raw = model(probe)
-                picked, out = picked_output(raw, key), model_output(raw, key)
-                fn = picked.grad_fn  # as the model returned it: netlens' reshapes are no ops
+                picked = picked_output(model(probe), key)  # as the model returned it
+                fn = picked.grad_fn
             break
         except Exception:  # noqa: BLE001 - not this check's to report
             continue
@@ -185,7 +184,7 @@ def output_rules(
     dims = _batch_dims(model, x, key, picked.detach()) if n == 1 else None
     while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
         fn = fn.next_functions[0][0]
-    sigmoid = fn is not None and type(fn).__name__ == "SigmoidBackward0" and _in_unit(out)
+    sigmoid = fn is not None and type(fn).__name__ == "SigmoidBackward0" and _in_unit(picked)
     return sigmoid, dims
 
 
