@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Annotated, Any
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -30,10 +31,7 @@ class NetlensGroup(TyperGroup):
 
             problem = repeated_option(cmd.params, rest)
             if problem:
-                usage_error = next(
-                    k for k in typer.BadParameter.__mro__ if k.__name__ == "UsageError"
-                )
-                raise usage_error(problem, ctx=typer.Context(cmd, info_name=name, parent=ctx))
+                raise click.UsageError(problem, ctx=typer.Context(cmd, info_name=name, parent=ctx))
         return name, cmd, rest
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
