@@ -173,3 +173,23 @@ def test_scorecam_shares_a_pass_only_between_bit_identical_masks() -> None:
     pairs, rows = _distinct_masks(ctx)
     assert rows.tolist() == [[0, 1, 0, -1]]  # the copy shares channel 0's pass; constant: empty
     assert pairs.tolist() == [[0, 0], [0, 1]]
+
+
+def test_ablationcam_runs_the_layers_before_the_ablated_one_on_one_image_per_batch() -> None:
+    # The zeroed copies are swapped in at the layer, so the stem sees one image per batch of
+    # channels, not one copy per channel (the full-model fallback, 10-20× slower); and the
+    # logits read from the copies give the plain algorithm's map.
+    from test_cam_reference import randomized_resnet18
+
+    model = randomized_resnet18()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    stem: list[int] = []
+    handle = model.conv1.register_forward_hook(lambda m, i, o: stem.append(o.shape[0]))
+    try:
+        got = netlens.cam(model, x, method="ablationcam", layer="layer4", target=3, batch_size=64)
+    finally:
+        handle.remove()
+    assert max(stem) == 1, stem  # 512 channels in batches of 64: never 64 stem images
+    ref = plain_ablationcam(model, x, model.layer4, 3)
+    assert ref.std() > 0.1
+    np.testing.assert_allclose(got.heatmaps[0], ref, atol=1e-5)

@@ -232,18 +232,20 @@ class Lens:
                 rules = output_rules(self.model, fresh(self.place(x)), self.output_key)
             self._sigmoid, self._batch_dims = rules
 
-    def output(self, x: torch.Tensor) -> torch.Tensor:
+    def output(self, x: torch.Tensor, *, rows: int | None = None) -> torch.Tensor:
         """Run the model; the tensor to explain (``output=`` picks one of a dict/tuple/object).
 
         N×K logits for classifiers (a sigmoid's probabilities read back as logits), N×1 for a
         binary single-logit model, N×K×H×W for dense (segmentation) models; see
-        :mod:`netlens.targets`.
+        :mod:`netlens.targets`. ``rows``: how many rows to expect when a hook makes the batch
+        another size than ``x``'s (a layer's output swapped for R copies of one image's).
         """
         self.learn_output(x)
         out = self.reader(self.model(fresh(x)))  # a model may write into its input
-        if out.shape[0] != x.shape[0]:
+        expected = x.shape[0] if rows is None else rows
+        if out.shape[0] != expected:
             raise NetlensError(
-                f"the model returned {tuple(out.shape)} for {x.shape[0]} image(s), not one row "
+                f"the model returned {tuple(out.shape)} for {expected} image(s), not one row "
                 "per image (a forward that squeezes its batch axis away: .squeeze() of one "
                 "image's 1×K); return N×K (.squeeze(1), or .flatten(1))"
             )

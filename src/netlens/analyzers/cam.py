@@ -317,10 +317,10 @@ def _context(
     )
 
 
-def _no_grad(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-    def run(x: torch.Tensor) -> torch.Tensor:
+def _no_grad(forward: Callable[..., torch.Tensor]) -> Callable:
+    def run(x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         with torch.no_grad():
-            return forward(x)
+            return forward(x, **kwargs)
 
     return run
 

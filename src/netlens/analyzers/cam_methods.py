@@ -345,9 +345,12 @@ def _run_ablated(ctx: CamContext, i: int, chans: torch.Tensor) -> torch.Tensor:
 
 
 def _with_output(ctx: CamContext, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Logits of ``x`` with the layer's output (its call, as consumed) replaced by ``output``."""
+    """Logits of ``x`` with the layer's output (its call, as consumed) replaced by ``output``
+    (R copies of one image's: R rows from one image)."""
     with hook_call(ctx.model, _layer_call(ctx), lambda o: output):
-        return ctx.forward(x)
+        if len(output) == len(x):
+            return ctx.forward(x)
+        return ctx.forward(x, rows=len(output))  # a forward without ``rows``: the full passes
 
 
 def _layer_call(ctx: CamContext) -> LayerCall:
