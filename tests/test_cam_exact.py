@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -192,4 +193,49 @@ def test_ablationcam_runs_the_layers_before_the_ablated_one_on_one_image_per_bat
     assert max(stem) == 1, stem  # 512 channels in batches of 64: never 64 stem images
     ref = plain_ablationcam(model, x, model.layer4, 3)
     assert ref.std() > 0.1
+    np.testing.assert_allclose(got.heatmaps[0], ref, atol=1e-5)
+
+
+class _ViewNet(nn.Module):
+    """A hand-written CNN flattening with ``x.view(n, -1)``: channels-last activations refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 160, 3, 2, 1), nn.BatchNorm2d(160)
+        self.fc = nn.Linear(160 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_scorecam_folds_a_model_that_flattens_with_view_and_prints_no_fx_traceback(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Channels-last weights make every activation channels-last, whatever the input's layout,
+    # so the copy's x.view raised and the folded copy was dropped, with fx's traceback printed
+    # to stderr; the copy now keeps standard-layout weights for such a model.
+    from netlens.analyzers import cam_base
+
+    torch.manual_seed(0)
+    net = _ViewNet()
+    with torch.no_grad():
+        for bn in (net.b1, net.b2):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    made: list[bool] = []
+    original = cam_base._fused_copy
+    monkeypatch.setattr(
+        cam_base, "_fused_copy", lambda *a: made.append(original(*a) is not None) or original(*a)
+    )
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    got = netlens.cam(net, x, method="scorecam", layer="b2", target=3, batch_size=64)
+    assert made and all(made), made
+    assert "Traceback" not in capfd.readouterr().err
+    ref = plain_scorecam(net, x, net.b2, 3)
+    assert ref.std() > 0.05
     np.testing.assert_allclose(got.heatmaps[0], ref, atol=1e-5)

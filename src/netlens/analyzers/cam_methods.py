@@ -159,7 +159,7 @@ class ScoreCam(CamMethod):
     either gives visibly different masks, and the softmax over channels amplifies that.
 
     Every distinct mask is run once: channels whose masks are equal (all-zero channels,
-    copies, maps equal up to scale and offset) share one pass, a constant map's empty mask is
+    copies, maps equal up to a power-of-two scale) share one pass, a constant map's empty mask is
     run once for all images, and the scores of every class are kept, so further targets
     (``top=K``) need no pass. A dense (segmentation) output is scored as each batch of passes
     returns: keeping every pass's K×H×W map would take gigabytes (960 channels of a
