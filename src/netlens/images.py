@@ -277,9 +277,15 @@ class Batch:
     names: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     sources: list[str | None] = field(default_factory=list)  # each file's path; None in memory
+    kept: list[int] | None = None  # each image's index among the inputs given (None: 0..N-1)
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
+
+    @property
+    def given(self) -> int:
+        """How many inputs were given, the unreadable ones skipped (``errors``) included."""
+        return len(self) if self.kept is None else len(self.kept) + len(self.errors)
 
     def original(self, i: int) -> np.ndarray | None:
         """Image ``i`` as H×W×3 uint8 as it was given (None for a tensor input)."""
@@ -341,7 +347,7 @@ def load_batch(
         t = images if images.dim() == 4 else images.unsqueeze(0)
         _warn_if_unnormalised(t, preprocess)
         return Batch(t, [None] * len(t), [f"image{i}" for i in range(len(t))])
-    tensors, originals, names, errors, sources = [], [], [], [], []
+    tensors, originals, names, errors, sources, kept = [], [], [], [], [], []
     items = _expand(images)
     stems = {safe_stem(item).casefold() for item in items if isinstance(item, (str, Path))}
     taken: set[str] = set()
@@ -357,6 +363,7 @@ def load_batch(
             errors.append(str(exc))
             continue
         tensors.append(preprocess(arr))
+        kept.append(i)
         if (
             getattr(preprocess, "function", None) is not None
         ):  # where its input lies in the image is its secret
@@ -367,7 +374,7 @@ def load_batch(
         sources.append(display_path(item) if isinstance(item, (str, Path)) else None)
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")
-    return Batch(torch.stack(tensors), originals, names, errors, sources)
+    return Batch(torch.stack(tensors), originals, names, errors, sources, kept)
 
 
 def _warn_if_unnormalised(t: torch.Tensor, preprocess: Preprocess) -> None:

@@ -290,8 +290,14 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def csv_cell(v: Any) -> Any:
-    """A value as a CSV cell: JSON for lists and dicts, empty for None."""
+    """A value as a CSV cell: JSON for lists and dicts, empty for None; a number that is not
+    finite as ``nan``, ``inf`` or ``-inf`` (Python's and pandas' spellings), so an overflowed
+    score is told from a missing one (the JSON, strict, has null for both)."""
     from .analyzers.base import to_jsonable
 
+    if isinstance(v, np.generic) or (getattr(v, "ndim", None) == 0 and hasattr(v, "item")):
+        v = v.item()  # a numpy or torch scalar
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
     v = to_jsonable(v)
     return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)

@@ -35,6 +35,7 @@ from .errors import NetlensError, TargetError
 from .model_output import model_output
 
 if TYPE_CHECKING:
+    from .images import Batch
     from .lens import Lens
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "OutputTarget",
     "RegionTarget",
     "Target",
+    "align_targets",
     "are_probabilities",
     "as_logits",
     "check_task",
@@ -340,6 +342,29 @@ def split_targets(spec: Any, names: Sequence[str] = ()) -> Any:
     if isinstance(spec, str) and "," in spec and spec.strip() not in names:
         return [s.strip() for s in spec.split(",")]
     return spec
+
+
+def align_targets(spec: Any, batch: Batch, names: Sequence[str] = ()) -> Any:
+    """``spec`` for the images of ``batch`` that were read (:meth:`Analyzer.run` calls it).
+
+    A per-image list (or ``"3,cat"``, a tensor) as long as the inputs given keeps the entries of
+    the readable ones: an unreadable file is skipped and the targets after it stay with their
+    images. One as long as the batch, and any other spec, is returned as it is; a list of
+    another length is refused with one line saying both counts."""
+    items = spec.tolist() if isinstance(spec, (torch.Tensor, np.ndarray)) else spec
+    items = split_targets(items, names)
+    if not isinstance(items, Sequence) or isinstance(items, str) or len(items) == len(batch):
+        return spec
+    if len(items) == batch.given and batch.kept is not None:
+        return [items[i] for i in batch.kept]
+    if batch.given == len(batch):
+        raise TargetError(
+            f"{len(items)} targets given for {len(batch)} images; give one per image or one for all"
+        )
+    raise TargetError(
+        f"{len(items)} targets for {batch.given} images given, {len(batch)} of them readable; "
+        "give one per image given, or one for all"
+    )
 
 
 def _per_image(spec: Any, n: int, names: Sequence[str] = ()) -> list[Any]:

@@ -321,11 +321,19 @@ class Analyzer(ABC):
         ):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
+            _align_targets(run)
             with eval_mode(lens.model), _refusing_inference_weights(lens.model):
                 _learn_output(run)
                 result = self.compute(run)
             if run.data is not None:  # every rank's skipped items (the last exchange)
                 run.data.skipped = group.union(run.data.skipped)
+        if not callable(getattr(result, "stamped", None)):  # a plugin's slip, in one line
+            from ..errors import AnalyzerError
+
+            raise AnalyzerError(
+                f"analyzer '{self.name}': compute() returned a {type(result).__name__}; return "
+                "a netlens Result (netlens.analyzers.base.Result, see docs/plugins.md)"
+            )
         return result.stamped(self._header(run), run.skipped)
 
     def _check_distributed(self, group: Group) -> None:
@@ -387,6 +395,20 @@ def _single() -> Group:
     from ..distributed import Group
 
     return Group()
+
+
+def _align_targets(run: Run) -> None:
+    """A per-image ``target`` list given for every input, the unreadable ones included, kept
+    for the images that were read (:func:`netlens.targets.align_targets`), for built-in and
+    plugin analyzers alike."""
+    if run.images is None or run.options.get("target") is None:
+        return
+    from ..targets import align_targets
+
+    spec = run.options["target"]
+    aligned = align_targets(spec, run.images, run.lens.classes or [])
+    if aligned is not spec:
+        run.options = Options({**run.options, "target": aligned})
 
 
 def _learn_output(run: Run) -> None:
