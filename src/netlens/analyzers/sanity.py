@@ -76,7 +76,7 @@ class SanityAnalyzer(Analyzer):
             lens.host.cam_methods.get(m)
         x = batch.tensor
         targets, region = _class_targets(run, x)
-        steps = len(methods) * len(cascade_blocks(lens.model))
+        steps = len(methods) * len(cascade_blocks(lens.model, example=x))
         run.progress.note(
             f"sanity: {len(x)} images × {len(methods)} method(s), {steps // len(methods)} "
             f"randomisation steps: {steps + len(methods)} CAM runs"

@@ -14,7 +14,7 @@ test is *inconclusive* (``passes`` is ``None``).
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,8 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import NetlensError
+from .reinit import has_own_params as _has_own_params
+from .reinit import has_own_state as _has_own_state
+from .reinit import model_copy, quantized_layers, randomize_modules
+from .reinit import owner as _owner
 
 __all__ = [
     "ROOT_STEP",
@@ -103,27 +108,7 @@ def ssim(
     return s.flatten(1).mean(dim=1).numpy()
 
 
-def _has_own_params(m: nn.Module) -> bool:
-    return any(True for _ in m.parameters(recurse=False))
-
-
-def _has_own_state(m: nn.Module) -> bool:
-    """``m`` holds what the cascade re-initialises: parameters of its own, or float buffers it
-    can reset (a ``BatchNorm(affine=False)``'s running statistics)."""
-    if _has_own_params(m):
-        return True
-    resets = hasattr(m, "reset_running_stats") or hasattr(m, "reset_parameters")
-    return resets and any(b.is_floating_point() for b in m.buffers(recurse=False))
-
-
 ROOT_STEP = "(root parameters)"  # the step of the parameters the model itself holds
-
-
-def _owner(name: str) -> str:
-    """The module a parameter owner stands for: a weight's ``parametrizations`` (weight_norm,
-    spectral_norm) belong to the layer they parametrize."""
-    head, sep, _ = name.partition(".parametrizations")
-    return head if sep else name
 
 
 def cascade_blocks(
@@ -132,36 +117,93 @@ def cascade_blocks(
     """Blocks to randomise, top (logits) first: ``[(block name, [module names])]``.
 
     Parameterised modules (and those with resettable float buffers: a
-    ``BatchNorm(affine=False)``'s running statistics) are grouped by their top-level block;
-    when the model has fewer than ``min_steps`` such blocks (one big ``features`` Sequential),
-    the grouping goes one level deeper, up to three levels; a block holding more than a quarter
-    of them is then split into its sub-blocks (a ViT's ``blocks`` into ``blocks.0``, ...
-    ``blocks.11``). With an ``example`` input the
-    blocks are ordered by where the forward first *starts* a call of one of their modules (a
-    model may declare its classifier before its features; a parent's own parameters, such as
-    torchvision ViT's ``encoder.pos_embedding``, are used from its call's start, before its
-    children's), else by declaration. A block that is only such a parent's own parameters is
-    named with them: ``"encoder (pos_embedding)"``. Parameters of the model itself (a ViT's
-    ``cls_token`` and ``pos_embed``, which the input meets first) are the last step,
-    :data:`ROOT_STEP`.
+    ``BatchNorm(affine=False)``'s running statistics, a frozen BatchNorm's) are grouped by
+    their top-level block, below any chain of single-child wrappers (a Lightning module holding
+    an EMA wrapper holding the network: the steps are ``net.net.net.fc``, ...); when the model
+    has fewer than ``min_steps`` such blocks (one big ``features`` Sequential), the grouping
+    goes one level deeper, up to three levels; a block holding more than a quarter of them is
+    then split into its sub-blocks (a ViT's ``blocks`` into ``blocks.0``, ... ``blocks.11``).
+    With an ``example`` input the blocks are ordered by where the forward first *starts* a call
+    of one of their modules (a model may declare its classifier before its features; a
+    parent's own parameters, such as torchvision ViT's ``encoder.pos_embedding``, are used from
+    its call's start, before its children's), else by declaration. A block that is only such a
+    parent's own parameters is named with them: ``"encoder (pos_embedding)"``. Parameters of
+    the model itself are :data:`ROOT_STEP` (members ``[""]``): the last step when the input
+    meets them before the forward's second block (a ViT's ``cls_token`` and ``pos_embed``) or
+    without an ``example``; one the forward first uses later (a cosine classifier's prototypes,
+    an open_clip-style ``proj``) is randomised where that use is, top-down. When they fall in
+    more than one place, the later ones are ``"(root parameters: proj)"`` (members
+    ``[".proj"]``) and the input-side ones stay :data:`ROOT_STEP`.
     """
+    quantized = quantized_layers(model)
+    if quantized:
+        raise NetlensError(
+            f"{type(model).__name__} is quantized ({len(quantized)} layer(s) such as "
+            f"{quantized[0]}): packed quantized weights cannot be re-initialised; run sanity on "
+            "the float model (before torch.ao.quantization's convert)"
+        )
     owners = [n for n, m in model.named_modules() if n and _has_own_state(m)]
     root = _has_own_params(model)
     if not owners and not root:
         raise NetlensError(f"{type(model).__name__} has no parameters to randomise")
+    trunk = _trunk(model)
+    base = trunk.count(".") + 1 if trunk else 0
     groups: dict[str, list[str]] = {}
     for depth in (1, 2, 3):
         groups = {}
         for name in owners:
-            groups.setdefault(".".join(_owner(name).split(".")[:depth]), []).append(name)
+            groups.setdefault(".".join(_owner(name).split(".")[: base + depth]), []).append(name)
         if len(groups) >= min_steps:
             break
-    groups = _split_large(model, groups)
+    groups = _split_large(model, groups, deepest=base + 6)
     order = list(groups)
     if example is not None:
         order = _forward_order(model, example, groups)
-    steps = [(_step_name(model, g, groups), groups[g]) for g in reversed(order)]
-    return steps + [(ROOT_STEP, [""])] if root else steps
+    steps: list[tuple[str, list[str]]] = []
+    run: list[str] = []  # root parameters used together, between two blocks
+    for key in [*reversed(order), None]:
+        if key is not None and key.startswith("."):
+            run.append(key)
+            continue
+        if run:
+            steps.append((ROOT_STEP, run))
+            run = []
+        if key is not None:
+            steps.append((_step_name(model, key, groups), groups[key]))
+    placed = {k for _, members in steps for k in members if k.startswith(".")}
+    rest = [f".{n}" for n, _ in model.named_parameters(recurse=False) if f".{n}" not in placed]
+    steps += [(ROOT_STEP, rest)] if rest else []
+    return _root_names(steps, bool(rest))
+
+
+def _trunk(model: nn.Module) -> str:
+    """The module below the chain of single-child wrappers the model starts with (those
+    holding nothing of their own), where the grouping's depth counts from; "" when none."""
+    path: list[str] = []
+    module = model
+    while True:
+        kids = list(module.named_children())
+        if len(kids) != 1 or kids[0][0] == "parametrizations":
+            return ".".join(path)
+        if path and _has_own_state(module):
+            return ".".join(path)
+        path.append(kids[0][0])
+        module = kids[0][1]
+
+
+def _root_names(steps: list[tuple[str, list[str]]], rest: bool) -> list[tuple[str, list[str]]]:
+    """One root step: :data:`ROOT_STEP` over all of the model's parameters (``[""]``); more:
+    the input-side one (``rest``, last) stays :data:`ROOT_STEP`, the others say what they
+    hold."""
+    at = [k for k, (s, _) in enumerate(steps) if s == ROOT_STEP]
+    if len(at) == 1:
+        steps[at[0]] = (ROOT_STEP, [""])
+        return steps
+    for k in at[:-1] if rest else at:
+        names = [m[1:] for m in steps[k][1]]
+        more = ", …" if len(names) > 3 else ""
+        steps[k] = (f"(root parameters: {', '.join(names[:3])}{more})", steps[k][1])
+    return steps
 
 
 def _split_large(
@@ -217,12 +259,15 @@ def _forward_order(
     module's own parameters are there from its call's start: a parent's come before its
     children's); groups it never reaches (a training-only auxiliary head) first, as the
     declaration has them; the declaration order when the dry forward fails. Where a module
-    cannot take a pre-hook, the order in which calls complete."""
+    cannot take a pre-hook, the order in which calls complete. The model's own parameters that
+    the forward first uses after its second block has started are in the order too, as
+    ``".name"`` at that use (the others are left to :data:`ROOT_STEP`)."""
     from ..layers import trace_calls
 
     mods = dict(model.named_modules())
     started: dict[str, int] = {}
     handles = []
+    roots = {id(p): f".{n}" for n, p in model.named_parameters(recurse=False)}
 
     def hook(name: str) -> Callable[..., None]:
         def pre(_m: nn.Module, _args: Any) -> None:
@@ -237,7 +282,15 @@ def _forward_order(
                 handles.append(mods[name].register_forward_pre_hook(hook(name)))
             except (KeyError, RuntimeError):  # a scripted module, a name that is no module
                 hooked = False
-        calls = trace_calls(model, example[:1])
+        try:
+            with _FirstUse(roots, started) if roots else contextlib.nullcontext():
+                calls = trace_calls(model, example[:1])
+        except NetlensError:
+            if not roots:
+                raise
+            started.clear()  # once more without watching the model's own parameters
+            roots = {}
+            calls = trace_calls(model, example[:1])
     except NetlensError:
         return list(groups)
     finally:
@@ -255,111 +308,40 @@ def _forward_order(
         for g, members in groups.items()
     }
     unreached = [g for g in groups if reached[g] == never]
-    return unreached + sorted((g for g in groups if reached[g] < never), key=reached.__getitem__)
+    keyed = [(reached[g], g) for g in groups if reached[g] < never]
+    starts = sorted(k for k, _ in keyed)
+    if hooked and roots and len(starts) > 1:  # used after the stem: where the use is
+        keyed += [(k, n) for n, k in started.items() if n.startswith(".") and k > starts[1]]
+    return unreached + [g for _, g in sorted(keyed)]
 
 
-def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
-    """Re-initialise the named modules of ``model`` in place (a copy: never the user's model).
+class _FirstUse(TorchFunctionMode):
+    """Notes in ``started`` when a torch function is first given one of ``params``."""
 
-    Modules with ``reset_parameters`` use their own initialiser (a BatchNorm's resets its
-    running statistics too); others get N(0, 0.02) weights and their ``reset_running_stats``,
-    and so do the model's own parameters (``""``; its children are not reset with it). A layer
-    under the hook-based ``weight_norm``/``spectral_norm`` gets its stored weights
-    (``weight_g``/``weight_v``, ``weight_orig``) re-drawn from its freshly initialised weight:
-    its ``reset_parameters`` writes only the weight the hook recomputes on the next forward;
-    one under ``torch.nn.utils.parametrizations`` gets them through its ``right_inverse``.
-    """
-    mods = dict(model.named_modules())
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        for name in names:
-            m = mods[name]
-            if name and hasattr(m, "reset_parameters"):
-                _reset(m)  # a BatchNorm's resets its running statistics too
-                _sync_norm_hooks(m)
-            else:
-                for p in m.parameters(recurse=False):
-                    p.normal_(0.0, 0.02)
-                if name and hasattr(m, "reset_running_stats"):
-                    m.reset_running_stats()
+    def __init__(self, params: dict[int, str], started: dict[str, int]) -> None:
+        super().__init__()
+        self.params, self.started = params, started
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):  # noqa: ANN204
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") != "__get__":  # an attribute read is no use
+            for t in _tensors((args, kwargs)):
+                name = self.params.get(id(t))
+                if name is not None:
+                    self.started.setdefault(name, len(self.started))
+        return func(*args, **kwargs)
 
 
-def _reset(m: nn.Module) -> None:
-    """``m.reset_parameters()``; for a layer under ``torch.nn.utils.parametrizations``
-    (``weight_norm``, ``spectral_norm``), whose ``reset_parameters`` would write into the weight
-    the parametrization computes and throws away, a plain copy's fresh weights are assigned
-    through the parametrization (its ``right_inverse`` stores them in ``original*``)."""
-    from torch.nn.utils import parametrize
-
-    if not parametrize.is_parametrized(m):
-        m.reset_parameters()
-        return
-    names = list(m.parametrizations.keys())  # type: ignore[union-attr]
-    plain = copy.deepcopy(m)
-    # not remove_parametrizations: it deletes the properties from the class, which the copy
-    # shares with every other copy of the model and with the user's model itself
-    plain.__class__ = type(m).__bases__[0]  # the layer's own class (parametrize subclasses it)
-    del plain._modules["parametrizations"]
-    for n in names:
-        plain._parameters[n] = nn.Parameter(getattr(m, n).detach().clone())
-    plain.reset_parameters()
-    for n in names:
-        setattr(m, n, getattr(plain, n).detach())
-    for group in ("_parameters", "_buffers"):
-        for n, t in getattr(plain, group).items():
-            if n not in names and t is not None and getattr(m, group).get(n) is not None:
-                getattr(m, group)[n].copy_(t)
-
-
-def _sync_norm_hooks(m: nn.Module) -> None:
-    """The stored weights of ``m``'s hook-based weight/spectral norms set from the weight its
-    ``reset_parameters`` just initialised (which the hook would otherwise overwrite)."""
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    for hook in m._forward_pre_hooks.values():
-        if isinstance(hook, (WeightNorm, SpectralNorm)):
-            w = getattr(m, hook.name, None)
-            if not isinstance(w, torch.Tensor):
-                continue
-            if isinstance(hook, WeightNorm):
-                getattr(m, hook.name + "_v").copy_(w)
-                getattr(m, hook.name + "_g").copy_(torch.norm_except_dim(w, 2, hook.dim))
-            else:
-                getattr(m, hook.name + "_orig").copy_(w)
-
-
-def model_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` to randomise. Tensors a hook-based ``weight_norm`` or
-    ``spectral_norm`` left on a layer after a forward with gradients (the recomputed
-    ``weight``, part of that forward's graph) cannot be deep-copied: they are copied detached,
-    and the hook recomputes them on the copy's next forward."""
-    memo: dict[int, Any] = {}
-    for m in model.modules():
-        for value in vars(m).values():
-            if isinstance(value, torch.Tensor) and not value.is_leaf:
-                memo[id(value)] = value.detach().clone()
-    try:
-        return copy.deepcopy(model, memo)
-    except Exception as exc:  # noqa: BLE001 - a lock, a file handle, a C extension object
-        raise NetlensError(
-            f"sanity randomises a copy of the model, and it cannot be copied: "
-            f"{_uncopyable(model)} ({type(exc).__name__}: {str(exc)[:80]}); keep such objects "
-            "off the model (or give them __deepcopy__) for this check"
-        ) from None
-
-
-def _uncopyable(model: nn.Module) -> str:
-    """Which attribute of which module ``copy.deepcopy`` fails on, for the message."""
-    for name, m in model.named_modules():
-        for key, value in vars(m).items():
-            if key in ("_parameters", "_buffers", "_modules") or isinstance(value, torch.Tensor):
-                continue
-            try:
-                copy.deepcopy(value)
-            except Exception:  # noqa: BLE001 - this is the one
-                return f"{name}.{key}" if name else f"the model's {key}"
-    return "an attribute of the model"
+def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if depth > 3:
+        return []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o, depth + 1)]
+    return []
 
 
 @dataclass
