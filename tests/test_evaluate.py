@@ -273,10 +273,12 @@ def test_an_empty_mask_is_left_out_of_pointing_and_energy_with_a_warning(trained
     got, res = _localisation(trained, tmp_path)
     assert got["pointing"][2] == got["energy"][2] == 5 and want["pointing"][2] == 6
     assert np.isnan(res.arrays["gradcam/pointing/score"]).sum() == 1
-    assert res.meta["warnings"] == [
+    [warning] = res.meta["warnings"]
+    assert warning.startswith(
         "1 of 6 image(s) have an empty mask at the model's input (the object lies outside the "
-        "crop, or the mask is blank): pointing and energy leave them out"
-    ]
+        "crop, or the mask is blank): pointing and energy leave them out: "
+    )
+    assert warning.endswith(f"{ds.classes[ds.labels[1]]}/1.png")  # the image, named
 
 
 def test_flat_maps_are_left_out_of_pointing_with_a_warning(trained) -> None:  # noqa: ANN001

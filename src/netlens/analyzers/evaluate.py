@@ -23,6 +23,11 @@ random baseline's); and targets of negligible probability on the intact image
 for 4, 1e-4 for 1000): a class the model all but rules out, whose deletion curve starts at
 about zero, so its deletion, insertion and ROAD scores say nothing of the map.
 
+The default metrics (all the data allows) leave out those that follow a class probability
+when the output explained is a dense map or a regression output, with a warning; ``--limit``'s
+cut is said as a report says it, "the first N of M images (K of C classes)"
+(``meta["data_scope"]``), with a warning when classes are left out.
+
 Sharded over processes (torchrun), each rank scores its share of the batches (the very batches
 one process forms, so per-image scores are the same bit for bit, seeds included) and the
 per-image arrays are gathered in dataset order before the summary: the bootstrap CIs resample
@@ -46,10 +51,20 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.user_datasets import NO_LABELS, Picked, under_subsets
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..few_images import on_fewest
-from ..metrics.bootstrap import mean_ci
 from ..naming import display_path
 from ..targets import detect_task, model_output, probabilities
 from .base import Analyzer, Result, Run
+from .evaluate_notes import (
+    before_limit,
+    check_class_scores,
+    data_scope,
+    image_names,
+    left_out_note,
+    nothing_to_score,
+    probe_output,
+    scope_warning,
+    summary_rows,
+)
 from .evaluate_warnings import (
     LOCAL,
     empty_mask_warning,
@@ -147,6 +162,7 @@ class Plan:
     metrics: list[str]
     passes: dict[str, int]
     once: int = 0
+    notes: tuple[str, ...] = ()  # default metrics the model's output leaves out, and why
 
     @property
     def total(self) -> int:
@@ -303,11 +319,16 @@ def _plan(lens: Lens, ds: Dataset, n: int, methods: Any, metrics: Any, opts: dic
     dict for the run as its calls share one per batch: a metric that computes something once
     for all methods and metrics (ROAD's random baseline) charges it there, once."""
     masked = _needs_masks(lens, metrics) and mask_at_input(ds, 0, lens) is not None
-    chosen = _metrics(lens, metrics, has_masks=masked)
+    allowed = _metrics(lens, metrics, has_masks=masked)
+    found = probe_output(lens, ds) if metrics is None or metrics == "all" else None
+    chosen = allowed if found is None else [m for m in allowed if m in LOCAL]
+    if not chosen:  # no masks, and no class probability to follow
+        raise DataError(nothing_to_score(found))  # type: ignore[arg-type]
+    notes = (left_out_note([m for m in allowed if m not in chosen], found),) if found else ()
     shared: dict[Any, Any] = {}
     passes = {m: lens.host.metrics.get(m).cost(n, **opts, shared=shared) for m in chosen}
     once = sum(v for v in shared.values() if isinstance(v, int))
-    return Plan(n, names(methods), chosen, passes, once)
+    return Plan(n, names(methods), chosen, passes, once, notes)
 
 
 def _needs_masks(lens: Lens, metrics: Any) -> bool:
@@ -370,7 +391,10 @@ class EvaluateAnalyzer(Analyzer):
             )
         plan = _plan(lens, ds, n, method_list, o.metrics, opts)
         run.data.dataset = ds if loader is not None else first_items(ds, plan.n_images)
+        scope = None if loader is not None else data_scope(before_limit(whole, o.limit), n)
         run.progress.note(plan.describe())
+        if scope is not None and scope["text"].startswith("the first"):
+            run.progress.note(f"evaluate: {scope['text']}")
         tally = _Tally(CountingModel(lens.model, lens.reader, lens.task_for), plan.metrics)
         masked = _needs_masks(lens, plan.metrics)
         scored = [m for m in plan.metrics if m not in LOCAL]  # need class scores
@@ -380,13 +404,14 @@ class EvaluateAnalyzer(Analyzer):
                 x = x.to(lens.device)
                 masks = _masks(ds, idx.tolist(), lens) if masked else None
                 if not tally.classifier_checked:  # pointing and energy need maps and masks only
-                    on_fewest(lambda few: _check_class_scores(lens, few, scored), x)
+                    on_fewest(lambda few: check_class_scores(lens, few, scored), x)
                     tally.classifier_checked = True
                 if o.target == "pred" or followed:  # one forward of the intact images
                     probs = lens.predict(x)
                     y = probs.argmax(dim=1).cpu() if o.target == "pred" else y
                 if followed:  # the target's probability on the intact image (not a metric's)
                     tally.acc.setdefault(_PROB, []).append(target_probs(probs, y))
+                tally.acc.setdefault(_INDEX, []).append(np.asarray(idx, np.int64))
                 seeds = {"image_seeds": [int(opts.get("seed", 0)) + int(i) for i in idx]}
                 _score_batch(run, tally, method_list, x, y, masks, opts | seeds, step)
         acc, seconds, fwd = _combine(run.group.gather((tally.acc, tally.seconds, tally.fwd)))
@@ -400,9 +425,14 @@ class EvaluateAnalyzer(Analyzer):
         meta |= {"target": o.target, "layer": str(o.layer), "planned_forward_passes": plan.total}
         meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
         meta["label_source"] = run.data.label_source
+        if scope is not None:  # the first N of M images (K of C classes)
+            meta["data_scope"] = scope
+            lines += scope_warning(scope)
+        lines += list(plan.notes)
         flat = {m: int(flags[f"{_FLAT}{m}"].sum()) for m in method_list if f"{_FLAT}{m}" in flags}
         meta["flat_maps"] = flat
-        lines += empty_mask_warning(arrays, method_list, plan.metrics)
+        named = lambda rows: image_names(ds, flags[_INDEX][rows])  # noqa: E731
+        lines += empty_mask_warning(arrays, method_list, plan.metrics, named)
         lines += flat_warnings(flat, len(flags.get(f"{_FLAT}{method_list[0]}", ())), plan.metrics)
         if _PROB in flags:
             weak = negligible(flags[_PROB])
@@ -424,28 +454,7 @@ def _drawn(loader: DataLoader) -> int | None:
     return n - n % loader.batch_size if loader.drop_last else n
 
 
-_FLAT, _PROB = "_flat/", "_target_probability"  # per-image flags, kept out of the arrays
-
-
-def _check_class_scores(lens: Lens, x: torch.Tensor, scored: list[str]) -> None:
-    """One line when a metric of ``scored`` (those that follow a class probability as pixels
-    go: all but pointing and energy, which need only maps and masks) is asked for and the
-    output explained is not a classifier's, as a dense map or a regression output is not."""
-    from ..layers import eval_mode
-
-    if not scored:
-        return
-    with torch.no_grad(), eval_mode(lens.model):
-        out = lens.output(x)
-    task = lens.task_for(out)
-    if out.dim() != 2 or task in ("dense", "regression"):
-        shape = "×".join(map(str, out.shape[1:]))
-        raise AnalyzerError(
-            f"{', '.join(scored)} {'follows' if len(scored) == 1 else 'follow'} a class's "
-            "probability as pixels go, but the output explained is "
-            f"N×{shape} ({task}); pick the class scores with --output KEY (output= in "
-            "Python), or ask only for --metrics pointing,energy (maps against masks)"
-        )
+_FLAT, _PROB, _INDEX = "_flat/", "_target_probability", "_index"  # per-image, not arrays
 
 
 @dataclass
@@ -521,51 +530,15 @@ def _masks(ds: Dataset, idx: list[int], lens: Lens) -> np.ndarray | None:
     return np.stack(masks) if masks and masks[0] is not None else None
 
 
-def summary_rows(
-    lens: Lens,
-    arrays: dict[str, np.ndarray],
-    methods: list[str],
-    metrics: list[str],
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """One table row per method and metric: mean ± CI (bootstrap seeded by ``seed``, as
-    ``--seed`` seeds every bootstrap), and the baseline's mean ± CI."""
-    rows = []
-    for method in methods:
-        for name in metrics:
-            metric = lens.host.metrics.get(name)
-            score = arrays[f"{method}/{name}/score"]
-            mean, lo, hi, n = mean_ci(score, seed=seed)
-            row: dict[str, Any] = {
-                "method": method,
-                "metric": name,
-                "mean": mean,
-                "ci_low": lo,
-                "ci_high": hi,
-                "n": n,
-                "better": "higher" if metric.higher_is_better else "lower",
-            }
-            base = arrays.get(f"{method}/{name}/baseline")
-            if base is not None:  # over the images the score counts (not a flat map's)
-                b, blo, bhi, _ = mean_ci(np.where(np.isnan(score), np.nan, base), seed=seed)
-                kind = "chance" if getattr(metric, "needs_masks", False) else "random order"
-                row |= {
-                    "baseline": b,
-                    "baseline_low": blo,
-                    "baseline_high": bhi,
-                    "baseline_kind": kind,
-                }
-            rows.append(row)
-    return rows
-
-
 @dataclass(frozen=True)
 class EvaluateResult(Result):
     """Per-image scores (``arrays["METHOD/METRIC/score"]``), curves and a summary table."""
 
     def headline(self) -> str:
         parts = [f"{r['method']} {r['metric']} {r['mean']:.3f}" for r in self.table]
-        return f"evaluate over {self.meta['images']} images: " + ", ".join(parts)
+        scope = (self.meta.get("data_scope") or {}).get("text", "")
+        over = scope if scope.startswith("the first") else f"{self.meta['images']} images"
+        return f"evaluate over {over}: " + ", ".join(parts)
 
     def figures(self) -> dict[str, Figure]:
         from ..render.quality_figures import curves_figure, scores_figure

@@ -29,18 +29,26 @@ ORDERED = ("deletion", "insertion", "road-morf", "road-lerf")  # a pixel order, 
 
 
 def empty_mask_warning(
-    arrays: dict[str, np.ndarray], methods: list[str], metrics: list[str]
+    arrays: dict[str, np.ndarray],
+    methods: list[str],
+    metrics: list[str],
+    names: Any = None,
 ) -> list[str]:
     """One line when some masks are empty at the model's input: those images are left out of
-    the localisation metrics (NaN), which the table's ``n`` counts."""
+    the localisation metrics (NaN), which the table's ``n`` counts. ``names(rows)``: the
+    images of those rows of the arrays, named in the line (the first five, then a count)."""
     base = next((arrays[f"{methods[0]}/{m}/baseline"] for m in metrics if m in LOCAL), None)
-    empty = int(np.isnan(base).sum()) if base is not None else 0
-    if not empty:
+    rows = np.flatnonzero(np.isnan(base)) if base is not None else []
+    if not len(rows):
         return []
+    shown = ""
+    if names is not None:
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        shown = f": {', '.join(names(rows[:5]))}{more}"
     return [
-        f"{empty} of {len(base)} image(s) have an empty mask at the model's input (the "
+        f"{len(rows)} of {len(base)} image(s) have an empty mask at the model's input (the "
         "object lies outside the crop, or the mask is blank): pointing and energy leave "
-        "them out"
+        f"them out{shown}"
     ]
 
 
@@ -48,15 +56,17 @@ def flat_warnings(flat: dict[str, int], n: int, metrics: list[str]) -> list[str]
     """One line per method whose maps are flat (one value everywhere, as an all-zero map is)
     for some images, saying what each metric run makes of them: pointing, energy and the
     randomization check leave them out; deletion, insertion and ROAD take their pixels in
-    random order (ties broken at random), the random baseline's, which says nothing of the
-    method (a low deletion score there looks good and means nothing)."""
+    the random baseline's order (:func:`netlens.metrics.perturb.image_ranks`; ROAD-LeRF
+    removes them in its reverse), so they score as the baseline does, which says nothing of
+    the method (a low deletion score there looks good and means nothing)."""
     what = []
     if any(m in LOCAL for m in metrics):
         what.append("pointing and energy leave them out")
     ordered = [m if m in ORDERED[:2] else "ROAD" for m in metrics if m in ORDERED]
     if ordered:
         text = _listed(list(dict.fromkeys(ordered)))
-        what.append(f"{text} take their pixels in random order (the random baseline's)")
+        lerf = " (ROAD-LeRF: reversed)" if "road-lerf" in metrics else ""
+        what.append(f"{text} take their pixels in random order, the random baseline's own{lerf}")
     if "randomization" in metrics:
         what.append("randomization leaves them out")
     return [

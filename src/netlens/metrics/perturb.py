@@ -72,11 +72,26 @@ def seed_option(seed: Any, image_seeds: Sequence[int] | None = None) -> int | li
 
 def image_ranks(heatmaps: np.ndarray, order: str, seed: int | Sequence[int]) -> np.ndarray:
     """N×H×W ranks: of each heatmap (``"heatmap"``), or random (``"random"``); image ``i``'s
-    ties and order drawn with :func:`image_seeds`' seed ``i``."""
+    ties and order drawn with :func:`image_seeds`' seed ``i``. A flat heatmap (one value
+    everywhere, or not finite) has nothing to rank: it takes the random order itself, so its
+    image scores exactly as the random baseline does."""
     seeds = image_seeds(seed, len(heatmaps))
+    shape = heatmaps.shape[1:]
     if order == "random":
-        return np.stack([random_ranks(heatmaps.shape[1:], s) for s in seeds])
-    return np.stack([pixel_ranks(h, s) for h, s in zip(heatmaps, seeds, strict=True)])
+        return np.stack([random_ranks(shape, s) for s in seeds])
+    return np.stack(
+        [
+            random_ranks(shape, s) if _flat(h) else pixel_ranks(h, s)
+            for h, s in zip(heatmaps, seeds, strict=True)
+        ]
+    )
+
+
+def _flat(heatmap: np.ndarray) -> bool:
+    """One value everywhere (or not finite), as ``evaluate`` counts flat maps."""
+    h = np.asarray(heatmap, np.float64)
+    with np.errstate(invalid="ignore"):
+        return not h.size or not bool(np.ptp(h) > 0)
 
 
 def row_probs(
