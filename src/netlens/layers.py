@@ -546,6 +546,7 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
     """Name, type, output shape, calls per forward (one dry forward), parameters of each layer,
     and how netlens reads its output's channels (:mod:`netlens.channel_layout`)."""
     from .channel_layout import learning_layouts
+    from .layer_params import layout_name, param_counts
 
     shapes: dict[str, list[tuple[int, ...] | None]] = {}
     with learning_layouts(model):  # the same forward tells which layers keep channels last
@@ -557,9 +558,9 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
         )
     rows = []
     for name, mod in named_layers(model).items():
-        params = list(mod.parameters())
+        params, trainable = param_counts(mod)
         calls = shapes.get(name, [])
-        each = [_layout_name(model, name, k, c, len(calls)) for k, c in enumerate(calls)]
+        each = [layout_name(model, name, k, c, len(calls)) for k, c in enumerate(calls)]
         named = [e for e in each if e]
         layout = named[0] if len(set(named)) == 1 else "/".join(named)  # by call when mixed
         rows.append(
@@ -567,24 +568,11 @@ def layer_table(model: nn.Module, example: torch.Tensor | None = None) -> list[L
                 name=name,
                 type=type(mod).__name__,
                 output_shape=next((s for s in calls if s is not None), None),
-                params=sum(p.numel() for p in params),
-                trainable=sum(p.numel() for p in params if p.requires_grad),
+                params=params,
+                trainable=trainable,
                 calls=len(calls),
                 call_shapes=tuple(calls),
                 layout=layout,
             )
         )
     return rows
-
-
-def _layout_name(model: nn.Module, name: str, k: int, shape: tuple[int, ...] | None, n: int) -> str:
-    """How netlens reads call ``k`` (of ``n``) of layer ``name``'s output: NCHW, NHWC, NLC,
-    NCL; "" for other ranks."""
-    from .activations import channels_last
-
-    call = f"{name}@{k}" if n > 1 else name
-    if shape is not None and len(shape) == 3:
-        return "NLC" if channels_last(model, call, 3) else "NCL"
-    if shape is not None and len(shape) == 4:
-        return "NHWC" if channels_last(model, call) else "NCHW"
-    return ""

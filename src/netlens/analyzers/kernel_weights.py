@@ -14,6 +14,15 @@
 :func:`effective_weight` computes them as the layer's own code does (timm's ``F.batch_norm``
 call, the hook's ``apply_mask``/``compute_weight``), leaving the module untouched. Parametrized
 weights (``torch.nn.utils.parametrizations``) are computed on access and need nothing here.
+
+LoRA-adapted layers convolve with the base weights plus the adapter's low-rank update
+(:func:`adapted_weight`): peft's ``LoraLayer`` (``base_layer`` + ``get_delta_weight(adapter)``
+of its active, unmerged adapters: what ``merge_and_unload()`` gives), loralib's layers
+(``weight + (lora_B @ lora_A) × scaling`` unless ``merged``; ``ConvLoRA`` keeps the weight in
+its ``conv``) and wrappers computing
+``base_layer(x) + lora_B(lora_A(x)) × scaling`` with a conv/linear ``lora_A`` and a 1×1
+``lora_B``. Other adapters (DoRA and other LoRA variants, LoHa, LoKr, IA³) are named in one
+warning line: the tiles then show the base weights.
 """
 
 from __future__ import annotations
@@ -24,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conditional_conv_error", "effective_weight"]
+__all__ = [
+    "adapted_weight",
+    "adapter_base",
+    "conditional_conv_error",
+    "effective_weight",
+    "kernel_layer_name",
+]
 
 _STD_CONVS = {"StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"}
 
@@ -90,6 +105,190 @@ def effective_weight(mod: nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor
             weight, std = _standardised(mod, weight)
             how = std if how is None else f"{how}, then {std}"
     return weight.detach(), how
+
+
+# attributes that hold an adapter's own weights (a layer carrying one is adapted)
+_ADAPTER_PARTS = (
+    "lora_A",
+    "lora_B",
+    "lora_embedding_A",
+    "lora_embedding_B",
+    "lora_magnitude_vector",
+    "lora_layer",
+    "lora_up",
+    "lora_down",
+    "hada_w1_a",
+    "lokr_w1",
+    "lokr_w1_a",
+    "ia3_l",
+)
+
+
+def _peft_tuner(mod: nn.Module) -> bool:
+    return any(
+        c.__name__ == "BaseTunerLayer" and c.__module__.startswith("peft.")
+        for c in type(mod).__mro__
+    )
+
+
+def _adapter_parts(mod: nn.Module) -> list[str]:
+    return [a for a in _ADAPTER_PARTS if getattr(mod, a, None) is not None]
+
+
+def _base_attr(mod: nn.Module) -> str | None:
+    """Where an adapter wrapper keeps the layer it adapts: peft's ``base_layer``, loralib's
+    ``ConvLoRA.conv`` (factors as tensors beside it); None for other modules."""
+    if not (_peft_tuner(mod) or _adapter_parts(mod)):
+        return None
+    base = getattr(mod, "base_layer", None)
+    if isinstance(base, nn.Module) and base is not mod:
+        return "base_layer"
+    conv = getattr(mod, "conv", None)
+    if isinstance(conv, nn.Module) and isinstance(getattr(mod, "lora_A", None), torch.Tensor):
+        return "conv"
+    return None
+
+
+def adapter_base(mod: nn.Module) -> nn.Module | None:
+    """The layer an adapter wrapper wraps (peft's ``base_layer``, loralib's ``conv``; nested
+    ones unwrapped); None when ``mod`` is not such a wrapper."""
+    attr = _base_attr(mod)
+    if attr is None:
+        return None
+    base = getattr(mod, attr)
+    return adapter_base(base) or base
+
+
+def kernel_layer_name(layers: dict[str, nn.Module], name: str) -> str | None:
+    """The layer a user means by ``name``: the adapter wrapper when ``name`` is the layer it
+    wraps (it convolves with base + update); None when ``name`` is one of an adapter's own
+    low-rank factors (``conv1.lora_A.default``); ``name`` otherwise."""
+    out = name
+    parts = name.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:k])
+        attr = _base_attr(layers[owner]) if owner in layers else None
+        if attr is None:
+            continue
+        if parts[k] in _ADAPTER_PARTS:
+            return None
+        if parts[k] == attr and out == ".".join(parts[: k + 1]):
+            out = owner  # nested wrappers: climb on
+    return out
+
+
+def _names(adapters: list[str]) -> str:
+    return ", ".join(repr(a) for a in adapters)
+
+
+def _peft_lora(mod: Any, weight: torch.Tensor) -> tuple[torch.Tensor, str | None, str | None]:
+    """peft's LoraLayer: base + Σ get_delta_weight(a) over active, unmerged adapters."""
+    variants = dict(getattr(mod, "lora_variant", {}) or {})
+    variants.update({a: "DoRA" for a, on in (getattr(mod, "use_dora", {}) or {}).items() if on})
+    merged = list(getattr(mod, "merged_adapters", []) or [])
+    active = [a for a in mod.active_adapters if a in mod.lora_A.keys()]
+    if getattr(mod, "disable_adapters", False):  # its forward unmerges, then runs the base
+        add, sub, how = [], merged, "adapters disabled: the base layer's weights"
+    elif merged:  # its forward runs the base layer alone, merged deltas included
+        add, sub, how = [], [], f"LoRA adapter(s) {_names(merged)} merged into the weights"
+    else:
+        add, sub = active, []
+        how = f"LoRA update of adapter(s) {_names(active)} included (+ B·A × scaling)"
+        how = how if active else None
+    odd = [a for a in add + sub if a in variants]
+    if odd:
+        kind = ", ".join(sorted({_kind_name(variants[a]) for a in odd}))
+        return weight, None, f"adapter(s) {_names(odd)} are a LoRA variant ({kind})"
+    if add + sub and getattr(adapter_base(mod), "groups", 1) > 1:  # peft cannot merge these
+        return weight, None, f"LoRA adapter(s) {_names(add + sub)} on a grouped conv"
+    deltas = {a: mod.get_delta_weight(a) for a in add + sub}
+    if any(d.shape != weight.shape for d in deltas.values()):
+        return weight, None, f"LoRA adapter(s) {_names(add + sub)} of another shape than the weight"
+    for a in add:
+        weight = weight + deltas[a].to(weight)
+    for a in sub:
+        weight = weight - deltas[a].to(weight)
+    return weight, how, None
+
+
+def _kind_name(variant: Any) -> str:
+    if isinstance(variant, str):
+        return variant
+    return variant.__name__ if isinstance(variant, type) else type(variant).__name__
+
+
+def _scaling(mod: nn.Module) -> float | None:
+    scaling = getattr(mod, "scaling", 1.0)
+    if isinstance(scaling, torch.Tensor) and scaling.numel() == 1:
+        return float(scaling)
+    return float(scaling) if isinstance(scaling, int | float) else None
+
+
+def _plain_lora(mod: nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor | None, str]:
+    """loralib-style factors (tensors) or a wrapper's conv/linear factor layers: the update
+    (None when the form is not one netlens knows) and how it was formed."""
+    a, b, scaling = mod.lora_A, mod.lora_B, _scaling(mod)
+    if scaling is None or getattr(mod, "fan_in_fan_out", False) or hasattr(mod, "enable_lora"):
+        return None, "lora_A/lora_B with an unknown scaling or layout"
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.dim() != 2 or b.dim() != 2 or (b @ a).numel() != weight.numel():
+            return None, "lora_A/lora_B tensors of unexpected shapes"
+        return (b @ a).view(weight.shape) * scaling, "(lora_B @ lora_A) × scaling"
+    for m in (a, b):
+        if not isinstance(m, nn.Conv2d | nn.Linear) or m.bias is not None:
+            return None, "lora_A/lora_B that are not bias-free Conv2d/Linear layers"
+    base = adapter_base(mod)
+    if isinstance(a, nn.Linear) and isinstance(b, nn.Linear) and weight.dim() == 2:
+        delta = b.weight @ a.weight
+    elif isinstance(a, nn.Conv2d) and isinstance(b, nn.Conv2d) and isinstance(base, nn.Conv2d):
+        same = all(getattr(a, k) == getattr(base, k) for k in ("stride", "padding", "dilation"))
+        if not same or b.kernel_size != (1, 1) or b.stride != (1, 1) or a.groups + b.groups > 2:
+            return None, "conv lora_A/lora_B other than base-shaped A and 1×1 B"
+        delta = torch.einsum("or,rihw->oihw", b.weight[:, :, 0, 0], a.weight)
+    else:
+        return None, "lora_A/lora_B that do not match the layer"
+    if delta.shape != weight.shape:
+        return None, "lora_A/lora_B of unexpected shapes"
+    return delta * scaling, "lora_B·lora_A × scaling"
+
+
+def adapted_weight(
+    mod: nn.Module, weight: torch.Tensor, how: str | None = None
+) -> tuple[torch.Tensor, str | None, str | None]:
+    """``weight`` (the base weights, derived as ``how`` says) with ``mod``'s adapter update
+    added; how the result derives; one warning (without the layer's name) when ``mod`` carries
+    an adapter netlens does not know, whose update is then left out."""
+    parts = _adapter_parts(mod)
+    if not parts and not _peft_tuner(mod):
+        return weight, how, None
+    kind = f"{type(mod).__module__}.{type(mod).__name__}"
+    warning = note = None
+    with torch.no_grad():
+        lora_a = getattr(mod, "lora_A", None)
+        delta_fn = callable(getattr(mod, "get_delta_weight", None))
+        if isinstance(lora_a, nn.ModuleDict) and delta_fn and hasattr(mod, "active_adapters"):
+            weight, note, warning = _peft_lora(mod, weight)
+        elif "lora_A" in parts and "lora_B" in parts:
+            if getattr(mod, "merged", False) is True:  # loralib's flag (not a method)
+                note = "LoRA update merged into the weights"
+            else:
+                delta, form = _plain_lora(mod, weight)
+                if delta is None:
+                    warning = form
+                else:
+                    weight, note = weight + delta.to(weight), f"LoRA update included (+ {form})"
+        else:
+            warning = "adapter weights " + (", ".join(parts) or "of a peft tuner layer")
+    if warning:
+        line = (
+            f"{kind} carries an adapter netlens does not recognise ({warning}): the tiles show "
+            "its base weights without the adapter's update; to see them, merge the adapter into "
+            "the weights first where it can be (peft: merge_and_unload())"
+        )
+        return weight.detach(), how, line
+    if note:
+        how = note if how is None else f"{how}, then {note}"
+    return weight.detach(), how, None
 
 
 def conditional_conv_error(mod: nn.Module, name: str, weight: Any) -> str | None:

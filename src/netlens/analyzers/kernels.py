@@ -2,7 +2,8 @@
 
 Views, chosen from the layer:
 
-- ``rgb``: a conv with 3 input channels (a first layer): one RGB tile per filter.
+- ``rgb``: the conv that reads the input image, when it has 3 input channels: one RGB tile per
+  filter (a deeper conv with 3 input channels reads feature maps, not colours: reduced tiles).
 - reduced tiles: deeper convs, one tile per filter after reducing over its input channels
   (``reduce="mean"``, ``"l2"`` or ``"channel:K"``); depthwise convs have a single input per filter
   (``reduce="none"``); grouped convs reduce over their group's inputs.
@@ -12,9 +13,10 @@ Views, chosen from the layer:
 
 The weights are those the layer convolves with (see :mod:`.kernel_weights`): a
 weight-standardised conv's standardised filters, a pruned or weight-normed layer's current
-values even before any forward has run. A conditional conv (timm's ``CondConv2d``), whose
-filters are mixed per input, is refused. Only weights are read: a model of unknown input size
-is fine (the first layer is then the first declared).
+values even before any forward has run, a LoRA-adapted layer's base weights plus the adapter's
+update (the adapted layer, not its ``base_layer``, is the default first layer). A conditional
+conv (timm's ``CondConv2d``), whose filters are mixed per input, is refused. Only weights are
+read: a model of unknown input size is fine (the first layer is then the first declared).
 
 The table has one row per filter (output unit): its L2 norm, mean, std, largest magnitude and
 whether it is *near zero*: norm ≤ ``dead_tol`` × the largest filter norm of the layer (an
@@ -35,7 +37,13 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import AnalyzerError, NetlensError
 from ..layers import named_layers, resolve_layers, trace_outputs
 from .base import Analyzer, Result, Run
-from .kernel_weights import conditional_conv_error, effective_weight
+from .kernel_weights import (
+    adapted_weight,
+    adapter_base,
+    conditional_conv_error,
+    effective_weight,
+    kernel_layer_name,
+)
 from .options import OptionError
 from .specs import KERNELS
 
@@ -80,19 +88,26 @@ def _weight(mod: nn.Module) -> Any:
     return _weight_used(mod)[0]
 
 
-def _weight_used(mod: nn.Module) -> tuple[Any, str | None]:
-    """:func:`_weight` and how it was derived from the stored parameters (None: as stored)."""
+def _weight_used(mod: nn.Module) -> tuple[Any, str | None, str | None]:
+    """:func:`_weight`, how it was derived from the stored parameters (None: as stored) and a
+    warning line when an adapter's update had to be left out."""
+    base = adapter_base(mod)
+    if base is not None:  # a LoRA wrapper: its base layer's weights plus the adapter's update
+        weight, how, _ = _weight_used(base)
+        if isinstance(weight, torch.Tensor):
+            return adapted_weight(mod, weight, how)
+        return weight, how, None
     weight = getattr(mod, "weight", None)
     if callable(weight) and not isinstance(weight, torch.Tensor):  # torch.ao quantized layers
         try:
             weight = weight()
         except Exception:  # noqa: BLE001 - some other module's method named weight
-            return None, None
+            return None, None, None
     if isinstance(weight, torch.Tensor) and weight.is_quantized:
-        return weight.dequantize(), None
+        return weight.dequantize(), None, None
     if isinstance(weight, torch.Tensor):
-        return effective_weight(mod, weight)
-    return weight, None
+        return adapted_weight(mod, *effective_weight(mod, weight))  # loralib-style: own factors
+    return weight, None, None
 
 
 def _example(lens: Lens, batch: int = 1) -> torch.Tensor | None:
@@ -124,16 +139,18 @@ def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
             "pick a Conv2d or Linear layer (see `netlens layers MODEL`)"
         )
     w = weight.detach().float().cpu().numpy().copy()
-    if isinstance(mod, nn.ConvTranspose2d):  # stored in×out/groups: filters are the outputs
-        g = mod.groups
+    conv = adapter_base(mod) or mod  # a LoRA wrapper's base layer holds the conv's settings
+    if isinstance(conv, nn.ConvTranspose2d):  # stored in×out/groups: filters are the outputs
+        g = conv.groups
         w = w.reshape(g, w.shape[0] // g, *w.shape[1:]).swapaxes(1, 2)
         w = w.reshape(-1, w.shape[2], *w.shape[3:])
     return w
 
 
 def _meta(name: str, mod: nn.Module, o: Any) -> dict[str, Any]:
-    weight, used = _weight_used(mod)
-    return {
+    weight, used, warning = _weight_used(mod)
+    conv = adapter_base(mod) or mod
+    meta = {
         "layer": name,
         "type": type(mod).__name__,
         "weight_shape": list(weight.shape),
@@ -141,8 +158,11 @@ def _meta(name: str, mod: nn.Module, o: Any) -> dict[str, Any]:
         "normalize": o.normalize,
         "sorted": bool(o.sort),
         "dead_tol": o.dead_tol,
-        "groups": int(getattr(mod, "groups", 1)),
+        "groups": int(getattr(conv, "groups", 1)),
     }
+    if warning:
+        meta["warnings"] = [f"{name}: {warning}"]
+    return meta
 
 
 def _order_tiles(
@@ -158,7 +178,7 @@ def _order_tiles(
     meta["shown"], meta["total"] = len(order), len(norms)
     meta["near_zero"] = [r["filter"] for r in table if r["near_zero"]]
     if meta["near_zero"]:
-        meta["warnings"] = [
+        meta["warnings"] = meta.get("warnings", []) + [
             f"{meta['layer']}: {len(meta['near_zero'])} of {len(table)} filters are near zero "
             f"(norm ≤ {o.dead_tol:g} × the largest): drawn grey, listed in kernels.csv"
         ]
@@ -171,7 +191,8 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
     With an example input, the order is the forward's: a model may declare a branch's or a
     head's conv before its stem (``self.aux = ...`` above ``self.stem = ...``), and the
     declaration order would then show the wrong layer as "the first". Without one, or when
-    the dry forward fails, it is the declaration order.
+    the dry forward fails, it is the declaration order. A LoRA-adapted conv is named by its
+    wrapper (``conv1``, not ``conv1.base_layer``), never by its adapter's factors.
     """
     layers = named_layers(model)
     called: list[str] = []
@@ -181,12 +202,11 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
         except NetlensError:
             called = []
     for kind in (nn.Conv2d, nn.Linear):
-        for name in called:
+        for name in [*called, *layers]:  # the forward's order first, then the declaration's
             if isinstance(layers.get(name), _kinds(kind)):
-                return name
-        for name, mod in layers.items():
-            if isinstance(mod, _kinds(kind)):
-                return name
+                shown = kernel_layer_name(layers, name)
+                if shown is not None:
+                    return shown
         other = [n for n in called or layers if isinstance(layers.get(n), _ConvNd)]
         if kind is nn.Conv2d and other:  # Conv1d, Conv3d, ConvTranspose2d: not its "first layer"
             raise AnalyzerError(
@@ -252,7 +272,11 @@ def _one(model: nn.Module, layer: Any) -> str:
 
 def _reads_input(lens: Lens, name: str) -> bool:
     """Whether layer ``name`` takes the model's input image (its channels are the image's)."""
-    return name == default_kernel_layer(lens.model, _example(lens))
+    shown = kernel_layer_name(named_layers(lens.model), name)
+    try:
+        return shown == default_kernel_layer(lens.model, _example(lens))
+    except AnalyzerError:  # no Conv2d reads the image (transposed convs only)
+        return False
 
 
 def _linear_image_shape(lens: Lens, name: str, features: int) -> tuple[int, ...] | None:
@@ -345,10 +369,9 @@ class KernelsAnalyzer(Analyzer):
                 matrix_x="input channel" + (" within group" if meta["groups"] > 1 else ""),
             )
             return {"matrix": w[:, :, 0, 0]}
-        if w.shape[1] == 3 and meta["groups"] == 1:
+        if w.shape[1] == 3 and meta["groups"] == 1 and _reads_input(lens, name):
             meta.update(view="rgb", reduce="rgb")
-            bgr = getattr(lens.transform, "channel_order", "rgb") == "bgr"
-            if bgr and _reads_input(lens, name):
+            if getattr(lens.transform, "channel_order", "rgb") == "bgr":
                 meta["channel_order"] = "bgr (shown as RGB)"  # the filters' B, G, R reversed
                 w = w[:, ::-1]
             return {"tiles": np.ascontiguousarray(w.transpose(0, 2, 3, 1))}

@@ -16,6 +16,7 @@ from .figures import new_figure
 from .grids import Grid, grid_figure, normalize_tiles
 
 __all__ = [
+    "DEAD_GREY",
     "kernel_display",
     "kernels_figure",
     "mark_dead",
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 _SIGNED = {"mean", "channel", "none"}
+DEAD_GREY = (0.5, 0.5, 0.5)  # near-zero filters, in every view: not a colour of viridis/RdBu_r
 
 
 def kernel_display(
@@ -53,7 +55,7 @@ def kernels_figure(
     display, labels = mark_dead(display, arrays["order"], meta.get("near_zero") or ())
     h, w = display.shape[1:3]
     tile_inches = 0.9 if max(h, w) <= 16 else 1.4
-    return grid_figure(
+    fig, grid = grid_figure(
         display,
         labels,
         title=_title(meta),
@@ -62,13 +64,29 @@ def kernels_figure(
         colorbar_label="weight" if meta["reduce"] != "l2" else "L2 over inputs",
         tile_inches=tile_inches,
     )
+    _paint_dead(fig.axes[0], grid, labels)
+    return fig, grid
+
+
+def _paint_dead(ax: Any, grid: Grid, labels: Sequence[str]) -> None:
+    """Cover near-zero tiles with flat RGB grey: a colour map would draw 0.5 as teal (viridis)
+    or near-white (RdBu_r, hardly apart from the background)."""
+    from matplotlib.patches import Rectangle
+
+    h, w = grid.tile_hw
+    for (r, c), label in zip(grid.origins, labels, strict=False):
+        if label.endswith(" dead"):
+            ax.add_patch(
+                Rectangle((c - 0.5, r - 0.5), w, h, facecolor=DEAD_GREY, edgecolor="none", lw=0)
+            )
 
 
 def mark_dead(
     display: np.ndarray, order: np.ndarray, near_zero: Sequence[int]
 ) -> tuple[np.ndarray, list[str]]:
-    """Near-zero filters drawn as flat grey and labelled, never as a stretched noise pattern
-    (per-filter scaling would blow a 1e-9 filter up to full contrast)."""
+    """Near-zero filters drawn flat (0.5; :func:`kernels_figure` paints them grey in every view)
+    and labelled, never as a stretched noise pattern (per-filter scaling would blow a 1e-9
+    filter up to full contrast)."""
     dead = {int(i) for i in near_zero}
     shown = display.copy()
     labels = []
