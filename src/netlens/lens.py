@@ -470,9 +470,10 @@ class Lens:
         return self.run("cam", images, method=method, layer=layer, target=target, **options)
 
     def evaluate(
-        self, data: Any = None, methods: Any = "gradcam", metrics: Any = None, **options: Any
+        self, data: Any = None, methods: Any = None, metrics: Any = None, **options: Any
     ) -> Result:
-        """Score heatmaps (pointing game, deletion/insertion, ROAD); see ``netlens evaluate``."""
+        """Score heatmaps (pointing game, deletion/insertion, ROAD); see ``netlens evaluate``
+        (``methods`` None: Grad-CAM, or ``method=``)."""
         return self.run("evaluate", data, methods=methods, metrics=metrics, **options)
 
     def kernels(self, layer: Any = None, **options: Any) -> Result:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import NetlensError, hint
 
-__all__ = ["MAX_SEED", "Option", "OptionError", "Options", "as_is", "parse_options"]
+__all__ = ["ALIASES", "MAX_SEED", "Option", "OptionError", "Options", "as_is", "parse_options"]
 
 MAX_SEED = 2**63 - 1  # seeds are 0 .. 2**63 - 1: what torch and numpy generators both take
 
@@ -142,15 +142,50 @@ class Options(Mapping[str, Any]):
 def parse_options(owner: str, declared: Iterable[Option], given: Mapping[str, Any]) -> Options:
     """Check ``given`` against ``declared``: unknown names refused with hints, defaults filled.
 
-    Dashes in names are accepted (``batch-size`` = ``batch_size``), as the CLI writes them.
+    Dashes in names are accepted (``batch-size`` = ``batch_size``), as the CLI writes them, and
+    so are the shared names of :data:`ALIASES` (``top`` for ``k``, ``layer`` for ``layers``,
+    ``method`` for ``methods``) where the analyzer has no option of that name itself.
     """
     specs = {o.name: o for o in declared}
-    values = {k.replace("-", "_"): v for k, v in given.items()}
+    values = _aliased(owner, specs, {k.replace("-", "_"): v for k, v in given.items()})
     unknown = sorted(set(values) - set(specs))
     if unknown:
         known = ", ".join(sorted(specs)) or "none"
         first = unknown[0]
-        raise OptionError(f"{owner} has no option '{first}'{hint(first, specs)} (options: {known})")
+        said = hint(first, specs) or _shared_hint(first, specs)
+        raise OptionError(f"{owner} has no option '{first}'{said} (options: {known})")
     return Options(
         {name: spec.check(values.get(name, spec.default), owner) for name, spec in specs.items()}
     )
+
+
+#: The shared names of the README's one vocabulary (``-k/--top``, ``-l/--layer``,
+#: ``-m/--method``), each accepted for an option of the same meaning spelt otherwise: the CLI
+#: spells ``k`` as ``--top``, ``layers`` as ``--layer``, ``methods`` as ``--method``, and
+#: ``lens.run`` takes the same words.
+ALIASES: dict[str, str] = {"top": "k", "layer": "layers", "method": "methods"}
+
+
+def _aliased(owner: str, specs: Mapping[str, Option], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a shared name given for the option it stands for (``top=2`` → ``k=2``
+    where the analyzer has ``k`` and no ``top``); the name and its alias both given (neither
+    None: ``lens.ablate`` passes ``layers=None``) is refused in one line."""
+    for alias, real in ALIASES.items():
+        if alias not in values or alias in specs or real not in specs:
+            continue
+        value = values.pop(alias)
+        if value is None:
+            continue
+        if values.get(real) is not None:
+            raise OptionError(
+                f"{owner}: {alias}= and {real}= are the same option ({real}); give one of them, "
+                f"not both ({real}={values[real]!r}, {alias}={value!r})"
+            )
+        values[real] = value
+    return values
+
+
+def _shared_hint(name: str, specs: Mapping[str, Option]) -> str:
+    """``; did you mean 'top'?`` for ``k`` given to an analyzer whose option is ``top``."""
+    partner = {real: alias for alias, real in ALIASES.items()}.get(name)
+    return f"; did you mean '{partner}'?" if partner in specs else ""

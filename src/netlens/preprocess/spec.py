@@ -90,7 +90,8 @@ class Preprocess:
             ``center``.
         engine: ``netlens`` or ``timm`` (timm's own ``create_transform``).
         source: where this spec came from (recorded in every output).
-        function: a user's callable, PIL image → C×H×W tensor, used instead of all the above.
+        function: a user's callable, PIL image → C×H×W tensor, used instead of all the above
+            (with ``channel_order="bgr"`` its output is taken to be B, G, R: pictures flip it).
         crop_offset: where a centre crop starts when the margin is odd: ``round`` (torchvision,
             timm) or ``floor`` (Hugging Face image processors).
         channel_order: ``rgb``, or ``bgr`` for a model trained on images as OpenCV reads them
@@ -267,7 +268,7 @@ class Preprocess:
         else:
             arr = arr * np.asarray(_per_channel(self.std, c), np.float32)
             arr = arr + np.asarray(_per_channel(self.mean, c), np.float32)
-        if self.channel_order == "bgr" and c == 3 and self.function is None:
+        if self.channel_order == "bgr" and c == 3:  # a user's function too: it feeds B, G, R
             arr = arr[:, :, ::-1]  # the model's B, G, R back to R, G, B
         arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return to_channels(arr, 3)
