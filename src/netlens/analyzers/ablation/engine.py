@@ -6,18 +6,23 @@ per batch one full run of the traced graph gives the baseline logits and caches,
 call, its input, its output and the values later nodes still need (a clone each, so in-place ops
 cannot change them). An ablation then runs only the nodes after its unit, from the replacement
 output on. The nodes are the same calls on the same values with the same batch, so the logits are
-bit-for-bit those of the naive run. For a sequential stack (``nn.Sequential``, a ResNet's
+bit-for-bit those of the naive run. Channel ablations stacked on the batch (``copies``) run the
+suffix on a larger batch: equal to the naive run within the float rounding of kernels whose
+rounding depends on the batch size (oneDNN's, ~1e-6 of the logits' scale), bit-for-bit where
+the kernels do not (timm resnet18). For a sequential stack (``nn.Sequential``, a ResNet's
 stages) the graph is a chain and the suffix is simply the slice of layers after the unit; for
 general graphs, values from before the unit that later nodes read (long skips) are cached too.
 
 Safety nets: the traced graph is used only if it reproduces the model's own logits on the first
-batch (:meth:`Engine.check`); when the model does not trace (data-dependent control flow) or a
-unit is not a single node of the graph (called twice, nested in another unit), that unit falls
-back to the naive path, which is always correct. So does a unit the first run of the graph calls
-more often than it has nodes (a shared ``nn.ReLU`` also called inside a block that is a unit,
-hence a leaf of the graph whose inside the graph does not show): a forward pre-hook counts each
-unit's real calls on that run. Stacked channel ablations are checked once per unit against a
-copy run alone (:meth:`Engine.ablated`).
+batch (:meth:`Engine.check`); a module that does not trace (data-dependent control flow) runs
+as it is, a leaf of the graph (:mod:`.tracing`), and the units inside it, like a unit that is
+not a single node of the graph (called twice, nested in another unit), fall back to the naive
+path, which is always correct; a model whose own ``forward`` does not trace runs naive
+throughout. So does a unit the first run of the graph calls more often than it has nodes (a
+shared ``nn.ReLU`` also called inside a block that is a unit, hence a leaf of the graph whose
+inside the graph does not show): a forward pre-hook counts each unit's real calls on that run.
+Stacked channel ablations are checked once per unit and batch size against a copy run alone
+(:meth:`Engine.ablated`).
 
 A unit that returns a tuple (or list) whose first element is a tensor (Hugging Face Swin and
 Data2VecVision layers: ``(hidden_states, attentions or None)``) is replaced in that element
@@ -44,6 +49,7 @@ from ...write_guard import tensors_in
 from .modes import Replacement, takes_call_args
 from .scoring import Metric, Outcomes
 from .survey import first_tensor, is_tensor_tuple
+from .tracing import UnitTracer, trace_units
 
 __all__ = [
     "Ablation",
@@ -110,13 +116,29 @@ class BatchCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-class _UnitTracer(fx.Tracer):
-    def __init__(self, leaves: set[str]) -> None:
-        super().__init__()
-        self.leaves = leaves
+_UnitTracer = UnitTracer  # looked up here at each trace
 
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` is ``b`` up to float rounding: the largest difference within a relative
+    tolerance of the logits' scale (their largest magnitude), non-finite entries equal. Kernels
+    whose rounding depends on the batch size (oneDNN's pointwise, depthwise and grouped
+    convolutions: ~1e-6 on logits of ~1) pass; a suffix that mixes the images of a batch
+    differs at that scale."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    if not a.is_floating_point():
+        return False
+    finite = torch.isfinite(b)
+    if not torch.equal(finite, torch.isfinite(a)) or not torch.equal(a[~finite], b[~finite]):
+        return False
+    if not bool(finite.any()):
+        return True
+    rtol = max(1e-4, 4 * torch.finfo(a.dtype).eps)
+    scale = float(b[finite].abs().max())
+    return float((a[finite] - b[finite]).abs().max()) <= rtol * scale
 
 
 class Engine:
@@ -146,20 +168,20 @@ class Engine:
         self.nodes: list[fx.Node] = []
         self.unit_index: dict[str, int] = {}
         self.trace_error: str | None = None
+        self.untraced: dict[str, str] = {}  # modules run as they are: they did not trace
         self.hidden_calls: dict[str, int] = {}  # units run more often than the graph shows
-        self._stack_checked: set[str] = set()
+        self._stack_checked: set[tuple[str, int, int]] = set()  # (unit, images, copies)
         self._no_stack: set[str] = set()
         if fast:
             self._trace()
 
     # -- tracing ---------------------------------------------------------------------------
     def _trace(self) -> None:
-        try:
-            graph = _UnitTracer(set(self.units)).trace(self.model)
-            gm = fx.GraphModule(self.model, graph)
-        except Exception as exc:  # noqa: BLE001 - any tracing failure means "use the naive path"
-            self.trace_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        traced = trace_units(self.model, self.units, _UnitTracer)
+        if traced.graph is None:
+            self.trace_error = traced.error
             return
+        gm, self.untraced = traced.graph, traced.untraced
         nodes = list(gm.graph.nodes)
         inputs = [n for n in nodes if n.op == "placeholder"]
         if any(len(n.args) != 1 for n in inputs[1:]):
@@ -175,9 +197,20 @@ class Engine:
             u: idx[0] for u, idx in calls.items() if len(idx) == 1 and nodes[idx[0]].all_input_nodes
         }
         self.graph, self.nodes = gm, nodes
+        self._note_untraced()
         self._interp = fx.Interpreter(gm, garbage_collect_values=False)
         self._frees = self._last_uses(nodes)
         self._frontier = {u: self._frontier_of(i) for u, i in self.unit_index.items()}
+
+    def _note_untraced(self) -> None:
+        """Name, in ``trace_error``, the modules that did not trace and the units inside them
+        (which take the naive path)."""
+        notes = []
+        for name, error in self.untraced.items():
+            inside = [u for u in self.units if u.startswith(name + ".") and not self.is_fast(u)]
+            if inside:
+                notes.append(f"{name} does not trace ({error}): naive path for {', '.join(inside)}")
+        self.trace_error = "; ".join(notes) or None
 
     @staticmethod
     def _last_uses(nodes: list[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
@@ -298,8 +331,10 @@ class Engine:
         """Logits with ``unit``'s output replaced (``copies`` ablations stacked on the batch).
 
         Stacked copies go through the suffix as one batch when the suffix reads nothing from
-        before the unit and treats images independently; the first stacked pass of each unit
-        is checked against its first copy run alone, and a unit that fails runs copy by copy.
+        before the unit and treats images independently; the first stacked pass of each unit,
+        batch size and number of copies is checked against its first copy run alone, equal up
+        to float rounding (:func:`_close`: kernels that round differently per batch size), and
+        a unit that fails (a suffix that mixes the images of a batch) runs copy by copy.
         """
         if not self.is_fast(unit) or unit not in cache.outputs:
             return self.naive(cache.x, unit, replace, batch, copies)
@@ -312,10 +347,10 @@ class Engine:
         n, m = cache.x.shape[0], after.shape[0]
         if m == n and unit not in self._no_stack and not self._frontier[unit]:
             out = self._suffix(cache, unit, new)
-            if unit in self._stack_checked:
+            if (unit, n, copies) in self._stack_checked:
                 return out
-            self._stack_checked.add(unit)
-            if torch.equal(out[:n], self._suffix(cache, unit, new[:n].clone())):
+            self._stack_checked.add((unit, n, copies))
+            if _close(out[:n], self._suffix(cache, unit, new[:n].clone())):
                 return out
             self._no_stack.add(unit)
         parts = [self._suffix(cache, unit, new[g * m : (g + 1) * m].clone()) for g in range(copies)]
