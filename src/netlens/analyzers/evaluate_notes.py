@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..data.items import item_labels
 from ..errors import AnalyzerError
 from ..metrics.bootstrap import mean_ci
 
@@ -109,7 +110,7 @@ def data_scope(data: Any, used: int) -> dict[str, Any]:
     does: "the first N of M images (K of C classes)" or "all M images"."""
     total = len(data)
     scope: dict[str, Any] = {"images": used, "images_total": total}
-    labels = _labels(data)
+    labels = item_labels(data)
     if labels is not None:
         scope |= {"classes": len(set(labels[:used])), "classes_total": len(set(labels))}
     if used >= total:
@@ -131,31 +132,6 @@ def scope_warning(scope: dict[str, Any]) -> list[str]:
         "taken in order, and a folder is sorted by class): these scores do not cover the other "
         f"classes; --limit {total} (limit={total} in Python) uses all of them"
     ]
-
-
-def _labels(ds: Any) -> list[int] | None:
-    """The class index of every item of ``ds``, read off its list (no image is read); None
-    when the dataset does not hold them as a list (or the labels are not one class each)."""
-    n = len(ds)
-    while ds is not None:
-        items = getattr(ds, "items", None) or getattr(ds, "samples", None)
-        if isinstance(items, list) and len(items) == n and items and isinstance(items[0], tuple):
-            try:
-                return [int(lab) for _, lab in items]
-            except (TypeError, ValueError):
-                return None
-        for attr in ("labels", "targets"):
-            value = getattr(ds, attr, None)
-            if value is None or callable(value):
-                continue
-            try:
-                arr = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
-            except (TypeError, ValueError):
-                continue
-            if arr.ndim == 1 and len(arr) == n and arr.dtype.kind in "iu":
-                return arr.astype(int).tolist()
-        ds = getattr(ds, "dataset", None) or getattr(ds, "ds", None)
-    return None
 
 
 def image_names(ds: Any, positions: Any) -> list[str]:

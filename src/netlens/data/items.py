@@ -127,3 +127,30 @@ def _netlens_inner(ds: Any) -> Any:
 def item_name(dataset: Any, i: int) -> str:
     """The file behind item ``i`` (see :func:`item_source`), else ``item i``."""
     return item_source(dataset, i) or f"item {i}"
+
+
+def item_labels(ds: Any) -> list[int] | None:
+    """The class index of every item of ``ds``, read off its list (no image is read); None
+    when the dataset does not hold them as a list (or the labels are not one class each)."""
+    import numpy as np
+
+    n = len(ds)
+    while ds is not None:
+        items = getattr(ds, "items", None) or getattr(ds, "samples", None)
+        if isinstance(items, list) and len(items) == n and items and isinstance(items[0], tuple):
+            try:
+                return [int(lab) for _, lab in items]
+            except (TypeError, ValueError):
+                return None
+        for attr in ("labels", "targets"):
+            value = getattr(ds, attr, None)
+            if value is None or callable(value):
+                continue
+            try:
+                arr = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
+            except (TypeError, ValueError):
+                continue
+            if arr.ndim == 1 and len(arr) == n and arr.dtype.kind in "iu":
+                return arr.astype(int).tolist()
+        ds = getattr(ds, "dataset", None) or getattr(ds, "ds", None)
+    return None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.items import item_source
+from ..data.items import item_labels, item_source
 from ..errors import NetlensError
 from .repro import Invocation
 
@@ -165,30 +165,6 @@ def _files(ds: Any) -> list[str] | None:
     return None if not files or None in files else files  # type: ignore[return-value]
 
 
-def _labels(ds: Any) -> list[int] | None:
-    """The class index of every item of ``ds``, read off its list (no image is read); None
-    when the dataset does not hold them as a list (or the labels are not one class each)."""
-    import numpy as np
-
-    n = len(ds)
-    while ds is not None:
-        items = getattr(ds, "items", None) or getattr(ds, "samples", None)
-        if isinstance(items, list) and len(items) == n and items and isinstance(items[0], tuple):
-            return [int(lab) for _, lab in items]
-        for attr in ("labels", "targets"):
-            value = getattr(ds, attr, None)
-            if value is None or callable(value):
-                continue
-            try:
-                arr = np.asarray(value.cpu() if hasattr(value, "cpu") else value)
-            except (TypeError, ValueError):
-                continue
-            if arr.ndim == 1 and len(arr) == n and arr.dtype.kind in "iu":
-                return arr.astype(int).tolist()
-        ds = getattr(ds, "dataset", None)
-    return None
-
-
 def data_scope(ctx: ReportInputs, limit: int) -> tuple[str, list[str]]:
     """How much of the data a section used: "the first N of M images (K of C classes)" when
     the limit cuts it, and a note when classes are left out."""
@@ -199,7 +175,7 @@ def data_scope(ctx: ReportInputs, limit: int) -> tuple[str, list[str]]:
         return "", []
     if limit >= total:
         return f"all {total} images", []
-    labels = _labels(ds)
+    labels = item_labels(ds)
     if labels is None:
         return f"the first {limit} of {total} images", []
     used, every = len(set(labels[:limit])), len(set(labels))
