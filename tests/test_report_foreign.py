@@ -95,6 +95,25 @@ def test_data_sections_say_they_used_the_first_images_and_which_classes(folder) 
     assert "--limit 6" in rep.html
 
 
+def test_evaluate_warnings_are_shown_as_notes_once(folder, monkeypatch) -> None:  # noqa: ANN001
+    """The evaluate card dropped its result's warnings (flat maps, empty masks) from the page;
+    the data's scope is said once, by the result's own warning."""
+    real = netlens.Lens.evaluate
+
+    def evaluate(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        res = real(self, *a, **k)
+        res.meta["warnings"] = [*res.meta["warnings"], "2 of 2 image(s) have flat maps"]
+        return res
+
+    monkeypatch.setattr(netlens.Lens, "evaluate", evaluate)
+    rep = build_report(small_lens(), data=str(folder), sections="evaluate", limit=2, progress=False)
+    ev = section(rep, "evaluate")
+    assert "the first 2 of 6 images (1 of 3 classes)" in ev.intro
+    assert "2 of 2 image(s) have flat maps" in ev.notes
+    assert sum("of the data's 3 classes" in n for n in ev.notes) == 1, ev.notes
+    assert "flat maps" in rep.html
+
+
 def test_cli_rerun_commands_repeat_every_load_option(tmp_path: Path) -> None:
     out = tmp_path / "o"
     args = ["report", "--sections", "card,kernels", "--out", str(out), "-q"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.items import item_labels, item_source
+from ..data.items import item_source
 from ..errors import NetlensError
 from .repro import Invocation
 
@@ -167,24 +167,22 @@ def _files(ds: Any) -> list[str] | None:
 
 def data_scope(ctx: ReportInputs, limit: int) -> tuple[str, list[str]]:
     """How much of the data a section used: "the first N of M images (K of C classes)" when
-    the limit cuts it, and a note when classes are left out."""
+    the limit cuts it (as ``evaluate`` says it: :func:`~netlens.analyzers.evaluate_notes.
+    data_scope`), and a note when classes are left out."""
+    from ..analyzers.evaluate_notes import data_scope as scope_of
+
     try:
         ds = ctx.dataset()
-        total = len(ds)
+        len(ds)
     except (NetlensError, TypeError):
         return "", []
-    if limit >= total:
-        return f"all {total} images", []
-    labels = item_labels(ds)
-    if labels is None:
-        return f"the first {limit} of {total} images", []
-    used, every = len(set(labels[:limit])), len(set(labels))
-    text = f"the first {limit} of {total} images ({used} of {every} classes)"
-    if used == every:
-        return text, []
+    scope = scope_of(ds, limit)
+    used, every, total = scope.get("classes"), scope.get("classes_total"), scope["images_total"]
+    if used is None or used == every or limit >= total:
+        return scope["text"], []
     note = (
         f"Only {used} of the data's {every} classes are in its first {limit} images (the "
         f"items are taken in order, and a folder is sorted by class): these numbers do not "
         f"cover the other classes. --limit {total} uses all of them."
     )
-    return text, [note]
+    return scope["text"], [note]

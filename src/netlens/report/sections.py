@@ -367,8 +367,9 @@ def evaluate_section(ctx: ReportInputs) -> Section:
         progress=ctx.progress,
         strict=ctx.strict,
     )
-    scope, more = data_scope(ctx, limit)
+    scope, _ = data_scope(ctx, limit)  # classes left out: among the result's own warnings
     on = scope if scope.startswith("the first") else f"{res.meta.get('images', limit)} images"
+    more = list(res.meta.get("warnings") or [])  # flat maps, empty masks, the data's scope
     return Section(
         "evaluate",
         "Are the explanations right",
