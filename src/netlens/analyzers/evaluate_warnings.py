@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..metrics.perturb import flat_maps
+
 __all__ = [
     "LOCAL",
     "ORDERED",
@@ -113,13 +115,6 @@ def target_probs(probs: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     p = torch.full((len(t),), float("nan"), dtype=torch.float64)
     p[ok] = probs[torch.arange(len(t))[ok], t[ok]].double()
     return np.stack([p.numpy(), np.full(len(t), float(k))], axis=1)
-
-
-def flat_maps(heat: Any) -> np.ndarray:
-    """Per map of an N×H×W stack: flat (one value everywhere, or not finite)?"""
-    m = np.asarray(heat, np.float64).reshape(len(heat), -1)
-    with np.errstate(invalid="ignore"):
-        return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
 
 
 def unused_masks_warning(masks: Any, ds: Any) -> list[str]:

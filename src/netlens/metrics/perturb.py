@@ -18,6 +18,7 @@ __all__ = [
     "seed_option",
     "image_seeds",
     "auc",
+    "flat_maps",
     "image_ranks",
     "pixel_ranks",
     "random_ranks",
@@ -79,19 +80,21 @@ def image_ranks(heatmaps: np.ndarray, order: str, seed: int | Sequence[int]) -> 
     shape = heatmaps.shape[1:]
     if order == "random":
         return np.stack([random_ranks(shape, s) for s in seeds])
+    flat = flat_maps(heatmaps)
     return np.stack(
         [
-            random_ranks(shape, s) if _flat(h) else pixel_ranks(h, s)
-            for h, s in zip(heatmaps, seeds, strict=True)
+            random_ranks(shape, s) if f else pixel_ranks(h, s)
+            for h, s, f in zip(heatmaps, seeds, flat, strict=True)
         ]
     )
 
 
-def _flat(heatmap: np.ndarray) -> bool:
-    """One value everywhere (or not finite), as ``evaluate`` counts flat maps."""
-    h = np.asarray(heatmap, np.float64)
+def flat_maps(maps: Any) -> np.ndarray:
+    """Per map of an N×H×W stack: flat (one value everywhere, or not finite)? What ``evaluate``
+    and the randomisation check count as flat maps, and what :func:`image_ranks` cannot rank."""
+    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
     with np.errstate(invalid="ignore"):
-        return not h.size or not bool(np.ptp(h) > 0)
+        return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
 
 
 def row_probs(

@@ -26,6 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import NetlensError
+from .perturb import flat_maps
 from .reinit import has_own_params as _has_own_params
 from .reinit import has_own_state as _has_own_state
 from .reinit import model_copy, quantized_layers, randomize_modules
@@ -375,13 +376,6 @@ class CascadeResult:
         if not (~self.flat).any():
             return None
         return self.final_spearman < self.threshold
-
-
-def flat_maps(maps: Any) -> np.ndarray:
-    """Per map of an N×H×W stack: flat (the same value everywhere, or not finite)?"""
-    m = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    with np.errstate(invalid="ignore"):
-        return ~(np.ptp(m, axis=1) > 0) if m.shape[1] else np.ones(len(m), bool)
 
 
 def _explain(
