@@ -26,6 +26,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import NetlensError
+from ..write_guard import tensors_in
 from .perturb import flat_maps
 from .reinit import has_own_params as _has_own_params
 from .reinit import has_own_state as _has_own_state
@@ -326,23 +327,11 @@ class _FirstUse(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):  # noqa: ANN204
         kwargs = kwargs or {}
         if getattr(func, "__name__", "") != "__get__":  # an attribute read is no use
-            for t in _tensors((args, kwargs)):
+            for t in tensors_in((args, kwargs)):
                 name = self.params.get(id(t))
                 if name is not None:
                     self.started.setdefault(name, len(self.started))
         return func(*args, **kwargs)
-
-
-def _tensors(obj: Any, depth: int = 0) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if depth > 3:
-        return []
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o, depth + 1)]
-    return []
 
 
 @dataclass
