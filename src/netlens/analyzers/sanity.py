@@ -43,8 +43,17 @@ if TYPE_CHECKING:
 __all__ = ["SanityAnalyzer", "SanityResult", "cam_explainer"]
 
 
-def verdict_text(passes: bool | None, final: float, threshold: float, left_out: int = 0) -> str:
-    """The one-line verdict for a method (``passes`` None: inconclusive, every map flat)."""
+def verdict_text(
+    passes: bool | None,
+    final: float,
+    threshold: float,
+    left_out: int = 0,
+    ci: tuple[float, float] | None = None,
+) -> str:
+    """The one-line verdict for a method (``passes`` None: inconclusive, every map flat).
+
+    ``ci``: the 95 % bootstrap CI of the final mean Spearman over the images; when it spans the
+    threshold, the verdict says it is not settled (other images could flip it)."""
     if passes is None:
         return (
             "inconclusive: the trained model's maps are flat for every image (nothing to rank), "
@@ -52,14 +61,22 @@ def verdict_text(passes: bool | None, final: float, threshold: float, left_out: 
             "target"
         )
     out = f" ({left_out} image(s) with a flat map left out)" if left_out else ""
+    band = ""
+    if ci is not None and all(np.isfinite(ci)):
+        band = f" (95 % CI [{ci[0]:.2f}, {ci[1]:.2f}])"
+        if ci[0] < threshold <= ci[1]:
+            out += (
+                f"; not settled: the CI spans {threshold:g}, so other images could flip the "
+                "verdict (run more images)"
+            )
     if passes:
         return (
-            f"passes: maps depend on the learned weights (Spearman {final:.2f} < "
+            f"passes: maps depend on the learned weights (Spearman {final:.2f}{band} < "
             f"{threshold:g} once all layers are random){out}"
         )
     return (
         f"FLAGGED: maps barely change when the weights are randomised (Spearman "
-        f"{final:.2f} ≥ {threshold:g}); they do not explain this model{out}"
+        f"{final:.2f}{band} ≥ {threshold:g}); they do not explain this model{out}"
     )
 
 
@@ -94,7 +111,7 @@ class SanityAnalyzer(Analyzer):
                 arrays[f"{m}/ssim"] = res.ssim
                 judged = ~res.flat
                 table += _rows(m, res.steps, res.spearman[:, judged], res.ssim[:, judged], o.seed)
-                verdicts[m] = _verdict(res, o.threshold, batch.names)
+                verdicts[m] = _verdict(res, o.threshold, batch.names, o.seed)
                 warnings += _warnings(m, res, batch.names)
         originals = [
             batch.original(i) if orig is not None else lens.transform.denormalize(t)
@@ -195,16 +212,22 @@ def _renamed(meta: dict[str, Any], names: list[str]) -> list[str]:
     return lines
 
 
-def _verdict(res: CascadeResult, threshold: float, names: list[str]) -> dict[str, Any]:
+def _verdict(
+    res: CascadeResult, threshold: float, names: list[str], seed: int = 0
+) -> dict[str, Any]:
     judged = ~res.flat
     left_out = int((~judged).sum())
+    _, low, high, _ = mean_ci(res.spearman[-1][judged], seed=int(seed))
     return {
         "passes": res.passes,
         "final_spearman": res.final_spearman,
+        "final_spearman_low": low,
+        "final_spearman_high": high,
+        "settled": res.passes is not None and not (low < threshold <= high),
         "final_ssim": float(res.ssim[-1][judged].mean()) if judged.any() else float("nan"),
         "images_judged": int(judged.sum()),
         "flat_images": [names[i] for i in np.flatnonzero(~judged)],
-        "verdict": verdict_text(res.passes, res.final_spearman, threshold, left_out),
+        "verdict": verdict_text(res.passes, res.final_spearman, threshold, left_out, (low, high)),
     }
 
 
