@@ -183,7 +183,9 @@ def _method_test(
             threshold=o.threshold,
             on_step=lambda _b: advance(1),
         )
+        tied = part.extra.get("warnings", [])
         part.extra["warnings"] = _renamed(trained[0], run.images.names[mine.start : mine.stop])
+        part.extra["warnings"] += tied
     return _joined(run.group.gather(part), o.threshold)
 
 

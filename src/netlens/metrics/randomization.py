@@ -403,7 +403,8 @@ def cascading_randomization(
     original = _explain(explain, model, x, targets)
     work = model_copy(model)
     maps, rho, sim, names = [original], [], [], []
-    for k, (block, members) in enumerate(cascade_blocks(work, min_steps, x)):
+    steps = cascade_blocks(work, min_steps, x)
+    for k, (block, members) in enumerate(steps):
         randomize_modules(work, members, seed + k)
         h = _explain(explain, work, x, targets)
         maps.append(h)
@@ -412,7 +413,41 @@ def cascading_randomization(
         names.append(block)
         if on_step is not None:
             on_step(block)
-    return CascadeResult(names, np.stack(maps), np.stack(rho), np.stack(sim), threshold)
+    extra = {"warnings": tied_steps(work, steps)}
+    return CascadeResult(names, np.stack(maps), np.stack(rho), np.stack(sim), threshold, extra)
+
+
+def tied_steps(model: nn.Module, steps: list[tuple[str, list[str]]]) -> list[str]:
+    """One line per pair of steps that share a parameter or buffer (tied weights: a decoder's
+    ``weight`` that *is* the embedding's): re-initialising the upper step re-draws the lower
+    one's too, so from there on the lower block is random before its own step."""
+    mods = dict(model.named_modules())
+    names: dict[int, list[str]] = {}
+    for n, t in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(t), []).append(n)
+    owned: dict[int, list[int]] = {}
+    for k, (_, members) in enumerate(steps):
+        for member in members:
+            if member.startswith("."):
+                tensors = [getattr(model, member[1:])]
+            else:
+                m = mods[member]
+                own = (*m.parameters(recurse=False), *m.buffers(recurse=False))
+                tensors = [t for t in own if t.is_floating_point()]
+            for t in tensors:
+                at = owned.setdefault(id(t), [])
+                if k not in at:
+                    at.append(k)
+    lines: dict[tuple[int, int], list[str]] = {}
+    for tid, at in owned.items():
+        for later in at[1:]:
+            lines.setdefault((at[0], later), []).append(" = ".join(names.get(tid, ["a buffer"])))
+    return [
+        f"sanity: step '{steps[i][0]}' also re-initialises step '{steps[j][0]}' (they share "
+        f"{', '.join(shared[:3])}{', …' if len(shared) > 3 else ''}): from step {i + 1} on, "
+        f"'{steps[j][0]}' is random too"
+        for (i, j), shared in sorted(lines.items())
+    ]
 
 
 @dataclass(frozen=True)

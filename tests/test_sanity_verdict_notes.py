@@ -1,6 +1,7 @@
 """The sanity verdict carries the 95 % CI of its final Spearman over the images, and says when
 that CI spans the threshold (other images could flip it) — checked against an independent
-percentile bootstrap of the per-image Spearman values the result stores."""
+percentile bootstrap of the per-image Spearman values the result stores. Steps that share a
+tied parameter are named in the warnings."""
 
 from __future__ import annotations
 
@@ -53,3 +54,39 @@ def test_a_ci_across_the_threshold_is_called_not_settled() -> None:
     clear = verdict_text(False, 0.81, 0.5, ci=(0.7, 0.9))
     assert clear.startswith("FLAGGED") and "not settled" not in clear
     assert "CI" not in verdict_text(True, 0.1, 0.5)  # no CI given: none printed
+
+
+class Tied(nn.Module):
+    """Two convolutions sharing one weight Parameter (tied), as weight-tied models do."""
+
+    def __init__(self, tie: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 8, 3, padding=1)
+        self.mid2 = nn.Conv2d(8, 8, 3, padding=1)
+        if tie:
+            self.mid2.weight = self.mid.weight
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.mid2(torch.relu(self.mid(torch.relu(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_weights_across_steps_are_named(tie: bool) -> None:
+    """Randomising the upper of two tied layers re-draws the lower one too: said, not silent."""
+    torch.manual_seed(0)
+    model = Tied(tie).eval()
+    lens = netlens.load(model, input_size=32, classes=["a", "b", "c"])
+    x = (torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    res = lens.run("sanity", x, method="gradcam", layer="mid")
+    assert res.meta["steps"] == ["fc", "mid2", "mid", "stem"]
+    tied = [w for w in res.meta["warnings"] if "also re-initialises" in w]
+    if tie:
+        assert tied == [
+            "sanity: step 'mid2' also re-initialises step 'mid' (they share mid.weight = "
+            "mid2.weight): from step 2 on, 'mid' is random too"
+        ]
+    else:
+        assert tied == []
