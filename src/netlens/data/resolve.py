@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import DataError, NetlensWarning
 from ..images import IMAGE_SUFFIXES, as_pixels, first_readable, is_hidden, list_images, read_image
 from ..preprocess import Preprocess
 from .fastai_data import FastaiItems, fastai_items, is_fastai_data, model_classes
@@ -171,20 +172,85 @@ class ImageFolderDataset(Dataset):
         return read_image(self.items[i][0])
 
 
-SPLITS = {"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"}
+# the split folders a dataset's root may hold, by role, compared case-insensitively
+SPLIT_ROLES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation", "dev", "eval"),
+    "test": ("test", "testing"),
+}
+SPLITS = {name for names in SPLIT_ROLES.values() for name in names}
+# the splits read for each split asked for, in order: held-out images for "test" and "val"
+_READ_FOR = {"test": ("test", "val"), "val": ("val", "test"), "train": ("train",)}
+
+
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of ``root`` by role (``train``, ``val``, ``test``); any case."""
+    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not is_hidden(d, root)]
+    found = {}
+    for role, names in SPLIT_ROLES.items():
+        hits = [d for d in subdirs if d.name.casefold() in names]
+        if len(hits) > 1:
+            both = " and ".join(f"{d.name}/" for d in hits)
+            raise DataError(f"{root} holds {both}, both a {role} split; keep one of them")
+        if hits:
+            found[role] = hits[0]
+    return found
+
+
+def _holds_splits(root: Path, names: list[str]) -> bool:
+    """``names`` (the folders of ``root`` that hold images) are a dataset's splits, each
+    holding class folders: ``train/``, ``val/``..."""
+    return bool(names) and all(
+        n.casefold() in SPLITS and any(d.is_dir() for d in (root / n).iterdir()) for n in names
+    )
 
 
 def _refuse_splits(root: Path, names: list[str]) -> None:
     """A dataset's root (``train/``, ``val/``, each holding class folders) given where one
-    split was meant: its splits would be read as two classes."""
-    if not all(n.casefold() in SPLITS for n in names):
+    split was meant: its splits would be read as two classes. The hint names the held-out
+    split (test, else val), never the training one."""
+    if not _holds_splits(root, names):
         return
-    if not all(any(d.is_dir() for d in (root / n).iterdir()) for n in names):
-        return
+    dirs = {r: d for r, d in split_folders(root).items() if d.name in names}
+    held_out = dirs.get("test") or dirs.get("val")
+    hint = (
+        f"pass one split (--data {held_out})"
+        if held_out
+        else "pass a folder of held-out images (its training split shows the model nothing new)"
+    )
     raise DataError(
         f"{root} holds the splits {', '.join(names)}, each with its own class folders, not "
-        f"classes; pass one split (--data {root / names[-1]})"
+        f"classes; {hint}"
     )
+
+
+def _chosen_split(root: Path, split: str | None, classes: Any, label_map: Any) -> Path | None:
+    """The folder to read when ``root`` is a dataset's root of split folders (``train/`` +
+    ``Val/``...) and a ``split`` is asked for: its test split for ``test`` (else its val
+    split), its val split for ``val`` (else its test split); said in a warning. None: ``root``
+    is read as it is (not a split root, no split asked for, or folders the model's classes
+    name)."""
+    if split is None or label_map is not None:
+        return None
+    names = [
+        d.name
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not is_hidden(d, root) and list_images(d)
+    ]
+    known = set(classes) if isinstance(classes, Sequence) else set()
+    if not _holds_splits(root, names) or set(names) & known:
+        return None
+    dirs = {r: d for r, d in split_folders(root).items() if d.name in names}
+    role = next((r for r in _READ_FOR.get(split, (split,)) if r in dirs), None)
+    if role is None:
+        return None  # ImageFolderDataset refuses it, naming the split to pass
+    warnings.warn(
+        f"{root} holds the splits {', '.join(names)}: reading its {role} split "
+        f"{dirs[role].name}/ (pass --data {dirs[role]}, or another split's folder, to choose)",
+        NetlensWarning,
+        stacklevel=4,
+    )
+    return dirs[role]
 
 
 class _PairDataset(Dataset):
@@ -230,7 +296,7 @@ def as_dataset(
     preprocess: Preprocess | None = None,
     *,
     host: PluginHost | None = None,
-    split: str = "test",
+    split: str | None = None,
     classes: Sequence[str] | None = UNSET,
     label_map: Mapping[str, Any] | str | Path | None = None,
     num_classes: int | None = None,
@@ -242,6 +308,10 @@ def as_dataset(
             ``(images, labels)`` pair, or fastai's data (``learn.dls``: its validation set,
             ``learn.dls.valid``, ``learn.dls.valid_ds``; see :mod:`netlens.data.fastai_data`).
         preprocess: the model's preprocessing.
+        split: the split to read: a named dataset's (None: ``test``), and a dataset root's
+            split folder (``train/`` + ``Val/`` + ``test/``, in any case: for ``test`` its
+            test split, else its val split; for ``val`` the other way round; with a warning
+            naming it). None: a dataset root is refused, its message naming the split to pass.
         classes: the model's class names (``lens.classes``): folder names, CSV names and a named
             dataset's classes are matched to them, so labels are the model's class indices.
             None: the model has no class names (sorted names, with a warning). Not given: the
@@ -336,7 +406,7 @@ def _from_path(
     data: str | Path,
     preprocess: Preprocess | None,
     host: PluginHost | None,
-    split: str,
+    split: str | None,
     classes: Any,
     label_map: Any,
     num_classes: int | None,
@@ -344,6 +414,7 @@ def _from_path(
     path = Path(data)
     pre = preprocess or Preprocess(source=DATASET_DEFAULT)
     if path.is_dir():
+        path = _chosen_split(path, split, classes, label_map) or path
         return ImageFolderDataset(path, pre, classes, label_map, num_classes=num_classes)
     if path.suffix.lower() == ".csv" and path.is_file():
         from .csvlist import CsvListDataset
@@ -363,7 +434,7 @@ def _from_path(
         raise DataError(
             f"data '{name}' is neither a folder, a .csv list nor a dataset name (known: {known})"
         )
-    ds = host.datasets.get(name)(split=split)
+    ds = host.datasets.get(name)(split=split or "test")
     own_preprocess = hasattr(ds, "with_preprocess")
     if preprocess and own_preprocess:
         ds = ds.with_preprocess(preprocess)
@@ -383,7 +454,7 @@ def as_loader(
     *,
     batch_size: int = 64,
     host: PluginHost | None = None,
-    split: str = "test",
+    split: str | None = None,
     limit: int | None = None,
     classes: Sequence[str] | None = UNSET,
     label_map: Mapping[str, Any] | str | Path | None = None,

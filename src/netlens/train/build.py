@@ -1,6 +1,7 @@
 """The model a training run trains: built for the data's classes, channels and image size
 (the options each kind of architecture needs: torchvision's auxiliary heads left out, a
-fixed-size ViT built for the images), checked on the first two readable images before any
+fixed-size ViT built for the images; 1-channel images fed as 3 identical channels to a model
+built for 3 that takes no channel count), checked on the first two readable images before any
 training (one score per class per image), initialised from ``--init`` and frozen as asked.
 """
 
@@ -16,7 +17,7 @@ from ..data.items import BAD_ITEM, item_name
 from ..errors import DataError, NetlensError
 from ..models.factory import arch_accepts, create_arch, import_timm, parse_user_arch
 from .config import TrainConfig
-from .datasets import Splits
+from .datasets import Splits, gray_as_rgb
 from .evaluation import logits
 from .transfer import call_order, count_params, freeze, inherited_arch_kwargs, init_from, load_init
 
@@ -32,6 +33,12 @@ def build_model(cfg: TrainConfig, splits: Splits, host: PluginHost) -> nn.Module
     try:
         return create_arch(cfg.arch, kwargs.pop("num_classes"), host, **kwargs)
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        given = [k for k in ("in_chans", "in_channels") if k in cfg.arch_kwargs]
+        if isinstance(exc, TypeError) and given and f"'{given[0]}'" in str(exc):
+            raise NetlensError(
+                f"--arch {cfg.arch} takes no {given[0]} option: leave --arch-opt {given[0]} out "
+                "(netlens feeds 1-channel images to a model built for 3 as 3 identical channels)"
+            ) from None
         args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise NetlensError(
             f"--arch {cfg.arch} cannot be built with {args}: {type(exc).__name__}: "
@@ -104,8 +111,8 @@ def model_to_train(
     if init is not None and not cfg.arch_kwargs:
         cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
     model = build_model(cfg, splits, host)
+    notes = _fit_channels(cfg, model, splits, host, sample)
     order = _check_outputs(cfg, model, splits, sample)
-    notes = []
     if init is not None:
         copied, skipped = init_from(model, init, str(cfg.init))
         notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
@@ -113,6 +120,31 @@ def model_to_train(
     params = count_params(model)
     notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
     return cfg, model, frozen, params, notes
+
+
+def _fit_channels(
+    cfg: TrainConfig, model: nn.Module, splits: Splits, host: PluginHost, sample: torch.Tensor
+) -> list[str]:
+    """1-channel data for an architecture built for 3 channels that takes no channel count
+    (torchvision's, a user's without ``in_chans``/``in_channels``): the gray images are fed
+    as 3 identical channels (:func:`~netlens.train.datasets.gray_as_rgb`), as the checkpoint's
+    preprocessing records, so ``netlens.load`` feeds its images so too. ``sample`` (the first
+    two images, as the trainer holds them) is changed in place to match."""
+    kwargs = arch_kwargs(cfg, splits, host)
+    if splits.preprocess.channels != 1 or {"in_chans", "in_channels"} & set(kwargs):
+        return []
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first.in_channels != 3:
+        return []
+    if not gray_as_rgb(splits):
+        raise DataError(
+            f"--arch {cfg.arch} takes 3-channel images, but {cfg.data} gives 1-channel ones "
+            "netlens cannot convert; give the dataset 3 channels or pick an architecture that "
+            "takes in_chans (a timm one)"
+        )
+    if sample.dim() == 4 and sample.shape[1] == 1:
+        sample.set_(sample.repeat(1, 3, 1, 1))
+    return [f"1-channel images fed as 3 identical channels (--arch {cfg.arch} takes 3)"]
 
 
 def _check_outputs(

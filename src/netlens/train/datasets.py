@@ -7,10 +7,13 @@ subfolders when it has them (spelled in any case; also ``training/``, ``valid/``
 validated on a seeded 90/10 holdout of the training images, and ``test/`` is kept for the final
 evaluation only. A folder of class subfolders alone is split 90/10 likewise; so is a CSV list
 (``path,label`` rows). The val and test splits are labelled by the training split's classes
-(matched by folder name, in Unicode's composed form); a class folder the training split lacks is
-refused. A ``test/`` of images in no class folder (Kaggle's unlabelled test set) is left out,
-with a note. Fewer than two classes with images are refused (:func:`check_classes`). In-memory
-array datasets are preprocessed once into tensors.
+(matched by folder name as netlens matches class names: in any Unicode form, then ignoring case
+and separators); a class folder the training split lacks is refused. A ``test/`` of images in no
+class folder (Kaggle's unlabelled test set) is left out, with a note. Fewer than two classes
+with images are refused (:func:`check_classes`). ``--img-size`` changes a named dataset's image
+size only (its channels, mean and std stay); 1-channel images for a model built for 3 channels
+are fed as 3 identical ones (:func:`gray_as_rgb`). In-memory array datasets are preprocessed
+once into tensors.
 
 Unreadable images are not fatal here: :class:`Guarded` hands them back as :class:`Unreadable`
 items and :func:`collate` leaves them out of the batch, listing them beside it, so that the
@@ -19,6 +22,7 @@ trainer can record them (also from DataLoader worker processes).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..data.items import BAD_ITEM, item_name
-from ..data.labels import nfc
-from ..data.resolve import ArrayDataset, ImageFolderDataset
+from ..data.labels import find_name, normalize_name
+from ..data.resolve import ArrayDataset, ImageFolderDataset, split_folders
 from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, Preprocess, is_hidden, list_images
 
@@ -44,19 +48,12 @@ __all__ = [
     "Unreadable",
     "check_classes",
     "collate",
+    "gray_as_rgb",
     "make_loader",
     "resolve_splits",
     "set_epoch",
     "to_tensors",
 ]
-
-# the split folders a dataset's root may hold, by role, compared case-insensitively (as
-# netlens.data.resolve.SPLITS names them)
-SPLIT_NAMES = {
-    "train": ("train", "training"),
-    "val": ("val", "valid", "validation", "dev", "eval"),
-    "test": ("test", "testing"),
-}
 
 
 @dataclass
@@ -84,7 +81,11 @@ def _named(
                 raise
             parts[split] = None
     train = parts["train"]
-    pre = preprocess or getattr(train, "preprocess", None) or Preprocess()
+    own = getattr(train, "preprocess", None)
+    if preprocess is not None and own is not None and only_size(preprocess):
+        preprocess = replace(own, size=preprocess.size)  # --img-size: the dataset's channels,
+        # mean and std kept
+    pre = preprocess or own or Preprocess()
     if channels is not None and pre.channels != channels:
         pre = replace(pre, channels=channels)
         preprocess = pre
@@ -99,35 +100,46 @@ def _named(
     return Splits(parts["train"], val, parts["test"], list(train.classes), pre)
 
 
+def only_size(preprocess: Preprocess) -> bool:
+    """``preprocess`` is netlens' defaults but for its size: what ``--img-size`` alone gives
+    (``Preprocess(size=...)``), so a dataset's own channels and mean/std stay."""
+    return replace(preprocess, size=Preprocess().size) == Preprocess()
+
+
 def _holdout(ds: Dataset, seed: int, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
     order = np.random.default_rng(seed).permutation(len(ds))
     k = max(1, int(len(ds) * fraction))
     return Subset(ds, order[k:].tolist()), Subset(ds, order[:k].tolist())
 
 
-def _split_dirs(root: Path) -> dict[str, Path]:
-    """The split folders of ``root`` by role (``train``, ``val``, ``test``); any case."""
-    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not is_hidden(d, root)]
-    found = {}
-    for role, names in SPLIT_NAMES.items():
-        hits = [d for d in subdirs if d.name.casefold() in names]
-        if len(hits) > 1:
-            both = " and ".join(f"{d.name}/" for d in hits)
-            raise DataError(f"{root} holds {both}, both a {role} split; keep one of them")
-        if hits:
-            found[role] = hits[0]
-    return found
-
-
 def _by_train_classes(folder: Path, train: ImageFolderDataset, preprocess: Preprocess) -> Dataset:
-    """The val or test split in ``folder``, labelled by the training split's class names."""
-    # compared in Unicode's composed form: macOS writes 'été' decomposed (NFD)
-    known = {nfc(n) for n in (*train.classes, *train.folder_classes)}
-    extra = [
-        d.name
-        for d in sorted(folder.iterdir())
-        if d.is_dir() and not is_hidden(d, folder) and nfc(d.name) not in known and list_images(d)
-    ]
+    """The val or test split in ``folder``, labelled by the training split's class names,
+    matched as netlens matches class names everywhere (:func:`~netlens.data.labels.find_name`:
+    exactly, in any Unicode form, then ignoring case and separators: ``Camera_Man/`` is
+    ``camera man/``). Refused in one line: a class folder train/ lacks, one that names two of
+    its classes alike, and two that name the same one."""
+    model = list(train.classes)
+    extra, taken = [], {}
+    for d in sorted(folder.iterdir()):
+        if not d.is_dir() or is_hidden(d, folder) or not list_images(d):
+            continue
+        k = find_name(d.name, model)
+        if k is None:
+            alike = [c for c in model if normalize_name(c) == normalize_name(d.name)]
+            if len(alike) > 1:
+                raise DataError(
+                    f"{folder.name}/{d.name}/ could be {train.root.name}/'s class "
+                    f"{' or '.join(repr(c) for c in alike)} (their names differ only in case or "
+                    f"separators); rename {d.name}/ to one of them exactly"
+                )
+            extra.append(d.name)
+        elif k in taken:
+            raise DataError(
+                f"{folder} has {taken[k]}/ and {d.name}/, both {train.root.name}/'s class "
+                f"'{model[k]}'; merge them into one folder"
+            )
+        else:
+            taken[k] = d.name
     if extra:
         names = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
         raise DataError(
@@ -139,7 +151,7 @@ def _by_train_classes(folder: Path, train: ImageFolderDataset, preprocess: Prepr
 
 
 def _folder(root: Path, preprocess: Preprocess, seed: int) -> Splits:
-    dirs = _split_dirs(root)
+    dirs = split_folders(root)
     if "train" in dirs:
         train = ImageFolderDataset(dirs["train"], preprocess)
         notes = []
@@ -216,6 +228,37 @@ def resolve_splits(
     raise DataError(f"--data '{data}' is neither a folder, a .csv list nor a dataset ({known})")
 
 
+def gray_as_rgb(splits: Splits) -> bool:
+    """Feed ``splits``' 1-channel images to a model that takes 3 channels: each image's gray
+    replicated to 3 channels, the mean and std likewise, so every channel holds what the one
+    did (``splits`` changed in place; its ``preprocess``, which the checkpoint records, says
+    so). False, and ``splits`` as it was, when a dataset carries no preprocessing to change."""
+    pre = splits.preprocess
+    mean, std = pre.statistics(3) if pre.mean is not None else (None, None)
+    three = replace(pre, channels=3, mean=mean, std=std)
+    old = (splits.train, splits.val, splits.test)
+    parts = [_preprocessed(ds, three) if ds is not None else None for ds in old]
+    if any(new is None and ds is not None for new, ds in zip(parts, old, strict=True)):
+        return False
+    splits.train, splits.val, splits.test = parts  # type: ignore[assignment]
+    splits.preprocess = three
+    return True
+
+
+def _preprocessed(ds: Dataset, pre: Preprocess) -> Dataset | None:
+    """``ds`` preprocessed with ``pre`` (a Subset: its dataset), or None when it cannot be."""
+    if isinstance(ds, Subset):
+        inner = _preprocessed(ds.dataset, pre)
+        return None if inner is None else Subset(inner, ds.indices)
+    if hasattr(ds, "with_preprocess"):
+        return ds.with_preprocess(pre)
+    if isinstance(getattr(ds, "preprocess", None), Preprocess):  # a folder or a CSV list
+        new = copy.copy(ds)
+        new.preprocess = pre  # type: ignore[attr-defined]
+        return new
+    return None
+
+
 def check_classes(splits: Splits, data: Any) -> None:
     """Refuse training data with fewer than two classes that have images: cross-entropy over one
     class is 0 from the first step (100% accuracy, nothing learnt)."""
@@ -247,10 +290,13 @@ def to_tensors(ds: ArrayDataset) -> TensorDataset:
     """Preprocess an in-memory dataset once: vectorised when no resize is needed."""
     pre = ds.preprocess
     imgs = ds.images
-    if tuple(imgs.shape[1:3]) == tuple(pre.size) and imgs.shape[3] == pre.channels:
+    gray_to_rgb = imgs.shape[3] == 1 and pre.channels == 3  # replicated, as pre(img) does
+    same = imgs.shape[3] == pre.channels or gray_to_rgb
+    plain = pre.function is None and pre.engine == "netlens" and pre.channel_order == "rgb"
+    if tuple(imgs.shape[1:3]) == tuple(pre.size) and same and plain:
         x = torch.from_numpy(imgs.copy()).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(pre.mean[: pre.channels]).view(1, -1, 1, 1)
-        std = torch.tensor(pre.std[: pre.channels]).view(1, -1, 1, 1)
+        x = x.repeat(1, 3, 1, 1) if gray_to_rgb else x
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in pre.statistics(pre.channels))
         x = x.sub_(mean).div_(std)
     else:
         x = torch.stack([pre(img) for img in imgs])
