@@ -28,10 +28,17 @@ statistics are merged in rank order (:meth:`LayerStats.merge`): the batch moment
 the order one process folds them, so every number equals the single-process one bit for bit.
 
 Default layers: the activation-function modules (ReLU, GELU, SiLU, ...), where "dead" means
-something; else every Conv2d and Linear. A module called several times in one forward (a shared
-ReLU) gets one row per call, ``name@i``; rows come in the order the calls run. A layer named
-that returns no tensor (a tuple, a dict) is refused; one a pattern or the default picked is left
-out with a warning.
+something; else every Conv2d and Linear; both when the activation modules are only sigmoids (an
+output squash, SE gates) or run in under a tenth of the Conv2d/Linear calls (hidden activations
+called as functions, ``F.relu``). ``meta["layers_rule"]`` says which rule picked them. A module
+called several times in one forward (a shared ReLU) gets one row per call, ``name@i``; rows come
+in the order the calls run. A layer named that returns no tensor (a tuple, a dict) or does not
+run in the forward is refused; one a pattern or the default picked is left out with a warning
+(all of them: refused).
+
+A batch whose in-place write destroyed a capture the probe could not re-run (the model has
+hooks of its own) is run again, now with every write guarded (no grad, eval mode: the same
+output; the model's own hooks see that batch twice).
 """
 
 from __future__ import annotations
@@ -44,14 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..errors import AnalyzerError
 from ..few_images import on_fewest
 from ..fresh_input import fresh
 from ..image_axis import ImageAxis
 from ..layer_call import LayerCall
-from ..layers import named_layers, resolve_layers
+from ..layers import resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
 from .specs import STATS
@@ -59,47 +65,28 @@ from .stats_layers import (
     REMEDY,
     call_order,
     channel_axis,
+    default_stats_layers,
+    default_stats_rule,
+    is_activation,
     learn,
     listed,
     named_selections,
     outputs,
+    overwritten,
 )
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-__all__ = ["LayerStats", "StatsAnalyzer", "StatsResult", "default_stats_layers", "is_activation"]
-
-_NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
-
-
-def default_stats_layers(model: nn.Module) -> list[str]:
-    """Activation-function modules when the model has any (see :func:`is_activation`), else
-    its Conv2d and Linear layers."""
-    layers = named_layers(model)
-    acts = [n for n, m in layers.items() if is_activation(m)]
-    if acts:
-        return acts
-    weights = [n for n, m in layers.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not weights:
-        raise AnalyzerError("no activation, Conv2d or Linear layer found; name layers with --layer")
-    return weights
-
-
-def is_activation(m: nn.Module) -> bool:
-    """An activation-function module: torch's own (and their subclasses), or a weightless
-    leaf module of a library's activations (timm's ``GELU``/``GammaAct`` in
-    ``timm.layers.activations``, Hugging Face's ``GELUActivation``) or named as one
-    (``...Act``, ``...Activation``); not softmaxes or attention."""
-    if isinstance(m, _NOT_ACTIVATIONS):
-        return False
-    if any(c.__module__ == "torch.nn.modules.activation" for c in type(m).__mro__):
-        return True
-    if any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False)):
-        return False
-    where, name = type(m).__module__.lower(), type(m).__name__.lower()
-    return "activation" in where or name.endswith(("act", "activation"))
+__all__ = [
+    "LayerStats",
+    "StatsAnalyzer",
+    "StatsResult",
+    "default_stats_layers",
+    "default_stats_rule",
+    "is_activation",
+]
 
 
 @dataclass
@@ -329,18 +316,26 @@ class StatsAnalyzer(Analyzer):
         """One streaming pass over the data, updating every layer's statistics per batch."""
         o, model = run.options, run.lens.model
         auto = o.layers in (None, "", "auto")
-        picked = default_stats_layers(model) if auto else resolve_layers(model, o.layers)
+        rule = None
+        if auto:
+            picked, rule = default_stats_rule(model, _example(run))
+        else:
+            picked = resolve_layers(model, o.layers)
         names = [n if isinstance(n, LayerCall) else LayerCall(n) for n in picked]
         run.layers = names
         named = set() if auto else named_selections(model, o.layers)
         rng = _range(o.hist_range)
         stats, seen, ran, left_out = _stream(run, names, named, rng)
         silent = [str(n) for n in names if str(n) not in ran] if seen else []
-        if silent and not auto:
+        refused = [n for n in silent if n in named] or (
+            silent if not stats and len(silent) == len(names) else []
+        )
+        if refused:  # named ones, or every layer picked: a pattern's others are left out
+            every = " (none of the layers picked did)" if not stats and len(refused) > 1 else ""
             raise AnalyzerError(
-                f"{listed(silent)} did not run in the model's forward (a call the module "
-                "does not make, or a module that runs only in training, as auxiliary heads "
-                "do); see the calls in `netlens layers MODEL`"
+                f"{listed(refused)} did not run in the model's forward{every} (a call the "
+                "module does not make, or a module that runs only in training, as auxiliary "
+                "heads do); see the calls in `netlens layers MODEL`"
             )
         if not stats and seen:
             raise AnalyzerError(
@@ -357,6 +352,8 @@ class StatsAnalyzer(Analyzer):
             arrays[f"{k}:unit_max"] = s.unit_max.numpy()
         meta = {"layers": list(stats), "samples": seen, "eps": o.eps, "bins": o.bins}
         meta["hist_range"] = rng
+        if rule is not None:
+            meta["layers_rule"] = rule
         meta["unit"] = (
             "one element of a layer's output for one input (conv: channel×y×x; tokens: "
             "token×feature, wherever the layer puts the images); dead = ≤ eps for every input"
@@ -376,8 +373,8 @@ def _warnings(stats: dict[str, LayerStats], silent: list[str], left_out: list[st
     lines = []
     if silent:
         lines.append(
-            f"{listed(silent)} did not run in the model's forward (modules that run only "
-            "in training, as auxiliary heads do): left out"
+            f"{listed(silent)} did not run in the model's forward (modules it does not call "
+            "in eval mode: auxiliary heads, unused branches): left out"
         )
     if left_out:
         lines.append(
@@ -417,7 +414,12 @@ def _stream(
                 layout = learn(lens.model, x, names, named)
                 ran |= {str(n) for n in names if n not in layout.names}  # returned no tensor
                 p = stack.enter_context(probe(lens.model, layout.names, to="cpu"))
+            state = torch.get_rng_state()
             lens.model(fresh(x))
+            if overwritten(p):  # an input-dependent in-place write the probe could not re-run
+                p.clear()  # (other hooks on the model); it guards every write from now on
+                torch.set_rng_state(state)  # the same draws (test-time noise) again
+                lens.model(fresh(x))
             ran |= {str(n) for n in layout.names if p[n].outputs}
             for key, slot, out in outputs(p, layout.names, layout.calls):
                 if isinstance(out, torch.Tensor):
@@ -431,6 +433,19 @@ def _stream(
         stats = dict(sorted(stats.items(), key=lambda kv: layout.place(slots[kv[0]])))
     left_out = layout.left_out if layout is not None else []
     return _combine(run.group.gather((stats, seen, ran, left_out)))
+
+
+def _example(run: Run) -> torch.Tensor | None:
+    """One input to count the default layers' calls on: the model's example, else the data's
+    first item; None when neither is at hand (the layers' modules are counted instead)."""
+    try:
+        return run.lens.example()
+    except Exception:  # noqa: BLE001 - no known input size: the data's first item
+        try:
+            x = torch.as_tensor(run.data.dataset[0][0])[None]
+            return x.to(run.lens.device)
+        except Exception:  # noqa: BLE001 - unreadable: told at the first forward instead
+            return None
 
 
 def _first_edges(run: Run, names: list[LayerCall], bins: int) -> dict[str, np.ndarray]:

@@ -8,6 +8,10 @@ the first batch, before any statistics.
 - Where each call's output holds the images (:func:`netlens.image_axis.image_axes`): first for
   most layers, second for sequence-first L×N×C ones, the outer factor of Swin's
   (N·windows)×T×C window attention; and so the channels' axis of one image's share.
+- Which layers the default measures (:func:`default_stats_rule`): the activation modules, where
+  "dead" means something, unless they are only sigmoids (an output squash, SE gates) or run
+  in under a tenth of the Conv2d/Linear calls (a net whose hidden activations are functional,
+  ``F.relu``): then every Conv2d and Linear too.
 - Each captured output's key (``name``, ``name@i`` for one of several calls) and the call it
   is, so that two selections of one call (``act`` and ``act@1``) count it once.
 """
@@ -28,22 +32,109 @@ from ..few_images import on_fewest
 from ..fresh_input import fresh
 from ..image_axis import ImageAxis, image_axes
 from ..layer_call import LayerCall
-from ..layers import named_layers, resolve_layers
+from ..layers import eval_mode, named_layers, resolve_layers
 
 __all__ = [
     "REMEDY",
     "Layout",
     "call_order",
     "channel_axis",
+    "default_stats_layers",
+    "default_stats_rule",
+    "is_activation",
     "learn",
     "listed",
     "named_selections",
     "outputs",
+    "overwritten",
 ]
 
 REMEDY = "pick another layer (see `netlens layers MODEL`)"
 
 Slot = tuple[str, int, bool]  # module, call within a forward, as consumed
+
+_NOT_ACTIVATIONS = (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d)
+SHARE = 0.1  # activation calls per Conv2d/Linear call below which the body is not covered
+_ACTS = "the activation modules (ReLU, GELU, ...), where dead means something"
+_BOTH = "every Conv2d and Linear and the activation modules"
+
+
+def is_activation(m: nn.Module) -> bool:
+    """An activation-function module: torch's own (and their subclasses), or a weightless
+    leaf module of a library's activations (timm's ``GELU``/``GammaAct`` in
+    ``timm.layers.activations``, Hugging Face's ``GELUActivation``) or named as one
+    (``...Act``, ``...Activation``); not softmaxes or attention."""
+    if isinstance(m, _NOT_ACTIVATIONS):
+        return False
+    if any(c.__module__ == "torch.nn.modules.activation" for c in type(m).__mro__):
+        return True
+    if any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False)):
+        return False
+    where, name = type(m).__module__.lower(), type(m).__name__.lower()
+    return "activation" in where or name.endswith(("act", "activation"))
+
+
+def _sigmoid(m: nn.Module) -> bool:
+    """A sigmoid (torch's, timm's ``HardSigmoid``...): in CNNs an output squash or a gate."""
+    return any("sigmoid" in c.__name__.lower() for c in type(m).__mro__)
+
+
+def default_stats_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """The layers ``stats`` measures by default (see :func:`default_stats_rule`)."""
+    return default_stats_rule(model, example)[0]
+
+
+def default_stats_rule(
+    model: nn.Module, example: torch.Tensor | None = None
+) -> tuple[list[str], str]:
+    """The default layers and the rule that picked them: the activation modules (see
+    :func:`is_activation`); every Conv2d and Linear when there are none; both (in module
+    order) when the activation modules are only sigmoids (an output squash, SE gates) or run
+    in under a tenth of the Conv2d/Linear calls of a forward of ``example`` (without one:
+    under a tenth of their modules), as when the hidden activations are functional."""
+    layers = named_layers(model)
+    acts = [n for n, m in layers.items() if is_activation(m)]
+    weights = [n for n, m in layers.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not acts and not weights:
+        raise AnalyzerError("no activation, Conv2d or Linear layer found; name layers with --layer")
+    if not weights:
+        return acts, _ACTS
+    if not acts:
+        return weights, "every Conv2d and Linear (the model has no activation modules)"
+    both = [n for n in layers if n in set(acts) | set(weights)]
+    hidden = [n for n in acts if not _sigmoid(layers[n])]
+    if not hidden:
+        why = "the activation modules are only sigmoids (an output squash or gates)"
+        return both, f"{_BOTH}: {why}"
+    runs, of = _calls(model, hidden, weights, example)
+    if of and runs < SHARE * of:
+        why = f"the activation modules run {runs} of {of} Conv2d/Linear calls"
+        return both, f"{_BOTH}: {why} (the others are functional, as F.relu)"
+    return acts, _ACTS
+
+
+def _calls(
+    model: nn.Module, acts: list[str], weights: list[str], example: torch.Tensor | None
+) -> tuple[int, int]:
+    """Calls of the modules ``acts`` and ``weights`` in one forward of ``example`` (eval
+    mode); their numbers of modules without one, or when the model fails on it."""
+    if example is not None:
+        try:
+            with eval_mode(model):
+                seen = on_fewest(lambda few: call_order(model, few, [*acts, *weights]), example)
+        except Exception:  # noqa: BLE001 - the static count instead; the run tells its error
+            pass
+        else:
+            ran = Counter(m for m, _ in seen)
+            return sum(ran[n] for n in acts), sum(ran[n] for n in weights)
+    return len(acts), len(weights)
+
+
+def overwritten(p: Any) -> bool:
+    """Whether an in-place write the probe's plan did not foresee destroyed one of its
+    captures in the last forward (reading it would raise; the probe now guards every write,
+    so the same forward run again captures it)."""
+    return any(e.overwritten for cap in p.captures.values() for e in cap._entries)
 
 
 @dataclass
