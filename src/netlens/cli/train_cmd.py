@@ -130,10 +130,15 @@ def train(
         str | None,
         typer.Option(
             "--freeze",
-            help="'backbone' (train the head only) or 'up-to:LAYER'.",
+            help="'backbone' (train the head only) or 'up-to:LAYER' (LAYER and every layer "
+            "that runs before it in the forward pass; the head only when named).",
             show_default=False,
         ),
     ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option("--trust", help="Allow unpickling a whole model (runs code from the file)."),
+    ] = False,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from OUT/model.last.pt.")
     ] = False,
@@ -225,6 +230,7 @@ _CONFIG_OPTIONS = (
     "workers",
     "max_batches",
     "sync_bn",
+    "trust",
 )
 
 

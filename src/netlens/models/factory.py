@@ -56,6 +56,13 @@ def check_arch(name: str, host: PluginHost, *, user_code: bool = True) -> None:
     Nothing is built: torchvision and timm names are looked up in their registries; the user's
     own ``file.py:Name`` is only checked for the file (its code runs when the model is built).
     """
+    if not isinstance(name, str):  # a model object where a name belongs
+        what = f"a {type(name).__name__} object" if name is not None else "None"
+        raise ModelLoadError(
+            f"arch takes an architecture name (resnet18, timm:…, tv:…) or FILE.py:Class, not "
+            f"{what}; a model object is loaded as it is (netlens.load(model)), and fine-tuned "
+            "from its saved state_dict (--init FILE with the --arch it was built as)"
+        )
     user = parse_user_arch(name)
     if user is not None:
         if not user_code:

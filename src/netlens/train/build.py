@@ -19,7 +19,7 @@ from ..models.factory import arch_accepts, create_arch, import_timm, parse_user_
 from .config import TrainConfig
 from .datasets import Splits, gray_as_rgb
 from .evaluation import logits
-from .transfer import call_order, count_params, freeze, inherited_arch_kwargs, init_from, load_init
+from .transfer import call_order, count_params, freeze, inherited_arch_kwargs, init_notes, load_init
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -107,15 +107,14 @@ def model_to_train(
     cfg: TrainConfig, splits: Splits, host: PluginHost, sample: torch.Tensor
 ) -> tuple[Any, ...]:
     """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
-    init = load_init(cfg.init, host, cfg.arch, cfg.arch_kwargs) if cfg.init else None
+    init = load_init(cfg.init, host, cfg.arch, cfg.arch_kwargs, cfg.trust) if cfg.init else None
     if init is not None and not cfg.arch_kwargs:
         cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
     model = build_model(cfg, splits, host)
     notes = _fit_channels(cfg, model, splits, host, sample)
     order = _check_outputs(cfg, model, splits, sample)
     if init is not None:
-        copied, skipped = init_from(model, init, str(cfg.init))
-        notes.append(f"init from {cfg.init}: {copied} tensors copied, {len(skipped)} fresh")
+        notes += init_notes(model, init, str(cfg.init), splits.classes, order)
     frozen = freeze(model, cfg.freeze, order)
     params = count_params(model)
     notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")

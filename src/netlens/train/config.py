@@ -46,6 +46,7 @@ class TrainConfig:
     img_size: int | None = None
     sync_bn: bool = False
     strict: bool = False  # stop at the first unreadable image (default: skip and record it)
+    trust: bool = False  # --init may unpickle a whole pickled model (runs code from the file)
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -54,6 +55,8 @@ class TrainConfig:
         check_workers("--workers", self.workers)
 
     def _problem(self) -> str | None:
+        if not isinstance(self.arch, str):
+            return _not_a_name("arch", self.arch)
         if self.optimizer not in OPTIMIZERS:
             return f"--optimizer must be one of {', '.join(OPTIMIZERS)}"
         if self.schedule not in SCHEDULES:
@@ -92,6 +95,17 @@ class TrainConfig:
                 "(see netlens train --help)"
             )
         return cls(**d)
+
+
+def _not_a_name(option: str, value: Any) -> str:
+    """One line for an architecture that is not a name (a model object, say)."""
+    what = f"a {type(value).__name__} object" if value is not None else "None"
+    return (
+        f"{option} takes an architecture name (resnet18, timm:…, tv:…) or FILE.py:Class, not "
+        f"{what}; to fine-tune a model object, save its state_dict (torch.save(model."
+        "state_dict(), 'init.pt')) and pass --init init.pt (init= in Python) with the --arch "
+        "it was built as"
+    )
 
 
 def _hint(name: str, names: list[str]) -> str:
