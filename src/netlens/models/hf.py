@@ -12,7 +12,6 @@ that code, so it needs ``trust=True``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelLoadError, UnsafeModelError
 from ..naming import display_path
 from ..preprocess import Preprocess
+from .hf_preprocess import (
+    _json,
+    config_size_spec,
+    hf_preprocess,
+    processor_spec,
+    spec_from_processor,
+    timm_wrapper_spec,
+)
 from .known_classes import imagenet_labels
 
 if TYPE_CHECKING:
@@ -42,7 +49,6 @@ WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -167,7 +173,16 @@ def hf_class_names(config: dict[str, Any]) -> list[str] | None:
 def hf_model_preprocess(model: Any) -> Preprocess | None:
     """The preprocessing of a transformers model object: its image processor's, read from
     the folder it was loaded from, or from transformers' local cache for a hub name (never
-    downloaded); else its config's ``image_size`` with no crop. None without either."""
+    downloaded); a TimmWrapper's ``pretrained_cfg``; else its config's ``image_size`` with no
+    crop and a guessed normalisation (a warning line says so). None without any of these."""
+    config = getattr(model, "config", None)
+    recorded = getattr(config, "pretrained_cfg", None)
+    if (
+        getattr(config, "model_type", None) == "timm_wrapper"
+        and isinstance(recorded, dict)
+        and recorded
+    ):
+        return timm_wrapper_spec(recorded, getattr(config, "architecture", None))
     where = str(getattr(model, "name_or_path", "") or "")
     if where and Path(where).is_dir():
         spec = hf_preprocess(Path(where))
@@ -180,31 +195,20 @@ def hf_model_preprocess(model: Any) -> Preprocess | None:
             processor = transformers.AutoImageProcessor.from_pretrained(
                 where, local_files_only=True, trust_remote_code=False
             )
-            spec = spec_from_processor(processor)
-            if spec is not None:
-                return spec
-        except ModelLoadError:
-            raise
         except Exception:  # noqa: BLE001 - not in the cache: fall back to the config
-            pass
+            processor = None
+        if processor is not None and not isinstance(processor, dict):
+            try:
+                return processor_spec(processor)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"{where}: {exc}") from None
     inner = getattr(model, "timm_model", None)  # transformers' TimmWrapper: timm's own config
     if getattr(inner, "pretrained_cfg", None):
         from ..preprocess.from_model import timm_spec
 
         spec = timm_spec(inner)
         return dataclasses.replace(spec, source=f"{spec.source}, of the timm model it wraps")
-    size = getattr(getattr(model, "config", None), "image_size", None)
-    if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2):
-        h, w = (size, size) if isinstance(size, int) else size
-        return Preprocess(
-            size=(int(h), int(w)),
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            crop_pct=1.0,
-            source=f"Hugging Face config image_size {h}×{w}; mean/std 0.5 (transformers' "
-            "default; guessed, as no image processor was found)",
-        )
-    return None
+    return config_size_spec(getattr(config, "image_size", None))
 
 
 def _labels(config: dict[str, Any]) -> list[str] | None:
@@ -230,213 +234,3 @@ def _distinct(names: list[str]) -> list[str]:
     """Labels that name two classes (ImageNet's "crane") with the index of each."""
     count = Counter(names)
     return [n if count[n] == 1 else f"{n} ({i})" for i, n in enumerate(names)]
-
-
-def hf_preprocess(folder: Path) -> Preprocess | None:
-    """``preprocessor_config.json`` as a spec: resize (both sides, or the shorter side), an
-    optional centre crop (ConvNeXt's ``crop_pct`` too), the resampling filter, mean and std.
-
-    The file is read as transformers reads it: its image processor is made from the folder
-    (nothing downloaded, no code from the folder run) and its settings taken with the class's
-    defaults, so an old feature-extractor file (``"size": 224``) and a key the file leaves out
-    (MobileViT's ``do_flip_channel_order``) mean what they mean to transformers. Any rescale
-    factor and EfficientNet's ``rescale_offset``/``include_top`` fold into the mean and std;
-    MobileViT and PP-LCNet feed B, G, R (``channel_order="bgr"``); LeViT resizes the shorter
-    side to 256/224 of its ``shortest_edge``; Perceiver crops before it resizes (as a resize
-    then a crop here); no resize (``do_resize: false``) keeps each image's size. None when
-    there is no such file or it does something a spec cannot say (a crop without a resize, a
-    crop of another aspect than the resize); a :class:`~netlens.errors.ModelLoadError` for a
-    crop larger than the resized image (transformers pads it with black).
-    """
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        return None
-    raw = _json(path, display_path(folder.name))
-    proc = _processor(raw, folder)
-    try:
-        return spec_from_processor(raw if proc is None else proc)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"{display_path(folder.name)}: {exc}") from None
-
-
-def spec_from_processor(d: Any) -> Preprocess | None:
-    """An image processor, or its settings (``preprocessor_config.json``, ``to_dict()``), as
-    a spec; see :func:`hf_preprocess`."""
-    d = _settings(d)
-    kind = str(d.get("image_processor_type") or d.get("feature_extractor_type") or "")
-    kind = kind.replace("FeatureExtractor", "ImageProcessor") or "image processor"
-    crop = _size_dict(d.get("crop_size"), square=True) if d.get("do_center_crop") else None
-    fields: dict[str, Any] = {}
-    note = ""
-    if not d.get("do_resize", True):  # each image at its own size (the first one's, here)
-        if crop:
-            return None
-        return _spec(d, kind, {"size": None, "crop_pct": 1.0, "crop_mode": "squash"})
-    size = _size_dict(d.get("size"), square=d.get("crop_pct") is None)
-    if kind.startswith("PPLCNet") and d.get("resize_short"):  # shorter side, aspect kept
-        size = {"shortest_edge": int(d["resize_short"])}
-        if int(d.get("size_divisor") or 1) > 1 or not crop:
-            return None  # each image at its own (rounded) size
-        note = "; its longer side rounded, netlens' truncated: a pixel narrower at times"
-    if size is None:
-        return None
-    if "height" in size and "width" in size:
-        h, w = int(size["height"]), int(size["width"])
-        fields = {"size": (h, w), "crop_pct": 1.0, "crop_mode": "squash"}
-        if crop and kind.startswith("Perceiver"):
-            # a centre square of size/crop_size of the shorter side, then resized to size:
-            # the shorter side to size × crop_size / size, then a centre crop, here
-            ch, cw = int(crop["height"]), int(crop["width"])
-            if h != w or ch != cw or ch < h:
-                return None
-            fields = {"size": (h, w), "crop_pct": h / ch, "crop_mode": "center"}
-            note = "; it crops, then resizes: here resized, then cropped (within a pixel)"
-        elif crop:
-            ch, cw = int(crop["height"]), int(crop["width"])
-            if ch > h or cw > w:
-                raise _padded(kind, (ch, cw), f"{h}×{w}")
-            if ch * w != cw * h:
-                return None
-            fields = {"size": (ch, cw), "crop_pct": ch / h, "crop_mode": "squash"}
-    elif "shortest_edge" in size:
-        s = int(size["shortest_edge"])
-        if kind.startswith("Levit"):  # LeViT's resize: the shorter side to 256/224 of it
-            s = int((256 / 224) * s)
-        if d.get("crop_pct") is not None:  # ConvNeXt: shorter side to s / crop_pct, crop s
-            pct = float(d["crop_pct"]) if s < 384 else 1.0
-            fields = {
-                "size": (s, s),
-                "crop_pct": pct,
-                "crop_mode": "center" if s < 384 else "squash",
-            }
-        elif crop and int(crop["height"]) == int(crop["width"]):
-            c = int(crop["height"])
-            if c > s:
-                raise _padded(kind, (c, c), f"a shorter side of {s}")
-            fields = {"size": (c, c), "crop_pct": c / s, "crop_mode": "center"}
-        else:
-            return None
-    else:
-        return None
-    return _spec(d, kind, fields, note)
-
-
-# what an image processor does unless told otherwise, when its to_dict() leaves it out (None)
-_FLAGS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_flip_channel_order")
-
-
-def _settings(d: Any) -> dict[str, Any]:
-    """A processor's settings as transformers reads them: made from its class (the folder's
-    file names it) with the class's defaults, sizes as dicts; the file as it is, its plain
-    number sizes made dicts, when transformers does not know the class."""
-    proc = d if not isinstance(d, dict) and callable(getattr(d, "to_dict", None)) else None
-    if proc is None:
-        proc = _processor(d)
-    if proc is None:
-        return dict(d)
-    out = dict(proc.to_dict())
-    for key in _FLAGS:  # to_dict() drops the Nones: MobileViT's do_normalize is None
-        if out.get(key) is None:
-            out[key] = bool(getattr(proc, key, None))
-    return out
-
-
-def _processor(d: dict[str, Any], folder: Path | None = None) -> Any:
-    """The image processor transformers makes of a folder (from it alone: nothing downloaded,
-    no code from the folder run) or of a settings dict; None when it cannot."""
-    import warnings
-
-    try:
-        import transformers
-    except ImportError:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if folder is not None:
-            try:
-                return transformers.AutoImageProcessor.from_pretrained(
-                    str(folder), local_files_only=True, trust_remote_code=False
-                )
-            except Exception:  # noqa: BLE001 - a class transformers lacks, code in the folder
-                pass
-        name = str(d.get("image_processor_type") or d.get("feature_extractor_type") or "")
-        name = name.replace("FeatureExtractor", "ImageProcessor")
-        if not re.fullmatch(r"[A-Za-z0-9]+ImageProcessor(Fast|Pil)?", name):
-            return None
-        try:
-            return getattr(transformers, name).from_dict(dict(d))
-        except Exception:  # noqa: BLE001 - not in this transformers, or settings it refuses
-            return None
-
-
-def _size_dict(size: Any, square: bool) -> dict[str, Any] | None:
-    """A processor's size as transformers' ``get_size_dict`` makes it: a dict stays; one
-    number is both sides (``square``) or the shorter side; ``[h, w]`` is both sides."""
-    if isinstance(size, dict):
-        return size
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        n = int(size)
-        return {"height": n, "width": n} if square else {"shortest_edge": n}
-    if isinstance(size, (list, tuple)) and len(size) == 2:
-        return {"height": int(size[0]), "width": int(size[1])}
-    return None
-
-
-def _padded(kind: str, crop: tuple[int, int], resized: str) -> ModelLoadError:
-    """Why a processor whose centre crop is larger than its resized image is refused."""
-    return ModelLoadError(
-        f"its image processor ({kind}) resizes images to {resized}, then takes a "
-        f"{crop[0]}×{crop[1]} centre crop, larger than the resized image, and fills the border "
-        "with black; netlens does not add such borders: save the processor with a size at "
-        "least as large as its crop_size (MobileViT's own checkpoints resize to 288 for a 256 "
-        "crop)"
-    )
-
-
-def _spec(d: dict[str, Any], kind: str, fields: dict[str, Any], note: str = "") -> Preprocess:
-    """The spec of a processor's geometry ``fields`` and its normalisation.
-
-    A processor computes ``x = k·u − o`` from pixels ``u`` in [0, 1] (``k`` = 255 ×
-    ``rescale_factor``: 2 for 1/127.5; ``o`` = 1 with EfficientNet's ``rescale_offset``), then
-    ``(x − mean) / std``, divided by ``std`` once more with EfficientNet's ``include_top``. In
-    a spec's terms that is mean ``(mean + o) / k`` and std ``std / k`` (× std). MobileViT's
-    processor never normalises (it has no such step); it and PP-LCNet's flip R, G, B to B, G,
-    R last, so the model's first channel is the one the processor's last mean and std were for.
-    """
-    normalize = d.get("do_normalize", True) and not kind.startswith("MobileViT")
-    mean = [float(v) for v in _listed(d.get("image_mean"))] if normalize else [0.0] * 3
-    std = [float(v) for v in _listed(d.get("image_std"))] if normalize else [1.0] * 3
-    n = max(len(mean), len(std))
-    mean, std = (mean * n if len(mean) == 1 else mean), (std * n if len(std) == 1 else std)
-    k = 255.0 * float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 255.0
-    o = 1.0 if d.get("do_rescale", True) and d.get("rescale_offset") else 0.0
-    twice = normalize and bool(d.get("include_top")) and "EfficientNet" in kind
-    bgr = bool(d.get("do_flip_channel_order")) or kind.startswith("PPLCNet")
-    if bgr and n == 3:
-        mean, std = mean[::-1], std[::-1]
-    return Preprocess(
-        mean=tuple((m + o) / k for m in mean),
-        std=tuple(s / k * (s if twice else 1.0) for s in std),
-        interpolation=_RESAMPLE.get(int(d.get("resample", 2)), "bilinear"),
-        source=f"Hugging Face preprocessor_config.json ({kind}){note}",
-        crop_offset="floor",  # transformers' center_crop: (size - crop) // 2
-        channel_order="bgr" if bgr else "rgb",
-        **fields,
-    )
-
-
-def _listed(v: Any) -> list[Any]:
-    """A processor's mean or std: a list, one number, or absent (transformers' 0.5)."""
-    if v is None:
-        return [0.5] * 3
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def _json(path: Path, name: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        raise ModelLoadError(f"{name}: {path.name} is not readable JSON") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{name}: {path.name} is not a JSON object")
-    return data
