@@ -89,7 +89,7 @@ def unlabelled_data(lens: Lens, inputs: Any) -> Any:
     if path is not None and (path.is_dir() or path.suffix.lower() == ".csv"):
         from ..data import as_dataset
 
-        return as_dataset(path, lens.transform, host=lens.host)  # the data's own labels
+        return as_dataset(path, lens.transform, host=lens.host, split="test")  # its own labels
     if isinstance(inputs, (Dataset, DataLoader, str, Path)) or inputs is None:
         return inputs
     from ..data.items import hub_rows

@@ -143,7 +143,7 @@ def _check_data(data: str, lens: Any) -> None:
     from ..data.resolve import as_dataset
 
     if not (Path(data).is_dir() or data in lens.host.datasets):
-        as_dataset(data, host=lens.host)
+        as_dataset(data, host=lens.host, split="test")
 
 
 def _summary(result: Any, size: int, common: Common) -> dict[str, Any]:

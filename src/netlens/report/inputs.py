@@ -92,7 +92,7 @@ class ReportInputs:
             raise NetlensError("no images: give IMAGES, or --data to take the first images from")
         from ..data import as_dataset
 
-        ds = as_dataset(data, self.lens.transform, host=self.lens.host)
+        ds = as_dataset(data, self.lens.transform, host=self.lens.host, split="test")
         files = _files(ds)
         if files is not None:  # a folder or CSV list: its files, named on the command line
             self._cut = True
