@@ -368,9 +368,12 @@ class Lens:
             num_classes=count,
         )
 
-    def default_data(self) -> str | None:
-        """The dataset this model was trained on (from its card), for runs given no data."""
-        return self.card.get("data") or (self.card.get("record") or {}).get("data")
+    def default_data(self) -> Any:
+        """The data for runs given none, from the card: its held-out images where the training
+        record lists them, else its dataset (see :mod:`netlens.train.heldout`)."""
+        from .train.heldout import default_data
+
+        return default_data(self)
 
     # -- classes ---------------------------------------------------------------------------
     def class_name(self, index: int) -> str:

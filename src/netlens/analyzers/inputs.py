@@ -359,7 +359,8 @@ def resolve_data(
                 f"{what} needs data: give --data (a folder with class subfolders, a .csv list "
                 "or a dataset name such as shapes) or data= in Python"
             )
-        source = f"dataset {inputs} (from the model card)"
+        said = inputs if isinstance(inputs, Dataset) else f"dataset {inputs}"
+        source = f"{said} (from the model card)"
     given = inputs if isinstance(inputs, DataLoader) else None
     if given is not None:
         _refuse_shuffled(given)

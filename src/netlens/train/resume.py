@@ -16,6 +16,7 @@ import torch
 from ..data.labels import nfc
 from ..errors import NetlensError
 from .config import TrainConfig
+from .heldout import file_list_change
 
 if TYPE_CHECKING:
     from .trainer import Session
@@ -46,6 +47,7 @@ def save_state(s: Session, state: dict[str, Any]) -> None:
         "config": s.cfg.to_dict(),
         "classes": list(s.splits.classes),
         "paths": {k: _resolved(getattr(s.cfg, k)) for k in _PATHS},
+        "files": s.files,  # the train and validation file lists (count, hash, names)
         "model": s.model.state_dict(),
         "optimizer": s.opt.state_dict(),
         "scheduler": s.sched.state_dict(),
@@ -79,6 +81,7 @@ def load_state(s: Session) -> dict[str, Any]:
                 f"with the same settings (only {', '.join(FREE_ON_RESUME[3:])} may change)"
             )
     _check_classes(path, saved.get("classes"), list(s.splits.classes))
+    _check_files(path, saved.get("files"), s.files)
     try:
         s.model.load_state_dict(saved["model"])
     except RuntimeError as exc:  # a state saved before classes were recorded
@@ -115,6 +118,21 @@ def _same_path(before: Any, now: Any, saved_resolved: str | None) -> bool:
     if here is None:
         return False
     return here == saved_resolved or here == _resolved(before)
+
+
+def _check_files(path: Path, before: Any, now: Any) -> None:
+    """One line when the training or validation files differ from the saved run's: the
+    seeded holdout would be drawn anew, so images it trained on could be validated on."""
+    if not before or not now:  # a state saved before file lists were, or a named dataset
+        return
+    change = file_list_change(before, now)
+    if change is None:
+        return
+    raise NetlensError(
+        f"--resume: the data's files changed since the saved run ({path.name}): {change}; "
+        "the split would differ from the one it trained on, so train afresh without --resume "
+        "(or restore the data as it was)"
+    )
 
 
 def _check_classes(path: Path, before: list[str] | None, now: list[str]) -> None:

@@ -13,8 +13,8 @@ printing and writing checkpoints.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -40,12 +40,14 @@ from .augment import augment_batch, check_crop
 from .build import arch_kwargs, first_two, model_to_train
 from .config import TrainConfig
 from .datasets import Splits, check_classes, make_loader, resolve_splits, set_epoch
-from .ddp import global_size, rank_loader, replicate, shared_loader
-from .device import device_name, pick_device
+from .ddp import rank_loader, replicate, shared_loader
+from .device import pick_device
 from .evaluation import evaluate, logits
+from .heldout import data_record, file_lists
 from .optim import make_optimizer
 from .report import confusion_table, epoch_progress, epoch_table, format_row
 from .resume import last_path, load_state, save_state
+from .run_record import make_record, test_cut
 from .transfer import (
     set_frozen_eval,
 )
@@ -105,6 +107,9 @@ class Session:
     out: Path = field(init=False)
     skipped: dict[str, None] = field(init=False)  # unreadable images met, in order
     single_steps: int = field(init=False)  # steps left out: one readable image for BatchNorm
+    blank: torch.Tensor = field(init=False)  # an empty batch, for a rank with no readable row
+    data_info: dict[str, Any] = field(init=False)  # the data and its held-out images, recorded
+    files: dict[str, Any] | None = field(init=False)  # train/val file lists, for --resume
 
     def __post_init__(self) -> None:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
@@ -113,6 +118,8 @@ class Session:
         self.single_steps = 0
         self.gen = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.out = Path(self.cfg.out)
+        self.data_info = data_record(self.cfg.data, self.splits)
+        self.files = file_lists(self.splits, self.cfg.data)
 
     @property
     def autocast(self) -> bool:
@@ -131,7 +138,7 @@ def setup(
     ``group``/``device``: this process's place in a distributed run (:func:`join_from_env`).
     """
     check_arch(cfg.arch, host)  # an unknown name fails before any data is made or read
-    if Path(cfg.out).is_dir():  # a folder: its model.pt, as the CLI's --out
+    if _is_folder(str(cfg.out)):  # a folder: its model.pt, as the CLI's --out
         cfg = replace(cfg, out=str(Path(cfg.out) / "model.pt"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -161,7 +168,7 @@ def setup(
     net = replicate(model, group, dev, cfg.sync_bn)
     if group.world > 1:
         notes.append(f"{group.world} processes (DDP), global batch {cfg.batch_size}")
-    return Session(  # the output folder is made by the first write: a refused run leaves none
+    session = Session(  # the output folder is made by the first write: a refused run leaves none
         cfg,
         host,
         splits,
@@ -178,6 +185,17 @@ def setup(
         group,
         net,
     )
+    session.blank = sample[:0]
+    return session
+
+
+def _is_folder(out: str) -> bool:
+    """Whether ``out`` names a folder: one that exists, a trailing separator (``runs/exp1/``)
+    or a name with no suffix that is no file (``runs/exp1``), as the CLI's ``--out``."""
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        return True
+    return not path.suffix and not path.is_file()
 
 
 def _trains_batchnorm(model: nn.Module, cfg: TrainConfig) -> bool:
@@ -217,31 +235,30 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     set_epoch(s.train_loader, epoch)  # the order of (seed, epoch): the same after a resume
     task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=total, loss=float("nan"))
     loss_sum, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    images = len(s.splits.train)  # type: ignore[arg-type]
     bn = nn.modules.batchnorm._BatchNorm
     batchnorm = any(isinstance(m, bn) and m.training for m in model.modules())
     for b, (x, y, bad) in enumerate(s.train_loader):
         if b >= total:
             break
         note_skipped(s, bad)
-        n_global = global_size(b, images, cfg.batch_size)
-        if s.group.world == 1 and bad:
-            n_global = 0 if x is None else len(y)  # the batch is its readable images
-        if x is None:
-            if s.group.world > 1:
-                raise DataError(f"no image of a batch could be read ({bad[0]})")
+        # the global batch is its readable images, on every rank (one process: this one's)
+        counts = _readable_counts(s, 0 if x is None else len(y))
+        n_global, first = sum(counts), sum(counts[: s.group.rank])
+        if not n_global:  # no image of the global batch could be read: no step anywhere
             progress.update(task, advance=1)
             continue
-        if s.group.world == 1 and bad and batchnorm and len(y) == 1:
+        if batchnorm and 1 in counts and (s.group.world > 1 or bad):
             # the batch's other images were unreadable: BatchNorm cannot train on one image
             s.single_steps += 1
             progress.update(task, advance=1)
             continue
-        loss, hits = _step(s, epoch, n_global, x, y)
+        if x is None:  # this rank's part was unreadable: a zero loss, joining the others
+            x, y = s.blank, torch.zeros(0, dtype=torch.long)
+        loss, hits = _step(s, epoch, n_global, x, y, first)
         loss_sum += loss * len(y)
         correct += hits
         seen += len(y)
-        progress.update(task, advance=1, loss=loss_sum / seen)
+        progress.update(task, advance=1, loss=loss_sum / seen if seen else float("nan"))
     progress.remove_task(task)
     secs = time.perf_counter() - start
     parts = s.group.gather((loss_sum, correct, seen))
@@ -262,19 +279,27 @@ def _train_epoch(s: Session, epoch: int, progress: Any) -> dict[str, float]:
     }
 
 
+def _readable_counts(s: Session, readable: int) -> list[int]:
+    """Each rank's count of readable images in this global batch (exchanged between ranks)."""
+    if s.group.world == 1:
+        return [readable]
+    return [int(c) for c in s.group.gather(readable)]
+
+
 def _step(
-    s: Session, epoch: int, n_global: int, x: torch.Tensor, y: torch.Tensor
+    s: Session, epoch: int, n_global: int, x: torch.Tensor, y: torch.Tensor, start: int = 0
 ) -> tuple[float, int]:
-    """One optimiser step on this rank's rows of a global batch: (mean loss, correct count)."""
+    """One optimiser step on this rank's rows of a global batch of ``n_global`` readable
+    images, the first of them row ``start`` of it: (mean loss, correct count)."""
     cfg = s.cfg
     x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-    part = s.group.part(n_global)  # this rank's rows of the global batch
-    x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(part.start, n_global))
+    x = augment_batch(x, flip=cfg.flip, crop=cfg.crop, generator=s.gen, rows=(start, n_global))
     if s.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.autocast):
         out = logits(s.net(x))
-    loss = s.criterion(out.float(), y)
+    # no row here (its images were unreadable): a zero loss, so DDP's all-reduce still runs
+    loss = s.criterion(out.float(), y) if len(y) else out.float().sum() * 0.0
     if not torch.isfinite(loss):
         raise NetlensError(f"the loss became {float(loss)} in epoch {epoch}; lower --lr")
     s.opt.zero_grad(set_to_none=True)
@@ -306,40 +331,6 @@ def note_skipped(s: Session, lines: list[str]) -> None:
     if lines and s.cfg.strict:
         raise DataError(f"{lines[0]} (--strict stops at the first unreadable image)")
     s.skipped.update(dict.fromkeys(lines))
-
-
-def _record(
-    s: Session, state: dict[str, Any], test: Any, command: str | None, final: bool = True
-) -> dict[str, Any]:
-    """The training record stored in the checkpoint (plain JSON types only); ``final``: the
-    run has finished (the checkpoints written after each epoch are not complete)."""
-    images = sum(r["images"] for r in state["history"])
-    train_secs = sum(r["seconds"] for r in state["history"])
-    cfg = s.cfg.to_dict()
-    record = {
-        "command": command
-        or "netlens.train(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items() if v) + ")",
-        "data": str(s.cfg.data),
-        "epochs": s.cfg.epochs,
-        "config": cfg,
-        "history": state["history"],
-        "best_epoch": state["best"]["epoch"],
-        "val": state["best"],
-        "test": test,
-        "complete": final and (test is not None or not s.splits.test),
-        "device": device_name(s.device),
-        "processes": s.group.world,
-        "wall_time_s": round(state["elapsed"], 2),
-        "images_per_s": round(images / train_secs, 1) if train_secs else None,
-        "params": s.params[0],
-        "trainable_params": s.params[1],
-        "frozen": s.frozen,
-        "skipped": list(s.skipped),
-        "single_image_steps": s.single_steps,
-        "torch": str(torch.__version__),
-        "python": sys.version.split()[0],
-    }
-    return json.loads(json.dumps(record))  # weights_only-loadable
 
 
 def _write(s: Session, state_dict: dict[str, torch.Tensor], record: dict[str, Any]) -> Path:
@@ -389,7 +380,7 @@ def _fit(
                     k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()
                 }
                 if s.group.main:
-                    _write(s, state["best_state"], _record(s, state, None, command, False))
+                    _write(s, state["best_state"], make_record(s, state, None, command, False))
             if s.group.main:
                 save_state(s, state)
             if not quiet:
@@ -449,6 +440,9 @@ def _run(
             pin=s.device.type == "cuda",
         )
         test = _validate(s, loader)
+        if cfg.max_batches and len(loader) > cfg.max_batches:  # a smoke test: say so
+            test["cut_by_max_batches"] = cfg.max_batches
+            test["images_total"] = len(s.splits.test)  # type: ignore[arg-type]
         if not test["n"]:  # no readable test image: no scores (not 0), as for validation
             test.update(dict.fromkeys(("accuracy", "precision", "recall", "f1", "loss")))
     s.skipped = dict.fromkeys(s.group.union(s.skipped))  # every rank's
@@ -464,6 +458,11 @@ def _run(
                 f"test accuracy {test['accuracy']:.2%}  macro F1 {test['f1']:.3f} "
                 f"({test['n']} images)"
             )
+        if test_cut(test):
+            console.print(
+                f"--max-batches {cfg.max_batches}: the test split was scored on {test['n']} of "
+                f"its {test['images_total']} images (record['complete'] is False)"
+            )
         if s.skipped:
             console.print(f"{len(s.skipped)} unreadable image(s) skipped (record['skipped'])")
         if s.single_steps:
@@ -471,7 +470,7 @@ def _run(
                 f"{s.single_steps} training step(s) left out: one readable image in the batch, "
                 "which BatchNorm cannot train on (record['single_image_steps'])"
             )
-    record = _record(s, state, test, command)
+    record = make_record(s, state, test, command)
     path = _write(s, state["best_state"], record) if s.group.main else s.out
     s.group.gather(None)  # every rank waits for rank 0's checkpoint before it returns
     if s.group.main:
