@@ -448,15 +448,15 @@ class Lens:
         """
         import time
 
-        from .analyzers.base import Analyzer, Result
+        from .analyzers.base import Analyzer
         from .provenance import now, stamped
 
         found = self.host.analyzers.get(analyzer)
         if isinstance(found, Analyzer):
             return found.run(self, *args, **options)
         started, clock = now(), time.perf_counter()
-        result = found.run(self, *args, **options)
-        if isinstance(result, Result) and not result.meta.get("run"):
+        result = self.host.checked_result(analyzer, found.run(self, *args, **options))
+        if not result.meta.get("run"):
             at = {"started": started, "clock": clock, "options": options}
             result = stamped(result, self, **at, layers=result.meta.get("layers"))
         return result

@@ -120,7 +120,7 @@ def run_analyzer(
             storage=storage,
             **sharded,
         )
-        result = lens.run(name, inputs, **keywords, **options)
+        result = lens.host.checked_result(name, lens.run(name, inputs, **keywords, **options))
         files = result.save(common.out) if group.main else []
     if not group.main:  # rank 0 reports and gives the exit status (a launcher stops the
         return result  # other ranks when one exits non-zero: rank 0 might not have written)

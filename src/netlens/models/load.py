@@ -346,18 +346,19 @@ def _say_if_guessed(own: Preprocess, used: Preprocess, name: str) -> None:
     """One warning line when the model records no preprocessing and the user set none: its
     normalisation (ImageNet's mean/std, or 0.5 for one channel) is netlens' guess, and a model
     trained on other inputs would be explained on inputs it never saw."""
-    from ..preprocess.from_model import GUESSED
-
-    if GUESSED not in own.source or used.function is not None:
+    if not own.guessed_normalisation or used.function is not None:
         return
     if (used.mean, used.std) != (own.mean, own.std):
         return
+    from ..preprocess.from_model import GUESSED
+
     tell = "say so (--mean/--std, --input-size; mean=, std=, input_size= in Python)"
-    if "records no preprocessing" not in own.source:  # the data it was trained on is not known
+    guess = [p for p in own.source.split("; ") if GUESSED in p][-1]
+    why, known, _ = guess.rpartition(": normalisation ")
+    if known:  # the weights say it was trained on other images, which are not known
         c = own.channels
         stats = f"mean {', '.join(f'{v:g}' for v in (own.mean or ())[:c])}, std "
         stats += ", ".join(f"{v:g}" for v in (own.std or ())[:c])
-        why = own.source.split("; ")[-1].split(":")[0]
         warnings.warn(
             f"{name}: {why}, so it was trained on other images than the architecture's; "
             f"netlens guesses {stats}; if it was trained with other statistics, {tell}",
@@ -468,7 +469,52 @@ def load_file(
         pairs = [(e.item, e) for e in host.loader_entries()]
     else:
         pairs = [(loader, None) for loader in host.loaders]
+    failed: list[str] = []  # plugins' loaders that broke: said if no loader reads the file
+    try:
+        loaded = _first_answer(path, req, pairs, failed)
+    except ModelLoadError as exc:  # netlens' own refusal: the plugin's failure may be the cause
+        if not failed:
+            raise
+        raise _with_failures(exc, failed) from exc
+    if loaded is not None:
+        for line in failed:  # a later loader read it: each broken one is a warning
+            warnings.warn(
+                f"{line}; skipped, netlens' own loaders tried", NetlensWarning, stacklevel=2
+            )
+        return loaded
+    if isinstance(req.payload, Exception):
+        err = req.payload
+        err = err if isinstance(err, ModelLoadError) else ModelLoadError(str(err))
+        raise _with_failures(err, failed)
+    from .weights import weight_sets
+
+    sets = [str(k) for k in weight_sets(req.payload)]
+    if len(sets) > 1:
+        raise _with_failures(
+            ModelLoadError(
+                f"{path.name} holds several sets of weights (under "
+                f"{', '.join(map(repr, sets[:4]))}); save the one you mean on its own "
+                f"(torch.save(ckpt[{sets[0]!r}], path))"
+            ),
+            failed,
+        )
+    raise _with_failures(
+        ModelLoadError(
+            f"{path.name} is neither a netlens checkpoint, a state_dict nor a module; "
+            "save with netlens.save(...) or torch.save(model.state_dict(), path)"
+        ),
+        failed,
+    )
+
+
+def _first_answer(
+    path: Path, req: LoadRequest, pairs: list[tuple[Any, Any]], failed: list[str]
+) -> LoadedModel | None:
+    """The first loader's LoadedModel; a plugin's loader that raises (other than its own
+    NetlensError refusal) or returns anything else is noted in ``failed`` and passed over."""
     for loader, entry in pairs:
+        who = (entry.package or entry.plugin or "a plugin") if entry is not None else ""
+        name = f"model loader '{entry.name}' ({who})" if entry is not None else "a model loader"
         if entry is None or entry.builtin:
             loaded = loader(path, req)
         else:  # a plugin's loader that breaks must not block the formats netlens reads
@@ -477,29 +523,29 @@ def load_file(
             except NetlensError:  # its own one-line refusal of a file in its format
                 raise
             except Exception as exc:  # noqa: BLE001 - the plugin's code, not the user's file
-                who = entry.package or entry.plugin or "a plugin"
                 text = " ".join(str(exc).split())[:160]
-                warnings.warn(
-                    f"model loader '{entry.name}' ({who}) failed on {display_path(path)}: "
-                    f"{type(exc).__name__}: {text}; skipped, netlens' own loaders tried",
-                    NetlensWarning,
-                    stacklevel=2,
+                failed.append(
+                    f"{name} failed on {display_path(path)}: {type(exc).__name__}: {text}"
                 )
                 continue
-        if loaded is not None:
-            return loaded
-    if isinstance(req.payload, Exception):
-        err = req.payload
-        raise err if isinstance(err, ModelLoadError) else ModelLoadError(str(err))
-    from .weights import weight_sets
-
-    sets = [str(k) for k in weight_sets(req.payload)]
-    if len(sets) > 1:
-        raise ModelLoadError(
-            f"{path.name} holds several sets of weights (under {', '.join(map(repr, sets[:4]))}"
-            f"); save the one you mean on its own (torch.save(ckpt[{sets[0]!r}], path))"
+        if loaded is None or isinstance(loaded, LoadedModel):
+            if loaded is not None:
+                return loaded
+            continue
+        got = type(loaded).__name__
+        failed.append(
+            f"{name} returned {'an' if got[:1].lower() in 'aeiou' else 'a'} {got} for "
+            f"{display_path(path)}, not a netlens LoadedModel (or None: not its format)"
         )
-    raise ModelLoadError(
-        f"{path.name} is neither a netlens checkpoint, a state_dict nor a module; "
-        "save with netlens.save(...) or torch.save(model.state_dict(), path)"
+    return None
+
+
+def _with_failures(err: ModelLoadError, failed: list[str]) -> ModelLoadError:
+    """``err`` with the plugins' loaders that broke on the file said first: a file in a
+    plugin's format is the plugin's to read, so its failure is the likely cause."""
+    if not failed:
+        return err
+    cause = "; ".join(failed)
+    return type(err)(
+        f"{cause} (update that plugin or report it to its authors); netlens' own loaders: {err}"
     )

@@ -24,6 +24,15 @@ from .registry import Registry
 __all__ = ["PluginHost", "PluginInfo"]
 
 BUILTIN_PACKAGE = "netlens"
+HOOKS = {  # registration hook → what its registry holds, in the order they are filled
+    "netlens_register_analyzers": "analyzer",
+    "netlens_register_cam_methods": "CAM method",
+    "netlens_register_archs": "architecture",
+    "netlens_register_datasets": "dataset",
+    "netlens_register_metrics": "metric",
+    "netlens_register_commands": "command",
+    "netlens_register_model_loaders": "model loader",
+}
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,6 @@ class PluginHost:
                 )
                 self._fail(impl.plugin_name, f"failed in {hook_name}: {_short(exc)}", registry)
         self.problems.extend(p for p in registry.problems if p not in self.problems)
-        registry.broken = [p for p in self.problems if " failed " in p]  # said on an unknown name
         return registry
 
     def _fail(self, plugin_name: str, what: str, filling: Registry) -> None:
@@ -172,46 +180,88 @@ class PluginHost:
         info = self.plugins.get(plugin_name)
         return bool(info and info.builtin)
 
-    def _get(self, hook_name: str, kind: str) -> Registry:
+    def _get(self, hook_name: str) -> Registry:
         regs = self._registries
         if hook_name not in regs:
-            regs[hook_name] = self._fill(hook_name, kind)
+            # with the registries its plugins add to as well: a plugin whose hook raises is
+            # taken back from all of them before any lookup sees what it added
+            for name in self._together(hook_name):
+                regs[name] = self._fill(name, HOOKS[name])
+            broken = [p for p in self.problems if " failed " in p]  # said on an unknown name
+            for registry in regs.values():
+                registry.broken = broken
         return regs[hook_name]
+
+    def _together(self, hook_name: str) -> list[str]:
+        """The registration hooks filled with ``hook_name``: those of every plugin implementing
+        it, and of every plugin implementing those, and so on. A plugin is then whole or gone
+        in all its registries at once, whichever is asked for first; a registry no plugin of
+        these adds to stays unfilled (built-ins import their implementations in their hooks:
+        opening a model file need not import every analyzer)."""
+        by_plugin: dict[str, set[str]] = {}
+        for name in HOOKS:
+            for impl in getattr(self.pm.hook, name).get_hookimpls():
+                by_plugin.setdefault(impl.plugin_name, set()).add(name)
+        group, grew = {hook_name}, True
+        while grew:
+            grew = False
+            for hooks in by_plugin.values():
+                if hooks & group and not hooks <= group:
+                    group |= hooks
+                    grew = True
+        return [name for name in HOOKS if name in group and name not in self._registries]
 
     @property
     def analyzers(self) -> Registry:
-        return self._get("netlens_register_analyzers", "analyzer")
+        return self._get("netlens_register_analyzers")
 
     @property
     def cam_methods(self) -> Registry:
-        return self._get("netlens_register_cam_methods", "CAM method")
+        return self._get("netlens_register_cam_methods")
 
     @property
     def archs(self) -> Registry:
-        return self._get("netlens_register_archs", "architecture")
+        return self._get("netlens_register_archs")
 
     @property
     def datasets(self) -> Registry:
-        return self._get("netlens_register_datasets", "dataset")
+        return self._get("netlens_register_datasets")
 
     @property
     def metrics(self) -> Registry:
-        return self._get("netlens_register_metrics", "metric")
+        return self._get("netlens_register_metrics")
 
     @property
     def commands(self) -> Registry:
-        return self._get("netlens_register_commands", "command")
+        return self._get("netlens_register_commands")
 
     @property
     def model_loaders(self) -> Registry:
         """The model loaders' registry (entries say which plugin added each)."""
-        return self._get("netlens_register_model_loaders", "model loader")
+        return self._get("netlens_register_model_loaders")
 
     @property
     def loaders(self) -> list[Any]:
         """Model loaders, third-party ones first and netlens' own last."""
         entries = sorted(self.model_loaders.entries.values(), key=lambda e: e.builtin)
         return [e.item for e in entries]
+
+    def checked_result(self, name: str, result: Any) -> Any:
+        """``result`` of analyzer ``name``, if it is a netlens Result; anything else (a plain
+        object's ``run`` returning a dict, None) fails in one line naming the analyzer and the
+        plugin that registered it, instead of at the first ``result.save``."""
+        from ..analyzers.base import Result
+        from ..errors import AnalyzerError
+
+        if isinstance(result, Result):
+            return result
+        entry = self.analyzers.entries.get(name)
+        who = (entry.package or entry.plugin) if entry is not None else ""
+        got = "None" if result is None else _a(type(result).__name__)
+        raise AnalyzerError(
+            f"analyzer '{name}'{f' (plugin {who})' if who else ''} returned {got}, not a netlens "
+            "Result; its run must return netlens.analyzers.base.Result (see docs/plugins.md)"
+        )
 
     def loader_entries(self) -> list[Any]:
         """The loaders' registry entries in the order :attr:`loaders` tries them."""
@@ -252,6 +302,10 @@ def _folder_state(path: str) -> tuple[str, int, int, int]:
 def _name_version(ep: md.EntryPoint) -> tuple[str, str]:
     dist = ep.dist
     return (dist.name, dist.version) if dist is not None else ("", "")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _short(exc: BaseException) -> str:

@@ -290,8 +290,31 @@ class Preprocess:
         if unknown:
             raise NetlensError(f"unknown preprocessing option(s): {', '.join(unknown)}")
         note = ", ".join(f"{k}={_show(v)}" for k, v in given.items() if k != "source")
-        source = given.pop("source", None) or f"{self.source} + user override ({note})"
+        source = given.pop("source", None) or f"{self._base(given)} + user override ({note})"
         return dataclasses.replace(self, **given, source=source)
+
+    def _base(self, given: dict[str, Any]) -> str:
+        """The source a user's override builds on: a guess it replaces is no longer said (a
+        saved spec keeps its source, and a guess recorded there would be warned of again)."""
+        from .from_model import GUESSED
+
+        parts = self.source.split("; ")
+        if "mean" in given and "std" in given:  # the normalisation is the user's now
+            parts = [_user_given(p) if GUESSED in p else p for p in parts]
+        if "size" in given:
+            parts = [p for p in parts if p != "input size unknown"]
+        return "; ".join(parts)
+
+    @property
+    def guessed_normalisation(self) -> bool:
+        """Whether the mean/std are netlens' guess (the model recorded none and the user gave
+        none); a spec saved by an older netlens says the guess and the override after it."""
+        from .from_model import GUESSED
+
+        if self.function is not None or GUESSED not in self.source:
+            return False
+        after = self.source.rsplit(GUESSED, 1)[1]
+        return not ("user override (" in after and "mean=" in after and "std=" in after)
 
     # -- description -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -385,6 +408,12 @@ def _show(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return "(" + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) + ")"
     return str(v)
+
+
+def _user_given(part: str) -> str:
+    """A source's "ImageNet mean/std (guessed)" part (after "why: ", if any) as the user's."""
+    why, sep, _ = part.rpartition(": ")
+    return f"{why}: mean/std user-given" if sep else "mean/std user-given"
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

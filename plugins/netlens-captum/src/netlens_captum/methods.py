@@ -178,12 +178,16 @@ def guided_gradcam(
         )
     chosen = found[0]
     name = chosen.split("@")[0].split(":")[0]
-    calls = [c for c in trace_calls(lens.model, x[:1].detach()) if c.name == name]
+    traced = trace_calls(lens.model, x[:1].detach())
+    calls = [c for c in traced if c.name == name]
     call = int(chosen.split("@")[1]) if "@" in chosen else -1
     if calls and call % len(calls) != len(calls) - 1:  # captum hooks a module's last call
+        other = _hookable_before(traced, calls[call % len(calls)])
+        advice = f"pick '{other}' (the layer before it, run once) or" if other else "so"
         raise AnalyzerError(
             f"guided-gradcam hooks a module's last call (captum), but '{chosen}' is call "
-            f"{call % len(calls)} of {len(calls)}; pick '{name}' or use netlens cam for it"
+            f"{call % len(calls)} of {len(calls)} of a module run several times; {advice} "
+            "use netlens cam, which reads any call"
         )
     out = calls[-1].output if calls else None
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
@@ -196,6 +200,23 @@ def guided_gradcam(
     layer = dict(lens.model.named_modules())[name]
     attr = GuidedGradCam(net, layer).attribute(x, target=targets)
     return attr, {"layer": name}
+
+
+def _hookable_before(traced: list[Any], wanted: Any) -> str | None:
+    """The last module before call ``wanted`` (in completion order) that runs once and gives
+    N×C×H×W maps of the same shape (the conv before a reused ReLU): captum hooks it."""
+    out = wanted.output
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return None
+    runs: dict[str, int] = {}
+    for c in traced:
+        runs[c.name] = runs.get(c.name, 0) + 1
+    before = traced[: next(i for i, c in enumerate(traced) if c is wanted)]
+    for c in reversed(before):
+        got = c.output
+        if runs[c.name] == 1 and isinstance(got, torch.Tensor) and got.shape == out.shape:
+            return str(c.name)
+    return None
 
 
 _BATCH = Option(
