@@ -21,7 +21,14 @@ from torch import nn
 from .channel_layout import CHANNELS_FIRST, learned_layout
 from .errors import AnalyzerError
 
-__all__ = ["channels_last", "is_spatial", "tensor_output", "to_spatial"]
+__all__ = [
+    "channels_last",
+    "is_spatial",
+    "patch_grid",
+    "patch_stride",
+    "tensor_output",
+    "to_spatial",
+]
 
 
 def _token_layout(
@@ -29,34 +36,40 @@ def _token_layout(
 ) -> tuple[int, int, int] | None:
     """(prefix tokens, grid height, grid width) of ``length`` tokens; None when no grid fits.
 
-    The patch embedding's grid decides when it fits with at most ``num_prefix_tokens`` (class,
-    register, distillation) tokens in front: CaiT's self-attention blocks carry no class token
-    although the model has one. Otherwise the grid of the input's shape ``hw`` (square for a
-    square input) after ``num_prefix_tokens`` (0–2 when the model does not say) tokens.
+    The patch embedding's grid for the input's size ``hw`` (:func:`patch_grid`, exact from
+    its convolution) decides when the tokens are that many patches and at most as many prefix
+    tokens (class, register, distillation) as the model has (:func:`_prefix_count`): CaiT's
+    self-attention blocks carry no class token although the model has one. Otherwise the grid
+    of the input's shape ``hw`` (square for a square input; an exact aspect before a rounded
+    one) after the model's prefix tokens (0–2 when it does not say).
     """
-    n = getattr(model, "num_prefix_tokens", None)
-    registers = getattr(getattr(model, "config", None), "num_register_tokens", None)
-    if n is None and isinstance(registers, int):  # Hugging Face DINOv2 with registers
-        n = 1 + registers
-    most = int(n) if n is not None else 2
+    n = _prefix_count(model)
+    most = n if n is not None else 2
+    found = patch_grid(model, hw)
+    if found is not None:
+        (h, w), _ = found
+        if 0 <= length - h * w <= (n if n is not None else _UNNAMED_PREFIX):
+            return length - h * w, h, w
     embed = getattr(model, "patch_embed", None)
-    grid = getattr(embed, "grid_size", None)
+    grid = getattr(embed, "grid_size", None)  # a timm hybrid's (a CNN before the patches)
     if grid and hw is not None and callable(getattr(embed, "dynamic_feat_size", None)):
         grid = embed.dynamic_feat_size(tuple(int(v) for v in hw))  # timm's dynamic_img_size
     if grid:
         h, w = int(grid[0]), int(grid[1])
         if 0 <= length - h * w <= most:
             return length - h * w, h, w
-    for k in ([most] if n is not None else []) + list(range(most + 1)):
-        grid = _grid(length - k, hw)
-        if grid is not None:
-            return k, *grid
+    tries = ([most] if n is not None else []) + list(range(most + 1))
+    for exact in (True, False):  # 18 tokens of a 32×128 input: 2 + 2×8 before 2×9
+        for k in tries:
+            grid = _grid(length - k, hw, exact)
+            if grid is not None:
+                return k, *grid
     return None
 
 
-def _grid(n: int, hw: Sequence[int] | None) -> tuple[int, int] | None:
-    """An h×w grid of ``n`` patches shaped as an ``hw`` input (h/w = H/W, to a patch's
-    rounding); square when the input is, or not known."""
+def _grid(n: int, hw: Sequence[int] | None, exact: bool = False) -> tuple[int, int] | None:
+    """An h×w grid of ``n`` patches shaped as an ``hw`` input (h/w = H/W exactly, or to a
+    patch's rounding unless ``exact``); square when the input is, or not known."""
     if n <= 0:
         return None
     if hw is None or hw[0] == hw[1]:
@@ -65,8 +78,111 @@ def _grid(n: int, hw: Sequence[int] | None) -> tuple[int, int] | None:
     ratio = hw[0] / hw[1]
     for h in range(1, n + 1):
         w, rest = divmod(n, h)
-        if not rest and abs(h - w * ratio) < 1.0:
+        if rest:
+            continue
+        if (h * int(hw[1]) == w * int(hw[0])) if exact else abs(h - w * ratio) < 1.0:
             return h, w
+    return None
+
+
+_UNNAMED_PREFIX = 16  # most tokens before the patches of a model that does not say how many
+# the convolution cutting the image into patches: timm, torchvision, Hugging Face
+_PATCH_CONVS = ("patch_embed.proj", "conv_proj", "patch_embeddings.projection")
+_TOKEN_PARAMS = ("cls_token", "class_token", "dist_token", "distillation_token")
+_TOKEN_PARAMS += ("reg_token", "register_tokens")
+_PATCH_CONV: weakref.WeakKeyDictionary[nn.Module, tuple[str, nn.Conv2d] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _patch_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """(name, module) of the convolution that cuts the image into patches (timm's
+    ``patch_embed.proj``, torchvision's ``conv_proj``, Hugging Face's
+    ``embeddings.patch_embeddings.projection``) when it is the model's first registered
+    convolution, so that its input is the image (not a hybrid's, after a CNN); else None."""
+    if model in _PATCH_CONV:
+        return _PATCH_CONV[model]
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    ok = first is not None and any(
+        first[0] == p or first[0].endswith(f".{p}") for p in _PATCH_CONVS
+    )
+    _PATCH_CONV[model] = first if ok else None
+    return _PATCH_CONV[model]
+
+
+def patch_grid(
+    model: nn.Module, hw: Sequence[int] | None
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((rows, columns), (stride y, stride x)) of the patches the model's patch embedding
+    (:func:`_patch_conv`) cuts an ``hw`` input into: timm's own rule when it has one (its
+    ``dynamic_img_pad`` pads the input to whole patches), else the convolution's arithmetic.
+    Without ``hw``, the size the model was built for (timm's ``grid_size``, torchvision's
+    ``image_size``, Hugging Face's ``image_size``). None without a patch embedding."""
+    found = _patch_conv(model)
+    if found is None:
+        return None
+    name, conv = found
+    embed = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    stride = (int(conv.stride[0]), int(conv.stride[1]))
+    if hw is None:
+        grid = getattr(embed, "grid_size", None)
+        if grid:
+            return (int(grid[0]), int(grid[1])), stride
+        built = getattr(embed, "image_size", None) or getattr(model, "image_size", None)
+        hw = (built, built) if isinstance(built, int) else built
+        if not isinstance(hw, Sequence) or len(hw) != 2:
+            return None
+    size = (int(hw[0]), int(hw[1]))
+    feat, patch = getattr(embed, "dynamic_feat_size", None), getattr(embed, "patch_size", None)
+    if callable(feat) and patch:  # timm's PatchEmbed: ceil with dynamic_img_pad, else floor
+        grid = feat(size)
+        return (int(grid[0]), int(grid[1])), (int(patch[0]), int(patch[1]))
+    if isinstance(conv.padding, str):
+        if conv.padding != "valid":
+            return None
+        pad: Sequence[int] = (0, 0)
+    else:
+        pad = conv.padding
+    k, d = conv.kernel_size, conv.dilation
+    cells = [(size[i] + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // stride[i] + 1 for i in (0, 1)]
+    return (cells[0], cells[1]), stride
+
+
+def patch_stride(
+    model: nn.Module, hw: Sequence[int], grid: Sequence[int]
+) -> tuple[int, int] | None:
+    """The patch embedding's stride when a map of ``grid`` on an ``hw`` input is its grid of
+    patches (each map cell is then the input's patch at stride × position, from the top
+    left); None otherwise (maps of other layers spread over the input)."""
+    found = patch_grid(model, hw)
+    if found is None or tuple(int(g) for g in grid) != found[0]:
+        return None
+    return found[1]
+
+
+def _prefix_count(model: nn.Module) -> int | None:
+    """How many tokens (class, distillation, register) come before the patches: timm's
+    ``num_prefix_tokens``, else the token parameters beside the patch embedding (Hugging Face
+    DeiT's ``cls_token`` and ``distillation_token``, torchvision's ``class_token``, DINOv2's
+    ``register_tokens``), else a Hugging Face config's registers; None when nothing says."""
+    n = getattr(model, "num_prefix_tokens", None)
+    if isinstance(n, int):
+        return n
+    found = _patch_conv(model)
+    parts = found[0].split(".")[:-1] if found is not None else []
+    holders = [".".join(parts[:i]) for i in range(len(parts), -1, -1)]  # nearest first
+    for name in holders:
+        holder = model.get_submodule(name) if name else model
+        count = sum(
+            int(p.shape[-2]) if p.dim() >= 2 else 1
+            for pname, p in holder.named_parameters(recurse=False)
+            if pname in _TOKEN_PARAMS
+        )
+        if count:
+            return count
+    registers = getattr(getattr(model, "config", None), "num_register_tokens", None)
+    if isinstance(registers, int):  # Hugging Face DINOv2 with registers
+        return 1 + registers
     return None
 
 

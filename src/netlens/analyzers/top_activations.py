@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..activations import tensor_output, to_spatial
+from ..activations import patch_stride, tensor_output, to_spatial
 from ..data.items import item_source
 from ..errors import AnalyzerError, NetlensWarning
 from ..fresh_input import fresh
@@ -109,8 +109,21 @@ def gradient_box(grad: torch.Tensor, rel: float = 0.01) -> tuple[int, int, int, 
     return int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
 
 
-def _cell(pos: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]) -> list[int]:
+def _cell(
+    pos: tuple[int, int],
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    stride: tuple[int, int] | None = None,
+) -> list[int]:
+    """The input pixels (y0, x0, y1, x1) map position ``pos`` covers: with the patch
+    embedding's ``stride`` (a map of its patch grid), that patch from the top left, clipped
+    to the input (timm's ``dynamic_img_pad`` pads the bottom and right to whole patches);
+    else the grid spread evenly over the input."""
     (y, x), (gh, gw), (h, w) = pos, grid, size
+    if stride is not None:
+        sy, sx = stride
+        y0, x0 = min(y * sy, h - 1), min(x * sx, w - 1)
+        return [y0, x0, max(min((y + 1) * sy, h), y0 + 1), max(min((x + 1) * sx, w), x0 + 1)]
     return [
         y * h // gh,
         x * w // gw,
@@ -166,22 +179,28 @@ class TopActivationsAnalyzer(Analyzer):
 
 
 def _example(run: Run) -> torch.Tensor:
-    """An input of the model's size: its recorded one, else the data's first readable image
-    (unreadable ones before it are skipped and named when the data is read)."""
+    """An input of the model's size, as ``features`` takes its first image: the data's first
+    readable item (unreadable ones before it are skipped and named when the data is read),
+    else the size the model records (the data cannot be indexed, or is empty)."""
     from ..data.items import BAD_ITEM
-    from ..errors import NetlensError
 
+    data = run.data.dataset
     try:
-        return run.lens.example()
-    except NetlensError:
-        data = run.data.dataset
-        for i in range(len(data)):
-            try:
-                return run.lens.place(data[i][0][None])
-            except BAD_ITEM:
-                if run.data.strict or i == len(data) - 1:
-                    raise
-        raise
+        count = len(data)
+    except TypeError:  # a stream: its first item would be consumed
+        count = 0
+    for i in range(count):
+        try:
+            item = data[i]
+        except BAD_ITEM:
+            if run.data.strict or i == count - 1:
+                raise
+            continue
+        x = item[0] if isinstance(item, (list, tuple)) else item
+        if isinstance(x, torch.Tensor):
+            return run.lens.place(x[None])
+        break
+    return run.lens.example()
 
 
 def _one_layer(model: Any, layer: Any, example: torch.Tensor, output: Any = None) -> str:
@@ -345,11 +364,12 @@ def _patches(
                 else:  # no gradients reach the layer: see _no_gradients
                     found = [None] * len(x)
             size = tuple(x.shape[-2:])
+            stride = patch_stride(model, size, (gh, gw))
             for j, box, y0, x0, t in zip(
                 part.tolist(), found, ys, xs, x.detach().cpu(), strict=True
             ):
                 boxes[j], images[j] = box, lens.transform.denormalize(t)
-                cells[j] = _cell((int(y0), int(x0)), (gh, gw), size)
+                cells[j] = _cell((int(y0), int(x0)), (gh, gw), size, stride)
     fallback = any(b is None for b in boxes)
     if fallback:
         warnings.warn(_no_gradients(model, name, quantized), NetlensWarning, stacklevel=3)

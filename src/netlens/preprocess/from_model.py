@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import NetlensError
+from .built_size import patch_embed_size, sized, stage_size
 from .spec import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, Preprocess
 
 __all__ = [
@@ -99,20 +100,29 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
         spec = hf_model_preprocess(model)
         if spec is not None:
             return _fit_channels(spec, model)
-    if type(model).__module__.startswith("torchvision.models") and model_input_size(model) is None:
+    tv = type(model).__module__.startswith("torchvision.models")
+    if tv and getattr(model, "input_size", None) is None and flattened_image(model) is None:
         name = torchvision_name(model)
         spec = torchvision_spec(name) if name else None
         if spec is not None:
             source = f"{spec.source} (recognised as tv:{name} by its layers' shapes)"
-            return _fit_channels(dataclasses.replace(spec, source=source), model)
-        convention = Preprocess(
-            size=(224, 224),
-            crop_pct=224 / 256,
-            crop_mode="center",
-            source="torchvision ImageNet convention (resize 256, crop 224); name the "
-            "architecture (tv:NAME) for its own weights' transforms",
-        )
-        return _fit_channels(convention, model)
+            spec = dataclasses.replace(spec, source=source)
+        else:
+            spec = Preprocess(
+                size=(224, 224),
+                crop_pct=224 / 256,
+                crop_mode="center",
+                source="torchvision ImageNet convention (resize 256, crop 224); name the "
+                "architecture (tv:NAME) for its own weights' transforms",
+            )
+        built = model_input_size(model)  # torchvision's ViT: its image_size
+        if built is not None and tuple(built[-2:]) != spec.size:
+            h, w = built[-2:]
+            spec = dataclasses.replace(
+                spec, size=(h, w), source=f"{spec.source}; input size {h}×{w} as the model was "
+                "built (its image_size)"
+            )  # fmt: skip
+        return _fit_channels(spec, model)
     backbone = timm_backbone(model)
     if backbone is not None:  # class Net(nn.Module): self.model = timm.create_model(...)
         name, inner = backbone
@@ -177,7 +187,7 @@ def timm_spec(
             for k, v in told.items()
         )
         source += f" with the checkpoint's {what} ({shown})"
-    built = model_input_size(model)
+    built = model_input_size(model) or stage_size(model, (h, w))
     if built is not None and tuple(built[-2:]) != (h, w):
         h, w = built[-2:]
         source += f"; input size {h}×{w} as the model was built"
@@ -336,21 +346,21 @@ def guessed_spec(model: nn.Module) -> Preprocess:
 
 
 def model_input_size(model: nn.Module) -> tuple[int, ...] | None:
-    """What the model itself says of its input: ``input_size`` (C,H,W or H,W), or timm's
-    ``patch_embed.img_size`` (a ViT/Swin built for another size), or the flattened image its
-    first Linear reads (:func:`flattened_image`); None when it says nothing."""
-    size: Any = getattr(model, "input_size", None)
-    if size is None:
-        embed = getattr(model, "patch_embed", None)
-        size = getattr(embed, "img_size", None)
-    if size is None:
-        return flattened_image(model)
-    if isinstance(size, int):
-        return (size, size)
-    try:
-        return tuple(int(s) for s in size)
-    except (TypeError, ValueError):
-        return None
+    """What the model itself says of its input: ``input_size`` (C,H,W or H,W), else the size
+    it was built for: ``image_size`` (torchvision's ViT), ``img_size`` (timm's MaxViT) or the
+    ``img_size`` of its first patch embedding (timm's ``patch_embed``, CoaT's
+    ``patch_embed1``: a ViT/Swin built for another size), else the flattened image its first
+    Linear reads (:func:`flattened_image`); None when it says nothing."""
+    for size in (
+        getattr(model, "input_size", None),
+        getattr(model, "image_size", None),
+        getattr(model, "img_size", None),
+        patch_embed_size(model),
+    ):
+        found = sized(size)
+        if found is not None:
+            return found
+    return flattened_image(model)
 
 
 def model_channels(model: nn.Module) -> int | None:
