@@ -19,26 +19,13 @@ from typing import Annotated, Any
 
 import typer
 
+from ..plugins.checks import FLAGS, option_flags
 from .common import cli_errors
 from .options import Common, DataOpt, ImagesArg, ModelArg, ResumeOpt, command
 from .runner import run_analyzer
 
 __all__ = ["FLAGS", "analyzer_command", "plugin_command", "spec_command", "spelling"]
 
-#: How an option named so is spelled on the command line (one meaning, one spelling).
-FLAGS: dict[str, tuple[str, ...]] = {
-    "layer": ("--layer", "--layers", "-l"),
-    "layers": ("--layer", "--layers", "-l"),
-    "method": ("--method", "-m"),
-    "methods": ("--method", "-m"),
-    "metrics": ("--metric",),
-    "target": ("--target", "-t"),
-    "top": ("--top", "-k"),
-    "k": ("--top", "-k"),
-    "limit": ("--limit", "-n"),
-    "fast": ("--fast/--naive",),
-    "random_baseline": ("--random-baseline/--no-random-baseline",),
-}
 _KINDS = {int: int, float: float, bool: bool, str: str}
 
 
@@ -47,8 +34,9 @@ def spec_command(spec: Any) -> Callable[..., Any]:
     return _make(spec.name, spec.options, spec.takes, spec.help, spec.resumable, spec.distributed)
 
 
-def analyzer_command(name: str, analyzer: Any) -> Callable[..., Any]:
-    """The command of a plugin analyzer, from its ``declared_options()``."""
+def analyzer_command(name: str, analyzer: Any, runs: str | None = None) -> Callable[..., Any]:
+    """The command of a plugin analyzer, from its ``declared_options()``; ``runs``: the
+    analyzer's name when the command's is another (``netlens top`` runs ``top-activations``)."""
     doc = (type(analyzer).__doc__ or "").strip().splitlines()
     help_text = getattr(analyzer, "description", "") or (doc[0] if doc else "")
     takes = getattr(analyzer, "takes", "images")
@@ -59,7 +47,8 @@ def analyzer_command(name: str, analyzer: Any) -> Callable[..., Any]:
     # here (said at registration), it stays settable by `netlens run NAME --opt` and in Python
     declared = [o for o in declared if getattr(o, "name", None) not in CLI_NAMES]
     sharded = bool(getattr(analyzer, "distributed", False))
-    return _make(name, declared, takes, help_text or f"Run the {name} analyzer.", False, sharded)
+    help_text = help_text or f"Run the {runs or name} analyzer."
+    return _make(name, declared, takes, help_text, False, sharded, runs=runs)
 
 
 def plugin_command(name: str) -> Callable[..., Any] | None:
@@ -79,11 +68,23 @@ def plugin_command(name: str) -> Callable[..., Any] | None:
 
 
 def _make(
-    name: str, declared: Any, takes: str, help_text: str, resumable: bool, sharded: bool
+    name: str,
+    declared: Any,
+    takes: str,
+    help_text: str,
+    resumable: bool,
+    sharded: bool,
+    runs: str | None = None,
 ) -> Callable[..., Any]:
     """The command: ``--distributed`` only for an analyzer that combines results across
-    processes (``sharded``); the others would start N processes only to refuse."""
-    shown = [o for o in declared if getattr(o, "cli", True)]
+    processes (``sharded``); the others would start N processes only to refuse.
+
+    Two declared options that want one flag (``layer`` and ``layers``: ``--layer``) get one
+    each, an option named like a flag every command has (``help``) is left out
+    (:func:`netlens.plugins.checks.option_flags`; ``netlens plugins`` says so).
+    """
+    flags, _ = option_flags([o for o in declared if getattr(o, "cli", True)])
+    shown = [o for o in declared if getattr(o, "cli", True) and o.name in flags]
 
     def body(**kwargs: Any) -> None:
         common: Common = kwargs.pop("common")
@@ -92,15 +93,15 @@ def _make(
         options = {k: v for k, v in kwargs.items() if v is not None}
         for o in shown:  # before any model is read, in the words the user typed
             if o.name in options and o.kind is not bool:
-                o.check(options[o.name], name, spelt=spelling(o.name))
-        _run(name, model, inputs, options, common, resume if resumable else None)
+                o.check(options[o.name], name, spelt=flags[o.name][0].split("/")[0])
+        _run(runs or name, model, inputs, options, common, resume if resumable else None)
 
     params = [_param("model", ModelArg, None)]
     if takes == "images":
         params.append(_param("images", ImagesArg, None))
     elif takes == "data":
         params.append(_param("data", DataOpt, None))
-    params += [_option_param(o) for o in shown]
+    params += [_option_param(o, flags[o.name]) for o in shown]
     if resumable:
         params.append(_param("resume", ResumeOpt, False))
     params.append(inspect.Parameter("common", inspect.Parameter.KEYWORD_ONLY, annotation=Common))
@@ -162,18 +163,16 @@ def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
     )
 
 
-def _option_param(opt: Any) -> inspect.Parameter:
-    """One declared option as a typer option (values the analyzer checks itself are text)."""
+def _option_param(opt: Any, flags: tuple[str, ...]) -> inspect.Parameter:
+    """One declared option as a typer option (values the analyzer checks itself are text),
+    spelt ``flags`` (:func:`netlens.plugins.checks.option_flags`)."""
     kind = _KINDS.get(opt.kind, str)
-    flags = FLAGS.get(opt.name, (spelling(opt.name),))
     choices = (
         f" ({', '.join(opt.choices)})"
         if opt.choices and opt.choices[0] not in (opt.help or "")
         else ""
     )
-    if kind is bool:
-        if opt.default is True and opt.name not in FLAGS:  # on by default: --no-NAME turns it off
-            flags = (f"{flags[0]}/--no-{flags[0][2:]}",)
+    if kind is bool:  # on by default: --no-NAME turns it off (in flags)
         info = typer.Option(*flags, help=(opt.help or opt.name) + choices, show_default=False)
         return _param(opt.name, Annotated[bool, info], bool(opt.default))
     # None on the command line means "the analyzer's default", so the analyzer stays the one

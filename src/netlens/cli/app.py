@@ -113,20 +113,23 @@ def _add_plugin_command(args: list[str]) -> None:
     if not args or args[0].startswith("-"):
         return
     known = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-    if args[0] in known:
+    if args[0] in known and not _builtin_blocked(args[0]):
         return
     from .analyzer_commands import plugin_command
     from .common import one_line
 
     try:
-        found = plugin_command(args[0])
+        found = _taken_builtin(args[0]) if args[0] in known else plugin_command(args[0])
     except Exception as exc:  # noqa: BLE001 - a plugin's command that cannot be built
         if os.environ.get("NETLENS_DEBUG") == "1":
             raise
         typer.echo(f"error: command '{args[0]}' from a plugin: {one_line(exc)}", err=True)
         sys.exit(1)
     if found is not None:
+        app.registered_commands[:] = [c for c in app.registered_commands if c.name != args[0]]
         app.command(args[0])(found)
+        return
+    if args[0] in known:
         return
     broken = _broken_plugins()
     if broken:  # the command asked for may be a broken plugin's: say so, not "No such command"
@@ -136,6 +139,40 @@ def _add_plugin_command(args: list[str]) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+def _builtin_blocked(command: str) -> bool:
+    """Whether ``netlens COMMAND`` is a built-in analyzer's whose plugin may be blocked
+    (``NETLENS_DISABLE_PLUGINS=cam``), so that another plugin's analyzer may hold its name."""
+    if command not in {spec.command for spec in BUILTINS}:
+        return False
+    from ..plugins import PROJECT
+    from ..plugins.manager import BUILTIN_PACKAGE, disabled_from_env
+
+    disabled = disabled_from_env()
+    if not disabled:  # the built-ins hold their names (a plugin's same name is skipped)
+        return False
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        eps = distribution(BUILTIN_PACKAGE).entry_points
+        names = {ep.name for ep in eps if ep.group == PROJECT}
+    except PackageNotFoundError:  # not installed as a distribution: ask the host
+        return True
+    return bool(disabled & (names | {BUILTIN_PACKAGE}))
+
+
+def _taken_builtin(command: str) -> Any:
+    """The command of the plugin analyzer that holds a blocked built-in's name, made from its
+    declared options as any plugin analyzer's is; None when the built-in (or none) holds it."""
+    from ..plugins.manager import PluginHost
+    from .analyzer_commands import analyzer_command
+
+    name = next(spec.name for spec in BUILTINS if spec.command == command)
+    entry = PluginHost().analyzers.entries.get(name)
+    if entry is None or entry.builtin:
+        return None
+    return analyzer_command(command, entry.item, runs=name)
 
 
 def _broken_plugins() -> list[str]:

@@ -6,6 +6,8 @@ narrow, since they are what a user types next.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -169,16 +171,31 @@ def ablation_table(result: Any) -> Any:
     return table
 
 
-_TABLES: dict[str, Callable[[Any], Any]] = {
-    "ablation": ablation_table,
-    "cam": cam_table,
-    "stats": stats_table,
-    "evaluate": lambda result: scores_table(result.table),
-    "sanity": sanity_table,
-}
+#: The built-in results' tables, by the result's class (module, class name): a plugin's
+#: Result named ``cam`` or ``stats`` is no CamResult and gets the generic summary.
+_TABLES: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("netlens.analyzers.ablation.result", "AblationResult", ablation_table),
+    ("netlens.analyzers.cam_result", "CamResult", cam_table),
+    ("netlens.analyzers.stats", "StatsResult", stats_table),
+    ("netlens.analyzers.evaluate", "EvaluateResult", lambda result: scores_table(result.table)),
+    ("netlens.analyzers.sanity", "SanityResult", sanity_table),
+)
 
 
 def summary_table(result: Any) -> Any | None:
-    """The terminal table for a result, when its kind has one."""
-    make = _TABLES.get(result.name)
-    return make(result) if make is not None else None
+    """The terminal table for a result of a built-in kind; None: the generic summary.
+
+    A table that cannot be made of the result (one a plugin built from a built-in class with
+    other fields) is None too: the result's files are written, and a summary line says it.
+    """
+    for module, name, make in _TABLES:
+        # a class whose module was never imported has no instances: nothing heavy imported
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(result, cls):
+            try:
+                return make(result)
+            except Exception:  # noqa: BLE001 - a summary never fails a written result
+                if os.environ.get("NETLENS_DEBUG") == "1":
+                    raise
+                return None
+    return None
