@@ -1,8 +1,9 @@
 """Bring layer activations into N×C×H×W form, whatever the architecture.
 
 CNN layers already are. timm ViT blocks give N×L×D tokens: prefix tokens (class, register,
-distillation) are dropped and the rest reshaped to the patch grid; timm Hiera's, which its
-stages keep in mask-unit order, are put back in place by the model's own ``reroll``. timm Swin /
+distillation) are dropped and the rest reshaped to the patch grid; Hiera's (timm's and Hugging
+Face's), which its stages keep in mask-unit order, are put back in place by the model's own
+``reroll``. timm Swin /
 ConvNeXt-style stages that keep channels last (N×H×W×C) are permuted, and so are the layers of
 torchvision's Swin and ConvNeXt blocks that its ``Permute`` modules put channels last. Models
 needing something else can set ``model.netlens_reshape = fn(tensor, layer_name) -> N×C×H×W``.
@@ -277,10 +278,40 @@ def to_spatial(
     if batch is not None and s.dim() == 4 and s.shape[0] != batch:
         raise AnalyzerError(
             f"layer '{layer}' gives {s.shape[0]} maps for {batch} image(s): it works on "
-            "windows or patches folded into the batch (window attention); pick the block "
-            "or stage around it (see `netlens layers MODEL`)"
+            f"windows or patches folded into the batch (window attention); {_around(model, layer)}"
         )
     return s
+
+
+# layers of a Hugging Face block that run on its whole token grid (raster order) after its
+# window attention: the normed stream after it, the MLP (the block itself returns a tuple)
+_AFTER_ATTENTION = ("layernorm_after", "norm2", "mlp", "output")
+
+
+def _around(model: nn.Module, layer: str) -> str:
+    """Advice for a window-attention layer: a layer around it that gives one map per image.
+    The block around it (the nearest numbered module above it), or, for a Hugging Face block
+    (which returns a tuple, not a tensor), its layer after the attention on the whole grid
+    (Swin's ``layernorm_after``)."""
+    parts = layer.split("@")[0].split(":")[0].split(".")
+    blocks = [i for i in range(len(parts) - 1) if parts[i].isdigit()]
+    try:
+        block_name = ".".join(parts[: blocks[-1] + 1]) if blocks else ""
+        block = model.get_submodule(block_name) if block_name else None
+    except AttributeError:
+        block = None
+    if block is None:
+        return "pick the block or stage around it (see `netlens layers MODEL`)"
+    if type(block).__module__.startswith("transformers."):
+        children = dict(block.named_children())
+        after = [n for n in _AFTER_ATTENTION if n in children]
+        if after:
+            names = " or ".join(f"'{block_name}.{n}'" for n in after[:2])
+            return (
+                f"pick a layer of its block on the whole grid: {names} (the block "
+                f"'{block_name}' returns a tuple; see `netlens layers MODEL`)"
+            )
+    return f"pick the block around it, '{block_name}' (see `netlens layers MODEL`)"
 
 
 def _spatial(
@@ -314,16 +345,19 @@ def _spatial(
 
 
 def _rerolled(t: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor | None:
-    """timm Hiera's tokens, which every stage but the last keeps in mask-unit ("unrolled")
-    order, as N×C×H×W by the model's own ``reroll`` (as its ``forward_intermediates`` does):
-    a block's output in its own order, a layer inside it in the order of the block's output
-    or input, whichever has as many tokens. None for other models and layers."""
+    """Hiera's tokens, which every stage but the last keeps in mask-unit ("unrolled") order, as
+    N×C×H×W by the model's own reroll: timm's ``Reroll`` module (as its
+    ``forward_intermediates`` does; a block's output in its own order, a layer inside it in the
+    order of the block's output or input, whichever has as many tokens) and Hugging Face's
+    ``HieraEncoder.reroll`` (as its ``reshaped_hidden_states``; by stage, the same way). None
+    for other models and layers; a layer in an unrolled stage whose order matches neither is
+    refused in one line (a reshape row by row would scramble it)."""
+    name = layer.split("@")[0].split(":")[0]
     rerolls = [
         (name.removesuffix("reroll"), m)
         for name, m in model.named_modules()
         if name.endswith("reroll") and type(m).__name__ == "Reroll" and hasattr(m, "schedule")
     ]
-    name = layer.split("@")[0].split(":")[0]
     for prefix, reroll in rerolls:
         if name == f"{prefix}unroll":
             blocks = [0]
@@ -335,7 +369,36 @@ def _rerolled(t: torch.Tensor, model: nn.Module, layer: str) -> torch.Tensor | N
         for j in blocks:
             if j in reroll.schedule and math.prod(reroll.schedule[j][1]) == t.shape[1]:
                 return reroll(t, j).permute(0, 3, 1, 2)
+    for prefix, encoder in _hf_hiera_encoders(model):
+        if not name.startswith(f"{prefix}stages."):
+            continue
+        i = name.removeprefix(f"{prefix}stages.").split(".")[0]
+        stages = [int(i), int(i) - 1] if i.isdigit() else []
+        schedule = encoder.schedule
+        for j in stages:
+            if j in schedule and math.prod(schedule[j][1]) == t.shape[1]:
+                return encoder.reroll(t.contiguous(), stage_idx=j).permute(0, 3, 1, 2)
+        if any(j in schedule and schedule[j][0] for j in stages):
+            fits = " or ".join(str(math.prod(schedule[j][1])) for j in stages if j in schedule)
+            raise AnalyzerError(
+                f"layer '{layer}' gives {t.shape[1]} tokens in Hiera's mask-unit order, not "
+                f"the {fits}"
+                " its reroll puts back for the input size the model was built for; feed "
+                "images of that size (its config's image_size)"
+            )
     return None
+
+
+def _hf_hiera_encoders(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name prefix, module) of Hugging Face's ``HieraEncoder`` modules (their ``reroll``
+    method and ``schedule``: stage → (unroll strides, grid))."""
+    return [
+        (f"{n}." if n else "", m)
+        for n, m in model.named_modules()
+        if type(m).__name__ == "HieraEncoder"
+        and callable(getattr(m, "reroll", None))
+        and isinstance(getattr(m, "schedule", None), dict)
+    ]
 
 
 def is_spatial(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..activations import tensor_output, to_spatial
+from ..activations import patch_stride, tensor_output, to_spatial
 from ..errors import AnalyzerError
 from ..fresh_input import fresh
 from ..layers import resolve_layers
@@ -236,6 +236,19 @@ def _table(arrays: dict[str, np.ndarray], names: list[str], images: list[str]) -
     ]
 
 
+def _strides(
+    model: Any, x: torch.Tensor, names: list[str], arrays: dict[str, np.ndarray]
+) -> dict[str, list[int] | None]:
+    """Per layer: the patch stride (y, x) when its maps are the ViT's patch grid for ``x``'s
+    size (cell (i, j) is the patch at stride × (i, j), which a dynamically padded ViT's grid
+    takes past the image), else None (the maps spread over the whole input)."""
+    found = {}
+    for n in names:
+        stride = patch_stride(model, x.shape[-2:], arrays[_key(n, "shape")][-2:].tolist())
+        found[n] = None if stride is None else [int(stride[0]), int(stride[1])]
+    return found
+
+
 class FeaturesAnalyzer(Analyzer):
     """Feature maps of one or more layers for some images."""
 
@@ -260,5 +273,6 @@ class FeaturesAnalyzer(Analyzer):
             "channels": None if o.channels is None else chosen,
             "overlay": bool(o.overlay),
             "shapes": {n: [len(x), *arrays[_key(n, "shape")].tolist()] for n in names},
+            "strides": _strides(lens.model, x, names, arrays),
         }
         return FeaturesResult("features", arrays, _table(arrays, names, batch.names), meta)

@@ -23,6 +23,7 @@ __all__ = [
     "mark_patches",
     "mosaic",
     "normalize_tiles",
+    "fit_map",
     "overlay_tiles",
     "tile_origins",
 ]
@@ -210,11 +211,20 @@ def _colorbar(
         cb.set_label(label)
 
 
-def overlay_tiles(maps: np.ndarray, image: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+def overlay_tiles(
+    maps: np.ndarray,
+    image: np.ndarray,
+    *,
+    alpha: float = 0.5,
+    stride: tuple[int, int] | list[int] | None = None,
+) -> np.ndarray:
     """Blend K maps in [0, 1] (K×h×w) over an H×W×3 uint8 image: K×H×W×3 in [0, 1].
 
     Each map is resized to the image (bilinear) and coloured with the jet map, the usual CAM
-    look.
+    look. With ``stride`` (a ViT patch grid's, from ``meta["strides"]`` of a features result)
+    cell (i, j) is the patch at stride × (i, j) from the top left: the map is resized to the
+    grid's own size (h·stride × w·stride, the padded input of a dynamically padded ViT) and
+    cut to the image; pixels no patch covers (a grid that stops short) are left uncoloured.
     """
     import cv2
 
@@ -222,11 +232,34 @@ def overlay_tiles(maps: np.ndarray, image: np.ndarray, *, alpha: float = 0.5) ->
     base = image.astype(np.float32) / 255.0
     out = np.empty((len(maps), h, w, 3), dtype=np.float32)
     for i, m in enumerate(np.asarray(maps, dtype=np.float32)):
-        big = cv2.resize(np.nan_to_num(m), (w, h), interpolation=cv2.INTER_LINEAR)
+        big, covered = fit_map(m, (h, w), stride)
         heat = cv2.applyColorMap(np.uint8(np.clip(big, 0, 1) * 255), cv2.COLORMAP_JET)
         heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-        out[i] = (1 - alpha) * base + alpha * heat
+        out[i] = np.where(covered[..., None], (1 - alpha) * base + alpha * heat, base)
     return out
+
+
+def fit_map(
+    m: np.ndarray, size: tuple[int, int], stride: tuple[int, int] | list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A map (h×w) over an image of ``size`` (H, W), bilinear, and where it covers the image
+    (H×W bools): stretched over the whole image, or with ``stride`` placed as a grid of
+    patches of that stride from the top left (see :func:`overlay_tiles`)."""
+    import cv2
+
+    height, width = int(size[0]), int(size[1])
+    m = np.nan_to_num(np.asarray(m, dtype=np.float32))
+    if stride is None:
+        big = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
+        return big, np.ones((height, width), dtype=bool)
+    ph, pw = m.shape[0] * int(stride[0]), m.shape[1] * int(stride[1])
+    grid = cv2.resize(m, (pw, ph), interpolation=cv2.INTER_LINEAR)
+    big = np.zeros((height, width), dtype=np.float32)
+    covered = np.zeros((height, width), dtype=bool)
+    hh, ww = min(ph, height), min(pw, width)
+    big[:hh, :ww] = grid[:hh, :ww]
+    covered[:hh, :ww] = True
+    return big, covered
 
 
 def mark_patches(images: np.ndarray, boxes: np.ndarray, *, dim: float = 0.45) -> np.ndarray:
