@@ -143,7 +143,8 @@ class CamMethod(ABC):
             low = self.combine(ctx, self.weights(ctx)).float()
             empty = empty_regions(ctx.targets, len(low)).to(low.device)
             low = low.masked_fill(empty[:, None, None], 0)
-            return normalize_maps(upsample(torch.relu(low), tuple(ctx.x.shape[-2:])))
+            size, stride = tuple(ctx.x.shape[-2:]), grid_stride(ctx, low.shape[-2:])
+            return normalize_maps(upsample(torch.relu(low), size, stride))
 
 
 def empty_regions(target: Target, n: int) -> torch.Tensor:
@@ -156,13 +157,38 @@ def empty_regions(target: Target, n: int) -> torch.Tensor:
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """N×h×w (or N×C×h×w) maps resized bilinearly to ``size`` (as captum's ``interpolate``)."""
+def upsample(
+    maps: torch.Tensor, size: tuple[int, ...], stride: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """N×h×w (or N×C×h×w) maps resized bilinearly to ``size`` (as captum's ``interpolate``).
+
+    With ``stride`` (a ViT's patch grid that covers more than the input: timm's
+    ``dynamic_img_pad`` pads at the bottom and right), the map is resized to the grid's own
+    h·stride × w·stride pixels and cut to ``size``, so each cell lies on its own patch rather
+    than stretched over the unpadded image."""
     squeeze = maps.dim() == 3
-    out = F.interpolate(
-        maps[:, None] if squeeze else maps, size=size, mode="bilinear", align_corners=False
-    )
+    grid = maps[:, None] if squeeze else maps
+    target = tuple(size)
+    if stride is not None:
+        target = (grid.shape[-2] * int(stride[0]), grid.shape[-1] * int(stride[1]))
+    out = F.interpolate(grid, size=target, mode="bilinear", align_corners=False)
+    if target != tuple(size):
+        out = out[..., : size[0], : size[1]]
+        pad = (0, max(0, size[1] - out.shape[-1]), 0, max(0, size[0] - out.shape[-2]))
+        out = F.pad(out, pad) if any(pad) else out
     return out[:, 0] if squeeze else out
+
+
+def grid_stride(ctx: CamContext, grid: Sequence[int]) -> tuple[int, int] | None:
+    """The patch stride when ``grid`` is a patch grid that does not tile the input exactly
+    (padded); None otherwise (the plain resize is then the same)."""
+    from ..activations import patch_stride
+
+    hw = tuple(ctx.x.shape[-2:])
+    stride = patch_stride(ctx.model, hw, tuple(grid))
+    if stride is None or (grid[0] * stride[0], grid[1] * stride[1]) == hw:
+        return None
+    return stride
 
 
 def normalize_maps(maps: torch.Tensor, rel_eps: float = 1e-5) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .cam_base import (
     CamContext,
     CamMethod,
     InferenceForward,
+    grid_stride,
     normalize_maps,
     spatial_channel_view,
     upsample,
@@ -191,7 +192,8 @@ def _score_masks(ctx: CamContext, pairs: torch.Tensor) -> torch.Tensor:
     empty patches amplifies the difference, moved its maps by up to 0.9.
     """
     maps = ctx.acts[pairs[:, 0], pairs[:, 1]].float()
-    return normalize_maps(upsample(maps, tuple(ctx.x.shape[-2:])))
+    stride = grid_stride(ctx, maps.shape[-2:])
+    return normalize_maps(upsample(maps, tuple(ctx.x.shape[-2:]), stride))
 
 
 def _distinct_masks(ctx: CamContext) -> tuple[torch.Tensor, torch.Tensor]:

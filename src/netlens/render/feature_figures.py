@@ -26,7 +26,8 @@ def feature_figure(
     mode = "tile" if meta["normalize"] == "channel" else "joint"
     shown, span = normalize_tiles(maps, mode=mode)
     if meta["overlay"]:
-        shown, span = overlay_tiles(shown, arrays["images"][index], alpha=0.5), None
+        stride = (meta.get("strides") or {}).get(layer)
+        shown, span = overlay_tiles(shown, arrays["images"][index], alpha=0.5, stride=stride), None
     labels = [f"{int(c)}: {means[int(c)]:.2g}" for c in chans]
     h, w = meta["shapes"][layer][-2:]
     how = (
