@@ -252,9 +252,17 @@ class CallableTarget(Target):
             got = self.fn(output, rows) if self.rows == "positional" else self.fn(output)
         if not isinstance(got, torch.Tensor) or got.shape != (output.shape[0],):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            copies = int(rows.numel()) > int(rows.unique().numel())
+            hint = (
+                f": this pass scores {output.shape[0]} masked or ablated copies of "
+                f"{int(rows.unique().numel())} image(s); take the image each row is a copy of "
+                "as a second argument, def target(output, rows): rows[i] is row i's image"
+                if copies and self.rows is None
+                else ""
+            )
             raise TargetError(
                 f"a target function must return one score per output row "
-                f"({output.shape[0]},), not {shape}"
+                f"({output.shape[0]},), not {shape}{hint}"
             )
         return got
 
