@@ -130,7 +130,7 @@ def cam_grid_figure(result: CamResult, indices: list[int]) -> Figure:
             overlay = result.overlay(i, k_, max_side=THUMB)  # a 48 MP photo drawn whole: a minute
             _draw(row[k_ + 1], overlay, label, "#a33" if weak else "black")
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap="jet"), ax=axes, fraction=0.05)
-    bar.set_ticks([0, 1], labels=["0", "max"])
+    bar.set_ticks([0, 1], labels=["map min", "map max"])
     bar.set_label("each map from its own minimum to its own maximum", fontsize=8)
     return fig
 

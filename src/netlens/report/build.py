@@ -80,7 +80,8 @@ def page_path(out: str | Path, model: str) -> Path:
     """Where :meth:`Report.save` writes: ``out`` itself when it ends in ``.html``, else
     ``out/report-MODEL.html``."""
     out = Path(out)
-    return out if out.suffix.lower() == ".html" else out / f"report-{_safe(model)}.html"
+    stem = Path(model).name or model  # a path names the page by its file, not its folders
+    return out if out.suffix.lower() == ".html" else out / f"report-{_safe(stem)}.html"
 
 
 def check_page_path(path: Path) -> None:
@@ -208,17 +209,9 @@ def lens_invocation(lens: Lens) -> repro.Invocation:
     if name and name in zoo.names():
         return repro.Invocation(model=f"zoo:{name}")
     source = lens.card.get("source")
-    if not source:
-        what = type(lens.model).__name__
-        return repro.Invocation(
-            model=lens.name,
-            options=_preprocess_options(lens),
-            unnamed=f"the model ({what}) was given in memory, not as a file: save it "
-            "(torch.save(model, 'model.pt')) and put its path here, with --trust",
-        )
     options: dict[str, Any] = {}
     arch = lens.card.get("arch")
-    if arch:
+    if arch and source:
         options["arch"] = arch
         kwargs = dict(lens.card.get("arch_kwargs") or {})
         if "num_classes" in kwargs:
@@ -237,6 +230,16 @@ def lens_invocation(lens: Lens) -> repro.Invocation:
     if lens.output_key is not None:
         options["output"] = lens.output_key
     options |= _preprocess_options(lens)
+    if not source:  # the load options still apply: class names, task, preprocessing
+        what = type(lens.model).__name__
+        return repro.Invocation(
+            model=lens.name,
+            options=options,
+            data_options=data_options,
+            remarks=remarks,
+            unnamed=f"the model ({what}) was given in memory, not as a file: save it "
+            "(torch.save(model, 'model.pt')) and put its path here, with --trust",
+        )
     return repro.Invocation(
         model=str(source), options=options, data_options=data_options, remarks=remarks
     )
