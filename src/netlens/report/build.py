@@ -258,10 +258,15 @@ def _classes_option(lens: Lens, remarks: dict[str, str]) -> str | None:
     found = lens.classes is getattr(lens, "_found_classes", None)
     if not names or found or getattr(lens.classes, "guessed", False):
         return None
+    import unicodedata
+
     inline = ",".join(names)
-    if not any("," in n for n in names) and len(inline) <= CLASS_NAMES_INLINE:
+    # format and control characters (a right-to-left override) would reorder the command
+    # line they stand in: such names go to the file, listed with escapes
+    hidden = any(unicodedata.category(ch) in ("Cc", "Cf") for n in names for ch in n)
+    if not hidden and not any("," in n for n in names) and len(inline) <= CLASS_NAMES_INLINE:
         return inline
-    listed = json.dumps(names, ensure_ascii=False)
+    listed = json.dumps(names, ensure_ascii=hidden)
     held = listed if len(listed) <= CLASS_NAMES_INLINE else "lens.classes"
     remarks["CLASSES.json"] = (
         f"a file holding the {len(names)} class names of the model in output order, as a "
