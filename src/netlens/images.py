@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import ImageError, NetlensWarning
+from .errors import DataError, ImageError, NetlensWarning
 from .image_decode import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -374,7 +374,38 @@ def load_batch(
         sources.append(display_path(item) if isinstance(item, (str, Path)) else None)
     if not tensors:
         raise ImageError(errors[0] if errors else "no images given")
-    return Batch(torch.stack(tensors), originals, names, errors, sources, kept)
+    return Batch(_stacked(tensors, names, preprocess), originals, names, errors, sources, kept)
+
+
+def _stacked(tensors: list[torch.Tensor], names: list[str], preprocess: Any) -> torch.Tensor:
+    """The preprocessed images as one batch; one line naming two images of different sizes
+    (a preprocessing that keeps each image's own size: a Hugging Face processor that keeps
+    the aspect ratio, a user's function) and what to do."""
+    from .preprocess.engines import _function_name, _is_image_processor
+    from .preprocess.from_model import Renormalised
+
+    first = tuple(tensors[0].shape)
+    for t, name in zip(tensors, names, strict=True):
+        if tuple(t.shape) == first:
+            continue
+        fn = getattr(preprocess, "function", None)
+        what = (
+            f"the preprocessing ({_function_name(fn)})" if fn is not None else "the preprocessing"
+        )
+        if fn is None or _is_image_processor(fn.fn if isinstance(fn, Renormalised) else fn):
+            fix = "give --input-size (input_size= in Python) to resize them all to one size"
+        else:
+            fix = "make the function return one size"
+        raise DataError(
+            f"images '{names[0]}' ({_dims(first)}) and '{name}' ({_dims(t.shape)}) come out of "
+            f"{what} at different sizes, and one batch takes one size: run them one at a time "
+            f"or in groups of one size, or {fix}"
+        )
+    return torch.stack(tensors)
+
+
+def _dims(shape: Any) -> str:
+    return "×".join(str(int(v)) for v in shape)
 
 
 def _warn_if_unnormalised(t: torch.Tensor, preprocess: Preprocess) -> None:

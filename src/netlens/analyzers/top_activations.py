@@ -30,12 +30,13 @@ import torch
 
 from ..activations import patch_stride, tensor_output, to_spatial
 from ..data.items import item_source
-from ..errors import AnalyzerError, NetlensWarning
+from ..errors import AnalyzerError, NetlensError, NetlensWarning
 from ..fresh_input import fresh
 from ..layers import eval_mode, resolve_layers
 from ..probes import probe
 from .base import Analyzer, Result, Run
 from .specs import TOP
+from .stats_layers import overwritten
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -192,9 +193,14 @@ def _example(run: Run) -> torch.Tensor:
     for i in range(count):
         try:
             item = data[i]
-        except BAD_ITEM:
-            if run.data.strict or i == count - 1:
+        except BAD_ITEM as exc:
+            if run.data.strict:
                 raise
+            if i == count - 1:  # none reads: the data pass says so in one line, if it runs
+                try:
+                    return run.lens.example()
+                except NetlensError:
+                    raise exc from None
             continue
         x = item[0] if isinstance(item, (list, tuple)) else item
         if isinstance(x, torch.Tensor):
@@ -228,7 +234,13 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
         run.progress.task(f"top activations of {name}", len(run.data)) as advance,
     ):
         for x, _, index in run.data.loader(run.options.batch_size, with_index=True):
-            model(fresh(x.to(lens.device)))
+            x_dev = x.to(lens.device)
+            state = torch.get_rng_state()
+            model(fresh(x_dev))
+            if overwritten(p):  # an input-dependent in-place write the probe could not re-run
+                p.clear()  # (other hooks on the model); it guards every write from now on
+                torch.set_rng_state(state)  # the same draws (test-time noise) again
+                model(fresh(x_dev))
             act = _spatial(p[name].output, model, name, x)
             p.clear()
             n, c, gh, gw = act.shape

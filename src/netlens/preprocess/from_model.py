@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import NetlensError
 from .built_size import patch_embed_size, sized, stage_size
-from .spec import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, Preprocess
+from .spec import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, Preprocess, _per_channel
 
 __all__ = [
     "model_channels",
@@ -423,8 +423,9 @@ def with_overrides(
         changes: single fields (``size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``...).
     """
     spec = base
+    own: Preprocess | None = base  # a function kept from it applies its recorded mean/std
     if isinstance(preprocess, Preprocess):
-        spec = preprocess
+        spec = own = preprocess
         if spec.source == Preprocess.source:
             spec = spec.override(source="user override (a Preprocess spec)")
     elif isinstance(preprocess, dict):
@@ -438,6 +439,7 @@ def with_overrides(
         spec = spec.override(function=preprocess, source=f"user override (function {name})")
         mean, std = changes.pop("mean", None), changes.pop("std", None)
         spec = dataclasses.replace(spec, size=None, mean=mean, std=std)  # the function decides
+        own = None  # mean=/std= given with it say what it applies
     elif preprocess is not None:
         raise NetlensError(
             "preprocess must be a Preprocess, a dict or a callable, not a "
@@ -449,7 +451,65 @@ def with_overrides(
         changes.update(_size_changes(input_size))
     elif changes.get("size") is not None:
         _sides(changes["size"])
-    return spec.override(**changes)
+    return _renormalised(own, _resized(own, spec.override(**changes)))
+
+
+def _resized(own: Preprocess | None, spec: Preprocess) -> Preprocess:
+    """``spec`` given a size while it calls a Hugging Face image processor (kept from ``own``:
+    called only for its aspect-keeping resize, which a spec cannot say): netlens' resize to
+    that size instead, with the processor's mean, std and filter, so the size recorded is
+    applied. A user's own function keeps deciding (the size then only says the model's)."""
+    from .engines import _is_image_processor
+
+    fn = spec.function
+    if own is None or fn is not own.function or spec.size == own.size:
+        return spec  # the function (or none) given now, or no new size
+    if fn is None or not _is_image_processor(fn):
+        return spec
+    source = f"{spec.source}; every image resized to it by netlens, not the processor"
+    return dataclasses.replace(spec, function=None, crop_pct=1.0, crop_mode="squash", source=source)
+
+
+def _renormalised(own: Preprocess | None, spec: Preprocess) -> Preprocess:
+    """``spec`` whose function (kept from ``own``) gets the user's new mean/std: the
+    function's output with its recorded normalisation undone and theirs applied, so the
+    values recorded are those applied; one line when the function's normalisation is unknown
+    (nothing to undo)."""
+    fn = spec.function
+    if own is None or fn is None or fn is not own.function:
+        return spec  # no function, or one given now (its mean=/std= say what it applies)
+    if (spec.mean, spec.std) == (own.mean, own.std):
+        return spec
+    if own.mean is None or own.std is None:
+        from .engines import _function_name
+
+        raise NetlensError(
+            f"the preprocessing is a function ({_function_name(fn)}) whose normalisation "
+            "netlens does not know, so --mean/--std (mean=/std=) cannot change what it feeds "
+            "the model: normalise inside the function, or pass it as preprocess= together "
+            "with mean=/std= saying what it applies"
+        )
+    source = f"{spec.source}; the function's output renormalised to them"
+    return dataclasses.replace(spec, function=Renormalised(fn, own, spec), source=source)
+
+
+class Renormalised:
+    """A preprocessing function whose output (normalised with ``before``'s mean/std) is
+    normalised with ``after``'s instead: ``(x · std₀ + mean₀ − mean) / std`` per channel.
+    Named like the function it wraps (in ``describe``, ``to_dict`` and messages)."""
+
+    def __init__(self, fn: Any, before: Preprocess, after: Preprocess) -> None:
+        self.fn = fn
+        self.stats = (before.mean, before.std, after.mean, after.std)
+        self.__qualname__ = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        self.__module__ = getattr(fn, "__module__", None) or type(fn).__module__
+
+    def __call__(self, image: Any) -> Any:
+        from .engines import call_function
+
+        x = call_function(self.fn, image)
+        m0, s0, m1, s1 = (x.new_tensor(_per_channel(v, len(x)))[:, None, None] for v in self.stats)
+        return x.mul(s0).add_(m0).sub_(m1).div_(s1)
 
 
 def _processor_spec(fn: Any) -> Preprocess | None:
