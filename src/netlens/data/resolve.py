@@ -197,39 +197,60 @@ def split_folders(root: Path) -> dict[str, Path]:
     return found
 
 
+def _labelled(folder: Path) -> bool:
+    """A split folder holding class folders of images (not only loose, unlabelled ones)."""
+    return any(d.is_dir() and not is_hidden(d, folder) and list_images(d) for d in folder.iterdir())
+
+
 def _holds_splits(root: Path, names: list[str]) -> bool:
-    """``names`` (the folders of ``root`` that hold images) are a dataset's splits, each
-    holding class folders: ``train/``, ``val/``..."""
-    return bool(names) and all(
-        n.casefold() in SPLITS and any(d.is_dir() for d in (root / n).iterdir()) for n in names
+    """``names`` (the folders of ``root`` that hold images) are a dataset's splits:
+    ``train/``, ``val/``..., at least one holding class folders; a split of loose images in no
+    class folder is an unlabelled one (Kaggle's ``test/``)."""
+    return (
+        bool(names)
+        and all(n.casefold() in SPLITS for n in names)
+        and any(_labelled(root / n) for n in names)
     )
+
+
+def _unlabelled_note(root: Path, names: list[str]) -> str:
+    loose = [n for n in names if not _labelled(root / n)]
+    if not loose:
+        return ""
+    said = ", ".join(f"{n}/" for n in loose)
+    return f"; {said} holds images in no class folder (unlabelled), not read"
 
 
 def _refuse_splits(root: Path, names: list[str]) -> None:
     """A dataset's root (``train/``, ``val/``, each holding class folders) given where one
-    split was meant: its splits would be read as two classes. The hint names the held-out
-    split (test, else val), never the training one."""
+    split was meant: its splits would be read as classes. The hint names a labelled held-out
+    split (test, else val), never the training one; an unlabelled split (loose images) only
+    for commands that read no labels."""
     if not _holds_splits(root, names):
         return
     dirs = {r: d for r, d in split_folders(root).items() if d.name in names}
-    held_out = dirs.get("test") or dirs.get("val")
-    hint = (
-        f"pass one split (--data {held_out})"
-        if held_out
-        else "pass a folder of held-out images (its training split shows the model nothing new)"
-    )
-    raise DataError(
-        f"{root} holds the splits {', '.join(names)}, each with its own class folders, not "
-        f"classes; {hint}"
-    )
+    labelled = {r: d for r, d in dirs.items() if _labelled(d)}
+    held_out = labelled.get("test") or labelled.get("val")
+    loose = [d for r, d in dirs.items() if r != "train" and r not in labelled]
+    if held_out:
+        hint = f"pass one split (--data {held_out})"
+    else:
+        hint = "pass a folder of held-out images in class folders (its training split shows "
+        hint += "the model nothing new)"
+        if loose:
+            hint += f", or --data {loose[0]} (unlabelled) where no labels are read (stats, top)"
+    kinds = ", ".join(n if _labelled(root / n) else f"{n} (unlabelled)" for n in names)
+    raise DataError(f"{root} holds the splits {kinds}, not classes; {hint}")
 
 
 def _chosen_split(root: Path, split: str | None, classes: Any, label_map: Any) -> Path | None:
     """The folder to read when ``root`` is a dataset's root of split folders (``train/`` +
     ``Val/``...) and a ``split`` is asked for: its test split for ``test`` (else its val
-    split), its val split for ``val`` (else its test split); said in a warning. None: ``root``
-    is read as it is (not a split root, no split asked for, or folders the model's classes
-    name)."""
+    split), its val split for ``val`` (else its test split); said in a warning. Only a split
+    of class folders is read: a split of loose images (Kaggle's unlabelled ``test/``) has no
+    labels, and reading the same images for every command keeps scores comparable. None:
+    ``root`` is read as it is (not a split root, no split asked for, or folders the model's
+    classes name)."""
     if split is None or label_map is not None:
         return None
     names = [
@@ -240,13 +261,14 @@ def _chosen_split(root: Path, split: str | None, classes: Any, label_map: Any) -
     known = set(classes) if isinstance(classes, Sequence) else set()
     if not _holds_splits(root, names) or set(names) & known:
         return None
-    dirs = {r: d for r, d in split_folders(root).items() if d.name in names}
+    dirs = {r: d for r, d in split_folders(root).items() if d.name in names and _labelled(d)}
     role = next((r for r in _READ_FOR.get(split, (split,)) if r in dirs), None)
     if role is None:
         return None  # ImageFolderDataset refuses it, naming the split to pass
     warnings.warn(
         f"{root} holds the splits {', '.join(names)}: reading its {role} split "
-        f"{dirs[role].name}/ (pass --data {dirs[role]}, or another split's folder, to choose)",
+        f"{dirs[role].name}/ (pass --data {dirs[role]}, or another split's folder, to choose)"
+        f"{_unlabelled_note(root, names)}",
         NetlensWarning,
         stacklevel=4,
     )

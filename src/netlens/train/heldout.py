@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..data.labels import nfc
+from ..data.labels import _closest, find_name, nfc
 from ..errors import DataError, NetlensWarning
 from ..images import first_readable, read_image
 from ..naming import display_path
@@ -197,10 +197,12 @@ def default_data(lens: Lens) -> Any:
     if not data:
         return None
     heldout = record.get("heldout")
+    _check_heldout(heldout)
     if heldout and heldout.get("folder"):
-        return str(_existing(Path(heldout["folder"]), f"{heldout['split']} folder"))
+        split = heldout.get("split") or "held-out"
+        return str(_existing(Path(heldout["folder"]), f"{split} folder"))
     if heldout and heldout.get("files"):
-        return _holdout(lens, heldout)
+        return _holdout(lens, heldout, str(data).lower().endswith(".csv"))
     path = Path(str(data)).expanduser()
     if not path.exists():
         if path.is_absolute():
@@ -238,18 +240,97 @@ def _split_folder(root: Path) -> Path | None:
     return None
 
 
-def _holdout(lens: Lens, heldout: dict[str, Any]) -> HeldOut:
-    """The recorded held-out files, labelled by the model's class names."""
+def _damaged(why: str) -> DataError:
+    return DataError(
+        f"the model card's held-out record is damaged ({why}); give the data to use "
+        "(--data FOLDER or a .csv list)"
+    )
+
+
+def _check_heldout(heldout: Any) -> None:
+    """Refuse a ``record["heldout"]`` not of the shape :func:`data_record` writes (a card
+    edited by hand, or damaged), in one line."""
+    if not heldout:
+        return
+    if not isinstance(heldout, dict):
+        raise _damaged(f"a {type(heldout).__name__}, not a mapping")
+    if not isinstance(heldout.get("split", ""), str):
+        raise _damaged("its split is not a name")
+    if heldout.get("folder"):
+        if not isinstance(heldout["folder"], str):
+            raise _damaged("its folder is not a path")
+        return
+    if not heldout.get("files"):
+        return
+    files = heldout["files"]
+    if not isinstance(heldout.get("root"), str) or not heldout["root"]:
+        raise _damaged("its files have no data folder (root) path")
+    if not isinstance(files, list):
+        raise _damaged(f"its files are a {type(files).__name__}, not a list")
+    for entry in files:
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 3
+        rel, index, name = entry if ok else (None, None, None)
+        if not (
+            ok
+            and isinstance(rel, str)
+            and rel
+            and isinstance(index, int)
+            and not isinstance(index, bool)
+            and index >= 0
+            and isinstance(name, str)
+        ):
+            raise _damaged(f"entry {str(entry)[:80]} is not [file, class index, class name]")
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """Whether ``root / rel`` lies in ``root``: written below it (no ``..``, not absolute), or
+    leading back into it (a data folder given through a symlink is recorded so)."""
+    parts = Path(rel).parts
+    if not Path(rel).is_absolute() and not Path(rel).drive and ".." not in parts:
+        return True
+    try:
+        (root / rel).resolve().relative_to(root.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def _holdout(lens: Lens, heldout: dict[str, Any], csv_list: bool) -> HeldOut:
+    """The recorded held-out files, labelled by the model's class names (by their recorded
+    indices only for a model without class names). Files recorded relative to a data folder
+    must lie in it; a CSV list's may lie anywhere (its rows may name ``../other/x.png``)."""
     root = _existing(Path(heldout["root"]), "data folder")
-    names = [nfc(c) for c in lens.classes or []]
+    model = [nfc(c) for c in lens.classes or []]
+    entries = heldout["files"]
+    if not csv_list:
+        out = next((rel for rel, _, _ in entries if not _inside(root, rel)), None)
+        if out is not None:
+            raise _damaged(f"file '{out}' lies outside its data folder {display_path(root)}")
+    index_of: dict[str, int] = {}
+    if model:
+        unknown = []
+        for _, _, name in entries:
+            if name not in index_of:
+                k = find_name(nfc(name), model)
+                index_of[name] = -1 if k is None else k
+                if k is None:
+                    unknown.append(name)
+        if unknown:
+            listing = ", ".join(model[:8]) + (", ..." if len(model) > 8 else "")
+            shown = "; ".join(f"'{n}'{_closest(n, model)}" for n in unknown[:5])
+            raise DataError(
+                f"the model card's held-out images are recorded with class names the model "
+                f"does not have: {shown} (model classes: {listing}); the card was edited or "
+                "belongs to another model: give the data to use (--data FOLDER or a .csv list)"
+            )
     files, labels, gone = [], [], []
-    for rel, index, name in heldout["files"]:
+    for rel, index, name in entries:
         path = root / rel
         if not path.exists():
             gone.append(rel)
             continue
         files.append(path)
-        labels.append(names.index(nfc(name)) if nfc(name) in names else int(index))
+        labels.append(index_of[name] if model else index)
     if not files:
         raise DataError(
             f"none of the {len(gone)} held-out images recorded on the model's card is in "
@@ -267,10 +348,11 @@ def _holdout(lens: Lens, heldout: dict[str, Any]) -> HeldOut:
     if not classes:
         top = max(labels) + 1
         classes = [str(k) for k in range(top)]
-        for _, index, name in heldout["files"]:
-            if 0 <= int(index) < top:
-                classes[int(index)] = name
-    what = f"{display_path(root)}: the {len(files)} held-out {heldout['split']} images"
+        for _, index, name in entries:
+            if 0 <= index < top:
+                classes[index] = name
+    split = heldout.get("split") or "validation"
+    what = f"{display_path(root)}: the {len(files)} held-out {split} images"
     return HeldOut(files, labels, classes, lens.transform, what)
 
 

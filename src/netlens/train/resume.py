@@ -66,7 +66,7 @@ def load_state(s: Session) -> dict[str, Any]:
     path = last_path(s.out)
     if not path.is_file():
         raise NetlensError(f"--resume: no saved state at {path}; train without --resume first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = _read_state(path)
     now = s.cfg.to_dict()
     defaults = TrainConfig(arch="", data="").to_dict()
     for key, value in now.items():
@@ -91,13 +91,88 @@ def load_state(s: Session) -> dict[str, Any]:
             "since (a class folder added or removed?): resume with the same data, or train "
             "afresh without --resume"
         ) from None
-    s.opt.load_state_dict(saved["optimizer"])
-    s.sched.load_state_dict(saved["scheduler"])
-    s.train_loader.generator.set_state(saved["rng"]["loader"])
-    s.gen.set_state(saved["rng"]["augment"])
-    torch.set_rng_state(saved["rng"]["torch"])
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise _damaged(path, f"its model state: {exc}") from None
+    try:
+        s.opt.load_state_dict(saved["optimizer"])
+        s.sched.load_state_dict(saved["scheduler"])
+        s.train_loader.generator.set_state(saved["rng"]["loader"])
+        s.gen.set_state(saved["rng"]["augment"])
+        torch.set_rng_state(saved["rng"]["torch"])
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise _damaged(path, f"its optimizer, schedule or random states: {exc}") from None
     s.notes.append(f"resumed after epoch {saved['epoch']}")
     return {k: saved[k] for k in ("epoch", "history", "best", "best_state", "elapsed")}
+
+
+# what a state holds (as :func:`save_state` writes it): key → the types its value may have
+_SHAPE: dict[str, tuple[type, ...]] = {
+    "config": (dict,),
+    "model": (dict,),
+    "optimizer": (dict,),
+    "scheduler": (dict,),
+    "rng": (dict,),
+    "epoch": (int,),
+    "history": (list,),
+    "best": (dict, type(None)),
+    "best_state": (dict, type(None)),
+    "elapsed": (int, float),
+}
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "classes": (list, type(None)),
+    "paths": (dict,),
+    "files": (dict, type(None)),
+}
+
+
+def _damaged(path: Path, why: str) -> NetlensError:
+    why = " ".join(why.split())[:200]
+    return NetlensError(
+        f"--resume: {path} is damaged or not a netlens resume state ({why}); delete it and "
+        "train without --resume"
+    )
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The state in ``path``, read with ``weights_only=True`` (tensors and plain data only:
+    netlens writes no other objects, so a file holding any is refused, never unpickled) and
+    checked to have the keys and types :func:`save_state` writes."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure: a torn write, another file, pickles
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]
+        if "weights_only" in first or "Unsupported global" in str(exc):
+            first = "it holds objects other than tensors and plain data"
+        raise _damaged(path, first or type(exc).__name__) from None
+    if not isinstance(saved, dict):
+        raise _damaged(path, f"a {type(saved).__name__}, not a mapping")
+    for key, types in (*_SHAPE.items(), *_OPTIONAL.items()):
+        if key not in saved:
+            if key in _SHAPE:
+                raise _damaged(path, f"no {key!r}")
+            continue
+        value = saved[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise _damaged(path, f"its {key!r} is a {type(value).__name__}")
+    rng = saved["rng"]
+    for key in ("loader", "augment", "torch"):
+        if not isinstance(rng.get(key), torch.Tensor):
+            raise _damaged(path, f"its random state {key!r} is missing or not a tensor")
+    for key in ("model", "best_state"):
+        if any(not isinstance(v, torch.Tensor) for v in (saved[key] or {}).values()):
+            raise _damaged(path, f"its {key!r} holds values other than tensors")
+    best = saved["best"]
+    if best is not None and not isinstance(best.get("epoch"), int):
+        raise _damaged(path, "its best epoch is not a number")
+    classes = saved.get("classes")
+    if classes is not None and not all(isinstance(c, str) for c in classes):
+        raise _damaged(path, "its class names are not all text")
+    files = saved.get("files")
+    if files is not None and not all(isinstance(v, dict) for v in files.values()):
+        raise _damaged(path, "its file lists are not mappings")
+    if not all(isinstance(k, str) for k in saved["config"]):
+        raise _damaged(path, "its settings are not a mapping of names")
+    return saved
 
 
 def _resolved(value: Any) -> str | None:
