@@ -205,16 +205,29 @@ def _labelled(folder: Path) -> bool:
 def _holds_splits(root: Path, names: list[str]) -> bool:
     """``names`` (the folders of ``root`` that hold images) are a dataset's splits:
     ``train/``, ``val/``..., at least one holding class folders; a split of loose images in no
-    class folder is an unlabelled one (Kaggle's ``test/``)."""
+    class folder is an unlabelled one (Kaggle's ``test/``). A split's mask folder beside it
+    (``val_masks/``, where ``evaluate`` reads masks) is neither a split nor a class."""
+    splits = split_names(names)
     return (
-        bool(names)
-        and all(n.casefold() in SPLITS for n in names)
-        and any(_labelled(root / n) for n in names)
+        bool(splits)
+        and all(n.casefold() in SPLITS or _mask_folder(n) for n in names)
+        and any(_labelled(root / n) for n in splits)
     )
 
 
+def _mask_folder(name: str) -> bool:
+    """``name`` is a split's mask folder: ``val_masks``, ``Test_masks``."""
+    head, sep, _ = name.casefold().rpartition("_masks")
+    return bool(sep) and not name.casefold()[len(head) + len(sep) :] and head in SPLITS
+
+
+def split_names(names: list[str]) -> list[str]:
+    """``names`` without the splits' mask folders."""
+    return [n for n in names if not _mask_folder(n)]
+
+
 def _unlabelled_note(root: Path, names: list[str]) -> str:
-    loose = [n for n in names if not _labelled(root / n)]
+    loose = [n for n in split_names(names) if not _labelled(root / n)]
     if not loose:
         return ""
     said = ", ".join(f"{n}/" for n in loose)
@@ -239,7 +252,7 @@ def _refuse_splits(root: Path, names: list[str]) -> None:
         hint += "the model nothing new)"
         if loose:
             hint += f", or --data {loose[0]} (unlabelled) where no labels are read (stats, top)"
-    kinds = ", ".join(n if _labelled(root / n) else f"{n} (unlabelled)" for n in names)
+    kinds = ", ".join(n if _labelled(root / n) else f"{n} (unlabelled)" for n in split_names(names))
     raise DataError(f"{root} holds the splits {kinds}, not classes; {hint}")
 
 
@@ -266,7 +279,7 @@ def _chosen_split(root: Path, split: str | None, classes: Any, label_map: Any) -
     if role is None:
         return None  # ImageFolderDataset refuses it, naming the split to pass
     warnings.warn(
-        f"{root} holds the splits {', '.join(names)}: reading its {role} split "
+        f"{root} holds the splits {', '.join(split_names(names))}: reading its {role} split "
         f"{dirs[role].name}/ (pass --data {dirs[role]}, or another split's folder, to choose)"
         f"{_unlabelled_note(root, names)}",
         NetlensWarning,
