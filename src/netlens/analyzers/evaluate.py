@@ -37,6 +37,7 @@ the same values with the same seed.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ class _FolderMasks(Dataset):
         from ..mask_files import read_mask
 
         image = self.ds.items[i][0]
-        rel = image.relative_to(self.ds.root).with_suffix(".png")
+        rel = Path(os.path.relpath(image, self.ds.root)).with_suffix(".png")
         m = read_mask(self.masks_root / rel)
         if m is None:
             raise DataError(
@@ -238,13 +239,21 @@ def open_dataset(lens: Lens, data: Any, masks: str | Path | None = None) -> Data
     if masks and not _is_dir(Path(masks)):  # whatever the data: a mistyped path is said
         raise DataError(f"mask folder not found: {display_path(Path(masks))[:200]}")
     ds = data if isinstance(data, Dataset) else lens.dataset(data)
-    if isinstance(ds, ImageFolderDataset):
+    if isinstance(ds, ImageFolderDataset) or _held_out_in_folder(ds):
         folder = Path(masks) if masks else ds.root.with_name(ds.root.name + "_masks")
         if masks and not _is_dir(folder):
             raise DataError(f"mask folder not found: {display_path(folder)[:200]}")
         if _is_dir(folder):
             return _FolderMasks(ds, folder)
     return ds
+
+
+def _held_out_in_folder(ds: Any) -> bool:
+    """``ds`` is a trained model's held-out images recorded in its data folder (their masks
+    lie at the same relative paths, as an image folder's)."""
+    from ..train.heldout import HeldOut
+
+    return isinstance(ds, HeldOut) and ds.root is not None
 
 
 def _is_dir(path: Path) -> bool:
@@ -351,8 +360,10 @@ def _metrics(lens: Lens, metrics: Any, *, has_masks: bool) -> list[str]:
     for m in chosen:
         if reg.get(m).needs_masks and not has_masks:
             raise DataError(
-                f"metric '{m}' needs ground-truth masks and this data has none "
-                "(use --data shapes or a dataset with .mask(i))"
+                f"metric '{m}' needs ground-truth masks and this data has none (use --data "
+                "shapes, an image folder whose masks are PNGs in FOLDER_masks/ or --masks DIR "
+                "at the same relative paths, or a dataset with .mask(i); --masks is read only "
+                "for an image folder or a trained model's held-out images from one)"
             )
     return chosen
 

@@ -161,9 +161,11 @@ class HeldOut(Dataset):
         classes: list[str],
         preprocess: Any,
         description: str,
+        root: Path | None = None,
     ) -> None:
         from ..data.user_datasets import sized
 
+        self.root = root  # the data folder the files were recorded relative to (None: a CSV's)
         self.files = files
         self.labels = np.asarray(labels, np.int64)
         self.classes = classes
@@ -179,6 +181,11 @@ class HeldOut(Dataset):
 
     def image(self, i: int) -> np.ndarray:
         return read_image(self.files[i])
+
+    @property
+    def items(self) -> list[tuple[Path, int]]:
+        """(file, label) pairs, as an image folder's (``evaluate`` reads masks by them)."""
+        return [(Path(f), int(k)) for f, k in zip(self.files, self.labels.tolist(), strict=True)]
 
     def __str__(self) -> str:
         return self.description
@@ -353,7 +360,7 @@ def _holdout(lens: Lens, heldout: dict[str, Any], csv_list: bool) -> HeldOut:
                 classes[index] = name
     split = heldout.get("split") or "validation"
     what = f"{display_path(root)}: the {len(files)} held-out {split} images"
-    return HeldOut(files, labels, classes, lens.transform, what)
+    return HeldOut(files, labels, classes, lens.transform, what, None if csv_list else root)
 
 
 def _warn_trained_on(lens: Lens, path: Path) -> None:
