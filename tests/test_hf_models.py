@@ -165,7 +165,8 @@ def test_a_non_square_vit_grid_whose_token_count_is_a_square() -> None:
 
 def test_a_layer_returning_a_tuple_is_named_as_such_by_every_analyzer() -> None:
     """Hugging Face blocks return tuples: ``cam`` said "no probed layer ran with gradients
-    enabled" and ``stats`` "the dataset is empty?"."""
+    enabled" and ``stats`` "the dataset is empty?". ``cam``, ``features`` and ``top`` now take
+    the tuple's first element (the block's hidden states, a map); ``stats`` names the tuple."""
     from netlens.errors import AnalyzerError
 
     torch.manual_seed(0)
@@ -174,11 +175,19 @@ def test_a_layer_returning_a_tuple_is_named_as_such_by_every_analyzer() -> None:
     layer = "poolformer.encoder.block.1.0"
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
     lens = netlens.Lens(model, netlens.Preprocess(size=(64, 64)))
-    for run in (
-        lambda: lens.cam(x, layer=layer, target=1),
-        lambda: lens.features(x, layer),
-        lambda: lens.run("stats", (x, y), layers=[layer]),
-        lambda: lens.run("top-activations", (x, y), layer=layer),
-    ):
-        with pytest.raises(AnalyzerError, match=r"tuple|no tensor"):
-            run()
+    with torch.no_grad():
+        hidden = model.poolformer.encoder.block[1][0](
+            model.poolformer.encoder.patch_embeddings[1](
+                model.poolformer.encoder.block[0][0](
+                    model.poolformer.encoder.patch_embeddings[0](x)
+                )[0]
+            )
+        )[0]
+    feats = lens.features(x, layer, top=3)
+    means = hidden.mean((2, 3))
+    assert torch.equal(torch.as_tensor(feats.arrays[f"{layer}:channels"]), means.topk(3).indices)
+    assert lens.cam(x, layer=layer, target=1).heatmaps.shape == (2, 64, 64)
+    top = lens.run("top-activations", (x, y), layer=layer)
+    assert top.table
+    with pytest.raises(AnalyzerError, match=r"tuple|no tensor"):
+        lens.run("stats", (x, y), layers=[layer])

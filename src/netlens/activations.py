@@ -250,8 +250,9 @@ def tensor_output(out: Any, layer: str) -> torch.Tensor:
     """A layer's output, which must be one tensor; one line naming what it is otherwise."""
     if not isinstance(out, torch.Tensor):
         raise AnalyzerError(
-            f"layer '{layer}' returns a {type(out).__name__}, not a tensor (Hugging Face "
-            "layers return tuples); pick a module inside it (see `netlens layers MODEL`)"
+            f"layer '{layer}' returns a {type(out).__name__}, not a tensor (nor a tuple whose "
+            "first element is a float map or tokens, one per image); pick a module inside it "
+            "(see `netlens layers MODEL`)"
         )
     return out
 

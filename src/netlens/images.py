@@ -344,6 +344,12 @@ def load_batch(
     if isinstance(images, torch.Tensor) and not images.is_floating_point():
         images = images.cpu().numpy()  # uint8 pixels (torchvision.io.read_image): an image
     if isinstance(images, torch.Tensor):
+        if images.dim() > 4:
+            raise ImageError(
+                f"a {images.dim()}-d tensor {tuple(images.shape)} is not images: give an "
+                "N×C×H×W batch or one C×H×W image (a video's N×C×T×H×W frames go one frame, "
+                "or one batch of frames, at a time)"
+            )
         t = images if images.dim() == 4 else images.unsqueeze(0)
         _warn_if_unnormalised(t, preprocess)
         return Batch(t, [None] * len(t), [f"image{i}" for i in range(len(t))])

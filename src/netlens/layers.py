@@ -24,7 +24,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -406,7 +406,17 @@ def _first_tensor_dim(args: Any) -> int | None:
     return None
 
 
+def tuple_head(out: Any, batch: int | None = None) -> torch.Tensor | None:
+    """A tuple's or list's first element when it is a floating-point map or tokens (3-D or
+    4-D, ``batch`` long): Hugging Face blocks and stages return ``(hidden_states, …)``."""
+    t = out[0] if isinstance(out, (tuple, list)) and out else None
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (3, 4):
+        return None
+    return t if batch is None or t.shape[0] == batch else None
+
+
 def _version(out: Any) -> int:
+    out = out if isinstance(out, torch.Tensor) else tuple_head(out)
     if not isinstance(out, torch.Tensor) or out.is_inference():
         return -1
     return out._version
@@ -481,17 +491,22 @@ def auto_layer(
     Dense (segmentation) models, whose output (``output`` picks it, as ``--output``) is itself
     a map: the same among the calls that output depends on, outside its head (see
     :mod:`netlens.dense_head`): ``backbone.layer4`` of a torchvision DeepLabV3, not its
-    ``classifier`` or ``aux_classifier``.
+    ``classifier`` or ``aux_classifier``. A call returning a tuple whose first element is
+    such a map or tokens (Hugging Face blocks and stages) counts by that element; only blocks
+    returning tensors are preferred over a later token layer (HF Swin keeps its final norm).
     """
     x = example if example is not None else example_input(model)
     traced, returned = _dry_forward(model, x)
+    n = len(x) if isinstance(x, torch.Tensor) and x.dim() else None  # tuples: their first element
+    heads = [tuple_head(c.output, n) for c in traced]
+    traced = [c if h is None else replace(c, output=h) for c, h in zip(traced, heads, strict=True)]
     allowed = _explained_slots(model, x, returned, output)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c)]
     hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
     grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model, c.name, hw)]
     blocks = _repeated_blocks(model)
-    tokens = [(i, c) for i, c in grids if c.name in blocks] or grids
+    tokens = [(i, c) for i, c in grids if c.name in blocks and heads[i] is None] or grids
     if not spatial and not tokens:  # e.g. a CNN wrapped in a module fed 3-D spectrograms
         spatial = [(i, c) for i, c in calls if _is_map_call(c, strict=False)]
     if tokens and (not spatial or tokens[-1][0] > spatial[-1][0]):

@@ -33,7 +33,7 @@ from .call_output import CallOutput
 from .consumed import ConsumeWatch, consume, settle
 from .errors import LayerNotFoundError, NetlensError, hint
 from .layer_call import LayerCall
-from .layers import resolve_layers
+from .layers import resolve_layers, tuple_head
 from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
@@ -85,6 +85,7 @@ class Capture:
     _shapes: list[Any] = field(default_factory=list, repr=False)
     _last_child: str | None = field(default=None, repr=False)
     _inlined: bool = field(default=False, repr=False)  # a container in a torch.fx GraphModule
+    first: bool = field(default=False, repr=False)  # kept its tuple output's first element
 
     def wants(self, call: int) -> bool:
         """Whether call ``call`` of the module (within its forward) is kept."""
@@ -201,6 +202,10 @@ class Probe:
         to: move captured outputs to this device (e.g. ``"cpu"``) so long runs do not grow GPU
             memory.
         example: the input for the dry forward that ``auto`` needs.
+        first_of_tuple: a module returning a tuple whose first element is a float map or
+            tokens of the input's batch (a Hugging Face block's ``(hidden_states, …)``) is
+            captured as that element (its output and gradient: what the analyzers explain);
+            False (the default) keeps a tuple output whole, as the module returned it.
 
     Example:
         >>> with netlens.probe(model, ["layer4", "layer4.1.relu@-1"], grads=True) as p:
@@ -218,6 +223,7 @@ class Probe:
         detach: bool = True,
         to: str | torch.device | None = None,
         example: torch.Tensor | None = None,
+        first_of_tuple: bool = False,
     ) -> None:
         if type(model).__name__ == "OptimizedModule":  # torch.compile's wrapper
             raise NetlensError(
@@ -227,6 +233,7 @@ class Probe:
         self.model = model
         self.names = resolve_layers(model, layers, example=example)
         self.grads = grads
+        self.first_of_tuple = first_of_tuple
         self.detach = detach and not grads
         self.to = torch.device(to) if to is not None else None
         self.captures: dict[str, Capture] = {n: Capture(n) for n in self.names}
@@ -245,6 +252,7 @@ class Probe:
         self._calls: dict[str, int] = {}
         self._forward = 0
         self._root: tuple[bool, list[int]] | None = None
+        self._batch: int | None = None  # the probed model's batch (a tuple's first element)
         self._rng: torch.Tensor | None = None  # the CPU RNG as the forward began (for a rerun)
         self._open = False  # a forward has begun and not ended (it raised: see _closed)
         self._rerunning = False
@@ -296,6 +304,7 @@ class Probe:
         self._forward += 1
         self._calls.clear()
         inputs = tensors_in((args, kwargs))
+        self._batch = len(inputs[0]) if inputs and inputs[0].dim() else None
         inference = torch.is_inference_mode_enabled() or any(t.is_inference() for t in inputs)
         key = (
             tuple((t.shape, t.dtype, t.device) for t in inputs),
@@ -380,7 +389,8 @@ class Probe:
             if _in_backward():  # a checkpointed segment recomputed by the backward: no call
                 return None
             k = self._calls[name] = self._calls.get(name, -1) + 1
-            shape = getattr(output, "shape", None)
+            head = self._head(output)
+            shape = getattr(output if head is None else head, "shape", None)
             for cap in caps:
                 cap._ran = k + 1
                 if k < len(cap._shapes):
@@ -423,7 +433,22 @@ class Probe:
 
         return on_read
 
+    def _head(self, output: Any) -> torch.Tensor | None:
+        """The tuple output's first element this probe keeps in its place (None: kept as is)."""
+        if not self.first_of_tuple or isinstance(output, torch.Tensor):
+            return None
+        return tuple_head(output, self._batch)
+
     def _store(self, slot: tuple[str, int], output: Any, entries: list[CallOutput]) -> Any:
+        head = self._head(output)
+        if head is not None:  # (hidden_states, …) of a Hugging Face block: kept as a tensor
+            for cap in self._by_module[slot[0]]:
+                cap.first = True
+            node = self._store(slot, head, entries)
+            if node is None:
+                return None
+            items = [node, *output[1:]]
+            return items if isinstance(output, list) else _tuple_like(output, items)
         if not isinstance(output, torch.Tensor):  # a tuple or dict of tensors (or anything)
             kept = output if self.grads else _copied(output, self.detach, self.to)
             for e in entries:
@@ -505,6 +530,12 @@ class Probe:
         self._guard.forget()
 
 
+def _tuple_like(output: tuple, items: list[Any]) -> tuple:
+    """``items`` as a tuple of ``output``'s type (a named tuple keeps its fields)."""
+    make = getattr(type(output), "_make", None)
+    return make(items) if make is not None else type(output)(items)
+
+
 def _same(a: Any, b: Any) -> bool:
     ta, tb = tensors_in(a), tensors_in(b)
     return len(ta) == len(tb) and all(
@@ -520,6 +551,15 @@ def probe(
     detach: bool = True,
     to: str | torch.device | None = None,
     example: torch.Tensor | None = None,
+    first_of_tuple: bool = False,
 ) -> Probe:
     """Capture outputs (and gradients with ``grads=True``) of ``layers``; see :class:`Probe`."""
-    return Probe(model, layers, grads=grads, detach=detach, to=to, example=example)
+    return Probe(
+        model,
+        layers,
+        grads=grads,
+        detach=detach,
+        to=to,
+        example=example,
+        first_of_tuple=first_of_tuple,
+    )

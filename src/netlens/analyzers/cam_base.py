@@ -428,6 +428,16 @@ class Capture:
     acts: dict[str, torch.Tensor]
     raw: dict[str, torch.Tensor]
     grads: list[dict[str, torch.Tensor]]
+    first: frozenset[str] = frozenset()  # layers returning a tuple: their first element kept
+
+
+FIRST_ELEMENT = " (its output's first element)"
+
+
+def layer_label(layer: str, first: bool) -> str:
+    """How results name ``layer``: with :data:`FIRST_ELEMENT` when it returns a tuple (a
+    Hugging Face block or stage) and its first element was explained."""
+    return f"{layer}{FIRST_ELEMENT}" if first else layer
 
 
 def capture(
@@ -452,7 +462,7 @@ def capture(
     """
     modules = dict(model.named_modules())
     calls = [LayerCall.parse(n) for n in layers]
-    with probe(model, calls, grads=grads) as p, torch.no_grad():
+    with probe(model, calls, grads=grads, first_of_tuple=True) as p, torch.no_grad():
 
         def attempt(batch: torch.Tensor) -> torch.Tensor:
             handles = [
@@ -484,7 +494,8 @@ def capture(
                 grad_sets.append(grads_now)
     acts = {n: to_spatial(outs[n].detach(), model, n, len(x), x.shape[-2:]) for n in layers}
     raw = {n: outs[n].detach() for n in layers}
-    return Capture(logits.detach(), acts, raw, grad_sets), sets
+    first = frozenset(n for n in layers if p[n].first)
+    return Capture(logits.detach(), acts, raw, grad_sets, first), sets
 
 
 def _grads_from(layer: LayerCall) -> Callable[[nn.Module, Any, Any], None]:

@@ -68,8 +68,8 @@ def pick_channels(means: torch.Tensor, top: int, channels: Any) -> torch.Tensor:
     """
     n, c = means.shape
     if channels is None:
-        k = max(1, min(int(top), c))
-        return torch.topk(means, k, dim=1).indices
+        k = max(1, min(int(top), c))  # a NaN mean (broken statistics) ranks last, not first
+        return torch.topk(means.nan_to_num(nan=-torch.inf), k, dim=1).indices
     if isinstance(channels, str):
         channels = [int(s) for s in channels.split(",") if s.strip()]
     idx = [int(ch) for ch in (channels if isinstance(channels, (list, tuple)) else [channels])]
@@ -204,7 +204,7 @@ def _feature_arrays(
 ) -> dict[str, np.ndarray]:
     """Per layer: the selected maps, their channels, every channel's mean, the map shape."""
     parts: dict[str, list[tuple[torch.Tensor, ...]]] = {n: [] for n in names}
-    with torch.no_grad(), probe(model, names, to="cpu") as p:
+    with torch.no_grad(), probe(model, names, to="cpu", first_of_tuple=True) as p:
         for chunk in x.split(_CHUNK):
             model(fresh(chunk))  # a view of x: the model may write into it
             for name in names:
@@ -274,5 +274,21 @@ class FeaturesAnalyzer(Analyzer):
             "overlay": bool(o.overlay),
             "shapes": {n: [len(x), *arrays[_key(n, "shape")].tolist()] for n in names},
             "strides": _strides(lens.model, x, names, arrays),
+            "warnings": _non_finite(arrays, names),
         }
         return FeaturesResult("features", arrays, _table(arrays, names, batch.names), meta)
+
+
+def _non_finite(arrays: dict[str, np.ndarray], names: list[str]) -> list[str]:
+    """One line per layer with channels whose activations are not finite (NaN or ±inf, from
+    broken weights or statistics such as a negative BatchNorm ``running_var``)."""
+    lines = []
+    for name in names:
+        bad = np.flatnonzero(~np.isfinite(arrays[_key(name, "means")]).all(axis=0))
+        if bad.size:
+            shown = ", ".join(map(str, bad[:6].tolist())) + (", …" if bad.size > 6 else "")
+            lines.append(
+                f"layer '{name}': {bad.size} channel(s) ({shown}) have activations that are "
+                "not finite (NaN or inf: broken weights or statistics); they rank last"
+            )
+    return lines

@@ -230,7 +230,7 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
     seen = 0
     with (
         torch.no_grad(),
-        probe(model, name, to="cpu") as p,
+        probe(model, name, to="cpu", first_of_tuple=True) as p,
         run.progress.task(f"top activations of {name}", len(run.data)) as advance,
     ):
         for x, _, index in run.data.loader(run.options.batch_size, with_index=True):
@@ -357,7 +357,11 @@ def _patches(
             part = torch.tensor(members[start : start + _PATCH_BATCH])
             x = lens.place(torch.stack([inputs[int(flat_idx[j])] for j in part]))
             x.requires_grad_(True)
-            with torch.enable_grad(), eval_mode(model), probe(model, name, grads=True) as p:
+            with (
+                torch.enable_grad(),
+                eval_mode(model),
+                probe(model, name, grads=True, first_of_tuple=True) as p,
+            ):
                 model(fresh(x))  # the gradient reaches x through the copy
                 out = p[name].output
                 quantized |= bool(getattr(out, "is_quantized", False))
