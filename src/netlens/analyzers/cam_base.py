@@ -431,15 +431,6 @@ class Capture:
     first: frozenset[str] = frozenset()  # layers returning a tuple: their first element kept
 
 
-FIRST_ELEMENT = " (its output's first element)"
-
-
-def layer_label(layer: str, first: bool) -> str:
-    """How results name ``layer``: with :data:`FIRST_ELEMENT` when it returns a tuple (a
-    Hugging Face block or stage) and its first element was explained."""
-    return f"{layer}{FIRST_ELEMENT}" if first else layer
-
-
 def capture(
     model: nn.Module,
     x: torch.Tensor,
