@@ -113,10 +113,14 @@ def test_swin_window_attention_advice_names_a_layer_that_works() -> None:
         netlens.cam(model, x, layer=inner, target=1)
     message = str(err.value)
     assert "block or stage around it" not in message
-    named = message.split("'")[3]  # the first layer the advice names
-    assert named == "swin.encoder.layers.0.blocks.0.layernorm_after"
-    res = netlens.cam(model, x, layer=named, target=1)
-    assert float(np.asarray(res.heatmaps).std()) > 0
+    named = message.split("'")[3::2][:2]  # the layers the advice names: the block, then its
+    assert named == [  # first layer on the whole grid
+        "swin.encoder.layers.0.blocks.0",
+        "swin.encoder.layers.0.blocks.0.layernorm_after",
+    ]
+    for layer in named:
+        res = netlens.cam(model, x, layer=layer, target=1)
+        assert float(np.asarray(res.heatmaps).std()) > 0
 
 
 def _padded_vit() -> torch.nn.Module:

@@ -285,15 +285,15 @@ def to_spatial(
 
 
 # layers of a Hugging Face block that run on its whole token grid (raster order) after its
-# window attention: the normed stream after it, the MLP (the block itself returns a tuple)
+# window attention: the normed stream after it, the MLP
 _AFTER_ATTENTION = ("layernorm_after", "norm2", "mlp", "output")
 
 
 def _around(model: nn.Module, layer: str) -> str:
     """Advice for a window-attention layer: a layer around it that gives one map per image.
-    The block around it (the nearest numbered module above it), or, for a Hugging Face block
-    (which returns a tuple, not a tensor), its layer after the attention on the whole grid
-    (Swin's ``layernorm_after``)."""
+    The block around it (the nearest numbered module above it; a Hugging Face block's tuple is
+    explained by its first element, the hidden states), and for a Hugging Face block its layers
+    after the attention on the whole grid (Swin's ``layernorm_after``)."""
     parts = layer.split("@")[0].split(":")[0].split(".")
     blocks = [i for i in range(len(parts) - 1) if parts[i].isdigit()]
     try:
@@ -309,8 +309,8 @@ def _around(model: nn.Module, layer: str) -> str:
         if after:
             names = " or ".join(f"'{block_name}.{n}'" for n in after[:2])
             return (
-                f"pick a layer of its block on the whole grid: {names} (the block "
-                f"'{block_name}' returns a tuple; see `netlens layers MODEL`)"
+                f"pick the block around it, '{block_name}' (its hidden states), or a layer of "
+                f"it on the whole grid: {names} (see `netlens layers MODEL`)"
             )
     return f"pick the block around it, '{block_name}' (see `netlens layers MODEL`)"
 
