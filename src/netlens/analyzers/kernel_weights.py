@@ -5,7 +5,12 @@
 - timm's weight-standardised convs (``StdConv2d``/``StdConv2dSame``: BiT ResNetV2, ViT hybrids;
   ``ScaledStdConv2d``/``ScaledStdConv2dSame``: NFNets) standardise each filter in their forward,
   ``(w − mean) / √(var + eps)``, times ``gain × scale`` for the scaled ones: the raw parameter's
-  scale is irrelevant to the model.
+  scale is irrelevant to the model. Hugging Face transformers' ``WeightStandardizedConv2d``
+  (BiT, ViT-hybrid, DPT-hybrid) does the same.
+- another Conv2d subclass with its own forward (a copied big_transfer ``StdConv2d``) is run on
+  one small random input (:func:`checked_forward_weight`): when its output is not that of
+  ``F.conv2d`` with ``.weight`` but is with the per-filter standardised weight, that is shown;
+  otherwise a warning says the tiles show ``.weight``, not what the forward computes.
 - ``torch.nn.utils.prune`` (``weight_orig × weight_mask``), the classic
   ``torch.nn.utils.weight_norm`` (``g · v/‖v‖``) and ``spectral_norm`` (``weight_orig / σ``)
   recompute ``.weight`` in a forward pre-hook: until a forward runs (a lens without an input size,
@@ -36,18 +41,23 @@ from torch import nn
 __all__ = [
     "adapted_weight",
     "adapter_base",
+    "checked_forward_weight",
     "conditional_conv_error",
     "effective_weight",
     "kernel_layer_name",
 ]
 
 _STD_CONVS = {"StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame"}
+# Hugging Face transformers' BiT (also ViT-hybrid, DPT-hybrid): the same per-filter standardisation
+_HF_STD_CONVS = {"WeightStandardizedConv2d"}
 
 
 def _std_conv(mod: nn.Module) -> str | None:
-    """The timm weight-standardised conv class ``mod`` is (or derives from), if any."""
+    """The timm or transformers weight-standardised conv class ``mod`` is (or derives from)."""
     for cls in type(mod).__mro__:
         if cls.__name__ in _STD_CONVS and cls.__module__.startswith("timm."):
+            return cls.__name__
+        if cls.__name__ in _HF_STD_CONVS and cls.__module__.startswith("transformers."):
             return cls.__name__
     return None
 
@@ -105,6 +115,91 @@ def effective_weight(mod: nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor
             weight, std = _standardised(mod, weight)
             how = std if how is None else f"{how}, then {std}"
     return weight.detach(), how
+
+
+def _own_forward(mod: nn.Module) -> bool:
+    """Whether ``mod`` is a Conv2d whose class replaces Conv2d's forward (or _conv_forward)."""
+    if not isinstance(mod, nn.Conv2d) or isinstance(mod, nn.ConvTranspose2d):
+        return False
+    cls = type(mod)
+    return cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward
+
+
+def _same_pad(x: torch.Tensor, mod: nn.Conv2d) -> torch.Tensor:
+    """``x`` padded as TensorFlow's (and timm's/transformers') dynamic "SAME" padding does."""
+    pads = []
+    for i, k, s, d in zip(x.shape[-2:], mod.kernel_size, mod.stride, mod.dilation, strict=True):
+        total = max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+        pads.append((total // 2, total - total // 2))
+    return F.pad(x, [*pads[1], *pads[0]])
+
+
+def _conv_candidates(mod: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` convolved with ``weight`` under the layer's padding and under "SAME" padding."""
+    out = []
+    if isinstance(mod.padding, tuple) and mod.padding_mode == "zeros":
+        args = (mod.stride, mod.padding, mod.dilation, mod.groups)
+        out.append(F.conv2d(x, weight, mod.bias, *args))
+    args = (mod.stride, 0, mod.dilation, mod.groups)
+    out.append(F.conv2d(_same_pad(x, mod), weight, mod.bias, *args))
+    return out
+
+
+def _matches(y: torch.Tensor, candidates: list[torch.Tensor]) -> bool:
+    tol = 1e-4 * max(float(y.abs().max()), 1.0)
+    return any(
+        c.shape == y.shape and bool(torch.allclose(c, y, rtol=1e-3, atol=tol)) for c in candidates
+    )
+
+
+def checked_forward_weight(
+    mod: nn.Module, weight: torch.Tensor, how: str | None
+) -> tuple[torch.Tensor, str | None, str | None]:
+    """For a Conv2d subclass with its own forward that netlens does not know (a copied
+    ``StdConv2d``, say): whether it convolves with ``weight`` (checked on one small random
+    input), else with ``weight`` standardised per filter (then returned so). Otherwise
+    ``weight`` as it is and one warning (without the layer's name) that the tiles are the
+    stored values, not those the forward computes."""
+    known = how is not None or _std_conv(mod) or _adapter_parts(mod) or _peft_tuner(mod)
+    if known or not _own_forward(mod) or weight.dim() != 4:
+        return weight, how, None
+    kh, kw = mod.kernel_size
+    size = [
+        max(8, (k - 1) * d + 2 * s + 1)
+        for k, d, s in zip((kh, kw), mod.dilation, mod.stride, strict=True)
+    ]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, mod.in_channels, *size, generator=g).to(weight)
+    try:
+        with torch.no_grad():
+            y = mod(x)
+            if not isinstance(y, torch.Tensor) or _matches(y, _conv_candidates(mod, x, weight)):
+                return weight, how, None
+            for eps in dict.fromkeys([float(getattr(mod, "eps", 1e-5)), 1e-5, 1e-6, 1e-10]):
+                flat = weight.reshape(weight.shape[0], -1)
+                var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+                std = ((flat - mean) / torch.sqrt(var + eps)).reshape_as(weight)
+                if _matches(y, _conv_candidates(mod, x, std)):
+                    kind = type(mod).__name__
+                    return (
+                        std.detach(),
+                        (
+                            f"standardised per filter, (w − mean)/√(var + {eps:g}), as {kind}'s "
+                            "forward computes them (checked on a test input)"
+                        ),
+                        None,
+                    )
+    except Exception:  # noqa: BLE001 - a forward that needs other inputs: nothing to say
+        return weight, how, None
+    kind = f"{type(mod).__module__}.{type(mod).__name__}"
+    return (
+        weight,
+        how,
+        (
+            f"{kind} computes the weights it convolves with in its own forward, in a way netlens "
+            "does not recognise: the tiles and norms show its stored .weight, not those weights"
+        ),
+    )
 
 
 # attributes that hold an adapter's own weights (a layer carrying one is adapted)

@@ -2,8 +2,11 @@
 
 Views, chosen from the layer:
 
-- ``rgb``: the conv that reads the input image, when it has 3 input channels: one RGB tile per
-  filter (a deeper conv with 3 input channels reads feature maps, not colours: reduced tiles).
+- ``rgb``: a conv whose input in a dry forward is the input image itself, when it has 3 input
+  channels: one RGB tile per filter (a deeper conv with 3 input channels reads feature maps, not
+  colours: reduced tiles). Several convs may read the image (RepVGG/MobileOne/FastViT stems run
+  a 3×3 and a 1×1 branch on it): each is RGB, and the default layer is the one with the largest
+  kernel.
 - reduced tiles: deeper convs, one tile per filter after reducing over its input channels
   (``reduce="mean"``, ``"l2"`` or ``"channel:K"``); depthwise convs have a single input per filter
   (``reduce="none"``); grouped convs reduce over their group's inputs.
@@ -19,8 +22,10 @@ conv (timm's ``CondConv2d``), whose filters are mixed per input, is refused. Onl
 read: a model of unknown input size is fine (the first layer is then the first declared).
 
 The table has one row per filter (output unit): its L2 norm, mean, std, largest magnitude and
-whether it is *near zero*: norm ≤ ``dead_tol`` × the largest filter norm of the layer (an
-all-zero filter is near zero for any tolerance).
+whether it is *near zero*: norm ≤ ``dead_tol`` × the largest finite filter norm of the layer
+(an all-zero filter is near zero for any tolerance). Filters holding NaN or ±Inf weights are
+``finite: False`` instead, listed in ``meta["non_finite"]``, named in a warning, sorted first
+and drawn crossed out in red, labelled "nan".
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .base import Analyzer, Result, Run
 from .kernel_weights import (
     adapted_weight,
     adapter_base,
+    checked_forward_weight,
     conditional_conv_error,
     effective_weight,
     kernel_layer_name,
@@ -106,7 +112,9 @@ def _weight_used(mod: nn.Module) -> tuple[Any, str | None, str | None]:
     if isinstance(weight, torch.Tensor) and weight.is_quantized:
         return weight.dequantize(), None, None
     if isinstance(weight, torch.Tensor):
-        return adapted_weight(mod, *effective_weight(mod, weight))  # loralib-style: own factors
+        weight, how, odd = checked_forward_weight(mod, *effective_weight(mod, weight))
+        weight, how, warning = adapted_weight(mod, weight, how)  # loralib-style: own factors
+        return weight, how, "; ".join(w for w in (odd, warning) if w) or None
     return weight, None, None
 
 
@@ -170,7 +178,11 @@ def _order_tiles(
 ) -> None:
     """Sort (by norm) and cut the tiles; mark near-zero filters with one warning line."""
     norms = np.array([r["norm"] for r in table])
-    order = np.argsort(-norms, kind="stable") if o.sort else np.arange(len(norms))
+    bad = ~np.isfinite(norms)
+    if o.sort:  # non-finite filters first (NaN and ±Inf alike), then by norm, largest first
+        order = np.lexsort((np.arange(len(norms)), -np.where(bad, 0.0, norms), ~bad))
+    else:
+        order = np.arange(len(norms))
     if "tiles" in arrays:
         order = order[: o.max_filters]
         arrays["tiles"] = arrays["tiles"][order]
@@ -180,8 +192,21 @@ def _order_tiles(
     if meta["near_zero"]:
         meta["warnings"] = meta.get("warnings", []) + [
             f"{meta['layer']}: {len(meta['near_zero'])} of {len(table)} filters are near zero "
-            f"(norm ≤ {o.dead_tol:g} × the largest): drawn grey, listed in kernels.csv"
+            f"(norm ≤ {o.dead_tol:g} × the largest finite one): drawn grey, listed in kernels.csv"
         ]
+    meta["non_finite"] = [r["filter"] for r in table if not r["finite"]]
+    if meta["non_finite"]:
+        meta["warnings"] = meta.get("warnings", []) + [
+            f"{meta['layer']}: {len(meta['non_finite'])} of {len(table)} filters hold NaN or "
+            f"infinite weights (filters {_short(meta['non_finite'])}): the weights have diverged "
+            "or overflowed; load a checkpoint from before that (drawn crossed out, marked "
+            "'nan' in the labels; left out of the near-zero limit)"
+        ]
+
+
+def _short(items: list[int], limit: int = 8) -> str:
+    text = ", ".join(str(i) for i in items[:limit])
+    return text + (f", … ({len(items)} in all)" if len(items) > limit else "")
 
 
 def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) -> str:
@@ -195,12 +220,9 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
     wrapper (``conv1``, not ``conv1.base_layer``), never by its adapter's factors.
     """
     layers = named_layers(model)
-    called: list[str] = []
-    if example is not None:
-        try:
-            called = [name for name, _, _ in trace_outputs(model, example)]
-        except NetlensError:
-            called = []
+    called, readers = _dry_forward(model, layers, example)
+    if readers:  # the largest kernel among the convs reading the image: not a 1×1 side branch
+        return max(readers, key=lambda n: (_kernel_area(layers[n]), -readers.index(n)))
     for kind in (nn.Conv2d, nn.Linear):
         for name in [*called, *layers]:  # the forward's order first, then the declaration's
             if isinstance(layers.get(name), _kinds(kind)):
@@ -217,11 +239,65 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
     raise AnalyzerError(f"{type(model).__name__} has no Conv2d or Linear layer to show")
 
 
+def _kernel_area(mod: nn.Module) -> int:
+    size = getattr(adapter_base(mod) or mod, "kernel_size", (1, 1))
+    return prod(size) if isinstance(size, tuple) else int(size) ** 2
+
+
+def _dry_forward(
+    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor | None
+) -> tuple[list[str], list[str]]:
+    """One dry forward on a random input shaped like ``example``: the layers in call order and
+    the Conv2d layers (named as kernels shows them) whose input is that very input, in call
+    order. Both empty without an example or when the forward fails."""
+    if example is None:
+        return [], []
+    x = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example)
+    reads: dict[str, bool] = {}
+
+    def hook(name: str) -> Any:
+        def record(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            t = args[0] if args else None
+            same = isinstance(t, torch.Tensor) and (
+                t is x or (t.shape == x.shape and t.dtype == x.dtype and torch.equal(t, x))
+            )
+            reads[name] = reads.get(name, False) or bool(same)
+
+        return record
+
+    convs = {n: m for n, m in layers.items() if isinstance(m, _kinds(nn.Conv2d))}
+    hooks = [m.register_forward_pre_hook(hook(n)) for n, m in convs.items()]
+    try:
+        called = [name for name, _, _ in trace_outputs(model, x)]
+    except NetlensError:
+        return [], []
+    finally:
+        for h in hooks:
+            h.remove()
+    readers: list[str] = []
+    for name in [*called, *convs]:
+        shown = kernel_layer_name(layers, name) if reads.get(name) else None
+        if shown is not None and shown not in readers:
+            readers.append(shown)
+    return called, readers
+
+
 def filter_stats(weight: np.ndarray, dead_tol: float = 1e-3) -> list[dict[str, Any]]:
     """One row per output unit (first axis) of a weight array: norm, mean, std, max |w|."""
     flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    norms = np.sqrt((flat**2).sum(axis=1))
-    limit = dead_tol * float(norms.max(initial=0.0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt((flat**2).sum(axis=1))
+    finite = np.isfinite(flat).all(axis=1)
+    # the limit is a share of the largest *finite* filter: one NaN or Inf weight says nothing
+    # about the other filters' scale
+    limit = dead_tol * float(norms[finite].max(initial=0.0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _rows(flat, norms, finite, limit)
+
+
+def _rows(
+    flat: np.ndarray, norms: np.ndarray, finite: np.ndarray, limit: float
+) -> list[dict[str, Any]]:
     return [
         {
             "filter": i,
@@ -229,7 +305,8 @@ def filter_stats(weight: np.ndarray, dead_tol: float = 1e-3) -> list[dict[str, A
             "mean": float(row.mean()),
             "std": float(row.std()),
             "abs_max": float(np.abs(row).max(initial=0.0)),
-            "near_zero": bool(norms[i] <= limit),
+            "near_zero": bool(finite[i] and norms[i] <= limit),
+            "finite": bool(finite[i]),
         }
         for i, row in enumerate(flat)
     ]
@@ -272,8 +349,12 @@ def _one(model: nn.Module, layer: Any) -> str:
 
 def _reads_input(lens: Lens, name: str) -> bool:
     """Whether layer ``name`` takes the model's input image (its channels are the image's)."""
-    shown = kernel_layer_name(named_layers(lens.model), name)
-    try:
+    layers = named_layers(lens.model)
+    shown = kernel_layer_name(layers, name)
+    _, readers = _dry_forward(lens.model, layers, _example(lens))
+    if readers:  # decided per layer: several convs may read the image (parallel stem branches)
+        return shown in readers
+    try:  # the image is changed before any conv sees it (normalised inside the model, say)
         return shown == default_kernel_layer(lens.model, _example(lens))
     except AnalyzerError:  # no Conv2d reads the image (transposed convs only)
         return False

@@ -43,16 +43,19 @@ def kernels_figure(
     arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
 ) -> tuple[Figure, Grid | None]:
     """The picture of a kernels Result: a tile grid, or a heatmap for matrix views."""
+    finite = not meta.get("non_finite")  # NaN/Inf would blank their tile, flatten the others
     if meta["view"] == "matrix":
+        matrix = arrays["matrix"] if finite else _zeroed(arrays["matrix"])
         return matrix_figure(
-            arrays["matrix"], title=_title(meta), xlabel=meta["matrix_x"], ylabel=meta["matrix_y"]
+            matrix, title=_title(meta), xlabel=meta["matrix_x"], ylabel=meta["matrix_y"]
         ), None
-    rgb = arrays["tiles"].ndim == 4
+    tiles = arrays["tiles"] if finite else _zeroed(arrays["tiles"])
+    rgb = tiles.ndim == 4
     signed = meta["reduce"] in _SIGNED
-    display, span = kernel_display(
-        arrays["tiles"], rgb=rgb, signed=signed, normalize=meta["normalize"]
+    display, span = kernel_display(tiles, rgb=rgb, signed=signed, normalize=meta["normalize"])
+    display, labels = mark_dead(
+        display, arrays["order"], meta.get("near_zero") or (), meta.get("non_finite") or ()
     )
-    display, labels = mark_dead(display, arrays["order"], meta.get("near_zero") or ())
     h, w = display.shape[1:3]
     tile_inches = 0.9 if max(h, w) <= 16 else 1.4
     fig, grid = grid_figure(
@@ -68,32 +71,52 @@ def kernels_figure(
     return fig, grid
 
 
+def _zeroed(values: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _paint_dead(ax: Any, grid: Grid, labels: Sequence[str]) -> None:
     """Cover near-zero tiles with flat RGB grey: a colour map would draw 0.5 as teal (viridis)
-    or near-white (RdBu_r, hardly apart from the background)."""
+    or near-white (RdBu_r, hardly apart from the background). Tiles of filters holding NaN or
+    Inf are crossed out in red on white, their labels red."""
     from matplotlib.patches import Rectangle
 
     h, w = grid.tile_hw
+    bad = {label for label in labels if label.endswith(" nan")}
     for (r, c), label in zip(grid.origins, labels, strict=False):
-        if label.endswith(" dead"):
+        if label.endswith(" dead") or label in bad:
+            colour = "white" if label in bad else DEAD_GREY
             ax.add_patch(
-                Rectangle((c - 0.5, r - 0.5), w, h, facecolor=DEAD_GREY, edgecolor="none", lw=0)
+                Rectangle((c - 0.5, r - 0.5), w, h, facecolor=colour, edgecolor="none", lw=0)
             )
+        if label in bad:
+            x0, x1, y0, y1 = c - 0.5, c + w - 0.5, r - 0.5, r + h - 0.5
+            for ys in ((y0, y1), (y1, y0)):
+                ax.plot((x0, x1), ys, color=NON_FINITE_RED, lw=1.5, scalex=False, scaley=False)
+    for text in ax.texts:
+        if text.get_text() in bad:
+            text.set_color(NON_FINITE_RED)
+
+
+NON_FINITE_RED = "#d62728"
 
 
 def mark_dead(
-    display: np.ndarray, order: np.ndarray, near_zero: Sequence[int]
+    display: np.ndarray,
+    order: np.ndarray,
+    near_zero: Sequence[int],
+    non_finite: Sequence[int] = (),
 ) -> tuple[np.ndarray, list[str]]:
     """Near-zero filters drawn flat (0.5; :func:`kernels_figure` paints them grey in every view)
     and labelled, never as a stretched noise pattern (per-filter scaling would blow a 1e-9
-    filter up to full contrast)."""
-    dead = {int(i) for i in near_zero}
+    filter up to full contrast); filters holding NaN or Inf labelled ``nan`` (crossed out)."""
+    dead, bad = {int(i) for i in near_zero}, {int(i) for i in non_finite}
     shown = display.copy()
     labels = []
     for k, i in enumerate(int(j) for j in order):
-        if i in dead:
+        if i in dead or i in bad:
             shown[k] = 0.5
-        labels.append(f"{i} dead" if i in dead else str(i))
+        labels.append(f"{i} nan" if i in bad else f"{i} dead" if i in dead else str(i))
     return shown, labels
 
 
