@@ -143,22 +143,15 @@ def timm_wrapper_spec(pretrained_cfg: dict[str, Any], architecture: str | None) 
     resolved as its ``TimmWrapperImageProcessor`` resolves it (timm's ``resolve_data_config``
     with no model: what the record leaves out takes timm's defaults) and applied by timm's
     own transform, as netlens applies a timm model's data config."""
+    from ..preprocess.from_model import timm_data_spec
     from .factory import import_timm
 
     data = import_timm().data
     dc = data.resolve_data_config(dict(pretrained_cfg), model=None, verbose=False)
-    c, h, w = dc["input_size"]
     name = f" of {architecture}" if architecture else ""
-    return Preprocess(
-        size=(int(h), int(w)),
-        channels=int(c),
-        mean=tuple(dc["mean"]),
-        std=tuple(dc["std"]),
-        crop_pct=float(dc.get("crop_pct") or 0.875),
-        interpolation=str(dc.get("interpolation") or "bilinear"),
-        crop_mode=str(dc.get("crop_mode") or "center"),
-        engine="timm",
-        source=f"Hugging Face config.json pretrained_cfg{name} (transformers' TimmWrapper), "
+    return timm_data_spec(
+        dc,
+        f"Hugging Face config.json pretrained_cfg{name} (transformers' TimmWrapper), "
         "as timm's data config",
     )
 

@@ -191,10 +191,22 @@ def timm_spec(
     if built is not None and tuple(built[-2:]) != (h, w):
         h, w = built[-2:]
         source += f"; input size {h}×{w} as the model was built"
-    channels = model_channels(model) or c
+    return timm_data_spec(dc, source, size=(h, w), channels=model_channels(model) or c)
+
+
+def timm_data_spec(
+    dc: dict[str, Any],
+    source: str,
+    *,
+    size: tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> Preprocess:
+    """A resolved timm data config as netlens' spec, applied by timm's own transform
+    (``size``/``channels``: where the model says otherwise than the config)."""
+    c, h, w = dc["input_size"]
     return Preprocess(
-        size=(h, w),
-        channels=channels,
+        size=size or (int(h), int(w)),
+        channels=int(channels or c),
         mean=tuple(dc["mean"]),
         std=tuple(dc["std"]),
         crop_pct=float(dc.get("crop_pct") or 0.875),
