@@ -210,3 +210,17 @@ def test_ddp_weights_a_batch_with_an_unreadable_image_as_one_process(tmp_path: P
     a, b = torch.load(one.path, weights_only=True)["state_dict"], two["state_dict"]
     assert max(float((a[k] - b[k]).norm() / a[k].norm()) for k in a) < 1e-4
     assert len(two["record"]["skipped"]) == 1
+
+
+def test_the_cli_says_which_card_data_it_used(tmp_path: Path) -> None:
+    """Given no --data, the command names the held-out images it used on stderr."""
+    _folder(tmp_path / "pets")
+    _train(str(tmp_path / "pets"), tmp_path / "m.pt")
+    done = subprocess.run(
+        [sys.executable, "-m", "netlens", "stats", str(tmp_path / "m.pt"), "-o",
+         str(tmp_path / "out"), "--threads", "1"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = next(s for s in done.stderr.splitlines() if s.startswith("data: "))
+    assert f"{tmp_path / 'pets'}: the 2 held-out validation images (from the model card)" in line

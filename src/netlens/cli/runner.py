@@ -199,6 +199,10 @@ def finish(
     if result.meta.get("layer_auto") and not common.json:
         layers = ", ".join(result.meta.get("layers") or [])
         err.print(f"layer: [bold]{escape(layers)}[/bold] (chosen by auto; set --layer to change)")
+    data = (result.meta.get("run") or {}).get("data") or {}
+    source = str(data.get("source") or "")
+    if source.endswith("(from the model card)") and not common.json:  # no --data given
+        err.print(f"data: {escape(source)}; set --data to change", soft_wrap=True)
     for line in result.meta.get("warnings") or []:
         err.print(f"[yellow]warning:[/yellow] {escape(str(line))}", soft_wrap=True)
     if common.json:
