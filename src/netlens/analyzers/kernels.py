@@ -220,7 +220,13 @@ def default_kernel_layer(model: nn.Module, example: torch.Tensor | None = None) 
     wrapper (``conv1``, not ``conv1.base_layer``), never by its adapter's factors.
     """
     layers = named_layers(model)
-    called, readers = _dry_forward(model, layers, example)
+    return _first_layer(model, layers, *_dry_forward(model, layers, example))
+
+
+def _first_layer(
+    model: nn.Module, layers: dict[str, nn.Module], called: list[str], readers: list[str]
+) -> str:
+    """:func:`default_kernel_layer` from its dry forward's call order and image readers."""
     if readers:  # the largest kernel among the convs reading the image: not a 1×1 side branch
         return max(readers, key=lambda n: (_kernel_area(layers[n]), -readers.index(n)))
     for kind in (nn.Conv2d, nn.Linear):
@@ -347,15 +353,16 @@ def _one(model: nn.Module, layer: Any) -> str:
     return names[0].name  # weights belong to the module, whichever call
 
 
-def _reads_input(lens: Lens, name: str) -> bool:
-    """Whether layer ``name`` takes the model's input image (its channels are the image's)."""
-    layers = named_layers(lens.model)
+def _reads_input(
+    model: nn.Module, layers: dict[str, nn.Module], name: str, seen: tuple[list[str], list[str]]
+) -> bool:
+    """Whether layer ``name`` takes the model's input image (its channels are the image's), from
+    the dry forward ``seen`` (:func:`_dry_forward`: call order, image readers)."""
     shown = kernel_layer_name(layers, name)
-    _, readers = _dry_forward(lens.model, layers, _example(lens))
-    if readers:  # decided per layer: several convs may read the image (parallel stem branches)
-        return shown in readers
+    if seen[1]:  # decided per layer: several convs may read the image (parallel stem branches)
+        return shown in seen[1]
     try:  # the image is changed before any conv sees it (normalised inside the model, say)
-        return shown == default_kernel_layer(lens.model, _example(lens))
+        return shown == _first_layer(model, layers, *seen)
     except AnalyzerError:  # no Conv2d reads the image (transposed convs only)
         return False
 
@@ -413,8 +420,10 @@ class KernelsAnalyzer(Analyzer):
                 f"must be below 1, got {o.dead_tol:g}"
             )
         layer = o.layer
+        layers = named_layers(lens.model)
+        seen = _dry_forward(lens.model, layers, _example(lens))  # one, for the layer and view
         if layer in (None, "", "auto"):
-            name = default_kernel_layer(lens.model, _example(lens))
+            name = _first_layer(lens.model, layers, *seen)
         else:
             name = _one(lens.model, layer)
         run.layers = [name]
@@ -422,7 +431,8 @@ class KernelsAnalyzer(Analyzer):
         w = filter_weights(mod, name)
         meta = _meta(name, mod, o)
         meta["depthwise"] = w.ndim == 4 and w.shape[1] == 1 and meta["groups"] > 1
-        arrays = self._view(lens, name, w, o.reduce, meta)
+        reads_image = _reads_input(lens.model, layers, name, seen)
+        arrays = self._view(lens, name, w, o.reduce, meta, reads_image)
         table = filter_stats(w, o.dead_tol)
         _order_tiles(arrays, table, meta, o)
         arrays.update(weight=w, norm=np.array([r["norm"] for r in table], np.float32))
@@ -430,7 +440,13 @@ class KernelsAnalyzer(Analyzer):
         return KernelsResult("kernels", arrays, table, meta)
 
     def _view(
-        self, lens: Lens, name: str, w: np.ndarray, reduce: str | int, meta: dict[str, Any]
+        self,
+        lens: Lens,
+        name: str,
+        w: np.ndarray,
+        reduce: str | int,
+        meta: dict[str, Any],
+        reads_image: bool,
     ) -> dict[str, np.ndarray]:
         """Pick the view and make its arrays (``tiles`` or ``matrix``); fills ``meta``."""
         if w.ndim == 2:
@@ -450,7 +466,7 @@ class KernelsAnalyzer(Analyzer):
                 matrix_x="input channel" + (" within group" if meta["groups"] > 1 else ""),
             )
             return {"matrix": w[:, :, 0, 0]}
-        if w.shape[1] == 3 and meta["groups"] == 1 and _reads_input(lens, name):
+        if w.shape[1] == 3 and meta["groups"] == 1 and reads_image:
             meta.update(view="rgb", reduce="rgb")
             if getattr(lens.transform, "channel_order", "rgb") == "bgr":
                 meta["channel_order"] = "bgr (shown as RGB)"  # the filters' B, G, R reversed
