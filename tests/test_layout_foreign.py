@@ -92,3 +92,23 @@ def test_auto_feature_layer_when_the_map_height_equals_the_class_count(
     assert r.meta["layers"] == ["norm"]
     assert r.meta["shapes"]["norm"] == [1, 48, 7, 7]
     np.testing.assert_allclose(r.arrays["norm:means"], ref.mean((1, 2)).numpy(), atol=1e-5)
+
+
+def test_auto_layer_skips_a_channels_last_stage_pooled_to_one_pixel(one_thread) -> None:  # noqa: ANN001
+    """MambaOut keeps channels last through its stages: at 32 px its last stage is 1×1×1×288.
+    Auto read that as a 1×288 map, chose it, then refused it; it now takes the last stage
+    whose N×H×W×C output is larger than 1×1."""
+    torch.manual_seed(0)
+    model = timm.create_model("mambaout_femto", pretrained=False, num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    assert tuple(layer_output(model, "stages.3", x).shape) == (1, 1, 1, 288)
+    lens = Lens(model, Preprocess(size=(32, 32)))
+    feats = lens.features(x, top=2)
+    (layer,) = feats.meta["layers"]
+    ref = layer_output(model, layer, x)
+    n, h, w, c = ref.shape
+    assert h * w > 1
+    assert feats.meta["shapes"][layer] == [1, c, h, w]
+    np.testing.assert_allclose(feats.arrays[f"{layer}:means"], ref.mean((1, 2)).numpy(), atol=1e-5)
+    cam = lens.cam(x, method="gradcam")
+    assert cam.meta["layers"] == [layer]

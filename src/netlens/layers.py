@@ -422,16 +422,27 @@ def _version(out: Any) -> int:
     return out._version
 
 
-def _is_spatial(out: Any) -> bool:
-    return isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+def _is_spatial(out: Any, model: nn.Module | None = None, layer: str = "") -> bool:
+    """A 4-D output larger than 1×1, its sizes read in the layer's layout (``model`` given: a
+    channels-last N×1×1×C stage output is 1×1, not 1×C)."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return False
+    if model is not None:
+        from .activations import channels_last
+
+        if channels_last(model, layer):
+            return out.shape[1] * out.shape[2] > 1
+    return out.shape[-1] * out.shape[-2] > 1
 
 
-def _is_map_call(c: TracedCall, strict: bool = True) -> bool:
-    """A call whose output is an image-like N×C×H×W map: 4-D, larger than 1×1, not a pooling
-    layer, and (``strict``) not computed inside a module that takes tokens or vectors (the
-    N×heads×L×d queries, keys and attention weights of attention and attention pooling)."""
+def _is_map_call(c: TracedCall, strict: bool = True, model: nn.Module | None = None) -> bool:
+    """A call whose output is an image-like N×C×H×W map: 4-D, larger than 1×1 (in its layout,
+    when ``model`` is given), not a pooling layer, and (``strict``) not computed inside a
+    module that takes tokens or vectors (the N×heads×L×d queries, keys and attention weights
+    of attention and attention pooling)."""
     inside_tokens = strict and any(d is not None and d != 4 for d in c.caller_input_dims)
-    return _is_spatial(c.output) and "Pool" not in type(c.module).__name__ and not inside_tokens
+    spatial = _is_spatial(c.output, model, f"{c.name}@{c.call}")
+    return spatial and "Pool" not in type(c.module).__name__ and not inside_tokens
 
 
 def _repeated_blocks(model: nn.Module) -> set[str]:
@@ -495,20 +506,23 @@ def auto_layer(
     such a map or tokens (Hugging Face blocks and stages) counts by that element; only blocks
     returning tensors are preferred over a later token layer (HF Swin keeps its final norm).
     """
+    from .channel_layout import learning_layouts
+
     x = example if example is not None else example_input(model)
-    traced, returned = _dry_forward(model, x)
+    with learning_layouts(model):  # the same forward tells which layers keep channels last
+        traced, returned = _dry_forward(model, x)
     n = len(x) if isinstance(x, torch.Tensor) and x.dim() else None  # tuples: their first element
     heads = [tuple_head(c.output, n) for c in traced]
     traced = [c if h is None else replace(c, output=h) for c, h in zip(traced, heads, strict=True)]
     allowed = _explained_slots(model, x, returned, output)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
-    spatial = [(i, c) for i, c in calls if _is_map_call(c)]
+    spatial = [(i, c) for i, c in calls if _is_map_call(c, model=model)]
     hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
     grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model, c.name, hw)]
     blocks = _repeated_blocks(model)
     tokens = [(i, c) for i, c in grids if c.name in blocks and heads[i] is None] or grids
     if not spatial and not tokens:  # e.g. a CNN wrapped in a module fed 3-D spectrograms
-        spatial = [(i, c) for i, c in calls if _is_map_call(c, strict=False)]
+        spatial = [(i, c) for i, c in calls if _is_map_call(c, strict=False, model=model)]
     if tokens and (not spatial or tokens[-1][0] > spatial[-1][0]):
         return _selection(traced, tokens[-1][1], consumed=False)
     if not spatial:

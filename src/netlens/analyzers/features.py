@@ -145,7 +145,7 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     def selection(c: Any) -> LayerCall:
         return LayerCall(c.name, c.call if counts[c.name] > 1 else None)
 
-    maps = [c for c in calls if _is_map(c)]
+    maps = [c for c in calls if _is_map(c, lens.model)]
     mine = [i for i, c in enumerate(maps) if c.name == chosen.name]
     if not mine or output.dim() != 2 or headless(lens.model) is not None:
         return chosen
@@ -154,7 +154,9 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
         return chosen
     classes = output.shape[1]
     for c in reversed(maps[: mine[0]]):
-        if not _is_map_call(c):  # attention weights, queries, keys: inside a token module
+        if not _is_map_call(
+            c, model=lens.model
+        ):  # attention weights, queries, keys: inside a token module
             continue
         count = _channels(lens.model, selection(c), c.output, x)
         if count is not None and count != classes:
@@ -188,15 +190,11 @@ def _channels(model: Any, name: str, out: torch.Tensor, x: torch.Tensor) -> int 
     return None if maps is None else int(maps.shape[1])
 
 
-def _is_map(call: Any) -> bool:
-    out = call.output
+def _is_map(call: Any, model: Any) -> bool:
+    from ..layers import _is_spatial
+
     pooled = "Pool" in type(call.module).__name__
-    return (
-        isinstance(out, torch.Tensor)
-        and out.dim() == 4
-        and out.shape[-2:].numel() > 1
-        and not pooled
-    )
+    return _is_spatial(call.output, model, f"{call.name}@{call.call}") and not pooled
 
 
 def _feature_arrays(
