@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch import nn
 
 import netlens
 from netlens.analyzers.cam_methods import METHODS
-from netlens.errors import AnalyzerError
+from netlens.errors import AnalyzerError, NetlensWarning
 
 ALL = sorted(METHODS)
 
@@ -228,3 +230,42 @@ def test_a_call_from_inside_inference_mode_gets_its_gradients():
             inside = lens.cam(x, method=method, target="a").heatmaps
         assert np.allclose(inside, plain, atol=1e-6), method
     assert not torch.is_inference_mode_enabled()
+
+
+class _NormHead(nn.Module):
+    """conv → LayerNorm over channels at each position → mean pool → linear: the conv's output
+    feeds the norm, so d(score)/d(conv) is orthogonal to the conv's output at each position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm(self.conv(x).permute(0, 2, 3, 1))  # N×H×W×C
+        return self.fc(t.mean((1, 2)))
+
+
+def test_hirescam_cancelled_by_a_following_layer_norm_is_drawn_empty_with_a_warning() -> None:
+    """HiResCAM's Σ_c g·A is 0 at every position of a layer feeding a LayerNorm over its
+    channels: what is left is rounding noise (2e-4 of its terms), which normalisation used to
+    stretch to a full-range map, silently. It is now an empty map and a warning."""
+    torch.manual_seed(0)
+    model = _NormHead().eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    acts = {}
+    hook = model.conv.register_forward_hook(lambda m, i, o: acts.update(a=o))
+    out = model(x)
+    hook.remove()
+    (g,) = torch.autograd.grad(out[torch.arange(2), out.argmax(1)].sum(), acts["a"])
+    terms = (g * acts["a"]).detach()
+    assert float(terms.sum(1).abs().max()) < 1e-3 * float(terms.abs().sum(1).max())
+    lens = netlens.load(model, input_size=(3, 16, 16))
+    with pytest.warns(NetlensWarning, match="cancels over the channels"):
+        r = lens.cam(x, method="hirescam", layer="conv")
+    assert float(np.abs(r.arrays["heatmaps"]).max()) == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        r = lens.cam(x, method="hirescam", layer="norm")  # the norm's output: a real map
+    assert float(r.arrays["heatmaps"].max()) == pytest.approx(1.0)

@@ -140,11 +140,42 @@ class CamMethod(ABC):
             grads = None if ctx.grads is None else ctx.grads.float()
             ctx = replace(ctx, acts=ctx.acts.float(), grads=grads)
         with torch.no_grad():
-            low = self.combine(ctx, self.weights(ctx)).float()
+            weights = self.weights(ctx)
+            low = self.combine(ctx, weights).float()
+            if weights.dim() == 4 and type(self).combine is CamMethod.combine:
+                low = _without_cancelled(self.name, ctx, weights, low)
             empty = empty_regions(ctx.targets, len(low)).to(low.device)
             low = low.masked_fill(empty[:, None, None], 0)
             size, stride = tuple(ctx.x.shape[-2:]), grid_stride(ctx, low.shape[-2:])
             return normalize_maps(upsample(torch.relu(low), size, stride))
+
+
+def _without_cancelled(
+    method: str, ctx: CamContext, weights: torch.Tensor, low: torch.Tensor
+) -> torch.Tensor:
+    """``low`` with the maps of images whose per-element terms (weight × activation) cancel
+    over the channels at every position set to 0, and a warning: what is left is rounding
+    noise that normalisation would blow up to a full-range map. A layer whose output feeds a
+    LayerNorm over its channels (a Swin stage before the final ``norm``) has, at each
+    position, a gradient orthogonal to its output, so HiResCAM's sum is 0 there."""
+    terms = (weights.float() * ctx.acts.float()).abs().sum(dim=1).flatten(1).amax(dim=1)
+    cancelled = (low.abs().flatten(1).amax(dim=1) <= 1e-3 * terms) & (terms > 0)
+    if not bool(cancelled.any()):
+        return low
+    import warnings
+
+    from ..errors import NetlensWarning
+
+    warnings.warn(
+        f"{method} at layer '{ctx.layer}': gradient × activation cancels over the channels at "
+        f"every position for {int(cancelled.sum())} of {len(low)} images (the sum is under "
+        "0.1 % of its terms: the layer feeds a normalisation over channels, such as a "
+        "LayerNorm), so their maps are drawn empty; pick the norm's output or another layer "
+        "(--layer), or use gradcam",
+        NetlensWarning,
+        stacklevel=2,
+    )
+    return low.masked_fill(cancelled[:, None, None].to(low.device), 0)
 
 
 def empty_regions(target: Target, n: int) -> torch.Tensor:
