@@ -166,9 +166,8 @@ def test_a_non_square_vit_grid_whose_token_count_is_a_square() -> None:
 def test_a_layer_returning_a_tuple_is_named_as_such_by_every_analyzer() -> None:
     """Hugging Face blocks return tuples: ``cam`` said "no probed layer ran with gradients
     enabled" and ``stats`` "the dataset is empty?". ``cam``, ``features`` and ``top`` now take
-    the tuple's first element (the block's hidden states, a map); ``stats`` names the tuple."""
-    from netlens.errors import AnalyzerError
-
+    the tuple's first element (the block's hidden states, a map); ``stats`` too (it refused
+    the tuple)."""
     torch.manual_seed(0)
     cfg = tf.PoolFormerConfig(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_labels=3)
     model = tf.PoolFormerForImageClassification(cfg).eval()
@@ -189,5 +188,8 @@ def test_a_layer_returning_a_tuple_is_named_as_such_by_every_analyzer() -> None:
     assert lens.cam(x, layer=layer, target=1).heatmaps.shape == (2, 64, 64)
     top = lens.run("top-activations", (x, y), layer=layer)
     assert top.table
-    with pytest.raises(AnalyzerError, match=r"tuple|no tensor"):
-        lens.run("stats", (x, y), layers=[layer])
+    (row,) = lens.run("stats", (x, y), layers=[layer]).table
+    assert row["layer"] == layer and row["channels"] == hidden.shape[1]
+    assert row["mean"] == pytest.approx(float(hidden.double().mean()), rel=1e-5)
+    assert row["std"] == pytest.approx(float(hidden.double().std(unbiased=False)), rel=1e-4)
+    assert row["max"] == pytest.approx(float(hidden.max()), rel=1e-6)

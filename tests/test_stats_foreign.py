@@ -141,15 +141,31 @@ class Mixed(nn.Module):
 
 
 def test_layers_without_a_tensor_are_refused_by_name_and_left_out_by_pattern() -> None:
+    """A dict output is refused by name and left out by pattern; a tuple whose first element
+    is the batch's tokens (a batch-first LSTM's and attention's ``(output, …)``) is read as
+    that element, as CAMs and features read it."""
     torch.manual_seed(0)
     model = Mixed().eval()
     lens, x = _lens(model), torch.randn(3, 3, 32, 32)
-    with pytest.raises(AnalyzerError, match=r"'d', 'lstm'.*no tensor.*module inside"):
+    with pytest.raises(AnalyzerError, match=r"'d'.*no tensor.*module inside"):
         lens.run("stats", x, layers="conv,d,lstm", batch_size=2)
-    r = lens.run("stats", x, layers="conv,fc,l*,type:MultiheadAttention", batch_size=2)
-    assert [row["layer"] for row in r.table] == ["conv", "fc"]
+    r = lens.run("stats", x, layers="conv,fc,d*,l*,type:MultiheadAttention", batch_size=2)
+    assert [row["layer"] for row in r.table] == ["conv", "lstm", "attn", "fc"]
     (line,) = r.meta["warnings"]
-    assert "'lstm', 'attn'" in line and "no tensor" in line and "left out" in line
+    assert "'d'" in line and "no tensor" in line and "left out" in line
+    got = {}
+    hooks = [
+        getattr(model, n).register_forward_hook(lambda m, i, o, n=n: got.update({n: o[0]}))
+        for n in ("lstm", "attn")
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for row in r.table[1:3]:
+        want = got[row["layer"]].double()
+        assert row["mean"] == pytest.approx(float(want.mean()), rel=1e-5)
+        assert row["max"] == pytest.approx(float(want.max()), rel=1e-6)
 
 
 class Log(nn.Module):

@@ -32,9 +32,11 @@ something; else every Conv2d and Linear; both when the activation modules are on
 output squash, SE gates) or run in under a tenth of the Conv2d/Linear calls (hidden activations
 called as functions, ``F.relu``). ``meta["layers_rule"]`` says which rule picked them. A module
 called several times in one forward (a shared ReLU) gets one row per call, ``name@i``; rows come
-in the order the calls run. A layer named that returns no tensor (a tuple, a dict) or does not
-run in the forward is refused; one a pattern or the default picked is left out with a warning
-(all of them: refused).
+in the order the calls run. A layer returning a tuple whose first element is a map or tokens
+of the batch (a Hugging Face block's or stage's ``(hidden_states, …)``) is read as that element,
+as CAMs and features read it. A layer named that returns no tensor (a dict, another tuple) or
+does not run in the forward is refused; one a pattern or the default picked is left out with a
+warning (all of them: refused).
 
 A batch whose in-place write destroyed a capture the probe could not re-run (the model has
 hooks of its own) is run again, now with every write guarded (no grad, eval mode: the same
@@ -339,9 +341,9 @@ class StatsAnalyzer(Analyzer):
             )
         if not stats and seen:
             raise AnalyzerError(
-                f"{listed(names)} return(s) no tensor (a tuple or an object: Hugging Face "
-                "layers return tuples); pick layers that return tensors, e.g. a module inside "
-                "(see `netlens layers MODEL`)"
+                f"{listed(names)} return(s) no tensor (a dict, another object, or a tuple "
+                "whose first element is no map or tokens of the batch); pick layers that "
+                "return tensors, e.g. a module inside (see `netlens layers MODEL`)"
             )
         if not stats:
             raise AnalyzerError("no data passed through the model (the dataset is empty?)")
@@ -413,7 +415,9 @@ def _stream(
             if layout is None:  # learnt on the first batch, before any statistics
                 layout = learn(lens.model, x, names, named)
                 ran |= {str(n) for n in names if n not in layout.names}  # returned no tensor
-                p = stack.enter_context(probe(lens.model, layout.names, to="cpu"))
+                p = stack.enter_context(
+                    probe(lens.model, layout.names, to="cpu", first_of_tuple=True)
+                )
             state = torch.get_rng_state()
             lens.model(fresh(x))
             if overwritten(p):  # an input-dependent in-place write the probe could not re-run
@@ -457,7 +461,7 @@ def _first_edges(run: Run, names: list[LayerCall], bins: int) -> dict[str, np.nd
             x = x.to(run.lens.device)
             order = on_fewest(lambda few: call_order(model, few, modules), x)
             calls = Counter(m for m, _ in order)
-            with probe(model, names, to="cpu") as p:
+            with probe(model, names, to="cpu", first_of_tuple=True) as p:
                 model(fresh(x))
                 return {
                     k: histogram_edges(_values(o).numpy().ravel(), bins, None)

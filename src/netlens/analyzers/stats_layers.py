@@ -161,11 +161,18 @@ def listed(names: list[str]) -> str:
 
 
 def call_order(model: nn.Module, x: torch.Tensor, modules: list[str]) -> list[tuple[str, bool]]:
-    """(module, returned a tensor) of every call of ``modules`` in a forward of ``x``, in order."""
+    """(module, returned a tensor) of every call of ``modules`` in a forward of ``x``, in order;
+    a tuple whose first element is a map or tokens of the batch counts as that tensor."""
+    from ..layers import tuple_head
+
     seen: list[tuple[str, bool]] = []
+
+    def is_tensor(o: Any) -> bool:
+        return isinstance(o, torch.Tensor) or tuple_head(o, len(x)) is not None
+
     with ExitStack() as stack, torch.no_grad():
         for n in modules:
-            hook = lambda m, i, o, n=n: seen.append((n, isinstance(o, torch.Tensor)))  # noqa: E731
+            hook = lambda m, i, o, n=n: seen.append((n, is_tensor(o)))  # noqa: E731
             stack.callback(model.get_submodule(n).register_forward_hook(hook).remove)
         model(fresh(x))
     return seen
@@ -220,15 +227,15 @@ def learn(model: nn.Module, x: torch.Tensor, names: list[LayerCall], named: set[
             kept.append(sel)
     if refused:
         raise AnalyzerError(
-            f"{listed(refused)} return(s) no tensor (a tuple, dict or other object, as LSTM, "
-            "MultiheadAttention and Hugging Face blocks return), so no activation statistics; "
+            f"{listed(refused)} return(s) no tensor (a dict, another object, or a tuple whose "
+            "first element is no map or tokens of the batch), so no activation statistics; "
             "pick a module inside that returns a tensor (see `netlens layers MODEL`)"
         )
     if not kept:
         raise AnalyzerError(
-            f"{listed(left_out)} return(s) no tensor (a tuple or an object: Hugging Face "
-            "layers return tuples); pick layers that return tensors, e.g. a module inside "
-            "(see `netlens layers MODEL`)"
+            f"{listed(left_out)} return(s) no tensor (a dict, another object, or a tuple "
+            "whose first element is no map or tokens of the batch); pick layers that return "
+            "tensors, e.g. a module inside (see `netlens layers MODEL`)"
         )
     used = list(dict.fromkeys(n.name for n in kept))
     axes = image_axes(model, x, used, remedy=REMEDY)
