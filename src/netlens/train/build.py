@@ -106,29 +106,31 @@ def first_two(splits: Splits) -> torch.Tensor:
 def model_to_train(
     cfg: TrainConfig, splits: Splits, host: PluginHost, sample: torch.Tensor
 ) -> tuple[Any, ...]:
-    """The model to train (from ``--init`` where given, frozen as asked) and notes on it."""
+    """The model to train (from ``--init`` where given, frozen as asked), notes on it, and
+    ``sample`` as that model takes it (gray images as 3 channels, see :func:`_fit_channels`)."""
     init = load_init(cfg.init, host, cfg.arch, cfg.arch_kwargs, cfg.trust) if cfg.init else None
     if init is not None and not cfg.arch_kwargs:
         cfg = replace(cfg, arch_kwargs=inherited_arch_kwargs(init, cfg.arch))
     model = build_model(cfg, splits, host)
-    notes = _fit_channels(cfg, model, splits, host, sample)
+    notes = _fit_channels(cfg, model, splits, host)
+    if notes and sample.dim() == 4 and sample.shape[1] == 1:
+        sample = sample.repeat(1, 3, 1, 1)  # what the data now gives
     order = _check_outputs(cfg, model, splits, sample)
     if init is not None:
         notes += init_notes(model, init, str(cfg.init), splits.classes, order)
     frozen = freeze(model, cfg.freeze, order)
     params = count_params(model)
     notes.append(f"parameters: {params[0]:,} total, {params[1]:,} trainable")
-    return cfg, model, frozen, params, notes
+    return cfg, model, frozen, params, notes, sample
 
 
 def _fit_channels(
-    cfg: TrainConfig, model: nn.Module, splits: Splits, host: PluginHost, sample: torch.Tensor
+    cfg: TrainConfig, model: nn.Module, splits: Splits, host: PluginHost
 ) -> list[str]:
     """1-channel data for an architecture built for 3 channels that takes no channel count
     (torchvision's, a user's without ``in_chans``/``in_channels``): the gray images are fed
     as 3 identical channels (:func:`~netlens.train.datasets.gray_as_rgb`), as the checkpoint's
-    preprocessing records, so ``netlens.load`` feeds its images so too. ``sample`` (the first
-    two images, as the trainer holds them) is changed in place to match."""
+    preprocessing records, so ``netlens.load`` feeds its images so too (a note when so)."""
     kwargs = arch_kwargs(cfg, splits, host)
     if splits.preprocess.channels != 1 or {"in_chans", "in_channels"} & set(kwargs):
         return []
@@ -141,8 +143,6 @@ def _fit_channels(
             "netlens cannot convert; give the dataset 3 channels or pick an architecture that "
             "takes in_chans (a timm one)"
         )
-    if sample.dim() == 4 and sample.shape[1] == 1:
-        sample.set_(sample.repeat(1, 3, 1, 1))
     return [f"1-channel images fed as 3 identical channels (--arch {cfg.arch} takes 3)"]
 
 

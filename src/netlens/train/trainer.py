@@ -154,7 +154,7 @@ def setup(
     sample = first_two(splits)
     if cfg.crop and sample.dim() == 4:  # refused before the model is built and described
         check_crop(cfg.crop, *sample.shape[-2:])
-    cfg, model, frozen, params, notes = model_to_train(cfg, splits, host, sample)
+    cfg, model, frozen, params, notes, sample = model_to_train(cfg, splits, host, sample)
     notes[:0] = splits.notes
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     # channels-last only for a model that runs on it (a hand-written .view() does not)
