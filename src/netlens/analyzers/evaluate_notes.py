@@ -161,13 +161,15 @@ def summary_rows(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One table row per method and metric: mean ± CI (bootstrap seeded by ``seed``, as
-    ``--seed`` seeds every bootstrap), and the baseline's mean ± CI."""
+    ``--seed`` seeds every bootstrap; the Wilson interval for a metric of hits whose every
+    value is 0 or 1, see :func:`~netlens.metrics.bootstrap.mean_ci`), and the baseline's."""
     rows = []
     for method in methods:
         for name in metrics:
             metric = lens.host.metrics.get(name)
             score = arrays[f"{method}/{name}/score"]
-            mean, lo, hi, n = mean_ci(score, seed=seed)
+            hits = getattr(metric, "proportion", False)  # 0/1 per image: Wilson, not bootstrap
+            mean, lo, hi, n = mean_ci(score, seed=seed, proportion=hits)
             row: dict[str, Any] = {
                 "method": method,
                 "metric": name,

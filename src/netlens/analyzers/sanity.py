@@ -53,7 +53,8 @@ def verdict_text(
     """The one-line verdict for a method (``passes`` None: inconclusive, every map flat).
 
     ``ci``: the 95 % bootstrap CI of the final mean Spearman over the images; when it spans the
-    threshold, the verdict says it is not settled (other images could flip it)."""
+    threshold, the verdict says it is not settled (other images could flip it), and so it does
+    when the CI is not finite (one image judged: no interval)."""
     if passes is None:
         return (
             "inconclusive: the trained model's maps are flat for every image (nothing to rank), "
@@ -69,6 +70,11 @@ def verdict_text(
                 f"; not settled: the CI spans {threshold:g}, so other images could flip the "
                 "verdict (run more images)"
             )
+    elif ci is not None:
+        out += (
+            "; not settled: one image gives no 95 % CI (it takes two or more), so other "
+            "images could flip the verdict (run more images)"
+        )
     if passes:
         return (
             f"passes: maps depend on the learned weights (Spearman {final:.2f}{band} < "
@@ -225,7 +231,9 @@ def _verdict(
         "final_spearman": res.final_spearman,
         "final_spearman_low": low,
         "final_spearman_high": high,
-        "settled": res.passes is not None and not (low < threshold <= high),
+        "settled": res.passes is not None
+        and bool(np.isfinite([low, high]).all())
+        and not (low < threshold <= high),
         "final_ssim": float(res.ssim[-1][judged].mean()) if judged.any() else float("nan"),
         "images_judged": int(judged.sum()),
         "flat_images": [names[i] for i in np.flatnonzero(~judged)],

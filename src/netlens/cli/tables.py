@@ -6,6 +6,7 @@ narrow, since they are what a user types next.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -52,7 +53,7 @@ def scores_table(rows: list[dict[str, Any]]) -> Any:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         arrow = "↑" if r["better"] == "higher" else "↓"
-        score = f"{r['mean']:.3f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        score = f"{r['mean']:.3f} {_bracketed(r['ci_low'], r['ci_high'])}"
         base = r.get("baseline")
         kind = "chance" if r.get("baseline_kind") == "chance" else "random"
         table.add_row(
@@ -199,3 +200,11 @@ def summary_table(result: Any) -> Any | None:
                     raise
                 return None
     return None
+
+
+def _bracketed(low: float, high: float) -> str:
+    """A CI as ``[low, high]``; ``(no CI)`` where there is none (one image; rich would also
+    read ``[nan, nan]`` as markup and drop it)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "(no CI)"
+    return f"[{low:.2f}, {high:.2f}]"

@@ -367,9 +367,13 @@ def as_dataset(
             return _own_dataset(data, preprocess, classes, label_map, num_classes)
         return users_dataset(data, preprocess, classes, label_map)
     if isinstance(data, tuple) and len(data) in (2, 3):
+        from .image_list import is_photo_list, photo_list_tensor
+
+        images = data[0]  # a list of photos (paths, PIL, mixed sizes): read as lens.cam reads
+        images = photo_list_tensor(images, preprocess) if is_photo_list(images) else images
         x, y = (
             torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-            for v in data[:2]
+            for v in (images, data[1])
         )
         masks = data[2] if len(data) == 3 else None
         return _PairDataset(x, y, classes, num_classes, masks, preprocess)

@@ -8,6 +8,12 @@ resamples, seed)`` always gives the same indices, however large ``n`` is, and me
 bounded. Paired comparisons (an ablated model against the intact one) use the very same
 indices for both, so the interval of a difference is the interval of per-resample differences.
 
+One value has no spread to resample: :func:`mean_ci` gives NaN bounds below two values (a
+table prints them as not available, never as a zero-width interval). A proportion (per-image
+values that are all 0 or 1, asked for with ``proportion=True``) takes the Wilson score interval
+instead, which stays honest where every value is the same (ten hits out of ten: [0.72, 1],
+where the bootstrap's would be [1, 1]).
+
 Example:
     >>> mean_ci([0, 1, 1, 1])
     (0.75, 0.25, 1.0, 4)
@@ -20,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVEL", "RESAMPLES", "Resampler", "mean_ci", "percentile_ci"]
+__all__ = ["LEVEL", "RESAMPLES", "Resampler", "mean_ci", "percentile_ci", "wilson_ci"]
 
 #: Resamples for every bootstrap interval netlens reports.
 RESAMPLES = 2000
@@ -86,20 +92,48 @@ def percentile_ci(samples: Any, level: float = LEVEL) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def wilson_ci(hits: float, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: ``hits`` successes (may be fractional, an
+    expected count) out of ``n`` trials (NaN, NaN when ``n`` is 0)."""
+    from statistics import NormalDist
+
+    if n < 1:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    p = min(max(hits / n, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
 def mean_ci(
-    values: Any, *, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0
+    values: Any,
+    *,
+    level: float = LEVEL,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    proportion: bool = False,
 ) -> tuple[float, float, float, int]:
     """Mean and percentile-bootstrap CI of the finite values: ``(mean, low, high, n)``.
 
-    NaNs (e.g. energy of an all-zero map) are left out and ``n`` counts what was used.
+    NaNs (e.g. energy of an all-zero map) are left out and ``n`` counts what was used. Below
+    two values there is no interval: ``low`` and ``high`` are NaN. ``proportion``: the values
+    are hits (0 or 1): where they all are, the Wilson score interval replaces the bootstrap
+    (other values, such as a tied peak's share, keep the bootstrap).
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), float("nan"), float("nan"), 0
+    mean = float(np.clip(v.mean(), v.min(), v.max()))
+    if v.size < 2:
+        return mean, float("nan"), float("nan"), int(v.size)
+    if proportion and bool(np.isin(v, (0.0, 1.0)).all()):
+        lo, hi = wilson_ci(float(v.sum()), int(v.size), level)
+        return mean, lo, hi, int(v.size)
     means = Resampler(v.size, resamples, seed).apply(lambda idx: v[idx].mean(axis=1))
     lo, hi = percentile_ci(means, level)
     # a resample's mean lies within the values; summation rounding (1.0000000000000002 for
     # a correlation of ones) must not put a bound outside them
     lo, hi = (float(np.clip(b, v.min(), v.max())) for b in (lo, hi))
-    return float(np.clip(v.mean(), v.min(), v.max())), lo, hi, int(v.size)
+    return mean, lo, hi, int(v.size)

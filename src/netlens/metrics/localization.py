@@ -2,14 +2,20 @@
 
 Pointing game (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): a hit
 when the heatmap's maximum lies inside the object mask, or within ``tolerance`` pixels of it
-(the paper uses 15 px at 224 px input). Energy in the mask: the share of the heatmap's total
-mass that falls inside the mask (the "energy-based pointing game" of Score-CAM).
+(the paper uses 15 px at 224 px input). A maximum shared by several pixels (the flat top of a
+coarse CAM upsampled to the input: a 16×16 px plateau for a 4×4 map at 64 px) scores the share
+of those pixels that hit: the expected hit of a peak picked among them at random, so the
+plateau of a map that knows nothing about the object scores the chance level, not a hit
+wherever the plateau touches the mask. A unique maximum still scores 0 or 1.
+Energy in the mask: the share of the heatmap's total mass that falls inside the mask (the
+"energy-based pointing game" of Score-CAM).
 
 The chance level of both is the mean fraction of the image the mask covers (for the pointing
 game with a tolerance, the mask grown by it): a uniformly random point lands there with that
 probability, and a flat heatmap puts that share of its energy there.
 An image whose mask is empty at the model's input (its object outside the crop) has nothing to
-point at: it scores NaN on both, and summaries leave it out.
+point at: it scores NaN on both, and summaries leave it out; so does a map holding NaN or
+infinite values (what :func:`netlens.metrics.perturb.flat_maps` counts as flat).
 """
 
 from __future__ import annotations
@@ -86,22 +92,28 @@ def _empty(m: np.ndarray) -> np.ndarray:
 
 
 def pointing_game(heatmaps: Any, masks: Any, tolerance: int = 0) -> np.ndarray:
-    """Per image, 1.0 when the heatmap's maximum is within ``tolerance`` px of the mask, else 0
-    (NaN for an empty mask, and for a flat map: one that is all zero, "no evidence", or
-    constant points nowhere, and would otherwise hit wherever the mask is).
+    """Per image, the pointing-game hit: 1.0 when the heatmap's maximum is within ``tolerance``
+    px of the mask, else 0. A maximum tied over several pixels scores the share of them that
+    are within ``tolerance`` of the mask (the expected hit of a peak picked uniformly at random
+    among them), so a plateau does not hit wherever it touches the mask.
 
-    Ties for the maximum count as a hit when any of the tied pixels is a hit.
+    NaN for an empty mask, and for a flat map: one that is all zero ("no evidence") or constant
+    points nowhere, and one holding NaN or infinite values has no maximum to trust (both are
+    what evaluate counts as flat maps and leaves out).
 
     Example:
         >>> pointing_game(h[None], m[None], tolerance=15)
         array([1.])
     """
-    h = _as_numpy(heatmaps).astype(np.float32)
+    h = _as_numpy(heatmaps).astype(np.float64)
     m = _check(h, masks)
-    hits = np.zeros(len(h))
+    hits = np.full(len(h), np.nan)
     for i in range(len(h)):
+        if not np.isfinite(h[i]).all():
+            continue
         peak = h[i] >= h[i].max()
-        hits[i] = float(np.any(peak & grown(m[i], tolerance))) if not peak.all() else np.nan
+        if not peak.all():
+            hits[i] = float(grown(m[i], tolerance)[peak].mean())
     return np.where(_empty(m), np.nan, hits)
 
 
@@ -128,6 +140,9 @@ class PointingGame:
     name: ClassVar[str] = "pointing"
     needs_masks: ClassVar[bool] = True
     higher_is_better: ClassVar[bool] = True
+    #: per-image scores are hits (0 or 1, a tied peak's share aside): a summary may take the
+    #: Wilson interval (``mean_ci(..., proportion=True)``)
+    proportion: ClassVar[bool] = True
 
     def cost(self, n_images: int, **opts: Any) -> int:
         """Model forward passes this metric adds (none: it only reads heatmaps)."""

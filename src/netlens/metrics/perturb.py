@@ -56,7 +56,8 @@ def random_ranks(shape: tuple[int, int], seed: int) -> np.ndarray:
 def image_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     """One seed per image: ``seed + i``, or the ``n`` seeds given (``evaluate`` gives each
     image ``seed`` + its index in the dataset, so its score does not depend on the batch it
-    happened to fall in: ``--chunk`` or a DataLoader's batch size)."""
+    happened to fall in, ``--chunk`` or a DataLoader's batch size, beyond the float rounding
+    of its map: see docs/metrics.md)."""
     if isinstance(seed, (int, np.integer)):
         return [int(seed) + i for i in range(n)]
     seeds = [int(s) for s in seed]
