@@ -312,12 +312,14 @@ class Analyzer(ABC):
         # a call from inside torch.inference_mode() (a notebook cell, an eval function) still
         # gets its gradients: the analyzers choose inference mode themselves where it is exact;
         # torch's global RNG is left as it was (a DataLoader draws its base seed from it): a
-        # script that seeds, analyses, then trains gets the run it gets without the analysis
+        # script that seeds, analyses, then trains gets the run it gets without the analysis;
+        # so are the CUDA generators where CUDA is in use (noise drawn on the GPU)
+        cuda = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
         with (
             exclusive(lens.model),  # one analysis of a model at a time, whichever thread
             group.guard(),
             torch.inference_mode(False),
-            torch.random.fork_rng(devices=[]),
+            torch.random.fork_rng(devices=cuda, device_type="cuda"),
         ):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)

@@ -248,7 +248,7 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
             where = where.T  # C×n; each batch's own grid (images may differ in size)
             code = torch.stack([index.long().expand(c, -1), where // gw, where % gw], dim=-1)
             if best is None:
-                best = torch.full((c, 0), float("-inf"))
+                best = torch.full((c, 0), float("-inf"), dtype=torch.float32)
                 best_ids, grid = torch.zeros((c, 0, 3), dtype=torch.long), (gh, gw)
             best, best_ids = merge_top(best, best_ids, peak.T.float(), code, k)
             sums.append(peak.sum(dim=0).float())
@@ -259,7 +259,7 @@ def _stream_peaks(run: Run, name: str, k: int) -> tuple[Any, ...]:
     )
     if best is None:
         raise AnalyzerError("no data passed through the model (the dataset is empty?)")
-    peak_sum = torch.zeros(best.shape[0])
+    peak_sum = torch.zeros(best.shape[0], dtype=torch.float32)
     for batch_sum in sums:
         peak_sum += batch_sum
     return best, best_ids, peak_sum, seen, grid
@@ -354,7 +354,7 @@ def _patches(
     quantized = False
     for members in groups.values():
         for start in range(0, len(members), _PATCH_BATCH):
-            part = torch.tensor(members[start : start + _PATCH_BATCH])
+            part = torch.tensor(members[start : start + _PATCH_BATCH], dtype=torch.long)
             x = lens.place(torch.stack([inputs[int(flat_idx[j])] for j in part]))
             x.requires_grad_(True)
             with (

@@ -3,12 +3,15 @@
 Split out of :mod:`netlens.metrics.randomization` (which re-exports :func:`model_copy` and
 :func:`randomize_modules`): which modules hold state the cascade re-draws, and how each kind is
 re-drawn (its own initialiser; a frozen BatchNorm's identity; the weights behind
-``weight_norm``/``spectral_norm``, with fresh power-iteration vectors).
+``weight_norm``/``spectral_norm``, with fresh power-iteration vectors; a ``prune``d tensor's
+``_orig``, under its mask), from generators seeded for the call and restored after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -90,11 +93,12 @@ def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
     ``parametrizations`` (listed as modules of their own) are reset with it, not redrawn as
     N(0, 0.02). A spectral norm's power-iteration vectors are redrawn and iterated on the new
     weight (the old ones belong to the trained weight and scale the new one arbitrarily).
+    A tensor pruned with ``torch.nn.utils.prune`` gets its fresh values in ``<name>_orig`` and
+    keeps its mask.
     """
     mods = dict(model.named_modules())
     done: set[str] = set()
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
+    with _seeded_rngs(model, seed), torch.no_grad():
         for name in names:
             if name.startswith("."):  # one of the model's own parameters
                 getattr(model, name[1:]).normal_(0.0, 0.02)
@@ -103,6 +107,37 @@ def randomize_modules(model: nn.Module, names: list[str], seed: int) -> None:
             if target not in done:
                 done.add(target)
                 _reinit(mods[target], root=not target)
+
+
+@contextlib.contextmanager
+def _seeded_rngs(model: nn.Module, seed: int) -> Iterator[None]:
+    """torch's generators the initialisers of ``model`` draw from, seeded with ``seed`` and
+    restored afterwards: the CPU one, and every generator of each accelerator type (CUDA, MPS,
+    ...) the model's tensors are on. Not ``torch.manual_seed``: it seeds every CUDA generator
+    too (queued until CUDA initialises where it has not), which a fork of the CPU's alone
+    leaves changed."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        torch.default_generator.manual_seed(seed)
+        for kind in _accelerators(model):
+            try:
+                mod = torch.get_device_module(kind)
+            except RuntimeError:  # a backend with no torch.<kind> module: nothing to seed
+                continue
+            count = getattr(mod, "device_count", lambda: 0)()
+            seed_all = getattr(mod, "manual_seed_all", None) or getattr(mod, "manual_seed", None)
+            if not count or seed_all is None:
+                continue
+            devices = [kind] if kind == "mps" else list(range(count))  # MPS: one generator
+            stack.enter_context(torch.random.fork_rng(devices=devices, device_type=kind))
+            seed_all(seed)  # as torch.manual_seed did for them, now restored on the way out
+        yield
+
+
+def _accelerators(model: nn.Module) -> list[str]:
+    """The device types other than the CPU that ``model``'s tensors are on."""
+    kinds = {t.device.type for t in (*model.parameters(), *model.buffers())}
+    return sorted(kinds - {"cpu", "meta"})
 
 
 def _reinit(m: nn.Module, root: bool) -> None:
@@ -182,13 +217,22 @@ def _assign(m: nn.Module, fresh: dict[str, torch.Tensor]) -> None:
 
 
 def _sync_norm_hooks(m: nn.Module) -> None:
-    """The stored weights of ``m``'s hook-based weight/spectral norms set from the weight its
-    ``reset_parameters`` just initialised (which the hook would otherwise overwrite)."""
+    """The stored weights of ``m``'s hook-based weight/spectral norms and ``prune`` masks set
+    from the weight its ``reset_parameters`` just initialised (which the hook would otherwise
+    overwrite). A pruned tensor's fresh values go to ``<name>_orig`` and keep the layer's mask
+    (which weights the layer has is part of it as it runs, like its shape)."""
+    from torch.nn.utils.prune import BasePruningMethod
     from torch.nn.utils.spectral_norm import SpectralNorm
     from torch.nn.utils.weight_norm import WeightNorm
 
     for hook in m._forward_pre_hooks.values():
-        if isinstance(hook, (WeightNorm, SpectralNorm)):
+        if isinstance(hook, BasePruningMethod) and hook._tensor_name:
+            orig = getattr(m, hook._tensor_name + "_orig", None)
+            fresh = getattr(m, hook._tensor_name, None)
+            if isinstance(orig, torch.Tensor) and isinstance(fresh, torch.Tensor):
+                orig.copy_(fresh)
+                setattr(m, hook._tensor_name, hook.apply_mask(m))  # as its next forward will
+        elif isinstance(hook, (WeightNorm, SpectralNorm)):
             w = getattr(m, hook.name, None)
             if not isinstance(w, torch.Tensor):
                 continue
