@@ -2,8 +2,9 @@
 
 :func:`read_checked` is the body of :func:`netlens.images.read_image`: the header's width and
 height (:mod:`netlens.image_header`) must be known and within :func:`pixel_limit` before a
-byte is decoded; what libpng/libtiff/OpenCV print on stderr meanwhile is silenced; 16-bit,
-float and RGBA images become 8-bit RGB without full-size float copies; photos are turned
+byte is decoded; what libpng/libtiff/OpenCV print on stderr meanwhile is silenced; 16-bit
+(colour PNG/TIFF as Pillow reads them: x >> 8; others x / 257), float and RGBA images become
+8-bit RGB without full-size float copies; photos are turned
 upright by their EXIF orientation (:mod:`netlens.image_orientation`). :func:`read_stored`
 reads a file's stored values (masks) under the same limit and orientation.
 """
@@ -152,10 +153,13 @@ def _decode(data: bytes, name: str, size: tuple[int, int], limit: int) -> np.nda
     """Decode bytes whose header said ``size``; never more than ``limit`` pixels."""
     by_pillow = _pillow_reads(data)
     img = _decoded(data, name, size, limit, by_pillow=by_pillow)
+    high_byte = _high_byte(img, data)
     if img.dtype == np.uint16:
-        warn_if_dark(img, name)
+        warn_if_dark(img, name, high_byte=high_byte)
     if not by_pillow:
-        img = _normalise_decoded(img, name, radiance=data.startswith(_RADIANCE))
+        img = _normalise_decoded(
+            img, name, radiance=data.startswith(_RADIANCE), high_byte=high_byte
+        )
     return orient(img, exif_orientation(data))  # upright, as viewers show
 
 
@@ -187,6 +191,16 @@ def _decoded(
 
 
 _RADIANCE = (b"#?", b"PF", b"Pf")  # Radiance HDR, PFM: light values, no white point
+_HIGH_BYTE = (b"\x89PNG", b"II*\x00", b"MM\x00*")  # PNG, TIFF
+
+
+def _high_byte(img: np.ndarray, data: bytes) -> bool:
+    """Whether a 16-bit file is read as its values' high bytes (x >> 8): colour (with alpha or
+    not) PNGs and TIFFs, as Pillow decodes them to 8 bits for ``convert("RGB")`` in timm's and
+    torchvision's loaders. 16-bit gray (which Pillow keeps in 16 bits and saturates on
+    conversion) and other formats (PPM: Pillow too rounds x / 257) are read as x / 257."""
+    colour = img.ndim == 3 and img.shape[2] >= 3
+    return img.dtype == np.uint16 and colour and data.startswith(_HIGH_BYTE)
 
 
 def _pillow_reads(data: bytes) -> bool:
@@ -298,11 +312,11 @@ def upright_size(p: Path) -> tuple[int, int] | None:
     return (w, h) if exif_orientation(data) >= 5 else (h, w)  # 5–8 turn it a quarter
 
 
-def warn_if_dark(img: np.ndarray, name: str) -> None:
+def warn_if_dark(img: np.ndarray, name: str, *, high_byte: bool = False) -> None:
     """A 16-bit image whose values stay below 4096 holds a 12-bit (or 10-bit) camera's data:
     read with 65535 as white, as OpenCV, scikit-image and netlens read 16 bits, it is almost
     black. It is read so all the same (stretching would be a guess at what the model saw), with
-    one warning line."""
+    one warning line (``high_byte``: the file is read as x >> 8, see :func:`_high_byte`)."""
     top = int(img.max()) if img.size else 0
     if not 0 < top < 4096:
         return
@@ -314,7 +328,8 @@ def warn_if_dark(img: np.ndarray, name: str) -> None:
     warnings.warn(
         f"{name}: a 16-bit image whose values stay below {top + 1} (data of "
         f"{top.bit_length()} bits or fewer) reads almost black: its brightest pixel becomes "
-        f"{round(top / 257)} of 255 (65535 is white); if the model saw such images "
+        f"{top >> 8 if high_byte else round(top / 257)} of 255 (65535 is white); if the "
+        "model saw such images "
         "stretched, stretch them before (x * 16 for 12-bit data)",
         NetlensWarning,
         stacklevel=2,
@@ -324,13 +339,18 @@ def warn_if_dark(img: np.ndarray, name: str) -> None:
 _DARK = [0]  # how many dark 16-bit images this process has read
 
 
-def _normalise_decoded(img: np.ndarray, name: str, *, radiance: bool = False) -> np.ndarray:
+def _normalise_decoded(
+    img: np.ndarray, name: str, *, radiance: bool = False, high_byte: bool = False
+) -> np.ndarray:
     """Decoded OpenCV array (BGR/BGRA/gray, any depth) → uint8 RGB or gray, no float copies.
 
-    Float and 32-bit integer pixels are read as the same array given in memory is
-    (:func:`netlens.images.as_pixels`: [0, 1] scaled to 0..255, 0..255 kept, others refused);
-    a Radiance HDR or PFM file's light values are stretched to 0..255."""
-    if img.dtype == np.uint16:
+    16-bit pixels become x >> 8 where ``high_byte`` (colour PNG and TIFF: what Pillow gives),
+    else round(x / 257). Float and 32-bit integer pixels are read as the same array given in
+    memory is (:func:`netlens.images.as_pixels`: [0, 1] scaled to 0..255, 0..255 kept, others
+    refused); a Radiance HDR or PFM file's light values are stretched to 0..255."""
+    if img.dtype == np.uint16 and high_byte:
+        img = np.right_shift(img, 8, out=img).astype(np.uint8)  # the decoder's own array
+    elif img.dtype == np.uint16:
         img = cv2.convertScaleAbs(img, alpha=1 / 257)  # rounds like x / 257 + 0.5
     elif img.dtype != np.uint8 and radiance:
         img = _float_to_uint8(img)

@@ -68,10 +68,26 @@ def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
             f"it); pass the images as a preprocessed N×{channels}×H×W tensor"
         )
     if channels == 1:
-        return cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)[:, :, None]
+        return pil_gray(img) if have >= 3 else img[:, :, :1]
     if have < 3:  # gray, or two bands (shown by the first)
         return np.repeat(img[:, :, :1], 3, axis=2)
     return img[:, :, :3]
+
+
+def pil_gray(img: np.ndarray) -> np.ndarray:
+    """An H×W×3 (or ×4: alpha ignored) uint8 RGB array as H×W×1 gray, by Pillow's integer
+    formula ``(R·19595 + G·38470 + B·7471 + 0x8000) >> 16``: what ``convert("L")`` gives, and
+    so torchvision's ``Grayscale`` and timm's ``input_img_mode="L"`` on PIL images (OpenCV's
+    RGB2GRAY rounds one grey level apart on some pixels). In row blocks of about a million
+    pixels, so a large photo never has a full-size 32-bit copy."""
+    h, w = img.shape[:2]
+    out = np.empty((h, w, 1), np.uint8)
+    rows = max(1, (1 << 20) // max(1, w))
+    for y in range(0, h, rows):
+        part = img[y : y + rows].astype(np.uint32)
+        luma = part[..., 0] * 19595 + part[..., 1] * 38470 + part[..., 2] * 7471 + 0x8000
+        out[y : y + rows, :, 0] = luma >> 16
+    return out
 
 
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
@@ -184,7 +200,8 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 def as_pixels(obj: Any) -> np.ndarray:
     """An image given in memory (array, PIL image, tensor of pixels) as H×W×3 or H×W×1 uint8,
-    read as its file would be: C×H×W turned, 16-bit divided by 257, alpha dropped, a PIL
+    read as its file would be: C×H×W turned, 16-bit divided by 257 (as 16-bit gray files; a
+    16-bit colour PNG's PIL image holds Pillow's 8-bit pixels already), alpha dropped, a PIL
     image turned upright by its EXIF orientation (as ``ImageOps.exif_transpose`` turns it)."""
     if _is_pil(obj):
         from .image_orientation import orient
@@ -234,7 +251,7 @@ def _pil_plain(im: Any) -> Any:
 
 
 def _as_uint8(arr: np.ndarray, name: str = "") -> np.ndarray:
-    """Pixels as uint8: uint16 divided by 257 (as 16-bit files are read), values within [0, 1]
+    """Pixels as uint8: uint16 divided by 257 (as 16-bit gray files are read), values in [0, 1]
     stretched to 0..255, others kept; values outside 0..255 (a normalised image, raw sensor
     counts) are refused, as clipping them would give a black or white picture. Float and
     32-bit image files are read by this rule too (``name``: the file, for messages)."""

@@ -293,9 +293,12 @@ MODEL_OPTIONS: dict[str, Any] = {
         float | None,
         typer.Option(
             "--crop-pct",
-            help="Centre crop share: resize to size/crop-pct, crop size (default: the model's).",
+            help=(
+                "Centre crop share: resize to size/crop-pct, crop size; above 1 the image is "
+                "padded (default: the model's)."
+            ),
             min=0.01,
-            max=1.0,
+            max=1.25,
             show_default=False,
         ),
         None,

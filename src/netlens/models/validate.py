@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..naming import display_path
-from ..preprocess.spec import MAX_SIDE
+from ..preprocess.spec import MAX_CROP_PCT, MAX_SIDE
 from .arch_options import _short, check_arch_kwargs, check_arch_name
 
 __all__ = ["CheckpointMeta", "validate_checkpoint"]
@@ -179,13 +179,13 @@ def _check_preprocess(pre: Any, where: str) -> dict[str, Any]:
     crop = pre.get("crop_pct", 1.0)
     if (
         not _is_number(crop)
-        or not 0.0 < crop <= 1.0
+        or not 0.0 < crop <= MAX_CROP_PCT
         or max(sides, default=224) / crop > 2 * MAX_SIDE
     ):
         raise _fail(
             where,
-            f"preprocess.crop_pct {_short(crop)} must be in (0, 1] and keep the resized input "
-            f"under {2 * MAX_SIDE} pixels per side",
+            f"preprocess.crop_pct {_short(crop)} must be in (0, {MAX_CROP_PCT:g}] and keep the "
+            f"resized input under {2 * MAX_SIDE} pixels per side",
         )
     return out
 

@@ -87,7 +87,9 @@ def resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
 def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     """The centre crop's box in source pixels resized straight to the output (PIL's
     ``resize(box=...)``): the same geometry as resize-then-crop, within one grey level (PIL's
-    two passes round in between), with no intermediate larger than the output."""
+    two passes round in between), with no intermediate larger than the output. Where the
+    resized image is smaller than the crop (``crop_pct > 1``) the rest is black, as
+    torchvision's ``CenterCrop`` pads."""
     from PIL import Image
 
     pil = to_pil(img)
@@ -95,8 +97,9 @@ def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     rh, rw = resized_hw((h0, w0), spec)
     h, w = spec.size  # type: ignore[misc]
     top, left = spec.crop_start(rh, rw)
+    y0, y1, x0, x1 = max(0, -top), min(h, rh - top), max(0, -left), min(w, rw - left)
     sy, sx = rh / h0, rw / w0
-    box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
+    box = ((left + x0) / sx, (top + y0) / sy, (left + x1) / sx, (top + y1) / sy)
     how = {
         "nearest": Image.Resampling.NEAREST,
         "bilinear": Image.Resampling.BILINEAR,
@@ -105,8 +108,10 @@ def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
         "hamming": Image.Resampling.HAMMING,
         "lanczos": Image.Resampling.LANCZOS,
     }[spec.interpolation]
-    out = np.asarray(pil.resize((w, h), how, box=box))
-    return out.reshape(*out.shape[:2], img.shape[2])
+    part = np.asarray(pil.resize((x1 - x0, y1 - y0), how, box=box))
+    out = np.zeros((h, w, img.shape[2]), np.uint8)
+    out[y0:y1, x0:x1] = part.reshape(*part.shape[:2], img.shape[2])
+    return out
 
 
 def huge_resize(hw: tuple[int, int], spec: Preprocess, limit: int = 1 << 24) -> bool:

@@ -12,7 +12,9 @@ Two engines apply a spec; both resize anti-aliased:
 - ``netlens``: torchvision's functional ops on a PIL image (what a torchvision weights
   transform does to a PIL image): shorter side to ``floor(size / crop_pct)``, centre crop to
   ``size``, scale to [0, 1], normalise. ``crop_mode="squash"`` (the default when
-  ``crop_pct >= 1`` and no mode is given) resizes straight to ``size``.
+  ``crop_pct >= 1`` and no mode is given) resizes straight to ``size``. A ``crop_pct`` above 1
+  (timm's VOLO at 448 and 512 px: 1.15) resizes below ``size``: the crop pads with black (0
+  before normalisation), as torchvision's ``CenterCrop`` pads.
 
 ``size=None`` means the input size is unknown: nothing is resized, and a batch takes its size
 from its first image (:meth:`Preprocess.sized_like`). :func:`preprocess_for` finds a model's
@@ -44,6 +46,7 @@ from .engines import (
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Preprocess", "SizeFromFirstImage"]
 
 MAX_SIDE = 4096  # a model input side; 4096² RGB float32 is already 200 MB per image
+MAX_CROP_PCT = 1.25  # above 1 the image is padded; no published checkpoint goes past 1.15
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming", "area")
@@ -82,7 +85,8 @@ class Preprocess:
             its first image).
         channels: 1 (grayscale) or 3 (RGB).
         mean, std: per-channel normalisation of [0, 1] pixels; None: none (custom functions).
-        crop_pct: the centre crop's share of the resized image (timm's ``crop_pct``).
+        crop_pct: the centre crop's share of the resized image (timm's ``crop_pct``); above 1
+            (at most 1.25) the resized image is smaller than ``size`` and padded with black.
         interpolation: ``bilinear``, ``bicubic``, ``nearest``, ``lanczos``, ``box``, ``hamming``
             (``area`` is ``box``).
         crop_mode: ``center`` (shorter side, then centre crop), ``squash`` (both sides, then
@@ -132,8 +136,12 @@ class Preprocess:
     def _problem(self) -> str | None:
         if int(self.channels) < 1:
             return f"channels must be at least 1, not {self.channels}"
-        if not 0.0 < self.crop_pct <= 1.0:
-            return f"crop_pct must be in (0, 1], not {self.crop_pct}"
+        if not 0.0 < self.crop_pct <= MAX_CROP_PCT:  # NaN fails too
+            return (
+                f"crop_pct must be in (0, {MAX_CROP_PCT:g}], not {self.crop_pct:g} (the crop's "
+                "share of the resized image; above 1 the image is padded, as timm's 1.15 for "
+                "VOLO at 448 px)"
+            )
         if self.interpolation not in INTERPOLATIONS:
             known = ", ".join(INTERPOLATIONS)
             return f"unknown interpolation '{self.interpolation}' (known: {known})"
@@ -177,11 +185,17 @@ class Preprocess:
         return tuple(math.floor(s / self.crop_pct + 1e-6) for s in self.size)  # type: ignore[return-value]
 
     def crop_start(self, rh: int, rw: int) -> tuple[int, int]:
-        """(top, left) of the centre crop in an image resized to ``rh`` × ``rw``."""
+        """(top, left) of the centre crop in an image resized to ``rh`` × ``rw``; negative
+        where the image is smaller than the crop and padded (``crop_pct > 1``, ``border``)."""
         h, w = self.size  # type: ignore[misc]
-        if self.crop_offset == "floor":
-            return (rh - h) // 2, (rw - w) // 2
-        return int(round((rh - h) / 2.0)), int(round((rw - w) / 2.0))
+        return self._offset(rh, h), self._offset(rw, w)
+
+    def _offset(self, resized: int, crop: int) -> int:
+        if self.crop_offset == "floor":  # transformers' center_crop (padding: ceil before)
+            return (resized - crop) // 2
+        if resized < crop:  # torchvision's CenterCrop (timm's CenterCropOrPad): floor before
+            return -((crop - resized) // 2)
+        return int(round((resized - crop) / 2.0))
 
     def crop_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """Where the model's input lies in an image of ``image_hw``: (top, bottom, left, right)."""
@@ -200,13 +214,14 @@ class Preprocess:
     def input_box(self, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """Where the image lies in the model's input: (top, bottom, left, right) in input
         pixels. All of it, unless the image was padded (timm's ``border`` mode fits the
-        longer side and pads the shorter): then the rows or columns between the pads."""
+        longer side and pads the shorter; ``crop_pct > 1`` resizes below the input size):
+        then the rows or columns between the pads."""
         if self.size is None or self.function is not None:
             return 0, image_hw[0], 0, image_hw[1]
         h, w = self.size
         nh, nw = resized_hw(image_hw, self)
-        top, left = max(0, (h - nh) // 2), max(0, (w - nw) // 2)
-        return top, min(h, top + nh), left, min(w, left + nw)
+        top, left = self.crop_start(nh, nw)
+        return max(0, -top), min(h, nh - top), max(0, -left), min(w, nw - left)
 
     # -- applying --------------------------------------------------------------------------
     def __call__(self, image: Any) -> torch.Tensor:
@@ -349,6 +364,12 @@ class Preprocess:
 
     def _resize_rule(self) -> str:
         """How ``resize`` is reached, in words (the same size means different geometries)."""
+        rule = self._resize_words()
+        if self.crop_pct > 1.0 and self.mode != "border":
+            rule += ", padded with black where the resized image is smaller (crop_pct > 1)"
+        return rule
+
+    def _resize_words(self) -> str:
         rh, rw = self.resize_size  # type: ignore[misc]
         h, w = self.size  # type: ignore[misc]
         if self.mode == "squash":
