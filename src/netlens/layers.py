@@ -288,11 +288,16 @@ def exclusive(model: nn.Module):  # noqa: ANN201
 
 @contextmanager
 def eval_mode(model: nn.Module):  # noqa: ANN201
-    """Put every sub-module in eval mode for the block, then restore each one's own flag."""
+    """Put every sub-module in eval mode for the block, then restore each one's own flag;
+    quantization observers, which eval mode does not stop, are held still too
+    (:func:`netlens.frozen_state.frozen_observers`)."""
+    from .frozen_state import frozen_observers
+
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield model
+        with frozen_observers(model):
+            yield model
     finally:
         for m, flag in flags:
             m.training = flag

@@ -1,7 +1,9 @@
 """The network inside the wrappers that training code leaves around it.
 
 ``nn.DataParallel`` and ``DistributedDataParallel`` keep the network as ``.module`` and
-``torch.compile`` as ``._orig_mod``; all three share its parameters. netlens explains the
+``torch.compile`` as ``._orig_mod``; all three share its parameters. The weight-averaging
+wrappers (``torch.optim.swa_utils.AveragedModel``, timm's ``ModelEmaV2``/``ModelEmaV3``) hold
+the averaged network as ``.module`` and their forward is its forward. netlens explains the
 network itself:
 
 - a compiled module runs the graph dynamo traced, so forward hooks registered later are not
@@ -25,7 +27,7 @@ __all__ = ["activated_network", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """The network inside ``model``'s parallel and compile wrappers, and the wrappers' class
+    """The network inside ``model``'s parallel, compile and averaging wrappers, and their class
     names, outermost first (``[]`` when there are none).
 
     Example:
@@ -42,9 +44,29 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
         model = inner
 
 
+# weight-averaging wrappers whose forward is ``self.module(*args, **kwargs)``: told by class
+# name and module (importing timm to test isinstance costs seconds)
+_AVERAGING = {
+    ("torch.optim.swa_utils", "AveragedModel"),
+    ("timm.utils.model_ema", "ModelEmaV2"),
+    ("timm.utils.model_ema", "ModelEmaV3"),
+}
+
+
+def _averaging(model: nn.Module) -> bool:
+    """One of those, or a subclass that keeps its forward (one with its own is not unwrapped)."""
+    own = type(model).forward
+    return any(
+        (c.__module__, c.__name__) in _AVERAGING and c.__dict__.get("forward") is own
+        for c in type(model).__mro__
+    )
+
+
 def _inner(model: nn.Module) -> nn.Module | None:
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return model.module
+    if _averaging(model) and isinstance(model.__dict__["_modules"].get("module"), nn.Module):
+        return model.module  # SWA's AveragedModel, timm's ModelEmaV2/V3: the averaged copy
     if getattr(type(model), "wraps_network", False):  # netlens' own (evaluate's counter)
         return model.inner
     orig = model.__dict__.get("_modules", {}).get("_orig_mod")

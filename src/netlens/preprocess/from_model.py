@@ -303,7 +303,7 @@ def torchvision_name(model: nn.Module) -> str | None:
     shapes = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}
     packed = {k.split("._packed_params")[0] + "." for k in shapes if "._packed_params" in k}
     shapes = {k: v for k, v in shapes.items() if not k.startswith(tuple(packed))}
-    key = (type(model), tuple(shapes.items()))
+    key = (type(model), tuple(shapes.items()), tuple(sorted(packed)))  # fc packed ≠ no fc
     if key in _RECOGNISED:
         return _RECOGNISED[key]
     head = set([k for k in shapes if not k.startswith(_AUX)][-2:])
