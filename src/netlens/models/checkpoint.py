@@ -11,6 +11,7 @@ the meta device, match the tensors in the file.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,16 @@ def make_checkpoint(
     preprocess: dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict for ``model`` (tensors copied to CPU, contiguous)."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    """The checkpoint dict for ``model`` (tensors copied to CPU, contiguous): the network inside
+    its ``torch.compile`` / DataParallel wrappers, with the effective weights of pruned and
+    weight- or spectral-normed layers (see :mod:`.effective_weights`), so that the ``arch``
+    rebuilt loads them as they are."""
+    from .effective_weights import effective_state
+    from .wrappers import unwrap
+
+    net = unwrap(model)[0]
+    state = effective_state(net.state_dict(), f"the {type(net).__name__}", note=False)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -86,6 +95,7 @@ def read_checkpoint(
     ``file.py:Class`` (named by the user) any option name that does not load files is.
     """
     from .arch_options import signature_options
+    from .effective_weights import effective_state
     from .factory import parse_user_arch
 
     arch = build_arch or ckpt.get("arch")
@@ -94,7 +104,10 @@ def read_checkpoint(
         extra = None
     elif isinstance(arch, str) and arch in host.archs:
         extra = signature_options(host.archs.get(arch))
-    return validate_checkpoint(ckpt, path, extra)
+    meta = validate_checkpoint(ckpt, path, extra)
+    # an earlier netlens.save of a pruned or weight-normed model kept the parts of its weights
+    state = effective_state(meta.state_dict, display_path(Path(path).name))
+    return meta if state is meta.state_dict else replace(meta, state_dict=state)
 
 
 def build_checkpoint_model(
@@ -134,7 +147,17 @@ def build_checkpoint_model(
                 "inconsistent (re-save it with netlens.save)"
             )
     limit = 2 * max(meta.nbytes, shapes.nbytes if shapes else 0) + _BUILD_SLACK
-    return build_within(build, limit, f"'{arch}' from {name}")
+    model = build_within(build, limit, f"'{arch}' from {name}")
+    dtype = saved_dtype(meta.state_dict)
+    return model.to(dtype) if dtype is not None else model
+
+
+def saved_dtype(state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The one floating precision other than float32 that every floating tensor in ``state``
+    has (a ``model.half()`` saved with netlens.save), else None: the model is built in it, so
+    that it computes as the saved one did."""
+    found = {t.dtype for t in state.values() if t.is_floating_point()}
+    return next(iter(found)) if len(found) == 1 and torch.float32 not in found else None
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -85,9 +86,22 @@ def _packed(m: nn.Module) -> bool:
 def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
     from ..layers import eval_mode
 
+    # in the model's precision and on its device, as Lens.place feeds it (float32 zeros make
+    # a half-precision model's forward raise, and its class count go unchecked)
     p = next(model.parameters(), None)
+    dtype = next(
+        (
+            t.dtype
+            for t in itertools.chain(model.parameters(), model.buffers())
+            if t.is_floating_point()
+        ),
+        torch.float32,
+    )
     # two images: one image's 1×K comes out as K values from a forward that ends in .squeeze()
-    x = torch.zeros(2, spec.channels, *spec.size, device=p.device if p is not None else "cpu")  # type: ignore[misc]
+    size = tuple(spec.size or ())
+    x = torch.zeros(
+        2, spec.channels, *size, dtype=dtype, device=p.device if p is not None else "cpu"
+    )
     try:
         with torch.no_grad(), eval_mode(model):
             out: Any = model(x)

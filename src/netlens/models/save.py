@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import NetlensError
 from .checkpoint import make_checkpoint, write_checkpoint
+from .wrappers import unwrap
 
 
 def save(
@@ -45,6 +46,7 @@ def save(
         obj = obj.model
     if not isinstance(obj, nn.Module):
         raise NetlensError(f"netlens.save takes a Lens or nn.Module, not a {type(obj).__name__}")
+    obj = unwrap(obj)[0]  # the network inside torch.compile / DataParallel: its names and forward
     if not arch:
         raise NetlensError("say how to rebuild the model: netlens.save(model, path, arch=NAME)")
     names = read_class_names(classes) if classes is not None else None

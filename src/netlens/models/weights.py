@@ -29,6 +29,7 @@ from .built_as import (
     single_linear_head,
     stem_channels,
 )
+from .effective_weights import effective_state
 from .factory import (
     aux_heads,
     check_arch,
@@ -110,6 +111,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     state = _state_dict_of(req.payload)
     if state is None:
         return None
+    state = effective_state(state, display_path(source.name))  # pruned / weight-normed layers
     _say_which_copy(req.payload, source)
     recorded = recorded_arch(req.payload, state, source, req)
     if recorded is None and not req.arch and _fastai_saved(req.payload, state):
@@ -208,7 +210,7 @@ def _from_state(
     also holds the non-persistent buffers (:func:`_without_unsaved`)."""
     from .load import LoadedModel
 
-    given = state
+    given = state = effective_state(state, display_path(source.name))  # (no-op when done)
     arch = arch or req.arch
     assert arch
     check_arch(arch, req.host)
