@@ -1,4 +1,11 @@
-"""Quantization observers held still while netlens runs a model's forwards.
+"""A model's state held still while netlens runs its forwards: :func:`eval_mode`.
+
+Every module is put in eval mode for the block and gets its own train/eval flag back after,
+through its own ``train()`` where its class overrides it (torchvision's feature extractors,
+``DualGraphModule``, swap their traced graph there: setting the flag alone left one training
+on its eval graph, functional dropout off, and ``model.train()`` could no longer switch back).
+
+Quantization observers are held still too (:func:`frozen_observers`).
 
 ``model.eval()`` does not stop torch.ao's observers: a model prepared for quantization-aware
 training (``prepare_qat``) or for calibration (``prepare``, ``prepare_fx``, ``prepare_pt2e``)
@@ -28,7 +35,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["frozen_observers"]
+__all__ = ["eval_mode", "frozen_observers", "is_observer", "restore_flags"]
 
 _ABSENT = object()
 
@@ -38,6 +45,12 @@ def _is_ao(m: nn.Module, base: str) -> bool:
         c.__name__ == base and c.__module__.startswith("torch.ao.quantization")
         for c in type(m).__mro__
     )
+
+
+def is_observer(m: nn.Module) -> bool:
+    """A torch.ao fake-quant module or observer: it passes a tensor through (a layer's weight,
+    for weight fake-quant), so its output is no map of the images."""
+    return _is_ao(m, "FakeQuantizeBase") or _is_ao(m, "ObserverBase")
 
 
 def _identity(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -70,3 +83,28 @@ def frozen_observers(model: nn.Module):  # noqa: ANN201
                 m.__dict__.pop("forward", None)
             else:
                 m.__dict__["forward"] = own
+
+
+@contextmanager
+def eval_mode(model: nn.Module):  # noqa: ANN201
+    """Put every sub-module in eval mode for the block, then restore each one's own flag
+    (:func:`restore_flags`); quantization observers, which eval mode does not stop, are held
+    still too (:func:`frozen_observers`)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with frozen_observers(model):
+            yield model
+    finally:
+        restore_flags(flags)
+
+
+def restore_flags(flags: list[tuple[nn.Module, bool]]) -> None:
+    """Each module's train/eval flag as ``flags`` saved it (modules in ``model.modules()``
+    order): a module whose class overrides ``train`` has its own ``train(flag)`` called,
+    parents before children, then every flag is set as saved."""
+    for m, flag in flags:
+        if m.training != flag and type(m).train is not nn.Module.train:
+            m.train(flag)
+    for m, flag in flags:
+        m.training = flag

@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import LayerNotFoundError, NetlensError, hint
 from .fresh_input import fresh
+from .frozen_state import eval_mode, is_observer
 from .layer_call import LayerCall
 
 __all__ = [
@@ -286,23 +287,6 @@ def exclusive(model: nn.Module):  # noqa: ANN201
         yield model
 
 
-@contextmanager
-def eval_mode(model: nn.Module):  # noqa: ANN201
-    """Put every sub-module in eval mode for the block, then restore each one's own flag;
-    quantization observers, which eval mode does not stop, are held still too
-    (:func:`netlens.frozen_state.frozen_observers`)."""
-    from .frozen_state import frozen_observers
-
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with frozen_observers(model):
-            yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def trace_calls(model: nn.Module, example: torch.Tensor | None = None) -> list[TracedCall]:
     """One dry forward (eval mode, no grad): every module call in completion order.
 
@@ -335,7 +319,7 @@ def _dry_forward(
 
             handles.append(mod.register_forward_pre_hook(enter))
             handles.append(mod.register_forward_hook(hook))
-        with torch.set_grad_enabled(grad), eval_mode(model):
+        with torch.set_grad_enabled(grad), eval_mode(model), torch.random.fork_rng(devices=[]):
             try:
                 out = model(fresh(x))  # a model that writes into its input leaves x as it was
             except Exception as exc:  # noqa: BLE001 - explained to the user below
@@ -447,7 +431,8 @@ def _is_map_call(c: TracedCall, strict: bool = True, model: nn.Module | None = N
     of attention and attention pooling)."""
     inside_tokens = strict and any(d is not None and d != 4 for d in c.caller_input_dims)
     spatial = _is_spatial(c.output, model, f"{c.name}@{c.call}")
-    return spatial and "Pool" not in type(c.module).__name__ and not inside_tokens
+    plain = "Pool" not in type(c.module).__name__ and not is_observer(c.module)  # nor a weight
+    return spatial and plain and not inside_tokens
 
 
 def _repeated_blocks(model: nn.Module) -> set[str]:

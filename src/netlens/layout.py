@@ -77,14 +77,11 @@ def takes_channels_last(model: nn.Module, example: torch.Tensor) -> bool:
     train/eval flags restored), for callers that must decide before their first real batch."""
     if example.dim() != 4:
         return False
-    flags = [(m, m.training) for m in model.modules()]
+    from .frozen_state import eval_mode
+
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example.contiguous(memory_format=torch.channels_last))
     except Exception:  # noqa: BLE001 - any refusal means: run it in standard layout
         return False
-    finally:
-        for m, training in flags:
-            m.training = training
     return True

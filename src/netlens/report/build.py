@@ -155,7 +155,45 @@ def build_report(
         progress: a :class:`netlens.progress.Progress`, True/False or None (as every analyzer
             takes it): a line per section, and each analyzer's own bar.
         strict: stop at the first unreadable image (default: skip it and say so).
+
+    torch's global RNG is left as it was, as every analyzer leaves it (a model that draws in
+    its forward, Monte-Carlo dropout, draws from a fork).
     """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return _build_page(
+            lens,
+            images,
+            data,
+            sections,
+            methods,
+            limit,
+            max_images,
+            seed,
+            invocation=invocation,
+            source_file=source_file,
+            progress=progress,
+            strict=strict,
+        )
+
+
+def _build_page(
+    lens: Lens,
+    images: Any,
+    data: Any,
+    sections: str | Sequence[str] | None,
+    methods: str | Sequence[str],
+    limit: int | None,
+    max_images: int,
+    seed: int,
+    *,
+    invocation: repro.Invocation | None,
+    source_file: str | Path | None,
+    progress: Any,
+    strict: bool,
+) -> Report:
+    """:func:`build_report`'s work."""
     keys, chosen = parse_sections(sections)
     method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
     method_list = [m for m in method_list if m]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import NetlensError, NetlensWarning, hint
+from ..frozen_state import eval_mode
 
 if TYPE_CHECKING:
     from ..lens import Lens
@@ -66,16 +67,12 @@ def call_order(model: nn.Module, x: torch.Tensor) -> tuple[Any, list[str]]:
         return done
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in _owners(model)]
-    flags = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = model(x)
     finally:
         for h in handles:
             h.remove()
-        for m, training in flags:
-            m.training = training
     return out, list(order)
 
 
