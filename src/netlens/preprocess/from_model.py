@@ -12,7 +12,6 @@ image). Nothing is downloaded: weights enums and timm configs are plain metadata
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import operator
 import warnings
@@ -24,6 +23,13 @@ from torch import nn
 from ..errors import NetlensError
 from .built_size import patch_embed_size, sized, stage_size
 from .spec import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, Preprocess, _per_channel
+from .torchvision_spec import (
+    at_built_size,
+    built_for,
+    torchvision_backbone,
+    torchvision_name,
+    torchvision_spec,
+)
 
 __all__ = [
     "model_channels",
@@ -48,12 +54,9 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
     model = unwrap(model)[0]  # DataParallel, DDP, torch.compile: the network inside decides
     if arch and arch.startswith("tv:"):
         spec = torchvision_spec(arch[3:])
-        built = getattr(model, "image_size", None)  # torchvision's ViT: built for one size
-        if spec is not None and isinstance(built, int) and spec.size != (built, built):
-            spec = dataclasses.replace(
-                spec, size=(built, built), source=f"{spec.source}; input size {built}×{built} "
-                "as the model was built"
-            )  # fmt: skip
+        built = built_for(model)  # torchvision's ViT: built for one size (its weights' if any)
+        if spec is not None and built is not None:
+            spec = at_built_size(arch[3:], spec, (built, built), "as the model was built")
         if spec is not None:
             return _fit_channels(spec, model)
     from ..models.wrappers import activated_network
@@ -102,12 +105,15 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
             return _fit_channels(spec, model)
     tv = type(model).__module__.startswith("torchvision.models")
     if tv and getattr(model, "input_size", None) is None and flattened_image(model) is None:
-        name = torchvision_name(model)
+        name = torchvision_name(model) or (
+            built_for(model) and torchvision_name(model, built_for(model))
+        )
         spec = torchvision_spec(name) if name else None
+        note = f" (recognised as tv:{name} by its layers' shapes)"
         if spec is not None:
-            source = f"{spec.source} (recognised as tv:{name} by its layers' shapes)"
-            spec = dataclasses.replace(spec, source=source)
+            spec = dataclasses.replace(spec, source=spec.source + note)
         else:
+            name = None  # no weights: the convention's ratio and filter at any built size
             spec = Preprocess(
                 size=(224, 224),
                 crop_pct=224 / 256,
@@ -115,19 +121,21 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
                 source="torchvision ImageNet convention (resize 256, crop 224); name the "
                 "architecture (tv:NAME) for its own weights' transforms",
             )
-        built = model_input_size(model)  # torchvision's ViT: its image_size
-        if built is not None and tuple(built[-2:]) != spec.size:
-            h, w = built[-2:]
-            spec = dataclasses.replace(
-                spec, size=(h, w), source=f"{spec.source}; input size {h}×{w} as the model was "
-                "built (its image_size)"
-            )  # fmt: skip
+        built = model_input_size(model)  # torchvision's ViT: its image_size (its weights' if any)
+        if built is not None:
+            why = "as the model was built (its image_size)"
+            spec = at_built_size(name, spec, tuple(built[-2:]), why, note)
         return _fit_channels(spec, model)
     backbone = timm_backbone(model)
     if backbone is not None:  # class Net(nn.Module): self.model = timm.create_model(...)
         name, inner = backbone
         spec = timm_spec(inner)
         source = f"{spec.source}, of its timm backbone '{name}'"
+        return _fit_channels(dataclasses.replace(spec, source=source), model)
+    found = torchvision_backbone(model)
+    if found is not None:  # class Net(nn.Module): self.backbone = torchvision.models.resnet18()
+        spec = preprocess_for(found[1])
+        source = f"{spec.source}, of its torchvision backbone '{found[0]}'"
         return _fit_channels(dataclasses.replace(spec, source=source), model)
     return guessed_spec(model)
 
@@ -242,94 +250,6 @@ def _shown(value: Any) -> str:
         if isinstance(value, (list, tuple))
         else str(value)
     )
-
-
-def torchvision_spec(name: str) -> Preprocess | None:
-    """The transforms of torchvision architecture ``name``'s default weights (no download).
-
-    Classification weights: their resize + centre crop. Segmentation weights resize the shorter
-    side (to 520) and crop nothing, so images of different shapes give inputs of different
-    shapes; here the resize is followed by a centre crop to a square of that side, so that
-    images batch (the model sees its own scale; a landscape photo loses its sides, which the
-    source says). None when the architecture has no weights enum or other transforms.
-    """
-    import torchvision
-
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError, AttributeError):
-        return None
-    t = weights.transforms()
-    crop, resize = getattr(t, "crop_size", None), getattr(t, "resize_size", None)
-    source = f"torchvision {type(weights).__name__}.{weights.name} transforms"
-    dense = type(t).__name__ == "SemanticSegmentation" and resize and len(resize) == 1
-    if dense:
-        crop = resize
-        source += f" (shorter side to {resize[0]}), centre-cropped to {resize[0]}×{resize[0]}"
-    if not crop or not resize:
-        return None
-    interp = getattr(getattr(t, "interpolation", None), "value", "bilinear")
-    return Preprocess(
-        size=(crop[0], crop[-1]),
-        mean=tuple(t.mean),
-        std=tuple(t.std),
-        crop_pct=min(1.0, crop[0] / resize[0]),
-        interpolation=str(interp),
-        crop_mode="center",
-        source=source,
-    )
-
-
-_RECOGNISED: dict[tuple, str | None] = {}
-# heads that only training uses (Inception, GoogLeNet, the segmentation models' aux_loss)
-_AUX = ("AuxLogits.", "aux1.", "aux2.", "aux_classifier.")
-
-
-def torchvision_name(model: nn.Module) -> str | None:
-    """The torchvision builder whose architecture ``model`` is (``efficientnet_b3``), told by
-    its class and the names and shapes of its weights; the classifiers (the last weight and
-    bias, and auxiliary ones) may differ, as fine-tuned heads do. None unless exactly one
-    builder fits.
-
-    The builders of the model's class are built on the meta device (no memory, no download):
-    about 0.7 s for the ten ResNets, once per architecture and process. Builders that cannot
-    build there (RegNet's initialisation reads values) are not considered.
-    """
-    import torch
-    import torchvision
-
-    # a quantized model's state_dict also holds packed parameters and dtypes (no shapes); a
-    # dynamically quantized layer's weight and bias are only packed (its head, usually)
-    shapes = {k: tuple(getattr(v, "shape", ())) for k, v in model.state_dict().items()}
-    packed = {k.split("._packed_params")[0] + "." for k in shapes if "._packed_params" in k}
-    shapes = {k: v for k, v in shapes.items() if not k.startswith(tuple(packed))}
-    key = (type(model), tuple(shapes.items()), tuple(sorted(packed)))  # fc packed ≠ no fc
-    if key in _RECOGNISED:
-        return _RECOGNISED[key]
-    head = set([k for k in shapes if not k.startswith(_AUX)][-2:])
-    fits = []
-    listed = torchvision.models.list_models
-    for name in listed(module=torchvision.models) + listed(module=torchvision.models.segmentation):
-        builder = torchvision.models.get_model_builder(name)
-        made = inspect.signature(builder).return_annotation
-        if getattr(made, "__name__", made) != type(model).__name__:
-            continue
-        params = inspect.signature(builder).parameters
-        # no backbone download; the optional auxiliary head built, so that either way fits
-        options = {k: v for k, v in (("weights_backbone", None), ("aux_loss", True)) if k in params}
-        try:
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                theirs = {k: tuple(v.shape) for k, v in builder(**options).state_dict().items()}
-        except Exception:  # noqa: BLE001 - a builder that needs arguments: not this one
-            continue
-        extra = [k for k in theirs.keys() - shapes.keys() if not k.startswith((*_AUX, *packed))]
-        differ = {k for k in shapes if theirs.get(k, shapes[k]) != shapes[k]}
-        differ = {k for k in differ if not k.startswith(_AUX)}  # auxiliary classifiers too
-        if not extra and shapes.keys() <= theirs.keys() and differ <= head:
-            fits.append(name)
-    _RECOGNISED[key] = fits[0] if len(fits) == 1 else None
-    return _RECOGNISED[key]
 
 
 GUESSED = "(guessed)"  # in the source of a spec whose normalisation is netlens' guess
