@@ -219,9 +219,8 @@ class Lens:
         """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`)."""
         regression = self.task == "regression"  # a bounded score: its values, as they are
         sigmoid = bool(self._sigmoid) and not regression
-        return OutputReader(
-            self.output_key, sigmoid, self.task != "multilabel", batch_dims=self._batch_dims
-        )
+        two = not regression and self.task != "multilabel"  # one channel: background, foreground
+        return OutputReader(self.output_key, sigmoid, two, batch_dims=self._batch_dims)
 
     def learn_output(self, x: torch.Tensor) -> None:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in
@@ -229,7 +228,7 @@ class Lens:
         channels last (analyzers call this before any hook is set)."""
         if self._sigmoid is None:
             with learning_layouts(self.model):  # the same forward: channels-last layers
-                rules = output_rules(self.model, fresh(self.place(x)), self.output_key)
+                rules = output_rules(self.model, fresh(self.place(x)), self.output_key, self.task)
             self._sigmoid, self._batch_dims = rules
 
     def output(self, x: torch.Tensor, *, rows: int | None = None) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The tensor netlens explains, taken out of whatever a model returns: a tensor, a dict
 (``logits``, ``out``), a tuple of a main head and its auxiliary copies, an object with
 ``.logits``; ``--output KEY`` picks another. Shapes that mean one thing are read as it: an
-N×K×1×1 head as N×K, a single logit squeezed to N as N×1, a binary segmentation's N×H×W as
-N×1×H×W. Detections are refused in one line.
+N×K×1×1 head (N×K×1, N×1×K) as N×K, a single logit squeezed to N as N×1, a binary
+segmentation's N×H×W as N×1×H×W. Detections are refused in one line.
 """
 
 from __future__ import annotations
@@ -126,8 +126,12 @@ def _classifier_shape(out: torch.Tensor) -> torch.Tensor:
     :meth:`netlens.Lens.output` refuses a vector that is not one value per image. Likewise a
     binary segmentation's one logit per pixel squeezed to N×H×W (``.squeeze(1)`` for
     ``BCEWithLogitsLoss`` on N×H×W masks) as N×1×H×W: every N×H×W float output, which no
-    classifier returns (an N×H×W output crashed every analysis before)."""
+    classifier returns (an N×H×W output crashed every analysis before). A 3-d output with
+    one axis of size 1 after the batch, N×K×1 (a ``Conv1d`` head over one position) or
+    N×1×K, is N×K as N×K×1×1 is (it crashed after every map was made)."""
     if out.dim() == 4 and out.shape[-2:] == (1, 1):
+        return out.flatten(1)
+    if out.dim() == 3 and 1 in out.shape[1:]:
         return out.flatten(1)
     if out.dim() == 3 and out.is_floating_point() and min(out.shape[1:]) > 1:
         return out[:, None]

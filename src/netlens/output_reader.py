@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .model_output import model_output, picked_output
+from .output_checks import is_sigmoid_node, warn_unread_output
 
 __all__ = [
     "OutputReader",
@@ -78,6 +79,15 @@ _IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] 
     "AdaptiveAvgPool3DBackward0",
     "MaxPool2DWithIndicesBackward0",
     "AdaptiveMaxPool2DBackward0",
+    # a clamp keeps a sigmoid's values its own between its bounds (BCELoss-safe
+    # ``sigmoid(z).clamp(1e-4, 1 - 1e-4)``, CenterNet's ``torch.clamp(x.sigmoid_(), ...)``);
+    # bounds outside [0, 1] are caught by the range check
+    "ClampBackward0",  # tensor bounds
+    "ClampBackward1",  # number bounds, clamp_ and clamp(min=) / clamp(max=) too
+    "ClampMinBackward0",
+    "ClampMinBackward1",
+    "ClampMaxBackward0",
+    "ClampMaxBackward1",
 }  # not bicubic (it overshoots) nor antialiased resizing
 
 
@@ -129,7 +139,7 @@ def binary_dense(z: torch.Tensor) -> torch.Tensor:
 def is_binary_dense(t: torch.Tensor) -> bool:
     """Whether ``t`` is :func:`binary_dense`'s output (its channels negate each other exactly,
     which two independently computed channels never do)."""
-    return t.dim() == 4 and t.shape[1] == 2 and bool(torch.equal(t[:, 0], -t[:, 1]))
+    return t.dim() == 4 and t.shape[1] == 2 and torch.equal(t[:, 0].detach(), -t[:, 1].detach())
 
 
 def ends_in_sigmoid(model: nn.Module, x: torch.Tensor, key: str | int | None = None) -> bool:
@@ -147,7 +157,7 @@ def squeezed_batch_dims(
 
 
 def output_rules(
-    model: nn.Module, x: torch.Tensor, key: str | int | None = None
+    model: nn.Module, x: torch.Tensor, key: str | int | None = None, task: str | None = None
 ) -> tuple[bool, int | None]:
     """How the model's output reads: whether it is a sigmoid's, and the output's dimensions
     for a batch when the model squeezes one image's batch axis away (else None).
@@ -158,8 +168,12 @@ def output_rules(
 
     Sigmoid: the output's ``grad_fn`` is followed through views and through operations whose
     every value is a convex combination of input values (a crop, a bilinear or nearest resize,
-    average pooling), so a segmenter's ``F.interpolate(torch.sigmoid(z), size)`` is a sigmoid's
-    output too; and every value must lie in [0, 1].
+    average pooling, a clamp), so a segmenter's ``F.interpolate(torch.sigmoid(z), size)`` and a
+    BCELoss-safe ``sigmoid(z).clamp(eps, 1 - eps)`` are a sigmoid's output too, as is one
+    written out, ``1 / (1 + exp(-z))`` (:func:`is_sigmoid_node`); and every value must lie in
+    [0, 1]. An output that is none of these but looks like probabilities, or a one-channel
+    map positive everywhere, is warned about (:func:`warn_unread_output`; not for ``task``
+    regression, whose values are read as they are).
 
     Squeeze: only a one-image output that does not start with one row (or is a 0-d scalar) is
     checked, against a no-grad forward of two images: one dimension more, starting with 2, the
@@ -184,7 +198,9 @@ def output_rules(
     dims = _batch_dims(model, x, key, picked.detach()) if n == 1 else None
     while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
         fn = fn.next_functions[0][0]
-    sigmoid = fn is not None and type(fn).__name__ == "SigmoidBackward0" and _in_unit(picked)
+    sigmoid = fn is not None and is_sigmoid_node(fn) and _in_unit(picked)
+    if not sigmoid and task != "regression":
+        warn_unread_output(model, x, key, picked.detach(), dims)
     return sigmoid, dims
 
 

@@ -33,6 +33,7 @@ import torch
 
 from .errors import NetlensError, TargetError
 from .model_output import model_output
+from .output_reader import is_binary_dense
 
 if TYPE_CHECKING:
     from .images import Batch
@@ -82,7 +83,8 @@ def detect_task(output: torch.Tensor, multilabel: bool = False) -> str:
 def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
     """N×K scores a person reads as probabilities: softmax, sigmoid, or the raw values.
 
-    Dense outputs are summarised per class by the mean over pixels of the softmax.
+    Dense outputs are summarised per class by the mean over pixels of the softmax (a dense
+    regression's, depth per pixel, by the mean of its raw values).
     """
     out = output.detach().float()
     if task == "multiclass":
@@ -94,7 +96,7 @@ def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
     if task == "dense":  # a segmenter ending in nn.Softmax(1): its probabilities as they are
         dense = out if are_probabilities(out, output.dtype) else torch.softmax(out, dim=1)
         return dense.mean(dim=(2, 3))
-    return out
+    return out.mean(dim=(2, 3)) if out.dim() == 4 else out
 
 
 def are_probabilities(out: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
@@ -196,8 +198,8 @@ class BinaryTarget(Target):
 
     def describe(self, i: int, lens: Lens | None = None) -> str:
         positive = bool(self.sign[i] > 0)
-        if lens is not None and lens.classes and len(lens.classes) == 2:
-            return lens.classes[int(positive)]
+        if lens is not None and lens.classes and len(lens.classes) in (1, 2):
+            return binary_names(lens.classes)[int(positive)]
         return "positive" if positive else "negative"
 
 
@@ -208,7 +210,10 @@ class RegionTarget(Target):
     ``masks`` is N×H×W bool (fixed when the target is made, so masked copies of an image are
     scored over the same pixels), as pytorch-grad-cam's ``SemanticSegmentationTarget`` does.
     The sum is taken in float32 (float64 for a float64 model), so a float16 or bfloat16
-    model's region of many pixels does not overflow to inf.
+    model's region of many pixels does not overflow to inf. A one-channel binary segmentation
+    (:func:`netlens.output_reader.binary_dense`'s ``[−z/2, z/2]``) is scored on the model's own
+    logit, ``±z``: at half of it, Score-CAM's softmax over channel scores ran at half the
+    model's scale.
     """
 
     classes: torch.Tensor
@@ -218,6 +223,7 @@ class RegionTarget(Target):
     def score(self, output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         idx = torch.arange(len(rows), device=output.device)
         maps = output[idx, self.classes.to(output.device)[rows]]
+        maps = maps * 2 if is_binary_dense(output) else maps  # ±z/2 back to ±z
         # summed in float32 at least: a float16 model's 12 288 pixels of 8.4 summed to inf
         wide = maps.to(torch.promote_types(maps.dtype, torch.float32))
         return (wide * self.masks.to(wide)[rows]).flatten(1).sum(dim=1)
@@ -228,6 +234,8 @@ class RegionTarget(Target):
     def describe(self, i: int, lens: Lens | None = None) -> str:
         c = int(self.classes[i])
         name = lens.class_name(c) if lens is not None else str(c)
+        if lens is not None and lens.task == "regression" and name == str(c):
+            name = f"output {c}"  # a depth map's value, not a class
         return f"{name} ({int(self.masks[i].sum())} px)"
 
 
@@ -408,7 +416,8 @@ def _build(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Tar
     if len(kinds) > 1:
         raise TargetError(f"targets of different kinds in one batch: {', '.join(sorted(kinds))}")
     kind = kinds.pop()
-    if kind == "region" or task == "dense":
+    dense_values = task == "regression" and output.dim() == 4 and kind != "pred"
+    if kind == "region" or task == "dense" or dense_values:
         return _region(items, output, lens, task)
     if kind == "output":
         k = output.shape[1]
@@ -450,20 +459,30 @@ def _sign(item: Any, row: torch.Tensor, lens: Lens) -> float:
         return 1.0
     if text in ("neg", "negative", "0"):
         return -1.0
-    names = [c.lower() for c in lens.classes or []]
-    if len(names) == 2 and text in names:
-        return 1.0 if names.index(text) == 1 else -1.0
+    names = binary_names(lens.classes) if lens.classes and len(lens.classes) < 3 else []
+    if text in [n.lower() for n in names]:  # one name: the positive class's
+        return 1.0 if [n.lower() for n in names].index(text) == 1 else -1.0
     raise TargetError(
         f"target '{item}' does not fit a single-logit (binary) model: use pos or neg"
-        + (f" or {lens.classes[0]}/{lens.classes[1]}" if len(names) == 2 else "")
+        + (f" or {names[1]}/{names[0]}" if names else "")
     )
 
 
+def binary_names(classes: Sequence[str]) -> list[str]:
+    """A single logit's (negative, positive) names: two names as given; one name (Hugging
+    Face's ``id2label = {0: "cancer"}``, ``--classes cancer``) the positive class's, the
+    negative ``not cancer``."""
+    return [f"not {classes[0]}", str(classes[0])] if len(classes) == 1 else list(classes)
+
+
 def _region(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Target:
+    if task == "regression" and output.dim() == 4:  # depth per pixel: no predicted region
+        from .dense_values import value_region
+
+        return value_region(items, output, lens)
     if task != "dense":
         raise TargetError("region targets need a dense (N×classes×H×W) output, e.g. segmentation")
     n, k = output.shape[:2]
-    from .output_reader import is_binary_dense
 
     binary = is_binary_dense(output)  # one channel read as background/foreground
     independent = lens is not None and lens.dense_sigmoids(output)

@@ -123,8 +123,10 @@ class CamResult(Result):
 
     def class_name(self, index: int) -> str:
         classes = self.meta.get("classes") or []
-        if not classes and self.meta.get("task") == "binary":
-            classes = ["negative", "positive"]  # a single logit's two classes, as targets say
+        if len(classes) < 2 and self.meta.get("task") == "binary":
+            from ..targets import binary_names  # one name is the positive class's
+
+            classes = binary_names(classes) if classes else ["negative", "positive"]
         return str(classes[index]) if 0 <= index < len(classes) else str(index)
 
     # -- pictures --------------------------------------------------------------------------
