@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .channel_layout import learning_layouts, share_layouts
-from .errors import NetlensError, TargetError
+from .errors import NetlensError, NetlensWarning, TargetError
 from .fresh_input import fresh, write_count
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, exclusive, layer_table
@@ -185,7 +185,7 @@ class Lens:
 
     def predict(self, images: Any) -> torch.Tensor:
         """Class probabilities: N×K softmax (sigmoid for multi-label/binary models)."""
-        x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        x = self.preprocess(images)  # as cam reads them: uint8 too; a float N×C×H×W as is
         with exclusive(self.model), torch.no_grad(), eval_mode(self.model):
             return self.probabilities(self.output(self.place(x)))
 
@@ -256,27 +256,27 @@ class Lens:
         """The class names still name the outputs: a head replaced since the lens was made
         (``reset_classifier(3)`` in a notebook) leaves names of the old classes; those read off
         the model are dropped with a warning, names the user gave are refused in one line."""
-        names = self.classes
-        n = out.shape[1] if out.dim() in (2, 4) else None
+        names, n = self.classes, out.shape[1] if out.dim() in (2, 4) else None
         if not names or n is None or n == len(names) or (n == 1 and len(names) == 2):
             return
         if names is self._found_classes:
             import warnings
 
-            from .errors import NetlensWarning
-
+            where = "" if self.output_key is None else f" (output {self.output_key!r})"
             warnings.warn(
-                f"the model now has {n} outputs, not the {len(names)} its class names were "
-                "read for (a replaced head?): outputs are numbered; give their names with "
-                "classes= (lens.classes = [...])",
+                f"the model has {n} outputs{where}, not the {len(names)} its class names were "
+                "read for (another output, or a replaced head?): outputs are numbered; give "
+                "their names with --classes (classes= or lens.classes = [...] in Python)",
                 NetlensWarning,
                 stacklevel=3,
             )
             self.classes = self._found_classes = None
             return
-        raise NetlensError(
-            f"the model has {n} outputs but {len(names)} class names; give one name per "
-            "output, in output order: lens.classes = [...] (or classes= when loading)"
+        where = "" if self.output_key is None else f" (output {self.output_key!r})"
+        raise NetlensError(  # given by the user, or stored with the model for another output
+            f"the model has {n} outputs{where} but {len(names)} class names (given, or stored "
+            "with the model); give one name per output, in output order: --classes FILE or "
+            "a,b,... on the command line, classes= or lens.classes = [...] in Python"
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

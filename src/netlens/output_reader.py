@@ -10,6 +10,18 @@ downstream (softmax, sigmoid, the single-logit ``[0, z]``) sees logits. Gradient
 change: d z = d p / (p (1 − p)) scales each image's gradient by one positive number, which
 their per-map normalisation removes.
 
+A model ending in a softmax (``nn.Softmax``, ``F.softmax``) outputs the probabilities p of
+its N×K classes; :class:`OutputReader` reads them as their logs, log p, which are the model's
+logits up to one constant per image (``log softmax(z) = z − logsumexp(z)``), so the
+probabilities shown are ``softmax(log p) = p`` and every consumer (CAM targets, evaluate,
+ablate, the perturbation metrics) scores the same log-probabilities. Explained on p, Score-CAM
+was class-blind (masked scores all in [0, 1], so its channel weights lay within a factor e of
+each other) and Ablation-CAM and Grad-CAM++ changed with how the head was written (see
+docs/cam-conventions.md). The softmax is told by the output's values, every row in [0, 1] and
+summing to 1 (:func:`netlens.targets.are_probabilities`, the rule the probabilities shown and
+the metrics' :func:`netlens.targets.as_logits` already used), on every read, so a forward
+without autograd (Score-CAM's masked batches, ``predict``) reads exactly as one with it.
+
 A model whose forward ends in ``.squeeze()`` returns K values for one image (its 1×K squeezed),
 which read as K images of one logit each; :func:`squeezed_batch_dims` tells such a model (the
 tensor has fewer dimensions for one image than for two; :func:`output_rules` learns both
@@ -34,9 +46,12 @@ from .output_checks import is_sigmoid_node, warn_unread_output
 
 __all__ = [
     "OutputReader",
+    "are_log_probabilities",
     "binary_dense",
     "ends_in_sigmoid",
     "is_binary_dense",
+    "is_softmax_output",
+    "log_probabilities",
     "output_rules",
     "squeezed_batch_dims",
 ]
@@ -100,17 +115,26 @@ class OutputReader:
     clamped (to the dtype's smallest positive number, and to 1 − eps/2), and the clamp passes
     gradients through, so a map is never flat because its probability is extreme. Logits come
     out in float32 (float64 for a float64 model).
+
+    A softmax's N×K probabilities (every row in [0, 1] summing to 1) are read as log p, taken
+    the same way (float64, a 0 clamped to the smallest positive number, gradients straight
+    through), unless ``binary_dense`` is off (a regression's values, or independent labels:
+    read as they are).
     """
 
     key: str | int | None = None
     sigmoid: bool = False
-    binary_dense: bool = True  # one channel per pixel as background/foreground (not multilabel)
+    # outputs read as classes: one channel per pixel as background/foreground, a softmax's
+    # probabilities as log p (off for a regression's values and independent labels)
+    binary_dense: bool = True
     batch_dims: int | None = None  # a model that squeezes one image's batch axis away
 
     def __call__(self, out: Any) -> torch.Tensor:
         t = model_output(out, self.key, self.batch_dims)
         if self.sigmoid and t.is_floating_point() and t.dim() in (2, 4):
             t = _inverse_sigmoid(t)
+        elif self.binary_dense and is_softmax_output(t):
+            t = log_probabilities(t)
         if t.dim() == 4 and t.shape[1] == 1 and self.binary_dense:
             return binary_dense(t)
         return t
@@ -124,6 +148,37 @@ def _inverse_sigmoid(p: torch.Tensor) -> torch.Tensor:
     c = q + (q.clamp(info.tiny * info.eps, 1 - info.eps / 2) - q).detach()  # subnormals too
     z = torch.log(c) - torch.log1p(-c)
     return z.to(torch.promote_types(p.dtype, torch.float32))
+
+
+def is_softmax_output(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a classifier's N×K softmax probabilities (K ≥ 2, every value in [0, 1],
+    every row summing to 1: :func:`netlens.targets.are_probabilities`), read as log p."""
+    from .targets import are_probabilities
+
+    if not t.is_floating_point() or t.dim() != 2:
+        return False
+    return are_probabilities(t.detach().float(), t.dtype)
+
+
+def log_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """log p in float64 (see :class:`OutputReader`): a 0 clamped to the dtype's smallest
+    positive number, straight-through for gradients; out in float32 (float64 for float64)."""
+    info = torch.finfo(p.dtype)
+    q = p.double()
+    c = q + (q.clamp_min(info.tiny * info.eps) - q).detach()
+    return torch.log(c).to(torch.promote_types(p.dtype, torch.float32))
+
+
+def are_log_probabilities(out: torch.Tensor) -> bool:
+    """Whether N×K ``out`` is log-probabilities (a softmax model's, as
+    :class:`netlens.output_reader.OutputReader` reads them, or a ``log_softmax`` model's):
+    every value ≤ 0 and every row's exponentials summing to 1 within a bfloat16 softmax's
+    rounding (2⁻⁶). Shown as ``exp``, the model's own probabilities: a softmax would divide
+    them by their rows' sums (a bfloat16 0.75 by 1.002)."""
+    if out.dim() != 2 or out.shape[1] < 2 or not out.numel() or bool(out.max() > 0):
+        return False
+    sums = out.double().exp().sum(dim=1)
+    return bool(torch.isfinite(out).all()) and bool((sums - 1).abs().max() <= 2**-6)
 
 
 def binary_dense(z: torch.Tensor) -> torch.Tensor:

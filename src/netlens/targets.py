@@ -88,7 +88,11 @@ def probabilities(output: torch.Tensor, task: str) -> torch.Tensor:
     """
     out = output.detach().float()
     if task == "multiclass":
-        return out if are_probabilities(out, output.dtype) else torch.softmax(out, dim=1)
+        from .output_reader import are_log_probabilities as logs
+
+        if are_probabilities(out, output.dtype):
+            return out
+        return out.exp() if logs(out) else torch.softmax(out, dim=1)
     if task == "binary":  # N×2: (negative, positive), indexed as binary targets are
         return torch.softmax(as_logits(out.reshape(len(out), -1)[:, :1]), dim=1)
     if task == "multilabel":

@@ -10,6 +10,16 @@ updates, per layer,
 - min and max of the finite values, the number of NaN (``nan``) and ±inf (``inf``) values (a
   warning names the layers that have any) and the number of values ≤ ``eps`` (``near_zero``:
   fraction of all values);
+- on an activation whose negative side passes its input on (PReLU, LeakyReLU, RReLU, ELU,
+  CELU, SELU) and whose outputs run below −``eps`` over the data, the number of values with
+  |x| ≤ ``eps`` and every unit's running maximum of |x|: there a negative value carries signal
+  (PReLU's slope times x), so ``near_zero`` counts |x| ≤ ``eps`` and a unit is dead when
+  |x| ≤ ``eps`` for every input (``x ≤ eps`` counted the negative half, 31–59 % of MTCNN's
+  PReLU outputs, and called units dead whose outputs ran down to −0.89). The row's
+  ``zero_rule`` says which rule applied (``x ≤ eps`` or ``|x| ≤ eps``). ReLU and the smooth
+  ReLUs whose negative tail is small and bounded (GELU's −0.17, SiLU's −0.28: a unit never
+  positive is the dead one, as usually counted), and Conv2d/Linear layers (whose negative
+  values are what a following ReLU zeroes), keep ``x ≤ eps``;
 - the running maximum of every *unit*. A unit is one element of a layer's output for one input:
   a (channel, y, x) position of a conv map, a (token, feature) of a ViT block, a (window, token,
   feature) of Swin's window attention, a feature of a vector. The images are found where they
@@ -53,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import AnalyzerError
 from ..few_images import on_fewest
@@ -90,6 +101,10 @@ __all__ = [
     "is_activation",
 ]
 
+# activations whose negative outputs carry their input on (a slope or an exponential's
+# saturation down to −α), where "near zero" and "dead" mean |x| ≤ eps
+_SIGNED = (nn.PReLU, nn.LeakyReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU)
+
 
 @dataclass
 class LayerStats:
@@ -105,6 +120,9 @@ class LayerStats:
     low: float = float("inf")
     high: float = float("-inf")
     near_zero: int = 0
+    signed: bool = False  # an activation layer: |x| ≤ eps when its outputs run below −eps
+    near_zero_abs: int = 0
+    unit_absmax: torch.Tensor | None = None
     underflow: int = 0
     overflow: int = 0
     nan: int = 0
@@ -139,6 +157,9 @@ class LayerStats:
             )
         self.near_zero += int((t <= self.eps).sum())
         self._unit_max(_units(t, self.where))
+        if self.signed:
+            self.near_zero_abs += int((t.abs() <= self.eps).sum())
+            self._unit_absmax(_units(t.abs(), self.where))
         self._histogram(t.numpy().ravel().astype(np.float64, copy=False))
 
     def _fold(self, n_b: int, mean_b: float, m2_b: float) -> None:
@@ -163,6 +184,16 @@ class LayerStats:
         else:
             self.unit_max = torch.maximum(self.unit_max, batch_max)
 
+    def _unit_absmax(self, batch_max: torch.Tensor) -> None:
+        um = self.unit_absmax
+        self.unit_absmax = batch_max if um is None else torch.maximum(um, batch_max)
+
+    @property
+    def zero_rule(self) -> str:
+        """``|x| ≤ eps`` for an activation layer whose finite outputs ran below −eps, else
+        ``x ≤ eps`` (see the module doc)."""
+        return "|x| ≤ eps" if self.signed and self.finite and self.low < -self.eps else "x ≤ eps"
+
     def merge(self, later: LayerStats) -> None:
         """Add the statistics of the batches that came after this one's (another rank's share).
 
@@ -182,6 +213,9 @@ class LayerStats:
         self.inf += later.inf
         self.low, self.high = min(self.low, later.low), max(self.high, later.high)
         self.near_zero += later.near_zero
+        self.near_zero_abs += later.near_zero_abs
+        if later.unit_absmax is not None:
+            self._unit_absmax(later.unit_absmax)
         self.underflow += later.underflow
         self.overflow += later.overflow
         if later.unit_max is not None:
@@ -211,8 +245,11 @@ class LayerStats:
         """The table row for this layer (``channels_last``: its output is N×H×W×C or N×L×C
         tokens, not N×C×H×W or N×C×L; ``channel_axis``, when given: the channels' axis of a
         unit array, :attr:`unit_max`)."""
+        absolute = self.zero_rule == "|x| ≤ eps"
         um = self.unit_max if self.unit_max is not None else torch.zeros(0)
+        um = self.unit_absmax if absolute and self.unit_absmax is not None else um
         dead_units = um <= self.eps
+        near = self.near_zero_abs if absolute else self.near_zero
         ax = channel_axis if channel_axis is not None else um.dim() - 1 if channels_last else 0
         some = bool(self.finite)  # else no finite value: NaN, not the empty fold's 0 and ±inf
         per_channel = (
@@ -228,7 +265,7 @@ class LayerStats:
             "std": self.std,
             "min": self.low if some else float("nan"),
             "max": self.high if some else float("nan"),
-            "near_zero": self.near_zero / self.count if self.count else float("nan"),
+            "near_zero": near / self.count if self.count else float("nan"),
             "dead_units": float(dead_units.double().mean()) if um.numel() else float("nan"),
             "dead_channels": float(per_channel.double().mean()),
             "channels": int(len(per_channel)),
@@ -236,6 +273,7 @@ class LayerStats:
             "overflow": self.overflow,
             "nan": self.nan,
             "inf": self.inf,
+            "zero_rule": self.zero_rule,
         }
 
 
@@ -358,7 +396,8 @@ class StatsAnalyzer(Analyzer):
             meta["layers_rule"] = rule
         meta["unit"] = (
             "one element of a layer's output for one input (conv: channel×y×x; tokens: "
-            "token×feature, wherever the layer puts the images); dead = ≤ eps for every input"
+            "token×feature, wherever the layer puts the images); dead = ≤ eps for every input "
+            "(|x| ≤ eps on activation layers whose outputs run below −eps: each row's zero_rule)"
         )
         warnings = _warnings(stats, silent, left_out)
         if warnings:
@@ -399,6 +438,7 @@ def _stream(
     rows in the order the calls run; the selections that ran (gave any output, a tensor or
     not); the calls a pattern picked that return no tensor (left out)."""
     o, lens = run.options, run.lens
+    modules = dict(lens.model.named_modules())
     edges: dict[str, np.ndarray] = {}
     if rng is None and run.group.world > 1:  # every rank bins like the first batch says
         edges = run.group.broadcast(lambda: _first_edges(run, names, int(o.bins)))
@@ -428,6 +468,8 @@ def _stream(
             for key, slot, out in outputs(p, layout.names, layout.calls):
                 if isinstance(out, torch.Tensor):
                     new = LayerStats(o.eps, int(o.bins), rng, edges=edges.get(key))
+                    mod = modules.get(str(key).split("@")[0].split(":")[0])
+                    new.signed = isinstance(mod, _SIGNED)
                     stats.setdefault(key, new).update(out, layout.axis(slot))
                     slots.setdefault(key, slot)
             p.clear()

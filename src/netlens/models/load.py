@@ -422,7 +422,7 @@ def _open(
         arch_kwargs=arch_kwargs,
     )
     loaded.model.eval()
-    return Lens(
+    lens = Lens(
         loaded.model,
         loaded.preprocess,
         loaded.classes,
@@ -431,6 +431,8 @@ def _open(
         task=loaded.task,
         name=Path(source).stem,
     )
+    lens._found_classes = lens.classes  # read from the file: dropped, not refused, if unfit
+    return lens
 
 
 def load_file(

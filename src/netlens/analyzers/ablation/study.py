@@ -190,7 +190,8 @@ def _check_tensors(units: list[Unit], explicit: bool) -> tuple[list[Unit], list[
 
 def _units(run: Run, x0: torch.Tensor, mode: str) -> tuple[list[Unit], list[str]]:
     opts = run.options
-    units, explicit = find_units(run.lens.model, x0, opts.layers, opts.identity_fns)
+    lens = run.lens
+    units, explicit = find_units(lens.model, x0, opts.layers, opts.identity_fns, lens.reader)
     if opts.channels and len(units) != 1:
         raise AnalyzerError("channel ablation needs exactly one layer: pass --layers NAME")
     units, others = _check_tensors(units, explicit)

@@ -32,6 +32,7 @@ from torch import nn
 from ...errors import AnalyzerError
 from ...few_images import on_fewest
 from ...layers import resolve_layers
+from .heads import Heads, output_heads
 from .residual import find_residual
 from .survey import Call, survey
 
@@ -181,24 +182,34 @@ def _expand_repeats(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]
     return [(name, module)]
 
 
-def _plain_layers(model: nn.Module) -> list[str]:
-    """Each parameterised, non-normalisation child of the feature stack (head left out)."""
+def _plain_layers(model: nn.Module, heads: Heads | None = None) -> list[str]:
+    """Each parameterised, non-normalisation child of the feature stack (heads left out: the
+    modules that make the model's outputs, from its autograd graph, else the last Linear)."""
     prefix, stack = _feature_stack(model)
     children = [(n, m) for n, m in stack.named_children() if _has_params(m) and not is_norm(m)]
     if not prefix:
         children = [(n, m) for n, m in children if n not in _HEAD_NAMES]
-        if children and isinstance(children[-1][1], nn.Linear):
+        if heads is not None and heads.heads:  # every output's head (O-Net has three)
+            children = [(n, m) for n, m in children if n not in heads.heads]
+        elif children and isinstance(children[-1][1], nn.Linear):
             children = children[:-1]  # the classifier: removing it leaves no logits
     return [prefix + n for c in children for n, _ in _expand_repeats(*c)]
 
 
 def _default_units(
-    model: nn.Module, calls: dict[str, Call], fns: Mapping[Any, IdentityFn]
+    model: nn.Module,
+    calls: dict[str, Call],
+    fns: Mapping[Any, IdentityFn],
+    heads: Heads | None = None,
 ) -> list[Unit]:
     blocks = _residual_blocks(model, calls, fns)
+    if heads is not None and heads.needed is not None:  # what the explained output reads
+        blocks = [b for b in blocks if b.name in heads.needed]
     if blocks:
         return blocks
-    names = [n for n in _plain_layers(model) if n in calls]
+    names = [n for n in _plain_layers(model, heads) if n in calls]
+    if heads is not None and heads.needed is not None:
+        names = [n for n in names if n in heads.needed]
     if not names:
         raise AnalyzerError(
             f"found no blocks to ablate in {type(model).__name__}; pick layers with --layers"
@@ -211,6 +222,7 @@ def find_units(
     x: torch.Tensor,
     layers: object = None,
     identity_fns: Mapping[Any, IdentityFn] | None = None,
+    output: Callable[[Any], torch.Tensor] | None = None,
 ) -> tuple[list[Unit], bool]:
     """The units to ablate (None: the default units) and whether they were chosen by hand.
 
@@ -220,11 +232,15 @@ def find_units(
         layers: a layer selector (names, globs, ``type:X``), None or ``"blocks"``.
         identity_fns: ``{unit name or block class: fn(module, x)}``, the block's output without
             its residual branch, for blocks netlens cannot trace.
+        output: raw model output → the explained tensor (``Lens.reader``); when given, the
+            default units leave out those the explained output does not depend on (another
+            head's branch, whose drop is exactly 0).
     """
     fns = dict(identity_fns or {})
     calls = on_fewest(lambda few: survey(model, few), x)
     if layers is None or layers == "" or layers == "blocks":
-        return _default_units(model, calls, fns), False
+        heads = on_fewest(lambda few: output_heads(model, few, output), x)
+        return _default_units(model, calls, fns, heads), False
     names = resolve_layers(model, layers)  # type: ignore[arg-type]
     consumed = [str(n) for n in names if n.consumed]
     if consumed:
