@@ -7,6 +7,8 @@
 - :mod:`.sinks`: progress drawn and rows written by rank 0 only.
 - :mod:`.launch`: ``netlens COMMAND --distributed N``, which re-launches the command through
   torch's launcher (the code path of ``torchrun --nproc-per-node N -m netlens COMMAND``).
+- :mod:`.parent`: a ``--distributed`` worker's tie to its launcher (it ends with the launcher,
+  and leaves Ctrl-C to it).
 
 See ``docs/scaling-out.md``.
 """

@@ -12,7 +12,9 @@ partials in that order repeats the single-process computation operation for oper
 
 Failures never hang a job. A rank whose work raises records ``"rank R: cause"`` in the job's
 key-value store (:meth:`Group.fail`; the first failure of a run wins); the other ranks see it at
-their next exchange or progress step (:meth:`Group.check`) and stop with :class:`RankFailed`.
+their next exchange or progress step (:meth:`Group.check`) and stop with :class:`RankFailed`;
+there, too, a worker of ``--distributed N`` whose launcher is gone stops quietly (as when the
+launcher stops it: ``SystemExit(143)``, nothing written; see :mod:`.parent`).
 Each run (each outermost :meth:`Group.guard`) keeps its records under keys of its own, numbered
 alike on every rank (all ranks make the same runs in the same order, as their exchanges must
 match), so a job that goes on after a failed run starts its next run clean. An exchange
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import NetlensError
+from .parent import launcher_gone, stopping
 
 __all__ = [
     "EXIT_LOST",
@@ -274,7 +278,7 @@ class Group:
     def _record(self, exc: BaseException) -> bool:
         # SystemExit: the rank was stopped (exit_on_sigterm), not failed: it has no line, and
         # the others, losing contact, leave the launcher to name it
-        if isinstance(exc, (RankFailed, SystemExit)):
+        if isinstance(exc, (RankFailed, SystemExit)) or stopping() is not None:
             return False
         recorded = self._recorded()
         if recorded is not None:  # this rank's own line (recorded by another Group of it) or not
@@ -306,6 +310,11 @@ class Group:
             return None
 
     def _raise_if_failed(self) -> None:
+        stopped = stopping()  # this worker was stopped, and the SystemExit was swallowed
+        if stopped is not None:
+            raise SystemExit(128 + stopped)
+        if launcher_gone():  # the --distributed launcher was killed: the run is over, unsaid
+            raise SystemExit(128 + signal.SIGTERM)
         line = self._recorded()
         if line is not None:
             raise RankFailed(line)

@@ -7,8 +7,11 @@ path: every worker joins the job as under torchrun (:mod:`netlens.distributed.se
 worker gets ``cores / N`` threads unless ``--threads`` or ``NETLENS_THREADS`` says otherwise.
 
 The workers report for themselves: rank 0 prints the result, the first rank that fails prints
-its one line. The launcher stays silent except when a worker died without a word (killed by a
-signal, e.g. the out-of-memory killer): then it names the rank and the signal.
+its one line. The launcher stays silent (torch's launcher logs included) except when a worker
+died without a word (killed by a signal, e.g. the out-of-memory killer): then it names the rank
+and the signal; and at Ctrl-C or SIGTERM, where it says ``interrupted`` once for the run, with
+one process's exit status (130, 128 + 15). The workers end with the launcher, also when it is
+killed outright (:mod:`netlens.distributed.parent`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import NetlensError
 from .group import EXIT_LOST
+from .parent import LAUNCHER_ENV
 from .setup import in_torchrun
 
 __all__ = ["relaunch", "strip_flag"]
@@ -57,7 +63,6 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     os.environ.setdefault("NETLENS_THREADS", threads)
     os.environ.setdefault("OMP_NUM_THREADS", os.environ["NETLENS_THREADS"])
-    _quiet_launcher()
     logs = tempfile.mkdtemp(prefix="netlens-launch-")  # the launcher's folder, removed after
     config = LaunchConfig(
         logs_specs=DefaultLogsSpecs(log_dir=logs),
@@ -70,16 +75,38 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
         max_restarts=0,
         monitor_interval=0.1,
     )
+    # the workers end with this process (parent.py) and leave Ctrl-C to it
+    before = os.environ.get(LAUNCHER_ENV)
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    handlers = {s: signal.getsignal(s) for s in _HANDLED if s is not None}
+    handlers = {s: h for s, h in handlers.items() if h is not None}
     try:
-        elastic_launch(config, sys.executable)(*args)
+        with _quiet_launcher():
+            elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as exc:
         return _exit_status(exc.failures)
-    except SignalException:  # Ctrl-C or a kill of the launcher: the workers were stopped
-        print("interrupted", file=sys.stderr)
-        return 130
+    except SignalException as exc:  # Ctrl-C or a kill of the launcher: the workers were stopped
+        return _interrupted(int(exc.sigval))
     finally:
         shutil.rmtree(logs, ignore_errors=True)
+        for signum, handler in handlers.items():  # torch's launcher replaced them
+            signal.signal(signum, handler)
+        if before is None:
+            os.environ.pop(LAUNCHER_ENV, None)
+        else:
+            os.environ[LAUNCHER_ENV] = before
     return 0
+
+
+_HANDLED = tuple(getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"))
+
+
+def _interrupted(signum: int) -> int:
+    """One process's line and status for signal ``signum``: ``interrupted`` and 130 at Ctrl-C,
+    ``interrupted (SIGTERM)`` and 143 at SIGTERM (128 + N)."""
+    said = "" if signum == signal.SIGINT else f" ({_signal_name(signum)})"
+    print(f"interrupted{said}", file=sys.stderr)
+    return 128 + signum
 
 
 def _exit_status(failures: dict[int, object]) -> int:
@@ -125,13 +152,65 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _quiet_launcher() -> None:
-    """The launcher's own log lines (worker failures, shutdown) stay out of the one-line promise."""
+_TORCH_LOGGERS = (
+    "torch.distributed.elastic",
+    "torch.distributed.launcher",
+    "torch.distributed.run",
+)
+# modules torch's launcher imports only once it runs: their loggers get a level of their own then
+_LATE_MODULES = (
+    "torch.distributed.elastic.rendezvous.c10d_rendezvous_backend",
+    "torch.distributed.elastic.rendezvous.dynamic_rendezvous",
+    "torch.distributed.elastic.rendezvous.static_tcp_rendezvous",
+    "torch.distributed.elastic.rendezvous.etcd_rendezvous",
+    "torch.distributed.elastic.agent.server.local_elastic_agent",
+)
+
+
+class _DropTorchLaunch(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_torch_launch(record.name)
+
+
+def _is_torch_launch(name: str) -> bool:
+    return any(name == n or name.startswith(n + ".") for n in _TORCH_LOGGERS)
+
+
+@contextmanager
+def _quiet_launcher() -> Iterator[None]:
+    """Inside: torch's launcher logs nothing (worker failures, "Received 2 death signal, shutting
+    down workers"): the launcher says at most one line, its own. ``NETLENS_DEBUG=1`` keeps them.
+
+    Each of torch's module loggers has a level of its own (``LOGLEVEL``, default WARNING), so
+    every one of them is raised, and a filter on the handlers the records reach drops those of
+    loggers made later.
+    """
     if os.environ.get("NETLENS_DEBUG") == "1":
+        yield
         return
-    for name in (
-        "torch.distributed.elastic",
-        "torch.distributed.launcher",
-        "torch.distributed.run",
-    ):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    import importlib
+
+    for module in _LATE_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - not in this torch (or its extras): nothing to quiet
+            pass
+    levels = {}
+    for name in [*_TORCH_LOGGERS, *list(logging.root.manager.loggerDict)]:
+        logger = logging.getLogger(name)
+        if _is_torch_launch(name) and name not in levels:
+            levels[name] = logger.level
+            logger.setLevel(logging.CRITICAL + 1)
+    drop = _DropTorchLaunch()
+    handlers = [logging.lastResort] if logging.lastResort is not None else []
+    for name in ("torch.distributed", "torch", ""):
+        handlers += logging.getLogger(name).handlers
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -33,26 +33,54 @@ def exit_on_sigterm() -> Iterator[None]:
     releases its output lock and removes the folder it made but never wrote into. Once the
     command is over (the interpreter's exit handlers may be running), a SIGTERM ends the process
     at once and quietly: raising inside an exit handler would print a traceback.
+
+    In a worker of ``--distributed N`` (:mod:`.parent`) the worker is also tied to the
+    launcher's life, and Ctrl-C (SIGINT, which the launcher passes on) unwinds it the same way,
+    without a line: the launcher says ``interrupted`` once for the run.
     """
     import signal
     import sys
 
     from ..signals import in_finalizer, resend_later
+    from .parent import bind_to_launcher, launched, note_stop, stopping
 
     def unwind(signum: int, frame: object) -> None:
         if in_finalizer(frame):  # raised here, the exit would be printed and dropped
             resend_later(signum)
             return
+        note_stop(signum)
         sys.exit(128 + signum)
 
     def leave(signum: int, frame: object) -> None:
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, unwind)
+    quiet = (signal.SIGTERM, signal.SIGINT) if launched() is not None else (signal.SIGTERM,)
+    for signum in quiet:
+        signal.signal(signum, unwind)
     try:
+        bind_to_launcher()
         yield
     finally:
-        signal.signal(signal.SIGTERM, leave)
+        for signum in quiet:
+            signal.signal(signum, leave)
+        stopped = stopping()
+        if stopped is not None and launched() is not None:
+            _exit_now(128 + stopped)
+
+
+def _exit_now(code: int) -> None:
+    """End a worker the launcher stopped (or lost) once it has unwound: exit handlers run, the
+    interpreter's seconds-long teardown of torch does not (the launcher waits for it)."""
+    import atexit
+    import sys
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stream: nothing left to say
+            pass
+    os._exit(code)
 
 
 def rank_device(device: str | None, local_rank: int) -> str:
@@ -89,6 +117,10 @@ def join_from_env(device: str | None = None) -> tuple[Group, str | None]:
     if not in_torchrun():
         return Group(), device
     from datetime import timedelta
+
+    from .parent import bind_to_launcher
+
+    bind_to_launcher()  # a worker of --distributed N ends with its launcher
 
     import torch
     import torch.distributed as dist

@@ -96,6 +96,7 @@ class PluginHost:
             try:
                 obj = ep.load()
             except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin: never fatal
+                _reraise_a_stop(exc)
                 self._problem(ep.name, package, version, f"failed to import: {_short(exc)}")
                 continue
             self.register(obj, name=ep.name, package=package, version=version)
@@ -120,6 +121,7 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
         except (Exception, SystemExit) as exc:  # noqa: BLE001
+            _reraise_a_stop(exc)
             self._problem(name, package, version, f"failed to register: {_short(exc)}")
             return
         self.plugins[name] = PluginInfo(name, package, version, package == BUILTIN_PACKAGE)
@@ -311,3 +313,13 @@ def _a(noun: str) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def _reraise_a_stop(exc: BaseException) -> None:
+    """A ``SystemExit`` raised by a stop signal's handler while a plugin loads is the run's
+    end, not the plugin's failure (a ``--distributed`` worker told to stop ran on and wrote)."""
+    if isinstance(exc, SystemExit):
+        from ..distributed.parent import stopping
+
+        if stopping() is not None:
+            raise exc
