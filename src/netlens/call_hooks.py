@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .consumed import ConsumeWatch
 from .errors import LayerNotFoundError
 from .layer_call import LayerCall
 from .layers import resolve_layers, trace_calls
+from .probe_guards import EagerConsumeWatch, eager
 
 __all__ = ["hook_call"]
 
@@ -46,7 +46,7 @@ def hook_call(
         ...     logits = model(x)
     """
     sel, call = _one_call(model, layer, example)
-    watch = ConsumeWatch() if sel.consumed else None
+    watch = EagerConsumeWatch() if sel.consumed else None
     seen = [0]
 
     def begin(module: nn.Module, args: Any) -> None:
@@ -70,9 +70,9 @@ def hook_call(
 
     target = dict(model.named_modules())[sel.name]
     handles = [
-        model.register_forward_pre_hook(begin),
-        target.register_forward_hook(on_call),
-        model.register_forward_hook(end),
+        model.register_forward_pre_hook(eager(begin)),  # eager: run as such under torch.compile
+        target.register_forward_hook(eager(on_call)),
+        model.register_forward_hook(eager(end)),
     ]
     try:
         yield

@@ -22,6 +22,9 @@ class CallOutput:
         grad: the gradient, once computed.
         pending: for ``:consumed`` selections, the live tensor not yet read by later code.
         overwritten: an in-place op destroyed ``value`` before it could be copied.
+        version: ``node``'s version counter when stored, for a node that is the model's own
+            tensor (an output aliasing the module's input), checked before taking gradients.
+        refused: why no gradient is given for this output (formatted with ``name``).
     """
 
     slot: tuple[str, int]
@@ -31,3 +34,5 @@ class CallOutput:
     grad: torch.Tensor | None = None
     pending: torch.Tensor | None = None
     overwritten: bool = False
+    version: int | None = None  # node's version counter when stored (an output aliasing an input)
+    refused: str | None = None  # why no gradient is given for it (a format string with {name})

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import probe_guards as pg
 from .call_output import CallOutput
-from .consumed import ConsumeWatch, consume, settle
+from .consumed import consume, settle
 from .errors import LayerNotFoundError, NetlensError, hint
 from .layer_call import LayerCall
 from .layers import resolve_layers, tuple_head
@@ -48,20 +49,6 @@ REENTRANT = (
     "model.set_grad_checkpointing(False)), or use a gradient-free method: --method scorecam or "
     "ablationcam (method= in Python)"
 )
-
-
-def _copied(output: Any, detach: bool, to: torch.device | None) -> Any:
-    """A tuple's or dict's tensors copied (detached, moved ``to``): the write guard follows
-    single tensors, and the model may rewrite these in place after the call (``out += skip``)."""
-    from torch.utils._pytree import tree_map
-
-    def copy(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        t = t.detach() if detach else t
-        return t.to(to, copy=True) if to is not None else t.clone()
-
-    return tree_map(copy, output)
 
 
 def _in_backward() -> bool:
@@ -130,6 +117,9 @@ class Capture:
         entries = self._checked()
         if any(not isinstance(e.value, torch.Tensor) for e in entries):
             raise NetlensError(_NOT_A_TENSOR.format(name=self.name.name))
+        for e in entries:
+            if e.refused:
+                raise NetlensError(e.refused.format(name=self.name))
         return [e.grad for e in entries]
 
     @property
@@ -248,13 +238,14 @@ class Probe:
         self._handles: list[Any] = []
         self._guard = WriteGuard()
         consumed = any(n.consumed for n in self.names)
-        self._watch = ConsumeWatch() if consumed else None
+        self._watch = pg.EagerConsumeWatch() if consumed else None
         self._calls: dict[str, int] = {}
         self._forward = 0
         self._root: tuple[bool, list[int]] | None = None
         self._batch: int | None = None  # the probed model's batch (a tuple's first element)
         self._rng: torch.Tensor | None = None  # the CPU RNG as the forward began (for a rerun)
         self._open = False  # a forward has begun and not ended (it raised: see _closed)
+        self._depth = 0  # calls of the model inside its own forward (part of that forward)
         self._rerunning = False
         self._modules: list[nn.Module] = []
 
@@ -265,17 +256,19 @@ class Probe:
         self._guard.hold([*self.model.parameters(), *self.model.buffers()])
         try:
             for name in self._by_module:
-                self._handles.append(modules[name].register_forward_hook(self._hook_for(name)))
-            self._handles.append(
-                self.model.register_forward_pre_hook(self._begin, with_kwargs=True)
-            )
+                hook = pg.eager(self._hook_for(name))  # eager under torch.compile, see probe_guards
+                self._handles.append(modules[name].register_forward_hook(hook))
+            begin = pg.eager(self._begin)
+            self._handles.append(self.model.register_forward_pre_hook(begin, with_kwargs=True))
             # prepended: probes nested on one model end in the reverse order they began (_end,
             # then _closed, which runs even when the forward raises, to unwind what _begin did)
             closed = self.model.register_forward_hook(
-                self._closed, with_kwargs=True, prepend=True, always_call=True
+                pg.eager(self._closed), with_kwargs=True, prepend=True, always_call=True
             )
             self._handles.append(closed)
-            end = self.model.register_forward_hook(self._end, with_kwargs=True, prepend=True)
+            end = self.model.register_forward_hook(
+                pg.eager(self._end), with_kwargs=True, prepend=True
+            )
             self._handles.append(end)
         except BaseException:
             self.remove()
@@ -299,6 +292,9 @@ class Probe:
 
     # -- one forward of the probed model ---------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._open:  # the model calls itself (multi-scale): part of the forward under way
+            self._depth += 1
+            return
         if self._watch is not None:
             self._watch.finish()
         self._forward += 1
@@ -321,6 +317,9 @@ class Probe:
         """After every forward, also one that raised: then _end never ran, and the guard's
         dispatch mode (and the consumption watch) it left on torch's stack are unwound here,
         so that no netlens mode outlives the failed forward."""
+        if self._depth:  # an inner call of the model ended
+            self._depth -= 1
+            return
         if not self._open:
             return
         self._open, self._root = False, None
@@ -331,6 +330,8 @@ class Probe:
             self._guard.abort()
 
     def _end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if self._depth:  # an inner call of the model (its _closed counts it down)
+            return None
         self._open = False
         for cap in self.captures.values():  # this forward's calls (an earlier one had more)
             cap._ran = self._calls.get(cap.name.name, -1) + 1
@@ -374,7 +375,7 @@ class Probe:
             again = self.model(*args, **kwargs)
         finally:
             self._rerunning = False
-        if not _same(again, output):
+        if not pg.same(again, output):
             raise NetlensError(
                 f"{type(self.model).__name__} overwrote a probed output in place in a way the "
                 "first forward did not show, and running it again gave another output; probe "
@@ -402,15 +403,15 @@ class Probe:
                 return None
             if self._watch is not None and self._watch.active:
                 with self._watch.paused():
-                    return self._on_call((name, k), wanted, output)
-            return self._on_call((name, k), wanted, output)
+                    return self._on_call((name, k), wanted, inputs, output)
+            return self._on_call((name, k), wanted, inputs, output)
 
         return hook
 
-    def _on_call(self, slot: tuple[str, int], caps: list[Capture], output: Any) -> Any:
+    def _on_call(self, slot: tuple[str, int], caps: list[Capture], inputs: Any, output: Any) -> Any:
         plain = [c._add(slot, self._forward) for c in caps if not c.name.consumed]
         later = [c._add(slot, self._forward) for c in caps if c.name.consumed]
-        replaced = self._store(slot, output, plain) if plain else None
+        replaced = self._store(slot, inputs, output, plain) if plain else None
         live = output if replaced is None else replaced
         if later and self._watch is not None and isinstance(live, torch.Tensor):
             for e in later:
@@ -439,31 +440,41 @@ class Probe:
             return None
         return tuple_head(output, self._batch)
 
-    def _store(self, slot: tuple[str, int], output: Any, entries: list[CallOutput]) -> Any:
+    def _store(
+        self, slot: tuple[str, int], inputs: Any, output: Any, entries: list[CallOutput]
+    ) -> Any:
         head = self._head(output)
         if head is not None:  # (hidden_states, …) of a Hugging Face block: kept as a tensor
             for cap in self._by_module[slot[0]]:
                 cap.first = True
-            node = self._store(slot, head, entries)
+            node = self._store(slot, inputs, head, entries)
             if node is None:
                 return None
             items = [node, *output[1:]]
             return items if isinstance(output, list) else _tuple_like(output, items)
-        if not isinstance(output, torch.Tensor):  # a tuple or dict of tensors (or anything)
-            kept = output if self.grads else _copied(output, self.detach, self.to)
+        if not isinstance(output, torch.Tensor):  # a list, tuple, dict, dataclass (or anything):
+            kept = pg.copy_container(output, self.detach, self.to)  # the parent may edit it
             for e in entries:
                 e.value = kept
             return None
-        if self.grads and torch.is_grad_enabled() and output.is_floating_point():
+        graph = self.grads and output.is_floating_point()
+        graph = graph or (not self.detach and self.to is None and output.requires_grad)
+        if graph and torch.is_grad_enabled():
+            if output.requires_grad and pg.aliases(output, tensors_in(inputs)):
+                pg.keep_alias(output, entries, grads=self.grads)
+                return None
             # Differentiate against a leaf (or the graph tensor) and hand the model a copy, so
             # later in-place ops downstream never rebase what we differentiate against.
             node = output if output.requires_grad else output.detach().requires_grad_(True)
             # a view of a weight (a learned embedding) would change with an optimizer step:
             # its value is a copy, still in the graph
             value = node.clone() if self._guard.holds(node) else node
-            for e in entries:
-                e.value, e.node = value, node
+            for e in entries:  # (detach=False: value in the graph, no gradient asked for)
+                e.value, e.node = value, (node if self.grads else None)
             return node.clone()
+        if self.grads and not torch.is_grad_enabled() and self._root and self._root[0]:
+            for e in entries:  # the forward began with grad on: a reentrant checkpoint, no_grad
+                e.refused = pg.NO_GRAD_INSIDE
         if output.is_quantized or (self.to is not None and output.device != self.to):
             # a statically quantized layer's output: its values, as floats
             moved = output.detach().dequantize() if output.is_quantized else output.detach()
@@ -498,7 +509,14 @@ class Probe:
         if not self.grads:
             raise NetlensError("this probe was made without grads=True; pass grads=True")
         entries = [e for c in self.captures.values() for e in c._entries if e.node is not None]
-        nodes = list({id(e.node): e.node for e in entries}.values())
+        for e in entries:
+            if e.version is not None and e.node._version != e.version:
+                e.refused = pg.ALIAS_WRITTEN  # the tensor now holds what an in-place op wrote
+        kept = [e for e in entries if not e.refused]
+        nodes = list({id(e.node): e.node for e in kept}.values())
+        if not nodes and kept != entries:
+            return  # reading .grad of a refused capture says why
+        entries = kept
         if not nodes:
             silent = [c for c in self.captures.values() if not c._entries]
             if len(silent) == len(self.captures):
@@ -506,6 +524,7 @@ class Probe:
             for c in self.captures.values():
                 if any(not isinstance(e.value, torch.Tensor) for e in c._entries):
                     raise NetlensError(_NOT_A_TENSOR.format(name=c.name.name))
+                c.grads  # noqa: B018 (raises why, for one that ran without grad inside the forward)
             raise NetlensError(
                 "no probed layer ran with gradients enabled; run the model inside "
                 "the probe and outside torch.no_grad()"
@@ -534,13 +553,6 @@ def _tuple_like(output: tuple, items: list[Any]) -> tuple:
     """``items`` as a tuple of ``output``'s type (a named tuple keeps its fields)."""
     make = getattr(type(output), "_make", None)
     return make(items) if make is not None else type(output)(items)
-
-
-def _same(a: Any, b: Any) -> bool:
-    ta, tb = tensors_in(a), tensors_in(b)
-    return len(ta) == len(tb) and all(
-        x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb, strict=True)
-    )
 
 
 def probe(
