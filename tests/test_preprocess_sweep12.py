@@ -217,10 +217,10 @@ def test_a_one_channel_model_gets_torchvisions_and_timms_gray(engine) -> None:
 def test_a_saved_crop_pct_above_one_loads_back(tmp_path) -> None:
     """netlens.save wrote crop_pct 1.15 (VOLO's), and netlens.load refused its own checkpoint
     ("must be in (0, 1]"); the CLI's --crop-pct stopped at 1 too."""
+    import timm
     from typer.testing import CliRunner
 
     from netlens.cli.app import app
-    import timm
 
     model = timm.create_model("resnet10t", pretrained=False, num_classes=3).eval()
     lens = netlens.load(model, input_size=(3, 32, 32), crop_pct=1.15)
