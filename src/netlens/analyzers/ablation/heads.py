@@ -18,29 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...output_reader import _VIEWS
+
 __all__ = ["Heads", "output_heads"]
 
-_PASSIVE = {  # one tensor in, the same values reshaped or squashed, out
-    "ViewBackward0",
-    "UnsafeViewBackward0",
-    "ReshapeAliasBackward0",
-    "SqueezeBackward0",
-    "SqueezeBackward1",
-    "SqueezeBackward2",
-    "SqueezeBackward3",
-    "SqueezeBackward4",
-    "UnsqueezeBackward0",
-    "UnsqueezeBackward1",
-    "FlattenBackward0",
-    "CloneBackward0",
-    "ToCopyBackward0",
-    "PermuteBackward0",
-    "TransposeBackward0",
-    "AliasBackward0",
-    "SoftmaxBackward0",
-    "LogSoftmaxBackward0",
-    "SigmoidBackward0",
-}
+# one tensor in, the same values reshaped or squashed, out: output_reader's views, and squashes
+_PASSIVE = _VIEWS | {"SoftmaxBackward0", "LogSoftmaxBackward0", "SigmoidBackward0"}
 
 
 class Heads:
