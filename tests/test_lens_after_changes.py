@@ -52,7 +52,7 @@ def test_names_read_off_the_model_go_when_its_head_is_replaced() -> None:
     lens = netlens.load(model, input_size=32)
     assert lens.classes[0] == "tench"
     model.reset_classifier(3)
-    with pytest.warns(NetlensWarning, match="now has 3 outputs, not the 1000"):
+    with pytest.warns(NetlensWarning, match="has 3 outputs, not the 1000"):
         result = lens.cam(photos.chelsea())
     assert lens.classes is None and result.target_name(0) in ("0", "1", "2")
 
