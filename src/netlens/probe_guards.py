@@ -20,7 +20,7 @@ import torch
 
 from .call_output import CallOutput
 from .consumed import ConsumeWatch
-from .write_guard import tensors_in
+from .write_guard import _own_storage_key, _storage_keys, tensors_in
 
 __all__ = [
     "ALIAS_WRITTEN",
@@ -102,17 +102,10 @@ def _copied(obj: Any, tensor: Callable[[torch.Tensor], Any]) -> Any:
     return obj
 
 
-def _key(t: torch.Tensor) -> tuple[Any, int] | None:
-    try:
-        return (t.device, t.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):
-        return None
-
-
 def aliases(output: torch.Tensor, inputs: list[torch.Tensor]) -> bool:
     """Whether ``output`` shares memory with one of ``inputs`` (``nn.Identity``, a view)."""
-    key = _key(output)
-    return key is not None and any(_key(t) == key for t in inputs)
+    key = _own_storage_key(output)
+    return key is not None and key in _storage_keys(inputs)
 
 
 class EagerConsumeWatch(ConsumeWatch):
