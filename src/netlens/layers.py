@@ -14,12 +14,14 @@ Selectors (several comma-separated, or a list; ``nn.Module`` objects work too):
 
 A bare name selects every call of its module: a probe keeps them all (``.outputs``) and
 ``.output`` asks for ``@K`` when there were several. Selections are :class:`LayerCall` strings.
+A module registered under several names (``self.enc2 = self.enc1``) is selected by any of them
+and resolves to its first name; its calls are counted per module object, whatever name ran
+them (:mod:`netlens.layer_names`).
 See ``docs/layers.md``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import threading
 import weakref
 from collections.abc import Sequence
@@ -30,10 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LayerNotFoundError, NetlensError, hint
+from .errors import LayerNotFoundError, NetlensError
 from .fresh_input import fresh
 from .frozen_state import eval_mode, is_observer
 from .layer_call import LayerCall
+from .layer_names import base_names, named_layers, selector_items
 
 __all__ = [
     "LayerCall",
@@ -43,6 +46,7 @@ __all__ = [
     "example_input",
     "guess_input_size",
     "layer_table",
+    "named_layers",
     "resolve_layers",
     "trace_calls",
     "trace_outputs",
@@ -91,37 +95,6 @@ class TracedCall:
     input_key: tuple[Any, ...] | None = None  # its first tensor input and its version
 
 
-def named_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """All sub-modules by dotted name (the root itself excluded), but not the modules that
-    compute a parametrized weight (``conv.parametrizations.weight`` of ``weight_norm``): they
-    are called when the weight is read, and their "output" is the weight, not a layer's."""
-    from torch.nn.utils.parametrize import ParametrizationList
-
-    modules = list(model.named_modules())
-    hidden = {n.rpartition(".")[0] for n, m in modules if isinstance(m, ParametrizationList)}
-    return {n: m for n, m in modules if n and not _under(n, hidden)}
-
-
-def _under(name: str, prefixes: set[str]) -> bool:
-    """Whether ``name`` is one of ``prefixes`` or inside one of them."""
-    if not prefixes:
-        return False
-    parts = name.split(".")
-    return any(".".join(parts[:k]) in prefixes for k in range(1, len(parts) + 1))
-
-
-def _by_type(layers: dict[str, nn.Module], type_name: str) -> list[str]:
-    """Layers of the type or of a subclass of it: ``type:Conv2d`` is also timm's ``StdConv2d``
-    and ``Conv2dSame``, and a conv under ``weight_norm``/``spectral_norm`` (whose class
-    becomes ``ParametrizedConv2d``)."""
-    wanted = type_name.split(".")[-1].lower()
-    return [
-        n
-        for n, m in layers.items()
-        if any(c.__name__.lower() == wanted for c in type(m).__mro__ if c is not object)
-    ]
-
-
 def _one_selector(
     model: nn.Module,
     layers: dict[str, nn.Module],
@@ -140,48 +113,7 @@ def _one_selector(
                 f"'{sel}': auto picks its call itself; name the module to pick a call (NAME@K)"
             )
         return [auto_layer(model, example, output)]
-    return [parsed.with_name(n) for n in _base_names(model, layers, base)]
-
-
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
-
-
-def _alias_of(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> str | None:
-    """The name of the layer ``sel`` is another attribute path to (``self.target_layer =
-    self.backbone.layer4``: ``named_modules`` lists each module once, under its first name)."""
-    try:
-        module = model.get_submodule(sel)
-    except (AttributeError, ValueError):
-        return None
-    return next((n for n, m in layers.items() if m is module), None)
-
-
-def _base_names(model: nn.Module, layers: dict[str, nn.Module], sel: str) -> list[str]:
-    if sel in layers:
-        return [sel]
-    if sel.startswith("type:"):
-        hits = _by_type(layers, sel[5:])
-        if not hits:
-            types = sorted({type(m).__name__ for m in layers.values()})
-            raise LayerNotFoundError(
-                f"no layer of type '{sel[5:]}' in {type(model).__name__}"
-                f"{hint(sel[5:], types, 'type')} Types present: {', '.join(types[:12])}"
-            )
-        return hits
-    if any(c in sel for c in "*?["):
-        hits = [n for n in layers if fnmatch.fnmatchcase(n, sel)]
-        if hits:
-            return hits
-    for prefix in _WRAPPER_PREFIXES:  # a name read off the wrapper netlens unwrapped
-        if sel.startswith(prefix) and sel[len(prefix) :] in layers:
-            return [sel[len(prefix) :]]
-    alias = _alias_of(model, layers, sel)
-    if alias is not None:
-        return [alias]
-    raise LayerNotFoundError(
-        f"no layer '{sel}' in {type(model).__name__}{hint(sel, layers)} "
-        "(run `netlens layers MODEL` to list the names)"
-    )
+    return [parsed.with_name(n) for n in base_names(model, layers, base)]
 
 
 def resolve_layers(
@@ -203,18 +135,7 @@ def resolve_layers(
     """
     layers = named_layers(model)
     ids = {id(m): n for n, m in layers.items()}
-    items: list[str | nn.Module]
-    if isinstance(selector, LayerCall):
-        items = [selector]
-    elif isinstance(selector, str):
-        items = [s for s in selector.split(",") if s.strip()]
-    elif isinstance(selector, nn.Module):
-        items = [selector]
-    else:
-        try:
-            items = list(selector)
-        except TypeError:
-            items = [selector]  # refused below, in one line
+    items = selector_items(selector)
     names: list[LayerCall] = []
     for item in items:
         if not isinstance(item, (str, nn.Module)):

@@ -6,6 +6,8 @@
   so that a parent that edits the container (``f.append(...)``, ``f.aux = ...``) does not
   change the capture.
 - :func:`aliases`: whether a module returned (a view of) one of its inputs.
+- :func:`hooks_key`: the hooks on a model, part of the write guard's key: a plan learnt while
+  another probe (nested, on the same layers) handed the model copies does not hold without it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "aliases",
     "copy_container",
     "eager",
+    "hooks_key",
     "keep_alias",
     "same",
 ]
@@ -140,4 +143,20 @@ def same(a: Any, b: Any) -> bool:
     ta, tb = tensors_in(a), tensors_in(b)
     return len(ta) == len(tb) and all(
         x.shape == y.shape and torch.equal(x, y) for x, y in zip(ta, tb, strict=True)
+    )
+
+
+def hooks_key(modules: list[torch.nn.Module]) -> tuple:
+    """The forward hooks and pre-hooks on ``modules`` (and the global ones), by id.
+
+    Hooks can replace outputs: a nested probe with ``grads=True`` hands the model a copy of a
+    layer's output, so the in-place ops after it write into the copy, and a write guard that
+    learnt its plan then would later alias an output those ops overwrite. Keyed by the hooks,
+    the plan is relearnt whenever they change."""
+    from torch.nn.modules import module as torch_module
+
+    return (
+        tuple(torch_module._global_forward_hooks),
+        tuple(torch_module._global_forward_pre_hooks),
+        tuple((tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in modules),
     )

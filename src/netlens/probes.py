@@ -10,7 +10,10 @@ per forward keeps every call under its bare name (``.outputs``; ``.output`` then
 call); ``name@k`` keeps only call ``k`` (negative: from the end of each forward);
 ``name:consumed`` keeps the output as later code reads it (see :mod:`netlens.consumed`). Calls
 are counted per forward of the probed model (when you run only a sub-module, from the probe's
-start or the last :meth:`Probe.clear`).
+start or the last :meth:`Probe.clear`). A module registered under several names
+(``self.enc2 = self.enc1``) counts the calls of the module object, whatever name ran them; its
+capture is read under the name given (``p["enc2@1"]``) or any other name of the same call.
+Probes nest, also on the same layers: each captures what plain forward hooks would.
 
 Captures are safe from later in-place ops (``ReLU(inplace=True)``, ``x += shortcut``) at the
 cost of copying only what such ops overwrite: see :mod:`netlens.write_guard`. When a write
@@ -23,7 +26,6 @@ otherwise reading that capture raises an error that says so.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,18 +33,16 @@ from torch import nn
 
 from . import probe_guards as pg
 from .call_output import CallOutput
-from .consumed import consume, settle
+from .consumed import consume
 from .errors import LayerNotFoundError, NetlensError, hint
 from .layer_call import LayerCall
+from .layer_names import base_names, given_names, named_layers, other_names, selector_items
 from .layers import resolve_layers, tuple_head
+from .probe_capture import NOT_A_TENSOR, Capture
 from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
 
-_NOT_A_TENSOR = (
-    "layer '{name}' returns a tuple, dict or other object, not one tensor, so no gradient is "
-    "taken to it; probe the module inside it that makes the tensor (see `netlens layers MODEL`)"
-)
 REENTRANT = (
     "the model runs torch.utils.checkpoint with use_reentrant=True, through which no gradient "
     "to a layer can be taken; build it with use_reentrant=False or without checkpointing (timm: "
@@ -56,128 +56,6 @@ def _in_backward() -> bool:
     re-runs its modules' forwards, hooks included, inside it)."""
     task = getattr(torch._C, "_current_graph_task_id", None)
     return task is not None and task() != -1
-
-
-@dataclass
-class Capture:
-    """What one probed selection produced: one entry per (selected) call, in order.
-
-    Attributes:
-        name: the selection (a :class:`~netlens.layers.LayerCall`, e.g. ``"act@1"``).
-    """
-
-    name: LayerCall
-    _entries: list[CallOutput] = field(default_factory=list, repr=False)
-    _ran: int = field(default=0, repr=False)
-    _shapes: list[Any] = field(default_factory=list, repr=False)
-    _last_child: str | None = field(default=None, repr=False)
-    _inlined: bool = field(default=False, repr=False)  # a container in a torch.fx GraphModule
-    first: bool = field(default=False, repr=False)  # kept its tuple output's first element
-
-    def wants(self, call: int) -> bool:
-        """Whether call ``call`` of the module (within its forward) is kept."""
-        k = self.name.call
-        return k is None or k < 0 or k == call
-
-    def _add(self, slot: tuple[str, int], forward: int) -> CallOutput:
-        entry = CallOutput(slot, forward)
-        self._entries.append(entry)
-        return entry
-
-    def _selected(self) -> list[CallOutput]:
-        k = self.name.call
-        if k is None or k >= 0:
-            return self._entries
-        by_forward: dict[int, list[CallOutput]] = {}
-        for e in self._entries:
-            by_forward.setdefault(e.forward, []).append(e)
-        return [calls[k] for calls in by_forward.values() if len(calls) >= -k]
-
-    def _checked(self) -> list[CallOutput]:
-        entries = self._selected()
-        for e in entries:
-            if e.overwritten:
-                raise NetlensError(
-                    f"layer '{self.name}' (call {e.slot[1]}): its output was overwritten by an "
-                    "in-place op that the probe's first forward did not run (it depends on the "
-                    "input) and the forward could not be re-run safely; run this forward again "
-                    "(the probe now copies before every write)"
-                )
-            settle(e)
-        return entries
-
-    @property
-    def outputs(self) -> list[Any]:
-        """Every kept output (several calls and forwards), in the order they ran."""
-        return [e.value for e in self._checked()]
-
-    @property
-    def grads(self) -> list[torch.Tensor | None]:
-        """Gradients matching :attr:`outputs` (after :meth:`Probe.compute_grads`)."""
-        entries = self._checked()
-        if any(not isinstance(e.value, torch.Tensor) for e in entries):
-            raise NetlensError(_NOT_A_TENSOR.format(name=self.name.name))
-        for e in entries:
-            if e.refused:
-                raise NetlensError(e.refused.format(name=self.name))
-        return [e.grad for e in entries]
-
-    @property
-    def output(self) -> Any:
-        """The output of the single kept call (see :attr:`outputs` for several)."""
-        return self._single(self.outputs, "output")
-
-    @property
-    def grad(self) -> torch.Tensor | None:
-        """Gradient of the target w.r.t. the output of the single kept call."""
-        return self._single(self.grads, "grad")
-
-    def _single(self, values: list[Any], what: str) -> Any:
-        if len(values) == 1:
-            return values[0]
-        if not values:
-            if self._ran and self.name.call is not None:
-                raise NetlensError(
-                    f"layer '{self.name.name}' ran {self._ran} time(s) per forward, so "
-                    f"'{self.name}' does not exist; pick {self._call_list()}"
-                )
-            if self._inlined:
-                raise NetlensError(
-                    f"layer '{self.name}' did not run: torch.fx inlined it into the "
-                    "GraphModule's graph, where only leaf modules (convolutions, norms, "
-                    "activations) still run; pick one of them (`netlens layers MODEL` lists "
-                    "the calls), or explain the model before it was traced"
-                )
-            if self._last_child is not None:
-                raise NetlensError(
-                    f"layer '{self.name}' did not run (no {what} captured): the forward does "
-                    "not use it (a module that runs only in training, as auxiliary heads do), "
-                    "or runs its blocks one by one (gradient checkpointing, as timm's "
-                    f"set_grad_checkpointing does: pick one of them, such as "
-                    f"'{self._last_child}')"
-                )
-            raise NetlensError(
-                f"layer '{self.name}' did not run (no {what} captured); run the model inside the "
-                "probe, or pick a layer that the forward uses"
-            )
-        forwards = len({e.forward for e in self._selected()})
-        if forwards > 1:
-            raise NetlensError(
-                f"layer '{self.name}' ran {len(values)} times (in {forwards} forwards); read "
-                f".{what}s[i], or clear() the probe between forwards"
-            )
-        raise NetlensError(
-            f"layer '{self.name}' ran {len(values)} times in this forward; select one call: "
-            f"{self._call_list()} (in Python, .{what}s holds every call)"
-        )
-
-    def _call_list(self) -> str:
-        shown = [
-            f"{self.name.name}@{k}" + (f" ({'×'.join(map(str, s))})" if s else "")
-            for k, s in enumerate(self._shapes[:4])
-        ]
-        more = ", …" if self._ran > 4 else ""
-        return f"{', '.join(shown)}{more}; @-1 is the last"
 
 
 class Probe:
@@ -221,20 +99,24 @@ class Probe:
                 "module it wraps (model._orig_mod) and run that"
             )
         self.model = model
-        self.names = resolve_layers(model, layers, example=example)
+        pairs = _resolve(model, layers, example)
+        self.names = [given for given, _ in pairs]  # as given: enc2@1 for self.enc2 = self.enc1
         self.grads = grads
         self.first_of_tuple = first_of_tuple
         self.detach = detach and not grads
         self.to = torch.device(to) if to is not None else None
-        self.captures: dict[str, Capture] = {n: Capture(n) for n in self.names}
+        shared = other_names(model)  # modules registered under several names
+        self.captures: dict[str, Capture] = {
+            given: Capture(given, sel.name, tuple(shared.get(sel.name, ()))) for given, sel in pairs
+        }
         modules = dict(model.named_modules())
         for cap in self.captures.values():
-            kids = list(modules[cap.name.name].named_children())
-            cap._last_child = f"{cap.name.name}.{kids[-1][0]}" if kids else None
+            kids = list(modules[cap.module].named_children())
+            cap._last_child = f"{cap.module}.{kids[-1][0]}" if kids else None
             cap._inlined = bool(kids) and isinstance(model, torch.fx.GraphModule)
         self._by_module: dict[str, list[Capture]] = {}
         for cap in self.captures.values():
-            self._by_module.setdefault(cap.name.name, []).append(cap)
+            self._by_module.setdefault(cap.module, []).append(cap)  # calls: per module object
         self._handles: list[Any] = []
         self._guard = WriteGuard()
         consumed = any(n.consumed for n in self.names)
@@ -306,6 +188,7 @@ class Probe:
             tuple((t.shape, t.dtype, t.device) for t in inputs),
             torch.is_grad_enabled(),
             tuple(m.training for m in self._modules),
+            pg.hooks_key(self._modules),  # a nested probe's hooks hand the model copies
         )
         self._guard.begin(key, learn=not inference)
         versions = [] if inference else [t._version for t in inputs]
@@ -334,7 +217,7 @@ class Probe:
             return None
         self._open = False
         for cap in self.captures.values():  # this forward's calls (an earlier one had more)
-            cap._ran = self._calls.get(cap.name.name, -1) + 1
+            cap._ran = self._calls.get(cap.module, -1) + 1
             del cap._shapes[cap._ran :]
         if self._watch is not None:
             self._watch.finish()
@@ -487,12 +370,30 @@ class Probe:
 
     # -- access ----------------------------------------------------------------------------
     def __getitem__(self, name: str) -> Capture:
+        cap = self.captures.get(name) or self._same_call(name)
+        if cap is None:
+            raise LayerNotFoundError(f"layer '{name}' was not probed{hint(name, self.captures)}")
+        return cap
+
+    def _same_call(self, name: str) -> Capture | None:
+        """The capture of the same call under another name of its module (``enc1@1`` for a
+        probed ``enc2@1`` when ``self.enc2 = self.enc1``: calls are counted per module)."""
         try:
-            return self.captures[name]
-        except KeyError:
-            raise LayerNotFoundError(
-                f"layer '{name}' was not probed{hint(name, self.captures)}"
-            ) from None
+            sel = LayerCall.parse(str(name))
+            if any(c in sel.name for c in "*?[:"):
+                return None
+            first = base_names(self.model, named_layers(self.model), sel.name)
+        except NetlensError:
+            return None
+        return next(
+            (
+                c
+                for c in self.captures.values()
+                if [c.module] == first
+                and (c.name.call, c.name.consumed) == (sel.call, sel.consumed)
+            ),
+            None,
+        )
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.captures)
@@ -523,7 +424,7 @@ class Probe:
                 silent[0]._single([], "output")  # raises: why that layer did not run
             for c in self.captures.values():
                 if any(not isinstance(e.value, torch.Tensor) for e in c._entries):
-                    raise NetlensError(_NOT_A_TENSOR.format(name=c.name.name))
+                    raise NetlensError(NOT_A_TENSOR.format(name=c.name.name))
                 c.grads  # noqa: B018 (raises why, for one that ran without grad inside the forward)
             raise NetlensError(
                 "no probed layer ran with gradients enabled; run the model inside "
@@ -547,6 +448,17 @@ class Probe:
             cap._shapes.clear()
         self._calls.clear()
         self._guard.forget()
+
+
+def _resolve(
+    model: nn.Module, layers: Any, example: torch.Tensor | None
+) -> list[tuple[LayerCall, LayerCall]]:
+    """(name as given, selection) pairs: see :func:`netlens.layer_names.given_names`."""
+    items = selector_items(layers)
+    if not items:
+        resolve_layers(model, layers)  # raises: nothing selected
+    found = [resolve_layers(model, [item], example=example) for item in items]  # type: ignore[list-item]
+    return given_names(layers, found)
 
 
 def _tuple_like(output: tuple, items: list[Any]) -> tuple:
