@@ -10,7 +10,9 @@ Ctrl-C, or SIGTERM from the CLI) part way leaves the folder as it was.
 Runs are kept apart by :func:`folder_lock`, an OS file lock on ``DIR/.netlens.lock`` (released by
 the OS if the process dies): the CLI holds it for the whole command, so a second command writing
 into the same folder at the same time stops at once with one line; ``Result.save`` holds it
-while it stages and commits. Who takes the lock removes staging folders a killed run left.
+while it stages and commits. Who takes the lock removes staging folders a killed run left. A
+folder that a run killed outright (SIGKILL) made and left holding only its lock file is removed
+by the ``--distributed`` launcher, else by the next run into it that writes nothing either.
 """
 
 from __future__ import annotations
@@ -89,8 +91,12 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     if path in _HELD:
         yield path
         return
-    created = not path.exists()
+    created = not path.exists() or _left_empty(path)  # (a killed run's leftover: its lock)
     make_folder(path)
+    if created:
+        from .distributed.parent import note_created
+
+        note_created(path)  # a --distributed worker's launcher removes it if left empty
     lock = (path / LOCK_NAME).open("a+")
     try:
         _lock(lock, path)
@@ -106,6 +112,36 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
                 path.rmdir()
     finally:
         lock.close()
+
+
+def _left_empty(path: Path) -> bool:
+    """``path`` is a folder holding only a lock file (and staging folders): what a run that
+    was killed outright (SIGKILL) in a folder it made leaves behind."""
+    try:
+        names = [p.name for p in path.iterdir()] if path.is_dir() else []
+    except OSError:
+        return False
+    return LOCK_NAME in names and all(
+        n == LOCK_NAME or n.startswith(".netlens-staging-") for n in names
+    )
+
+
+def remove_if_left_empty(folder: str | Path) -> None:
+    """Remove ``folder`` when it holds only a lock file nobody holds (and staging folders):
+    left by a run killed outright in a folder it made. Best effort, never raises."""
+    path = Path(folder)
+    if path in _HELD or not _left_empty(path):
+        return
+    try:
+        with (path / LOCK_NAME).open("a+") as lock:
+            _lock(lock, path)
+            for stale in path.glob(".netlens-staging-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if [p.name for p in path.iterdir()] == [LOCK_NAME]:
+                (path / LOCK_NAME).unlink()
+                path.rmdir()
+    except (OSError, NetlensError):  # held by a run, or not ours to remove: leave it
+        return
 
 
 def _lock(handle: Any, path: Path) -> None:

@@ -109,9 +109,23 @@ def run_header(
         "started": started.astimezone(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
     }
-    if sys.argv and sys.argv[0].endswith("netlens"):
-        header["command"] = " ".join(["netlens", *sys.argv[1:]])
+    command = _command()
+    if command is not None:
+        header["command"] = command
     return header
+
+
+def _command() -> str | None:
+    """The netlens command line as the user typed it (a ``--distributed`` worker's argv lacks
+    ``--distributed N``: its launcher passes what was typed); None outside the CLI."""
+    from .distributed.parent import typed_command
+
+    typed = typed_command()
+    if typed is not None:
+        return " ".join(["netlens", *typed])
+    if sys.argv and sys.argv[0].endswith("netlens"):
+        return " ".join(["netlens", *sys.argv[1:]])
+    return None
 
 
 def stamped(

@@ -198,14 +198,14 @@ class _FolderMasks(Dataset):
         from ..mask_files import read_mask
 
         image = self.ds.items[i][0]
-        rel = Path(os.path.relpath(image, self.ds.root)).with_suffix(".png")
-        m = read_mask(self.masks_root / rel)
-        if m is None:
+        path = self.masks_root / Path(os.path.relpath(image, self.ds.root)).with_suffix(".png")
+        m = read_mask(path)
+        if m is None:  # named as they are: the image's own extension, the mask's .png
             raise DataError(
-                f"no mask {display_path(self.masks_root / rel)} for image {rel}; give every "
-                "image a mask PNG at the same relative path"
+                f"no mask {display_path(path)} for image {display_path(Path(image))}; give "
+                "every image a mask PNG at the same relative path"
             )
-        _check_mask_shape(m.shape, image, self.masks_root / rel)
+        _check_mask_shape(m.shape, image, path)
         return m
 
 

@@ -164,6 +164,8 @@ def _class_targets(run: Run, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     target = resolve_targets(run.options.target, output, run.lens)[0]
     targets = torch.as_tensor(target.index(len(x)))
     if bool((targets < 0).any()):
+        if run.lens.task_for(output) == "regression":
+            raise AnalyzerError("sanity explains one output per image: give --target output:K")
         raise AnalyzerError("sanity explains classes: give a class target (index or name)")
     return targets, target if isinstance(target, RegionTarget) else None
 

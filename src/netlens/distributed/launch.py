@@ -16,6 +16,7 @@ killed outright (:mod:`netlens.distributed.parent`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 
 from ..errors import NetlensError
 from .group import EXIT_LOST
-from .parent import LAUNCHER_ENV
+from .parent import COMMAND_ENV, CREATED_ENV, LAUNCHER_ENV
 from .setup import in_torchrun
 
 __all__ = ["relaunch", "strip_flag"]
@@ -59,7 +60,8 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    args = ["-m", "netlens", *strip_flag(list(sys.argv[1:] if argv is None else argv))]
+    typed = list(sys.argv[1:] if argv is None else argv)
+    args = ["-m", "netlens", *strip_flag(typed)]
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
     os.environ.setdefault("NETLENS_THREADS", threads)
     os.environ.setdefault("OMP_NUM_THREADS", os.environ["NETLENS_THREADS"])
@@ -76,8 +78,11 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
         monitor_interval=0.1,
     )
     # the workers end with this process (parent.py) and leave Ctrl-C to it
-    before = os.environ.get(LAUNCHER_ENV)
+    before = {k: os.environ.get(k) for k in (LAUNCHER_ENV, COMMAND_ENV, CREATED_ENV)}
     os.environ[LAUNCHER_ENV] = str(os.getpid())
+    os.environ[COMMAND_ENV] = json.dumps(typed)  # the run header's command, as typed
+    created = os.path.join(logs, "created-folders.txt")
+    os.environ[CREATED_ENV] = created
     handlers = {s: signal.getsignal(s) for s in _HANDLED if s is not None}
     handlers = {s: h for s, h in handlers.items() if h is not None}
     try:
@@ -88,14 +93,30 @@ def relaunch(nproc: int, argv: list[str] | None = None) -> int:
     except SignalException as exc:  # Ctrl-C or a kill of the launcher: the workers were stopped
         return _interrupted(int(exc.sigval))
     finally:
+        _remove_left_empty(created)
         shutil.rmtree(logs, ignore_errors=True)
         for signum, handler in handlers.items():  # torch's launcher replaced them
             signal.signal(signum, handler)
-        if before is None:
-            os.environ.pop(LAUNCHER_ENV, None)
-        else:
-            os.environ[LAUNCHER_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 0
+
+
+def _remove_left_empty(notes: str) -> None:
+    """Remove the output folders the workers made that hold nothing but the lock file (a
+    worker killed outright, SIGKILL, could not remove its own)."""
+    from ..output import remove_if_left_empty
+
+    try:
+        with open(notes, encoding="utf-8") as f:
+            folders = dict.fromkeys(line.rstrip("\n") for line in f if line.strip())
+    except OSError:
+        return
+    for folder in folders:
+        remove_if_left_empty(folder)
 
 
 _HANDLED = tuple(getattr(signal, n, None) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT"))

@@ -25,15 +25,20 @@ import signal
 import sys
 
 __all__ = [
+    "COMMAND_ENV",
     "LAUNCHER_ENV",
     "bind_to_launcher",
     "launched",
     "launcher_gone",
+    "note_created",
     "note_stop",
     "stopping",
+    "typed_command",
 ]
 
 LAUNCHER_ENV = "NETLENS_LAUNCHER_PID"
+COMMAND_ENV = "NETLENS_COMMAND"  # the launcher's arguments as typed (JSON), for run headers
+CREATED_ENV = "NETLENS_CREATED_FOLDERS"  # a file of the output folders the workers made
 _PR_SET_PDEATHSIG = 1
 _STATE: dict[str, int | bool] = {}  # the launcher's pid and whether it is this process's parent
 _STOP: list[int] = []  # the signal that stopped this worker, once one did
@@ -47,6 +52,35 @@ def launched() -> int | None:
     except ValueError:
         return None
     return pid if pid > 1 and pid != os.getpid() else None
+
+
+def typed_command() -> list[str] | None:
+    """In a ``--distributed`` worker, the arguments the user typed (``--distributed N``
+    included: the worker's own argv lacks it); None elsewhere."""
+    import json
+
+    if launched() is None:
+        return None
+    try:
+        args = json.loads(os.environ.get(COMMAND_ENV, ""))
+    except ValueError:
+        return None
+    ok = isinstance(args, list) and all(isinstance(a, str) for a in args)
+    return args if ok else None
+
+
+def note_created(folder: str | os.PathLike[str]) -> None:
+    """Tell the ``--distributed`` launcher that this worker made output folder ``folder``, so
+    that it removes the folder if a killed worker left nothing in it but its lock file.
+    No-op outside a worker; best effort."""
+    notes = os.environ.get(CREATED_ENV)
+    if launched() is None or not notes:
+        return
+    try:
+        with open(notes, "a", encoding="utf-8") as f:
+            f.write(os.fspath(folder) + "\n")
+    except OSError:
+        pass
 
 
 def bind_to_launcher() -> None:

@@ -30,6 +30,7 @@ from .archive import check_archive
 from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import check_arch
 from .hf import is_hf_folder
+from .save import recorded_output
 from .weights import CompiledArchive, compiled_kind, load_state
 
 if TYPE_CHECKING:
@@ -287,7 +288,8 @@ def load(
         device: where to run; default CUDA when available, else CPU.
         task: ``multiclass``, ``multilabel``, ``binary``, ``regression`` or ``dense`` (default:
             read off the output's shape; see :mod:`netlens.targets`).
-        output: which output to explain when forward returns a dict, tuple or object.
+        output: which output to explain when forward returns a dict, tuple or object
+            (default: the one ``netlens.save`` recorded, else logits, out or the first tensor).
         preprocess: a :class:`~netlens.preprocess.Preprocess`, a callable (PIL image → C×H×W
             tensor) or a dict of changes to the model's own preprocessing.
         input_size: the size the model takes (``28``, ``(28, 28)``, ``(1, 28, 28)``).
@@ -304,7 +306,7 @@ def load(
 
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
-    lens.task, lens.output_key = check_task(task) or lens.task, output
+    lens.task, lens.output_key = check_task(task) or lens.task, recorded_output(output, lens.card)
     own = lens.transform
     lens.transform = with_overrides(
         lens.transform,

@@ -20,6 +20,7 @@ def save(
     arch_kwargs: dict[str, Any] | None = None,
     classes: list[str] | str | Path | None = None,
     record: dict[str, Any] | None = None,
+    output: str | int | None = None,
 ) -> Path:
     """Save a Lens or ``nn.Module`` as a netlens checkpoint (loadable with ``netlens.load``).
 
@@ -27,7 +28,9 @@ def save(
     own ``file.py:Class``, which loading then asks you to name again); a Lens loaded from a file
     knows it already. The Lens' class names and preprocessing (with its source) are stored;
     ``classes`` (a list or a class names file) overrides the names and is checked against the
-    model's outputs.
+    model's outputs. ``output`` (default: the Lens' own) is which output is explained when
+    forward returns a dict, tuple or object; it is kept in ``record["output"]`` and
+    ``netlens.load`` (or the CLI) uses it unless told another with ``output=`` / ``--output``.
 
     Example:
         >>> netlens.save(model, "model.pt", arch="resnet18", classes=["cat", "dog"])
@@ -36,12 +39,16 @@ def save(
     from ..lens import Lens
 
     preprocess = None
+    record = dict(record) if record is not None else None
     if isinstance(obj, Lens):
+        if record is None:  # the card's record: its output is the Lens' choice, or none
+            record = dict(obj.card.get("record") or {})
+            record.pop("output", None)
+        output = output if output is not None else obj.output_key
         arch = arch or obj.card.get("arch")
         arch_kwargs = arch_kwargs or obj.card.get("arch_kwargs")
         if classes is None and not getattr(obj.classes, "guessed", False):
             classes = obj.classes  # (guessed ImageNet names are guessed again on load)
-        record = record if record is not None else obj.card.get("record")
         preprocess = obj.transform
         obj = obj.model
     if not isinstance(obj, nn.Module):
@@ -50,6 +57,10 @@ def save(
     if not arch:
         raise NetlensError("say how to rebuild the model: netlens.save(model, path, arch=NAME)")
     names = read_class_names(classes) if classes is not None else None
+    if output is not None:
+        if isinstance(output, bool) or not isinstance(output, (str, int)):
+            raise NetlensError(f"output= is a key, index or attribute name, not {output!r}")
+        record = {**(record or {}), "output": output}
     arch_kwargs = dict(arch_kwargs or {})
     if names is not None or arch_kwargs.get("num_classes") is None:
         n = _num_classes(obj, preprocess, names)
@@ -63,6 +74,14 @@ def save(
         record=record,
     )
     return write_checkpoint(ckpt, path)
+
+
+def recorded_output(output: str | int | None, card: dict[str, Any] | None) -> str | int | None:
+    """The output asked for, else the one :func:`save` recorded (``record["output"]``)."""
+    if output is not None:
+        return output
+    kept = ((card or {}).get("record") or {}).get("output")
+    return kept if isinstance(kept, (str, int)) and not isinstance(kept, bool) else None
 
 
 def _num_classes(model: nn.Module, preprocess: Any, names: list[str] | None) -> int | None:
