@@ -64,7 +64,8 @@ def load_pickled_module(source: Path, req: LoadRequest) -> LoadedModel | None:
             from .recorded_classes import recorded_class_names
 
             classes = recorded_class_names(obj, lambda: output_count(model), where, module=model)
-        loaded = LoadedModel(model, preprocess_for(model), classes, card)
+        # --arch tv:NAME says which torchvision weights' transforms (a traced GraphModule's)
+        loaded = LoadedModel(model, preprocess_for(model, req.arch), classes, card)
     if missing:
         loaded.card["not_imported"] = missing
     return loaded

@@ -4,7 +4,9 @@ Order: a torchvision architecture named ``tv:NAME`` → the transforms of its we
 model (it carries ``pretrained_cfg``) → its data config, applied by timm's own transform; a
 Hugging Face model → its image processor's settings (or its config's ``image_size``); a
 torchvision module not named → the transforms of the torchvision architecture its layers'
-shapes identify (:func:`torchvision_name`), else the ImageNet convention; anything else
+shapes identify (:func:`torchvision_name`), else the ImageNet convention; a ``torch.fx``
+GraphModule → that of the torchvision or timm architecture it was traced from, when its layers
+say so exactly (:mod:`netlens.models.traced`); anything else
 → the model's ``input_size`` attribute when it has one, else no resize (the size of the first
 image). Nothing is downloaded: weights enums and timm configs are plain metadata.
 """
@@ -18,7 +20,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from ..errors import NetlensError
 from .built_size import patch_embed_size, sized, stage_size
@@ -126,6 +128,12 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
             why = "as the model was built (its image_size)"
             spec = at_built_size(name, spec, tuple(built[-2:]), why, note)
         return _fit_channels(spec, model)
+    if isinstance(model, fx.GraphModule):  # torch.fx.symbolic_trace(resnet18()), pickled
+        from ..models.traced import traced_spec
+
+        spec = traced_spec(model)
+        if spec is not None:
+            return spec
     backbone = timm_backbone(model)
     if backbone is not None:  # class Net(nn.Module): self.model = timm.create_model(...)
         name, inner = backbone
