@@ -146,6 +146,7 @@ def test_regression_cam_and_sanity_notes_say_output(recwarn: pytest.WarningsReco
         notes = lens.run("sanity", x, target=target).meta["warnings"]
         flat = [n for n in notes if "is flat (no evidence" in n]
         assert flat and all("map for output 1 " in n for n in flat), notes
+        assert lens.cam(x, target=target).table[0]["target_name"] == "output 1"
 
 
 def test_regression_sanity_asks_for_an_output_target() -> None:

@@ -433,7 +433,8 @@ def _build(items: list[Any], output: torch.Tensor, lens: Lens, task: str) -> Tar
     pred = output.detach().argmax(dim=1)
     k = output.shape[1]
     classes = [int(pred[j]) if i == "pred" else lens.class_index(i, k) for j, i in enumerate(items)]
-    return ClassTarget(torch.tensor(classes, dtype=torch.long))
+    kept = OutputTarget if task == "regression" else ClassTarget  # target=1: "output 1"
+    return kept(torch.tensor(classes, dtype=torch.long))
 
 
 def _kind(item: Any) -> str:

@@ -130,9 +130,7 @@ def _warnings(heat: np.ndarray, probs: np.ndarray, targets: np.ndarray, meta: di
     classification = meta["task"] in ("multiclass", "multilabel", "binary")
     for i, name in enumerate(meta["images"]):
         for k in range(heat.shape[1]):
-            label, c = meta["target_names"][i][k], int(targets[i, k])
-            if meta["task"] == "regression" and label == str(c):
-                label = f"output {c}"  # an output unit, not a class
+            label = meta["target_names"][i][k]
             if meta["task"] == "dense" and label.endswith(" (0 px)"):  # RegionTarget.describe
                 lines.append(
                     f"{name}: the region for {label.removesuffix(' (0 px)')} is empty (no pixel "
@@ -145,6 +143,7 @@ def _warnings(heat: np.ndarray, probs: np.ndarray, targets: np.ndarray, meta: di
                     "the ReLU, or the same everywhere: nothing to localise); try another method "
                     "or layer"
                 )
+            c = int(targets[i, k])
             if classification and 0 <= c < probs.shape[1] and probs[i, c] < WEAK_TARGET:
                 lines.append(
                     f"{name}: target {label} has probability {probs[i, c]:.2%}; its map shows "
