@@ -129,3 +129,22 @@ def test_nested_probes_on_one_layer(outer_grads, inner_grads):
     assert len(kept) == len(want)
     assert all(torch.equal(a, b) for a, b in zip(kept, want, strict=True))
     assert len(outer["2"].outputs) == len(want)
+
+
+def test_module_names_with_at_are_names_not_calls() -> None:
+    """onnx2torch names its modules ``Conv@0``, ``Div@17``: such a name is the module's, not
+    call 17 of a module ``Div`` (probe, then a CAM at it, against plain hooks)."""
+    model = nn.Sequential()
+    model.add_module("Conv@0", nn.Conv2d(3, 4, 3, padding=1))
+    model.add_module("Relu@17", nn.ReLU())
+    model.add_module("Pool@2", nn.AdaptiveAvgPool2d(1))
+    model.add_module("Flatten@3", nn.Flatten())
+    model.add_module("Gemm@4", nn.Linear(4, 2))
+    model.eval()
+    x = torch.rand(2, 3, 16, 16)
+    outs, _ = _reference(model, model.get_submodule("Relu@17"), x)
+    with netlens.probe(model, ["Relu@17"]) as p:
+        model(x)
+    assert torch.equal(p["Relu@17"].output, outs[0])
+    lens = netlens.Lens(model)
+    assert lens.cam(x, layer="Relu@17").table[0]["layer"] == "Relu@17"

@@ -118,8 +118,9 @@ def given_names(
     pairs: list[tuple[LayerCall, LayerCall]] = []
     for item, found in zip(selector_items(selector), resolved, strict=True):
         given = None
-        if isinstance(item, str) and len(found) == 1:
-            parsed = LayerCall.parse(item.strip())
+        text = item.strip() if isinstance(item, str) else None
+        if text is not None and len(found) == 1 and text not in (str(found[0]), found[0].name):
+            parsed = LayerCall.parse(text)  # (a module named 'Div@17', onnx2torch's, is as found)
             plain = not any(c in parsed.name for c in "*?[") and ":" not in parsed.name
             if plain and parsed.name != found[0].name and parsed.name != "auto":
                 given = found[0].with_name(parsed.name)
