@@ -3,14 +3,15 @@
 timm's ``train.py`` saves ``{"arch", "state_dict", "args"}`` (its argparse options), fine-tuning
 scripts ``{"arch": "vgg16", ...}`` of torchvision's model, torchvision's reference ``train.py``
 ``{"model", "args": Namespace(model=...)}``, a LightningModule that calls
-``timm.create_model(self.hparams.model_name)`` its name under ``hyper_parameters``. A name
-read from a file is only ever a registry name: never code to import.
+``timm.create_model(self.hparams.model_name)`` its name under ``hyper_parameters``; a cleaned
+state_dict beside the ``args.yaml`` timm's train.py writes is read with those options
+(:mod:`netlens.models.timm_args`). A name read from a file is only ever a registry name (a Hub
+id of timm's own, ``hf-hub:timm/resnet18.a1_in1k``, is its name and tag): never code to import.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +45,11 @@ def recorded_arch(
     ImageNet script and fine-tuning tutorials save ``{"arch", "state_dict"}`` of torchvision's
     models, and the two libraries preprocess differently. A name from a file is only a
     registry name: never code to import."""
-    from .arch_options import check_arch_name
     from .factory import parse_user_arch
     from .meta import shapes_on_meta
+    from .timm_args import with_args_yaml
 
+    payload = with_args_yaml(payload, source, req)  # a cleaned checkpoint: timm's args.yaml
     if req.arch or not isinstance(payload, dict):
         return None
     args = train_args(payload)
@@ -57,7 +59,7 @@ def recorded_arch(
         name, timm_first = found[0], True
     if not isinstance(name, str):
         return None
-    name = check_arch_name(name, display_path(source.name))
+    name = _registry_name(name, source)
     if parse_user_arch(name) is not None:
         return None
     order = [name]
@@ -94,12 +96,30 @@ _HPARAM_ARCH_KEYS = (
 )
 
 
+def _registry_name(name: str, source: Path) -> str:
+    """The registry name a training script recorded: a Hub id of timm's own
+    (``hf-hub:timm/resnet18.a1_in1k``, as ``train.py --model`` takes it) is the name and its
+    tag, built from timm's code and the tag's data config (nothing is fetched); any other hub
+    id, path or URL is refused, saying to give the architecture."""
+    from .arch_options import check_arch_name
+    from .timm_args import hub_free
+
+    try:
+        return check_arch_name(hub_free(name), display_path(source.name))
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"{exc}; netlens never fetches what a file names: say which architecture the "
+            "weights are, give --arch NAME"
+        ) from None
+
+
 def _hparams_arch(payload: dict[str, Any]) -> tuple[str, str] | None:
     """The architecture name a Lightning checkpoint's ``hyper_parameters`` record
     (``self.model = timm.create_model(self.hparams.model_name, ...)``), as a plain registry
     name (a Hub id ``timm/resnet18.a1_in1k`` is its name and tag), and where it is; None when
     none does."""
     from .arch_options import _ARCH_NAME
+    from .timm_args import hub_free
 
     for outer in ("hyper_parameters", "hparams"):
         hp = payload.get(outer)
@@ -109,7 +129,7 @@ def _hparams_arch(payload: dict[str, Any]) -> tuple[str, str] | None:
             value = hp.get(key)
             if not isinstance(value, str):
                 continue
-            value = re.sub(r"^(hf[-_]hub:)?timm/", "", value.strip())
+            value = hub_free(value)
             if _ARCH_NAME.fullmatch(value):
                 return value, f"{outer}.{key}"
     return None
@@ -117,10 +137,13 @@ def _hparams_arch(payload: dict[str, Any]) -> tuple[str, str] | None:
 
 def arch_source(payload: dict[str, Any]) -> str:
     """Where a checkpoint names its architecture (the order :func:`recorded_arch` reads)."""
+    from .timm_args import ARGS_YAML, YamlArgs
+
     if "arch" in payload:
         return "'arch'"
     if train_args(payload).get("model") is not None:
-        return "'args.model'"
+        yaml = isinstance(payload.get("args"), YamlArgs)
+        return f"{ARGS_YAML} ('model', beside the file)" if yaml else "'args.model'"
     found = _hparams_arch(payload)
     return f"'{found[1]}'" if found else "record"
 
@@ -177,7 +200,13 @@ def recorded_preprocess(loaded: LoadedModel, payload: Any) -> None:
         elif hp:
             loaded.preprocess = _overridden(pre, hp, where)
         return
-    if pre.engine == "timm":
+    from .timm_args import ARGS_YAML, YamlArgs
+
+    if isinstance(payload.get("args"), YamlArgs):
+        loaded.card["train_args_from"] = f"{ARGS_YAML} beside the file (timm's train.py)"
+    if pre.engine == "timm" and isinstance(payload.get("args"), YamlArgs):
+        loaded.preprocess = timm_spec(loaded.model, args, owner=f"{ARGS_YAML}'s")
+    elif pre.engine == "timm":
         loaded.preprocess = timm_spec(loaded.model, args)
     else:
         loaded.preprocess = torchvision_reference_spec(loaded.model, args) or pre

@@ -173,14 +173,18 @@ def timm_backbone(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 
 def timm_spec(
-    model: nn.Module, args: dict[str, Any] | None = None, what: str = "train.py options"
+    model: nn.Module,
+    args: dict[str, Any] | None = None,
+    what: str = "train.py options",
+    owner: str = "the checkpoint's",
 ) -> Preprocess:
     """A timm model's data config (``resolve_model_data_config``), applied by timm's transform.
 
     ``args``: the options of timm's ``train.py`` that a checkpoint records (``--img-size``,
     ``--mean``, ``--std``, ``--crop-pct``, ``--interpolation``); resolved with the model as
     timm's own scripts do (``resolve_data_config(vars(args), model=model)``), so a model trained
-    at 160² or with its own mean/std is fed as it was.
+    at 160² or with its own mean/std is fed as it was. ``owner``: whose options they are, for
+    the spec's source (``args.yaml's``: the file timm's train.py writes beside its checkpoints).
     """
     from ..models.factory import import_timm
 
@@ -202,7 +206,7 @@ def timm_spec(
             f"--{k.replace('_', '-')} {_shown(v)}" if flags else f"{k}={_shown(v)}"
             for k, v in told.items()
         )
-        source += f" with the checkpoint's {what} ({shown})"
+        source += f" with {owner} {what} ({shown})"
     built = model_input_size(model) or stage_size(model, (h, w))
     if built is not None and tuple(built[-2:]) != (h, w):
         h, w = built[-2:]
