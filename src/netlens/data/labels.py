@@ -99,6 +99,8 @@ def match_names(
             be its class indices (they are ImageFolder's positions then).
     """
     distinct = sorted(set(names))
+    if classes is None and num_classes == 0 and distinct and label_map is None:
+        raise DataError(no_head_message(f"{what} ({', '.join(distinct[:3])}, ...)"))
     mapping = read_label_map(label_map) if label_map is not None else {}
     numbers = sorted(distinct, key=lambda n: int(n)) if all(_is_int(n) for n in distinct) else []
     past = bool(numbers) and num_classes is not None and int(numbers[-1]) >= num_classes
@@ -180,18 +182,31 @@ def index_labels(
     distinct = sorted({int(v) for v in values})
     known = list(classes) if isinstance(classes, (list, tuple)) else None
     count = len(known) if known else num_classes
+    noun = f"{what} labels" if what == "CSV" else what  # "CSV labels", "folder names"
     if distinct and distinct[0] < 0:
-        raise DataError(f"{what} labels must be class indices >= 0; found {distinct[0]}")
+        raise DataError(f"{noun} must be class indices >= 0; found {distinct[0]}")
+    if count == 0 and distinct:
+        raise DataError(no_head_message(noun))
     if count is not None and distinct and distinct[-1] >= count:
         bad = [v for v in distinct if v >= count]
         raise DataError(
-            f"{what} labels are class indices, but {', '.join(map(str, bad[:5]))} "
+            f"{noun} are class indices, but {', '.join(map(str, bad[:5]))} "
             f"{'is' if len(bad) == 1 else 'are'} out of range for a model with {count} classes "
             f"(0..{count - 1}); use the model's own class indices or names"
         )
     names = known or [str(i) for i in range(max(distinct, default=-1) + 1)]
     src = f"{what} integer indices" if what == "CSV" else f"{what} as class indices"
     return LabelMatch({str(v): int(v) for v in values}, names, src)
+
+
+def no_head_message(labels: str) -> str:
+    """Labels given to a model with no classification head (0 class outputs: a timm model
+    built with ``num_classes=0``), as ``lens.cam`` advises on its outputs."""
+    return (
+        f"{labels} are classes, but the model has no classification head: its outputs look "
+        "like features, not class scores (a timm model built with num_classes=0); load the "
+        "model with its classification head"
+    )
 
 
 def index_per_row(labels: Any, what: str = "given labels") -> np.ndarray:

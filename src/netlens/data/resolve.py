@@ -309,7 +309,7 @@ class _PairDataset(Dataset):
         self.x, self.y = images, labels
         pixels = preprocess is not None and len(images) > 0 and not is_preprocessed(images)
         self.preprocess = sized(preprocess, lambda: as_pixels(images[0].cpu())) if pixels else None
-        match = index_labels(labels.tolist(), classes, what="given labels", num_classes=n)
+        match = index_labels(labels.tolist(), classes, what="the given labels", num_classes=n)
         self.classes, self.label_source = match.classes, "(images, labels) pair: class indices"
         self.masks = None if masks is None else np.asarray(masks).astype(bool)
 

@@ -60,6 +60,7 @@ DENIED = re.compile(
     r"|download|overlay|^weights($|_)|device|dtype|(^|_)cfgs?($|_)|features_only|out_indices"
     r"|script|export|jit"
 )
+_CHANGES_MODEL = re.compile(r"features_only|out_indices")
 _LOOP_OPTIONS = frozenset(
     "depth depths layers blocks num_layers n_layers block_config stages_repeats depth_list".split()
 )
@@ -71,7 +72,7 @@ _MAX_LIST = 64
 _MAX_LOOP = 1000
 _MAX_LOOP_TOTAL = 4000
 _RANGES: dict[str, tuple[int, int]] = {
-    "num_classes": (1, 1 << 20),
+    "num_classes": (0, 1 << 20),  # 0: timm's headless model (pooled features out)
     "in_chans": (1, 1024),
     "img_size": (8, 8192),
     "image_size": (8, 8192),
@@ -140,9 +141,14 @@ def _check_key(key: Any, where: str, allowed: frozenset[str] | set[str] | None) 
     if not isinstance(key, str) or not key.isidentifier():
         raise ModelLoadError(f"{where}: 'arch_kwargs' has a key {_short(key)} that is not a name")
     if DENIED.search(key):
+        what = (
+            "changes what is built (feature maps, not the network the weights are of)"
+            if _CHANGES_MODEL.search(key)
+            else "loads files or weights from elsewhere"
+        )
         raise ModelLoadError(
-            f"{where}: 'arch_kwargs' asks for '{key}', which loads files or weights from "
-            "elsewhere; a checkpoint may only describe the architecture (remove it and re-save)"
+            f"{where}: 'arch_kwargs' asks for '{key}', which {what}; a checkpoint may only "
+            "describe the architecture (remove it and re-save)"
         )
     if allowed is not None and key not in allowed:
         raise ModelLoadError(

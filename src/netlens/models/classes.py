@@ -11,7 +11,13 @@ from torch import nn
 from ..errors import ModelLoadError
 from ..preprocess import Preprocess
 
-__all__ = ["check_class_names", "head_width", "output_count"]
+__all__ = [
+    "check_class_names",
+    "detector_classes",
+    "detector_state_classes",
+    "head_width",
+    "output_count",
+]
 
 
 def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None:
@@ -31,18 +37,85 @@ def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None
 
 
 def head_width(model: nn.Module) -> int | None:
-    """The class count a model's last layer says without running it: timm's ``num_classes``,
-    the width of a last ``nn.Linear`` or 1×1 ``nn.Conv2d``; None otherwise."""
+    """The class count a model's head says without running it: timm's ``num_classes``, a
+    torchvision detector's classifier (:func:`detector_classes`), the width of a last
+    ``nn.Linear`` or 1×1 ``nn.Conv2d``; None otherwise, and None where that last layer is no
+    classifier that can be told (a projection an image and a text tower share, as CLIP's)."""
     n = getattr(model, "num_classes", None)
     if isinstance(n, int) and hasattr(model, "get_classifier"):
         return n
+    det = detector_classes(model)
+    if det is not None:
+        return det
     last = _last_weighted_leaf(model)
     if isinstance(last, nn.Linear) or (_quantized(last) and hasattr(last, "out_features")):
-        return int(last.out_features)
+        return None if _text_projection(model, last) else int(last.out_features)
     conv = isinstance(last, nn.Conv2d) or (_quantized(last) and hasattr(last, "out_channels"))
     if conv and tuple(last.kernel_size) == (1, 1):
         return int(last.out_channels)
     return None
+
+
+def detector_classes(model: nn.Module) -> int | None:
+    """A torchvision detector's class count (background included, as ``num_classes=`` takes
+    it): Faster/Mask/Keypoint R-CNN's ``roi_heads.box_predictor.cls_score`` (its
+    ``bbox_pred`` beside it is 4 per class), RetinaNet's and FCOS's
+    ``head.classification_head.num_classes``, SSD's ``num_columns``; None for other models."""
+    cls_score = getattr(
+        getattr(getattr(model, "roi_heads", None), "box_predictor", None), "cls_score", None
+    )
+    if isinstance(cls_score, nn.Linear):
+        return int(cls_score.out_features)
+    head = getattr(getattr(model, "head", None), "classification_head", None)
+    for attr in ("num_classes", "num_columns"):  # RetinaNet / FCOS, SSD / SSDlite
+        n = getattr(head, attr, None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+    return None
+
+
+def detector_state_classes(state: dict[str, Any], fresh: nn.Module) -> int | None:
+    """The class count a torchvision detector's state_dict was trained for, read off its
+    classifier's weights (``fresh``: the architecture built with its default head), or None
+    for other models. The last weight that differs from ``fresh`` is Faster R-CNN's
+    ``bbox_pred`` (4 per class), and RetinaNet's and SSD's classifiers are convolutions with
+    one channel per class and anchor: each is read as what it is."""
+    if detector_classes(fresh) is None:
+        return None
+    names = dict(fresh.named_modules())
+    cls_score = getattr(
+        getattr(getattr(fresh, "roi_heads", None), "box_predictor", None), "cls_score", None
+    )
+    if isinstance(cls_score, nn.Linear):
+        key = next(k for k, m in names.items() if m is cls_score) + ".weight"
+        w = state.get(key)
+        return int(w.shape[0]) if getattr(w, "ndim", 0) == 2 else None
+    head = fresh.head.classification_head
+    prefix = next(k for k, m in names.items() if m is head)
+    n = getattr(head, "num_classes", None)
+    if isinstance(getattr(head, "cls_logits", None), nn.Conv2d):  # RetinaNet, FCOS
+        conv, key = head.cls_logits, f"{prefix}.cls_logits.weight"
+    else:  # SSD, SSDlite: one classifier per feature map; the first map's last convolution
+        n = getattr(head, "num_columns", None)
+        first = getattr(head, "module_list", [None])[0]
+        convs = [(k, m) for k, m in first.named_modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            return None
+        key = f"{prefix}.module_list.0{'.' + convs[-1][0] if convs[-1][0] else ''}.weight"
+        conv = convs[-1][1]
+    w = state.get(key)
+    if not isinstance(n, int) or n <= 0 or getattr(w, "ndim", 0) != 4:
+        return None
+    anchors = conv.out_channels // n
+    return int(w.shape[0]) // anchors if anchors and w.shape[0] % anchors == 0 else None
+
+
+def _text_projection(model: nn.Module, last: nn.Module) -> bool:
+    """``last`` (a Linear) projects what an ``nn.Embedding`` of the model gives too: a
+    text tower's tokens, as in CLIP, whose image and text embeddings one layer projects
+    (its width is the embedding's, not a class count)."""
+    width = getattr(last, "in_features", None)
+    return any(isinstance(m, nn.Embedding) and m.embedding_dim == width for m in model.modules())
 
 
 def headless(model: nn.Module) -> str | None:

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import NetlensError
 from .checkpoint import make_checkpoint, write_checkpoint
+from .validate import check_before_save
 from .wrappers import unwrap
 
 
@@ -38,7 +39,7 @@ def save(
     from ..data.labels import read_class_names
     from ..lens import Lens
 
-    preprocess = None
+    preprocess = host = None
     record = dict(record) if record is not None else None
     if isinstance(obj, Lens):
         if record is None:  # the card's record: its output is the Lens' choice, or none
@@ -49,7 +50,7 @@ def save(
         arch_kwargs = arch_kwargs or obj.card.get("arch_kwargs")
         if classes is None and not getattr(obj.classes, "guessed", False):
             classes = obj.classes  # (guessed ImageNet names are guessed again on load)
-        preprocess = obj.transform
+        preprocess, host = obj.transform, obj.host
         obj = obj.model
     if not isinstance(obj, nn.Module):
         raise NetlensError(f"netlens.save takes a Lens or nn.Module, not a {type(obj).__name__}")
@@ -62,9 +63,10 @@ def save(
             raise NetlensError(f"output= is a key, index or attribute name, not {output!r}")
         record = {**(record or {}), "output": output}
     arch_kwargs = dict(arch_kwargs or {})
-    if names is not None or arch_kwargs.get("num_classes") is None:
+    given = arch_kwargs.get("num_classes")
+    if names is not None or given is None:
         n = _num_classes(obj, preprocess, names)
-        arch_kwargs["num_classes"] = arch_kwargs.get("num_classes") or n
+        arch_kwargs["num_classes"] = given if given is not None else n  # 0: timm's headless
     ckpt = make_checkpoint(
         obj,
         arch=arch,
@@ -73,7 +75,59 @@ def save(
         preprocess=preprocess.to_dict() if preprocess is not None else None,
         record=record,
     )
+    # checked as netlens.load will check it: an option or shape it refuses is refused now
+    host = _host_that_builds(arch, host)
+    check_before_save(ckpt, path, _extra_options(arch, host) if host is not None else None)
+    if host is not None:
+        _check_fits(ckpt, Path(path), host)
     return write_checkpoint(ckpt, path)
+
+
+def _host_that_builds(arch: Any, host: Any) -> Any:
+    """A plugin host that builds ``arch`` (the Lens', else the default one); None where none
+    does here: the user's own ``file.py:Class`` (never imported to save), or an arch a plugin
+    the loading side has registers (``netlens.load(path, host=...)``)."""
+    from ..plugins.manager import PluginHost
+    from .factory import check_arch, parse_user_arch
+
+    if not isinstance(arch, str) or parse_user_arch(arch) is not None:
+        return None
+    host = host if host is not None else PluginHost()
+    try:
+        check_arch(arch, host)
+    except NetlensError:
+        return None
+    return host
+
+
+def _check_fits(ckpt: dict[str, Any], path: Path, host: Any) -> None:
+    """The weights fit ``arch`` built with ``arch_kwargs`` on the meta device, as
+    ``netlens.load`` builds it (where it cannot be built there, it is not checked)."""
+    from ..naming import display_path
+    from .factory import create_arch
+    from .meta import shapes_on_meta
+
+    arch, kwargs = ckpt["arch"], dict(ckpt["arch_kwargs"])
+    n = kwargs.pop("num_classes", None)
+    shapes = shapes_on_meta(lambda: create_arch(arch, n, host, **kwargs))
+    problem = shapes.mismatch(ckpt["state_dict"]) if shapes is not None else None
+    if problem:
+        raise NetlensError(
+            f"netlens.save: netlens.load would refuse {display_path(path.name)}: the model's "
+            f"weights do not fit {arch} built with arch_kwargs {kwargs or {}}"
+            f"{f' and num_classes={n}' if n is not None else ''} ({problem}); give arch= and "
+            f"arch_kwargs= that build this model, or save model.state_dict() with torch.save "
+            f"and load it with --arch {arch} (its head and input channels are read off the "
+            "weights)"
+        )
+
+
+def _extra_options(arch: str, host: Any) -> list[str]:
+    """The ``arch_kwargs`` names netlens.load allows beyond the architecture options (see
+    ``read_checkpoint``): a netlens arch's own parameters."""
+    from .arch_options import signature_options
+
+    return signature_options(host.archs.get(arch)) if arch in host.archs else []
 
 
 def recorded_output(output: str | int | None, card: dict[str, Any] | None) -> str | int | None:

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, NetlensError
 from ..naming import display_path
 from ..preprocess.spec import MAX_CROP_PCT, MAX_SIDE
 from .arch_options import _short, check_arch_kwargs, check_arch_name
 
-__all__ = ["CheckpointMeta", "validate_checkpoint"]
+__all__ = ["CheckpointMeta", "check_before_save", "validate_checkpoint"]
 
 FORMAT = "netlens-checkpoint"
 VERSION = 1
@@ -95,10 +95,40 @@ def validate_checkpoint(
     )
 
 
+def check_before_save(ckpt: dict[str, Any], path: str | Path, extra_options: Any = ()) -> None:
+    """What ``netlens.save`` is about to write, checked as :func:`validate_checkpoint` checks
+    it on load: what the loader would refuse is refused now, in one line saying what to do
+    instead, never written to a file that cannot be loaded."""
+    where = display_path(Path(path).name)
+    try:
+        validate_checkpoint(ckpt, path, extra_options)
+    except ModelLoadError as e:
+        arch = ckpt.get("arch")
+        arch = arch if isinstance(arch, str) and arch.isprintable() and len(arch) < 80 else "NAME"
+        problem = str(e).removeprefix(f"{where}: ")
+        cut = min((problem.find(t) for t in _LOAD_ADVICE if t in problem), default=len(problem))
+        raise NetlensError(
+            f"netlens.save: netlens.load would refuse {where}: {problem[:cut]}; leave that out, "
+            "or save model.state_dict() with torch.save and load it with --arch "
+            f"{arch} (and --arch-kwargs netlens.load accepts), or pass "
+            "the model you build to netlens.load(model)"
+        ) from None
+
+
+# the load-time advice in validation messages, left out of netlens.save's own
+_DAMAGED = "; the checkpoint is damaged or not written by netlens.save"
+_LOAD_ADVICE = (
+    _DAMAGED,
+    " (remove it and re-save)",
+    "; remove it and re-save",
+    "; the file is damaged",
+    "; fix the checkpoint's",
+)
+
+
 def _fail(where: str, problem: str) -> ModelLoadError:
     return ModelLoadError(
-        f"{where}: {problem}; the checkpoint is damaged or not written by netlens.save "
-        "(re-save it, or load its state_dict with --arch)"
+        f"{where}: {problem}{_DAMAGED} (re-save it, or load its state_dict with --arch)"
     )
 
 
