@@ -112,6 +112,18 @@ def test_detector_class_count(build, tmp_path: Path) -> None:
     assert classes.detector_state_classes(build(num_classes=3, **kw).state_dict(), fresh) == 3
 
 
+def test_detector_state_dict_builds_with_its_class_count(tmp_path: Path) -> None:
+    """A 3-class detector's state_dict with --arch was built with 12 classes (bbox_pred's 4
+    per class) and failed with a size mismatch."""
+    build = detection.fasterrcnn_mobilenet_v3_large_320_fpn
+    model = build(num_classes=3, weights=None, weights_backbone=None).eval()
+    torch.save(model.state_dict(), tmp_path / "det3.pt")
+    lens = netlens.load(tmp_path / "det3.pt", arch="tv:fasterrcnn_mobilenet_v3_large_320_fpn")
+    assert "3 classes" in repr(lens)
+    got = dict(lens.model.state_dict())
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+
+
 def test_projection_shared_with_a_text_tower_is_no_class_count() -> None:
     class Clip(nn.Module):  # the image and the text embedding go through one projection
         def __init__(self) -> None:

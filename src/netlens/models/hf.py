@@ -38,6 +38,7 @@ __all__ = [
     "hf_task",
     "hf_model_preprocess",
     "hf_preprocess",
+    "hf_folder_weights",
     "is_hf_folder",
     "load_hf_folder",
     "spec_from_processor",
@@ -57,6 +58,20 @@ def is_hf_folder(path: Path) -> bool:
         return (path / "config.json").is_file() and any((path / w).is_file() for w in WEIGHTS)
     except OSError:
         return False
+
+
+def hf_folder_weights(source: Path) -> None:
+    """Refuse, in one line, the weights file of a Hugging Face folder passed on its own (its
+    ``model.safetensors``, a shard or the index of shards): the folder's config builds the
+    model, which no ``--arch`` does for a transformers class."""
+    from .shards import SHARD_NAME
+
+    weights = source.name in WEIGHTS or SHARD_NAME.match(source.name) is not None
+    if source.is_file() and weights and is_hf_folder(source.parent):
+        raise ModelLoadError(
+            f"{display_path(source.name)} is the weights file of the Hugging Face model folder "
+            f"{display_path(source.parent)}: pass the folder"
+        )
 
 
 def load_hf_folder(source: Path, req: LoadRequest) -> LoadedModel | None:

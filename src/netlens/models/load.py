@@ -29,6 +29,7 @@ from ..targets import check_task
 from .archive import check_archive
 from .checkpoint import build_checkpoint_model, is_checkpoint, read_checkpoint
 from .factory import check_arch
+from .foreign_files import _other_framework
 from .hf import is_hf_folder
 from .save import recorded_output
 from .weights import CompiledArchive, compiled_kind, load_state
@@ -67,8 +68,14 @@ class LoadRequest:
     def payload(self) -> Any:
         """The file read with ``weights_only=True`` (an exception object when it refused); a
         model folder (``card.json`` + ``model.safetensors``, as the zoo ships) as a checkpoint."""
+        from .shards import folder_index, read_sharded, special_payload
+
         if self.source.is_dir():
-            return read_model_folder(self.source)
+            index = None if is_model_folder(self.source) else folder_index(self.source)
+            return read_model_folder(self.source) if index is None else read_sharded(index)
+        special = special_payload(self.source)  # an index of shards, one shard, a DCP file
+        if special is not None:
+            return special
         if self.source.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -106,40 +113,6 @@ class LoadRequest:
                 or f"cannot read {display_path(self.source)} as a PyTorch file (damaged, or "
                 "not a model file?)"
             )
-
-
-_OTHER_FRAMEWORKS = {
-    ".onnx": "an ONNX model",
-    ".h5": "a Keras (HDF5) model",
-    ".hdf5": "a Keras (HDF5) model",
-    ".keras": "a Keras model",
-    ".tflite": "a TensorFlow Lite model",
-    ".pb": "a TensorFlow graph",
-    ".engine": "a TensorRT engine",
-    ".plan": "a TensorRT engine",
-    ".mlmodel": "a Core ML model",
-    ".pdparams": "a PaddlePaddle model",
-    ".caffemodel": "a Caffe model",
-}
-
-
-def _other_framework(path: Path) -> str | None:
-    """The one line for a file torch cannot read that another framework made (by its magic
-    bytes or its suffix), else None."""
-    with path.open("rb") as fh:
-        head = fh.read(8)
-    what = _OTHER_FRAMEWORKS.get(path.suffix.lower())
-    if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        what = "a Keras (HDF5) model"
-    elif head[4:8] == b"TFL3":
-        what = "a TensorFlow Lite model"
-    if what is None:
-        return None
-    return (
-        f"{display_path(path)} is {what}; netlens explains PyTorch models (it hooks their "
-        "layers and follows their gradients): pass the PyTorch model it was made from (a "
-        "checkpoint, state_dict or safetensors file; with --arch for bare weights)"
-    )
 
 
 def _plain_data() -> list[Any]:
@@ -459,11 +432,14 @@ def load_file(
                 f"{display_path(path)} holds config.json but no weights (model.safetensors or "
                 "pytorch_model.bin); download or save them into it too"
             )
-        raise ModelLoadError(
-            f"{display_path(path)} is a folder; pass the model file inside it (a model folder "
-            "holds card.json and model.safetensors, as netlens' zoo does, or config.json and "
-            "the weights, as Hugging Face's save_pretrained writes)"
-        )
+        from .shards import folder_index
+
+        if folder_index(path) is None:  # (a torch.distributed.checkpoint folder: refused)
+            raise ModelLoadError(
+                f"{display_path(path)} is a folder; pass the model file inside it (a model "
+                "folder holds card.json and model.safetensors, as netlens' zoo does, or "
+                "config.json and the weights, as Hugging Face's save_pretrained writes)"
+            )
     if arch:
         check_arch(arch, host)  # fail fast, before the file is read or anything is built
     req = LoadRequest(

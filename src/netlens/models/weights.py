@@ -29,6 +29,7 @@ from .built_as import (
     single_linear_head,
     stem_channels,
 )
+from .classes import detector_state_classes
 from .effective_weights import effective_state
 from .factory import (
     aux_heads,
@@ -40,6 +41,7 @@ from .factory import (
 )
 from .recorded_arch import arch_source, recorded_arch, recorded_preprocess
 from .timm_remap import timm_renamed
+from .weight_sets import _say_which_copy, _state_dict_of, weight_sets  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -53,56 +55,6 @@ __all__ = [
     "load_state",
     "load_state_dict_file",
 ]
-
-
-# where training scripts keep the weights in a checkpoint dict (kuangliu/pytorch-cifar: "net")
-WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "network")
-
-
-def _weights_key(obj: dict[str, Any]) -> str | None:
-    """The entry of a checkpoint dict that holds the weights: the first of the usual names
-    that is a dict, else the one entry (not an EMA copy) that is a dict of tensors, else the
-    EMA copy when it is the only set (a release that keeps just the averaged weights)."""
-    key = next((k for k in WEIGHT_KEYS if isinstance(obj.get(k), dict)), None)
-    if key is not None:
-        return key
-    sets = weight_sets(obj)
-    found = [k for k in sets if k not in _EMA_KEYS]
-    if found:
-        return found[0] if len(found) == 1 else None
-    ema = [k for k in sets if k in _EMA_KEYS]
-    return ema[0] if len(ema) == 1 else None
-
-
-def weight_sets(payload: Any) -> list[str]:
-    """The entries of a checkpoint dict that are dicts of tensors (sets of weights)."""
-    if not isinstance(payload, dict):
-        return []
-    return [
-        k
-        for k, v in payload.items()
-        if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())
-    ]
-
-
-def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
-    if isinstance(obj, dict):
-        key = _weights_key(obj)
-        if key is not None:
-            obj = obj[key]
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            items = list(obj.items())
-            rest = [(k, v) for k, v in items if k != "n_averaged"]
-            if len(rest) < len(items) and all(k.startswith("module.") for k, _ in rest):
-                items = rest  # torch.optim.swa_utils.AveragedModel: its count beside module.*
-            state = OrderedDict((k.removeprefix("module."), v) for k, v in items)
-            meta = getattr(obj, "_metadata", None)
-            if meta is not None:  # module versions that load_state_dict passes on
-                state._metadata = OrderedDict(  # type: ignore[attr-defined]
-                    (k.removeprefix("module."), v) for k, v in meta.items()
-                )
-            return state
-    return None
 
 
 def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
@@ -121,6 +73,9 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
             "(learn.export('export.pkl')) and explain that file, with --trust"
         )
     if recorded is None and not req.arch:
+        from .hf import hf_folder_weights
+
+        hf_folder_weights(source)  # the weights file of a Hugging Face folder: pass the folder
         raise ModelLoadError(
             f"{source.name} holds only weights (a state_dict); say which architecture with "
             "--arch NAME (a timm name like resnet18, tv:alexnet for torchvision, or a netlens "
@@ -170,33 +125,6 @@ def _with_recorded_classes(loaded: LoadedModel, payload: Any, source: Path) -> L
     return loaded
 
 
-_EMA_KEYS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
-
-
-def _say_which_copy(payload: Any, source: Path) -> None:
-    """A training checkpoint that also holds an EMA copy of the weights (timm's train.py with
-    ``--model-ema``): the training weights are explained, and a warning line says so."""
-    if not isinstance(payload, dict):
-        return
-    main = _weights_key(payload)
-    ema = next((k for k in _EMA_KEYS if isinstance(payload.get(k), dict)), None)
-    if main is not None and main == ema:
-        warnings.warn(
-            f"{display_path(source.name)} holds only an EMA copy of the weights ('{main}'): "
-            "explaining those",
-            NetlensWarning,
-            stacklevel=3,
-        )
-    elif main is not None and ema is not None:
-        warnings.warn(
-            f"{display_path(source.name)} holds two sets of weights, '{main}' and its EMA copy "
-            f"'{ema}': explaining '{main}'; to explain the EMA weights, save them on their own "
-            f"(torch.save(ckpt['{ema}'], path)) and load that file",
-            NetlensWarning,
-            stacklevel=3,
-        )
-
-
 def _from_state(
     state: dict[str, torch.Tensor],
     source: Path,
@@ -237,7 +165,8 @@ def _from_state(
     if "in_chans" not in kwargs:  # a grayscale (or RGB + NIR) model of a 3-channel design
         stem = stem_channels(fresh if fresh is not None else on_meta(arch, n, req, kwargs), state)
     if n is None:  # the head is the last weight that differs, the stem aside
-        n = head_num_classes({k: v for k, v in state.items() if not is_stem(k, stem)}, fresh)
+        head_state = {k: v for k, v in state.items() if not is_stem(k, stem)}
+        n = detector_state_classes(head_state, fresh) or head_num_classes(head_state, fresh)
         if n is None and headless(state, fresh) and is_timm(arch, req.host):
             n = 0  # timm's num_classes=0: an embedding model, the head's weights not in the file
     stale = stale_aux_heads(arch, state, n)
