@@ -187,3 +187,20 @@ def test_the_weights_file_of_a_hugging_face_folder_points_at_the_folder(tmp_path
         netlens.load(folder / "model.safetensors")
     line = assert_one_clean_line(str(info.value))
     assert "weights file of the Hugging Face model folder" in line and "pass the folder" in line
+
+
+def test_the_cli_takes_a_folder_of_shards_as_the_model(tmp_path):
+    """`netlens cam ckpt/ img.png --arch ...` read the folder of shards as images (the default
+    model was asked for): it is the model."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from netlens.cli.app import app
+
+    shard(net(), tmp_path / "ckpt", "safetensors")
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    args = ["cam", str(tmp_path / "ckpt"), str(tmp_path / "img.png"), "--arch", ARCH]
+    r = CliRunner().invoke(app, [*args, "--input-size", "32", "-q", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert any((tmp_path / "o").iterdir())

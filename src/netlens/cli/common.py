@@ -145,6 +145,7 @@ def split_model_and_images(
     taken as an image and the default model is used.
     """
     from ..images import IMAGE_SUFFIXES
+    from ..models.foreign_files import is_dcp_folder
     from ..models.hf import is_hf_folder
     from ..models.load import is_model_folder
 
@@ -152,8 +153,9 @@ def split_model_and_images(
     if model is not None and not model.startswith("zoo:"):
         p = Path(model)
         folder = p.is_dir() and not any(p.glob("*.pt"))
-        if folder and (is_model_folder(p) or is_hf_folder(p)):
-            folder = False  # a netlens model folder, or a Hugging Face one
+        shards = any(p.glob("*.index.json")) or is_dcp_folder(p)  # sharded weights
+        if folder and (is_model_folder(p) or is_hf_folder(p) or shards):
+            folder = False  # a netlens model folder, a Hugging Face one, or shards
         if p.suffix.lower() in IMAGE_SUFFIXES or folder:
             return None, [model, *rest]
     return model, rest
