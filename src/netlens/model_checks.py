@@ -1,6 +1,7 @@
 """What a model handed to netlens must not be, or should be warned of: compiled code netlens
 cannot hook (TorchScript, a ``torch.export`` module), weights with no values (meta device) or
-made under ``torch.inference_mode()``, a BatchNorm on batch statistics in eval mode."""
+made under ``torch.inference_mode()``, a BatchNorm on batch statistics in eval mode, a forward
+that takes more than one input (:func:`forward_refusal`, for every analysis's forwards)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from torch import nn
 from .errors import NetlensError
 
 __all__ = [
+    "forward_refusal",
     "inference_refusal",
+    "multi_input_refusal",
     "refuse_compiled",
     "refuse_meta",
     "tensors",
@@ -89,7 +92,73 @@ def _is_exported(m: nn.Module) -> bool:
     return "ExportedProgram" in getattr(own, "__qualname__", "")
 
 
-def inference_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
+def forward_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
+    """The one-line refusal for ``exc``, raised by an analysis of ``model`` (None: let it
+    through): a forward that takes more than one input (:func:`multi_input_refusal`; also the
+    dry forward's, whose input-size advice cannot help), weights made under
+    ``torch.inference_mode()``, detections (with a backbone layer of this model named)."""
+    from .model_output import DetectionOutputError, detection_refusal
+
+    refusal = multi_input_refusal(model, exc) or _inference_refusal(model, exc)
+    if refusal is None and type(exc) is DetectionOutputError and "backbone.…" in str(exc):
+        refusal = DetectionOutputError(detection_refusal(model))
+    return refusal
+
+
+inference_refusal = forward_refusal  # the name the analyzers' run guard calls
+
+
+def multi_input_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
+    """The one-line refusal for ``exc`` when it is (or was caused by) the TypeError of calling
+    ``model`` with one batch while its forward requires more inputs (RAFT's
+    ``forward(image1, image2)``); None otherwise."""
+    chain = _chain(exc)
+    if not any(isinstance(e, TypeError) and "required" in str(e) for e in chain):
+        return None
+    needed = _required(model)
+    if len(needed) < 2:
+        return None
+    inner = next((n for n, m in model.named_children() if len(_required(m)) == 1), None)
+    sub = (
+        f" (or a sub-module that does, e.g. forward(x) returning model.{inner}(x))" if inner else ""
+    )
+    return NetlensError(
+        f"the model's forward takes more than one input ({', '.join(needed)}), but netlens "
+        "feeds it one batch of images; wrap the model in an nn.Module whose forward takes one "
+        f"tensor and calls it{sub}, and pass the wrapper"
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen) or len(seen) > 16:
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__]
+    return seen
+
+
+def _required(module: nn.Module) -> list[str]:
+    """The parameters ``module``'s forward requires (no default; not ``*args``/``**kw``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+
+
+def _inference_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
     """The one-line refusal for ``exc``, autograd's error on a model whose weights were made
     under ``torch.inference_mode()`` (None for any other error)."""
     text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)

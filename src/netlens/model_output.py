@@ -2,7 +2,8 @@
 (``logits``, ``out``), a tuple of a main head and its auxiliary copies, an object with
 ``.logits``; ``--output KEY`` picks another. Shapes that mean one thing are read as it: an
 N×K×1×1 head (N×K×1, N×1×K) as N×K, a single logit squeezed to N as N×1, a binary
-segmentation's N×H×W as N×1×H×W. Detections are refused in one line.
+segmentation's N×H×W as N×1×H×W. Detections are refused in one line that says what to do
+(:func:`detection_refusal`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import torch
 
 from .errors import NetlensError
 
-__all__ = ["model_output", "picked_output"]
+__all__ = ["DetectionOutputError", "detection_refusal", "model_output", "picked_output"]
+
+
+class DetectionOutputError(NetlensError):
+    """The model returned detections (boxes, labels, scores per image), no scores to explain;
+    analyzers that read a layer's maps reword it (:func:`detection_refusal`)."""
 
 
 def model_output(
@@ -57,15 +63,57 @@ def picked_output(out: Any, key: str | int | None = None) -> torch.Tensor:
         if tensors:
             raise NetlensError(_which_output(out, values))
     if _is_detection(out):
-        raise NetlensError(
-            "the model returned detections (boxes, labels and scores per image): netlens "
-            "explains classifiers, multi-label, regression and segmentation outputs, not object "
-            "detectors"
-        )
+        raise DetectionOutputError(detection_refusal())
     raise NetlensError(
         f"the model returned a {type(out).__name__} with no tensor netlens can explain; "
         "pick one with --output KEY (output= in Python) or wrap the model"
     )
+
+
+def detection_refusal(model: Any = None, *, layers: bool = False) -> str:
+    """What to do with a detector (whose output is boxes, labels and scores per image): for
+    ``layers`` (features with layer auto: the analyzers that read a layer's maps) name a
+    backbone layer, a real one of ``model`` where it has a ``backbone``; else (CAMs, ablate,
+    evaluate, which need one score per image) wrap the model, and name a backbone layer for
+    features, stats and top-activations, each advice for the commands it serves."""
+    layer = _backbone_layer(model) or "backbone.…"
+    name = (
+        f"name a backbone layer (--layer {layer}; layer= in Python; `netlens layers MODEL` "
+        "lists them)"
+    )
+    head = "the model returned detections (boxes, labels and scores per image)"
+    if layers:
+        return (
+            f"{head}, not class scores; features, stats and top-activations read a layer's "
+            f"maps: {name}"
+        )
+    return (
+        f"{head}: CAMs, ablate and evaluate explain one score per image, not object detectors' "
+        "boxes; for them, wrap the model so that its forward returns one score per image (e.g. "
+        "the top box's score, out[i]['scores'][:1]); features, stats and top-activations run "
+        f"when you {name}"
+    )
+
+
+def _backbone_layer(model: Any) -> str | None:
+    """The last module of a detector's backbone (torchvision's ``backbone.body``, else
+    ``backbone``), descending into ModuleLists, which are never called themselves."""
+    from torch import nn
+
+    root = getattr(model, "backbone", None)
+    if not isinstance(root, nn.Module):
+        return None
+    name = "backbone"
+    if isinstance(getattr(root, "body", None), nn.Module):
+        root, name = root.body, "backbone.body"
+    while True:
+        kids = list(root.named_children())
+        if not kids:
+            return name
+        last, root = kids[-1]
+        name = f"{name}.{last}"
+        if not isinstance(root, (nn.ModuleList, nn.ModuleDict)):
+            return name
 
 
 def _is_detection(out: Any) -> bool:
@@ -112,6 +160,19 @@ def _pick(out: Any, key: str | int) -> torch.Tensor:
     else:
         got = getattr(out, str(key), None)
         keys = [k for k in dir(out) if not k.startswith("_")][:12]
+    if isinstance(got, dict):  # a detector's per-image dict of boxes, labels and scores
+        raise NetlensError(
+            f"the model's output '{key}' is a dict ({', '.join(map(str, list(got)[:8]))}), "
+            "not a tensor, and --output picks one level only; wrap the model so that its "
+            "forward returns the tensor of scores to explain (e.g. "
+            f"model(x)[{key if isinstance(out, (tuple, list)) else repr(key)}][KEY])"
+        )
+    if got is not None and isinstance(out, (dict, tuple, list)) and not torch.is_tensor(got):
+        raise NetlensError(
+            f"the model's output '{key}' is a {type(got).__name__}, not a tensor, and --output "
+            "picks one level only; wrap the model so that its forward returns the tensor of "
+            "scores to explain"
+        )
     if not isinstance(got, torch.Tensor):
         raise NetlensError(
             f"the model's output has no tensor '{key}' (it has: {', '.join(map(str, keys))})"

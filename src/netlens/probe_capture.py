@@ -18,12 +18,30 @@ from .consumed import settle
 from .errors import NetlensError
 from .layer_call import LayerCall
 
-__all__ = ["NOT_A_TENSOR", "Capture"]
+__all__ = ["FX_INLINED", "NOT_A_TENSOR", "Capture", "fx_inlined"]
 
 NOT_A_TENSOR = (
     "layer '{name}' returns a tuple, dict or other object, not one tensor, so no gradient is "
     "taken to it; probe the module inside it that makes the tensor (see `netlens layers MODEL`)"
 )
+
+FX_INLINED = (
+    "layer '{name}' did not run: torch.fx inlined it into the GraphModule's graph, where only "
+    "leaf modules (convolutions, norms, activations) still run; pick one of them (`netlens "
+    "layers MODEL` lists the calls), or explain the model before it was traced"
+)
+
+
+def fx_inlined(model: torch.nn.Module, module: str) -> bool:
+    """Whether ``module`` (a name in ``model``) is a container that torch.fx traced through:
+    in a GraphModule (``create_feature_extractor``, ``symbolic_trace``) only leaf modules are
+    still called, so a hook on a container never fires (:data:`FX_INLINED` says so)."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return False
+    try:
+        return any(True for _ in model.get_submodule(module).children())
+    except AttributeError:
+        return False
 
 
 @dataclass
@@ -114,12 +132,7 @@ class Capture:
                     f"'{self.name}' does not exist; pick {self._call_list()}{self._shared()}"
                 )
             if self._inlined:
-                raise NetlensError(
-                    f"layer '{self.name}' did not run: torch.fx inlined it into the "
-                    "GraphModule's graph, where only leaf modules (convolutions, norms, "
-                    "activations) still run; pick one of them (`netlens layers MODEL` lists "
-                    "the calls), or explain the model before it was traced"
-                )
+                raise NetlensError(FX_INLINED.format(name=self.name))
             if self._last_child is not None:
                 raise NetlensError(
                     f"layer '{self.name}' did not run (no {what} captured): the forward does "

@@ -134,11 +134,15 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     """
     from ..layer_call import LayerCall
     from ..layers import _is_map_call, auto_layer, trace_calls
+    from ..model_output import DetectionOutputError, detection_refusal
     from ..models.classes import headless
 
-    chosen = auto_layer(lens.model, x, lens.output_key)
-    with torch.no_grad():
-        output = lens.output(x)  # also learns which layers keep channels last
+    try:
+        chosen = auto_layer(lens.model, x, lens.output_key)
+        with torch.no_grad():
+            output = lens.output(x)  # also learns which layers keep channels last
+    except DetectionOutputError as exc:  # a named backbone layer needs no scores
+        raise DetectionOutputError(detection_refusal(lens.model, layers=True)) from exc
     calls = trace_calls(lens.model, x)
     counts = Counter(c.name for c in calls)
 

@@ -84,6 +84,7 @@ from .stats_layers import (
     learn,
     listed,
     named_selections,
+    not_run,
     outputs,
     overwritten,
 )
@@ -372,11 +373,7 @@ class StatsAnalyzer(Analyzer):
         )
         if refused:  # named ones, or every layer picked: a pattern's others are left out
             every = " (none of the layers picked did)" if not stats and len(refused) > 1 else ""
-            raise AnalyzerError(
-                f"{listed(refused)} did not run in the model's forward{every} (a call the "
-                "module does not make, or a module that runs only in training, as auxiliary "
-                "heads do); see the calls in `netlens layers MODEL`"
-            )
+            raise not_run(model, refused, every)
         if not stats and seen:
             raise AnalyzerError(
                 f"{listed(names)} return(s) no tensor (a dict, another object, or a tuple "

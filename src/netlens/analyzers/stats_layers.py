@@ -45,6 +45,7 @@ __all__ = [
     "learn",
     "listed",
     "named_selections",
+    "not_run",
     "outputs",
     "overwritten",
 ]
@@ -158,6 +159,23 @@ class Layout:
 def listed(names: list[str]) -> str:
     shown = ", ".join(f"'{n}'" for n in names[:3])
     return f"layer {shown}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def not_run(model: nn.Module, refused: list[str], every: str) -> AnalyzerError:
+    """The refusal of selections that did not run in the forward: the one torch.fx gives
+    (:data:`netlens.probe_capture.FX_INLINED`, as features and top-activations say it) for a
+    container a GraphModule inlined, else a call the module does not make or a training-only
+    module."""
+    from ..probe_capture import FX_INLINED, fx_inlined
+
+    inlined = [n for n in refused if fx_inlined(model, LayerCall.parse(n).name)]
+    if inlined:
+        return AnalyzerError(FX_INLINED.format(name=inlined[0]))
+    return AnalyzerError(
+        f"{listed(refused)} did not run in the model's forward{every} (a call the module does "
+        "not make, or a module that runs only in training, as auxiliary heads do); see the "
+        "calls in `netlens layers MODEL`"
+    )
 
 
 def call_order(model: nn.Module, x: torch.Tensor, modules: list[str]) -> list[tuple[str, bool]]:
