@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .callable_output import RawReader, current_scope, handed_raw, not_image_maps, target_scope
 from .channel_layout import learning_layouts, share_layouts
 from .errors import NetlensError, NetlensWarning, TargetError
 from .fresh_input import fresh, write_count
@@ -18,7 +19,7 @@ from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .model_checks import refuse_compiled, refuse_meta, tensors, warn_batch_statistics
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
-from .output_reader import OutputReader, is_binary_dense, output_rules
+from .output_reader import is_binary_dense, output_rules
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -215,12 +216,14 @@ class Lens:
         self._output_key, self._sigmoid, self._batch_dims = key, None, None  # tell it again
 
     @property
-    def reader(self) -> OutputReader:
-        """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`)."""
+    def reader(self) -> RawReader:
+        """Raw model output → the tensor to explain (see :mod:`netlens.output_reader`; a
+        callable target's: :mod:`netlens.callable_output`)."""
         regression = self.task == "regression"  # a bounded score: its values, as they are
         sigmoid = bool(self._sigmoid) and not regression
         two = not regression and self.task != "multilabel"  # one channel: background, foreground
-        return OutputReader(self.output_key, sigmoid, two, batch_dims=self._batch_dims)
+        scope = current_scope(self.model)  # a callable target's analysis: its output as it is
+        return RawReader(self.output_key, sigmoid, two, self._batch_dims, scope)
 
     def learn_output(self, x: torch.Tensor) -> None:
         """Tell, once, from one forward of ``x[:1]`` with autograd, whether the model ends in
@@ -240,7 +243,7 @@ class Lens:
         another size than ``x``'s (a layer's output swapped for R copies of one image's).
         """
         self.learn_output(x)
-        out = self.reader(self.model(fresh(x)))  # a model may write into its input
+        out = self.reader(self.model(fresh(x)), x)  # a model may write into its input
         expected = x.shape[0] if rows is None else rows
         if out.shape[0] != expected:
             raise NetlensError(
@@ -248,8 +251,9 @@ class Lens:
                 "per image (a forward that squeezes its batch axis away: .squeeze() of one "
                 "image's 1×K); return N×K (.squeeze(1), or .flatten(1))"
             )
-        self._check_class_count(out)
-        _check_maps(out, x)
+        if not handed_raw(self.model):  # a callable target's own output: nothing to check
+            self._check_class_count(out)
+            _check_maps(out, x)
         return out
 
     def _check_class_count(self, out: torch.Tensor) -> None:
@@ -293,6 +297,8 @@ class Lens:
         """The task (``multiclass``, ``multilabel``, ``binary``, ``regression``, ``dense``)."""
         from .targets import detect_task
 
+        if handed_raw(self.model):  # a callable target's own output: values, not classes
+            return "regression"
         if self.task is None and self._sigmoid and output.dim() == 2 and output.shape[1] > 1:
             return "multilabel"  # independent sigmoids: one probability per label
         if output.dim() == 4 and self.task == "multilabel":
@@ -321,6 +327,8 @@ class Lens:
         """What a person reads as class probabilities for ``output`` (by the task)."""
         from .targets import probabilities
 
+        if handed_raw(self.model):  # a callable target's own output: its values
+            return output.detach().float().flatten(1)
         if self.dense_sigmoids(output):  # the mean over pixels of each mask's probability
             return torch.sigmoid(output.detach().float()).mean(dim=(2, 3))
         return probabilities(output, self.task_for(output))
@@ -452,9 +460,11 @@ class Lens:
 
         found = self.host.analyzers.get(analyzer)
         if isinstance(found, Analyzer):
-            return found.run(self, *args, **options)
+            with target_scope(options.get("target"), self.model):  # a callable's: raw output
+                return found.run(self, *args, **options)
         started, clock = now(), time.perf_counter()
-        result = self.host.checked_result(analyzer, found.run(self, *args, **options))
+        with target_scope(options.get("target"), self.model):
+            result = self.host.checked_result(analyzer, found.run(self, *args, **options))
         if not result.meta.get("run"):
             at = {"started": started, "clock": clock, "options": options}
             result = stamped(result, self, **at, layers=result.meta.get("layers"))
@@ -526,17 +536,8 @@ def _check_maps(out: torch.Tensor, x: torch.Tensor) -> None:
     """A dense output (N×K×H×W; N×H×W is read as N×1×H×W) must be maps of the image: its H×W
     of about the input's aspect. Tokens (N×197×768 of a backbone) are not, and would be
     explained as a binary segmentation."""
-    import math
-
-    if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
-        return
-    (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
-    if abs(math.log((h / w) / (ih / iw))) > math.log(1.5):
-        raise NetlensError(
-            f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
-            "image (tokens of a backbone?), so there are no classes or regions to explain; "
-            "give it a head, or pick the output to explain (--output KEY, output= in Python)"
-        )
+    if (why := not_image_maps(out, x)) is not None:
+        raise NetlensError(why)
 
 
 def _own_class_names(model: nn.Module) -> list[str] | None:

@@ -373,7 +373,12 @@ def resolve_data(
         ds = lens.dataset(inputs, split=split)
     elif isinstance(given.dataset, Dataset) or hub_rows(given.dataset) is not None:
         ds = lens.dataset(given.dataset, split=split)  # matched by class names; relabelled as drawn
-        if ds is not given.dataset and type(ds) is type(given.dataset):
+        if isinstance(given.dataset, IterableDataset) and given.batch_size is not None:
+            # a stream: drawn as netlens reads it (once, its peeked items kept), in its batches
+            one = {"num_workers": 0, "multiprocessing_context": None, "timeout": 0}
+            kw = {**_loader_options(given), **one, "worker_init_fn": None}
+            given = DataLoader(ds, batch_size=given.batch_size, drop_last=given.drop_last, **kw)
+        elif ds is not given.dataset and type(ds) is type(given.dataset):
             given = _over(given, ds)  # one of netlens' own, remade for the model: draw that
         elif getattr(ds, "per_part", False):  # a ConcatDataset, each part relabelled its way
             if given.collate_fn is not default_collate:

@@ -161,10 +161,14 @@ def _own_source(ds: Any) -> str:
 
 class _StreamItems(Dataset):
     """A user's stream (an ``IterableDataset`` with ``__len__``) read by position: in order,
-    as netlens streams it, from its start again for an earlier item."""
+    as netlens streams it, from its start again for an earlier item. Its first items (up to
+    :data:`_KEPT`: what netlens peeks before it streams) are kept, so a one-pass stream (whose
+    ``__iter__`` returns the same iterator: a network or shard reader) is read once; an earlier
+    item past them, of such a stream, is refused in one line."""
 
     def __init__(self, stream: IterableDataset) -> None:
         self.stream, self._it, self._next = stream, None, 0
+        self._head: list[Any] = []  # items 0, 1, ... as read (at most _KEPT)
         for attr in ("classes", "target_transform", "mask", "masks"):
             if hasattr(stream, attr):
                 setattr(self, attr, getattr(stream, attr))
@@ -173,17 +177,33 @@ class _StreamItems(Dataset):
         return len(self.stream)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> Any:
-        if self._it is None or i < self._next:
-            self._it, self._next = iter(self.stream), 0
-        for item in self._it:
+        if i < len(self._head):
+            return self._head[i]
+        if self._it is None or i < self._next:  # from the start again (netlens peeked)
+            self._rewind(i)
+        for item in self._it:  # type: ignore[union-attr]
+            if self._next == len(self._head) and self._next < _KEPT:
+                self._head.append(item)
             self._next += 1
             if self._next - 1 == i:
                 return item
-        self._it = None
         raise DataError(
             f"the {type(self.stream).__name__} stream ended after {self._next} items, but its "
             f"__len__ says {len(self)}; make __len__ its number of items"
         )
+
+    def _rewind(self, i: int) -> None:
+        it = iter(self.stream)
+        if self._it is not None and it is self._it:  # the same iterator, part read already
+            raise DataError(
+                f"the {type(self.stream).__name__} stream can be read only once (its __iter__ "
+                f"returns the same iterator), and item {i} was read before; make __iter__ "
+                "return a new iterator"
+            )
+        self._it, self._next = it, 0
+
+
+_KEPT = 8  # a stream's first items kept as read: netlens peeks one or two before it streams
 
 
 def _keep_masks(wrapper: Dataset, ds: Dataset) -> None:

@@ -1,0 +1,149 @@
+"""The output a callable target is handed: the model's own tensor where netlens has no reading.
+
+README: "any callable ``target(output) -> one score per image`` works". netlens reads an
+output as classes (N×K) or maps of the image (N×K×H×W; a 3-d N×H×W as one channel), and
+refuses one that is neither (a detector's N×A×6 boxes, a backbone's N×197×768 tokens: read as
+maps, their H×W is not about the image's aspect) before any target sees it. A callable target
+needs no classes or regions: while an analysis with one runs (:func:`target_scope`, entered by
+:meth:`netlens.Lens.run`), such an output is handed to it as the model returned it (the
+tensor ``output=`` picks, its batch axis given back to a model that squeezes one image's), the
+class/region checks skipped; the callable's result is checked by
+:class:`netlens.targets.CallableTarget` (one score per image, else one line). Outputs netlens
+does read (logits, probabilities read back as logits, maps of the image) are handed as they
+are read, as before. A raw output has no classes: its task reads as ``regression`` and its
+"probabilities" are its values, flattened (results show no predicted class). The analysis is
+known to its own thread (a context variable) and, by its model, to the threads it runs masked
+batches on (:mod:`netlens.parallel`).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .output_reader import OutputReader
+
+__all__ = [
+    "RawReader",
+    "current_scope",
+    "handed_raw",
+    "is_callable_target",
+    "not_image_maps",
+    "raw_output",
+    "target_scope",
+]
+
+
+@dataclass
+class _Scope:
+    raw: bool | None = None  # the output is no classes or maps: handed raw (told on a forward)
+
+
+_NONE = _Scope(raw=False)  # an analysis of another target: in its thread, nothing raw
+_SCOPE: ContextVar[_Scope | None] = ContextVar("netlens_callable_target", default=None)
+# a callable target's analysis by its model, for the threads it runs masked batches on
+# (netlens.parallel), which start without its context
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, _Scope] = weakref.WeakKeyDictionary()
+
+
+def is_callable_target(spec: Any) -> bool:
+    """A user's function (or a :class:`~netlens.targets.Target` of kind ``custom``: a
+    :class:`~netlens.targets.CallableTarget`, a user's subclass), which scores any output."""
+    from .targets import Target
+
+    if isinstance(spec, Target):
+        return spec.kind == "custom"
+    return callable(spec) and not isinstance(spec, (str, bytes, type, torch.Tensor))
+
+
+@contextmanager
+def target_scope(target: Any, model: nn.Module) -> Iterator[None]:
+    """While an analysis of ``target`` on ``model`` runs: raw outputs for a callable one (its
+    thread, and the threads it starts); an analysis of another target inside it (evaluate's
+    CAMs of classes) reads as before."""
+    scope = _Scope() if is_callable_target(target) else _NONE
+    token, before = _SCOPE.set(scope), _ACTIVE.get(model)
+    if scope is not _NONE:
+        _ACTIVE[model] = scope
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+        if scope is not _NONE:
+            if before is None:
+                _ACTIVE.pop(model, None)
+            else:
+                _ACTIVE[model] = before
+
+
+def current_scope(model: nn.Module) -> _Scope | None:
+    """The callable target's analysis running on ``model`` in this thread (or started it)."""
+    scope = _SCOPE.get()
+    scope = _ACTIVE.get(model) if scope is None else scope
+    return None if scope is _NONE else scope
+
+
+def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
+    """Why a dense output (N×K×H×W; N×H×W read as N×1×H×W) is no maps of the image (its H×W
+    far from the input's aspect: tokens, boxes), or None."""
+    if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
+        return None
+    (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
+    if abs(math.log((h / w) / (ih / iw))) <= math.log(1.5):
+        return None
+    return (
+        f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
+        "image (tokens of a backbone?), so there are no classes or regions to explain; "
+        "give it a head, or pick the output to explain (--output KEY, output= in Python); in "
+        "Python, a target function scores it as the model returns it (target=lambda out: ..., "
+        "one score per image)"
+    )
+
+
+def raw_output(
+    scope: _Scope | None, read: torch.Tensor, out: Any, x: torch.Tensor | None, reader: Any
+) -> torch.Tensor | None:
+    """For a callable target (``scope``): the model's own tensor when ``read`` (the output as
+    ``reader`` reads it from the model's ``out`` for inputs ``x``) is no classes or maps of the
+    image; None otherwise. ``x`` None: a forward whose inputs are not at hand (masked copies)
+    reads as the analysis' first forward did."""
+    if scope is None:
+        return None
+    if x is not None:
+        scope.raw = read.dim() not in (2, 4) or not_image_maps(read, x) is not None
+    if not scope.raw:
+        return None
+    from .model_output import picked_output
+
+    t = picked_output(out, reader.key)
+    return t.unsqueeze(0) if reader.batch_dims is not None and t.dim() < reader.batch_dims else t
+
+
+def handed_raw(model: nn.Module) -> bool:
+    """Whether the analysis running on ``model`` hands its callable target the model's own
+    output."""
+    scope = current_scope(model)
+    return scope is not None and bool(scope.raw)
+
+
+@dataclass(frozen=True)
+class RawReader(OutputReader):
+    """An :class:`~netlens.output_reader.OutputReader`; in a callable target's analysis
+    (``scope``), the raw output where :func:`raw_output` hands it (``x``: the inputs, which
+    tell it; without them, as the analysis' last forward with them was read: the masked
+    copies' fused forward)."""
+
+    scope: _Scope | None = field(default=None, compare=False, repr=False)
+
+    def __call__(self, out: Any, x: torch.Tensor | None = None) -> torch.Tensor:
+        read = super().__call__(out)
+        got = raw_output(self.scope, read, out, x, self)
+        return read if got is None else got
