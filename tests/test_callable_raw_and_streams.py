@@ -198,3 +198,21 @@ def test_dataloader_over_a_one_pass_stream_ablates_as_over_a_re_iterable_one() -
     want = lens.ablate(DataLoader(Again(items), batch_size=2), metric="prob", layers="2")
     got = lens.ablate(DataLoader(OneShot(items), batch_size=2), metric="prob", layers="2")
     assert got.table == want.table
+
+
+def test_module_level_cam_hands_a_function_the_raw_output_too() -> None:
+    """`netlens.cam(model, x, target=fn)` (no Lens.run) reads as `lens.cam` does."""
+
+    class Boxes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.h = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.h(torch.relu(self.c(x))).flatten(2).transpose(1, 2)  # N×(H·W)×6
+
+    model, x = Boxes().eval(), torch.rand(2, 3, 32, 48)
+    fn = lambda out: out[:, :, 4].max(1).values  # noqa: E731
+    got = netlens.cam(model, x, target=fn, layer="c").heatmaps
+    want = netlens.Lens(model).cam(x, target=fn, layer="c").heatmaps
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -460,8 +460,7 @@ class Lens:
 
         found = self.host.analyzers.get(analyzer)
         if isinstance(found, Analyzer):
-            with target_scope(options.get("target"), self.model):  # a callable's: raw output
-                return found.run(self, *args, **options)
+            return found.run(self, *args, **options)  # (its target's scope: Analyzer.run)
         started, clock = now(), time.perf_counter()
         with target_scope(options.get("target"), self.model):
             result = self.host.checked_result(analyzer, found.run(self, *args, **options))

@@ -290,6 +290,7 @@ class Analyzer(ABC):
         """
         import torch
 
+        from ..callable_output import target_scope
         from ..distributed.sinks import for_rank
         from ..layers import eval_mode, exclusive
         from ..progress import auto_progress
@@ -320,6 +321,7 @@ class Analyzer(ABC):
             group.guard(),
             torch.inference_mode(False),
             torch.random.fork_rng(devices=cuda, device_type="cuda"),
+            target_scope(options.get("target"), lens.model),  # a function's: the raw output
         ):
             self._check_distributed(group)
             self._resolve_inputs(run, inputs, strict)
