@@ -119,6 +119,9 @@ def test_sanity_and_evaluate_with_a_callable_on_a_boxes_output_say_one_line() ->
         with pytest.raises(NetlensError) as e:
             run()
         assert "\n" not in str(e.value) and "not maps of the image" not in str(e.value)
+        assert "output:K" not in str(e.value) or "class index" in str(e.value)
+    with pytest.raises(NetlensError, match="a target function does not name"):
+        lens.run("sanity", _x(), target=best_objectness, layer="conv1")
 
 
 # -- one-pass streams -------------------------------------------------------------------------

@@ -164,6 +164,11 @@ def _class_targets(run: Run, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
     target = resolve_targets(run.options.target, output, run.lens)[0]
     targets = torch.as_tensor(target.index(len(x)))
     if bool((targets < 0).any()):
+        if target.kind == "custom":  # a function names no class or output to compare
+            raise AnalyzerError(
+                "sanity compares maps of one class or output per image, which a target "
+                "function does not name: give a class index or name (output:K for a regression)"
+            )
         if run.lens.task_for(output) == "regression":
             raise AnalyzerError("sanity explains one output per image: give --target output:K")
         raise AnalyzerError("sanity explains classes: give a class target (index or name)")
