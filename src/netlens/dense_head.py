@@ -12,7 +12,11 @@ points at ``backbone.layer4``.
 autograd (:func:`netlens.layers.auto_layer` runs it): the calls whose output the chosen output
 (``--output``) depends on (walking its autograd graph back), minus the head. The head is the
 outermost module around the last of those calls that does not also hold all the others
-(``classifier`` in a ``DeepLabV3``; in a wrapper ``model.classifier``, not ``model``).
+(``classifier`` in a ``DeepLabV3``; in a wrapper ``model.classifier``, not ``model``), and the
+trailing calls with the output's K channels (no larger than the output) before it: in a flat
+graph with no containers (an onnx2torch ``GraphModule``) the container is only the final
+``Sigmoid``, and the 1-channel logit map before it restated the prediction (DBNet's
+``p2o/Add/280``: Grad-CAM r 1.0000 with relu of the logit map).
 """
 
 from __future__ import annotations
@@ -52,7 +56,33 @@ def feature_slots(
         return None
     head = _head(feeding[-1][0], [name for name, _ in feeding])
     kept = [slot for slot in feeding if not _inside(slot[0], head)]
-    return kept or None
+    return _without_head_chain(kept, traced, returned, key) or None
+
+
+def _without_head_chain(
+    kept: list[Slot], traced: list[TracedCall], returned: Any, key: str | int | None
+) -> list[Slot]:
+    """``kept`` without its trailing calls that have the output's K channels at most at its
+    resolution (the logit map, its bias, a resize or final sigmoid), so the last call left has
+    more than K channels: a flat graph (an onnx2torch ``GraphModule``: DBNet's
+    ``ConvTranspose → Add → Sigmoid``) has no container to tell its head by. Everything kept
+    when every call is such (nothing else to choose)."""
+    from .targets import model_output
+
+    try:
+        out = model_output(returned, key)
+    except NetlensError:
+        return kept
+    k, hw = out.shape[1], out.shape[-2:]
+    outputs = {(c.name, c.call): c.output for c in traced}
+    end = len(kept)
+    while end > 0:
+        t = outputs.get(kept[end - 1])
+        small = isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] == k
+        if not (small and t.shape[-2] <= hw[0] and t.shape[-1] <= hw[1]):
+            break
+        end -= 1
+    return kept[:end] or kept
 
 
 def several_tensors(returned: Any) -> bool:

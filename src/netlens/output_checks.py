@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["is_sigmoid_node", "warn_unread_output"]
+__all__ = ["is_sigmoid_node", "warn_saturated", "warn_unread_output"]
 
 _CHECKED_IMAGES = 16  # images of the batch the value checks look at (one forward, no grad)
 _FEWEST_VALUES = 4  # [0, 1] values needed before they look like probabilities, not logits
+_SATURATED = 0.1  # share of a sigmoid's predicted values at exactly 0 or 1 worth a warning
 
 
 def is_sigmoid_node(fn: Any) -> bool:
@@ -68,6 +69,30 @@ def _written_sigmoid(fn: Any) -> bool:
 
 def _ones(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.numel() > 0 and bool((t == 1).all())
+
+
+def warn_saturated(p: torch.Tensor) -> None:
+    """A :class:`~netlens.errors.NetlensWarning` when a sigmoid's output ``p``, read back as
+    σ⁻¹(p) because its sigmoid could not be located, is saturated (exactly 1, or 0, in its
+    dtype) at a large share of its predicted values (p > 0.5 for the positives, p < 0.5 for
+    the negatives, whichever is more saturated): the sigmoid's backward p (1 − p) is 0 there,
+    so gradient maps miss those pixels (or images)."""
+    v = p.detach()
+    pos, neg = v > 0.5, v < 0.5
+    share = max(
+        float((v == 1)[pos].float().mean()) if bool(pos.any()) else 0.0,
+        float((v == 0)[neg].float().mean()) if bool(neg.any()) else 0.0,
+    )
+    if share >= _SATURATED:
+        warnings.warn(
+            f"{share:.0%} of the model's predicted sigmoid outputs are saturated (exactly 0 or 1 "
+            f"in {str(v.dtype).replace('torch.', '')}) and netlens could not read the sigmoid's "
+            "input: its backward is 0 there, so gradient maps miss those pixels; return the "
+            "logits (drop the final sigmoid), or end the model in a plain torch.sigmoid / "
+            "nn.Sigmoid whose output is returned as is",
+            _warning(),
+            stacklevel=5,
+        )
 
 
 def warn_unread_output(

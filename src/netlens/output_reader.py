@@ -5,10 +5,11 @@ and outputs p = σ(z), not the logit z. Read as a logit, p ∈ [0, 1] gave σ(p)
 every image "positive", confident negatives shown at 50 %; a multi-label model ending in a
 sigmoid had its probabilities softmaxed across labels. :func:`ends_in_sigmoid` tells such a
 model by the operation that made its output (one forward of one image with autograd, read off
-``grad_fn``), and :class:`OutputReader` then reads p back as z = σ⁻¹(p), so every rule
-downstream (softmax, sigmoid, the single-logit ``[0, z]``) sees logits. Gradient maps do not
-change: d z = d p / (p (1 − p)) scales each image's gradient by one positive number, which
-their per-map normalisation removes.
+``grad_fn``), and :class:`OutputReader` then reads the logit z, so every rule downstream
+(softmax, sigmoid, the single-logit ``[0, z]``) sees logits: the sigmoid's own input, exactly
+and with its graph, when the forward was tapped (:mod:`netlens.sigmoid_tap`: CAM's forwards)
+and the output is that sigmoid's output; else p read back as z = σ⁻¹(p), which a saturated p
+(exactly 0 or 1, where the sigmoid passes no gradient) cannot give back (warned about).
 
 A model ending in a softmax (``nn.Softmax``, ``F.softmax``) outputs the probabilities p of
 its N×K classes; :class:`OutputReader` reads them as their logs, log p, which are the model's
@@ -42,7 +43,8 @@ import torch
 from torch import nn
 
 from .model_output import model_output, picked_output
-from .output_checks import is_sigmoid_node, warn_unread_output
+from .output_checks import is_sigmoid_node, warn_saturated, warn_unread_output
+from .sigmoid_tap import logit_of
 
 __all__ = [
     "OutputReader",
@@ -108,7 +110,10 @@ _IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] 
 
 @dataclass(frozen=True)
 class OutputReader:
-    """``model_output(out, key)``; with ``sigmoid``, σ⁻¹ of an N×K one (see the module doc).
+    """``model_output(out, key)``; with ``sigmoid``, the logit of an N×K (or N×K×H×W) one:
+    the final sigmoid's own input z, exactly and with its graph, when the forward ran under
+    :func:`netlens.sigmoid_tap.tapped` and the output is that sigmoid's output (not resized or
+    clamped after); else σ⁻¹(p) (see the module doc).
 
     σ⁻¹ is taken in float64, so every probability the model's dtype holds below 1 reads as its
     own logit (bfloat16's 0.9961 as 5.5, float32's 6e-9 as −18.9); only a saturated 0 or 1 is
@@ -132,7 +137,8 @@ class OutputReader:
     def __call__(self, out: Any) -> torch.Tensor:
         t = model_output(out, self.key, self.batch_dims)
         if self.sigmoid and t.is_floating_point() and t.dim() in (2, 4):
-            t = _inverse_sigmoid(t)
+            z = logit_of(t)  # the final sigmoid's own input, when the forward was tapped
+            t = _inverse_sigmoid(t) if z is None else z.to(_logit_dtype(t.dtype))
         elif self.binary_dense and is_softmax_output(t):
             t = log_probabilities(t)
         if t.dim() == 4 and t.shape[1] == 1 and self.binary_dense:
@@ -140,14 +146,21 @@ class OutputReader:
         return t
 
 
+def _logit_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _inverse_sigmoid(p: torch.Tensor) -> torch.Tensor:
     """σ⁻¹(p) in float64 (see :class:`OutputReader`): exact below the dtype's saturation, the
-    clamp of a saturated 0 or 1 straight-through for gradients."""
+    clamp of a saturated 0 or 1 straight-through for gradients (but the model's own sigmoid
+    passes none there: warned about when gradients will be taken)."""
     info = torch.finfo(p.dtype)
     q = p.double()
+    if p.requires_grad:
+        warn_saturated(p)
     c = q + (q.clamp(info.tiny * info.eps, 1 - info.eps / 2) - q).detach()  # subnormals too
     z = torch.log(c) - torch.log1p(-c)
-    return z.to(torch.promote_types(p.dtype, torch.float32))
+    return z.to(_logit_dtype(p.dtype))
 
 
 def is_softmax_output(t: torch.Tensor) -> bool:

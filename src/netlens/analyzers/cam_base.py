@@ -35,6 +35,7 @@ from ..layer_call import LayerCall
 from ..layers import auto_layer, eval_mode
 from ..layout import run_channels_last
 from ..probes import probe
+from ..sigmoid_tap import tapped
 from ..targets import Target, model_output
 
 __all__ = [
@@ -93,6 +94,9 @@ class CamContext:
         """
         return self.targets(outputs, rows)
 
+    def __post_init__(self) -> None:  # a final sigmoid read on its input z (sigmoid_tap)
+        self.forward = tapped(self.forward)
+
     def many(self, passes: int) -> Logits:
         """The forward for ``passes`` no-grad passes that need no hooks (masked inputs)."""
         fwd = self.masked_forward
@@ -100,7 +104,7 @@ class CamContext:
             return self.forward
         if isinstance(fwd, InferenceForward):
             fwd.prepare(passes, self.x[:2])
-        return fwd
+        return tapped(fwd)
 
 
 class CamMethod(ABC):
@@ -301,7 +305,7 @@ def _fused_copy(
     to stderr before raising.
     """
     try:
-        from torch.fx.experimental.optimization import fuse
+        from ..fx_trace import fuse  # torch's, traced so other threads' forwards run as usual
 
         fast = fuse(model)  # a traced deep copy; the model itself is left alone
         if _batch_norms(fast) == _batch_norms(model):
@@ -493,7 +497,7 @@ def capture(
                 if grads
             ]
             try:
-                return forward(batch)
+                return tapped(forward)(batch)  # a final sigmoid read on its input z
             finally:
                 for h in handles:
                     h.remove()

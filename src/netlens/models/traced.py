@@ -25,6 +25,7 @@ import warnings
 import torch
 from torch import fx, nn
 
+from ..fx_trace import symbolic_trace
 from ..preprocess.spec import Preprocess
 
 __all__ = ["traced_arch", "traced_spec"]
@@ -173,7 +174,7 @@ def _same(own: tuple[dict[str, str], dict[str, tuple[int, ...]]], fresh: nn.Modu
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                traced = fx.symbolic_trace(fresh.train(training))
+                traced = symbolic_trace(fresh.train(training))
         except Exception:  # noqa: BLE001 - not traceable: it cannot be what was traced
             return False
         their_layers, theirs = _structure(traced)

@@ -8,6 +8,8 @@ order of measured importance (most harm from removing it alone first) and in a s
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -41,6 +43,7 @@ def _stack(
     seed: int,
     group: int,
     last: bool = False,
+    cells: list[dict[str, Any]] | None = None,
 ) -> list[Ablation]:
     out = []
     for i in range(0, len(keys), group):
@@ -48,7 +51,8 @@ def _stack(
         replace = channel_group_replacement(
             mode, stats, m, ids[i : i + group], seed=seed, last=last
         )
-        out.append(Ablation(keys[i : i + group], unit, replace))
+        kept = list(cells[i : i + group]) if cells is not None else []
+        out.append(Ablation(keys[i : i + group], unit, replace, kept))
     return out
 
 
@@ -79,6 +83,7 @@ def channel_ablations(
         seed,
         group,
         last,
+        [{"kind": "channel", "channel": c} for c in todo],
     )
 
 
@@ -113,7 +118,7 @@ def curve_ablations(
 
     An order holds channel numbers (all of ``unit``'s channels, or the ones studied).
     """
-    keys, masks, ids = [], [], []
+    keys, masks, ids, cells = [], [], [], []
     for o, (name, perm) in enumerate(order.items()):
         for k in curve_points(len(perm), points):
             key = curve_key(unit, name, k)
@@ -124,4 +129,5 @@ def curve_ablations(
             keys.append(key)
             masks.append(mask)
             ids.append(channels + o * (channels + 1) + k)  # noise seeds apart from single ones
-    return _stack(unit, keys, masks, ids, mode, stats, seed, group, last)
+            cells.append({"kind": f"curve-{name}", "k": k})
+    return _stack(unit, keys, masks, ids, mode, stats, seed, group, last, cells)

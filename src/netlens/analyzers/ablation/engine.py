@@ -441,11 +441,16 @@ def hooked(
 
 @dataclass
 class Ablation:
-    """One pass of the study: ``len(keys)`` ablations of ``unit`` stacked on the batch dim."""
+    """One pass of the study: ``len(keys)`` ablations of ``unit`` stacked on the batch dim.
+
+    ``cells``: each key's own row cells (``kind``, ``channel``, ``k``: :mod:`.channels`); none
+    for a whole unit switched off. Rows are made from these, never by parsing a key, since a
+    module's name may hold any character but ``.`` (onnx2torch's ``Div@17``)."""
 
     keys: list[str]
     unit: str
     replace: Replacement
+    cells: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_ablations(

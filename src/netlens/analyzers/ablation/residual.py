@@ -34,6 +34,7 @@ import torch.fx as fx
 from torch import nn
 
 from ...errors import AnalyzerError
+from ...fx_trace import Tracer
 
 __all__ = [
     "BlockSkip",
@@ -152,7 +153,7 @@ class _Bound(nn.Module):
         return self.inner(x, *self.args, **self.kwargs)
 
 
-class _BlockTracer(fx.Tracer):
+class _BlockTracer(Tracer):
     """Traces one block's own forward (``inner``): every submodule call inside it is a leaf."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:

@@ -27,6 +27,7 @@ from .units import Unit
 
 if TYPE_CHECKING:
     from ...storage import RowStore
+    from .engine import Ablation
 
 __all__ = ["StudyRows", "columns", "parse_cell"]
 
@@ -93,6 +94,7 @@ class StudyRows:
         self.by = "label" if metric.needs_labels else "base_pred"
         self.images: str | None = None
         self._base: dict[str, np.ndarray] | None = None
+        self._about: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (unit, its cells)
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -152,19 +154,24 @@ class StudyRows:
         if row["key"] not in self.store.rows:
             self.store.add({k: row.get(k) for k in columns(self.metric)})
 
+    def expect(self, ablations: list[Ablation]) -> None:
+        """Note what each key of ``ablations`` switches off (its unit, and its channel or curve
+        point), for its row: a key is never parsed, as a module's name may hold ``@``, ``#``
+        and ``:`` (onnx2torch names its modules ``Conv@0``, ``Div@17``)."""
+        for abl in ablations:
+            for i, key in enumerate(abl.keys):
+                self._about[key] = (abl.unit, abl.cells[i] if abl.cells else {})
+
     def done(self, key: str, out: Outcomes) -> None:
-        """Make and keep the row of ablation ``key`` from its outcomes."""
+        """Make and keep the row of ablation ``key`` (:meth:`expect`-ed) from its outcomes."""
         base, arr = self.base(), out.arrays()
-        layer = key.split("#")[0].split("@")[0]
+        layer, cells = self._about[key]
         unit = self.units[layer]
         row: dict[str, Any] = {"key": key, "unit": key, "layer": layer, "kind": unit.kind}
         row |= {"mode": self.mode, "metric": self.metric.name, "downsample": unit.downsample}
         row["path"] = self.path_of(layer)
-        if "#c" in key:
-            row |= {"kind": "channel", "channel": int(key.split("#c")[1])}
-        elif "@" in key:
-            order, k = key.split("@")[1].split(":")
-            row |= {"kind": f"curve-{order}", "k": int(k)}
+        row |= cells
+        if str(row["kind"]).startswith("curve-"):
             row["per_class"] = _rounded(class_scores(arr, self.k, self.by))
         value = float(metric_value(self.metric, arr, None, self.k)[0])
         row |= self._value_cells(value, self._samples(arr))

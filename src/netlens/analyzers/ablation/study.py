@@ -102,6 +102,7 @@ class _Plan:
         opts, group = self.run.options, self.run.group
         if first is not None:  # the baseline pass reads every image: hash them as it goes
             self.loader.digests = {}
+        self.rows.expect(ablations)
 
         def done(key: str, out: Outcomes) -> None:  # every rank's images, then the row
             self._join_baseline(first)

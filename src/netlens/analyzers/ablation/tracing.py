@@ -18,6 +18,8 @@ from typing import Any
 import torch.fx as fx
 from torch import nn
 
+from ...fx_trace import Tracer
+
 __all__ = ["Traced", "UnitTracer", "trace_units"]
 
 MAX_RETRIES = 32  # modules made leaves before giving up (each retry traces the model again)
@@ -29,7 +31,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:120]}"
 
 
-class UnitTracer(fx.Tracer):
+class UnitTracer(Tracer):
     """An fx tracer with the units (dotted names) as leaves.
 
     Args:
