@@ -99,13 +99,30 @@ def forward_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None
     ``torch.inference_mode()``, detections (with a backbone layer of this model named)."""
     from .model_output import DetectionOutputError, detection_refusal
 
-    refusal = multi_input_refusal(model, exc) or _inference_refusal(model, exc)
+    refusal = (
+        multi_input_refusal(model, exc)
+        or _inference_refusal(model, exc)
+        or video_refusal(model, exc)
+    )
     if refusal is None and type(exc) is DetectionOutputError and "backbone.…" in str(exc):
         refusal = DetectionOutputError(detection_refusal(model))
     return refusal
 
 
 inference_refusal = forward_refusal  # the name the analyzers' run guard calls
+
+
+def video_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:
+    """The one-line refusal for a model whose first convolution is 3-D (a video model,
+    N×C×T×H×W in: torchvision's r3d_18, mc3_18) when images made it fail; None otherwise."""
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if not isinstance(first, nn.Conv3d) or not isinstance(exc, RuntimeError):
+        return None
+    return NetlensError(
+        f"{type(model).__name__} is a video model (its first convolution is 3-D: N×C×T×H×W in) "
+        "and netlens feeds it N×C×H×W images; give stats or ablate 5-D tensors as data, or "
+        "wrap the model so that its forward takes N×C×H×W images"
+    )
 
 
 def multi_input_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None:

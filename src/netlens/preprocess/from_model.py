@@ -390,7 +390,14 @@ def with_overrides(
             f"{type(preprocess).__name__}"
         )
     if example is not None:
-        input_size = tuple(example.shape[-3:])
+        input_size = tuple(getattr(example, "shape", ()))[-3:]
+        if getattr(example, "ndim", 0) not in (3, 4):  # a video's N×C×T×H×W: T read as C
+            raise NetlensError(
+                f"example= has shape {tuple(getattr(example, 'shape', ()))}: it sets the "
+                "image size, C×H×W or N×C×H×W; for a video model (N×C×T×H×W) leave it out and "
+                "give stats or ablate 5-D tensors as data, or wrap the model so that its "
+                "forward takes N×C×H×W images"
+            )
     if input_size is not None:
         changes.update(_size_changes(input_size))
     elif changes.get("size") is not None:
