@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -38,7 +39,9 @@ def hook_call(
     that returns a value does). For ``NAME:consumed`` the hook sees the output as the next
     reader gets it and its return value is what that reader (and every later one) gets. A bare
     name hooks every call; ``@-k`` is resolved with one dry forward on ``example``. Calls are
-    counted per forward of ``model``. The hooks are removed on exit, also on errors.
+    counted per forward of ``model``. The hooks act only on forwards run by the thread that
+    entered the block (another thread's forwards of ``model`` run as if unhooked). The hooks
+    are removed on exit, also on errors.
 
     Example:
         >>> zero3 = lambda out: out.index_fill(1, torch.tensor([3]), 0.0)
@@ -69,10 +72,11 @@ def hook_call(
             watch.finish()
 
     target = dict(model.named_modules())[sel.name]
+    owner = get_ident()  # eager: only this thread's forwards, run as such under torch.compile
     handles = [
-        model.register_forward_pre_hook(eager(begin)),  # eager: run as such under torch.compile
-        target.register_forward_hook(eager(on_call)),
-        model.register_forward_hook(eager(end)),
+        model.register_forward_pre_hook(eager(begin, owner)),
+        target.register_forward_hook(eager(on_call, owner)),
+        model.register_forward_hook(eager(end, owner)),
     ]
     try:
         yield

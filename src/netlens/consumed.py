@@ -11,6 +11,10 @@ selected output through the torch calls after its module returned. In-place writ
 stored then. With gradients, that call and every later one get a substitute that hangs off a
 leaf of the consumed value, so ``autograd.grad`` with respect to the leaf is the gradient with
 respect to the tensor as consumed. Views count as reads (``x.flatten(1)`` consumes ``x``).
+
+torch keeps its function-mode stack per thread: the watch sees only the calls of the thread that
+entered it (the probe's, whose hooks do nothing in other threads' forwards), and it must be
+stopped in that thread.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -109,6 +114,7 @@ class ConsumeWatch(TorchFunctionMode):
         self._inplace_pos: dict[Any, int | None] = {}
         self._paused = False
         self.active = False
+        self._thread = 0  # the thread whose function-mode stack holds the mode
 
     # -- lifecycle -------------------------------------------------------------------------
     def watch(self, tensor: torch.Tensor, on_read: OnRead) -> None:
@@ -117,6 +123,7 @@ class ConsumeWatch(TorchFunctionMode):
         if not self.active:
             self.__enter__()
             self.active = True
+            self._thread = get_ident()
 
     def finish(self) -> None:
         """End of the forward: outputs never read are handed over as they are; stop watching."""
@@ -133,6 +140,11 @@ class ConsumeWatch(TorchFunctionMode):
         """Leave the mode (it must be the innermost torch function mode)."""
         if not self.active:
             return
+        if get_ident() != self._thread:  # torch's mode stacks are per thread
+            raise NetlensError(
+                "a probe was closed in another thread than the one that ran the model in it; "
+                "close it (leave its with block) in that thread"
+            )
         n = torch._C._len_torch_function_stack()
         if n == 0 or torch._C._get_function_stack_at(n - 1) is not self:
             raise NetlensError(

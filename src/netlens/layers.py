@@ -225,13 +225,17 @@ def _dry_forward(
     counts: dict[str, int] = {}
     stack: list[int | None] = []  # input dims of the calls running now, outermost first
     handles = []
+    owner = threading.get_ident()  # another thread's forward meanwhile is none of ours
     try:
         for name, mod in named_layers(model).items():
 
             def enter(m: nn.Module, args: tuple) -> None:
-                stack.append(_first_tensor_dim(args))
+                if threading.get_ident() == owner:
+                    stack.append(_first_tensor_dim(args))
 
             def hook(m: nn.Module, i: Any, out: Any, name: str = name) -> None:
+                if threading.get_ident() != owner:
+                    return
                 stack.pop()
                 k = counts[name] = counts.get(name, -1) + 1
                 node = out.grad_fn if isinstance(out, torch.Tensor) else None

@@ -1,7 +1,9 @@
 """Helpers that keep a probe's captures right in less common setups.
 
-- :func:`eager`: a hook that runs eagerly when torch.compile (dynamo) traces the forward: traced,
-  the write guard's checks (object ids, version counters) would be settled once, at trace time.
+- :func:`eager`: a hook that acts only on forwards run by the thread that made it (another
+  thread's forward of the same model passes through untouched), and runs eagerly when
+  torch.compile (dynamo) traces the forward: traced, the write guard's checks (object ids,
+  version counters) would be settled once, at trace time.
 - :func:`copy_container`: a shallow copy of a returned list, tuple, dict or dataclass (nested),
   so that a parent that edits the container (``f.append(...)``, ``f.aux = ...``) does not
   change the capture.
@@ -16,6 +18,7 @@ import copy
 import dataclasses
 import functools
 from collections.abc import Callable
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -49,16 +52,26 @@ ALIAS_WRITTEN = (
 )
 
 
-def eager(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, run outside dynamo's tracing when a compiled forward calls it (a graph break).
+def eager(fn: Callable[..., Any], owner: int | None = None) -> Callable[..., Any]:
+    """``fn`` as a hook of the thread ``owner`` (default: the calling thread), run outside
+    dynamo's tracing when a compiled forward calls it (a graph break).
 
-    In eager mode it costs one ``torch.compiler.is_compiling()`` call; the dynamo-disabled
-    wrapper is made only while dynamo traces (so torch._dynamo is never imported for it)."""
+    Hooks live on the model's modules, which every thread shares: in a forward run by another
+    thread (a web service's ``model(x)`` while this one explains) the hook does nothing and
+    returns None. In eager mode that costs one ``get_ident()`` comparison and one
+    ``torch.compiler.is_compiling()`` call; the dynamo-disabled wrapper is made only while
+    dynamo traces (so torch._dynamo is never imported for it)."""
+    mine = get_ident() if owner is None else owner
+
+    def owned(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if get_ident() == mine else None
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            return torch._dynamo.disable(fn, recursive=True)(*args, **kwargs)
+        if torch.compiler.is_compiling():  # (the thread is checked eagerly, in owned)
+            return torch._dynamo.disable(owned, recursive=True)(*args, **kwargs)
+        if get_ident() != mine:
+            return None
         return fn(*args, **kwargs)
 
     return run

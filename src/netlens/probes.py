@@ -15,6 +15,14 @@ start or the last :meth:`Probe.clear`). A module registered under several names
 capture is read under the name given (``p["enc2@1"]``) or any other name of the same call.
 Probes nest, also on the same layers: each captures what plain forward hooks would.
 
+Captures belong to the thread that opened the probe: its hooks act only on forwards run by that
+thread, so a web service may go on serving ``model(x)`` in other threads (their forwards and
+outputs untouched, none of them captured), and two threads may each hold a probe of the same
+model, each capturing its own forwards (calls counted per thread). Open and close a probe in the
+same thread. What cannot be per thread: switches of the modules' train/eval flags (netlens'
+dry forwards and analyses run the model in eval mode for their duration) are seen by every
+thread's forwards meanwhile.
+
 Captures are safe from later in-place ops (``ReLU(inplace=True)``, ``x += shortcut``) at the
 cost of copying only what such ops overwrite: see :mod:`netlens.write_guard`. When a write
 that the first forward did not show (one that depends on the input) destroys a capture, the probe
@@ -26,6 +34,7 @@ otherwise reading that capture raises an error that says so.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -133,23 +142,24 @@ class Probe:
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> Probe:
+        owner = get_ident()  # the hooks act only on this thread's forwards (see module docstring)
         modules = dict(self.model.named_modules())
         self._modules = list(modules.values())
         self._guard.hold([*self.model.parameters(), *self.model.buffers()])
         try:
             for name in self._by_module:
-                hook = pg.eager(self._hook_for(name))  # eager under torch.compile, see probe_guards
+                hook = pg.eager(self._hook_for(name), owner)  # see probe_guards
                 self._handles.append(modules[name].register_forward_hook(hook))
-            begin = pg.eager(self._begin)
+            begin = pg.eager(self._begin, owner)
             self._handles.append(self.model.register_forward_pre_hook(begin, with_kwargs=True))
             # prepended: probes nested on one model end in the reverse order they began (_end,
             # then _closed, which runs even when the forward raises, to unwind what _begin did)
             closed = self.model.register_forward_hook(
-                pg.eager(self._closed), with_kwargs=True, prepend=True, always_call=True
+                pg.eager(self._closed, owner), with_kwargs=True, prepend=True, always_call=True
             )
             self._handles.append(closed)
             end = self.model.register_forward_hook(
-                pg.eager(self._end), with_kwargs=True, prepend=True
+                pg.eager(self._end, owner), with_kwargs=True, prepend=True
             )
             self._handles.append(end)
         except BaseException:

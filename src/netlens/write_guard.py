@@ -24,12 +24,17 @@ changed version counter means a write the plan missed. The guard then distrusts 
 good (every later forward is guarded) and reports the entries, which the probe re-runs or marks
 as overwritten (see :class:`netlens.probes.Probe`). Outputs that alias the model's own output are
 copied at the end of the forward, so the caller may modify the returned tensor.
+
+torch keeps its dispatch-mode stack per thread, so the guard sees only the ops of the thread that
+started it (the probe's; its hooks do nothing in other threads' forwards): another thread's
+forward of the same model runs unguarded and untouched. The guard must be stopped in that thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from threading import get_ident
 from typing import Any
 
 import torch
@@ -122,6 +127,7 @@ class WriteGuard:
         self.distrust = False
         self.forwards = {"guarded": 0, "fast": 0}
         self._held: set[tuple[Any, int]] = set()  # the model's weights (see hold)
+        self._thread = 0  # the thread whose dispatch-mode stack holds the mode
 
     @property
     def watching(self) -> bool:
@@ -287,11 +293,17 @@ class WriteGuard:
         if self._mode is None:
             self._mode = _CopyOnWrite(self)
             self._mode.__enter__()
+            self._thread = get_ident()
 
     def _stop(self) -> None:
         self._watch.clear()
         if self._mode is None:
             return
+        if get_ident() != self._thread:  # torch's mode stacks are per thread
+            raise NetlensError(
+                "a probe was closed in another thread than the one that ran the model in it; "
+                "close it (leave its with block) in that thread"
+            )
         mode, self._mode = self._mode, None
         if _get_current_dispatch_mode() is not mode:
             raise NetlensError(
