@@ -297,3 +297,48 @@ def test_probe_closed_in_another_thread_says_so(net: Net) -> None:
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     assert _get_current_dispatch_mode() is None
+
+
+def test_cam_leaves_a_serving_threads_grad_mode_alone() -> None:
+    """A gradient CAM's hook that turns gradients on (from the explained layer on) did so in a
+    serving thread's `no_grad` forward too."""
+    gate_in, gate_go, stop = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    class Gate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            main = threading.current_thread() is threading.main_thread()
+            if main and torch.is_grad_enabled() and x.requires_grad:
+                gate_go.clear()
+                gate_in.set()
+                gate_go.wait(10)
+            if not main:
+                seen.append(torch.is_grad_enabled())
+            return x
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        Gate(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).eval()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if gate_in.wait(0.2):
+                gate_in.clear()
+                with torch.no_grad():
+                    model(torch.rand(1, 3, 16, 16))
+                gate_go.set()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        netlens.Lens(model).cam(torch.rand(1, 3, 16, 16), layer="1", method="gradcam")
+    finally:
+        stop.set()
+        server.join()
+    assert seen and not any(seen)

@@ -34,6 +34,7 @@ from ..fresh_input import fresh
 from ..layer_call import LayerCall
 from ..layers import auto_layer, eval_mode
 from ..layout import run_channels_last
+from ..probe_guards import eager
 from ..probes import probe
 from ..sigmoid_tap import tapped
 from ..targets import Target, model_output
@@ -535,7 +536,7 @@ def _grads_from(layer: LayerCall) -> Callable[[nn.Module, Any, Any], None]:
             torch.set_grad_enabled(True)
         seen[0] += 1
 
-    return hook
+    return eager(hook)  # another thread's forward of the model (a server's) is left alone
 
 
 def _check_reached(layers: Sequence[str], grads: Sequence[torch.Tensor | None]) -> None:
