@@ -52,7 +52,7 @@ class _TwoInputs(nn.Module):
         return self.head(torch.cat([self.encoder(first), self.encoder(second)], 1))
 
 
-@pytest.mark.parametrize("what", ["features", "stats", "top-activations", "cam"])
+@pytest.mark.parametrize("what", ["features", "stats", "top-activations", "cam", "layers"])
 def test_a_two_input_forward_is_refused_in_one_line_naming_its_inputs(what: str) -> None:
     """features/stats/top-activations raised the model's raw TypeError; cam advised an input
     size (--input-size), which cannot help a model that needs a second input."""
@@ -64,6 +64,7 @@ def test_a_two_input_forward_is_refused_in_one_line_naming_its_inputs(what: str)
         "stats": lambda: lens.run("stats", data, layers="encoder"),
         "top-activations": lambda: lens.run("top-activations", data, layer="encoder"),
         "cam": lambda: lens.cam(x),
+        "layers": lambda: lens.layers(),  # the dry forward's own message
     }
     msg = _refusal(calls[what])
     params = inspect.signature(model.forward).parameters.values()

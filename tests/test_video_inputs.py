@@ -36,7 +36,7 @@ def test_a_5d_example_is_refused_not_read_as_channels() -> None:
         netlens.load(model, example=x)
 
 
-@pytest.mark.parametrize("command", ["features", "stats"])
+@pytest.mark.parametrize("command", ["features", "stats", "cam"])
 def test_images_into_a_video_model_say_it_is_one(tmp_path: Path, command: str) -> None:
     torch.save(_video(), tmp_path / "v.pt")
     (tmp_path / "data" / "cls").mkdir(parents=True)
@@ -46,7 +46,7 @@ def test_images_into_a_video_model_say_it_is_one(tmp_path: Path, command: str) -
         )
     image = str(tmp_path / "data" / "cls" / "0.png")
     where = ["-d", str(tmp_path / "data")] if command == "stats" else [image]
-    layer = [] if command == "stats" else ["-l", "0"]
+    layer = ["-l", "0"] if command == "features" else []
     r = CliRunner().invoke(
         app,
         [
