@@ -44,7 +44,7 @@ from torch import nn
 
 from .model_output import model_output, picked_output
 from .output_checks import is_sigmoid_node, warn_saturated, warn_unread_output
-from .sigmoid_tap import logit_of
+from .sigmoid_tap import logit_of, tapped
 
 __all__ = [
     "OutputReader",
@@ -238,7 +238,9 @@ def output_rules(
     every value is a convex combination of input values (a crop, a bilinear or nearest resize,
     average pooling, a clamp), so a segmenter's ``F.interpolate(torch.sigmoid(z), size)`` and a
     BCELoss-safe ``sigmoid(z).clamp(eps, 1 - eps)`` are a sigmoid's output too, as is one
-    written out, ``1 / (1 + exp(-z))`` (:func:`is_sigmoid_node`); and every value must lie in
+    written out, ``1 / (1 + exp(-z))`` (:func:`is_sigmoid_node`), or the output is the very
+    tensor a sigmoid call returned, as the tap records (:mod:`netlens.sigmoid_tap`: an in-place
+    ``v.sigmoid_()`` on a view, whose graph shows the view); and every value must lie in
     [0, 1]. An output that is none of these but looks like probabilities, or a one-channel
     map positive everywhere, is warned about (:func:`warn_unread_output`; not for ``task``
     regression, whose values are read as they are).
@@ -256,7 +258,7 @@ def output_rules(
                 probe = (x[:n] if len(x) >= n else x[:1].repeat_interleave(n, 0)).detach().clone()
                 if probe.is_floating_point():
                     probe.requires_grad_(True)
-                picked = picked_output(model(probe), key)  # as the model returned it
+                picked, tapped_sigmoid = tapped(_picked_and_tap)(model, probe, key)
                 fn = picked.grad_fn
             break
         except Exception:  # noqa: BLE001 - not this check's to report
@@ -266,10 +268,20 @@ def output_rules(
     dims = _batch_dims(model, x, key, picked.detach()) if n == 1 else None
     while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
         fn = fn.next_functions[0][0]
-    sigmoid = fn is not None and is_sigmoid_node(fn) and _in_unit(picked)
+    sigmoid = (tapped_sigmoid or (fn is not None and is_sigmoid_node(fn))) and _in_unit(picked)
     if not sigmoid and task != "regression":
         warn_unread_output(model, x, key, picked.detach(), dims)
     return sigmoid, dims
+
+
+def _picked_and_tap(
+    model: nn.Module, probe: torch.Tensor, key: str | int | None
+) -> tuple[torch.Tensor, bool]:
+    """The output as the model returned it, and whether the tap recorded the sigmoid call that
+    made it (an in-place ``v.sigmoid_()`` on a view, whose ``grad_fn`` is the view's
+    ``AsStridedBackward0`` over a ``CopySlices``: :class:`OutputReader` reads it as any other)."""
+    picked = picked_output(model(probe), key)
+    return picked, logit_of(picked) is not None
 
 
 def _batch_dims(

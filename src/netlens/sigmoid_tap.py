@@ -15,6 +15,12 @@ the recorded input of the sigmoid call whose output *is* the tensor read (the sa
 reshape of it), with its autograd graph, so gradients and masked-pass scores are the model's own
 logit z exactly; for any other output (a sigmoid resized or clamped after, or a forward run
 without the tap) it gives None and the output is read back as σ⁻¹(p).
+
+Every call whose output is still alive is kept (a forward may run many sigmoids after its
+output's own: an aux head's SiLU written as ``x * sigmoid(x)``, SE gates; keeping only the last
+8 lost the output's and read a saturated p as σ⁻¹(p), a flat map). An entry is dropped, and
+its input z freed, when its output is collected (an intermediate gate's, right after its
+multiply in a no-grad masked pass), and all are dropped when the forward returns.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["logit_of", "tapped"]
 
-_KEEP = 8  # sigmoid calls remembered per forward (the output's is among the last)
 _local = threading.local()
 
 
@@ -46,11 +51,12 @@ _IN_PLACE = frozenset(f for f in (torch.Tensor.sigmoid_, getattr(torch, "sigmoid
 
 
 class _Tap(TorchFunctionMode):
-    """Records (output, input) of each sigmoid call made while it is on."""
+    """Records (output, input) of each sigmoid call made while it is on, for as long as the
+    output lives (keyed by the output's id; a weakref's callback drops the entry)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: list[tuple[weakref.ref[torch.Tensor], torch.Tensor]] = []
+        self.calls: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -59,8 +65,18 @@ class _Tap(TorchFunctionMode):
         z = args[0].clone() if func in _IN_PLACE else args[0]  # sigmoid_ overwrites its input
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor) and out.shape == z.shape:
-            self.calls = [*self.calls[-(_KEEP - 1) :], (weakref.ref(out), z)]
+            key, calls = id(out), self.calls
+            # dropped when out is collected; ``tapped`` clears the rest (and the dict's cycle)
+            ref = weakref.ref(
+                out, lambda r: calls.pop(key) if calls.get(key, (None,))[0] is r else None
+            )
+            calls[key] = (ref, z)  # the latest call on this tensor (an in-place one twice)
         return out
+
+    def find(self, t: torch.Tensor) -> torch.Tensor | None:
+        """The input of the recorded call whose output is ``t`` itself."""
+        entry = self.calls.get(id(t))
+        return entry[1] if entry is not None and entry[0]() is t else None
 
 
 def tapped(forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,6 +93,7 @@ def tapped(forward: Callable[..., Any]) -> Callable[..., Any]:
                 return forward(*args, **kwargs)
         finally:
             stack.remove(tap)
+            tap.calls.clear()  # the inputs kept for outputs still alive: freed now
 
     run._sigmoid_tapped = True  # type: ignore[attr-defined]
     return run
@@ -86,13 +103,12 @@ def logit_of(p: torch.Tensor) -> torch.Tensor | None:
     """The input of the recorded sigmoid call whose output is ``p`` (or ``p`` a reshape of
     it), shaped as ``p``; None when no tap recorded one."""
     for tap in reversed(_local.__dict__.get("taps", [])):
-        for ref, z in reversed(tap.calls):
-            out = ref()
-            if out is None:
-                continue
-            if out is p:
-                return z
-            if p._base is not None and p._base is out and p.numel() == out.numel():
-                if p.is_contiguous() and out.is_contiguous() and z.dtype == p.dtype:
-                    return z.reshape(p.shape)
+        z = tap.find(p)
+        if z is not None:
+            return z
+        base = p._base
+        if base is not None and p.numel() == base.numel() and p.is_contiguous():
+            z = tap.find(base)
+            if z is not None and base.is_contiguous() and z.dtype == p.dtype:
+                return z.reshape(p.shape)
     return None
