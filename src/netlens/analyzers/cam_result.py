@@ -92,7 +92,7 @@ class CamResult(Result):
     # -- accessors -------------------------------------------------------------------------
     @property
     def heatmaps(self) -> np.ndarray:
-        """N×H×W maps (N×K×H×W with ``top=K``, K > 1)."""
+        """N×H×W maps (N×K×H×W when ``top=K`` is given, K = 1 included)."""
         h = self.arrays["heatmaps"]
         return h[:, 0] if h.shape[1] == 1 and not self.meta.get("top") else h
 

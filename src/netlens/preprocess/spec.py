@@ -269,9 +269,18 @@ class Preprocess:
         )
 
     def denormalize(self, x: torch.Tensor) -> np.ndarray:
-        """A preprocessed C×H×W tensor back to an H×W×3 uint8 RGB array (for overlays)."""
+        """A preprocessed C×H×W tensor (or a batch of one, 1×C×H×W: what
+        ``lens.preprocess(image)`` gives) back to an H×W×3 uint8 RGB array (for overlays)."""
+        from ..errors import NetlensError
         from ..images import to_channels
 
+        if x.dim() == 4 and x.shape[0] == 1:
+            x = x[0]
+        if x.dim() != 3:
+            raise NetlensError(
+                f"denormalize takes one image, C×H×W or 1×C×H×W, not {tuple(x.shape)}; "
+                "pass x[i] for image i of a batch"
+            )
         arr = x.detach().float().cpu().numpy().transpose(1, 2, 0)
         stats = len(self.mean) if self.mean is not None else 0
         if 1 < stats < arr.shape[2]:  # RGB + near-infrared: the channels the stats describe
