@@ -279,7 +279,10 @@ def load(
 
     host = host or PluginHost()
     lens = _open(source, host, arch, dict(arch_kwargs or {}), num_classes, trust, device)
-    lens.task, lens.output_key = check_task(task) or lens.task, recorded_output(output, lens.card)
+    lens.task, lens.output_key = (
+        check_task(task) or lens.task,
+        recorded_output(output, lens.card, lens),
+    )
     own = lens.transform
     lens.transform = with_overrides(
         lens.transform,

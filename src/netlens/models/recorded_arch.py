@@ -196,14 +196,22 @@ def recorded_preprocess(loaded: LoadedModel, payload: Any) -> None:
     if not args:
         hp, where = hparams_data(payload)
         if hp and pre.engine == "timm":
+            from .timm_args import check_data_args
+
+            check_data_args(hp, f"the checkpoint's {where}")
             loaded.preprocess = timm_spec(loaded.model, hp, what=where)
         elif hp:
             loaded.preprocess = _overridden(pre, hp, where)
         return
-    from .timm_args import ARGS_YAML, YamlArgs
+    from .timm_args import ARGS_YAML, YamlArgs, check_data_args
 
-    if isinstance(payload.get("args"), YamlArgs):
+    yaml = isinstance(payload.get("args"), YamlArgs)
+    if yaml:
         loaded.card["train_args_from"] = f"{ARGS_YAML} beside the file (timm's train.py)"
+    if pre.engine == "timm":
+        check_data_args(
+            args, f"the {ARGS_YAML} beside the file" if yaml else "the checkpoint's args"
+        )
     if pre.engine == "timm" and isinstance(payload.get("args"), YamlArgs):
         loaded.preprocess = timm_spec(loaded.model, args, owner=f"{ARGS_YAML}'s")
     elif pre.engine == "timm":

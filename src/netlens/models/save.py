@@ -59,8 +59,19 @@ def save(
         raise NetlensError("say how to rebuild the model: netlens.save(model, path, arch=NAME)")
     names = read_class_names(classes) if classes is not None else None
     if output is not None:
-        if isinstance(output, bool) or not isinstance(output, (str, int)):
+        if (
+            isinstance(output, bool)
+            or not isinstance(output, (str, int))
+            or (isinstance(output, str) and (not output.strip() or not output.isprintable()))
+        ):
             raise NetlensError(f"output= is a key, index or attribute name, not {output!r}")
+        problem = output_problem(obj, preprocess, output)
+        if problem:
+            raise NetlensError(
+                f"netlens.save: output={output!r} does not fit this model ({problem}); "
+                "netlens.load would refuse every analysis of the file: leave out output=, or "
+                "give a key, index or attribute the model's forward returns"
+            )
         record = {**(record or {}), "output": output}
     arch_kwargs = dict(arch_kwargs or {})
     given = arch_kwargs.get("num_classes")
@@ -130,12 +141,65 @@ def _extra_options(arch: str, host: Any) -> list[str]:
     return signature_options(host.archs.get(arch)) if arch in host.archs else []
 
 
-def recorded_output(output: str | int | None, card: dict[str, Any] | None) -> str | int | None:
-    """The output asked for, else the one :func:`save` recorded (``record["output"]``)."""
+def recorded_output(
+    output: str | int | None, card: dict[str, Any] | None, lens: Any = None
+) -> str | int | None:
+    """The output asked for, else the one :func:`save` recorded (``record["output"]``); a
+    recorded one that ``lens``' model cannot give (one forward says) is dropped with a warning
+    saying the file recorded it, as a ``--output`` the user never gave could not be left out."""
     if output is not None:
         return output
     kept = ((card or {}).get("record") or {}).get("output")
-    return kept if isinstance(kept, (str, int)) and not isinstance(kept, bool) else None
+    if not isinstance(kept, (str, int)) or isinstance(kept, bool):
+        return None
+    problem = output_problem(lens.model, lens.transform, kept) if lens is not None else None
+    if problem:
+        import warnings
+
+        from ..errors import NetlensWarning
+
+        warnings.warn(
+            f"the file records output {kept!r} (netlens.save's output=), which this model "
+            f"cannot give ({problem}); ignored: the model's output is read as usual (pick "
+            "one with --output, output= in Python)",
+            NetlensWarning,
+            stacklevel=3,
+        )
+        return None
+    return kept
+
+
+def output_problem(model: nn.Module, preprocess: Any, key: str | int) -> str | None:
+    """Why ``key`` picks no tensor from ``model``'s output (one forward of two blank images
+    at the preprocessing's size); None when it does, or when the model cannot be run here."""
+    import torch
+
+    from ..layers import eval_mode
+    from ..model_output import picked_output
+    from ..preprocess import preprocess_for
+
+    try:
+        spec = preprocess if preprocess is not None else preprocess_for(model)
+        size = tuple(spec.size or ())
+        if len(size) != 2:
+            return None
+        p = next(model.parameters(), None)
+        dtype = next(
+            (t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()),
+            torch.float32,
+        )
+        x = torch.zeros(
+            2, spec.channels or 3, *size, dtype=dtype, device=p.device if p is not None else "cpu"
+        )
+        with torch.no_grad(), eval_mode(model):
+            out = model(x)
+    except Exception:  # noqa: BLE001 - a model that cannot run here is not checked
+        return None
+    try:
+        picked_output(out, key)
+    except NetlensError as exc:
+        return str(exc).split("; ")[0]
+    return None
 
 
 def _num_classes(model: nn.Module, preprocess: Any, names: list[str] | None) -> int | None:

@@ -6,20 +6,23 @@ as Accelerate's ``save_model(max_shard_size=...)``, huggingface_hub's
 
 The index file, or a folder holding one index and its shards, is read as one state_dict: each
 shard read safely (safetensors; ``.bin`` shards with ``weights_only=True``, as netlens reads a
-``.bin`` state_dict), every name of the index checked present, the shards merged.
+``.bin`` state_dict), every name of the index checked present and read from the shard the
+index names (a tensor a shard holds that the index does not place there is ignored, with a
+warning naming it).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, NetlensWarning
 from ..naming import display_path
 
 __all__ = ["SHARD_NAME", "folder_index", "read_sharded", "special_payload"]
@@ -104,12 +107,23 @@ def read_sharded(index: Path) -> dict[str, torch.Tensor] | ModelLoadError:
         if not isinstance(weight_map, dict) or not weight_map:
             raise TypeError
         names = list(dict.fromkeys(weight_map.values()))
-        if not all(isinstance(f, str) and f and Path(f).name == f for f in names):
+        if not all(isinstance(f, str) and f for f in names):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return ModelLoadError(
             f"{name} is not the index of a sharded checkpoint (a JSON object whose 'weight_map' "
             "maps each weight to its shard file); pass a model file"
+        )
+    outside = [f for f in names if Path(f).name != f]
+    if outside:
+        first = Path(outside[0])
+        leaves = first.is_absolute() or ".." in first.parts
+        return ModelLoadError(
+            f"{name} names the shard file {outside[0]!r}"
+            f"{f' and {len(outside) - 1} more' if len(outside) > 1 else ''}, "
+            f"{'a path that leaves the index' if leaves else 'a path in a folder below the index'}"
+            "'s folder: netlens reads shards only beside their index; copy every shard there "
+            "and list it by its file name alone"
         )
     absent = [f for f in names if not (index.parent / f).is_file()]
     if absent:
@@ -119,11 +133,17 @@ def read_sharded(index: Path) -> dict[str, torch.Tensor] | ModelLoadError:
             "into that folder"
         )
     state: dict[str, torch.Tensor] = OrderedDict()
+    unlisted: list[str] = []
     for f in sorted(names, key=_shard_number):
         shard = _read_shard(index.parent / f)
         if isinstance(shard, ModelLoadError):
             return shard
-        state.update(shard)
+        # only what the index places in this shard: a stale copy of a weight the index
+        # places in another shard (or one it does not list) must not replace the real one
+        state.update((k, v) for k, v in shard.items() if weight_map.get(k) == f)
+        unlisted += [k for k in shard if weight_map.get(k) != f]
+    if unlisted:
+        _warn_unlisted(name, unlisted, weight_map)
     lost = [k for k, f in weight_map.items() if k not in state]
     if lost:
         more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
@@ -132,6 +152,26 @@ def read_sharded(index: Path) -> dict[str, torch.Tensor] | ModelLoadError:
             "it: the shards beside the index are not the ones it describes; save them again"
         )
     return state
+
+
+def _warn_unlisted(name: str, keys: list[str], weight_map: dict[str, Any]) -> None:
+    """One warning line for the tensors shards hold that the index does not place there."""
+    keys = list(dict.fromkeys(keys))
+    elsewhere = sum(k in weight_map for k in keys)
+    shown = ", ".join(f"'{k}'" for k in keys[:4]) + (
+        f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+    )
+    why = (
+        f" ({elsewhere} of them a stale copy of a weight the index places in another shard)"
+        if elsewhere
+        else ""
+    )
+    warnings.warn(
+        f"{name}: the shards also hold {shown}, which the index does not place there{why}; "
+        "ignored: each weight is read from the shard the index names",
+        NetlensWarning,
+        stacklevel=4,
+    )
 
 
 def _shard_number(name: str) -> tuple[int, str]:

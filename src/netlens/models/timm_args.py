@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import NetlensWarning
+from ..errors import ModelLoadError, NetlensWarning
 from ..naming import display_path
 
 if TYPE_CHECKING:
     from .load import LoadRequest
 
-__all__ = ["ARGS_YAML", "YamlArgs", "hub_free", "read_args_yaml", "with_args_yaml"]
+__all__ = [
+    "ARGS_YAML",
+    "YamlArgs",
+    "check_data_args",
+    "hub_free",
+    "read_args_yaml",
+    "with_args_yaml",
+]
 
 ARGS_YAML = "args.yaml"  # the name timm's train.py gives it
 _MAX_BYTES = 1 << 20
@@ -104,3 +111,63 @@ def with_args_yaml(payload: Any, source: Path, req: LoadRequest) -> Any:
     out["args"] = YamlArgs(**data)
     req.payload = out  # type: ignore[misc]  # (a cached_property: the instance's value)
     return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _data_arg_problem(key: str, value: Any, channels: int) -> str | None:
+    """What ``value`` of timm train.py's data option ``key`` should be, when it is not that
+    (what timm's ``resolve_data_config`` would take; it asserts, or fails on, anything else)."""
+    from ..preprocess.spec import MAX_CROP_PCT
+
+    if key == "img_size" and not (isinstance(value, int) and not isinstance(value, bool)):
+        return "one whole number of pixels (--img-size 224); input_size: [3, H, W] for H≠W"
+    if key == "img_size" and value < 1:
+        return "a positive number of pixels (--img-size 224)"
+    if key == "input_size" and not (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        return "three positive whole numbers, channels, height and width ([3, 224, 224])"
+    if key in ("mean", "std") and not (
+        isinstance(value, (list, tuple))
+        and len(value) in (1, channels)
+        and all(_number(v) for v in value)
+        and (key == "mean" or all(v > 0 for v in value))
+    ):
+        sign = "positive " if key == "std" else ""
+        return (
+            f"a list of {channels} {sign}numbers, one per input channel, or of one for all "
+            f"([0.5] or [0.5, 0.5, 0.5])"
+        )
+    if key == "crop_pct" and not (_number(value) and 0 < value <= MAX_CROP_PCT):
+        return f"a number in (0, {MAX_CROP_PCT:g}], the share of the resized image kept (0.875)"
+    if key in ("interpolation", "crop_mode") and not isinstance(value, str):
+        return "a name (bilinear, bicubic, ...)" if key == "interpolation" else "a name (center)"
+    return None
+
+
+def check_data_args(args: dict[str, Any], where: str) -> None:
+    """timm train.py's data options in ``args`` (from ``where``: args.yaml, the checkpoint's
+    ``args``, its ``hyper_parameters``) of a type or length timm cannot take, refused in one
+    line naming the option and what it should be; ``crop_pct: 0`` too (timm would drop it for
+    its default without a word). Unset ones (None, empty) are left to timm's defaults."""
+    from ..preprocess.from_model import TIMM_DATA_KEYS
+
+    size = args.get("input_size")
+    channels = size[0] if isinstance(size, (list, tuple)) and len(size) == 3 else 3
+    channels = channels if isinstance(channels, int) and channels >= 1 else 3
+    for key in TIMM_DATA_KEYS:
+        value = args.get(key)
+        if value is None or value == "":
+            continue
+        problem = _data_arg_problem(key, value, channels)
+        if problem:
+            shown = repr(value) if not isinstance(value, (list, tuple)) else list(value)
+            raise ModelLoadError(
+                f"{where} records {key}: {str(shown)[:60]}, which timm cannot use: it should "
+                f"be {problem}; fix or delete that line"
+            )
