@@ -370,8 +370,15 @@ def show(
     paths = result.save(folder)
     pictures = [p for p in paths if p.suffix == ".png"]
     print(f"{result.name}: wrote {len(paths)} files to {folder}/")
-    for p in pictures[:PER_PAGE]:
+    per_page = max(1, int(per_page))
+    pages = max(1, -(-len(pictures) // per_page))
+    page = min(max(1, int(page)), pages)  # the page's pictures, as Jupyter pages its images
+    shown = pictures[(page - 1) * per_page : page * per_page]
+    if pages > 1:
+        print(
+            f"  pictures {(page - 1) * per_page + 1}–{(page - 1) * per_page + len(shown)} of "
+            f"{len(pictures)} (page {page} of {pages}; show(page=K) for another):"
+        )
+    for p in shown:
         print(f"  {p}")
-    if len(pictures) > PER_PAGE:
-        print(f"  … and {len(pictures) - PER_PAGE} more pictures in {folder}/")
     return paths
