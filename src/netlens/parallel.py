@@ -22,7 +22,7 @@ from torch import nn
 
 from .fresh_input import write_count
 
-__all__ = ["check_workers", "map_batches", "one_thread_per_op"]
+__all__ = ["check_workers", "map_batches", "one_thread_per_op", "without_autograd"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,7 +61,7 @@ def map_batches(
 ) -> list[R]:
     """``[run(item) for item in items]`` on up to ``workers`` threads, results in order.
 
-    Grad mode is thread-local in torch: ``run`` sets what it needs (``torch.inference_mode``).
+    Grad mode is thread-local in torch: ``run`` sets what it needs (:func:`without_autograd`).
     ``model``: the module ``run`` calls, when it is the user's own. A forward that keeps state
     on its modules (``self.feat = self.stem(x)``, read back later in the same forward; a buffer
     written in place) mixes batches when threads share it, so the first batch runs alone and
@@ -95,3 +95,31 @@ def _state(model: nn.Module) -> list[tuple[Any, ...]]:
         for group in (m._parameters, m._buffers):
             seen.append(tuple((k, id(t), write_count(t)) for k, t in group.items()))
     return seen
+
+
+def without_autograd(model: nn.Module | None, run: Callable[[], R]) -> R:
+    """``run()`` under ``torch.inference_mode()``, or ``torch.no_grad()`` for a model whose
+    forward hands work to threads of its own (``pool.submit(self.branch, f)``).
+
+    Inference mode is thread-local: the model's threads run with grad mode on, on inference
+    tensors, and torch refuses ("Inference tensors cannot be saved for backward"). Such a model
+    is rerun under ``no_grad`` (a mode its threads do not see either, but which makes ordinary
+    tensors) and remembered, so its later passes go there at once.
+    """
+    if model is None or model not in _THREADED:
+        try:
+            with torch.inference_mode():
+                return run()
+        except RuntimeError as exc:
+            if model is None or "nference tensor" not in str(exc):
+                raise
+            if torch.is_inference_mode_enabled():  # an outer block's: it reruns
+                _THREADED[model] = True
+                raise
+        _THREADED[model] = True
+    with torch.no_grad():
+        return run()
+
+
+# Models whose forward was seen to run on threads of its own (see without_autograd).
+_THREADED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()

@@ -8,6 +8,7 @@ list its calls say so.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,14 +16,20 @@ import torch
 
 from .call_output import CallOutput
 from .consumed import settle
-from .errors import NetlensError
+from .errors import NetlensError, NetlensWarning
 from .layer_call import LayerCall
 
-__all__ = ["FX_INLINED", "NOT_A_TENSOR", "Capture", "fx_inlined"]
+__all__ = ["FX_INLINED", "NOT_A_TENSOR", "OTHER_THREAD", "Capture", "fx_inlined"]
 
 NOT_A_TENSOR = (
     "layer '{name}' returns a tuple, dict or other object, not one tensor, so no gradient is "
     "taken to it; probe the module inside it that makes the tensor (see `netlens layers MODEL`)"
+)
+
+OTHER_THREAD = (
+    "layer '{name}' ran only in another thread's forward, which a probe skips (it captures "
+    "the forwards of the thread that opened it); run the model in the thread that opened the "
+    "probe (not through an executor or asyncio.to_thread), or open the probe in that thread"
 )
 
 FX_INLINED = (
@@ -63,6 +70,7 @@ class Capture:
     _last_child: str | None = field(default=None, repr=False)
     _inlined: bool = field(default=False, repr=False)  # a container in a torch.fx GraphModule
     first: bool = field(default=False, repr=False)  # kept its tuple output's first element
+    _other_thread: bool = field(default=False, repr=False)  # ran in a forward of another thread
 
     def wants(self, call: int) -> bool:
         """Whether call ``call`` of the module (within its forward) is kept."""
@@ -98,8 +106,15 @@ class Capture:
 
     @property
     def outputs(self) -> list[Any]:
-        """Every kept output (several calls and forwards), in the order they ran."""
+        """Every kept output (several calls and forwards), in the order they ran (none, with a
+        warning, when only another thread's forward ran the layer)."""
+        if self._elsewhere():
+            warnings.warn(OTHER_THREAD.format(name=self.name), NetlensWarning, stacklevel=2)
         return [e.value for e in self._checked()]
+
+    def _elsewhere(self) -> bool:
+        """Whether the layer ran only in forwards of other threads (which the probe skips)."""
+        return self._other_thread and not self._entries
 
     @property
     def grads(self) -> list[torch.Tensor | None]:
@@ -115,7 +130,7 @@ class Capture:
     @property
     def output(self) -> Any:
         """The output of the single kept call (see :attr:`outputs` for several)."""
-        return self._single(self.outputs, "output")
+        return self._single([e.value for e in self._checked()], "output")
 
     @property
     def grad(self) -> torch.Tensor | None:
@@ -126,6 +141,8 @@ class Capture:
         if len(values) == 1:
             return values[0]
         if not values:
+            if self._elsewhere():
+                raise NetlensError(OTHER_THREAD.format(name=self.name))
             if self._ran and self.name.call is not None:
                 raise NetlensError(
                     f"layer '{self.name.name}' ran {self._ran} time(s) per forward, so "

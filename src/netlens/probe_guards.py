@@ -52,25 +52,36 @@ ALIAS_WRITTEN = (
 )
 
 
-def eager(fn: Callable[..., Any], owner: int | None = None) -> Callable[..., Any]:
+def eager(
+    fn: Callable[..., Any],
+    owner: int | None = None,
+    skipped: Callable[[], None] | None = None,
+) -> Callable[..., Any]:
     """``fn`` as a hook of the thread ``owner`` (default: the calling thread), run outside
     dynamo's tracing when a compiled forward calls it (a graph break).
 
     Hooks live on the model's modules, which every thread shares: in a forward run by another
     thread (a web service's ``model(x)`` while this one explains) the hook does nothing and
-    returns None. In eager mode that costs one ``get_ident()`` comparison and one
-    ``torch.compiler.is_compiling()`` call; the dynamo-disabled wrapper is made only while
-    dynamo traces (so torch._dynamo is never imported for it)."""
+    returns None, after calling ``skipped()`` (when given: the probe notes it, to say so when
+    nothing of its own thread was captured). In eager mode that costs one ``get_ident()``
+    comparison and one ``torch.compiler.is_compiling()`` call; the dynamo-disabled wrapper is
+    made only while dynamo traces (so torch._dynamo is never imported for it)."""
     mine = get_ident() if owner is None else owner
 
     def owned(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs) if get_ident() == mine else None
+        if get_ident() == mine:
+            return fn(*args, **kwargs)
+        if skipped is not None:
+            skipped()
+        return None
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():  # (the thread is checked eagerly, in owned)
             return torch._dynamo.disable(owned, recursive=True)(*args, **kwargs)
         if get_ident() != mine:
+            if skipped is not None:
+                skipped()
             return None
         return fn(*args, **kwargs)
 

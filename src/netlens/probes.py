@@ -33,6 +33,7 @@ otherwise reading that capture raises an error that says so.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from threading import get_ident
 from typing import Any
@@ -148,7 +149,8 @@ class Probe:
         self._guard.hold([*self.model.parameters(), *self.model.buffers()])
         try:
             for name in self._by_module:
-                hook = pg.eager(self._hook_for(name), owner)  # see probe_guards
+                caps = self._by_module[name]  # noted when another thread's forward runs it
+                hook = pg.eager(self._hook_for(name), owner, functools.partial(_elsewhere, caps))
                 self._handles.append(modules[name].register_forward_hook(hook))
             begin = pg.eager(self._begin, owner)
             self._handles.append(self.model.register_forward_pre_hook(begin, with_kwargs=True))
@@ -411,6 +413,11 @@ class Probe:
     def __len__(self) -> int:
         return len(self.captures)
 
+    @property
+    def forwards(self) -> int:
+        """How many forwards of the model this probe has seen begin (its own thread's)."""
+        return self._forward
+
     def compute_grads(self, target: torch.Tensor, *, retain_graph: bool = False) -> None:
         """Fill ``.grads`` with d(target)/d(output) via ``torch.autograd.grad``.
 
@@ -456,8 +463,15 @@ class Probe:
             cap._entries.clear()
             cap._ran = 0
             cap._shapes.clear()
+            cap._other_thread = False
         self._calls.clear()
         self._guard.forget()
+
+
+def _elsewhere(caps: list[Capture]) -> None:
+    """Note that another thread's forward ran these captures' module (and was skipped)."""
+    for cap in caps:
+        cap._other_thread = True
 
 
 def _resolve(

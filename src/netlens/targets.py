@@ -276,6 +276,17 @@ class CallableTarget(Target):
                 f"a target function must return one score per output row "
                 f"({output.shape[0]},), not {shape}{hint}"
             )
+        if not got.is_floating_point():  # a flag or a count: every method takes differences
+            got = got.float()
+        bad = ~torch.isfinite(got.detach())
+        if bool(bad.any()):
+            images = int(rows[bad.to(rows.device)].unique().numel())
+            raise TargetError(
+                f"the target function '{self.describe(0)}' returned NaN or infinite scores "
+                f"({int(bad.sum())} of {got.shape[0]} rows, for {images} image(s)); return a "
+                "finite score for every row (an empty selection's max or mean is NaN: give it "
+                "a fallback, e.g. torch.nan_to_num or a where)"
+            )
         return got
 
     def describe(self, i: int, lens: Lens | None = None) -> str:

@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import tensor_output, to_spatial
-from ..errors import AnalyzerError, NetlensError
+from ..errors import AnalyzerError, NetlensError, TargetError
 from ..fresh_input import fresh
 from ..layer_call import LayerCall
 from ..layers import auto_layer, eval_mode
 from ..layout import run_channels_last
+from ..parallel import without_autograd
 from ..probe_guards import eager
 from ..probes import probe
 from ..sigmoid_tap import tapped
@@ -51,6 +52,11 @@ __all__ = [
 ]
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
+
+RAN_AGAIN = (
+    "the target function '{name}' ran the model again (a forward inside the target): it must "
+    "only read the output it is given (its first argument) and return one score per row"
+)
 
 
 @dataclass
@@ -287,10 +293,9 @@ class InferenceForward:
         return self._fast is not None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            fast = self._fast
-            run = self.forward if fast is None else (lambda t: self.pick(fast.forward(fresh(t))))
-            return run_channels_last(self.model, run, x)
+        fast = self._fast
+        run = self.forward if fast is None else (lambda t: self.pick(fast.forward(fresh(t))))
+        return without_autograd(self.model, lambda: run_channels_last(self.model, run, x))
 
 
 def _fused_copy(
@@ -513,7 +518,10 @@ def capture(
         grad_sets: list[dict[str, torch.Tensor]] = []
         if grads:
             for k, target in enumerate(sets):
+                seen = p.forwards
                 score = target(logits).sum()
+                if p.forwards != seen:  # the model ran inside the target: not its output
+                    raise TargetError(RAN_AGAIN.format(name=target.describe(0)))
                 if score.requires_grad:
                     p.compute_grads(score, retain_graph=k < len(sets) - 1)
                 _check_reached(layers, [p[n].grad for n in layers])

@@ -20,7 +20,7 @@ from ..call_hooks import hook_call
 from ..errors import AnalyzerError
 from ..layer_call import LayerCall
 from ..layers import trace_calls
-from ..parallel import map_batches, one_thread_per_op
+from ..parallel import map_batches, one_thread_per_op, without_autograd
 from .cam_base import (
     CamContext,
     CamMethod,
@@ -250,23 +250,28 @@ def _masked_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
         forward = ctx.many(len(unique))
         size = max(1, -(-ctx.batch_size // max(1, workers)))
 
+        def batch(start: int) -> torch.Tensor:
+            pairs = unique[start : start + size]
+            masks = _score_masks(ctx, pairs)
+            out = forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
+            return ctx.score(out, pairs[:, 0]) if scored else out
+
         def run(start: int) -> torch.Tensor:
-            with torch.inference_mode():
-                pairs = unique[start : start + size]
-                masks = _score_masks(ctx, pairs)
-                out = forward(ctx.x[pairs[:, 0]] * masks[:, None].to(ctx.x.dtype)).float()
-                return ctx.score(out, pairs[:, 0]) if scored else out
+            return without_autograd(ctx.model, lambda: batch(start))
 
         stateless = isinstance(forward, InferenceForward) and forward.fused  # a traced copy
         watch = None if stateless else ctx.model  # the user's model: it may keep state
         parts = map_batches(run, range(0, len(unique), size), workers, model=watch)
-        if bool((rows < 0).any()):
-            with torch.inference_mode():  # the empty mask, the same for every image
+        if bool((rows < 0).any()):  # the empty mask, the same for every image
+
+            def blank() -> torch.Tensor:
                 empty = forward(torch.zeros_like(ctx.x[:1])).float()
                 if scored:  # ... scored for each image's own target, after the others
                     every_image = torch.arange(n, device=empty.device)
                     empty = ctx.score(empty.expand(n, *empty.shape[1:]), every_image)
-                parts.append(empty)
+                return empty
+
+            parts.append(without_autograd(ctx.model, blank))
     if scored:
         out = torch.cat(parts) if parts else ctx.logits.new_empty(0)
         every = rows + (rows < 0) * (len(unique) + 1 + torch.arange(n)[:, None])
@@ -315,7 +320,8 @@ def _ablated_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
     else:
         out = logits[:, None, :].repeat(1, c, 1)
     live = ctx.acts.flatten(2).ne(0).any(dim=2).cpu()  # N × C
-    with torch.inference_mode():
+
+    def passes() -> torch.Tensor:
         for i in range(n):
             chans = live[i].nonzero()[:, 0]
             for start in range(0, len(chans), ctx.batch_size):
@@ -324,7 +330,9 @@ def _ablated_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
                 if scored:
                     got = ctx.score(got, torch.full((len(part),), i, device=got.device))
                 out[i, part.to(out.device)] = got
-    return out
+        return out
+
+    return without_autograd(ctx.model, passes)
 
 
 def _run_ablated(ctx: CamContext, i: int, chans: torch.Tensor) -> torch.Tensor:

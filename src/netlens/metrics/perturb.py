@@ -11,7 +11,7 @@ from torch import nn
 
 from ..layers import eval_mode
 from ..layout import run_channels_last
-from ..parallel import map_batches
+from ..parallel import map_batches, without_autograd
 from ..targets import as_logits, model_output
 
 __all__ = [
@@ -120,11 +120,14 @@ def row_probs(
 
     def run(start: int) -> np.ndarray:
         stop = min(start + batch_size, total)
-        with torch.inference_mode():
+
+        def batch() -> np.ndarray:
             out = model_output(run_channels_last(model, model, rows(start, stop))).float()
             probs = probs_of(out) if probs_of else torch.softmax(as_logits(out), dim=1)
             picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
             return picked.cpu().numpy().astype(np.float64)
+
+        return without_autograd(model, batch)
 
     with eval_mode(model):
         parts = map_batches(run, range(0, total, batch_size), workers, model=model)
