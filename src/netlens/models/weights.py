@@ -511,7 +511,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -
                 f"'{ours[0]}'"
             )
         else:
-            reason = first[0].strip()[:200]
+            reason = first[0].strip()[:200].rstrip(".")  # torch's line ends in a full stop
         raise ModelLoadError(
             f"the weights in {source.name} do not fit {type(model).__name__}: {reason}; "
             "check --arch (and --num-classes, or --arch-kwargs for build options a state_dict "
