@@ -270,7 +270,8 @@ def _refuse_shuffled(given: DataLoader) -> None:
 
 def _indexable(given: DataLoader) -> bool:
     """Whether a user's DataLoader draws positions of a map-style dataset (not a stream)."""
-    return given.batch_sampler is not None and not isinstance(given.dataset, IterableDataset)
+    stream = isinstance(given.dataset, IterableDataset) or getattr(given, "netlens_stream", False)
+    return given.batch_sampler is not None and not stream
 
 
 def _batches_of(
@@ -378,6 +379,7 @@ def resolve_data(
             one = {"num_workers": 0, "multiprocessing_context": None, "timeout": 0}
             kw = {**_loader_options(given), **one, "worker_init_fn": None}
             given = DataLoader(ds, batch_size=given.batch_size, drop_last=given.drop_last, **kw)
+            given.netlens_stream = True  # still a stream: no process can draw a share of it
         elif ds is not given.dataset and type(ds) is type(given.dataset):
             given = _over(given, ds)  # one of netlens' own, remade for the model: draw that
         elif getattr(ds, "per_part", False):  # a ConcatDataset, each part relabelled its way
