@@ -104,8 +104,8 @@ def forward_refusal(model: nn.Module, exc: BaseException) -> NetlensError | None
         or _inference_refusal(model, exc)
         or video_refusal(model, exc)
     )
-    if refusal is None and type(exc) is DetectionOutputError and "backbone.…" in str(exc):
-        refusal = DetectionOutputError(detection_refusal(model))
+    if refusal is None and isinstance(exc, DetectionOutputError) and not exc.named:
+        refusal = DetectionOutputError(detection_refusal(model), named=True)
     return refusal
 
 

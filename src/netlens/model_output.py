@@ -19,7 +19,12 @@ __all__ = ["DetectionOutputError", "detection_refusal", "model_output", "picked_
 
 class DetectionOutputError(NetlensError):
     """The model returned detections (boxes, labels, scores per image), no scores to explain;
-    analyzers that read a layer's maps reword it (:func:`detection_refusal`)."""
+    ``named``: the message names a layer of this model (:func:`detection_refusal` with the
+    model), else the analyses' run guard words it for the model."""
+
+    def __init__(self, message: str, named: bool = False) -> None:
+        super().__init__(message)
+        self.named = named
 
 
 def model_output(

@@ -142,7 +142,7 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
         with torch.no_grad():
             output = lens.output(x)  # also learns which layers keep channels last
     except DetectionOutputError as exc:  # a named backbone layer needs no scores
-        raise DetectionOutputError(detection_refusal(lens.model, layers=True)) from exc
+        raise DetectionOutputError(detection_refusal(lens.model, layers=True), named=True) from exc
     calls = trace_calls(lens.model, x)
     counts = Counter(c.name for c in calls)
 

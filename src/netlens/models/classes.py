@@ -156,11 +156,15 @@ def _packed(m: nn.Module) -> bool:
     return "PackedParams" in type(m).__name__
 
 
-def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
+def blank_forward(model: nn.Module, spec: Preprocess) -> Any:
+    """The model's raw output for two blank images at ``spec``'s size, in the model's precision
+    and on its device (as ``Lens.place`` feeds it: float32 zeros make a half-precision model's
+    forward raise); None when the size is unknown or the model cannot run here."""
     from ..layers import eval_mode
 
-    # in the model's precision and on its device, as Lens.place feeds it (float32 zeros make
-    # a half-precision model's forward raise, and its class count go unchecked)
+    size = tuple(spec.size or ())
+    if len(size) != 2:
+        return None
     p = next(model.parameters(), None)
     dtype = next(
         (
@@ -171,14 +175,19 @@ def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
         torch.float32,
     )
     # two images: one image's 1×K comes out as K values from a forward that ends in .squeeze()
-    size = tuple(spec.size or ())
     x = torch.zeros(
-        2, spec.channels, *size, dtype=dtype, device=p.device if p is not None else "cpu"
+        2, spec.channels or 3, *size, dtype=dtype, device=p.device if p is not None else "cpu"
     )
     try:
         with torch.no_grad(), eval_mode(model):
-            out: Any = model(x)
+            return model(x)
     except Exception:  # noqa: BLE001 - a model that cannot run here is reported by the analyses
+        return None
+
+
+def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
+    out = blank_forward(model, spec)
+    if out is None:
         return None
     from ..errors import NetlensError
     from ..targets import model_output

@@ -47,9 +47,7 @@ def recorded_arch(
     registry name: never code to import."""
     from .factory import parse_user_arch
     from .meta import shapes_on_meta
-    from .timm_args import with_args_yaml
 
-    payload = with_args_yaml(payload, source, req)  # a cleaned checkpoint: timm's args.yaml
     if req.arch or not isinstance(payload, dict):
         return None
     args = train_args(payload)

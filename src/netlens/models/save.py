@@ -172,28 +172,16 @@ def recorded_output(
 def output_problem(model: nn.Module, preprocess: Any, key: str | int) -> str | None:
     """Why ``key`` picks no tensor from ``model``'s output (one forward of two blank images
     at the preprocessing's size); None when it does, or when the model cannot be run here."""
-    import torch
-
-    from ..layers import eval_mode
     from ..model_output import picked_output
     from ..preprocess import preprocess_for
+    from .classes import blank_forward
 
     try:
         spec = preprocess if preprocess is not None else preprocess_for(model)
-        size = tuple(spec.size or ())
-        if len(size) != 2:
-            return None
-        p = next(model.parameters(), None)
-        dtype = next(
-            (t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()),
-            torch.float32,
-        )
-        x = torch.zeros(
-            2, spec.channels or 3, *size, dtype=dtype, device=p.device if p is not None else "cpu"
-        )
-        with torch.no_grad(), eval_mode(model):
-            out = model(x)
-    except Exception:  # noqa: BLE001 - a model that cannot run here is not checked
+    except Exception:  # noqa: BLE001 - a model whose preprocessing cannot be told: not checked
+        return None
+    out = blank_forward(model, spec)
+    if out is None:
         return None
     try:
         picked_output(out, key)

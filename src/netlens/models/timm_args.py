@@ -73,8 +73,8 @@ def _base(name: str) -> str:
 
 def with_args_yaml(payload: Any, source: Path, req: LoadRequest) -> Any:
     """``payload`` with the options of the ``args.yaml`` beside it as its ``args`` (a
-    :class:`YamlArgs`), when the file records none of its own and is not netlens' or a folder;
-    ``req.payload`` becomes it, so the checkpoint is read as timm's CheckpointSaver writes one.
+    :class:`YamlArgs`), when the file records none of its own and is not netlens' or a folder:
+    the checkpoint as timm's CheckpointSaver writes one (the loader reads it in its place).
     A bare state_dict becomes ``{"state_dict": payload, "args": ...}``. An ``--arch`` or the
     file's own ``arch`` of another architecture than the yaml's ``model``: the yaml is another
     run's (its data options are its model's), not used, and a warning line says so."""
@@ -109,7 +109,6 @@ def with_args_yaml(payload: Any, source: Path, req: LoadRequest) -> Any:
     bare = bool(payload) and all(isinstance(v, torch.Tensor) for v in payload.values())
     out = {"state_dict": payload} if bare else dict(payload)
     out["args"] = YamlArgs(**data)
-    req.payload = out  # type: ignore[misc]  # (a cached_property: the instance's value)
     return out
 
 

@@ -40,6 +40,7 @@ from .factory import (
     tv_input_transform,
 )
 from .recorded_arch import arch_source, recorded_arch, recorded_preprocess
+from .timm_args import with_args_yaml
 from .timm_remap import timm_renamed
 from .weight_sets import _say_which_copy, _state_dict_of, weight_sets  # noqa: F401 (re-exported)
 
@@ -65,6 +66,7 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
         return None
     state = effective_state(state, display_path(source.name))  # pruned / weight-normed layers
     _say_which_copy(req.payload, source)
+    req.payload = with_args_yaml(req.payload, source, req)  # type: ignore[misc]  # timm's args.yaml
     recorded = recorded_arch(req.payload, state, source, req)
     if recorded is None and not req.arch and _fastai_saved(req.payload, state):
         raise ModelLoadError(
