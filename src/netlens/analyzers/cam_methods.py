@@ -11,13 +11,14 @@ also has (Pearson r >= 0.999 on a resnet18 and real photos).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..call_hooks import hook_call
-from ..errors import AnalyzerError
+from ..errors import AnalyzerError, NetlensWarning
 from ..layer_call import LayerCall
 from ..layers import trace_calls
 from ..parallel import map_batches, one_thread_per_op, without_autograd
@@ -25,6 +26,7 @@ from .cam_base import (
     CamContext,
     CamMethod,
     InferenceForward,
+    empty_regions,
     grid_stride,
     normalize_maps,
     spatial_channel_view,
@@ -182,6 +184,43 @@ class ScoreCam(CamMethod):
             scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
         return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
 
+    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
+        low = super().combine(ctx, weights)
+        _explain_empty(self.name, ctx, weights, low)
+        return low
+
+
+def _explain_empty(method: str, ctx: CamContext, weights: torch.Tensor, low: torch.Tensor) -> None:
+    """A warning when some images' maps are at or below zero everywhere (so the final ReLU
+    leaves them empty) although the layer is not: the algorithm's answer, as in any reference
+    implementation, but one to explain. Score-CAM's weights are positive, so its map is empty
+    only where the layer's activations are signed (a hardswish, a norm before its ReLU: timm's
+    random ``mobilenetv3_small_100`` at ``blocks``) and sum below zero; Ablation-CAM's also
+    when zeroing any channel raises the target's score (every weight ≤ 0)."""
+    live = ctx.acts.flatten(1).ne(0).any(dim=1) & ~empty_regions(ctx.targets, len(low)).to(
+        low.device
+    )
+    dead = (low.flatten(1).amax(dim=1) <= 0) & live
+    if not bool(dead.any()):
+        return
+    rises = dead & (weights.flatten(1).amax(dim=1) <= 0)
+    why = {
+        "zeroing any of the layer's channels raises the target's score or leaves it (every "
+        "weight is ≤ 0): the layer holds no evidence for the target here; pick another target "
+        "or layer (--layer NAME), or use gradcam": int(rises.sum()),
+        "the layer's activations are signed (a hardswish or GELU, or a norm before its ReLU) "
+        "and their weighted sum is negative at every position, which the final ReLU zeroes; "
+        "pick a layer after a ReLU (--layer NAME), or use gradcam": int((dead & ~rises).sum()),
+    }
+    for reason, k in why.items():
+        if k:
+            warnings.warn(
+                f"{method} at layer '{ctx.layer}': the map is zero everywhere for {k} of "
+                f"{len(low)} images: {reason}",
+                NetlensWarning,
+                stacklevel=3,
+            )
+
 
 def _score_masks(ctx: CamContext, pairs: torch.Tensor) -> torch.Tensor:
     """Score-CAM's masks for ``pairs`` (rows of image, channel): upsampled, then normalised.
@@ -306,6 +345,11 @@ class AblationCam(CamMethod):
             ablated = ctx.score(drops.flatten(0, 1), rows.repeat_interleave(c)).reshape(n, c)
         # |y_c| rather than y_c: a negative logit would otherwise flip the whole map.
         return ((base - ablated) / (base.abs() + _EPS)).to(ctx.acts.dtype)
+
+    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
+        low = super().combine(ctx, weights)
+        _explain_empty(self.name, ctx, weights, low)
+        return low
 
 
 def _ablated_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:

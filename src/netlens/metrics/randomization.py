@@ -15,6 +15,7 @@ test is *inconclusive* (``passes`` is ``None``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import NetlensError
+from ..errors import NetlensError, NetlensWarning
 from ..write_guard import tensors_in
 from .perturb import flat_maps
 from .reinit import has_own_params as _has_own_params
@@ -406,7 +407,9 @@ def cascading_randomization(
     steps = cascade_blocks(work, min_steps, x)
     for k, (block, members) in enumerate(steps):
         randomize_modules(work, members, seed + k)
-        h = _explain(explain, work, x, targets)
+        with warnings.catch_warnings():  # a randomised copy's empty or cancelled maps are
+            warnings.simplefilter("ignore", NetlensWarning)  # expected, not the user's to fix
+            h = _explain(explain, work, x, targets)
         maps.append(h)
         rho.append(spearman(original, h))
         sim.append(ssim(original, h))

@@ -7,8 +7,10 @@ as Accelerate's ``save_model(max_shard_size=...)``, huggingface_hub's
 The index file, or a folder holding one index and its shards, is read as one state_dict: each
 shard read safely (safetensors; ``.bin`` shards with ``weights_only=True``, as netlens reads a
 ``.bin`` state_dict), every name of the index checked present and read from the shard the
-index names (a tensor a shard holds that the index does not place there is ignored, with a
-warning naming it).
+index names (a stale copy a shard holds of a weight the index places in another shard is
+ignored, with a warning naming it). A tensor the index lists nowhere is read from the shard
+holding it, as transformers reads every tensor of the shards an index names: the index is
+incomplete, the tensor unambiguous; held by two shards with different values, it is refused.
 """
 
 from __future__ import annotations
@@ -133,17 +135,26 @@ def read_sharded(index: Path) -> dict[str, torch.Tensor] | ModelLoadError:
             "into that folder"
         )
     state: dict[str, torch.Tensor] = OrderedDict()
-    unlisted: list[str] = []
+    stale: list[str] = []
+    unlisted: dict[str, tuple[str, torch.Tensor]] = {}
     for f in sorted(names, key=_shard_number):
         shard = _read_shard(index.parent / f)
         if isinstance(shard, ModelLoadError):
             return shard
         # only what the index places in this shard: a stale copy of a weight the index
-        # places in another shard (or one it does not list) must not replace the real one
+        # places in another shard must not replace the real one
         state.update((k, v) for k, v in shard.items() if weight_map.get(k) == f)
-        unlisted += [k for k in shard if weight_map.get(k) != f]
-    if unlisted:
-        _warn_unlisted(name, unlisted, weight_map)
+        stale += [k for k in shard if k in weight_map and weight_map[k] != f]
+        for k in (k for k in shard if k not in weight_map):
+            if k in unlisted and not torch.equal(unlisted[k][1], shard[k]):
+                return ModelLoadError(
+                    f"{name} does not list '{k}', and the shards {unlisted[k][0]} and {f} hold "
+                    "different values of it: the index is incomplete; save the checkpoint again"
+                )
+            unlisted.setdefault(k, (f, shard[k]))
+    if stale:
+        _warn_stale(name, stale)
+    state.update((k, v) for k, (_, v) in unlisted.items())
     lost = [k for k, f in weight_map.items() if k not in state]
     if lost:
         more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
@@ -154,21 +165,17 @@ def read_sharded(index: Path) -> dict[str, torch.Tensor] | ModelLoadError:
     return state
 
 
-def _warn_unlisted(name: str, keys: list[str], weight_map: dict[str, Any]) -> None:
-    """One warning line for the tensors shards hold that the index does not place there."""
+def _warn_stale(name: str, keys: list[str]) -> None:
+    """One warning line for the stale copies shards hold of weights the index places in
+    another shard."""
     keys = list(dict.fromkeys(keys))
-    elsewhere = sum(k in weight_map for k in keys)
     shown = ", ".join(f"'{k}'" for k in keys[:4]) + (
         f" and {len(keys) - 4} more" if len(keys) > 4 else ""
     )
-    why = (
-        f" ({elsewhere} of them a stale copy of a weight the index places in another shard)"
-        if elsewhere
-        else ""
-    )
     warnings.warn(
-        f"{name}: the shards also hold {shown}, which the index does not place there{why}; "
-        "ignored: each weight is read from the shard the index names",
+        f"{name}: the shards also hold {shown}, which the index does not place there (stale "
+        "copies of weights the index places in another shard); ignored: each weight is read "
+        "from the shard the index names",
         NetlensWarning,
         stacklevel=4,
     )

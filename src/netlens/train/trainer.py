@@ -524,7 +524,13 @@ def train(
 
 
 def _argv_command() -> str | None:
-    """The shell command, when called from the ``netlens`` CLI."""
+    """The shell command, when called from the ``netlens`` CLI (as typed: a ``--distributed``
+    worker's argv lacks ``--distributed N``, which its launcher passes on)."""
+    from ..distributed.parent import typed_command
+
+    typed = typed_command()
+    if typed is not None and typed[:1] == ["train"]:
+        return "netlens " + shlex.join(typed)
     if Path(sys.argv[0]).name == "netlens" and len(sys.argv) > 1 and sys.argv[1] == "train":
         return "netlens " + shlex.join(sys.argv[1:])
     return None
