@@ -37,8 +37,10 @@ def solve_imputation(
     Args:
         x: images; float32 or float64 (the solve runs in that precision).
         removed: pixels to impute, one mask per image, shared by its channels.
-        tol: stop when every system's preconditioned residual fell by this factor (the
-            imputed values are then within about ``tol`` of the exact solution).
+        tol: stop when every system's preconditioned residual fell by this factor. That
+            bounds the residual, not the error: the imputed values are then within about
+            ``10·tol`` of the exact solution (6e-5 to 9e-5 measured at the default 1e-5),
+            which moves ROAD's probabilities by 3e-6 at most.
         workers: threads, each solving its own groups of 16 systems (default: the CPU count).
     """
     x = np.ascontiguousarray(x)
