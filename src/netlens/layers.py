@@ -400,7 +400,11 @@ def _selection(traced: list[TracedCall], chosen: TracedCall, consumed: bool) -> 
 
 
 def auto_layer(
-    model: nn.Module, example: torch.Tensor | None = None, output: str | int | None = None
+    model: nn.Module,
+    example: torch.Tensor | None = None,
+    output: str | int | None = None,
+    *,
+    dense_head: bool = True,
 ) -> LayerCall:
     """The call whose output is the spatial map feeding the head: the usual CAM/feature layer.
 
@@ -420,9 +424,11 @@ def auto_layer(
     Dense (segmentation) models, whose output (``output`` picks it, as ``--output``) is itself
     a map: the same among the calls that output depends on, outside its head (see
     :mod:`netlens.dense_head`): ``backbone.layer4`` of a torchvision DeepLabV3, not its
-    ``classifier`` or ``aux_classifier``. A call returning a tuple whose first element is
-    such a map or tokens (Hugging Face blocks and stages) counts by that element; only blocks
-    returning tensors are preferred over a later token layer (HF Swin keeps its final norm).
+    ``classifier`` or ``aux_classifier`` (``dense_head=False``: the dense output is feature
+    maps, a headless stack's, with no head to leave out). A call returning a tuple whose
+    first element is such a map or tokens (Hugging Face blocks and stages) counts by that
+    element; only blocks returning tensors are preferred over a later token layer (HF Swin
+    keeps its final norm).
     """
     from .channel_layout import learning_layouts
 
@@ -432,7 +438,7 @@ def auto_layer(
     n = len(x) if isinstance(x, torch.Tensor) and x.dim() else None  # tuples: their first element
     heads = [tuple_head(c.output, n) for c in traced]
     traced = [c if h is None else replace(c, output=h) for c, h in zip(traced, heads, strict=True)]
-    allowed = _explained_slots(model, x, returned, output)
+    allowed = _explained_slots(model, x, returned, output, dense_head)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c, model=model)]
     hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
@@ -456,16 +462,17 @@ def auto_layer(
 
 
 def _explained_slots(
-    model: nn.Module, x: torch.Tensor, returned: Any, output: str | int | None
+    model: nn.Module, x: torch.Tensor, returned: Any, output: str | int | None, head: bool = True
 ) -> set[tuple[str, int]]:
     """For a dense output, the calls ``auto`` may pick (see :mod:`netlens.dense_head`), from
     one more dry forward, with autograd; for a model returning several tensors (a
     segment-and-classify model's masks and class scores), the calls the output explained
     depends on, so its class scores are not explained at the segmentation head; empty (no
-    restriction) for a single classifier output."""
+    restriction) for a single classifier output; ``head`` False: a dense output is feature
+    maps, with no head to leave out."""
     from .dense_head import ancestor_slots, feature_slots, is_dense, several_tensors
 
-    dense = is_dense(returned, output)
+    dense = head and is_dense(returned, output)
     if not dense and not several_tensors(returned):
         return set()
     leaf = x.detach().clone().requires_grad_(True)  # every output then has a graph

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..activations import patch_stride, tensor_output, to_spatial
 from ..errors import AnalyzerError
@@ -138,7 +139,7 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     from ..models.classes import headless
 
     try:
-        chosen = auto_layer(lens.model, x, lens.output_key)
+        chosen = auto_layer(lens.model, x, lens.output_key, dense_head=not _feature_stack(lens, x))
         with torch.no_grad():
             output = lens.output(x)  # also learns which layers keep channels last
     except DetectionOutputError as exc:  # a named backbone layer needs no scores
@@ -166,6 +167,31 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
         if count is not None and count != classes:
             return selection(c)
     return chosen
+
+
+#: Layers a headless stack's output comes from (its features), never a dense prediction's.
+_FEATURE_ENDS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
+
+
+def _feature_stack(lens: Lens, x: torch.Tensor) -> bool:
+    """Whether the model's output is feature maps, a headless stack's (VGG's ``features``
+    alone), not a dense prediction whose head ``auto`` leaves out: an N×C×H×W map of several
+    channels returned by an activation or pooling layer (a segmentation head ends in a conv, a
+    resize or a sigmoid; a depth map ending in a ReLU has one channel)."""
+    from ..errors import NetlensError
+    from ..layers import _dry_forward
+    from ..targets import model_output
+
+    try:
+        traced, returned = _dry_forward(lens.model, x)
+        out = model_output(returned, lens.output_key)
+    except NetlensError:
+        return False
+    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] < 2:
+        return False
+    leaves = [c.module for c in traced if c.output is out and not any(c.module.children())]
+    end = leaves[-1] if leaves else None
+    return isinstance(end, _FEATURE_ENDS) or "Pool" in type(end).__name__
 
 
 def _pooled_into(output: torch.Tensor, maps: torch.Tensor | None) -> bool:

@@ -168,7 +168,9 @@ def ablation_table(result: Any) -> Any:
     notes = [f"{len(rows) - 20} more rows in {result.name}.csv"] if len(rows) > 20 else []
     if any(r.get("downsample") for r in rows):
         notes.append("↓ = block with a projection shortcut")
-    table.caption = "; ".join(notes) or None
+    source = meta.get("label_source")  # where the labels came from (absent: older results)
+    lines = [f"labels: {source}"] if source else []
+    table.caption = "\n".join([*lines, *(["; ".join(notes)] if notes else [])]) or None
     return table
 
 
