@@ -49,12 +49,13 @@ class FeaturesResult(Result):
         return f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)"
 
     def figures(self) -> dict[str, Figure]:
+        from ..output import safe_name
         from ..render.feature_figures import feature_figure
 
         figs = {}
         for layer in self.meta["layers"]:
             for i, image in enumerate(self.meta["images"]):
-                stem = f"features-{layer.replace('.', '_')}-{image}"
+                stem = f"features-{safe_name(layer.replace('.', '_'))}-{image}"
                 figs[stem] = feature_figure(self.arrays, self.meta, layer, i)
         return figs
 

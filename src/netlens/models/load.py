@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -297,7 +298,9 @@ def load(
         crop_mode=crop_mode,
         channel_order=channel_order,
     )
-    _say_if_guessed(own, lens.transform, lens.name or "the model")
+    told = mean is not None or std is not None or _sets_normalisation(preprocess)
+    if not told:  # values the user gave are the user's, even where they equal the guess
+        _say_if_guessed(own, lens.transform, lens.name or "the model")
     if classes is not None:
         from ..data.labels import read_class_names
         from .classes import check_class_names
@@ -318,6 +321,12 @@ def load(
     if device is None and (isinstance(source, nn.Module) or is_learner(source)):
         return lens  # the user's module stays where it is
     return lens.to(device)
+
+
+def _sets_normalisation(preprocess: Any) -> bool:
+    """Whether ``load``'s ``preprocess=`` is a dict of changes naming mean or std (a whole
+    :class:`~netlens.preprocess.Preprocess` may carry the defaults: its values then tell)."""
+    return isinstance(preprocess, Mapping) and bool({"mean", "std"} & set(preprocess))
 
 
 def _say_if_guessed(own: Preprocess, used: Preprocess, name: str) -> None:
