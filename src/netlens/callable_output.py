@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .output_reader import OutputReader
+from .model_output import wrap_advice
+from .output_reader import OutputReader, is_binary_dense
 
 __all__ = [
     "RawReader",
@@ -46,6 +47,9 @@ __all__ = [
 class _Scope:
     raw: bool | None = None  # the output is no classes or maps: handed raw (told on a forward)
 
+
+_HEAD_ROWS = (5, 100)  # a raw detector head's rows: 4 box coordinates and 1 to 96 class scores
+_ANCHORS_PER_ROW = 4  # its anchors (5376 at 512 px for YOLOv8) outnumber its rows this much
 
 _NONE = _Scope(raw=False)  # an analysis of another target: in its thread, nothing raw
 _SCOPE: ContextVar[_Scope | None] = ContextVar("netlens_callable_target", default=None)
@@ -93,18 +97,36 @@ def current_scope(model: nn.Module) -> _Scope | None:
 
 def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
     """Why a dense output (N×K×H×W; N×H×W read as N×1×H×W) is no maps of the image (its H×W
-    far from the input's aspect: tokens, boxes), or None."""
+    far from the input's aspect: tokens, boxes), or None. An N×H×W of a few rows, each far
+    longer than there are rows, is said to look like a YOLO-style detector's raw head (4 box
+    coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376)."""
     if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
         return None
     (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
     if abs(math.log((h / w) / (ih / iw))) <= math.log(1.5):
         return None
+    one = out.shape[1] == 1 or is_binary_dense(out)  # N×H×W, as the model returned it
+    if one and _HEAD_ROWS[0] <= h <= _HEAD_ROWS[1] and w >= _ANCHORS_PER_ROW * h:
+        return _raw_head(h, w, ih, iw)
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
         "image (tokens of a backbone?), so there are no classes or regions to explain; "
         "give it a head, or pick the output to explain (--output KEY, output= in Python); in "
         "Python, a target function scores it as the model returns it (target=lambda out: ..., "
         "one score per image)"
+    )
+
+
+def _raw_head(h: int, w: int, ih: int, iw: int) -> str:
+    wrap = wrap_advice("e.g. the top class score, out[:, 4:].amax(dim=(1, 2))")
+    return (
+        f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
+        f"image, but what looks like a detector's raw head (4 box coordinates and {h - 4} class "
+        f"scores at each of {w} anchors); CAMs, ablate and evaluate explain one score per "
+        f"image, not boxes: {wrap}; in Python, a target function scores the head as the model "
+        "returns it (target=lambda out: out[:, 4 + k, a], class k at anchor a; a score after "
+        "the head's sigmoid is a probability, explained as it is: torch.logit(out[:, 4 + k, a]) "
+        "explains its logit)"
     )
 
 

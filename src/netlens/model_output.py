@@ -14,7 +14,13 @@ import torch
 
 from .errors import NetlensError
 
-__all__ = ["DetectionOutputError", "detection_refusal", "model_output", "picked_output"]
+__all__ = [
+    "DetectionOutputError",
+    "detection_refusal",
+    "model_output",
+    "picked_output",
+    "wrap_advice",
+]
 
 
 class DetectionOutputError(NetlensError):
@@ -75,6 +81,18 @@ def picked_output(out: Any, key: str | int | None = None) -> torch.Tensor:
     )
 
 
+def wrap_advice(example: str) -> str:
+    """How to wrap a detector so that it returns one score per image netlens reads right: a
+    probability read as a logit is shown as σ(p) (a 0.83 as 70 %) unless netlens traces the
+    sigmoid that made it (:func:`netlens.output_reader.output_rules`)."""
+    return (
+        f"wrap the model so that its forward returns one score per image ({example}) as a "
+        "logit (torch.logit(p) = log(p/(1−p)) of a probability p), as p itself out of a "
+        "sigmoid in the forward (picked by indexing or max: netlens traces it), or as it is "
+        "with --task regression (task= in Python)"
+    )
+
+
 def detection_refusal(model: Any = None, *, layers: bool = False) -> str:
     """What to do with a detector (whose output is boxes, labels and scores per image): for
     ``layers`` (features with layer auto: the analyzers that read a layer's maps) name a
@@ -87,6 +105,7 @@ def detection_refusal(model: Any = None, *, layers: bool = False) -> str:
         "lists them)"
     )
     head = "the model returned detections (boxes, labels and scores per image)"
+    wrap = wrap_advice("e.g. the top box's score, out[i]['scores'][:1]")
     if layers:
         return (
             f"{head}, not class scores; features, stats and top-activations read a layer's "
@@ -94,9 +113,7 @@ def detection_refusal(model: Any = None, *, layers: bool = False) -> str:
         )
     return (
         f"{head}: CAMs, ablate and evaluate explain one score per image, not object detectors' "
-        "boxes; for them, wrap the model so that its forward returns one score per image (e.g. "
-        "the top box's score, out[i]['scores'][:1]); features, stats and top-activations run "
-        f"when you {name}"
+        f"boxes; for them, {wrap}; features, stats and top-activations run when you {name}"
     )
 
 

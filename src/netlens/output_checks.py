@@ -21,6 +21,8 @@ __all__ = ["is_sigmoid_node", "warn_saturated", "warn_unread_output"]
 
 _CHECKED_IMAGES = 16  # images of the batch the value checks look at (one forward, no grad)
 _FEWEST_VALUES = 4  # [0, 1] values needed before they look like probabilities, not logits
+# (one value per image, strictly inside (0, 1), is warned about at any count: a wrapped
+# detector's top score on one image)
 _SATURATED = 0.1  # share of a sigmoid's predicted values at exactly 0 or 1 worth a warning
 
 
@@ -106,7 +108,8 @@ def warn_unread_output(
     """A :class:`~netlens.errors.NetlensWarning` when the output (``one``: of ``x[:1]``, as the
     model returned it), read as logits or a segmentation's, looks like neither on the first
     images of ``x``: a classifier's N×K (N×1 too) with every value in [0, 1] and rows not
-    summing to 1 (a softmax's, which are read as probabilities), at least four values; or a
+    summing to 1 (a softmax's, which are read as probabilities), at least four values (any
+    number of N×1 values strictly inside (0, 1)); or a
     one-channel dense output positive at every pixel of every image, without ``task``.
     Only when ``one`` already looks so is the rest of the batch run (without autograd)."""
     from .model_output import model_output
@@ -127,7 +130,7 @@ def warn_unread_output(
     out = model_output(out, None, dims)
     if _kind(out, task) != kind:
         return
-    if kind == "unit" and out.numel() >= _FEWEST_VALUES:
+    if kind == "unit" and (out.numel() >= _FEWEST_VALUES or _one_probability_each(out)):
         shape = "one value per image" if out.shape[1] == 1 else f"{out.shape[1]} per image"
         warnings.warn(
             f"the model's outputs ({shape}) all lie in [0, 1], but not out of a sigmoid or "
@@ -147,6 +150,13 @@ def warn_unread_output(
             _warning(),
             stacklevel=4,
         )
+
+
+def _one_probability_each(out: torch.Tensor) -> bool:
+    """One value per image, each strictly between 0 and 1: a probability (a detector's top
+    score, out of a sigmoid netlens did not trace) rather than a logit, however few images."""
+    v = out.detach()
+    return v.dim() == 2 and v.shape[1] == 1 and bool(v.min() > 0) and bool(v.max() < 1)
 
 
 def _kind(t: torch.Tensor, task: str | None) -> str | None:

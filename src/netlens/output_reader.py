@@ -80,6 +80,14 @@ _VIEWS = {  # operations that reshape without computing: look through them
     "ExpandBackward0",
     "AliasBackward0",
 }
+_REDUCED = {  # a max or min: its value is one element's, but depends on every one it reduced
+    "AmaxBackward0",
+    "AminBackward0",
+    "MaxBackward0",  # .max(dim)
+    "MaxBackward1",  # .max()
+    "MinBackward0",
+    "MinBackward1",
+}
 _IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] stays [0, 1]
     "UpsampleNearest1DBackward0",
     "UpsampleNearest2DBackward0",
@@ -105,6 +113,15 @@ _IN_RANGE = {  # each value one of the input's, or a convex combination: [0, 1] 
     "ClampMinBackward1",
     "ClampMaxBackward0",
     "ClampMaxBackward1",
+    # a max, min or index picks one of its input's values, a mean averages them: a wrapper's
+    # top score out of a detector's head (``out[:, 4:].amax(dim=(1, 2))``), one class at one
+    # anchor (``out[:, 4 + k, a]``)
+    *_REDUCED,
+    "MeanBackward0",
+    "MeanBackward1",
+    "IndexBackward0",
+    "IndexSelectBackward0",
+    "GatherBackward0",
 }  # not bicubic (it overshoots) nor antialiased resizing
 
 
@@ -236,8 +253,11 @@ def output_rules(
 
     Sigmoid: the output's ``grad_fn`` is followed through views and through operations whose
     every value is a convex combination of input values (a crop, a bilinear or nearest resize,
-    average pooling, a clamp), so a segmenter's ``F.interpolate(torch.sigmoid(z), size)`` and a
-    BCELoss-safe ``sigmoid(z).clamp(eps, 1 - eps)`` are a sigmoid's output too, as is one
+    average pooling, a clamp, a max, an index), so a segmenter's
+    ``F.interpolate(torch.sigmoid(z), size)`` and a BCELoss-safe
+    ``sigmoid(z).clamp(eps, 1 - eps)`` are a sigmoid's output too, and through a ``torch.cat``
+    whose used parts all end in a sigmoid (:func:`_made_by_sigmoid`: a wrapper's top class score
+    out of a YOLO head's ``cat([box, sigmoid(cls)])``), as is one
     written out, ``1 / (1 + exp(-z))`` (:func:`is_sigmoid_node`), or the output is the very
     tensor a sigmoid call returned, as the tap records (:mod:`netlens.sigmoid_tap`: an in-place
     ``v.sigmoid_()`` on a view, whose graph shows the view); and every value must lie in
@@ -251,7 +271,7 @@ def output_rules(
     """
     from .layers import eval_mode
 
-    fn, picked = None, None
+    picked = None
     for n in (1, 2):
         try:
             with torch.inference_mode(False), torch.enable_grad(), eval_mode(model):
@@ -259,19 +279,90 @@ def output_rules(
                 if probe.is_floating_point():
                     probe.requires_grad_(True)
                 picked, tapped_sigmoid = tapped(_picked_and_tap)(model, probe, key)
-                fn = picked.grad_fn
             break
         except Exception:  # noqa: BLE001 - not this check's to report
             continue
     else:
         return False, None
     dims = _batch_dims(model, x, key, picked.detach()) if n == 1 else None
-    while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
-        fn = fn.next_functions[0][0]
-    sigmoid = (tapped_sigmoid or (fn is not None and is_sigmoid_node(fn))) and _in_unit(picked)
+    sigmoid = (tapped_sigmoid or _made_by_sigmoid(picked)) and _in_unit(picked)
     if not sigmoid and task != "regression":
         warn_unread_output(model, x, key, picked.detach(), dims)
     return sigmoid, dims
+
+
+def _made_by_sigmoid(picked: torch.Tensor) -> bool:
+    """Whether ``picked``'s graph, followed back through views and in-range operations, ends in
+    a sigmoid; through a ``torch.cat`` too (a YOLO head's ``cat([box, sigmoid(cls)])``, a
+    wrapper picking its top class score) when every part of the cat that a value of
+    ``picked`` comes from ends in one. Which parts those are is read off a backward of ones
+    through the graph's own nodes, a max or min spread over every element it reduced (its
+    value depends on them all, its gradient reaches the one it picked)."""
+    fn, _ = _below(picked.grad_fn, None)
+    if type(fn).__name__ != "CatBackward0":
+        return fn is not None and is_sigmoid_node(fn)
+    try:
+        with torch.no_grad():
+            return _sigmoid_below(picked.grad_fn, torch.ones_like(picked), [_MOST_CATS])
+    except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
+        return False  # a node that cannot be run back so: no sigmoid told
+
+
+_MOST_CATS = 64  # cats followed back, at most (a multi-scale head's: a few)
+
+
+def _below(fn: Any, grad: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
+    """The first node under ``fn`` that is no view or in-range operation, and (with ``grad``,
+    the output's part in ``fn``'s output) its output's part."""
+    while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
+        grad = None if grad is None else _part_below(fn, grad)
+        fn = fn.next_functions[0][0]
+    return fn, grad
+
+
+def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int]) -> bool:
+    fn, grad = _below(fn, grad)
+    if type(fn).__name__ != "CatBackward0" or grad is None:
+        return fn is not None and is_sigmoid_node(fn)
+    cats[0] -= 1
+    parts = fn(grad)
+    used = [(f, g) for (f, _), g in zip(fn.next_functions, parts, strict=True) if _used(g)]
+    return (
+        cats[0] >= 0
+        and bool(used)
+        and all(f is not None and _sigmoid_below(f, g.ne(0).to(g.dtype), cats) for f, g in used)
+    )
+
+
+def _used(part: torch.Tensor | None) -> bool:
+    return part is None or bool(part.ne(0).any())  # None: not told, so not left out
+
+
+def _part_below(fn: Any, grad: torch.Tensor) -> torch.Tensor:
+    """Which values of ``fn``'s first input reach ``grad``'s nonzero values (1 where they do)."""
+    name = type(fn).__name__
+    if name.startswith("Clamp"):  # elementwise; its gradient is 0 where it clamped
+        return grad
+    if name in _REDUCED:
+        return _spread(fn, grad)
+    got = fn(grad)
+    got = got[0] if isinstance(got, tuple) else got
+    return got.ne(0).to(got.dtype)
+
+
+def _spread(fn: Any, grad: torch.Tensor) -> torch.Tensor:
+    """A max's or min's ``grad`` given to every element it reduced."""
+    full = type(fn).__name__ in ("MaxBackward1", "MinBackward1")
+    saved = getattr(fn, "_saved_self", None)
+    shape = tuple(saved.shape) if saved is not None else tuple(fn._saved_self_sym_sizes)
+    if full:
+        return grad.reshape(()).expand(shape)
+    dims = (fn._saved_dim,) if isinstance(fn._saved_dim, int) else tuple(fn._saved_dim)
+    dims = tuple(d % len(shape) for d in dims) or tuple(range(len(shape)))
+    if not fn._saved_keepdim:
+        for d in sorted(dims):
+            grad = grad.unsqueeze(d)
+    return grad.expand(shape)
 
 
 def _picked_and_tap(

@@ -56,7 +56,9 @@ __all__ = ["Analyzer", "Option", "Result", "Run", "to_jsonable"]
 
 
 def to_jsonable(obj: Any) -> Any:
-    """numpy / torch / paths → plain JSON types (NaN and infinities → None)."""
+    """numpy / torch / paths → plain JSON types (NaN and infinities → None); a function or
+    class (a callable target in a run's options) → its qualified name, ``module.qualname``;
+    any other object JSON has no type for → its ``repr()``."""
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -69,7 +71,13 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.tolist())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
-    return obj
+    if obj is None or isinstance(obj, (str, int, float)):
+        return obj
+    if callable(obj):
+        kind = obj if hasattr(obj, "__qualname__") else type(obj)  # an instance with __call__
+        module = getattr(kind, "__module__", None)
+        return f"{module}.{kind.__qualname__}" if module else kind.__qualname__
+    return repr(obj)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,180 @@
+"""A YOLO-style detector (its head ``cat([box, sigmoid(cls)])``, N×(4+K)×anchors): refused in
+one line that names a detector and says what to do; the wrapper that advice asks for (the top
+class score) read as the probability it is; a callable target's run saved."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import netlens
+from netlens.analyzers.base import to_jsonable
+from netlens.errors import NetlensError, NetlensWarning
+from netlens.model_output import detection_refusal
+from netlens.output_reader import output_rules
+
+pytestmark = [pytest.mark.usefixtures("one_thread")]
+
+
+class Yolo(nn.Module):
+    """YOLOv8's head: N×(4 + K)×anchors, box coordinates and sigmoid class scores concatenated."""
+
+    def __init__(self, k: int = 2, stride: int = 1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c = nn.Conv2d(3, 4 + k, 3, stride=stride, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.c(x).flatten(2)
+        return torch.cat([f[:, :4], torch.sigmoid(f[:, 4:])], 1)
+
+
+class Wrapped(nn.Module):
+    """One score per image out of a detector's head, as ``pick`` takes it."""
+
+    def __init__(self, head: nn.Module, pick: object) -> None:
+        super().__init__()
+        self.d, self.pick = head, pick
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pick(self.d(x))  # type: ignore[operator]
+
+
+def _x(n: int = 1, size: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def _top(out: torch.Tensor) -> torch.Tensor:
+    return out[:, 4:].amax(dim=(1, 2)).unsqueeze(1)
+
+
+# -- 1. a callable target's run saves --------------------------------------------------------
+def test_to_jsonable_names_a_function_and_reprs_other_objects() -> None:
+    def score(out: torch.Tensor) -> torch.Tensor:
+        return out[:, 0]
+
+    class Thing:
+        def __repr__(self) -> str:
+            return "Thing()"
+
+    got = to_jsonable({"target": score, "cls": Thing, "thing": Thing(), "n": 1, "s": "a"})
+    assert got == {
+        "target": f"{__name__}.test_to_jsonable_names_a_function_and_reprs_other_objects"
+        ".<locals>.score",
+        "cls": f"{__name__}.test_to_jsonable_names_a_function_and_reprs_other_objects"
+        ".<locals>.Thing",
+        "thing": "Thing()",
+        "n": 1,
+        "s": "a",
+    }
+    json.dumps(got)
+
+
+def test_result_with_a_lambda_target_saves(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    r = netlens.Lens(net).cam(_x(), layer="1", target=lambda out: out[:, 2])
+    r.save(tmp_path)
+    doc = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert doc["run"]["options"]["target"].endswith("<lambda>")
+
+
+# -- 2. the wrapper's top score: a probability ------------------------------------------------
+def test_top_class_score_through_the_heads_cat_reads_as_a_sigmoid() -> None:
+    model = Wrapped(Yolo(), _top).eval()
+    assert output_rules(model, _x())[0]
+    pick = Wrapped(Yolo(), lambda out: out[:, 4, 7:8]).eval()  # class 0 at anchor 7
+    assert output_rules(pick, _x())[0]
+    select = Wrapped(Yolo(), lambda out: out[:, 5].max(dim=1).values[:, None]).eval()
+    assert output_rules(select, _x())[0]
+
+
+def test_top_score_is_shown_as_the_models_probability() -> None:
+    model = Wrapped(Yolo(), _top).eval()
+    x = _x()
+    p = float(model(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        r = netlens.Lens(model).cam(x, layer="d.c")
+    assert float(r.arrays["probs"].ravel()[-1]) == pytest.approx(p, abs=1e-5)
+
+
+def _squashed(out: torch.Tensor) -> torch.Tensor:  # in [0, 1), but no sigmoid
+    return out.abs() / (1 + out.abs())
+
+
+class Mixed(Yolo):
+    """Box coordinates squashed into [0, 1) (no sigmoid), class scores a sigmoid's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.c(x).flatten(2)
+        return torch.cat([_squashed(f[:, :4]), torch.sigmoid(10 * f[:, 4:] + 20)], 1)
+
+
+def test_a_slice_reaching_past_the_sigmoids_part_is_no_sigmoid() -> None:
+    # the max over box and class rows together: its value is the class part's here (p ≈ 1),
+    # but not by construction, so it is not read as a probability
+    everything = Wrapped(Mixed(), lambda out: out.amax(dim=(1, 2)).unsqueeze(1)).eval()
+    assert not output_rules(everything, _x())[0]
+    boxes = Wrapped(Mixed(), lambda out: out[:, 3, :1]).eval()
+    assert not output_rules(boxes, _x())[0]
+
+
+def test_sigmoids_on_both_sides_of_a_cat_read_as_one() -> None:
+    def both(out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[:, 4:5].sigmoid(), out[:, 5:].sigmoid()], 2).amax(2)
+
+    model = Wrapped(nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Flatten(2)), both).eval()
+    assert output_rules(model, _x())[0]
+
+
+def test_one_unit_value_of_one_image_without_a_sigmoid_is_warned_about() -> None:
+    model = Wrapped(Yolo(), lambda out: _squashed(out[:, :1, :1]).flatten(1)).eval()
+    with pytest.warns(NetlensWarning, match=r"one value per image\) all lie in \[0, 1\]"):
+        assert not output_rules(model, _x())[0]
+
+
+def test_the_detection_refusal_asks_for_a_logit_or_task_regression() -> None:
+    msg = detection_refusal()
+    assert "logit" in msg and "--task regression" in msg and "\n" not in msg
+
+
+# -- 3. a raw head refused as a detector's ----------------------------------------------------
+def test_a_raw_detector_head_is_refused_as_one() -> None:
+    lens = netlens.Lens(Yolo(stride=2).eval())
+    with pytest.raises(NetlensError) as e:
+        lens.cam(_x(size=64), layer="c")
+    msg = str(e.value)
+    assert "detector" in msg and "wrap the model" in msg and "\n" not in msg
+    assert "target=lambda out: out[:, 4 + k, a]" in msg and "logit" in msg
+
+
+def test_the_advised_target_runs_on_the_raw_head() -> None:
+    lens = netlens.Lens(Yolo(stride=2).eval())
+    r = lens.cam(_x(size=64), layer="c", target=lambda out: out[:, 4 + 1, 10])
+    assert np.isfinite(r.heatmaps).all()
+
+
+def test_tokens_are_still_refused_as_no_maps_of_the_image() -> None:
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 16, 8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.embed(x).flatten(2).transpose(1, 2)  # N×64×16
+
+    with pytest.raises(NetlensError, match="not maps of the image") as e:
+        netlens.Lens(Tokens().eval()).cam(_x(size=64), layer="embed")
+    assert "detector" not in str(e.value)
