@@ -16,10 +16,10 @@ import torch
 
 from .call_output import CallOutput
 from .consumed import settle
-from .errors import NetlensError, NetlensWarning
+from .errors import AnalyzerError, NetlensError, NetlensWarning
 from .layer_call import LayerCall
 
-__all__ = ["FX_INLINED", "NOT_A_TENSOR", "OTHER_THREAD", "Capture", "fx_inlined"]
+__all__ = ["FX_INLINED", "NOT_A_TENSOR", "OTHER_THREAD", "UNREACHED", "Capture", "fx_inlined"]
 
 NOT_A_TENSOR = (
     "layer '{name}' returns a tuple, dict or other object, not one tensor, so no gradient is "
@@ -30,6 +30,15 @@ OTHER_THREAD = (
     "layer '{name}' ran only in another thread's forward, which a probe skips (it captures "
     "the forwards of the thread that opened it); run the model in the thread that opened the "
     "probe (not through an executor or asyncio.to_thread), or open the probe in that thread"
+)
+
+# (also analyzers.cam_base._check_reached's, for a target that needs no gradient at all)
+UNREACHED = (
+    "no gradient flows from the model's output back to layer '{name}' (a branch the output "
+    "does not use, or something not differentiable in between: a quantized layer, .detach(), "
+    "torch.no_grad(), argmax, or gradient checkpointing with use_reentrant=True); pick a layer "
+    "the output depends on, or a gradient-free method: --method scorecam or ablationcam "
+    "(method= in Python)"
 )
 
 FX_INLINED = (
@@ -118,13 +127,17 @@ class Capture:
 
     @property
     def grads(self) -> list[torch.Tensor | None]:
-        """Gradients matching :attr:`outputs` (after :meth:`Probe.compute_grads`)."""
+        """Gradients matching :attr:`outputs` (after :meth:`Probe.compute_grads`; None before
+        it, and for a call that the target does not depend on while another call does). When
+        the target reaches none of them, reading them raises an error that says why."""
         entries = self._checked()
         if any(not isinstance(e.value, torch.Tensor) for e in entries):
             raise NetlensError(NOT_A_TENSOR.format(name=self.name.name))
         for e in entries:
-            if e.refused:
+            if e.refused and e.refused is not UNREACHED:
                 raise NetlensError(e.refused.format(name=self.name))
+        if entries and all(e.refused is UNREACHED for e in entries):  # (cam_base: this class)
+            raise AnalyzerError(UNREACHED.format(name=self.name))
         return [e.grad for e in entries]
 
     @property
@@ -134,7 +147,9 @@ class Capture:
 
     @property
     def grad(self) -> torch.Tensor | None:
-        """Gradient of the target w.r.t. the output of the single kept call."""
+        """Gradient of the target w.r.t. the output of the single kept call (None before
+        :meth:`Probe.compute_grads`, or without ``grads=True``; an error when no gradient
+        flows from the target back to it)."""
         return self._single(self.grads, "grad")
 
     def _single(self, values: list[Any], what: str) -> Any:

@@ -1,9 +1,11 @@
 """Probes: capture the outputs (and gradients) of chosen layers — or of single calls of them.
 
 ``netlens.probe(model, ["layer4", "act@1"], grads=True)`` is a context manager; inside it you run
-the model, after it ``p["layer4"].output`` and ``p["layer4"].grad`` hold tensors. Hooks are
-removed on exit, also on errors and KeyboardInterrupt, and the model's weights, ``.grad``,
-``requires_grad`` and train/eval flags are never touched.
+the model, after it ``p["layer4"].output`` and ``p["layer4"].grad`` hold tensors (reading the
+``.grad`` of a layer no gradient reaches from the target, through a quantized layer or a
+``.detach()``, raises an error that says so). Hooks are removed on exit, also on errors and
+KeyboardInterrupt, and the model's weights, ``.grad``, ``requires_grad`` and train/eval flags
+are never touched.
 
 Selectors are those of :func:`netlens.layers.resolve_layers`. A module that runs several times
 per forward keeps every call under its bare name (``.outputs``; ``.output`` then asks for one
@@ -48,7 +50,7 @@ from .errors import LayerNotFoundError, NetlensError, hint
 from .layer_call import LayerCall
 from .layer_names import base_names, given_names, named_layers, other_names, selector_items
 from .layers import resolve_layers, tuple_head
-from .probe_capture import NOT_A_TENSOR, Capture
+from .probe_capture import NOT_A_TENSOR, UNREACHED, Capture
 from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
@@ -422,7 +424,9 @@ class Probe:
         """Fill ``.grads`` with d(target)/d(output) via ``torch.autograd.grad``.
 
         No parameter's ``.grad`` is touched. ``target`` must be a scalar (sum per-image scores to
-        get per-image gradients: images do not mix in a model without batch statistics).
+        get per-image gradients: images do not mix in a model without batch statistics). A
+        layer no gradient reaches from ``target`` (a quantized layer or ``.detach()`` between
+        them) is refused when its ``.grad`` is read.
         """
         if not self.grads:
             raise NetlensError("this probe was made without grads=True; pass grads=True")
@@ -430,7 +434,7 @@ class Probe:
         for e in entries:
             if e.version is not None and e.node._version != e.version:
                 e.refused = pg.ALIAS_WRITTEN  # the tensor now holds what an in-place op wrote
-        kept = [e for e in entries if not e.refused]
+        kept = [e for e in entries if e.refused in (None, UNREACHED)]
         nodes = list({id(e.node): e.node for e in kept}.values())
         if not nodes and kept != entries:
             return  # reading .grad of a refused capture says why
@@ -454,8 +458,9 @@ class Probe:
                 raise
             raise NetlensError(REENTRANT) from None
         by_node = {id(n): g for n, g in zip(nodes, found, strict=True)}
-        for e in entries:
+        for e in entries:  # one the target does not reach: reading its .grad says why
             e.grad = by_node[id(e.node)]
+            e.refused = UNREACHED if e.grad is None else None
 
     def clear(self) -> None:
         """Forget captured values (hooks stay), e.g. between batches of a long run."""

@@ -551,15 +551,11 @@ def _check_reached(layers: Sequence[str], grads: Sequence[torch.Tensor | None]) 
     """Refuse a gradient method when no gradient flows from the output back to a layer: its
     maps would be zero everywhere, which reads as "nothing mattered" rather than "not
     computable"."""
+    from ..probe_capture import UNREACHED  # the probe's words, where its .grad is read
+
     missing = [str(n) for n, g in zip(layers, grads, strict=True) if g is None]
     if missing:
-        raise AnalyzerError(
-            f"no gradient flows from the model's output back to layer '{missing[0]}' (a branch "
-            "the output does not use, or something not differentiable in between: a quantized "
-            "layer, .detach(), torch.no_grad(), argmax, or gradient checkpointing with "
-            "use_reentrant=True); pick a layer the output depends on, or "
-            "a gradient-free method: --method scorecam or ablationcam (method= in Python)"
-        )
+        raise AnalyzerError(UNREACHED.format(name=missing[0]))
 
 
 def _spatial_grad(

@@ -126,6 +126,7 @@ def build_checkpoint_model(
     is never imported under the meta device), the real build runs under an allocation budget
     of twice the file's weights (plus slack) instead.
     """
+    from .deploy_form import deployed, in_deploy_form
     from .factory import check_arch, create_arch, parse_user_arch
 
     arch = arch or meta.arch
@@ -134,8 +135,10 @@ def build_checkpoint_model(
     name = display_path(path.name)
     check_arch(arch, host, user_code=user_code)  # imports registries outside the meta device
 
+    deploy = in_deploy_form(meta.state_dict)  # timm's fused RepVGG/MobileOne/FastViT
+
     def build() -> nn.Module:
-        return create_arch(arch, num_classes, host, user_code=user_code, **kwargs)
+        return deployed(create_arch(arch, num_classes, host, user_code=user_code, **kwargs), deploy)
 
     shapes = None if parse_user_arch(arch) else shapes_on_meta(build)
     if shapes is not None:
@@ -147,6 +150,7 @@ def build_checkpoint_model(
                 "inconsistent (re-save it with netlens.save)"
             )
     limit = 2 * max(meta.nbytes, shapes.nbytes if shapes else 0) + _BUILD_SLACK
+    limit *= 4 if deploy else 1  # built unfused, then fused: both forms and the fusion's copies
     model = build_within(build, limit, f"'{arch}' from {name}")
     dtype = saved_dtype(meta.state_dict)
     return model.to(dtype) if dtype is not None else model

@@ -115,12 +115,14 @@ def _check_fits(ckpt: dict[str, Any], path: Path, host: Any) -> None:
     """The weights fit ``arch`` built with ``arch_kwargs`` on the meta device, as
     ``netlens.load`` builds it (where it cannot be built there, it is not checked)."""
     from ..naming import display_path
+    from .deploy_form import deployed, in_deploy_form
     from .factory import create_arch
     from .meta import shapes_on_meta
 
     arch, kwargs = ckpt["arch"], dict(ckpt["arch_kwargs"])
     n = kwargs.pop("num_classes", None)
-    shapes = shapes_on_meta(lambda: create_arch(arch, n, host, **kwargs))
+    deploy = in_deploy_form(ckpt["state_dict"])  # timm's fused RepVGG/MobileOne/FastViT
+    shapes = shapes_on_meta(lambda: deployed(create_arch(arch, n, host, **kwargs), deploy))
     problem = shapes.mismatch(ckpt["state_dict"]) if shapes is not None else None
     if problem:
         raise NetlensError(

@@ -1,5 +1,6 @@
 """Which entry of a training checkpoint dict holds the weights netlens explains, and the other
-sets of weights beside it (an EMA or SWA copy, a teacher's) that a warning line names."""
+sets of weights beside it (an EMA or SWA copy, a teacher's) that a warning line names; and
+what is not a set of weights netlens can load (a dynamically quantized model's state_dict)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from ..errors import NetlensWarning
 from ..naming import display_path
 
-__all__ = ["WEIGHT_KEYS", "averaged_kind", "weight_sets"]
+__all__ = ["WEIGHT_KEYS", "averaged_kind", "packed_params", "weight_sets"]
 
 # where training scripts keep the weights in a checkpoint dict (kuangliu/pytorch-cifar: "net")
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "network")
@@ -77,6 +78,20 @@ def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
                     (k.removeprefix("module."), v) for k, v in meta.items()
                 )
             return state
+    return None
+
+
+def packed_params(obj: Any) -> str | None:
+    """The first ``X._packed_params`` entry of a state_dict saved after
+    ``torch.ao.quantization.quantize_dynamic`` (its Linear layers keep a dtype and a tuple of
+    packed weights, not tensors), bare or under one of :data:`WEIGHT_KEYS`; else None."""
+    if not isinstance(obj, dict):
+        return None
+    inner = [obj[k] for k in WEIGHT_KEYS if isinstance(obj.get(k), dict)]
+    for state in (obj, *inner):
+        for key in state:
+            if str(key).endswith("._packed_params._packed_params"):
+                return str(key).removesuffix("._packed_params")
     return None
 
 

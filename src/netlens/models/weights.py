@@ -30,6 +30,7 @@ from .built_as import (
     stem_channels,
 )
 from .classes import detector_state_classes
+from .deploy_form import DEPLOY_METHODS, deployed, in_deploy_form
 from .effective_weights import effective_state
 from .factory import (
     aux_heads,
@@ -42,7 +43,12 @@ from .factory import (
 from .recorded_arch import arch_source, recorded_arch, recorded_preprocess
 from .timm_args import with_args_yaml
 from .timm_remap import timm_renamed
-from .weight_sets import _say_which_copy, _state_dict_of, weight_sets  # noqa: F401 (re-exported)
+from .weight_sets import (  # noqa: F401 (weight_sets re-exported)
+    _say_which_copy,
+    _state_dict_of,
+    packed_params,
+    weight_sets,
+)
 
 if TYPE_CHECKING:
     from ..plugins.manager import PluginHost
@@ -63,6 +69,14 @@ def load_state_dict_file(source: Path, req: LoadRequest) -> LoadedModel | None:
     checkpoint records); classes read off the head, names and preprocessing off the record."""
     state = _state_dict_of(req.payload)
     if state is None:
+        packed = packed_params(req.payload)
+        if packed is not None:
+            raise ModelLoadError(
+                f"{source.name} is the state_dict of a dynamically quantized model ({packed}): "
+                "save the float model's state_dict before quantize_dynamic, or pass the "
+                "quantized module itself in Python (gradient methods refuse a quantized "
+                "layer; --method scorecam works)"
+            )
         return None
     state = effective_state(state, display_path(source.name))  # pruned / weight-normed layers
     _say_which_copy(req.payload, source)
@@ -491,10 +505,38 @@ def _with_versions(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     return versioned
 
 
+def _deploy_form(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> bool:
+    """Load timm's reparameterized (deploy) weights (``*.reparam_conv.*``: RepVGG, MobileOne,
+    FastViT after ``timm.utils.reparameterize_model``) into ``model`` reparameterized the same
+    way, in place; False when ``state`` holds no such weights."""
+    if not in_deploy_form(state):
+        return False
+    name = type(model).__name__
+    if not any(hasattr(m, a) for m in model.modules() for a in DEPLOY_METHODS):
+        raise ModelLoadError(
+            f"the weights in {source.name} are reparameterized (deploy) weights (reparam_conv "
+            f"keys, as timm.utils.reparameterize_model writes), which {name} has no form of; "
+            "pass the architecture they came from (a timm RepVGG, MobileOne or FastViT) as --arch"
+        )
+    deployed(model)  # its random weights fused, then overwritten
+    try:
+        model.load_state_dict(_with_versions(state, model), strict=True)
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).splitlines()[1:2] or [str(exc)])[0].strip()[:200].rstrip(".")
+        raise ModelLoadError(
+            f"the weights in {source.name} are reparameterized (deploy) weights (reparam_conv "
+            f"keys) that do not fit {name} reparameterized either: {first}; check --arch (and "
+            "--num-classes)"
+        ) from None
+    return True
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     try:
         model.load_state_dict(_with_versions(state, model), strict=True)
     except (RuntimeError, ValueError) as exc:
+        if _deploy_form(model, state, source):
+            return
         head = _replaced_head(state, model)
         if head is not None:
             module, found = head
