@@ -249,12 +249,16 @@ def _dry_forward(
                 out = model(fresh(x))  # a model that writes into its input leaves x as it was
             except Exception as exc:  # noqa: BLE001 - explained to the user below
                 from .model_checks import multi_input_refusal, video_refusal
+                from .preprocess.built_size import fixed_size_hint
 
                 known = multi_input_refusal(model, exc) or video_refusal(model, exc)
+                fix = fixed_size_hint(model, tuple(x.shape)) or (
+                    "give the model's input size as C,H,W (--input-size 1,28,28; input_size= "
+                    "in Python) or an example input"
+                )
                 raise known or NetlensError(
                     f"a dry forward with input {tuple(x.shape)} failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:160]}); give the model's input size as C,H,W "
-                    "(--input-size 1,28,28; input_size= in Python) or an example input"
+                    f"{str(exc).splitlines()[0][:160]}); {fix}"
                 ) from exc
     finally:
         for h in handles:

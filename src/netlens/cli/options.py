@@ -234,8 +234,9 @@ MODEL_OPTIONS: dict[str, Any] = {
         str | None,
         typer.Option(
             "--arch",
-            help="Architecture of a bare state_dict: a timm name, tv:NAME (torchvision), a "
-            "netlens arch, or your own as path/file.py:Class or package.module:factory.",
+            help="Architecture of a bare state_dict: a timm name, tv:NAME (torchvision; "
+            "tv:NAME@IMAGENET1K_V1 for that weights entry's preprocessing), a netlens arch, or "
+            "your own as path/file.py:Class or package.module:factory.",
             show_default=False,
         ),
         None,

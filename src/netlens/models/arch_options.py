@@ -66,7 +66,11 @@ _LOOP_OPTIONS = frozenset(
 )
 _SAFE_STRING = re.compile(r"[A-Za-z0-9_+\-]([A-Za-z0-9_.+\-]{0,62}[A-Za-z0-9_+\-])?")
 _FILE_LIKE = re.compile(r"\.(pt|pth|bin|ckpt|safetensors|npz|npy|onnx|pkl|pickle|json|ya?ml|zip)$")
-_ARCH_NAME = re.compile(r"(tv:|timm:)?[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+# NAME, timm:NAME, tv:NAME, tv:NAME@ENTRY (a torchvision weights entry: its transforms)
+_ARCH_NAME = re.compile(
+    r"(tv:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}(@[A-Za-z0-9_]{1,64})?"
+    r"|(timm:)?[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})"
+)
 _MAX_INT = 1 << 24
 _MAX_LIST = 64
 _MAX_LOOP = 1000
@@ -98,7 +102,8 @@ def check_arch_name(arch: Any, where: str) -> str:
     if not _ARCH_NAME.fullmatch(arch):
         raise ModelLoadError(
             f"{where}: 'arch' {_short(arch)} is not an architecture name (letters, digits, "
-            "'_', '-', '.', an optional tv:/timm: prefix; no hub names, paths or URLs)"
+            "'_', '-', '.', an optional tv:/timm: prefix, tv:NAME@ENTRY; no hub names, paths "
+            "or URLs)"
         )
     return arch
 

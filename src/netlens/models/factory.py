@@ -33,10 +33,21 @@ __all__ = [
     "create_arch",
     "head_num_classes",
     "parse_user_arch",
+    "tv_weights",
     "user_module",
 ]
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def tv_weights(name: str) -> tuple[str, str | None]:
+    """``"tv:resnet50@IMAGENET1K_V1"`` → ``("tv:resnet50", "IMAGENET1K_V1")``: the architecture
+    to build and the torchvision weights entry whose transforms the model's input takes (the
+    default's when None); any other name is returned as it is, with None."""
+    if not name.startswith("tv:") or "@" not in name:
+        return name, None
+    arch, _, entry = name.partition("@")
+    return arch, entry
 
 
 def parse_user_arch(name: str) -> tuple[str, str] | None:
@@ -75,7 +86,7 @@ def check_arch(name: str, host: PluginHost, *, user_code: bool = True) -> None:
             raise ModelLoadError(f"architecture file not found: {target} (--arch FILE.py:NAME)")
         return
     if name.startswith("tv:"):
-        _check_torchvision(name[3:])
+        _check_torchvision(*tv_weights(name))
     elif name not in host.archs:
         _check_timm(name.removeprefix("timm:"), host)
 
@@ -104,7 +115,7 @@ def create_arch(
     if name.startswith("tv:"):
         import torchvision
 
-        builder = torchvision.models.get_model_builder(name[3:])
+        builder = torchvision.models.get_model_builder(tv_weights(name)[0][3:])
         if "weights_backbone" in inspect.signature(builder).parameters:
             extra["weights_backbone"] = None  # segmentation/detection: no ImageNet download
         return builder(weights=None, **extra)
@@ -129,7 +140,7 @@ def aux_heads(name: str, state: dict[str, Any]) -> dict[str, bool]:
     strict load fails on the heads' keys (or on their absence)."""
     if not name.startswith("tv:"):
         return {}
-    arch = name[3:]
+    arch = tv_weights(name)[0][3:]
     import torchvision
 
     if arch in _TV_AUX:
@@ -148,7 +159,7 @@ def stale_aux_heads(name: str, state: dict[str, Any], num_classes: int | None) -
     keeps the 1000-class ImageNet heads beside its new one. They serve training alone (the
     model in eval mode returns its main head's logits), so the model is built without them;
     empty when they fit or are absent."""
-    arch = name.removeprefix("tv:")
+    arch = tv_weights(name)[0].removeprefix("tv:")
     if not name.startswith("tv:") or arch not in _TV_AUX or num_classes is None:
         return ()
     heads = _TV_AUX[arch][1]
@@ -169,7 +180,8 @@ def tv_input_transform(name: str, given: dict[str, Any]) -> dict[str, bool]:
     did not say: torchvision builds them so for their weights (and so for every model
     fine-tuned from them), which a state_dict does not record; built without it, such a model
     sees other inputs than it was trained on. Empty for other architectures."""
-    if name.removeprefix("tv:") not in TV_TRANSFORM_INPUT or not name.startswith("tv:"):
+    arch = tv_weights(name)[0]
+    if arch.removeprefix("tv:") not in TV_TRANSFORM_INPUT or not arch.startswith("tv:"):
         return {}
     return {} if "transform_input" in given else {"transform_input": True}
 
@@ -179,14 +191,39 @@ def _close(name: str, pool: list[str], n: int = 5) -> list[str]:
     return difflib.get_close_matches(name, pool, n=n, cutoff=0.75)
 
 
-def _check_torchvision(name: str) -> None:
+def _check_torchvision(arch: str, entry: str | None = None) -> None:
+    """``arch`` (``tv:NAME``) a torchvision builder, and ``entry`` (``IMAGENET1K_V1``) one of
+    its weights enum's members when given; one line otherwise."""
     import torchvision
 
+    name = arch[3:]
     known = torchvision.models.list_models()
     if name not in known:
         hits = [f"tv:{h}" for h in _close(name, known)]
         tip = f"; did you mean {', '.join(hits)}?" if hits else " (see list_models())"
         raise ModelLoadError(f"unknown torchvision architecture 'tv:{name}'{tip}")
+    if entry is not None:
+        tv_weights_entry(name, entry)
+
+
+def tv_weights_entry(name: str, entry: str) -> Any:
+    """Member ``entry`` of torchvision architecture ``name``'s weights enum (no download);
+    one line listing the valid ones otherwise."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ModelLoadError(
+            f"tv:{name} has no weights enum, so tv:{name}@{entry} names nothing: use tv:{name}"
+        ) from None
+    members = list(enum.__members__)  # DEFAULT is an alias: not listed
+    if entry not in members:
+        raise ModelLoadError(
+            f"unknown weights entry '{entry}' for tv:{name} (tv:{name}@ENTRY takes one of "
+            f"{', '.join(m for m in members if m != 'DEFAULT')}, or DEFAULT)"
+        )
+    return enum[entry]
 
 
 def import_timm() -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["patch_embed_size", "sized", "stage_size"]
+__all__ = ["fixed_size_hint", "patch_embed_size", "sized", "stage_size"]
 
 
 def sized(size: Any) -> tuple[int, ...] | None:
@@ -64,6 +64,32 @@ def stage_size(model: nn.Module, configured: tuple[int, int]) -> tuple[int, int]
     if size == tuple(configured) or _runs_at(model, configured) or not _runs_at(model, size):
         return None
     return size
+
+
+def fixed_size_hint(model: nn.Module, shape: tuple[int, ...]) -> str | None:
+    """What to do when an input of ``shape`` (N×C×H×W) failed a timm model that takes one size
+    only (its ``pretrained_cfg`` says ``fixed_input_size``: ViT, DeiT, built without
+    ``dynamic_img_size``): the size it was built for, and to drop the user's size. None for
+    any other model, or when the size was the model's own."""
+    from ..models.wrappers import unwrap
+
+    inner = unwrap(model)[0]
+    timm = next((m for m in inner.modules() if getattr(m, "pretrained_cfg", None)), None)
+    if timm is None or getattr(timm, "dynamic_img_size", False):
+        return None
+    cfg = dict(timm.pretrained_cfg)
+    built = sized(patch_embed_size(timm)) or sized(cfg.get("input_size"))
+    if not cfg.get("fixed_input_size") or built is None or len(shape) < 3:
+        return None
+    (h, w), given = built[-2:], tuple(int(v) for v in shape[-2:])
+    if given == (h, w):
+        return None
+    name = cfg.get("architecture") or type(timm).__name__
+    side = str(given[0]) if given[0] == given[1] else f"{given[0]},{given[1]}"
+    return (
+        f"{name} takes {_channels(timm)}×{h}×{w} images only (timm's pretrained_cfg "
+        f"fixed_input_size): drop --size {side} (--input-size; input_size= in Python)"
+    )
 
 
 def _runs_at(model: nn.Module, size: tuple[int, int]) -> bool:

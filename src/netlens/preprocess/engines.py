@@ -65,8 +65,9 @@ def resized_hw(hw: tuple[int, int], spec: Preprocess) -> tuple[int, int]:
 def resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     """Anti-aliased PIL resize, then a centre crop: torchvision's ops on a PIL image.
 
-    An extreme aspect ratio (the resize would make more than 16 MP) is cropped and resized in
-    one step instead (:func:`box_resize_crop`), so memory never exceeds the output.
+    An extreme aspect ratio (the resize would make more than :data:`HUGE_RESIZE` pixels, 256
+    MP: 768 MB of RGB) is cropped and resized in one step instead (:func:`box_resize_crop`,
+    within one grey level), so memory never exceeds the output.
     """
     if huge_resize(img.shape[:2], spec):
         return box_resize_crop(img, spec)
@@ -114,9 +115,15 @@ def box_resize_crop(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     return out
 
 
-def huge_resize(hw: tuple[int, int], spec: Preprocess, limit: int = 1 << 24) -> bool:
+# pixels a resize before the crop may make (256 MP: 768 MB of uint8 RGB); beyond, the crop
+# comes first (box_resize_crop, within one grey level of the reference's resize-then-crop)
+HUGE_RESIZE = 1 << 28
+
+
+def huge_resize(hw: tuple[int, int], spec: Preprocess, limit: int = HUGE_RESIZE) -> bool:
     """Whether resizing before the crop would make more than ``limit`` pixels (an extreme
-    aspect ratio), so the crop must come first."""
+    aspect ratio: a 20×7000 strip makes 224×78400, 17.6 MP, well within), so the crop must
+    come first."""
     if spec.size is None:
         return False
     rh, rw = resized_hw(hw, spec)

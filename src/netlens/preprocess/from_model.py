@@ -55,10 +55,11 @@ def preprocess_for(model: nn.Module, arch: str | None = None) -> Preprocess:
 
     model = unwrap(model)[0]  # DataParallel, DDP, torch.compile: the network inside decides
     if arch and arch.startswith("tv:"):
-        spec = torchvision_spec(arch[3:])
+        spec = torchvision_spec(arch[3:])  # NAME@ENTRY: that weights entry's transforms
         built = built_for(model)  # torchvision's ViT: built for one size (its weights' if any)
         if spec is not None and built is not None:
-            spec = at_built_size(arch[3:], spec, (built, built), "as the model was built")
+            name = arch[3:].partition("@")[0]
+            spec = at_built_size(name, spec, (built, built), "as the model was built")
         if spec is not None:
             return _fit_channels(spec, model)
     from ..models.wrappers import activated_network
@@ -224,7 +225,7 @@ def timm_data_spec(
     """A resolved timm data config as netlens' spec, applied by timm's own transform
     (``size``/``channels``: where the model says otherwise than the config)."""
     c, h, w = dc["input_size"]
-    return Preprocess(
+    spec = Preprocess(
         size=size or (int(h), int(w)),
         channels=int(channels or c),
         mean=tuple(dc["mean"]),
@@ -235,6 +236,7 @@ def timm_data_spec(
         engine="timm",
         source=source,
     )
+    return _stats_for_channels(spec)
 
 
 def torchvision_reference_spec(model: nn.Module, args: dict[str, Any]) -> Preprocess | None:
@@ -345,7 +347,25 @@ def _fit_channels(spec: Preprocess, model: nn.Module) -> Preprocess:
     c = model_channels(model)
     if c is None or c == spec.channels:
         return spec
-    return spec.override(channels=c, source=f"{spec.source}; {c} input channel(s)")
+    return _stats_for_channels(
+        spec.override(channels=c, source=f"{spec.source}; {c} input channel(s)")
+    )
+
+
+def _stats_for_channels(spec: Preprocess) -> Preprocess:
+    """``spec`` with one mean/std value per input channel: values of another count (ImageNet's
+    three for a model built with ``in_chans=1``) averaged, as timm's loader does
+    (``timm.data.loader.adapt_to_chs``: 0.449/0.226 for one channel), the source saying so."""
+    c = spec.channels
+    if spec.mean is None or spec.std is None or len(spec.mean) in (1, c):
+        return spec
+    return dataclasses.replace(
+        spec,
+        mean=_per_channel(spec.mean, c),
+        std=_per_channel(spec.std, c),
+        source=f"{spec.source}; mean/std averaged over channels, as timm's loader does for "
+        f"{c} input channel(s)",
+    )
 
 
 def with_overrides(

@@ -348,7 +348,7 @@ class Preprocess:
             "engine": "function" if self.function is not None else self.engine,
             "size": list(self.size) if self.size else None,
             "channels": self.channels,
-            # as applied: one per channel (a 1-channel model given ImageNet's three: the first)
+            # as applied: one per channel (a 1-channel model given ImageNet's three: their mean)
             "mean": list(_per_channel(self.mean, self.channels)) if self.mean is not None else None,
             "std": list(_per_channel(self.std, self.channels)) if self.std is not None else None,
             "crop_pct": self.crop_pct,
@@ -452,7 +452,14 @@ def _qualname(fn: Callable[..., Any]) -> str:
 
 
 def _per_channel(values: tuple[float, ...], c: int) -> tuple[float, ...]:
-    return tuple(values[:c]) if len(values) >= c else tuple(values) * c
+    """One value per channel of ``c``: a single value repeated; any other count that is not
+    ``c`` averaged (ImageNet's three for a one-channel model: 0.449/0.226), as timm's loader
+    does (``timm.data.loader.adapt_to_chs``) for a model built with ``in_chans=1``."""
+    if len(values) == c:
+        return tuple(values)
+    if len(values) == 1:
+        return tuple(values) * c
+    return (float(np.mean(values)),) * c
 
 
 def _span(start: float, stop: float, size: int) -> tuple[int, int]:

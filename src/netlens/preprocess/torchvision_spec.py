@@ -25,14 +25,33 @@ __all__ = [
 
 def torchvision_spec(name: str) -> Preprocess | None:
     """The transforms of torchvision architecture ``name``'s default weights (no download),
-    as :func:`weights_spec` reads them; None when it has no weights enum."""
+    as :func:`weights_spec` reads them; None when it has no weights enum.
+
+    ``NAME@ENTRY`` (``resnet50@IMAGENET1K_V1``) takes that weights entry's instead (one line
+    when it has none such). The default's source names IMAGENET1K_V1 when its transforms
+    differ (resnet50's V2: resize 232; V1, which ``pretrained=True`` loads and many models
+    were fine-tuned from: 256), so a user can see which to name.
+    """
     import torchvision
 
+    from ..models.factory import tv_weights_entry
+
+    name, _, entry = name.partition("@")
+    if entry:
+        return weights_spec(tv_weights_entry(name, entry))
     try:
         weights = torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError, AttributeError):
         return None
-    return weights_spec(weights)
+    spec = weights_spec(weights)
+    v1 = getattr(type(weights), "IMAGENET1K_V1", None)
+    if spec is None or v1 is None or v1 is weights:
+        return spec
+    other = weights_spec(v1)
+    if other is None or dataclasses.replace(other, source=spec.source) == spec:
+        return spec
+    alt = f"a model fine-tuned from IMAGENET1K_V1 / pretrained=True: tv:{name}@IMAGENET1K_V1"
+    return dataclasses.replace(spec, source=f"{spec.source} ({alt})")
 
 
 def weights_spec(weights: Any) -> Preprocess | None:

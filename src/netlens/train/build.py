@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data.items import BAD_ITEM, item_name
 from ..errors import DataError, NetlensError
-from ..models.factory import arch_accepts, create_arch, import_timm, parse_user_arch
+from ..models.factory import arch_accepts, create_arch, import_timm, parse_user_arch, tv_weights
 from .config import TrainConfig
 from .datasets import Splits, gray_as_rgb
 from .evaluation import logits
@@ -59,7 +59,7 @@ def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str,
         kwargs.setdefault("in_chans", channels)
         kwargs.setdefault("img_size", size[0])
     elif cfg.arch.startswith("tv:"):
-        name = cfg.arch[3:]
+        name = tv_weights(cfg.arch)[0][3:]  # tv:NAME@ENTRY builds tv:NAME
         if name in ("googlenet", "inception_v3"):
             kwargs = {**_TV_NO_AUX, **kwargs}
         if name.startswith("vit_") and size and size[0] == size[1] and size[0] != 224:
