@@ -212,7 +212,7 @@ def test_the_cli_refuses_a_layer_off_the_output_path_in_one_line(tmp_path: Path)
     ]
     done = runner.invoke(app, args)
     assert done.exit_code == 1
-    assert "no gradient flows from the model's output" in assert_one_clean_line(done.output)
+    assert "no gradient flows from the target back" in assert_one_clean_line(done.output)
     assert not (tmp_path / "o").exists()
 
 

@@ -193,3 +193,30 @@ def test_reparameterized_weights_save_and_load_again(tmp_path) -> None:  # noqa:
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(again.model.eval()(x), deployed(x))
+
+
+def test_a_users_module_named_fuse_is_left_alone_by_the_deploy_form(tmp_path) -> None:  # noqa: ANN001
+    """Only timm's modules are fused: a decoder's ``fuse`` convolution is no deploy method
+    (timm's own function would call it, and fail)."""
+    timm = pytest.importorskip("timm")
+    from timm.utils import reparameterize_model
+
+    from netlens.models.deploy_form import deployed
+
+    class Seg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = timm.create_model("repvgg_a0", num_classes=0, global_pool="")
+            self.fuse = nn.Conv2d(1280, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fuse(self.backbone(x))
+
+    torch.manual_seed(0)
+    model = Seg().eval()
+    want = reparameterize_model(model.backbone)
+    got = deployed(model)
+    assert isinstance(got.fuse, nn.Conv2d)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(got.backbone(x), want(x))

@@ -140,9 +140,23 @@ def test_sigmoids_on_both_sides_of_a_cat_read_as_one() -> None:
 
 
 def test_one_unit_value_of_one_image_without_a_sigmoid_is_warned_about() -> None:
-    model = Wrapped(Yolo(), lambda out: _squashed(out[:, :1, :1]).flatten(1)).eval()
+    """Picked out of a head squashed into [0, 1) by other means than a sigmoid."""
+    model = Wrapped(Yolo(), lambda out: _squashed(out)[:, 4].amax(1, keepdim=True)).eval()
     with pytest.warns(NetlensWarning, match=r"one value per image\) all lie in \[0, 1\]"):
         assert not output_rules(model, _x())[0]
+
+
+def test_a_linear_heads_one_logit_in_0_1_on_one_image_is_no_alarm() -> None:
+    """A binary classifier's logit of 0.4 (P = 0.6) on one image: common, and no probability."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)
+    )
+    with torch.no_grad():
+        model[3].weight.zero_()
+        model[3].bias.fill_(0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        assert not output_rules(model.eval(), _x())[0]
 
 
 def test_the_detection_refusal_asks_for_a_logit_or_task_regression() -> None:
@@ -151,10 +165,24 @@ def test_the_detection_refusal_asks_for_a_logit_or_task_regression() -> None:
 
 
 # -- 3. a raw head refused as a detector's ----------------------------------------------------
+class ThreeScales(nn.Module):
+    """An anchor-free YOLO head: one anchor per cell of its stride-8, 16 and 32 maps (84 at
+    64 px), box coordinates and sigmoid class scores concatenated."""
+
+    def __init__(self, k: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.p = nn.ModuleList(nn.Conv2d(3, 4 + k, s, stride=s) for s in (8, 16, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.cat([c(x).flatten(2) for c in self.p], 2)
+        return torch.cat([f[:, :4], torch.sigmoid(f[:, 4:])], 1)
+
+
 def test_a_raw_detector_head_is_refused_as_one() -> None:
-    lens = netlens.Lens(Yolo(stride=2).eval())
+    lens = netlens.Lens(ThreeScales().eval())
     with pytest.raises(NetlensError) as e:
-        lens.cam(_x(size=64), layer="c")
+        lens.cam(_x(size=64), layer="p.0")
     msg = str(e.value)
     assert "detector" in msg and "wrap the model" in msg and "\n" not in msg
     assert "target=lambda out: out[:, 4 + k, a]" in msg and "logit" in msg
@@ -178,3 +206,13 @@ def test_tokens_are_still_refused_as_no_maps_of_the_image() -> None:
     with pytest.raises(NetlensError, match="not maps of the image") as e:
         netlens.Lens(Tokens().eval()).cam(_x(size=64), layer="embed")
     assert "detector" not in str(e.value)
+
+
+def test_vit_tokens_at_common_sizes_are_no_detector_head() -> None:
+    """N×17×192 (a ViT-Tiny at 64 px), 50×768 (ViT-B/32 at 224): few rows, long ones, but not
+    as many as a YOLO head's stride-8/16/32 cells."""
+    from netlens.callable_output import not_image_maps
+
+    for (t, d), size in (((17, 192), 64), ((50, 768), 224), ((26, 1024), 160)):
+        msg = not_image_maps(torch.zeros(1, 1, t, d), torch.zeros(1, 3, size, size))
+        assert msg is not None and "detector" not in msg

@@ -49,7 +49,13 @@ class _Scope:
 
 
 _HEAD_ROWS = (5, 100)  # a raw detector head's rows: 4 box coordinates and 1 to 96 class scores
-_ANCHORS_PER_ROW = 4  # its anchors (5376 at 512 px for YOLOv8) outnumber its rows this much
+
+
+def _anchors(ih: int, iw: int) -> int:
+    """An anchor-free YOLO head's anchors for an ih×iw input: one per cell of its stride-8, 16
+    and 32 maps (8400 at 640 px, 5376 at 512 px), which a ViT's tokens × width never are."""
+    return sum(math.ceil(ih / s) * math.ceil(iw / s) for s in (8, 16, 32))
+
 
 _NONE = _Scope(raw=False)  # an analysis of another target: in its thread, nothing raw
 _SCOPE: ContextVar[_Scope | None] = ContextVar("netlens_callable_target", default=None)
@@ -97,16 +103,16 @@ def current_scope(model: nn.Module) -> _Scope | None:
 
 def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
     """Why a dense output (N×K×H×W; N×H×W read as N×1×H×W) is no maps of the image (its H×W
-    far from the input's aspect: tokens, boxes), or None. An N×H×W of a few rows, each far
-    longer than there are rows, is said to look like a YOLO-style detector's raw head (4 box
-    coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376)."""
+    far from the input's aspect: tokens, boxes), or None. An N×H×W of a few rows, as long as
+    the input has stride-8/16/32 cells, is said to look like a YOLO-style detector's raw head
+    (4 box coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376)."""
     if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
         return None
     (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
     if abs(math.log((h / w) / (ih / iw))) <= math.log(1.5):
         return None
     one = out.shape[1] == 1 or is_binary_dense(out)  # N×H×W, as the model returned it
-    if one and _HEAD_ROWS[0] <= h <= _HEAD_ROWS[1] and w >= _ANCHORS_PER_ROW * h:
+    if one and _HEAD_ROWS[0] <= h <= _HEAD_ROWS[1] and w == _anchors(ih, iw):
         return _raw_head(h, w, ih, iw)
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "

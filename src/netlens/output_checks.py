@@ -21,8 +21,8 @@ __all__ = ["is_sigmoid_node", "warn_saturated", "warn_unread_output"]
 
 _CHECKED_IMAGES = 16  # images of the batch the value checks look at (one forward, no grad)
 _FEWEST_VALUES = 4  # [0, 1] values needed before they look like probabilities, not logits
-# (one value per image, strictly inside (0, 1), is warned about at any count: a wrapped
-# detector's top score on one image)
+# (one value per image, strictly inside (0, 1), picked out of a larger tensor, is warned about
+# at any count: a wrapped detector's top score on one image)
 _SATURATED = 0.1  # share of a sigmoid's predicted values at exactly 0 or 1 worth a warning
 
 
@@ -104,12 +104,16 @@ def warn_unread_output(
     one: torch.Tensor,
     dims: int | None,
     task: str | None = None,
+    *,
+    picked: bool = False,
 ) -> None:
     """A :class:`~netlens.errors.NetlensWarning` when the output (``one``: of ``x[:1]``, as the
     model returned it), read as logits or a segmentation's, looks like neither on the first
     images of ``x``: a classifier's N×K (N×1 too) with every value in [0, 1] and rows not
     summing to 1 (a softmax's, which are read as probabilities), at least four values (any
-    number of N×1 values strictly inside (0, 1)); or a
+    number of N×1 values strictly inside (0, 1) when ``picked``: the output picks them out of
+    a larger tensor, a wrapper's top score out of a detector's head, not a linear head's
+    logit, which lies in (0, 1) often enough on one image); or a
     one-channel dense output positive at every pixel of every image, without ``task``.
     Only when ``one`` already looks so is the rest of the batch run (without autograd)."""
     from .model_output import model_output
@@ -130,7 +134,8 @@ def warn_unread_output(
     out = model_output(out, None, dims)
     if _kind(out, task) != kind:
         return
-    if kind == "unit" and (out.numel() >= _FEWEST_VALUES or _one_probability_each(out)):
+    few = picked and _one_probability_each(out)
+    if kind == "unit" and (out.numel() >= _FEWEST_VALUES or few):
         shape = "one value per image" if out.shape[1] == 1 else f"{out.shape[1]} per image"
         warnings.warn(
             f"the model's outputs ({shape}) all lie in [0, 1], but not out of a sigmoid or "

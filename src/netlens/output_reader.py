@@ -287,8 +287,22 @@ def output_rules(
     dims = _batch_dims(model, x, key, picked.detach()) if n == 1 else None
     sigmoid = (tapped_sigmoid or _made_by_sigmoid(picked)) and _in_unit(picked)
     if not sigmoid and task != "regression":
-        warn_unread_output(model, x, key, picked.detach(), dims)
+        warn_unread_output(model, x, key, picked.detach(), dims, picked=_picks(picked))
     return sigmoid, dims
+
+
+_PICKS = _REDUCED | {"IndexBackward0", "IndexSelectBackward0", "GatherBackward0"}
+_PICKS |= {"SelectBackward0", "SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0"}
+
+
+def _picks(picked: torch.Tensor) -> bool:
+    """Whether the output's last computing operation picks values out of a larger tensor (a
+    max, an index, a split: a wrapper's top score out of a detector's head), not a layer that
+    computes them (a linear head's logit)."""
+    fn = picked.grad_fn
+    while fn is not None and type(fn).__name__ in _VIEWS - _PICKS and fn.next_functions:
+        fn = fn.next_functions[0][0]
+    return fn is not None and type(fn).__name__ in _PICKS
 
 
 def _made_by_sigmoid(picked: torch.Tensor) -> bool:

@@ -34,11 +34,11 @@ OTHER_THREAD = (
 
 # (also analyzers.cam_base._check_reached's, for a target that needs no gradient at all)
 UNREACHED = (
-    "no gradient flows from the model's output back to layer '{name}' (a branch the output "
-    "does not use, or something not differentiable in between: a quantized layer, .detach(), "
+    "no gradient flows from the target back to layer '{name}' (a branch the target does not "
+    "use, or something not differentiable in between: a quantized layer, .detach(), "
     "torch.no_grad(), argmax, or gradient checkpointing with use_reentrant=True); pick a layer "
-    "the output depends on, or a gradient-free method: --method scorecam or ablationcam "
-    "(method= in Python)"
+    "the target depends on (for a CAM, or a gradient-free method: --method scorecam or "
+    "ablationcam; method= in Python)"
 )
 
 FX_INLINED = (

@@ -27,6 +27,7 @@ partial rows in ``run.storage``; they never print, draw bars or write files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from abc import ABC, abstractmethod
@@ -73,6 +74,11 @@ def to_jsonable(obj: Any) -> Any:
         return None
     if obj is None or isinstance(obj, (str, int, float)):
         return obj
+    if isinstance(obj, functools.partial):  # the function and the arguments it was given
+        args = [repr(a) for a in obj.args] + [f"{k}={v!r}" for k, v in obj.keywords.items()]
+        return f"functools.partial({', '.join([to_jsonable(obj.func), *args])})"
+    if isinstance(obj, (set, frozenset)):  # an order that does not change with the hash seed
+        return sorted((to_jsonable(v) for v in obj), key=repr)
     if callable(obj):
         kind = obj if hasattr(obj, "__qualname__") else type(obj)  # an instance with __call__
         module = getattr(kind, "__module__", None)

@@ -7,11 +7,14 @@ or a netlens checkpoint, ``netlens.save``'s check) builds that form when the wei
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 from torch import nn
 
-__all__ = ["DEPLOY_METHODS", "deployed", "in_deploy_form"]
+from ..errors import ModelLoadError
+
+__all__ = ["DEPLOY_METHODS", "deployed", "has_deploy_form", "in_deploy_form"]
 
 DEPLOY_METHODS = ("fuse", "reparameterize", "switch_to_deploy")  # what timm's function calls
 
@@ -21,10 +24,43 @@ def in_deploy_form(keys: Iterable[str]) -> bool:
     return any(".reparam_conv." in f".{k}" for k in keys)
 
 
-def deployed(model: nn.Module, deploy: bool = True) -> nn.Module:
-    """``model`` fused in place into its deploy form (when ``deploy``), as timm does it."""
-    if deploy:
-        from timm.utils import reparameterize_model
+def _fusable(module: nn.Module) -> list[str]:
+    """The deploy methods timm's ``module`` has (none for modules not timm's)."""
+    if not type(module).__module__.startswith("timm."):
+        return []
+    return [m for m in DEPLOY_METHODS if inspect.ismethod(getattr(module, m, None))]
 
-        reparameterize_model(model, inplace=True)
+
+def has_deploy_form(model: nn.Module) -> bool:
+    """Whether ``model`` holds timm modules that fuse into a deploy form."""
+    return any(_fusable(m) for m in model.modules())
+
+
+def deployed(model: nn.Module, deploy: bool = True) -> nn.Module:
+    """``model`` fused in place into its deploy form (when ``deploy``), as
+    ``timm.utils.reparameterize_model`` does it, but only on timm's own modules: a user's
+    decoder with a ``fuse`` convolution or flag is left alone (timm's function would call it).
+    A fusion that fails is one line naming the module."""
+    if not deploy:
+        return model
+
+    def fuse(parent: nn.Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            path = f"{prefix}{name}"
+            methods = _fusable(child)
+            if methods:  # the first, as timm's function picks
+                try:
+                    fused = getattr(child, methods[0])()
+                except Exception as exc:  # noqa: BLE001 - said in one line
+                    raise ModelLoadError(
+                        f"fusing '{path}' ({type(child).__name__}) into its deploy form failed "
+                        f"({type(exc).__name__}: {str(exc)[:120]}); load the weights into the "
+                        "model in Python and pass it to netlens.load"
+                    ) from exc
+                if methods[0] == "fuse":
+                    setattr(parent, name, fused)
+                    child = fused
+            fuse(child, f"{path}.")
+
+    fuse(model, "")
     return model

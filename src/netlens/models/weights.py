@@ -30,7 +30,7 @@ from .built_as import (
     stem_channels,
 )
 from .classes import detector_state_classes
-from .deploy_form import DEPLOY_METHODS, deployed, in_deploy_form
+from .deploy_form import deployed, has_deploy_form, in_deploy_form
 from .effective_weights import effective_state
 from .factory import (
     aux_heads,
@@ -512,7 +512,7 @@ def _deploy_form(model: nn.Module, state: dict[str, torch.Tensor], source: Path)
     if not in_deploy_form(state):
         return False
     name = type(model).__name__
-    if not any(hasattr(m, a) for m in model.modules() for a in DEPLOY_METHODS):
+    if not has_deploy_form(model):
         raise ModelLoadError(
             f"the weights in {source.name} are reparameterized (deploy) weights (reparam_conv "
             f"keys, as timm.utils.reparameterize_model writes), which {name} has no form of; "
