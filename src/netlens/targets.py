@@ -378,23 +378,26 @@ def split_targets(spec: Any, names: Sequence[str] = ()) -> Any:
 def align_targets(spec: Any, batch: Batch, names: Sequence[str] = ()) -> Any:
     """``spec`` for the images of ``batch`` that were read (:meth:`Analyzer.run` calls it).
 
-    A per-image list (or ``"3,cat"``, a tensor) as long as the inputs given keeps the entries of
-    the readable ones: an unreadable file is skipped and the targets after it stay with their
-    images. One as long as the batch, and any other spec, is returned as it is; a list of
-    another length is refused with one line saying both counts."""
+    A per-image list (or ``"3,cat"``, a tensor) has one entry per input given, the unreadable
+    ones included: their entries are dropped and the others stay with their images. With every
+    input read, that list is returned as it is, and so is any other spec; a list of another
+    length is refused with one line saying the counts (one as long as the readable images alone
+    too: which images its entries were meant for is unknown)."""
     items = spec.tolist() if isinstance(spec, (torch.Tensor, np.ndarray)) else spec
     items = split_targets(items, names)
-    if not isinstance(items, Sequence) or isinstance(items, str) or len(items) == len(batch):
+    if not isinstance(items, Sequence) or isinstance(items, str):
         return spec
-    if len(items) == batch.given and batch.kept is not None:
-        return [items[i] for i in batch.kept]
     if batch.given == len(batch):
+        if len(items) == len(batch):
+            return spec
         raise TargetError(
             f"{len(items)} targets given for {len(batch)} images; give one per image or one for all"
         )
+    if len(items) == batch.given and batch.kept is not None:
+        return [items[i] for i in batch.kept]
     raise TargetError(
         f"{len(items)} targets for {batch.given} images given, {len(batch)} of them readable; "
-        "give one per image given, or one for all"
+        "give one per image given, the unreadable ones included, or one for all"
     )
 
 

@@ -63,6 +63,7 @@ from .evaluate_notes import (
     left_out_note,
     nothing_to_score,
     probe_output,
+    read_scope,
     scope_warning,
     summary_rows,
 )
@@ -430,13 +431,15 @@ class EvaluateAnalyzer(Analyzer):
         flags = {k: np.concatenate(acc.pop(k)) for k in [k for k in acc if k.startswith("_")]}
         arrays = {k: (v[0] if k.endswith("curve_x") else np.concatenate(v)) for k, v in acc.items()}
         table = summary_rows(lens, arrays, method_list, plan.metrics, seed=int(o.seed))
-        per = plan.n_images * len(method_list)
+        read = len(flags.get(_INDEX, ()))  # the images scored: the unreadable ones skipped
+        per = max(read, 1) * len(method_list)
         cost = {m: {"forward_passes": fwd[m] / per, "seconds": seconds[m] / per} for m in fwd}
-        meta = {"methods": method_list, "metrics": plan.metrics, "images": plan.n_images}
+        meta = {"methods": method_list, "metrics": plan.metrics, "images": read}
         meta |= {"target": o.target, "layer": str(o.layer), "planned_forward_passes": plan.total}
         meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
         meta["label_source"] = run.data.label_source
-        if scope is not None:  # the first N of M images (K of C classes)
+        if scope is not None:  # the first N of M images (K of C classes), U unreadable
+            scope = read_scope(scope, read)
             meta["data_scope"] = scope
             lines += scope_warning(scope)
         lines += list(plan.notes)
@@ -449,7 +452,7 @@ class EvaluateAnalyzer(Analyzer):
             weak = negligible(flags[_PROB])
             meta["negligible_targets"] = int(weak.sum())
             lines += negligible_warning(weak, flags[_PROB], followed)
-        meta["warnings"] = lines + unscored_warning(table, plan.n_images)
+        meta["warnings"] = lines + unscored_warning(table, read)
         return EvaluateResult("evaluate", arrays=arrays, table=table, meta=meta)
 
 

@@ -121,6 +121,21 @@ def data_scope(data: Any, used: int) -> dict[str, Any]:
     return scope | {"text": text}
 
 
+def read_scope(scope: dict[str, Any], read: int) -> dict[str, Any]:
+    """``scope`` (:func:`data_scope`) once its images were read: with ``unreadable``, the
+    images that could not be, and a text saying so ("5 of 6 images (1 unreadable)", "the first
+    6 of 10 images (…), 5 of them read (1 unreadable)")."""
+    missing = scope["images"] - read
+    if missing <= 0:
+        return scope
+    text = scope["text"]
+    if text.startswith("all "):
+        text = f"{read} of {scope['images']} images ({missing} unreadable)"
+    else:
+        text += f", {read} of them read ({missing} unreadable)"
+    return scope | {"unreadable": missing, "text": text}
+
+
 def scope_warning(scope: dict[str, Any]) -> list[str]:
     """One line when the first images leave some of the data's classes out."""
     used, every = scope.get("classes"), scope.get("classes_total")

@@ -249,12 +249,16 @@ def _feature_arrays(
     return arrays
 
 
-def _table(arrays: dict[str, np.ndarray], names: list[str], images: list[str]) -> list[dict]:
-    """One row per layer, image and shown channel: its rank and mean activation."""
+def _table(
+    arrays: dict[str, np.ndarray], names: list[str], images: list[str], sources: list[str | None]
+) -> list[dict]:
+    """One row per layer, image and shown channel: the image's file (None for one given in
+    memory), the channel's rank and mean activation."""
     return [
         {
             "layer": n,
             "image": img,
+            "source": sources[i],
             "rank": r + 1,
             "channel": int(c),
             "mean": float(arrays[_key(n, "means")][i, int(c)]),
@@ -294,9 +298,11 @@ class FeaturesAnalyzer(Analyzer):
         arrays = _feature_arrays(lens.model, x, names, o.top, o.channels)
         arrays["images"] = np.stack([lens.transform.denormalize(t) for t in x.cpu()])
         chosen = arrays[_key(names[0], "channels")][0].tolist()
+        sources = list(batch.sources) or [None] * len(batch.names)  # as cam's: which file
         meta = {
             "layers": names,
             "images": batch.names,
+            "sources": sources,
             "top": o.top,
             "normalize": o.normalize,
             "channels": None if o.channels is None else chosen,
@@ -305,7 +311,7 @@ class FeaturesAnalyzer(Analyzer):
             "strides": _strides(lens.model, x, names, arrays),
             "warnings": _non_finite(arrays, names),
         }
-        return FeaturesResult("features", arrays, _table(arrays, names, batch.names), meta)
+        return FeaturesResult("features", arrays, _table(arrays, names, batch.names, sources), meta)
 
 
 def _non_finite(arrays: dict[str, np.ndarray], names: list[str]) -> list[str]:

@@ -89,8 +89,8 @@ TargetOpt = Annotated[
         "--target",
         "-t",
         help="What to explain: a class index or name (default: the prediction), one per image "
-        "comma-separated, pos/neg (one-logit model), output:K (regression), region:NAME "
-        "(segmentation).",
+        "given, comma-separated, pos/neg (one-logit model), output:K (regression), "
+        "region:NAME (segmentation).",
         show_default=False,
     ),
 ]
