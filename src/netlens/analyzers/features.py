@@ -52,10 +52,14 @@ class FeaturesResult(Result):
         from ..output import safe_name
         from ..render.feature_figures import feature_figure
 
+        layers = self.meta["layers"]
+        stems = {n: n.replace(".", "_") for n in layers}  # layer4.1 → layer4_1
+        if len(set(stems.values())) < len(layers):  # 'a.b' and 'a_b': names kept as they are
+            stems = {n: n for n in layers}
         figs = {}
-        for layer in self.meta["layers"]:
+        for layer in layers:
             for i, image in enumerate(self.meta["images"]):
-                stem = f"features-{safe_name(layer.replace('.', '_'))}-{image}"
+                stem = f"features-{safe_name(stems[layer])}-{image}"
                 figs[stem] = feature_figure(self.arrays, self.meta, layer, i)
         return figs
 
@@ -190,9 +194,32 @@ def _feature_stack(lens: Lens, x: torch.Tensor) -> bool:
         return False
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] < 2:
         return False
-    leaves = [c.module for c in traced if c.output is out and not any(c.module.children())]
-    end = leaves[-1] if leaves else None
-    return isinstance(end, _FEATURE_ENDS) or "Pool" in type(end).__name__
+    leaves = [
+        c.module
+        for c in traced
+        if c.output is out
+        and not any(c.module.children())
+        and not _passes_through(c.module)  # timm's Identity pool and head, a DropPath
+    ]
+    if not leaves:  # made by no module (a residual sum: ConvNeXt's last stage): a map under
+        return min(out.shape[-2:]) * 4 <= min(x.shape[-2:])  # the input's, as features are
+    end = leaves[-1]
+    return isinstance(end, _FEATURE_ENDS) or "Pool" in type(end).__name__ or _is_norm(end)
+
+
+def _passes_through(module: nn.Module) -> bool:
+    """Whether ``module`` hands its input back in eval mode: timm's ``num_classes=0,
+    global_pool=''`` head, a dropout, a residual block's stochastic depth (torchvision
+    ConvNeXt's, whose output its block's ``+=`` then writes into)."""
+    kinds = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout2d)
+    return isinstance(module, kinds) or type(module).__name__ in ("StochasticDepth", "DropPath")
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (DenseNet's ``norm5``, a ConvNeXt head's LayerNorm2d): features
+    end in one, a prediction does not."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    return isinstance(module, norms) or "Norm" in type(module).__name__
 
 
 def _pooled_into(output: torch.Tensor, maps: torch.Tensor | None) -> bool:
