@@ -192,19 +192,20 @@ def _feature_stack(lens: Lens, x: torch.Tensor) -> bool:
         out = model_output(returned, lens.output_key)
     except NetlensError:
         return False
-    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[1] < 2:
+    if lens.task == "dense" or not isinstance(out, torch.Tensor) or out.dim() != 4:
         return False
-    leaves = [
-        c.module
-        for c in traced
-        if c.output is out
-        and not any(c.module.children())
-        and not _passes_through(c.module)  # timm's Identity pool and head, a DropPath
-    ]
-    if not leaves:  # made by no module (a residual sum: ConvNeXt's last stage): a map under
-        return min(out.shape[-2:]) * 4 <= min(x.shape[-2:])  # the input's, as features are
-    end = leaves[-1]
+    if out.shape[1] < _FEWEST_FEATURES:  # a prediction's few maps (a heatmap's, a depth's)
+        return False
+    leaves = [c.module for c in traced if c.output is out and not any(c.module.children())]
+    ends = [m for m in leaves if not _passes_through(m)]  # timm's Identity pool and head
+    if not ends:  # a residual block's sum, written into its stochastic depth's output
+        return any(type(m).__name__ in _DROP_PATHS for m in leaves)  # (torchvision ConvNeXt)
+    end = ends[-1]
     return isinstance(end, _FEATURE_ENDS) or "Pool" in type(end).__name__ or _is_norm(end)
+
+
+_FEWEST_FEATURES = 16  # channels of a headless stack's output, at least (VGG's: 512)
+_DROP_PATHS = ("StochasticDepth", "DropPath")
 
 
 def _passes_through(module: nn.Module) -> bool:
@@ -212,7 +213,7 @@ def _passes_through(module: nn.Module) -> bool:
     global_pool=''`` head, a dropout, a residual block's stochastic depth (torchvision
     ConvNeXt's, whose output its block's ``+=`` then writes into)."""
     kinds = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout2d)
-    return isinstance(module, kinds) or type(module).__name__ in ("StochasticDepth", "DropPath")
+    return isinstance(module, kinds) or type(module).__name__ in _DROP_PATHS
 
 
 def _is_norm(module: nn.Module) -> bool:

@@ -67,7 +67,12 @@ def is_stem(key: str, stem: tuple[str, int] | None) -> bool:
 
 
 def on_meta(arch: str, n: int | None, req: LoadRequest, kwargs: dict[str, Any]) -> nn.Module:
-    with torch.device("meta"):
+    """``arch`` built on the meta device (no memory), or on the CPU where its constructor
+    reads tensor values (torchvision's RegNet rounds its widths with ``.tolist()``)."""
+    try:
+        with torch.device("meta"):
+            return create_arch(arch, n, req.host, **kwargs)
+    except NotImplementedError:
         return create_arch(arch, n, req.host, **kwargs)
 
 

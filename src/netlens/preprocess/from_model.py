@@ -353,12 +353,12 @@ def _fit_channels(spec: Preprocess, model: nn.Module) -> Preprocess:
 
 
 def _stats_for_channels(spec: Preprocess) -> Preprocess:
-    """``spec`` with one mean/std value per input channel: values of another count (ImageNet's
-    three for a model built with ``in_chans=1``) averaged, as timm's loader does
+    """``spec`` with one mean/std value per input channel where it has more values than channels
+    (ImageNet's three for a model built with ``in_chans=1``): averaged, as timm's loader does
     (``timm.data.loader.adapt_to_chs``: 0.449/0.226 for one channel), the source saying so."""
     c = spec.channels
-    if spec.mean is None or spec.std is None or len(spec.mean) in (1, c):
-        return spec
+    if spec.mean is None or spec.std is None or len(spec.mean) <= c:
+        return spec  # RGB+NIR keeps RGB's three: its overlay shows them (Preprocess.denormalize)
     return dataclasses.replace(
         spec,
         mean=_per_channel(spec.mean, c),
@@ -422,7 +422,21 @@ def with_overrides(
         changes.update(_size_changes(input_size))
     elif changes.get("size") is not None:
         _sides(changes["size"])
+    _check_counts(changes, changes.get("channels") or spec.channels)
     return _renormalised(own, _resized(own, spec.override(**changes)))
+
+
+def _check_counts(changes: dict[str, Any], c: int) -> None:
+    """The user's mean/std: one value, or one per channel (three for RGB+NIR, whose overlay
+    shows the RGB ones); any other count is one line, not averaged as the model's own are."""
+    for key in ("mean", "std"):
+        v = changes.get(key)
+        n = len(v) if isinstance(v, (tuple, list)) else 1
+        if v is not None and n not in (1, c) and not (n == 3 and c > 3):
+            raise NetlensError(
+                f"{key} has {n} values for a {c}-channel model: give 1 or {c} (--{key}; {key}= "
+                "in Python)"
+            )
 
 
 def _resized(own: Preprocess | None, spec: Preprocess) -> Preprocess:

@@ -325,6 +325,7 @@ class Preprocess:
         parts = self.source.split("; ")
         if "mean" in given and "std" in given:  # the normalisation is the user's now
             parts = [_user_given(p) if GUESSED in p else p for p in parts]
+            parts = [p for p in parts if not p.startswith("mean/std averaged over channels")]
         if "size" in given:
             parts = [p for p in parts if p != "input size unknown"]
         return "; ".join(parts)

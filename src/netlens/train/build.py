@@ -59,7 +59,13 @@ def arch_kwargs(cfg: TrainConfig, splits: Splits, host: PluginHost) -> dict[str,
         kwargs.setdefault("in_chans", channels)
         kwargs.setdefault("img_size", size[0])
     elif cfg.arch.startswith("tv:"):
-        name = tv_weights(cfg.arch)[0][3:]  # tv:NAME@ENTRY builds tv:NAME
+        arch, entry = tv_weights(cfg.arch)
+        if entry is not None:
+            raise NetlensError(
+                f"--arch {cfg.arch}: @{entry} names the preprocessing of a model to explain; "
+                f"train builds {arch} untrained with its own: give --arch {arch}"
+            )
+        name = arch[3:]
         if name in ("googlenet", "inception_v3"):
             kwargs = {**_TV_NO_AUX, **kwargs}
         if name.startswith("vit_") and size and size[0] == size[1] and size[0] != 224:
