@@ -68,6 +68,17 @@ def test_evaluate_counts_the_images_it_scored_not_the_unreadable_ones(tmp_path) 
     assert "5 images" in r.headline()
 
 
+def test_evaluate_says_when_the_images_scored_leave_a_class_out(tmp_path) -> None:
+    """Every image of class c unreadable: the scores cover a and b only, and it says so."""
+    for i, cls in enumerate(["a", "b", "a"]):
+        _png(tmp_path / cls / f"x{i}.png", i)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "broken.jpg").write_bytes(b"not an image")
+    r = _lens().evaluate(str(tmp_path), metrics="deletion", steps=4, target="pred")
+    assert r.meta["data_scope"]["classes"] == 2
+    assert any("only 2 of the data's 3 classes" in w for w in r.meta.get("warnings", []))
+
+
 def test_evaluate_of_readable_data_still_says_all_images(tmp_path) -> None:
     for i, cls in enumerate(["a", "b", "c"]):
         _png(tmp_path / cls / f"x{i}.png", i)

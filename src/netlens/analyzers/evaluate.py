@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.items import item_labels
 from ..data.user_datasets import NO_LABELS, Picked, under_subsets
 from ..errors import AnalyzerError, DataError, NetlensError
 from ..few_images import on_fewest
@@ -439,7 +440,8 @@ class EvaluateAnalyzer(Analyzer):
         meta |= {"forward_passes": sum(fwd.values()), "cost_per_image": cost, "options": opts}
         meta["label_source"] = run.data.label_source
         if scope is not None:  # the first N of M images (K of C classes), U unreadable
-            scope = read_scope(scope, read)
+            labels = item_labels(before_limit(whole, o.limit))
+            scope = read_scope(scope, flags.get(_INDEX, ()), labels)
             meta["data_scope"] = scope
             lines += scope_warning(scope)
         lines += list(plan.notes)

@@ -121,10 +121,14 @@ def data_scope(data: Any, used: int) -> dict[str, Any]:
     return scope | {"text": text}
 
 
-def read_scope(scope: dict[str, Any], read: int) -> dict[str, Any]:
-    """``scope`` (:func:`data_scope`) once its images were read: with ``unreadable``, the
-    images that could not be, and a text saying so ("5 of 6 images (1 unreadable)", "the first
-    6 of 10 images (…), 5 of them read (1 unreadable)")."""
+def read_scope(
+    scope: dict[str, Any], positions: Any, labels: list[int] | None = None
+) -> dict[str, Any]:
+    """``scope`` (:func:`data_scope`) once its images were read (``positions``: those scored;
+    ``labels``: every item's class, as :func:`data_scope` read them): with ``unreadable``, the
+    images that could not be, the classes of those scored, and a text saying so ("5 of 6
+    images (1 unreadable)", "the first 6 of 10 images (…), 5 of them read (1 unreadable)")."""
+    read = len(positions)
     missing = scope["images"] - read
     if missing <= 0:
         return scope
@@ -133,15 +137,27 @@ def read_scope(scope: dict[str, Any], read: int) -> dict[str, Any]:
         text = f"{read} of {scope['images']} images ({missing} unreadable)"
     else:
         text += f", {read} of them read ({missing} unreadable)"
-    return scope | {"unreadable": missing, "text": text}
+    scope = scope | {"unreadable": missing, "text": text}
+    if labels is not None and "classes" in scope:  # the classes of the images scored
+        scope["classes"] = len({labels[int(i)] for i in positions})
+    return scope
 
 
 def scope_warning(scope: dict[str, Any]) -> list[str]:
-    """One line when the first images leave some of the data's classes out."""
+    """One line when the images scored leave some of the data's classes out: the first images
+    of a ``--limit``, or the readable ones."""
     used, every = scope.get("classes"), scope.get("classes_total")
-    if used is None or used == every or scope["images"] >= scope["images_total"]:
+    if used is None or used == every:
         return []
     n, total = scope["images"], scope["images_total"]
+    if scope.get("unreadable"):
+        return [
+            f"only {used} of the data's {every} classes are in the {n - scope['unreadable']} "
+            f"images scored ({scope['unreadable']} unreadable): these scores do not cover the "
+            "other classes"
+        ]
+    if n >= total:
+        return []
     return [
         f"only {used} of the data's {every} classes are in its first {n} images (the items are "
         "taken in order, and a folder is sorted by class): these scores do not cover the other "
