@@ -100,6 +100,19 @@ def test_top_class_score_through_the_heads_cat_reads_as_a_sigmoid() -> None:
     assert output_rules(select, _x())[0]
 
 
+@pytest.mark.parametrize(
+    ("pick", "traced"),
+    [
+        (lambda out: out.split((4, 2), 1)[1].amax(dim=(1, 2))[:, None], True),  # Ultralytics'
+        (lambda out: out.split(3, 1)[1][:, 1:].amax(dim=(1, 2))[:, None], True),  # rows 4, 5
+        (lambda out: out.chunk(2, 1)[1].amax(dim=(1, 2))[:, None], False),  # rows 3-5: a box's
+        (lambda out: out.split((4, 2), 1)[0].amax(dim=(1, 2))[:, None], False),  # the boxes
+    ],
+)
+def test_a_split_head_is_traced_by_the_piece_it_picks(pick, traced) -> None:  # noqa: ANN001
+    assert output_rules(Wrapped(Yolo(), pick).eval(), _x())[0] is traced
+
+
 def test_top_score_is_shown_as_the_models_probability() -> None:
     model = Wrapped(Yolo(), _top).eval()
     x = _x()

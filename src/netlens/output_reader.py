@@ -312,12 +312,13 @@ def _made_by_sigmoid(picked: torch.Tensor) -> bool:
     ``picked`` comes from ends in one. Which parts those are is read off a backward of ones
     through the graph's own nodes, a max or min spread over every element it reduced (its
     value depends on them all, its gradient reaches the one it picked)."""
-    fn, _ = _below(picked.grad_fn, None)
+    fn, _ = _below(picked.grad_fn, None, picked.output_nr)
     if type(fn).__name__ != "CatBackward0":
         return fn is not None and is_sigmoid_node(fn)
     try:
         with torch.no_grad():
-            return _sigmoid_below(picked.grad_fn, torch.ones_like(picked), [_MOST_CATS])
+            ones = torch.ones_like(picked)
+            return _sigmoid_below(picked.grad_fn, ones, [_MOST_CATS], picked.output_nr)
     except (AttributeError, IndexError, RuntimeError, TypeError, ValueError):
         return False  # a node that cannot be run back so: no sigmoid told
 
@@ -325,26 +326,29 @@ def _made_by_sigmoid(picked: torch.Tensor) -> bool:
 _MOST_CATS = 64  # cats followed back, at most (a multi-scale head's: a few)
 
 
-def _below(fn: Any, grad: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
-    """The first node under ``fn`` that is no view or in-range operation, and (with ``grad``,
-    the output's part in ``fn``'s output) its output's part."""
-    while fn is not None and type(fn).__name__ in _VIEWS | _IN_RANGE and fn.next_functions:
-        grad = None if grad is None else _part_below(fn, grad)
-        fn = fn.next_functions[0][0]
+def _below(fn: Any, grad: torch.Tensor | None, nr: int = 0) -> tuple[Any, torch.Tensor | None]:
+    """The first node under ``fn`` that is no view, split or in-range operation, and (with
+    ``grad``, the output's part in ``fn``'s output ``nr``) its output's part."""
+    followed = _VIEWS | _IN_RANGE | _SPLITS
+    while fn is not None and type(fn).__name__ in followed and fn.next_functions:
+        grad = None if grad is None else _part_below(fn, grad, nr)
+        fn, nr = fn.next_functions[0]
     return fn, grad
 
 
-def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int]) -> bool:
-    fn, grad = _below(fn, grad)
+def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int], nr: int = 0) -> bool:
+    fn, grad = _below(fn, grad, nr)
     if type(fn).__name__ != "CatBackward0" or grad is None:
         return fn is not None and is_sigmoid_node(fn)
     cats[0] -= 1
     parts = fn(grad)
-    used = [(f, g) for (f, _), g in zip(fn.next_functions, parts, strict=True) if _used(g)]
+    used = [(f, k, g) for (f, k), g in zip(fn.next_functions, parts, strict=True) if _used(g)]
     return (
         cats[0] >= 0
         and bool(used)
-        and all(f is not None and _sigmoid_below(f, g.ne(0).to(g.dtype), cats) for f, g in used)
+        and all(
+            f is not None and _sigmoid_below(f, g.ne(0).to(g.dtype), cats, k) for f, k, g in used
+        )
     )
 
 
@@ -352,16 +356,38 @@ def _used(part: torch.Tensor | None) -> bool:
     return part is None or bool(part.ne(0).any())  # None: not told, so not left out
 
 
-def _part_below(fn: Any, grad: torch.Tensor) -> torch.Tensor:
-    """Which values of ``fn``'s first input reach ``grad``'s nonzero values (1 where they do)."""
+def _part_below(fn: Any, grad: torch.Tensor, nr: int = 0) -> torch.Tensor:
+    """Which values of ``fn``'s first input reach ``grad``'s nonzero values (1 where they do;
+    ``grad`` the part in ``fn``'s output ``nr``)."""
     name = type(fn).__name__
     if name.startswith("Clamp"):  # elementwise; its gradient is 0 where it clamped
         return grad
     if name in _REDUCED:
         return _spread(fn, grad)
+    if name in _SPLITS:
+        return _split_part(fn, grad, nr)
     got = fn(grad)
     got = got[0] if isinstance(got, tuple) else got
     return got.ne(0).to(got.dtype)
+
+
+_SPLITS = {"SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0"}  # (its .chunk too)
+
+
+def _split_part(fn: Any, grad: torch.Tensor, nr: int) -> torch.Tensor:
+    """Piece ``nr`` of a split (Ultralytics' ``box, cls = out.split((4, K), 1)``) placed in
+    the split tensor: 1 where ``grad`` is, 0 in the other pieces. An unbind records no sizes:
+    it raises, and no sigmoid is told."""
+    shape = tuple(int(v) for v in fn._saved_self_sym_sizes)
+    dim = int(fn._saved_dim) % len(shape)
+    if type(fn).__name__ == "SplitWithSizesBackward0":
+        sizes = [int(v) for v in fn._saved_split_sizes]
+    else:
+        step = int(fn._saved_split_size)
+        sizes = [min(step, shape[dim] - i) for i in range(0, shape[dim], step)]
+    full = grad.new_zeros(shape)
+    full.narrow(dim, sum(sizes[:nr]), sizes[nr]).copy_(grad)
+    return full.ne(0).to(grad.dtype)
 
 
 def _spread(fn: Any, grad: torch.Tensor) -> torch.Tensor:
