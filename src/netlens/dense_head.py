@@ -24,13 +24,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .errors import NetlensError
 
 if TYPE_CHECKING:
     from .layers import TracedCall
 
-__all__ = ["ancestor_slots", "feature_slots", "is_dense", "several_tensors"]
+__all__ = ["ancestor_slots", "feature_slots", "feature_stack", "is_dense", "several_tensors"]
 
 Slot = tuple[str, int]
 
@@ -140,3 +141,43 @@ def _head(last: str, names: list[str]) -> str:
 
 def _inside(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+#: Layers a headless stack's output comes from (its features), never a dense prediction's.
+_FEATURE_ENDS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
+_FEWEST_FEATURES = 16  # channels of a headless stack's output, at least (VGG's: 512)
+_DROP_PATHS = ("StochasticDepth", "DropPath")
+
+
+def feature_stack(traced: list[TracedCall], out: Any, task: str | None) -> bool:
+    """Whether a dense output ``out`` (from the dry forward that traced ``traced``) is feature
+    maps, a headless stack's (VGG's ``features`` alone, timm's ``num_classes=0,
+    global_pool=''``), not a dense prediction whose head ``auto`` leaves out: an N×C×H×W map of
+    16 channels or more returned by an activation, pooling or norm layer, or by a residual
+    block's sum (a segmentation head ends in a conv, a resize or a sigmoid; a heatmap or depth
+    map has few channels)."""
+    if task == "dense" or not isinstance(out, torch.Tensor) or out.dim() != 4:
+        return False
+    if out.shape[1] < _FEWEST_FEATURES:
+        return False
+    leaves = [c.module for c in traced if c.output is out and not any(c.module.children())]
+    ends = [m for m in leaves if not _passes_through(m)]  # timm's Identity pool and head
+    if not ends:  # a residual block's sum, written into its stochastic depth's output
+        return any(type(m).__name__ in _DROP_PATHS for m in leaves)  # (torchvision ConvNeXt)
+    end = ends[-1]
+    return isinstance(end, _FEATURE_ENDS) or "Pool" in type(end).__name__ or _is_norm(end)
+
+
+def _passes_through(module: nn.Module) -> bool:
+    """Whether ``module`` hands its input back in eval mode: timm's ``num_classes=0,
+    global_pool=''`` head, a dropout, a residual block's stochastic depth (torchvision
+    ConvNeXt's, whose output its block's ``+=`` then writes into)."""
+    kinds = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout2d)
+    return isinstance(module, kinds) or type(module).__name__ in _DROP_PATHS
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (DenseNet's ``norm5``, a ConvNeXt head's LayerNorm2d): features
+    end in one, a prediction does not."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    return isinstance(module, norms) or "Norm" in type(module).__name__

@@ -408,7 +408,8 @@ def auto_layer(
     example: torch.Tensor | None = None,
     output: str | int | None = None,
     *,
-    dense_head: bool = True,
+    features: bool = False,
+    task: str | None = None,
 ) -> LayerCall:
     """The call whose output is the spatial map feeding the head: the usual CAM/feature layer.
 
@@ -428,10 +429,11 @@ def auto_layer(
     Dense (segmentation) models, whose output (``output`` picks it, as ``--output``) is itself
     a map: the same among the calls that output depends on, outside its head (see
     :mod:`netlens.dense_head`): ``backbone.layer4`` of a torchvision DeepLabV3, not its
-    ``classifier`` or ``aux_classifier`` (``dense_head=False``: the dense output is feature
-    maps, a headless stack's, with no head to leave out). A call returning a tuple whose
-    first element is such a map or tokens (Hugging Face blocks and stages) counts by that
-    element; only blocks returning tensors are preferred over a later token layer (HF Swin
+    ``classifier`` or ``aux_classifier`` (``features=True``, for ``features``: a dense output
+    that is a headless stack's feature maps, :func:`netlens.dense_head.feature_stack`, has no
+    head to leave out; ``task`` as the Lens'; read off the same forward). A call returning a
+    tuple whose first element is such a map or tokens (Hugging Face blocks and stages) counts
+    by that element; only blocks returning tensors are preferred over a later token layer (HF Swin
     keeps its final norm).
     """
     from .channel_layout import learning_layouts
@@ -442,7 +444,8 @@ def auto_layer(
     n = len(x) if isinstance(x, torch.Tensor) and x.dim() else None  # tuples: their first element
     heads = [tuple_head(c.output, n) for c in traced]
     traced = [c if h is None else replace(c, output=h) for c, h in zip(traced, heads, strict=True)]
-    allowed = _explained_slots(model, x, returned, output, dense_head)
+    head = not (features and _feature_stack(traced, returned, output, task))
+    allowed = _explained_slots(model, x, returned, output, head)
     calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
     spatial = [(i, c) for i, c in calls if _is_map_call(c, model=model)]
     hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
@@ -463,6 +466,18 @@ def auto_layer(
     last = max(c.version for c in same)
     best = min((c for c in same if c.version == last), key=lambda c: c.name.count("."))
     return _selection(traced, best, consumed=_version(out) > last)
+
+
+def _feature_stack(
+    traced: list[TracedCall], returned: Any, output: str | int | None, task: str | None
+) -> bool:
+    from .dense_head import feature_stack
+    from .targets import model_output
+
+    try:
+        return feature_stack(traced, model_output(returned, output), task)
+    except NetlensError:
+        return False
 
 
 def _explained_slots(

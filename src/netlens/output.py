@@ -45,6 +45,12 @@ class OutputBusyError(NetlensError):
     """Another netlens run is writing into the same output folder."""
 
 
+def layer_stem(layer: str) -> str:
+    """A layer's part of a figure's file name: dots as underscores (``layer4_1``), file-safe
+    (onnx2torch's ``Conv/0``; see :func:`safe_name`)."""
+    return safe_name(layer.replace(".", "_"))
+
+
 def safe_name(text: str, limit: int = 80) -> str:
     """A printable, file-name-safe version of ``text`` (class names, layers, image stems);
     different texts never give the same name (see :func:`netlens.naming.safe_component`).

@@ -149,7 +149,18 @@ class EigenCam(CamMethod):
         return proj.reshape(n, h, w).to(ctx.acts.dtype)
 
 
-class ScoreCam(CamMethod):
+class _SaysWhyEmpty:
+    """For gradient-free methods: a warning saying why when a map is empty everywhere."""
+
+    name: str
+
+    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
+        low = super().combine(ctx, weights)  # type: ignore[misc]
+        _explain_empty(self.name, ctx, weights, low)
+        return low
+
+
+class ScoreCam(_SaysWhyEmpty, CamMethod):
     """Score-CAM: channels weighted by the class score of the input masked by each channel.
 
     As in the paper (Algorithm 1), pytorch-grad-cam's ``ScoreCAM`` and torchcam's ``ScoreCAM``,
@@ -183,11 +194,6 @@ class ScoreCam(CamMethod):
             rows = torch.arange(n, device=logits.device).repeat_interleave(c)
             scores = ctx.score(logits.flatten(0, 1), rows).reshape(n, c)
         return torch.softmax(scores.float(), dim=1).to(ctx.acts.dtype)
-
-    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
-        low = super().combine(ctx, weights)
-        _explain_empty(self.name, ctx, weights, low)
-        return low
 
 
 def _explain_empty(method: str, ctx: CamContext, weights: torch.Tensor, low: torch.Tensor) -> None:
@@ -319,7 +325,7 @@ def _masked_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:
     return out[rows.to(out.device)]  # row -1 is the empty mask's (when there is one)
 
 
-class AblationCam(CamMethod):
+class AblationCam(_SaysWhyEmpty, CamMethod):
     """Ablation-CAM: channels weighted by the relative drop of the class score when zeroed.
 
     Reference implementation: pytorch-grad-cam's ``AblationCAM`` (weights
@@ -345,11 +351,6 @@ class AblationCam(CamMethod):
             ablated = ctx.score(drops.flatten(0, 1), rows.repeat_interleave(c)).reshape(n, c)
         # |y_c| rather than y_c: a negative logit would otherwise flip the whole map.
         return ((base - ablated) / (base.abs() + _EPS)).to(ctx.acts.dtype)
-
-    def combine(self, ctx: CamContext, weights: torch.Tensor) -> torch.Tensor:
-        low = super().combine(ctx, weights)
-        _explain_empty(self.name, ctx, weights, low)
-        return low
 
 
 def _ablated_logits(ctx: CamContext, scored: bool = False) -> torch.Tensor:

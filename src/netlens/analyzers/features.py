@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..activations import patch_stride, tensor_output, to_spatial
 from ..errors import AnalyzerError
@@ -49,17 +48,17 @@ class FeaturesResult(Result):
         return f"features of {', '.join(meta['layers'])} for {len(meta['images'])} image(s)"
 
     def figures(self) -> dict[str, Figure]:
-        from ..output import safe_name
+        from ..output import layer_stem, safe_name
         from ..render.feature_figures import feature_figure
 
         layers = self.meta["layers"]
-        stems = {n: n.replace(".", "_") for n in layers}  # layer4.1 → layer4_1
+        stems = {n: layer_stem(n) for n in layers}  # layer4.1 → layer4_1
         if len(set(stems.values())) < len(layers):  # 'a.b' and 'a_b': names kept as they are
-            stems = {n: n for n in layers}
+            stems = {n: safe_name(n) for n in layers}
         figs = {}
         for layer in layers:
             for i, image in enumerate(self.meta["images"]):
-                stem = f"features-{safe_name(stems[layer])}-{image}"
+                stem = f"features-{stems[layer]}-{image}"
                 figs[stem] = feature_figure(self.arrays, self.meta, layer, i)
         return figs
 
@@ -144,7 +143,7 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
     from ..models.classes import headless
 
     try:
-        chosen = auto_layer(lens.model, x, lens.output_key, dense_head=not _feature_stack(lens, x))
+        chosen = auto_layer(lens.model, x, lens.output_key, features=True, task=lens.task)
         with torch.no_grad():
             output = lens.output(x)  # also learns which layers keep channels last
     except DetectionOutputError as exc:  # a named backbone layer needs no scores
@@ -172,55 +171,6 @@ def feature_layer(lens: Lens, x: torch.Tensor) -> Any:
         if count is not None and count != classes:
             return selection(c)
     return chosen
-
-
-#: Layers a headless stack's output comes from (its features), never a dense prediction's.
-_FEATURE_ENDS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish)
-
-
-def _feature_stack(lens: Lens, x: torch.Tensor) -> bool:
-    """Whether the model's output is feature maps, a headless stack's (VGG's ``features``
-    alone), not a dense prediction whose head ``auto`` leaves out: an N×C×H×W map of several
-    channels returned by an activation or pooling layer (a segmentation head ends in a conv, a
-    resize or a sigmoid; a depth map ending in a ReLU has one channel)."""
-    from ..errors import NetlensError
-    from ..layers import _dry_forward
-    from ..targets import model_output
-
-    try:
-        traced, returned = _dry_forward(lens.model, x)
-        out = model_output(returned, lens.output_key)
-    except NetlensError:
-        return False
-    if lens.task == "dense" or not isinstance(out, torch.Tensor) or out.dim() != 4:
-        return False
-    if out.shape[1] < _FEWEST_FEATURES:  # a prediction's few maps (a heatmap's, a depth's)
-        return False
-    leaves = [c.module for c in traced if c.output is out and not any(c.module.children())]
-    ends = [m for m in leaves if not _passes_through(m)]  # timm's Identity pool and head
-    if not ends:  # a residual block's sum, written into its stochastic depth's output
-        return any(type(m).__name__ in _DROP_PATHS for m in leaves)  # (torchvision ConvNeXt)
-    end = ends[-1]
-    return isinstance(end, _FEATURE_ENDS) or "Pool" in type(end).__name__ or _is_norm(end)
-
-
-_FEWEST_FEATURES = 16  # channels of a headless stack's output, at least (VGG's: 512)
-_DROP_PATHS = ("StochasticDepth", "DropPath")
-
-
-def _passes_through(module: nn.Module) -> bool:
-    """Whether ``module`` hands its input back in eval mode: timm's ``num_classes=0,
-    global_pool=''`` head, a dropout, a residual block's stochastic depth (torchvision
-    ConvNeXt's, whose output its block's ``+=`` then writes into)."""
-    kinds = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout2d)
-    return isinstance(module, kinds) or type(module).__name__ in _DROP_PATHS
-
-
-def _is_norm(module: nn.Module) -> bool:
-    """A normalisation layer (DenseNet's ``norm5``, a ConvNeXt head's LayerNorm2d): features
-    end in one, a prediction does not."""
-    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-    return isinstance(module, norms) or "Norm" in type(module).__name__
 
 
 def _pooled_into(output: torch.Tensor, maps: torch.Tensor | None) -> bool:

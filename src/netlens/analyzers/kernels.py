@@ -77,10 +77,10 @@ class KernelsResult(Result):
         )
 
     def figures(self) -> dict[str, Figure]:
-        from ..output import safe_name
+        from ..output import layer_stem
         from ..render.kernel_figures import kernels_figure
 
-        stem = f"kernels-{safe_name(self.meta['layer'].replace('.', '_'))}"
+        stem = f"kernels-{layer_stem(self.meta['layer'])}"
         return {stem: kernels_figure(self.arrays, self.meta)[0]}
 
     def summary(self) -> dict[str, Any]:

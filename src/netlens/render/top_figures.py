@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..output import safe_name
+from ..output import layer_stem
 from .grids import crop_patches, grid_figure, mark_patches
 
 __all__ = ["top_figures"]
@@ -25,7 +25,7 @@ def top_figures(a: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[st
     boxes = a["boxes"].reshape(s * k, 4)
     labels = [f"ch {c} #{r + 1}: {a['scores'][c, r]:.3g}" for c in a["channels"] for r in range(k)]
     head = f"{meta['layer']}: top {k} of {meta['samples']} inputs per channel (rows); "
-    stem = f"top-{safe_name(meta['layer'].replace('.', '_'))}"
+    stem = f"top-{layer_stem(meta['layer'])}"
     if meta.get("boxes") == "cells":  # no gradient reached the layer (see the warning)
         marked = (
             "label = channel, rank: peak activation\nbox = the map cell of the peak unit "
