@@ -127,20 +127,22 @@ def read_scope(
     """``scope`` (:func:`data_scope`) once its images were read (``positions``: those scored;
     ``labels``: every item's class, as :func:`data_scope` read them): with ``unreadable``, the
     images that could not be, the classes of those scored, and a text saying so ("5 of 6
-    images (1 unreadable)", "the first 6 of 10 images (…), 5 of them read (1 unreadable)")."""
+    images (1 unreadable)", "the first 6 of 10 images, 5 of them read (1 unreadable), 3 of 4
+    classes": the classes counted are those of the images read)."""
     read = len(positions)
     missing = scope["images"] - read
     if missing <= 0:
         return scope
-    text = scope["text"]
-    if text.startswith("all "):
-        text = f"{read} of {scope['images']} images ({missing} unreadable)"
-    else:
-        text += f", {read} of them read ({missing} unreadable)"
-    scope = scope | {"unreadable": missing, "text": text}
+    scope = scope | {"unreadable": missing}
     if labels is not None and "classes" in scope:  # the classes of the images scored
         scope["classes"] = len({labels[int(i)] for i in positions})
-    return scope
+    n, total = scope["images"], scope["images_total"]
+    if n >= total:
+        return scope | {"text": f"{read} of {n} images ({missing} unreadable)"}
+    text = f"the first {n} of {total} images, {read} of them read ({missing} unreadable)"
+    if "classes" in scope:
+        text += f", {scope['classes']} of {scope['classes_total']} classes"
+    return scope | {"text": text}
 
 
 def scope_warning(scope: dict[str, Any]) -> list[str]:
@@ -150,18 +152,19 @@ def scope_warning(scope: dict[str, Any]) -> list[str]:
     if used is None or used == every:
         return []
     n, total = scope["images"], scope["images_total"]
+    more = f"; --limit {total} (limit={total} in Python) uses all of them" if n < total else ""
     if scope.get("unreadable"):
         return [
             f"only {used} of the data's {every} classes are in the {n - scope['unreadable']} "
             f"images scored ({scope['unreadable']} unreadable): these scores do not cover the "
-            "other classes"
+            f"other classes{more}"
         ]
     if n >= total:
         return []
     return [
         f"only {used} of the data's {every} classes are in its first {n} images (the items are "
-        "taken in order, and a folder is sorted by class): these scores do not cover the other "
-        f"classes; --limit {total} (limit={total} in Python) uses all of them"
+        f"taken in order, and a folder is sorted by class): these scores do not cover the other "
+        f"classes{more}"
     ]
 
 

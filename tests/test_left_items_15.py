@@ -1,0 +1,50 @@
+"""Left items of the last notes: evaluate's scope text counts the classes of the images it
+read when a ``--limit`` cut and an unreadable file meet."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+import netlens
+
+SIZE = 32
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def _png(path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_a_limit_cut_with_an_unreadable_image_counts_the_classes_it_read(tmp_path) -> None:
+    """The first 3 of 5 images are a, a and b's only image, which cannot be read: 1 class
+    scored, not the 2 the cut took."""
+    _png(tmp_path / "a" / "x0.png", 0)
+    _png(tmp_path / "a" / "x1.png", 1)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "broken.jpg").write_bytes(b"not an image")
+    _png(tmp_path / "c" / "x3.png", 3)
+    _png(tmp_path / "c" / "x4.png", 4)
+    kw = {"input_size": SIZE, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    lens = netlens.load(Net(), classes=["a", "b", "c"], **kw)
+    r = lens.evaluate(str(tmp_path), metrics="deletion", steps=4, target="pred", limit=3)
+    scope = r.meta["data_scope"]
+    assert scope["classes"] == 1
+    want = "the first 3 of 5 images, 2 of them read (1 unreadable), 1 of 3 classes"
+    assert scope["text"] == want
+    (line,) = [w for w in r.meta["warnings"] if "classes are in" in w]
+    assert "only 1 of the data's 3 classes" in line and "--limit 5" in line
