@@ -107,6 +107,18 @@ def test_top_class_score_through_the_heads_cat_reads_as_a_sigmoid() -> None:
         (lambda out: out.split(3, 1)[1][:, 1:].amax(dim=(1, 2))[:, None], True),  # rows 4, 5
         (lambda out: out.chunk(2, 1)[1].amax(dim=(1, 2))[:, None], False),  # rows 3-5: a box's
         (lambda out: out.split((4, 2), 1)[0].amax(dim=(1, 2))[:, None], False),  # the boxes
+        (lambda out: out.unbind(1)[5].amax(1, keepdim=True), True),  # class 1's row
+        (lambda out: out.unbind(1)[2].amax(1, keepdim=True), False),  # a box row
+        (lambda out: out.unbind(-2)[4][:, 3:4], True),  # class 0 at anchor 3
+        (lambda out: out.unbind(2)[3][:, 4:].amax(1, keepdim=True), True),  # anchor 3's classes
+        (lambda out: out.unbind(2)[3][:, 3:].amax(1, keepdim=True), False),  # and a box row
+        # negative dims (autograd saves -1 as 2**64 - 1)
+        (lambda out: out.split((4, 2), -2)[1].amax(dim=(-1, -2))[:, None], True),
+        (lambda out: out.split((4, 2), -2)[0].amax(dim=(-1, -2))[:, None], False),
+        (lambda out: out[:, 5].amax(-1, keepdim=True), True),
+        (lambda out: out[:, 5].max(-1).values[:, None], True),
+        (lambda out: out.amax(-1)[:, 4:5], True),  # class 0's best anchor
+        (lambda out: out.amax(-1)[:, 3:4], False),  # a box row's
     ],
 )
 def test_a_split_head_is_traced_by_the_piece_it_picks(pick, traced) -> None:  # noqa: ANN001

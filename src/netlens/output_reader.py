@@ -377,9 +377,15 @@ _SPLITS = {"SplitBackward0", "SplitWithSizesBackward0", "UnbindBackward0"}  # (i
 def _split_part(fn: Any, grad: torch.Tensor, nr: int) -> torch.Tensor:
     """Piece ``nr`` of a split (Ultralytics' ``box, cls = out.split((4, K), 1)``) placed in
     the split tensor: 1 where ``grad`` is, 0 in the other pieces. An unbind records no sizes:
-    it raises, and no sigmoid is told."""
+    its count of pieces is its node's count of inputs (``scores = out.unbind(1)``)."""
+    if type(fn).__name__ == "UnbindBackward0":
+        count = len(fn._input_metadata)
+        dim = _signed(fn._saved_dim) % (grad.dim() + 1)
+        full = grad.unsqueeze(dim).repeat_interleave(count, dim).zero_()
+        full.select(dim, nr).copy_(grad)
+        return full.ne(0).to(grad.dtype)
     shape = tuple(int(v) for v in fn._saved_self_sym_sizes)
-    dim = int(fn._saved_dim) % len(shape)
+    dim = _signed(fn._saved_dim) % len(shape)
     if type(fn).__name__ == "SplitWithSizesBackward0":
         sizes = [int(v) for v in fn._saved_split_sizes]
     else:
@@ -390,6 +396,12 @@ def _split_part(fn: Any, grad: torch.Tensor, nr: int) -> torch.Tensor:
     return full.ne(0).to(grad.dtype)
 
 
+def _signed(dim: Any) -> int:
+    """A node's saved dim as the call gave it: autograd keeps ``-1`` as 2**64 - 1."""
+    dim = int(dim)
+    return dim - 2**64 if dim >= 2**63 else dim
+
+
 def _spread(fn: Any, grad: torch.Tensor) -> torch.Tensor:
     """A max's or min's ``grad`` given to every element it reduced."""
     full = type(fn).__name__ in ("MaxBackward1", "MinBackward1")
@@ -398,7 +410,7 @@ def _spread(fn: Any, grad: torch.Tensor) -> torch.Tensor:
     if full:
         return grad.reshape(()).expand(shape)
     dims = (fn._saved_dim,) if isinstance(fn._saved_dim, int) else tuple(fn._saved_dim)
-    dims = tuple(d % len(shape) for d in dims) or tuple(range(len(shape)))
+    dims = tuple(_signed(d) % len(shape) for d in dims) or tuple(range(len(shape)))
     if not fn._saved_keepdim:
         for d in sorted(dims):
             grad = grad.unsqueeze(d)
