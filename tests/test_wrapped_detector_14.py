@@ -213,6 +213,43 @@ def test_a_raw_detector_head_is_refused_as_one() -> None:
     assert "target=lambda out: out[:, 4 + k, a]" in msg and "logit" in msg
 
 
+class Transposed(ThreeScales):
+    """The head with a row per anchor (a transposed YOLOv8 export): N×84×6 at 64 px."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).transpose(1, 2)
+
+
+class V5(nn.Module):
+    """YOLOv5's head: 3 anchors a cell of its stride-8, 16 and 32 maps, each row 4 box
+    coordinates, an objectness and K class scores, after a sigmoid (N×252×7 at 64 px)."""
+
+    def __init__(self, k: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.k = k
+        self.p = nn.ModuleList(nn.Conv2d(3, 3 * (5 + k), s, stride=s) for s in (8, 16, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = [c(x).view(len(x), 3, 5 + self.k, -1).permute(0, 1, 3, 2) for c in self.p]
+        return torch.cat([r.reshape(len(x), -1, 5 + self.k) for r in rows], 1).sigmoid()
+
+
+@pytest.mark.parametrize(("model", "first"), [(Transposed, 4), (V5, 5)])
+def test_a_head_with_a_row_per_anchor_is_refused_as_a_detectors(model, first) -> None:  # noqa: ANN001
+    lens = netlens.Lens(model().eval())
+    with pytest.raises(NetlensError) as e:
+        lens.cam(_x(size=64), layer="p.0")
+    msg = str(e.value)
+    assert "detector" in msg and "a row per anchor" in msg and "\n" not in msg
+    assert f"target=lambda out: out[:, a, {first} + k]" in msg and "tokens" not in msg
+    wrapped = Wrapped(model(), lambda out: out[..., first:].amax(dim=(1, 2))[:, None]).eval()
+    r = netlens.Lens(wrapped).cam(_x(size=64), layer="d.p.0")  # the advice works
+    assert np.isfinite(r.heatmaps).all()
+    picked = lens.cam(_x(size=64), layer="p.0", target=lambda out: out[:, 3, first + 1])
+    assert np.isfinite(picked.heatmaps).all() and picked.heatmaps.max() > 0
+
+
 def test_the_advised_target_runs_on_the_raw_head() -> None:
     lens = netlens.Lens(Yolo(stride=2).eval())
     r = lens.cam(_x(size=64), layer="c", target=lambda out: out[:, 4 + 1, 10])

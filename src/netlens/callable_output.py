@@ -105,7 +105,9 @@ def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
     """Why a dense output (N×K×H×W; N×H×W read as N×1×H×W) is no maps of the image (its H×W
     far from the input's aspect: tokens, boxes), or None. An N×H×W of a few rows, as long as
     the input has stride-8/16/32 cells, is said to look like a YOLO-style detector's raw head
-    (4 box coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376)."""
+    (4 box coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376),
+    and so is its transpose, a row per anchor (YOLOv5's 25200×85 at 640 px: 3 anchors a cell,
+    an objectness before the K class scores)."""
     if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
         return None
     (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
@@ -114,6 +116,9 @@ def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
     one = out.shape[1] == 1 or is_binary_dense(out)  # N×H×W, as the model returned it
     if one and _HEAD_ROWS[0] <= h <= _HEAD_ROWS[1] and w == _anchors(ih, iw):
         return _raw_head(h, w, ih, iw)
+    anchors = _anchors(ih, iw)
+    if one and _HEAD_ROWS[0] <= w <= _HEAD_ROWS[1] + 1 and h in (anchors, 3 * anchors):
+        return _anchor_rows(h, w, h == 3 * anchors, ih, iw)
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
         "image (tokens of a backbone?), so there are no classes or regions to explain; "
@@ -133,6 +138,22 @@ def _raw_head(h: int, w: int, ih: int, iw: int) -> str:
         "returns it (target=lambda out: out[:, 4 + k, a], class k at anchor a; a score after "
         "the head's sigmoid is a probability, explained as it is: torch.logit(out[:, 4 + k, a]) "
         "explains its logit)"
+    )
+
+
+def _anchor_rows(h: int, w: int, v5: bool, ih: int, iw: int) -> str:
+    """A head with a row per anchor: YOLOv5's (3 anchors a cell: 4 box coordinates, an
+    objectness and K class scores, 25200×85 at 640 px) or a transposed YOLOv8 head's."""
+    first, what = (5, "an objectness and ") if v5 else (4, "")
+    wrap = wrap_advice(f"e.g. the top class score, out[..., {first}:].amax(dim=(1, 2))")
+    return (
+        f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
+        f"image, but what looks like a detector's raw head (a row per anchor, {h} of them: 4 "
+        f"box coordinates, {what}{w - first} class scores); CAMs, ablate and evaluate explain "
+        f"one score per image, not boxes: {wrap}; in Python, a target function scores the head "
+        f"as the model returns it (target=lambda out: out[:, a, {first} + k], class k at anchor "
+        f"a; a score after the head's sigmoid is a probability, explained as it is: "
+        f"torch.logit(out[:, a, {first} + k]) explains its logit)"
     )
 
 
