@@ -220,7 +220,24 @@ def _numbers_as_names(
     return LabelMatch(match.index, match.classes, f"{match.source} (numbers read as names)")
 
 
-class CsvListDataset(Dataset):
+class ListedImages(Dataset):
+    """Image files with their labels (``files``, ``labels``), read through ``preprocess``."""
+
+    files: list[Path]
+    labels: np.ndarray
+    preprocess: Any
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.preprocess(read_image(self.files[i])), int(self.labels[i])
+
+    def image(self, i: int) -> np.ndarray:
+        return read_image(self.files[i])
+
+
+class CsvListDataset(ListedImages):
     """Images listed in a CSV file with their labels.
 
     Args:
@@ -273,12 +290,3 @@ class CsvListDataset(Dataset):
         self.classes, self.label_source = match.classes, match.source
         pre = preprocess or Preprocess(source=DATASET_DEFAULT)  # a model's replaces it
         self.preprocess = sized(pre, lambda: first_readable(self.files))
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.preprocess(read_image(self.files[i])), int(self.labels[i])
-
-    def image(self, i: int) -> np.ndarray:
-        return read_image(self.files[i])

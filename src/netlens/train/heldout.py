@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
+from ..data.csvlist import ListedImages
 from ..data.labels import _closest, find_name, nfc
 from ..errors import DataError, NetlensWarning
-from ..images import first_readable, read_image
+from ..images import first_readable
 from ..naming import display_path
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def file_list_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
     return "; ".join(said) or None
 
 
-class HeldOut(Dataset):
+class HeldOut(ListedImages):
     """Recorded image files with their labels (the held-out validation images of a run).
 
     Attributes:
@@ -172,15 +172,6 @@ class HeldOut(Dataset):
         self.label_source = "the classes recorded with the held-out images on the model card"
         self.description = description
         self.preprocess = sized(preprocess, lambda: first_readable(self.files))
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.preprocess(read_image(self.files[i])), int(self.labels[i])
-
-    def image(self, i: int) -> np.ndarray:
-        return read_image(self.files[i])
 
     @property
     def items(self) -> list[tuple[Path, int]]:
