@@ -48,3 +48,17 @@ def test_a_limit_cut_with_an_unreadable_image_counts_the_classes_it_read(tmp_pat
     assert scope["text"] == want
     (line,) = [w for w in r.meta["warnings"] if "classes are in" in w]
     assert "only 1 of the data's 3 classes" in line and "--limit 5" in line
+
+
+def test_data_given_as_an_argument_is_told_to_go_with_data(tmp_path) -> None:
+    """``netlens evaluate MODEL imgs/``, as ``cam`` takes images: one line naming --data."""
+    from typer.testing import CliRunner
+
+    from netlens.cli.app import app
+
+    res = CliRunner().invoke(app, ["evaluate", "m.pt", str(tmp_path)])
+    assert res.exit_code == 1
+    want = f"(data goes with --data: `netlens evaluate MODEL --data {tmp_path}`)"
+    assert want in res.output
+    res = CliRunner().invoke(app, ["kernels", "m.pt", str(tmp_path)])  # it takes no data
+    assert res.exit_code == 1 and "`netlens kernels --help` lists the options" in res.output

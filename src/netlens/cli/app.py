@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Annotated, Any
 
@@ -51,12 +52,25 @@ class NetlensGroup(TyperGroup):
                 ctx = getattr(exc, "ctx", None)
                 where = ctx.command_path if ctx is not None else "netlens"
                 message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
-                typer.echo(f"error: {message} (`{where} --help` lists the options)", err=True)
+                hint = _data_hint(ctx, message) or f"`{where} --help` lists the options"
+                typer.echo(f"error: {message} ({hint})", err=True)
                 code = 1
         code = code if isinstance(code, int) else 0
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def _data_hint(ctx: Any, message: str) -> str | None:
+    """For ``netlens evaluate MODEL imgs/`` (``cam``'s habit): a command that reads its data
+    from ``--data`` is told so."""
+    extra = re.match(r"Got unexpected extra argument(?:s|\(s\))? \((.+)\)$", message)
+    command = getattr(ctx, "command", None)
+    options = {o for p in getattr(command, "params", ()) for o in getattr(p, "opts", ())}
+    if extra is None or "--data" not in options:
+        return None
+    first = extra.group(1).split()[0]
+    return f"data goes with --data: `{ctx.command_path} MODEL --data {first}`"
 
 
 app = typer.Typer(
