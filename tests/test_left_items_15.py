@@ -62,3 +62,19 @@ def test_data_given_as_an_argument_is_told_to_go_with_data(tmp_path) -> None:
     assert want in res.output
     res = CliRunner().invoke(app, ["kernels", "m.pt", str(tmp_path)])  # it takes no data
     assert res.exit_code == 1 and "`netlens kernels --help` lists the options" in res.output
+
+
+def test_evaluates_table_says_what_it_scored_and_where_the_labels_came_from(tmp_path) -> None:
+    from netlens.cli.tables import evaluate_table
+
+    for i, cls in enumerate(["a", "b", "c"]):
+        _png(tmp_path / cls / f"x{i}.png", i)
+    kw = {"input_size": SIZE, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    lens = netlens.load(Net(), classes=["a", "b", "c"], **kw)
+    r = lens.evaluate(str(tmp_path), metrics="deletion", steps=4)
+    caption = evaluate_table(r).caption.splitlines()
+    labels = f"labels (the classes explained): {r.meta['label_source']}"
+    assert caption == ["images: all 3 images", labels]
+    assert "folder names" in r.meta["label_source"]
+    pred = lens.evaluate(str(tmp_path), metrics="deletion", steps=4, target="pred", limit=2)
+    assert evaluate_table(pred).caption == "images: the first 2 of 3 images (2 of 3 classes)"

@@ -66,6 +66,18 @@ def scores_table(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
+def evaluate_table(result: Any) -> Any:
+    """:func:`scores_table` with what it scored: the images and where their labels came from
+    (the explained classes, unless the predicted ones were)."""
+    table = scores_table(result.table)
+    meta = result.meta
+    lines = [f"images: {meta['data_scope']['text']}"] if meta.get("data_scope") else []
+    if meta.get("label_source") and meta.get("target", "label") == "label":
+        lines.append(f"labels (the classes explained): {meta['label_source']}")
+    table.caption = "\n".join(lines) or None
+    return table
+
+
 def cam_table(result: Any) -> Any:
     """Per image: the prediction and what was explained, with probabilities."""
     from rich.table import Table
@@ -180,7 +192,7 @@ _TABLES: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("netlens.analyzers.ablation.result", "AblationResult", ablation_table),
     ("netlens.analyzers.cam_result", "CamResult", cam_table),
     ("netlens.analyzers.stats", "StatsResult", stats_table),
-    ("netlens.analyzers.evaluate", "EvaluateResult", lambda result: scores_table(result.table)),
+    ("netlens.analyzers.evaluate", "EvaluateResult", evaluate_table),
     ("netlens.analyzers.sanity", "SanityResult", sanity_table),
 )
 
