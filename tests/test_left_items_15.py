@@ -78,3 +78,21 @@ def test_evaluates_table_says_what_it_scored_and_where_the_labels_came_from(tmp_
     assert "folder names" in r.meta["label_source"]
     pred = lens.evaluate(str(tmp_path), metrics="deletion", steps=4, target="pred", limit=2)
     assert evaluate_table(pred).caption == "images: the first 2 of 3 images (2 of 3 classes)"
+
+
+def test_ablate_says_when_the_intact_accuracy_is_no_better_than_chance() -> None:
+    """Labels no image of which the model predicts: no ablation can lower its accuracy."""
+    model = Net().eval()
+    x = torch.rand(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    pred = model(x).argmax(1)
+    wrong = (pred + 1) % 3
+    r = netlens.ablate(model, (x, wrong), resamples=50, mode="zero")
+    (line,) = [w for w in r.meta["warnings"] if "chance" in w]
+    assert "accuracy is 0.000 on 8 images, no better than chance (0.333 for 3 classes)" in line
+    assert "no ablation can lower it" in line and "--metric prob" in line
+    right = netlens.ablate(model, (x, pred), resamples=50, mode="zero")
+    assert not [w for w in right.meta["warnings"] if "chance" in w]
+    top5 = netlens.ablate(
+        model, (x, pred), metric="top5", resamples=50, mode="zero"
+    )  # 3 classes: all in
+    assert [w for w in top5.meta["warnings"] if "chance" in w] == []

@@ -411,6 +411,30 @@ def _which_channels(chosen: Any, n_ch: int, unit: str) -> list[int]:
     return list(chosen)
 
 
+_CHANCE = {"accuracy": 1, "top5": 5}  # classes a guess gets right, of K
+
+
+def _chance_warning(plan: _Plan) -> list[str]:
+    """One line when the intact model's accuracy is no better than guessing: drops from it
+    say little (none from 0), and its labels may not be the model's classes."""
+    m, k = plan.metric, plan.rows.k
+    base = plan.rows.rows["baseline"]["value"]
+    if m.name not in _CHANCE or m.multilabel or not k:
+        return []
+    chance = min(_CHANCE[m.name], k) / k
+    if base > chance or chance >= 1:  # (top-5 of 5 classes or fewer: every guess is right)
+        return []
+    source = getattr(plan.run.data, "label_source", None)
+    return [
+        f"the intact model's {m.title} is {base:.3f} on {len(plan.rows.base()['value'])} images, "
+        f"no better than chance ({chance:.3f} for {k} classes): "
+        f"{'no ablation can lower it' if base == 0 else 'its drops say little'}; are the labels "
+        "the model's classes"
+        f"{f' ({source})' if source else ''}? --metric prob or kl measure the change from the "
+        "model's own predictions"
+    ]
+
+
 def _meta(plan: _Plan) -> dict[str, Any]:
     base, m = plan.rows.rows["baseline"], plan.metric
     return {
@@ -435,8 +459,8 @@ def _meta(plan: _Plan) -> dict[str, Any]:
             f"not ablated: {', '.join(plan.skipped)} (identity cannot skip a layer that changes "
             "the shape; use --mode zero or mean for those)"
         ]
-        if plan.skipped
-        else [],
+        * bool(plan.skipped)
+        + _chance_warning(plan),
         "classes": plan.rows.classes,
         "label_source": getattr(plan.run.data, "label_source", None),
         "baseline": {k: base[k] for k in ("value", "ci_low", "ci_high")}
