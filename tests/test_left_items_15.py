@@ -4,6 +4,7 @@ read when a ``--limit`` cut and an unreadable file meet."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -96,3 +97,39 @@ def test_ablate_says_when_the_intact_accuracy_is_no_better_than_chance() -> None
         model, (x, pred), metric="top5", resamples=50, mode="zero"
     )  # 3 classes: all in
     assert [w for w in top5.meta["warnings"] if "chance" in w] == []
+
+
+class TwoOutputs(nn.Module):
+    """A list of two heads (onnx2torch returns lists): the class scores are the second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Net()
+        self.aux = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        pooled = self.net.features(x).mean(dim=(2, 3))
+        return [self.aux(pooled), self.net.fc(pooled)]
+
+
+def test_top_level_functions_take_the_output_and_task_the_messages_advise() -> None:
+    """The refusals say "(output= in Python)": netlens.cam and netlens.ablate take it for a
+    bare module, as netlens.load does; given with a Lens, it is refused in one line."""
+    from netlens.errors import NetlensError
+
+    model = TwoOutputs().eval()
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    r = netlens.cam(model, x, output=1, layer="net.features.0")
+    want = netlens.load(model, output=1).cam(x, layer="net.features.0")
+    np.testing.assert_array_equal(r.heatmaps, want.heatmaps)
+    assert [row["target"] for row in r.table] == model(x)[1].argmax(1).tolist()
+    # labels checked against the picked output's 3 classes, not the other head's 2
+    y = torch.tensor([2, 0])
+    kw = {"layers": "net.features.0", "mode": "zero", "resamples": 20, "metric": "prob"}
+    ab = netlens.ablate(model, (x, y), output=1, **kw | {"metric": "accuracy"})
+    assert ab.baseline["value"] == (model(x)[1].argmax(1) == y).float().mean().item()
+    assert netlens.ablate(model, x, output=1, **kw).baseline["value"] > 0
+    reg = netlens.cam(model, x, output=1, task="regression", layer="net.features.0", target=0)
+    assert reg.heatmaps.shape == (2, SIZE, SIZE)
+    with pytest.raises(NetlensError, match=r"^output=1 belongs to the model, .*netlens.load"):
+        netlens.cam(netlens.load(model, output=1), x, output=1)

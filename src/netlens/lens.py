@@ -362,7 +362,8 @@ class Lens:
         from .data import as_dataset
         from .models.classes import output_count
 
-        count = output_count(self.model, self.transform) if self.classes is None else None
+        unnamed = self.classes is None
+        count = output_count(self.model, self.transform, self.output_key) if unnamed else None
         if count == 1 and self.task != "regression":
             count = 2  # a single logit scores two classes: 0 (negative) and 1 (positive)
         return as_dataset(

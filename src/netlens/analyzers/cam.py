@@ -329,14 +329,15 @@ def cam(model: nn.Module | Lens, images: Any = None, **options: Any) -> CamResul
     """Class activation maps for a bare ``nn.Module`` or a :class:`~netlens.lens.Lens`.
 
     Same options as ``lens.cam``; a bare module gets the preprocessing netlens guesses for it
-    (pass a preprocessed tensor batch to control it exactly).
+    (pass a preprocessed tensor batch to control it exactly), and takes ``output=`` and
+    ``task=`` as :func:`netlens.load` does.
 
     Example:
         >>> r = netlens.cam(model, torch.randn(2, 3, 224, 224), method="scorecam")
         >>> r.heatmaps.shape
         (2, 224, 224)
     """
-    from ..lens import Lens
+    from ..bare_lens import lens_for
 
-    lens = model if isinstance(model, Lens) else Lens(model)
+    lens = lens_for(model, options)
     return CamAnalyzer().run(lens, images, **options)  # type: ignore[return-value]

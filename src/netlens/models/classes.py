@@ -20,14 +20,19 @@ __all__ = [
 ]
 
 
-def output_count(model: nn.Module, spec: Preprocess | None = None) -> int | None:
+def output_count(
+    model: nn.Module, spec: Preprocess | None = None, key: str | int | None = None
+) -> int | None:
     """How many classes ``model`` outputs; None when that cannot be told without running it.
 
     timm models say it (``num_classes``); otherwise one dry forward at the spec's input size,
     or, with no known size, the width of the last layer with weights when that is an
     ``nn.Linear`` or, as in SqueezeNet, a 1×1 ``nn.Conv2d`` (pooling, flattening, dropout and
-    activations after it have no weights).
+    activations after it have no weights). With ``key`` (the output picked of a dict, tuple or
+    list), only a dry forward tells: the last layer may make another of the outputs.
     """
+    if key is not None:
+        return _dry_forward_count(model, spec, key) if spec is not None and spec.size else None
     n = getattr(model, "num_classes", None)
     if isinstance(n, int) and hasattr(model, "get_classifier"):
         return n
@@ -185,7 +190,9 @@ def blank_forward(model: nn.Module, spec: Preprocess) -> Any:
         return None
 
 
-def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
+def _dry_forward_count(
+    model: nn.Module, spec: Preprocess, key: str | int | None = None
+) -> int | None:
     out = blank_forward(model, spec)
     if out is None:
         return None
@@ -193,7 +200,7 @@ def _dry_forward_count(model: nn.Module, spec: Preprocess) -> int | None:
     from ..targets import model_output
 
     try:
-        out = model_output(out)
+        out = model_output(out, key)
     except NetlensError:
         return None
     rows = out.dim() == 2 and out.shape[0] == 2  # not one row per image (.flatten()): unknown

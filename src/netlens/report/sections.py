@@ -91,7 +91,7 @@ def _classes(lens: Lens) -> str:
     if not names:
         from ..models.classes import output_count
 
-        n = output_count(lens.model, lens.transform)  # None when a forward cannot tell
+        n = output_count(lens.model, lens.transform, lens.output_key)  # None: cannot tell
         if not n:
             return "unnamed"
         return f"{n} (unnamed: {'0' if n == 1 else f'0–{n - 1}'})"

@@ -120,14 +120,15 @@ def ablate(
         **options: ``channels`` (True, or a list), ``out`` / ``resume`` (keep rows in
             ``out``; finished: ``out/ablation.csv``), ``batch_size``, ``limit``, ``seed``,
             ``resamples``, ``points``, ``fast``, ``cache_mb``, ``identity_fns``, ``progress``,
-            ``storage``.
+            ``storage``; for a bare module, ``output`` and ``task`` as :func:`netlens.load`
+            takes them.
 
     Example:
         >>> res = netlens.ablate(model, (images, labels))
         >>> res.baseline["value"], res.harm()
     """
-    from ...lens import Lens
+    from ...bare_lens import lens_for
 
-    lens = model if isinstance(model, Lens) else Lens(model)
+    lens = lens_for(model, options)
     result = lens.run("ablate", data, layers=layers, mode=mode, metric=metric, **options)
     return result  # type: ignore[return-value]
