@@ -120,7 +120,7 @@ def test_repro_header_names_versions_checksum_data_seeds_and_commands(report, le
     html = report.html
     assert model_digest(lens.model) in html
     assert f"torch</th><td>{torch.__version__}" in html
-    assert "seed: ablation bootstrap" in html and "(images, labels)" not in html
+    assert "seed: ablation bootstrap" in html and "tensor(" not in html  # the pair not dumped
     commands = re.findall(r'<code class="mono">(netlens [^<]+)</code>', html)
     # a model held in memory has no file to name: MODEL stands for it, and the line says so
     assert any(c.startswith("netlens report MODEL") and "in memory" in c for c in commands)
