@@ -125,6 +125,47 @@ def test_a_split_head_is_traced_by_the_piece_it_picks(pick, traced) -> None:  # 
     assert output_rules(Wrapped(Yolo(), pick).eval(), _x())[0] is traced
 
 
+class Yolox(nn.Module):
+    """YOLOX's head, a row per anchor: 4 box coordinates, the objectness and K class scores,
+    both after a sigmoid (ddddocr's common_det); its detection score is objectness × class."""
+
+    def __init__(self, k: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c = nn.Conv2d(3, 5 + k, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.c(x).flatten(2).transpose(1, 2)
+        return torch.cat([f[..., :4], f[..., 4:].sigmoid()], 2)
+
+
+@pytest.mark.parametrize(
+    ("pick", "traced"),
+    [
+        (lambda out: (out[..., 4] * out[..., 5:].amax(-1)).amax(1, keepdim=True), True),
+        (lambda out: out[:, 7, 4:5] * out[:, 7, 6:7], True),  # class 1 at anchor 7
+        (lambda out: (out[:, 7, 4:5] * out[:, 7, 5:]).amax(1, keepdim=True), True),  # broadcast
+        (lambda out: out[:, 7, 4:5] * torch.sigmoid(out[:, 7, 0:1]), True),  # σ · σ: in (0, 1)
+        (lambda out: out[:, 7, 4:5] * out[:, 7, 0:1], False),  # a box coordinate in it
+        (lambda out: out[:, 7, 4:5] * 0.5, False),  # a constant: a MulBackward1
+    ],
+)
+def test_objectness_times_class_score_reads_as_a_probability(pick, traced) -> None:  # noqa: ANN001
+    model = Wrapped(Yolox(), pick).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlensWarning)
+        assert output_rules(model, _x())[0] is traced
+
+
+def test_yolox_score_is_shown_as_the_models_own() -> None:
+    model = Wrapped(Yolox(), lambda out: out[:, 7, 4:5] * out[:, 7, 6:7]).eval()
+    x = _x()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NetlensWarning)
+        r = netlens.Lens(model).cam(x, layer="d.c")
+    assert float(r.arrays["probs"].ravel()[-1]) == pytest.approx(float(model(x)), abs=1e-5)
+
+
 def test_top_score_is_shown_as_the_models_probability() -> None:
     model = Wrapped(Yolo(), _top).eval()
     x = _x()

@@ -313,7 +313,7 @@ def _made_by_sigmoid(picked: torch.Tensor) -> bool:
     through the graph's own nodes, a max or min spread over every element it reduced (its
     value depends on them all, its gradient reaches the one it picked)."""
     fn, _ = _below(picked.grad_fn, None, picked.output_nr)
-    if type(fn).__name__ != "CatBackward0":
+    if type(fn).__name__ not in _JOINS:
         return fn is not None and is_sigmoid_node(fn)
     try:
         with torch.no_grad():
@@ -336,12 +336,20 @@ def _below(fn: Any, grad: torch.Tensor | None, nr: int = 0) -> tuple[Any, torch.
     return fn, grad
 
 
+_JOINS = {"CatBackward0", "MulBackward0"}  # parts to follow back: a cat's, a product's
+
+
 def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int], nr: int = 0) -> bool:
     fn, grad = _below(fn, grad, nr)
-    if type(fn).__name__ != "CatBackward0" or grad is None:
+    if type(fn).__name__ not in _JOINS or grad is None:
         return fn is not None and is_sigmoid_node(fn)
     cats[0] -= 1
     parts = fn(grad)
+    if type(fn).__name__ == "MulBackward0":  # YOLOX's objectness × class score: both sigmoids'
+        return cats[0] >= 0 and all(
+            f is not None and _sigmoid_below(f, _factor_part(g, f, k), cats, k)
+            for (f, k), g in zip(fn.next_functions, parts, strict=True)
+        )
     used = [(f, k, g) for (f, k), g in zip(fn.next_functions, parts, strict=True) if _used(g)]
     return (
         cats[0] >= 0
@@ -350,6 +358,16 @@ def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int], nr: int = 0) ->
             f is not None and _sigmoid_below(f, g.ne(0).to(g.dtype), cats, k) for f, k, g in used
         )
     )
+
+
+def _factor_part(part: torch.Tensor | None, fn: Any, nr: int) -> torch.Tensor | None:
+    """Where a product's factor (``fn``'s output ``nr``) reaches the output: its gradient's
+    nonzero values (the other factor's; summed back over the axes it was broadcast along),
+    the whole factor where the other is zero there (every factor counts)."""
+    if part is None or fn is None:
+        return None
+    reached = part.ne(0).to(part.dtype).sum_to_size(list(fn._input_metadata[nr].shape)).ne(0)
+    return (reached if bool(reached.any()) else torch.ones_like(reached)).to(part.dtype)
 
 
 def _used(part: torch.Tensor | None) -> bool:
