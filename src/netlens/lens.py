@@ -17,9 +17,11 @@ from .fresh_input import fresh, write_count
 from .images import Batch, load_batch
 from .layers import LayerInfo, eval_mode, exclusive, layer_table
 from .model_checks import refuse_compiled, refuse_meta, tensors, warn_batch_statistics
+from .model_output import picked_output
 from .models.known_classes import ClassNames, known_class_names
 from .models.wrappers import unwrap
 from .output_reader import is_binary_dense, output_rules
+from .output_rows import rows_refusal
 from .preprocess import Preprocess, SizeFromFirstImage
 from .targets import check_task
 
@@ -243,14 +245,11 @@ class Lens:
         another size than ``x``'s (a layer's output swapped for R copies of one image's).
         """
         self.learn_output(x)
-        out = self.reader(self.model(fresh(x)), x)  # a model may write into its input
+        raw = self.model(fresh(x))  # a model may write into its input
+        out = self.reader(raw, x)
         expected = x.shape[0] if rows is None else rows
-        if out.shape[0] != expected:
-            raise NetlensError(
-                f"the model returned {tuple(out.shape)} for {expected} image(s), not one row "
-                "per image (a forward that squeezes its batch axis away: .squeeze() of one "
-                "image's 1×K); return N×K (.squeeze(1), or .flatten(1))"
-            )
+        if out.shape[0] != expected:  # told by the tensor the model returned
+            raise NetlensError(rows_refusal(picked_output(raw, self.output_key), expected))
         if not handed_raw(self.model):  # a callable target's own output: nothing to check
             self._check_class_count(out)
             _check_maps(out, x)
