@@ -133,3 +133,40 @@ def test_top_level_functions_take_the_output_and_task_the_messages_advise() -> N
     assert reg.heatmaps.shape == (2, SIZE, SIZE)
     with pytest.raises(NetlensError, match=r"^output=1 belongs to the model, .*netlens.load"):
         netlens.cam(netlens.load(model, output=1), x, output=1)
+
+
+class FixedBatch(nn.Module):
+    """An export's fixed batch: a Reshape to [1, C, -1] folds every image into one row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(f.reshape(1, 8, -1).mean(-1))
+
+
+def test_ablate_and_evaluate_refuse_a_fixed_batch_and_run_one_image_at_a_time() -> None:
+    """Folded rows were scored against the wrong labels (ablate: a message about label
+    dtypes) or crashed (evaluate's perturbed passes: an IndexError)."""
+    from netlens.errors import NetlensError
+
+    model = FixedBatch().eval()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    kw = {"layers": "c1,c2", "mode": "zero", "resamples": 20}
+    one_at_a_time = r"not one row per image: it takes one image at a time .*--batch-size 1"
+    with pytest.raises(NetlensError, match=one_at_a_time):
+        netlens.ablate(model, (x, y), batch_size=2, **kw)
+    single = netlens.ablate(model, (x, y), batch_size=1, **kw)
+    each = [int(model(x[i : i + 1]).argmax()) == int(y[i]) for i in range(4)]
+    assert single.baseline["value"] == pytest.approx(sum(each) / 4)
+    lens = netlens.load(model)
+    with pytest.raises(NetlensError, match=one_at_a_time):
+        lens.evaluate((x, y), metrics="deletion", steps=4, chunk=1)
+    ok = lens.evaluate((x, y), metrics="deletion", steps=4, chunk=1, batch_size=1)
+    assert ok.table[0]["n"] == 4

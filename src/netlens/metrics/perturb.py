@@ -123,6 +123,11 @@ def row_probs(
 
         def batch() -> np.ndarray:
             out = model_output(run_channels_last(model, model, rows(start, stop))).float()
+            if len(out) != stop - start:  # a fixed-batch export: one row for the batch
+                from ..errors import NetlensError
+                from ..output_rows import rows_refusal
+
+                raise NetlensError(rows_refusal(out, stop - start))
             probs = probs_of(out) if probs_of else torch.softmax(as_logits(out), dim=1)
             picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
             return picked.cpu().numpy().astype(np.float64)

@@ -297,16 +297,29 @@ class Engine:
     def prefix(self, x: torch.Tensor) -> BatchCache:
         """One full run: the baseline logits, plus each unit's cached input/output."""
         if self.graph is None:
-            return BatchCache(x=x, logits=logits_of(self.model(fresh(x)), self.output))
+            logits = logits_of(self.model(fresh(x)), self.output)
+            return BatchCache(x=x, logits=self._one_row_each(logits, x))
         cache = BatchCache(x=x, logits=torch.empty(0))
         env = {self.nodes[0]: fresh(x), **self._start}
         with self._counting():
-            cache.logits = self._run_nodes(env, 1 + len(self._start), cache)
+            cache.logits = self._one_row_each(self._run_nodes(env, 1 + len(self._start), cache), x)
         for unit in self.hidden_calls:  # sent to the naive path: its snapshots are not needed
             for kept in (cache.inputs, cache.outputs, cache.frontier, cache.rest):
                 kept.pop(unit, None)
         self._drop_tuple_units(cache)
         return cache
+
+    def _one_row_each(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``logits``, refused in one line unless one row per image of ``x`` (a fixed-batch
+        export folds a batch into one row: its scores would be matched to the wrong images)."""
+        if logits.shape[0] == len(x):
+            return logits
+        from ...model_output import picked_output
+        from ...output_rows import rows_refusal
+
+        key = self.output.key if isinstance(self.output, OutputReader) else self.output
+        raw = picked_output(self.model(fresh(x)), key)
+        raise NetlensError(rows_refusal(raw, len(x)))
 
     def check(self, x: torch.Tensor) -> bool:
         """Use the traced graph only if it reproduces the model's own logits on ``x``: bit for
