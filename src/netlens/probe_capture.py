@@ -41,6 +41,13 @@ UNREACHED = (
     "ablationcam; method= in Python)"
 )
 
+#: Why a container did not run, and which of its blocks to pick (``{child}``: its last).
+ONE_BY_ONE = (
+    "the forward does not use it (a module that runs only in training, as auxiliary heads do), "
+    "or runs its blocks one by one (gradient checkpointing, as timm's set_grad_checkpointing "
+    "does: pick one of them, such as '{child}')"
+)
+
 FX_INLINED = (
     "layer '{name}' did not run: torch.fx inlined it into the GraphModule's graph, where only "
     "leaf modules (convolutions, norms, activations) still run; pick one of them (`netlens "
@@ -167,11 +174,8 @@ class Capture:
                 raise NetlensError(FX_INLINED.format(name=self.name))
             if self._last_child is not None:
                 raise NetlensError(
-                    f"layer '{self.name}' did not run (no {what} captured): the forward does "
-                    "not use it (a module that runs only in training, as auxiliary heads do), "
-                    "or runs its blocks one by one (gradient checkpointing, as timm's "
-                    f"set_grad_checkpointing does: pick one of them, such as "
-                    f"'{self._last_child}')"
+                    f"layer '{self.name}' did not run (no {what} captured): "
+                    + ONE_BY_ONE.format(child=self._last_child)
                 )
             raise NetlensError(
                 f"layer '{self.name}' did not run (no {what} captured); run the model inside the "

@@ -8,7 +8,8 @@
   scale is irrelevant to the model. Hugging Face transformers' ``WeightStandardizedConv2d``
   (BiT, ViT-hybrid, DPT-hybrid) does the same.
 - another Conv2d subclass with its own forward (a copied big_transfer ``StdConv2d``) is run on
-  one small random input (:func:`checked_forward_weight`): when its output is not that of
+  one small random input (:func:`checked_forward_weight`; its forward alone, without the
+  user's hooks, which are not for that input): when its output is not that of
   ``F.conv2d`` with ``.weight`` but is with the per-filter standardised weight, that is shown;
   otherwise a warning says the tiles show ``.weight``, not what the forward computes.
 - ``torch.nn.utils.prune`` (``weight_orig × weight_mask``), the classic
@@ -172,7 +173,7 @@ def checked_forward_weight(
     x = torch.randn(1, mod.in_channels, *size, generator=g).to(weight)
     try:
         with torch.no_grad():
-            y = mod(x)
+            y = mod.forward(x)  # not mod(x): the user's hooks are not for this input
             if not isinstance(y, torch.Tensor) or _matches(y, _conv_candidates(mod, x, weight)):
                 return weight, how, None
             for eps in dict.fromkeys([float(getattr(mod, "eps", 1e-5)), 1e-5, 1e-6, 1e-10]):

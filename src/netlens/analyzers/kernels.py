@@ -89,15 +89,10 @@ class KernelsResult(Result):
         return out
 
 
-def _weight(mod: nn.Module) -> Any:
-    """The weight tensor the layer convolves with; a quantized layer's (``weight()``, a method
-    there) as its float values."""
-    return _weight_used(mod)[0]
-
-
 def _weight_used(mod: nn.Module) -> tuple[Any, str | None, str | None]:
-    """:func:`_weight`, how it was derived from the stored parameters (None: as stored) and a
-    warning line when an adapter's update had to be left out."""
+    """The weight tensor the layer convolves with (a quantized layer's, ``weight()`` a method
+    there, as its float values), how it was derived from the stored parameters (None: as
+    stored) and a warning line when it may not be what the forward uses."""
     base = adapter_base(mod)
     if base is not None:  # a LoRA wrapper: its base layer's weights plus the adapter's update
         weight, how, _ = _weight_used(base)
@@ -135,10 +130,9 @@ def _kinds(kind: type[nn.Module]) -> tuple[type[nn.Module], ...]:
     return (kind, nnq.Conv2d) if kind is nn.Conv2d else (kind, nnq.Linear)
 
 
-def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
-    """A conv/linear layer's weights as it convolves with them, one filter (output unit) per row
-    of the first axis."""
-    weight = _weight(mod)
+def filter_weights(mod: nn.Module, name: str, weight: Any) -> np.ndarray:
+    """A conv/linear layer's weights as it convolves with them (``weight``, from
+    :func:`_weight_used`), one filter (output unit) per row of the first axis."""
     refusal = conditional_conv_error(mod, name, weight)
     if refusal:
         raise AnalyzerError(refusal)
@@ -156,8 +150,10 @@ def filter_weights(mod: nn.Module, name: str) -> np.ndarray:
     return w
 
 
-def _meta(name: str, mod: nn.Module, o: Any) -> dict[str, Any]:
-    weight, used, warning = _weight_used(mod)
+def _meta(
+    name: str, mod: nn.Module, o: Any, weight_used: tuple[Any, str | None, str | None]
+) -> dict[str, Any]:
+    weight, used, warning = weight_used
     conv = adapter_base(mod) or mod
     meta = {
         "layer": name,
@@ -354,6 +350,17 @@ def _one(model: nn.Module, layer: Any) -> str:
     return names[0].name  # weights belong to the module, whichever call
 
 
+def _fused_inner(name: str, mod: nn.Module) -> tuple[str, nn.Module]:
+    """The conv or linear layer inside a torch.ao fused module (``fuse_modules``' ConvReLU2d:
+    ``conv1`` → ``conv1.0``, whose weight the conv receives), else ``name`` and ``mod``."""
+    from torch.ao.nn.intrinsic import _FusedModule
+
+    if isinstance(mod, _FusedModule) and not hasattr(mod, "weight") and len(mod):
+        if isinstance(mod[0], _ConvNd | nn.Linear):
+            return f"{name}.0", mod[0]
+    return name, mod
+
+
 def _reads_input(
     model: nn.Module, layers: dict[str, nn.Module], name: str, seen: tuple[list[str], list[str]]
 ) -> bool:
@@ -427,10 +434,11 @@ class KernelsAnalyzer(Analyzer):
             name = _first_layer(lens.model, layers, *seen)
         else:
             name = _one(lens.model, layer)
+        name, mod = _fused_inner(name, lens.model.get_submodule(name))
         run.layers = [name]
-        mod = lens.model.get_submodule(name)
-        w = filter_weights(mod, name)
-        meta = _meta(name, mod, o)
+        weight_used = _weight_used(mod)  # once: it may run the layer on a test input
+        w = filter_weights(mod, name, weight_used[0])
+        meta = _meta(name, mod, o, weight_used)
         meta["depthwise"] = w.ndim == 4 and w.shape[1] == 1 and meta["groups"] > 1
         reads_image = _reads_input(lens.model, layers, name, seen)
         arrays = self._view(lens, name, w, o.reduce, meta, reads_image)

@@ -19,6 +19,7 @@ the first batch, before any statistics.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -161,21 +162,40 @@ def listed(names: list[str]) -> str:
     return f"layer {shown}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
-def not_run(model: nn.Module, refused: list[str], every: str) -> AnalyzerError:
+def not_run(
+    model: nn.Module, refused: list[str], every: str = "", ran: Collection[str] | None = None
+) -> AnalyzerError:
     """The refusal of selections that did not run in the forward: the one torch.fx gives
     (:data:`netlens.probe_capture.FX_INLINED`, as features and top-activations say it) for a
-    container a GraphModule inlined, else a call the module does not make or a training-only
-    module."""
-    from ..probe_capture import FX_INLINED, fx_inlined
+    container a GraphModule inlined; for another container (whose blocks ran, when ``ran``,
+    the names of the modules that did, is known) :data:`netlens.probe_capture.ONE_BY_ONE`, as
+    features says it; else a call the module
+    does not make or a training-only module."""
+    from ..probe_capture import FX_INLINED, ONE_BY_ONE, fx_inlined
 
-    inlined = [n for n in refused if fx_inlined(model, LayerCall.parse(n).name)]
+    modules = [LayerCall.parse(n).name for n in refused]
+    inlined = [n for n in modules if fx_inlined(model, n)]
     if inlined:
         return AnalyzerError(FX_INLINED.format(name=inlined[0]))
+    for name in refused:  # a call (``stage@1``) of a module that ran: not a container's case
+        child = _last_child(model, name)
+        if child and (ran is None or any(r.startswith(f"{name}.") for r in ran)):
+            why = ONE_BY_ONE.format(child=child)
+            return AnalyzerError(f"layer '{name}' did not run in the model's forward: {why}")
     return AnalyzerError(
         f"{listed(refused)} did not run in the model's forward{every} (a call the module does "
         "not make, or a module that runs only in training, as auxiliary heads do); see the "
         "calls in `netlens layers MODEL`"
     )
+
+
+def _last_child(model: nn.Module, name: str) -> str | None:
+    """``name``'s last child (``layer3.1``), None for a leaf or a name that is no module."""
+    try:
+        kids = [k for k, _ in model.get_submodule(name).named_children()]
+    except AttributeError:
+        return None
+    return f"{name}.{kids[-1]}" if kids else None
 
 
 def call_order(model: nn.Module, x: torch.Tensor, modules: list[str]) -> list[tuple[str, bool]]:

@@ -32,6 +32,7 @@ from torch import nn
 from ...errors import AnalyzerError
 from ...few_images import on_fewest
 from ...layers import resolve_layers
+from ..stats_layers import not_run
 from .heads import Heads, output_heads
 from .residual import find_residual
 from .survey import Call, survey
@@ -259,5 +260,5 @@ def find_units(
     names = [n.name for n in names]
     idle = [n for n in names if n not in calls]
     if idle:
-        raise AnalyzerError(f"layer(s) {', '.join(idle)} did not run in the model's forward")
+        raise not_run(model, idle, ran=calls)
     return [_unit(n, model.get_submodule(n), calls[n], fns) for n in names], True
