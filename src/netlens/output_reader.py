@@ -313,8 +313,8 @@ def _made_by_sigmoid(picked: torch.Tensor) -> bool:
     through the graph's own nodes, a max or min spread over every element it reduced (its
     value depends on them all, its gradient reaches the one it picked)."""
     fn, _ = _below(picked.grad_fn, None, picked.output_nr)
-    if type(fn).__name__ not in _JOINS:
-        return fn is not None and is_sigmoid_node(fn)
+    if fn is None or is_sigmoid_node(fn) or type(fn).__name__ not in _JOINS:
+        return fn is not None and is_sigmoid_node(fn)  # (1 / (1 + exp(-z)) ends in a Mul)
     try:
         with torch.no_grad():
             ones = torch.ones_like(picked)
@@ -341,7 +341,7 @@ _JOINS = {"CatBackward0", "MulBackward0"}  # parts to follow back: a cat's, a pr
 
 def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int], nr: int = 0) -> bool:
     fn, grad = _below(fn, grad, nr)
-    if type(fn).__name__ not in _JOINS or grad is None:
+    if fn is None or is_sigmoid_node(fn) or type(fn).__name__ not in _JOINS or grad is None:
         return fn is not None and is_sigmoid_node(fn)
     cats[0] -= 1
     parts = fn(grad)
