@@ -63,9 +63,18 @@ def _token_layout(
     for exact in (True, False):  # 18 tokens of a 32×128 input: 2 + 2×8 before 2×9
         for k in tries:
             grid = _grid(length - k, hw, exact)
-            if grid is not None:
+            if grid is not None and _plausible(grid, hw):
                 return k, *grid
     return None
+
+
+_WIDEST_PATCH = 64  # the most input pixels per token row or column (LeViT's last stage: 56)
+
+
+def _plausible(grid: tuple[int, int], hw: Sequence[int] | None) -> bool:
+    """Whether a guessed grid's patches are no wider than :data:`_WIDEST_PATCH` on an ``hw``
+    input: a detector's 6 box-and-score rows of a 416×416 image are no 2×2 grid."""
+    return hw is None or all(g >= int(s) // _WIDEST_PATCH for g, s in zip(grid, hw, strict=True))
 
 
 def _grid(n: int, hw: Sequence[int] | None, exact: bool = False) -> tuple[int, int] | None:

@@ -91,7 +91,7 @@ class TracedCall:
     output: Any
     version: int
     caller_input_dims: tuple[int | None, ...] = ()
-    grad_fn: Any = None  # the output's autograd node when the call returned (grad forwards)
+    grad_fn: Any = None  # the output's (a tuple's head's) autograd node (grad forwards)
     input_key: tuple[Any, ...] | None = None  # its first tensor input and its version
 
 
@@ -238,7 +238,8 @@ def _dry_forward(
                     return
                 stack.pop()
                 k = counts[name] = counts.get(name, -1) + 1
-                node = out.grad_fn if isinstance(out, torch.Tensor) else None
+                head = out if isinstance(out, torch.Tensor) else tuple_head(out)
+                node = head.grad_fn if head is not None else None  # a tuple's: its head's
                 key = _input_key(i)
                 seen.append(TracedCall(name, k, m, out, _version(out), tuple(stack), node, key))
 
@@ -434,7 +435,10 @@ def auto_layer(
     head to leave out; ``task`` as the Lens'; read off the same forward). A call returning a
     tuple whose first element is such a map or tokens (Hugging Face blocks and stages) counts
     by that element; only blocks returning tensors are preferred over a later token layer (HF Swin
-    keeps its final norm).
+    keeps its final norm). Only outputs with a row per image on their first axis count (not an
+    RNN's sequence-first T×N×…); a list is no ``(hidden_states, …)`` (a detector's levels), and
+    when a module returns several tensors per image, only the calls the output depends on count
+    (a wrapper's ``m(x)[1][:, a, k]`` of an inner detector).
     """
     from .channel_layout import learning_layouts
 
@@ -442,11 +446,16 @@ def auto_layer(
     with learning_layouts(model):  # the same forward tells which layers keep channels last
         traced, returned = _dry_forward(model, x)
     n = len(x) if isinstance(x, torch.Tensor) and x.dim() else None  # tuples: their first element
-    heads = [tuple_head(c.output, n) for c in traced]
+    peers = any(_several_per_image(c.output, n) for c in traced)
+    heads = [_stream_head(c.output, returned, n) for c in traced]
     traced = [c if h is None else replace(c, output=h) for c, h in zip(traced, heads, strict=True)]
     head = not (features and _feature_stack(traced, returned, output, task))
-    allowed = _explained_slots(model, x, returned, output, head)
-    calls = [(i, c) for i, c in enumerate(traced) if not allowed or (c.name, c.call) in allowed]
+    allowed = _explained_slots(model, x, returned, output, head, peers)
+    calls = [
+        (i, c)
+        for i, c in enumerate(traced)
+        if (not allowed or (c.name, c.call) in allowed) and _batch_first(c.output, n)
+    ]
     spatial = [(i, c) for i, c in calls if _is_map_call(c, model=model)]
     hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
     grids = [(i, c) for i, c in calls if _is_token_grid(c.output, model, c.name, hw)]
@@ -468,6 +477,37 @@ def auto_layer(
     return _selection(traced, best, consumed=_version(out) > last)
 
 
+def _batch_first(out: Any, n: int | None) -> bool:
+    """Whether a tensor output has one row per image on its first axis (not an RNN's
+    sequence-first T×N×…, nor windows folded into the batch); True when nothing tells."""
+    return n is None or not isinstance(out, torch.Tensor) or not out.dim() or out.shape[0] == n
+
+
+def _several_per_image(out: Any, n: int | None) -> bool:
+    """Whether a call returned a tuple or list of several tensors with a row per image (a
+    detector's levels), of which the model's output may use some only."""
+    if not isinstance(out, (tuple, list)):
+        return False
+    return sum(isinstance(t, torch.Tensor) and _batch_first(t, n) for t in out) > 1
+
+
+def _stream_head(out: Any, returned: Any, n: int | None) -> torch.Tensor | None:
+    """:func:`tuple_head` of a call's output for ``auto``: only a tuple's (Hugging Face blocks'
+    ``(hidden_states, …)``; a list holds peers, such as a detector's levels), and not when the
+    model's output is cut out of one of its tensors by indexing alone (a wrapper's
+    ``m(x)[1][:, a, k]``: ``m`` returns the scores, not features)."""
+    if not isinstance(out, tuple):
+        return None
+    from .write_guard import tensors_in
+
+    bases = {id(t) for t in out if isinstance(t, torch.Tensor)}
+    bases |= {id(t._base) for t in out if isinstance(t, torch.Tensor) and t._base is not None}
+    for r in tensors_in(returned):
+        if r._base is not None and id(r._base) in bases and all(r is not t for t in out):
+            return None
+    return tuple_head(out, n)
+
+
 def _feature_stack(
     traced: list[TracedCall], returned: Any, output: str | int | None, task: str | None
 ) -> bool:
@@ -481,18 +521,24 @@ def _feature_stack(
 
 
 def _explained_slots(
-    model: nn.Module, x: torch.Tensor, returned: Any, output: str | int | None, head: bool = True
+    model: nn.Module,
+    x: torch.Tensor,
+    returned: Any,
+    output: str | int | None,
+    head: bool = True,
+    peers: bool = False,
 ) -> set[tuple[str, int]]:
     """For a dense output, the calls ``auto`` may pick (see :mod:`netlens.dense_head`), from
     one more dry forward, with autograd; for a model returning several tensors (a
-    segment-and-classify model's masks and class scores), the calls the output explained
-    depends on, so its class scores are not explained at the segmentation head; empty (no
-    restriction) for a single classifier output; ``head`` False: a dense output is feature
+    segment-and-classify model's masks and class scores), or holding a module that does
+    (``peers``: a wrapper's one score of an inner detector's levels), the calls the output
+    explained depends on, so its class scores are not explained at the segmentation head; empty
+    (no restriction) for a single classifier output; ``head`` False: a dense output is feature
     maps, with no head to leave out."""
     from .dense_head import ancestor_slots, feature_slots, is_dense, several_tensors
 
     dense = head and is_dense(returned, output)
-    if not dense and not several_tensors(returned):
+    if not dense and not several_tensors(returned) and not peers:
         return set()
     leaf = x.detach().clone().requires_grad_(True)  # every output then has a graph
     try:
