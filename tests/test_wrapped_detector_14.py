@@ -157,6 +157,33 @@ def test_objectness_times_class_score_reads_as_a_probability(pick, traced) -> No
         assert output_rules(model, _x())[0] is traced
 
 
+class DecodesInPlace(Yolox):
+    """YOLOX ≤ 0.2's decode_outputs, YOLOv5 ≤ 6.0's Detect(inplace=True): box columns
+    written in place over the head's cat (a CopySlices node)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        out[..., :2] = (out[..., :2] + 1) * 8
+        return out
+
+
+@pytest.mark.parametrize(
+    ("pick", "traced"),
+    [
+        (lambda out: (out[..., 4:5] * out[..., 5:]).amax(dim=(1, 2))[:, None], True),
+        (lambda out: out[:, 3, 5:6], True),
+        (lambda out: out[:, 3, 0:1].sigmoid() * out[:, 3, 5:6], True),
+        (lambda out: out[:, 3, 0:1] * out[:, 3, 5:6], False),  # the written box column
+        (lambda out: out[:, 3, 3:4] * out[:, 3, 5:6], False),  # a box column under it
+    ],
+)
+def test_a_head_decoding_its_boxes_in_place_is_traced(pick, traced) -> None:  # noqa: ANN001
+    model = Wrapped(DecodesInPlace(), pick).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NetlensWarning)
+        assert output_rules(model, _x())[0] is traced
+
+
 def test_yolox_score_is_shown_as_the_models_own() -> None:
     model = Wrapped(Yolox(), lambda out: out[:, 7, 4:5] * out[:, 7, 6:7]).eval()
     x = _x()

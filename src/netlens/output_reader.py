@@ -336,7 +336,9 @@ def _below(fn: Any, grad: torch.Tensor | None, nr: int = 0) -> tuple[Any, torch.
     return fn, grad
 
 
-_JOINS = {"CatBackward0", "MulBackward0"}  # parts to follow back: a cat's, a product's
+# parts to follow back: a cat's, a product's, an in-place write's (a head decoding its boxes
+# in place, ``out[..., :2] = ...``: the written slice and the rest of the tensor below it)
+_JOINS = {"CatBackward0", "MulBackward0", "CopySlices"}
 
 
 def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int], nr: int = 0) -> bool:
