@@ -108,5 +108,27 @@ def test_a_flattened_batch_keeps_its_advice() -> None:
     with pytest.raises(NetlensError) as e:
         netlens.cam(Flat().eval(), _x(2, 3, 32, 32), method="gradcam", layer="conv")
     msg = str(e.value)
-    assert "(10,) for 2 image(s)" in msg and "squeezes its batch axis" in msg
-    assert ".squeeze(1)" in msg and "one image at a time" not in msg
+    assert "(10,) for 2 image(s)" in msg and "one vector of 10 values" in msg
+    assert "return N×K (.flatten(1))" in msg and "one image at a time" not in msg
+
+
+def test_a_squeezed_image_keeps_its_advice() -> None:
+    with pytest.raises(NetlensError) as e:
+        netlens.cam(Flat().eval(), _x(1, 3, 32, 32), method="gradcam", layer="conv")
+    assert "squeezes its batch axis" in str(e.value) and ".squeeze(1)" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("shape", "n", "said"),
+    [
+        ((4, 10), 2, "but 2 rows per image (augmented copies stacked on the batch?)"),
+        ((4, 2), 2, "axis 1; wrap the model"),  # and the copies' reading beside it
+        ((3, 10), 2, "; return one row per image (N×K, N×K×H×W)"),
+    ],
+)
+def test_several_rows_per_image_are_said_as_such(shape, n, said) -> None:  # noqa: ANN001
+    from netlens.output_rows import rows_refusal
+
+    msg = rows_refusal(torch.zeros(shape), n)
+    assert said in msg and "squeeze" not in msg
+    assert ("rows per image" in msg) is (shape[0] % n == 0)
