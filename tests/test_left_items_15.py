@@ -131,8 +131,11 @@ def test_top_level_functions_take_the_output_and_task_the_messages_advise() -> N
     assert netlens.ablate(model, x, output=1, **kw).baseline["value"] > 0
     reg = netlens.cam(model, x, output=1, task="regression", layer="net.features.0", target=0)
     assert reg.heatmaps.shape == (2, SIZE, SIZE)
-    with pytest.raises(NetlensError, match=r"^output=1 belongs to the model, .*netlens.load"):
-        netlens.cam(netlens.load(model, output=1), x, output=1)
+    held = netlens.load(model, output=1)
+    with pytest.raises(NetlensError, match=r"^output=0 belongs to the model, .*netlens.load"):
+        netlens.cam(held, x, output=0)
+    same = netlens.cam(held, x, output=1, task=None, layer="net.features.0")  # as it holds
+    np.testing.assert_array_equal(same.heatmaps, want.heatmaps)
 
 
 class FixedBatch(nn.Module):
@@ -170,3 +173,15 @@ def test_ablate_and_evaluate_refuse_a_fixed_batch_and_run_one_image_at_a_time() 
         lens.evaluate((x, y), metrics="deletion", steps=4, chunk=1)
     ok = lens.evaluate((x, y), metrics="deletion", steps=4, chunk=1, batch_size=1)
     assert ok.table[0]["n"] == 4
+
+
+def test_the_data_hint_is_not_given_when_data_was(tmp_path) -> None:
+    """``--layers a b --data imgs``: the extra value is --layers' second, not the data."""
+    from typer.testing import CliRunner
+
+    from netlens.cli.app import app
+
+    args = ["ablate", "m.pt", "--layers", "layer1", "layer2", "--data", str(tmp_path)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "data goes with --data" not in res.output
+    assert "an option takes one value, a list comma-separated (a,b)" in res.output

@@ -17,8 +17,11 @@ def lens_for(model: Any, options: dict[str, Any]) -> Any:
     from .lens import Lens
 
     given = {k: options.pop(k) for k in MODEL_OPTIONS if k in options}
+    given = {k: v for k, v in given.items() if v is not None}  # None: netlens decides
     if not isinstance(model, Lens):
         return Lens(model, **given)
+    held = {"output": model.output_key, "task": model.task}
+    given = {k: v for k, v in given.items() if v != held[k]}  # what the Lens holds already
     if given:
         named = ", ".join(f"{k}={v!r}" for k, v in given.items())
         raise NetlensError(

@@ -66,9 +66,19 @@ def _data_hint(ctx: Any, message: str) -> str | None:
     from ``--data`` is told so."""
     extra = re.match(r"Got unexpected extra argument(?:s|\(s\))? \((.+)\)$", message)
     command = getattr(ctx, "command", None)
-    options = {o for p in getattr(command, "params", ()) for o in getattr(p, "opts", ())}
-    if extra is None or "--data" not in options:
+    params = getattr(command, "params", ())
+    data = next((p for p in params if "--data" in getattr(p, "opts", ())), None)
+    if extra is None or data is None:
         return None
+    args = [*getattr(ctx, "args", ()), *getattr(ctx, "protected_args", ())]
+    given = ctx.params.get(data.name) is not None or any(
+        a in data.opts or a.startswith("--data=") for a in args
+    )
+    if given:  # the extra value is another option's: a list goes comma-separated
+        return (
+            "an option takes one value, a list comma-separated (a,b); "
+            f"`{ctx.command_path} --help` lists them"
+        )
     first = extra.group(1).split()[0]
     return f"data goes with --data: `{ctx.command_path} MODEL --data {first}`"
 
