@@ -127,7 +127,8 @@ def row_probs(
                 from ..errors import NetlensError
                 from ..output_rows import rows_refusal
 
-                raise NetlensError(rows_refusal(out, stop - start))
+                why = rows_refusal(out, stop - start)
+                raise NetlensError(f"{why} (in a batch of the metrics' perturbed copies)")
             probs = probs_of(out) if probs_of else torch.softmax(as_logits(out), dim=1)
             picked = probs[torch.arange(stop - start), tg[start:stop].to(probs.device)]
             return picked.cpu().numpy().astype(np.float64)
