@@ -57,6 +57,22 @@ def _anchors(ih: int, iw: int) -> int:
     return sum(math.ceil(ih / s) * math.ceil(iw / s) for s in (8, 16, 32))
 
 
+_PATCHES = (8, 14, 16, 32)  # a ViT's patch sizes
+_EXTRA_TOKENS = (0, 1, 2, 5)  # none, a cls token, cls and distillation, cls and 4 registers
+
+
+def _token_count(h: int, ih: int, iw: int) -> int | None:
+    """The patch size of a ViT whose token count (ih×iw input, its extra tokens) is ``h``, an
+    N×H×W output's H, where ``h`` is no map's height at a stride (ih / 1, 2, 4 ... 64), or None:
+    ViT-Tiny's 197 tokens at 224 px, about as many as its 192 features, are no 197×192 map."""
+    if any(h in (ih // 2**i, -(-ih // 2**i)) for i in range(7)):
+        return None
+    for p in _PATCHES:
+        if h - (ih // p) * (iw // p) in _EXTRA_TOKENS:
+            return p
+    return None
+
+
 _NONE = _Scope(raw=False)  # an analysis of another target: in its thread, nothing raw
 _SCOPE: ContextVar[_Scope | None] = ContextVar("netlens_callable_target", default=None)
 # a callable target's analysis by its model, for the threads it runs masked batches on
@@ -103,38 +119,45 @@ def current_scope(model: nn.Module) -> _Scope | None:
 
 def not_image_maps(out: torch.Tensor, x: torch.Tensor, picked: bool = False) -> str | None:
     """Why a dense output (N×K×H×W; N×H×W read as N×1×H×W) is no maps of the image (its H×W
-    far from the input's aspect: tokens, boxes), or None. An N×H×W of a few rows, as long as
-    the input has stride-8/16/32 cells, is said to look like a YOLO-style detector's raw head
-    (4 box coordinates and K class scores at each of A anchors: nudenet's YOLOv8n, 22×5376),
+    far from the input's aspect: tokens, boxes), or None. An N×H×W whose H is a ViT's token
+    count for the input (its patches and 0, 1, 2 or 5 extra tokens) and no map's height at a
+    stride is tokens, whatever its aspect (ViT-Tiny's 197×192 at 224 px). An N×H×W of a few
+    rows, as long as the input has stride-8/16/32 cells, is said to look like a YOLO-style
+    detector's raw head (4 box coordinates and K class scores at each of A anchors: nudenet's
+    YOLOv8n, 22×5376),
     and so is its transpose, a row per anchor (YOLOv5's 25200×85 at 640 px: 3 anchors a cell,
     an objectness before the K class scores). ``picked``: the output is the one the user
     picked (``--output``), so picking another is not advised."""
     if out.dim() != 4 or x.dim() != 4 or min(out.shape[-2:]) < 2:
         return None
     (h, w), (ih, iw) = out.shape[-2:], x.shape[-2:]
-    if abs(math.log((h / w) / (ih / iw))) <= math.log(1.5):
-        return None
     one = out.shape[1] == 1 or is_binary_dense(out)  # N×H×W, as the model returned it
+    patch = _token_count(h, ih, iw) if one else None
+    if patch is None and abs(math.log((h / w) / (ih / iw))) <= math.log(1.5):
+        return None
+    tokens = f" or {h} tokens of a patch-{patch} backbone" if patch else ""
     if one and _HEAD_ROWS[0] <= h <= _HEAD_ROWS[1] and w == _anchors(ih, iw):
-        return _raw_head(h, w, ih, iw)
+        return _raw_head(h, w, ih, iw, tokens)
     anchors = _anchors(ih, iw)
     if one and _HEAD_ROWS[0] <= w <= _HEAD_ROWS[1] + 1 and h in (anchors, 3 * anchors):
-        return _anchor_rows(h, w, h == 3 * anchors, ih, iw)
+        return _anchor_rows(h, w, h == 3 * anchors, ih, iw, tokens)
     pick = "" if picked else ", or pick the output to explain (--output KEY, output= in Python)"
+    what = "tokens of a backbone?"
+    what = f"what looks like {h} tokens of a patch-{patch} backbone" if patch else what
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
-        f"image (tokens of a backbone?), so there are no classes or regions to explain; "
+        f"image ({what}), so there are no classes or regions to explain; "
         f"give it a head{pick}; in Python, a target function scores it as the model returns "
         "it (target=lambda out: ..., one score per image)"
     )
 
 
-def _raw_head(h: int, w: int, ih: int, iw: int) -> str:
+def _raw_head(h: int, w: int, ih: int, iw: int, tokens: str = "") -> str:
     wrap = wrap_advice("e.g. the top class score, out[:, 4:].amax(dim=(1, 2))")
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
         f"image, but what looks like a detector's raw head (4 box coordinates and {h - 4} class "
-        f"scores at each of {w} anchors); CAMs, ablate and evaluate explain one score per "
+        f"scores at each of {w} anchors){tokens}; CAMs, ablate and evaluate explain one score per "
         f"image, not boxes: {wrap}; in Python, a target function scores the head as the model "
         "returns it (target=lambda out: out[:, 4 + k, a], class k at anchor a; a score after "
         "the head's sigmoid is a probability, explained as it is: torch.logit(out[:, 4 + k, a]) "
@@ -142,7 +165,7 @@ def _raw_head(h: int, w: int, ih: int, iw: int) -> str:
     )
 
 
-def _anchor_rows(h: int, w: int, v5: bool, ih: int, iw: int) -> str:
+def _anchor_rows(h: int, w: int, v5: bool, ih: int, iw: int, tokens: str = "") -> str:
     """A head with a row per anchor: YOLOv5's (3 anchors a cell: 4 box coordinates, an
     objectness and K class scores, 25200×85 at 640 px), a transposed YOLOv8 head's or YOLOX's
     (one anchor a cell; YOLOX's scores an objectness, then K class scores: its detection score
@@ -153,13 +176,16 @@ def _anchor_rows(h: int, w: int, v5: bool, ih: int, iw: int) -> str:
         if v5
         else f"{w - 4} scores (class scores; YOLOX's: an objectness, then the class scores)"
     )
-    wrap = wrap_advice(f"e.g. the top score, out[..., {first}:].amax(dim=(1, 2))")
+    yolox = (
+        "" if v5 else "; YOLOX's detection score, (out[..., 4:5] * out[..., 5:]).amax(dim=(1, 2))"
+    )
+    wrap = wrap_advice(f"e.g. the top class score, out[..., {first}:].amax(dim=(1, 2)){yolox}")
     return (
         f"the model returns {h}×{w} values per image for {ih}×{iw} inputs: not maps of the "
         f"image, but what looks like a detector's raw head (a row per anchor, {h} of them: 4 "
-        f"box coordinates, {scores}); CAMs, ablate and evaluate explain one score per image, "
-        f"not boxes: {wrap}; in Python, a target function scores the head as the model returns "
-        f"it (target=lambda out: out[:, a, {first} + k], score k at anchor a; "
+        f"box coordinates, {scores}){tokens}; CAMs, ablate and evaluate explain one score per "
+        f"image, not boxes: {wrap}; in Python, a target function scores the head as the model "
+        f"returns it (target=lambda out: out[:, a, {first} + k], score k at anchor a; "
         f"out[:, a, 4] * out[:, a, 5 + k] is YOLOX's detection score of class k; a score after "
         "the head's sigmoid is a probability, explained as it is)"
     )

@@ -6,7 +6,8 @@
 about outputs read as logits or a segmentation that do not look like either: every value in
 [0, 1] without a sigmoid or softmax netlens recognised (probabilities read as logits call every
 image positive), or a one-channel map positive at every pixel of every image (a depth or
-density map read as a binary segmentation whose every pixel is foreground).
+density map read as a binary segmentation whose every pixel is foreground; not an output that
+is no maps of the image, a detector's raw head, which is refused or handed raw).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def warn_unread_output(
             _warning(),
             stacklevel=4,
         )
-    elif kind == "positive":
+    elif kind == "positive" and not _no_maps(out, x):
         warnings.warn(
             f"the model's one-channel {out.shape[-2]}×{out.shape[-1]} output is positive at "
             f"every pixel of the {len(out)} image(s) checked: read as a binary segmentation, every "
@@ -155,6 +156,14 @@ def warn_unread_output(
             _warning(),
             stacklevel=4,
         )
+
+
+def _no_maps(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the output is no maps of the image (a detector's raw head, tokens): refused, or
+    handed raw to a callable target, never read as a segmentation."""
+    from .callable_output import not_image_maps
+
+    return not_image_maps(out, x) is not None
 
 
 def _one_probability_each(out: torch.Tensor) -> bool:
