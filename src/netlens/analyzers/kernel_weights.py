@@ -9,9 +9,11 @@
   (BiT, ViT-hybrid, DPT-hybrid) does the same.
 - another Conv2d subclass with its own forward (a copied big_transfer ``StdConv2d``) is run on
   one small random input (:func:`checked_forward_weight`; its forward alone, without the
-  user's hooks, which are not for that input): when its output is not that of
+  user's hooks, which are not for that input; when that fails, after its forward pre-hooks,
+  which may compute what it convolves with): when its output is not that of
   ``F.conv2d`` with ``.weight`` but is with the per-filter standardised weight, that is shown;
-  otherwise a warning says the tiles show ``.weight``, not what the forward computes.
+  otherwise (or when the forward fails) a warning says the tiles show ``.weight``, which may
+  not be what the forward computes.
 - ``torch.nn.utils.prune`` (``weight_orig × weight_mask``), the classic
   ``torch.nn.utils.weight_norm`` (``g · v/‖v‖``) and ``spectral_norm`` (``weight_orig / σ``)
   recompute ``.weight`` in a forward pre-hook: until a forward runs (a lens without an input size,
@@ -158,9 +160,9 @@ def checked_forward_weight(
 ) -> tuple[torch.Tensor, str | None, str | None]:
     """For a Conv2d subclass with its own forward that netlens does not know (a copied
     ``StdConv2d``, say): whether it convolves with ``weight`` (checked on one small random
-    input), else with ``weight`` standardised per filter (then returned so). Otherwise
-    ``weight`` as it is and one warning (without the layer's name) that the tiles are the
-    stored values, not those the forward computes."""
+    input), else with ``weight`` standardised per filter (then returned so). Otherwise, or
+    when its forward fails on that input, ``weight`` as it is and one warning (without the
+    layer's name) that the tiles are the stored values, not those the forward computes."""
     known = how is not None or _std_conv(mod) or _adapter_parts(mod) or _peft_tuner(mod)
     if known or not _own_forward(mod) or weight.dim() != 4:
         return weight, how, None
@@ -173,7 +175,7 @@ def checked_forward_weight(
     x = torch.randn(1, mod.in_channels, *size, generator=g).to(weight)
     try:
         with torch.no_grad():
-            y = mod.forward(x)  # not mod(x): the user's hooks are not for this input
+            y = _forward_alone(mod, x)
             if not isinstance(y, torch.Tensor) or _matches(y, _conv_candidates(mod, x, weight)):
                 return weight, how, None
             for eps in dict.fromkeys([float(getattr(mod, "eps", 1e-5)), 1e-5, 1e-6, 1e-10]):
@@ -190,8 +192,17 @@ def checked_forward_weight(
                         ),
                         None,
                     )
-    except Exception:  # noqa: BLE001 - a forward that needs other inputs: nothing to say
-        return weight, how, None
+    except Exception as exc:  # noqa: BLE001 - a forward that needs other inputs or state
+        kind = f"{type(mod).__module__}.{type(mod).__name__}"
+        return (
+            weight,
+            how,
+            (
+                f"{kind} has its own forward, which failed on a test input ({type(exc).__name__}): "
+                "the tiles and norms show its stored .weight, which may not be the weights it "
+                "convolves with"
+            ),
+        )
     kind = f"{type(mod).__module__}.{type(mod).__name__}"
     return (
         weight,
@@ -201,6 +212,30 @@ def checked_forward_weight(
             "does not recognise: the tiles and norms show its stored .weight, not those weights"
         ),
     )
+
+
+def _forward_alone(mod: nn.Module, x: torch.Tensor) -> Any:
+    """``mod``'s forward of ``x`` without the user's forward hooks (they are not for this
+    input). When the forward alone fails, it is run once more after the module's forward
+    pre-hooks, as a call runs them: they may compute what it convolves with (``w_eff``, as the
+    legacy weight_norm does ``weight``), setting on the module what its next call would set too."""
+    try:
+        return mod.forward(x)
+    except Exception:  # noqa: BLE001 - it may need what its pre-hooks set
+        hooks = dict(mod._forward_pre_hooks)
+        if not hooks:
+            raise
+    args, kwargs = (x,), {}
+    for key, hook in hooks.items():
+        if key in mod._forward_pre_hooks_with_kwargs:
+            out = hook(mod, args, kwargs)
+            if out is not None:
+                args, kwargs = out
+        else:
+            out = hook(mod, args)
+            if out is not None:
+                args = out if isinstance(out, tuple) else (out,)
+    return mod.forward(*args, **kwargs)
 
 
 # attributes that hold an adapter's own weights (a layer carrying one is adapted)

@@ -78,6 +78,7 @@ from .stats_layers import (
     REMEDY,
     call_order,
     channel_axis,
+    children_ran,
     default_stats_layers,
     default_stats_rule,
     is_activation,
@@ -373,7 +374,7 @@ class StatsAnalyzer(Analyzer):
         )
         if refused:  # named ones, or every layer picked: a pattern's others are left out
             every = " (none of the layers picked did)" if not stats and len(refused) > 1 else ""
-            raise not_run(model, refused, every)
+            raise not_run(model, refused, every, children_ran(model, refused, _example(run)))
         if not stats and seen:
             raise AnalyzerError(
                 f"{listed(names)} return(s) no tensor (a dict, another object, or a tuple "

@@ -39,6 +39,7 @@ __all__ = [
     "REMEDY",
     "Layout",
     "call_order",
+    "children_ran",
     "channel_axis",
     "default_stats_layers",
     "default_stats_rule",
@@ -187,6 +188,26 @@ def not_run(
         "not make, or a module that runs only in training, as auxiliary heads do); see the "
         "calls in `netlens layers MODEL`"
     )
+
+
+def children_ran(model: nn.Module, names: list[str], x: torch.Tensor | None) -> list[str] | None:
+    """The children of the modules ``names`` that run in a forward of ``x`` (a stage whose
+    blocks run one by one, unlike a training-only head: :func:`not_run`'s ``ran``); None when
+    that is not known (no input, or the forward fails)."""
+    kids = []
+    for name in names:
+        try:
+            kids += [f"{name}.{k}" for k, _ in model.get_submodule(name).named_children()]
+        except AttributeError:  # a call (``stage@1``): no container's case
+            continue
+    if not kids:
+        return []
+    if x is None:
+        return None
+    try:
+        return [m for m, _ in on_fewest(lambda few: call_order(model, few, kids), x)]
+    except Exception:  # noqa: BLE001 - the refusal is told without this
+        return None
 
 
 def _last_child(model: nn.Module, name: str) -> str | None:
