@@ -309,9 +309,11 @@ def _made_by_sigmoid(picked: torch.Tensor) -> bool:
     """Whether ``picked``'s graph, followed back through views and in-range operations, ends in
     a sigmoid; through a ``torch.cat`` too (a YOLO head's ``cat([box, sigmoid(cls)])``, a
     wrapper picking its top class score) when every part of the cat that a value of
-    ``picked`` comes from ends in one. Which parts those are is read off a backward of ones
-    through the graph's own nodes, a max or min spread over every element it reduced (its
-    value depends on them all, its gradient reaches the one it picked)."""
+    ``picked`` comes from ends in one, and so through an in-place write over it (a head that
+    decodes its boxes in place) and a product both of whose factors do (YOLOX's objectness ×
+    class score). Which parts those are is read off a backward of ones through the graph's own
+    nodes, a max or min spread over every element it reduced (its value depends on them all,
+    its gradient reaches the one it picked)."""
     fn, _ = _below(picked.grad_fn, None, picked.output_nr)
     if fn is None or is_sigmoid_node(fn) or type(fn).__name__ not in _JOINS:
         return fn is not None and is_sigmoid_node(fn)  # (1 / (1 + exp(-z)) ends in a Mul)
