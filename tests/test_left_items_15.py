@@ -185,3 +185,23 @@ def test_the_data_hint_is_not_given_when_data_was(tmp_path) -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1 and "data goes with --data" not in res.output
     assert "an option takes one value, a list comma-separated (a,b)" in res.output
+
+
+def test_a_results_repr_shows_its_warnings() -> None:
+    """A Python user printing a result sees what the CLI and the notebook view say."""
+    model = Net().eval()
+    x = torch.rand(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    wrong = (model(x).argmax(1) + 1) % 3
+    r = netlens.ablate(model, (x, wrong), resamples=20, mode="zero")
+    assert "  warning: the intact model's accuracy is 0.000" in repr(r)
+
+
+def test_run_takes_the_data_as_a_keyword_too(tmp_path) -> None:
+    """``lens.run("stats", data=...)``, as ``lens.ablate(data=...)`` takes it."""
+    for i, cls in enumerate(["a", "b"]):
+        _png(tmp_path / cls / f"x{i}.png", i)
+    kw = {"input_size": SIZE, "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    lens = netlens.load(Net(), classes=["a", "b", "c"], **kw)
+    by_word = lens.run("stats", data=str(tmp_path), layers="features.1")
+    by_place = lens.run("stats", str(tmp_path), layers="features.1")
+    assert by_word.table == by_place.table and by_word.meta["samples"] == 2

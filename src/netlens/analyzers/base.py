@@ -321,6 +321,9 @@ class Analyzer(ABC):
                 f"{self.name}: option '{kept[0]}' is a name Analyzer.run keeps for itself "
                 f"({', '.join(_RUN_KEYWORDS)}); rename the option"
             )
+        for alias in _INPUT_WORDS:  # lens.run("stats", data="imgs"), as lens.ablate takes it
+            if alias in options and inputs is None and all(o.name != alias for o in declared):
+                inputs = options.pop(alias)
         opts = parse_options(self.name, declared, options)
         sinks = for_rank(auto_progress(progress), storage or MemoryStorage(), group)
         run = Run(lens, opts, *sinks, group=group, started=now())
@@ -407,6 +410,8 @@ class Analyzer(ABC):
 
 
 _RUN_KEYWORDS = ("progress", "storage", "strict", "group")  # Analyzer.run's own keywords
+# what the inputs are called as a keyword: the data (``lens.ablate(data=...)``) or images
+_INPUT_WORDS = ("data", "images")
 
 
 def _single() -> Group:

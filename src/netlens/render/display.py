@@ -107,7 +107,8 @@ class ResultPage:
 
 # -- text ----------------------------------------------------------------------------------------
 def text_repr(result: Result, width: int = 100) -> str:
-    """A few lines: what the result is, the shapes of its arrays (never their contents)."""
+    """A few lines: what the result is, its verdicts and warnings (as the CLI and the notebook
+    view say them), the shapes of its arrays (never their contents)."""
     head = " · ".join(f"{k} {v}" for k, v in header(result))
     arrays = [
         f"{k} {_dtype(a)}[{'×'.join(map(str, np.shape(a)))}]" for k, a in result.arrays.items()
@@ -115,7 +116,7 @@ def text_repr(result: Result, width: int = 100) -> str:
     keys = list(result.meta)
     lines = [
         f"{type(result).__name__}({result.name}){': ' + head if head else ''}",
-        *(f"  {line}" for line in _verdicts(result.meta)),
+        *(f"  {line}" for line in [*_verdicts(result.meta), *noted(result.meta)]),
         "  arrays: " + (_fit(arrays, width - 10, "res.arrays") or "none"),
         f"  table: {len(result.table)} rows · meta: " + (_fit(keys, width - 30, "res.meta") or "–"),
         "  res.show() · res.figure(i) · res.save(dir) · res.summary()",
@@ -269,23 +270,32 @@ def card_view(
     return view, [p for _, p in pngs]
 
 
+_NOTED = (
+    ("warnings", "warning"),
+    ("skipped", "skipped"),
+    ("skipped_units", "not ablated (identity cannot skip a unit that changes the shape)"),
+)
+
+
+def noted(meta: dict[str, Any]) -> list[str]:
+    """A result's warnings and skipped items, a line each kind (three at most, then a count)."""
+    notes = []
+    for key, label in _NOTED:
+        lines = meta.get(key)
+        if isinstance(lines, list) and lines:
+            shown = "; ".join(str(x) for x in lines[:3])
+            more = f" (… {len(lines) - 3} more in res.meta['{key}'])" if len(lines) > 3 else ""
+            notes.append(f"{label}: {shown}{more}")
+    return notes
+
+
 def _view(result: Result, page_note: str, table_rows: int) -> dict[str, Any]:
     """The template's view of a result, before its pictures."""
     meta = result.meta
     notes: list[str] = _verdicts(meta)
     if meta.get("shown") is not None and meta.get("total") and meta["shown"] < meta["total"]:
         notes.append(f"{meta['shown']} of {meta['total']} filters drawn (max_filters)")
-    labels = (
-        ("warnings", "warning"),
-        ("skipped", "skipped"),
-        ("skipped_units", "not ablated (identity cannot skip a unit that changes the shape)"),
-    )
-    for key, label in labels:
-        lines = meta.get(key)
-        if isinstance(lines, list) and lines:
-            shown = "; ".join(str(x) for x in lines[:3])
-            more = f" (… {len(lines) - 3} more in res.meta['{key}'])" if len(lines) > 3 else ""
-            notes.append(f"{label}: {shown}{more}")
+    notes += noted(meta)
     return {
         "kind": f"{type(result).__name__}({result.name})",
         "header": header(result),
