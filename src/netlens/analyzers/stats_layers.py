@@ -170,8 +170,7 @@ def not_run(
     (:data:`netlens.probe_capture.FX_INLINED`, as features and top-activations say it) for a
     container a GraphModule inlined; for another container (whose blocks ran, when ``ran``,
     the names of the modules that did, is known) :data:`netlens.probe_capture.ONE_BY_ONE`, as
-    features says it; else a call the module
-    does not make or a training-only module."""
+    features says it; else a call the module does not make or a training-only module."""
     from ..probe_capture import FX_INLINED, ONE_BY_ONE, fx_inlined
 
     modules = [LayerCall.parse(n).name for n in refused]
