@@ -1,34 +1,16 @@
-"""Left items of the last notes: evaluate's scope text counts the classes of the images it
-read when a ``--limit`` cut and an unreadable file meet."""
+"""Left items of the last notes and a user's walk: evaluate's scope text and table, the
+--data hint, ablate's chance warning, top-level output=/task=, fixed-batch refusals, a
+result's repr with its warnings, data= as a keyword."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from test_batch_traceability_14 import SIZE, Net, _png  # the same tiny model and images
 from torch import nn
 
 import netlens
-
-SIZE = 32
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean(dim=(2, 3)))
-
-
-def _png(path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
 
 
 def test_a_limit_cut_with_an_unreadable_image_counts_the_classes_it_read(tmp_path) -> None:

@@ -315,8 +315,8 @@ def _made_by_sigmoid(picked: torch.Tensor) -> bool:
     nodes, a max or min spread over every element it reduced (its value depends on them all,
     its gradient reaches the one it picked)."""
     fn, _ = _below(picked.grad_fn, None, picked.output_nr)
-    if fn is None or is_sigmoid_node(fn) or type(fn).__name__ not in _JOINS:
-        return fn is not None and is_sigmoid_node(fn)  # (1 / (1 + exp(-z)) ends in a Mul)
+    if _no_join(fn):
+        return fn is not None and is_sigmoid_node(fn)
     try:
         with torch.no_grad():
             ones = torch.ones_like(picked)
@@ -343,9 +343,15 @@ def _below(fn: Any, grad: torch.Tensor | None, nr: int = 0) -> tuple[Any, torch.
 _JOINS = {"CatBackward0", "MulBackward0", "CopySlices"}
 
 
+def _no_join(fn: Any) -> bool:
+    """Whether ``fn`` is no part to follow back: none, a sigmoid itself (``1 / (1 +
+    exp(-z))`` ends in a Mul), or no cat, product or in-place write."""
+    return fn is None or is_sigmoid_node(fn) or type(fn).__name__ not in _JOINS
+
+
 def _sigmoid_below(fn: Any, grad: torch.Tensor, cats: list[int], nr: int = 0) -> bool:
     fn, grad = _below(fn, grad, nr)
-    if fn is None or is_sigmoid_node(fn) or type(fn).__name__ not in _JOINS or grad is None:
+    if _no_join(fn) or grad is None:
         return fn is not None and is_sigmoid_node(fn)
     cats[0] -= 1
     parts = fn(grad)

@@ -56,15 +56,20 @@ def rows_refusal(picked: torch.Tensor, n: int) -> str:
     return f"{got}; return one row per image (N×K, N×K×H×W)"
 
 
+def _ctc(picked: torch.Tensor, axis: int) -> bool:
+    """A T×N×C output with the batch second: a CTC recogniser's."""
+    return picked.dim() == 3 and axis == 1
+
+
 def _kind(picked: torch.Tensor, axis: int) -> str:
-    ctc = picked.dim() == 3 and axis == 1
+    ctc = _ctc(picked, axis)
     return " (a sequence-first T×N×C output, as CTC recognisers return)" if ctc else ""
 
 
 def _batch_first(picked: torch.Tensor, axis: int) -> str:
     """The wrapper that returns ``picked`` with ``axis`` first, and the target's indexing."""
     order = ", ".join(map(str, [axis, *(k for k in range(picked.dim()) if k != axis)]))
-    ctc = picked.dim() == 3 and axis == 1
+    ctc = _ctc(picked, axis)
     return (
         f"wrap the model so its forward returns it batch-first (out.permute({order}), or "
         + ("out.transpose(0, 1)" if ctc else f"out.movedim({axis}, 0)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from .call_output import CallOutput
 from .consumed import settle
@@ -47,6 +48,17 @@ ONE_BY_ONE = (
     "or runs its blocks one by one (gradient checkpointing, as timm's set_grad_checkpointing "
     "does: pick one of them, such as '{child}')"
 )
+
+
+def last_child(model: nn.Module, name: str) -> str | None:
+    """Module ``name``'s last child (``layer3.1``: the block to name in :data:`ONE_BY_ONE`),
+    None for a leaf or a name that is no module."""
+    try:
+        kids = [k for k, _ in model.get_submodule(name).named_children()]
+    except AttributeError:
+        return None
+    return f"{name}.{kids[-1]}" if kids else None
+
 
 FX_INLINED = (
     "layer '{name}' did not run: torch.fx inlined it into the GraphModule's graph, where only "

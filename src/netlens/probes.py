@@ -50,7 +50,7 @@ from .errors import LayerNotFoundError, NetlensError, hint
 from .layer_call import LayerCall
 from .layer_names import base_names, given_names, named_layers, other_names, selector_items
 from .layers import resolve_layers, tuple_head
-from .probe_capture import NOT_A_TENSOR, UNREACHED, Capture
+from .probe_capture import NOT_A_TENSOR, UNREACHED, Capture, last_child
 from .write_guard import WriteGuard, tensors_in
 
 __all__ = ["Capture", "Probe", "probe"]
@@ -121,11 +121,9 @@ class Probe:
         self.captures: dict[str, Capture] = {
             given: Capture(given, sel.name, tuple(shared.get(sel.name, ()))) for given, sel in pairs
         }
-        modules = dict(model.named_modules())
         for cap in self.captures.values():
-            kids = list(modules[cap.module].named_children())
-            cap._last_child = f"{cap.module}.{kids[-1][0]}" if kids else None
-            cap._inlined = bool(kids) and isinstance(model, torch.fx.GraphModule)
+            cap._last_child = last_child(model, cap.module)
+            cap._inlined = cap._last_child is not None and isinstance(model, torch.fx.GraphModule)
         self._by_module: dict[str, list[Capture]] = {}
         for cap in self.captures.values():
             self._by_module.setdefault(cap.module, []).append(cap)  # calls: per module object

@@ -171,14 +171,14 @@ def not_run(
     container a GraphModule inlined; for another container (whose blocks ran, when ``ran``,
     the names of the modules that did, is known) :data:`netlens.probe_capture.ONE_BY_ONE`, as
     features says it; else a call the module does not make or a training-only module."""
-    from ..probe_capture import FX_INLINED, ONE_BY_ONE, fx_inlined
+    from ..probe_capture import FX_INLINED, ONE_BY_ONE, fx_inlined, last_child
 
     modules = [LayerCall.parse(n).name for n in refused]
     inlined = [n for n in modules if fx_inlined(model, n)]
     if inlined:
         return AnalyzerError(FX_INLINED.format(name=inlined[0]))
     for name in refused:  # a call (``stage@1``) of a module that ran: not a container's case
-        child = _last_child(model, name)
+        child = last_child(model, name)
         if child and (ran is None or any(r.startswith(f"{name}.") for r in ran)):
             why = ONE_BY_ONE.format(child=child)
             return AnalyzerError(f"layer '{name}' did not run in the model's forward: {why}")
@@ -207,15 +207,6 @@ def children_ran(model: nn.Module, names: list[str], x: torch.Tensor | None) -> 
         return [m for m, _ in on_fewest(lambda few: call_order(model, few, kids), x)]
     except Exception:  # noqa: BLE001 - the refusal is told without this
         return None
-
-
-def _last_child(model: nn.Module, name: str) -> str | None:
-    """``name``'s last child (``layer3.1``), None for a leaf or a name that is no module."""
-    try:
-        kids = [k for k, _ in model.get_submodule(name).named_children()]
-    except AttributeError:
-        return None
-    return f"{name}.{kids[-1]}" if kids else None
 
 
 def call_order(model: nn.Module, x: torch.Tensor, modules: list[str]) -> list[tuple[str, bool]]:
